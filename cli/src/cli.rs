@@ -1,0 +1,155 @@
+//! The command line, as DESIGN.md's contract fixes it.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xfull",
+    version,
+    about = "Express-full, deduplicated backups of virtual-machine disks",
+    after_help = "Exit status: 0 ok, 1 error, 2 usage, 3 damage found."
+)]
+pub struct Cli {
+    /// Repository: a directory, file:///dir (s3:// comes with the S3 backend).
+    #[arg(short = 'r', long, env = "XFULL_REPO", global = true)]
+    pub repo: Option<String>,
+
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository (fails if one exists).
+    Init(InitArgs),
+    /// Back up a VM's disks as a new point.
+    Backup(BackupArgs),
+    /// List points.
+    Points(PointsArgs),
+    /// Show one point in detail.
+    Show(ShowArgs),
+    /// Restore one disk of a point to a file, a block device or stdout.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Segment size (power of two, 1M to 64M).
+    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    pub segment_size: u64,
+    /// Average chunk size; min and max default to avg/4 and avg*4.
+    #[arg(long, value_parser = parse_size, default_value = "64K")]
+    pub chunk_avg: u64,
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_min: Option<u64>,
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_max: Option<u64>,
+    /// zstd level for chunks (1-19).
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// VM name: [A-Za-z0-9._-]{1,128}.
+    #[arg(long)]
+    pub vm: String,
+    /// DISK=PATH: a disk image file or block device; repeatable.
+    #[arg(long = "disk", required = true, num_args = 1.., value_name = "DISK=PATH")]
+    pub disks: Vec<String>,
+    /// Read every byte of every disk (the only mode this version has; the
+    /// flag is accepted so scripts can say so).
+    #[arg(long)]
+    pub full_scan: bool,
+    /// Deduplicate against this point id of the VM instead of its latest.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// KEY=VALUE label stored with the point; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Host name recorded with the point (default: this machine's).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Record the point under this time (RFC 3339) instead of now.
+    #[arg(long)]
+    pub time: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PointsArgs {
+    #[arg(long)]
+    pub vm: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// VM@ID or VM@latest.
+    pub point: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// VM@ID or VM@latest.
+    pub point: String,
+    /// Which disk of the point.
+    #[arg(long)]
+    pub disk: String,
+    /// A new file, an existing block device, or - for stdout.
+    #[arg(long)]
+    pub to: String,
+}
+
+impl Cli {
+    pub fn repo(&self) -> anyhow::Result<&str> {
+        self.repo.as_deref().ok_or_else(|| {
+            anyhow::Error::new(xfull_core::Error::InvalidArgument(
+                "no repository given: use -r/--repo or set XFULL_REPO".into(),
+            ))
+        })
+    }
+}
+
+/// Parses `65536`, `64K`, `64KiB`, `16M`, `1G` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M or G)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Splits `NAME=VALUE`.
+pub fn split_pair<'a>(what: &str, s: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
+    s.split_once('=').ok_or_else(|| {
+        anyhow::Error::new(xfull_core::Error::InvalidArgument(format!(
+            "{what} {s:?} must be NAME=VALUE"
+        )))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("5Q").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+}

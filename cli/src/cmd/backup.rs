@@ -1,0 +1,93 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use xfull_core::Error;
+use xfull_core::backup::{BackupRequest, backup};
+use xfull_core::names::LabelKey;
+use xfull_core::progress::Progress;
+
+use crate::cli::{BackupArgs, Cli, split_pair};
+use crate::output::{PointView, StatsView, bytes, print_json, stats_line};
+use crate::progress_ui::Bar;
+
+pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
+    let req = request(args)?;
+    let repo = crate::open::open(cli.repo()?).await?;
+    let progress = Arc::new(Progress::default());
+    let bar = Bar::start(progress.clone(), "backup", cli.json);
+    let m = backup(&repo, req, progress).await?;
+    drop(bar);
+    if cli.json {
+        let view = PointView::from(&m);
+        print_json(&serde_json::json!({
+            "point": m.point_name(),
+            "parent": view.parent,
+            "time": view.time,
+            "stats": StatsView::from(&m.stats),
+            "disks": view.disks,
+        }))?;
+    } else {
+        println!("point {}", m.point_name());
+        for d in &m.disks {
+            println!(
+                "  disk {} ({}): {}",
+                d.name,
+                bytes(d.size),
+                stats_line(&d.stats)
+            );
+        }
+        println!("  total: {}", stats_line(&m.stats));
+    }
+    Ok(())
+}
+
+/// Validates the arguments into an engine request (nothing is opened yet).
+fn request(args: &BackupArgs) -> Result<BackupRequest> {
+    let vm = args.vm.parse()?;
+    let disks = args
+        .disks
+        .iter()
+        .map(|d| {
+            let (name, path) = split_pair("--disk", d)?;
+            if path.is_empty() {
+                return Err(Error::InvalidArgument(format!("--disk {d:?} has no path")).into());
+            }
+            Ok((name.parse()?, PathBuf::from(path)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut labels = BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = split_pair("--label", l)?;
+        let key: LabelKey = k.parse()?;
+        labels.insert(key.to_string(), v.to_string());
+    }
+    let time = args
+        .time
+        .as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "--time {t:?} is not an RFC 3339 time (e.g. 2026-11-25T19:41:55Z): {e}"
+                    ))
+                })
+        })
+        .transpose()?;
+    Ok(BackupRequest {
+        vm,
+        disks,
+        parent: args.parent.as_deref().map(str::parse).transpose()?,
+        labels,
+        host: args.host.clone().unwrap_or_else(hostname),
+        time,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

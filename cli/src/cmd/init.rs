@@ -1,0 +1,51 @@
+use anyhow::Result;
+use xfull_core::chunker::ChunkParams;
+use xfull_core::config::RepoConfig;
+
+use crate::cli::{Cli, InitArgs};
+use crate::output::{bytes, print_json};
+
+pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
+    let avg = to_u32("--chunk-avg", args.chunk_avg)?;
+    let defaults = ChunkParams::from_avg(avg);
+    let params = ChunkParams {
+        min: args
+            .chunk_min
+            .map_or(Ok(defaults.min), |v| to_u32("--chunk-min", v))?,
+        avg,
+        max: args
+            .chunk_max
+            .map_or(Ok(defaults.max), |v| to_u32("--chunk-max", v))?,
+    };
+    let config = RepoConfig::new(args.segment_size, params, args.zstd_level)?;
+    let repo = crate::open::init(cli.repo()?, config).await?;
+    let c = repo.config();
+    if cli.json {
+        print_json(&serde_json::json!({
+            "repository": repo.location(),
+            "format": c.format,
+            "repo_id": c.repo_id,
+            "segment_size": c.segment_size,
+            "chunk_min": c.chunking.min,
+            "chunk_avg": c.chunking.avg,
+            "chunk_max": c.chunking.max,
+            "zstd_level": c.zstd_level,
+        }))?;
+    } else {
+        println!(
+            "created repository {} (segments {}, chunks {}/{}/{} min/avg/max, zstd {})",
+            repo.location(),
+            bytes(c.segment_size),
+            bytes(c.chunking.min.into()),
+            bytes(c.chunking.avg.into()),
+            bytes(c.chunking.max.into()),
+            c.zstd_level
+        );
+    }
+    Ok(())
+}
+
+fn to_u32(flag: &str, v: u64) -> Result<u32> {
+    u32::try_from(v)
+        .map_err(|_| xfull_core::Error::InvalidArgument(format!("{flag} {v} is too large")).into())
+}

@@ -1,0 +1,7 @@
+//! One file per command; each stays thin: parse, call the engine, print.
+
+pub mod backup;
+pub mod init;
+pub mod points;
+pub mod restore;
+pub mod show;

@@ -1,0 +1,40 @@
+use std::sync::Arc;
+
+use anyhow::Result;
+use xfull_core::point_spec::PointSpec;
+use xfull_core::progress::Progress;
+use xfull_core::restore::{Target, restore};
+
+use crate::cli::{Cli, RestoreArgs};
+use crate::progress_ui::Bar;
+
+pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
+    let spec: PointSpec = args.point.parse()?;
+    let target = Target::parse(&args.to)?;
+    let repo = crate::open::open(cli.repo()?).await?;
+    let m = repo.resolve(&spec).await?;
+    // Fail on an unknown disk before creating the target.
+    m.disk(&args.disk)?;
+    let progress = Arc::new(Progress::default());
+    let bar = Bar::start(progress.clone(), "restore", cli.json);
+    let out = restore(&repo, &m, &args.disk, &target, progress).await?;
+    drop(bar);
+    // With the image on stdout, the report goes to stderr.
+    let report = if cli.json {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "point": m.point_name(),
+            "disk": args.disk,
+            "to": args.to,
+            "bytes": out.bytes,
+            "blake3": out.blake3,
+        }))?
+    } else {
+        format!("{}  {}", out.blake3, args.to)
+    };
+    if target == Target::Stdout {
+        eprintln!("{report}");
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

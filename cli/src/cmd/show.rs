@@ -1,0 +1,39 @@
+use anyhow::Result;
+use xfull_core::point_spec::PointSpec;
+
+use crate::cli::{Cli, ShowArgs};
+use crate::output::{PointView, bytes, print_json, stats_line};
+
+pub async fn run(cli: &Cli, args: &ShowArgs) -> Result<()> {
+    let spec: PointSpec = args.point.parse()?;
+    let repo = crate::open::open(cli.repo()?).await?;
+    let m = repo.resolve(&spec).await?;
+    if cli.json {
+        return print_json(&PointView::from(&m));
+    }
+    println!("point   {}", m.point_name());
+    println!("time    {}", m.time.to_rfc3339());
+    println!(
+        "parent  {}",
+        m.parent.as_ref().map_or("-".to_string(), |p| p.to_string())
+    );
+    println!("host    {}", m.host);
+    for (k, v) in &m.labels {
+        println!("label   {k}={v}");
+    }
+    for d in &m.disks {
+        let zero = d.segments.iter().filter(|s| s.is_none()).count();
+        println!(
+            "disk    {}: {} in {} segments of {} ({} all-zero), source {}",
+            d.name,
+            bytes(d.size),
+            d.segments.len(),
+            bytes(d.segment_size),
+            zero,
+            d.source
+        );
+        println!("        {}", stats_line(&d.stats));
+    }
+    println!("total   {}", stats_line(&m.stats));
+    Ok(())
+}

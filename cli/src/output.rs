@@ -1,0 +1,124 @@
+//! Human-readable numbers and JSON views of engine types.
+
+use serde::Serialize;
+use xfull_core::manifest::{BackupStats, DiskManifest, Manifest};
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+#[derive(Serialize)]
+pub struct StatsView {
+    pub bytes_scanned: u64,
+    pub bytes_read: u64,
+    pub bytes_changed: u64,
+    pub new_chunks: u64,
+    pub new_nodes: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_stored: u64,
+    pub bytes_data: u64,
+    pub dedup_ratio: f64,
+    pub seconds: f64,
+}
+
+impl From<&BackupStats> for StatsView {
+    fn from(s: &BackupStats) -> Self {
+        StatsView {
+            bytes_scanned: s.bytes_scanned,
+            bytes_read: s.bytes_read,
+            bytes_changed: s.bytes_changed,
+            new_chunks: s.new_chunks,
+            new_nodes: s.new_nodes,
+            bytes_uploaded: s.bytes_uploaded,
+            bytes_stored: s.bytes_stored,
+            bytes_data: s.bytes_data,
+            dedup_ratio: (s.dedup_ratio() * 100.0).round() / 100.0,
+            seconds: (s.seconds * 1000.0).round() / 1000.0,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct DiskView {
+    pub name: String,
+    pub size: u64,
+    pub segment_size: u64,
+    pub segments: usize,
+    pub zero_segments: usize,
+    pub source: String,
+    pub stats: StatsView,
+}
+
+impl From<&DiskManifest> for DiskView {
+    fn from(d: &DiskManifest) -> Self {
+        DiskView {
+            name: d.name.to_string(),
+            size: d.size,
+            segment_size: d.segment_size,
+            segments: d.segments.len(),
+            zero_segments: d.segments.iter().filter(|s| s.is_none()).count(),
+            source: d.source.clone(),
+            stats: (&d.stats).into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct PointView {
+    pub point: String,
+    pub vm: String,
+    pub id: String,
+    pub time: String,
+    pub parent: Option<String>,
+    pub host: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub disks: Vec<DiskView>,
+    pub stats: StatsView,
+}
+
+impl From<&Manifest> for PointView {
+    fn from(m: &Manifest) -> Self {
+        PointView {
+            point: m.point_name(),
+            vm: m.vm.to_string(),
+            id: m.id.to_string(),
+            time: m.time.to_rfc3339(),
+            parent: m.parent.as_ref().map(|p| p.to_string()),
+            host: m.host.clone(),
+            labels: m.labels.clone(),
+            disks: m.disks.iter().map(DiskView::from).collect(),
+            stats: (&m.stats).into(),
+        }
+    }
+}
+
+/// One line of statistics for people.
+pub fn stats_line(s: &BackupStats) -> String {
+    format!(
+        "{} scanned, {} read, {} changed, {} new chunks, {} uploaded, {} stored, dedup {:.1}x, {:.2} s",
+        bytes(s.bytes_scanned),
+        bytes(s.bytes_read),
+        bytes(s.bytes_changed),
+        s.new_chunks,
+        bytes(s.bytes_uploaded),
+        bytes(s.bytes_stored),
+        s.dedup_ratio(),
+        s.seconds
+    )
+}

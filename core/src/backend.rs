@@ -1,0 +1,97 @@
+//! The storage seam: one small async trait that every backend implements.
+//!
+//! Contract (checked by the conformance suite, `conformance` feature):
+//! - `put` with [`PutMode::Create`] never overwrites: on an existing key it
+//!   fails with [`BackendError::AlreadyExists`] and leaves the object as it
+//!   was. A successful `put` is durable and atomic: no reader ever sees a
+//!   partially written object under its key.
+//! - After a successful `put`, `get`, `head` and `list` see the object
+//!   (strong read-after-write consistency, as S3, MinIO and a local file
+//!   system give).
+//! - `list` returns every object whose key starts with the prefix, in no
+//!   particular order, with its size and the store's modification time.
+//! - `delete_many` treats missing keys as already deleted.
+
+use std::fmt::Debug;
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+/// Errors with a meaning callers act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    #[error("{key} not found in {location}")]
+    NotFound { location: String, key: String },
+
+    #[error("{key} already exists in {location}")]
+    AlreadyExists { location: String, key: String },
+
+    #[error("precondition failed for {key} in {location}: {message}")]
+    Precondition {
+        location: String,
+        key: String,
+        message: String,
+    },
+
+    #[error("access to {location} denied: {message}")]
+    Unauthenticated { location: String, message: String },
+
+    /// Worth retrying: throttling, timeouts, a dropped connection.
+    #[error("temporary failure at {location}: {message}")]
+    Transient { location: String, message: String },
+
+    #[error("storage error at {location}: {message}")]
+    Other { location: String, message: String },
+}
+
+impl BackendError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::NotFound { .. })
+    }
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, BackendError::AlreadyExists { .. })
+    }
+}
+
+/// How `put` treats an existing object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fail with `AlreadyExists` if the key exists (S3 `If-None-Match: *`).
+    Create,
+    /// Replace whatever is there.
+    Overwrite,
+}
+
+/// What a listing or `head` says about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// As the store reports it (the server's clock, not ours).
+    pub last_modified: DateTime<Utc>,
+}
+
+/// A key-value object store.
+#[async_trait]
+pub trait Backend: Send + Sync + Debug + 'static {
+    /// Where the store is, for messages: a path or `s3://bucket/prefix`.
+    fn location(&self) -> String;
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError>;
+
+    async fn get(&self, key: &str) -> Result<Bytes, BackendError>;
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError>;
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError>;
+
+    /// Streams the objects under `prefix`; memory stays bounded however
+    /// many there are.
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>>;
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError>;
+}

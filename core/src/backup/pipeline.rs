@@ -1,0 +1,362 @@
+//! The bounded parallel pipeline that backs up one disk.
+//!
+//! ```text
+//! reader thread --(segment buffers)--> W chunk/hash/compress threads
+//!     --(upload jobs)--> async uploader: J segments at once, C puts each
+//! ```
+//!
+//! Memory in flight is bounded by the number of segment buffers (W + 2)
+//! plus the upload jobs queued or running (QUEUE + J), each at most about
+//! one segment of compressed data: with 16 MiB segments and 2 cores,
+//! (2 + 2 + 2 + 2) x 16 MiB = 128 MiB, whatever the disk size. A node is
+//! uploaded only after all of its new chunks are stored, and the manifest
+//! only after every node: a point never references what is not durable.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::mpsc;
+
+use super::segment::chunk_segment;
+use crate::error::{Error, Result};
+use crate::frame::{self, Kind};
+use crate::id::ObjectId;
+use crate::manifest::BackupStats;
+use crate::node::Node;
+use crate::progress::Progress;
+use crate::repo::{Repository, Stored};
+use crate::source::DiskSource;
+
+/// Upload jobs waiting between the workers and the uploader.
+const QUEUE: usize = 2;
+/// Segments uploading at once.
+const SEGMENTS_IN_FLIGHT: usize = 2;
+/// Chunk puts at once per segment (hides per-object latency: fsync on a
+/// local disk, a round trip on S3).
+const PUTS_PER_SEGMENT: usize = 16;
+/// The session's "already handled" set is forgotten past this many ids
+/// (about 50 MB): it only saves work, create-only puts keep it correct.
+const SEEN_CAP: usize = 1 << 20;
+
+/// What one disk's backup produced.
+#[derive(Debug)]
+pub struct DiskResult {
+    pub segments: Vec<Option<ObjectId>>,
+    pub stats: BackupStats,
+}
+
+enum Work {
+    Data { idx: usize, buf: Vec<u8>, read: u64 },
+    Hole { idx: usize },
+}
+
+struct UploadJob {
+    idx: usize,
+    segment: Option<ObjectId>,
+    /// The node to store (None when reused from the parent or all zero).
+    node: Option<Vec<u8>>,
+    chunks: Vec<(ObjectId, Bytes)>,
+    stats: BackupStats,
+}
+
+/// First failure wins; every stage checks `abort` between units of work.
+#[derive(Default)]
+struct Failure {
+    abort: AtomicBool,
+    first: Mutex<Option<Error>>,
+}
+
+impl Failure {
+    fn set(&self, e: Error) {
+        self.abort.store(true, Ordering::SeqCst);
+        let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(e);
+    }
+    fn aborted(&self) -> bool {
+        self.abort.load(Ordering::SeqCst)
+    }
+    fn take(&self) -> Option<Error> {
+        self.first.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+struct Shared {
+    repo: Repository,
+    source: Arc<DiskSource>,
+    parent: Vec<Option<ObjectId>>,
+    seen: Mutex<HashSet<ObjectId>>,
+    failure: Failure,
+    progress: Arc<Progress>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Backs up one disk; `parent` holds the parent point's node ids for the
+/// same disk (empty without a parent).
+pub async fn run(
+    repo: &Repository,
+    source: Arc<DiskSource>,
+    parent: Vec<Option<ObjectId>>,
+    progress: Arc<Progress>,
+) -> Result<DiskResult> {
+    let seg_size = repo.config().segment_size;
+    let n = source.size().div_ceil(seg_size) as usize;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let shared = Arc::new(Shared {
+        repo: repo.clone(),
+        source,
+        parent,
+        seen: Mutex::new(HashSet::new()),
+        failure: Failure::default(),
+        progress,
+        runtime: tokio::runtime::Handle::current(),
+    });
+
+    let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(workers + 2);
+    for _ in 0..workers + 2 {
+        // Allocated on first use, so small disks stay small.
+        let _ = pool_tx.send(Vec::new());
+    }
+    let (work_tx, work_rx) = sync_channel::<Work>(1);
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let (job_tx, mut job_rx) = mpsc::channel::<UploadJob>(QUEUE);
+
+    let mut threads = Vec::new();
+    {
+        let shared = shared.clone();
+        threads.push(tokio::task::spawn_blocking(move || {
+            read_segments(&shared, n, seg_size, pool_rx, work_tx)
+        }));
+    }
+    for _ in 0..workers {
+        let (shared, work_rx, pool_tx, job_tx) = (
+            shared.clone(),
+            work_rx.clone(),
+            pool_tx.clone(),
+            job_tx.clone(),
+        );
+        threads.push(tokio::task::spawn_blocking(move || {
+            process_segments(&shared, &work_rx, &pool_tx, &job_tx)
+        }));
+    }
+    drop((pool_tx, job_tx));
+
+    let mut segments = vec![None; n];
+    let mut stats = BackupStats::default();
+    let jobs = futures::stream::poll_fn(|cx| job_rx.poll_recv(cx));
+    let uploaded = jobs
+        .map(|job| upload(&shared, job))
+        .buffer_unordered(SEGMENTS_IN_FLIGHT)
+        .try_for_each(|(idx, seg, s)| {
+            segments[idx] = seg;
+            stats.add(&s);
+            futures::future::ready(Ok(()))
+        })
+        .await;
+    if let Err(e) = uploaded {
+        shared.failure.set(e);
+    }
+    drop(job_rx);
+    for t in threads {
+        t.await
+            .map_err(|e| Error::Internal(format!("backup thread died: {e}")))?;
+    }
+    if let Some(e) = shared.failure.take() {
+        return Err(e);
+    }
+    stats.bytes_scanned = shared.source.size();
+    Ok(DiskResult { segments, stats })
+}
+
+fn read_segments(
+    shared: &Shared,
+    n: usize,
+    seg_size: u64,
+    pool: Receiver<Vec<u8>>,
+    work: SyncSender<Work>,
+) {
+    let size = shared.source.size();
+    for idx in 0..n {
+        if shared.failure.aborted() {
+            return;
+        }
+        let start = idx as u64 * seg_size;
+        let end = (start + seg_size).min(size);
+        let item = match shared.source.data_ranges(start..end) {
+            Ok(r) if r.is_empty() => Work::Hole { idx },
+            Ok(_) => {
+                let Ok(mut buf) = pool.recv() else { return };
+                buf.resize((end - start) as usize, 0);
+                match shared.source.read_at(start, &mut buf) {
+                    Ok(read) => Work::Data { idx, buf, read },
+                    Err(e) => return shared.failure.set(e),
+                }
+            }
+            Err(e) => return shared.failure.set(e),
+        };
+        if work.send(item).is_err() {
+            return;
+        }
+    }
+}
+
+fn process_segments(
+    shared: &Shared,
+    work: &Mutex<Receiver<Work>>,
+    pool: &SyncSender<Vec<u8>>,
+    jobs: &mpsc::Sender<UploadJob>,
+) {
+    loop {
+        let item = match work.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+            Ok(item) => item,
+            Err(_) => return,
+        };
+        if shared.failure.aborted() {
+            return;
+        }
+        let job = match item {
+            Work::Hole { idx } => {
+                let len = shared.repo.config().segment_size;
+                shared
+                    .progress
+                    .add_done(len.min(shared.source.size() - idx as u64 * len));
+                Ok(UploadJob {
+                    idx,
+                    segment: None,
+                    node: None,
+                    chunks: Vec::new(),
+                    stats: BackupStats::default(),
+                })
+            }
+            Work::Data { idx, buf, read } => {
+                let job = build_job(shared, idx, &buf, read);
+                shared.progress.add_done(buf.len() as u64);
+                let _ = pool.send(buf);
+                job
+            }
+        };
+        match job {
+            Ok(job) => {
+                if jobs.blocking_send(job).is_err() {
+                    return;
+                }
+            }
+            Err(e) => return shared.failure.set(e),
+        }
+    }
+}
+
+/// Chunks, hashes and compresses one segment; decides what is new.
+fn build_job(shared: &Shared, idx: usize, data: &[u8], read: u64) -> Result<UploadJob> {
+    let cfg = shared.repo.config();
+    let seg = chunk_segment(&cfg.chunking, data);
+    let mut stats = BackupStats {
+        bytes_read: read,
+        ..BackupStats::default()
+    };
+    if seg.is_all_zero() {
+        return Ok(UploadJob {
+            idx,
+            segment: None,
+            node: None,
+            chunks: Vec::new(),
+            stats,
+        });
+    }
+    let node = Node {
+        entries: seg.entries,
+    };
+    stats.bytes_data = node
+        .entries
+        .iter()
+        .filter(|e| e.1.is_some())
+        .map(|e| e.len())
+        .sum();
+    let (node_id, plain) = node.to_plain()?;
+    let parent = shared.parent.get(idx).copied().flatten();
+    if parent == Some(node_id) {
+        // Same chunks as the parent at this place: nothing to store.
+        return Ok(UploadJob {
+            idx,
+            segment: Some(node_id),
+            node: None,
+            chunks: Vec::new(),
+            stats,
+        });
+    }
+    let known: HashSet<ObjectId> = match parent {
+        // A damaged parent node only costs dedup: its chunks are then
+        // uploaded (create-only) instead of assumed present.
+        Some(pid) => shared
+            .runtime
+            .block_on(shared.repo.load_node(&pid))
+            .map(|n| n.chunk_ids().collect())
+            .unwrap_or_default(),
+        None => HashSet::new(),
+    };
+    let mut chunks = Vec::new();
+    for (entry, &off) in node.entries.iter().zip(&seg.offsets) {
+        let Some(id) = entry.1 else { continue };
+        if known.contains(&id) {
+            continue;
+        }
+        stats.bytes_changed += entry.len();
+        let fresh = {
+            let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() >= SEEN_CAP {
+                seen.clear();
+            }
+            seen.insert(id)
+        };
+        if fresh {
+            let piece = &data[off..off + entry.len() as usize];
+            let framed = frame::encode(Kind::Chunk, piece, cfg.zstd_level)?;
+            chunks.push((id, Bytes::from(framed)));
+        }
+    }
+    Ok(UploadJob {
+        idx,
+        segment: Some(node_id),
+        node: Some(plain),
+        chunks,
+        stats,
+    })
+}
+
+/// Stores a segment's new chunks, then its node.
+async fn upload(shared: &Shared, job: UploadJob) -> Result<(usize, Option<ObjectId>, BackupStats)> {
+    let mut stats = job.stats;
+    let store = shared.repo.chunks();
+    let results: Vec<(Stored, u64)> = futures::stream::iter(job.chunks)
+        .map(|(id, framed)| {
+            let store = &store;
+            async move {
+                let len = framed.len() as u64;
+                let stored = store.put(&id, framed).await?;
+                shared.progress.add_transferred(len);
+                Ok::<_, Error>((stored, len))
+            }
+        })
+        .buffer_unordered(PUTS_PER_SEGMENT)
+        .try_collect()
+        .await?;
+    for (stored, len) in results {
+        stats.bytes_uploaded += len;
+        if stored == Stored::New {
+            stats.new_chunks += 1;
+            stats.bytes_stored += len;
+        }
+    }
+    if let (Some(id), Some(plain)) = (job.segment, job.node) {
+        let (stored, len) = shared.repo.put_node(&id, &plain).await?;
+        stats.bytes_uploaded += len;
+        if stored == Stored::New {
+            stats.new_nodes += 1;
+            stats.bytes_stored += len;
+        }
+    }
+    Ok((job.idx, job.segment, stats))
+}

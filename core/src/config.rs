@@ -1,0 +1,130 @@
+//! Repository constants, written once by `init` (create-only) and read by
+//! every command before anything else.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::ChunkParams;
+use crate::error::{Error, Result};
+use crate::frame::{self, Kind};
+use crate::keys;
+
+/// The repository format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Default segment size; see `docs/chunk-size.md` for the measurements.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
+/// Largest segment size accepted: the backup pipeline holds a few
+/// segments in memory at once, so this bounds its memory.
+pub const MAX_SEGMENT_SIZE: u64 = 64 << 20;
+/// Default zstd level for chunks.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format: u32,
+    /// Random, tells repositories apart in messages and caches.
+    pub repo_id: String,
+    pub created: DateTime<Utc>,
+    pub segment_size: u64,
+    pub chunking: ChunkParams,
+    pub zstd_level: i32,
+}
+
+impl RepoConfig {
+    pub fn new(segment_size: u64, chunking: ChunkParams, zstd_level: i32) -> Result<Self> {
+        let cfg = RepoConfig {
+            format: FORMAT_VERSION,
+            repo_id: hex::encode(rand::random::<[u8; 8]>()),
+            created: Utc::now(),
+            segment_size,
+            chunking,
+            zstd_level,
+        };
+        cfg.validate().map_err(Error::InvalidArgument)?;
+        Ok(cfg)
+    }
+
+    /// Checks the constants are usable; the message names the bad one.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.chunking.validate()?;
+        if !(1 << 20..=MAX_SEGMENT_SIZE).contains(&self.segment_size)
+            || !self.segment_size.is_power_of_two()
+        {
+            return Err(format!(
+                "segment size {} must be a power of two from 1 MiB to {} MiB",
+                self.segment_size,
+                MAX_SEGMENT_SIZE >> 20
+            ));
+        }
+        if self.segment_size < u64::from(self.chunking.max) {
+            return Err(format!(
+                "segment size {} is smaller than the maximum chunk size {}",
+                self.segment_size, self.chunking.max
+            ));
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            return Err(format!("zstd level {} must be 1 to 19", self.zstd_level));
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut plain = Vec::new();
+        ciborium::into_writer(self, &mut plain)
+            .map_err(|e| Error::Internal(format!("encoding config: {e}")))?;
+        // Stored uncompressed: tiny, and readable by anyone with a CBOR tool.
+        frame::encode(Kind::Config, &plain, 0)
+    }
+
+    pub fn decode(framed: &[u8]) -> Result<Self> {
+        let plain = frame::decode(Kind::Config, keys::CONFIG, framed, 1 << 16)?;
+        // Read the format version first, so that a newer repository is
+        // refused as "too new" even if its fields changed shape.
+        #[derive(Deserialize)]
+        struct Version {
+            format: u32,
+        }
+        let v: Version = ciborium::from_reader(&plain[..])
+            .map_err(|e| Error::corrupt(keys::CONFIG, format!("undecodable: {e}")))?;
+        if v.format != FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                what: "the repository".into(),
+                found: v.format.to_string(),
+                supported: FORMAT_VERSION.to_string(),
+            });
+        }
+        let cfg: RepoConfig = ciborium::from_reader(&plain[..])
+            .map_err(|e| Error::corrupt(keys::CONFIG, format!("undecodable: {e}")))?;
+        cfg.validate()
+            .map_err(|e| Error::corrupt(keys::CONFIG, e))?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_refuse_future_format() {
+        let cfg = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
+        assert_eq!(RepoConfig::decode(&cfg.encode().unwrap()).unwrap(), cfg);
+        let future = RepoConfig { format: 2, ..cfg };
+        let mut plain = Vec::new();
+        ciborium::into_writer(&future, &mut plain).unwrap();
+        let framed = frame::encode(Kind::Config, &plain, 0).unwrap();
+        assert!(matches!(
+            RepoConfig::decode(&framed),
+            Err(Error::UnsupportedFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_constants() {
+        let p = ChunkParams::default();
+        assert!(RepoConfig::new(3 << 20, p, 3).is_err());
+        assert!(RepoConfig::new(128 << 20, p, 3).is_err());
+        assert!(RepoConfig::new(16 << 20, p, 0).is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! Errors of the xfull engine.
+//!
+//! Rules: every variant names the thing that is wrong (a key, a path, a
+//! name) so that the CLI can print it as is; callers branch on the variant,
+//! never on message text. Damage to stored data is its own family of
+//! variants (see [`Error::is_damage`]) because operators act on it
+//! differently (exit status 3) from an unreachable store or a bad argument.
+
+use std::path::PathBuf;
+
+use crate::backend::BackendError;
+
+/// The result type of the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The storage backend failed (not found, unreachable, denied, ...).
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+
+    /// There is no repository at the location (no `config` object).
+    #[error("no xfull repository at {location} (create one with `xfull init`)")]
+    NotARepository { location: String },
+
+    /// `init` found a repository already there.
+    #[error("a repository already exists at {location}; refusing to overwrite it")]
+    RepositoryExists { location: String },
+
+    /// An object or repository uses a format this build does not know.
+    #[error("{what} uses format {found}, this xfull supports {supported}; upgrade xfull")]
+    UnsupportedFormat {
+        what: String,
+        found: String,
+        supported: String,
+    },
+
+    /// A stored object is damaged: bad frame, checksum or hash mismatch,
+    /// undecodable content.
+    #[error("damaged object {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+
+    /// Restoring or reading a point met damaged or missing data.
+    #[error(
+        "point {point}, disk {disk}: damaged data at offset {offset} (chunk {chunk}): {reason}"
+    )]
+    Damaged {
+        point: String,
+        disk: String,
+        offset: u64,
+        chunk: String,
+        reason: String,
+    },
+
+    /// A VM, disk, label or point name breaks the naming rules.
+    #[error("invalid {kind} {name:?}: {reason}")]
+    InvalidName {
+        kind: &'static str,
+        name: String,
+        reason: String,
+    },
+
+    /// A command argument is not acceptable.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// The point does not exist.
+    #[error("no point {point} in the repository")]
+    PointNotFound { point: String },
+
+    /// The point has no disk of that name.
+    #[error("point {point} has no disk {disk:?} (it has: {available})")]
+    DiskNotFound {
+        point: String,
+        disk: String,
+        available: String,
+    },
+
+    /// The source disk could not be opened or read.
+    #[error("source disk {}: {source}", path.display())]
+    Source {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The restore target could not be created or written.
+    #[error("restore target {}: {source}", path.display())]
+    Target {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A background task died unexpectedly (a bug, or the runtime shut down).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// True when the error reports damaged or missing stored data.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, Error::Corrupt { .. } | Error::Damaged { .. })
+    }
+
+    /// True when the error is the caller's input (exit status 2 in the CLI).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::InvalidName { .. } | Error::InvalidArgument(_))
+    }
+
+    pub(crate) fn corrupt(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! xfull core: the repository format and the backup and restore engine.
+//!
+//! A *point* is an express-full backup of a VM: each disk is a full image
+//! when restored, yet only what changed is stored. Disks are cut into fixed
+//! *segments*; each segment into content-defined *chunks* (FastCDC v2020),
+//! named by their BLAKE3 and stored zstd-compressed, once. A *node* lists a
+//! segment's chunks (and zero runs); a *manifest* lists a point's disks and
+//! their segments' nodes. See `docs/design.md` in the repository for the
+//! formats, the measurements behind the constants, and the concurrency
+//! protocol.
+//!
+//! Map of the crate:
+//! - storage seam: [`backend`] (trait and errors), [`chunk_store`] (where
+//!   chunk bytes live), [`keys`] (the key space), [`frame`] (object framing)
+//! - formats: [`config`], [`node`], [`manifest`], [`id`], [`names`]
+//! - engine: [`chunker`], [`source`], [`backup`], [`restore`], [`repo`]
+
+pub mod backend;
+pub mod backup;
+pub mod chunk_store;
+pub mod chunker;
+pub mod config;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod error;
+pub mod frame;
+pub mod id;
+pub mod keys;
+pub mod manifest;
+pub mod names;
+pub mod node;
+pub mod point_spec;
+pub mod progress;
+pub mod repo;
+pub mod restore;
+pub mod source;
+
+pub use error::{Error, Result};

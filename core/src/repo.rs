@@ -1,0 +1,182 @@
+//! An opened repository: the backend plus its constants, and typed access
+//! to config, manifests and nodes. Nothing is trusted unverified: every
+//! object read here is checked against its id or checksum.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+use crate::backend::{Backend, BackendError, PutMode};
+use crate::chunk_store::ChunkStore;
+use crate::config::RepoConfig;
+use crate::error::{Error, Result};
+use crate::frame::{self, Kind};
+use crate::id::{ObjectId, PointId};
+use crate::keys;
+use crate::manifest::Manifest;
+use crate::names::VmName;
+use crate::node::Node;
+use crate::point_spec::PointSpec;
+
+#[derive(Debug, Clone)]
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: RepoConfig,
+}
+
+/// How a create-only upload went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// This call wrote the object.
+    New,
+    /// It was already there (same key, so the same content).
+    Existed,
+}
+
+impl Repository {
+    /// Creates a repository: writes `config` create-only, so two racing
+    /// `init`s cannot both succeed and an existing repository is untouched.
+    pub async fn init(backend: Arc<dyn Backend>, config: RepoConfig) -> Result<Self> {
+        let bytes = config.encode()?;
+        match backend
+            .put(keys::CONFIG, Bytes::from(bytes), PutMode::Create)
+            .await
+        {
+            Ok(()) => Ok(Repository { backend, config }),
+            Err(e) if e.is_already_exists() => Err(Error::RepositoryExists {
+                location: backend.location(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens an existing repository, refusing unknown format versions.
+    pub async fn open(backend: Arc<dyn Backend>) -> Result<Self> {
+        let bytes = match backend.get(keys::CONFIG).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::NotARepository {
+                    location: backend.location(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let config = RepoConfig::decode(&bytes)?;
+        Ok(Repository { backend, config })
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    pub fn chunks(&self) -> ChunkStore {
+        ChunkStore::new(self.backend.clone())
+    }
+
+    /// Create-only put; "already exists" is success (same key, same bytes).
+    pub async fn put_once(&self, key: &str, data: Bytes) -> Result<Stored> {
+        match self.backend.put(key, data, PutMode::Create).await {
+            Ok(()) => Ok(Stored::New),
+            Err(e) if e.is_already_exists() => Ok(Stored::Existed),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn load_node(&self, id: &ObjectId) -> Result<Node> {
+        let key = keys::node(id);
+        let bytes = self.backend.get(&key).await.map_err(|e| missing(e, &key))?;
+        Node::decode(id, &bytes, self.config.segment_size)
+    }
+
+    pub async fn load_manifest(&self, vm: &VmName, id: &PointId) -> Result<Manifest> {
+        let key = keys::point(vm, id);
+        let bytes = match self.backend.get(&key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::PointNotFound {
+                    point: format!("{vm}@{id}"),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let m = Manifest::decode(&key, &bytes)?;
+        if &m.vm != vm || &m.id != id {
+            return Err(Error::corrupt(
+                key,
+                format!("holds point {} instead", m.point_name()),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Writes a point's manifest, create-only: an existing point is never
+    /// replaced.
+    pub async fn write_manifest(&self, m: &Manifest) -> Result<(Stored, u64)> {
+        let bytes = m.encode()?;
+        let len = bytes.len() as u64;
+        let stored = self
+            .put_once(&keys::point(&m.vm, &m.id), Bytes::from(bytes))
+            .await?;
+        Ok((stored, len))
+    }
+
+    /// Every point, or one VM's, sorted by VM then time.
+    pub async fn list_points(&self, vm: Option<&VmName>) -> Result<Vec<(VmName, PointId)>> {
+        let prefix = match vm {
+            Some(vm) => keys::points_of(vm),
+            None => keys::POINTS.to_string(),
+        };
+        let mut out: Vec<_> = self
+            .backend
+            .list(&prefix)
+            .try_filter_map(|m| async move { Ok(keys::parse_point(&m.key)) })
+            .try_collect()
+            .await?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// The newest point of a VM, if any.
+    pub async fn latest(&self, vm: &VmName) -> Result<Option<PointId>> {
+        Ok(self.list_points(Some(vm)).await?.pop().map(|(_, id)| id))
+    }
+
+    /// Loads the point a `VM@ID` / `VM@latest` spec names.
+    pub async fn resolve(&self, spec: &PointSpec) -> Result<Manifest> {
+        let id = match &spec.id {
+            Some(id) => id.clone(),
+            None => self
+                .latest(&spec.vm)
+                .await?
+                .ok_or_else(|| Error::PointNotFound {
+                    point: format!("{}@latest (the VM has no points)", spec.vm),
+                })?,
+        };
+        self.load_manifest(&spec.vm, &id).await
+    }
+
+    /// Frames and stores a node; returns how it went and its framed size.
+    pub async fn put_node(&self, id: &ObjectId, plain: &[u8]) -> Result<(Stored, u64)> {
+        let framed = frame::encode(Kind::Node, plain, self.config.zstd_level)?;
+        let len = framed.len() as u64;
+        Ok((self.put_once(&keys::node(id), framed.into()).await?, len))
+    }
+}
+
+/// A referenced object that is gone is damage, not a plain "not found".
+pub(crate) fn missing(e: BackendError, key: &str) -> Error {
+    if e.is_not_found() {
+        Error::corrupt(key, "missing from the repository")
+    } else {
+        e.into()
+    }
+}

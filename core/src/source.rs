@@ -1,0 +1,165 @@
+//! Reading a source disk: a regular (possibly sparse) image file or a
+//! block device.
+//!
+//! Holes of sparse files are found with SEEK_DATA/SEEK_HOLE and never read:
+//! the reader fills them with zeros in memory, so a sparse image gives the
+//! same chunks, nodes and manifest as the same bytes written out in full.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug)]
+pub struct DiskSource {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    /// Regular files may have holes; block devices are read in full.
+    sparse: bool,
+}
+
+impl DiskSource {
+    /// Opens a disk for reading; refuses directories and special files.
+    pub fn open(path: &Path) -> Result<Self> {
+        let err = |source| Error::Source {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(err)?;
+        let meta = file.metadata().map_err(err)?;
+        let ft = meta.file_type();
+        let (size, sparse) = if ft.is_file() {
+            (meta.len(), true)
+        } else if ft.is_block_device() {
+            // The size of a block device is where a seek to its end lands.
+            let size = (&file).seek(SeekFrom::End(0)).map_err(err)?;
+            (size, false)
+        } else {
+            let what = if ft.is_dir() {
+                "is a directory, not a disk image"
+            } else {
+                "is not a regular file or a block device"
+            };
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                what,
+            )));
+        };
+        Ok(DiskSource {
+            path: path.to_path_buf(),
+            file,
+            size,
+            sparse,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io_err(&self, source: std::io::Error) -> Error {
+        Error::Source {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The ranges inside `range` that may hold data (everything, for a
+    /// block device or a file system without hole reporting).
+    pub fn data_ranges(&self, range: Range<u64>) -> Result<Vec<Range<u64>>> {
+        if !self.sparse {
+            return Ok(vec![range]);
+        }
+        let mut out = Vec::new();
+        let mut pos = range.start;
+        while pos < range.end {
+            let data = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(pos)) {
+                Ok(d) => d,
+                // ENXIO: no data at or after pos.
+                Err(rustix::io::Errno::NXIO) => break,
+                // No SEEK_DATA support: treat everything as data.
+                Err(rustix::io::Errno::INVAL) if out.is_empty() && pos == range.start => {
+                    return Ok(vec![range]);
+                }
+                Err(e) => return Err(self.io_err(e.into())),
+            };
+            if data >= range.end {
+                break;
+            }
+            let hole = rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(data))
+                .map_err(|e| self.io_err(e.into()))?;
+            let end = hole.min(range.end);
+            out.push(data..end);
+            pos = end;
+        }
+        Ok(out)
+    }
+
+    /// Fills `buf` with the disk's bytes from `start`: holes become zeros
+    /// without a read. Returns the bytes actually read from the source.
+    pub fn read_at(&self, start: u64, buf: &mut [u8]) -> Result<u64> {
+        let end = start + buf.len() as u64;
+        let mut filled = start;
+        let mut read = 0;
+        for r in self.data_ranges(start..end)? {
+            let (a, b) = ((r.start - start) as usize, (r.end - start) as usize);
+            buf[(filled - start) as usize..a].fill(0);
+            self.file
+                .read_exact_at(&mut buf[a..b], r.start)
+                .map_err(|e| self.io_err(e))?;
+            read += r.end - r.start;
+            filled = r.end;
+        }
+        buf[(filled - start) as usize..].fill(0);
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn sparse_file_reads_as_zeros_and_reports_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let f = File::create(&p).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.write_all_at(&[7u8; 4096], 4 << 20).unwrap();
+        drop(f);
+        let src = DiskSource::open(&p).unwrap();
+        assert_eq!(src.size(), 8 << 20);
+        let ranges = src.data_ranges(0..8 << 20).unwrap();
+        let covered: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        assert!(covered >= 4096 && covered < 8 << 20, "{ranges:?}");
+        let mut buf = vec![1u8; 8 << 20];
+        src.read_at(0, &mut buf).unwrap();
+        assert!(buf[..4 << 20].iter().all(|&b| b == 0));
+        assert!(buf[4 << 20..(4 << 20) + 4096].iter().all(|&b| b == 7));
+        assert!(buf[(4 << 20) + 4096..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn refuses_directories_and_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = DiskSource::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("directory"), "{e}");
+        let e = DiskSource::open(&dir.path().join("nope")).unwrap_err();
+        assert!(matches!(e, Error::Source { .. }));
+        let mut f = File::create(dir.path().join("small")).unwrap();
+        f.write_all(b"x").unwrap();
+        assert_eq!(
+            DiskSource::open(&dir.path().join("small")).unwrap().size(),
+            1
+        );
+    }
+}
