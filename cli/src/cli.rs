@@ -101,6 +101,9 @@ pub struct RestoreArgs {
     /// A new file, an existing block device, or - for stdout.
     #[arg(long)]
     pub to: String,
+    /// Flush the image to stable storage (fsync) before reporting success.
+    #[arg(long)]
+    pub sync: bool,
 }
 
 impl Cli {

@@ -45,14 +45,15 @@ impl ChunkStore {
         self.backend.get(&key).await.map_err(|e| missing(e, &key))
     }
 
-    /// Decodes framed chunk bytes and checks that they hash to `id`.
-    /// CPU-bound: call from a blocking context.
-    pub fn open(id: &ObjectId, framed: &[u8], len: usize) -> Result<Vec<u8>> {
+    /// Decodes framed chunk bytes into `out` (the chunk's length) and
+    /// checks that they hash to `id`. CPU-bound: call from a blocking
+    /// context.
+    pub fn open_into(id: &ObjectId, framed: &[u8], out: &mut [u8]) -> Result<()> {
         let key = keys::chunk(id);
-        let plain = frame::decode_chunk(&key, framed, len)?;
-        if ObjectId::of(&plain) != *id {
+        frame::decode_chunk_into(&key, framed, out)?;
+        if ObjectId::of(out) != *id {
             return Err(Error::corrupt(key, "content does not match its id"));
         }
-        Ok(plain)
+        Ok(())
     }
 }

@@ -41,7 +41,8 @@ impl ChunkParams {
         let in_range = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
             && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
             && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max);
-        if !in_range || !(min <= avg && avg <= max) || min % 2 + avg % 2 + max % 2 != 0 {
+        let even = min % 2 == 0 && avg % 2 == 0 && max % 2 == 0;
+        if !(in_range && even && min <= avg && avg <= max) {
             return Err(format!(
                 "chunk sizes min {min} / avg {avg} / max {max} are not usable: need even \
                  sizes with min <= avg <= max, min {MINIMUM_MIN}..{MINIMUM_MAX}, \

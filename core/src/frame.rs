@@ -13,6 +13,7 @@
 //! Chunks and nodes carry no checksum: their key is the BLAKE3 of their
 //! plaintext, which readers check instead.
 
+use std::cell::RefCell;
 use std::io::Read;
 
 use crate::error::{Error, Result};
@@ -73,9 +74,7 @@ pub fn encode(kind: Kind, plain: &[u8], level: i32) -> Result<Vec<u8>> {
     if level == 0 {
         out.extend_from_slice(plain);
     } else {
-        let compressed = zstd::bulk::compress(plain, level)
-            .map_err(|e| Error::Internal(format!("zstd compression failed: {e}")))?;
-        out.extend_from_slice(&compressed);
+        compress_into(plain, level, &mut out)?;
     }
     Ok(out)
 }
@@ -117,23 +116,69 @@ pub fn decode(kind: Kind, key: &str, framed: &[u8], limit: usize) -> Result<Vec<
     Ok(plain)
 }
 
-/// Decodes a chunk whose plaintext length is known from its node: a faster
-/// path than [`decode`] (one allocation of the exact size).
-pub fn decode_chunk(key: &str, framed: &[u8], len: usize) -> Result<Vec<u8>> {
+thread_local! {
+    // zstd contexts are costly to set up (tables of about a megabyte):
+    // each thread keeps one of each instead of making one per chunk.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+fn compress_into(plain: &[u8], level: i32, out: &mut Vec<u8>) -> Result<()> {
+    let fail = |e: std::io::Error| Error::Internal(format!("zstd compression failed: {e}"));
+    COMPRESSOR.with_borrow_mut(|slot| {
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(fail)?));
+        }
+        let Some((_, c)) = slot.as_mut() else {
+            return Err(Error::Internal("zstd compressor missing".into()));
+        };
+        let start = out.len();
+        out.resize(start + zstd::zstd_safe::compress_bound(plain.len()), 0);
+        let n = c
+            .compress_to_buffer(plain, &mut out[start..])
+            .map_err(fail)?;
+        out.truncate(start + n);
+        Ok(())
+    })
+}
+
+/// Decodes a chunk whose plaintext length is known from its node straight
+/// into `out` (exactly that long). Does not check the id: see
+/// [`crate::chunk_store`].
+pub fn decode_chunk_into(key: &str, framed: &[u8], out: &mut [u8]) -> Result<()> {
     let (codec, _, payload) = split(Kind::Chunk, key, framed)?;
-    let plain = match codec {
-        CODEC_STORED => payload.to_vec(),
-        CODEC_ZSTD => zstd::bulk::decompress(payload, len)
-            .map_err(|e| Error::corrupt(key, format!("zstd: {e}")))?,
-        other => return Err(unknown_codec(Kind::Chunk, other)),
-    };
-    if plain.len() != len {
-        return Err(Error::corrupt(
-            key,
-            format!("holds {} bytes, its node says {len}", plain.len()),
-        ));
+    let len = out.len();
+    let wrong = |n: usize| Error::corrupt(key, format!("holds {n} bytes, its node says {len}"));
+    match codec {
+        CODEC_STORED if payload.len() == len => {
+            out.copy_from_slice(payload);
+            Ok(())
+        }
+        CODEC_STORED => Err(wrong(payload.len())),
+        CODEC_ZSTD => DECOMPRESSOR.with_borrow_mut(|slot| {
+            let zerr = |e: std::io::Error| Error::corrupt(key, format!("zstd: {e}"));
+            if slot.is_none() {
+                *slot = Some(zstd::bulk::Decompressor::new().map_err(zerr)?);
+            }
+            let Some(d) = slot.as_mut() else {
+                return Err(Error::Internal("zstd decompressor missing".into()));
+            };
+            // The frame may claim more than `len`: decompress_to_buffer
+            // then fails instead of writing past the slice.
+            let n = d.decompress_to_buffer(payload, out).map_err(zerr)?;
+            if n == len { Ok(()) } else { Err(wrong(n)) }
+        }),
+        other => Err(unknown_codec(Kind::Chunk, other)),
     }
-    Ok(plain)
+}
+
+/// [`decode_chunk_into`] into a new buffer.
+pub fn decode_chunk(key: &str, framed: &[u8], len: usize) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; len];
+    decode_chunk_into(key, framed, &mut out)?;
+    Ok(out)
 }
 
 fn unknown_codec(kind: Kind, codec: u8) -> Error {

@@ -25,6 +25,7 @@ pub mod conformance;
 pub mod error;
 pub mod frame;
 pub mod id;
+pub mod image_hash;
 pub mod keys;
 pub mod manifest;
 pub mod names;

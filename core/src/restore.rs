@@ -1,11 +1,15 @@
 //! Restore: one disk of one point, to a new file, a block device, or
 //! stdout.
 //!
-//! Chunks are fetched with bounded parallelism, each verified against its
-//! id before use, and handed in disk order to one writer thread that also
-//! computes the BLAKE3 of the whole image. A new file is written under a
-//! temporary name and renamed when complete, so a failed restore never
-//! leaves a truncated image under the requested name.
+//! Work is done a segment at a time, several segments at once: fetch the
+//! node, fetch its chunks concurrently, then on a blocking thread
+//! decompress each chunk into the segment's buffer, check it against its
+//! id, hash the segment as a BLAKE3 subtree and write it. Segments come out
+//! in disk order, so stdout gets the image in order, and the per-segment
+//! hashes merge into the BLAKE3 of the whole image (see [`image_hash`]).
+//! A new file is written under a temporary name and renamed when complete,
+//! so a failed restore never leaves a truncated image under the requested
+//! name; zero runs are not written and stay holes.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -13,19 +17,22 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::mpsc;
 
 use crate::chunk_store::ChunkStore;
 use crate::error::{Error, Result};
+use crate::image_hash::{self, SegmentHash};
 use crate::manifest::{DiskManifest, Manifest};
+use crate::node::Entry;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
-/// Chunk fetches in flight.
+/// Segments in flight: bounds memory to about twice this many segments
+/// (compressed chunks plus the decompressed buffer).
+const SEGMENTS_IN_FLIGHT: usize = 4;
+/// Chunk fetches in flight per segment.
 const FETCHES: usize = 16;
-/// Node fetches in flight (one node covers a segment).
-const NODE_FETCHES: usize = 4;
 
 /// Where a restore writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +79,13 @@ impl Target {
     }
 }
 
+/// Restore options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// Flush the image to stable storage before reporting success.
+    pub sync: bool,
+}
+
 /// What a restore wrote.
 #[derive(Debug, Clone)]
 pub struct RestoreOutcome {
@@ -80,9 +94,11 @@ pub struct RestoreOutcome {
     pub blake3: String,
 }
 
-enum Piece {
-    Data(u64, Vec<u8>),
-    Zero(u64, u64),
+/// One restored segment on its way to the sink.
+struct Done {
+    hash: SegmentHash,
+    /// The segment's bytes, kept only when the sink needs them in order.
+    bytes: Option<InOrder>,
 }
 
 /// Restores disk `disk` of point `m` to `target`.
@@ -91,147 +107,203 @@ pub async fn restore(
     m: &Manifest,
     disk: &str,
     target: &Target,
+    opts: RestoreOptions,
     progress: Arc<Progress>,
 ) -> Result<RestoreOutcome> {
-    let d = m.disk(disk)?.clone();
+    let d = Arc::new(m.disk(disk)?.clone());
     progress.add_total(d.size);
-    let mut sink = Sink::open(target, d.size)?;
-    let (tx, mut rx) = mpsc::channel::<Piece>(FETCHES);
-    let writer_progress = progress.clone();
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut hasher = blake3::Hasher::new();
-        let zeros = vec![0u8; 1 << 20];
-        while let Some(piece) = rx.blocking_recv() {
-            match piece {
-                Piece::Data(off, data) => {
-                    hasher.update(&data);
-                    sink.write_data(off, &data)?;
-                    writer_progress.add_done(data.len() as u64);
+    let sink = Arc::new(Sink::open(target, d.size)?);
+    let zeros: Arc<[u8]> = vec![0u8; d.segment_size as usize].into();
+    let buffers = Arc::new(BufferPool::default());
+    let point = m.point_name();
+    let mut hashes = Vec::with_capacity(d.segments.len());
+    let mut done = futures::stream::iter(0..d.segments.len())
+        .map(|i| {
+            let ctx = SegmentCtx {
+                repo: repo.clone(),
+                d: d.clone(),
+                sink: sink.clone(),
+                zeros: zeros.clone(),
+                buffers: buffers.clone(),
+                point: point.clone(),
+                progress: progress.clone(),
+            };
+            async move { ctx.restore_segment(i).await }
+        })
+        .buffered(SEGMENTS_IN_FLIGHT);
+    while let Some(seg) = done.try_next().await? {
+        hashes.push(seg.hash);
+        if let Some(bytes) = seg.bytes {
+            let (sink, zeros, buffers) = (sink.clone(), zeros.clone(), buffers.clone());
+            tokio::task::spawn_blocking(move || {
+                let r = sink.write_in_order(&bytes, &zeros);
+                if let InOrder::Data(buf) = bytes {
+                    buffers.give(buf);
                 }
-                Piece::Zero(off, len) => {
-                    let mut left = len;
-                    while left > 0 {
-                        let n = left.min(zeros.len() as u64) as usize;
-                        hasher.update(&zeros[..n]);
-                        sink.write_zeros(off + len - left, &zeros[..n])?;
-                        left -= n as u64;
-                    }
-                    writer_progress.add_done(len);
-                }
-            }
+                r
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("restore writer died: {e}")))??;
         }
-        Ok::<_, Error>((sink, hasher.finalize()))
-    });
-
-    let produced = produce(repo, m, &d, &tx, &progress).await;
-    drop(tx);
-    let written = writer
+    }
+    drop(done);
+    let sink = Arc::into_inner(sink)
+        .ok_or_else(|| Error::Internal("restore target still in use".into()))?;
+    tokio::task::spawn_blocking(move || sink.finish(opts.sync))
         .await
-        .map_err(|e| Error::Internal(format!("restore writer died: {e}")))?;
-    produced?;
-    let (sink, hash) = written?;
-    sink.finish()?;
+        .map_err(|e| Error::Internal(format!("restore writer died: {e}")))??;
     Ok(RestoreOutcome {
         bytes: d.size,
-        blake3: hash.to_hex().to_string(),
+        blake3: image_hash::combine(&hashes, d.segment_size, d.size)
+            .to_hex()
+            .to_string(),
     })
 }
 
-/// Feeds the writer every piece of the disk, in order.
-async fn produce(
-    repo: &Repository,
-    m: &Manifest,
-    d: &DiskManifest,
-    tx: &mpsc::Sender<Piece>,
-    progress: &Progress,
-) -> Result<()> {
-    let point = m.point_name();
-    let damaged = |offset: u64, chunk: String, e: Error| Error::Damaged {
-        point: point.clone(),
-        disk: d.name.to_string(),
-        offset,
-        chunk,
-        reason: e.to_string(),
-    };
-    // Each segment becomes its list of (offset, length, chunk id or zero).
-    let segments = futures::stream::iter(0..d.segments.len())
-        .map(|i| {
-            let range = d.segment_range(i);
-            let seg = d.segments[i];
-            async move {
-                let Some(node_id) = seg else {
-                    return Ok(vec![(range.start, range.end - range.start, None)]);
-                };
-                let node = repo
-                    .load_node(&node_id)
-                    .await
-                    .map_err(|e| damaged(range.start, format!("node {node_id}"), e))?;
-                if node.len() != range.end - range.start {
-                    return Err(damaged(
-                        range.start,
-                        format!("node {node_id}"),
-                        Error::corrupt(
-                            crate::keys::node(&node_id),
-                            format!(
-                                "covers {} bytes, the segment has {}",
-                                node.len(),
-                                range.end - range.start
-                            ),
-                        ),
-                    ));
-                }
-                let mut off = range.start;
-                Ok(node
-                    .entries
-                    .iter()
-                    .map(|e| {
-                        let item = (off, e.len(), e.1);
-                        off += e.len();
-                        item
-                    })
-                    .collect())
-            }
-        })
-        .buffered(NODE_FETCHES)
-        .map_ok(|entries| futures::stream::iter(entries.into_iter().map(Ok::<_, Error>)))
-        .try_flatten();
-
-    let store = repo.chunks();
-    let pieces = segments
-        .map_ok(|(off, len, id)| {
-            let store = store.clone();
-            let damaged = &damaged;
-            async move {
-                let Some(id) = id else {
-                    return Ok::<_, Error>(Piece::Zero(off, len));
-                };
-                let raw = store
-                    .get_raw(&id)
-                    .await
-                    .map_err(|e| damaged(off, id.to_hex(), e))?;
-                progress.add_transferred(raw.len() as u64);
-                let plain =
-                    tokio::task::spawn_blocking(move || ChunkStore::open(&id, &raw, len as usize))
-                        .await
-                        .map_err(|e| Error::Internal(format!("decompress task died: {e}")))?
-                        .map_err(|e| damaged(off, id.to_hex(), e))?;
-                Ok(Piece::Data(off, plain))
-            }
-        })
-        .try_buffered(FETCHES);
-    futures::pin_mut!(pieces);
-    while let Some(piece) = pieces.try_next().await? {
-        if tx.send(piece).await.is_err() {
-            // The writer stopped: its error is reported by the caller.
-            break;
-        }
-    }
-    Ok(())
+struct SegmentCtx {
+    repo: Repository,
+    d: Arc<DiskManifest>,
+    sink: Arc<Sink>,
+    zeros: Arc<[u8]>,
+    buffers: Arc<BufferPool>,
+    point: String,
+    progress: Arc<Progress>,
 }
 
-/// The open restore target.
+/// Segment buffers for reuse: fresh 16 MiB allocations cost page faults
+/// and page clearing on every segment, reused ones do not.
+#[derive(Default)]
+struct BufferPool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        // Every byte is overwritten by a chunk or a zero run.
+        buf.resize(len, 0);
+        buf
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
+    }
+}
+
+impl SegmentCtx {
+    fn damaged(&self, offset: u64, chunk: String, e: Error) -> Error {
+        Error::Damaged {
+            point: self.point.clone(),
+            disk: self.d.name.to_string(),
+            offset,
+            chunk,
+            reason: e.to_string(),
+        }
+    }
+
+    async fn restore_segment(self, i: usize) -> Result<Done> {
+        let range = self.d.segment_range(i);
+        let len = range.end - range.start;
+        let entries = match self.d.segments[i] {
+            None => Vec::new(),
+            Some(node_id) => {
+                let node = self
+                    .repo
+                    .load_node(&node_id)
+                    .await
+                    .map_err(|e| self.damaged(range.start, format!("node {node_id}"), e))?;
+                if node.len() != len {
+                    let e = Error::Corrupt {
+                        key: crate::keys::node(&node_id),
+                        reason: format!("covers {} bytes, the segment has {len}", node.len()),
+                    };
+                    return Err(self.damaged(range.start, format!("node {node_id}"), e));
+                }
+                node.entries
+            }
+        };
+        let store = self.repo.chunks();
+        let raw: Vec<Option<Bytes>> = futures::stream::iter(entries.iter().copied())
+            .scan(range.start, |off, e| {
+                let at = *off;
+                *off += e.len();
+                futures::future::ready(Some((at, e)))
+            })
+            .map(|(at, e)| {
+                let (store, ctx) = (&store, &self);
+                async move {
+                    let Some(id) = e.chunk() else { return Ok(None) };
+                    let b = store
+                        .get_raw(&id)
+                        .await
+                        .map_err(|err| ctx.damaged(at, id.to_hex(), err))?;
+                    ctx.progress.add_transferred(b.len() as u64);
+                    Ok::<_, Error>(Some(b))
+                }
+            })
+            .buffered(FETCHES)
+            .try_collect()
+            .await?;
+        tokio::task::spawn_blocking(move || self.assemble(range.start, len, &entries, &raw))
+            .await
+            .map_err(|e| Error::Internal(format!("restore task died: {e}")))?
+    }
+
+    /// Decompresses, verifies, hashes and (for random-access sinks) writes
+    /// one segment.
+    fn assemble(
+        &self,
+        start: u64,
+        len: u64,
+        entries: &[Entry],
+        raw: &[Option<Bytes>],
+    ) -> Result<Done> {
+        let (seg, total) = (self.d.segment_size, self.d.size);
+        if entries.iter().all(|e| e.chunk().is_none()) {
+            let zeros = &self.zeros[..len as usize];
+            let hash = image_hash::hash_segment(start, zeros, seg, total);
+            self.progress.add_done(len);
+            return Ok(Done {
+                hash,
+                bytes: self.sink.write_zeros(start, zeros)?,
+            });
+        }
+        let mut buf = self.buffers.take(len as usize);
+        let mut off = 0usize;
+        for (e, framed) in entries.iter().zip(raw) {
+            let piece = &mut buf[off..off + e.len() as usize];
+            match (e.chunk(), framed) {
+                (Some(id), Some(framed)) => {
+                    if let Err(err) = ChunkStore::open_into(&id, framed, piece) {
+                        self.buffers.give(buf);
+                        return Err(self.damaged(start + off as u64, id.to_hex(), err));
+                    }
+                }
+                _ => piece.fill(0),
+            }
+            off += e.len() as usize;
+        }
+        let hash = image_hash::hash_segment(start, &buf, seg, total);
+        self.progress.add_done(len);
+        let bytes = self
+            .sink
+            .write_segment(start, buf, entries, &self.buffers)?;
+        Ok(Done { hash, bytes })
+    }
+}
+
+/// Bytes that only an in-order sink (stdout) still has to write.
+enum InOrder {
+    Data(Vec<u8>),
+    Zeros(u64),
+}
+
+/// The open restore target, shared by the segment tasks.
 enum Sink {
-    Stdout(std::io::BufWriter<std::io::Stdout>),
+    Stdout(std::sync::Mutex<std::io::BufWriter<std::io::Stdout>>),
     File {
         file: File,
         partial: PathBuf,
@@ -246,16 +318,12 @@ enum Sink {
 impl Sink {
     fn open(target: &Target, size: u64) -> Result<Sink> {
         Ok(match target {
-            Target::Stdout => Sink::Stdout(std::io::BufWriter::with_capacity(
-                1 << 20,
-                std::io::stdout(),
+            Target::Stdout => Sink::Stdout(std::sync::Mutex::new(
+                std::io::BufWriter::with_capacity(1 << 20, std::io::stdout()),
             )),
             Target::NewFile(path) => {
                 let partial = partial_path(path);
-                let err = |source| Error::Target {
-                    path: partial.clone(),
-                    source,
-                };
+                let err = |source| target_err(&partial, source);
                 let file = OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -271,10 +339,7 @@ impl Sink {
                 }
             }
             Target::Device(path) => {
-                let err = |source| Error::Target {
-                    path: path.clone(),
-                    source,
-                };
+                let err = |source| target_err(path, source);
                 let mut file = OpenOptions::new().write(true).open(path).map_err(err)?;
                 let dev_size =
                     std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(err)?;
@@ -292,37 +357,103 @@ impl Sink {
         })
     }
 
-    fn write_data(&mut self, off: u64, data: &[u8]) -> Result<()> {
-        match self {
-            Sink::Stdout(w) => w.write_all(data).map_err(stdout_err),
-            Sink::File { file, partial, .. } => file
-                .write_all_at(data, off)
-                .map_err(|source| target_err(partial, source)),
-            Sink::Device { file, path } => file
-                .write_all_at(data, off)
-                .map_err(|source| target_err(path, source)),
+    /// Writes a restored segment where the sink allows random access;
+    /// hands it back for an in-order sink.
+    fn write_segment(
+        &self,
+        start: u64,
+        buf: Vec<u8>,
+        entries: &[Entry],
+        pool: &BufferPool,
+    ) -> Result<Option<InOrder>> {
+        let written = self.write_at(start, &buf, entries);
+        match written {
+            Ok(false) => Ok(Some(InOrder::Data(buf))),
+            other => {
+                pool.give(buf);
+                other.map(|_| None)
+            }
         }
     }
 
-    fn write_zeros(&mut self, off: u64, zeros: &[u8]) -> Result<()> {
+    /// Writes a segment where the sink allows random access; false for an
+    /// in-order sink.
+    fn write_at(&self, start: u64, buf: &[u8], entries: &[Entry]) -> Result<bool> {
         match self {
+            Sink::Stdout(_) => Ok(false),
+            Sink::Device { file, path } => {
+                file.write_all_at(buf, start)
+                    .map_err(|e| target_err(path, e))?;
+                Ok(true)
+            }
+            Sink::File { file, partial, .. } => {
+                // Write each run of chunks in one call; skip zero runs.
+                let mut off = 0usize;
+                let mut run: Option<usize> = None;
+                for e in entries {
+                    match (e.chunk(), run) {
+                        (Some(_), None) => run = Some(off),
+                        (None, Some(r)) => {
+                            file.write_all_at(&buf[r..off], start + r as u64)
+                                .map_err(|e| target_err(partial, e))?;
+                            run = None;
+                        }
+                        _ => {}
+                    }
+                    off += e.len() as usize;
+                }
+                if let Some(r) = run {
+                    file.write_all_at(&buf[r..off], start + r as u64)
+                        .map_err(|e| target_err(partial, e))?;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    fn write_zeros(&self, start: u64, zeros: &[u8]) -> Result<Option<InOrder>> {
+        match self {
+            Sink::Stdout(_) => Ok(Some(InOrder::Zeros(zeros.len() as u64))),
+            Sink::Device { file, path } => {
+                file.write_all_at(zeros, start)
+                    .map_err(|e| target_err(path, e))?;
+                Ok(None)
+            }
             // A fresh file already reads as zeros there.
-            Sink::File { .. } => Ok(()),
-            _ => self.write_data(off, zeros),
+            Sink::File { .. } => Ok(None),
         }
     }
 
-    fn finish(self) -> Result<()> {
+    fn write_in_order(&self, piece: &InOrder, zeros: &[u8]) -> Result<()> {
+        let Sink::Stdout(w) = self else {
+            return Err(Error::Internal(
+                "in-order write to a random-access sink".into(),
+            ));
+        };
+        let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+        match piece {
+            InOrder::Data(d) => w.write_all(d).map_err(stdout_err),
+            InOrder::Zeros(n) => w.write_all(&zeros[..*n as usize]).map_err(stdout_err),
+        }
+    }
+
+    fn finish(self, sync: bool) -> Result<()> {
         match self {
-            Sink::Stdout(mut w) => w.flush().map_err(stdout_err),
+            Sink::Stdout(w) => w
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .flush()
+                .map_err(stdout_err),
             Sink::File {
                 file,
                 partial,
                 path,
             } => {
-                file.sync_all().map_err(|e| target_err(&partial, e))?;
+                if sync {
+                    file.sync_all().map_err(|e| target_err(&partial, e))?;
+                }
                 std::fs::rename(&partial, &path).map_err(|e| target_err(&path, e))?;
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if sync && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     // Make the rename itself durable.
                     File::open(dir)
                         .and_then(|d| d.sync_all())
@@ -330,7 +461,12 @@ impl Sink {
                 }
                 Ok(())
             }
-            Sink::Device { file, path } => file.sync_all().map_err(|e| target_err(&path, e)),
+            Sink::Device { file, path } => {
+                if sync {
+                    file.sync_all().map_err(|e| target_err(&path, e))?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use xfull_core::point_spec::PointSpec;
 use xfull_core::progress::Progress;
-use xfull_core::restore::{Target, restore};
+use xfull_core::restore::{RestoreOptions, Target, restore};
 
 use crate::cli::{Cli, RestoreArgs};
 use crate::progress_ui::Bar;
@@ -17,7 +17,15 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
     m.disk(&args.disk)?;
     let progress = Arc::new(Progress::default());
     let bar = Bar::start(progress.clone(), "restore", cli.json);
-    let out = restore(&repo, &m, &args.disk, &target, progress).await?;
+    let out = restore(
+        &repo,
+        &m,
+        &args.disk,
+        &target,
+        RestoreOptions { sync: args.sync },
+        progress,
+    )
+    .await?;
     drop(bar);
     // With the image on stdout, the report goes to stderr.
     let report = if cli.json {
