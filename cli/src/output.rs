@@ -33,7 +33,7 @@ pub struct StatsView {
     pub bytes_uploaded: u64,
     pub bytes_stored: u64,
     pub bytes_data: u64,
-    pub dedup_ratio: f64,
+    pub dedup_ratio: Option<f64>,
     pub seconds: f64,
 }
 
@@ -48,7 +48,7 @@ impl From<&BackupStats> for StatsView {
             bytes_uploaded: s.bytes_uploaded,
             bytes_stored: s.bytes_stored,
             bytes_data: s.bytes_data,
-            dedup_ratio: (s.dedup_ratio() * 100.0).round() / 100.0,
+            dedup_ratio: s.dedup_ratio().map(|r| (r * 100.0).round() / 100.0),
             seconds: (s.seconds * 1000.0).round() / 1000.0,
         }
     }
@@ -111,14 +111,15 @@ impl From<&Manifest> for PointView {
 /// One line of statistics for people.
 pub fn stats_line(s: &BackupStats) -> String {
     format!(
-        "{} scanned, {} read, {} changed, {} new chunks, {} uploaded, {} stored, dedup {:.1}x, {:.2} s",
+        "{} scanned, {} read, {} changed, {} new chunks, {} uploaded, {} stored, {}, {:.2} s",
         bytes(s.bytes_scanned),
         bytes(s.bytes_read),
         bytes(s.bytes_changed),
         s.new_chunks,
         bytes(s.bytes_uploaded),
         bytes(s.bytes_stored),
-        s.dedup_ratio(),
+        s.dedup_ratio()
+            .map_or("nothing new".to_string(), |r| format!("dedup {r:.1}x")),
         s.seconds
     )
 }

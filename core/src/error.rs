@@ -5,6 +5,8 @@
 //! never on message text. Damage to stored data is its own family of
 //! variants (see [`Error::is_damage`]) because operators act on it
 //! differently (exit status 3) from an unreachable store or a bad argument.
+//! Messages include their cause's text, so variants carry no `#[source]`:
+//! printing the chain would say it twice.
 
 use std::path::PathBuf;
 
@@ -79,19 +81,17 @@ pub enum Error {
     },
 
     /// The source disk could not be opened or read.
-    #[error("source disk {}: {source}", path.display())]
+    #[error("source disk {}: {error}", path.display())]
     Source {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// The restore target could not be created or written.
-    #[error("restore target {}: {source}", path.display())]
+    #[error("restore target {}: {error}", path.display())]
     Target {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A background task died unexpectedly (a bug, or the runtime shut down).

@@ -36,4 +36,5 @@ pub mod repo;
 pub mod restore;
 pub mod source;
 
+pub use async_trait::async_trait;
 pub use error::{Error, Result};

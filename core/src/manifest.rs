@@ -92,9 +92,10 @@ impl BackupStats {
         self.bytes_data += o.bytes_data;
     }
 
-    /// Data bytes of the point per byte it added to the store.
-    pub fn dedup_ratio(&self) -> f64 {
-        self.bytes_data as f64 / self.bytes_stored.max(1) as f64
+    /// Data bytes of the point per byte it added to the store; `None`
+    /// when it added nothing.
+    pub fn dedup_ratio(&self) -> Option<f64> {
+        (self.bytes_stored > 0).then(|| self.bytes_data as f64 / self.bytes_stored as f64)
     }
 }
 

@@ -51,9 +51,9 @@ impl Target {
             return Ok(Target::Stdout);
         }
         let path = PathBuf::from(to);
-        let err = |source| Error::Target {
+        let err = |error| Error::Target {
             path: path.clone(),
-            source,
+            error,
         };
         match std::fs::metadata(&path) {
             Ok(m) if m.file_type().is_block_device() => Ok(Target::Device(path)),
@@ -477,10 +477,10 @@ fn partial_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn target_err(path: &Path, source: std::io::Error) -> Error {
+fn target_err(path: &Path, error: std::io::Error) -> Error {
     Error::Target {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

@@ -25,9 +25,9 @@ pub struct DiskSource {
 impl DiskSource {
     /// Opens a disk for reading; refuses directories and special files.
     pub fn open(path: &Path) -> Result<Self> {
-        let err = |source| Error::Source {
+        let err = |error| Error::Source {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let file = File::open(path).map_err(err)?;
         let meta = file.metadata().map_err(err)?;
@@ -65,10 +65,10 @@ impl DiskSource {
         &self.path
     }
 
-    fn io_err(&self, source: std::io::Error) -> Error {
+    fn io_err(&self, error: std::io::Error) -> Error {
         Error::Source {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 

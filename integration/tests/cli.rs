@@ -1,0 +1,524 @@
+//! End-to-end tests of the `xfull` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use serde_json::Value;
+use tempfile::TempDir;
+use xfull_integration::{Region, mixed_regions, write_image, xfull_bin};
+
+struct Env {
+    dir: TempDir,
+    repo: PathBuf,
+}
+
+impl Env {
+    /// A temp dir with an initialised repository (small segments so that
+    /// test images span many of them).
+    fn new() -> Env {
+        let e = Env::bare();
+        e.x(&["init", "--segment-size", "4M"]).assert().success();
+        e
+    }
+
+    fn bare() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        Env { dir, repo }
+    }
+
+    fn x(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(xfull_bin());
+        c.env("XFULL_REPO", &self.repo).args(args);
+        c
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.x(&all).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn backup(&self, vm: &str, disks: &[(&str, &Path)]) -> Value {
+        let mut args = vec!["backup".to_string(), "--vm".into(), vm.into()];
+        for (name, p) in disks {
+            args.push("--disk".into());
+            args.push(format!("{name}={}", p.display()));
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.json(&a)
+    }
+
+    /// Object files under a repository prefix.
+    fn objects(&self, prefix: &str) -> usize {
+        walk(&self.repo.join(prefix)).len()
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .flat_map(|e| {
+            let p = e.path();
+            if p.is_dir() { walk(&p) } else { vec![p] }
+        })
+        .collect()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn sha256(p: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// Runs a failing command and returns (exit code, stderr).
+fn fails(mut c: Command) -> (i32, String) {
+    let out = c.output().unwrap();
+    assert!(!out.status.success(), "expected failure, got success");
+    (out.status.code().unwrap(), stderr(&out))
+}
+
+#[test]
+fn backup_and_restore_a_large_sparse_image() {
+    let e = Env::new();
+    let img = e.path("disk.img");
+    write_image(&img, &mixed_regions(300, 11), 11, false).unwrap();
+    let b = e.backup("vm1", &[("disk0", &img)]);
+    let point = b["point"].as_str().unwrap().to_string();
+    assert!(point.starts_with("vm1@"));
+    for k in [
+        "bytes_scanned",
+        "bytes_changed",
+        "new_chunks",
+        "bytes_uploaded",
+        "bytes_stored",
+        "seconds",
+    ] {
+        assert!(b["stats"][k].is_number(), "stats.{k} in {b}");
+    }
+    assert_eq!(b["stats"]["bytes_scanned"], 300u64 << 20);
+
+    let out = e.path("restored.img");
+    let r = e.json(&[
+        "restore",
+        &point,
+        "--disk",
+        "disk0",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(sha256(&out), sha256(&img));
+    let b3 = blake3::hash(&std::fs::read(&img).unwrap())
+        .to_hex()
+        .to_string();
+    assert_eq!(r["blake3"], b3.as_str());
+    // Zero runs stay holes: the restored file allocates no more than the source.
+    let blocks = |p: &Path| std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap());
+    assert!(
+        blocks(&out) <= blocks(&img) + 2048,
+        "{} > {}",
+        blocks(&out),
+        blocks(&img)
+    );
+
+    // Streaming to stdout gives the same bytes, in order.
+    let streamed = e
+        .x(&["restore", "vm1@latest", "--disk", "disk0", "--to", "-"])
+        .output()
+        .unwrap();
+    assert!(streamed.status.success(), "{}", stderr(&streamed));
+    assert_eq!(blake3::hash(&streamed.stdout).to_hex().to_string(), b3);
+    assert!(stderr(&streamed).contains(&b3), "hash reported on stderr");
+}
+
+#[test]
+fn multi_disk_points_and_listing_shapes() {
+    let e = Env::new();
+    let (a, b) = (e.path("a.img"), e.path("b.img"));
+    write_image(
+        &a,
+        &[Region::Text(3 << 20), Region::Hole(5 << 20)],
+        1,
+        false,
+    )
+    .unwrap();
+    write_image(&b, &[Region::Random(1 << 20), Region::Zeros(100)], 2, false).unwrap();
+    let mut c = e.x(&[
+        "backup",
+        "--vm",
+        "web",
+        "--disk",
+        &format!("root={}", a.display()),
+        &format!("data={}", b.display()),
+        "--label",
+        "tier=gold",
+        "--host",
+        "node-7",
+        "--time",
+        "2026-01-02T03:04:05Z",
+        "--json",
+    ]);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let point: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(point["disks"].as_array().unwrap().len(), 2);
+
+    let points = e.json(&["points"]);
+    let row = &points.as_array().unwrap()[0];
+    assert_eq!(row["vm"], "web");
+    assert!(row["id"].as_str().unwrap().starts_with("20260102T030405Z-"));
+    assert_eq!(row["time"], "2026-01-02T03:04:05+00:00");
+    assert_eq!(row["disks"], serde_json::json!(["root", "data"]));
+
+    let show = e.json(&["show", "web@latest"]);
+    assert_eq!(show["host"], "node-7");
+    assert_eq!(show["labels"]["tier"], "gold");
+    assert_eq!(show["disks"][0]["source"], "full-scan");
+
+    for (disk, src) in [("root", &a), ("data", &b)] {
+        let out = e.path(&format!("{disk}.out"));
+        e.x(&[
+            "restore",
+            "web@latest",
+            "--disk",
+            disk,
+            "--to",
+            out.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+        assert_eq!(sha256(&out), sha256(src), "disk {disk}");
+    }
+    assert_eq!(e.json(&["points", "--vm", "nobody"]), serde_json::json!([]));
+    // Text output lists the point too.
+    let text = e.x(&["points"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("web@2026"));
+}
+
+#[test]
+fn unchanged_and_duplicate_disks_store_no_new_chunk() {
+    let e = Env::new();
+    let img = e.path("d.img");
+    write_image(&img, &mixed_regions(40, 5), 5, false).unwrap();
+    let first = e.backup("vm1", &[("d", &img)]);
+    assert!(first["stats"]["new_chunks"].as_u64().unwrap() > 0);
+    let chunks = e.objects("chunks");
+    let second = e.backup("vm1", &[("d", &img)]);
+    assert_eq!(second["stats"]["new_chunks"], 0);
+    assert_eq!(second["disks"][0]["stats"]["bytes_uploaded"], 0);
+    let other = e.backup("vm2", &[("d", &img)]);
+    assert_eq!(other["stats"]["new_chunks"], 0);
+    assert_eq!(other["stats"]["new_nodes"], 0);
+    assert_eq!(e.objects("chunks"), chunks);
+}
+
+#[test]
+fn bad_names_are_usage_errors_and_store_nothing() {
+    let e = Env::new();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(100_000)], 1, false).unwrap();
+    let disk = format!("d={}", img.display());
+    let long = "x".repeat(129);
+    for vm in ["../x", "", long.as_str(), "a/b", ".."] {
+        let (code, err) = fails(e.x(&["backup", "--vm", vm, "--disk", &disk]));
+        assert_eq!(code, 2, "vm {vm:?}: {err}");
+        assert!(err.contains("invalid VM name"), "{err}");
+    }
+    for d in [
+        format!("../x={}", img.display()),
+        format!("={}", img.display()),
+        "d".to_string(),
+        "d=".to_string(),
+    ] {
+        let (code, err) = fails(e.x(&["backup", "--vm", "ok", "--disk", &d]));
+        assert_eq!(code, 2, "disk {d:?}: {err}");
+    }
+    let (code, err) = fails(e.x(&["backup", "--vm", "ok", "--disk", &disk, "--disk", &disk]));
+    assert_eq!(code, 2);
+    assert!(err.contains("given twice"), "{err}");
+    let (code, _) = fails(e.x(&[
+        "backup",
+        "--vm",
+        "ok",
+        "--disk",
+        &disk,
+        "--time",
+        "yesterday",
+    ]));
+    assert_eq!(code, 2);
+    let (code, _) = fails(e.x(&["backup", "--vm", "ok", "--disk", &disk, "--label", "nokey"]));
+    assert_eq!(code, 2);
+    let (code, _) = fails(e.x(&["backup", "--vm", "ok"]));
+    assert_eq!(code, 2, "clap usage error");
+    assert_eq!(e.objects("chunks") + e.objects("points"), 0);
+}
+
+#[test]
+fn bad_sources_fail_clearly_and_store_nothing() {
+    let e = Env::new();
+    let good = e.path("good.img");
+    write_image(&good, &[Region::Random(200_000)], 1, false).unwrap();
+    let missing = e.path("missing.img");
+    let cases: Vec<(String, &str)> = vec![
+        (missing.display().to_string(), "No such file"),
+        (e.dir.path().display().to_string(), "is a directory"),
+        (
+            "/dev/null".to_string(),
+            "not a regular file or a block device",
+        ),
+    ];
+    for (path, want) in cases {
+        // A good disk first: nothing of it may be stored either.
+        let (code, err) = fails(e.x(&[
+            "backup",
+            "--vm",
+            "vm",
+            "--disk",
+            &format!("ok={}", good.display()),
+            &format!("bad={path}"),
+        ]));
+        assert_eq!(code, 1, "{path}: {err}");
+        assert!(err.contains(want) && err.contains(&path), "{path}: {err}");
+    }
+    assert_eq!(
+        e.objects("chunks") + e.objects("nodes") + e.objects("points"),
+        0
+    );
+}
+
+#[test]
+fn repository_errors() {
+    // Missing directory, and an existing directory that is no repository.
+    let e = Env::bare();
+    let (code, err) = fails(e.x(&["points"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no xfull repository"), "{err}");
+    std::fs::create_dir(&e.repo).unwrap();
+    let (code, err) = fails(e.x(&["points"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no xfull repository"), "{err}");
+    // No repository given at all.
+    let (code, err) = fails({
+        let mut c = Command::new(xfull_bin());
+        c.env_remove("XFULL_REPO").arg("points");
+        c
+    });
+    assert_eq!(code, 2);
+    assert!(err.contains("XFULL_REPO"), "{err}");
+
+    e.x(&["init"]).assert().success();
+    let (code, err) = fails(e.x(&["init"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+    // -r wins over the environment.
+    let other = e.path("other");
+    Command::new(xfull_bin())
+        .env("XFULL_REPO", "/nonexistent")
+        .args(["-r", other.to_str().unwrap(), "init"])
+        .assert()
+        .success();
+    let (code, _) = fails(e.x(&["init", "--chunk-avg", "3"]));
+    assert_eq!(code, 2);
+
+    // A repository of a newer format is refused by every command.
+    let cfg = e.repo.join("config");
+    let mut bytes = std::fs::read(&cfg).unwrap();
+    bytes[3] = b'7';
+    std::fs::write(&cfg, &bytes).unwrap();
+    let (code, err) = fails(e.x(&["points"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("version 7") && err.contains("upgrade xfull"),
+        "{err}"
+    );
+
+    let (code, err) = fails(e.x(&["--repo", "s3://bucket/x", "points"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("s3://bucket/x"), "{err}");
+}
+
+#[test]
+fn restore_errors() {
+    let e = Env::new();
+    let img = e.path("d.img");
+    write_image(
+        &img,
+        &[Region::Random(300_000), Region::Hole(1 << 20)],
+        3,
+        false,
+    )
+    .unwrap();
+    let point = e.backup("vm", &[("d", &img)])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let to = e.path("out.img");
+    let to = to.to_str().unwrap();
+
+    let (code, err) = fails(e.x(&[
+        "restore",
+        "vm@20200101T000000Z-0000",
+        "--disk",
+        "d",
+        "--to",
+        to,
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no point vm@20200101T000000Z-0000"), "{err}");
+    let (code, err) = fails(e.x(&["restore", "ghost@latest", "--disk", "d", "--to", to]));
+    assert_eq!(code, 1);
+    assert!(err.contains("ghost@latest"), "{err}");
+    let (code, err) = fails(e.x(&["restore", &point, "--disk", "nope", "--to", to]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no disk \"nope\"") && err.contains("it has: d"),
+        "{err}"
+    );
+    let (code, _) = fails(e.x(&["restore", "vm", "--disk", "d", "--to", to]));
+    assert_eq!(code, 2);
+    let in_missing = e.path("no/such/dir/out.img");
+    let (code, err) = fails(e.x(&[
+        "restore",
+        &point,
+        "--disk",
+        "d",
+        "--to",
+        in_missing.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!to_exists(to), "no target created by failed restores");
+
+    // An existing file is never overwritten.
+    std::fs::write(to, b"precious").unwrap();
+    let (code, err) = fails(e.x(&["restore", &point, "--disk", "d", "--to", to]));
+    assert_eq!(code, 1);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    assert_eq!(std::fs::read(to).unwrap(), b"precious");
+}
+
+fn to_exists(p: &str) -> bool {
+    Path::new(p).exists()
+}
+
+#[test]
+fn a_corrupted_chunk_makes_restore_exit_3() {
+    let e = Env::new();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(2 << 20)], 4, false).unwrap();
+    let point = e.backup("vm", &[("d", &img)])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chunk = walk(&e.repo.join("chunks")).into_iter().next().unwrap();
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&chunk, bytes).unwrap();
+    let id = chunk.file_name().unwrap().to_str().unwrap().to_string();
+    let out = e.path("out.img");
+    let (code, err) = fails(e.x(&[
+        "restore",
+        &point,
+        "--disk",
+        "d",
+        "--to",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&point) && err.contains("disk d") && err.contains(&id),
+        "{err}"
+    );
+    assert!(err.contains("offset"), "{err}");
+    assert!(!out.exists());
+    // A missing chunk is damage too.
+    std::fs::remove_file(&chunk).unwrap();
+    let (code, err) = fails(e.x(&["restore", &point, "--disk", "d", "--to", "-"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("missing"), "{err}");
+}
+
+#[test]
+fn block_devices_back_up_and_restore_in_place() {
+    if std::env::var_os("XFULL_SKIP_BLOCKDEV").is_some() {
+        eprintln!("XFULL_SKIP_BLOCKDEV set: block device test not run");
+        return;
+    }
+    let e = Env::new();
+    let img = e.path("dev.img");
+    write_image(
+        &img,
+        &[
+            Region::Text(3 << 20),
+            Region::Zeros(1 << 20),
+            Region::Random(4 << 20),
+        ],
+        8,
+        true,
+    )
+    .unwrap();
+    let blank = e.path("blank.img");
+    write_image(&blank, &[Region::Random(8 << 20)], 99, true).unwrap();
+    let src = LoopDev::attach(&img);
+    let dst = LoopDev::attach(&blank);
+    let b = e.backup("vm", &[("d", &src.0)]);
+    assert_eq!(b["disks"][0]["size"], 8u64 << 20);
+    e.x(&[
+        "restore",
+        "vm@latest",
+        "--disk",
+        "d",
+        "--to",
+        dst.0.to_str().unwrap(),
+    ])
+    .assert()
+    .success();
+    drop(dst);
+    // Written in place, zero runs included (the device held random bytes).
+    assert_eq!(sha256(&blank), sha256(&img));
+}
+
+/// A loop device for the life of the value (needs root, as CI runs).
+struct LoopDev(PathBuf);
+
+impl LoopDev {
+    fn attach(file: &Path) -> LoopDev {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup (util-linux) must be installed");
+        assert!(
+            out.status.success(),
+            "losetup failed (this test needs root; set XFULL_SKIP_BLOCKDEV=1 to skip it): {}",
+            stderr(&out)
+        );
+        LoopDev(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.0)
+            .status();
+    }
+}

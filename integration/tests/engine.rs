@@ -1,0 +1,292 @@
+//! Engine-level tests over the in-memory and local stores: sparse layouts,
+//! dedup, damage and failing backends.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use failing::FailingPuts;
+use proptest::prelude::*;
+use xfull_core::Error;
+use xfull_core::backend::Backend;
+use xfull_core::backup::{BackupRequest, backup};
+use xfull_core::chunker::ChunkParams;
+use xfull_core::config::RepoConfig;
+use xfull_core::manifest::Manifest;
+use xfull_core::progress::Progress;
+use xfull_core::repo::Repository;
+use xfull_core::restore::{RestoreOptions, Target, restore};
+use xfull_integration::{Region, write_image};
+use xfull_local::LocalBackend;
+
+const SEG: u64 = 1 << 20;
+
+fn small_config() -> RepoConfig {
+    RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap()
+}
+
+async fn memory_repo() -> Repository {
+    Repository::init(Arc::new(LocalBackend::in_memory()), small_config())
+        .await
+        .unwrap()
+}
+
+fn request(vm: &str, disk: &Path) -> BackupRequest {
+    BackupRequest {
+        vm: vm.parse().unwrap(),
+        disks: vec![("d".parse().unwrap(), disk.to_path_buf())],
+        parent: None,
+        labels: BTreeMap::new(),
+        host: "test".into(),
+        time: None,
+    }
+}
+
+async fn run_backup(repo: &Repository, vm: &str, disk: &Path) -> xfull_core::Result<Manifest> {
+    backup(repo, request(vm, disk), Arc::new(Progress::default())).await
+}
+
+async fn restore_to(repo: &Repository, m: &Manifest, out: &Path) -> xfull_core::Result<String> {
+    let target = Target::parse(out.to_str().unwrap())?;
+    let o = restore(
+        repo,
+        m,
+        "d",
+        &target,
+        RestoreOptions::default(),
+        Arc::new(Progress::default()),
+    )
+    .await?;
+    Ok(o.blake3)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn region() -> impl Strategy<Value = Region> {
+    // Lengths around chunk and segment sizes, so edges get exercised.
+    let len = prop_oneof![
+        1u64..5000,
+        10_000u64..300_000,
+        Just(SEG),
+        Just(SEG - 1),
+        Just(SEG + 1)
+    ];
+    (0..4u8, len).prop_map(|(k, n)| match k {
+        0 => Region::Random(n),
+        1 => Region::Text(n),
+        2 => Region::Zeros(n),
+        _ => Region::Hole(n),
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// A sparse image and the same bytes written out in full give the same
+    /// point; both restore to the same bytes and hash.
+    #[test]
+    fn sparse_layouts_match_written_zeros(regions in prop::collection::vec(region(), 0..8), seed: u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let (sparse, dense) = (dir.path().join("sparse"), dir.path().join("dense"));
+        write_image(&sparse, &regions, seed, false).unwrap();
+        write_image(&dense, &regions, seed, true).unwrap();
+        rt().block_on(async {
+            let repo = memory_repo().await;
+            let a = run_backup(&repo, "a", &sparse).await.unwrap();
+            let b = run_backup(&repo, "b", &dense).await.unwrap();
+            assert_eq!(a.disks[0].segments, b.disks[0].segments);
+            assert_eq!(a.disks[0].size, regions.iter().map(Region::len).sum::<u64>());
+            let out = dir.path().join("out");
+            let hash = restore_to(&repo, &a, &out).await.unwrap();
+            let want = std::fs::read(&dense).unwrap();
+            assert_eq!(std::fs::read(&out).unwrap(), want);
+            assert_eq!(hash, blake3::hash(&want).to_hex().to_string());
+        });
+    }
+}
+
+#[test]
+fn empty_and_one_byte_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let repo = memory_repo().await;
+        for (name, data) in [
+            ("empty", &b""[..]),
+            ("one", &b"x"[..]),
+            ("zero", &[0u8][..]),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, data).unwrap();
+            let m = run_backup(&repo, name, &p).await.unwrap();
+            assert_eq!(m.disks[0].size, data.len() as u64);
+            let out = dir.path().join(format!("{name}.out"));
+            let hash = restore_to(&repo, &m, &out).await.unwrap();
+            assert_eq!(std::fs::read(&out).unwrap(), data);
+            assert_eq!(hash, blake3::hash(data).to_hex().to_string());
+        }
+    });
+}
+
+#[test]
+fn unchanged_and_identical_disks_store_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let regions = xfull_integration::mixed_regions(6, 7);
+    write_image(&img, &regions, 7, false).unwrap();
+    rt().block_on(async {
+        let repo = memory_repo().await;
+        let first = run_backup(&repo, "vm", &img).await.unwrap();
+        assert!(first.stats.new_chunks > 0);
+        let second = run_backup(&repo, "vm", &img).await.unwrap();
+        assert_eq!(second.parent, Some(first.id.clone()));
+        let d = &second.disks[0].stats;
+        assert_eq!((d.new_chunks, d.new_nodes, d.bytes_uploaded), (0, 0, 0));
+        assert_eq!(second.disks[0].segments, first.disks[0].segments);
+        // Another VM with the same disk: chunks are offered, none is new.
+        let other = run_backup(&repo, "other", &img).await.unwrap();
+        assert_eq!((other.stats.new_chunks, other.stats.new_nodes), (0, 0));
+    });
+}
+
+#[test]
+fn a_damaged_chunk_is_reported_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    write_image(
+        &img,
+        &[Region::Hole(SEG), Region::Random(300_000)],
+        3,
+        false,
+    )
+    .unwrap();
+    rt().block_on(async {
+        let backend = Arc::new(LocalBackend::in_memory());
+        let repo = Repository::init(backend.clone(), small_config())
+            .await
+            .unwrap();
+        let m = run_backup(&repo, "vm", &img).await.unwrap();
+        let node = repo
+            .load_node(&m.disks[0].segments[1].unwrap())
+            .await
+            .unwrap();
+        let victim = node.entries[1];
+        let key = xfull_core::keys::chunk(&victim.chunk().unwrap());
+        let mut bytes = backend.get(&key).await.unwrap().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        backend
+            .put(&key, bytes.into(), xfull_core::backend::PutMode::Overwrite)
+            .await
+            .unwrap();
+        let err = restore_to(&repo, &m, &dir.path().join("out"))
+            .await
+            .unwrap_err();
+        assert!(err.is_damage(), "{err}");
+        match &err {
+            Error::Damaged {
+                offset,
+                chunk,
+                point,
+                disk,
+                ..
+            } => {
+                assert_eq!(*offset, SEG + node.entries[0].len());
+                assert_eq!(chunk, &victim.chunk().unwrap().to_hex());
+                assert_eq!(point, &m.point_name());
+                assert_eq!(disk, "d");
+            }
+            other => panic!("expected Damaged, got {other}"),
+        }
+        // Nothing is left under the requested name.
+        assert!(!dir.path().join("out").exists());
+    });
+}
+
+#[test]
+fn a_failing_store_leaves_no_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    write_image(
+        &img,
+        &[Region::Random(3 << 20), Region::Text(1 << 20)],
+        9,
+        false,
+    )
+    .unwrap();
+    rt().block_on(async {
+        let inner = Arc::new(LocalBackend::in_memory());
+        Repository::init(inner.clone(), small_config())
+            .await
+            .unwrap();
+        let failing = Arc::new(FailingPuts::new(inner.clone(), 5));
+        let repo = Repository::open(failing).await.unwrap();
+        let err = run_backup(&repo, "vm", &img).await.unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+        let clean = Repository::open(inner).await.unwrap();
+        assert!(clean.list_points(None).await.unwrap().is_empty());
+    });
+}
+
+/// A decorator that fails every put after the first `ok` ones.
+mod failing {
+    use super::*;
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+    use xfull_core::backend::{BackendError, ObjectMeta, PutMode};
+
+    #[derive(Debug)]
+    pub struct FailingPuts {
+        inner: Arc<dyn Backend>,
+        ok: usize,
+        seen: AtomicUsize,
+    }
+
+    impl FailingPuts {
+        pub fn new(inner: Arc<dyn Backend>, ok: usize) -> Self {
+            FailingPuts {
+                inner,
+                ok,
+                seen: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    #[xfull_core::async_trait]
+    impl Backend for FailingPuts {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
+            if self.seen.fetch_add(1, Ordering::SeqCst) >= self.ok {
+                return Err(BackendError::Transient {
+                    location: self.location(),
+                    message: "injected failure".into(),
+                });
+            }
+            self.inner.put(key, data, mode).await
+        }
+        async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
+            self.inner.get(key).await
+        }
+        async fn get_range(&self, key: &str, r: Range<u64>) -> Result<Bytes, BackendError> {
+            self.inner.get_range(key, r).await
+        }
+        async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+            self.inner.head(key).await
+        }
+        fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
+            self.inner.list(prefix)
+        }
+        async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
+            self.inner.delete_many(keys).await
+        }
+    }
+}
