@@ -42,7 +42,7 @@ pub struct InitArgs {
     #[arg(long, value_parser = parse_size, default_value = "16M")]
     pub segment_size: u64,
     /// Average chunk size; min and max default to avg/4 and avg*4.
-    #[arg(long, value_parser = parse_size, default_value = "64K")]
+    #[arg(long, value_parser = parse_size, default_value = "128K")]
     pub chunk_avg: u64,
     #[arg(long, value_parser = parse_size)]
     pub chunk_min: Option<u64>,

@@ -94,11 +94,17 @@ pub struct RestoreOutcome {
     pub blake3: String,
 }
 
-/// One restored segment on its way to the sink.
-struct Done {
-    hash: SegmentHash,
-    /// The segment's bytes, kept only when the sink needs them in order.
-    bytes: Option<InOrder>,
+/// A restored segment on its way to the writer.
+enum Piece {
+    Zeros {
+        start: u64,
+        len: u64,
+    },
+    Data {
+        start: u64,
+        buf: Vec<u8>,
+        entries: Vec<Entry>,
+    },
 }
 
 /// Restores disk `disk` of point `m` to `target`.
@@ -112,46 +118,74 @@ pub async fn restore(
 ) -> Result<RestoreOutcome> {
     let d = Arc::new(m.disk(disk)?.clone());
     progress.add_total(d.size);
-    let sink = Arc::new(Sink::open(target, d.size)?);
+    let mut sink = Sink::open(target, d.size)?;
     let zeros: Arc<[u8]> = vec![0u8; d.segment_size as usize].into();
     let buffers = Arc::new(BufferPool::default());
-    let point = m.point_name();
-    let mut hashes = Vec::with_capacity(d.segments.len());
-    let mut done = futures::stream::iter(0..d.segments.len())
-        .map(|i| {
-            let ctx = SegmentCtx {
-                repo: repo.clone(),
-                d: d.clone(),
-                sink: sink.clone(),
-                zeros: zeros.clone(),
-                buffers: buffers.clone(),
-                point: point.clone(),
-                progress: progress.clone(),
-            };
-            async move { ctx.restore_segment(i).await }
-        })
-        .buffered(SEGMENTS_IN_FLIGHT);
-    while let Some(seg) = done.try_next().await? {
-        hashes.push(seg.hash);
-        if let Some(bytes) = seg.bytes {
-            let (sink, zeros, buffers) = (sink.clone(), zeros.clone(), buffers.clone());
-            tokio::task::spawn_blocking(move || {
-                let r = sink.write_in_order(&bytes, &zeros);
-                if let InOrder::Data(buf) = bytes {
+
+    // One writer thread takes segments in disk order: sequential writes
+    // suit every target (and stdout needs them), while decompression and
+    // hashing run in parallel on the segment tasks.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(2);
+    let writer = {
+        let (zeros, buffers, progress) = (zeros.clone(), buffers.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || {
+            while let Some(piece) = rx.blocking_recv() {
+                let len = sink.write(&piece, &zeros)?;
+                progress.add_done(len);
+                if let Piece::Data { buf, .. } = piece {
                     buffers.give(buf);
                 }
-                r
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("restore writer died: {e}")))??;
+            }
+            Ok::<_, Error>(sink)
+        })
+    };
+
+    let ctx = Arc::new(SegmentCtx {
+        repo: repo.clone(),
+        d: d.clone(),
+        zeros,
+        buffers,
+        point: m.point_name(),
+        progress,
+    });
+    let mut hashes = Vec::with_capacity(d.segments.len());
+    let mut done = futures::stream::iter(0..d.segments.len())
+        .map(|i| ctx.clone().restore_segment(i))
+        .buffered(SEGMENTS_IN_FLIGHT);
+    let mut failed = None;
+    while let Some(seg) = done.next().await {
+        match seg {
+            Ok((hash, piece)) => {
+                hashes.push(hash);
+                if tx.send(piece).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
         }
     }
-    drop(done);
-    let sink = Arc::into_inner(sink)
-        .ok_or_else(|| Error::Internal("restore target still in use".into()))?;
-    tokio::task::spawn_blocking(move || sink.finish(opts.sync))
+    drop((done, tx));
+    let sink = writer
         .await
-        .map_err(|e| Error::Internal(format!("restore writer died: {e}")))??;
+        .map_err(|e| Error::Internal(format!("restore writer died: {e}")))?;
+    match (failed, sink) {
+        (None, Ok(sink)) => tokio::task::spawn_blocking(move || sink.finish(opts.sync))
+            .await
+            .map_err(|e| Error::Internal(format!("restore writer died: {e}")))??,
+        (Some(e), Ok(sink)) => {
+            sink.abandon();
+            return Err(e);
+        }
+        (_, Err(e)) => {
+            if let Target::NewFile(path) = target {
+                let _ = std::fs::remove_file(partial_path(path));
+            }
+            return Err(e);
+        }
+    }
     Ok(RestoreOutcome {
         bytes: d.size,
         blake3: image_hash::combine(&hashes, d.segment_size, d.size)
@@ -163,7 +197,6 @@ pub async fn restore(
 struct SegmentCtx {
     repo: Repository,
     d: Arc<DiskManifest>,
-    sink: Arc<Sink>,
     zeros: Arc<[u8]>,
     buffers: Arc<BufferPool>,
     point: String,
@@ -204,7 +237,7 @@ impl SegmentCtx {
         }
     }
 
-    async fn restore_segment(self, i: usize) -> Result<Done> {
+    async fn restore_segment(self: Arc<Self>, i: usize) -> Result<(SegmentHash, Piece)> {
         let range = self.d.segment_range(i);
         let len = range.end - range.start;
         let entries = match self.d.segments[i] {
@@ -247,29 +280,23 @@ impl SegmentCtx {
             .buffered(FETCHES)
             .try_collect()
             .await?;
-        tokio::task::spawn_blocking(move || self.assemble(range.start, len, &entries, &raw))
+        tokio::task::spawn_blocking(move || self.assemble(range.start, len, entries, &raw))
             .await
             .map_err(|e| Error::Internal(format!("restore task died: {e}")))?
     }
 
-    /// Decompresses, verifies, hashes and (for random-access sinks) writes
-    /// one segment.
+    /// Decompresses, verifies and hashes one segment.
     fn assemble(
         &self,
         start: u64,
         len: u64,
-        entries: &[Entry],
+        entries: Vec<Entry>,
         raw: &[Option<Bytes>],
-    ) -> Result<Done> {
+    ) -> Result<(SegmentHash, Piece)> {
         let (seg, total) = (self.d.segment_size, self.d.size);
         if entries.iter().all(|e| e.chunk().is_none()) {
-            let zeros = &self.zeros[..len as usize];
-            let hash = image_hash::hash_segment(start, zeros, seg, total);
-            self.progress.add_done(len);
-            return Ok(Done {
-                hash,
-                bytes: self.sink.write_zeros(start, zeros)?,
-            });
+            let hash = image_hash::hash_segment(start, &self.zeros[..len as usize], seg, total);
+            return Ok((hash, Piece::Zeros { start, len }));
         }
         let mut buf = self.buffers.take(len as usize);
         let mut off = 0usize;
@@ -287,23 +314,22 @@ impl SegmentCtx {
             off += e.len() as usize;
         }
         let hash = image_hash::hash_segment(start, &buf, seg, total);
-        self.progress.add_done(len);
-        let bytes = self
-            .sink
-            .write_segment(start, buf, entries, &self.buffers)?;
-        Ok(Done { hash, bytes })
+        Ok((
+            hash,
+            Piece::Data {
+                start,
+                buf,
+                entries,
+            },
+        ))
     }
 }
 
-/// Bytes that only an in-order sink (stdout) still has to write.
-enum InOrder {
-    Data(Vec<u8>),
-    Zeros(u64),
-}
-
-/// The open restore target, shared by the segment tasks.
+/// The open restore target.
 enum Sink {
-    Stdout(std::sync::Mutex<std::io::BufWriter<std::io::Stdout>>),
+    /// Stdout as a plain file: `std::io::Stdout` is line-buffered and
+    /// would scan every byte of the image for newlines.
+    Stdout(std::io::BufWriter<File>),
     File {
         file: File,
         partial: PathBuf,
@@ -318,12 +344,17 @@ enum Sink {
 impl Sink {
     fn open(target: &Target, size: u64) -> Result<Sink> {
         Ok(match target {
-            Target::Stdout => Sink::Stdout(std::sync::Mutex::new(
-                std::io::BufWriter::with_capacity(1 << 20, std::io::stdout()),
-            )),
+            Target::Stdout => {
+                use std::os::fd::AsFd;
+                let fd = std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(stdout_err)?;
+                Sink::Stdout(std::io::BufWriter::with_capacity(1 << 20, File::from(fd)))
+            }
             Target::NewFile(path) => {
                 let partial = partial_path(path);
-                let err = |source| target_err(&partial, source);
+                let err = |error| target_err(&partial, error);
                 let file = OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -339,7 +370,7 @@ impl Sink {
                 }
             }
             Target::Device(path) => {
-                let err = |source| target_err(path, source);
+                let err = |error| target_err(path, error);
                 let mut file = OpenOptions::new().write(true).open(path).map_err(err)?;
                 let dev_size =
                     std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(err)?;
@@ -357,36 +388,38 @@ impl Sink {
         })
     }
 
-    /// Writes a restored segment where the sink allows random access;
-    /// hands it back for an in-order sink.
-    fn write_segment(
-        &self,
-        start: u64,
-        buf: Vec<u8>,
-        entries: &[Entry],
-        pool: &BufferPool,
-    ) -> Result<Option<InOrder>> {
-        let written = self.write_at(start, &buf, entries);
-        match written {
-            Ok(false) => Ok(Some(InOrder::Data(buf))),
-            other => {
-                pool.give(buf);
-                other.map(|_| None)
+    /// Writes one segment; returns its length.
+    fn write(&mut self, piece: &Piece, zeros: &[u8]) -> Result<u64> {
+        match (self, piece) {
+            (Sink::Stdout(w), Piece::Data { buf, .. }) => {
+                w.write_all(buf).map_err(stdout_err)?;
+                Ok(buf.len() as u64)
             }
-        }
-    }
-
-    /// Writes a segment where the sink allows random access; false for an
-    /// in-order sink.
-    fn write_at(&self, start: u64, buf: &[u8], entries: &[Entry]) -> Result<bool> {
-        match self {
-            Sink::Stdout(_) => Ok(false),
-            Sink::Device { file, path } => {
-                file.write_all_at(buf, start)
+            (Sink::Stdout(w), Piece::Zeros { len, .. }) => {
+                w.write_all(&zeros[..*len as usize]).map_err(stdout_err)?;
+                Ok(*len)
+            }
+            (Sink::Device { file, path }, Piece::Data { start, buf, .. }) => {
+                file.write_all_at(buf, *start)
                     .map_err(|e| target_err(path, e))?;
-                Ok(true)
+                Ok(buf.len() as u64)
             }
-            Sink::File { file, partial, .. } => {
+            (Sink::Device { file, path }, Piece::Zeros { start, len }) => {
+                let zeros = &zeros[..*len as usize];
+                file.write_all_at(zeros, *start)
+                    .map_err(|e| target_err(path, e))?;
+                Ok(*len)
+            }
+            // A fresh file already reads as zeros there.
+            (Sink::File { .. }, Piece::Zeros { len, .. }) => Ok(*len),
+            (
+                Sink::File { file, partial, .. },
+                Piece::Data {
+                    start,
+                    buf,
+                    entries,
+                },
+            ) => {
                 // Write each run of chunks in one call; skip zero runs.
                 let mut off = 0usize;
                 let mut run: Option<usize> = None;
@@ -406,44 +439,22 @@ impl Sink {
                     file.write_all_at(&buf[r..off], start + r as u64)
                         .map_err(|e| target_err(partial, e))?;
                 }
-                Ok(true)
+                Ok(buf.len() as u64)
             }
         }
     }
 
-    fn write_zeros(&self, start: u64, zeros: &[u8]) -> Result<Option<InOrder>> {
-        match self {
-            Sink::Stdout(_) => Ok(Some(InOrder::Zeros(zeros.len() as u64))),
-            Sink::Device { file, path } => {
-                file.write_all_at(zeros, start)
-                    .map_err(|e| target_err(path, e))?;
-                Ok(None)
-            }
-            // A fresh file already reads as zeros there.
-            Sink::File { .. } => Ok(None),
-        }
-    }
-
-    fn write_in_order(&self, piece: &InOrder, zeros: &[u8]) -> Result<()> {
-        let Sink::Stdout(w) = self else {
-            return Err(Error::Internal(
-                "in-order write to a random-access sink".into(),
-            ));
-        };
-        let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
-        match piece {
-            InOrder::Data(d) => w.write_all(d).map_err(stdout_err),
-            InOrder::Zeros(n) => w.write_all(&zeros[..*n as usize]).map_err(stdout_err),
+    /// Drops a restore that failed: a new file's partial image is removed
+    /// (a device or stdout keeps what was written).
+    fn abandon(self) {
+        if let Sink::File { partial, .. } = self {
+            let _ = std::fs::remove_file(partial);
         }
     }
 
     fn finish(self, sync: bool) -> Result<()> {
         match self {
-            Sink::Stdout(w) => w
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .flush()
-                .map_err(stdout_err),
+            Sink::Stdout(mut w) => w.flush().map_err(stdout_err),
             Sink::File {
                 file,
                 partial,

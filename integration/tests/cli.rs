@@ -448,6 +448,10 @@ fn a_corrupted_chunk_makes_restore_exit_3() {
     );
     assert!(err.contains("offset"), "{err}");
     assert!(!out.exists());
+    assert!(
+        !e.path("out.img.xfull-partial").exists(),
+        "partial image removed"
+    );
     // A missing chunk is damage too.
     std::fs::remove_file(&chunk).unwrap();
     let (code, err) = fails(e.x(&["restore", &point, "--disk", "d", "--to", "-"]));
