@@ -104,6 +104,9 @@ pub struct RestoreArgs {
     /// Flush the image to stable storage (fsync) before reporting success.
     #[arg(long)]
     pub sync: bool,
+    /// Skip the BLAKE3 of the whole image (every chunk is still verified).
+    #[arg(long)]
+    pub no_image_hash: bool,
 }
 
 impl Cli {

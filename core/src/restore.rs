@@ -80,18 +80,32 @@ impl Target {
 }
 
 /// Restore options.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct RestoreOptions {
     /// Flush the image to stable storage before reporting success.
     pub sync: bool,
+    /// Compute the BLAKE3 of the whole image. Every chunk is verified
+    /// against its id either way; the image hash lets an operator compare
+    /// with `b3sum` of the source, and costs hashing every byte, zeros
+    /// included.
+    pub image_hash: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            sync: false,
+            image_hash: true,
+        }
+    }
 }
 
 /// What a restore wrote.
 #[derive(Debug, Clone)]
 pub struct RestoreOutcome {
     pub bytes: u64,
-    /// BLAKE3 of the restored image, hex.
-    pub blake3: String,
+    /// BLAKE3 of the restored image, hex (unless not asked for).
+    pub blake3: Option<String>,
 }
 
 /// A restored segment on its way to the writer.
@@ -147,6 +161,7 @@ pub async fn restore(
         buffers,
         point: m.point_name(),
         progress,
+        image_hash: opts.image_hash,
     });
     let mut hashes = Vec::with_capacity(d.segments.len());
     let mut done = futures::stream::iter(0..d.segments.len())
@@ -188,9 +203,11 @@ pub async fn restore(
     }
     Ok(RestoreOutcome {
         bytes: d.size,
-        blake3: image_hash::combine(&hashes, d.segment_size, d.size)
-            .to_hex()
-            .to_string(),
+        blake3: hashes.into_iter().collect::<Option<Vec<_>>>().map(|h| {
+            image_hash::combine(&h, d.segment_size, d.size)
+                .to_hex()
+                .to_string()
+        }),
     })
 }
 
@@ -201,6 +218,7 @@ struct SegmentCtx {
     buffers: Arc<BufferPool>,
     point: String,
     progress: Arc<Progress>,
+    image_hash: bool,
 }
 
 /// Segment buffers for reuse: fresh 16 MiB allocations cost page faults
@@ -237,7 +255,7 @@ impl SegmentCtx {
         }
     }
 
-    async fn restore_segment(self: Arc<Self>, i: usize) -> Result<(SegmentHash, Piece)> {
+    async fn restore_segment(self: Arc<Self>, i: usize) -> Result<(Option<SegmentHash>, Piece)> {
         let range = self.d.segment_range(i);
         let len = range.end - range.start;
         let entries = match self.d.segments[i] {
@@ -292,11 +310,15 @@ impl SegmentCtx {
         len: u64,
         entries: Vec<Entry>,
         raw: &[Option<Bytes>],
-    ) -> Result<(SegmentHash, Piece)> {
+    ) -> Result<(Option<SegmentHash>, Piece)> {
         let (seg, total) = (self.d.segment_size, self.d.size);
+        let hash = |data: &[u8]| {
+            self.image_hash
+                .then(|| image_hash::hash_segment(start, data, seg, total))
+        };
         if entries.iter().all(|e| e.chunk().is_none()) {
-            let hash = image_hash::hash_segment(start, &self.zeros[..len as usize], seg, total);
-            return Ok((hash, Piece::Zeros { start, len }));
+            let h = hash(&self.zeros[..len as usize]);
+            return Ok((h, Piece::Zeros { start, len }));
         }
         let mut buf = self.buffers.take(len as usize);
         let mut off = 0usize;
@@ -313,9 +335,9 @@ impl SegmentCtx {
             }
             off += e.len() as usize;
         }
-        let hash = image_hash::hash_segment(start, &buf, seg, total);
+        let h = hash(&buf);
         Ok((
-            hash,
+            h,
             Piece::Data {
                 start,
                 buf,

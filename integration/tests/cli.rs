@@ -145,6 +145,21 @@ fn backup_and_restore_a_large_sparse_image() {
     assert!(streamed.status.success(), "{}", stderr(&streamed));
     assert_eq!(blake3::hash(&streamed.stdout).to_hex().to_string(), b3);
     assert!(stderr(&streamed).contains(&b3), "hash reported on stderr");
+
+    // Without the image hash: same bytes, no hash reported.
+    let out2 = e.path("restored2.img");
+    let r = e.json(&[
+        "restore",
+        &point,
+        "--disk",
+        "disk0",
+        "--no-image-hash",
+        "--sync",
+        "--to",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(r["blake3"].is_null(), "{r}");
+    assert_eq!(sha256(&out2), sha256(&img));
 }
 
 #[test]

@@ -22,7 +22,10 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
         &m,
         &args.disk,
         &target,
-        RestoreOptions { sync: args.sync },
+        RestoreOptions {
+            sync: args.sync,
+            image_hash: !args.no_image_hash,
+        },
         progress,
     )
     .await?;
@@ -37,7 +40,13 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
             "blake3": out.blake3,
         }))?
     } else {
-        format!("{}  {}", out.blake3, args.to)
+        match &out.blake3 {
+            Some(h) => format!("{h}  {}", args.to),
+            None => format!(
+                "restored {} bytes to {} (every chunk verified)",
+                out.bytes, args.to
+            ),
+        }
     };
     if target == Target::Stdout {
         eprintln!("{report}");
