@@ -94,6 +94,14 @@ pub enum Error {
         error: std::io::Error,
     },
 
+    /// A change source (extent file, snapshot image) cannot be trusted.
+    #[error("change file {file}{}: {reason}", entry.map(|i| format!(", entry {i}")).unwrap_or_default())]
+    ChangeSource {
+        file: String,
+        entry: Option<usize>,
+        reason: String,
+    },
+
     /// A background task died unexpectedly (a bug, or the runtime shut down).
     #[error("internal error: {0}")]
     Internal(String),

@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod changes;
 pub mod chunk_store;
 pub mod chunker;
 pub mod config;

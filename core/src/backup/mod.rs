@@ -6,6 +6,7 @@
 //! the nodes, then the manifest. The point exists exactly when its
 //! manifest does, so a failed or killed backup leaves no point.
 
+pub mod incremental;
 mod pipeline;
 pub mod segment;
 
