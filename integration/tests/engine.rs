@@ -59,7 +59,7 @@ async fn restore_to(repo: &Repository, m: &Manifest, out: &Path) -> xfull_core::
         Arc::new(Progress::default()),
     )
     .await?;
-    Ok(o.blake3)
+    Ok(o.blake3.expect("the image hash is on by default"))
 }
 
 fn rt() -> tokio::runtime::Runtime {

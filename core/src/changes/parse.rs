@@ -212,7 +212,7 @@ mod tests {
             r#"[{"offset":100,"length":50},{"offset":0,"length":120},{"offset":300,"length":0}]"#,
         )
         .unwrap();
-        assert_eq!(s.ranges(), &[0..150]);
+        assert_eq!(s.ranges().to_vec(), vec![0..150]);
     }
 
     #[test]
