@@ -34,6 +34,10 @@ pub enum Command {
     Show(ShowArgs),
     /// Restore one disk of a point to a file, a block device or stdout.
     Restore(RestoreArgs),
+    /// Print the extents that differ between two points, from metadata.
+    Diff(DiffArgs),
+    /// Print the changed extents between two disk images, as JSON.
+    SnapshotDiff(SnapshotDiffArgs),
 }
 
 #[derive(Debug, Args)]
@@ -61,10 +65,23 @@ pub struct BackupArgs {
     /// DISK=PATH: a disk image file or block device; repeatable.
     #[arg(long = "disk", required = true, num_args = 1.., value_name = "DISK=PATH")]
     pub disks: Vec<String>,
-    /// Read every byte of every disk (the only mode this version has; the
-    /// flag is accepted so scripts can say so).
-    #[arg(long)]
+    /// DISK=FILE: extents that changed since the parent (native JSON,
+    /// `qemu-img map --output=json` of an overlay, or `rbd diff --format
+    /// json`); repeat for one file per cluster node: they are unioned.
+    #[arg(long = "changed", value_name = "DISK=FILE")]
+    pub changed: Vec<String>,
+    /// DISK=OLD_IMAGE: find the changes by comparing the previous snapshot
+    /// image with the new one.
+    #[arg(long = "base", value_name = "DISK=OLD_IMAGE")]
+    pub base: Vec<String>,
+    /// Read every byte of every disk, ignoring change information.
+    #[arg(long, conflicts_with_all = ["changed", "base"])]
     pub full_scan: bool,
+    /// Re-read this percentage of the segments a change source calls
+    /// unchanged and check them against the parent; a mismatch makes the
+    /// disk fall back to a full scan.
+    #[arg(long, value_name = "PCT", default_value_t = xfull_core::backup::audit::DEFAULT_AUDIT_PERCENT)]
+    pub audit_unchanged: f64,
     /// Deduplicate against this point id of the VM instead of its latest.
     #[arg(long)]
     pub parent: Option<String>,
@@ -107,6 +124,28 @@ pub struct RestoreArgs {
     /// Skip the BLAKE3 of the whole image (every chunk is still verified).
     #[arg(long)]
     pub no_image_hash: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// VM@ID or VM@latest.
+    pub a: String,
+    /// VM@ID or VM@latest.
+    pub b: String,
+    /// Only this disk (default: every disk the two points share).
+    #[arg(long)]
+    pub disk: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotDiffArgs {
+    /// The older image.
+    pub old: std::path::PathBuf,
+    /// The newer image.
+    pub new: std::path::PathBuf,
+    /// Comparison granularity (power of two, 512 B to 16 MiB).
+    #[arg(long, value_parser = parse_size, default_value = "4K")]
+    pub block_size: u64,
 }
 
 impl Cli {

@@ -40,6 +40,8 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Points(a) => cmd::points::run(cli, a).await,
         Command::Show(a) => cmd::show::run(cli, a).await,
         Command::Restore(a) => cmd::restore::run(cli, a).await,
+        Command::Diff(a) => cmd::diff::run(cli, a).await,
+        Command::SnapshotDiff(a) => cmd::snapshot_diff::run(cli, a).await,
     }
 }
 

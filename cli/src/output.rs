@@ -62,6 +62,8 @@ pub struct DiskView {
     pub segments: usize,
     pub zero_segments: usize,
     pub source: String,
+    pub parent: Option<String>,
+    pub audit: Option<xfull_core::manifest::Audit>,
     pub stats: StatsView,
 }
 
@@ -74,6 +76,8 @@ impl From<&DiskManifest> for DiskView {
             segments: d.segments.len(),
             zero_segments: d.segments.iter().filter(|s| s.is_none()).count(),
             source: d.source.clone(),
+            parent: d.parent.as_ref().map(|p| p.to_string()),
+            audit: d.audit.clone(),
             stats: (&d.stats).into(),
         }
     }

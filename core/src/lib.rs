@@ -23,6 +23,7 @@ pub mod chunker;
 pub mod config;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod diff;
 pub mod error;
 pub mod frame;
 pub mod id;

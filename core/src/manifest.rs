@@ -19,7 +19,11 @@ const MAX_MANIFEST: usize = 1 << 30;
 pub struct Manifest {
     pub vm: VmName,
     pub id: PointId,
+    /// The point's time (now, or `--time`), to the microsecond; the id
+    /// holds it to the second.
     pub time: DateTime<Utc>,
+    /// When the manifest was written: orders points of equal time.
+    pub created: DateTime<Utc>,
     pub parent: Option<PointId>,
     pub host: String,
     pub labels: BTreeMap<String, String>,
@@ -41,7 +45,23 @@ pub struct DiskManifest {
     pub segments: Vec<Option<ObjectId>>,
     /// Where the change information came from, e.g. `full-scan`.
     pub source: String,
+    /// The point whose nodes this disk was deduplicated or re-chunked
+    /// against, if any.
+    pub parent: Option<PointId>,
+    /// What the audit of segments the change source called unchanged found.
+    pub audit: Option<Audit>,
     pub stats: BackupStats,
+}
+
+/// The result of re-reading a sample of the segments a change source
+/// called unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    /// Segments re-read and compared with the parent's.
+    pub segments: u64,
+    /// Offset of the first segment that differed: the change source missed
+    /// a change there, and the disk was scanned in full instead.
+    pub mismatch_at: Option<u64>,
 }
 
 impl DiskManifest {
@@ -159,6 +179,7 @@ mod tests {
             vm: "vm1".parse().unwrap(),
             id: "20261125T194155Z-3fa2".parse().unwrap(),
             time: "2026-11-25T19:41:55Z".parse().unwrap(),
+            created: "2026-11-25T19:41:56Z".parse().unwrap(),
             parent: None,
             host: "node-a".into(),
             labels: [("k".to_string(), "v".to_string())].into(),
@@ -168,6 +189,8 @@ mod tests {
                 segment_size: 16 << 20,
                 segments: vec![Some(ObjectId::of(b"n")), None],
                 source: "full-scan".into(),
+                parent: None,
+                audit: None,
                 stats: BackupStats::default(),
             }],
             stats: BackupStats::default(),

@@ -145,9 +145,42 @@ impl Repository {
         Ok(out)
     }
 
+    /// A VM's points, oldest first. Ids sort by time to the second; points
+    /// within the same second are ordered by their manifests' times.
+    pub async fn points_in_order(&self, vm: &VmName) -> Result<Vec<PointId>> {
+        let ids: Vec<PointId> = self
+            .list_points(Some(vm))
+            .await?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        let second = |id: &PointId| id.as_str().split('-').next().unwrap_or("").to_string();
+        let mut out = Vec::with_capacity(ids.len());
+        let mut i = 0;
+        while i < ids.len() {
+            let j = i + ids[i..]
+                .iter()
+                .take_while(|x| second(x) == second(&ids[i]))
+                .count();
+            if j - i == 1 {
+                out.push(ids[i].clone());
+            } else {
+                let mut group = Vec::new();
+                for id in &ids[i..j] {
+                    let m = self.load_manifest(vm, id).await?;
+                    group.push(((m.time, m.created), id.clone()));
+                }
+                group.sort();
+                out.extend(group.into_iter().map(|(_, id)| id));
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
     /// The newest point of a VM, if any.
     pub async fn latest(&self, vm: &VmName) -> Result<Option<PointId>> {
-        Ok(self.list_points(Some(vm)).await?.pop().map(|(_, id)| id))
+        Ok(self.points_in_order(vm).await?.pop())
     }
 
     /// Loads the point a `VM@ID` / `VM@latest` spec names.

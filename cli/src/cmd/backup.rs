@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use xfull_core::Error;
+use xfull_core::backup::plan::ChangeSource;
 use xfull_core::backup::{BackupRequest, backup};
-use xfull_core::names::LabelKey;
+use xfull_core::names::{DiskName, LabelKey};
 use xfull_core::progress::Progress;
 
 use crate::cli::{BackupArgs, Cli, split_pair};
@@ -19,6 +20,15 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
     let bar = Bar::start(progress.clone(), "backup", cli.json);
     let m = backup(&repo, req, progress).await?;
     drop(bar);
+    for d in &m.disks {
+        if let Some(at) = d.audit.as_ref().and_then(|a| a.mismatch_at) {
+            eprintln!(
+                "xfull: WARNING: disk {}: the change source missed changed data at offset {at}; \
+                 the disk was scanned in full. Check the change tracking of this disk.",
+                d.name
+            );
+        }
+    }
     if cli.json {
         let view = PointView::from(&m);
         print_json(&serde_json::json!({
@@ -37,6 +47,7 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
                 bytes(d.size),
                 stats_line(&d.stats)
             );
+            println!("    source: {}", d.source);
         }
         println!("  total: {}", stats_line(&m.stats));
     }
@@ -76,14 +87,44 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
                 })
         })
         .transpose()?;
+    let mut changes: BTreeMap<DiskName, ChangeSource> = BTreeMap::new();
+    for c in &args.changed {
+        let (name, file) = split_pair("--changed", c)?;
+        let name: DiskName = name.parse()?;
+        match changes
+            .entry(name.clone())
+            .or_insert_with(|| ChangeSource::Extents(Vec::new()))
+        {
+            ChangeSource::Extents(files) => files.push(PathBuf::from(file)),
+            _ => two_sources(&name)?,
+        }
+    }
+    for b in &args.base {
+        let (name, old) = split_pair("--base", b)?;
+        let name: DiskName = name.parse()?;
+        if changes.contains_key(&name) {
+            two_sources(&name)?;
+        }
+        changes.insert(name, ChangeSource::Base(PathBuf::from(old)));
+    }
     Ok(BackupRequest {
         vm,
         disks,
+        changes,
+        audit_percent: args.audit_unchanged,
         parent: args.parent.as_deref().map(str::parse).transpose()?,
         labels,
         host: args.host.clone().unwrap_or_else(hostname),
         time,
     })
+}
+
+/// Two change sources for one disk are refused: which one to trust?
+fn two_sources(name: &DiskName) -> Result<()> {
+    Err(Error::InvalidArgument(format!(
+        "disk {name} has both --changed and --base: give one change source per disk"
+    ))
+    .into())
 }
 
 fn hostname() -> String {

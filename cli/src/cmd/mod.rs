@@ -1,7 +1,9 @@
 //! One file per command; each stays thin: parse, call the engine, print.
 
 pub mod backup;
+pub mod diff;
 pub mod init;
 pub mod points;
 pub mod restore;
 pub mod show;
+pub mod snapshot_diff;

@@ -9,7 +9,7 @@ pub async fn run(cli: &Cli, args: &PointsArgs) -> Result<()> {
     let vm = args.vm.as_deref().map(str::parse).transpose()?;
     let ids = repo.list_points(vm.as_ref()).await?;
     // A few manifests at a time, keeping the listing's order.
-    let manifests: Vec<_> = futures::stream::iter(ids)
+    let mut manifests: Vec<_> = futures::stream::iter(ids)
         .map(|(vm, id)| {
             let repo = &repo;
             async move { repo.load_manifest(&vm, &id).await }
@@ -17,6 +17,8 @@ pub async fn run(cli: &Cli, args: &PointsArgs) -> Result<()> {
         .buffered(16)
         .try_collect()
         .await?;
+    // Ids order points to the second; manifests order them exactly.
+    manifests.sort_by(|a, b| (&a.vm, a.time, a.created).cmp(&(&b.vm, b.time, b.created)));
     if cli.json {
         let rows: Vec<_> = manifests
             .iter()

@@ -32,6 +32,20 @@ pub async fn run(cli: &Cli, args: &ShowArgs) -> Result<()> {
             zero,
             d.source
         );
+        if let Some(p) = &d.parent {
+            println!("        based on {}@{p}", m.vm);
+        }
+        if let Some(a) = &d.audit {
+            match a.mismatch_at {
+                None => println!(
+                    "        audit: {} unchanged segments re-read, all matched",
+                    a.segments
+                ),
+                Some(at) => println!(
+                    "        audit: MISMATCH at offset {at}: the change source missed changes; scanned in full"
+                ),
+            }
+        }
         println!("        {}", stats_line(&d.stats));
     }
     println!("total   {}", stats_line(&m.stats));

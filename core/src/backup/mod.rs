@@ -1,13 +1,18 @@
 //! Backup: one express-full point of a VM's disks.
 //!
-//! Every disk is read (holes skipped), cut into fixed segments, each
-//! segment chunked with FastCDC; a segment whose node equals the parent's
-//! at the same place reuses it, new chunks are stored create-only, then
-//! the nodes, then the manifest. The point exists exactly when its
-//! manifest does, so a failed or killed backup leaves no point.
+//! Each disk gets a plan ([`plan`]): without a parent or with
+//! `--full-scan`, every segment is read; with a change source, segments no
+//! change touches reuse the parent's node unread and touched segments are
+//! re-chunked around the changes ([`incremental`]). A sample of the reused
+//! segments is re-read to catch a change source that missed writes
+//! ([`audit`]). New chunks are stored create-only, then the nodes, then the
+//! manifest: the point exists exactly when its manifest does, so a failed
+//! or killed backup leaves no point.
 
+pub mod audit;
 pub mod incremental;
 mod pipeline;
+pub mod plan;
 pub mod segment;
 
 use std::collections::{BTreeMap, HashSet};
@@ -17,6 +22,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
+use crate::changes::{ExtentSet, parse, snapshot};
 use crate::error::{Error, Result};
 use crate::id::PointId;
 use crate::manifest::{BackupStats, DiskManifest, Manifest};
@@ -24,18 +30,36 @@ use crate::names::{DiskName, VmName};
 use crate::progress::Progress;
 use crate::repo::{Repository, Stored};
 use crate::source::DiskSource;
+use plan::{ChangeSource, DiskPlan};
 
-/// What to back up, and how to label it.
+/// Block size of `--base` snapshot comparisons.
+const BASE_BLOCK: u64 = 4096;
+
+/// What to back up, and how.
 #[derive(Debug, Clone)]
 pub struct BackupRequest {
     pub vm: VmName,
     pub disks: Vec<(DiskName, PathBuf)>,
-    /// Dedup against this point instead of the VM's latest.
+    /// Change sources by disk; other disks are scanned in full.
+    pub changes: BTreeMap<DiskName, ChangeSource>,
+    /// Share of the segments a change source calls unchanged to re-read.
+    pub audit_percent: f64,
+    /// Deduplicate against this point instead of each disk's latest.
     pub parent: Option<PointId>,
     pub labels: BTreeMap<String, String>,
     pub host: String,
     /// Record the point under this time instead of now.
     pub time: Option<DateTime<Utc>>,
+}
+
+/// A disk checked and ready to back up.
+struct Prepared {
+    name: DiskName,
+    source: Arc<DiskSource>,
+    changes: ChangeSource,
+    /// Parsed extent files (for `ChangeSource::Extents`).
+    extents: Option<(ExtentSet, String)>,
+    parent: Option<(PointId, DiskManifest)>,
 }
 
 /// Runs a backup and returns the committed point's manifest.
@@ -45,69 +69,27 @@ pub async fn backup(
     progress: Arc<Progress>,
 ) -> Result<Manifest> {
     let started = Instant::now();
-    // Check everything the user gave before storing a single byte.
-    if req.disks.is_empty() {
-        return Err(Error::InvalidArgument(
-            "no disk given: use --disk NAME=PATH".into(),
-        ));
-    }
-    let mut names = HashSet::new();
-    for (name, _) in &req.disks {
-        if !names.insert(name) {
-            return Err(Error::InvalidArgument(format!(
-                "disk {name} is given twice"
-            )));
-        }
-    }
-    let sources = req
-        .disks
-        .iter()
-        .map(|(name, path)| Ok((name.clone(), Arc::new(DiskSource::open(path)?))))
-        .collect::<Result<Vec<_>>>()?;
-    let parent = match &req.parent {
-        Some(id) => Some(repo.load_manifest(&req.vm, id).await?),
-        None => match repo.latest(&req.vm).await? {
-            Some(id) => Some(repo.load_manifest(&req.vm, &id).await?),
-            None => None,
-        },
-    };
-
-    let seg_size = repo.config().segment_size;
-    progress.add_total(sources.iter().map(|(_, s)| s.size()).sum());
-    let mut disks = Vec::new();
+    let mut disks = prepare(repo, &req).await?;
+    progress.add_total(disks.iter().map(|d| d.source.size()).sum());
+    let mut manifests = Vec::new();
     let mut stats = BackupStats::default();
-    for (name, source) in sources {
-        let disk_started = Instant::now();
-        let parent_segments = parent
-            .as_ref()
-            .and_then(|p| p.disk(name.as_str()).ok())
-            .filter(|d| d.segment_size == seg_size)
-            .map(|d| d.segments.clone())
-            .unwrap_or_default();
-        let size = source.size();
-        let result = pipeline::run(repo, source, parent_segments, progress.clone()).await?;
-        let mut disk_stats = result.stats;
-        disk_stats.seconds = disk_started.elapsed().as_secs_f64();
-        stats.add(&disk_stats);
-        disks.push(DiskManifest {
-            name,
-            size,
-            segment_size: seg_size,
-            segments: result.segments,
-            source: "full-scan".into(),
-            stats: disk_stats,
-        });
+    for d in disks.drain(..) {
+        let dm = back_up_disk(repo, d, req.audit_percent, progress.clone()).await?;
+        stats.add(&dm.stats);
+        manifests.push(dm);
     }
-
-    let time = req.time.unwrap_or_else(Utc::now).trunc_subsecs(0);
+    // The point's parent: the newest point any disk was based on.
+    let parent = manifests.iter().filter_map(|d| d.parent.clone()).max();
+    let time = req.time.unwrap_or_else(Utc::now).trunc_subsecs(6);
     let mut manifest = Manifest {
         vm: req.vm,
         id: PointId::new(time),
         time,
-        parent: parent.map(|p| p.id),
+        created: Utc::now().trunc_subsecs(6),
+        parent,
         host: req.host,
         labels: req.labels,
-        disks,
+        disks: manifests,
         stats,
         writer: format!("xfull {}", env!("CARGO_PKG_VERSION")),
     };
@@ -126,4 +108,193 @@ pub async fn backup(
         "could not find a free point id for {} at {time}",
         manifest.vm
     )))
+}
+
+/// Checks every argument, source and change file, and finds each disk's
+/// parent, before anything is stored.
+async fn prepare(repo: &Repository, req: &BackupRequest) -> Result<Vec<Prepared>> {
+    if req.disks.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no disk given: use --disk NAME=PATH".into(),
+        ));
+    }
+    if !(0.0..=100.0).contains(&req.audit_percent) {
+        return Err(Error::InvalidArgument(format!(
+            "--audit-unchanged {} must be a percentage from 0 to 100",
+            req.audit_percent
+        )));
+    }
+    let mut names = HashSet::new();
+    for (name, _) in &req.disks {
+        if !names.insert(name) {
+            return Err(Error::InvalidArgument(format!(
+                "disk {name} is given twice"
+            )));
+        }
+    }
+    if let Some(name) = req.changes.keys().find(|n| !names.contains(n)) {
+        return Err(Error::InvalidArgument(format!(
+            "a change source names disk {name}, which no --disk gives"
+        )));
+    }
+    let mut out = Vec::new();
+    for (name, path) in &req.disks {
+        let source = Arc::new(DiskSource::open(path)?);
+        let changes = req
+            .changes
+            .get(name)
+            .cloned()
+            .unwrap_or(ChangeSource::FullScan);
+        let extents = match &changes {
+            ChangeSource::Extents(files) => Some(read_extents(files, source.size())?),
+            ChangeSource::Base(old) => {
+                DiskSource::open(old)?;
+                None
+            }
+            ChangeSource::FullScan => None,
+        };
+        out.push(Prepared {
+            name: name.clone(),
+            source,
+            changes,
+            extents,
+            parent: None,
+        });
+    }
+    find_parents(repo, req, &mut out).await?;
+    Ok(out)
+}
+
+/// The union of several extent files, and a description of them.
+fn read_extents(files: &[PathBuf], size: u64) -> Result<(ExtentSet, String)> {
+    let mut all = ExtentSet::new();
+    let mut formats = Vec::new();
+    for f in files {
+        let (set, format) = parse::read_change_file(f, size)?;
+        all = all.union(&set);
+        formats.push(format!("{} ({})", f.display(), format.name()));
+    }
+    Ok((all, formats.join(", ")))
+}
+
+/// Each disk's parent: in `--parent` if given, else the newest point of
+/// the VM that has the disk (with the repository's segment size).
+async fn find_parents(
+    repo: &Repository,
+    req: &BackupRequest,
+    disks: &mut [Prepared],
+) -> Result<()> {
+    let seg = repo.config().segment_size;
+    let candidates = match &req.parent {
+        Some(id) => vec![id.clone()],
+        None => {
+            let mut ids = repo.points_in_order(&req.vm).await?;
+            ids.reverse();
+            ids
+        }
+    };
+    for id in candidates {
+        if disks.iter().all(|d| d.parent.is_some()) {
+            break;
+        }
+        let m = repo.load_manifest(&req.vm, &id).await?;
+        for d in disks.iter_mut().filter(|d| d.parent.is_none()) {
+            if let Ok(pd) = m.disk(d.name.as_str())
+                && pd.segment_size == seg
+            {
+                d.parent = Some((m.id.clone(), pd.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn back_up_disk(
+    repo: &Repository,
+    d: Prepared,
+    audit_percent: f64,
+    progress: Arc<Progress>,
+) -> Result<DiskManifest> {
+    let started = Instant::now();
+    let cfg = repo.config().clone();
+    let size = d.source.size();
+    let parent = d.parent.as_ref().map(|(_, p)| p);
+    let (mut plan, mut source) = match (&d.changes, parent) {
+        (_, None) => (
+            DiskPlan::full(size, cfg.segment_size, None),
+            match &d.changes {
+                ChangeSource::FullScan => "full-scan (no parent)".to_string(),
+                _ => "full-scan (no parent: the change source was not needed)".to_string(),
+            },
+        ),
+        (ChangeSource::FullScan, Some(p)) => (
+            DiskPlan::full(size, cfg.segment_size, Some(p)),
+            "full-scan".to_string(),
+        ),
+        (ChangeSource::Extents(_), Some(p)) => {
+            let (set, desc) = d.extents.clone().unwrap_or_default();
+            (
+                DiskPlan::incremental(size, p, &set),
+                format!("extents: {desc}"),
+            )
+        }
+        (ChangeSource::Base(old), Some(p)) => {
+            let (old, new) = (old.clone(), d.source.path().to_path_buf());
+            let set =
+                tokio::task::spawn_blocking(move || snapshot::diff_images(&old, &new, BASE_BLOCK))
+                    .await
+                    .map_err(|e| Error::Internal(format!("snapshot diff died: {e}")))??;
+            let desc = match &d.changes {
+                ChangeSource::Base(old) => format!("snapshot diff against {}", old.display()),
+                _ => String::new(),
+            };
+            (DiskPlan::incremental(size, p, &set), desc)
+        }
+    };
+
+    let mut audit_read = 0;
+    let mut audit = None;
+    if plan.reported.is_some() && audit_percent > 0.0 {
+        let (src, params, seg, plan2) = (
+            d.source.clone(),
+            cfg.chunking,
+            cfg.segment_size,
+            plan.clone(),
+        );
+        let (a, read) = tokio::task::spawn_blocking(move || {
+            audit::audit(&plan2, &src, &params, seg, audit_percent)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("audit died: {e}")))??;
+        audit_read = read;
+        if let Some(at) = a.mismatch_at {
+            // The change source missed a write: nothing it says can be
+            // trusted for this disk. Scan it all instead.
+            source = format!(
+                "full-scan: the audit found data at offset {at} that the change source \
+                 ({source}) did not report"
+            );
+            plan = DiskPlan::full(size, cfg.segment_size, parent);
+        }
+        audit = Some(a);
+    }
+
+    let reported = plan.reported;
+    let result = pipeline::run(repo, d.source.clone(), plan, progress).await?;
+    let mut stats = result.stats;
+    stats.bytes_read += audit_read;
+    if let Some(r) = reported {
+        stats.bytes_changed = r;
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(DiskManifest {
+        name: d.name,
+        size,
+        segment_size: cfg.segment_size,
+        segments: result.segments,
+        source,
+        parent: d.parent.map(|(id, _)| id),
+        audit,
+        stats,
+    })
 }

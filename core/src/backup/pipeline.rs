@@ -12,7 +12,8 @@
 //! uploaded only after all of its new chunks are stored, and the manifest
 //! only after every node: a point never references what is not durable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -21,12 +22,14 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
+use super::incremental::rechunk;
+use super::plan::{DiskPlan, SegmentPlan};
 use super::segment::chunk_segment;
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
 use crate::id::ObjectId;
 use crate::manifest::BackupStats;
-use crate::node::Node;
+use crate::node::{Entry, Node};
 use crate::progress::Progress;
 use crate::repo::{Repository, Stored};
 use crate::source::DiskSource;
@@ -50,8 +53,24 @@ pub struct DiskResult {
 }
 
 enum Work {
-    Data { idx: usize, buf: Vec<u8>, read: u64 },
+    /// A whole segment read (holes as zeros), deduplicated against `parent`.
+    Data {
+        idx: usize,
+        buf: Vec<u8>,
+        read: u64,
+        parent: Option<ObjectId>,
+    },
+    /// A segment that is a hole in the source.
     Hole { idx: usize },
+    /// A segment taken from the parent unread.
+    Reuse { idx: usize, node: Option<ObjectId> },
+    /// A segment to re-chunk around changes.
+    Touched {
+        idx: usize,
+        parent: Option<ObjectId>,
+        parent_len: u64,
+        changes: Vec<Range<u64>>,
+    },
 }
 
 struct UploadJob {
@@ -87,28 +106,25 @@ impl Failure {
 struct Shared {
     repo: Repository,
     source: Arc<DiskSource>,
-    parent: Vec<Option<ObjectId>>,
     seen: Mutex<HashSet<ObjectId>>,
     failure: Failure,
     progress: Arc<Progress>,
     runtime: tokio::runtime::Handle,
 }
 
-/// Backs up one disk; `parent` holds the parent point's node ids for the
-/// same disk (empty without a parent).
+/// Backs up one disk as `plan` says.
 pub async fn run(
     repo: &Repository,
     source: Arc<DiskSource>,
-    parent: Vec<Option<ObjectId>>,
+    plan: DiskPlan,
     progress: Arc<Progress>,
 ) -> Result<DiskResult> {
     let seg_size = repo.config().segment_size;
-    let n = source.size().div_ceil(seg_size) as usize;
+    let n = plan.segments.len();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let shared = Arc::new(Shared {
         repo: repo.clone(),
         source,
-        parent,
         seen: Mutex::new(HashSet::new()),
         failure: Failure::default(),
         progress,
@@ -128,7 +144,7 @@ pub async fn run(
     {
         let shared = shared.clone();
         threads.push(tokio::task::spawn_blocking(move || {
-            read_segments(&shared, n, seg_size, pool_rx, work_tx)
+            read_segments(&shared, plan, seg_size, pool_rx, work_tx)
         }));
     }
     for _ in 0..workers {
@@ -173,29 +189,47 @@ pub async fn run(
 
 fn read_segments(
     shared: &Shared,
-    n: usize,
+    plan: DiskPlan,
     seg_size: u64,
     pool: Receiver<Vec<u8>>,
     work: SyncSender<Work>,
 ) {
     let size = shared.source.size();
-    for idx in 0..n {
+    for (idx, seg) in plan.segments.into_iter().enumerate() {
         if shared.failure.aborted() {
             return;
         }
         let start = idx as u64 * seg_size;
         let end = (start + seg_size).min(size);
-        let item = match shared.source.data_ranges(start..end) {
-            Ok(r) if r.is_empty() => Work::Hole { idx },
-            Ok(_) => {
-                let Ok(mut buf) = pool.recv() else { return };
-                buf.resize((end - start) as usize, 0);
-                match shared.source.read_at(start, &mut buf) {
-                    Ok(read) => Work::Data { idx, buf, read },
-                    Err(e) => return shared.failure.set(e),
+        let item = match seg {
+            SegmentPlan::Reuse(node) => Work::Reuse { idx, node },
+            SegmentPlan::Touched {
+                parent,
+                parent_len,
+                changes,
+            } => Work::Touched {
+                idx,
+                parent,
+                parent_len,
+                changes,
+            },
+            SegmentPlan::Full(parent) => match shared.source.data_ranges(start..end) {
+                Ok(r) if r.is_empty() => Work::Hole { idx },
+                Ok(_) => {
+                    let Ok(mut buf) = pool.recv() else { return };
+                    buf.resize((end - start) as usize, 0);
+                    match shared.source.read_at(start, &mut buf) {
+                        Ok(read) => Work::Data {
+                            idx,
+                            buf,
+                            read,
+                            parent,
+                        },
+                        Err(e) => return shared.failure.set(e),
+                    }
                 }
-            }
-            Err(e) => return shared.failure.set(e),
+                Err(e) => return shared.failure.set(e),
+            },
         };
         if work.send(item).is_err() {
             return;
@@ -209,6 +243,9 @@ fn process_segments(
     pool: &SyncSender<Vec<u8>>,
     jobs: &mpsc::Sender<UploadJob>,
 ) {
+    let seg_size = shared.repo.config().segment_size;
+    let size = shared.source.size();
+    let seg_len = |idx: usize| seg_size.min(size - idx as u64 * seg_size);
     loop {
         let item = match work.lock().unwrap_or_else(|p| p.into_inner()).recv() {
             Ok(item) => item,
@@ -218,28 +255,35 @@ fn process_segments(
             return;
         }
         let job = match item {
-            Work::Hole { idx } => {
-                let len = shared.repo.config().segment_size;
-                shared
-                    .progress
-                    .add_done(len.min(shared.source.size() - idx as u64 * len));
-                Ok(UploadJob {
-                    idx,
-                    segment: None,
-                    node: None,
-                    chunks: Vec::new(),
-                    stats: BackupStats::default(),
-                })
+            Work::Hole { idx } => Ok(UploadJob::unchanged(idx, None, BackupStats::default())),
+            Work::Reuse { idx, node } => {
+                Ok(UploadJob::unchanged(idx, node, BackupStats::default()))
             }
-            Work::Data { idx, buf, read } => {
-                let job = build_job(shared, idx, &buf, read);
-                shared.progress.add_done(buf.len() as u64);
+            Work::Data {
+                idx,
+                buf,
+                read,
+                parent,
+            } => {
+                let seg = chunk_segment(&shared.repo.config().chunking, &buf);
+                let data = |i: usize| {
+                    let off = seg.offsets[i];
+                    Some(&buf[off..off + seg.entries[i].len() as usize])
+                };
+                let job = build_job(shared, idx, &seg.entries, data, parent, None, read);
                 let _ = pool.send(buf);
                 job
             }
+            Work::Touched {
+                idx,
+                parent,
+                parent_len,
+                changes,
+            } => touched_job(shared, idx, parent, parent_len, seg_len(idx), &changes),
         };
         match job {
             Ok(job) => {
+                shared.progress.add_done(seg_len(job.idx));
                 if jobs.blocking_send(job).is_err() {
                     return;
                 }
@@ -249,57 +293,94 @@ fn process_segments(
     }
 }
 
-/// Chunks, hashes and compresses one segment; decides what is new.
-fn build_job(shared: &Shared, idx: usize, data: &[u8], read: u64) -> Result<UploadJob> {
+/// Re-chunks a segment around its changes, reading only near them.
+fn touched_job(
+    shared: &Shared,
+    idx: usize,
+    parent: Option<ObjectId>,
+    parent_len: u64,
+    len: u64,
+    changes: &[Range<u64>],
+) -> Result<UploadJob> {
     let cfg = shared.repo.config();
-    let seg = chunk_segment(&cfg.chunking, data);
+    let parent_node = match parent {
+        // The parent's entries are the starting point, so a damaged parent
+        // node cannot be worked around here: the backup fails and says so.
+        Some(pid) => shared.runtime.block_on(shared.repo.load_node(&pid))?,
+        // An all-zero parent segment: its chunks are those of zeros.
+        None => Node {
+            entries: chunk_segment(&cfg.chunking, &vec![0u8; parent_len as usize]).entries,
+        },
+    };
+    let start = idx as u64 * cfg.segment_size;
+    let r = rechunk(
+        &cfg.chunking,
+        &parent_node.entries,
+        len,
+        changes,
+        |off, buf| shared.source.read_at(start + off, buf),
+    )?;
+    let fresh: HashMap<usize, &[u8]> = r.fresh.iter().map(|(i, d)| (*i, &d[..])).collect();
+    build_job(
+        shared,
+        idx,
+        &r.entries,
+        |i| fresh.get(&i).copied(),
+        parent,
+        Some(&parent_node),
+        r.bytes_read,
+    )
+}
+
+/// Turns a segment's entries into an upload job: the node, and the new
+/// chunks (those `data` has bytes for that the parent's node does not list
+/// and this session has not handled), compressed.
+fn build_job<'a>(
+    shared: &Shared,
+    idx: usize,
+    entries: &[Entry],
+    data: impl Fn(usize) -> Option<&'a [u8]>,
+    parent: Option<ObjectId>,
+    parent_node: Option<&Node>,
+    read: u64,
+) -> Result<UploadJob> {
+    let cfg = shared.repo.config();
     let mut stats = BackupStats {
         bytes_read: read,
+        bytes_data: entries
+            .iter()
+            .filter(|e| e.1.is_some())
+            .map(|e| e.len())
+            .sum(),
         ..BackupStats::default()
     };
-    if seg.is_all_zero() {
-        return Ok(UploadJob {
-            idx,
-            segment: None,
-            node: None,
-            chunks: Vec::new(),
-            stats,
-        });
+    if entries.iter().all(|e| e.1.is_none()) {
+        return Ok(UploadJob::unchanged(idx, None, stats));
     }
     let node = Node {
-        entries: seg.entries,
+        entries: entries.to_vec(),
     };
-    stats.bytes_data = node
-        .entries
-        .iter()
-        .filter(|e| e.1.is_some())
-        .map(|e| e.len())
-        .sum();
     let (node_id, plain) = node.to_plain()?;
-    let parent = shared.parent.get(idx).copied().flatten();
     if parent == Some(node_id) {
         // Same chunks as the parent at this place: nothing to store.
-        return Ok(UploadJob {
-            idx,
-            segment: Some(node_id),
-            node: None,
-            chunks: Vec::new(),
-            stats,
-        });
+        return Ok(UploadJob::unchanged(idx, parent, stats));
     }
-    let known: HashSet<ObjectId> = match parent {
+    let known: HashSet<ObjectId> = match (parent_node, parent) {
+        (Some(n), _) => n.chunk_ids().collect(),
         // A damaged parent node only costs dedup: its chunks are then
         // uploaded (create-only) instead of assumed present.
-        Some(pid) => shared
+        (None, Some(pid)) => shared
             .runtime
             .block_on(shared.repo.load_node(&pid))
             .map(|n| n.chunk_ids().collect())
             .unwrap_or_default(),
-        None => HashSet::new(),
+        (None, None) => HashSet::new(),
     };
     let mut chunks = Vec::new();
-    for (entry, &off) in node.entries.iter().zip(&seg.offsets) {
-        let Some(id) = entry.1 else { continue };
+    for (i, entry) in node.entries.iter().enumerate() {
+        let (Some(id), Some(piece)) = (entry.1, data(i)) else {
+            continue;
+        };
         if known.contains(&id) {
             continue;
         }
@@ -312,7 +393,6 @@ fn build_job(shared: &Shared, idx: usize, data: &[u8], read: u64) -> Result<Uplo
             seen.insert(id)
         };
         if fresh {
-            let piece = &data[off..off + entry.len() as usize];
             let framed = frame::encode(Kind::Chunk, piece, cfg.zstd_level)?;
             chunks.push((id, Bytes::from(framed)));
         }
@@ -324,6 +404,19 @@ fn build_job(shared: &Shared, idx: usize, data: &[u8], read: u64) -> Result<Uplo
         chunks,
         stats,
     })
+}
+
+impl UploadJob {
+    /// A segment with nothing to store.
+    fn unchanged(idx: usize, segment: Option<ObjectId>, stats: BackupStats) -> Self {
+        UploadJob {
+            idx,
+            segment,
+            node: None,
+            chunks: Vec::new(),
+            stats,
+        }
+    }
 }
 
 /// Stores a segment's new chunks, then its node.

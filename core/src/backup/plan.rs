@@ -1,0 +1,155 @@
+//! What a backup does with each segment of a disk, decided before any data
+//! is read: reuse the parent's node, re-chunk around changes, or read the
+//! whole segment.
+
+use std::ops::Range;
+use std::path::PathBuf;
+
+use crate::changes::ExtentSet;
+use crate::id::ObjectId;
+use crate::manifest::DiskManifest;
+
+/// Where a disk's change information comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeSource {
+    /// Read everything (also what happens without a parent).
+    FullScan,
+    /// The union of extent files (one per cluster node, say).
+    Extents(Vec<PathBuf>),
+    /// Compare the previous snapshot image with the new one.
+    Base(PathBuf),
+}
+
+/// One segment's fate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SegmentPlan {
+    /// Unchanged: the parent's node (or zero segment), not read.
+    Reuse(Option<ObjectId>),
+    /// Re-chunk around these segment-relative changes; the parent's segment
+    /// held `parent_len` bytes.
+    Touched {
+        parent: Option<ObjectId>,
+        parent_len: u64,
+        changes: Vec<Range<u64>>,
+    },
+    /// Read and chunk the whole segment (dedup against `parent` if any).
+    Full(Option<ObjectId>),
+}
+
+/// The plan for a whole disk.
+#[derive(Clone, Debug)]
+pub struct DiskPlan {
+    pub segments: Vec<SegmentPlan>,
+    /// Bytes the change source reported changed (with a grown disk's tail).
+    pub reported: Option<u64>,
+}
+
+impl DiskPlan {
+    /// Every segment read in full, deduplicated against `parent`'s nodes at
+    /// the same index when there is one.
+    pub fn full(size: u64, segment_size: u64, parent: Option<&DiskManifest>) -> DiskPlan {
+        let n = DiskManifest::expected_segments(size, segment_size);
+        let segments = (0..n)
+            .map(|i| SegmentPlan::Full(parent.and_then(|p| p.segments.get(i).copied().flatten())))
+            .collect();
+        DiskPlan {
+            segments,
+            reported: None,
+        }
+    }
+
+    /// Segments that `changes` does not touch reuse the parent's; the rest
+    /// are re-chunked around the changes. A grown disk's new tail counts as
+    /// changed; segments past the parent's end are read in full.
+    pub fn incremental(size: u64, parent: &DiskManifest, changes: &ExtentSet) -> DiskPlan {
+        let seg = parent.segment_size;
+        let mut changes = changes.clone();
+        if size > parent.size {
+            changes.insert(parent.size..size);
+        }
+        let n = DiskManifest::expected_segments(size, seg);
+        let segments = (0..n)
+            .map(|i| {
+                let start = i as u64 * seg;
+                let range = start..(start + seg).min(size);
+                if i >= parent.segments.len() {
+                    return SegmentPlan::Full(None);
+                }
+                let old = parent.segment_range(i);
+                let parent_len = old.end - old.start;
+                let within = changes.within(range.clone());
+                if within.is_empty() && parent_len == range.end - range.start {
+                    SegmentPlan::Reuse(parent.segments[i])
+                } else {
+                    SegmentPlan::Touched {
+                        parent: parent.segments[i],
+                        parent_len,
+                        changes: within,
+                    }
+                }
+            })
+            .collect();
+        DiskPlan {
+            segments,
+            reported: Some(changes.bytes()),
+        }
+    }
+
+    /// Indices of the segments the plan reuses unread.
+    pub fn reused(&self) -> Vec<usize> {
+        self.segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, SegmentPlan::Reuse(_)))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::BackupStats;
+
+    fn parent(size: u64) -> DiskManifest {
+        let seg = 1 << 20;
+        DiskManifest {
+            name: "d".parse().unwrap(),
+            size,
+            segment_size: seg,
+            segments: (0..size.div_ceil(seg))
+                .map(|i| Some(ObjectId::of(&i.to_le_bytes())))
+                .collect(),
+            source: "full-scan".into(),
+            stats: BackupStats::default(),
+            parent: None,
+            audit: None,
+        }
+    }
+
+    #[test]
+    fn untouched_segments_are_reused_and_growth_is_a_change() {
+        let p = parent(3 << 20);
+        let changes = ExtentSet::from_ranges(vec![(1 << 20) + 5..(1 << 20) + 10]);
+        let plan = DiskPlan::incremental(3 << 20, &p, &changes);
+        assert_eq!(plan.segments[0], SegmentPlan::Reuse(p.segments[0]));
+        assert!(
+            matches!(&plan.segments[1], SegmentPlan::Touched { changes, .. } if changes == &vec![5..10])
+        );
+        assert_eq!(plan.reused(), vec![0, 2]);
+        assert_eq!(plan.reported, Some(5));
+
+        // Grown by 1.5 segments: the old last segment is touched, the new one read.
+        let plan = DiskPlan::incremental((4 << 20) + (1 << 19), &p, &ExtentSet::new());
+        assert_eq!(plan.reused(), vec![0, 1, 2]);
+        assert_eq!(plan.segments[3], SegmentPlan::Full(None));
+        assert_eq!(plan.segments[4], SegmentPlan::Full(None));
+        // Shrunk into the middle of a segment: that segment is re-chunked.
+        let plan = DiskPlan::incremental((2 << 20) + 7, &p, &ExtentSet::new());
+        assert_eq!(plan.segments.len(), 3);
+        assert!(
+            matches!(&plan.segments[2], SegmentPlan::Touched { parent_len, changes, .. }
+            if *parent_len == 1 << 20 && changes.is_empty())
+        );
+    }
+}
