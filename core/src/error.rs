@@ -102,6 +102,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// The audit found data the change source did not report (handled
+    /// inside the backup, which falls back to a full scan).
+    #[error("the change source missed a change in the segment at offset {offset}")]
+    AuditMismatch { offset: u64 },
+
     /// A background task died unexpectedly (a bug, or the runtime shut down).
     #[error("internal error: {0}")]
     Internal(String),

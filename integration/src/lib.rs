@@ -1,4 +1,7 @@
-//! Helpers shared by the end-to-end tests: deterministic test images.
+//! Helpers shared by the end-to-end tests: deterministic test images and
+//! a scratch repository driven through the binary.
+
+pub mod env;
 
 use std::fs::File;
 use std::io::Write;

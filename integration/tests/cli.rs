@@ -1,102 +1,15 @@
 //! End-to-end tests of the `xfull` command line.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use assert_cmd::Command;
 use serde_json::Value;
-use tempfile::TempDir;
+use xfull_integration::env::{Env, fails, sha256, stderr, walk};
 use xfull_integration::{Region, mixed_regions, write_image, xfull_bin};
-
-struct Env {
-    dir: TempDir,
-    repo: PathBuf,
-}
-
-impl Env {
-    /// A temp dir with an initialised repository (small segments so that
-    /// test images span many of them).
-    fn new() -> Env {
-        let e = Env::bare();
-        e.x(&["init", "--segment-size", "4M"]).assert().success();
-        e
-    }
-
-    fn bare() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo");
-        Env { dir, repo }
-    }
-
-    fn x(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(xfull_bin());
-        c.env("XFULL_REPO", &self.repo).args(args);
-        c
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let out = self.x(&all).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn backup(&self, vm: &str, disks: &[(&str, &Path)]) -> Value {
-        let mut args = vec!["backup".to_string(), "--vm".into(), vm.into()];
-        for (name, p) in disks {
-            args.push("--disk".into());
-            args.push(format!("{name}={}", p.display()));
-        }
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.json(&a)
-    }
-
-    /// Object files under a repository prefix.
-    fn objects(&self, prefix: &str) -> usize {
-        walk(&self.repo.join(prefix)).len()
-    }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .flat_map(|e| {
-            let p = e.path();
-            if p.is_dir() { walk(&p) } else { vec![p] }
-        })
-        .collect()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn sha256(p: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
-
-/// Runs a failing command and returns (exit code, stderr).
-fn fails(mut c: Command) -> (i32, String) {
-    let out = c.output().unwrap();
-    assert!(!out.status.success(), "expected failure, got success");
-    (out.status.code().unwrap(), stderr(&out))
-}
 
 #[test]
 fn backup_and_restore_a_large_sparse_image() {
-    let e = Env::new();
+    let e = Env::init();
     let img = e.path("disk.img");
     write_image(&img, &mixed_regions(300, 11), 11, false).unwrap();
     let b = e.backup("vm1", &[("disk0", &img)]);
@@ -164,7 +77,7 @@ fn backup_and_restore_a_large_sparse_image() {
 
 #[test]
 fn multi_disk_points_and_listing_shapes() {
-    let e = Env::new();
+    let e = Env::init();
     let (a, b) = (e.path("a.img"), e.path("b.img"));
     write_image(
         &a,
@@ -204,7 +117,7 @@ fn multi_disk_points_and_listing_shapes() {
     let show = e.json(&["show", "web@latest"]);
     assert_eq!(show["host"], "node-7");
     assert_eq!(show["labels"]["tier"], "gold");
-    assert_eq!(show["disks"][0]["source"], "full-scan");
+    assert_eq!(show["disks"][0]["source"], "full-scan (no parent)");
 
     for (disk, src) in [("root", &a), ("data", &b)] {
         let out = e.path(&format!("{disk}.out"));
@@ -228,7 +141,7 @@ fn multi_disk_points_and_listing_shapes() {
 
 #[test]
 fn unchanged_and_duplicate_disks_store_no_new_chunk() {
-    let e = Env::new();
+    let e = Env::init();
     let img = e.path("d.img");
     write_image(&img, &mixed_regions(40, 5), 5, false).unwrap();
     let first = e.backup("vm1", &[("d", &img)]);
@@ -245,7 +158,7 @@ fn unchanged_and_duplicate_disks_store_no_new_chunk() {
 
 #[test]
 fn bad_names_are_usage_errors_and_store_nothing() {
-    let e = Env::new();
+    let e = Env::init();
     let img = e.path("d.img");
     write_image(&img, &[Region::Random(100_000)], 1, false).unwrap();
     let disk = format!("d={}", img.display());
@@ -286,7 +199,7 @@ fn bad_names_are_usage_errors_and_store_nothing() {
 
 #[test]
 fn bad_sources_fail_clearly_and_store_nothing() {
-    let e = Env::new();
+    let e = Env::init();
     let good = e.path("good.img");
     write_image(&good, &[Region::Random(200_000)], 1, false).unwrap();
     let missing = e.path("missing.img");
@@ -370,7 +283,7 @@ fn repository_errors() {
 
 #[test]
 fn restore_errors() {
-    let e = Env::new();
+    let e = Env::init();
     let img = e.path("d.img");
     write_image(
         &img,
@@ -434,7 +347,7 @@ fn to_exists(p: &str) -> bool {
 
 #[test]
 fn a_corrupted_chunk_makes_restore_exit_3() {
-    let e = Env::new();
+    let e = Env::init();
     let img = e.path("d.img");
     write_image(&img, &[Region::Random(2 << 20)], 4, false).unwrap();
     let point = e.backup("vm", &[("d", &img)])["point"]
@@ -480,7 +393,7 @@ fn block_devices_back_up_and_restore_in_place() {
         eprintln!("XFULL_SKIP_BLOCKDEV set: block device test not run");
         return;
     }
-    let e = Env::new();
+    let e = Env::init();
     let img = e.path("dev.img");
     write_image(
         &img,

@@ -1,7 +1,9 @@
-//! Auditing a change source: re-read a random sample of the segments it
-//! calls unchanged and check them against the parent's nodes. Hypervisor
-//! change tracking can lose writes (a crash, a bitmap reset, a node that
-//! wrote without logging); a mismatch here means the change source lied.
+//! Auditing a change source. Hypervisor change tracking can lose writes (a
+//! crash, a bitmap reset, a cluster node that wrote without logging), so a
+//! random sample of segments is read in full: a segment the source calls
+//! unchanged must chunk to the parent's node; a segment with reported
+//! changes must chunk to what re-chunking around those changes gives. A
+//! mismatch means the change source lied, and the disk is scanned in full.
 
 use rand::seq::index::sample;
 
@@ -16,10 +18,41 @@ use crate::source::DiskSource;
 /// Default share of unchanged segments to re-read, in percent.
 pub const DEFAULT_AUDIT_PERCENT: f64 = 1.0;
 
+/// Picks `percent` of the segments of `plan` that are re-chunked around
+/// changes (at least one when there are any and `percent` > 0) for the
+/// pipeline to read whole and check; returns how many.
+pub fn mark_touched(plan: &mut DiskPlan, percent: f64) -> u64 {
+    let touched = plan.touched();
+    let picked = pick(&touched, percent);
+    for &i in &picked {
+        if let SegmentPlan::Touched { audit, .. } = &mut plan.segments[i] {
+            *audit = true;
+        }
+    }
+    picked.len() as u64
+}
+
+/// A random `percent` of `from` (at least one when `percent` > 0), sorted.
+fn pick(from: &[usize], percent: f64) -> Vec<usize> {
+    let want = ((from.len() as f64 * percent / 100.0).ceil() as usize).min(from.len());
+    let want = if percent > 0.0 {
+        want.max(1).min(from.len())
+    } else {
+        0
+    };
+    let mut picked: Vec<usize> = sample(&mut rand::rng(), from.len(), want)
+        .into_iter()
+        .map(|i| from[i])
+        .collect();
+    picked.sort_unstable();
+    picked
+}
+
 /// Re-reads `percent` of the reused segments of `plan` (at least one when
-/// any is reused and `percent` > 0). Returns the audit and the bytes read.
-/// CPU- and IO-bound: call from a blocking context.
-pub fn audit(
+/// any is reused and `percent` > 0) and compares them with the parent's.
+/// Returns the audit and the bytes read. CPU- and IO-bound: call from a
+/// blocking context.
+pub fn audit_reused(
     plan: &DiskPlan,
     source: &DiskSource,
     params: &ChunkParams,

@@ -25,7 +25,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use crate::changes::{ExtentSet, parse, snapshot};
 use crate::error::{Error, Result};
 use crate::id::PointId;
-use crate::manifest::{BackupStats, DiskManifest, Manifest};
+use crate::manifest::{Audit, BackupStats, DiskManifest, Manifest};
 use crate::names::{DiskName, VmName};
 use crate::progress::Progress;
 use crate::repo::{Repository, Stored};
@@ -252,9 +252,10 @@ async fn back_up_disk(
         }
     };
 
-    let mut audit_read = 0;
     let mut audit = None;
+    let mut audit_read = 0;
     if plan.reported.is_some() && audit_percent > 0.0 {
+        let touched = audit::mark_touched(&mut plan, audit_percent);
         let (src, params, seg, plan2) = (
             d.source.clone(),
             cfg.chunking,
@@ -262,28 +263,38 @@ async fn back_up_disk(
             plan.clone(),
         );
         let (a, read) = tokio::task::spawn_blocking(move || {
-            audit::audit(&plan2, &src, &params, seg, audit_percent)
+            audit::audit_reused(&plan2, &src, &params, seg, audit_percent)
         })
         .await
         .map_err(|e| Error::Internal(format!("audit died: {e}")))??;
         audit_read = read;
-        if let Some(at) = a.mismatch_at {
-            // The change source missed a write: nothing it says can be
-            // trusted for this disk. Scan it all instead.
-            source = format!(
-                "full-scan: the audit found data at offset {at} that the change source \
-                 ({source}) did not report"
-            );
-            plan = DiskPlan::full(size, cfg.segment_size, parent);
-        }
-        audit = Some(a);
+        audit = Some(Audit {
+            segments: a.segments + touched,
+            mismatch_at: a.mismatch_at,
+        });
     }
-
     let reported = plan.reported;
-    let result = pipeline::run(repo, d.source.clone(), plan, progress).await?;
+    let mut result = match audit.as_ref().and_then(|a| a.mismatch_at) {
+        Some(at) => Err(Error::AuditMismatch { offset: at }),
+        None => pipeline::run(repo, d.source.clone(), plan, progress.clone()).await,
+    };
+    if let Err(Error::AuditMismatch { offset }) = result {
+        // The change source missed a write: nothing it says can be trusted
+        // for this disk. Scan it all instead.
+        source = format!(
+            "full-scan: the audit found data at offset {offset} that the change source \
+             ({source}) did not report"
+        );
+        if let Some(a) = audit.as_mut() {
+            a.mismatch_at = Some(offset);
+        }
+        let full = DiskPlan::full(size, cfg.segment_size, parent);
+        result = pipeline::run(repo, d.source.clone(), full, progress).await;
+    }
+    let result = result?;
     let mut stats = result.stats;
     stats.bytes_read += audit_read;
-    if let Some(r) = reported {
+    if let (Some(r), None) = (reported, audit.as_ref().and_then(|a| a.mismatch_at)) {
         stats.bytes_changed = r;
     }
     stats.seconds = started.elapsed().as_secs_f64();

@@ -70,6 +70,7 @@ enum Work {
         parent: Option<ObjectId>,
         parent_len: u64,
         changes: Vec<Range<u64>>,
+        audit: bool,
     },
 }
 
@@ -207,11 +208,13 @@ fn read_segments(
                 parent,
                 parent_len,
                 changes,
+                audit,
             } => Work::Touched {
                 idx,
                 parent,
                 parent_len,
                 changes,
+                audit,
             },
             SegmentPlan::Full(parent) => match shared.source.data_ranges(start..end) {
                 Ok(r) if r.is_empty() => Work::Hole { idx },
@@ -279,7 +282,20 @@ fn process_segments(
                 parent,
                 parent_len,
                 changes,
-            } => touched_job(shared, idx, parent, parent_len, seg_len(idx), &changes),
+                audit,
+            } => {
+                let t = Touched {
+                    idx,
+                    parent,
+                    parent_len,
+                    len: seg_len(idx),
+                };
+                if audit {
+                    audited_touched_job(shared, &t, &changes)
+                } else {
+                    touched_job(shared, &t, &changes)
+                }
+            }
         };
         match job {
             Ok(job) => {
@@ -293,42 +309,91 @@ fn process_segments(
     }
 }
 
-/// Re-chunks a segment around its changes, reading only near them.
-fn touched_job(
-    shared: &Shared,
+/// A segment to re-chunk.
+struct Touched {
     idx: usize,
     parent: Option<ObjectId>,
     parent_len: u64,
     len: u64,
-    changes: &[Range<u64>],
-) -> Result<UploadJob> {
+}
+
+impl Touched {
+    /// The parent's node for this segment (chunks of zeros for a zero
+    /// segment). The parent's entries are the starting point, so a damaged
+    /// parent node cannot be worked around here: the backup fails.
+    fn parent_node(&self, shared: &Shared) -> Result<Node> {
+        match self.parent {
+            Some(pid) => shared.runtime.block_on(shared.repo.load_node(&pid)),
+            None => Ok(Node {
+                entries: chunk_segment(
+                    &shared.repo.config().chunking,
+                    &vec![0u8; self.parent_len as usize],
+                )
+                .entries,
+            }),
+        }
+    }
+}
+
+/// Re-chunks a segment around its changes, reading only near them.
+fn touched_job(shared: &Shared, t: &Touched, changes: &[Range<u64>]) -> Result<UploadJob> {
     let cfg = shared.repo.config();
-    let parent_node = match parent {
-        // The parent's entries are the starting point, so a damaged parent
-        // node cannot be worked around here: the backup fails and says so.
-        Some(pid) => shared.runtime.block_on(shared.repo.load_node(&pid))?,
-        // An all-zero parent segment: its chunks are those of zeros.
-        None => Node {
-            entries: chunk_segment(&cfg.chunking, &vec![0u8; parent_len as usize]).entries,
-        },
-    };
-    let start = idx as u64 * cfg.segment_size;
+    let parent_node = t.parent_node(shared)?;
+    let start = t.idx as u64 * cfg.segment_size;
     let r = rechunk(
         &cfg.chunking,
         &parent_node.entries,
-        len,
+        t.len,
         changes,
         |off, buf| shared.source.read_at(start + off, buf),
     )?;
     let fresh: HashMap<usize, &[u8]> = r.fresh.iter().map(|(i, d)| (*i, &d[..])).collect();
     build_job(
         shared,
-        idx,
+        t.idx,
         &r.entries,
         |i| fresh.get(&i).copied(),
-        parent,
+        t.parent,
         Some(&parent_node),
         r.bytes_read,
+    )
+}
+
+/// Reads the whole segment, and checks that re-chunking around the
+/// reported changes gives what chunking it all gives: if not, the change
+/// source missed a write in this segment.
+fn audited_touched_job(shared: &Shared, t: &Touched, changes: &[Range<u64>]) -> Result<UploadJob> {
+    let cfg = shared.repo.config();
+    let parent_node = t.parent_node(shared)?;
+    let start = t.idx as u64 * cfg.segment_size;
+    let mut buf = vec![0u8; t.len as usize];
+    let read = shared.source.read_at(start, &mut buf)?;
+    let full = chunk_segment(&cfg.chunking, &buf);
+    let inc = rechunk(
+        &cfg.chunking,
+        &parent_node.entries,
+        t.len,
+        changes,
+        |off, out| {
+            out.copy_from_slice(&buf[off as usize..off as usize + out.len()]);
+            Ok(0)
+        },
+    )?;
+    if inc.entries != full.entries {
+        return Err(Error::AuditMismatch { offset: start });
+    }
+    let data = |i: usize| {
+        let off = full.offsets[i];
+        Some(&buf[off..off + full.entries[i].len() as usize])
+    };
+    build_job(
+        shared,
+        t.idx,
+        &full.entries,
+        data,
+        t.parent,
+        Some(&parent_node),
+        read,
     )
 }
 

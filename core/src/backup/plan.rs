@@ -31,6 +31,9 @@ pub enum SegmentPlan {
         parent: Option<ObjectId>,
         parent_len: u64,
         changes: Vec<Range<u64>>,
+        /// Also read the whole segment and check that re-chunking around
+        /// the changes gives the same chunks (see [`super::audit`]).
+        audit: bool,
     },
     /// Read and chunk the whole segment (dedup against `parent` if any).
     Full(Option<ObjectId>),
@@ -85,6 +88,7 @@ impl DiskPlan {
                         parent: parent.segments[i],
                         parent_len,
                         changes: within,
+                        audit: false,
                     }
                 }
             })
@@ -93,6 +97,16 @@ impl DiskPlan {
             segments,
             reported: Some(changes.bytes()),
         }
+    }
+
+    /// Indices of the segments the plan re-chunks around changes.
+    pub fn touched(&self) -> Vec<usize> {
+        self.segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, SegmentPlan::Touched { .. }))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Indices of the segments the plan reuses unread.
