@@ -23,33 +23,19 @@ pub fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Statistics as JSON: the stored fields plus the dedup ratio.
 #[derive(Serialize)]
 pub struct StatsView {
-    pub bytes_scanned: u64,
-    pub bytes_read: u64,
-    pub bytes_changed: u64,
-    pub new_chunks: u64,
-    pub new_nodes: u64,
-    pub bytes_uploaded: u64,
-    pub bytes_stored: u64,
-    pub bytes_data: u64,
+    #[serde(flatten)]
+    pub stats: BackupStats,
     pub dedup_ratio: Option<f64>,
-    pub seconds: f64,
 }
 
 impl From<&BackupStats> for StatsView {
     fn from(s: &BackupStats) -> Self {
         StatsView {
-            bytes_scanned: s.bytes_scanned,
-            bytes_read: s.bytes_read,
-            bytes_changed: s.bytes_changed,
-            new_chunks: s.new_chunks,
-            new_nodes: s.new_nodes,
-            bytes_uploaded: s.bytes_uploaded,
-            bytes_stored: s.bytes_stored,
-            bytes_data: s.bytes_data,
+            stats: s.clone(),
             dedup_ratio: s.dedup_ratio().map(|r| (r * 100.0).round() / 100.0),
-            seconds: (s.seconds * 1000.0).round() / 1000.0,
         }
     }
 }

@@ -59,6 +59,20 @@ impl Env {
         self.json(&a)
     }
 
+    /// Restores `disk` of `point` to `to`, which must succeed.
+    pub fn restore(&self, point: &str, disk: &str, to: &Path) {
+        self.x(&[
+            "restore",
+            point,
+            "--disk",
+            disk,
+            "--to",
+            to.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    }
+
     /// Object files under a repository prefix.
     pub fn objects(&self, prefix: &str) -> usize {
         walk(&self.repo.join(prefix)).len()

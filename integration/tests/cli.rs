@@ -121,16 +121,7 @@ fn multi_disk_points_and_listing_shapes() {
 
     for (disk, src) in [("root", &a), ("data", &b)] {
         let out = e.path(&format!("{disk}.out"));
-        e.x(&[
-            "restore",
-            "web@latest",
-            "--disk",
-            disk,
-            "--to",
-            out.to_str().unwrap(),
-        ])
-        .assert()
-        .success();
+        e.restore("web@latest", disk, &out);
         assert_eq!(sha256(&out), sha256(src), "disk {disk}");
     }
     assert_eq!(e.json(&["points", "--vm", "nobody"]), serde_json::json!([]));
@@ -412,16 +403,7 @@ fn block_devices_back_up_and_restore_in_place() {
     let dst = LoopDev::attach(&blank);
     let b = e.backup("vm", &[("d", &src.0)]);
     assert_eq!(b["disks"][0]["size"], 8u64 << 20);
-    e.x(&[
-        "restore",
-        "vm@latest",
-        "--disk",
-        "d",
-        "--to",
-        dst.0.to_str().unwrap(),
-    ])
-    .assert()
-    .success();
+    e.restore("vm@latest", "d", &dst.0);
     drop(dst);
     // Written in place, zero runs included (the device held random bytes).
     assert_eq!(sha256(&blank), sha256(&img));

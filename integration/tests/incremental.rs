@@ -118,16 +118,7 @@ fn a_series_of_incremental_points_all_restore_bit_exact() {
     // Every point, the oldest included, restores on its own.
     for (i, (point, want)) in points.iter().enumerate() {
         let out = e.path(&format!("restored{i}.img"));
-        e.x(&[
-            "restore",
-            point,
-            "--disk",
-            "d",
-            "--to",
-            out.to_str().unwrap(),
-        ])
-        .assert()
-        .success();
+        e.restore(point, "d", &out);
         assert_eq!(&sha256(&out), want, "point {i} ({point})");
     }
     let show = e.json(&["show", "vm@latest"]);
@@ -322,16 +313,7 @@ fn an_overlay_map_from_qemu_img_is_a_change_source() {
         (64u64 << 10) + (128 << 10) + (320 << 10) + (1 << 20)
     );
     let out = e.path("restored.raw");
-    e.x(&[
-        "restore",
-        "vm@latest",
-        "--disk",
-        "d",
-        "--to",
-        out.to_str().unwrap(),
-    ])
-    .assert()
-    .success();
+    e.restore("vm@latest", "d", &out);
     assert_eq!(sha256(&out), sha256(&e.path("top.raw")));
 }
 
@@ -386,16 +368,7 @@ fn a_change_file_that_misses_a_write_is_caught_by_the_audit() {
             "{d}"
         );
         let restored = e.path("r.img");
-        e.x(&[
-            "restore",
-            "vm@latest",
-            "--disk",
-            "d",
-            "--to",
-            restored.to_str().unwrap(),
-        ])
-        .assert()
-        .success();
+        e.restore("vm@latest", "d", &restored);
         assert_eq!(
             sha256(&restored),
             sha256(&img),

@@ -59,18 +59,7 @@ pub fn audit_reused(
     segment_size: u64,
     percent: f64,
 ) -> Result<(Audit, u64)> {
-    let reused = plan.reused();
-    let want = ((reused.len() as f64 * percent / 100.0).ceil() as usize).min(reused.len());
-    let want = if percent > 0.0 {
-        want.max(1).min(reused.len())
-    } else {
-        0
-    };
-    let mut picked: Vec<usize> = sample(&mut rand::rng(), reused.len(), want)
-        .into_iter()
-        .map(|i| reused[i])
-        .collect();
-    picked.sort_unstable();
+    let picked = pick(&plan.reused(), percent);
     let mut buf = Vec::new();
     let mut read = 0;
     for &idx in &picked {
