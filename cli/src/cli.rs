@@ -10,9 +10,12 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Exit status: 0 ok, 1 error, 2 usage, 3 damage found."
 )]
 pub struct Cli {
-    /// Repository: a directory, file:///dir (s3:// comes with the S3 backend).
+    /// Repository: a directory, file:///dir, or s3://bucket/prefix.
     #[arg(short = 'r', long, env = "XFULL_REPO", global = true)]
     pub repo: Option<String>,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
@@ -20,6 +23,28 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// S3 settings; credentials come from the standard AWS chain.
+#[derive(Debug, Args)]
+pub struct S3Args {
+    /// S3 endpoint URL, e.g. http://127.0.0.1:9000 for MinIO (path-style).
+    #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: the standard AWS settings).
+    #[arg(long, global = true)]
+    pub s3_region: Option<String>,
+    /// The server ignores If-None-Match: emulate create-only puts with HEAD
+    /// then PUT (slower; two writers of one new key may race).
+    #[arg(long, global = true)]
+    pub s3_no_conditional_put: bool,
+    /// Storage class of chunk objects (e.g. STANDARD_IA, GLACIER_IR,
+    /// DEEP_ARCHIVE); nodes and manifests stay in the default class.
+    #[arg(long, global = true)]
+    pub s3_storage_class_chunks: Option<String>,
+    /// Server-side encryption: AES256 or aws:kms.
+    #[arg(long, global = true)]
+    pub s3_sse: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,13 +7,43 @@ use xfull_core::Error;
 use xfull_core::backend::Backend;
 use xfull_core::repo::Repository;
 use xfull_local::{LocalBackend, parse_location};
+use xfull_s3::{S3Backend, S3Options};
 
-/// The backend for an existing repository location.
-fn backend(repo: &str, create: bool) -> Result<Arc<dyn Backend>> {
+use crate::cli::S3Args;
+
+/// The backend for a repository location; `create` makes a local directory.
+async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backend>> {
+    if repo.starts_with("s3://") {
+        let Some((bucket, prefix)) = S3Options::parse_url(repo) else {
+            return Err(Error::InvalidArgument(format!(
+                "repository {repo:?}: expected s3://bucket/prefix"
+            ))
+            .into());
+        };
+        let opts = S3Options {
+            bucket,
+            prefix,
+            endpoint: s3.s3_endpoint.clone(),
+            region: s3.s3_region.clone(),
+            no_conditional_put: s3.s3_no_conditional_put,
+            chunk_storage_class: s3.s3_storage_class_chunks.clone(),
+            sse: s3.s3_sse.clone(),
+        };
+        let b = S3Backend::new(opts).await?;
+        if create && !s3.s3_no_conditional_put && !b.probe_conditional_put().await? {
+            return Err(Error::InvalidArgument(format!(
+                "{} ignores If-None-Match on PUT, so concurrent writers could overwrite each \
+                 other's objects; use a server that honours it, or pass \
+                 --s3-no-conditional-put (slower HEAD-then-PUT, see the README)",
+                b.location()
+            ))
+            .into());
+        }
+        return Ok(Arc::new(b));
+    }
     let Some(dir) = parse_location(repo) else {
         return Err(Error::InvalidArgument(format!(
-            "repository {repo:?}: this build reads local directories and file:// only \
-             (the S3 backend is not part of it yet)"
+            "repository {repo:?}: expected a directory, file:///dir or s3://bucket/prefix"
         ))
         .into());
     };
@@ -29,10 +59,14 @@ fn backend(repo: &str, create: bool) -> Result<Arc<dyn Backend>> {
     Ok(Arc::new(LocalBackend::open(&dir)?))
 }
 
-pub async fn open(repo: &str) -> Result<Repository> {
-    Ok(Repository::open(backend(repo, false)?).await?)
+pub async fn open(repo: &str, s3: &S3Args) -> Result<Repository> {
+    Ok(Repository::open(backend(repo, s3, false).await?).await?)
 }
 
-pub async fn init(repo: &str, config: xfull_core::config::RepoConfig) -> Result<Repository> {
-    Ok(Repository::init(backend(repo, true)?, config).await?)
+pub async fn init(
+    repo: &str,
+    s3: &S3Args,
+    config: xfull_core::config::RepoConfig,
+) -> Result<Repository> {
+    Ok(Repository::init(backend(repo, s3, true).await?, config).await?)
 }

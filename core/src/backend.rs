@@ -94,4 +94,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>>;
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError>;
+
+    /// Requests sent so far, by kind, for stores that bill by request.
+    fn request_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        std::collections::BTreeMap::new()
+    }
 }

@@ -267,9 +267,9 @@ fn repository_errors() {
         "{err}"
     );
 
-    let (code, err) = fails(e.x(&["--repo", "s3://bucket/x", "points"]));
+    let (code, err) = fails(e.x(&["--repo", "ftp://bucket/x", "points"]));
     assert_eq!(code, 2);
-    assert!(err.contains("s3://bucket/x"), "{err}");
+    assert!(err.contains("ftp://bucket/x"), "{err}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::progress_ui::Bar;
 
 pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
     let req = request(args)?;
-    let repo = crate::open::open(cli.repo()?).await?;
+    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
     let progress = Arc::new(Progress::default());
     let bar = Bar::start(progress.clone(), "backup", cli.json);
     let m = backup(&repo, req, progress).await?;
@@ -29,6 +29,7 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
             );
         }
     }
+    let requests = repo.backend().request_counts();
     if cli.json {
         let view = PointView::from(&m);
         print_json(&serde_json::json!({
@@ -36,6 +37,7 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
             "parent": view.parent,
             "time": view.time,
             "stats": StatsView::from(&m.stats),
+            "requests": requests,
             "disks": view.disks,
         }))?;
     } else {
@@ -50,6 +52,10 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
             println!("    source: {}", d.source);
         }
         println!("  total: {}", stats_line(&m.stats));
+        if !requests.is_empty() {
+            let list: Vec<String> = requests.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            println!("  requests: {}", list.join(", "));
+        }
     }
     Ok(())
 }

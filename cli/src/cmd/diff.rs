@@ -7,7 +7,7 @@ use crate::output::{bytes, print_json};
 
 pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
     let (sa, sb): (PointSpec, PointSpec) = (args.a.parse()?, args.b.parse()?);
-    let repo = crate::open::open(cli.repo()?).await?;
+    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
     let (a, b) = (repo.resolve(&sa).await?, repo.resolve(&sb).await?);
     let names: Vec<String> = match &args.disk {
         Some(d) => {

@@ -18,7 +18,7 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
             .map_or(Ok(defaults.max), |v| to_u32("--chunk-max", v))?,
     };
     let config = RepoConfig::new(args.segment_size, params, args.zstd_level)?;
-    let repo = crate::open::init(cli.repo()?, config).await?;
+    let repo = crate::open::init(cli.repo()?, &cli.s3, config).await?;
     let c = repo.config();
     if cli.json {
         print_json(&serde_json::json!({

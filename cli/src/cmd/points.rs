@@ -5,7 +5,7 @@ use crate::cli::{Cli, PointsArgs};
 use crate::output::{bytes, print_json};
 
 pub async fn run(cli: &Cli, args: &PointsArgs) -> Result<()> {
-    let repo = crate::open::open(cli.repo()?).await?;
+    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
     let vm = args.vm.as_deref().map(str::parse).transpose()?;
     let ids = repo.list_points(vm.as_ref()).await?;
     // A few manifests at a time, keeping the listing's order.

@@ -11,7 +11,7 @@ use crate::progress_ui::Bar;
 pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
     let spec: PointSpec = args.point.parse()?;
     let target = Target::parse(&args.to)?;
-    let repo = crate::open::open(cli.repo()?).await?;
+    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
     let m = repo.resolve(&spec).await?;
     // Fail on an unknown disk before creating the target.
     m.disk(&args.disk)?;

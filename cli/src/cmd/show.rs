@@ -6,7 +6,7 @@ use crate::output::{PointView, bytes, print_json, stats_line};
 
 pub async fn run(cli: &Cli, args: &ShowArgs) -> Result<()> {
     let spec: PointSpec = args.point.parse()?;
-    let repo = crate::open::open(cli.repo()?).await?;
+    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
     let m = repo.resolve(&spec).await?;
     if cli.json {
         return print_json(&PointView::from(&m));
