@@ -28,6 +28,7 @@ async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backen
             no_conditional_put: s3.s3_no_conditional_put,
             chunk_storage_class: s3.s3_storage_class_chunks.clone(),
             sse: s3.s3_sse.clone(),
+            static_credentials: None,
         };
         let b = S3Backend::new(opts).await?;
         if create && !s3.s3_no_conditional_put && !b.probe_conditional_put().await? {

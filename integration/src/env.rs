@@ -8,33 +8,65 @@ use assert_cmd::Command;
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::s3::S3Server;
 use crate::xfull_bin;
 
+/// A scratch directory and a repository, local (in the directory) or on
+/// an S3 server.
 #[derive(Debug)]
-pub struct Env {
+pub struct Env<'s> {
     pub dir: TempDir,
+    /// The local repository's directory (unused on S3).
     pub repo: PathBuf,
+    /// What `XFULL_REPO` says.
+    pub url: String,
+    pub s3: Option<&'s S3Server>,
 }
 
-impl Env {
-    /// A temp dir with an initialised repository (small segments so that
-    /// test images span many of them).
-    pub fn init() -> Env {
+impl Env<'static> {
+    /// A temp dir with an initialised local repository (small segments so
+    /// that test images span many of them).
+    pub fn init() -> Env<'static> {
         let e = Env::bare();
         e.x(&["init", "--segment-size", "4M"]).assert().success();
         e
     }
 
-    pub fn bare() -> Env {
+    pub fn bare() -> Env<'static> {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
-        Env { dir, repo }
+        let url = repo.display().to_string();
+        Env {
+            dir,
+            repo,
+            url,
+            s3: None,
+        }
+    }
+}
+
+impl<'s> Env<'s> {
+    /// The same on an S3 server, under a prefix of its own.
+    pub fn init_s3(server: &'s S3Server, name: &str) -> Env<'s> {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("unused");
+        let e = Env {
+            dir,
+            repo,
+            url: server.url(name),
+            s3: Some(server),
+        };
+        e.x(&["init", "--segment-size", "4M"]).assert().success();
+        e
     }
 
     pub fn x(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(xfull_bin());
-        c.env("XFULL_REPO", &self.repo).args(args);
-        c
+        let mut std = std::process::Command::new(xfull_bin());
+        std.env("XFULL_REPO", &self.url).args(args);
+        if let Some(s) = self.s3 {
+            s.set_env(&mut std);
+        }
+        Command::from_std(std)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -73,9 +105,17 @@ impl Env {
         .success();
     }
 
-    /// Object files under a repository prefix.
-    pub fn objects(&self, prefix: &str) -> usize {
-        walk(&self.repo.join(prefix)).len()
+    /// Object files under a local repository's prefix; `None` on S3
+    /// (tests then rely on the statistics and listings instead).
+    pub fn objects(&self, prefix: &str) -> Option<usize> {
+        self.s3
+            .is_none()
+            .then(|| walk(&self.repo.join(prefix)).len())
+    }
+
+    /// How many points the repository lists.
+    pub fn points(&self) -> usize {
+        self.json(&["points"]).as_array().map_or(0, Vec::len)
     }
 }
 

@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use xfull_integration::env::{Env, fails, sha256, stderr};
+use xfull_integration::s3::S3Server;
 use xfull_integration::{Region, mixed_regions, write_image};
 
 /// Applies `n` seeded writes (random data, some zeros) to `img`; returns
@@ -79,7 +80,10 @@ fn no_diff(e: &Env, a: &str, b: &str) {
 
 #[test]
 fn a_series_of_incremental_points_all_restore_bit_exact() {
-    let e = Env::init();
+    a_series_of_incremental_points_all_restore_bit_exact_on(&Env::init());
+}
+
+fn a_series_of_incremental_points_all_restore_bit_exact_on(e: &Env) {
     let img = e.path("disk.img");
     write_image(&img, &mixed_regions(48, 21), 21, false).unwrap();
     let first = e.backup("vm", &[("d", &img)]);
@@ -130,7 +134,10 @@ fn a_series_of_incremental_points_all_restore_bit_exact() {
 
 #[test]
 fn per_node_files_give_the_same_point_as_their_union() {
-    let e = Env::init();
+    per_node_files_give_the_same_point_as_their_union_on(&Env::init());
+}
+
+fn per_node_files_give_the_same_point_as_their_union_on(e: &Env) {
     let (a, b) = (e.path("a.img"), e.path("b.img"));
     write_image(&a, &mixed_regions(24, 3), 3, false).unwrap();
     std::fs::copy(&a, &b).unwrap();
@@ -169,7 +176,10 @@ fn per_node_files_give_the_same_point_as_their_union() {
 
 #[test]
 fn snapshot_diff_covers_every_write_and_base_matches_changed() {
-    let e = Env::init();
+    snapshot_diff_covers_every_write_and_base_matches_changed_on(&Env::init());
+}
+
+fn snapshot_diff_covers_every_write_and_base_matches_changed_on(e: &Env) {
     let (old, new) = (e.path("old.img"), e.path("new.img"));
     write_image(&old, &mixed_regions(32, 5), 5, false).unwrap();
     std::fs::copy(&old, &new).unwrap();
@@ -238,7 +248,10 @@ fn snapshot_diff_covers_every_write_and_base_matches_changed() {
 
 #[test]
 fn an_overlay_map_from_qemu_img_is_a_change_source() {
-    let e = Env::init();
+    an_overlay_map_from_qemu_img_is_a_change_source_on(&Env::init());
+}
+
+fn an_overlay_map_from_qemu_img_is_a_change_source_on(e: &Env) {
     let q = |args: &[&str]| {
         let out = Std::new(args[0])
             .args(&args[1..])
@@ -381,7 +394,10 @@ fn a_change_file_that_misses_a_write_is_caught_by_the_audit() {
 
 #[test]
 fn bad_change_sources_are_refused_and_store_nothing() {
-    let e = Env::init();
+    bad_change_sources_are_refused_and_store_nothing_on(&Env::init());
+}
+
+fn bad_change_sources_are_refused_and_store_nothing_on(e: &Env) {
     let img = e.path("d.img");
     write_image(
         &img,
@@ -391,7 +407,7 @@ fn bad_change_sources_are_refused_and_store_nothing() {
     )
     .unwrap();
     e.backup("vm", &[("d", &img)]);
-    let points = e.objects("points");
+    let points = e.points();
     let disk = format!("d={}", img.display());
     let cases = [
         ("[{\"offset\": 0, \"length\": 4096}", "not valid JSON"),
@@ -450,7 +466,7 @@ fn bad_change_sources_are_refused_and_store_nothing() {
         let (code, err) = fails(e.x(&all));
         assert_eq!(code, 2, "{args:?}: {err}");
     }
-    assert_eq!(e.objects("points"), points, "no point stored");
+    assert_eq!(e.points(), points, "no point stored");
     // Unsorted, overlapping entries are fine: they are merged.
     let f = e.path("messy.json");
     std::fs::write(
@@ -469,4 +485,37 @@ fn bad_change_sources_are_refused_and_store_nothing() {
     ])
     .assert()
     .success();
+}
+
+/// The same scenarios against an S3 server (SeaweedFS started here, or the
+/// one `XFULL_TEST_S3_ENDPOINT` names), each in a repository of its own.
+#[test]
+fn incremental_scenarios_on_s3() {
+    let server = S3Server::start();
+    let scenarios: [(&str, fn(&Env)); 5] = [
+        (
+            "a_series_of_incremental_points_all_restore_bit_exact",
+            a_series_of_incremental_points_all_restore_bit_exact_on,
+        ),
+        (
+            "per_node_files_give_the_same_point_as_their_union",
+            per_node_files_give_the_same_point_as_their_union_on,
+        ),
+        (
+            "snapshot_diff_covers_every_write_and_base_matches_changed",
+            snapshot_diff_covers_every_write_and_base_matches_changed_on,
+        ),
+        (
+            "an_overlay_map_from_qemu_img_is_a_change_source",
+            an_overlay_map_from_qemu_img_is_a_change_source_on,
+        ),
+        (
+            "bad_change_sources_are_refused_and_store_nothing",
+            bad_change_sources_are_refused_and_store_nothing_on,
+        ),
+    ];
+    for (name, run) in scenarios {
+        eprintln!("S3 scenario {name}");
+        run(&Env::init_s3(&server, name));
+    }
 }

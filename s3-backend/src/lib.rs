@@ -52,6 +52,9 @@ pub struct S3Options {
     pub chunk_storage_class: Option<String>,
     /// Server-side encryption: `AES256` or `aws:kms`.
     pub sse: Option<String>,
+    /// An access key and secret to use instead of the standard AWS chain
+    /// (for programs that embed the backend, and tests).
+    pub static_credentials: Option<(String, String)>,
 }
 
 impl S3Options {
@@ -143,6 +146,15 @@ impl S3Backend {
                 loader = loader.region(Region::new("us-east-1"));
             }
             _ => {}
+        }
+        if let Some((key, secret)) = &opts.static_credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                key,
+                secret,
+                None,
+                None,
+                "xfull-static",
+            ));
         }
         let shared = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&shared)

@@ -1,0 +1,127 @@
+//! The S3 backend against a real server: the conformance suite, and the
+//! errors a user meets (each quick, exit 1, naming endpoint and bucket).
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use xfull_core::backend::Backend;
+use xfull_integration::env::{Env, fails, stderr};
+use xfull_integration::s3::S3Server;
+use xfull_integration::{Region, write_image, xfull_bin};
+use xfull_s3::{S3Backend, S3Options};
+
+fn options(server: &S3Server, prefix: &str) -> S3Options {
+    S3Options {
+        bucket: server.bucket.clone(),
+        prefix: format!("{prefix}-{}", std::process::id()),
+        endpoint: Some(server.endpoint.clone()),
+        static_credentials: Some((server.key.clone(), server.secret.clone())),
+        ..S3Options::default()
+    }
+}
+
+#[test]
+fn s3_backend_conformance_and_user_errors() {
+    let server = S3Server::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let b = S3Backend::new(options(&server, "conformance"))
+            .await
+            .unwrap();
+        assert!(
+            b.probe_conditional_put().await.unwrap(),
+            "SeaweedFS honours If-None-Match"
+        );
+        xfull_core::conformance::run_all(&b).await;
+        let mut emulated = options(&server, "conformance-emulated");
+        emulated.no_conditional_put = true;
+        xfull_core::conformance::put_get_round_trip(
+            &S3Backend::new(emulated.clone()).await.unwrap(),
+        )
+        .await;
+        xfull_core::conformance::create_never_overwrites(&S3Backend::new(emulated).await.unwrap())
+            .await;
+        let counts = b.request_counts();
+        assert!(
+            counts["put"] > 0 && counts["list"] > 0 && counts["delete"] > 0,
+            "{counts:?}"
+        );
+    });
+
+    let e = Env::init_s3(&server, "errors");
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(2 << 20)], 1, false).unwrap();
+    let disk = format!("d={}", img.display());
+    let quick = |mut c: Command, want: &[&str]| {
+        let t = Instant::now();
+        let (code, err) = fails({
+            c.args(["backup", "--vm", "vm", "--disk", &disk]);
+            c
+        });
+        assert_eq!(code, 1, "{err}");
+        for w in want {
+            assert!(err.contains(w), "want {w:?} in {err}");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "took {:?}: {err}",
+            t.elapsed()
+        );
+    };
+    let with = |url: &str, endpoint: &str, key: &str, secret: &str| {
+        let mut c = Command::new(xfull_bin());
+        c.env("XFULL_REPO", url)
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_REGION", "us-east-1");
+        c
+    };
+    let (key, secret) = (server.key.as_str(), server.secret.as_str());
+    // Endpoint down: a port nobody listens on.
+    let down = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    quick(
+        with(&e.url, &down, key, secret),
+        &["cannot reach the endpoint", &down, &server.bucket],
+    );
+    // TLS to a plain-HTTP server.
+    let tls = server.endpoint.replace("http://", "https://");
+    quick(
+        with(&e.url, &tls, key, secret),
+        &["cannot reach the endpoint", &tls],
+    );
+    if std::env::var_os("XFULL_TEST_S3_ENDPOINT").is_none() {
+        // SeaweedFS checks signatures: a wrong secret is denied.
+        quick(
+            with(&e.url, &server.endpoint, key, "wrong"),
+            &["denied", "credentials", &server.bucket],
+        );
+    }
+    let missing = "s3://xfull-no-such-bucket/x";
+    quick(
+        with(missing, &server.endpoint, key, secret),
+        &["bucket does not exist", "xfull-no-such-bucket"],
+    );
+    // None of this stored a point.
+    assert_eq!(e.points(), 0);
+    // Init refuses an existing repository on S3 too.
+    let (code, err) = fails(e.x(&["init"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    // And a backup that works reports its requests by kind.
+    let out = e
+        .x(&["--json", "backup", "--vm", "vm", "--disk", &disk])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["requests"]["put"].as_u64().unwrap() >= 3, "{v}");
+}
