@@ -11,6 +11,9 @@ use tempfile::TempDir;
 use crate::s3::S3Server;
 use crate::xfull_bin;
 
+/// A test scenario that runs against any repository.
+pub type Scenario = fn(&Env);
+
 /// A scratch directory and a repository, local (in the directory) or on
 /// an S3 server.
 #[derive(Debug)]

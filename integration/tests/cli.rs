@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use serde_json::Value;
-use xfull_integration::env::{Env, fails, sha256, stderr, walk};
+use xfull_integration::env::{Env, Scenario, fails, sha256, stderr, walk};
 use xfull_integration::s3::S3Server;
 use xfull_integration::{Region, mixed_regions, write_image, xfull_bin};
 
@@ -471,7 +471,7 @@ impl Drop for LoopDev {
 #[test]
 fn cli_scenarios_on_s3() {
     let server = S3Server::start();
-    let scenarios: [(&str, fn(&Env)); 6] = [
+    let scenarios: [(&str, Scenario); 6] = [
         (
             "backup_and_restore_a_large_sparse_image",
             backup_and_restore_a_large_sparse_image_on,

@@ -8,7 +8,7 @@ use std::process::Command as Std;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use xfull_integration::env::{Env, fails, sha256, stderr};
+use xfull_integration::env::{Env, Scenario, fails, sha256, stderr};
 use xfull_integration::s3::S3Server;
 use xfull_integration::{Region, mixed_regions, write_image};
 
@@ -492,7 +492,7 @@ fn bad_change_sources_are_refused_and_store_nothing_on(e: &Env) {
 #[test]
 fn incremental_scenarios_on_s3() {
     let server = S3Server::start();
-    let scenarios: [(&str, fn(&Env)); 5] = [
+    let scenarios: [(&str, Scenario); 5] = [
         (
             "a_series_of_incremental_points_all_restore_bit_exact",
             a_series_of_incremental_points_all_restore_bit_exact_on,
