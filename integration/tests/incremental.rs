@@ -105,7 +105,7 @@ fn a_series_of_incremental_points_all_restore_bit_exact_on(e: &Env) {
         }
         let file = e.path(&format!("changed.p{k}.json"));
         write_extents(&file, &changed);
-        let b = backup_changed(&e, "vm", &img, &[&file], &[]);
+        let b = backup_changed(e, "vm", &img, &[&file], &[]);
         let d = &b["disks"][0];
         assert!(d["source"].as_str().unwrap().starts_with("extents"), "{d}");
         // Reads stay near the changes: at most 1.5x the changed bytes plus
@@ -162,16 +162,16 @@ fn per_node_files_give_the_same_point_as_their_union_on(e: &Env) {
     for (f, p) in files.iter().zip(&parts) {
         write_extents(f, p);
     }
-    backup_changed(&e, "one", &a, &[&all], &[]);
+    backup_changed(e, "one", &a, &[&all], &[]);
     let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let three = backup_changed(&e, "three", &b, &refs, &[]);
+    let three = backup_changed(e, "three", &b, &refs, &[]);
     assert!(
         three["disks"][0]["source"]
             .as_str()
             .unwrap()
             .contains("node2.json")
     );
-    no_diff(&e, "one@latest", "three@latest");
+    no_diff(e, "one@latest", "three@latest");
 }
 
 #[test]
@@ -239,8 +239,8 @@ fn snapshot_diff_covers_every_write_and_base_matches_changed_on(e: &Env) {
             .unwrap()
             .starts_with("snapshot diff")
     );
-    backup_changed(&e, "viachanged", &new, &[&diff_file], &[]);
-    no_diff(&e, "viabase@latest", "viachanged@latest");
+    backup_changed(e, "viachanged", &new, &[&diff_file], &[]);
+    no_diff(e, "viabase@latest", "viachanged@latest");
     // The metadata diff of two points covers the written bytes too.
     let d = e.json(&["diff", "viabase@latest", "viachanged@latest"]);
     assert_eq!(d["d"], json!([]));
@@ -308,7 +308,7 @@ fn an_overlay_map_from_qemu_img_is_a_change_source_on(e: &Env) {
     q(&["qemu-img", "convert", "-O", "raw", "top.qcow2", "top.raw"]);
     e.backup("vm", &[("d", &e.path("base.raw"))]);
     let b = backup_changed(
-        &e,
+        e,
         "vm",
         &e.path("top.raw"),
         &[&e.path("map.json")],
