@@ -96,34 +96,18 @@ impl S3Backend {
             location: location.clone(),
             message,
         };
-        let chunk_class = opts
-            .chunk_storage_class
-            .as_deref()
-            .map(|c| {
-                if StorageClass::values().contains(&c) {
-                    Ok(StorageClass::from(c))
-                } else {
-                    Err(bad(format!(
-                        "unknown storage class {c:?} (one of: {})",
-                        StorageClass::values().join(", ")
-                    )))
-                }
-            })
-            .transpose()?;
-        let sse = opts
-            .sse
-            .as_deref()
-            .map(|s| {
-                if ServerSideEncryption::values().contains(&s) {
-                    Ok(ServerSideEncryption::from(s))
-                } else {
-                    Err(bad(format!(
-                        "unknown server-side encryption {s:?} (one of: {})",
-                        ServerSideEncryption::values().join(", ")
-                    )))
-                }
-            })
-            .transpose()?;
+        let chunk_class = known(
+            "storage class",
+            opts.chunk_storage_class.as_deref(),
+            StorageClass::values(),
+        )
+        .map_err(bad)?;
+        let sse = known(
+            "server-side encryption",
+            opts.sse.as_deref(),
+            ServerSideEncryption::values(),
+        )
+        .map_err(bad)?;
         let retry = RetryConfig::standard()
             .with_max_attempts(6)
             .with_initial_backoff(Duration::from_millis(100))
@@ -208,6 +192,29 @@ impl S3Backend {
         }
     }
 
+    /// GET of a whole object or a byte range of it.
+    async fn fetch(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes, BackendError> {
+        self.counters.get.fetch_add(1, Ordering::Relaxed);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.opts.bucket)
+            .key(self.key(key))
+            .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
+            .send()
+            .await
+            .map_err(|e| self.errors.map(e, key))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| BackendError::Transient {
+                location: self.location(),
+                message: format!("reading {key}: {e}"),
+            })?;
+        Ok(body.into_bytes())
+    }
+
     async fn raw_put(&self, key: &str, data: Bytes, create: bool) -> Result<(), BackendError> {
         self.counters.put.fetch_add(1, Ordering::Relaxed);
         let mut req = self
@@ -231,6 +238,22 @@ impl S3Backend {
             .await
             .map(|_| ())
             .map_err(|e| self.errors.map(e, key))
+    }
+}
+
+/// Checks a user-given SDK enum value against the values the SDK knows.
+fn known<T: for<'a> From<&'a str>>(
+    what: &str,
+    value: Option<&str>,
+    values: &[&str],
+) -> Result<Option<T>, String> {
+    match value {
+        None => Ok(None),
+        Some(v) if values.contains(&v) => Ok(Some(T::from(v))),
+        Some(v) => Err(format!(
+            "unknown {what} {v:?} (one of: {})",
+            values.join(", ")
+        )),
     }
 }
 
@@ -274,49 +297,14 @@ impl Backend for S3Backend {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
-        self.counters.get.fetch_add(1, Ordering::Relaxed);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.opts.bucket)
-            .key(self.key(key))
-            .send()
-            .await
-            .map_err(|e| self.errors.map(e, key))?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| BackendError::Transient {
-                location: self.location(),
-                message: format!("reading {key}: {e}"),
-            })?;
-        Ok(body.into_bytes())
+        self.fetch(key, None).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        self.counters.get.fetch_add(1, Ordering::Relaxed);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.opts.bucket)
-            .key(self.key(key))
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .send()
-            .await
-            .map_err(|e| self.errors.map(e, key))?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| BackendError::Transient {
-                location: self.location(),
-                message: format!("reading {key}: {e}"),
-            })?;
-        Ok(body.into_bytes())
+        self.fetch(key, Some(range)).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
