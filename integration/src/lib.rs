@@ -2,6 +2,7 @@
 //! a scratch repository driven through the binary.
 
 pub mod env;
+pub mod fault_proxy;
 pub mod s3;
 
 use std::fs::File;

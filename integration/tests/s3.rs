@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use xfull_core::backend::Backend;
-use xfull_integration::env::{Env, fails, stderr};
+use xfull_integration::env::{Env, fails, sha256, stderr};
+use xfull_integration::fault_proxy::FaultProxy;
 use xfull_integration::s3::S3Server;
 use xfull_integration::{Region, write_image, xfull_bin};
 use xfull_s3::{S3Backend, S3Options};
@@ -124,4 +125,52 @@ fn s3_backend_conformance_and_user_errors() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["requests"]["put"].as_u64().unwrap() >= 3, "{v}");
+}
+
+#[test]
+fn backups_through_a_faulty_network_succeed_and_restore_bit_exact() {
+    let server = S3Server::start();
+    let upstream = server.endpoint.trim_start_matches("http://").to_string();
+    let proxy = FaultProxy::start(&upstream, 25, 7);
+    let e = Env::init_s3(&server, "faults");
+    let img = e.path("d.img");
+    write_image(
+        &img,
+        &[
+            Region::Random(12 << 20),
+            Region::Text(12 << 20),
+            Region::Hole(8 << 20),
+        ],
+        3,
+        false,
+    )
+    .unwrap();
+    let through = |args: &[&str]| {
+        let mut c = e.x(args);
+        c.env("AWS_ENDPOINT_URL", &proxy.endpoint);
+        c
+    };
+    through(&[
+        "backup",
+        "--vm",
+        "vm",
+        "--disk",
+        &format!("d={}", img.display()),
+    ])
+    .assert()
+    .success();
+    let out = e.path("restored.img");
+    through(&[
+        "restore",
+        "vm@latest",
+        "--disk",
+        "d",
+        "--to",
+        out.to_str().unwrap(),
+    ])
+    .assert()
+    .success();
+    assert_eq!(sha256(&out), sha256(&img));
+    assert!(proxy.faults() > 0, "the proxy broke no connection");
+    eprintln!("{} connections broken", proxy.faults());
 }
