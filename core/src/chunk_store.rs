@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, PutMode};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::frame;
 use crate::id::ObjectId;
 use crate::keys;
-use crate::repo::{Stored, missing};
+use crate::repo::{Stored, missing, put_once};
 
 #[derive(Debug, Clone)]
 pub struct ChunkStore {
@@ -28,15 +28,7 @@ impl ChunkStore {
 
     /// Stores a framed chunk create-only.
     pub async fn put(&self, id: &ObjectId, framed: Bytes) -> Result<Stored> {
-        match self
-            .backend
-            .put(&keys::chunk(id), framed, PutMode::Create)
-            .await
-        {
-            Ok(()) => Ok(Stored::New),
-            Err(e) if e.is_already_exists() => Ok(Stored::Existed),
-            Err(e) => Err(e.into()),
-        }
+        put_once(self.backend.as_ref(), &keys::chunk(id), framed).await
     }
 
     /// Fetches the framed bytes of a chunk (not yet verified).

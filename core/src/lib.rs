@@ -37,6 +37,7 @@ pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod source;
+mod task;
 
 pub use async_trait::async_trait;
 pub use error::{Error, Result};

@@ -84,11 +84,7 @@ impl Repository {
 
     /// Create-only put; "already exists" is success (same key, same bytes).
     pub async fn put_once(&self, key: &str, data: Bytes) -> Result<Stored> {
-        match self.backend.put(key, data, PutMode::Create).await {
-            Ok(()) => Ok(Stored::New),
-            Err(e) if e.is_already_exists() => Ok(Stored::Existed),
-            Err(e) => Err(e.into()),
-        }
+        put_once(self.backend.as_ref(), key, data).await
     }
 
     pub async fn load_node(&self, id: &ObjectId) -> Result<Node> {
@@ -202,6 +198,16 @@ impl Repository {
         let framed = frame::encode(Kind::Node, plain, self.config.zstd_level)?;
         let len = framed.len() as u64;
         Ok((self.put_once(&keys::node(id), framed.into()).await?, len))
+    }
+}
+
+/// Create-only put; "already exists" is success: keys of content-addressed
+/// objects fix their bytes, and other keys are never rewritten.
+pub(crate) async fn put_once(backend: &dyn Backend, key: &str, data: Bytes) -> Result<Stored> {
+    match backend.put(key, data, PutMode::Create).await {
+        Ok(()) => Ok(Stored::New),
+        Err(e) if e.is_already_exists() => Ok(Stored::Existed),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -27,6 +27,7 @@ use crate::manifest::{DiskManifest, Manifest};
 use crate::node::Entry;
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::task::blocking;
 
 /// Segments in flight: bounds memory to about twice this many segments
 /// (compressed chunks plus the decompressed buffer).
@@ -187,9 +188,7 @@ pub async fn restore(
         .await
         .map_err(|e| Error::Internal(format!("restore writer died: {e}")))?;
     match (failed, sink) {
-        (None, Ok(sink)) => tokio::task::spawn_blocking(move || sink.finish(opts.sync))
-            .await
-            .map_err(|e| Error::Internal(format!("restore writer died: {e}")))??,
+        (None, Ok(sink)) => blocking("restore writer", move || sink.finish(opts.sync)).await??,
         (Some(e), Ok(sink)) => {
             sink.abandon();
             return Err(e);
@@ -298,9 +297,10 @@ impl SegmentCtx {
             .buffered(FETCHES)
             .try_collect()
             .await?;
-        tokio::task::spawn_blocking(move || self.assemble(range.start, len, entries, &raw))
-            .await
-            .map_err(|e| Error::Internal(format!("restore task died: {e}")))?
+        blocking("restore task", move || {
+            self.assemble(range.start, len, entries, &raw)
+        })
+        .await?
     }
 
     /// Decompresses, verifies and hashes one segment.

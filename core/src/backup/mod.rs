@@ -30,6 +30,7 @@ use crate::names::{DiskName, VmName};
 use crate::progress::Progress;
 use crate::repo::{Repository, Stored};
 use crate::source::DiskSource;
+use crate::task::blocking;
 use plan::{ChangeSource, DiskPlan};
 
 /// Block size of `--base` snapshot comparisons.
@@ -239,15 +240,12 @@ async fn back_up_disk(
             )
         }
         (ChangeSource::Base(old), Some(p)) => {
+            let desc = format!("snapshot diff against {}", old.display());
             let (old, new) = (old.clone(), d.source.path().to_path_buf());
-            let set =
-                tokio::task::spawn_blocking(move || snapshot::diff_images(&old, &new, BASE_BLOCK))
-                    .await
-                    .map_err(|e| Error::Internal(format!("snapshot diff died: {e}")))??;
-            let desc = match &d.changes {
-                ChangeSource::Base(old) => format!("snapshot diff against {}", old.display()),
-                _ => String::new(),
-            };
+            let set = blocking("snapshot diff", move || {
+                snapshot::diff_images(&old, &new, BASE_BLOCK)
+            })
+            .await??;
             (DiskPlan::incremental(size, p, &set), desc)
         }
     };
@@ -262,11 +260,10 @@ async fn back_up_disk(
             cfg.segment_size,
             plan.clone(),
         );
-        let (a, read) = tokio::task::spawn_blocking(move || {
+        let (a, read) = blocking("audit", move || {
             audit::audit_reused(&plan2, &src, &params, seg, audit_percent)
         })
-        .await
-        .map_err(|e| Error::Internal(format!("audit died: {e}")))??;
+        .await??;
         audit_read = read;
         audit = Some(Audit {
             segments: a.segments + touched,
