@@ -63,6 +63,54 @@ pub enum Command {
     Diff(DiffArgs),
     /// Print the changed extents between two disk images, as JSON.
     SnapshotDiff(SnapshotDiffArgs),
+    /// Remove points by a retention policy, then run gc.
+    Prune(PruneArgs),
+    /// Delete chunks and nodes no point references (backups may run).
+    Gc(GcArgs),
+    /// Points per VM, logical and stored bytes, chunks, nodes, dedup ratio.
+    Stats,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only this VM's points (default: every VM, each planned on its own).
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Keep the N newest points.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest point of each of the last N hours that have points.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// ISO weeks (Monday to Sunday, UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep every point within this span of the VM's newest point, e.g.
+    /// 7d, 2w, 1y6m, 36h.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep every point with this label; repeatable.
+    #[arg(long = "keep-label", value_name = "KEY=VALUE")]
+    pub keep_labels: Vec<String>,
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove the points but leave their data to a later `xfull gc`.
+    #[arg(long)]
+    pub no_gc: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Report what would be deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +128,15 @@ pub struct InitArgs {
     /// zstd level for chunks (1-19).
     #[arg(long, default_value_t = 3)]
     pub zstd_level: i32,
+    /// A backup's lease (and a gc sweep's marker) not refreshed for this
+    /// long counts as dead: 30s, 10m, 1h.
+    #[arg(long, value_parser = parse_secs, default_value = "10m")]
+    pub lease_ttl: u64,
+    /// Largest clock difference expected between the store's servers;
+    /// gc leaves objects younger than this (plus the oldest running
+    /// backup's age) alone.
+    #[arg(long, value_parser = parse_secs, default_value = "1m")]
+    pub clock_margin: u64,
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +258,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Splits `NAME=VALUE`.
+/// `90`, `90s`, `10m`, `1h`: a number of seconds.
+pub fn parse_secs(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid duration {s:?}: use e.g. 30s, 10m, 1h");
+    let (num, mult) = match s.trim().char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        _ => (s.trim(), 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(bad)
+}
+
 pub fn split_pair<'a>(what: &str, s: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
     s.split_once('=').ok_or_else(|| {
         anyhow::Error::new(xfull_core::Error::InvalidArgument(format!(

@@ -42,6 +42,9 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Restore(a) => cmd::restore::run(cli, a).await,
         Command::Diff(a) => cmd::diff::run(cli, a).await,
         Command::SnapshotDiff(a) => cmd::snapshot_diff::run(cli, a).await,
+        Command::Prune(a) => cmd::prune::run(cli, a).await,
+        Command::Gc(a) => cmd::gc::run(cli, a).await,
+        Command::Stats => cmd::stats::run(cli).await,
     }
 }
 

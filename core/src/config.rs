@@ -20,6 +20,42 @@ pub const MAX_SEGMENT_SIZE: u64 = 64 << 20;
 /// Default zstd level for chunks.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
+/// Timing constants of the lease/sweep protocol (docs/design.md). They are
+/// repository constants because every writer and every sweep must agree
+/// on them. Repositories made before they existed get the defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Protocol {
+    /// A lease (or a sweep marker) not refreshed for this long is dead.
+    pub lease_ttl_secs: u64,
+    /// Subtracted from every age cutoff: the largest difference expected
+    /// between the clocks of the store's servers (its timestamps are the
+    /// only clock compared).
+    pub clock_margin_secs: u64,
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Protocol {
+            lease_ttl_secs: 600,
+            clock_margin_secs: 60,
+        }
+    }
+}
+
+impl Protocol {
+    pub fn ttl(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.lease_ttl_secs as i64)
+    }
+    pub fn margin(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.clock_margin_secs as i64)
+    }
+    /// How often leases and sweep markers are refreshed: four chances
+    /// before the TTL runs out.
+    pub fn heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.lease_ttl_secs * 1000 / 4)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoConfig {
     pub format: u32,
@@ -29,6 +65,8 @@ pub struct RepoConfig {
     pub segment_size: u64,
     pub chunking: ChunkParams,
     pub zstd_level: i32,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 impl RepoConfig {
@@ -40,6 +78,7 @@ impl RepoConfig {
             segment_size,
             chunking,
             zstd_level,
+            protocol: Protocol::default(),
         };
         cfg.validate().map_err(Error::InvalidArgument)?;
         Ok(cfg)
@@ -61,6 +100,18 @@ impl RepoConfig {
             return Err(format!(
                 "segment size {} is smaller than the maximum chunk size {}",
                 self.segment_size, self.chunking.max
+            ));
+        }
+        if !(1..=86_400).contains(&self.protocol.lease_ttl_secs) {
+            return Err(format!(
+                "lease TTL {} s must be from 1 s to one day",
+                self.protocol.lease_ttl_secs
+            ));
+        }
+        if self.protocol.clock_margin_secs > 86_400 {
+            return Err(format!(
+                "clock margin {} s must be at most one day",
+                self.protocol.clock_margin_secs
             ));
         }
         if !(1..=19).contains(&self.zstd_level) {
@@ -126,5 +177,34 @@ mod tests {
         assert!(RepoConfig::new(3 << 20, p, 3).is_err());
         assert!(RepoConfig::new(128 << 20, p, 3).is_err());
         assert!(RepoConfig::new(16 << 20, p, 0).is_err());
+        let mut cfg = RepoConfig::new(16 << 20, p, 3).unwrap();
+        cfg.protocol.lease_ttl_secs = 0;
+        assert!(cfg.validate().unwrap_err().contains("lease TTL"));
+    }
+
+    #[test]
+    fn configs_without_protocol_get_the_defaults() {
+        #[derive(Serialize)]
+        struct Old {
+            format: u32,
+            repo_id: String,
+            created: DateTime<Utc>,
+            segment_size: u64,
+            chunking: ChunkParams,
+            zstd_level: i32,
+        }
+        let old = Old {
+            format: 1,
+            repo_id: "ab".into(),
+            created: Utc::now(),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            chunking: ChunkParams::default(),
+            zstd_level: 3,
+        };
+        let mut plain = Vec::new();
+        ciborium::into_writer(&old, &mut plain).unwrap();
+        let framed = frame::encode(Kind::Config, &plain, 0).unwrap();
+        let cfg = RepoConfig::decode(&framed).unwrap();
+        assert_eq!(cfg.protocol, Protocol::default());
     }
 }

@@ -107,6 +107,16 @@ pub enum Error {
     #[error("the change source missed a change in the segment at offset {offset}")]
     AuditMismatch { offset: u64 },
 
+    /// A sweep stopped before deleting more, to stay safe (it could not
+    /// keep its marker fresh, or found damage it cannot mark around).
+    #[error("gc sweep {seq} stopped before deleting anything more: {reason}")]
+    SweepStopped {
+        seq: u64,
+        reason: String,
+        /// Stopped because stored data is damaged (exit status 3).
+        damage: bool,
+    },
+
     /// A background task died unexpectedly (a bug, or the runtime shut down).
     #[error("internal error: {0}")]
     Internal(String),
@@ -115,7 +125,12 @@ pub enum Error {
 impl Error {
     /// True when the error reports damaged or missing stored data.
     pub fn is_damage(&self) -> bool {
-        matches!(self, Error::Corrupt { .. } | Error::Damaged { .. })
+        matches!(
+            self,
+            Error::Corrupt { .. }
+                | Error::Damaged { .. }
+                | Error::SweepStopped { damage: true, .. }
+        )
     }
 
     /// True when the error is the caller's input (exit status 2 in the CLI).

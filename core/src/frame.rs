@@ -25,6 +25,10 @@ pub enum Kind {
     Chunk,
     Node,
     Manifest,
+    /// A backup session's lease.
+    Lease,
+    /// A sweep's start or done marker.
+    Marker,
 }
 
 impl Kind {
@@ -34,11 +38,16 @@ impl Kind {
             Kind::Chunk => *b"XFC1",
             Kind::Node => *b"XFN1",
             Kind::Manifest => *b"XFM1",
+            Kind::Lease => *b"XFL1",
+            Kind::Marker => *b"XFG1",
         }
     }
 
     const fn checksummed(self) -> bool {
-        matches!(self, Kind::Config | Kind::Manifest)
+        matches!(
+            self,
+            Kind::Config | Kind::Manifest | Kind::Lease | Kind::Marker
+        )
     }
 
     fn name(self) -> &'static str {
@@ -47,6 +56,8 @@ impl Kind {
             Kind::Chunk => "chunk",
             Kind::Node => "node",
             Kind::Manifest => "manifest",
+            Kind::Lease => "lease",
+            Kind::Marker => "gc marker",
         }
     }
 
@@ -226,7 +237,14 @@ mod tests {
     #[test]
     fn round_trips_every_kind_and_codec() {
         let data = b"some plaintext that compresses, compresses, compresses".repeat(10);
-        for kind in [Kind::Config, Kind::Chunk, Kind::Node, Kind::Manifest] {
+        for kind in [
+            Kind::Config,
+            Kind::Chunk,
+            Kind::Node,
+            Kind::Manifest,
+            Kind::Lease,
+            Kind::Marker,
+        ] {
             for level in [0, 3] {
                 let framed = encode(kind, &data, level).unwrap();
                 assert_eq!(decode(kind, "k", &framed, 1 << 20).unwrap(), data);

@@ -111,6 +111,14 @@ impl PointId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The time in the id (to the second).
+    pub fn time(&self) -> DateTime<Utc> {
+        let t = self.0.split('-').next().unwrap_or_default();
+        chrono::NaiveDateTime::parse_from_str(t, POINT_TIME_FORMAT)
+            .map(|t| t.and_utc())
+            .unwrap_or_default()
+    }
 }
 
 impl fmt::Display for PointId {
@@ -169,6 +177,10 @@ mod tests {
         let b = PointId::new("2026-01-02T00:00:00Z".parse().unwrap());
         assert!(a < b);
         assert_eq!(a.as_str().parse::<PointId>().unwrap(), a);
+        assert_eq!(
+            b.time(),
+            "2026-01-02T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
         for bad in [
             "",
             "x",

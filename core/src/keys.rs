@@ -5,6 +5,10 @@
 //! chunks/<2 hex>/<64 hex>     chunk: framed, compressed plaintext
 //! nodes/<2 hex>/<64 hex>      node: framed, compressed CBOR
 //! points/<vm>/<point-id>      manifest: framed, compressed CBOR (create-only)
+//! trash/points/<vm>/<id>      a pruned manifest a running backup still pins
+//! leases/<session-id>         one per running backup session
+//! gc/sweeps/<seq>             a sweep's start marker (refreshed while it runs)
+//! gc/done/<seq>               written when that sweep finished
 //! ```
 
 use crate::id::{ObjectId, PointId};
@@ -14,6 +18,10 @@ pub const CONFIG: &str = "config";
 pub const CHUNKS: &str = "chunks/";
 pub const NODES: &str = "nodes/";
 pub const POINTS: &str = "points/";
+pub const TRASH: &str = "trash/";
+pub const LEASES: &str = "leases/";
+pub const SWEEPS: &str = "gc/sweeps/";
+pub const DONE: &str = "gc/done/";
 
 fn fanned(prefix: &str, id: &ObjectId) -> String {
     let hex = id.to_hex();
@@ -36,6 +44,45 @@ pub fn points_of(vm: &VmName) -> String {
     format!("{POINTS}{vm}/")
 }
 
+/// Where a pruned but still pinned manifest waits for the next sweep.
+pub fn trashed_point(vm: &VmName, id: &PointId) -> String {
+    format!("{TRASH}{}", point(vm, id))
+}
+
+pub fn lease(session: &str) -> String {
+    format!("{LEASES}{session}")
+}
+
+/// Sequence numbers are zero-padded so that keys sort like numbers.
+pub fn sweep(seq: u64) -> String {
+    format!("{SWEEPS}{seq:016}")
+}
+
+pub fn done(seq: u64) -> String {
+    format!("{DONE}{seq:016}")
+}
+
+/// The sequence number of a `gc/sweeps/` or `gc/done/` key.
+pub fn parse_seq(key: &str) -> Option<u64> {
+    let rest = key
+        .strip_prefix(SWEEPS)
+        .or_else(|| key.strip_prefix(DONE))?;
+    if rest.len() != 16 || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+/// The object id at the end of a `chunks/` or `nodes/` key.
+pub fn parse_content(key: &str) -> Option<ObjectId> {
+    let rest = key
+        .strip_prefix(CHUNKS)
+        .or_else(|| key.strip_prefix(NODES))?;
+    let (fan, hex) = rest.split_once('/')?;
+    let id: ObjectId = hex.parse().ok()?;
+    (fan.len() == 2 && hex.starts_with(fan)).then_some(id)
+}
+
 /// Splits `points/<vm>/<id>` into its parts; `None` for anything else
 /// (a stray file in the store is ignored, not fatal).
 pub fn parse_point(key: &str) -> Option<(VmName, PointId)> {
@@ -52,9 +99,30 @@ mod tests {
     fn point_keys_round_trip() {
         let vm: VmName = "vm1".parse().unwrap();
         let id: PointId = "20261125T194155Z-3fa2".parse().unwrap();
-        assert_eq!(parse_point(&point(&vm, &id)), Some((vm, id)));
+        assert_eq!(parse_point(&point(&vm, &id)), Some((vm.clone(), id)));
         assert_eq!(parse_point("points/vm1/junk"), None);
         assert_eq!(parse_point("nodes/ab/cd"), None);
+        assert_eq!(
+            trashed_point(&vm, &"20261125T194155Z-3fa2".parse().unwrap()),
+            "trash/points/vm1/20261125T194155Z-3fa2"
+        );
+    }
+
+    #[test]
+    fn marker_and_content_keys_parse_back() {
+        assert_eq!(parse_seq(&sweep(42)), Some(42));
+        assert_eq!(parse_seq(&done(7)), Some(7));
+        assert_eq!(parse_seq("gc/sweeps/12"), None);
+        assert_eq!(parse_seq("gc/sweeps/00000000000000x1"), None);
+        let id = ObjectId::of(b"y");
+        assert_eq!(parse_content(&chunk(&id)), Some(id));
+        assert_eq!(parse_content(&node(&id)), Some(id));
+        assert_eq!(parse_content("chunks/zz/abc"), None);
+        let wrong_fan = format!("chunks/00/{}", id.to_hex());
+        assert_eq!(
+            parse_content(&wrong_fan).is_some(),
+            id.to_hex().starts_with("00")
+        );
     }
 
     #[test]

@@ -21,23 +21,31 @@ pub mod changes;
 pub mod chunk_store;
 pub mod chunker;
 pub mod config;
-#[cfg(any(test, feature = "conformance"))]
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod diff;
 pub mod error;
 pub mod frame;
+pub mod gc;
+pub mod host;
 pub mod id;
 pub mod image_hash;
 pub mod keys;
+pub mod lease;
 pub mod manifest;
 pub mod names;
 pub mod node;
 pub mod point_spec;
 pub mod progress;
+pub mod prune;
 pub mod repo;
 pub mod restore;
+pub mod session;
 pub mod source;
+pub mod stats;
 mod task;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use async_trait::async_trait;
 pub use error::{Error, Result};

@@ -94,8 +94,13 @@ impl Repository {
     }
 
     pub async fn load_manifest(&self, vm: &VmName, id: &PointId) -> Result<Manifest> {
-        let key = keys::point(vm, id);
-        let bytes = match self.backend.get(&key).await {
+        self.load_manifest_at(&keys::point(vm, id), vm, id).await
+    }
+
+    /// Loads a manifest from `key` (its place in `points/` or `trash/`),
+    /// checking it is the point it should be.
+    pub async fn load_manifest_at(&self, key: &str, vm: &VmName, id: &PointId) -> Result<Manifest> {
+        let bytes = match self.backend.get(key).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => {
                 return Err(Error::PointNotFound {
@@ -104,7 +109,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        let m = Manifest::decode(&key, &bytes)?;
+        let m = Manifest::decode(key, &bytes)?;
         if &m.vm != vm || &m.id != id {
             return Err(Error::corrupt(
                 key,

@@ -120,7 +120,7 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
         audit_percent: args.audit_unchanged,
         parent: args.parent.as_deref().map(str::parse).transpose()?,
         labels,
-        host: args.host.clone().unwrap_or_else(hostname),
+        host: args.host.clone().unwrap_or_else(xfull_core::host::name),
         time,
     })
 }
@@ -131,10 +131,4 @@ fn two_sources(name: &DiskName) -> Result<()> {
         "disk {name} has both --changed and --base: give one change source per disk"
     ))
     .into())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }

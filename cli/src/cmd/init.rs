@@ -1,6 +1,6 @@
 use anyhow::Result;
 use xfull_core::chunker::ChunkParams;
-use xfull_core::config::RepoConfig;
+use xfull_core::config::{Protocol, RepoConfig};
 
 use crate::cli::{Cli, InitArgs};
 use crate::output::{bytes, print_json};
@@ -17,7 +17,14 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
             .chunk_max
             .map_or(Ok(defaults.max), |v| to_u32("--chunk-max", v))?,
     };
-    let config = RepoConfig::new(args.segment_size, params, args.zstd_level)?;
+    let mut config = RepoConfig::new(args.segment_size, params, args.zstd_level)?;
+    config.protocol = Protocol {
+        lease_ttl_secs: args.lease_ttl,
+        clock_margin_secs: args.clock_margin,
+    };
+    config
+        .validate()
+        .map_err(xfull_core::Error::InvalidArgument)?;
     let repo = crate::open::init(cli.repo()?, &cli.s3, config).await?;
     let c = repo.config();
     if cli.json {
@@ -30,6 +37,8 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
             "chunk_avg": c.chunking.avg,
             "chunk_max": c.chunking.max,
             "zstd_level": c.zstd_level,
+            "lease_ttl_secs": c.protocol.lease_ttl_secs,
+            "clock_margin_secs": c.protocol.clock_margin_secs,
         }))?;
     } else {
         println!(

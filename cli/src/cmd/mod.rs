@@ -2,8 +2,11 @@
 
 pub mod backup;
 pub mod diff;
+pub mod gc;
 pub mod init;
 pub mod points;
+pub mod prune;
 pub mod restore;
 pub mod show;
 pub mod snapshot_diff;
+pub mod stats;

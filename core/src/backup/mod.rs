@@ -13,6 +13,7 @@ pub mod audit;
 pub mod incremental;
 mod pipeline;
 pub mod plan;
+pub mod repair;
 pub mod segment;
 
 use std::collections::{BTreeMap, HashSet};
@@ -25,10 +26,12 @@ use chrono::{DateTime, SubsecRound, Utc};
 use crate::changes::{ExtentSet, parse, snapshot};
 use crate::error::{Error, Result};
 use crate::id::PointId;
+use crate::lease::ObjectRef;
 use crate::manifest::{Audit, BackupStats, DiskManifest, Manifest};
 use crate::names::{DiskName, VmName};
 use crate::progress::Progress;
 use crate::repo::{Repository, Stored};
+use crate::session::{Check, Session};
 use crate::source::DiskSource;
 use crate::task::blocking;
 use plan::{ChangeSource, DiskPlan};
@@ -70,12 +73,99 @@ pub async fn backup(
     progress: Arc<Progress>,
 ) -> Result<Manifest> {
     let started = Instant::now();
-    let mut disks = prepare(repo, &req).await?;
+    let mut disks = prepare(&req)?;
+    // The lease comes before reading any parent (docs/design.md,
+    // "Concurrency"): a parent read after it is either protected by the
+    // sweeps that see the lease, or re-checked before the commit.
+    let mut session = Session::begin(repo, &req.vm, &req.host).await?;
+    let result = async {
+        let _heartbeat = session.heartbeat();
+        find_parents(repo, &req, &mut disks).await?;
+        session
+            .pin(disks.iter().filter_map(|d| {
+                d.parent
+                    .as_ref()
+                    .map(|(id, _)| (req.vm.clone(), id.clone()))
+            }))
+            .await?;
+        let commit = back_up_disks(repo, &req, disks, &session, progress).await?;
+        settle_sweeps(repo, &mut session, &commit).await?;
+        commit_point(repo, req, commit, started).await
+    }
+    .await;
+    // Success or not, the lease goes: a failed session's objects are
+    // garbage for the next sweep.
+    let ended = session.end().await;
+    let manifest = result?;
+    ended?;
+    Ok(manifest)
+}
+
+/// The disks' manifests, ready to be committed, with their sources (to
+/// store again what a sweep may have removed).
+struct Commit {
+    disks: Vec<(Arc<DiskSource>, DiskManifest)>,
+}
+
+async fn back_up_disks(
+    repo: &Repository,
+    req: &BackupRequest,
+    mut disks: Vec<Prepared>,
+    session: &Session,
+    progress: Arc<Progress>,
+) -> Result<Commit> {
     progress.add_total(disks.iter().map(|d| d.source.size()).sum());
-    let mut manifests = Vec::new();
-    let mut stats = BackupStats::default();
+    let mut out = Vec::new();
     for d in disks.drain(..) {
-        let dm = back_up_disk(repo, d, req.audit_percent, progress.clone()).await?;
+        let source = d.source.clone();
+        let (dm, existed) = back_up_disk(repo, d, req.audit_percent, progress.clone()).await?;
+        session.depend(existed);
+        out.push((source, dm));
+    }
+    Ok(Commit { disks: out })
+}
+
+/// Step (c) of the protocol: for every sweep that ran meanwhile, wait for
+/// it to finish, then make sure it left everything the point references.
+async fn settle_sweeps(repo: &Repository, session: &mut Session, commit: &Commit) -> Result<()> {
+    let poll = repo
+        .config()
+        .protocol
+        .heartbeat()
+        .min(std::time::Duration::from_secs(2));
+    loop {
+        let check = session.check().await?;
+        match &check {
+            Check::Clear => return Ok(()),
+            Check::Wait { .. } => tokio::time::sleep(poll).await,
+            Check::Verify { all, deps, .. } => {
+                if *all || !repair::all_exist(repo, deps).await? {
+                    let disks: Vec<_> = commit.disks.iter().map(|(s, d)| (s.clone(), d)).collect();
+                    let r = repair::ensure_present(repo, &disks).await?;
+                    if r.segments_restored > 0 {
+                        eprintln!(
+                            "warning: a concurrent gc removed data this backup uses; \
+                             {} segment(s) were read again from the source and stored",
+                            r.segments_restored
+                        );
+                    }
+                }
+                session.settle(&check);
+            }
+        }
+    }
+}
+
+/// Writes the manifest (create-only): from here on the point exists.
+async fn commit_point(
+    repo: &Repository,
+    req: BackupRequest,
+    commit: Commit,
+    started: Instant,
+) -> Result<Manifest> {
+    let mut stats = BackupStats::default();
+    let mut manifests = Vec::new();
+    for (_, dm) in commit.disks {
         stats.add(&dm.stats);
         manifests.push(dm);
     }
@@ -111,9 +201,9 @@ pub async fn backup(
     )))
 }
 
-/// Checks every argument, source and change file, and finds each disk's
-/// parent, before anything is stored.
-async fn prepare(repo: &Repository, req: &BackupRequest) -> Result<Vec<Prepared>> {
+/// Checks every argument, source and change file before anything is
+/// stored.
+fn prepare(req: &BackupRequest) -> Result<Vec<Prepared>> {
     if req.disks.is_empty() {
         return Err(Error::InvalidArgument(
             "no disk given: use --disk NAME=PATH".into(),
@@ -162,7 +252,6 @@ async fn prepare(repo: &Repository, req: &BackupRequest) -> Result<Vec<Prepared>
             parent: None,
         });
     }
-    find_parents(repo, req, &mut out).await?;
     Ok(out)
 }
 
@@ -215,7 +304,7 @@ async fn back_up_disk(
     d: Prepared,
     audit_percent: f64,
     progress: Arc<Progress>,
-) -> Result<DiskManifest> {
+) -> Result<(DiskManifest, Vec<ObjectRef>)> {
     let started = Instant::now();
     let cfg = repo.config().clone();
     let size = d.source.size();
@@ -295,7 +384,7 @@ async fn back_up_disk(
         stats.bytes_changed = r;
     }
     stats.seconds = started.elapsed().as_secs_f64();
-    Ok(DiskManifest {
+    let dm = DiskManifest {
         name: d.name,
         size,
         segment_size: cfg.segment_size,
@@ -304,5 +393,6 @@ async fn back_up_disk(
         parent: d.parent.map(|(id, _)| id),
         audit,
         stats,
-    })
+    };
+    Ok((dm, result.existed))
 }

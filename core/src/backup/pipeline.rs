@@ -28,6 +28,7 @@ use super::segment::chunk_segment;
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
 use crate::id::ObjectId;
+use crate::lease::ObjectRef;
 use crate::manifest::BackupStats;
 use crate::node::{Entry, Node};
 use crate::progress::Progress;
@@ -50,6 +51,9 @@ const SEEN_CAP: usize = 1 << 20;
 pub struct DiskResult {
     pub segments: Vec<Option<ObjectId>>,
     pub stats: BackupStats,
+    /// Objects this backup stored that were already there: it relies on
+    /// them without having written them (the lease's dependencies).
+    pub existed: Vec<ObjectRef>,
 }
 
 enum Work {
@@ -108,6 +112,7 @@ struct Shared {
     repo: Repository,
     source: Arc<DiskSource>,
     seen: Mutex<HashSet<ObjectId>>,
+    existed: Mutex<Vec<ObjectRef>>,
     failure: Failure,
     progress: Arc<Progress>,
     runtime: tokio::runtime::Handle,
@@ -127,6 +132,7 @@ pub async fn run(
         repo: repo.clone(),
         source,
         seen: Mutex::new(HashSet::new()),
+        existed: Mutex::new(Vec::new()),
         failure: Failure::default(),
         progress,
         runtime: tokio::runtime::Handle::current(),
@@ -185,7 +191,12 @@ pub async fn run(
         return Err(e);
     }
     stats.bytes_scanned = shared.source.size();
-    Ok(DiskResult { segments, stats })
+    let existed = std::mem::take(&mut *shared.existed.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(DiskResult {
+        segments,
+        stats,
+        existed,
+    })
 }
 
 fn read_segments(
@@ -488,24 +499,27 @@ impl UploadJob {
 async fn upload(shared: &Shared, job: UploadJob) -> Result<(usize, Option<ObjectId>, BackupStats)> {
     let mut stats = job.stats;
     let store = shared.repo.chunks();
-    let results: Vec<(Stored, u64)> = futures::stream::iter(job.chunks)
+    let results: Vec<(ObjectId, Stored, u64)> = futures::stream::iter(job.chunks)
         .map(|(id, framed)| {
             let store = &store;
             async move {
                 let len = framed.len() as u64;
                 let stored = store.put(&id, framed).await?;
                 shared.progress.add_transferred(len);
-                Ok::<_, Error>((stored, len))
+                Ok::<_, Error>((id, stored, len))
             }
         })
         .buffer_unordered(PUTS_PER_SEGMENT)
         .try_collect()
         .await?;
-    for (stored, len) in results {
+    let mut existed = Vec::new();
+    for (id, stored, len) in results {
         stats.bytes_uploaded += len;
         if stored == Stored::New {
             stats.new_chunks += 1;
             stats.bytes_stored += len;
+        } else {
+            existed.push(ObjectRef::Chunk(id));
         }
     }
     if let (Some(id), Some(plain)) = (job.segment, job.node) {
@@ -514,7 +528,13 @@ async fn upload(shared: &Shared, job: UploadJob) -> Result<(usize, Option<Object
         if stored == Stored::New {
             stats.new_nodes += 1;
             stats.bytes_stored += len;
+        } else {
+            existed.push(ObjectRef::Node(id));
         }
+    }
+    if !existed.is_empty() {
+        let mut all = shared.existed.lock().unwrap_or_else(|p| p.into_inner());
+        all.extend(existed);
     }
     Ok((job.idx, job.segment, stats))
 }

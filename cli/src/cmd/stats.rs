@@ -1,0 +1,41 @@
+use anyhow::Result;
+
+use crate::cli::Cli;
+use crate::output::{bytes, print_json};
+
+pub async fn run(cli: &Cli) -> Result<()> {
+    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
+    let s = xfull_core::stats::collect(&repo).await?;
+    if cli.json {
+        return print_json(&s);
+    }
+    for (vm, v) in &s.vms {
+        println!(
+            "vm {vm}: {} points, {} logical",
+            v.points,
+            bytes(v.logical_bytes)
+        );
+    }
+    println!(
+        "{} points, {} logical; stored {} ({} chunks: {}, {} nodes: {}, manifests {})",
+        s.points,
+        bytes(s.logical_bytes),
+        bytes(s.stored_bytes),
+        s.chunks,
+        bytes(s.chunk_bytes),
+        s.nodes,
+        bytes(s.node_bytes),
+        bytes(s.manifest_bytes)
+    );
+    match s.dedup_ratio {
+        Some(r) => println!("dedup ratio {r:.2} (logical / stored)"),
+        None => println!("dedup ratio: nothing stored"),
+    }
+    if s.leases + s.trash_points > 0 {
+        println!(
+            "{} leases (running or killed backups), {} trashed manifests awaiting gc",
+            s.leases, s.trash_points
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! After a sweep that may not have protected everything a backup uses
+//! (its lease expired, or a parent was pruned before it was pinned), the
+//! backup checks that every object its point references still exists and
+//! stores again, from the source disk, the segments whose objects are gone.
+//! Only nodes are read (no chunk), so chunks may live in an archive tier.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::segment::chunk_segment;
+use crate::error::{Error, Result};
+use crate::frame::{self, Kind};
+use crate::id::ObjectId;
+use crate::lease::ObjectRef;
+use crate::manifest::DiskManifest;
+use crate::node::Node;
+use crate::repo::Repository;
+use crate::source::DiskSource;
+use crate::task::blocking;
+
+/// Requests in flight while checking.
+const CHECKS: usize = 32;
+/// Chunk ids remembered as checked (then forgotten: a re-check is cheap).
+const CHECKED_CAP: usize = 1 << 20;
+
+/// What a check found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    pub objects_checked: u64,
+    pub segments_restored: u64,
+}
+
+/// True when every listed object still exists.
+pub async fn all_exist(repo: &Repository, refs: &[ObjectRef]) -> Result<bool> {
+    let b = repo.backend();
+    let missing = futures::stream::iter(refs)
+        .map(|r| async move {
+            match b.head(&r.key()).await {
+                Ok(_) => Ok(false),
+                Err(e) if e.is_not_found() => Ok(true),
+                Err(e) => Err(Error::from(e)),
+            }
+        })
+        .buffer_unordered(CHECKS)
+        .try_any(|gone| futures::future::ready(gone))
+        .await?;
+    Ok(!missing)
+}
+
+/// Checks every node and chunk the disks reference, and stores again the
+/// segments that lost any.
+pub async fn ensure_present(
+    repo: &Repository,
+    disks: &[(Arc<DiskSource>, &DiskManifest)],
+) -> Result<RepairReport> {
+    let mut report = RepairReport::default();
+    let mut checked: HashSet<ObjectId> = HashSet::new();
+    for (source, disk) in disks {
+        let mut seen_nodes = HashSet::new();
+        for (idx, node) in disk.segments.iter().enumerate() {
+            let Some(node) = node else { continue };
+            if !seen_nodes.insert(*node) {
+                continue;
+            }
+            let present = segment_present(repo, node, &mut checked, &mut report).await?;
+            if !present {
+                // Any segment with this node will do: same node, same bytes.
+                restore_segment(repo, source, disk, idx, node).await?;
+                report.segments_restored += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn segment_present(
+    repo: &Repository,
+    node: &ObjectId,
+    checked: &mut HashSet<ObjectId>,
+    report: &mut RepairReport,
+) -> Result<bool> {
+    report.objects_checked += 1;
+    let n = match repo.load_node(node).await {
+        Ok(n) => n,
+        Err(e) if e.is_damage() => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if checked.len() > CHECKED_CAP {
+        checked.clear();
+    }
+    let todo: Vec<ObjectRef> = n
+        .chunk_ids()
+        .filter(|c| checked.insert(*c))
+        .map(ObjectRef::Chunk)
+        .collect();
+    report.objects_checked += todo.len() as u64;
+    all_exist(repo, &todo).await
+}
+
+/// Reads one segment from the source again and stores its chunks and node
+/// (create-only: what survived is left as is).
+async fn restore_segment(
+    repo: &Repository,
+    source: &Arc<DiskSource>,
+    disk: &DiskManifest,
+    idx: usize,
+    expected: &ObjectId,
+) -> Result<()> {
+    let range = disk.segment_range(idx);
+    let (source, params, level) = (
+        source.clone(),
+        repo.config().chunking,
+        repo.config().zstd_level,
+    );
+    let expected = *expected;
+    let (plain, chunks) = blocking("re-reading a segment", move || {
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        source.read_at(range.start, &mut buf)?;
+        let seg = chunk_segment(&params, &buf);
+        let node = Node {
+            entries: seg.entries.clone(),
+        };
+        let (id, plain) = node.to_plain()?;
+        if id != expected {
+            return Err(Error::InvalidArgument(format!(
+                "source disk {} changed while it was backed up (segment at offset {}): \
+                 a concurrent gc removed data this backup relies on, and it cannot be read \
+                 again; back up from a snapshot that does not change",
+                source.path().display(),
+                range.start
+            )));
+        }
+        let mut chunks = Vec::new();
+        for (e, off) in seg.entries.iter().zip(&seg.offsets) {
+            if let Some(cid) = e.1 {
+                let piece = &buf[*off..*off + e.len() as usize];
+                chunks.push((cid, Bytes::from(frame::encode(Kind::Chunk, piece, level)?)));
+            }
+        }
+        Ok::<_, Error>((plain, chunks))
+    })
+    .await??;
+    let store = repo.chunks();
+    futures::stream::iter(chunks)
+        .map(|(id, framed)| {
+            let store = &store;
+            async move { store.put(&id, framed).await }
+        })
+        .buffer_unordered(CHECKS)
+        .try_collect::<Vec<_>>()
+        .await?;
+    repo.put_node(&expected, &plain).await?;
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! Garbage collection: a sweep deletes the chunks and nodes no point
+//! references, while backups keep running (docs/design.md, "Concurrency").
+//! [`sweep::Sweep`] is the protocol as separate steps, so that tests can
+//! interleave them with a backup session's; [`run`] runs them in order.
+
+pub mod markers;
+pub mod marks;
+pub mod sweep;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::repo::Repository;
+pub use sweep::Sweep;
+
+/// What a sweep did (or, in a dry run, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    pub seq: u64,
+    pub dry_run: bool,
+    pub points: u64,
+    pub pinned_points: u64,
+    pub live_leases: u64,
+    pub dead_leases_removed: u64,
+    pub trash_removed: u64,
+    pub nodes_marked: u64,
+    pub chunks_marked: u64,
+    pub nodes_listed: u64,
+    pub chunks_listed: u64,
+    pub nodes_deleted: u64,
+    pub chunks_deleted: u64,
+    pub bytes_freed: u64,
+    /// Unreferenced, but too young to delete (a backup may still be
+    /// writing them).
+    pub young_kept: u64,
+    pub mark_state_bytes: u64,
+    pub requests: BTreeMap<String, u64>,
+    pub seconds: f64,
+}
+
+/// One whole sweep.
+pub async fn run(repo: &Repository, dry_run: bool) -> Result<GcReport> {
+    let started = std::time::Instant::now();
+    let before = repo.backend().request_counts();
+    let mut sweep = Sweep::begin(repo, dry_run).await?;
+    sweep.read_leases().await?;
+    sweep.read_points().await?;
+    sweep.mark().await?;
+    sweep.delete().await?;
+    let mut report = sweep.finish().await?;
+    for (kind, n) in repo.backend().request_counts() {
+        let n = n - before.get(kind).copied().unwrap_or(0);
+        if n > 0 {
+            report.requests.insert(kind.to_string(), n);
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}

@@ -1,0 +1,162 @@
+//! `prune`: plans per VM which points to keep ([`policy`]) and removes the
+//! others' manifests. A manifest that a lease pins (a running backup uses
+//! it as its parent) is moved to `trash/` instead, where the sweeps keep
+//! it until no live lease pins it. Chunks and nodes are left to `gc`.
+
+pub mod policy;
+pub mod span;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::backend::ObjectMeta;
+use crate::error::{Error, Result};
+use crate::id::PointId;
+use crate::keys;
+use crate::lease::LeaseRecord;
+use crate::names::VmName;
+use crate::repo::Repository;
+use policy::{Candidate, Decision, Policy};
+
+/// The plan for one VM.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmPlan {
+    pub vm: VmName,
+    /// Newest first.
+    pub decisions: Vec<Decision>,
+}
+
+impl VmPlan {
+    pub fn to_remove(&self) -> impl Iterator<Item = &Decision> {
+        self.decisions.iter().filter(|d| !d.keep)
+    }
+}
+
+/// Plans every VM (or one). A point whose manifest cannot be read is kept
+/// and says why: deciding on it blindly could remove the wrong point.
+pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Result<Vec<VmPlan>> {
+    if policy.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no --keep-... option given: refusing to remove every point".into(),
+        ));
+    }
+    let mut by_vm: BTreeMap<VmName, Vec<PointId>> = BTreeMap::new();
+    for (v, id) in repo.list_points(vm).await? {
+        by_vm.entry(v).or_default().push(id);
+    }
+    if let Some(v) = vm
+        && by_vm.is_empty()
+    {
+        return Err(Error::InvalidArgument(format!("VM {v} has no points")));
+    }
+    let mut plans = Vec::new();
+    for (vm, ids) in by_vm {
+        let loaded: Vec<(PointId, Result<_>)> = futures::stream::iter(ids)
+            .map(|id| {
+                let vm = &vm;
+                async move {
+                    let m = repo.load_manifest(vm, &id).await;
+                    (id, m)
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut candidates = Vec::new();
+        let mut unreadable = Vec::new();
+        for (id, m) in loaded {
+            match m {
+                Ok(m) => candidates.push(Candidate {
+                    id,
+                    time: m.time,
+                    labels: m.labels,
+                }),
+                // Pruned by someone else meanwhile: nothing to decide.
+                Err(Error::PointNotFound { .. }) => {}
+                Err(e) if e.is_damage() => unreadable.push(Decision {
+                    time: id.time(),
+                    id,
+                    keep: true,
+                    reasons: vec![format!("manifest unreadable, kept ({e})")],
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut decisions = policy::plan(&candidates, policy).map_err(Error::InvalidArgument)?;
+        decisions.extend(unreadable);
+        decisions.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+        plans.push(VmPlan { vm, decisions });
+    }
+    Ok(plans)
+}
+
+/// The points leases pin. Every lease counts, live or not: prune does not
+/// judge ages (a sweep does, by the store's clock), and a dead lease's pins
+/// only delay the removal of a manifest to the next sweep. A lease that
+/// cannot be read pins everything.
+#[derive(Clone, Debug, Default)]
+pub struct Pins {
+    points: BTreeSet<(VmName, PointId)>,
+    everything: bool,
+}
+
+impl Pins {
+    pub fn contains(&self, vm: &VmName, id: &PointId) -> bool {
+        self.everything || self.points.contains(&(vm.clone(), id.clone()))
+    }
+}
+
+pub async fn read_pins(repo: &Repository) -> Result<Pins> {
+    let metas: Vec<ObjectMeta> = repo.backend().list(keys::LEASES).try_collect().await?;
+    let mut pins = Pins::default();
+    for m in metas {
+        match repo.backend().get(&m.key).await {
+            Ok(bytes) => match LeaseRecord::decode(&m.key, &bytes) {
+                Ok(r) => pins.points.extend(r.pins),
+                Err(_) => pins.everything = true,
+            },
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(pins)
+}
+
+/// What removing points did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Removed {
+    pub removed: u64,
+    /// Of those, moved to `trash/` because a lease pins them.
+    pub trashed: u64,
+}
+
+/// Removes the points' manifests: pinned ones go to `trash/` first (written
+/// before the point is deleted, so a sweep listing points then trash sees
+/// the manifest in one place or the other).
+pub async fn remove(
+    repo: &Repository,
+    pins: &Pins,
+    points: &[(VmName, PointId)],
+) -> Result<Removed> {
+    let b = repo.backend();
+    let mut out = Removed::default();
+    for (vm, id) in points {
+        let key = keys::point(vm, id);
+        if pins.contains(vm, id) {
+            let bytes = match b.get(&key).await {
+                Ok(bytes) => bytes,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            crate::repo::put_once(b.as_ref(), &keys::trashed_point(vm, id), bytes).await?;
+            out.trashed += 1;
+        }
+        b.delete_many(std::slice::from_ref(&key)).await?;
+        out.removed += 1;
+    }
+    Ok(out)
+}

@@ -1,0 +1,141 @@
+//! Retention planning: a pure function from a VM's points and a policy to
+//! "keep, because ..." or "remove", as restic's `forget` decides: per
+//! rule, walking from the newest point back, the newest point of each
+//! calendar bucket (UTC) is kept until the rule's count is reached.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use serde::Serialize;
+
+use super::span::Span;
+use crate::id::PointId;
+
+/// What to keep. Counts of 0 keep nothing by that rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub last: u32,
+    pub hourly: u32,
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+    pub yearly: u32,
+    /// Keep every point this close to the VM's newest point.
+    pub within: Option<Span>,
+    /// Keep every point with one of these labels.
+    pub labels: Vec<(String, String)>,
+}
+
+impl Policy {
+    pub fn is_empty(&self) -> bool {
+        self.last == 0
+            && self.hourly == 0
+            && self.daily == 0
+            && self.weekly == 0
+            && self.monthly == 0
+            && self.yearly == 0
+            && self.within.is_none()
+            && self.labels.is_empty()
+    }
+}
+
+/// A point as planning sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: PointId,
+    pub time: DateTime<Utc>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The plan for one point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub id: PointId,
+    pub time: DateTime<Utc>,
+    pub keep: bool,
+    /// Why it is kept (empty when removed).
+    pub reasons: Vec<String>,
+}
+
+type Bucket = fn(&DateTime<Utc>) -> (i32, u32, u32, u32);
+
+fn hour(t: &DateTime<Utc>) -> (i32, u32, u32, u32) {
+    (t.year(), t.month(), t.day(), t.hour())
+}
+fn day(t: &DateTime<Utc>) -> (i32, u32, u32, u32) {
+    (t.year(), t.month(), t.day(), 0)
+}
+fn week(t: &DateTime<Utc>) -> (i32, u32, u32, u32) {
+    // ISO weeks: the week of Dec 31 may belong to the next year.
+    let w = t.iso_week();
+    (w.year(), w.week(), 0, 0)
+}
+fn month(t: &DateTime<Utc>) -> (i32, u32, u32, u32) {
+    (t.year(), t.month(), 0, 0)
+}
+fn year(t: &DateTime<Utc>) -> (i32, u32, u32, u32) {
+    (t.year(), 0, 0, 0)
+}
+
+/// Decides for each point (returned newest first). Refuses an empty
+/// policy: it would remove every point.
+pub fn plan(points: &[Candidate], policy: &Policy) -> Result<Vec<Decision>, String> {
+    if policy.is_empty() {
+        return Err("no --keep-... option given: refusing to remove every point".into());
+    }
+    let mut sorted: Vec<&Candidate> = points.iter().collect();
+    // Newest first; ids break ties between points of the same microsecond.
+    sorted.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); sorted.len()];
+
+    for (i, r) in reasons.iter_mut().enumerate().take(policy.last as usize) {
+        r.push(format!("last {}", i + 1));
+    }
+    let rules: [(&str, u32, Bucket); 5] = [
+        ("hourly", policy.hourly, hour),
+        ("daily", policy.daily, day),
+        ("weekly", policy.weekly, week),
+        ("monthly", policy.monthly, month),
+        ("yearly", policy.yearly, year),
+    ];
+    for (name, count, bucket) in rules {
+        let mut kept = 0;
+        let mut last = None;
+        for (i, p) in sorted.iter().enumerate() {
+            if kept == count {
+                break;
+            }
+            let b = bucket(&p.time);
+            if last != Some(b) {
+                last = Some(b);
+                kept += 1;
+                reasons[i].push(format!("{name} {kept}"));
+            }
+        }
+    }
+    if let (Some(span), Some(newest)) = (policy.within, sorted.first()) {
+        let since = span.before(newest.time);
+        for (i, p) in sorted.iter().enumerate() {
+            if p.time >= since {
+                reasons[i].push(format!("within {span}"));
+            }
+        }
+    }
+    for (i, p) in sorted.iter().enumerate() {
+        for (k, v) in &policy.labels {
+            if p.labels.get(k) == Some(v) {
+                reasons[i].push(format!("label {k}={v}"));
+            }
+        }
+    }
+    Ok(sorted
+        .into_iter()
+        .zip(reasons)
+        .map(|(p, reasons)| Decision {
+            id: p.id.clone(),
+            time: p.time,
+            keep: !reasons.is_empty(),
+            reasons,
+        })
+        .collect())
+}

@@ -1,0 +1,258 @@
+//! A backup session's side of the lease/sweep protocol (docs/design.md,
+//! "Concurrency"):
+//!
+//! - (a) [`Session::begin`] writes the lease, learns the store's time, and
+//!   notes which sweeps had already finished; [`Session::pin`] names the
+//!   points the backup deduplicates against (read after `begin`);
+//! - (b) [`Session::depend`] records objects found already stored;
+//! - (c) [`Session::check`] refreshes the lease and reads the sweep
+//!   markers: for every sweep that did not finish before the session began,
+//!   it says whether to wait for it, or which references to re-check;
+//! - (d) the caller writes the manifest; (e) [`Session::end`] deletes the
+//!   lease.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+
+use crate::backend::PutMode;
+use crate::error::Result;
+use crate::gc::markers::{DoneMarker, SweepLog};
+use crate::id::PointId;
+use crate::keys;
+use crate::lease::{LeaseRecord, ObjectRef};
+use crate::names::VmName;
+use crate::repo::Repository;
+
+#[derive(Debug)]
+pub struct Session {
+    repo: Repository,
+    key: String,
+    record: Arc<Mutex<LeaseRecord>>,
+    started: DateTime<Utc>,
+    /// Sweeps finished before the session began, or already accounted for.
+    settled: BTreeSet<u64>,
+    /// Sweeps running when the session began.
+    running_at_start: BTreeSet<u64>,
+    /// The highest sequence number seen when the session began.
+    last_at_start: u64,
+}
+
+/// What [`Session::check`] asks of the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// No sweep can have removed anything the session uses: commit.
+    Clear,
+    /// A sweep is still running; ask again later.
+    Wait { seq: u64 },
+    /// These sweeps may have removed objects the session uses: check that
+    /// the listed ones (or, with `all`, every referenced one) still exist,
+    /// restore any missing, then [`Session::settle`] the sweeps and check
+    /// again.
+    Verify {
+        sweeps: Vec<u64>,
+        all: bool,
+        deps: Vec<ObjectRef>,
+        /// The highest sequence number listed; a full check covers it.
+        through: u64,
+    },
+}
+
+impl Session {
+    /// (a): writes the lease (create-only) and reads the sweep log.
+    pub async fn begin(repo: &Repository, vm: &VmName, host: &str) -> Result<Session> {
+        let session = format!(
+            "{}-{}",
+            Utc::now().format("%Y%m%dT%H%M%SZ"),
+            hex::encode(rand::random::<[u8; 8]>())
+        );
+        let key = keys::lease(&session);
+        let mut record = LeaseRecord {
+            session,
+            host: host.to_string(),
+            vm: vm.clone(),
+            started: None,
+            pins: Vec::new(),
+            deps: Vec::new(),
+        };
+        let b = repo.backend();
+        b.put(&key, record.encode()?, PutMode::Create).await?;
+        let started = b.head(&key).await?.last_modified;
+        record.started = Some(started);
+        b.put(&key, record.encode()?, PutMode::Overwrite).await?;
+        let log = SweepLog::read(repo).await?;
+        let running_at_start = log
+            .started
+            .keys()
+            .filter(|s| !log.done.contains(s))
+            .copied()
+            .collect();
+        Ok(Session {
+            repo: repo.clone(),
+            key,
+            record: Arc::new(Mutex::new(record)),
+            started,
+            settled: log.done.clone(),
+            running_at_start,
+            last_at_start: log.last_seq(),
+        })
+    }
+
+    pub fn id(&self) -> String {
+        self.lock().session.clone()
+    }
+
+    /// The store's time when the session began.
+    pub fn started(&self) -> DateTime<Utc> {
+        self.started
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseRecord> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Names the points whose contents the backup reuses, and writes the
+    /// lease. Call before using anything of theirs.
+    pub async fn pin(&self, points: impl IntoIterator<Item = (VmName, PointId)>) -> Result<()> {
+        {
+            let mut r = self.lock();
+            for p in points {
+                if !r.pins.contains(&p) {
+                    r.pins.push(p);
+                }
+            }
+        }
+        self.refresh().await.map(|_| ())
+    }
+
+    /// (b): records objects the backup uses that it found already stored
+    /// (written to the lease by the next refresh or check).
+    pub fn depend(&self, refs: impl IntoIterator<Item = ObjectRef>) {
+        self.lock().deps.extend(refs);
+    }
+
+    /// Rewrites the lease (keeping it alive) and returns the store's time.
+    pub async fn refresh(&self) -> Result<DateTime<Utc>> {
+        let bytes = self.lock().encode()?;
+        let b = self.repo.backend();
+        b.put(&self.key, bytes, PutMode::Overwrite).await?;
+        Ok(b.head(&self.key).await?.last_modified)
+    }
+
+    /// (c): see [`Check`].
+    pub async fn check(&self) -> Result<Check> {
+        let now = self.refresh().await?;
+        let (pins, deps) = {
+            let r = self.lock();
+            (r.pins.len() as u64, r.deps.clone())
+        };
+        let log = SweepLog::read(&self.repo).await?;
+        let ttl = self.repo.config().protocol.ttl();
+
+        // Markers of sweeps that may matter, deleted since: nothing is
+        // known about what those sweeps honoured.
+        let mut all = self
+            .running_at_start
+            .iter()
+            .any(|s| !self.settled.contains(s) && !log.started.contains_key(s));
+        if let Some(&first) = log.started.keys().next()
+            && first > self.last_at_start + 1
+            && (first - self.last_at_start > 1000
+                || !(self.last_at_start + 1..first).all(|s| self.settled.contains(&s)))
+        {
+            all = true;
+        }
+
+        let mut sweeps = Vec::new();
+        let mut from = deps.len();
+        for (&seq, &refreshed) in &log.started {
+            if self.settled.contains(&seq) {
+                continue;
+            }
+            if !log.done.contains(&seq) {
+                if now - refreshed <= ttl {
+                    return Ok(Check::Wait { seq });
+                }
+                // Died without finishing: what it removed is unknown.
+                all = true;
+            } else {
+                let done = DoneMarker::load(&self.repo, seq).await?;
+                match done
+                    .honoured
+                    .iter()
+                    .find(|h| self.key == keys::lease(&h.session))
+                {
+                    Some(h) if h.pins_resolved && h.pins >= pins => {
+                        from = from.min(h.deps as usize);
+                    }
+                    _ => all = true,
+                }
+            }
+            sweeps.push(seq);
+        }
+        if sweeps.is_empty() && !all {
+            return Ok(Check::Clear);
+        }
+        Ok(Check::Verify {
+            sweeps,
+            all,
+            deps: deps[from.min(deps.len())..].to_vec(),
+            through: log.last_seq(),
+        })
+    }
+
+    /// Marks a `Verify`'s sweeps as accounted for, once the caller did
+    /// what it asked.
+    pub fn settle(&mut self, verified: &Check) {
+        if let Check::Verify {
+            sweeps,
+            all,
+            through,
+            ..
+        } = verified
+        {
+            self.settled.extend(sweeps.iter().copied());
+            if *all {
+                // Everything the session uses was checked: whatever the
+                // deleted or dead markers stood for is accounted for.
+                self.running_at_start.clear();
+                self.last_at_start = self.last_at_start.max(*through);
+            }
+        }
+    }
+
+    /// (e): deletes the lease; its protection ends.
+    pub async fn end(self) -> Result<()> {
+        self.repo.backend().delete_many(&[self.key]).await?;
+        Ok(())
+    }
+
+    /// Refreshes the lease in the background until dropped.
+    pub fn heartbeat(&self) -> Heartbeat {
+        let (repo, key, record) = (self.repo.clone(), self.key.clone(), self.record.clone());
+        let every = repo.config().protocol.heartbeat();
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let bytes = record.lock().unwrap_or_else(|p| p.into_inner()).encode();
+                if let Ok(bytes) = bytes {
+                    // A failed refresh is not fatal: if the lease dies, the
+                    // sweeps that run meanwhile do not honour it, and
+                    // `check` then re-verifies everything.
+                    let _ = repo.backend().put(&key, bytes, PutMode::Overwrite).await;
+                }
+            }
+        }))
+    }
+}
+
+/// Stops the heartbeat when dropped.
+#[derive(Debug)]
+pub struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

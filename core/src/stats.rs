@@ -1,0 +1,80 @@
+//! `stats`: what the repository holds, from listings and manifests only
+//! (no chunk is read).
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::keys;
+use crate::repo::Repository;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VmStats {
+    pub points: u64,
+    /// Sum of the disk sizes of its points: what restoring them all gives.
+    pub logical_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepoStats {
+    pub vms: BTreeMap<String, VmStats>,
+    pub points: u64,
+    pub logical_bytes: u64,
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+    pub nodes: u64,
+    pub node_bytes: u64,
+    pub manifest_bytes: u64,
+    /// Everything under the repository: chunks, nodes, manifests, leases,
+    /// markers, trash, config.
+    pub stored_bytes: u64,
+    /// Logical bytes / stored bytes.
+    pub dedup_ratio: Option<f64>,
+    /// Running (or killed, not yet collected) backup sessions.
+    pub leases: u64,
+    pub trash_points: u64,
+}
+
+pub async fn collect(repo: &Repository) -> Result<RepoStats> {
+    let mut s = RepoStats::default();
+    let mut all = repo.backend().list("");
+    let mut points = Vec::new();
+    while let Some(m) = all.try_next().await? {
+        s.stored_bytes += m.size;
+        let k = m.key.as_str();
+        if k.starts_with(keys::CHUNKS) {
+            s.chunks += 1;
+            s.chunk_bytes += m.size;
+        } else if k.starts_with(keys::NODES) {
+            s.nodes += 1;
+            s.node_bytes += m.size;
+        } else if let Some(p) = keys::parse_point(k) {
+            s.manifest_bytes += m.size;
+            points.push(p);
+        } else if k.starts_with(keys::LEASES) {
+            s.leases += 1;
+        } else if k.starts_with(keys::TRASH) {
+            s.trash_points += 1;
+        }
+    }
+    drop(all);
+    let sizes: Vec<_> = futures::stream::iter(points)
+        .map(|(vm, id)| async move {
+            let m = repo.load_manifest(&vm, &id).await?;
+            Ok::<_, crate::Error>((vm, m.disks.iter().map(|d| d.size).sum::<u64>()))
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    for (vm, size) in sizes {
+        let v = s.vms.entry(vm.to_string()).or_default();
+        v.points += 1;
+        v.logical_bytes += size;
+        s.points += 1;
+        s.logical_bytes += size;
+    }
+    s.dedup_ratio = (s.stored_bytes > 0).then(|| s.logical_bytes as f64 / s.stored_bytes as f64);
+    Ok(s)
+}

@@ -1,0 +1,9 @@
+//! Test support shared by the crates' tests (feature `testing`): an
+//! in-memory backend whose clock the test drives, and a decorator that
+//! injects faults into any backend.
+
+pub mod faults;
+pub mod mem;
+
+pub use faults::{FaultPlan, FaultyBackend};
+pub use mem::{Clock, MemBackend};
