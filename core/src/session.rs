@@ -37,6 +37,8 @@ pub struct Session {
     running_at_start: BTreeSet<u64>,
     /// The highest sequence number seen when the session began.
     last_at_start: u64,
+    /// The store's time at the last `check`.
+    checked_at: Option<DateTime<Utc>>,
 }
 
 /// What [`Session::check`] asks of the caller.
@@ -96,6 +98,7 @@ impl Session {
             settled: log.done.clone(),
             running_at_start,
             last_at_start: log.last_seq(),
+            checked_at: None,
         })
     }
 
@@ -140,9 +143,19 @@ impl Session {
         Ok(b.head(&self.key).await?.last_modified)
     }
 
+    /// True when the manifest, written at `committed` (the store's time),
+    /// came so long after the last `check` that the lease may have died in
+    /// between: a sweep may then have missed both the lease and the point.
+    /// The caller checks again ([`Session::check`]) and repairs.
+    pub fn committed_late(&self, committed: DateTime<Utc>) -> bool {
+        let ttl = self.repo.config().protocol.ttl();
+        self.checked_at.is_none_or(|t| committed - t > ttl / 2)
+    }
+
     /// (c): see [`Check`].
-    pub async fn check(&self) -> Result<Check> {
+    pub async fn check(&mut self) -> Result<Check> {
         let now = self.refresh().await?;
+        self.checked_at = Some(now);
         let (pins, deps) = {
             let r = self.lock();
             (r.pins.len() as u64, r.deps.clone())

@@ -90,7 +90,29 @@ pub async fn backup(
             .await?;
         let commit = back_up_disks(repo, &req, disks, &session, progress).await?;
         settle_sweeps(repo, &mut session, &commit).await?;
-        commit_point(repo, req, commit, started).await
+        let sources = commit
+            .disks
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect::<Vec<_>>();
+        let manifest = commit_point(repo, req, commit, started).await?;
+        let committed = repo
+            .backend()
+            .head(&crate::keys::point(&manifest.vm, &manifest.id))
+            .await?
+            .last_modified;
+        if session.committed_late(committed) {
+            // Stalled between the check and the commit: a sweep may have
+            // missed both the lease and the point. Check once more.
+            let commit = Commit {
+                disks: sources
+                    .into_iter()
+                    .zip(manifest.disks.iter().cloned())
+                    .collect(),
+            };
+            settle_sweeps(repo, &mut session, &commit).await?;
+        }
+        Ok::<_, Error>(manifest)
     }
     .await;
     // Success or not, the lease goes: a failed session's objects are

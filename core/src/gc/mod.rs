@@ -36,6 +36,8 @@ pub struct GcReport {
     /// writing them).
     pub young_kept: u64,
     pub mark_state_bytes: u64,
+    /// Why the sweep deleted nothing this time, if it held back.
+    pub held: Option<String>,
     pub requests: BTreeMap<String, u64>,
     pub seconds: f64,
 }
@@ -59,3 +61,6 @@ pub async fn run(repo: &Repository, dry_run: bool) -> Result<GcReport> {
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
+
+#[cfg(test)]
+mod interleaving_tests;

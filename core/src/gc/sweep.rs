@@ -57,6 +57,8 @@ pub struct Sweep {
     points: BTreeSet<PointKey>,
     trash: BTreeSet<PointKey>,
     honoured: Vec<Honoured>,
+    /// Why nothing may be deleted this time, if so.
+    hold: Option<String>,
     marks: Marks,
     report: GcReport,
 }
@@ -105,6 +107,7 @@ impl Sweep {
             points: BTreeSet::new(),
             trash: BTreeSet::new(),
             honoured: Vec::new(),
+            hold: None,
             marks: Marks::default(),
             report: GcReport {
                 seq,
@@ -180,11 +183,21 @@ impl Sweep {
             // re-checks); it is not damage of any point.
             self.mark_nodes(nodes, false).await?;
             let r = &lease.record;
+            let pins_resolved = r.pins.iter().all(|p| !gone.contains(p));
+            if !pins_resolved {
+                // A running (or just finished) backup uses a point that
+                // was pruned before its pin was seen: what it uses is
+                // unknown, so nothing is deleted this time.
+                self.hold = Some(format!(
+                    "backup session {} uses a point pruned meanwhile",
+                    r.session
+                ));
+            }
             self.honoured.push(Honoured {
                 session: r.session.clone(),
                 pins: r.pins.len() as u64,
                 deps: r.deps.len() as u64,
-                pins_resolved: r.pins.iter().all(|p| !gone.contains(p)),
+                pins_resolved,
             });
         }
         self.live = live;
@@ -299,6 +312,10 @@ impl Sweep {
 
     /// Step 4.
     pub async fn delete(&mut self) -> Result<()> {
+        if let Some(why) = &self.hold {
+            self.report.held = Some(format!("{why}; nothing deleted (run gc again later)"));
+            return Ok(());
+        }
         let protocol = self.repo.config().protocol;
         let oldest_lease = self.live.iter().map(SeenLease::start).min();
         let cutoff = oldest_lease.map_or(self.started, |l| l.min(self.started)) - protocol.margin();

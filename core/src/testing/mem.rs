@@ -60,6 +60,15 @@ impl MemBackend {
         }
     }
 
+    /// An independent copy of the store and its clock, for running many
+    /// schedules from one prepared state.
+    pub fn fork(&self) -> MemBackend {
+        MemBackend {
+            objects: Mutex::new(self.lock().clone()),
+            clock: Clock(Arc::new(Mutex::new(self.clock.now()))),
+        }
+    }
+
     pub fn clock(&self) -> &Clock {
         &self.clock
     }
