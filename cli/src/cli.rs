@@ -69,6 +69,21 @@ pub enum Command {
     Gc(GcArgs),
     /// Points per VM, logical and stored bytes, chunks, nodes, dedup ratio.
     Stats,
+    /// Check that points are whole; exit 3 and list the damage if not.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// VM@ID or VM@latest; default: every point.
+    pub points: Vec<String>,
+    /// Also download, decompress and re-hash the chunks (each once).
+    #[arg(long)]
+    pub read_data: bool,
+    /// With --read-data, only a part: a percentage (random sample, e.g.
+    /// 10 or 2.5%) or N/M (part N of M; 1/M .. M/M cover every chunk).
+    #[arg(long, requires = "read_data", value_name = "PCT|N/M")]
+    pub subset: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -45,6 +45,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Prune(a) => cmd::prune::run(cli, a).await,
         Command::Gc(a) => cmd::gc::run(cli, a).await,
         Command::Stats => cmd::stats::run(cli).await,
+        Command::Verify(a) => cmd::verify::run(cli, a).await,
     }
 }
 

@@ -56,6 +56,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// `verify` found damaged points (the report lists them).
+    #[error("verify found {points} damaged point(s)")]
+    DamageFound { points: usize },
+
     /// A VM, disk, label or point name breaks the naming rules.
     #[error("invalid {kind} {name:?}: {reason}")]
     InvalidName {
@@ -129,6 +133,7 @@ impl Error {
             self,
             Error::Corrupt { .. }
                 | Error::Damaged { .. }
+                | Error::DamageFound { .. }
                 | Error::SweepStopped { damage: true, .. }
         )
     }

@@ -46,6 +46,7 @@ pub mod stats;
 mod task;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod verify;
 
 pub use async_trait::async_trait;
 pub use error::{Error, Result};

@@ -10,3 +10,4 @@ pub mod restore;
 pub mod show;
 pub mod snapshot_diff;
 pub mod stats;
+pub mod verify;

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod incremental;
+mod parent_check;
 mod pipeline;
 pub mod plan;
 pub mod repair;
@@ -361,6 +362,18 @@ async fn back_up_disk(
         }
     };
 
+    let damaged = parent_check::drop_damaged_parents(repo, &mut plan).await?;
+    if damaged > 0 {
+        source = format!(
+            "{source}; {damaged} segment(s) read in full: their parent nodes are missing or \
+             damaged"
+        );
+        eprintln!(
+            "warning: disk {}: {damaged} node(s) of the parent point are missing or damaged; \
+             those segments are read and stored in full (run `xfull verify`)",
+            d.name
+        );
+    }
     let mut audit = None;
     let mut audit_read = 0;
     if plan.reported.is_some() && audit_percent > 0.0 {

@@ -1,0 +1,94 @@
+use std::sync::Arc;
+
+use anyhow::Result;
+use xfull_core::point_spec::PointSpec;
+use xfull_core::progress::Progress;
+use xfull_core::verify::{Subset, VerifyOptions, VerifyReport, verify};
+
+use crate::cli::{Cli, VerifyArgs};
+use crate::output::{bytes, print_json};
+use crate::progress_ui::Bar;
+
+pub async fn run(cli: &Cli, args: &VerifyArgs) -> Result<()> {
+    let specs: Vec<PointSpec> = args
+        .points
+        .iter()
+        .map(|p| p.parse())
+        .collect::<Result<_, _>>()?;
+    let subset = args.subset.as_deref().map(Subset::parse).transpose()?;
+    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
+    let mut points = Vec::new();
+    for s in &specs {
+        let m = repo.resolve(s).await?;
+        points.push((m.vm, m.id));
+    }
+    let progress = Arc::new(Progress::default());
+    let bar = Bar::start(progress.clone(), "verify", cli.json || !args.read_data);
+    let opts = VerifyOptions {
+        read_data: args.read_data,
+        subset,
+    };
+    let report = verify(&repo, &points, &opts, progress).await?;
+    drop(bar);
+    if cli.json {
+        print_json(&serde_json::json!({
+            "clean": report.is_clean(),
+            "read_data": args.read_data,
+            "subset": subset,
+            "report": report,
+        }))?;
+    } else {
+        print_report(&report, args.read_data);
+    }
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(xfull_core::Error::DamageFound {
+            points: report.damaged.len(),
+        }
+        .into())
+    }
+}
+
+fn print_report(r: &VerifyReport, read_data: bool) {
+    println!(
+        "checked {} points, {} nodes, {} chunks referenced{}",
+        r.points,
+        r.nodes,
+        r.chunks_referenced,
+        if read_data {
+            format!("; read {} chunks ({})", r.chunks_read, bytes(r.bytes_read))
+        } else {
+            " (structure only; --read-data also reads the chunks)".into()
+        }
+    );
+    for p in &r.damaged {
+        println!("DAMAGED point {}", p.point);
+        if let Some(m) = &p.manifest {
+            println!("  manifest: {m}");
+        }
+        for d in &p.disks {
+            println!(
+                "  disk {}: {} damaged in {} range(s)",
+                d.disk,
+                bytes(d.damaged_bytes),
+                d.ranges.len()
+            );
+            for (s, e) in d.ranges.iter().take(20) {
+                println!("    bytes {s}..{e}");
+            }
+            if d.ranges.len() > 20 {
+                println!(
+                    "    ... ({} more ranges; --json lists all)",
+                    d.ranges.len() - 20
+                );
+            }
+            for why in &d.problems {
+                println!("    {why}");
+            }
+        }
+    }
+    if r.is_clean() {
+        println!("no damage found");
+    }
+}

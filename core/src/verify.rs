@@ -1,0 +1,347 @@
+//! `verify`: proves points restorable.
+//!
+//! Structural (default): from listings and metadata only (no chunk read,
+//! so chunks may sit in an archive tier): every manifest and node decodes
+//! and matches its id or checksum, and every referenced node and chunk is
+//! listed. `read_data` also downloads, decompresses and re-hashes the
+//! referenced chunks (each once, however many points share it), in
+//! parallel with bounded memory, optionally a subset of them.
+//!
+//! The report names every damaged point and disk with the damaged byte
+//! ranges (segment-relative damage mapped to disk offsets).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::chunk_store::ChunkStore;
+use crate::error::{Error, Result};
+use crate::id::{ObjectId, PointId};
+use crate::keys;
+use crate::manifest::Manifest;
+use crate::names::VmName;
+use crate::node::Node;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::task::blocking;
+
+/// Chunk downloads in flight (each at most one compressed chunk plus one
+/// decompressed: a few MiB in all).
+const READS: usize = 16;
+/// Node fetches in flight.
+const FETCHES: usize = 32;
+/// Problem descriptions kept per disk (the ranges are complete).
+const MAX_PROBLEMS: usize = 10;
+
+/// Which chunks `--read-data` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Subset {
+    /// A random sample of about this percentage.
+    Percent(f64),
+    /// Part `n` of `m` (1-based): running 1/m .. m/m reads every chunk once.
+    Part { n: u64, m: u64 },
+}
+
+impl Subset {
+    pub fn parse(s: &str) -> Result<Subset> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "--subset {s:?} must be a percentage (e.g. 10 or 2.5%) or N/M (e.g. 1/7)"
+            ))
+        };
+        if let Some((n, m)) = s.split_once('/') {
+            let n: u64 = n.trim().parse().map_err(|_| bad())?;
+            let m: u64 = m.trim().parse().map_err(|_| bad())?;
+            if m == 0 || n == 0 || n > m {
+                return Err(bad());
+            }
+            return Ok(Subset::Part { n, m });
+        }
+        let p: f64 = s.trim().trim_end_matches('%').parse().map_err(|_| bad())?;
+        if !(p > 0.0 && p <= 100.0) {
+            return Err(bad());
+        }
+        Ok(Subset::Percent(p))
+    }
+
+    fn picks(&self, id: &ObjectId) -> bool {
+        let b = id.as_bytes();
+        let x = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        match *self {
+            Subset::Percent(p) => rand::random::<f64>() * 100.0 < p,
+            Subset::Part { n, m } => x % m == n - 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    pub read_data: bool,
+    pub subset: Option<Subset>,
+}
+
+/// One damaged disk of one point.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DamagedDisk {
+    pub disk: String,
+    /// Damaged byte ranges of the disk image, `[start, end)`, merged.
+    pub ranges: Vec<(u64, u64)>,
+    pub damaged_bytes: u64,
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DamagedPoint {
+    pub point: String,
+    /// Set when the manifest itself cannot be read.
+    pub manifest: Option<String>,
+    pub disks: Vec<DamagedDisk>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub points: u64,
+    pub nodes: u64,
+    pub chunks_referenced: u64,
+    pub chunks_read: u64,
+    pub bytes_read: u64,
+    pub damaged: Vec<DamagedPoint>,
+    pub seconds: f64,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.damaged.is_empty()
+    }
+}
+
+/// What is wrong inside one node: segment-relative ranges and why.
+type NodeDamage = Vec<(Range<u64>, String)>;
+
+/// Verifies `points` (every point when empty).
+pub async fn verify(
+    repo: &Repository,
+    points: &[(VmName, PointId)],
+    opts: &VerifyOptions,
+    progress: Arc<Progress>,
+) -> Result<VerifyReport> {
+    let started = std::time::Instant::now();
+    let points = if points.is_empty() {
+        repo.list_points(None).await?
+    } else {
+        points.to_vec()
+    };
+    let present_chunks = listed(repo, keys::CHUNKS).await?;
+    let present_nodes = listed(repo, keys::NODES).await?;
+    let mut report = VerifyReport {
+        points: points.len() as u64,
+        ..VerifyReport::default()
+    };
+
+    // Manifests, then each distinct node once.
+    let mut manifests = Vec::new();
+    for (vm, id) in &points {
+        match repo.load_manifest(vm, id).await {
+            Ok(m) => manifests.push(m),
+            Err(e) if e.is_damage() || matches!(e, Error::PointNotFound { .. }) => {
+                report.damaged.push(DamagedPoint {
+                    point: format!("{vm}@{id}"),
+                    manifest: Some(e.to_string()),
+                    disks: Vec::new(),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut nodes: HashMap<ObjectId, NodeDamage> = HashMap::new();
+    let mut referenced: Vec<(ObjectId, u32)> = Vec::new();
+    let todo: Vec<ObjectId> = {
+        let mut v: Vec<ObjectId> = manifests
+            .iter()
+            .flat_map(|m| {
+                m.disks
+                    .iter()
+                    .flat_map(|d| d.segments.iter().flatten().copied())
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    report.nodes = todo.len() as u64;
+    let present_nodes = &present_nodes;
+    let mut loaded = futures::stream::iter(todo)
+        .map(|id| async move {
+            if present_nodes.binary_search(&id).is_err() {
+                return Ok((id, Err("node missing from the repository".to_string())));
+            }
+            match repo.load_node(&id).await {
+                Ok(n) => Ok((id, Ok(n))),
+                Err(e) if e.is_damage() => Ok((id, Err(e.to_string()))),
+                Err(e) => Err(e),
+            }
+        })
+        .buffer_unordered(FETCHES);
+    while let Some(r) = loaded.next().await {
+        let (id, node) = r?;
+        let damage = match node {
+            Err(why) => vec![(0..u64::MAX, why)],
+            Ok(n) => {
+                referenced.extend(entries(&n).filter_map(|(_, len, c)| c.map(|c| (c, len))));
+                chunk_damage(&n, |c| {
+                    (present_chunks.binary_search(c).is_err())
+                        .then(|| format!("chunk {} missing from the repository", c.short()))
+                })
+            }
+        };
+        nodes.insert(id, damage);
+    }
+    drop(loaded);
+    referenced.sort_unstable();
+    referenced.dedup_by_key(|(c, _)| *c);
+    report.chunks_referenced = referenced.len() as u64;
+
+    if opts.read_data {
+        let bad = read_chunks(repo, referenced, opts.subset, &progress, &mut report).await?;
+        if !bad.is_empty() {
+            // Map the bad chunks back to the nodes that hold them.
+            for (id, damage) in nodes.iter_mut() {
+                if damage.iter().any(|(r, _)| r.end == u64::MAX) {
+                    continue;
+                }
+                let n = repo.load_node(id).await?;
+                damage.extend(chunk_damage(&n, |c| bad.get(c).cloned()));
+            }
+        }
+    }
+
+    for m in &manifests {
+        if let Some(d) = point_damage(m, &nodes) {
+            report.damaged.push(d);
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Sorted ids of the objects under a prefix.
+async fn listed(repo: &Repository, prefix: &str) -> Result<Vec<ObjectId>> {
+    let mut v: Vec<ObjectId> = repo
+        .backend()
+        .list(prefix)
+        .try_filter_map(|m| async move { Ok(keys::parse_content(&m.key)) })
+        .try_collect()
+        .await?;
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// (offset in segment, length, chunk) of each entry.
+fn entries(n: &Node) -> impl Iterator<Item = (u64, u32, Option<ObjectId>)> + '_ {
+    n.entries.iter().scan(0u64, |off, e| {
+        let at = *off;
+        *off += e.len();
+        Some((at, e.0, e.1))
+    })
+}
+
+fn chunk_damage(n: &Node, bad: impl Fn(&ObjectId) -> Option<String>) -> NodeDamage {
+    entries(n)
+        .filter_map(|(at, len, c)| {
+            let c = c?;
+            bad(&c).map(|why| (at..at + u64::from(len), why))
+        })
+        .collect()
+}
+
+/// Downloads, decompresses and re-hashes each chunk once; returns the bad
+/// ones with the reason.
+async fn read_chunks(
+    repo: &Repository,
+    chunks: Vec<(ObjectId, u32)>,
+    subset: Option<Subset>,
+    progress: &Progress,
+    report: &mut VerifyReport,
+) -> Result<HashMap<ObjectId, String>> {
+    let picked: Vec<_> = chunks
+        .into_iter()
+        .filter(|(c, _)| subset.is_none_or(|s| s.picks(c)))
+        .collect();
+    progress.add_total(picked.iter().map(|(_, l)| u64::from(*l)).sum());
+    let store = repo.chunks();
+    let results: Vec<(ObjectId, u64, Option<String>)> = futures::stream::iter(picked)
+        .map(|(id, len)| {
+            let store = store.clone();
+            async move {
+                let framed = match store.get_raw(&id).await {
+                    Ok(f) => f,
+                    Err(e) if e.is_damage() => return Ok((id, 0, Some(e.to_string()))),
+                    Err(e) => return Err(e),
+                };
+                let n = framed.len() as u64;
+                let bad = blocking("checking a chunk", move || {
+                    let mut out = vec![0u8; len as usize];
+                    ChunkStore::open_into(&id, &framed, &mut out).err()
+                })
+                .await?;
+                progress.add_done(u64::from(len));
+                Ok::<_, Error>((id, n, bad.map(|e| e.to_string())))
+            }
+        })
+        .buffer_unordered(READS)
+        .try_collect()
+        .await?;
+    let mut bad = HashMap::new();
+    for (id, n, why) in results {
+        report.chunks_read += 1;
+        report.bytes_read += n;
+        if let Some(why) = why {
+            bad.insert(id, why);
+        }
+    }
+    Ok(bad)
+}
+
+fn point_damage(m: &Manifest, nodes: &HashMap<ObjectId, NodeDamage>) -> Option<DamagedPoint> {
+    let mut disks = Vec::new();
+    for d in &m.disks {
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        let mut problems = BTreeMap::new();
+        for (i, seg) in d.segments.iter().enumerate() {
+            let Some(id) = seg else { continue };
+            let base = d.segment_range(i);
+            for (r, why) in nodes.get(id).into_iter().flatten() {
+                let r = base.start + r.start.min(base.end - base.start)
+                    ..base.start + r.end.min(base.end - base.start);
+                problems.entry(why.clone()).or_insert(r.start);
+                match ranges.last_mut() {
+                    Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+                    _ => ranges.push(r),
+                }
+            }
+        }
+        if !ranges.is_empty() {
+            let mut problems: Vec<(u64, String)> =
+                problems.into_iter().map(|(why, at)| (at, why)).collect();
+            problems.sort();
+            disks.push(DamagedDisk {
+                disk: d.name.to_string(),
+                damaged_bytes: ranges.iter().map(|r| r.end - r.start).sum(),
+                ranges: ranges.iter().map(|r| (r.start, r.end)).collect(),
+                problems: problems
+                    .into_iter()
+                    .take(MAX_PROBLEMS)
+                    .map(|(at, why)| format!("at offset {at}: {why}"))
+                    .collect(),
+            });
+        }
+    }
+    (!disks.is_empty()).then(|| DamagedPoint {
+        point: m.point_name(),
+        manifest: None,
+        disks,
+    })
+}
