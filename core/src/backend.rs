@@ -95,6 +95,14 @@ pub trait Backend: Send + Sync + Debug + 'static {
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError>;
 
+    /// Removes what interrupted writers left outside the key space (a
+    /// local directory's staging files) if older than `before`; returns
+    /// how many. Stores whose writes are atomic have nothing to remove.
+    async fn remove_incomplete(&self, before: DateTime<Utc>) -> Result<u64, BackendError> {
+        let _ = before;
+        Ok(0)
+    }
+
     /// Requests sent so far, by kind, for stores that bill by request.
     fn request_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
         std::collections::BTreeMap::new()

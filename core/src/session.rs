@@ -87,7 +87,7 @@ impl Session {
         let running_at_start = log
             .started
             .keys()
-            .filter(|s| !log.done.contains(s))
+            .filter(|s| !log.done.contains_key(s))
             .copied()
             .collect();
         Ok(Session {
@@ -95,7 +95,7 @@ impl Session {
             key,
             record: Arc::new(Mutex::new(record)),
             started,
-            settled: log.done.clone(),
+            settled: log.done.keys().copied().collect(),
             running_at_start,
             last_at_start: log.last_seq(),
             checked_at: None,
@@ -183,23 +183,30 @@ impl Session {
             if self.settled.contains(&seq) {
                 continue;
             }
-            if !log.done.contains(&seq) {
+            if !log.done.contains_key(&seq) {
                 if now - refreshed <= ttl {
                     return Ok(Check::Wait { seq });
                 }
                 // Died without finishing: what it removed is unknown.
                 all = true;
             } else {
-                let done = DoneMarker::load(&self.repo, seq).await?;
-                match done
-                    .honoured
-                    .iter()
-                    .find(|h| self.key == keys::lease(&h.session))
-                {
-                    Some(h) if h.pins_resolved && h.pins >= pins => {
-                        from = from.min(h.deps as usize);
+                match DoneMarker::load(&self.repo, seq).await? {
+                    // Deleted since the listing: what it honoured is unknown.
+                    None => all = true,
+                    // It deleted nothing: nothing to check.
+                    Some(d) if d.chunks_deleted == 0 && d.nodes_deleted == 0 => {}
+                    Some(d) => {
+                        let me = d
+                            .honoured
+                            .iter()
+                            .find(|h| self.key == keys::lease(&h.session));
+                        match me {
+                            Some(h) if h.pins_resolved && h.pins >= pins => {
+                                from = from.min(h.deps as usize);
+                            }
+                            _ => all = true,
+                        }
                     }
-                    _ => all = true,
                 }
             }
             sweeps.push(seq);

@@ -119,6 +119,17 @@ impl DiskSource {
             filled = r.end;
         }
         buf[(filled - start) as usize..].fill(0);
+        // A file that shrank under the backup reads as holes past its new
+        // end: refuse it instead of storing zeros that were never there.
+        if self.sparse {
+            let now = self.file.metadata().map_err(|e| self.io_err(e))?.len();
+            if now < end.min(self.size) {
+                return Err(self.io_err(std::io::Error::other(format!(
+                    "the disk shrank from {} to {now} bytes while it was being read",
+                    self.size
+                ))));
+            }
+        }
         Ok(read)
     }
 }

@@ -30,8 +30,15 @@ impl Env<'static> {
     /// A temp dir with an initialised local repository (small segments so
     /// that test images span many of them).
     pub fn init() -> Env<'static> {
+        Env::init_with(&[])
+    }
+
+    /// The same, with more `init` options (e.g. a short lease TTL).
+    pub fn init_with(extra: &[&str]) -> Env<'static> {
         let e = Env::bare();
-        e.x(&["init", "--segment-size", "4M"]).assert().success();
+        let mut args = vec!["init", "--segment-size", "4M"];
+        args.extend_from_slice(extra);
+        e.x(&args).assert().success();
         e
     }
 
@@ -51,6 +58,10 @@ impl Env<'static> {
 impl<'s> Env<'s> {
     /// The same on an S3 server, under a prefix of its own.
     pub fn init_s3(server: &'s S3Server, name: &str) -> Env<'s> {
+        Env::init_s3_with(server, name, &[])
+    }
+
+    pub fn init_s3_with(server: &'s S3Server, name: &str, extra: &[&str]) -> Env<'s> {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("unused");
         let e = Env {
@@ -59,17 +70,24 @@ impl<'s> Env<'s> {
             url: server.url(name),
             s3: Some(server),
         };
-        e.x(&["init", "--segment-size", "4M"]).assert().success();
+        let mut args = vec!["init", "--segment-size", "4M"];
+        args.extend_from_slice(extra);
+        e.x(&args).assert().success();
         e
     }
 
     pub fn x(&self, args: &[&str]) -> Command {
+        Command::from_std(self.std(args))
+    }
+
+    /// The same as a plain command, e.g. to spawn and kill it.
+    pub fn std(&self, args: &[&str]) -> std::process::Command {
         let mut std = std::process::Command::new(xfull_bin());
         std.env("XFULL_REPO", &self.url).args(args);
         if let Some(s) = self.s3 {
             s.set_env(&mut std);
         }
-        Command::from_std(std)
+        std
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
@@ -24,6 +25,8 @@ use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutMode};
 pub struct LocalBackend {
     store: Arc<dyn ObjectStore>,
     location: String,
+    /// The directory, for cleaning staging files (none in memory).
+    root: Option<PathBuf>,
 }
 
 impl LocalBackend {
@@ -39,6 +42,7 @@ impl LocalBackend {
         Ok(LocalBackend {
             store: Arc::new(store),
             location,
+            root: Some(root.to_path_buf()),
         })
     }
 
@@ -56,6 +60,7 @@ impl LocalBackend {
         LocalBackend {
             store: Arc::new(InMemory::new()),
             location: "memory://".into(),
+            root: None,
         }
     }
 
@@ -185,6 +190,25 @@ impl Backend for LocalBackend {
             .boxed()
     }
 
+    /// object_store stages a put in `KEY#N` next to the key; a killed
+    /// writer leaves it there (never under the key itself).
+    async fn remove_incomplete(&self, before: DateTime<Utc>) -> Result<u64, BackendError> {
+        let Some(root) = self.root.clone() else {
+            return Ok(0);
+        };
+        let location = self.location.clone();
+        tokio::task::spawn_blocking(move || remove_staging(&root, before.into()))
+            .await
+            .map_err(|e| BackendError::Other {
+                location: location.clone(),
+                message: format!("cleanup task failed: {e}"),
+            })?
+            .map_err(|e| BackendError::Other {
+                location,
+                message: format!("removing staging files: {e}"),
+            })
+    }
+
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
         for key in keys {
             let path = self.path(key)?;
@@ -196,6 +220,45 @@ impl Backend for LocalBackend {
         }
         Ok(())
     }
+}
+
+/// Removes `*#N` staging files modified before `before`, under `dir`.
+/// Writers run meanwhile: a file or directory that vanished between the
+/// listing and the look at it is skipped.
+fn remove_staging(dir: &Path, before: std::time::SystemTime) -> std::io::Result<u64> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let mut n = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if gone(&e) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.is_dir() {
+            n += remove_staging(&path, before)?;
+        } else if is_staging(&path) && meta.modified()? < before {
+            match std::fs::remove_file(&path) {
+                Ok(()) => n += 1,
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn is_staging(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.rsplit_once('#'))
+        .is_some_and(|(_, suffix)| !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

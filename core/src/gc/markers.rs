@@ -2,7 +2,7 @@
 //! refreshed while it runs; `gc/done/<seq>` when it finished, naming the
 //! leases it honoured. Backup sessions read them before committing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -66,14 +66,19 @@ impl DoneMarker {
         encode(self)
     }
 
-    pub async fn load(repo: &Repository, seq: u64) -> Result<Self> {
+    /// `None` if it was deleted since it was listed.
+    pub async fn load(repo: &Repository, seq: u64) -> Result<Option<Self>> {
         let key = keys::done(seq);
-        let bytes = repo.backend().get(&key).await?;
+        let bytes = match repo.backend().get(&key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         let m: DoneMarker = decode(&key, &bytes)?;
         if m.seq != seq {
             return Err(Error::corrupt(key, format!("holds sweep {}", m.seq)));
         }
-        Ok(m)
+        Ok(Some(m))
     }
 }
 
@@ -82,7 +87,8 @@ impl DoneMarker {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepLog {
     pub started: BTreeMap<u64, DateTime<Utc>>,
-    pub done: BTreeSet<u64>,
+    /// Finished sweeps, with the time their done marker was written.
+    pub done: BTreeMap<u64, DateTime<Utc>>,
 }
 
 impl SweepLog {
@@ -95,15 +101,17 @@ impl SweepLog {
             }
         }
         let done: Vec<_> = repo.backend().list(keys::DONE).try_collect().await?;
-        log.done
-            .extend(done.iter().filter_map(|m| keys::parse_seq(&m.key)));
+        log.done.extend(
+            done.iter()
+                .filter_map(|m| Some((keys::parse_seq(&m.key)?, m.last_modified))),
+        );
         Ok(log)
     }
 
     /// The highest sequence number in use.
     pub fn last_seq(&self) -> u64 {
         let s = self.started.keys().next_back().copied().unwrap_or(0);
-        let d = self.done.iter().next_back().copied().unwrap_or(0);
+        let d = self.done.keys().next_back().copied().unwrap_or(0);
         s.max(d)
     }
 }

@@ -25,6 +25,8 @@ pub struct GcReport {
     pub live_leases: u64,
     pub dead_leases_removed: u64,
     pub trash_removed: u64,
+    /// Staging files of interrupted writes (local directories).
+    pub incomplete_removed: u64,
     pub nodes_marked: u64,
     pub chunks_marked: u64,
     pub nodes_listed: u64,

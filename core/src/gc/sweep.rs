@@ -34,9 +34,8 @@ use crate::repo::Repository;
 
 /// Delete requests carry at most this many keys (the S3 limit).
 const BATCH: usize = 1000;
-/// Markers of this many most recent sweeps are kept, for backups that
-/// began before them.
-const KEEP_MARKERS: u64 = 64;
+/// Markers of this many most recent sweeps are always kept.
+const KEEP_MARKERS: u64 = 16;
 /// Nodes fetched at once while marking.
 const FETCHES: usize = 32;
 
@@ -310,15 +309,21 @@ impl Sweep {
         Ok(())
     }
 
+    /// Objects older than this and unmarked may go: older than the sweep's
+    /// start and the oldest live lease's, minus the clock margin.
+    fn cutoff(&self) -> DateTime<Utc> {
+        let oldest_lease = self.live.iter().map(SeenLease::start).min();
+        oldest_lease.map_or(self.started, |l| l.min(self.started))
+            - self.repo.config().protocol.margin()
+    }
+
     /// Step 4.
     pub async fn delete(&mut self) -> Result<()> {
         if let Some(why) = &self.hold {
             self.report.held = Some(format!("{why}; nothing deleted (run gc again later)"));
             return Ok(());
         }
-        let protocol = self.repo.config().protocol;
-        let oldest_lease = self.live.iter().map(SeenLease::start).min();
-        let cutoff = oldest_lease.map_or(self.started, |l| l.min(self.started)) - protocol.margin();
+        let cutoff = self.cutoff();
         for prefix in [keys::NODES, keys::CHUNKS] {
             let is_node = prefix == keys::NODES;
             let mut batch = Vec::new();
@@ -398,9 +403,17 @@ impl Sweep {
         self.report.trash_removed = doomed.len() as u64;
         self.report.dead_leases_removed = self.dead.len() as u64;
         doomed.extend(self.dead.iter().map(|m| m.key.clone()));
+        // Markers matter to backups that began before the sweep finished;
+        // those of sweeps over before the oldest live lease began (and
+        // before this one) are of no use to anyone. The newest stay, so
+        // sequence numbers keep counting up.
         let ttl = self.repo.config().protocol.ttl();
+        let cutoff = self.cutoff();
         for (&seq, &refreshed) in &self.log.started {
-            let over = self.log.done.contains(&seq) || self.started - refreshed > ttl;
+            let over = match self.log.done.get(&seq) {
+                Some(&done) => done < cutoff,
+                None => self.started - refreshed > ttl && refreshed < cutoff,
+            };
             if seq + KEEP_MARKERS <= self.seq && over {
                 doomed.push(keys::sweep(seq));
                 doomed.push(keys::done(seq));
@@ -413,6 +426,11 @@ impl Sweep {
             self.refresh().await?;
             self.repo.backend().delete_many(part).await?;
         }
+        // Staging files of killed writers, by the same age rule as objects
+        // (a running writer's are younger than its lease).
+        self.refresh().await?;
+        self.report.incomplete_removed =
+            self.repo.backend().remove_incomplete(self.cutoff()).await?;
         let done = DoneMarker {
             seq: self.seq,
             honoured: self.honoured.clone(),

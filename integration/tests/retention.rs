@@ -1,0 +1,320 @@
+//! Retention and garbage collection end to end: prune plans and removes,
+//! gc frees what no point uses, leftovers of a killed backup go once its
+//! lease is dead, and concurrent backups survive prune+gc loops.
+//! Repositories here use a 3 s lease TTL and a 1 s clock margin so that
+//! leases die within a test.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use xfull_integration::env::{Env, Scenario, fails, sha256, walk};
+use xfull_integration::s3::S3Server;
+use xfull_integration::{Region, mixed_regions, write_image};
+
+const SHORT_LEASES: &[&str] = &["--lease-ttl", "3s", "--clock-margin", "1s"];
+/// Long enough for any lease of the repositories above to be dead.
+const LEASE_DEATH: Duration = Duration::from_secs(5);
+
+/// Overwrites `n` seeded ranges of `img` with random bytes.
+fn scribble(img: &Path, n: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    let size = f.metadata().unwrap().len();
+    for _ in 0..n {
+        let len = rng.random_range(4096..(256u64 << 10));
+        let off = rng.random_range(0..size - len);
+        let mut data = vec![0u8; len as usize];
+        rng.fill(&mut data[..]);
+        f.write_all_at(&data, off).unwrap();
+    }
+}
+
+fn backup_at(e: &Env, vm: &str, img: &Path, time: &str) -> String {
+    let disk = format!("d={}", img.display());
+    let v = e.json(&["backup", "--vm", vm, "--disk", &disk, "--time", time]);
+    v["point"].as_str().unwrap().to_string()
+}
+
+fn stats(e: &Env) -> Value {
+    e.json(&["stats"])
+}
+
+/// Chunks, nodes and points (files, on a local repository).
+fn content_files(e: &Env) -> Option<Vec<String>> {
+    e.s3.is_none().then(|| {
+        let mut v: Vec<String> = ["chunks", "nodes", "points"]
+            .iter()
+            .flat_map(|p| walk(&e.repo.join(p)))
+            .map(|p| p.display().to_string())
+            .collect();
+        v.sort();
+        v
+    })
+}
+
+fn prune_and_gc_keep_what_the_policy_says_on(e: &Env) {
+    let img = e.path("d.img");
+    write_image(&img, &mixed_regions(24, 7), 7, false).unwrap();
+    let times = [
+        "2026-03-01T10:00:00Z",
+        "2026-03-01T11:00:00Z",
+        "2026-03-02T10:00:00Z",
+        "2026-03-03T10:00:00Z",
+        "2026-03-04T10:00:00Z",
+    ];
+    let mut sums = BTreeMap::new();
+    for (i, t) in times.iter().enumerate() {
+        scribble(&img, 6, i as u64);
+        sums.insert(backup_at(e, "v", &img, t), sha256(&img));
+    }
+
+    // An empty policy is refused: it would remove everything.
+    let (code, err) = fails(e.x(&["prune"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("refusing to remove every point"), "{err}");
+    let (code, err) = fails(e.x(&["prune", "--keep-within", "3x"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown unit"), "{err}");
+
+    // A dry run plans and changes nothing.
+    let before = content_files(e);
+    let plan = e.json(&[
+        "prune",
+        "--keep-daily",
+        "2",
+        "--keep-last",
+        "1",
+        "--dry-run",
+    ]);
+    assert_eq!(plan["dry_run"], true);
+    let decisions = plan["plan"][0]["decisions"].as_array().unwrap();
+    let keep: Vec<bool> = decisions
+        .iter()
+        .map(|d| d["keep"].as_bool().unwrap())
+        .collect();
+    assert_eq!(keep, [true, true, false, false, false]);
+    assert_eq!(decisions[0]["reasons"][0], "last 1");
+    assert_eq!(e.points(), 5);
+    assert_eq!(content_files(e), before);
+
+    // Objects must be older than the clock margin to be deleted.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = e.json(&["prune", "--keep-daily", "2", "--keep-last", "1"]);
+    assert_eq!(out["removed"]["removed"], 3);
+    assert_eq!(out["removed"]["trashed"], 0);
+    let gc = &out["gc"];
+    assert!(gc["chunks_deleted"].as_u64().unwrap() > 0, "{gc}");
+    assert!(gc["bytes_freed"].as_u64().unwrap() > 0, "{gc}");
+    assert_eq!(e.points(), 2);
+
+    // What is left restores bit-exact and verifies, data included.
+    let left = e.json(&["points"]);
+    for p in left.as_array().unwrap() {
+        let point = p["point"].as_str().unwrap();
+        let to = e.path(&format!("r-{}", p["id"].as_str().unwrap()));
+        e.restore(point, "d", &to);
+        assert_eq!(sha256(&to), sums[point], "{point}");
+    }
+    e.x(&["verify", "--read-data"]).assert().success();
+
+    let s = stats(e);
+    assert_eq!(s["points"], 2);
+    assert_eq!(s["vms"]["v"]["points"], 2);
+    assert!(s["chunks"].as_u64().unwrap() > 0);
+    assert!(s["dedup_ratio"].as_f64().unwrap() > 1.0, "{s}");
+
+    // A second sweep finds nothing more; a dry run reports without acting.
+    let again = e.json(&["gc"]);
+    assert_eq!(again["chunks_deleted"], 0);
+    assert_eq!(again["nodes_deleted"], 0);
+    let dry = e.json(&["gc", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["chunks_deleted"], 0);
+}
+
+#[test]
+fn prune_and_gc_keep_what_the_policy_says() {
+    prune_and_gc_keep_what_the_policy_says_on(&Env::init_with(SHORT_LEASES));
+}
+
+fn gc_removes_what_a_killed_backup_left_and_nothing_else_on(e: &Env) {
+    let small = e.path("small.img");
+    write_image(&small, &mixed_regions(12, 1), 1, false).unwrap();
+    let first = backup_at(e, "v", &small, "2026-03-01T10:00:00Z");
+    let before = stats(e);
+    let files = content_files(e);
+
+    // A large backup, killed once it has stored some chunks.
+    let big = e.path("big.img");
+    write_image(&big, &[Region::Random(768 << 20)], 2, false).unwrap();
+    let disk = format!("d={}", big.display());
+    let mut child = e
+        .std(&["backup", "--vm", "w", "--disk", &disk])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = stats(e);
+        if s["chunks"].as_u64() > before["chunks"].as_u64().map(|c| c + 20) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backup stored nothing");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = stats(e);
+    assert_eq!(killed["leases"], 1, "the killed backup's lease stays");
+    assert_eq!(killed["points"], 1, "no point from the killed backup");
+
+    // While its lease lives, its objects stay.
+    let gc = e.json(&["gc"]);
+    assert_eq!(gc["chunks_deleted"], 0, "{gc}");
+    assert_eq!(gc["live_leases"], 1, "{gc}");
+
+    std::thread::sleep(LEASE_DEATH);
+    let gc = e.json(&["gc"]);
+    assert!(gc["chunks_deleted"].as_u64().unwrap() > 20, "{gc}");
+    assert_eq!(gc["dead_leases_removed"], 1, "{gc}");
+    let after = stats(e);
+    for k in ["chunks", "nodes", "points", "chunk_bytes", "node_bytes"] {
+        assert_eq!(after[k], before[k], "{k}");
+    }
+    assert_eq!(after["leases"], 0);
+    assert_eq!(content_files(e), files);
+    let to = e.path("first.out");
+    e.restore(&first, "d", &to);
+    assert_eq!(sha256(&to), sha256(&small));
+    e.x(&["verify", "--read-data"]).assert().success();
+    e.json(&[
+        "backup",
+        "--vm",
+        "w",
+        "--disk",
+        &format!("d={}", small.display()),
+    ]);
+}
+
+#[test]
+fn gc_removes_what_a_killed_backup_left_and_nothing_else() {
+    gc_removes_what_a_killed_backup_left_and_nothing_else_on(&Env::init_with(SHORT_LEASES));
+}
+
+/// Backup threads: (VM, image) pairs; two threads share VM `a`.
+fn concurrent_backups_while_prune_and_gc_run_on(e: &Env) {
+    let base = e.path("base.img");
+    write_image(&base, &mixed_regions(16, 3), 3, false).unwrap();
+    let writers = [("a", 0u64), ("a", 1), ("b", 2), ("c", 3)];
+    let sums: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let mut backups = Vec::new();
+        for (vm, t) in writers {
+            let img = e.path(&format!("w{t}.img"));
+            std::fs::copy(&base, &img).unwrap();
+            let sums = sums.clone();
+            backups.push(s.spawn(move || {
+                for k in 0..4 {
+                    scribble(&img, 4, t * 100 + k);
+                    let disk = format!("d={}", img.display());
+                    let v = e.json(&["backup", "--vm", vm, "--disk", &disk]);
+                    let point = v["point"].as_str().unwrap().to_string();
+                    sums.lock().unwrap().insert(point, sha256(&img));
+                }
+            }));
+        }
+        let pruner = {
+            let done = done.clone();
+            s.spawn(move || {
+                let mut rounds = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) || rounds < 2 {
+                    e.json(&["prune", "--keep-last", "2"]);
+                    rounds += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                rounds
+            })
+        };
+        let sweeper = {
+            let done = done.clone();
+            s.spawn(move || {
+                let mut rounds = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) || rounds < 2 {
+                    e.json(&["gc"]);
+                    rounds += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                rounds
+            })
+        };
+        // Join everything before judging, so a failed backup cannot leave
+        // the loops running forever.
+        let results: Vec<_> = backups.into_iter().map(|b| b.join()).collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (p, g) = (pruner.join(), sweeper.join());
+        for r in results {
+            if let Err(panic) = r {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        let (p, g) = (p.unwrap(), g.unwrap());
+        eprintln!("{p} prune rounds and {g} gc rounds ran during the backups");
+    });
+
+    // Every point left restores bit-exact, and the repository verifies.
+    let sums = sums.lock().unwrap();
+    let left = e.json(&["points"]);
+    let left = left.as_array().unwrap();
+    assert!(left.len() >= 6, "prune keeps 2 per VM: {}", left.len());
+    for p in left {
+        let point = p["point"].as_str().unwrap();
+        let to = e.path(&format!(
+            "r-{}-{}",
+            p["vm"].as_str().unwrap(),
+            p["id"].as_str().unwrap()
+        ));
+        e.restore(point, "d", &to);
+        assert_eq!(sha256(&to), sums[point], "{point}");
+        std::fs::remove_file(&to).unwrap();
+    }
+    e.x(&["verify", "--read-data"]).assert().success();
+    // A final sweep with nothing running leaves a clean repository.
+    std::thread::sleep(Duration::from_secs(2));
+    e.json(&["gc"]);
+    e.x(&["verify"]).assert().success();
+    assert_eq!(stats(e)["leases"], 0);
+}
+
+#[test]
+fn concurrent_backups_while_prune_and_gc_run() {
+    concurrent_backups_while_prune_and_gc_run_on(&Env::init_with(SHORT_LEASES));
+}
+
+#[test]
+fn retention_scenarios_on_s3() {
+    let server = S3Server::start();
+    let scenarios: [(&str, Scenario); 3] = [
+        ("prune-and-gc", prune_and_gc_keep_what_the_policy_says_on),
+        (
+            "killed-backup",
+            gc_removes_what_a_killed_backup_left_and_nothing_else_on,
+        ),
+        ("concurrent", concurrent_backups_while_prune_and_gc_run_on),
+    ];
+    for (name, run) in scenarios {
+        eprintln!("S3 scenario {name}");
+        run(&Env::init_s3_with(&server, name, SHORT_LEASES));
+    }
+}
