@@ -204,6 +204,17 @@ impl Repository {
         let len = framed.len() as u64;
         Ok((self.put_once(&keys::node(id), framed.into()).await?, len))
     }
+
+    /// Stores a node over a damaged copy under its key (its id fixes the
+    /// right bytes, so replacing them is safe).
+    pub async fn replace_node(&self, id: &ObjectId, plain: &[u8]) -> Result<u64> {
+        let framed = frame::encode(Kind::Node, plain, self.config.zstd_level)?;
+        let len = framed.len() as u64;
+        self.backend
+            .put(&keys::node(id), framed.into(), PutMode::Overwrite)
+            .await?;
+        Ok(len)
+    }
 }
 
 /// Create-only put; "already exists" is success: keys of content-addressed

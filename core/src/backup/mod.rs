@@ -362,7 +362,7 @@ async fn back_up_disk(
         }
     };
 
-    let damaged = parent_check::drop_damaged_parents(repo, &mut plan).await?;
+    let (damaged, damaged_nodes) = parent_check::drop_damaged_parents(repo, &mut plan).await?;
     if damaged > 0 {
         source = format!(
             "{source}; {damaged} segment(s) read in full: their parent nodes are missing or \
@@ -397,7 +397,16 @@ async fn back_up_disk(
     let reported = plan.reported;
     let mut result = match audit.as_ref().and_then(|a| a.mismatch_at) {
         Some(at) => Err(Error::AuditMismatch { offset: at }),
-        None => pipeline::run(repo, d.source.clone(), plan, progress.clone()).await,
+        None => {
+            pipeline::run(
+                repo,
+                d.source.clone(),
+                plan,
+                damaged_nodes.clone(),
+                progress.clone(),
+            )
+            .await
+        }
     };
     if let Err(Error::AuditMismatch { offset }) = result {
         // The change source missed a write: nothing it says can be trusted
@@ -410,7 +419,7 @@ async fn back_up_disk(
             a.mismatch_at = Some(offset);
         }
         let full = DiskPlan::full(size, cfg.segment_size, parent);
-        result = pipeline::run(repo, d.source.clone(), full, progress).await;
+        result = pipeline::run(repo, d.source.clone(), full, damaged_nodes, progress).await;
     }
     let result = result?;
     let mut stats = result.stats;

@@ -16,8 +16,12 @@ use crate::repo::Repository;
 const FETCHES: usize = 32;
 
 /// Replaces plans that rely on a damaged parent node by full reads;
-/// returns how many segments were affected.
-pub async fn drop_damaged_parents(repo: &Repository, plan: &mut DiskPlan) -> Result<u64> {
+/// returns how many segments were affected, and the damaged nodes (to be
+/// replaced if the backup produces them again).
+pub async fn drop_damaged_parents(
+    repo: &Repository,
+    plan: &mut DiskPlan,
+) -> Result<(u64, HashSet<ObjectId>)> {
     let used: HashSet<ObjectId> = plan
         .segments
         .iter()
@@ -52,5 +56,10 @@ pub async fn drop_damaged_parents(repo: &Repository, plan: &mut DiskPlan) -> Res
             affected += 1;
         }
     }
-    Ok(affected)
+    let damaged = checked
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(id, _)| id)
+        .collect();
+    Ok((affected, damaged))
 }

@@ -113,16 +113,20 @@ struct Shared {
     source: Arc<DiskSource>,
     seen: Mutex<HashSet<ObjectId>>,
     existed: Mutex<Vec<ObjectRef>>,
+    damaged: HashSet<ObjectId>,
     failure: Failure,
     progress: Arc<Progress>,
     runtime: tokio::runtime::Handle,
 }
 
 /// Backs up one disk as `plan` says.
+/// `damaged` lists nodes found damaged in the repository: if the backup
+/// produces one of them, it replaces the stored copy.
 pub async fn run(
     repo: &Repository,
     source: Arc<DiskSource>,
     plan: DiskPlan,
+    damaged: HashSet<ObjectId>,
     progress: Arc<Progress>,
 ) -> Result<DiskResult> {
     let seg_size = repo.config().segment_size;
@@ -133,6 +137,7 @@ pub async fn run(
         source,
         seen: Mutex::new(HashSet::new()),
         existed: Mutex::new(Vec::new()),
+        damaged,
         failure: Failure::default(),
         progress,
         runtime: tokio::runtime::Handle::current(),
@@ -523,7 +528,11 @@ async fn upload(shared: &Shared, job: UploadJob) -> Result<(usize, Option<Object
         }
     }
     if let (Some(id), Some(plain)) = (job.segment, job.node) {
-        let (stored, len) = shared.repo.put_node(&id, &plain).await?;
+        let (stored, len) = if shared.damaged.contains(&id) {
+            (Stored::New, shared.repo.replace_node(&id, &plain).await?)
+        } else {
+            shared.repo.put_node(&id, &plain).await?
+        };
         stats.bytes_uploaded += len;
         if stored == Stored::New {
             stats.new_nodes += 1;

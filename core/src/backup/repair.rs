@@ -100,8 +100,8 @@ async fn segment_present(
     all_exist(repo, &todo).await
 }
 
-/// Reads one segment from the source again and stores its chunks and node
-/// (create-only: what survived is left as is).
+/// Reads one segment from the source again and stores its chunks
+/// (create-only: those that survived are left as they are) and its node.
 async fn restore_segment(
     repo: &Repository,
     source: &Arc<DiskSource>,
@@ -152,6 +152,7 @@ async fn restore_segment(
         .buffer_unordered(CHECKS)
         .try_collect::<Vec<_>>()
         .await?;
-    repo.put_node(&expected, &plain).await?;
+    // The node was missing or damaged: replace whatever is there.
+    repo.replace_node(&expected, &plain).await?;
     Ok(())
 }
