@@ -83,8 +83,11 @@ impl DiskSource {
         while pos < range.end {
             let data = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(pos)) {
                 Ok(d) => d,
-                // ENXIO: no data at or after pos.
-                Err(rustix::io::Errno::NXIO) => break,
+                // ENXIO: no data at or after pos (or the file shrank).
+                Err(rustix::io::Errno::NXIO) => {
+                    self.check_not_shrunk(range.end)?;
+                    break;
+                }
                 // No SEEK_DATA support: treat everything as data.
                 Err(rustix::io::Errno::INVAL) if out.is_empty() && pos == range.start => {
                     return Ok(vec![range]);
@@ -119,8 +122,13 @@ impl DiskSource {
             filled = r.end;
         }
         buf[(filled - start) as usize..].fill(0);
-        // A file that shrank under the backup reads as holes past its new
-        // end: refuse it instead of storing zeros that were never there.
+        self.check_not_shrunk(end)?;
+        Ok(read)
+    }
+
+    /// A file that shrank under the backup reads as holes past its new
+    /// end: refuse it instead of storing zeros that were never there.
+    fn check_not_shrunk(&self, end: u64) -> Result<()> {
         if self.sparse {
             let now = self.file.metadata().map_err(|e| self.io_err(e))?.len();
             if now < end.min(self.size) {
@@ -130,7 +138,7 @@ impl DiskSource {
                 ))));
             }
         }
-        Ok(read)
+        Ok(())
     }
 }
 

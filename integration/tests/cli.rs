@@ -409,8 +409,8 @@ fn a_corrupted_chunk_makes_restore_exit_3() {
 
 #[test]
 fn block_devices_back_up_and_restore_in_place() {
-    if std::env::var_os("XFULL_SKIP_BLOCKDEV").is_some() {
-        eprintln!("XFULL_SKIP_BLOCKDEV set: block device test not run");
+    if std::env::var_os("XFULL_NO_ROOT").is_some() {
+        eprintln!("XFULL_NO_ROOT set: block device test not run");
         return;
     }
     let e = Env::init();
@@ -450,7 +450,7 @@ impl LoopDev {
             .expect("losetup (util-linux) must be installed");
         assert!(
             out.status.success(),
-            "losetup failed (this test needs root; set XFULL_SKIP_BLOCKDEV=1 to skip it): {}",
+            "losetup failed (this test needs root; set XFULL_NO_ROOT=1 to skip it): {}",
             stderr(&out)
         );
         LoopDev(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))

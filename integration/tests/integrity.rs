@@ -215,3 +215,258 @@ fn a_damaged_parent_node_is_not_reused() {
     let (code, r) = verify(&e, &[point]);
     assert_eq!(code, 0, "{r}");
 }
+
+/// Spawns `args`, kills it with SIGKILL after `after`; returns whether it
+/// had already finished.
+fn kill_after(e: &Env, args: &[&str], after: Duration) -> bool {
+    let mut child = e
+        .std(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + after;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    false
+}
+
+/// Every chunk and node file (not a staging file) is a whole object: it
+/// decodes and hashes to its name.
+fn no_partial_objects(e: &Env) {
+    use xfull_core::frame::{self, Kind};
+    for (prefix, kind) in [("chunks", Kind::Chunk), ("nodes", Kind::Node)] {
+        for f in files(e, prefix) {
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            let bytes = std::fs::read(&f).unwrap();
+            let plain = frame::decode(kind, &name, &bytes, 64 << 20)
+                .unwrap_or_else(|err| panic!("{}: {err}", f.display()));
+            assert_eq!(
+                blake3::hash(&plain).to_hex().as_str(),
+                name,
+                "{}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing_committed() {
+    let e = Env::init_with(SHORT_LEASES);
+    let img = e.path("d.img");
+    write_image(&img, &mixed_regions(48, 9), 9, false).unwrap();
+    backup(&e, &img, &["--label", "run=first"]);
+    let mut sums = BTreeMap::from([("first".to_string(), sha256(&img))]);
+    // How long a later backup takes here, to spread the kills over it.
+    scribble(&img, 6, 999);
+    let t = Instant::now();
+    backup(&e, &img, &["--label", "run=second"]);
+    let span = t.elapsed().max(Duration::from_millis(100));
+    sums.insert("second".to_string(), sha256(&img));
+    let mut rng = StdRng::seed_from_u64(42);
+    let (mut finished, mut landed) = (0, 0);
+    for run in 0..60 {
+        if landed == 20 {
+            break;
+        }
+        scribble(&img, 6, 1000 + run);
+        sums.insert(run.to_string(), sha256(&img));
+        let disk = format!("d={}", img.display());
+        let label = format!("run={run}");
+        let after = span.mul_f64(rng.random_range(0.0..1.0));
+        let args = ["backup", "--vm", "v", "--disk", &disk, "--label", &label];
+        if kill_after(&e, &args, after) {
+            finished += 1;
+        } else {
+            landed += 1;
+        }
+        let (code, r) = verify(&e, &[]);
+        assert_eq!(code, 0, "after kill {run}: {r}");
+        if run % 5 == 4 {
+            // The next backup succeeds.
+            scribble(&img, 2, 5000 + run);
+            sums.insert(format!("after-{run}"), sha256(&img));
+            backup(&e, &img, &["--label", &format!("run=after-{run}")]);
+        }
+    }
+    eprintln!("{landed} backups killed mid-run, {finished} finished first");
+    assert_eq!(landed, 20, "kills must land while backups run");
+    no_partial_objects(&e);
+
+    // Garbage to collect, then sweeps killed at random moments.
+    std::thread::sleep(Duration::from_secs(5));
+    e.json(&["prune", "--keep-last", "6", "--no-gc"]);
+    let t = Instant::now();
+    e.json(&["gc", "--dry-run"]);
+    let span = t.elapsed().max(Duration::from_millis(20));
+    let (mut finished, mut landed) = (0, 0);
+    for run in 0..80 {
+        if landed == 20 {
+            break;
+        }
+        let after = span.mul_f64(rng.random_range(0.0..1.0));
+        if kill_after(&e, &["gc"], after) {
+            finished += 1;
+        } else {
+            landed += 1;
+        }
+        let (code, r) = verify(&e, &[]);
+        assert_eq!(code, 0, "after gc kill {run}: {r}");
+    }
+    eprintln!("{landed} sweeps killed mid-run, {finished} finished first");
+    assert_eq!(landed, 20, "kills must land while sweeps run");
+    no_partial_objects(&e);
+    e.json(&["gc"]);
+
+    // Every committed point restores bit-exact.
+    let points = e.json(&["points"]);
+    for p in points.as_array().unwrap() {
+        let run = p["labels"]["run"].as_str().unwrap();
+        let to = e.path("restored");
+        e.restore(p["point"].as_str().unwrap(), "d", &to);
+        assert_eq!(sha256(&to), sums[run], "point of run {run}");
+        std::fs::remove_file(&to).unwrap();
+    }
+    let (code, r) = verify(&e, &["--read-data"]);
+    assert_eq!(code, 0, "{r}");
+}
+
+/// Tests that mount file systems or drop privileges need root; scripts/test
+/// refuses to run without it unless XFULL_NO_ROOT=1 says to skip them.
+fn as_root(test: &str) -> bool {
+    if std::env::var_os("XFULL_NO_ROOT").is_some() {
+        eprintln!("XFULL_NO_ROOT set: {test} not run");
+        return false;
+    }
+    true
+}
+
+/// A tmpfs of `size`, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root (XFULL_NO_ROOT=1 skips this test)"
+        );
+        Tmpfs(at)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn no_points(e: &Env) {
+    assert_eq!(e.points(), 0, "a failed backup left a point");
+    let (code, r) = verify(e, &[]);
+    assert_eq!(code, 0, "{r}");
+}
+
+#[test]
+fn a_full_disk_fails_with_a_clear_error_and_no_point() {
+    if !as_root("a_full_disk_fails_with_a_clear_error_and_no_point") {
+        return;
+    }
+    let mut e = Env::bare();
+    let fs = Tmpfs::mount(e.path("small"), "6m");
+    e.repo = fs.0.join("repo");
+    e.url = e.repo.display().to_string();
+    e.x(&["init", "--segment-size", "4M"]).assert().success();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(24 << 20)], 3, false).unwrap();
+    let disk = format!("d={}", img.display());
+    let (code, err) = fails(e.x(&["backup", "--vm", "v", "--disk", &disk]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains(&e.url),
+        "the error names the repository: {err}"
+    );
+    no_points(&e);
+}
+
+#[test]
+fn a_permission_error_fails_with_a_clear_error_and_no_point() {
+    if !as_root("a_permission_error_fails_with_a_clear_error_and_no_point") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(6 << 20)], 4, false).unwrap();
+    // Another user can read the repository and the image, not write.
+    let bin = e.path("xfull");
+    std::fs::copy(xfull_integration::xfull_bin(), &bin).unwrap();
+    for p in [e.dir.path(), &bin] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args([
+            "backup",
+            "--vm",
+            "v",
+            "--disk",
+            &format!("d={}", img.display()),
+        ])
+        .env("XFULL_REPO", &e.url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ermission denied"), "{err}");
+    no_points(&e);
+}
+
+#[test]
+fn a_source_that_shrinks_mid_backup_fails_with_a_clear_error_and_no_point() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(384 << 20)], 5, false).unwrap();
+    let disk = format!("d={}", img.display());
+    let child = e
+        .std(&["backup", "--vm", "v", "--disk", &disk])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it has stored some chunks, the disk shrinks under it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files(&e, "chunks").len() < 10 {
+        assert!(Instant::now() < deadline, "the backup stored nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("shrank") && err.contains("d.img"), "{err}");
+    no_points(&e);
+}

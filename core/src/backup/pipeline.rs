@@ -170,7 +170,10 @@ pub async fn run(
             process_segments(&shared, &work_rx, &pool_tx, &job_tx)
         }));
     }
-    drop((pool_tx, job_tx));
+    // Only the stages hold channel ends from here on, so that a stage that
+    // stops (after a failure) unblocks the others instead of leaving them
+    // waiting on a channel nobody serves.
+    drop((pool_tx, job_tx, work_rx));
 
     let mut segments = vec![None; n];
     let mut stats = BackupStats::default();
