@@ -4,12 +4,18 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use xfull_core::backup::segment::chunk_segment;
+use xfull_core::changes::parse::parse_changes;
 use xfull_core::chunker::{ChunkParams, for_each_chunk};
 use xfull_core::config::RepoConfig;
 use xfull_core::frame::{self, Kind};
+use xfull_core::gc::markers::DoneMarker;
 use xfull_core::id::ObjectId;
+use xfull_core::lease::LeaseRecord;
 use xfull_core::manifest::{BackupStats, DiskManifest, Manifest};
 use xfull_core::node::{Entry, Node};
+use xfull_core::point_spec::PointSpec;
+use xfull_core::prune::span::Span;
+use xfull_core::verify::Subset;
 
 fn small() -> ChunkParams {
     ChunkParams {
@@ -144,6 +150,36 @@ proptest! {
         let _ = Node::decode(&id, &bytes, 1 << 20);
         let _ = Manifest::decode("k", &bytes);
         let _ = RepoConfig::decode(&bytes);
+        let _ = LeaseRecord::decode("leases/k", &bytes);
+        let _ = DoneMarker::decode("gc/done/k", &bytes);
+        let _ = parse_changes("f.json", &bytes, 1 << 30);
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = Span::parse(&text);
+        let _ = Subset::parse(&text);
+        let _ = text.parse::<PointSpec>();
+    }
+
+    #[test]
+    fn decoders_refuse_well_framed_nonsense(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        // A valid frame around arbitrary bytes: the content decoders must
+        // refuse it with an error that names the object, not panic.
+        for kind in [Kind::Config, Kind::Node, Kind::Manifest, Kind::Lease, Kind::Marker] {
+            let framed = frame::encode(kind, &bytes, 3).unwrap();
+            let errors = [
+                RepoConfig::decode(&framed).err(),
+                Node::decode(&ObjectId::of(&bytes), &framed, 1 << 20).err(),
+                Manifest::decode("points/v/k", &framed).err(),
+                LeaseRecord::decode("leases/k", &framed).err(),
+                DoneMarker::decode("gc/done/k", &framed).err(),
+            ];
+            for e in errors.into_iter().flatten() {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+        // JSON that is not an extent list names the file.
+        if let Err(e) = parse_changes("changes.json", &bytes, 1 << 30) {
+            prop_assert!(e.to_string().contains("changes.json"), "{}", e);
+        }
     }
 
     #[test]

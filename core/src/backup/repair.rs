@@ -45,7 +45,7 @@ pub async fn all_exist(repo: &Repository, refs: &[ObjectRef]) -> Result<bool> {
             }
         })
         .buffer_unordered(CHECKS)
-        .try_any(|gone| futures::future::ready(gone))
+        .try_any(futures::future::ready)
         .await?;
     Ok(!missing)
 }

@@ -66,6 +66,11 @@ impl DoneMarker {
         encode(self)
     }
 
+    /// Decodes a done marker stored under `key`.
+    pub fn decode(key: &str, framed: &[u8]) -> Result<Self> {
+        decode(key, framed)
+    }
+
     /// `None` if it was deleted since it was listed.
     pub async fn load(repo: &Repository, seq: u64) -> Result<Option<Self>> {
         let key = keys::done(seq);
@@ -74,7 +79,7 @@ impl DoneMarker {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let m: DoneMarker = decode(&key, &bytes)?;
+        let m = DoneMarker::decode(&key, &bytes)?;
         if m.seq != seq {
             return Err(Error::corrupt(key, format!("holds sweep {}", m.seq)));
         }

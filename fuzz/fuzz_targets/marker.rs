@@ -1,0 +1,12 @@
+//! Sweep done markers (read by backups before they commit).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use xfull_core::frame::{self, Kind};
+use xfull_core::gc::markers::DoneMarker;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = DoneMarker::decode("gc/done/k", data);
+    if let Ok(framed) = frame::encode(Kind::Marker, data, 0) {
+        let _ = DoneMarker::decode("gc/done/k", &framed);
+    }
+});
