@@ -16,6 +16,7 @@ mod pipeline;
 pub mod plan;
 pub mod repair;
 pub mod segment;
+mod upload;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use super::incremental::rechunk;
 use super::plan::{DiskPlan, SegmentPlan};
 use super::segment::chunk_segment;
+use super::upload::{UploadJob, Uploader};
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
 use crate::id::ObjectId;
@@ -32,16 +33,13 @@ use crate::lease::ObjectRef;
 use crate::manifest::BackupStats;
 use crate::node::{Entry, Node};
 use crate::progress::Progress;
-use crate::repo::{Repository, Stored};
+use crate::repo::Repository;
 use crate::source::DiskSource;
 
 /// Upload jobs waiting between the workers and the uploader.
 const QUEUE: usize = 2;
 /// Segments uploading at once.
 const SEGMENTS_IN_FLIGHT: usize = 2;
-/// Chunk puts at once per segment (hides per-object latency: fsync on a
-/// local disk, a round trip on S3).
-const PUTS_PER_SEGMENT: usize = 16;
 /// The session's "already handled" set is forgotten past this many ids
 /// (about 50 MB): it only saves work, create-only puts keep it correct.
 const SEEN_CAP: usize = 1 << 20;
@@ -76,15 +74,6 @@ enum Work {
         changes: Vec<Range<u64>>,
         audit: bool,
     },
-}
-
-struct UploadJob {
-    idx: usize,
-    segment: Option<ObjectId>,
-    /// The node to store (None when reused from the parent or all zero).
-    node: Option<Vec<u8>>,
-    chunks: Vec<(ObjectId, Bytes)>,
-    stats: BackupStats,
 }
 
 /// First failure wins; every stage checks `abort` between units of work.
@@ -179,7 +168,15 @@ pub async fn run(
     let mut stats = BackupStats::default();
     let jobs = futures::stream::poll_fn(|cx| job_rx.poll_recv(cx));
     let uploaded = jobs
-        .map(|job| upload(&shared, job))
+        .map(|job| {
+            let to = Uploader {
+                repo: &shared.repo,
+                progress: &shared.progress,
+                existed: &shared.existed,
+                damaged: &shared.damaged,
+            };
+            async move { to.upload(job).await }
+        })
         .buffer_unordered(SEGMENTS_IN_FLIGHT)
         .try_for_each(|(idx, seg, s)| {
             segments[idx] = seg;
@@ -488,65 +485,4 @@ fn build_job<'a>(
         chunks,
         stats,
     })
-}
-
-impl UploadJob {
-    /// A segment with nothing to store.
-    fn unchanged(idx: usize, segment: Option<ObjectId>, stats: BackupStats) -> Self {
-        UploadJob {
-            idx,
-            segment,
-            node: None,
-            chunks: Vec::new(),
-            stats,
-        }
-    }
-}
-
-/// Stores a segment's new chunks, then its node.
-async fn upload(shared: &Shared, job: UploadJob) -> Result<(usize, Option<ObjectId>, BackupStats)> {
-    let mut stats = job.stats;
-    let store = shared.repo.chunks();
-    let results: Vec<(ObjectId, Stored, u64)> = futures::stream::iter(job.chunks)
-        .map(|(id, framed)| {
-            let store = &store;
-            async move {
-                let len = framed.len() as u64;
-                let stored = store.put(&id, framed).await?;
-                shared.progress.add_transferred(len);
-                Ok::<_, Error>((id, stored, len))
-            }
-        })
-        .buffer_unordered(PUTS_PER_SEGMENT)
-        .try_collect()
-        .await?;
-    let mut existed = Vec::new();
-    for (id, stored, len) in results {
-        stats.bytes_uploaded += len;
-        if stored == Stored::New {
-            stats.new_chunks += 1;
-            stats.bytes_stored += len;
-        } else {
-            existed.push(ObjectRef::Chunk(id));
-        }
-    }
-    if let (Some(id), Some(plain)) = (job.segment, job.node) {
-        let (stored, len) = if shared.damaged.contains(&id) {
-            (Stored::New, shared.repo.replace_node(&id, &plain).await?)
-        } else {
-            shared.repo.put_node(&id, &plain).await?
-        };
-        stats.bytes_uploaded += len;
-        if stored == Stored::New {
-            stats.new_nodes += 1;
-            stats.bytes_stored += len;
-        } else {
-            existed.push(ObjectRef::Node(id));
-        }
-    }
-    if !existed.is_empty() {
-        let mut all = shared.existed.lock().unwrap_or_else(|p| p.into_inner());
-        all.extend(existed);
-    }
-    Ok((job.idx, job.segment, stats))
 }

@@ -1,0 +1,101 @@
+//! The last pipeline stage: storing a segment's new chunks, then its node.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::lease::ObjectRef;
+use crate::manifest::BackupStats;
+use crate::progress::Progress;
+use crate::repo::{Repository, Stored};
+
+/// Chunk puts at once per segment (hides per-object latency: fsync on a
+/// local disk, a round trip on S3).
+const PUTS_PER_SEGMENT: usize = 16;
+
+/// One segment's result, ready to store.
+pub(super) struct UploadJob {
+    pub idx: usize,
+    pub segment: Option<ObjectId>,
+    /// The node to store (None when reused from the parent or all zero).
+    pub node: Option<Vec<u8>>,
+    pub chunks: Vec<(ObjectId, Bytes)>,
+    pub stats: BackupStats,
+}
+
+impl UploadJob {
+    /// A segment with nothing to store.
+    pub fn unchanged(idx: usize, segment: Option<ObjectId>, stats: BackupStats) -> Self {
+        UploadJob {
+            idx,
+            segment,
+            node: None,
+            chunks: Vec::new(),
+            stats,
+        }
+    }
+}
+
+/// What storing needs from the pipeline.
+pub(super) struct Uploader<'a> {
+    pub repo: &'a Repository,
+    pub progress: &'a Progress,
+    /// Objects found already stored (the lease's dependencies).
+    pub existed: &'a Mutex<Vec<ObjectRef>>,
+    /// Nodes found damaged: stored over, not trusted as "already there".
+    pub damaged: &'a HashSet<ObjectId>,
+}
+
+impl Uploader<'_> {
+    /// Stores a segment's new chunks, then its node.
+    pub async fn upload(&self, job: UploadJob) -> Result<(usize, Option<ObjectId>, BackupStats)> {
+        let mut stats = job.stats;
+        let store = self.repo.chunks();
+        let results: Vec<(ObjectId, Stored, u64)> = futures::stream::iter(job.chunks)
+            .map(|(id, framed)| {
+                let store = &store;
+                async move {
+                    let len = framed.len() as u64;
+                    let stored = store.put(&id, framed).await?;
+                    self.progress.add_transferred(len);
+                    Ok::<_, Error>((id, stored, len))
+                }
+            })
+            .buffer_unordered(PUTS_PER_SEGMENT)
+            .try_collect()
+            .await?;
+        let mut existed = Vec::new();
+        for (id, stored, len) in results {
+            stats.bytes_uploaded += len;
+            if stored == Stored::New {
+                stats.new_chunks += 1;
+                stats.bytes_stored += len;
+            } else {
+                existed.push(ObjectRef::Chunk(id));
+            }
+        }
+        if let (Some(id), Some(plain)) = (job.segment, job.node) {
+            let (stored, len) = if self.damaged.contains(&id) {
+                (Stored::New, self.repo.replace_node(&id, &plain).await?)
+            } else {
+                self.repo.put_node(&id, &plain).await?
+            };
+            stats.bytes_uploaded += len;
+            if stored == Stored::New {
+                stats.new_nodes += 1;
+                stats.bytes_stored += len;
+            } else {
+                existed.push(ObjectRef::Node(id));
+            }
+        }
+        if !existed.is_empty() {
+            let mut all = self.existed.lock().unwrap_or_else(|p| p.into_inner());
+            all.extend(existed);
+        }
+        Ok((job.idx, job.segment, stats))
+    }
+}
