@@ -110,6 +110,21 @@ pub fn mixed_regions(mib: u64, seed: u64) -> Vec<Region> {
     out
 }
 
+/// Overwrites `n` seeded ranges (4 KiB up to `max_len`) of `img` with
+/// random bytes, in place: a day of a VM's writes.
+pub fn scribble(img: &Path, n: usize, max_len: u64, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    let size = f.metadata().unwrap().len();
+    for _ in 0..n {
+        let len = rng.random_range(4096..max_len);
+        let off = rng.random_range(0..size - len);
+        let mut data = vec![0u8; len as usize];
+        rng.fill(&mut data[..]);
+        f.write_all_at(&data, off).unwrap();
+    }
+}
+
 /// Writes `data` to a new file.
 pub fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     File::create(path)?.write_all(data)

@@ -3,7 +3,6 @@
 //! Local repositories only: these tests damage files or fill a disk.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,22 +10,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use xfull_integration::env::{Env, fails, sha256, walk};
-use xfull_integration::{Region, mixed_regions, write_image};
+use xfull_integration::{Region, mixed_regions, scribble, write_image};
 
 const SHORT_LEASES: &[&str] = &["--lease-ttl", "3s", "--clock-margin", "1s"];
-
-fn scribble(img: &Path, n: usize, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
-    let size = f.metadata().unwrap().len();
-    for _ in 0..n {
-        let len = rng.random_range(4096..(128u64 << 10));
-        let off = rng.random_range(0..size - len);
-        let mut data = vec![0u8; len as usize];
-        rng.fill(&mut data[..]);
-        f.write_all_at(&data, off).unwrap();
-    }
-}
 
 fn backup(e: &Env, img: &Path, extra: &[&str]) -> String {
     let disk = format!("d={}", img.display());
@@ -70,7 +56,7 @@ fn verify_reports_damage_with_byte_ranges() {
     let img = e.path("d.img");
     write_image(&img, &mixed_regions(24, 5), 5, false).unwrap();
     let p1 = backup(&e, &img, &[]);
-    scribble(&img, 8, 1);
+    scribble(&img, 8, 128 << 10, 1);
     let p2 = backup(&e, &img, &[]);
     let (code, clean) = verify(&e, &[]);
     assert_eq!((code, clean["clean"].as_bool()), (0, Some(true)), "{clean}");
@@ -265,7 +251,7 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
     backup(&e, &img, &["--label", "run=first"]);
     let mut sums = BTreeMap::from([("first".to_string(), sha256(&img))]);
     // How long a later backup takes here, to spread the kills over it.
-    scribble(&img, 6, 999);
+    scribble(&img, 6, 128 << 10, 999);
     let t = Instant::now();
     backup(&e, &img, &["--label", "run=second"]);
     let span = t.elapsed().max(Duration::from_millis(100));
@@ -276,7 +262,7 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
         if landed == 20 {
             break;
         }
-        scribble(&img, 6, 1000 + run);
+        scribble(&img, 6, 128 << 10, 1000 + run);
         sums.insert(run.to_string(), sha256(&img));
         let disk = format!("d={}", img.display());
         let label = format!("run={run}");
@@ -291,7 +277,7 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
         assert_eq!(code, 0, "after kill {run}: {r}");
         if run % 5 == 4 {
             // The next backup succeeds.
-            scribble(&img, 2, 5000 + run);
+            scribble(&img, 2, 128 << 10, 5000 + run);
             sums.insert(format!("after-{run}"), sha256(&img));
             backup(&e, &img, &["--label", &format!("run=after-{run}")]);
         }

@@ -5,35 +5,18 @@
 //! leases die within a test.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use xfull_integration::env::{Env, Scenario, fails, sha256, walk};
 use xfull_integration::s3::S3Server;
-use xfull_integration::{Region, mixed_regions, write_image};
+use xfull_integration::{Region, mixed_regions, scribble, write_image};
 
 const SHORT_LEASES: &[&str] = &["--lease-ttl", "3s", "--clock-margin", "1s"];
 /// Long enough for any lease of the repositories above to be dead.
 const LEASE_DEATH: Duration = Duration::from_secs(5);
-
-/// Overwrites `n` seeded ranges of `img` with random bytes.
-fn scribble(img: &Path, n: usize, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
-    let size = f.metadata().unwrap().len();
-    for _ in 0..n {
-        let len = rng.random_range(4096..(256u64 << 10));
-        let off = rng.random_range(0..size - len);
-        let mut data = vec![0u8; len as usize];
-        rng.fill(&mut data[..]);
-        f.write_all_at(&data, off).unwrap();
-    }
-}
 
 fn backup_at(e: &Env, vm: &str, img: &Path, time: &str) -> String {
     let disk = format!("d={}", img.display());
@@ -70,7 +53,7 @@ fn prune_and_gc_keep_what_the_policy_says_on(e: &Env) {
     ];
     let mut sums = BTreeMap::new();
     for (i, t) in times.iter().enumerate() {
-        scribble(&img, 6, i as u64);
+        scribble(&img, 6, 256 << 10, i as u64);
         sums.insert(backup_at(e, "v", &img, t), sha256(&img));
     }
 
@@ -227,7 +210,7 @@ fn concurrent_backups_while_prune_and_gc_run_on(e: &Env) {
             let sums = sums.clone();
             backups.push(s.spawn(move || {
                 for k in 0..4 {
-                    scribble(&img, 4, t * 100 + k);
+                    scribble(&img, 4, 256 << 10, t * 100 + k);
                     let disk = format!("d={}", img.display());
                     let v = e.json(&["backup", "--vm", vm, "--disk", &disk]);
                     let point = v["point"].as_str().unwrap().to_string();
