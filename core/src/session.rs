@@ -80,9 +80,10 @@ impl Session {
         };
         let b = repo.backend();
         b.put(&key, record.encode()?, PutMode::Create).await?;
+        // The lease's own time is the session's start. Readers use the
+        // object's time until a later write records it in the lease.
         let started = b.head(&key).await?.last_modified;
         record.started = Some(started);
-        b.put(&key, record.encode()?, PutMode::Overwrite).await?;
         let log = SweepLog::read(repo).await?;
         let running_at_start = log
             .started
@@ -118,15 +119,17 @@ impl Session {
     /// Names the points whose contents the backup reuses, and writes the
     /// lease. Call before using anything of theirs.
     pub async fn pin(&self, points: impl IntoIterator<Item = (VmName, PointId)>) -> Result<()> {
-        {
+        let added = {
             let mut r = self.lock();
+            let before = r.pins.len();
             for p in points {
                 if !r.pins.contains(&p) {
                     r.pins.push(p);
                 }
             }
-        }
-        self.refresh().await.map(|_| ())
+            r.pins.len() > before
+        };
+        if added { self.write().await } else { Ok(()) }
     }
 
     /// (b): records objects the backup uses that it found already stored
@@ -135,12 +138,20 @@ impl Session {
         self.lock().deps.extend(refs);
     }
 
-    /// Rewrites the lease (keeping it alive) and returns the store's time.
-    pub async fn refresh(&self) -> Result<DateTime<Utc>> {
+    /// Rewrites the lease (keeping it alive).
+    async fn write(&self) -> Result<()> {
         let bytes = self.lock().encode()?;
-        let b = self.repo.backend();
-        b.put(&self.key, bytes, PutMode::Overwrite).await?;
-        Ok(b.head(&self.key).await?.last_modified)
+        self.repo
+            .backend()
+            .put(&self.key, bytes, PutMode::Overwrite)
+            .await?;
+        Ok(())
+    }
+
+    /// Rewrites the lease and returns the store's time.
+    pub async fn refresh(&self) -> Result<DateTime<Utc>> {
+        self.write().await?;
+        Ok(self.repo.backend().head(&self.key).await?.last_modified)
     }
 
     /// True when the manifest, written at `committed` (the store's time),

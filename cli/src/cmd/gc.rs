@@ -40,11 +40,14 @@ pub fn print_report(r: &GcReport) {
         bytes(r.bytes_freed),
         r.young_kept
     );
-    if r.trash_removed + r.dead_leases_removed > 0 {
+    if r.trash_removed + r.dead_leases_removed + r.incomplete_removed > 0 {
         println!(
-            "  {verb} {} trashed manifests, {} dead leases",
-            r.trash_removed, r.dead_leases_removed
+            "  {verb} {} trashed manifests, {} dead leases, {} staging files of killed writers",
+            r.trash_removed, r.dead_leases_removed, r.incomplete_removed
         );
+    }
+    if let Some(why) = &r.held {
+        println!("  held back: {why}");
     }
     if !r.requests.is_empty() {
         let list: Vec<String> = r.requests.iter().map(|(k, v)| format!("{v} {k}")).collect();
