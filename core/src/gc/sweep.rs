@@ -235,15 +235,21 @@ impl Sweep {
     /// deleting around it could destroy what a repair needs.
     async fn mark_nodes(&mut self, ids: Vec<ObjectId>, of_point: bool) -> Result<()> {
         let fresh: Vec<ObjectId> = ids.into_iter().filter(|id| self.marks.node(*id)).collect();
-        let repo = &self.repo;
+        // The stream holds its own handle, so chunks are marked as nodes
+        // arrive (no list of a whole point's chunks in memory) and the
+        // marker is kept fresh on long points.
+        let repo = self.repo.clone();
         let mut loaded = futures::stream::iter(fresh)
-            .map(|id| async move { (id, repo.load_node(&id).await) })
+            .map(|id| {
+                let repo = &repo;
+                async move { (id, repo.load_node(&id).await) }
+            })
             .buffer_unordered(FETCHES);
         let mut failed = None;
-        let mut chunks = Vec::new();
+        let mut seen = 0u64;
         while let Some((id, node)) = loaded.next().await {
             match node {
-                Ok(n) => chunks.extend(n.chunk_ids()),
+                Ok(n) => n.chunk_ids().for_each(|c| self.marks.chunk(&c)),
                 Err(e) if of_point => {
                     failed.get_or_insert(format!(
                         "node {} cannot be read ({e}); run `xfull verify`",
@@ -252,15 +258,16 @@ impl Sweep {
                 }
                 Err(_) => {}
             }
+            seen += 1;
+            if seen % 1024 == 0 {
+                self.keep_alive().await?;
+            }
         }
         drop(loaded);
-        if let Some(reason) = failed {
-            return Err(self.stop(reason));
+        match failed {
+            Some(reason) => Err(self.stop(reason)),
+            None => Ok(()),
         }
-        for c in &chunks {
-            self.marks.chunk(c);
-        }
-        Ok(())
     }
 
     /// Stops the sweep because of damage.
