@@ -259,7 +259,7 @@ impl Sweep {
                 Err(_) => {}
             }
             seen += 1;
-            if seen % 1024 == 0 {
+            if seen.is_multiple_of(1024) {
                 self.keep_alive().await?;
             }
         }
