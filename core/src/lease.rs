@@ -58,6 +58,16 @@ impl LeaseRecord {
         Ok(Bytes::from(frame::encode(Kind::Lease, &plain, 3)?))
     }
 
+    /// Reads and decodes the lease at `key`; `None` if its session ended
+    /// (deleted it) since it was listed.
+    pub async fn load(repo: &Repository, key: &str) -> Result<Option<Self>> {
+        match repo.backend().get(key).await {
+            Ok(bytes) => LeaseRecord::decode(key, &bytes).map(Some),
+            Err(BackendError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub fn decode(key: &str, framed: &[u8]) -> Result<Self> {
         let plain = frame::decode(Kind::Lease, key, framed, MAX_LEASE)?;
         let r: LeaseRecord = ciborium::from_reader(&plain[..])
@@ -96,15 +106,8 @@ pub async fn read_leases(
         metas.into_iter().partition(|m| now - m.last_modified < ttl);
     let live = futures::stream::iter(live)
         .map(|meta| async move {
-            match repo.backend().get(&meta.key).await {
-                Ok(bytes) => Ok(Some(SeenLease {
-                    record: LeaseRecord::decode(&meta.key, &bytes)?,
-                    meta,
-                })),
-                // Its session ended since the listing.
-                Err(BackendError::NotFound { .. }) => Ok(None),
-                Err(e) => Err(Error::from(e)),
-            }
+            let record = LeaseRecord::load(repo, &meta.key).await?;
+            Ok::<_, Error>(record.map(|record| SeenLease { record, meta }))
         })
         .buffer_unordered(16)
         .try_filter_map(|l| async move { Ok(l) })

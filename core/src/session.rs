@@ -30,7 +30,6 @@ pub struct Session {
     repo: Repository,
     key: String,
     record: Arc<Mutex<LeaseRecord>>,
-    started: DateTime<Utc>,
     /// Sweeps finished before the session began, or already accounted for.
     settled: BTreeSet<u64>,
     /// Sweeps running when the session began.
@@ -82,8 +81,7 @@ impl Session {
         b.put(&key, record.encode()?, PutMode::Create).await?;
         // The lease's own time is the session's start. Readers use the
         // object's time until a later write records it in the lease.
-        let started = b.head(&key).await?.last_modified;
-        record.started = Some(started);
+        record.started = Some(b.head(&key).await?.last_modified);
         let log = SweepLog::read(repo).await?;
         let running_at_start = log
             .started
@@ -95,21 +93,11 @@ impl Session {
             repo: repo.clone(),
             key,
             record: Arc::new(Mutex::new(record)),
-            started,
             settled: log.done.keys().copied().collect(),
             running_at_start,
             last_at_start: log.last_seq(),
             checked_at: None,
         })
-    }
-
-    pub fn id(&self) -> String {
-        self.lock().session.clone()
-    }
-
-    /// The store's time when the session began.
-    pub fn started(&self) -> DateTime<Utc> {
-        self.started
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LeaseRecord> {

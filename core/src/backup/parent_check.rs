@@ -3,9 +3,9 @@
 //! segment whose parent node is missing or damaged is read and stored in
 //! full instead, so the new point does not inherit the damage.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use super::plan::{DiskPlan, SegmentPlan};
 use crate::error::Result;
@@ -22,44 +22,35 @@ pub async fn drop_damaged_parents(
     repo: &Repository,
     plan: &mut DiskPlan,
 ) -> Result<(u64, HashSet<ObjectId>)> {
-    let used: HashSet<ObjectId> = plan
-        .segments
-        .iter()
-        .filter_map(|s| match s {
-            SegmentPlan::Reuse(n) => *n,
-            SegmentPlan::Touched { parent, .. } => *parent,
-            SegmentPlan::Full(_) => None,
-        })
-        .collect();
-    let checked: HashMap<ObjectId, bool> = futures::stream::iter(used)
+    let used: HashSet<ObjectId> = plan.segments.iter().filter_map(relied_on).collect();
+    let damaged: HashSet<ObjectId> = futures::stream::iter(used)
         .map(|id| async move {
             match repo.load_node(&id).await {
-                Ok(_) => Ok((id, true)),
-                Err(e) if e.is_damage() => Ok((id, false)),
+                Ok(_) => Ok(None),
+                Err(e) if e.is_damage() => Ok(Some(id)),
                 Err(e) => Err(e),
             }
         })
         .buffer_unordered(FETCHES)
-        .collect::<Vec<Result<_>>>()
-        .await
-        .into_iter()
-        .collect::<Result<_>>()?;
+        .try_filter_map(|d| async move { Ok(d) })
+        .try_collect()
+        .await?;
     let mut affected = 0;
     for s in &mut plan.segments {
-        let node = match s {
-            SegmentPlan::Reuse(n) => *n,
-            SegmentPlan::Touched { parent, .. } => *parent,
-            SegmentPlan::Full(_) => None,
-        };
-        if node.is_some_and(|n| checked.get(&n) == Some(&false)) {
+        if relied_on(s).is_some_and(|n| damaged.contains(&n)) {
             *s = SegmentPlan::Full(None);
             affected += 1;
         }
     }
-    let damaged = checked
-        .into_iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(id, _)| id)
-        .collect();
     Ok((affected, damaged))
+}
+
+/// The parent node a segment's plan uses without reading the segment
+/// whole: reused as is, or re-chunked from.
+fn relied_on(s: &SegmentPlan) -> Option<ObjectId> {
+    match s {
+        SegmentPlan::Reuse(n) => *n,
+        SegmentPlan::Touched { parent, .. } => *parent,
+        SegmentPlan::Full(_) => None,
+    }
 }

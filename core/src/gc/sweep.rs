@@ -116,10 +116,6 @@ impl Sweep {
         })
     }
 
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
     /// Step 2a.
     pub async fn read_leases(&mut self) -> Result<()> {
         let (live, dead) = read_leases(&self.repo, self.started).await?;

@@ -114,13 +114,11 @@ pub async fn read_pins(repo: &Repository) -> Result<Pins> {
     let metas: Vec<ObjectMeta> = repo.backend().list(keys::LEASES).try_collect().await?;
     let mut pins = Pins::default();
     for m in metas {
-        match repo.backend().get(&m.key).await {
-            Ok(bytes) => match LeaseRecord::decode(&m.key, &bytes) {
-                Ok(r) => pins.points.extend(r.pins),
-                Err(_) => pins.everything = true,
-            },
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
+        match LeaseRecord::load(repo, &m.key).await {
+            Ok(Some(r)) => pins.points.extend(r.pins),
+            Ok(None) => {}
+            Err(e) if e.is_damage() => pins.everything = true,
+            Err(e) => return Err(e),
         }
     }
     Ok(pins)

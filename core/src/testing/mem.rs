@@ -73,18 +73,6 @@ impl MemBackend {
         &self.clock
     }
 
-    /// Every key, for assertions.
-    pub fn keys(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
-    }
-
-    /// Replaces an object's bytes without touching its time (damage).
-    pub fn corrupt(&self, key: &str, data: Bytes) {
-        if let Some(o) = self.lock().get_mut(key) {
-            o.0 = data;
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Bytes, DateTime<Utc>)>> {
         self.objects.lock().unwrap_or_else(|p| p.into_inner())
     }
