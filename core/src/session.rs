@@ -251,10 +251,10 @@ impl Session {
     pub fn heartbeat(&self) -> Heartbeat {
         let (repo, key, record) = (self.repo.clone(), self.key.clone(), self.record.clone());
         let every = repo.config().protocol.heartbeat();
-        Heartbeat(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let bytes = record.lock().unwrap_or_else(|p| p.into_inner()).encode();
+        Heartbeat::every(every, move || {
+            let (repo, key) = (repo.clone(), key.clone());
+            let bytes = record.lock().unwrap_or_else(|p| p.into_inner()).encode();
+            async move {
                 if let Ok(bytes) = bytes {
                     // A failed refresh is not fatal: if the lease dies, the
                     // sweeps that run meanwhile do not honour it, and
@@ -262,13 +262,29 @@ impl Session {
                     let _ = repo.backend().put(&key, bytes, PutMode::Overwrite).await;
                 }
             }
-        }))
+        })
     }
 }
 
 /// Stops the heartbeat when dropped.
 #[derive(Debug)]
 pub struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    /// Runs `beat` every `every` until dropped.
+    pub(crate) fn every<F, Fut>(every: std::time::Duration, mut beat: F) -> Heartbeat
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                beat().await;
+            }
+        }))
+    }
+}
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {

@@ -49,11 +49,13 @@ pub async fn run(repo: &Repository, dry_run: bool) -> Result<GcReport> {
     let started = std::time::Instant::now();
     let before = repo.backend().request_counts();
     let mut sweep = Sweep::begin(repo, dry_run).await?;
+    let heartbeat = (!dry_run).then(|| sweep.heartbeat());
     sweep.read_leases().await?;
     sweep.read_points().await?;
     sweep.mark().await?;
     sweep.delete().await?;
     let mut report = sweep.finish().await?;
+    drop(heartbeat);
     for (kind, n) in repo.backend().request_counts() {
         let n = n - before.get(kind).copied().unwrap_or(0);
         if n > 0 {

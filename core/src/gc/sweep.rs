@@ -10,12 +10,14 @@
 //!    those unmarked and older than both the sweep's start and the oldest
 //!    live lease's start, minus the clock margin. Before each batch the
 //!    marker is refreshed; if the store's clock says more than half a TTL
-//!    passed since the previous refresh, backups may have judged the sweep
-//!    dead and stopped waiting for it, so it stops.
+//!    passed since the previous refresh (its own or the heartbeat's,
+//!    [`Sweep::heartbeat`]), backups may have judged the sweep dead and
+//!    stopped waiting for it, so it stops.
 //! 5. [`Sweep::finish`]: deletes unpinned trash, dead leases and old
 //!    markers, and writes `gc/done/<seq>` naming the leases it honoured.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -31,6 +33,19 @@ use crate::lease::{ObjectRef, SeenLease, read_leases};
 use crate::manifest::Manifest;
 use crate::names::VmName;
 use crate::repo::Repository;
+use crate::session::Heartbeat;
+
+/// Rewrites a sweep's marker; returns the store's time of the write.
+async fn write_marker(repo: &Repository, seq: u64) -> Result<DateTime<Utc>> {
+    let key = keys::sweep(seq);
+    let marker = SweepMarker {
+        seq,
+        host: crate::host::name(),
+    };
+    let b = repo.backend();
+    b.put(&key, marker.encode()?, PutMode::Overwrite).await?;
+    Ok(b.head(&key).await?.last_modified)
+}
 
 /// Delete requests carry at most this many keys (the S3 limit).
 const BATCH: usize = 1000;
@@ -47,9 +62,9 @@ pub struct Sweep {
     dry_run: bool,
     seq: u64,
     started: DateTime<Utc>,
-    /// The store's time at the last marker refresh, and ours.
-    last_refresh: DateTime<Utc>,
-    refreshed_at: std::time::Instant,
+    /// The store's time at the last marker refresh (by the sweep or its
+    /// heartbeat).
+    last_refresh: Arc<Mutex<DateTime<Utc>>>,
     log: SweepLog,
     live: Vec<SeenLease>,
     dead: Vec<ObjectMeta>,
@@ -98,8 +113,7 @@ impl Sweep {
             dry_run,
             seq,
             started,
-            last_refresh: started,
-            refreshed_at: std::time::Instant::now(),
+            last_refresh: Arc::new(Mutex::new(started)),
             log,
             live: Vec::new(),
             dead: Vec::new(),
@@ -163,7 +177,6 @@ impl Sweep {
                     gone.insert((vm, id));
                 }
             }
-            self.keep_alive().await?;
         }
         let live = std::mem::take(&mut self.live);
         for lease in &live {
@@ -232,8 +245,7 @@ impl Sweep {
     async fn mark_nodes(&mut self, ids: Vec<ObjectId>, of_point: bool) -> Result<()> {
         let fresh: Vec<ObjectId> = ids.into_iter().filter(|id| self.marks.node(*id)).collect();
         // The stream holds its own handle, so chunks are marked as nodes
-        // arrive (no list of a whole point's chunks in memory) and the
-        // marker is kept fresh on long points.
+        // arrive (no list of a whole point's chunks in memory).
         let repo = self.repo.clone();
         let mut loaded = futures::stream::iter(fresh)
             .map(|id| {
@@ -242,7 +254,6 @@ impl Sweep {
             })
             .buffer_unordered(FETCHES);
         let mut failed = None;
-        let mut seen = 0u64;
         while let Some((id, node)) = loaded.next().await {
             match node {
                 Ok(n) => n.chunk_ids().for_each(|c| self.marks.chunk(&c)),
@@ -253,10 +264,6 @@ impl Sweep {
                     ));
                 }
                 Err(_) => {}
-            }
-            seen += 1;
-            if seen.is_multiple_of(1024) {
-                self.keep_alive().await?;
             }
         }
         drop(loaded);
@@ -275,27 +282,29 @@ impl Sweep {
         }
     }
 
-    /// Refreshes the marker if a heartbeat has passed since the last
-    /// refresh, so that waiting backups see the sweep alive.
-    async fn keep_alive(&mut self) -> Result<()> {
-        if !self.dry_run && self.refreshed_at.elapsed() >= self.repo.config().protocol.heartbeat() {
-            self.refresh().await?;
-        }
-        Ok(())
+    /// Keeps the marker fresh in the background until dropped, so that
+    /// waiting backups see the sweep alive however long a step takes.
+    pub fn heartbeat(&self) -> Heartbeat {
+        let (repo, seq, last) = (self.repo.clone(), self.seq, self.last_refresh.clone());
+        Heartbeat::every(repo.config().protocol.heartbeat(), move || {
+            let (repo, last) = (repo.clone(), last.clone());
+            async move {
+                // A failed refresh is not fatal: the check before the next
+                // delete batch sees the silence and stops the sweep.
+                if let Ok(t) = write_marker(&repo, seq).await {
+                    let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
+                    *l = (*l).max(t);
+                }
+            }
+        })
     }
 
-    /// Rewrites the marker and checks, by the store's clock, that the
-    /// sweep was not silent for long enough to be judged dead.
+    /// Rewrites the marker and checks, by the store's clock, that it was
+    /// not silent for long enough for backups to judge the sweep dead.
     async fn refresh(&mut self) -> Result<()> {
-        let b = self.repo.backend();
-        let key = keys::sweep(self.seq);
-        let marker = SweepMarker {
-            seq: self.seq,
-            host: crate::host::name(),
-        };
-        b.put(&key, marker.encode()?, PutMode::Overwrite).await?;
-        let now = b.head(&key).await?.last_modified;
-        let silent = now - self.last_refresh;
+        let now = write_marker(&self.repo, self.seq).await?;
+        let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
+        let silent = now - *last;
         if silent > self.repo.config().protocol.ttl() / 2 {
             return Err(Error::SweepStopped {
                 seq: self.seq,
@@ -307,8 +316,7 @@ impl Sweep {
                 damage: false,
             });
         }
-        self.last_refresh = now;
-        self.refreshed_at = std::time::Instant::now();
+        *last = now;
         Ok(())
     }
 
