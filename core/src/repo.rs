@@ -168,8 +168,12 @@ impl Repository {
             } else {
                 let mut group = Vec::new();
                 for id in &ids[i..j] {
-                    let m = self.load_manifest(vm, id).await?;
-                    group.push(((m.time, m.created), id.clone()));
+                    match self.load_manifest(vm, id).await {
+                        Ok(m) => group.push(((m.time, m.created), id.clone())),
+                        // Pruned since the listing: no longer a point.
+                        Err(Error::PointNotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 group.sort();
                 out.extend(group.into_iter().map(|(_, id)| id));

@@ -311,7 +311,13 @@ async fn find_parents(
         if disks.iter().all(|d| d.parent.is_some()) {
             break;
         }
-        let m = repo.load_manifest(&req.vm, &id).await?;
+        let m = match repo.load_manifest(&req.vm, &id).await {
+            Ok(m) => m,
+            // Pruned since the listing: the next older point will do (an
+            // explicit --parent that is gone is still an error).
+            Err(Error::PointNotFound { .. }) if req.parent.is_none() => continue,
+            Err(e) => return Err(e),
+        };
         for d in disks.iter_mut().filter(|d| d.parent.is_none()) {
             if let Ok(pd) = m.disk(d.name.as_str())
                 && pd.segment_size == seg
