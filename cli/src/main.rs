@@ -7,8 +7,10 @@ mod output;
 mod progress_ui;
 
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use clap::Parser;
+use xfull_core::progress::Progress;
 
 use crate::cli::{Cli, Command};
 
@@ -24,12 +26,47 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    runtime.spawn(cancel_on_signals());
     match runtime.block_on(dispatch(&cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xfull: error: {e:#}");
             ExitCode::from(exit_status(&e))
         }
+    }
+}
+
+/// The operation in progress: signals cancel it, commands hand it to the
+/// engine. One command runs per process.
+pub fn progress() -> Arc<Progress> {
+    static CURRENT: OnceLock<Arc<Progress>> = OnceLock::new();
+    CURRENT.get_or_init(Default::default).clone()
+}
+
+/// SIGINT or SIGTERM asks the running operation to stop cleanly (it
+/// removes what it started: a partial restore file, a backup's lease); a
+/// second signal exits at once.
+async fn cancel_on_signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        seen += 1;
+        if seen > 1 {
+            eprintln!("xfull: interrupted again; exiting without cleaning up");
+            std::process::exit(130);
+        }
+        eprintln!("xfull: interrupted; stopping cleanly (interrupt again to exit at once)");
+        progress().cancel();
     }
 }
 
@@ -49,9 +86,10 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     }
 }
 
-/// 0 ok, 1 error, 2 usage, 3 damage found.
+/// 0 ok, 1 error, 2 usage, 3 damage found, 130 interrupted.
 fn exit_status(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<xfull_core::Error>() {
+        Some(xfull_core::Error::Cancelled { .. }) => 130,
         Some(x) if x.is_damage() => 3,
         Some(x) if x.is_usage() => 2,
         _ => 1,

@@ -1,18 +1,21 @@
-//! A progress bar on a terminal, nothing on a pipe.
+//! A progress bar on a terminal, nothing on a pipe; the engine's notices
+//! (why a backup waits, warnings) on stderr either way.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use xfull_core::progress::Progress;
+use xfull_core::progress::{Notice, Progress};
 
 use crate::output::bytes;
 
-/// Draws `progress` until the returned guard is dropped.
+/// Draws `progress` and prints its notices until the returned guard is
+/// dropped.
 pub struct Bar {
     task: Option<tokio::task::JoinHandle<()>>,
     bar: ProgressBar,
+    progress: Arc<Progress>,
 }
 
 impl Bar {
@@ -32,19 +35,46 @@ impl Bar {
             .progress_chars("=> "),
         );
         bar.set_prefix(verb);
-        let task = on_tty.then(|| {
-            let bar = bar.clone();
+        let task = {
+            let (bar, progress) = (bar.clone(), progress.clone());
             tokio::spawn(async move {
                 loop {
-                    let (done, total, moved) = progress.snapshot();
-                    bar.set_length(total);
-                    bar.set_position(done);
-                    bar.set_message(format!("({} transferred)", bytes(moved)));
+                    print_notices(&bar, &progress);
+                    if on_tty {
+                        let (done, total, moved) = progress.snapshot();
+                        bar.set_length(total);
+                        bar.set_position(done);
+                        bar.set_message(format!("({} transferred)", bytes(moved)));
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             })
-        });
-        Bar { task, bar }
+        };
+        Bar {
+            task: Some(task),
+            bar,
+            progress,
+        }
+    }
+}
+
+fn print_notices(bar: &ProgressBar, progress: &Progress) {
+    for n in progress.take_notices() {
+        let line = match n {
+            Notice::WaitingForSweep {
+                seq,
+                reason,
+                at_most_secs,
+            } => format!(
+                "xfull: waiting for gc sweep {seq} ({reason}); at most {at_most_secs} s more"
+            ),
+            Notice::Warning(w) => format!("xfull: warning: {w}"),
+        };
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
     }
 }
 
@@ -53,6 +83,7 @@ impl Drop for Bar {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+        print_notices(&self.bar, &self.progress);
         self.bar.finish_and_clear();
     }
 }

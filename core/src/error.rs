@@ -121,6 +121,11 @@ pub enum Error {
         damage: bool,
     },
 
+    /// The operation was asked to stop (Ctrl-C, SIGTERM) and stopped
+    /// cleanly; `cleaned` says what it undid (exit status 130 in the CLI).
+    #[error("interrupted: {cleaned}")]
+    Cancelled { cleaned: String },
+
     /// A background task died unexpectedly (a bug, or the runtime shut down).
     #[error("internal error: {0}")]
     Internal(String),

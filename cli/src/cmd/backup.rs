@@ -1,13 +1,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Result;
 use xfull_core::Error;
 use xfull_core::backup::plan::ChangeSource;
 use xfull_core::backup::{BackupRequest, backup};
 use xfull_core::names::{DiskName, LabelKey};
-use xfull_core::progress::Progress;
 
 use crate::cli::{BackupArgs, Cli, split_pair};
 use crate::output::{PointView, StatsView, bytes, print_json, stats_line};
@@ -16,7 +14,7 @@ use crate::progress_ui::Bar;
 pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
     let req = request(args)?;
     let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
-    let progress = Arc::new(Progress::default());
+    let progress = crate::progress();
     let bar = Bar::start(progress.clone(), "backup", cli.json);
     let m = backup(&repo, req, progress).await?;
     drop(bar);

@@ -1,8 +1,5 @@
-use std::sync::Arc;
-
 use anyhow::Result;
 use xfull_core::point_spec::PointSpec;
-use xfull_core::progress::Progress;
 use xfull_core::restore::{RestoreOptions, Target, restore};
 
 use crate::cli::{Cli, RestoreArgs};
@@ -15,7 +12,7 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
     let m = repo.resolve(&spec).await?;
     // Fail on an unknown disk before creating the target.
     m.disk(&args.disk)?;
-    let progress = Arc::new(Progress::default());
+    let progress = crate::progress();
     let bar = Bar::start(progress.clone(), "restore", cli.json);
     let out = restore(
         &repo,

@@ -1,8 +1,5 @@
-use std::sync::Arc;
-
 use anyhow::Result;
 use xfull_core::point_spec::PointSpec;
-use xfull_core::progress::Progress;
 use xfull_core::verify::{Subset, VerifyOptions, VerifyReport, verify};
 
 use crate::cli::{Cli, VerifyArgs};
@@ -22,7 +19,7 @@ pub async fn run(cli: &Cli, args: &VerifyArgs) -> Result<()> {
         let m = repo.resolve(s).await?;
         points.push((m.vm, m.id));
     }
-    let progress = Arc::new(Progress::default());
+    let progress = crate::progress();
     let bar = Bar::start(progress.clone(), "verify", cli.json || !args.read_data);
     let opts = VerifyOptions {
         read_data: args.read_data,
