@@ -44,6 +44,23 @@ pub enum BackendError {
     #[error("temporary failure at {location}: {message}")]
     Transient { location: String, message: String },
 
+    /// The object is in an archive storage class (S3 GLACIER, DEEP_ARCHIVE)
+    /// and must be restored from the archive before it can be read.
+    #[error(
+        "{key} in {location} is in an archive storage class and must be restored from the \
+         archive before it can be read"
+    )]
+    Archived { location: String, key: String },
+
+    /// What is stored under the key cannot be an object: not a regular
+    /// file, a symbolic link, a size no object has. Damage, not an outage.
+    #[error("{key} in {location} is damaged: {message}")]
+    Corrupt {
+        location: String,
+        key: String,
+        message: String,
+    },
+
     #[error("storage error at {location}: {message}")]
     Other { location: String, message: String },
 }
@@ -54,6 +71,11 @@ impl BackendError {
     }
     pub fn is_already_exists(&self) -> bool {
         matches!(self, BackendError::AlreadyExists { .. })
+    }
+    /// True when the stored object itself is damaged (not the store
+    /// unreachable or the access denied).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, BackendError::Corrupt { .. })
     }
 }
 

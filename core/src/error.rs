@@ -137,6 +137,7 @@ impl Error {
         matches!(
             self,
             Error::Corrupt { .. }
+                | Error::Backend(BackendError::Corrupt { .. })
                 | Error::Damaged { .. }
                 | Error::DamageFound { .. }
                 | Error::SweepStopped { damage: true, .. }
