@@ -152,6 +152,11 @@ pub struct InitArgs {
     /// backup's age) alone.
     #[arg(long, value_parser = parse_secs, default_value = "1m")]
     pub clock_margin: u64,
+    /// A gc sweep whose marker was not refreshed for this long is dead
+    /// (capped by the lease TTL): the longest a killed gc can delay a
+    /// backup.
+    #[arg(long, value_parser = parse_secs, default_value = "1m")]
+    pub sweep_ttl: u64,
 }
 
 #[derive(Debug, Args)]

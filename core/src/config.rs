@@ -31,6 +31,15 @@ pub struct Protocol {
     /// between the clocks of the store's servers (its timestamps are the
     /// only clock compared).
     pub clock_margin_secs: u64,
+    /// A sweep's marker not refreshed for this long means the sweep is
+    /// dead (it stops itself after half of it). Short, so that a killed gc
+    /// delays a backup by about this much at most; capped by the lease TTL.
+    #[serde(default = "default_sweep_ttl")]
+    pub sweep_ttl_secs: u64,
+}
+
+fn default_sweep_ttl() -> u64 {
+    60
 }
 
 impl Default for Protocol {
@@ -38,6 +47,7 @@ impl Default for Protocol {
         Protocol {
             lease_ttl_secs: 600,
             clock_margin_secs: 60,
+            sweep_ttl_secs: default_sweep_ttl(),
         }
     }
 }
@@ -49,10 +59,21 @@ impl Protocol {
     pub fn margin(&self) -> chrono::Duration {
         chrono::Duration::seconds(self.clock_margin_secs as i64)
     }
-    /// How often leases and sweep markers are refreshed: four chances
-    /// before the TTL runs out.
+    /// How often leases are refreshed: four chances before the TTL runs
+    /// out.
     pub fn heartbeat(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.lease_ttl_secs * 1000 / 4)
+    }
+    /// How long a sweep's marker may go unrefreshed before backups judge
+    /// the sweep dead (at most the lease TTL).
+    pub fn sweep_ttl(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.sweep_ttl_secs.min(self.lease_ttl_secs) as i64)
+    }
+    /// How often a running sweep refreshes its marker.
+    pub fn sweep_heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.sweep_ttl_secs.min(self.lease_ttl_secs) * 1000 / 4,
+        )
     }
 }
 
@@ -106,6 +127,12 @@ impl RepoConfig {
             return Err(format!(
                 "lease TTL {} s must be from 1 s to one day",
                 self.protocol.lease_ttl_secs
+            ));
+        }
+        if !(1..=86_400).contains(&self.protocol.sweep_ttl_secs) {
+            return Err(format!(
+                "sweep TTL {} s must be from 1 s to one day",
+                self.protocol.sweep_ttl_secs
             ));
         }
         if self.protocol.clock_margin_secs > 86_400 {

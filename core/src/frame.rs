@@ -29,6 +29,8 @@ pub enum Kind {
     Lease,
     /// A sweep's start or done marker.
     Marker,
+    /// A record of a damaged object (`damage/...`).
+    Damage,
 }
 
 impl Kind {
@@ -40,13 +42,14 @@ impl Kind {
             Kind::Manifest => *b"XFM1",
             Kind::Lease => *b"XFL1",
             Kind::Marker => *b"XFG1",
+            Kind::Damage => *b"XFD1",
         }
     }
 
     const fn checksummed(self) -> bool {
         matches!(
             self,
-            Kind::Config | Kind::Manifest | Kind::Lease | Kind::Marker
+            Kind::Config | Kind::Manifest | Kind::Lease | Kind::Marker | Kind::Damage
         )
     }
 
@@ -58,6 +61,7 @@ impl Kind {
             Kind::Manifest => "manifest",
             Kind::Lease => "lease",
             Kind::Marker => "gc marker",
+            Kind::Damage => "damage record",
         }
     }
 
@@ -102,6 +106,26 @@ pub fn decode(kind: Kind, key: &str, framed: &[u8], limit: usize) -> Result<Vec<
             payload.to_vec()
         }
         CODEC_ZSTD => {
+            // Frames written by xfull record their size: decompress in one
+            // call with this thread's reused context (creating one per
+            // object is costly), after checking the size against the limit.
+            if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(payload) {
+                if n > limit as u64 {
+                    return Err(Error::corrupt(
+                        key,
+                        format!("decompresses to more than {limit} bytes"),
+                    ));
+                }
+                let mut out = vec![0u8; n as usize];
+                let got = decode_zstd_into(key, payload, &mut out)?;
+                if got != out.len() {
+                    return Err(Error::corrupt(
+                        key,
+                        format!("holds {got} bytes, its header says {n}"),
+                    ));
+                }
+                return check_sum(key, checksum, out);
+            }
             let mut out = Vec::new();
             let decoder = zstd::stream::read::Decoder::with_buffer(payload)
                 .map_err(|e| Error::corrupt(key, format!("zstd: {e}")))?;
@@ -119,12 +143,33 @@ pub fn decode(kind: Kind, key: &str, framed: &[u8], limit: usize) -> Result<Vec<
         }
         other => return Err(unknown_codec(kind, other)),
     };
+    check_sum(key, checksum, plain)
+}
+
+fn check_sum(key: &str, checksum: Option<&[u8]>, plain: Vec<u8>) -> Result<Vec<u8>> {
     if let Some(sum) = checksum
         && blake3::hash(&plain).as_bytes() != sum
     {
         return Err(Error::corrupt(key, "checksum mismatch"));
     }
     Ok(plain)
+}
+
+/// Decompresses a zstd frame into `out` with this thread's reused
+/// context; returns the bytes it holds.
+fn decode_zstd_into(key: &str, payload: &[u8], out: &mut [u8]) -> Result<usize> {
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        let zerr = |e: std::io::Error| Error::corrupt(key, format!("zstd: {e}"));
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(zerr)?);
+        }
+        let Some(d) = slot.as_mut() else {
+            return Err(Error::Internal("zstd decompressor missing".into()));
+        };
+        // The frame may hold more than `out`: decompress_to_buffer then
+        // fails instead of writing past the slice.
+        d.decompress_to_buffer(payload, out).map_err(zerr)
+    })
 }
 
 thread_local! {
@@ -168,19 +213,10 @@ pub fn decode_chunk_into(key: &str, framed: &[u8], out: &mut [u8]) -> Result<()>
             Ok(())
         }
         CODEC_STORED => Err(wrong(payload.len())),
-        CODEC_ZSTD => DECOMPRESSOR.with_borrow_mut(|slot| {
-            let zerr = |e: std::io::Error| Error::corrupt(key, format!("zstd: {e}"));
-            if slot.is_none() {
-                *slot = Some(zstd::bulk::Decompressor::new().map_err(zerr)?);
-            }
-            let Some(d) = slot.as_mut() else {
-                return Err(Error::Internal("zstd decompressor missing".into()));
-            };
-            // The frame may claim more than `len`: decompress_to_buffer
-            // then fails instead of writing past the slice.
-            let n = d.decompress_to_buffer(payload, out).map_err(zerr)?;
-            if n == len { Ok(()) } else { Err(wrong(n)) }
-        }),
+        CODEC_ZSTD => match decode_zstd_into(key, payload, out)? {
+            n if n == len => Ok(()),
+            n => Err(wrong(n)),
+        },
         other => Err(unknown_codec(Kind::Chunk, other)),
     }
 }
@@ -244,6 +280,7 @@ mod tests {
             Kind::Manifest,
             Kind::Lease,
             Kind::Marker,
+            Kind::Damage,
         ] {
             for level in [0, 3] {
                 let framed = encode(kind, &data, level).unwrap();

@@ -9,6 +9,7 @@
 //! leases/<session-id>         one per running backup session
 //! gc/sweeps/<seq>             a sweep's start marker (refreshed while it runs)
 //! gc/done/<seq>               written when that sweep finished
+//! damage/<chunk or node key>  that object was found damaged
 //! ```
 
 use crate::id::{ObjectId, PointId};
@@ -22,6 +23,7 @@ pub const TRASH: &str = "trash/";
 pub const LEASES: &str = "leases/";
 pub const SWEEPS: &str = "gc/sweeps/";
 pub const DONE: &str = "gc/done/";
+pub const DAMAGE: &str = "damage/";
 
 fn fanned(prefix: &str, id: &ObjectId) -> String {
     let hex = id.to_hex();
@@ -49,6 +51,18 @@ pub fn trashed_point(vm: &VmName, id: &PointId) -> String {
     format!("{TRASH}{}", point(vm, id))
 }
 
+/// The record that the object under `key` (a chunk or node key) was
+/// found damaged.
+pub fn damage(key: &str) -> String {
+    format!("{DAMAGE}{key}")
+}
+
+/// The chunk or node key a `damage/` record is about.
+pub fn parse_damage(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(DAMAGE)?;
+    parse_content(rest).map(|_| rest)
+}
+
 pub fn lease(session: &str) -> String {
     format!("{LEASES}{session}")
 }
@@ -71,6 +85,19 @@ pub fn parse_seq(key: &str) -> Option<u64> {
         return None;
     }
     rest.parse().ok()
+}
+
+/// The session id of a `leases/<session>` key, if it is named like one:
+/// `YYYYMMDDTHHMMSSZ-` and 16 hex digits (anything else is not a lease).
+pub fn parse_lease(key: &str) -> Option<&str> {
+    let s = key.strip_prefix(LEASES)?;
+    let (time, rand) = s.split_once('-')?;
+    let time_ok = time.len() == 16
+        && time.as_bytes()[8] == b'T'
+        && time.ends_with('Z')
+        && time.bytes().enumerate().all(|(i, b)| i == 8 || i == 15 || b.is_ascii_digit());
+    let rand_ok = rand.len() == 16 && rand.bytes().all(|b| b.is_ascii_hexdigit());
+    (time_ok && rand_ok).then_some(s)
 }
 
 /// The object id at the end of a `chunks/` or `nodes/` key.
@@ -123,6 +150,21 @@ mod tests {
             parse_content(&wrong_fan).is_some(),
             id.to_hex().starts_with("00")
         );
+    }
+
+    #[test]
+    fn lease_keys_are_recognised_strictly() {
+        let s = "20261125T194155Z-0123456789abcdef";
+        assert_eq!(parse_lease(&lease(s)), Some(s));
+        for bad in [
+            "leases/notes.txt",
+            "leases/20261125T194155Z-0123",
+            "leases/2026112XT194155Z-0123456789abcdef",
+            "leases/20261125T194155Z-0123456789abcdeg",
+            "points/20261125T194155Z-0123456789abcdef",
+        ] {
+            assert_eq!(parse_lease(bad), None, "{bad}");
+        }
     }
 
     #[test]

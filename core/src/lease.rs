@@ -1,15 +1,19 @@
 //! Leases: a running backup session announces itself with `leases/<id>`,
 //! naming the points it deduplicates against (pins) and the objects it
 //! found already stored and relies on (dependencies). Sweeps protect what
-//! live leases name; a lease not refreshed within the repository's TTL is
-//! dead. The protocol is in `docs/design.md` ("Concurrency").
+//! the leases they observe name; a lease not refreshed within the
+//! repository's TTL is dead. A session that ends does not delete its lease
+//! but rewrites it as *ended*, naming the point it committed: a sweep that
+//! started before the commit (and so did not list the point) learns of it
+//! at its next look at the leases. The protocol is in `docs/design.md`
+//! ("Concurrency").
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendError, ObjectMeta};
+use crate::config::Protocol;
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
 use crate::id::{ObjectId, PointId};
@@ -33,6 +37,13 @@ impl ObjectRef {
     }
 }
 
+/// How a session ended (written as its lease's last state).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    /// The point the session committed, if any.
+    pub committed: Option<PointId>,
+}
+
 /// What a lease says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
@@ -45,6 +56,10 @@ pub struct LeaseRecord {
     pub pins: Vec<(VmName, PointId)>,
     /// Append-only, so a sweep that read the first n knows which it saw.
     pub deps: Vec<ObjectRef>,
+    /// Set once the session is over: the lease protects nothing any more
+    /// but tells sweeps which point the session committed.
+    #[serde(default)]
+    pub ended: Option<Ended>,
 }
 
 /// Leases can list many dependencies; this bounds what a reader accepts.
@@ -58,8 +73,8 @@ impl LeaseRecord {
         Ok(Bytes::from(frame::encode(Kind::Lease, &plain, 3)?))
     }
 
-    /// Reads and decodes the lease at `key`; `None` if its session ended
-    /// (deleted it) since it was listed.
+    /// Reads and decodes the lease at `key`; `None` if it was deleted
+    /// since it was listed.
     pub async fn load(repo: &Repository, key: &str) -> Result<Option<Self>> {
         match repo.backend().get(key).await {
             Ok(bytes) => LeaseRecord::decode(key, &bytes).map(Some),
@@ -79,6 +94,35 @@ impl LeaseRecord {
     }
 }
 
+/// What a listed object under `leases/` is, as of `now` (a time the store
+/// gave).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseAge {
+    /// Refreshed within the TTL: its session may be running.
+    Live,
+    /// Not refreshed within the TTL: its session was killed or stalled.
+    Dead,
+    /// Dated further in the future than clock differences explain (a
+    /// hostile or broken store): trusted neither as live nor as anything
+    /// else; treated as dead, so it cannot pin anything forever.
+    Future,
+    /// Not named like a lease: not ours, ignored (and left alone).
+    Stray,
+}
+
+/// Classifies a listed lease object by its name and the store's time.
+pub fn age(meta: &ObjectMeta, now: DateTime<Utc>, p: &Protocol) -> LeaseAge {
+    if keys::parse_lease(&meta.key).is_none() {
+        LeaseAge::Stray
+    } else if meta.last_modified > now + p.margin() {
+        LeaseAge::Future
+    } else if now - meta.last_modified < p.ttl() {
+        LeaseAge::Live
+    } else {
+        LeaseAge::Dead
+    }
+}
+
 /// A lease as a sweep or prune sees it.
 #[derive(Clone, Debug)]
 pub struct SeenLease {
@@ -87,43 +131,22 @@ pub struct SeenLease {
 }
 
 impl SeenLease {
-    /// When the session started, by the store's clock.
+    /// When the session started, by the store's clock: what the lease
+    /// says, never later than the lease object itself.
     pub fn start(&self) -> DateTime<Utc> {
-        self.record.started.unwrap_or(self.meta.last_modified)
+        self.record
+            .started
+            .map_or(self.meta.last_modified, |s| s.min(self.meta.last_modified))
     }
-}
-
-/// The leases in the store, split into live and dead as of `now` (a time
-/// the store gave). A dead lease is not read: it may be damaged or half
-/// written by a killed session, and protects nothing anyway.
-pub async fn read_leases(
-    repo: &Repository,
-    now: DateTime<Utc>,
-) -> Result<(Vec<SeenLease>, Vec<ObjectMeta>)> {
-    let ttl = repo.config().protocol.ttl();
-    let metas: Vec<ObjectMeta> = repo.backend().list(keys::LEASES).try_collect().await?;
-    let (live, dead): (Vec<_>, Vec<_>) =
-        metas.into_iter().partition(|m| now - m.last_modified < ttl);
-    let live = futures::stream::iter(live)
-        .map(|meta| async move {
-            let record = LeaseRecord::load(repo, &meta.key).await?;
-            Ok::<_, Error>(record.map(|record| SeenLease { record, meta }))
-        })
-        .buffer_unordered(16)
-        .try_filter_map(|l| async move { Ok(l) })
-        .try_collect()
-        .await?;
-    Ok((live, dead))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn leases_round_trip_and_name_their_key() {
-        let r = LeaseRecord {
-            session: "s1".into(),
+    fn record(session: &str) -> LeaseRecord {
+        LeaseRecord {
+            session: session.into(),
             host: "h".into(),
             vm: "vm".parse().unwrap(),
             started: None,
@@ -132,10 +155,53 @@ mod tests {
                 "20260101T000000Z-0000".parse().unwrap(),
             )],
             deps: vec![ObjectRef::Chunk(ObjectId::of(b"a"))],
-        };
+            ended: None,
+        }
+    }
+
+    #[test]
+    fn leases_round_trip_and_name_their_key() {
+        let r = record("s1");
         let bytes = r.encode().unwrap();
         assert_eq!(LeaseRecord::decode("leases/s1", &bytes).unwrap(), r);
         assert!(LeaseRecord::decode("leases/s2", &bytes).is_err());
         assert!(LeaseRecord::decode("leases/s1", &bytes[..10]).is_err());
+    }
+
+    #[test]
+    fn ages_are_judged_by_the_store_clock_and_the_name() {
+        let p = Protocol::default();
+        let now: DateTime<Utc> = "2026-01-01T12:00:00Z".parse().unwrap();
+        let meta = |key: &str, at: DateTime<Utc>| ObjectMeta {
+            key: key.into(),
+            size: 1,
+            last_modified: at,
+        };
+        let good = "leases/20260101T115900Z-0123456789abcdef";
+        assert_eq!(age(&meta(good, now), now, &p), LeaseAge::Live);
+        assert_eq!(
+            age(&meta(good, now - p.ttl()), now, &p),
+            LeaseAge::Dead
+        );
+        // Within the clock margin ahead: a skewed server, still live.
+        assert_eq!(
+            age(&meta(good, now + p.margin()), now, &p),
+            LeaseAge::Live
+        );
+        let year = chrono::Duration::days(365);
+        assert_eq!(age(&meta(good, now + year), now, &p), LeaseAge::Future);
+        assert_eq!(
+            age(&meta("leases/notes.txt", now), now, &p),
+            LeaseAge::Stray
+        );
+        // A lease claiming to have started after it was written starts
+        // when it was written.
+        let mut r = record("s");
+        r.started = Some(now + year);
+        let seen = SeenLease {
+            record: r,
+            meta: meta(good, now),
+        };
+        assert_eq!(seen.start(), now);
     }
 }

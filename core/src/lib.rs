@@ -21,6 +21,7 @@ pub mod changes;
 pub mod chunk_store;
 pub mod chunker;
 pub mod config;
+pub mod damage;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod diff;

@@ -2,26 +2,29 @@
 //! "Concurrency"):
 //!
 //! - (a) [`Session::begin`] writes the lease, learns the store's time, and
-//!   notes which sweeps had already finished; [`Session::pin`] names the
-//!   points the backup deduplicates against (read after `begin`);
+//!   notes which sweeps had already finished and how much the running
+//!   ones had deleted; [`Session::pin`] names the points the backup
+//!   deduplicates against (read after `begin`);
 //! - (b) [`Session::depend`] records objects found already stored;
-//! - (c) [`Session::check`] refreshes the lease and reads the sweep
-//!   markers: for every sweep that did not finish before the session began,
-//!   it says whether to wait for it, or which references to re-check;
-//! - (d) the caller writes the manifest; (e) [`Session::end`] deletes the
-//!   lease.
+//! - (c) [`Session::check`] writes the lease and reads the sweep markers:
+//!   for every sweep that did not finish before the session began, it
+//!   says which references to re-check, or to wait while a delete batch
+//!   chosen before the lease was seen is in flight (never for a whole
+//!   sweep);
+//! - (d) the caller writes the manifest; (e) [`Session::end`] rewrites the
+//!   lease as ended, naming the committed point.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
 use crate::backend::PutMode;
 use crate::error::Result;
-use crate::gc::markers::{DoneMarker, SweepLog};
+use crate::gc::markers::{Phase, SweepLog, SweepState};
 use crate::id::PointId;
 use crate::keys;
-use crate::lease::{LeaseRecord, ObjectRef};
+use crate::lease::{Ended, LeaseRecord, ObjectRef};
 use crate::names::VmName;
 use crate::repo::Repository;
 
@@ -30,12 +33,27 @@ pub struct Session {
     repo: Repository,
     key: String,
     record: Arc<Mutex<LeaseRecord>>,
-    /// Sweeps finished before the session began, or already accounted for.
-    settled: BTreeSet<u64>,
-    /// Sweeps running when the session began.
-    running_at_start: BTreeSet<u64>,
+    /// Lease writes one at a time, so that a heartbeat cannot land after
+    /// the session ended.
+    writer: Arc<tokio::sync::Mutex<()>>,
+    /// Sweeps finished before the session began: nothing they deleted
+    /// was relied on.
+    done_at_start: BTreeSet<u64>,
+    /// Sweeps running when the session began, with how many objects they
+    /// had deleted by then.
+    deleted_at_start: BTreeMap<u64, u64>,
     /// The highest sequence number seen when the session began.
     last_at_start: u64,
+    /// Sweeps accounted for, with the lease content (deps, pins) they
+    /// were judged against and whether they had finished then.
+    settled: BTreeMap<u64, ((usize, usize), bool)>,
+    /// Sweeps judged in the last `check` that had finished.
+    finished: BTreeSet<u64>,
+    /// The lease content at the last `check`.
+    content: (usize, usize),
+    /// Sweeps seen with a delete batch in flight: batches completed then,
+    /// and the lease content written before that look.
+    in_flight: BTreeMap<u64, (u64, (usize, usize))>,
     /// The store's time at the last `check`.
     checked_at: Option<DateTime<Utc>>,
 }
@@ -43,14 +61,21 @@ pub struct Session {
 /// What [`Session::check`] asks of the caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Check {
-    /// No sweep can have removed anything the session uses: commit.
+    /// No sweep can have removed anything the session uses, and every
+    /// later deletion respects the lease as written: commit.
     Clear,
-    /// A sweep is still running; ask again later.
-    Wait { seq: u64 },
+    /// A sweep is deleting a batch it chose before it could see the lease
+    /// as it is now; ask again shortly.
+    Wait {
+        seq: u64,
+        /// Why, for the user.
+        reason: String,
+        /// The longest the wait can last (then the sweep counts as dead).
+        at_most_secs: u64,
+    },
     /// These sweeps may have removed objects the session uses: check that
     /// the listed ones (or, with `all`, every referenced one) still exist,
-    /// restore any missing, then [`Session::settle`] the sweeps and check
-    /// again.
+    /// restore any missing, then [`Session::settle`] and check again.
     Verify {
         sweeps: Vec<u64>,
         all: bool,
@@ -76,6 +101,7 @@ impl Session {
             started: None,
             pins: Vec::new(),
             deps: Vec::new(),
+            ended: None,
         };
         let b = repo.backend();
         b.put(&key, record.encode()?, PutMode::Create).await?;
@@ -83,25 +109,40 @@ impl Session {
         // object's time until a later write records it in the lease.
         record.started = Some(b.head(&key).await?.last_modified);
         let log = SweepLog::read(repo).await?;
-        let running_at_start = log
-            .started
-            .keys()
-            .filter(|s| !log.done.contains_key(s))
-            .copied()
-            .collect();
+        let mut deleted_at_start = BTreeMap::new();
+        for (seq, _) in log.running() {
+            // Unreadable or gone: count everything it deleted as after us.
+            let deleted = match SweepState::load(repo, seq, false).await {
+                Ok(Some(s)) => s.deleted(),
+                Ok(None) => 0,
+                Err(e) if e.is_damage() => 0,
+                Err(e) => return Err(e),
+            };
+            deleted_at_start.insert(seq, deleted);
+        }
         Ok(Session {
             repo: repo.clone(),
             key,
             record: Arc::new(Mutex::new(record)),
-            settled: log.done.keys().copied().collect(),
-            running_at_start,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+            done_at_start: log.done.keys().copied().collect(),
+            deleted_at_start,
             last_at_start: log.last_seq(),
+            settled: BTreeMap::new(),
+            finished: BTreeSet::new(),
+            content: (0, 0),
+            in_flight: BTreeMap::new(),
             checked_at: None,
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LeaseRecord> {
         self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session id (the lease's name).
+    pub fn id(&self) -> String {
+        self.lock().session.clone()
     }
 
     /// Names the points whose contents the backup reuses, and writes the
@@ -126,14 +167,9 @@ impl Session {
         self.lock().deps.extend(refs);
     }
 
-    /// Rewrites the lease (keeping it alive).
+    /// Rewrites the lease (keeping it alive), unless the session ended.
     async fn write(&self) -> Result<()> {
-        let bytes = self.lock().encode()?;
-        self.repo
-            .backend()
-            .put(&self.key, bytes, PutMode::Overwrite)
-            .await?;
-        Ok(())
+        write_lease(&self.repo, &self.key, &self.record, &self.writer).await
     }
 
     /// Rewrites the lease and returns the store's time.
@@ -154,58 +190,107 @@ impl Session {
     /// (c): see [`Check`].
     pub async fn check(&mut self) -> Result<Check> {
         let now = self.refresh().await?;
+        let ttl_lease = self.repo.config().protocol.ttl();
+        if self.checked_at.is_some_and(|t| now - t > ttl_lease / 2) {
+            // The lease may have died since the last check: a running
+            // sweep judged then may have stopped seeing it. Judge again.
+            self.settled.retain(|_, (_, done)| *done);
+            self.in_flight.clear();
+        }
         self.checked_at = Some(now);
-        let (pins, deps) = {
+        self.finished.clear();
+        let (session, pins, deps) = {
             let r = self.lock();
-            (r.pins.len() as u64, r.deps.clone())
+            (r.session.clone(), r.pins.len(), r.deps.clone())
         };
+        self.content = (deps.len(), pins);
         let log = SweepLog::read(&self.repo).await?;
-        let ttl = self.repo.config().protocol.ttl();
+        let ttl = self.repo.config().protocol.sweep_ttl();
 
         // Markers of sweeps that may matter, deleted since: nothing is
-        // known about what those sweeps honoured.
-        let mut all = self
-            .running_at_start
-            .iter()
-            .any(|s| !self.settled.contains(s) && !log.started.contains_key(s));
+        // known about what those sweeps deleted.
+        let mut all = self.deleted_at_start.keys().any(|s| {
+            !self.settled.contains_key(s)
+                && !log.started.contains_key(s)
+                && !log.done.contains_key(s)
+        });
         if let Some(&first) = log.started.keys().next()
             && first > self.last_at_start + 1
             && (first - self.last_at_start > 1000
-                || !(self.last_at_start + 1..first).all(|s| self.settled.contains(&s)))
+                || !(self.last_at_start + 1..first).all(|s| self.settled.contains_key(&s)))
         {
             all = true;
         }
 
+        let seqs: BTreeSet<u64> = log.started.keys().chain(log.done.keys()).copied().collect();
         let mut sweeps = Vec::new();
         let mut from = deps.len();
-        for (&seq, &refreshed) in &log.started {
-            if self.settled.contains(&seq) {
+        for seq in seqs {
+            if self.done_at_start.contains(&seq)
+                || self
+                    .settled
+                    .get(&seq)
+                    .is_some_and(|(c, _)| *c == self.content)
+            {
                 continue;
             }
-            if !log.done.contains_key(&seq) {
-                if now - refreshed <= ttl {
-                    return Ok(Check::Wait { seq });
+            let state = match load_state(&self.repo, seq, log.done.contains_key(&seq)).await? {
+                Some(s) => s,
+                None => {
+                    // Gone, or unreadable: what it deleted is unknown.
+                    all = true;
+                    sweeps.push(seq);
+                    continue;
                 }
-                // Died without finishing: what it removed is unknown.
-                all = true;
+            };
+            if state.phase.is_over() {
+                self.finished.insert(seq);
             } else {
-                match DoneMarker::load(&self.repo, seq).await? {
-                    // Deleted since the listing: what it honoured is unknown.
-                    None => all = true,
-                    // It deleted nothing: nothing to check.
-                    Some(d) if d.chunks_deleted == 0 && d.nodes_deleted == 0 => {}
-                    Some(d) => {
-                        let me = d
-                            .honoured
-                            .iter()
-                            .find(|h| self.key == keys::lease(&h.session));
-                        match me {
-                            Some(h) if h.pins_resolved && h.pins >= pins => {
-                                from = from.min(h.deps as usize);
-                            }
-                            _ => all = true,
-                        }
+                let refreshed = log.started.get(&seq).copied().unwrap_or(now);
+                if now - refreshed > ttl {
+                    // Died without finishing: what it deleted is unknown
+                    // (it deletes nothing more: it stops when silent).
+                    all = true;
+                    self.finished.insert(seq);
+                    sweeps.push(seq);
+                    continue;
+                }
+                // A batch announced after an earlier look of ours (at the
+                // same lease content) sees the lease: no need to wait.
+                let announced_since = self
+                    .in_flight
+                    .get(&seq)
+                    .is_some_and(|&(b, c)| c == self.content && state.batches > b);
+                if state.phase == Phase::Deleting && !announced_since {
+                    self.in_flight.insert(seq, (state.batches, self.content));
+                    let left = (ttl - (now - refreshed)).num_seconds().max(1) as u64;
+                    return Ok(Check::Wait {
+                        seq,
+                        reason: format!(
+                            "gc on {} is deleting a batch of unreferenced objects chosen before \
+                             it could see this backup's latest lease",
+                            state.host
+                        ),
+                        at_most_secs: left,
+                    });
+                }
+            }
+            // Every deletion from now on respects the lease as written.
+            // Which earlier ones might have removed what it relies on?
+            let before = self.deleted_at_start.get(&seq).copied().unwrap_or(0);
+            if state.deleted() > before {
+                match state.observed(&session) {
+                    Some(o) if o.written_safe && o.pins_safe && o.pins as usize >= pins => {
+                        // Observed before it deleted anything since we
+                        // began: only dependencies added later are at risk.
+                        let at_risk = if o.deleted_before <= before {
+                            o.deps_first as usize
+                        } else {
+                            0
+                        };
+                        from = from.min(at_risk);
                     }
+                    _ => all = true,
                 }
             }
             sweeps.push(seq);
@@ -221,8 +306,8 @@ impl Session {
         })
     }
 
-    /// Marks a `Verify`'s sweeps as accounted for, once the caller did
-    /// what it asked.
+    /// Marks a `Verify`'s sweeps as accounted for (for the lease content
+    /// of that check), once the caller did what it asked.
     pub fn settle(&mut self, verified: &Check) {
         if let Check::Verify {
             sweeps,
@@ -231,39 +316,105 @@ impl Session {
             ..
         } = verified
         {
-            self.settled.extend(sweeps.iter().copied());
+            for s in sweeps {
+                let done = self.finished.contains(s);
+                self.settled.insert(*s, (self.content, done));
+            }
             if *all {
                 // Everything the session uses was checked: whatever the
                 // deleted or dead markers stood for is accounted for.
-                self.running_at_start.clear();
+                for s in self.deleted_at_start.keys() {
+                    self.settled.entry(*s).or_insert((self.content, true));
+                }
+                for s in self.last_at_start + 1..=*through {
+                    self.settled.entry(s).or_insert((self.content, true));
+                }
                 self.last_at_start = self.last_at_start.max(*through);
             }
         }
     }
 
-    /// (e): deletes the lease; its protection ends.
-    pub async fn end(self) -> Result<()> {
-        self.repo.backend().delete_many(&[self.key]).await?;
+    /// (e): ends the session. A committed point is named in the lease,
+    /// rewritten as ended (sweeps that began before the commit learn of
+    /// the point from it; a later sweep removes it). A session that
+    /// committed nothing deletes its lease: what it wrote is garbage.
+    pub async fn end(self, committed: Option<PointId>) -> Result<()> {
+        match committed {
+            Some(id) => {
+                self.lock().ended = Some(Ended {
+                    committed: Some(id),
+                });
+                let _one_at_a_time = self.writer.lock().await;
+                let bytes = self.lock().encode()?;
+                self.repo
+                    .backend()
+                    .put(&self.key, bytes, PutMode::Overwrite)
+                    .await?;
+            }
+            None => {
+                let _one_at_a_time = self.writer.lock().await;
+                self.lock().ended = Some(Ended { committed: None });
+                self.repo.backend().delete_many(&[self.key.clone()]).await?;
+            }
+        }
         Ok(())
     }
 
     /// Refreshes the lease in the background until dropped.
     pub fn heartbeat(&self) -> Heartbeat {
-        let (repo, key, record) = (self.repo.clone(), self.key.clone(), self.record.clone());
+        let (repo, key, record, writer) = (
+            self.repo.clone(),
+            self.key.clone(),
+            self.record.clone(),
+            self.writer.clone(),
+        );
         let every = repo.config().protocol.heartbeat();
         Heartbeat::every(every, move || {
-            let (repo, key) = (repo.clone(), key.clone());
-            let bytes = record.lock().unwrap_or_else(|p| p.into_inner()).encode();
+            let (repo, key, record, writer) =
+                (repo.clone(), key.clone(), record.clone(), writer.clone());
             async move {
-                if let Ok(bytes) = bytes {
-                    // A failed refresh is not fatal: if the lease dies, the
-                    // sweeps that run meanwhile do not honour it, and
-                    // `check` then re-verifies everything.
-                    let _ = repo.backend().put(&key, bytes, PutMode::Overwrite).await;
-                }
+                // A failed refresh is not fatal: if the lease dies, the
+                // sweeps that run meanwhile do not observe it, and `check`
+                // then re-verifies everything.
+                let _ = write_lease(&repo, &key, &record, &writer).await;
             }
         })
     }
+}
+
+/// Writes the lease unless its session ended (one write at a time).
+async fn write_lease(
+    repo: &Repository,
+    key: &str,
+    record: &Mutex<LeaseRecord>,
+    writer: &tokio::sync::Mutex<()>,
+) -> Result<()> {
+    let _one_at_a_time = writer.lock().await;
+    let bytes = {
+        let r = record.lock().unwrap_or_else(|p| p.into_inner());
+        if r.ended.is_some() {
+            return Ok(());
+        }
+        r.encode()?
+    };
+    repo.backend().put(key, bytes, PutMode::Overwrite).await?;
+    Ok(())
+}
+
+/// A sweep's state: from its done marker if the listing said it finished,
+/// else its running marker, else (it finished meanwhile) its done marker.
+/// `None` if none can be read: what it did is unknown.
+async fn load_state(repo: &Repository, seq: u64, done: bool) -> Result<Option<SweepState>> {
+    let tries: &[bool] = if done { &[true] } else { &[false, true] };
+    for &d in tries {
+        match SweepState::load(repo, seq, d).await {
+            Ok(Some(s)) => return Ok(Some(s)),
+            Ok(None) => continue,
+            Err(e) if e.is_damage() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// Stops the heartbeat when dropped.

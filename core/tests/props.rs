@@ -8,7 +8,7 @@ use xfull_core::changes::parse::parse_changes;
 use xfull_core::chunker::{ChunkParams, for_each_chunk};
 use xfull_core::config::RepoConfig;
 use xfull_core::frame::{self, Kind};
-use xfull_core::gc::markers::DoneMarker;
+use xfull_core::gc::markers::SweepState;
 use xfull_core::id::ObjectId;
 use xfull_core::lease::LeaseRecord;
 use xfull_core::manifest::{BackupStats, DiskManifest, Manifest};
@@ -151,7 +151,7 @@ proptest! {
         let _ = Manifest::decode("k", &bytes);
         let _ = RepoConfig::decode(&bytes);
         let _ = LeaseRecord::decode("leases/k", &bytes);
-        let _ = DoneMarker::decode("gc/done/k", &bytes);
+        let _ = SweepState::decode("gc/done/k", &bytes);
         let _ = parse_changes("f.json", &bytes, 1 << 30);
         let text = String::from_utf8_lossy(&bytes);
         let _ = Span::parse(&text);
@@ -170,7 +170,7 @@ proptest! {
                 Node::decode(&ObjectId::of(&bytes), &framed, 1 << 20).err(),
                 Manifest::decode("points/v/k", &framed).err(),
                 LeaseRecord::decode("leases/k", &framed).err(),
-                DoneMarker::decode("gc/done/k", &framed).err(),
+                SweepState::decode("gc/done/k", &framed).err(),
             ];
             for e in errors.into_iter().flatten() {
                 prop_assert!(!e.to_string().is_empty());

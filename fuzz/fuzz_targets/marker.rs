@@ -2,11 +2,11 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use xfull_core::frame::{self, Kind};
-use xfull_core::gc::markers::DoneMarker;
+use xfull_core::gc::markers::SweepState;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = DoneMarker::decode("gc/done/k", data);
+    let _ = SweepState::decode("gc/done/k", data);
     if let Ok(framed) = frame::encode(Kind::Marker, data, 0) {
-        let _ = DoneMarker::decode("gc/done/k", &framed);
+        let _ = SweepState::decode("gc/done/k", &framed);
     }
 });

@@ -21,6 +21,7 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
     config.protocol = Protocol {
         lease_ttl_secs: args.lease_ttl,
         clock_margin_secs: args.clock_margin,
+        sweep_ttl_secs: args.sweep_ttl,
     };
     config
         .validate()
@@ -39,6 +40,7 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
             "zstd_level": c.zstd_level,
             "lease_ttl_secs": c.protocol.lease_ttl_secs,
             "clock_margin_secs": c.protocol.clock_margin_secs,
+            "sweep_ttl_secs": c.protocol.sweep_ttl_secs,
         }))?;
     } else {
         println!(

@@ -31,7 +31,7 @@ use crate::id::PointId;
 use crate::lease::ObjectRef;
 use crate::manifest::{Audit, BackupStats, DiskManifest, Manifest};
 use crate::names::{DiskName, VmName};
-use crate::progress::Progress;
+use crate::progress::{Notice, Progress};
 use crate::repo::{Repository, Stored};
 use crate::session::{Check, Session};
 use crate::source::DiskSource;
@@ -69,6 +69,8 @@ struct Prepared {
 }
 
 /// Runs a backup and returns the committed point's manifest.
+/// Cancelling `progress` before the commit stops it cleanly: the lease is
+/// removed and no point is stored.
 pub async fn backup(
     repo: &Repository,
     req: BackupRequest,
@@ -80,9 +82,9 @@ pub async fn backup(
     // "Concurrency"): a parent read after it is either protected by the
     // sweeps that see the lease, or re-checked before the commit.
     let mut session = Session::begin(repo, &req.vm, &req.host).await?;
-    let result = async {
-        let _heartbeat = session.heartbeat();
-        find_parents(repo, &req, &mut disks).await?;
+    let heartbeat = session.heartbeat();
+    let work = async {
+        find_parents(repo, &req, &mut disks, &progress).await?;
         session
             .pin(disks.iter().filter_map(|d| {
                 d.parent
@@ -90,38 +92,67 @@ pub async fn backup(
                     .map(|(id, _)| (req.vm.clone(), id.clone()))
             }))
             .await?;
-        let commit = back_up_disks(repo, &req, disks, &session, progress).await?;
-        settle_sweeps(repo, &mut session, &commit).await?;
-        let sources = commit
-            .disks
-            .iter()
-            .map(|(s, _)| s.clone())
-            .collect::<Vec<_>>();
-        let manifest = commit_point(repo, req, commit, started).await?;
-        let committed = repo
-            .backend()
-            .head(&crate::keys::point(&manifest.vm, &manifest.id))
-            .await?
-            .last_modified;
-        if session.committed_late(committed) {
-            // Stalled between the check and the commit: a sweep may have
-            // missed both the lease and the point. Check once more.
-            let commit = Commit {
-                disks: sources
-                    .into_iter()
-                    .zip(manifest.disks.iter().cloned())
-                    .collect(),
-            };
-            settle_sweeps(repo, &mut session, &commit).await?;
-        }
-        Ok::<_, Error>(manifest)
-    }
-    .await;
-    // Success or not, the lease goes: a failed session's objects are
-    // garbage for the next sweep.
-    let ended = session.end().await;
+        let commit = back_up_disks(repo, &req, disks, &session, progress.clone()).await?;
+        settle_sweeps(repo, &mut session, &commit, &progress).await?;
+        Ok::<_, Error>(commit)
+    };
+    let prepared = tokio::select! {
+        r = work => r,
+        _ = progress.cancelled() => Err(Error::Cancelled {
+            cleaned: "the backup stopped before storing a point; its lease was removed \
+                      (what it uploaded is garbage for the next gc)"
+                .into(),
+        }),
+    };
+    // From here on the commit is not interrupted: it is short, and a point
+    // half committed is worse than a point.
+    let result = match prepared {
+        Ok(commit) => commit_and_recheck(repo, &req, commit, &mut session, started, &progress).await,
+        Err(e) => Err(e),
+    };
+    drop(heartbeat);
+    // A committed point is named in the ended lease (for sweeps that began
+    // before the commit); a failed session's objects are garbage.
+    let ended = session
+        .end(result.as_ref().ok().map(|m| m.id.clone()))
+        .await;
     let manifest = result?;
     ended?;
+    Ok(manifest)
+}
+
+/// Writes the manifest; if the commit came late (the lease may have died
+/// since the last check), checks the sweeps once more.
+async fn commit_and_recheck(
+    repo: &Repository,
+    req: &BackupRequest,
+    commit: Commit,
+    session: &mut Session,
+    started: Instant,
+    progress: &Progress,
+) -> Result<Manifest> {
+    let sources = commit
+        .disks
+        .iter()
+        .map(|(s, _)| s.clone())
+        .collect::<Vec<_>>();
+    let manifest = commit_point(repo, req.clone(), commit, started).await?;
+    let committed = repo
+        .backend()
+        .head(&crate::keys::point(&manifest.vm, &manifest.id))
+        .await?
+        .last_modified;
+    if session.committed_late(committed) {
+        // Stalled between the check and the commit: a sweep may have
+        // missed both the lease and the point. Check once more.
+        let commit = Commit {
+            disks: sources
+                .into_iter()
+                .zip(manifest.disks.iter().cloned())
+                .collect(),
+        };
+        settle_sweeps(repo, session, &commit, progress).await?;
+    }
     Ok(manifest)
 }
 
@@ -149,29 +180,46 @@ async fn back_up_disks(
     Ok(Commit { disks: out })
 }
 
-/// Step (c) of the protocol: for every sweep that ran meanwhile, wait for
-/// it to finish, then make sure it left everything the point references.
-async fn settle_sweeps(repo: &Repository, session: &mut Session, commit: &Commit) -> Result<()> {
-    let poll = repo
-        .config()
-        .protocol
-        .heartbeat()
-        .min(std::time::Duration::from_secs(2));
+/// Step (c) of the protocol: for every sweep that ran meanwhile, make sure
+/// it left everything the point references, waiting only while a sweep
+/// deletes a batch it chose before it could see this backup's lease.
+async fn settle_sweeps(
+    repo: &Repository,
+    session: &mut Session,
+    commit: &Commit,
+    progress: &Progress,
+) -> Result<()> {
+    let poll = std::time::Duration::from_millis(500);
+    let mut told = None;
     loop {
         let check = session.check().await?;
         match &check {
             Check::Clear => return Ok(()),
-            Check::Wait { .. } => tokio::time::sleep(poll).await,
+            Check::Wait {
+                seq,
+                reason,
+                at_most_secs,
+            } => {
+                if told != Some(*seq) {
+                    progress.notice(Notice::WaitingForSweep {
+                        seq: *seq,
+                        reason: reason.clone(),
+                        at_most_secs: *at_most_secs,
+                    });
+                    told = Some(*seq);
+                }
+                tokio::time::sleep(poll).await;
+            }
             Check::Verify { all, deps, .. } => {
                 if *all || !repair::all_exist(repo, deps).await? {
                     let disks: Vec<_> = commit.disks.iter().map(|(s, d)| (s.clone(), d)).collect();
                     let r = repair::ensure_present(repo, &disks).await?;
                     if r.segments_restored > 0 {
-                        eprintln!(
-                            "warning: a concurrent gc removed data this backup uses; \
-                             {} segment(s) were read again from the source and stored",
+                        progress.notice(Notice::Warning(format!(
+                            "a concurrent gc removed data this backup uses; {} segment(s) were \
+                             read again from the source and stored",
                             r.segments_restored
-                        );
+                        )));
                     }
                 }
                 session.settle(&check);
@@ -297,6 +345,7 @@ async fn find_parents(
     repo: &Repository,
     req: &BackupRequest,
     disks: &mut [Prepared],
+    progress: &Progress,
 ) -> Result<()> {
     let seg = repo.config().segment_size;
     let candidates = match &req.parent {
@@ -316,6 +365,15 @@ async fn find_parents(
             // Pruned since the listing: the next older point will do (an
             // explicit --parent that is gone is still an error).
             Err(Error::PointNotFound { .. }) if req.parent.is_none() => continue,
+            // A damaged manifest cannot be a parent; an older point can.
+            Err(e) if e.is_damage() && req.parent.is_none() => {
+                progress.notice(Notice::Warning(format!(
+                    "point {}@{id} is damaged and not used as a parent ({e}); run `xfull \
+                     verify`, then `xfull repair`",
+                    req.vm
+                )));
+                continue;
+            }
             Err(e) => return Err(e),
         };
         for d in disks.iter_mut().filter(|d| d.parent.is_none()) {
@@ -375,11 +433,11 @@ async fn back_up_disk(
             "{source}; {damaged} segment(s) read in full: their parent nodes are missing or \
              damaged"
         );
-        eprintln!(
-            "warning: disk {}: {damaged} node(s) of the parent point are missing or damaged; \
-             those segments are read and stored in full (run `xfull verify`)",
+        progress.notice(Notice::Warning(format!(
+            "disk {}: {damaged} node(s) of the parent point are missing or damaged; those \
+             segments are read and stored in full (run `xfull verify`)",
             d.name
-        );
+        )));
     }
     let mut audit = None;
     let mut audit_read = 0;

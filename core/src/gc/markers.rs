@@ -1,6 +1,8 @@
 //! Sweep markers: `gc/sweeps/<seq>` is written when a sweep starts and
-//! refreshed while it runs; `gc/done/<seq>` when it finished, naming the
-//! leases it honoured. Backup sessions read them before committing.
+//! rewritten whenever its state changes and by its heartbeat;
+//! `gc/done/<seq>` holds its final state. Backup sessions read them to
+//! learn what a sweep may have deleted that they rely on, and whether a
+//! delete batch is in flight.
 
 use std::collections::BTreeMap;
 
@@ -14,72 +16,106 @@ use crate::frame::{self, Kind};
 use crate::keys;
 use crate::repo::Repository;
 
-/// The start marker of a sweep.
+/// Where a sweep is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Reading leases and points, marking: nothing deleted yet in this
+    /// phase.
+    #[default]
+    Marking,
+    /// A delete batch is in flight: it was filtered against the leases as
+    /// they were when the batch began.
+    Deleting,
+    /// Between delete batches: the next one looks at the leases again
+    /// before deleting anything.
+    Idle,
+    /// Over (the state in `gc/done/<seq>`).
+    Done,
+    /// Stopped before finishing (it had been silent too long, or met
+    /// damage): it deletes nothing more.
+    Stopped,
+}
+
+impl Phase {
+    /// The sweep will delete nothing more.
+    pub fn is_over(self) -> bool {
+        matches!(self, Phase::Done | Phase::Stopped)
+    }
+}
+
+/// A lease the sweep observed live, and what the sweep protects of it
+/// (its pins, dependencies and what the session wrote) from then on, for
+/// the rest of its run, even after the lease ends or dies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SweepMarker {
+pub struct Observed {
+    pub session: String,
+    /// Objects the sweep had deleted before it first observed the lease.
+    pub deleted_before: u64,
+    /// How many dependencies the lease listed at that first observation.
+    pub deps_first: u64,
+    /// How many pins the sweep has seen (all of them protected since).
+    pub pins: u64,
+    /// False when a pinned point was not protected before the sweep
+    /// deleted something (pruned before the sweep listed points, pinned
+    /// later), or cannot be found at all.
+    pub pins_safe: bool,
+    /// False when objects the session wrote may have been older than a
+    /// cutoff the sweep deleted by before observing the lease (the lease
+    /// was dead when the sweep began).
+    pub written_safe: bool,
+}
+
+/// What a sweep publishes about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepState {
     pub seq: u64,
     pub host: String,
-}
-
-/// A lease a sweep read and protected.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Honoured {
-    pub session: String,
-    /// How many of its pins and dependencies the sweep read.
-    pub pins: u64,
-    pub deps: u64,
-    /// False when a pinned point was gone (pruned before the pin was
-    /// written): its contents were not protected.
-    pub pins_resolved: bool,
-}
-
-/// The marker of a finished sweep.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DoneMarker {
-    pub seq: u64,
-    pub honoured: Vec<Honoured>,
+    pub phase: Phase,
+    /// Chunks and nodes deleted so far.
     pub chunks_deleted: u64,
     pub nodes_deleted: u64,
+    /// Delete batches completed.
+    pub batches: u64,
+    pub observed: Vec<Observed>,
+    /// The store's time at the sweep's latest look at the leases (taken
+    /// before that look): ended leases written before it are known to the
+    /// sweep, so a later sweep may remove them.
+    pub leases_read_at: Option<DateTime<Utc>>,
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Bytes> {
-    let mut plain = Vec::new();
-    ciborium::into_writer(v, &mut plain)
-        .map_err(|e| Error::Internal(format!("encoding gc marker: {e}")))?;
-    Ok(Bytes::from(frame::encode(Kind::Marker, &plain, 3)?))
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(key: &str, framed: &[u8]) -> Result<T> {
-    let plain = frame::decode(Kind::Marker, key, framed, 1 << 28)?;
-    ciborium::from_reader(&plain[..])
-        .map_err(|e| Error::corrupt(key, format!("undecodable gc marker: {e}")))
-}
-
-impl SweepMarker {
-    pub fn encode(&self) -> Result<Bytes> {
-        encode(self)
-    }
-}
-
-impl DoneMarker {
-    pub fn encode(&self) -> Result<Bytes> {
-        encode(self)
+impl SweepState {
+    pub fn deleted(&self) -> u64 {
+        self.chunks_deleted + self.nodes_deleted
     }
 
-    /// Decodes a done marker stored under `key`.
+    pub fn observed(&self, session: &str) -> Option<&Observed> {
+        self.observed.iter().find(|o| o.session == session)
+    }
+
+    pub fn encode(&self) -> Result<Bytes> {
+        let mut plain = Vec::new();
+        ciborium::into_writer(self, &mut plain)
+            .map_err(|e| Error::Internal(format!("encoding gc marker: {e}")))?;
+        Ok(Bytes::from(frame::encode(Kind::Marker, &plain, 3)?))
+    }
+
+    /// Decodes a marker stored under `key`.
     pub fn decode(key: &str, framed: &[u8]) -> Result<Self> {
-        decode(key, framed)
+        let plain = frame::decode(Kind::Marker, key, framed, 1 << 28)?;
+        ciborium::from_reader(&plain[..])
+            .map_err(|e| Error::corrupt(key, format!("undecodable gc marker: {e}")))
     }
 
-    /// `None` if it was deleted since it was listed.
-    pub async fn load(repo: &Repository, seq: u64) -> Result<Option<Self>> {
-        let key = keys::done(seq);
+    /// The state of sweep `seq`: its done marker if it finished, else its
+    /// running marker; `None` if neither is there (deleted meanwhile).
+    pub async fn load(repo: &Repository, seq: u64, done: bool) -> Result<Option<Self>> {
+        let key = if done { keys::done(seq) } else { keys::sweep(seq) };
         let bytes = match repo.backend().get(&key).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let m = DoneMarker::decode(&key, &bytes)?;
+        let m = SweepState::decode(&key, &bytes)?;
         if m.seq != seq {
             return Err(Error::corrupt(key, format!("holds sweep {}", m.seq)));
         }
@@ -118,5 +154,13 @@ impl SweepLog {
         let s = self.started.keys().next_back().copied().unwrap_or(0);
         let d = self.done.keys().next_back().copied().unwrap_or(0);
         s.max(d)
+    }
+
+    /// Sweeps started and not finished.
+    pub fn running(&self) -> impl Iterator<Item = (u64, DateTime<Utc>)> + '_ {
+        self.started
+            .iter()
+            .filter(|(s, _)| !self.done.contains_key(s))
+            .map(|(s, t)| (*s, *t))
     }
 }

@@ -14,6 +14,10 @@ pub struct Marks {
     chunks: Vec<u64>,
     /// Length of `chunks` after the last sort; everything after is unsorted.
     sorted: usize,
+    /// Chunks marked after [`Marks::seal`] (a sweep learns of more live
+    /// chunks while it deletes: leases' new dependencies, committed points).
+    late: HashSet<u64>,
+    sealed: bool,
 }
 
 fn prefix(id: &ObjectId) -> u64 {
@@ -32,6 +36,10 @@ impl Marks {
     }
 
     pub fn chunk(&mut self, id: &ObjectId) {
+        if self.sealed {
+            self.late.insert(prefix(id));
+            return;
+        }
         self.chunks.push(prefix(id));
         // Chunks shared by many nodes are pushed many times: compact once
         // the unsorted tail is as large as the sorted part.
@@ -47,25 +55,26 @@ impl Marks {
         self.sorted = self.chunks.len();
     }
 
-    /// Call once marking is over, before [`Marks::has_chunk`].
+    /// Call once the bulk of the marking is over, before
+    /// [`Marks::has_chunk`]; later marks go to a small side set.
     pub fn seal(&mut self) {
         self.compact();
+        self.sealed = true;
     }
 
     pub fn has_chunk(&self, id: &ObjectId) -> bool {
-        debug_assert_eq!(self.sorted, self.chunks.len(), "marks not sealed");
-        self.chunks[..self.sorted]
-            .binary_search(&prefix(id))
-            .is_ok()
+        debug_assert!(self.sealed, "marks not sealed");
+        let p = prefix(id);
+        self.chunks[..self.sorted].binary_search(&p).is_ok() || self.late.contains(&p)
     }
 
     pub fn counts(&self) -> (usize, usize) {
-        (self.nodes.len(), self.chunks.len())
+        (self.nodes.len(), self.chunks.len() + self.late.len())
     }
 
     /// Bytes of mark state (for the memory figures in reports).
     pub fn state_bytes(&self) -> usize {
-        self.chunks.capacity() * 8 + self.nodes.capacity() * 40
+        self.chunks.capacity() * 8 + self.nodes.capacity() * 40 + self.late.capacity() * 16
     }
 }
 
@@ -90,5 +99,10 @@ mod tests {
         assert!(m.node(ids[0]));
         assert!(!m.node(ids[0]));
         assert!(m.has_node(&ids[0]));
+        // Marks added after sealing count too.
+        let late = ObjectId::of(b"late");
+        assert!(!m.has_chunk(&late));
+        m.chunk(&late);
+        assert!(m.has_chunk(&late));
     }
 }

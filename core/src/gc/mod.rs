@@ -5,6 +5,7 @@
 
 pub mod markers;
 pub mod marks;
+mod protect;
 pub mod sweep;
 
 use std::collections::BTreeMap;
@@ -22,8 +23,22 @@ pub struct GcReport {
     pub dry_run: bool,
     pub points: u64,
     pub pinned_points: u64,
+    /// Live leases at the first look (running backups).
     pub live_leases: u64,
     pub dead_leases_removed: u64,
+    /// Leases of finished backups that no running sweep needs any more.
+    pub ended_leases_removed: u64,
+    /// Objects under `leases/` not named like a lease (left alone).
+    pub stray_lease_objects: u64,
+    /// Leases dated further ahead than the clock margin (treated as dead).
+    pub future_leases: u64,
+    /// Looks at the leases (one at the start and one per delete batch).
+    pub lease_looks: u64,
+    /// Delete batches.
+    pub batches: u64,
+    /// Candidates spared because a look during the deletion found a
+    /// backup relying on them.
+    pub spared_late: u64,
     pub trash_removed: u64,
     /// Staging files of interrupted writes (local directories).
     pub incomplete_removed: u64,
@@ -40,6 +55,8 @@ pub struct GcReport {
     pub mark_state_bytes: u64,
     /// Why the sweep deleted nothing this time, if it held back.
     pub held: Option<String>,
+    /// Another sweep was running: this one did nothing.
+    pub skipped: Option<String>,
     pub requests: BTreeMap<String, u64>,
     pub seconds: f64,
 }
@@ -49,6 +66,16 @@ pub async fn run(repo: &Repository, dry_run: bool) -> Result<GcReport> {
     let started = std::time::Instant::now();
     let before = repo.backend().request_counts();
     let mut sweep = Sweep::begin(repo, dry_run).await?;
+    if let Some((seq, host)) = sweep.yielded_to() {
+        return Ok(GcReport {
+            seq: sweep.seq(),
+            skipped: Some(format!(
+                "gc sweep {seq} is running on {host}; one sweep runs at a time"
+            )),
+            seconds: started.elapsed().as_secs_f64(),
+            ..GcReport::default()
+        });
+    }
     let heartbeat = (!dry_run).then(|| sweep.heartbeat());
     sweep.read_leases().await?;
     sweep.read_points().await?;

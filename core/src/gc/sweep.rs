@@ -1,60 +1,108 @@
 //! One sweep, step by step (docs/design.md, "Concurrency", sweep G):
 //!
-//! 1. [`Sweep::begin`] writes `gc/sweeps/<seq>`; its time (the store's) is
-//!    the sweep's start.
-//! 2. [`Sweep::read_leases`], **then** [`Sweep::read_points`] (points
-//!    before trash: prune writes trash before deleting the point).
-//! 3. [`Sweep::mark`]: every node and chunk reachable from the points, the
-//!    pinned points and the live leases' dependencies; each node once.
-//! 4. [`Sweep::delete`]: lists nodes and chunks and deletes, in batches,
-//!    those unmarked and older than both the sweep's start and the oldest
-//!    live lease's start, minus the clock margin. Before each batch the
-//!    marker is refreshed; if the store's clock says more than half a TTL
-//!    passed since the previous refresh (its own or the heartbeat's,
-//!    [`Sweep::heartbeat`]), backups may have judged the sweep dead and
-//!    stopped waiting for it, so it stops.
-//! 5. [`Sweep::finish`]: deletes unpinned trash, dead leases and old
-//!    markers, and writes `gc/done/<seq>` naming the leases it honoured.
+//! 1. [`Sweep::begin`] writes `gc/sweeps/<seq>` create-only; its time
+//!    (the store's) is the sweep's start.
+//! 2. [`Sweep::read_leases`] (the first look at the leases, see
+//!    [`super::protect`]), **then** [`Sweep::read_points`] (points before
+//!    trash: prune writes trash before deleting the point).
+//! 3. [`Sweep::mark`]: every node and chunk reachable from the points.
+//! 4. [`Sweep::delete`]: lists nodes and chunks; each batch of candidates
+//!    is announced in the marker ([`Phase::Deleting`]), filtered after
+//!    another look at the leases ([`Sweep::begin_batch`]), then deleted
+//!    and the marker set back to [`Phase::Idle`] ([`Sweep::commit_batch`]).
+//!    A backup that sees no batch in flight knows that every later
+//!    deletion respects its lease as it is now; one that sees a batch in
+//!    flight waits for that batch only.
+//! 5. [`Sweep::finish`]: deletes unpinned trash, dead and old ended
+//!    leases, old markers and staging files, and writes `gc/done/<seq>`.
+//!
+//! The marker is kept fresh by a heartbeat ([`Sweep::heartbeat`]); before
+//! deleting, the sweep checks (by the store's clock) that it was never
+//! silent for half the sweep TTL, else backups may have judged it dead
+//! and it stops.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 
 use super::GcReport;
-use super::markers::{DoneMarker, Honoured, SweepLog, SweepMarker};
-use super::marks::Marks;
+use super::markers::{Phase, SweepLog, SweepState};
+use super::protect::{PointKey, Protection};
 use crate::backend::{ObjectMeta, PutMode};
 use crate::error::{Error, Result};
-use crate::id::{ObjectId, PointId};
+use crate::id::ObjectId;
 use crate::keys;
-use crate::lease::{ObjectRef, SeenLease, read_leases};
-use crate::manifest::Manifest;
-use crate::names::VmName;
 use crate::repo::Repository;
 use crate::session::Heartbeat;
-
-/// Rewrites a sweep's marker; returns the store's time of the write.
-async fn write_marker(repo: &Repository, seq: u64) -> Result<DateTime<Utc>> {
-    let key = keys::sweep(seq);
-    let marker = SweepMarker {
-        seq,
-        host: crate::host::name(),
-    };
-    let b = repo.backend();
-    b.put(&key, marker.encode()?, PutMode::Overwrite).await?;
-    Ok(b.head(&key).await?.last_modified)
-}
 
 /// Delete requests carry at most this many keys (the S3 limit).
 const BATCH: usize = 1000;
 /// Markers of this many most recent sweeps are always kept.
 const KEEP_MARKERS: u64 = 16;
-/// Nodes fetched at once while marking.
-const FETCHES: usize = 32;
 
-type PointKey = (VmName, PointId);
+/// A deletion candidate: unmarked and old when listed.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    meta: ObjectMeta,
+    id: ObjectId,
+    is_node: bool,
+}
+
+/// The sweep's marker: its published state, written by the steps and the
+/// heartbeat one at a time (a stale state must never overwrite a newer
+/// one, e.g. "idle" over "deleting").
+#[derive(Debug)]
+struct Publisher {
+    repo: Repository,
+    key: String,
+    dry_run: bool,
+    state: Mutex<SweepState>,
+    write: tokio::sync::Mutex<()>,
+    /// The store's time of the last refresh.
+    last: Mutex<DateTime<Utc>>,
+    /// Half the sweep TTL: silence longer than this (by the store's clock)
+    /// means backups may have judged the sweep dead.
+    max_silence: chrono::Duration,
+    /// Set for good once the marker was silent that long: the sweep must
+    /// not delete anything any more.
+    dead: std::sync::atomic::AtomicBool,
+}
+
+impl Publisher {
+    fn update(&self, f: impl FnOnce(&mut SweepState)) {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn snapshot(&self) -> SweepState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Writes the current state; returns the store's time of the write
+    /// and how long the marker had been silent before it.
+    async fn write(&self) -> Result<(DateTime<Utc>, chrono::Duration)> {
+        if self.dry_run {
+            return Ok((Utc::now(), chrono::Duration::zero()));
+        }
+        let _one_at_a_time = self.write.lock().await;
+        let bytes = self.snapshot().encode()?;
+        let b = self.repo.backend();
+        b.put(&self.key, bytes, PutMode::Overwrite).await?;
+        let now = b.head(&self.key).await?.last_modified;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let silent = now - *last;
+        *last = (*last).max(now);
+        if silent > self.max_silence {
+            self.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok((now, silent))
+    }
+
+    fn is_dead(&self) -> bool {
+        self.dead.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 #[derive(Debug)]
 pub struct Sweep {
@@ -62,18 +110,14 @@ pub struct Sweep {
     dry_run: bool,
     seq: u64,
     started: DateTime<Utc>,
-    /// The store's time at the last marker refresh (by the sweep or its
-    /// heartbeat).
-    last_refresh: Arc<Mutex<DateTime<Utc>>>,
+    /// The running sweep this one gave way to (number, host), if any.
+    yielded: Option<(u64, String)>,
+    batch_size: usize,
+    marker: Arc<Publisher>,
     log: SweepLog,
-    live: Vec<SeenLease>,
-    dead: Vec<ObjectMeta>,
+    prot: Protection,
     points: BTreeSet<PointKey>,
     trash: BTreeSet<PointKey>,
-    honoured: Vec<Honoured>,
-    /// Why nothing may be deleted this time, if so.
-    hold: Option<String>,
-    marks: Marks,
     report: GcReport,
 }
 
@@ -84,17 +128,18 @@ impl Sweep {
         let b = repo.backend();
         let mut log = SweepLog::read(repo).await?;
         let mut seq = log.last_seq() + 1;
+        let host = crate::host::name();
+        let state = |seq| SweepState {
+            seq,
+            host: host.clone(),
+            ..SweepState::default()
+        };
         let started = if dry_run {
             Utc::now()
         } else {
-            let host = crate::host::name();
             loop {
-                let marker = SweepMarker {
-                    seq,
-                    host: host.clone(),
-                };
                 match b
-                    .put(&keys::sweep(seq), marker.encode()?, PutMode::Create)
+                    .put(&keys::sweep(seq), state(seq).encode()?, PutMode::Create)
                     .await
                 {
                     Ok(()) => break,
@@ -108,20 +153,53 @@ impl Sweep {
             }
             b.head(&keys::sweep(seq)).await?.last_modified
         };
+        // One sweep at a time: a sweep that listed an object as garbage
+        // must not delete it after another sweep deleted it and a backup
+        // stored it anew. Of sweeps starting together, the lowest number
+        // goes on; a running sweep with a fresh marker makes this one
+        // yield. (A sweep paused past the sweep TTL stops itself before
+        // deleting again.)
+        let ttl = repo.config().protocol.sweep_ttl();
+        let mut yielded = None;
+        if !dry_run {
+            let now_log = SweepLog::read(repo).await?;
+            for (other, refreshed) in now_log.running() {
+                if other < seq && started - refreshed <= ttl {
+                    let host = match SweepState::load(repo, other, false).await {
+                        Ok(Some(s)) => s.host,
+                        _ => "another host".into(),
+                    };
+                    yielded = Some((other, host));
+                    break;
+                }
+            }
+        }
+        let marker = Arc::new(Publisher {
+            repo: repo.clone(),
+            key: keys::sweep(seq),
+            dry_run,
+            state: Mutex::new(state(seq)),
+            write: tokio::sync::Mutex::new(()),
+            last: Mutex::new(started),
+            max_silence: ttl / 2,
+            dead: std::sync::atomic::AtomicBool::new(false),
+        });
+        if yielded.is_some() {
+            marker.update(|s| s.phase = Phase::Stopped);
+            marker.write().await?;
+        }
         Ok(Sweep {
             repo: repo.clone(),
             dry_run,
             seq,
             started,
-            last_refresh: Arc::new(Mutex::new(started)),
+            yielded,
+            batch_size: BATCH,
+            marker,
             log,
-            live: Vec::new(),
-            dead: Vec::new(),
+            prot: Protection::new(repo, seq, started),
             points: BTreeSet::new(),
             trash: BTreeSet::new(),
-            honoured: Vec::new(),
-            hold: None,
-            marks: Marks::default(),
             report: GcReport {
                 seq,
                 dry_run,
@@ -130,12 +208,43 @@ impl Sweep {
         })
     }
 
-    /// Step 2a.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The running sweep (number, host) this one gave way to: then it
+    /// does nothing more (see [`Sweep::begin`]).
+    pub fn yielded_to(&self) -> Option<&(u64, String)> {
+        self.yielded.as_ref()
+    }
+
+    /// Deletes in batches of at most `n` objects (default and maximum
+    /// 1,000, the S3 limit). Smaller batches look at the leases more often.
+    pub fn with_batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.clamp(1, BATCH);
+        self
+    }
+
+    /// Step 2a: the first look at the leases.
     pub async fn read_leases(&mut self) -> Result<()> {
-        let (live, dead) = read_leases(&self.repo, self.started).await?;
-        self.report.live_leases = live.len() as u64;
-        self.live = live;
-        self.dead = dead;
+        self.look().await?;
+        self.report.live_leases = self.prot.observed.len() as u64;
+        Ok(())
+    }
+
+    /// Looks at the leases and publishes what the sweep now observes.
+    async fn look(&mut self) -> Result<()> {
+        let (now, _) = self.marker.write().await?;
+        if self.marker.is_dead() {
+            return self.refresh().await;
+        }
+        let deleted = self.report.chunks_deleted + self.report.nodes_deleted;
+        self.prot.look(now, deleted).await?;
+        let observed = self.prot.observed.values().cloned().collect();
+        self.marker.update(|s| {
+            s.observed = observed;
+            s.leases_read_at = Some(now);
+        });
         Ok(())
     }
 
@@ -156,145 +265,35 @@ impl Sweep {
         Ok(())
     }
 
-    fn pinned(&self) -> BTreeSet<PointKey> {
-        self.live
-            .iter()
-            .flat_map(|l| l.record.pins.iter().cloned())
-            .collect()
-    }
-
     /// Step 3.
     pub async fn mark(&mut self) -> Result<()> {
-        let pinned = self.pinned();
-        self.report.pinned_points = pinned.len() as u64;
-        let mut roots: Vec<PointKey> = self.points.iter().cloned().collect();
-        roots.extend(pinned.iter().filter(|p| !self.points.contains(*p)).cloned());
-        let mut gone = HashSet::new();
-        for (vm, id) in roots {
-            match self.load_point(&vm, &id).await? {
-                Some(m) => self.mark_point(&m).await?,
-                None => {
-                    gone.insert((vm, id));
-                }
-            }
+        for (vm, id) in self.points.clone() {
+            // Pruned since the listing: its trash copy or nothing.
+            self.prot.mark_point(&vm, &id).await?;
         }
-        let live = std::mem::take(&mut self.live);
-        for lease in &live {
-            let mut nodes = Vec::new();
-            for dep in &lease.record.deps {
-                match dep {
-                    ObjectRef::Chunk(id) => self.marks.chunk(id),
-                    ObjectRef::Node(id) => nodes.push(*id),
-                }
-            }
-            // A dependency that is gone is the session's to find (it
-            // re-checks); it is not damage of any point.
-            self.mark_nodes(nodes, false).await?;
-            let r = &lease.record;
-            let pins_resolved = r.pins.iter().all(|p| !gone.contains(p));
-            if !pins_resolved {
-                // A running (or just finished) backup uses a point that
-                // was pruned before its pin was seen: what it uses is
-                // unknown, so nothing is deleted this time.
-                self.hold = Some(format!(
-                    "backup session {} uses a point pruned meanwhile",
-                    r.session
-                ));
-            }
-            self.honoured.push(Honoured {
-                session: r.session.clone(),
-                pins: r.pins.len() as u64,
-                deps: r.deps.len() as u64,
-                pins_resolved,
-            });
-        }
-        self.live = live;
-        self.marks.seal();
-        let (nodes, chunks) = self.marks.counts();
-        self.report.nodes_marked = nodes as u64;
-        self.report.chunks_marked = chunks as u64;
-        self.report.mark_state_bytes = self.marks.state_bytes() as u64;
+        self.prot.marks.seal();
+        self.count_marks();
         Ok(())
     }
 
-    /// A point from `points/`, else from `trash/`; `None` if it is in
-    /// neither any more (pruned since the listing).
-    async fn load_point(&self, vm: &VmName, id: &PointId) -> Result<Option<Manifest>> {
-        for key in [keys::point(vm, id), keys::trashed_point(vm, id)] {
-            match self.repo.load_manifest_at(&key, vm, id).await {
-                Ok(m) => return Ok(Some(m)),
-                Err(Error::PointNotFound { .. }) => continue,
-                Err(e) => return Err(self.stop(format!("cannot read point {vm}@{id}: {e}"))),
-            }
-        }
-        Ok(None)
-    }
-
-    async fn mark_point(&mut self, m: &Manifest) -> Result<()> {
-        let nodes = m
-            .disks
-            .iter()
-            .flat_map(|d| d.segments.iter().flatten().copied())
-            .collect();
-        self.mark_nodes(nodes, true).await
-    }
-
-    /// Marks nodes not marked yet and their chunks. A missing or damaged
-    /// node of a point stops the sweep: its chunks cannot be known, and
-    /// deleting around it could destroy what a repair needs.
-    async fn mark_nodes(&mut self, ids: Vec<ObjectId>, of_point: bool) -> Result<()> {
-        let fresh: Vec<ObjectId> = ids.into_iter().filter(|id| self.marks.node(*id)).collect();
-        // The stream holds its own handle, so chunks are marked as nodes
-        // arrive (no list of a whole point's chunks in memory).
-        let repo = self.repo.clone();
-        let mut loaded = futures::stream::iter(fresh)
-            .map(|id| {
-                let repo = &repo;
-                async move { (id, repo.load_node(&id).await) }
-            })
-            .buffer_unordered(FETCHES);
-        let mut failed = None;
-        while let Some((id, node)) = loaded.next().await {
-            match node {
-                Ok(n) => n.chunk_ids().for_each(|c| self.marks.chunk(&c)),
-                Err(e) if of_point => {
-                    failed.get_or_insert(format!(
-                        "node {} cannot be read ({e}); run `xfull verify`",
-                        id.short()
-                    ));
-                }
-                Err(_) => {}
-            }
-        }
-        drop(loaded);
-        match failed {
-            Some(reason) => Err(self.stop(reason)),
-            None => Ok(()),
-        }
-    }
-
-    /// Stops the sweep because of damage.
-    fn stop(&self, reason: String) -> Error {
-        Error::SweepStopped {
-            seq: self.seq,
-            reason,
-            damage: true,
-        }
+    fn count_marks(&mut self) {
+        let (nodes, chunks) = self.prot.marks.counts();
+        self.report.nodes_marked = nodes as u64;
+        self.report.chunks_marked = chunks as u64;
+        self.report.mark_state_bytes = self.prot.marks.state_bytes() as u64;
+        self.report.pinned_points = self.prot.pinned.len() as u64;
     }
 
     /// Keeps the marker fresh in the background until dropped, so that
-    /// waiting backups see the sweep alive however long a step takes.
+    /// backups see the sweep alive however long a step takes.
     pub fn heartbeat(&self) -> Heartbeat {
-        let (repo, seq, last) = (self.repo.clone(), self.seq, self.last_refresh.clone());
-        Heartbeat::every(repo.config().protocol.heartbeat(), move || {
-            let (repo, last) = (repo.clone(), last.clone());
+        let marker = self.marker.clone();
+        Heartbeat::every(self.repo.config().protocol.sweep_heartbeat(), move || {
+            let marker = marker.clone();
+            // A failed refresh is not fatal: the check before the next
+            // delete batch sees the silence and stops the sweep.
             async move {
-                // A failed refresh is not fatal: the check before the next
-                // delete batch sees the silence and stops the sweep.
-                if let Ok(t) = write_marker(&repo, seq).await {
-                    let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
-                    *l = (*l).max(t);
-                }
+                let _ = marker.write().await;
             }
         })
     }
@@ -302,109 +301,147 @@ impl Sweep {
     /// Rewrites the marker and checks, by the store's clock, that it was
     /// not silent for long enough for backups to judge the sweep dead.
     async fn refresh(&mut self) -> Result<()> {
-        let now = write_marker(&self.repo, self.seq).await?;
-        let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
-        let silent = now - *last;
-        if silent > self.repo.config().protocol.ttl() / 2 {
+        let (_, silent) = self.marker.write().await?;
+        if self.marker.is_dead() {
+            // Say so, so that backups need not wait for the marker to go
+            // stale (best effort: a stale marker means the same).
+            self.marker.update(|s| s.phase = Phase::Stopped);
+            let _ = self.marker.write().await;
             return Err(Error::SweepStopped {
                 seq: self.seq,
                 reason: format!(
-                    "its marker went {} s without a refresh, so backups may have stopped \
-                     waiting for it (run gc again)",
+                    "its marker went more than {} s without a refresh (the last gap: {} s), so \
+                     backups may have judged it dead (run gc again)",
+                    self.marker.max_silence.num_seconds(),
                     silent.num_seconds()
                 ),
                 damage: false,
             });
         }
-        *last = now;
         Ok(())
     }
 
-    /// Objects older than this and unmarked may go: older than the sweep's
-    /// start and the oldest live lease's, minus the clock margin.
-    fn cutoff(&self) -> DateTime<Utc> {
-        let oldest_lease = self.live.iter().map(SeenLease::start).min();
-        oldest_lease.map_or(self.started, |l| l.min(self.started))
-            - self.repo.config().protocol.margin()
-    }
-
-    /// Step 4.
+    /// Step 4: lists nodes and chunks and deletes the unreferenced, old
+    /// ones in batches.
     pub async fn delete(&mut self) -> Result<()> {
-        if let Some(why) = &self.hold {
-            self.report.held = Some(format!("{why}; nothing deleted (run gc again later)"));
-            return Ok(());
-        }
-        let cutoff = self.cutoff();
         for prefix in [keys::NODES, keys::CHUNKS] {
-            let is_node = prefix == keys::NODES;
-            let mut batch = Vec::new();
-            let mut freed = 0;
             // The listing holds its own handle, so batches can be deleted
             // while it goes on (deleting listed keys is safe on S3 and
             // local directories alike).
             let backend = self.repo.backend().clone();
             let mut listing = backend.list(prefix);
+            let mut batch = Vec::new();
             while let Some(meta) = listing.try_next().await? {
-                // Anything else under the prefix is not ours to delete.
-                let Some(id) = keys::parse_content(&meta.key) else {
-                    continue;
-                };
-                let live = if is_node {
-                    self.marks.has_node(&id)
-                } else {
-                    self.marks.has_chunk(&id)
-                };
-                if is_node {
-                    self.report.nodes_listed += 1;
-                } else {
-                    self.report.chunks_listed += 1;
+                if self.prot.hold.is_some() {
+                    break;
                 }
-                if live {
-                    continue;
-                }
-                if meta.last_modified >= cutoff {
-                    self.report.young_kept += 1;
-                    continue;
-                }
-                freed += meta.size;
-                batch.push(meta.key);
-                if batch.len() == BATCH {
-                    self.delete_batch(&mut batch, is_node, &mut freed).await?;
+                if let Some(c) = self.candidate(meta) {
+                    batch.push(c);
+                    if batch.len() >= self.batch_size {
+                        self.flush(&mut batch).await?;
+                    }
                 }
             }
             drop(listing);
-            self.delete_batch(&mut batch, is_node, &mut freed).await?;
+            self.flush(&mut batch).await?;
+        }
+        if let Some(why) = &self.prot.hold {
+            self.report.held = Some(format!("{why}; nothing more deleted (run gc again later)"));
         }
         Ok(())
     }
 
-    async fn delete_batch(
-        &mut self,
-        batch: &mut Vec<String>,
-        is_node: bool,
-        freed: &mut u64,
-    ) -> Result<()> {
+    async fn flush(&mut self, batch: &mut Vec<Candidate>) -> Result<()> {
+        self.begin_batch(batch).await?;
+        self.commit_batch(batch).await
+    }
+
+    /// Whether a listed object is a deletion candidate (unmarked, older
+    /// than the cutoff); counts what was listed.
+    pub fn candidate(&mut self, meta: ObjectMeta) -> Option<Candidate> {
+        // Anything else under the prefixes is not ours to delete.
+        let id = keys::parse_content(&meta.key)?;
+        let is_node = meta.key.starts_with(keys::NODES);
+        if is_node {
+            self.report.nodes_listed += 1;
+        } else {
+            self.report.chunks_listed += 1;
+        }
+        let c = Candidate { meta, id, is_node };
+        if self.prot.deletable(&c.meta, &c.id, c.is_node) {
+            return Some(c);
+        }
+        let live = if is_node {
+            self.prot.marks.has_node(&c.id)
+        } else {
+            self.prot.marks.has_chunk(&c.id)
+        };
+        if !live {
+            self.report.young_kept += 1;
+        }
+        None
+    }
+
+    /// Announces a delete batch, looks at the leases again and drops from
+    /// the batch what they now protect.
+    pub async fn begin_batch(&mut self, batch: &mut Vec<Candidate>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        if !self.dry_run {
-            self.refresh().await?;
-            self.repo.backend().delete_many(batch).await?;
-        }
-        let n = batch.len() as u64;
-        if is_node {
-            self.report.nodes_deleted += n;
+        self.marker.update(|s| s.phase = Phase::Deleting);
+        self.look().await?;
+        let before = batch.len();
+        if self.prot.hold.is_some() {
+            batch.clear();
         } else {
-            self.report.chunks_deleted += n;
+            batch.retain(|c| self.prot.deletable(&c.meta, &c.id, c.is_node));
         }
-        self.report.bytes_freed += std::mem::take(freed);
+        self.report.spared_late += (before - batch.len()) as u64;
+        Ok(())
+    }
+
+    /// Deletes an announced batch and marks the sweep idle again.
+    pub async fn commit_batch(&mut self, batch: &mut Vec<Candidate>) -> Result<()> {
+        if !batch.is_empty() {
+            if !self.dry_run {
+                self.refresh().await?;
+                self.prot.deleting();
+                let keys: Vec<String> = batch.iter().map(|c| c.meta.key.clone()).collect();
+                self.repo.backend().delete_many(&keys).await?;
+            }
+            for c in batch.iter() {
+                if c.is_node {
+                    self.report.nodes_deleted += 1;
+                } else {
+                    self.report.chunks_deleted += 1;
+                }
+                self.report.bytes_freed += c.meta.size;
+            }
+            self.report.batches += 1;
+        }
         batch.clear();
+        let (chunks, nodes, batches) = (
+            self.report.chunks_deleted,
+            self.report.nodes_deleted,
+            self.report.batches,
+        );
+        self.marker.update(|s| {
+            s.phase = Phase::Idle;
+            s.chunks_deleted = chunks;
+            s.nodes_deleted = nodes;
+            s.batches = batches;
+        });
+        if !self.dry_run {
+            self.marker.write().await?;
+        }
         Ok(())
     }
 
     /// Step 5.
     pub async fn finish(mut self) -> Result<GcReport> {
-        let pinned = self.pinned();
+        // One more look: pins written since decide which trash stays.
+        self.look().await?;
+        let pinned = &self.prot.pinned;
         let mut doomed: Vec<String> = self
             .trash
             .iter()
@@ -412,24 +449,16 @@ impl Sweep {
             .map(|(vm, id)| keys::trashed_point(vm, id))
             .collect();
         self.report.trash_removed = doomed.len() as u64;
-        self.report.dead_leases_removed = self.dead.len() as u64;
-        doomed.extend(self.dead.iter().map(|m| m.key.clone()));
-        // Markers matter to backups that began before the sweep finished;
-        // those of sweeps over before the oldest live lease began (and
-        // before this one) are of no use to anyone. The newest stay, so
-        // sequence numbers keep counting up.
-        let ttl = self.repo.config().protocol.ttl();
-        let cutoff = self.cutoff();
-        for (&seq, &refreshed) in &self.log.started {
-            let over = match self.log.done.get(&seq) {
-                Some(&done) => done < cutoff,
-                None => self.started - refreshed > ttl && refreshed < cutoff,
-            };
-            if seq + KEEP_MARKERS <= self.seq && over {
-                doomed.push(keys::sweep(seq));
-                doomed.push(keys::done(seq));
-            }
-        }
+        self.report.dead_leases_removed = self.prot.dead.len() as u64;
+        doomed.extend(self.prot.dead.keys().cloned());
+        let ended = self.removable_ended().await?;
+        self.report.ended_leases_removed = ended.len() as u64;
+        doomed.extend(ended);
+        doomed.extend(self.old_markers());
+        self.report.stray_lease_objects = self.prot.stray.len() as u64;
+        self.report.future_leases = self.prot.future.len() as u64;
+        self.report.lease_looks = self.prot.looks;
+        self.count_marks();
         if self.dry_run {
             return Ok(self.report);
         }
@@ -440,18 +469,77 @@ impl Sweep {
         // Staging files of killed writers, by the same age rule as objects
         // (a running writer's are younger than its lease).
         self.refresh().await?;
-        self.report.incomplete_removed =
-            self.repo.backend().remove_incomplete(self.cutoff()).await?;
-        let done = DoneMarker {
-            seq: self.seq,
-            honoured: self.honoured.clone(),
-            chunks_deleted: self.report.chunks_deleted,
-            nodes_deleted: self.report.nodes_deleted,
-        };
+        self.report.incomplete_removed = self
+            .repo
+            .backend()
+            .remove_incomplete(self.prot.cutoff)
+            .await?;
+        self.marker.update(|s| s.phase = Phase::Done);
+        let done = self.marker.snapshot();
         self.repo
             .backend()
             .put(&keys::done(self.seq), done.encode()?, PutMode::Create)
             .await?;
         Ok(self.report)
+    }
+
+    /// Ended leases every running sweep has looked past: their points
+    /// were committed before those sweeps' last look (or listing), so no
+    /// sweep needs them any more.
+    async fn removable_ended(&self) -> Result<Vec<String>> {
+        let mut horizon = self.started.min(
+            self.marker
+                .snapshot()
+                .leases_read_at
+                .unwrap_or(self.started),
+        );
+        let ttl = self.repo.config().protocol.sweep_ttl();
+        let log = SweepLog::read(&self.repo).await?;
+        for (seq, refreshed) in log.running() {
+            if seq == self.seq || self.started - refreshed > ttl {
+                continue; // this one, or dead (it deletes nothing more)
+            }
+            match SweepState::load(&self.repo, seq, false).await {
+                // Not looked yet: its first look and listing come later.
+                Ok(Some(s)) => {
+                    if let Some(t) = s.leases_read_at {
+                        horizon = horizon.min(t);
+                    }
+                }
+                Ok(None) => {}
+                // Unreadable: assume it knows nothing yet.
+                Err(e) if e.is_damage() => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            }
+        }
+        let margin = self.repo.config().protocol.margin();
+        Ok(self
+            .prot
+            .ended
+            .values()
+            .filter(|m| m.last_modified + margin < horizon)
+            .map(|m| m.key.clone())
+            .collect())
+    }
+
+    /// Markers matter to backups that began before their sweep finished;
+    /// those of sweeps over before the cutoff (before every live lease
+    /// began, and before this sweep) are of no use to anyone. The newest
+    /// stay, so sequence numbers keep counting up.
+    fn old_markers(&self) -> Vec<String> {
+        let ttl = self.repo.config().protocol.sweep_ttl();
+        let cutoff = self.prot.cutoff;
+        let mut out = Vec::new();
+        for (&seq, &refreshed) in &self.log.started {
+            let over = match self.log.done.get(&seq) {
+                Some(&done) => done < cutoff,
+                None => self.started - refreshed > ttl && refreshed < cutoff,
+            };
+            if seq + KEEP_MARKERS <= self.seq && over {
+                out.push(keys::sweep(seq));
+                out.push(keys::done(seq));
+            }
+        }
+        out
     }
 }

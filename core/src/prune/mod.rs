@@ -94,10 +94,11 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
     Ok(plans)
 }
 
-/// The points leases pin. Every lease counts, live or not: prune does not
-/// judge ages (a sweep does, by the store's clock), and a dead lease's pins
-/// only delay the removal of a manifest to the next sweep. A lease that
-/// cannot be read pins everything.
+/// The points leases pin. Every lease of a session not ended counts, live
+/// or not: prune does not judge ages (a sweep does, by the store's clock),
+/// and a dead lease's pins only delay the removal of a manifest to the
+/// next sweep. A lease that cannot be read pins everything; objects under
+/// `leases/` not named like a lease are not leases.
 #[derive(Clone, Debug, Default)]
 pub struct Pins {
     points: BTreeSet<(VmName, PointId)>,
@@ -114,7 +115,11 @@ pub async fn read_pins(repo: &Repository) -> Result<Pins> {
     let metas: Vec<ObjectMeta> = repo.backend().list(keys::LEASES).try_collect().await?;
     let mut pins = Pins::default();
     for m in metas {
+        if keys::parse_lease(&m.key).is_none() {
+            continue;
+        }
         match LeaseRecord::load(repo, &m.key).await {
+            Ok(Some(r)) if r.ended.is_some() => {}
             Ok(Some(r)) => pins.points.extend(r.pins),
             Ok(None) => {}
             Err(e) if e.is_damage() => pins.everything = true,

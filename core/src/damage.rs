@@ -1,0 +1,130 @@
+//! Known damage: `damage/<object key>` records that a chunk or node was
+//! found damaged (by `verify`, `restore`, or a backup's checks). Its key
+//! is content-addressed, so a create-only put of the right bytes answers
+//! "already exists" and would leave the damaged copy in place: a backup
+//! that produces an object with such a record stores it again over the
+//! damaged copy, then clears the record. `repair` removes what the records
+//! name. Records are hints: a stale one costs one extra upload.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::PutMode;
+use crate::error::{Error, Result};
+use crate::frame::{self, Kind};
+use crate::id::ObjectId;
+use crate::keys;
+use crate::repo::Repository;
+
+/// What a record says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamageRecord {
+    /// The damaged object's key.
+    pub key: String,
+    pub reason: String,
+    /// Which command found it: `verify`, `restore`, `backup`.
+    pub found_by: String,
+    pub at: DateTime<Utc>,
+}
+
+impl DamageRecord {
+    pub fn encode(&self) -> Result<Bytes> {
+        let mut plain = Vec::new();
+        ciborium::into_writer(self, &mut plain)
+            .map_err(|e| Error::Internal(format!("encoding damage record: {e}")))?;
+        Ok(Bytes::from(frame::encode(Kind::Damage, &plain, 0)?))
+    }
+
+    pub fn decode(key: &str, framed: &[u8]) -> Result<Self> {
+        let plain = frame::decode(Kind::Damage, key, framed, 1 << 16)?;
+        let r: DamageRecord = ciborium::from_reader(&plain[..])
+            .map_err(|e| Error::corrupt(key, format!("undecodable damage record: {e}")))?;
+        if keys::damage(&r.key) != key {
+            return Err(Error::corrupt(key, format!("is about {}", r.key)));
+        }
+        Ok(r)
+    }
+}
+
+/// Records that the object under `key` is damaged (overwriting an older
+/// record of it).
+pub async fn record(repo: &Repository, key: &str, reason: &str, found_by: &str) -> Result<()> {
+    if keys::parse_content(key).is_none() {
+        return Ok(()); // only chunks and nodes can be stored again
+    }
+    let r = DamageRecord {
+        key: key.to_string(),
+        reason: reason.to_string(),
+        found_by: found_by.to_string(),
+        at: Utc::now(),
+    };
+    repo.backend()
+        .put(&keys::damage(key), r.encode()?, PutMode::Overwrite)
+        .await?;
+    Ok(())
+}
+
+/// Forgets the records of these object keys (they were stored again or
+/// removed).
+pub async fn clear(repo: &Repository, object_keys: &[String]) -> Result<()> {
+    let keys: Vec<String> = object_keys.iter().map(|k| keys::damage(k)).collect();
+    repo.backend().delete_many(&keys).await?;
+    Ok(())
+}
+
+/// The chunks and nodes with a damage record (from the listing alone).
+#[derive(Clone, Debug, Default)]
+pub struct KnownDamage {
+    pub chunks: HashSet<ObjectId>,
+    pub nodes: HashSet<ObjectId>,
+}
+
+impl KnownDamage {
+    pub async fn load(repo: &Repository) -> Result<KnownDamage> {
+        let mut out = KnownDamage::default();
+        let mut listing = repo.backend().list(keys::DAMAGE);
+        while let Some(m) = listing.try_next().await? {
+            let Some(object) = keys::parse_damage(&m.key) else {
+                continue;
+            };
+            let Some(id) = keys::parse_content(object) else {
+                continue;
+            };
+            if object.starts_with(keys::NODES) {
+                out.nodes.insert(id);
+            } else {
+                out.chunks.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.nodes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_name_their_object() {
+        let id = ObjectId::of(b"x");
+        let r = DamageRecord {
+            key: keys::chunk(&id),
+            reason: "checksum".into(),
+            found_by: "verify".into(),
+            at: Utc::now(),
+        };
+        let k = keys::damage(&r.key);
+        assert_eq!(keys::parse_damage(&k), Some(r.key.as_str()));
+        assert_eq!(DamageRecord::decode(&k, &r.encode().unwrap()).unwrap(), r);
+        assert!(DamageRecord::decode("damage/chunks/00/00", &r.encode().unwrap()).is_err());
+        assert_eq!(keys::parse_damage("damage/points/x"), None);
+    }
+}
