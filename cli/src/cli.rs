@@ -217,9 +217,21 @@ pub struct RestoreArgs {
     /// Which disk of the point.
     #[arg(long)]
     pub disk: String,
-    /// A new file, an existing block device, or - for stdout.
+    /// A new file, a block device (with --force), or - for stdout.
     #[arg(long)]
     pub to: String,
+    /// Replace an existing regular file (atomically, once the image is
+    /// complete); a symbolic link there is never followed or replaced.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Write onto a block device, destroying what it holds; a device in
+    /// use (mounted, or held by another program) is refused even so.
+    #[arg(long)]
+    pub force: bool,
+    /// Restore past damaged or missing data: write zeros there, list the
+    /// damaged ranges, keep the image, and exit with status 3.
+    #[arg(long)]
+    pub ignore_damage: bool,
     /// Flush the image to stable storage (fsync) before reporting success.
     #[arg(long)]
     pub sync: bool,

@@ -56,6 +56,32 @@ pub enum Error {
         reason: String,
     },
 
+    /// Restoring a point could not read what it needs for a reason other
+    /// than damage (the store failed or refused, the object sits in an
+    /// archive tier): the data may well be intact, so this is not damage.
+    #[error(
+        "point {point}, disk {disk}: cannot read the data at offset {offset} ({object}): {reason}"
+    )]
+    Unreadable {
+        point: String,
+        disk: String,
+        offset: u64,
+        object: String,
+        reason: String,
+    },
+
+    /// A restore told to go on past damage wrote zeros for damaged or
+    /// missing data (its outcome lists the ranges).
+    #[error(
+        "point {point}, disk {disk}: {ranges} damaged range(s), {bytes} bytes in all, restored as zeros"
+    )]
+    DamageIgnored {
+        point: String,
+        disk: String,
+        ranges: usize,
+        bytes: u64,
+    },
+
     /// `verify` found damaged points (the report lists them).
     #[error("verify found {points} damaged point(s)")]
     DamageFound { points: usize },
@@ -139,6 +165,7 @@ impl Error {
             Error::Corrupt { .. }
                 | Error::Backend(BackendError::Corrupt { .. })
                 | Error::Damaged { .. }
+                | Error::DamageIgnored { .. }
                 | Error::DamageFound { .. }
                 | Error::SweepStopped { damage: true, .. }
         )

@@ -435,7 +435,10 @@ fn block_devices_back_up_and_restore_in_place() {
     let dst = LoopDev::attach(&blank);
     let b = e.backup("vm", &[("d", &src.0)]);
     assert_eq!(b["disks"][0]["size"], 8u64 << 20);
-    e.restore("vm@latest", "d", &dst.0);
+    e.x(&["restore", "vm@latest", "--disk", "d", "--force", "--to"])
+        .arg(&dst.0)
+        .assert()
+        .success();
     drop(dst);
     // Written in place, zero runs included (the device held random bytes).
     assert_eq!(sha256(&blank), sha256(&img));

@@ -1,13 +1,20 @@
 use anyhow::Result;
 use xfull_core::point_spec::PointSpec;
-use xfull_core::restore::{RestoreOptions, Target, restore};
+use xfull_core::restore::{Allow, RestoreOptions, RestoreOutcome, Target, restore};
 
 use crate::cli::{Cli, RestoreArgs};
+use crate::output::bytes;
 use crate::progress_ui::Bar;
 
 pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
+    // The target first: a closed stdout or a refused path fails before
+    // anything else is done.
+    let allow = Allow {
+        overwrite: args.overwrite,
+        force: args.force,
+    };
+    let target = Target::parse_allowing(&args.to, allow)?;
     let spec: PointSpec = args.point.parse()?;
-    let target = Target::parse(&args.to)?;
     let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
     let m = repo.resolve(&spec).await?;
     // Fail on an unknown disk before creating the target.
@@ -22,6 +29,7 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
         RestoreOptions {
             sync: args.sync,
             image_hash: !args.no_image_hash,
+            ignore_damage: args.ignore_damage,
         },
         progress,
     )
@@ -35,20 +43,49 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
             "to": args.to,
             "bytes": out.bytes,
             "blake3": out.blake3,
+            "damaged": out.damaged,
         }))?
     } else {
-        match &out.blake3 {
-            Some(h) => format!("{h}  {}", args.to),
-            None => format!(
-                "restored {} bytes to {} (every chunk verified)",
-                out.bytes, args.to
-            ),
-        }
+        text_report(args, &out)
     };
     if target == Target::Stdout {
         eprintln!("{report}");
     } else {
         println!("{report}");
     }
-    Ok(())
+    if out.damaged.is_empty() {
+        return Ok(());
+    }
+    Err(xfull_core::Error::DamageIgnored {
+        point: m.point_name(),
+        disk: args.disk.clone(),
+        ranges: out.damaged.len(),
+        bytes: out.damaged.iter().map(|r| r.length).sum(),
+    }
+    .into())
+}
+
+fn text_report(args: &RestoreArgs, out: &RestoreOutcome) -> String {
+    let mut s = match &out.blake3 {
+        Some(h) => format!("{h}  {}", args.to),
+        None => format!(
+            "restored {} bytes to {} (every chunk verified)",
+            out.bytes, args.to
+        ),
+    };
+    if !out.damaged.is_empty() {
+        let total: u64 = out.damaged.iter().map(|r| r.length).sum();
+        s += &format!(
+            "\nDAMAGED: {} range(s), {}, written as zeros:",
+            out.damaged.len(),
+            bytes(total)
+        );
+        for r in &out.damaged {
+            s += &format!(
+                "\n  offset {} length {} ({}): {}",
+                r.offset, r.length, r.object, r.reason
+            );
+        }
+    }
+    s
 }

@@ -1,0 +1,192 @@
+//! Restore: one disk of one point, to a new (or, when allowed, replaced)
+//! file, a block device, or stdout.
+//!
+//! Work is done a segment at a time, several segments at once
+//! (`segment.rs`): fetch the node, fetch its chunks concurrently, then on
+//! a blocking thread decompress each chunk into the segment's buffer,
+//! check it against its id, hash the segment as a BLAKE3 subtree. One
+//! writer thread takes segments in disk order (`sink.rs`), so stdout gets
+//! the image in order, and the per-segment hashes merge into the BLAKE3 of
+//! the whole image (see [`image_hash`]).
+//!
+//! What may be written is decided first (`target.rs`); a file is written
+//! under a unique temporary name and published only when complete
+//! (`partial.rs`), so a failed, refused or cancelled restore never leaves
+//! a truncated image under the requested name, and never writes through a
+//! link someone planted. Zero runs are not written and stay holes.
+
+mod partial;
+mod segment;
+mod sink;
+mod target;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use self::segment::{BufferPool, Piece, SegmentCtx};
+use self::sink::Sink;
+pub use self::target::{Allow, Target};
+use crate::error::{Error, Result};
+use crate::image_hash;
+use crate::manifest::Manifest;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::task::blocking;
+
+/// Segments in flight: bounds memory to about twice this many segments
+/// (compressed chunks plus the decompressed buffer).
+const SEGMENTS_IN_FLIGHT: usize = 4;
+
+/// Restore options.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreOptions {
+    /// Flush the image to stable storage before reporting success.
+    pub sync: bool,
+    /// Compute the BLAKE3 of the whole image. Every chunk is verified
+    /// against its id either way; the image hash lets an operator compare
+    /// with `b3sum` of the source, and costs hashing every byte, zeros
+    /// included.
+    pub image_hash: bool,
+    /// Go on past damaged or missing data: write zeros there and list the
+    /// ranges in the outcome (errors that are not damage still stop it).
+    pub ignore_damage: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            sync: false,
+            image_hash: true,
+            ignore_damage: false,
+        }
+    }
+}
+
+/// A range of the image written as zeros because the data that belongs
+/// there is damaged or missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedRange {
+    pub offset: u64,
+    pub length: u64,
+    /// `chunk <id>` or `node <id>` (a node's whole segment).
+    pub object: String,
+    pub reason: String,
+}
+
+/// What a restore wrote.
+#[derive(Debug, Clone)]
+pub struct RestoreOutcome {
+    pub bytes: u64,
+    /// BLAKE3 of the image as written (unless not asked for); with
+    /// damaged ranges, of the image with their zeros.
+    pub blake3: Option<String>,
+    /// With `ignore_damage`: every range written as zeros, in disk order.
+    pub damaged: Vec<DamagedRange>,
+}
+
+/// Restores disk `disk` of point `m` to `target`. Stops when `progress`
+/// is cancelled, removing its partial image ([`Error::Cancelled`]).
+pub async fn restore(
+    repo: &Repository,
+    m: &Manifest,
+    disk: &str,
+    target: &Target,
+    opts: RestoreOptions,
+    progress: Arc<Progress>,
+) -> Result<RestoreOutcome> {
+    let d = Arc::new(m.disk(disk)?.clone());
+    if progress.is_cancelled() {
+        return Err(Error::Cancelled {
+            cleaned: "nothing was written".into(),
+        });
+    }
+    progress.add_total(d.size);
+    let mut sink = Sink::open(target, d.size)?;
+    let zeros: Arc<[u8]> = vec![0u8; d.segment_size as usize].into();
+    let buffers = Arc::new(BufferPool::default());
+
+    // One writer thread takes segments in disk order: sequential writes
+    // suit every target (and stdout needs them), while decompression and
+    // hashing run in parallel on the segment tasks.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(2);
+    let writer = {
+        let (zeros, buffers, progress) = (zeros.clone(), buffers.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || {
+            while let Some(piece) = rx.blocking_recv() {
+                if progress.is_cancelled() {
+                    break;
+                }
+                let len = sink.write(&piece, &zeros)?;
+                progress.add_done(len);
+                if let Piece::Data { buf, .. } = piece {
+                    buffers.give(buf);
+                }
+            }
+            Ok::<_, Error>(sink)
+        })
+    };
+
+    let ctx = Arc::new(SegmentCtx {
+        repo: repo.clone(),
+        d: d.clone(),
+        zeros,
+        buffers,
+        point: m.point_name(),
+        progress: progress.clone(),
+        image_hash: opts.image_hash,
+        ignore_damage: opts.ignore_damage,
+    });
+    let mut hashes = Vec::with_capacity(d.segments.len());
+    let mut damaged = Vec::new();
+    let mut done = futures::stream::iter(0..d.segments.len())
+        .map(|i| ctx.clone().restore_segment(i))
+        .buffered(SEGMENTS_IN_FLIGHT);
+    let mut failed = None;
+    loop {
+        let seg = tokio::select! {
+            biased;
+            _ = progress.cancelled() => break,
+            seg = done.next() => seg,
+        };
+        match seg {
+            None => break,
+            Some(Ok(seg)) => {
+                hashes.push(seg.hash);
+                damaged.extend(seg.damaged);
+                if tx.send(seg.piece).await.is_err() {
+                    break; // the writer stopped; its outcome is looked at below
+                }
+            }
+            Some(Err(e)) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    // Dropping the stream drops the fetches in flight.
+    drop((done, tx));
+    // A writer that failed dropped the sink, which removed a partial image.
+    let sink = writer
+        .await
+        .map_err(|e| Error::Internal(format!("restore writer died: {e}")))??;
+    if progress.is_cancelled() {
+        let cleaned = blocking("restore writer", move || sink.abandon()).await?;
+        return Err(Error::Cancelled { cleaned });
+    }
+    if let Some(e) = failed {
+        drop(sink);
+        return Err(e);
+    }
+    blocking("restore writer", move || sink.finish(opts.sync)).await??;
+    Ok(RestoreOutcome {
+        bytes: d.size,
+        blake3: hashes.into_iter().collect::<Option<Vec<_>>>().map(|h| {
+            image_hash::combine(&h, d.segment_size, d.size)
+                .to_hex()
+                .to_string()
+        }),
+        damaged,
+    })
+}
