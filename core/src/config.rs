@@ -71,9 +71,7 @@ impl Protocol {
     }
     /// How often a running sweep refreshes its marker.
     pub fn sweep_heartbeat(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(
-            self.sweep_ttl_secs.min(self.lease_ttl_secs) * 1000 / 4,
-        )
+        std::time::Duration::from_millis(self.sweep_ttl_secs.min(self.lease_ttl_secs) * 1000 / 4)
     }
 }
 

@@ -95,7 +95,10 @@ pub fn parse_lease(key: &str) -> Option<&str> {
     let time_ok = time.len() == 16
         && time.as_bytes()[8] == b'T'
         && time.ends_with('Z')
-        && time.bytes().enumerate().all(|(i, b)| i == 8 || i == 15 || b.is_ascii_digit());
+        && time
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| i == 8 || i == 15 || b.is_ascii_digit());
     let rand_ok = rand.len() == 16 && rand.bytes().all(|b| b.is_ascii_hexdigit());
     (time_ok && rand_ok).then_some(s)
 }

@@ -179,15 +179,9 @@ mod tests {
         };
         let good = "leases/20260101T115900Z-0123456789abcdef";
         assert_eq!(age(&meta(good, now), now, &p), LeaseAge::Live);
-        assert_eq!(
-            age(&meta(good, now - p.ttl()), now, &p),
-            LeaseAge::Dead
-        );
+        assert_eq!(age(&meta(good, now - p.ttl()), now, &p), LeaseAge::Dead);
         // Within the clock margin ahead: a skewed server, still live.
-        assert_eq!(
-            age(&meta(good, now + p.margin()), now, &p),
-            LeaseAge::Live
-        );
+        assert_eq!(age(&meta(good, now + p.margin()), now, &p), LeaseAge::Live);
         let year = chrono::Duration::days(365);
         assert_eq!(age(&meta(good, now + year), now, &p), LeaseAge::Future);
         assert_eq!(

@@ -21,9 +21,9 @@ pub mod changes;
 pub mod chunk_store;
 pub mod chunker;
 pub mod config;
-pub mod damage;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+pub mod damage;
 pub mod diff;
 pub mod error;
 pub mod frame;

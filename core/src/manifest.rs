@@ -97,6 +97,10 @@ pub struct BackupStats {
     pub bytes_stored: u64,
     /// Non-zero logical bytes of the point.
     pub bytes_data: u64,
+    /// Chunks and nodes the point shares with its parent that were missing
+    /// or damaged in the repository and were stored again.
+    #[serde(default)]
+    pub objects_restored: u64,
     pub seconds: f64,
 }
 
@@ -110,6 +114,7 @@ impl BackupStats {
         self.bytes_uploaded += o.bytes_uploaded;
         self.bytes_stored += o.bytes_stored;
         self.bytes_data += o.bytes_data;
+        self.objects_restored += o.objects_restored;
     }
 
     /// Data bytes of the point per byte it added to the store; `None`

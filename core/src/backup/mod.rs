@@ -16,6 +16,7 @@ mod pipeline;
 pub mod plan;
 pub mod repair;
 pub mod segment;
+mod trust;
 mod upload;
 
 use std::collections::{BTreeMap, HashSet};
@@ -26,9 +27,9 @@ use std::time::Instant;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::changes::{ExtentSet, parse, snapshot};
+use crate::damage::KnownDamage;
 use crate::error::{Error, Result};
 use crate::id::PointId;
-use crate::lease::ObjectRef;
 use crate::manifest::{Audit, BackupStats, DiskManifest, Manifest};
 use crate::names::{DiskName, VmName};
 use crate::progress::{Notice, Progress};
@@ -36,7 +37,9 @@ use crate::repo::{Repository, Stored};
 use crate::session::{Check, Session};
 use crate::source::DiskSource;
 use crate::task::blocking;
+use pipeline::DiskResult;
 use plan::{ChangeSource, DiskPlan};
+use trust::{Present, Trust};
 
 /// Block size of `--base` snapshot comparisons.
 const BASE_BLOCK: u64 = 4096;
@@ -92,7 +95,23 @@ pub async fn backup(
                     .map(|(id, _)| (req.vm.clone(), id.clone()))
             }))
             .await?;
-        let commit = back_up_disks(repo, &req, disks, &session, progress.clone()).await?;
+        // What the backup may rely on as stored (see `trust`).
+        let known = KnownDamage::load(repo).await?;
+        let full_scan_with_parent = disks
+            .iter()
+            .any(|d| matches!(d.changes, ChangeSource::FullScan) && d.parent.is_some());
+        let present = if full_scan_with_parent {
+            Some(Arc::new(Present::load(repo).await?))
+        } else {
+            None
+        };
+        let ctx = DiskCtx {
+            audit_percent: req.audit_percent,
+            known,
+            present,
+            progress: progress.clone(),
+        };
+        let commit = back_up_disks(repo, disks, &ctx, &session).await?;
         settle_sweeps(repo, &mut session, &commit, &progress).await?;
         Ok::<_, Error>(commit)
     };
@@ -107,7 +126,9 @@ pub async fn backup(
     // From here on the commit is not interrupted: it is short, and a point
     // half committed is worse than a point.
     let result = match prepared {
-        Ok(commit) => commit_and_recheck(repo, &req, commit, &mut session, started, &progress).await,
+        Ok(commit) => {
+            commit_and_recheck(repo, &req, commit, &mut session, started, &progress).await
+        }
         Err(e) => Err(e),
     };
     drop(heartbeat);
@@ -136,7 +157,17 @@ async fn commit_and_recheck(
         .iter()
         .map(|(s, _)| s.clone())
         .collect::<Vec<_>>();
+    let replaced = commit.replaced.clone();
     let manifest = commit_point(repo, req.clone(), commit, started).await?;
+    if manifest.stats.objects_restored > 0 {
+        progress.notice(Notice::Warning(format!(
+            "{} chunk(s) or node(s) this point shares with its parent were missing or damaged \
+             in the repository and were stored again",
+            manifest.stats.objects_restored
+        )));
+    }
+    // Best effort: a stale record only costs another upload.
+    let _ = crate::damage::clear(repo, &replaced).await;
     let committed = repo
         .backend()
         .head(&crate::keys::point(&manifest.vm, &manifest.id))
@@ -150,6 +181,7 @@ async fn commit_and_recheck(
                 .into_iter()
                 .zip(manifest.disks.iter().cloned())
                 .collect(),
+            replaced: Vec::new(),
         };
         settle_sweeps(repo, session, &commit, progress).await?;
     }
@@ -160,24 +192,42 @@ async fn commit_and_recheck(
 /// store again what a sweep may have removed).
 struct Commit {
     disks: Vec<(Arc<DiskSource>, DiskManifest)>,
+    /// Keys stored over damaged copies: their damage records can go once
+    /// the point is committed.
+    replaced: Vec<String>,
+}
+
+/// What every disk of a backup shares.
+struct DiskCtx {
+    audit_percent: f64,
+    /// Objects with damage records.
+    known: KnownDamage,
+    /// The repository's objects, for full scans with a parent.
+    present: Option<Arc<Present>>,
+    progress: Arc<Progress>,
 }
 
 async fn back_up_disks(
     repo: &Repository,
-    req: &BackupRequest,
     mut disks: Vec<Prepared>,
+    ctx: &DiskCtx,
     session: &Session,
-    progress: Arc<Progress>,
 ) -> Result<Commit> {
-    progress.add_total(disks.iter().map(|d| d.source.size()).sum());
+    ctx.progress
+        .add_total(disks.iter().map(|d| d.source.size()).sum());
     let mut out = Vec::new();
+    let mut replaced = Vec::new();
     for d in disks.drain(..) {
         let source = d.source.clone();
-        let (dm, existed) = back_up_disk(repo, d, req.audit_percent, progress.clone()).await?;
-        session.depend(existed);
+        let (dm, r) = back_up_disk(repo, d, ctx).await?;
+        session.depend(r.existed);
+        replaced.extend(r.replaced);
         out.push((source, dm));
     }
-    Ok(Commit { disks: out })
+    Ok(Commit {
+        disks: out,
+        replaced,
+    })
 }
 
 /// Step (c) of the protocol: for every sweep that ran meanwhile, make sure
@@ -390,9 +440,9 @@ async fn find_parents(
 async fn back_up_disk(
     repo: &Repository,
     d: Prepared,
-    audit_percent: f64,
-    progress: Arc<Progress>,
-) -> Result<(DiskManifest, Vec<ObjectRef>)> {
+    ctx: &DiskCtx,
+) -> Result<(DiskManifest, DiskResult)> {
+    let (audit_percent, progress) = (ctx.audit_percent, ctx.progress.clone());
     let started = Instant::now();
     let cfg = repo.config().clone();
     let size = d.source.size();
@@ -460,6 +510,10 @@ async fn back_up_disk(
         });
     }
     let reported = plan.reported;
+    let mut trust = Trust::new(&ctx.known, &damaged_nodes);
+    if matches!(d.changes, ChangeSource::FullScan) {
+        trust.present = ctx.present.clone();
+    }
     let mut result = match audit.as_ref().and_then(|a| a.mismatch_at) {
         Some(at) => Err(Error::AuditMismatch { offset: at }),
         None => {
@@ -467,7 +521,7 @@ async fn back_up_disk(
                 repo,
                 d.source.clone(),
                 plan,
-                damaged_nodes.clone(),
+                Arc::new(trust),
                 progress.clone(),
             )
             .await
@@ -484,10 +538,17 @@ async fn back_up_disk(
             a.mismatch_at = Some(offset);
         }
         let full = DiskPlan::full(size, cfg.segment_size, parent);
-        result = pipeline::run(repo, d.source.clone(), full, damaged_nodes, progress).await;
+        // Now a full scan: it makes its point whole like any other.
+        let mut trust = Trust::new(&ctx.known, &damaged_nodes);
+        trust.present = match &ctx.present {
+            Some(p) => Some(p.clone()),
+            None if parent.is_some() => Some(Arc::new(Present::load(repo).await?)),
+            None => None,
+        };
+        result = pipeline::run(repo, d.source.clone(), full, Arc::new(trust), progress).await;
     }
-    let result = result?;
-    let mut stats = result.stats;
+    let mut result = result?;
+    let mut stats = std::mem::take(&mut result.stats);
     stats.bytes_read += audit_read;
     if let (Some(r), None) = (reported, audit.as_ref().and_then(|a| a.mismatch_at)) {
         stats.bytes_changed = r;
@@ -497,11 +558,11 @@ async fn back_up_disk(
         name: d.name,
         size,
         segment_size: cfg.segment_size,
-        segments: result.segments,
+        segments: std::mem::take(&mut result.segments),
         source,
         parent: d.parent.map(|(id, _)| id),
         audit,
         stats,
     };
-    Ok((dm, result.existed))
+    Ok((dm, result))
 }

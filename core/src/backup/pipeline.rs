@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use super::incremental::rechunk;
 use super::plan::{DiskPlan, SegmentPlan};
 use super::segment::chunk_segment;
+use super::trust::Trust;
 use super::upload::{UploadJob, Uploader};
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
@@ -52,6 +53,9 @@ pub struct DiskResult {
     /// Objects this backup stored that were already there: it relies on
     /// them without having written them (the lease's dependencies).
     pub existed: Vec<ObjectRef>,
+    /// Keys of objects stored over damaged copies (their damage records
+    /// can go).
+    pub replaced: Vec<String>,
 }
 
 enum Work {
@@ -102,20 +106,20 @@ struct Shared {
     source: Arc<DiskSource>,
     seen: Mutex<HashSet<ObjectId>>,
     existed: Mutex<Vec<ObjectRef>>,
-    damaged: HashSet<ObjectId>,
+    replaced: Mutex<Vec<String>>,
+    trust: Arc<Trust>,
     failure: Failure,
     progress: Arc<Progress>,
     runtime: tokio::runtime::Handle,
 }
 
-/// Backs up one disk as `plan` says.
-/// `damaged` lists nodes found damaged in the repository: if the backup
-/// produces one of them, it replaces the stored copy.
+/// Backs up one disk as `plan` says. `trust` says which stored objects
+/// the backup may rely on (see [`super::trust`]).
 pub async fn run(
     repo: &Repository,
     source: Arc<DiskSource>,
     plan: DiskPlan,
-    damaged: HashSet<ObjectId>,
+    trust: Arc<Trust>,
     progress: Arc<Progress>,
 ) -> Result<DiskResult> {
     let seg_size = repo.config().segment_size;
@@ -126,7 +130,8 @@ pub async fn run(
         source,
         seen: Mutex::new(HashSet::new()),
         existed: Mutex::new(Vec::new()),
-        damaged,
+        replaced: Mutex::new(Vec::new()),
+        trust,
         failure: Failure::default(),
         progress,
         runtime: tokio::runtime::Handle::current(),
@@ -173,7 +178,8 @@ pub async fn run(
                 repo: &shared.repo,
                 progress: &shared.progress,
                 existed: &shared.existed,
-                damaged: &shared.damaged,
+                replaced: &shared.replaced,
+                trust: &shared.trust,
             };
             async move { to.upload(job).await }
         })
@@ -197,10 +203,12 @@ pub async fn run(
     }
     stats.bytes_scanned = shared.source.size();
     let existed = std::mem::take(&mut *shared.existed.lock().unwrap_or_else(|p| p.into_inner()));
+    let replaced = std::mem::take(&mut *shared.replaced.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(DiskResult {
         segments,
         stats,
         existed,
+        replaced,
     })
 }
 
@@ -442,30 +450,34 @@ fn build_job<'a>(
         entries: entries.to_vec(),
     };
     let (node_id, plain) = node.to_plain()?;
-    if parent == Some(node_id) {
-        // Same chunks as the parent at this place: nothing to store.
-        return Ok(UploadJob::unchanged(idx, parent, stats));
-    }
-    let known: HashSet<ObjectId> = match (parent_node, parent) {
-        (Some(n), _) => n.chunk_ids().collect(),
+    let trust = &shared.trust;
+    // Same chunks as the parent at this place: nothing to store, unless
+    // the backup knows something of them is missing or damaged.
+    let unchanged = parent == Some(node_id);
+    let known: HashSet<ObjectId> = match (unchanged, parent_node, parent) {
+        (true, _, _) => node.chunk_ids().collect(),
+        (false, Some(n), _) => n.chunk_ids().collect(),
         // A damaged parent node only costs dedup: its chunks are then
         // uploaded (create-only) instead of assumed present.
-        (None, Some(pid)) => shared
+        (false, None, Some(pid)) => shared
             .runtime
             .block_on(shared.repo.load_node(&pid))
             .map(|n| n.chunk_ids().collect())
             .unwrap_or_default(),
-        (None, None) => HashSet::new(),
+        (false, None, None) => HashSet::new(),
     };
     let mut chunks = Vec::new();
     for (i, entry) in node.entries.iter().enumerate() {
         let (Some(id), Some(piece)) = (entry.1, data(i)) else {
             continue;
         };
-        if known.contains(&id) {
+        let from_parent = known.contains(&id);
+        if from_parent && trust.has_chunk(&id) {
             continue;
         }
-        stats.bytes_changed += entry.len();
+        if !from_parent {
+            stats.bytes_changed += entry.len();
+        }
         let fresh = {
             let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
             if seen.len() >= SEEN_CAP {
@@ -475,13 +487,24 @@ fn build_job<'a>(
         };
         if fresh {
             let framed = frame::encode(Kind::Chunk, piece, cfg.zstd_level)?;
-            chunks.push((id, Bytes::from(framed)));
+            let replace = trust.damaged_chunks.contains(&id);
+            chunks.push((id, Bytes::from(framed), replace));
+            if from_parent {
+                stats.objects_restored += 1;
+            }
         }
+    }
+    let node_needed = !unchanged || !trust.has_node(&node_id);
+    if unchanged && chunks.is_empty() && !node_needed {
+        return Ok(UploadJob::unchanged(idx, parent, stats));
+    }
+    if unchanged && node_needed {
+        stats.objects_restored += 1;
     }
     Ok(UploadJob {
         idx,
         segment: Some(node_id),
-        node: Some(plain),
+        node: node_needed.then_some(plain),
         chunks,
         stats,
     })

@@ -1,6 +1,5 @@
 //! The last pipeline stage: storing a segment's new chunks, then its node.
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -13,6 +12,8 @@ use crate::manifest::BackupStats;
 use crate::progress::Progress;
 use crate::repo::{Repository, Stored};
 
+use super::trust::Trust;
+
 /// Chunk puts at once per segment (hides per-object latency: fsync on a
 /// local disk, a round trip on S3).
 const PUTS_PER_SEGMENT: usize = 16;
@@ -23,7 +24,8 @@ pub(super) struct UploadJob {
     pub segment: Option<ObjectId>,
     /// The node to store (None when reused from the parent or all zero).
     pub node: Option<Vec<u8>>,
-    pub chunks: Vec<(ObjectId, Bytes)>,
+    /// New chunks, framed; `true` to store over a damaged copy.
+    pub chunks: Vec<(ObjectId, Bytes, bool)>,
     pub stats: BackupStats,
 }
 
@@ -46,21 +48,36 @@ pub(super) struct Uploader<'a> {
     pub progress: &'a Progress,
     /// Objects found already stored (the lease's dependencies).
     pub existed: &'a Mutex<Vec<ObjectRef>>,
-    /// Nodes found damaged: stored over, not trusted as "already there".
-    pub damaged: &'a HashSet<ObjectId>,
+    /// Keys stored over damaged copies.
+    pub replaced: &'a Mutex<Vec<String>>,
+    /// Objects known damaged: stored over, not trusted as "already there".
+    pub trust: &'a Trust,
 }
 
 impl Uploader<'_> {
+    fn note_replaced(&self, key: String) {
+        self.replaced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(key);
+    }
+
     /// Stores a segment's new chunks, then its node.
     pub async fn upload(&self, job: UploadJob) -> Result<(usize, Option<ObjectId>, BackupStats)> {
         let mut stats = job.stats;
         let store = self.repo.chunks();
         let results: Vec<(ObjectId, Stored, u64)> = futures::stream::iter(job.chunks)
-            .map(|(id, framed)| {
+            .map(|(id, framed, replace)| {
                 let store = &store;
                 async move {
                     let len = framed.len() as u64;
-                    let stored = store.put(&id, framed).await?;
+                    let stored = if replace {
+                        store.replace(&id, framed).await?;
+                        self.note_replaced(crate::keys::chunk(&id));
+                        Stored::New
+                    } else {
+                        store.put(&id, framed).await?
+                    };
                     self.progress.add_transferred(len);
                     Ok::<_, Error>((id, stored, len))
                 }
@@ -79,8 +96,10 @@ impl Uploader<'_> {
             }
         }
         if let (Some(id), Some(plain)) = (job.segment, job.node) {
-            let (stored, len) = if self.damaged.contains(&id) {
-                (Stored::New, self.repo.replace_node(&id, &plain).await?)
+            let (stored, len) = if self.trust.damaged_nodes.contains(&id) {
+                let len = self.repo.replace_node(&id, &plain).await?;
+                self.note_replaced(crate::keys::node(&id));
+                (Stored::New, len)
             } else {
                 self.repo.put_node(&id, &plain).await?
             };

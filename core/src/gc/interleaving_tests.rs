@@ -208,11 +208,10 @@ impl SweepActor {
                 let sweep = self.sweep.as_mut().unwrap();
                 let mut all = Vec::new();
                 for prefix in [crate::keys::NODES, crate::keys::CHUNKS] {
-                    let metas: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
-                        repo.backend().list(prefix),
-                    )
-                    .await
-                    .unwrap();
+                    let metas: Vec<_> =
+                        futures::TryStreamExt::try_collect::<Vec<_>>(repo.backend().list(prefix))
+                            .await
+                            .unwrap();
                     all.extend(metas.into_iter().filter_map(|m| sweep.candidate(m)));
                 }
                 // Spread over the slots, the first ones fullest.
@@ -262,12 +261,7 @@ struct Outcome {
 
 /// Runs one schedule; `None` if the backup would have had to wait there
 /// (that schedule is covered by the one that runs the sweep first).
-async fn run(
-    base: &MemBackend,
-    data: &Data,
-    schedule: &[Actor],
-    slots: usize,
-) -> Option<Outcome> {
+async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], slots: usize) -> Option<Outcome> {
     let mem = Arc::new(base.fork());
     let repo = Repository::open(mem.clone()).await.unwrap();
     let mut out = Outcome::default();
@@ -389,7 +383,10 @@ async fn settle(
         match &check {
             Check::Clear => return true,
             Check::Wait { .. } => {
-                assert!(mid, "the backup waited with no delete batch in flight: {check:?}");
+                assert!(
+                    mid,
+                    "the backup waited with no delete batch in flight: {check:?}"
+                );
                 return false;
             }
             Check::Verify { .. } => {

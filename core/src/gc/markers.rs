@@ -109,7 +109,11 @@ impl SweepState {
     /// The state of sweep `seq`: its done marker if it finished, else its
     /// running marker; `None` if neither is there (deleted meanwhile).
     pub async fn load(repo: &Repository, seq: u64, done: bool) -> Result<Option<Self>> {
-        let key = if done { keys::done(seq) } else { keys::sweep(seq) };
+        let key = if done {
+            keys::done(seq)
+        } else {
+            keys::sweep(seq)
+        };
         let bytes = match repo.backend().get(&key).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(None),

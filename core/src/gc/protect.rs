@@ -130,7 +130,8 @@ impl Protection {
                 Some(r) if r.ended.is_some() => {
                     let committed = r.ended.as_ref().and_then(|e| e.committed.clone());
                     self.dead.remove(&known.meta.key);
-                    self.ended.insert(known.meta.key.clone(), known.meta.clone());
+                    self.ended
+                        .insert(known.meta.key.clone(), known.meta.clone());
                     if let Some(id) = committed {
                         // Committed after this sweep listed points, maybe:
                         // mark it. Pruned since: nobody needs it.
