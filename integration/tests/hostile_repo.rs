@@ -11,7 +11,7 @@ use std::process::Output;
 use serde_json::Value;
 use xfull_core::frame::{self, Kind};
 use xfull_core::manifest::{BackupStats, DiskManifest, Manifest};
-use xfull_integration::env::{Env, fails, stderr};
+use xfull_integration::env::{Env, fails, sha256, stderr};
 use xfull_integration::{Region, write_image, xfull_bin};
 
 /// Address space allowed to every command: far below what the hostile
@@ -344,6 +344,63 @@ fn repository_text_is_printed_escaped() {
     // JSON keeps the exact text (serde_json escapes it).
     let show = e.json(&["show", &format!("v@{id}")]);
     assert_eq!(show["host"], "node\x1b[2J\nevil");
+}
+
+#[test]
+fn a_change_file_of_two_million_extents_backs_up_in_bounded_memory() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(64 << 20)], 4, false).unwrap();
+    e.backup("v", &[("d", &img)]);
+    // Change the first bytes of every 64-byte block, then report each
+    // block as two overlapping extents, newest last: 2 M entries that
+    // merge into 1 M extents of 30 bytes.
+    let mut data = std::fs::read(&img).unwrap();
+    for b in data.chunks_mut(64) {
+        b[..30].iter_mut().for_each(|x| *x = x.wrapping_add(1));
+    }
+    std::fs::write(&img, &data).unwrap();
+    drop(data);
+    let blocks = (64u64 << 20) / 64;
+    let mut json = String::from("[");
+    for k in (0..blocks).rev() {
+        json.push_str(&format!(
+            "{{\"offset\":{},\"length\":20}},{{\"offset\":{},\"length\":20}},",
+            k * 64 + 10,
+            k * 64
+        ));
+    }
+    json.pop();
+    json.push(']');
+    let changes = e.path("changes.json");
+    std::fs::write(&changes, json).unwrap();
+
+    let o = limited(
+        &e,
+        &[
+            "backup",
+            "--vm",
+            "v",
+            "--disk",
+            &format!("d={}", img.display()),
+            "--changed",
+            &format!("d={}", changes.display()),
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let b: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(b["stats"]["bytes_changed"], blocks * 30, "{b}");
+    assert!(
+        b["disks"][0]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("extents"),
+        "{b}"
+    );
+    let out = e.path("r.img");
+    e.restore("v@latest", "d", &out);
+    assert_eq!(sha256(&out), sha256(&img));
 }
 
 #[test]
