@@ -1,8 +1,6 @@
 //! Object frames of every kind, whole or streamed, and chunk decoding into
 //! a fixed buffer.
 #![no_main]
-use std::io::Read;
-
 use libfuzzer_sys::fuzz_target;
 use xfull_core::frame::{self, Kind};
 
