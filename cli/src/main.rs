@@ -30,7 +30,8 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(&cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xfull: error: {e:#}");
+            // Errors may quote a hostile repository's text.
+            eprintln!("xfull: error: {}", output::printable(&format!("{e:#}")));
             ExitCode::from(exit_status(&e))
         }
     }

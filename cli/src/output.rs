@@ -1,7 +1,38 @@
-//! Human-readable numbers and JSON views of engine types.
+//! Human-readable numbers and text, and JSON views of engine types.
+
+use std::borrow::Cow;
 
 use serde::Serialize;
 use xfull_core::manifest::{BackupStats, DiskManifest, Manifest};
+use xfull_core::names::is_unprintable;
+
+/// Text read from a repository (or an error quoting it), made safe to
+/// print: characters a terminal would act on (escape sequences, line
+/// breaks, bidirectional overrides) are shown as Rust escapes, e.g.
+/// `\u{1b}[2J`, `\n`. JSON output needs none of this: serde_json escapes.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_unprintable) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_unprintable(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Labels as `k=v,k2=v2`, escaped for printing.
+pub fn labels_line(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{}={}", printable(k), printable(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -112,4 +143,17 @@ pub fn stats_line(s: &BackupStats) -> String {
             .map_or("nothing new".to_string(), |r| format!("dedup {r:.1}x")),
         s.seconds
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_what_terminals_obey() {
+        assert!(matches!(printable("plain text, été"), Cow::Borrowed(_)));
+        assert_eq!(printable("a\x1b[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(printable("x\ny\r\t"), "x\\ny\\r\\t");
+        assert_eq!(printable("\u{9b}\u{202e}\u{7f}"), "\\u{9b}\\u{202e}\\u{7f}");
+    }
 }

@@ -171,9 +171,13 @@ impl Error {
         )
     }
 
-    /// True when the error is the caller's input (exit status 2 in the CLI).
+    /// True when the error is the caller's input (exit status 2 in the
+    /// CLI): a bad name or argument, or a change file that cannot be used.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::InvalidName { .. } | Error::InvalidArgument(_))
+        matches!(
+            self,
+            Error::InvalidName { .. } | Error::InvalidArgument(_) | Error::ChangeSource { .. }
+        )
     }
 
     pub(crate) fn corrupt(key: impl Into<String>, reason: impl Into<String>) -> Self {

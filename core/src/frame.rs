@@ -172,6 +172,90 @@ fn decode_zstd_into(key: &str, payload: &[u8], out: &mut [u8]) -> Result<usize> 
     })
 }
 
+/// Streams the plaintext of an object stored under `key` to `read`
+/// without holding it whole (a manifest's may be hundreds of MB). At most
+/// `limit` bytes are decompressed. Once `read` returns, the rest of the
+/// plaintext is read too and the checksum checked over all of it: a
+/// checksum mismatch or a decompression failure is reported instead of
+/// `read`'s own result, as [`decode`] reports it before any parsing.
+pub fn decode_stream<T>(
+    kind: Kind,
+    key: &str,
+    framed: &[u8],
+    limit: usize,
+    read: impl FnOnce(&mut dyn Read) -> Result<T>,
+) -> Result<T> {
+    let (codec, checksum, payload) = split(kind, key, framed)?;
+    let source: Box<dyn Read + '_> = match codec {
+        CODEC_STORED if payload.len() > limit => {
+            return Err(Error::corrupt(key, format!("larger than {limit} bytes")));
+        }
+        CODEC_STORED => Box::new(payload),
+        CODEC_ZSTD => Box::new(
+            zstd::stream::read::Decoder::with_buffer(payload)
+                .map_err(|e| Error::corrupt(key, format!("zstd: {e}")))?,
+        ),
+        other => return Err(unknown_codec(kind, other)),
+    };
+    let mut plain = Checked {
+        source,
+        key,
+        limit: limit as u64,
+        read: 0,
+        hasher: blake3::Hasher::new(),
+        fault: None,
+    };
+    // Parsers read a few bytes at a time: buffer above the decompressor.
+    let result = read(&mut std::io::BufReader::with_capacity(64 << 10, &mut plain));
+    let drained = std::io::copy(&mut plain, &mut std::io::sink());
+    if let Some(fault) = plain.fault.take() {
+        return Err(fault);
+    }
+    drained.map_err(|e| Error::corrupt(key, format!("reading: {e}")))?;
+    if let Some(sum) = checksum
+        && plain.hasher.finalize().as_bytes() != sum
+    {
+        return Err(Error::corrupt(key, "checksum mismatch"));
+    }
+    result
+}
+
+/// A plaintext stream that hashes what passes and stops past its limit;
+/// the first failure is kept to be reported as what it is.
+struct Checked<'a> {
+    source: Box<dyn Read + 'a>,
+    key: &'a str,
+    limit: u64,
+    read: u64,
+    hasher: blake3::Hasher,
+    fault: Option<Error>,
+}
+
+impl Read for Checked<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.fault.is_some() {
+            return Err(std::io::Error::other("the object is damaged"));
+        }
+        let n = match self.source.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.fault = Some(Error::corrupt(self.key, format!("zstd: {e}")));
+                return Err(e);
+            }
+        };
+        self.read += n as u64;
+        if self.read > self.limit {
+            self.fault = Some(Error::corrupt(
+                self.key,
+                format!("decompresses to more than {} bytes", self.limit),
+            ));
+            return Err(std::io::Error::other("decompresses past its limit"));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 thread_local! {
     // zstd contexts are costly to set up (tables of about a megabyte):
     // each thread keeps one of each instead of making one per chunk.
@@ -314,5 +398,36 @@ mod tests {
         let big = encode(Kind::Node, &[7u8; 5000], 3).unwrap();
         assert!(decode(Kind::Node, "k", &big, 4999).is_err());
         assert!(decode(Kind::Node, "k", b"XF", 10).is_err());
+    }
+
+    fn stream(framed: &[u8], limit: usize, want: usize) -> Result<Vec<u8>> {
+        decode_stream(Kind::Manifest, "k", framed, limit, |r| {
+            let mut out = vec![0u8; want];
+            r.read_exact(&mut out)
+                .map_err(|e| Error::corrupt("k", format!("short: {e}")))?;
+            Ok(out)
+        })
+    }
+
+    #[test]
+    fn streams_check_the_limit_and_the_checksum_of_all_the_plaintext() {
+        let data = b"plaintext, plaintext, plaintext".repeat(1000);
+        for level in [0, 3] {
+            let framed = encode(Kind::Manifest, &data, level).unwrap();
+            // Reading part of it still checks all of it.
+            assert_eq!(stream(&framed, data.len(), 10).unwrap(), data[..10]);
+            let e = stream(&framed, data.len() - 1, 10).unwrap_err();
+            assert!(e.to_string().contains("than"), "{e}");
+            let mut flipped = encode(Kind::Manifest, &data, level).unwrap();
+            *flipped.last_mut().unwrap() ^= 1;
+            let e = stream(&flipped, data.len(), 10).unwrap_err();
+            assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        }
+        // The reader's own error is reported when the object is sound.
+        let framed = encode(Kind::Manifest, b"abc", 3).unwrap();
+        let e = stream(&framed, 100, 10).unwrap_err();
+        assert!(e.to_string().contains("short"), "{e}");
+        let e = stream(&encode(Kind::Node, &data, 0).unwrap(), data.len(), 1).unwrap_err();
+        assert!(e.to_string().contains("not a manifest"), "{e}");
     }
 }

@@ -1,19 +1,30 @@
 //! Manifests: the root object of a point. A point exists exactly when its
 //! manifest exists.
+//!
+//! Decoding streams the plaintext twice and never holds it whole: first a
+//! [`ManifestSummary`] that counts segments and checks every count and
+//! size against the repository's constants and [`limits`], then the whole
+//! manifest, whose allocations those checks have bounded. Every text in it
+//! is at most [`limits::MAX_TEXT`] bytes, refused from its CBOR head
+//! before the parser allocates it.
+
+pub mod limits;
+mod summary;
+mod text_guard;
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::RepoConfig;
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
 use crate::id::{ObjectId, PointId};
 use crate::names::{DiskName, VmName};
-
-/// Manifests above this size are refused as damaged (a 64 TiB disk in
-/// 16 MiB segments needs ~150 MB; nothing real comes near).
-const MAX_MANIFEST: usize = 1 << 30;
+use limits::{DiskShape, Shape};
+pub use summary::{DiskSummary, ManifestSummary};
+use text_guard::TextGuard;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -152,26 +163,84 @@ impl Manifest {
         frame::encode(Kind::Manifest, &plain, 3)
     }
 
-    /// Decodes the manifest stored under `key` and checks it is internally
-    /// consistent (so later code can index without fear).
-    pub fn decode(key: &str, framed: &[u8]) -> Result<Self> {
-        let plain = frame::decode(Kind::Manifest, key, framed, MAX_MANIFEST)?;
-        let m: Manifest = ciborium::from_reader(&plain[..])
-            .map_err(|e| Error::corrupt(key, format!("undecodable: {e}")))?;
-        for d in &m.disks {
-            let want = DiskManifest::expected_segments(d.size, d.segment_size);
-            if d.segment_size == 0 || d.segments.len() != want {
-                return Err(Error::corrupt(
-                    key,
-                    format!(
-                        "disk {} has {} segments, its size needs {want}",
-                        d.name,
-                        d.segments.len()
-                    ),
-                ));
-            }
+    /// Decodes the manifest stored under `key` and checks it against the
+    /// repository's constants and the limits: segment size, sizes,
+    /// segment counts (so later code can index without fear).
+    pub fn decode(key: &str, framed: &[u8], cfg: &RepoConfig) -> Result<Self> {
+        let summary = ManifestSummary::decode(key, framed, cfg)?;
+        let m: Manifest = read_cbor(key, framed, cfg)?;
+        // The same bytes gave the summary; a difference would be a bug in
+        // one of the two decoders, not damage, but it is caught all the same.
+        let same = m.disks.len() == summary.disks.len()
+            && m.disks
+                .iter()
+                .zip(&summary.disks)
+                .all(|(d, s)| d.segments.len() as u64 == s.segment_count);
+        if !same {
+            return Err(Error::corrupt(key, "decodes to two different shapes"));
         }
         Ok(m)
+    }
+
+    /// Checks the manifest is within what every reader accepts: the
+    /// repository writes none that it could not read back.
+    pub fn check_limits(&self, cfg: &RepoConfig) -> Result<()> {
+        limits::check(&self.shape(), cfg.segment_size).map_err(|why| {
+            Error::InvalidArgument(format!(
+                "point {} cannot be stored: {why}",
+                self.point_name()
+            ))
+        })
+    }
+
+    fn shape(&self) -> Shape<'_> {
+        Shape {
+            host: &self.host,
+            labels: &self.labels,
+            disks: self
+                .disks
+                .iter()
+                .map(|d| DiskShape {
+                    name: d.name.as_str(),
+                    size: d.size,
+                    segment_size: d.segment_size,
+                    segments: d.segments.len() as u64,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Streams a manifest's CBOR into `T`: plaintext bounded by the limits,
+/// every string checked from its head before it is read.
+fn read_cbor<T: serde::de::DeserializeOwned>(
+    key: &str,
+    framed: &[u8],
+    cfg: &RepoConfig,
+) -> Result<T> {
+    let limit = limits::max_plaintext(cfg.segment_size);
+    frame::decode_stream(Kind::Manifest, key, framed, limit, |plain| {
+        let mut guarded = TextGuard::new(plain, limits::MAX_TEXT);
+        let decoded = ciborium::from_reader(&mut guarded);
+        decoded.map_err(|e| {
+            let why = match guarded.fault() {
+                Some(fault) => fault.to_string(),
+                None => cbor_reason(e),
+            };
+            Error::corrupt(key, why)
+        })
+    })
+}
+
+/// A CBOR decoding error in words.
+fn cbor_reason(e: ciborium::de::Error<std::io::Error>) -> String {
+    use ciborium::de::Error as E;
+    match e {
+        E::Io(e) => format!("unreadable: {e}"),
+        E::Syntax(at) => format!("undecodable: invalid CBOR at byte {at}"),
+        E::Semantic(Some(at), why) => format!("undecodable at byte {at}: {why}"),
+        E::Semantic(None, why) => format!("undecodable: {why}"),
+        E::RecursionLimitExceeded => "undecodable: nested too deeply".into(),
     }
 }
 
@@ -203,16 +272,30 @@ mod tests {
         }
     }
 
+    fn cfg() -> RepoConfig {
+        RepoConfig::new(16 << 20, crate::chunker::ChunkParams::default(), 3).unwrap()
+    }
+
     #[test]
     fn round_trip_and_consistency_check() {
         let m = sample();
-        assert_eq!(Manifest::decode("k", &m.encode().unwrap()).unwrap(), m);
+        assert_eq!(
+            Manifest::decode("k", &m.encode().unwrap(), &cfg()).unwrap(),
+            m
+        );
+        let s = ManifestSummary::decode("k", &m.encode().unwrap(), &cfg()).unwrap();
+        assert_eq!(
+            (s.point_name(), s.size()),
+            (m.point_name(), m.disks[0].size)
+        );
+        assert_eq!(s.disks[0].segment_count, 2);
         let mut bad = sample();
         bad.disks[0].segments.pop();
-        assert!(matches!(
-            Manifest::decode("k", &bad.encode().unwrap()),
-            Err(Error::Corrupt { .. })
-        ));
+        let e = Manifest::decode("k", &bad.encode().unwrap(), &cfg()).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("needs 2"), "{e}");
+        assert!(bad.check_limits(&cfg()).is_err());
+        assert!(m.check_limits(&cfg()).is_ok());
         assert_eq!(m.disks[0].segment_range(1), (16 << 20)..((16 << 20) + 5));
         assert!(m.disk("nope").is_err());
     }

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::RepoConfig;
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
 use crate::id::ObjectId;
@@ -60,28 +61,104 @@ impl Node {
         Ok((ObjectId::of(&plain), plain))
     }
 
-    /// Decodes a stored node and checks it is the one `id` names.
-    pub fn decode(id: &ObjectId, framed: &[u8], segment_size: u64) -> Result<Node> {
+    /// Decodes a stored node, checks it is the one `id` names and that it
+    /// can be a segment of this repository: at most one entry per minimum
+    /// chunk size (plus a short last one), every entry 1 byte to the
+    /// largest chunk size, the segment size in all.
+    pub fn decode(id: &ObjectId, framed: &[u8], cfg: &RepoConfig) -> Result<Node> {
         let key = keys::node(id);
-        // A node of a segment of S bytes has at most S/min-chunk entries;
-        // 64 bytes an entry is a generous bound on its encoding.
-        let limit = (segment_size as usize / 64).max(1 << 20) * 64;
-        let plain = frame::decode(Kind::Node, &key, framed, limit)?;
+        let seg = cfg.segment_size;
+        let max_entries = seg / u64::from(cfg.chunking.min.max(1)) + 1;
+        let plain = frame::decode(Kind::Node, &key, framed, max_plaintext(max_entries))?;
         if ObjectId::of(&plain) != *id {
             return Err(Error::corrupt(key, "content does not match its id"));
         }
+        // Count before allocating: an entry is 3 bytes of CBOR at least.
+        let count: EntryCount = ciborium::from_reader(&plain[..])
+            .map_err(|e| Error::corrupt(&key, format!("undecodable: {e}")))?;
+        if count.entries > max_entries {
+            return Err(Error::corrupt(
+                key,
+                format!(
+                    "has {} entries, a segment of {seg} bytes has at most {max_entries}",
+                    count.entries
+                ),
+            ));
+        }
         let node: Node = ciborium::from_reader(&plain[..])
             .map_err(|e| Error::corrupt(&key, format!("undecodable: {e}")))?;
-        if node.entries.iter().any(Entry::is_empty) {
-            return Err(Error::corrupt(key, "has an empty entry"));
+        let max_chunk = u64::from(cfg.chunking.max);
+        if let Some(e) = node
+            .entries
+            .iter()
+            .find(|e| e.is_empty() || e.len() > max_chunk)
+        {
+            return Err(Error::corrupt(
+                key,
+                format!(
+                    "has an entry of {} bytes (chunks are 1 to {max_chunk})",
+                    e.len()
+                ),
+            ));
+        }
+        if node.len() > seg {
+            return Err(Error::corrupt(
+                key,
+                format!("covers {} bytes, more than a segment ({seg})", node.len()),
+            ));
         }
         Ok(node)
     }
 }
 
+/// The largest plaintext of a node of `entries` entries: an entry is at
+/// most 40 bytes (array head, a 32-bit length, a 32-byte id), plus the
+/// map around them.
+fn max_plaintext(entries: u64) -> usize {
+    usize::try_from(entries * 40 + 32).unwrap_or(usize::MAX)
+}
+
+/// A node whose entries are counted, not kept.
+#[derive(Deserialize)]
+struct EntryCount {
+    #[serde(deserialize_with = "count")]
+    entries: u64,
+}
+
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    struct Count;
+    impl<'de> serde::de::Visitor<'de> for Count {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<u64, A::Error> {
+            let mut n = 0;
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+    d.deserialize_seq(Count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cfg() -> RepoConfig {
+        // Segments of 1 MiB, chunks of 8 to 128 KiB.
+        RepoConfig::new(1 << 20, crate::chunker::ChunkParams::from_avg(32 << 10), 3).unwrap()
+    }
+
+    fn framed(node: &Node) -> (ObjectId, Vec<u8>) {
+        let (id, plain) = node.to_plain().unwrap();
+        (id, frame::encode(Kind::Node, &plain, 3).unwrap())
+    }
 
     #[test]
     fn encode_decode_and_id_check() {
@@ -90,14 +167,44 @@ mod tests {
         };
         let (id, plain) = node.to_plain().unwrap();
         let framed = frame::encode(Kind::Node, &plain, 3).unwrap();
-        assert_eq!(Node::decode(&id, &framed, 16 << 20).unwrap(), node);
+        assert_eq!(Node::decode(&id, &framed, &cfg()).unwrap(), node);
         let other = ObjectId::of(b"other");
         assert!(matches!(
-            Node::decode(&other, &framed, 16 << 20),
+            Node::decode(&other, &framed, &cfg()),
             Err(Error::Corrupt { .. })
         ));
         assert_eq!(node.len(), 150);
         // An id costs 34 bytes in CBOR (not 32 integers): 51 bytes in all.
         assert!(plain.len() <= 52, "{}", plain.len());
+    }
+
+    #[test]
+    fn nodes_that_cannot_be_a_segment_are_damage() {
+        let c = cfg();
+        let (min, max) = (c.chunking.min, c.chunking.max);
+        let full = 1u32 << 20;
+        // As many entries as a segment can have, all minimal.
+        let most = vec![Entry(min, None); (full / min) as usize];
+        let (id, f) = framed(&Node { entries: most });
+        Node::decode(&id, &f, &c).unwrap();
+        let cases = [
+            (vec![Entry(0, None)], "entry of 0 bytes"),
+            (vec![Entry(max + 1, None)], "entry of 131073 bytes"),
+            (vec![Entry(max, None); 9], "more than a segment"),
+            (vec![Entry(1, None); (full / min + 2) as usize], "entries"),
+        ];
+        for (entries, want) in cases {
+            let (id, f) = framed(&Node { entries });
+            let e = Node::decode(&id, &f, &c).unwrap_err();
+            assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+        // A million empty entries compress to nothing; the plaintext bound
+        // refuses them before they are parsed.
+        let (id, f) = framed(&Node {
+            entries: vec![Entry(1, None); 1 << 20],
+        });
+        let e = Node::decode(&id, &f, &c).unwrap_err();
+        assert!(e.to_string().contains("decompresses to more than"), "{e}");
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::backend::{Backend, BackendError, PutMode};
 use crate::chunk_store::ChunkStore;
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
 use crate::id::{ObjectId, PointId};
 use crate::keys;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestSummary};
 use crate::names::VmName;
 use crate::node::Node;
 use crate::point_spec::PointSpec;
@@ -90,7 +90,7 @@ impl Repository {
     pub async fn load_node(&self, id: &ObjectId) -> Result<Node> {
         let key = keys::node(id);
         let bytes = self.backend.get(&key).await.map_err(|e| missing(e, &key))?;
-        Node::decode(id, &bytes, self.config.segment_size)
+        Node::decode(id, &bytes, &self.config)
     }
 
     pub async fn load_manifest(&self, vm: &VmName, id: &PointId) -> Result<Manifest> {
@@ -100,28 +100,68 @@ impl Repository {
     /// Loads a manifest from `key` (its place in `points/` or `trash/`),
     /// checking it is the point it should be.
     pub async fn load_manifest_at(&self, key: &str, vm: &VmName, id: &PointId) -> Result<Manifest> {
-        let bytes = match self.backend.get(key).await {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => {
-                return Err(Error::PointNotFound {
-                    point: format!("{vm}@{id}"),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let m = Manifest::decode(key, &bytes)?;
-        if &m.vm != vm || &m.id != id {
-            return Err(Error::corrupt(
-                key,
-                format!("holds point {} instead", m.point_name()),
-            ));
-        }
+        let bytes = self.get_manifest(key, vm, id).await?;
+        let m = Manifest::decode(key, &bytes, &self.config)?;
+        is_the_point(key, (&m.vm, &m.id), vm, id)?;
         Ok(m)
     }
 
+    /// Loads what listings show of a point: its manifest without the
+    /// segment lists (a few KB, whatever the manifest declares).
+    pub async fn load_summary(&self, vm: &VmName, id: &PointId) -> Result<ManifestSummary> {
+        let key = keys::point(vm, id);
+        let bytes = self.get_manifest(&key, vm, id).await?;
+        let s = ManifestSummary::decode(&key, &bytes, &self.config)?;
+        is_the_point(&key, (&s.vm, &s.id), vm, id)?;
+        Ok(s)
+    }
+
+    async fn get_manifest(&self, key: &str, vm: &VmName, id: &PointId) -> Result<Bytes> {
+        match self.backend.get(key).await {
+            Ok(b) => Ok(b),
+            Err(e) if e.is_not_found() => Err(Error::PointNotFound {
+                point: format!("{vm}@{id}"),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The summaries of the listed points (every point, or one VM's),
+    /// sorted by VM then time. A point whose manifest is damaged is left
+    /// out and returned with the reason; one pruned since the listing is
+    /// left out.
+    pub async fn summaries(&self, vm: Option<&VmName>) -> Result<Summaries> {
+        let ids = self.list_points(vm).await?;
+        // A few at a time; decoding runs in this task, so one at a time.
+        let loaded: Vec<_> = futures::stream::iter(ids)
+            .map(|(vm, id)| async move {
+                let s = self.load_summary(&vm, &id).await;
+                (vm, id, s)
+            })
+            .buffered(16)
+            .collect()
+            .await;
+        let mut out = Summaries::default();
+        for (vm, id, s) in loaded {
+            match s {
+                Ok(s) => out.points.push(s),
+                Err(Error::PointNotFound { .. }) => {}
+                Err(e) if e.is_damage() => out.damaged.push(Unreadable {
+                    point: format!("{vm}@{id}"),
+                    reason: e.to_string(),
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        out.points
+            .sort_by(|a, b| (&a.vm, a.time, a.created).cmp(&(&b.vm, b.time, b.created)));
+        Ok(out)
+    }
+
     /// Writes a point's manifest, create-only: an existing point is never
-    /// replaced.
+    /// replaced. One that readers would refuse is not written.
     pub async fn write_manifest(&self, m: &Manifest) -> Result<(Stored, u64)> {
+        m.check_limits(&self.config)?;
         let bytes = m.encode()?;
         let len = bytes.len() as u64;
         let stored = self
@@ -147,7 +187,9 @@ impl Repository {
     }
 
     /// A VM's points, oldest first. Ids sort by time to the second; points
-    /// within the same second are ordered by their manifests' times.
+    /// within the same second are ordered by their manifests' times. Of
+    /// those, a point whose manifest is damaged is left out: it cannot be
+    /// placed, and the caller meets the damage if it loads the point.
     pub async fn points_in_order(&self, vm: &VmName) -> Result<Vec<PointId>> {
         let ids: Vec<PointId> = self
             .list_points(Some(vm))
@@ -168,10 +210,11 @@ impl Repository {
             } else {
                 let mut group = Vec::new();
                 for id in &ids[i..j] {
-                    match self.load_manifest(vm, id).await {
+                    match self.load_summary(vm, id).await {
                         Ok(m) => group.push(((m.time, m.created), id.clone())),
                         // Pruned since the listing: no longer a point.
                         Err(Error::PointNotFound { .. }) => {}
+                        Err(e) if e.is_damage() => {}
                         Err(e) => return Err(e),
                     }
                 }
@@ -219,6 +262,31 @@ impl Repository {
             .await?;
         Ok(len)
     }
+}
+
+/// Listed points: the readable ones and the damaged ones.
+#[derive(Debug, Default)]
+pub struct Summaries {
+    pub points: Vec<ManifestSummary>,
+    pub damaged: Vec<Unreadable>,
+}
+
+/// A listed point whose manifest cannot be read, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Unreadable {
+    pub point: String,
+    pub reason: String,
+}
+
+/// A manifest must hold the point its key names.
+fn is_the_point(key: &str, found: (&VmName, &PointId), vm: &VmName, id: &PointId) -> Result<()> {
+    if found != (vm, id) {
+        return Err(Error::corrupt(
+            key,
+            format!("holds point {}@{} instead", found.0, found.1),
+        ));
+    }
+    Ok(())
 }
 
 /// Create-only put; "already exists" is success: keys of content-addressed

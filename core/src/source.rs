@@ -12,6 +12,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::manifest::limits::MAX_DISK_SIZE;
 
 #[derive(Debug)]
 pub struct DiskSource {
@@ -49,6 +50,16 @@ impl DiskSource {
                 what,
             )));
         };
+        // Refused now rather than after reading it: its manifest would be
+        // refused (see `manifest::limits`).
+        if size > MAX_DISK_SIZE {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "is {size} bytes; xfull backs up disks of at most {MAX_DISK_SIZE} bytes (64 TiB)"
+                ),
+            )));
+        }
         Ok(DiskSource {
             path: path.to_path_buf(),
             file,

@@ -1,14 +1,16 @@
-//! `stats`: what the repository holds, from listings and manifests only
-//! (no chunk is read).
+//! `stats`: what the repository holds, from listings and manifest
+//! summaries only (no chunk is read, no segment list kept). A damaged
+//! manifest is not counted and is reported: stats is not an integrity
+//! check, `verify` is.
 
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys;
-use crate::repo::Repository;
+use crate::repo::{Repository, Unreadable};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct VmStats {
@@ -35,6 +37,9 @@ pub struct RepoStats {
     /// Running (or killed, not yet collected) backup sessions.
     pub leases: u64,
     pub trash_points: u64,
+    /// Points whose manifest cannot be read (not counted above but in
+    /// `manifest_bytes`), and why.
+    pub damaged: Vec<Unreadable>,
 }
 
 pub async fn collect(repo: &Repository) -> Result<RepoStats> {
@@ -60,14 +65,28 @@ pub async fn collect(repo: &Repository) -> Result<RepoStats> {
         }
     }
     drop(all);
-    let sizes: Vec<_> = futures::stream::iter(points)
+    let loaded: Vec<_> = futures::stream::iter(points)
         .map(|(vm, id)| async move {
-            let m = repo.load_manifest(&vm, &id).await?;
-            Ok::<_, crate::Error>((vm, m.disks.iter().map(|d| d.size).sum::<u64>()))
+            let s = repo.load_summary(&vm, &id).await;
+            (vm, id, s.map(|s| s.size()))
         })
         .buffer_unordered(16)
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
+    let mut sizes = Vec::new();
+    for (vm, id, size) in loaded {
+        match size {
+            Ok(size) => sizes.push((vm, size)),
+            // Pruned since the listing.
+            Err(Error::PointNotFound { .. }) => {}
+            Err(e) if e.is_damage() => s.damaged.push(Unreadable {
+                point: format!("{vm}@{id}"),
+                reason: e.to_string(),
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+    s.damaged.sort_by(|a, b| a.point.cmp(&b.point));
     for (vm, size) in sizes {
         let v = s.vms.entry(vm.to_string()).or_default();
         v.points += 1;

@@ -438,7 +438,7 @@ fn bad_change_sources_are_refused_and_store_nothing_on(e: &Env) {
             "--changed",
             &format!("d={}", f.display()),
         ]));
-        assert_eq!(code, 1, "{text}: {err}");
+        assert_eq!(code, 2, "a bad change file is a usage error: {text}: {err}");
         assert!(
             err.contains("bad.json") && err.contains(want),
             "{text}: {err}"
@@ -453,7 +453,7 @@ fn bad_change_sources_are_refused_and_store_nothing_on(e: &Env) {
         "--changed",
         "d=/no/such/file.json",
     ]));
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(err.contains("/no/such/file.json"), "{err}");
     for args in [
         vec!["--changed", "other=x.json"],

@@ -5,7 +5,8 @@ use anyhow::Result;
 use xfull_core::Error;
 use xfull_core::backup::plan::ChangeSource;
 use xfull_core::backup::{BackupRequest, backup};
-use xfull_core::names::{DiskName, LabelKey};
+use xfull_core::manifest::limits::{MAX_DISKS, MAX_LABELS};
+use xfull_core::names::{DiskName, HostName, LabelKey, LabelValue};
 
 use crate::cli::{BackupArgs, Cli, split_pair};
 use crate::output::{PointView, StatsView, bytes, print_json, stats_line};
@@ -72,12 +73,33 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
             Ok((name.parse()?, PathBuf::from(path)))
         })
         .collect::<Result<Vec<_>>>()?;
+    if disks.len() > MAX_DISKS {
+        return Err(Error::InvalidArgument(format!(
+            "{} disks given: a point holds at most {MAX_DISKS}",
+            disks.len()
+        ))
+        .into());
+    }
+    // Labels and the host are printed by later commands: printable text
+    // only (no escape sequences or line breaks), bounded in length.
     let mut labels = BTreeMap::new();
     for l in &args.labels {
         let (k, v) = split_pair("--label", l)?;
         let key: LabelKey = k.parse()?;
-        labels.insert(key.to_string(), v.to_string());
+        let value: LabelValue = v.parse()?;
+        labels.insert(key.to_string(), value.into());
     }
+    if labels.len() > MAX_LABELS {
+        return Err(Error::InvalidArgument(format!(
+            "{} labels given: a point holds at most {MAX_LABELS}",
+            labels.len()
+        ))
+        .into());
+    }
+    let host: HostName = match &args.host {
+        Some(h) => h.parse()?,
+        None => xfull_core::host::name().parse()?,
+    };
     let time = args
         .time
         .as_deref()
@@ -118,7 +140,7 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
         audit_percent: args.audit_unchanged,
         parent: args.parent.as_deref().map(str::parse).transpose()?,
         labels,
-        host: args.host.clone().unwrap_or_else(xfull_core::host::name),
+        host: host.into(),
         time,
     })
 }

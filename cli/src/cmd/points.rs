@@ -1,26 +1,26 @@
 use anyhow::Result;
-use futures::{StreamExt, TryStreamExt};
 
 use crate::cli::{Cli, PointsArgs};
-use crate::output::{bytes, print_json};
+use crate::output::{bytes, labels_line, print_json, printable};
 
+/// Lists points from their manifests' summaries (no segment list is
+/// loaded). Listing is not an integrity check: a point whose manifest is
+/// damaged is skipped with a warning (a row with `damaged` in JSON), and
+/// the command succeeds; `verify` is the check.
 pub async fn run(cli: &Cli, args: &PointsArgs) -> Result<()> {
     let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
     let vm = args.vm.as_deref().map(str::parse).transpose()?;
-    let ids = repo.list_points(vm.as_ref()).await?;
-    // A few manifests at a time, keeping the listing's order.
-    let mut manifests: Vec<_> = futures::stream::iter(ids)
-        .map(|(vm, id)| {
-            let repo = &repo;
-            async move { repo.load_manifest(&vm, &id).await }
-        })
-        .buffered(16)
-        .try_collect()
-        .await?;
-    // Ids order points to the second; manifests order them exactly.
-    manifests.sort_by(|a, b| (&a.vm, a.time, a.created).cmp(&(&b.vm, b.time, b.created)));
+    let listed = repo.summaries(vm.as_ref()).await?;
+    for d in &listed.damaged {
+        eprintln!(
+            "xfull: warning: point {} is damaged and not listed: {} (run `xfull verify`)",
+            d.point,
+            printable(&d.reason)
+        );
+    }
     if cli.json {
-        let rows: Vec<_> = manifests
+        let mut rows: Vec<_> = listed
+            .points
             .iter()
             .map(|m| {
                 serde_json::json!({
@@ -31,23 +31,35 @@ pub async fn run(cli: &Cli, args: &PointsArgs) -> Result<()> {
                     "host": m.host,
                     "labels": m.labels,
                     "disks": m.disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
-                    "size": m.disks.iter().map(|d| d.size).sum::<u64>(),
+                    "size": m.size(),
                 })
             })
             .collect();
+        // Damaged points keep their place in the one array scripts read,
+        // marked with why instead of the manifest's fields.
+        rows.extend(listed.damaged.iter().map(|d| {
+            let (vm, id) = d.point.split_once('@').unwrap_or((&d.point, ""));
+            serde_json::json!({"vm": vm, "id": id, "point": d.point, "damaged": d.reason})
+        }));
         return print_json(&rows);
     }
-    if manifests.is_empty() {
+    if listed.points.is_empty() {
         println!("no points");
     }
-    for m in &manifests {
+    for m in &listed.points {
         let disks: Vec<_> = m.disks.iter().map(|d| d.name.as_str()).collect();
         println!(
-            "{:<40} {}  {:>10}  {}",
+            "{:<40} {}  {:>10}  {}  host {}{}",
             m.point_name(),
             m.time.format("%Y-%m-%d %H:%M:%S"),
-            bytes(m.disks.iter().map(|d| d.size).sum()),
-            disks.join(",")
+            bytes(m.size()),
+            disks.join(","),
+            printable(&m.host),
+            if m.labels.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", labels_line(&m.labels))
+            }
         );
     }
     Ok(())

@@ -5,7 +5,7 @@ use xfull_core::prune::span::Span;
 use xfull_core::prune::{self, VmPlan};
 
 use crate::cli::{Cli, PruneArgs, split_pair};
-use crate::output::print_json;
+use crate::output::{print_json, printable};
 
 pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
     let policy = policy(args)?;
@@ -62,7 +62,7 @@ fn print_plan(plans: &[VmPlan]) {
                 "  {what} {}  {}  {}",
                 d.id,
                 d.time.format("%Y-%m-%d %H:%M:%S"),
-                d.reasons.join(", ")
+                printable(&d.reasons.join(", "))
             );
         }
     }

@@ -2,7 +2,7 @@ use anyhow::Result;
 use xfull_core::point_spec::PointSpec;
 
 use crate::cli::{Cli, ShowArgs};
-use crate::output::{PointView, bytes, print_json, stats_line};
+use crate::output::{PointView, bytes, print_json, printable, stats_line};
 
 pub async fn run(cli: &Cli, args: &ShowArgs) -> Result<()> {
     let spec: PointSpec = args.point.parse()?;
@@ -17,10 +17,12 @@ pub async fn run(cli: &Cli, args: &ShowArgs) -> Result<()> {
         "parent  {}",
         m.parent.as_ref().map_or("-".to_string(), |p| p.to_string())
     );
-    println!("host    {}", m.host);
+    // Free text from the repository is escaped: it may be hostile.
+    println!("host    {}", printable(&m.host));
     for (k, v) in &m.labels {
-        println!("label   {k}={v}");
+        println!("label   {}={}", printable(k), printable(v));
     }
+    println!("writer  {}", printable(&m.writer));
     for d in &m.disks {
         let zero = d.segments.iter().filter(|s| s.is_none()).count();
         println!(
@@ -30,7 +32,7 @@ pub async fn run(cli: &Cli, args: &ShowArgs) -> Result<()> {
             d.segments.len(),
             bytes(d.segment_size),
             zero,
-            d.source
+            printable(&d.source)
         );
         if let Some(p) = &d.parent {
             println!("        based on {}@{p}", m.vm);

@@ -1,11 +1,20 @@
 use anyhow::Result;
 
 use crate::cli::Cli;
-use crate::output::{bytes, print_json};
+use crate::output::{bytes, print_json, printable};
 
+/// Not an integrity check: damaged manifests are reported (stderr, and
+/// `damaged` in JSON) and left out of the counts; the command succeeds.
 pub async fn run(cli: &Cli) -> Result<()> {
     let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
     let s = xfull_core::stats::collect(&repo).await?;
+    for d in &s.damaged {
+        eprintln!(
+            "xfull: warning: point {} is damaged and not counted: {} (run `xfull verify`)",
+            d.point,
+            printable(&d.reason)
+        );
+    }
     if cli.json {
         return print_json(&s);
     }

@@ -3,7 +3,7 @@ use xfull_core::point_spec::PointSpec;
 use xfull_core::verify::{Subset, VerifyOptions, VerifyReport, verify};
 
 use crate::cli::{Cli, VerifyArgs};
-use crate::output::{bytes, print_json};
+use crate::output::{bytes, print_json, printable};
 use crate::progress_ui::Bar;
 
 pub async fn run(cli: &Cli, args: &VerifyArgs) -> Result<()> {
@@ -62,7 +62,7 @@ fn print_report(r: &VerifyReport, read_data: bool) {
     for p in &r.damaged {
         println!("DAMAGED point {}", p.point);
         if let Some(m) = &p.manifest {
-            println!("  manifest: {m}");
+            println!("  manifest: {}", printable(m));
         }
         for d in &p.disks {
             println!(
@@ -81,7 +81,7 @@ fn print_report(r: &VerifyReport, read_data: bool) {
                 );
             }
             for why in &d.problems {
-                println!("    {why}");
+                println!("    {}", printable(why));
             }
         }
     }

@@ -22,18 +22,34 @@ impl ExtentSet {
         Self::default()
     }
 
-    /// Builds a set from ranges in any order, overlapping or not.
+    /// Builds a set from ranges in any order, overlapping or not, merging
+    /// them in place (no second list: change files may hold millions).
     pub fn from_ranges(mut ranges: Vec<Range<u64>>) -> Self {
         ranges.retain(|r| r.start < r.end);
-        ranges.sort_by_key(|r| r.start);
-        let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            match out.last_mut() {
+        ranges.sort_unstable_by_key(|r| r.start);
+        let mut kept: usize = 0;
+        for i in 0..ranges.len() {
+            let r = ranges[i].clone();
+            match kept.checked_sub(1).map(|k| &mut ranges[k]) {
                 Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-                _ => out.push(r),
+                _ => {
+                    ranges[kept] = r;
+                    kept += 1;
+                }
             }
         }
-        ExtentSet { ranges: out }
+        ranges.truncate(kept);
+        ExtentSet { ranges }
+    }
+
+    /// Adds `more` (in any order), leaving it empty to be filled again.
+    pub fn absorb(&mut self, more: &mut Vec<Range<u64>>) {
+        if more.is_empty() {
+            return;
+        }
+        let mut all = std::mem::take(&mut self.ranges);
+        all.append(more);
+        *self = ExtentSet::from_ranges(all);
     }
 
     pub fn ranges(&self) -> &[Range<u64>] {

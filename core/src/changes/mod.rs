@@ -3,6 +3,8 @@
 
 pub mod extents;
 pub mod parse;
+#[cfg(test)]
+mod parse_oracle;
 pub mod snapshot;
 
 pub use extents::{Extent, ExtentSet};

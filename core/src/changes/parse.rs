@@ -12,11 +12,18 @@
 //! files are unioned anyway). Anything that cannot be trusted is refused
 //! with the file and entry named: a bad change source must never produce
 //! a wrong point.
+//!
+//! Files are parsed as a stream, entry by entry, merging as they come: a
+//! dense list of millions of extents costs the memory of its merged
+//! extents (16 bytes each, up to three times that while merging), not of
+//! its text.
 
+use std::fmt;
+use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::extents::ExtentSet;
 use crate::error::{Error, Result};
@@ -43,6 +50,9 @@ impl Format {
 /// of a 1 TiB disk is far smaller).
 const MAX_FILE: u64 = 1 << 30;
 
+/// Ranges collected before they are merged into the set, at least.
+const MERGE_BATCH: usize = 4096;
+
 /// Reads and validates a change file for a disk of `disk_size` bytes.
 pub fn read_change_file(path: &Path, disk_size: u64) -> Result<(ExtentSet, Format)> {
     let name = path.display().to_string();
@@ -51,126 +61,329 @@ pub fn read_change_file(path: &Path, disk_size: u64) -> Result<(ExtentSet, Forma
         entry: None,
         reason,
     };
-    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
     if !meta.is_file() {
         return Err(bad("is not a regular file".into()));
     }
     if meta.len() > MAX_FILE {
         return Err(bad(format!("is larger than {MAX_FILE} bytes")));
     }
-    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    parse_changes(&name, &bytes, disk_size)
+    parse_reader(&name, std::io::BufReader::new(file), disk_size)
 }
 
 /// Parses change-file bytes; `name` is used in messages.
 pub fn parse_changes(name: &str, bytes: &[u8], disk_size: u64) -> Result<(ExtentSet, Format)> {
+    parse_reader(name, bytes, disk_size)
+}
+
+fn parse_reader(name: &str, input: impl Read, disk_size: u64) -> Result<(ExtentSet, Format)> {
+    let mut p = Parser {
+        disk_size,
+        entry: None,
+        format: None,
+        merged: ExtentSet::new(),
+        pending: Vec::new(),
+        refused: None,
+    };
+    let mut json = serde_json::Deserializer::from_reader(input);
+    let parsed = json.deserialize_seq(&mut p).and_then(|()| json.end());
     let err = |entry: Option<usize>, reason: String| Error::ChangeSource {
         file: name.to_string(),
         entry,
         reason,
     };
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| err(None, format!("not valid JSON: {e}")))?;
-    let Value::Array(items) = value else {
-        return Err(err(None, "expected a JSON array of extents".into()));
-    };
-    let mut format = None;
-    let mut ranges = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let Value::Object(obj) = item else {
-            return Err(err(Some(i), "is not a JSON object".into()));
-        };
-        let this = detect(obj).ok_or_else(|| {
-            err(
-                Some(i),
-                "unknown format: expected {\"offset\",\"length\"} entries, qemu-img map \
-                 --output=json or rbd diff --format json"
-                    .into(),
-            )
-        })?;
-        match format {
-            None => format = Some(this),
+    if let Some((i, reason)) = p.refused.take() {
+        return Err(err(Some(i), reason));
+    }
+    match parsed {
+        Ok(()) => {}
+        Err(e) if e.is_data() && p.entry.is_none() => {
+            return Err(err(None, format!("expected a JSON array of extents: {e}")));
+        }
+        Err(e) if e.is_data() => return Err(err(p.entry, e.to_string())),
+        Err(e) => return Err(err(None, format!("not valid JSON: {e}"))),
+    }
+    p.merge();
+    Ok((p.merged, p.format.unwrap_or(Format::Native)))
+}
+
+/// The state of a parse: what has been read so far.
+struct Parser {
+    disk_size: u64,
+    /// Index of the entry being read, once inside the list.
+    entry: Option<usize>,
+    format: Option<Format>,
+    merged: ExtentSet,
+    /// Ranges not merged yet, in file order.
+    pending: Vec<Range<u64>>,
+    /// The entry refused and why (the parse error only says "stop").
+    refused: Option<(usize, String)>,
+}
+
+impl Parser {
+    fn merge(&mut self) {
+        self.merged.absorb(&mut self.pending);
+    }
+
+    /// Checks one entry and keeps its range.
+    fn take(&mut self, raw: RawEntry) -> std::result::Result<(), String> {
+        let this = raw.format().ok_or(
+            "unknown format: expected {\"offset\",\"length\"} entries, qemu-img map \
+             --output=json or rbd diff --format json",
+        )?;
+        match self.format {
+            None => self.format = Some(this),
             Some(f) if f != this => {
-                return Err(err(
-                    Some(i),
-                    format!("is {} but earlier entries are {}", this.name(), f.name()),
+                return Err(format!(
+                    "is {} but earlier entries are {}",
+                    this.name(),
+                    f.name()
                 ));
             }
             _ => {}
         }
-        if let Some(r) = entry(obj, this, disk_size).map_err(|reason| err(Some(i), reason))? {
-            ranges.push(r);
-        }
-    }
-    Ok((
-        ExtentSet::from_ranges(ranges),
-        format.unwrap_or(Format::Native),
-    ))
-}
-
-fn detect(obj: &Map<String, Value>) -> Option<Format> {
-    if obj.contains_key("depth") && obj.contains_key("start") {
-        Some(Format::QemuImgMap)
-    } else if obj.contains_key("exists") {
-        Some(Format::RbdDiff)
-    } else if obj.contains_key("offset") && obj.contains_key("length") {
-        Some(Format::Native)
-    } else {
-        None
-    }
-}
-
-/// The changed range an entry names, if any.
-fn entry(
-    obj: &Map<String, Value>,
-    format: Format,
-    disk_size: u64,
-) -> std::result::Result<Option<Range<u64>>, String> {
-    let start_key = if format == Format::QemuImgMap {
-        "start"
-    } else {
-        "offset"
-    };
-    let start = number(obj, start_key)?;
-    let length = number(obj, "length")?;
-    let end = start
-        .checked_add(length)
-        .ok_or_else(|| format!("{start_key} {start} + length {length} overflows"))?;
-    if end > disk_size {
-        return Err(format!(
-            "{start_key} {start} length {length} ends at {end}, past the disk's end ({disk_size} bytes)"
-        ));
-    }
-    let changed = match format {
-        Format::Native => true,
-        Format::RbdDiff => {
-            // "true"/"false" as strings (rbd) or booleans; either way a change.
-            match obj.get("exists") {
-                Some(Value::Bool(_)) => true,
-                Some(Value::String(s)) if s == "true" || s == "false" => true,
-                other => return Err(format!("\"exists\" must be true or false, not {other:?}")),
+        if let Some(r) = raw.range(this, self.disk_size)? {
+            self.pending.push(r);
+            // Merging whenever the pending ranges outgrow the merged set
+            // twice keeps memory within three times the merged extents,
+            // and the work to n log n.
+            if self.pending.len() >= MERGE_BATCH.max(2 * self.merged.ranges().len()) {
+                self.merge();
             }
         }
-        Format::QemuImgMap => {
-            let depth = number(obj, "depth")?;
-            let flag = |k: &str| match obj.get(k) {
-                None => Ok(false),
-                Some(Value::Bool(b)) => Ok(*b),
-                Some(other) => Err(format!("\"{k}\" must be a boolean, not {other}")),
-            };
-            // The overlay's own extents: written data, or written zeros.
-            depth == 0 && (flag("data")? || flag("zero")?)
-        }
-    };
-    Ok(changed.then_some(start..end))
+        Ok(())
+    }
 }
 
-fn number(obj: &Map<String, Value>, key: &str) -> std::result::Result<u64, String> {
-    match obj.get(key) {
+impl<'de> Visitor<'de> for &mut Parser {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of extents")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let mut i = 0;
+        loop {
+            self.entry = Some(i);
+            let Some(raw) = seq.next_element::<RawEntry>()? else {
+                break;
+            };
+            if let Err(reason) = self.take(raw) {
+                self.refused = Some((i, reason));
+                return Err(de::Error::custom("refused entry"));
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// One entry as written: the fields any of the formats use, each kept as
+/// the JSON value it was (small: nested values are not kept).
+#[derive(Default)]
+struct RawEntry {
+    offset: Option<Field>,
+    start: Option<Field>,
+    length: Option<Field>,
+    depth: Option<Field>,
+    exists: Option<Field>,
+    data: Option<Field>,
+    zero: Option<Field>,
+}
+
+impl RawEntry {
+    fn format(&self) -> Option<Format> {
+        if self.depth.is_some() && self.start.is_some() {
+            Some(Format::QemuImgMap)
+        } else if self.exists.is_some() {
+            Some(Format::RbdDiff)
+        } else if self.offset.is_some() && self.length.is_some() {
+            Some(Format::Native)
+        } else {
+            None
+        }
+    }
+
+    /// The changed range the entry names, if any.
+    fn range(
+        &self,
+        format: Format,
+        disk_size: u64,
+    ) -> std::result::Result<Option<Range<u64>>, String> {
+        let (start_key, start) = match format {
+            Format::QemuImgMap => ("start", &self.start),
+            _ => ("offset", &self.offset),
+        };
+        let start = number(start_key, start)?;
+        let length = number("length", &self.length)?;
+        let end = start
+            .checked_add(length)
+            .ok_or_else(|| format!("{start_key} {start} + length {length} overflows"))?;
+        if end > disk_size {
+            return Err(format!(
+                "{start_key} {start} length {length} ends at {end}, past the disk's end ({disk_size} bytes)"
+            ));
+        }
+        let changed = match format {
+            Format::Native => true,
+            // "true"/"false" as strings (rbd) or booleans; either way a change.
+            Format::RbdDiff => match &self.exists {
+                Some(Field::Bool(_)) => true,
+                Some(Field::Str(s)) if s == "true" || s == "false" => true,
+                other => {
+                    let shown = other
+                        .as_ref()
+                        .map_or("nothing".to_string(), Field::to_string);
+                    return Err(format!("\"exists\" must be true or false, not {shown}"));
+                }
+            },
+            Format::QemuImgMap => {
+                let depth = number("depth", &self.depth)?;
+                let flag = |k: &str, v: &Option<Field>| match v {
+                    None => Ok(false),
+                    Some(Field::Bool(b)) => Ok(*b),
+                    Some(other) => Err(format!("\"{k}\" must be a boolean, not {other}")),
+                };
+                // The overlay's own extents: written data, or written zeros.
+                depth == 0 && (flag("data", &self.data)? || flag("zero", &self.zero)?)
+            }
+        };
+        Ok(changed.then_some(start..end))
+    }
+}
+
+fn number(key: &str, v: &Option<Field>) -> std::result::Result<u64, String> {
+    match v {
         None => Err(format!("has no \"{key}\"")),
-        Some(v) => v
-            .as_u64()
-            .ok_or_else(|| format!("\"{key}\" must be a non-negative integer below 2^64, not {v}")),
+        Some(Field::U64(n)) => Ok(*n),
+        Some(other) => Err(format!(
+            "\"{key}\" must be a non-negative integer below 2^64, not {other}"
+        )),
+    }
+}
+
+impl<'de> de::Deserialize<'de> for RawEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<RawEntry, A::Error> {
+                let mut e = RawEntry::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let slot = match key {
+                        Key::Offset => &mut e.offset,
+                        Key::Start => &mut e.start,
+                        Key::Length => &mut e.length,
+                        Key::Depth => &mut e.depth,
+                        Key::Exists => &mut e.exists,
+                        Key::Data => &mut e.data,
+                        Key::Zero => &mut e.zero,
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    // A repeated key: the last one counts, as in a JSON object.
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(e)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Key {
+    Offset,
+    Start,
+    Length,
+    Depth,
+    Exists,
+    Data,
+    Zero,
+    #[serde(other)]
+    Other,
+}
+
+/// A field's JSON value, kept small: arrays and objects only as such.
+#[derive(Debug)]
+enum Field {
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+    Str(String),
+    Null,
+    Nested(&'static str),
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::U64(n) => write!(f, "{n}"),
+            Field::I64(n) => write!(f, "{n}"),
+            Field::F64(n) => write!(f, "{n}"),
+            Field::Bool(b) => write!(f, "{b}"),
+            Field::Str(s) => write!(f, "{s:?}"),
+            Field::Null => f.write_str("null"),
+            Field::Nested(what) => f.write_str(what),
+        }
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_u64<E>(self, n: u64) -> std::result::Result<Field, E> {
+                Ok(Field::U64(n))
+            }
+            fn visit_i64<E>(self, n: i64) -> std::result::Result<Field, E> {
+                Ok(match u64::try_from(n) {
+                    Ok(n) => Field::U64(n),
+                    Err(_) => Field::I64(n),
+                })
+            }
+            fn visit_f64<E>(self, n: f64) -> std::result::Result<Field, E> {
+                Ok(Field::F64(n))
+            }
+            fn visit_bool<E>(self, b: bool) -> std::result::Result<Field, E> {
+                Ok(Field::Bool(b))
+            }
+            fn visit_str<E>(self, s: &str) -> std::result::Result<Field, E> {
+                Ok(Field::Str(s.to_string()))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Field, E> {
+                Ok(Field::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Field, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Nested("an array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Field, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Nested("an object"))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -218,7 +431,9 @@ mod tests {
     #[test]
     fn bad_files_name_file_and_entry() {
         let cases = [
-            ("{", "not valid JSON"),
+            ("[{", "not valid JSON"),
+            ("{", "JSON array"),
+            ("[{\"offset\":1,\"length\":2}] x", "not valid JSON"),
             (r#"{"offset":1}"#, "JSON array"),
             (r#"[1]"#, "entry 0"),
             (
