@@ -354,7 +354,10 @@ impl Session {
             None => {
                 let _one_at_a_time = self.writer.lock().await;
                 self.lock().ended = Some(Ended { committed: None });
-                self.repo.backend().delete_many(&[self.key.clone()]).await?;
+                self.repo
+                    .backend()
+                    .delete_many(std::slice::from_ref(&self.key))
+                    .await?;
             }
         }
         Ok(())
