@@ -6,7 +6,7 @@ use anyhow::Result;
 use xfull_core::Error;
 use xfull_core::backend::Backend;
 use xfull_core::repo::Repository;
-use xfull_local::{LocalBackend, parse_location};
+use xfull_local::{CreateError, LocalBackend, parse_location};
 use xfull_s3::{S3Backend, S3Options};
 
 use crate::cli::S3Args;
@@ -49,7 +49,21 @@ async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backen
         .into());
     };
     if create {
-        return Ok(Arc::new(LocalBackend::create(&dir)?));
+        return match LocalBackend::create(&dir) {
+            Ok(b) => Ok(Arc::new(b)),
+            // A directory with someone's files in it is the wrong argument.
+            Err(e @ CreateError::NotEmpty { .. }) => {
+                Err(Error::InvalidArgument(e.to_string()).into())
+            }
+            Err(CreateError::RepositoryExists { dir }) => Err(Error::RepositoryExists {
+                location: dir.display().to_string(),
+            }
+            .into()),
+            // Through the engine's error, so that damage (a FIFO as
+            // `config`) exits 3.
+            Err(CreateError::Backend(e)) => Err(Error::Backend(e).into()),
+            Err(e) => Err(e.into()),
+        };
     }
     if !dir.is_dir() {
         return Err(Error::NotARepository {

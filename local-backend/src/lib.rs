@@ -1,10 +1,34 @@
-//! xfull's backend for a local directory, on `object_store`'s
-//! `LocalFileSystem` with fsync on: every create-only put is written to a
-//! staging file, synced, and published with a hard link (which fails if the
-//! key exists), and the directory is synced, so no reader ever sees a
-//! partially written object under its final key and a returned put
-//! survives a crash. `in_memory()` gives the same contract without a disk,
-//! for tests.
+//! xfull's backend for a local directory (and an in-memory store for
+//! tests).
+//!
+//! The directory is opened once; every key is resolved beneath it with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (`fs.rs`), so nothing a
+//! user or an attacker plants in it (a symbolic link out of the
+//! repository, a FIFO under a key, files named like staging files) makes
+//! xfull read, write or delete outside it, or block:
+//!
+//! - reads open objects non-blocking and `fstat` them: anything but a
+//!   regular file is damage naming the key (`read.rs`);
+//! - puts write a staging file, sync it and publish it atomically, a
+//!   create with `linkat` (never overwriting), an overwrite with
+//!   `renameat`, then sync the directory (`staging.rs`);
+//! - deletes unlink files only, never a directory or a link (`delete.rs`);
+//! - listings walk directory fds and skip links (`list.rs`);
+//! - gc's cleanup removes only stale staging files of the key space
+//!   (`cleanup.rs`);
+//! - `init` takes only a new or empty directory (`create.rs`).
+//!
+//! object_store's `LocalFileSystem`, used before, follows symbolic links
+//! everywhere and blocks on a FIFO; see docs/design.md, "Storage backends".
+
+mod cleanup;
+mod create;
+mod delete;
+mod fs;
+mod list;
+mod memory;
+mod read;
+mod staging;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -14,91 +38,53 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
-use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
-use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutMode};
+
+pub use create::CreateError;
+
+use crate::fs::Root;
+use crate::memory::Memory;
 
 #[derive(Debug)]
 pub struct LocalBackend {
-    store: Arc<dyn ObjectStore>,
-    location: String,
-    /// The directory, for cleaning staging files (none in memory).
-    root: Option<PathBuf>,
+    store: Store,
+}
+
+#[derive(Debug)]
+enum Store {
+    Dir(Arc<Root>),
+    Memory(Memory),
 }
 
 impl LocalBackend {
-    /// A backend on the directory `root`, which must exist.
+    /// A backend on the directory `root`, which must exist. A symbolic
+    /// link named as `root` is followed (the operator chose it); none
+    /// inside it ever is.
     pub fn open(root: &Path) -> Result<Self, BackendError> {
-        let location = root.display().to_string();
-        let store = LocalFileSystem::new_with_prefix(root)
-            .map_err(|e| BackendError::Other {
-                location: location.clone(),
-                message: e.to_string(),
-            })?
-            .with_fsync(true);
         Ok(LocalBackend {
-            store: Arc::new(store),
-            location,
-            root: Some(root.to_path_buf()),
+            store: Store::Dir(Arc::new(Root::open(root)?)),
         })
     }
 
-    /// Creates `root` (and its parents) if needed, then opens it.
-    pub fn create(root: &Path) -> Result<Self, BackendError> {
+    /// For `xfull init`: creates `root` (and its parents) if needed and
+    /// opens it, refusing a directory that is not empty.
+    pub fn create(root: &Path) -> Result<Self, CreateError> {
         std::fs::create_dir_all(root).map_err(|e| BackendError::Other {
             location: root.display().to_string(),
             message: format!("cannot create the directory: {e}"),
         })?;
-        Self::open(root)
+        let dir = Root::open(root)?;
+        dir.check_empty(root)?;
+        Ok(LocalBackend {
+            store: Store::Dir(Arc::new(dir)),
+        })
     }
 
     /// A store that lives in memory, for tests.
     pub fn in_memory() -> Self {
         LocalBackend {
-            store: Arc::new(InMemory::new()),
-            location: "memory://".into(),
-            root: None,
+            store: Store::Memory(Memory::default()),
         }
-    }
-
-    fn map(&self, e: object_store::Error) -> BackendError {
-        let location = self.location.clone();
-        match e {
-            object_store::Error::NotFound { path, .. } => BackendError::NotFound {
-                location,
-                key: path,
-            },
-            object_store::Error::AlreadyExists { path, .. } => BackendError::AlreadyExists {
-                location,
-                key: path,
-            },
-            object_store::Error::Precondition { path, source } => BackendError::Precondition {
-                location,
-                key: path,
-                message: source.to_string(),
-            },
-            object_store::Error::PermissionDenied { path, source }
-            | object_store::Error::Unauthenticated { path, source } => {
-                BackendError::Unauthenticated {
-                    location,
-                    message: format!("{path}: {source}"),
-                }
-            }
-            other => BackendError::Other {
-                location,
-                message: other.to_string(),
-            },
-        }
-    }
-
-    fn path(&self, key: &str) -> Result<StorePath, BackendError> {
-        StorePath::parse(key).map_err(|e| BackendError::Other {
-            location: self.location.clone(),
-            message: format!("invalid key {key:?}: {e}"),
-        })
     }
 }
 
@@ -113,152 +99,93 @@ pub fn parse_location(repo: &str) -> Option<PathBuf> {
     Some(PathBuf::from(repo))
 }
 
+/// Runs a file-system call on a blocking thread (file I/O blocks).
+async fn blocking<T: Send + 'static>(
+    root: &Arc<Root>,
+    f: impl FnOnce(&Root) -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, BackendError> {
+    let r = root.clone();
+    tokio::task::spawn_blocking(move || f(&r))
+        .await
+        .map_err(|e| BackendError::Other {
+            location: root.location.clone(),
+            message: format!("file-system task failed: {e}"),
+        })?
+}
+
 #[async_trait]
 impl Backend for LocalBackend {
     fn location(&self) -> String {
-        self.location.clone()
+        match &self.store {
+            Store::Dir(root) => root.location.clone(),
+            Store::Memory(m) => m.location(),
+        }
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
-        let path = self.path(key)?;
-        let mode = match mode {
-            PutMode::Create => object_store::PutMode::Create,
-            PutMode::Overwrite => object_store::PutMode::Overwrite,
-        };
-        let opts = PutOptions {
-            mode,
-            ..PutOptions::default()
-        };
-        self.store
-            .put_opts(&path, PutPayload::from(data), opts)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.map(e))
+        match &self.store {
+            Store::Dir(root) => {
+                let key = key.to_string();
+                blocking(root, move |r| r.put(&key, &data, mode)).await
+            }
+            Store::Memory(m) => m.put(key, data, mode).await,
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
-        let path = self.path(key)?;
-        let r = self.store.get(&path).await.map_err(|e| self.map(e))?;
-        r.bytes().await.map_err(|e| self.map(e))
+        match &self.store {
+            Store::Dir(root) => {
+                let key = key.to_string();
+                blocking(root, move |r| r.get(&key)).await
+            }
+            Store::Memory(m) => m.get(key).await,
+        }
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
-        let path = self.path(key)?;
-        self.store
-            .get_range(&path, range)
-            .await
-            .map_err(|e| self.map(e))
+        match &self.store {
+            Store::Dir(root) => {
+                let key = key.to_string();
+                blocking(root, move |r| r.get_range(&key, range)).await
+            }
+            Store::Memory(m) => m.get_range(key, range).await,
+        }
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
-        let path = self.path(key)?;
-        let m = self.store.head(&path).await.map_err(|e| self.map(e))?;
-        Ok(ObjectMeta {
-            key: m.location.to_string(),
-            size: m.size,
-            last_modified: m.last_modified,
-        })
+        match &self.store {
+            Store::Dir(root) => {
+                let key = key.to_string();
+                blocking(root, move |r| r.head(&key)).await
+            }
+            Store::Memory(m) => m.head(key).await,
+        }
     }
 
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
-        // object_store lists by path segments; list the parent directory
-        // and keep the keys that start with the prefix, so that "ls/" and
-        // "points/vm1/" both work.
-        let dir = match prefix.rfind('/') {
-            Some(i) => &prefix[..i],
-            None => "",
-        };
-        let dir = match self.path(dir) {
-            Ok(p) => p,
-            Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
-        };
-        let prefix = prefix.to_string();
-        self.store
-            .list(Some(&dir))
-            .map_err(|e| self.map(e))
-            .try_filter_map(move |m| {
-                let key = m.location.to_string();
-                let keep = key.starts_with(&prefix);
-                async move {
-                    Ok(keep.then_some(ObjectMeta {
-                        key,
-                        size: m.size,
-                        last_modified: m.last_modified,
-                    }))
-                }
-            })
-            .boxed()
+        match &self.store {
+            Store::Dir(root) => list::list(root.clone(), prefix),
+            Store::Memory(m) => m.list(prefix),
+        }
     }
 
-    /// object_store stages a put in `KEY#N` next to the key; a killed
-    /// writer leaves it there (never under the key itself).
+    /// Removes the staging files killed writers left (see `cleanup.rs`).
     async fn remove_incomplete(&self, before: DateTime<Utc>) -> Result<u64, BackendError> {
-        let Some(root) = self.root.clone() else {
-            return Ok(0);
-        };
-        let location = self.location.clone();
-        tokio::task::spawn_blocking(move || remove_staging(&root, before.into()))
-            .await
-            .map_err(|e| BackendError::Other {
-                location: location.clone(),
-                message: format!("cleanup task failed: {e}"),
-            })?
-            .map_err(|e| BackendError::Other {
-                location,
-                message: format!("removing staging files: {e}"),
-            })
+        match &self.store {
+            Store::Dir(root) => blocking(root, move |r| r.remove_incomplete(before)).await,
+            Store::Memory(_) => Ok(0),
+        }
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
-        for key in keys {
-            let path = self.path(key)?;
-            match self.store.delete(&path).await {
-                Ok(()) => {}
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(self.map(e)),
+        match &self.store {
+            Store::Dir(root) => {
+                let keys = keys.to_vec();
+                blocking(root, move |r| r.delete_many(&keys)).await
             }
-        }
-        Ok(())
-    }
-}
-
-/// Removes `*#N` staging files modified before `before`, under `dir`.
-/// Writers run meanwhile: a file or directory that vanished between the
-/// listing and the look at it is skipped.
-fn remove_staging(dir: &Path, before: std::time::SystemTime) -> std::io::Result<u64> {
-    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
-    let mut n = 0;
-    let entries = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if gone(&e) => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let path = entry.path();
-        let meta = match entry.metadata() {
-            Ok(m) => m,
-            Err(e) if gone(&e) => continue,
-            Err(e) => return Err(e),
-        };
-        if meta.is_dir() {
-            n += remove_staging(&path, before)?;
-        } else if is_staging(&path) && meta.modified()? < before {
-            match std::fs::remove_file(&path) {
-                Ok(()) => n += 1,
-                Err(e) if gone(&e) => {}
-                Err(e) => return Err(e),
-            }
+            Store::Memory(m) => m.delete_many(keys).await,
         }
     }
-    Ok(n)
-}
-
-fn is_staging(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.rsplit_once('#'))
-        .is_some_and(|(_, suffix)| !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,334 @@
+//! A local repository directory that someone planted things in: files of
+//! their own, symbolic links out of the repository, FIFOs in place of
+//! objects. xfull never reads, writes or deletes through them, never
+//! blocks on them, and reports the ones it meets where an object should be
+//! as damage (exit 3) naming the key.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use xfull_integration::env::{Env, fails, walk};
+use xfull_integration::{Region, write_image};
+
+/// A small image with several chunks, backed up as `v`: returns its path.
+fn backed_up(e: &Env) -> PathBuf {
+    backed_up_as(e, "v")
+}
+
+fn backed_up_as(e: &Env, vm: &str) -> PathBuf {
+    let img = e.path("d.img");
+    write_image(
+        &img,
+        &[Region::Random(3 << 20), Region::Text(2 << 20)],
+        7,
+        false,
+    )
+    .unwrap();
+    let disk = format!("d={}", img.display());
+    e.x(&["backup", "--vm", vm, "--disk", &disk])
+        .assert()
+        .success();
+    img
+}
+
+/// The chunk files of the repository (no staging file), sorted.
+fn chunk_files(e: &Env) -> Vec<PathBuf> {
+    let mut v: Vec<_> = walk(&e.repo.join("chunks"))
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains('#'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `chunks/ab/abcd...` for a chunk file.
+fn key_of(e: &Env, p: &Path) -> String {
+    p.strip_prefix(&e.repo).unwrap().display().to_string()
+}
+
+fn mkfifo(p: &Path) {
+    let st = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Sets the modification time of `p` (not following a link) to two days ago.
+fn make_old(p: &Path) {
+    let st = std::process::Command::new("touch")
+        .args(["-h", "-d", "2 days ago"])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Runs xfull with `args` and returns (exit code, stdout + stderr). A
+/// command still running after a generous time blocked (on a FIFO): it is
+/// killed and the test fails.
+fn run_bounded(e: &Env, args: &[&str]) -> (i32, String) {
+    let out = e.path(&format!("out-{}", rand::random::<u32>()));
+    let mut child = e
+        .std(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("xfull {args:?} blocked (killed after 120 s)");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&out).unwrap();
+    (status.code().unwrap(), text)
+}
+
+/// Every file and link under `dir` with its content (links: their target).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            let meta = p.symlink_metadata().unwrap();
+            if meta.is_dir() {
+                todo.push(p);
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&p).unwrap();
+                out.push((p, target.into_os_string().into_encoded_bytes()));
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn init_refuses_a_directory_that_is_not_empty() {
+    let e = Env::bare();
+    std::fs::create_dir_all(e.repo.join("mydocs")).unwrap();
+    std::fs::write(e.repo.join("mydocs/meeting#1"), b"minutes").unwrap();
+    std::fs::write(e.repo.join("notes.txt"), b"notes").unwrap();
+    let before = snapshot(&e.repo);
+    let (code, err) = fails(e.x(&["init"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not empty"), "{err}");
+    assert!(err.contains(&e.url), "names the directory: {err}");
+    assert!(err.contains("mydocs"), "says what is there: {err}");
+    assert_eq!(snapshot(&e.repo), before, "init wrote into the directory");
+
+    // An empty directory that exists is fine, once.
+    let empty = e.path("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let url = empty.display().to_string();
+    e.x(&["-r", &url, "init"]).assert().success();
+    let (code, err) = fails(e.x(&["-r", &url, "init"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already exists"), "{err}");
+
+    // A symbolic link given as the repository is followed (the operator
+    // named it); the repository lives where it points.
+    let target = e.path("target");
+    std::fs::create_dir(&target).unwrap();
+    let link = e.path("link");
+    symlink(&target, &link).unwrap();
+    let url = link.display().to_string();
+    e.x(&["-r", &url, "init"]).assert().success();
+    assert!(target.join("config").is_file());
+    e.x(&["-r", &url, "points"]).assert().success();
+}
+
+#[test]
+fn gc_leaves_files_it_did_not_write_and_never_leaves_the_repository() {
+    let e = Env::init_with(&["--clock-margin", "0s"]);
+    backed_up(&e);
+    let chunks = chunk_files(&e);
+    let outside = e.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+
+    // A user's files in the repository, named like staging files.
+    std::fs::create_dir(e.repo.join("mydocs")).unwrap();
+    let planted = [e.repo.join("mydocs/meeting#1"), e.repo.join("notes#2")];
+    for p in &planted {
+        std::fs::write(p, b"mine").unwrap();
+        make_old(p);
+    }
+    // A fan directory that is a link out of the repository, holding a
+    // look-alike staging file and a file named like an unused chunk.
+    let fan = (0..=255u8)
+        .map(|b| format!("{b:02x}"))
+        .find(|f| !e.repo.join("chunks").join(f).exists())
+        .unwrap();
+    let chunk_named = format!("{fan}{}", "7".repeat(62));
+    for name in [
+        "x#1".to_string(),
+        chunk_named.clone(),
+        format!("{chunk_named}#1"),
+    ] {
+        std::fs::write(outside.join(&name), b"outside").unwrap();
+        make_old(&outside.join(&name));
+    }
+    symlink(&outside, e.repo.join("chunks").join(&fan)).unwrap();
+    // A real staging file of a killed writer: gc removes it.
+    let stale = PathBuf::from(format!("{}#42", chunks[0].display()));
+    std::fs::write(&stale, b"partial").unwrap();
+    make_old(&stale);
+
+    let outside_before = snapshot(&outside);
+    e.x(&["gc"]).assert().success();
+    assert!(!stale.exists(), "gc left a stale staging file");
+    for p in &planted {
+        assert_eq!(std::fs::read(p).unwrap(), b"mine", "{}", p.display());
+    }
+    assert_eq!(
+        snapshot(&outside),
+        outside_before,
+        "gc changed files outside"
+    );
+    assert!(e.repo.join("chunks").join(&fan).symlink_metadata().is_ok());
+    for c in &chunks {
+        assert!(c.is_file(), "gc deleted a chunk in use: {}", c.display());
+    }
+    e.x(&["verify"]).assert().success();
+}
+
+#[test]
+fn a_fifo_in_place_of_a_chunk_is_damage_and_nothing_blocks() {
+    let e = Env::init();
+    backed_up(&e);
+    let chunk = chunk_files(&e)[0].clone();
+    let key = key_of(&e, &chunk);
+    std::fs::remove_file(&chunk).unwrap();
+    mkfifo(&chunk);
+    let to = e.path("restored.img");
+    let to = to.to_str().unwrap();
+    let (code, out) = run_bounded(&e, &["restore", "v@latest", "--disk", "d", "--to", to]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains(&key) && out.contains("FIFO"), "{out}");
+    let (code, out) = run_bounded(&e, &["verify", "--read-data"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains(&key) && out.contains("FIFO"), "{out}");
+}
+
+#[test]
+fn a_fifo_as_config_ends_every_command_with_damage() {
+    let e = Env::init();
+    let img = backed_up(&e);
+    let cfg = e.repo.join("config");
+    std::fs::remove_file(&cfg).unwrap();
+    mkfifo(&cfg);
+    let disk = format!("d={}", img.display());
+    let to = e.path("r.img").display().to_string();
+    let commands: &[&[&str]] = &[
+        &["init"],
+        &["points"],
+        &["show", "v@latest"],
+        &["backup", "--vm", "v", "--disk", &disk],
+        &["restore", "v@latest", "--disk", "d", "--to", &to],
+        &["verify", "--read-data"],
+        &["stats"],
+        &["prune", "--keep-last", "1"],
+        &["gc"],
+    ];
+    for args in commands {
+        let (code, out) = run_bounded(&e, args);
+        assert_eq!(code, 3, "{args:?}: {out}");
+        assert!(
+            out.contains("config") && out.contains("FIFO"),
+            "{args:?}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_symlink_in_place_of_a_chunk_is_damage_and_not_read() {
+    let e = Env::init();
+    backed_up(&e);
+    let chunk = chunk_files(&e)[0].clone();
+    let key = key_of(&e, &chunk);
+    // The valid chunk now lives outside; a link to it takes its place.
+    let moved = e.path("moved-chunk");
+    std::fs::rename(&chunk, &moved).unwrap();
+    symlink(&moved, &chunk).unwrap();
+    let to = e.path("restored.img");
+    let (code, out) = run_bounded(
+        &e,
+        &[
+            "restore",
+            "v@latest",
+            "--disk",
+            "d",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains(&key) && out.contains("symbolic link"), "{out}");
+    assert!(!to.exists());
+    let (code, out) = run_bounded(&e, &["verify", "--read-data"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(moved.exists());
+}
+
+#[test]
+fn a_backup_never_writes_through_a_symlinked_directory() {
+    let e = Env::init();
+    let outside = e.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    // Every fan directory of nodes/ leads out of the repository.
+    std::fs::create_dir(e.repo.join("nodes")).unwrap();
+    for b in 0..=255u8 {
+        symlink(&outside, e.repo.join(format!("nodes/{b:02x}"))).unwrap();
+    }
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(1 << 20)], 3, false).unwrap();
+    let disk = format!("d={}", img.display());
+    let (code, out) = run_bounded(&e, &["backup", "--vm", "v", "--disk", &disk]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("nodes/") && out.contains("symbolic link"),
+        "{out}"
+    );
+    assert!(
+        snapshot(&outside).is_empty(),
+        "wrote outside the repository"
+    );
+    assert_eq!(e.points(), 0);
+}
+
+#[test]
+fn points_are_never_listed_through_a_symlinked_vm_directory() {
+    let e = Env::init();
+    backed_up(&e);
+    // Another repository's VM directory, linked into this one.
+    let other = Env::init();
+    backed_up_as(&other, "w");
+    symlink(other.repo.join("points/w"), e.repo.join("points/w")).unwrap();
+    let listed = e.json(&["points"]);
+    let vms: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["vm"].as_str().unwrap())
+        .collect();
+    assert_eq!(vms, ["v"]);
+    let (code, out) = run_bounded(&e, &["points", "--vm", "w"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("points/w") && out.contains("symbolic link"),
+        "{out}"
+    );
+}

@@ -1,0 +1,71 @@
+//! Deleting objects: `unlinkat` in the key's directory, opened beneath
+//! the root without following a link. Only files are deleted: a directory
+//! or a symbolic link under a key was put there by someone else, and
+//! deleting through it could reach anything.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{AtFlags, FileType};
+use rustix::io::Errno;
+use xfull_core::backend::BackendError;
+
+use crate::fs::{DIR, Root, kind_name, kind_of};
+
+impl Root {
+    /// Deletes the objects `keys`. Missing keys are already deleted; a
+    /// directory or a symbolic link under a key is no object of ours: it is
+    /// left alone (never followed) and reported after the other keys are
+    /// deleted.
+    pub(crate) fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
+        let mut not_ours = None;
+        // Batches come in key order: reuse the directory of the last key.
+        let mut open_dir: Option<(&str, OwnedFd)> = None;
+        for key in keys {
+            self.check_key(key)?;
+            let (dir_path, name) = key.rsplit_once('/').unwrap_or(("", key));
+            if open_dir.as_ref().is_none_or(|(p, _)| *p != dir_path) {
+                match self.open_beneath(dir_path, DIR) {
+                    Ok(fd) => open_dir = Some((dir_path, fd)),
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => match self.open_error(key, e) {
+                        e @ BackendError::Corrupt { .. } => {
+                            not_ours.get_or_insert(e);
+                            continue;
+                        }
+                        e => return Err(e),
+                    },
+                }
+            }
+            let Some((_, dir)) = &open_dir else { continue };
+            match self.delete_one(key, dir.as_fd(), name) {
+                Ok(()) => {}
+                Err(e @ BackendError::Corrupt { .. }) => {
+                    not_ours.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        not_ours.map_or(Ok(()), Err)
+    }
+
+    fn delete_one(&self, key: &str, dir: BorrowedFd<'_>, name: &str) -> Result<(), BackendError> {
+        let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(self.other(key, e)),
+        };
+        let kind = kind_of(&st);
+        if matches!(kind, FileType::Directory | FileType::Symlink) {
+            return Err(self.corrupt(
+                key,
+                format!("{}, not an object: not deleted", kind_name(kind)),
+            ));
+        }
+        // If the name was swapped for a directory meanwhile, unlinkat
+        // fails (EISDIR); for a link, it removes the link, not its target.
+        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(self.other(key, e)),
+        }
+    }
+}
