@@ -23,7 +23,8 @@ async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backen
         let opts = S3Options {
             bucket,
             prefix,
-            endpoint: s3.s3_endpoint.clone(),
+            // An exported but empty AWS_ENDPOINT_URL means "not set".
+            endpoint: s3.s3_endpoint.clone().filter(|e| !e.is_empty()),
             region: s3.s3_region.clone(),
             no_conditional_put: s3.s3_no_conditional_put,
             chunk_storage_class: s3.s3_storage_class_chunks.clone(),

@@ -129,8 +129,10 @@ fn invalid_s3_settings_are_usage_errors() {
 fn a_missing_region_names_the_setting() {
     let home = tempfile::tempdir().unwrap();
     let mut c = bare(home.path());
+    // An empty AWS_ENDPOINT_URL counts as unset: AWS's own endpoint.
     c.env("AWS_ACCESS_KEY_ID", "k")
         .env("AWS_SECRET_ACCESS_KEY", "s")
+        .env("AWS_ENDPOINT_URL", "")
         .args(["-r", REPO, "points"]);
     let (code, err) = timed_failure("no region", c);
     assert_eq!(code, 1, "{err}");
