@@ -1,5 +1,6 @@
 //! The command line, as DESIGN.md's contract fixes it.
 
+use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -26,12 +27,14 @@ pub struct Cli {
 }
 
 /// S3 settings; credentials come from the standard AWS chain.
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct S3Args {
     /// S3 endpoint URL, e.g. http://127.0.0.1:9000 for MinIO (path-style).
-    #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
+    // The value may hold credentials (http://key:secret@host): the help
+    // must not show it.
+    #[arg(long, env = "AWS_ENDPOINT_URL", hide_env_values = true, global = true)]
     pub s3_endpoint: Option<String>,
-    /// S3 region (default: the standard AWS settings).
+    /// S3 region (default: AWS_REGION or the AWS profile's).
     #[arg(long, global = true)]
     pub s3_region: Option<String>,
     /// The server ignores If-None-Match: emulate create-only puts with HEAD
@@ -40,11 +43,29 @@ pub struct S3Args {
     pub s3_no_conditional_put: bool,
     /// Storage class of chunk objects (e.g. STANDARD_IA, GLACIER_IR,
     /// DEEP_ARCHIVE); nodes and manifests stay in the default class.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "CLASS",
+          value_parser = PossibleValuesParser::new(xfull_s3::storage_classes().iter().copied()))]
     pub s3_storage_class_chunks: Option<String>,
-    /// Server-side encryption: AES256 or aws:kms.
-    #[arg(long, global = true)]
+    /// Server-side encryption.
+    #[arg(long, global = true,
+          value_parser = PossibleValuesParser::new(xfull_s3::SSE_VALUES.iter().copied()))]
     pub s3_sse: Option<String>,
+}
+
+// By hand: the endpoint may hold credentials.
+impl std::fmt::Debug for S3Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Args")
+            .field(
+                "s3_endpoint",
+                &self.s3_endpoint.as_ref().map(|_| "(hidden)"),
+            )
+            .field("s3_region", &self.s3_region)
+            .field("s3_no_conditional_put", &self.s3_no_conditional_put)
+            .field("s3_storage_class_chunks", &self.s3_storage_class_chunks)
+            .field("s3_sse", &self.s3_sse)
+            .finish()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,11 +285,17 @@ pub struct SnapshotDiffArgs {
 
 impl Cli {
     pub fn repo(&self) -> anyhow::Result<&str> {
-        self.repo.as_deref().ok_or_else(|| {
-            anyhow::Error::new(xfull_core::Error::InvalidArgument(
-                "no repository given: use -r/--repo or set XFULL_REPO".into(),
-            ))
-        })
+        let usage = |m: &str| anyhow::Error::new(xfull_core::Error::InvalidArgument(m.into()));
+        match self.repo.as_deref() {
+            None => Err(usage(
+                "no repository given: use -r/--repo or set XFULL_REPO",
+            )),
+            // Empty would name the current directory: never meant.
+            Some("") => Err(usage(
+                "the repository is empty: give a directory, file:///dir or s3://bucket/prefix",
+            )),
+            Some(r) => Ok(r),
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use xfull_core::Error;
 use xfull_core::backend::Backend;
 use xfull_core::repo::Repository;
 use xfull_local::{CreateError, LocalBackend, parse_location};
-use xfull_s3::{S3Backend, S3Options};
+use xfull_s3::{OpenError, S3Backend, S3Options};
 
 use crate::cli::S3Args;
 
@@ -23,14 +23,19 @@ async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backen
         let opts = S3Options {
             bucket,
             prefix,
-            endpoint: s3.s3_endpoint.clone(),
+            // An exported but empty AWS_ENDPOINT_URL means "not set".
+            endpoint: s3.s3_endpoint.clone().filter(|e| !e.is_empty()),
             region: s3.s3_region.clone(),
             no_conditional_put: s3.s3_no_conditional_put,
             chunk_storage_class: s3.s3_storage_class_chunks.clone(),
             sse: s3.s3_sse.clone(),
             static_credentials: None,
         };
-        let b = S3Backend::new(opts).await?;
+        let b = S3Backend::new(opts).await.map_err(|e| match e {
+            OpenError::Invalid(e) => anyhow::Error::new(Error::InvalidArgument(e.to_string())),
+            OpenError::NoRegion { .. } => anyhow::anyhow!("{e}, or pass --s3-region"),
+            e => e.into(),
+        })?;
         if create && !s3.s3_no_conditional_put && !b.probe_conditional_put().await? {
             return Err(Error::InvalidArgument(format!(
                 "{} ignores If-None-Match on PUT, so concurrent writers could overwrite each \

@@ -151,7 +151,7 @@ pub fn xfull_bin() -> std::path::PathBuf {
                 bin.display()
             )
         });
-    for dir in ["cli/src", "core/src", "local-backend/src"] {
+    for dir in ["cli/src", "core/src", "local-backend/src", "s3-backend/src"] {
         if newest(&root.join(dir)).is_some_and(|t| t > built) {
             panic!(
                 "{} is older than the sources in {dir}: run `cargo build --bins` first",

@@ -1,96 +1,279 @@
 //! Mapping SDK errors to the backend's semantic errors, with messages that
-//! name the endpoint and bucket.
+//! say what is wrong and name the endpoint and bucket.
+//!
+//! Only what proves an object absent is `NotFound`; an object in an
+//! archive tier is `Archived`, throttling and outages are `Transient`,
+//! refused access and missing credentials `Unauthenticated`: none of them
+//! is damage to stored data.
 
+use std::error::Error;
+
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use xfull_core::backend::BackendError;
 
+use crate::client::{ANSWER_TIMEOUT, CONNECT_TIMEOUT};
+use crate::transport::{Failure, chain};
+
 #[derive(Debug)]
-pub struct Mapper {
+pub(crate) struct Mapper {
     location: String,
+    /// How messages name the endpoint: the location shows a custom one.
+    endpoint: String,
+    https: bool,
 }
 
 impl Mapper {
-    pub fn new(location: String) -> Self {
-        Mapper { location }
+    pub fn new(location: String, endpoint: Option<&str>, region: &str) -> Self {
+        Mapper {
+            location,
+            endpoint: match endpoint {
+                // The location names it.
+                Some(_) => "the endpoint".into(),
+                None => format!("the AWS S3 endpoint of region {region}"),
+            },
+            https: endpoint.is_none_or(|ep| ep.to_ascii_lowercase().starts_with("https")),
+        }
     }
 
-    pub fn map<E>(&self, e: SdkError<E, HttpResponse>, key: &str) -> BackendError
+    pub fn https(&self) -> bool {
+        self.https
+    }
+
+    /// Maps the error of a request for `key` that made `attempts` attempts.
+    pub fn map<E>(&self, e: SdkError<E, HttpResponse>, key: &str, attempts: u32) -> BackendError
     where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
+        E: ProvideErrorMetadata + Error + 'static,
     {
-        let location = self.location.clone();
-        let key = key.to_string();
         match &e {
             SdkError::ServiceError(se) => {
                 let status = se.raw().status().as_u16();
-                let code = se.err().code().unwrap_or("").to_string();
-                let message = se.err().message().unwrap_or("").to_string();
-                let detail = if message.is_empty() {
-                    format!("{code} (HTTP {status})")
-                } else {
-                    format!("{code}: {message} (HTTP {status})")
+                let region = se.raw().headers().get("x-amz-bucket-region").map(shown);
+                let code = se.err().code().unwrap_or("");
+                let detail = match se.err().message() {
+                    Some(m) if !m.is_empty() => {
+                        format!("{}: {} (HTTP {status})", shown(code), shown(m))
+                    }
+                    _ => format!("{} (HTTP {status})", shown(code))
+                        .trim_start()
+                        .to_string(),
                 };
-                match (status, code.as_str()) {
-                    (412, _) | (_, "PreconditionFailed") => {
-                        BackendError::AlreadyExists { location, key }
-                    }
-                    (_, "NoSuchBucket") => BackendError::Other {
-                        location,
-                        message: format!("the bucket does not exist: {detail}"),
-                    },
-                    (404, _) | (_, "NoSuchKey") | (_, "NotFound") => {
-                        BackendError::NotFound { location, key }
-                    }
-                    (401 | 403, _)
-                    | (_, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
-                        BackendError::Unauthenticated {
-                            location,
-                            message: format!(
-                                "{detail} (check the credentials and the bucket policy)"
-                            ),
-                        }
-                    }
-                    (409, _) => BackendError::Precondition {
-                        location,
-                        key,
-                        message: detail,
-                    },
-                    (s, _) if s == 503 || s >= 500 || code == "SlowDown" => {
-                        BackendError::Transient {
-                            location,
-                            message: format!("{key}: {detail}"),
-                        }
-                    }
-                    _ => BackendError::Other {
-                        location,
-                        message: format!("{key}: {detail}"),
-                    },
-                }
+                self.answer(status, code, &detail, region.as_deref(), key, attempts)
             }
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => BackendError::Transient {
+            _ => {
+                if let Some(c) = find::<CredentialsError>(&e) {
+                    return self.credentials(c);
+                }
+                let timed_out = matches!(e, SdkError::TimeoutError(_))
+                    || matches!(&e, SdkError::DispatchFailure(d) if d.is_timeout());
+                let failure = Failure::of(&e, timed_out, self.https);
+                self.transport(failure, &chain(&e), key, attempts)
+            }
+        }
+    }
+
+    /// An HTTP answer that is an error.
+    fn answer(
+        &self,
+        status: u16,
+        code: &str,
+        detail: &str,
+        bucket_region: Option<&str>,
+        key: &str,
+        attempts: u32,
+    ) -> BackendError {
+        let (location, key) = (self.location.clone(), key.to_string());
+        let denied = |why: &str| BackendError::Unauthenticated {
+            location: self.location.clone(),
+            message: format!("{detail}: {why}"),
+        };
+        let other = |message: String| BackendError::Other {
+            location: self.location.clone(),
+            message,
+        };
+        match (status, code) {
+            // GET of an object in GLACIER or DEEP_ARCHIVE not restored.
+            (_, "InvalidObjectState") => BackendError::Archived { location, key },
+            (412, _) | (_, "PreconditionFailed") => BackendError::AlreadyExists { location, key },
+            (_, "NoSuchBucket") => other(format!(
+                "the bucket does not exist ({detail}); create it, or fix the bucket name in \
+                 the repository URL"
+            )),
+            (404, _) | (_, "NoSuchKey" | "NotFound") => BackendError::NotFound { location, key },
+            (_, "RequestTimeTooSkewed") => {
+                denied("this machine's clock and the server's differ by too much; set the clock")
+            }
+            (_, "InvalidAccessKeyId") => {
+                denied("the server does not know this access key id; check the credentials")
+            }
+            (_, "SignatureDoesNotMatch") => {
+                denied("the secret key does not belong to the access key id; check the credentials")
+            }
+            (_, "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired") => {
+                denied("the session token is invalid or expired; get new credentials")
+            }
+            (401 | 403, _) | (_, "AccessDenied") => denied(
+                "these credentials may not do this; check them, the bucket policy and the \
+                 user's permissions",
+            ),
+            (301 | 307, _) | (_, "PermanentRedirect" | "AuthorizationHeaderMalformed") => {
+                other(match bucket_region {
+                    Some(r) => format!("the bucket is in region {r}; use that region ({detail})"),
+                    None => format!("the bucket is in another region ({detail})"),
+                })
+            }
+            (409, _) => BackendError::Precondition {
+                location,
+                key,
+                message: detail.to_string(),
+            },
+            // Not implemented or unsupported: no retry mends it.
+            (501 | 505, _) => other(format!("{key}: {detail}")),
+            (429 | 500..=599, _)
+            | (
+                _,
+                "SlowDown"
+                | "Throttling"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "TooManyRequests"
+                | "RequestTimeout",
+            ) => BackendError::Transient {
                 location,
                 message: format!(
-                    "cannot reach the endpoint ({}); is the server up, and is the URL and TLS setup right?",
-                    chain(&e)
+                    "the server is throttling or failing: {key}: {detail} after {}",
+                    count(attempts)
                 ),
             },
-            _ => BackendError::Other {
-                location,
-                message: format!("{key}: {}", chain(&e)),
+            _ => other(format!("{key}: {detail}")),
+        }
+    }
+
+    /// A request that got no HTTP answer.
+    fn transport(&self, failure: Failure, detail: &str, key: &str, attempts: u32) -> BackendError {
+        let ep = &self.endpoint;
+        let tries = format!("after {}", count(attempts));
+        let transient = |message: String| BackendError::Transient {
+            location: self.location.clone(),
+            message,
+        };
+        match failure {
+            Failure::Dns => transient(format!(
+                "cannot resolve the host name of {ep} ({tries}): check the URL and DNS ({detail})"
+            )),
+            Failure::Refused => transient(format!(
+                "connection refused by {ep} ({tries}): is the server up, and is the port right? \
+                 ({detail})"
+            )),
+            Failure::ConnectTimeout => transient(format!(
+                "no connection to {ep} within {} s ({tries}): the host or a firewall drops \
+                 the packets, the address is wrong, or a TLS handshake got no answer ({detail})",
+                CONNECT_TIMEOUT.as_secs()
+            )),
+            Failure::Unreachable => transient(format!(
+                "{ep} is unreachable from here ({tries}): check the address and the network \
+                 ({detail})"
+            )),
+            Failure::Tls => BackendError::Other {
+                location: self.location.clone(),
+                message: format!(
+                    "TLS with {ep} failed: does it speak https (or only http), and is its \
+                     certificate trusted here? ({detail})"
+                ),
             },
+            Failure::NoAnswer => transient(format!(
+                "{ep} accepted the connection but did not answer within {} s ({tries}): the \
+                 server is hung or overloaded, or the link is too slow ({detail})",
+                ANSWER_TIMEOUT.as_secs()
+            )),
+            Failure::Dropped => transient(format!(
+                "the connection to {ep} broke during the request for {key} ({tries}) ({detail})"
+            )),
+            Failure::Other => BackendError::Other {
+                location: self.location.clone(),
+                message: format!("{key}: {detail}"),
+            },
+        }
+    }
+
+    /// The credential chain found nothing, or failed.
+    fn credentials(&self, e: &CredentialsError) -> BackendError {
+        let message = match e {
+            CredentialsError::CredentialsNotLoaded(_) => format!(
+                "no AWS credentials found; tried: environment variables (AWS_ACCESS_KEY_ID, \
+                 AWS_SECRET_ACCESS_KEY), the shared files {} and {} (profile {:?}), web identity \
+                 (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN), container credentials (ECS, EKS), \
+                 EC2 instance metadata{}",
+                var_or("AWS_CONFIG_FILE", "~/.aws/config"),
+                var_or("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+                var_or("AWS_PROFILE", "default"),
+                if std::env::var("AWS_EC2_METADATA_DISABLED")
+                    .is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+                {
+                    " (disabled by AWS_EC2_METADATA_DISABLED)"
+                } else {
+                    ""
+                }
+            ),
+            other => format!(
+                "cannot load the AWS credentials: {}",
+                chain(other).replace('\n', " ")
+            ),
+        };
+        BackendError::Unauthenticated {
+            location: self.location.clone(),
+            message,
         }
     }
 }
 
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
+/// Server text as it may be printed: no control characters (a hostile
+/// server could send terminal escapes), at most 300 characters.
+fn shown(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    if text.chars().count() > 300 {
+        out.push_str("...");
     }
     out
+}
+
+fn var_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn count(attempts: u32) -> String {
+    if attempts == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{attempts} attempts")
+    }
+}
+
+/// The first error of type `T` in `e`'s cause chain.
+fn find<'a, T: Error + 'static>(e: &'a (dyn Error + 'static)) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(s) = cur {
+        if let Some(t) = s.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = s.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_text_is_tamed() {
+        assert_eq!(shown("a\u{1b}[2Jb\nc"), "a [2Jb c");
+        let long = "x".repeat(1000);
+        assert_eq!(shown(&long).len(), 303);
+    }
 }

@@ -7,25 +7,28 @@
 //!   [`S3Backend::probe_conditional_put`] checks at `init` that the server
 //!   honours it. Where it does not, `no_conditional_put` selects a slower
 //!   HEAD-then-PUT mode whose race window is documented in the README.
-//! - Retries with exponential backoff and jitter on throttling, 5xx and
-//!   connection errors (the SDK's standard retry mode), bounded by attempt
-//!   and operation timeouts, so nothing hangs forever.
+//! - Timeouts bound silence, not size; throttling, 5xx and dropped
+//!   connections get the SDK's standard retries, endpoints that cannot be
+//!   reached or do not answer fewer (`client.rs`, `attempts.rs`), so a
+//!   dead endpoint fails in seconds and nothing hangs forever.
+//! - Errors say what is wrong (`errors.rs`, `transport.rs`): an archived
+//!   object, throttling, refused access or missing credentials are never
+//!   reported as damage.
 //! - Chunks may live in their own storage class; nodes, manifests and the
 //!   config stay in the bucket's default (readable) class.
 
+mod attempts;
+mod client;
 mod errors;
+mod options;
+mod transport;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier, ServerSideEncryption, StorageClass};
 use bytes::Bytes;
@@ -34,39 +37,21 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutMode};
 
+use attempts::Attempts;
 use errors::Mapper;
+pub use options::{InvalidOption, OpenError, S3Options, SSE_VALUES, storage_classes};
 
-/// How to reach a bucket.
-#[derive(Clone, Debug, Default)]
-pub struct S3Options {
-    pub bucket: String,
-    /// Key prefix inside the bucket, without leading or trailing slash.
-    pub prefix: String,
-    /// A custom endpoint, e.g. `http://127.0.0.1:9000`; implies path-style.
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    /// Emulate create-only puts with HEAD then PUT (servers that ignore
-    /// `If-None-Match`).
-    pub no_conditional_put: bool,
-    /// Storage class for chunk objects, e.g. `STANDARD_IA`, `GLACIER_IR`.
-    pub chunk_storage_class: Option<String>,
-    /// Server-side encryption: `AES256` or `aws:kms`.
-    pub sse: Option<String>,
-    /// An access key and secret to use instead of the standard AWS chain
-    /// (for programs that embed the backend, and tests).
-    pub static_credentials: Option<(String, String)>,
-}
-
-impl S3Options {
-    /// Parses `s3://bucket/prefix`.
-    pub fn parse_url(url: &str) -> Option<(String, String)> {
-        let rest = url.strip_prefix("s3://")?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return None;
-        }
-        Some((bucket.to_string(), prefix.trim_matches('/').to_string()))
-    }
+/// Sends one request built by `$req` with its own attempt counter (see
+/// `attempts.rs`) and maps its error for `$key`.
+macro_rules! send {
+    ($self:ident, $req:expr, $key:expr) => {{
+        let attempts = Attempts::new($self.errors.https());
+        $req.customize()
+            .config_override(attempts.config())
+            .send()
+            .await
+            .map_err(|e| $self.errors.map(e, $key, attempts.made()))
+    }};
 }
 
 /// Requests sent, by kind.
@@ -79,7 +64,6 @@ struct Counters {
     delete: AtomicU64,
 }
 
-#[derive(Debug)]
 pub struct S3Backend {
     client: Client,
     opts: S3Options,
@@ -89,71 +73,27 @@ pub struct S3Backend {
     counters: Counters,
 }
 
+// By hand: the SDK client's debug text would show the endpoint as given.
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Backend")
+            .field("opts", &self.opts)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
 impl S3Backend {
-    pub async fn new(opts: S3Options) -> Result<Self, BackendError> {
-        let location = location(&opts);
-        let bad = |message: String| BackendError::Other {
-            location: location.clone(),
-            message,
-        };
-        let chunk_class = known(
-            "storage class",
-            opts.chunk_storage_class.as_deref(),
-            StorageClass::values(),
-        )
-        .map_err(bad)?;
-        let sse = known(
-            "server-side encryption",
-            opts.sse.as_deref(),
-            ServerSideEncryption::values(),
-        )
-        .map_err(bad)?;
-        let retry = RetryConfig::standard()
-            .with_max_attempts(6)
-            .with_initial_backoff(Duration::from_millis(100))
-            .with_max_backoff(Duration::from_secs(5));
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .operation_attempt_timeout(Duration::from_secs(60))
-            .operation_timeout(Duration::from_secs(300))
-            .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(retry)
-            .timeout_config(timeouts);
-        match (&opts.region, &opts.endpoint) {
-            (Some(r), _) => loader = loader.region(Region::new(r.clone())),
-            // Custom endpoints rarely care about the region, but signing needs one.
-            (None, Some(_))
-                if std::env::var_os("AWS_REGION").is_none()
-                    && std::env::var_os("AWS_DEFAULT_REGION").is_none() =>
-            {
-                loader = loader.region(Region::new("us-east-1"));
-            }
-            _ => {}
-        }
-        if let Some((key, secret)) = &opts.static_credentials {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                key,
-                secret,
-                None,
-                None,
-                "xfull-static",
-            ));
-        }
-        let shared = loader.load().await;
-        let mut conf = aws_sdk_s3::config::Builder::from(&shared)
-            // S3-compatible servers do not all know the newer checksums.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        if let Some(ep) = &opts.endpoint {
-            conf = conf.endpoint_url(ep).force_path_style(true);
-        }
+    /// Checks the options and sets up the client; sends nothing.
+    pub async fn new(opts: S3Options) -> Result<Self, OpenError> {
+        opts.check()?;
+        let built = client::build(&opts).await?;
         Ok(S3Backend {
-            client: Client::from_conf(conf.build()),
-            errors: Mapper::new(location),
+            client: built.client,
+            errors: Mapper::new(opts.location(), opts.endpoint.as_deref(), &built.region),
+            chunk_class: opts.chunk_storage_class.as_deref().map(StorageClass::from),
+            sse: opts.sse.as_deref().map(ServerSideEncryption::from),
             opts,
-            chunk_class,
-            sse,
             counters: Counters::default(),
         })
     }
@@ -181,10 +121,11 @@ impl S3Backend {
     /// would let two writers overwrite each other's objects.
     pub async fn probe_conditional_put(&self) -> Result<bool, BackendError> {
         let key = format!("probe/conditional-put-{}", std::process::id());
-        let first = self.raw_put(&key, Bytes::from_static(b"1"), true).await;
+        // A first put that fails (an unreachable endpoint, refused
+        // access) is the answer: trying more requests only takes longer.
+        self.raw_put(&key, Bytes::from_static(b"1"), true).await?;
         let second = self.raw_put(&key, Bytes::from_static(b"2"), true).await;
         self.delete_many(std::slice::from_ref(&key)).await?;
-        first?;
         match second {
             Err(e) if e.is_already_exists() => Ok(true),
             Ok(()) => Ok(false),
@@ -192,18 +133,66 @@ impl S3Backend {
         }
     }
 
+    /// One page of a listing and the token of the next, if any. A server
+    /// that says "more" without a new token would end the listing early
+    /// or never: an error either way (a short listing of what points use
+    /// could make gc delete what they need).
+    async fn list_page(
+        &self,
+        full: &str,
+        prefix: &str,
+        token: Option<String>,
+    ) -> Result<(Vec<ObjectMeta>, Option<String>), BackendError> {
+        self.counters.list.fetch_add(1, Ordering::Relaxed);
+        let out = send!(
+            self,
+            self.client
+                .list_objects_v2()
+                .bucket(&self.opts.bucket)
+                .prefix(full)
+                .set_continuation_token(token.clone()),
+            prefix
+        )?;
+        let items = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectMeta {
+                    key: self.unkey(o.key()?).to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: to_chrono(o.last_modified()),
+                })
+            })
+            .collect();
+        if out.is_truncated() != Some(true) {
+            return Ok((items, None));
+        }
+        match out.next_continuation_token() {
+            Some(next) if Some(next) != token.as_deref() && !next.is_empty() => {
+                Ok((items, Some(next.to_string())))
+            }
+            _ => Err(BackendError::Other {
+                location: self.location(),
+                message: format!(
+                    "listing {prefix}: the server says the listing goes on but gives no new \
+                     continuation token"
+                ),
+            }),
+        }
+    }
+
     /// GET of a whole object or a byte range of it.
     async fn fetch(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes, BackendError> {
         self.counters.get.fetch_add(1, Ordering::Relaxed);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.opts.bucket)
-            .key(self.key(key))
-            .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
-            .send()
-            .await
-            .map_err(|e| self.errors.map(e, key))?;
+        let out = send!(
+            self,
+            self.client
+                .get_object()
+                .bucket(&self.opts.bucket)
+                .key(self.key(key))
+                .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1))),
+            key
+        )?;
         let body = out
             .body
             .collect()
@@ -234,39 +223,7 @@ impl S3Backend {
         if let Some(s) = &self.sse {
             req = req.server_side_encryption(s.clone());
         }
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.errors.map(e, key))
-    }
-}
-
-/// Checks a user-given SDK enum value against the values the SDK knows.
-fn known<T: for<'a> From<&'a str>>(
-    what: &str,
-    value: Option<&str>,
-    values: &[&str],
-) -> Result<Option<T>, String> {
-    match value {
-        None => Ok(None),
-        Some(v) if values.contains(&v) => Ok(Some(T::from(v))),
-        Some(v) => Err(format!(
-            "unknown {what} {v:?} (one of: {})",
-            values.join(", ")
-        )),
-    }
-}
-
-/// `s3://bucket/prefix` (and the endpoint, when custom), for messages.
-fn location(opts: &S3Options) -> String {
-    let url = if opts.prefix.is_empty() {
-        format!("s3://{}", opts.bucket)
-    } else {
-        format!("s3://{}/{}", opts.bucket, opts.prefix)
-    };
-    match &opts.endpoint {
-        Some(ep) => format!("{url} at {ep}"),
-        None => url,
+        send!(self, req, key).map(|_| ())
     }
 }
 
@@ -278,7 +235,7 @@ fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
 #[async_trait]
 impl Backend for S3Backend {
     fn location(&self) -> String {
-        location(&self.opts)
+        self.opts.location()
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
@@ -309,14 +266,14 @@ impl Backend for S3Backend {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
         self.counters.head.fetch_add(1, Ordering::Relaxed);
-        let out = self
-            .client
-            .head_object()
-            .bucket(&self.opts.bucket)
-            .key(self.key(key))
-            .send()
-            .await
-            .map_err(|e| self.errors.map(e, key))?;
+        let out = send!(
+            self,
+            self.client
+                .head_object()
+                .bucket(&self.opts.bucket)
+                .key(self.key(key)),
+            key
+        )?;
         Ok(ObjectMeta {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -325,36 +282,23 @@ impl Backend for S3Backend {
     }
 
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
-        let pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.opts.bucket)
-            .prefix(self.key(prefix))
-            .into_paginator()
-            .send();
+        let full = self.key(prefix);
         let prefix = prefix.to_string();
-        futures::stream::unfold(pages, move |mut pages| async move {
-            self.counters.list.fetch_add(1, Ordering::Relaxed);
-            let page = pages.next().await?;
-            Some((page, pages))
+        // One page at a time, each request with its own attempt counter;
+        // `None` once the listing is complete or failed.
+        let first: Option<Option<String>> = Some(None);
+        futures::stream::unfold(first, move |token| {
+            let (full, prefix) = (full.clone(), prefix.clone());
+            async move {
+                let token = token?;
+                let (items, next) = match self.list_page(&full, &prefix, token).await {
+                    Ok((items, next)) => (items.into_iter().map(Ok).collect(), next.map(Some)),
+                    Err(e) => (vec![Err(e)], None),
+                };
+                Some((futures::stream::iter(items), next))
+            }
         })
-        .flat_map(move |page| {
-            let items: Vec<Result<ObjectMeta, BackendError>> = match page {
-                Err(e) => vec![Err(self.errors.map(e, &prefix))],
-                Ok(out) => out
-                    .contents()
-                    .iter()
-                    .filter_map(|o| {
-                        Some(Ok(ObjectMeta {
-                            key: self.unkey(o.key()?).to_string(),
-                            size: o.size().unwrap_or(0).max(0) as u64,
-                            last_modified: to_chrono(o.last_modified()),
-                        }))
-                    })
-                    .collect(),
-            };
-            futures::stream::iter(items)
-        })
+        .flatten()
         .boxed()
     }
 
@@ -378,14 +322,14 @@ impl Backend for S3Backend {
                     location: self.location(),
                     message: e.to_string(),
                 })?;
-            let out = self
-                .client
-                .delete_objects()
-                .bucket(&self.opts.bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| self.errors.map(e, &batch[0]))?;
+            let out = send!(
+                self,
+                self.client
+                    .delete_objects()
+                    .bucket(&self.opts.bucket)
+                    .delete(delete),
+                &batch[0]
+            )?;
             if let Some(err) = out.errors().first() {
                 return Err(BackendError::Other {
                     location: self.location(),

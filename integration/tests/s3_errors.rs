@@ -1,0 +1,376 @@
+//! What a user sees when S3 is misconfigured, unreachable, throttling or
+//! holds archived objects: each failure its own message naming endpoint
+//! and bucket, the right exit status, in bounded time, no secret printed.
+//! Fake endpoints on 127.0.0.1 stand in for the broken servers; only the
+//! archived-restore test needs a real one.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Instant;
+
+use assert_cmd::Command;
+use xfull_core::backend::{Backend, BackendError};
+use xfull_integration::env::{Env, fails, stderr};
+use xfull_integration::fault_proxy::{Blackhole, FaultProxy, Silent, s3_error};
+use xfull_integration::s3::S3Server;
+use xfull_integration::{Region, write_image, xfull_bin};
+use xfull_s3::{S3Backend, S3Options};
+
+const REPO: &str = "s3://xfull-errors/repo";
+
+/// `xfull` with nothing of the test's environment: an empty HOME (no
+/// ~/.aws), instance metadata off, so no AWS setting leaks in.
+fn bare(home: &Path) -> Command {
+    let mut c = Command::new(xfull_bin());
+    c.env_clear()
+        .env("HOME", home)
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    c
+}
+
+/// `xfull -r REPO` with credentials and a region, against `endpoint`.
+fn against(home: &Path, endpoint: &str) -> Command {
+    let mut c = bare(home);
+    c.env("AWS_ACCESS_KEY_ID", "xfull-test-key")
+        .env("AWS_SECRET_ACCESS_KEY", "xfull-test-secret")
+        .env("AWS_REGION", "us-east-1")
+        .args(["-r", REPO, "--s3-endpoint", endpoint]);
+    c
+}
+
+/// A loopback port nobody listens on.
+fn refused_endpoint() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+/// Runs a command that must fail; returns (exit status, stderr) and
+/// prints how long it took (no assertion on time: the machine is shared).
+fn timed_failure(what: &str, c: Command) -> (i32, String) {
+    let t = Instant::now();
+    let (code, err) = fails(c);
+    eprintln!("{what}: exit {code} after {:.1?}: {err}", t.elapsed());
+    (code, err)
+}
+
+fn assert_has(err: &str, wanted: &[&str]) {
+    for w in wanted {
+        assert!(err.contains(w), "want {w:?} in: {err}");
+    }
+}
+
+fn options(endpoint: &str) -> S3Options {
+    S3Options {
+        bucket: "xfull-errors".into(),
+        prefix: "repo".into(),
+        endpoint: Some(endpoint.into()),
+        region: Some("us-east-1".into()),
+        static_credentials: Some(("xfull-test-key".into(), "xfull-test-secret".into())),
+        ..S3Options::default()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn chunk_get(method: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or("");
+    method == "GET" && path.contains("/chunks/")
+}
+
+#[test]
+fn invalid_s3_settings_are_usage_errors() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let mut c = bare(h);
+    c.args(["-r", REPO, "--s3-storage-class-chunks", "COLD", "points"]);
+    let (code, err) = fails(c);
+    assert_eq!(code, 2, "{err}");
+    assert_has(&err, &["COLD", "GLACIER_IR", "DEEP_ARCHIVE", "STANDARD_IA"]);
+
+    let mut c = bare(h);
+    c.args(["-r", REPO, "--s3-sse", "rot13", "points"]);
+    let (code, err) = fails(c);
+    assert_eq!(code, 2, "{err}");
+    assert_has(&err, &["rot13", "AES256", "aws:kms"]);
+
+    let mut c = bare(h);
+    c.args(["-r", "", "points"]);
+    let (code, err) = fails(c);
+    assert_eq!(code, 2, "{err}");
+    assert_has(&err, &["repository", "s3://bucket/prefix"]);
+
+    let mut c = bare(h);
+    c.env("XFULL_REPO", "").arg("points");
+    let (code, err) = fails(c);
+    assert_eq!(code, 2, "{err}");
+
+    for bad in [
+        "ftp://127.0.0.1:9000",
+        "127.0.0.1:9000",
+        "http://",
+        "http://h:99999",
+    ] {
+        let mut c = against(h, bad);
+        c.arg("points");
+        let (code, err) = fails(c);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert_has(&err, &["endpoint", "http://host:port"]);
+    }
+}
+
+#[test]
+fn a_missing_region_names_the_setting() {
+    let home = tempfile::tempdir().unwrap();
+    let mut c = bare(home.path());
+    // An empty AWS_ENDPOINT_URL counts as unset: AWS's own endpoint.
+    c.env("AWS_ACCESS_KEY_ID", "k")
+        .env("AWS_SECRET_ACCESS_KEY", "s")
+        .env("AWS_ENDPOINT_URL", "")
+        .args(["-r", REPO, "points"]);
+    let (code, err) = timed_failure("no region", c);
+    assert_eq!(code, 1, "{err}");
+    assert_has(
+        &err,
+        &["region", "--s3-region", "AWS_REGION", "xfull-errors"],
+    );
+    assert!(!err.contains("is the server up"), "{err}");
+}
+
+#[test]
+fn missing_credentials_name_the_chain_that_was_tried() {
+    let home = tempfile::tempdir().unwrap();
+    let endpoint = refused_endpoint();
+    let mut c = bare(home.path());
+    c.env("AWS_REGION", "us-east-1")
+        .args(["-r", REPO, "--s3-endpoint", &endpoint, "points"]);
+    let (code, err) = timed_failure("no credentials", c);
+    assert_eq!(code, 1, "{err}");
+    assert_has(
+        &err,
+        &[
+            "no AWS credentials",
+            "AWS_ACCESS_KEY_ID",
+            "~/.aws/credentials",
+            "profile",
+            "web identity",
+            "container",
+            "instance metadata",
+            "xfull-errors",
+            &endpoint,
+        ],
+    );
+    assert!(!err.contains("is the server up"), "{err}");
+}
+
+#[test]
+fn connection_failures_each_say_what_failed() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+
+    let down = refused_endpoint();
+    let mut c = against(h, &down);
+    c.arg("points");
+    let (code, err) = timed_failure("refused", c);
+    assert_eq!(code, 1, "{err}");
+    assert_has(&err, &["connection refused", &down, "xfull-errors"]);
+
+    let nowhere = "http://xfull-no-such-host.invalid:9000";
+    let mut c = against(h, nowhere);
+    c.arg("points");
+    let (code, err) = timed_failure("dns", c);
+    assert_eq!(code, 1, "{err}");
+    assert_has(
+        &err,
+        &[
+            "cannot resolve",
+            "xfull-no-such-host.invalid",
+            "xfull-errors",
+        ],
+    );
+
+    // TLS to a server that speaks plain HTTP (and, as real ones do,
+    // answers a TLS hello with 400 at once).
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls = format!("https://{}", plain.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut c in plain.incoming().flatten() {
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let mut c = against(h, &tls);
+    c.arg("points");
+    let (code, err) = timed_failure("tls", c);
+    assert_eq!(code, 1, "{err}");
+    assert_has(&err, &["TLS", &tls, "xfull-errors"]);
+}
+
+#[test]
+fn a_blackholed_endpoint_fails_in_bounded_time() {
+    let home = tempfile::tempdir().unwrap();
+    let hole = Blackhole::start();
+    let mut c = against(home.path(), &hole.endpoint);
+    c.arg("points");
+    let (code, err) = timed_failure("blackhole", c);
+    assert_eq!(code, 1, "{err}");
+    assert_has(
+        &err,
+        &["no connection", "attempts", &hole.endpoint, "xfull-errors"],
+    );
+}
+
+#[test]
+fn a_silent_endpoint_fails_in_bounded_time() {
+    let home = tempfile::tempdir().unwrap();
+    let silent = Silent::start();
+    let mut c = against(home.path(), &silent.endpoint);
+    c.arg("points");
+    let (code, err) = timed_failure("silent", c);
+    assert_eq!(code, 1, "{err}");
+    assert_has(
+        &err,
+        &[
+            "did not answer",
+            "attempts",
+            &silent.endpoint,
+            "xfull-errors",
+        ],
+    );
+}
+
+#[test]
+fn a_server_that_always_throttles_is_an_outage_not_damage() {
+    let home = tempfile::tempdir().unwrap();
+    let slow = FaultProxy::with_rule(None, |_, _| Some(s3_error("503 Slow Down", "SlowDown")));
+    let mut c = against(home.path(), &slow.endpoint);
+    c.arg("points");
+    let (code, err) = timed_failure("503", c);
+    assert_eq!(code, 1, "{err}");
+    assert_has(
+        &err,
+        &[
+            "throttling or failing",
+            "SlowDown",
+            "after 6 attempts",
+            &slow.endpoint,
+        ],
+    );
+
+    let failing = FaultProxy::with_rule(None, |_, _| {
+        Some(s3_error("500 Internal Server Error", "InternalError"))
+    });
+    runtime().block_on(async {
+        let b = S3Backend::new(options(&failing.endpoint)).await.unwrap();
+        let e = b.get("config").await.unwrap_err();
+        assert!(matches!(e, BackendError::Transient { .. }), "{e:?}");
+        assert_has(
+            &e.to_string(),
+            &["throttling or failing", "after 6 attempts"],
+        );
+    });
+}
+
+/// S3 never takes a password in the URL (the SDK would even break every
+/// signature with it): refused as a usage error, never echoed.
+#[test]
+fn credentials_in_the_endpoint_are_refused_and_never_printed() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let secret = "S3CR3T-in-the-url";
+    let down = refused_endpoint();
+    let hostport = down.trim_start_matches("http://");
+    let with_creds = format!("http://AKIDLEAK:{secret}@{hostport}");
+    for (what, endpoint) in [
+        ("well-formed", with_creds.clone()),
+        ("malformed", format!("http://AKIDLEAK:{secret}@[::1")),
+    ] {
+        let mut c = against(h, &endpoint);
+        c.arg("points");
+        let (code, err) = timed_failure(what, c);
+        assert_eq!(code, 2, "{what}: {err}");
+        assert!(
+            !err.contains(secret),
+            "{what}: the secret is printed: {err}"
+        );
+        assert!(
+            !err.contains("AKIDLEAK"),
+            "{what}: the key is printed: {err}"
+        );
+        assert_has(&err, &["endpoint", "http://***@"]);
+    }
+    let mut c = bare(h);
+    c.env("AWS_ACCESS_KEY_ID", "k")
+        .env("AWS_SECRET_ACCESS_KEY", "s")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", &with_creds)
+        .args(["-r", REPO, "points"]);
+    let (code, err) = timed_failure("in the environment", c);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains(secret), "{err}");
+    assert_has(&err, &["AWS_ACCESS_KEY_ID", "http://***@"]);
+    // Nor in the help, which shows the environment's values.
+    let mut c = bare(h);
+    c.env("AWS_ENDPOINT_URL", &with_creds).arg("--help");
+    let out = c.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!text.contains(secret), "{text}");
+}
+
+#[test]
+fn an_archived_chunk_reads_as_archived() {
+    let archive = FaultProxy::with_rule(None, |method, path| {
+        chunk_get(method, path).then(|| s3_error("403 Forbidden", "InvalidObjectState"))
+    });
+    runtime().block_on(async {
+        let b = S3Backend::new(options(&archive.endpoint)).await.unwrap();
+        let e = b.get("chunks/ab/abcdef").await.unwrap_err();
+        assert!(matches!(e, BackendError::Archived { .. }), "{e:?}");
+        assert_has(
+            &e.to_string(),
+            &["chunks/ab/abcdef", "restored from the archive"],
+        );
+    });
+}
+
+/// An archived chunk is not damage: restore says to restore it from the
+/// archive first and exits 1, not 3.
+#[test]
+fn restoring_archived_chunks_says_restore_them_first() {
+    let server = S3Server::start();
+    let e = Env::init_s3(&server, "archived");
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(1 << 20)], 5, false).unwrap();
+    e.x(&[
+        "backup",
+        "--vm",
+        "vm",
+        "--disk",
+        &format!("d={}", img.display()),
+    ])
+    .assert()
+    .success();
+    let upstream = server.endpoint.trim_start_matches("http://");
+    let archive = FaultProxy::with_rule(Some(upstream), |method, path| {
+        chunk_get(method, path).then(|| s3_error("403 Forbidden", "InvalidObjectState"))
+    });
+    let out = e.path("restored.img");
+    let mut c = e.x(&[
+        "restore",
+        "vm@latest",
+        "--disk",
+        "d",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    c.env("AWS_ENDPOINT_URL", &archive.endpoint);
+    let (code, err) = timed_failure("archived restore", c);
+    assert!(archive.faults() > 0, "no chunk GET went through the proxy");
+    assert_eq!(code, 1, "an archived chunk is not damage: {err}");
+    assert_has(&err, &["restored from the archive"]);
+}
