@@ -121,13 +121,22 @@ pub enum Listener {
 
 impl Listener {
     /// Listens on a new unix socket at `path` (an existing file is never
-    /// replaced: remove a stale socket first). The socket file is removed
-    /// when [`Server::serve`] returns.
+    /// replaced: remove a stale socket first). Only its owner may connect
+    /// (mode 0600, whatever the umask: exports are disk contents); put it
+    /// in a private directory to close the moment between creating and
+    /// restricting it. The socket file is removed when [`Server::serve`]
+    /// returns.
     pub fn bind_unix(path: &Path) -> Result<Listener, NbdError> {
-        let listener = UnixListener::bind(path).map_err(|e| NbdError::Listen {
+        use std::os::unix::fs::PermissionsExt;
+        let err = |e: std::io::Error| NbdError::Listen {
             address: path.display().to_string(),
             message: e.to_string(),
-        })?;
+        };
+        let listener = UnixListener::bind(path).map_err(err)?;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            let _ = std::fs::remove_file(path);
+            return Err(err(e));
+        }
         Ok(Listener::Unix {
             listener,
             path: path.to_path_buf(),
@@ -207,12 +216,16 @@ impl Server {
         })
     }
 
-    /// Calls `f` for each connection event (set before serving).
-    pub fn on_event(mut self, f: impl Fn(ServerEvent) + Send + Sync + 'static) -> Server {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.events = Some(Arc::new(f));
+    /// A server like this one that calls `f` for each connection event.
+    pub fn on_event(self, f: impl Fn(ServerEvent) + Send + Sync + 'static) -> Server {
+        Server {
+            inner: Arc::new(Inner {
+                exports: self.inner.exports.clone(),
+                options: self.inner.options.clone(),
+                events: Some(Arc::new(f)),
+                next_client: AtomicU64::new(1),
+            }),
         }
-        self
     }
 
     /// Accepts clients until `shutdown` completes, then stops accepting,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::conn::{Reader, Writer};
@@ -86,42 +86,23 @@ pub(crate) async fn transmit(
         if let Some(e) = reap(&mut tasks) {
             break Err(e);
         }
-        let mut h = [0u8; REQUEST_HEADER_LEN];
-        tokio::select! {
-            res = r.read_exact(&mut h) => match res {
-                Ok(_) => {}
-                // A client may drop the connection without NBD_CMD_DISC.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
-                Err(e) => break Err(format!("reading a request: {e}")),
+        // The whole intake of a request (header, a slot, memory, a write's
+        // payload) gives way to shutdown: a client stalled mid-payload
+        // must not hold the server up, and what was half read is dropped
+        // with the connection.
+        let next = next_request(&ctx, &mut r, &requests, &bytes, budget);
+        let (req, job, permits) = tokio::select! {
+            n = next => match n {
+                Ok(Some(n)) => n,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             },
             _ = stop.wait_for(|s| *s) => break Ok(()),
-        }
-        let req = match decode::request_header(&h) {
-            Ok(req) => req,
-            Err(m) => break Err(m.0),
-        };
-        if req.command == CMD_DISC {
-            break Ok(());
-        }
-        // Waiting for a slot stops reading this client: backpressure.
-        let Ok(slot) = requests.clone().acquire_owned().await else {
-            break Err("request slots closed".into());
-        };
-        let want = match req.command {
-            CMD_READ | CMD_WRITE => req.len.min(budget),
-            _ => 0,
-        };
-        let Ok(mem) = bytes.clone().acquire_many_owned(want).await else {
-            break Err("request budget closed".into());
-        };
-        let job = match prepare(&ctx, &mut r, &req).await {
-            Ok(job) => job,
-            Err(e) => break Err(e),
         };
         let ctx = ctx.clone();
         tasks.spawn(async move {
             let res = serve(&ctx, req.cookie, job).await;
-            drop((slot, mem));
+            drop(permits);
             res
         });
     };
@@ -141,6 +122,47 @@ pub(crate) async fn transmit(
     let _ = w.shutdown().await;
     end
 }
+
+/// Reads and checks the next request, holding a request slot and its
+/// memory. `Ok(None)`: the client disconnected (`NBD_CMD_DISC` or EOF).
+async fn next_request(
+    ctx: &Ctx,
+    r: &mut Reader,
+    requests: &Arc<Semaphore>,
+    bytes: &Arc<Semaphore>,
+    budget: u32,
+) -> Result<Option<(RequestHeader, Job, Permits)>, String> {
+    let mut h = [0u8; REQUEST_HEADER_LEN];
+    match r.read_exact(&mut h).await {
+        Ok(_) => {}
+        // A client may drop the connection without NBD_CMD_DISC.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(format!("reading a request: {e}")),
+    }
+    let req = decode::request_header(&h).map_err(|m| m.0)?;
+    if req.command == CMD_DISC {
+        return Ok(None);
+    }
+    // Waiting for a slot stops reading this client: backpressure.
+    let slot = requests
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| e.to_string())?;
+    let want = match req.command {
+        CMD_READ | CMD_WRITE => req.len.min(budget),
+        _ => 0,
+    };
+    let mem = bytes
+        .clone()
+        .acquire_many_owned(want)
+        .await
+        .map_err(|e| e.to_string())?;
+    let job = prepare(ctx, r, &req).await?;
+    Ok(Some((req, job, (slot, mem))))
+}
+
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 fn flatten(res: Result<Result<(), String>, tokio::task::JoinError>) -> Result<(), String> {
     match res {

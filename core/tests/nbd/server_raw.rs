@@ -379,3 +379,66 @@ async fn shutdown_waits_for_nothing_but_requests_in_flight() {
     assert!(idle.read(0, 10).await.is_err());
     assert!(!socket.exists(), "the socket file is removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_client_stalled_mid_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(dir.path(), exports(&[0; 65536]), ServerOptions::default());
+    let mut r = Raw::go(&served, "rw", true, false).await;
+    // A write whose payload never comes.
+    r.send(0, CMD_WRITE, 1, 0, 4096).await;
+    r.s.write_all(&[1; 100]).await.unwrap();
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(60), served.stop()).await;
+    assert!(stopped.is_ok(), "shutdown waited for the stalled client");
+    assert!(r.closed().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_for_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(dir.path(), exports(&[0; 4096]), ServerOptions::default());
+    let mode = std::fs::metadata(&served.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "socket mode {mode:o}: other users could read the exports"
+    );
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_a_handler_set_on_a_clone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        xfull_core::nbd::Server::new(exports(&[0; 4096]), ServerOptions::default()).unwrap();
+    let _kept = server.clone();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let server = server.on_event(move |e| s2.lock().unwrap().push(e));
+    let socket = dir.path().join("s.sock");
+    let listener = xfull_core::nbd::Listener::bind_unix(&socket).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    let c = Client::connect(&xfull_core::nbd::NbdUri::unix(&socket, "ro"), &[])
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Connected { .. }))
+    );
+}

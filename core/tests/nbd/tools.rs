@@ -15,7 +15,18 @@ use xfull_core::nbd::{Export, Listener, NbdUri, Server, ServerEvent, ServerOptio
 pub struct Proc(pub Child);
 
 impl Drop for Proc {
+    /// SIGTERM first, so that nbdkit removes its temporary directory;
+    /// SIGKILL if it is still there after a while.
     fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
