@@ -14,8 +14,10 @@ use super::{NbdError, error::colon};
 /// An option reply carries at most a few strings: anything longer is
 /// refused before it is allocated.
 const MAX_OPTION_REPLY: u32 = 64 << 10;
-/// Bounds on a list reply (exports or contexts) from a hostile server.
+/// Bounds on a list reply (exports or contexts) from a hostile server:
+/// each reply is bounded, so is their number and their sum.
 const MAX_LIST_ITEMS: usize = 4096;
+const MAX_LIST_BYTES: usize = 1 << 20;
 
 /// What the handshake settled.
 #[derive(Clone, Debug)]
@@ -139,8 +141,16 @@ impl<'a> Handshake<'a> {
     async fn list(&mut self, option: u32, data: &[u8]) -> Result<Vec<(u32, Vec<u8>)>, NbdError> {
         self.send(option, data).await?;
         let mut items = Vec::new();
+        let mut bytes = 0;
         loop {
             let (reply, data) = self.reply(option).await?;
+            bytes += data.len();
+            if bytes > MAX_LIST_BYTES {
+                return Err(self.fail(format!(
+                    "more than {MAX_LIST_BYTES} bytes of replies to {}",
+                    option_name(option)
+                )));
+            }
             match reply.reply {
                 REP_ACK => return Ok(items),
                 r if r & REP_FLAG_ERROR != 0 => return Err(self.refused(option, &reply, &data)),

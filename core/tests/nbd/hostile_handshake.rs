@@ -117,3 +117,35 @@ async fn falls_back_to_export_name_and_simple_replies() {
     assert!(matches!(c.flush().await, Err(NbdError::Unsupported { .. })));
     c.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_flood_of_large_list_replies_is_cut_short() {
+    // 300 export names of 4,000 bytes: each reply is small enough, the
+    // list is not (1.2 MB); the client stops listening at 1 MiB.
+    let e = scripted(&[], options(5000), |mut p| async move {
+        p.greet().await;
+        let (opt, _) = p.option().await;
+        p.reply(opt, REP_ACK, &[]).await;
+        let (opt, _) = p.option().await;
+        p.reply(opt, REP_ERR_UNKNOWN, &[]).await;
+        let (opt, _) = p.option().await;
+        assert_eq!(opt, OPT_LIST);
+        for i in 0..300u32 {
+            let name = format!("{i:04}{}", "x".repeat(3996));
+            let mut d = (name.len() as u32).to_be_bytes().to_vec();
+            d.extend_from_slice(name.as_bytes());
+            p.reply(opt, REP_SERVER, &d).await;
+        }
+        p.reply(opt, REP_ACK, &[]).await;
+        p.idle().await;
+    })
+    .await
+    .0
+    .unwrap_err();
+    match e {
+        NbdError::ExportNotFound { available, .. } => {
+            assert!(available.is_empty(), "{} names kept", available.len())
+        }
+        other => panic!("{other:?}"),
+    }
+}
