@@ -43,7 +43,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
-            request_size: 2 << 20,
+            request_size: 1 << 20,
             max_requests: 16,
             max_bytes: 32 << 20,
             timeout: Duration::from_secs(60),
@@ -129,6 +129,7 @@ impl Client {
             state: Mutex::new(State::default()),
             epoch: Instant::now(),
             last_progress: AtomicU64::new(0),
+            pool: Mutex::new(Vec::new()),
         });
         let reader = tokio::spawn(client_reader::run(shared.clone(), r));
         let watchdog = tokio::spawn(watchdog(shared.clone(), reader.abort_handle()));
@@ -292,8 +293,44 @@ impl Client {
                 buf[(from - offset) as usize..(to - offset) as usize]
                     .copy_from_slice(&data[(from - s) as usize..(to - s) as usize]);
             }
+            self.shared.recycle(data);
         }
         Ok(())
+    }
+
+    /// Reads `range` in order as a stream of (offset, bytes) pieces of
+    /// the request size, keeping requests in flight ahead of the consumer
+    /// (within the in-flight bounds): a sequential reader that never
+    /// waits for the pipeline to drain, unlike successive `read_at`s.
+    /// Unaligned edges are read as [`Client::read`] reads them.
+    pub fn read_stream(
+        &self,
+        range: Range<u64>,
+    ) -> impl futures::Stream<Item = Result<(u64, Bytes), NbdError>> + '_ {
+        let step = self.request_size();
+        let start = range.start;
+        let end = range.end.max(start);
+        // Cut points: the range's ends and the aligned steps between.
+        let first = (start / step + 1) * step;
+        let cuts = std::iter::once(start)
+            .chain((first..end).step_by(step as usize))
+            .chain(std::iter::once(end));
+        let pieces: Vec<(u64, u64)> = cuts
+            .collect::<Vec<_>>()
+            .windows(2)
+            .map(|w| (w[0], w[1] - w[0]))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        futures::stream::iter(pieces)
+            .map(move |(off, len)| async move { self.read(off, len as usize).await.map(|b| (off, b)) })
+            .buffered(self.shared.options.max_requests.max(1))
+    }
+
+    /// Gives a buffer returned by [`Client::read`] back for reuse by later
+    /// reads (when nothing else refers to it): optional, it saves the
+    /// cost of fresh memory for every reply in a long sequential read.
+    pub fn recycle(&self, data: Bytes) {
+        self.shared.recycle(data);
     }
 
     async fn read_request(&self, offset: u64, len: u32) -> Result<Bytes, NbdError> {

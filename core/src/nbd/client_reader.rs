@@ -43,6 +43,17 @@ struct Partial {
     error: Option<ErrorChunk>,
 }
 
+impl Partial {
+    /// Room for the whole read, in a recycled buffer when there is one.
+    fn reserve(&mut self, shared: &Shared, len: usize) {
+        if self.buf.capacity() < len {
+            let mut b = shared.buffer(len);
+            b.extend_from_slice(&self.buf);
+            self.buf = b;
+        }
+    }
+}
+
 pub(crate) async fn run(shared: Arc<Shared>, mut r: Reader) {
     let mut partial: HashMap<u64, Partial> = HashMap::new();
     let why = loop {
@@ -215,7 +226,7 @@ async fn simple(shared: &Shared, r: &mut Reader, error: u32, cookie: u64) -> Res
     let result = match a.cmd {
         CMD_READ => {
             // The length is the request's own: nothing the server chose.
-            let mut buf = BytesMut::with_capacity(a.len as usize);
+            let mut buf = shared.buffer(a.len as usize);
             read_append(shared, r, &mut buf, a.len as usize).await?;
             Reply::Data(buf.freeze())
         }
@@ -257,9 +268,7 @@ async fn chunk(
                 return Err(protocol(format!("data at offset {off} outside the read")));
             }
             p.coverage.insert(off, off + n).map_err(protocol)?;
-            if p.buf.capacity() < a.len as usize {
-                p.buf.reserve(a.len as usize);
-            }
+            p.reserve(shared, a.len as usize);
             place(
                 shared,
                 r,
@@ -280,9 +289,7 @@ async fn chunk(
                 return Err(protocol(format!("a hole at offset {off} outside the read")));
             }
             p.coverage.insert(off, off + n as u64).map_err(protocol)?;
-            if p.buf.capacity() < a.len as usize {
-                p.buf.reserve(a.len as usize);
-            }
+            p.reserve(shared, a.len as usize);
             place(
                 shared,
                 r,

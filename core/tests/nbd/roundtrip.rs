@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use xfull_core::nbd::{
@@ -60,8 +61,31 @@ fn random_reads_match_the_export() {
         });
         runner
             .run(&strategy, |(off, len)| {
+                let want = &data[off as usize..(off + len) as usize];
                 let got = rt.block_on(client.read(off, len as usize)).unwrap();
-                prop_assert!(got[..] == data[off as usize..(off + len) as usize]);
+                prop_assert!(got[..] == *want);
+                // The same range as an ordered stream of pieces.
+                let streamed: Vec<(u64, bytes::Bytes)> = rt.block_on(
+                    client
+                        .read_stream(off..off + len)
+                        .map(|p| p.unwrap())
+                        .collect(),
+                );
+                let mut at = off;
+                for (o, b) in &streamed {
+                    prop_assert_eq!(*o, at);
+                    at += b.len() as u64;
+                }
+                prop_assert_eq!(at, off + len);
+                prop_assert!(
+                    streamed
+                        .iter()
+                        .flat_map(|(_, b)| b.iter().copied())
+                        .eq(want.iter().copied())
+                );
+                for (_, b) in streamed {
+                    client.recycle(b);
+                }
                 Ok(())
             })
             .unwrap();
