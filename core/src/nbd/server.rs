@@ -23,7 +23,8 @@ use super::conn::{self, BoxRead, BoxWrite};
 use super::proto::DEFAULT_MAX_PAYLOAD;
 use super::{Export, NbdError, NbdUri, server_options, server_requests};
 
-/// Limits of the server, per client where it says so.
+/// Limits of the server, per client where it says so. The defaults
+/// bound payload memory to 32 clients x 32 MiB, whatever they send.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// Connections served at once; more are closed at once.
@@ -43,9 +44,9 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            max_clients: 64,
+            max_clients: 32,
             max_requests_per_client: 16,
-            max_bytes_per_client: 64 << 20,
+            max_bytes_per_client: 32 << 20,
             max_payload: DEFAULT_MAX_PAYLOAD,
             handshake_timeout: Duration::from_secs(30),
         }

@@ -442,3 +442,38 @@ async fn events_reach_a_handler_set_on_a_clone() {
             .any(|e| matches!(e, ServerEvent::Connected { .. }))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_beyond_the_limit_are_turned_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ServerOptions {
+        max_clients: 2,
+        ..ServerOptions::default()
+    };
+    let served = serve(dir.path(), exports(&[5; 4096]), opts);
+    let a = Client::connect(&served.uri("ro"), &[]).await.unwrap();
+    let b = Client::connect(&served.uri("ro"), &[]).await.unwrap();
+    let e = Client::connect(&served.uri("ro"), &[]).await.unwrap_err();
+    assert!(e.to_string().contains("closed the connection"), "{e}");
+    a.close().await.unwrap();
+    // The slot frees once the server has seen the first client go.
+    let mut c = None;
+    for _ in 0..500 {
+        if let Ok(ok) = Client::connect(&served.uri("ro"), &[]).await {
+            c = Some(ok);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let c = c.expect("a slot for a new client");
+    assert_eq!(&c.read(0, 3).await.unwrap()[..], &[5, 5, 5]);
+    assert!(b.read(0, 1).await.is_ok());
+    let events = served.events.lock().unwrap().clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Refused { .. })),
+        "{events:?}"
+    );
+    served.stop().await;
+}
