@@ -6,7 +6,7 @@ use xfull_core::nbd::{
     STATE_ZERO, dirty_bitmap_context,
 };
 
-use crate::tools::{qemu_nbd, random_bytes, run, write_at};
+use crate::tools::{qemu_nbd, qemu_storage_daemon, random_bytes, run, write_at};
 
 const HOLE: u32 = STATE_HOLE | STATE_ZERO;
 
@@ -233,4 +233,34 @@ async fn dirty_bitmap_shows_exactly_the_written_ranges() {
             .contains("available: qemu:dirty-bitmap:since-monday"),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_storage_daemon_export_with_a_bitmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let q = d.join("vm.qcow2");
+    let qs = q.to_str().unwrap();
+    run(&["qemu-img", "create", "-q", "-f", "qcow2", qs, "32M"]);
+    run(&["qemu-img", "bitmap", "--add", qs, "b0"]);
+    run(&[
+        "qemu-io",
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 7 2M 128k",
+        "-c",
+        "write -P 8 20M 64k",
+        qs,
+    ]);
+    let (_srv, sock) = qemu_storage_daemon(d, &q, "vda", "b0");
+    let uri = NbdUri::unix(&sock, "vda");
+    let ctx = dirty_bitmap_context("b0");
+    let c = Client::connect(&uri, &[&ctx]).await.unwrap();
+    let dirty = c.block_status(&ctx, 0..c.size()).await.unwrap();
+    let written = [(2u64 << 20, 128u64 << 10), (20 << 20, 64 << 10)];
+    assert_eq!(dirty, layout(32 << 20, &written, STATE_DIRTY, 0));
+    let data = c.read(2 << 20, 128 << 10).await.unwrap();
+    assert!(data.iter().all(|b| *b == 7));
+    c.close().await.unwrap();
 }

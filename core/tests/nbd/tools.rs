@@ -107,6 +107,29 @@ pub fn qemu_nbd(dir: &Path, args: &[&str], file: &Path) -> (Proc, PathBuf) {
     (spawn(cmd, &socket, None), socket)
 }
 
+/// `qemu-storage-daemon` exporting the qcow2 `file` as `export` on a unix
+/// socket, with the persistent dirty bitmap `bitmap` (as libvirt's
+/// pull-mode backup does; an enabled bitmap needs a writable export).
+pub fn qemu_storage_daemon(dir: &Path, file: &Path, export: &str, bitmap: &str) -> (Proc, PathBuf) {
+    need("qemu-storage-daemon");
+    let socket = dir.join(format!("qsd-{}.sock", rand::random::<u32>()));
+    let mut cmd = Command::new("qemu-storage-daemon");
+    cmd.arg("--blockdev")
+        .arg(format!(
+            "driver=file,filename={},node-name=file0",
+            file.display()
+        ))
+        .arg("--blockdev")
+        .arg("driver=qcow2,file=file0,node-name=disk0")
+        .arg("--nbd-server")
+        .arg(format!("addr.type=unix,addr.path={}", socket.display()))
+        .arg("--export")
+        .arg(format!(
+            "type=nbd,id=e0,node-name=disk0,name={export},writable=on,bitmaps.0={bitmap}"
+        ));
+    (spawn(cmd, &socket, None), socket)
+}
+
 /// `nbdkit -f -U SOCKET ARGS...` (plugin, filters and parameters in `args`).
 pub fn nbdkit(dir: &Path, args: &[&str]) -> (Proc, PathBuf) {
     need("nbdkit");
