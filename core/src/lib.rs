@@ -35,6 +35,7 @@ pub mod keys;
 pub mod lease;
 pub mod manifest;
 pub mod names;
+pub mod nbd;
 pub mod node;
 pub mod point_spec;
 pub mod progress;

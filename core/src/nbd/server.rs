@@ -1,0 +1,332 @@
+//! The NBD server: several exports by name, several clients at once (a
+//! task per connection, bounded requests and bytes in flight per client),
+//! on a unix socket or a TCP address, until the caller's shutdown future
+//! completes. A client that misbehaves or disappears ends its own
+//! connection only; the server never prints, it reports [`ServerEvent`]s.
+//!
+//! Negotiation is in `server_options.rs`, transmission in
+//! `server_requests.rs`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::conn::{self, BoxRead, BoxWrite};
+use super::proto::DEFAULT_MAX_PAYLOAD;
+use super::{Export, NbdError, NbdUri, server_options, server_requests};
+
+/// Limits of the server, per client where it says so. The defaults
+/// bound payload memory to 32 clients x 32 MiB, whatever they send.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Connections served at once; more are closed at once.
+    pub max_clients: usize,
+    /// Requests of one client being served at once (the server stops
+    /// reading that client's socket meanwhile).
+    pub max_requests_per_client: usize,
+    /// Bytes of read or write payload of one client in memory at once.
+    pub max_bytes_per_client: u32,
+    /// The largest read or write payload, advertised in
+    /// `NBD_INFO_BLOCK_SIZE`; larger requests get `NBD_EINVAL`.
+    pub max_payload: u32,
+    /// How long a client may take to finish negotiating.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_clients: 32,
+            max_requests_per_client: 16,
+            max_bytes_per_client: 32 << 20,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What happened to a connection, for the caller to log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    Connected {
+        client: u64,
+        peer: String,
+    },
+    /// The connection ended; `error` says why when it was not a clean
+    /// disconnect (a protocol violation, the client vanishing).
+    Disconnected {
+        client: u64,
+        error: Option<String>,
+    },
+    /// A connection beyond `max_clients` was closed at once.
+    Refused {
+        peer: String,
+    },
+}
+
+type EventSink = Arc<dyn Fn(ServerEvent) + Send + Sync>;
+
+pub(crate) struct Inner {
+    pub exports: BTreeMap<String, Arc<dyn Export>>,
+    pub options: ServerOptions,
+    events: Option<EventSink>,
+    next_client: AtomicU64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("exports", &self.exports.keys().collect::<Vec<_>>())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl Inner {
+    fn event(&self, e: ServerEvent) {
+        if let Some(f) = &self.events {
+            f(e);
+        }
+    }
+
+    /// The export a client names. The empty name is the default export:
+    /// one named "" if any, else the only export.
+    pub fn export(&self, name: &str) -> Option<Arc<dyn Export>> {
+        if let Some(e) = self.exports.get(name) {
+            return Some(e.clone());
+        }
+        if name.is_empty() && self.exports.len() == 1 {
+            return self.exports.values().next().cloned();
+        }
+        None
+    }
+}
+
+/// Where the server listens.
+#[derive(Debug)]
+pub enum Listener {
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+    },
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// Listens on a new unix socket at `path` (an existing file is never
+    /// replaced: remove a stale socket first). Only its owner may connect
+    /// (mode 0600, whatever the umask: exports are disk contents); put it
+    /// in a private directory to close the moment between creating and
+    /// restricting it. The socket file is removed when [`Server::serve`]
+    /// returns.
+    pub fn bind_unix(path: &Path) -> Result<Listener, NbdError> {
+        use std::os::unix::fs::PermissionsExt;
+        let err = |e: std::io::Error| NbdError::Listen {
+            address: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let listener = UnixListener::bind(path).map_err(err)?;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            let _ = std::fs::remove_file(path);
+            return Err(err(e));
+        }
+        Ok(Listener::Unix {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Listens on a TCP address such as `127.0.0.1:10809` (port 0 picks
+    /// a free port; see [`Listener::address`]).
+    pub async fn bind_tcp(address: &str) -> Result<Listener, NbdError> {
+        let l = TcpListener::bind(address)
+            .await
+            .map_err(|e| NbdError::Listen {
+                address: address.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(Listener::Tcp(l))
+    }
+
+    /// The socket path or `host:port` actually bound.
+    pub fn address(&self) -> String {
+        match self {
+            Listener::Unix { path, .. } => path.display().to_string(),
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|e| format!("(unknown: {e})")),
+        }
+    }
+
+    /// The URI of `export` on this listener.
+    pub fn uri(&self, export: &str) -> Result<NbdUri, NbdError> {
+        match self {
+            Listener::Unix { path, .. } => Ok(NbdUri::unix(path.clone(), export)),
+            Listener::Tcp(_) => NbdUri::parse(&format!("nbd://{}/{export}", self.address())),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(BoxRead, BoxWrite, String)> {
+        match self {
+            Listener::Unix { listener, path } => {
+                let (s, _) = listener.accept().await?;
+                let (r, w) = s.into_split();
+                Ok((Box::new(r), Box::new(w), format!("unix:{}", path.display())))
+            }
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                s.set_nodelay(true)?;
+                let (r, w) = s.into_split();
+                Ok((Box::new(r), Box::new(w), peer.to_string()))
+            }
+        }
+    }
+}
+
+/// Serves exports; cheap to clone (shared state).
+#[derive(Clone, Debug)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+impl Server {
+    pub fn new(exports: Vec<Arc<dyn Export>>, options: ServerOptions) -> Result<Server, NbdError> {
+        let mut map = BTreeMap::new();
+        for e in exports {
+            let name = e.name().to_string();
+            if map.insert(name.clone(), e).is_some() {
+                return Err(NbdError::DuplicateExport { name });
+            }
+        }
+        Ok(Server {
+            inner: Arc::new(Inner {
+                exports: map,
+                options,
+                events: None,
+                next_client: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// A server like this one that calls `f` for each connection event.
+    pub fn on_event(self, f: impl Fn(ServerEvent) + Send + Sync + 'static) -> Server {
+        Server {
+            inner: Arc::new(Inner {
+                exports: self.inner.exports.clone(),
+                options: self.inner.options.clone(),
+                events: Some(Arc::new(f)),
+                next_client: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Accepts clients until `shutdown` completes, then stops accepting,
+    /// lets every connection finish the requests it is serving, and
+    /// returns once all are closed.
+    pub async fn serve(
+        &self,
+        listener: Listener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), NbdError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(self.inner.options.max_clients.max(1)));
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = listener.accept() => {
+                    let (r, w, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(_) => {
+                            // Out of descriptors and the like: back off
+                            // rather than spin; the listener stays.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        self.inner.event(ServerEvent::Refused { peer });
+                        continue;
+                    };
+                    let inner = self.inner.clone();
+                    let stop = stop_rx.clone();
+                    conns.spawn(async move {
+                        connection(inner, r, w, peer, stop).await;
+                        drop(slot);
+                    });
+                }
+            }
+        }
+        let _ = stop_tx.send(true);
+        while conns.join_next().await.is_some() {}
+        if let Listener::Unix { path, .. } = &listener {
+            // Remove our socket, not whatever may have replaced it.
+            if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_socket()
+            }) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves one client over any byte stream until it disconnects;
+    /// returns why the connection ended when it was not clean.
+    pub async fn serve_stream<T>(&self, io: T) -> Option<String>
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (r, w) = conn::split(io);
+        let (_tx, rx) = watch::channel(false);
+        serve_connection(self.inner.clone(), r, w, rx).await.err()
+    }
+}
+
+async fn connection(
+    inner: Arc<Inner>,
+    r: BoxRead,
+    w: BoxWrite,
+    peer: String,
+    stop: watch::Receiver<bool>,
+) {
+    let client = inner.next_client.fetch_add(1, Ordering::Relaxed);
+    inner.event(ServerEvent::Connected { client, peer });
+    let res = serve_connection(inner.clone(), r, w, stop).await;
+    inner.event(ServerEvent::Disconnected {
+        client,
+        error: res.err(),
+    });
+}
+
+/// Negotiation, then transmission.
+async fn serve_connection(
+    inner: Arc<Inner>,
+    r: BoxRead,
+    w: BoxWrite,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (mut r, mut w) = conn::buffered(r, w);
+    let timeout = inner.options.handshake_timeout;
+    let session = tokio::time::timeout(
+        timeout,
+        server_options::negotiate(&inner, &mut r, &mut w, &stop),
+    )
+    .await
+    .map_err(|_| format!("negotiation took longer than {} s", timeout.as_secs_f64()))??;
+    match session {
+        Some(session) => server_requests::transmit(inner, session, r, w, stop).await,
+        None => Ok(()),
+    }
+}

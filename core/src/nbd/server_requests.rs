@@ -1,0 +1,462 @@
+//! The server's transmission phase for one client: requests are read in
+//! order (write payloads with them), checked against the export and the
+//! limits, and served concurrently by tasks that write their replies
+//! whole under the write lock. A bad request gets an error reply and the
+//! connection goes on; only a broken framing (bad magic) or the client
+//! vanishing ends it.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::conn::{Reader, Writer};
+use super::decode;
+use super::error::Errno;
+use super::proto::*;
+use super::server::Inner;
+use super::server_options::{ALLOCATION_ID, Session};
+use super::{Export, ExportError, ReadPiece};
+
+/// What every request task of a connection shares.
+struct Ctx {
+    export: Arc<dyn Export>,
+    structured: bool,
+    allocation: bool,
+    max_payload: u32,
+    writer: Mutex<Writer>,
+}
+
+/// A checked request, ready to serve.
+enum Job {
+    Fail(Errno, String),
+    Read {
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
+    Zero {
+        offset: u64,
+        len: u32,
+        may_trim: bool,
+        fua: bool,
+    },
+    Trim {
+        offset: u64,
+        len: u32,
+        fua: bool,
+    },
+    Flush,
+    Status {
+        offset: u64,
+        len: u32,
+        one: bool,
+    },
+}
+
+pub(crate) async fn transmit(
+    inner: Arc<Inner>,
+    session: Session,
+    mut r: Reader,
+    w: Writer,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let opts = &inner.options;
+    // Data chunks carry 8 bytes more than their payload in a u32.
+    let max_payload = opts.max_payload.clamp(4096, 1 << 30);
+    let ctx = Arc::new(Ctx {
+        export: session.export,
+        structured: session.structured,
+        allocation: session.allocation,
+        max_payload,
+        writer: Mutex::new(w),
+    });
+    let requests = Arc::new(Semaphore::new(opts.max_requests_per_client.max(1)));
+    let budget = opts.max_bytes_per_client.max(max_payload);
+    let bytes = Arc::new(Semaphore::new(budget as usize));
+    let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
+    let mut stop = stop.clone();
+    let end = loop {
+        if let Some(e) = reap(&mut tasks) {
+            break Err(e);
+        }
+        // The whole intake of a request (header, a slot, memory, a write's
+        // payload) gives way to shutdown: a client stalled mid-payload
+        // must not hold the server up, and what was half read is dropped
+        // with the connection.
+        let next = next_request(&ctx, &mut r, &requests, &bytes, budget);
+        let (req, job, permits) = tokio::select! {
+            n = next => match n {
+                Ok(Some(n)) => n,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            },
+            _ = stop.wait_for(|s| *s) => break Ok(()),
+        };
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            let res = serve(&ctx, req.cookie, job).await;
+            drop(permits);
+            res
+        });
+    };
+    if end.is_err() {
+        tasks.abort_all();
+        return end;
+    }
+    // A clean end (DISC, EOF, shutdown): finish the requests in flight.
+    let mut end = end;
+    while let Some(res) = tasks.join_next().await {
+        if let Err(e) = flatten(res) {
+            end = end.and(Err(e));
+        }
+    }
+    let mut w = ctx.writer.lock().await;
+    let _ = w.flush().await;
+    let _ = w.shutdown().await;
+    end
+}
+
+/// Reads and checks the next request, holding a request slot and its
+/// memory. `Ok(None)`: the client disconnected (`NBD_CMD_DISC` or EOF).
+async fn next_request(
+    ctx: &Ctx,
+    r: &mut Reader,
+    requests: &Arc<Semaphore>,
+    bytes: &Arc<Semaphore>,
+    budget: u32,
+) -> Result<Option<(RequestHeader, Job, Permits)>, String> {
+    let mut h = [0u8; REQUEST_HEADER_LEN];
+    match r.read_exact(&mut h).await {
+        Ok(_) => {}
+        // A client may drop the connection without NBD_CMD_DISC.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(format!("reading a request: {e}")),
+    }
+    let req = decode::request_header(&h).map_err(|m| m.0)?;
+    if req.command == CMD_DISC {
+        return Ok(None);
+    }
+    // Waiting for a slot stops reading this client: backpressure.
+    let slot = requests
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| e.to_string())?;
+    let want = match req.command {
+        CMD_READ | CMD_WRITE => req.len.min(budget),
+        _ => 0,
+    };
+    let mem = bytes
+        .clone()
+        .acquire_many_owned(want)
+        .await
+        .map_err(|e| e.to_string())?;
+    let job = prepare(ctx, r, &req).await?;
+    Ok(Some((req, job, (slot, mem))))
+}
+
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+fn flatten(res: Result<Result<(), String>, tokio::task::JoinError>) -> Result<(), String> {
+    match res {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => Err("the export panicked serving a request".into()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Collects finished tasks; a failed reply means the client is gone.
+fn reap(tasks: &mut JoinSet<Result<(), String>>) -> Option<String> {
+    while let Some(res) = tasks.try_join_next() {
+        if let Err(e) = flatten(res) {
+            return Some(e);
+        }
+    }
+    None
+}
+
+/// Checks a request and reads a write's payload. `Err` only for what
+/// ends the connection (the socket failing).
+async fn prepare(ctx: &Ctx, r: &mut Reader, req: &RequestHeader) -> Result<Job, String> {
+    let e = &ctx.export;
+    let size = e.size();
+    let end = req.offset.checked_add(req.len as u64);
+    let inside = end.is_some_and(|end| end <= size);
+    let writable = e.writable();
+    let fua_ok = if writable { CMD_FLAG_FUA } else { 0 };
+    let allowed = match req.command {
+        CMD_WRITE_ZEROES => fua_ok | CMD_FLAG_NO_HOLE,
+        CMD_BLOCK_STATUS => fua_ok | CMD_FLAG_REQ_ONE,
+        _ => fua_ok,
+    };
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    let fail = |errno, msg: String| Ok(Job::Fail(errno, msg));
+    if req.command == CMD_WRITE {
+        // The payload follows whatever the answer: read it (or skip it)
+        // to stay in step with the client.
+        let bad = if !writable {
+            Some((Errno::EPERM, "the export is read-only".to_string()))
+        } else if req.flags & !allowed != 0 {
+            Some((Errno::EINVAL, format!("unsupported flags {:#x}", req.flags)))
+        } else if req.len > ctx.max_payload {
+            Some((
+                Errno::EINVAL,
+                format!("a write of {} bytes (at most {})", req.len, ctx.max_payload),
+            ))
+        } else if !inside {
+            Some((
+                Errno::ENOSPC,
+                format!("a write past the end of the export ({size} bytes)"),
+            ))
+        } else {
+            None
+        };
+        if let Some((errno, msg)) = bad {
+            let mut skip = (&mut *r).take(req.len as u64);
+            tokio::io::copy(&mut skip, &mut tokio::io::sink())
+                .await
+                .map_err(|e| format!("reading a write payload: {e}"))?;
+            return fail(errno, msg);
+        }
+        let mut data = BytesMut::zeroed(req.len as usize);
+        r.read_exact(&mut data)
+            .await
+            .map_err(|e| format!("reading a write payload: {e}"))?;
+        return Ok(Job::Write {
+            offset: req.offset,
+            data: data.freeze(),
+            fua,
+        });
+    }
+    if req.flags & !allowed != 0 {
+        return fail(Errno::EINVAL, format!("unsupported flags {:#x}", req.flags));
+    }
+    let past_end = || format!("past the end of the export ({size} bytes)");
+    Ok(match req.command {
+        CMD_READ if req.len > ctx.max_payload => Job::Fail(
+            Errno::EINVAL,
+            format!("a read of {} bytes (at most {})", req.len, ctx.max_payload),
+        ),
+        CMD_READ if !inside => Job::Fail(Errno::EINVAL, past_end()),
+        CMD_READ => Job::Read {
+            offset: req.offset,
+            len: req.len,
+        },
+        CMD_FLUSH => Job::Flush,
+        CMD_TRIM | CMD_WRITE_ZEROES if !writable => {
+            Job::Fail(Errno::EPERM, "the export is read-only".into())
+        }
+        CMD_TRIM if !inside => Job::Fail(Errno::EINVAL, past_end()),
+        CMD_TRIM => Job::Trim {
+            offset: req.offset,
+            len: req.len,
+            fua,
+        },
+        CMD_WRITE_ZEROES if !inside => Job::Fail(Errno::ENOSPC, past_end()),
+        CMD_WRITE_ZEROES => Job::Zero {
+            offset: req.offset,
+            len: req.len,
+            may_trim: req.flags & CMD_FLAG_NO_HOLE == 0,
+            fua,
+        },
+        CMD_BLOCK_STATUS if !ctx.structured || !ctx.allocation => {
+            Job::Fail(Errno::EINVAL, "no metadata context was selected".into())
+        }
+        CMD_BLOCK_STATUS if req.len == 0 || !inside => Job::Fail(Errno::EINVAL, past_end()),
+        CMD_BLOCK_STATUS => Job::Status {
+            offset: req.offset,
+            len: req.len,
+            one: req.flags & CMD_FLAG_REQ_ONE != 0,
+        },
+        other => Job::Fail(Errno::EINVAL, format!("unsupported command {other}")),
+    })
+}
+
+/// Serves one request and writes its reply. `Err`: the reply could not
+/// be sent (the client is gone).
+async fn serve(ctx: &Ctx, cookie: u64, job: Job) -> Result<(), String> {
+    let e = &ctx.export;
+    let done = |res: Result<(), ExportError>| res.map_err(|x| (x.errno(), x.to_string()));
+    let outcome = match job {
+        Job::Fail(errno, msg) => Err((errno, msg)),
+        Job::Read { offset, len } => return read(ctx, cookie, offset, len).await,
+        Job::Status { offset, len, one } => return status(ctx, cookie, offset, len, one).await,
+        Job::Write { offset, data, fua } => {
+            let res = e.write(offset, data).await;
+            done(if fua { and_flush(e, res).await } else { res })
+        }
+        Job::Zero {
+            offset,
+            len,
+            may_trim,
+            fua,
+        } => {
+            let res = e.write_zeroes(offset, len, may_trim).await;
+            done(if fua { and_flush(e, res).await } else { res })
+        }
+        Job::Trim { offset, len, fua } => {
+            let res = e.trim(offset, len).await;
+            done(if fua { and_flush(e, res).await } else { res })
+        }
+        Job::Flush => done(e.flush().await),
+    };
+    match outcome {
+        Ok(()) => send(ctx, &[&encode_simple_reply(0, cookie)]).await,
+        Err((errno, msg)) => send_error(ctx, cookie, errno, &msg).await,
+    }
+}
+
+async fn and_flush(e: &Arc<dyn Export>, res: Result<(), ExportError>) -> Result<(), ExportError> {
+    res?;
+    e.flush().await
+}
+
+/// Writes one whole reply.
+async fn send(ctx: &Ctx, parts: &[&[u8]]) -> Result<(), String> {
+    let mut w = ctx.writer.lock().await;
+    let res = async {
+        for p in parts {
+            w.write_all(p).await?;
+        }
+        w.flush().await
+    }
+    .await;
+    res.map_err(|e| format!("sending a reply: {e}"))
+}
+
+async fn send_error(ctx: &Ctx, cookie: u64, errno: Errno, msg: &str) -> Result<(), String> {
+    if !ctx.structured {
+        return send(ctx, &[&encode_simple_reply(errno.0, cookie)]).await;
+    }
+    let msg = &msg.as_bytes()[..msg.len().min(MAX_STRING)];
+    let mut p = errno.0.to_be_bytes().to_vec();
+    p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    p.extend_from_slice(msg);
+    let h = encode_chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_ERROR, cookie, p.len() as u32);
+    send(ctx, &[&h, &p]).await
+}
+
+async fn read(ctx: &Ctx, cookie: u64, offset: u64, len: u32) -> Result<(), String> {
+    if len == 0 {
+        return send_empty(ctx, cookie).await;
+    }
+    let pieces = match ctx.export.read_pieces(offset, len).await {
+        Ok(p) => p,
+        Err(x) => return send_error(ctx, cookie, x.errno(), &x.to_string()).await,
+    };
+    let total = pieces.iter().try_fold(0u64, |a, p| a.checked_add(p.len()));
+    if total != Some(len as u64) {
+        let msg = format!("the export returned {total:?} bytes for a read of {len}");
+        return send_error(ctx, cookie, Errno::EIO, &msg).await;
+    }
+    let pieces: Vec<ReadPiece> = pieces.into_iter().filter(|p| !p.is_empty()).collect();
+    if !ctx.structured {
+        return send_simple_read(ctx, cookie, &pieces).await;
+    }
+    let mut heads = Vec::with_capacity(pieces.len());
+    let mut at = offset;
+    for (i, p) in pieces.iter().enumerate() {
+        let flags = if i + 1 == pieces.len() {
+            REPLY_FLAG_DONE
+        } else {
+            0
+        };
+        let mut h = match p {
+            ReadPiece::Data(b) => {
+                encode_chunk_header(flags, REPLY_TYPE_OFFSET_DATA, cookie, 8 + b.len() as u32)
+                    .to_vec()
+            }
+            ReadPiece::Zeroes(_) => {
+                encode_chunk_header(flags, REPLY_TYPE_OFFSET_HOLE, cookie, 12).to_vec()
+            }
+        };
+        h.extend_from_slice(&at.to_be_bytes());
+        if let ReadPiece::Zeroes(n) = p {
+            h.extend_from_slice(&n.to_be_bytes());
+        }
+        heads.push(h);
+        at += p.len();
+    }
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(pieces.len() * 2);
+    for (h, p) in heads.iter().zip(&pieces) {
+        parts.push(h);
+        if let ReadPiece::Data(b) = p {
+            parts.push(b);
+        }
+    }
+    send(ctx, &parts).await
+}
+
+async fn send_empty(ctx: &Ctx, cookie: u64) -> Result<(), String> {
+    if ctx.structured {
+        let h = encode_chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0);
+        send(ctx, &[&h]).await
+    } else {
+        send(ctx, &[&encode_simple_reply(0, cookie)]).await
+    }
+}
+
+async fn send_simple_read(ctx: &Ctx, cookie: u64, pieces: &[ReadPiece]) -> Result<(), String> {
+    static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
+    let mut w = ctx.writer.lock().await;
+    let res = async {
+        w.write_all(&encode_simple_reply(0, cookie)).await?;
+        for p in pieces {
+            match p {
+                ReadPiece::Data(b) => w.write_all(b).await?,
+                ReadPiece::Zeroes(n) => {
+                    let mut left = *n as usize;
+                    while left > 0 {
+                        let k = left.min(ZEROES.len());
+                        w.write_all(&ZEROES[..k]).await?;
+                        left -= k;
+                    }
+                }
+            }
+        }
+        w.flush().await
+    }
+    .await;
+    res.map_err(|e| format!("sending a reply: {e}"))
+}
+
+async fn status(ctx: &Ctx, cookie: u64, offset: u64, len: u32, one: bool) -> Result<(), String> {
+    let end = offset + len as u64;
+    let extents = match ctx.export.extents(offset..end).await {
+        Ok(x) => x,
+        Err(x) => return send_error(ctx, cookie, x.errno(), &x.to_string()).await,
+    };
+    // Descriptors from the export's extents, clipped to the request
+    // (which also keeps each within 32 bits).
+    let mut p = ALLOCATION_ID.to_be_bytes().to_vec();
+    let mut at = offset;
+    let mut n = 0;
+    for x in extents {
+        if x.len == 0 || at >= end || n == MAX_STATUS_DESCRIPTORS || (one && n == 1) {
+            break;
+        }
+        let l = x.len.min(end - at);
+        p.extend_from_slice(&(l as u32).to_be_bytes());
+        p.extend_from_slice(&x.flags.to_be_bytes());
+        at += l;
+        n += 1;
+    }
+    if n == 0 {
+        let msg = "the export returned no extents";
+        return send_error(ctx, cookie, Errno::EIO, msg).await;
+    }
+    let h = encode_chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_BLOCK_STATUS,
+        cookie,
+        p.len() as u32,
+    );
+    send(ctx, &[&h, &p]).await
+}

@@ -1,0 +1,18 @@
+//! Tests of the NBD module (`xfull_core::nbd`) against the real tools:
+//! the client against qemu-nbd and nbdkit, the server against nbdinfo,
+//! nbdcopy, qemu-img and qemu-io, both against each other, against
+//! scripted hostile peers, and the decoders against arbitrary bytes.
+//! The tests start the tools themselves (`scripts/test` installs them).
+
+mod client_nbdkit;
+mod client_qemu;
+mod decoders;
+mod exports;
+mod hostile;
+mod hostile_handshake;
+mod peer;
+mod roundtrip;
+mod server_raw;
+mod server_tools;
+mod tools;
+mod uri;
