@@ -92,6 +92,39 @@ pub enum Command {
     Stats,
     /// Check that points are whole; exit 3 and list the damage if not.
     Verify(VerifyArgs),
+    /// Remove damaged chunks, nodes and manifests (backups may run), store
+    /// again what disk images hold; exit 3 if points stay damaged.
+    Repair(RepairArgs),
+    /// Remove the named points, even those whose manifest is damaged.
+    Forget(ForgetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Also read every chunk to find damage (else: listings, metadata and
+    /// the damage that verify, restore and backups recorded).
+    #[arg(long)]
+    pub read_data: bool,
+    /// With --disk: the VM whose disk images to store data from again.
+    #[arg(long, requires = "disks")]
+    pub vm: Option<String>,
+    /// DISK=PATH: an image of the VM's disk (e.g. the snapshot a damaged
+    /// point was taken from) holding data to store again; repeatable.
+    #[arg(long = "disk", value_name = "DISK=PATH", requires = "vm")]
+    pub disks: Vec<String>,
+    /// Report what was found; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// VM@ID of each point to remove (`xfull points` lists them).
+    #[arg(required = true)]
+    pub points: Vec<String>,
+    /// Print what would be removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

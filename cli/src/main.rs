@@ -84,6 +84,8 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Gc(a) => cmd::gc::run(cli, a).await,
         Command::Stats => cmd::stats::run(cli).await,
         Command::Verify(a) => cmd::verify::run(cli, a).await,
+        Command::Repair(a) => cmd::repair::run(cli, a).await,
+        Command::Forget(a) => cmd::forget::run(cli, a).await,
     }
 }
 

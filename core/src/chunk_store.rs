@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::backend::Backend;
+use crate::damage::Health;
 use crate::error::{Error, Result};
 use crate::frame;
 use crate::id::ObjectId;
@@ -56,5 +57,24 @@ impl ChunkStore {
             return Err(Error::corrupt(key, "content does not match its id"));
         }
         Ok(())
+    }
+
+    /// Fetches a chunk of at most `max` bytes and checks it against its id.
+    pub async fn check(&self, id: &ObjectId, max: usize) -> Result<Health> {
+        let key = keys::chunk(id);
+        let framed = match self.backend.get(&key).await {
+            Ok(f) => f,
+            Err(e) if e.is_not_found() => return Ok(Health::Gone),
+            Err(e) => return Health::of_error(e.into()),
+        };
+        let id = *id;
+        crate::task::blocking("checking a chunk", move || {
+            match frame::decode(frame::Kind::Chunk, &key, &framed, max) {
+                Ok(plain) if ObjectId::of(&plain) == id => Ok(Health::Sound),
+                Ok(_) => Ok(Health::Damaged("content does not match its id".into())),
+                Err(e) => Health::of_error(e),
+            }
+        })
+        .await?
     }
 }

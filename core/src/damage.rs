@@ -20,6 +20,25 @@ use crate::id::ObjectId;
 use crate::keys;
 use crate::repo::Repository;
 
+/// What a fresh look at a stored object found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Sound,
+    Damaged(String),
+    Gone,
+}
+
+impl Health {
+    /// Damage is a verdict; any other error stays an error.
+    pub fn of_error(e: Error) -> Result<Health> {
+        if e.is_damage() {
+            Ok(Health::Damaged(e.to_string()))
+        } else {
+            Err(e)
+        }
+    }
+}
+
 /// What a record says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DamageRecord {

@@ -147,6 +147,12 @@ pub enum Error {
         damage: bool,
     },
 
+    /// A gc sweep is running, and the operation needs to be the only one.
+    #[error(
+        "gc sweep {seq} is running on {host}; one sweep runs at a time: try again when it is done"
+    )]
+    SweepBusy { seq: u64, host: String },
+
     /// The operation was asked to stop (Ctrl-C, SIGTERM) and stopped
     /// cleanly; `cleaned` says what it undid (exit status 130 in the CLI).
     #[error("interrupted: {cleaned}")]

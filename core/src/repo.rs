@@ -93,6 +93,19 @@ impl Repository {
         Node::decode(id, &bytes, &self.config)
     }
 
+    /// Fetches a node and checks it against its id.
+    pub async fn check_node(&self, id: &ObjectId) -> Result<crate::damage::Health> {
+        use crate::damage::Health;
+        match self.backend.get(&keys::node(id)).await {
+            Ok(bytes) => match Node::decode(id, &bytes, &self.config) {
+                Ok(_) => Ok(Health::Sound),
+                Err(e) => Health::of_error(e),
+            },
+            Err(e) if e.is_not_found() => Ok(Health::Gone),
+            Err(e) => Health::of_error(e.into()),
+        }
+    }
+
     pub async fn load_manifest(&self, vm: &VmName, id: &PointId) -> Result<Manifest> {
         self.load_manifest_at(&keys::point(vm, id), vm, id).await
     }

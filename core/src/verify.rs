@@ -21,6 +21,7 @@ use crate::chunk_store::ChunkStore;
 use crate::error::{Error, Result};
 use crate::id::{ObjectId, PointId};
 use crate::keys;
+use crate::lease::ObjectRef;
 use crate::manifest::Manifest;
 use crate::names::VmName;
 use crate::node::Node;
@@ -81,6 +82,10 @@ impl Subset {
 pub struct VerifyOptions {
     pub read_data: bool,
     pub subset: Option<Subset>,
+    /// Write a damage record (`damage/<key>`) for every stored object
+    /// found damaged, so that backups store it again and `repair` finds
+    /// it. Best effort: failures become warnings.
+    pub record_damage: bool,
 }
 
 /// One damaged disk of one point.
@@ -109,7 +114,22 @@ pub struct VerifyReport {
     pub chunks_read: u64,
     pub bytes_read: u64,
     pub damaged: Vec<DamagedPoint>,
+    /// Stored chunks and nodes whose bytes are wrong.
+    pub objects_damaged: u64,
+    /// Referenced chunks and nodes missing from the repository.
+    pub objects_missing: u64,
+    /// What could not be done on the side (recording damage).
+    pub warnings: Vec<String>,
     pub seconds: f64,
+    /// The damaged objects' keys, with why (for `repair`).
+    #[serde(skip)]
+    pub bad_objects: Vec<(String, String)>,
+    /// The missing chunks and nodes (for `repair`).
+    #[serde(skip)]
+    pub missing: Vec<ObjectRef>,
+    /// Points whose manifest is damaged (not merely gone).
+    #[serde(skip)]
+    pub damaged_manifests: Vec<(VmName, PointId)>,
 }
 
 impl VerifyReport {
@@ -147,6 +167,9 @@ pub async fn verify(
         match repo.load_manifest(vm, id).await {
             Ok(m) => manifests.push(m),
             Err(e) if e.is_damage() || matches!(e, Error::PointNotFound { .. }) => {
+                if e.is_damage() {
+                    report.damaged_manifests.push((vm.clone(), id.clone()));
+                }
                 report.damaged.push(DamagedPoint {
                     point: format!("{vm}@{id}"),
                     manifest: Some(e.to_string()),
@@ -176,11 +199,14 @@ pub async fn verify(
     let mut loaded = futures::stream::iter(todo)
         .map(|id| async move {
             if present_nodes.binary_search(&id).is_err() {
-                return Ok((id, Err("node missing from the repository".to_string())));
+                return Ok((
+                    id,
+                    Err((true, "node missing from the repository".to_string())),
+                ));
             }
             match repo.load_node(&id).await {
                 Ok(n) => Ok((id, Ok(n))),
-                Err(e) if e.is_damage() => Ok((id, Err(e.to_string()))),
+                Err(e) if e.is_damage() => Ok((id, Err((false, e.to_string())))),
                 Err(e) => Err(e),
             }
         })
@@ -188,7 +214,14 @@ pub async fn verify(
     while let Some(r) = loaded.next().await {
         let (id, node) = r?;
         let damage = match node {
-            Err(why) => vec![(0..u64::MAX, why)],
+            Err((missing, why)) => {
+                if missing {
+                    report.missing.push(ObjectRef::Node(id));
+                } else {
+                    report.bad_objects.push((keys::node(&id), why.clone()));
+                }
+                vec![(0..u64::MAX, why)]
+            }
             Ok(n) => {
                 referenced.extend(entries(&n).filter_map(|(_, len, c)| c.map(|c| (c, len))));
                 chunk_damage(&n, |c| {
@@ -203,9 +236,23 @@ pub async fn verify(
     referenced.sort_unstable();
     referenced.dedup_by_key(|(c, _)| *c);
     report.chunks_referenced = referenced.len() as u64;
+    report.missing.extend(
+        referenced
+            .iter()
+            .filter(|(c, _)| present_chunks.binary_search(c).is_err())
+            .map(|(c, _)| ObjectRef::Chunk(*c)),
+    );
 
     if opts.read_data {
-        let bad = read_chunks(repo, referenced, opts.subset, &progress, &mut report).await?;
+        let present = &present_chunks;
+        let stored = referenced
+            .into_iter()
+            .filter(|(c, _)| present.binary_search(c).is_ok())
+            .collect();
+        let bad = read_chunks(repo, stored, opts.subset, &progress, &mut report).await?;
+        report
+            .bad_objects
+            .extend(bad.iter().map(|(c, why)| (keys::chunk(c), why.clone())));
         if !bad.is_empty() {
             // Map the bad chunks back to the nodes that hold them.
             for (id, damage) in nodes.iter_mut() {
@@ -223,8 +270,31 @@ pub async fn verify(
             report.damaged.push(d);
         }
     }
+    report.objects_damaged = report.bad_objects.len() as u64;
+    report.objects_missing = report.missing.len() as u64;
+    if opts.record_damage {
+        record_damage(repo, &mut report).await;
+    }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Best effort: a repository verify may only read still gets its report.
+async fn record_damage(repo: &Repository, report: &mut VerifyReport) {
+    let mut failed = 0;
+    let mut last = None;
+    for (key, why) in &report.bad_objects {
+        if let Err(e) = crate::damage::record(repo, key, why, "verify").await {
+            failed += 1;
+            last = Some(e);
+        }
+    }
+    if let Some(e) = last {
+        report.warnings.push(format!(
+            "could not record {failed} damaged object(s) in the repository ({e}): \
+             backups will not know to store them again"
+        ));
+    }
 }
 
 /// Sorted ids of the objects under a prefix.

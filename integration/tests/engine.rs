@@ -390,7 +390,7 @@ fn injected_faults_never_corrupt_the_repository() {
                 &[],
                 &VerifyOptions {
                     read_data: true,
-                    subset: None,
+                    ..VerifyOptions::default()
                 },
                 Arc::default(),
             )

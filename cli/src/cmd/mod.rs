@@ -2,10 +2,12 @@
 
 pub mod backup;
 pub mod diff;
+pub mod forget;
 pub mod gc;
 pub mod init;
 pub mod points;
 pub mod prune;
+pub mod repair;
 pub mod restore;
 pub mod show;
 pub mod snapshot_diff;

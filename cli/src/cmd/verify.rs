@@ -24,6 +24,7 @@ pub async fn run(cli: &Cli, args: &VerifyArgs) -> Result<()> {
     let opts = VerifyOptions {
         read_data: args.read_data,
         subset,
+        record_damage: true,
     };
     let report = verify(&repo, &points, &opts, progress).await?;
     drop(bar);
@@ -59,6 +60,9 @@ fn print_report(r: &VerifyReport, read_data: bool) {
             " (structure only; --read-data also reads the chunks)".into()
         }
     );
+    for w in &r.warnings {
+        eprintln!("xfull: warning: {}", printable(w));
+    }
     for p in &r.damaged {
         println!("DAMAGED point {}", p.point);
         if let Some(m) = &p.manifest {
@@ -87,5 +91,11 @@ fn print_report(r: &VerifyReport, read_data: bool) {
     }
     if r.is_clean() {
         println!("no damage found");
+    } else {
+        println!(
+            "{} stored object(s) damaged, {} missing; `xfull repair` removes the damaged ones \
+             and stores again what it can (from --disk sources, or later backups)",
+            r.objects_damaged, r.objects_missing
+        );
     }
 }

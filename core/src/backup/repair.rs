@@ -7,16 +7,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use super::segment::chunk_segment;
+use super::segment::seal_segment;
 use crate::error::{Error, Result};
-use crate::frame::{self, Kind};
 use crate::id::ObjectId;
 use crate::lease::ObjectRef;
 use crate::manifest::DiskManifest;
-use crate::node::Node;
 use crate::repo::Repository;
 use crate::source::DiskSource;
 use crate::task::blocking;
@@ -116,15 +113,11 @@ async fn restore_segment(
         repo.config().zstd_level,
     );
     let expected = *expected;
-    let (plain, chunks) = blocking("re-reading a segment", move || {
+    let sealed = blocking("re-reading a segment", move || {
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         source.read_at(range.start, &mut buf)?;
-        let seg = chunk_segment(&params, &buf);
-        let node = Node {
-            entries: seg.entries.clone(),
-        };
-        let (id, plain) = node.to_plain()?;
-        if id != expected {
+        let sealed = seal_segment(&params, level, &buf, |_| true)?;
+        if sealed.node_id != expected {
             return Err(Error::InvalidArgument(format!(
                 "source disk {} changed while it was backed up (segment at offset {}): \
                  a concurrent gc removed data this backup relies on, and it cannot be read \
@@ -133,16 +126,10 @@ async fn restore_segment(
                 range.start
             )));
         }
-        let mut chunks = Vec::new();
-        for (e, off) in seg.entries.iter().zip(&seg.offsets) {
-            if let Some(cid) = e.1 {
-                let piece = &buf[*off..*off + e.len() as usize];
-                chunks.push((cid, Bytes::from(frame::encode(Kind::Chunk, piece, level)?)));
-            }
-        }
-        Ok::<_, Error>((plain, chunks))
+        Ok::<_, Error>(sealed)
     })
     .await??;
+    let (plain, chunks) = (sealed.node, sealed.chunks);
     let store = repo.chunks();
     futures::stream::iter(chunks)
         .map(|(id, framed)| {

@@ -1,8 +1,12 @@
 //! Turning one segment's bytes into node entries.
 
+use bytes::Bytes;
+
 use crate::chunker::{ChunkParams, for_each_chunk, is_zero};
+use crate::error::Result;
+use crate::frame::{self, Kind};
 use crate::id::ObjectId;
-use crate::node::Entry;
+use crate::node::{Entry, Node};
 
 /// The entries of a segment, with where each one lies in the segment.
 #[derive(Debug, Default)]
@@ -29,4 +33,43 @@ pub fn chunk_segment(params: &ChunkParams, data: &[u8]) -> ChunkedSegment {
         out.offsets.push(off);
     });
     out
+}
+
+/// A segment ready to be stored: its node and the chunks asked for.
+#[derive(Debug)]
+pub struct SealedSegment {
+    pub node_id: ObjectId,
+    pub node: Vec<u8>,
+    /// (id, framed bytes) of the chunks `want` picked.
+    pub chunks: Vec<(ObjectId, Bytes)>,
+}
+
+/// Chunks a segment and frames the chunks `want` picks, as a backup would
+/// have stored them. CPU-bound.
+pub fn seal_segment(
+    params: &ChunkParams,
+    zstd_level: i32,
+    data: &[u8],
+    want: impl Fn(&ObjectId) -> bool,
+) -> Result<SealedSegment> {
+    let seg = chunk_segment(params, data);
+    let mut chunks = Vec::new();
+    for (e, off) in seg.entries.iter().zip(&seg.offsets) {
+        if let Some(id) = e.1.filter(&want) {
+            let piece = &data[*off..*off + e.len() as usize];
+            chunks.push((
+                id,
+                Bytes::from(frame::encode(Kind::Chunk, piece, zstd_level)?),
+            ));
+        }
+    }
+    let (node_id, node) = Node {
+        entries: seg.entries,
+    }
+    .to_plain()?;
+    Ok(SealedSegment {
+        node_id,
+        node,
+        chunks,
+    })
 }

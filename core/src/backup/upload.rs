@@ -66,7 +66,7 @@ impl Uploader<'_> {
     pub async fn upload(&self, job: UploadJob) -> Result<(usize, Option<ObjectId>, BackupStats)> {
         let mut stats = job.stats;
         let store = self.repo.chunks();
-        let results: Vec<(ObjectId, Stored, u64)> = futures::stream::iter(job.chunks)
+        let results: Vec<(ObjectId, Stored, u64, bool)> = futures::stream::iter(job.chunks)
             .map(|(id, framed, replace)| {
                 let store = &store;
                 async move {
@@ -79,24 +79,29 @@ impl Uploader<'_> {
                         store.put(&id, framed).await?
                     };
                     self.progress.add_transferred(len);
-                    Ok::<_, Error>((id, stored, len))
+                    Ok::<_, Error>((id, stored, len, replace))
                 }
             })
             .buffer_unordered(PUTS_PER_SEGMENT)
             .try_collect()
             .await?;
         let mut existed = Vec::new();
-        for (id, stored, len) in results {
+        for (id, stored, len, replaced) in results {
             stats.bytes_uploaded += len;
             if stored == Stored::New {
                 stats.new_chunks += 1;
                 stats.bytes_stored += len;
-            } else {
+            }
+            // A copy stored over a damaged one existed before: `repair`
+            // may delete it (as a sweep) before seeing the new bytes, so
+            // the session checks it like an object found stored.
+            if stored != Stored::New || replaced {
                 existed.push(ObjectRef::Chunk(id));
             }
         }
         if let (Some(id), Some(plain)) = (job.segment, job.node) {
-            let (stored, len) = if self.trust.damaged_nodes.contains(&id) {
+            let replaced = self.trust.damaged_nodes.contains(&id);
+            let (stored, len) = if replaced {
                 let len = self.repo.replace_node(&id, &plain).await?;
                 self.note_replaced(crate::keys::node(&id));
                 (Stored::New, len)
@@ -107,7 +112,8 @@ impl Uploader<'_> {
             if stored == Stored::New {
                 stats.new_nodes += 1;
                 stats.bytes_stored += len;
-            } else {
+            }
+            if stored != Stored::New || replaced {
                 existed.push(ObjectRef::Node(id));
             }
         }

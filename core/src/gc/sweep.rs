@@ -37,6 +37,8 @@ use crate::keys;
 use crate::repo::Repository;
 use crate::session::Heartbeat;
 
+pub mod targeted;
+
 /// Delete requests carry at most this many keys (the S3 limit).
 const BATCH: usize = 1000;
 /// Markers of this many most recent sweeps are always kept.

@@ -3,6 +3,7 @@
 //! it as its parent) is moved to `trash/` instead, where the sweeps keep
 //! it until no live lease pins it. Chunks and nodes are left to `gc`.
 
+pub mod forget;
 pub mod policy;
 pub mod span;
 #[cfg(test)]

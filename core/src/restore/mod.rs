@@ -86,6 +86,16 @@ pub struct RestoreOutcome {
     pub damaged: Vec<DamagedRange>,
 }
 
+/// Records the damaged objects the restore met, so that backups store
+/// them again and `repair` finds them. Best effort: a repository that
+/// cannot be written (read-only credentials) still restores.
+async fn record_damage(repo: &Repository, ctx: &SegmentCtx) {
+    let found = std::mem::take(&mut *ctx.found.lock().unwrap_or_else(|p| p.into_inner()));
+    for (key, why) in found {
+        let _ = crate::damage::record(repo, &key, &why, "restore").await;
+    }
+}
+
 /// Restores disk `disk` of point `m` to `target`. Stops when `progress`
 /// is cancelled, removing its partial image ([`Error::Cancelled`]).
 pub async fn restore(
@@ -137,6 +147,7 @@ pub async fn restore(
         progress: progress.clone(),
         image_hash: opts.image_hash,
         ignore_damage: opts.ignore_damage,
+        found: Default::default(),
     });
     let mut hashes = Vec::with_capacity(d.segments.len());
     let mut damaged = Vec::new();
@@ -175,6 +186,7 @@ pub async fn restore(
         let cleaned = blocking("restore writer", move || sink.abandon()).await?;
         return Err(Error::Cancelled { cleaned });
     }
+    record_damage(repo, &ctx).await;
     if let Some(e) = failed {
         drop(sink);
         return Err(e);

@@ -58,7 +58,13 @@ pub(super) struct SegmentCtx {
     pub(super) progress: Arc<Progress>,
     pub(super) image_hash: bool,
     pub(super) ignore_damage: bool,
+    /// Damaged objects met (key, why), for the damage records.
+    pub(super) found: std::sync::Mutex<Vec<(String, String)>>,
 }
+
+/// Damaged objects remembered per restore (the rest go unrecorded: a
+/// verify finds them).
+const FOUND_CAP: usize = 10_000;
 
 /// Segment buffers for reuse: fresh 16 MiB allocations cost page faults
 /// and page clearing on every segment, reused ones do not.
@@ -91,6 +97,13 @@ enum Object {
 }
 
 impl Object {
+    fn key(self) -> String {
+        match self {
+            Object::Node(id) => crate::keys::node(&id),
+            Object::Chunk(id) => crate::keys::chunk(&id),
+        }
+    }
+
     /// As [`Error::Damaged`] has always named it (a chunk by its id).
     fn in_error(self) -> String {
         match self {
@@ -119,6 +132,7 @@ impl SegmentCtx {
     fn fail(&self, offset: u64, object: Object, e: Error) -> Error {
         let (point, disk) = (self.point.clone(), self.d.name.to_string());
         if e.is_damage() {
+            self.note(object, &e);
             Error::Damaged {
                 point,
                 disk,
@@ -137,9 +151,17 @@ impl SegmentCtx {
         }
     }
 
+    fn note(&self, object: Object, e: &Error) {
+        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        if found.len() < FOUND_CAP {
+            found.push((object.key(), e.to_string()));
+        }
+    }
+
     /// Damage becomes a range of zeros when told to go on; the rest fails.
     fn tolerate(&self, offset: u64, length: u64, object: Object, e: Error) -> Result<DamagedRange> {
         if self.ignore_damage && e.is_damage() {
+            self.note(object, &e);
             Ok(DamagedRange {
                 offset,
                 length,

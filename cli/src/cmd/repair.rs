@@ -1,0 +1,108 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+use xfull_core::Error;
+use xfull_core::repair::{RepairOptions, RepairReport, RepairSource, repair};
+use xfull_core::source::DiskSource;
+
+use crate::cli::{Cli, RepairArgs, split_pair};
+use crate::output::{bytes, print_json, printable};
+use crate::progress_ui::Bar;
+
+pub async fn run(cli: &Cli, args: &RepairArgs) -> Result<()> {
+    let sources = sources(args)?;
+    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
+    let progress = crate::progress();
+    let bar = Bar::start(progress.clone(), "repair", cli.json);
+    let opts = RepairOptions {
+        read_data: args.read_data,
+        dry_run: args.dry_run,
+        sources,
+    };
+    let report = repair(&repo, &opts, progress).await?;
+    drop(bar);
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        print_report(&report);
+    }
+    if report.still_damaged.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::DamageFound {
+            points: report.still_damaged.len(),
+        }
+        .into())
+    }
+}
+
+fn sources(args: &RepairArgs) -> Result<Vec<RepairSource>> {
+    let Some(vm) = &args.vm else {
+        return Ok(Vec::new());
+    };
+    let vm: xfull_core::names::VmName = vm.parse()?;
+    let mut out: Vec<RepairSource> = Vec::new();
+    for d in &args.disks {
+        let (name, path) = split_pair("--disk", d)?;
+        if path.is_empty() {
+            return Err(Error::InvalidArgument(format!("--disk {d:?} has no path")).into());
+        }
+        let disk = name.parse()?;
+        if out.iter().any(|s| s.disk == disk) {
+            return Err(Error::InvalidArgument(format!("--disk {name} given twice")).into());
+        }
+        out.push(RepairSource {
+            vm: vm.clone(),
+            disk,
+            source: Arc::new(DiskSource::open(Path::new(path))?),
+        });
+    }
+    Ok(out)
+}
+
+fn print_report(r: &RepairReport) {
+    println!(
+        "checked {} points: {} stored object(s) damaged, {} missing",
+        r.points, r.objects_damaged, r.objects_missing
+    );
+    for w in &r.warnings {
+        eprintln!("xfull: warning: {}", printable(w));
+    }
+    if r.dry_run {
+        println!("dry run: nothing changed");
+    } else {
+        if let Some(seq) = r.sweep {
+            println!(
+                "removed {} damaged object(s) (sweep {seq}); {} recorded as damaged were sound",
+                r.objects_removed, r.objects_sound
+            );
+        }
+        for p in &r.manifests_removed {
+            println!("removed the unreadable manifest of point {}", printable(p));
+        }
+        if r.chunks_restored + r.nodes_restored > 0 {
+            println!(
+                "stored again {} chunk(s) and {} node(s) from the disk images",
+                r.chunks_restored, r.nodes_restored
+            );
+        }
+    }
+    if r.still_damaged.is_empty() {
+        println!("every point is whole");
+        return;
+    }
+    println!("{} point(s) still damaged:", r.still_damaged.len());
+    for p in &r.still_damaged {
+        let lost: u64 = p.disks.iter().map(|d| d.damaged_bytes).sum();
+        match &p.manifest {
+            Some(m) => println!("  {}: manifest {}", p.point, printable(m)),
+            None => println!("  {}: {} unrecoverable", p.point, bytes(lost)),
+        }
+    }
+    println!(
+        "a backup of the same data stores missing chunks again; `xfull repair --vm VM --disk \
+         D=PATH` does it from an image; `xfull restore --ignore-damage` restores the rest; \
+         `xfull forget VM@ID` removes a point"
+    );
+}

@@ -1,0 +1,198 @@
+//! A sweep that deletes named objects instead of unreferenced ones: how
+//! `repair` removes damaged chunks and nodes while backups run.
+//!
+//! A damaged object is referenced, so no lease protects it from this
+//! sweep, and a backup may rely on it (found "already stored", or stored
+//! again over it). The marker therefore observes no session at all: every
+//! session that sees the sweep's deletions re-checks all it relies on
+//! ([`crate::session::Session::check`]) and stores again from its source
+//! what is gone. Each batch is announced before its objects are checked
+//! once more, so a copy a backup stored over the damaged one before the
+//! announcement is seen sound and kept, and one stored after it is
+//! re-checked by that backup.
+
+use std::future::Future;
+
+use futures::{StreamExt, TryStreamExt};
+
+use super::{BATCH, Phase, Sweep};
+use crate::backend::PutMode;
+use crate::damage::Health;
+use crate::error::{Error, Result};
+use crate::keys;
+
+/// Objects checked at once.
+const CHECKS: usize = 16;
+
+/// What a targeted sweep did with each key.
+#[derive(Clone, Debug, Default)]
+pub struct Removal {
+    pub deleted: Vec<String>,
+    pub sound: Vec<String>,
+    pub gone: Vec<String>,
+}
+
+impl Sweep {
+    /// Deletes those of `keys` (chunks and nodes) that `check` still finds
+    /// damaged, then ends the sweep. Fails with [`Error::SweepBusy`] if
+    /// another sweep was running when this one began.
+    pub async fn remove_objects<F, Fut>(mut self, keys: Vec<String>, check: F) -> Result<Removal>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<(String, Health)>>,
+    {
+        if let Some((seq, host)) = self.yielded.clone() {
+            return Err(Error::SweepBusy { seq, host });
+        }
+        if self.dry_run {
+            return Err(Error::Internal(
+                "a targeted sweep cannot be a dry run".into(),
+            ));
+        }
+        let heartbeat = self.heartbeat();
+        let mut out = Removal::default();
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| keys::parse_content(k).is_some())
+            .collect();
+        for part in keys.chunks(BATCH) {
+            self.marker.update(|s| s.phase = Phase::Deleting);
+            self.marker.write().await?;
+            let verdicts: Vec<(String, Health)> = futures::stream::iter(part.iter().cloned())
+                .map(&check)
+                .buffer_unordered(CHECKS)
+                .try_collect()
+                .await?;
+            let mut doomed = Vec::new();
+            for (key, v) in verdicts {
+                match v {
+                    Health::Damaged(_) => doomed.push(key),
+                    // Stored again since it was found damaged.
+                    Health::Sound => out.sound.push(key),
+                    Health::Gone => out.gone.push(key),
+                }
+            }
+            self.refresh().await?;
+            self.repo.backend().delete_many(&doomed).await?;
+            for k in &doomed {
+                if k.starts_with(keys::NODES) {
+                    self.report.nodes_deleted += 1;
+                } else {
+                    self.report.chunks_deleted += 1;
+                }
+            }
+            self.report.batches += 1;
+            out.deleted.extend(doomed);
+            let r = &self.report;
+            let (chunks, nodes, batches) = (r.chunks_deleted, r.nodes_deleted, r.batches);
+            self.marker.update(|s| {
+                s.phase = Phase::Idle;
+                s.chunks_deleted = chunks;
+                s.nodes_deleted = nodes;
+                s.batches = batches;
+            });
+            self.marker.write().await?;
+        }
+        drop(heartbeat);
+        self.marker.update(|s| s.phase = Phase::Done);
+        let done = self.marker.snapshot();
+        self.repo
+            .backend()
+            .put(&keys::done(self.seq), done.encode()?, PutMode::Create)
+            .await?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::chunker::ChunkParams;
+    use crate::config::RepoConfig;
+    use crate::frame::{self, Kind};
+    use crate::id::ObjectId;
+    use crate::lease::ObjectRef;
+    use crate::repo::Repository;
+    use crate::session::{Check, Session};
+    use crate::testing::MemBackend;
+
+    async fn repo() -> Repository {
+        let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+        Repository::init(Arc::new(MemBackend::default()), cfg)
+            .await
+            .unwrap()
+    }
+
+    async fn check(repo: &Repository, key: String) -> Result<(String, Health)> {
+        let id = keys::parse_content(&key).unwrap();
+        Ok((key, repo.chunks().check(&id, 1 << 20).await?))
+    }
+
+    #[tokio::test]
+    async fn a_backup_relying_on_a_removed_object_checks_everything_again() {
+        let repo = repo().await;
+        let good = b"the right bytes".to_vec();
+        let id = ObjectId::of(&good);
+        // Damaged: a valid frame holding other bytes.
+        let wrong = Bytes::from(frame::encode(Kind::Chunk, b"other bytes", 3).unwrap());
+        repo.chunks().put(&id, wrong).await.unwrap();
+        let vm = "a".parse().unwrap();
+        let mut session = Session::begin(&repo, &vm, "h").await.unwrap();
+        session.depend([ObjectRef::Chunk(id)]);
+        assert_eq!(session.check().await.unwrap(), Check::Clear);
+
+        let sweep = Sweep::begin(&repo, false).await.unwrap();
+        let key = keys::chunk(&id);
+        let out = sweep
+            .remove_objects(vec![key.clone(), "config".into()], |k| check(&repo, k))
+            .await
+            .unwrap();
+        assert_eq!(out.deleted, vec![key.clone()]);
+        assert!(repo.backend().head(&key).await.unwrap_err().is_not_found());
+        // The sweep observed no session: this one must look at all it uses.
+        match session.check().await.unwrap() {
+            Check::Verify { all: true, .. } => {}
+            other => panic!("expected a full check, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_object_stored_again_meanwhile_is_kept() {
+        let repo = repo().await;
+        let good = b"the right bytes".to_vec();
+        let id = ObjectId::of(&good);
+        let framed = Bytes::from(frame::encode(Kind::Chunk, &good, 3).unwrap());
+        repo.chunks().put(&id, framed).await.unwrap();
+        let gone = ObjectId::of(b"never stored");
+        let sweep = Sweep::begin(&repo, false).await.unwrap();
+        let out = sweep
+            .remove_objects(vec![keys::chunk(&id), keys::chunk(&gone)], |k| {
+                check(&repo, k)
+            })
+            .await
+            .unwrap();
+        assert!(out.deleted.is_empty());
+        assert_eq!(out.sound, vec![keys::chunk(&id)]);
+        assert_eq!(out.gone, vec![keys::chunk(&gone)]);
+        repo.backend().head(&keys::chunk(&id)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn it_gives_way_to_a_running_sweep() {
+        let repo = repo().await;
+        let running = Sweep::begin(&repo, false).await.unwrap();
+        let second = Sweep::begin(&repo, false).await.unwrap();
+        let e = second
+            .remove_objects(Vec::new(), |k| check(&repo, k))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::SweepBusy { seq, .. } if seq == running.seq()),
+            "{e}"
+        );
+    }
+}

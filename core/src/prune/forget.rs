@@ -1,0 +1,62 @@
+//! `forget`: removes named points, whether their manifests can be read or
+//! not (a damaged manifest restores nothing and `prune` keeps it, since it
+//! cannot date it). The same rules as prune: a point a running backup
+//! pins goes to the trash first.
+
+use serde::Serialize;
+
+use super::{Removed, read_pins, remove};
+use crate::error::{Error, Result};
+use crate::id::PointId;
+use crate::names::VmName;
+use crate::repo::Repository;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Forgotten {
+    pub dry_run: bool,
+    /// `VM@ID` of each point removed (or, in a dry run, to remove).
+    pub points: Vec<String>,
+    /// Of those, the ones a running backup pins (moved to the trash).
+    pub pinned: Vec<String>,
+    pub removed: Removed,
+}
+
+/// Removes the points; each must exist (by the listing, so a damaged one
+/// counts).
+pub async fn forget(
+    repo: &Repository,
+    points: &[(VmName, PointId)],
+    dry_run: bool,
+) -> Result<Forgotten> {
+    for (vm, id) in points {
+        if !repo
+            .list_points(Some(vm))
+            .await?
+            .iter()
+            .any(|(_, p)| p == id)
+        {
+            return Err(Error::PointNotFound {
+                point: format!("{vm}@{id}"),
+            });
+        }
+    }
+    let mut unique = points.to_vec();
+    unique.sort();
+    unique.dedup();
+    let pins = read_pins(repo).await?;
+    let name = |(vm, id): &(VmName, PointId)| format!("{vm}@{id}");
+    let mut out = Forgotten {
+        dry_run,
+        points: unique.iter().map(name).collect(),
+        pinned: unique
+            .iter()
+            .filter(|(vm, id)| pins.contains(vm, id))
+            .map(name)
+            .collect(),
+        removed: Removed::default(),
+    };
+    if !dry_run {
+        out.removed = remove(repo, &pins, &unique).await?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,178 @@
+//! `repair`: makes a damaged repository sound again as far as it can,
+//! while backups run (docs/design.md, "Damage and repair").
+//!
+//! 1. Find the damage: a verify of every point (structural, or reading the
+//!    chunks with `read_data`) plus the damage records that verify,
+//!    restore and backups left.
+//! 2. Remove damaged chunks and nodes as a sweep of their own
+//!    ([`crate::gc::sweep::targeted`]): each is checked again just before
+//!    it goes, so a copy stored again meanwhile stays. Once gone, their
+//!    keys are free for a create-only put: the next backup of the same
+//!    data stores them again.
+//! 3. Remove manifests that cannot be read (nothing restores from them),
+//!    pinned ones through the trash like `prune`.
+//! 4. Store again, from disk images the operator names, the missing
+//!    chunks and nodes they contain ([`restock`]).
+//! 5. Verify again and list the points that are still damaged.
+
+mod restock;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use self::restock::RepairSource;
+use crate::damage::{self, Health, KnownDamage};
+use crate::error::{Error, Result};
+use crate::gc::Sweep;
+use crate::id::{ObjectId, PointId};
+use crate::keys;
+use crate::lease::ObjectRef;
+use crate::names::VmName;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::verify::{DamagedPoint, VerifyOptions, verify};
+
+#[derive(Debug, Default)]
+pub struct RepairOptions {
+    /// Read every chunk to find damage (else: listings, metadata and the
+    /// damage records).
+    pub read_data: bool,
+    /// Report what would be done; change nothing.
+    pub dry_run: bool,
+    pub sources: Vec<RepairSource>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairReport {
+    pub dry_run: bool,
+    pub points: u64,
+    /// Stored chunks and nodes found damaged (by this verify or a record).
+    pub objects_damaged: u64,
+    /// Referenced chunks and nodes missing from the repository.
+    pub objects_missing: u64,
+    /// The sweep that removed the damaged objects.
+    pub sweep: Option<u64>,
+    pub objects_removed: u64,
+    /// Recorded as damaged but found sound (stored again since).
+    pub objects_sound: u64,
+    /// Unreadable manifests removed (`VM@ID`).
+    pub manifests_removed: Vec<String>,
+    pub chunks_restored: u64,
+    pub nodes_restored: u64,
+    /// Points that still cannot be restored whole.
+    pub still_damaged: Vec<DamagedPoint>,
+    pub warnings: Vec<String>,
+}
+
+pub async fn repair(
+    repo: &Repository,
+    opts: &RepairOptions,
+    progress: Arc<Progress>,
+) -> Result<RepairReport> {
+    for s in &opts.sources {
+        s.check(repo).await?;
+    }
+    let known = KnownDamage::load(repo).await?;
+    let found = verify(
+        repo,
+        &[],
+        &VerifyOptions {
+            read_data: opts.read_data,
+            subset: None,
+            record_damage: false,
+        },
+        progress.clone(),
+    )
+    .await?;
+    let mut doomed: BTreeSet<String> = found.bad_objects.iter().map(|(k, _)| k.clone()).collect();
+    doomed.extend(known.chunks.iter().map(keys::chunk));
+    doomed.extend(known.nodes.iter().map(keys::node));
+    let mut report = RepairReport {
+        dry_run: opts.dry_run,
+        points: found.points,
+        objects_damaged: doomed.len() as u64,
+        objects_missing: found.objects_missing,
+        warnings: found.warnings.clone(),
+        still_damaged: found.damaged.clone(),
+        ..RepairReport::default()
+    };
+    let changes = !doomed.is_empty()
+        || !found.damaged_manifests.is_empty()
+        || (!found.missing.is_empty() && !opts.sources.is_empty());
+    if opts.dry_run || !changes {
+        return Ok(report);
+    }
+
+    let mut wanted: BTreeSet<ObjectRef> = found.missing.iter().copied().collect();
+    if !doomed.is_empty() {
+        let sweep = Sweep::begin(repo, false).await?;
+        report.sweep = Some(sweep.seq());
+        let max = repo.config().chunking.max as usize;
+        let removal = sweep
+            .remove_objects(doomed.into_iter().collect(), |key| check(repo, key, max))
+            .await?;
+        report.objects_removed = removal.deleted.len() as u64;
+        report.objects_sound = removal.sound.len() as u64;
+        wanted.extend(removal.deleted.iter().filter_map(|k| object_ref(k)));
+        let settled: Vec<String> = [removal.deleted, removal.sound, removal.gone].concat();
+        if let Err(e) = damage::clear(repo, &settled).await {
+            report
+                .warnings
+                .push(format!("could not remove the damage records: {e}"));
+        }
+    }
+    report.manifests_removed = remove_manifests(repo, &found.damaged_manifests).await?;
+    if !opts.sources.is_empty() && !wanted.is_empty() {
+        let (chunks, nodes) = restock::restock(repo, &opts.sources, wanted, &progress).await?;
+        report.chunks_restored = chunks;
+        report.nodes_restored = nodes;
+    }
+    let after = verify(
+        repo,
+        &[],
+        &VerifyOptions::default(),
+        Arc::new(Progress::default()),
+    )
+    .await?;
+    report.still_damaged = after.damaged;
+    Ok(report)
+}
+
+/// A fresh look at a chunk or node named by its key.
+async fn check(repo: &Repository, key: String, max: usize) -> Result<(String, Health)> {
+    let health = match object_ref(&key) {
+        Some(ObjectRef::Chunk(id)) => repo.chunks().check(&id, max).await?,
+        Some(ObjectRef::Node(id)) => repo.check_node(&id).await?,
+        None => return Err(Error::Internal(format!("{key} is not a chunk or node"))),
+    };
+    Ok((key, health))
+}
+
+fn object_ref(key: &str) -> Option<ObjectRef> {
+    let id: ObjectId = keys::parse_content(key)?;
+    Some(if key.starts_with(keys::NODES) {
+        ObjectRef::Node(id)
+    } else {
+        ObjectRef::Chunk(id)
+    })
+}
+
+/// Removes the manifests that still cannot be read (a pinned one through
+/// the trash, as `prune` does).
+async fn remove_manifests(repo: &Repository, points: &[(VmName, PointId)]) -> Result<Vec<String>> {
+    let mut doomed = Vec::new();
+    for (vm, id) in points {
+        match repo.load_manifest(vm, id).await {
+            Err(e) if e.is_damage() => doomed.push((vm.clone(), id.clone())),
+            _ => {} // readable again, or gone
+        }
+    }
+    if doomed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pins = crate::prune::read_pins(repo).await?;
+    crate::prune::remove(repo, &pins, &doomed).await?;
+    Ok(doomed.iter().map(|(vm, id)| format!("{vm}@{id}")).collect())
+}

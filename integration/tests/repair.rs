@@ -1,0 +1,253 @@
+//! Damage end to end: backups store again what is missing or known
+//! damaged, `repair` removes damaged objects and manifests and stores data
+//! again from disk images, `forget` removes points whatever state their
+//! manifest is in. Local repositories: these tests damage files.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use xfull_integration::env::{Env, fails, sha256, walk};
+use xfull_integration::{mixed_regions, write_image};
+
+fn files(e: &Env, prefix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = walk(&e.repo.join(prefix))
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains('#'))
+        .collect();
+    v.sort();
+    v
+}
+
+fn image(e: &Env, name: &str, seed: u64) -> PathBuf {
+    let img = e.path(name);
+    write_image(&img, &mixed_regions(24, seed), seed, false).unwrap();
+    img
+}
+
+/// The `n`th stored chunk (the images hold dozens).
+fn chunk(e: &Env, n: usize) -> PathBuf {
+    let all = files(e, "chunks");
+    assert!(all.len() > n, "only {} chunks", all.len());
+    all[n].clone()
+}
+
+fn backup(e: &Env, vm: &str, img: &Path, extra: &[&str]) -> Value {
+    let disk = format!("d={}", img.display());
+    let mut args = vec!["backup", "--vm", vm, "--disk", &disk];
+    args.extend_from_slice(extra);
+    e.json(&args)
+}
+
+/// Flips a byte in the middle of a stored object.
+fn damage(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// (exit code, JSON on stdout) of a command that takes `--json`.
+fn run_json(e: &Env, args: &[&str]) -> (i32, Value) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = e.x(&all).output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap(), v)
+}
+
+fn verify_data(e: &Env) -> i32 {
+    run_json(e, &["verify", "--read-data"]).0
+}
+
+fn restores_as(e: &Env, point: &str, img: &Path) {
+    let out = e.path("restored.img");
+    let _ = std::fs::remove_file(&out);
+    e.restore(point, "d", &out);
+    assert_eq!(sha256(&out), sha256(img), "{point} restores to its image");
+}
+
+#[test]
+fn a_full_scan_stores_again_a_chunk_that_went_missing() {
+    let e = Env::init();
+    let img = image(&e, "d.img", 3);
+    backup(&e, "v", &img, &[]);
+    let chunk = chunk(&e, 3);
+    std::fs::remove_file(&chunk).unwrap();
+    assert_eq!(verify_data(&e), 3);
+    let r = backup(&e, "v", &img, &["--full-scan"]);
+    assert!(r["stats"]["objects_restored"].as_u64().unwrap() >= 1, "{r}");
+    assert!(chunk.exists(), "the missing chunk was stored again");
+    assert_eq!(verify_data(&e), 0, "every point is whole again");
+    restores_as(&e, "v@latest", &img);
+}
+
+#[test]
+fn a_chunk_verify_found_damaged_is_replaced_by_the_next_backup() {
+    let e = Env::init();
+    let img = image(&e, "d.img", 4);
+    let first = backup(&e, "a", &img, &[])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chunk = chunk(&e, 5);
+    damage(&chunk);
+    // Before damage records, a backup of the same data (even of another
+    // VM) was told "already exists" and referenced the damaged copy.
+    assert_eq!(verify_data(&e), 3);
+    assert_eq!(files(&e, "damage").len(), 1, "verify recorded the damage");
+    backup(&e, "b", &img, &[]);
+    assert_eq!(verify_data(&e), 0, "the damaged copy was stored over");
+    assert!(files(&e, "damage").is_empty(), "the record was cleared");
+    restores_as(&e, &first, &img);
+    restores_as(&e, "b@latest", &img);
+}
+
+#[test]
+fn repair_removes_damage_then_stores_it_again_from_an_image() {
+    let e = Env::init();
+    let img = image(&e, "d.img", 5);
+    let point = backup(&e, "v", &img, &[])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chunk = chunk(&e, 2);
+    damage(&chunk);
+
+    // A dry run finds it and changes nothing.
+    let (code, r) = run_json(&e, &["repair", "--read-data", "--dry-run"]);
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(r["objects_damaged"], 1, "{r}");
+    assert!(chunk.exists());
+
+    // Without an image, the damaged chunk goes and the point stays
+    // damaged, named.
+    let (code, r) = run_json(&e, &["repair", "--read-data"]);
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(r["objects_removed"], 1, "{r}");
+    assert_eq!(r["still_damaged"][0]["point"], point.as_str(), "{r}");
+    assert!(!chunk.exists(), "the damaged chunk was removed");
+    assert!(files(&e, "damage").is_empty());
+
+    // From the image, the chunk comes back and the point is whole.
+    let disk = format!("d={}", img.display());
+    let (code, r) = run_json(&e, &["repair", "--vm", "v", "--disk", &disk]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["chunks_restored"], 1, "{r}");
+    assert!(chunk.exists());
+    assert_eq!(verify_data(&e), 0);
+    restores_as(&e, &point, &img);
+    // Nothing left to do.
+    let (code, r) = run_json(&e, &["repair", "--read-data"]);
+    assert_eq!((code, &r["objects_damaged"]), (0, &Value::from(0)), "{r}");
+}
+
+#[test]
+fn repair_acts_on_damage_a_restore_recorded() {
+    let e = Env::init();
+    let img = image(&e, "d.img", 11);
+    backup(&e, "v", &img, &[]);
+    let chunk = chunk(&e, 1);
+    damage(&chunk);
+    let out = e.path("out.img");
+    let (code, err) = fails(e.x(&[
+        "restore",
+        "v@latest",
+        "--disk",
+        "d",
+        "--to",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(files(&e, "damage").len(), 1, "restore recorded the damage");
+    // A structural repair (no chunk read) acts on the record.
+    let (code, r) = run_json(&e, &["repair"]);
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(r["objects_removed"], 1, "{r}");
+    assert!(!chunk.exists());
+}
+
+#[test]
+fn unreadable_manifests_are_removed_by_forget_and_by_repair() {
+    let e = Env::init();
+    let img = image(&e, "d.img", 7);
+    let p1 = backup(&e, "v", &img, &[])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let p2 = backup(&e, "v", &img, &["--full-scan"])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let manifests = files(&e, "points");
+    assert_eq!(manifests.len(), 2);
+    for m in &manifests {
+        std::fs::write(m, b"not a manifest").unwrap();
+    }
+
+    // forget names points exactly, and they must exist.
+    let (code, err) = fails(e.x(&["forget", "v@latest"]));
+    assert_eq!(code, 2, "{err}");
+    let missing = format!("{}0", &p1[..p1.len() - 1]);
+    let missing = if missing == p1 {
+        format!("{}1", &p1[..p1.len() - 1])
+    } else {
+        missing
+    };
+    let (code, err) = fails(e.x(&["forget", &missing]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not found") || err.contains("no point"),
+        "{err}"
+    );
+
+    let (code, r) = run_json(&e, &["forget", "--dry-run", &p1]);
+    assert_eq!(
+        (code, &r["points"][0]),
+        (0, &Value::from(p1.as_str())),
+        "{r}"
+    );
+    assert_eq!(files(&e, "points").len(), 2, "a dry run removes nothing");
+    e.x(&["forget", &p1]).assert().success();
+    assert_eq!(files(&e, "points").len(), 1);
+
+    // repair removes the other one; the repository is then whole.
+    let (code, r) = run_json(&e, &["repair"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["manifests_removed"][0], p2.as_str(), "{r}");
+    assert!(files(&e, "points").is_empty());
+    assert_eq!(run_json(&e, &["verify"]).0, 0);
+    // Their data is garbage now.
+    let gc = e.json(&["gc"]);
+    assert_eq!(gc["chunks_marked"], 0, "{gc}");
+}
+
+#[test]
+fn repair_refuses_sources_it_cannot_use() {
+    let e = Env::init();
+    let img = image(&e, "d.img", 8);
+    backup(&e, "v", &img, &[]);
+    let disk = format!("d={}", img.display());
+    let other = format!("nosuch={}", img.display());
+    for args in [
+        vec!["repair", "--disk", disk.as_str()],
+        vec!["repair", "--vm", "v"],
+        vec!["repair", "--vm", "w", "--disk", disk.as_str()],
+        vec!["repair", "--vm", "v", "--disk", other.as_str()],
+        vec!["repair", "--vm", "v", "--disk", "d="],
+        vec![
+            "repair",
+            "--vm",
+            "v",
+            "--disk",
+            disk.as_str(),
+            "--disk",
+            disk.as_str(),
+        ],
+    ] {
+        let (code, err) = fails(e.x(&args));
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+    let (code, err) = fails(e.x(&["repair", "--vm", "v", "--disk", "d=/nonexistent/img"]));
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("/nonexistent/img"), "{err}");
+}
