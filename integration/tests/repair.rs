@@ -103,6 +103,28 @@ fn a_chunk_verify_found_damaged_is_replaced_by_the_next_backup() {
 }
 
 #[test]
+fn an_incremental_backup_reads_again_segments_with_recorded_damage() {
+    let e = Env::init();
+    let img = image(&e, "d.img", 13);
+    let first = backup(&e, "v", &img, &[])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    damage(&chunk(&e, 4));
+    assert_eq!(verify_data(&e), 3);
+    // A change file naming nothing: every segment would be reused unread,
+    // the damaged chunk with it.
+    let changes = e.path("none.json");
+    std::fs::write(&changes, "[]").unwrap();
+    let changed = format!("d={}", changes.display());
+    let r = backup(&e, "v", &img, &["--changed", &changed]);
+    let source = r["disks"][0]["source"].as_str().unwrap_or_default();
+    assert!(source.contains("read in full"), "{r}");
+    assert_eq!(verify_data(&e), 0, "the damaged chunk was stored over");
+    restores_as(&e, &first, &img);
+}
+
+#[test]
 fn repair_removes_damage_then_stores_it_again_from_an_image() {
     let e = Env::init();
     let img = image(&e, "d.img", 5);

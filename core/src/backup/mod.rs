@@ -477,15 +477,16 @@ async fn back_up_disk(
         }
     };
 
-    let (damaged, damaged_nodes) = parent_check::drop_damaged_parents(repo, &mut plan).await?;
+    let (damaged, damaged_nodes) =
+        parent_check::drop_damaged_parents(repo, &mut plan, &ctx.known).await?;
     if damaged > 0 {
         source = format!(
             "{source}; {damaged} segment(s) read in full: their parent nodes are missing or \
-             damaged"
+             damaged, or hold damaged chunks"
         );
         progress.notice(Notice::Warning(format!(
-            "disk {}: {damaged} node(s) of the parent point are missing or damaged; those \
-             segments are read and stored in full (run `xfull verify`)",
+            "disk {}: {damaged} segment(s) of the parent point have missing or damaged nodes \
+             or chunks; those segments are read and stored in full (run `xfull verify`)",
             d.name
         )));
     }

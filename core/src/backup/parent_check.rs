@@ -1,13 +1,15 @@
 //! A parent is never trusted blindly: before a backup reuses or re-chunks
 //! from a parent's node, the node is fetched and checked against its id. A
-//! segment whose parent node is missing or damaged is read and stored in
-//! full instead, so the new point does not inherit the damage.
+//! segment whose parent node is missing or damaged, or names a chunk with a
+//! damage record, is read and stored in full instead, so the new point does
+//! not inherit the damage (and the damaged chunk is stored over).
 
 use std::collections::HashSet;
 
 use futures::{StreamExt, TryStreamExt};
 
 use super::plan::{DiskPlan, SegmentPlan};
+use crate::damage::KnownDamage;
 use crate::error::Result;
 use crate::id::ObjectId;
 use crate::repo::Repository;
@@ -15,19 +17,28 @@ use crate::repo::Repository;
 /// Node fetches in flight.
 const FETCHES: usize = 32;
 
-/// Replaces plans that rely on a damaged parent node by full reads;
-/// returns how many segments were affected, and the damaged nodes (to be
-/// replaced if the backup produces them again).
+/// Replaces plans that rely on a damaged parent node (or one naming a
+/// chunk recorded as damaged) by full reads; returns how many segments
+/// were affected, and the damaged nodes (to be replaced if the backup
+/// produces them again).
 pub async fn drop_damaged_parents(
     repo: &Repository,
     plan: &mut DiskPlan,
+    known: &KnownDamage,
 ) -> Result<(u64, HashSet<ObjectId>)> {
     let used: HashSet<ObjectId> = plan.segments.iter().filter_map(relied_on).collect();
-    let damaged: HashSet<ObjectId> = futures::stream::iter(used)
+    // (node, whether the node itself is damaged)
+    let bad: Vec<(ObjectId, bool)> = futures::stream::iter(used)
         .map(|id| async move {
+            if known.nodes.contains(&id) {
+                return Ok(Some((id, true)));
+            }
             match repo.load_node(&id).await {
-                Ok(_) => Ok(None),
-                Err(e) if e.is_damage() => Ok(Some(id)),
+                Ok(n) => Ok(n
+                    .chunk_ids()
+                    .any(|c| known.chunks.contains(&c))
+                    .then_some((id, false))),
+                Err(e) if e.is_damage() => Ok(Some((id, true))),
                 Err(e) => Err(e),
             }
         })
@@ -35,9 +46,11 @@ pub async fn drop_damaged_parents(
         .try_filter_map(|d| async move { Ok(d) })
         .try_collect()
         .await?;
+    let avoid: HashSet<ObjectId> = bad.iter().map(|(id, _)| *id).collect();
+    let damaged = bad.iter().filter(|(_, d)| *d).map(|(id, _)| *id).collect();
     let mut affected = 0;
     for s in &mut plan.segments {
-        if relied_on(s).is_some_and(|n| damaged.contains(&n)) {
+        if relied_on(s).is_some_and(|n| avoid.contains(&n)) {
             *s = SegmentPlan::Full(None);
             affected += 1;
         }
