@@ -206,6 +206,18 @@ fn unreadable_manifests_are_removed_by_forget_and_by_repair() {
         std::fs::write(m, b"not a manifest").unwrap();
     }
 
+    // gc cannot know what the points reference: it stops (exit 3) and
+    // says what to do, every time; a failed sweep does not make the next
+    // one skip as if it were still running.
+    for _ in 0..2 {
+        let (code, err) = fails(e.x(&["gc"]));
+        assert_eq!(code, 3, "{err}");
+        assert!(
+            err.contains("xfull repair") && err.contains("xfull forget"),
+            "{err}"
+        );
+    }
+
     // forget names points exactly, and they must exist.
     let (code, err) = fails(e.x(&["forget", "v@latest"]));
     assert_eq!(code, 2, "{err}");

@@ -16,6 +16,10 @@ pub async fn run(cli: &Cli, args: &GcArgs) -> Result<()> {
 }
 
 pub fn print_report(r: &GcReport) {
+    if let Some(why) = &r.skipped {
+        println!("gc sweep {} skipped: {why}", r.seq);
+        return;
+    }
     let verb = if r.dry_run { "would delete" } else { "deleted" };
     println!(
         "gc sweep {}{}: {} points and {} pinned, {} live leases",

@@ -77,10 +77,17 @@ pub async fn run(repo: &Repository, dry_run: bool) -> Result<GcReport> {
         });
     }
     let heartbeat = (!dry_run).then(|| sweep.heartbeat());
-    sweep.read_leases().await?;
-    sweep.read_points().await?;
-    sweep.mark().await?;
-    sweep.delete().await?;
+    let steps = async {
+        sweep.read_leases().await?;
+        sweep.read_points().await?;
+        sweep.mark().await?;
+        sweep.delete().await
+    };
+    if let Err(e) = steps.await {
+        drop(heartbeat);
+        sweep.stop().await;
+        return Err(e);
+    }
     let mut report = sweep.finish().await?;
     drop(heartbeat);
     for (kind, n) in repo.backend().request_counts() {

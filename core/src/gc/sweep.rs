@@ -168,6 +168,8 @@ impl Sweep {
             for (other, refreshed) in now_log.running() {
                 if other < seq && started - refreshed <= ttl {
                     let host = match SweepState::load(repo, other, false).await {
+                        // Stopped (failed, or gave way itself): not running.
+                        Ok(Some(s)) if s.phase.is_over() => continue,
                         Ok(Some(s)) => s.host,
                         _ => "another host".into(),
                     };
@@ -225,6 +227,16 @@ impl Sweep {
     pub fn with_batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.clamp(1, BATCH);
         self
+    }
+
+    /// Marks the sweep stopped after a failed step (best effort), so that
+    /// the next sweep need not wait for its marker to go stale.
+    pub async fn stop(&self) {
+        if self.dry_run {
+            return;
+        }
+        self.marker.update(|s| s.phase = Phase::Stopped);
+        let _ = self.marker.write().await;
     }
 
     /// Step 2a: the first look at the leases.

@@ -50,6 +50,29 @@ impl Sweep {
             ));
         }
         let heartbeat = self.heartbeat();
+        let result = self.remove_in_batches(keys, check).await;
+        drop(heartbeat);
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                self.stop().await;
+                return Err(e);
+            }
+        };
+        self.marker.update(|s| s.phase = Phase::Done);
+        let done = self.marker.snapshot();
+        self.repo
+            .backend()
+            .put(&keys::done(self.seq), done.encode()?, PutMode::Create)
+            .await?;
+        Ok(out)
+    }
+
+    async fn remove_in_batches<F, Fut>(&mut self, keys: Vec<String>, check: F) -> Result<Removal>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<(String, Health)>>,
+    {
         let mut out = Removal::default();
         let keys: Vec<String> = keys
             .into_iter()
@@ -93,13 +116,6 @@ impl Sweep {
             });
             self.marker.write().await?;
         }
-        drop(heartbeat);
-        self.marker.update(|s| s.phase = Phase::Done);
-        let done = self.marker.snapshot();
-        self.repo
-            .backend()
-            .put(&keys::done(self.seq), done.encode()?, PutMode::Create)
-            .await?;
         Ok(out)
     }
 }
