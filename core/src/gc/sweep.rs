@@ -488,13 +488,19 @@ impl Sweep {
             .backend()
             .remove_incomplete(self.prot.cutoff)
             .await?;
+        self.write_done().await?;
+        Ok(self.report)
+    }
+
+    /// Writes `gc/done/<seq>`: the sweep is over.
+    async fn write_done(&self) -> Result<()> {
         self.marker.update(|s| s.phase = Phase::Done);
         let done = self.marker.snapshot();
         self.repo
             .backend()
             .put(&keys::done(self.seq), done.encode()?, PutMode::Create)
             .await?;
-        Ok(self.report)
+        Ok(())
     }
 
     /// Ended leases every running sweep has looked past: their points

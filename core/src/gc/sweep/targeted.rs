@@ -16,7 +16,6 @@ use std::future::Future;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{BATCH, Phase, Sweep};
-use crate::backend::PutMode;
 use crate::damage::Health;
 use crate::error::{Error, Result};
 use crate::keys;
@@ -59,12 +58,7 @@ impl Sweep {
                 return Err(e);
             }
         };
-        self.marker.update(|s| s.phase = Phase::Done);
-        let done = self.marker.snapshot();
-        self.repo
-            .backend()
-            .put(&keys::done(self.seq), done.encode()?, PutMode::Create)
-            .await?;
+        self.write_done().await?;
         Ok(out)
     }
 
