@@ -62,6 +62,18 @@ impl ChunkStore {
     /// Fetches a chunk of at most `max` bytes and checks it against its id.
     pub async fn check(&self, id: &ObjectId, max: usize) -> Result<Health> {
         let key = keys::chunk(id);
+        // The size first: a hostile object is not read whole.
+        match self.backend.head(&key).await {
+            Ok(m) if m.size > (max + max / 16 + 4096) as u64 => {
+                return Ok(Health::Damaged(format!(
+                    "{} bytes: larger than any chunk",
+                    m.size
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Ok(Health::Gone),
+            Err(e) => return Health::of_error(e.into()),
+        }
         let framed = match self.backend.get(&key).await {
             Ok(f) => f,
             Err(e) if e.is_not_found() => return Ok(Health::Gone),

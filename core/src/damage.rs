@@ -113,7 +113,16 @@ impl KnownDamage {
             let Some(id) = keys::parse_content(object) else {
                 continue;
             };
-            if object.starts_with(keys::NODES) {
+            let node = object.starts_with(keys::NODES);
+            let canonical = if node {
+                keys::node(&id)
+            } else {
+                keys::chunk(&id)
+            };
+            if canonical != object {
+                continue; // not a key xfull writes (e.g. upper-case hex)
+            }
+            if node {
                 out.nodes.insert(id);
             } else {
                 out.chunks.insert(id);

@@ -56,6 +56,11 @@ pub struct Session {
     in_flight: BTreeMap<u64, (u64, (usize, usize))>,
     /// The store's time at the last `check`.
     checked_at: Option<DateTime<Utc>>,
+    /// Running repair sweeps, with how many objects they had deleted when
+    /// the session last checked all it uses against them.
+    targeted: BTreeMap<u64, u64>,
+    /// Deletion counts of running repair sweeps a pending `Verify` covers.
+    targeted_pending: BTreeMap<u64, u64>,
 }
 
 /// What [`Session::check`] asks of the caller.
@@ -133,6 +138,8 @@ impl Session {
             content: (0, 0),
             in_flight: BTreeMap::new(),
             checked_at: None,
+            targeted: BTreeMap::new(),
+            targeted_pending: BTreeMap::new(),
         })
     }
 
@@ -225,12 +232,16 @@ impl Session {
         let seqs: BTreeSet<u64> = log.started.keys().chain(log.done.keys()).copied().collect();
         let mut sweeps = Vec::new();
         let mut from = deps.len();
+        self.targeted_pending.clear();
         for seq in seqs {
-            if self.done_at_start.contains(&seq)
-                || self
-                    .settled
-                    .get(&seq)
-                    .is_some_and(|(c, _)| *c == self.content)
+            // A running repair sweep is never settled: it may delete more.
+            let watching = self.targeted.contains_key(&seq);
+            if !watching
+                && (self.done_at_start.contains(&seq)
+                    || self
+                        .settled
+                        .get(&seq)
+                        .is_some_and(|(c, _)| *c == self.content))
             {
                 continue;
             }
@@ -243,10 +254,43 @@ impl Session {
                     continue;
                 }
             };
+            let refreshed = log.started.get(&seq).copied().unwrap_or(now);
+            if state.targeted && !state.phase.is_over() && now - refreshed <= ttl {
+                // Repair deletes what leases do not protect: wait while it
+                // deletes, and check everything again after every batch
+                // (an object stored over a damaged copy since repair
+                // looked at it may have gone).
+                let verified = match self.targeted.get(&seq) {
+                    Some(&n) => n,
+                    None => self.deleted_at_start.get(&seq).copied().unwrap_or(0),
+                };
+                self.targeted.insert(seq, verified);
+                if state.phase == Phase::Deleting {
+                    return Ok(Check::Wait {
+                        seq,
+                        reason: format!(
+                            "repair on {} is removing damaged objects, which backups must \
+                             then check for",
+                            state.host
+                        ),
+                        at_most_secs: (ttl - (now - refreshed)).num_seconds().max(1) as u64,
+                    });
+                }
+                if state.deleted() > verified {
+                    all = true;
+                    self.targeted_pending.insert(seq, state.deleted());
+                }
+                continue;
+            }
+            if watching {
+                // The repair sweep is over (or dead): judged as any sweep,
+                // against what was last checked.
+                let verified = self.targeted.remove(&seq).unwrap_or(0);
+                self.deleted_at_start.insert(seq, verified);
+            }
             if state.phase.is_over() {
                 self.finished.insert(seq);
             } else {
-                let refreshed = log.started.get(&seq).copied().unwrap_or(now);
                 if now - refreshed > ttl {
                     // Died without finishing: what it deleted is unknown
                     // (it deletes nothing more: it stops when silent).
@@ -319,6 +363,11 @@ impl Session {
             for s in sweeps {
                 let done = self.finished.contains(s);
                 self.settled.insert(*s, (self.content, done));
+            }
+            if *all {
+                // Everything was checked after those repair batches.
+                let pending = std::mem::take(&mut self.targeted_pending);
+                self.targeted.extend(pending);
             }
             if *all {
                 // Everything the session uses was checked: whatever the

@@ -86,6 +86,9 @@ pub struct VerifyOptions {
     /// found damaged, so that backups store it again and `repair` finds
     /// it. Best effort: failures become warnings.
     pub record_damage: bool,
+    /// Objects already found damaged (by the caller's own check): counted
+    /// as damage without being read again.
+    pub known_bad: BTreeMap<ObjectRef, String>,
 }
 
 /// One damaged disk of one point.
@@ -149,6 +152,9 @@ pub async fn verify(
     progress: Arc<Progress>,
 ) -> Result<VerifyReport> {
     let started = std::time::Instant::now();
+    // Points the caller named must exist; listed ones may be pruned
+    // meanwhile, which is no damage.
+    let named = !points.is_empty();
     let points = if points.is_empty() {
         repo.list_points(None).await?
     } else {
@@ -166,6 +172,7 @@ pub async fn verify(
     for (vm, id) in &points {
         match repo.load_manifest(vm, id).await {
             Ok(m) => manifests.push(m),
+            Err(Error::PointNotFound { .. }) if !named => {}
             Err(e) if e.is_damage() || matches!(e, Error::PointNotFound { .. }) => {
                 if e.is_damage() {
                     report.damaged_manifests.push((vm.clone(), id.clone()));
@@ -203,6 +210,9 @@ pub async fn verify(
                     id,
                     Err((true, "node missing from the repository".to_string())),
                 ));
+            }
+            if let Some(why) = opts.known_bad.get(&ObjectRef::Node(id)) {
+                return Ok((id, Err((false, why.clone()))));
             }
             match repo.load_node(&id).await {
                 Ok(n) => Ok((id, Ok(n))),
@@ -243,25 +253,36 @@ pub async fn verify(
             .map(|(c, _)| ObjectRef::Chunk(*c)),
     );
 
+    let present = &present_chunks;
+    // Chunks known damaged (checked by the caller) count as read bad.
+    let mut bad: HashMap<ObjectId, String> = opts
+        .known_bad
+        .iter()
+        .filter_map(|(r, why)| match r {
+            ObjectRef::Chunk(c) => Some((*c, why.clone())),
+            ObjectRef::Node(_) => None,
+        })
+        .filter(|(c, _)| referenced.binary_search_by_key(c, |(id, _)| *id).is_ok())
+        .filter(|(c, _)| present.binary_search(c).is_ok())
+        .collect();
     if opts.read_data {
-        let present = &present_chunks;
         let stored = referenced
             .into_iter()
-            .filter(|(c, _)| present.binary_search(c).is_ok())
+            .filter(|(c, _)| present.binary_search(c).is_ok() && !bad.contains_key(c))
             .collect();
-        let bad = read_chunks(repo, stored, opts.subset, &progress, &mut report).await?;
-        report
-            .bad_objects
-            .extend(bad.iter().map(|(c, why)| (keys::chunk(c), why.clone())));
-        if !bad.is_empty() {
-            // Map the bad chunks back to the nodes that hold them.
-            for (id, damage) in nodes.iter_mut() {
-                if damage.iter().any(|(r, _)| r.end == u64::MAX) {
-                    continue;
-                }
-                let n = repo.load_node(id).await?;
-                damage.extend(chunk_damage(&n, |c| bad.get(c).cloned()));
+        bad.extend(read_chunks(repo, stored, opts.subset, &progress, &mut report).await?);
+    }
+    report
+        .bad_objects
+        .extend(bad.iter().map(|(c, why)| (keys::chunk(c), why.clone())));
+    if !bad.is_empty() {
+        // Map the bad chunks back to the nodes that hold them.
+        for (id, damage) in nodes.iter_mut() {
+            if damage.iter().any(|(r, _)| r.end == u64::MAX) {
+                continue;
             }
+            let n = repo.load_node(id).await?;
+            damage.extend(chunk_damage(&n, |c| bad.get(c).cloned()));
         }
     }
 

@@ -181,6 +181,12 @@ fn repair_acts_on_damage_a_restore_recorded() {
     ]));
     assert_eq!(code, 3, "{err}");
     assert_eq!(files(&e, "damage").len(), 1, "restore recorded the damage");
+    // A dry run checks the recorded object and names the point it damages.
+    let (code, r) = run_json(&e, &["repair", "--dry-run"]);
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(r["objects_damaged"], 1, "{r}");
+    assert_eq!(r["still_damaged"].as_array().map(Vec::len), Some(1), "{r}");
+    assert!(chunk.exists(), "a dry run removes nothing");
     // A structural repair (no chunk read) acts on the record.
     let (code, r) = run_json(&e, &["repair"]);
     assert_eq!(code, 3, "{r}");
@@ -284,4 +290,40 @@ fn repair_refuses_sources_it_cannot_use() {
     let (code, err) = fails(e.x(&["repair", "--vm", "v", "--disk", "d=/nonexistent/img"]));
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("/nonexistent/img"), "{err}");
+}
+
+#[test]
+fn a_link_planted_under_a_chunk_key_is_reported_and_does_not_stop_repair() {
+    let e = Env::init();
+    let img = image(&e, "d.img", 14);
+    let point = backup(&e, "v", &img, &[])["point"].as_str().unwrap().to_string();
+    let (bad, planted) = (chunk(&e, 1), chunk(&e, 3));
+    damage(&bad);
+    let victim = e.path("victim");
+    std::fs::write(&victim, b"not the repository's").unwrap();
+    std::fs::remove_file(&planted).unwrap();
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    // A restore meets both and records them.
+    let out = e.path("out.img");
+    let (code, err) = fails(e.x(&[
+        "restore",
+        &point,
+        "--disk",
+        "d",
+        "--ignore-damage",
+        "--to",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(files(&e, "damage").len(), 2);
+    for _ in 0..2 {
+        let out = e.x(&["repair", "--read-data", "--json"]).output().unwrap();
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(3), "{r}");
+        assert_eq!(r["still_damaged"][0]["point"], point.as_str(), "{r}");
+        let warnings = r["warnings"].to_string();
+        assert!(warnings.contains("could not be removed"), "{r}");
+    }
+    assert!(!bad.exists(), "the damaged chunk went");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"not the repository's");
 }

@@ -37,7 +37,15 @@ pub async fn run(cli: &Cli, args: &ForgetArgs) -> Result<()> {
         println!("{verb} point {p}{pinned}");
     }
     if !args.dry_run {
-        println!("its data goes with the next `xfull gc` unless other points share it");
+        println!("their data goes with the next `xfull gc` unless other points share it");
+    }
+    for vm in &out.newest_removed {
+        eprintln!(
+            "xfull: warning: the newest point of VM {vm} {} removed: change information \
+             (--changed, --base) taken since it does not apply to the point now newest; \
+             back up {vm} next with --full-scan",
+            if args.dry_run { "would be" } else { "was" }
+        );
     }
     Ok(())
 }

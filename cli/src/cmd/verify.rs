@@ -25,6 +25,7 @@ pub async fn run(cli: &Cli, args: &VerifyArgs) -> Result<()> {
         read_data: args.read_data,
         subset,
         record_damage: true,
+        ..VerifyOptions::default()
     };
     let report = verify(&repo, &points, &opts, progress).await?;
     drop(bar);

@@ -81,6 +81,11 @@ pub struct SweepState {
     /// before that look): ended leases written before it are known to the
     /// sweep, so a later sweep may remove them.
     pub leases_read_at: Option<DateTime<Utc>>,
+    /// A `repair` sweep: it deletes named (damaged) objects whatever the
+    /// leases say, so backups wait while it deletes and check again all
+    /// they use after each of its batches.
+    #[serde(default)]
+    pub targeted: bool,
 }
 
 impl SweepState {

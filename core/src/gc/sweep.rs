@@ -130,6 +130,7 @@ impl Sweep {
         let b = repo.backend();
         let mut log = SweepLog::read(repo).await?;
         let mut seq = log.last_seq() + 1;
+        check_seq(seq)?;
         let host = crate::host::name();
         let state = |seq| SweepState {
             seq,
@@ -149,6 +150,7 @@ impl Sweep {
                     Err(e) if e.is_already_exists() => {
                         log = SweepLog::read(repo).await?;
                         seq = log.last_seq().max(seq) + 1;
+                        check_seq(seq)?;
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -417,12 +419,9 @@ impl Sweep {
     /// Deletes an announced batch and marks the sweep idle again.
     pub async fn commit_batch(&mut self, batch: &mut Vec<Candidate>) -> Result<()> {
         if !batch.is_empty() {
-            if !self.dry_run {
-                self.refresh().await?;
-                self.prot.deleting();
-                let keys: Vec<String> = batch.iter().map(|c| c.meta.key.clone()).collect();
-                self.repo.backend().delete_many(&keys).await?;
-            }
+            // Counted before the request: a batch that fails part way may
+            // have deleted any of it, and the marker (`stop` publishes it)
+            // must say so, so that backups check what they rely on.
             for c in batch.iter() {
                 if c.is_node {
                     self.report.nodes_deleted += 1;
@@ -431,20 +430,18 @@ impl Sweep {
                 }
                 self.report.bytes_freed += c.meta.size;
             }
+            self.publish_counts();
+            if !self.dry_run {
+                self.refresh().await?;
+                self.prot.deleting();
+                let keys: Vec<String> = batch.iter().map(|c| c.meta.key.clone()).collect();
+                self.repo.backend().delete_many(&keys).await?;
+            }
             self.report.batches += 1;
         }
         batch.clear();
-        let (chunks, nodes, batches) = (
-            self.report.chunks_deleted,
-            self.report.nodes_deleted,
-            self.report.batches,
-        );
-        self.marker.update(|s| {
-            s.phase = Phase::Idle;
-            s.chunks_deleted = chunks;
-            s.nodes_deleted = nodes;
-            s.batches = batches;
-        });
+        self.publish_counts();
+        self.marker.update(|s| s.phase = Phase::Idle);
         if !self.dry_run {
             self.marker.write().await?;
         }
@@ -490,6 +487,18 @@ impl Sweep {
             .await?;
         self.write_done().await?;
         Ok(self.report)
+    }
+
+    /// Puts the report's deletion counts in the marker's state (written
+    /// by the next refresh).
+    fn publish_counts(&self) {
+        let r = &self.report;
+        let (chunks, nodes, batches) = (r.chunks_deleted, r.nodes_deleted, r.batches);
+        self.marker.update(|s| {
+            s.chunks_deleted = chunks;
+            s.nodes_deleted = nodes;
+            s.batches = batches;
+        });
     }
 
     /// Writes `gc/done/<seq>`: the sweep is over.
@@ -562,4 +571,39 @@ impl Sweep {
         }
         out
     }
+}
+
+/// A sweep that looks alive by the local clock (a hint for commands that
+/// would otherwise work long before finding out), with its host.
+pub async fn running(repo: &Repository) -> Result<Option<(u64, String)>> {
+    let ttl = repo.config().protocol.sweep_ttl();
+    let now = Utc::now();
+    for (seq, refreshed) in SweepLog::read(repo).await?.running() {
+        if now - refreshed > ttl {
+            continue;
+        }
+        match SweepState::load(repo, seq, false).await {
+            Ok(Some(s)) if !s.phase.is_over() => return Ok(Some((seq, s.host))),
+            Ok(_) => {}
+            Err(e) if e.is_damage() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Sequence numbers are 16 digits in keys; one beyond would be invisible
+/// to backups (a forged or damaged marker is the only way to get there).
+fn check_seq(seq: u64) -> Result<()> {
+    if seq > 9_999_999_999_999_999 {
+        return Err(Error::corrupt(
+            keys::DONE,
+            format!(
+                "gc markers reach sequence number {}: no sweep can follow (remove the \
+                 markers under gc/ numbered beyond what sweeps really ran)",
+                seq - 1
+            ),
+        ));
+    }
+    Ok(())
 }

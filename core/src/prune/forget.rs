@@ -3,6 +3,8 @@
 //! cannot date it). The same rules as prune: a point a running backup
 //! pins goes to the trash first.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::{Removed, read_pins, remove};
@@ -19,6 +21,9 @@ pub struct Forgotten {
     /// Of those, the ones a running backup pins (moved to the trash).
     pub pinned: Vec<String>,
     pub removed: Removed,
+    /// VMs whose newest point is among those removed: change information
+    /// for their next backup may be relative to it.
+    pub newest_removed: Vec<VmName>,
 }
 
 /// Removes the points; each must exist (by the listing, so a damaged one
@@ -28,16 +33,28 @@ pub async fn forget(
     points: &[(VmName, PointId)],
     dry_run: bool,
 ) -> Result<Forgotten> {
+    let mut newest_removed = Vec::new();
+    // (every listed id, damaged ones too; the newest datable one)
+    let mut listed: BTreeMap<VmName, (Vec<PointId>, Option<PointId>)> = BTreeMap::new();
+    for (vm, _) in points {
+        if !listed.contains_key(vm) {
+            let all = repo.list_points(Some(vm)).await?;
+            let newest = repo.latest(vm).await?;
+            listed.insert(
+                vm.clone(),
+                (all.into_iter().map(|(_, id)| id).collect(), newest),
+            );
+        }
+    }
     for (vm, id) in points {
-        if !repo
-            .list_points(Some(vm))
-            .await?
-            .iter()
-            .any(|(_, p)| p == id)
-        {
+        let (ids, newest) = &listed[vm];
+        if !ids.contains(id) {
             return Err(Error::PointNotFound {
                 point: format!("{vm}@{id}"),
             });
+        }
+        if newest.as_ref() == Some(id) && !newest_removed.contains(vm) {
+            newest_removed.push(vm.clone());
         }
     }
     let mut unique = points.to_vec();
@@ -54,6 +71,7 @@ pub async fn forget(
             .map(name)
             .collect(),
         removed: Removed::default(),
+        newest_removed,
     };
     if !dry_run {
         out.removed = remove(repo, &pins, &unique).await?;

@@ -17,9 +17,10 @@
 
 mod restock;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 pub use self::restock::RepairSource;
@@ -66,6 +67,9 @@ pub struct RepairReport {
     pub warnings: Vec<String>,
 }
 
+/// Recorded objects checked at once.
+const CHECKS: usize = 16;
+
 pub async fn repair(
     repo: &Repository,
     opts: &RepairOptions,
@@ -74,21 +78,53 @@ pub async fn repair(
     for s in &opts.sources {
         s.check(repo).await?;
     }
+    if !opts.dry_run {
+        // Cheap early answer (the sweep's own start decides).
+        if let Some((seq, host)) = crate::gc::sweep::running(repo).await? {
+            return Err(Error::SweepBusy { seq, host });
+        }
+    }
+    let max = repo.config().chunking.max as usize;
     let known = KnownDamage::load(repo).await?;
+    let recorded: Vec<String> = known
+        .chunks
+        .iter()
+        .map(keys::chunk)
+        .chain(known.nodes.iter().map(keys::node))
+        .collect();
+    let looked: Vec<(String, Health)> = futures::stream::iter(recorded)
+        .map(|k| check(repo, k, max))
+        .buffer_unordered(CHECKS)
+        .try_collect()
+        .await?;
+    let mut known_bad = BTreeMap::new();
+    let mut stale = Vec::new();
+    for (key, health) in looked {
+        match (health, object_ref(&key)) {
+            (Health::Damaged(why), Some(r)) => {
+                known_bad.insert(r, why);
+            }
+            _ => stale.push(key),
+        }
+    }
     let found = verify(
         repo,
         &[],
         &VerifyOptions {
             read_data: opts.read_data,
             subset: None,
-            record_damage: false,
+            record_damage: !opts.dry_run,
+            known_bad: known_bad.clone(),
         },
         progress.clone(),
     )
     .await?;
+    if !opts.dry_run && !stale.is_empty() {
+        // Stored again since (or gone): the records are stale.
+        let _ = damage::clear(repo, &stale).await;
+    }
     let mut doomed: BTreeSet<String> = found.bad_objects.iter().map(|(k, _)| k.clone()).collect();
-    doomed.extend(known.chunks.iter().map(keys::chunk));
-    doomed.extend(known.nodes.iter().map(keys::node));
+    doomed.extend(known_bad.keys().map(ObjectRef::key));
     let mut report = RepairReport {
         dry_run: opts.dry_run,
         points: found.points,
@@ -109,10 +145,14 @@ pub async fn repair(
     if !doomed.is_empty() {
         let sweep = Sweep::begin(repo, false).await?;
         report.sweep = Some(sweep.seq());
-        let max = repo.config().chunking.max as usize;
         let removal = sweep
             .remove_objects(doomed.into_iter().collect(), |key| check(repo, key, max))
             .await?;
+        for (key, why) in &removal.undeletable {
+            report
+                .warnings
+                .push(format!("{key} is damaged but could not be removed: {why}"));
+        }
         report.objects_removed = removal.deleted.len() as u64;
         report.objects_sound = removal.sound.len() as u64;
         wanted.extend(removal.deleted.iter().filter_map(|k| object_ref(k)));
@@ -166,7 +206,8 @@ async fn remove_manifests(repo: &Repository, points: &[(VmName, PointId)]) -> Re
     for (vm, id) in points {
         match repo.load_manifest(vm, id).await {
             Err(e) if e.is_damage() => doomed.push((vm.clone(), id.clone())),
-            _ => {} // readable again, or gone
+            Ok(_) | Err(Error::PointNotFound { .. }) => {} // readable again, or gone
+            Err(e) => return Err(e),
         }
     }
     if doomed.is_empty() {

@@ -29,9 +29,35 @@ pub struct Removal {
     pub deleted: Vec<String>,
     pub sound: Vec<String>,
     pub gone: Vec<String>,
+    /// Damaged, but the store would not delete them (key, why).
+    pub undeletable: Vec<(String, String)>,
 }
 
 impl Sweep {
+    /// Deletes `keys` in one request; if the store calls part of it damage
+    /// (e.g. a symbolic link planted under a key of a local repository),
+    /// deletes them one by one and returns those that could not go, with
+    /// why, so that one of them does not stop the repair for good.
+    async fn delete_each_if_need_be(&self, keys: &[String]) -> Result<Vec<(String, String)>> {
+        let b = self.repo.backend();
+        match b.delete_many(keys).await.map_err(Error::from) {
+            Ok(()) => return Ok(Vec::new()),
+            Err(e) if !e.is_damage() => return Err(e),
+            Err(_) => {}
+        }
+        let mut failed = Vec::new();
+        for k in keys {
+            if let Err(e) = b.delete_many(std::slice::from_ref(k)).await {
+                let e = Error::from(e);
+                if !e.is_damage() {
+                    return Err(e);
+                }
+                failed.push((k.clone(), e.to_string()));
+            }
+        }
+        Ok(failed)
+    }
+
     /// Deletes those of `keys` (chunks and nodes) that `check` still finds
     /// damaged, then ends the sweep. Fails with [`Error::SweepBusy`] if
     /// another sweep was running when this one began.
@@ -48,6 +74,8 @@ impl Sweep {
                 "a targeted sweep cannot be a dry run".into(),
             ));
         }
+        self.marker.update(|s| s.targeted = true);
+        self.marker.write().await?;
         let heartbeat = self.heartbeat();
         let result = self.remove_in_batches(keys, check).await;
         drop(heartbeat);
@@ -89,8 +117,7 @@ impl Sweep {
                     Health::Gone => out.gone.push(key),
                 }
             }
-            self.refresh().await?;
-            self.repo.backend().delete_many(&doomed).await?;
+            // Counted before the request (see `commit_batch`).
             for k in &doomed {
                 if k.starts_with(keys::NODES) {
                     self.report.nodes_deleted += 1;
@@ -98,16 +125,17 @@ impl Sweep {
                     self.report.chunks_deleted += 1;
                 }
             }
+            self.publish_counts();
+            self.refresh().await?;
+            let failed = self.delete_each_if_need_be(&doomed).await?;
             self.report.batches += 1;
+            for (key, why) in failed {
+                doomed.retain(|k| *k != key);
+                out.undeletable.push((key, why));
+            }
             out.deleted.extend(doomed);
-            let r = &self.report;
-            let (chunks, nodes, batches) = (r.chunks_deleted, r.nodes_deleted, r.batches);
-            self.marker.update(|s| {
-                s.phase = Phase::Idle;
-                s.chunks_deleted = chunks;
-                s.nodes_deleted = nodes;
-                s.batches = batches;
-            });
+            self.publish_counts();
+            self.marker.update(|s| s.phase = Phase::Idle);
             self.marker.write().await?;
         }
         Ok(out)
@@ -168,6 +196,59 @@ mod tests {
             Check::Verify { all: true, .. } => {}
             other => panic!("expected a full check, got {other:?}"),
         }
+    }
+
+    /// A backup stores a good copy over the damaged one after repair
+    /// checked it and before repair deletes it: the backup must wait while
+    /// repair deletes, then check everything again (and store it anew).
+    #[tokio::test]
+    async fn a_copy_stored_over_the_damage_while_repair_deletes_is_checked_again() {
+        let repo = repo().await;
+        let good = b"the right bytes".to_vec();
+        let id = ObjectId::of(&good);
+        let wrong = Bytes::from(frame::encode(Kind::Chunk, b"other bytes", 3).unwrap());
+        let framed = Bytes::from(frame::encode(Kind::Chunk, &good, 3).unwrap());
+        repo.chunks().put(&id, wrong).await.unwrap();
+        let vm = "a".parse().unwrap();
+        let session = Arc::new(tokio::sync::Mutex::new(
+            Session::begin(&repo, &vm, "h").await.unwrap(),
+        ));
+        assert_eq!(session.lock().await.check().await.unwrap(), Check::Clear);
+
+        let sweep = Sweep::begin(&repo, false).await.unwrap();
+        let (r, s, f) = (repo.clone(), session.clone(), framed.clone());
+        let out = sweep
+            .remove_objects(vec![keys::chunk(&id)], move |k| {
+                let (repo, session, framed) = (r.clone(), s.clone(), f.clone());
+                async move {
+                    let seen = check(&repo, k).await?;
+                    // The backup, now: stores over the damage, relies on it.
+                    repo.chunks().replace(&id, framed).await?;
+                    let mut session = session.lock().await;
+                    session.depend([ObjectRef::Chunk(id)]);
+                    match session.check().await? {
+                        Check::Wait { reason, .. } => {
+                            assert!(reason.contains("repair"), "{reason}")
+                        }
+                        other => panic!("expected a wait while repair deletes, got {other:?}"),
+                    }
+                    Ok(seen)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(out.deleted.len(), 1, "repair saw the damaged copy");
+        let mut session = session.lock().await;
+        let check = session.check().await.unwrap();
+        assert!(
+            matches!(check, Check::Verify { all: true, .. }),
+            "{check:?}"
+        );
+        // The backup finds its chunk gone and stores it again.
+        assert!(repo.backend().head(&keys::chunk(&id)).await.is_err());
+        repo.chunks().put(&id, framed).await.unwrap();
+        session.settle(&check);
+        assert_eq!(session.check().await.unwrap(), Check::Clear);
     }
 
     #[tokio::test]
