@@ -208,6 +208,28 @@ fn bad_names_are_usage_errors_and_store_nothing_on(e: &Env) {
     assert_eq!(code, 2);
     let (code, _) = fails(e.x(&["backup", "--vm", "ok", "--disk", &disk, "--label", "nokey"]));
     assert_eq!(code, 2);
+    // A key given twice: which value would the point hold? Refused, even
+    // with the same value twice, naming the key.
+    for second in ["tier=silver", "tier=gold"] {
+        let (code, err) = fails(e.x(&[
+            "backup",
+            "--vm",
+            "ok",
+            "--disk",
+            &disk,
+            "--label",
+            "tier=gold",
+            "--label",
+            "k=v",
+            "--label",
+            second,
+        ]));
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("label tier") && err.contains("given twice"),
+            "{err}"
+        );
+    }
     let (code, _) = fails(e.x(&["backup", "--vm", "ok"]));
     assert_eq!(code, 2, "clap usage error");
     assert_eq!(e.points(), 0);
