@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::plan::{DiskPlan, SegmentPlan};
+use super::plan::{DiskPlan, SegmentPlan, data_bytes};
 use crate::error::Result;
 use crate::id::ObjectId;
 use crate::repo::Repository;
@@ -15,7 +15,8 @@ use crate::repo::Repository;
 /// Node fetches in flight.
 const FETCHES: usize = 32;
 
-/// Replaces plans that rely on a damaged parent node by full reads;
+/// Replaces plans that rely on a damaged parent node by full reads, and
+/// notes the data bytes of the sound ones (`DiskPlan::parent_data`);
 /// returns how many segments were affected, and the damaged nodes (to be
 /// replaced if the backup produces them again).
 pub async fn drop_damaged_parents(
@@ -23,18 +24,28 @@ pub async fn drop_damaged_parents(
     plan: &mut DiskPlan,
 ) -> Result<(u64, HashSet<ObjectId>)> {
     let used: HashSet<ObjectId> = plan.segments.iter().filter_map(relied_on).collect();
-    let damaged: HashSet<ObjectId> = futures::stream::iter(used)
+    let checked: Vec<(ObjectId, Option<u64>)> = futures::stream::iter(used)
         .map(|id| async move {
             match repo.load_node(&id).await {
-                Ok(_) => Ok(None),
-                Err(e) if e.is_damage() => Ok(Some(id)),
+                Ok(n) => Ok((id, Some(data_bytes(&n.entries)))),
+                Err(e) if e.is_damage() => Ok((id, None)),
                 Err(e) => Err(e),
             }
         })
         .buffer_unordered(FETCHES)
-        .try_filter_map(|d| async move { Ok(d) })
         .try_collect()
         .await?;
+    let mut damaged = HashSet::new();
+    for (id, data) in checked {
+        match data {
+            Some(d) => {
+                plan.parent_data.insert(id, d);
+            }
+            None => {
+                damaged.insert(id);
+            }
+        }
+    }
     let mut affected = 0;
     for s in &mut plan.segments {
         if relied_on(s).is_some_and(|n| damaged.contains(&n)) {
