@@ -129,16 +129,20 @@ impl From<&Manifest> for PointView {
     }
 }
 
-/// One line of statistics for people.
+/// One line of statistics for people: what the run did, then the data the
+/// point holds (segments reused unread included) and the dedup ratio,
+/// that data per byte this run stored.
 pub fn stats_line(s: &BackupStats) -> String {
     format!(
-        "{} scanned, {} read, {} changed, {} new chunks, {} uploaded, {} stored, {}, {:.2} s",
+        "{} scanned, {} read, {} changed, {} new chunks, {} uploaded, {} stored, {} data, {}, \
+         {:.2} s",
         bytes(s.bytes_scanned),
         bytes(s.bytes_read),
         bytes(s.bytes_changed),
         s.new_chunks,
         bytes(s.bytes_uploaded),
         bytes(s.bytes_stored),
+        bytes(s.bytes_data),
         s.dedup_ratio()
             .map_or("nothing new".to_string(), |r| format!("dedup {r:.1}x")),
         s.seconds

@@ -87,7 +87,8 @@ impl DiskManifest {
     }
 }
 
-/// What a backup did, per disk and summed per point.
+/// What a backup did, per disk and summed per point; `bytes_data` alone
+/// describes what the point holds rather than what the run did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BackupStats {
     /// Logical bytes the backup covered (holes included).
@@ -106,7 +107,9 @@ pub struct BackupStats {
     pub bytes_uploaded: u64,
     /// Bytes that are new in the store because of this backup.
     pub bytes_stored: u64,
-    /// Non-zero logical bytes of the point.
+    /// Data bytes the point holds: the length of its chunks (zero runs
+    /// left out), segments reused from the parent unread included (counted
+    /// from the parent's nodes, not read).
     pub bytes_data: u64,
     /// Chunks and nodes the point shares with its parent that were missing
     /// or damaged in the repository and were stored again.
@@ -128,8 +131,8 @@ impl BackupStats {
         self.objects_restored += o.objects_restored;
     }
 
-    /// Data bytes of the point per byte it added to the store; `None`
-    /// when it added nothing.
+    /// Data bytes of the point per byte its backup added to the store;
+    /// `None` when it added nothing.
     pub fn dedup_ratio(&self) -> Option<f64> {
         (self.bytes_stored > 0).then(|| self.bytes_data as f64 / self.bytes_stored as f64)
     }

@@ -153,13 +153,13 @@ fn unchanged_and_duplicate_disks_store_no_new_chunk_on(e: &Env) {
     assert_eq!(second["disks"][0]["stats"]["bytes_uploaded"], 0);
     if e.s3.is_some() {
         // No request per known chunk: the manifest and the lease protocol
-        // (lease written at the start, when pinning the parent and at the
-        // check; its time read back at the start and the check, the
-        // manifest's after the commit).
+        // (lease written at the start, when pinning the parent, at the
+        // check and as ended; its time read back at the start and the
+        // check, the manifest's after the commit).
         let r = &second["requests"];
         assert_eq!(
             (r["put"].as_u64(), r["head"].as_u64()),
-            (Some(4), Some(3)),
+            (Some(5), Some(3)),
             "{r}"
         );
     }
@@ -208,6 +208,28 @@ fn bad_names_are_usage_errors_and_store_nothing_on(e: &Env) {
     assert_eq!(code, 2);
     let (code, _) = fails(e.x(&["backup", "--vm", "ok", "--disk", &disk, "--label", "nokey"]));
     assert_eq!(code, 2);
+    // A key given twice: which value would the point hold? Refused, even
+    // with the same value twice, naming the key.
+    for second in ["tier=silver", "tier=gold"] {
+        let (code, err) = fails(e.x(&[
+            "backup",
+            "--vm",
+            "ok",
+            "--disk",
+            &disk,
+            "--label",
+            "tier=gold",
+            "--label",
+            "k=v",
+            "--label",
+            second,
+        ]));
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("label tier") && err.contains("given twice"),
+            "{err}"
+        );
+    }
     let (code, _) = fails(e.x(&["backup", "--vm", "ok"]));
     assert_eq!(code, 2, "clap usage error");
     assert_eq!(e.points(), 0);

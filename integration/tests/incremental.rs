@@ -175,6 +175,75 @@ fn per_node_files_give_the_same_point_as_their_union_on(e: &Env) {
 }
 
 #[test]
+fn incremental_points_report_the_data_they_hold() {
+    incremental_points_report_the_data_they_hold_on(&Env::init());
+}
+
+/// A point's data bytes (and so its dedup ratio) describe the point,
+/// segments reused unread included, while what the run newly stored
+/// describes the run: an incremental point reports the data bytes a full
+/// scan of the same image reports.
+fn incremental_points_report_the_data_they_hold_on(e: &Env) {
+    let img = e.path("disk.img");
+    write_image(&img, &mixed_regions(40, 31), 31, false).unwrap();
+    let old = e.path("old.img");
+    std::fs::copy(&img, &old).unwrap();
+    let data = |b: &Value| b["stats"]["bytes_data"].as_u64().unwrap();
+    let full = e.backup("vm", &[("d", &img)]);
+    assert!(data(&full) > 0, "{full}");
+
+    // Nothing changed: every segment is reused unread, nothing new stored
+    // but the manifest.
+    let none = e.path("none.json");
+    write_extents(&none, &[]);
+    let same = backup_changed(e, "vm", &img, &[&none], &[]);
+    assert_eq!(data(&same), data(&full), "{same}");
+    assert_eq!(data(&same["disks"][0]), data(&full), "{same}");
+    assert_eq!(same["stats"]["new_chunks"], 0, "{same}");
+    let stored = same["stats"]["bytes_stored"].as_u64().unwrap();
+    let ratio = same["stats"]["dedup_ratio"].as_f64().unwrap();
+    assert!(
+        (ratio - data(&full) as f64 / stored as f64).abs() < 0.01,
+        "{same}"
+    );
+    // What `show` reads back from the manifest says the same.
+    let shown = e.json(&["show", same["point"].as_str().unwrap()]);
+    assert_eq!(data(&shown), data(&full), "{shown}");
+
+    // Some writes, backed up from a change file and from the old snapshot:
+    // the data bytes of a full scan of the same image.
+    let changed = seeded_writes(&img, 12, 77);
+    let file = e.path("changed.json");
+    write_extents(&file, &changed);
+    let inc = backup_changed(e, "vm", &img, &[&file], &[]);
+    assert!(inc["stats"]["new_chunks"].as_u64().unwrap() > 0, "{inc}");
+    let base = e.json(&[
+        "backup",
+        "--vm",
+        "vm",
+        "--disk",
+        &format!("d={}", img.display()),
+        "--base",
+        &format!("d={}", old.display()),
+    ]);
+    let scan = e.json(&[
+        "backup",
+        "--vm",
+        "vm",
+        "--disk",
+        &format!("d={}", img.display()),
+        "--full-scan",
+    ]);
+    assert_eq!(data(&inc), data(&scan), "{inc}\n{scan}");
+    assert_eq!(data(&base), data(&scan), "{base}\n{scan}");
+    no_diff(
+        e,
+        inc["point"].as_str().unwrap(),
+        scan["point"].as_str().unwrap(),
+    );
+}
+
+#[test]
 fn snapshot_diff_covers_every_write_and_base_matches_changed() {
     snapshot_diff_covers_every_write_and_base_matches_changed_on(&Env::init());
 }
@@ -492,7 +561,11 @@ fn bad_change_sources_are_refused_and_store_nothing_on(e: &Env) {
 #[test]
 fn incremental_scenarios_on_s3() {
     let server = S3Server::start();
-    let scenarios: [(&str, Scenario); 5] = [
+    let scenarios: [(&str, Scenario); 6] = [
+        (
+            "incremental_points_report_the_data_they_hold",
+            incremental_points_report_the_data_they_hold_on,
+        ),
         (
             "a_series_of_incremental_points_all_restore_bit_exact",
             a_series_of_incremental_points_all_restore_bit_exact_on,

@@ -296,7 +296,10 @@ fn repair_refuses_sources_it_cannot_use() {
 fn a_link_planted_under_a_chunk_key_is_reported_and_does_not_stop_repair() {
     let e = Env::init();
     let img = image(&e, "d.img", 14);
-    let point = backup(&e, "v", &img, &[])["point"].as_str().unwrap().to_string();
+    let point = backup(&e, "v", &img, &[])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (bad, planted) = (chunk(&e, 1), chunk(&e, 3));
     damage(&bad);
     let victim = e.path("victim");

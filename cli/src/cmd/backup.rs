@@ -87,7 +87,13 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
         let (k, v) = split_pair("--label", l)?;
         let key: LabelKey = k.parse()?;
         let value: LabelValue = v.parse()?;
-        labels.insert(key.to_string(), value.into());
+        // A point holds one value per key: which one was meant?
+        if labels.insert(key.to_string(), value.into()).is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "label {key} is given twice: a point holds one value per label"
+            ))
+            .into());
+        }
     }
     if labels.len() > MAX_LABELS {
         return Err(Error::InvalidArgument(format!(

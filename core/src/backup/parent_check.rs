@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::plan::{DiskPlan, SegmentPlan};
+use super::plan::{DiskPlan, SegmentPlan, data_bytes};
 use crate::damage::KnownDamage;
 use crate::error::Result;
 use crate::id::ObjectId;
@@ -17,8 +17,18 @@ use crate::repo::Repository;
 /// Node fetches in flight.
 const FETCHES: usize = 32;
 
+/// What a parent node turned out to be.
+enum Parent {
+    /// Sound, holding this many data bytes.
+    Sound(u64),
+    /// Sound, but naming a chunk recorded as damaged.
+    HoldsDamage,
+    Damaged,
+}
+
 /// Replaces plans that rely on a damaged parent node (or one naming a
-/// chunk recorded as damaged) by full reads; returns how many segments
+/// chunk recorded as damaged) by full reads, and notes the data bytes of
+/// the sound ones (`DiskPlan::parent_data`); returns how many segments
 /// were affected, and the damaged nodes (to be replaced if the backup
 /// produces them again).
 pub async fn drop_damaged_parents(
@@ -27,27 +37,39 @@ pub async fn drop_damaged_parents(
     known: &KnownDamage,
 ) -> Result<(u64, HashSet<ObjectId>)> {
     let used: HashSet<ObjectId> = plan.segments.iter().filter_map(relied_on).collect();
-    // (node, whether the node itself is damaged)
-    let bad: Vec<(ObjectId, bool)> = futures::stream::iter(used)
+    let checked: Vec<(ObjectId, Parent)> = futures::stream::iter(used)
         .map(|id| async move {
             if known.nodes.contains(&id) {
-                return Ok(Some((id, true)));
+                return Ok((id, Parent::Damaged));
             }
             match repo.load_node(&id).await {
-                Ok(n) => Ok(n
-                    .chunk_ids()
-                    .any(|c| known.chunks.contains(&c))
-                    .then_some((id, false))),
-                Err(e) if e.is_damage() => Ok(Some((id, true))),
+                Ok(n) if n.chunk_ids().any(|c| known.chunks.contains(&c)) => {
+                    Ok((id, Parent::HoldsDamage))
+                }
+                Ok(n) => Ok((id, Parent::Sound(data_bytes(&n.entries)))),
+                Err(e) if e.is_damage() => Ok((id, Parent::Damaged)),
                 Err(e) => Err(e),
             }
         })
         .buffer_unordered(FETCHES)
-        .try_filter_map(|d| async move { Ok(d) })
         .try_collect()
         .await?;
-    let avoid: HashSet<ObjectId> = bad.iter().map(|(id, _)| *id).collect();
-    let damaged = bad.iter().filter(|(_, d)| *d).map(|(id, _)| *id).collect();
+    let mut avoid = HashSet::new();
+    let mut damaged = HashSet::new();
+    for (id, p) in checked {
+        match p {
+            Parent::Sound(d) => {
+                plan.parent_data.insert(id, d);
+            }
+            Parent::HoldsDamage => {
+                avoid.insert(id);
+            }
+            Parent::Damaged => {
+                avoid.insert(id);
+                damaged.insert(id);
+            }
+        }
+    }
     let mut affected = 0;
     for s in &mut plan.segments {
         if relied_on(s).is_some_and(|n| avoid.contains(&n)) {

@@ -23,7 +23,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
 use super::incremental::rechunk;
-use super::plan::{DiskPlan, SegmentPlan};
+use super::plan::{DiskPlan, SegmentPlan, data_bytes};
 use super::segment::chunk_segment;
 use super::trust::Trust;
 use super::upload::{UploadJob, Uploader};
@@ -68,8 +68,13 @@ enum Work {
     },
     /// A segment that is a hole in the source.
     Hole { idx: usize },
-    /// A segment taken from the parent unread.
-    Reuse { idx: usize, node: Option<ObjectId> },
+    /// A segment taken from the parent unread, with its data bytes if
+    /// the parent check noted them.
+    Reuse {
+        idx: usize,
+        node: Option<ObjectId>,
+        data: Option<u64>,
+    },
     /// A segment to re-chunk around changes.
     Touched {
         idx: usize,
@@ -220,6 +225,7 @@ fn read_segments(
     work: SyncSender<Work>,
 ) {
     let size = shared.source.size();
+    let parent_data = plan.parent_data;
     for (idx, seg) in plan.segments.into_iter().enumerate() {
         if shared.failure.aborted() {
             return;
@@ -227,7 +233,11 @@ fn read_segments(
         let start = idx as u64 * seg_size;
         let end = (start + seg_size).min(size);
         let item = match seg {
-            SegmentPlan::Reuse(node) => Work::Reuse { idx, node },
+            SegmentPlan::Reuse(node) => Work::Reuse {
+                idx,
+                node,
+                data: node.and_then(|n| parent_data.get(&n).copied()),
+            },
             SegmentPlan::Touched {
                 parent,
                 parent_len,
@@ -283,9 +293,7 @@ fn process_segments(
         }
         let job = match item {
             Work::Hole { idx } => Ok(UploadJob::unchanged(idx, None, BackupStats::default())),
-            Work::Reuse { idx, node } => {
-                Ok(UploadJob::unchanged(idx, node, BackupStats::default()))
-            }
+            Work::Reuse { idx, node, data } => reused_job(shared, idx, node, data),
             Work::Data {
                 idx,
                 buf,
@@ -331,6 +339,30 @@ fn process_segments(
             Err(e) => return shared.failure.set(e),
         }
     }
+}
+
+/// A segment reused unread. The point holds its data all the same, so its
+/// data bytes count in the point's statistics (taken from the parent's
+/// node, which the parent check fetched, or fetched here if it did not);
+/// nothing of it is read, changed or stored.
+fn reused_job(
+    shared: &Shared,
+    idx: usize,
+    node: Option<ObjectId>,
+    data: Option<u64>,
+) -> Result<UploadJob> {
+    let bytes_data = match (node, data) {
+        (None, _) => 0,
+        (Some(_), Some(d)) => d,
+        (Some(id), None) => {
+            data_bytes(&shared.runtime.block_on(shared.repo.load_node(&id))?.entries)
+        }
+    };
+    let stats = BackupStats {
+        bytes_data,
+        ..BackupStats::default()
+    };
+    Ok(UploadJob::unchanged(idx, node, stats))
 }
 
 /// A segment to re-chunk.
@@ -436,11 +468,7 @@ fn build_job<'a>(
     let cfg = shared.repo.config();
     let mut stats = BackupStats {
         bytes_read: read,
-        bytes_data: entries
-            .iter()
-            .filter(|e| e.1.is_some())
-            .map(|e| e.len())
-            .sum(),
+        bytes_data: data_bytes(entries),
         ..BackupStats::default()
     };
     if entries.iter().all(|e| e.1.is_none()) {

@@ -2,12 +2,14 @@
 //! is read: reuse the parent's node, re-chunk around changes, or read the
 //! whole segment.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
 use crate::changes::ExtentSet;
 use crate::id::ObjectId;
 use crate::manifest::DiskManifest;
+use crate::node::Entry;
 
 /// Where a disk's change information comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +47,10 @@ pub struct DiskPlan {
     pub segments: Vec<SegmentPlan>,
     /// Bytes the change source reported changed (with a grown disk's tail).
     pub reported: Option<u64>,
+    /// Data bytes of the parent nodes the plan relies on, noted when the
+    /// parent check fetched them: a reused segment is not read, yet its
+    /// data belongs to the new point's statistics.
+    pub parent_data: HashMap<ObjectId, u64>,
 }
 
 impl DiskPlan {
@@ -58,6 +64,7 @@ impl DiskPlan {
         DiskPlan {
             segments,
             reported: None,
+            parent_data: HashMap::new(),
         }
     }
 
@@ -96,6 +103,7 @@ impl DiskPlan {
         DiskPlan {
             segments,
             reported: Some(changes.bytes()),
+            parent_data: HashMap::new(),
         }
     }
 
@@ -118,6 +126,16 @@ impl DiskPlan {
             .map(|(i, _)| i)
             .collect()
     }
+}
+
+/// Data bytes of a segment's entries: the length of its chunks, zero runs
+/// left out (what `BackupStats::bytes_data` counts).
+pub fn data_bytes(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .filter(|e| e.1.is_some())
+        .map(Entry::len)
+        .sum()
 }
 
 #[cfg(test)]
