@@ -158,7 +158,11 @@ impl Sweep {
         // stored it anew. Of sweeps starting together, the lowest number
         // goes on; a running sweep with a fresh marker makes this one
         // yield. (A sweep paused past the sweep TTL stops itself before
-        // deleting again.)
+        // deleting again.) A marker that says its sweep is over (it gave
+        // way itself, or stopped) is no reason to yield: it is fresh and
+        // has no done marker, but that sweep deletes nothing more, and
+        // yielding to it would make every sweep yield to the one before
+        // while they keep starting.
         let ttl = repo.config().protocol.sweep_ttl();
         let mut yielded = None;
         if !dry_run {
@@ -166,7 +170,9 @@ impl Sweep {
             for (other, refreshed) in now_log.running() {
                 if other < seq && started - refreshed <= ttl {
                     let host = match SweepState::load(repo, other, false).await {
+                        Ok(Some(s)) if s.phase.is_over() => continue,
                         Ok(Some(s)) => s.host,
+                        // Gone or unreadable: it may be running.
                         _ => "another host".into(),
                     };
                     yielded = Some((other, host));
