@@ -56,6 +56,10 @@ pub struct Session {
     in_flight: BTreeMap<u64, (u64, (usize, usize))>,
     /// The store's time at the last `check`.
     checked_at: Option<DateTime<Utc>>,
+    /// The lease content of the first `check` that wrote it (and of every
+    /// one since, with no stall between) and the highest sweep number that
+    /// check listed: higher numbers began after that lease was written.
+    baseline: Option<((usize, usize), u64)>,
 }
 
 /// What [`Session::check`] asks of the caller.
@@ -133,6 +137,7 @@ impl Session {
             content: (0, 0),
             in_flight: BTreeMap::new(),
             checked_at: None,
+            baseline: None,
         })
     }
 
@@ -196,6 +201,7 @@ impl Session {
             // sweep judged then may have stopped seeing it. Judge again.
             self.settled.retain(|_, (_, done)| *done);
             self.in_flight.clear();
+            self.baseline = None;
         }
         self.checked_at = Some(now);
         self.finished.clear();
@@ -206,6 +212,19 @@ impl Session {
         self.content = (deps.len(), pins);
         let log = SweepLog::read(&self.repo).await?;
         let ttl = self.repo.config().protocol.sweep_ttl();
+        // A sweep numbered above what an earlier check with this content
+        // listed began after that check wrote the lease: every look of it
+        // sees the lease as it is now, alive (no stall since), so none of
+        // its batches needs waiting for. Without this, a backup checking
+        // again after a wait could meet the next sweep of a gc loop mid
+        // batch, and the next, and never commit.
+        let began_after = match self.baseline {
+            Some((content, last)) if content == self.content => last,
+            _ => {
+                self.baseline = Some((self.content, log.last_seq()));
+                u64::MAX
+            }
+        };
 
         // Markers of sweeps that may matter, deleted since: nothing is
         // known about what those sweeps deleted.
@@ -261,7 +280,7 @@ impl Session {
                     .in_flight
                     .get(&seq)
                     .is_some_and(|&(b, c)| c == self.content && state.batches > b);
-                if state.phase == Phase::Deleting && !announced_since {
+                if state.phase == Phase::Deleting && !announced_since && seq <= began_after {
                     self.in_flight.insert(seq, (state.batches, self.content));
                     let left = (ttl - (now - refreshed)).num_seconds().max(1) as u64;
                     return Ok(Check::Wait {

@@ -94,6 +94,6 @@ pub async fn run(repo: &Repository, dry_run: bool) -> Result<GcReport> {
 }
 
 #[cfg(test)]
-mod give_way_tests;
-#[cfg(test)]
 mod interleaving_tests;
+#[cfg(test)]
+mod liveness_tests;

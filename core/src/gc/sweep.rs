@@ -50,6 +50,13 @@ pub struct Candidate {
     is_node: bool,
 }
 
+impl Candidate {
+    /// The object's id (a chunk's or a node's).
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+}
+
 /// The sweep's marker: its published state, written by the steps and the
 /// heartbeat one at a time (a stale state must never overwrite a newer
 /// one, e.g. "idle" over "deleting").
