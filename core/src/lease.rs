@@ -102,19 +102,26 @@ pub enum LeaseAge {
     Live,
     /// Not refreshed within the TTL: its session was killed or stalled.
     Dead,
-    /// Dated further in the future than clock differences explain (a
-    /// hostile or broken store): trusted neither as live nor as anything
-    /// else; treated as dead, so it cannot pin anything forever.
+    /// Dated further in the future than clock differences and the time a
+    /// listing takes explain (a hostile or broken store): trusted neither
+    /// as live nor as anything else; treated as dead, so it cannot pin
+    /// anything forever.
     Future,
     /// Not named like a lease: not ours, ignored (and left alone).
     Stray,
 }
 
-/// Classifies a listed lease object by its name and the store's time.
+/// Classifies a listed lease object by its name and the store's time,
+/// `now`, read before the listing. A lease refreshed after that reading is
+/// dated after `now`, by as long as the listing took: the future begins
+/// only a lease TTL (and the clock margin) after `now`. A lease dated
+/// within it stays live at most two TTLs, not forever. (With `now +
+/// margin` alone, a zero margin made a lease refreshed during the listing
+/// count as dead: the sweep did not protect what it names.)
 pub fn age(meta: &ObjectMeta, now: DateTime<Utc>, p: &Protocol) -> LeaseAge {
     if keys::parse_lease(&meta.key).is_none() {
         LeaseAge::Stray
-    } else if meta.last_modified > now + p.margin() {
+    } else if meta.last_modified > now + p.margin() + p.ttl() {
         LeaseAge::Future
     } else if now - meta.last_modified < p.ttl() {
         LeaseAge::Live
@@ -184,6 +191,17 @@ mod tests {
         assert_eq!(age(&meta(good, now + p.margin()), now, &p), LeaseAge::Live);
         let year = chrono::Duration::days(365);
         assert_eq!(age(&meta(good, now + year), now, &p), LeaseAge::Future);
+        // Refreshed while a sweep lists the leases, after it read the
+        // store's time: live, even with no clock margin at all.
+        let no_margin = Protocol {
+            clock_margin_secs: 0,
+            ..p
+        };
+        let during_the_listing = now + chrono::Duration::seconds(2);
+        assert_eq!(
+            age(&meta(good, during_the_listing), now, &no_margin),
+            LeaseAge::Live
+        );
         assert_eq!(
             age(&meta("leases/notes.txt", now), now, &p),
             LeaseAge::Stray

@@ -61,6 +61,10 @@ pub struct Session {
     targeted: BTreeMap<u64, u64>,
     /// Deletion counts of running repair sweeps a pending `Verify` covers.
     targeted_pending: BTreeMap<u64, u64>,
+    /// The lease content of the first `check` that wrote it (and of every
+    /// one since, with no stall between) and the highest sweep number that
+    /// check listed: higher numbers began after that lease was written.
+    baseline: Option<((usize, usize), u64)>,
 }
 
 /// What [`Session::check`] asks of the caller.
@@ -140,6 +144,7 @@ impl Session {
             checked_at: None,
             targeted: BTreeMap::new(),
             targeted_pending: BTreeMap::new(),
+            baseline: None,
         })
     }
 
@@ -203,6 +208,7 @@ impl Session {
             // sweep judged then may have stopped seeing it. Judge again.
             self.settled.retain(|_, (_, done)| *done);
             self.in_flight.clear();
+            self.baseline = None;
         }
         self.checked_at = Some(now);
         self.finished.clear();
@@ -213,6 +219,19 @@ impl Session {
         self.content = (deps.len(), pins);
         let log = SweepLog::read(&self.repo).await?;
         let ttl = self.repo.config().protocol.sweep_ttl();
+        // A sweep numbered above what an earlier check with this content
+        // listed began after that check wrote the lease: every look of it
+        // sees the lease as it is now, alive (no stall since), so none of
+        // its batches needs waiting for. Without this, a backup checking
+        // again after a wait could meet the next sweep of a gc loop mid
+        // batch, and the next, and never commit.
+        let began_after = match self.baseline {
+            Some((content, last)) if content == self.content => last,
+            _ => {
+                self.baseline = Some((self.content, log.last_seq()));
+                u64::MAX
+            }
+        };
 
         // Markers of sweeps that may matter, deleted since: nothing is
         // known about what those sweeps deleted.
@@ -305,7 +324,7 @@ impl Session {
                     .in_flight
                     .get(&seq)
                     .is_some_and(|&(b, c)| c == self.content && state.batches > b);
-                if state.phase == Phase::Deleting && !announced_since {
+                if state.phase == Phase::Deleting && !announced_since && seq <= began_after {
                     self.in_flight.insert(seq, (state.batches, self.content));
                     let left = (ttl - (now - refreshed)).num_seconds().max(1) as u64;
                     return Ok(Check::Wait {

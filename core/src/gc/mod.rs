@@ -102,3 +102,5 @@ pub async fn run(repo: &Repository, dry_run: bool) -> Result<GcReport> {
 
 #[cfg(test)]
 mod interleaving_tests;
+#[cfg(test)]
+mod liveness_tests;

@@ -52,6 +52,13 @@ pub struct Candidate {
     is_node: bool,
 }
 
+impl Candidate {
+    /// The object's id (a chunk's or a node's).
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+}
+
 /// The sweep's marker: its published state, written by the steps and the
 /// heartbeat one at a time (a stale state must never overwrite a newer
 /// one, e.g. "idle" over "deleting").
@@ -162,7 +169,11 @@ impl Sweep {
         // stored it anew. Of sweeps starting together, the lowest number
         // goes on; a running sweep with a fresh marker makes this one
         // yield. (A sweep paused past the sweep TTL stops itself before
-        // deleting again.)
+        // deleting again.) A marker that says its sweep is over (it gave
+        // way itself, or stopped) is no reason to yield: it is fresh and
+        // has no done marker, but that sweep deletes nothing more, and
+        // yielding to it would make every sweep yield to the one before
+        // while they keep starting.
         let ttl = repo.config().protocol.sweep_ttl();
         let mut yielded = None;
         if !dry_run {
@@ -173,6 +184,7 @@ impl Sweep {
                         // Stopped (failed, or gave way itself): not running.
                         Ok(Some(s)) if s.phase.is_over() => continue,
                         Ok(Some(s)) => s.host,
+                        // Gone or unreadable: it may be running.
                         _ => "another host".into(),
                     };
                     yielded = Some((other, host));

@@ -1,0 +1,186 @@
+//! Nobody waits or gives way for nothing.
+//!
+//! One sweep runs at a time: a sweep gives way to a running one with a
+//! fresh marker. A sweep that is over (it gave way itself, or stopped
+//! after going silent) deletes nothing more, so it must not make later
+//! sweeps give way, although its last marker write is fresh and it leaves
+//! no done marker. (Before, every sweep that gave way made the next one
+//! give way in turn while sweeps kept starting, and a resumed sweep that
+//! stopped itself blocked the next gc for the sweep TTL.)
+//!
+//! A backup waits for a delete batch in flight only if the batch may have
+//! been chosen before the sweep saw the lease as it is now. A sweep that
+//! began after the backup's check wrote its final lease and listed the
+//! sweeps sees that lease at every look, so a backup still checking (after
+//! waiting for an earlier one) must not wait for it: in a tight gc loop
+//! that could go on sweep after sweep.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+use crate::backend::Backend;
+use crate::chunker::ChunkParams;
+use crate::config::{Protocol, RepoConfig};
+use crate::error::Error;
+use crate::frame::{self, Kind};
+use crate::gc::Sweep;
+use crate::gc::markers::{Phase, SweepState};
+use crate::gc::sweep::Candidate;
+use crate::id::ObjectId;
+use crate::keys;
+use crate::lease::ObjectRef;
+use crate::repo::Repository;
+use crate::session::{Check, Session};
+use crate::testing::MemBackend;
+
+const TTL: u64 = 60;
+
+async fn repo() -> (Arc<MemBackend>, Repository) {
+    let mem = Arc::new(MemBackend::default());
+    let mut cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    cfg.protocol = Protocol {
+        lease_ttl_secs: TTL,
+        clock_margin_secs: 0,
+        sweep_ttl_secs: TTL,
+    };
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    (mem, repo)
+}
+
+async fn run(mut sweep: Sweep) {
+    sweep.read_leases().await.unwrap();
+    sweep.read_points().await.unwrap();
+    sweep.mark().await.unwrap();
+    sweep.delete().await.unwrap();
+    sweep.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sweep_that_gave_way_does_not_make_the_next_one_give_way() {
+    let (_, repo) = repo().await;
+    let first = Sweep::begin(&repo, false).await.unwrap();
+    assert!(first.yielded_to().is_none());
+    let second = Sweep::begin(&repo, false).await.unwrap();
+    assert_eq!(second.yielded_to().map(|y| y.0), Some(first.seq()));
+    let s = second.seq();
+    run(first).await;
+
+    let third = Sweep::begin(&repo, false).await.unwrap();
+    assert_eq!(
+        third.yielded_to(),
+        None,
+        "sweep {s} gave way and is over; nothing runs"
+    );
+}
+
+#[tokio::test]
+async fn a_sweep_that_stopped_itself_does_not_make_the_next_one_give_way() {
+    let (mem, repo) = repo().await;
+    let mut paused = Sweep::begin(&repo, false).await.unwrap();
+    // Paused past half the sweep TTL: on resuming, it says it stopped.
+    mem.clock().advance(Duration::seconds(TTL as i64));
+    let err = paused.read_leases().await.unwrap_err();
+    assert!(
+        matches!(err, Error::SweepStopped { damage: false, .. }),
+        "{err}"
+    );
+    let seq = paused.seq();
+    let marker = SweepState::load(&repo, seq, false).await.unwrap().unwrap();
+    assert_eq!(marker.phase, Phase::Stopped);
+
+    let next = Sweep::begin(&repo, false).await.unwrap();
+    assert_eq!(
+        next.yielded_to(),
+        None,
+        "sweep {seq} stopped itself; nothing runs"
+    );
+    run(next).await;
+}
+
+/// Stores an unreferenced chunk: garbage.
+async fn garbage(repo: &Repository, tag: u8) -> ObjectId {
+    let data = vec![tag; 100];
+    let id = ObjectId::of(&data);
+    let framed = Bytes::from(frame::encode(Kind::Chunk, &data, 3).unwrap());
+    repo.chunks().put(&id, framed).await.unwrap();
+    id
+}
+
+/// A sweep up to its first delete batch, announced (a batch in flight):
+/// the candidates `pick` keeps.
+async fn announce(repo: &Repository, pick: impl Fn(&Candidate) -> bool) -> (Sweep, Vec<Candidate>) {
+    let mut sweep = Sweep::begin(repo, false).await.unwrap();
+    assert!(sweep.yielded_to().is_none());
+    sweep.read_leases().await.unwrap();
+    sweep.read_points().await.unwrap();
+    sweep.mark().await.unwrap();
+    let listed: Vec<_> = repo
+        .backend()
+        .list(keys::CHUNKS)
+        .try_collect()
+        .await
+        .unwrap();
+    let mut batch: Vec<_> = listed
+        .into_iter()
+        .filter_map(|m| sweep.candidate(m))
+        .filter(|c| pick(c))
+        .collect();
+    assert!(!batch.is_empty());
+    sweep.begin_batch(&mut batch).await.unwrap();
+    (sweep, batch)
+}
+
+#[tokio::test]
+async fn a_backup_does_not_wait_for_a_sweep_that_began_after_its_final_lease() {
+    let (mem, repo) = repo().await;
+    let (g1, g2, g3) = (
+        garbage(&repo, 1).await,
+        garbage(&repo, 2).await,
+        garbage(&repo, 3).await,
+    );
+    mem.clock().advance(Duration::hours(1));
+    let vm = "a".parse().unwrap();
+    let mut session = Session::begin(&repo, &vm, "h").await.unwrap();
+    // The backup found g2 stored and relies on it (written to the lease at
+    // the next check).
+    session.depend([ObjectRef::Chunk(g2)]);
+
+    // A batch announced before the check writes the lease: wait for it.
+    let (mut first, mut batch) = announce(&repo, |c| c.id() == g1).await;
+    let check = session.check().await.unwrap();
+    assert!(
+        matches!(check, Check::Wait { seq, .. } if seq == first.seq()),
+        "{check:?}"
+    );
+    first.commit_batch(&mut batch).await.unwrap();
+    first.finish().await.unwrap();
+
+    // The next sweep began after that check: its batch respects the lease
+    // (g2 is no candidate), so the backup goes on without waiting.
+    let (mut second, mut batch) = announce(&repo, |_| true).await;
+    assert!(batch.iter().all(|c| c.id() == g3));
+    loop {
+        let check = session.check().await.unwrap();
+        match &check {
+            Check::Clear => break,
+            Check::Wait { .. } => panic!(
+                "sweep {} began after the lease was final: {check:?}",
+                second.seq()
+            ),
+            Check::Verify { deps, .. } => {
+                for d in deps {
+                    mem.head(&d.key()).await.unwrap();
+                }
+                session.settle(&check);
+            }
+        }
+    }
+    second.commit_batch(&mut batch).await.unwrap();
+    second.finish().await.unwrap();
+    mem.head(&ObjectRef::Chunk(g2).key()).await.unwrap();
+    assert!(mem.head(&ObjectRef::Chunk(g3).key()).await.is_err());
+}
