@@ -15,6 +15,7 @@ use xfull_core::progress::Progress;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -35,6 +36,28 @@ fn main() -> ExitCode {
             ExitCode::from(exit_status(&e))
         }
     }
+}
+
+/// Status of a process ended by SIGPIPE, as shells report it.
+const CLOSED_STDOUT: i32 = 128 + 13;
+
+/// `xfull points | head -1`: once the reader is gone, printing fails;
+/// end quietly with the conventional status instead of a panic (the Rust
+/// runtime ignores SIGPIPE, and resetting it would need `unsafe`).
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(CLOSED_STDOUT);
+        }
+        default(info);
+    }));
 }
 
 /// The operation in progress: signals cancel it, commands hand it to the

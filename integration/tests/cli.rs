@@ -527,3 +527,31 @@ fn cli_scenarios_on_s3() {
         run(&Env::init_s3(&server, name));
     }
 }
+
+/// `xfull points --json | true`: the reader is gone before xfull prints.
+#[test]
+fn a_closed_pipe_on_stdout_ends_quietly() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(&img, &mixed_regions(8, 3), 3, false).unwrap();
+    for vm in ["a", "b", "c"] {
+        e.backup(vm, &[("d", &img)]);
+    }
+    for args in [&["points", "--json"][..], &["points"][..], &["stats"][..]] {
+        let mut c = e.std(args);
+        c.stdout(std::process::Stdio::piped());
+        c.stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        // Either it printed before the pipe closed, or it met the closed
+        // pipe: never the panic status 101.
+        assert!(
+            matches!(out.status.code(), Some(0 | 141)),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+}
