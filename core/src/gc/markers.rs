@@ -173,3 +173,38 @@ impl SweepLog {
             .map(|(s, t)| (*s, *t))
     }
 }
+
+/// A sweep that looks alive by the local clock (a hint for commands that
+/// would otherwise work long before finding out), with its host.
+pub async fn running(repo: &Repository) -> Result<Option<(u64, String)>> {
+    let ttl = repo.config().protocol.sweep_ttl();
+    let now = Utc::now();
+    for (seq, refreshed) in SweepLog::read(repo).await?.running() {
+        if now - refreshed > ttl {
+            continue;
+        }
+        match SweepState::load(repo, seq, false).await {
+            Ok(Some(s)) if !s.phase.is_over() => return Ok(Some((seq, s.host))),
+            Ok(_) => {}
+            Err(e) if e.is_damage() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Sequence numbers are 16 digits in keys; one beyond would be invisible
+/// to backups (a forged or damaged marker is the only way to get there).
+pub(super) fn check_seq(seq: u64) -> Result<()> {
+    if seq > 9_999_999_999_999_999 {
+        return Err(Error::corrupt(
+            keys::DONE,
+            format!(
+                "gc markers reach sequence number {}: no sweep can follow (remove the \
+                 markers under gc/ numbered beyond what sweeps really ran)",
+                seq - 1
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
 use super::GcReport;
-use super::markers::{Phase, SweepLog, SweepState};
+use super::markers::{Phase, SweepLog, SweepState, check_seq};
 use super::protect::{PointKey, Protection};
 use crate::backend::{ObjectMeta, PutMode};
 use crate::error::{Error, Result};
@@ -37,6 +37,7 @@ use crate::keys;
 use crate::repo::Repository;
 use crate::session::Heartbeat;
 
+mod cleanup;
 pub mod targeted;
 
 /// Delete requests carry at most this many keys (the S3 limit).
@@ -523,99 +524,4 @@ impl Sweep {
             .await?;
         Ok(())
     }
-
-    /// Ended leases every running sweep has looked past: their points
-    /// were committed before those sweeps' last look (or listing), so no
-    /// sweep needs them any more.
-    async fn removable_ended(&self) -> Result<Vec<String>> {
-        let mut horizon = self.started.min(
-            self.marker
-                .snapshot()
-                .leases_read_at
-                .unwrap_or(self.started),
-        );
-        let ttl = self.repo.config().protocol.sweep_ttl();
-        let log = SweepLog::read(&self.repo).await?;
-        for (seq, refreshed) in log.running() {
-            if seq == self.seq || self.started - refreshed > ttl {
-                continue; // this one, or dead (it deletes nothing more)
-            }
-            match SweepState::load(&self.repo, seq, false).await {
-                // Not looked yet: its first look and listing come later.
-                Ok(Some(s)) => {
-                    if let Some(t) = s.leases_read_at {
-                        horizon = horizon.min(t);
-                    }
-                }
-                Ok(None) => {}
-                // Unreadable: assume it knows nothing yet.
-                Err(e) if e.is_damage() => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            }
-        }
-        let margin = self.repo.config().protocol.margin();
-        Ok(self
-            .prot
-            .ended
-            .values()
-            .filter(|m| m.last_modified + margin < horizon)
-            .map(|m| m.key.clone())
-            .collect())
-    }
-
-    /// Markers matter to backups that began before their sweep finished;
-    /// those of sweeps over before the cutoff (before every live lease
-    /// began, and before this sweep) are of no use to anyone. The newest
-    /// stay, so sequence numbers keep counting up.
-    fn old_markers(&self) -> Vec<String> {
-        let ttl = self.repo.config().protocol.sweep_ttl();
-        let cutoff = self.prot.cutoff;
-        let mut out = Vec::new();
-        for (&seq, &refreshed) in &self.log.started {
-            let over = match self.log.done.get(&seq) {
-                Some(&done) => done < cutoff,
-                None => self.started - refreshed > ttl && refreshed < cutoff,
-            };
-            if seq + KEEP_MARKERS <= self.seq && over {
-                out.push(keys::sweep(seq));
-                out.push(keys::done(seq));
-            }
-        }
-        out
-    }
-}
-
-/// A sweep that looks alive by the local clock (a hint for commands that
-/// would otherwise work long before finding out), with its host.
-pub async fn running(repo: &Repository) -> Result<Option<(u64, String)>> {
-    let ttl = repo.config().protocol.sweep_ttl();
-    let now = Utc::now();
-    for (seq, refreshed) in SweepLog::read(repo).await?.running() {
-        if now - refreshed > ttl {
-            continue;
-        }
-        match SweepState::load(repo, seq, false).await {
-            Ok(Some(s)) if !s.phase.is_over() => return Ok(Some((seq, s.host))),
-            Ok(_) => {}
-            Err(e) if e.is_damage() => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
-}
-
-/// Sequence numbers are 16 digits in keys; one beyond would be invisible
-/// to backups (a forged or damaged marker is the only way to get there).
-fn check_seq(seq: u64) -> Result<()> {
-    if seq > 9_999_999_999_999_999 {
-        return Err(Error::corrupt(
-            keys::DONE,
-            format!(
-                "gc markers reach sequence number {}: no sweep can follow (remove the \
-                 markers under gc/ numbered beyond what sweeps really ran)",
-                seq - 1
-            ),
-        ));
-    }
-    Ok(())
 }

@@ -80,7 +80,7 @@ pub async fn repair(
     }
     if !opts.dry_run {
         // Cheap early answer (the sweep's own start decides).
-        if let Some((seq, host)) = crate::gc::sweep::running(repo).await? {
+        if let Some((seq, host)) = crate::gc::markers::running(repo).await? {
             return Err(Error::SweepBusy { seq, host });
         }
     }
