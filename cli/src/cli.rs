@@ -250,6 +250,9 @@ pub struct BackupArgs {
     /// Record the point under this time (RFC 3339) instead of now.
     #[arg(long)]
     pub time: Option<String>,
+    /// Accept a --time further ahead than the repository's clock margin.
+    #[arg(long, requires = "time")]
+    pub allow_future: bool,
 }
 
 #[derive(Debug, Args)]

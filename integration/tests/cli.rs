@@ -555,3 +555,33 @@ fn a_closed_pipe_on_stdout_ends_quietly() {
         );
     }
 }
+
+/// A point dated in the future would become the newest for retention:
+/// `prune --keep-within 7d` planned to remove every real point.
+#[test]
+fn a_time_in_the_future_is_refused_unless_allowed_and_prune_warns() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(&img, &mixed_regions(8, 3), 3, false).unwrap();
+    let disk = format!("d={}", img.display());
+    e.backup("vm", &[("d", &img)]);
+    let future = ["--time", "2099-01-01T00:00:00Z"];
+    let mut args = vec!["backup", "--vm", "vm", "--disk", &disk];
+    args.extend_from_slice(&future);
+    let (code, err) = fails(e.x(&args));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--allow-future"), "{err}");
+    assert_eq!(e.points(), 1, "nothing stored");
+    args.push("--allow-future");
+    e.x(&args).assert().success();
+    let out = e
+        .x(&["prune", "--keep-within", "7d", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("in the future") && err.contains("2099-01-01"),
+        "{err}"
+    );
+}

@@ -43,6 +43,7 @@ fn request(vm: &str, disk: &Path) -> BackupRequest {
         labels: BTreeMap::new(),
         host: "test".into(),
         time: None,
+        allow_future: false,
     }
 }
 

@@ -148,6 +148,7 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
         labels,
         host: host.into(),
         time,
+        allow_future: args.allow_future,
     })
 }
 

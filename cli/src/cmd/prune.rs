@@ -12,6 +12,9 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
     let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
     let vm = args.vm.as_deref().map(str::parse).transpose()?;
     let plans = prune::plan(&repo, vm.as_ref(), &policy).await?;
+    for w in plans.iter().flat_map(|p| &p.warnings) {
+        eprintln!("xfull: warning: {}", printable(w));
+    }
     let doomed: Vec<_> = plans
         .iter()
         .flat_map(|p| p.to_remove().map(|d| (p.vm.clone(), d.id.clone())))

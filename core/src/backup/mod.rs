@@ -59,6 +59,8 @@ pub struct BackupRequest {
     pub host: String,
     /// Record the point under this time instead of now.
     pub time: Option<DateTime<Utc>>,
+    /// Accept a `time` further ahead than the clock margin.
+    pub allow_future: bool,
 }
 
 /// A disk checked and ready to back up.
@@ -71,6 +73,24 @@ struct Prepared {
     parent: Option<(PointId, DiskManifest)>,
 }
 
+/// A point dated in the future becomes every VM's newest for retention:
+/// `prune --keep-within 7d` would then remove every real point.
+fn check_time(repo: &Repository, req: &BackupRequest) -> Result<()> {
+    let margin = repo.config().protocol.margin();
+    match req.time {
+        Some(t) if !req.allow_future && t > Utc::now() + margin => {
+            Err(Error::InvalidArgument(format!(
+                "--time {} is ahead of this machine's clock by more than the clock margin ({} s): \
+                 retention would count from it and remove real points; pass --allow-future if \
+                 that is meant",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                margin.num_seconds()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Runs a backup and returns the committed point's manifest.
 /// Cancelling `progress` before the commit stops it cleanly: the lease is
 /// removed and no point is stored.
@@ -80,6 +100,7 @@ pub async fn backup(
     progress: Arc<Progress>,
 ) -> Result<Manifest> {
     let started = Instant::now();
+    check_time(repo, &req)?;
     let mut disks = prepare(&req)?;
     // The lease comes before reading any parent (docs/design.md,
     // "Concurrency"): a parent read after it is either protected by the

@@ -29,6 +29,8 @@ pub struct VmPlan {
     pub vm: VmName,
     /// Newest first.
     pub decisions: Vec<Decision>,
+    /// Points dated in the future (retention counts from the newest).
+    pub warnings: Vec<String>,
 }
 
 impl VmPlan {
@@ -90,7 +92,24 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
         let mut decisions = policy::plan(&candidates, policy).map_err(Error::InvalidArgument)?;
         decisions.extend(unreadable);
         decisions.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
-        plans.push(VmPlan { vm, decisions });
+        let ahead = chrono::Utc::now() + repo.config().protocol.margin();
+        let warnings = decisions
+            .iter()
+            .filter(|d| d.time > ahead)
+            .map(|d| {
+                format!(
+                    "point {vm}@{} is dated {}, in the future: retention counts from the newest \
+                     point, so this plan is measured from it (`xfull forget` removes it)",
+                    d.id,
+                    d.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+            .collect();
+        plans.push(VmPlan {
+            vm,
+            decisions,
+            warnings,
+        });
     }
     Ok(plans)
 }
