@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
 use crate::id::ObjectId;
 use crate::keys;
+use crate::lease::ObjectRef;
 use crate::repo::Repository;
 
 /// What a fresh look at a stored object found.
@@ -87,6 +88,23 @@ pub async fn record(repo: &Repository, key: &str, reason: &str, found_by: &str) 
     Ok(())
 }
 
+/// Records each (key, why); best effort: returns how many records could
+/// not be written and the last error, if any.
+pub async fn record_all(
+    repo: &Repository,
+    found: &[(String, String)],
+    found_by: &str,
+) -> Option<(usize, Error)> {
+    let mut failed = None;
+    for (key, why) in found {
+        if let Err(e) = record(repo, key, why, found_by).await {
+            let n = failed.as_ref().map_or(0, |(n, _)| *n);
+            failed = Some((n + 1, e));
+        }
+    }
+    failed
+}
+
 /// Forgets the records of these object keys (they were stored again or
 /// removed).
 pub async fn clear(repo: &Repository, object_keys: &[String]) -> Result<()> {
@@ -110,23 +128,11 @@ impl KnownDamage {
             let Some(object) = keys::parse_damage(&m.key) else {
                 continue;
             };
-            let Some(id) = keys::parse_content(object) else {
-                continue;
+            match ObjectRef::parse(object) {
+                Some(ObjectRef::Node(id)) => out.nodes.insert(id),
+                Some(ObjectRef::Chunk(id)) => out.chunks.insert(id),
+                None => continue, // not a key xfull writes
             };
-            let node = object.starts_with(keys::NODES);
-            let canonical = if node {
-                keys::node(&id)
-            } else {
-                keys::chunk(&id)
-            };
-            if canonical != object {
-                continue; // not a key xfull writes (e.g. upper-case hex)
-            }
-            if node {
-                out.nodes.insert(id);
-            } else {
-                out.chunks.insert(id);
-            }
         }
         Ok(out)
     }

@@ -35,6 +35,18 @@ impl ObjectRef {
             ObjectRef::Node(id) => keys::node(id),
         }
     }
+
+    /// The chunk or node under `key`, if it is a key xfull writes (not,
+    /// e.g., one spelled with upper-case hex).
+    pub fn parse(key: &str) -> Option<ObjectRef> {
+        let id = keys::parse_content(key)?;
+        let r = if key.starts_with(keys::NODES) {
+            ObjectRef::Node(id)
+        } else {
+            ObjectRef::Chunk(id)
+        };
+        (r.key() == key).then_some(r)
+    }
 }
 
 /// How a session ended (written as its lease's last state).
@@ -150,6 +162,21 @@ impl SeenLease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_keys_parse_back_only_as_xfull_writes_them() {
+        let id = ObjectId::of(b"x");
+        for r in [ObjectRef::Chunk(id), ObjectRef::Node(id)] {
+            assert_eq!(ObjectRef::parse(&r.key()), Some(r));
+            let k = r.key();
+            let (dir, name) = k.split_at(k.rfind('/').unwrap() + 1);
+            assert_eq!(
+                ObjectRef::parse(&format!("{dir}{}", name.to_uppercase())),
+                None
+            );
+        }
+        assert_eq!(ObjectRef::parse("points/vm/x"), None);
+    }
 
     fn record(session: &str) -> LeaseRecord {
         LeaseRecord {

@@ -302,15 +302,8 @@ pub async fn verify(
 
 /// Best effort: a repository verify may only read still gets its report.
 async fn record_damage(repo: &Repository, report: &mut VerifyReport) {
-    let mut failed = 0;
-    let mut last = None;
-    for (key, why) in &report.bad_objects {
-        if let Err(e) = crate::damage::record(repo, key, why, "verify").await {
-            failed += 1;
-            last = Some(e);
-        }
-    }
-    if let Some(e) = last {
+    if let Some((failed, e)) = crate::damage::record_all(repo, &report.bad_objects, "verify").await
+    {
         report.warnings.push(format!(
             "could not record {failed} damaged object(s) in the repository ({e}): \
              backups will not know to store them again"

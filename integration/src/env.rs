@@ -134,6 +134,17 @@ impl<'s> Env<'s> {
             .then(|| walk(&self.repo.join(prefix)).len())
     }
 
+    /// The stored object files under a local repository's prefix, sorted
+    /// (staging files, `KEY#N`, left out).
+    pub fn files(&self, prefix: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = walk(&self.repo.join(prefix))
+            .into_iter()
+            .filter(|p| !p.to_string_lossy().contains('#'))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// How many points the repository lists.
     pub fn points(&self) -> usize {
         self.json(&["points"]).as_array().map_or(0, Vec::len)

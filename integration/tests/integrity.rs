@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use xfull_integration::env::{Env, fails, sha256, stderr, walk};
+use xfull_integration::env::{Env, fails, sha256, stderr};
 use xfull_integration::{Region, mixed_regions, scribble, write_image};
 
 const SHORT_LEASES: &[&str] = &["--lease-ttl", "3s", "--clock-margin", "1s"];
@@ -19,15 +19,6 @@ fn backup(e: &Env, img: &Path, extra: &[&str]) -> String {
     let mut args = vec!["backup", "--vm", "v", "--disk", &disk];
     args.extend_from_slice(extra);
     e.json(&args)["point"].as_str().unwrap().to_string()
-}
-
-fn files(e: &Env, prefix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = walk(&e.repo.join(prefix))
-        .into_iter()
-        .filter(|p| !p.to_string_lossy().contains('#'))
-        .collect();
-    v.sort();
-    v
 }
 
 /// Runs `verify` with `args`; returns (exit code, JSON report).
@@ -63,7 +54,7 @@ fn verify_reports_damage_with_byte_ranges() {
 
     // A missing chunk: every point using it is listed, with the chunk's
     // byte range (at most the maximum chunk size of 512 KiB).
-    let chunk = files(&e, "chunks")[0].clone();
+    let chunk = e.files("chunks")[0].clone();
     let aside = e.path("aside");
     std::fs::rename(&chunk, &aside).unwrap();
     let (code, r) = verify(&e, &[]);
@@ -112,7 +103,7 @@ fn verify_reports_damage_with_byte_ranges() {
     ok[last] ^= 0x55;
     std::fs::write(&fresh, &ok).unwrap();
     std::fs::rename(&fresh, &chunk).unwrap();
-    let node = files(&e, "nodes")[0].clone();
+    let node = e.files("nodes")[0].clone();
     std::fs::write(&node, b"XFN1\x01garbage").unwrap();
     let (code, r) = verify(&e, &[]);
     assert_eq!(code, 3, "{r}");
@@ -159,7 +150,7 @@ fn a_damaged_parent_node_is_not_reused() {
     backup(&e, &img, &[]);
     // Damage every node of the parent, then back up with "nothing
     // changed": nothing may be reused from the damaged nodes.
-    for n in files(&e, "nodes") {
+    for n in e.files("nodes") {
         std::fs::write(&n, b"XFN1\x01garbage").unwrap();
     }
     let none = e.path("none.json");
@@ -250,7 +241,7 @@ fn kill_after(e: &Env, args: &[&str], after: Duration) -> bool {
 fn no_partial_objects(e: &Env) {
     use xfull_core::frame::{self, Kind};
     for (prefix, kind) in [("chunks", Kind::Chunk), ("nodes", Kind::Node)] {
-        for f in files(e, prefix) {
+        for f in e.files(prefix) {
             let name = f.file_name().unwrap().to_string_lossy().to_string();
             let bytes = std::fs::read(&f).unwrap();
             let plain = frame::decode(kind, &name, &bytes, 64 << 20)
@@ -462,7 +453,7 @@ fn a_source_that_shrinks_mid_backup_fails_with_a_clear_error_and_no_point() {
         .unwrap();
     // Once it has stored some chunks, the disk shrinks under it.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while files(&e, "chunks").len() < 10 {
+    while e.files("chunks").len() < 10 {
         assert!(Instant::now() < deadline, "the backup stored nothing");
         std::thread::sleep(Duration::from_millis(20));
     }

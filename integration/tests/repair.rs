@@ -6,17 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use xfull_integration::env::{Env, fails, sha256, walk};
+use xfull_integration::env::{Env, fails, sha256};
 use xfull_integration::{mixed_regions, write_image};
-
-fn files(e: &Env, prefix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = walk(&e.repo.join(prefix))
-        .into_iter()
-        .filter(|p| !p.to_string_lossy().contains('#'))
-        .collect();
-    v.sort();
-    v
-}
 
 fn image(e: &Env, name: &str, seed: u64) -> PathBuf {
     let img = e.path(name);
@@ -26,7 +17,7 @@ fn image(e: &Env, name: &str, seed: u64) -> PathBuf {
 
 /// The `n`th stored chunk (the images hold dozens).
 fn chunk(e: &Env, n: usize) -> PathBuf {
-    let all = files(e, "chunks");
+    let all = e.files("chunks");
     assert!(all.len() > n, "only {} chunks", all.len());
     all[n].clone()
 }
@@ -94,10 +85,10 @@ fn a_chunk_verify_found_damaged_is_replaced_by_the_next_backup() {
     // Before damage records, a backup of the same data (even of another
     // VM) was told "already exists" and referenced the damaged copy.
     assert_eq!(verify_data(&e), 3);
-    assert_eq!(files(&e, "damage").len(), 1, "verify recorded the damage");
+    assert_eq!(e.files("damage").len(), 1, "verify recorded the damage");
     backup(&e, "b", &img, &[]);
     assert_eq!(verify_data(&e), 0, "the damaged copy was stored over");
-    assert!(files(&e, "damage").is_empty(), "the record was cleared");
+    assert!(e.files("damage").is_empty(), "the record was cleared");
     restores_as(&e, &first, &img);
     restores_as(&e, "b@latest", &img);
 }
@@ -148,7 +139,7 @@ fn repair_removes_damage_then_stores_it_again_from_an_image() {
     assert_eq!(r["objects_removed"], 1, "{r}");
     assert_eq!(r["still_damaged"][0]["point"], point.as_str(), "{r}");
     assert!(!chunk.exists(), "the damaged chunk was removed");
-    assert!(files(&e, "damage").is_empty());
+    assert!(e.files("damage").is_empty());
 
     // From the image, the chunk comes back and the point is whole.
     let disk = format!("d={}", img.display());
@@ -180,7 +171,7 @@ fn repair_acts_on_damage_a_restore_recorded() {
         out.to_str().unwrap(),
     ]));
     assert_eq!(code, 3, "{err}");
-    assert_eq!(files(&e, "damage").len(), 1, "restore recorded the damage");
+    assert_eq!(e.files("damage").len(), 1, "restore recorded the damage");
     // A dry run checks the recorded object and names the point it damages.
     let (code, r) = run_json(&e, &["repair", "--dry-run"]);
     assert_eq!(code, 3, "{r}");
@@ -206,7 +197,7 @@ fn unreadable_manifests_are_removed_by_forget_and_by_repair() {
         .as_str()
         .unwrap()
         .to_string();
-    let manifests = files(&e, "points");
+    let manifests = e.files("points");
     assert_eq!(manifests.len(), 2);
     for m in &manifests {
         std::fs::write(m, b"not a manifest").unwrap();
@@ -246,15 +237,15 @@ fn unreadable_manifests_are_removed_by_forget_and_by_repair() {
         (0, &Value::from(p1.as_str())),
         "{r}"
     );
-    assert_eq!(files(&e, "points").len(), 2, "a dry run removes nothing");
+    assert_eq!(e.files("points").len(), 2, "a dry run removes nothing");
     e.x(&["forget", &p1]).assert().success();
-    assert_eq!(files(&e, "points").len(), 1);
+    assert_eq!(e.files("points").len(), 1);
 
     // repair removes the other one; the repository is then whole.
     let (code, r) = run_json(&e, &["repair"]);
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["manifests_removed"][0], p2.as_str(), "{r}");
-    assert!(files(&e, "points").is_empty());
+    assert!(e.files("points").is_empty());
     assert_eq!(run_json(&e, &["verify"]).0, 0);
     // Their data is garbage now.
     let gc = e.json(&["gc"]);
@@ -318,7 +309,7 @@ fn a_link_planted_under_a_chunk_key_is_reported_and_does_not_stop_repair() {
         out.to_str().unwrap(),
     ]));
     assert_eq!(code, 3, "{err}");
-    assert_eq!(files(&e, "damage").len(), 2);
+    assert_eq!(e.files("damage").len(), 2);
     for _ in 0..2 {
         let out = e.x(&["repair", "--read-data", "--json"]).output().unwrap();
         let r: Value = serde_json::from_slice(&out.stdout).unwrap();

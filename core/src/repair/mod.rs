@@ -27,7 +27,7 @@ pub use self::restock::RepairSource;
 use crate::damage::{self, Health, KnownDamage};
 use crate::error::{Error, Result};
 use crate::gc::Sweep;
-use crate::id::{ObjectId, PointId};
+use crate::id::PointId;
 use crate::keys;
 use crate::lease::ObjectRef;
 use crate::names::VmName;
@@ -100,7 +100,7 @@ pub async fn repair(
     let mut known_bad = BTreeMap::new();
     let mut stale = Vec::new();
     for (key, health) in looked {
-        match (health, object_ref(&key)) {
+        match (health, ObjectRef::parse(&key)) {
             (Health::Damaged(why), Some(r)) => {
                 known_bad.insert(r, why);
             }
@@ -155,7 +155,7 @@ pub async fn repair(
         }
         report.objects_removed = removal.deleted.len() as u64;
         report.objects_sound = removal.sound.len() as u64;
-        wanted.extend(removal.deleted.iter().filter_map(|k| object_ref(k)));
+        wanted.extend(removal.deleted.iter().filter_map(|k| ObjectRef::parse(k)));
         let settled: Vec<String> = [removal.deleted, removal.sound, removal.gone].concat();
         if let Err(e) = damage::clear(repo, &settled).await {
             report
@@ -182,21 +182,12 @@ pub async fn repair(
 
 /// A fresh look at a chunk or node named by its key.
 async fn check(repo: &Repository, key: String, max: usize) -> Result<(String, Health)> {
-    let health = match object_ref(&key) {
+    let health = match ObjectRef::parse(&key) {
         Some(ObjectRef::Chunk(id)) => repo.chunks().check(&id, max).await?,
         Some(ObjectRef::Node(id)) => repo.check_node(&id).await?,
         None => return Err(Error::Internal(format!("{key} is not a chunk or node"))),
     };
     Ok((key, health))
-}
-
-fn object_ref(key: &str) -> Option<ObjectRef> {
-    let id: ObjectId = keys::parse_content(key)?;
-    Some(if key.starts_with(keys::NODES) {
-        ObjectRef::Node(id)
-    } else {
-        ObjectRef::Chunk(id)
-    })
 }
 
 /// Removes the manifests that still cannot be read (a pinned one through

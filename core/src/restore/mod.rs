@@ -91,9 +91,7 @@ pub struct RestoreOutcome {
 /// cannot be written (read-only credentials) still restores.
 async fn record_damage(repo: &Repository, ctx: &SegmentCtx) {
     let found = std::mem::take(&mut *ctx.found.lock().unwrap_or_else(|p| p.into_inner()));
-    for (key, why) in found {
-        let _ = crate::damage::record(repo, &key, &why, "restore").await;
-    }
+    let _ = crate::damage::record_all(repo, &found, "restore").await;
 }
 
 /// Restores disk `disk` of point `m` to `target`. Stops when `progress`
