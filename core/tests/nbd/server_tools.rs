@@ -10,7 +10,7 @@ use std::time::Duration;
 use xfull_core::nbd::{Client, Errno, Export, NbdError, ServerEvent, ServerOptions};
 
 use crate::exports::{Faulty, FileExport, MemExport};
-use crate::tools::{check, random_bytes, run_async, serve, write_at};
+use crate::tools::{Served, check, random_bytes, run_async, serve, write_at};
 
 /// A sparse file of `size` with random data in `runs`; returns its bytes.
 fn sparse_file(path: &std::path::Path, size: u64, runs: &[(u64, u64)]) -> Vec<u8> {
@@ -207,8 +207,19 @@ async fn a_client_killed_mid_transfer_does_not_stop_the_others() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Kill it once the server is busy serving it and the reader.
-    while slow.reads.load(Ordering::SeqCst) < 40 {
+    // Kill it once the server is busy serving it and the reader: both
+    // connected (the reader alone can make the reads, while a slow-starting
+    // nbdcopy has not connected yet).
+    let connected = |served: &Served| {
+        served
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, ServerEvent::Connected { .. }))
+            .count()
+    };
+    while slow.reads.load(Ordering::SeqCst) < 40 || connected(&served) < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     copy.kill().unwrap();
