@@ -40,6 +40,7 @@ pub mod node;
 pub mod point_spec;
 pub mod progress;
 pub mod prune;
+pub mod qmp;
 pub mod repair;
 pub mod repo;
 pub mod restore;

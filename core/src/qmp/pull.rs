@@ -1,0 +1,544 @@
+//! A pull-mode backup view of a running VM's disks, set up over QMP as
+//! libvirt's `backup-begin` does in pull mode:
+//!
+//! 1. a small qcow2 "fleecing" image per disk, backed by the disk;
+//! 2. one QMP `transaction` that, for every disk at once, adds the next
+//!    checkpoint bitmap and starts a `blockdev-backup` with `sync: none`
+//!    into the fleecing image: from then on QEMU copies every block the
+//!    guest overwrites into the image first, so the image reads as the
+//!    disks were at the transaction (one moment for all disks);
+//! 3. an NBD export of each fleecing image, carrying the previous
+//!    checkpoint's bitmap (the changes since the parent point) as the
+//!    `qemu:dirty-bitmap:NAME` context.
+//!
+//! [`PullSession::finish`] tears it all down. The previous checkpoint is
+//! removed only once the point is committed: a failed backup removes the
+//! new checkpoint instead, and a killed one leaves both, so change
+//! tracking is never lost (the next run reads the parent's checkpoint,
+//! which still covers everything since the parent).
+//!
+//! Leftovers of a killed run (nodes, jobs, exports named `xfull-TAG-*`)
+//! are found by their lock file in the work directory: a tag whose lock
+//! is not held by a live process is torn down by the next session.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::fs::{FlockOperation, flock};
+use serde_json::{Value, json};
+
+use super::blockdev::NodeInfo;
+use super::client::Qmp;
+use super::error::QmpError;
+
+/// How long QEMU may take to drop an export or end a cancelled job.
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Where the fleecing images and the session's lock file go; it must
+    /// be on the host QEMU runs on (the QMP socket is a unix socket, so
+    /// it is) and have room for what the guest writes during the backup.
+    pub work_dir: PathBuf,
+    /// Names this repository's checkpoint bitmaps (`PREFIX.TAG`), so that
+    /// backups of one VM into two repositories keep separate bitmaps.
+    pub bitmap_prefix: String,
+    /// An NBD server QEMU already runs (its unix socket), to add the
+    /// exports to. Without it xfull starts one on a private socket in
+    /// `work_dir` and stops it afterwards.
+    pub nbd_socket: Option<PathBuf>,
+}
+
+/// A disk to back up: its name in the point, the QEMU node or drive, and
+/// the checkpoint bitmap its parent point recorded, if any.
+#[derive(Debug, Clone)]
+pub struct DiskRequest {
+    pub name: String,
+    pub node: String,
+    pub since: Option<String>,
+}
+
+/// One disk of a running session.
+#[derive(Debug, Clone)]
+pub struct PullDisk {
+    pub name: String,
+    /// The node the bitmaps live on.
+    pub node: String,
+    pub size: u64,
+    /// The checkpoint bitmap this session created: the next backup's
+    /// `since`.
+    pub checkpoint: String,
+    /// The bitmap exported with the view (changes since the parent), or
+    /// `None` when the disk must be read in full (`full_read` says why).
+    pub since: Option<String>,
+    pub full_read: Option<String>,
+    /// `nbd+unix:///EXPORT?socket=PATH`
+    pub uri: String,
+}
+
+impl PullDisk {
+    /// The NBD metadata context of `since`, if any.
+    pub fn bitmap_context(&self) -> Option<String> {
+        self.since
+            .as_ref()
+            .map(|b| format!("qemu:dirty-bitmap:{b}"))
+    }
+}
+
+/// What a session created in QEMU, in the order it must be undone.
+#[derive(Debug, Default)]
+struct Created {
+    exports: Vec<String>,
+    jobs: Vec<String>,
+    /// (qcow2 node, file node, image path)
+    images: Vec<(Option<String>, Option<String>, PathBuf)>,
+    nbd_server: bool,
+    checkpoints: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub struct PullSession {
+    tag: String,
+    disks: Vec<PullDisk>,
+    created: Created,
+    lock_path: PathBuf,
+    _lock: File,
+    /// What cleaning up a killed run's leftovers could not do.
+    notes: Vec<String>,
+}
+
+impl PullSession {
+    /// Sets up the view of `disks`. On an error, whatever was created is
+    /// removed again before it is returned.
+    pub async fn start(
+        qmp: &mut Qmp,
+        disks: &[DiskRequest],
+        opts: &PullOptions,
+    ) -> Result<PullSession, QmpError> {
+        let (tag, lock_path, lock) = new_lock(&opts.work_dir)?;
+        let notes = clean_leftovers(qmp, &opts.work_dir, &tag).await;
+        let mut s = PullSession {
+            tag,
+            disks: Vec::new(),
+            created: Created::default(),
+            lock_path,
+            _lock: lock,
+            notes,
+        };
+        match s.set_up(qmp, disks, opts).await {
+            Ok(()) => Ok(s),
+            Err(e) => {
+                s.tear_down(qmp).await;
+                let checkpoints = std::mem::take(&mut s.created.checkpoints);
+                for (node, name) in checkpoints {
+                    let _ = qmp.remove_bitmap(&node, &name).await;
+                }
+                let _ = std::fs::remove_file(&s.lock_path);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn disks(&self) -> &[PullDisk] {
+        &self.disks
+    }
+
+    /// What the start-up found of earlier, killed sessions and could not
+    /// clean (for the CLI to show).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Tears the view down. With `committed`, the point that read it is
+    /// stored: the parents' checkpoints (and stale checkpoints of this
+    /// repository's killed runs) are removed. Without, the new
+    /// checkpoints are removed and the parents' kept. Returns what could
+    /// not be undone (the backup's outcome does not depend on it).
+    pub async fn finish(mut self, qmp: &mut Qmp, committed: bool) -> Vec<String> {
+        let mut notes = self.tear_down(qmp).await;
+        for d in &self.disks {
+            let remove: Vec<String> = if committed {
+                stale_checkpoints(qmp, d).await
+            } else {
+                vec![d.checkpoint.clone()]
+            };
+            for name in remove {
+                if let Err(e) = qmp.remove_bitmap(&d.node, &name).await {
+                    notes.push(format!("could not remove bitmap {name} of {}: {e}", d.node));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.lock_path);
+        notes
+    }
+
+    async fn set_up(
+        &mut self,
+        qmp: &mut Qmp,
+        disks: &[DiskRequest],
+        opts: &PullOptions,
+    ) -> Result<(), QmpError> {
+        let mut nodes = Vec::new();
+        for d in disks {
+            let node = qmp.resolve_node(&d.node).await.map_err(|e| match e {
+                QmpError::Unusable(m) => QmpError::Unusable(format!("disk {}: {m}", d.name)),
+                e => e,
+            })?;
+            nodes.push(node);
+        }
+        for (i, (d, node)) in disks.iter().zip(&nodes).enumerate() {
+            let prefix = format!("xfull-{}-{i}", self.tag);
+            let path = opts.work_dir.join(format!("{prefix}.qcow2"));
+            self.created.images.push((None, None, path.clone()));
+            create_fleece(qmp, &prefix, &path, node, &mut self.created).await?;
+            let (since, full_read) = usable_since(d, node);
+            self.disks.push(PullDisk {
+                name: d.name.clone(),
+                node: node.node_name.clone(),
+                size: node.size,
+                checkpoint: format!("{}.{}", opts.bitmap_prefix, self.tag),
+                since,
+                full_read,
+                uri: String::new(),
+            });
+        }
+        let mut actions = Vec::new();
+        for (i, (d, node)) in self.disks.iter().zip(&nodes).enumerate() {
+            actions.push(json!({"type": "block-dirty-bitmap-add", "data": {
+                "node": d.node, "name": d.checkpoint,
+                "persistent": node.can_persist_bitmaps()}}));
+            actions.push(json!({"type": "blockdev-backup", "data": {
+                "device": d.node, "target": format!("xfull-{}-{i}", self.tag),
+                "sync": "none", "job-id": format!("xfull-{}-{i}", self.tag)}}));
+        }
+        qmp.execute("transaction", json!({ "actions": actions }))
+            .await?;
+        for (i, d) in self.disks.iter().enumerate() {
+            self.created.jobs.push(format!("xfull-{}-{i}", self.tag));
+            self.created
+                .checkpoints
+                .push((d.node.clone(), d.checkpoint.clone()));
+        }
+        let socket = match &opts.nbd_socket {
+            Some(s) => s.clone(),
+            None => {
+                let s = opts.work_dir.join(format!("xfull-{}.nbd", self.tag));
+                let addr = json!({"type": "unix", "data": {"path": s.display().to_string()}});
+                match qmp
+                    .execute("nbd-server-start", json!({ "addr": addr }))
+                    .await
+                {
+                    Ok(_) => self.created.nbd_server = true,
+                    Err(QmpError::Command { desc, .. }) if desc.contains("already running") => {
+                        return Err(QmpError::Unusable(format!(
+                            "QEMU already runs an NBD server ({desc}); give its unix socket \
+                             with --qmp-nbd-socket so that xfull adds its exports there"
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                }
+                s
+            }
+        };
+        for (i, d) in self.disks.iter_mut().enumerate() {
+            let export = format!("xfull-{}-{}", self.tag, d.name);
+            let mut args = json!({"type": "nbd", "id": export, "node-name":
+                format!("xfull-{}-{i}", self.tag), "name": export, "writable": false});
+            if let Some(b) = &d.since {
+                args["bitmaps"] = json!([{"node": d.node, "name": b}]);
+            }
+            qmp.execute("block-export-add", args).await?;
+            self.created.exports.push(export.clone());
+            d.uri = format!("nbd+unix:///{export}?socket={}", socket.display());
+        }
+        Ok(())
+    }
+
+    /// Removes exports, jobs, images and the NBD server, in that order,
+    /// going on past failures; returns what failed.
+    async fn tear_down(&mut self, qmp: &mut Qmp) -> Vec<String> {
+        let c = std::mem::take(&mut self.created);
+        let mut notes = Vec::new();
+        for id in &c.exports {
+            if let Err(e) = remove_export(qmp, id).await {
+                notes.push(format!("could not remove NBD export {id}: {e}"));
+            }
+        }
+        for job in &c.jobs {
+            if let Err(e) = cancel_job(qmp, job).await {
+                notes.push(format!("could not end job {job}: {e}"));
+            }
+        }
+        for (fmt, file, path) in c.images.iter().rev() {
+            for node in [fmt, file].into_iter().flatten() {
+                if let Err(e) = qmp
+                    .execute("blockdev-del", json!({"node-name": node}))
+                    .await
+                {
+                    notes.push(format!("could not remove block node {node}: {e}"));
+                }
+            }
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    notes.push(format!("could not remove {}: {e}", path.display()))
+                }
+                _ => {}
+            }
+        }
+        if c.nbd_server
+            && let Err(e) = qmp.execute("nbd-server-stop", Value::Null).await
+        {
+            notes.push(format!("could not stop the NBD server: {e}"));
+        }
+        self.created.checkpoints = c.checkpoints;
+        notes
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
+/// The parent's checkpoint, if QEMU still has it and it can be trusted;
+/// otherwise why the disk is read in full.
+fn usable_since(d: &DiskRequest, node: &NodeInfo) -> (Option<String>, Option<String>) {
+    let Some(name) = &d.since else {
+        return (
+            None,
+            Some("no checkpoint yet: the first backup through QMP reads the disk in full".into()),
+        );
+    };
+    let why = match node.bitmap(name) {
+        None => format!(
+            "the parent's checkpoint bitmap {name} is gone from node {} (removed, or QEMU \
+             restarted and the bitmap was not persistent)",
+            node.node_name
+        ),
+        Some(b) if b.inconsistent => format!(
+            "the parent's checkpoint bitmap {name} is marked inconsistent (QEMU stopped \
+             uncleanly)"
+        ),
+        Some(b) if !b.recording => {
+            format!("the parent's checkpoint bitmap {name} is disabled (not recording writes)")
+        }
+        Some(_) => return (Some(name.clone()), None),
+    };
+    (None, Some(format!("{why}; reading the disk in full")))
+}
+
+/// This repository's checkpoints on `d`'s node other than the new one.
+async fn stale_checkpoints(qmp: &mut Qmp, d: &PullDisk) -> Vec<String> {
+    let prefix = match d.checkpoint.rfind('.') {
+        Some(i) => d.checkpoint[..=i].to_string(),
+        None => return d.since.iter().cloned().collect(),
+    };
+    match qmp.resolve_node(&d.node).await {
+        Ok(n) => n
+            .bitmaps
+            .into_iter()
+            .map(|b| b.name)
+            .filter(|b| b.starts_with(&prefix) && *b != d.checkpoint)
+            .collect(),
+        Err(_) => d.since.iter().cloned().collect(),
+    }
+}
+
+/// A qcow2 image at `path` backed by `disk`, as node `name` over file
+/// node `name-f`; recorded in `created` as each part comes to exist.
+async fn create_fleece(
+    qmp: &mut Qmp,
+    name: &str,
+    path: &Path,
+    disk: &NodeInfo,
+    created: &mut Created,
+) -> Result<(), QmpError> {
+    let file_node = format!("{name}-f");
+    let filename = path.display().to_string();
+    qmp.run_job(
+        &format!("{name}-c1"),
+        "blockdev-create",
+        json!({"job-id": format!("{name}-c1"),
+               "options": {"driver": "file", "filename": filename, "size": 0}}),
+    )
+    .await?;
+    qmp.execute(
+        "blockdev-add",
+        json!({"driver": "file", "filename": filename, "node-name": file_node}),
+    )
+    .await?;
+    let entry = created.images.last_mut().expect("the image was recorded");
+    entry.1 = Some(file_node.clone());
+    qmp.run_job(
+        &format!("{name}-c2"),
+        "blockdev-create",
+        json!({"job-id": format!("{name}-c2"),
+               "options": {"driver": "qcow2", "file": file_node, "size": disk.size}}),
+    )
+    .await?;
+    qmp.execute(
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": name, "file": file_node,
+               "backing": disk.node_name}),
+    )
+    .await?;
+    entry.0 = Some(name.to_string());
+    Ok(())
+}
+
+async fn remove_export(qmp: &mut Qmp, id: &str) -> Result<(), QmpError> {
+    qmp.execute("block-export-del", json!({"id": id, "mode": "hard"}))
+        .await?;
+    qmp.wait_event(&format!("removing export {id}"), TEARDOWN_LIMIT, |n, d| {
+        n == "BLOCK_EXPORT_DELETED" && d["id"] == id
+    })
+    .await
+    .map(drop)
+}
+
+async fn cancel_job(qmp: &mut Qmp, job: &str) -> Result<(), QmpError> {
+    match qmp
+        .execute("block-job-cancel", json!({"device": job, "force": true}))
+        .await
+    {
+        Ok(_) => qmp.wait_job(job, "null").await,
+        // Gone already (it failed on its own, say).
+        Err(QmpError::Command { class, .. }) if class == "DeviceNotActive" => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates this session's lock file (`xfull-TAG.lock`, new) and holds an
+/// exclusive lock on it for the session's life.
+fn new_lock(dir: &Path) -> Result<(String, PathBuf, File), QmpError> {
+    for _ in 0..16 {
+        let tag = format!("{:08x}", rand::random::<u32>());
+        let path = dir.join(format!("xfull-{tag}.lock"));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => {
+                flock(&f, FlockOperation::NonBlockingLockExclusive).map_err(|e| QmpError::Io {
+                    what: "cannot lock",
+                    path: path.display().to_string(),
+                    source: e.into(),
+                })?;
+                return Ok((tag, path, f));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(QmpError::Io {
+                    what: "cannot create the session lock",
+                    path: path.display().to_string(),
+                    source: e,
+                });
+            }
+        }
+    }
+    Err(QmpError::Unusable(format!(
+        "cannot find a free session name in {}",
+        dir.display()
+    )))
+}
+
+/// Tears down what killed sessions left in QEMU: exports, jobs and
+/// nodes named `xfull-TAG-*` whose `xfull-TAG.lock` in `dir` is not held.
+/// Returns notes on what it could not do or did not dare to.
+async fn clean_leftovers(qmp: &mut Qmp, dir: &Path, own: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut exports = Vec::new();
+    if let Ok(Value::Array(list)) = qmp.execute("query-block-exports", Value::Null).await {
+        exports = list
+            .iter()
+            .filter_map(|e| e["id"].as_str().map(String::from))
+            .collect();
+    }
+    let jobs = qmp.job_ids().await.unwrap_or_default();
+    let nodes: Vec<String> = qmp
+        .block_nodes()
+        .await
+        .map(|n| n.into_iter().map(|n| n.node_name).collect())
+        .unwrap_or_default();
+    let mut tags: Vec<String> = exports
+        .iter()
+        .chain(&jobs)
+        .chain(&nodes)
+        .filter_map(|n| leftover_tag(n))
+        .filter(|t| t != own)
+        .collect();
+    tags.sort();
+    tags.dedup();
+    for tag in tags {
+        let lock_path = dir.join(format!("xfull-{tag}.lock"));
+        let Ok(lock) = OpenOptions::new().write(true).open(&lock_path) else {
+            notes.push(format!(
+                "QEMU holds objects of another xfull session xfull-{tag}- whose lock is not in \
+                 {}: left alone",
+                dir.display()
+            ));
+            continue;
+        };
+        if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue; // a live session
+        }
+        let mine = |n: &&String| leftover_tag(n).as_deref() == Some(tag.as_str());
+        let mut s = Created {
+            exports: exports.iter().filter(mine).cloned().collect(),
+            jobs: jobs.iter().filter(mine).cloned().collect(),
+            ..Created::default()
+        };
+        // Each image as (format node, its file node), as a session
+        // records them, so that the format node goes first.
+        let ns: Vec<&String> = nodes.iter().filter(mine).collect();
+        for n in ns.iter().filter(|n| !n.ends_with("-f")) {
+            let file = format!("{n}-f");
+            let file = ns.iter().any(|m| **m == file).then_some(file);
+            s.images
+                .push((Some(n.to_string()), file, dir.join(format!("{n}.qcow2"))));
+        }
+        for f in ns.iter().filter(|n| n.ends_with("-f")) {
+            let base = &f[..f.len() - 2];
+            if !ns.iter().any(|m| m.as_str() == base) {
+                s.images
+                    .push((None, Some(f.to_string()), dir.join(format!("{base}.qcow2"))));
+            }
+        }
+        let mut leftover = PullSession {
+            tag: tag.clone(),
+            disks: Vec::new(),
+            created: s,
+            lock_path: lock_path.clone(),
+            _lock: lock,
+            notes: Vec::new(),
+        };
+        notes.extend(leftover.tear_down(qmp).await);
+        let _ = std::fs::remove_file(&lock_path);
+    }
+    notes
+}
+
+/// `TAG` of a name `xfull-TAG-...` (TAG: 8 hex digits).
+fn leftover_tag(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("xfull-")?;
+    let (tag, _) = rest.split_once('-')?;
+    (tag.len() == 8 && tag.bytes().all(|b| b.is_ascii_hexdigit())).then(|| tag.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_tags_are_recognised_only_in_xfull_names() {
+        assert_eq!(leftover_tag("xfull-0badcafe-0"), Some("0badcafe".into()));
+        assert_eq!(leftover_tag("xfull-0badcafe-0-f"), Some("0badcafe".into()));
+        assert_eq!(leftover_tag("xfull-0badcafe-sys"), Some("0badcafe".into()));
+        assert_eq!(leftover_tag("disk0"), None);
+        assert_eq!(leftover_tag("xfull-nothex00-0"), None);
+        assert_eq!(leftover_tag("xfull-0badcafe"), None);
+    }
+}
