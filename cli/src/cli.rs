@@ -218,9 +218,17 @@ pub struct BackupArgs {
     /// VM name: [A-Za-z0-9._-]{1,128}.
     #[arg(long)]
     pub vm: String,
-    /// DISK=PATH: a disk image file or block device; repeatable.
+    /// DISK=PATH: a disk image file, a block device, or an NBD export
+    /// (`nbd+unix:///EXPORT?socket=PATH`, `nbd://HOST[:PORT]/EXPORT`) read
+    /// as the guest sees it; repeatable.
     #[arg(long = "disk", required = true, num_args = 1.., value_name = "DISK=PATH")]
     pub disks: Vec<String>,
+    /// DISK=NAME[@URI]: a QEMU dirty bitmap holding the changes since the
+    /// parent, read from the disk's own NBD export, or from URI (another
+    /// node's export of the same shared disk); repeat for one bitmap per
+    /// node: they are unioned.
+    #[arg(long = "bitmap", value_name = "DISK=NAME[@URI]")]
+    pub bitmaps: Vec<String>,
     /// DISK=FILE: extents that changed since the parent (native JSON,
     /// `qemu-img map --output=json` of an overlay, or `rbd diff --format
     /// json`); repeat for one file per cluster node: they are unioned.
@@ -231,7 +239,7 @@ pub struct BackupArgs {
     #[arg(long = "base", value_name = "DISK=OLD_IMAGE")]
     pub base: Vec<String>,
     /// Read every byte of every disk, ignoring change information.
-    #[arg(long, conflicts_with_all = ["changed", "base"])]
+    #[arg(long, conflicts_with_all = ["changed", "base", "bitmaps"])]
     pub full_scan: bool,
     /// Re-read this percentage of the segments a change source calls
     /// unchanged and check them against the parent; a mismatch makes the

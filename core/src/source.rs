@@ -1,5 +1,5 @@
-//! Reading a source disk: a regular (possibly sparse) image file or a
-//! block device.
+//! Reading a source disk: a regular (possibly sparse) image file, a
+//! block device, or an NBD export ([`nbd`]).
 //!
 //! Holes of sparse files are found with SEEK_DATA/SEEK_HOLE and never read:
 //! the reader fills them with zeros in memory, so a sparse image gives the
@@ -14,16 +14,70 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::manifest::limits::MAX_DISK_SIZE;
 
+pub mod nbd;
+
 #[derive(Debug)]
 pub struct DiskSource {
+    /// The file's path, or the NBD URI.
     path: PathBuf,
-    file: File,
     size: u64,
-    /// Regular files may have holes; block devices are read in full.
-    sparse: bool,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    File {
+        file: File,
+        /// Regular files may have holes; block devices are read in full.
+        sparse: bool,
+    },
+    Nbd(nbd::NbdDisk),
 }
 
 impl DiskSource {
+    /// Opens a disk given as a path or an NBD URI; for an NBD disk, the
+    /// dirty bitmaps to read from the same export are negotiated too.
+    pub async fn open_any(path: &Path, bitmaps: &[String]) -> Result<Self> {
+        let text = path.to_string_lossy();
+        if !nbd::is_nbd_uri(&text) {
+            return Self::open(path);
+        }
+        let disk = nbd::NbdDisk::connect(&text, bitmaps)
+            .await
+            .map_err(|e| Error::Source {
+                path: path.to_path_buf(),
+                error: std::io::Error::other(e.to_string()),
+            })?;
+        let size = disk.size();
+        let s = DiskSource {
+            path: path.to_path_buf(),
+            size,
+            kind: Kind::Nbd(disk),
+        };
+        if size > MAX_DISK_SIZE {
+            return Err(s.io_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "is {size} bytes; xfull backs up disks of at most {MAX_DISK_SIZE} bytes (64 TiB)"
+                ),
+            )));
+        }
+        Ok(s)
+    }
+
+    /// The NBD connection, for an NBD disk.
+    pub(crate) fn nbd_client(&self) -> Option<&crate::nbd::Client> {
+        match &self.kind {
+            Kind::Nbd(d) => Some(d.client()),
+            Kind::File { .. } => None,
+        }
+    }
+
+    /// Whether the disk is an image file or device (not an NBD export).
+    pub fn is_local(&self) -> bool {
+        matches!(self.kind, Kind::File { .. })
+    }
+
     /// Opens a disk for reading; refuses directories and special files.
     pub fn open(path: &Path) -> Result<Self> {
         let err = |error| Error::Source {
@@ -62,9 +116,8 @@ impl DiskSource {
         }
         Ok(DiskSource {
             path: path.to_path_buf(),
-            file,
             size,
-            sparse,
+            kind: Kind::File { file, sparse },
         })
     }
 
@@ -86,13 +139,19 @@ impl DiskSource {
     /// The ranges inside `range` that may hold data (everything, for a
     /// block device or a file system without hole reporting).
     pub fn data_ranges(&self, range: Range<u64>) -> Result<Vec<Range<u64>>> {
-        if !self.sparse {
-            return Ok(vec![range]);
-        }
+        let file = match &self.kind {
+            Kind::File { sparse: false, .. } => return Ok(vec![range]),
+            Kind::File { file, .. } => file,
+            Kind::Nbd(d) => {
+                return d
+                    .data_ranges(range)
+                    .map_err(|e| self.io_err(std::io::Error::other(e.to_string())));
+            }
+        };
         let mut out = Vec::new();
         let mut pos = range.start;
         while pos < range.end {
-            let data = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(pos)) {
+            let data = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(pos)) {
                 Ok(d) => d,
                 // ENXIO: no data at or after pos (or the file shrank).
                 Err(rustix::io::Errno::NXIO) => {
@@ -108,7 +167,7 @@ impl DiskSource {
             if data >= range.end {
                 break;
             }
-            let hole = rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(data))
+            let hole = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(data))
                 .map_err(|e| self.io_err(e.into()))?;
             let end = hole.min(range.end);
             out.push(data..end);
@@ -126,9 +185,14 @@ impl DiskSource {
         for r in self.data_ranges(start..end)? {
             let (a, b) = ((r.start - start) as usize, (r.end - start) as usize);
             buf[(filled - start) as usize..a].fill(0);
-            self.file
-                .read_exact_at(&mut buf[a..b], r.start)
-                .map_err(|e| self.io_err(e))?;
+            match &self.kind {
+                Kind::File { file, .. } => file
+                    .read_exact_at(&mut buf[a..b], r.start)
+                    .map_err(|e| self.io_err(e))?,
+                Kind::Nbd(d) => d
+                    .read_at(r.start, &mut buf[a..b])
+                    .map_err(|e| self.io_err(std::io::Error::other(e.to_string())))?,
+            }
             read += r.end - r.start;
             filled = r.end;
         }
@@ -140,8 +204,8 @@ impl DiskSource {
     /// A file that shrank under the backup reads as holes past its new
     /// end: refuse it instead of storing zeros that were never there.
     fn check_not_shrunk(&self, end: u64) -> Result<()> {
-        if self.sparse {
-            let now = self.file.metadata().map_err(|e| self.io_err(e))?.len();
+        if let Kind::File { file, sparse: true } = &self.kind {
+            let now = file.metadata().map_err(|e| self.io_err(e))?.len();
             if now < end.min(self.size) {
                 return Err(self.io_err(std::io::Error::other(format!(
                     "the disk shrank from {} to {now} bytes while it was being read",

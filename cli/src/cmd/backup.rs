@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use xfull_core::Error;
-use xfull_core::backup::plan::ChangeSource;
+use xfull_core::backup::plan::{BitmapRef, ChangeSource};
 use xfull_core::backup::{BackupRequest, backup};
 use xfull_core::manifest::limits::{MAX_DISKS, MAX_LABELS};
 use xfull_core::names::{DiskName, HostName, LabelKey, LabelValue};
@@ -139,6 +139,33 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
         }
         changes.insert(name, ChangeSource::Base(PathBuf::from(old)));
     }
+    for b in &args.bitmaps {
+        let (name, spec) = split_pair("--bitmap", b)?;
+        let name: DiskName = name.parse()?;
+        let bitmap = match spec.split_once('@') {
+            Some((n, uri)) => BitmapRef {
+                name: n.to_string(),
+                uri: Some(uri.to_string()),
+            },
+            None => BitmapRef {
+                name: spec.to_string(),
+                uri: None,
+            },
+        };
+        if bitmap.name.is_empty() || bitmap.uri.as_deref() == Some("") {
+            return Err(Error::InvalidArgument(format!(
+                "--bitmap {b:?}: give DISK=NAME or DISK=NAME@URI"
+            ))
+            .into());
+        }
+        match changes
+            .entry(name.clone())
+            .or_insert_with(|| ChangeSource::Bitmaps(Vec::new()))
+        {
+            ChangeSource::Bitmaps(list) => list.push(bitmap),
+            _ => two_sources(&name)?,
+        }
+    }
     Ok(BackupRequest {
         vm,
         disks,
@@ -155,7 +182,8 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
 /// Two change sources for one disk are refused: which one to trust?
 fn two_sources(name: &DiskName) -> Result<()> {
     Err(Error::InvalidArgument(format!(
-        "disk {name} has both --changed and --base: give one change source per disk"
+        "disk {name} has more than one kind of change source (--changed, --base, --bitmap): \
+         give one kind per disk"
     ))
     .into())
 }

@@ -10,6 +10,7 @@
 //! or killed backup leaves no point.
 
 pub mod audit;
+mod bitmaps;
 pub mod incremental;
 mod parent_check;
 mod pipeline;
@@ -101,7 +102,7 @@ pub async fn backup(
 ) -> Result<Manifest> {
     let started = Instant::now();
     check_time(repo, &req)?;
-    let mut disks = prepare(&req)?;
+    let mut disks = prepare(&req).await?;
     // The lease comes before reading any parent (docs/design.md,
     // "Concurrency"): a parent read after it is either protected by the
     // sweeps that see the lease, or re-checked before the commit.
@@ -346,7 +347,7 @@ async fn commit_point(
 
 /// Checks every argument, source and change file before anything is
 /// stored.
-fn prepare(req: &BackupRequest) -> Result<Vec<Prepared>> {
+async fn prepare(req: &BackupRequest) -> Result<Vec<Prepared>> {
     if req.disks.is_empty() {
         return Err(Error::InvalidArgument(
             "no disk given: use --disk NAME=PATH".into(),
@@ -373,18 +374,44 @@ fn prepare(req: &BackupRequest) -> Result<Vec<Prepared>> {
     }
     let mut out = Vec::new();
     for (name, path) in &req.disks {
-        let source = Arc::new(DiskSource::open(path)?);
         let changes = req
             .changes
             .get(name)
             .cloned()
             .unwrap_or(ChangeSource::FullScan);
+        let own: Vec<String> = match &changes {
+            ChangeSource::Bitmaps(b) => b
+                .iter()
+                .filter(|b| b.uri.is_none())
+                .map(|b| b.name.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let source = DiskSource::open_any(path, &own).await?;
+        if !own.is_empty() && source.is_local() {
+            return Err(Error::InvalidArgument(format!(
+                "disk {name}: --bitmap {name}={} reads a dirty bitmap from the disk's own NBD \
+                 export, but the disk is the file {}; give NAME@URI for a bitmap of another \
+                 export, or the disk as an NBD URI",
+                own[0],
+                path.display()
+            )));
+        }
+        let source = Arc::new(source);
         let extents = match &changes {
             ChangeSource::Extents(files) => Some(read_extents(files, source.size())?),
             ChangeSource::Base(old) => {
+                if !source.is_local() {
+                    return Err(Error::InvalidArgument(format!(
+                        "disk {name}: --base compares two image files, but the disk is the NBD \
+                         export {}; use --bitmap for an NBD disk",
+                        path.display()
+                    )));
+                }
                 DiskSource::open(old)?;
                 None
             }
+            ChangeSource::Bitmaps(b) => Some(bitmaps::read(name, &source, b).await?),
             ChangeSource::FullScan => None,
         };
         out.push(Prepared {
@@ -485,6 +512,13 @@ async fn back_up_disk(
             (
                 DiskPlan::incremental(size, p, &set),
                 format!("extents: {desc}"),
+            )
+        }
+        (ChangeSource::Bitmaps(_), Some(p)) => {
+            let (set, desc) = d.extents.clone().unwrap_or_default();
+            (
+                DiskPlan::incremental(size, p, &set),
+                format!("dirty bitmaps: {desc}"),
             )
         }
         (ChangeSource::Base(old), Some(p)) => {

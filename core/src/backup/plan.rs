@@ -20,6 +20,26 @@ pub enum ChangeSource {
     Extents(Vec<PathBuf>),
     /// Compare the previous snapshot image with the new one.
     Base(PathBuf),
+    /// The union of QEMU dirty bitmaps read over NBD: from the disk's own
+    /// export, or from other nodes' exports of the same shared disk.
+    Bitmaps(Vec<BitmapRef>),
+}
+
+/// A dirty bitmap: its name, and the NBD export it is read from (`None`:
+/// the disk's own export).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BitmapRef {
+    pub name: String,
+    pub uri: Option<String>,
+}
+
+impl std::fmt::Display for BitmapRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.uri {
+            Some(u) => write!(f, "{}@{u}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
 }
 
 /// One segment's fate.

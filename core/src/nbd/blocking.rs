@@ -29,6 +29,11 @@ impl BlockingClient {
         Ok(BlockingClient { client, handle })
     }
 
+    /// Wraps a client connected in async code, for use from std threads.
+    pub fn from_client(client: Client, handle: Handle) -> BlockingClient {
+        BlockingClient { client, handle }
+    }
+
     /// The async client, e.g. to share it with tasks.
     pub fn client(&self) -> &Client {
         &self.client

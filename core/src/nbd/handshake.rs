@@ -173,7 +173,22 @@ impl<'a> Handshake<'a> {
         names: &[&str],
     ) -> Result<Vec<(u32, String)>, NbdError> {
         let data = encode_meta_context_request(&self.export, names);
-        let items = self.list(OPT_SET_META_CONTEXT, &data).await?;
+        let items = match self.list(OPT_SET_META_CONTEXT, &data).await {
+            // The option names the export: an unknown one is said as
+            // such, with the exports there are.
+            Err(NbdError::OptionRefused { reply, message, .. })
+                if reply == reply_name(REP_ERR_UNKNOWN) =>
+            {
+                let available = self.list_exports().await.unwrap_or_default();
+                return Err(NbdError::ExportNotFound {
+                    server: self.server.clone(),
+                    export: self.export.clone(),
+                    message,
+                    available,
+                });
+            }
+            r => r?,
+        };
         let mut selected: Vec<(u32, String)> = Vec::new();
         for (kind, data) in items {
             if kind != REP_META_CONTEXT {

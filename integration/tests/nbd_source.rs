@@ -1,0 +1,278 @@
+//! Backups from NBD exports: the guest-visible disk of a running VM
+//! behind qemu-storage-daemon, QEMU dirty bitmaps as the change source
+//! (from the disk's own export or from other nodes' exports of a shared
+//! disk, unioned), and the failures, each naming the disk and URI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use xfull_integration::env::{Env, fails, sha256};
+
+/// A qemu-storage-daemon serving one disk image (qcow2 or raw) as the
+/// writable NBD export `disk0`, with a QMP socket; killed on drop.
+struct Qsd {
+    child: Child,
+    qmp: PathBuf,
+    nbd: PathBuf,
+}
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Qsd {
+    fn start(dir: &Path, tag: &str, image: &Path, format: &str) -> Qsd {
+        let qmp = dir.join(format!("{tag}.qmp"));
+        let nbd = dir.join(format!("{tag}.nbd"));
+        let child = Command::new("qemu-storage-daemon")
+            .arg("--chardev")
+            .arg(format!(
+                "socket,path={},server=on,wait=off,id=m",
+                qmp.display()
+            ))
+            .args(["--monitor", "chardev=m", "--blockdev"])
+            // Locking off: in the cluster test two daemons open one file,
+            // as nodes sharing a disk do.
+            .arg(format!(
+                "driver=file,filename={},node-name=file0,locking=off",
+                image.display()
+            ))
+            .args([
+                "--blockdev",
+                &format!("driver={format},file=file0,node-name=disk0"),
+            ])
+            .arg("--nbd-server")
+            .arg(format!("addr.type=unix,addr.path={}", nbd.display()))
+            .args([
+                "--export",
+                "type=nbd,id=e0,node-name=disk0,name=disk0,writable=on",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("qemu-storage-daemon is installed (scripts/test installs qemu-utils)");
+        let q = Qsd { child, qmp, nbd };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while [&q.qmp, &q.nbd]
+            .iter()
+            .any(|s| std::os::unix::net::UnixStream::connect(s).is_err())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "qemu-storage-daemon never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        q
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///disk0?socket={}", self.nbd.display())
+    }
+
+    /// Writes `len` bytes of pattern `byte` at `offset`, as the guest.
+    fn write(&self, offset: u64, len: u64, byte: u8) {
+        let out = Command::new("qemu-io")
+            .args([
+                "-f",
+                "raw",
+                "-c",
+                &format!("write -P {byte} {offset} {len}"),
+                &self.uri(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Adds dirty bitmap `name` and an export `bm-NAME` of the disk that
+    /// carries it (QEMU offers a bitmap on the exports created with it,
+    /// as libvirt's pull-mode backup does; an enabled bitmap needs a
+    /// writable export).
+    fn add_bitmap(&self, name: &str) -> String {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut q = xfull_core::qmp::Qmp::connect(&self.qmp).await.unwrap();
+            q.add_bitmap("disk0", name, false).await.unwrap();
+            q.execute(
+                "block-export-add",
+                serde_json::json!({"type": "nbd", "id": format!("bm-{name}"),
+                    "node-name": "disk0", "name": format!("bm-{name}"),
+                    "bitmaps": [name], "writable": true}),
+            )
+            .await
+            .unwrap();
+        });
+        format!("nbd+unix:///bm-{name}?socket={}", self.nbd.display())
+    }
+
+    /// The guest-visible disk, as `qemu-img convert` reads it.
+    fn snapshot(&self, to: &Path) {
+        let out = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", &self.uri()])
+            .arg(to)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn backup(env: &Env, disk: &str, bitmaps: &[String]) -> Value {
+    let mut args = vec!["backup", "--vm", "vm1", "--disk", disk];
+    for b in bitmaps {
+        args.extend(["--bitmap", b]);
+    }
+    env.json(&args)
+}
+
+fn restored_equals(env: &Env, point: &str, expected: &Path) {
+    let out = env.path("restored.raw");
+    let _ = std::fs::remove_file(&out);
+    env.restore(point, "sys", &out);
+    assert_eq!(sha256(&out), sha256(expected), "point {point}");
+}
+
+#[test]
+fn a_qcow2_disk_is_backed_up_as_the_guest_sees_it_and_then_from_its_bitmap() {
+    let env = Env::init();
+    let image = env.path("disk.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let qsd = Qsd::start(env.dir.path(), "a", &image, "qcow2");
+    for (i, off) in [0u64, 5 << 20, 33 << 20].iter().enumerate() {
+        qsd.write(*off, 1 << 20, 10 + i as u8);
+    }
+    let p0 = backup(&env, &format!("sys={}", qsd.uri()), &[]);
+    let id0 = p0["point"].as_str().unwrap().to_string();
+    assert!(id0.starts_with("vm1@"), "{p0}");
+    let want0 = env.path("want0.raw");
+    qsd.snapshot(&want0);
+    restored_equals(&env, &id0, &want0);
+
+    // Changes from now on are tracked; the guest writes three small runs.
+    let tracked = qsd.add_bitmap("b1");
+    for off in [7u64 << 20, 40 << 20, (63 << 20) + 4096] {
+        qsd.write(off, 8192, 99);
+    }
+    let p1 = backup(&env, &format!("sys={tracked}"), &["sys=b1".into()]);
+    let id1 = p1["point"].as_str().unwrap().to_string();
+    let want1 = env.path("want1.raw");
+    qsd.snapshot(&want1);
+    restored_equals(&env, &id1, &want1);
+    let shown = env.json(&["show", &id1]);
+    let source = shown.to_string();
+    assert!(source.contains("dirty bitmaps: b1"), "{source}");
+    eprintln!("point 1: {p1}");
+}
+
+#[test]
+fn bitmaps_of_two_nodes_sharing_a_disk_are_unioned() {
+    let env = Env::init();
+    let image = env.path("shared.raw");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let (a, b) = (
+        Qsd::start(env.dir.path(), "a", &image, "raw"),
+        Qsd::start(env.dir.path(), "b", &image, "raw"),
+    );
+    a.write(0, 1 << 20, 1);
+    let p0 = backup(&env, &format!("sys={}", image.display()), &[]);
+    assert!(p0["point"].is_string());
+    let (ua, ub) = (a.add_bitmap("ba"), b.add_bitmap("bb"));
+    a.write(3 << 20, 65536, 2);
+    b.write(20 << 20, 65536, 3);
+    let both = [format!("sys=ba@{ua}"), format!("sys=bb@{ub}")];
+    let p1 = backup(&env, &format!("sys={}", image.display()), &both);
+    let id1 = p1["point"].as_str().unwrap();
+    restored_equals(&env, id1, &image);
+    let shown = env.json(&["show", id1]).to_string();
+    assert!(shown.contains("ba (") && shown.contains("bb ("), "{shown}");
+
+    // One node's bitmap only: the point says which bitmaps it trusted.
+    b.write(25 << 20, 65536, 4);
+    let p2 = backup(
+        &env,
+        &format!("sys={}", image.display()),
+        &[both[0].clone()],
+    );
+    let shown = env
+        .json(&["show", p2["point"].as_str().unwrap()])
+        .to_string();
+    assert!(shown.contains("ba (") && !shown.contains("bb ("), "{shown}");
+}
+
+#[test]
+fn nbd_failures_name_the_disk_and_store_nothing() {
+    let env = Env::init();
+    let image = env.path("disk.raw");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let qsd = Qsd::start(env.dir.path(), "a", &image, "raw");
+    let tracked = qsd.add_bitmap("exists");
+    backup(&env, &format!("sys={}", qsd.uri()), &[]);
+
+    // An unknown bitmap: the ones that exist are listed.
+    let (code, err) = fails(env.x(&[
+        "backup",
+        "--vm",
+        "vm1",
+        "--disk",
+        &format!("sys={tracked}"),
+        "--bitmap",
+        "sys=nosuch",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("nosuch") && err.contains("qemu:dirty-bitmap:exists"),
+        "{err}"
+    );
+
+    // An unknown export and a socket nobody listens on.
+    let wrong = format!("nbd+unix:///nosuch?socket={}", qsd.nbd.display());
+    let (code, err) = fails(env.x(&["backup", "--vm", "vm1", "--disk", &format!("sys={wrong}")]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nosuch") && err.contains("disk0"), "{err}");
+    let gone = format!(
+        "nbd+unix:///disk0?socket={}",
+        env.path("none.sock").display()
+    );
+    let (code, err) = fails(env.x(&["backup", "--vm", "vm1", "--disk", &format!("sys={gone}")]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("none.sock"), "{err}");
+
+    // A bitmap of the disk's own export needs an NBD disk.
+    let (code, err) = fails(env.x(&[
+        "backup",
+        "--vm",
+        "vm1",
+        "--disk",
+        &format!("sys={}", image.display()),
+        "--bitmap",
+        "sys=exists",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("NAME@URI"), "{err}");
+    assert_eq!(env.points(), 1, "no point was stored by the failures");
+}
