@@ -1,5 +1,7 @@
 //! The command line, as DESIGN.md's contract fixes it.
 
+use std::path::PathBuf;
+
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 
@@ -229,6 +231,20 @@ pub struct BackupArgs {
     /// node: they are unioned.
     #[arg(long = "bitmap", value_name = "DISK=NAME[@URI]")]
     pub bitmaps: Vec<String>,
+    /// QMP socket of a running QEMU or qemu-storage-daemon: disks given as
+    /// DISK=qmp:NODE_OR_DRIVE are read from a point-in-time view xfull sets
+    /// up there, with QEMU's checkpoint bitmaps as the change source.
+    #[arg(long, value_name = "SOCKET")]
+    pub qmp: Option<PathBuf>,
+    /// With --qmp: the unix socket of an NBD server QEMU already runs (it
+    /// runs at most one), to add the view's exports to. Without it xfull
+    /// starts one on a private socket and stops it afterwards.
+    #[arg(long, value_name = "PATH", requires = "qmp")]
+    pub qmp_nbd_socket: Option<PathBuf>,
+    /// With --qmp: where the view's temporary images go (they grow by what
+    /// the guest writes during the backup). Default: $TMPDIR or /var/tmp.
+    #[arg(long, value_name = "DIR", requires = "qmp")]
+    pub qmp_work_dir: Option<PathBuf>,
     /// DISK=FILE: extents that changed since the parent (native JSON,
     /// `qemu-img map --output=json` of an overlay, or `rbd diff --format
     /// json`); repeat for one file per cluster node: they are unioned.

@@ -124,6 +124,11 @@ pub enum Error {
         error: std::io::Error,
     },
 
+    /// The hypervisor (QEMU over QMP) refused or failed what a backup
+    /// needs from it.
+    #[error("QEMU at {socket}: {message}")]
+    Hypervisor { socket: String, message: String },
+
     /// A change source (extent file, snapshot image) cannot be trusted.
     #[error("change file {file}{}: {reason}", entry.map(|i| format!(", entry {i}")).unwrap_or_default())]
     ChangeSource {

@@ -62,6 +62,11 @@ pub struct DiskManifest {
     /// What the audit of segments the change source called unchanged found.
     pub audit: Option<Audit>,
     pub stats: BackupStats,
+    /// The QEMU dirty bitmap created at this point's moment (backups
+    /// through `--qmp`): the next backup reads the changes since this
+    /// point from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 /// The result of re-reading a sample of the segments a change source
@@ -269,6 +274,7 @@ mod tests {
                 parent: None,
                 audit: None,
                 stats: BackupStats::default(),
+                checkpoint: None,
             }],
             stats: BackupStats::default(),
             writer: "test".into(),

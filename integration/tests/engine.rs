@@ -44,6 +44,7 @@ fn request(vm: &str, disk: &Path) -> BackupRequest {
         host: "test".into(),
         time: None,
         allow_future: false,
+        checkpoints: BTreeMap::new(),
     }
 }
 

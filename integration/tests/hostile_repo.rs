@@ -67,6 +67,7 @@ fn base(id: &str, size: u64, segment_size: u64, segments: usize) -> Manifest {
             parent: None,
             audit: None,
             stats: BackupStats::default(),
+            checkpoint: None,
         }],
         stats: BackupStats::default(),
         writer: "xfull test".into(),

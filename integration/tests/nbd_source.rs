@@ -276,3 +276,218 @@ fn nbd_failures_name_the_disk_and_store_nothing() {
     assert!(err.contains("NAME@URI"), "{err}");
     assert_eq!(env.points(), 1, "no point was stored by the failures");
 }
+
+/// Runs `xfull backup --qmp` of disk `sys` = node `disk0`.
+fn qmp_args(env: &Env, qsd: &Qsd) -> Vec<String> {
+    [
+        "backup",
+        "--vm",
+        "vm1",
+        "--disk",
+        "sys=qmp:disk0",
+        "--qmp",
+        qsd.qmp.to_str().unwrap(),
+        "--qmp-nbd-socket",
+        qsd.nbd.to_str().unwrap(),
+        "--qmp-work-dir",
+        env.dir.path().to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn qmp_backup(env: &Env, qsd: &Qsd) -> (Value, String) {
+    let args = qmp_args(env, qsd);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push("--json");
+    let out = env.x(&a).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    (serde_json::from_slice(&out.stdout).unwrap(), err)
+}
+
+/// Bitmaps and xfull-named objects QEMU holds now.
+fn qemu_state(qsd: &Qsd) -> (Vec<String>, Vec<String>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut q = xfull_core::qmp::Qmp::connect(&qsd.qmp).await.unwrap();
+        let nodes = q.block_nodes().await.unwrap();
+        let bitmaps = nodes
+            .iter()
+            .find(|n| n.node_name == "disk0")
+            .unwrap()
+            .bitmaps
+            .iter()
+            .map(|b| b.name.clone())
+            .collect();
+        let mut objects: Vec<String> = nodes.into_iter().map(|n| n.node_name).collect();
+        objects.extend(q.job_ids().await.unwrap());
+        objects.retain(|n| n.starts_with("xfull-"));
+        (bitmaps, objects)
+    })
+}
+
+fn source_of(point: &Value) -> String {
+    point["disks"][0]["source"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn qmp_backups_in_a_row_read_the_changes_from_checkpoints() {
+    let env = Env::init();
+    let image = env.path("disk.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("32M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let qsd = Qsd::start(env.dir.path(), "a", &image, "qcow2");
+    qsd.write(0, 4 << 20, 1);
+
+    let mut checkpoints = Vec::new();
+    for round in 0..3u64 {
+        let (p, _) = qmp_backup(&env, &qsd);
+        let want = env.path("want.raw");
+        let _ = std::fs::remove_file(&want);
+        qsd.snapshot(&want);
+        restored_equals(&env, p["point"].as_str().unwrap(), &want);
+        let source = source_of(&p);
+        if round == 0 {
+            assert!(source.starts_with("full-scan"), "{source}");
+        } else {
+            assert!(source.starts_with("dirty bitmaps: xfull-"), "{source}");
+        }
+        let (bitmaps, objects) = qemu_state(&qsd);
+        assert_eq!(bitmaps.len(), 1, "one checkpoint at a time: {bitmaps:?}");
+        assert!(objects.is_empty(), "the view is torn down: {objects:?}");
+        checkpoints.push(bitmaps[0].clone());
+        qsd.write((8 + 4 * round) << 20, 65536, 2 + round as u8);
+    }
+    checkpoints.dedup();
+    assert_eq!(checkpoints.len(), 3, "a new checkpoint per point");
+
+    // A checkpoint removed behind xfull's back: a full read, said so.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut q = xfull_core::qmp::Qmp::connect(&qsd.qmp).await.unwrap();
+        q.remove_bitmap("disk0", &checkpoints[2]).await.unwrap();
+    });
+    let (p, err) = qmp_backup(&env, &qsd);
+    assert!(
+        err.contains(&checkpoints[2]) && err.contains("gone"),
+        "{err}"
+    );
+    assert!(source_of(&p).starts_with("full-scan"), "{p}");
+    let want = env.path("want.raw");
+    let _ = std::fs::remove_file(&want);
+    qsd.snapshot(&want);
+    restored_equals(&env, p["point"].as_str().unwrap(), &want);
+}
+
+#[test]
+fn a_killed_qmp_backup_loses_no_change_tracking() {
+    let env = Env::init();
+    let image = env.path("disk.raw");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let qsd = Qsd::start(env.dir.path(), "a", &image, "raw");
+    qmp_backup(&env, &qsd);
+    let args = qmp_args(&env, &qsd);
+    let mut killed = false;
+    for attempt in 0..5u8 {
+        // Fresh data each time, so that the backup has work to do.
+        qsd.write(0, 192 << 20, 10 + attempt);
+        // Under way once it holds a lease of its own (ended leases of
+        // earlier runs may still be there).
+        let leases = env.repo.join("leases");
+        let names = || -> Vec<std::ffi::OsString> {
+            std::fs::read_dir(&leases)
+                .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+                .unwrap_or_default()
+        };
+        let before = names();
+        let mut child = env
+            .std(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        loop {
+            if names().iter().any(|n| !before.contains(n)) {
+                let _ = child.kill();
+                let _ = child.wait();
+                killed = true;
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if killed {
+            break;
+        }
+    }
+    assert!(killed, "no backup was caught running in 5 attempts");
+    let (bitmaps, objects) = qemu_state(&qsd);
+    assert_eq!(
+        bitmaps.len(),
+        2,
+        "the parent's and the killed run's: {bitmaps:?}"
+    );
+    assert!(!objects.is_empty(), "the killed run left its view");
+
+    // The next backup cleans the view up and reads the parent's checkpoint.
+    qsd.write(200 << 20, 65536, 99);
+    let (p, _) = qmp_backup(&env, &qsd);
+    assert!(source_of(&p).starts_with("dirty bitmaps: xfull-"), "{p}");
+    restored_equals(&env, p["point"].as_str().unwrap(), &image);
+    let (bitmaps, objects) = qemu_state(&qsd);
+    assert_eq!(bitmaps.len(), 1, "{bitmaps:?}");
+    assert!(objects.is_empty(), "{objects:?}");
+}
+
+#[test]
+fn qmp_failures_are_named_and_store_nothing() {
+    let env = Env::init();
+    let image = env.path("disk.raw");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let qsd = Qsd::start(env.dir.path(), "a", &image, "raw");
+    let sock = qsd.qmp.to_str().unwrap().to_string();
+    let work = env.dir.path().to_str().unwrap().to_string();
+    let run = |extra: &[&str]| {
+        let mut a = vec!["backup", "--vm", "vm1", "--qmp-work-dir", &work];
+        a.extend_from_slice(extra);
+        fails(env.x(&a))
+    };
+    // A node QEMU does not have: the ones it has are listed.
+    let (code, err) = run(&["--disk", "sys=qmp:vdz", "--qmp", &sock]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("vdz") && err.contains("disk0"), "{err}");
+    // QEMU already runs an NBD server: say how to use it.
+    let (code, err) = run(&["--disk", "sys=qmp:disk0", "--qmp", &sock]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--qmp-nbd-socket"), "{err}");
+    // No QMP socket there.
+    let none = env.path("none.qmp");
+    let (code, err) = run(&["--disk", "sys=qmp:disk0", "--qmp", none.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("none.qmp"), "{err}");
+    // A qmp: disk without --qmp is a usage error.
+    let (code, err) = fails(env.x(&["backup", "--vm", "vm1", "--disk", "sys=qmp:disk0"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--qmp"), "{err}");
+    assert_eq!(env.points(), 0);
+    let (bitmaps, objects) = qemu_state(&qsd);
+    assert!(
+        bitmaps.is_empty() && objects.is_empty(),
+        "{bitmaps:?} {objects:?}"
+    );
+}

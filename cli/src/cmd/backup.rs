@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use xfull_core::Error;
 use xfull_core::backup::plan::{BitmapRef, ChangeSource};
+use xfull_core::backup::qmp::{QMP_DISK, QmpSource, backup_with_qmp};
 use xfull_core::backup::{BackupRequest, backup};
 use xfull_core::manifest::limits::{MAX_DISKS, MAX_LABELS};
 use xfull_core::names::{DiskName, HostName, LabelKey, LabelValue};
@@ -17,7 +18,21 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
     let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
     let progress = crate::progress();
     let bar = Bar::start(progress.clone(), "backup", cli.json);
-    let m = backup(&repo, req, progress).await?;
+    let m = match &args.qmp {
+        Some(socket) => {
+            let q = QmpSource {
+                socket: socket.clone(),
+                nbd_socket: args.qmp_nbd_socket.clone(),
+                work_dir: args
+                    .qmp_work_dir
+                    .clone()
+                    .or_else(|| std::env::var_os("TMPDIR").map(PathBuf::from))
+                    .unwrap_or_else(|| PathBuf::from("/var/tmp")),
+            };
+            backup_with_qmp(&repo, req, &q, progress).await?
+        }
+        None => backup(&repo, req, progress).await?,
+    };
     drop(bar);
     for d in &m.disks {
         if let Some(at) = d.audit.as_ref().and_then(|a| a.mismatch_at) {
@@ -69,6 +84,12 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
             let (name, path) = split_pair("--disk", d)?;
             if path.is_empty() {
                 return Err(Error::InvalidArgument(format!("--disk {d:?} has no path")).into());
+            }
+            if path.starts_with(QMP_DISK) && args.qmp.is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "--disk {d:?} names a QEMU node: give the QMP socket with --qmp SOCKET"
+                ))
+                .into());
             }
             Ok((name.parse()?, PathBuf::from(path)))
         })
@@ -146,10 +167,12 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
             Some((n, uri)) => BitmapRef {
                 name: n.to_string(),
                 uri: Some(uri.to_string()),
+                checkpoint: false,
             },
             None => BitmapRef {
                 name: spec.to_string(),
                 uri: None,
+                checkpoint: false,
             },
         };
         if bitmap.name.is_empty() || bitmap.uri.as_deref() == Some("") {
@@ -176,6 +199,7 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
         host: host.into(),
         time,
         allow_future: args.allow_future,
+        checkpoints: BTreeMap::new(),
     })
 }
 

@@ -15,6 +15,7 @@ pub mod incremental;
 mod parent_check;
 mod pipeline;
 pub mod plan;
+pub mod qmp;
 pub mod repair;
 pub mod segment;
 mod trust;
@@ -62,6 +63,9 @@ pub struct BackupRequest {
     pub time: Option<DateTime<Utc>>,
     /// Accept a `time` further ahead than the clock margin.
     pub allow_future: bool,
+    /// QEMU checkpoint bitmaps created at this point's moment, by disk
+    /// (recorded in the manifest; see [`qmp`]).
+    pub checkpoints: BTreeMap<DiskName, String>,
 }
 
 /// A disk checked and ready to back up.
@@ -72,6 +76,7 @@ struct Prepared {
     /// Parsed extent files (for `ChangeSource::Extents`).
     extents: Option<(ExtentSet, String)>,
     parent: Option<(PointId, DiskManifest)>,
+    checkpoint: Option<String>,
 }
 
 /// A point dated in the future becomes every VM's newest for retention:
@@ -420,6 +425,7 @@ async fn prepare(req: &BackupRequest) -> Result<Vec<Prepared>> {
             changes,
             extents,
             parent: None,
+            checkpoint: req.checkpoints.get(name).cloned(),
         });
     }
     Ok(out)
@@ -514,13 +520,20 @@ async fn back_up_disk(
                 format!("extents: {desc}"),
             )
         }
-        (ChangeSource::Bitmaps(_), Some(p)) => {
-            let (set, desc) = d.extents.clone().unwrap_or_default();
-            (
-                DiskPlan::incremental(size, p, &set),
-                format!("dirty bitmaps: {desc}"),
-            )
-        }
+        (ChangeSource::Bitmaps(b), Some(p)) => match qmp::unusable_checkpoint(b, p) {
+            // The bitmap does not start at this parent: read it all.
+            Some(why) => (
+                DiskPlan::full(size, cfg.segment_size, Some(p)),
+                format!("full-scan: {why}"),
+            ),
+            None => {
+                let (set, desc) = d.extents.clone().unwrap_or_default();
+                (
+                    DiskPlan::incremental(size, p, &set),
+                    format!("dirty bitmaps: {desc}"),
+                )
+            }
+        },
         (ChangeSource::Base(old), Some(p)) => {
             let desc = format!("snapshot diff against {}", old.display());
             let (old, new) = (old.clone(), d.source.path().to_path_buf());
@@ -619,6 +632,7 @@ async fn back_up_disk(
         parent: d.parent.map(|(id, _)| id),
         audit,
         stats,
+        checkpoint: d.checkpoint,
     };
     Ok((dm, result))
 }

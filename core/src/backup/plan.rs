@@ -31,6 +31,9 @@ pub enum ChangeSource {
 pub struct BitmapRef {
     pub name: String,
     pub uri: Option<String>,
+    /// A checkpoint xfull created (`--qmp`): usable only if the parent
+    /// point recorded it as its checkpoint, i.e. it starts at the parent.
+    pub checkpoint: bool,
 }
 
 impl std::fmt::Display for BitmapRef {
@@ -176,6 +179,7 @@ mod tests {
             stats: BackupStats::default(),
             parent: None,
             audit: None,
+            checkpoint: None,
         }
     }
 

@@ -71,6 +71,7 @@ fn manifest(id: PointId, nodes: Vec<ObjectId>, parent: Option<PointId>) -> Manif
             parent,
             audit: None,
             stats: BackupStats::default(),
+            checkpoint: None,
         }],
         stats: BackupStats::default(),
         writer: "test".into(),

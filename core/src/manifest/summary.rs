@@ -53,6 +53,8 @@ pub struct DiskSummary {
     source: Typed<String>,
     #[serde(default)]
     audit: Typed<Option<Audit>>,
+    #[serde(default)]
+    checkpoint: Typed<Option<String>>,
 }
 
 impl ManifestSummary {
