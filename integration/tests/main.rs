@@ -12,6 +12,7 @@ mod gc_liveness;
 mod hostile_dir;
 mod hostile_repo;
 mod incremental;
+mod nbd_source;
 mod integrity;
 mod repair;
 mod restore_safety;
