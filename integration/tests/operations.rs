@@ -211,6 +211,18 @@ fn completions_man_page_version_and_help() {
         );
         assert!(out.contains("forget-disks"), "{shell} knows the flags");
     }
+    // A reader that leaves early ends it quietly (it panicked, status 101).
+    for args in [&["completions", "bash"][..], &["man"][..]] {
+        let mut c = e.std(args);
+        c.stdout(std::process::Stdio::piped());
+        c.stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
     let man = text(&e, &["man"]);
     assert!(
         man.contains(".TH xfull 1") && man.contains("backup"),

@@ -4,15 +4,20 @@
 //! build script: a build step would need the definitions in a crate of
 //! their own, and packagers can run `xfull man --dir` after the build.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use crate::cli::{CompletionsArgs, ManArgs};
 
+/// Generators write into a buffer: clap_complete panics on a failed
+/// write, and `xfull completions bash | head` must end quietly (141).
 pub fn completions(args: &CompletionsArgs) -> Result<()> {
     let mut cmd = crate::command();
-    clap_complete::generate(args.shell, &mut cmd, "xfull", &mut std::io::stdout());
+    let mut out = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "xfull", &mut out);
+    std::io::stdout().write_all(&out)?;
     Ok(())
 }
 
@@ -20,7 +25,9 @@ pub fn man(args: &ManArgs) -> Result<()> {
     let cmd = crate::command();
     match &args.dir {
         None => {
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            std::io::stdout().write_all(&out)?;
             Ok(())
         }
         Some(dir) => write_pages(cmd, dir),
