@@ -1,22 +1,74 @@
 //! The `xfull` command.
 
+mod args;
 mod cli;
 mod cmd;
+mod metrics;
 mod open;
 mod output;
+mod point_name;
+mod profile;
 mod progress_ui;
 
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use xfull_core::progress::Progress;
 
 use crate::cli::{Cli, Command};
 
+/// The git commit this binary was built from (set by build.rs).
+const GIT_COMMIT: &str = env!("XFULL_GIT_COMMIT");
+
+/// `--version`: the release, the commit and the repository format this
+/// build reads and writes (so a report says which repositories it fits).
+fn version() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{} (commit {GIT_COMMIT}, repository format {})",
+            env!("CARGO_PKG_VERSION"),
+            xfull_core::config::FORMAT_VERSION
+        )
+    })
+}
+
+/// The command definitions, with the version line.
+pub fn command() -> clap::Command {
+    Cli::command().version(version())
+}
+
+fn parse() -> Result<Cli, ExitCode> {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    parsed.map_err(|e| {
+        use clap::error::ErrorKind;
+        let wanted = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+            || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+        // The arguments could not be read, so look for --json by hand.
+        if !wanted && std::env::args().any(|a| a == "--json") {
+            let msg = e.render().to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            output::print_error_json(first, "usage", 2);
+            return ExitCode::from(2);
+        }
+        let _ = e.print();
+        ExitCode::from(if wanted { 0 } else { 2 })
+    })
+}
+
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -28,12 +80,26 @@ fn main() -> ExitCode {
         }
     };
     runtime.spawn(cancel_on_signals());
-    match runtime.block_on(dispatch(&cli)) {
+    let started = std::time::Instant::now();
+    let result = runtime.block_on(dispatch(&cli));
+    let status = result.as_ref().map_or_else(exit_status, |_| 0);
+    if let Some((path, command)) = metrics_target(&cli)
+        && let Err(e) = metrics::write(path, command, status, started.elapsed().as_secs_f64())
+    {
+        eprintln!("xfull: warning: {}", output::printable(&format!("{e:#}")));
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `xfull man | head`: the reader left; nothing to report.
+        Err(e) if closed_stdout(&e) => ExitCode::from(CLOSED_STDOUT as u8),
         Err(e) => {
-            // Errors may quote a hostile repository's text.
-            eprintln!("xfull: error: {}", output::printable(&format!("{e:#}")));
-            ExitCode::from(exit_status(&e))
+            if cli.json {
+                output::print_error_json(&format!("{e:#}"), status_kind(status), status);
+            } else {
+                // Errors may quote a hostile repository's text.
+                eprintln!("xfull: error: {}", output::printable(&format!("{e:#}")));
+            }
+            ExitCode::from(status)
         }
     }
 }
@@ -58,6 +124,15 @@ fn quiet_on_closed_stdout() {
         }
         default(info);
     }));
+}
+
+/// An error that is a write to a closed pipe (generators that write to
+/// stdout themselves report it as an error instead of panicking).
+fn closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The operation in progress: signals cancel it, commands hand it to the
@@ -105,10 +180,12 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::SnapshotDiff(a) => cmd::snapshot_diff::run(cli, a).await,
         Command::Prune(a) => cmd::prune::run(cli, a).await,
         Command::Gc(a) => cmd::gc::run(cli, a).await,
-        Command::Stats => cmd::stats::run(cli).await,
+        Command::Stats(_) => cmd::stats::run(cli).await,
         Command::Verify(a) => cmd::verify::run(cli, a).await,
         Command::Repair(a) => cmd::repair::run(cli, a).await,
         Command::Forget(a) => cmd::forget::run(cli, a).await,
+        Command::Completions(a) => cmd::shell::completions(a),
+        Command::Man(a) => cmd::shell::man(a),
     }
 }
 
@@ -119,5 +196,43 @@ fn exit_status(e: &anyhow::Error) -> u8 {
         Some(x) if x.is_damage() => 3,
         Some(x) if x.is_usage() => 2,
         _ => 1,
+    }
+}
+
+/// Where to write metrics, and the command they describe.
+fn metrics_target(cli: &Cli) -> Option<(&std::path::Path, &'static str)> {
+    let (path, command) = match &cli.command {
+        Command::Backup(a) => (&a.metrics_file, "backup"),
+        Command::Prune(a) => (&a.metrics_file, "prune"),
+        Command::Gc(a) => (&a.metrics_file, "gc"),
+        Command::Verify(a) => (&a.metrics_file, "verify"),
+        _ => return None,
+    };
+    Some((path.as_deref()?, command))
+}
+
+/// The class of an exit status, as JSON errors name it.
+fn status_kind(status: u8) -> &'static str {
+    match status {
+        2 => "usage",
+        3 => "damage",
+        130 => "interrupted",
+        _ => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_that_changed_is_an_error_not_a_usage_mistake() {
+        let e = anyhow::Error::new(xfull_core::Error::SourceChanged {
+            path: "/dev/vg/snap".into(),
+            offset: 4096,
+            reason: "cannot be read again".into(),
+        });
+        assert_eq!(exit_status(&e), 1);
+        assert_eq!(status_kind(exit_status(&e)), "error");
     }
 }

@@ -1,4 +1,4 @@
-//! Turning `--repo` into a backend.
+//! Turning `--repo` (a location or a `@profile`) into a backend.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use xfull_core::repo::Repository;
 use xfull_local::{CreateError, LocalBackend, parse_location};
 use xfull_s3::{OpenError, S3Backend, S3Options};
 
-use crate::cli::S3Args;
+use crate::cli::{Cli, S3Args};
 
 /// The backend for a repository location; `create` makes a local directory.
 async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backend>> {
@@ -79,14 +79,12 @@ async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backen
     Ok(Arc::new(LocalBackend::open(&dir)?))
 }
 
-pub async fn open(repo: &str, s3: &S3Args) -> Result<Repository> {
-    Ok(Repository::open(backend(repo, s3, false).await?).await?)
+pub async fn open(cli: &Cli) -> Result<Repository> {
+    let (repo, s3) = crate::profile::resolve(cli)?;
+    Ok(Repository::open(backend(&repo, &s3, false).await?).await?)
 }
 
-pub async fn init(
-    repo: &str,
-    s3: &S3Args,
-    config: xfull_core::config::RepoConfig,
-) -> Result<Repository> {
-    Ok(Repository::init(backend(repo, s3, true).await?, config).await?)
+pub async fn init(cli: &Cli, config: xfull_core::config::RepoConfig) -> Result<Repository> {
+    let (repo, s3) = crate::profile::resolve(cli)?;
+    Ok(Repository::init(backend(&repo, &s3, true).await?, config).await?)
 }

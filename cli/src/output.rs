@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use xfull_core::manifest::{BackupStats, DiskManifest, Manifest};
 use xfull_core::names::is_unprintable;
@@ -49,24 +50,92 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// The version of every `--json` document's layout (docs/json.md): it
+/// changes when a field is removed or changes meaning, not when one is
+/// added.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A JSON document as text, with its `schema_version`. Every document is
+/// an object, so that fields can be added without breaking readers.
+pub fn json_text<T: Serialize>(v: &T) -> anyhow::Result<String> {
+    let mut v = serde_json::to_value(v)?;
+    let Some(map) = v.as_object_mut() else {
+        anyhow::bail!("internal error: a JSON document must be an object");
+    };
+    map.insert("schema_version".into(), SCHEMA_VERSION.into());
+    Ok(serde_json::to_string_pretty(&v)?)
+}
+
 pub fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    println!("{}", json_text(v)?);
     Ok(())
 }
 
-/// Statistics as JSON: the stored fields plus the dedup ratio.
+/// With `--json`, an error is a JSON document on stderr (stdout may be
+/// carrying data, e.g. `restore --to -`).
+pub fn print_error_json(message: &str, kind: &str, status: u8) {
+    let doc = serde_json::json!({
+        "error": {"message": message, "kind": kind, "exit_status": status},
+    });
+    match json_text(&doc) {
+        Ok(t) => eprintln!("{t}"),
+        Err(_) => eprintln!("xfull: error: {}", printable(message)),
+    }
+}
+
+/// Times in every JSON document: RFC 3339, UTC, `Z`.
+pub fn json_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Statistics as JSON: the stored fields, plus the ratios of
+/// [`Ratios`].
 #[derive(Serialize)]
 pub struct StatsView {
     #[serde(flatten)]
     pub stats: BackupStats,
-    pub dedup_ratio: Option<f64>,
+    #[serde(flatten)]
+    pub ratios: Ratios,
 }
 
 impl From<&BackupStats> for StatsView {
     fn from(s: &BackupStats) -> Self {
         StatsView {
             stats: s.clone(),
-            dedup_ratio: s.dedup_ratio().map(|r| (r * 100.0).round() / 100.0),
+            ratios: Ratios::of(s),
+        }
+    }
+}
+
+/// Deduplication against the parent and what the changed data took in
+/// the store, kept apart: a backup that stored only its manifest has no
+/// ratio worth printing (it once said "dedup 221022.9x").
+#[derive(Serialize)]
+pub struct Ratios {
+    /// Data the point shares with its parent at the same place.
+    pub bytes_reused: u64,
+    /// The point's data per byte of changed data: deduplication against
+    /// the parent. `None` when nothing changed.
+    pub dedup_ratio: Option<f64>,
+    /// Changed data per byte stored: zstd compression, and deduplication
+    /// of the changed data against chunks already stored (other disks,
+    /// other points). Chunks' plain sizes are not recorded, so the two
+    /// are not told apart. `None` when no chunk was stored.
+    pub store_ratio: Option<f64>,
+}
+
+impl Ratios {
+    pub fn of(s: &BackupStats) -> Ratios {
+        let round = |r: f64| (r * 100.0).round() / 100.0;
+        let ratio = |a: u64, b: u64| (b > 0).then(|| round(a as f64 / b as f64));
+        Ratios {
+            bytes_reused: s.bytes_data.saturating_sub(s.bytes_changed),
+            dedup_ratio: ratio(s.bytes_data, s.bytes_changed),
+            store_ratio: if s.new_chunks > 0 {
+                ratio(s.bytes_changed, s.bytes_stored)
+            } else {
+                None
+            },
         }
     }
 }
@@ -119,7 +188,7 @@ impl From<&Manifest> for PointView {
             point: m.point_name(),
             vm: m.vm.to_string(),
             id: m.id.to_string(),
-            time: m.time.to_rfc3339(),
+            time: json_time(&m.time),
             parent: m.parent.as_ref().map(|p| p.to_string()),
             host: m.host.clone(),
             labels: m.labels.clone(),
@@ -129,22 +198,33 @@ impl From<&Manifest> for PointView {
     }
 }
 
-/// One line of statistics for people: what the run did, then the data the
-/// point holds (segments reused unread included) and the dedup ratio,
-/// that data per byte this run stored.
+/// One line of statistics for people: what the run did, then the data
+/// the point holds (segments reused unread included), what of it was
+/// reused, and what the changed data took in the store.
 pub fn stats_line(s: &BackupStats) -> String {
+    let r = Ratios::of(s);
+    let stored = if s.new_chunks == 0 {
+        format!("no new chunks, {} stored (metadata)", bytes(s.bytes_stored))
+    } else {
+        format!(
+            "{} new chunks, {} stored{}",
+            s.new_chunks,
+            bytes(s.bytes_stored),
+            r.store_ratio.map_or(String::new(), |c| format!(
+                " ({c:.1}x smaller than the changed data)"
+            ))
+        )
+    };
     format!(
-        "{} scanned, {} read, {} changed, {} new chunks, {} uploaded, {} stored, {} data, {}, \
-         {:.2} s",
+        "{} scanned, {} read, {} data: {} reused, {} changed{}; {stored}; {} uploaded, {:.2} s",
         bytes(s.bytes_scanned),
         bytes(s.bytes_read),
-        bytes(s.bytes_changed),
-        s.new_chunks,
-        bytes(s.bytes_uploaded),
-        bytes(s.bytes_stored),
         bytes(s.bytes_data),
-        s.dedup_ratio()
-            .map_or("nothing new".to_string(), |r| format!("dedup {r:.1}x")),
+        bytes(r.bytes_reused),
+        bytes(s.bytes_changed),
+        r.dedup_ratio
+            .map_or(String::new(), |d| format!(" (dedup {d:.1}x)")),
+        bytes(s.bytes_uploaded),
         s.seconds
     )
 }
@@ -152,6 +232,23 @@ pub fn stats_line(s: &BackupStats) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_only_backup_claims_no_ratio() {
+        let s = BackupStats {
+            bytes_scanned: 8 << 20,
+            bytes_data: 8 << 20,
+            bytes_stored: 38,
+            bytes_uploaded: 38,
+            ..BackupStats::default()
+        };
+        let line = stats_line(&s);
+        assert!(!line.contains("x)"), "{line}");
+        assert!(line.contains("no new chunks, 38 B stored"), "{line}");
+        let r = Ratios::of(&s);
+        assert_eq!((r.dedup_ratio, r.store_ratio), (None, None));
+        assert_eq!(r.bytes_reused, 8 << 20);
+    }
 
     #[test]
     fn printable_escapes_what_terminals_obey() {

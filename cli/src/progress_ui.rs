@@ -1,14 +1,28 @@
-//! A progress bar on a terminal, nothing on a pipe; the engine's notices
-//! (why a backup waits, warnings) on stderr either way.
+//! Progress: a bar on a terminal; on anything else (a scheduled job's
+//! log) a line every 10 seconds, so a log shows that a long job is alive
+//! and how far it got. The engine's notices (why a backup waits,
+//! warnings) go to stderr either way; `-q` keeps only the warnings.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use xfull_core::progress::{Notice, Progress};
 
+use crate::cli::Cli;
 use crate::output::bytes;
+
+/// How often a non-terminal gets a progress line.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Bar,
+    Lines,
+    Off,
+}
 
 /// Draws `progress` and prints its notices until the returned guard is
 /// dropped.
@@ -16,12 +30,20 @@ pub struct Bar {
     task: Option<tokio::task::JoinHandle<()>>,
     bar: ProgressBar,
     progress: Arc<Progress>,
+    quiet: bool,
 }
 
 impl Bar {
-    pub fn start(progress: Arc<Progress>, verb: &'static str, quiet: bool) -> Bar {
-        let on_tty = std::io::stderr().is_terminal() && !quiet;
-        let target = if on_tty {
+    /// `show`: whether this run has progress worth showing at all.
+    pub fn start(progress: Arc<Progress>, verb: &'static str, cli: &Cli, show: bool) -> Bar {
+        let mode = if !show || cli.quiet || cli.no_progress {
+            Mode::Off
+        } else if std::io::stderr().is_terminal() && !cli.json {
+            Mode::Bar
+        } else {
+            Mode::Lines
+        };
+        let target = if mode == Mode::Bar {
             ProgressDrawTarget::stderr()
         } else {
             ProgressDrawTarget::hidden()
@@ -35,16 +57,26 @@ impl Bar {
             .progress_chars("=> "),
         );
         bar.set_prefix(verb);
+        let quiet = cli.quiet;
         let task = {
             let (bar, progress) = (bar.clone(), progress.clone());
             tokio::spawn(async move {
+                let started = Instant::now();
+                let mut next_line = started + LOG_EVERY;
                 loop {
-                    print_notices(&bar, &progress);
-                    if on_tty {
-                        let (done, total, moved) = progress.snapshot();
-                        bar.set_length(total);
-                        bar.set_position(done);
-                        bar.set_message(format!("({} transferred)", bytes(moved)));
+                    print_notices(&bar, &progress, quiet);
+                    let (done, total, moved) = progress.snapshot();
+                    match mode {
+                        Mode::Bar => {
+                            bar.set_length(total);
+                            bar.set_position(done);
+                            bar.set_message(format!("({} transferred)", bytes(moved)));
+                        }
+                        Mode::Lines if Instant::now() >= next_line => {
+                            next_line += LOG_EVERY;
+                            eprintln!("{}", line(verb, done, total, moved, started.elapsed()));
+                        }
+                        _ => {}
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -54,13 +86,31 @@ impl Bar {
             task: Some(task),
             bar,
             progress,
+            quiet,
         }
     }
 }
 
-fn print_notices(bar: &ProgressBar, progress: &Progress) {
+/// One progress line for a log.
+fn line(verb: &str, done: u64, total: u64, moved: u64, elapsed: Duration) -> String {
+    let pct = if total > 0 {
+        format!(" ({:.0}%)", done as f64 * 100.0 / total as f64)
+    } else {
+        String::new()
+    };
+    format!(
+        "xfull: {verb}: {} of {}{pct} after {} s, {} transferred",
+        bytes(done),
+        bytes(total),
+        elapsed.as_secs(),
+        bytes(moved)
+    )
+}
+
+fn print_notices(bar: &ProgressBar, progress: &Progress, quiet: bool) {
     for n in progress.take_notices() {
         let line = match n {
+            Notice::WaitingForSweep { .. } if quiet => continue,
             Notice::WaitingForSweep {
                 seq,
                 reason,
@@ -70,6 +120,7 @@ fn print_notices(bar: &ProgressBar, progress: &Progress) {
             ),
             Notice::Warning(w) => format!("xfull: warning: {w}"),
         };
+        let line = crate::output::printable(&line).into_owned();
         if bar.is_hidden() {
             eprintln!("{line}");
         } else {
@@ -83,7 +134,27 @@ impl Drop for Bar {
         if let Some(t) = self.task.take() {
             t.abort();
         }
-        print_notices(&self.bar, &self.progress);
+        print_notices(&self.bar, &self.progress, self.quiet);
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_say_how_far() {
+        let l = line(
+            "backup",
+            512 << 20,
+            1 << 30,
+            3 << 20,
+            Duration::from_secs(20),
+        );
+        assert_eq!(
+            l,
+            "xfull: backup: 512.0 MiB of 1.0 GiB (50%) after 20 s, 3.0 MiB transferred"
+        );
     }
 }

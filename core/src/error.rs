@@ -129,6 +129,19 @@ pub enum Error {
     #[error("QEMU at {socket}: {message}")]
     Hypervisor { socket: String, message: String },
 
+    /// The source disk changed while it was backed up, and what the point
+    /// needs can no longer be read from it. Not the caller's argument (the
+    /// command was right) and not damage to stored data: exit status 1.
+    #[error(
+        "source disk {} changed while it was backed up (segment at offset {offset}): {reason}",
+        path.display()
+    )]
+    SourceChanged {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
     /// A change source (extent file, snapshot image) cannot be trusted.
     #[error("change file {file}{}: {reason}", entry.map(|i| format!(", entry {i}")).unwrap_or_default())]
     ChangeSource {

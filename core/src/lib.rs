@@ -30,6 +30,7 @@ pub mod frame;
 pub mod gc;
 pub mod host;
 pub mod id;
+pub mod image_format;
 pub mod image_hash;
 pub mod keys;
 pub mod lease;

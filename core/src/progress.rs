@@ -1,11 +1,94 @@
 //! The channel between a long operation and whoever runs it: counters a
 //! UI may poll, live notices (why the operation is waiting, say), and
-//! cancellation. The engine never draws or prints anything itself.
+//! cancellation. The engine never draws or prints anything itself: it
+//! hands typed [`Warning`]s to the caller, which prints them as text or
+//! JSON.
 
+use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use serde::Serialize;
 use tokio::sync::Notify;
+
+/// Something that did not stop the operation but that its user must know.
+/// Typed, so that a caller can react to a kind (and JSON names it by
+/// `kind`) instead of matching message text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Warning {
+    /// A point that would have been the parent has a damaged manifest; an
+    /// older point is used instead.
+    DamagedParentSkipped { point: String, reason: String },
+    /// Segments of the parent whose nodes or chunks are missing or damaged
+    /// were read and stored in full.
+    ParentSegmentsDamaged { disk: String, segments: u64 },
+    /// Objects shared with the parent were missing or damaged and were
+    /// stored again.
+    ObjectsStoredAgain { objects: u64 },
+    /// A concurrent gc removed data the backup uses; these segments were
+    /// read again from the source.
+    SegmentsReadAgain { segments: u64 },
+    /// The VM's newest point (or the `--parent`) has a disk this backup
+    /// does not: the new point will not hold it.
+    DiskDropped { disk: String, point: String },
+    /// A disk given as raw bytes starts like a container image format
+    /// (qcow2, VMDK, ...): the point would hold the container, not the
+    /// guest's disk.
+    ContainerImage {
+        disk: String,
+        path: String,
+        format: String,
+    },
+    /// A disk backed up through `--qmp` is read in full: its parent's
+    /// checkpoint cannot be used (gone, inconsistent, disabled).
+    CheckpointUnusable { disk: String, reason: String },
+    /// Something QEMU was asked to undo or clean up (an export, a job, a
+    /// bitmap, a killed run's leftovers) was not; the backup's outcome
+    /// does not depend on it.
+    HypervisorCleanup { message: String },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::DamagedParentSkipped { point, reason } => write!(
+                f,
+                "point {point} is damaged and not used as a parent ({reason}); run `xfull \
+                 verify`, then `xfull repair`"
+            ),
+            Warning::ParentSegmentsDamaged { disk, segments } => write!(
+                f,
+                "disk {disk}: {segments} segment(s) of the parent point have missing or damaged \
+                 nodes or chunks; those segments are read and stored in full (run `xfull verify`)"
+            ),
+            Warning::ObjectsStoredAgain { objects } => write!(
+                f,
+                "{objects} chunk(s) or node(s) this point shares with its parent were missing or \
+                 damaged in the repository and were stored again"
+            ),
+            Warning::SegmentsReadAgain { segments } => write!(
+                f,
+                "a concurrent gc removed data this backup uses; {segments} segment(s) were read \
+                 again from the source and stored"
+            ),
+            Warning::DiskDropped { disk, point } => write!(
+                f,
+                "disk {disk} of point {point} is not in this backup: the new point will not hold \
+                 it (prune keeps the newest point holding {disk} unless --forget-disks)"
+            ),
+            Warning::ContainerImage { disk, path, format } => write!(
+                f,
+                "disk {disk} ({path}) starts like a {format} image: it is stored as the {format} \
+                 file's bytes, not as the guest's disk; use an NBD source (qemu-nbd/\
+                 qemu-storage-daemon) to back up the disk it holds"
+            ),
+            Warning::CheckpointUnusable { disk, reason } => write!(f, "disk {disk}: {reason}"),
+            Warning::HypervisorCleanup { message } => write!(f, "QEMU: {message}"),
+        }
+    }
+}
 
 /// Something the operation wants its user to know while it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,7 +103,7 @@ pub enum Notice {
         at_most_secs: u64,
     },
     /// Something worth a warning that does not stop the operation.
-    Warning(String),
+    Warning(Warning),
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +115,8 @@ pub struct Progress {
     /// Bytes sent to or fetched from the store.
     pub transferred: AtomicU64,
     notices: Mutex<Vec<Notice>>,
+    /// Every warning given, for the operation's outcome.
+    warnings: Mutex<Vec<Warning>>,
     cancelled: AtomicBool,
     cancel_notify: Notify,
 }
@@ -55,8 +140,15 @@ impl Progress {
         )
     }
 
-    /// Queues a notice for the user (see [`Progress::take_notices`]).
+    /// Queues a notice for the user (see [`Progress::take_notices`]);
+    /// warnings are also kept for [`Progress::warnings`].
     pub fn notice(&self, n: Notice) {
+        if let Notice::Warning(w) = &n {
+            self.warnings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(w.clone());
+        }
         self.notices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -66,6 +158,15 @@ impl Progress {
     /// The notices queued since the last call, oldest first.
     pub fn take_notices(&self) -> Vec<Notice> {
         std::mem::take(&mut *self.notices.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Every warning the operation gave, oldest first: the typed part of
+    /// its outcome (live notices are drained; this list is not).
+    pub fn warnings(&self) -> Vec<Warning> {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Asks the operation to stop as soon as it safely can (it then
@@ -109,9 +210,20 @@ mod tests {
         waiter.await.unwrap();
         // Already cancelled: returns at once.
         p.cancelled().await;
-        p.notice(Notice::Warning("a".into()));
-        p.notice(Notice::Warning("b".into()));
+        let w = |n| Notice::Warning(Warning::ObjectsStoredAgain { objects: n });
+        p.notice(w(1));
+        p.notice(w(2));
         assert_eq!(p.take_notices().len(), 2);
         assert!(p.take_notices().is_empty());
+        // The outcome keeps them, typed.
+        assert_eq!(
+            p.warnings(),
+            vec![
+                Warning::ObjectsStoredAgain { objects: 1 },
+                Warning::ObjectsStoredAgain { objects: 2 }
+            ]
+        );
+        let json = serde_json::to_value(&p.warnings()[0]).unwrap();
+        assert_eq!(json["kind"], "objects_stored_again");
     }
 }

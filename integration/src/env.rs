@@ -147,7 +147,9 @@ impl<'s> Env<'s> {
 
     /// How many points the repository lists.
     pub fn points(&self) -> usize {
-        self.json(&["points"]).as_array().map_or(0, Vec::len)
+        self.json(&["points"])["points"]
+            .as_array()
+            .map_or(0, Vec::len)
     }
 }
 

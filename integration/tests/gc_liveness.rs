@@ -367,7 +367,7 @@ fn a_killed_gc_delays_a_backup_by_about_the_sweep_ttl_with_a_notice() {
     let r = e.json(&["gc"]);
     assert!(r["skipped"].is_null() && r["held"].is_null(), "{r}");
     let newest = junk.image(&e, junk.n);
-    let junk_point = e.json(&["points", "--vm", "junk"])[0]["point"].clone();
+    let junk_point = e.json(&["points", "--vm", "junk"])["points"][0]["point"].clone();
     points.push((junk_point.as_str().unwrap().to_string(), blake3_of(&newest)));
     all_whole(&e, &points);
 }
@@ -407,7 +407,7 @@ fn a_stopped_gc_resumed_after_its_marker_went_stale_deletes_nothing_a_backup_rel
     let r = e.json(&["gc"]);
     assert!(r["skipped"].is_null() && r["held"].is_null(), "{r}");
     let newest = junk.image(&e, junk.n);
-    let junk_point = e.json(&["points", "--vm", "junk"])[0]["point"].clone();
+    let junk_point = e.json(&["points", "--vm", "junk"])["points"][0]["point"].clone();
     points.push((junk_point.as_str().unwrap().to_string(), blake3_of(&newest)));
     all_whole(&e, &points);
 }

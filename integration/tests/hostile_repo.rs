@@ -213,6 +213,7 @@ fn check_damaged(e: &Env, id: &str) -> Vec<String> {
     expect(ok, "points", &o);
     let o = limited(e, &["points", "--json"]);
     let rows: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let rows = &rows["points"];
     let ok = o.status.code() == Some(0)
         && rows[0]["point"] == point.as_str()
         && rows[0]["damaged"].is_string();
@@ -272,7 +273,7 @@ fn a_damaged_manifest_among_good_ones_is_listed_and_skipped() {
     let warn = stderr(&o);
     assert!(warn.contains(&bad) && warn.contains("damaged"), "{warn}");
 
-    let rows = e.json(&["points"]);
+    let rows = e.json(&["points"])["points"].clone();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
     let damaged: Vec<_> = rows.iter().filter(|r| r["damaged"].is_string()).collect();

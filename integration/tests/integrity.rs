@@ -325,7 +325,7 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
     gc_to_completion(&e);
 
     // Every committed point restores bit-exact.
-    let points = e.json(&["points"]);
+    let points = e.json(&["points"])["points"].clone();
     for p in points.as_array().unwrap() {
         let run = p["labels"]["run"].as_str().unwrap();
         let to = e.path("restored");

@@ -99,15 +99,15 @@ fn prune_and_gc_keep_what_the_policy_says_on(e: &Env) {
     // Objects must be older than the clock margin to be deleted.
     std::thread::sleep(Duration::from_secs(2));
     let out = e.json(&["prune", "--keep-daily", "2", "--keep-last", "1"]);
-    assert_eq!(out["removed"]["removed"], 3);
-    assert_eq!(out["removed"]["trashed"], 0);
+    assert_eq!(out["removed"], 3);
+    assert_eq!(out["trashed"], 0);
     let gc = &out["gc"];
     assert!(gc["chunks_deleted"].as_u64().unwrap() > 0, "{gc}");
     assert!(gc["bytes_freed"].as_u64().unwrap() > 0, "{gc}");
     assert_eq!(e.points(), 2);
 
     // What is left restores bit-exact and verifies, data included.
-    let left = e.json(&["points"]);
+    let left = e.json(&["points"])["points"].clone();
     for p in left.as_array().unwrap() {
         let point = p["point"].as_str().unwrap();
         let to = e.path(&format!("r-{}", p["id"].as_str().unwrap()));
@@ -285,7 +285,7 @@ fn concurrent_backups_while_prune_and_gc_run_on(e: &Env) {
 
     // Every point left restores bit-exact, and the repository verifies.
     let sums = sums.lock().unwrap();
-    let left = e.json(&["points"]);
+    let left = e.json(&["points"])["points"].clone();
     let left = left.as_array().unwrap();
     assert!(left.len() >= 6, "prune keeps 2 per VM: {}", left.len());
     for p in left {
@@ -339,4 +339,48 @@ fn retention_scenarios_on_s3() {
         eprintln!("S3 scenario {name}");
         run(&Env::init_s3_with(&server, name, options));
     }
+}
+
+/// A backup that leaves out a disk its parent had says so, and prune keeps
+/// the newest point holding that disk unless told to forget disks. (Once,
+/// `--keep-last 1` removed the only point holding `sys` without a word.)
+#[test]
+fn a_dropped_disk_is_warned_about_and_prune_keeps_its_last_point() {
+    let e = Env::init();
+    let sys = e.path("sys.img");
+    let other = e.path("other.img");
+    write_image(&sys, &mixed_regions(4, 1), 1, false).unwrap();
+    write_image(&other, &mixed_regions(4, 2), 2, false).unwrap();
+    let first = e.backup("db1", &[("sys", &sys), ("other", &other)]);
+    let out = e
+        .x(&[
+            "backup",
+            "--vm",
+            "db1",
+            "--disk",
+            &format!("other={}", other.display()),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("disk sys") && err.contains("not in this backup"),
+        "{err}"
+    );
+    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let w = &second["warnings"][0];
+    assert_eq!(w["kind"], "disk_dropped", "{second}");
+    assert_eq!((&w["disk"], &w["point"]), (&"sys".into(), &first["point"]));
+
+    let plan = e.json(&["prune", "--keep-last", "1"]);
+    assert_eq!(plan["removed"], 0, "{plan}");
+    let reasons = &plan["plan"][0]["decisions"][1]["reasons"];
+    assert_eq!(reasons[0], "newest with disk sys", "{plan}");
+    assert_eq!(e.points(), 2);
+    // Only when told: sys goes.
+    let plan = e.json(&["prune", "--keep-last", "1", "--forget-disks"]);
+    assert_eq!(plan["removed"], 1, "{plan}");
+    assert_eq!(e.points(), 1);
 }

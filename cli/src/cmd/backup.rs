@@ -6,19 +6,24 @@ use xfull_core::Error;
 use xfull_core::backup::plan::{BitmapRef, ChangeSource};
 use xfull_core::backup::qmp::{QMP_DISK, QmpSource, backup_with_qmp};
 use xfull_core::backup::{BackupRequest, backup};
+use xfull_core::id::PointId;
 use xfull_core::manifest::limits::{MAX_DISKS, MAX_LABELS};
-use xfull_core::names::{DiskName, HostName, LabelKey, LabelValue};
+use xfull_core::names::{DiskName, HostName, LabelKey, LabelValue, VmName};
+use xfull_core::repo::Repository;
 
 use crate::cli::{BackupArgs, Cli, split_pair};
-use crate::output::{PointView, StatsView, bytes, print_json, stats_line};
+use crate::output::{PointView, StatsView, bytes, print_json, printable, stats_line};
 use crate::progress_ui::Bar;
 
 pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
-    let req = request(args)?;
-    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
+    let mut req = request(args)?;
+    let repo = crate::open::open(cli).await?;
+    if let Some(p) = &args.parent {
+        req.parent = Some(parent(&repo, &req.vm, p).await?);
+    }
     let progress = crate::progress();
-    let bar = Bar::start(progress.clone(), "backup", cli.json);
-    let m = match &args.qmp {
+    let bar = Bar::start(progress.clone(), "backup", cli, true);
+    let result = match &args.qmp {
         Some(socket) => {
             let q = QmpSource {
                 socket: socket.clone(),
@@ -29,11 +34,16 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
                     .or_else(|| std::env::var_os("TMPDIR").map(PathBuf::from))
                     .unwrap_or_else(|| PathBuf::from("/var/tmp")),
             };
-            backup_with_qmp(&repo, req, &q, progress).await?
+            backup_with_qmp(&repo, req, &q, progress.clone()).await
         }
-        None => backup(&repo, req, progress).await?,
+        None => backup(&repo, req, progress.clone()).await,
     };
     drop(bar);
+    let requests = repo.backend().request_counts();
+    crate::metrics::record_requests("backup", requests.iter().map(|(k, v)| (*k, *v)));
+    let m = result?;
+    record_metrics(&m);
+    let warnings = progress.warnings();
     for d in &m.disks {
         if let Some(at) = d.audit.as_ref().and_then(|a| a.mismatch_at) {
             eprintln!(
@@ -43,35 +53,105 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
             );
         }
     }
-    let requests = repo.backend().request_counts();
     if cli.json {
         let view = PointView::from(&m);
-        print_json(&serde_json::json!({
+        return print_json(&serde_json::json!({
             "point": m.point_name(),
+            "vm": view.vm,
+            "id": view.id,
             "parent": view.parent,
             "time": view.time,
             "stats": StatsView::from(&m.stats),
             "requests": requests,
             "disks": view.disks,
-        }))?;
-    } else {
-        println!("point {}", m.point_name());
-        for d in &m.disks {
-            println!(
-                "  disk {} ({}): {}",
-                d.name,
-                bytes(d.size),
-                stats_line(&d.stats)
-            );
-            println!("    source: {}", d.source);
-        }
-        println!("  total: {}", stats_line(&m.stats));
-        if !requests.is_empty() {
-            let list: Vec<String> = requests.iter().map(|(k, v)| format!("{v} {k}")).collect();
-            println!("  requests: {}", list.join(", "));
+            "warnings": warnings,
+        }));
+    }
+    println!("point {}", m.point_name());
+    if cli.quiet {
+        return Ok(());
+    }
+    for d in &m.disks {
+        println!(
+            "  disk {} ({}): {}",
+            d.name,
+            bytes(d.size),
+            stats_line(&d.stats)
+        );
+        println!("    source: {}", printable(&d.source));
+        if let (true, Some(p)) = (cli.verbose, &d.parent) {
+            println!("    based on {}@{p}", m.vm);
         }
     }
+    println!("  total: {}", stats_line(&m.stats));
+    if !requests.is_empty() {
+        let list: Vec<String> = requests.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        println!("  requests: {}", list.join(", "));
+    }
     Ok(())
+}
+
+/// `--parent`: `VM@ID` of the same VM, or an id (or a unique part of one).
+async fn parent(repo: &Repository, vm: &VmName, given: &str) -> Result<PointId> {
+    let fragment = match given.split_once('@') {
+        Some((pvm, id)) => {
+            if pvm != vm.as_str() {
+                return Err(Error::InvalidArgument(format!(
+                    "--parent {given:?} is a point of VM {pvm:?}, not of {vm}: a backup \
+                     deduplicates against its own VM's points"
+                ))
+                .into());
+            }
+            id
+        }
+        None => given,
+    };
+    if fragment == "latest" {
+        return repo.latest(vm).await?.ok_or_else(|| {
+            Error::PointNotFound {
+                point: format!("{vm}@latest (the VM has no points)"),
+            }
+            .into()
+        });
+    }
+    crate::point_name::find_id(repo, vm, fragment).await
+}
+
+fn record_metrics(m: &xfull_core::manifest::Manifest) {
+    use crate::metrics::record;
+    let vm = m.vm.as_str();
+    let s = &m.stats;
+    for (kind, v) in [
+        ("scanned", s.bytes_scanned),
+        ("read", s.bytes_read),
+        ("changed", s.bytes_changed),
+        ("data", s.bytes_data),
+        ("uploaded", s.bytes_uploaded),
+        ("stored", s.bytes_stored),
+    ] {
+        record(
+            "xfull_backup_bytes",
+            &[("vm", vm), ("kind", kind)],
+            v as f64,
+        );
+    }
+    for (kind, v) in [
+        ("new_chunks", s.new_chunks),
+        ("new_nodes", s.new_nodes),
+        ("restored", s.objects_restored),
+    ] {
+        record(
+            "xfull_backup_objects",
+            &[("vm", vm), ("kind", kind)],
+            v as f64,
+        );
+    }
+    let now = chrono::Utc::now().timestamp() as f64;
+    record(
+        "xfull_backup_last_success_timestamp_seconds",
+        &[("vm", vm)],
+        now,
+    );
 }
 
 /// Validates the arguments into an engine request (nothing is opened yet).
@@ -194,7 +274,8 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
         disks,
         changes,
         audit_percent: args.audit_unchanged,
-        parent: args.parent.as_deref().map(str::parse).transpose()?,
+        // Resolved once the repository is open (it may be a part of an id).
+        parent: None,
         labels,
         host: host.into(),
         time,

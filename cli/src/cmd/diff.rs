@@ -1,14 +1,24 @@
 use anyhow::Result;
+use xfull_core::Error;
 use xfull_core::diff::diff_disks;
-use xfull_core::point_spec::PointSpec;
 
 use crate::cli::{Cli, DiffArgs};
 use crate::output::{bytes, print_json};
 
 pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
-    let (sa, sb): (PointSpec, PointSpec) = (args.a.parse()?, args.b.parse()?);
-    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
-    let (a, b) = (repo.resolve(&sa).await?, repo.resolve(&sb).await?);
+    let repo = crate::open::open(cli).await?;
+    let a = crate::point_name::load(&repo, &args.a).await?;
+    let b = crate::point_name::load(&repo, &args.b).await?;
+    // Points of two VMs share no history: their "difference" is a mistake
+    // in the command line far more often than a question.
+    if a.vm != b.vm {
+        return Err(Error::InvalidArgument(format!(
+            "{} and {} are points of two VMs: diff compares two points of one VM",
+            a.point_name(),
+            b.point_name()
+        ))
+        .into());
+    }
     let names: Vec<String> = match &args.disk {
         Some(d) => {
             a.disk(d)?;
@@ -27,13 +37,13 @@ pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
         let set = diff_disks(&repo, a.disk(name)?, b.disk(name)?).await?;
         out.push((name.clone(), set));
     }
-    // With --disk, a plain extent list (usable as a `--changed` file);
-    // otherwise, as JSON, one list per disk.
-    if let (Some(_), [(_, set)]) = (&args.disk, &out[..]) {
-        return print_json(&set.to_extents());
+    if let (true, [(_, set)]) = (args.extents, &out[..]) {
+        // The native extent list, as `snapshot-diff` prints it.
+        println!("{}", serde_json::to_string_pretty(&set.to_extents())?);
+        return Ok(());
     }
     if cli.json {
-        let map: serde_json::Map<String, serde_json::Value> = out
+        let disks: serde_json::Map<String, serde_json::Value> = out
             .iter()
             .map(|(n, s)| {
                 (
@@ -42,7 +52,11 @@ pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
                 )
             })
             .collect();
-        return print_json(&map);
+        return print_json(&serde_json::json!({
+            "a": a.point_name(),
+            "b": b.point_name(),
+            "disks": disks,
+        }));
     }
     for (name, set) in &out {
         println!(
@@ -50,6 +64,9 @@ pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
             bytes(set.bytes()),
             set.ranges().len()
         );
+        if !set.ranges().is_empty() {
+            println!("  {:>14} {:>12}", "OFFSET", "LENGTH");
+        }
         for r in set.ranges() {
             println!("  {:>14} {:>12}", r.start, r.end - r.start);
         }

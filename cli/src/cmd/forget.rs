@@ -1,27 +1,34 @@
 use anyhow::Result;
 use xfull_core::Error;
-use xfull_core::point_spec::PointSpec;
 use xfull_core::prune::forget::forget;
 
 use crate::cli::{Cli, ForgetArgs};
 use crate::output::print_json;
 
 pub async fn run(cli: &Cli, args: &ForgetArgs) -> Result<()> {
+    // Removing "whatever is latest now" is too easy to get wrong.
+    if let Some(p) = args.points.iter().find(|p| p.ends_with("@latest")) {
+        return Err(Error::InvalidArgument(format!(
+            "forget {p:?}: name the point by its id (`xfull points` lists them), not @latest"
+        ))
+        .into());
+    }
+    let repo = crate::open::open(cli).await?;
     let mut points = Vec::new();
     for p in &args.points {
-        let spec: PointSpec = p.parse()?;
-        // Removing "whatever is latest now" is too easy to get wrong.
-        let id = spec.id.ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "forget {p:?}: name the point by its id (`xfull points` lists them), not @latest"
-            ))
-        })?;
-        points.push((spec.vm, id));
+        let (vm, id) = crate::point_name::resolve(&repo, p).await?;
+        points.extend(id.map(|id| (vm, id)));
     }
-    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
     let out = forget(&repo, &points, args.dry_run).await?;
     if cli.json {
-        return print_json(&out);
+        return print_json(&serde_json::json!({
+            "dry_run": out.dry_run,
+            "points": out.points,
+            "pinned": out.pinned,
+            "removed": out.removed.removed,
+            "trashed": out.removed.trashed,
+            "newest_removed": out.newest_removed,
+        }));
     }
     let verb = if args.dry_run {
         "would remove"

@@ -5,14 +5,29 @@ use crate::cli::{Cli, GcArgs};
 use crate::output::{bytes, print_json};
 
 pub async fn run(cli: &Cli, args: &GcArgs) -> Result<()> {
-    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
+    let repo = crate::open::open(cli).await?;
     let report = gc::run(&repo, args.dry_run).await?;
+    record_metrics(&report);
     if cli.json {
         print_json(&report)
     } else {
         print_report(&report);
         Ok(())
     }
+}
+
+pub fn record_metrics(r: &GcReport) {
+    use crate::metrics::record;
+    for (kind, v) in [
+        ("chunks_deleted", r.chunks_deleted),
+        ("nodes_deleted", r.nodes_deleted),
+        ("manifests_removed", r.trash_removed),
+        ("dead_leases_removed", r.dead_leases_removed),
+    ] {
+        record("xfull_gc_objects", &[("kind", kind)], v as f64);
+    }
+    record("xfull_gc_bytes_freed", &[], r.bytes_freed as f64);
+    crate::metrics::record_requests("gc", r.requests.iter().map(|(k, v)| (k.as_str(), *v)));
 }
 
 pub fn print_report(r: &GcReport) {

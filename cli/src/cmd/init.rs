@@ -26,7 +26,7 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
     config
         .validate()
         .map_err(xfull_core::Error::InvalidArgument)?;
-    let repo = crate::open::init(cli.repo()?, &cli.s3, config).await?;
+    let repo = crate::open::init(cli, config).await?;
     let c = repo.config();
     if cli.json {
         print_json(&serde_json::json!({

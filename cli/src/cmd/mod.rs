@@ -9,6 +9,7 @@ pub mod points;
 pub mod prune;
 pub mod repair;
 pub mod restore;
+pub mod shell;
 pub mod show;
 pub mod snapshot_diff;
 pub mod stats;

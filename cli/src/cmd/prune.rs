@@ -5,11 +5,11 @@ use xfull_core::prune::span::Span;
 use xfull_core::prune::{self, VmPlan};
 
 use crate::cli::{Cli, PruneArgs, split_pair};
-use crate::output::{print_json, printable};
+use crate::output::{json_time, print_json, printable};
 
 pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
     let policy = policy(args)?;
-    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
+    let repo = crate::open::open(cli).await?;
     let vm = args.vm.as_deref().map(str::parse).transpose()?;
     let plans = prune::plan(&repo, vm.as_ref(), &policy).await?;
     for w in plans.iter().flat_map(|p| &p.warnings) {
@@ -28,12 +28,23 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
             gc = Some(xfull_core::gc::run(&repo, false).await?);
         }
     }
+    let kept = plans.iter().map(|p| p.decisions.len()).sum::<usize>() - doomed.len();
+    crate::metrics::record("xfull_prune_points", &[("kind", "kept")], kept as f64);
+    crate::metrics::record(
+        "xfull_prune_points",
+        &[("kind", "removed")],
+        removed.removed as f64,
+    );
+    if let Some(r) = &gc {
+        super::gc::record_metrics(r);
+    }
     if cli.json {
         return print_json(&serde_json::json!({
             "dry_run": args.dry_run,
-            "policy": policy,
-            "plan": plans,
-            "removed": removed,
+            "policy": policy_json(&policy),
+            "plan": plans.iter().map(plan_json).collect::<Vec<_>>(),
+            "removed": removed.removed,
+            "trashed": removed.trashed,
             "gc": gc,
         }));
     }
@@ -92,5 +103,39 @@ fn policy(a: &PruneArgs) -> Result<Policy> {
         yearly: a.keep_yearly,
         within,
         labels,
+        forget_disks: a.forget_disks,
     })
+}
+
+/// The policy as JSON: the span as it is written (`7d`), labels as
+/// `KEY=VALUE` strings.
+fn policy_json(p: &Policy) -> serde_json::Value {
+    serde_json::json!({
+        "keep_last": p.last,
+        "keep_hourly": p.hourly,
+        "keep_daily": p.daily,
+        "keep_weekly": p.weekly,
+        "keep_monthly": p.monthly,
+        "keep_yearly": p.yearly,
+        "keep_within": p.within.map(|s| s.to_string()),
+        "keep_labels": p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "forget_disks": p.forget_disks,
+    })
+}
+
+fn plan_json(p: &VmPlan) -> serde_json::Value {
+    let decisions: Vec<_> = p
+        .decisions
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "id": d.id.as_str(),
+                "point": format!("{}@{}", p.vm, d.id),
+                "time": json_time(&d.time),
+                "keep": d.keep,
+                "reasons": d.reasons,
+            })
+        })
+        .collect();
+    serde_json::json!({"vm": p.vm.as_str(), "decisions": decisions, "warnings": p.warnings})
 }

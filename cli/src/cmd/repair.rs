@@ -12,9 +12,9 @@ use crate::progress_ui::Bar;
 
 pub async fn run(cli: &Cli, args: &RepairArgs) -> Result<()> {
     let sources = sources(args)?;
-    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
+    let repo = crate::open::open(cli).await?;
     let progress = crate::progress();
-    let bar = Bar::start(progress.clone(), "repair", cli.json);
+    let bar = Bar::start(progress.clone(), "repair", cli, true);
     let opts = RepairOptions {
         read_data: args.read_data,
         dry_run: args.dry_run,

@@ -1,5 +1,4 @@
 use anyhow::Result;
-use xfull_core::point_spec::PointSpec;
 use xfull_core::restore::{Allow, RestoreOptions, RestoreOutcome, Target, restore};
 
 use crate::cli::{Cli, RestoreArgs};
@@ -14,13 +13,12 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
         force: args.force,
     };
     let target = Target::parse_allowing(&args.to, allow)?;
-    let spec: PointSpec = args.point.parse()?;
-    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
-    let m = repo.resolve(&spec).await?;
+    let repo = crate::open::open(cli).await?;
+    let m = crate::point_name::load(&repo, &args.point).await?;
     // Fail on an unknown disk before creating the target.
     m.disk(&args.disk)?;
     let progress = crate::progress();
-    let bar = Bar::start(progress.clone(), "restore", cli.json);
+    let bar = Bar::start(progress.clone(), "restore", cli, true);
     let out = restore(
         &repo,
         &m,
@@ -37,7 +35,7 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
     drop(bar);
     // With the image on stdout, the report goes to stderr.
     let report = if cli.json {
-        serde_json::to_string_pretty(&serde_json::json!({
+        crate::output::json_text(&serde_json::json!({
             "point": m.point_name(),
             "disk": args.disk,
             "to": args.to,

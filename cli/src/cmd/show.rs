@@ -1,13 +1,11 @@
 use anyhow::Result;
-use xfull_core::point_spec::PointSpec;
 
 use crate::cli::{Cli, ShowArgs};
 use crate::output::{PointView, bytes, print_json, printable, stats_line};
 
 pub async fn run(cli: &Cli, args: &ShowArgs) -> Result<()> {
-    let spec: PointSpec = args.point.parse()?;
-    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
-    let m = repo.resolve(&spec).await?;
+    let repo = crate::open::open(cli).await?;
+    let m = crate::point_name::load(&repo, &args.point).await?;
     if cli.json {
         return print_json(&PointView::from(&m));
     }

@@ -6,7 +6,7 @@ use crate::output::{bytes, print_json, printable};
 /// Not an integrity check: damaged manifests are reported (stderr, and
 /// `damaged` in JSON) and left out of the counts; the command succeeds.
 pub async fn run(cli: &Cli) -> Result<()> {
-    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
+    let repo = crate::open::open(cli).await?;
     let s = xfull_core::stats::collect(&repo).await?;
     for d in &s.damaged {
         eprintln!(
@@ -37,7 +37,12 @@ pub async fn run(cli: &Cli) -> Result<()> {
         bytes(s.manifest_bytes)
     );
     match s.dedup_ratio {
-        Some(r) => println!("dedup ratio {r:.2} (logical / stored)"),
+        // Chunks are stored compressed and their plain size is not
+        // recorded: this ratio is deduplication and compression together.
+        Some(r) => println!(
+            "logical / stored {r:.2} (deduplication and compression together; `xfull show` \
+             gives each backup's reused and changed data apart)"
+        ),
         None => println!("dedup ratio: nothing stored"),
     }
     if s.leases + s.trash_points > 0 {

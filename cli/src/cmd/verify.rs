@@ -1,5 +1,4 @@
 use anyhow::Result;
-use xfull_core::point_spec::PointSpec;
 use xfull_core::verify::{Subset, VerifyOptions, VerifyReport, verify};
 
 use crate::cli::{Cli, VerifyArgs};
@@ -7,33 +6,32 @@ use crate::output::{bytes, print_json, printable};
 use crate::progress_ui::Bar;
 
 pub async fn run(cli: &Cli, args: &VerifyArgs) -> Result<()> {
-    let specs: Vec<PointSpec> = args
-        .points
-        .iter()
-        .map(|p| p.parse())
-        .collect::<Result<_, _>>()?;
     let subset = args.subset.as_deref().map(Subset::parse).transpose()?;
-    let repo = crate::open::open(cli.repo()?, &cli.s3).await?;
+    let repo = crate::open::open(cli).await?;
     let mut points = Vec::new();
-    for s in &specs {
-        let m = repo.resolve(s).await?;
+    for name in &args.points {
+        let m = crate::point_name::load(&repo, name).await?;
         points.push((m.vm, m.id));
     }
     let progress = crate::progress();
-    let bar = Bar::start(progress.clone(), "verify", cli.json || !args.read_data);
+    let bar = Bar::start(progress.clone(), "verify", cli, args.read_data);
     let opts = VerifyOptions {
         read_data: args.read_data,
         subset,
         record_damage: true,
         ..VerifyOptions::default()
     };
-    let report = verify(&repo, &points, &opts, progress).await?;
+    let result = verify(&repo, &points, &opts, progress).await;
     drop(bar);
+    let requests = repo.backend().request_counts();
+    crate::metrics::record_requests("verify", requests.iter().map(|(k, v)| (*k, *v)));
+    let report = result?;
+    record_metrics(&report);
     if cli.json {
         print_json(&serde_json::json!({
             "clean": report.is_clean(),
             "read_data": args.read_data,
-            "subset": subset,
+            "subset": subset.map(subset_text),
             "report": report,
         }))?;
     } else {
@@ -46,6 +44,26 @@ pub async fn run(cli: &Cli, args: &VerifyArgs) -> Result<()> {
             points: report.damaged.len(),
         }
         .into())
+    }
+}
+
+/// `--subset` as a plain string: `10%` or `3/7`.
+fn subset_text(s: Subset) -> String {
+    match s {
+        Subset::Percent(p) => format!("{p}%"),
+        Subset::Part { n, m } => format!("{n}/{m}"),
+    }
+}
+
+fn record_metrics(r: &VerifyReport) {
+    use crate::metrics::record;
+    record("xfull_verify_points", &[], r.points as f64);
+    record("xfull_verify_damaged_points", &[], r.damaged.len() as f64);
+    for (kind, v) in [
+        ("damaged", r.objects_damaged),
+        ("missing", r.objects_missing),
+    ] {
+        record("xfull_verify_damaged_objects", &[("kind", kind)], v as f64);
     }
 }
 

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::id::PointId;
 use crate::manifest::{Audit, BackupStats, DiskManifest, Manifest};
 use crate::names::{DiskName, VmName};
-use crate::progress::{Notice, Progress};
+use crate::progress::{Notice, Progress, Warning};
 use crate::repo::{Repository, Stored};
 use crate::session::{Check, Session};
 use crate::source::DiskSource;
@@ -108,6 +108,12 @@ pub async fn backup(
     let started = Instant::now();
     check_time(repo, &req)?;
     let mut disks = prepare(&req).await?;
+    for d in &disks {
+        // An NBD export is the guest-visible disk, not a container file.
+        if d.source.is_local() {
+            crate::image_format::warn_if_container(&d.name, &d.source, &progress);
+        }
+    }
     // The lease comes before reading any parent (docs/design.md,
     // "Concurrency"): a parent read after it is either protected by the
     // sweeps that see the lease, or re-checked before the commit.
@@ -187,11 +193,9 @@ async fn commit_and_recheck(
     let replaced = commit.replaced.clone();
     let manifest = commit_point(repo, req.clone(), commit, started).await?;
     if manifest.stats.objects_restored > 0 {
-        progress.notice(Notice::Warning(format!(
-            "{} chunk(s) or node(s) this point shares with its parent were missing or damaged \
-             in the repository and were stored again",
-            manifest.stats.objects_restored
-        )));
+        progress.notice(Notice::Warning(Warning::ObjectsStoredAgain {
+            objects: manifest.stats.objects_restored,
+        }));
     }
     // Best effort: a stale record only costs another upload.
     let _ = crate::damage::clear(repo, &replaced).await;
@@ -292,11 +296,9 @@ async fn settle_sweeps(
                     let disks: Vec<_> = commit.disks.iter().map(|(s, d)| (s.clone(), d)).collect();
                     let r = repair::ensure_present(repo, &disks).await?;
                     if r.segments_restored > 0 {
-                        progress.notice(Notice::Warning(format!(
-                            "a concurrent gc removed data this backup uses; {} segment(s) were \
-                             read again from the source and stored",
-                            r.segments_restored
-                        )));
+                        progress.notice(Notice::Warning(Warning::SegmentsReadAgain {
+                            segments: r.segments_restored,
+                        }));
                     }
                 }
                 session.settle(&check);
@@ -460,6 +462,7 @@ async fn find_parents(
             ids
         }
     };
+    let mut seen_newest = false;
     for id in candidates {
         if disks.iter().all(|d| d.parent.is_some()) {
             break;
@@ -471,15 +474,18 @@ async fn find_parents(
             Err(Error::PointNotFound { .. }) if req.parent.is_none() => continue,
             // A damaged manifest cannot be a parent; an older point can.
             Err(e) if e.is_damage() && req.parent.is_none() => {
-                progress.notice(Notice::Warning(format!(
-                    "point {}@{id} is damaged and not used as a parent ({e}); run `xfull \
-                     verify`, then `xfull repair`",
-                    req.vm
-                )));
+                progress.notice(Notice::Warning(Warning::DamagedParentSkipped {
+                    point: format!("{}@{id}", req.vm),
+                    reason: e.to_string(),
+                }));
                 continue;
             }
             Err(e) => return Err(e),
         };
+        if !seen_newest {
+            seen_newest = true;
+            warn_dropped_disks(&m, disks, progress);
+        }
         for d in disks.iter_mut().filter(|d| d.parent.is_none()) {
             if let Ok(pd) = m.disk(d.name.as_str())
                 && pd.segment_size == seg
@@ -489,6 +495,20 @@ async fn find_parents(
         }
     }
     Ok(())
+}
+
+/// A disk the newest point (or `--parent`) has and this backup omits
+/// would silently leave the VM's newest state: say so (prune keeps the
+/// point that still holds it).
+fn warn_dropped_disks(newest: &Manifest, disks: &[Prepared], progress: &Progress) {
+    for pd in &newest.disks {
+        if !disks.iter().any(|d| d.name == pd.name) {
+            progress.notice(Notice::Warning(Warning::DiskDropped {
+                disk: pd.name.to_string(),
+                point: newest.point_name(),
+            }));
+        }
+    }
 }
 
 async fn back_up_disk(
@@ -552,11 +572,10 @@ async fn back_up_disk(
             "{source}; {damaged} segment(s) read in full: their parent nodes are missing or \
              damaged, or hold damaged chunks"
         );
-        progress.notice(Notice::Warning(format!(
-            "disk {}: {damaged} segment(s) of the parent point have missing or damaged nodes \
-             or chunks; those segments are read and stored in full (run `xfull verify`)",
-            d.name
-        )));
+        progress.notice(Notice::Warning(Warning::ParentSegmentsDamaged {
+            disk: d.name.to_string(),
+            segments: damaged,
+        }));
     }
     let mut audit = None;
     let mut audit_read = 0;

@@ -12,7 +12,7 @@ use crate::backup::plan::{BitmapRef, ChangeSource};
 use crate::backup::{BackupRequest, backup};
 use crate::error::{Error, Result};
 use crate::manifest::{DiskManifest, Manifest};
-use crate::progress::{Notice, Progress};
+use crate::progress::{Notice, Progress, Warning};
 use crate::qmp::{DiskRequest, PullOptions, PullSession, Qmp, QmpError};
 use crate::repo::Repository;
 
@@ -111,7 +111,9 @@ pub async fn backup_with_qmp(
         .await
         .map_err(qmp_err)?;
     for n in session.notes() {
-        progress.notice(Notice::Warning(n.clone()));
+        progress.notice(Notice::Warning(Warning::HypervisorCleanup {
+            message: n.clone(),
+        }));
     }
     for d in session.disks() {
         let name = d.name.parse()?;
@@ -129,18 +131,22 @@ pub async fn backup_with_qmp(
                     }]),
                 );
             }
-            None if parent.is_some() => progress.notice(Notice::Warning(format!(
-                "disk {}: {}",
-                d.name,
-                d.full_read.as_deref().unwrap_or("reading the disk in full")
-            ))),
+            None if parent.is_some() => {
+                progress.notice(Notice::Warning(Warning::CheckpointUnusable {
+                    disk: d.name.clone(),
+                    reason: d
+                        .full_read
+                        .clone()
+                        .unwrap_or_else(|| "reading the disk in full".into()),
+                }))
+            }
             None => {}
         }
         req.checkpoints.insert(name, d.checkpoint.clone());
     }
     let result = backup(repo, req, progress.clone()).await;
     for n in session.finish(&mut conn, result.is_ok()).await {
-        progress.notice(Notice::Warning(n));
+        progress.notice(Notice::Warning(Warning::HypervisorCleanup { message: n }));
     }
     result
 }

@@ -118,13 +118,13 @@ async fn restore_segment(
         source.read_at(range.start, &mut buf)?;
         let sealed = seal_segment(&params, level, &buf, |_| true)?;
         if sealed.node_id != expected {
-            return Err(Error::InvalidArgument(format!(
-                "source disk {} changed while it was backed up (segment at offset {}): \
-                 a concurrent gc removed data this backup relies on, and it cannot be read \
-                 again; back up from a snapshot that does not change",
-                source.path().display(),
-                range.start
-            )));
+            return Err(Error::SourceChanged {
+                path: source.path().to_path_buf(),
+                offset: range.start,
+                reason: "a concurrent gc removed data this backup relies on, and it cannot be \
+                         read again; back up from a snapshot that does not change"
+                    .into(),
+            });
         }
         Ok::<_, Error>(sealed)
     })

@@ -77,6 +77,7 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
                     id,
                     time: m.time,
                     labels: m.labels,
+                    disks: m.disks.iter().map(|d| d.name.to_string()).collect(),
                 }),
                 // Pruned by someone else meanwhile: nothing to decide.
                 Err(Error::PointNotFound { .. }) => {}

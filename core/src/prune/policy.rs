@@ -24,6 +24,10 @@ pub struct Policy {
     pub within: Option<Span>,
     /// Keep every point with one of these labels.
     pub labels: Vec<(String, String)>,
+    /// Let the rules remove the newest point that holds a disk name (else
+    /// it is kept: a disk left out of later backups would otherwise lose
+    /// its last copy to `--keep-last 1`).
+    pub forget_disks: bool,
 }
 
 impl Policy {
@@ -45,6 +49,8 @@ pub struct Candidate {
     pub id: PointId,
     pub time: DateTime<Utc>,
     pub labels: BTreeMap<String, String>,
+    /// The names of the point's disks.
+    pub disks: Vec<String>,
 }
 
 /// The plan for one point.
@@ -128,6 +134,9 @@ pub fn plan(points: &[Candidate], policy: &Policy) -> Result<Vec<Decision>, Stri
             }
         }
     }
+    if !policy.forget_disks {
+        keep_last_copy_of_each_disk(&sorted, &mut reasons);
+    }
     Ok(sorted
         .into_iter()
         .zip(reasons)
@@ -138,4 +147,22 @@ pub fn plan(points: &[Candidate], policy: &Policy) -> Result<Vec<Decision>, Stri
             reasons,
         })
         .collect())
+}
+
+/// Keeps the newest point holding each disk name when the rules would
+/// remove it: the disk has no newer copy (it was left out of later
+/// backups). `sorted` is newest first.
+fn keep_last_copy_of_each_disk(sorted: &[&Candidate], reasons: &mut [Vec<String>]) {
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, p) in sorted.iter().enumerate() {
+        for d in &p.disks {
+            if seen.contains(&d.as_str()) {
+                continue;
+            }
+            seen.push(d);
+            if reasons[i].is_empty() || reasons[i][0].starts_with("newest with disk") {
+                reasons[i].push(format!("newest with disk {d}"));
+            }
+        }
+    }
 }

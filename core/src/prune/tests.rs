@@ -19,6 +19,7 @@ fn points(times: &[&str]) -> Vec<Candidate> {
             id: PointId::new(at(t)),
             time: at(t),
             labels: BTreeMap::new(),
+            disks: vec!["sys".into()],
         })
         .collect()
 }
@@ -198,6 +199,7 @@ fn points_of_the_same_second_are_told_apart() {
             id: PointId::new(t),
             time: t + chrono::Duration::microseconds(i),
             labels: BTreeMap::new(),
+            disks: vec!["sys".into()],
         })
         .collect();
     let d = plan(
@@ -211,4 +213,39 @@ fn points_of_the_same_second_are_told_apart() {
     assert_eq!(d.iter().filter(|d| d.keep).count(), 1);
     assert_eq!(d[0].time, t + chrono::Duration::microseconds(2));
     assert!(d[0].keep);
+}
+
+#[test]
+fn the_newest_point_holding_a_disk_is_kept_unless_disks_may_be_forgotten() {
+    // Points newest first: "other" only, then "sys" (the only copy of sys),
+    // then "sys" again (an older copy).
+    let mut pts = points(&[
+        "2026-06-03T00:00:00Z",
+        "2026-06-02T00:00:00Z",
+        "2026-06-01T00:00:00Z",
+    ]);
+    pts[0].disks = vec!["other".into()];
+    let policy = Policy {
+        last: 1,
+        ..Policy::default()
+    };
+    let d = plan(&pts, &policy).unwrap();
+    let kept: Vec<(bool, Vec<String>)> = d.iter().map(|d| (d.keep, d.reasons.clone())).collect();
+    assert_eq!(
+        kept,
+        vec![
+            (true, vec!["last 1".to_string()]),
+            (true, vec!["newest with disk sys".to_string()]),
+            (false, vec![]),
+        ]
+    );
+    let d = plan(
+        &pts,
+        &Policy {
+            forget_disks: true,
+            ..policy
+        },
+    )
+    .unwrap();
+    assert_eq!(d.iter().filter(|d| d.keep).count(), 1);
 }

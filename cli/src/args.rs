@@ -1,0 +1,338 @@
+//! The arguments of each command.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::cli::{S3Args, parse_secs, parse_size};
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Also read every chunk to find damage (else: listings, metadata and
+    /// the damage that verify, restore and backups recorded).
+    #[arg(long)]
+    pub read_data: bool,
+    /// With --disk: the VM whose disk images to store data from again.
+    #[arg(long, requires = "disks")]
+    pub vm: Option<String>,
+    /// DISK=PATH: an image of the VM's disk (e.g. the snapshot a damaged
+    /// point was taken from) holding data to store again; repeatable.
+    #[arg(long = "disk", value_name = "DISK=PATH", requires = "vm")]
+    pub disks: Vec<String>,
+    /// Report what was found; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// VM@ID of each point to remove (`xfull points` lists them; a unique
+    /// prefix or suffix of the id will do).
+    #[arg(required = true)]
+    pub points: Vec<String>,
+    /// Print what would be removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// VM@ID (a unique prefix or suffix of the id will do) or VM@latest;
+    /// default: every point.
+    pub points: Vec<String>,
+    /// Also download, decompress and re-hash the chunks (each once).
+    #[arg(long)]
+    pub read_data: bool,
+    /// With --read-data, only a part: a percentage (random sample, e.g.
+    /// 10 or 2.5%) or N/M (part N of M; 1/M .. M/M cover every chunk).
+    #[arg(long, requires = "read_data", value_name = "PCT|N/M")]
+    pub subset: Option<String>,
+    /// Write the outcome as Prometheus text (for node_exporter's textfile
+    /// collector), replacing the file atomically.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only this VM's points (default: every VM, each planned on its own).
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Keep the N newest points.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest point of each of the last N hours that have points.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest point of each of the last N days that have points.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest point of each of the last N ISO weeks (Monday to
+    /// Sunday, UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest point of each of the last N months (UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest point of each of the last N years (UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep every point within this span of the VM's newest point, e.g.
+    /// 7d, 2w, 1y6m, 36h.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep every point with this label; repeatable.
+    #[arg(long = "keep-label", value_name = "KEY=VALUE")]
+    pub keep_labels: Vec<String>,
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove the points but leave their data to a later `xfull gc`.
+    #[arg(long)]
+    pub no_gc: bool,
+    /// Let the rules remove the newest point that holds a disk name (by
+    /// default it is kept: a disk left out of later backups keeps its last
+    /// copy).
+    #[arg(long)]
+    pub forget_disks: bool,
+    /// Write the outcome as Prometheus text (for node_exporter's textfile
+    /// collector), replacing the file atomically.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Report what would be deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the outcome as Prometheus text (for node_exporter's textfile
+    /// collector), replacing the file atomically.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Segment size (power of two, 1M to 64M).
+    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    pub segment_size: u64,
+    /// Average chunk size; min and max default to avg/4 and avg*4.
+    #[arg(long, value_parser = parse_size, default_value = "128K")]
+    pub chunk_avg: u64,
+    /// Smallest chunk (default: avg/4).
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_min: Option<u64>,
+    /// Largest chunk (default: avg*4).
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_max: Option<u64>,
+    /// zstd level for chunks (1-19).
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+    /// A backup's lease (and a gc sweep's marker) not refreshed for this
+    /// long counts as dead: 30s, 10m, 1h.
+    #[arg(long, value_parser = parse_secs, default_value = "10m")]
+    pub lease_ttl: u64,
+    /// Largest clock difference expected between the store's servers;
+    /// gc leaves objects younger than this (plus the oldest running
+    /// backup's age) alone.
+    #[arg(long, value_parser = parse_secs, default_value = "1m")]
+    pub clock_margin: u64,
+    /// A gc sweep whose marker was not refreshed for this long is dead
+    /// (capped by the lease TTL): the longest a killed gc can delay a
+    /// backup.
+    #[arg(long, value_parser = parse_secs, default_value = "1m")]
+    pub sweep_ttl: u64,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// VM name: [A-Za-z0-9._-]{1,128}.
+    #[arg(long)]
+    pub vm: String,
+    /// DISK=PATH: a disk image file, a block device, or an NBD export
+    /// (`nbd+unix:///EXPORT?socket=PATH`, `nbd://HOST[:PORT]/EXPORT`) read
+    /// as the guest sees it, or with --qmp `qmp:NODE_OR_DRIVE`; repeatable.
+    #[arg(long = "disk", required = true, num_args = 1.., value_name = "DISK=PATH")]
+    pub disks: Vec<String>,
+    /// DISK=NAME[@URI]: a QEMU dirty bitmap holding the changes since the
+    /// parent, read from the disk's own NBD export, or from URI (another
+    /// node's export of the same shared disk); repeat for one bitmap per
+    /// node: they are unioned.
+    #[arg(long = "bitmap", value_name = "DISK=NAME[@URI]")]
+    pub bitmaps: Vec<String>,
+    /// QMP socket of a running QEMU or qemu-storage-daemon: disks given as
+    /// DISK=qmp:NODE_OR_DRIVE are read from a point-in-time view xfull sets
+    /// up there, with QEMU's checkpoint bitmaps as the change source.
+    #[arg(long, value_name = "SOCKET")]
+    pub qmp: Option<PathBuf>,
+    /// With --qmp: the unix socket of an NBD server QEMU already runs (it
+    /// runs at most one), to add the view's exports to. Without it xfull
+    /// starts one on a private socket and stops it afterwards.
+    #[arg(long, value_name = "PATH", requires = "qmp")]
+    pub qmp_nbd_socket: Option<PathBuf>,
+    /// With --qmp: where the view's temporary images go (they grow by what
+    /// the guest writes during the backup). Default: $TMPDIR or /var/tmp.
+    #[arg(long, value_name = "DIR", requires = "qmp")]
+    pub qmp_work_dir: Option<PathBuf>,
+    /// DISK=FILE: extents that changed since the parent (native JSON,
+    /// `qemu-img map --output=json` of an overlay, or `rbd diff --format
+    /// json`); repeat for one file per cluster node: they are unioned.
+    #[arg(long = "changed", value_name = "DISK=FILE")]
+    pub changed: Vec<String>,
+    /// DISK=OLD_IMAGE: find the changes by comparing the previous snapshot
+    /// image with the new one.
+    #[arg(long = "base", value_name = "DISK=OLD_IMAGE")]
+    pub base: Vec<String>,
+    /// Read every byte of every disk, ignoring change information.
+    #[arg(long, conflicts_with_all = ["changed", "base", "bitmaps"])]
+    pub full_scan: bool,
+    /// Re-read this percentage of the segments a change source calls
+    /// unchanged and check them against the parent; a mismatch makes the
+    /// disk fall back to a full scan.
+    #[arg(long, value_name = "PCT", default_value_t = xfull_core::backup::audit::DEFAULT_AUDIT_PERCENT)]
+    pub audit_unchanged: f64,
+    /// Deduplicate against this point of the VM instead of its latest:
+    /// VM@ID, or an ID (a unique prefix or suffix of one will do).
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// KEY=VALUE label stored with the point; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Host name recorded with the point (default: this machine's).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Record the point under this time (RFC 3339) instead of now.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Accept a --time further ahead than the repository's clock margin.
+    #[arg(long, requires = "time")]
+    pub allow_future: bool,
+    /// Write the outcome as Prometheus text (for node_exporter's textfile
+    /// collector), replacing the file atomically.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct PointsArgs {
+    /// Only this VM's points.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Only points recorded by this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only points with this label; repeatable (all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Only the N newest points of each VM.
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
+    /// Show times in UTC instead of local time.
+    #[arg(long)]
+    pub utc: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// VM@ID (a unique id prefix or suffix will do) or VM@latest.
+    pub point: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// VM@ID (a unique id prefix or suffix will do) or VM@latest.
+    pub point: String,
+    /// Which disk of the point.
+    #[arg(long)]
+    pub disk: String,
+    /// A new file, a block device (with --force), or - for stdout.
+    #[arg(long)]
+    pub to: String,
+    /// Replace an existing regular file (atomically, once the image is
+    /// complete); a symbolic link there is never followed or replaced.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Write onto a block device, destroying what it holds; a device in
+    /// use (mounted, or held by another program) is refused even so.
+    #[arg(long)]
+    pub force: bool,
+    /// Restore past damaged or missing data: write zeros there, list the
+    /// damaged ranges, keep the image, and exit with status 3.
+    #[arg(long)]
+    pub ignore_damage: bool,
+    /// Flush the image to stable storage (fsync) before reporting success.
+    #[arg(long)]
+    pub sync: bool,
+    /// Skip the BLAKE3 of the whole image (every chunk is still verified).
+    #[arg(long)]
+    pub no_image_hash: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// VM@ID (a unique id prefix or suffix will do) or VM@latest.
+    pub a: String,
+    /// VM@ID (a unique id prefix or suffix will do) or VM@latest.
+    pub b: String,
+    /// Only this disk (default: every disk the two points share).
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// With --disk: print only the native extent list (a file for `backup
+    /// --changed`), with or without --json.
+    #[arg(long, requires = "disk")]
+    pub extents: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotDiffArgs {
+    /// The older image.
+    pub old: std::path::PathBuf,
+    /// The newer image.
+    pub new: std::path::PathBuf,
+    /// Comparison granularity (power of two, 512 B to 16 MiB).
+    #[arg(long, value_parser = parse_size, default_value = "4K")]
+    pub block_size: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write one page per command (xfull.1, xfull-backup.1, ...) into this
+    /// directory instead of printing xfull.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}

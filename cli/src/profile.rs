@@ -1,0 +1,147 @@
+//! Named repositories in a config file, so that scheduled jobs say
+//! `-r @offsite` instead of repeating the URL and every S3 flag:
+//!
+//! ```toml
+//! [repositories.offsite]
+//! url = "s3://backups/xfull"
+//! s3_endpoint = "https://s3.example.net"
+//! s3_region = "eu-west-1"
+//! s3_storage_class_chunks = "STANDARD_IA"
+//! s3_sse = "AES256"
+//! ```
+//!
+//! Flags given on the command line win over the profile's values.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Deserialize;
+use xfull_core::Error;
+
+use crate::cli::{Cli, S3Args};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    repositories: BTreeMap<String, Profile>,
+}
+
+/// One named repository. Unknown keys are refused: a misspelt
+/// `s3_regoin` would otherwise be ignored silently.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    url: String,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_storage_class_chunks: Option<String>,
+    s3_sse: Option<String>,
+    #[serde(default)]
+    s3_no_conditional_put: bool,
+}
+
+/// The repository location and S3 options the command line means, with a
+/// `@NAME` profile expanded.
+pub fn resolve(cli: &Cli) -> Result<(String, S3Args)> {
+    let repo = cli.repo()?;
+    let flags = cli.s3_flags();
+    let Some(name) = repo.strip_prefix('@') else {
+        return Ok((repo.to_string(), flags));
+    };
+    let path = config_path(cli)?;
+    let profile = load(&path, name)?;
+    let from_file = S3Args {
+        s3_endpoint: profile.s3_endpoint,
+        s3_region: profile.s3_region,
+        s3_no_conditional_put: profile.s3_no_conditional_put,
+        s3_storage_class_chunks: profile.s3_storage_class_chunks,
+        s3_sse: profile.s3_sse,
+    };
+    check_values(&path, name, &from_file)?;
+    Ok((profile.url, flags.or(&from_file)))
+}
+
+fn usage(msg: String) -> anyhow::Error {
+    Error::InvalidArgument(msg).into()
+}
+
+fn config_path(cli: &Cli) -> Result<PathBuf> {
+    if let Some(p) = &cli.config {
+        return Ok(p.clone());
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".config"),
+            None => {
+                return Err(usage(
+                    "a @profile needs a config file: neither --config, XDG_CONFIG_HOME nor HOME \
+                     is set"
+                        .into(),
+                ));
+            }
+        },
+    };
+    Ok(base.join("xfull").join("config.toml"))
+}
+
+fn load(path: &Path, name: &str) -> Result<Profile> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        usage(format!(
+            "repository @{name}: cannot read the config file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mut file: ConfigFile = toml::from_str(&text).map_err(|e| {
+        // One line: the message and where, not toml's multi-line excerpt.
+        let line = e
+            .span()
+            .map(|s| format!(", line {}", text[..s.start].matches('\n').count() + 1))
+            .unwrap_or_default();
+        usage(format!(
+            "config file {}{line}: {}",
+            path.display(),
+            e.message()
+        ))
+    })?;
+    file.repositories.remove(name).ok_or_else(|| {
+        let known: Vec<String> = file.repositories.keys().map(|k| format!("@{k}")).collect();
+        usage(format!(
+            "no profile @{name} in {} (it has: {})",
+            path.display(),
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        ))
+    })
+}
+
+/// The same checks as the flags' (clap refuses bad flag values).
+fn check_values(path: &Path, name: &str, s3: &S3Args) -> Result<()> {
+    let bad = |key: &str, v: &str, allowed: &[&str]| {
+        usage(format!(
+            "config file {}, profile @{name}: {key} = {v:?} is not one of {}",
+            path.display(),
+            allowed.join(", ")
+        ))
+    };
+    if let Some(c) = &s3.s3_storage_class_chunks
+        && !xfull_s3::storage_classes().contains(&c.as_str())
+    {
+        return Err(bad(
+            "s3_storage_class_chunks",
+            c,
+            xfull_s3::storage_classes(),
+        ));
+    }
+    if let Some(v) = &s3.s3_sse
+        && !xfull_s3::SSE_VALUES.contains(&v.as_str())
+    {
+        return Err(bad("s3_sse", v, xfull_s3::SSE_VALUES));
+    }
+    Ok(())
+}
