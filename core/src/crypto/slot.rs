@@ -71,12 +71,13 @@ pub struct Argon2Params {
 }
 
 impl Argon2Params {
-    /// About 0.5 s and 64 MiB on the project's 2-core VM (measured in
-    /// `docs/design.md`, "Encryption"): costly for guessing, bearable per
-    /// command.
+    /// About 0.5 s of CPU and 64 MiB on the project's 2-core VM
+    /// (`bench/crypto`, `bench/results/crypto.md`): costly for guessing,
+    /// bearable once per command. One lane: the argon2 crate is built
+    /// without threads, so more lanes would only cost more time.
     pub const DEFAULT: Argon2Params = Argon2Params {
         m_kib: 64 * 1024,
-        t: 3,
+        t: 6,
         p: 1,
     };
 
