@@ -174,6 +174,17 @@ impl MasterKeys {
         })
     }
 
+    /// A public value that names this key set, for the repository config
+    /// to record at `init`: keys unlocked from a slot that was planted (or
+    /// copied from another repository) then fail to match. A PRF output
+    /// under the id key and a label: it reveals nothing about the keys.
+    pub fn check_value(&self) -> [u8; 32] {
+        let mut input = Vec::with_capacity(64);
+        input.extend_from_slice(b"xfull key check v1\0");
+        input.extend_from_slice(&self.data_public.0);
+        *blake3::keyed_hash(self.id_key.as_bytes(), &input).as_bytes()
+    }
+
     /// True when both sets are the same repository's keys (the data
     /// secret aside).
     pub fn same_repository(&self, other: &MasterKeys) -> bool {
@@ -237,6 +248,13 @@ mod tests {
         );
         assert_eq!(full.id_hasher().id(b"x"), backup.id_hasher().id(b"x"));
         assert!(backup.slot_auth_key("key add").is_err());
+    }
+
+    #[test]
+    fn the_check_value_is_the_same_for_every_slot_of_a_repository_only() {
+        let k = MasterKeys::generate();
+        assert_eq!(k.check_value(), k.backup_only().check_value());
+        assert_ne!(k.check_value(), MasterKeys::generate().check_value());
     }
 
     #[test]
