@@ -143,8 +143,8 @@ fn data(args: &[String]) {
             }
         });
         decompress.push(t);
-        hash.push(time(|| chunks.iter().map(|c| plain.id(c)).count()).0);
-        khash.push(time(|| chunks.iter().map(|c| keyed.id(c)).count()).0);
+        hash.push(time(|| chunks.iter().map(|c| plain.id(c)).collect::<Vec<_>>()).0);
+        khash.push(time(|| chunks.iter().map(|c| keyed.id(c)).collect::<Vec<_>>()).0);
         stored_plain = compressed.iter().map(Vec::len).sum();
         stored_sealed = sealed.iter().map(Vec::len).sum();
     }
