@@ -179,6 +179,37 @@ pub enum Error {
     /// A background task died unexpectedly (a bug, or the runtime shut down).
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// No key slot of the repository opens with the secret given (a wrong
+    /// password or key file); `secret` says which and where it came from.
+    #[error("no key slot of the repository at {location} opens with the {secret}")]
+    WrongSecret { location: String, secret: String },
+
+    /// The password or key file could not be had from where it was asked
+    /// for (a missing file, a failing command, no terminal).
+    #[error("cannot read the {secret}: {reason}")]
+    SecretSource { secret: String, reason: String },
+
+    /// The repository was opened with a backup-only key and the operation
+    /// needs a full-access key (reading chunk data, managing keys).
+    #[error("{operation} needs a full-access key; this key (slot {slot}) is backup-only")]
+    MissingCapability { operation: String, slot: String },
+
+    /// `key remove` asked for a slot that is not there.
+    #[error("no key slot {slot} in the repository at {location}")]
+    KeySlotNotFound { location: String, slot: String },
+
+    /// Removing this slot would leave no full-access key: nobody could
+    /// restore, and the data would be lost for good.
+    #[error(
+        "refusing to remove key slot {slot}: it is the last full-access key slot of the \
+         repository (add another one first)"
+    )]
+    LastFullKeySlot { slot: String },
+
+    /// Master keys are made once per repository; `keys/` already has slots.
+    #[error("the repository at {location} already has key slots; refusing to make new master keys")]
+    KeysExist { location: String },
 }
 
 impl Error {

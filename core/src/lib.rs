@@ -23,6 +23,7 @@ pub mod chunker;
 pub mod config;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+pub mod crypto;
 pub mod damage;
 pub mod diff;
 pub mod error;

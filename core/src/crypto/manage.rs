@@ -1,0 +1,213 @@
+//! Key management on `keys/` through the [`Backend`]: what `init`, the
+//! opening of a repository and `xfull key list | add | remove | passwd`
+//! call.
+//!
+//! Rules: a wrong secret writes nothing; a new slot is written (create-
+//! only) before an old one is removed, so a crash between the two leaves
+//! both, never neither; the last authentic full-access slot is never
+//! removed. Managing slots needs a full-access key (only it can sign
+//! slots: crypto/slot.rs).
+
+use chrono::Utc;
+use futures::TryStreamExt;
+
+use crate::backend::{Backend, PutMode};
+use crate::crypto::master::{Access, MasterKeys};
+use crate::crypto::secret::Secret;
+use crate::crypto::slot::{self, Argon2Params, KeySlot, SLOTS};
+use crate::error::{Error, Result};
+
+/// Reads every key slot; damaged ones come back as errors in place.
+async fn read_slots(backend: &dyn Backend) -> Result<Vec<(String, Result<KeySlot>)>> {
+    let metas: Vec<_> = backend.list(SLOTS).try_collect().await?;
+    let mut out = Vec::new();
+    for meta in metas {
+        let Some(id) = slot::parse_slot_key(&meta.key) else {
+            continue; // not a slot name: a stray file, ignored like elsewhere
+        };
+        let slot = match backend.get(&meta.key).await {
+            Ok(bytes) => KeySlot::decode(&meta.key, &bytes),
+            Err(e) if e.is_not_found() => continue, // removed meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        out.push((id.to_string(), slot));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Makes the master keys of a new repository and its first slot (full
+/// access) for `secret`. Refused if `keys/` already holds slots.
+pub async fn create_keys(
+    backend: &dyn Backend,
+    secret: &Secret,
+    params: Argon2Params,
+) -> Result<MasterKeys> {
+    if !read_slots(backend).await?.is_empty() {
+        return Err(Error::KeysExist {
+            location: backend.location(),
+        });
+    }
+    let keys = MasterKeys::generate();
+    let id = write_slot(backend, &keys, &keys, secret, params).await?;
+    Ok(keys.with_slot(&id))
+}
+
+/// Wraps `keys` for `secret` in a new slot, signed by `full`.
+async fn write_slot(
+    backend: &dyn Backend,
+    keys: &MasterKeys,
+    full: &MasterKeys,
+    secret: &Secret,
+    params: Argon2Params,
+) -> Result<String> {
+    let id = slot::new_slot_id();
+    let (k, f, s) = (keys.clone(), full.clone(), secret.clone());
+    let slot_id = id.clone();
+    let slot = crate::task::blocking("key slot derivation", move || {
+        KeySlot::create(&slot_id, &k, &f, &s, params, Utc::now())
+    })
+    .await??;
+    backend
+        .put(&slot.key(), slot.encode().into(), PutMode::Create)
+        .await?;
+    Ok(id)
+}
+
+/// The master keys, from the first slot that `secret` opens. A wrong
+/// secret is [`Error::WrongSecret`] naming where it came from; if no slot
+/// opens and some are damaged, the first damaged one is reported instead
+/// (the right one may be among them).
+pub async fn unlock(backend: &dyn Backend, secret: &Secret) -> Result<MasterKeys> {
+    let slots = read_slots(backend).await?;
+    if slots.is_empty() {
+        return Err(Error::corrupt(SLOTS, "the repository has no key slots"));
+    }
+    let mut damaged = None;
+    for (_, slot) in slots {
+        let slot = match slot {
+            Ok(slot) if slot.fits(secret) => slot,
+            Ok(_) => continue,
+            Err(e) => {
+                damaged.get_or_insert(e);
+                continue;
+            }
+        };
+        let s = secret.clone();
+        match crate::task::blocking("key slot derivation", move || slot.open(&s)).await? {
+            Ok(Some(keys)) => return Ok(keys),
+            Ok(None) => {}
+            Err(e) => {
+                damaged.get_or_insert(e);
+            }
+        }
+    }
+    Err(damaged.unwrap_or_else(|| Error::WrongSecret {
+        location: backend.location(),
+        secret: secret.source().to_string(),
+    }))
+}
+
+/// One line of `xfull key list`.
+#[derive(Debug)]
+pub struct SlotInfo {
+    pub id: String,
+    /// The slot's header, or why it cannot be read.
+    pub header: Result<slot::SlotHeader>,
+    /// Whether a full-access holder of this repository wrote it; `None`
+    /// when the lister's key is backup-only (it cannot tell).
+    pub authentic: Option<bool>,
+    /// The slot `keys` were unlocked from.
+    pub current: bool,
+}
+
+/// Every slot, with what can be told about it with `keys`.
+pub async fn list_slots(backend: &dyn Backend, keys: &MasterKeys) -> Result<Vec<SlotInfo>> {
+    let mut out = Vec::new();
+    for (id, slot) in read_slots(backend).await? {
+        let authentic = match (&slot, keys.access()) {
+            (Ok(s), Access::Full) => Some(s.is_authentic(keys)?),
+            (Err(_), Access::Full) => Some(false),
+            (_, Access::BackupOnly) => None,
+        };
+        out.push(SlotInfo {
+            current: id == keys.slot(),
+            id,
+            header: slot.map(|s| s.header),
+            authentic,
+        });
+    }
+    Ok(out)
+}
+
+/// Adds a slot for `secret` (`xfull key add [--backup-only]`); returns its
+/// id.
+pub async fn add_slot(
+    backend: &dyn Backend,
+    keys: &MasterKeys,
+    secret: &Secret,
+    access: Access,
+    params: Argon2Params,
+) -> Result<String> {
+    keys.slot_auth_key("key add")?;
+    let wrapped = match access {
+        Access::Full => keys.clone(),
+        Access::BackupOnly => keys.backup_only(),
+    };
+    write_slot(backend, &wrapped, keys, secret, params).await
+}
+
+/// Removes slot `id` (`xfull key remove`), unless no other authentic
+/// full-access slot would be left.
+pub async fn remove_slot(backend: &dyn Backend, keys: &MasterKeys, id: &str) -> Result<()> {
+    keys.slot_auth_key("key remove")?;
+    let slots = read_slots(backend).await?;
+    if !slots.iter().any(|(s, _)| s == id) {
+        return Err(Error::KeySlotNotFound {
+            location: backend.location(),
+            slot: id.to_string(),
+        });
+    }
+    // Count only slots this repository's full keys signed: a forged
+    // "full" slot (junk under a full header) must not let the real last
+    // one go.
+    let mut other_full = 0;
+    for (other, slot) in &slots {
+        if other != id
+            && let Ok(slot) = slot
+            && slot.header.access == Access::Full
+            && slot.is_authentic(keys)?
+        {
+            other_full += 1;
+        }
+    }
+    let removing_full = match slots.iter().find(|(s, _)| s == id) {
+        Some((_, Ok(slot))) => slot.header.access == Access::Full,
+        _ => false, // a damaged slot opens nothing: removing it loses nothing
+    };
+    if removing_full && other_full == 0 {
+        return Err(Error::LastFullKeySlot {
+            slot: id.to_string(),
+        });
+    }
+    backend.delete_many(&[slot::slot_key(id)]).await?;
+    Ok(())
+}
+
+/// Replaces the slot `keys` were unlocked from by one for `new`, with the
+/// same access (`xfull key passwd`); returns the new slot's id. The new
+/// slot is written before the old one goes.
+pub async fn change_secret(
+    backend: &dyn Backend,
+    keys: &MasterKeys,
+    new: &Secret,
+    params: Argon2Params,
+) -> Result<String> {
+    keys.slot_auth_key("key passwd")?;
+    let old = slot::slot_key(keys.slot());
+    let current = backend.get(&old).await?;
+    let access = KeySlot::decode(&old, &current)?.header.access;
+    let id = add_slot(backend, keys, new, access, params).await?;
+    backend.delete_many(&[old]).await?;
+    Ok(id)
+}

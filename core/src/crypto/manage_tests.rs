@@ -1,0 +1,220 @@
+//! Key management against the in-memory backend.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+use crate::backend::{Backend, PutMode};
+use crate::crypto::keyfile;
+use crate::crypto::manage::*;
+use crate::crypto::master::{Access, MasterKeys};
+use crate::crypto::seal::SealKind;
+use crate::crypto::secret::Secret;
+use crate::crypto::slot::{self, Argon2Params, KeySlot};
+use crate::error::Error;
+use crate::testing::MemBackend;
+
+const FAST: Argon2Params = Argon2Params {
+    m_kib: 64,
+    t: 1,
+    p: 1,
+};
+
+fn pw(s: &str) -> Secret {
+    Secret::password(s.as_bytes().to_vec(), format!("password {s:?}"))
+}
+
+async fn snapshot(b: &MemBackend) -> BTreeMap<String, Bytes> {
+    let mut out = BTreeMap::new();
+    for m in b.list("").try_collect::<Vec<_>>().await.unwrap() {
+        out.insert(m.key.clone(), b.get(&m.key).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn create_then_unlock_and_a_wrong_password_writes_nothing() {
+    let b = MemBackend::default();
+    let keys = create_keys(&b, &pw("right"), FAST).await.unwrap();
+    assert_eq!(keys.access(), Access::Full);
+    let unlocked = unlock(&b, &pw("right")).await.unwrap();
+    assert!(unlocked.same_repository(&keys));
+    assert_eq!(unlocked.slot(), keys.slot());
+
+    let before = snapshot(&b).await;
+    let e = unlock(&b, &pw("wrong")).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::WrongSecret { secret, .. } if secret == "password \"wrong\""),
+        "{e}"
+    );
+    assert!(!e.is_damage() && !e.is_usage());
+    assert_eq!(snapshot(&b).await, before, "nothing written");
+
+    let e = create_keys(&b, &pw("again"), FAST).await.unwrap_err();
+    assert!(matches!(e, Error::KeysExist { .. }), "{e}");
+    assert_eq!(snapshot(&b).await, before, "nothing written");
+}
+
+#[tokio::test]
+async fn passwd_then_the_old_password_fails_and_the_new_works() {
+    let b = MemBackend::default();
+    let keys = create_keys(&b, &pw("old"), FAST).await.unwrap();
+    let id = change_secret(&b, &keys, &pw("new"), FAST).await.unwrap();
+    assert_ne!(id, keys.slot());
+    assert!(matches!(
+        unlock(&b, &pw("old")).await.unwrap_err(),
+        Error::WrongSecret { .. }
+    ));
+    let k = unlock(&b, &pw("new")).await.unwrap();
+    assert!(k.same_repository(&keys));
+    assert_eq!(k.slot(), id);
+    assert_eq!(list_slots(&b, &k).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_backup_only_key_backs_up_but_cannot_read_data_or_manage_keys() {
+    let b = MemBackend::default();
+    let full = create_keys(&b, &pw("admin"), FAST).await.unwrap();
+    add_slot(&b, &full, &pw("host"), Access::BackupOnly, FAST)
+        .await
+        .unwrap();
+    let host = unlock(&b, &pw("host")).await.unwrap();
+    assert_eq!(host.access(), Access::BackupOnly);
+    // Dedup and incremental backups: same ids, parents' metadata readable.
+    assert_eq!(host.id_hasher().id(b"c"), full.id_hasher().id(b"c"));
+    let node = full.seal_meta(SealKind::Node, "nodes/aa/aa", b"parent node");
+    assert_eq!(
+        host.open_meta(SealKind::Node, "nodes/aa/aa", &node)
+            .unwrap(),
+        b"parent node"
+    );
+    // Writes data only the full key reads.
+    let chunk = host.data_sealer().seal(SealKind::Chunk, "c", b"disk data");
+    let e = host.data_opener("restore").unwrap_err();
+    assert!(matches!(e, Error::MissingCapability { .. }), "{e}");
+    let opened = full.data_opener("restore").unwrap();
+    assert_eq!(
+        opened.open(SealKind::Chunk, "c", &chunk).unwrap(),
+        b"disk data"
+    );
+    // Key management needs the full key, and the host's attempts write nothing.
+    let before = snapshot(&b).await;
+    for e in [
+        add_slot(&b, &host, &pw("x"), Access::Full, FAST)
+            .await
+            .unwrap_err(),
+        add_slot(&b, &host, &pw("x"), Access::BackupOnly, FAST)
+            .await
+            .unwrap_err(),
+        remove_slot(&b, &host, full.slot()).await.unwrap_err(),
+        change_secret(&b, &host, &pw("x"), FAST).await.unwrap_err(),
+    ] {
+        assert!(matches!(e, Error::MissingCapability { .. }), "{e}");
+    }
+    assert_eq!(snapshot(&b).await, before);
+    let listed = list_slots(&b, &host).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|s| s.authentic.is_none()));
+}
+
+#[tokio::test]
+async fn the_last_full_access_slot_is_never_removed() {
+    let b = MemBackend::default();
+    let full = create_keys(&b, &pw("a"), FAST).await.unwrap();
+    let backup = add_slot(&b, &full, &pw("b"), Access::BackupOnly, FAST)
+        .await
+        .unwrap();
+    let e = remove_slot(&b, &full, full.slot()).await.unwrap_err();
+    assert!(matches!(e, Error::LastFullKeySlot { .. }), "{e}");
+    let e = remove_slot(&b, &full, "0000000000000000")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::KeySlotNotFound { .. }), "{e}");
+    // A backup-only slot goes; then, with a second full slot, the first.
+    remove_slot(&b, &full, &backup).await.unwrap();
+    assert!(unlock(&b, &pw("b")).await.is_err());
+    let second = add_slot(&b, &full, &pw("c"), Access::Full, FAST)
+        .await
+        .unwrap();
+    remove_slot(&b, &full, full.slot()).await.unwrap();
+    assert!(unlock(&b, &pw("a")).await.is_err());
+    let c = unlock(&b, &pw("c")).await.unwrap();
+    assert_eq!(c.slot(), second);
+    let e = remove_slot(&b, &c, &second).await.unwrap_err();
+    assert!(matches!(e, Error::LastFullKeySlot { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_forged_full_slot_does_not_count_as_one() {
+    // An attacker with write access copies a full slot of another
+    // repository in: it looks like a second full slot, but is not this
+    // repository's, so the real last one must still be kept.
+    let b = MemBackend::default();
+    let full = create_keys(&b, &pw("a"), FAST).await.unwrap();
+    let other = MemBackend::default();
+    let theirs = create_keys(&other, &pw("evil"), FAST).await.unwrap();
+    let bytes = other.get(&slot::slot_key(theirs.slot())).await.unwrap();
+    let forged = slot::slot_key("ffffffffffffffff");
+    b.put(&forged, bytes, PutMode::Create).await.unwrap();
+    let e = remove_slot(&b, &full, full.slot()).await.unwrap_err();
+    assert!(matches!(e, Error::LastFullKeySlot { .. }), "{e}");
+    let listed = list_slots(&b, &full).await.unwrap();
+    let forged_info = listed.iter().find(|s| s.id == "ffffffffffffffff").unwrap();
+    assert_eq!(forged_info.authentic, Some(false));
+    assert!(
+        listed
+            .iter()
+            .any(|s| s.current && s.authentic == Some(true))
+    );
+}
+
+#[tokio::test]
+async fn key_file_slots_unlock_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = MemBackend::default();
+    let full = create_keys(&b, &pw("a"), FAST).await.unwrap();
+    let file = keyfile::generate(&dir.path().join("k")).unwrap();
+    add_slot(&b, &full, &file, Access::Full, FAST)
+        .await
+        .unwrap();
+    let k = unlock(&b, &keyfile::read(&dir.path().join("k")).unwrap())
+        .await
+        .unwrap();
+    assert!(k.same_repository(&full));
+    // Another key file is a wrong secret naming the file.
+    let wrong = keyfile::generate(&dir.path().join("other")).unwrap();
+    let e = unlock(&b, &wrong).await.unwrap_err();
+    assert!(e.to_string().contains("key file"), "{e}");
+    assert!(e.to_string().contains("other"), "{e}");
+}
+
+#[tokio::test]
+async fn damaged_slots_are_damage_when_nothing_else_opens() {
+    let b = MemBackend::default();
+    let full = create_keys(&b, &pw("a"), FAST).await.unwrap();
+    let key = slot::slot_key(full.slot());
+    let mut bytes = b.get(&key).await.unwrap().to_vec();
+    let n = bytes.len();
+    bytes[n - 40] ^= 1; // inside the wrapped keys
+    b.put(&key, bytes.into(), PutMode::Overwrite).await.unwrap();
+    let e = unlock(&b, &pw("a")).await.unwrap_err();
+    assert!(matches!(e, Error::WrongSecret { .. }), "{e}");
+    // A slot that does not decode is damage naming it.
+    b.put(&key, Bytes::from_static(b"XFK1junk"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let e = unlock(&b, &pw("a")).await.unwrap_err();
+    assert!(e.is_damage(), "{e}");
+    assert!(e.to_string().contains(&key), "{e}");
+    // No slots at all.
+    b.delete_many(&[key]).await.unwrap();
+    assert!(unlock(&b, &pw("a")).await.unwrap_err().is_damage());
+    // Stray names under keys/ are not slots.
+    b.put("keys/README", Bytes::from_static(b"x"), PutMode::Create)
+        .await
+        .unwrap();
+    assert!(unlock(&b, &pw("a")).await.unwrap_err().is_damage());
+    let _ = KeySlot::decode; // the decoder is fuzzed separately
+    let _ = MasterKeys::generate;
+}

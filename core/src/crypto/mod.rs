@@ -1,0 +1,39 @@
+//! Client-side encryption: keys, key slots, sealing, secret sources.
+//!
+//! Being built: nothing here is part of the repository format yet (see
+//! `docs/design.md`, "Encryption"). The format change wires it in at a few
+//! seams, which is why the pieces are shaped the way they are:
+//! - ids: every content id comes from one [`IdHasher`] (plain BLAKE3 for
+//!   `--encryption none`, keyed BLAKE3 otherwise);
+//! - metadata (nodes, manifests, indexes, leases, markers):
+//!   [`MasterKeys::seal_meta`] / [`MasterKeys::open_meta`] around the
+//!   framed bytes, with the object's key as its name;
+//! - chunk data: one [`DataSealer`] per writer, [`DataOpener`] to read
+//!   (full-access keys only: [`Error::MissingCapability`] otherwise);
+//! - opening a repository: [`create_keys`] in `init`, [`unlock`] in open,
+//!   with a [`Secret`] from [`SecretSources::resolve`].
+//!
+//! [`Error::MissingCapability`]: crate::error::Error::MissingCapability
+
+mod cbor_bytes;
+pub mod data;
+pub mod id_hasher;
+pub mod keyfile;
+pub mod manage;
+#[cfg(test)]
+mod manage_tests;
+pub mod master;
+pub mod password;
+pub mod prompt;
+pub mod seal;
+pub mod secret;
+pub mod slot;
+
+pub use data::{DataOpener, DataPublicKey, DataSealer, DataSecretKey};
+pub use id_hasher::IdHasher;
+pub use manage::{SlotInfo, add_slot, change_secret, create_keys, list_slots, remove_slot, unlock};
+pub use master::{Access, MasterKeys};
+pub use password::SecretSources;
+pub use seal::{SealKind, open, seal};
+pub use secret::{Secret, SecretKey, SecretKind};
+pub use slot::{Argon2Params, KeySlot};

@@ -1,0 +1,320 @@
+//! Where the secret comes from, in this order: `--key-file`,
+//! `--password-command`, `XFULL_PASSWORD_FILE`, `XFULL_PASSWORD` (the
+//! weakest: other processes of the same user may read the environment),
+//! else a prompt on the terminal. A source that fails is an error naming
+//! it; a later source is never tried instead (a typo in a file name must
+//! not fall through to another password).
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use zeroize::Zeroizing;
+
+use crate::crypto::keyfile;
+use crate::crypto::prompt;
+use crate::crypto::secret::Secret;
+use crate::error::{Error, Result};
+
+/// Longest password read from a file or a command.
+const MAX_PASSWORD: u64 = 4096;
+
+/// The secret sources given to one command.
+#[derive(Default)]
+pub struct SecretSources {
+    /// `--key-file PATH`
+    pub key_file: Option<PathBuf>,
+    /// `--password-command CMD`, run with `sh -c`
+    pub password_command: Option<String>,
+    /// `XFULL_PASSWORD_FILE`
+    pub password_file: Option<PathBuf>,
+    /// `XFULL_PASSWORD`
+    pub password: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for SecretSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSources")
+            .field("key_file", &self.key_file)
+            .field("password_command", &self.password_command)
+            .field("password_file", &self.password_file)
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+/// Whether to ask on the terminal when no other source is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// Ask once (opening a repository).
+    Once,
+    /// Ask twice and compare (a new password: init, key add, passwd).
+    Confirm,
+    /// Never (scripts, tests): no source is an error.
+    Never,
+}
+
+impl SecretSources {
+    /// Adds `XFULL_PASSWORD_FILE` and `XFULL_PASSWORD` from `var` (the
+    /// process environment: `|n| std::env::var_os(n)`); empty values count
+    /// as unset, as `VAR= xfull ...` means in a shell.
+    pub fn with_env(mut self, var: impl Fn(&str) -> Option<OsString>) -> Self {
+        let set = |n: &str| var(n).filter(|v| !v.is_empty());
+        self.password_file = set("XFULL_PASSWORD_FILE").map(PathBuf::from);
+        self.password = set("XFULL_PASSWORD").map(|v| Zeroizing::new(v.into_vec()));
+        self
+    }
+
+    /// The secret, from the first source given.
+    pub fn resolve(&self, ask: Ask) -> Result<Secret> {
+        if self.key_file.is_some() && self.password_command.is_some() {
+            return Err(Error::InvalidArgument(
+                "--key-file and --password-command both given: use one".into(),
+            ));
+        }
+        if let Some(path) = &self.key_file {
+            return keyfile::read(path);
+        }
+        if let Some(cmd) = &self.password_command {
+            return from_command(cmd);
+        }
+        if let Some(path) = &self.password_file {
+            let source = format!("password file {} (XFULL_PASSWORD_FILE)", path.display());
+            let f = std::fs::File::open(path).map_err(|e| failed(&source, e.to_string()))?;
+            return from_reader(f, source);
+        }
+        if let Some(pw) = &self.password {
+            return checked(pw.to_vec(), "password from XFULL_PASSWORD".into());
+        }
+        let none = || {
+            failed(
+                "password",
+                "none given: use --key-file, --password-command, XFULL_PASSWORD_FILE or \
+                 XFULL_PASSWORD, or run on a terminal",
+            )
+        };
+        match ask {
+            Ask::Never => Err(none()),
+            Ask::Once | Ask::Confirm => {
+                let tty = prompt::Terminal::open().map_err(|_| none())?;
+                let pw = tty.ask("Repository password: ")?;
+                if ask == Ask::Confirm {
+                    let again = tty.ask("The same password again: ")?;
+                    if *pw != *again {
+                        return Err(failed("password from the terminal", "the two differ"));
+                    }
+                }
+                checked(pw.to_vec(), "password from the terminal".into())
+            }
+        }
+    }
+}
+
+fn failed(source: &str, reason: impl Into<String>) -> Error {
+    Error::SecretSource {
+        secret: source.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A password read from a file or a command's output: one trailing line
+/// end is not part of it.
+fn from_reader(r: impl Read, source: String) -> Result<Secret> {
+    let buf = read_bounded(r, &source)?;
+    let mut end = buf.len();
+    if buf[..end].ends_with(b"\n") {
+        end -= 1;
+        if buf[..end].ends_with(b"\r") {
+            end -= 1;
+        }
+    }
+    checked(buf[..end].to_vec(), source)
+}
+
+fn read_bounded(r: impl Read, source: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    r.take(MAX_PASSWORD + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| failed(source, e.to_string()))?;
+    if buf.len() as u64 > MAX_PASSWORD {
+        return Err(failed(source, format!("longer than {MAX_PASSWORD} bytes")));
+    }
+    Ok(buf)
+}
+
+fn checked(pw: Vec<u8>, source: String) -> Result<Secret> {
+    if pw.is_empty() {
+        // Zeroizing drops below wipe what was read.
+        return Err(failed(&source, "it is empty"));
+    }
+    Ok(Secret::password(pw, source))
+}
+
+fn from_command(cmd: &str) -> Result<Secret> {
+    let source = format!("password from --password-command {cmd:?}");
+    // stdin and stderr stay the terminal's, so that the command can ask
+    // (pass, gpg, systemd-ask-password).
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(&source, format!("cannot run sh: {e}")))?;
+    // Read (bounded) and close the pipe before waiting: a command that
+    // writes without end then stops on a broken pipe instead of blocking.
+    let out = match child.stdout.take() {
+        Some(stdout) => read_bounded(stdout, &source),
+        None => Err(failed(&source, "no output")),
+    };
+    let status = child
+        .wait()
+        .map_err(|e| failed(&source, format!("waiting for it: {e}")))?;
+    let out = out?;
+    if !status.success() {
+        return Err(failed(&source, format!("it failed ({status})")));
+    }
+    from_reader(&out[..], source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> + use<> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |n| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    fn source_of(e: &Error) -> String {
+        match e {
+            Error::SecretSource { secret: source, .. } => source.clone(),
+            other => panic!("not a secret source error: {other}"),
+        }
+    }
+
+    #[test]
+    fn sources_in_order_each_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw_file = dir.path().join("pw");
+        std::fs::write(&pw_file, "from-file\r\n").unwrap();
+        let pw_path = pw_file.to_str().unwrap();
+        let both = env(&[
+            ("XFULL_PASSWORD_FILE", pw_path),
+            ("XFULL_PASSWORD", "from-env"),
+        ]);
+
+        let s = SecretSources::default()
+            .with_env(&both)
+            .resolve(Ask::Never)
+            .unwrap();
+        assert_eq!(s.bytes(), b"from-file");
+        assert!(s.source().contains("XFULL_PASSWORD_FILE"), "{}", s.source());
+
+        let s = SecretSources::default()
+            .with_env(env(&[
+                ("XFULL_PASSWORD", "from-env"),
+                ("XFULL_PASSWORD_FILE", ""),
+            ]))
+            .resolve(Ask::Never)
+            .unwrap();
+        assert_eq!(s.bytes(), b"from-env");
+
+        let cmd = SecretSources {
+            password_command: Some("printf 'from-cmd\\n'".into()),
+            ..SecretSources::default()
+        }
+        .with_env(&both);
+        assert_eq!(cmd.resolve(Ask::Never).unwrap().bytes(), b"from-cmd");
+
+        // Only the last line end goes: a password may end in spaces or a
+        // second newline.
+        std::fs::write(&pw_file, "a b \n\n").unwrap();
+        let s = SecretSources::default()
+            .with_env(&both)
+            .resolve(Ask::Never)
+            .unwrap();
+        assert_eq!(s.bytes(), b"a b \n");
+    }
+
+    #[test]
+    fn a_failing_source_is_named_and_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let e = SecretSources::default()
+            .with_env(env(&[
+                ("XFULL_PASSWORD_FILE", missing.to_str().unwrap()),
+                ("XFULL_PASSWORD", "would-work"),
+            ]))
+            .resolve(Ask::Never)
+            .unwrap_err();
+        assert!(source_of(&e).contains("missing"), "{e}");
+
+        let e = SecretSources {
+            password_command: Some("echo hi; exit 3".into()),
+            ..SecretSources::default()
+        }
+        .resolve(Ask::Never)
+        .unwrap_err();
+        assert!(source_of(&e).contains("--password-command"), "{e}");
+        assert!(e.to_string().contains("exit status: 3"), "{e}");
+
+        let empty = SecretSources {
+            password_command: Some("true".into()),
+            ..SecretSources::default()
+        };
+        assert!(
+            empty
+                .resolve(Ask::Never)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+
+        let e = SecretSources::default().resolve(Ask::Never).unwrap_err();
+        assert!(e.to_string().contains("none given"), "{e}");
+
+        let both = SecretSources {
+            key_file: Some(missing.clone()),
+            password_command: Some("true".into()),
+            ..SecretSources::default()
+        };
+        assert!(both.resolve(Ask::Never).unwrap_err().is_usage());
+    }
+
+    #[test]
+    fn an_endless_command_output_is_bounded() {
+        let e = SecretSources {
+            password_command: Some("head -c 100000 /dev/zero".into()),
+            ..SecretSources::default()
+        }
+        .resolve(Ask::Never)
+        .unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+    }
+
+    #[test]
+    fn the_key_file_comes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let made = keyfile::generate(&path).unwrap();
+        let s = SecretSources {
+            key_file: Some(path),
+            ..SecretSources::default()
+        }
+        .with_env(env(&[("XFULL_PASSWORD", "x")]))
+        .resolve(Ask::Never)
+        .unwrap();
+        assert_eq!(s.bytes(), made.bytes());
+        assert_eq!(s.kind(), &crate::crypto::SecretKind::KeyFile);
+    }
+}

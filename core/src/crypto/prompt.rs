@@ -1,0 +1,186 @@
+//! Asking for a password on the controlling terminal, without echo.
+//!
+//! The terminal is put in non-canonical mode with echo and signal keys
+//! off, and read a byte at a time, so that Ctrl-C is seen here (and ends
+//! the prompt as an interruption) instead of leaving the terminal without
+//! echo; its settings are restored however the prompt ends.
+
+use std::fs::File;
+use std::io::{Read, Write};
+
+use rustix::termios::{self, LocalModes, OptionalActions, SpecialCodeIndex, Termios};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+const MAX_LEN: usize = 4096;
+
+/// The controlling terminal.
+#[derive(Debug)]
+pub struct Terminal {
+    tty: File,
+}
+
+/// Restores the terminal's settings when dropped.
+struct Restore<'a> {
+    tty: &'a File,
+    saved: Termios,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(self.tty, OptionalActions::Drain, &self.saved);
+    }
+}
+
+fn tty_error(e: impl std::fmt::Display) -> Error {
+    Error::SecretSource {
+        secret: "password from the terminal".into(),
+        reason: e.to_string(),
+    }
+}
+
+impl Terminal {
+    /// The process's controlling terminal (`/dev/tty`); fails when there
+    /// is none (cron, CI, a service).
+    pub fn open() -> Result<Terminal> {
+        let tty = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .map_err(tty_error)?;
+        Terminal::from_file(tty)
+    }
+
+    /// A terminal opened by the caller (a pseudo-terminal in tests).
+    pub fn from_file(tty: File) -> Result<Terminal> {
+        if !termios::isatty(&tty) {
+            return Err(tty_error("not a terminal"));
+        }
+        Ok(Terminal { tty })
+    }
+
+    /// Shows `prompt`, reads one line without echo. Ctrl-C is
+    /// [`Error::Cancelled`]; Ctrl-D on an empty line is an error.
+    pub fn ask(&self, prompt: &str) -> Result<Zeroizing<Vec<u8>>> {
+        let saved = termios::tcgetattr(&self.tty).map_err(tty_error)?;
+        let mut quiet = saved.clone();
+        quiet
+            .local_modes
+            .remove(LocalModes::ECHO | LocalModes::ICANON | LocalModes::ISIG);
+        quiet.special_codes[SpecialCodeIndex::VMIN] = 1;
+        quiet.special_codes[SpecialCodeIndex::VTIME] = 0;
+        let restore = Restore {
+            tty: &self.tty,
+            saved,
+        };
+        // `Now`, not `Flush`: what was typed ahead is the password.
+        termios::tcsetattr(&self.tty, OptionalActions::Now, &quiet).map_err(tty_error)?;
+        (&self.tty)
+            .write_all(prompt.as_bytes())
+            .map_err(tty_error)?;
+        let line = self.read_line();
+        drop(restore);
+        // The newline the user typed was not echoed.
+        let _ = (&self.tty).write_all(b"\n");
+        line
+    }
+
+    fn read_line(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let mut line = Zeroizing::new(Vec::new());
+        let mut byte = [0u8; 1];
+        loop {
+            let n = (&self.tty).read(&mut byte).map_err(tty_error)?;
+            if n == 0 {
+                return Err(tty_error("the terminal closed"));
+            }
+            match byte[0] {
+                b'\r' | b'\n' => return Ok(line),
+                0x03 => {
+                    return Err(Error::Cancelled {
+                        cleaned: "nothing was written".into(),
+                    });
+                }
+                0x04 if line.is_empty() => return Err(tty_error("no password typed (Ctrl-D)")),
+                0x7f | 0x08 => {
+                    line.pop();
+                }
+                0x15 => line.clear(), // Ctrl-U
+                b => {
+                    if line.len() >= MAX_LEN {
+                        return Err(tty_error(format!("longer than {MAX_LEN} bytes")));
+                    }
+                    line.push(b);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+
+    use super::*;
+
+    /// A pseudo-terminal: (the side a user types into, the terminal).
+    fn pty() -> (File, File) {
+        let master: OwnedFd = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let name = ptsname(&master, Vec::new()).unwrap();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().unwrap())
+            .unwrap();
+        (File::from(master), slave)
+    }
+
+    fn echo_on(tty: &File) -> bool {
+        termios::tcgetattr(tty)
+            .unwrap()
+            .local_modes
+            .contains(LocalModes::ECHO | LocalModes::ICANON | LocalModes::ISIG)
+    }
+
+    #[test]
+    fn reads_a_line_without_echo_and_restores_the_terminal() {
+        let (mut user, tty) = pty();
+        assert!(echo_on(&tty));
+        let term = Terminal::from_file(tty.try_clone().unwrap()).unwrap();
+        user.write_all(b"hunx\x7fter2\r").unwrap();
+        let pw = term.ask("Password: ").unwrap();
+        assert_eq!(&pw[..], b"hunter2");
+        assert!(echo_on(&tty), "settings restored");
+        // What the user's side saw: the prompt and a newline, no password.
+        let mut seen = [0u8; 64];
+        let n = user.read(&mut seen).unwrap();
+        let seen = String::from_utf8_lossy(&seen[..n]);
+        assert!(seen.starts_with("Password: "), "{seen:?}");
+        assert!(!seen.contains("hunter"), "{seen:?}");
+    }
+
+    #[test]
+    fn ctrl_c_cancels_and_restores_the_terminal() {
+        let (mut user, tty) = pty();
+        let term = Terminal::from_file(tty.try_clone().unwrap()).unwrap();
+        user.write_all(b"abc\x03").unwrap();
+        assert!(matches!(
+            term.ask("Password: "),
+            Err(Error::Cancelled { .. })
+        ));
+        assert!(echo_on(&tty));
+        user.write_all(b"\x04").unwrap();
+        let e = term.ask("Password: ").unwrap_err();
+        assert!(e.to_string().contains("Ctrl-D"), "{e}");
+    }
+
+    #[test]
+    fn a_file_is_not_a_terminal() {
+        let f = tempfile::tempfile().unwrap();
+        assert!(Terminal::from_file(f).is_err());
+    }
+}
