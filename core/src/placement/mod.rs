@@ -22,6 +22,9 @@ use crate::id::ObjectId;
 use crate::keys;
 use crate::repo::{Stored, missing, put_once_as};
 
+pub mod index;
+pub mod pack;
+
 /// A chunk's id: the one place chunk plaintext is hashed to its name
 /// (client-side encryption will make it a keyed hash).
 pub fn chunk_id(plain: &[u8]) -> ObjectId {
