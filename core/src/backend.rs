@@ -88,6 +88,45 @@ pub enum PutMode {
     Overwrite,
 }
 
+/// What an object holds, which decides where a store keeps it. Backends
+/// learn it from [`PutOptions`], never from key names, so that only the
+/// placement module (`crate::placement`) knows which keys hold chunk data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ObjectClass {
+    /// Small objects read by every operation (config, nodes, manifests,
+    /// leases, markers, records): always in the store's hot class.
+    #[default]
+    Metadata,
+    /// Chunk data: read back only by restores and `verify --read-data`, so
+    /// it may go to a cheaper, colder class (S3 `--s3-storage-class-chunks`).
+    Data,
+}
+
+/// How to store one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutOptions {
+    pub mode: PutMode,
+    pub class: ObjectClass,
+}
+
+impl PutOptions {
+    /// A metadata object with this mode.
+    pub fn new(mode: PutMode) -> Self {
+        PutOptions {
+            mode,
+            class: ObjectClass::Metadata,
+        }
+    }
+
+    /// A chunk-data object with this mode.
+    pub fn data(mode: PutMode) -> Self {
+        PutOptions {
+            mode,
+            class: ObjectClass::Data,
+        }
+    }
+}
+
 /// What a listing or `head` says about one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -103,7 +142,15 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// Where the store is, for messages: a path or `s3://bucket/prefix`.
     fn location(&self) -> String;
 
-    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError>;
+    /// Stores `data` under `key` as `opts` says (mode, storage class).
+    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError>;
+
+    /// A metadata object: `put_opts` with [`ObjectClass::Metadata`].
+    /// Provided, so that wrappers implement `put_opts` only and never
+    /// drop the class on the way to the store they wrap.
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
+        self.put_opts(key, data, PutOptions::new(mode)).await
+    }
 
     async fn get(&self, key: &str) -> Result<Bytes, BackendError>;
 

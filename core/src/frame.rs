@@ -70,8 +70,8 @@ impl Kind {
     }
 }
 
-const CODEC_STORED: u8 = 0;
-const CODEC_ZSTD: u8 = 1;
+pub(crate) const CODEC_STORED: u8 = 0;
+pub(crate) const CODEC_ZSTD: u8 = 1;
 
 /// Frames `plain` as an object of `kind`, compressed at `level` (0 stores
 /// it uncompressed).
@@ -157,7 +157,7 @@ fn check_sum(key: &str, checksum: Option<&[u8]>, plain: Vec<u8>) -> Result<Vec<u
 
 /// Decompresses a zstd frame into `out` with this thread's reused
 /// context; returns the bytes it holds.
-fn decode_zstd_into(key: &str, payload: &[u8], out: &mut [u8]) -> Result<usize> {
+pub(crate) fn decode_zstd_into(key: &str, payload: &[u8], out: &mut [u8]) -> Result<usize> {
     DECOMPRESSOR.with_borrow_mut(|slot| {
         let zerr = |e: std::io::Error| Error::corrupt(key, format!("zstd: {e}"));
         if slot.is_none() {
@@ -265,7 +265,7 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-fn compress_into(plain: &[u8], level: i32, out: &mut Vec<u8>) -> Result<()> {
+pub(crate) fn compress_into(plain: &[u8], level: i32, out: &mut Vec<u8>) -> Result<()> {
     let fail = |e: std::io::Error| Error::Internal(format!("zstd compression failed: {e}"));
     COMPRESSOR.with_borrow_mut(|slot| {
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
@@ -286,7 +286,7 @@ fn compress_into(plain: &[u8], level: i32, out: &mut Vec<u8>) -> Result<()> {
 
 /// Decodes a chunk whose plaintext length is known from its node straight
 /// into `out` (exactly that long). Does not check the id: see
-/// [`crate::chunk_store`].
+/// [`crate::placement`].
 pub fn decode_chunk_into(key: &str, framed: &[u8], out: &mut [u8]) -> Result<()> {
     let (codec, _, payload) = split(Kind::Chunk, key, framed)?;
     let len = out.len();

@@ -10,7 +10,7 @@
 //! protocol.
 //!
 //! Map of the crate:
-//! - storage seam: [`backend`] (trait and errors), [`chunk_store`] (where
+//! - storage seam: [`backend`] (trait and errors), [`placement`] (where
 //!   chunk bytes live), [`keys`] (the key space), [`frame`] (object framing)
 //! - formats: [`config`], [`node`], [`manifest`], [`id`], [`names`]
 //! - engine: [`chunker`], [`source`], [`backup`], [`restore`], [`repo`]
@@ -18,7 +18,6 @@
 pub mod backend;
 pub mod backup;
 pub mod changes;
-pub mod chunk_store;
 pub mod chunker;
 pub mod config;
 #[cfg(any(test, feature = "testing"))]
@@ -39,6 +38,7 @@ pub mod manifest;
 pub mod names;
 pub mod nbd;
 pub mod node;
+pub mod placement;
 pub mod point_spec;
 pub mod progress;
 pub mod prune;

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::backend::{Backend, BackendError, PutMode};
-use crate::chunk_store::ChunkStore;
+use crate::backend::{Backend, BackendError, ObjectClass, PutMode, PutOptions};
 use crate::config::RepoConfig;
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
@@ -17,6 +16,7 @@ use crate::keys;
 use crate::manifest::{Manifest, ManifestSummary};
 use crate::names::VmName;
 use crate::node::Node;
+use crate::placement::Placement;
 use crate::point_spec::PointSpec;
 
 #[derive(Debug, Clone)]
@@ -78,11 +78,13 @@ impl Repository {
         self.backend.location()
     }
 
-    pub fn chunks(&self) -> ChunkStore {
-        ChunkStore::new(self.backend.clone())
+    /// Where chunk bytes live: the only way to them.
+    pub fn chunks(&self) -> Placement {
+        Placement::new(self.backend.clone())
     }
 
-    /// Create-only put; "already exists" is success (same key, same bytes).
+    /// Create-only put of a metadata object; "already exists" is success
+    /// (same key, same bytes).
     pub async fn put_once(&self, key: &str, data: Bytes) -> Result<Stored> {
         put_once(self.backend.as_ref(), key, data).await
     }
@@ -305,7 +307,21 @@ fn is_the_point(key: &str, found: (&VmName, &PointId), vm: &VmName, id: &PointId
 /// Create-only put; "already exists" is success: keys of content-addressed
 /// objects fix their bytes, and other keys are never rewritten.
 pub(crate) async fn put_once(backend: &dyn Backend, key: &str, data: Bytes) -> Result<Stored> {
-    match backend.put(key, data, PutMode::Create).await {
+    put_once_as(backend, key, data, ObjectClass::Metadata).await
+}
+
+/// [`put_once`] of an object of the given class.
+pub(crate) async fn put_once_as(
+    backend: &dyn Backend,
+    key: &str,
+    data: Bytes,
+    class: ObjectClass,
+) -> Result<Stored> {
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        class,
+    };
+    match backend.put_opts(key, data, opts).await {
         Ok(()) => Ok(Stored::New),
         Err(e) if e.is_already_exists() => Ok(Stored::Existed),
         Err(e) => Err(e.into()),

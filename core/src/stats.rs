@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::placement::Placement;
 use crate::repo::{Repository, Unreadable};
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -49,7 +50,7 @@ pub async fn collect(repo: &Repository) -> Result<RepoStats> {
     while let Some(m) = all.try_next().await? {
         s.stored_bytes += m.size;
         let k = m.key.as_str();
-        if k.starts_with(keys::CHUNKS) {
+        if Placement::owns(k) {
             s.chunks += 1;
             s.chunk_bytes += m.size;
         } else if k.starts_with(keys::NODES) {

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::chunk_store::ChunkStore;
 use crate::error::{Error, Result};
 use crate::id::{ObjectId, PointId};
 use crate::keys;
@@ -25,6 +24,7 @@ use crate::lease::ObjectRef;
 use crate::manifest::Manifest;
 use crate::names::VmName;
 use crate::node::Node;
+use crate::placement::Placement;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::task::blocking;
@@ -160,8 +160,8 @@ pub async fn verify(
     } else {
         points.to_vec()
     };
-    let present_chunks = listed(repo, keys::CHUNKS).await?;
-    let present_nodes = listed(repo, keys::NODES).await?;
+    let present_chunks = repo.chunks().list_ids().await?;
+    let present_nodes = listed_nodes(repo).await?;
     let mut report = VerifyReport {
         points: points.len() as u64,
         ..VerifyReport::default()
@@ -311,11 +311,11 @@ async fn record_damage(repo: &Repository, report: &mut VerifyReport) {
     }
 }
 
-/// Sorted ids of the objects under a prefix.
-async fn listed(repo: &Repository, prefix: &str) -> Result<Vec<ObjectId>> {
+/// Sorted ids of the stored nodes.
+async fn listed_nodes(repo: &Repository) -> Result<Vec<ObjectId>> {
     let mut v: Vec<ObjectId> = repo
         .backend()
-        .list(prefix)
+        .list(keys::NODES)
         .try_filter_map(|m| async move { Ok(keys::parse_content(&m.key)) })
         .try_collect()
         .await?;
@@ -368,7 +368,7 @@ async fn read_chunks(
                 let n = framed.len() as u64;
                 let bad = blocking("checking a chunk", move || {
                     let mut out = vec![0u8; len as usize];
-                    ChunkStore::open_into(&id, &framed, &mut out).err()
+                    Placement::open_into(&id, &framed, &mut out).err()
                 })
                 .await?;
                 progress.add_done(u64::from(len));

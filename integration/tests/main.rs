@@ -14,6 +14,7 @@ mod hostile_repo;
 mod incremental;
 mod nbd_source;
 mod operations;
+mod placement;
 mod integrity;
 mod json_schema;
 mod repair;

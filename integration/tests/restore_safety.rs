@@ -480,13 +480,13 @@ impl Backend for FailOne {
     fn location(&self) -> String {
         self.inner.location()
     }
-    async fn put(
+    async fn put_opts(
         &self,
         key: &str,
         data: bytes::Bytes,
-        mode: xfull_core::backend::PutMode,
+        opts: xfull_core::backend::PutOptions,
     ) -> Result<(), BackendError> {
-        self.inner.put(key, data, mode).await
+        self.inner.put_opts(key, data, opts).await
     }
     async fn get(&self, key: &str) -> Result<bytes::Bytes, BackendError> {
         if key == self.key {

@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutMode};
+use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutOptions};
 
 pub use create::CreateError;
 
@@ -122,7 +122,9 @@ impl Backend for LocalBackend {
         }
     }
 
-    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
+    /// A directory has one storage class: the class is ignored.
+    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
+        let mode = opts.mode;
         match &self.store {
             Store::Dir(root) => {
                 let key = key.to_string();

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutMode};
+use xfull_core::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutMode, PutOptions};
 
 use attempts::Attempts;
 use errors::Mapper;
@@ -123,8 +123,11 @@ impl S3Backend {
         let key = format!("probe/conditional-put-{}", std::process::id());
         // A first put that fails (an unreachable endpoint, refused
         // access) is the answer: trying more requests only takes longer.
-        self.raw_put(&key, Bytes::from_static(b"1"), true).await?;
-        let second = self.raw_put(&key, Bytes::from_static(b"2"), true).await;
+        self.raw_put(&key, Bytes::from_static(b"1"), true, ObjectClass::Metadata)
+            .await?;
+        let second = self
+            .raw_put(&key, Bytes::from_static(b"2"), true, ObjectClass::Metadata)
+            .await;
         self.delete_many(std::slice::from_ref(&key)).await?;
         match second {
             Err(e) if e.is_already_exists() => Ok(true),
@@ -204,7 +207,13 @@ impl S3Backend {
         Ok(body.into_bytes())
     }
 
-    async fn raw_put(&self, key: &str, data: Bytes, create: bool) -> Result<(), BackendError> {
+    async fn raw_put(
+        &self,
+        key: &str,
+        data: Bytes,
+        create: bool,
+        class: ObjectClass,
+    ) -> Result<(), BackendError> {
         self.counters.put.fetch_add(1, Ordering::Relaxed);
         let mut req = self
             .client
@@ -215,15 +224,22 @@ impl S3Backend {
         if create {
             req = req.if_none_match("*");
         }
-        if key.starts_with(xfull_core::keys::CHUNKS)
-            && let Some(c) = &self.chunk_class
-        {
-            req = req.storage_class(c.clone());
+        if let Some(c) = storage_class(self.chunk_class.as_ref(), class) {
+            req = req.storage_class(c);
         }
         if let Some(s) = &self.sse {
             req = req.server_side_encryption(s.clone());
         }
         send!(self, req, key).map(|_| ())
+    }
+}
+
+/// The storage class to ask for: the configured one for chunk data, the
+/// bucket's default (STANDARD) for metadata, which every operation reads.
+fn storage_class(chunks: Option<&StorageClass>, class: ObjectClass) -> Option<StorageClass> {
+    match class {
+        ObjectClass::Data => chunks.cloned(),
+        ObjectClass::Metadata => None,
     }
 }
 
@@ -238,16 +254,17 @@ impl Backend for S3Backend {
         self.opts.location()
     }
 
-    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
-        match (mode, self.opts.no_conditional_put) {
-            (PutMode::Overwrite, _) => self.raw_put(key, data, false).await,
-            (PutMode::Create, false) => self.raw_put(key, data, true).await,
+    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
+        let class = opts.class;
+        match (opts.mode, self.opts.no_conditional_put) {
+            (PutMode::Overwrite, _) => self.raw_put(key, data, false, class).await,
+            (PutMode::Create, false) => self.raw_put(key, data, true, class).await,
             (PutMode::Create, true) => match self.head(key).await {
                 Ok(_) => Err(BackendError::AlreadyExists {
                     location: self.location(),
                     key: key.to_string(),
                 }),
-                Err(e) if e.is_not_found() => self.raw_put(key, data, false).await,
+                Err(e) if e.is_not_found() => self.raw_put(key, data, false, class).await,
                 Err(e) => Err(e),
             },
         }
@@ -355,5 +372,21 @@ impl Backend for S3Backend {
             ("delete", c.delete.load(Ordering::Relaxed)),
         ]
         .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_class_comes_from_the_put_options_not_the_key() {
+        let ia = StorageClass::from("STANDARD_IA");
+        assert_eq!(
+            storage_class(Some(&ia), ObjectClass::Data),
+            Some(ia.clone())
+        );
+        assert_eq!(storage_class(Some(&ia), ObjectClass::Metadata), None);
+        assert_eq!(storage_class(None, ObjectClass::Data), None);
     }
 }

@@ -30,7 +30,6 @@ use fastcdc::v2020::FastCDC;
 
 use crate::chunker::{ChunkParams, is_zero};
 use crate::error::Result;
-use crate::id::ObjectId;
 use crate::node::Entry;
 
 /// The read granularity while re-chunking: small, so that reads stay close
@@ -87,7 +86,7 @@ pub fn rechunk(
             let data = window.get(pos, avail, new_len, &mut read, &mut out.bytes_read)?;
             let len = first_cut(params, data);
             let piece = &data[..len];
-            let id = (!is_zero(piece)).then(|| ObjectId::of(piece));
+            let id = (!is_zero(piece)).then(|| crate::placement::chunk_id(piece));
             if id.is_some() {
                 out.fresh.push((out.entries.len(), piece.to_vec()));
             }
@@ -181,6 +180,7 @@ impl Window {
 mod tests {
     use super::*;
     use crate::backup::segment::chunk_segment;
+    use crate::id::ObjectId;
     use proptest::prelude::*;
 
     fn params() -> ChunkParams {

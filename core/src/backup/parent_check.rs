@@ -5,13 +5,16 @@
 //! not inherit the damage (and the damaged chunk is stored over).
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::plan::{DiskPlan, SegmentPlan, data_bytes};
+use super::plan::{DiskPlan, PARENT_NODES_KEPT, SegmentPlan, data_bytes};
 use crate::damage::KnownDamage;
 use crate::error::Result;
 use crate::id::ObjectId;
+use crate::node::Node;
 use crate::repo::Repository;
 
 /// Node fetches in flight.
@@ -19,8 +22,9 @@ const FETCHES: usize = 32;
 
 /// What a parent node turned out to be.
 enum Parent {
-    /// Sound, holding this many data bytes.
-    Sound(u64),
+    /// Sound, holding this many data bytes; kept when a touched segment
+    /// re-chunks from it.
+    Sound(u64, Option<Arc<Node>>),
     /// Sound, but naming a chunk recorded as damaged.
     HoldsDamage,
     Damaged,
@@ -37,6 +41,9 @@ pub async fn drop_damaged_parents(
     known: &KnownDamage,
 ) -> Result<(u64, HashSet<ObjectId>)> {
     let used: HashSet<ObjectId> = plan.segments.iter().filter_map(relied_on).collect();
+    let touched: HashSet<ObjectId> = plan.segments.iter().filter_map(rechunked_from).collect();
+    let kept = AtomicUsize::new(0);
+    let (touched, kept) = (&touched, &kept);
     let checked: Vec<(ObjectId, Parent)> = futures::stream::iter(used)
         .map(|id| async move {
             if known.nodes.contains(&id) {
@@ -46,7 +53,12 @@ pub async fn drop_damaged_parents(
                 Ok(n) if n.chunk_ids().any(|c| known.chunks.contains(&c)) => {
                     Ok((id, Parent::HoldsDamage))
                 }
-                Ok(n) => Ok((id, Parent::Sound(data_bytes(&n.entries)))),
+                Ok(n) => {
+                    let data = data_bytes(&n.entries);
+                    let keep = touched.contains(&id)
+                        && kept.fetch_add(n.entries.len(), Ordering::Relaxed) < PARENT_NODES_KEPT;
+                    Ok((id, Parent::Sound(data, keep.then(|| Arc::new(n)))))
+                }
                 Err(e) if e.is_damage() => Ok((id, Parent::Damaged)),
                 Err(e) => Err(e),
             }
@@ -58,8 +70,11 @@ pub async fn drop_damaged_parents(
     let mut damaged = HashSet::new();
     for (id, p) in checked {
         match p {
-            Parent::Sound(d) => {
+            Parent::Sound(d, node) => {
                 plan.parent_data.insert(id, d);
+                if let Some(n) = node {
+                    plan.parent_nodes.insert(id, n);
+                }
             }
             Parent::HoldsDamage => {
                 avoid.insert(id);
@@ -78,6 +93,14 @@ pub async fn drop_damaged_parents(
         }
     }
     Ok((affected, damaged))
+}
+
+/// The parent node a touched segment is re-chunked from.
+fn rechunked_from(s: &SegmentPlan) -> Option<ObjectId> {
+    match s {
+        SegmentPlan::Touched { parent, .. } => *parent,
+        _ => None,
+    }
 }
 
 /// The parent node a segment's plan uses without reading the segment

@@ -79,6 +79,8 @@ enum Work {
     Touched {
         idx: usize,
         parent: Option<ObjectId>,
+        /// The parent's node if the parent check kept it.
+        checked: Option<Arc<Node>>,
         parent_len: u64,
         changes: Vec<Range<u64>>,
         audit: bool,
@@ -226,6 +228,7 @@ fn read_segments(
 ) {
     let size = shared.source.size();
     let parent_data = plan.parent_data;
+    let mut parent_nodes = plan.parent_nodes;
     for (idx, seg) in plan.segments.into_iter().enumerate() {
         if shared.failure.aborted() {
             return;
@@ -246,6 +249,9 @@ fn read_segments(
             } => Work::Touched {
                 idx,
                 parent,
+                // Segments that share a parent node are rare (equal
+                // segments): they fetch it again.
+                checked: parent.and_then(|p| parent_nodes.remove(&p)),
                 parent_len,
                 changes,
                 audit,
@@ -312,6 +318,7 @@ fn process_segments(
             Work::Touched {
                 idx,
                 parent,
+                checked,
                 parent_len,
                 changes,
                 audit,
@@ -319,6 +326,7 @@ fn process_segments(
                 let t = Touched {
                     idx,
                     parent,
+                    checked,
                     parent_len,
                     len: seg_len(idx),
                 };
@@ -369,6 +377,7 @@ fn reused_job(
 struct Touched {
     idx: usize,
     parent: Option<ObjectId>,
+    checked: Option<Arc<Node>>,
     parent_len: u64,
     len: u64,
 }
@@ -377,16 +386,21 @@ impl Touched {
     /// The parent's node for this segment (chunks of zeros for a zero
     /// segment). The parent's entries are the starting point, so a damaged
     /// parent node cannot be worked around here: the backup fails.
-    fn parent_node(&self, shared: &Shared) -> Result<Node> {
+    fn parent_node(&self, shared: &Shared) -> Result<Arc<Node>> {
+        if let Some(n) = &self.checked {
+            return Ok(n.clone());
+        }
         match self.parent {
-            Some(pid) => shared.runtime.block_on(shared.repo.load_node(&pid)),
-            None => Ok(Node {
+            Some(pid) => Ok(Arc::new(
+                shared.runtime.block_on(shared.repo.load_node(&pid))?,
+            )),
+            None => Ok(Arc::new(Node {
                 entries: chunk_segment(
                     &shared.repo.config().chunking,
                     &vec![0u8; self.parent_len as usize],
                 )
                 .entries,
-            }),
+            })),
         }
     }
 }

@@ -32,13 +32,16 @@ pub struct RepairReport {
 
 /// True when every listed object still exists.
 pub async fn all_exist(repo: &Repository, refs: &[ObjectRef]) -> Result<bool> {
-    let b = repo.backend();
+    let (b, placement) = (repo.backend(), &repo.chunks());
     let missing = futures::stream::iter(refs)
         .map(|r| async move {
-            match b.head(&r.key()).await {
-                Ok(_) => Ok(false),
-                Err(e) if e.is_not_found() => Ok(true),
-                Err(e) => Err(Error::from(e)),
+            match r {
+                ObjectRef::Chunk(id) => placement.exists(id).await.map(|there| !there),
+                ObjectRef::Node(_) => match b.head(&r.key()).await {
+                    Ok(_) => Ok(false),
+                    Err(e) if e.is_not_found() => Ok(true),
+                    Err(e) => Err(Error::from(e)),
+                },
             }
         })
         .buffer_unordered(CHECKS)

@@ -27,7 +27,7 @@ pub fn chunk_segment(params: &ChunkParams, data: &[u8]) -> ChunkedSegment {
     let mut out = ChunkedSegment::default();
     for_each_chunk(params, data, |off, len| {
         let piece = &data[off..off + len];
-        let id = (!is_zero(piece)).then(|| ObjectId::of(piece));
+        let id = (!is_zero(piece)).then(|| crate::placement::chunk_id(piece));
         // Chunks are at most 16 MiB (FastCDC's limit), so the length fits.
         out.entries.push(Entry(len as u32, id));
         out.offsets.push(off);

@@ -37,12 +37,12 @@ fn prefix(id: &ObjectId) -> u64 {
 }
 
 impl Present {
-    /// Lists `chunks/` and `nodes/`.
+    /// Lists the stored chunks and nodes.
     pub async fn load(repo: &Repository) -> Result<Present> {
-        let list = |prefix_key: &'static str| async move {
+        let nodes = async {
             let mut v: Vec<u64> = repo
                 .backend()
-                .list(prefix_key)
+                .list(keys::NODES)
                 .try_filter_map(
                     |m| async move { Ok(keys::parse_content(&m.key).map(|id| prefix(&id))) },
                 )
@@ -51,7 +51,17 @@ impl Present {
             v.sort_unstable();
             Ok::<_, crate::Error>(v)
         };
-        let (chunks, nodes) = futures::try_join!(list(keys::CHUNKS), list(keys::NODES))?;
+        let placement = repo.chunks();
+        let chunks = async {
+            let mut v: Vec<u64> = placement
+                .list()
+                .map_ok(|c| prefix(&c.id))
+                .try_collect()
+                .await?;
+            v.sort_unstable();
+            Ok::<_, crate::Error>(v)
+        };
+        let (chunks, nodes) = futures::try_join!(chunks, nodes)?;
         Ok(Present { chunks, nodes })
     }
 

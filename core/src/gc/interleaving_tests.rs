@@ -13,18 +13,18 @@ use bytes::Bytes;
 use chrono::{Duration, TimeZone, Utc};
 
 use crate::backend::Backend;
-use crate::chunk_store::ChunkStore;
 use crate::chunker::ChunkParams;
 use crate::config::{Protocol, RepoConfig};
 use crate::error::Error;
 use crate::frame::{self, Kind};
 use crate::gc::Sweep;
-use crate::gc::sweep::Candidate;
+use crate::gc::sweep::{Candidate, Listed};
 use crate::id::{ObjectId, PointId};
 use crate::lease::ObjectRef;
 use crate::manifest::{BackupStats, DiskManifest, Manifest};
 use crate::names::VmName;
 use crate::node::{Entry, Node};
+use crate::placement::Placement;
 use crate::prune;
 use crate::repo::{Repository, Stored};
 use crate::session::{Check, Session};
@@ -207,14 +207,21 @@ impl SweepActor {
             3 => self.sweep.as_mut().unwrap().mark().await,
             4 => {
                 let sweep = self.sweep.as_mut().unwrap();
-                let mut all = Vec::new();
-                for prefix in [crate::keys::NODES, crate::keys::CHUNKS] {
-                    let metas: Vec<_> =
-                        futures::TryStreamExt::try_collect::<Vec<_>>(repo.backend().list(prefix))
-                            .await
-                            .unwrap();
-                    all.extend(metas.into_iter().filter_map(|m| sweep.candidate(m)));
-                }
+                let mut listed: Vec<Listed> = futures::TryStreamExt::try_collect::<Vec<_>>(
+                    repo.backend().list(crate::keys::NODES),
+                )
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(Listed::node)
+                .collect();
+                let placement = repo.chunks();
+                let chunks = futures::TryStreamExt::try_collect::<Vec<_>>(placement.list());
+                listed.extend(chunks.await.unwrap().into_iter().map(Listed::Chunk));
+                let all: Vec<_> = listed
+                    .into_iter()
+                    .filter_map(|l| sweep.candidate(l))
+                    .collect();
                 // Spread over the slots, the first ones fullest.
                 let per = all.len().div_ceil(self.slots).max(1);
                 let mut it = all.into_iter();
@@ -425,7 +432,7 @@ async fn whole(repo: &Repository, id: &PointId) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("point {id}: chunk {}: {e}", c.short()))?;
             let mut buf = vec![0; e.len() as usize];
-            ChunkStore::open_into(&c, &framed, &mut buf).map_err(|e| e.to_string())?;
+            Placement::open_into(&c, &framed, &mut buf).map_err(|e| e.to_string())?;
         }
     }
     Ok(())

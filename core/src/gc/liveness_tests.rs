@@ -29,9 +29,8 @@ use crate::error::Error;
 use crate::frame::{self, Kind};
 use crate::gc::Sweep;
 use crate::gc::markers::{Phase, SweepState};
-use crate::gc::sweep::Candidate;
+use crate::gc::sweep::{Candidate, Listed};
 use crate::id::ObjectId;
-use crate::keys;
 use crate::lease::ObjectRef;
 use crate::repo::Repository;
 use crate::session::{Check, Session};
@@ -118,15 +117,10 @@ async fn announce(repo: &Repository, pick: impl Fn(&Candidate) -> bool) -> (Swee
     sweep.read_leases().await.unwrap();
     sweep.read_points().await.unwrap();
     sweep.mark().await.unwrap();
-    let listed: Vec<_> = repo
-        .backend()
-        .list(keys::CHUNKS)
-        .try_collect()
-        .await
-        .unwrap();
+    let listed: Vec<_> = repo.chunks().list().try_collect().await.unwrap();
     let mut batch: Vec<_> = listed
         .into_iter()
-        .filter_map(|m| sweep.candidate(m))
+        .filter_map(|c| sweep.candidate(Listed::Chunk(c)))
         .filter(|c| pick(c))
         .collect();
     assert!(!batch.is_empty());

@@ -34,6 +34,7 @@ use crate::backend::{ObjectMeta, PutMode};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
+use crate::placement::StoredChunk;
 use crate::repo::Repository;
 use crate::session::Heartbeat;
 
@@ -45,10 +46,34 @@ const BATCH: usize = 1000;
 /// Markers of this many most recent sweeps are always kept.
 const KEEP_MARKERS: u64 = 16;
 
+/// A listed node or chunk.
+#[derive(Clone, Debug)]
+pub enum Listed {
+    Node(ObjectMeta, ObjectId),
+    /// As the placement module lists it.
+    Chunk(StoredChunk),
+}
+
+impl Listed {
+    /// A listed object under `nodes/`, if it is named like a node
+    /// (anything else under the prefix is not ours to delete).
+    pub fn node(meta: ObjectMeta) -> Option<Listed> {
+        let id = keys::parse_content(&meta.key)?;
+        Some(Listed::Node(meta, id))
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Listed::Node(meta, _) => meta,
+            Listed::Chunk(c) => &c.meta,
+        }
+    }
+}
+
 /// A deletion candidate: unmarked and old when listed.
 #[derive(Clone, Debug)]
 pub struct Candidate {
-    meta: ObjectMeta,
+    listed: Listed,
     id: ObjectId,
     is_node: bool,
 }
@@ -57,6 +82,10 @@ impl Candidate {
     /// The object's id (a chunk's or a node's).
     pub fn id(&self) -> ObjectId {
         self.id
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        self.listed.meta()
     }
 }
 
@@ -353,31 +382,43 @@ impl Sweep {
     /// Step 4: lists nodes and chunks and deletes the unreferenced, old
     /// ones in batches.
     pub async fn delete(&mut self) -> Result<()> {
-        for prefix in [keys::NODES, keys::CHUNKS] {
-            // The listing holds its own handle, so batches can be deleted
-            // while it goes on (deleting listed keys is safe on S3 and
-            // local directories alike).
-            let backend = self.repo.backend().clone();
-            let mut listing = backend.list(prefix);
-            let mut batch = Vec::new();
-            while let Some(meta) = listing.try_next().await? {
-                if self.prot.hold.is_some() {
-                    break;
-                }
-                if let Some(c) = self.candidate(meta) {
-                    batch.push(c);
-                    if batch.len() >= self.batch_size {
-                        self.flush(&mut batch).await?;
-                    }
-                }
-            }
-            drop(listing);
-            self.flush(&mut batch).await?;
-        }
+        // The listings hold their own handles, so batches can be deleted
+        // while they go on (deleting listed keys is safe on S3 and local
+        // directories alike).
+        let backend = self.repo.backend().clone();
+        let mut nodes = backend
+            .list(keys::NODES)
+            .map_err(Error::from)
+            .try_filter_map(|meta| futures::future::ready(Ok(Listed::node(meta))));
+        self.delete_listed(&mut nodes).await?;
+        drop(nodes);
+        let placement = self.repo.chunks();
+        let mut chunks = placement.list().map_ok(Listed::Chunk);
+        self.delete_listed(&mut chunks).await?;
+        drop(chunks);
         if let Some(why) = &self.prot.hold {
             self.report.held = Some(format!("{why}; nothing more deleted (run gc again later)"));
         }
         Ok(())
+    }
+
+    async fn delete_listed(
+        &mut self,
+        listing: &mut (impl futures::Stream<Item = Result<Listed>> + Unpin),
+    ) -> Result<()> {
+        let mut batch = Vec::new();
+        while let Some(listed) = listing.try_next().await? {
+            if self.prot.hold.is_some() {
+                break;
+            }
+            if let Some(c) = self.candidate(listed) {
+                batch.push(c);
+                if batch.len() >= self.batch_size {
+                    self.flush(&mut batch).await?;
+                }
+            }
+        }
+        self.flush(&mut batch).await
     }
 
     async fn flush(&mut self, batch: &mut Vec<Candidate>) -> Result<()> {
@@ -387,17 +428,22 @@ impl Sweep {
 
     /// Whether a listed object is a deletion candidate (unmarked, older
     /// than the cutoff); counts what was listed.
-    pub fn candidate(&mut self, meta: ObjectMeta) -> Option<Candidate> {
-        // Anything else under the prefixes is not ours to delete.
-        let id = keys::parse_content(&meta.key)?;
-        let is_node = meta.key.starts_with(keys::NODES);
+    pub fn candidate(&mut self, listed: Listed) -> Option<Candidate> {
+        let (id, is_node) = match &listed {
+            Listed::Node(_, id) => (*id, true),
+            Listed::Chunk(c) => (c.id, false),
+        };
         if is_node {
             self.report.nodes_listed += 1;
         } else {
             self.report.chunks_listed += 1;
         }
-        let c = Candidate { meta, id, is_node };
-        if self.prot.deletable(&c.meta, &c.id, c.is_node) {
+        let c = Candidate {
+            listed,
+            id,
+            is_node,
+        };
+        if self.prot.deletable(c.meta(), &c.id, c.is_node) {
             return Some(c);
         }
         let live = if is_node {
@@ -423,7 +469,7 @@ impl Sweep {
         if self.prot.hold.is_some() {
             batch.clear();
         } else {
-            batch.retain(|c| self.prot.deletable(&c.meta, &c.id, c.is_node));
+            batch.retain(|c| self.prot.deletable(c.meta(), &c.id, c.is_node));
         }
         self.report.spared_late += (before - batch.len()) as u64;
         Ok(())
@@ -441,14 +487,31 @@ impl Sweep {
                 } else {
                     self.report.chunks_deleted += 1;
                 }
-                self.report.bytes_freed += c.meta.size;
+                self.report.bytes_freed += c.meta().size;
             }
             self.publish_counts();
             if !self.dry_run {
                 self.refresh().await?;
                 self.prot.deleting();
-                let keys: Vec<String> = batch.iter().map(|c| c.meta.key.clone()).collect();
-                self.repo.backend().delete_many(&keys).await?;
+                let (nodes, chunks): (Vec<_>, Vec<_>) =
+                    batch.drain(..).map(|c| c.listed).partition(|l| match l {
+                        Listed::Node(..) => true,
+                        Listed::Chunk(_) => false,
+                    });
+                let node_keys: Vec<String> = nodes.iter().map(|l| l.meta().key.clone()).collect();
+                let chunks: Vec<StoredChunk> = chunks
+                    .into_iter()
+                    .filter_map(|l| match l {
+                        Listed::Chunk(c) => Some(c),
+                        Listed::Node(..) => None,
+                    })
+                    .collect();
+                if !node_keys.is_empty() {
+                    self.repo.backend().delete_many(&node_keys).await?;
+                }
+                if !chunks.is_empty() {
+                    self.repo.chunks().delete(&chunks).await?;
+                }
             }
             self.report.batches += 1;
         }

@@ -14,12 +14,12 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::DamagedRange;
-use crate::chunk_store::ChunkStore;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::image_hash::{self, SegmentHash};
 use crate::manifest::DiskManifest;
 use crate::node::Entry;
+use crate::placement::Placement;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::task::blocking;
@@ -263,7 +263,7 @@ impl SegmentCtx {
             let piece = &mut buf[off..off + e.len() as usize];
             match (e.chunk(), fetched) {
                 (Some(id), Fetched::Framed(framed)) => {
-                    if let Err(err) = ChunkStore::open_into(&id, &framed, piece) {
+                    if let Err(err) = Placement::open_into(&id, &framed, piece) {
                         match self.tolerate(at, e.len(), Object::Chunk(id), err) {
                             Ok(r) => {
                                 piece.fill(0);

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use crate::backend::{Backend, BackendError, ObjectMeta, PutMode};
+use crate::backend::{Backend, BackendError, ObjectMeta, PutOptions};
 
 /// What to inject; rates are per request, from 0.0 to 1.0.
 #[derive(Clone, Debug, Default)]
@@ -116,14 +116,14 @@ impl Backend for FaultyBackend {
         self.inner.location()
     }
 
-    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
+    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
         match self.fate(key, self.plan.lost_reply_rate).await {
             Fate::Fail => Err(self.error("put", key)),
             Fate::Partial => {
-                self.inner.put(key, data, mode).await?;
+                self.inner.put_opts(key, data, opts).await?;
                 Err(self.error("reply lost after put", key))
             }
-            Fate::Pass => self.inner.put(key, data, mode).await,
+            Fate::Pass => self.inner.put_opts(key, data, opts).await,
         }
     }
 
@@ -184,6 +184,7 @@ impl Backend for FaultyBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::PutMode;
     use crate::testing::MemBackend;
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use futures::stream::BoxStream;
 
-use crate::backend::{Backend, BackendError, ObjectMeta, PutMode};
+use crate::backend::{Backend, BackendError, ObjectMeta, PutMode, PutOptions};
 
 /// The store's clock. Every request moves it forward by a millisecond,
 /// so that objects written one after the other have distinct times, as
@@ -91,10 +91,10 @@ impl Backend for MemBackend {
         "memory://".into()
     }
 
-    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
+    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
         let now = self.clock.tick();
         let mut objects = self.lock();
-        if mode == PutMode::Create && objects.contains_key(key) {
+        if opts.mode == PutMode::Create && objects.contains_key(key) {
             return Err(BackendError::AlreadyExists {
                 location: self.location(),
                 key: key.to_string(),

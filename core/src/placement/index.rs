@@ -1,0 +1,272 @@
+//! Chunk index objects: chunk id -> (pack, offset, lengths), sorted by id,
+//! immutable, readable a block at a time.
+//!
+//! ```text
+//! head    := "XFI1" entries:u64 packs:u32 block_entries:u32 (=1024) 0:u32
+//!            pack_name:32 * packs
+//!            block_sum:32 * ceil(entries / 1024)
+//!            head_sum:32                  BLAKE3 of the head up to here
+//! entries := entry * entries               strictly ascending by chunk id
+//! entry   := chunk id:32 pack:u32 offset:u64 stored_len:u32 plain_len:u32
+//! ```
+//!
+//! Integers are little-endian. The object's size must be exactly the
+//! head's length plus 52 bytes per entry, so every count is bounded by the
+//! real size before anything is allocated. Each block of 1,024 entries
+//! (52 KiB) has its own checksum in the head, so a lookup reads the head
+//! once (cached) and then one block with a ranged read, and still checks
+//! everything it uses. Chunk ids are uniform BLAKE3 outputs, so the block
+//! holding an id is guessed from the id's first 8 bytes (interpolation);
+//! for n entries the guess is off by about sqrt(n)/2 entries, well inside
+//! one block for index objects and shards of up to a few million entries,
+//! and a miss walks to the neighbouring block in one direction only (a
+//! hostile, unsorted object cannot make a lookup loop).
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::pack::PackEntry;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+
+const MAGIC: &[u8; 4] = b"XFI1";
+const FIXED: usize = 24;
+/// Entries per checksummed block.
+pub const BLOCK_ENTRIES: usize = 1024;
+/// Bytes per entry.
+pub const ENTRY_LEN: usize = 32 + 4 + 8 + 4 + 4;
+
+/// One chunk's place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub pack: ObjectId,
+    pub entry: PackEntry,
+}
+
+/// Builds an index object from the entries of some packs (any order; a
+/// chunk found in several packs keeps one place, any is as good).
+pub fn encode(mut entries: Vec<IndexEntry>) -> Bytes {
+    entries.sort_unstable_by_key(|e| e.entry.id);
+    entries.dedup_by(|a, b| a.entry.id == b.entry.id);
+    let mut packs: Vec<ObjectId> = entries.iter().map(|e| e.pack).collect();
+    packs.sort_unstable();
+    packs.dedup();
+    let mut body = Vec::with_capacity(entries.len() * ENTRY_LEN);
+    for e in &entries {
+        let p = packs.binary_search(&e.pack).unwrap_or_default() as u32;
+        body.extend_from_slice(e.entry.id.as_bytes());
+        body.extend_from_slice(&p.to_le_bytes());
+        body.extend_from_slice(&e.entry.offset.to_le_bytes());
+        body.extend_from_slice(&e.entry.stored_len.to_le_bytes());
+        body.extend_from_slice(&e.entry.plain_len.to_le_bytes());
+    }
+    let mut out = Vec::with_capacity(body.len() + 64 + packs.len() * 32);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(BLOCK_ENTRIES as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for p in &packs {
+        out.extend_from_slice(p.as_bytes());
+    }
+    for block in body.chunks(BLOCK_ENTRIES * ENTRY_LEN) {
+        out.extend_from_slice(blake3::hash(block).as_bytes());
+    }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out.extend_from_slice(&body);
+    Bytes::from(out)
+}
+
+/// The checked head of an index object.
+#[derive(Clone, Debug)]
+pub struct IndexHead {
+    key: String,
+    entries: u64,
+    packs: Vec<ObjectId>,
+    block_sums: Vec<[u8; 32]>,
+    head_len: u64,
+}
+
+impl IndexHead {
+    /// The head's length, from the object's first 24 bytes and its real
+    /// size; refuses counts the size cannot hold.
+    pub fn head_len(key: &str, first: &[u8], size: u64) -> Result<u64> {
+        let bad = |why: String| Error::corrupt(key, why);
+        if first.len() < FIXED || first[..4] != MAGIC[..] {
+            return Err(bad("not a chunk index object (bad magic)".into()));
+        }
+        let entries = u64::from_le_bytes(first[4..12].try_into().unwrap_or_default());
+        let packs = u64::from(u32::from_le_bytes(
+            first[12..16].try_into().unwrap_or_default(),
+        ));
+        let block = u32::from_le_bytes(first[16..20].try_into().unwrap_or_default());
+        if block as usize != BLOCK_ENTRIES || first[20..24] != [0; 4] {
+            return Err(bad(format!("unsupported index layout (blocks of {block})")));
+        }
+        // Every pack holds an entry; the size bounds the entries.
+        if entries > size / ENTRY_LEN as u64 || packs > entries {
+            return Err(bad(format!(
+                "declares {entries} entries in {packs} packs in {size} bytes"
+            )));
+        }
+        let blocks = entries.div_ceil(BLOCK_ENTRIES as u64);
+        let head = FIXED as u64 + 32 * (packs + blocks + 1);
+        if head + entries * ENTRY_LEN as u64 != size {
+            return Err(bad(format!(
+                "{size} bytes, its {entries} entries and {packs} packs need {}",
+                head + entries * ENTRY_LEN as u64
+            )));
+        }
+        Ok(head)
+    }
+
+    /// Decodes the head (`head` is the object's first `head_len` bytes).
+    pub fn decode(key: &str, head: &[u8], size: u64) -> Result<IndexHead> {
+        let len = IndexHead::head_len(key, head, size)?;
+        if head.len() as u64 != len {
+            return Err(Error::corrupt(
+                key,
+                format!("head of {} bytes read, {len} declared", head.len()),
+            ));
+        }
+        let len = len as usize;
+        if blake3::hash(&head[..len - 32]).as_bytes()[..] != head[len - 32..] {
+            return Err(Error::corrupt(key, "index head checksum mismatch"));
+        }
+        let entries = u64::from_le_bytes(head[4..12].try_into().unwrap_or_default());
+        let packs = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()) as usize;
+        let table = &head[FIXED..len - 32];
+        let to_id = |c: &[u8]| ObjectId::from_bytes(c.try_into().unwrap_or_default());
+        let pack_ids = table[..packs * 32].chunks_exact(32).map(to_id).collect();
+        let block_sums = table[packs * 32..]
+            .chunks_exact(32)
+            .map(|c| c.try_into().unwrap_or_default())
+            .collect();
+        Ok(IndexHead {
+            key: key.to_string(),
+            entries,
+            packs: pack_ids,
+            block_sums,
+            head_len: len as u64,
+        })
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.block_sums.len()
+    }
+
+    pub fn packs(&self) -> &[ObjectId] {
+        &self.packs
+    }
+
+    /// The byte range of block `i` in the object.
+    pub fn block_range(&self, i: usize) -> Range<u64> {
+        let first = (i * BLOCK_ENTRIES) as u64;
+        let end = (first + BLOCK_ENTRIES as u64).min(self.entries);
+        self.head_len + first * ENTRY_LEN as u64..self.head_len + end * ENTRY_LEN as u64
+    }
+
+    /// The block an id most likely lies in (interpolation on its first 8
+    /// bytes; ids are uniform).
+    pub fn guess_block(&self, id: &ObjectId) -> usize {
+        let b = id.as_bytes();
+        let p = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        let pos = (u128::from(p) * u128::from(self.entries)) >> 64;
+        (pos as usize / BLOCK_ENTRIES).min(self.blocks().saturating_sub(1))
+    }
+
+    /// Decodes and checks block `i` (exactly [`Self::block_range`]).
+    pub fn decode_block(&self, i: usize, bytes: &[u8]) -> Result<Vec<IndexEntry>> {
+        let bad = |why: String| Error::corrupt(&self.key, why);
+        let range = self.block_range(i);
+        if i >= self.blocks() || bytes.len() as u64 != range.end - range.start {
+            return Err(bad(format!("block {i}: {} bytes", bytes.len())));
+        }
+        if blake3::hash(bytes).as_bytes() != &self.block_sums[i] {
+            return Err(bad(format!("block {i} checksum mismatch")));
+        }
+        let mut out: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / ENTRY_LEN);
+        for raw in bytes.chunks_exact(ENTRY_LEN) {
+            let u32_at =
+                |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().unwrap_or_default());
+            let pack = u32_at(32) as usize;
+            let entry = PackEntry {
+                id: ObjectId::from_bytes(raw[..32].try_into().unwrap_or_default()),
+                offset: u64::from_le_bytes(raw[36..44].try_into().unwrap_or_default()),
+                stored_len: u32_at(44),
+                plain_len: u32_at(48),
+            };
+            let sorted = out.last().is_none_or(|l| l.entry.id < entry.id);
+            if pack >= self.packs.len() || !sorted || entry.stored_len < 2 || entry.plain_len == 0 {
+                return Err(bad(format!(
+                    "block {i}: entry {} is out of order or names no pack",
+                    out.len()
+                )));
+            }
+            out.push(IndexEntry {
+                pack: self.packs[pack],
+                entry,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Looks `id` up, reading blocks with `read` (a byte range of the
+    /// object: a ranged GET, a read of a cached copy). Usually one read.
+    pub fn lookup(
+        &self,
+        id: &ObjectId,
+        mut read: impl FnMut(Range<u64>) -> Result<Bytes>,
+    ) -> Result<Option<IndexEntry>> {
+        if self.entries == 0 {
+            return Ok(None);
+        }
+        let mut i = self.guess_block(id);
+        // Once the walk has a direction it keeps it.
+        let mut dir: Option<bool> = None;
+        loop {
+            let block = self.decode_block(i, &read(self.block_range(i))?)?;
+            let (Some(first), Some(last)) = (block.first(), block.last()) else {
+                return Ok(None);
+            };
+            let go_down = *id < first.entry.id;
+            let go_up = *id > last.entry.id;
+            if !go_down && !go_up {
+                let found = block.binary_search_by(|e| e.entry.id.cmp(id)).ok();
+                return Ok(found.map(|k| block[k]));
+            }
+            let up = go_up;
+            if dir.is_some_and(|d| d != up) || (!up && i == 0) || (up && i + 1 >= self.blocks()) {
+                return Ok(None);
+            }
+            dir = Some(up);
+            i = if up { i + 1 } else { i - 1 };
+        }
+    }
+
+    /// Reads a whole index object held in memory (tests, small objects).
+    pub fn decode_all(key: &str, bytes: &[u8]) -> Result<(IndexHead, Vec<IndexEntry>)> {
+        let size = bytes.len() as u64;
+        let len = IndexHead::head_len(key, bytes, size)? as usize;
+        let head = IndexHead::decode(key, &bytes[..len], size)?;
+        let mut all = Vec::new();
+        for i in 0..head.blocks() {
+            let r = head.block_range(i);
+            all.extend(head.decode_block(i, &bytes[r.start as usize..r.end as usize])?);
+        }
+        if all.windows(2).any(|w| w[0].entry.id >= w[1].entry.id) {
+            return Err(Error::corrupt(key, "entries out of order across blocks"));
+        }
+        Ok((head, all))
+    }
+}
+
+#[cfg(test)]
+#[path = "index_tests.rs"]
+mod tests;

@@ -1,0 +1,157 @@
+use std::cell::Cell;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn entries(n: usize, packs: usize) -> Vec<IndexEntry> {
+    (0..n)
+        .map(|i| IndexEntry {
+            pack: ObjectId::of(&(i % packs).to_le_bytes()),
+            entry: PackEntry {
+                id: ObjectId::of(&(i as u64).to_be_bytes()),
+                offset: i as u64 * 10,
+                stored_len: 10,
+                plain_len: 20 + i as u32,
+            },
+        })
+        .collect()
+}
+
+fn reader(bytes: &Bytes, reads: &Cell<usize>) -> impl FnMut(Range<u64>) -> Result<Bytes> {
+    move |r: Range<u64>| {
+        reads.set(reads.get() + 1);
+        Ok(bytes.slice(r.start as usize..r.end as usize))
+    }
+}
+
+#[test]
+fn lookups_find_every_entry_in_about_one_read() {
+    let all = entries(20_000, 37);
+    let obj = encode(all.clone());
+    let (head, decoded) = IndexHead::decode_all("index/x", &obj).unwrap();
+    assert_eq!(decoded.len(), all.len());
+    assert_eq!(head.blocks(), 20);
+    let reads = Cell::new(0);
+    for e in &all {
+        let got = head.lookup(&e.entry.id, reader(&obj, &reads)).unwrap();
+        assert_eq!(got, Some(*e));
+    }
+    let per = reads.get() as f64 / all.len() as f64;
+    assert!(per < 1.2, "{per} block reads per lookup");
+    for i in 0..500u64 {
+        let absent = ObjectId::of(&(i + 1_000_000).to_be_bytes());
+        assert_eq!(head.lookup(&absent, reader(&obj, &reads)).unwrap(), None);
+    }
+}
+
+#[test]
+fn an_empty_index_finds_nothing() {
+    let obj = encode(Vec::new());
+    let (head, all) = IndexHead::decode_all("i", &obj).unwrap();
+    assert!(all.is_empty());
+    let reads = Cell::new(0);
+    assert_eq!(
+        head.lookup(&ObjectId::of(b"x"), reader(&obj, &reads))
+            .unwrap(),
+        None
+    );
+    assert_eq!(reads.get(), 0);
+}
+
+#[test]
+fn duplicates_keep_one_place() {
+    let mut all = entries(10, 2);
+    let mut again = all[3];
+    again.pack = ObjectId::of(b"another pack");
+    all.push(again);
+    let (_, decoded) = IndexHead::decode_all("i", &encode(all)).unwrap();
+    assert_eq!(decoded.len(), 10);
+}
+
+#[test]
+fn hostile_index_objects_are_damage() {
+    let obj = encode(entries(3000, 5)).to_vec();
+    let check = |b: &[u8], what: &str| {
+        let e = IndexHead::decode_all("index/x", b).unwrap_err();
+        assert!(e.is_damage(), "{what}: {e}");
+        assert!(e.to_string().contains("index/x"), "{what}: {e}");
+    };
+    check(&obj[..obj.len() - 1], "truncated");
+    check(&[&obj[..], &[0u8; 52]].concat(), "extended");
+    let mut b = obj.clone();
+    b[4..12].copy_from_slice(&u64::MAX.to_le_bytes());
+    check(&b, "huge entry count");
+    let mut b = obj.clone();
+    b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    check(&b, "huge pack count");
+    let mut b = obj.clone();
+    b[30] ^= 1;
+    check(&b, "head bit flip");
+    let mut b = obj.clone();
+    let last = b.len() - 3;
+    b[last] ^= 1;
+    check(&b, "entry bit flip");
+    check(b"XFI1", "short");
+    check(b"", "empty");
+}
+
+#[test]
+fn a_hostile_unsorted_index_cannot_make_a_lookup_loop() {
+    // Blocks in descending order, each checksummed: the walk goes one
+    // way and stops.
+    let all = entries(4096, 3);
+    let mut sorted = all.clone();
+    sorted.sort_by_key(|e| e.entry.id);
+    let obj = encode(all);
+    let (head, _) = IndexHead::decode_all("i", &obj).unwrap();
+    let mut b = obj.to_vec();
+    let (r0, r3) = (head.block_range(0), head.block_range(3));
+    let (b0, b3) = (
+        b[r0.start as usize..r0.end as usize].to_vec(),
+        b[r3.start as usize..r3.end as usize].to_vec(),
+    );
+    b[r0.start as usize..r0.end as usize].copy_from_slice(&b3);
+    b[r3.start as usize..r3.end as usize].copy_from_slice(&b0);
+    // Re-seal the head with the swapped blocks' sums.
+    let hl = head.head_len as usize;
+    let sums = FIXED + 32 * head.packs().len();
+    let s0: [u8; 32] = b[sums..sums + 32].try_into().unwrap();
+    let s3: [u8; 32] = b[sums + 96..sums + 128].try_into().unwrap();
+    b[sums..sums + 32].copy_from_slice(&s3);
+    b[sums + 96..sums + 128].copy_from_slice(&s0);
+    let sum = blake3::hash(&b[..hl - 32]);
+    b[hl - 32..hl].copy_from_slice(sum.as_bytes());
+    assert!(
+        IndexHead::decode_all("i", &b).is_err(),
+        "order is checked across blocks"
+    );
+    let bytes = Bytes::from(b);
+    let head = IndexHead::decode("i", &bytes[..hl], bytes.len() as u64).unwrap();
+    let reads = Cell::new(0);
+    for e in sorted.iter().step_by(97) {
+        let _ = head.lookup(&e.entry.id, reader(&bytes, &reads)).unwrap();
+    }
+    assert!(reads.get() <= 4 * sorted.iter().step_by(97).count());
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        let _ = IndexHead::decode_all("i", &bytes);
+        let mut b = bytes.clone();
+        if b.len() >= 4 {
+            b[..4].copy_from_slice(MAGIC);
+            let _ = IndexHead::decode_all("i", &b);
+        }
+    }
+
+    #[test]
+    fn random_sets_round_trip(n in 0usize..3000, packs in 1usize..9) {
+        let all = entries(n, packs);
+        let (_, got) = IndexHead::decode_all("i", &encode(all.clone())).unwrap();
+        let mut want = all;
+        want.sort_by_key(|e| e.entry.id);
+        prop_assert_eq!(got, want);
+    }
+}

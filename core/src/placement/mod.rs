@@ -1,0 +1,158 @@
+//! The chunk placement seam: where chunk bytes live.
+//!
+//! Every chunk is one object under `chunks/` (format 1). Everything that
+//! stores, fetches, checks, lists or deletes chunk bytes goes through
+//! here, and nothing else builds or parses chunk keys for storage: backup,
+//! restore, verify, stats, gc and repair call these methods, so that
+//! grouping chunks into pack objects changes this module, not them.
+//! Chunk objects are put with [`ObjectClass::Data`], which a backend may
+//! keep in a colder storage class.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use futures::stream::BoxStream;
+
+use crate::backend::{Backend, ObjectClass, ObjectMeta, PutMode, PutOptions};
+use crate::damage::Health;
+use crate::error::{Error, Result};
+use crate::frame;
+use crate::id::ObjectId;
+use crate::keys;
+use crate::repo::{Stored, missing, put_once_as};
+
+pub mod index;
+pub mod pack;
+
+/// A chunk's id: the one place chunk plaintext is hashed to its name
+/// (client-side encryption will make it a keyed hash).
+pub fn chunk_id(plain: &[u8]) -> ObjectId {
+    ObjectId::of(plain)
+}
+
+/// A stored chunk as a listing shows it.
+#[derive(Clone, Debug)]
+pub struct StoredChunk {
+    pub id: ObjectId,
+    /// Its object (key, size, the store's time).
+    pub meta: ObjectMeta,
+}
+
+#[derive(Debug, Clone)]
+pub struct Placement {
+    backend: Arc<dyn Backend>,
+}
+
+impl Placement {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Placement { backend }
+    }
+
+    /// True for keys under which this module stores chunks (for callers
+    /// that walk the whole key space, like `stats`).
+    pub fn owns(key: &str) -> bool {
+        key.starts_with(keys::CHUNKS)
+    }
+
+    /// Stores a framed chunk create-only, as chunk data.
+    pub async fn put(&self, id: &ObjectId, framed: Bytes) -> Result<Stored> {
+        put_once_as(&*self.backend, &keys::chunk(id), framed, ObjectClass::Data).await
+    }
+
+    /// Stores a framed chunk over a damaged copy under its key (its id
+    /// fixes the right bytes, so replacing them is safe).
+    pub async fn replace(&self, id: &ObjectId, framed: Bytes) -> Result<()> {
+        let opts = PutOptions::data(PutMode::Overwrite);
+        self.backend
+            .put_opts(&keys::chunk(id), framed, opts)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the chunk is stored (its object exists; not read).
+    pub async fn exists(&self, id: &ObjectId) -> Result<bool> {
+        match self.backend.head(&keys::chunk(id)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Streams every stored chunk (memory stays bounded however many).
+    pub fn list(&self) -> BoxStream<'_, Result<StoredChunk>> {
+        Box::pin(
+            self.backend
+                .list(keys::CHUNKS)
+                .map_err(crate::Error::from)
+                .try_filter_map(|meta| async move {
+                    // Anything else under the prefix is not a chunk.
+                    let id = keys::parse_content(&meta.key);
+                    Ok(id.map(|id| StoredChunk { id, meta }))
+                }),
+        )
+    }
+
+    /// The sorted ids of every stored chunk.
+    pub async fn list_ids(&self) -> Result<Vec<ObjectId>> {
+        let mut v: Vec<ObjectId> = self.list().map_ok(|c| c.id).try_collect().await?;
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Deletes listed chunks (missing ones count as deleted).
+    pub async fn delete(&self, chunks: &[StoredChunk]) -> Result<()> {
+        let keys: Vec<String> = chunks.iter().map(|c| c.meta.key.clone()).collect();
+        self.backend.delete_many(&keys).await?;
+        Ok(())
+    }
+
+    /// Fetches the framed bytes of a chunk (not yet verified).
+    pub async fn get_raw(&self, id: &ObjectId) -> Result<Bytes> {
+        let key = keys::chunk(id);
+        self.backend.get(&key).await.map_err(|e| missing(e, &key))
+    }
+
+    /// Decodes framed chunk bytes into `out` (the chunk's length) and
+    /// checks that they hash to `id`. CPU-bound: call from a blocking
+    /// context.
+    pub fn open_into(id: &ObjectId, framed: &[u8], out: &mut [u8]) -> Result<()> {
+        let key = keys::chunk(id);
+        frame::decode_chunk_into(&key, framed, out)?;
+        if chunk_id(out) != *id {
+            return Err(Error::corrupt(key, "content does not match its id"));
+        }
+        Ok(())
+    }
+
+    /// Fetches a chunk of at most `max` bytes and checks it against its id.
+    pub async fn check(&self, id: &ObjectId, max: usize) -> Result<Health> {
+        let key = keys::chunk(id);
+        // The size first: a hostile object is not read whole.
+        match self.backend.head(&key).await {
+            Ok(m) if m.size > (max + max / 16 + 4096) as u64 => {
+                return Ok(Health::Damaged(format!(
+                    "{} bytes: larger than any chunk",
+                    m.size
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Ok(Health::Gone),
+            Err(e) => return Health::of_error(e.into()),
+        }
+        let framed = match self.backend.get(&key).await {
+            Ok(f) => f,
+            Err(e) if e.is_not_found() => return Ok(Health::Gone),
+            Err(e) => return Health::of_error(e.into()),
+        };
+        let id = *id;
+        crate::task::blocking("checking a chunk", move || {
+            match frame::decode(frame::Kind::Chunk, &key, &framed, max) {
+                Ok(plain) if chunk_id(&plain) == id => Ok(Health::Sound),
+                Ok(_) => Ok(Health::Damaged("content does not match its id".into())),
+                Err(e) => Health::of_error(e),
+            }
+        })
+        .await?
+    }
+}

@@ -1,0 +1,281 @@
+//! Pack objects: many compressed chunks in one object, self-describing.
+//!
+//! ```text
+//! pack    := blob* trailer
+//! blob    := codec (1 byte: 0 stored, 1 zstd) payload
+//! trailer := "XFP1" count:u32 entry*count blake3:32 trailer_len:u32
+//! entry   := chunk id:32 offset:u64 stored_len:u32 plain_len:u32   (48 bytes)
+//! ```
+//!
+//! Integers are little-endian. The trailer lists every blob in pack order;
+//! its length is the pack's last 4 bytes, so one suffix read (a ranged GET
+//! of the last few KiB, or of exactly `trailer_len` bytes once known)
+//! gives the whole table, and the index can always be rebuilt from packs
+//! alone. The BLAKE3 covers the trailer from its magic to the last entry.
+//! A blob carries its own codec byte so that a later format can seal each
+//! chunk on its own (an AEAD codec) without changing the trailer. The
+//! pack's name is the BLAKE3 of all its bytes ([`pack_name`]).
+//!
+//! Nothing here trusts the bytes: every count and length is checked
+//! against the pack's real size before anything is allocated, the blobs
+//! must tile the data region exactly, and a blob is only ever returned
+//! after its plaintext hashed to its chunk id.
+
+use bytes::Bytes;
+
+use super::chunk_id;
+use crate::error::{Error, Result};
+use crate::frame::{CODEC_STORED, CODEC_ZSTD, compress_into, decode_zstd_into};
+use crate::id::ObjectId;
+
+const MAGIC: &[u8; 4] = b"XFP1";
+/// Bytes per trailer entry.
+pub const ENTRY_LEN: usize = 32 + 8 + 4 + 4;
+/// A trailer without entries: magic, count, checksum, length.
+pub const TRAILER_MIN: usize = 4 + 4 + 32 + 4;
+/// The smallest blob: a codec byte and one byte (a chunk is never empty).
+const BLOB_MIN: u64 = 2;
+
+/// Where one chunk lies in its pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PackEntry {
+    pub id: ObjectId,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub plain_len: u32,
+}
+
+impl PackEntry {
+    /// The blob's byte range in the pack.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + u64::from(self.stored_len)
+    }
+}
+
+/// The name of a pack: the BLAKE3 of its bytes (so a pack is put
+/// create-only and two equal packs are one object).
+pub fn pack_name(pack: &[u8]) -> ObjectId {
+    ObjectId::from_bytes(*blake3::hash(pack).as_bytes())
+}
+
+/// Builds one pack, chunk by chunk, in the order they are added.
+#[derive(Debug, Default)]
+pub struct PackWriter {
+    data: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl PackWriter {
+    pub fn new() -> Self {
+        PackWriter::default()
+    }
+
+    /// Compresses `plain` (whose id the caller computed) at `level` (0:
+    /// stored) and appends it; a chunk zstd cannot shrink is stored.
+    /// CPU-bound.
+    pub fn push(&mut self, id: ObjectId, plain: &[u8], level: i32) -> Result<()> {
+        let plain_len = u32::try_from(plain.len())
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::Internal(format!("chunk of {} bytes", plain.len())))?;
+        let offset = self.data.len() as u64;
+        self.data.push(CODEC_ZSTD);
+        if level != 0 {
+            compress_into(plain, level, &mut self.data)?;
+        }
+        if level == 0 || self.data.len() as u64 - offset > u64::from(plain_len) {
+            self.data.truncate(offset as usize);
+            self.data.push(CODEC_STORED);
+            self.data.extend_from_slice(plain);
+        }
+        let stored_len = (self.data.len() as u64 - offset) as u32;
+        self.entries.push(PackEntry {
+            id,
+            offset,
+            stored_len,
+            plain_len,
+        });
+        Ok(())
+    }
+
+    /// Bytes of blobs so far (the pack is this plus its trailer).
+    pub fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The pack's name, bytes and entries.
+    pub fn finish(mut self) -> (ObjectId, Bytes, Vec<PackEntry>) {
+        let start = self.data.len();
+        self.data.extend_from_slice(MAGIC);
+        self.data
+            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            self.data.extend_from_slice(e.id.as_bytes());
+            self.data.extend_from_slice(&e.offset.to_le_bytes());
+            self.data.extend_from_slice(&e.stored_len.to_le_bytes());
+            self.data.extend_from_slice(&e.plain_len.to_le_bytes());
+        }
+        let sum = blake3::hash(&self.data[start..]);
+        self.data.extend_from_slice(sum.as_bytes());
+        let trailer_len = (self.data.len() - start + 4) as u32;
+        self.data.extend_from_slice(&trailer_len.to_le_bytes());
+        let name = pack_name(&self.data);
+        (name, Bytes::from(self.data), self.entries)
+    }
+}
+
+/// The trailer length a pack of `pack_size` bytes declares in its last 4
+/// bytes (`last4`), checked against what a trailer of such a pack can be.
+pub fn trailer_len(key: &str, pack_size: u64, last4: [u8; 4]) -> Result<u64> {
+    let n = u64::from(u32::from_le_bytes(last4));
+    let most = TRAILER_MIN as u64 + max_entries(pack_size) * ENTRY_LEN as u64;
+    if n < TRAILER_MIN as u64 || n > pack_size || n > most {
+        return Err(Error::corrupt(
+            key,
+            format!("declares a trailer of {n} bytes in a pack of {pack_size}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// The most entries a pack of this size can hold (each blob takes at
+/// least 2 bytes, each entry 48).
+fn max_entries(pack_size: u64) -> u64 {
+    pack_size.saturating_sub(TRAILER_MIN as u64) / (BLOB_MIN + ENTRY_LEN as u64)
+}
+
+/// Decodes and checks a pack's trailer. `suffix` is the pack's last
+/// `suffix.len()` bytes (at least the trailer; the whole pack will do) and
+/// `pack_size` its real size (from a listing or the read). Chunks are at
+/// most `max_chunk` bytes.
+pub fn decode_trailer(
+    key: &str,
+    suffix: &[u8],
+    pack_size: u64,
+    max_chunk: u32,
+) -> Result<Vec<PackEntry>> {
+    let bad = |why: String| Error::corrupt(key, why);
+    if suffix.len() < 4 || suffix.len() as u64 > pack_size {
+        return Err(bad(format!(
+            "{} bytes read from the end of a pack of {pack_size}",
+            suffix.len()
+        )));
+    }
+    let mut last4 = [0u8; 4];
+    last4.copy_from_slice(&suffix[suffix.len() - 4..]);
+    let len = trailer_len(key, pack_size, last4)? as usize;
+    if len > suffix.len() {
+        return Err(bad(format!(
+            "trailer of {len} bytes, {} read",
+            suffix.len()
+        )));
+    }
+    let t = &suffix[suffix.len() - len..];
+    let body = &t[..len - 36];
+    if t[..4] != MAGIC[..] {
+        return Err(bad("no pack trailer (bad magic)".into()));
+    }
+    if blake3::hash(body).as_bytes()[..] != t[len - 36..len - 4] {
+        return Err(bad("pack trailer checksum mismatch".into()));
+    }
+    let count = u32::from_le_bytes([t[4], t[5], t[6], t[7]]) as usize;
+    if (count as u64) > max_entries(pack_size) || TRAILER_MIN + count * ENTRY_LEN != len {
+        return Err(bad(format!(
+            "trailer of {len} bytes declares {count} entries"
+        )));
+    }
+    let data_end = pack_size - len as u64;
+    let mut entries = Vec::with_capacity(count);
+    let mut next = 0u64;
+    for raw in body[8..].chunks_exact(ENTRY_LEN) {
+        let e = parse_entry(raw);
+        if e.offset != next
+            || u64::from(e.stored_len) < BLOB_MIN
+            || e.plain_len == 0
+            || e.plain_len > max_chunk
+            || e.range().end > data_end
+        {
+            return Err(bad(format!(
+                "pack entry {} does not fit: blob at {} of {} bytes ({} plain), blobs end at {data_end}",
+                entries.len(),
+                e.offset,
+                e.stored_len,
+                e.plain_len
+            )));
+        }
+        next = e.range().end;
+        entries.push(e);
+    }
+    if next != data_end {
+        return Err(bad(format!(
+            "blobs end at {next}, the trailer starts at {data_end}"
+        )));
+    }
+    let mut ids: Vec<&ObjectId> = entries.iter().map(|e| &e.id).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err(bad("a chunk listed twice".into()));
+    }
+    Ok(entries)
+}
+
+fn parse_entry(raw: &[u8]) -> PackEntry {
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&raw[..32]);
+    let u32_at = |i: usize| u32::from_le_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
+    let mut off = [0u8; 8];
+    off.copy_from_slice(&raw[32..40]);
+    PackEntry {
+        id: ObjectId::from_bytes(id),
+        offset: u64::from_le_bytes(off),
+        stored_len: u32_at(40),
+        plain_len: u32_at(44),
+    }
+}
+
+/// Decodes one blob (exactly `entry.stored_len` bytes) into `out`
+/// (exactly `entry.plain_len` bytes) and checks it hashes to its chunk
+/// id. CPU-bound.
+pub fn open_blob(key: &str, entry: &PackEntry, blob: &[u8], out: &mut [u8]) -> Result<()> {
+    let what = format!("{key} (chunk {})", entry.id.short());
+    let bad = |why: String| Error::corrupt(what.clone(), why);
+    if blob.len() != entry.stored_len as usize || out.len() != entry.plain_len as usize {
+        return Err(bad(format!(
+            "blob of {} bytes for {} plain, the pack says {} and {}",
+            blob.len(),
+            out.len(),
+            entry.stored_len,
+            entry.plain_len
+        )));
+    }
+    let (&codec, payload) = blob.split_first().ok_or_else(|| bad("empty blob".into()))?;
+    match codec {
+        CODEC_STORED if payload.len() == out.len() => out.copy_from_slice(payload),
+        CODEC_STORED => return Err(bad(format!("stored blob of {} bytes", payload.len()))),
+        CODEC_ZSTD => {
+            let n = decode_zstd_into(&what, payload, out)?;
+            if n != out.len() {
+                return Err(bad(format!("holds {n} bytes, the pack says {}", out.len())));
+            }
+        }
+        other => {
+            return Err(Error::UnsupportedFormat {
+                what: format!("a blob in {key}"),
+                found: format!("codec {other}"),
+                supported: "codecs 0 and 1".into(),
+            });
+        }
+    }
+    if chunk_id(out) != entry.id {
+        return Err(bad("content does not match its id".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "pack_tests.rs"]
+mod tests;

@@ -1,0 +1,127 @@
+//! The chunk placement seam seen from the engine: what a backup asks the
+//! store for, counted by a wrapper around the in-memory store.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutOptions};
+use xfull_core::backup::plan::ChangeSource;
+use xfull_core::backup::{BackupRequest, backup};
+use xfull_core::chunker::ChunkParams;
+use xfull_core::config::RepoConfig;
+use xfull_core::progress::Progress;
+use xfull_core::repo::Repository;
+use xfull_core::testing::MemBackend;
+use xfull_integration::write_image;
+
+const SEG: u64 = 1 << 20;
+
+/// Counts GETs by key.
+#[derive(Debug, Default)]
+struct Counting {
+    inner: MemBackend,
+    gets: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Counting {
+    fn gets_under(&self, prefix: &str) -> BTreeMap<String, u64> {
+        let gets = self.gets.lock().unwrap();
+        gets.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, n)| (k.clone(), *n))
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Counting {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn put_opts(&self, key: &str, data: Bytes, o: PutOptions) -> Result<(), BackendError> {
+        self.inner.put_opts(key, data, o).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
+        *self.gets.lock().unwrap().entry(key.into()).or_default() += 1;
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
+        *self.gets.lock().unwrap().entry(key.into()).or_default() += 1;
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        self.inner.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
+        self.inner.list(prefix)
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
+        self.inner.delete_many(keys).await
+    }
+}
+
+fn request(vm: &str, disk: &Path) -> BackupRequest {
+    BackupRequest {
+        vm: vm.parse().unwrap(),
+        disks: vec![("d".parse().unwrap(), disk.to_path_buf())],
+        changes: BTreeMap::new(),
+        audit_percent: 0.0,
+        parent: None,
+        labels: BTreeMap::new(),
+        host: "test".into(),
+        time: None,
+        allow_future: false,
+    }
+}
+
+/// Every parent node an incremental backup uses (reused or re-chunked
+/// from) is fetched once: the parent check used to fetch a touched
+/// segment's node and a worker fetched it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_backup_fetches_each_parent_node_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    write_image(&img, &xfull_integration::mixed_regions(6, 3), 3, true).unwrap();
+    let store = Arc::new(Counting::default());
+    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(store.clone(), config).await.unwrap();
+    backup(&repo, request("vm", &img), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    // Touch two segments.
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xa5; 5000], SEG + 100).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 5000], 3 * SEG + 100).unwrap();
+    let changes = dir.path().join("c.json");
+    std::fs::write(
+        &changes,
+        format!(
+            r#"[{{"offset": {}, "length": 5000}}, {{"offset": {}, "length": 5000}}]"#,
+            SEG + 100,
+            3 * SEG + 100
+        ),
+    )
+    .unwrap();
+    store.gets.lock().unwrap().clear();
+    let mut req = request("vm", &img);
+    req.changes
+        .insert("d".parse().unwrap(), ChangeSource::Extents(vec![changes]));
+    let m = backup(&repo, req, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert!(
+        m.disks[0].source.starts_with("extents"),
+        "{}",
+        m.disks[0].source
+    );
+    let gets = store.gets_under("nodes/");
+    assert!(gets.len() >= 2, "the parent nodes are checked: {gets:?}");
+    assert!(
+        gets.values().all(|n| *n == 1),
+        "each parent node fetched once: {gets:?}"
+    );
+}
