@@ -12,11 +12,11 @@ mod gc_liveness;
 mod hostile_dir;
 mod hostile_repo;
 mod incremental;
+mod integrity;
+mod json_schema;
 mod nbd_source;
 mod operations;
 mod placement;
-mod integrity;
-mod json_schema;
 mod repair;
 mod restore_safety;
 mod retention;
@@ -35,11 +35,14 @@ fn every_test_file_is_declared() {
         let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        let is_module = path.extension().is_some_and(|e| e == "rs")
-            || path.join("mod.rs").is_file();
+        let is_module =
+            path.extension().is_some_and(|e| e == "rs") || path.join("mod.rs").is_file();
         if stem != "main" && is_module && !main.contains(&format!("\nmod {stem};")) {
             missing.push(stem.to_string());
         }
     }
-    assert!(missing.is_empty(), "declare these in tests/main.rs: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "declare these in tests/main.rs: {missing:?}"
+    );
 }
