@@ -33,7 +33,8 @@ async fn memory_repo() -> Repository {
         .unwrap()
 }
 
-fn request(vm: &str, disk: &Path) -> BackupRequest {
+/// A backup of one disk `d` (shared with the other engine-level tests).
+pub(crate) fn request(vm: &str, disk: &Path) -> BackupRequest {
     BackupRequest {
         vm: vm.parse().unwrap(),
         disks: vec![("d".parse().unwrap(), disk.to_path_buf())],

@@ -3,20 +3,21 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutOptions};
+use xfull_core::backup::backup;
 use xfull_core::backup::plan::ChangeSource;
-use xfull_core::backup::{BackupRequest, backup};
 use xfull_core::chunker::ChunkParams;
 use xfull_core::config::RepoConfig;
 use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
 use xfull_core::testing::MemBackend;
 use xfull_integration::write_image;
+
+use crate::engine::request;
 
 const SEG: u64 = 1 << 20;
 
@@ -61,20 +62,6 @@ impl Backend for Counting {
     }
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
         self.inner.delete_many(keys).await
-    }
-}
-
-fn request(vm: &str, disk: &Path) -> BackupRequest {
-    BackupRequest {
-        vm: vm.parse().unwrap(),
-        disks: vec![("d".parse().unwrap(), disk.to_path_buf())],
-        changes: BTreeMap::new(),
-        audit_percent: 0.0,
-        parent: None,
-        labels: BTreeMap::new(),
-        host: "test".into(),
-        time: None,
-        allow_future: false,
     }
 }
 
