@@ -491,3 +491,86 @@ fn qmp_failures_are_named_and_store_nothing() {
         "{bitmaps:?} {objects:?}"
     );
 }
+
+/// An nbdkit server on a unix socket for one test; killed on drop.
+struct Nbdkit(Child, PathBuf);
+
+impl Drop for Nbdkit {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nbdkit(dir: &Path, args: &[&str]) -> Nbdkit {
+    let sock = dir.join(format!("nbdkit-{}.sock", rand::random::<u32>()));
+    let pid = sock.with_extension("pid");
+    let child = Command::new("nbdkit")
+        .args(["-f", "--exit-with-parent", "-P"])
+        .arg(&pid)
+        .arg("-U")
+        .arg(&sock)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nbdkit is installed (scripts/test installs it)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // nbdkit writes its pid file once it accepts connections.
+    while !std::fs::read_to_string(&pid).is_ok_and(|s| s.ends_with('\n')) {
+        assert!(Instant::now() < deadline, "nbdkit never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Nbdkit(child, sock)
+}
+
+#[test]
+fn a_read_error_mid_backup_names_the_disk_and_offset_and_leaves_nothing() {
+    let env = Env::init();
+    // Reads over 5 MiB fail with EIO, as a bad sector would.
+    let bad = 5u64 << 20;
+    let pread = format!(
+        "if [ $4 -lt {} ] && [ $(($4 + $3)) -gt {bad} ]; then echo 'EIO bad sector' >&2; \
+         exit 1; fi; dd if=/dev/zero count=$3 iflag=count_bytes status=none",
+        bad + 4096
+    );
+    let srv = nbdkit(
+        env.dir.path(),
+        &["eval", "get_size=echo 16M", &format!("pread={pread}")],
+    );
+    let uri = format!("nbd+unix:///?socket={}", srv.1.display());
+    let (code, err) = fails(env.x(&["backup", "--vm", "vm1", "--disk", &format!("sys={uri}")]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&uri) && err.contains(&bad.to_string()),
+        "{err}"
+    );
+    assert_eq!(env.points(), 0);
+    let leases = std::fs::read_dir(env.repo.join("leases"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(leases, 0, "no lease left behind");
+}
+
+#[test]
+fn a_slow_nbd_server_gives_a_correct_point() {
+    let env = Env::init();
+    let srv = nbdkit(
+        env.dir.path(),
+        &["--filter=delay", "pattern", "size=12M", "rdelay=20ms"],
+    );
+    let uri = format!("nbd+unix:///?socket={}", srv.1.display());
+    let p = backup(&env, &format!("sys={uri}"), &[]);
+    let want = env.path("want.raw");
+    let out = Command::new("nbdcopy")
+        .arg(&uri)
+        .arg(&want)
+        .output()
+        .expect("nbdcopy is installed (scripts/test installs libnbd-bin)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    restored_equals(&env, p["point"].as_str().unwrap(), &want);
+}

@@ -29,7 +29,9 @@ struct Restore<'a> {
 
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
-        let _ = termios::tcsetattr(self.tty, OptionalActions::Drain, &self.saved);
+        // `Now`: waiting for output to drain can wait forever on a
+        // terminal nobody reads (a pseudo-terminal's other side).
+        let _ = termios::tcsetattr(self.tty, OptionalActions::Now, &self.saved);
     }
 }
 
@@ -146,35 +148,55 @@ mod tests {
             .contains(LocalModes::ECHO | LocalModes::ICANON | LocalModes::ISIG)
     }
 
+    /// Types `keys` on the user's side once the prompt is shown (typed
+    /// earlier, a canonical terminal would act on Ctrl-C itself); returns
+    /// what the user's side saw up to then.
+    fn type_after_prompt(user: &File, keys: &'static [u8]) -> std::thread::JoinHandle<String> {
+        let mut user = user.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 64];
+            while !seen.ends_with(b"Password: ") {
+                let n = user.read(&mut buf).unwrap();
+                assert!(n > 0, "the terminal closed before the prompt");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            user.write_all(keys).unwrap();
+            String::from_utf8_lossy(&seen).into_owned()
+        })
+    }
+
     #[test]
     fn reads_a_line_without_echo_and_restores_the_terminal() {
         let (mut user, tty) = pty();
         assert!(echo_on(&tty));
         let term = Terminal::from_file(tty.try_clone().unwrap()).unwrap();
-        user.write_all(b"hunx\x7fter2\r").unwrap();
+        let typist = type_after_prompt(&user, b"hunx\x7fter2\r");
         let pw = term.ask("Password: ").unwrap();
         assert_eq!(&pw[..], b"hunter2");
         assert!(echo_on(&tty), "settings restored");
-        // What the user's side saw: the prompt and a newline, no password.
+        assert!(typist.join().unwrap().ends_with("Password: "));
+        // After the prompt the user's side sees a newline, no password.
         let mut seen = [0u8; 64];
         let n = user.read(&mut seen).unwrap();
         let seen = String::from_utf8_lossy(&seen[..n]);
-        assert!(seen.starts_with("Password: "), "{seen:?}");
         assert!(!seen.contains("hunter"), "{seen:?}");
     }
 
     #[test]
     fn ctrl_c_cancels_and_restores_the_terminal() {
-        let (mut user, tty) = pty();
+        let (user, tty) = pty();
         let term = Terminal::from_file(tty.try_clone().unwrap()).unwrap();
-        user.write_all(b"abc\x03").unwrap();
+        let typist = type_after_prompt(&user, b"abc\x03");
         assert!(matches!(
             term.ask("Password: "),
             Err(Error::Cancelled { .. })
         ));
+        typist.join().unwrap();
         assert!(echo_on(&tty));
-        user.write_all(b"\x04").unwrap();
+        let typist = type_after_prompt(&user, b"\x04");
         let e = term.ask("Password: ").unwrap_err();
+        typist.join().unwrap();
         assert!(e.to_string().contains("Ctrl-D"), "{e}");
     }
 
