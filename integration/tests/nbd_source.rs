@@ -115,8 +115,10 @@ impl Qsd {
         format!("nbd+unix:///bm-{name}?socket={}", self.nbd.display())
     }
 
-    /// The guest-visible disk, as `qemu-img convert` reads it.
+    /// The guest-visible disk, as `qemu-img convert` reads it (over
+    /// whatever `to` held).
     fn snapshot(&self, to: &Path) {
+        let _ = std::fs::remove_file(to);
         let out = Command::new("qemu-img")
             .args(["convert", "-f", "raw", "-O", "raw", &self.uri()])
             .arg(to)
@@ -138,6 +140,29 @@ fn backup(env: &Env, disk: &str, bitmaps: &[String]) -> Value {
     env.json(&args)
 }
 
+/// A new, empty qcow2 image `disk.qcow2` of `size` (qemu-img's syntax).
+fn qcow2_image(env: &Env, size: &str) -> PathBuf {
+    let image = env.path("disk.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg(size)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    image
+}
+
+/// A new sparse raw image of `size` bytes.
+fn raw_image(env: &Env, name: &str, size: u64) -> PathBuf {
+    let image = env.path(name);
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    image
+}
+
 fn restored_equals(env: &Env, point: &str, expected: &Path) {
     let out = env.path("restored.raw");
     let _ = std::fs::remove_file(&out);
@@ -148,14 +173,7 @@ fn restored_equals(env: &Env, point: &str, expected: &Path) {
 #[test]
 fn a_qcow2_disk_is_backed_up_as_the_guest_sees_it_and_then_from_its_bitmap() {
     let env = Env::init();
-    let image = env.path("disk.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&image)
-        .arg("64M")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let image = qcow2_image(&env, "64M");
     let qsd = Qsd::start(env.dir.path(), "a", &image, "qcow2");
     for (i, off) in [0u64, 5 << 20, 33 << 20].iter().enumerate() {
         qsd.write(*off, 1 << 20, 10 + i as u8);
@@ -186,11 +204,7 @@ fn a_qcow2_disk_is_backed_up_as_the_guest_sees_it_and_then_from_its_bitmap() {
 #[test]
 fn bitmaps_of_two_nodes_sharing_a_disk_are_unioned() {
     let env = Env::init();
-    let image = env.path("shared.raw");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    let image = raw_image(&env, "shared.raw", 32 << 20);
     let (a, b) = (
         Qsd::start(env.dir.path(), "a", &image, "raw"),
         Qsd::start(env.dir.path(), "b", &image, "raw"),
@@ -224,11 +238,7 @@ fn bitmaps_of_two_nodes_sharing_a_disk_are_unioned() {
 #[test]
 fn nbd_failures_name_the_disk_and_store_nothing() {
     let env = Env::init();
-    let image = env.path("disk.raw");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    let image = raw_image(&env, "disk.raw", 8 << 20);
     let qsd = Qsd::start(env.dir.path(), "a", &image, "raw");
     let tracked = qsd.add_bitmap("exists");
     backup(&env, &format!("sys={}", qsd.uri()), &[]);
@@ -335,14 +345,7 @@ fn source_of(point: &Value) -> String {
 #[test]
 fn qmp_backups_in_a_row_read_the_changes_from_checkpoints() {
     let env = Env::init();
-    let image = env.path("disk.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&image)
-        .arg("32M")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let image = qcow2_image(&env, "32M");
     let qsd = Qsd::start(env.dir.path(), "a", &image, "qcow2");
     qsd.write(0, 4 << 20, 1);
 
@@ -350,7 +353,6 @@ fn qmp_backups_in_a_row_read_the_changes_from_checkpoints() {
     for round in 0..3u64 {
         let (p, _) = qmp_backup(&env, &qsd);
         let want = env.path("want.raw");
-        let _ = std::fs::remove_file(&want);
         qsd.snapshot(&want);
         restored_equals(&env, p["point"].as_str().unwrap(), &want);
         let source = source_of(&p);
@@ -381,7 +383,6 @@ fn qmp_backups_in_a_row_read_the_changes_from_checkpoints() {
     );
     assert!(source_of(&p).starts_with("full-scan"), "{p}");
     let want = env.path("want.raw");
-    let _ = std::fs::remove_file(&want);
     qsd.snapshot(&want);
     restored_equals(&env, p["point"].as_str().unwrap(), &want);
 }
@@ -389,11 +390,7 @@ fn qmp_backups_in_a_row_read_the_changes_from_checkpoints() {
 #[test]
 fn a_killed_qmp_backup_loses_no_change_tracking() {
     let env = Env::init();
-    let image = env.path("disk.raw");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(256 << 20)
-        .unwrap();
+    let image = raw_image(&env, "disk.raw", 256 << 20);
     let qsd = Qsd::start(env.dir.path(), "a", &image, "raw");
     qmp_backup(&env, &qsd);
     let args = qmp_args(&env, &qsd);
@@ -454,11 +451,7 @@ fn a_killed_qmp_backup_loses_no_change_tracking() {
 #[test]
 fn qmp_failures_are_named_and_store_nothing() {
     let env = Env::init();
-    let image = env.path("disk.raw");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    let image = raw_image(&env, "disk.raw", 8 << 20);
     let qsd = Qsd::start(env.dir.path(), "a", &image, "raw");
     let sock = qsd.qmp.to_str().unwrap().to_string();
     let work = env.dir.path().to_str().unwrap().to_string();

@@ -243,17 +243,14 @@ fn request(args: &BackupArgs) -> Result<BackupRequest> {
     for b in &args.bitmaps {
         let (name, spec) = split_pair("--bitmap", b)?;
         let name: DiskName = name.parse()?;
-        let bitmap = match spec.split_once('@') {
-            Some((n, uri)) => BitmapRef {
-                name: n.to_string(),
-                uri: Some(uri.to_string()),
-                checkpoint: false,
-            },
-            None => BitmapRef {
-                name: spec.to_string(),
-                uri: None,
-                checkpoint: false,
-            },
+        let (bitmap_name, uri) = match spec.split_once('@') {
+            Some((n, uri)) => (n, Some(uri.to_string())),
+            None => (spec, None),
+        };
+        let bitmap = BitmapRef {
+            name: bitmap_name.to_string(),
+            uri,
+            checkpoint: false,
         };
         if bitmap.name.is_empty() || bitmap.uri.as_deref() == Some("") {
             return Err(Error::InvalidArgument(format!(
