@@ -19,6 +19,8 @@ pub struct S3Server {
     pub secret: String,
     child: Option<Child>,
     _dir: Option<TempDir>,
+    /// The admin port of the server this started.
+    admin: Option<u16>,
 }
 
 /// A free loopback port below 55535 whose +10000 neighbour is free too
@@ -47,6 +49,7 @@ impl S3Server {
                 secret: var("XFULL_TEST_S3_SECRET"),
                 child: None,
                 _dir: None,
+                admin: None,
             };
         }
         let dir = tempfile::tempdir().expect("temp dir");
@@ -91,6 +94,7 @@ impl S3Server {
             secret,
             child: Some(child),
             _dir: Some(dir),
+            admin: Some(admin),
         };
         server.wait_ready(s3);
         server
@@ -157,6 +161,15 @@ impl Drop for S3Server {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // weed mini leaves its admin gRPC socket (admin port + 10,000) in
+        // /tmp whatever TMPDIR says: one file per test run otherwise.
+        if let Some(admin) = self.admin {
+            let sock = format!(
+                "/tmp/seaweedfs-admin-grpc-{}.sock",
+                u32::from(admin) + 10_000
+            );
+            let _ = std::fs::remove_file(sock);
         }
     }
 }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use xfull_core::qmp::Qmp;
 use xfull_integration::env::{Env, fails, sha256};
 
 /// A qemu-storage-daemon serving one disk image (qcow2 or raw) as the
@@ -94,14 +95,21 @@ impl Qsd {
         );
     }
 
+    /// Runs `f` on a QMP connection to this daemon.
+    fn with_qmp<T>(&self, f: impl AsyncFnOnce(&mut Qmp) -> T) -> T {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut q = Qmp::connect(&self.qmp).await.unwrap();
+            f(&mut q).await
+        })
+    }
+
     /// Adds dirty bitmap `name` and an export `bm-NAME` of the disk that
     /// carries it (QEMU offers a bitmap on the exports created with it,
     /// as libvirt's pull-mode backup does; an enabled bitmap needs a
     /// writable export).
     fn add_bitmap(&self, name: &str) -> String {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let mut q = xfull_core::qmp::Qmp::connect(&self.qmp).await.unwrap();
+        self.with_qmp(async |q| {
             q.add_bitmap("disk0", name, false).await.unwrap();
             q.execute(
                 "block-export-add",
@@ -287,6 +295,109 @@ fn nbd_failures_name_the_disk_and_store_nothing() {
     assert_eq!(env.points(), 1, "no point was stored by the failures");
 }
 
+/// Runs `qemu-img` or `qemu-io` with `args`; fails the test on an error.
+fn qemu(tool: &str, args: &[&str]) {
+    let out = Command::new(tool).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `qemu-nbd -r` serving a qcow2 image with its persistent bitmaps
+/// `bitmaps`; killed on drop.
+struct QemuNbd {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl QemuNbd {
+    fn start(image: &Path, bitmaps: &[&str]) -> QemuNbd {
+        let sock = image.with_extension("sock");
+        let _ = std::fs::remove_file(&sock);
+        let mut c = Command::new("qemu-nbd");
+        c.args([
+            "-r", "-t", "-e", "8", "-f", "qcow2", "-x", "disk0", "--socket",
+        ])
+        .arg(&sock);
+        for b in bitmaps {
+            c.args(["-B", b]);
+        }
+        let child = c.arg(image).stdin(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "qemu-nbd never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        QemuNbd { child, sock }
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///disk0?socket={}", self.sock.display())
+    }
+}
+
+#[test]
+fn a_disk_that_changed_size() {
+    let env = Env::init();
+    let image = qcow2_image(&env, "8M");
+    let path = image.to_str().unwrap();
+    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 1M", path]);
+    {
+        let nbd = QemuNbd::start(&image, &[]);
+        backup(&env, &format!("sys={}", nbd.uri()), &[]);
+    }
+
+    // The disk grows under its persistent bitmap while the VM is off
+    // (QEMU resizes the bitmap; the new tail is not in the parent): the
+    // point from the bitmap is the disk.
+    qemu("qemu-img", &["bitmap", "--add", path, "b1"]);
+    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 8 1M 4k", path]);
+    qemu("qemu-img", &["resize", "-q", path, "12M"]);
+    qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 7 10M 64k", path],
+    );
+    let nbd = QemuNbd::start(&image, &["b1"]);
+    let p1 = backup(&env, &format!("sys={}", nbd.uri()), &["sys=b1".into()]);
+    assert_eq!(p1["disks"][0]["size"], 12 << 20, "{p1}");
+    let want = env.path("want.raw");
+    qemu(
+        "qemu-img",
+        &["convert", "-O", "raw", path, want.to_str().unwrap()],
+    );
+    restored_equals(&env, p1["point"].as_str().unwrap(), &want);
+
+    // Another node's bitmap of an export that is not this disk's size is
+    // refused, naming the disk and that export; nothing is stored.
+    let other = raw_image(&env, "other.raw", 16 << 20);
+    let b = Qsd::start(env.dir.path(), "b", &other, "raw");
+    let ub = b.add_bitmap("bx");
+    let (code, err) = fails(env.x(&[
+        "backup",
+        "--vm",
+        "vm1",
+        "--disk",
+        &format!("sys={}", nbd.uri()),
+        "--bitmap",
+        &format!("sys=bx@{ub}"),
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("sys") && err.contains(&ub) && err.contains("not the same disk"),
+        "{err}"
+    );
+    assert_eq!(env.points(), 2, "no point was stored by the failure");
+}
+
 /// Runs `xfull backup --qmp` of disk `sys` = node `disk0`.
 fn qmp_args(env: &Env, qsd: &Qsd) -> Vec<String> {
     [
@@ -319,9 +430,7 @@ fn qmp_backup(env: &Env, qsd: &Qsd) -> (Value, String) {
 
 /// Bitmaps and xfull-named objects QEMU holds now.
 fn qemu_state(qsd: &Qsd) -> (Vec<String>, Vec<String>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut q = xfull_core::qmp::Qmp::connect(&qsd.qmp).await.unwrap();
+    qsd.with_qmp(async |q| {
         let nodes = q.block_nodes().await.unwrap();
         let bitmaps = nodes
             .iter()
@@ -371,11 +480,7 @@ fn qmp_backups_in_a_row_read_the_changes_from_checkpoints() {
     assert_eq!(checkpoints.len(), 3, "a new checkpoint per point");
 
     // A checkpoint removed behind xfull's back: a full read, said so.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut q = xfull_core::qmp::Qmp::connect(&qsd.qmp).await.unwrap();
-        q.remove_bitmap("disk0", &checkpoints[2]).await.unwrap();
-    });
+    qsd.with_qmp(async |q| q.remove_bitmap("disk0", &checkpoints[2]).await.unwrap());
     let (p, err) = qmp_backup(&env, &qsd);
     assert!(
         err.contains(&checkpoints[2]) && err.contains("gone"),
