@@ -12,7 +12,8 @@
 //! used by any command: [`packer`] fills and stores packs, [`pack_read`]
 //! reads trailers and coalesced runs of chunks with ranged GETs,
 //! [`lookup`] finds chunks in index objects (batched, with a local cache),
-//! [`rebuild`] derives the index from pack trailers alone.
+//! [`known`] adds a session's own packs to it and writes a session's
+//! index object, [`rebuild`] derives the index from pack trailers alone.
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use crate::keys;
 use crate::repo::{Stored, missing, put_once_as};
 
 pub mod index;
+pub mod known;
 pub mod lookup;
 pub mod pack;
 pub mod pack_read;

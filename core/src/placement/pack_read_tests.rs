@@ -168,3 +168,47 @@ async fn a_trailer_is_one_ranged_read_and_two_when_longer_than_the_guess() {
     );
     assert_eq!(gets(&backend) - before, 2);
 }
+
+proptest::proptest! {
+    /// Whatever is wanted, in any order with repeats: each wanted chunk is
+    /// in exactly one run, runs stay within one pack and the size bound
+    /// (or hold one larger blob), and every run's entries lie inside it.
+    #[test]
+    fn runs_cover_each_wanted_chunk_once_within_the_bounds(
+        picks in proptest::collection::vec((0u8..3, 0usize..60), 0..120),
+        max_gap in 0u64..2000,
+        max_run in 1u64..5000,
+    ) {
+        let len = |k: usize| 50 + (k as u32 * 37) % 400;
+        let mut entries: Vec<PackEntry> = Vec::new();
+        let mut offset = 0;
+        for k in 0..60 {
+            entries.push(PackEntry {
+                id: ObjectId::from_bytes([k as u8; 32]),
+                offset,
+                stored_len: len(k),
+                plain_len: 1000,
+            });
+            offset += u64::from(len(k));
+        }
+        let want: Vec<IndexEntry> = picks
+            .iter()
+            .map(|&(p, k)| IndexEntry { pack: ObjectId::from_bytes([p; 32]), entry: entries[k] })
+            .collect();
+        let runs = coalesce(want.clone(), max_gap, max_run);
+        let mut got: Vec<(ObjectId, u64)> = Vec::new();
+        for r in &runs {
+            let size = r.range.end - r.range.start;
+            proptest::prop_assert!(size <= max_run || r.entries.len() == 1);
+            for e in &r.entries {
+                proptest::prop_assert!(r.range.start <= e.offset && e.range().end <= r.range.end);
+                got.push((r.pack, e.offset));
+            }
+        }
+        let mut expect: Vec<(ObjectId, u64)> = want.iter().map(|w| (w.pack, w.entry.offset)).collect();
+        expect.sort_unstable();
+        expect.dedup();
+        got.sort_unstable();
+        proptest::prop_assert_eq!(got, expect);
+    }
+}

@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 
-use super::index::{self, IndexEntry};
+use super::index::IndexEntry;
+use super::known::store_index;
 use super::pack_read::read_trailer;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::id::ObjectId;
 use crate::keys;
 use crate::progress::Progress;
-use crate::repo::{Stored, put_once};
+use crate::repo::Stored;
 
 /// What a rebuild found and wrote.
 #[derive(Debug, Default)]
@@ -65,17 +65,10 @@ pub async fn rebuild(
         }
     }
     drop(listing);
-    if entries.is_empty() {
-        return Ok(out);
-    }
     entries.sort_unstable_by_key(|e| e.entry.id);
     entries.dedup_by_key(|e| e.entry.id);
     out.chunks = entries.len() as u64;
-    let object = index::encode(entries);
-    let name: ObjectId = index::index_name(&object);
-    let key = keys::index(&name);
-    let stored = put_once(&*backend, &key, object).await?;
-    out.written = Some((key, stored));
+    out.written = store_index(&*backend, entries).await?;
     Ok(out)
 }
 

@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::backend::PutMode;
+use crate::id::ObjectId;
 use crate::placement::chunk_id;
 use crate::placement::lookup::ChunkIndex;
 use crate::placement::packer::{PackUploads, Packer, StoredPack};
