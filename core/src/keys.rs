@@ -10,6 +10,8 @@
 //! gc/sweeps/<seq>             a sweep's start marker (refreshed while it runs)
 //! gc/done/<seq>               written when that sweep finished
 //! damage/<chunk or node key>  that object was found damaged
+//! packs/<2 hex>/<64 hex>      pack of chunk blobs (format 2, not yet written by backup)
+//! index/<64 hex>              chunk index object (format 2, not yet written by backup)
 //! ```
 
 use crate::id::{ObjectId, PointId};
@@ -24,6 +26,8 @@ pub const LEASES: &str = "leases/";
 pub const SWEEPS: &str = "gc/sweeps/";
 pub const DONE: &str = "gc/done/";
 pub const DAMAGE: &str = "damage/";
+pub const PACKS: &str = "packs/";
+pub const INDEX: &str = "index/";
 
 fn fanned(prefix: &str, id: &ObjectId) -> String {
     let hex = id.to_hex();
@@ -36,6 +40,28 @@ pub fn chunk(id: &ObjectId) -> String {
 
 pub fn node(id: &ObjectId) -> String {
     fanned(NODES, id)
+}
+
+/// A pack, named by the BLAKE3 of its bytes.
+pub fn pack(name: &ObjectId) -> String {
+    fanned(PACKS, name)
+}
+
+/// The name at the end of a `packs/` key, if it is one.
+pub fn parse_pack(key: &str) -> Option<ObjectId> {
+    let (fan, hex) = key.strip_prefix(PACKS)?.split_once('/')?;
+    let id: ObjectId = hex.parse().ok()?;
+    (fan.len() == 2 && hex.starts_with(fan)).then_some(id)
+}
+
+/// A chunk index object, named by the BLAKE3 of its bytes (few: not fanned).
+pub fn index(name: &ObjectId) -> String {
+    format!("{INDEX}{}", name.to_hex())
+}
+
+/// The name at the end of an `index/` key, if it is one.
+pub fn parse_index(key: &str) -> Option<ObjectId> {
+    key.strip_prefix(INDEX)?.parse().ok()
 }
 
 pub fn point(vm: &VmName, id: &PointId) -> String {
@@ -132,6 +158,11 @@ mod tests {
         assert_eq!(parse_point(&point(&vm, &id)), Some((vm.clone(), id)));
         assert_eq!(parse_point("points/vm1/junk"), None);
         assert_eq!(parse_point("nodes/ab/cd"), None);
+        let name: ObjectId = "ab".repeat(32).parse().unwrap();
+        assert_eq!(parse_pack(&pack(&name)), Some(name));
+        assert_eq!(parse_index(&index(&name)), Some(name));
+        assert_eq!(parse_pack(&format!("packs/cd/{}", name.to_hex())), None);
+        assert_eq!(parse_pack(&index(&name)), None);
         assert_eq!(
             trashed_point(&vm, &"20261125T194155Z-3fa2".parse().unwrap()),
             "trash/points/vm1/20261125T194155Z-3fa2"

@@ -5,6 +5,7 @@
 
 pub mod markers;
 pub mod marks;
+pub mod pack_plan;
 mod protect;
 pub mod sweep;
 

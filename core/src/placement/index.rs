@@ -79,6 +79,21 @@ pub fn encode(mut entries: Vec<IndexEntry>) -> Bytes {
     Bytes::from(out)
 }
 
+/// What a lookup does after reading one block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The id's place, or that this object does not hold it.
+    Done(Option<IndexEntry>),
+    /// Read this block next.
+    Read(usize),
+}
+
+/// The name of an index object: the BLAKE3 of its bytes (so it is put
+/// create-only, and a rebuild that finds the same packs writes nothing).
+pub fn index_name(object: &[u8]) -> ObjectId {
+    ObjectId::from_bytes(*blake3::hash(object).as_bytes())
+}
+
 /// The checked head of an index object.
 #[derive(Clone, Debug)]
 pub struct IndexHead {
@@ -224,30 +239,49 @@ impl IndexHead {
         id: &ObjectId,
         mut read: impl FnMut(Range<u64>) -> Result<Bytes>,
     ) -> Result<Option<IndexEntry>> {
-        if self.entries == 0 {
+        let Some(mut i) = self.first_block(id) else {
             return Ok(None);
-        }
-        let mut i = self.guess_block(id);
-        // Once the walk has a direction it keeps it.
-        let mut dir: Option<bool> = None;
+        };
+        let mut dir = None;
         loop {
             let block = self.decode_block(i, &read(self.block_range(i))?)?;
-            let (Some(first), Some(last)) = (block.first(), block.last()) else {
-                return Ok(None);
-            };
-            let go_down = *id < first.entry.id;
-            let go_up = *id > last.entry.id;
-            if !go_down && !go_up {
-                let found = block.binary_search_by(|e| e.entry.id.cmp(id)).ok();
-                return Ok(found.map(|k| block[k]));
+            match self.step(id, i, &block, &mut dir) {
+                Step::Done(found) => return Ok(found),
+                Step::Read(next) => i = next,
             }
-            let up = go_up;
-            if dir.is_some_and(|d| d != up) || (!up && i == 0) || (up && i + 1 >= self.blocks()) {
-                return Ok(None);
-            }
-            dir = Some(up);
-            i = if up { i + 1 } else { i - 1 };
         }
+    }
+
+    /// The block a lookup of `id` reads first; `None` if the object is empty.
+    pub fn first_block(&self, id: &ObjectId) -> Option<usize> {
+        (self.entries > 0).then(|| self.guess_block(id))
+    }
+
+    /// One step of a lookup of `id` in the decoded block `i`: the answer,
+    /// or the next block to read. `dir` carries the walk's direction
+    /// between steps (start with `None`): once the walk has a direction
+    /// it keeps it, so an unsorted hostile object cannot make it loop.
+    pub fn step(
+        &self,
+        id: &ObjectId,
+        i: usize,
+        block: &[IndexEntry],
+        dir: &mut Option<bool>,
+    ) -> Step {
+        let (Some(first), Some(last)) = (block.first(), block.last()) else {
+            return Step::Done(None);
+        };
+        let go_down = *id < first.entry.id;
+        let up = *id > last.entry.id;
+        if !go_down && !up {
+            let found = block.binary_search_by(|e| e.entry.id.cmp(id)).ok();
+            return Step::Done(found.map(|k| block[k]));
+        }
+        if dir.is_some_and(|d| d != up) || (!up && i == 0) || (up && i + 1 >= self.blocks()) {
+            return Step::Done(None);
+        }
+        *dir = Some(up);
+        Step::Read(if up { i + 1 } else { i - 1 })
     }
 
     /// Reads a whole index object held in memory (tests, small objects).

@@ -7,6 +7,13 @@
 //! grouping chunks into pack objects changes this module, not them.
 //! Chunk objects are put with [`ObjectClass::Data`], which a backend may
 //! keep in a colder storage class.
+//!
+//! The pack layout (format 2, issue 11) is built beside it but not yet
+//! used by any command: [`packer`] fills and stores packs, [`pack_read`]
+//! reads trailers and coalesced runs of chunks with ranged GETs,
+//! [`lookup`] finds chunks in index objects (batched, with a local cache),
+//! [`known`] adds a session's own packs to it and writes a session's
+//! index object, [`rebuild`] derives the index from pack trailers alone.
 
 use std::sync::Arc;
 
@@ -23,7 +30,12 @@ use crate::keys;
 use crate::repo::{Stored, missing, put_once_as};
 
 pub mod index;
+pub mod known;
+pub mod lookup;
 pub mod pack;
+pub mod pack_read;
+pub mod packer;
+pub mod rebuild;
 
 /// A chunk's id: the one place chunk plaintext is hashed to its name
 /// (client-side encryption will make it a keyed hash).

@@ -50,6 +50,8 @@ impl Clock {
 pub struct MemBackend {
     objects: Mutex<BTreeMap<String, (Bytes, DateTime<Utc>)>>,
     clock: Clock,
+    /// Requests by kind, named as the S3 backend names them.
+    counts: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl MemBackend {
@@ -57,6 +59,7 @@ impl MemBackend {
         MemBackend {
             objects: Mutex::default(),
             clock,
+            counts: Mutex::default(),
         }
     }
 
@@ -66,6 +69,7 @@ impl MemBackend {
         MemBackend {
             objects: Mutex::new(self.lock().clone()),
             clock: Clock(Arc::new(Mutex::new(self.clock.now()))),
+            counts: Mutex::default(),
         }
     }
 
@@ -75,6 +79,15 @@ impl MemBackend {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Bytes, DateTime<Utc>)>> {
         self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, kind: &'static str) {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
     }
 
     fn not_found(&self, key: &str) -> BackendError {
@@ -92,6 +105,7 @@ impl Backend for MemBackend {
     }
 
     async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
+        self.count("put");
         let now = self.clock.tick();
         let mut objects = self.lock();
         if opts.mode == PutMode::Create && objects.contains_key(key) {
@@ -105,6 +119,7 @@ impl Backend for MemBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
+        self.count("get");
         self.clock.tick();
         let objects = self.lock();
         objects
@@ -121,6 +136,7 @@ impl Backend for MemBackend {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        self.count("head");
         self.clock.tick();
         let objects = self.lock();
         let (data, time) = objects.get(key).ok_or_else(|| self.not_found(key))?;
@@ -132,6 +148,7 @@ impl Backend for MemBackend {
     }
 
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
+        self.count("list");
         self.clock.tick();
         let found: Vec<_> = self
             .lock()
@@ -149,12 +166,20 @@ impl Backend for MemBackend {
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
+        self.count("delete");
         self.clock.tick();
         let mut objects = self.lock();
         for k in keys {
             objects.remove(k);
         }
         Ok(())
+    }
+
+    fn request_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

@@ -1,0 +1,107 @@
+//! What a backup session knows to be stored: the repository's index
+//! objects plus the packs the session itself stored, so that a chunk
+//! already stored (any VM, any earlier backup, or this session's own
+//! packs) is found before it is compressed or uploaded.
+//!
+//! At the end of the session its packs become one index object
+//! ([`store_index`]); until then they are only known here.
+//!
+//! Not yet wired into backup: the gc protocol (leases, announced sweep
+//! batches, re-checks) must also cover "reused from pack P" first.
+
+use super::index::{self, IndexEntry};
+use super::lookup::ChunkIndex;
+use super::packer::StoredPack;
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::id::ObjectId;
+use crate::keys;
+use crate::repo::{Stored, put_once};
+use std::collections::HashMap;
+
+/// Own chunks remembered at most (about 100 bytes each in the map, so
+/// about 100 MB): past it the session forgets its oldest knowledge, and a
+/// chunk met again is stored again, in a new pack (waste, never a
+/// missing chunk). Its index object still lists every pack.
+pub const OWN_CAP: usize = 1 << 20;
+
+/// The repository's index plus this session's stored packs.
+#[derive(Debug)]
+pub struct KnownChunks {
+    index: ChunkIndex,
+    own: HashMap<ObjectId, IndexEntry>,
+}
+
+impl KnownChunks {
+    pub fn new(index: ChunkIndex) -> Self {
+        KnownChunks {
+            index,
+            own: HashMap::new(),
+        }
+    }
+
+    /// Records a pack this session stored: its chunks may be reused now.
+    pub fn note_stored(&mut self, pack: &StoredPack) {
+        if self.own.len() + pack.entries.len() > OWN_CAP {
+            self.own.clear();
+        }
+        for &entry in &pack.entries {
+            self.own.insert(
+                entry.id,
+                IndexEntry {
+                    pack: pack.name,
+                    entry,
+                },
+            );
+        }
+    }
+
+    /// Where each id is stored, if it is (answers in the order given):
+    /// this session's packs first, then one batched lookup in the index.
+    pub async fn find(&self, ids: &[ObjectId]) -> Result<Vec<Option<IndexEntry>>> {
+        let mut found: Vec<Option<IndexEntry>> =
+            ids.iter().map(|id| self.own.get(id).copied()).collect();
+        let rest: Vec<usize> = (0..ids.len()).filter(|&k| found[k].is_none()).collect();
+        if rest.is_empty() {
+            return Ok(found);
+        }
+        let asked: Vec<ObjectId> = rest.iter().map(|&k| ids[k]).collect();
+        for (k, hit) in rest.into_iter().zip(self.index.lookup(&asked).await?) {
+            found[k] = hit;
+        }
+        Ok(found)
+    }
+}
+
+/// The index entries of stored packs.
+pub fn entries_of(packs: &[StoredPack]) -> Vec<IndexEntry> {
+    packs
+        .iter()
+        .flat_map(|p| {
+            p.entries.iter().map(|&entry| IndexEntry {
+                pack: p.name,
+                entry,
+            })
+        })
+        .collect()
+}
+
+/// Writes one index object of `entries` (a session's packs, or every
+/// pack for a rebuild), named by its bytes, create-only; `None` without
+/// entries. Its chunks become findable by every later session.
+pub async fn store_index(
+    backend: &dyn Backend,
+    entries: Vec<IndexEntry>,
+) -> Result<Option<(String, Stored)>> {
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let object = index::encode(entries);
+    let key = keys::index(&index::index_name(&object));
+    let stored = put_once(backend, &key, object).await?;
+    Ok(Some((key, stored)))
+}
+
+#[cfg(test)]
+#[path = "known_tests.rs"]
+mod tests;

@@ -1,0 +1,104 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::placement::chunk_id;
+use crate::placement::packer::{PackUploads, Packer};
+use crate::testing::MemBackend;
+
+/// Incompressible, distinct per `i`.
+fn noise(i: u32) -> Vec<u8> {
+    let mut x = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..32 << 10)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// One disk's backup as the wiring is to do it: find what is stored,
+/// pack only the rest, then write the session's index object. Returns
+/// the bytes of packs uploaded.
+async fn back_up(backend: &Arc<MemBackend>, disk: &[Vec<u8>]) -> u64 {
+    let b: Arc<dyn Backend> = backend.clone();
+    let mut known = KnownChunks::new(ChunkIndex::open(b.clone(), None).await.unwrap());
+    let mut packer = Packer::new(256 << 10, 3);
+    let mut uploads = PackUploads::new(b.clone(), 2);
+    let mut packs = Vec::new();
+    // A segment at a time: 8 chunks, looked up as one batch.
+    for segment in disk.chunks(8) {
+        let ids: Vec<ObjectId> = segment.iter().map(|c| chunk_id(c)).collect();
+        let found = known.find(&ids).await.unwrap();
+        for ((id, c), hit) in ids.iter().zip(segment).zip(found) {
+            if hit.is_some() {
+                continue;
+            }
+            if let Some(p) = packer.push(*id, c).unwrap() {
+                uploads.send(p).await.unwrap();
+            }
+        }
+        for p in uploads.take_stored() {
+            known.note_stored(&p);
+            packs.push(p);
+        }
+    }
+    if let Some(p) = packer.seal() {
+        uploads.send(p).await.unwrap();
+    }
+    packs.extend(uploads.finish().await.unwrap());
+    store_index(&*b, entries_of(&packs)).await.unwrap();
+    packs.iter().map(|p| p.size).sum()
+}
+
+#[tokio::test]
+async fn a_clone_of_a_stored_template_uploads_only_what_it_adds() {
+    let backend = Arc::new(MemBackend::default());
+    let template: Vec<Vec<u8>> = (0..64).map(noise).collect();
+    let first = back_up(&backend, &template).await;
+    assert!(first >= 64 * (32 << 10));
+    // The clone: the template with 4 chunks changed and the template's
+    // first 8 chunks again at its end (met again within the session).
+    let mut clone = template.clone();
+    for (k, i) in [3usize, 20, 41, 60].into_iter().zip(1000..) {
+        clone[k] = noise(i);
+    }
+    clone.extend(template[..8].iter().cloned());
+    let puts_before = backend.request_counts()["put"];
+    let uploaded = back_up(&backend, &clone).await;
+    // 4 new chunks of 32 KiB, stored as they are: at most 1.1x that.
+    let new_bytes = 4 * (32 << 10) as u64;
+    assert!(
+        uploaded >= new_bytes && uploaded * 10 <= new_bytes * 11,
+        "{uploaded}"
+    );
+    // One pack and one index object.
+    assert_eq!(backend.request_counts()["put"] - puts_before, 2);
+}
+
+#[tokio::test]
+async fn a_chunk_of_an_own_stored_pack_is_found_without_the_index() {
+    let backend = Arc::new(MemBackend::default());
+    let b: Arc<dyn Backend> = backend.clone();
+    let mut known = KnownChunks::new(ChunkIndex::open(b.clone(), None).await.unwrap());
+    let mut packer = Packer::new(1, 0);
+    let c = noise(1);
+    let sealed = packer.push(chunk_id(&c), &c).unwrap().unwrap();
+    let mut uploads = PackUploads::new(b, 1);
+    uploads.send(sealed).await.unwrap();
+    let stored = uploads.finish().await.unwrap();
+    // Not found before its pack is stored and noted.
+    assert_eq!(known.find(&[chunk_id(&c)]).await.unwrap(), vec![None]);
+    known.note_stored(&stored[0]);
+    let gets = backend.request_counts().get("get").copied().unwrap_or(0);
+    let hit = known.find(&[chunk_id(&c)]).await.unwrap()[0].unwrap();
+    assert_eq!(
+        (hit.pack, hit.entry),
+        (stored[0].name, stored[0].entries[0])
+    );
+    assert_eq!(
+        backend.request_counts().get("get").copied().unwrap_or(0),
+        gets
+    );
+}

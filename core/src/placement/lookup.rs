@@ -1,0 +1,195 @@
+//! Finding chunks in the repository's index objects: batches of ids,
+//! sorted, with ranged GETs of single blocks and a local cache that is
+//! only a cache.
+//!
+//! Every index object under `index/` is consulted (gc does not merge them
+//! into shards yet): a lookup of a batch costs, per index object, about
+//! one block read per distinct block the batch's ids fall in (consecutive
+//! sorted ids in one block share the read), and memory of one decoded
+//! block per object at a time.
+//!
+//! The cache (`$XDG_CACHE_HOME/xfull/<repo id>/`) keeps blocks as files
+//! named by index object and block number. A cached block is used only
+//! after it matched the sum in the object's head, which is always read
+//! from the store; a block that does not match, or a cache that cannot be
+//! read or written, is bypassed and the store read instead.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+use super::index::{IndexEntry, IndexHead, Step};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::keys;
+use crate::repo::missing;
+
+/// Bytes read from an index object's start to get its head in one
+/// request (a head is 24 bytes plus 32 per pack and per 1,024 entries).
+const HEAD_GUESS: u64 = 64 << 10;
+
+/// The local cache directory of a repository: `$XDG_CACHE_HOME/xfull/<repo
+/// id>/`, else `$HOME/.cache/xfull/<repo id>/`; `None` without either.
+pub fn default_cache_dir(repo_id: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("xfull").join(repo_id))
+}
+
+#[derive(Debug)]
+struct IndexObject {
+    name: ObjectId,
+    key: String,
+    head: IndexHead,
+}
+
+/// The index objects of a repository, their heads read and checked.
+#[derive(Debug)]
+pub struct ChunkIndex {
+    backend: Arc<dyn Backend>,
+    objects: Vec<IndexObject>,
+    cache: Option<PathBuf>,
+}
+
+impl ChunkIndex {
+    /// Lists `index/` and reads every object's head (one ranged GET each,
+    /// two for a head over 64 KiB). A damaged head is damage of that
+    /// object, named; `xfull index rebuild` replaces it.
+    pub async fn open(backend: Arc<dyn Backend>, cache: Option<PathBuf>) -> Result<Self> {
+        let listed: Vec<_> = backend.list(keys::INDEX).try_collect().await?;
+        let mut objects = Vec::with_capacity(listed.len());
+        for meta in listed {
+            let Some(name) = keys::parse_index(&meta.key) else {
+                continue;
+            };
+            let head = read_head(&*backend, &meta.key, meta.size).await?;
+            objects.push(IndexObject {
+                name,
+                key: meta.key,
+                head,
+            });
+        }
+        objects.sort_unstable_by_key(|o| o.name);
+        Ok(ChunkIndex {
+            backend,
+            objects,
+            cache,
+        })
+    }
+
+    /// How many index objects a lookup consults.
+    pub fn objects(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Looks up every id (any order; looked up sorted) and answers in the
+    /// order given: where the chunk is stored, or `None`.
+    pub async fn lookup(&self, ids: &[ObjectId]) -> Result<Vec<Option<IndexEntry>>> {
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_unstable_by_key(|&k| ids[k]);
+        let mut found: Vec<Option<IndexEntry>> = vec![None; ids.len()];
+        for object in &self.objects {
+            // The last block read: sorted ids mostly fall in it again.
+            let mut held: Option<(usize, Vec<IndexEntry>)> = None;
+            for &k in &order {
+                if found[k].is_some() {
+                    continue;
+                }
+                let id = &ids[k];
+                let Some(mut i) = object.head.first_block(id) else {
+                    break;
+                };
+                let mut dir = None;
+                found[k] = loop {
+                    if held.as_ref().is_none_or(|(at, _)| *at != i) {
+                        held = Some((i, self.block(object, i).await?));
+                    }
+                    let block = held.as_ref().map(|(_, b)| b.as_slice()).unwrap_or_default();
+                    match object.head.step(id, i, block, &mut dir) {
+                        Step::Done(hit) => break hit,
+                        Step::Read(next) => i = next,
+                    }
+                };
+            }
+        }
+        Ok(found)
+    }
+
+    /// Block `i` of `object`, from the cache if it holds it intact, else
+    /// from the store (and then cached).
+    async fn block(&self, object: &IndexObject, i: usize) -> Result<Vec<IndexEntry>> {
+        let path = self.cache.as_ref().map(|c| block_path(c, &object.name, i));
+        let cached = path.as_ref().and_then(|p| std::fs::read(p).ok());
+        if let Some(block) = cached.and_then(|b| object.head.decode_block(i, &b).ok()) {
+            return Ok(block);
+        }
+        let key = &object.key;
+        let bytes = self
+            .backend
+            .get_range(key, object.head.block_range(i))
+            .await
+            .map_err(|e| missing(e, key))?;
+        let block = object.head.decode_block(i, &bytes)?;
+        if let Some(p) = &path {
+            // Best effort: a cache that cannot be written is bypassed.
+            let _ = write_atomically(p, &bytes);
+        }
+        Ok(block)
+    }
+}
+
+async fn read_head(backend: &dyn Backend, key: &str, size: u64) -> Result<IndexHead> {
+    let get = |end: u64| async move {
+        backend
+            .get_range(key, 0..end)
+            .await
+            .map_err(|e| missing(e, key))
+    };
+    let first: Bytes = get(size.min(HEAD_GUESS)).await?;
+    let len = IndexHead::head_len(key, &first, size)?;
+    let head = if len <= first.len() as u64 {
+        first.slice(..len as usize)
+    } else {
+        get(len).await?
+    };
+    if head.len() as u64 != len {
+        return Err(Error::corrupt(
+            key,
+            format!("{} bytes read of a head of {len}", head.len()),
+        ));
+    }
+    IndexHead::decode(key, &head, size)
+}
+
+fn block_path(cache: &Path, object: &ObjectId, i: usize) -> PathBuf {
+    cache
+        .join("index")
+        .join(object.to_hex())
+        .join(i.to_string())
+}
+
+/// Writes a cache file under a temporary name and renames it into place,
+/// so a concurrent reader sees a whole block or none (and a torn one would
+/// fail its sum anyway).
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+#[path = "lookup_tests.rs"]
+mod tests;

@@ -1,0 +1,128 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::backend::PutMode;
+use crate::placement::index::{self, IndexEntry};
+use crate::placement::pack::PackEntry;
+use crate::testing::MemBackend;
+
+fn id(k: u64) -> ObjectId {
+    let mut b = [0u8; 32];
+    b.copy_from_slice(blake3::hash(&k.to_le_bytes()).as_bytes());
+    ObjectId::from_bytes(b)
+}
+
+fn entry(k: u64) -> IndexEntry {
+    IndexEntry {
+        pack: ObjectId::from_bytes([(k % 7) as u8; 32]),
+        entry: PackEntry {
+            id: id(k),
+            offset: k * 10,
+            stored_len: 10,
+            plain_len: 20,
+        },
+    }
+}
+
+/// Stores an index object of the chunks `ks`; returns its key.
+async fn put_index(backend: &MemBackend, ks: std::ops::Range<u64>) -> String {
+    let object = index::encode(ks.map(entry).collect());
+    let key = keys::index(&index::index_name(&object));
+    backend.put(&key, object, PutMode::Create).await.unwrap();
+    key
+}
+
+fn gets(b: &MemBackend) -> u64 {
+    b.request_counts().get("get").copied().unwrap_or(0)
+}
+
+/// 100 ids of the first object, 50 of the second, 50 in neither.
+fn batch() -> Vec<ObjectId> {
+    (0..100)
+        .map(|k| id(k * 40))
+        .chain((0..50).map(|k| id(10_000 + k * 50)))
+        .chain((0..50).map(|k| id(90_000 + k)))
+        .collect()
+}
+
+fn check(found: &[Option<IndexEntry>]) {
+    for (k, f) in found.iter().enumerate() {
+        let want = match k {
+            0..100 => Some(entry(k as u64 * 40)),
+            100..150 => Some(entry(10_000 + (k as u64 - 100) * 50)),
+            _ => None,
+        };
+        assert_eq!(*f, want, "id {k} of the batch");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_answered_from_every_index_object_with_few_block_reads() {
+    let backend = Arc::new(MemBackend::default());
+    put_index(&backend, 0..5000).await; // 5 blocks
+    put_index(&backend, 10_000..13_000).await; // 3 blocks
+    let index = ChunkIndex::open(backend.clone(), None).await.unwrap();
+    assert_eq!(index.objects(), 2);
+    let before = gets(&backend);
+    check(&index.lookup(&batch()).await.unwrap());
+    // Sorted ids read each block about once: at most 2 x 8 blocks, far
+    // below one read per id (200).
+    let reads = gets(&backend) - before;
+    assert!(reads <= 16, "{reads} block reads");
+}
+
+#[tokio::test]
+async fn the_cache_saves_block_reads_and_a_bad_cached_block_is_bypassed() {
+    let backend = Arc::new(MemBackend::default());
+    put_index(&backend, 0..5000).await;
+    put_index(&backend, 10_000..13_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Some(dir.path().to_path_buf());
+    let first = ChunkIndex::open(backend.clone(), cache.clone())
+        .await
+        .unwrap();
+    check(&first.lookup(&batch()).await.unwrap());
+    // A second process: heads from the store (2 reads), blocks from the cache.
+    let before = gets(&backend);
+    let second = ChunkIndex::open(backend.clone(), cache.clone())
+        .await
+        .unwrap();
+    check(&second.lookup(&batch()).await.unwrap());
+    assert_eq!(gets(&backend) - before, 2);
+    // Every cached block damaged: still right answers, from the store.
+    let mut files = 0;
+    for object in std::fs::read_dir(dir.path().join("index")).unwrap() {
+        for block in std::fs::read_dir(object.unwrap().path()).unwrap() {
+            std::fs::write(block.unwrap().path(), b"not a block").unwrap();
+            files += 1;
+        }
+    }
+    let before = gets(&backend);
+    let third = ChunkIndex::open(backend.clone(), cache).await.unwrap();
+    check(&third.lookup(&batch()).await.unwrap());
+    assert!(gets(&backend) - before > 2 && files > 0);
+}
+
+#[tokio::test]
+async fn a_damaged_index_object_is_damage_naming_it() {
+    let backend = Arc::new(MemBackend::default());
+    let key = put_index(&backend, 0..3000).await;
+    let mut bytes = backend.get(&key).await.unwrap().to_vec();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 1;
+    backend
+        .put(&key, bytes.into(), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let index = ChunkIndex::open(backend.clone(), None).await.unwrap();
+    let all: Vec<ObjectId> = (0..3000).map(id).collect();
+    let err = index.lookup(&all).await.unwrap_err();
+    assert!(err.is_damage() && err.to_string().contains(&key), "{err}");
+    // A head that lies about its size is refused when opened.
+    backend
+        .put(&key, Bytes::from_static(b"XFI1"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let err = ChunkIndex::open(backend, None).await.unwrap_err();
+    assert!(err.is_damage() && err.to_string().contains(&key), "{err}");
+}

@@ -1,0 +1,141 @@
+//! Reading packs with ranged GETs: a pack's trailer with one suffix read,
+//! and chunks in coalesced runs (adjacent blobs of one pack in one
+//! request, bounded in size), every chunk checked against its id.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::index::IndexEntry;
+use super::pack::{PackEntry, decode_trailer, open_blob, trailer_len};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::keys;
+use crate::repo::missing;
+
+/// Bytes read from a pack's end in the first request for its trailer:
+/// a 16 MiB pack of 128 KiB chunks has a trailer of about 6 KiB, so one
+/// request usually suffices; a longer trailer costs a second, exact read.
+pub const TRAILER_GUESS: u64 = 64 << 10;
+
+/// Largest run read in one request: bounds a restore's memory per
+/// request while keeping requests few (8 MiB is 64 chunks of 128 KiB).
+pub const MAX_RUN: u64 = 8 << 20;
+
+/// Bytes of unwanted blobs a run may read through rather than split:
+/// one request costs about as much as reading this much more.
+pub const MAX_GAP: u64 = 256 << 10;
+
+/// Reads and checks the trailer of the pack `name` of `size` bytes (from
+/// a listing or the index): one ranged GET, two if the trailer is longer
+/// than [`TRAILER_GUESS`].
+pub async fn read_trailer(
+    backend: &dyn Backend,
+    name: &ObjectId,
+    size: u64,
+    max_chunk: u32,
+) -> Result<Vec<PackEntry>> {
+    let key = keys::pack(name);
+    let first = size.saturating_sub(TRAILER_GUESS)..size;
+    let mut suffix = get_exact(backend, &key, first).await?;
+    let mut last4 = [0u8; 4];
+    if suffix.len() >= 4 {
+        last4.copy_from_slice(&suffix[suffix.len() - 4..]);
+    }
+    let need = trailer_len(&key, size, last4)?;
+    if need > suffix.len() as u64 {
+        suffix = get_exact(backend, &key, size - need..size).await?;
+    }
+    decode_trailer(&key, &suffix, size, max_chunk)
+}
+
+/// One request: a byte range of one pack and the chunks in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRun {
+    pub pack: ObjectId,
+    pub range: Range<u64>,
+    /// Ascending by offset, each inside `range`.
+    pub entries: Vec<PackEntry>,
+}
+
+/// Groups the wanted chunks into runs: by pack, by offset, merging blobs
+/// closer than `max_gap` bytes while a run stays within `max_run` bytes
+/// (a single larger blob is a run of its own). A chunk wanted twice is
+/// read once.
+pub fn coalesce(mut wanted: Vec<IndexEntry>, max_gap: u64, max_run: u64) -> Vec<ReadRun> {
+    wanted.sort_unstable_by_key(|w| (w.pack, w.entry.offset));
+    wanted.dedup_by_key(|w| (w.pack, w.entry.offset));
+    let mut runs: Vec<ReadRun> = Vec::new();
+    for w in wanted {
+        let r = w.entry.range();
+        if let Some(last) = runs.last_mut() {
+            let joins = last.pack == w.pack
+                && r.start >= last.range.end
+                && r.start - last.range.end <= max_gap
+                && r.end - last.range.start <= max_run;
+            if joins {
+                last.range.end = r.end;
+                last.entries.push(w.entry);
+                continue;
+            }
+        }
+        runs.push(ReadRun {
+            pack: w.pack,
+            range: r,
+            entries: vec![w.entry],
+        });
+    }
+    runs
+}
+
+/// Reads one run with one ranged GET and opens each of its chunks. A pack
+/// that is missing or shorter than the run is an error for the whole run
+/// (damage: the pack is named); a blob that does not decode or match its
+/// id is an error for that chunk only, naming pack and chunk, so a caller
+/// can zero-fill just its bytes. CPU work runs on a blocking thread.
+pub async fn read_run(
+    backend: &dyn Backend,
+    run: &ReadRun,
+) -> Result<Vec<(PackEntry, Result<Vec<u8>>)>> {
+    let key = keys::pack(&run.pack);
+    let bytes = get_exact(backend, &key, run.range.clone()).await?;
+    let (entries, start) = (run.entries.clone(), run.range.start);
+    crate::task::blocking("opening chunks of a pack", move || {
+        entries
+            .into_iter()
+            .map(|e| {
+                let at = (e.offset - start) as usize..(e.range().end - start) as usize;
+                let mut out = vec![0u8; e.plain_len as usize];
+                let opened = open_blob(&key, &e, &bytes[at], &mut out).map(|()| out);
+                (e, opened)
+            })
+            .collect()
+    })
+    .await
+}
+
+/// A ranged GET that must return exactly the range: a shorter answer
+/// means the object is shorter than the index or listing said (damage).
+async fn get_exact(backend: &dyn Backend, key: &str, range: Range<u64>) -> Result<Bytes> {
+    let want = range.end - range.start;
+    let (start, end) = (range.start, range.end);
+    let bytes = backend
+        .get_range(key, range)
+        .await
+        .map_err(|e| missing(e, key))?;
+    if bytes.len() as u64 != want {
+        return Err(Error::corrupt(
+            key,
+            format!(
+                "{} bytes at {start}..{end}: the pack is shorter than its index says",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+#[path = "pack_read_tests.rs"]
+mod tests;
