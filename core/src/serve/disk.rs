@@ -158,7 +158,7 @@ impl PointDisk {
             ((end - 1) / seg_size) as usize,
         );
         let sequential = self.last_end.swap(end, Ordering::Relaxed) == offset;
-        if sequential || offset % seg_size == 0 {
+        if sequential || offset.is_multiple_of(seg_size) {
             self.read_ahead(last);
         }
         let mut out = Vec::new();
