@@ -7,6 +7,7 @@ use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::args::*;
+pub use crate::serve_args::*;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -146,6 +147,12 @@ pub enum Command {
     Repair(RepairArgs),
     /// Remove the named points, even those whose manifest is damaged.
     Forget(ForgetArgs),
+    /// Serve disks of a point over NBD (boot a VM from it, copy it, read
+    /// it); --writable keeps writes in a local overlay.
+    Serve(ServeArgs),
+    /// Show points' disks as read-only image files (FUSE) under
+    /// MOUNTPOINT/VM/ID/DISK.img and MOUNTPOINT/VM/latest/DISK.img.
+    Mount(MountArgs),
     /// Print a shell completion script (e.g. `xfull completions bash >
     /// /etc/bash_completion.d/xfull`).
     Completions(CompletionsArgs),
@@ -171,6 +178,8 @@ impl Command {
             Command::Verify(a) => &a.s3,
             Command::Repair(a) => &a.s3,
             Command::Forget(a) => &a.s3,
+            Command::Serve(a) => &a.s3,
+            Command::Mount(a) => &a.s3,
             Command::SnapshotDiff(_) | Command::Completions(_) | Command::Man(_) => return None,
         })
     }

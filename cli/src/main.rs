@@ -3,12 +3,14 @@
 mod args;
 mod cli;
 mod cmd;
+mod fuse_fs;
 mod metrics;
 mod open;
 mod output;
 mod point_name;
 mod profile;
 mod progress_ui;
+mod serve_args;
 
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -184,6 +186,8 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Verify(a) => cmd::verify::run(cli, a).await,
         Command::Repair(a) => cmd::repair::run(cli, a).await,
         Command::Forget(a) => cmd::forget::run(cli, a).await,
+        Command::Serve(a) => cmd::serve::run(cli, a).await,
+        Command::Mount(a) => cmd::mount::run(cli, a).await,
         Command::Completions(a) => cmd::shell::completions(a),
         Command::Man(a) => cmd::shell::man(a),
     }

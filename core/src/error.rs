@@ -124,6 +124,10 @@ pub enum Error {
         error: std::io::Error,
     },
 
+    /// The overlay file of a writable served disk cannot be used.
+    #[error("overlay {}: {reason}", path.display())]
+    Overlay { path: PathBuf, reason: String },
+
     /// The hypervisor (QEMU over QMP) refused or failed what a backup
     /// needs from it.
     #[error("QEMU at {socket}: {message}")]

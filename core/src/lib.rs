@@ -46,6 +46,7 @@ pub mod qmp;
 pub mod repair;
 pub mod repo;
 pub mod restore;
+pub mod serve;
 pub mod session;
 pub mod source;
 pub mod stats;

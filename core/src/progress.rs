@@ -48,6 +48,25 @@ pub enum Warning {
     /// bitmap, a killed run's leftovers) was not; the backup's outcome
     /// does not depend on it.
     HypervisorCleanup { message: String },
+    /// A served point (`serve`, `mount`) has damaged or missing data: reads
+    /// of that range fail with EIO; the rest is served.
+    ServedDataDamaged {
+        point: String,
+        disk: String,
+        offset: u64,
+        length: u64,
+        object: String,
+        reason: String,
+    },
+    /// A served point's segment could not be read for a reason other than
+    /// damage (the store failed or refused): reads there fail with EIO
+    /// until it can be read.
+    ServedDataUnreadable {
+        point: String,
+        disk: String,
+        offset: u64,
+        reason: String,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -86,6 +105,28 @@ impl fmt::Display for Warning {
             ),
             Warning::CheckpointUnusable { disk, reason } => write!(f, "disk {disk}: {reason}"),
             Warning::HypervisorCleanup { message } => write!(f, "QEMU: {message}"),
+            Warning::ServedDataDamaged {
+                point,
+                disk,
+                offset,
+                length,
+                object,
+                reason,
+            } => write!(
+                f,
+                "point {point}, disk {disk}: damaged data at offset {offset}, {length} bytes \
+                 ({object}): {reason}; clients reading it get EIO (run `xfull verify`)"
+            ),
+            Warning::ServedDataUnreadable {
+                point,
+                disk,
+                offset,
+                reason,
+            } => write!(
+                f,
+                "point {point}, disk {disk}: cannot read the segment at offset {offset}: \
+                 {reason}; clients reading it get EIO"
+            ),
         }
     }
 }

@@ -189,10 +189,64 @@ fn every_command_prints_the_documented_json() {
     let err = validate("error", &["diff", "vm@latest", "other@latest"], 2);
     assert_eq!(err["error"]["kind"], "usage");
 
+    // serve and mount print their document once ready, then run until
+    // SIGTERM (exit 130).
+    let sock = e.path("nbd.sock").display().to_string();
+    let mnt = e.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt = mnt.display().to_string();
+    for (name, args) in [
+        ("serve", vec!["serve", "vm@latest", "--socket", &sock]),
+        ("mount", vec!["mount", "vm@latest", &mnt]),
+    ] {
+        let doc = running_doc(&e, &args);
+        let mut bad = Vec::new();
+        check(&schemas, &schemas[name], &doc, "", &mut bad);
+        assert!(
+            bad.is_empty(),
+            "{args:?} against schema {name}:\n{}",
+            bad.join("\n")
+        );
+        assert_eq!(doc["schema_version"], 1, "{args:?}");
+        seen.push(name.to_string());
+    }
+
     // Every documented command schema was exercised.
     for name in schemas.keys().filter(|n| !n.starts_with('$')) {
         assert!(seen.contains(name), "schema {name} is not tested");
     }
+}
+
+/// The `--json` document a long-running command prints once ready; the
+/// command is then stopped with SIGTERM and must exit 130.
+fn running_doc(e: &Env, args: &[&str]) -> Value {
+    use std::io::BufRead;
+    let mut all = args.to_vec();
+    all.push("--json");
+    let mut child = e
+        .std(&all)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    let doc = loop {
+        assert!(
+            out.read_line(&mut text).unwrap() > 0,
+            "{args:?} ended: {text}"
+        );
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            break v;
+        }
+    };
+    let pid = child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(killed.unwrap().success());
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{args:?}");
+    doc
 }
 
 #[test]

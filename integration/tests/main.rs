@@ -14,6 +14,7 @@ mod hostile_repo;
 mod incremental;
 mod integrity;
 mod json_schema;
+mod mount;
 mod nbd_source;
 mod operations;
 mod placement;
@@ -22,6 +23,7 @@ mod restore_safety;
 mod retention;
 mod s3;
 mod s3_errors;
+mod serve;
 mod signals;
 
 /// A file in `tests/` that is not declared above would silently never run.

@@ -16,6 +16,7 @@
 //! link someone planted. Zero runs are not written and stay holes.
 
 mod partial;
+mod read;
 mod segment;
 mod sink;
 mod target;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde::Serialize;
 
+pub use self::read::{SegmentData, SegmentReader};
 use self::segment::{BufferPool, Piece, SegmentCtx};
 use self::sink::Sink;
 pub use self::target::{Allow, Target};

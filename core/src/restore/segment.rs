@@ -174,7 +174,7 @@ impl SegmentCtx {
     }
 
     /// The entries of a segment's node, which must cover `len` bytes.
-    async fn entries(&self, node_id: ObjectId, len: u64) -> Result<Vec<Entry>> {
+    pub(super) async fn entries(&self, node_id: ObjectId, len: u64) -> Result<Vec<Entry>> {
         let node = self.repo.load_node(&node_id).await?;
         if node.len() != len {
             return Err(Error::Corrupt {

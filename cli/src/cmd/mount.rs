@@ -1,0 +1,148 @@
+//! `xfull mount POINT... MOUNTPOINT`: points' disks as read-only image
+//! files (FUSE) until SIGINT/SIGTERM, then unmounted.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
+use xfull_core::Error;
+use xfull_core::serve::{ServeOptions, Served};
+
+use crate::cli::{Cli, MountArgs};
+use crate::cmd::serving::{Notices, spec};
+use crate::fuse_fs::{MountedPoint, PointsFs};
+
+pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
+    let (mountpoint, names) = args.args.split_last().expect("clap requires two arguments");
+    let mountpoint = PathBuf::from(mountpoint);
+    let owner = empty_dir(&mountpoint)?;
+    let repo = crate::open::open(cli).await?;
+    let mut specs = Vec::new();
+    for name in names {
+        specs.push(spec(&repo, name, &[]).await?);
+    }
+    let progress = crate::progress();
+    let opts = ServeOptions {
+        cache_bytes: args.cache,
+        ..Default::default()
+    };
+    let served = Served::open(&repo, &specs, &opts, progress.clone()).await?;
+    let result = mount(cli, &mountpoint, owner, &served).await;
+    served.close().await?;
+    result?;
+    Err(Error::Cancelled {
+        cleaned: format!(
+            "{} was unmounted; the lease on the points was released",
+            mountpoint.display()
+        ),
+    }
+    .into())
+}
+
+/// The owner of `path`, which must be an empty directory (not a link):
+/// mounting over files would hide them.
+fn empty_dir(path: &Path) -> Result<(u32, u32)> {
+    let refuse = |why: &str| {
+        Error::InvalidArgument(format!(
+            "mountpoint {}: {why}; give an empty directory",
+            path.display()
+        ))
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(&e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(refuse("not a directory").into());
+    }
+    if std::fs::read_dir(path)
+        .map_err(|e| refuse(&e.to_string()))?
+        .next()
+        .is_some()
+    {
+        return Err(refuse("not empty").into());
+    }
+    Ok((meta.uid(), meta.gid()))
+}
+
+/// Mounts, then waits for SIGINT/SIGTERM (or an unmount from outside).
+async fn mount(cli: &Cli, mountpoint: &Path, owner: (u32, u32), served: &Served) -> Result<()> {
+    let points = served
+        .manifests
+        .iter()
+        .enumerate()
+        .map(|(n, m)| MountedPoint {
+            vm: m.vm.to_string(),
+            id: m.id.to_string(),
+            time: SystemTime::from(m.time),
+            disks: served
+                .exports
+                .iter()
+                .filter(|(i, _)| *i == n)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        })
+        .collect();
+    let fs = PointsFs::new(points, tokio::runtime::Handle::current(), owner);
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName("xfull".into()),
+        fuser::MountOption::Subtype("xfull".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot mount {} (FUSE: is /dev/fuse there, and fuse3 installed?): {e}",
+            mountpoint.display()
+        )
+    })?;
+    if cli.json {
+        let doc = serde_json::json!({
+            "mountpoint": mountpoint,
+            "points": served.manifests.iter().map(|m| m.point_name()).collect::<Vec<_>>(),
+            "lease": served.lease_id(),
+        });
+        println!("{}", crate::output::json_text(&doc)?);
+    } else {
+        println!("{}", mountpoint.display());
+        if !cli.quiet {
+            eprintln!(
+                "xfull: mounted {} at {} (read-only); Ctrl-C or SIGTERM unmounts",
+                served
+                    .manifests
+                    .iter()
+                    .map(|m| m.point_name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                mountpoint.display()
+            );
+        }
+    }
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let progress = crate::progress();
+    let _notices = Notices::start(progress.clone());
+    let session = Arc::new(std::sync::Mutex::new(Some(session)));
+    // Until cancelled, or until someone unmounts it (the session ends).
+    loop {
+        tokio::select! {
+            _ = progress.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                let done = session
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_none_or(|s| s.guard.is_finished());
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+    let s = session.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(s) = s {
+        tokio::task::spawn_blocking(move || s.umount_and_join())
+            .await?
+            .map_err(|e| anyhow::anyhow!("unmounting {}: {e}", mountpoint.display()))?;
+    }
+    Ok(())
+}

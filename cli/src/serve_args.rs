@@ -1,0 +1,51 @@
+//! Arguments of `xfull serve` and `xfull mount`.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args};
+
+use crate::cli::{S3Args, parse_size};
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("listen_on").required(true).args(["socket", "listen"])))]
+pub struct ServeArgs {
+    /// VM@ID (a unique id prefix or suffix will do) or VM@latest.
+    pub point: String,
+    /// A disk to export, named after the disk (repeat for several);
+    /// default: every disk of the point.
+    #[arg(long)]
+    pub disk: Vec<String>,
+    /// Listen on a new unix socket (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Listen on a TCP address, e.g. 127.0.0.1:10809 (no TLS, no
+    /// authentication: keep it on loopback or a trusted network).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Accept writes, TRIM and WRITE_ZEROES into --overlay (the
+    /// repository is never written).
+    #[arg(long, requires = "overlay")]
+    pub writable: bool,
+    /// The copy-on-write overlay file of --writable: created if absent,
+    /// reused if it is this point's and disk's, refused otherwise.
+    #[arg(long, value_name = "FILE", requires = "writable")]
+    pub overlay: Option<PathBuf>,
+    /// Memory for cached segments, all disks together.
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    pub cache: u64,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// VM@ID or VM@latest of each point to show, then the mountpoint (an
+    /// empty directory).
+    #[arg(required = true, num_args = 2.., value_name = "POINT... MOUNTPOINT")]
+    pub args: Vec<String>,
+    /// Memory for cached segments, all disks together.
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    pub cache: u64,
+    #[command(flatten)]
+    pub s3: S3Args,
+}

@@ -1,0 +1,264 @@
+//! One disk of one point as an NBD [`Export`] (read-only): its size from
+//! the manifest, `base:allocation` from the manifest and its nodes, reads
+//! fetched on demand a segment at a time through restore's segment
+//! reader (every chunk verified), kept in the shared [`SegmentCache`],
+//! with read-ahead for sequential readers.
+//!
+//! Damage is served as an error for the damaged range only: a read
+//! overlapping it gets `EIO` (and one warning per damaged range, naming
+//! point, disk, offset and chunk); every other range of the disk reads
+//! as usual.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+
+use super::cache::{Fetched, SegmentCache};
+use super::segment::Seg;
+use crate::manifest::{DiskManifest, Manifest};
+use crate::nbd::{Export, ExportError, Extent, ReadPiece, STATE_HOLE, STATE_ZERO, push_extent};
+use crate::progress::{Notice, Progress, Warning};
+use crate::repo::Repository;
+use crate::restore::SegmentReader;
+
+/// Damaged ranges reported per disk (each once); past this, reads still
+/// fail but are not reported again.
+const REPORTED_CAP: usize = 10_000;
+
+/// How many segments `extents` looks at per call (the client asks again
+/// from where the answer stopped).
+const EXTENT_SEGMENTS: usize = 64;
+
+/// One disk of one point, served read-only.
+pub struct PointDisk {
+    name: String,
+    point: String,
+    d: Arc<DiskManifest>,
+    reader: Arc<SegmentReader>,
+    cache: Arc<SegmentCache>,
+    owner: u64,
+    progress: Arc<Progress>,
+    reported: Mutex<HashSet<u64>>,
+    /// Where the last read ended: a read starting there is sequential.
+    last_end: AtomicU64,
+    read_ahead: usize,
+}
+
+impl std::fmt::Debug for PointDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PointDisk")
+            .field("point", &self.point)
+            .field("disk", &self.name)
+            .finish()
+    }
+}
+
+impl PointDisk {
+    /// Disk `disk` of point `m`, served under the disk's name. Warnings
+    /// (damage met) go to `progress`. `read_ahead` segments are fetched
+    /// ahead of a sequential reader.
+    pub fn new(
+        repo: &Repository,
+        m: &Manifest,
+        disk: &str,
+        cache: Arc<SegmentCache>,
+        read_ahead: usize,
+        progress: Arc<Progress>,
+    ) -> crate::Result<PointDisk> {
+        let d = Arc::new(m.disk(disk)?.clone());
+        let point = m.point_name();
+        Ok(PointDisk {
+            name: disk.to_string(),
+            reader: Arc::new(SegmentReader::new(repo, &point, d.clone())),
+            point,
+            d,
+            owner: cache.owner(),
+            cache,
+            progress,
+            reported: Mutex::default(),
+            last_end: AtomicU64::new(u64::MAX),
+            read_ahead,
+        })
+    }
+
+    /// The point served (`VM@ID`).
+    pub fn point(&self) -> &str {
+        &self.point
+    }
+
+    fn fetch(
+        &self,
+        i: usize,
+    ) -> impl FnOnce() -> futures::future::BoxFuture<'static, Fetched> + use<> {
+        let (reader, range) = (self.reader.clone(), self.d.segment_range(i));
+        move || {
+            async move {
+                let data = reader.read(i).await.map_err(Arc::new)?;
+                Ok(Arc::new(Seg::new(
+                    range.start,
+                    range.end - range.start,
+                    data,
+                )))
+            }
+            .boxed()
+        }
+    }
+
+    async fn segment(&self, i: usize) -> Result<Arc<Seg>, ExportError> {
+        match self.cache.get((self.owner, i), self.fetch(i)).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let r = self.d.segment_range(i);
+                if self.first_report(r.start) {
+                    self.progress
+                        .notice(Notice::Warning(Warning::ServedDataUnreadable {
+                            point: self.point.clone(),
+                            disk: self.name.clone(),
+                            offset: r.start,
+                            reason: e.to_string(),
+                        }));
+                }
+                Err(ExportError::Io(e.to_string()))
+            }
+        }
+    }
+
+    fn first_report(&self, offset: u64) -> bool {
+        let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        seen.len() < REPORTED_CAP && seen.insert(offset)
+    }
+
+    /// Starts fetching the segments after `i` for a sequential reader.
+    fn read_ahead(&self, i: usize) {
+        for next in i + 1..(i + 1 + self.read_ahead).min(self.d.segments.len()) {
+            let key = (self.owner, next);
+            if self.cache.has(key) {
+                continue;
+            }
+            let (cache, fetch) = (self.cache.clone(), self.fetch(next));
+            tokio::spawn(async move {
+                // An error is met again, and reported, by the read itself.
+                let _ = cache.get(key, fetch).await;
+            });
+        }
+    }
+
+    /// The pieces of `offset..offset+len`, or `EIO` naming the first
+    /// damaged range met.
+    async fn pieces(&self, offset: u64, len: u32) -> Result<Vec<ReadPiece>, ExportError> {
+        let end = offset + u64::from(len);
+        let seg_size = self.d.segment_size;
+        let (first, last) = (
+            (offset / seg_size) as usize,
+            ((end - 1) / seg_size) as usize,
+        );
+        let sequential = self.last_end.swap(end, Ordering::Relaxed) == offset;
+        if sequential || offset.is_multiple_of(seg_size) {
+            self.read_ahead(last);
+        }
+        let mut out = Vec::new();
+        for i in first..=last {
+            let seg = self.segment(i).await?;
+            let (from, to) = (offset.max(seg.start), end.min(seg.start + seg.len));
+            if let Some(r) = seg.damage_in(from, to) {
+                if self.first_report(r.offset) {
+                    self.progress
+                        .notice(Notice::Warning(Warning::ServedDataDamaged {
+                            point: self.point.clone(),
+                            disk: self.name.clone(),
+                            offset: r.offset,
+                            length: r.length,
+                            object: r.object.clone(),
+                            reason: r.reason.clone(),
+                        }));
+                }
+                return Err(ExportError::Io(format!(
+                    "point {}, disk {}: damaged data at offset {} ({}): {}",
+                    self.point, self.name, r.offset, r.object, r.reason
+                )));
+            }
+            seg.pieces(from, to, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// The extents of segment `i` from `from` (inside it).
+    async fn segment_extents(&self, i: usize, from: u64, out: &mut Vec<Extent>) {
+        let r = self.d.segment_range(i);
+        let zero = STATE_HOLE | STATE_ZERO;
+        if self.d.segments[i].is_none() {
+            return push_extent(
+                out,
+                Extent {
+                    len: r.end - from,
+                    flags: zero,
+                },
+            );
+        }
+        let entries = match self.reader.entries(i).await {
+            Ok(e) => e,
+            // A damaged node: data, and reads there say what is wrong.
+            Err(_) => {
+                return push_extent(
+                    out,
+                    Extent {
+                        len: r.end - from,
+                        flags: 0,
+                    },
+                );
+            }
+        };
+        let mut at = r.start;
+        for e in entries {
+            let (a, b) = (at.max(from), at + e.len());
+            at = b;
+            if a < b {
+                let flags = if e.chunk().is_none() { zero } else { 0 };
+                push_extent(out, Extent { len: b - a, flags });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Export for PointDisk {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn size(&self) -> u64 {
+        self.d.size
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ExportError> {
+        let mut buf = BytesMut::with_capacity(len as usize);
+        for p in self.pieces(offset, len).await? {
+            match p {
+                ReadPiece::Data(b) => buf.extend_from_slice(&b),
+                ReadPiece::Zeroes(n) => buf.resize(buf.len() + n as usize, 0),
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    async fn read_pieces(&self, offset: u64, len: u32) -> Result<Vec<ReadPiece>, ExportError> {
+        self.pieces(offset, len).await
+    }
+
+    async fn extents(&self, range: Range<u64>) -> Result<Vec<Extent>, ExportError> {
+        let seg_size = self.d.segment_size;
+        let first = (range.start / seg_size) as usize;
+        let last = (((range.end - 1) / seg_size) as usize).min(first + EXTENT_SEGMENTS - 1);
+        let mut out = Vec::new();
+        for i in first..=last {
+            let from = range.start.max(self.d.segment_range(i).start);
+            self.segment_extents(i, from, &mut out).await;
+        }
+        Ok(out)
+    }
+}
