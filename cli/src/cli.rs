@@ -7,6 +7,7 @@ use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::args::*;
+pub use crate::args_key::*;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +26,16 @@ pub struct Cli {
     /// else ~/.config/xfull/config.toml).
     #[arg(long, env = "XFULL_CONFIG", global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// Key file of an encrypted repository, instead of a password (`init`
+    /// makes it if it does not exist).
+    #[arg(long, global = true, value_name = "PATH", help_heading = "Encryption")]
+    pub key_file: Option<PathBuf>,
+
+    /// Command that prints the repository password (run with `sh -c`).
+    /// Else XFULL_PASSWORD_FILE, XFULL_PASSWORD (weakest), a prompt.
+    #[arg(long, global = true, value_name = "CMD", help_heading = "Encryption")]
+    pub password_command: Option<String>,
 
     /// S3 options given before the command (also accepted after it).
     #[command(flatten)]
@@ -146,6 +157,10 @@ pub enum Command {
     Repair(RepairArgs),
     /// Remove the named points, even those whose manifest is damaged.
     Forget(ForgetArgs),
+    /// Manage the key slots of an encrypted repository: list, add, remove,
+    /// passwd.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Print a shell completion script (e.g. `xfull completions bash >
     /// /etc/bash_completion.d/xfull`).
     Completions(CompletionsArgs),
@@ -171,6 +186,7 @@ impl Command {
             Command::Verify(a) => &a.s3,
             Command::Repair(a) => &a.s3,
             Command::Forget(a) => &a.s3,
+            Command::Key(k) => k.s3(),
             Command::SnapshotDiff(_) | Command::Completions(_) | Command::Man(_) => return None,
         })
     }

@@ -1,6 +1,7 @@
 //! The `xfull` command.
 
 mod args;
+mod args_key;
 mod cli;
 mod cmd;
 mod metrics;
@@ -9,6 +10,7 @@ mod output;
 mod point_name;
 mod profile;
 mod progress_ui;
+mod secrets;
 
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -184,6 +186,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Verify(a) => cmd::verify::run(cli, a).await,
         Command::Repair(a) => cmd::repair::run(cli, a).await,
         Command::Forget(a) => cmd::forget::run(cli, a).await,
+        Command::Key(k) => cmd::key::run(cli, k).await,
         Command::Completions(a) => cmd::shell::completions(a),
         Command::Man(a) => cmd::shell::man(a),
     }

@@ -7,6 +7,7 @@
 //! must be declared below; `every_test_file_is_declared` fails otherwise.
 
 mod cli;
+mod encryption;
 mod engine;
 mod gc_liveness;
 mod hostile_dir;
@@ -23,6 +24,7 @@ mod retention;
 mod s3;
 mod s3_errors;
 mod signals;
+mod unlocked;
 
 /// A file in `tests/` that is not declared above would silently never run.
 #[test]

@@ -58,6 +58,7 @@ fn via_sh(e: &Env, script: &str, args: &[&str]) -> Output {
         .arg(xfull_bin())
         .args(args)
         .env("XFULL_REPO", &e.url)
+        .env("XFULL_PASSWORD_FILE", e.password_file())
         .output()
         .unwrap()
 }
@@ -358,6 +359,7 @@ fn an_unreadable_chunk_is_an_error_and_a_damaged_one_is_damage() {
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(&bin)
             .args(["restore", &point, "--disk", "d", "--to", "-"])
+            .env("XFULL_PASSWORD_FILE", e.password_file())
             .env("XFULL_REPO", &e.url)
             .stdout(Stdio::piped())
             .output()

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod forget;
 pub mod gc;
 pub mod init;
+pub mod key;
 pub mod points;
 pub mod prune;
 pub mod repair;
