@@ -548,7 +548,14 @@ fn storage_faults_during_a_restore_are_not_damage() {
         };
         let to = e.path("out.img");
         let err = rt.block_on(async {
-            let repo = Repository::open(Arc::new(backend)).await.unwrap();
+            let pw = std::fs::read_to_string(e.password_file()).unwrap();
+            let secret = xfull_core::crypto::Secret::password(
+                pw.trim_end().as_bytes().to_vec(),
+                "the test's password",
+            );
+            let repo = Repository::open_with(Arc::new(backend), || Ok(secret))
+                .await
+                .unwrap();
             let spec: xfull_core::point_spec::PointSpec = point.parse().unwrap();
             let m = repo.resolve(&spec).await.unwrap();
             let target = Target::parse(to.to_str().unwrap()).unwrap();
