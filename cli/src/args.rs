@@ -153,6 +153,13 @@ pub struct InitArgs {
     /// backup.
     #[arg(long, value_parser = parse_secs, default_value = "1m")]
     pub sweep_ttl: u64,
+    /// Encryption: the default, or `none` for a repository that anyone who
+    /// can read the store can read (every command then says so).
+    #[arg(long, value_name = "MODE", default_value = "xchacha20-poly1305",
+          value_parser = ["xchacha20-poly1305", "none"])]
+    pub encryption: String,
+    #[command(flatten)]
+    pub kdf: crate::args_key::KdfArgs,
     #[command(flatten)]
     pub s3: S3Args,
 }

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use crate::args::*;
 pub use crate::serve_args::*;
+pub use crate::args_key::*;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +27,16 @@ pub struct Cli {
     /// else ~/.config/xfull/config.toml).
     #[arg(long, env = "XFULL_CONFIG", global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+
+    /// Key file of an encrypted repository, instead of a password (`init`
+    /// makes it if it does not exist).
+    #[arg(long, global = true, value_name = "PATH", help_heading = "Encryption")]
+    pub key_file: Option<PathBuf>,
+
+    /// Command that prints the repository password (run with `sh -c`).
+    /// Else XFULL_PASSWORD_FILE, XFULL_PASSWORD (weakest), a prompt.
+    #[arg(long, global = true, value_name = "CMD", help_heading = "Encryption")]
+    pub password_command: Option<String>,
 
     /// S3 options given before the command (also accepted after it).
     #[command(flatten)]
@@ -153,6 +164,10 @@ pub enum Command {
     /// Show points' disks as read-only image files (FUSE) under
     /// MOUNTPOINT/VM/ID/DISK.img and MOUNTPOINT/VM/latest/DISK.img.
     Mount(MountArgs),
+    /// Manage the key slots of an encrypted repository: list, add, remove,
+    /// passwd.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Print a shell completion script (e.g. `xfull completions bash >
     /// /etc/bash_completion.d/xfull`).
     Completions(CompletionsArgs),
@@ -180,6 +195,7 @@ impl Command {
             Command::Forget(a) => &a.s3,
             Command::Serve(a) => &a.s3,
             Command::Mount(a) => &a.s3,
+            Command::Key(k) => k.s3(),
             Command::SnapshotDiff(_) | Command::Completions(_) | Command::Man(_) => return None,
         })
     }

@@ -1,6 +1,7 @@
 //! The `xfull` command.
 
 mod args;
+mod args_key;
 mod cli;
 mod cmd;
 mod fuse_fs;
@@ -11,6 +12,7 @@ mod point_name;
 mod profile;
 mod progress_ui;
 mod serve_args;
+mod secrets;
 
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -188,6 +190,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Forget(a) => cmd::forget::run(cli, a).await,
         Command::Serve(a) => cmd::serve::run(cli, a).await,
         Command::Mount(a) => cmd::mount::run(cli, a).await,
+        Command::Key(k) => cmd::key::run(cli, k).await,
         Command::Completions(a) => cmd::shell::completions(a),
         Command::Man(a) => cmd::shell::man(a),
     }

@@ -1,5 +1,6 @@
 //! Turning `--repo` (a location or a `@profile`) into a backend.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -79,12 +80,36 @@ async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backen
     Ok(Arc::new(LocalBackend::open(&dir)?))
 }
 
+/// Opens the repository; an encrypted one is unlocked with the secret
+/// the command was given (asked for only then). An unencrypted one is
+/// named as such on a terminal, every time.
 pub async fn open(cli: &Cli) -> Result<Repository> {
     let (repo, s3) = crate::profile::resolve(cli)?;
-    Ok(Repository::open(backend(&repo, &s3, false).await?).await?)
+    let backend = backend(&repo, &s3, false).await?;
+    let repo = Repository::open_with(backend, || crate::secrets::current(cli)).await?;
+    if !repo.codec().is_encrypted() && !cli.quiet && std::io::stderr().is_terminal() {
+        eprintln!(
+            "xfull: note: the repository at {} is not encrypted (made with --encryption none)",
+            repo.location()
+        );
+    }
+    Ok(repo)
 }
 
-pub async fn init(cli: &Cli, config: xfull_core::config::RepoConfig) -> Result<Repository> {
+/// Creates a repository: encrypted (with the command's secret, a new
+/// key file if `--key-file` names none yet) unless `encrypted` is false.
+pub async fn init(
+    cli: &Cli,
+    config: xfull_core::config::RepoConfig,
+    encrypted: bool,
+    params: xfull_core::crypto::Argon2Params,
+) -> Result<Repository> {
     let (repo, s3) = crate::profile::resolve(cli)?;
-    Ok(Repository::init(backend(&repo, &s3, true).await?, config).await?)
+    if !encrypted {
+        return Ok(Repository::init(backend(&repo, &s3, true).await?, config).await?);
+    }
+    // The secret first: a bad source leaves no directory behind.
+    let secret = crate::secrets::for_init(cli)?;
+    let backend = backend(&repo, &s3, true).await?;
+    Ok(Repository::init_encrypted(backend, config, &secret, params).await?)
 }

@@ -8,6 +8,7 @@
 //! s3_region = "eu-west-1"
 //! s3_storage_class_chunks = "STANDARD_IA"
 //! s3_sse = "AES256"
+//! password_command = "pass show xfull/offsite"  # or password_file, key_file
 //! ```
 //!
 //! Flags given on the command line win over the profile's values.
@@ -40,6 +41,32 @@ struct Profile {
     s3_sse: Option<String>,
     #[serde(default)]
     s3_no_conditional_put: bool,
+    /// Secret sources of an encrypted repository, used when the command
+    /// line gives none (`--key-file`, `--password-command`).
+    password_command: Option<String>,
+    password_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+/// The secret sources a profile names (all `None` without a profile).
+#[derive(Debug, Default)]
+pub struct ProfileSecrets {
+    pub password_command: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// The secret sources of the `@NAME` profile the command line names.
+pub fn secrets(cli: &Cli) -> Result<ProfileSecrets> {
+    let Some(name) = cli.repo()?.strip_prefix('@') else {
+        return Ok(ProfileSecrets::default());
+    };
+    let p = load(&config_path(cli)?, name)?;
+    Ok(ProfileSecrets {
+        password_command: p.password_command,
+        password_file: p.password_file,
+        key_file: p.key_file,
+    })
 }
 
 /// The repository location and S3 options the command line means, with a

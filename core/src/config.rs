@@ -9,8 +9,10 @@ use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
 use crate::keys;
 
-/// The repository format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The repository format this build reads and writes. Format 2: objects
+/// may be sealed and ids keyed (client-side encryption, see
+/// [`Encryption`]); format 1 repositories are refused, not misread.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Default segment size; see `docs/chunk-size.md` for the measurements.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
@@ -86,6 +88,39 @@ pub struct RepoConfig {
     pub zstd_level: i32,
     #[serde(default)]
     pub protocol: Protocol,
+    /// `None`: made with `--encryption none`, objects plain, ids plain
+    /// BLAKE3. The config itself is never sealed: it says which.
+    pub encryption: Option<Encryption>,
+}
+
+/// How an encrypted repository's objects are made (docs/design.md,
+/// "Encryption").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// `MasterKeys::check_value()` of the keys `init` made: keys unlocked
+    /// from a slot planted in `keys/` (or copied from another repository)
+    /// do not match it and are refused.
+    #[serde(with = "serde_bytes_32")]
+    pub check: [u8; 32],
+}
+
+/// 32 bytes as one CBOR byte string.
+mod serde_bytes_32 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let v = ciborium::Value::deserialize(d)?;
+        let b = v
+            .as_bytes()
+            .ok_or_else(|| D::Error::custom("check value: not bytes"))?;
+        b.as_slice()
+            .try_into()
+            .map_err(|_| D::Error::custom("check value: not 32 bytes"))
+    }
 }
 
 impl RepoConfig {
@@ -98,6 +133,7 @@ impl RepoConfig {
             chunking,
             zstd_level,
             protocol: Protocol::default(),
+            encryption: None,
         };
         cfg.validate().map_err(Error::InvalidArgument)?;
         Ok(cfg)
@@ -163,6 +199,13 @@ impl RepoConfig {
         }
         let v: Version = ciborium::from_reader(&plain[..])
             .map_err(|e| Error::corrupt(keys::CONFIG, format!("undecodable: {e}")))?;
+        if v.format < FORMAT_VERSION {
+            return Err(Error::OldFormat {
+                what: "the repository".into(),
+                found: v.format,
+                supported: FORMAT_VERSION,
+            });
+        }
         if v.format != FORMAT_VERSION {
             return Err(Error::UnsupportedFormat {
                 what: "the repository".into(),
@@ -186,7 +229,10 @@ mod tests {
     fn round_trip_and_refuse_future_format() {
         let cfg = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
         assert_eq!(RepoConfig::decode(&cfg.encode().unwrap()).unwrap(), cfg);
-        let future = RepoConfig { format: 2, ..cfg };
+        let future = RepoConfig {
+            format: 3,
+            ..cfg.clone()
+        };
         let mut plain = Vec::new();
         ciborium::into_writer(&future, &mut plain).unwrap();
         let framed = frame::encode(Kind::Config, &plain, 0).unwrap();
@@ -194,6 +240,34 @@ mod tests {
             RepoConfig::decode(&framed),
             Err(Error::UnsupportedFormat { .. })
         ));
+        let old = RepoConfig { format: 1, ..cfg };
+        let mut plain = Vec::new();
+        ciborium::into_writer(&old, &mut plain).unwrap();
+        let framed = frame::encode(Kind::Config, &plain, 0).unwrap();
+        let e = RepoConfig::decode(&framed).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::OldFormat {
+                    found: 1,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("format 1") && msg.contains("format 2"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_check_value_round_trips() {
+        let mut cfg = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
+        cfg.encryption = Some(Encryption { check: [7; 32] });
+        assert_eq!(RepoConfig::decode(&cfg.encode().unwrap()).unwrap(), cfg);
     }
 
     #[test]
@@ -217,9 +291,11 @@ mod tests {
             segment_size: u64,
             chunking: ChunkParams,
             zstd_level: i32,
+            encryption: Option<Encryption>,
         }
         let old = Old {
-            format: 1,
+            format: FORMAT_VERSION,
+            encryption: None,
             repo_id: "ab".into(),
             created: Utc::now(),
             segment_size: DEFAULT_SEGMENT_SIZE,

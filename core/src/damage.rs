@@ -14,8 +14,9 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::PutMode;
+use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::frame::{self, Kind};
+use crate::frame::Kind;
 use crate::id::ObjectId;
 use crate::keys;
 use crate::lease::ObjectRef;
@@ -52,15 +53,23 @@ pub struct DamageRecord {
 }
 
 impl DamageRecord {
-    pub fn encode(&self) -> Result<Bytes> {
+    /// The stored bytes of this record (sealed under its key if the
+    /// repository is encrypted: it names a chunk or node).
+    pub fn encode(&self, codec: &Codec) -> Result<Bytes> {
         let mut plain = Vec::new();
         ciborium::into_writer(self, &mut plain)
             .map_err(|e| Error::Internal(format!("encoding damage record: {e}")))?;
-        Ok(Bytes::from(frame::encode(Kind::Damage, &plain, 0)?))
+        let key = keys::damage(&self.key);
+        Ok(Bytes::from(codec.encode_meta(
+            Kind::Damage,
+            &key,
+            &plain,
+            0,
+        )?))
     }
 
-    pub fn decode(key: &str, framed: &[u8]) -> Result<Self> {
-        let plain = frame::decode(Kind::Damage, key, framed, 1 << 16)?;
+    pub fn decode(key: &str, stored: &[u8], codec: &Codec) -> Result<Self> {
+        let plain = codec.decode_meta(Kind::Damage, key, stored, 1 << 16)?;
         let r: DamageRecord = ciborium::from_reader(&plain[..])
             .map_err(|e| Error::corrupt(key, format!("undecodable damage record: {e}")))?;
         if keys::damage(&r.key) != key {
@@ -83,7 +92,11 @@ pub async fn record(repo: &Repository, key: &str, reason: &str, found_by: &str) 
         at: Utc::now(),
     };
     repo.backend()
-        .put(&keys::damage(key), r.encode()?, PutMode::Overwrite)
+        .put(
+            &keys::damage(key),
+            r.encode(repo.codec())?,
+            PutMode::Overwrite,
+        )
         .await?;
     Ok(())
 }
@@ -157,8 +170,12 @@ mod tests {
         };
         let k = keys::damage(&r.key);
         assert_eq!(keys::parse_damage(&k), Some(r.key.as_str()));
-        assert_eq!(DamageRecord::decode(&k, &r.encode().unwrap()).unwrap(), r);
-        assert!(DamageRecord::decode("damage/chunks/00/00", &r.encode().unwrap()).is_err());
+        let c = Codec::plain();
+        assert_eq!(
+            DamageRecord::decode(&k, &r.encode(&c).unwrap(), &c).unwrap(),
+            r
+        );
+        assert!(DamageRecord::decode("damage/chunks/00/00", &r.encode(&c).unwrap(), &c).is_err());
         assert_eq!(keys::parse_damage("damage/points/x"), None);
     }
 }

@@ -39,6 +39,17 @@ pub enum Error {
         supported: String,
     },
 
+    /// A repository made by an older xfull whose format this build no
+    /// longer reads (format 1: before encryption and packs).
+    #[error(
+        "{what} uses format {found}, this xfull reads only format {supported}; use the xfull that made it, or back up into a new repository"
+    )]
+    OldFormat {
+        what: String,
+        found: u32,
+        supported: u32,
+    },
+
     /// A stored object is damaged: bad frame, checksum or hash mismatch,
     /// undecodable content.
     #[error("damaged object {key}: {reason}")]

@@ -13,9 +13,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendError, ObjectMeta};
+use crate::codec::Codec;
 use crate::config::Protocol;
 use crate::error::{Error, Result};
-use crate::frame::{self, Kind};
+use crate::frame::Kind;
 use crate::id::{ObjectId, PointId};
 use crate::keys;
 use crate::names::VmName;
@@ -78,25 +79,33 @@ pub struct LeaseRecord {
 const MAX_LEASE: usize = 1 << 30;
 
 impl LeaseRecord {
-    pub fn encode(&self) -> Result<Bytes> {
+    /// The stored bytes of this lease (sealed under its key if the
+    /// repository is encrypted).
+    pub fn encode(&self, codec: &Codec) -> Result<Bytes> {
         let mut plain = Vec::new();
         ciborium::into_writer(self, &mut plain)
             .map_err(|e| Error::Internal(format!("encoding lease: {e}")))?;
-        Ok(Bytes::from(frame::encode(Kind::Lease, &plain, 3)?))
+        let key = keys::lease(&self.session);
+        Ok(Bytes::from(codec.encode_meta(
+            Kind::Lease,
+            &key,
+            &plain,
+            3,
+        )?))
     }
 
     /// Reads and decodes the lease at `key`; `None` if it was deleted
     /// since it was listed.
     pub async fn load(repo: &Repository, key: &str) -> Result<Option<Self>> {
         match repo.backend().get(key).await {
-            Ok(bytes) => LeaseRecord::decode(key, &bytes).map(Some),
+            Ok(bytes) => LeaseRecord::decode(key, &bytes, repo.codec()).map(Some),
             Err(BackendError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    pub fn decode(key: &str, framed: &[u8]) -> Result<Self> {
-        let plain = frame::decode(Kind::Lease, key, framed, MAX_LEASE)?;
+    pub fn decode(key: &str, stored: &[u8], codec: &Codec) -> Result<Self> {
+        let plain = codec.decode_meta(Kind::Lease, key, stored, MAX_LEASE)?;
         let r: LeaseRecord = ciborium::from_reader(&plain[..])
             .map_err(|e| Error::corrupt(key, format!("undecodable lease: {e}")))?;
         if keys::lease(&r.session) != key {
@@ -162,6 +171,7 @@ impl SeenLease {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::MasterKeys;
 
     #[test]
     fn object_keys_parse_back_only_as_xfull_writes_them() {
@@ -196,10 +206,12 @@ mod tests {
     #[test]
     fn leases_round_trip_and_name_their_key() {
         let r = record("s1");
-        let bytes = r.encode().unwrap();
-        assert_eq!(LeaseRecord::decode("leases/s1", &bytes).unwrap(), r);
-        assert!(LeaseRecord::decode("leases/s2", &bytes).is_err());
-        assert!(LeaseRecord::decode("leases/s1", &bytes[..10]).is_err());
+        for codec in [Codec::plain(), Codec::encrypted(MasterKeys::generate())] {
+            let bytes = r.encode(&codec).unwrap();
+            assert_eq!(LeaseRecord::decode("leases/s1", &bytes, &codec).unwrap(), r);
+            assert!(LeaseRecord::decode("leases/s2", &bytes, &codec).is_err());
+            assert!(LeaseRecord::decode("leases/s1", &bytes[..10], &codec).is_err());
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod backend;
 pub mod backup;
 pub mod changes;
 pub mod chunker;
+pub mod codec;
 pub mod config;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;

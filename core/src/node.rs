@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::Codec;
 use crate::config::RepoConfig;
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
@@ -53,24 +54,25 @@ impl Node {
         self.entries.iter().filter_map(|e| e.1)
     }
 
-    /// Plaintext CBOR and the id it gives.
-    pub fn to_plain(&self) -> Result<(ObjectId, Vec<u8>)> {
+    /// Plaintext CBOR and the id `codec` gives it.
+    pub fn to_plain(&self, codec: &Codec) -> Result<(ObjectId, Vec<u8>)> {
         let mut plain = Vec::with_capacity(self.entries.len() * 40 + 16);
         ciborium::into_writer(self, &mut plain)
             .map_err(|e| Error::Internal(format!("encoding node: {e}")))?;
-        Ok((ObjectId::of(&plain), plain))
+        Ok((codec.node_id(&plain), plain))
     }
 
     /// Decodes a stored node, checks it is the one `id` names and that it
     /// can be a segment of this repository: at most one entry per minimum
     /// chunk size (plus a short last one), every entry 1 byte to the
     /// largest chunk size, the segment size in all.
-    pub fn decode(id: &ObjectId, framed: &[u8], cfg: &RepoConfig) -> Result<Node> {
+    /// `framed` is the object as opened by the codec.
+    pub fn decode(id: &ObjectId, framed: &[u8], cfg: &RepoConfig, codec: &Codec) -> Result<Node> {
         let key = keys::node(id);
         let seg = cfg.segment_size;
         let max_entries = seg / u64::from(cfg.chunking.min.max(1)) + 1;
         let plain = frame::decode(Kind::Node, &key, framed, max_plaintext(max_entries))?;
-        if ObjectId::of(&plain) != *id {
+        if codec.node_id(&plain) != *id {
             return Err(Error::corrupt(key, "content does not match its id"));
         }
         // Count before allocating: an entry is 3 bytes of CBOR at least.
@@ -156,7 +158,7 @@ mod tests {
     }
 
     fn framed(node: &Node) -> (ObjectId, Vec<u8>) {
-        let (id, plain) = node.to_plain().unwrap();
+        let (id, plain) = node.to_plain(&Codec::plain()).unwrap();
         (id, frame::encode(Kind::Node, &plain, 3).unwrap())
     }
 
@@ -165,12 +167,15 @@ mod tests {
         let node = Node {
             entries: vec![Entry(100, Some(ObjectId::of(b"a"))), Entry(50, None)],
         };
-        let (id, plain) = node.to_plain().unwrap();
+        let (id, plain) = node.to_plain(&Codec::plain()).unwrap();
         let framed = frame::encode(Kind::Node, &plain, 3).unwrap();
-        assert_eq!(Node::decode(&id, &framed, &cfg()).unwrap(), node);
+        assert_eq!(
+            Node::decode(&id, &framed, &cfg(), &Codec::plain()).unwrap(),
+            node
+        );
         let other = ObjectId::of(b"other");
         assert!(matches!(
-            Node::decode(&other, &framed, &cfg()),
+            Node::decode(&other, &framed, &cfg(), &Codec::plain()),
             Err(Error::Corrupt { .. })
         ));
         assert_eq!(node.len(), 150);
@@ -186,7 +191,7 @@ mod tests {
         // As many entries as a segment can have, all minimal.
         let most = vec![Entry(min, None); (full / min) as usize];
         let (id, f) = framed(&Node { entries: most });
-        Node::decode(&id, &f, &c).unwrap();
+        Node::decode(&id, &f, &c, &Codec::plain()).unwrap();
         let cases = [
             (vec![Entry(0, None)], "entry of 0 bytes"),
             (vec![Entry(max + 1, None)], "entry of 131073 bytes"),
@@ -195,7 +200,7 @@ mod tests {
         ];
         for (entries, want) in cases {
             let (id, f) = framed(&Node { entries });
-            let e = Node::decode(&id, &f, &c).unwrap_err();
+            let e = Node::decode(&id, &f, &c, &Codec::plain()).unwrap_err();
             assert!(matches!(e, Error::Corrupt { .. }), "{e}");
             assert!(e.to_string().contains(want), "{want}: {e}");
         }
@@ -204,7 +209,7 @@ mod tests {
         let (id, f) = framed(&Node {
             entries: vec![Entry(1, None); 1 << 20],
         });
-        let e = Node::decode(&id, &f, &c).unwrap_err();
+        let e = Node::decode(&id, &f, &c, &Codec::plain()).unwrap_err();
         assert!(e.to_string().contains("decompresses to more than"), "{e}");
     }
 }

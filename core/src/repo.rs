@@ -8,9 +8,11 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::backend::{Backend, BackendError, ObjectClass, PutMode, PutOptions};
-use crate::config::RepoConfig;
+use crate::codec::Codec;
+use crate::config::{Encryption, RepoConfig};
+use crate::crypto::{self, Argon2Params, SealKind, Secret};
 use crate::error::{Error, Result};
-use crate::frame::{self, Kind};
+use crate::frame::Kind;
 use crate::id::{ObjectId, PointId};
 use crate::keys;
 use crate::manifest::{Manifest, ManifestSummary};
@@ -23,6 +25,7 @@ use crate::point_spec::PointSpec;
 pub struct Repository {
     backend: Arc<dyn Backend>,
     config: RepoConfig,
+    codec: Arc<Codec>,
 }
 
 /// How a create-only upload went.
@@ -35,24 +38,78 @@ pub enum Stored {
 }
 
 impl Repository {
-    /// Creates a repository: writes `config` create-only, so two racing
-    /// `init`s cannot both succeed and an existing repository is untouched.
+    /// Creates an unencrypted repository (`--encryption none`): writes
+    /// `config` create-only, so two racing `init`s cannot both succeed and
+    /// an existing repository is untouched.
     pub async fn init(backend: Arc<dyn Backend>, config: RepoConfig) -> Result<Self> {
-        let bytes = config.encode()?;
-        match backend
-            .put(keys::CONFIG, Bytes::from(bytes), PutMode::Create)
-            .await
-        {
-            Ok(()) => Ok(Repository { backend, config }),
-            Err(e) if e.is_already_exists() => Err(Error::RepositoryExists {
-                location: backend.location(),
-            }),
-            Err(e) => Err(e.into()),
-        }
+        let config = RepoConfig {
+            encryption: None,
+            ..config
+        };
+        write_config(backend.as_ref(), &config).await?;
+        Ok(Repository {
+            backend,
+            config,
+            codec: Arc::new(Codec::plain()),
+        })
     }
 
-    /// Opens an existing repository, refusing unknown format versions.
+    /// Creates an encrypted repository: new master keys and their first
+    /// (full-access) slot for `secret`, then the config, create-only,
+    /// recording the keys' check value. The loser of two racing `init`s
+    /// removes the slot it wrote.
+    pub async fn init_encrypted(
+        backend: Arc<dyn Backend>,
+        config: RepoConfig,
+        secret: &Secret,
+        params: Argon2Params,
+    ) -> Result<Self> {
+        if backend.head(keys::CONFIG).await.is_ok() {
+            return Err(Error::RepositoryExists {
+                location: backend.location(),
+            });
+        }
+        let master = crypto::create_keys(backend.as_ref(), secret, params).await?;
+        let config = RepoConfig {
+            encryption: Some(Encryption {
+                check: master.check_value(),
+            }),
+            ..config
+        };
+        if let Err(e) = write_config(backend.as_ref(), &config).await {
+            // Best effort: the slot is useless without this config.
+            let _ = backend
+                .delete_many(&[crypto::slot::slot_key(master.slot())])
+                .await;
+            return Err(e);
+        }
+        Ok(Repository {
+            backend,
+            config,
+            codec: Arc::new(Codec::encrypted(master)),
+        })
+    }
+
+    /// Opens an unencrypted repository; an encrypted one needs
+    /// [`Repository::open_with`].
     pub async fn open(backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::open_with(backend, || {
+            Err(Error::SecretSource {
+                secret: "password".into(),
+                reason: "the repository is encrypted and no password or key file was given".into(),
+            })
+        })
+        .await
+    }
+
+    /// Opens an existing repository, refusing unknown format versions. If
+    /// it is encrypted, `secret` is asked for (only then: an unencrypted
+    /// repository never prompts) and must unlock a slot whose keys match
+    /// the config's check value. A wrong secret writes nothing.
+    pub async fn open_with(
+        backend: Arc<dyn Backend>,
+        secret: impl FnOnce() -> Result<Secret>,
+    ) -> Result<Self> {
         let bytes = match backend.get(keys::CONFIG).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => {
@@ -63,7 +120,25 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let config = RepoConfig::decode(&bytes)?;
-        Ok(Repository { backend, config })
+        let codec = match &config.encryption {
+            None => Codec::plain(),
+            Some(enc) => {
+                let secret = secret()?;
+                let master = crypto::unlock(backend.as_ref(), &secret).await?;
+                if master.check_value() != enc.check {
+                    return Err(Error::corrupt(
+                        crypto::slot::slot_key(master.slot()),
+                        "its keys are not this repository's (they do not match the config's check value)",
+                    ));
+                }
+                Codec::encrypted(master)
+            }
+        };
+        Ok(Repository {
+            backend,
+            config,
+            codec: Arc::new(codec),
+        })
     }
 
     pub fn config(&self) -> &RepoConfig {
@@ -78,9 +153,15 @@ impl Repository {
         self.backend.location()
     }
 
+    /// How this repository names content and seals objects: the only
+    /// thing that knows whether it is encrypted.
+    pub fn codec(&self) -> &Arc<Codec> {
+        &self.codec
+    }
+
     /// Where chunk bytes live: the only way to them.
     pub fn chunks(&self) -> Placement {
-        Placement::new(self.backend.clone())
+        Placement::new(self.backend.clone(), self.codec.clone())
     }
 
     /// Create-only put of a metadata object; "already exists" is success
@@ -92,14 +173,21 @@ impl Repository {
     pub async fn load_node(&self, id: &ObjectId) -> Result<Node> {
         let key = keys::node(id);
         let bytes = self.backend.get(&key).await.map_err(|e| missing(e, &key))?;
-        Node::decode(id, &bytes, &self.config)
+        self.decode_node(id, &bytes)
+    }
+
+    fn decode_node(&self, id: &ObjectId, stored: &[u8]) -> Result<Node> {
+        let framed = self
+            .codec
+            .open_meta(SealKind::Node, &keys::node(id), stored)?;
+        Node::decode(id, &framed, &self.config, &self.codec)
     }
 
     /// Fetches a node and checks it against its id.
     pub async fn check_node(&self, id: &ObjectId) -> Result<crate::damage::Health> {
         use crate::damage::Health;
         match self.backend.get(&keys::node(id)).await {
-            Ok(bytes) => match Node::decode(id, &bytes, &self.config) {
+            Ok(bytes) => match self.decode_node(id, &bytes) {
                 Ok(_) => Ok(Health::Sound),
                 Err(e) => Health::of_error(e),
             },
@@ -116,7 +204,8 @@ impl Repository {
     /// checking it is the point it should be.
     pub async fn load_manifest_at(&self, key: &str, vm: &VmName, id: &PointId) -> Result<Manifest> {
         let bytes = self.get_manifest(key, vm, id).await?;
-        let m = Manifest::decode(key, &bytes, &self.config)?;
+        let framed = self.open_manifest(key, vm, id, &bytes)?;
+        let m = Manifest::decode(key, &framed, &self.config)?;
         is_the_point(key, (&m.vm, &m.id), vm, id)?;
         Ok(m)
     }
@@ -126,9 +215,29 @@ impl Repository {
     pub async fn load_summary(&self, vm: &VmName, id: &PointId) -> Result<ManifestSummary> {
         let key = keys::point(vm, id);
         let bytes = self.get_manifest(&key, vm, id).await?;
-        let s = ManifestSummary::decode(&key, &bytes, &self.config)?;
+        let framed = self.open_manifest(&key, vm, id, &bytes)?;
+        let s = ManifestSummary::decode(&key, &framed, &self.config)?;
         is_the_point(&key, (&s.vm, &s.id), vm, id)?;
         Ok(s)
+    }
+
+    /// A manifest is sealed under its point's key in `points/` wherever
+    /// it lies (prune moves pinned ones to `trash/` as they are), so one
+    /// copied under another point's name does not open.
+    fn open_manifest<'a>(
+        &self,
+        key: &str,
+        vm: &VmName,
+        id: &PointId,
+        stored: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>> {
+        self.codec
+            .open_meta(SealKind::Manifest, &keys::point(vm, id), stored)
+            .map_err(|e| match e {
+                // Name where it was read, not the name it is sealed under.
+                Error::Corrupt { reason, .. } => Error::corrupt(key, reason),
+                e => e,
+            })
     }
 
     async fn get_manifest(&self, key: &str, vm: &VmName, id: &PointId) -> Result<Bytes> {
@@ -177,11 +286,10 @@ impl Repository {
     /// replaced. One that readers would refuse is not written.
     pub async fn write_manifest(&self, m: &Manifest) -> Result<(Stored, u64)> {
         m.check_limits(&self.config)?;
-        let bytes = m.encode()?;
+        let key = keys::point(&m.vm, &m.id);
+        let bytes = self.codec.seal_meta(SealKind::Manifest, &key, m.encode()?);
         let len = bytes.len() as u64;
-        let stored = self
-            .put_once(&keys::point(&m.vm, &m.id), Bytes::from(bytes))
-            .await?;
+        let stored = self.put_once(&key, Bytes::from(bytes)).await?;
         Ok((stored, len))
     }
 
@@ -262,18 +370,24 @@ impl Repository {
 
     /// Frames and stores a node; returns how it went and its framed size.
     pub async fn put_node(&self, id: &ObjectId, plain: &[u8]) -> Result<(Stored, u64)> {
-        let framed = frame::encode(Kind::Node, plain, self.config.zstd_level)?;
-        let len = framed.len() as u64;
-        Ok((self.put_once(&keys::node(id), framed.into()).await?, len))
+        let key = keys::node(id);
+        let stored = self
+            .codec
+            .encode_meta(Kind::Node, &key, plain, self.config.zstd_level)?;
+        let len = stored.len() as u64;
+        Ok((self.put_once(&key, stored.into()).await?, len))
     }
 
     /// Stores a node over a damaged copy under its key (its id fixes the
     /// right bytes, so replacing them is safe).
     pub async fn replace_node(&self, id: &ObjectId, plain: &[u8]) -> Result<u64> {
-        let framed = frame::encode(Kind::Node, plain, self.config.zstd_level)?;
-        let len = framed.len() as u64;
+        let key = keys::node(id);
+        let stored = self
+            .codec
+            .encode_meta(Kind::Node, &key, plain, self.config.zstd_level)?;
+        let len = stored.len() as u64;
         self.backend
-            .put(&keys::node(id), framed.into(), PutMode::Overwrite)
+            .put(&key, stored.into(), PutMode::Overwrite)
             .await?;
         Ok(len)
     }
@@ -291,6 +405,22 @@ pub struct Summaries {
 pub struct Unreadable {
     pub point: String,
     pub reason: String,
+}
+
+/// Writes the config create-only: "already exists" is
+/// [`Error::RepositoryExists`].
+async fn write_config(backend: &dyn Backend, config: &RepoConfig) -> Result<()> {
+    let bytes = config.encode()?;
+    match backend
+        .put(keys::CONFIG, Bytes::from(bytes), PutMode::Create)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_already_exists() => Err(Error::RepositoryExists {
+            location: backend.location(),
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A manifest must hold the point its key names.

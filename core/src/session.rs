@@ -113,7 +113,8 @@ impl Session {
             ended: None,
         };
         let b = repo.backend();
-        b.put(&key, record.encode()?, PutMode::Create).await?;
+        b.put(&key, record.encode(repo.codec())?, PutMode::Create)
+            .await?;
         // The lease's own time is the session's start. Readers use the
         // object's time until a later write records it in the lease.
         record.started = Some(b.head(&key).await?.last_modified);
@@ -413,7 +414,7 @@ impl Session {
                     committed: Some(id),
                 });
                 let _one_at_a_time = self.writer.lock().await;
-                let bytes = self.lock().encode()?;
+                let bytes = self.lock().encode(self.repo.codec())?;
                 self.repo
                     .backend()
                     .put(&self.key, bytes, PutMode::Overwrite)
@@ -466,7 +467,7 @@ async fn write_lease(
         if r.ended.is_some() {
             return Ok(());
         }
-        r.encode()?
+        r.encode(repo.codec())?
     };
     repo.backend().put(key, bytes, PutMode::Overwrite).await?;
     Ok(())

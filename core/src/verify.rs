@@ -24,7 +24,6 @@ use crate::lease::ObjectRef;
 use crate::manifest::Manifest;
 use crate::names::VmName;
 use crate::node::Node;
-use crate::placement::Placement;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::task::blocking;
@@ -152,6 +151,9 @@ pub async fn verify(
     progress: Arc<Progress>,
 ) -> Result<VerifyReport> {
     let started = std::time::Instant::now();
+    if opts.read_data {
+        repo.codec().require_data("verify --read-data")?;
+    }
     // Points the caller named must exist; listed ones may be pruned
     // meanwhile, which is no damage.
     let named = !points.is_empty();
@@ -368,7 +370,7 @@ async fn read_chunks(
                 let n = framed.len() as u64;
                 let bad = blocking("checking a chunk", move || {
                     let mut out = vec![0u8; len as usize];
-                    Placement::open_into(&id, &framed, &mut out).err()
+                    store.open_into(&id, &framed, &mut out).err()
                 })
                 .await?;
                 progress.add_done(u64::from(len));

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use xfull_core::backup::segment::chunk_segment;
 use xfull_core::changes::parse::parse_changes;
 use xfull_core::chunker::{ChunkParams, for_each_chunk};
+use xfull_core::codec::Codec;
 use xfull_core::config::RepoConfig;
 use xfull_core::frame::{self, Kind};
 use xfull_core::gc::markers::SweepState;
@@ -71,8 +72,8 @@ proptest! {
 
     #[test]
     fn chunking_is_deterministic(input in data()) {
-        let a = chunk_segment(&small(), &input);
-        let b = chunk_segment(&small(), &input);
+        let a = chunk_segment(&small(), &Codec::plain(), &input);
+        let b = chunk_segment(&small(), &Codec::plain(), &input);
         prop_assert_eq!(&a.entries, &b.entries);
         // Zero entries are exactly the all-zero chunks, and ids hash content.
         for (e, &off) in a.entries.iter().zip(&a.offsets) {
@@ -90,13 +91,13 @@ proptest! {
         // Cut points depend only on the bytes since the previous cut: chunking
         // from any boundary reproduces the rest of the boundaries. Incremental
         // re-chunking relies on this.
-        let all = chunk_segment(&small(), &input);
+        let all = chunk_segment(&small(), &Codec::plain(), &input);
         if all.offsets.is_empty() {
             return Ok(());
         }
         let i = cut.index(all.offsets.len());
         let start = all.offsets[i];
-        let tail = chunk_segment(&small(), &input[start..]);
+        let tail = chunk_segment(&small(), &Codec::plain(), &input[start..]);
         prop_assert_eq!(&tail.entries[..], &all.entries[i..]);
     }
 
@@ -107,9 +108,9 @@ proptest! {
         let node = Node {
             entries: entries.into_iter().map(|(l, id)| Entry(l, id.map(ObjectId::from_bytes))).collect(),
         };
-        let (id, plain) = node.to_plain().unwrap();
+        let (id, plain) = node.to_plain(&Codec::plain()).unwrap();
         let framed = frame::encode(Kind::Node, &plain, 3).unwrap();
-        prop_assert_eq!(Node::decode(&id, &framed, &cfg(16 << 20)).unwrap(), node);
+        prop_assert_eq!(Node::decode(&id, &framed, &cfg(16 << 20), &Codec::plain()).unwrap(), node);
     }
 
     #[test]
@@ -159,12 +160,12 @@ proptest! {
         }
         let _ = frame::decode_chunk("k", &bytes, 100);
         let c = cfg(1 << 20);
-        let _ = Node::decode(&id, &bytes, &c);
+        let _ = Node::decode(&id, &bytes, &c, &Codec::plain());
         let _ = Manifest::decode("k", &bytes, &c);
         let _ = ManifestSummary::decode("k", &bytes, &c);
         let _ = RepoConfig::decode(&bytes);
-        let _ = LeaseRecord::decode("leases/k", &bytes);
-        let _ = SweepState::decode("gc/done/k", &bytes);
+        let _ = LeaseRecord::decode("leases/k", &bytes, &Codec::plain());
+        let _ = SweepState::decode("gc/done/k", &bytes, &Codec::plain());
         let _ = parse_changes("f.json", &bytes, 1 << 30);
         let text = String::from_utf8_lossy(&bytes);
         let _ = Span::parse(&text);
@@ -181,11 +182,11 @@ proptest! {
             let c = cfg(1 << 20);
             let errors = [
                 RepoConfig::decode(&framed).err(),
-                Node::decode(&ObjectId::of(&bytes), &framed, &c).err(),
+                Node::decode(&ObjectId::of(&bytes), &framed, &c, &Codec::plain()).err(),
                 Manifest::decode("points/v/k", &framed, &c).err(),
                 ManifestSummary::decode("points/v/k", &framed, &c).err(),
-                LeaseRecord::decode("leases/k", &framed).err(),
-                SweepState::decode("gc/done/k", &framed).err(),
+                LeaseRecord::decode("leases/k", &framed, &Codec::plain()).err(),
+                SweepState::decode("gc/done/k", &framed, &Codec::plain()).err(),
             ];
             for e in errors.into_iter().flatten() {
                 prop_assert!(!e.to_string().is_empty());
@@ -203,11 +204,11 @@ proptest! {
         // and never different content (a flip in a zstd header field that
         // does not change the output may decode to the same object).
         let node = Node { entries: vec![Entry(4096, Some(ObjectId::of(b"x"))), Entry(10, None)] };
-        let (id, plain) = node.to_plain().unwrap();
+        let (id, plain) = node.to_plain(&Codec::plain()).unwrap();
         let mut framed = frame::encode(Kind::Node, &plain, 3).unwrap();
         let i = flip.index(framed.len());
         framed[i] ^= 1 << bit;
-        if let Ok(got) = Node::decode(&id, &framed, &cfg(16 << 20)) {
+        if let Ok(got) = Node::decode(&id, &framed, &cfg(16 << 20), &Codec::plain()) {
             prop_assert_eq!(got, node);
         }
         let cfg = RepoConfig::new(16 << 20, ChunkParams::default(), 3).unwrap();

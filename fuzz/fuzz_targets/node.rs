@@ -2,6 +2,7 @@
 //! repository whose segment size and chunk sizes the first byte picks.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use xfull_core::codec::Codec;
 use xfull_core::chunker::ChunkParams;
 use xfull_core::config::RepoConfig;
 use xfull_core::frame::{self, Kind};
@@ -17,10 +18,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(cfg) = RepoConfig::new(segment_size, chunking, 3) else {
         return;
     };
-    let _ = Node::decode(&ObjectId::of(data), data, &cfg);
+    let _ = Node::decode(&ObjectId::of(data), data, &cfg, &Codec::plain());
     for level in [0, 3] {
         if let Ok(framed) = frame::encode(Kind::Node, data, level) {
-            let _ = Node::decode(&ObjectId::of(data), &framed, &cfg);
+            let _ = Node::decode(&ObjectId::of(data), &framed, &cfg, &Codec::plain());
         }
     }
 });

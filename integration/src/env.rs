@@ -36,7 +36,15 @@ impl Env<'static> {
     /// The same, with more `init` options (e.g. a short lease TTL).
     pub fn init_with(extra: &[&str]) -> Env<'static> {
         let e = Env::bare();
-        let mut args = vec!["init", "--segment-size", "4M"];
+        let mut args = vec![
+            "init",
+            "--segment-size",
+            "4M",
+            "--kdf-memory-kib",
+            "64",
+            "--kdf-time",
+            "1",
+        ];
         args.extend_from_slice(extra);
         e.x(&args).assert().success();
         e
@@ -44,6 +52,7 @@ impl Env<'static> {
 
     pub fn bare() -> Env<'static> {
         let dir = tempfile::tempdir().unwrap();
+        write_password(dir.path());
         let repo = dir.path().join("repo");
         let url = repo.display().to_string();
         Env {
@@ -63,6 +72,7 @@ impl<'s> Env<'s> {
 
     pub fn init_s3_with(server: &'s S3Server, name: &str, extra: &[&str]) -> Env<'s> {
         let dir = tempfile::tempdir().unwrap();
+        write_password(dir.path());
         let repo = dir.path().join("unused");
         let e = Env {
             dir,
@@ -70,7 +80,15 @@ impl<'s> Env<'s> {
             url: server.url(name),
             s3: Some(server),
         };
-        let mut args = vec!["init", "--segment-size", "4M"];
+        let mut args = vec![
+            "init",
+            "--segment-size",
+            "4M",
+            "--kdf-memory-kib",
+            "64",
+            "--kdf-time",
+            "1",
+        ];
         args.extend_from_slice(extra);
         e.x(&args).assert().success();
         e
@@ -83,11 +101,20 @@ impl<'s> Env<'s> {
     /// The same as a plain command, e.g. to spawn and kill it.
     pub fn std(&self, args: &[&str]) -> std::process::Command {
         let mut std = std::process::Command::new(xfull_bin());
-        std.env("XFULL_REPO", &self.url).args(args);
+        std.env("XFULL_REPO", &self.url)
+            .env("XFULL_PASSWORD_FILE", self.password_file())
+            .env_remove("XFULL_PASSWORD")
+            .args(args);
         if let Some(s) = self.s3 {
             s.set_env(&mut std);
         }
         std
+    }
+
+    /// The repository's password, given to every command as
+    /// `XFULL_PASSWORD_FILE` (repositories are encrypted by default).
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.path().join(PASSWORD_FILE)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -151,6 +178,13 @@ impl<'s> Env<'s> {
             .as_array()
             .map_or(0, Vec::len)
     }
+}
+
+const PASSWORD_FILE: &str = "password";
+
+/// Writes the scratch directory's repository password.
+fn write_password(dir: &Path) {
+    std::fs::write(dir.join(PASSWORD_FILE), "correct horse battery staple\n").unwrap();
 }
 
 pub fn walk(dir: &Path) -> Vec<PathBuf> {

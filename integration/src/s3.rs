@@ -118,7 +118,13 @@ impl S3Server {
         loop {
             let ok = self
                 .command(&crate::xfull_bin())
-                .args(["-r", &self.url("ready-probe"), "init"])
+                .args([
+                    "-r",
+                    &self.url("ready-probe"),
+                    "init",
+                    "--encryption",
+                    "none",
+                ])
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false);

@@ -304,6 +304,7 @@ fn repository_errors() {
     let other = e.path("other");
     Command::new(xfull_bin())
         .env("XFULL_REPO", "/nonexistent")
+        .env("XFULL_PASSWORD_FILE", e.password_file())
         .args(["-r", other.to_str().unwrap(), "init"])
         .assert()
         .success();

@@ -244,7 +244,7 @@ fn last_seq(e: &Env) -> u64 {
 fn marker(e: &Env, seq: u64) -> Option<SweepState> {
     let key = keys::sweep(seq);
     let bytes = std::fs::read(e.repo.join(&key)).ok()?;
-    SweepState::decode(&key, &bytes).ok()
+    SweepState::decode(&key, &bytes, crate::unlocked::open(e).codec()).ok()
 }
 
 fn signal(child: &Child, sig: &str) {

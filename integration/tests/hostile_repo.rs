@@ -26,6 +26,7 @@ fn limited(e: &Env, args: &[&str]) -> Output {
         .arg(xfull_bin())
         .args(args)
         .env("XFULL_REPO", &e.url)
+        .env("XFULL_PASSWORD_FILE", e.password_file())
         .env("MALLOC_ARENA_MAX", "2")
         .output()
         .unwrap()
@@ -118,9 +119,16 @@ fn the_item(without: &[u8], with_one: &[u8]) -> Vec<u8> {
     with_one[at + 1..with_one.len() - suffix_len].to_vec()
 }
 
+/// Stores a manifest as a writer with the repository's keys would: the
+/// hostile content must meet the decoder, not fail to open.
 fn put(e: &Env, id: &str, plain: &[u8]) {
     let framed = frame::encode(Kind::Manifest, plain, 3).unwrap();
-    std::fs::write(manifest_path(e, "v", id), framed).unwrap();
+    let name = format!("points/v/{id}");
+    let repo = crate::unlocked::open(e);
+    let stored = repo
+        .codec()
+        .seal_meta(xfull_core::crypto::SealKind::Manifest, &name, framed);
+    std::fs::write(manifest_path(e, "v", id), stored).unwrap();
 }
 
 /// Each hostile manifest of the adversarial report, by name.

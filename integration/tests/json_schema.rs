@@ -144,7 +144,10 @@ fn every_command_prints_the_documented_json() {
         seen.push(name.to_string());
         doc
     };
-    validate("init", &["init", "--segment-size", "4M"], 0);
+    let kdf = ["--kdf-memory-kib", "64", "--kdf-time", "1"];
+    let init = [&["init", "--segment-size", "4M"][..], &kdf].concat();
+    let i = validate("init", &init, 0);
+    assert_eq!(i["encryption"], "xchacha20-poly1305", "{i}");
     let first = validate(
         "backup",
         &["backup", "--vm", "vm", "--disk", &disk, "--label", "k=v"],
@@ -181,6 +184,26 @@ fn every_command_prints_the_documented_json() {
     );
     assert!(pr["removed"].is_u64(), "no nested removed.removed: {pr}");
     validate("gc", &["gc", "--dry-run"], 0);
+    let file = |name: &str, pw: &str| {
+        std::fs::write(e.path(name), pw).unwrap();
+        e.path(name).display().to_string()
+    };
+    let (backup_pw, new_pw) = (file("backup-pw", "backup only"), file("new-pw", "new one"));
+    let add = [
+        &[
+            "key",
+            "add",
+            "--backup-only",
+            "--new-password-file",
+            &backup_pw,
+        ][..],
+        &kdf,
+    ]
+    .concat();
+    let added = validate("key-add", &add, 0);
+    let slot = added["slot"].as_str().unwrap().to_string();
+    let list = validate("key-list", &["key", "list"], 0);
+    assert_eq!(list["slots"].as_array().unwrap().len(), 2, "{list}");
     // Errors are JSON too, with their exit class.
     let err = validate("error", &["show", "nobody@latest"], 1);
     assert_eq!(err["error"]["kind"], "error");
@@ -188,6 +211,20 @@ fn every_command_prints_the_documented_json() {
     assert_eq!(err["error"]["kind"], "usage");
     let err = validate("error", &["diff", "vm@latest", "other@latest"], 2);
     assert_eq!(err["error"]["kind"], "usage");
+    let passwd = [&["key", "passwd", "--new-password-file", &new_pw][..], &kdf].concat();
+    validate("key-passwd", &passwd, 0);
+
+    let e2 = e
+        .x(&["key", "remove", &slot, "--json"])
+        .env("XFULL_PASSWORD_FILE", &new_pw)
+        .output()
+        .unwrap();
+    assert!(e2.status.success(), "{}", stderr(&e2));
+    let mut bad = Vec::new();
+    let doc: Value = serde_json::from_slice(&e2.stdout).unwrap();
+    check(&schemas, &schemas["key-remove"], &doc, "", &mut bad);
+    assert!(bad.is_empty(), "key remove: {bad:?}");
+    seen.push("key-remove".into());
 
     // serve and mount print their document once ready, then run until
     // SIGTERM (exit 130).

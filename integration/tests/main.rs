@@ -7,6 +7,7 @@
 //! must be declared below; `every_test_file_is_declared` fails otherwise.
 
 mod cli;
+mod encryption;
 mod engine;
 mod gc_liveness;
 mod hostile_dir;
@@ -25,6 +26,7 @@ mod s3;
 mod s3_errors;
 mod serve;
 mod signals;
+mod unlocked;
 
 /// A file in `tests/` that is not declared above would silently never run.
 #[test]

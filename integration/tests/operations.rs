@@ -234,7 +234,7 @@ fn completions_man_page_version_and_help() {
     assert!(dir.join("xfull-backup.1").exists());
     let v = text(&e, &["--version"]);
     assert!(
-        v.contains("commit ") && v.contains("repository format 1"),
+        v.contains("commit ") && v.contains("repository format 2"),
         "{v}"
     );
     // S3 flags under their own heading, and not on a command without a

@@ -58,6 +58,7 @@ fn via_sh(e: &Env, script: &str, args: &[&str]) -> Output {
         .arg(xfull_bin())
         .args(args)
         .env("XFULL_REPO", &e.url)
+        .env("XFULL_PASSWORD_FILE", e.password_file())
         .output()
         .unwrap()
 }
@@ -358,6 +359,7 @@ fn an_unreadable_chunk_is_an_error_and_a_damaged_one_is_damage() {
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(&bin)
             .args(["restore", &point, "--disk", "d", "--to", "-"])
+            .env("XFULL_PASSWORD_FILE", e.password_file())
             .env("XFULL_REPO", &e.url)
             .stdout(Stdio::piped())
             .output()
@@ -546,7 +548,14 @@ fn storage_faults_during_a_restore_are_not_damage() {
         };
         let to = e.path("out.img");
         let err = rt.block_on(async {
-            let repo = Repository::open(Arc::new(backend)).await.unwrap();
+            let pw = std::fs::read_to_string(e.password_file()).unwrap();
+            let secret = xfull_core::crypto::Secret::password(
+                pw.trim_end().as_bytes().to_vec(),
+                "the test's password",
+            );
+            let repo = Repository::open_with(Arc::new(backend), || Ok(secret))
+                .await
+                .unwrap();
             let spec: xfull_core::point_spec::PointSpec = point.parse().unwrap();
             let m = repo.resolve(&spec).await.unwrap();
             let target = Target::parse(to.to_str().unwrap()).unwrap();

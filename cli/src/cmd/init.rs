@@ -26,8 +26,14 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
     config
         .validate()
         .map_err(xfull_core::Error::InvalidArgument)?;
-    let repo = crate::open::init(cli, config).await?;
+    let encrypted = args.encryption != "none";
+    let repo = crate::open::init(cli, config, encrypted, args.kdf.params()?).await?;
     let c = repo.config();
+    let encryption = if encrypted {
+        "xchacha20-poly1305"
+    } else {
+        "none"
+    };
     if cli.json {
         print_json(&serde_json::json!({
             "repository": repo.location(),
@@ -41,10 +47,13 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
             "lease_ttl_secs": c.protocol.lease_ttl_secs,
             "clock_margin_secs": c.protocol.clock_margin_secs,
             "sweep_ttl_secs": c.protocol.sweep_ttl_secs,
+            "encryption": encryption,
+            "key_slot": repo.codec().master_keys().map(|k| k.slot().to_string()),
         }))?;
     } else {
         println!(
-            "created repository {} (segments {}, chunks {}/{}/{} min/avg/max, zstd {})",
+            "created repository {} (segments {}, chunks {}/{}/{} min/avg/max, zstd {}, \
+             encryption {encryption})",
             repo.location(),
             bytes(c.segment_size),
             bytes(c.chunking.min.into()),

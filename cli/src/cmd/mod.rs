@@ -6,6 +6,7 @@ pub mod forget;
 pub mod gc;
 pub mod init;
 pub mod mount;
+pub mod key;
 pub mod points;
 pub mod prune;
 pub mod repair;

@@ -10,6 +10,7 @@ use rand::seq::index::sample;
 use super::plan::{DiskPlan, SegmentPlan};
 use super::segment::chunk_segment;
 use crate::chunker::ChunkParams;
+use crate::codec::Codec;
 use crate::error::Result;
 use crate::manifest::Audit;
 use crate::node::Node;
@@ -56,6 +57,7 @@ pub fn audit_reused(
     plan: &DiskPlan,
     source: &DiskSource,
     params: &ChunkParams,
+    codec: &Codec,
     segment_size: u64,
     percent: f64,
 ) -> Result<(Audit, u64)> {
@@ -70,7 +72,7 @@ pub fn audit_reused(
         let end = (start + segment_size).min(source.size());
         buf.resize((end - start) as usize, 0);
         read += source.read_at(start, &mut buf)?;
-        let seg = chunk_segment(params, &buf);
+        let seg = chunk_segment(params, codec, &buf);
         let actual = if seg.is_all_zero() {
             None
         } else {
@@ -78,7 +80,7 @@ pub fn audit_reused(
                 Node {
                     entries: seg.entries,
                 }
-                .to_plain()?
+                .to_plain(codec)?
                 .0,
             )
         };

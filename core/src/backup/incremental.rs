@@ -29,6 +29,7 @@ use std::ops::Range;
 use fastcdc::v2020::FastCDC;
 
 use crate::chunker::{ChunkParams, is_zero};
+use crate::codec::Codec;
 use crate::error::Result;
 use crate::node::Entry;
 
@@ -52,6 +53,7 @@ pub struct Rechunked {
 /// `offset` and returns the bytes it read from the source.
 pub fn rechunk(
     params: &ChunkParams,
+    codec: &Codec,
     parent: &[Entry],
     new_len: u64,
     changes: &[Range<u64>],
@@ -86,7 +88,7 @@ pub fn rechunk(
             let data = window.get(pos, avail, new_len, &mut read, &mut out.bytes_read)?;
             let len = first_cut(params, data);
             let piece = &data[..len];
-            let id = (!is_zero(piece)).then(|| crate::placement::chunk_id(piece));
+            let id = (!is_zero(piece)).then(|| codec.chunk_id(piece));
             if id.is_some() {
                 out.fresh.push((out.entries.len(), piece.to_vec()));
             }
@@ -180,6 +182,7 @@ impl Window {
 mod tests {
     use super::*;
     use crate::backup::segment::chunk_segment;
+    use crate::codec::Codec;
     use crate::id::ObjectId;
     use proptest::prelude::*;
 
@@ -235,14 +238,21 @@ mod tests {
         changes: Vec<Range<u64>>,
     ) -> std::result::Result<(), TestCaseError> {
         let p = params();
-        let parent = chunk_segment(&p, old).entries;
+        let parent = chunk_segment(&p, &Codec::plain(), old).entries;
         let set = crate::changes::ExtentSet::from_ranges(changes);
-        let r = rechunk(&p, &parent, new.len() as u64, set.ranges(), |off, buf| {
-            buf.copy_from_slice(&new[off as usize..off as usize + buf.len()]);
-            Ok(buf.len() as u64)
-        })
+        let r = rechunk(
+            &p,
+            &Codec::plain(),
+            &parent,
+            new.len() as u64,
+            set.ranges(),
+            |off, buf| {
+                buf.copy_from_slice(&new[off as usize..off as usize + buf.len()]);
+                Ok(buf.len() as u64)
+            },
+        )
         .unwrap();
-        let full = chunk_segment(&p, new);
+        let full = chunk_segment(&p, &Codec::plain(), new);
         prop_assert_eq!(&r.entries, &full.entries);
         for (i, data) in &r.fresh {
             prop_assert_eq!(r.entries[*i].chunk(), Some(ObjectId::of(data)));
@@ -287,7 +297,7 @@ mod tests {
             resize in prop_oneof![Just(0i64), Just(0i64), -3000i64..3000],
         ) {
             let old = image(seed, len);
-            let bounds: Vec<u64> = chunk_segment(&params(), &old)
+            let bounds: Vec<u64> = chunk_segment(&params(), &Codec::plain(), &old)
                 .entries
                 .iter()
                 .scan(0, |s, e| { *s += e.len(); Some(*s) })
@@ -314,7 +324,7 @@ mod tests {
     fn changes_at_edges() {
         let old = image(3, 20_000);
         let p = params();
-        let bounds: Vec<u64> = chunk_segment(&p, &old)
+        let bounds: Vec<u64> = chunk_segment(&p, &Codec::plain(), &old)
             .entries
             .iter()
             .scan(0, |s, e| {
@@ -337,8 +347,11 @@ mod tests {
             check(&old, &new, changed).unwrap();
         }
         // Nothing changed: nothing read.
-        let parent = chunk_segment(&p, &old).entries;
-        let r = rechunk(&p, &parent, 20_000, &[], |_, _| panic!("no read expected")).unwrap();
+        let parent = chunk_segment(&p, &Codec::plain(), &old).entries;
+        let r = rechunk(&p, &Codec::plain(), &parent, 20_000, &[], |_, _| {
+            panic!("no read expected")
+        })
+        .unwrap();
         assert_eq!(r.entries, parent);
     }
 }

@@ -581,14 +581,15 @@ async fn back_up_disk(
     let mut audit_read = 0;
     if plan.reported.is_some() && audit_percent > 0.0 {
         let touched = audit::mark_touched(&mut plan, audit_percent);
-        let (src, params, seg, plan2) = (
+        let (src, params, seg, plan2, codec) = (
             d.source.clone(),
             cfg.chunking,
             cfg.segment_size,
             plan.clone(),
+            repo.codec().clone(),
         );
         let (a, read) = blocking("audit", move || {
-            audit::audit_reused(&plan2, &src, &params, seg, audit_percent)
+            audit::audit_reused(&plan2, &src, &params, &codec, seg, audit_percent)
         })
         .await??;
         audit_read = read;

@@ -306,7 +306,7 @@ fn process_segments(
                 read,
                 parent,
             } => {
-                let seg = chunk_segment(&shared.repo.config().chunking, &buf);
+                let seg = chunk_segment(&shared.repo.config().chunking, shared.repo.codec(), &buf);
                 let data = |i: usize| {
                     let off = seg.offsets[i];
                     Some(&buf[off..off + seg.entries[i].len() as usize])
@@ -397,6 +397,7 @@ impl Touched {
             None => Ok(Arc::new(Node {
                 entries: chunk_segment(
                     &shared.repo.config().chunking,
+                    shared.repo.codec(),
                     &vec![0u8; self.parent_len as usize],
                 )
                 .entries,
@@ -412,6 +413,7 @@ fn touched_job(shared: &Shared, t: &Touched, changes: &[Range<u64>]) -> Result<U
     let start = t.idx as u64 * cfg.segment_size;
     let r = rechunk(
         &cfg.chunking,
+        shared.repo.codec(),
         &parent_node.entries,
         t.len,
         changes,
@@ -438,9 +440,10 @@ fn audited_touched_job(shared: &Shared, t: &Touched, changes: &[Range<u64>]) -> 
     let start = t.idx as u64 * cfg.segment_size;
     let mut buf = vec![0u8; t.len as usize];
     let read = shared.source.read_at(start, &mut buf)?;
-    let full = chunk_segment(&cfg.chunking, &buf);
+    let full = chunk_segment(&cfg.chunking, shared.repo.codec(), &buf);
     let inc = rechunk(
         &cfg.chunking,
+        shared.repo.codec(),
         &parent_node.entries,
         t.len,
         changes,
@@ -491,7 +494,7 @@ fn build_job<'a>(
     let node = Node {
         entries: entries.to_vec(),
     };
-    let (node_id, plain) = node.to_plain()?;
+    let (node_id, plain) = node.to_plain(shared.repo.codec())?;
     let trust = &shared.trust;
     // Same chunks as the parent at this place: nothing to store, unless
     // the backup knows something of them is missing or damaged.

@@ -110,16 +110,17 @@ async fn restore_segment(
     expected: &ObjectId,
 ) -> Result<()> {
     let range = disk.segment_range(idx);
-    let (source, params, level) = (
+    let (source, params, level, codec) = (
         source.clone(),
         repo.config().chunking,
         repo.config().zstd_level,
+        repo.codec().clone(),
     );
     let expected = *expected;
     let sealed = blocking("re-reading a segment", move || {
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         source.read_at(range.start, &mut buf)?;
-        let sealed = seal_segment(&params, level, &buf, |_| true)?;
+        let sealed = seal_segment(&params, &codec, level, &buf, |_| true)?;
         if sealed.node_id != expected {
             return Err(Error::SourceChanged {
                 path: source.path().to_path_buf(),

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use crate::chunker::{ChunkParams, for_each_chunk, is_zero};
+use crate::codec::Codec;
 use crate::error::Result;
 use crate::frame::{self, Kind};
 use crate::id::ObjectId;
@@ -23,11 +24,11 @@ impl ChunkedSegment {
 }
 
 /// Chunks and hashes a segment; all-zero chunks become zero entries.
-pub fn chunk_segment(params: &ChunkParams, data: &[u8]) -> ChunkedSegment {
+pub fn chunk_segment(params: &ChunkParams, codec: &Codec, data: &[u8]) -> ChunkedSegment {
     let mut out = ChunkedSegment::default();
     for_each_chunk(params, data, |off, len| {
         let piece = &data[off..off + len];
-        let id = (!is_zero(piece)).then(|| crate::placement::chunk_id(piece));
+        let id = (!is_zero(piece)).then(|| codec.chunk_id(piece));
         // Chunks are at most 16 MiB (FastCDC's limit), so the length fits.
         out.entries.push(Entry(len as u32, id));
         out.offsets.push(off);
@@ -48,11 +49,12 @@ pub struct SealedSegment {
 /// have stored them. CPU-bound.
 pub fn seal_segment(
     params: &ChunkParams,
+    codec: &Codec,
     zstd_level: i32,
     data: &[u8],
     want: impl Fn(&ObjectId) -> bool,
 ) -> Result<SealedSegment> {
-    let seg = chunk_segment(params, data);
+    let seg = chunk_segment(params, codec, data);
     let mut chunks = Vec::new();
     for (e, off) in seg.entries.iter().zip(&seg.offsets) {
         if let Some(id) = e.1.filter(&want) {
@@ -66,7 +68,7 @@ pub fn seal_segment(
     let (node_id, node) = Node {
         entries: seg.entries,
     }
-    .to_plain()?;
+    .to_plain(codec)?;
     Ok(SealedSegment {
         node_id,
         node,

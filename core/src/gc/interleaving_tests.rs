@@ -24,7 +24,6 @@ use crate::lease::ObjectRef;
 use crate::manifest::{BackupStats, DiskManifest, Manifest};
 use crate::names::VmName;
 use crate::node::{Entry, Node};
-use crate::placement::Placement;
 use crate::prune;
 use crate::repo::{Repository, Stored};
 use crate::session::{Check, Session};
@@ -45,7 +44,7 @@ fn node(chunks: &[(ObjectId, Vec<u8>)]) -> (ObjectId, Vec<u8>) {
             .map(|(id, d)| Entry(d.len() as u32, Some(*id)))
             .collect(),
     };
-    n.to_plain().unwrap()
+    n.to_plain(&crate::codec::Codec::plain()).unwrap()
 }
 
 fn vm() -> VmName {
@@ -432,7 +431,9 @@ async fn whole(repo: &Repository, id: &PointId) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("point {id}: chunk {}: {e}", c.short()))?;
             let mut buf = vec![0; e.len() as usize];
-            Placement::open_into(&c, &framed, &mut buf).map_err(|e| e.to_string())?;
+            repo.chunks()
+                .open_into(&c, &framed, &mut buf)
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(())

@@ -11,8 +11,9 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::frame::{self, Kind};
+use crate::frame::Kind;
 use crate::keys;
 use crate::repo::Repository;
 
@@ -97,16 +98,23 @@ impl SweepState {
         self.observed.iter().find(|o| o.session == session)
     }
 
-    pub fn encode(&self) -> Result<Bytes> {
+    /// The stored bytes of this marker under `key` (sealed under it if
+    /// the repository is encrypted).
+    pub fn encode(&self, codec: &Codec, key: &str) -> Result<Bytes> {
         let mut plain = Vec::new();
         ciborium::into_writer(self, &mut plain)
             .map_err(|e| Error::Internal(format!("encoding gc marker: {e}")))?;
-        Ok(Bytes::from(frame::encode(Kind::Marker, &plain, 3)?))
+        Ok(Bytes::from(codec.encode_meta(
+            Kind::Marker,
+            key,
+            &plain,
+            3,
+        )?))
     }
 
     /// Decodes a marker stored under `key`.
-    pub fn decode(key: &str, framed: &[u8]) -> Result<Self> {
-        let plain = frame::decode(Kind::Marker, key, framed, 1 << 28)?;
+    pub fn decode(key: &str, stored: &[u8], codec: &Codec) -> Result<Self> {
+        let plain = codec.decode_meta(Kind::Marker, key, stored, 1 << 28)?;
         ciborium::from_reader(&plain[..])
             .map_err(|e| Error::corrupt(key, format!("undecodable gc marker: {e}")))
     }
@@ -124,7 +132,7 @@ impl SweepState {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let m = SweepState::decode(&key, &bytes)?;
+        let m = SweepState::decode(&key, &bytes, repo.codec())?;
         if m.seq != seq {
             return Err(Error::corrupt(key, format!("holds sweep {}", m.seq)));
         }

@@ -125,7 +125,7 @@ impl Publisher {
             return Ok((Utc::now(), chrono::Duration::zero()));
         }
         let _one_at_a_time = self.write.lock().await;
-        let bytes = self.snapshot().encode()?;
+        let bytes = self.snapshot().encode(self.repo.codec(), &self.key)?;
         let b = self.repo.backend();
         b.put(&self.key, bytes, PutMode::Overwrite).await?;
         let now = b.head(&self.key).await?.last_modified;
@@ -179,7 +179,11 @@ impl Sweep {
         } else {
             loop {
                 match b
-                    .put(&keys::sweep(seq), state(seq).encode()?, PutMode::Create)
+                    .put(
+                        &keys::sweep(seq),
+                        state(seq).encode(repo.codec(), &keys::sweep(seq))?,
+                        PutMode::Create,
+                    )
                     .await
                 {
                     Ok(()) => break,
@@ -583,7 +587,11 @@ impl Sweep {
         let done = self.marker.snapshot();
         self.repo
             .backend()
-            .put(&keys::done(self.seq), done.encode()?, PutMode::Create)
+            .put(
+                &keys::done(self.seq),
+                done.encode(self.repo.codec(), &keys::done(self.seq))?,
+                PutMode::Create,
+            )
             .await?;
         Ok(())
     }

@@ -22,6 +22,7 @@ use futures::TryStreamExt;
 use futures::stream::BoxStream;
 
 use crate::backend::{Backend, ObjectClass, ObjectMeta, PutMode, PutOptions};
+use crate::codec::Codec;
 use crate::damage::Health;
 use crate::error::{Error, Result};
 use crate::frame;
@@ -37,8 +38,9 @@ pub mod pack_read;
 pub mod packer;
 pub mod rebuild;
 
-/// A chunk's id: the one place chunk plaintext is hashed to its name
-/// (client-side encryption will make it a keyed hash).
+/// A chunk's id in an unencrypted repository (plain BLAKE3). Code that
+/// names chunks of a repository asks its codec
+/// ([`crate::codec::Codec::chunk_id`]): keyed when encrypted.
 pub fn chunk_id(plain: &[u8]) -> ObjectId {
     ObjectId::of(plain)
 }
@@ -54,11 +56,12 @@ pub struct StoredChunk {
 #[derive(Debug, Clone)]
 pub struct Placement {
     backend: Arc<dyn Backend>,
+    codec: Arc<Codec>,
 }
 
 impl Placement {
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Placement { backend }
+    pub fn new(backend: Arc<dyn Backend>, codec: Arc<Codec>) -> Self {
+        Placement { backend, codec }
     }
 
     /// True for keys under which this module stores chunks (for callers
@@ -69,15 +72,17 @@ impl Placement {
 
     /// Stores a framed chunk create-only, as chunk data.
     pub async fn put(&self, id: &ObjectId, framed: Bytes) -> Result<Stored> {
-        put_once_as(&*self.backend, &keys::chunk(id), framed, ObjectClass::Data).await
+        let stored = self.codec.seal_chunk(id, framed);
+        put_once_as(&*self.backend, &keys::chunk(id), stored, ObjectClass::Data).await
     }
 
     /// Stores a framed chunk over a damaged copy under its key (its id
     /// fixes the right bytes, so replacing them is safe).
     pub async fn replace(&self, id: &ObjectId, framed: Bytes) -> Result<()> {
         let opts = PutOptions::data(PutMode::Overwrite);
+        let stored = self.codec.seal_chunk(id, framed);
         self.backend
-            .put_opts(&keys::chunk(id), framed, opts)
+            .put_opts(&keys::chunk(id), stored, opts)
             .await?;
         Ok(())
     }
@@ -119,19 +124,23 @@ impl Placement {
         Ok(())
     }
 
-    /// Fetches the framed bytes of a chunk (not yet verified).
+    /// Fetches the stored bytes of a chunk (not yet opened or verified).
     pub async fn get_raw(&self, id: &ObjectId) -> Result<Bytes> {
         let key = keys::chunk(id);
         self.backend.get(&key).await.map_err(|e| missing(e, &key))
     }
 
-    /// Decodes framed chunk bytes into `out` (the chunk's length) and
+    /// Opens stored chunk bytes into `out` (the chunk's length) and
     /// checks that they hash to `id`. CPU-bound: call from a blocking
     /// context.
-    pub fn open_into(id: &ObjectId, framed: &[u8], out: &mut [u8]) -> Result<()> {
+    pub fn open_into(&self, id: &ObjectId, stored: &[u8], out: &mut [u8]) -> Result<()> {
         let key = keys::chunk(id);
-        frame::decode_chunk_into(&key, framed, out)?;
-        if chunk_id(out) != *id {
+        let framed = self.codec.open_chunk(id, stored).map_err(|e| match e {
+            Error::Corrupt { reason, .. } => Error::corrupt(&key, reason),
+            e => e,
+        })?;
+        frame::decode_chunk_into(&key, &framed, out)?;
+        if self.codec.chunk_id(out) != *id {
             return Err(Error::corrupt(key, "content does not match its id"));
         }
         Ok(())
@@ -157,10 +166,14 @@ impl Placement {
             Err(e) if e.is_not_found() => return Ok(Health::Gone),
             Err(e) => return Health::of_error(e.into()),
         };
-        let id = *id;
+        let (id, codec) = (*id, self.codec.clone());
         crate::task::blocking("checking a chunk", move || {
-            match frame::decode(frame::Kind::Chunk, &key, &framed, max) {
-                Ok(plain) if chunk_id(&plain) == id => Ok(Health::Sound),
+            let opened = match codec.open_chunk(&id, &framed) {
+                Ok(o) => o,
+                Err(e) => return Health::of_error(e),
+            };
+            match frame::decode(frame::Kind::Chunk, &key, &opened, max) {
+                Ok(plain) if codec.chunk_id(&plain) == id => Ok(Health::Sound),
                 Ok(_) => Ok(Health::Damaged("content does not match its id".into())),
                 Err(e) => Health::of_error(e),
             }

@@ -83,14 +83,14 @@ pub(super) async fn restock(
     for s in sources {
         let size = s.source.size();
         let mut sealed = futures::stream::iter((0..size.div_ceil(seg)).map(|i| {
-            let (source, chunks) = (s.source.clone(), chunks.clone());
+            let (source, chunks, codec) = (s.source.clone(), chunks.clone(), repo.codec().clone());
             let range = i * seg..((i + 1) * seg).min(size);
             blocking("reading a repair source", move || {
                 let mut buf = vec![0u8; (range.end - range.start) as usize];
                 source.read_at(range.start, &mut buf)?;
                 let len = buf.len() as u64;
                 Ok::<_, Error>((
-                    seal_segment(&params, level, &buf, |c| chunks.contains(c))?,
+                    seal_segment(&params, &codec, level, &buf, |c| chunks.contains(c))?,
                     len,
                 ))
             })

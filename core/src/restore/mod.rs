@@ -106,6 +106,7 @@ pub async fn restore(
     opts: RestoreOptions,
     progress: Arc<Progress>,
 ) -> Result<RestoreOutcome> {
+    repo.codec().require_data("restore")?;
     let d = Arc::new(m.disk(disk)?.clone());
     if progress.is_cancelled() {
         return Err(Error::Cancelled {

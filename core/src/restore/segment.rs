@@ -19,7 +19,6 @@ use crate::id::ObjectId;
 use crate::image_hash::{self, SegmentHash};
 use crate::manifest::DiskManifest;
 use crate::node::Entry;
-use crate::placement::Placement;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::task::blocking;
@@ -263,7 +262,7 @@ impl SegmentCtx {
             let piece = &mut buf[off..off + e.len() as usize];
             match (e.chunk(), fetched) {
                 (Some(id), Fetched::Framed(framed)) => {
-                    if let Err(err) = Placement::open_into(&id, &framed, piece) {
+                    if let Err(err) = self.repo.chunks().open_into(&id, &framed, piece) {
                         match self.tolerate(at, e.len(), Object::Chunk(id), err) {
                             Ok(r) => {
                                 piece.fill(0);

@@ -1,0 +1,66 @@
+//! The secret that unlocks an encrypted repository, from the command line,
+//! the environment, the profile or the terminal (in that order; the first
+//! source given wins, and one that fails is an error naming it).
+
+use anyhow::Result;
+use xfull_core::crypto::keyfile;
+use xfull_core::crypto::password::Ask;
+use xfull_core::crypto::{Secret, SecretSources};
+
+use crate::cli::{Cli, NewSecretArgs};
+
+/// The sources given to this command: flags, then XFULL_PASSWORD_FILE and
+/// XFULL_PASSWORD, then the profile's (only when no flag names one: a
+/// `--key-file` on the command line must not meet the profile's
+/// `password_command` as "both given").
+pub fn sources(cli: &Cli) -> Result<SecretSources> {
+    let mut s = SecretSources {
+        key_file: cli.key_file.clone(),
+        password_command: cli.password_command.clone(),
+        ..SecretSources::default()
+    }
+    .with_env(|n| std::env::var_os(n));
+    if s.key_file.is_none() && s.password_command.is_none() {
+        let p = crate::profile::secrets(cli)?;
+        if s.password_file.is_none() && s.password.is_none() {
+            s.key_file = p.key_file;
+            s.password_command = p.password_command;
+            s.password_file = p.password_file;
+        }
+    }
+    Ok(s)
+}
+
+/// The secret of an existing repository (asked once on a terminal).
+pub fn current(cli: &Cli) -> xfull_core::Result<Secret> {
+    let s = sources(cli).map_err(|e| xfull_core::Error::SecretSource {
+        secret: "password".into(),
+        reason: e.to_string(),
+    })?;
+    s.resolve(Ask::Once)
+}
+
+/// The first secret of a new repository: a `--key-file` that does not
+/// exist yet is made; a password from a prompt is asked twice.
+pub fn for_init(cli: &Cli) -> Result<Secret> {
+    let s = sources(cli)?;
+    if let Some(path) = &s.key_file
+        && !path.exists()
+        && s.password_command.is_none()
+    {
+        return Ok(keyfile::generate(path)?);
+    }
+    Ok(s.resolve(Ask::Confirm)?)
+}
+
+/// The new secret of `key add` / `key passwd`.
+pub fn new_secret(args: &NewSecretArgs) -> Result<Secret> {
+    if let Some(path) = &args.new_key_file {
+        return Ok(keyfile::generate(path)?);
+    }
+    let s = SecretSources {
+        password_file: args.new_password_file.clone(),
+        ..SecretSources::default()
+    };
+    Ok(s.resolve(Ask::Confirm)?)
+}

@@ -1,0 +1,264 @@
+//! The repository's codec: how content is named and how a framed object
+//! becomes stored bytes and back. The one place that knows whether the
+//! repository is encrypted (docs/design.md, "Encryption").
+//!
+//! - ids: [`Codec::chunk_id`] and [`Codec::node_id`]: plain BLAKE3, or
+//!   keyed BLAKE3 under the id key;
+//! - metadata (nodes, manifests, leases, markers, damage records, and the
+//!   pack format's indexes and trailers): [`Codec::seal_meta`] after
+//!   framing, [`Codec::open_meta`] before decoding, with the object's name
+//!   as associated data;
+//! - chunk data: [`Codec::seal_chunk`] / [`Codec::open_chunk`], named by
+//!   the chunk id (so a chunk means the same in its own object or as a
+//!   blob in a pack); sealed to the data public key by one [`DataSealer`]
+//!   per opened repository (one writer: a process), opened only with a
+//!   full-access key. Callers check the keyed id of what they open.
+//!
+//! Unencrypted, sealing is the identity: stored bytes are the framed ones,
+//! as in format 1.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+
+use crate::crypto::{Access, DataOpener, DataSealer, IdHasher, MasterKeys, SealKind};
+use crate::error::{Error, Result};
+use crate::frame::{self, Kind};
+use crate::id::ObjectId;
+
+/// What a repository's objects are made with; see the module doc.
+#[derive(Debug)]
+pub struct Codec {
+    ids: IdHasher,
+    keys: Option<Keys>,
+}
+
+#[derive(Debug)]
+struct Keys {
+    master: MasterKeys,
+    sealer: DataSealer,
+    /// `None` with a backup-only key: chunk data cannot be read.
+    opener: Option<DataOpener>,
+}
+
+impl Codec {
+    /// An unencrypted repository (`--encryption none`).
+    pub fn plain() -> Self {
+        Codec {
+            ids: IdHasher::plain(),
+            keys: None,
+        }
+    }
+
+    /// An encrypted repository, with the keys unlocked from one slot.
+    pub fn encrypted(master: MasterKeys) -> Self {
+        let opener = master.data_opener("reading chunk data").ok();
+        Codec {
+            ids: master.id_hasher(),
+            keys: Some(Keys {
+                sealer: master.data_sealer(),
+                opener,
+                master,
+            }),
+        }
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// The master keys (for key management), if encrypted.
+    pub fn master_keys(&self) -> Option<&MasterKeys> {
+        self.keys.as_ref().map(|k| &k.master)
+    }
+
+    /// The access of the unlocked key (`Full` when unencrypted).
+    pub fn access(&self) -> Access {
+        self.keys
+            .as_ref()
+            .map_or(Access::Full, |k| k.master.access())
+    }
+
+    /// Refuses `operation` (e.g. "restore") unless chunk data can be read:
+    /// called before an operation starts, so it fails at once and names
+    /// itself rather than at its first chunk.
+    pub fn require_data(&self, operation: &str) -> Result<()> {
+        match &self.keys {
+            Some(k) if k.opener.is_none() => k.master.data_opener(operation).map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// The id of a chunk's plaintext.
+    pub fn chunk_id(&self, plain: &[u8]) -> ObjectId {
+        self.ids.id(plain)
+    }
+
+    /// The id of a node's plaintext.
+    pub fn node_id(&self, plain: &[u8]) -> ObjectId {
+        self.ids.id(plain)
+    }
+
+    /// Stored bytes of a framed metadata object named `name` (its object
+    /// key; for a manifest, its key under `points/` wherever it lies).
+    pub fn seal_meta(&self, kind: SealKind, name: &str, framed: Vec<u8>) -> Vec<u8> {
+        match &self.keys {
+            Some(k) => k.master.seal_meta(kind, name, &framed),
+            None => framed,
+        }
+    }
+
+    /// The framed bytes of a stored metadata object; a changed, moved,
+    /// truncated or foreign object is damage naming `name`.
+    pub fn open_meta<'a>(
+        &self,
+        kind: SealKind,
+        name: &str,
+        stored: &'a [u8],
+    ) -> Result<Cow<'a, [u8]>> {
+        match &self.keys {
+            Some(k) => Ok(Cow::Owned(k.master.open_meta(kind, name, stored)?)),
+            None => Ok(Cow::Borrowed(stored)),
+        }
+    }
+
+    /// Stored bytes of a framed chunk (`frame::encode(Kind::Chunk, ..)`).
+    pub fn seal_chunk(&self, id: &ObjectId, framed: Bytes) -> Bytes {
+        match &self.keys {
+            Some(k) => Bytes::from(k.sealer.seal(SealKind::Chunk, &id.to_hex(), &framed)),
+            None => framed,
+        }
+    }
+
+    /// The framed bytes of a stored chunk; needs a full-access key
+    /// ([`Error::MissingCapability`] otherwise). The caller checks the
+    /// plaintext against `id`.
+    pub fn open_chunk<'a>(&self, id: &ObjectId, stored: &'a [u8]) -> Result<Cow<'a, [u8]>> {
+        match &self.keys {
+            Some(Keys {
+                opener: Some(o), ..
+            }) => Ok(Cow::Owned(o.open(SealKind::Chunk, &id.to_hex(), stored)?)),
+            Some(k) => Err(k
+                .master
+                .data_opener("reading chunk data")
+                .err()
+                .unwrap_or_else(|| Error::Internal("data opener missing".into()))),
+            None => Ok(Cow::Borrowed(stored)),
+        }
+    }
+
+    /// Frames and seals a metadata object: what writers of nodes, leases,
+    /// markers and damage records call.
+    pub fn encode_meta(&self, kind: Kind, name: &str, plain: &[u8], level: i32) -> Result<Vec<u8>> {
+        Ok(self.seal_meta(seal_kind(kind), name, frame::encode(kind, plain, level)?))
+    }
+
+    /// Opens and unframes a metadata object (at most `limit` bytes of
+    /// plaintext).
+    pub fn decode_meta(
+        &self,
+        kind: Kind,
+        name: &str,
+        stored: &[u8],
+        limit: usize,
+    ) -> Result<Vec<u8>> {
+        let framed = self.open_meta(seal_kind(kind), name, stored)?;
+        frame::decode(kind, name, &framed, limit)
+    }
+
+    /// Frames (compressed at `level`) and seals a chunk.
+    pub fn encode_chunk(&self, id: &ObjectId, plain: &[u8], level: i32) -> Result<Bytes> {
+        Ok(self.seal_chunk(id, frame::encode(Kind::Chunk, plain, level)?.into()))
+    }
+}
+
+/// The seal kind of a frame kind (the config is never sealed: it says
+/// whether the repository is encrypted).
+pub fn seal_kind(kind: Kind) -> SealKind {
+    match kind {
+        Kind::Chunk => SealKind::Chunk,
+        Kind::Node => SealKind::Node,
+        Kind::Manifest | Kind::Config => SealKind::Manifest,
+        Kind::Lease => SealKind::Lease,
+        Kind::Marker => SealKind::Marker,
+        Kind::Damage => SealKind::Damage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_is_the_identity_and_plain_blake3() {
+        let c = Codec::plain();
+        assert_eq!(c.chunk_id(b"x"), ObjectId::of(b"x"));
+        assert_eq!(c.seal_meta(SealKind::Node, "n", b"abc".to_vec()), b"abc");
+        assert_eq!(&*c.open_chunk(&ObjectId::of(b"x"), b"abc").unwrap(), b"abc");
+        c.require_data("restore").unwrap();
+    }
+
+    #[test]
+    fn encrypted_names_and_seals_bound_to_kind_and_name() {
+        let keys = MasterKeys::generate();
+        let c = Codec::encrypted(keys.clone());
+        assert_ne!(c.chunk_id(b"x"), ObjectId::of(b"x"));
+        let framed = frame::encode(Kind::Node, b"node plaintext", 3).unwrap();
+        let stored = c.seal_meta(SealKind::Node, "nodes/aa/a1", framed.clone());
+        assert!(!stored.windows(5).any(|w| w == b"plain"));
+        assert_eq!(
+            &*c.open_meta(SealKind::Node, "nodes/aa/a1", &stored).unwrap(),
+            &framed[..]
+        );
+        for (kind, name) in [
+            (SealKind::Node, "nodes/aa/a2"),
+            (SealKind::Manifest, "nodes/aa/a1"),
+        ] {
+            assert!(c.open_meta(kind, name, &stored).unwrap_err().is_damage());
+        }
+        assert!(
+            c.open_meta(SealKind::Node, "nodes/aa/a1", &stored[..stored.len() - 1])
+                .unwrap_err()
+                .is_damage()
+        );
+        // Another repository's keys do not open it.
+        let other = Codec::encrypted(MasterKeys::generate());
+        assert!(
+            other
+                .open_meta(SealKind::Node, "nodes/aa/a1", &stored)
+                .is_err()
+        );
+
+        let id = c.chunk_id(b"guest data");
+        let sealed = c.encode_chunk(&id, b"guest data", 3).unwrap();
+        let opened = c.open_chunk(&id, &sealed).unwrap();
+        assert_eq!(
+            frame::decode_chunk(&id.to_hex(), &opened, 10).unwrap(),
+            b"guest data"
+        );
+        assert!(
+            c.open_chunk(&c.chunk_id(b"other"), &sealed)
+                .unwrap_err()
+                .is_damage()
+        );
+    }
+
+    #[test]
+    fn a_backup_only_key_writes_chunks_it_cannot_read() {
+        let full = MasterKeys::generate();
+        let c = Codec::encrypted(full.backup_only());
+        assert_eq!(c.access(), Access::BackupOnly);
+        let id = c.chunk_id(b"x");
+        let sealed = c.encode_chunk(&id, b"x", 3).unwrap();
+        let e = c.require_data("restore").unwrap_err();
+        assert!(
+            matches!(&e, Error::MissingCapability { operation, .. } if operation == "restore"),
+            "{e}"
+        );
+        assert!(matches!(
+            c.open_chunk(&id, &sealed),
+            Err(Error::MissingCapability { .. })
+        ));
+        assert!(Codec::encrypted(full).open_chunk(&id, &sealed).is_ok());
+    }
+}
