@@ -64,6 +64,9 @@ impl Served {
         opts: &ServeOptions,
         progress: Arc<Progress>,
     ) -> Result<Served> {
+        // Serving reads chunk data: a backup-only key is refused before
+        // anything is written (as restore is).
+        repo.codec().require_data("serve or mount")?;
         let pins: Vec<_> = specs.iter().map(|s| (s.vm.clone(), s.id.clone())).collect();
         let lease = ServeLease::begin(repo, &pins).await?;
         let cache = SegmentCache::new(opts.cache_bytes);
