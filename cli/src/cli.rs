@@ -7,8 +7,8 @@ use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::args::*;
-pub use crate::serve_args::*;
 pub use crate::args_key::*;
+pub use crate::serve_args::*;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -11,8 +11,8 @@ mod output;
 mod point_name;
 mod profile;
 mod progress_ui;
-mod serve_args;
 mod secrets;
+mod serve_args;
 
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};

@@ -144,7 +144,8 @@ impl KnownDamage {
             match ObjectRef::parse(object) {
                 Some(ObjectRef::Node(id)) => out.nodes.insert(id),
                 Some(ObjectRef::Chunk(id)) => out.chunks.insert(id),
-                None => continue, // not a key xfull writes
+                // Damage is recorded per chunk or node, not per pack.
+                Some(ObjectRef::Pack(_)) | None => continue,
             };
         }
         Ok(out)

@@ -25,8 +25,12 @@ use crate::repo::Repository;
 /// A stored object a session relies on without having written it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ObjectRef {
+    /// A chunk by id, wherever the placement module keeps it (a logical
+    /// name: in format 2 chunks live in packs, found through the index).
     Chunk(ObjectId),
     Node(ObjectId),
+    /// A pack a session reused chunks from without having written it.
+    Pack(ObjectId),
 }
 
 impl ObjectRef {
@@ -34,12 +38,17 @@ impl ObjectRef {
         match self {
             ObjectRef::Chunk(id) => keys::chunk(id),
             ObjectRef::Node(id) => keys::node(id),
+            ObjectRef::Pack(name) => keys::pack(name),
         }
     }
 
     /// The chunk or node under `key`, if it is a key xfull writes (not,
     /// e.g., one spelled with upper-case hex).
     pub fn parse(key: &str) -> Option<ObjectRef> {
+        if let Some(name) = keys::parse_pack(key) {
+            let r = ObjectRef::Pack(name);
+            return (r.key() == key).then_some(r);
+        }
         let id = keys::parse_content(key)?;
         let r = if key.starts_with(keys::NODES) {
             ObjectRef::Node(id)
@@ -176,7 +185,11 @@ mod tests {
     #[test]
     fn object_keys_parse_back_only_as_xfull_writes_them() {
         let id = ObjectId::of(b"x");
-        for r in [ObjectRef::Chunk(id), ObjectRef::Node(id)] {
+        for r in [
+            ObjectRef::Chunk(id),
+            ObjectRef::Node(id),
+            ObjectRef::Pack(id),
+        ] {
             assert_eq!(ObjectRef::parse(&r.key()), Some(r));
             let k = r.key();
             let (dir, name) = k.split_at(k.rfind('/').unwrap() + 1);

@@ -37,7 +37,7 @@ pub async fn all_exist(repo: &Repository, refs: &[ObjectRef]) -> Result<bool> {
         .map(|r| async move {
             match r {
                 ObjectRef::Chunk(id) => placement.exists(id).await.map(|there| !there),
-                ObjectRef::Node(_) => match b.head(&r.key()).await {
+                ObjectRef::Node(_) | ObjectRef::Pack(_) => match b.head(&r.key()).await {
                     Ok(_) => Ok(false),
                     Err(e) if e.is_not_found() => Ok(true),
                     Err(e) => Err(Error::from(e)),

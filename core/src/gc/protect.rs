@@ -214,6 +214,8 @@ impl Protection {
             match dep {
                 ObjectRef::Chunk(id) => self.marks.chunk(id),
                 ObjectRef::Node(id) => nodes.push(*id),
+                // No session records packs yet (chunks are per object).
+                ObjectRef::Pack(_) => {}
             }
         }
         // A dependency that is gone is the session's to find (it checks);

@@ -185,7 +185,9 @@ async fn check(repo: &Repository, key: String, max: usize) -> Result<(String, He
     let health = match ObjectRef::parse(&key) {
         Some(ObjectRef::Chunk(id)) => repo.chunks().check(&id, max).await?,
         Some(ObjectRef::Node(id)) => repo.check_node(&id).await?,
-        None => return Err(Error::Internal(format!("{key} is not a chunk or node"))),
+        Some(ObjectRef::Pack(_)) | None => {
+            return Err(Error::Internal(format!("{key} is not a chunk or node")));
+        }
     };
     Ok((key, health))
 }
