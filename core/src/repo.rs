@@ -162,7 +162,8 @@ impl Repository {
     /// Where chunk bytes live: the only way to them.
     pub fn chunks(&self) -> Placement {
         let cache = crate::placement::lookup::default_cache_dir(&self.config.repo_id);
-        Placement::new(self.backend.clone(), self.codec.clone(), cache)
+        let max_chunk = self.config.chunking.max;
+        Placement::new(self.backend.clone(), self.codec.clone(), cache, max_chunk)
     }
 
     /// Create-only put of a metadata object; "already exists" is success

@@ -61,14 +61,22 @@ pub struct Placement {
     codec: Arc<Codec>,
     /// The local cache of index blocks (only a cache).
     cache: Option<PathBuf>,
+    /// The repository's largest chunk (decoders refuse larger ones).
+    max_chunk: u32,
 }
 
 impl Placement {
-    pub fn new(backend: Arc<dyn Backend>, codec: Arc<Codec>, cache: Option<PathBuf>) -> Self {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        codec: Arc<Codec>,
+        cache: Option<PathBuf>,
+        max_chunk: u32,
+    ) -> Self {
         Placement {
             backend,
             codec,
             cache,
+            max_chunk,
         }
     }
 
@@ -227,6 +235,12 @@ impl Placement {
         Err(Error::Internal(
             "index objects kept changing while listed (a gc running?): try again".into(),
         ))
+    }
+
+    /// Derives the index from the packs' trailers and stores it as one
+    /// new index object (see [`rebuild`]).
+    pub async fn rebuild(&self, progress: &crate::progress::Progress) -> Result<rebuild::Rebuilt> {
+        rebuild::rebuild(self.backend.clone(), &self.codec, self.max_chunk, progress).await
     }
 
     /// The sorted names of the packs in the store.
