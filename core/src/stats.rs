@@ -25,8 +25,12 @@ pub struct RepoStats {
     pub vms: BTreeMap<String, VmStats>,
     pub points: u64,
     pub logical_bytes: u64,
+    /// Chunks the index lists (a chunk stored twice, rare, counts twice).
     pub chunks: u64,
+    /// Bytes of packs and index objects: what chunk data takes.
     pub chunk_bytes: u64,
+    pub packs: u64,
+    pub index_objects: u64,
     pub nodes: u64,
     pub node_bytes: u64,
     pub manifest_bytes: u64,
@@ -51,8 +55,12 @@ pub async fn collect(repo: &Repository) -> Result<RepoStats> {
         s.stored_bytes += m.size;
         let k = m.key.as_str();
         if Placement::owns(k) {
-            s.chunks += 1;
             s.chunk_bytes += m.size;
+            if k.starts_with(keys::PACKS) {
+                s.packs += 1;
+            } else {
+                s.index_objects += 1;
+            }
         } else if k.starts_with(keys::NODES) {
             s.nodes += 1;
             s.node_bytes += m.size;
@@ -66,6 +74,8 @@ pub async fn collect(repo: &Repository) -> Result<RepoStats> {
         }
     }
     drop(all);
+    // Index heads say how many entries each object holds.
+    s.chunks = repo.chunks().open_index().await?.entries();
     let loaded: Vec<_> = futures::stream::iter(points)
         .map(|(vm, id)| async move {
             let s = repo.load_summary(&vm, &id).await;

@@ -26,11 +26,12 @@ pub async fn run(cli: &Cli) -> Result<()> {
         );
     }
     println!(
-        "{} points, {} logical; stored {} ({} chunks: {}, {} nodes: {}, manifests {})",
+        "{} points, {} logical; stored {} ({} chunks in {} packs: {}, {} nodes: {}, manifests {})",
         s.points,
         bytes(s.logical_bytes),
         bytes(s.stored_bytes),
         s.chunks,
+        s.packs,
         bytes(s.chunk_bytes),
         s.nodes,
         bytes(s.node_bytes),

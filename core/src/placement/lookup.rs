@@ -112,6 +112,11 @@ impl ChunkIndex {
         Ok(Some(out))
     }
 
+    /// Entries of all index objects (from their heads).
+    pub fn entries(&self) -> u64 {
+        self.objects.iter().map(|o| o.head.entries()).sum()
+    }
+
     /// How many index objects a lookup consults.
     pub fn objects(&self) -> usize {
         self.objects.len()
