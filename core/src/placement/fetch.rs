@@ -17,7 +17,7 @@ use super::chunk_name;
 use super::index::IndexEntry;
 use super::lookup::ChunkIndex;
 use super::pack::open_blob;
-use super::pack_read::{MAX_GAP, MAX_RUN, coalesce, read_run};
+use super::pack_read::{MAX_GAP, MAX_RUN, coalesce, read_range, read_run};
 use crate::backend::Backend;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -258,10 +258,8 @@ pub async fn read_one(
 ) -> Result<Option<Vec<u8>>> {
     let key = keys::pack(&place.pack);
     let e = place.entry;
-    let blob = match backend.get_range(&key, e.range()).await {
-        Ok(b) => b,
-        Err(err) if err.is_not_found() => return Ok(None),
-        Err(err) => return Err(err.into()),
+    let Some(blob) = read_range(backend, &key, e.range()).await? else {
+        return Ok(None);
     };
     let mut out = vec![0u8; e.plain_len as usize];
     open_blob(codec, &key, &e, &blob, &mut out)?;

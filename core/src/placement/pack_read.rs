@@ -14,7 +14,6 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
-use crate::repo::missing;
 
 /// Bytes read from a pack's end in the first request for its trailer:
 /// a 16 MiB pack of 128 KiB chunks has a trailer of about 6 KiB, so one
@@ -122,22 +121,39 @@ pub async fn read_run(
 /// A ranged GET that must return exactly the range: a shorter answer
 /// means the object is shorter than the index or listing said (damage).
 async fn get_exact(backend: &dyn Backend, key: &str, range: Range<u64>) -> Result<Bytes> {
+    match read_range(backend, key, range).await? {
+        Some(b) => Ok(b),
+        None => Err(Error::corrupt(key, "missing from the repository")),
+    }
+}
+
+/// Exactly `range` of `key`; `None` if the object is gone. An object
+/// shorter than the range is damage, whether the store answers with
+/// fewer bytes (S3) or refuses the range (a local directory): a failed
+/// read is followed by a HEAD to tell the two apart from an outage.
+pub(crate) async fn read_range(
+    backend: &dyn Backend,
+    key: &str,
+    range: Range<u64>,
+) -> Result<Option<Bytes>> {
     let want = range.end - range.start;
     let (start, end) = (range.start, range.end);
-    let bytes = backend
-        .get_range(key, range)
-        .await
-        .map_err(|e| missing(e, key))?;
-    if bytes.len() as u64 != want {
-        return Err(Error::corrupt(
+    let short = |got: u64| {
+        Error::corrupt(
             key,
-            format!(
-                "{} bytes at {start}..{end}: the pack is shorter than its index says",
-                bytes.len()
-            ),
-        ));
+            format!("{got} bytes at {start}..{end}: the pack is shorter than its index says"),
+        )
+    };
+    match backend.get_range(key, range).await {
+        Ok(b) if b.len() as u64 == want => Ok(Some(b)),
+        Ok(b) => Err(short(b.len() as u64)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => match backend.head(key).await {
+            Ok(m) if m.size < end => Err(short(m.size.saturating_sub(start))),
+            Err(h) if h.is_not_found() => Ok(None),
+            _ => Err(e.into()),
+        },
     }
-    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -174,11 +174,26 @@ pub async fn repair(
         }
     }
     report.manifests_removed = remove_manifests(repo, &found.damaged_manifests).await?;
+    // Damaged chunks not stored again stay damaged: the last verify
+    // counts them (it does not read chunks).
+    let mut still_bad: BTreeMap<ObjectRef, String> = chunks
+        .iter()
+        .filter_map(|k| ObjectRef::parse(k))
+        .map(|r| {
+            (
+                r,
+                "damaged (recorded; store it again from an image)".to_string(),
+            )
+        })
+        .collect();
     if !opts.sources.is_empty() && !wanted.is_empty() {
         let (stored, nodes) = restock::restock(repo, &opts.sources, &wanted, &progress).await?;
         report.chunks_restored = stored.len() as u64;
         report.nodes_restored = nodes;
         // Chunks stored again have a sound copy now: their records go.
+        for id in &stored {
+            still_bad.remove(&ObjectRef::Chunk(*id));
+        }
         let settled: Vec<String> = stored
             .iter()
             .map(keys::chunk)
@@ -193,7 +208,10 @@ pub async fn repair(
     let after = verify(
         repo,
         &[],
-        &VerifyOptions::default(),
+        &VerifyOptions {
+            known_bad: still_bad,
+            ..VerifyOptions::default()
+        },
         Arc::new(Progress::default()),
     )
     .await?;
