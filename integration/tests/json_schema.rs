@@ -227,6 +227,8 @@ fn every_command_prints_the_documented_json() {
     check(&schemas, &schemas["key-remove"], &doc, "", &mut bad);
     assert!(bad.is_empty(), "key remove: {bad:?}");
     seen.push("key-remove".into());
+    // From here on the repository opens with the new password only.
+    std::fs::copy(&new_pw, e.password_file()).unwrap();
 
     // serve and mount print their document once ready, then run until
     // SIGTERM (exit 130).
