@@ -98,6 +98,30 @@ impl PackWriter {
         Ok(())
     }
 
+    /// Appends a blob as stored (from [`Codec::encode_chunk`], or moved
+    /// verbatim from another pack) of a chunk of `plain_len` bytes.
+    ///
+    /// [`Codec::encode_chunk`]: crate::codec::Codec
+    pub fn push_stored(&mut self, id: ObjectId, plain_len: usize, blob: &[u8]) -> Result<()> {
+        let plain_len = u32::try_from(plain_len)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::Internal(format!("chunk of {plain_len} bytes")))?;
+        let stored_len = u32::try_from(blob.len())
+            .ok()
+            .filter(|n| u64::from(*n) >= BLOB_MIN)
+            .ok_or_else(|| Error::Internal(format!("blob of {} bytes", blob.len())))?;
+        let offset = self.data.len() as u64;
+        self.data.extend_from_slice(blob);
+        self.entries.push(PackEntry {
+            id,
+            offset,
+            stored_len,
+            plain_len,
+        });
+        Ok(())
+    }
+
     /// Bytes of blobs so far (the pack is this plus its trailer).
     pub fn len(&self) -> u64 {
         self.data.len() as u64
