@@ -37,11 +37,13 @@ pub async fn all_exist(repo: &Repository, refs: &[ObjectRef]) -> Result<bool> {
         .map(|r| async move {
             match r {
                 ObjectRef::Chunk(id) => placement.exists(id).await.map(|there| !there),
-                ObjectRef::Node(_) | ObjectRef::Pack(_) => match b.head(&r.key()).await {
-                    Ok(_) => Ok(false),
-                    Err(e) if e.is_not_found() => Ok(true),
-                    Err(e) => Err(Error::from(e)),
-                },
+                ObjectRef::Node(_) | ObjectRef::Pack(_) | ObjectRef::Index(_) => {
+                    match b.head(&r.key()).await {
+                        Ok(_) => Ok(false),
+                        Err(e) if e.is_not_found() => Ok(true),
+                        Err(e) => Err(Error::from(e)),
+                    }
+                }
             }
         })
         .buffer_unordered(CHECKS)

@@ -37,6 +37,7 @@ pub mod pack;
 pub mod pack_read;
 pub mod packer;
 pub mod rebuild;
+pub mod sweep;
 
 /// A chunk's id in an unencrypted repository (plain BLAKE3). Code that
 /// names chunks of a repository asks its codec
