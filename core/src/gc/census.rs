@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use super::marks::Marks;
 use super::pack_plan::{ClassRules, PackFate, PackUse, plan};
 use crate::backend::Backend;
+use crate::codec::Codec;
 use crate::error::Result;
 use crate::id::ObjectId;
 use crate::placement::pack_read::read_trailer;
@@ -156,6 +157,7 @@ impl Census {
     pub async fn read_orphans(
         &mut self,
         backend: &dyn Backend,
+        codec: &Codec,
         cutoff: DateTime<Utc>,
         max_chunk: u32,
         marks: &Marks,
@@ -170,7 +172,7 @@ impl Census {
                 p.fate = Fate::Young;
                 continue;
             }
-            match read_trailer(backend, &p.name, size, max_chunk).await {
+            match read_trailer(backend, codec, &p.name, size, max_chunk).await {
                 Ok(entries) => {
                     p.fate = Fate::Orphan;
                     for e in &entries {

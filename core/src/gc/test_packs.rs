@@ -38,7 +38,7 @@ pub async fn store_pack_deps(
         deps.push(ObjectRef::Pack(name));
     }
     let entries = pack_entries(repo, &name).await;
-    let (key, stored) = store_index(&**repo.backend(), entries)
+    let (key, stored) = store_index(&**repo.backend(), repo.codec(), entries)
         .await
         .unwrap()
         .unwrap();
@@ -57,9 +57,9 @@ pub async fn put_pack(repo: &Repository, chunks: &[(ObjectId, Vec<u8>)]) -> Obje
 async fn put_pack_as(repo: &Repository, chunks: &[(ObjectId, Vec<u8>)]) -> (ObjectId, Stored) {
     let mut w = PackWriter::new();
     for (id, plain) in chunks {
-        w.push(*id, plain, 3).unwrap();
+        w.push(repo.codec(), *id, plain, 3).unwrap();
     }
-    let (name, bytes, _) = w.finish();
+    let (name, bytes, _) = w.finish(repo.codec());
     let backend = repo.backend();
     let stored = put_once_as(
         &**backend,
@@ -76,8 +76,14 @@ async fn put_pack_as(repo: &Repository, chunks: &[(ObjectId, Vec<u8>)]) -> (Obje
 pub async fn pack_entries(repo: &Repository, name: &ObjectId) -> Vec<IndexEntry> {
     let key = keys::pack(name);
     let bytes: Bytes = repo.backend().get(&key).await.unwrap();
-    let entries =
-        crate::placement::pack::decode_trailer(&key, &bytes, bytes.len() as u64, 1 << 24).unwrap();
+    let entries = crate::placement::pack::decode_trailer(
+        repo.codec(),
+        &key,
+        &bytes,
+        bytes.len() as u64,
+        1 << 24,
+    )
+    .unwrap();
     entries_of(&[StoredPack {
         name: *name,
         size: bytes.len() as u64,
@@ -93,7 +99,7 @@ pub async fn all_entries(repo: &Repository) -> Vec<IndexEntry> {
     let mut out = Vec::new();
     for m in listed {
         let bytes = b.get(&m.key).await.unwrap();
-        let (_, entries) = IndexHead::decode_all(&m.key, &bytes).unwrap();
+        let (_, entries) = IndexHead::decode_all(repo.codec(), &m.key, &bytes).unwrap();
         out.extend(entries);
     }
     out
@@ -114,7 +120,7 @@ pub async fn read_chunk(repo: &Repository, id: &ObjectId) -> Result<Vec<u8>, Str
             range: p.entry.range(),
             entries: vec![p.entry],
         };
-        match read_run(&**repo.backend(), &run).await {
+        match read_run(&**repo.backend(), repo.codec(), &run).await {
             Ok(mut v) => match v.pop() {
                 Some((_, Ok(plain))) => return Ok(plain),
                 Some((_, Err(e))) => why = e.to_string(),
@@ -129,7 +135,7 @@ pub async fn read_chunk(repo: &Repository, id: &ObjectId) -> Result<Vec<u8>, Str
 /// Where the index places each chunk (the first place found whose pack
 /// is still there), as a backup's lookup does.
 pub async fn find(repo: &Repository, ids: &[ObjectId]) -> Vec<Option<IndexEntry>> {
-    let index = ChunkIndex::open(repo.backend().clone(), None)
+    let index = ChunkIndex::open(repo.backend().clone(), repo.codec().clone(), None)
         .await
         .unwrap();
     let mut out = index.lookup(ids).await.unwrap();
@@ -206,7 +212,9 @@ pub async fn restore_deps(
         }
         if repo.backend().head(&key).await.is_err() {
             let entries = pack_entries(repo, &pack).await;
-            store_index(&**repo.backend(), entries).await.unwrap();
+            store_index(&**repo.backend(), repo.codec(), entries)
+                .await
+                .unwrap();
             again = true;
         }
     }

@@ -15,6 +15,7 @@ use futures::TryStreamExt;
 use super::index::{self, IndexEntry, IndexHead};
 use super::pack::{PackEntry, PackWriter, decode_trailer};
 use crate::backend::{Backend, ObjectClass, ObjectMeta};
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
@@ -68,6 +69,7 @@ pub fn list_packs(
 /// head over 64 KiB).
 pub async fn read_head(
     backend: &dyn Backend,
+    codec: &Arc<Codec>,
     name: ObjectId,
     meta: ObjectMeta,
 ) -> Result<IndexObject> {
@@ -89,7 +91,7 @@ pub async fn read_head(
     } else {
         get(len).await?
     };
-    let head = IndexHead::decode(&key, &head, size)?;
+    let head = IndexHead::decode(codec, &key, &head, size)?;
     Ok(IndexObject { name, meta, head })
 }
 
@@ -144,6 +146,7 @@ impl<'a> EntryReader<'a> {
 #[derive(Debug)]
 pub struct IndexWriter {
     backend: Arc<dyn Backend>,
+    codec: Arc<Codec>,
     max: usize,
     buf: Vec<IndexEntry>,
     /// Keys of the objects written (or found already there).
@@ -151,13 +154,14 @@ pub struct IndexWriter {
 }
 
 impl IndexWriter {
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
-        IndexWriter::with_max(backend, MAX_WRITTEN_ENTRIES)
+    pub fn new(backend: Arc<dyn Backend>, codec: Arc<Codec>) -> Self {
+        IndexWriter::with_max(backend, codec, MAX_WRITTEN_ENTRIES)
     }
 
-    pub fn with_max(backend: Arc<dyn Backend>, max: usize) -> Self {
+    pub fn with_max(backend: Arc<dyn Backend>, codec: Arc<Codec>, max: usize) -> Self {
         IndexWriter {
             backend,
+            codec,
             max: max.max(1),
             buf: Vec::new(),
             written: Vec::new(),
@@ -181,7 +185,7 @@ impl IndexWriter {
         // places of one chunk both stay (every copy of a chunk is kept).
         entries.sort_unstable_by_key(|e| (e.entry.id, e.pack));
         entries.dedup_by_key(|e| (e.entry.id, e.pack));
-        let object = index::encode(entries);
+        let object = index::encode(&self.codec, entries);
         let key = keys::index(&index::index_name(&object));
         put_once(&*self.backend, &key, object).await?;
         self.written.push(key);
@@ -221,6 +225,7 @@ pub struct Moved {
 /// pack is gone.
 pub async fn move_live(
     backend: &dyn Backend,
+    codec: &Codec,
     name: &ObjectId,
     max_chunk: u32,
     target: u64,
@@ -232,7 +237,7 @@ pub async fn move_live(
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let entries = decode_trailer(&key, &bytes, bytes.len() as u64, max_chunk)?;
+    let entries = decode_trailer(codec, &key, &bytes, bytes.len() as u64, max_chunk)?;
     let mut out = Moved::default();
     let mut writer = PackWriter::new();
     for e in entries.iter().filter(|e| live(&e.id)) {
@@ -246,17 +251,17 @@ pub async fn move_live(
         out.chunks += 1;
         if writer.len() >= target {
             let full = std::mem::take(&mut writer);
-            out.packs.push(store(backend, full).await?);
+            out.packs.push(store(backend, codec, full).await?);
         }
     }
     if !writer.is_empty() {
-        out.packs.push(store(backend, writer).await?);
+        out.packs.push(store(backend, codec, writer).await?);
     }
     Ok(Some(out))
 }
 
-async fn store(backend: &dyn Backend, writer: PackWriter) -> Result<NewPack> {
-    let (name, bytes, entries) = writer.finish();
+async fn store(backend: &dyn Backend, codec: &Codec, writer: PackWriter) -> Result<NewPack> {
+    let (name, bytes, entries) = writer.finish(codec);
     let size = bytes.len() as u64;
     put_once_as(backend, &keys::pack(&name), bytes, ObjectClass::Data).await?;
     Ok(NewPack {

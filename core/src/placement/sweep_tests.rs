@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::codec::Codec;
 use crate::id::ObjectId;
 use crate::placement::index::IndexEntry;
 use crate::placement::pack::PackWriter;
@@ -25,7 +26,8 @@ async fn index_objects_are_read_and_written_in_bounded_parts() {
     let mem: Arc<dyn Backend> = Arc::new(MemBackend::default());
     let pack = ObjectId::of(b"p");
     let n = 5 * 1024 * BLOCKS_PER_READ as u32 / 4;
-    let mut w = IndexWriter::with_max(mem.clone(), 30_000);
+    let codec = Arc::new(Codec::plain());
+    let mut w = IndexWriter::with_max(mem.clone(), codec.clone(), 30_000);
     for i in 0..n {
         w.push(entry(i, pack)).await.unwrap();
     }
@@ -34,7 +36,7 @@ async fn index_objects_are_read_and_written_in_bounded_parts() {
     let mut seen = 0usize;
     let mut largest_read = 0usize;
     for (name, meta) in list_index(&*mem).await.unwrap() {
-        let object = read_head(&*mem, name, meta).await.unwrap();
+        let object = read_head(&*mem, &codec, name, meta).await.unwrap();
         let mut r = EntryReader::new(&object);
         while let Some(run) = r.next(&*mem).await.unwrap() {
             largest_read = largest_read.max(run.len());
@@ -51,13 +53,14 @@ async fn index_objects_are_read_and_written_in_bounded_parts() {
 async fn the_writer_keeps_every_copy_once() {
     let mem: Arc<dyn Backend> = Arc::new(MemBackend::default());
     let (p1, p2) = (ObjectId::of(b"1"), ObjectId::of(b"2"));
-    let mut w = IndexWriter::new(mem.clone());
+    let codec = Arc::new(Codec::plain());
+    let mut w = IndexWriter::new(mem.clone(), codec.clone());
     for e in [entry(1, p1), entry(1, p1), entry(1, p2)] {
         w.push(e).await.unwrap();
     }
     let keys = w.finish().await.unwrap();
     let bytes = mem.get(&keys[0]).await.unwrap();
-    let (head, entries) = IndexHead::decode_all(&keys[0], &bytes).unwrap();
+    let (head, entries) = IndexHead::decode_all(&codec, &keys[0], &bytes).unwrap();
     assert!(!entries.is_empty() && entries.len() <= 2);
     assert!(head.packs().len() <= 2);
 }
@@ -73,11 +76,12 @@ async fn live_blobs_move_verbatim() {
             (ObjectId::of(&d), d)
         })
         .collect();
+    let codec = Codec::plain();
     let mut w = PackWriter::new();
     for (id, d) in &chunks {
-        w.push(*id, d, 3).unwrap();
+        w.push(&codec, *id, d, 3).unwrap();
     }
-    let (name, bytes, entries) = w.finish();
+    let (name, bytes, entries) = w.finish(&codec);
     mem.put(
         &keys::pack(&name),
         bytes.clone(),
@@ -86,7 +90,7 @@ async fn live_blobs_move_verbatim() {
     .await
     .unwrap();
     let live = |id: &ObjectId| chunks[..3].iter().any(|c| c.0 == *id);
-    let moved = move_live(&*mem, &name, 1 << 20, 1 << 30, live)
+    let moved = move_live(&*mem, &codec, &name, 1 << 20, 1 << 30, live)
         .await
         .unwrap()
         .unwrap();
@@ -101,6 +105,6 @@ async fn live_blobs_move_verbatim() {
         );
     }
     // A pack gone is no error: there is nothing to move.
-    let gone = move_live(&*mem, &ObjectId::of(b"x"), 1 << 20, 1 << 30, live).await;
+    let gone = move_live(&*mem, &codec, &ObjectId::of(b"x"), 1 << 20, 1 << 30, live).await;
     assert!(gone.unwrap().is_none());
 }

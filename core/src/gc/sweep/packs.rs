@@ -64,7 +64,7 @@ impl Sweep {
         }
         self.report.packs_listed = census.packs.len() as u64;
         for (name, meta) in list_index(&*backend).await? {
-            match read_head(&*backend, name, meta).await {
+            match read_head(&*backend, self.repo.codec(), name, meta).await {
                 Ok(object) => census.index(object),
                 Err(e) if e.is_damage() => return self.hold_packs(e),
                 Err(e) => return Err(e),
@@ -74,7 +74,13 @@ impl Sweep {
         let marks = &self.prot.marks;
         let cutoff = self.prot.cutoff;
         let mut orphan_live = census
-            .read_orphans(&*backend, cutoff, self.max_chunk(), marks)
+            .read_orphans(
+                &*backend,
+                self.repo.codec(),
+                cutoff,
+                self.max_chunk(),
+                marks,
+            )
             .await?;
         if let Err(e) = census.count(&*backend, marks, &mut orphan_live).await {
             if e.is_damage() {
@@ -134,7 +140,7 @@ impl Sweep {
 
     async fn replace_with(&mut self, census: &mut Census) -> Result<()> {
         let backend = self.repo.backend().clone();
-        let mut writer = IndexWriter::new(backend.clone());
+        let mut writer = IndexWriter::new(backend.clone(), self.repo.codec().clone());
         let repack: Vec<ObjectId> = census
             .packs
             .iter()
@@ -150,9 +156,16 @@ impl Sweep {
             }
             self.refresh().await?;
             let marks = &self.prot.marks;
-            let moved = move_live(&*backend, &name, self.max_chunk(), DEFAULT_TARGET, |id| {
-                marks.has_chunk(id)
-            })
+            let codec = self.repo.codec();
+            let live = |id: &ObjectId| marks.has_chunk(id);
+            let moved = move_live(
+                &*backend,
+                codec,
+                &name,
+                self.max_chunk(),
+                DEFAULT_TARGET,
+                live,
+            )
             .await;
             let p = census.pack_mut(&name).map(|p| &mut p.fate);
             match moved {
