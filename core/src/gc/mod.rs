@@ -137,6 +137,8 @@ mod interleaving_tests;
 #[cfg(test)]
 mod liveness_tests;
 #[cfg(test)]
+mod pack_interleaving_tests;
+#[cfg(test)]
 mod pack_sweep_tests;
 #[cfg(test)]
 pub(crate) mod test_packs;
