@@ -118,7 +118,8 @@ impl Sweep {
         for p in &census.packs {
             match p.fate {
                 Fate::Planned(PackFate::KeepWaste(_)) => r.waste_bytes_left += p.dead_bytes,
-                Fate::Young => r.young_kept += 1,
+                // Unreferenced but recent (a backup's own, maybe).
+                Fate::Young if p.live_chunks == 0 => r.young_kept += 1,
                 Fate::OrphanLive => r.packs_unindexed_live += 1,
                 Fate::Damaged => r.packs_damaged += 1,
                 Fate::Orphan => r.packs_orphaned += 1,
