@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::pack_files::{damage, packed_chunks};
 use assert_cmd::Command;
 use serde_json::Value;
-use xfull_integration::env::{Env, Scenario, fails, sha256, stderr, walk};
+use xfull_integration::env::{Env, Scenario, fails, sha256, stderr};
 use xfull_integration::s3::S3Server;
 use xfull_integration::{Region, mixed_regions, write_image, xfull_bin};
 
@@ -404,12 +405,9 @@ fn a_corrupted_chunk_makes_restore_exit_3() {
         .as_str()
         .unwrap()
         .to_string();
-    let chunk = walk(&e.repo.join("chunks")).into_iter().next().unwrap();
-    let mut bytes = std::fs::read(&chunk).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&chunk, bytes).unwrap();
-    let id = chunk.file_name().unwrap().to_str().unwrap().to_string();
+    let chunk = packed_chunks(&e).remove(0);
+    damage(&chunk);
+    let id = chunk.id.clone();
     let out = e.path("out.img");
     let (code, err) = fails(e.x(&[
         "restore",
@@ -430,8 +428,8 @@ fn a_corrupted_chunk_makes_restore_exit_3() {
         !e.path("out.img.xfull-partial").exists(),
         "partial image removed"
     );
-    // A missing chunk is damage too.
-    std::fs::remove_file(&chunk).unwrap();
+    // A missing pack is damage too.
+    std::fs::remove_file(&chunk.file).unwrap();
     let (code, err) = fails(e.x(&["restore", &point, "--disk", "d", "--to", "-"]));
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("missing"), "{err}");

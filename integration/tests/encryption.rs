@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::pack_files::packed_chunks;
 use xfull_core::backup::segment::chunk_segment;
 use xfull_core::chunker::ChunkParams;
 use xfull_core::codec::Codec;
@@ -64,6 +65,13 @@ fn plain_ids(disk: &[u8]) -> Vec<String> {
         .collect()
 }
 
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 fn known_plaintext_in(e: &Env) -> (bool, bool) {
     let img = e.path("d.img");
     let disk = marked_disk(&img);
@@ -75,9 +83,12 @@ fn known_plaintext_in(e: &Env) -> (bool, bool) {
     let text = files
         .values()
         .any(|b| b.windows(marker.len()).any(|w| w == marker));
-    let names = files.keys().any(|p| {
+    // Chunk ids are in pack tables and index objects (as bytes), or
+    // object names.
+    let raw: Vec<Vec<u8>> = ids.iter().map(|id| hex_bytes(id)).collect();
+    let names = files.iter().any(|(p, b)| {
         let name = p.file_name().unwrap().to_string_lossy();
-        ids.iter().any(|id| *id == name)
+        ids.iter().any(|id| *id == name) || raw.iter().any(|id| b.windows(32).any(|w| w == id))
     });
     (text, names)
 }
@@ -125,9 +136,10 @@ fn tampered_objects_are_damage() {
     assert_eq!(code, 3, "{err}");
     std::fs::write(other, &before[other]).unwrap();
 
-    // A sealed chunk truncated.
-    let chunk = &e.files("chunks")[0];
-    std::fs::write(chunk, &before[chunk][..before[chunk].len() - 1]).unwrap();
+    // A pack truncated in the middle of its first chunk.
+    let first = packed_chunks(&e).remove(0);
+    let cut = (first.offset + first.len / 2) as usize;
+    std::fs::write(&first.file, &before[&first.file][..cut]).unwrap();
     let (code, err) = fails(e.x(&["verify", "--read-data"]));
     assert_eq!(code, 3, "{err}");
     let point = one["point"].as_str().unwrap();
@@ -252,8 +264,9 @@ fn encryption_none_round_trips_and_stores_plain_frames() {
         .assert()
         .success();
     assert_eq!(sha256(&img), sha256(&to));
-    let chunk = std::fs::read(&e.files("chunks")[0]).unwrap();
-    assert_eq!(&chunk[..4], b"XFC1");
+    // A pack's first blob is a plain chunk frame.
+    let pack = std::fs::read(&e.files("packs")[0]).unwrap();
+    assert_eq!(&pack[..4], b"XFC1");
     assert!(e.files("keys").is_empty());
     let (code, err) = fails(e.x(&["key", "list"]));
     assert_eq!(code, 2, "{err}");

@@ -246,9 +246,12 @@ fn a_damaged_chunk_is_reported_with_its_place() {
             .await
             .unwrap();
         let victim = node.entries[1];
-        let key = xfull_core::keys::chunk(&victim.chunk().unwrap());
+        // Its blob's last byte, in the pack the index names.
+        let index = repo.chunks().open_index().await.unwrap();
+        let place = index.lookup(&[victim.chunk().unwrap()]).await.unwrap()[0].unwrap();
+        let key = xfull_core::keys::pack(&place.pack);
         let mut bytes = backend.get(&key).await.unwrap().to_vec();
-        let last = bytes.len() - 1;
+        let last = place.entry.range().end as usize - 1;
         bytes[last] ^= 0x55;
         backend
             .put(&key, bytes.into(), xfull_core::backend::PutMode::Overwrite)

@@ -33,9 +33,10 @@ fn backed_up_as(e: &Env, vm: &str) -> PathBuf {
     img
 }
 
-/// The chunk files of the repository (no staging file), sorted.
+/// The pack files of the repository (no staging file), sorted: where
+/// chunks live.
 fn chunk_files(e: &Env) -> Vec<PathBuf> {
-    let mut v: Vec<_> = walk(&e.repo.join("chunks"))
+    let mut v: Vec<_> = walk(&e.repo.join("packs"))
         .into_iter()
         .filter(|p| !p.to_string_lossy().contains('#'))
         .collect();
@@ -43,7 +44,7 @@ fn chunk_files(e: &Env) -> Vec<PathBuf> {
     v
 }
 
-/// `chunks/ab/abcd...` for a chunk file.
+/// `packs/ab/abcd...` for a pack file.
 fn key_of(e: &Env, p: &Path) -> String {
     p.strip_prefix(&e.repo).unwrap().display().to_string()
 }
@@ -167,10 +168,10 @@ fn gc_leaves_files_it_did_not_write_and_never_leaves_the_repository() {
         make_old(p);
     }
     // A fan directory that is a link out of the repository, holding a
-    // look-alike staging file and a file named like an unused chunk.
+    // look-alike staging file and a file named like an unused pack.
     let fan = (0..=255u8)
         .map(|b| format!("{b:02x}"))
-        .find(|f| !e.repo.join("chunks").join(f).exists())
+        .find(|f| !e.repo.join("packs").join(f).exists())
         .unwrap();
     let chunk_named = format!("{fan}{}", "7".repeat(62));
     for name in [
@@ -181,7 +182,7 @@ fn gc_leaves_files_it_did_not_write_and_never_leaves_the_repository() {
         std::fs::write(outside.join(&name), b"outside").unwrap();
         make_old(&outside.join(&name));
     }
-    symlink(&outside, e.repo.join("chunks").join(&fan)).unwrap();
+    symlink(&outside, e.repo.join("packs").join(&fan)).unwrap();
     // A real staging file of a killed writer: gc removes it.
     let stale = PathBuf::from(format!("{}#42", chunks[0].display()));
     std::fs::write(&stale, b"partial").unwrap();
@@ -198,7 +199,7 @@ fn gc_leaves_files_it_did_not_write_and_never_leaves_the_repository() {
         outside_before,
         "gc changed files outside"
     );
-    assert!(e.repo.join("chunks").join(&fan).symlink_metadata().is_ok());
+    assert!(e.repo.join("packs").join(&fan).symlink_metadata().is_ok());
     for c in &chunks {
         assert!(c.is_file(), "gc deleted a chunk in use: {}", c.display());
     }

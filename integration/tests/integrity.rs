@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::pack_files::{damage, packed_chunks};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -52,11 +53,11 @@ fn verify_reports_damage_with_byte_ranges() {
     let (code, clean) = verify(&e, &[]);
     assert_eq!((code, clean["clean"].as_bool()), (0, Some(true)), "{clean}");
 
-    // A missing chunk: every point using it is listed, with the chunk's
-    // byte range (at most the maximum chunk size of 512 KiB).
-    let chunk = e.files("chunks")[0].clone();
+    // A missing pack: every point using its chunks is listed, with their
+    // byte ranges (adjacent chunks of a pack make one range).
+    let pack = e.files("packs")[0].clone();
     let aside = e.path("aside");
-    std::fs::rename(&chunk, &aside).unwrap();
+    std::fs::rename(&pack, &aside).unwrap();
     let (code, r) = verify(&e, &[]);
     assert_eq!(code, 3, "{r}");
     assert!(!damaged_points(&r).is_empty());
@@ -67,7 +68,7 @@ fn verify_reports_damage_with_byte_ranges() {
             d["ranges"][0][0].as_u64().unwrap(),
             d["ranges"][0][1].as_u64().unwrap(),
         );
-        assert!(end > s && end - s <= 512 << 10, "{d}");
+        assert!(end > s, "{d}");
         assert!(
             d["problems"][0].as_str().unwrap().contains("missing"),
             "{d}"
@@ -75,18 +76,29 @@ fn verify_reports_damage_with_byte_ranges() {
     }
     let (code, err) = fails(e.x(&["verify"]));
     assert_eq!(code, 3, "{err}");
-    std::fs::rename(&aside, &chunk).unwrap();
+    std::fs::rename(&aside, &pack).unwrap();
     assert_eq!(verify(&e, &[]).0, 0);
 
-    // A chunk whose bytes changed is listed and decodes as a frame: only
-    // reading the data finds it; --subset 1/2 and 2/2 together do too.
-    let mut bytes = std::fs::read(&chunk).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x55;
-    std::fs::write(&chunk, &bytes).unwrap();
+    // A chunk whose bytes changed is listed and its pack is whole: only
+    // reading the data finds it, with the chunk's byte range (at most the
+    // maximum chunk size of 512 KiB); --subset 1/2 and 2/2 together do too.
+    let intact = std::fs::read(&pack).unwrap();
+    let victim = packed_chunks(&e)
+        .into_iter()
+        .find(|c| c.file == pack)
+        .unwrap();
+    damage(&victim);
     assert_eq!(verify(&e, &[]).0, 0);
     let (code, r) = verify(&e, &["--read-data"]);
     assert_eq!(code, 3, "{r}");
+    for p in r["report"]["damaged"].as_array().unwrap() {
+        let d = &p["disks"][0];
+        let (s, end) = (
+            d["ranges"][0][0].as_u64().unwrap(),
+            d["ranges"][0][1].as_u64().unwrap(),
+        );
+        assert!(end > s && end - s <= 512 << 10, "{d}");
+    }
     let halves: Vec<i32> = ["1/2", "2/2"]
         .iter()
         .map(|s| verify(&e, &["--read-data", "--subset", s]).0)
@@ -95,14 +107,9 @@ fn verify_reports_damage_with_byte_ranges() {
     let (code, err) = fails(e.x(&["verify", "--read-data", "--subset", "3/2"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--subset"), "{err}");
-    std::fs::rename(&aside, &chunk).unwrap_or(());
 
     // A damaged node: its whole segment (4 MiB, aligned) is damaged.
-    let fresh = e.path("fresh");
-    let mut ok = std::fs::read(&chunk).unwrap();
-    ok[last] ^= 0x55;
-    std::fs::write(&fresh, &ok).unwrap();
-    std::fs::rename(&fresh, &chunk).unwrap();
+    std::fs::write(&pack, &intact).unwrap();
     let node = e.files("nodes")[0].clone();
     std::fs::write(&node, b"XFN1\x01garbage").unwrap();
     let (code, r) = verify(&e, &[]);
@@ -236,27 +243,35 @@ fn kill_after(e: &Env, args: &[&str], after: Duration) -> bool {
     false
 }
 
-/// Every chunk and node file (not a staging file) is a whole object: it
-/// decodes and hashes to its name.
+/// Every node file (not a staging file) is a whole object that decodes
+/// and hashes to its name, and every pack's table and blobs open (each
+/// blob to its chunk id).
 fn no_partial_objects(e: &Env) {
     use xfull_core::crypto::SealKind;
     use xfull_core::frame::{self, Kind};
     let repo = crate::unlocked::open(e);
     let codec = repo.codec();
-    for (prefix, kind) in [("chunks", Kind::Chunk), ("nodes", Kind::Node)] {
-        for f in e.files(prefix) {
-            let name = f.file_name().unwrap().to_string_lossy().to_string();
-            let bytes = std::fs::read(&f).unwrap();
-            let id: xfull_core::id::ObjectId = name.parse().unwrap();
-            let opened = match kind {
-                Kind::Chunk => codec.open_chunk(&id, &bytes),
-                _ => codec.open_meta(SealKind::Node, &xfull_core::keys::node(&id), &bytes),
-            }
+    for f in e.files("nodes") {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        let bytes = std::fs::read(&f).unwrap();
+        let id: xfull_core::id::ObjectId = name.parse().unwrap();
+        let opened = codec
+            .open_meta(SealKind::Node, &xfull_core::keys::node(&id), &bytes)
             .unwrap_or_else(|err| panic!("{}: {err}", f.display()));
-            let plain = frame::decode(kind, &name, &opened, 64 << 20)
-                .unwrap_or_else(|err| panic!("{}: {err}", f.display()));
-            assert_eq!(codec.chunk_id(&plain), id, "{}", f.display());
-        }
+        let plain = frame::decode(Kind::Node, &name, &opened, 64 << 20)
+            .unwrap_or_else(|err| panic!("{}: {err}", f.display()));
+        assert_eq!(codec.node_id(&plain), id, "{}", f.display());
+    }
+    let placement = repo.chunks();
+    for c in packed_chunks(e) {
+        let bytes = std::fs::read(&c.file).unwrap();
+        let blob = &bytes[c.offset as usize..(c.offset + c.len) as usize];
+        let id: xfull_core::id::ObjectId = c.id.parse().unwrap();
+        let framed = codec.open_chunk(&id, blob).unwrap();
+        let plain = frame::decode(Kind::Chunk, &c.id, &framed, 64 << 20)
+            .unwrap_or_else(|err| panic!("{}: {err}", c.file.display()));
+        let mut out = vec![0u8; plain.len()];
+        placement.open_into(&id, blob, &mut out).unwrap();
     }
 }
 
@@ -456,9 +471,9 @@ fn a_source_that_shrinks_mid_backup_fails_with_a_clear_error_and_no_point() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Once it has stored some chunks, the disk shrinks under it.
+    // Once it has stored some packs, the disk shrinks under it.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while e.files("chunks").len() < 10 {
+    while e.files("packs").len() < 2 {
         assert!(Instant::now() < deadline, "the backup stored nothing");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -18,6 +18,7 @@ mod json_schema;
 mod mount;
 mod nbd_source;
 mod operations;
+mod pack_files;
 mod placement;
 mod repair;
 mod restore_safety;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
+use crate::pack_files::{PackedChunk, damage, packed_chunks};
 use xfull_core::backend::{Backend, BackendError};
 use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
@@ -367,8 +368,8 @@ fn an_unreadable_chunk_is_an_error_and_a_damaged_one_is_damage() {
     };
     let out = as_nobody();
     assert!(out.status.success(), "{}", stderr(&out));
-    let chunk = walk(&e.repo.join("chunks")).into_iter().next().unwrap();
-    let id = chunk.file_name().unwrap().to_str().unwrap().to_string();
+    let first = packed_chunks(&e).remove(0);
+    let (chunk, id) = (first.file, first.id);
     std::fs::set_permissions(&chunk, std::fs::Permissions::from_mode(0o000)).unwrap();
     let out = as_nobody();
     let err = stderr(&out);
@@ -426,21 +427,22 @@ fn ignore_damage_restores_zeros_for_the_damaged_ranges_and_lists_them() {
         ],
         9,
     );
-    let mut chunks = walk(&e.repo.join("chunks"));
-    chunks.sort();
-    let (gone, bad) = (&chunks[0], &chunks[chunks.len() / 2]);
-    let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
-    std::fs::remove_file(gone).unwrap();
-    let mut bytes = std::fs::read(bad).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(bad, bytes).unwrap();
+    // The last chunk of the last pack cut short (as if lost), one in the
+    // middle flipped.
+    let chunks = packed_chunks(&e);
+    let (gone, bad) = (
+        chunks[chunks.len() - 1].clone(),
+        chunks[chunks.len() / 2].clone(),
+    );
+    let pack = std::fs::read(&gone.file).unwrap();
+    std::fs::write(&gone.file, &pack[..gone.offset as usize]).unwrap();
+    damage(&bad);
 
     let to = e.path("out.img");
     let ranges = restore_ignoring(&e, &point, &img, &to);
-    let of = |c: &Path| ranges.iter().find(|r| r.2.contains(&name(c))).cloned();
-    assert!(of(gone).unwrap().3.contains("missing"), "{ranges:?}");
-    assert!(of(bad).is_some(), "{ranges:?}");
+    let of = |c: &PackedChunk| ranges.iter().find(|r| r.2.contains(&c.id)).cloned();
+    assert!(of(&gone).is_some(), "{ranges:?}");
+    assert!(of(&bad).is_some(), "{ranges:?}");
 
     // Text output lists the ranges too.
     std::fs::remove_file(&to).unwrap();
@@ -501,6 +503,9 @@ impl Backend for FailOne {
         key: &str,
         range: std::ops::Range<u64>,
     ) -> Result<bytes::Bytes, BackendError> {
+        if key == self.key {
+            return Err((self.error)(key));
+        }
         self.inner.get_range(key, range).await
     }
     async fn head(&self, key: &str) -> Result<xfull_core::backend::ObjectMeta, BackendError> {
@@ -522,9 +527,15 @@ impl Backend for FailOne {
 #[test]
 fn storage_faults_during_a_restore_are_not_damage() {
     let (e, point, _) = backed_up(&[Region::Random(2 << 20)], 10);
-    let chunk = walk(&e.repo.join("chunks")).into_iter().next().unwrap();
-    let id = chunk.file_name().unwrap().to_str().unwrap().to_string();
-    let key = format!("chunks/{}/{id}", &id[..2]);
+    // The pack holding the image's first chunk fails.
+    let first = packed_chunks(&e).remove(0);
+    let id = first.id;
+    let key = first
+        .file
+        .strip_prefix(&e.repo)
+        .unwrap()
+        .display()
+        .to_string();
     let faults: [fn(&str) -> BackendError; 3] = [
         |k| BackendError::Transient {
             location: "s3://b".into(),

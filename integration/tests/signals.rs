@@ -61,7 +61,7 @@ fn an_interrupted_backup_leaves_no_lease(signal: &str) {
     for attempt in 0..ATTEMPTS {
         // Fresh data each time: a repeated image would be deduplicated.
         write_image(&img, &[Region::Random(256 << 20)], attempt as u64, false).unwrap();
-        let under_way = || files(&e.repo.join("leases")) > 0 && files(&e.repo.join("chunks")) > 0;
+        let under_way = || files(&e.repo.join("leases")) > 0 && files(&e.repo.join("packs")) > 0;
         let Some(out) = signal_when(spawn(&e, &args), signal, under_way) else {
             continue;
         };

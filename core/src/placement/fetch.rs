@@ -37,6 +37,21 @@ pub struct Fetched {
     pub bytes: u64,
 }
 
+/// A failure that is not damage (the store failed or refused), with the
+/// first chunk of the request it stopped, so that the caller can say
+/// where in the image it happened.
+#[derive(Debug)]
+pub struct FetchError {
+    pub chunk: Option<ObjectId>,
+    pub error: Error,
+}
+
+impl From<Error> for FetchError {
+    fn from(error: Error) -> Self {
+        FetchError { chunk: None, error }
+    }
+}
+
 /// Fetches the chunks `ids` (duplicates allowed). Memory: the runs in
 /// flight (at most [`RUNS_IN_FLIGHT`] x [`MAX_RUN`]) plus the plaintext
 /// of the chunks asked.
@@ -45,7 +60,7 @@ pub async fn fetch(
     codec: &Arc<Codec>,
     index: &ChunkIndex,
     ids: &[ObjectId],
-) -> Result<Fetched> {
+) -> std::result::Result<Fetched, FetchError> {
     let mut unique: Vec<ObjectId> = ids.to_vec();
     unique.sort_unstable();
     unique.dedup();
@@ -86,7 +101,12 @@ pub async fn fetch(
                     );
                 }
             }
-            Err(e) => return Err(e),
+            Err(error) => {
+                return Err(FetchError {
+                    chunk: run.entries.first().map(|e| e.id),
+                    error,
+                });
+            }
         }
     }
     drop(results);

@@ -186,7 +186,7 @@ impl Placement {
         &self,
         index: &lookup::ChunkIndex,
         ids: &[ObjectId],
-    ) -> Result<fetch::Fetched> {
+    ) -> std::result::Result<fetch::Fetched, fetch::FetchError> {
         fetch::fetch(&*self.backend, &self.codec, index, ids).await
     }
 

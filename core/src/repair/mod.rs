@@ -4,11 +4,15 @@
 //! 1. Find the damage: a verify of every point (structural, or reading the
 //!    chunks with `read_data`) plus the damage records that verify,
 //!    restore and backups left.
-//! 2. Remove damaged chunks and nodes as a sweep of their own
+//! 2. Remove damaged nodes as a sweep of their own
 //!    ([`crate::gc::sweep::targeted`]): each is checked again just before
 //!    it goes, so a copy stored again meanwhile stays. Once gone, their
 //!    keys are free for a create-only put: the next backup of the same
-//!    data stores them again.
+//!    data stores them again. A damaged chunk lies in a pack with other
+//!    chunks and is not removed: its damage record stays, so the next
+//!    backup of the same data stores it again in a new pack (readers try
+//!    every copy the index knows), and gc frees the damaged copy with its
+//!    pack.
 //! 3. Remove manifests that cannot be read (nothing restores from them),
 //!    pinned ones through the trash like `prune`.
 //! 4. Store again, from disk images the operator names, the missing
@@ -142,6 +146,12 @@ pub async fn repair(
     }
 
     let mut wanted: BTreeSet<ObjectRef> = found.missing.iter().copied().collect();
+    // Damaged chunks stay where they are, recorded (see the module doc);
+    // images can give them again.
+    let (chunks, doomed): (BTreeSet<String>, BTreeSet<String>) = doomed
+        .into_iter()
+        .partition(|k| matches!(ObjectRef::parse(k), Some(ObjectRef::Chunk(_))));
+    wanted.extend(chunks.iter().filter_map(|k| ObjectRef::parse(k)));
     if !doomed.is_empty() {
         let sweep = Sweep::begin(repo, false).await?;
         report.sweep = Some(sweep.seq());
@@ -165,9 +175,20 @@ pub async fn repair(
     }
     report.manifests_removed = remove_manifests(repo, &found.damaged_manifests).await?;
     if !opts.sources.is_empty() && !wanted.is_empty() {
-        let (chunks, nodes) = restock::restock(repo, &opts.sources, wanted, &progress).await?;
-        report.chunks_restored = chunks;
+        let (stored, nodes) = restock::restock(repo, &opts.sources, &wanted, &progress).await?;
+        report.chunks_restored = stored.len() as u64;
         report.nodes_restored = nodes;
+        // Chunks stored again have a sound copy now: their records go.
+        let settled: Vec<String> = stored
+            .iter()
+            .map(keys::chunk)
+            .filter(|k| chunks.contains(k))
+            .collect();
+        if let Err(e) = damage::clear(repo, &settled).await {
+            report
+                .warnings
+                .push(format!("could not remove the damage records: {e}"));
+        }
     }
     let after = verify(
         repo,

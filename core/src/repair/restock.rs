@@ -63,12 +63,12 @@ impl RepairSource {
 pub(super) async fn restock(
     repo: &Repository,
     sources: &[RepairSource],
-    wanted: BTreeSet<ObjectRef>,
+    wanted: &BTreeSet<ObjectRef>,
     progress: &Progress,
-) -> Result<(u64, u64)> {
+) -> Result<(Vec<ObjectId>, u64)> {
     let mut chunks: BTreeSet<ObjectId> = BTreeSet::new();
     let mut nodes: BTreeSet<ObjectId> = BTreeSet::new();
-    for r in wanted {
+    for &r in wanted {
         match r {
             ObjectRef::Chunk(id) => chunks.insert(id),
             ObjectRef::Node(id) => nodes.insert(id),
@@ -132,5 +132,5 @@ pub(super) async fn restock(
     // Chunks before the nodes that name them are committed by the index.
     packs.finish().await?;
     session.finish().await?;
-    Ok((stored_chunks, stored_nodes))
+    Ok((done.into_iter().collect(), stored_nodes))
 }

@@ -16,6 +16,7 @@ use crate::id::ObjectId;
 use crate::image_hash::{self, SegmentHash};
 use crate::manifest::DiskManifest;
 use crate::node::Entry;
+use crate::placement::fetch::FetchError;
 use crate::placement::lookup::ChunkIndex;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -201,7 +202,24 @@ impl SegmentCtx {
         // One batched lookup and coalesced pack reads for the segment's
         // chunks (each opened and checked against its id there).
         let ids: Vec<ObjectId> = entries.iter().filter_map(|e| e.chunk()).collect();
-        let mut opened = self.fetch(&ids).await?.into_iter();
+        let mut opened = match self.fetch(&ids).await {
+            Ok(o) => o.into_iter(),
+            Err(FetchError {
+                chunk: Some(id),
+                error,
+            }) => {
+                // Where the chunk the store failed on lies in the image.
+                let mut at = range.start;
+                for e in &entries {
+                    if e.chunk() == Some(id) {
+                        break;
+                    }
+                    at += e.len();
+                }
+                return Err(self.fail(at, Object::Chunk(id), error));
+            }
+            Err(FetchError { chunk: None, error }) => return Err(error),
+        };
         let mut at = range.start;
         let mut raw = Vec::with_capacity(entries.len());
         for e in &entries {
@@ -238,7 +256,10 @@ impl SegmentCtx {
     /// moved it to another pack since this index was opened (a restore or
     /// a server outlives a sweep; the lease keeps the chunk, not its
     /// place).
-    async fn fetch(&self, ids: &[ObjectId]) -> Result<Vec<Result<Vec<u8>>>> {
+    async fn fetch(
+        &self,
+        ids: &[ObjectId],
+    ) -> std::result::Result<Vec<Result<Vec<u8>>>, FetchError> {
         let placement = self.repo.chunks();
         let index = self.index.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let fetched = placement.fetch(&index, ids).await?;
