@@ -114,6 +114,13 @@ pub struct GcArgs {
     /// Report what would be deleted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Rewrite a partly dead pack (its live chunks into a new pack) when
+    /// more than PCT percent of its bytes are dead; only in a hot storage
+    /// class and once older than the class's minimum storage duration
+    /// (never in Glacier classes). Waste left is reported.
+    #[arg(long, value_name = "PCT", default_value_t = xfull_core::gc::pack_plan::DEFAULT_MAX_WASTE_PCT,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_waste: u8,
     /// Write the outcome as Prometheus text (for node_exporter's textfile
     /// collector), replacing the file atomically.
     #[arg(long, value_name = "PATH")]

@@ -148,7 +148,8 @@ pub enum Command {
     SnapshotDiff(SnapshotDiffArgs),
     /// Remove points by a retention policy, then run gc.
     Prune(PruneArgs),
-    /// Delete chunks and nodes no point references (backups may run).
+    /// Delete the nodes and packs no point references, rewrite wasteful
+    /// packs (backups may run).
     Gc(GcArgs),
     /// Points per VM, logical and stored bytes, chunks, nodes.
     Stats(StatsArgs),

@@ -145,7 +145,7 @@ impl KnownDamage {
                 Some(ObjectRef::Node(id)) => out.nodes.insert(id),
                 Some(ObjectRef::Chunk(id)) => out.chunks.insert(id),
                 // Damage is recorded per chunk or node, not per pack.
-                Some(ObjectRef::Pack(_)) | None => continue,
+                Some(ObjectRef::Pack(_)) | Some(ObjectRef::Index(_)) | None => continue,
             };
         }
         Ok(out)

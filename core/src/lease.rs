@@ -31,6 +31,10 @@ pub enum ObjectRef {
     Node(ObjectId),
     /// A pack a session reused chunks from without having written it.
     Pack(ObjectId),
+    /// An index object a session's create-only put found already there
+    /// (the same bytes: the same packs' entries), which it relies on to
+    /// place its chunks.
+    Index(ObjectId),
 }
 
 impl ObjectRef {
@@ -39,6 +43,7 @@ impl ObjectRef {
             ObjectRef::Chunk(id) => keys::chunk(id),
             ObjectRef::Node(id) => keys::node(id),
             ObjectRef::Pack(name) => keys::pack(name),
+            ObjectRef::Index(name) => keys::index(name),
         }
     }
 
@@ -47,6 +52,10 @@ impl ObjectRef {
     pub fn parse(key: &str) -> Option<ObjectRef> {
         if let Some(name) = keys::parse_pack(key) {
             let r = ObjectRef::Pack(name);
+            return (r.key() == key).then_some(r);
+        }
+        if let Some(name) = keys::parse_index(key) {
+            let r = ObjectRef::Index(name);
             return (r.key() == key).then_some(r);
         }
         let id = keys::parse_content(key)?;
@@ -189,6 +198,7 @@ mod tests {
             ObjectRef::Chunk(id),
             ObjectRef::Node(id),
             ObjectRef::Pack(id),
+            ObjectRef::Index(id),
         ] {
             assert_eq!(ObjectRef::parse(&r.key()), Some(r));
             let k = r.key();

@@ -258,7 +258,7 @@ pub async fn verify(
         .iter()
         .filter_map(|(r, why)| match r {
             ObjectRef::Chunk(c) => Some((*c, why.clone())),
-            ObjectRef::Node(_) | ObjectRef::Pack(_) => None,
+            ObjectRef::Node(_) | ObjectRef::Pack(_) | ObjectRef::Index(_) => None,
         })
         .filter(|(c, _)| referenced.binary_search_by_key(c, |(id, _)| *id).is_ok())
         .filter(|(c, _)| present.binary_search(c).is_ok())

@@ -1,12 +1,24 @@
 use anyhow::Result;
-use xfull_core::gc::{self, GcReport};
+use xfull_core::gc::pack_plan::class_rules;
+use xfull_core::gc::{self, GcReport, PackOptions};
 
 use crate::cli::{Cli, GcArgs};
 use crate::output::{bytes, print_json};
 
 pub async fn run(cli: &Cli, args: &GcArgs) -> Result<()> {
     let repo = crate::open::open(cli).await?;
-    let report = gc::run(&repo, args.dry_run).await?;
+    // Packs are stored in the class chunks are given (S3), else in a hot
+    // one without a minimum storage duration.
+    let (location, s3) = crate::profile::resolve(cli)?;
+    let class = match location.starts_with("s3://") {
+        true => s3.s3_storage_class_chunks.unwrap_or_default(),
+        false => String::new(),
+    };
+    let packs = PackOptions {
+        rules: class_rules(&class, &Default::default()),
+        max_waste_pct: args.max_waste,
+    };
+    let report = gc::run_with(&repo, args.dry_run, packs).await?;
     record_metrics(&report);
     if cli.json {
         print_json(&report)
@@ -21,12 +33,16 @@ pub fn record_metrics(r: &GcReport) {
     for (kind, v) in [
         ("chunks_deleted", r.chunks_deleted),
         ("nodes_deleted", r.nodes_deleted),
+        ("packs_deleted", r.packs_deleted),
+        ("packs_rewritten", r.packs_rewritten),
+        ("index_objects_deleted", r.index_objects_deleted),
         ("manifests_removed", r.trash_removed),
         ("dead_leases_removed", r.dead_leases_removed),
     ] {
         record("xfull_gc_objects", &[("kind", kind)], v as f64);
     }
     record("xfull_gc_bytes_freed", &[], r.bytes_freed as f64);
+    record("xfull_gc_waste_bytes_left", &[], r.waste_bytes_left as f64);
     crate::metrics::record_requests("gc", r.requests.iter().map(|(k, v)| (k.as_str(), *v)));
 }
 
@@ -51,14 +67,39 @@ pub fn print_report(r: &GcReport) {
         bytes(r.mark_state_bytes)
     );
     println!(
-        "  {verb} {} of {} nodes and {} of {} chunks: {} freed; {} unreferenced but recent, kept",
+        "  {verb} {} of {} nodes and {} of {} packs: {} freed; {} unreferenced but recent, kept",
         r.nodes_deleted,
         r.nodes_listed,
-        r.chunks_deleted,
-        r.chunks_listed,
+        r.packs_deleted,
+        r.packs_listed,
         bytes(r.bytes_freed),
         r.young_kept
     );
+    let rewrite = if r.dry_run {
+        "would rewrite"
+    } else {
+        "rewrote"
+    };
+    println!(
+        "  {rewrite} {} packs ({} of live chunks moved into {} new packs); {} dead left in packs kept",
+        r.packs_rewritten,
+        bytes(r.live_bytes_moved),
+        r.packs_written,
+        bytes(r.waste_bytes_left)
+    );
+    if r.index_objects_written + r.index_objects_deleted > 0 {
+        println!(
+            "  index: {} of {} objects replaced by {} new ones",
+            r.index_objects_deleted, r.index_objects_read, r.index_objects_written
+        );
+    }
+    if r.packs_orphaned + r.packs_unindexed_live + r.packs_damaged > 0 {
+        println!(
+            "  {} packs of killed backups (named by no index object); {} such packs kept as they \
+             hold live chunks (run `xfull index rebuild`); {} packs with an unreadable trailer kept",
+            r.packs_orphaned, r.packs_unindexed_live, r.packs_damaged
+        );
+    }
     if r.trash_removed + r.dead_leases_removed + r.incomplete_removed > 0 {
         println!(
             "  {verb} {} trashed manifests, {} dead leases, {} staging files of killed writers",

@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::frame::{self, Kind};
 use crate::gc::Sweep;
 use crate::gc::sweep::{Candidate, Listed};
+use crate::gc::test_packs::{Reused, dedup, deps_of, read_chunk, restore_deps, store_pack};
 use crate::id::{ObjectId, PointId};
 use crate::lease::ObjectRef;
 use crate::manifest::{BackupStats, DiskManifest, Manifest};
@@ -78,8 +79,9 @@ fn manifest(id: PointId, nodes: Vec<ObjectId>, parent: Option<PointId>) -> Manif
 }
 
 /// The objects of the two points: the parent P has segments N1 = [c1, c2]
-/// and N2 = [c3]; the session's point keeps N1 and writes N3 = [c3, c4, c5].
-/// c5 is left over from a killed backup (stored, unreferenced, old).
+/// and N2 = [c3], its chunks in one pack; the session's point keeps N1 and
+/// writes N3 = [c3, c4, c5]. c5 is left over from a killed backup (in a
+/// pack of its own, indexed, unreferenced, old).
 struct Data {
     c: Vec<(ObjectId, Vec<u8>)>,
     n1: (ObjectId, Vec<u8>),
@@ -100,23 +102,15 @@ impl Data {
         }
     }
 
-    fn framed(data: &[u8]) -> Bytes {
-        Bytes::from(frame::encode(Kind::Chunk, data, 3).unwrap())
-    }
-
-    /// Every object the session's point references, with its bytes.
-    fn session_objects(&self) -> Vec<(ObjectRef, Bytes)> {
-        let mut out = Vec::new();
-        for (id, d) in &self.c[1..=5] {
-            out.push((ObjectRef::Chunk(*id), Data::framed(d)));
-        }
-        for (id, plain) in [&self.n1, &self.n3] {
-            out.push((
-                ObjectRef::Node(*id),
-                Bytes::from(frame::encode(Kind::Node, plain, 3).unwrap()),
-            ));
-        }
-        out
+    /// Every node the session's point references, with its bytes.
+    fn session_nodes(&self) -> Vec<(ObjectRef, Bytes)> {
+        [&self.n1, &self.n3]
+            .into_iter()
+            .map(|(id, plain)| {
+                let framed = Bytes::from(frame::encode(Kind::Node, plain, 3).unwrap());
+                (ObjectRef::Node(*id), framed)
+            })
+            .collect()
     }
 }
 
@@ -131,11 +125,8 @@ async fn base(data: &Data) -> MemBackend {
     };
     let mem = Arc::new(mem);
     let repo = Repository::init(mem.clone(), cfg).await.unwrap();
-    for (id, d) in &data.c[1..=5] {
-        if *id != data.c[4].0 {
-            repo.chunks().put(id, Data::framed(d)).await.unwrap();
-        }
-    }
+    store_pack(&repo, &data.c[1..=3]).await;
+    store_pack(&repo, &data.c[5..=5]).await;
     repo.put_node(&data.n1.0, &data.n1.1).await.unwrap();
     repo.put_node(&data.n2.0, &data.n2.1).await.unwrap();
     repo.write_manifest(&manifest(
@@ -206,7 +197,7 @@ impl SweepActor {
             3 => self.sweep.as_mut().unwrap().mark().await,
             4 => {
                 let sweep = self.sweep.as_mut().unwrap();
-                let mut listed: Vec<Listed> = futures::TryStreamExt::try_collect::<Vec<_>>(
+                let listed: Vec<Listed> = futures::TryStreamExt::try_collect::<Vec<_>>(
                     repo.backend().list(crate::keys::NODES),
                 )
                 .await
@@ -214,20 +205,19 @@ impl SweepActor {
                 .into_iter()
                 .filter_map(Listed::node)
                 .collect();
-                let placement = repo.chunks();
-                let chunks = futures::TryStreamExt::try_collect::<Vec<_>>(placement.list());
-                listed.extend(chunks.await.unwrap().into_iter().map(Listed::Chunk));
-                let all: Vec<_> = listed
+                let mut all: Vec<_> = listed
                     .into_iter()
                     .filter_map(|l| sweep.candidate(l))
                     .collect();
+                let r = sweep.prepare_packs().await;
+                all.extend(sweep.pack_candidates());
                 // Spread over the slots, the first ones fullest.
                 let per = all.len().div_ceil(self.slots).max(1);
                 let mut it = all.into_iter();
                 self.batches = (0..self.slots)
                     .map(|_| it.by_ref().take(per).collect())
                     .collect();
-                Ok(())
+                r
             }
             n if n < 5 + 2 * self.slots => {
                 let i = (n - 5) / 2;
@@ -275,6 +265,8 @@ async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], slots: usize) -
     let (mut s_step, mut p_step) = (0, 0);
     let mut session: Option<Session> = None;
     let mut parent_found = false;
+    let mut needed = Vec::new();
+    let mut reused = Reused::default();
     let mut sweeps = [SweepActor::new(slots), SweepActor::new(slots)];
     let mut pins = None;
     for actor in schedule {
@@ -293,20 +285,13 @@ async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], slots: usize) -
                     }
                     2 => {
                         let s = session.as_ref().unwrap();
-                        // Without a parent, every chunk and both nodes are
-                        // stored; with one, N1 is reused and c3 is known.
-                        let mut existed = Vec::new();
-                        for i in 1..=5 {
-                            if parent_found && i <= 3 {
-                                continue;
-                            }
-                            let (id, d) = &data.c[i];
-                            if repo.chunks().put(id, Data::framed(d)).await.unwrap()
-                                == Stored::Existed
-                            {
-                                existed.push(ObjectRef::Chunk(*id));
-                            }
-                        }
+                        // Without a parent, every chunk is looked up and
+                        // both nodes are stored; with one, N1 is reused and
+                        // c3 is the parent's (protected by the pin).
+                        let first = if parent_found { 4 } else { 1 };
+                        needed = data.c[first..=5].to_vec();
+                        dedup(&repo, &needed, &mut reused).await;
+                        let mut existed = deps_of(&reused);
                         let mut nodes = vec![&data.n3];
                         if !parent_found {
                             nodes.push(&data.n1);
@@ -320,7 +305,13 @@ async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], slots: usize) -
                     }
                     3 => {
                         let mid = sweeps.iter().any(|g| g.mid_batch);
-                        if !settle(session.as_mut().unwrap(), &mem, data, &mut out, mid).await {
+                        let s = session.as_mut().unwrap();
+                        let mut b = Backup {
+                            repo: &repo,
+                            reused: &mut reused,
+                            needed: &needed,
+                        };
+                        if !settle(s, &mut b, data, &mut out, mid).await {
                             return None;
                         }
                     }
@@ -333,7 +324,12 @@ async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], slots: usize) -
                         let at = mem.head(&key).await.unwrap().last_modified;
                         let s = session.as_mut().unwrap();
                         let mid = sweeps.iter().any(|g| g.mid_batch);
-                        if s.committed_late(at) && !settle(s, &mem, data, &mut out, mid).await {
+                        let mut b = Backup {
+                            repo: &repo,
+                            reused: &mut reused,
+                            needed: &needed,
+                        };
+                        if s.committed_late(at) && !settle(s, &mut b, data, &mut out, mid).await {
                             return None;
                         }
                         session.take().unwrap().end(Some(id.clone())).await.unwrap();
@@ -376,11 +372,19 @@ async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], slots: usize) -
     Some(out)
 }
 
+/// What the backup knows of the chunks it uses.
+struct Backup<'a> {
+    repo: &'a Repository,
+    reused: &'a mut Reused,
+    /// The chunks it looked up (the parent's are protected by the pin).
+    needed: &'a [(ObjectId, Vec<u8>)],
+}
+
 /// Step (c) with the backup's repair; false if it would have to wait,
 /// which it may only while a sweep has a delete batch in flight (`mid`).
 async fn settle(
     s: &mut Session,
-    mem: &MemBackend,
+    b: &mut Backup<'_>,
     data: &Data,
     out: &mut Outcome,
     mid: bool,
@@ -396,13 +400,19 @@ async fn settle(
                 );
                 return false;
             }
-            Check::Verify { .. } => {
+            Check::Verify { all, .. } => {
                 // What the backup's repair does: store again whatever is
                 // gone (the test knows the bytes; the backup re-reads them
                 // from the source disk).
-                for (r, bytes) in data.session_objects() {
-                    if mem.head(&r.key()).await.is_err() {
-                        crate::repo::put_once(mem, &r.key(), bytes).await.unwrap();
+                let chunks = if *all { &data.c[1..=5] } else { b.needed };
+                if restore_deps(b.repo, s, &check, b.reused, chunks).await {
+                    out.repaired = true;
+                }
+                for (r, bytes) in data.session_nodes() {
+                    if b.repo.backend().head(&r.key()).await.is_err() {
+                        crate::repo::put_once(&**b.repo.backend(), &r.key(), bytes)
+                            .await
+                            .unwrap();
                         out.repaired = true;
                     }
                 }
@@ -425,15 +435,12 @@ async fn whole(repo: &Repository, id: &PointId) -> Result<(), String> {
             .map_err(|e| format!("point {id}: node {}: {e}", n.short()))?;
         for e in &node.entries {
             let c = e.1.unwrap();
-            let framed = repo
-                .chunks()
-                .get_raw(&c)
+            let plain = read_chunk(repo, &c)
                 .await
-                .map_err(|e| format!("point {id}: chunk {}: {e}", c.short()))?;
-            let mut buf = vec![0; e.len() as usize];
-            repo.chunks()
-                .open_into(&c, &framed, &mut buf)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("point {id}: {e}"))?;
+            if plain.len() != e.len() as usize {
+                return Err(format!("point {id}: chunk {}: wrong length", c.short()));
+            }
         }
     }
     Ok(())

@@ -19,17 +19,14 @@ use std::sync::Arc;
 
 use chrono::Duration;
 
-use bytes::Bytes;
-use futures::TryStreamExt;
-
 use crate::backend::Backend;
 use crate::chunker::ChunkParams;
 use crate::config::{Protocol, RepoConfig};
 use crate::error::Error;
-use crate::frame::{self, Kind};
 use crate::gc::Sweep;
 use crate::gc::markers::{Phase, SweepState};
-use crate::gc::sweep::{Candidate, Listed};
+use crate::gc::sweep::Candidate;
+use crate::gc::test_packs::store_pack;
 use crate::id::ObjectId;
 use crate::lease::ObjectRef;
 use crate::repo::Repository;
@@ -100,13 +97,11 @@ async fn a_sweep_that_stopped_itself_does_not_make_the_next_one_give_way() {
     run(next).await;
 }
 
-/// Stores an unreferenced chunk: garbage.
+/// Stores an unreferenced chunk in a pack of its own, indexed: garbage.
+/// Returns the pack's name.
 async fn garbage(repo: &Repository, tag: u8) -> ObjectId {
     let data = vec![tag; 100];
-    let id = ObjectId::of(&data);
-    let framed = Bytes::from(frame::encode(Kind::Chunk, &data, 3).unwrap());
-    repo.chunks().put(&id, framed).await.unwrap();
-    id
+    store_pack(repo, &[(ObjectId::of(&data), data)]).await.0
 }
 
 /// A sweep up to its first delete batch, announced (a batch in flight):
@@ -117,11 +112,11 @@ async fn announce(repo: &Repository, pick: impl Fn(&Candidate) -> bool) -> (Swee
     sweep.read_leases().await.unwrap();
     sweep.read_points().await.unwrap();
     sweep.mark().await.unwrap();
-    let listed: Vec<_> = repo.chunks().list().try_collect().await.unwrap();
-    let mut batch: Vec<_> = listed
+    sweep.prepare_packs().await.unwrap();
+    let mut batch: Vec<_> = sweep
+        .pack_candidates()
         .into_iter()
-        .filter_map(|c| sweep.candidate(Listed::Chunk(c)))
-        .filter(|c| pick(c))
+        .filter(|c| c.key().starts_with(crate::keys::PACKS) && pick(c))
         .collect();
     assert!(!batch.is_empty());
     sweep.begin_batch(&mut batch).await.unwrap();
@@ -141,7 +136,7 @@ async fn a_backup_does_not_wait_for_a_sweep_that_began_after_its_final_lease() {
     let mut session = Session::begin(&repo, &vm, "h").await.unwrap();
     // The backup found g2 stored and relies on it (written to the lease at
     // the next check).
-    session.depend([ObjectRef::Chunk(g2)]);
+    session.depend([ObjectRef::Pack(g2)]);
 
     // A batch announced before the check writes the lease: wait for it.
     let (mut first, mut batch) = announce(&repo, |c| c.id() == g1).await;
@@ -175,6 +170,6 @@ async fn a_backup_does_not_wait_for_a_sweep_that_began_after_its_final_lease() {
     }
     second.commit_batch(&mut batch).await.unwrap();
     second.finish().await.unwrap();
-    mem.head(&ObjectRef::Chunk(g2).key()).await.unwrap();
-    assert!(mem.head(&ObjectRef::Chunk(g3).key()).await.is_err());
+    mem.head(&ObjectRef::Pack(g2).key()).await.unwrap();
+    assert!(mem.head(&ObjectRef::Pack(g3).key()).await.is_err());
 }

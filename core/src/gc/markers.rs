@@ -75,6 +75,16 @@ pub struct SweepState {
     /// Chunks and nodes deleted so far.
     pub chunks_deleted: u64,
     pub nodes_deleted: u64,
+    /// Packs deleted so far (dead, or rewritten into new packs): a backup
+    /// that reused chunks from a pack checks its dependencies by them.
+    #[serde(default)]
+    pub packs_deleted: u64,
+    /// Index objects replaced by the sweep's rewrite and deleted. A
+    /// backup whose own index object's create-only put found the same
+    /// bytes already there relies on that object: it checks it again when
+    /// this count moves.
+    #[serde(default)]
+    pub index_deleted: u64,
     /// Delete batches completed.
     pub batches: u64,
     pub observed: Vec<Observed>,
@@ -90,8 +100,9 @@ pub struct SweepState {
 }
 
 impl SweepState {
+    /// Objects deleted so far that a backup may rely on.
     pub fn deleted(&self) -> u64 {
-        self.chunks_deleted + self.nodes_deleted
+        self.chunks_deleted + self.nodes_deleted + self.packs_deleted + self.index_deleted
     }
 
     pub fn observed(&self, session: &str) -> Option<&Observed> {

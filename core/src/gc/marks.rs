@@ -68,6 +68,17 @@ impl Marks {
         self.chunks[..self.sorted].binary_search(&p).is_ok() || self.late.contains(&p)
     }
 
+    /// Whether the chunk was marked after [`Marks::seal`] (a pack that
+    /// holds it may have been judged dead before the mark arrived).
+    pub fn has_late(&self, id: &ObjectId) -> bool {
+        self.late.contains(&prefix(id))
+    }
+
+    /// Whether any chunk was marked after [`Marks::seal`].
+    pub fn any_late(&self) -> bool {
+        !self.late.is_empty()
+    }
+
     pub fn counts(&self) -> (usize, usize) {
         (self.nodes.len(), self.chunks.len() + self.late.len())
     }

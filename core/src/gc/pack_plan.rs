@@ -1,7 +1,7 @@
 //! What gc does with each pack once marking is done: a pure function of
-//! the packs' use, their storage class and age, table-tested. Not yet
-//! wired (the repository does not write packs yet); the sweep will carry
-//! out the plan through its announced batches.
+//! the packs' use, their storage class and age, table-tested. The sweep
+//! (`gc/census.rs`, `gc/sweep/packs.rs`) applies it to every old indexed
+//! pack no lease names and carries it out through its announced batches.
 //!
 //! - A pack with no live chunk is deleted (an early delete in a class with
 //!   a minimum storage duration is billed the rest of it, but keeping the

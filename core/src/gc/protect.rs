@@ -15,7 +15,7 @@
 //! [`Observed`] records, per session, what the sweep had already deleted
 //! before it knew of it, so that the backup can check exactly that.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -66,6 +66,11 @@ pub(super) struct Protection {
     pub first_cutoff: Option<DateTime<Utc>>,
     /// Why nothing more may be deleted, if so.
     pub hold: Option<String>,
+    /// Packs the live leases name as dependencies (chunks reused from
+    /// them): never deleted nor rewritten by this sweep.
+    pub pack_deps: HashSet<ObjectId>,
+    /// Index objects the live leases name as dependencies: not deleted.
+    pub index_deps: HashSet<ObjectId>,
     /// Points the live leases pin (trash holding them stays).
     pub pinned: BTreeSet<PointKey>,
     /// Leases not refreshed within the TTL, or dated in the future.
@@ -95,6 +100,8 @@ impl Protection {
             cutoff: started - proto.margin(),
             first_cutoff: None,
             hold: None,
+            pack_deps: HashSet::new(),
+            index_deps: HashSet::new(),
             pinned: BTreeSet::new(),
             dead: BTreeMap::new(),
             ended: BTreeMap::new(),
@@ -214,8 +221,12 @@ impl Protection {
             match dep {
                 ObjectRef::Chunk(id) => self.marks.chunk(id),
                 ObjectRef::Node(id) => nodes.push(*id),
-                // No session records packs yet (chunks are per object).
-                ObjectRef::Pack(_) => {}
+                ObjectRef::Pack(name) => {
+                    self.pack_deps.insert(*name);
+                }
+                ObjectRef::Index(name) => {
+                    self.index_deps.insert(*name);
+                }
             }
         }
         // A dependency that is gone is the session's to find (it checks);

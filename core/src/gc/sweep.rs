@@ -6,8 +6,9 @@
 //!    [`super::protect`]), **then** [`Sweep::read_points`] (points before
 //!    trash: prune writes trash before deleting the point).
 //! 3. [`Sweep::mark`]: every node and chunk reachable from the points.
-//! 4. [`Sweep::delete`]: lists nodes and chunks; each batch of candidates
-//!    is announced in the marker ([`Phase::Deleting`]), filtered after
+//! 4. [`Sweep::delete`]: lists nodes, then takes a census of packs and
+//!    writes what replaces the packs and index objects to go (see
+//!    [`packs`]); each batch of candidates is announced in the marker ([`Phase::Deleting`]), filtered after
 //!    another look at the leases ([`Sweep::begin_batch`]), then deleted
 //!    and the marker set back to [`Phase::Idle`] ([`Sweep::commit_batch`]).
 //!    A backup that sees no batch in flight knows that every later
@@ -28,7 +29,9 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
 use super::GcReport;
+use super::census;
 use super::markers::{Phase, SweepLog, SweepState, check_seq};
+use super::pack_plan::{ClassRules, DEFAULT_MAX_WASTE_PCT, class_rules};
 use super::protect::{PointKey, Protection};
 use crate::backend::{ObjectMeta, PutMode};
 use crate::error::{Error, Result};
@@ -38,6 +41,7 @@ use crate::repo::Repository;
 use crate::session::Heartbeat;
 
 mod cleanup;
+mod packs;
 pub mod targeted;
 
 /// Delete requests carry at most this many keys (the S3 limit).
@@ -45,19 +49,14 @@ const BATCH: usize = 1000;
 /// Markers of this many most recent sweeps are always kept.
 const KEEP_MARKERS: u64 = 16;
 
-/// A chunk object as format 1 listed it.
-#[derive(Clone, Debug)]
-pub struct StoredChunk {
-    pub id: ObjectId,
-    pub meta: ObjectMeta,
-}
-
-/// A listed node or chunk.
+/// A listed object the sweep may delete.
 #[derive(Clone, Debug)]
 pub enum Listed {
     Node(ObjectMeta, ObjectId),
-    /// A chunk object (format 1; none in format 2).
-    Chunk(StoredChunk),
+    /// A pack with no live chunk, or one whose live chunks were moved.
+    Pack(ObjectMeta, ObjectId),
+    /// An index object whose surviving entries were written anew.
+    Index(ObjectMeta, ObjectId),
 }
 
 impl Listed {
@@ -70,8 +69,13 @@ impl Listed {
 
     fn meta(&self) -> &ObjectMeta {
         match self {
-            Listed::Node(meta, _) => meta,
-            Listed::Chunk(c) => &c.meta,
+            Listed::Node(meta, _) | Listed::Pack(meta, _) | Listed::Index(meta, _) => meta,
+        }
+    }
+
+    fn name(&self) -> ObjectId {
+        match self {
+            Listed::Node(_, id) | Listed::Pack(_, id) | Listed::Index(_, id) => *id,
         }
     }
 }
@@ -80,18 +84,42 @@ impl Listed {
 #[derive(Clone, Debug)]
 pub struct Candidate {
     listed: Listed,
-    id: ObjectId,
-    is_node: bool,
 }
 
 impl Candidate {
-    /// The object's id (a chunk's or a node's).
+    fn new(listed: Listed) -> Self {
+        Candidate { listed }
+    }
+
+    /// The object's id (a node's) or name (a pack's, an index object's).
     pub fn id(&self) -> ObjectId {
-        self.id
+        self.listed.name()
+    }
+
+    /// The object's key.
+    pub fn key(&self) -> &str {
+        &self.meta().key
     }
 
     fn meta(&self) -> &ObjectMeta {
         self.listed.meta()
+    }
+}
+
+/// How a sweep judges packs: the rules of the class its packs are stored
+/// in, and the waste above which a hot pack is rewritten.
+#[derive(Clone, Copy, Debug)]
+pub struct PackOptions {
+    pub rules: ClassRules,
+    pub max_waste_pct: u8,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions {
+            rules: class_rules("", &Default::default()),
+            max_waste_pct: DEFAULT_MAX_WASTE_PCT,
+        }
     }
 }
 
@@ -158,6 +186,8 @@ pub struct Sweep {
     /// The running sweep this one gave way to (number, host), if any.
     yielded: Option<(u64, String)>,
     batch_size: usize,
+    pack_opts: PackOptions,
+    census: Option<census::Census>,
     marker: Arc<Publisher>,
     log: SweepLog,
     prot: Protection,
@@ -253,6 +283,8 @@ impl Sweep {
             started,
             yielded,
             batch_size: BATCH,
+            pack_opts: PackOptions::default(),
+            census: None,
             marker,
             log,
             prot: Protection::new(repo, seq, started),
@@ -274,6 +306,12 @@ impl Sweep {
     /// does nothing more (see [`Sweep::begin`]).
     pub fn yielded_to(&self) -> Option<&(u64, String)> {
         self.yielded.as_ref()
+    }
+
+    /// How packs are judged (`gc --max-waste`, the data's storage class).
+    pub fn with_pack_options(mut self, opts: PackOptions) -> Self {
+        self.pack_opts = opts;
+        self
     }
 
     /// Deletes in batches of at most `n` objects (default and maximum
@@ -306,7 +344,9 @@ impl Sweep {
         if self.marker.is_dead() {
             return self.refresh().await;
         }
-        let deleted = self.report.chunks_deleted + self.report.nodes_deleted;
+        let r = &self.report;
+        let deleted =
+            r.chunks_deleted + r.nodes_deleted + r.packs_deleted + r.index_objects_deleted;
         self.prot.look(now, deleted).await?;
         let observed = self.prot.observed.values().cloned().collect();
         self.marker.update(|s| {
@@ -389,11 +429,11 @@ impl Sweep {
         Ok(())
     }
 
-    /// Step 4: lists nodes and chunks and deletes the unreferenced, old
-    /// ones in batches.
+    /// Step 4: deletes the unreferenced, old nodes in batches, then dead
+    /// packs and replaced index objects (see [`packs`]).
     pub async fn delete(&mut self) -> Result<()> {
-        // The listings hold their own handles, so batches can be deleted
-        // while they go on (deleting listed keys is safe on S3 and local
+        // The listing holds its own handle, so batches can be deleted
+        // while it goes on (deleting listed keys is safe on S3 and local
         // directories alike).
         let backend = self.repo.backend().clone();
         let mut nodes = backend
@@ -402,8 +442,12 @@ impl Sweep {
             .try_filter_map(|meta| futures::future::ready(Ok(Listed::node(meta))));
         self.delete_listed(&mut nodes).await?;
         drop(nodes);
-        // Packs: the gc of packs replaces this (branch gcpacks); format 2
-        // has no chunk objects to list.
+        if self.prot.hold.is_none() {
+            self.prepare_packs().await?;
+            let candidates = self.pack_candidates();
+            let mut listing = futures::stream::iter(candidates.into_iter().map(|c| Ok(c.listed)));
+            self.delete_listed(&mut listing).await?;
+        }
         if let Some(why) = &self.prot.hold {
             self.report.held = Some(format!("{why}; nothing more deleted (run gc again later)"));
         }
@@ -434,32 +478,19 @@ impl Sweep {
         self.commit_batch(batch).await
     }
 
-    /// Whether a listed object is a deletion candidate (unmarked, older
-    /// than the cutoff); counts what was listed.
+    /// Whether a listed object is a deletion candidate (a node unmarked
+    /// and older than the cutoff; a pack or index object as the census
+    /// decided); counts the nodes listed.
     pub fn candidate(&mut self, listed: Listed) -> Option<Candidate> {
-        let (id, is_node) = match &listed {
-            Listed::Node(_, id) => (*id, true),
-            Listed::Chunk(c) => (c.id, false),
+        let c = Candidate::new(listed);
+        let Listed::Node(meta, id) = &c.listed else {
+            return Some(c);
         };
-        if is_node {
-            self.report.nodes_listed += 1;
-        } else {
-            self.report.chunks_listed += 1;
-        }
-        let c = Candidate {
-            listed,
-            id,
-            is_node,
-        };
-        if self.prot.deletable(c.meta(), &c.id, c.is_node) {
+        self.report.nodes_listed += 1;
+        if self.prot.deletable(meta, id, true) {
             return Some(c);
         }
-        let live = if is_node {
-            self.prot.marks.has_node(&c.id)
-        } else {
-            self.prot.marks.has_chunk(&c.id)
-        };
-        if !live {
+        if !self.prot.marks.has_node(id) {
             self.report.young_kept += 1;
         }
         None
@@ -477,7 +508,20 @@ impl Sweep {
         if self.prot.hold.is_some() {
             batch.clear();
         } else {
-            batch.retain(|c| self.prot.deletable(c.meta(), &c.id, c.is_node));
+            // Packs first: an index object naming a pack spared now stays.
+            let late = self.late_packs(batch).await?;
+            let spared: Vec<ObjectId> = batch
+                .iter()
+                .filter_map(|c| match &c.listed {
+                    Listed::Pack(_, name) if !self.pack_deletable(&c.listed, &late) => Some(*name),
+                    _ => None,
+                })
+                .collect();
+            self.spare(spared);
+            batch.retain(|c| match &c.listed {
+                Listed::Node(meta, id) => self.prot.deletable(meta, id, true),
+                other => self.pack_deletable(other, &late),
+            });
         }
         self.report.spared_late += (before - batch.len()) as u64;
         Ok(())
@@ -490,34 +534,25 @@ impl Sweep {
             // have deleted any of it, and the marker (`stop` publishes it)
             // must say so, so that backups check what they rely on.
             for c in batch.iter() {
-                if c.is_node {
-                    self.report.nodes_deleted += 1;
-                } else {
-                    self.report.chunks_deleted += 1;
+                let r = &mut self.report;
+                match &c.listed {
+                    Listed::Node(meta, _) => {
+                        r.nodes_deleted += 1;
+                        r.bytes_freed += meta.size;
+                    }
+                    Listed::Pack(meta, _) => {
+                        r.packs_deleted += 1;
+                        r.bytes_freed += meta.size;
+                    }
+                    Listed::Index(..) => r.index_objects_deleted += 1,
                 }
-                self.report.bytes_freed += c.meta().size;
             }
             self.publish_counts();
             if !self.dry_run {
                 self.refresh().await?;
                 self.prot.deleting();
-                let (nodes, chunks): (Vec<_>, Vec<_>) =
-                    batch.drain(..).map(|c| c.listed).partition(|l| match l {
-                        Listed::Node(..) => true,
-                        Listed::Chunk(_) => false,
-                    });
-                let node_keys: Vec<String> = nodes.iter().map(|l| l.meta().key.clone()).collect();
-                let chunks: Vec<StoredChunk> = chunks
-                    .into_iter()
-                    .filter_map(|l| match l {
-                        Listed::Chunk(c) => Some(c),
-                        Listed::Node(..) => None,
-                    })
-                    .collect();
-                if !node_keys.is_empty() {
-                    self.repo.backend().delete_many(&node_keys).await?;
-                }
-                debug_assert!(chunks.is_empty());
+                let keys: Vec<String> = batch.drain(..).map(|c| c.meta().key.clone()).collect();
+                self.repo.backend().delete_many(&keys).await?;
             }
             self.report.batches += 1;
         }
@@ -575,10 +610,18 @@ impl Sweep {
     /// by the next refresh).
     fn publish_counts(&self) {
         let r = &self.report;
-        let (chunks, nodes, batches) = (r.chunks_deleted, r.nodes_deleted, r.batches);
+        let (chunks, nodes, packs, index, batches) = (
+            r.chunks_deleted,
+            r.nodes_deleted,
+            r.packs_deleted,
+            r.index_objects_deleted,
+            r.batches,
+        );
         self.marker.update(|s| {
             s.chunks_deleted = chunks;
             s.nodes_deleted = nodes;
+            s.packs_deleted = packs;
+            s.index_deleted = index;
             s.batches = batches;
         });
     }

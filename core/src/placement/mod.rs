@@ -39,6 +39,7 @@ pub mod pack;
 pub mod pack_read;
 pub mod packer;
 pub mod rebuild;
+pub mod sweep;
 
 pub mod session;
 

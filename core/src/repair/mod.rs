@@ -224,7 +224,7 @@ async fn check(repo: &Repository, key: String, max: usize) -> Result<(String, He
     let health = match ObjectRef::parse(&key) {
         Some(ObjectRef::Chunk(id)) => repo.chunks().check(&id, max).await?,
         Some(ObjectRef::Node(id)) => repo.check_node(&id).await?,
-        Some(ObjectRef::Pack(_)) | None => {
+        Some(ObjectRef::Pack(_)) | Some(ObjectRef::Index(_)) | None => {
             return Err(Error::Internal(format!("{key} is not a chunk or node")));
         }
     };

@@ -72,7 +72,7 @@ pub(super) async fn restock(
         match r {
             ObjectRef::Chunk(id) => chunks.insert(id),
             ObjectRef::Node(id) => nodes.insert(id),
-            ObjectRef::Pack(_) => continue,
+            ObjectRef::Pack(_) | ObjectRef::Index(_) => continue,
         };
     }
     let (chunks, nodes) = (Arc::new(chunks), Arc::new(nodes));

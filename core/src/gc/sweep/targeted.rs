@@ -142,8 +142,7 @@ impl Sweep {
     }
 }
 
-// Off while the pack layout is wired (they put chunk objects).
-#[cfg(all(test, any()))]
+#[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
@@ -151,10 +150,12 @@ mod tests {
 
     use super::*;
     use crate::chunker::ChunkParams;
+    use crate::codec::Codec;
     use crate::config::RepoConfig;
     use crate::frame::{self, Kind};
     use crate::id::ObjectId;
     use crate::lease::ObjectRef;
+    use crate::node::{Entry, Node};
     use crate::repo::Repository;
     use crate::session::{Check, Session};
     use crate::testing::MemBackend;
@@ -168,24 +169,40 @@ mod tests {
 
     async fn check(repo: &Repository, key: String) -> Result<(String, Health)> {
         let id = keys::parse_content(&key).unwrap();
-        Ok((key, repo.chunks().check(&id, 1 << 20).await?))
+        Ok((key, repo.check_node(&id).await?))
+    }
+
+    // Nodes: in format 2 chunks live in packs, and nodes are the objects
+    // repair removes by name. A node of one segment of zero runs, its id
+    // and plaintext; `tag` makes different ones.
+    fn node(tag: u32) -> (ObjectId, Vec<u8>) {
+        let mut entries = vec![Entry(1 << 18, None); 3];
+        entries.push(Entry((1 << 18) - tag - 1, None));
+        entries.push(Entry(tag + 1, None));
+        Node { entries }.to_plain(&Codec::plain()).unwrap()
+    }
+
+    /// Damaged: a valid frame holding other bytes, under `id`'s key.
+    async fn put_damaged(repo: &Repository, id: &ObjectId) {
+        let wrong = Bytes::from(frame::encode(Kind::Node, b"other bytes", 3).unwrap());
+        repo.backend()
+            .put(&keys::node(id), wrong, crate::backend::PutMode::Overwrite)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn a_backup_relying_on_a_removed_object_checks_everything_again() {
         let repo = repo().await;
-        let good = b"the right bytes".to_vec();
-        let id = ObjectId::of(&good);
-        // Damaged: a valid frame holding other bytes.
-        let wrong = Bytes::from(frame::encode(Kind::Chunk, b"other bytes", 3).unwrap());
-        repo.chunks().put(&id, wrong).await.unwrap();
+        let (id, _) = node(1);
+        put_damaged(&repo, &id).await;
         let vm = "a".parse().unwrap();
         let mut session = Session::begin(&repo, &vm, "h").await.unwrap();
-        session.depend([ObjectRef::Chunk(id)]);
+        session.depend([ObjectRef::Node(id)]);
         assert_eq!(session.check().await.unwrap(), Check::Clear);
 
         let sweep = Sweep::begin(&repo, false).await.unwrap();
-        let key = keys::chunk(&id);
+        let key = keys::node(&id);
         let out = sweep
             .remove_objects(vec![key.clone(), "config".into()], |k| check(&repo, k))
             .await
@@ -205,11 +222,8 @@ mod tests {
     #[tokio::test]
     async fn a_copy_stored_over_the_damage_while_repair_deletes_is_checked_again() {
         let repo = repo().await;
-        let good = b"the right bytes".to_vec();
-        let id = ObjectId::of(&good);
-        let wrong = Bytes::from(frame::encode(Kind::Chunk, b"other bytes", 3).unwrap());
-        let framed = Bytes::from(frame::encode(Kind::Chunk, &good, 3).unwrap());
-        repo.chunks().put(&id, wrong).await.unwrap();
+        let (id, good) = node(2);
+        put_damaged(&repo, &id).await;
         let vm = "a".parse().unwrap();
         let session = Arc::new(tokio::sync::Mutex::new(
             Session::begin(&repo, &vm, "h").await.unwrap(),
@@ -217,16 +231,16 @@ mod tests {
         assert_eq!(session.lock().await.check().await.unwrap(), Check::Clear);
 
         let sweep = Sweep::begin(&repo, false).await.unwrap();
-        let (r, s, f) = (repo.clone(), session.clone(), framed.clone());
+        let (r, s, g) = (repo.clone(), session.clone(), good.clone());
         let out = sweep
-            .remove_objects(vec![keys::chunk(&id)], move |k| {
-                let (repo, session, framed) = (r.clone(), s.clone(), f.clone());
+            .remove_objects(vec![keys::node(&id)], move |k| {
+                let (repo, session, good) = (r.clone(), s.clone(), g.clone());
                 async move {
                     let seen = check(&repo, k).await?;
                     // The backup, now: stores over the damage, relies on it.
-                    repo.chunks().replace(&id, framed).await?;
+                    repo.replace_node(&id, &good).await?;
                     let mut session = session.lock().await;
-                    session.depend([ObjectRef::Chunk(id)]);
+                    session.depend([ObjectRef::Node(id)]);
                     match session.check().await? {
                         Check::Wait { reason, .. } => {
                             assert!(reason.contains("repair"), "{reason}")
@@ -245,9 +259,9 @@ mod tests {
             matches!(check, Check::Verify { all: true, .. }),
             "{check:?}"
         );
-        // The backup finds its chunk gone and stores it again.
-        assert!(repo.backend().head(&keys::chunk(&id)).await.is_err());
-        repo.chunks().put(&id, framed).await.unwrap();
+        // The backup finds its node gone and stores it again.
+        assert!(repo.backend().head(&keys::node(&id)).await.is_err());
+        repo.put_node(&id, &good).await.unwrap();
         session.settle(&check);
         assert_eq!(session.check().await.unwrap(), Check::Clear);
     }
@@ -255,22 +269,20 @@ mod tests {
     #[tokio::test]
     async fn an_object_stored_again_meanwhile_is_kept() {
         let repo = repo().await;
-        let good = b"the right bytes".to_vec();
-        let id = ObjectId::of(&good);
-        let framed = Bytes::from(frame::encode(Kind::Chunk, &good, 3).unwrap());
-        repo.chunks().put(&id, framed).await.unwrap();
-        let gone = ObjectId::of(b"never stored");
+        let (id, good) = node(3);
+        repo.put_node(&id, &good).await.unwrap();
+        let gone = node(4).0;
         let sweep = Sweep::begin(&repo, false).await.unwrap();
         let out = sweep
-            .remove_objects(vec![keys::chunk(&id), keys::chunk(&gone)], |k| {
+            .remove_objects(vec![keys::node(&id), keys::node(&gone)], |k| {
                 check(&repo, k)
             })
             .await
             .unwrap();
         assert!(out.deleted.is_empty());
-        assert_eq!(out.sound, vec![keys::chunk(&id)]);
-        assert_eq!(out.gone, vec![keys::chunk(&gone)]);
-        repo.backend().head(&keys::chunk(&id)).await.unwrap();
+        assert_eq!(out.sound, vec![keys::node(&id)]);
+        assert_eq!(out.gone, vec![keys::node(&gone)]);
+        repo.backend().head(&keys::node(&id)).await.unwrap();
     }
 
     #[tokio::test]

@@ -1,0 +1,238 @@
+//! The sweep over packs, whole sweeps over the in-memory backend: dead
+//! and orphaned packs, the index rewrite, repacks, what stays, and a
+//! crash between any two of its steps.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+
+use super::pack_plan::class_rules;
+use super::test_packs::{put_pack, read_chunk, store_pack};
+use super::{GcReport, PackOptions, Sweep};
+use crate::backend::Backend;
+use crate::chunker::ChunkParams;
+use crate::config::RepoConfig;
+use crate::id::{ObjectId, PointId};
+use crate::keys;
+use crate::manifest::{BackupStats, DiskManifest, Manifest};
+use crate::node::{Entry, Node};
+use crate::repo::Repository;
+use crate::testing::MemBackend;
+
+const SEG: u64 = 1 << 20;
+
+type Chunk = (ObjectId, Vec<u8>);
+
+fn chunk(tag: u8) -> Chunk {
+    let data: Vec<u8> = (0..4000u32)
+        .map(|i| (i * 31 + u32::from(tag) * 7) as u8 ^ tag)
+        .collect();
+    (ObjectId::of(&data), data)
+}
+
+async fn repo() -> (Arc<MemBackend>, Repository) {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(SEG, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    (mem, repo)
+}
+
+/// A point of VM `a` with one segment holding `chunks`.
+async fn point(repo: &Repository, n: u8, chunks: &[Chunk]) -> PointId {
+    let node = Node {
+        entries: chunks
+            .iter()
+            .map(|(id, d)| Entry(d.len() as u32, Some(*id)))
+            .collect(),
+    };
+    let (nid, plain) = node.to_plain(&crate::codec::Codec::plain()).unwrap();
+    repo.put_node(&nid, &plain).await.unwrap();
+    let id: PointId = format!("20260101T00000{n}Z-000{n}").parse().unwrap();
+    let time = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let m = Manifest {
+        vm: "a".parse().unwrap(),
+        id: id.clone(),
+        time,
+        created: time,
+        parent: None,
+        host: "h".into(),
+        labels: BTreeMap::new(),
+        disks: vec![DiskManifest {
+            name: "d".parse().unwrap(),
+            size: SEG,
+            segment_size: SEG,
+            segments: vec![Some(nid)],
+            source: "test".into(),
+            parent: None,
+            audit: None,
+            stats: BackupStats::default(),
+            checkpoint: None,
+        }],
+        stats: BackupStats::default(),
+        writer: "test".into(),
+    };
+    repo.write_manifest(&m).await.unwrap();
+    id
+}
+
+async fn gc(repo: &Repository, opts: PackOptions) -> GcReport {
+    super::run_with(repo, false, opts).await.unwrap()
+}
+
+async fn exists(mem: &MemBackend, key: &str) -> bool {
+    mem.head(key).await.is_ok()
+}
+
+async fn readable(repo: &Repository, chunks: &[Chunk]) {
+    for (id, d) in chunks {
+        assert_eq!(&read_chunk(repo, id).await.unwrap(), d);
+    }
+}
+
+#[tokio::test]
+async fn dead_packs_go_and_the_index_is_rewritten_without_them() {
+    let (mem, repo) = repo().await;
+    let c: Vec<Chunk> = (0..6).map(chunk).collect();
+    let (live, live_index) = store_pack(&repo, &c[0..3]).await;
+    let (dead, dead_index) = store_pack(&repo, &c[3..6]).await;
+    point(&repo, 1, &c[0..3]).await;
+    mem.clock().advance(Duration::hours(1));
+    let r = gc(&repo, PackOptions::default()).await;
+    assert_eq!((r.packs_listed, r.packs_deleted), (2, 1), "{r:?}");
+    assert!(exists(&mem, &keys::pack(&live)).await);
+    assert!(!exists(&mem, &keys::pack(&dead)).await);
+    // Both old index objects were read and replaced (one named the dead
+    // pack; the other was small and merged), by one naming the live pack.
+    assert_eq!(
+        (r.index_objects_read, r.index_objects_deleted),
+        (2, 1),
+        "{r:?}"
+    );
+    assert!(!exists(&mem, &dead_index).await);
+    assert!(
+        exists(&mem, &live_index).await,
+        "rewritten byte for byte: kept"
+    );
+    readable(&repo, &c[0..3]).await;
+    // Nothing more to do.
+    let again = gc(&repo, PackOptions::default()).await;
+    assert_eq!(
+        again.packs_deleted + again.index_objects_deleted,
+        0,
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn orphans_go_when_old_unless_they_hold_the_only_copy_of_a_live_chunk() {
+    let (mem, repo) = repo().await;
+    let c: Vec<Chunk> = (0..6).map(chunk).collect();
+    store_pack(&repo, &c[0..2]).await;
+    point(&repo, 1, &c[0..3]).await;
+    // A killed backup's pack, dead; and one holding live c2, which no
+    // index object places (its index object went missing).
+    let dead = put_pack(&repo, &c[4..6]).await;
+    let only_copy = put_pack(&repo, &c[2..3]).await;
+    // Covered: c0 is also in the indexed pack.
+    let covered = put_pack(&repo, &c[0..1]).await;
+    let young_at = Duration::hours(1);
+    mem.clock().advance(young_at);
+    let young = put_pack(&repo, &c[5..6]).await;
+    let r = gc(&repo, PackOptions::default()).await;
+    assert_eq!(r.packs_orphaned, 2, "{r:?}");
+    assert_eq!(r.packs_unindexed_live, 1, "{r:?}");
+    assert!(!exists(&mem, &keys::pack(&dead)).await);
+    assert!(!exists(&mem, &keys::pack(&covered)).await);
+    assert!(exists(&mem, &keys::pack(&only_copy)).await);
+    assert!(
+        exists(&mem, &keys::pack(&young)).await,
+        "a running backup's, maybe"
+    );
+    readable(&repo, &c[0..2]).await;
+}
+
+#[tokio::test]
+async fn wasteful_hot_packs_are_rewritten_and_others_keep_their_waste() {
+    let (mem, repo) = repo().await;
+    let c: Vec<Chunk> = (0..8).map(chunk).collect();
+    // Half dead.
+    let (wasteful, _) = store_pack(&repo, &c[0..4]).await;
+    // A quarter dead: at the threshold, kept.
+    let (fine, _) = store_pack(&repo, &c[4..8]).await;
+    point(&repo, 1, &[&c[0..2], &c[4..7]].concat()).await;
+    mem.clock().advance(Duration::days(40));
+    // Standard-IA: 30 days minimum, hot.
+    let ia = PackOptions {
+        rules: class_rules("STANDARD_IA", &BTreeMap::new()),
+        max_waste_pct: 25,
+    };
+    let r = gc(&repo, ia).await;
+    assert_eq!(
+        (r.packs_rewritten, r.packs_written, r.packs_deleted),
+        (1, 1, 1),
+        "{r:?}"
+    );
+    assert!(!exists(&mem, &keys::pack(&wasteful)).await);
+    assert!(exists(&mem, &keys::pack(&fine)).await);
+    assert!(r.live_bytes_moved > 0 && r.waste_bytes_left > 0, "{r:?}");
+    readable(&repo, &[&c[0..2], &c[4..7]].concat()).await;
+
+    // Archive classes are never rewritten: the waste is reported.
+    let (mem, repo) = self::repo().await;
+    let (archived, _) = store_pack(&repo, &c[0..4]).await;
+    point(&repo, 1, &c[0..1]).await;
+    mem.clock().advance(Duration::days(400));
+    let deep = PackOptions {
+        rules: class_rules("DEEP_ARCHIVE", &BTreeMap::new()),
+        max_waste_pct: 25,
+    };
+    let r = gc(&repo, deep).await;
+    assert_eq!(r.packs_rewritten, 0, "{r:?}");
+    assert!(exists(&mem, &keys::pack(&archived)).await);
+    assert!(r.waste_bytes_left > 0);
+}
+
+/// A sweep killed after any of its steps (repack and new index written;
+/// some batches deleted) leaves every point readable, and the next sweep
+/// finishes the work.
+#[tokio::test]
+async fn a_crash_between_any_two_steps_loses_nothing() {
+    for crash_after in 0..4 {
+        let (mem, repo) = repo().await;
+        let c: Vec<Chunk> = (0..8).map(chunk).collect();
+        store_pack(&repo, &c[0..4]).await;
+        store_pack(&repo, &c[4..6]).await;
+        store_pack(&repo, &c[6..8]).await;
+        let live: Vec<Chunk> = [&c[0..1], &c[6..8]].concat();
+        point(&repo, 1, &live).await;
+        mem.clock().advance(Duration::hours(1));
+        let mut s = Sweep::begin(&repo, false).await.unwrap().with_batch_size(1);
+        s.read_leases().await.unwrap();
+        s.read_points().await.unwrap();
+        s.mark().await.unwrap();
+        s.prepare_packs().await.unwrap();
+        let all = s.pack_candidates();
+        // Batches of one: packs first, then index objects.
+        for (i, c) in all.into_iter().enumerate() {
+            if i >= crash_after {
+                break;
+            }
+            let mut batch = vec![c];
+            s.begin_batch(&mut batch).await.unwrap();
+            s.commit_batch(&mut batch).await.unwrap();
+        }
+        drop(s);
+        readable(&repo, &live).await;
+        // The next sweep (after the dead one's marker went stale).
+        mem.clock().advance(Duration::hours(1));
+        gc(&repo, PackOptions::default()).await;
+        readable(&repo, &live).await;
+        let left = gc(&repo, PackOptions::default()).await;
+        assert_eq!(
+            left.packs_deleted + left.index_objects_deleted,
+            0,
+            "{left:?}"
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! The sweep over packs (docs/design.md, "Retention and garbage
+//! collection", packs): after marking and the node batches,
+//!
+//! 1. [`Sweep::plan_packs`] lists `packs/` and `index/`, reads every index
+//!    object's head and then its entries a few blocks at a time, adds up
+//!    each pack's live and dead bytes, reads old orphans' trailers, and
+//!    decides each pack's fate ([`super::super::pack_plan`]);
+//! 2. [`Sweep::write_replacements`] moves the live blobs of packs to
+//!    rewrite into new packs, then writes the surviving entries of every
+//!    index object to be replaced, with the new packs' entries, as new
+//!    index objects (create-only): all before anything is deleted;
+//! 3. [`Sweep::pack_candidates`] lists the dead and rewritten packs, then
+//!    the replaced index objects, for the same announced batches as nodes:
+//!    at each batch's look a pack a live lease now names as a dependency,
+//!    or that holds a chunk marked since, is spared, and the old index
+//!    objects naming it stay.
+//!
+//! A crash anywhere leaves every committed point readable: new packs and
+//! index objects come before deletions; a pack goes before the index
+//! objects naming it, so at worst an index object names a pack that is
+//! gone (readers try a chunk's other places, and the next sweep rewrites
+//! that object); a new pack whose index object was never written is an
+//! orphan whose chunks are all in indexed packs.
+
+use std::collections::HashSet;
+
+use super::{Candidate, Listed, Sweep};
+use crate::backend::ObjectMeta;
+use crate::error::Result;
+use crate::gc::census::{Census, Decide, Fate};
+use crate::gc::pack_plan::PackFate;
+use crate::id::ObjectId;
+use crate::keys;
+use crate::placement::index::IndexEntry;
+use crate::placement::packer::DEFAULT_TARGET;
+use crate::placement::sweep::{
+    EntryReader, IndexWriter, list_index, list_packs, move_live, read_head,
+};
+
+impl Sweep {
+    fn max_chunk(&self) -> u32 {
+        self.repo.config().chunking.max
+    }
+
+    /// Steps 4b and 4c, unless a look held the sweep (then nothing of
+    /// packs is planned or written).
+    pub async fn prepare_packs(&mut self) -> Result<()> {
+        if self.prot.hold.is_some() {
+            return Ok(());
+        }
+        self.plan_packs().await?;
+        self.write_replacements().await
+    }
+
+    /// Step 4b: the census of packs and their fates.
+    pub async fn plan_packs(&mut self) -> Result<()> {
+        let backend = self.repo.backend().clone();
+        let mut census = Census::default();
+        {
+            let mut packs = Box::pin(list_packs(&*backend));
+            while let Some((name, meta)) = futures::TryStreamExt::try_next(&mut packs).await? {
+                census.listed(name, meta.size, meta.last_modified);
+            }
+        }
+        self.report.packs_listed = census.packs.len() as u64;
+        for (name, meta) in list_index(&*backend).await? {
+            match read_head(&*backend, self.repo.codec(), name, meta).await {
+                Ok(object) => census.index(object),
+                Err(e) if e.is_damage() => return self.hold_packs(e),
+                Err(e) => return Err(e),
+            }
+        }
+        self.report.index_objects_read = census.objects.len() as u64;
+        let marks = &self.prot.marks;
+        let cutoff = self.prot.cutoff;
+        let mut orphan_live = census
+            .read_orphans(
+                &*backend,
+                self.repo.codec(),
+                cutoff,
+                self.max_chunk(),
+                marks,
+            )
+            .await?;
+        if let Err(e) = census.count(&*backend, marks, &mut orphan_live).await {
+            if e.is_damage() {
+                return self.hold_packs(e);
+            }
+            return Err(e);
+        }
+        census.decide(
+            &Decide {
+                now: self.started,
+                cutoff,
+                deps: &self.prot.pack_deps,
+                rules: self.pack_opts.rules,
+                max_waste_pct: self.pack_opts.max_waste_pct,
+            },
+            &orphan_live,
+        );
+        self.count_fates(&census);
+        self.census = Some(census);
+        Ok(())
+    }
+
+    /// A damaged index object: which packs it names, or how much of them
+    /// is live, is unknown, so no pack or index object goes this time.
+    fn hold_packs(&mut self, e: crate::Error) -> Result<()> {
+        self.census = None;
+        self.report.held.get_or_insert(format!(
+            "{e}; no pack deleted or rewritten (run `xfull index rebuild`, then gc again)"
+        ));
+        Ok(())
+    }
+
+    fn count_fates(&mut self, census: &Census) {
+        let r = &mut self.report;
+        for p in &census.packs {
+            match p.fate {
+                Fate::Planned(PackFate::KeepWaste(_)) => r.waste_bytes_left += p.dead_bytes,
+                // Unreferenced but recent (a backup's own, maybe).
+                Fate::Young if p.live_chunks == 0 => r.young_kept += 1,
+                Fate::OrphanLive => r.packs_unindexed_live += 1,
+                Fate::Damaged => r.packs_damaged += 1,
+                Fate::Orphan => r.packs_orphaned += 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// Step 4c: repacks, then the new index objects. Nothing is deleted
+    /// yet; a dry run writes nothing.
+    pub async fn write_replacements(&mut self) -> Result<()> {
+        let Some(mut census) = self.census.take() else {
+            return Ok(());
+        };
+        let result = self.replace_with(&mut census).await;
+        self.census = Some(census);
+        result
+    }
+
+    async fn replace_with(&mut self, census: &mut Census) -> Result<()> {
+        let backend = self.repo.backend().clone();
+        let mut writer = IndexWriter::new(backend.clone(), self.repo.codec().clone());
+        let repack: Vec<ObjectId> = census
+            .packs
+            .iter()
+            .filter(|p| p.fate == Fate::Planned(PackFate::Repack))
+            .map(|p| p.name)
+            .collect();
+        for name in repack {
+            if self.dry_run {
+                let p = census.pack(&name).map(|p| p.live_bytes).unwrap_or(0);
+                self.report.live_bytes_moved += p;
+                self.report.packs_rewritten += 1;
+                continue;
+            }
+            self.refresh().await?;
+            let marks = &self.prot.marks;
+            let codec = self.repo.codec();
+            let live = |id: &ObjectId| marks.has_chunk(id);
+            let moved = move_live(
+                &*backend,
+                codec,
+                &name,
+                self.max_chunk(),
+                DEFAULT_TARGET,
+                live,
+            )
+            .await;
+            let p = census.pack_mut(&name).map(|p| &mut p.fate);
+            match moved {
+                Ok(Some(m)) => {
+                    self.report.packs_rewritten += 1;
+                    self.report.live_bytes_moved += m.bytes;
+                    self.report.packs_written += m.packs.len() as u64;
+                    for np in m.packs {
+                        for entry in np.entries {
+                            writer
+                                .push(IndexEntry {
+                                    pack: np.name,
+                                    entry,
+                                })
+                                .await?;
+                        }
+                    }
+                }
+                // Gone meanwhile: its entries go with the old objects.
+                Ok(None) => p.into_iter().for_each(|f| *f = Fate::Gone),
+                // Its trailer is damaged: left as it is (verify names it).
+                Err(e) if e.is_damage() => {
+                    self.report.packs_damaged += 1;
+                    p.into_iter().for_each(|f| *f = Fate::Damaged);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.dry_run {
+            return Ok(());
+        }
+        for k in 0..census.objects.len() {
+            if !census.objects[k].replace {
+                continue;
+            }
+            self.refresh().await?;
+            let object = census.objects[k].object.clone();
+            let mut reader = EntryReader::new(&object);
+            while let Some(run) = reader.next(&*backend).await? {
+                for e in run {
+                    if census.survives(&e.pack) {
+                        writer.push(e).await?;
+                    }
+                }
+            }
+        }
+        let written = writer.finish().await?;
+        self.report.index_objects_written = written.len() as u64;
+        census.written.extend(written);
+        for o in census.objects.iter_mut() {
+            if census.written.contains(&o.object.meta.key) {
+                o.replace = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 4d: the dead and rewritten packs, then the replaced index
+    /// objects, as deletion candidates (judged again at each batch).
+    pub fn pack_candidates(&self) -> Vec<Candidate> {
+        let Some(census) = &self.census else {
+            return Vec::new();
+        };
+        let meta = |key: String, size, at| ObjectMeta {
+            key,
+            size,
+            last_modified: at,
+        };
+        let mut out: Vec<Candidate> = census
+            .packs
+            .iter()
+            .filter(|p| p.fate.doomed())
+            .filter_map(|p| {
+                let (size, at) = p.listed?;
+                let m = meta(keys::pack(&p.name), size, at);
+                Some(Candidate::new(Listed::Pack(m, p.name)))
+            })
+            .collect();
+        out.extend(
+            census
+                .objects
+                .iter()
+                .filter(|o| o.replace)
+                .map(|o| Candidate::new(Listed::Index(o.object.meta.clone(), o.object.name))),
+        );
+        out
+    }
+
+    /// Whether a pack or index candidate may go now, after the batch's
+    /// look: a pack a live lease names, younger than the cutoff, or
+    /// holding a chunk marked since the census, is spared (and the index
+    /// objects naming it then stay); an index object goes only if every
+    /// pack it names that was to go is going.
+    pub(super) fn pack_deletable(&self, listed: &Listed, late: &HashSet<ObjectId>) -> bool {
+        let Some(census) = &self.census else {
+            return false;
+        };
+        match listed {
+            Listed::Pack(meta, name) => {
+                !self.prot.pack_deps.contains(name)
+                    && meta.last_modified < self.prot.cutoff
+                    && !late.contains(name)
+            }
+            Listed::Index(_, name)
+                if late.contains(name) || self.prot.index_deps.contains(name) =>
+            {
+                false
+            }
+            Listed::Index(_, name) => census
+                .objects
+                .iter()
+                .find(|o| o.object.name == *name)
+                .is_some_and(|o| {
+                    o.replace
+                        && o.packs.iter().all(|&i| {
+                            let p = &census.packs[i as usize];
+                            !p.spared && !self.prot.pack_deps.contains(&p.name)
+                        })
+                }),
+            Listed::Node(..) => false,
+        }
+    }
+
+    /// The packs and index objects of `batch` that hold a chunk marked
+    /// after the census (a pinned point found late, a committed point, a
+    /// node dependency): packs from their index objects' entries or an
+    /// orphan's trailer; an index object by its own entries (it may be the
+    /// only one to place that chunk: a backup whose own index object had
+    /// the same bytes relies on it).
+    pub(super) async fn late_packs(&self, batch: &[Candidate]) -> Result<HashSet<ObjectId>> {
+        let mut out = HashSet::new();
+        let marks = &self.prot.marks;
+        let Some(census) = &self.census else {
+            return Ok(out);
+        };
+        if !marks.any_late() {
+            return Ok(out);
+        }
+        let packs: HashSet<ObjectId> = batch
+            .iter()
+            .filter_map(|c| match &c.listed {
+                Listed::Pack(_, name) => Some(*name),
+                _ => None,
+            })
+            .collect();
+        for name in &packs {
+            if let Some(p) = census.pack(name)
+                && p.orphan_chunks.iter().any(|c| marks.has_late(c))
+            {
+                out.insert(*name);
+            }
+        }
+        let backend = self.repo.backend();
+        let objects: HashSet<ObjectId> = batch
+            .iter()
+            .filter_map(|c| match &c.listed {
+                Listed::Index(_, name) => Some(*name),
+                _ => None,
+            })
+            .collect();
+        for o in &census.objects {
+            let in_batch = objects.contains(&o.object.name);
+            let names_one = o
+                .packs
+                .iter()
+                .any(|&i| packs.contains(&census.packs[i as usize].name));
+            if !names_one && !in_batch {
+                continue;
+            }
+            let mut reader = EntryReader::new(&o.object);
+            while let Some(run) = reader.next(&**backend).await? {
+                for e in run.iter().filter(|e| marks.has_late(&e.entry.id)) {
+                    if packs.contains(&e.pack) {
+                        out.insert(e.pack);
+                    }
+                    if in_batch {
+                        out.insert(o.object.name);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records the packs of a batch spared at its look.
+    pub(super) fn spare(&mut self, names: impl IntoIterator<Item = ObjectId>) {
+        if let Some(census) = &mut self.census {
+            for n in names {
+                if let Some(p) = census.pack_mut(&n) {
+                    p.spared = true;
+                }
+            }
+        }
+    }
+}

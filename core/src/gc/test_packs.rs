@@ -1,0 +1,261 @@
+//! Test helpers: chunks stored as a backup of format 2 stores them (a pack
+//! and one index object naming it), and read back as readers do (every
+//! place the index gives, in turn).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+use crate::id::ObjectId;
+use crate::keys;
+use crate::lease::ObjectRef;
+use crate::placement::index::{IndexEntry, IndexHead};
+use crate::placement::known::{entries_of, store_index};
+use crate::placement::lookup::ChunkIndex;
+use crate::placement::pack::PackWriter;
+use crate::placement::pack_read::{ReadRun, read_run};
+use crate::placement::packer::StoredPack;
+use crate::repo::{Repository, Stored, put_once_as};
+
+/// Stores `chunks` (id, plaintext) as one pack and one index object
+/// naming it; returns the pack's name and the index object's key.
+pub async fn store_pack(repo: &Repository, chunks: &[(ObjectId, Vec<u8>)]) -> (ObjectId, String) {
+    let (name, key, _) = store_pack_deps(repo, chunks).await;
+    (name, key)
+}
+
+/// As [`store_pack`], and what a backup relies on without having written
+/// it: the pack, or the index object, if its create-only put found the
+/// same bytes already there.
+pub async fn store_pack_deps(
+    repo: &Repository,
+    chunks: &[(ObjectId, Vec<u8>)],
+) -> (ObjectId, String, Vec<ObjectRef>) {
+    let (name, stored) = put_pack_as(repo, chunks).await;
+    let mut deps = Vec::new();
+    if stored == Stored::Existed {
+        deps.push(ObjectRef::Pack(name));
+    }
+    let entries = pack_entries(repo, &name).await;
+    let (key, stored) = store_index(&**repo.backend(), repo.codec(), entries)
+        .await
+        .unwrap()
+        .unwrap();
+    if stored == Stored::Existed {
+        deps.push(ObjectRef::Index(keys::parse_index(&key).unwrap()));
+    }
+    (name, key, deps)
+}
+
+/// Stores `chunks` as one pack that no index object names (what a backup
+/// killed before writing its index object leaves).
+pub async fn put_pack(repo: &Repository, chunks: &[(ObjectId, Vec<u8>)]) -> ObjectId {
+    put_pack_as(repo, chunks).await.0
+}
+
+async fn put_pack_as(repo: &Repository, chunks: &[(ObjectId, Vec<u8>)]) -> (ObjectId, Stored) {
+    let mut w = PackWriter::new();
+    for (id, plain) in chunks {
+        w.push(repo.codec(), *id, plain, 3).unwrap();
+    }
+    let (name, bytes, _) = w.finish(repo.codec());
+    let backend = repo.backend();
+    let stored = put_once_as(
+        &**backend,
+        &keys::pack(&name),
+        bytes,
+        crate::backend::ObjectClass::Data,
+    )
+    .await
+    .unwrap();
+    (name, stored)
+}
+
+/// The index entries of a stored pack (from its trailer).
+pub async fn pack_entries(repo: &Repository, name: &ObjectId) -> Vec<IndexEntry> {
+    let key = keys::pack(name);
+    let bytes: Bytes = repo.backend().get(&key).await.unwrap();
+    let entries = crate::placement::pack::decode_trailer(
+        repo.codec(),
+        &key,
+        &bytes,
+        bytes.len() as u64,
+        1 << 24,
+    )
+    .unwrap();
+    entries_of(&[StoredPack {
+        name: *name,
+        size: bytes.len() as u64,
+        entries,
+        stored: crate::repo::Stored::New,
+    }])
+}
+
+/// Every index entry of the repository (small test repositories).
+pub async fn all_entries(repo: &Repository) -> Vec<IndexEntry> {
+    let b = repo.backend();
+    let listed: Vec<_> = b.list(keys::INDEX).try_collect().await.unwrap();
+    let mut out = Vec::new();
+    for m in listed {
+        let bytes = b.get(&m.key).await.unwrap();
+        let (_, entries) = IndexHead::decode_all(repo.codec(), &m.key, &bytes).unwrap();
+        out.extend(entries);
+    }
+    out
+}
+
+/// Reads a chunk as a restore would: every place the index gives, in
+/// turn, until one opens and matches its id.
+pub async fn read_chunk(repo: &Repository, id: &ObjectId) -> Result<Vec<u8>, String> {
+    let places: Vec<IndexEntry> = all_entries(repo)
+        .await
+        .into_iter()
+        .filter(|e| e.entry.id == *id)
+        .collect();
+    let mut why = format!("chunk {}: in no index object", id.short());
+    for p in places {
+        let run = ReadRun {
+            pack: p.pack,
+            range: p.entry.range(),
+            entries: vec![p.entry],
+        };
+        match read_run(&**repo.backend(), repo.codec(), &run).await {
+            Ok(mut v) => match v.pop() {
+                Some((_, Ok(plain))) => return Ok(plain),
+                Some((_, Err(e))) => why = e.to_string(),
+                None => why = "nothing read".into(),
+            },
+            Err(e) => why = format!("chunk {}: {e}", id.short()),
+        }
+    }
+    Err(why)
+}
+
+/// Where the index places each chunk (the first place found whose pack
+/// is still there), as a backup's lookup does.
+pub async fn find(repo: &Repository, ids: &[ObjectId]) -> Vec<Option<IndexEntry>> {
+    let index = ChunkIndex::open(repo.backend().clone(), repo.codec().clone(), None)
+        .await
+        .unwrap();
+    let mut out = index.lookup(ids).await.unwrap();
+    for place in out.iter_mut() {
+        if let Some(p) = place
+            && repo.backend().head(&keys::pack(&p.pack)).await.is_err()
+        {
+            *place = None;
+        }
+    }
+    out
+}
+
+/// A backup's use of stored chunks: the packs it takes chunks from, each
+/// with those chunks, and its own packs with their index objects.
+#[derive(Clone, Debug, Default)]
+pub struct Reused {
+    pub from: BTreeMap<ObjectId, Vec<ObjectId>>,
+    pub own: Vec<(ObjectId, String)>,
+    /// Own packs or index objects found already stored (relied on).
+    pub existed: Vec<ObjectRef>,
+}
+
+/// What a backup does with the chunks it needs: looks them up (a chunk
+/// found in pack P is reused from P) and stores the others in a pack of
+/// its own with its index object.
+pub async fn dedup(repo: &Repository, chunks: &[(ObjectId, Vec<u8>)], into: &mut Reused) {
+    let ids: Vec<ObjectId> = chunks.iter().map(|c| c.0).collect();
+    let found = find(repo, &ids).await;
+    let mut new = Vec::new();
+    for (c, place) in chunks.iter().zip(found) {
+        match place {
+            Some(p) => into.from.entry(p.pack).or_default().push(c.0),
+            None => new.push(c.clone()),
+        }
+    }
+    if !new.is_empty() {
+        let (pack, key, deps) = store_pack_deps(repo, &new).await;
+        into.own.push((pack, key));
+        into.existed.extend(deps);
+    }
+}
+
+/// The dependencies a backup records for what it reused.
+pub fn deps_of(reused: &Reused) -> Vec<ObjectRef> {
+    let from = reused.from.keys().map(|p| ObjectRef::Pack(*p));
+    from.chain(reused.existed.iter().copied()).collect()
+}
+
+/// What a backup does for a `Check::Verify`: its own index objects are
+/// written again if gone (one may have been an older object with the same
+/// bytes, which a sweep replaced); for each dependency pack listed (or
+/// every one, with `all`) that is gone, the chunks it took from it are
+/// looked up again (reused from where the index now puts them: new
+/// dependencies) or stored again from the source; with `all`, every chunk
+/// of `chunks` that cannot be read is too. Returns whether anything was
+/// stored again.
+pub async fn restore_deps(
+    repo: &Repository,
+    session: &crate::session::Session,
+    check: &crate::session::Check,
+    reused: &mut Reused,
+    chunks: &[(ObjectId, Vec<u8>)],
+) -> bool {
+    let crate::session::Check::Verify { all, deps, .. } = check else {
+        return false;
+    };
+    let mut again = false;
+    for (pack, key) in reused.own.clone() {
+        if repo.backend().head(&keys::pack(&pack)).await.is_err() {
+            // Gone with its chunks: a full check (`all`) stores them again.
+            reused.own.retain(|o| o.0 != pack);
+            continue;
+        }
+        if repo.backend().head(&key).await.is_err() {
+            let entries = pack_entries(repo, &pack).await;
+            store_index(&**repo.backend(), repo.codec(), entries)
+                .await
+                .unwrap();
+            again = true;
+        }
+    }
+    let listed: Vec<ObjectId> = deps
+        .iter()
+        .filter_map(|d| match d {
+            ObjectRef::Pack(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    let mut lost: Vec<ObjectId> = Vec::new();
+    for (pack, ids) in reused.from.clone() {
+        if (*all || listed.contains(&pack))
+            && repo.backend().head(&keys::pack(&pack)).await.is_err()
+        {
+            reused.from.remove(&pack);
+            lost.extend(ids);
+        }
+    }
+    if *all {
+        for (id, _) in chunks {
+            if read_chunk(repo, id).await.is_err() && !lost.contains(id) {
+                lost.push(*id);
+            }
+        }
+    }
+    if lost.is_empty() {
+        return again;
+    }
+    let lost: Vec<(ObjectId, Vec<u8>)> = chunks
+        .iter()
+        .filter(|c| lost.contains(&c.0))
+        .cloned()
+        .collect();
+    let own = reused.own.len();
+    let before = deps_of(reused);
+    dedup(repo, &lost, reused).await;
+    let new_deps: Vec<ObjectRef> = deps_of(reused)
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect();
+    session.depend(new_deps);
+    again || reused.own.len() > own
+}
