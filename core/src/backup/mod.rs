@@ -259,11 +259,13 @@ async fn back_up_disks(
         let source = d.source.clone();
         let (dm, r) = back_up_disk(repo, d, ctx).await?;
         session.depend(r.existed);
+        session.depend(ctx.packs.take_existed());
         replaced.extend(r.replaced);
         out.push((source, dm));
     }
     // The session's packs become findable before any point names them.
     ctx.packs.finish().await?;
+    session.depend(ctx.packs.take_existed());
     Ok(Commit {
         disks: out,
         replaced,

@@ -26,6 +26,8 @@ use crate::backend::Backend;
 use crate::codec::Codec;
 use crate::error::Result;
 use crate::id::ObjectId;
+use crate::lease::ObjectRef;
+use crate::repo::Stored;
 
 /// Entries a session holds before it writes them as an index object
 /// (52 bytes each in the object, about 100 in memory: about 100 MB).
@@ -61,6 +63,12 @@ struct State {
     pending: Vec<IndexEntry>,
     /// Index objects written.
     written: Vec<String>,
+    /// Packs and index objects this session put that were already there
+    /// (same bytes: possible without encryption, where packs and index
+    /// objects are named by plain content): the session did not write
+    /// them, so its lease must name them (see docs/design.md, "gc over
+    /// packs").
+    existed: Vec<ObjectRef>,
 }
 
 impl SessionPacks {
@@ -117,6 +125,9 @@ impl SessionPacks {
             for p in &packs {
                 state.own.insert(p.name);
                 self.known.note_stored(p);
+                if p.stored == Stored::Existed {
+                    state.existed.push(ObjectRef::Pack(p.name));
+                }
             }
             state.pending.extend(entries_of(&packs));
             state.pending.len() >= INDEX_FLUSH
@@ -130,10 +141,22 @@ impl SessionPacks {
     async fn flush(&self) -> Result<()> {
         let _one = self.flushing.lock().await;
         let entries = std::mem::take(&mut self.state().pending);
-        if let Some((key, _)) = store_index(&*self.backend, &self.codec, entries).await? {
-            self.state().written.push(key);
+        if let Some((key, stored)) = store_index(&*self.backend, &self.codec, entries).await? {
+            let mut state = self.state();
+            if stored == Stored::Existed
+                && let Some(name) = crate::keys::parse_index(&key)
+            {
+                state.existed.push(ObjectRef::Index(name));
+            }
+            state.written.push(key);
         }
         Ok(())
+    }
+
+    /// The packs and index objects found already stored since the last
+    /// call, for the session's lease.
+    pub fn take_existed(&self) -> Vec<ObjectRef> {
+        std::mem::take(&mut self.state().existed)
     }
 
     /// Writes the index object of the packs not yet indexed: call after
