@@ -7,6 +7,7 @@ use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::args::*;
+pub use crate::args_index::*;
 pub use crate::args_key::*;
 pub use crate::serve_args::*;
 
@@ -168,6 +169,10 @@ pub enum Command {
     /// passwd.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The chunk index (which pack holds each chunk): rebuild it from the
+    /// packs.
+    #[command(subcommand)]
+    Index(IndexCommand),
     /// Print a shell completion script (e.g. `xfull completions bash >
     /// /etc/bash_completion.d/xfull`).
     Completions(CompletionsArgs),
@@ -196,6 +201,7 @@ impl Command {
             Command::Serve(a) => &a.s3,
             Command::Mount(a) => &a.s3,
             Command::Key(k) => k.s3(),
+            Command::Index(c) => c.s3(),
             Command::SnapshotDiff(_) | Command::Completions(_) | Command::Man(_) => return None,
         })
     }

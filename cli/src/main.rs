@@ -1,6 +1,7 @@
 //! The `xfull` command.
 
 mod args;
+mod args_index;
 mod args_key;
 mod cli;
 mod cmd;
@@ -191,6 +192,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Serve(a) => cmd::serve::run(cli, a).await,
         Command::Mount(a) => cmd::mount::run(cli, a).await,
         Command::Key(k) => cmd::key::run(cli, k).await,
+        Command::Index(c) => cmd::index::run(cli, c).await,
         Command::Completions(a) => cmd::shell::completions(a),
         Command::Man(a) => cmd::shell::man(a),
     }

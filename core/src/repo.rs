@@ -174,7 +174,9 @@ impl Repository {
 
     /// Where chunk bytes live: the only way to them.
     pub fn chunks(&self) -> Placement {
-        Placement::new(self.backend.clone(), self.codec.clone())
+        let cache = crate::placement::lookup::default_cache_dir(&self.config.repo_id);
+        let max_chunk = self.config.chunking.max;
+        Placement::new(self.backend.clone(), self.codec.clone(), cache, max_chunk)
     }
 
     /// Create-only put of a metadata object; "already exists" is success

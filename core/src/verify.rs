@@ -26,11 +26,7 @@ use crate::names::VmName;
 use crate::node::Node;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::task::blocking;
 
-/// Chunk downloads in flight (each at most one compressed chunk plus one
-/// decompressed: a few MiB in all).
-const READS: usize = 16;
 /// Node fetches in flight.
 const FETCHES: usize = 32;
 /// Problem descriptions kept per disk (the ranges are complete).
@@ -357,38 +353,14 @@ async fn read_chunks(
         .filter(|(c, _)| subset.is_none_or(|s| s.picks(c)))
         .collect();
     progress.add_total(picked.iter().map(|(_, l)| u64::from(*l)).sum());
-    let store = repo.chunks();
-    let results: Vec<(ObjectId, u64, Option<String>)> = futures::stream::iter(picked)
-        .map(|(id, len)| {
-            let store = store.clone();
-            async move {
-                let framed = match store.get_raw(&id).await {
-                    Ok(f) => f,
-                    Err(e) if e.is_damage() => return Ok((id, 0, Some(e.to_string()))),
-                    Err(e) => return Err(e),
-                };
-                let n = framed.len() as u64;
-                let bad = blocking("checking a chunk", move || {
-                    let mut out = vec![0u8; len as usize];
-                    store.open_into(&id, &framed, &mut out).err()
-                })
-                .await?;
-                progress.add_done(u64::from(len));
-                Ok::<_, Error>((id, n, bad.map(|e| e.to_string())))
-            }
-        })
-        .buffer_unordered(READS)
-        .try_collect()
+    let ids: Vec<ObjectId> = picked.into_iter().map(|(id, _)| id).collect();
+    let checked = repo
+        .chunks()
+        .check_all(&ids, |len| progress.add_done(len))
         .await?;
-    let mut bad = HashMap::new();
-    for (id, n, why) in results {
-        report.chunks_read += 1;
-        report.bytes_read += n;
-        if let Some(why) = why {
-            bad.insert(id, why);
-        }
-    }
-    Ok(bad)
+    report.chunks_read += checked.chunks;
+    report.bytes_read += checked.bytes;
+    Ok(checked.bad.into_iter().collect())
 }
 
 fn point_damage(m: &Manifest, nodes: &HashMap<ObjectId, NodeDamage>) -> Option<DamagedPoint> {

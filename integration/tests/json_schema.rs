@@ -184,6 +184,8 @@ fn every_command_prints_the_documented_json() {
     );
     assert!(pr["removed"].is_u64(), "no nested removed.removed: {pr}");
     validate("gc", &["gc", "--dry-run"], 0);
+    let rebuilt = validate("index-rebuild", &["index", "rebuild"], 0);
+    assert!(rebuilt["chunks"].as_u64().unwrap() > 0, "{rebuilt}");
     let file = |name: &str, pw: &str| {
         std::fs::write(e.path(name), pw).unwrap();
         e.path(name).display().to_string()

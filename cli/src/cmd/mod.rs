@@ -4,6 +4,7 @@ pub mod backup;
 pub mod diff;
 pub mod forget;
 pub mod gc;
+pub mod index;
 pub mod init;
 pub mod key;
 pub mod mount;

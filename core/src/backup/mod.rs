@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::id::PointId;
 use crate::manifest::{Audit, BackupStats, DiskManifest, Manifest};
 use crate::names::{DiskName, VmName};
+use crate::placement::session::SessionPacks;
 use crate::progress::{Notice, Progress, Warning};
 use crate::repo::{Repository, Stored};
 use crate::session::{Check, Session};
@@ -138,10 +139,14 @@ pub async fn backup(
         } else {
             None
         };
+        // Opened once the lease is written: what the backup finds in it
+        // and relies on is recorded in the lease (as a pack dependency).
+        let placement = repo.chunks();
         let ctx = DiskCtx {
             audit_percent: req.audit_percent,
             known,
             present,
+            packs: placement.session(placement.open_index().await?),
             progress: progress.clone(),
         };
         let commit = back_up_disks(repo, disks, &ctx, &session).await?;
@@ -235,6 +240,8 @@ struct DiskCtx {
     known: KnownDamage,
     /// The repository's objects, for full scans with a parent.
     present: Option<Arc<Present>>,
+    /// The session's pack writer and dedup lookups.
+    packs: Arc<SessionPacks>,
     progress: Arc<Progress>,
 }
 
@@ -255,6 +262,8 @@ async fn back_up_disks(
         replaced.extend(r.replaced);
         out.push((source, dm));
     }
+    // The session's packs become findable before any point names them.
+    ctx.packs.finish().await?;
     Ok(Commit {
         disks: out,
         replaced,
@@ -611,6 +620,7 @@ async fn back_up_disk(
                 d.source.clone(),
                 plan,
                 Arc::new(trust),
+                ctx.packs.clone(),
                 progress.clone(),
             )
             .await
@@ -634,7 +644,15 @@ async fn back_up_disk(
             None if parent.is_some() => Some(Arc::new(Present::load(repo).await?)),
             None => None,
         };
-        result = pipeline::run(repo, d.source.clone(), full, Arc::new(trust), progress).await;
+        result = pipeline::run(
+            repo,
+            d.source.clone(),
+            full,
+            Arc::new(trust),
+            ctx.packs.clone(),
+            progress,
+        )
+        .await;
     }
     let mut result = result?;
     let mut stats = std::mem::take(&mut result.stats);

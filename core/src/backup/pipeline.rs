@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
@@ -28,11 +27,11 @@ use super::segment::chunk_segment;
 use super::trust::Trust;
 use super::upload::{UploadJob, Uploader};
 use crate::error::{Error, Result};
-use crate::frame::{self, Kind};
 use crate::id::ObjectId;
 use crate::lease::ObjectRef;
 use crate::manifest::BackupStats;
 use crate::node::{Entry, Node};
+use crate::placement::session::{Found, SessionPacks};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::source::DiskSource;
@@ -110,6 +109,8 @@ impl Failure {
 
 struct Shared {
     repo: Repository,
+    /// The session's dedup lookups (the workers ask before compressing).
+    packs: Arc<SessionPacks>,
     source: Arc<DiskSource>,
     seen: Mutex<HashSet<ObjectId>>,
     existed: Mutex<Vec<ObjectRef>>,
@@ -127,13 +128,16 @@ pub async fn run(
     source: Arc<DiskSource>,
     plan: DiskPlan,
     trust: Arc<Trust>,
+    packs: Arc<SessionPacks>,
     progress: Arc<Progress>,
 ) -> Result<DiskResult> {
     let seg_size = repo.config().segment_size;
     let n = plan.segments.len();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let disk_packs = tokio::sync::Mutex::new(packs.disk());
     let shared = Arc::new(Shared {
         repo: repo.clone(),
+        packs,
         source,
         seen: Mutex::new(HashSet::new()),
         existed: Mutex::new(Vec::new()),
@@ -183,6 +187,7 @@ pub async fn run(
         .map(|job| {
             let to = Uploader {
                 repo: &shared.repo,
+                packs: &disk_packs,
                 progress: &shared.progress,
                 existed: &shared.existed,
                 replaced: &shared.replaced,
@@ -208,6 +213,11 @@ pub async fn run(
     if let Some(e) = shared.failure.take() {
         return Err(e);
     }
+    // The disk's last pack; its chunks' nodes are stored already, but no
+    // point names them before the session's index object is written.
+    let stored = disk_packs.into_inner().finish().await?;
+    stats.bytes_uploaded += stored.bytes;
+    stats.bytes_stored += stored.bytes;
     stats.bytes_scanned = shared.source.size();
     let existed = std::mem::take(&mut *shared.existed.lock().unwrap_or_else(|p| p.into_inner()));
     let replaced = std::mem::take(&mut *shared.replaced.lock().unwrap_or_else(|p| p.into_inner()));
@@ -511,9 +521,11 @@ fn build_job<'a>(
             .unwrap_or_default(),
         (false, None, None) => HashSet::new(),
     };
-    let mut chunks = Vec::new();
+    // Chunks this segment has bytes for and must make sure are stored:
+    // (entry, whether it must be stored anew over a lost or damaged copy).
+    let mut todo: Vec<(usize, ObjectId, bool)> = Vec::new();
     for (i, entry) in node.entries.iter().enumerate() {
-        let (Some(id), Some(piece)) = (entry.1, data(i)) else {
+        let (Some(id), Some(_)) = (entry.1, data(i)) else {
             continue;
         };
         let from_parent = known.contains(&id);
@@ -531,13 +543,49 @@ fn build_job<'a>(
             seen.insert(id)
         };
         if fresh {
-            let framed = frame::encode(Kind::Chunk, piece, cfg.zstd_level)?;
-            let replace = trust.damaged_chunks.contains(&id);
-            chunks.push((id, Bytes::from(framed), replace));
+            // A parent's chunk the backup cannot trust (missing from the
+            // listing of a full scan, or damaged) is stored anew, not
+            // looked up: the index may still name its lost copy.
+            let anew = from_parent || trust.damaged_chunks.contains(&id);
+            todo.push((i, id, anew));
             if from_parent {
                 stats.objects_restored += 1;
             }
         }
+    }
+    // Dedup before compressing: one batched lookup for the new ones.
+    let asked: Vec<ObjectId> = todo.iter().filter(|t| !t.2).map(|t| t.1).collect();
+    let found = if asked.is_empty() {
+        Vec::new()
+    } else {
+        shared.runtime.block_on(shared.packs.find(&asked))?
+    };
+    let mut found = found.into_iter();
+    let mut chunks = Vec::new();
+    let mut reused = Vec::new();
+    for (i, id, anew) in todo {
+        if !anew {
+            match found.next() {
+                Some(Found::Own) => continue,
+                Some(Found::In(pack)) => {
+                    reused.push(ObjectRef::Pack(pack));
+                    continue;
+                }
+                Some(Found::New) | None => {}
+            }
+        }
+        let piece = data(i).unwrap_or_default();
+        let blob = shared
+            .repo
+            .chunks()
+            .encode_chunk(&id, piece, cfg.zstd_level)?;
+        chunks.push((id, piece.len(), blob, trust.damaged_chunks.contains(&id)));
+    }
+    if !reused.is_empty() {
+        reused.sort_unstable();
+        reused.dedup();
+        let mut existed = shared.existed.lock().unwrap_or_else(|p| p.into_inner());
+        existed.extend(reused);
     }
     let node_needed = !unchanged || !trust.has_node(&node_id);
     if unchanged && chunks.is_empty() && !node_needed {

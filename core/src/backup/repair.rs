@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::lease::ObjectRef;
 use crate::manifest::DiskManifest;
+use crate::placement::lookup::ChunkIndex;
 use crate::repo::Repository;
 use crate::source::DiskSource;
 use crate::task::blocking;
@@ -32,16 +33,25 @@ pub struct RepairReport {
 
 /// True when every listed object still exists.
 pub async fn all_exist(repo: &Repository, refs: &[ObjectRef]) -> Result<bool> {
-    let (b, placement) = (repo.backend(), &repo.chunks());
+    let chunks: Vec<ObjectId> = refs
+        .iter()
+        .filter_map(|r| match r {
+            ObjectRef::Chunk(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    // Chunks: looked up in the index as it is now, their packs HEADed.
+    if !repo.chunks().absent(&chunks).await?.is_empty() {
+        return Ok(false);
+    }
+    let b = repo.backend();
     let missing = futures::stream::iter(refs)
+        .filter(|r| futures::future::ready(!matches!(r, ObjectRef::Chunk(_))))
         .map(|r| async move {
-            match r {
-                ObjectRef::Chunk(id) => placement.exists(id).await.map(|there| !there),
-                ObjectRef::Node(_) | ObjectRef::Pack(_) => match b.head(&r.key()).await {
-                    Ok(_) => Ok(false),
-                    Err(e) if e.is_not_found() => Ok(true),
-                    Err(e) => Err(Error::from(e)),
-                },
+            match b.head(&r.key()).await {
+                Ok(_) => Ok(false),
+                Err(e) if e.is_not_found() => Ok(true),
+                Err(e) => Err(Error::from(e)),
             }
         })
         .buffer_unordered(CHECKS)
@@ -58,6 +68,8 @@ pub async fn ensure_present(
 ) -> Result<RepairReport> {
     let mut report = RepairReport::default();
     let mut checked: HashSet<ObjectId> = HashSet::new();
+    // Opened after the sweep this check follows.
+    let index = repo.chunks().open_index().await?;
     for (source, disk) in disks {
         let mut seen_nodes = HashSet::new();
         for (idx, node) in disk.segments.iter().enumerate() {
@@ -65,7 +77,7 @@ pub async fn ensure_present(
             if !seen_nodes.insert(*node) {
                 continue;
             }
-            let present = segment_present(repo, node, &mut checked, &mut report).await?;
+            let present = segment_present(repo, &index, node, &mut checked, &mut report).await?;
             if !present {
                 // Any segment with this node will do: same node, same bytes.
                 restore_segment(repo, source, disk, idx, node).await?;
@@ -78,6 +90,7 @@ pub async fn ensure_present(
 
 async fn segment_present(
     repo: &Repository,
+    index: &ChunkIndex,
     node: &ObjectId,
     checked: &mut HashSet<ObjectId>,
     report: &mut RepairReport,
@@ -91,17 +104,13 @@ async fn segment_present(
     if checked.len() > CHECKED_CAP {
         checked.clear();
     }
-    let todo: Vec<ObjectRef> = n
-        .chunk_ids()
-        .filter(|c| checked.insert(*c))
-        .map(ObjectRef::Chunk)
-        .collect();
+    let todo: Vec<ObjectId> = n.chunk_ids().filter(|c| checked.insert(*c)).collect();
     report.objects_checked += todo.len() as u64;
-    all_exist(repo, &todo).await
+    Ok(repo.chunks().absent_in(index, &todo).await?.is_empty())
 }
 
-/// Reads one segment from the source again and stores its chunks
-/// (create-only: those that survived are left as they are) and its node.
+/// Reads one segment from the source again and stores its chunks (in a
+/// new pack) and its node.
 async fn restore_segment(
     repo: &Repository,
     source: &Arc<DiskSource>,
@@ -134,15 +143,9 @@ async fn restore_segment(
     })
     .await??;
     let (plain, chunks) = (sealed.node, sealed.chunks);
-    let store = repo.chunks();
-    futures::stream::iter(chunks)
-        .map(|(id, framed)| {
-            let store = &store;
-            async move { store.put(&id, framed).await }
-        })
-        .buffer_unordered(CHECKS)
-        .try_collect::<Vec<_>>()
-        .await?;
+    // In a new pack and index object, whatever the index says: some of
+    // them are gone where it points.
+    repo.chunks().store(chunks).await?;
     // The node was missing or damaged: replace whatever is there.
     repo.replace_node(&expected, &plain).await?;
     Ok(())

@@ -5,7 +5,6 @@ use bytes::Bytes;
 use crate::chunker::{ChunkParams, for_each_chunk, is_zero};
 use crate::codec::Codec;
 use crate::error::Result;
-use crate::frame::{self, Kind};
 use crate::id::ObjectId;
 use crate::node::{Entry, Node};
 
@@ -41,12 +40,12 @@ pub fn chunk_segment(params: &ChunkParams, codec: &Codec, data: &[u8]) -> Chunke
 pub struct SealedSegment {
     pub node_id: ObjectId,
     pub node: Vec<u8>,
-    /// (id, framed bytes) of the chunks `want` picked.
-    pub chunks: Vec<(ObjectId, Bytes)>,
+    /// (id, plain length, stored bytes) of the chunks `want` picked.
+    pub chunks: Vec<(ObjectId, usize, Bytes)>,
 }
 
-/// Chunks a segment and frames the chunks `want` picks, as a backup would
-/// have stored them. CPU-bound.
+/// Chunks a segment and encodes (frames, compresses, seals) the chunks
+/// `want` picks, as a backup would have stored them. CPU-bound.
 pub fn seal_segment(
     params: &ChunkParams,
     codec: &Codec,
@@ -59,10 +58,7 @@ pub fn seal_segment(
     for (e, off) in seg.entries.iter().zip(&seg.offsets) {
         if let Some(id) = e.1.filter(&want) {
             let piece = &data[*off..*off + e.len() as usize];
-            chunks.push((
-                id,
-                Bytes::from(frame::encode(Kind::Chunk, piece, zstd_level)?),
-            ));
+            chunks.push((id, piece.len(), codec.encode_chunk(&id, piece, zstd_level)?));
         }
     }
     let (node_id, node) = Node {

@@ -1,22 +1,24 @@
-//! The last pipeline stage: storing a segment's new chunks, then its node.
+//! The last pipeline stage: a segment's new chunks into the disk's open
+//! pack, then its node.
+//!
+//! A node may be stored before the pack holding its chunks is: nothing
+//! names a node before the point's manifest, which is written only after
+//! every pack and the session's index object (see
+//! `crate::placement::session`).
 
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::ObjectId;
 use crate::lease::ObjectRef;
 use crate::manifest::BackupStats;
+use crate::placement::session::DiskPacks;
 use crate::progress::Progress;
 use crate::repo::{Repository, Stored};
 
 use super::trust::Trust;
-
-/// Chunk puts at once per segment (hides per-object latency: fsync on a
-/// local disk, a round trip on S3).
-const PUTS_PER_SEGMENT: usize = 16;
 
 /// One segment's result, ready to store.
 pub(super) struct UploadJob {
@@ -24,8 +26,9 @@ pub(super) struct UploadJob {
     pub segment: Option<ObjectId>,
     /// The node to store (None when reused from the parent or all zero).
     pub node: Option<Vec<u8>>,
-    /// New chunks, framed; `true` to store over a damaged copy.
-    pub chunks: Vec<(ObjectId, Bytes, bool)>,
+    /// New chunks: id, plain length, stored bytes, and `true` when stored
+    /// again for a damaged copy (its damage record can go).
+    pub chunks: Vec<(ObjectId, usize, Bytes, bool)>,
     pub stats: BackupStats,
 }
 
@@ -45,6 +48,8 @@ impl UploadJob {
 /// What storing needs from the pipeline.
 pub(super) struct Uploader<'a> {
     pub repo: &'a Repository,
+    /// The disk's packer (segments upload two at a time).
+    pub packs: &'a tokio::sync::Mutex<DiskPacks>,
     pub progress: &'a Progress,
     /// Objects found already stored (the lease's dependencies).
     pub existed: &'a Mutex<Vec<ObjectRef>>,
@@ -65,38 +70,17 @@ impl Uploader<'_> {
     /// Stores a segment's new chunks, then its node.
     pub async fn upload(&self, job: UploadJob) -> Result<(usize, Option<ObjectId>, BackupStats)> {
         let mut stats = job.stats;
-        let store = self.repo.chunks();
-        let results: Vec<(ObjectId, Stored, u64, bool)> = futures::stream::iter(job.chunks)
-            .map(|(id, framed, replace)| {
-                let store = &store;
-                async move {
-                    let len = framed.len() as u64;
-                    let stored = if replace {
-                        store.replace(&id, framed).await?;
-                        self.note_replaced(crate::keys::chunk(&id));
-                        Stored::New
-                    } else {
-                        store.put(&id, framed).await?
-                    };
-                    self.progress.add_transferred(len);
-                    Ok::<_, Error>((id, stored, len, replace))
-                }
-            })
-            .buffer_unordered(PUTS_PER_SEGMENT)
-            .try_collect()
-            .await?;
         let mut existed = Vec::new();
-        for (id, stored, len, replaced) in results {
-            stats.bytes_uploaded += len;
-            if stored == Stored::New {
+        if !job.chunks.is_empty() {
+            let mut packs = self.packs.lock().await;
+            for (id, plain_len, blob, replaced) in job.chunks {
+                let len = blob.len() as u64;
+                packs.add(id, plain_len, &blob).await?;
+                self.progress.add_transferred(len);
                 stats.new_chunks += 1;
-                stats.bytes_stored += len;
-            }
-            // A copy stored over a damaged one existed before: `repair`
-            // may delete it (as a sweep) before seeing the new bytes, so
-            // the session checks it like an object found stored.
-            if stored != Stored::New || replaced {
-                existed.push(ObjectRef::Chunk(id));
+                if replaced {
+                    self.note_replaced(crate::keys::chunk(&id));
+                }
             }
         }
         if let (Some(id), Some(plain)) = (job.segment, job.node) {

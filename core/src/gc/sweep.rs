@@ -34,7 +34,6 @@ use crate::backend::{ObjectMeta, PutMode};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
-use crate::placement::StoredChunk;
 use crate::repo::Repository;
 use crate::session::Heartbeat;
 
@@ -46,11 +45,18 @@ const BATCH: usize = 1000;
 /// Markers of this many most recent sweeps are always kept.
 const KEEP_MARKERS: u64 = 16;
 
+/// A chunk object as format 1 listed it.
+#[derive(Clone, Debug)]
+pub struct StoredChunk {
+    pub id: ObjectId,
+    pub meta: ObjectMeta,
+}
+
 /// A listed node or chunk.
 #[derive(Clone, Debug)]
 pub enum Listed {
     Node(ObjectMeta, ObjectId),
-    /// As the placement module lists it.
+    /// A chunk object (format 1; none in format 2).
     Chunk(StoredChunk),
 }
 
@@ -396,10 +402,8 @@ impl Sweep {
             .try_filter_map(|meta| futures::future::ready(Ok(Listed::node(meta))));
         self.delete_listed(&mut nodes).await?;
         drop(nodes);
-        let placement = self.repo.chunks();
-        let mut chunks = placement.list().map_ok(Listed::Chunk);
-        self.delete_listed(&mut chunks).await?;
-        drop(chunks);
+        // Packs: the gc of packs replaces this (branch gcpacks); format 2
+        // has no chunk objects to list.
         if let Some(why) = &self.prot.hold {
             self.report.held = Some(format!("{why}; nothing more deleted (run gc again later)"));
         }
@@ -513,9 +517,7 @@ impl Sweep {
                 if !node_keys.is_empty() {
                     self.repo.backend().delete_many(&node_keys).await?;
                 }
-                if !chunks.is_empty() {
-                    self.repo.chunks().delete(&chunks).await?;
-                }
+                debug_assert!(chunks.is_empty());
             }
             self.report.batches += 1;
         }

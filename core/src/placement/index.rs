@@ -23,10 +23,12 @@
 //! hostile, unsorted object cannot make a lookup loop).
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::pack::PackEntry;
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 
@@ -46,7 +48,7 @@ pub struct IndexEntry {
 
 /// Builds an index object from the entries of some packs (any order; a
 /// chunk found in several packs keeps one place, any is as good).
-pub fn encode(mut entries: Vec<IndexEntry>) -> Bytes {
+pub fn encode(_codec: &Codec, mut entries: Vec<IndexEntry>) -> Bytes {
     entries.sort_unstable_by_key(|e| e.entry.id);
     entries.dedup_by(|a, b| a.entry.id == b.entry.id);
     let mut packs: Vec<ObjectId> = entries.iter().map(|e| e.pack).collect();
@@ -138,7 +140,7 @@ impl IndexHead {
     }
 
     /// Decodes the head (`head` is the object's first `head_len` bytes).
-    pub fn decode(key: &str, head: &[u8], size: u64) -> Result<IndexHead> {
+    pub fn decode(_codec: &Arc<Codec>, key: &str, head: &[u8], size: u64) -> Result<IndexHead> {
         let len = IndexHead::head_len(key, head, size)?;
         if head.len() as u64 != len {
             return Err(Error::corrupt(
@@ -285,10 +287,14 @@ impl IndexHead {
     }
 
     /// Reads a whole index object held in memory (tests, small objects).
-    pub fn decode_all(key: &str, bytes: &[u8]) -> Result<(IndexHead, Vec<IndexEntry>)> {
+    pub fn decode_all(
+        codec: &Arc<Codec>,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<(IndexHead, Vec<IndexEntry>)> {
         let size = bytes.len() as u64;
         let len = IndexHead::head_len(key, bytes, size)? as usize;
-        let head = IndexHead::decode(key, &bytes[..len], size)?;
+        let head = IndexHead::decode(codec, key, &bytes[..len], size)?;
         let mut all = Vec::new();
         for i in 0..head.blocks() {
             let r = head.block_range(i);

@@ -3,6 +3,8 @@ use std::cell::Cell;
 use proptest::prelude::*;
 
 use super::*;
+use crate::codec::Codec;
+use crate::placement::test_codec as plain;
 
 fn entries(n: usize, packs: usize) -> Vec<IndexEntry> {
     (0..n)
@@ -28,8 +30,8 @@ fn reader(bytes: &Bytes, reads: &Cell<usize>) -> impl FnMut(Range<u64>) -> Resul
 #[test]
 fn lookups_find_every_entry_in_about_one_read() {
     let all = entries(20_000, 37);
-    let obj = encode(all.clone());
-    let (head, decoded) = IndexHead::decode_all("index/x", &obj).unwrap();
+    let obj = encode(&Codec::plain(), all.clone());
+    let (head, decoded) = IndexHead::decode_all(&plain(), "index/x", &obj).unwrap();
     assert_eq!(decoded.len(), all.len());
     assert_eq!(head.blocks(), 20);
     let reads = Cell::new(0);
@@ -47,8 +49,8 @@ fn lookups_find_every_entry_in_about_one_read() {
 
 #[test]
 fn an_empty_index_finds_nothing() {
-    let obj = encode(Vec::new());
-    let (head, all) = IndexHead::decode_all("i", &obj).unwrap();
+    let obj = encode(&Codec::plain(), Vec::new());
+    let (head, all) = IndexHead::decode_all(&plain(), "i", &obj).unwrap();
     assert!(all.is_empty());
     let reads = Cell::new(0);
     assert_eq!(
@@ -65,15 +67,15 @@ fn duplicates_keep_one_place() {
     let mut again = all[3];
     again.pack = ObjectId::of(b"another pack");
     all.push(again);
-    let (_, decoded) = IndexHead::decode_all("i", &encode(all)).unwrap();
+    let (_, decoded) = IndexHead::decode_all(&plain(), "i", &encode(&Codec::plain(), all)).unwrap();
     assert_eq!(decoded.len(), 10);
 }
 
 #[test]
 fn hostile_index_objects_are_damage() {
-    let obj = encode(entries(3000, 5)).to_vec();
+    let obj = encode(&Codec::plain(), entries(3000, 5)).to_vec();
     let check = |b: &[u8], what: &str| {
-        let e = IndexHead::decode_all("index/x", b).unwrap_err();
+        let e = IndexHead::decode_all(&plain(), "index/x", b).unwrap_err();
         assert!(e.is_damage(), "{what}: {e}");
         assert!(e.to_string().contains("index/x"), "{what}: {e}");
     };
@@ -103,8 +105,8 @@ fn a_hostile_unsorted_index_cannot_make_a_lookup_loop() {
     let all = entries(4096, 3);
     let mut sorted = all.clone();
     sorted.sort_by_key(|e| e.entry.id);
-    let obj = encode(all);
-    let (head, _) = IndexHead::decode_all("i", &obj).unwrap();
+    let obj = encode(&Codec::plain(), all);
+    let (head, _) = IndexHead::decode_all(&plain(), "i", &obj).unwrap();
     let mut b = obj.to_vec();
     let (r0, r3) = (head.block_range(0), head.block_range(3));
     let (b0, b3) = (
@@ -123,11 +125,11 @@ fn a_hostile_unsorted_index_cannot_make_a_lookup_loop() {
     let sum = blake3::hash(&b[..hl - 32]);
     b[hl - 32..hl].copy_from_slice(sum.as_bytes());
     assert!(
-        IndexHead::decode_all("i", &b).is_err(),
+        IndexHead::decode_all(&plain(), "i", &b).is_err(),
         "order is checked across blocks"
     );
     let bytes = Bytes::from(b);
-    let head = IndexHead::decode("i", &bytes[..hl], bytes.len() as u64).unwrap();
+    let head = IndexHead::decode(&plain(), "i", &bytes[..hl], bytes.len() as u64).unwrap();
     let reads = Cell::new(0);
     for e in sorted.iter().step_by(97) {
         let _ = head.lookup(&e.entry.id, reader(&bytes, &reads)).unwrap();
@@ -138,18 +140,18 @@ fn a_hostile_unsorted_index_cannot_make_a_lookup_loop() {
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-        let _ = IndexHead::decode_all("i", &bytes);
+        let _ = IndexHead::decode_all(&plain(), "i", &bytes);
         let mut b = bytes.clone();
         if b.len() >= 4 {
             b[..4].copy_from_slice(MAGIC);
-            let _ = IndexHead::decode_all("i", &b);
+            let _ = IndexHead::decode_all(&plain(), "i", &b);
         }
     }
 
     #[test]
     fn random_sets_round_trip(n in 0usize..3000, packs in 1usize..9) {
         let all = entries(n, packs);
-        let (_, got) = IndexHead::decode_all("i", &encode(all.clone())).unwrap();
+        let (_, got) = IndexHead::decode_all(&plain(), "i", &encode(&Codec::plain(), all.clone())).unwrap();
         let mut want = all;
         want.sort_by_key(|e| e.entry.id);
         prop_assert_eq!(got, want);

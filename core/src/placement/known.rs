@@ -13,11 +13,13 @@ use super::index::{self, IndexEntry};
 use super::lookup::ChunkIndex;
 use super::packer::StoredPack;
 use crate::backend::Backend;
+use crate::codec::Codec;
 use crate::error::Result;
 use crate::id::ObjectId;
 use crate::keys;
 use crate::repo::{Stored, put_once};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Own chunks remembered at most (about 100 bytes each in the map, so
 /// about 100 MB): past it the session forgets its oldest knowledge, and a
@@ -28,25 +30,28 @@ pub const OWN_CAP: usize = 1 << 20;
 /// The repository's index plus this session's stored packs.
 #[derive(Debug)]
 pub struct KnownChunks {
-    index: ChunkIndex,
-    own: HashMap<ObjectId, IndexEntry>,
+    index: Arc<ChunkIndex>,
+    /// Shared by a backup's workers (lookups) and its uploader (packs
+    /// stored): held only for map operations, never across an await.
+    own: Mutex<HashMap<ObjectId, IndexEntry>>,
 }
 
 impl KnownChunks {
-    pub fn new(index: ChunkIndex) -> Self {
+    pub fn new(index: Arc<ChunkIndex>) -> Self {
         KnownChunks {
             index,
-            own: HashMap::new(),
+            own: Mutex::new(HashMap::new()),
         }
     }
 
     /// Records a pack this session stored: its chunks may be reused now.
-    pub fn note_stored(&mut self, pack: &StoredPack) {
-        if self.own.len() + pack.entries.len() > OWN_CAP {
-            self.own.clear();
+    pub fn note_stored(&self, pack: &StoredPack) {
+        let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        if own.len() + pack.entries.len() > OWN_CAP {
+            own.clear();
         }
         for &entry in &pack.entries {
-            self.own.insert(
+            own.insert(
                 entry.id,
                 IndexEntry {
                     pack: pack.name,
@@ -59,8 +64,10 @@ impl KnownChunks {
     /// Where each id is stored, if it is (answers in the order given):
     /// this session's packs first, then one batched lookup in the index.
     pub async fn find(&self, ids: &[ObjectId]) -> Result<Vec<Option<IndexEntry>>> {
-        let mut found: Vec<Option<IndexEntry>> =
-            ids.iter().map(|id| self.own.get(id).copied()).collect();
+        let mut found: Vec<Option<IndexEntry>> = {
+            let own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+            ids.iter().map(|id| own.get(id).copied()).collect()
+        };
         let rest: Vec<usize> = (0..ids.len()).filter(|&k| found[k].is_none()).collect();
         if rest.is_empty() {
             return Ok(found);
@@ -91,12 +98,13 @@ pub fn entries_of(packs: &[StoredPack]) -> Vec<IndexEntry> {
 /// entries. Its chunks become findable by every later session.
 pub async fn store_index(
     backend: &dyn Backend,
+    codec: &Codec,
     entries: Vec<IndexEntry>,
 ) -> Result<Option<(String, Stored)>> {
     if entries.is_empty() {
         return Ok(None);
     }
-    let object = index::encode(entries);
+    let object = index::encode(codec, entries);
     let key = keys::index(&index::index_name(&object));
     let stored = put_once(backend, &key, object).await?;
     Ok(Some((key, stored)))

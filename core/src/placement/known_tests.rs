@@ -1,8 +1,10 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::codec::Codec;
 use crate::placement::chunk_id;
 use crate::placement::packer::{PackUploads, Packer};
+use crate::placement::test_codec as plain;
 use crate::testing::MemBackend;
 
 /// Incompressible, distinct per `i`.
@@ -23,8 +25,10 @@ fn noise(i: u32) -> Vec<u8> {
 /// the bytes of packs uploaded.
 async fn back_up(backend: &Arc<MemBackend>, disk: &[Vec<u8>]) -> u64 {
     let b: Arc<dyn Backend> = backend.clone();
-    let mut known = KnownChunks::new(ChunkIndex::open(b.clone(), None).await.unwrap());
-    let mut packer = Packer::new(256 << 10, 3);
+    let known = KnownChunks::new(Arc::new(
+        ChunkIndex::open(b.clone(), plain(), None).await.unwrap(),
+    ));
+    let mut packer = Packer::new(plain(), 256 << 10, 3);
     let mut uploads = PackUploads::new(b.clone(), 2);
     let mut packs = Vec::new();
     // A segment at a time: 8 chunks, looked up as one batch.
@@ -48,7 +52,9 @@ async fn back_up(backend: &Arc<MemBackend>, disk: &[Vec<u8>]) -> u64 {
         uploads.send(p).await.unwrap();
     }
     packs.extend(uploads.finish().await.unwrap());
-    store_index(&*b, entries_of(&packs)).await.unwrap();
+    store_index(&*b, &Codec::plain(), entries_of(&packs))
+        .await
+        .unwrap();
     packs.iter().map(|p| p.size).sum()
 }
 
@@ -81,8 +87,10 @@ async fn a_clone_of_a_stored_template_uploads_only_what_it_adds() {
 async fn a_chunk_of_an_own_stored_pack_is_found_without_the_index() {
     let backend = Arc::new(MemBackend::default());
     let b: Arc<dyn Backend> = backend.clone();
-    let mut known = KnownChunks::new(ChunkIndex::open(b.clone(), None).await.unwrap());
-    let mut packer = Packer::new(1, 0);
+    let known = KnownChunks::new(Arc::new(
+        ChunkIndex::open(b.clone(), plain(), None).await.unwrap(),
+    ));
+    let mut packer = Packer::new(plain(), 1, 0);
     let c = noise(1);
     let sealed = packer.push(chunk_id(&c), &c).unwrap().unwrap();
     let mut uploads = PackUploads::new(b, 1);

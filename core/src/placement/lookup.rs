@@ -22,6 +22,7 @@ use futures::TryStreamExt;
 
 use super::index::{IndexEntry, IndexHead, Step};
 use crate::backend::Backend;
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
@@ -60,14 +61,18 @@ impl ChunkIndex {
     /// Lists `index/` and reads every object's head (one ranged GET each,
     /// two for a head over 64 KiB). A damaged head is damage of that
     /// object, named; `xfull index rebuild` replaces it.
-    pub async fn open(backend: Arc<dyn Backend>, cache: Option<PathBuf>) -> Result<Self> {
+    pub async fn open(
+        backend: Arc<dyn Backend>,
+        codec: Arc<Codec>,
+        cache: Option<PathBuf>,
+    ) -> Result<Self> {
         let listed: Vec<_> = backend.list(keys::INDEX).try_collect().await?;
         let mut objects = Vec::with_capacity(listed.len());
         for meta in listed {
             let Some(name) = keys::parse_index(&meta.key) else {
                 continue;
             };
-            let head = read_head(&*backend, &meta.key, meta.size).await?;
+            let head = read_head(&*backend, &codec, &meta.key, meta.size).await?;
             objects.push(IndexObject {
                 name,
                 key: meta.key,
@@ -82,22 +87,60 @@ impl ChunkIndex {
         })
     }
 
+    /// An index of nothing (for a writer that must not deduplicate).
+    pub fn empty(backend: Arc<dyn Backend>) -> Self {
+        ChunkIndex {
+            backend,
+            objects: Vec::new(),
+            cache: None,
+        }
+    }
+
+    /// The ids of every entry whose pack `keep` accepts, object by object
+    /// (memory: the ids returned, plus one block); `None` if an object
+    /// went away meanwhile (a sweep replaced it: open the index again).
+    pub async fn all_ids(&self, keep: impl Fn(&ObjectId) -> bool) -> Result<Option<Vec<ObjectId>>> {
+        let mut out = Vec::new();
+        for object in &self.objects {
+            for i in 0..object.head.blocks() {
+                let Some(block) = self.block(object, i).await? else {
+                    return Ok(None);
+                };
+                out.extend(block.iter().filter(|e| keep(&e.pack)).map(|e| e.entry.id));
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// How many index objects a lookup consults.
     pub fn objects(&self) -> usize {
         self.objects.len()
     }
 
     /// Looks up every id (any order; looked up sorted) and answers in the
-    /// order given: where the chunk is stored, or `None`.
+    /// order given: where the chunk is stored, or `None` (the first place
+    /// found; objects are consulted in name order).
     pub async fn lookup(&self, ids: &[ObjectId]) -> Result<Vec<Option<IndexEntry>>> {
+        let all = self.find(ids, true).await?;
+        Ok(all.into_iter().map(|v| v.first().copied()).collect())
+    }
+
+    /// Every place of every id, in every index object (for a reader whose
+    /// first copy of a chunk was damaged: a repair or a later backup may
+    /// have stored it again elsewhere).
+    pub async fn lookup_all(&self, ids: &[ObjectId]) -> Result<Vec<Vec<IndexEntry>>> {
+        self.find(ids, false).await
+    }
+
+    async fn find(&self, ids: &[ObjectId], first_only: bool) -> Result<Vec<Vec<IndexEntry>>> {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_unstable_by_key(|&k| ids[k]);
-        let mut found: Vec<Option<IndexEntry>> = vec![None; ids.len()];
+        let mut found: Vec<Vec<IndexEntry>> = vec![Vec::new(); ids.len()];
         for object in &self.objects {
             // The last block read: sorted ids mostly fall in it again.
             let mut held: Option<(usize, Vec<IndexEntry>)> = None;
             for &k in &order {
-                if found[k].is_some() {
+                if first_only && !found[k].is_empty() {
                     continue;
                 }
                 let id = &ids[k];
@@ -105,9 +148,16 @@ impl ChunkIndex {
                     break;
                 };
                 let mut dir = None;
-                found[k] = loop {
+                let hit = loop {
                     if held.as_ref().is_none_or(|(at, _)| *at != i) {
-                        held = Some((i, self.block(object, i).await?));
+                        match self.block(object, i).await? {
+                            Some(b) => held = Some((i, b)),
+                            // Gone since it was listed: a sweep replaced
+                            // it by one this index was opened too early
+                            // to see. Its chunks count as not found here
+                            // (stored again: waste, never a loss).
+                            None => break None,
+                        }
                     }
                     let block = held.as_ref().map(|(_, b)| b.as_slice()).unwrap_or_default();
                     match object.head.step(id, i, block, &mut dir) {
@@ -115,6 +165,7 @@ impl ChunkIndex {
                         Step::Read(next) => i = next,
                     }
                 };
+                found[k].extend(hit);
             }
         }
         Ok(found)
@@ -122,28 +173,37 @@ impl ChunkIndex {
 
     /// Block `i` of `object`, from the cache if it holds it intact, else
     /// from the store (and then cached).
-    async fn block(&self, object: &IndexObject, i: usize) -> Result<Vec<IndexEntry>> {
+    async fn block(&self, object: &IndexObject, i: usize) -> Result<Option<Vec<IndexEntry>>> {
         let path = self.cache.as_ref().map(|c| block_path(c, &object.name, i));
         let cached = path.as_ref().and_then(|p| std::fs::read(p).ok());
         if let Some(block) = cached.and_then(|b| object.head.decode_block(i, &b).ok()) {
-            return Ok(block);
+            return Ok(Some(block));
         }
         let key = &object.key;
-        let bytes = self
+        let bytes = match self
             .backend
             .get_range(key, object.head.block_range(i))
             .await
-            .map_err(|e| missing(e, key))?;
+        {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         let block = object.head.decode_block(i, &bytes)?;
         if let Some(p) = &path {
             // Best effort: a cache that cannot be written is bypassed.
             let _ = write_atomically(p, &bytes);
         }
-        Ok(block)
+        Ok(Some(block))
     }
 }
 
-async fn read_head(backend: &dyn Backend, key: &str, size: u64) -> Result<IndexHead> {
+async fn read_head(
+    backend: &dyn Backend,
+    codec: &Arc<Codec>,
+    key: &str,
+    size: u64,
+) -> Result<IndexHead> {
     let get = |end: u64| async move {
         backend
             .get_range(key, 0..end)
@@ -163,7 +223,7 @@ async fn read_head(backend: &dyn Backend, key: &str, size: u64) -> Result<IndexH
             format!("{} bytes read of a head of {len}", head.len()),
         ));
     }
-    IndexHead::decode(key, &head, size)
+    IndexHead::decode(codec, key, &head, size)
 }
 
 fn block_path(cache: &Path, object: &ObjectId, i: usize) -> PathBuf {

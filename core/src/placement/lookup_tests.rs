@@ -2,8 +2,10 @@ use std::sync::Arc;
 
 use super::*;
 use crate::backend::PutMode;
+use crate::codec::Codec;
 use crate::placement::index::{self, IndexEntry};
 use crate::placement::pack::PackEntry;
+use crate::placement::test_codec as plain;
 use crate::testing::MemBackend;
 
 fn id(k: u64) -> ObjectId {
@@ -26,7 +28,7 @@ fn entry(k: u64) -> IndexEntry {
 
 /// Stores an index object of the chunks `ks`; returns its key.
 async fn put_index(backend: &MemBackend, ks: std::ops::Range<u64>) -> String {
-    let object = index::encode(ks.map(entry).collect());
+    let object = index::encode(&Codec::plain(), ks.map(entry).collect());
     let key = keys::index(&index::index_name(&object));
     backend.put(&key, object, PutMode::Create).await.unwrap();
     key
@@ -61,7 +63,9 @@ async fn a_batch_is_answered_from_every_index_object_with_few_block_reads() {
     let backend = Arc::new(MemBackend::default());
     put_index(&backend, 0..5000).await; // 5 blocks
     put_index(&backend, 10_000..13_000).await; // 3 blocks
-    let index = ChunkIndex::open(backend.clone(), None).await.unwrap();
+    let index = ChunkIndex::open(backend.clone(), plain(), None)
+        .await
+        .unwrap();
     assert_eq!(index.objects(), 2);
     let before = gets(&backend);
     check(&index.lookup(&batch()).await.unwrap());
@@ -78,13 +82,13 @@ async fn the_cache_saves_block_reads_and_a_bad_cached_block_is_bypassed() {
     put_index(&backend, 10_000..13_000).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = Some(dir.path().to_path_buf());
-    let first = ChunkIndex::open(backend.clone(), cache.clone())
+    let first = ChunkIndex::open(backend.clone(), plain(), cache.clone())
         .await
         .unwrap();
     check(&first.lookup(&batch()).await.unwrap());
     // A second process: heads from the store (2 reads), blocks from the cache.
     let before = gets(&backend);
-    let second = ChunkIndex::open(backend.clone(), cache.clone())
+    let second = ChunkIndex::open(backend.clone(), plain(), cache.clone())
         .await
         .unwrap();
     check(&second.lookup(&batch()).await.unwrap());
@@ -98,7 +102,9 @@ async fn the_cache_saves_block_reads_and_a_bad_cached_block_is_bypassed() {
         }
     }
     let before = gets(&backend);
-    let third = ChunkIndex::open(backend.clone(), cache).await.unwrap();
+    let third = ChunkIndex::open(backend.clone(), plain(), cache)
+        .await
+        .unwrap();
     check(&third.lookup(&batch()).await.unwrap());
     assert!(gets(&backend) - before > 2 && files > 0);
 }
@@ -114,7 +120,9 @@ async fn a_damaged_index_object_is_damage_naming_it() {
         .put(&key, bytes.into(), PutMode::Overwrite)
         .await
         .unwrap();
-    let index = ChunkIndex::open(backend.clone(), None).await.unwrap();
+    let index = ChunkIndex::open(backend.clone(), plain(), None)
+        .await
+        .unwrap();
     let all: Vec<ObjectId> = (0..3000).map(id).collect();
     let err = index.lookup(&all).await.unwrap_err();
     assert!(err.is_damage() && err.to_string().contains(&key), "{err}");
@@ -123,6 +131,6 @@ async fn a_damaged_index_object_is_damage_naming_it() {
         .put(&key, Bytes::from_static(b"XFI1"), PutMode::Overwrite)
         .await
         .unwrap();
-    let err = ChunkIndex::open(backend, None).await.unwrap_err();
+    let err = ChunkIndex::open(backend, plain(), None).await.unwrap_err();
     assert!(err.is_damage() && err.to_string().contains(&key), "{err}");
 }

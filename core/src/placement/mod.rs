@@ -1,35 +1,37 @@
 //! The chunk placement seam: where chunk bytes live.
 //!
-//! Every chunk is one object under `chunks/` (format 1). Everything that
-//! stores, fetches, checks, lists or deletes chunk bytes goes through
-//! here, and nothing else builds or parses chunk keys for storage: backup,
-//! restore, verify, stats, gc and repair call these methods, so that
-//! grouping chunks into pack objects changes this module, not them.
-//! Chunk objects are put with [`ObjectClass::Data`], which a backend may
-//! keep in a colder storage class.
+//! Chunks live in pack objects (`packs/`), found through index objects
+//! (`index/`); see docs/design.md, "Pack layout". Everything that stores,
+//! fetches, checks or lists chunk bytes goes through here: backup,
+//! restore, serve, verify, stats, gc and repair call these functions and
+//! never build a pack or index key themselves.
 //!
-//! The pack layout (format 2, issue 11) is built beside it but not yet
-//! used by any command: [`packer`] fills and stores packs, [`pack_read`]
-//! reads trailers and coalesced runs of chunks with ranged GETs,
-//! [`lookup`] finds chunks in index objects (batched, with a local cache),
-//! [`known`] adds a session's own packs to it and writes a session's
-//! index object, [`rebuild`] derives the index from pack trailers alone.
+//! - [`session`]: a backup's writer: dedup against the index before
+//!   compressing, a packer per disk, one index object per session;
+//! - [`fetch`]: reading chunks in coalesced runs, every chunk checked
+//!   against its id, a damaged copy replaced by another if the index
+//!   knows one;
+//! - [`packer`], [`pack`], [`pack_read`], [`index`], [`lookup`],
+//!   [`known`]: the formats and their readers and writers;
+//! - [`rebuild`]: the index derived again from pack trailers alone.
+//!
+//! Packs are put with [`crate::backend::ObjectClass::Data`] (a backend may keep them in a
+//! colder storage class); index objects are metadata.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
-use futures::stream::BoxStream;
 
-use crate::backend::{Backend, ObjectClass, ObjectMeta, PutMode, PutOptions};
+use crate::backend::Backend;
 use crate::codec::Codec;
 use crate::damage::Health;
 use crate::error::{Error, Result};
 use crate::frame;
 use crate::id::ObjectId;
 use crate::keys;
-use crate::repo::{Stored, missing, put_once_as};
 
+pub mod fetch;
 pub mod index;
 pub mod known;
 pub mod lookup;
@@ -38,6 +40,8 @@ pub mod pack_read;
 pub mod packer;
 pub mod rebuild;
 
+pub mod session;
+
 /// A chunk's id in an unencrypted repository (plain BLAKE3). Code that
 /// names chunks of a repository asks its codec
 /// ([`crate::codec::Codec::chunk_id`]): keyed when encrypted.
@@ -45,139 +49,224 @@ pub fn chunk_id(plain: &[u8]) -> ObjectId {
     ObjectId::of(plain)
 }
 
-/// A stored chunk as a listing shows it.
-#[derive(Clone, Debug)]
-pub struct StoredChunk {
-    pub id: ObjectId,
-    /// Its object (key, size, the store's time).
-    pub meta: ObjectMeta,
-}
+/// Pack size of a backup (see [`packer::DEFAULT_TARGET`]).
+pub const PACK_TARGET: u64 = packer::DEFAULT_TARGET;
+/// Packs uploading at once per disk (memory: this many sealed packs
+/// besides the open one).
+pub const PACKS_IN_FLIGHT: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct Placement {
     backend: Arc<dyn Backend>,
     codec: Arc<Codec>,
+    /// The local cache of index blocks (only a cache).
+    cache: Option<PathBuf>,
+    /// The repository's largest chunk (decoders refuse larger ones).
+    max_chunk: u32,
 }
 
 impl Placement {
-    pub fn new(backend: Arc<dyn Backend>, codec: Arc<Codec>) -> Self {
-        Placement { backend, codec }
-    }
-
-    /// True for keys under which this module stores chunks (for callers
-    /// that walk the whole key space, like `stats`).
-    pub fn owns(key: &str) -> bool {
-        key.starts_with(keys::CHUNKS)
-    }
-
-    /// Stores a framed chunk create-only, as chunk data.
-    pub async fn put(&self, id: &ObjectId, framed: Bytes) -> Result<Stored> {
-        let stored = self.codec.seal_chunk(id, framed);
-        put_once_as(&*self.backend, &keys::chunk(id), stored, ObjectClass::Data).await
-    }
-
-    /// Stores a framed chunk over a damaged copy under its key (its id
-    /// fixes the right bytes, so replacing them is safe).
-    pub async fn replace(&self, id: &ObjectId, framed: Bytes) -> Result<()> {
-        let opts = PutOptions::data(PutMode::Overwrite);
-        let stored = self.codec.seal_chunk(id, framed);
-        self.backend
-            .put_opts(&keys::chunk(id), stored, opts)
-            .await?;
-        Ok(())
-    }
-
-    /// Whether the chunk is stored (its object exists; not read).
-    pub async fn exists(&self, id: &ObjectId) -> Result<bool> {
-        match self.backend.head(&keys::chunk(id)).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e.into()),
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        codec: Arc<Codec>,
+        cache: Option<PathBuf>,
+        max_chunk: u32,
+    ) -> Self {
+        Placement {
+            backend,
+            codec,
+            cache,
+            max_chunk,
         }
     }
 
-    /// Streams every stored chunk (memory stays bounded however many).
-    pub fn list(&self) -> BoxStream<'_, Result<StoredChunk>> {
-        Box::pin(
-            self.backend
-                .list(keys::CHUNKS)
-                .map_err(crate::Error::from)
-                .try_filter_map(|meta| async move {
-                    // Anything else under the prefix is not a chunk.
-                    let id = keys::parse_content(&meta.key);
-                    Ok(id.map(|id| StoredChunk { id, meta }))
-                }),
-        )
+    /// True for keys under which this module stores chunks and their
+    /// index (for callers that walk the whole key space, like `stats`).
+    pub fn owns(key: &str) -> bool {
+        key.starts_with(keys::PACKS) || key.starts_with(keys::INDEX)
     }
 
-    /// The sorted ids of every stored chunk.
-    pub async fn list_ids(&self) -> Result<Vec<ObjectId>> {
-        let mut v: Vec<ObjectId> = self.list().map_ok(|c| c.id).try_collect().await?;
-        v.sort_unstable();
-        Ok(v)
+    /// The repository's chunk index as it is now: one LIST and a read of
+    /// each index object's head. Open it again to see later sessions.
+    pub async fn open_index(&self) -> Result<Arc<lookup::ChunkIndex>> {
+        let index =
+            lookup::ChunkIndex::open(self.backend.clone(), self.codec.clone(), self.cache.clone())
+                .await?;
+        Ok(Arc::new(index))
     }
 
-    /// Deletes listed chunks (missing ones count as deleted).
-    pub async fn delete(&self, chunks: &[StoredChunk]) -> Result<()> {
-        let keys: Vec<String> = chunks.iter().map(|c| c.meta.key.clone()).collect();
-        self.backend.delete_many(&keys).await?;
-        Ok(())
+    /// A backup session's writer over `index` (see [`session`]).
+    pub fn session(&self, index: Arc<lookup::ChunkIndex>) -> Arc<session::SessionPacks> {
+        Arc::new(session::SessionPacks::new(
+            self.backend.clone(),
+            self.codec.clone(),
+            index,
+        ))
     }
 
-    /// Fetches the stored bytes of a chunk (not yet opened or verified).
-    pub async fn get_raw(&self, id: &ObjectId) -> Result<Bytes> {
-        let key = keys::chunk(id);
-        self.backend.get(&key).await.map_err(|e| missing(e, &key))
+    /// Stored bytes of a chunk: framed at `level`, sealed. CPU-bound.
+    pub fn encode_chunk(&self, id: &ObjectId, plain: &[u8], level: i32) -> Result<Bytes> {
+        self.codec.encode_chunk(id, plain, level)
     }
 
     /// Opens stored chunk bytes into `out` (the chunk's length) and
     /// checks that they hash to `id`. CPU-bound: call from a blocking
     /// context.
     pub fn open_into(&self, id: &ObjectId, stored: &[u8], out: &mut [u8]) -> Result<()> {
-        let key = keys::chunk(id);
+        let name = chunk_name(id);
         let framed = self.codec.open_chunk(id, stored).map_err(|e| match e {
-            Error::Corrupt { reason, .. } => Error::corrupt(&key, reason),
+            Error::Corrupt { reason, .. } => Error::corrupt(&name, reason),
             e => e,
         })?;
-        frame::decode_chunk_into(&key, &framed, out)?;
+        frame::decode_chunk_into(&name, &framed, out)?;
         if self.codec.chunk_id(out) != *id {
-            return Err(Error::corrupt(key, "content does not match its id"));
+            return Err(Error::corrupt(name, "content does not match its id"));
         }
         Ok(())
     }
 
-    /// Fetches a chunk of at most `max` bytes and checks it against its id.
-    pub async fn check(&self, id: &ObjectId, max: usize) -> Result<Health> {
-        let key = keys::chunk(id);
-        // The size first: a hostile object is not read whole.
-        match self.backend.head(&key).await {
-            Ok(m) if m.size > (max + max / 16 + 4096) as u64 => {
-                return Ok(Health::Damaged(format!(
-                    "{} bytes: larger than any chunk",
-                    m.size
-                )));
-            }
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => return Ok(Health::Gone),
-            Err(e) => return Health::of_error(e.into()),
+    /// Stores chunks (id, plain length, stored bytes from
+    /// [`Placement::encode_chunk`]) in new packs and one index object,
+    /// whatever the index says: for repairs, which store again chunks
+    /// whose copies are gone or damaged. Returns the bytes stored.
+    pub async fn store(&self, chunks: Vec<(ObjectId, usize, Bytes)>) -> Result<u64> {
+        let index = Arc::new(lookup::ChunkIndex::empty(self.backend.clone()));
+        let session = self.session(index);
+        let mut disk = session.disk();
+        for (id, len, blob) in chunks {
+            disk.add(id, len, &blob).await?;
         }
-        let framed = match self.backend.get(&key).await {
-            Ok(f) => f,
-            Err(e) if e.is_not_found() => return Ok(Health::Gone),
-            Err(e) => return Health::of_error(e.into()),
-        };
-        let (id, codec) = (*id, self.codec.clone());
-        crate::task::blocking("checking a chunk", move || {
-            let opened = match codec.open_chunk(&id, &framed) {
-                Ok(o) => o,
-                Err(e) => return Health::of_error(e),
-            };
-            match frame::decode(frame::Kind::Chunk, &key, &opened, max) {
-                Ok(plain) if codec.chunk_id(&plain) == id => Ok(Health::Sound),
-                Ok(_) => Ok(Health::Damaged("content does not match its id".into())),
-                Err(e) => Health::of_error(e),
-            }
-        })
-        .await?
+        let stored = disk.finish().await?;
+        session.finish().await?;
+        Ok(stored.bytes)
     }
+
+    /// The ids among `ids` that cannot be read from the store as it is
+    /// now: in no index object, or only in packs that are gone (one HEAD
+    /// per pack). Reads no chunk data.
+    pub async fn absent(&self, ids: &[ObjectId]) -> Result<Vec<ObjectId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.absent_in(&*self.open_index().await?, ids).await
+    }
+
+    /// As [`Placement::absent`], with an index the caller opened (after
+    /// the event it checks for).
+    pub async fn absent_in(
+        &self,
+        index: &lookup::ChunkIndex,
+        ids: &[ObjectId],
+    ) -> Result<Vec<ObjectId>> {
+        let places = index.lookup_all(ids).await?;
+        let mut packs: Vec<ObjectId> = places.iter().flatten().map(|e| e.pack).collect();
+        packs.sort_unstable();
+        packs.dedup();
+        let mut there = std::collections::HashSet::new();
+        for p in packs {
+            match self.backend.head(&keys::pack(&p)).await {
+                Ok(_) => {
+                    there.insert(p);
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(ids
+            .iter()
+            .zip(places)
+            .filter(|(_, ps)| !ps.iter().any(|e| there.contains(&e.pack)))
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    /// Fetches the plaintext of chunks (see [`fetch::fetch`]).
+    pub async fn fetch(
+        &self,
+        index: &lookup::ChunkIndex,
+        ids: &[ObjectId],
+    ) -> Result<fetch::Fetched> {
+        fetch::fetch(&*self.backend, &self.codec, index, ids).await
+    }
+
+    /// Reads and checks chunks pack by pack (see [`fetch::check_all`]),
+    /// with the index as it is now.
+    pub async fn check_all(&self, ids: &[ObjectId], done: impl Fn(u64)) -> Result<fetch::Checked> {
+        let index = self.open_index().await?;
+        fetch::check_all(&*self.backend, &self.codec, &index, ids, done).await
+    }
+
+    /// Fetches and checks one chunk of at most `max` bytes (any copy the
+    /// index knows), for repair's fresh look at a damage record.
+    pub async fn check(&self, id: &ObjectId, max: usize) -> Result<Health> {
+        let index = self.open_index().await?;
+        let places = index.lookup_all(std::slice::from_ref(id)).await?;
+        let places = places.into_iter().next().unwrap_or_default();
+        if places.is_empty() {
+            return Ok(Health::Gone);
+        }
+        if places.iter().any(|e| e.entry.plain_len as usize > max) {
+            return Ok(Health::Damaged("larger than any chunk".into()));
+        }
+        let mut last = Health::Gone;
+        for e in places {
+            match fetch::read_one(&*self.backend, &self.codec, &e).await {
+                Ok(Some(_)) => return Ok(Health::Sound),
+                Ok(None) => {} // that pack is gone
+                Err(err) => last = Health::of_error(err)?,
+            }
+        }
+        Ok(last)
+    }
+
+    /// The sorted ids of every chunk an index object lists in a pack that
+    /// exists (listings and index objects only; no pack is read).
+    pub async fn list_ids(&self) -> Result<Vec<ObjectId>> {
+        // An index object replaced by a sweep while read: look again.
+        for _ in 0..3 {
+            let index = self.open_index().await?;
+            let packs = self.list_packs().await?;
+            if let Some(mut v) = index.all_ids(|p| packs.binary_search(p).is_ok()).await? {
+                v.sort_unstable();
+                v.dedup();
+                return Ok(v);
+            }
+        }
+        Err(Error::Internal(
+            "index objects kept changing while listed (a gc running?): try again".into(),
+        ))
+    }
+
+    /// Derives the index from the packs' trailers and stores it as one
+    /// new index object (see [`rebuild`]).
+    pub async fn rebuild(&self, progress: &crate::progress::Progress) -> Result<rebuild::Rebuilt> {
+        rebuild::rebuild(self.backend.clone(), &self.codec, self.max_chunk, progress).await
+    }
+
+    /// The sorted names of the packs in the store.
+    pub async fn list_packs(&self) -> Result<Vec<ObjectId>> {
+        use futures::TryStreamExt;
+        let mut v: Vec<ObjectId> = self
+            .backend
+            .list(keys::PACKS)
+            .map_err(Error::from)
+            .try_filter_map(|m| async move { Ok(keys::parse_pack(&m.key)) })
+            .try_collect()
+            .await?;
+        v.sort_unstable();
+        Ok(v)
+    }
+}
+
+/// How a chunk is named in messages and damage records: a logical key
+/// (`chunks/<2 hex>/<64 hex>`; in format 2 no object has it, the index
+/// says which pack holds the chunk).
+pub fn chunk_name(id: &ObjectId) -> String {
+    keys::chunk(id)
+}
+
+/// An unencrypted codec, for the placement tests.
+#[cfg(test)]
+pub(crate) fn test_codec() -> Arc<Codec> {
+    Arc::new(Codec::plain())
 }

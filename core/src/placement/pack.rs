@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! pack    := blob* trailer
-//! blob    := codec (1 byte: 0 stored, 1 zstd) payload
+//! blob    := a chunk as the codec stores it (`Codec::encode_chunk`: the
+//!            chunk's frame, zstd-compressed, sealed under its chunk id
+//!            in an encrypted repository)
 //! trailer := "XFP1" count:u32 entry*count blake3:32 trailer_len:u32
 //! entry   := chunk id:32 offset:u64 stored_len:u32 plain_len:u32   (48 bytes)
 //! ```
@@ -12,9 +14,12 @@
 //! of the last few KiB, or of exactly `trailer_len` bytes once known)
 //! gives the whole table, and the index can always be rebuilt from packs
 //! alone. The BLAKE3 covers the trailer from its magic to the last entry.
-//! A blob carries its own codec byte so that a later format can seal each
-//! chunk on its own (an AEAD codec) without changing the trailer. The
-//! pack's name is the BLAKE3 of all its bytes ([`pack_name`]).
+//! A blob is exactly what a chunk object of format 1 was (frame, then
+//! sealed by chunk id), so a ranged read of one blob opens alone, a blob
+//! opens only under its own chunk id (blobs cannot be swapped within or
+//! between packs), and gc can move a blob to another pack verbatim,
+//! without any data key. The pack's name is the BLAKE3 of all its bytes
+//! ([`pack_name`]).
 //!
 //! Nothing here trusts the bytes: every count and length is checked
 //! against the pack's real size before anything is allocated, the blobs
@@ -23,9 +28,9 @@
 
 use bytes::Bytes;
 
-use super::chunk_id;
+use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::frame::{CODEC_STORED, CODEC_ZSTD, compress_into, decode_zstd_into};
+use crate::frame;
 use crate::id::ObjectId;
 
 const MAGIC: &[u8; 4] = b"XFP1";
@@ -33,8 +38,10 @@ const MAGIC: &[u8; 4] = b"XFP1";
 pub const ENTRY_LEN: usize = 32 + 8 + 4 + 4;
 /// A trailer without entries: magic, count, checksum, length.
 pub const TRAILER_MIN: usize = 4 + 4 + 32 + 4;
-/// The smallest blob: a codec byte and one byte (a chunk is never empty).
-const BLOB_MIN: u64 = 2;
+/// The smallest blob: a chunk frame's header (5 bytes) and one byte (a
+/// chunk is never empty); a bound used only to cap counts, so it may be
+/// smaller than any real blob.
+const BLOB_MIN: u64 = 6;
 
 /// Where one chunk lies in its pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -70,25 +77,26 @@ impl PackWriter {
         PackWriter::default()
     }
 
-    /// Compresses `plain` (whose id the caller computed) at `level` (0:
-    /// stored) and appends it; a chunk zstd cannot shrink is stored.
-    /// CPU-bound.
-    pub fn push(&mut self, id: ObjectId, plain: &[u8], level: i32) -> Result<()> {
-        let plain_len = u32::try_from(plain.len())
+    /// Frames, compresses (at `level`, 0: stored) and seals `plain`
+    /// (whose id the caller computed) and appends it. CPU-bound.
+    pub fn push(&mut self, codec: &Codec, id: ObjectId, plain: &[u8], level: i32) -> Result<()> {
+        let blob = codec.encode_chunk(&id, plain, level)?;
+        self.push_stored(id, plain.len(), &blob)
+    }
+
+    /// Appends a blob as stored (from [`Codec::encode_chunk`], or moved
+    /// verbatim from another pack) of a chunk of `plain_len` bytes.
+    pub fn push_stored(&mut self, id: ObjectId, plain_len: usize, blob: &[u8]) -> Result<()> {
+        let plain_len = u32::try_from(plain_len)
             .ok()
             .filter(|n| *n > 0)
-            .ok_or_else(|| Error::Internal(format!("chunk of {} bytes", plain.len())))?;
+            .ok_or_else(|| Error::Internal(format!("chunk of {plain_len} bytes")))?;
+        let stored_len = u32::try_from(blob.len())
+            .ok()
+            .filter(|n| u64::from(*n) >= BLOB_MIN)
+            .ok_or_else(|| Error::Internal(format!("blob of {} bytes", blob.len())))?;
         let offset = self.data.len() as u64;
-        self.data.push(CODEC_ZSTD);
-        if level != 0 {
-            compress_into(plain, level, &mut self.data)?;
-        }
-        if level == 0 || self.data.len() as u64 - offset > u64::from(plain_len) {
-            self.data.truncate(offset as usize);
-            self.data.push(CODEC_STORED);
-            self.data.extend_from_slice(plain);
-        }
-        let stored_len = (self.data.len() as u64 - offset) as u32;
+        self.data.extend_from_slice(blob);
         self.entries.push(PackEntry {
             id,
             offset,
@@ -107,8 +115,9 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
-    /// The pack's name, bytes and entries.
-    pub fn finish(mut self) -> (ObjectId, Bytes, Vec<PackEntry>) {
+    /// The pack's name, bytes and entries. The codec is the
+    /// repository's (the trailer is metadata).
+    pub fn finish(mut self, _codec: &Codec) -> (ObjectId, Bytes, Vec<PackEntry>) {
         let start = self.data.len();
         self.data.extend_from_slice(MAGIC);
         self.data
@@ -153,6 +162,7 @@ fn max_entries(pack_size: u64) -> u64 {
 /// `pack_size` its real size (from a listing or the read). Chunks are at
 /// most `max_chunk` bytes.
 pub fn decode_trailer(
+    _codec: &Codec,
     key: &str,
     suffix: &[u8],
     pack_size: u64,
@@ -237,10 +247,16 @@ fn parse_entry(raw: &[u8]) -> PackEntry {
     }
 }
 
-/// Decodes one blob (exactly `entry.stored_len` bytes) into `out`
-/// (exactly `entry.plain_len` bytes) and checks it hashes to its chunk
-/// id. CPU-bound.
-pub fn open_blob(key: &str, entry: &PackEntry, blob: &[u8], out: &mut [u8]) -> Result<()> {
+/// Opens one blob (exactly `entry.stored_len` bytes) into `out`
+/// (exactly `entry.plain_len` bytes) and checks it against its chunk id.
+/// CPU-bound.
+pub fn open_blob(
+    codec: &Codec,
+    key: &str,
+    entry: &PackEntry,
+    blob: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
     let what = format!("{key} (chunk {})", entry.id.short());
     let bad = |why: String| Error::corrupt(what.clone(), why);
     if blob.len() != entry.stored_len as usize || out.len() != entry.plain_len as usize {
@@ -252,25 +268,12 @@ pub fn open_blob(key: &str, entry: &PackEntry, blob: &[u8], out: &mut [u8]) -> R
             entry.plain_len
         )));
     }
-    let (&codec, payload) = blob.split_first().ok_or_else(|| bad("empty blob".into()))?;
-    match codec {
-        CODEC_STORED if payload.len() == out.len() => out.copy_from_slice(payload),
-        CODEC_STORED => return Err(bad(format!("stored blob of {} bytes", payload.len()))),
-        CODEC_ZSTD => {
-            let n = decode_zstd_into(&what, payload, out)?;
-            if n != out.len() {
-                return Err(bad(format!("holds {n} bytes, the pack says {}", out.len())));
-            }
-        }
-        other => {
-            return Err(Error::UnsupportedFormat {
-                what: format!("a blob in {key}"),
-                found: format!("codec {other}"),
-                supported: "codecs 0 and 1".into(),
-            });
-        }
-    }
-    if chunk_id(out) != entry.id {
+    let framed = codec.open_chunk(&entry.id, blob).map_err(|e| match e {
+        Error::Corrupt { reason, .. } => bad(reason),
+        e => e,
+    })?;
+    frame::decode_chunk_into(&what, &framed, out)?;
+    if codec.chunk_id(out) != entry.id {
         return Err(bad("content does not match its id".into()));
     }
     Ok(())

@@ -3,12 +3,14 @@
 //! request, bounded in size), every chunk checked against its id.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::index::IndexEntry;
 use super::pack::{PackEntry, decode_trailer, open_blob, trailer_len};
 use crate::backend::Backend;
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
@@ -32,6 +34,7 @@ pub const MAX_GAP: u64 = 256 << 10;
 /// than [`TRAILER_GUESS`].
 pub async fn read_trailer(
     backend: &dyn Backend,
+    codec: &Codec,
     name: &ObjectId,
     size: u64,
     max_chunk: u32,
@@ -47,7 +50,7 @@ pub async fn read_trailer(
     if need > suffix.len() as u64 {
         suffix = get_exact(backend, &key, size - need..size).await?;
     }
-    decode_trailer(&key, &suffix, size, max_chunk)
+    decode_trailer(codec, &key, &suffix, size, max_chunk)
 }
 
 /// One request: a byte range of one pack and the chunks in it.
@@ -96,18 +99,19 @@ pub fn coalesce(mut wanted: Vec<IndexEntry>, max_gap: u64, max_run: u64) -> Vec<
 /// can zero-fill just its bytes. CPU work runs on a blocking thread.
 pub async fn read_run(
     backend: &dyn Backend,
+    codec: &Arc<Codec>,
     run: &ReadRun,
 ) -> Result<Vec<(PackEntry, Result<Vec<u8>>)>> {
     let key = keys::pack(&run.pack);
     let bytes = get_exact(backend, &key, run.range.clone()).await?;
-    let (entries, start) = (run.entries.clone(), run.range.start);
+    let (entries, start, codec) = (run.entries.clone(), run.range.start, codec.clone());
     crate::task::blocking("opening chunks of a pack", move || {
         entries
             .into_iter()
             .map(|e| {
                 let at = (e.offset - start) as usize..(e.range().end - start) as usize;
                 let mut out = vec![0u8; e.plain_len as usize];
-                let opened = open_blob(&key, &e, &bytes[at], &mut out).map(|()| out);
+                let opened = open_blob(&codec, &key, &e, &bytes[at], &mut out).map(|()| out);
                 (e, opened)
             })
             .collect()

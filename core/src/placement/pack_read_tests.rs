@@ -2,8 +2,10 @@ use std::sync::Arc;
 
 use super::*;
 use crate::backend::PutMode;
+use crate::codec::Codec;
 use crate::placement::chunk_id;
 use crate::placement::pack::PackWriter;
+use crate::placement::test_codec as plain;
 use crate::testing::MemBackend;
 
 /// Distinct for every `i` (its first 4 bytes), compressible after.
@@ -23,9 +25,9 @@ async fn stored_pack(
     let chunks: Vec<Vec<u8>> = (0..n).map(|i| chunk(i, len)).collect();
     let mut w = PackWriter::new();
     for c in &chunks {
-        w.push(chunk_id(c), c, 3).unwrap();
+        w.push(&Codec::plain(), chunk_id(c), c, 3).unwrap();
     }
-    let (name, bytes, entries) = w.finish();
+    let (name, bytes, entries) = w.finish(&Codec::plain());
     backend
         .put(&keys::pack(&name), bytes, PutMode::Create)
         .await
@@ -51,7 +53,7 @@ async fn a_whole_pack_is_read_in_one_request_and_every_chunk_checked() {
     let runs = coalesce(wanted(name, &entries), MAX_GAP, MAX_RUN);
     assert_eq!(runs.len(), 1);
     let before = gets(&backend);
-    let read = read_run(&backend, &runs[0]).await.unwrap();
+    let read = read_run(&backend, &plain(), &runs[0]).await.unwrap();
     assert_eq!(gets(&backend) - before, 1);
     for ((e, plain), c) in read.into_iter().zip(&chunks) {
         assert_eq!(e.id, chunk_id(c));
@@ -110,7 +112,7 @@ async fn a_damaged_blob_fails_its_chunk_only_naming_pack_and_chunk() {
         .await
         .unwrap();
     let runs = coalesce(wanted(name, &entries), MAX_GAP, MAX_RUN);
-    let read = read_run(&backend, &runs[0]).await.unwrap();
+    let read = read_run(&backend, &plain(), &runs[0]).await.unwrap();
     for (e, r) in read {
         if e == bad {
             let err = r.unwrap_err();
@@ -134,13 +136,13 @@ async fn a_missing_or_short_pack_is_damage_naming_it() {
         .await
         .unwrap();
     let runs = coalesce(wanted(name, &entries), MAX_GAP, MAX_RUN);
-    let err = read_run(&backend, &runs[0]).await.unwrap_err();
+    let err = read_run(&backend, &plain(), &runs[0]).await.unwrap_err();
     assert!(err.is_damage() && err.to_string().contains(&key), "{err}");
     backend
         .delete_many(std::slice::from_ref(&key))
         .await
         .unwrap();
-    let err = read_run(&backend, &runs[0]).await.unwrap_err();
+    let err = read_run(&backend, &plain(), &runs[0]).await.unwrap_err();
     assert!(
         err.is_damage() && err.to_string().contains("missing"),
         "{err}"
@@ -154,7 +156,9 @@ async fn a_trailer_is_one_ranged_read_and_two_when_longer_than_the_guess() {
     let size = backend.head(&keys::pack(&name)).await.unwrap().size;
     let before = gets(&backend);
     assert_eq!(
-        read_trailer(&*backend, &name, size, 1 << 20).await.unwrap(),
+        read_trailer(&*backend, &Codec::plain(), &name, size, 1 << 20)
+            .await
+            .unwrap(),
         entries
     );
     assert_eq!(gets(&backend) - before, 1);
@@ -163,7 +167,9 @@ async fn a_trailer_is_one_ranged_read_and_two_when_longer_than_the_guess() {
     let size = backend.head(&keys::pack(&name)).await.unwrap().size;
     let before = gets(&backend);
     assert_eq!(
-        read_trailer(&*backend, &name, size, 1 << 20).await.unwrap(),
+        read_trailer(&*backend, &Codec::plain(), &name, size, 1 << 20)
+            .await
+            .unwrap(),
         entries
     );
     assert_eq!(gets(&backend) - before, 2);

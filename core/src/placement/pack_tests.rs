@@ -1,6 +1,8 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::codec::Codec;
+use crate::placement::chunk_id;
 
 const MAX: u32 = 1 << 20;
 
@@ -20,9 +22,9 @@ fn chunk(i: u32, len: usize) -> Vec<u8> {
 fn build(chunks: &[Vec<u8>], level: i32) -> (ObjectId, Bytes, Vec<PackEntry>) {
     let mut w = PackWriter::new();
     for c in chunks {
-        w.push(chunk_id(c), c, level).unwrap();
+        w.push(&Codec::plain(), chunk_id(c), c, level).unwrap();
     }
-    w.finish()
+    w.finish(&Codec::plain())
 }
 
 #[test]
@@ -34,12 +36,12 @@ fn a_pack_round_trips_from_its_trailer_alone() {
         let size = pack.len() as u64;
         // A suffix read of a few KiB, as a ranged GET would give it.
         let suffix = &pack[pack.len().saturating_sub(4096)..];
-        let entries = decode_trailer("p", suffix, size, MAX).unwrap();
+        let entries = decode_trailer(&Codec::plain(), "p", suffix, size, MAX).unwrap();
         assert_eq!(entries, written);
         for (e, c) in entries.iter().zip(&chunks) {
             let blob = &pack[e.range().start as usize..e.range().end as usize];
             let mut out = vec![0u8; e.plain_len as usize];
-            open_blob("p", e, blob, &mut out).unwrap();
+            open_blob(&Codec::plain(), "p", e, blob, &mut out).unwrap();
             assert_eq!(&out, c);
         }
     }
@@ -49,7 +51,14 @@ fn a_pack_round_trips_from_its_trailer_alone() {
 fn a_suffix_shorter_than_the_trailer_is_refused_not_misread() {
     let chunks: Vec<Vec<u8>> = (0..50).map(|i| chunk(i, 100)).collect();
     let (_, pack, _) = build(&chunks, 3);
-    let e = decode_trailer("p", &pack[pack.len() - 100..], pack.len() as u64, MAX).unwrap_err();
+    let e = decode_trailer(
+        &Codec::plain(),
+        "p",
+        &pack[pack.len() - 100..],
+        pack.len() as u64,
+        MAX,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("100 read"), "{e}");
 }
 
@@ -61,7 +70,8 @@ fn hostile_trailers_are_damage() {
     let trailer = TRAILER_MIN + 3 * ENTRY_LEN;
     let start = size - trailer;
     let check = |bytes: &[u8], what: &str| {
-        let e = decode_trailer("packs/x", bytes, bytes.len() as u64, MAX).unwrap_err();
+        let e =
+            decode_trailer(&Codec::plain(), "packs/x", bytes, bytes.len() as u64, MAX).unwrap_err();
         assert!(e.is_damage(), "{what}: {e}");
         assert!(e.to_string().contains("packs/x"), "{what}: {e}");
     };
@@ -127,16 +137,16 @@ fn a_damaged_blob_is_damage_naming_its_chunk() {
         let last = blob.len() - 1;
         blob[last] ^= 0x40;
         let mut out = vec![0u8; e.plain_len as usize];
-        let err = open_blob("packs/x", e, &blob, &mut out).unwrap_err();
+        let err = open_blob(&Codec::plain(), "packs/x", e, &blob, &mut out).unwrap_err();
         assert!(err.is_damage(), "{err}");
         assert!(err.to_string().contains(&e.id.short()), "{err}");
     }
     // An unknown codec asks for a newer xfull, it is not damage.
     let e = &entries[0];
     let mut blob = pack[e.range().start as usize..e.range().end as usize].to_vec();
-    blob[0] = 7;
+    blob[4] = 7; // the frame's codec byte
     let mut out = vec![0u8; e.plain_len as usize];
-    let err = open_blob("packs/x", e, &blob, &mut out).unwrap_err();
+    let err = open_blob(&Codec::plain(), "packs/x", e, &blob, &mut out).unwrap_err();
     assert!(matches!(err, Error::UnsupportedFormat { .. }), "{err}");
 }
 
@@ -145,8 +155,8 @@ proptest! {
     /// what the pack's size justifies.
     #[test]
     fn arbitrary_suffixes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600), extra in 0u64..1 << 40) {
-        let _ = decode_trailer("p", &bytes, bytes.len() as u64, MAX);
-        let _ = decode_trailer("p", &bytes, bytes.len() as u64 + extra, MAX);
+        let _ = decode_trailer(&Codec::plain(), "p", &bytes, bytes.len() as u64, MAX);
+        let _ = decode_trailer(&Codec::plain(), "p", &bytes, bytes.len() as u64 + extra, MAX);
     }
 
     #[test]
@@ -157,7 +167,7 @@ proptest! {
         uniq.dedup();
         prop_assume!(uniq.len() == chunks.len());
         let (_, pack, written) = build(&chunks, level);
-        let got = decode_trailer("p", &pack, pack.len() as u64, MAX).unwrap();
+        let got = decode_trailer(&Codec::plain(), "p", &pack, pack.len() as u64, MAX).unwrap();
         prop_assert_eq!(got, written);
     }
 }

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 
 use super::pack::{PackEntry, PackWriter};
 use crate::backend::{Backend, ObjectClass};
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
@@ -55,6 +56,7 @@ pub struct StoredPack {
 /// Appends chunks to the open pack and seals it at the target size.
 #[derive(Debug)]
 pub struct Packer {
+    codec: Arc<Codec>,
     target: u64,
     level: i32,
     open: PackWriter,
@@ -65,8 +67,9 @@ pub struct Packer {
 impl Packer {
     /// A packer sealing packs once their blobs reach `target` bytes, and
     /// compressing at zstd `level` (0: stored).
-    pub fn new(target: u64, level: i32) -> Self {
+    pub fn new(codec: Arc<Codec>, target: u64, level: i32) -> Self {
         Packer {
+            codec,
             target: target.max(1),
             level,
             open: PackWriter::new(),
@@ -81,11 +84,32 @@ impl Packer {
         if !self.open_ids.insert(id) {
             return Ok(None);
         }
-        self.open.push(id, plain, self.level)?;
-        if self.open.len() >= self.target {
-            return Ok(self.seal());
+        self.open.push(&self.codec, id, plain, self.level)?;
+        Ok(self.seal_if_full())
+    }
+
+    /// Appends a blob already made by `Codec::encode_chunk` (compressed
+    /// and sealed on a worker thread) of a chunk of `plain_len` bytes;
+    /// returns the pack if it filled it. A chunk already in the open pack
+    /// is skipped.
+    pub fn push_stored(
+        &mut self,
+        id: ObjectId,
+        plain_len: usize,
+        blob: &[u8],
+    ) -> Result<Option<SealedPack>> {
+        if !self.open_ids.insert(id) {
+            return Ok(None);
         }
-        Ok(None)
+        self.open.push_stored(id, plain_len, blob)?;
+        Ok(self.seal_if_full())
+    }
+
+    fn seal_if_full(&mut self) -> Option<SealedPack> {
+        if self.open.len() >= self.target {
+            return self.seal();
+        }
+        None
     }
 
     /// Seals the open pack, if it holds anything (the end of a disk).
@@ -94,7 +118,7 @@ impl Packer {
             return None;
         }
         self.open_ids.clear();
-        let (name, bytes, entries) = std::mem::take(&mut self.open).finish();
+        let (name, bytes, entries) = std::mem::take(&mut self.open).finish(&self.codec);
         Some(SealedPack {
             name,
             bytes,

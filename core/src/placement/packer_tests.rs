@@ -1,8 +1,10 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::codec::Codec;
 use crate::placement::chunk_id;
 use crate::placement::pack_read::read_trailer;
+use crate::placement::test_codec as plain;
 use crate::testing::MemBackend;
 
 /// Chunks zstd cannot shrink, so stored sizes are predictable.
@@ -19,7 +21,7 @@ fn noise(i: u32, len: usize) -> Vec<u8> {
 }
 
 async fn pack_all(backend: Arc<MemBackend>, chunks: &[Vec<u8>], target: u64) -> Vec<StoredPack> {
-    let mut packer = Packer::new(target, 3);
+    let mut packer = Packer::new(plain(), target, 3);
     let mut uploads = PackUploads::new(backend, 2);
     let mut stored = Vec::new();
     for c in chunks {
@@ -57,7 +59,7 @@ async fn packs_seal_at_the_target_and_keep_the_chunks_in_order() {
     assert_eq!(backend.request_counts().get("put"), Some(&5));
     for p in &packs {
         assert_eq!(p.stored, Stored::New);
-        let trailer = read_trailer(&*backend, &p.name, p.size, 1 << 20)
+        let trailer = read_trailer(&*backend, &Codec::plain(), &p.name, p.size, 1 << 20)
             .await
             .unwrap();
         assert_eq!(trailer, p.entries, "the trailer says what was packed");
@@ -82,7 +84,7 @@ async fn a_failed_put_is_returned_and_its_chunks_never_reported_stored() {
         ..FaultPlan::default()
     };
     let backend = Arc::new(FaultyBackend::new(Arc::new(MemBackend::default()), plan));
-    let mut packer = Packer::new(1, 0);
+    let mut packer = Packer::new(plain(), 1, 0);
     let mut uploads = PackUploads::new(backend, 1);
     let sealed = packer.push(chunk_id(b"x"), b"x").unwrap().unwrap();
     uploads.send(sealed).await.unwrap();

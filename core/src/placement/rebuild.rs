@@ -10,6 +10,7 @@ use super::index::IndexEntry;
 use super::known::store_index;
 use super::pack_read::read_trailer;
 use crate::backend::Backend;
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::progress::Progress;
@@ -36,6 +37,7 @@ pub struct Rebuilt {
 /// prefix would bound it; not needed below about 10^7 chunks).
 pub async fn rebuild(
     backend: Arc<dyn Backend>,
+    codec: &Codec,
     max_chunk: u32,
     progress: &Progress,
 ) -> Result<Rebuilt> {
@@ -51,7 +53,7 @@ pub async fn rebuild(
         let Some(name) = keys::parse_pack(&meta.key) else {
             continue;
         };
-        match read_trailer(&*backend, &name, meta.size, max_chunk).await {
+        match read_trailer(&*backend, codec, &name, meta.size, max_chunk).await {
             Ok(found) => {
                 out.packs += 1;
                 entries.extend(
@@ -68,7 +70,7 @@ pub async fn rebuild(
     entries.sort_unstable_by_key(|e| e.entry.id);
     entries.dedup_by_key(|e| e.entry.id);
     out.chunks = entries.len() as u64;
-    out.written = store_index(&*backend, entries).await?;
+    out.written = store_index(&*backend, codec, entries).await?;
     Ok(out)
 }
 

@@ -2,10 +2,12 @@ use std::sync::Arc;
 
 use super::*;
 use crate::backend::PutMode;
+use crate::codec::Codec;
 use crate::id::ObjectId;
 use crate::placement::chunk_id;
 use crate::placement::lookup::ChunkIndex;
 use crate::placement::packer::{PackUploads, Packer, StoredPack};
+use crate::placement::test_codec as plain;
 use crate::testing::MemBackend;
 
 fn chunk(i: u32) -> Vec<u8> {
@@ -17,7 +19,7 @@ fn chunk(i: u32) -> Vec<u8> {
 /// 60 chunks in packs of about 3 chunks' compressed size.
 async fn store_packs(backend: Arc<MemBackend>) -> (Vec<Vec<u8>>, Vec<StoredPack>) {
     let chunks: Vec<Vec<u8>> = (0..60).map(chunk).collect();
-    let mut packer = Packer::new(300, 3);
+    let mut packer = Packer::new(plain(), 300, 3);
     let mut uploads = PackUploads::new(backend, 2);
     for c in &chunks {
         if let Some(p) = packer.push(chunk_id(c), c).unwrap() {
@@ -36,23 +38,31 @@ async fn the_index_is_rebuilt_from_pack_trailers_after_it_was_deleted() {
     let (chunks, packs) = store_packs(backend.clone()).await;
     assert!(packs.len() > 5);
     let progress = Progress::default();
-    let first = rebuild(backend.clone(), 1 << 20, &progress).await.unwrap();
+    let first = rebuild(backend.clone(), &Codec::plain(), 1 << 20, &progress)
+        .await
+        .unwrap();
     assert_eq!((first.packs, first.chunks), (packs.len() as u64, 60));
     let (key, stored) = first.written.unwrap();
     assert_eq!(stored, Stored::New);
     // The same packs give the same object: nothing new is written.
-    let again = rebuild(backend.clone(), 1 << 20, &progress).await.unwrap();
+    let again = rebuild(backend.clone(), &Codec::plain(), 1 << 20, &progress)
+        .await
+        .unwrap();
     assert_eq!(again.written, Some((key.clone(), Stored::Existed)));
     backend.delete_many(&[key]).await.unwrap();
     assert_eq!(
-        ChunkIndex::open(backend.clone(), None)
+        ChunkIndex::open(backend.clone(), plain(), None)
             .await
             .unwrap()
             .objects(),
         0
     );
-    rebuild(backend.clone(), 1 << 20, &progress).await.unwrap();
-    let index = ChunkIndex::open(backend.clone(), None).await.unwrap();
+    rebuild(backend.clone(), &Codec::plain(), 1 << 20, &progress)
+        .await
+        .unwrap();
+    let index = ChunkIndex::open(backend.clone(), plain(), None)
+        .await
+        .unwrap();
     let ids: Vec<ObjectId> = chunks.iter().map(|c| chunk_id(c)).collect();
     let found = index.lookup(&ids).await.unwrap();
     for (id, f) in ids.iter().zip(found) {
@@ -72,7 +82,7 @@ async fn a_damaged_pack_is_reported_and_the_others_indexed() {
         .put(&key, whole.slice(..whole.len() - 10), PutMode::Overwrite)
         .await
         .unwrap();
-    let out = rebuild(backend, 1 << 20, &Progress::default())
+    let out = rebuild(backend, &Codec::plain(), 1 << 20, &Progress::default())
         .await
         .unwrap();
     assert_eq!(out.packs, packs.len() as u64 - 1);
@@ -87,9 +97,15 @@ async fn a_cancelled_rebuild_writes_nothing() {
     store_packs(backend.clone()).await;
     let progress = Progress::default();
     progress.cancel();
-    let err = rebuild(backend.clone(), 1 << 20, &progress)
+    let err = rebuild(backend.clone(), &Codec::plain(), 1 << 20, &progress)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Cancelled { .. }), "{err}");
-    assert_eq!(ChunkIndex::open(backend, None).await.unwrap().objects(), 0);
+    assert_eq!(
+        ChunkIndex::open(backend, plain(), None)
+            .await
+            .unwrap()
+            .objects(),
+        0
+    );
 }

@@ -4,16 +4,17 @@
 //! it has not changed there) yields the same segments, so the same nodes
 //! and chunks: content addressing means any match is the right bytes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use crate::backup::segment::seal_segment;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::lease::ObjectRef;
 use crate::names::{DiskName, VmName};
+use crate::placement::lookup::ChunkIndex;
 use crate::progress::Progress;
 use crate::repo::{Repository, Stored};
 use crate::source::DiskSource;
@@ -21,8 +22,6 @@ use crate::task::blocking;
 
 /// Segments read and chunked at once (each holds a segment in memory).
 const SEGMENTS_IN_FLIGHT: usize = 2;
-/// Puts in flight per segment.
-const PUTS: usize = 16;
 
 /// A disk image to take data from: `--vm VM --disk D=PATH`.
 #[derive(Debug)]
@@ -59,7 +58,7 @@ impl RepairSource {
 }
 
 /// Reads each source whole and stores the wanted chunks and nodes it
-/// holds (create-only: whatever is there already stays). Returns how many
+/// holds (chunks in new packs, nodes create-only). Returns how many
 /// chunks and nodes were stored.
 pub(super) async fn restock(
     repo: &Repository,
@@ -81,6 +80,12 @@ pub(super) async fn restock(
     let seg = repo.config().segment_size;
     let (params, level) = (repo.config().chunking, repo.config().zstd_level);
     let (mut stored_chunks, mut stored_nodes) = (0, 0);
+    // New packs and one index object, whatever the index says: the
+    // wanted chunks are missing or damaged where it points.
+    let placement = repo.chunks();
+    let session = placement.session(Arc::new(ChunkIndex::empty(repo.backend().clone())));
+    let mut packs = session.disk();
+    let mut done: HashSet<ObjectId> = HashSet::new();
     for s in sources {
         let size = s.source.size();
         let mut sealed = futures::stream::iter((0..size.div_ceil(seg)).map(|i| {
@@ -99,6 +104,9 @@ pub(super) async fn restock(
         .buffered(SEGMENTS_IN_FLIGHT);
         while let Some(r) = sealed.next().await {
             if progress.is_cancelled() {
+                // What was stored is made findable before stopping.
+                packs.finish().await?;
+                session.finish().await?;
                 return Err(Error::Cancelled {
                     cleaned: format!(
                         "stopped storing data again after {stored_chunks} chunk(s) and \
@@ -107,16 +115,12 @@ pub(super) async fn restock(
                 });
             }
             let (segment, len) = r??;
-            let store = repo.chunks();
-            let puts: Vec<bool> = futures::stream::iter(segment.chunks)
-                .map(|(id, framed)| {
-                    let store = &store;
-                    async move { Ok::<_, Error>(store.put(&id, framed).await? == Stored::New) }
-                })
-                .buffer_unordered(PUTS)
-                .try_collect()
-                .await?;
-            stored_chunks += puts.iter().filter(|n| **n).count() as u64;
+            for (id, plain_len, blob) in segment.chunks {
+                if done.insert(id) {
+                    packs.add(id, plain_len, &blob).await?;
+                    stored_chunks += 1;
+                }
+            }
             if nodes.contains(&segment.node_id)
                 && repo.put_node(&segment.node_id, &segment.node).await?.0 == Stored::New
             {
@@ -125,5 +129,8 @@ pub(super) async fn restock(
             progress.add_done(len);
         }
     }
+    // Chunks before the nodes that name them are committed by the index.
+    packs.finish().await?;
+    session.finish().await?;
     Ok((stored_chunks, stored_nodes))
 }

@@ -139,8 +139,10 @@ pub async fn restore(
         })
     };
 
+    let index = repo.chunks().open_index().await?;
     let ctx = Arc::new(SegmentCtx {
         repo: repo.clone(),
+        index: std::sync::Mutex::new(index),
         d: d.clone(),
         zeros,
         buffers,

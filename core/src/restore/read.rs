@@ -3,6 +3,7 @@
 //! (`segment.rs`), damage going on as listed ranges instead of stopping.
 //! Readers depend on this function only, not on how chunks are stored.
 
+use crate::placement::lookup::ChunkIndex;
 use std::sync::Arc;
 
 use super::DamagedRange;
@@ -42,13 +43,19 @@ impl std::fmt::Debug for SegmentReader {
 
 impl SegmentReader {
     /// For disk `d` of point `point` (`VM@ID`, as errors name it).
-    pub fn new(repo: &Repository, point: &str, d: Arc<DiskManifest>) -> SegmentReader {
+    pub fn new(
+        repo: &Repository,
+        index: Arc<ChunkIndex>,
+        point: &str,
+        d: Arc<DiskManifest>,
+    ) -> SegmentReader {
         // Read only where a segment is all zeros, and never written: the
         // allocator maps it lazily.
         let zeros: Arc<[u8]> = vec![0u8; d.segment_size as usize].into();
         SegmentReader {
             ctx: Arc::new(SegmentCtx {
                 repo: repo.clone(),
+                index: std::sync::Mutex::new(index),
                 zeros,
                 d,
                 buffers: Arc::new(BufferPool::default()),

@@ -10,21 +10,16 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
-
 use super::DamagedRange;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::image_hash::{self, SegmentHash};
 use crate::manifest::DiskManifest;
 use crate::node::Entry;
+use crate::placement::lookup::ChunkIndex;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::task::blocking;
-
-/// Chunk fetches in flight per segment.
-const FETCHES: usize = 16;
 
 /// A restored segment on its way to the writer.
 pub(super) enum Piece {
@@ -50,6 +45,9 @@ pub(super) struct Segment {
 /// What a segment task needs, shared by all of them.
 pub(super) struct SegmentCtx {
     pub(super) repo: Repository,
+    /// The chunk index, opened once per restore or served point, and
+    /// again when a chunk is not where it says (see `fetch`).
+    pub(super) index: std::sync::Mutex<Arc<ChunkIndex>>,
     pub(super) d: Arc<DiskManifest>,
     pub(super) zeros: Arc<[u8]>,
     pub(super) buffers: Arc<BufferPool>,
@@ -122,7 +120,8 @@ impl Object {
 /// A chunk as fetched.
 enum Fetched {
     Zeros,
-    Framed(Bytes),
+    /// Opened and checked against its id.
+    Plain(Vec<u8>),
     Damaged(DamagedRange),
 }
 
@@ -199,37 +198,65 @@ impl SegmentCtx {
                 }
             },
         };
-        let store = self.repo.chunks();
-        let raw: Vec<Fetched> = futures::stream::iter(entries.iter().copied())
-            .scan(range.start, |off, e| {
-                let at = *off;
-                *off += e.len();
-                futures::future::ready(Some((at, e)))
-            })
-            .map(|(at, e)| {
-                let (store, ctx) = (&store, &self);
-                async move {
-                    let Some(id) = e.chunk() else {
-                        return Ok(Fetched::Zeros);
-                    };
-                    match store.get_raw(&id).await {
-                        Ok(b) => {
-                            ctx.progress.add_transferred(b.len() as u64);
-                            Ok(Fetched::Framed(b))
-                        }
-                        Err(err) => ctx
-                            .tolerate(at, e.len(), Object::Chunk(id), err)
-                            .map(Fetched::Damaged),
+        // One batched lookup and coalesced pack reads for the segment's
+        // chunks (each opened and checked against its id there).
+        let ids: Vec<ObjectId> = entries.iter().filter_map(|e| e.chunk()).collect();
+        let mut opened = self.fetch(&ids).await?.into_iter();
+        let mut at = range.start;
+        let mut raw = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let item = match e.chunk() {
+                None => Fetched::Zeros,
+                Some(id) => match opened.next() {
+                    Some(Ok(plain)) if plain.len() as u64 == e.len() => Fetched::Plain(plain),
+                    Some(Ok(plain)) => Fetched::Damaged(self.tolerate(
+                        at,
+                        e.len(),
+                        Object::Chunk(id),
+                        Error::corrupt(
+                            crate::keys::chunk(&id),
+                            format!("holds {} bytes, its node says {}", plain.len(), e.len()),
+                        ),
+                    )?),
+                    Some(Err(err)) => {
+                        Fetched::Damaged(self.tolerate(at, e.len(), Object::Chunk(id), err)?)
                     }
-                }
-            })
-            .buffered(FETCHES)
-            .try_collect()
-            .await?;
+                    None => return Err(Error::Internal("a fetch answered too few chunks".into())),
+                },
+            };
+            raw.push(item);
+            at += e.len();
+        }
         blocking("restore task", move || {
             self.assemble(range.start, len, entries, raw, damaged)
         })
         .await?
+    }
+
+    /// The chunks' plaintext (or why not). A chunk the index cannot give
+    /// is looked for once more in the index as it is now: a gc may have
+    /// moved it to another pack since this index was opened (a restore or
+    /// a server outlives a sweep; the lease keeps the chunk, not its
+    /// place).
+    async fn fetch(&self, ids: &[ObjectId]) -> Result<Vec<Result<Vec<u8>>>> {
+        let placement = self.repo.chunks();
+        let index = self.index.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let fetched = placement.fetch(&index, ids).await?;
+        self.progress.add_transferred(fetched.bytes);
+        let mut chunks = fetched.chunks;
+        let failed: Vec<usize> = (0..ids.len()).filter(|&k| chunks[k].is_err()).collect();
+        if failed.is_empty() {
+            return Ok(chunks);
+        }
+        let fresh = placement.open_index().await?;
+        *self.index.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        let again: Vec<ObjectId> = failed.iter().map(|&k| ids[k]).collect();
+        let refetched = placement.fetch(&fresh, &again).await?;
+        self.progress.add_transferred(refetched.bytes);
+        for (k, r) in failed.into_iter().zip(refetched.chunks) {
+            chunks[k] = r;
+        }
+        Ok(chunks)
     }
 
     /// Decompresses, verifies and hashes one segment.
@@ -258,23 +285,9 @@ impl SegmentCtx {
         let mut buf = self.buffers.take(len as usize);
         let mut off = 0usize;
         for (e, fetched) in entries.iter().zip(raw) {
-            let at = start + off as u64;
             let piece = &mut buf[off..off + e.len() as usize];
             match (e.chunk(), fetched) {
-                (Some(id), Fetched::Framed(framed)) => {
-                    if let Err(err) = self.repo.chunks().open_into(&id, &framed, piece) {
-                        match self.tolerate(at, e.len(), Object::Chunk(id), err) {
-                            Ok(r) => {
-                                piece.fill(0);
-                                damaged.push(r);
-                            }
-                            Err(err) => {
-                                self.buffers.give(buf);
-                                return Err(err);
-                            }
-                        }
-                    }
-                }
+                (Some(_), Fetched::Plain(plain)) => piece.copy_from_slice(&plain),
                 (_, Fetched::Damaged(r)) => {
                     piece.fill(0);
                     damaged.push(r);

@@ -9,6 +9,7 @@
 //! point, disk, offset and chunk); every other range of the disk reads
 //! as usual.
 
+use crate::placement::lookup::ChunkIndex;
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +65,7 @@ impl PointDisk {
     /// ahead of a sequential reader.
     pub fn new(
         repo: &Repository,
+        index: Arc<ChunkIndex>,
         m: &Manifest,
         disk: &str,
         cache: Arc<SegmentCache>,
@@ -74,7 +76,7 @@ impl PointDisk {
         let point = m.point_name();
         Ok(PointDisk {
             name: disk.to_string(),
-            reader: Arc::new(SegmentReader::new(repo, &point, d.clone())),
+            reader: Arc::new(SegmentReader::new(repo, index, &point, d.clone())),
             point,
             d,
             owner: cache.owner(),

@@ -71,6 +71,9 @@ impl Served {
         let lease = ServeLease::begin(repo, &pins).await?;
         let cache = SegmentCache::new(opts.cache_bytes);
         let opened = async {
+            // Opened after the lease: the served points' chunks are in it
+            // (and looked for again if a sweep moves them).
+            let index = repo.chunks().open_index().await?;
             let mut manifests = Vec::new();
             let mut exports: Vec<(usize, Arc<dyn Export>)> = Vec::new();
             for (n, s) in specs.iter().enumerate() {
@@ -83,6 +86,7 @@ impl Served {
                 for disk in disks {
                     let base = PointDisk::new(
                         repo,
+                        index.clone(),
                         &m,
                         &disk,
                         cache.clone(),

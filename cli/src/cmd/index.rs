@@ -1,0 +1,54 @@
+//! `xfull index rebuild`: the chunk index derived again from the packs
+//! (core/src/placement/rebuild.rs does the work).
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::cli::{Cli, IndexCommand};
+use crate::output::{print_json, printable};
+
+pub async fn run(cli: &Cli, cmd: &IndexCommand) -> Result<()> {
+    let IndexCommand::Rebuild(_) = cmd;
+    let repo = crate::open::open(cli).await?;
+    let progress = crate::progress();
+    let r = repo.chunks().rebuild(&progress).await?;
+    let written = r.written.as_ref().map(|(key, _)| key.clone());
+    let new = r
+        .written
+        .as_ref()
+        .is_some_and(|(_, s)| *s == xfull_core::repo::Stored::New);
+    if cli.json {
+        print_json(&json!({
+            "packs": r.packs,
+            "chunks": r.chunks,
+            "index_object": written,
+            "new": new,
+            "damaged_packs": r.damaged.iter().map(|(key, why)| json!({"key": key, "reason": why})).collect::<Vec<_>>(),
+        }))?;
+    } else if !cli.quiet {
+        println!("indexed {} chunks in {} packs", r.chunks, r.packs);
+        match &written {
+            Some(key) if new => println!("stored index object {key}"),
+            Some(key) => println!("index object {key} was already stored (same packs)"),
+            None => println!("no packs: nothing to index"),
+        }
+    }
+    for (key, why) in &r.damaged {
+        eprintln!(
+            "xfull: damaged pack left out of the index: {key}: {}",
+            printable(why)
+        );
+    }
+    match r.damaged.first() {
+        None => Ok(()),
+        Some((key, _)) => Err(xfull_core::Error::Corrupt {
+            key: key.clone(),
+            reason: format!(
+                "{} pack(s) have a damaged table and were left out of the index; their \
+                 chunks are missing until stored again (`xfull repair` with source images)",
+                r.damaged.len()
+            ),
+        }
+        .into()),
+    }
+}

@@ -1,0 +1,260 @@
+//! Reading chunks for restore, serve and verify: looked up in the index,
+//! read in coalesced runs of their packs (one ranged GET per run), every
+//! chunk opened and checked against its id.
+//!
+//! A chunk whose copy is damaged or whose pack is gone is looked for
+//! again in every index object: a repair or a later backup may have
+//! stored it again in another pack (two copies of one chunk are rare,
+//! see docs/design.md, "Pack layout"). Only when no copy opens is it
+//! damage, named by the chunk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use super::chunk_name;
+use super::index::IndexEntry;
+use super::lookup::ChunkIndex;
+use super::pack::open_blob;
+use super::pack_read::{MAX_GAP, MAX_RUN, coalesce, read_run};
+use crate::backend::Backend;
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::keys;
+
+/// Runs read at once.
+const RUNS_IN_FLIGHT: usize = 4;
+
+/// What a fetch read.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Per id asked, in order: its plaintext, or why no copy could be
+    /// read (always damage: any other failure fails the whole fetch).
+    pub chunks: Vec<Result<Vec<u8>>>,
+    /// Bytes read from the store.
+    pub bytes: u64,
+}
+
+/// Fetches the chunks `ids` (duplicates allowed). Memory: the runs in
+/// flight (at most [`RUNS_IN_FLIGHT`] x [`MAX_RUN`]) plus the plaintext
+/// of the chunks asked.
+pub async fn fetch(
+    backend: &dyn Backend,
+    codec: &Arc<Codec>,
+    index: &ChunkIndex,
+    ids: &[ObjectId],
+) -> Result<Fetched> {
+    let mut unique: Vec<ObjectId> = ids.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    let places = index.lookup(&unique).await?;
+    let mut got: HashMap<ObjectId, Result<Vec<u8>>> = HashMap::with_capacity(unique.len());
+    let mut wanted = Vec::new();
+    for (id, place) in unique.iter().zip(places) {
+        match place {
+            Some(p) => wanted.push(p),
+            None => {
+                got.insert(*id, Err(not_indexed(id)));
+            }
+        }
+    }
+    let runs = coalesce(wanted, MAX_GAP, MAX_RUN);
+    let mut bytes = 0u64;
+    let mut results = futures::stream::iter(runs)
+        .map(|run| async move {
+            let read = read_run(backend, codec, &run).await;
+            (run, read)
+        })
+        .buffered(RUNS_IN_FLIGHT);
+    while let Some((run, read)) = results.next().await {
+        match read {
+            Ok(opened) => {
+                bytes += run.range.end - run.range.start;
+                for (e, r) in opened {
+                    got.insert(e.id, r);
+                }
+            }
+            // A pack gone or shorter than the index says: each of its
+            // chunks may have another copy.
+            Err(e) if e.is_damage() => {
+                for entry in &run.entries {
+                    got.insert(
+                        entry.id,
+                        Err(Error::corrupt(keys::pack(&run.pack), e.to_string())),
+                    );
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    drop(results);
+    let failed: Vec<ObjectId> = got
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(id, _)| *id)
+        .collect();
+    if !failed.is_empty() {
+        bytes += other_copies(backend, codec, index, &failed, &mut got).await?;
+    }
+    let mut left: HashMap<ObjectId, usize> = HashMap::new();
+    for id in ids {
+        *left.entry(*id).or_default() += 1;
+    }
+    let chunks = ids
+        .iter()
+        .map(|id| {
+            let n = left.entry(*id).or_default();
+            *n = n.saturating_sub(1);
+            // The last asker takes the value; earlier ones get a copy.
+            let r = if *n == 0 {
+                got.remove(id)
+            } else {
+                got.get(id).map(|r| match r {
+                    Ok(v) => Ok(v.clone()),
+                    Err(e) => Err(Error::corrupt(chunk_name(id), e.to_string())),
+                })
+            };
+            r.unwrap_or_else(|| Err(not_indexed(id)))
+        })
+        .collect();
+    Ok(Fetched { chunks, bytes })
+}
+
+/// What [`check_all`] found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Chunks no copy of which opens, with why.
+    pub bad: Vec<(ObjectId, String)>,
+    /// Chunks read (good or bad).
+    pub chunks: u64,
+    /// Bytes read from the store.
+    pub bytes: u64,
+}
+
+/// Reads and checks every chunk of `ids` (distinct), pack by pack in
+/// offset order, so that packs are read sequentially in long runs rather
+/// than chunk by chunk; `done` is told each chunk's plain length as it is
+/// checked. Memory: 52 bytes per chunk for the places, plus the runs in
+/// flight; plaintext is dropped once checked.
+pub async fn check_all(
+    backend: &dyn Backend,
+    codec: &Arc<Codec>,
+    index: &ChunkIndex,
+    ids: &[ObjectId],
+    done: impl Fn(u64),
+) -> Result<Checked> {
+    let mut out = Checked::default();
+    let mut wanted = Vec::with_capacity(ids.len());
+    for (id, place) in ids.iter().zip(index.lookup(ids).await?) {
+        match place {
+            Some(p) => wanted.push(p),
+            None => {
+                out.chunks += 1;
+                out.bad.push((*id, not_indexed(id).to_string()));
+            }
+        }
+    }
+    let runs = coalesce(wanted, MAX_GAP, MAX_RUN);
+    let mut failed = Vec::new();
+    let mut results = futures::stream::iter(runs)
+        .map(|run| async move {
+            let read = read_run(backend, codec, &run).await;
+            (run, read)
+        })
+        .buffered(RUNS_IN_FLIGHT);
+    while let Some((run, read)) = results.next().await {
+        match read {
+            Ok(opened) => {
+                out.bytes += run.range.end - run.range.start;
+                for (e, r) in opened {
+                    out.chunks += 1;
+                    done(u64::from(e.plain_len));
+                    if let Err(why) = r {
+                        failed.push((e.id, why.to_string()));
+                    }
+                }
+            }
+            Err(e) if e.is_damage() => {
+                for entry in &run.entries {
+                    out.chunks += 1;
+                    done(u64::from(entry.plain_len));
+                    failed.push((entry.id, e.to_string()));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    drop(results);
+    if !failed.is_empty() {
+        let ids: Vec<ObjectId> = failed.iter().map(|(id, _)| *id).collect();
+        let mut got = failed
+            .into_iter()
+            .map(|(id, why)| (id, Err(Error::corrupt(chunk_name(&id), why))))
+            .collect();
+        out.bytes += other_copies(backend, codec, index, &ids, &mut got).await?;
+        out.bad.extend(
+            got.into_iter()
+                .filter_map(|(id, r)| r.err().map(|e| (id, e.to_string()))),
+        );
+    }
+    Ok(out)
+}
+
+/// Tries every other copy the index knows of the chunks that failed;
+/// replaces their results with the first copy that opens.
+async fn other_copies(
+    backend: &dyn Backend,
+    codec: &Arc<Codec>,
+    index: &ChunkIndex,
+    failed: &[ObjectId],
+    got: &mut HashMap<ObjectId, Result<Vec<u8>>>,
+) -> Result<u64> {
+    let mut bytes = 0;
+    for (id, places) in failed.iter().zip(index.lookup_all(failed).await?) {
+        // The first place was tried already.
+        for place in places.iter().skip(1) {
+            match read_one(backend, codec, place).await {
+                Ok(Some(plain)) => {
+                    bytes += u64::from(place.entry.stored_len);
+                    got.insert(*id, Ok(plain));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) if e.is_damage() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// Reads and opens one chunk at its place: `None` if its pack is gone.
+pub async fn read_one(
+    backend: &dyn Backend,
+    codec: &Codec,
+    place: &IndexEntry,
+) -> Result<Option<Vec<u8>>> {
+    let key = keys::pack(&place.pack);
+    let e = place.entry;
+    let blob = match backend.get_range(&key, e.range()).await {
+        Ok(b) => b,
+        Err(err) if err.is_not_found() => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    let mut out = vec![0u8; e.plain_len as usize];
+    open_blob(codec, &key, &e, &blob, &mut out)?;
+    Ok(Some(out))
+}
+
+fn not_indexed(id: &ObjectId) -> Error {
+    Error::corrupt(
+        chunk_name(id),
+        "missing from the repository (no index object lists it)",
+    )
+}
+
+#[cfg(test)]
+#[path = "fetch_tests.rs"]
+mod tests;
