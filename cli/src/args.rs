@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use clap::builder::PossibleValuesParser;
 
 use crate::cli::{S3Args, parse_secs, parse_size};
 
@@ -165,6 +166,18 @@ pub struct InitArgs {
     #[arg(long, value_name = "MODE", default_value = "xchacha20-poly1305",
           value_parser = ["xchacha20-poly1305", "none"])]
     pub encryption: String,
+    /// S3 only: storage class of chunk data, stored in the repository so
+    /// that every client uses it. A client's --s3-storage-class-chunks (or
+    /// its profile's) still wins: it is that operator's explicit choice.
+    #[arg(long, value_name = "CLASS",
+          value_parser = PossibleValuesParser::new(xfull_s3::storage_classes().iter().copied()))]
+    pub data_storage_class: Option<String>,
+    /// S3 only: server-side encryption of every object, stored in the
+    /// repository so that every client asks for it. A client's --s3-sse
+    /// (or its profile's) still wins.
+    #[arg(long, value_name = "MODE",
+          value_parser = PossibleValuesParser::new(xfull_s3::SSE_VALUES.iter().copied()))]
+    pub sse: Option<String>,
     #[command(flatten)]
     pub kdf: crate::args_key::KdfArgs,
     #[command(flatten)]

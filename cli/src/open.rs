@@ -6,14 +6,24 @@ use std::sync::Arc;
 use anyhow::Result;
 use xfull_core::Error;
 use xfull_core::backend::Backend;
+use xfull_core::config::StoreSettings;
+use xfull_core::crypto::SeenEncrypted;
 use xfull_core::repo::Repository;
 use xfull_local::{CreateError, LocalBackend, parse_location};
 use xfull_s3::{OpenError, S3Backend, S3Options};
 
 use crate::cli::{Cli, S3Args};
 
-/// The backend for a repository location; `create` makes a local directory.
-async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backend>> {
+/// The backend for a repository location; `create` makes a local
+/// directory. On S3, the repository's store settings (`stored`: those
+/// `init` is writing, else the ones in the config) fill in what `s3`
+/// leaves unset.
+async fn backend(
+    repo: &str,
+    s3: &S3Args,
+    create: bool,
+    stored: Option<&StoreSettings>,
+) -> Result<Arc<dyn Backend>> {
     if repo.starts_with("s3://") {
         let Some((bucket, prefix)) = S3Options::parse_url(repo) else {
             return Err(Error::InvalidArgument(format!(
@@ -32,11 +42,24 @@ async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backen
             sse: s3.s3_sse.clone(),
             static_credentials: None,
         };
-        let b = S3Backend::new(opts).await.map_err(|e| match e {
+        let mut b = S3Backend::new(opts).await.map_err(|e| match e {
             OpenError::Invalid(e) => anyhow::Error::new(Error::InvalidArgument(e.to_string())),
             OpenError::NoRegion { .. } => anyhow::anyhow!("{e}, or pass --s3-region"),
             e => e.into(),
         })?;
+        let peeked = match stored {
+            Some(_) => None,
+            None => stored_settings(&b).await,
+        };
+        if let Some(settings) = stored.or(peeked.as_ref()) {
+            // A value this build does not know, in a plain config anyone
+            // with write access could have written: damage naming it.
+            b.use_repository_settings(settings)
+                .map_err(|e| Error::Corrupt {
+                    key: xfull_core::keys::CONFIG.into(),
+                    reason: e.to_string(),
+                })?;
+        }
         if create && !s3.s3_no_conditional_put && !b.probe_conditional_put().await? {
             return Err(Error::InvalidArgument(format!(
                 "{} ignores If-None-Match on PUT, so concurrent writers could overwrite each \
@@ -58,6 +81,14 @@ async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backen
         return match LocalBackend::create(&dir) {
             Ok(b) => Ok(Arc::new(b)),
             // A directory with someone's files in it is the wrong argument.
+            // Only what `init` itself writes: another init racing this
+            // one is making the repository there.
+            Err(CreateError::NotEmpty { .. }) if holds_only_init_files(&dir) => {
+                Err(Error::RepositoryExists {
+                    location: format!("{} (or another init is making it)", dir.display()),
+                }
+                .into())
+            }
             Err(e @ CreateError::NotEmpty { .. }) => {
                 Err(Error::InvalidArgument(e.to_string()).into())
             }
@@ -80,13 +111,47 @@ async fn backend(repo: &str, s3: &S3Args, create: bool) -> Result<Arc<dyn Backen
     Ok(Arc::new(LocalBackend::open(&dir)?))
 }
 
+/// The store settings in an S3 repository's config (one small GET before
+/// the repository is opened, because the backend must know them before
+/// its first write). Any failure is left for the opening to report.
+async fn stored_settings(b: &S3Backend) -> Option<StoreSettings> {
+    let bytes = b.get(xfull_core::keys::CONFIG).await.ok()?;
+    let config = xfull_core::config::RepoConfig::decode(&bytes).ok()?;
+    Some(config.store)
+}
+
+/// Whether `dir` holds nothing but what `init` writes (`keys/`, `config`
+/// and its staging file): a directory someone else's files are in is a
+/// wrong argument, one another init is filling is an existing repository.
+fn holds_only_init_files(dir: &std::path::Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut any = false;
+    for entry in entries {
+        let Ok(entry) = entry else { return false };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name == "keys" || name == "config" || name.starts_with("config#")) {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 /// Opens the repository; an encrypted one is unlocked with the secret
 /// the command was given (asked for only then). An unencrypted one is
 /// named as such on a terminal, every time.
 pub async fn open(cli: &Cli) -> Result<Repository> {
     let (repo, s3) = crate::profile::resolve(cli)?;
-    let backend = backend(&repo, &s3, false).await?;
+    let backend = backend(&repo, &s3, false, None).await?;
+    let place = record_location(&repo, backend.as_ref());
     let repo = Repository::open_with(backend, || crate::secrets::current(cli)).await?;
+    if let Some(seen) = SeenEncrypted::from_env(|n| std::env::var_os(n)) {
+        seen.check(&place, repo.config())?;
+        remember(&seen, &place, &repo);
+    }
     if !repo.codec().is_encrypted() && !cli.quiet && std::io::stderr().is_terminal() {
         eprintln!(
             "xfull: note: the repository at {} is not encrypted (made with --encryption none)",
@@ -105,11 +170,75 @@ pub async fn init(
     params: xfull_core::crypto::Argon2Params,
 ) -> Result<Repository> {
     let (repo, s3) = crate::profile::resolve(cli)?;
+    if !config.store.is_empty() && parse_location(&repo).is_some() {
+        return Err(Error::InvalidArgument(format!(
+            "repository {repo}: --data-storage-class and --sse are settings of an S3 \
+             repository; a local directory has no storage classes or server-side encryption"
+        ))
+        .into());
+    }
+    let stored = config.store.clone();
+    let seen = SeenEncrypted::from_env(|n| std::env::var_os(n));
     if !encrypted {
-        return Ok(Repository::init(backend(&repo, &s3, true).await?, config).await?);
+        let backend = backend(&repo, &s3, true, Some(&stored)).await?;
+        let place = record_location(&repo, backend.as_ref());
+        let made = Repository::init(backend, config).await?;
+        // Made unencrypted here on purpose: a record of an encrypted
+        // repository once at this place must not refuse it.
+        if let Some(seen) = seen {
+            seen.forget_location(&place)?;
+        }
+        return Ok(made);
     }
     // The secret first: a bad source leaves no directory behind.
-    let secret = crate::secrets::for_init(cli)?;
-    let backend = backend(&repo, &s3, true).await?;
-    Ok(Repository::init_encrypted(backend, config, &secret, params).await?)
+    let (secret, made_key_file) = crate::secrets::for_init(cli)?;
+    let result = async {
+        let backend = backend(&repo, &s3, true, Some(&stored)).await?;
+        let place = record_location(&repo, backend.as_ref());
+        anyhow::Ok((
+            Repository::init_encrypted(backend, config, &secret, params).await?,
+            place,
+        ))
+    }
+    .await;
+    let (made, place) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // A key file for a repository that was not made opens nothing.
+            if let Some(path) = &made_key_file {
+                crate::secrets::remove_made_key_file(path, &secret);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(seen) = seen {
+        remember(&seen, &place, &made);
+    }
+    Ok(made)
+}
+
+/// The repository's place, as the record of repositories seen encrypted
+/// keys it: a local directory by its canonical path (so `./repo` and
+/// `/srv/repo` are one place), else the backend's location.
+fn record_location(repo: &str, backend: &dyn Backend) -> String {
+    match parse_location(repo) {
+        Some(dir) => std::fs::canonicalize(&dir)
+            .unwrap_or(dir)
+            .display()
+            .to_string(),
+        None => backend.location(),
+    }
+}
+
+/// Records an encrypted repository as such. A record that cannot be
+/// written does not stop the command (the repository is fine), but the
+/// user is told that the downgrade check will not know it.
+fn remember(seen: &SeenEncrypted, place: &str, repo: &Repository) {
+    if let Err(e) = seen.record(place, repo.config()) {
+        eprintln!(
+            "xfull: warning: {}; a later rewrite of this repository's config to \
+             \"unencrypted\" would not be noticed from this record",
+            crate::output::printable(&e.to_string())
+        );
+    }
 }

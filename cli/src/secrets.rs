@@ -2,6 +2,8 @@
 //! the environment, the profile or the terminal (in that order; the first
 //! source given wins, and one that fails is an error naming it).
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Result;
 use xfull_core::crypto::keyfile;
 use xfull_core::crypto::password::Ask;
@@ -41,16 +43,26 @@ pub fn current(cli: &Cli) -> xfull_core::Result<Secret> {
 }
 
 /// The first secret of a new repository: a `--key-file` that does not
-/// exist yet is made; a password from a prompt is asked twice.
-pub fn for_init(cli: &Cli) -> Result<Secret> {
+/// exist yet is made (and returned, for `init` to remove if it fails); a
+/// password from a prompt is asked twice.
+pub fn for_init(cli: &Cli) -> Result<(Secret, Option<PathBuf>)> {
     let s = sources(cli)?;
     if let Some(path) = &s.key_file
         && !path.exists()
         && s.password_command.is_none()
     {
-        return Ok(keyfile::generate(path)?);
+        return Ok((keyfile::generate(path)?, Some(path.clone())));
     }
-    Ok(s.resolve(Ask::Confirm)?)
+    Ok((s.resolve(Ask::Confirm)?, None))
+}
+
+/// Removes the key file `init` made at `path` once init failed: only if
+/// it still holds the key made (a file put there since is someone
+/// else's).
+pub fn remove_made_key_file(path: &Path, made: &Secret) {
+    if keyfile::read(path).is_ok_and(|k| k.bytes() == made.bytes()) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// The new secret of `key add` / `key passwd`.

@@ -118,7 +118,7 @@ impl Codec {
     ) -> Result<Cow<'a, [u8]>> {
         match &self.keys {
             Some(k) => Ok(Cow::Owned(k.master.open_meta(kind, name, stored)?)),
-            None => Ok(Cow::Borrowed(stored)),
+            None => plain_object(name, stored),
         }
     }
 
@@ -143,7 +143,7 @@ impl Codec {
                 .data_opener("reading chunk data")
                 .err()
                 .unwrap_or_else(|| Error::Internal("data opener missing".into()))),
-            None => Ok(Cow::Borrowed(stored)),
+            None => plain_object(&id.to_hex(), stored),
         }
     }
 
@@ -172,6 +172,21 @@ impl Codec {
     }
 }
 
+/// A stored object of an unencrypted repository. A sealed one there
+/// means the config was rewritten to say "unencrypted" (or the object
+/// came from an encrypted repository): damage that says so, rather than
+/// an undecodable frame.
+fn plain_object<'a>(name: &str, stored: &'a [u8]) -> Result<Cow<'a, [u8]>> {
+    if crate::crypto::seal::looks_sealed(stored) {
+        return Err(Error::corrupt(
+            name,
+            "is sealed (encrypted), but the config says the repository is unencrypted: \
+             the config may have been replaced",
+        ));
+    }
+    Ok(Cow::Borrowed(stored))
+}
+
 /// The seal kind of a frame kind (the config is never sealed: it says
 /// whether the repository is encrypted).
 pub fn seal_kind(kind: Kind) -> SealKind {
@@ -196,6 +211,32 @@ mod tests {
         assert_eq!(c.seal_meta(SealKind::Node, "n", b"abc".to_vec()), b"abc");
         assert_eq!(&*c.open_chunk(&ObjectId::of(b"x"), b"abc").unwrap(), b"abc");
         c.require_data("restore").unwrap();
+    }
+
+    #[test]
+    fn sealed_bytes_met_by_a_plain_codec_are_damage_that_says_so() {
+        // A config rewritten to say "unencrypted" must not let sealed
+        // objects pass as (undecodable) plain ones without a word.
+        let sealed = Codec::encrypted(MasterKeys::generate());
+        let plain = Codec::plain();
+        let stored = sealed
+            .encode_meta(Kind::Node, "nodes/aa/a1", b"x", 3)
+            .unwrap();
+        let id = sealed.chunk_id(b"data");
+        let chunk = sealed.encode_chunk(&id, b"data", 3).unwrap();
+        for e in [
+            plain
+                .open_meta(SealKind::Node, "nodes/aa/a1", &stored)
+                .unwrap_err(),
+            plain
+                .decode_meta(Kind::Node, "nodes/aa/a1", &stored, 1 << 20)
+                .unwrap_err(),
+            plain.open_chunk(&id, &chunk).unwrap_err(),
+        ] {
+            assert!(e.is_damage(), "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains("sealed") && msg.contains("config"), "{msg}");
+        }
     }
 
     #[test]

@@ -91,6 +91,50 @@ pub struct RepoConfig {
     /// `None`: made with `--encryption none`, objects plain, ids plain
     /// BLAKE3. The config itself is never sealed: it says which.
     pub encryption: Option<Encryption>,
+    /// Settings of the store that belong to the repository (S3 only),
+    /// used by every client unless its command line or profile says
+    /// otherwise. Left out of the encoding when empty.
+    #[serde(default, skip_serializing_if = "StoreSettings::is_empty")]
+    pub store: StoreSettings,
+}
+
+/// Store settings kept in the config by `init --data-storage-class
+/// CLASS --sse MODE`. Checked here only for shape (the S3 backend knows
+/// the values): the config is plain, so a hostile one must not smuggle
+/// arbitrary text into request headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreSettings {
+    /// Storage class of chunk data (S3 `x-amz-storage-class`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_storage_class: Option<String>,
+    /// Server-side encryption of every object (S3
+    /// `x-amz-server-side-encryption`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<String>,
+}
+
+impl StoreSettings {
+    pub fn is_empty(&self) -> bool {
+        self.data_storage_class.is_none() && self.sse.is_none()
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        for (what, v) in [
+            ("data storage class", &self.data_storage_class),
+            ("server-side encryption", &self.sse),
+        ] {
+            if let Some(v) = v
+                && (v.is_empty()
+                    || v.len() > 32
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_:-.".contains(&b)))
+            {
+                return Err(format!("{what} {v:?} is not a setting name"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How an encrypted repository's objects are made (docs/design.md,
@@ -134,6 +178,7 @@ impl RepoConfig {
             zstd_level,
             protocol: Protocol::default(),
             encryption: None,
+            store: StoreSettings::default(),
         };
         cfg.validate().map_err(Error::InvalidArgument)?;
         Ok(cfg)
@@ -178,7 +223,7 @@ impl RepoConfig {
         if !(1..=19).contains(&self.zstd_level) {
             return Err(format!("zstd level {} must be 1 to 19", self.zstd_level));
         }
-        Ok(())
+        self.store.validate()
     }
 
     pub fn encode(&self) -> Result<Vec<u8>> {
@@ -268,6 +313,28 @@ mod tests {
         let mut cfg = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
         cfg.encryption = Some(Encryption { check: [7; 32] });
         assert_eq!(RepoConfig::decode(&cfg.encode().unwrap()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn store_settings_round_trip_and_are_left_out_when_empty() {
+        let cfg = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
+        let plain = cfg.encode().unwrap();
+        let mut with = cfg.clone();
+        with.store = StoreSettings {
+            data_storage_class: Some("STANDARD_IA".into()),
+            sse: Some("aws:kms".into()),
+        };
+        let encoded = with.encode().unwrap();
+        assert!(encoded.len() > plain.len());
+        assert_eq!(RepoConfig::decode(&encoded).unwrap(), with);
+        assert!(RepoConfig::decode(&plain).unwrap().store.is_empty());
+        // A hostile config cannot put header text into requests.
+        with.store.sse = Some("AES256\r\nX-Evil: 1".into());
+        let e = RepoConfig::decode(&with.encode().unwrap()).unwrap_err();
+        assert!(
+            e.is_damage() && e.to_string().contains("server-side"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -222,6 +222,12 @@ pub enum Error {
     )]
     LastFullKeySlot { slot: String },
 
+    /// This client's record of repositories seen encrypted
+    /// (crypto/seen.rs) cannot be read or written: the downgrade check
+    /// cannot be made, so the command stops rather than pass silently.
+    #[error("record of repositories seen encrypted {}: {reason}", path.display())]
+    ClientRecord { path: PathBuf, reason: String },
+
     /// Master keys are made once per repository; `keys/` already has slots.
     #[error("the repository at {location} already has key slots; refusing to make new master keys")]
     KeysExist { location: String },

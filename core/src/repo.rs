@@ -69,7 +69,15 @@ impl Repository {
                 location: backend.location(),
             });
         }
-        let master = crypto::create_keys(backend.as_ref(), secret, params).await?;
+        let master = match crypto::create_keys(backend.as_ref(), secret, params).await {
+            Ok(m) => m,
+            // Another `init` wrote its slot first: it is making the
+            // repository (or made it and crashed before its config).
+            Err(Error::KeysExist { location }) => {
+                return Err(Error::RepositoryExists { location });
+            }
+            Err(e) => return Err(e),
+        };
         let config = RepoConfig {
             encryption: Some(Encryption {
                 check: master.check_value(),
@@ -121,7 +129,12 @@ impl Repository {
         };
         let config = RepoConfig::decode(&bytes)?;
         let codec = match &config.encryption {
-            None => Codec::plain(),
+            None => {
+                // A config rewritten to say "unencrypted" must not make
+                // this client write in the clear (crypto/downgrade.rs).
+                crypto::downgrade::check_store(backend.as_ref(), &config).await?;
+                Codec::plain()
+            }
             Some(enc) => {
                 let secret = secret()?;
                 let master = crypto::unlock(backend.as_ref(), &secret).await?;

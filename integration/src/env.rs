@@ -104,6 +104,7 @@ impl<'s> Env<'s> {
         std.env("XFULL_REPO", &self.url)
             .env("XFULL_PASSWORD_FILE", self.password_file())
             .env_remove("XFULL_PASSWORD")
+            .env("XDG_STATE_HOME", self.state_dir())
             .args(args);
         if let Some(s) = self.s3 {
             s.set_env(&mut std);
@@ -115,6 +116,22 @@ impl<'s> Env<'s> {
     /// `XFULL_PASSWORD_FILE` (repositories are encrypted by default).
     pub fn password_file(&self) -> PathBuf {
         self.dir.path().join(PASSWORD_FILE)
+    }
+
+    /// The client state of this test's commands (`XDG_STATE_HOME`: the
+    /// record of repositories seen encrypted), private to the test so that
+    /// tests neither share it nor touch the user's.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A client state directory of its own for commands run as another
+    /// user (`uid`): one it cannot read would be an error, not a pass.
+    pub fn state_dir_of(&self, uid: u32) -> PathBuf {
+        let dir = self.dir.path().join(format!("state-{uid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+        dir
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -306,6 +306,7 @@ fn repository_errors() {
     Command::new(xfull_bin())
         .env("XFULL_REPO", "/nonexistent")
         .env("XFULL_PASSWORD_FILE", e.password_file())
+        .env("XDG_STATE_HOME", e.state_dir())
         .args(["-r", other.to_str().unwrap(), "init"])
         .assert()
         .success();

@@ -27,6 +27,7 @@ fn limited(e: &Env, args: &[&str]) -> Output {
         .args(args)
         .env("XFULL_REPO", &e.url)
         .env("XFULL_PASSWORD_FILE", e.password_file())
+        .env("XDG_STATE_HOME", e.state_dir())
         .env("MALLOC_ARENA_MAX", "2")
         .output()
         .unwrap()

@@ -451,6 +451,7 @@ fn a_permission_error_fails_with_a_clear_error_and_no_point() {
         ])
         .env("XFULL_REPO", &e.url)
         .env("XFULL_PASSWORD_FILE", e.password_file())
+        .env("XDG_STATE_HOME", e.state_dir_of(65534))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

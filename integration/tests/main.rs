@@ -7,12 +7,14 @@
 //! must be declared below; `every_test_file_is_declared` fails otherwise.
 
 mod cli;
+mod downgrade;
 mod encryption;
 mod engine;
 mod gc_liveness;
 mod hostile_dir;
 mod hostile_repo;
 mod incremental;
+mod init_failures;
 mod integrity;
 mod json_schema;
 mod mount;
@@ -27,6 +29,7 @@ mod s3;
 mod s3_errors;
 mod serve;
 mod signals;
+mod store_settings;
 mod unlocked;
 
 /// A file in `tests/` that is not declared above would silently never run.

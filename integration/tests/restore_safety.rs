@@ -60,6 +60,7 @@ fn via_sh(e: &Env, script: &str, args: &[&str]) -> Output {
         .args(args)
         .env("XFULL_REPO", &e.url)
         .env("XFULL_PASSWORD_FILE", e.password_file())
+        .env("XDG_STATE_HOME", e.state_dir())
         .output()
         .unwrap()
 }
@@ -362,6 +363,7 @@ fn an_unreadable_chunk_is_an_error_and_a_damaged_one_is_damage() {
             .args(["restore", &point, "--disk", "d", "--to", "-"])
             .env("XFULL_PASSWORD_FILE", e.password_file())
             .env("XFULL_REPO", &e.url)
+            .env("XDG_STATE_HOME", e.state_dir_of(65534))
             .stdout(Stdio::piped())
             .output()
             .unwrap()

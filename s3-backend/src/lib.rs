@@ -36,6 +36,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use xfull_core::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutMode, PutOptions};
+use xfull_core::config::StoreSettings;
 
 use attempts::Attempts;
 use errors::Mapper;
@@ -96,6 +97,42 @@ impl S3Backend {
             opts,
             counters: Counters::default(),
         })
+    }
+
+    /// Takes the repository's stored settings (its config, from `init
+    /// --data-storage-class / --sse`) where the options give none: what
+    /// this client says explicitly (a flag, its profile) wins, because it
+    /// is the operator's choice for this client, while the repository's
+    /// is everyone's default. A stored value this build does not know is
+    /// refused, naming the config.
+    pub fn use_repository_settings(&mut self, stored: &StoreSettings) -> Result<(), InvalidOption> {
+        let from_config = |what, v: &Option<String>, valid: &[&str]| -> Result<_, InvalidOption> {
+            options::one_of(what, v, valid)?;
+            Ok(v.clone())
+        };
+        let class = from_config(
+            "data storage class in the repository config",
+            &stored.data_storage_class,
+            storage_classes(),
+        )?;
+        let sse = from_config(
+            "server-side encryption in the repository config",
+            &stored.sse,
+            SSE_VALUES,
+        )?;
+        if self.opts.chunk_storage_class.is_none() {
+            self.opts.chunk_storage_class = class;
+            self.chunk_class = self
+                .opts
+                .chunk_storage_class
+                .as_deref()
+                .map(StorageClass::from);
+        }
+        if self.opts.sse.is_none() {
+            self.opts.sse = sse;
+            self.sse = self.opts.sse.as_deref().map(ServerSideEncryption::from);
+        }
+        Ok(())
     }
 
     fn key(&self, key: &str) -> String {
@@ -378,6 +415,61 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(class: Option<&str>, sse: Option<&str>) -> StoreSettings {
+        StoreSettings {
+            data_storage_class: class.map(String::from),
+            sse: sse.map(String::from),
+        }
+    }
+
+    async fn backend(class: Option<&str>, sse: Option<&str>) -> S3Backend {
+        S3Backend::new(S3Options {
+            bucket: "b".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: Some("us-east-1".into()),
+            static_credentials: Some(("k".into(), "s".into())),
+            chunk_storage_class: class.map(String::from),
+            sse: sse.map(String::from),
+            ..S3Options::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    /// What puts are asked for: the repository's settings where the client
+    /// gives none, the client's where it does.
+    #[tokio::test]
+    async fn repository_settings_fill_in_and_explicit_options_win() {
+        let stored = settings(Some("STANDARD_IA"), Some("aws:kms"));
+        let mut b = backend(None, None).await;
+        b.use_repository_settings(&stored).unwrap();
+        assert_eq!(
+            storage_class(b.chunk_class.as_ref(), ObjectClass::Data),
+            Some(StorageClass::StandardIa)
+        );
+        assert_eq!(
+            storage_class(b.chunk_class.as_ref(), ObjectClass::Metadata),
+            None
+        );
+        assert_eq!(b.sse, Some(ServerSideEncryption::AwsKms));
+
+        let mut b = backend(Some("GLACIER_IR"), Some("AES256")).await;
+        b.use_repository_settings(&stored).unwrap();
+        assert_eq!(b.chunk_class, Some(StorageClass::GlacierIr));
+        assert_eq!(b.sse, Some(ServerSideEncryption::Aes256));
+
+        let mut b = backend(None, None).await;
+        b.use_repository_settings(&StoreSettings::default())
+            .unwrap();
+        assert_eq!((b.chunk_class, b.sse), (None, None));
+
+        let e = backend(None, None)
+            .await
+            .use_repository_settings(&settings(Some("COLD"), None))
+            .unwrap_err();
+        assert!(e.to_string().contains("repository config"), "{e}");
+    }
 
     #[test]
     fn the_class_comes_from_the_put_options_not_the_key() {

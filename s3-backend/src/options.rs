@@ -138,7 +138,11 @@ impl std::fmt::Debug for S3Options {
     }
 }
 
-fn one_of(what: &'static str, value: &Option<String>, valid: &[&str]) -> Result<(), InvalidOption> {
+pub(crate) fn one_of(
+    what: &'static str,
+    value: &Option<String>,
+    valid: &[&str],
+) -> Result<(), InvalidOption> {
     match value {
         Some(v) if !valid.contains(&v.as_str()) => Err(InvalidOption {
             what,

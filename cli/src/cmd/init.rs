@@ -1,6 +1,6 @@
 use anyhow::Result;
 use xfull_core::chunker::ChunkParams;
-use xfull_core::config::{Protocol, RepoConfig};
+use xfull_core::config::{Protocol, RepoConfig, StoreSettings};
 
 use crate::cli::{Cli, InitArgs};
 use crate::output::{bytes, print_json};
@@ -22,6 +22,10 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
         lease_ttl_secs: args.lease_ttl,
         clock_margin_secs: args.clock_margin,
         sweep_ttl_secs: args.sweep_ttl,
+    };
+    config.store = StoreSettings {
+        data_storage_class: args.data_storage_class.clone(),
+        sse: args.sse.clone(),
     };
     config
         .validate()
@@ -61,6 +65,12 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
             bytes(c.chunking.max.into()),
             c.zstd_level
         );
+        if let Some(class) = &c.store.data_storage_class {
+            println!("chunk data in storage class {class} (unless a client asks otherwise)");
+        }
+        if let Some(sse) = &c.store.sse {
+            println!("server-side encryption {sse} (unless a client asks otherwise)");
+        }
     }
     Ok(())
 }

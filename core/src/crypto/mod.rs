@@ -1,8 +1,6 @@
-//! Client-side encryption: keys, key slots, sealing, secret sources.
-//!
-//! Being built: nothing here is part of the repository format yet (see
-//! `docs/design.md`, "Encryption"). The format change wires it in at a few
-//! seams, which is why the pieces are shaped the way they are:
+//! Client-side encryption: keys, key slots, sealing, secret sources (see
+//! `docs/design.md`, "Encryption"; `crate::codec` wires them into the
+//! format). The seams:
 //! - ids: every content id comes from one [`IdHasher`] (plain BLAKE3 for
 //!   `--encryption none`, keyed BLAKE3 otherwise);
 //! - metadata (nodes, manifests, indexes, leases, markers):
@@ -11,12 +9,15 @@
 //! - chunk data: one [`DataSealer`] per writer, [`DataOpener`] to read
 //!   (full-access keys only: [`Error::MissingCapability`] otherwise);
 //! - opening a repository: [`create_keys`] in `init`, [`unlock`] in open,
-//!   with a [`Secret`] from [`SecretSources::resolve`].
+//!   with a [`Secret`] from [`SecretSources::resolve`];
+//! - a config rewritten to say "unencrypted": [`downgrade`] (key slots
+//!   beside it) and [`SeenEncrypted`] (the client's record).
 //!
 //! [`Error::MissingCapability`]: crate::error::Error::MissingCapability
 
 mod cbor_bytes;
 pub mod data;
+pub mod downgrade;
 pub mod id_hasher;
 pub mod keyfile;
 pub mod manage;
@@ -27,6 +28,7 @@ pub mod password;
 pub mod prompt;
 pub mod seal;
 pub mod secret;
+pub mod seen;
 pub mod slot;
 
 pub use data::{DataOpener, DataPublicKey, DataSealer, DataSecretKey};
@@ -36,4 +38,5 @@ pub use master::{Access, MasterKeys};
 pub use password::SecretSources;
 pub use seal::{SealKind, open, seal};
 pub use secret::{Secret, SecretKey, SecretKind};
+pub use seen::SeenEncrypted;
 pub use slot::{Argon2Params, KeySlot};

@@ -118,6 +118,12 @@ pub const fn overhead(data_mode: bool) -> usize {
     6 + if data_mode { EPK_LEN } else { 0 } + NONCE_LEN + TAG_LEN
 }
 
+/// Whether `bytes` begin like a sealed object of any envelope version (no
+/// frame magic starts with `XFS`: frame kinds are other letters).
+pub fn looks_sealed(bytes: &[u8]) -> bool {
+    bytes.starts_with(&MAGIC[..3])
+}
+
 impl<'a> Envelope<'a> {
     /// Splits `bytes`, the object stored under `name`, checking its layout
     /// (never panics, allocates nothing).

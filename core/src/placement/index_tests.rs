@@ -157,3 +157,99 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+fn sealed() -> Arc<Codec> {
+    Arc::new(Codec::encrypted(crate::crypto::MasterKeys::generate()))
+}
+
+#[test]
+fn a_sealed_index_hides_its_entries_and_each_block_opens_alone() {
+    let codec = sealed();
+    let all = entries(3000, 5);
+    let obj = encode(&codec, all.clone());
+    let name = index_name(&obj);
+    let key = keys::index(&name);
+    // The same entries give the same name (a rebuild writes nothing),
+    // though the bytes differ (random nonces).
+    let again = encode(&codec, all.clone());
+    assert_eq!(index_name(&again), name);
+    assert_ne!(again, obj);
+    for e in &all {
+        assert!(!obj.windows(32).any(|w| w == e.entry.id.as_bytes()));
+        assert!(!obj.windows(32).any(|w| w == e.pack.as_bytes()));
+    }
+    assert_eq!(
+        obj.len(),
+        FIXED + 32 + 5 * 32 + SEAL + 3000 * ENTRY_LEN + 3 * SEAL,
+        "overhead: the name, and one seal for the head and per block"
+    );
+    let (_, mut decoded) = IndexHead::decode_all(&codec, &key, &obj).unwrap();
+    let mut want = all.clone();
+    want.sort_by_key(|e| e.entry.id);
+    decoded.sort_by_key(|e| e.entry.id);
+    assert_eq!(decoded, want);
+    // A ranged read of the head, then of single blocks.
+    let size = obj.len() as u64;
+    let len = IndexHead::head_len(&key, &obj[..64], size).unwrap() as usize;
+    let head = IndexHead::decode(&codec, &key, &obj[..len], size).unwrap();
+    assert_eq!((head.blocks(), head.packs().len()), (3, 5));
+    let reads = Cell::new(0);
+    for e in all.iter().step_by(37) {
+        assert_eq!(
+            head.lookup(&e.entry.id, reader(&obj, &reads)).unwrap(),
+            Some(*e)
+        );
+    }
+    assert_eq!(
+        head.lookup(&ObjectId::of(b"absent"), reader(&obj, &reads))
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn a_sealed_index_moved_edited_cut_or_mixed_is_damage_naming_it() {
+    let codec = sealed();
+    let all = entries(2500, 3);
+    let obj = encode(&codec, all.clone());
+    let key = keys::index(&index_name(&obj));
+    let damaged = |c: &Arc<Codec>, bytes: &[u8], k: &str, what: &str| {
+        let e = IndexHead::decode_all(c, k, bytes).unwrap_err();
+        assert!(e.is_damage() && e.to_string().contains(k), "{what}: {e}");
+    };
+    damaged(&codec, &obj, &keys::index(&ObjectId::of(b"other")), "moved");
+    let (head, _) = IndexHead::decode_all(&codec, &key, &obj).unwrap();
+    let (r0, r1) = (head.block_range(0), head.block_range(1));
+    let r = |r: &Range<u64>| r.start as usize..r.end as usize;
+    let mut swapped = obj.to_vec();
+    swapped[r(&r0)].copy_from_slice(&obj[r(&r1)]);
+    swapped[r(&r1)].copy_from_slice(&obj[r(&r0)]);
+    damaged(&codec, &swapped, &key, "blocks swapped");
+    // A block of another object of the same shape.
+    let shifted: Vec<IndexEntry> = all
+        .iter()
+        .map(|e| IndexEntry {
+            entry: PackEntry {
+                offset: e.entry.offset + 1,
+                ..e.entry
+            },
+            ..*e
+        })
+        .collect();
+    let other = encode(&codec, shifted);
+    let mut mixed = obj.to_vec();
+    mixed[r(&r1)].copy_from_slice(&other[r(&r1)]);
+    damaged(&codec, &mixed, &key, "a foreign block");
+    for i in (FIXED + 32..obj.len()).step_by(331) {
+        let mut b = obj.to_vec();
+        b[i] ^= 0x10;
+        damaged(&codec, &b, &key, &format!("byte {i}"));
+    }
+    damaged(&codec, &obj[..obj.len() - 1], &key, "cut");
+    // Another repository's keys; a plain codec; a plain object read by
+    // an encrypted repository.
+    damaged(&sealed(), &obj, &key, "other keys");
+    damaged(&plain(), &obj, &key, "plain codec");
+    let plain_obj = encode(&Codec::plain(), entries(10, 1));
+    damaged(&codec, &plain_obj, "index/p", "not sealed");
+}

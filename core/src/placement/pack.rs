@@ -5,15 +5,29 @@
 //! blob    := a chunk as the codec stores it (`Codec::encode_chunk`: the
 //!            chunk's frame, zstd-compressed, sealed under its chunk id
 //!            in an encrypted repository)
-//! trailer := "XFP1" count:u32 entry*count blake3:32 trailer_len:u32
+//! trailer := table trailer_len:u32                        unencrypted
+//!          | seal(Pack, "packs/..name", table) trailer_len:u32  encrypted
+//! table   := "XFP1" count:u32 entry*count blake3:32
 //! entry   := chunk id:32 offset:u64 stored_len:u32 plain_len:u32   (48 bytes)
 //! ```
+//!
+//! In an encrypted repository the table is sealed under the metadata key
+//! (`Codec::seal_meta`, 46 bytes per pack), bound to the pack's object
+//! key: nobody without the metadata key learns which chunks a pack holds
+//! or their lengths, and a trailer edited, cut, or moved from another pack
+//! does not open (damage naming the pack). The name must exist before the
+//! seal that is bound to it, so an encrypted pack is named by a keyed
+//! hash (the id key) of the BLAKE3 of its blobs and its plain table
+//! ([`PackWriter::finish`]), not by the hash of its stored bytes (blobs
+//! are sealed with random nonces, so no two packs are equal anyway).
+//! `trailer_len` stays plain so that one suffix read still finds the
+//! table.
 //!
 //! Integers are little-endian. The trailer lists every blob in pack order;
 //! its length is the pack's last 4 bytes, so one suffix read (a ranged GET
 //! of the last few KiB, or of exactly `trailer_len` bytes once known)
 //! gives the whole table, and the index can always be rebuilt from packs
-//! alone. The BLAKE3 covers the trailer from its magic to the last entry.
+//! alone. The BLAKE3 covers the table from its magic to the last entry.
 //! A blob is exactly what a chunk object of format 1 was (frame, then
 //! sealed by chunk id), so a ranged read of one blob opens alone, a blob
 //! opens only under its own chunk id (blobs cannot be swapped within or
@@ -29,9 +43,12 @@
 use bytes::Bytes;
 
 use crate::codec::Codec;
+use crate::crypto::SealKind;
+use crate::crypto::seal::overhead;
 use crate::error::{Error, Result};
 use crate::frame;
 use crate::id::ObjectId;
+use crate::keys;
 
 const MAGIC: &[u8; 4] = b"XFP1";
 /// Bytes per trailer entry.
@@ -59,8 +76,10 @@ impl PackEntry {
     }
 }
 
-/// The name of a pack: the BLAKE3 of its bytes (so a pack is put
-/// create-only and two equal packs are one object).
+/// The name of a pack of an unencrypted repository: the BLAKE3 of its
+/// bytes (so a pack is put create-only and two equal packs are one
+/// object). An encrypted repository's packs are named by a keyed hash
+/// before their trailer is sealed ([`PackWriter::finish`]).
 pub fn pack_name(pack: &[u8]) -> ObjectId {
     ObjectId::from_bytes(*blake3::hash(pack).as_bytes())
 }
@@ -117,22 +136,35 @@ impl PackWriter {
 
     /// The pack's name, bytes and entries. The codec is the
     /// repository's (the trailer is metadata).
-    pub fn finish(mut self, _codec: &Codec) -> (ObjectId, Bytes, Vec<PackEntry>) {
-        let start = self.data.len();
-        self.data.extend_from_slice(MAGIC);
-        self.data
-            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+    pub fn finish(mut self, codec: &Codec) -> (ObjectId, Bytes, Vec<PackEntry>) {
+        let mut table = Vec::with_capacity(TRAILER_MIN + self.entries.len() * ENTRY_LEN);
+        table.extend_from_slice(MAGIC);
+        table.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for e in &self.entries {
-            self.data.extend_from_slice(e.id.as_bytes());
-            self.data.extend_from_slice(&e.offset.to_le_bytes());
-            self.data.extend_from_slice(&e.stored_len.to_le_bytes());
-            self.data.extend_from_slice(&e.plain_len.to_le_bytes());
+            table.extend_from_slice(e.id.as_bytes());
+            table.extend_from_slice(&e.offset.to_le_bytes());
+            table.extend_from_slice(&e.stored_len.to_le_bytes());
+            table.extend_from_slice(&e.plain_len.to_le_bytes());
         }
-        let sum = blake3::hash(&self.data[start..]);
-        self.data.extend_from_slice(sum.as_bytes());
-        let trailer_len = (self.data.len() - start + 4) as u32;
-        self.data.extend_from_slice(&trailer_len.to_le_bytes());
-        let name = pack_name(&self.data);
+        let sum = blake3::hash(&table);
+        table.extend_from_slice(sum.as_bytes());
+        if !codec.is_encrypted() {
+            self.data.extend_from_slice(&table);
+            self.data
+                .extend_from_slice(&((table.len() + 4) as u32).to_le_bytes());
+            let name = pack_name(&self.data);
+            return (name, Bytes::from(self.data), self.entries);
+        }
+        // The seal is bound to the name, so the name comes first: keyed
+        // (nothing about the content shows), over everything the pack
+        // holds.
+        let mut named = blake3::hash(&self.data).as_bytes().to_vec();
+        named.extend_from_slice(&table);
+        let name = codec.node_id(&named);
+        let sealed = codec.seal_meta(SealKind::Pack, &keys::pack(&name), table);
+        self.data.extend_from_slice(&sealed);
+        self.data
+            .extend_from_slice(&((sealed.len() + 4) as u32).to_le_bytes());
         (name, Bytes::from(self.data), self.entries)
     }
 }
@@ -141,7 +173,8 @@ impl PackWriter {
 /// bytes (`last4`), checked against what a trailer of such a pack can be.
 pub fn trailer_len(key: &str, pack_size: u64, last4: [u8; 4]) -> Result<u64> {
     let n = u64::from(u32::from_le_bytes(last4));
-    let most = TRAILER_MIN as u64 + max_entries(pack_size) * ENTRY_LEN as u64;
+    // A sealed table is longer by its seal.
+    let most = (TRAILER_MIN + overhead(false)) as u64 + max_entries(pack_size) * ENTRY_LEN as u64;
     if n < TRAILER_MIN as u64 || n > pack_size || n > most {
         return Err(Error::corrupt(
             key,
@@ -162,7 +195,7 @@ fn max_entries(pack_size: u64) -> u64 {
 /// `pack_size` its real size (from a listing or the read). Chunks are at
 /// most `max_chunk` bytes.
 pub fn decode_trailer(
-    _codec: &Codec,
+    codec: &Codec,
     key: &str,
     suffix: &[u8],
     pack_size: u64,
@@ -184,16 +217,21 @@ pub fn decode_trailer(
             suffix.len()
         )));
     }
-    let t = &suffix[suffix.len() - len..];
-    let body = &t[..len - 36];
-    if t[..4] != MAGIC[..] {
+    let stored = &suffix[suffix.len() - len..suffix.len() - 4];
+    // Sealed in an encrypted repository (bound to this pack's key), plain
+    // otherwise; each refuses the other kind as damage.
+    let t = codec.open_meta(SealKind::Pack, key, stored)?;
+    let t = &t[..];
+    let tlen = t.len();
+    if tlen + 4 < TRAILER_MIN || t[..4] != MAGIC[..] {
         return Err(bad("no pack trailer (bad magic)".into()));
     }
-    if blake3::hash(body).as_bytes()[..] != t[len - 36..len - 4] {
+    let body = &t[..tlen - 32];
+    if blake3::hash(body).as_bytes()[..] != t[tlen - 32..] {
         return Err(bad("pack trailer checksum mismatch".into()));
     }
     let count = u32::from_le_bytes([t[4], t[5], t[6], t[7]]) as usize;
-    if (count as u64) > max_entries(pack_size) || TRAILER_MIN + count * ENTRY_LEN != len {
+    if (count as u64) > max_entries(pack_size) || TRAILER_MIN + count * ENTRY_LEN != tlen + 4 {
         return Err(bad(format!(
             "trailer of {len} bytes declares {count} entries"
         )));

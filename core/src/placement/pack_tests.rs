@@ -171,3 +171,87 @@ proptest! {
         prop_assert_eq!(got, written);
     }
 }
+
+#[test]
+fn an_encrypted_trailer_hides_its_table_and_is_bound_to_its_pack() {
+    let codec = Codec::encrypted(crate::crypto::MasterKeys::generate());
+    let seal_pack = |chunks: &[Vec<u8>]| {
+        let mut w = PackWriter::new();
+        for c in chunks {
+            w.push(&codec, codec.chunk_id(c), c, 3).unwrap();
+        }
+        w.finish(&codec)
+    };
+    let chunks: Vec<Vec<u8>> = (0..5).map(|i| chunk(i, 3000 + 1000 * i as usize)).collect();
+    let (name, pack, written) = seal_pack(&chunks);
+    let key = crate::keys::pack(&name);
+    let size = pack.len() as u64;
+    let start = written.last().unwrap().range().end as usize;
+    assert_eq!(
+        pack.len() - start,
+        TRAILER_MIN + 5 * ENTRY_LEN + overhead(false),
+        "overhead: one seal per pack"
+    );
+    // A suffix read alone opens, and the blobs with it.
+    let suffix = &pack[pack.len().saturating_sub(4096)..];
+    let entries = decode_trailer(&codec, &key, suffix, size, MAX).unwrap();
+    assert_eq!(entries, written);
+    for (e, c) in entries.iter().zip(&chunks) {
+        let mut out = vec![0u8; e.plain_len as usize];
+        open_blob(
+            &codec,
+            &key,
+            e,
+            &pack[e.range().start as usize..e.range().end as usize],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(&out, c);
+    }
+    // No chunk id and no entry's lengths in the stored trailer.
+    let trailer = &pack[start..];
+    for e in &written {
+        assert!(!trailer.windows(32).any(|w| w == e.id.as_bytes()));
+        let lens = [e.stored_len.to_le_bytes(), e.plain_len.to_le_bytes()].concat();
+        assert!(!trailer.windows(8).any(|w| w == lens));
+    }
+    let damaged = |c: &Codec, bytes: &[u8], k: &str, what: &str| {
+        let e = decode_trailer(c, k, bytes, bytes.len() as u64, MAX).unwrap_err();
+        assert!(e.is_damage() && e.to_string().contains(k), "{what}: {e}");
+    };
+    // Read under another pack's key; another pack's trailer grafted on.
+    damaged(
+        &codec,
+        &pack,
+        &crate::keys::pack(&ObjectId::of(b"x")),
+        "moved",
+    );
+    let (_, other, other_written) = seal_pack(&chunks[1..]);
+    let other_start = other_written.last().unwrap().range().end as usize;
+    let graft = [&pack[..start], &other[other_start..]].concat();
+    damaged(&codec, &graft, &key, "grafted");
+    // Every byte of the sealed table flipped; one byte cut.
+    for i in start..pack.len() - 4 {
+        let mut b = pack.to_vec();
+        b[i] ^= 0x01;
+        if i == start + 3 {
+            // The envelope's version digit: refused as a newer format.
+            let e = decode_trailer(&codec, &key, &b, b.len() as u64, MAX).unwrap_err();
+            assert!(matches!(e, Error::UnsupportedFormat { .. }), "{e}");
+            continue;
+        }
+        damaged(&codec, &b, &key, &format!("byte {i}"));
+    }
+    let mut cut = pack[..pack.len() - 5].to_vec();
+    cut.extend_from_slice(&((pack.len() - start - 1) as u32).to_le_bytes());
+    damaged(&codec, &cut, &key, "cut");
+    // A plain codec meets the sealed trailer, an encrypted one a plain.
+    damaged(&Codec::plain(), &pack, &key, "plain codec");
+    let (plain_name, plain_pack, _) = build(&chunks, 3);
+    damaged(
+        &codec,
+        &plain_pack,
+        &crate::keys::pack(&plain_name),
+        "not sealed",
+    );
+}
