@@ -100,7 +100,7 @@ fn gc_in_a_tight_loop_never_starves_backups_on(e: &Env) {
                     completed.fetch_add(1, SeqCst);
                 }
                 let gone =
-                    r["chunks_deleted"].as_u64().unwrap() + r["nodes_deleted"].as_u64().unwrap();
+                    r["packs_deleted"].as_u64().unwrap() + r["nodes_deleted"].as_u64().unwrap();
                 deleted.fetch_add(gone, SeqCst);
                 let since = running_since.load(SeqCst);
                 if since != IDLE && completed.load(SeqCst) - since > SWEEPS_PER_BACKUP {
@@ -379,7 +379,7 @@ fn a_stopped_gc_resumed_after_its_marker_went_stale_deletes_nothing_a_backup_rel
     // Between its delete batches: it deleted the garbage nodes and is
     // collecting garbage chunks for its next batch.
     let between =
-        |m: &SweepState| m.phase == Phase::Idle && m.nodes_deleted > 0 && m.chunks_deleted == 0;
+        |m: &SweepState| m.phase == Phase::Idle && m.nodes_deleted > 0 && m.packs_deleted == 0;
     let (gc, m, garbage) = stop_gc_with_garbage(&e, &mut junk, "between batches", &between);
 
     // Meanwhile a backup stores the garbage's image again: it relies on
@@ -399,7 +399,7 @@ fn a_stopped_gc_resumed_after_its_marker_went_stale_deletes_nothing_a_backup_rel
     assert!(err.contains("without a refresh"), "{err}");
     let after = marker(&e, m.seq).unwrap();
     assert_eq!(after.phase, Phase::Stopped, "{after:?}");
-    assert_eq!(after.chunks_deleted, 0, "{after:?}");
+    assert_eq!(after.packs_deleted, 0, "{after:?}");
 
     let mut points = vec![(point_of(&v), blake3_of(&garbage))];
     all_whole(&e, &points);
