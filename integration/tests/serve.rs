@@ -63,8 +63,14 @@ impl Served {
     pub fn start(e: &Env, args: &[&str], exports: usize) -> Served {
         let mut all = vec!["serve"];
         all.extend_from_slice(args);
+        Served::spawn(e, &all, exports)
+    }
+
+    /// Starts a long-running `xfull ARGS` (serve, mount) and waits for
+    /// the first `lines` lines it prints (kept in `uris`).
+    pub fn spawn(e: &Env, args: &[&str], lines: usize) -> Served {
         let mut child = e
-            .std(&all)
+            .std(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -77,11 +83,11 @@ impl Served {
         });
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut uris = Vec::new();
-        for _ in 0..exports {
+        for _ in 0..lines {
             let mut line = String::new();
             if out.read_line(&mut line).unwrap() == 0 {
                 let _ = child.wait();
-                panic!("xfull serve ended: {}", stderr.join().unwrap());
+                panic!("xfull {} ended: {}", args[0], stderr.join().unwrap());
             }
             uris.push(line.trim().to_string());
         }
@@ -613,7 +619,7 @@ fn several_disks_are_several_exports_named_after_them() {
 }
 
 /// The repository's lease files, sorted (backups leave ended ones).
-fn leases_of(e: &Env) -> Vec<std::path::PathBuf> {
+pub fn leases_of(e: &Env) -> Vec<std::path::PathBuf> {
     let mut v = walk(&e.repo.join("leases"));
     v.sort();
     v
