@@ -24,6 +24,11 @@ mod retention;
 mod s3;
 mod s3_errors;
 mod serve;
+mod serve_clients;
+mod serve_damage;
+mod serve_gc;
+mod serve_overlay;
+mod serve_read;
 mod signals;
 
 /// A file in `tests/` that is not declared above would silently never run.
