@@ -3,10 +3,11 @@
 //! a file inside reads as the original. SIGTERM unmounts and releases
 //! the lease; a mountpoint that is not an empty directory is refused.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use xfull_integration::env::{Env, sha256, stderr, walk};
+use xfull_integration::env::{Env, sha256, stderr};
+
+use crate::serve::{Served, leases_of};
 
 fn mounted(path: &std::path::Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
@@ -62,23 +63,8 @@ fn an_ext4_image_mounted_through_xfull_shows_its_files() {
     let leases = leases_of(&e);
     let mnt = e.path("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let mut child = e
-        .std(&["mount", "vm@latest", mnt.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), mnt.to_str().unwrap());
+    let mount = Served::spawn(&e, &["mount", "vm@latest", mnt.to_str().unwrap()], 1);
+    assert_eq!(mount.uris[0], mnt.to_str().unwrap());
     assert!(mounted(&mnt));
     let latest = mnt.join("vm/latest/root.img");
     let by_id = mnt.join(format!("vm/{id}/root.img"));
@@ -119,17 +105,8 @@ fn an_ext4_image_mounted_through_xfull_shows_its_files() {
     );
     drop(guard);
 
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = child.wait().unwrap();
-    let err = err.join().unwrap();
-    assert_eq!(status.code(), Some(130), "{err}");
+    let (code, err) = mount.stop();
+    assert_eq!(code, 130, "{err}");
     assert!(err.contains("unmounted"), "{err}");
     assert!(!mounted(&mnt), "unmounted on SIGTERM");
     assert_eq!(leases_of(&e), leases, "lease released: {err}");
@@ -155,11 +132,4 @@ fn a_mountpoint_that_is_not_an_empty_directory_is_refused() {
         assert!(!mounted(&target));
     }
     assert_eq!(leases_of(&e), leases, "no lease left");
-}
-
-/// The repository's lease files, sorted (backups leave ended ones).
-fn leases_of(e: &Env) -> Vec<std::path::PathBuf> {
-    let mut v = walk(&e.repo.join("leases"));
-    v.sort();
-    v
 }

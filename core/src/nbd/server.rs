@@ -39,6 +39,11 @@ pub struct ServerOptions {
     pub max_payload: u32,
     /// How long a client may take to finish negotiating.
     pub handshake_timeout: Duration,
+    /// Once the server is stopping, how long a connection may take to
+    /// send the replies to the requests in flight. A client that does
+    /// not read them (frozen, or a TCP peer gone without a reset) would
+    /// otherwise hold the server up for as long as it stays connected.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -49,6 +54,7 @@ impl Default for ServerOptions {
             max_bytes_per_client: 32 << 20,
             max_payload: DEFAULT_MAX_PAYLOAD,
             handshake_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -319,14 +325,75 @@ async fn serve_connection(
 ) -> Result<(), String> {
     let (mut r, mut w) = conn::buffered(r, w);
     let timeout = inner.options.handshake_timeout;
-    let session = tokio::time::timeout(
-        timeout,
-        server_options::negotiate(&inner, &mut r, &mut w, &stop),
-    )
-    .await
-    .map_err(|_| format!("negotiation took longer than {} s", timeout.as_secs_f64()))??;
+    let negotiation =
+        tokio::time::timeout(timeout, server_options::negotiate(&inner, &mut r, &mut w));
+    let mut stopping = stop.clone();
+    let session = tokio::select! {
+        res = negotiation => res.map_err(|_| {
+            format!("negotiation took longer than {} s", timeout.as_secs_f64())
+        })??,
+        // Whatever step of the handshake the client is at (even before
+        // it sent its flags): it has nothing in flight, drop it.
+        Ok(_) = stopping.wait_for(|s| *s) => return Ok(()),
+    };
     match session {
         Some(session) => server_requests::transmit(inner, session, r, w, stop).await,
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nbd::ExportError;
+    use tokio::io::AsyncReadExt;
+
+    #[derive(Debug)]
+    struct Empty;
+
+    #[async_trait::async_trait]
+    impl Export for Empty {
+        fn name(&self) -> &str {
+            ""
+        }
+        fn size(&self) -> u64 {
+            4096
+        }
+        async fn read(&self, _: u64, len: u32) -> Result<bytes::Bytes, ExportError> {
+            Ok(vec![0; len as usize].into())
+        }
+    }
+
+    /// A client that connected but has not finished negotiating (here:
+    /// not even sent its flags) has nothing in flight: stopping drops it
+    /// rather than waiting for its handshake timeout.
+    #[tokio::test]
+    async fn stopping_drops_a_client_still_negotiating() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let opts = ServerOptions {
+            handshake_timeout: Duration::from_secs(3600),
+            ..ServerOptions::default()
+        };
+        let server = Server::new(vec![Arc::new(Empty)], opts).unwrap();
+        let listener = Listener::bind_unix(&path).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        let mut idle = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut greeting = [0u8; 18];
+        idle.read_exact(&mut greeting).await.unwrap();
+        stop.send(()).unwrap();
+        // A guard against a hang (the handshake timeout is an hour), not a
+        // measure of speed.
+        let done = tokio::time::timeout(Duration::from_secs(120), serving).await;
+        assert!(done.is_ok(), "the server waited for the idle client");
+        done.unwrap().unwrap().unwrap();
+        drop(idle);
     }
 }

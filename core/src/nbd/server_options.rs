@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 use super::conn::{Reader, Writer};
 use super::decode;
@@ -49,13 +48,13 @@ struct Negotiation<'a> {
     meta: Option<(String, bool)>,
 }
 
-/// Runs the handshake. `Ok(None)`: the client ended it (ABORT, or left),
-/// or the server is shutting down. `Err`: why the connection is closed.
+/// Runs the handshake. `Ok(None)`: the client ended it (ABORT, or left).
+/// `Err`: why the connection is closed. The caller drops it when the
+/// server stops (the client has nothing in flight yet).
 pub(crate) async fn negotiate(
     inner: &Inner,
     r: &mut Reader,
     w: &mut Writer,
-    stop: &watch::Receiver<bool>,
 ) -> Result<Option<Session>, String> {
     let io = |e: std::io::Error| format!("negotiation: {e}");
     let mut greeting = Vec::with_capacity(18);
@@ -74,16 +73,12 @@ pub(crate) async fn negotiate(
         structured: false,
         meta: None,
     };
-    let mut stop = stop.clone();
     loop {
         let mut h = [0u8; 16];
-        tokio::select! {
-            res = r.read_exact(&mut h) => match res {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-                Err(e) => return Err(io(e)),
-            },
-            _ = stop.wait_for(|s| *s) => return Ok(None),
+        match r.read_exact(&mut h).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(io(e)),
         }
         let (option, len) = decode::option_header(&h).map_err(|m| m.0)?;
         if len > MAX_OPTION_DATA {
@@ -91,11 +86,6 @@ pub(crate) async fn negotiate(
         }
         let mut data = vec![0u8; len as usize];
         r.read_exact(&mut data).await.map_err(io)?;
-        if *stop.borrow() && option != OPT_ABORT {
-            n.reply(option, REP_ERR_SHUTDOWN, b"the server is shutting down")
-                .await?;
-            continue;
-        }
         match option {
             OPT_EXPORT_NAME => return n.export_name(&data, no_zeroes).await.map(Some),
             OPT_ABORT => {

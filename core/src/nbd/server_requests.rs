@@ -3,7 +3,10 @@
 //! limits, and served concurrently by tasks that write their replies
 //! whole under the write lock. A bad request gets an error reply and the
 //! connection goes on; only a broken framing (bad magic) or the client
-//! vanishing ends it.
+//! vanishing ends it. When the server stops, requests in flight are
+//! served to the end, but their replies are given up on once the client
+//! has not taken them for the drain timeout (a client that stopped
+//! reading must not keep the server from stopping).
 
 use std::sync::Arc;
 
@@ -27,7 +30,13 @@ struct Ctx {
     allocation: bool,
     max_payload: u32,
     writer: Mutex<Writer>,
+    /// Set when the server is stopping and this client has not taken its
+    /// replies within the drain timeout: replies are abandoned.
+    abandoned: watch::Receiver<bool>,
 }
+
+/// Why a connection ends when its replies are abandoned.
+const ABANDONED: &str = "the server stopped and the client was not taking its replies";
 
 /// A checked request, ready to serve.
 enum Job {
@@ -70,12 +79,14 @@ pub(crate) async fn transmit(
     let opts = &inner.options;
     // Data chunks carry 8 bytes more than their payload in a u32.
     let max_payload = opts.max_payload.clamp(4096, 1 << 30);
+    let (abandon, abandoned) = watch::channel(false);
     let ctx = Arc::new(Ctx {
         export: session.export,
         structured: session.structured,
         allocation: session.allocation,
         max_payload,
         writer: Mutex::new(w),
+        abandoned,
     });
     let requests = Arc::new(Semaphore::new(opts.max_requests_per_client.max(1)));
     let budget = opts.max_bytes_per_client.max(max_payload);
@@ -111,15 +122,43 @@ pub(crate) async fn transmit(
         return end;
     }
     // A clean end (DISC, EOF, shutdown): finish the requests in flight.
+    // The export's work always completes (an overlay write is never cut
+    // in half); sending the replies is bounded once the server stops.
+    let drain = opts.drain_timeout;
+    let deadline = async move {
+        if stop.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(drain).await;
+    };
+    tokio::pin!(deadline);
+    let mut abandoned = false;
     let mut end = end;
-    while let Some(res) = tasks.join_next().await {
-        if let Err(e) = flatten(res) {
-            end = end.and(Err(e));
+    loop {
+        tokio::select! {
+            res = tasks.join_next() => match res {
+                Some(res) => if let Err(e) = flatten(res) {
+                    end = end.and(Err(e));
+                },
+                None => break,
+            },
+            _ = &mut deadline, if !abandoned => {
+                abandoned = true;
+                let _ = abandon.send(true);
+            }
         }
     }
-    let mut w = ctx.writer.lock().await;
-    let _ = w.flush().await;
-    let _ = w.shutdown().await;
+    if !abandoned {
+        let close = async {
+            let mut w = ctx.writer.lock().await;
+            let _ = w.flush().await;
+            let _ = w.shutdown().await;
+        };
+        tokio::select! {
+            _ = close => {}
+            _ = &mut deadline => end = end.and(Err(ABANDONED.into())),
+        }
+    }
     end
 }
 
@@ -320,15 +359,27 @@ async fn and_flush(e: &Arc<dyn Export>, res: Result<(), ExportError>) -> Result<
 
 /// Writes one whole reply.
 async fn send(ctx: &Ctx, parts: &[&[u8]]) -> Result<(), String> {
-    let mut w = ctx.writer.lock().await;
-    let res = async {
+    unless_abandoned(ctx, async {
+        let mut w = ctx.writer.lock().await;
         for p in parts {
             w.write_all(p).await?;
         }
         w.flush().await
+    })
+    .await
+}
+
+/// Runs `write` (which takes the write lock) until it completes or the
+/// connection's replies are abandoned; giving up drops the lock too.
+async fn unless_abandoned(
+    ctx: &Ctx,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), String> {
+    let mut abandoned = ctx.abandoned.clone();
+    tokio::select! {
+        res = write => res.map_err(|e| format!("sending a reply: {e}")),
+        Ok(_) = abandoned.wait_for(|a| *a) => Err(ABANDONED.into()),
     }
-    .await;
-    res.map_err(|e| format!("sending a reply: {e}"))
 }
 
 async fn send_error(ctx: &Ctx, cookie: u64, errno: Errno, msg: &str) -> Result<(), String> {
@@ -405,8 +456,8 @@ async fn send_empty(ctx: &Ctx, cookie: u64) -> Result<(), String> {
 
 async fn send_simple_read(ctx: &Ctx, cookie: u64, pieces: &[ReadPiece]) -> Result<(), String> {
     static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
-    let mut w = ctx.writer.lock().await;
-    let res = async {
+    unless_abandoned(ctx, async {
+        let mut w = ctx.writer.lock().await;
         w.write_all(&encode_simple_reply(0, cookie)).await?;
         for p in pieces {
             match p {
@@ -422,9 +473,8 @@ async fn send_simple_read(ctx: &Ctx, cookie: u64, pieces: &[ReadPiece]) -> Resul
             }
         }
         w.flush().await
-    }
-    .await;
-    res.map_err(|e| format!("sending a reply: {e}"))
+    })
+    .await
 }
 
 async fn status(ctx: &Ctx, cookie: u64, offset: u64, len: u32, one: bool) -> Result<(), String> {
