@@ -2,7 +2,9 @@
 //! range only, the rest reads right, the server goes on, and its warning
 //! names point, disk, offset and chunk.
 
-use xfull_integration::env::{stderr, walk};
+use xfull_integration::env::stderr;
+
+use crate::pack_files::{damage, packed_chunks};
 
 use crate::serve::{Fill, MIB, Served, backed_up, ok, run, socket};
 
@@ -10,15 +12,13 @@ use crate::serve::{Fill, MIB, Served, backed_up, ok, run, socket};
 fn a_damaged_chunk_is_an_eio_for_its_range_only() {
     // Random data first (unique chunks), repeated bytes after.
     let (e, _) = backed_up(&[(Fill::Random(5), 2), (Fill::Byte(0x44), 8)]);
-    // Damage one chunk of the random region: flip a byte of chunk files
-    // until restore says the damage lies there.
+    // Damage one chunk of the random region: flip a byte of one chunk's
+    // blob at a time until restore says the damage lies there.
     let mut damaged = None;
-    for f in walk(&e.repo.join("chunks")) {
+    for c in packed_chunks(&e) {
+        let f = c.file.clone();
         let orig = std::fs::read(&f).unwrap();
-        let mut bad = orig.clone();
-        let n = bad.len() - 1;
-        bad[n] ^= 0xff;
-        std::fs::write(&f, &bad).unwrap();
+        damage(&c);
         let probe = e.path("probe.img");
         let _ = std::fs::remove_file(&probe);
         let out = e

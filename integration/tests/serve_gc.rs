@@ -19,7 +19,7 @@ fn a_served_point_outlives_prune_and_gc_until_the_server_stops() {
     let img = e.path("new.img");
     image(&img, &[(Fill::Random(12), 3)]);
     e.backup("vm", &[("d", &img)]);
-    let chunks_before = walk(&e.repo.join("chunks")).len();
+    let packs_before = walk(&e.repo.join("packs")).len();
     e.x(&["prune", "--keep-last", "1"]).assert().success();
     e.x(&["gc"]).assert().success();
     assert_eq!(e.points(), 1, "the served point is pruned");
@@ -28,9 +28,9 @@ fn a_served_point_outlives_prune_and_gc_until_the_server_stops() {
         "it waits in the trash"
     );
     assert_eq!(
-        walk(&e.repo.join("chunks")).len(),
-        chunks_before,
-        "gc kept its chunks"
+        walk(&e.repo.join("packs")).len(),
+        packs_before,
+        "gc kept its packs"
     );
     let copy = e.path("copy.img");
     ok(&["nbdcopy", &s.uris[0], copy.to_str().unwrap()]);
@@ -40,7 +40,7 @@ fn a_served_point_outlives_prune_and_gc_until_the_server_stops() {
     e.x(&["gc"]).assert().success();
     assert!(walk(&e.repo.join("trash")).is_empty(), "{err}");
     assert!(
-        walk(&e.repo.join("chunks")).len() < chunks_before,
+        walk(&e.repo.join("packs")).len() < packs_before,
         "gc freed them"
     );
 }
