@@ -16,8 +16,9 @@ use futures::StreamExt;
 use super::chunk_name;
 use super::index::IndexEntry;
 use super::lookup::ChunkIndex;
+use super::pack::PackEntry;
 use super::pack::open_blob;
-use super::pack_read::{MAX_GAP, MAX_RUN, coalesce, read_range, read_run};
+use super::pack_read::{MAX_GAP, MAX_RUN, ReadRun, coalesce, read_range, read_run};
 use crate::backend::Backend;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -76,40 +77,10 @@ pub async fn fetch(
         }
     }
     let runs = coalesce(wanted, MAX_GAP, MAX_RUN);
-    let mut bytes = 0u64;
-    let mut results = futures::stream::iter(runs)
-        .map(|run| async move {
-            let read = read_run(backend, codec, &run).await;
-            (run, read)
-        })
-        .buffered(RUNS_IN_FLIGHT);
-    while let Some((run, read)) = results.next().await {
-        match read {
-            Ok(opened) => {
-                bytes += run.range.end - run.range.start;
-                for (e, r) in opened {
-                    got.insert(e.id, r);
-                }
-            }
-            // A pack gone or shorter than the index says: each of its
-            // chunks may have another copy.
-            Err(e) if e.is_damage() => {
-                for entry in &run.entries {
-                    got.insert(
-                        entry.id,
-                        Err(Error::corrupt(keys::pack(&run.pack), e.to_string())),
-                    );
-                }
-            }
-            Err(error) => {
-                return Err(FetchError {
-                    chunk: run.entries.first().map(|e| e.id),
-                    error,
-                });
-            }
-        }
-    }
-    drop(results);
+    let mut bytes = read_runs(backend, codec, runs, |e, r| {
+        got.insert(e.id, r);
+    })
+    .await?;
     let failed: Vec<ObjectId> = got
         .iter()
         .filter(|(_, r)| r.is_err())
@@ -177,36 +148,17 @@ pub async fn check_all(
         }
     }
     let runs = coalesce(wanted, MAX_GAP, MAX_RUN);
-    let mut failed = Vec::new();
-    let mut results = futures::stream::iter(runs)
-        .map(|run| async move {
-            let read = read_run(backend, codec, &run).await;
-            (run, read)
-        })
-        .buffered(RUNS_IN_FLIGHT);
-    while let Some((run, read)) = results.next().await {
-        match read {
-            Ok(opened) => {
-                out.bytes += run.range.end - run.range.start;
-                for (e, r) in opened {
-                    out.chunks += 1;
-                    done(u64::from(e.plain_len));
-                    if let Err(why) = r {
-                        failed.push((e.id, why.to_string()));
-                    }
-                }
-            }
-            Err(e) if e.is_damage() => {
-                for entry in &run.entries {
-                    out.chunks += 1;
-                    done(u64::from(entry.plain_len));
-                    failed.push((entry.id, e.to_string()));
-                }
-            }
-            Err(e) => return Err(e),
+    let (mut failed, mut read) = (Vec::new(), 0u64);
+    out.bytes += read_runs(backend, codec, runs, |e, r| {
+        read += 1;
+        done(u64::from(e.plain_len));
+        if let Err(why) = r {
+            failed.push((e.id, why.to_string()));
         }
-    }
-    drop(results);
+    })
+    .await
+    .map_err(|f| f.error)?;
+    out.chunks += read;
     if !failed.is_empty() {
         let ids: Vec<ObjectId> = failed.iter().map(|(id, _)| *id).collect();
         let mut got = failed
@@ -220,6 +172,49 @@ pub async fn check_all(
         );
     }
     Ok(out)
+}
+
+/// Reads `runs` ([`RUNS_IN_FLIGHT`] at once, in order) and hands each
+/// chunk's plaintext, or why it cannot be read, to `each`. A pack gone
+/// or shorter than the index says is damage of each of its chunks (they
+/// may have other copies); any other failure stops the reading. Returns
+/// the bytes read.
+async fn read_runs(
+    backend: &dyn Backend,
+    codec: &Arc<Codec>,
+    runs: Vec<ReadRun>,
+    mut each: impl FnMut(PackEntry, Result<Vec<u8>>),
+) -> std::result::Result<u64, FetchError> {
+    let mut bytes = 0u64;
+    let mut results = futures::stream::iter(runs)
+        .map(|run| async move {
+            let read = read_run(backend, codec, &run).await;
+            (run, read)
+        })
+        .buffered(RUNS_IN_FLIGHT);
+    while let Some((run, read)) = results.next().await {
+        match read {
+            Ok(opened) => {
+                bytes += run.range.end - run.range.start;
+                for (e, r) in opened {
+                    each(e, r);
+                }
+            }
+            Err(e) if e.is_damage() => {
+                for entry in &run.entries {
+                    let why = Error::corrupt(keys::pack(&run.pack), e.to_string());
+                    each(*entry, Err(why));
+                }
+            }
+            Err(error) => {
+                return Err(FetchError {
+                    chunk: run.entries.first().map(|e| e.id),
+                    error,
+                });
+            }
+        }
+    }
+    Ok(bytes)
 }
 
 /// Tries every other copy the index knows of the chunks that failed;
