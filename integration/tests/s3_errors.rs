@@ -81,7 +81,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn chunk_get(method: &str, path: &str) -> bool {
     let path = path.split('?').next().unwrap_or("");
-    method == "GET" && path.contains("/packs/")
+    method == "GET" && (path.contains("/packs/") || path.contains("/chunks/"))
 }
 
 #[test]

@@ -22,10 +22,12 @@ use crate::staging::staged_name;
 /// The repository's directories where writers stage, each with the number
 /// of directory levels between it and its objects (`chunks/<fan>/<id>`:
 /// one).
-fn places() -> [(String, usize); 8] {
+fn places() -> [(String, usize); 10] {
     [
         (String::new(), 0),
         (keys::CHUNKS.into(), 1),
+        (keys::PACKS.into(), 1),
+        (keys::INDEX.into(), 0),
         (keys::NODES.into(), 1),
         (keys::POINTS.into(), 1),
         (format!("{}{}", keys::TRASH, keys::POINTS), 1),
@@ -40,6 +42,8 @@ fn places() -> [(String, usize); 8] {
 fn is_object_key(key: &str) -> bool {
     key == keys::CONFIG
         || keys::parse_content(key).is_some()
+        || keys::parse_pack(key).is_some()
+        || keys::parse_index(key).is_some()
         || keys::parse_point(key).is_some()
         || key
             .strip_prefix(keys::TRASH)
