@@ -17,7 +17,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::TryStreamExt;
 
 use super::index::{IndexEntry, IndexHead, Step};
@@ -26,7 +25,6 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
-use crate::repo::missing;
 
 /// Bytes read from an index object's start to get its head in one
 /// request (a head is 24 bytes plus 32 per pack and per 1,024 entries).
@@ -72,7 +70,11 @@ impl ChunkIndex {
             let Some(name) = keys::parse_index(&meta.key) else {
                 continue;
             };
-            let head = read_head(&*backend, &codec, &meta.key, meta.size).await?;
+            // Gone since the listing: a sweep replaced it by an object
+            // holding its live entries, which a later open sees.
+            let Some(head) = read_head(&*backend, &codec, &meta.key, meta.size).await? else {
+                continue;
+            };
             objects.push(IndexObject {
                 name,
                 key: meta.key,
@@ -208,19 +210,25 @@ async fn read_head(
     codec: &Arc<Codec>,
     key: &str,
     size: u64,
-) -> Result<IndexHead> {
+) -> Result<Option<IndexHead>> {
     let get = |end: u64| async move {
-        backend
-            .get_range(key, 0..end)
-            .await
-            .map_err(|e| missing(e, key))
+        match backend.get_range(key, 0..end).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(Error::from(e)),
+        }
     };
-    let first: Bytes = get(size.min(HEAD_GUESS)).await?;
+    let Some(first) = get(size.min(HEAD_GUESS)).await? else {
+        return Ok(None);
+    };
     let len = IndexHead::head_len(key, &first, size)?;
     let head = if len <= first.len() as u64 {
         first.slice(..len as usize)
     } else {
-        get(len).await?
+        match get(len).await? {
+            Some(h) => h,
+            None => return Ok(None),
+        }
     };
     if head.len() as u64 != len {
         return Err(Error::corrupt(
@@ -228,7 +236,7 @@ async fn read_head(
             format!("{} bytes read of a head of {len}", head.len()),
         ));
     }
-    IndexHead::decode(codec, key, &head, size)
+    IndexHead::decode(codec, key, &head, size).map(Some)
 }
 
 fn block_path(cache: &Path, object: &ObjectId, i: usize) -> PathBuf {

@@ -7,6 +7,7 @@ use crate::placement::index::{self, IndexEntry};
 use crate::placement::pack::PackEntry;
 use crate::placement::test_codec as plain;
 use crate::testing::MemBackend;
+use bytes::Bytes;
 
 fn id(k: u64) -> ObjectId {
     let mut b = [0u8; 32];
