@@ -247,11 +247,8 @@ impl Placement {
     /// The sorted names of the packs in the store.
     pub async fn list_packs(&self) -> Result<Vec<ObjectId>> {
         use futures::TryStreamExt;
-        let mut v: Vec<ObjectId> = self
-            .backend
-            .list(keys::PACKS)
-            .map_err(Error::from)
-            .try_filter_map(|m| async move { Ok(keys::parse_pack(&m.key)) })
+        let mut v: Vec<ObjectId> = sweep::list_packs(&*self.backend)
+            .map_ok(|(name, _)| name)
             .try_collect()
             .await?;
         v.sort_unstable();
