@@ -10,8 +10,10 @@
 //! gc/sweeps/<seq>             a sweep's start marker (refreshed while it runs)
 //! gc/done/<seq>               written when that sweep finished
 //! damage/<chunk or node key>  that object was found damaged
-//! packs/<2 hex>/<64 hex>      pack of chunk blobs (format 2, not yet written by backup)
-//! index/<64 hex>              chunk index object (format 2, not yet written by backup)
+//! packs/<2 hex>/<64 hex>      pack of chunk blobs (format 2)
+//! index/<64 hex>              chunk index object of any chunk ids (format 2)
+//! index/<p>-<64 hex>          chunk index object of the ids whose hex starts
+//!                             with the shard prefix p (1 to 4 hex digits)
 //! ```
 
 use crate::id::{ObjectId, PointId};
@@ -54,14 +56,44 @@ pub fn parse_pack(key: &str) -> Option<ObjectId> {
     (fan.len() == 2 && hex.starts_with(fan)).then_some(id)
 }
 
-/// A chunk index object, named by the BLAKE3 of its bytes (few: not fanned).
+/// A chunk index object of any ids (as a backup writes them), named by
+/// the BLAKE3 of its bytes (few: not fanned).
 pub fn index(name: &ObjectId) -> String {
-    format!("{INDEX}{}", name.to_hex())
+    index_in("", name)
 }
 
-/// The name at the end of an `index/` key, if it is one.
+/// An index object of shard `prefix` (lower-case hex digits the ids of
+/// its entries start with; empty: any id). The shard is in the key so
+/// that a lookup knows, from a listing alone, which objects can hold an
+/// id.
+pub fn index_in(prefix: &str, name: &ObjectId) -> String {
+    if prefix.is_empty() {
+        format!("{INDEX}{}", name.to_hex())
+    } else {
+        format!("{INDEX}{prefix}-{}", name.to_hex())
+    }
+}
+
+/// The name at the end of an `index/` key of any ids, if it is one.
 pub fn parse_index(key: &str) -> Option<ObjectId> {
-    key.strip_prefix(INDEX)?.parse().ok()
+    match parse_index_in(key)? {
+        (p, name) if p.is_empty() => Some(name),
+        _ => None,
+    }
+}
+
+/// The shard prefix and name of an `index/` key, if it is one spelled as
+/// xfull spells it.
+pub fn parse_index_in(key: &str) -> Option<(String, ObjectId)> {
+    let rest = key.strip_prefix(INDEX)?;
+    let (prefix, hex) = rest.split_once('-').unwrap_or(("", rest));
+    let name: ObjectId = hex.parse().ok()?;
+    let ok = prefix.len() <= crate::placement::shard::MAX_DEPTH
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && index_in(prefix, &name) == key;
+    ok.then(|| (prefix.to_string(), name))
 }
 
 pub fn point(vm: &VmName, id: &PointId) -> String {
@@ -161,6 +193,21 @@ mod tests {
         let name: ObjectId = "ab".repeat(32).parse().unwrap();
         assert_eq!(parse_pack(&pack(&name)), Some(name));
         assert_eq!(parse_index(&index(&name)), Some(name));
+        assert_eq!(
+            parse_index_in(&index_in("a3f", &name)),
+            Some(("a3f".to_string(), name))
+        );
+        assert_eq!(parse_index(&index_in("a3f", &name)), None);
+        for bad in ["A3F", "a3fff", "x", "-"] {
+            assert_eq!(
+                parse_index_in(&format!("index/{bad}-{}", name.to_hex())),
+                None
+            );
+        }
+        assert_eq!(
+            parse_index_in(&format!("index/{}", name.to_hex().to_uppercase())),
+            None
+        );
         assert_eq!(parse_pack(&format!("packs/cd/{}", name.to_hex())), None);
         assert_eq!(parse_pack(&index(&name)), None);
         assert_eq!(

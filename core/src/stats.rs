@@ -75,7 +75,7 @@ pub async fn collect(repo: &Repository) -> Result<RepoStats> {
     }
     drop(all);
     // Index heads say how many entries each object holds.
-    s.chunks = repo.chunks().open_index().await?.entries();
+    s.chunks = repo.chunks().open_index().await?.entries().await?;
     let loaded: Vec<_> = futures::stream::iter(points)
         .map(|(vm, id)| async move {
             let s = repo.load_summary(&vm, &id).await;

@@ -17,6 +17,7 @@ pub async fn run(cli: &Cli, args: &GcArgs) -> Result<()> {
     let packs = PackOptions {
         rules: class_rules(&class, &Default::default()),
         max_waste_pct: args.max_waste,
+        ..Default::default()
     };
     let report = gc::run_with(&repo, args.dry_run, packs).await?;
     record_metrics(&report);

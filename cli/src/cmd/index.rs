@@ -12,25 +12,25 @@ pub async fn run(cli: &Cli, cmd: &IndexCommand) -> Result<()> {
     let repo = crate::open::open(cli).await?;
     let progress = crate::progress();
     let r = repo.chunks().rebuild(&progress).await?;
-    let written = r.written.as_ref().map(|(key, _)| key.clone());
-    let new = r
-        .written
-        .as_ref()
-        .is_some_and(|(_, s)| *s == xfull_core::repo::Stored::New);
+    let new = |s: &xfull_core::repo::Stored| *s == xfull_core::repo::Stored::New;
     if cli.json {
         print_json(&json!({
             "packs": r.packs,
             "chunks": r.chunks,
-            "index_object": written,
-            "new": new,
+            "index_objects": r.written.iter().map(|(key, s)| json!({"key": key, "new": new(s)})).collect::<Vec<_>>(),
             "damaged_packs": r.damaged.iter().map(|(key, why)| json!({"key": key, "reason": why})).collect::<Vec<_>>(),
         }))?;
     } else if !cli.quiet {
         println!("indexed {} chunks in {} packs", r.chunks, r.packs);
-        match &written {
-            Some(key) if new => println!("stored index object {key}"),
-            Some(key) => println!("index object {key} was already stored (same packs)"),
-            None => println!("no packs: nothing to index"),
+        for (key, s) in &r.written {
+            if new(s) {
+                println!("stored index object {key}");
+            } else {
+                println!("index object {key} was already stored (same packs)");
+            }
+        }
+        if r.written.is_empty() {
+            println!("no packs: nothing to index");
         }
     }
     for (key, why) in &r.damaged {

@@ -21,6 +21,7 @@ use crate::codec::Codec;
 use crate::error::Result;
 use crate::id::ObjectId;
 use crate::placement::pack_read::read_trailer;
+use crate::placement::shard;
 use crate::placement::sweep::{EntryReader, IndexObject};
 
 /// What happens to a pack.
@@ -81,10 +82,17 @@ pub struct IndexUse {
     pub packs: Vec<u32>,
     /// Its surviving entries are rewritten and it is deleted.
     pub replace: bool,
+    /// ... rewritten into shard objects of [`Census::depth`] (else into
+    /// objects of any ids).
+    pub into_shards: bool,
 }
 
-/// Index objects with fewer entries are merged when there are several.
+/// Index objects of any ids with fewer entries are merged when there are
+/// several.
 pub const SMALL_INDEX: u64 = 1 << 16;
+
+/// A shard prefix with this many objects is merged into one.
+pub const SHARD_OBJECTS: usize = 8;
 
 #[derive(Debug, Default)]
 pub struct Census {
@@ -95,6 +103,9 @@ pub struct Census {
     /// object written again byte for byte (an object is named by its
     /// bytes): it then stays.
     pub written: HashSet<String>,
+    /// The shard depth the index's size calls for
+    /// ([`shard::depth_for`]).
+    pub depth: usize,
 }
 
 impl Census {
@@ -148,6 +159,7 @@ impl Census {
             object,
             packs,
             replace: false,
+            into_shards: false,
         });
     }
 
@@ -259,22 +271,80 @@ impl Census {
                 Fate::Planned(plan(&[u], ctx.rules, ctx.max_waste_pct).fates[0].1)
             };
         }
-        let small: Vec<usize> = (0..self.objects.len())
-            .filter(|&k| {
-                let o = &self.objects[k].object;
-                o.head.entries() < SMALL_INDEX && o.meta.last_modified < ctx.cutoff
-            })
-            .collect();
         for o in self.objects.iter_mut() {
             o.replace = o.packs.iter().any(|&i| {
                 let f = self.packs[i as usize].fate;
                 f.doomed() || f == Fate::Gone
             });
         }
-        if small.len() >= 2 {
-            for k in small {
-                self.objects[k].replace = true;
+        self.choose_merges(ctx.cutoff, ctx.shard_entries);
+    }
+
+    /// Which index objects are merged (docs/design.md, "The index in
+    /// shards"), besides those naming a pack that goes. Only objects older
+    /// than the cutoff: a backup may still be writing younger ones' twins.
+    ///
+    /// - Objects of any ids (one per backup) are all consulted by every
+    ///   lookup. Once there are enough of their entries to give each shard
+    ///   a block (1,024 entries at the default size) on average, they are
+    ///   distributed into
+    ///   shard objects; before that, the small ones are merged into one
+    ///   when there are several.
+    /// - A shard prefix shallower than the depth the index's size calls
+    ///   for is rewritten at that depth (the index grew 16-fold); one with
+    ///   [`SHARD_OBJECTS`] objects is merged into one.
+    fn choose_merges(&mut self, cutoff: DateTime<Utc>, shard_entries: u64) {
+        let total: u64 = self.objects.iter().map(|o| o.object.head.entries()).sum();
+        self.depth = shard::depth_for(total, shard_entries);
+        let depth = self.depth;
+        let old = |o: &IndexUse| o.object.meta.last_modified < cutoff;
+        let any: Vec<usize> = (0..self.objects.len())
+            .filter(|&k| self.objects[k].object.prefix.is_empty() && old(&self.objects[k]))
+            .collect();
+        let any_entries: u64 = any
+            .iter()
+            .map(|&k| self.objects[k].object.head.entries())
+            .sum();
+        // A 512th of a shard per shard: 1,024 entries (a block) each at
+        // the default size.
+        let distribute =
+            depth > 0 && any_entries > 0 && any_entries >= (shard_entries >> 9) << (4 * depth);
+        if distribute {
+            any.iter().for_each(|&k| self.objects[k].replace = true);
+        } else {
+            let small: Vec<usize> = any
+                .into_iter()
+                .filter(|&k| self.objects[k].object.head.entries() < SMALL_INDEX)
+                .collect();
+            if small.len() >= 2 {
+                small
+                    .into_iter()
+                    .for_each(|k| self.objects[k].replace = true);
             }
+        }
+        let mut per_prefix: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (k, o) in self.objects.iter().enumerate() {
+            if !o.object.prefix.is_empty() && old(o) {
+                per_prefix.entry(&o.object.prefix).or_default().push(k);
+            }
+        }
+        // Distributing adds an object to a prefix: merge it first if that
+        // would make SHARD_OBJECTS.
+        let most = SHARD_OBJECTS - usize::from(distribute);
+        let mut merge = Vec::new();
+        for (prefix, ks) in per_prefix {
+            if prefix.len() < depth || ks.len() >= most {
+                merge.extend(ks);
+            }
+        }
+        merge
+            .into_iter()
+            .for_each(|k| self.objects[k].replace = true);
+        // At depth 0 everything is written as objects of any ids; deeper,
+        // what is replaced goes to shards, except objects of any ids merged
+        // among themselves.
+        for o in self.objects.iter_mut() {
+            o.into_shards = o.replace && depth > 0 && (distribute || !o.object.prefix.is_empty());
         }
     }
 
@@ -293,4 +363,5 @@ pub struct Decide<'a> {
     pub deps: &'a HashSet<ObjectId>,
     pub rules: ClassRules,
     pub max_waste_pct: u8,
+    pub shard_entries: u64,
 }

@@ -166,6 +166,7 @@ async fn wasteful_hot_packs_are_rewritten_and_others_keep_their_waste() {
     let ia = PackOptions {
         rules: class_rules("STANDARD_IA", &BTreeMap::new()),
         max_waste_pct: 25,
+        ..Default::default()
     };
     let r = gc(&repo, ia).await;
     assert_eq!(
@@ -186,6 +187,7 @@ async fn wasteful_hot_packs_are_rewritten_and_others_keep_their_waste() {
     let deep = PackOptions {
         rules: class_rules("DEEP_ARCHIVE", &BTreeMap::new()),
         max_waste_pct: 25,
+        ..Default::default()
     };
     let r = gc(&repo, deep).await;
     assert_eq!(r.packs_rewritten, 0, "{r:?}");
@@ -235,4 +237,68 @@ async fn a_crash_between_any_two_steps_loses_nothing() {
             "{left:?}"
         );
     }
+}
+
+/// The index objects of any ids backups write are distributed into shard
+/// objects once the index is large enough (shards shrunk to 16 entries
+/// here), every chunk stays findable, a second gc changes nothing, the
+/// objects of a prefix are merged before they pile up, and a shallower
+/// shard is rewritten deeper when the index grows.
+#[tokio::test]
+async fn the_index_is_merged_into_shards_that_stay_few_and_findable() {
+    let (mem, repo) = repo().await;
+    let shards = |n| PackOptions {
+        shard_entries: n,
+        ..Default::default()
+    };
+    let listed = |mem: Arc<MemBackend>| async move {
+        let keys: Vec<String> = crate::placement::sweep::list_index(&*mem)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, m)| m.key)
+            .collect();
+        keys.into_iter()
+            .map(|k| keys::parse_index_in(&k).unwrap().0)
+            .collect::<Vec<String>>()
+    };
+    let mut all: Vec<Chunk> = Vec::new();
+    for round in 0..9u8 {
+        let c: Vec<Chunk> = (0..8).map(|i| chunk(round * 8 + i)).collect();
+        store_pack(&repo, &c).await;
+        // One point per round: all of them stay.
+        point(&repo, round, &c).await;
+        all.extend(c);
+        mem.clock().advance(Duration::hours(1));
+        let r = gc(&repo, shards(16)).await;
+        assert_eq!(r.packs_deleted, 0, "{r:?}");
+        let prefixes = listed(mem.clone()).await;
+        // From 24 entries on, everything is in shards of one digit (up to
+        // 256 entries), and no prefix holds SHARD_OBJECTS objects after a
+        // gc.
+        let depth = if round < 2 { 0 } else { 1 };
+        assert!(
+            prefixes.iter().all(|p| p.len() == depth),
+            "{round}: {prefixes:?}"
+        );
+        for p in &prefixes {
+            let n = prefixes.iter().filter(|q| *q == p).count();
+            assert!(n < super::census::SHARD_OBJECTS, "{p}: {n}");
+        }
+        readable(&repo, &all).await;
+    }
+    mem.clock().advance(Duration::hours(1));
+    let again = gc(&repo, shards(16)).await;
+    assert_eq!(
+        again.index_objects_deleted + again.index_objects_written,
+        0,
+        "{again:?}"
+    );
+    // Grown 16-fold as far as the sweep can tell: rewritten two deep.
+    mem.clock().advance(Duration::hours(1));
+    let r = gc(&repo, shards(2)).await;
+    assert!(r.index_objects_written > 0, "{r:?}");
+    let prefixes = listed(mem.clone()).await;
+    assert!(prefixes.iter().all(|p| p.len() == 2), "{prefixes:?}");
+    readable(&repo, &all).await;
 }

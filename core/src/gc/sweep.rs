@@ -107,11 +107,13 @@ impl Candidate {
 }
 
 /// How a sweep judges packs: the rules of the class its packs are stored
-/// in, and the waste above which a hot pack is rewritten.
+/// in, the waste above which a hot pack is rewritten, and the entries an
+/// index shard is sized for (tests shrink it).
 #[derive(Clone, Copy, Debug)]
 pub struct PackOptions {
     pub rules: ClassRules,
     pub max_waste_pct: u8,
+    pub shard_entries: u64,
 }
 
 impl Default for PackOptions {
@@ -119,6 +121,7 @@ impl Default for PackOptions {
         PackOptions {
             rules: class_rules("", &Default::default()),
             max_waste_pct: DEFAULT_MAX_WASTE_PCT,
+            shard_entries: crate::placement::shard::SHARD_ENTRIES,
         }
     }
 }

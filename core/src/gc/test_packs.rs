@@ -11,7 +11,8 @@ use crate::id::ObjectId;
 use crate::keys;
 use crate::lease::ObjectRef;
 use crate::placement::index::{IndexEntry, IndexHead};
-use crate::placement::known::{entries_of, store_index};
+use crate::placement::index_write::store_entries;
+use crate::placement::known::entries_of;
 use crate::placement::lookup::ChunkIndex;
 use crate::placement::pack::PackWriter;
 use crate::placement::pack_read::{ReadRun, read_run};
@@ -38,10 +39,10 @@ pub async fn store_pack_deps(
         deps.push(ObjectRef::Pack(name));
     }
     let entries = pack_entries(repo, &name).await;
-    let (key, stored) = store_index(&**repo.backend(), repo.codec(), entries)
+    let (key, stored) = store_entries(&**repo.backend(), repo.codec(), "", entries)
         .await
         .unwrap()
-        .unwrap();
+        .remove(0);
     if stored == Stored::Existed {
         deps.push(ObjectRef::Index(keys::parse_index(&key).unwrap()));
     }
@@ -212,7 +213,7 @@ pub async fn restore_deps(
         }
         if repo.backend().head(&key).await.is_err() {
             let entries = pack_entries(repo, &pack).await;
-            store_index(&**repo.backend(), repo.codec(), entries)
+            store_entries(&**repo.backend(), repo.codec(), "", entries)
                 .await
                 .unwrap();
             again = true;

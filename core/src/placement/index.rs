@@ -72,9 +72,48 @@ pub struct IndexEntry {
     pub entry: PackEntry,
 }
 
-/// Builds an index object from the entries of some packs (any order; a
-/// chunk found in several packs keeps one place, any is as good).
-pub fn encode(codec: &Codec, mut entries: Vec<IndexEntry>) -> Bytes {
+/// Builds an index object of any ids from the entries of some packs (any
+/// order; an object holds one place per chunk: [`rounds`] splits entries
+/// holding several places of a chunk first).
+pub fn encode(codec: &Codec, entries: Vec<IndexEntry>) -> Bytes {
+    encode_in(codec, "", entries)
+}
+
+/// Splits entries (any order) into groups of one place per chunk each, so
+/// that every place is written: a chunk stored twice (by two backups at
+/// once, again by a repair after damage) keeps both places, and a reader
+/// whose first copy is damaged finds the other. The same place twice is
+/// one entry.
+pub fn rounds(mut entries: Vec<IndexEntry>) -> Vec<Vec<IndexEntry>> {
+    entries.sort_unstable_by_key(|e| (e.entry.id, e.pack));
+    entries.dedup_by_key(|e| (e.entry.id, e.pack));
+    let mut out: Vec<Vec<IndexEntry>> = Vec::new();
+    let mut again = Vec::new();
+    loop {
+        let mut round = Vec::with_capacity(entries.len());
+        for e in entries {
+            if round
+                .last()
+                .is_some_and(|l: &IndexEntry| l.entry.id == e.entry.id)
+            {
+                again.push(e);
+            } else {
+                round.push(e);
+            }
+        }
+        if !round.is_empty() {
+            out.push(round);
+        }
+        if again.is_empty() {
+            return out;
+        }
+        entries = std::mem::take(&mut again);
+    }
+}
+
+/// Builds an index object of shard `prefix` (see [`super::shard`]; its
+/// seals are bound to the key the prefix is part of).
+pub fn encode_in(codec: &Codec, prefix: &str, mut entries: Vec<IndexEntry>) -> Bytes {
     entries.sort_unstable_by_key(|e| e.entry.id);
     entries.dedup_by(|a, b| a.entry.id == b.entry.id);
     let mut packs: Vec<ObjectId> = entries.iter().map(|e| e.pack).collect();
@@ -97,7 +136,7 @@ pub fn encode(codec: &Codec, mut entries: Vec<IndexEntry>) -> Bytes {
     out.extend_from_slice(&(BLOCK_ENTRIES as u32).to_le_bytes());
     out.extend_from_slice(&u32::from(sealed).to_le_bytes());
     if sealed {
-        return seal(codec, out, &packs, &body);
+        return seal(codec, prefix, out, &packs, &body);
     }
     for p in &packs {
         out.extend_from_slice(p.as_bytes());
@@ -112,13 +151,13 @@ pub fn encode(codec: &Codec, mut entries: Vec<IndexEntry>) -> Bytes {
 }
 
 /// The sealed layout: the name, the sealed pack table, the sealed blocks.
-fn seal(codec: &Codec, mut out: Vec<u8>, packs: &[ObjectId], body: &[u8]) -> Bytes {
+fn seal(codec: &Codec, prefix: &str, mut out: Vec<u8>, packs: &[ObjectId], body: &[u8]) -> Bytes {
     let table: Vec<u8> = packs.iter().flat_map(|p| *p.as_bytes()).collect();
     let mut named = out.clone();
     named.extend_from_slice(&table);
     named.extend_from_slice(blake3::hash(body).as_bytes());
     let name = codec.node_id(&named);
-    let key = keys::index(&name);
+    let key = keys::index_in(prefix, &name);
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(&codec.seal_meta(SealKind::Index, &key, table));
     for (i, block) in body.chunks(BLOCK_ENTRIES * ENTRY_LEN).enumerate() {

@@ -3,21 +3,15 @@
 //! already stored (any VM, any earlier backup, or this session's own
 //! packs) is found before it is compressed or uploaded.
 //!
-//! At the end of the session its packs become one index object
-//! ([`store_index`]); until then they are only known here.
-//!
-//! Not yet wired into backup: the gc protocol (leases, announced sweep
-//! batches, re-checks) must also cover "reused from pack P" first.
+//! At the end of the session its packs become index objects
+//! ([`super::index_write::store_entries`]); until then they are only
+//! known here.
 
-use super::index::{self, IndexEntry};
+use super::index::IndexEntry;
 use super::lookup::ChunkIndex;
 use super::packer::StoredPack;
-use crate::backend::Backend;
-use crate::codec::Codec;
 use crate::error::Result;
 use crate::id::ObjectId;
-use crate::keys;
-use crate::repo::{Stored, put_once};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -91,23 +85,6 @@ pub fn entries_of(packs: &[StoredPack]) -> Vec<IndexEntry> {
             })
         })
         .collect()
-}
-
-/// Writes one index object of `entries` (a session's packs, or every
-/// pack for a rebuild), named by its bytes, create-only; `None` without
-/// entries. Its chunks become findable by every later session.
-pub async fn store_index(
-    backend: &dyn Backend,
-    codec: &Codec,
-    entries: Vec<IndexEntry>,
-) -> Result<Option<(String, Stored)>> {
-    if entries.is_empty() {
-        return Ok(None);
-    }
-    let object = index::encode(codec, entries);
-    let key = keys::index(&index::index_name(&object));
-    let stored = put_once(backend, &key, object).await?;
-    Ok(Some((key, stored)))
 }
 
 #[cfg(test)]

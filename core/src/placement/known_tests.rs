@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::backend::Backend;
 use crate::codec::Codec;
 use crate::placement::chunk_id;
 use crate::placement::packer::{PackUploads, Packer};
@@ -52,7 +53,7 @@ async fn back_up(backend: &Arc<MemBackend>, disk: &[Vec<u8>]) -> u64 {
         uploads.send(p).await.unwrap();
     }
     packs.extend(uploads.finish().await.unwrap());
-    store_index(&*b, &Codec::plain(), entries_of(&packs))
+    crate::placement::index_write::store_entries(&*b, &Codec::plain(), "", entries_of(&packs))
         .await
         .unwrap();
     packs.iter().map(|p| p.size).sum()

@@ -2,11 +2,15 @@
 //! sorted, with ranged GETs of single blocks and a local cache that is
 //! only a cache.
 //!
-//! Every index object under `index/` is consulted (gc does not merge them
-//! into shards yet): a lookup of a batch costs, per index object, about
-//! one block read per distinct block the batch's ids fall in (consecutive
-//! sorted ids in one block share the read), and memory of one decoded
-//! block per object at a time.
+//! An id is looked up in the index objects that can hold it: those of
+//! any ids (as backups write them; their heads are read at open) and
+//! those of its shard prefix (`placement::shard`; a shard object's head
+//! is read the first time an id of its prefix is looked up, then kept).
+//! A lookup of a batch costs, per object consulted, about one block read
+//! per distinct block the batch's ids fall in (consecutive sorted ids in
+//! one block share the read), and memory of one decoded block per object
+//! at a time, plus the heads read (32 bytes per pack and per 1,024
+//! entries).
 //!
 //! The cache (`$XDG_CACHE_HOME/xfull/<repo id>/`) keeps blocks as files
 //! named by index object and block number. A cached block is used only
@@ -19,16 +23,16 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 
+use tokio::sync::OnceCell;
+
 use super::index::{IndexEntry, IndexHead, Step};
+use super::shard;
+use super::sweep::read_head_if_present;
 use crate::backend::Backend;
 use crate::codec::Codec;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::ObjectId;
 use crate::keys;
-
-/// Bytes read from an index object's start to get its head in one
-/// request (a head is 24 bytes plus 32 per pack and per 1,024 entries).
-const HEAD_GUESS: u64 = 64 << 10;
 
 /// The local cache directory of a repository: `$XDG_CACHE_HOME/xfull/<repo
 /// id>/`, else `$HOME/.cache/xfull/<repo id>/`; `None` without either.
@@ -44,21 +48,28 @@ pub fn default_cache_dir(repo_id: &str) -> Option<PathBuf> {
 struct IndexObject {
     name: ObjectId,
     key: String,
-    head: IndexHead,
+    /// Its shard prefix ("": any ids).
+    prefix: String,
+    size: u64,
+    /// Read on first use; `None` once the object turned out gone.
+    head: OnceCell<Option<IndexHead>>,
 }
 
-/// The index objects of a repository, their heads read and checked.
+/// The index objects of a repository, their heads read and checked as
+/// they are needed.
 #[derive(Debug)]
 pub struct ChunkIndex {
     backend: Arc<dyn Backend>,
+    codec: Arc<Codec>,
     objects: Vec<IndexObject>,
     cache: Option<PathBuf>,
 }
 
 impl ChunkIndex {
-    /// Lists `index/` and reads every object's head (one ranged GET each,
-    /// two for a head over 64 KiB). A damaged head is damage of that
-    /// object, named; `xfull index rebuild` replaces it.
+    /// Lists `index/` and reads the head of every object of any ids (one
+    /// ranged GET each, two for a head over 64 KiB; shard objects' heads
+    /// wait for a lookup that needs them). A damaged head is damage of
+    /// that object, named; `xfull index rebuild` replaces it.
     pub async fn open(
         backend: Arc<dyn Backend>,
         codec: Arc<Codec>,
@@ -67,32 +78,54 @@ impl ChunkIndex {
         let listed: Vec<_> = backend.list(keys::INDEX).try_collect().await?;
         let mut objects = Vec::with_capacity(listed.len());
         for meta in listed {
-            let Some(name) = keys::parse_index(&meta.key) else {
+            let Some((prefix, name)) = keys::parse_index_in(&meta.key) else {
                 continue;
             };
-            // Gone since the listing: a sweep replaced it by an object
-            // holding its live entries, which a later open sees.
-            let Some(head) = read_head(&*backend, &codec, &meta.key, meta.size).await? else {
-                continue;
-            };
+            let head = OnceCell::new();
+            if prefix.is_empty() {
+                // Gone since the listing: a sweep replaced it by an
+                // object holding its live entries, which a later open
+                // sees.
+                let Some(h) = read_head_if_present(&*backend, &codec, &meta.key, meta.size).await?
+                else {
+                    continue;
+                };
+                let _ = head.set(Some(h));
+            }
             objects.push(IndexObject {
                 name,
                 key: meta.key,
+                prefix,
+                size: meta.size,
                 head,
             });
         }
-        objects.sort_unstable_by_key(|o| o.name);
+        objects.sort_unstable_by(|a, b| (&a.prefix, a.name).cmp(&(&b.prefix, b.name)));
         Ok(ChunkIndex {
             backend,
+            codec,
             objects,
             cache,
         })
+    }
+
+    /// The head of `object`, read now if it was not yet; `None` if the
+    /// object is gone.
+    async fn head<'a>(&self, object: &'a IndexObject) -> Result<Option<&'a IndexHead>> {
+        let head = object
+            .head
+            .get_or_try_init(|| {
+                read_head_if_present(&*self.backend, &self.codec, &object.key, object.size)
+            })
+            .await?;
+        Ok(head.as_ref())
     }
 
     /// An index of nothing (for a writer that must not deduplicate).
     pub fn empty(backend: Arc<dyn Backend>) -> Self {
         ChunkIndex {
             backend,
+            codec: Arc::new(Codec::plain()),
             objects: Vec::new(),
             cache: None,
         }
@@ -104,8 +137,11 @@ impl ChunkIndex {
     pub async fn all_ids(&self, keep: impl Fn(&ObjectId) -> bool) -> Result<Option<Vec<ObjectId>>> {
         let mut out = Vec::new();
         for object in &self.objects {
-            for i in 0..object.head.blocks() {
-                let Some(block) = self.block(object, i).await? else {
+            let Some(head) = self.head(object).await? else {
+                return Ok(None);
+            };
+            for i in 0..head.blocks() {
+                let Some(block) = self.block(object, head, i).await? else {
                     return Ok(None);
                 };
                 out.extend(block.iter().filter(|e| keep(&e.pack)).map(|e| e.entry.id));
@@ -114,12 +150,17 @@ impl ChunkIndex {
         Ok(Some(out))
     }
 
-    /// Entries of all index objects (from their heads).
-    pub fn entries(&self) -> u64 {
-        self.objects.iter().map(|o| o.head.entries()).sum()
+    /// Entries of all index objects (from their heads: every one is
+    /// read).
+    pub async fn entries(&self) -> Result<u64> {
+        let mut n = 0;
+        for object in &self.objects {
+            n += self.head(object).await?.map_or(0, |h| h.entries());
+        }
+        Ok(n)
     }
 
-    /// How many index objects a lookup consults.
+    /// How many index objects are listed.
     pub fn objects(&self) -> usize {
         self.objects.len()
     }
@@ -144,20 +185,37 @@ impl ChunkIndex {
         order.sort_unstable_by_key(|&k| ids[k]);
         let mut found: Vec<Vec<IndexEntry>> = vec![Vec::new(); ids.len()];
         for object in &self.objects {
+            // The ids this object can hold: all, or its shard's (a run of
+            // the sorted ids). An object no id falls in is never read.
+            let mine = if object.prefix.is_empty() {
+                &order[..]
+            } else {
+                let from = shard::first_id(&object.prefix);
+                let lo = order.partition_point(|&k| ids[k] < from);
+                let n = order[lo..].partition_point(|&k| shard::holds(&object.prefix, &ids[k]));
+                &order[lo..lo + n]
+            };
+            if mine.iter().all(|&k| first_only && !found[k].is_empty()) {
+                continue;
+            }
+            let Some(head) = self.head(object).await? else {
+                // Gone since it was listed: see below.
+                continue;
+            };
             // The last block read: sorted ids mostly fall in it again.
             let mut held: Option<(usize, Vec<IndexEntry>)> = None;
-            for &k in &order {
+            for &k in mine {
                 if first_only && !found[k].is_empty() {
                     continue;
                 }
                 let id = &ids[k];
-                let Some(mut i) = object.head.first_block(id) else {
+                let Some(mut i) = head.first_block(id) else {
                     break;
                 };
                 let mut dir = None;
                 let hit = loop {
                     if held.as_ref().is_none_or(|(at, _)| *at != i) {
-                        match self.block(object, i).await? {
+                        match self.block(object, head, i).await? {
                             Some(b) => held = Some((i, b)),
                             // Gone since it was listed: a sweep replaced
                             // it by one this index was opened too early
@@ -167,7 +225,7 @@ impl ChunkIndex {
                         }
                     }
                     let block = held.as_ref().map(|(_, b)| b.as_slice()).unwrap_or_default();
-                    match object.head.step(id, i, block, &mut dir) {
+                    match head.step(id, i, block, &mut dir) {
                         Step::Done(hit) => break hit,
                         Step::Read(next) => i = next,
                     }
@@ -180,23 +238,27 @@ impl ChunkIndex {
 
     /// Block `i` of `object`, from the cache if it holds it intact, else
     /// from the store (and then cached).
-    async fn block(&self, object: &IndexObject, i: usize) -> Result<Option<Vec<IndexEntry>>> {
-        let path = self.cache.as_ref().map(|c| block_path(c, &object.name, i));
+    async fn block(
+        &self,
+        object: &IndexObject,
+        head: &IndexHead,
+        i: usize,
+    ) -> Result<Option<Vec<IndexEntry>>> {
+        let path = self.cache.as_ref().map(|c| block_path(c, &object.key, i));
         let cached = path.as_ref().and_then(|p| std::fs::read(p).ok());
-        if let Some(block) = cached.and_then(|b| object.head.decode_block(i, &b).ok()) {
+        if let Some(block) = cached.and_then(|b| head.decode_block(i, &b).ok()) {
             return Ok(Some(block));
         }
-        let key = &object.key;
         let bytes = match self
             .backend
-            .get_range(key, object.head.block_range(i))
+            .get_range(&object.key, head.block_range(i))
             .await
         {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let block = object.head.decode_block(i, &bytes)?;
+        let block = head.decode_block(i, &bytes)?;
         if let Some(p) = &path {
             // Best effort: a cache that cannot be written is bypassed.
             let _ = write_atomically(p, &bytes);
@@ -205,45 +267,11 @@ impl ChunkIndex {
     }
 }
 
-async fn read_head(
-    backend: &dyn Backend,
-    codec: &Arc<Codec>,
-    key: &str,
-    size: u64,
-) -> Result<Option<IndexHead>> {
-    let get = |end: u64| async move {
-        match backend.get_range(key, 0..end).await {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(Error::from(e)),
-        }
-    };
-    let Some(first) = get(size.min(HEAD_GUESS)).await? else {
-        return Ok(None);
-    };
-    let len = IndexHead::head_len(key, &first, size)?;
-    let head = if len <= first.len() as u64 {
-        first.slice(..len as usize)
-    } else {
-        match get(len).await? {
-            Some(h) => h,
-            None => return Ok(None),
-        }
-    };
-    if head.len() as u64 != len {
-        return Err(Error::corrupt(
-            key,
-            format!("{} bytes read of a head of {len}", head.len()),
-        ));
-    }
-    IndexHead::decode(codec, key, &head, size).map(Some)
-}
-
-fn block_path(cache: &Path, object: &ObjectId, i: usize) -> PathBuf {
-    cache
-        .join("index")
-        .join(object.to_hex())
-        .join(i.to_string())
+fn block_path(cache: &Path, key: &str, i: usize) -> PathBuf {
+    // `index/<prefix>-<name>`: a shard object is sealed under its key, so
+    // the same name under two prefixes is two caches.
+    let file = key.strip_prefix(keys::INDEX).unwrap_or(key);
+    cache.join("index").join(file).join(i.to_string())
 }
 
 /// Writes a cache file under a temporary name and renames it into place,

@@ -33,12 +33,15 @@ use crate::keys;
 
 pub mod fetch;
 pub mod index;
+pub mod index_write;
 pub mod known;
 pub mod lookup;
+pub mod merge;
 pub mod pack;
 pub mod pack_read;
 pub mod packer;
 pub mod rebuild;
+pub mod shard;
 pub mod sweep;
 
 pub mod session;

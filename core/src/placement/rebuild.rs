@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 
 use super::index::IndexEntry;
-use super::known::store_index;
+use super::index_write::{MAX_WRITTEN_ENTRIES, store_entries};
 use super::pack_read::read_trailer;
 use crate::backend::Backend;
 use crate::codec::Codec;
@@ -21,20 +21,21 @@ use crate::repo::Stored;
 pub struct Rebuilt {
     /// Packs whose trailers were read and indexed.
     pub packs: u64,
-    /// Chunks indexed (distinct ids).
+    /// Places of chunks indexed (a chunk stored in two packs counts twice).
     pub chunks: u64,
     /// Packs left out: key and why (a damaged or unreadable trailer).
     pub damaged: Vec<(String, String)>,
-    /// The index object written (`None` if there were no packs), and
-    /// whether it was new (an identical one may exist already).
-    pub written: Option<(String, Stored)>,
+    /// The index objects written (none if there were no packs), and
+    /// whether each was new (an identical one may exist already).
+    pub written: Vec<(String, Stored)>,
 }
 
-/// Reads every pack's trailer and writes one index object holding them
-/// all. Existing index objects are left alone: removing them is a sweep's
-/// job (gc), and entries of the new object agree with every sound one.
-/// Memory: the entries, 52 bytes per chunk (sharding the rebuild by id
-/// prefix would bound it; not needed below about 10^7 chunks).
+/// Reads every pack's trailer and writes index objects of any ids holding
+/// them all (every place of every chunk), [`MAX_WRITTEN_ENTRIES`] at most
+/// each; gc later merges them into shards. Existing index objects are
+/// left alone: removing them is a sweep's job (gc), and entries of the
+/// new objects agree with every sound one. Memory: one object's entries
+/// (26 MiB), whatever the repository's size.
 pub async fn rebuild(
     backend: Arc<dyn Backend>,
     codec: &Codec,
@@ -56,21 +57,25 @@ pub async fn rebuild(
         match read_trailer(&*backend, codec, &name, meta.size, max_chunk).await {
             Ok(found) => {
                 out.packs += 1;
+                out.chunks += found.len() as u64;
                 entries.extend(
                     found
                         .into_iter()
                         .map(|entry| IndexEntry { pack: name, entry }),
                 );
+                if entries.len() >= MAX_WRITTEN_ENTRIES {
+                    let full = std::mem::take(&mut entries);
+                    out.written
+                        .extend(store_entries(&*backend, codec, "", full).await?);
+                }
             }
             Err(e) if e.is_damage() => out.damaged.push((meta.key, e.to_string())),
             Err(e) => return Err(e),
         }
     }
     drop(listing);
-    entries.sort_unstable_by_key(|e| e.entry.id);
-    entries.dedup_by_key(|e| e.entry.id);
-    out.chunks = entries.len() as u64;
-    out.written = store_index(&*backend, codec, entries).await?;
+    out.written
+        .extend(store_entries(&*backend, codec, "", entries).await?);
     Ok(out)
 }
 

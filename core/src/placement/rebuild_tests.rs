@@ -42,13 +42,14 @@ async fn the_index_is_rebuilt_from_pack_trailers_after_it_was_deleted() {
         .await
         .unwrap();
     assert_eq!((first.packs, first.chunks), (packs.len() as u64, 60));
-    let (key, stored) = first.written.unwrap();
+    assert_eq!(first.written.len(), 1);
+    let (key, stored) = first.written[0].clone();
     assert_eq!(stored, Stored::New);
     // The same packs give the same object: nothing new is written.
     let again = rebuild(backend.clone(), &Codec::plain(), 1 << 20, &progress)
         .await
         .unwrap();
-    assert_eq!(again.written, Some((key.clone(), Stored::Existed)));
+    assert_eq!(again.written, vec![(key.clone(), Stored::Existed)]);
     backend.delete_many(&[key]).await.unwrap();
     assert_eq!(
         ChunkIndex::open(backend.clone(), plain(), None)

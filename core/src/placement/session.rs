@@ -18,7 +18,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use super::index::IndexEntry;
-use super::known::{KnownChunks, entries_of, store_index};
+use super::index_write::store_entries;
+use super::known::{KnownChunks, entries_of};
 use super::lookup::ChunkIndex;
 use super::packer::{PackUploads, Packer, StoredPack};
 use super::{PACK_TARGET, PACKS_IN_FLIGHT};
@@ -141,7 +142,7 @@ impl SessionPacks {
     async fn flush(&self) -> Result<()> {
         let _one = self.flushing.lock().await;
         let entries = std::mem::take(&mut self.state().pending);
-        if let Some((key, stored)) = store_index(&*self.backend, &self.codec, entries).await? {
+        for (key, stored) in store_entries(&*self.backend, &self.codec, "", entries).await? {
             let mut state = self.state();
             if stored == Stored::Existed
                 && let Some(name) = crate::keys::parse_index(&key)

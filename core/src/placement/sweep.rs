@@ -1,6 +1,6 @@
 //! What gc needs of the pack layout, with bounded memory: index objects
-//! read a head and then a few blocks at a time, new index objects written
-//! in parts of bounded size, and a pack's live blobs moved verbatim into
+//! read a head and then a few blocks at a time (new ones are written by
+//! `index_write`), and a pack's live blobs moved verbatim into
 //! new packs (no data key: a blob is the chunk's sealed frame, opened by
 //! its chunk id wherever it lies).
 //!
@@ -19,7 +19,7 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
-use crate::repo::{missing, put_once, put_once_as};
+use crate::repo::{missing, put_once_as};
 
 /// Bytes read from an index object's start to get its head in one request.
 const HEAD_GUESS: u64 = 64 << 10;
@@ -28,25 +28,23 @@ const HEAD_GUESS: u64 = 64 << 10;
 /// object: 16 x 52 KiB = 832 KiB in memory, whatever the object's size.
 pub const BLOCKS_PER_READ: usize = 16;
 
-/// Entries per index object gc writes: 2^19 x 52 bytes = 26 MiB buffered
-/// (twice while encoding); more entries go to further objects.
-pub const MAX_WRITTEN_ENTRIES: usize = 1 << 19;
-
 /// An index object as listed, its head read and checked.
 #[derive(Clone, Debug)]
 pub struct IndexObject {
     pub name: ObjectId,
+    /// Its shard prefix ("": any ids; see `placement::shard`).
+    pub prefix: String,
     pub meta: ObjectMeta,
     pub head: IndexHead,
 }
 
-/// The index objects under `index/` (anything else there is not ours).
+/// The index objects under `index/`, sharded or not (anything else there
+/// is not ours).
 pub async fn list_index(backend: &dyn Backend) -> Result<Vec<(ObjectId, ObjectMeta)>> {
     let listed: Vec<ObjectMeta> = backend.list(keys::INDEX).try_collect().await?;
     Ok(listed
         .into_iter()
-        .filter_map(|m| Some((keys::parse_index(&m.key)?, m)))
-        .filter(|(name, m)| keys::index(name) == m.key)
+        .filter_map(|m| Some((keys::parse_index_in(&m.key)?.1, m)))
         .collect())
 }
 
@@ -66,33 +64,55 @@ pub fn list_packs(
 }
 
 /// Reads and checks an index object's head (one ranged GET, two for a
-/// head over 64 KiB).
+/// head over 64 KiB); an object gone is an error naming it.
 pub async fn read_head(
     backend: &dyn Backend,
     codec: &Arc<Codec>,
     name: ObjectId,
     meta: ObjectMeta,
 ) -> Result<IndexObject> {
-    let key = meta.key.clone();
-    let size = meta.size;
-    let get = |end: u64| {
-        let key = key.clone();
-        async move {
-            backend
-                .get_range(&key, 0..end)
-                .await
-                .map_err(|e| missing(e, &key))
+    let prefix = keys::parse_index_in(&meta.key)
+        .map(|(p, _)| p)
+        .unwrap_or_default();
+    match read_head_if_present(backend, codec, &meta.key, meta.size).await? {
+        Some(head) => Ok(IndexObject {
+            name,
+            prefix,
+            meta,
+            head,
+        }),
+        None => Err(Error::corrupt(&meta.key, "missing from the repository")),
+    }
+}
+
+/// [`read_head`], with `None` for an object gone since it was listed (a
+/// sweep replaced it).
+pub async fn read_head_if_present(
+    backend: &dyn Backend,
+    codec: &Arc<Codec>,
+    key: &str,
+    size: u64,
+) -> Result<Option<IndexHead>> {
+    let get = |end: u64| async move {
+        match backend.get_range(key, 0..end).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(Error::from(e)),
         }
     };
-    let first: Bytes = get(size.min(HEAD_GUESS)).await?;
-    let len = IndexHead::head_len(&key, &first, size)?;
+    let Some(first): Option<Bytes> = get(size.min(HEAD_GUESS)).await? else {
+        return Ok(None);
+    };
+    let len = IndexHead::head_len(key, &first, size)?;
     let head = if len <= first.len() as u64 {
         first.slice(..len as usize)
     } else {
-        get(len).await?
+        match get(len).await? {
+            Some(h) => h,
+            None => return Ok(None),
+        }
     };
-    let head = IndexHead::decode(codec, &key, &head, size)?;
-    Ok(IndexObject { name, meta, head })
+    IndexHead::decode(codec, key, &head, size).map(Some)
 }
 
 /// Reads an index object's entries a few blocks at a time
@@ -102,11 +122,22 @@ pub async fn read_head(
 pub struct EntryReader<'a> {
     object: &'a IndexObject,
     next: usize,
+    per_read: usize,
 }
 
 impl<'a> EntryReader<'a> {
     pub fn new(object: &'a IndexObject) -> Self {
-        EntryReader { object, next: 0 }
+        EntryReader::with_blocks(object, BLOCKS_PER_READ)
+    }
+
+    /// A reader of `per_read` blocks per request (a merge of many objects
+    /// reads fewer at a time from each).
+    pub fn with_blocks(object: &'a IndexObject, per_read: usize) -> Self {
+        EntryReader {
+            object,
+            next: 0,
+            per_read: per_read.clamp(1, BLOCKS_PER_READ),
+        }
     }
 
     /// The entries of the next blocks; `None` once all were read.
@@ -117,7 +148,7 @@ impl<'a> EntryReader<'a> {
         if first >= head.blocks() {
             return Ok(None);
         }
-        let end = (first + BLOCKS_PER_READ).min(head.blocks());
+        let end = (first + self.per_read).min(head.blocks());
         let range = head.block_range(first).start..head.block_range(end - 1).end;
         let start = range.start;
         let bytes = backend
@@ -138,64 +169,6 @@ impl<'a> EntryReader<'a> {
         }
         self.next = end;
         Ok(Some(out))
-    }
-}
-
-/// Writes index objects of at most [`MAX_WRITTEN_ENTRIES`] entries each,
-/// create-only (named by their bytes).
-#[derive(Debug)]
-pub struct IndexWriter {
-    backend: Arc<dyn Backend>,
-    codec: Arc<Codec>,
-    max: usize,
-    buf: Vec<IndexEntry>,
-    /// Keys of the objects written (or found already there).
-    pub written: Vec<String>,
-}
-
-impl IndexWriter {
-    pub fn new(backend: Arc<dyn Backend>, codec: Arc<Codec>) -> Self {
-        IndexWriter::with_max(backend, codec, MAX_WRITTEN_ENTRIES)
-    }
-
-    pub fn with_max(backend: Arc<dyn Backend>, codec: Arc<Codec>, max: usize) -> Self {
-        IndexWriter {
-            backend,
-            codec,
-            max: max.max(1),
-            buf: Vec::new(),
-            written: Vec::new(),
-        }
-    }
-
-    pub async fn push(&mut self, e: IndexEntry) -> Result<()> {
-        self.buf.push(e);
-        if self.buf.len() >= self.max {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let mut entries = std::mem::take(&mut self.buf);
-        // The same place read from two old objects is one entry; two
-        // places of one chunk both stay (every copy of a chunk is kept).
-        entries.sort_unstable_by_key(|e| (e.entry.id, e.pack));
-        entries.dedup_by_key(|e| (e.entry.id, e.pack));
-        let object = index::encode(&self.codec, entries);
-        let key = keys::index(&index::index_name(&object));
-        put_once(&*self.backend, &key, object).await?;
-        self.written.push(key);
-        Ok(())
-    }
-
-    /// Writes what is buffered; returns the keys of every object written.
-    pub async fn finish(mut self) -> Result<Vec<String>> {
-        self.flush().await?;
-        Ok(self.written)
     }
 }
 

@@ -32,10 +32,10 @@ use crate::gc::pack_plan::PackFate;
 use crate::id::ObjectId;
 use crate::keys;
 use crate::placement::index::IndexEntry;
+use crate::placement::index_write::IndexWriter;
+use crate::placement::merge::Merge;
 use crate::placement::packer::DEFAULT_TARGET;
-use crate::placement::sweep::{
-    EntryReader, IndexWriter, list_index, list_packs, move_live, read_head,
-};
+use crate::placement::sweep::{EntryReader, list_index, list_packs, move_live, read_head};
 
 impl Sweep {
     fn max_chunk(&self) -> u32 {
@@ -95,6 +95,7 @@ impl Sweep {
                 deps: &self.prot.pack_deps,
                 rules: self.pack_opts.rules,
                 max_waste_pct: self.pack_opts.max_waste_pct,
+                shard_entries: self.pack_opts.shard_entries,
             },
             &orphan_live,
         );
@@ -136,7 +137,13 @@ impl Sweep {
         };
         let result = self.replace_with(&mut census).await;
         self.census = Some(census);
-        result
+        match result {
+            // An index object found damaged while merging (out of order,
+            // or holding ids outside its shard): nothing is deleted; what
+            // was written is orphaned for the next sweep.
+            Err(e) if e.is_damage() => self.hold_packs(e),
+            r => r,
+        }
     }
 
     async fn replace_with(&mut self, census: &mut Census) -> Result<()> {
@@ -199,7 +206,7 @@ impl Sweep {
             return Ok(());
         }
         for k in 0..census.objects.len() {
-            if !census.objects[k].replace {
+            if !census.objects[k].replace || census.objects[k].into_shards {
                 continue;
             }
             self.refresh().await?;
@@ -213,7 +220,8 @@ impl Sweep {
                 }
             }
         }
-        let written = writer.finish().await?;
+        let mut written = writer.finish().await?;
+        written.extend(self.write_shards(census).await?);
         self.report.index_objects_written = written.len() as u64;
         census.written.extend(written);
         for o in census.objects.iter_mut() {
@@ -222,6 +230,36 @@ impl Sweep {
             }
         }
         Ok(())
+    }
+
+    /// The surviving entries of the objects to rewrite into shards, merged
+    /// in id order and written as shard objects of the census's depth.
+    async fn write_shards(&mut self, census: &Census) -> Result<Vec<String>> {
+        let backend = self.repo.backend().clone();
+        let into: Vec<&_> = census
+            .objects
+            .iter()
+            .filter(|o| o.replace && o.into_shards)
+            .map(|o| &o.object)
+            .collect();
+        if into.is_empty() {
+            return Ok(Vec::new());
+        }
+        let codec = self.repo.codec().clone();
+        let mut writer = IndexWriter::sharded(backend.clone(), codec, census.depth);
+        let mut merge = Merge::new(into);
+        let mut n = 0u64;
+        while let Some(e) = merge.next(&*backend).await? {
+            n += 1;
+            // The sweep's marker stays fresh through a long merge.
+            if n.is_multiple_of(1 << 20) {
+                self.refresh().await?;
+            }
+            if census.survives(&e.pack) {
+                writer.push(e).await?;
+            }
+        }
+        writer.finish().await
     }
 
     /// Step 4d: the dead and rewritten packs, then the replaced index
