@@ -42,19 +42,22 @@ fn sealed_object(key: &str, data: &[u8]) -> Vec<u8> {
     };
     let packs = usize::from(packs % 8);
     let (table, body) = rest.split_at((packs * 32).min(rest.len()));
-    let entries = body.len() / 52;
-    let body = &body[..entries * 52];
-    let mut out = b"XFI1".to_vec();
+    let entries = body.len() / 80;
+    let body = &body[..entries * 80];
+    let mut out = b"XFI2".to_vec();
     out.extend_from_slice(&(entries as u64).to_le_bytes());
     out.extend_from_slice(&(packs as u32).to_le_bytes());
     out.extend_from_slice(&1024u32.to_le_bytes());
     out.extend_from_slice(&1u32.to_le_bytes());
     out.extend_from_slice(&[0; 32]);
-    out.extend_from_slice(&sealed().seal_meta(SealKind::Index, key, table.to_vec()));
-    for (i, block) in body.chunks(1024 * 52).enumerate() {
+    for (i, block) in body.chunks(1024 * 80).enumerate() {
         let name = format!("{key}#{i}");
         out.extend_from_slice(&sealed().seal_meta(SealKind::Index, &name, block.to_vec()));
     }
+    let mut plain_table = (entries as u64).to_le_bytes().to_vec();
+    plain_table.extend_from_slice(table);
+    let name = format!("{key}#packs");
+    out.extend_from_slice(&sealed().seal_meta(SealKind::Index, &name, plain_table));
     out
 }
 

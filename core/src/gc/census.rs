@@ -143,11 +143,10 @@ impl Census {
         self.packs[i].listed = Some((size, at));
     }
 
-    /// An index object whose head was read.
-    pub fn index(&mut self, object: IndexObject) {
-        let packs = object
-            .head
-            .packs()
+    /// An index object whose head was read, and the packs its table
+    /// names.
+    pub fn index(&mut self, object: IndexObject, table: &[ObjectId]) {
+        let packs = table
             .iter()
             .map(|p| {
                 let i = self.register(*p);

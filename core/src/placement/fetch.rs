@@ -127,7 +127,7 @@ pub struct Checked {
 /// Reads and checks every chunk of `ids` (distinct), pack by pack in
 /// offset order, so that packs are read sequentially in long runs rather
 /// than chunk by chunk; `done` is told each chunk's plain length as it is
-/// checked. Memory: 52 bytes per chunk for the places, plus the runs in
+/// checked. Memory: 80 bytes per chunk for the places, plus the runs in
 /// flight; plaintext is dropped once checked.
 pub async fn check_all(
     backend: &dyn Backend,

@@ -2,22 +2,33 @@
 //! immutable, readable a block at a time.
 //!
 //! ```text
-//! head    := "XFI1" entries:u64 packs:u32 block_entries:u32 (=1024) 0:u32
-//!            pack_name:32 * packs
+//! head    := "XFI2" entries:u64 packs:u32 block_entries:u32 (=1024) 0:u32
 //!            block_sum:32 * ceil(entries / 1024)
 //!            head_sum:32                  BLAKE3 of the head up to here
 //! entries := entry * entries               strictly ascending by chunk id
-//! entry   := chunk id:32 pack:u32 offset:u64 stored_len:u32 plain_len:u32
+//! entry   := chunk id:32 pack:32 offset:u64 stored_len:u32 plain_len:u32
+//! packs   := entries:u64 pack_name:32 * packs  sum:32
+//!            the packs the entries name, sorted, once each (for gc)
 //! ```
 //!
 //! In an encrypted repository (the fixed part's last word is 1):
 //!
 //! ```text
-//! head    := "XFI1" entries:u64 packs:u32 block_entries:u32 (=1024) 1:u32
+//! head    := "XFI2" entries:u64 packs:u32 block_entries:u32 (=1024) 1:u32
 //!            name:32                      the object's name
-//!            seal(Index, "index/<name>", pack_name:32 * packs)
-//! block i := seal(Index, "index/<name>#<i>", entry * (1024, or the rest))
+//! block i := seal(Index, "<key>#<i>", entry * (1024, or the rest))
+//! packs   := seal(Index, "<key>#packs", entries:u64 pack_name:32 * packs)
 //! ```
+//!
+//! Each entry names its pack in full, and the table of packs comes last:
+//! a lookup reads a small head and one block, whatever the number of
+//! packs. (In a shard object the chunks of one pack are spread over every
+//! shard, so a shard names about as many packs as it has entries; a
+//! table in the head made every shard head as large as 32 bytes per
+//! entry: 1.5 MB per shard at 200 M chunks, read for each shard a backup
+//! touched.) Only gc reads the table (which objects name a pack that
+//! goes); its copy of the entry count, under the checksum or the seal,
+//! makes an object cut short damage to gc.
 //!
 //! Each block is sealed on its own under the metadata key, bound to the
 //! object's key and its number, so a ranged read of the head and of one
@@ -28,14 +39,14 @@
 //! anyway. The seals are bound to the name, so the name comes first: a
 //! keyed hash (the id key) of the plain content, written in the head for
 //! [`index_name`]; a rebuild from the same packs still gives the same
-//! name, and nothing is written. Overhead: 78 bytes per object and 46
-//! per block of 1,024 entries (53,248 bytes), 0.09%.
+//! name, and nothing is written. Overhead: 56 bytes per object, 46 per
+//! block of 1,024 entries (81,920 bytes) and 38 for the table.
 //!
-//! Integers are little-endian. The object's size must be exactly the
-//! head's length plus 52 bytes per entry, so every count is bounded by the
-//! real size before anything is allocated. Each block of 1,024 entries
-//! (52 KiB) has its own checksum in the head, so a lookup reads the head
-//! once (cached) and then one block with a ranged read, and still checks
+//! Integers are little-endian. The object's size must be exactly what the
+//! counts say, so every count is bounded by the real size before anything
+//! is allocated. Each block of 1,024 entries (80 KiB) has its own
+//! checksum in the head (or its own seal), so a lookup reads the head
+//! once (kept) and then one block with a ranged read, and still checks
 //! everything it uses. Chunk ids are uniform BLAKE3 outputs, so the block
 //! holding an id is guessed from the id's first 8 bytes (interpolation);
 //! for n entries the guess is off by about sqrt(n)/2 entries, well inside
@@ -56,12 +67,12 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
 
-const MAGIC: &[u8; 4] = b"XFI1";
+const MAGIC: &[u8; 4] = b"XFI2";
 const FIXED: usize = 24;
 /// Entries per checksummed block.
 pub const BLOCK_ENTRIES: usize = 1024;
 /// Bytes per entry.
-pub const ENTRY_LEN: usize = 32 + 4 + 8 + 4 + 4;
+pub const ENTRY_LEN: usize = 32 + 32 + 8 + 4 + 4;
 /// What sealing adds to the head and to each block.
 const SEAL: usize = overhead(false);
 
@@ -121,25 +132,26 @@ pub fn encode_in(codec: &Codec, prefix: &str, mut entries: Vec<IndexEntry>) -> B
     packs.dedup();
     let mut body = Vec::with_capacity(entries.len() * ENTRY_LEN);
     for e in &entries {
-        let p = packs.binary_search(&e.pack).unwrap_or_default() as u32;
         body.extend_from_slice(e.entry.id.as_bytes());
-        body.extend_from_slice(&p.to_le_bytes());
+        body.extend_from_slice(e.pack.as_bytes());
         body.extend_from_slice(&e.entry.offset.to_le_bytes());
         body.extend_from_slice(&e.entry.stored_len.to_le_bytes());
         body.extend_from_slice(&e.entry.plain_len.to_le_bytes());
     }
+    let mut table = Vec::with_capacity(8 + packs.len() * 32);
+    table.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for p in &packs {
+        table.extend_from_slice(p.as_bytes());
+    }
     let sealed = codec.is_encrypted();
-    let mut out = Vec::with_capacity(body.len() + 64 + packs.len() * 32);
+    let mut out = Vec::with_capacity(body.len() + table.len() + 128);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
     out.extend_from_slice(&(BLOCK_ENTRIES as u32).to_le_bytes());
     out.extend_from_slice(&u32::from(sealed).to_le_bytes());
     if sealed {
-        return seal(codec, prefix, out, &packs, &body);
-    }
-    for p in &packs {
-        out.extend_from_slice(p.as_bytes());
+        return seal(codec, prefix, out, table, &body);
     }
     for block in body.chunks(BLOCK_ENTRIES * ENTRY_LEN) {
         out.extend_from_slice(blake3::hash(block).as_bytes());
@@ -147,19 +159,20 @@ pub fn encode_in(codec: &Codec, prefix: &str, mut entries: Vec<IndexEntry>) -> B
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
     out.extend_from_slice(&body);
+    let sum = blake3::hash(&table);
+    out.extend_from_slice(&table);
+    out.extend_from_slice(sum.as_bytes());
     Bytes::from(out)
 }
 
-/// The sealed layout: the name, the sealed pack table, the sealed blocks.
-fn seal(codec: &Codec, prefix: &str, mut out: Vec<u8>, packs: &[ObjectId], body: &[u8]) -> Bytes {
-    let table: Vec<u8> = packs.iter().flat_map(|p| *p.as_bytes()).collect();
+/// The sealed layout: the name, the sealed blocks, the sealed table.
+fn seal(codec: &Codec, prefix: &str, mut out: Vec<u8>, table: Vec<u8>, body: &[u8]) -> Bytes {
     let mut named = out.clone();
-    named.extend_from_slice(&table);
     named.extend_from_slice(blake3::hash(body).as_bytes());
+    named.extend_from_slice(&table);
     let name = codec.node_id(&named);
     let key = keys::index_in(prefix, &name);
     out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(&codec.seal_meta(SealKind::Index, &key, table));
     for (i, block) in body.chunks(BLOCK_ENTRIES * ENTRY_LEN).enumerate() {
         out.extend_from_slice(&codec.seal_meta(
             SealKind::Index,
@@ -167,7 +180,13 @@ fn seal(codec: &Codec, prefix: &str, mut out: Vec<u8>, packs: &[ObjectId], body:
             block.to_vec(),
         ));
     }
+    out.extend_from_slice(&codec.seal_meta(SealKind::Index, &table_name(&key), table));
     Bytes::from(out)
+}
+
+/// The name the table of packs of the object at `key` is sealed under.
+fn table_name(key: &str) -> String {
+    format!("{key}#packs")
 }
 
 /// The name block `i` of the object at `key` is sealed under.
@@ -204,13 +223,32 @@ pub fn index_name(object: &[u8]) -> ObjectId {
 pub struct IndexHead {
     key: String,
     entries: u64,
-    packs: Vec<ObjectId>,
+    packs: u64,
     /// One per block; empty when sealed (each block's seal checks it).
     block_sums: Vec<[u8; 32]>,
     blocks: usize,
     head_len: u64,
     /// The codec that opens sealed blocks (`None`: plain blocks).
     sealed: Option<Arc<Codec>>,
+}
+
+/// The lengths of an object's three parts, from its fixed part.
+fn layout(entries: u64, packs: u64, sealed: bool) -> (u64, u64, u64) {
+    let blocks = entries.div_ceil(BLOCK_ENTRIES as u64);
+    let table = 8 + 32 * packs;
+    if sealed {
+        (
+            FIXED as u64 + 32,
+            entries * ENTRY_LEN as u64 + blocks * SEAL as u64,
+            table + SEAL as u64,
+        )
+    } else {
+        (
+            FIXED as u64 + 32 * (blocks + 1),
+            entries * ENTRY_LEN as u64,
+            table + 32,
+        )
+    }
 }
 
 impl IndexHead {
@@ -236,22 +274,11 @@ impl IndexHead {
                 "declares {entries} entries in {packs} packs in {size} bytes"
             )));
         }
-        let blocks = entries.div_ceil(BLOCK_ENTRIES as u64);
-        let (head, body) = if sealed {
-            (
-                FIXED as u64 + 32 + 32 * packs + SEAL as u64,
-                entries * ENTRY_LEN as u64 + blocks * SEAL as u64,
-            )
-        } else {
-            (
-                FIXED as u64 + 32 * (packs + blocks + 1),
-                entries * ENTRY_LEN as u64,
-            )
-        };
-        if head + body != size {
+        let (head, body, table) = layout(entries, packs, sealed);
+        if head + body + table != size {
             return Err(bad(format!(
                 "{size} bytes, its {entries} entries and {packs} packs need {}",
-                head + body
+                head + body + table
             )));
         }
         Ok(head)
@@ -268,45 +295,43 @@ impl IndexHead {
         }
         let len = len as usize;
         let entries = u64::from_le_bytes(head[4..12].try_into().unwrap_or_default());
+        let packs = u64::from(u32::from_le_bytes(
+            head[12..16].try_into().unwrap_or_default(),
+        ));
         let blocks = entries.div_ceil(BLOCK_ENTRIES as u64) as usize;
-        let to_id = |c: &[u8]| ObjectId::from_bytes(c.try_into().unwrap_or_default());
         // An encrypted repository's codec refuses a plain head, and a
         // plain one a sealed head: each is damage.
-        if is_sealed(head) || codec.is_encrypted() {
-            let table = codec.open_meta(SealKind::Index, key, &head[FIXED + 32..])?;
-            let packs = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()) as usize;
-            if !is_sealed(head) || table.len() != packs * 32 {
-                return Err(Error::corrupt(key, "index head does not match its counts"));
-            }
-            return Ok(IndexHead {
-                key: key.to_string(),
-                entries,
-                packs: table.chunks_exact(32).map(to_id).collect(),
-                block_sums: Vec::new(),
-                blocks,
-                head_len: len as u64,
-                sealed: Some(codec.clone()),
-            });
+        if is_sealed(head) != codec.is_encrypted() {
+            return Err(Error::corrupt(
+                key,
+                if codec.is_encrypted() {
+                    "a plain index object in an encrypted repository"
+                } else {
+                    "a sealed index object in an unencrypted repository"
+                },
+            ));
+        }
+        let mut out = IndexHead {
+            key: key.to_string(),
+            entries,
+            packs,
+            block_sums: Vec::new(),
+            blocks,
+            head_len: len as u64,
+            sealed: None,
+        };
+        if is_sealed(head) {
+            out.sealed = Some(codec.clone());
+            return Ok(out);
         }
         if blake3::hash(&head[..len - 32]).as_bytes()[..] != head[len - 32..] {
             return Err(Error::corrupt(key, "index head checksum mismatch"));
         }
-        let packs = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()) as usize;
-        let table = &head[FIXED..len - 32];
-        let pack_ids = table[..packs * 32].chunks_exact(32).map(to_id).collect();
-        let block_sums = table[packs * 32..]
+        out.block_sums = head[FIXED..len - 32]
             .chunks_exact(32)
             .map(|c| c.try_into().unwrap_or_default())
             .collect();
-        Ok(IndexHead {
-            key: key.to_string(),
-            entries,
-            packs: pack_ids,
-            block_sums,
-            blocks,
-            head_len: len as u64,
-            sealed: None,
-        })
+        Ok(out)
     }
 
     pub fn entries(&self) -> u64 {
@@ -317,8 +342,9 @@ impl IndexHead {
         self.blocks
     }
 
-    pub fn packs(&self) -> &[ObjectId] {
-        &self.packs
+    /// How many packs the object's table names.
+    pub fn pack_count(&self) -> u64 {
+        self.packs
     }
 
     /// The byte range of block `i` in the object.
@@ -332,6 +358,53 @@ impl IndexHead {
         };
         let start = self.head_len + first * ENTRY_LEN as u64 + i as u64 * seal;
         start..start + end.saturating_sub(first) * ENTRY_LEN as u64 + seal
+    }
+
+    /// The byte range of the table of packs (the object's end).
+    pub fn table_range(&self) -> Range<u64> {
+        let (head, body, table) = layout(self.entries, self.packs, self.sealed.is_some());
+        head + body..head + body + table
+    }
+
+    /// Decodes and checks the table of packs (exactly
+    /// [`Self::table_range`]): the packs the entries name, sorted, once
+    /// each, and the entry count the head declares.
+    pub fn decode_table(&self, bytes: &[u8]) -> Result<Vec<ObjectId>> {
+        let bad = |why: &str| Error::corrupt(&self.key, format!("table of packs: {why}"));
+        let range = self.table_range();
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(bad("cut short"));
+        }
+        let opened;
+        let table = match &self.sealed {
+            Some(codec) => {
+                opened = codec
+                    .open_meta(SealKind::Index, &table_name(&self.key), bytes)
+                    .map_err(|e| match e {
+                        Error::Corrupt { reason, .. } => bad(&reason),
+                        e => e,
+                    })?;
+                &opened[..]
+            }
+            None => {
+                let (table, sum) = bytes.split_at(bytes.len() - 32);
+                if blake3::hash(table).as_bytes()[..] != *sum {
+                    return Err(bad("checksum mismatch"));
+                }
+                table
+            }
+        };
+        if table.len() as u64 != 8 + 32 * self.packs || table[..8] != self.entries.to_le_bytes() {
+            return Err(bad("does not match the head's counts"));
+        }
+        let packs: Vec<ObjectId> = table[8..]
+            .chunks_exact(32)
+            .map(|c| ObjectId::from_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        if packs.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad("out of order"));
+        }
+        Ok(packs)
     }
 
     /// The block an id most likely lies in (interpolation on its first 8
@@ -372,24 +445,25 @@ impl IndexHead {
         }
         let mut out: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / ENTRY_LEN);
         for raw in bytes.chunks_exact(ENTRY_LEN) {
+            let id_at =
+                |at: usize| ObjectId::from_bytes(raw[at..at + 32].try_into().unwrap_or_default());
             let u32_at =
                 |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().unwrap_or_default());
-            let pack = u32_at(32) as usize;
             let entry = PackEntry {
-                id: ObjectId::from_bytes(raw[..32].try_into().unwrap_or_default()),
-                offset: u64::from_le_bytes(raw[36..44].try_into().unwrap_or_default()),
-                stored_len: u32_at(44),
-                plain_len: u32_at(48),
+                id: id_at(0),
+                offset: u64::from_le_bytes(raw[64..72].try_into().unwrap_or_default()),
+                stored_len: u32_at(72),
+                plain_len: u32_at(76),
             };
             let sorted = out.last().is_none_or(|l| l.entry.id < entry.id);
-            if pack >= self.packs.len() || !sorted || entry.stored_len < 2 || entry.plain_len == 0 {
+            if !sorted || entry.stored_len < 2 || entry.plain_len == 0 {
                 return Err(bad(format!(
-                    "block {i}: entry {} is out of order or names no pack",
+                    "block {i}: entry {} is out of order or has no length",
                     out.len()
                 )));
             }
             out.push(IndexEntry {
-                pack: self.packs[pack],
+                pack: id_at(32),
                 entry,
             });
         }
@@ -464,6 +538,11 @@ impl IndexHead {
         }
         if all.windows(2).any(|w| w[0].entry.id >= w[1].entry.id) {
             return Err(Error::corrupt(key, "entries out of order across blocks"));
+        }
+        let t = head.table_range();
+        let packs = head.decode_table(&bytes[t.start as usize..t.end as usize])?;
+        if all.iter().any(|e| packs.binary_search(&e.pack).is_err()) {
+            return Err(Error::corrupt(key, "an entry names a pack its table lacks"));
         }
         Ok((head, all))
     }

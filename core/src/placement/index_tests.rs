@@ -90,11 +90,25 @@ fn hostile_index_objects_are_damage() {
     let mut b = obj.clone();
     b[30] ^= 1;
     check(&b, "head bit flip");
+    let (head, _) = IndexHead::decode_all(&plain(), "index/x", &obj).unwrap();
+    let mut b = obj.clone();
+    let last = head.block_range(head.blocks() - 1).end as usize - 3;
+    b[last] ^= 1;
+    check(&b, "entry bit flip");
     let mut b = obj.clone();
     let last = b.len() - 3;
     b[last] ^= 1;
-    check(&b, "entry bit flip");
-    check(b"XFI1", "short");
+    check(&b, "table bit flip");
+    // A table whose entry count disagrees with the head's, its sum made
+    // to match: what a cut object would show gc.
+    let mut b = obj.clone();
+    let t = head.table_range();
+    let (t0, t1) = (t.start as usize, t.end as usize);
+    b[t0..t0 + 8].copy_from_slice(&2999u64.to_le_bytes());
+    let sum = blake3::hash(&b[t0..t1 - 32]);
+    b[t1 - 32..t1].copy_from_slice(sum.as_bytes());
+    check(&b, "table count");
+    check(b"XFI2", "short");
     check(b"", "empty");
 }
 
@@ -117,7 +131,7 @@ fn a_hostile_unsorted_index_cannot_make_a_lookup_loop() {
     b[r3.start as usize..r3.end as usize].copy_from_slice(&b0);
     // Re-seal the head with the swapped blocks' sums.
     let hl = head.head_len as usize;
-    let sums = FIXED + 32 * head.packs().len();
+    let sums = FIXED;
     let s0: [u8; 32] = b[sums..sums + 32].try_into().unwrap();
     let s3: [u8; 32] = b[sums + 96..sums + 128].try_into().unwrap();
     b[sums..sums + 32].copy_from_slice(&s3);
@@ -180,8 +194,8 @@ fn a_sealed_index_hides_its_entries_and_each_block_opens_alone() {
     }
     assert_eq!(
         obj.len(),
-        FIXED + 32 + 5 * 32 + SEAL + 3000 * ENTRY_LEN + 3 * SEAL,
-        "overhead: the name, and one seal for the head and per block"
+        FIXED + 32 + 3000 * ENTRY_LEN + 3 * SEAL + 8 + 5 * 32 + SEAL,
+        "overhead: the name, one seal per block and one for the table"
     );
     let (_, mut decoded) = IndexHead::decode_all(&codec, &key, &obj).unwrap();
     let mut want = all.clone();
@@ -192,7 +206,12 @@ fn a_sealed_index_hides_its_entries_and_each_block_opens_alone() {
     let size = obj.len() as u64;
     let len = IndexHead::head_len(&key, &obj[..64], size).unwrap() as usize;
     let head = IndexHead::decode(&codec, &key, &obj[..len], size).unwrap();
-    assert_eq!((head.blocks(), head.packs().len()), (3, 5));
+    assert_eq!((head.blocks(), head.pack_count()), (3, 5));
+    assert_eq!(
+        head.head_len,
+        (FIXED + 32) as u64,
+        "a head without the packs"
+    );
     let reads = Cell::new(0);
     for e in all.iter().step_by(37) {
         assert_eq!(

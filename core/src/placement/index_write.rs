@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::keys;
 use crate::repo::{Stored, put_once};
 
-/// Entries per index object written: 2^19 x 52 bytes = 26 MiB buffered
+/// Entries per index object written: 2^19 x 80 bytes = 40 MiB buffered
 /// (twice while encoding); more entries go to further objects.
 pub const MAX_WRITTEN_ENTRIES: usize = shard::SHARD_ENTRIES as usize;
 

@@ -35,7 +35,7 @@ pub struct Rebuilt {
 /// each; gc later merges them into shards. Existing index objects are
 /// left alone: removing them is a sweep's job (gc), and entries of the
 /// new objects agree with every sound one. Memory: one object's entries
-/// (26 MiB), whatever the repository's size.
+/// (40 MiB), whatever the repository's size.
 pub async fn rebuild(
     backend: Arc<dyn Backend>,
     codec: &Codec,

@@ -31,7 +31,7 @@ use crate::lease::ObjectRef;
 use crate::repo::Stored;
 
 /// Entries a session holds before it writes them as an index object
-/// (52 bytes each in the object, about 100 in memory: about 100 MB).
+/// (80 bytes each in the object, about 100 in memory: about 100 MB).
 pub const INDEX_FLUSH: usize = 1 << 20;
 
 /// Where a chunk is, as far as the session knows.

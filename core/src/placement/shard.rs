@@ -11,7 +11,7 @@
 
 use crate::id::ObjectId;
 
-/// Entries a shard is sized for: 2^19 x 52 bytes = 26 MiB per object, the
+/// Entries a shard is sized for: 2^19 x 80 bytes = 40 MiB per object, the
 /// most gc buffers while writing one.
 pub const SHARD_ENTRIES: u64 = 1 << 19;
 

@@ -35,7 +35,9 @@ use crate::placement::index::IndexEntry;
 use crate::placement::index_write::IndexWriter;
 use crate::placement::merge::Merge;
 use crate::placement::packer::DEFAULT_TARGET;
-use crate::placement::sweep::{EntryReader, list_index, list_packs, move_live, read_head};
+use crate::placement::sweep::{
+    EntryReader, list_index, list_packs, move_live, read_head, read_table,
+};
 
 impl Sweep {
     fn max_chunk(&self) -> u32 {
@@ -64,8 +66,13 @@ impl Sweep {
         }
         self.report.packs_listed = census.packs.len() as u64;
         for (name, meta) in list_index(&*backend).await? {
-            match read_head(&*backend, self.repo.codec(), name, meta).await {
-                Ok(object) => census.index(object),
+            let read = async {
+                let object = read_head(&*backend, self.repo.codec(), name, meta).await?;
+                let table = read_table(&*backend, &object).await?;
+                Ok::<_, crate::Error>((object, table))
+            };
+            match read.await {
+                Ok((object, table)) => census.index(object, &table),
                 Err(e) if e.is_damage() => return self.hold_packs(e),
                 Err(e) => return Err(e),
             }
