@@ -272,3 +272,31 @@ fn a_sealed_index_moved_edited_cut_or_mixed_is_damage_naming_it() {
     let plain_obj = encode(&Codec::plain(), entries(10, 1));
     damaged(&codec, &plain_obj, "index/p", "not sealed");
 }
+
+/// In a shard object every id shares the prefix: a lookup still reads
+/// about one block (interpolation on the digits after the prefix; before,
+/// it walked from `a/16` of the way in, block by block).
+#[test]
+fn lookups_in_a_shard_object_read_about_one_block() {
+    let all: Vec<IndexEntry> = entries(20_000, 37)
+        .into_iter()
+        .map(|mut e| {
+            let mut id = *e.entry.id.as_bytes();
+            id[0] = 0xa0 | (id[0] & 0x0f);
+            e.entry.id = ObjectId::from_bytes(id);
+            e
+        })
+        .collect();
+    let obj = encode_in(&Codec::plain(), "a", all.clone());
+    let key = keys::index_in("a", &index_name(&obj));
+    let (head, _) = IndexHead::decode_all(&plain(), &key, &obj).unwrap();
+    let reads = Cell::new(0);
+    for e in &all {
+        assert_eq!(
+            head.lookup(&e.entry.id, reader(&obj, &reads)).unwrap(),
+            Some(*e)
+        );
+    }
+    let per = reads.get() as f64 / all.len() as f64;
+    assert!(per < 1.2, "{per} block reads per lookup");
+}
