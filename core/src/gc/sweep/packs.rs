@@ -26,7 +26,7 @@ use std::collections::HashSet;
 
 use super::{Candidate, Listed, Sweep};
 use crate::backend::ObjectMeta;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gc::census::{Census, Decide, Fate};
 use crate::gc::pack_plan::PackFate;
 use crate::id::ObjectId;
@@ -54,6 +54,7 @@ impl Sweep {
 
     /// Step 4b: the census of packs and their fates.
     pub async fn plan_packs(&mut self) -> Result<()> {
+        self.stop_if_cancelled().await?;
         let backend = self.repo.backend().clone();
         let mut census = Census::default();
         {
@@ -64,6 +65,7 @@ impl Sweep {
         }
         self.report.packs_listed = census.packs.len() as u64;
         for (name, meta) in list_index(&*backend).await? {
+            self.stop_if_cancelled().await?;
             match read_head(&*backend, self.repo.codec(), name, meta).await {
                 Ok(object) => census.index(object),
                 Err(e) if e.is_damage() => return self.hold_packs(e),
@@ -71,6 +73,7 @@ impl Sweep {
             }
         }
         self.report.index_objects_read = census.objects.len() as u64;
+        self.stop_if_cancelled().await?;
         let marks = &self.prot.marks;
         let cutoff = self.prot.cutoff;
         let mut orphan_live = census
@@ -82,7 +85,12 @@ impl Sweep {
                 marks,
             )
             .await?;
-        if let Err(e) = census.count(&*backend, marks, &mut orphan_live).await {
+        let progress = self.progress.clone();
+        let cancelled = || progress.as_ref().is_some_and(|p| p.is_cancelled());
+        if let Err(e) = census
+            .count(&*backend, marks, &mut orphan_live, &cancelled)
+            .await
+        {
             if e.is_damage() {
                 return self.hold_packs(e);
             }
@@ -136,7 +144,11 @@ impl Sweep {
         };
         let result = self.replace_with(&mut census).await;
         self.census = Some(census);
-        result
+        match result {
+            // Stopped between two writes: undo (with the census back).
+            Err(Error::Cancelled { .. }) => self.stop_if_cancelled().await,
+            other => other,
+        }
     }
 
     async fn replace_with(&mut self, census: &mut Census) -> Result<()> {
@@ -149,6 +161,11 @@ impl Sweep {
             .map(|p| p.name)
             .collect();
         for name in repack {
+            if self.cancelled() {
+                return Err(Error::Cancelled {
+                    cleaned: String::new(),
+                });
+            }
             if self.dry_run {
                 let p = census.pack(&name).map(|p| p.live_bytes).unwrap_or(0);
                 self.report.live_bytes_moved += p;
@@ -175,6 +192,7 @@ impl Sweep {
                     self.report.live_bytes_moved += m.bytes;
                     self.report.packs_written += m.packs.len() as u64;
                     for np in m.packs {
+                        self.new_packs.push(np.name);
                         for entry in np.entries {
                             writer
                                 .push(IndexEntry {
@@ -201,6 +219,14 @@ impl Sweep {
         for k in 0..census.objects.len() {
             if !census.objects[k].replace {
                 continue;
+            }
+            if self.cancelled() {
+                // Objects already written (a writer flushes every 2^19
+                // entries) are undone with the others.
+                census.written.extend(writer.written.iter().cloned());
+                return Err(Error::Cancelled {
+                    cleaned: String::new(),
+                });
             }
             self.refresh().await?;
             let object = census.objects[k].object.clone();
