@@ -37,6 +37,7 @@ mod serve_read;
 mod signals;
 mod store_settings;
 mod unlocked;
+mod verify_index;
 
 /// A file in `tests/` that is not declared above would silently never run.
 #[test]
