@@ -7,17 +7,15 @@
 //! the next gc nor a backup waits for it to go stale; and index objects it
 //! wrote are removed again if no pack or index object was deleted yet.
 //!
-//! Why remove them: a new index object places the moved chunks in the new
-//! packs while the old packs, not deleted yet, still hold them. Left
-//! there, the next sweep would keep the new packs (live) and rewrite the
-//! old ones again: in an encrypted repository into other new packs (blobs
-//! are sealed with fresh nonces), two copies of every moved chunk kept
-//! for good. Without their index object the new packs are orphans whose
-//! chunks are all in indexed packs, which the next gc deletes once they
-//! are older than its cutoff. The removal is a delete batch like any
-//! other (announced, after a look at the leases): a backup that found a
-//! chunk through the new objects and named a new pack or index object as
-//! a dependency keeps them.
+//! Why remove them: what a stopped sweep wrote is then cleaned up where
+//! it safely can be. Without their index object the new packs are orphans
+//! whose chunks are all in indexed packs: the next gc deletes them once
+//! they are older than its cutoff, or, rewriting the same old packs, writes
+//! the same new packs again (blobs are copied verbatim, so the bytes and
+//! the name repeat, encrypted or not) and keeps them. The removal is a
+//! delete batch like any other (announced, after a look at the leases): a
+//! backup that found a chunk through the new objects and named a new pack
+//! or index object as a dependency keeps them.
 
 use std::collections::HashSet;
 

@@ -185,7 +185,6 @@ impl Sweep {
                 live,
             )
             .await;
-            let p = census.pack_mut(&name).map(|p| &mut p.fate);
             match moved {
                 Ok(Some(m)) => {
                     self.report.packs_rewritten += 1;
@@ -193,6 +192,15 @@ impl Sweep {
                     self.report.packs_written += m.packs.len() as u64;
                     for np in m.packs {
                         self.new_packs.push(np.name);
+                        // Blobs are copied verbatim, so a pack rewritten
+                        // again gives the same new pack: one a killed
+                        // sweep left as an orphan is listed, doomed, and
+                        // must not go now that it is indexed.
+                        if let Some(same) = census.pack_mut(&np.name)
+                            && same.fate.doomed()
+                        {
+                            same.fate = Fate::Keep;
+                        }
                         for entry in np.entries {
                             writer
                                 .push(IndexEntry {
@@ -204,11 +212,17 @@ impl Sweep {
                     }
                 }
                 // Gone meanwhile: its entries go with the old objects.
-                Ok(None) => p.into_iter().for_each(|f| *f = Fate::Gone),
+                Ok(None) => {
+                    if let Some(p) = census.pack_mut(&name) {
+                        p.fate = Fate::Gone;
+                    }
+                }
                 // Its trailer is damaged: left as it is (verify names it).
                 Err(e) if e.is_damage() => {
                     self.report.packs_damaged += 1;
-                    p.into_iter().for_each(|f| *f = Fate::Damaged);
+                    if let Some(p) = census.pack_mut(&name) {
+                        p.fate = Fate::Damaged;
+                    }
                 }
                 Err(e) => return Err(e),
             }
