@@ -186,6 +186,7 @@ fn nothing_lost_and_gc_finishes(e: &Env, point: &str, sum: &str, what: &str) {
     }
     e.restore(point, "d", &to);
     assert_eq!(sha256(&to), sum, "{what}");
+    std::fs::remove_file(&to).unwrap();
     e.x(&["verify", "--read-data"]).assert().success();
 }
 
