@@ -122,6 +122,11 @@ pub struct GcArgs {
     #[arg(long, value_name = "PCT", default_value_t = xfull_core::gc::pack_plan::DEFAULT_MAX_WASTE_PCT,
           value_parser = clap::value_parser!(u8).range(0..=100))]
     pub max_waste: u8,
+    /// Objects per delete batch (1 to 1,000, the S3 limit). Hidden: the
+    /// tests stop a gc between batches, which needs several.
+    #[arg(long, hide = true, default_value_t = 1000,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_size: u16,
     /// Write the outcome as Prometheus text (for node_exporter's textfile
     /// collector), replacing the file atomically.
     #[arg(long, value_name = "PATH")]

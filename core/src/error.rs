@@ -97,6 +97,11 @@ pub enum Error {
     #[error("verify found {points} damaged point(s)")]
     DamageFound { points: usize },
 
+    /// `verify` found index entries their packs contradict, or packs or
+    /// index objects that cannot be read (the report names them).
+    #[error("verify found {problems} index entries or packs in disagreement or unreadable")]
+    IndexDamaged { problems: u64 },
+
     /// A VM, disk, label or point name breaks the naming rules.
     #[error("invalid {kind} {name:?}: {reason}")]
     InvalidName {
@@ -243,6 +248,7 @@ impl Error {
                 | Error::Damaged { .. }
                 | Error::DamageIgnored { .. }
                 | Error::DamageFound { .. }
+                | Error::IndexDamaged { .. }
                 | Error::SweepStopped { damage: true, .. }
         )
     }

@@ -200,12 +200,12 @@ fn a_damaged_parent_node_is_not_reused() {
     assert_eq!(code, 0, "{r}");
 }
 
-/// Runs gc until a sweep completes. The 3 s sweep TTL this test needs (a
+/// Runs gc until a sweep completes; returns its report. The 3 s sweep TTL this test needs (a
 /// killed sweep makes the next ones give way until its marker is stale)
 /// lets a sweep on a machine too busy to refresh its marker for 1.5 s stop
 /// itself, as designed ("run gc again"): that is tried again, as is giving
 /// way to a killed sweep; any other failure fails the test.
-fn gc_to_completion(e: &Env) {
+pub(crate) fn gc_to_completion(e: &Env) -> Value {
     for _ in 0..10 {
         let out = e.x(&["gc", "--json"]).output().unwrap();
         if !out.status.success() {
@@ -215,7 +215,7 @@ fn gc_to_completion(e: &Env) {
         }
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
         if report["skipped"].is_null() {
-            return;
+            return report;
         }
         std::thread::sleep(Duration::from_secs(1));
     }

@@ -11,6 +11,7 @@ mod downgrade;
 mod encryption;
 mod engine;
 mod gc_liveness;
+mod gc_stop;
 mod hostile_dir;
 mod hostile_repo;
 mod incremental;
@@ -36,6 +37,7 @@ mod serve_read;
 mod signals;
 mod store_settings;
 mod unlocked;
+mod verify_index;
 
 /// A file in `tests/` that is not declared above would silently never run.
 #[test]

@@ -19,7 +19,14 @@ pub async fn run(cli: &Cli, args: &GcArgs) -> Result<()> {
         max_waste_pct: args.max_waste,
         ..Default::default()
     };
-    let report = gc::run_with(&repo, args.dry_run, packs).await?;
+    let report = gc::run_batched(
+        &repo,
+        args.dry_run,
+        packs,
+        usize::from(args.batch_size),
+        &crate::progress(),
+    )
+    .await?;
     record_metrics(&report);
     if cli.json {
         print_json(&report)

@@ -25,7 +25,9 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
         let pins = prune::read_pins(&repo).await?;
         removed = prune::remove(&repo, &pins, &doomed).await?;
         if !args.no_gc {
-            gc = Some(xfull_core::gc::run(&repo, false).await?);
+            let packs = xfull_core::gc::PackOptions::default();
+            let progress = crate::progress();
+            gc = Some(xfull_core::gc::run_with(&repo, false, packs, &progress).await?);
         }
     }
     let kept = plans.iter().map(|p| p.decisions.len()).sum::<usize>() - doomed.len();

@@ -39,6 +39,11 @@ pub async fn run(cli: &Cli, args: &VerifyArgs) -> Result<()> {
     }
     if report.is_clean() {
         Ok(())
+    } else if report.damaged.is_empty() {
+        Err(xfull_core::Error::IndexDamaged {
+            problems: report.index_problems_found,
+        }
+        .into())
     } else {
         Err(xfull_core::Error::DamageFound {
             points: report.damaged.len(),
@@ -108,9 +113,41 @@ fn print_report(r: &VerifyReport, read_data: bool) {
             }
         }
     }
+    for p in &r.index_problems {
+        let pack = p
+            .pack
+            .as_deref()
+            .map(|k| format!(", pack {k}"))
+            .unwrap_or_default();
+        let chunk = p
+            .chunk
+            .as_deref()
+            .map(|k| format!(", chunk {k}"))
+            .unwrap_or_default();
+        println!(
+            "DAMAGED index object {}{}{}: {}",
+            printable(&p.index),
+            printable(&pack),
+            printable(&chunk),
+            printable(&p.problem)
+        );
+    }
+    if r.index_problems_found > r.index_problems.len() as u64 {
+        println!(
+            "  ... ({} more index problems)",
+            r.index_problems_found - r.index_problems.len() as u64
+        );
+    }
+    if r.index_problems_found > 0 {
+        println!(
+            "the index disagrees with the packs in {} place(s): `xfull index rebuild` writes an \
+             index from the packs' trailers",
+            r.index_problems_found
+        );
+    }
     if r.is_clean() {
         println!("no damage found");
-    } else {
+    } else if !r.damaged.is_empty() {
         println!(
             "{} stored object(s) damaged, {} missing; `xfull repair` removes the damaged ones \
              and stores again what it can (from --disk sources, or later backups)",

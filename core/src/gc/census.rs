@@ -18,7 +18,7 @@ use super::marks::Marks;
 use super::pack_plan::{ClassRules, PackFate, PackUse, plan};
 use crate::backend::Backend;
 use crate::codec::Codec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::placement::pack_read::read_trailer;
 use crate::placement::shard;
@@ -206,17 +206,25 @@ impl Census {
     /// listed pack holds. A pack is live if any entry naming it is (an
     /// object split in parts, or two objects naming one pack, count as
     /// one; bytes of a pack named twice count twice, which only moves its
-    /// waste, never its liveness).
+    /// waste, never its liveness). Stops between reads once `cancelled`
+    /// says so ([`Error::Cancelled`]).
     pub async fn count(
         &mut self,
         backend: &dyn Backend,
         marks: &Marks,
         orphan_live: &mut HashSet<ObjectId>,
+        cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<()> {
         for k in 0..self.objects.len() {
             let object = self.objects[k].object.clone();
             let mut reader = EntryReader::new(&object);
             while let Some(run) = reader.next(backend).await? {
+                // The census writes nothing: stopping here needs no undo.
+                if cancelled() {
+                    return Err(Error::Cancelled {
+                        cleaned: "gc stopped during its census of packs".into(),
+                    });
+                }
                 for e in run {
                     let Some(&i) = self.by_name.get(&e.pack) else {
                         continue;

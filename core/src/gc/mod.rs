@@ -11,10 +11,12 @@ mod protect;
 pub mod sweep;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::progress::Progress;
 use crate::repo::Repository;
 pub use sweep::{PackOptions, Sweep};
 
@@ -88,16 +90,40 @@ pub struct GcReport {
     pub seconds: f64,
 }
 
-/// One whole sweep with the default pack options.
+/// One whole sweep with the default pack options, not cancellable.
 pub async fn run(repo: &Repository, dry_run: bool) -> Result<GcReport> {
-    run_with(repo, dry_run, PackOptions::default()).await
+    let progress = Arc::new(Progress::default());
+    run_with(repo, dry_run, PackOptions::default(), &progress).await
 }
 
-/// One whole sweep.
-pub async fn run_with(repo: &Repository, dry_run: bool, packs: PackOptions) -> Result<GcReport> {
+/// One whole sweep. Once `progress` is cancelled it stops at the next
+/// safe point with [`crate::Error::Cancelled`], its marker `Stopped` (see
+/// `sweep/cancel.rs`).
+pub async fn run_with(
+    repo: &Repository,
+    dry_run: bool,
+    packs: PackOptions,
+    progress: &Arc<Progress>,
+) -> Result<GcReport> {
+    run_batched(repo, dry_run, packs, usize::MAX, progress).await
+}
+
+/// [`run_with`], deleting at most `batch_size` objects per batch (at most
+/// 1,000, the S3 limit).
+pub async fn run_batched(
+    repo: &Repository,
+    dry_run: bool,
+    packs: PackOptions,
+    batch_size: usize,
+    progress: &Arc<Progress>,
+) -> Result<GcReport> {
     let started = std::time::Instant::now();
     let before = repo.backend().request_counts();
-    let mut sweep = Sweep::begin(repo, dry_run).await?.with_pack_options(packs);
+    let mut sweep = Sweep::begin(repo, dry_run)
+        .await?
+        .with_pack_options(packs)
+        .with_batch_size(batch_size)
+        .with_progress(progress.clone());
     if let Some((seq, host)) = sweep.yielded_to() {
         return Ok(GcReport {
             seq: sweep.seq(),
@@ -132,6 +158,8 @@ pub async fn run_with(repo: &Repository, dry_run: bool, packs: PackOptions) -> R
     Ok(report)
 }
 
+#[cfg(test)]
+mod cancel_tests;
 #[cfg(test)]
 mod interleaving_tests;
 #[cfg(test)]

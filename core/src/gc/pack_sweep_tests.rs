@@ -22,9 +22,9 @@ use crate::testing::MemBackend;
 
 const SEG: u64 = 1 << 20;
 
-type Chunk = (ObjectId, Vec<u8>);
+pub(super) type Chunk = (ObjectId, Vec<u8>);
 
-fn chunk(tag: u8) -> Chunk {
+pub(super) fn chunk(tag: u8) -> Chunk {
     let data: Vec<u8> = (0..4000u32)
         .map(|i| (i * 31 + u32::from(tag) * 7) as u8 ^ tag)
         .collect();
@@ -39,7 +39,7 @@ async fn repo() -> (Arc<MemBackend>, Repository) {
 }
 
 /// A point of VM `a` with one segment holding `chunks`.
-async fn point(repo: &Repository, n: u8, chunks: &[Chunk]) -> PointId {
+pub(super) async fn point(repo: &Repository, n: u8, chunks: &[Chunk]) -> PointId {
     let node = Node {
         entries: chunks
             .iter()
@@ -77,7 +77,8 @@ async fn point(repo: &Repository, n: u8, chunks: &[Chunk]) -> PointId {
 }
 
 async fn gc(repo: &Repository, opts: PackOptions) -> GcReport {
-    super::run_with(repo, false, opts).await.unwrap()
+    let progress = Arc::new(crate::progress::Progress::default());
+    super::run_with(repo, false, opts, &progress).await.unwrap()
 }
 
 async fn exists(mem: &MemBackend, key: &str) -> bool {

@@ -37,12 +37,17 @@ use crate::backend::{ObjectMeta, PutMode};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
+use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::session::Heartbeat;
 
+mod cancel;
 mod cleanup;
 mod packs;
+mod publisher;
 pub mod targeted;
+
+use publisher::Publisher;
 
 /// Delete requests carry at most this many keys (the S3 limit).
 const BATCH: usize = 1000;
@@ -126,60 +131,6 @@ impl Default for PackOptions {
     }
 }
 
-/// The sweep's marker: its published state, written by the steps and the
-/// heartbeat one at a time (a stale state must never overwrite a newer
-/// one, e.g. "idle" over "deleting").
-#[derive(Debug)]
-struct Publisher {
-    repo: Repository,
-    key: String,
-    dry_run: bool,
-    state: Mutex<SweepState>,
-    write: tokio::sync::Mutex<()>,
-    /// The store's time of the last refresh.
-    last: Mutex<DateTime<Utc>>,
-    /// Half the sweep TTL: silence longer than this (by the store's clock)
-    /// means backups may have judged the sweep dead.
-    max_silence: chrono::Duration,
-    /// Set for good once the marker was silent that long: the sweep must
-    /// not delete anything any more.
-    dead: std::sync::atomic::AtomicBool,
-}
-
-impl Publisher {
-    fn update(&self, f: impl FnOnce(&mut SweepState)) {
-        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-
-    fn snapshot(&self) -> SweepState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Writes the current state; returns the store's time of the write
-    /// and how long the marker had been silent before it.
-    async fn write(&self) -> Result<(DateTime<Utc>, chrono::Duration)> {
-        if self.dry_run {
-            return Ok((Utc::now(), chrono::Duration::zero()));
-        }
-        let _one_at_a_time = self.write.lock().await;
-        let bytes = self.snapshot().encode(self.repo.codec(), &self.key)?;
-        let b = self.repo.backend();
-        b.put(&self.key, bytes, PutMode::Overwrite).await?;
-        let now = b.head(&self.key).await?.last_modified;
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let silent = now - *last;
-        *last = (*last).max(now);
-        if silent > self.max_silence {
-            self.dead.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-        Ok((now, silent))
-    }
-
-    fn is_dead(&self) -> bool {
-        self.dead.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 #[derive(Debug)]
 pub struct Sweep {
     repo: Repository,
@@ -197,6 +148,10 @@ pub struct Sweep {
     points: BTreeSet<PointKey>,
     trash: BTreeSet<PointKey>,
     report: GcReport,
+    /// Asks the sweep to stop at its next safe point (see [`cancel`]).
+    progress: Option<Arc<Progress>>,
+    /// Packs the repack wrote, for the undo of a cancelled sweep.
+    new_packs: Vec<ObjectId>,
 }
 
 impl Sweep {
@@ -298,6 +253,8 @@ impl Sweep {
                 dry_run,
                 ..GcReport::default()
             },
+            progress: None,
+            new_packs: Vec::new(),
         })
     }
 
@@ -314,6 +271,13 @@ impl Sweep {
     /// How packs are judged (`gc --max-waste`, the data's storage class).
     pub fn with_pack_options(mut self, opts: PackOptions) -> Self {
         self.pack_opts = opts;
+        self
+    }
+
+    /// Stops at the next safe point once `progress` is cancelled (SIGINT),
+    /// with [`Error::Cancelled`] (see [`cancel`]).
+    pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
         self
     }
 
@@ -379,6 +343,7 @@ impl Sweep {
     /// Step 3.
     pub async fn mark(&mut self) -> Result<()> {
         for (vm, id) in self.points.clone() {
+            self.stop_if_cancelled().await?;
             // Pruned since the listing: its trash copy or nothing.
             self.prot.mark_point(&vm, &id).await?;
         }
@@ -477,6 +442,9 @@ impl Sweep {
     }
 
     async fn flush(&mut self, batch: &mut Vec<Candidate>) -> Result<()> {
+        // Between batches, never inside one: a batch announced is deleted
+        // or abandoned whole, and the marker then says what was deleted.
+        self.stop_if_cancelled().await?;
         self.begin_batch(batch).await?;
         self.commit_batch(batch).await
     }

@@ -26,7 +26,7 @@ use std::collections::HashSet;
 
 use super::{Candidate, Listed, Sweep};
 use crate::backend::ObjectMeta;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gc::census::{Census, Decide, Fate};
 use crate::gc::pack_plan::PackFate;
 use crate::id::ObjectId;
@@ -56,6 +56,7 @@ impl Sweep {
 
     /// Step 4b: the census of packs and their fates.
     pub async fn plan_packs(&mut self) -> Result<()> {
+        self.stop_if_cancelled().await?;
         let backend = self.repo.backend().clone();
         let mut census = Census::default();
         {
@@ -66,6 +67,7 @@ impl Sweep {
         }
         self.report.packs_listed = census.packs.len() as u64;
         for (name, meta) in list_index(&*backend).await? {
+            self.stop_if_cancelled().await?;
             let read = async {
                 let object = read_head(&*backend, self.repo.codec(), name, meta).await?;
                 let table = read_table(&*backend, &object).await?;
@@ -78,6 +80,7 @@ impl Sweep {
             }
         }
         self.report.index_objects_read = census.objects.len() as u64;
+        self.stop_if_cancelled().await?;
         let marks = &self.prot.marks;
         let cutoff = self.prot.cutoff;
         let mut orphan_live = census
@@ -89,7 +92,12 @@ impl Sweep {
                 marks,
             )
             .await?;
-        if let Err(e) = census.count(&*backend, marks, &mut orphan_live).await {
+        let progress = self.progress.clone();
+        let cancelled = || progress.as_ref().is_some_and(|p| p.is_cancelled());
+        if let Err(e) = census
+            .count(&*backend, marks, &mut orphan_live, &cancelled)
+            .await
+        {
             if e.is_damage() {
                 return self.hold_packs(e);
             }
@@ -145,11 +153,13 @@ impl Sweep {
         let result = self.replace_with(&mut census).await;
         self.census = Some(census);
         match result {
+            // Stopped between two writes: undo (with the census back).
+            Err(Error::Cancelled { .. }) => self.stop_if_cancelled().await,
             // An index object found damaged while merging (out of order,
             // or holding ids outside its shard): nothing is deleted; what
             // was written is orphaned for the next sweep.
             Err(e) if e.is_damage() => self.hold_packs(e),
-            r => r,
+            other => other,
         }
     }
 
@@ -163,6 +173,11 @@ impl Sweep {
             .map(|p| p.name)
             .collect();
         for name in repack {
+            if self.cancelled() {
+                return Err(Error::Cancelled {
+                    cleaned: String::new(),
+                });
+            }
             if self.dry_run {
                 let p = census.pack(&name).map(|p| p.live_bytes).unwrap_or(0);
                 self.report.live_bytes_moved += p;
@@ -182,13 +197,22 @@ impl Sweep {
                 live,
             )
             .await;
-            let p = census.pack_mut(&name).map(|p| &mut p.fate);
             match moved {
                 Ok(Some(m)) => {
                     self.report.packs_rewritten += 1;
                     self.report.live_bytes_moved += m.bytes;
                     self.report.packs_written += m.packs.len() as u64;
                     for np in m.packs {
+                        self.new_packs.push(np.name);
+                        // Blobs are copied verbatim, so a pack rewritten
+                        // again gives the same new pack: one a killed
+                        // sweep left as an orphan is listed, doomed, and
+                        // must not go now that it is indexed.
+                        if let Some(same) = census.pack_mut(&np.name)
+                            && same.fate.doomed()
+                        {
+                            same.fate = Fate::Keep;
+                        }
                         for entry in np.entries {
                             writer
                                 .push(IndexEntry {
@@ -200,11 +224,17 @@ impl Sweep {
                     }
                 }
                 // Gone meanwhile: its entries go with the old objects.
-                Ok(None) => p.into_iter().for_each(|f| *f = Fate::Gone),
+                Ok(None) => {
+                    if let Some(p) = census.pack_mut(&name) {
+                        p.fate = Fate::Gone;
+                    }
+                }
                 // Its trailer is damaged: left as it is (verify names it).
                 Err(e) if e.is_damage() => {
                     self.report.packs_damaged += 1;
-                    p.into_iter().for_each(|f| *f = Fate::Damaged);
+                    if let Some(p) = census.pack_mut(&name) {
+                        p.fate = Fate::Damaged;
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -215,6 +245,14 @@ impl Sweep {
         for k in 0..census.objects.len() {
             if !census.objects[k].replace || census.objects[k].into_shards {
                 continue;
+            }
+            if self.cancelled() {
+                // Objects already written (a writer flushes every 2^19
+                // entries) are undone with the others.
+                census.written.extend(writer.written.iter().cloned());
+                return Err(Error::Cancelled {
+                    cleaned: String::new(),
+                });
             }
             self.refresh().await?;
             let object = census.objects[k].object.clone();
@@ -227,10 +265,12 @@ impl Sweep {
                 }
             }
         }
-        let mut written = writer.finish().await?;
-        written.extend(self.write_shards(census).await?);
+        let written = writer.finish().await?;
         self.report.index_objects_written = written.len() as u64;
         census.written.extend(written);
+        let shards = self.write_shards(census).await?;
+        self.report.index_objects_written += shards.len() as u64;
+        census.written.extend(shards);
         for o in census.objects.iter_mut() {
             if census.written.contains(&o.object.meta.key) {
                 o.replace = false;
@@ -241,25 +281,34 @@ impl Sweep {
 
     /// The surviving entries of the objects to rewrite into shards, merged
     /// in id order and written as shard objects of the census's depth.
-    async fn write_shards(&mut self, census: &Census) -> Result<Vec<String>> {
+    /// Stopped by a cancel, the objects it wrote are added to
+    /// `census.written` (undone with the others).
+    async fn write_shards(&mut self, census: &mut Census) -> Result<Vec<String>> {
         let backend = self.repo.backend().clone();
-        let into: Vec<&_> = census
+        let into: Vec<_> = census
             .objects
             .iter()
             .filter(|o| o.replace && o.into_shards)
-            .map(|o| &o.object)
+            .map(|o| o.object.clone())
             .collect();
         if into.is_empty() {
             return Ok(Vec::new());
         }
         let codec = self.repo.codec().clone();
         let mut writer = IndexWriter::sharded(backend.clone(), codec, census.depth);
-        let mut merge = Merge::new(into);
+        let mut merge = Merge::new(into.iter().collect());
         let mut n = 0u64;
         while let Some(e) = merge.next(&*backend).await? {
             n += 1;
-            // The sweep's marker stays fresh through a long merge.
+            // The sweep's marker stays fresh through a long merge, which
+            // stops there when cancelled.
             if n.is_multiple_of(1 << 20) {
+                if self.cancelled() {
+                    census.written.extend(writer.written.iter().cloned());
+                    return Err(Error::Cancelled {
+                        cleaned: String::new(),
+                    });
+                }
                 self.refresh().await?;
             }
             if census.survives(&e.pack) {

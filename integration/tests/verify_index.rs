@@ -1,0 +1,112 @@
+//! Structural `verify` checks every index entry against its pack's
+//! trailer: an index object placing a chunk at a wrong offset, a pack
+//! replaced by another pack's bytes, and a truncated pack are damage
+//! (exit 3) naming the index object, the pack and (for a wrong entry) the
+//! chunk, in text and JSON.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use xfull_core::keys;
+use xfull_core::placement::index::{IndexHead, encode, index_name};
+use xfull_integration::env::Env;
+use xfull_integration::{Region, write_image};
+
+/// A repository with one point stored in at least two packs.
+fn repo() -> Env<'static> {
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(40 << 20)], 77, false).unwrap();
+    e.backup("v", &[("d", &img)]);
+    assert!(e.files("packs").len() >= 2);
+    assert_eq!(e.files("index").len(), 1);
+    e.x(&["verify"]).assert().success();
+    e
+}
+
+/// Key of a local object file.
+fn key(e: &Env, file: &std::path::Path) -> String {
+    file.strip_prefix(&e.repo).unwrap().display().to_string()
+}
+
+/// Runs `verify --json`: exit 3 and the report's index problems.
+fn index_problems(e: &Env) -> Vec<Value> {
+    let out = e.x(&["verify", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{v}");
+    assert_eq!(v["clean"], false, "{v}");
+    // The text report names them too.
+    let text = e.x(&["verify"]).output().unwrap();
+    assert_eq!(text.status.code(), Some(3));
+    let shown = String::from_utf8_lossy(&text.stdout).to_string();
+    for p in v["report"]["index_problems"].as_array().unwrap() {
+        assert!(shown.contains(p["index"].as_str().unwrap()), "{shown}");
+        if let Some(pack) = p["pack"].as_str() {
+            assert!(shown.contains(pack), "{shown}");
+        }
+    }
+    v["report"]["index_problems"].as_array().unwrap().clone()
+}
+
+#[test]
+fn an_index_entry_with_a_wrong_offset_is_damage_naming_index_pack_and_chunk() {
+    let e = repo();
+    let file: PathBuf = e.files("index")[0].clone();
+    let old_key = key(&e, &file);
+    // A valid index object (it opens and its sums hold) whose first entry
+    // places its chunk 16 bytes off.
+    let repo = crate::unlocked::open(&e);
+    let bytes = std::fs::read(&file).unwrap();
+    let (_, mut entries) = IndexHead::decode_all(repo.codec(), &old_key, &bytes).unwrap();
+    entries[0].entry.offset += 16;
+    let (pack, chunk) = (
+        keys::pack(&entries[0].pack),
+        keys::chunk(&entries[0].entry.id),
+    );
+    let object = encode(repo.codec(), entries);
+    let new_key = keys::index(&index_name(&object));
+    std::fs::create_dir_all(e.repo.join(&new_key).parent().unwrap()).unwrap();
+    std::fs::write(e.repo.join(&new_key), &object).unwrap();
+    std::fs::remove_file(&file).unwrap();
+
+    let problems = index_problems(&e);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let p = &problems[0];
+    assert_eq!(p["index"], new_key.as_str(), "{p}");
+    assert_eq!(p["pack"], pack.as_str(), "{p}");
+    assert_eq!(p["chunk"], chunk.as_str(), "{p}");
+    assert!(p["problem"].as_str().unwrap().contains("offset"), "{p}");
+}
+
+#[test]
+fn a_pack_replaced_by_another_or_truncated_is_damage_naming_index_and_pack() {
+    let e = repo();
+    let index = key(&e, &e.files("index")[0]);
+    let packs = e.files("packs");
+    let (victim, other) = (&packs[0], &packs[1]);
+    let intact = std::fs::read(victim).unwrap();
+
+    // Another pack's bytes under this pack's name.
+    std::fs::copy(other, victim).unwrap();
+    let problems = index_problems(&e);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0]["index"], index.as_str());
+    assert_eq!(problems[0]["pack"], key(&e, victim).as_str());
+    assert!(problems[0]["chunk"].is_null());
+
+    // Cut in half.
+    std::fs::write(victim, &intact[..intact.len() / 2]).unwrap();
+    let problems = index_problems(&e);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0]["pack"], key(&e, victim).as_str());
+    assert!(
+        problems[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("trailer cannot be read"),
+        "{problems:?}"
+    );
+
+    std::fs::write(victim, &intact).unwrap();
+    e.x(&["verify"]).assert().success();
+}
