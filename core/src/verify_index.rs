@@ -89,23 +89,14 @@ pub async fn check_index(repo: &Repository, progress: &Progress) -> Result<Index
     }
     for (name, meta) in list_index(&**backend).await? {
         let index = meta.key.clone();
-        let object = match read_head(&**backend, repo.codec(), name, meta).await {
+        let read = async {
+            let object = read_head(&**backend, repo.codec(), name, meta).await?;
+            let named = read_table(&**backend, &object).await?;
+            Ok::<_, crate::Error>((object, named))
+        };
+        let (object, named) = match read.await {
             Ok(o) => o,
             // Gone since the listing (a gc replaced it): nothing to check.
-            Err(e) if e.is_damage() && gone(&**backend, &index).await => continue,
-            Err(e) if e.is_damage() => {
-                out.found(IndexProblem {
-                    index,
-                    pack: None,
-                    chunk: None,
-                    problem: e.to_string(),
-                });
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let named = match read_table(&**backend, &object).await {
-            Ok(t) => t,
             Err(e) if e.is_damage() && gone(&**backend, &index).await => continue,
             Err(e) if e.is_damage() => {
                 out.found(IndexProblem {
