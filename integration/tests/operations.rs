@@ -183,6 +183,42 @@ fn a_profile_names_the_repository_and_its_settings() {
         err.contains("no profile @nowhere") && err.contains("@offsite"),
         "{err}"
     );
+    // The profile's password command opens an encrypted repository when
+    // neither the command line nor the environment gives a secret; a
+    // wrong one is refused.
+    let sealed = e.path("sealed-repo");
+    let with_secret = |cmd: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[repositories.sealed]\nurl = \"{}\"\npassword_command = \"{cmd}\"\n",
+                sealed.display()
+            ),
+        )
+        .unwrap();
+    };
+    let bare = |args: &[&str]| {
+        let mut c = x(args);
+        c.env_remove("XFULL_PASSWORD_FILE");
+        c
+    };
+    with_secret("echo profile-secret");
+    bare(&["-r", "@sealed", "init"]).assert().success();
+    let out = bare(&[
+        "-r",
+        "@sealed",
+        "backup",
+        "--vm",
+        "p",
+        "--disk",
+        &format!("d={}", img.display()),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    with_secret("echo another-secret");
+    let (code, err) = fails(bare(&["-r", "@sealed", "points"]));
+    assert_eq!(code, 1, "{err}");
     // A misspelt key is refused, naming it and its line.
     let typo = e.path("typo.toml");
     std::fs::write(
