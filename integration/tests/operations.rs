@@ -157,17 +157,12 @@ fn a_profile_names_the_repository_and_its_settings() {
         .assert()
         .success();
     let img = image(&e, "d.img", 4, 2);
-    let out = x(&[
-        "-r",
-        "@offsite",
-        "backup",
-        "--vm",
-        "p",
-        "--disk",
-        &format!("d={}", img.display()),
-    ])
-    .output()
-    .unwrap();
+    let disk = format!("d={}", img.display());
+    let backup =
+        |profile| ["-r", profile, "backup", "--vm", "p", "--disk", &disk].map(String::from);
+    let out = x(&backup("@offsite").each_ref().map(String::as_str))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(repo.join("config").exists(), "the profile's URL was used");
     // --config on the command line, as cron jobs would.
@@ -204,17 +199,9 @@ fn a_profile_names_the_repository_and_its_settings() {
     };
     with_secret("echo profile-secret");
     bare(&["-r", "@sealed", "init"]).assert().success();
-    let out = bare(&[
-        "-r",
-        "@sealed",
-        "backup",
-        "--vm",
-        "p",
-        "--disk",
-        &format!("d={}", img.display()),
-    ])
-    .output()
-    .unwrap();
+    let out = bare(&backup("@sealed").each_ref().map(String::as_str))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     with_secret("echo another-secret");
     let (code, err) = fails(bare(&["-r", "@sealed", "points"]));
