@@ -12,12 +12,13 @@
 //! b), so P is rewritten (2/3 waste); pack D = [e], dead, deleted. The
 //! backup's point needs l, d1 and e (found in P and D) and a new chunk n.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{Duration, TimeZone, Utc};
+use chrono::Duration;
 
-use super::test_packs::{Reused, deps_of, find, read_chunk, restore_deps, store_pack_deps};
+use super::test_packs::{
+    Reused, deps_of, find, read_chunk, restore_deps, store_pack_deps, write_point,
+};
 use super::{GcReport, Sweep};
 use crate::backend::Backend;
 use crate::chunker::ChunkParams;
@@ -25,9 +26,6 @@ use crate::config::{Protocol, RepoConfig};
 use crate::error::Error;
 use crate::gc::sweep::Candidate;
 use crate::id::{ObjectId, PointId};
-use crate::manifest::{BackupStats, DiskManifest, Manifest};
-use crate::names::VmName;
-use crate::node::{Entry, Node};
 use crate::placement::index::IndexEntry;
 use crate::repo::Repository;
 use crate::session::{Check, Session};
@@ -75,40 +73,7 @@ impl Data {
 
 /// Stores a node of `chunks` and the point `vm@id` of one segment.
 async fn point(repo: &Repository, vm: &str, id: &PointId, chunks: &[Chunk]) {
-    let node = Node {
-        entries: chunks
-            .iter()
-            .map(|(id, d)| Entry(d.len() as u32, Some(*id)))
-            .collect(),
-    };
-    let (nid, plain) = node.to_plain(&crate::codec::Codec::plain()).unwrap();
-    repo.put_node(&nid, &plain).await.unwrap();
-    let time = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    let vm: VmName = vm.parse().unwrap();
-    repo.write_manifest(&Manifest {
-        vm,
-        id: id.clone(),
-        time,
-        created: time,
-        parent: None,
-        host: "h".into(),
-        labels: BTreeMap::new(),
-        disks: vec![DiskManifest {
-            name: "d".parse().unwrap(),
-            size: SEG,
-            segment_size: SEG,
-            segments: vec![Some(nid)],
-            source: "test".into(),
-            parent: None,
-            audit: None,
-            stats: BackupStats::default(),
-            checkpoint: None,
-        }],
-        stats: BackupStats::default(),
-        writer: "test".into(),
-    })
-    .await
-    .unwrap();
+    write_point(repo, vm, id, chunks).await;
 }
 
 fn q() -> PointId {

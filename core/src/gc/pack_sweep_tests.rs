@@ -5,18 +5,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{Duration, TimeZone, Utc};
+use chrono::Duration;
 
 use super::pack_plan::class_rules;
-use super::test_packs::{put_pack, read_chunk, store_pack};
+use super::test_packs::{put_pack, read_chunk, store_pack, write_point};
 use super::{GcReport, PackOptions, Sweep};
 use crate::backend::Backend;
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
 use crate::id::{ObjectId, PointId};
 use crate::keys;
-use crate::manifest::{BackupStats, DiskManifest, Manifest};
-use crate::node::{Entry, Node};
 use crate::repo::Repository;
 use crate::testing::MemBackend;
 
@@ -40,39 +38,8 @@ async fn repo() -> (Arc<MemBackend>, Repository) {
 
 /// A point of VM `a` with one segment holding `chunks`.
 pub(super) async fn point(repo: &Repository, n: u8, chunks: &[Chunk]) -> PointId {
-    let node = Node {
-        entries: chunks
-            .iter()
-            .map(|(id, d)| Entry(d.len() as u32, Some(*id)))
-            .collect(),
-    };
-    let (nid, plain) = node.to_plain(&crate::codec::Codec::plain()).unwrap();
-    repo.put_node(&nid, &plain).await.unwrap();
     let id: PointId = format!("20260101T00000{n}Z-000{n}").parse().unwrap();
-    let time = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    let m = Manifest {
-        vm: "a".parse().unwrap(),
-        id: id.clone(),
-        time,
-        created: time,
-        parent: None,
-        host: "h".into(),
-        labels: BTreeMap::new(),
-        disks: vec![DiskManifest {
-            name: "d".parse().unwrap(),
-            size: SEG,
-            segment_size: SEG,
-            segments: vec![Some(nid)],
-            source: "test".into(),
-            parent: None,
-            audit: None,
-            stats: BackupStats::default(),
-            checkpoint: None,
-        }],
-        stats: BackupStats::default(),
-        writer: "test".into(),
-    };
-    repo.write_manifest(&m).await.unwrap();
+    write_point(repo, "a", &id, chunks).await;
     id
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures::TryStreamExt;
 
-use crate::id::ObjectId;
+use crate::id::{ObjectId, PointId};
 use crate::keys;
 use crate::lease::ObjectRef;
 use crate::placement::index::{IndexEntry, IndexHead};
@@ -18,6 +18,53 @@ use crate::placement::pack::PackWriter;
 use crate::placement::pack_read::{ReadRun, read_run};
 use crate::placement::packer::StoredPack;
 use crate::repo::{Repository, Stored, put_once_as};
+
+/// Stores a node of `chunks` and the point `vm@id` of one disk `d` of one
+/// segment (the repository's segment size), dated 2026-01-01.
+pub async fn write_point(
+    repo: &Repository,
+    vm: &str,
+    id: &PointId,
+    chunks: &[(ObjectId, Vec<u8>)],
+) {
+    use crate::manifest::{BackupStats, DiskManifest, Manifest};
+    use crate::node::{Entry, Node};
+    use chrono::TimeZone;
+    let node = Node {
+        entries: chunks
+            .iter()
+            .map(|(id, d)| Entry(d.len() as u32, Some(*id)))
+            .collect(),
+    };
+    let (nid, plain) = node.to_plain(&crate::codec::Codec::plain()).unwrap();
+    repo.put_node(&nid, &plain).await.unwrap();
+    let time = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let seg = repo.config().segment_size;
+    repo.write_manifest(&Manifest {
+        vm: vm.parse().unwrap(),
+        id: id.clone(),
+        time,
+        created: time,
+        parent: None,
+        host: "h".into(),
+        labels: BTreeMap::new(),
+        disks: vec![DiskManifest {
+            name: "d".parse().unwrap(),
+            size: seg,
+            segment_size: seg,
+            segments: vec![Some(nid)],
+            source: "test".into(),
+            parent: None,
+            audit: None,
+            stats: BackupStats::default(),
+            checkpoint: None,
+        }],
+        stats: BackupStats::default(),
+        writer: "test".into(),
+    })
+    .await
+    .unwrap();
+}
 
 /// Stores `chunks` (id, plaintext) as one pack and one index object
 /// naming it; returns the pack's name and the index object's key.
