@@ -216,6 +216,18 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Every file's bytes under `dir`, by path (a repository before and
+/// after a command that must not change it).
+pub fn contents(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    walk(dir)
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -3,21 +3,8 @@
 //! the sealed objects a first-contact client meets are damage that says
 //! so (docs/design.md, "Encryption": what is and is not covered).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
 use xfull_core::config::RepoConfig;
-use xfull_integration::env::{Env, fails, walk};
-
-fn contents(e: &Env) -> BTreeMap<PathBuf, Vec<u8>> {
-    walk(&e.repo)
-        .into_iter()
-        .map(|p| {
-            let b = std::fs::read(&p).unwrap();
-            (p, b)
-        })
-        .collect()
-}
+use xfull_integration::env::{Env, contents, fails, walk};
 
 /// Rewrites the config to say "unencrypted", keeping everything else.
 fn downgrade(e: &Env) {
@@ -37,7 +24,7 @@ fn a_downgraded_config_is_refused_and_nothing_is_written_in_the_clear() {
     std::fs::write(&img, vec![7u8; 1 << 20]).unwrap();
     e.backup("vm", &[("d", &img)]);
     downgrade(&e);
-    let before = contents(&e);
+    let before = contents(&e.repo);
     let disk = format!("d={}", img.display());
     let backup = ["backup", "--vm", "new-vm", "--disk", &disk];
 
@@ -75,7 +62,7 @@ fn a_downgraded_config_is_refused_and_nothing_is_written_in_the_clear() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("sealed") && err.contains("config"), "{err}");
 
-    let mut after = contents(&e);
+    let mut after = contents(&e.repo);
     after.retain(|p, _| !p.starts_with(e.repo.join("keys")));
     let mut expected = before;
     expected.retain(|p, _| !p.starts_with(e.repo.join("keys")));

@@ -3,14 +3,13 @@
 //! refused without a write, keys managed, backup-only keys that back up
 //! but cannot read.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::pack_files::packed_chunks;
 use xfull_core::backup::segment::chunk_segment;
 use xfull_core::chunker::ChunkParams;
 use xfull_core::codec::Codec;
-use xfull_integration::env::{Env, fails, sha256, stderr, walk};
+use xfull_integration::env::{Env, contents, fails, sha256, stderr};
 
 const KDF: [&str; 4] = ["--kdf-memory-kib", "64", "--kdf-time", "1"];
 
@@ -36,17 +35,6 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
             x ^= x >> 7;
             x ^= x << 17;
             x as u8
-        })
-        .collect()
-}
-
-/// Every stored file's bytes, by path.
-fn contents(e: &Env) -> BTreeMap<PathBuf, Vec<u8>> {
-    walk(&e.repo)
-        .into_iter()
-        .map(|p| {
-            let b = std::fs::read(&p).unwrap();
-            (p, b)
         })
         .collect()
 }
@@ -79,7 +67,7 @@ fn known_plaintext_in(e: &Env) -> (bool, bool) {
     let p = pattern();
     let marker = &p[40_000..40_064];
     let ids = plain_ids(&disk);
-    let files = contents(e);
+    let files = contents(&e.repo);
     let text = files
         .values()
         .any(|b| b.windows(marker.len()).any(|w| w == marker));
@@ -109,7 +97,7 @@ fn tampered_objects_are_damage() {
     e.backup("other", &[("d", &img)]);
     let nodes = e.files("nodes");
     assert!(nodes.len() >= 2, "{nodes:?}");
-    let before = contents(&e);
+    let before = contents(&e.repo);
 
     // Two node objects swapped.
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -156,7 +144,7 @@ fn a_wrong_password_exits_1_and_writes_nothing() {
     e.backup("vm", &[("d", &img)]);
     let wrong = e.path("wrong");
     std::fs::write(&wrong, "not the password\n").unwrap();
-    let before = contents(&e);
+    let before = contents(&e.repo);
     let disk = format!("d={}", img.display());
     for args in [
         &["backup", "--vm", "vm", "--disk", &disk][..],
@@ -179,7 +167,7 @@ fn a_wrong_password_exits_1_and_writes_nothing() {
     let (code, err) = fails(c);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("XFULL_PASSWORD_FILE"), "{err}");
-    assert!(contents(&e) == before, "the repository changed");
+    assert!(contents(&e.repo) == before, "the repository changed");
 }
 
 #[test]
