@@ -112,3 +112,101 @@ async fn an_incremental_backup_fetches_each_parent_node_once() {
         "each parent node fetched once: {gets:?}"
     );
 }
+
+/// An incremental backup's metadata traffic follows what changed, not the
+/// disk: an unchanged re-backup of a disk of many segments fetches no
+/// parent node but the sampled one (1%, at least one), and still reports
+/// the same data bytes as a full scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_rebackup_fetches_a_sample_of_parent_nodes_not_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    // 64 segments, each with a little data (a sparse disk with data spread
+    // over all of it).
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(64 * SEG).unwrap();
+    for i in 0..64u64 {
+        let block: Vec<u8> = (0..6000u32).map(|j| (j * 7 + i as u32) as u8).collect();
+        std::os::unix::fs::FileExt::write_all_at(&f, &block, i * SEG + 4096).unwrap();
+    }
+    drop(f);
+    let store = Arc::new(Counting::default());
+    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(store.clone(), config).await.unwrap();
+    let full = backup(&repo, request("vm", &img), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    let changes = dir.path().join("c.json");
+    std::fs::write(&changes, "[]").unwrap();
+    store.gets.lock().unwrap().clear();
+    let mut req = request("vm", &img);
+    req.changes.insert(
+        "d".parse().unwrap(),
+        ChangeSource::Extents(vec![changes.clone()]),
+    );
+    let m = backup(&repo, req, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    let nodes = store.gets_under("nodes/");
+    assert_eq!(nodes.len(), 1, "one sampled parent node: {nodes:?}");
+    let all: u64 = store.gets_under("").values().sum();
+    assert!(all < 16, "far fewer GETs than 64 segments: {all}");
+    assert_eq!(m.disks[0].segments, full.disks[0].segments);
+    assert_eq!(m.disks[0].stats.bytes_data, full.disks[0].stats.bytes_data);
+    // The non-zero chunks around each segment's data.
+    assert!(m.disks[0].stats.bytes_data >= 64 * 6000);
+
+    // One segment changed: its parent node is fetched (to re-chunk from),
+    // and the data bytes are those of a full scan of the same image.
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x33; 3000], 5 * SEG + 20_000).unwrap();
+    std::fs::write(
+        &changes,
+        format!(r#"[{{"offset": {}, "length": 3000}}]"#, 5 * SEG + 20_000),
+    )
+    .unwrap();
+    store.gets.lock().unwrap().clear();
+    let mut req = request("vm", &img);
+    req.changes
+        .insert("d".parse().unwrap(), ChangeSource::Extents(vec![changes]));
+    let m = backup(&repo, req, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    let nodes = store.gets_under("nodes/");
+    assert!(
+        nodes.len() <= 2,
+        "the touched node and the sample: {nodes:?}"
+    );
+    let rescan = backup(&repo, request("vm", &img), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert_eq!(rescan.disks[0].segments, m.disks[0].segments);
+    assert_eq!(
+        rescan.disks[0].stats.bytes_data,
+        m.disks[0].stats.bytes_data
+    );
+
+    // Shrunk to 40.5 segments: the dropped segments' data leaves the sum
+    // (their nodes are fetched), the cut one is re-chunked.
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(40 * SEG + SEG / 2).unwrap();
+    let changes = dir.path().join("none.json");
+    std::fs::write(&changes, "[]").unwrap();
+    store.gets.lock().unwrap().clear();
+    let mut req = request("vm", &img);
+    req.changes
+        .insert("d".parse().unwrap(), ChangeSource::Extents(vec![changes]));
+    let m = backup(&repo, req, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    let nodes = store.gets_under("nodes/");
+    assert!(nodes.len() <= 25, "23 dropped, 1 cut, 1 sampled: {nodes:?}");
+    let rescan = backup(&repo, request("vm", &img), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert_eq!(rescan.disks[0].segments, m.disks[0].segments);
+    assert_eq!(
+        rescan.disks[0].stats.bytes_data,
+        m.disks[0].stats.bytes_data
+    );
+}

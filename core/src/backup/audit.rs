@@ -34,7 +34,7 @@ pub fn mark_touched(plan: &mut DiskPlan, percent: f64) -> u64 {
 }
 
 /// A random `percent` of `from` (at least one when `percent` > 0), sorted.
-fn pick(from: &[usize], percent: f64) -> Vec<usize> {
+pub(super) fn pick(from: &[usize], percent: f64) -> Vec<usize> {
     let want = ((from.len() as f64 * percent / 100.0).ceil() as usize).min(from.len());
     let want = if percent > 0.0 {
         want.max(1).min(from.len())

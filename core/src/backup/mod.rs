@@ -577,7 +577,7 @@ async fn back_up_disk(
     };
 
     let (damaged, damaged_nodes) =
-        parent_check::drop_damaged_parents(repo, &mut plan, &ctx.known).await?;
+        parent_check::drop_damaged_parents(repo, &mut plan, &ctx.known, parent).await?;
     if damaged > 0 {
         source = format!(
             "{source}; {damaged} segment(s) read in full: their parent nodes are missing or \

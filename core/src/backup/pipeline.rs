@@ -133,6 +133,7 @@ pub async fn run(
 ) -> Result<DiskResult> {
     let seg_size = repo.config().segment_size;
     let n = plan.segments.len();
+    let reused_data = plan.reused_data.unwrap_or(0);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let disk_packs = tokio::sync::Mutex::new(packs.disk());
     let shared = Arc::new(Shared {
@@ -219,6 +220,7 @@ pub async fn run(
     stats.bytes_uploaded += stored.bytes;
     stats.bytes_stored += stored.bytes;
     stats.bytes_scanned = shared.source.size();
+    stats.bytes_data += reused_data;
     let existed = std::mem::take(&mut *shared.existed.lock().unwrap_or_else(|p| p.into_inner()));
     let replaced = std::mem::take(&mut *shared.replaced.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(DiskResult {
@@ -239,6 +241,8 @@ fn read_segments(
     let size = shared.source.size();
     let parent_data = plan.parent_data;
     let mut parent_nodes = plan.parent_nodes;
+    // Reused segments' data counted as one sum (added by `run`).
+    let in_sum = plan.reused_data.is_some();
     for (idx, seg) in plan.segments.into_iter().enumerate() {
         if shared.failure.aborted() {
             return;
@@ -249,7 +253,11 @@ fn read_segments(
             SegmentPlan::Reuse(node) => Work::Reuse {
                 idx,
                 node,
-                data: node.and_then(|n| parent_data.get(&n).copied()),
+                data: if in_sum {
+                    Some(0)
+                } else {
+                    node.and_then(|n| parent_data.get(&n).copied())
+                },
             },
             SegmentPlan::Touched {
                 parent,

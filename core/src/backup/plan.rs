@@ -79,6 +79,11 @@ pub struct DiskPlan {
     /// and verified them, so that the workers re-chunking those segments
     /// need not fetch them again (see [`PARENT_NODES_KEPT`]).
     pub parent_nodes: HashMap<ObjectId, Arc<Node>>,
+    /// Data bytes of all reused segments together, when the parent check
+    /// worked them out from the parent's statistics instead of fetching
+    /// every reused node (see [`super::parent_check`]); `parent_data` then
+    /// holds only the nodes it fetched.
+    pub reused_data: Option<u64>,
 }
 
 /// At most this many node entries are kept for the workers (about 40
@@ -100,6 +105,7 @@ impl DiskPlan {
             reported: None,
             parent_data: HashMap::new(),
             parent_nodes: HashMap::new(),
+            reused_data: None,
         }
     }
 
@@ -140,6 +146,7 @@ impl DiskPlan {
             reported: Some(changes.bytes()),
             parent_data: HashMap::new(),
             parent_nodes: HashMap::new(),
+            reused_data: None,
         }
     }
 
