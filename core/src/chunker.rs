@@ -55,34 +55,131 @@ impl ChunkParams {
 
 /// Calls `f(offset, length)` for each chunk of `data`, in order. The chunks
 /// cover `data` exactly; an empty input has no chunk.
+///
+/// Zeros take a short cut. FastCDC decides a cut from the bytes between
+/// `min` and `max` after the chunk's start only (the first `min` bytes are
+/// not hashed), so wherever those bytes are all zero and more than `max`
+/// bytes remain, the cut lands where it lands in zeros: the same offset
+/// every time, found once per thread. A sparse disk is mostly such runs
+/// (holes are zeros in memory), and checking for zeros runs at memory
+/// speed while hashing them ran at about 1.5 GB/s: 11 ms per 16 MiB
+/// segment. The chunks are exactly FastCDC's (property-tested below).
 pub fn for_each_chunk(params: &ChunkParams, data: &[u8], mut f: impl FnMut(usize, usize)) {
     if data.is_empty() {
         return;
     }
-    let cdc = FastCDC::new(
-        data,
-        params.min as usize,
-        params.avg as usize,
-        params.max as usize,
-    );
-    for c in cdc {
-        f(c.offset, c.length);
+    let (min, max) = (params.min as usize, params.max as usize);
+    let cdc = FastCDC::new(data, min, params.avg as usize, max);
+    let zero_cut = zero_cut(params);
+    let mut at = 0;
+    while at < data.len() {
+        let remaining = data.len() - at;
+        let end = if remaining > max && is_zero(&data[at + min..at + max]) {
+            at + zero_cut
+        } else {
+            cdc.cut(at, remaining).1
+        };
+        f(at, end - at);
+        at = end;
     }
+}
+
+/// Where FastCDC cuts a chunk whose bytes from `min` to `max` are zeros
+/// (more than `max` bytes remaining), per thread and parameters.
+fn zero_cut(params: &ChunkParams) -> usize {
+    thread_local! {
+        static CUTS: std::cell::RefCell<Vec<(ChunkParams, usize)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    CUTS.with(|c| {
+        if let Some((_, cut)) = c.borrow().iter().find(|(p, _)| p == params) {
+            return *cut;
+        }
+        let zeros = vec![0u8; params.max as usize + 2];
+        let cdc = FastCDC::new(
+            &zeros,
+            params.min as usize,
+            params.avg as usize,
+            params.max as usize,
+        );
+        let cut = cdc.cut(0, zeros.len()).1;
+        c.borrow_mut().push((*params, cut));
+        cut
+    })
 }
 
 /// True when every byte is zero (such chunks are stored as zero runs).
 pub fn is_zero(data: &[u8]) -> bool {
-    // 16 bytes at a time: several GB/s, so zero runs cost little to find.
-    let mut words = data.chunks_exact(16);
-    let all = words
-        .by_ref()
-        .all(|w| u128::from_ne_bytes(w.try_into().unwrap_or([1; 16])) == 0);
-    all && words.remainder().iter().all(|&b| b == 0)
+    // Compared against a block of zeros: slice equality of bytes is a
+    // `memcmp`, vectorised by the C library whatever this crate's
+    // optimisation level (a loop over 16-byte words ran at about 2 GB/s in
+    // the dev profile, and a sparse disk is mostly zeros to check).
+    const BLOCK: usize = 64 << 10;
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
+    data.chunks(BLOCK).all(|c| c == &ZEROS[..c.len()])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Plain FastCDC, as `for_each_chunk` was before the zero short cut.
+    fn plain(params: &ChunkParams, data: &[u8]) -> Vec<(usize, usize)> {
+        FastCDC::new(
+            data,
+            params.min as usize,
+            params.avg as usize,
+            params.max as usize,
+        )
+        .map(|c| (c.offset, c.length))
+        .collect()
+    }
+
+    fn ours(params: &ChunkParams, data: &[u8]) -> Vec<(usize, usize)> {
+        let mut v = Vec::new();
+        for_each_chunk(params, data, |o, l| v.push((o, l)));
+        v
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Zero runs of every length, at every place, between random and
+        /// constant bytes: the short cut gives FastCDC's chunks exactly.
+        #[test]
+        fn zeros_chunk_as_fastcdc_does(
+            pieces in proptest::collection::vec((0u8..4, 1usize..300_000, proptest::prelude::any::<u64>()), 1..12),
+            avg_shift in 12u32..15,
+        ) {
+            let params = ChunkParams::from_avg(1 << avg_shift);
+            let mut data = Vec::new();
+            for (kind, len, seed) in pieces {
+                let mut x = seed | 1;
+                data.extend((0..len).map(|_| match kind {
+                    0 | 1 => 0,
+                    2 => 0x5a,
+                    _ => {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    }
+                }));
+            }
+            proptest::prop_assert_eq!(ours(&params, &data), plain(&params, &data));
+        }
+    }
+
+    #[test]
+    fn a_zero_run_between_data_chunks_as_fastcdc_does() {
+        let params = ChunkParams::from_avg(128 << 10);
+        let mut data = vec![0u8; 16 << 20];
+        for i in 0..16 {
+            data[i << 20 | 4096..i << 20 | 12288].fill(i as u8 + 1);
+        }
+        data[(16 << 20) - 1] = 7;
+        assert_eq!(ours(&params, &data), plain(&params, &data));
+        assert_eq!(ours(&params, &[0; 10]), plain(&params, &[0; 10]));
+    }
 
     #[test]
     fn zero_detection() {
