@@ -185,20 +185,44 @@ impl DiskSource {
         for r in self.data_ranges(start..end)? {
             let (a, b) = ((r.start - start) as usize, (r.end - start) as usize);
             buf[(filled - start) as usize..a].fill(0);
-            match &self.kind {
-                Kind::File { file, .. } => file
-                    .read_exact_at(&mut buf[a..b], r.start)
-                    .map_err(|e| self.io_err(e))?,
-                Kind::Nbd(d) => d
-                    .read_at(r.start, &mut buf[a..b])
-                    .map_err(|e| self.io_err(std::io::Error::other(e.to_string())))?,
-            }
+            self.read_span(r.start, &mut buf[a..b])?;
             read += r.end - r.start;
             filled = r.end;
         }
         buf[(filled - start) as usize..].fill(0);
         self.check_not_shrunk(end)?;
         Ok(read)
+    }
+
+    /// Reads only `ranges` (from [`DiskSource::data_ranges`] over the
+    /// buffer's span) into `buf`, which covers the disk from `start`, and
+    /// leaves the rest of `buf` untouched: for a caller whose buffer is
+    /// zero already, so that a sparse disk's holes are neither read nor
+    /// written. Returns the bytes read.
+    pub fn read_ranges_at(&self, start: u64, buf: &mut [u8], ranges: &[Range<u64>]) -> Result<u64> {
+        let end = start + buf.len() as u64;
+        let mut read = 0;
+        for r in ranges {
+            if r.start < start || r.end > end || r.start > r.end {
+                return Err(Error::Internal(format!(
+                    "data range {r:?} outside the read {start}..{end}"
+                )));
+            }
+            let (a, b) = ((r.start - start) as usize, (r.end - start) as usize);
+            self.read_span(r.start, &mut buf[a..b])?;
+            read += r.end - r.start;
+        }
+        self.check_not_shrunk(end)?;
+        Ok(read)
+    }
+
+    fn read_span(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        match &self.kind {
+            Kind::File { file, .. } => file.read_exact_at(buf, offset).map_err(|e| self.io_err(e)),
+            Kind::Nbd(d) => d
+                .read_at(offset, buf)
+                .map_err(|e| self.io_err(std::io::Error::other(e.to_string()))),
+        }
     }
 
     /// A file that shrank under the backup reads as holes past its new

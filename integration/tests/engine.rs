@@ -118,6 +118,43 @@ proptest! {
     }
 }
 
+/// Segment buffers are reused, and a hole is no longer cleared where the
+/// buffer's previous segment read nothing: each segment here has its data
+/// where the segments before it had holes, and dense and sparse segments
+/// alternate, so a byte left over from an earlier segment would show.
+#[test]
+fn reused_segment_buffers_leave_nothing_in_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut regions = Vec::new();
+    for i in 0..14u64 {
+        match i % 3 {
+            0 => regions.push(Region::Random(SEG)),
+            1 => {
+                let at = (i * 37_000) % (SEG / 2);
+                regions.extend([
+                    Region::Hole(at),
+                    Region::Text(20_000),
+                    Region::Hole(SEG - at - 20_000),
+                ]);
+            }
+            _ => regions.extend([Region::Hole(SEG - 70_000), Region::Random(70_000)]),
+        }
+    }
+    let (sparse, dense) = (dir.path().join("sparse"), dir.path().join("dense"));
+    write_image(&sparse, &regions, 9, false).unwrap();
+    write_image(&dense, &regions, 9, true).unwrap();
+    rt().block_on(async {
+        let repo = memory_repo().await;
+        let a = run_backup(&repo, "a", &sparse).await.unwrap();
+        let b = run_backup(&repo, "b", &dense).await.unwrap();
+        assert_eq!(a.disks[0].segments.len(), 14);
+        assert_eq!(a.disks[0].segments, b.disks[0].segments);
+        let out = dir.path().join("out");
+        restore_to(&repo, &a, &out).await.unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&dense).unwrap());
+    });
+}
+
 /// Writes `writes` into a copy of `old` resized to `new_len`; returns the
 /// changed ranges.
 fn mutate(old: &Path, new: &Path, writes: &[(u64, u64, u8)], new_len: u64) -> Vec<Range<u64>> {

@@ -23,9 +23,10 @@ use tokio::sync::mpsc;
 
 use super::incremental::rechunk;
 use super::plan::{DiskPlan, SegmentPlan, data_bytes};
-use super::segment::chunk_segment;
+use super::segment::{chunk_segment, chunk_segment_in};
 use super::trust::Trust;
 use super::upload::{UploadJob, Uploader};
+use crate::chunker::Known;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::lease::ObjectRef;
@@ -62,6 +63,9 @@ enum Work {
     Data {
         idx: usize,
         buf: Vec<u8>,
+        /// Where the segment may hold data (segment-relative): the rest is
+        /// a hole, zero in `buf` without having been read or written.
+        data: Vec<Range<usize>>,
         read: u64,
         parent: Option<ObjectId>,
     },
@@ -149,10 +153,10 @@ pub async fn run(
         runtime: tokio::runtime::Handle::current(),
     });
 
-    let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(workers + 2);
+    let (pool_tx, pool_rx) = sync_channel::<Pooled>(workers + 2);
     for _ in 0..workers + 2 {
         // Allocated on first use, so small disks stay small.
-        let _ = pool_tx.send(Vec::new());
+        let _ = pool_tx.send((Vec::new(), Vec::new()));
     }
     let (work_tx, work_rx) = sync_channel::<Work>(1);
     let work_rx = Arc::new(Mutex::new(work_rx));
@@ -231,11 +235,44 @@ pub async fn run(
     })
 }
 
+/// A segment buffer between uses, with the ranges its last segment read
+/// into it (everything else in it is zero).
+type Pooled = (Vec<u8>, Vec<Range<usize>>);
+
+/// `ranges` of the disk, relative to a segment starting at `start`, with
+/// adjacent ones joined (an NBD server may report a run in pieces).
+fn relative(ranges: &[Range<u64>], start: u64) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let r = (r.start - start) as usize..(r.end - start) as usize;
+        match out.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Makes `buf` `len` zero bytes except where `data` will be read into it:
+/// only what the previous segment read (`dirty`) can be non-zero, and it
+/// need not be cleared when this segment reads the whole buffer anyway (a
+/// dense disk), so a sparse disk's holes cost no memory traffic.
+fn clean(buf: &mut Vec<u8>, dirty: &[Range<usize>], data: &[Range<usize>], len: usize) {
+    buf.resize(len, 0);
+    if data.len() == 1 && data[0] == (0..len) {
+        return;
+    }
+    for r in dirty {
+        let r = r.start.min(len)..r.end.min(len);
+        buf[r].fill(0);
+    }
+}
+
 fn read_segments(
     shared: &Shared,
     plan: DiskPlan,
     seg_size: u64,
-    pool: Receiver<Vec<u8>>,
+    pool: Receiver<Pooled>,
     work: SyncSender<Work>,
 ) {
     let size = shared.source.size();
@@ -276,13 +313,17 @@ fn read_segments(
             },
             SegmentPlan::Full(parent) => match shared.source.data_ranges(start..end) {
                 Ok(r) if r.is_empty() => Work::Hole { idx },
-                Ok(_) => {
-                    let Ok(mut buf) = pool.recv() else { return };
-                    buf.resize((end - start) as usize, 0);
-                    match shared.source.read_at(start, &mut buf) {
+                Ok(ranges) => {
+                    let Ok((mut buf, dirty)) = pool.recv() else {
+                        return;
+                    };
+                    let data = relative(&ranges, start);
+                    clean(&mut buf, &dirty, &data, (end - start) as usize);
+                    match shared.source.read_ranges_at(start, &mut buf, &ranges) {
                         Ok(read) => Work::Data {
                             idx,
                             buf,
+                            data,
                             read,
                             parent,
                         },
@@ -301,7 +342,7 @@ fn read_segments(
 fn process_segments(
     shared: &Shared,
     work: &Mutex<Receiver<Work>>,
-    pool: &SyncSender<Vec<u8>>,
+    pool: &SyncSender<Pooled>,
     jobs: &mpsc::Sender<UploadJob>,
 ) {
     let seg_size = shared.repo.config().segment_size;
@@ -321,16 +362,22 @@ fn process_segments(
             Work::Data {
                 idx,
                 buf,
+                data: ranges,
                 read,
                 parent,
             } => {
-                let seg = chunk_segment(&shared.repo.config().chunking, shared.repo.codec(), &buf);
+                let seg = chunk_segment_in(
+                    &shared.repo.config().chunking,
+                    shared.repo.codec(),
+                    &buf,
+                    &Known::Data(&ranges),
+                );
                 let data = |i: usize| {
                     let off = seg.offsets[i];
                     Some(&buf[off..off + seg.entries[i].len() as usize])
                 };
                 let job = build_job(shared, idx, &seg.entries, data, parent, None, read);
-                let _ = pool.send(buf);
+                let _ = pool.send((buf, ranges));
                 job
             }
             Work::Touched {

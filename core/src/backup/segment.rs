@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::chunker::{ChunkParams, for_each_chunk, is_zero};
+use crate::chunker::{ChunkParams, Known, for_each_chunk_in};
 use crate::codec::Codec;
 use crate::error::Result;
 use crate::id::ObjectId;
@@ -24,10 +24,21 @@ impl ChunkedSegment {
 
 /// Chunks and hashes a segment; all-zero chunks become zero entries.
 pub fn chunk_segment(params: &ChunkParams, codec: &Codec, data: &[u8]) -> ChunkedSegment {
+    chunk_segment_in(params, codec, data, &Known::AllData)
+}
+
+/// [`chunk_segment`] of a segment whose holes are known (`known`): zeros
+/// there are neither scanned for the cut nor checked chunk by chunk.
+pub fn chunk_segment_in(
+    params: &ChunkParams,
+    codec: &Codec,
+    data: &[u8],
+    known: &Known<'_>,
+) -> ChunkedSegment {
     let mut out = ChunkedSegment::default();
-    for_each_chunk(params, data, |off, len| {
+    for_each_chunk_in(params, data, known, |off, len| {
         let piece = &data[off..off + len];
-        let id = (!is_zero(piece)).then(|| codec.chunk_id(piece));
+        let id = (!known.zero(data, off..off + len)).then(|| codec.chunk_id(piece));
         // Chunks are at most 16 MiB (FastCDC's limit), so the length fits.
         out.entries.push(Entry(len as u32, id));
         out.offsets.push(off);
