@@ -143,6 +143,27 @@ fn verify_reports_damage_with_byte_ranges() {
     let _ = p1;
 }
 
+/// `backup --changed` with no extents: the change source says nothing
+/// changed since the VM's last point.
+fn backup_nothing_changed(e: &Env, img: &Path) -> std::process::Output {
+    let none = e.path("none.json");
+    std::fs::write(&none, "[]").unwrap();
+    let disk = format!("d={}", img.display());
+    let changed = format!("d={}", none.display());
+    e.x(&[
+        "backup",
+        "--vm",
+        "v",
+        "--disk",
+        &disk,
+        "--changed",
+        &changed,
+        "--json",
+    ])
+    .output()
+    .unwrap()
+}
+
 #[test]
 fn a_damaged_parent_node_is_not_reused() {
     let e = Env::init();
@@ -160,23 +181,7 @@ fn a_damaged_parent_node_is_not_reused() {
     for n in e.files("nodes") {
         std::fs::write(&n, b"XFN1\x01garbage").unwrap();
     }
-    let none = e.path("none.json");
-    std::fs::write(&none, "[]").unwrap();
-    let disk = format!("d={}", img.display());
-    let changed = format!("d={}", none.display());
-    let out = e
-        .x(&[
-            "backup",
-            "--vm",
-            "v",
-            "--disk",
-            &disk,
-            "--changed",
-            &changed,
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let out = backup_nothing_changed(&e, &img);
     assert!(
         out.status.success(),
         "{}",
@@ -221,21 +226,7 @@ fn damage_verify_found_is_never_reused_by_the_next_backup() {
     assert_eq!(code, 3, "{r}");
     assert!(!e.files("damage").is_empty(), "verify records the node");
 
-    let none = e.path("none.json");
-    std::fs::write(&none, "[]").unwrap();
-    let out = e
-        .x(&[
-            "backup",
-            "--vm",
-            "v",
-            "--disk",
-            &format!("d={}", img.display()),
-            "--changed",
-            &format!("d={}", none.display()),
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let out = backup_nothing_changed(&e, &img);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("missing or damaged"),

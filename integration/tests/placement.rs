@@ -65,6 +65,43 @@ impl Backend for Counting {
     }
 }
 
+/// Clears the counts, then backs `img` up with `changes` (JSON extents,
+/// written to `file`) as its change source.
+async fn backup_changed(
+    repo: &Repository,
+    store: &Counting,
+    img: &std::path::Path,
+    file: &std::path::Path,
+    changes: &str,
+) -> xfull_core::manifest::Manifest {
+    std::fs::write(file, changes).unwrap();
+    store.gets.lock().unwrap().clear();
+    let mut req = request("vm", img);
+    req.changes.insert(
+        "d".parse().unwrap(),
+        ChangeSource::Extents(vec![file.to_path_buf()]),
+    );
+    backup(repo, req, Arc::new(Progress::default()))
+        .await
+        .unwrap()
+}
+
+/// A full scan of `img` gives `m`'s segments and data bytes.
+async fn same_as_a_full_scan(
+    repo: &Repository,
+    img: &std::path::Path,
+    m: &xfull_core::manifest::Manifest,
+) {
+    let rescan = backup(repo, request("vm", img), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert_eq!(rescan.disks[0].segments, m.disks[0].segments);
+    assert_eq!(
+        rescan.disks[0].stats.bytes_data,
+        m.disks[0].stats.bytes_data
+    );
+}
+
 /// Every parent node an incremental backup uses (reused or re-chunked
 /// from) is fetched once: the parent check used to fetch a touched
 /// segment's node and a worker fetched it again.
@@ -84,22 +121,18 @@ async fn an_incremental_backup_fetches_each_parent_node_once() {
     std::os::unix::fs::FileExt::write_all_at(&f, &[0xa5; 5000], SEG + 100).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 5000], 3 * SEG + 100).unwrap();
     let changes = dir.path().join("c.json");
-    std::fs::write(
+    let m = backup_changed(
+        &repo,
+        &store,
+        &img,
         &changes,
-        format!(
+        &format!(
             r#"[{{"offset": {}, "length": 5000}}, {{"offset": {}, "length": 5000}}]"#,
             SEG + 100,
             3 * SEG + 100
         ),
     )
-    .unwrap();
-    store.gets.lock().unwrap().clear();
-    let mut req = request("vm", &img);
-    req.changes
-        .insert("d".parse().unwrap(), ChangeSource::Extents(vec![changes]));
-    let m = backup(&repo, req, Arc::new(Progress::default()))
-        .await
-        .unwrap();
+    .await;
     assert!(
         m.disks[0].source.starts_with("extents"),
         "{}",
@@ -137,16 +170,7 @@ async fn an_unchanged_rebackup_fetches_a_sample_of_parent_nodes_not_all() {
         .await
         .unwrap();
     let changes = dir.path().join("c.json");
-    std::fs::write(&changes, "[]").unwrap();
-    store.gets.lock().unwrap().clear();
-    let mut req = request("vm", &img);
-    req.changes.insert(
-        "d".parse().unwrap(),
-        ChangeSource::Extents(vec![changes.clone()]),
-    );
-    let m = backup(&repo, req, Arc::new(Progress::default()))
-        .await
-        .unwrap();
+    let m = backup_changed(&repo, &store, &img, &changes, "[]").await;
     let nodes = store.gets_under("nodes/");
     assert_eq!(nodes.len(), 1, "one sampled parent node: {nodes:?}");
     let all: u64 = store.gets_under("").values().sum();
@@ -160,53 +184,28 @@ async fn an_unchanged_rebackup_fetches_a_sample_of_parent_nodes_not_all() {
     // and the data bytes are those of a full scan of the same image.
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &[0x33; 3000], 5 * SEG + 20_000).unwrap();
-    std::fs::write(
+    let m = backup_changed(
+        &repo,
+        &store,
+        &img,
         &changes,
-        format!(r#"[{{"offset": {}, "length": 3000}}]"#, 5 * SEG + 20_000),
+        &format!(r#"[{{"offset": {}, "length": 3000}}]"#, 5 * SEG + 20_000),
     )
-    .unwrap();
-    store.gets.lock().unwrap().clear();
-    let mut req = request("vm", &img);
-    req.changes
-        .insert("d".parse().unwrap(), ChangeSource::Extents(vec![changes]));
-    let m = backup(&repo, req, Arc::new(Progress::default()))
-        .await
-        .unwrap();
+    .await;
     let nodes = store.gets_under("nodes/");
     assert!(
         nodes.len() <= 2,
         "the touched node and the sample: {nodes:?}"
     );
-    let rescan = backup(&repo, request("vm", &img), Arc::new(Progress::default()))
-        .await
-        .unwrap();
-    assert_eq!(rescan.disks[0].segments, m.disks[0].segments);
-    assert_eq!(
-        rescan.disks[0].stats.bytes_data,
-        m.disks[0].stats.bytes_data
-    );
+    same_as_a_full_scan(&repo, &img, &m).await;
 
     // Shrunk to 40.5 segments: the dropped segments' data leaves the sum
     // (their nodes are fetched), the cut one is re-chunked.
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
     f.set_len(40 * SEG + SEG / 2).unwrap();
     let changes = dir.path().join("none.json");
-    std::fs::write(&changes, "[]").unwrap();
-    store.gets.lock().unwrap().clear();
-    let mut req = request("vm", &img);
-    req.changes
-        .insert("d".parse().unwrap(), ChangeSource::Extents(vec![changes]));
-    let m = backup(&repo, req, Arc::new(Progress::default()))
-        .await
-        .unwrap();
+    let m = backup_changed(&repo, &store, &img, &changes, "[]").await;
     let nodes = store.gets_under("nodes/");
     assert!(nodes.len() <= 25, "23 dropped, 1 cut, 1 sampled: {nodes:?}");
-    let rescan = backup(&repo, request("vm", &img), Arc::new(Progress::default()))
-        .await
-        .unwrap();
-    assert_eq!(rescan.disks[0].segments, m.disks[0].segments);
-    assert_eq!(
-        rescan.disks[0].stats.bytes_data,
-        m.disks[0].stats.bytes_data
-    );
+    same_as_a_full_scan(&repo, &img, &m).await;
 }
