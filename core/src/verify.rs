@@ -330,9 +330,17 @@ pub async fn verify(
 }
 
 /// Best effort: a repository verify may only read still gets its report.
+/// Missing nodes are recorded as well as damaged objects: a backup reuses
+/// a parent's nodes without fetching most of them, and a record is what
+/// tells it not to rely on one (see `backup/parent_check.rs`).
 async fn record_damage(repo: &Repository, report: &mut VerifyReport) {
-    if let Some((failed, e)) = crate::damage::record_all(repo, &report.bad_objects, "verify").await
-    {
+    let missing = report.missing.iter().filter_map(|r| match r {
+        ObjectRef::Node(id) => Some((keys::node(id), "missing from the repository".to_string())),
+        _ => None,
+    });
+    let records: Vec<(String, String)> =
+        report.bad_objects.iter().cloned().chain(missing).collect();
+    if let Some((failed, e)) = crate::damage::record_all(repo, &records, "verify").await {
         report.warnings.push(format!(
             "could not record {failed} damaged object(s) in the repository ({e}): \
              backups will not know to store them again"

@@ -245,6 +245,36 @@ fn damage_verify_found_is_never_reused_by_the_next_backup() {
     assert_eq!(code, 0, "{r}");
 }
 
+/// `repair` without images removes a damaged node and leaves its point
+/// damaged; the node is then missing, and no backup may rely on it: the
+/// next backup that sees the segment unchanged reads it and stores the
+/// node again, which heals the old point too. (A backup that reused it
+/// unfetched would carry the missing node into every later point.)
+#[test]
+fn a_node_repair_removed_is_stored_again_by_the_next_backup() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    let regions: Vec<Region> = (0..8).map(|_| Region::Random(4 << 20)).collect();
+    write_image(&img, &regions, 6, false).unwrap();
+    backup(&e, &img, &[]);
+    let victim = e.files("nodes")[2].clone();
+    std::fs::write(&victim, b"XFN1\x01garbage").unwrap();
+    let out = e.x(&["repair", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(!victim.exists(), "repair removed the damaged node");
+
+    let out = backup_nothing_changed(&e, &img);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let point = v["point"].as_str().unwrap();
+    assert!(victim.exists(), "stored again");
+    let to = e.path("out");
+    e.restore(point, "d", &to);
+    assert_eq!(sha256(&to), sha256(&img));
+    let (code, r) = verify(&e, &[]);
+    assert_eq!(code, 0, "every point whole again: {r}");
+}
+
 /// Runs gc until a sweep completes; returns its report. The 3 s sweep TTL this test needs (a
 /// killed sweep makes the next ones give way until its marker is stale)
 /// lets a sweep on a machine too busy to refresh its marker for 1.5 s stop

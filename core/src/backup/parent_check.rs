@@ -11,8 +11,10 @@
 //!
 //! - **Missing**: a node a committed point references is never deleted by
 //!   gc, and the session's lease names the parent point, so a sweep that
-//!   runs meanwhile keeps it too (see "Concurrency" in docs/design.md). A
-//!   node can only go missing from outside xfull, which `verify` finds.
+//!   runs meanwhile keeps it too (see "Concurrency" in docs/design.md).
+//!   `repair` removes damaged nodes, and keeps their damage records until
+//!   a backup stores them again; `verify` records the nodes it finds
+//!   missing (lost outside xfull). Both are then known damage (below).
 //! - **Known damage**: objects met damaged by verify, restore, serve or a
 //!   backup carry damage records (`crate::damage`), read at the start of
 //!   every backup. A relied-on node with a record is never reused. While
@@ -194,7 +196,10 @@ fn reused_by_difference(
             total = total.checked_sub(*d)?;
         }
     }
-    (total <= reused as u64 * parent.segment_size).then_some(total)
+    // Each reused node holds at least one byte of data (an all-zero
+    // segment has no node), at most a segment.
+    let reused = reused as u64;
+    (reused <= total && total <= reused * parent.segment_size).then_some(total)
 }
 
 /// Applies the check: unsound parents' segments are read in full; with

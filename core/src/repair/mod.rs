@@ -123,8 +123,12 @@ pub async fn repair(
         progress.clone(),
     )
     .await?;
+    // A record of an object stored again since, or gone and referenced by
+    // no point, is stale. One gone but still referenced stays: it tells
+    // backups not to rely on that node, and to store it again.
+    let still_missing: BTreeSet<String> = found.missing.iter().map(ObjectRef::key).collect();
+    stale.retain(|k| !still_missing.contains(k));
     if !opts.dry_run && !stale.is_empty() {
-        // Stored again since (or gone): the records are stale.
         let _ = damage::clear(repo, &stale).await;
     }
     let mut doomed: BTreeSet<String> = found.bad_objects.iter().map(|(k, _)| k.clone()).collect();
@@ -166,7 +170,11 @@ pub async fn repair(
         report.objects_removed = removal.deleted.len() as u64;
         report.objects_sound = removal.sound.len() as u64;
         wanted.extend(removal.deleted.iter().filter_map(|k| ObjectRef::parse(k)));
-        let settled: Vec<String> = [removal.deleted, removal.sound, removal.gone].concat();
+        // Only the records of objects found sound are settled. A node
+        // removed here (or found gone) is referenced and now missing: its
+        // record stays until a backup stores it again, so that no backup
+        // reuses it unfetched meanwhile.
+        let settled = removal.sound;
         if let Err(e) = damage::clear(repo, &settled).await {
             report
                 .warnings
@@ -215,6 +223,22 @@ pub async fn repair(
         Arc::new(Progress::default()),
     )
     .await?;
+    if !opts.sources.is_empty() {
+        // Nodes stored again from the images: their records go (the last
+        // verify read every referenced node).
+        let bad: BTreeSet<String> = (after.bad_objects.iter().map(|(k, _)| k.clone()))
+            .chain(after.missing.iter().map(ObjectRef::key))
+            .collect();
+        let known = KnownDamage::load(repo).await?;
+        let healed: Vec<String> = (known.nodes.iter().map(keys::node))
+            .filter(|k| !bad.contains(k))
+            .collect();
+        if let Err(e) = damage::clear(repo, &healed).await {
+            report
+                .warnings
+                .push(format!("could not remove the damage records: {e}"));
+        }
+    }
     report.still_damaged = after.damaged;
     Ok(report)
 }
