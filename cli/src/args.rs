@@ -141,7 +141,7 @@ pub struct InitArgs {
     #[arg(long, value_parser = parse_size, default_value = "16M")]
     pub segment_size: u64,
     /// Average chunk size; min and max default to avg/4 and avg*4.
-    #[arg(long, value_parser = parse_size, default_value = "128K")]
+    #[arg(long, value_parser = parse_size, default_value = "64K")]
     pub chunk_avg: u64,
     /// Smallest chunk (default: avg/4).
     #[arg(long, value_parser = parse_size)]

@@ -21,7 +21,7 @@ pub struct ChunkParams {
 impl Default for ChunkParams {
     /// See `docs/chunk-size.md` for the measurements behind this choice.
     fn default() -> Self {
-        ChunkParams::from_avg(128 << 10)
+        ChunkParams::from_avg(64 << 10)
     }
 }
 
