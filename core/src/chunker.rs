@@ -189,7 +189,7 @@ mod tests {
         #[test]
         fn zeros_chunk_as_fastcdc_does(
             pieces in proptest::collection::vec((0u8..4, 1usize..300_000, proptest::prelude::any::<u64>()), 1..12),
-            avg_shift in 12u32..15,
+            avg_shift in 12u32..17,
         ) {
             let params = ChunkParams::from_avg(1 << avg_shift);
             let pieces_again = pieces.clone();
