@@ -65,6 +65,7 @@ impl Sweep {
                 census.listed(name, meta.size, meta.last_modified);
             }
         }
+        census.listing_done();
         self.report.packs_listed = census.packs.len() as u64;
         for (name, meta) in list_index(&*backend).await? {
             self.stop_if_cancelled().await?;
@@ -81,7 +82,6 @@ impl Sweep {
         }
         self.report.index_objects_read = census.objects.len() as u64;
         self.stop_if_cancelled().await?;
-        let marks = &self.prot.marks;
         let cutoff = self.prot.cutoff;
         let mut orphan_live = census
             .read_orphans(
@@ -89,13 +89,18 @@ impl Sweep {
                 self.repo.codec(),
                 cutoff,
                 self.max_chunk(),
-                marks,
+                &self.prot.marks,
             )
             .await?;
         let progress = self.progress.clone();
         let cancelled = || progress.as_ref().is_some_and(|p| p.is_cancelled());
         if let Err(e) = census
-            .count(&*backend, marks, &mut orphan_live, &cancelled)
+            .count(
+                &*backend,
+                &mut self.prot.marks,
+                &mut orphan_live,
+                &cancelled,
+            )
             .await
         {
             if e.is_damage() {
@@ -114,6 +119,19 @@ impl Sweep {
             },
             &orphan_live,
         );
+        if let Err(e) = census.settle(&*backend, &cancelled).await {
+            if e.is_damage() {
+                return self.hold_packs(e);
+            }
+            return Err(e);
+        }
+        // Mark files that could not be read answered "marked": only
+        // garbage kept, but say so.
+        if let Some(e) = self.prot.marks.read_error() {
+            self.report.held.get_or_insert(format!(
+                "gc mark files could not be read ({e}); some garbage kept"
+            ));
+        }
         self.count_fates(&census);
         self.census = Some(census);
         Ok(())
@@ -133,7 +151,9 @@ impl Sweep {
         let r = &mut self.report;
         for p in &census.packs {
             match p.fate {
-                Fate::Planned(PackFate::KeepWaste(_)) => r.waste_bytes_left += p.dead_bytes,
+                Fate::Planned(PackFate::KeepWaste(_)) => {
+                    r.waste_bytes_left += u64::from(p.dead_bytes)
+                }
                 // Unreferenced but recent (a backup's own, maybe).
                 Fate::Young if p.live_chunks == 0 => r.young_kept += 1,
                 Fate::OrphanLive => r.packs_unindexed_live += 1,
@@ -179,7 +199,7 @@ impl Sweep {
                 });
             }
             if self.dry_run {
-                let p = census.pack(&name).map(|p| p.live_bytes).unwrap_or(0);
+                let p = census.pack(&name).map_or(0, |p| u64::from(p.live_bytes));
                 self.report.live_bytes_moved += p;
                 self.report.packs_rewritten += 1;
                 continue;
@@ -333,10 +353,9 @@ impl Sweep {
             .packs
             .iter()
             .filter(|p| p.fate.doomed())
-            .filter_map(|p| {
-                let (size, at) = p.listed?;
-                let m = meta(keys::pack(&p.name), size, at);
-                Some(Candidate::new(Listed::Pack(m, p.name)))
+            .map(|p| {
+                let m = meta(keys::pack(&p.name), p.size, p.at);
+                Candidate::new(Listed::Pack(m, p.name))
             })
             .collect();
         out.extend(
@@ -353,8 +372,9 @@ impl Sweep {
     /// look: a pack a live lease names, younger than the cutoff, or
     /// holding a chunk marked since the census, is spared (and the index
     /// objects naming it then stay); an index object goes only if every
-    /// pack it names that was to go is going.
-    pub(super) fn pack_deletable(&self, listed: &Listed, late: &HashSet<ObjectId>) -> bool {
+    /// pack it names that was to go is going. `keep` holds what
+    /// [`Sweep::late_packs`] and [`Sweep::blocked_index`] found.
+    pub(super) fn pack_deletable(&self, listed: &Listed, keep: &HashSet<ObjectId>) -> bool {
         let Some(census) = &self.census else {
             return false;
         };
@@ -362,10 +382,10 @@ impl Sweep {
             Listed::Pack(meta, name) => {
                 !self.prot.pack_deps.contains(name)
                     && meta.last_modified < self.prot.cutoff
-                    && !late.contains(name)
+                    && !keep.contains(name)
             }
             Listed::Index(_, name)
-                if late.contains(name) || self.prot.index_deps.contains(name) =>
+                if keep.contains(name) || self.prot.index_deps.contains(name) =>
             {
                 false
             }
@@ -373,15 +393,39 @@ impl Sweep {
                 .objects
                 .iter()
                 .find(|o| o.object.name == *name)
-                .is_some_and(|o| {
-                    o.replace
-                        && o.packs.iter().all(|&i| {
-                            let p = &census.packs[i as usize];
-                            !p.spared && !self.prot.pack_deps.contains(&p.name)
-                        })
-                }),
+                .is_some_and(|o| o.replace),
             Listed::Node(..) => false,
         }
+    }
+
+    /// The index objects of `batch` that name a pack spared or one a live
+    /// lease names (their tables read again, only when there are such
+    /// packs).
+    pub(super) async fn blocked_index(&self, batch: &[Candidate]) -> Result<HashSet<ObjectId>> {
+        let mut out = HashSet::new();
+        let Some(census) = &self.census else {
+            return Ok(out);
+        };
+        if self.prot.pack_deps.is_empty() && !census.packs.iter().any(|p| p.spared) {
+            return Ok(out);
+        }
+        let backend = self.repo.backend();
+        for c in batch {
+            let Listed::Index(_, name) = &c.listed else {
+                continue;
+            };
+            let Some(o) = census.objects.iter().find(|o| o.object.name == *name) else {
+                continue;
+            };
+            let table = read_table(&**backend, &o.object).await?;
+            let kept = |n: &ObjectId| {
+                self.prot.pack_deps.contains(n) || census.pack(n).is_some_and(|p| p.spared)
+            };
+            if table.iter().any(kept) {
+                out.insert(*name);
+            }
+        }
+        Ok(out)
     }
 
     /// The packs and index objects of `batch` that hold a chunk marked
@@ -407,8 +451,8 @@ impl Sweep {
             })
             .collect();
         for name in &packs {
-            if let Some(p) = census.pack(name)
-                && p.orphan_chunks.iter().any(|c| marks.has_late(c))
+            if let Some(chunks) = census.orphans.get(name)
+                && chunks.iter().any(|c| marks.has_late(c))
             {
                 out.insert(*name);
             }
@@ -423,10 +467,11 @@ impl Sweep {
             .collect();
         for o in &census.objects {
             let in_batch = objects.contains(&o.object.name);
-            let names_one = o
-                .packs
-                .iter()
-                .any(|&i| packs.contains(&census.packs[i as usize].name));
+            let names_one = !packs.is_empty()
+                && read_table(&**backend, &o.object)
+                    .await?
+                    .iter()
+                    .any(|n| packs.contains(n));
             if !names_one && !in_batch {
                 continue;
             }
