@@ -98,7 +98,7 @@ impl Marks {
         if self.chunks.len() == self.chunks.capacity() {
             // Grow as a Vec does, but never past the budget.
             let most = (self.budget / 8).max(self.chunks.len() + 1);
-            let want = (self.chunks.len() * 2).clamp(1024, most);
+            let want = (self.chunks.len() * 2).max(1024).min(most);
             self.chunks
                 .reserve_exact(want.saturating_sub(self.chunks.len()).max(1));
         }

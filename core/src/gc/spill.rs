@@ -24,6 +24,7 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
@@ -87,7 +88,20 @@ impl Spill {
     /// removing those that sweeps killed before left there.
     pub fn create(base: &Path) -> Result<Spill> {
         std::fs::create_dir_all(base).map_err(io(base))?;
-        remove_stale(base);
+        // Once per base directory and process (a gc runs one sweep; tests
+        // run thousands).
+        static CLEANED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+        let first = {
+            let mut cleaned = CLEANED.lock().unwrap_or_else(|e| e.into_inner());
+            let first = !cleaned.iter().any(|b| b == base);
+            if first {
+                cleaned.push(base.to_path_buf());
+            }
+            first
+        };
+        if first {
+            remove_stale(base);
+        }
         let name = format!(
             "{DIR_PREFIX}{}-{:016x}",
             std::process::id(),

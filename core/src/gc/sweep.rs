@@ -375,6 +375,7 @@ impl Sweep {
         self.report.nodes_marked = nodes as u64;
         self.report.chunks_marked = chunks as u64;
         self.report.mark_state_bytes = self.prot.marks.state_bytes() as u64;
+        self.report.mark_passes = self.prot.marks.passes() as u64;
         self.report.pinned_points = self.prot.pinned.len() as u64;
     }
 
