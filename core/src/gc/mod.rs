@@ -3,7 +3,7 @@
 //! [`sweep::Sweep`] is the protocol as separate steps, so that tests can
 //! interleave them with a backup session's; [`run`] runs them in order.
 
-mod census;
+pub mod census;
 pub mod markers;
 pub mod marks;
 pub mod pack_plan;
