@@ -79,8 +79,8 @@ fn pack_name(p: u64) -> ObjectId {
 fn live(g: u64) -> bool {
     match (g / PER_PACK) % 50 {
         0 => false,
-        1 => g % 2 == 0,
-        _ => splitmix(g ^ 0x5555) % 10 != 0,
+        1 => g.is_multiple_of(2),
+        _ => !splitmix(g ^ 0x5555).is_multiple_of(10),
     }
 }
 
@@ -309,7 +309,7 @@ async fn main() {
                 marks.chunk(&e.entry.id).expect("mark");
                 live_ids += 1;
             }
-            if g % PER_PACK == 0 {
+            if g.is_multiple_of(PER_PACK) {
                 let mut node = [0u8; 32];
                 node[..8].copy_from_slice(&splitmix(g ^ 0xaaaa).to_be_bytes());
                 node[8..16].copy_from_slice(&g.to_be_bytes());
