@@ -79,6 +79,11 @@ impl Marks {
         }
     }
 
+    /// Whether nothing was marked yet (nor sealed).
+    pub fn is_empty(&self) -> bool {
+        !self.sealed && self.nodes.is_empty() && self.chunks.is_empty() && self.spill.is_none()
+    }
+
     /// Marks a node; false if it was marked already (do not visit again).
     pub fn node(&mut self, id: ObjectId) -> bool {
         self.nodes.insert(id)

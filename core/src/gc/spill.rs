@@ -103,9 +103,10 @@ impl Spill {
             remove_stale(base);
         }
         let name = format!(
-            "{DIR_PREFIX}{}-{:016x}",
+            "{DIR_PREFIX}{}-{:016x}-{}",
             std::process::id(),
-            rand::random::<u64>()
+            rand::random::<u64>(),
+            host_tag()
         );
         let dir = base.join(name);
         // mkdir fails on anything already there, a symlink included.
@@ -287,10 +288,27 @@ fn read_u64(r: &mut impl Read, path: &Path) -> Result<Option<u64>> {
     }
 }
 
+/// This host's name as it may appear in a file name: a directory shared
+/// by hosts or containers (other process ids) is told apart by it.
+fn host_tag() -> String {
+    crate::host::name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Removes mark directories under `base` left by processes that are gone
-/// (a sweep killed with SIGKILL): ours by owner and name, a directory
-/// (not a symlink), its process id absent from `/proc`. Without `/proc`
-/// nothing is removed. Best effort: one that cannot be removed stays.
+/// (a sweep killed with SIGKILL): ours by owner, name and host, a
+/// directory (not a symlink), its process id absent from `/proc`.
+/// Without `/proc` nothing is removed. Best effort: one that cannot be
+/// removed stays. (Removing a running sweep's directory could only make
+/// it fail: its parts are open files, its runs would be missing.)
 pub fn remove_stale(base: &Path) {
     if !Path::new("/proc/self").exists() {
         return;
@@ -301,14 +319,20 @@ pub fn remove_stale(base: &Path) {
     let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
+        let mut parts = name
             .to_str()
             .and_then(|n| n.strip_prefix(DIR_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+            .unwrap_or_default()
+            .splitn(3, '-');
+        let (Some(pid), Some(_), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if host != host_tag() {
+            continue;
+        }
         let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
             continue;
         };

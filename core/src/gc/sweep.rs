@@ -281,13 +281,17 @@ impl Sweep {
     }
 
     /// How packs are judged (`gc --max-waste`, the data's storage class).
-    /// Also sets the memory of the chunk marks: call before marking.
+    /// Also sets the memory of the chunk marks, before anything is
+    /// marked (marks already there are never dropped: the budget then
+    /// stays as it was).
     pub fn with_pack_options(mut self, opts: PackOptions) -> Self {
         let dir = opts
             .mark_dir
             .clone()
             .unwrap_or_else(|| spill::base_dir(default_cache_dir(&self.repo.config().repo_id)));
-        self.prot.marks = Marks::with_budget(opts.mark_memory, Some(dir));
+        if self.prot.marks.is_empty() {
+            self.prot.marks = Marks::with_budget(opts.mark_memory, Some(dir));
+        }
         self.pack_opts = opts;
         self
     }
