@@ -50,6 +50,7 @@ mod cancel;
 mod cleanup;
 mod packs;
 mod publisher;
+mod spare;
 pub mod targeted;
 
 use publisher::Publisher;
