@@ -127,6 +127,12 @@ pub struct GcArgs {
     #[arg(long, hide = true, default_value_t = 1000,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub batch_size: u16,
+    /// Memory for chunk marks; beyond it they go to local files (under
+    /// $TMPDIR, else the repository's cache directory) and the census
+    /// takes them in passes by id range. Hidden: the tests force several
+    /// passes.
+    #[arg(long, hide = true, value_parser = parse_size, default_value = "64M")]
+    pub mark_memory: u64,
     /// Write the outcome as Prometheus text (for node_exporter's textfile
     /// collector), replacing the file atomically.
     #[arg(long, value_name = "PATH")]

@@ -140,6 +140,14 @@ pub enum Error {
         error: std::io::Error,
     },
 
+    /// gc's local files of chunk marks (spilled when the marks outgrow
+    /// their memory budget) could not be created, written or read.
+    #[error("gc mark files in {}: {error}", path.display())]
+    MarkFiles {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+
     /// The overlay file of a writable served disk cannot be used.
     #[error("overlay {}: {reason}", path.display())]
     Overlay { path: PathBuf, reason: String },

@@ -11,6 +11,7 @@ mod downgrade;
 mod encryption;
 mod engine;
 mod gc_liveness;
+mod gc_passes;
 mod gc_stop;
 mod hostile_dir;
 mod hostile_repo;

@@ -17,6 +17,7 @@ pub async fn run(cli: &Cli, args: &GcArgs) -> Result<()> {
     let packs = PackOptions {
         rules: class_rules(&class, &Default::default()),
         max_waste_pct: args.max_waste,
+        mark_memory: usize::try_from(args.mark_memory).unwrap_or(usize::MAX),
         ..Default::default()
     };
     let report = gc::run_batched(
@@ -68,8 +69,12 @@ pub fn print_report(r: &GcReport) {
         r.pinned_points,
         r.live_leases
     );
+    let passes = match r.mark_passes {
+        0 | 1 => String::new(),
+        n => format!(", census in {n} passes"),
+    };
     println!(
-        "  marked {} nodes, {} chunks ({} of mark state)",
+        "  marked {} nodes, {} chunks ({} of mark state{passes})",
         r.nodes_marked,
         r.chunks_marked,
         bytes(r.mark_state_bytes)

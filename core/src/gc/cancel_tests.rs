@@ -18,8 +18,8 @@ use futures::TryStreamExt;
 use futures::stream::BoxStream;
 
 use super::markers::{Phase, SweepState};
-use super::test_packs::{all_entries, read_chunk, store_pack};
-use super::{GcReport, Sweep};
+use super::test_packs::{all_entries, forced_passes, read_chunk, store_pack};
+use super::{GcReport, PackOptions, Sweep};
 use crate::backend::{Backend, BackendError, ObjectMeta, PutOptions};
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
@@ -109,12 +109,23 @@ async fn garbage(repo: &Repository) -> Vec<Chunk> {
     live
 }
 
-/// A whole sweep as `gc::run_with` runs it, in batches of one.
-async fn sweep(repo: &Repository, progress: &Arc<Progress>) -> Result<GcReport> {
+/// A whole sweep as `gc::run_with` runs it, in batches of one; with
+/// `marks_in`, its census in forced passes, its mark files there.
+async fn sweep(
+    repo: &Repository,
+    progress: &Arc<Progress>,
+    marks_in: Option<&std::path::Path>,
+) -> Result<GcReport> {
     let mut s = Sweep::begin(repo, false)
         .await?
         .with_batch_size(1)
         .with_progress(progress.clone());
+    if let Some(dir) = marks_in {
+        s = s.with_pack_options(PackOptions {
+            mark_dir: Some(dir.into()),
+            ..forced_passes()
+        });
+    }
     let steps = async {
         s.read_leases().await?;
         s.read_points().await?;
@@ -178,7 +189,14 @@ async fn a_sweep_cancelled_at_any_phase_stops_cleanly_and_the_next_finishes() {
         ("between pack batches", "delete", "packs/", 1, true),
         ("between index batches", "delete", "index/", 1, true),
     ];
-    for &(what, op, prefix, nth, once) in phases {
+    // Each phase with the census in one pass, then in forced passes
+    // (their mark files removed when the sweep stops).
+    let marks = tempfile::tempdir().unwrap();
+    let modes = [None, Some(marks.path())];
+    for (&(what, op, prefix, nth, once), marks_in) in modes
+        .iter()
+        .flat_map(|m| phases.iter().map(move |p| (p, *m)))
+    {
         let (mem, repo) = repo().await;
         let live = garbage(&repo).await;
         mem.clock().advance(Duration::hours(1));
@@ -192,11 +210,13 @@ async fn a_sweep_cancelled_at_any_phase_stops_cleanly_and_the_next_finishes() {
             progress: progress.clone(),
         });
         let on_hook = Repository::open(hooked).await.unwrap();
-        let err = sweep(&on_hook, &progress).await.unwrap_err();
+        let err = sweep(&on_hook, &progress, marks_in).await.unwrap_err();
         let Error::Cancelled { cleaned } = &err else {
             panic!("{what}: {err}");
         };
         assert!(cleaned.contains("gc stopped"), "{what}: {cleaned}");
+        let left = std::fs::read_dir(marks.path()).unwrap().count();
+        assert_eq!(left, 0, "{what}: mark files left");
         let marker = SweepState::load(&repo, 1, false).await.unwrap().unwrap();
         assert_eq!(marker.phase, Phase::Stopped, "{what}");
         readable(&repo, &live).await;
@@ -205,11 +225,18 @@ async fn a_sweep_cancelled_at_any_phase_stops_cleanly_and_the_next_finishes() {
         // and frees what is left once what the stopped one wrote is older
         // than its cutoff.
         mem.clock().advance(Duration::hours(1));
-        let r = sweep(&repo, &Arc::new(Progress::default())).await.unwrap();
+        let r = sweep(&repo, &Arc::new(Progress::default()), marks_in)
+            .await
+            .unwrap();
         assert!(r.skipped.is_none(), "{what}: {r:?}");
         readable(&repo, &live).await;
         nothing_dead_left(&repo, &live, once).await;
-        let again = sweep(&repo, &Arc::new(Progress::default())).await.unwrap();
+        let again = sweep(&repo, &Arc::new(Progress::default()), marks_in)
+            .await
+            .unwrap();
+        if marks_in.is_some() && what == "marking" {
+            assert!(again.mark_passes > 1, "{again:?}");
+        }
         assert_eq!(
             again.packs_deleted + again.index_objects_deleted + again.packs_rewritten,
             0,

@@ -1,14 +1,15 @@
 //! What a sweep knows of every pack once marking is done: which index
 //! objects name it, its live and dead bytes, and its fate
-//! (`pack_plan`), with memory per pack, not per chunk.
+//! (`pack_plan`), with memory per pack, not per chunk nor per entry.
 //!
-//! Memory: about 100 bytes per listed pack (16 MiB of chunks each), the
-//! heads of the index objects (32 bytes per pack and per 1,024 entries),
-//! one read of [`BLOCKS_PER_READ`] blocks of entries at a time, and the
-//! chunk ids of old orphan packs (rare: packs of crashed backups). The
-//! entries themselves are never all in memory.
-//!
-//! [`BLOCKS_PER_READ`]: crate::placement::sweep::BLOCKS_PER_READ
+//! Memory: about 70 bytes per listed pack (16 MiB of chunks each) in a
+//! vector sorted by name with a directory of its first 16 bits (no hash
+//! map), the heads of the index objects (32 bytes per 1,024 entries),
+//! the merge's reads (`placement/merge.rs`), and the chunk ids of old
+//! orphan packs (rare: packs of crashed backups). Which packs an object
+//! names is not kept: its table is read again when needed (one GET).
+//! The entries are never all in memory, and the chunk marks of only one
+//! range of ids at a time when they went to disk (`gc/marks.rs`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -20,9 +21,10 @@ use crate::backend::Backend;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
+use crate::placement::merge::Merge;
 use crate::placement::pack_read::read_trailer;
 use crate::placement::shard;
-use crate::placement::sweep::{EntryReader, IndexObject};
+use crate::placement::sweep::{IndexObject, read_table};
 
 /// What happens to a pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +46,7 @@ pub enum Fate {
     OrphanLive,
     /// Its trailer cannot be read (no index names it): kept, reported.
     Damaged,
-    /// Named by an index object, not in the listing: gone.
+    /// Gone since the listing (a repack found it missing).
     Gone,
 }
 
@@ -58,19 +60,20 @@ impl Fate {
     }
 }
 
+/// A listed pack. Counters are 32 bits, saturating: they only weigh
+/// waste, and a pack holds far less (16 MiB); liveness is `live_chunks
+/// > 0`, which saturation keeps.
 #[derive(Clone, Debug)]
 pub struct PackInfo {
     pub name: ObjectId,
-    /// Size and the store's time, if listed.
-    pub listed: Option<(u64, DateTime<Utc>)>,
-    pub named: bool,
-    pub live_chunks: u64,
-    pub live_bytes: u64,
-    pub dead_bytes: u64,
+    pub size: u64,
+    /// The store's time of the listing.
+    pub at: DateTime<Utc>,
+    pub live_bytes: u32,
+    pub dead_bytes: u32,
+    pub live_chunks: u32,
     pub fate: Fate,
-    /// An old orphan's chunk ids (from its trailer), for marks that
-    /// arrive later.
-    pub orphan_chunks: Vec<ObjectId>,
+    pub named: bool,
     /// Spared at a batch's look (a lease or a late mark now needs it).
     pub spared: bool,
 }
@@ -78,8 +81,8 @@ pub struct PackInfo {
 #[derive(Clone, Debug)]
 pub struct IndexUse {
     pub object: IndexObject,
-    /// The packs it names (positions in [`Census::packs`]).
-    pub packs: Vec<u32>,
+    /// It names a pack that is not listed (gone).
+    pub names_gone: bool,
     /// Its surviving entries are rewritten and it is deleted.
     pub replace: bool,
     /// ... rewritten into shard objects of [`Census::depth`] (else into
@@ -94,10 +97,19 @@ pub const SMALL_INDEX: u64 = 1 << 16;
 /// A shard prefix with this many objects is merged into one.
 pub const SHARD_OBJECTS: usize = 8;
 
+/// Entries between two looks at `cancelled` in the census.
+const CANCEL_EVERY: u64 = 1 << 16;
+
 #[derive(Debug, Default)]
 pub struct Census {
+    /// Sorted by name once the listing is over.
     pub packs: Vec<PackInfo>,
-    by_name: HashMap<ObjectId, u32>,
+    /// Where the packs whose names start with each 16 bits begin in
+    /// `packs` (65,537 entries).
+    dir: Vec<u32>,
+    /// Old orphans' chunk ids (from their trailers), for marks that
+    /// arrive later.
+    pub orphans: HashMap<ObjectId, Vec<ObjectId>>,
     pub objects: Vec<IndexUse>,
     /// Keys of the index objects the rewrite wrote. One may be an old
     /// object written again byte for byte (an object is named by its
@@ -106,57 +118,80 @@ pub struct Census {
     /// The shard depth the index's size calls for
     /// ([`shard::depth_for`]).
     pub depth: usize,
+    /// Objects of any ids are distributed into shards this time.
+    distribute: bool,
+}
+
+fn top16(name: &ObjectId) -> usize {
+    let b = name.as_bytes();
+    usize::from(u16::from_be_bytes([b[0], b[1]]))
+}
+
+fn add(counter: &mut u32, n: u32) {
+    *counter = counter.saturating_add(n);
 }
 
 impl Census {
+    fn find(&self, name: &ObjectId) -> Option<usize> {
+        let t = top16(name);
+        let (a, b) = (*self.dir.get(t)? as usize, self.dir[t + 1] as usize);
+        let i = self.packs[a..b]
+            .binary_search_by(|p| p.name.cmp(name))
+            .ok()?;
+        Some(a + i)
+    }
+
     pub fn pack(&self, name: &ObjectId) -> Option<&PackInfo> {
-        self.by_name.get(name).map(|&i| &self.packs[i as usize])
+        self.find(name).map(|i| &self.packs[i])
     }
 
     pub fn pack_mut(&mut self, name: &ObjectId) -> Option<&mut PackInfo> {
-        self.by_name.get(name).map(|&i| &mut self.packs[i as usize])
-    }
-
-    fn register(&mut self, name: ObjectId) -> u32 {
-        if let Some(&i) = self.by_name.get(&name) {
-            return i;
-        }
-        let i = self.packs.len() as u32;
-        self.packs.push(PackInfo {
-            name,
-            listed: None,
-            named: false,
-            live_chunks: 0,
-            live_bytes: 0,
-            dead_bytes: 0,
-            fate: Fate::Keep,
-            orphan_chunks: Vec::new(),
-            spared: false,
-        });
-        self.by_name.insert(name, i);
-        i
+        self.find(name).map(|i| &mut self.packs[i])
     }
 
     /// A listed pack.
     pub fn listed(&mut self, name: ObjectId, size: u64, at: DateTime<Utc>) {
-        let i = self.register(name) as usize;
-        self.packs[i].listed = Some((size, at));
+        self.packs.push(PackInfo {
+            name,
+            size,
+            at,
+            live_bytes: 0,
+            dead_bytes: 0,
+            live_chunks: 0,
+            fate: Fate::Keep,
+            named: false,
+            spared: false,
+        });
+    }
+
+    /// Call once every pack is listed: sorts them for lookups.
+    pub fn listing_done(&mut self) {
+        self.packs.sort_unstable_by_key(|a| a.name);
+        self.packs.dedup_by(|a, b| a.name == b.name);
+        self.packs.shrink_to_fit();
+        self.dir = vec![0; (1 << 16) + 1];
+        let mut i = 0;
+        for t in 0..=(1usize << 16) {
+            while i < self.packs.len() && top16(&self.packs[i].name) < t {
+                i += 1;
+            }
+            self.dir[t] = i as u32;
+        }
     }
 
     /// An index object whose head was read, and the packs its table
-    /// names.
+    /// names (not kept: see [`Census::settle`]).
     pub fn index(&mut self, object: IndexObject, table: &[ObjectId]) {
-        let packs = table
-            .iter()
-            .map(|p| {
-                let i = self.register(*p);
-                self.packs[i as usize].named = true;
-                i
-            })
-            .collect();
+        let mut names_gone = false;
+        for name in table {
+            match self.pack_mut(name) {
+                Some(p) => p.named = true,
+                None => names_gone = true,
+            }
+        }
         self.objects.push(IndexUse {
             object,
-            packs,
+            names_gone,
             replace: false,
             into_shards: false,
         });
@@ -175,24 +210,24 @@ impl Census {
     ) -> Result<HashSet<ObjectId>> {
         let mut live = HashSet::new();
         for p in self.packs.iter_mut() {
-            let Some((size, at)) = p.listed else { continue };
             if p.named {
                 continue;
             }
-            if at >= cutoff {
+            if p.at >= cutoff {
                 p.fate = Fate::Young;
                 continue;
             }
-            match read_trailer(backend, codec, &p.name, size, max_chunk).await {
+            match read_trailer(backend, codec, &p.name, p.size, max_chunk).await {
                 Ok(entries) => {
                     p.fate = Fate::Orphan;
                     for e in &entries {
                         if marks.has_chunk(&e.id) {
                             live.insert(e.id);
                         }
-                        p.dead_bytes += u64::from(e.stored_len);
+                        add(&mut p.dead_bytes, e.stored_len);
                     }
-                    p.orphan_chunks = entries.into_iter().map(|e| e.id).collect();
+                    let ids = entries.into_iter().map(|e| e.id).collect();
+                    self.orphans.insert(p.name, ids);
                 }
                 Err(e) if e.is_damage() => p.fate = Fate::Damaged,
                 Err(e) => return Err(e),
@@ -203,55 +238,63 @@ impl Census {
 
     /// Adds up every pack's live and dead bytes from the entries of every
     /// index object, and drops from `orphan_live` the chunks an indexed,
-    /// listed pack holds. A pack is live if any entry naming it is (an
-    /// object split in parts, or two objects naming one pack, count as
-    /// one; bytes of a pack named twice count twice, which only moves its
-    /// waste, never its liveness). Stops between reads once `cancelled`
-    /// says so ([`Error::Cancelled`]).
+    /// listed pack holds. The objects are read once, merged in id order
+    /// (each checked: sorted, inside its shard), so that marks that went
+    /// to disk are loaded one range at a time, each once. A pack is live
+    /// if any entry naming it is (an object split in parts, or two
+    /// objects naming one pack, count as one; the same place in two
+    /// objects counts once). Stops between reads once `cancelled` says so
+    /// ([`Error::Cancelled`]).
     pub async fn count(
         &mut self,
         backend: &dyn Backend,
-        marks: &Marks,
+        marks: &mut Marks,
         orphan_live: &mut HashSet<ObjectId>,
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<()> {
-        for k in 0..self.objects.len() {
-            let object = self.objects[k].object.clone();
-            let mut reader = EntryReader::new(&object);
-            while let Some(run) = reader.next(backend).await? {
-                // The census writes nothing: stopping here needs no undo.
-                if cancelled() {
-                    return Err(Error::Cancelled {
-                        cleaned: "gc stopped during its census of packs".into(),
-                    });
-                }
-                for e in run {
-                    let Some(&i) = self.by_name.get(&e.pack) else {
-                        continue;
-                    };
-                    let p = &mut self.packs[i as usize];
-                    if marks.has_chunk(&e.entry.id) {
-                        p.live_chunks += 1;
-                        p.live_bytes += u64::from(e.entry.stored_len);
-                    } else {
-                        p.dead_bytes += u64::from(e.entry.stored_len);
-                    }
-                    if p.listed.is_some() && !orphan_live.is_empty() {
-                        orphan_live.remove(&e.entry.id);
-                    }
-                }
+        let objects: Vec<IndexObject> = self.objects.iter().map(|o| o.object.clone()).collect();
+        let mut merge = Merge::new(objects.iter().collect());
+        let mut n = 0u64;
+        while let Some(e) = merge.next(backend).await? {
+            n += 1;
+            // The census writes nothing: stopping here needs no undo.
+            if n.is_multiple_of(CANCEL_EVERY) && cancelled() {
+                return Err(Error::Cancelled {
+                    cleaned: "gc stopped during its census of packs".into(),
+                });
             }
+            let Some(i) = self.find(&e.pack) else {
+                continue;
+            };
+            marks.load_for(&e.entry.id)?;
+            let p = &mut self.packs[i];
+            if marks.has_chunk(&e.entry.id) {
+                add(&mut p.live_chunks, 1);
+                add(&mut p.live_bytes, e.entry.stored_len);
+            } else {
+                add(&mut p.dead_bytes, e.entry.stored_len);
+            }
+            if !orphan_live.is_empty() {
+                orphan_live.remove(&e.entry.id);
+            }
+        }
+        if cancelled() {
+            return Err(Error::Cancelled {
+                cleaned: "gc stopped during its census of packs".into(),
+            });
         }
         Ok(())
     }
 
     /// Decides every indexed pack's fate and which index objects are
-    /// replaced; orphans holding live chunks not in `orphan_live`'s
-    /// complement are kept.
+    /// merged; orphans holding live chunks not in `orphan_live`'s
+    /// complement are kept. [`Census::settle`] then finds the objects
+    /// naming a pack that goes.
     pub fn decide(&mut self, ctx: &Decide, orphan_live: &HashSet<ObjectId>) {
         for p in self.packs.iter_mut() {
             if p.fate == Fate::Orphan {
-                if p.orphan_chunks.iter().any(|c| orphan_live.contains(c)) {
+                let chunks = self.orphans.get(&p.name);
+                if chunks.is_some_and(|c| c.iter().any(|c| orphan_live.contains(c))) {
                     p.fate = Fate::OrphanLive;
                 }
                 continue;
@@ -259,32 +302,59 @@ impl Census {
             if !p.named {
                 continue;
             }
-            let Some((_, at)) = p.listed else {
-                p.fate = Fate::Gone;
-                continue;
-            };
             p.fate = if ctx.deps.contains(&p.name) {
                 Fate::Dep
-            } else if at >= ctx.cutoff {
+            } else if p.at >= ctx.cutoff {
                 Fate::Young
             } else {
                 let u = PackUse {
                     name: p.name,
-                    age: ctx.now - at,
-                    live_bytes: p.live_bytes,
-                    dead_bytes: p.dead_bytes,
-                    live_chunks: p.live_chunks,
+                    age: ctx.now - p.at,
+                    live_bytes: u64::from(p.live_bytes),
+                    dead_bytes: u64::from(p.dead_bytes),
+                    live_chunks: u64::from(p.live_chunks),
                 };
                 Fate::Planned(plan(&[u], ctx.rules, ctx.max_waste_pct).fates[0].1)
             };
         }
         for o in self.objects.iter_mut() {
-            o.replace = o.packs.iter().any(|&i| {
-                let f = self.packs[i as usize].fate;
-                f.doomed() || f == Fate::Gone
-            });
+            o.replace = o.names_gone;
         }
         self.choose_merges(ctx.cutoff, ctx.shard_entries);
+    }
+
+    /// Marks replaced every index object that names a pack that goes
+    /// (its table read again: one GET per object, when any pack goes),
+    /// then which replaced objects go into shards.
+    pub async fn settle(
+        &mut self,
+        backend: &dyn Backend,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<()> {
+        if self.packs.iter().any(|p| p.named && p.fate.doomed()) {
+            for k in 0..self.objects.len() {
+                if self.objects[k].replace {
+                    continue;
+                }
+                if cancelled() {
+                    return Err(Error::Cancelled {
+                        cleaned: "gc stopped during its census of packs".into(),
+                    });
+                }
+                let table = read_table(backend, &self.objects[k].object).await?;
+                self.objects[k].replace = table
+                    .iter()
+                    .any(|n| self.pack(n).is_some_and(|p| p.fate.doomed()));
+            }
+        }
+        // At depth 0 everything is written as objects of any ids; deeper,
+        // what is replaced goes to shards, except objects of any ids merged
+        // among themselves.
+        let (depth, distribute) = (self.depth, self.distribute);
+        for o in self.objects.iter_mut() {
+            o.into_shards = o.replace && depth > 0 && (distribute || !o.object.prefix.is_empty());
+        }
+        Ok(())
     }
 
     /// Which index objects are merged (docs/design.md, "The index in
@@ -347,18 +417,13 @@ impl Census {
         merge
             .into_iter()
             .for_each(|k| self.objects[k].replace = true);
-        // At depth 0 everything is written as objects of any ids; deeper,
-        // what is replaced goes to shards, except objects of any ids merged
-        // among themselves.
-        for o in self.objects.iter_mut() {
-            o.into_shards = o.replace && depth > 0 && (distribute || !o.object.prefix.is_empty());
-        }
+        self.distribute = distribute;
     }
 
     /// Whether a surviving pack's entries belong in the rewritten index.
     pub fn survives(&self, name: &ObjectId) -> bool {
         self.pack(name)
-            .is_some_and(|p| p.listed.is_some() && (p.spared || !p.fate.doomed()))
+            .is_some_and(|p| p.spared || !p.fate.doomed())
     }
 }
 

@@ -19,7 +19,9 @@ use crate::error::Error;
 use crate::frame::{self, Kind};
 use crate::gc::Sweep;
 use crate::gc::sweep::{Candidate, Listed};
-use crate::gc::test_packs::{Reused, dedup, deps_of, read_chunk, restore_deps, store_pack};
+use crate::gc::test_packs::{
+    Reused, dedup, deps_of, read_chunk, restore_deps, store_pack, with_passes,
+};
 use crate::id::{ObjectId, PointId};
 use crate::lease::ObjectRef;
 use crate::manifest::{BackupStats, DiskManifest, Manifest};
@@ -159,14 +161,17 @@ struct SweepActor {
     step: usize,
     stopped: bool,
     slots: usize,
+    /// The census in forced passes (marks on disk).
+    passes: bool,
     batches: Vec<Vec<Candidate>>,
     /// A batch is announced and not yet deleted.
     mid_batch: bool,
 }
 
 impl SweepActor {
-    fn new(slots: usize) -> Self {
+    fn new(slots: usize, passes: bool) -> Self {
         SweepActor {
+            passes,
             sweep: None,
             step: 0,
             stopped: false,
@@ -190,7 +195,7 @@ impl SweepActor {
             0 => Sweep::begin(repo, false).await.map(|s| {
                 // Gave way to a running sweep: it does nothing.
                 self.stopped = s.yielded_to().is_some();
-                self.sweep = Some(s);
+                self.sweep = Some(with_passes(s, self.passes));
             }),
             1 => self.sweep.as_mut().unwrap().read_leases().await,
             2 => self.sweep.as_mut().unwrap().read_points().await,
@@ -258,7 +263,13 @@ struct Outcome {
 
 /// Runs one schedule; `None` if the backup would have had to wait there
 /// (that schedule is covered by the one that runs the sweep first).
-async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], slots: usize) -> Option<Outcome> {
+async fn run(
+    base: &MemBackend,
+    data: &Data,
+    schedule: &[Actor],
+    slots: usize,
+    passes: bool,
+) -> Option<Outcome> {
     let mem = Arc::new(base.fork());
     let repo = Repository::open(mem.clone()).await.unwrap();
     let mut out = Outcome::default();
@@ -267,7 +278,10 @@ async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], slots: usize) -
     let mut parent_found = false;
     let mut needed = Vec::new();
     let mut reused = Reused::default();
-    let mut sweeps = [SweepActor::new(slots), SweepActor::new(slots)];
+    let mut sweeps = [
+        SweepActor::new(slots, passes),
+        SweepActor::new(slots, passes),
+    ];
     let mut pins = None;
     for actor in schedule {
         match actor {
@@ -468,7 +482,8 @@ fn schedules(actors: &[(Actor, usize)]) -> Vec<Vec<Actor>> {
     out
 }
 
-/// Runs the schedules; returns (runs, runs that had to wait, outcomes).
+/// Runs the schedules, each with the census in one pass and in forced
+/// passes; returns (schedules, runs that had to wait, outcomes).
 fn explore_these(all: Vec<Vec<Actor>>, slots: usize) -> (usize, usize, Vec<Outcome>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -478,10 +493,13 @@ fn explore_these(all: Vec<Vec<Actor>>, slots: usize) -> (usize, usize, Vec<Outco
     let base = rt.block_on(base(&data));
     let mut waited = 0;
     let mut outcomes = Vec::new();
-    for s in &all {
-        match rt.block_on(run(&base, &data, s, slots)) {
-            Some(o) => outcomes.push(o),
-            None => waited += 1,
+    // Each schedule with the census in one pass and in forced passes.
+    for passes in [false, true] {
+        for s in &all {
+            match rt.block_on(run(&base, &data, s, slots, passes)) {
+                Some(o) => outcomes.push(o),
+                None => waited += 1,
+            }
         }
     }
     (all.len(), waited, outcomes)

@@ -1,23 +1,57 @@
 //! The mark set of a sweep. Nodes are remembered exactly (a node must be
 //! visited once, and never skipped by mistake: its chunks would be lost).
-//! Chunks are remembered by the first 8 bytes of their id: 8 bytes of
-//! state per live chunk. A collision can only make an unreferenced chunk
-//! look referenced, which keeps it until a later sweep — never the reverse.
+//! Chunks are remembered by the first 8 bytes of their id: 8 bytes per
+//! live chunk. A collision can only make an unreferenced chunk look
+//! referenced, which keeps it until a later sweep — never the reverse.
+//!
+//! Chunk marks are held in memory up to a budget ([`DEFAULT_BUDGET`]).
+//! Beyond it they go to local files ([`super::spill`]) and the census
+//! takes them in passes, one range of ids at a time: [`Marks::load_for`]
+//! loads the range holding an id, and [`Marks::has_chunk`] answers any
+//! other id from the files. Either way the answers are the same: exact
+//! up to the prefix collisions above.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
 
+use super::spill::Spill;
+use crate::error::Result;
 use crate::id::ObjectId;
 
-#[derive(Debug, Default)]
+/// Memory for chunk marks, by default: 8 M marks (64 MiB). Passes cost
+/// no extra requests (the census reads the index once whatever their
+/// number), so the budget is small enough to leave room for the census's
+/// packs and the node marks within a gc of 300 MiB at 200 M chunks.
+pub const DEFAULT_BUDGET: usize = 64 << 20;
+
+#[derive(Debug)]
 pub struct Marks {
     nodes: HashSet<ObjectId>,
+    /// While marking: the buffer (sorted up to `sorted`). After the seal:
+    /// every mark (one pass), or the part `loaded` of the spill.
     chunks: Vec<u64>,
-    /// Length of `chunks` after the last sort; everything after is unsorted.
     sorted: usize,
     /// Chunks marked after [`Marks::seal`] (a sweep learns of more live
     /// chunks while it deletes: leases' new dependencies, committed points).
     late: HashSet<u64>,
     sealed: bool,
+    /// Bytes of chunk marks held in memory at most.
+    budget: usize,
+    /// Where the mark files go, if the marks outgrow the budget.
+    spill_dir: Option<PathBuf>,
+    spill: Option<Spill>,
+    loaded: Option<usize>,
+    /// The first error reading the mark files in [`Marks::has_chunk`]
+    /// (which then answers "marked": an error only keeps garbage).
+    read_error: Mutex<Option<String>>,
+    peak_bytes: usize,
+}
+
+impl Default for Marks {
+    fn default() -> Self {
+        Marks::with_budget(DEFAULT_BUDGET, None)
+    }
 }
 
 fn prefix(id: &ObjectId) -> u64 {
@@ -26,6 +60,30 @@ fn prefix(id: &ObjectId) -> u64 {
 }
 
 impl Marks {
+    /// Marks that hold at most `budget` bytes of chunk marks in memory,
+    /// spilling the rest to a private directory under `spill_dir` (see
+    /// [`super::spill::base_dir`]; `None`: the system's temporary one).
+    pub fn with_budget(budget: usize, spill_dir: Option<PathBuf>) -> Self {
+        Marks {
+            nodes: HashSet::new(),
+            chunks: Vec::new(),
+            sorted: 0,
+            late: HashSet::new(),
+            sealed: false,
+            budget: budget.max(8),
+            spill_dir,
+            spill: None,
+            loaded: None,
+            read_error: Mutex::new(None),
+            peak_bytes: 0,
+        }
+    }
+
+    /// Whether nothing was marked yet (nor sealed).
+    pub fn is_empty(&self) -> bool {
+        !self.sealed && self.nodes.is_empty() && self.chunks.is_empty() && self.spill.is_none()
+    }
+
     /// Marks a node; false if it was marked already (do not visit again).
     pub fn node(&mut self, id: ObjectId) -> bool {
         self.nodes.insert(id)
@@ -35,37 +93,130 @@ impl Marks {
         self.nodes.contains(id)
     }
 
-    pub fn chunk(&mut self, id: &ObjectId) {
+    /// Marks a chunk; fails only if the marks had to go to disk and
+    /// could not.
+    pub fn chunk(&mut self, id: &ObjectId) -> Result<()> {
         if self.sealed {
             self.late.insert(prefix(id));
-            return;
+            return Ok(());
+        }
+        if self.chunks.len() == self.chunks.capacity() {
+            // Grow as a Vec does, but never past the budget.
+            let most = (self.budget / 8).max(self.chunks.len() + 1);
+            let want = (self.chunks.len() * 2).max(1024).min(most);
+            self.chunks
+                .reserve_exact(want.saturating_sub(self.chunks.len()).max(1));
         }
         self.chunks.push(prefix(id));
         // Chunks shared by many nodes are pushed many times: compact once
-        // the unsorted tail is as large as the sorted part.
-        if self.chunks.len() >= 2 * self.sorted.max(1 << 16) {
+        // the unsorted tail is as large as the sorted part, or the buffer
+        // is full.
+        let full = self.chunks.len() * 8 >= self.budget;
+        if full || self.chunks.len() >= 2 * self.sorted.max(1 << 16) {
             self.compact();
         }
+        // Still more than half full once compacted: to disk, so that the
+        // buffer never needs more than the budget.
+        if full && self.chunks.len() * 8 > self.budget / 2 {
+            self.spill_buffer()?;
+        }
+        Ok(())
     }
 
     fn compact(&mut self) {
+        self.note_peak();
         self.chunks.sort_unstable();
         self.chunks.dedup();
-        self.chunks.shrink_to_fit();
         self.sorted = self.chunks.len();
     }
 
+    fn note_peak(&mut self) {
+        self.peak_bytes = self.peak_bytes.max(self.chunks.capacity() * 8);
+    }
+
+    fn spill_buffer(&mut self) -> Result<()> {
+        if self.spill.is_none() {
+            let base = self.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+            self.spill = Some(Spill::create(&base)?);
+        }
+        let spill = self.spill.as_mut().expect("made above");
+        spill.write_run(&self.chunks)?;
+        self.chunks.clear();
+        self.sorted = 0;
+        Ok(())
+    }
+
     /// Call once the bulk of the marking is over, before
-    /// [`Marks::has_chunk`]; later marks go to a small side set.
-    pub fn seal(&mut self) {
+    /// [`Marks::has_chunk`]; later marks go to a small side set. Marks
+    /// that went to disk are merged into parts of at most the budget.
+    pub fn seal(&mut self) -> Result<()> {
         self.compact();
         self.sealed = true;
+        if self.spill.is_some() {
+            if !self.chunks.is_empty() {
+                self.spill_buffer()?;
+            }
+            self.chunks = Vec::new();
+            let spill = self.spill.as_mut().expect("checked");
+            spill.seal(self.budget / 8)?;
+        } else {
+            self.chunks.shrink_to_fit();
+        }
+        Ok(())
+    }
+
+    /// How many passes a census over these marks takes (1 in memory).
+    pub fn passes(&self) -> usize {
+        self.spill.as_ref().map_or(1, |s| s.parts().max(1))
+    }
+
+    /// Makes sure the marks of the range holding `id` are in memory (a
+    /// census going through ids in order loads each range once).
+    pub fn load_for(&mut self, id: &ObjectId) -> Result<()> {
+        let Some(spill) = &self.spill else {
+            return Ok(());
+        };
+        let Some(i) = spill.part_of(prefix(id)) else {
+            return Ok(());
+        };
+        if self.loaded == Some(i) {
+            return Ok(());
+        }
+        self.loaded = None;
+        spill.load(i, &mut self.chunks)?;
+        self.sorted = self.chunks.len();
+        self.loaded = Some(i);
+        self.note_peak();
+        Ok(())
     }
 
     pub fn has_chunk(&self, id: &ObjectId) -> bool {
         debug_assert!(self.sealed, "marks not sealed");
         let p = prefix(id);
-        self.chunks[..self.sorted].binary_search(&p).is_ok() || self.late.contains(&p)
+        if self.late.contains(&p) {
+            return true;
+        }
+        let Some(spill) = &self.spill else {
+            return self.chunks[..self.sorted].binary_search(&p).is_ok();
+        };
+        match spill.part_of(p) {
+            None => false,
+            Some(i) if self.loaded == Some(i) => self.chunks.binary_search(&p).is_ok(),
+            Some(_) => spill.contains(p).unwrap_or_else(|e| {
+                let mut first = self.read_error.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert(e.to_string());
+                true
+            }),
+        }
+    }
+
+    /// The first error met reading the mark files (every chunk asked
+    /// about since counted as marked).
+    pub fn read_error(&self) -> Option<String> {
+        self.read_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the chunk was marked after [`Marks::seal`] (a pack that
@@ -80,40 +231,22 @@ impl Marks {
     }
 
     pub fn counts(&self) -> (usize, usize) {
-        (self.nodes.len(), self.chunks.len() + self.late.len())
+        let chunks = match &self.spill {
+            Some(s) if self.sealed => s.count() as usize,
+            _ => self.chunks.len(),
+        };
+        (self.nodes.len(), chunks + self.late.len())
     }
 
-    /// Bytes of mark state (for the memory figures in reports).
+    /// Bytes of mark state in memory at most so far (for the memory
+    /// figures in reports).
     pub fn state_bytes(&self) -> usize {
-        self.chunks.capacity() * 8 + self.nodes.capacity() * 40 + self.late.capacity() * 16
+        self.peak_bytes.max(self.chunks.capacity() * 8)
+            + self.nodes.capacity() * 40
+            + self.late.capacity() * 16
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn marks_survive_compaction_and_nodes_are_visited_once() {
-        let mut m = Marks::default();
-        let ids: Vec<_> = (0u32..200_000)
-            .map(|i| ObjectId::of(&i.to_le_bytes()))
-            .collect();
-        for id in &ids {
-            m.chunk(id);
-            m.chunk(id);
-        }
-        m.seal();
-        assert!(ids.iter().all(|id| m.has_chunk(id)));
-        assert!(!m.has_chunk(&ObjectId::of(b"other")));
-        assert_eq!(m.counts().1, ids.len());
-        assert!(m.node(ids[0]));
-        assert!(!m.node(ids[0]));
-        assert!(m.has_node(&ids[0]));
-        // Marks added after sealing count too.
-        let late = ObjectId::of(b"late");
-        assert!(!m.has_chunk(&late));
-        m.chunk(&late);
-        assert!(m.has_chunk(&late));
-    }
-}
+#[path = "marks_tests.rs"]
+mod tests;

@@ -3,11 +3,12 @@
 //! [`sweep::Sweep`] is the protocol as separate steps, so that tests can
 //! interleave them with a backup session's; [`run`] runs them in order.
 
-mod census;
+pub mod census;
 pub mod markers;
 pub mod marks;
 pub mod pack_plan;
 mod protect;
+mod spill;
 pub mod sweep;
 
 use std::collections::BTreeMap;
@@ -81,7 +82,11 @@ pub struct GcReport {
     /// Unreferenced nodes and packs kept as too young to delete (a
     /// backup may still be writing or about to name them).
     pub young_kept: u64,
+    /// Peak bytes of mark state in memory (chunk marks beyond
+    /// `gc --mark-memory` go to local files).
     pub mark_state_bytes: u64,
+    /// Ranges of ids the census took in turn (1: all marks in memory).
+    pub mark_passes: u64,
     /// Why the sweep deleted nothing this time, if it held back.
     pub held: Option<String>,
     /// Another sweep was running: this one did nothing.
@@ -168,5 +173,7 @@ mod liveness_tests;
 mod pack_interleaving_tests;
 #[cfg(test)]
 mod pack_sweep_tests;
+#[cfg(test)]
+mod pass_tests;
 #[cfg(test)]
 pub(crate) mod test_packs;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use chrono::Duration;
 
 use super::test_packs::{
-    Reused, deps_of, find, read_chunk, restore_deps, store_pack_deps, write_point,
+    Reused, deps_of, find, read_chunk, restore_deps, store_pack_deps, with_passes, write_point,
 };
 use super::{GcReport, Sweep};
 use crate::backend::Backend;
@@ -117,7 +117,7 @@ struct Outcome {
 }
 
 /// One schedule; `None` if the backup would have had to wait there.
-async fn run(base: &MemBackend, data: &Data, schedule: &[Actor]) -> Option<Outcome> {
+async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], passes: bool) -> Option<Outcome> {
     let mem = Arc::new(base.fork());
     let repo = Repository::open(mem.clone()).await.unwrap();
     let mut out = Outcome::default();
@@ -192,7 +192,9 @@ async fn run(base: &MemBackend, data: &Data, schedule: &[Actor]) -> Option<Outco
                     continue;
                 }
                 let r = match step {
-                    0 => Sweep::begin(&repo, false).await.map(|s| sweep = Some(s)),
+                    0 => Sweep::begin(&repo, false)
+                        .await
+                        .map(|s| sweep = Some(with_passes(s, passes))),
                     1 => sweep.as_mut().unwrap().read_leases().await,
                     2 => sweep.as_mut().unwrap().read_points().await,
                     3 => sweep.as_mut().unwrap().mark().await,
@@ -308,10 +310,13 @@ fn every_ordering_of_a_backup_reusing_chunks_of_packs_a_sweep_deletes_or_rewrite
     assert_eq!(all.len(), 2002);
     let mut waited = 0;
     let mut outcomes = Vec::new();
-    for s in &all {
-        match rt.block_on(run(&base, &data, s)) {
-            Some(o) => outcomes.push(o),
-            None => waited += 1,
+    // Each with the census in one pass and in forced passes.
+    for passes in [false, true] {
+        for s in &all {
+            match rt.block_on(run(&base, &data, s, passes)) {
+                Some(o) => outcomes.push(o),
+                None => waited += 1,
+            }
         }
     }
     // Not vacuous: some orderings waited for the batch in flight, some

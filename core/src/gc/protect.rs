@@ -219,7 +219,7 @@ impl Protection {
         let mut nodes = Vec::new();
         for dep in r.deps.iter().skip(deps_seen) {
             match dep {
-                ObjectRef::Chunk(id) => self.marks.chunk(id),
+                ObjectRef::Chunk(id) => self.marks.chunk(id)?,
                 ObjectRef::Node(id) => nodes.push(*id),
                 ObjectRef::Pack(name) => {
                     self.pack_deps.insert(*name);
@@ -320,7 +320,11 @@ impl Protection {
         let mut failed = None;
         while let Some((id, node)) = loaded.next().await {
             match node {
-                Ok(n) => n.chunk_ids().for_each(|c| self.marks.chunk(&c)),
+                Ok(n) => {
+                    for c in n.chunk_ids() {
+                        self.marks.chunk(&c)?;
+                    }
+                }
                 Err(e) if of_point && e.is_damage() => {
                     failed.get_or_insert(format!(
                         "node {} cannot be read ({e}); run `xfull verify`",

@@ -23,6 +23,7 @@
 //! and it stops.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -31,20 +32,25 @@ use futures::TryStreamExt;
 use super::GcReport;
 use super::census;
 use super::markers::{Phase, SweepLog, SweepState, check_seq};
+use super::marks::{self, Marks};
 use super::pack_plan::{ClassRules, DEFAULT_MAX_WASTE_PCT, class_rules};
 use super::protect::{PointKey, Protection};
+use super::spill;
 use crate::backend::{ObjectMeta, PutMode};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
+use crate::placement::lookup::default_cache_dir;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::session::Heartbeat;
 
+mod batches;
 mod cancel;
 mod cleanup;
 mod packs;
 mod publisher;
+mod spare;
 pub mod targeted;
 
 use publisher::Publisher;
@@ -113,12 +119,16 @@ impl Candidate {
 
 /// How a sweep judges packs: the rules of the class its packs are stored
 /// in, the waste above which a hot pack is rewritten, and the entries an
-/// index shard is sized for (tests shrink it).
-#[derive(Clone, Copy, Debug)]
+/// index shard is sized for (tests shrink it); and the memory its chunk
+/// marks may take before they go to files in `mark_dir` (`None`: `$TMPDIR`,
+/// else the repository's cache directory; see `gc/spill.rs`).
+#[derive(Clone, Debug)]
 pub struct PackOptions {
     pub rules: ClassRules,
     pub max_waste_pct: u8,
     pub shard_entries: u64,
+    pub mark_memory: usize,
+    pub mark_dir: Option<PathBuf>,
 }
 
 impl Default for PackOptions {
@@ -127,6 +137,8 @@ impl Default for PackOptions {
             rules: class_rules("", &Default::default()),
             max_waste_pct: DEFAULT_MAX_WASTE_PCT,
             shard_entries: crate::placement::shard::SHARD_ENTRIES,
+            mark_memory: marks::DEFAULT_BUDGET,
+            mark_dir: None,
         }
     }
 }
@@ -234,7 +246,7 @@ impl Sweep {
             marker.update(|s| s.phase = Phase::Stopped);
             marker.write().await?;
         }
-        Ok(Sweep {
+        let sweep = Sweep {
             repo: repo.clone(),
             dry_run,
             seq,
@@ -255,7 +267,8 @@ impl Sweep {
             },
             progress: None,
             new_packs: Vec::new(),
-        })
+        };
+        Ok(sweep.with_pack_options(PackOptions::default()))
     }
 
     pub fn seq(&self) -> u64 {
@@ -269,7 +282,17 @@ impl Sweep {
     }
 
     /// How packs are judged (`gc --max-waste`, the data's storage class).
+    /// Also sets the memory of the chunk marks, before anything is
+    /// marked (marks already there are never dropped: the budget then
+    /// stays as it was).
     pub fn with_pack_options(mut self, opts: PackOptions) -> Self {
+        let dir = opts
+            .mark_dir
+            .clone()
+            .unwrap_or_else(|| spill::base_dir(default_cache_dir(&self.repo.config().repo_id)));
+        if self.prot.marks.is_empty() {
+            self.prot.marks = Marks::with_budget(opts.mark_memory, Some(dir));
+        }
         self.pack_opts = opts;
         self
     }
@@ -347,7 +370,7 @@ impl Sweep {
             // Pruned since the listing: its trash copy or nothing.
             self.prot.mark_point(&vm, &id).await?;
         }
-        self.prot.marks.seal();
+        self.prot.marks.seal()?;
         self.count_marks();
         Ok(())
     }
@@ -357,6 +380,7 @@ impl Sweep {
         self.report.nodes_marked = nodes as u64;
         self.report.chunks_marked = chunks as u64;
         self.report.mark_state_bytes = self.prot.marks.state_bytes() as u64;
+        self.report.mark_passes = self.prot.marks.passes() as u64;
         self.report.pinned_points = self.prot.pinned.len() as u64;
     }
 
@@ -394,221 +418,6 @@ impl Sweep {
                 damage: false,
             });
         }
-        Ok(())
-    }
-
-    /// Step 4: deletes the unreferenced, old nodes in batches, then dead
-    /// packs and replaced index objects (see [`packs`]).
-    pub async fn delete(&mut self) -> Result<()> {
-        // The listing holds its own handle, so batches can be deleted
-        // while it goes on (deleting listed keys is safe on S3 and local
-        // directories alike).
-        let backend = self.repo.backend().clone();
-        let mut nodes = backend
-            .list(keys::NODES)
-            .map_err(Error::from)
-            .try_filter_map(|meta| futures::future::ready(Ok(Listed::node(meta))));
-        self.delete_listed(&mut nodes).await?;
-        drop(nodes);
-        if self.prot.hold.is_none() {
-            self.prepare_packs().await?;
-            let candidates = self.pack_candidates();
-            let mut listing = futures::stream::iter(candidates.into_iter().map(|c| Ok(c.listed)));
-            self.delete_listed(&mut listing).await?;
-        }
-        if let Some(why) = &self.prot.hold {
-            self.report.held = Some(format!("{why}; nothing more deleted (run gc again later)"));
-        }
-        Ok(())
-    }
-
-    async fn delete_listed(
-        &mut self,
-        listing: &mut (impl futures::Stream<Item = Result<Listed>> + Unpin),
-    ) -> Result<()> {
-        let mut batch = Vec::new();
-        while let Some(listed) = listing.try_next().await? {
-            if self.prot.hold.is_some() {
-                break;
-            }
-            if let Some(c) = self.candidate(listed) {
-                batch.push(c);
-                if batch.len() >= self.batch_size {
-                    self.flush(&mut batch).await?;
-                }
-            }
-        }
-        self.flush(&mut batch).await
-    }
-
-    async fn flush(&mut self, batch: &mut Vec<Candidate>) -> Result<()> {
-        // Between batches, never inside one: a batch announced is deleted
-        // or abandoned whole, and the marker then says what was deleted.
-        self.stop_if_cancelled().await?;
-        self.begin_batch(batch).await?;
-        self.commit_batch(batch).await
-    }
-
-    /// Whether a listed object is a deletion candidate (a node unmarked
-    /// and older than the cutoff; a pack or index object as the census
-    /// decided); counts the nodes listed.
-    pub fn candidate(&mut self, listed: Listed) -> Option<Candidate> {
-        let c = Candidate::new(listed);
-        let Listed::Node(meta, id) = &c.listed else {
-            return Some(c);
-        };
-        self.report.nodes_listed += 1;
-        if self.prot.deletable(meta, id, true) {
-            return Some(c);
-        }
-        if !self.prot.marks.has_node(id) {
-            self.report.young_kept += 1;
-        }
-        None
-    }
-
-    /// Announces a delete batch, looks at the leases again and drops from
-    /// the batch what they now protect.
-    pub async fn begin_batch(&mut self, batch: &mut Vec<Candidate>) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.marker.update(|s| s.phase = Phase::Deleting);
-        self.look().await?;
-        let before = batch.len();
-        if self.prot.hold.is_some() {
-            batch.clear();
-        } else {
-            // Packs first: an index object naming a pack spared now stays.
-            let late = self.late_packs(batch).await?;
-            let spared: Vec<ObjectId> = batch
-                .iter()
-                .filter_map(|c| match &c.listed {
-                    Listed::Pack(_, name) if !self.pack_deletable(&c.listed, &late) => Some(*name),
-                    _ => None,
-                })
-                .collect();
-            self.spare(spared);
-            batch.retain(|c| match &c.listed {
-                Listed::Node(meta, id) => self.prot.deletable(meta, id, true),
-                other => self.pack_deletable(other, &late),
-            });
-        }
-        self.report.spared_late += (before - batch.len()) as u64;
-        Ok(())
-    }
-
-    /// Deletes an announced batch and marks the sweep idle again.
-    pub async fn commit_batch(&mut self, batch: &mut Vec<Candidate>) -> Result<()> {
-        if !batch.is_empty() {
-            // Counted before the request: a batch that fails part way may
-            // have deleted any of it, and the marker (`stop` publishes it)
-            // must say so, so that backups check what they rely on.
-            for c in batch.iter() {
-                let r = &mut self.report;
-                match &c.listed {
-                    Listed::Node(meta, _) => {
-                        r.nodes_deleted += 1;
-                        r.bytes_freed += meta.size;
-                    }
-                    Listed::Pack(meta, _) => {
-                        r.packs_deleted += 1;
-                        r.bytes_freed += meta.size;
-                    }
-                    Listed::Index(..) => r.index_objects_deleted += 1,
-                }
-            }
-            self.publish_counts();
-            if !self.dry_run {
-                self.refresh().await?;
-                self.prot.deleting();
-                let keys: Vec<String> = batch.drain(..).map(|c| c.meta().key.clone()).collect();
-                self.repo.backend().delete_many(&keys).await?;
-            }
-            self.report.batches += 1;
-        }
-        batch.clear();
-        self.publish_counts();
-        self.marker.update(|s| s.phase = Phase::Idle);
-        if !self.dry_run {
-            self.marker.write().await?;
-        }
-        Ok(())
-    }
-
-    /// Step 5.
-    pub async fn finish(mut self) -> Result<GcReport> {
-        // One more look: pins written since decide which trash stays.
-        self.look().await?;
-        let pinned = &self.prot.pinned;
-        let mut doomed: Vec<String> = self
-            .trash
-            .iter()
-            .filter(|p| !pinned.contains(*p))
-            .map(|(vm, id)| keys::trashed_point(vm, id))
-            .collect();
-        self.report.trash_removed = doomed.len() as u64;
-        self.report.dead_leases_removed = self.prot.dead.len() as u64;
-        doomed.extend(self.prot.dead.keys().cloned());
-        let ended = self.removable_ended().await?;
-        self.report.ended_leases_removed = ended.len() as u64;
-        doomed.extend(ended);
-        doomed.extend(self.old_markers());
-        self.report.stray_lease_objects = self.prot.stray.len() as u64;
-        self.report.future_leases = self.prot.future.len() as u64;
-        self.report.lease_looks = self.prot.looks;
-        self.count_marks();
-        if self.dry_run {
-            return Ok(self.report);
-        }
-        for part in doomed.chunks(BATCH) {
-            self.refresh().await?;
-            self.repo.backend().delete_many(part).await?;
-        }
-        // Staging files of killed writers, by the same age rule as objects
-        // (a running writer's are younger than its lease).
-        self.refresh().await?;
-        self.report.incomplete_removed = self
-            .repo
-            .backend()
-            .remove_incomplete(self.prot.cutoff)
-            .await?;
-        self.write_done().await?;
-        Ok(self.report)
-    }
-
-    /// Puts the report's deletion counts in the marker's state (written
-    /// by the next refresh).
-    fn publish_counts(&self) {
-        let r = &self.report;
-        let (chunks, nodes, packs, index, batches) = (
-            r.chunks_deleted,
-            r.nodes_deleted,
-            r.packs_deleted,
-            r.index_objects_deleted,
-            r.batches,
-        );
-        self.marker.update(|s| {
-            s.chunks_deleted = chunks;
-            s.nodes_deleted = nodes;
-            s.packs_deleted = packs;
-            s.index_deleted = index;
-            s.batches = batches;
-        });
-    }
-
-    /// Writes `gc/done/<seq>`: the sweep is over.
-    async fn write_done(&self) -> Result<()> {
-        self.marker.update(|s| s.phase = Phase::Done);
-        let done = self.marker.snapshot();
-        self.repo
-            .backend()
-            .put(
-                &keys::done(self.seq),
-                done.encode(self.repo.codec(), &keys::done(self.seq))?,
-                PutMode::Create,
-            )
-            .await?;
         Ok(())
     }
 }

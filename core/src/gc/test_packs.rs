@@ -307,3 +307,22 @@ pub async fn restore_deps(
     session.depend(new_deps);
     again || reused.own.len() > own
 }
+
+/// Pack options that force a sweep's census into passes: one chunk mark
+/// in memory at a time, every mark its own part on disk (the tests run
+/// the same schedules with and without, see `gc/pass_tests.rs`).
+pub fn forced_passes() -> crate::gc::PackOptions {
+    crate::gc::PackOptions {
+        mark_memory: 8,
+        mark_dir: Some(std::env::temp_dir()),
+        ..Default::default()
+    }
+}
+
+/// A sweep as it begins, with passes forced or not.
+pub fn with_passes(sweep: crate::gc::Sweep, passes: bool) -> crate::gc::Sweep {
+    match passes {
+        true => sweep.with_pack_options(forced_passes()),
+        false => sweep,
+    }
+}

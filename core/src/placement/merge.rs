@@ -32,7 +32,9 @@ struct Source<'a> {
     reader: EntryReader<'a>,
     key: &'a str,
     prefix: &'a str,
-    run: std::vec::IntoIter<IndexEntry>,
+    /// The entries of the last read, from `at` on still to come.
+    run: Vec<IndexEntry>,
+    at: usize,
     last: Option<ObjectId>,
 }
 
@@ -40,7 +42,8 @@ impl Source<'_> {
     /// The source's next entry, reading its next blocks when needed.
     async fn next(&mut self, backend: &dyn Backend) -> Result<Option<IndexEntry>> {
         loop {
-            if let Some(e) = self.run.next() {
+            if let Some(&e) = self.run.get(self.at) {
+                self.at += 1;
                 let id = e.entry.id;
                 if self.last.is_some_and(|l| l >= id) {
                     return Err(Error::corrupt(
@@ -58,8 +61,13 @@ impl Source<'_> {
                 return Ok(Some(e));
             }
             match self.reader.next(backend).await? {
-                Some(run) => self.run = run.into_iter(),
-                None => return Ok(None),
+                Some(run) => (self.run, self.at) = (run, 0),
+                None => {
+                    // Read to its end: its buffer goes (a merge finishes
+                    // thousands of shard objects and holds on to none).
+                    (self.run, self.at) = (Vec::new(), 0);
+                    return Ok(None);
+                }
             }
         }
     }
@@ -94,6 +102,12 @@ impl<'a> Merge<'a> {
         }
     }
 
+    /// Entries held in read buffers (for tests of the merge's memory).
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.sources.iter().map(|s| s.run.capacity()).sum()
+    }
+
     /// The next entry in (id, pack) order; the same place read from two
     /// objects comes once.
     pub async fn next(&mut self, backend: &dyn Backend) -> Result<Option<IndexEntry>> {
@@ -110,7 +124,8 @@ impl<'a> Merge<'a> {
                     reader: EntryReader::with_blocks(o, self.per_read),
                     key: &o.meta.key,
                     prefix: &o.prefix,
-                    run: Vec::new().into_iter(),
+                    run: Vec::new(),
+                    at: 0,
                     last: None,
                 };
                 let first = source.next(backend).await?;

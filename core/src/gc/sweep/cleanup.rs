@@ -1,9 +1,12 @@
-//! What a finishing sweep may remove besides garbage: ended leases and
-//! old markers.
+//! Step 5 of a sweep, [`Sweep::finish`], and what a finishing sweep may
+//! remove besides garbage: unpinned trash, dead and ended leases, old
+//! markers and staging files.
 
-use super::{KEEP_MARKERS, Sweep};
+use super::{BATCH, KEEP_MARKERS, Sweep};
+use crate::backend::PutMode;
 use crate::error::Result;
-use crate::gc::markers::{SweepLog, SweepState};
+use crate::gc::GcReport;
+use crate::gc::markers::{Phase, SweepLog, SweepState};
 use crate::keys;
 
 impl Sweep {
@@ -67,5 +70,61 @@ impl Sweep {
             }
         }
         out
+    }
+
+    /// Step 5.
+    pub async fn finish(mut self) -> Result<GcReport> {
+        // One more look: pins written since decide which trash stays.
+        self.look().await?;
+        let pinned = &self.prot.pinned;
+        let mut doomed: Vec<String> = self
+            .trash
+            .iter()
+            .filter(|p| !pinned.contains(*p))
+            .map(|(vm, id)| keys::trashed_point(vm, id))
+            .collect();
+        self.report.trash_removed = doomed.len() as u64;
+        self.report.dead_leases_removed = self.prot.dead.len() as u64;
+        doomed.extend(self.prot.dead.keys().cloned());
+        let ended = self.removable_ended().await?;
+        self.report.ended_leases_removed = ended.len() as u64;
+        doomed.extend(ended);
+        doomed.extend(self.old_markers());
+        self.report.stray_lease_objects = self.prot.stray.len() as u64;
+        self.report.future_leases = self.prot.future.len() as u64;
+        self.report.lease_looks = self.prot.looks;
+        self.count_marks();
+        if self.dry_run {
+            return Ok(self.report);
+        }
+        for part in doomed.chunks(BATCH) {
+            self.refresh().await?;
+            self.repo.backend().delete_many(part).await?;
+        }
+        // Staging files of killed writers, by the same age rule as objects
+        // (a running writer's are younger than its lease).
+        self.refresh().await?;
+        self.report.incomplete_removed = self
+            .repo
+            .backend()
+            .remove_incomplete(self.prot.cutoff)
+            .await?;
+        self.write_done().await?;
+        Ok(self.report)
+    }
+
+    /// Writes `gc/done/<seq>`: the sweep is over.
+    pub(super) async fn write_done(&self) -> Result<()> {
+        self.marker.update(|s| s.phase = Phase::Done);
+        let done = self.marker.snapshot();
+        self.repo
+            .backend()
+            .put(
+                &keys::done(self.seq),
+                done.encode(self.repo.codec(), &keys::done(self.seq))?,
+                PutMode::Create,
+            )
+            .await?;
+        Ok(())
     }
 }

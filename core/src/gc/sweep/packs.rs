@@ -13,7 +13,7 @@
 //!    the replaced index objects, for the same announced batches as nodes:
 //!    at each batch's look a pack a live lease now names as a dependency,
 //!    or that holds a chunk marked since, is spared, and the old index
-//!    objects naming it stay.
+//!    objects naming it stay (`spare.rs`).
 //!
 //! A crash anywhere leaves every committed point readable: new packs and
 //! index objects come before deletions; a pack goes before the index
@@ -21,8 +21,6 @@
 //! gone (readers try a chunk's other places, and the next sweep rewrites
 //! that object); a new pack whose index object was never written is an
 //! orphan whose chunks are all in indexed packs.
-
-use std::collections::HashSet;
 
 use super::{Candidate, Listed, Sweep};
 use crate::backend::ObjectMeta;
@@ -65,6 +63,7 @@ impl Sweep {
                 census.listed(name, meta.size, meta.last_modified);
             }
         }
+        census.listing_done();
         self.report.packs_listed = census.packs.len() as u64;
         for (name, meta) in list_index(&*backend).await? {
             self.stop_if_cancelled().await?;
@@ -81,7 +80,6 @@ impl Sweep {
         }
         self.report.index_objects_read = census.objects.len() as u64;
         self.stop_if_cancelled().await?;
-        let marks = &self.prot.marks;
         let cutoff = self.prot.cutoff;
         let mut orphan_live = census
             .read_orphans(
@@ -89,13 +87,18 @@ impl Sweep {
                 self.repo.codec(),
                 cutoff,
                 self.max_chunk(),
-                marks,
+                &self.prot.marks,
             )
             .await?;
         let progress = self.progress.clone();
         let cancelled = || progress.as_ref().is_some_and(|p| p.is_cancelled());
         if let Err(e) = census
-            .count(&*backend, marks, &mut orphan_live, &cancelled)
+            .count(
+                &*backend,
+                &mut self.prot.marks,
+                &mut orphan_live,
+                &cancelled,
+            )
             .await
         {
             if e.is_damage() {
@@ -114,6 +117,19 @@ impl Sweep {
             },
             &orphan_live,
         );
+        if let Err(e) = census.settle(&*backend, &cancelled).await {
+            if e.is_damage() {
+                return self.hold_packs(e);
+            }
+            return Err(e);
+        }
+        // Mark files that could not be read answered "marked": only
+        // garbage kept, but say so.
+        if let Some(e) = self.prot.marks.read_error() {
+            self.report.held.get_or_insert(format!(
+                "gc mark files could not be read ({e}); some garbage kept"
+            ));
+        }
         self.count_fates(&census);
         self.census = Some(census);
         Ok(())
@@ -133,7 +149,9 @@ impl Sweep {
         let r = &mut self.report;
         for p in &census.packs {
             match p.fate {
-                Fate::Planned(PackFate::KeepWaste(_)) => r.waste_bytes_left += p.dead_bytes,
+                Fate::Planned(PackFate::KeepWaste(_)) => {
+                    r.waste_bytes_left += u64::from(p.dead_bytes)
+                }
                 // Unreferenced but recent (a backup's own, maybe).
                 Fate::Young if p.live_chunks == 0 => r.young_kept += 1,
                 Fate::OrphanLive => r.packs_unindexed_live += 1,
@@ -179,7 +197,7 @@ impl Sweep {
                 });
             }
             if self.dry_run {
-                let p = census.pack(&name).map(|p| p.live_bytes).unwrap_or(0);
+                let p = census.pack(&name).map_or(0, |p| u64::from(p.live_bytes));
                 self.report.live_bytes_moved += p;
                 self.report.packs_rewritten += 1;
                 continue;
@@ -333,10 +351,9 @@ impl Sweep {
             .packs
             .iter()
             .filter(|p| p.fate.doomed())
-            .filter_map(|p| {
-                let (size, at) = p.listed?;
-                let m = meta(keys::pack(&p.name), size, at);
-                Some(Candidate::new(Listed::Pack(m, p.name)))
+            .map(|p| {
+                let m = meta(keys::pack(&p.name), p.size, p.at);
+                Candidate::new(Listed::Pack(m, p.name))
             })
             .collect();
         out.extend(
@@ -347,112 +364,5 @@ impl Sweep {
                 .map(|o| Candidate::new(Listed::Index(o.object.meta.clone(), o.object.name))),
         );
         out
-    }
-
-    /// Whether a pack or index candidate may go now, after the batch's
-    /// look: a pack a live lease names, younger than the cutoff, or
-    /// holding a chunk marked since the census, is spared (and the index
-    /// objects naming it then stay); an index object goes only if every
-    /// pack it names that was to go is going.
-    pub(super) fn pack_deletable(&self, listed: &Listed, late: &HashSet<ObjectId>) -> bool {
-        let Some(census) = &self.census else {
-            return false;
-        };
-        match listed {
-            Listed::Pack(meta, name) => {
-                !self.prot.pack_deps.contains(name)
-                    && meta.last_modified < self.prot.cutoff
-                    && !late.contains(name)
-            }
-            Listed::Index(_, name)
-                if late.contains(name) || self.prot.index_deps.contains(name) =>
-            {
-                false
-            }
-            Listed::Index(_, name) => census
-                .objects
-                .iter()
-                .find(|o| o.object.name == *name)
-                .is_some_and(|o| {
-                    o.replace
-                        && o.packs.iter().all(|&i| {
-                            let p = &census.packs[i as usize];
-                            !p.spared && !self.prot.pack_deps.contains(&p.name)
-                        })
-                }),
-            Listed::Node(..) => false,
-        }
-    }
-
-    /// The packs and index objects of `batch` that hold a chunk marked
-    /// after the census (a pinned point found late, a committed point, a
-    /// node dependency): packs from their index objects' entries or an
-    /// orphan's trailer; an index object by its own entries (it may be the
-    /// only one to place that chunk: a backup whose own index object had
-    /// the same bytes relies on it).
-    pub(super) async fn late_packs(&self, batch: &[Candidate]) -> Result<HashSet<ObjectId>> {
-        let mut out = HashSet::new();
-        let marks = &self.prot.marks;
-        let Some(census) = &self.census else {
-            return Ok(out);
-        };
-        if !marks.any_late() {
-            return Ok(out);
-        }
-        let packs: HashSet<ObjectId> = batch
-            .iter()
-            .filter_map(|c| match &c.listed {
-                Listed::Pack(_, name) => Some(*name),
-                _ => None,
-            })
-            .collect();
-        for name in &packs {
-            if let Some(p) = census.pack(name)
-                && p.orphan_chunks.iter().any(|c| marks.has_late(c))
-            {
-                out.insert(*name);
-            }
-        }
-        let backend = self.repo.backend();
-        let objects: HashSet<ObjectId> = batch
-            .iter()
-            .filter_map(|c| match &c.listed {
-                Listed::Index(_, name) => Some(*name),
-                _ => None,
-            })
-            .collect();
-        for o in &census.objects {
-            let in_batch = objects.contains(&o.object.name);
-            let names_one = o
-                .packs
-                .iter()
-                .any(|&i| packs.contains(&census.packs[i as usize].name));
-            if !names_one && !in_batch {
-                continue;
-            }
-            let mut reader = EntryReader::new(&o.object);
-            while let Some(run) = reader.next(&**backend).await? {
-                for e in run.iter().filter(|e| marks.has_late(&e.entry.id)) {
-                    if packs.contains(&e.pack) {
-                        out.insert(e.pack);
-                    }
-                    if in_batch {
-                        out.insert(o.object.name);
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Records the packs of a batch spared at its look.
-    pub(super) fn spare(&mut self, names: impl IntoIterator<Item = ObjectId>) {
-        if let Some(census) = &mut self.census {
-            for n in names {
-                if let Some(p) = census.pack_mut(&n) {
-                    p.spared = true;
-                }
-            }
-        }
     }
 }
