@@ -26,12 +26,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+mod synthetic;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 use futures::TryStreamExt;
 use futures::stream::{self, BoxStream, StreamExt};
 use rand::{Rng, SeedableRng};
+use synthetic::{not_found, set_prefix};
 use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutOptions};
 use xfull_core::codec::Codec;
 use xfull_core::gc::census::{Census, Decide, Fate, PackInfo};
@@ -159,28 +162,7 @@ impl Synthetic {
     }
 
     fn shard_of(&self, key: &str) -> Option<u64> {
-        let (prefix, _) = keys::parse_index_in(key)?;
-        let k = u64::from_str_radix(&prefix, 16).ok()?;
-        (prefix.len() == self.depth && self.key(k) == key).then_some(k)
-    }
-}
-
-fn set_prefix(id: &mut [u8; 32], k: u64, depth: usize) {
-    for d in 0..depth {
-        let nibble = ((k >> (4 * (depth - 1 - d))) & 0xf) as u8;
-        let byte = &mut id[d / 2];
-        *byte = if d % 2 == 0 {
-            (*byte & 0x0f) | (nibble << 4)
-        } else {
-            (*byte & 0xf0) | nibble
-        };
-    }
-}
-
-fn not_found(key: &str) -> BackendError {
-    BackendError::NotFound {
-        location: "synthetic".into(),
-        key: key.to_string(),
+        synthetic::shard_of(key, self.depth, |k| self.key(k))
     }
 }
 

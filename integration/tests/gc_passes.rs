@@ -9,29 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::gc_stop::garbage;
 use serde_json::Value;
 use xfull_integration::env::{Env, sha256, stderr, walk};
-use xfull_integration::{Region, scribble, write_image};
-
-/// Makes packs worth rewriting and deleting: backs up `img` (fresh
-/// random data), overwrites about a third of its chunks, backs up again
-/// and prunes the first point. Returns the kept point and its checksum.
-fn garbage(e: &Env, img: &Path, seed: u64) -> (String, String) {
-    write_image(img, &[Region::Random(32 << 20)], seed, false).unwrap();
-    let disk = format!("d={}", img.display());
-    e.x(&["backup", "--vm", "v", "--disk", &disk])
-        .assert()
-        .success();
-    scribble(img, 100, 64 << 10, seed + 1);
-    let point = e.backup("v", &[("d", img)])["point"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    e.json(&["prune", "--keep-last", "1", "--no-gc"]);
-    // Past the clock margin: the pruned point's packs are old enough.
-    std::thread::sleep(Duration::from_secs(2));
-    (point, sha256(img))
-}
 
 /// `gc --json` with these arguments on the repository at `url`, its mark
 /// files under `tmp`.
@@ -84,7 +64,7 @@ fn mark_dirs(tmp: &Path) -> Vec<PathBuf> {
 fn a_gc_in_passes_deletes_and_rewrites_what_one_in_memory_does() {
     let e = Env::init_with(&["--clock-margin", "1s"]);
     let img = e.path("d.img");
-    let (point, sum) = garbage(&e, &img, 1);
+    let (point, sum) = garbage(&e, &img, 1, 32, 100);
     let copy = e.dir.path().join("copy");
     let copied = std::process::Command::new("cp")
         .args(["-a"])
@@ -138,7 +118,7 @@ fn mark_files_of_a_killed_gc_are_removed_by_the_next_and_never_read() {
     let tmp = e.dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     for attempt in 0..6 {
-        let (point, sum) = garbage(&e, &img, 10 + attempt);
+        let (point, sum) = garbage(&e, &img, 10 + attempt, 32, 100);
         let mut child = e
             .std(&["gc", "--mark-memory", "64"])
             .env("TMPDIR", &tmp)

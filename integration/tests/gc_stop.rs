@@ -70,16 +70,17 @@ fn keys(e: &Env, prefix: &str) -> BTreeSet<String> {
     })
 }
 
-/// Makes packs worth rewriting: backs up `img` (fresh random data), then
-/// overwrites about a third of its chunks and backs up again, and prunes
-/// the first point. Returns the kept point and its image's checksum.
-fn garbage(e: &Env, img: &Path, seed: u64) -> (String, String) {
-    write_image(img, &[Region::Random(64 << 20)], seed, false).unwrap();
+/// Makes packs worth rewriting and deleting: backs up `img` (`mib` MiB
+/// of fresh random data), then overwrites `writes` pieces of 64 KiB and
+/// backs up again, and prunes the first point. Returns the kept point and
+/// its image's checksum.
+pub(crate) fn garbage(e: &Env, img: &Path, seed: u64, mib: u64, writes: usize) -> (String, String) {
+    write_image(img, &[Region::Random(mib << 20)], seed, false).unwrap();
     let disk = format!("d={}", img.display());
     e.x(&["backup", "--vm", "v", "--disk", &disk])
         .assert()
         .success();
-    scribble(img, 200, 64 << 10, seed + 1);
+    scribble(img, writes, 64 << 10, seed + 1);
     let point = e.backup("v", &[("d", img)])["point"]
         .as_str()
         .unwrap()
@@ -196,7 +197,7 @@ fn killed_while_rewriting_packs(e: &Env, name: &str) {
         let what = format!("{name}: SIGKILL at {moment:?}");
         let mut landed = false;
         for attempt in 0..ATTEMPTS {
-            let (point, sum) = garbage(e, &img, 100 * attempt + moment as u64);
+            let (point, sum) = garbage(e, &img, 100 * attempt + moment as u64, 64, 200);
             if gc_stopped_at(e, moment, "KILL").is_none() {
                 continue;
             }
@@ -213,7 +214,7 @@ fn sigint_stops_a_gc_mid_repack_and_the_next_gc_finishes() {
     let e = Env::init_with(OPTS);
     let img = e.path("d.img");
     for attempt in 0..ATTEMPTS {
-        let (point, sum) = garbage(&e, &img, attempt);
+        let (point, sum) = garbage(&e, &img, attempt, 64, 200);
         let Some(out) = gc_stopped_at(&e, Moment::NewPacks, "INT") else {
             continue;
         };
