@@ -16,6 +16,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use serde_json::Value;
 use xfull_integration::env::{Env, Scenario, fails, sha256, walk};
 use xfull_integration::s3::S3Server;
@@ -63,7 +65,16 @@ fn prune_and_gc_keep_what_the_policy_says_on(e: &Env) {
     ];
     let mut sums = BTreeMap::new();
     for (i, t) in times.iter().enumerate() {
-        scribble(&img, 6, 256 << 10, i as u64);
+        // Each point rewrites the same 1.5 MiB with new random bytes: what
+        // a point adds is all superseded by the next one, so the packs of
+        // the pruned points hold nothing a kept point needs, whatever the
+        // chunk size (random scribbles left that to chance: at 64 KiB
+        // chunks no pack was all dead).
+        let mut bytes = vec![0u8; 3 << 19];
+        rand::RngCore::fill_bytes(&mut StdRng::seed_from_u64(i as u64), &mut bytes);
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 4 << 20).unwrap();
+        drop(f);
         sums.insert(backup_at(e, "v", &img, t), sha256(&img));
     }
 
