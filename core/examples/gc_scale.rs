@@ -34,7 +34,7 @@ use chrono::{DateTime, Duration, Utc};
 use futures::TryStreamExt;
 use futures::stream::{self, BoxStream, StreamExt};
 use rand::{Rng, SeedableRng};
-use synthetic::{not_found, set_prefix};
+use synthetic::{arg, not_found, set_prefix};
 use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutOptions};
 use xfull_core::codec::Codec;
 use xfull_core::gc::census::{Census, Decide, Fate, PackInfo};
@@ -235,14 +235,6 @@ impl Backend for Synthetic {
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
         Err(not_found(keys.first().map_or("", |k| k.as_str())))
     }
-}
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
 }
 
 /// Peak (`VmHWM`) or current (`VmRSS`) resident memory, in MiB.

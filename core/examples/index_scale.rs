@@ -28,7 +28,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::stream::{self, BoxStream, StreamExt};
 use rand::{Rng, SeedableRng};
-use synthetic::{not_found, set_prefix};
+use synthetic::{arg, not_found, set_prefix};
 use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutOptions};
 use xfull_core::codec::Codec;
 use xfull_core::id::ObjectId;
@@ -166,14 +166,6 @@ impl Backend for Synthetic {
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
         Err(not_found(keys.first().map_or("", |k| k.as_str())))
     }
-}
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
 }
 
 /// Peak resident memory of this process, in KiB.

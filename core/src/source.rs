@@ -181,17 +181,13 @@ impl DiskSource {
     pub fn read_at(&self, start: u64, buf: &mut [u8]) -> Result<u64> {
         let end = start + buf.len() as u64;
         let mut filled = start;
-        let mut read = 0;
-        for r in self.data_ranges(start..end)? {
-            let (a, b) = ((r.start - start) as usize, (r.end - start) as usize);
-            buf[(filled - start) as usize..a].fill(0);
-            self.read_span(r.start, &mut buf[a..b])?;
-            read += r.end - r.start;
+        let ranges = self.data_ranges(start..end)?;
+        for r in &ranges {
+            buf[(filled - start) as usize..(r.start - start) as usize].fill(0);
             filled = r.end;
         }
         buf[(filled - start) as usize..].fill(0);
-        self.check_not_shrunk(end)?;
-        Ok(read)
+        self.read_ranges_at(start, buf, &ranges)
     }
 
     /// Reads only `ranges` (from [`DiskSource::data_ranges`] over the

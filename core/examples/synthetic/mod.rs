@@ -1,6 +1,6 @@
-//! Pieces shared by the synthetic stores of the scale examples
-//! (`index_scale.rs`, `gc_scale.rs`): stores that generate index objects on
-//! demand and keep none of them.
+//! Pieces shared by the scale examples (`index_scale.rs`, `gc_scale.rs`):
+//! their synthetic stores, which generate index objects on demand and keep
+//! none of them, and their command lines.
 
 use xfull_core::backend::BackendError;
 
@@ -31,4 +31,13 @@ pub fn shard_of(key: &str, depth: usize, key_of: impl Fn(u64) -> String) -> Opti
     let (prefix, _) = xfull_core::keys::parse_index_in(key)?;
     let k = u64::from_str_radix(&prefix, 16).ok()?;
     (prefix.len() == depth && key_of(k) == key).then_some(k)
+}
+
+/// The number after `name` on the command line, else `default`.
+pub fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("a number"))
+        .unwrap_or(default)
 }
