@@ -94,6 +94,15 @@ pub struct S3Args {
     /// Server-side encryption.
     #[arg(long, value_parser = PossibleValuesParser::new(xfull_s3::SSE_VALUES.iter().copied()))]
     pub s3_sse: Option<String>,
+    /// At most N requests per second to S3, retries included (providers
+    /// throttle past a rate).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_requests_per_second: Option<u32>,
+    /// At most SIZE uploaded to S3 per second, on average, retries
+    /// included (e.g. 20M; at least 256K).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_upload_bytes_per_second: Option<u64>,
 }
 
 impl S3Args {
@@ -108,6 +117,20 @@ impl S3Args {
                 .clone()
                 .or(other.s3_storage_class_chunks.clone()),
             s3_sse: self.s3_sse.clone().or(other.s3_sse.clone()),
+            max_requests_per_second: self
+                .max_requests_per_second
+                .or(other.max_requests_per_second),
+            max_upload_bytes_per_second: self
+                .max_upload_bytes_per_second
+                .or(other.max_upload_bytes_per_second),
+        }
+    }
+
+    /// The request budget these options ask for.
+    pub fn limits(&self) -> xfull_s3::Limits {
+        xfull_s3::Limits {
+            requests_per_second: self.max_requests_per_second.map(f64::from),
+            upload_bytes_per_second: self.max_upload_bytes_per_second,
         }
     }
 }
@@ -124,6 +147,11 @@ impl std::fmt::Debug for S3Args {
             .field("s3_no_conditional_put", &self.s3_no_conditional_put)
             .field("s3_storage_class_chunks", &self.s3_storage_class_chunks)
             .field("s3_sse", &self.s3_sse)
+            .field("max_requests_per_second", &self.max_requests_per_second)
+            .field(
+                "max_upload_bytes_per_second",
+                &self.max_upload_bytes_per_second,
+            )
             .finish()
     }
 }

@@ -88,6 +88,17 @@ fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let result = runtime.block_on(dispatch(&cli));
     let status = result.as_ref().map_or_else(exit_status, |_| 0);
+    if !cli.quiet
+        && let Some(b) = open::BUDGET.get()
+        && b.waited_ms() > 0
+    {
+        eprintln!(
+            "xfull: request budget: {} requests, which waited {:.1} s in all for it \
+             (summed over requests waiting at once)",
+            b.paid(),
+            b.waited_ms() as f64 / 1000.0
+        );
+    }
     if let Some((path, command)) = metrics_target(&cli)
         && let Err(e) = metrics::write(path, command, status, started.elapsed().as_secs_f64())
     {

@@ -41,6 +41,7 @@ async fn backend(
             chunk_storage_class: s3.s3_storage_class_chunks.clone(),
             sse: s3.s3_sse.clone(),
             static_credentials: None,
+            limits: s3.limits(),
         };
         let mut b = S3Backend::new(opts).await.map_err(|e| match e {
             OpenError::Invalid(e) => anyhow::Error::new(Error::InvalidArgument(e.to_string())),
@@ -69,7 +70,17 @@ async fn backend(
             ))
             .into());
         }
+        if let Some(budget) = b.budget() {
+            let _ = BUDGET.set(budget);
+        }
         return Ok(Arc::new(b));
+    }
+    if s3.limits().is_set() {
+        return Err(Error::InvalidArgument(format!(
+            "--max-requests-per-second and --max-upload-bytes-per-second apply to S3 \
+             repositories; {repo:?} is a local directory"
+        ))
+        .into());
     }
     let Some(dir) = parse_location(repo) else {
         return Err(Error::InvalidArgument(format!(
@@ -110,6 +121,10 @@ async fn backend(
     }
     Ok(Arc::new(LocalBackend::open(&dir)?))
 }
+
+/// The request budget of the S3 repository this process opened, if one was
+/// asked for: `main` says what it cost.
+pub static BUDGET: std::sync::OnceLock<Arc<xfull_s3::Budget>> = std::sync::OnceLock::new();
 
 /// The store settings in an S3 repository's config (one small GET before
 /// the repository is opened, because the backend must know them before

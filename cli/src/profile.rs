@@ -8,6 +8,8 @@
 //! s3_region = "eu-west-1"
 //! s3_storage_class_chunks = "STANDARD_IA"
 //! s3_sse = "AES256"
+//! max_requests_per_second = 200
+//! max_upload_bytes_per_second = "20M"
 //! password_command = "pass show xfull/offsite"  # or password_file, key_file
 //! ```
 //!
@@ -41,6 +43,9 @@ struct Profile {
     s3_sse: Option<String>,
     #[serde(default)]
     s3_no_conditional_put: bool,
+    max_requests_per_second: Option<u32>,
+    /// A size as on the command line (`"20M"`).
+    max_upload_bytes_per_second: Option<String>,
     /// Secret sources of an encrypted repository, used when the command
     /// line gives none (`--key-file`, `--password-command`).
     password_command: Option<String>,
@@ -79,12 +84,26 @@ pub fn resolve(cli: &Cli) -> Result<(String, S3Args)> {
     };
     let path = config_path(cli)?;
     let profile = load(&path, name)?;
+    let upload = profile
+        .max_upload_bytes_per_second
+        .as_deref()
+        .map(|v| {
+            crate::cli::parse_size(v).map_err(|e| {
+                usage(format!(
+                    "config file {}, profile @{name}: max_upload_bytes_per_second: {e}",
+                    path.display()
+                ))
+            })
+        })
+        .transpose()?;
     let from_file = S3Args {
         s3_endpoint: profile.s3_endpoint,
         s3_region: profile.s3_region,
         s3_no_conditional_put: profile.s3_no_conditional_put,
         s3_storage_class_chunks: profile.s3_storage_class_chunks,
         s3_sse: profile.s3_sse,
+        max_requests_per_second: profile.max_requests_per_second,
+        max_upload_bytes_per_second: upload,
     };
     check_values(&path, name, &from_file)?;
     Ok((profile.url, flags.or(&from_file)))

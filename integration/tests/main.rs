@@ -28,6 +28,7 @@ mod repair;
 mod restore_safety;
 mod retention;
 mod s3;
+mod s3_budget;
 mod s3_errors;
 mod serve;
 mod serve_clients;

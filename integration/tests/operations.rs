@@ -216,6 +216,26 @@ fn a_profile_names_the_repository_and_its_settings() {
     let (code, err) = fails(e.x(&["--config", typo.to_str().unwrap(), "-r", "@typo", "points"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("line 3") && err.contains("s3_regoin"), "{err}");
+    // The request budget's keys: a size that is not one is refused naming
+    // the key; a budget for a local directory is refused as well.
+    for (budget, wanted) in [
+        (
+            "max_upload_bytes_per_second = \"5X\"",
+            "max_upload_bytes_per_second",
+        ),
+        ("max_requests_per_second = 10", "apply to S3 repositories"),
+    ] {
+        let path = e.path("budget.toml");
+        let url = e.repo.display();
+        std::fs::write(
+            &path,
+            format!("[repositories.b]\nurl = \"{url}\"\n{budget}\n"),
+        )
+        .unwrap();
+        let (code, err) = fails(e.x(&["--config", path.to_str().unwrap(), "-r", "@b", "points"]));
+        assert_eq!(code, 2, "{budget}: {err}");
+        assert!(err.contains(wanted), "{budget}: {err}");
+    }
 }
 
 #[test]

@@ -5,16 +5,20 @@
 //! Each request gets its own counter through the SDK's per-operation
 //! config override: an interceptor counts, a retry classifier reads the
 //! count. The SDK's classifiers still decide everything else; a
-//! `RetryForbidden` from any classifier ends the retries.
+//! `RetryForbidden` from any classifier ends the retries. Each attempt is
+//! tagged with its number for the request budget (`budget.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use aws_sdk_s3::config::interceptors::{BeforeTransmitInterceptorContextRef, InterceptorContext};
+use aws_sdk_s3::config::interceptors::{
+    BeforeTransmitInterceptorContextMut, BeforeTransmitInterceptorContextRef, InterceptorContext,
+};
 use aws_sdk_s3::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::BoxError;
 
+use crate::budget::AttemptNo;
 use crate::transport::Failure;
 
 #[derive(Clone, Debug)]
@@ -56,6 +60,18 @@ impl Intercept for Attempts {
         _: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         self.made.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Tags the attempt with its number, so the request budget's connector
+    /// can tell a retry from a first attempt (paid before sending).
+    fn modify_before_transmit(
+        &self,
+        ctx: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        ctx.request_mut().add_extension(AttemptNo(self.made()));
         Ok(())
     }
 }

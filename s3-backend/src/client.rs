@@ -29,7 +29,13 @@ use aws_sdk_s3::config::{
     StalledStreamProtectionConfig,
 };
 
+use std::sync::Arc;
+
+use aws_sdk_s3::config::SharedHttpClient;
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+
 use crate::S3Options;
+use crate::budget::{Budget, Limited};
 use crate::options::OpenError;
 
 const MAX_ATTEMPTS: u32 = 6;
@@ -45,7 +51,13 @@ pub(crate) struct Built {
     pub region: String,
 }
 
-pub(crate) async fn build(opts: &S3Options) -> Result<Built, OpenError> {
+/// `http` replaces the SDK's default HTTP client (tests); with a `budget`,
+/// the client's connector makes retries wait for it (`budget.rs`).
+pub(crate) async fn build(
+    opts: &S3Options,
+    http: Option<SharedHttpClient>,
+    budget: Option<Arc<Budget>>,
+) -> Result<Built, OpenError> {
     let retry = RetryConfig::standard()
         .with_max_attempts(MAX_ATTEMPTS)
         .with_initial_backoff(Duration::from_millis(100))
@@ -91,8 +103,25 @@ pub(crate) async fn build(opts: &S3Options) -> Result<Built, OpenError> {
     if let Some(ep) = &opts.endpoint {
         conf = conf.endpoint_url(ep).force_path_style(true);
     }
+    let http = http.or_else(|| shared.http_client());
+    match (http, budget) {
+        (inner, Some(budget)) => {
+            let inner = inner.unwrap_or_else(default_http_client);
+            conf = conf.http_client(Limited { inner, budget });
+        }
+        (Some(inner), None) => conf = conf.http_client(inner),
+        (None, None) => {}
+    }
     Ok(Built {
         client: Client::from_conf(conf.build()),
         region: region.to_string(),
     })
+}
+
+/// The client the SDK builds when given none (hyper, rustls on aws-lc,
+/// with the features this workspace enables), to wrap in the budget.
+fn default_http_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .build_https()
 }

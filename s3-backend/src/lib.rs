@@ -18,6 +18,9 @@
 //!   config stay in the bucket's default (readable) class.
 
 mod attempts;
+mod budget;
+#[cfg(test)]
+mod budget_tests;
 mod client;
 mod errors;
 mod options;
@@ -25,6 +28,7 @@ mod transport;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
@@ -39,13 +43,22 @@ use xfull_core::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutMod
 use xfull_core::config::StoreSettings;
 
 use attempts::Attempts;
+pub use budget::{Budget, Limits};
 use errors::Mapper;
 pub use options::{InvalidOption, OpenError, S3Options, SSE_VALUES, storage_classes};
 
 /// Sends one request built by `$req` with its own attempt counter (see
-/// `attempts.rs`) and maps its error for `$key`.
+/// `attempts.rs`) and maps its error for `$key`. With a request budget,
+/// its first attempt waits for its slot first (`budget.rs`), uploading
+/// `$body` bytes.
 macro_rules! send {
-    ($self:ident, $req:expr, $key:expr) => {{
+    ($self:ident, $req:expr, $key:expr) => {
+        send!($self, $req, $key, 0)
+    };
+    ($self:ident, $req:expr, $key:expr, $body:expr) => {{
+        if let Some(b) = &$self.budget {
+            b.admit($body).await;
+        }
         let attempts = Attempts::new($self.errors.https());
         $req.customize()
             .config_override(attempts.config())
@@ -72,6 +85,7 @@ pub struct S3Backend {
     sse: Option<ServerSideEncryption>,
     errors: Mapper,
     counters: Counters,
+    budget: Option<Arc<Budget>>,
 }
 
 // By hand: the SDK client's debug text would show the endpoint as given.
@@ -87,8 +101,21 @@ impl std::fmt::Debug for S3Backend {
 impl S3Backend {
     /// Checks the options and sets up the client; sends nothing.
     pub async fn new(opts: S3Options) -> Result<Self, OpenError> {
+        Self::with_http_client(opts, None).await
+    }
+
+    /// [`S3Backend::new`] over another HTTP client than the SDK's default
+    /// (tests answer from a fake one).
+    async fn with_http_client(
+        opts: S3Options,
+        http: Option<aws_sdk_s3::config::SharedHttpClient>,
+    ) -> Result<Self, OpenError> {
         opts.check()?;
-        let built = client::build(&opts).await?;
+        let budget = opts
+            .limits
+            .is_set()
+            .then(|| Arc::new(Budget::new(opts.limits)));
+        let built = client::build(&opts, http, budget.clone()).await?;
         Ok(S3Backend {
             client: built.client,
             errors: Mapper::new(opts.location(), opts.endpoint.as_deref(), &built.region),
@@ -96,7 +123,13 @@ impl S3Backend {
             sse: opts.sse.as_deref().map(ServerSideEncryption::from),
             opts,
             counters: Counters::default(),
+            budget,
         })
+    }
+
+    /// The request budget, if `limits` set one: what it made requests wait.
+    pub fn budget(&self) -> Option<Arc<Budget>> {
+        self.budget.clone()
     }
 
     /// Takes the repository's stored settings (its config, from `init
@@ -252,6 +285,7 @@ impl S3Backend {
         class: ObjectClass,
     ) -> Result<(), BackendError> {
         self.counters.put.fetch_add(1, Ordering::Relaxed);
+        let len = data.len() as u64;
         let mut req = self
             .client
             .put_object()
@@ -267,7 +301,7 @@ impl S3Backend {
         if let Some(s) = &self.sse {
             req = req.server_side_encryption(s.clone());
         }
-        send!(self, req, key).map(|_| ())
+        send!(self, req, key, len).map(|_| ())
     }
 }
 

@@ -22,6 +22,9 @@ pub struct S3Options {
     /// An access key and secret to use instead of the standard AWS chain
     /// (for programs that embed the backend, and tests).
     pub static_credentials: Option<(String, String)>,
+    /// A request and upload budget (`--max-requests-per-second`,
+    /// `--max-upload-bytes-per-second`).
+    pub limits: crate::Limits,
 }
 
 /// The server-side encryption a PUT may ask for (the SDK knows more
@@ -102,7 +105,7 @@ impl S3Options {
             storage_classes(),
         )?;
         one_of("server-side encryption", &self.sse, SSE_VALUES)?;
-        Ok(())
+        self.limits.check()
     }
 
     /// `s3://bucket/prefix`, and the endpoint when custom, for messages.
@@ -130,6 +133,7 @@ impl std::fmt::Debug for S3Options {
             .field("no_conditional_put", &self.no_conditional_put)
             .field("chunk_storage_class", &self.chunk_storage_class)
             .field("sse", &self.sse)
+            .field("limits", &self.limits)
             .field(
                 "static_credentials",
                 &self.static_credentials.as_ref().map(|_| "***"),
