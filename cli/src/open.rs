@@ -48,9 +48,12 @@ async fn backend(
             OpenError::NoRegion { .. } => anyhow::anyhow!("{e}, or pass --s3-region"),
             e => e.into(),
         })?;
+        if let Some(budget) = b.budget() {
+            let _ = BUDGET.set(budget);
+        }
         let peeked = match stored {
             Some(_) => None,
-            None => stored_settings(&b).await,
+            None => stored_settings(&b).await.map_err(Error::Backend)?,
         };
         if let Some(settings) = stored.or(peeked.as_ref()) {
             // A value this build does not know, in a plain config anyone
@@ -69,9 +72,6 @@ async fn backend(
                 b.location()
             ))
             .into());
-        }
-        if let Some(budget) = b.budget() {
-            let _ = BUDGET.set(budget);
         }
         return Ok(Arc::new(b));
     }
@@ -128,11 +128,21 @@ pub static BUDGET: std::sync::OnceLock<Arc<xfull_s3::Budget>> = std::sync::OnceL
 
 /// The store settings in an S3 repository's config (one small GET before
 /// the repository is opened, because the backend must know them before
-/// its first write). Any failure is left for the opening to report.
-async fn stored_settings(b: &S3Backend) -> Option<StoreSettings> {
-    let bytes = b.get(xfull_core::keys::CONFIG).await.ok()?;
-    let config = xfull_core::config::RepoConfig::decode(&bytes).ok()?;
-    Some(config.store)
+/// its first write). A missing or undecodable config is left for the
+/// opening to report (not a repository; damage); a store that cannot be
+/// reached fails here, at once: asking again to open would double the
+/// time a dead endpoint takes to fail (two minutes for a silent one).
+async fn stored_settings(
+    b: &S3Backend,
+) -> Result<Option<StoreSettings>, xfull_core::backend::BackendError> {
+    let bytes = match b.get(xfull_core::keys::CONFIG).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(xfull_core::config::RepoConfig::decode(&bytes)
+        .ok()
+        .map(|c| c.store))
 }
 
 /// Whether `dir` holds nothing but what `init` writes (`keys/`, `config`

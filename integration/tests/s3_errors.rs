@@ -372,5 +372,5 @@ fn restoring_archived_chunks_says_restore_them_first() {
     let (code, err) = timed_failure("archived restore", c);
     assert!(archive.faults() > 0, "no chunk GET went through the proxy");
     assert_eq!(code, 1, "an archived chunk is not damage: {err}");
-    assert_has(&err, &["restored from the archive"]);
+    assert_has(&err, &["archive storage class", "packs/", "xfull thaw"]);
 }
