@@ -303,8 +303,13 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub disk: String,
     /// A new file, a block device (with --force), or - for stdout.
-    #[arg(long)]
-    pub to: String,
+    #[arg(long, required_unless_present = "plan")]
+    pub to: Option<String>,
+    /// Restore nothing: list the objects the restore needs that sit in an
+    /// archive storage class, their bytes, and the cost and time of
+    /// thawing them per retrieval tier.
+    #[arg(long, conflicts_with_all = ["to", "overwrite", "force", "ignore_damage", "sync", "no_image_hash"])]
+    pub plan: bool,
     /// Replace an existing regular file (atomically, once the image is
     /// complete); a symbolic link there is never followed or replaced.
     #[arg(long)]
@@ -373,4 +378,42 @@ pub struct ManArgs {
     /// directory instead of printing xfull.1.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+/// How fast (and at what price) the archive makes copies readable.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum TierArg {
+    /// Minutes, the most expensive (not for DEEP_ARCHIVE).
+    Expedited,
+    /// Hours.
+    Standard,
+    /// Many hours, the cheapest.
+    Bulk,
+}
+
+impl From<TierArg> for xfull_core::archive::ThawTier {
+    fn from(t: TierArg) -> Self {
+        match t {
+            TierArg::Expedited => xfull_core::archive::ThawTier::Expedited,
+            TierArg::Standard => xfull_core::archive::ThawTier::Standard,
+            TierArg::Bulk => xfull_core::archive::ThawTier::Bulk,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ThawArgs {
+    /// VM@ID (a unique id prefix or suffix will do) or VM@latest.
+    pub point: String,
+    /// Only these disks (default: every disk of the point).
+    #[arg(long)]
+    pub disk: Vec<String>,
+    /// Retrieval tier.
+    #[arg(long, value_enum)]
+    pub tier: TierArg,
+    /// Days the readable copies are kept (billed at the Standard rate).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub days: u32,
+    #[command(flatten)]
+    pub s3: S3Args,
 }

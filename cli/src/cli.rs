@@ -167,8 +167,12 @@ pub enum Command {
     Points(PointsArgs),
     /// Show one point in detail.
     Show(ShowArgs),
-    /// Restore one disk of a point to a file, a block device or stdout.
+    /// Restore one disk of a point to a file, a block device or stdout
+    /// (--plan: list what it needs from an archive storage class).
     Restore(RestoreArgs),
+    /// Ask an archive storage class (S3 GLACIER, DEEP_ARCHIVE) for readable
+    /// copies of what restoring a point needs; run again to see progress.
+    Thaw(ThawArgs),
     /// Print the extents that differ between two points of one VM, from
     /// metadata.
     Diff(DiffArgs),
@@ -220,6 +224,7 @@ impl Command {
             Command::Points(a) => &a.s3,
             Command::Show(a) => &a.s3,
             Command::Restore(a) => &a.s3,
+            Command::Thaw(a) => &a.s3,
             Command::Diff(a) => &a.s3,
             Command::Prune(a) => &a.s3,
             Command::Gc(a) => &a.s3,

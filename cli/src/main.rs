@@ -192,6 +192,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Points(a) => cmd::points::run(cli, a).await,
         Command::Show(a) => cmd::show::run(cli, a).await,
         Command::Restore(a) => cmd::restore::run(cli, a).await,
+        Command::Thaw(a) => cmd::thaw::run(cli, a).await,
         Command::Diff(a) => cmd::diff::run(cli, a).await,
         Command::SnapshotDiff(a) => cmd::snapshot_diff::run(cli, a).await,
         Command::Prune(a) => cmd::prune::run(cli, a).await,

@@ -20,6 +20,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
+use crate::archive::{ArchiveState, ThawAnswer, ThawTier};
+
 /// Errors with a meaning callers act on.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -175,5 +177,21 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// Requests sent so far, by kind, for stores that bill by request.
     fn request_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
         std::collections::BTreeMap::new()
+    }
+
+    /// The object and where it stands in an archive class (see
+    /// `crate::archive`); stores without archive classes say `Hot` for
+    /// any object that exists.
+    async fn archive_state(&self, key: &str) -> Result<(ObjectMeta, ArchiveState), BackendError> {
+        Ok((self.head(key).await?, ArchiveState::Hot))
+    }
+
+    /// Asks for a readable copy of an archived object for `days` days at
+    /// `tier` (S3 RestoreObject); stores without archive classes have
+    /// nothing to thaw.
+    async fn thaw(&self, key: &str, days: u32, tier: ThawTier) -> Result<ThawAnswer, BackendError> {
+        let _ = (days, tier);
+        self.head(key).await?;
+        Ok(ThawAnswer::NotArchived)
     }
 }

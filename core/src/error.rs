@@ -81,6 +81,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// A restore met chunk data in an archive storage class with no
+    /// readable copy (not damage: thawing it makes it readable).
+    #[error(
+        "point {point}, disk {disk}: the data at offset {offset} is in {key}, which is in an \
+         archive storage class and not thawed: `xfull restore --plan` lists what the restore \
+         needs, `xfull thaw` asks the store for it"
+    )]
+    Archived {
+        point: String,
+        disk: String,
+        offset: u64,
+        key: String,
+    },
+
     /// A restore told to go on past damage wrote zeros for damaged or
     /// missing data (its outcome lists the ranges).
     #[error(

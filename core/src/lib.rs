@@ -15,6 +15,7 @@
 //! - formats: [`config`], [`node`], [`manifest`], [`id`], [`names`]
 //! - engine: [`chunker`], [`source`], [`backup`], [`restore`], [`repo`]
 
+pub mod archive;
 pub mod backend;
 pub mod backup;
 pub mod changes;
@@ -54,6 +55,7 @@ pub mod stats;
 mod task;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod thaw;
 pub mod verify;
 
 pub use async_trait::async_trait;

@@ -38,6 +38,7 @@ mod serve_overlay;
 mod serve_read;
 mod signals;
 mod store_settings;
+mod thaw;
 mod unlocked;
 mod verify_index;
 

@@ -29,13 +29,13 @@ struct Seen {
 
 /// Answers with the statuses given, in turn (then 200), and records calls.
 #[derive(Debug, Clone)]
-struct Fake {
+pub(crate) struct Fake {
     answers: Arc<Mutex<Vec<u16>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Fake {
-    fn new(answers: &[u16]) -> Fake {
+    pub(crate) fn new(answers: &[u16]) -> Fake {
         let mut a = answers.to_vec();
         a.reverse();
         Fake {
@@ -67,21 +67,30 @@ impl HttpConnector for Fake {
             body: request.body().content_length().unwrap_or(0),
         });
         let status = self.answers.lock().unwrap().pop().unwrap_or(200);
-        let body = if status == 503 {
-            "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-        } else {
-            "abc"
+        let body = match status {
+            503 => {
+                "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            }
+            409 => {
+                "<Error><Code>RestoreAlreadyInProgress</Code><Message>Object restore is already in progress</Message></Error>"
+            }
+            _ => "abc",
         };
         let mut resp =
             HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body));
         resp.headers_mut()
             .insert("content-length", body.len().to_string());
         resp.headers_mut().insert("etag", "\"e\"");
+        // What a HEAD of a thawing DEEP_ARCHIVE object says.
+        resp.headers_mut()
+            .insert("x-amz-storage-class", "DEEP_ARCHIVE");
+        resp.headers_mut()
+            .insert("x-amz-restore", "ongoing-request=\"true\"");
         HttpConnectorFuture::ready(Ok(resp))
     }
 }
 
-async fn backend(fake: &Fake, limits: Limits) -> S3Backend {
+pub(crate) async fn backend(fake: &Fake, limits: Limits) -> S3Backend {
     let opts = S3Options {
         bucket: "b".into(),
         endpoint: Some("http://127.0.0.1:9".into()),

@@ -17,6 +17,7 @@
 //! - Chunks may live in their own storage class; nodes, manifests and the
 //!   config stay in the bucket's default (readable) class.
 
+mod archive;
 mod attempts;
 mod budget;
 #[cfg(test)]
@@ -39,6 +40,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use xfull_core::archive::{ArchiveState, ThawAnswer, ThawTier};
 use xfull_core::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutMode, PutOptions};
 use xfull_core::config::StoreSettings;
 
@@ -76,6 +78,7 @@ struct Counters {
     head: AtomicU64,
     list: AtomicU64,
     delete: AtomicU64,
+    restore: AtomicU64,
 }
 
 pub struct S3Backend {
@@ -433,6 +436,14 @@ impl Backend for S3Backend {
         Ok(())
     }
 
+    async fn archive_state(&self, key: &str) -> Result<(ObjectMeta, ArchiveState), BackendError> {
+        self.head_archive(key).await
+    }
+
+    async fn thaw(&self, key: &str, days: u32, tier: ThawTier) -> Result<ThawAnswer, BackendError> {
+        self.restore_object(key, days, tier).await
+    }
+
     fn request_counts(&self) -> BTreeMap<&'static str, u64> {
         let c = &self.counters;
         [
@@ -441,6 +452,7 @@ impl Backend for S3Backend {
             ("head", c.head.load(Ordering::Relaxed)),
             ("list", c.list.load(Ordering::Relaxed)),
             ("delete", c.delete.load(Ordering::Relaxed)),
+            ("restore", c.restore.load(Ordering::Relaxed)),
         ]
         .into()
     }

@@ -18,4 +18,5 @@ pub mod shell;
 pub mod show;
 pub mod snapshot_diff;
 pub mod stats;
+pub mod thaw;
 pub mod verify;

@@ -6,13 +6,18 @@ use crate::output::bytes;
 use crate::progress_ui::Bar;
 
 pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
+    if args.plan {
+        return crate::cmd::thaw::plan(cli, &args.point, std::slice::from_ref(&args.disk)).await;
+    }
+    // clap requires --to without --plan.
+    let to = args.to.as_deref().unwrap_or_default();
     // The target first: a closed stdout or a refused path fails before
     // anything else is done.
     let allow = Allow {
         overwrite: args.overwrite,
         force: args.force,
     };
-    let target = Target::parse_allowing(&args.to, allow)?;
+    let target = Target::parse_allowing(to, allow)?;
     let repo = crate::open::open(cli).await?;
     let m = crate::point_name::load(&repo, &args.point).await?;
     // Fail on an unknown disk before creating the target.
@@ -38,13 +43,13 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
         crate::output::json_text(&serde_json::json!({
             "point": m.point_name(),
             "disk": args.disk,
-            "to": args.to,
+            "to": to,
             "bytes": out.bytes,
             "blake3": out.blake3,
             "damaged": out.damaged,
         }))?
     } else {
-        text_report(args, &out)
+        text_report(to, &out)
     };
     if target == Target::Stdout {
         eprintln!("{report}");
@@ -63,12 +68,12 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
     .into())
 }
 
-fn text_report(args: &RestoreArgs, out: &RestoreOutcome) -> String {
+fn text_report(to: &str, out: &RestoreOutcome) -> String {
     let mut s = match &out.blake3 {
-        Some(h) => format!("{h}  {}", args.to),
+        Some(h) => format!("{h}  {to}"),
         None => format!(
             "restored {} bytes to {} (every chunk verified)",
-            out.bytes, args.to
+            out.bytes, to
         ),
     };
     if !out.damaged.is_empty() {

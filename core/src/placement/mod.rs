@@ -31,6 +31,7 @@ use crate::frame;
 use crate::id::ObjectId;
 use crate::keys;
 
+pub mod archive;
 pub mod fetch;
 pub mod index;
 pub mod index_write;

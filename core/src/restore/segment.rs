@@ -139,6 +139,13 @@ impl SegmentCtx {
                 chunk: object.in_error(),
                 reason: e.to_string(),
             }
+        } else if let Error::Backend(crate::backend::BackendError::Archived { key, .. }) = e {
+            Error::Archived {
+                point,
+                disk,
+                offset,
+                key,
+            }
         } else {
             Error::Unreadable {
                 point,

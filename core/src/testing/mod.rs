@@ -2,8 +2,10 @@
 //! in-memory backend whose clock the test drives, and a decorator that
 //! injects faults into any backend.
 
+pub mod archive_sim;
 pub mod faults;
 pub mod mem;
 
+pub use archive_sim::ArchiveSim;
 pub use faults::{FaultPlan, FaultyBackend};
 pub use mem::{Clock, MemBackend};

@@ -1,0 +1,126 @@
+//! Archive storage classes (S3 GLACIER, DEEP_ARCHIVE): where an object
+//! stands, how to ask for a temporary readable copy ("thaw"), and what
+//! that costs.
+//!
+//! Only chunk data (packs) ever goes to such a class (`ObjectClass::Data`);
+//! nodes, manifests and the index stay hot, so backup, gc and structural
+//! verify never need a thaw, and a restore plan reads only metadata.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Where an object stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum ArchiveState {
+    /// Readable now: a hot class (or a store without archive classes).
+    Hot,
+    /// In an archive class with no readable copy: needs a thaw.
+    Archived { class: String },
+    /// A thaw was asked for and is running.
+    Thawing { class: String },
+    /// A readable copy exists until `until`.
+    Thawed {
+        class: String,
+        until: Option<DateTime<Utc>>,
+    },
+}
+
+impl ArchiveState {
+    /// Whether a restore can read the object now.
+    pub fn readable(&self) -> bool {
+        matches!(self, ArchiveState::Hot | ArchiveState::Thawed { .. })
+    }
+
+    /// The archive class, if any.
+    pub fn class(&self) -> Option<&str> {
+        match self {
+            ArchiveState::Hot => None,
+            ArchiveState::Archived { class }
+            | ArchiveState::Thawing { class }
+            | ArchiveState::Thawed { class, .. } => Some(class),
+        }
+    }
+}
+
+/// How fast (and at what price) a thaw runs: S3's retrieval tiers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ThawTier {
+    Expedited,
+    Standard,
+    Bulk,
+}
+
+impl ThawTier {
+    pub const ALL: [ThawTier; 3] = [ThawTier::Expedited, ThawTier::Standard, ThawTier::Bulk];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ThawTier::Expedited => "Expedited",
+            ThawTier::Standard => "Standard",
+            ThawTier::Bulk => "Bulk",
+        }
+    }
+}
+
+/// What a thaw request got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThawAnswer {
+    /// Accepted: the copy will be readable within the tier's time (or it
+    /// was already, and its days were extended).
+    Requested,
+    /// A thaw of this object is already running: nothing new was asked.
+    InProgress,
+    /// The object is not in an archive class: nothing to thaw.
+    NotArchived,
+}
+
+/// What thawing `objects` objects of `bytes` in `class` at `tier` is
+/// expected to cost and take, at AWS list prices (us-east-1, as of 2024,
+/// written from memory like docs/cost.md: check the provider's page
+/// before a large restore). `None` where the class has no such tier
+/// (Deep Archive has no Expedited) or is not an archive class.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Estimate {
+    pub tier: ThawTier,
+    pub dollars: f64,
+    /// The provider's stated time until the copy is readable.
+    pub hours: &'static str,
+}
+
+pub fn estimate(class: &str, tier: ThawTier, objects: u64, bytes: u64) -> Option<Estimate> {
+    // (per GB, per 1,000 requests, time)
+    let (per_gb, per_k, hours) = match (class, tier) {
+        ("GLACIER", ThawTier::Expedited) => (0.03, 10.0, "1-5 minutes"),
+        ("GLACIER", ThawTier::Standard) => (0.01, 0.05, "3-5 hours"),
+        ("GLACIER", ThawTier::Bulk) => (0.0, 0.0, "5-12 hours"),
+        ("DEEP_ARCHIVE", ThawTier::Standard) => (0.02, 0.10, "within 12 hours"),
+        ("DEEP_ARCHIVE", ThawTier::Bulk) => (0.0025, 0.025, "within 48 hours"),
+        _ => return None,
+    };
+    let gb = bytes as f64 / 1e9;
+    Some(Estimate {
+        tier,
+        dollars: gb * per_gb + objects as f64 / 1000.0 * per_k,
+        hours,
+    })
+}
+
+/// Whether objects in this storage class need a thaw before a read.
+pub fn needs_thaw(class: &str) -> bool {
+    matches!(class, "GLACIER" | "DEEP_ARCHIVE")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimates_follow_the_price_table_and_refuse_missing_tiers() {
+        let e = estimate("DEEP_ARCHIVE", ThawTier::Bulk, 2000, 100_000_000_000).unwrap();
+        assert!((e.dollars - (100.0 * 0.0025 + 2.0 * 0.025)).abs() < 1e-9);
+        assert!(estimate("DEEP_ARCHIVE", ThawTier::Expedited, 1, 1).is_none());
+        assert!(estimate("STANDARD_IA", ThawTier::Bulk, 1, 1).is_none());
+        assert!(needs_thaw("GLACIER") && !needs_thaw("GLACIER_IR"));
+    }
+}

@@ -1,0 +1,214 @@
+//! `xfull restore --plan` and `xfull thaw`: which objects a restore of a
+//! point needs from an archive class, and asking the store to thaw them.
+//!
+//! Both read metadata only (the point's nodes and the chunk index, which
+//! stay hot) and one HEAD per pack the point uses. A thaw is idempotent
+//! and resumable by construction: it looks at every pack's state first and
+//! asks only for those still archived with no thaw running, so an
+//! interrupted thaw is finished by running it again, and a second run
+//! asks for nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+
+use crate::archive::{ArchiveState, ThawAnswer, ThawTier};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::manifest::Manifest;
+use crate::placement::archive::PackState;
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+/// Nodes read and packs looked at, at once.
+const IN_FLIGHT: usize = 16;
+
+/// What a restore of some disks of a point needs.
+#[derive(Clone, Debug, Default)]
+pub struct ThawPlan {
+    /// Packs the restore reads, and their bytes.
+    pub packs: u64,
+    pub bytes: u64,
+    /// Chunks the index does not know (a restore reports them damaged).
+    pub unknown_chunks: u64,
+    /// Every pack that is not hot: archived, thawing or thawed.
+    pub archive: Vec<PackState>,
+}
+
+/// Objects and bytes, per class or state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+impl ThawPlan {
+    /// Archived packs with no thaw running, per storage class.
+    pub fn to_thaw(&self) -> BTreeMap<String, Count> {
+        self.count(|s| matches!(s, ArchiveState::Archived { .. }))
+    }
+
+    /// Packs being thawed, per storage class.
+    pub fn thawing(&self) -> BTreeMap<String, Count> {
+        self.count(|s| matches!(s, ArchiveState::Thawing { .. }))
+    }
+
+    /// Packs with a readable copy, per storage class.
+    pub fn thawed(&self) -> BTreeMap<String, Count> {
+        self.count(|s| matches!(s, ArchiveState::Thawed { .. }))
+    }
+
+    /// Whether a restore can read everything now.
+    pub fn ready(&self) -> bool {
+        self.archive.iter().all(|p| p.state.readable())
+    }
+
+    fn count(&self, which: impl Fn(&ArchiveState) -> bool) -> BTreeMap<String, Count> {
+        let mut m: BTreeMap<String, Count> = BTreeMap::new();
+        for p in self.archive.iter().filter(|p| which(&p.state)) {
+            let c = m
+                .entry(p.state.class().unwrap_or("").to_string())
+                .or_default();
+            c.objects += 1;
+            c.bytes += p.bytes;
+        }
+        m
+    }
+}
+
+/// Finds the packs a restore of `disks` of `m` reads and their state.
+pub async fn plan(
+    repo: &Repository,
+    m: &Manifest,
+    disks: &[String],
+    progress: &Progress,
+) -> Result<ThawPlan> {
+    let mut nodes: Vec<ObjectId> = Vec::new();
+    for d in disks {
+        nodes.extend(m.disk(d)?.segments.iter().flatten());
+    }
+    nodes.sort_unstable();
+    nodes.dedup();
+    progress.add_total(nodes.len() as u64);
+    let placement = repo.chunks();
+    let index = placement.open_index().await?;
+    let mut packs: Vec<ObjectId> = Vec::new();
+    let mut unique = 0;
+    let mut unknown = 0;
+    let mut found = futures::stream::iter(nodes.iter().map(|id| {
+        let (placement, index) = (placement.clone(), index.clone());
+        async move {
+            let node = repo.load_node(id).await?;
+            let ids: Vec<ObjectId> = node.chunk_ids().collect();
+            let mut packs = Vec::new();
+            let unknown = placement.packs_of(&index, &ids, &mut packs).await?;
+            Ok::<_, Error>((packs, unknown))
+        }
+    }))
+    .buffer_unordered(IN_FLIGHT);
+    while let Some(r) = found.next().await {
+        stop_if_cancelled(progress)?;
+        let (p, u) = r?;
+        packs.extend(p);
+        unknown += u;
+        progress.add_done(1);
+        // A disk's chunks share few packs: keep the list near its
+        // distinct entries, not one per chunk.
+        if packs.len() > 2 * unique + 4096 {
+            packs.sort_unstable();
+            packs.dedup();
+            unique = packs.len();
+        }
+    }
+    drop(found);
+    packs.sort_unstable();
+    packs.dedup();
+    let states: Vec<PackState> = futures::stream::iter(packs.iter().map(|p| {
+        let placement = placement.clone();
+        async move { placement.pack_state(p).await }
+    }))
+    .buffered(IN_FLIGHT)
+    .try_collect()
+    .await?;
+    stop_if_cancelled(progress)?;
+    Ok(ThawPlan {
+        packs: states.len() as u64,
+        bytes: states.iter().map(|s| s.bytes).sum(),
+        unknown_chunks: unknown,
+        archive: states
+            .into_iter()
+            .filter(|s| s.state != ArchiveState::Hot)
+            .collect(),
+    })
+}
+
+/// What `thaw` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ThawOutcome {
+    /// Thaws asked for now.
+    pub requested: Count,
+    /// Already being thawed (asked by an earlier run): left alone.
+    pub in_progress: Count,
+    /// Already readable: left alone.
+    pub thawed: Count,
+}
+
+/// Asks for a readable copy, for `days` days at `tier`, of every pack of
+/// `plan` that is archived with no thaw running.
+pub async fn thaw(
+    repo: &Repository,
+    plan: &ThawPlan,
+    days: u32,
+    tier: ThawTier,
+    progress: &Progress,
+) -> Result<ThawOutcome> {
+    if days == 0 {
+        return Err(Error::InvalidArgument(
+            "a thaw must keep its copy at least 1 day".into(),
+        ));
+    }
+    let mut out = ThawOutcome::default();
+    let add = |c: &mut Count, p: &PackState| {
+        c.objects += 1;
+        c.bytes += p.bytes;
+    };
+    let mut asks = Vec::new();
+    for p in &plan.archive {
+        match p.state {
+            ArchiveState::Archived { .. } => asks.push(p),
+            ArchiveState::Thawing { .. } => add(&mut out.in_progress, p),
+            ArchiveState::Thawed { .. } | ArchiveState::Hot => add(&mut out.thawed, p),
+        }
+    }
+    progress.add_total(asks.len() as u64);
+    let placement = Arc::new(repo.chunks());
+    let mut answers = futures::stream::iter(asks.into_iter().map(|p| {
+        let placement = placement.clone();
+        async move { Ok::<_, Error>((p, placement.thaw_pack(&p.pack, days, tier).await?)) }
+    }))
+    .buffer_unordered(IN_FLIGHT);
+    while let Some(r) = answers.next().await {
+        let (p, answer) = r?;
+        match answer {
+            ThawAnswer::Requested => add(&mut out.requested, p),
+            ThawAnswer::InProgress => add(&mut out.in_progress, p),
+            // Moved to a hot class since the plan looked: readable.
+            ThawAnswer::NotArchived => add(&mut out.thawed, p),
+        }
+        progress.add_done(1);
+        stop_if_cancelled(progress)?;
+    }
+    Ok(out)
+}
+
+fn stop_if_cancelled(progress: &Progress) -> Result<()> {
+    if progress.is_cancelled() {
+        // Nothing to undo: requests already sent stand, and the next run
+        // sees them as running.
+        return Err(Error::Cancelled {
+            cleaned: "nothing to clean up; run it again to finish".into(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Restores from an archive class: `restore --plan` and `thaw` over a
+//! store that plays S3's DEEP_ARCHIVE (`ArchiveSim`: chunk data answers
+//! reads with "archived" until a thaw finished; metadata stays hot).
+
+use std::sync::Arc;
+
+use xfull_core::archive::ThawTier;
+use xfull_core::backup::backup;
+use xfull_core::chunker::ChunkParams;
+use xfull_core::config::RepoConfig;
+use xfull_core::manifest::Manifest;
+use xfull_core::progress::Progress;
+use xfull_core::repo::Repository;
+use xfull_core::restore::{RestoreOptions, Target, restore};
+use xfull_core::testing::{ArchiveSim, MemBackend};
+use xfull_core::thaw::{plan, thaw};
+use xfull_core::{Error, thaw::ThawPlan};
+use xfull_integration::{Region, write_image};
+
+use crate::engine::request;
+
+const SEG: u64 = 1 << 20;
+
+async fn restore_to(
+    repo: &Repository,
+    m: &Manifest,
+    out: &std::path::Path,
+) -> xfull_core::Result<()> {
+    let target = Target::parse(out.to_str().unwrap())?;
+    restore(
+        repo,
+        m,
+        "d",
+        &target,
+        RestoreOptions::default(),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn plan_of(repo: &Repository, m: &Manifest) -> ThawPlan {
+    plan(repo, m, &["d".to_string()], &Progress::default())
+        .await
+        .unwrap()
+}
+
+/// The whole flow: a plan lists exactly the packs of the point (not those
+/// of another VM), a restore before the thaw fails as "archived" (an
+/// outage, not damage), an interrupted thaw is finished by a second run,
+/// a third asks for nothing, and once the thaws complete the restore is
+/// bit-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_thaw_interrupted_resumed_then_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write_image(
+        &a,
+        &[Region::Random(5 << 20), Region::Text(3 << 20)],
+        1,
+        true,
+    )
+    .unwrap();
+    write_image(&b, &[Region::Random(2 << 20)], 2, true).unwrap();
+    let sim = Arc::new(ArchiveSim::new(Arc::new(MemBackend::default())));
+    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    let progress = || Arc::new(Progress::default());
+    // Three points, each rewriting a region: the last one reads packs of
+    // all three backups.
+    let mut m = backup(&repo, request("vm", &a), progress()).await.unwrap();
+    for i in 1..3u8 {
+        let f = std::fs::OpenOptions::new().write(true).open(&a).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[i; 300_000], u64::from(i) * SEG).unwrap();
+        m = backup(&repo, request("vm", &a), progress()).await.unwrap();
+    }
+    let other = backup(&repo, request("other", &b), progress())
+        .await
+        .unwrap();
+
+    let p = plan_of(&repo, &m).await;
+    let other_plan = plan_of(&repo, &other).await;
+    assert!(p.packs >= 3 && p.archive.len() as u64 == p.packs, "{p:?}");
+    assert_eq!(p.unknown_chunks, 0);
+    assert_eq!(p.bytes, p.archive.iter().map(|s| s.bytes).sum::<u64>());
+    // Each point's own packs: the two sets are disjoint, and together
+    // they are every archived object.
+    let mine: Vec<_> = p.archive.iter().map(|s| s.key.clone()).collect();
+    let theirs: Vec<_> = other_plan.archive.iter().map(|s| s.key.clone()).collect();
+    assert!(mine.iter().all(|k| !theirs.contains(k)));
+    let mut all = [mine.clone(), theirs].concat();
+    all.sort();
+    assert_eq!(all, sim.archived_keys());
+    assert_eq!(p.to_thaw()["DEEP_ARCHIVE"].objects, p.packs);
+    assert!(!p.ready());
+
+    let out = dir.path().join("restored");
+    match restore_to(&repo, &m, &out).await {
+        Err(Error::Archived { key, .. }) => assert!(mine.contains(&key), "{key}"),
+        other => panic!("a restore of archived data: {other:?}"),
+    }
+
+    // Interrupted: the second request fails.
+    let packs = p.packs;
+    sim.fail_thaws_after(Some(1));
+    let e = thaw(&repo, &p, 3, ThawTier::Bulk, &Progress::default()).await;
+    assert!(matches!(e, Err(Error::Backend(_))), "{e:?}");
+    sim.fail_thaws_after(None);
+    let before = sim.thaw_requests();
+    let again = plan_of(&repo, &m).await;
+    let done = thaw(&repo, &again, 3, ThawTier::Bulk, &Progress::default())
+        .await
+        .unwrap();
+    // Only what the first run did not ask for is asked now.
+    assert_eq!(done.requested.objects + done.in_progress.objects, packs);
+    assert_eq!(sim.thaw_requests() - before, done.requested.objects);
+    assert!(done.in_progress.objects >= 1);
+
+    // A third run: everything is thawing, nothing is asked.
+    let third = plan_of(&repo, &m).await;
+    assert_eq!(third.thawing()["DEEP_ARCHIVE"].objects, packs);
+    let before = sim.thaw_requests();
+    let none = thaw(&repo, &third, 3, ThawTier::Bulk, &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(none.requested.objects, 0);
+    assert_eq!(sim.thaw_requests(), before);
+    assert!(restore_to(&repo, &m, &out).await.is_err(), "still thawing");
+
+    sim.finish_thaws();
+    assert!(plan_of(&repo, &m).await.ready());
+    restore_to(&repo, &m, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&a).unwrap());
+    // The other VM's packs were never thawed.
+    assert!(!plan_of(&repo, &other).await.ready());
+}
+
+/// A store without archive classes: every pack is hot, nothing to thaw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_archive_classes_needs_no_thaw() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    write_image(&a, &[Region::Random(2 << 20)], 3, true).unwrap();
+    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(Arc::new(MemBackend::default()), config)
+        .await
+        .unwrap();
+    let m = backup(&repo, request("vm", &a), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    let p = plan_of(&repo, &m).await;
+    assert!(p.packs >= 1 && p.archive.is_empty() && p.ready(), "{p:?}");
+    let t = thaw(&repo, &p, 1, ThawTier::Standard, &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(t, Default::default());
+    let e = thaw(&repo, &p, 0, ThawTier::Standard, &Progress::default()).await;
+    assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+}
+
+/// The commands on a directory (no archive classes): the plan says there
+/// is nothing to thaw, a thaw asks for nothing, and bad arguments are
+/// usage errors.
+#[test]
+fn the_plan_and_thaw_commands_on_a_directory() {
+    use xfull_integration::env::{Env, fails, stderr};
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(1 << 20)], 4, false).unwrap();
+    e.backup("vm", &[("d", &img)]);
+    let out = e
+        .x(&["restore", "--plan", "vm@latest", "--disk", "d"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("a restore reads 1 pack(s)"), "{text}");
+    assert!(text.contains("nothing to thaw"), "{text}");
+    let out = e
+        .x(&[
+            "--json",
+            "thaw",
+            "vm@latest",
+            "--tier",
+            "bulk",
+            "--days",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["requested"]["objects"], 0, "{v}");
+    assert_eq!(v["tier"], "Bulk", "{v}");
+    for (args, wanted) in [
+        (&["restore", "vm@latest", "--disk", "d"][..], "--to"),
+        (&["restore", "--plan", "vm@latest"][..], "--disk"),
+        (
+            &["restore", "--plan", "vm@latest", "--disk", "d", "--to", "x"][..],
+            "--to",
+        ),
+        (
+            &["thaw", "vm@latest", "--tier", "bulk", "--days", "0"][..],
+            "--days",
+        ),
+        (
+            &["thaw", "vm@latest", "--tier", "slow", "--days", "1"][..],
+            "--tier",
+        ),
+    ] {
+        let (code, err) = fails(e.x(args));
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(wanted), "{args:?}: {err}");
+    }
+    let (code, err) = fails(e.x(&[
+        "thaw",
+        "vm@latest",
+        "--disk",
+        "nope",
+        "--tier",
+        "bulk",
+        "--days",
+        "1",
+    ]));
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
+}

@@ -1,0 +1,202 @@
+//! Archive classes on S3: an object's class and restore status (HEAD:
+//! `x-amz-storage-class`, `x-amz-restore`), and RestoreObject ("thaw").
+
+use std::sync::atomic::Ordering;
+
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest, Tier};
+use chrono::{DateTime, Utc};
+use xfull_core::archive::{ArchiveState, ThawAnswer, ThawTier, needs_thaw};
+use xfull_core::backend::{BackendError, ObjectMeta};
+
+use crate::attempts::Attempts;
+use crate::{S3Backend, to_chrono};
+
+impl S3Backend {
+    pub(crate) async fn head_archive(
+        &self,
+        key: &str,
+    ) -> Result<(ObjectMeta, ArchiveState), BackendError> {
+        self.counters.head.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = &self.budget {
+            b.admit(0).await;
+        }
+        let attempts = Attempts::new(self.errors.https());
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.opts.bucket)
+            .key(self.key(key))
+            .customize()
+            .config_override(attempts.config())
+            .send()
+            .await
+            .map_err(|e| self.errors.map(e, key, attempts.made()))?;
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: to_chrono(out.last_modified()),
+        };
+        let class = out.storage_class().map(|c| c.as_str());
+        Ok((meta, state_of(class, out.restore())))
+    }
+
+    pub(crate) async fn restore_object(
+        &self,
+        key: &str,
+        days: u32,
+        tier: ThawTier,
+    ) -> Result<ThawAnswer, BackendError> {
+        self.counters.restore.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = &self.budget {
+            b.admit(0).await;
+        }
+        let job = GlacierJobParameters::builder()
+            .tier(Tier::from(tier.name()))
+            .build()
+            .map_err(|e| BackendError::Other {
+                location: self.opts.location(),
+                message: format!("building the thaw request of {key}: {e}"),
+            })?;
+        let request = RestoreRequest::builder()
+            .days(i32::try_from(days).unwrap_or(i32::MAX))
+            .glacier_job_parameters(job)
+            .build();
+        let attempts = Attempts::new(self.errors.https());
+        let sent = self
+            .client
+            .restore_object()
+            .bucket(&self.opts.bucket)
+            .key(self.key(key))
+            .restore_request(request)
+            .customize()
+            .config_override(attempts.config())
+            .send()
+            .await;
+        match sent {
+            // 202: started; 200: a copy exists and its days were extended.
+            Ok(_) => Ok(ThawAnswer::Requested),
+            Err(e) => match answer_of(e.as_service_error().and_then(|s| s.code())) {
+                Some(a) => Ok(a),
+                None => Err(self.errors.map(e, key, attempts.made())),
+            },
+        }
+    }
+}
+
+/// An object's state from its storage class and `x-amz-restore` header
+/// (`ongoing-request="true"`, or `ongoing-request="false", expiry-date="Fri,
+/// 21 Dec 2012 00:00:00 GMT"`).
+pub(crate) fn state_of(class: Option<&str>, restore: Option<&str>) -> ArchiveState {
+    let Some(class) = class.filter(|c| needs_thaw(c)) else {
+        return ArchiveState::Hot;
+    };
+    let class = class.to_string();
+    let Some(r) = restore else {
+        return ArchiveState::Archived { class };
+    };
+    if r.contains("ongoing-request=\"true\"") {
+        return ArchiveState::Thawing { class };
+    }
+    let until = r
+        .split_once("expiry-date=\"")
+        .and_then(|(_, rest)| rest.split('"').next())
+        .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+        .map(|d| d.with_timezone(&Utc));
+    ArchiveState::Thawed { class, until }
+}
+
+/// The answers to RestoreObject that are outcomes, not failures.
+fn answer_of(code: Option<&str>) -> Option<ThawAnswer> {
+    match code? {
+        "RestoreAlreadyInProgress" => Some(ThawAnswer::InProgress),
+        // Not in an archive class (S3 says one or the other).
+        "ObjectAlreadyInActiveTierError" | "InvalidObjectState" => Some(ThawAnswer::NotArchived),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_headers_read_as_states() {
+        let deep = Some("DEEP_ARCHIVE");
+        assert_eq!(state_of(None, None), ArchiveState::Hot);
+        assert_eq!(state_of(Some("GLACIER_IR"), None), ArchiveState::Hot);
+        assert_eq!(state_of(Some("STANDARD_IA"), Some("x")), ArchiveState::Hot);
+        let class = "DEEP_ARCHIVE".to_string();
+        assert_eq!(
+            state_of(deep, None),
+            ArchiveState::Archived {
+                class: class.clone()
+            }
+        );
+        assert_eq!(
+            state_of(deep, Some("ongoing-request=\"true\"")),
+            ArchiveState::Thawing {
+                class: class.clone()
+            }
+        );
+        let until = DateTime::parse_from_rfc2822("Fri, 21 Dec 2012 00:00:00 GMT")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            state_of(
+                deep,
+                Some("ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\"")
+            ),
+            ArchiveState::Thawed {
+                class: class.clone(),
+                until: Some(until)
+            }
+        );
+        // A header that cannot be read is still a finished restore.
+        assert_eq!(
+            state_of(
+                deep,
+                Some("ongoing-request=\"false\", expiry-date=\"soon\"")
+            ),
+            ArchiveState::Thawed { class, until: None }
+        );
+    }
+
+    #[test]
+    fn restore_answers_that_are_outcomes() {
+        assert_eq!(
+            answer_of(Some("RestoreAlreadyInProgress")),
+            Some(ThawAnswer::InProgress)
+        );
+        assert_eq!(
+            answer_of(Some("InvalidObjectState")),
+            Some(ThawAnswer::NotArchived)
+        );
+        assert_eq!(answer_of(Some("AccessDenied")), None);
+        assert_eq!(answer_of(None), None);
+    }
+
+    /// Through the SDK: HEAD headers read as a state, 202 and 409 to
+    /// RestoreObject as answers, and a refused restore as an error.
+    #[tokio::test]
+    async fn the_sdk_answers_read_as_states_and_thaw_answers() {
+        use xfull_core::backend::Backend;
+
+        use crate::budget_tests::{Fake, backend};
+        let fake = Fake::new(&[200, 202, 409, 403]);
+        let b = backend(&fake, Default::default()).await;
+        let (meta, state) = b.archive_state("packs/ab/x").await.unwrap();
+        assert_eq!(meta.size, 3);
+        assert!(matches!(state, ArchiveState::Thawing { .. }), "{state:?}");
+        assert_eq!(
+            b.thaw("packs/ab/x", 2, ThawTier::Bulk).await.unwrap(),
+            ThawAnswer::Requested
+        );
+        assert_eq!(
+            b.thaw("packs/ab/x", 2, ThawTier::Bulk).await.unwrap(),
+            ThawAnswer::InProgress
+        );
+        assert!(b.thaw("packs/ab/x", 2, ThawTier::Bulk).await.is_err());
+        assert_eq!(b.request_counts()["restore"], 3);
+    }
+}
