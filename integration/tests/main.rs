@@ -19,6 +19,7 @@ mod incremental;
 mod init_failures;
 mod integrity;
 mod json_schema;
+mod least_privilege;
 mod mount;
 mod nbd_source;
 mod operations;
