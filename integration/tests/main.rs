@@ -30,6 +30,7 @@ mod restore_safety;
 mod retention;
 mod s3;
 mod s3_errors;
+mod s3_least_privilege;
 mod serve;
 mod serve_clients;
 mod serve_damage;
