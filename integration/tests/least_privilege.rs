@@ -284,3 +284,44 @@ async fn gc_and_prune_with_the_backup_role_fail_and_change_nothing() {
     assert!(report.skipped.is_none(), "{report:?}");
     verify_clean(&s.admin).await;
 }
+
+/// A local repository whose files the file system refuses to remove (an
+/// immutable manifest, `chattr +i`): prune fails with exit 1 naming the
+/// command, the refused delete and the key, not a bare "storage error".
+#[test]
+fn a_local_delete_the_file_system_refuses_names_the_permission() {
+    use xfull_integration::env::{Env, fails};
+    let e = Env::init();
+    let img = e.path("d.img");
+    let disk = format!("d={}", img.display());
+    for seed in [1, 2] {
+        write_image(&img, &[Region::Random(SEG)], seed, false).unwrap();
+        e.x(&["backup", "--vm", "vm", "--disk", &disk])
+            .assert()
+            .success();
+    }
+    let points = e.json(&["points"])["points"].clone();
+    let oldest = points[0]["id"].as_str().unwrap().to_string();
+    let manifest = e.repo.join("points/vm").join(&oldest);
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .args([flag, manifest.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        eprintln!("skipped: this file system has no immutable flag (chattr +i)");
+        return;
+    }
+    let out = fails(e.x(&["prune", "--keep-last", "1"]));
+    chattr("-i");
+    let (code, err) = out;
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "prune needs permission to delete objects",
+        &format!("refused to delete points/vm/{oldest}"),
+    ] {
+        assert!(err.contains(want), "want {want:?} in {err}");
+    }
+    e.x(&["prune", "--keep-last", "1"]).assert().success();
+}
