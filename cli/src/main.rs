@@ -5,6 +5,7 @@ mod args_index;
 mod args_key;
 mod cli;
 mod cmd;
+mod denied;
 mod fuse_fs;
 mod metrics;
 mod open;
@@ -86,7 +87,9 @@ fn main() -> ExitCode {
     };
     runtime.spawn(cancel_on_signals());
     let started = std::time::Instant::now();
-    let result = runtime.block_on(dispatch(&cli));
+    let result = runtime
+        .block_on(dispatch(&cli))
+        .map_err(|e| denied::explain(&cli.command, e));
     let status = result.as_ref().map_or_else(exit_status, |_| 0);
     if !cli.quiet
         && let Some(b) = open::BUDGET.get()

@@ -39,8 +39,24 @@ pub enum BackendError {
         message: String,
     },
 
+    /// The store does not know these credentials or refuses them as a
+    /// whole (bad key, expired token, no credentials at all).
     #[error("access to {location} denied: {message}")]
     Unauthenticated { location: String, message: String },
+
+    /// The store knows the credentials and refuses them this one request:
+    /// a policy (S3 403 AccessDenied to a signed request) or the file
+    /// system (EACCES, EPERM) does not let them `operation` the key. Not
+    /// damage and not worth retrying; least-privilege roles
+    /// (docs/least-privilege.md) meet it by design, so it names what was
+    /// refused for the operator to grant or to run elsewhere.
+    #[error("{location} refused to {operation} {key}: {message}")]
+    PermissionDenied {
+        location: String,
+        key: String,
+        operation: Operation,
+        message: String,
+    },
 
     /// Worth retrying: throttling, timeouts, a dropped connection.
     #[error("temporary failure at {location}: {message}")]
@@ -74,10 +90,56 @@ impl BackendError {
     pub fn is_already_exists(&self) -> bool {
         matches!(self, BackendError::AlreadyExists { .. })
     }
+    /// True when the store refused this request to these credentials.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, BackendError::PermissionDenied { .. })
+    }
     /// True when the stored object itself is damaged (not the store
     /// unreachable or the access denied).
     pub fn is_corrupt(&self) -> bool {
         matches!(self, BackendError::Corrupt { .. })
+    }
+}
+
+/// What a refused request was for, as permissions are granted: S3
+/// policies grant reading, listing, writing and deleting separately, and
+/// a bucket policy can allow only create-only writes (condition key
+/// `s3:if-none-match`), which refuses overwrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Read,
+    List,
+    /// A put; a store that cannot tell whether it would have replaced an
+    /// object (S3) says this.
+    Write,
+    /// A put known to replace an existing object ([`PutMode::Overwrite`]).
+    Overwrite,
+    Delete,
+}
+
+impl Operation {
+    /// The permission as an S3 policy names it (`s3:PutObject` covers
+    /// both writes and overwrites; `s3:ListBucket` is granted on the
+    /// bucket, the others on its objects).
+    pub fn s3_action(self) -> &'static str {
+        match self {
+            Operation::Read => "s3:GetObject",
+            Operation::List => "s3:ListBucket",
+            Operation::Write | Operation::Overwrite => "s3:PutObject",
+            Operation::Delete => "s3:DeleteObject",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Operation::Read => "read",
+            Operation::List => "list",
+            Operation::Write => "write",
+            Operation::Overwrite => "overwrite",
+            Operation::Delete => "delete",
+        })
     }
 }
 

@@ -4,7 +4,9 @@
 //! "already exists" and would leave the damaged copy in place: a backup
 //! that produces an object with such a record stores it again over the
 //! damaged copy, then clears the record. `repair` removes what the records
-//! name. Records are hints: a stale one costs one extra upload.
+//! name. Records are hints: a stale one costs one extra upload. A backup
+//! whose credentials may not delete (docs/least-privilege.md) leaves them
+//! in place and says so; `repair` clears the stale ones.
 
 use std::collections::HashSet;
 

@@ -58,6 +58,11 @@ pub enum Warning {
         object: String,
         reason: String,
     },
+    /// Damage records of objects this backup stored again, or found
+    /// sound, could not be removed (the store refused: a least-privilege
+    /// backup role may not delete). They only cost re-uploads and checks
+    /// until `xfull repair` with delete rights removes them.
+    DamageRecordsKept { records: u64, reason: String },
     /// A served point's segment could not be read for a reason other than
     /// damage (the store failed or refused): reads there fail with EIO
     /// until it can be read.
@@ -116,6 +121,13 @@ impl fmt::Display for Warning {
                 f,
                 "point {point}, disk {disk}: damaged data at offset {offset}, {length} bytes \
                  ({object}): {reason}; clients reading it get EIO (run `xfull verify`)"
+            ),
+            Warning::DamageRecordsKept { records, reason } => write!(
+                f,
+                "{records} damage record(s) of chunks or nodes this backup stored again or found \
+                 sound were left in place ({reason}); the point is sound, and later backups only \
+                 check or upload those objects again until `xfull repair`, run with credentials \
+                 that may delete, removes the records"
             ),
             Warning::ServedDataUnreadable {
                 point,

@@ -37,6 +37,24 @@ fn free_port() -> u16 {
 
 impl S3Server {
     pub fn start() -> S3Server {
+        Self::start_with_user(None)
+    }
+
+    /// A SeaweedFS started here with a second identity besides the
+    /// admin one: `user` is (name, access key, secret key, actions), the
+    /// actions as SeaweedFS names them (`Read`, `Write`, `List`,
+    /// `Tagging`, `Admin`). Its policy ARN is
+    /// `arn:aws:iam::000000000000:user/<name>`. None when the tests use
+    /// another server (`XFULL_TEST_S3_ENDPOINT`): its identities are not
+    /// ours to make.
+    pub fn with_user(name: &str, key: &str, secret: &str, actions: &[&str]) -> Option<S3Server> {
+        if std::env::var("XFULL_TEST_S3_ENDPOINT").is_ok() {
+            return None;
+        }
+        Some(Self::start_with_user(Some((name, key, secret, actions))))
+    }
+
+    fn start_with_user(user: Option<(&str, &str, &str, &[&str])>) -> S3Server {
         if let Ok(endpoint) = std::env::var("XFULL_TEST_S3_ENDPOINT") {
             let var = |k: &str| {
                 std::env::var(k)
@@ -63,6 +81,25 @@ impl S3Server {
         let (key, secret) = (format!("test-{s3}"), format!("secret-{master}-{volume}"));
         let bucket = "xfull-test".to_string();
         let log = std::fs::File::create(dir.path().join("weed.log")).expect("log file");
+        let mut args = Vec::new();
+        if let Some((name, k, s, actions)) = user {
+            // With a config file SeaweedFS takes its identities from it
+            // alone: the admin one is listed too.
+            let identity = |name: &str, k: &str, s: &str, actions: &[&str]| {
+                serde_json::json!({
+                    "name": name,
+                    "credentials": [{"accessKey": k, "secretKey": s}],
+                    "actions": actions,
+                })
+            };
+            let config = serde_json::json!({"identities": [
+                identity("admin", &key, &secret, &["Admin", "Read", "List", "Tagging", "Write"]),
+                identity(name, k, s, actions),
+            ]});
+            let path = dir.path().join("s3.json");
+            std::fs::write(&path, config.to_string()).expect("s3 config");
+            args.push(format!("-s3.config={}", path.display()));
+        }
         let child = Command::new("weed")
             .args([
                 "mini",
@@ -80,6 +117,7 @@ impl S3Server {
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
             ])
+            .args(&args)
             .env("AWS_ACCESS_KEY_ID", &key)
             .env("AWS_SECRET_ACCESS_KEY", &secret)
             .stdin(Stdio::null())

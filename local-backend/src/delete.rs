@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
-use xfull_core::backend::BackendError;
+use xfull_core::backend::{BackendError, Operation};
 
 use crate::fs::{DIR, Root, kind_name, kind_of};
 
@@ -65,7 +65,7 @@ impl Root {
         // fails (EISDIR); for a link, it removes the link, not its target.
         match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
-            Err(e) => Err(self.other(key, e)),
+            Err(e) => Err(self.refused(key, Operation::Delete, e)),
         }
     }
 }

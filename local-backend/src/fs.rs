@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, Utc};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
-use xfull_core::backend::BackendError;
+use xfull_core::backend::{BackendError, Operation};
 
 /// A repository directory, opened once.
 #[derive(Debug)]
@@ -115,6 +115,22 @@ impl Root {
             location: self.location.clone(),
             message: format!("{key}: {}", io(e)),
         }
+    }
+
+    /// A failure of a system call that would `operation` `key`: EACCES
+    /// and EPERM (file modes, an immutable or append-only file) are the
+    /// file system refusing this user that operation, named as such
+    /// (`BackendError::PermissionDenied`); anything else as [`Self::other`].
+    pub(crate) fn refused(&self, key: &str, operation: Operation, e: Errno) -> BackendError {
+        if e == Errno::ACCESS || e == Errno::PERM {
+            return BackendError::PermissionDenied {
+                location: self.location.clone(),
+                key: key.to_string(),
+                operation,
+                message: io(e).to_string(),
+            };
+        }
+        self.other(key, e)
     }
 
     pub(crate) fn corrupt(&self, key: &str, message: String) -> BackendError {

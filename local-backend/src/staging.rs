@@ -15,7 +15,7 @@ use std::os::fd::OwnedFd;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
-use xfull_core::backend::{BackendError, PutMode};
+use xfull_core::backend::{BackendError, Operation, PutMode};
 
 use crate::fs::{DIR, Root, kind_name, kind_of};
 
@@ -92,7 +92,7 @@ impl Root {
             match rustix::fs::openat(dir, &staging, flags, Mode::from_raw_mode(0o666)) {
                 Ok(fd) => return Ok((staging, fd)),
                 Err(Errno::EXIST) => continue,
-                Err(e) => return Err(self.other(key, e)),
+                Err(e) => return Err(self.refused(key, Operation::Write, e)),
             }
         }
     }
@@ -124,9 +124,13 @@ impl Root {
         match r {
             Ok(()) => Ok(()),
             Err(Errno::EXIST) if mode == PutMode::Create => Err(self.existing(key, dir, name)),
-            Err(e) => Err(self
-                .in_the_way(key, dir, name)
-                .unwrap_or_else(|| self.other(key, e))),
+            Err(e) => Err(self.in_the_way(key, dir, name).unwrap_or_else(|| {
+                let op = match mode {
+                    PutMode::Create => Operation::Write,
+                    PutMode::Overwrite => Operation::Overwrite,
+                };
+                self.refused(key, op, e)
+            })),
         }
     }
 

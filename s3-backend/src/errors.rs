@@ -3,15 +3,23 @@
 //!
 //! Only what proves an object absent is `NotFound`; an object in an
 //! archive tier is `Archived`, throttling and outages are `Transient`,
-//! refused access and missing credentials `Unauthenticated`: none of them
-//! is damage to stored data.
+//! bad or missing credentials `Unauthenticated`, and a request that known
+//! credentials may not make (a 403 AccessDenied from a policy, as
+//! least-privilege roles meet by design) `PermissionDenied`, naming the
+//! operation, the key and the S3 action to grant: none of them is damage
+//! to stored data.
 
 use std::error::Error;
 
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use xfull_core::backend::BackendError;
+use aws_sdk_s3::operation::delete_objects::DeleteObjectsError;
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::operation::head_object::HeadObjectError;
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
+use aws_sdk_s3::operation::put_object::PutObjectError;
+use xfull_core::backend::{BackendError, Operation};
 
 use crate::client::{ANSWER_TIMEOUT, CONNECT_TIMEOUT};
 use crate::transport::{Failure, chain};
@@ -59,7 +67,16 @@ impl Mapper {
                         .trim_start()
                         .to_string(),
                 };
-                self.answer(status, code, &detail, region.as_deref(), key, attempts)
+                let operation = operation_of(se.err());
+                self.answer(
+                    status,
+                    code,
+                    &detail,
+                    region.as_deref(),
+                    key,
+                    attempts,
+                    operation,
+                )
             }
             _ => {
                 if let Some(c) = find::<CredentialsError>(&e) {
@@ -73,7 +90,9 @@ impl Mapper {
         }
     }
 
-    /// An HTTP answer that is an error.
+    /// An HTTP answer that is an error, to a request for `operation` (if
+    /// known).
+    #[allow(clippy::too_many_arguments)]
     fn answer(
         &self,
         status: u16,
@@ -82,6 +101,7 @@ impl Mapper {
         bucket_region: Option<&str>,
         key: &str,
         attempts: u32,
+        operation: Option<Operation>,
     ) -> BackendError {
         let (location, key) = (self.location.clone(), key.to_string());
         let denied = |why: &str| BackendError::Unauthenticated {
@@ -112,6 +132,13 @@ impl Mapper {
             }
             (_, "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired") => {
                 denied("the session token is invalid or expired; get new credentials")
+            }
+            // The server knows the credentials (the codes above say when
+            // it does not) and its policy refuses this request. A HEAD's
+            // 403 has no body, hence no code.
+            (403, "" | "AccessDenied") | (_, "AccessDenied") if operation.is_some() => {
+                let operation = operation.unwrap_or(Operation::Read);
+                self.refused(&key, operation, detail)
             }
             (401 | 403, _) | (_, "AccessDenied") => denied(
                 "these credentials may not do this; check them, the bucket policy and the \
@@ -147,6 +174,34 @@ impl Mapper {
                 ),
             },
             _ => other(format!("{key}: {detail}")),
+        }
+    }
+
+    /// A request the store's policy refused to these credentials.
+    pub fn refused(&self, key: &str, operation: Operation, detail: &str) -> BackendError {
+        BackendError::PermissionDenied {
+            location: self.location.clone(),
+            key: key.to_string(),
+            operation,
+            message: format!(
+                "{detail}: these credentials lack {} here (see the bucket policy and the \
+                 user's permissions; docs/least-privilege.md lists what each command needs)",
+                operation.s3_action()
+            ),
+        }
+    }
+
+    /// One key of a DeleteObjects request that the server did not delete:
+    /// the request succeeded (HTTP 200) and lists the keys it refused, as
+    /// AWS does when a policy denies `s3:DeleteObject` on them.
+    pub fn not_deleted(&self, key: &str, code: &str, message: &str) -> BackendError {
+        let detail = format!("{}: {}", shown(code), shown(message));
+        if code == "AccessDenied" {
+            return self.refused(key, Operation::Delete, &detail);
+        }
+        BackendError::Other {
+            location: self.location.clone(),
+            message: format!("deleting {key}: {detail}"),
         }
     }
 
@@ -254,6 +309,24 @@ fn count(attempts: u32) -> String {
     }
 }
 
+/// What a request asked for, from the type of its error: the mapper is
+/// generic over the SDK's per-operation error types, and a request type
+/// not listed here (None) keeps the generic "access denied" answer.
+fn operation_of<E: Error + 'static>(e: &E) -> Option<Operation> {
+    let e: &(dyn Error + 'static) = e;
+    if e.is::<GetObjectError>() || e.is::<HeadObjectError>() {
+        Some(Operation::Read)
+    } else if e.is::<ListObjectsV2Error>() {
+        Some(Operation::List)
+    } else if e.is::<PutObjectError>() {
+        Some(Operation::Write)
+    } else if e.is::<DeleteObjectsError>() {
+        Some(Operation::Delete)
+    } else {
+        None
+    }
+}
+
 /// The first error of type `T` in `e`'s cause chain.
 fn find<'a, T: Error + 'static>(e: &'a (dyn Error + 'static)) -> Option<&'a T> {
     let mut cur = Some(e);
@@ -269,6 +342,66 @@ fn find<'a, T: Error + 'static>(e: &'a (dyn Error + 'static)) -> Option<&'a T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mapper() -> Mapper {
+        Mapper::new("s3://b/p".into(), Some("http://127.0.0.1:9"), "us-east-1")
+    }
+
+    #[test]
+    fn a_policy_refusal_names_the_operation_key_and_action() {
+        let m = mapper();
+        let e = m.answer(
+            403,
+            "AccessDenied",
+            "AccessDenied: Access Denied (HTTP 403)",
+            None,
+            "packs/ab/cd",
+            1,
+            Some(Operation::Write),
+        );
+        assert!(
+            matches!(&e, BackendError::PermissionDenied { key, operation: Operation::Write, .. } if key == "packs/ab/cd"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("s3:PutObject"), "{e}");
+        // A HEAD's 403 carries no code.
+        let e = m.answer(
+            403,
+            "",
+            "(HTTP 403)",
+            None,
+            "config",
+            1,
+            Some(Operation::Read),
+        );
+        assert!(
+            e.is_permission_denied() && e.to_string().contains("s3:GetObject"),
+            "{e}"
+        );
+        // Unknown credentials stay Unauthenticated.
+        let e = m.answer(
+            403,
+            "InvalidAccessKeyId",
+            "x",
+            None,
+            "k",
+            1,
+            Some(Operation::Read),
+        );
+        assert!(matches!(e, BackendError::Unauthenticated { .. }), "{e}");
+        let e = m.not_deleted("points/v/1", "AccessDenied", "Access Denied.");
+        assert!(
+            matches!(
+                &e,
+                BackendError::PermissionDenied {
+                    operation: Operation::Delete,
+                    ..
+                }
+            ) && e.to_string().contains("s3:DeleteObject")
+                && e.to_string().contains("points/v/1"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn server_text_is_tamed() {

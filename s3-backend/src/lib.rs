@@ -422,15 +422,9 @@ impl Backend for S3Backend {
                 &batch[0]
             )?;
             if let Some(err) = out.errors().first() {
-                return Err(BackendError::Other {
-                    location: self.location(),
-                    message: format!(
-                        "deleting {}: {} {}",
-                        err.key().unwrap_or("?"),
-                        err.code().unwrap_or(""),
-                        err.message().unwrap_or("")
-                    ),
-                });
+                let key = self.unkey(err.key().unwrap_or("?"));
+                let (code, message) = (err.code().unwrap_or(""), err.message().unwrap_or(""));
+                return Err(self.errors.not_deleted(key, code, message));
             }
         }
         Ok(())

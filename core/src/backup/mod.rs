@@ -202,8 +202,15 @@ async fn commit_and_recheck(
             objects: manifest.stats.objects_restored,
         }));
     }
-    // Best effort: a stale record only costs another upload.
-    let _ = crate::damage::clear(repo, &replaced).await;
+    // Best effort: a stale record only costs another upload (or, for a
+    // node, a check). Credentials that may not delete (the backup role)
+    // leave the records to `repair`; the user is told.
+    if let Err(e) = crate::damage::clear(repo, &replaced).await {
+        progress.notice(Notice::Warning(Warning::DamageRecordsKept {
+            records: replaced.len() as u64,
+            reason: e.to_string(),
+        }));
+    }
     let committed = repo
         .backend()
         .head(&crate::keys::point(&manifest.vm, &manifest.id))

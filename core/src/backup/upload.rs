@@ -10,7 +10,8 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use crate::error::Result;
+use crate::damage::Health;
+use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::lease::ObjectRef;
 use crate::manifest::BackupStats;
@@ -86,9 +87,9 @@ impl Uploader<'_> {
         if let (Some(id), Some(plain)) = (job.segment, job.node) {
             let replaced = self.trust.damaged_nodes.contains(&id);
             let (stored, len) = if replaced {
-                let len = self.repo.replace_node(&id, &plain).await?;
+                let r = self.replace_node(&id, &plain).await?;
                 self.note_replaced(crate::keys::node(&id));
-                (Stored::New, len)
+                r
             } else {
                 self.repo.put_node(&id, &plain).await?
             };
@@ -106,5 +107,30 @@ impl Uploader<'_> {
             all.extend(existed);
         }
         Ok((job.idx, job.segment, stats))
+    }
+}
+
+impl Uploader<'_> {
+    /// Stores a node over a copy known damaged. Credentials that may not
+    /// overwrite (the backup role, docs/least-privilege.md) are refused;
+    /// then a create-only put stores the node if it is gone, and a copy
+    /// already there is relied on only if it is sound (its record was
+    /// stale, e.g. left by an earlier backup that could not delete it). A
+    /// damaged copy must first be removed by `repair`: the refusal stands,
+    /// and no point relying on the damaged copy is committed.
+    async fn replace_node(&self, id: &ObjectId, plain: &[u8]) -> Result<(Stored, u64)> {
+        let refused = match self.repo.replace_node(id, plain).await {
+            Ok(len) => return Ok((Stored::New, len)),
+            Err(Error::Backend(e)) if e.is_permission_denied() => e,
+            Err(e) => return Err(e),
+        };
+        let (stored, len) = self.repo.put_node(id, plain).await?;
+        if stored == Stored::New {
+            return Ok((stored, len));
+        }
+        match self.repo.check_node(id).await? {
+            Health::Sound => Ok((Stored::Existed, len)),
+            Health::Damaged(_) | Health::Gone => Err(Error::Backend(refused)),
+        }
     }
 }

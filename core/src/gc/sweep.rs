@@ -49,6 +49,7 @@ mod batches;
 mod cancel;
 mod cleanup;
 mod packs;
+mod preflight;
 mod publisher;
 mod spare;
 pub mod targeted;
@@ -183,6 +184,7 @@ impl Sweep {
         let started = if dry_run {
             Utc::now()
         } else {
+            preflight::may_sweep(b.as_ref()).await?;
             loop {
                 match b
                     .put(
