@@ -57,6 +57,7 @@ fn name(command: &Command) -> &'static str {
         Command::Points(_) => "points",
         Command::Show(_) => "show",
         Command::Restore(_) => "restore",
+        Command::Thaw(_) => "thaw",
         Command::Diff(_) => "diff",
         Command::SnapshotDiff(_) => "snapshot-diff",
         Command::Prune(_) => "prune",
