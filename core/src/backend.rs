@@ -115,6 +115,8 @@ pub enum Operation {
     /// A put known to replace an existing object ([`PutMode::Overwrite`]).
     Overwrite,
     Delete,
+    /// Asking an archive class for a readable copy (S3 RestoreObject).
+    Thaw,
 }
 
 impl Operation {
@@ -127,6 +129,7 @@ impl Operation {
             Operation::List => "s3:ListBucket",
             Operation::Write | Operation::Overwrite => "s3:PutObject",
             Operation::Delete => "s3:DeleteObject",
+            Operation::Thaw => "s3:RestoreObject",
         }
     }
 }
@@ -139,6 +142,7 @@ impl std::fmt::Display for Operation {
             Operation::Write => "write",
             Operation::Overwrite => "overwrite",
             Operation::Delete => "delete",
+            Operation::Thaw => "thaw",
         })
     }
 }

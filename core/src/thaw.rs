@@ -2,7 +2,10 @@
 //! point needs from an archive class, and asking the store to thaw them.
 //!
 //! Both read metadata only (the point's nodes and the chunk index, which
-//! stay hot) and one HEAD per pack the point uses. A thaw is idempotent
+//! stay hot) and one HEAD per pack the point uses: every pack that holds
+//! a copy of one of its chunks (a chunk stored twice, after a repair or
+//! by two backups at once, has two), since a restore falls back to a
+//! second copy when the first is gone or damaged. A thaw is idempotent
 //! and resumable by construction: it looks at every pack's state first and
 //! asks only for those still archived with no thaw running, so an
 //! interrupted thaw is finished by running it again, and a second run
@@ -11,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use crate::archive::{ArchiveState, ThawAnswer, ThawTier};
 use crate::error::{Error, Result};
@@ -32,6 +35,9 @@ pub struct ThawPlan {
     pub bytes: u64,
     /// Chunks the index does not know (a restore reports them damaged).
     pub unknown_chunks: u64,
+    /// Packs the index names that are gone (rewritten by a gc since, or
+    /// lost): a restore reads another copy or reports the chunk damaged.
+    pub missing_packs: u64,
     /// Every pack that is not hot: archived, thawing or thawed.
     pub archive: Vec<PackState>,
 }
@@ -124,18 +130,25 @@ pub async fn plan(
     drop(found);
     packs.sort_unstable();
     packs.dedup();
-    let states: Vec<PackState> = futures::stream::iter(packs.iter().map(|p| {
+    let mut states: Vec<PackState> = Vec::new();
+    let mut missing = 0;
+    let mut looked = futures::stream::iter(packs.iter().map(|p| {
         let placement = placement.clone();
         async move { placement.pack_state(p).await }
     }))
-    .buffered(IN_FLIGHT)
-    .try_collect()
-    .await?;
-    stop_if_cancelled(progress)?;
+    .buffered(IN_FLIGHT);
+    while let Some(r) = looked.next().await {
+        stop_if_cancelled(progress)?;
+        match r? {
+            Some(s) => states.push(s),
+            None => missing += 1,
+        }
+    }
     Ok(ThawPlan {
         packs: states.len() as u64,
         bytes: states.iter().map(|s| s.bytes).sum(),
         unknown_chunks: unknown,
+        missing_packs: missing,
         archive: states
             .into_iter()
             .filter(|s| s.state != ArchiveState::Hot)
@@ -167,6 +180,14 @@ pub async fn thaw(
         return Err(Error::InvalidArgument(
             "a thaw must keep its copy at least 1 day".into(),
         ));
+    }
+    for class in plan.to_thaw().keys() {
+        if crate::archive::estimate(class, tier, 1, 1).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "{class} has no {} retrieval tier: use another --tier",
+                tier.name()
+            )));
+        }
     }
     let mut out = ThawOutcome::default();
     let add = |c: &mut Count, p: &PackState| {

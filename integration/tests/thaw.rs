@@ -100,6 +100,12 @@ async fn plan_thaw_interrupted_resumed_then_restore() {
         other => panic!("a restore of archived data: {other:?}"),
     }
 
+    // Deep Archive has no Expedited tier: refused before any request.
+    let before = sim.thaw_requests();
+    let e = thaw(&repo, &p, 3, ThawTier::Expedited, &Progress::default()).await;
+    assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+    assert_eq!(sim.thaw_requests(), before);
+
     // Interrupted: the second request fails.
     let packs = p.packs;
     sim.fail_thaws_after(Some(1));

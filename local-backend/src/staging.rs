@@ -124,6 +124,18 @@ impl Root {
         match r {
             Ok(()) => Ok(()),
             Err(Errno::EXIST) if mode == PutMode::Create => Err(self.existing(key, dir, name)),
+            // link(2)'s EPERM is mostly a file system without hard links
+            // (vfat, exFAT, some FUSE and CIFS mounts), not a refusal to
+            // this user: saying "permission" would send the operator to
+            // the wrong fix.
+            Err(Errno::PERM) if mode == PutMode::Create => Err(BackendError::Other {
+                location: self.location.clone(),
+                message: format!(
+                    "{key}: the file system refused a hard link (EPERM), which create-only \
+                     writes need: a repository directory must be on a file system with hard \
+                     links (ext4, xfs, btrfs, zfs, NFS)"
+                ),
+            }),
             Err(e) => Err(self.in_the_way(key, dir, name).unwrap_or_else(|| {
                 let op = match mode {
                     PutMode::Create => Operation::Write,

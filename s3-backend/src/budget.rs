@@ -2,24 +2,31 @@
 //! `--max-upload-bytes-per-second`, for providers that throttle (or bill)
 //! past a rate, and links shared with other traffic.
 //!
-//! Each limit is a schedule of slots ([`Pace`]): a request may start at
-//! its slot, and its cost (one request; its body's bytes) pushes the next
-//! slot back by cost / rate. Over any span of time the requests started
-//! are at most the rate times the span plus one, and the bytes sent at
-//! most the rate times the span plus one body: a body is paid for when
-//! it starts, then sent at link speed, not shaped while it streams.
+//! Each limit is a schedule ([`Pace`]): the next moment a request may
+//! start, pushed back by each request's cost (one request; its body's
+//! bytes) over the rate. Over any span of time the requests started are
+//! at most the rate times the span plus one, and the bytes sent at most
+//! the rate times the span plus one body per request in flight: a body is
+//! paid for when it starts, then sent at link speed, not shaped while it
+//! streams.
 //!
-//! Where the waiting happens matters, because the SDK bounds an attempt's
-//! time (5 minutes, `client.rs`) from the moment it calls the connector:
-//! - a request's first attempt waits for its slot in the backend, before
-//!   the SDK sees it ([`Budget::admit`]), so thirty-two uploads queued
-//!   behind a slow budget never time out while they wait;
+//! Where the waiting happens matters, because the SDK times an attempt
+//! from the moment it calls the connector: 5 minutes in all, and an
+//! upload whose body is not read for 20 s fails as stalled (`client.rs`):
+//! - a request's first attempt waits in the backend, before the SDK sees
+//!   it ([`Budget::admit`]), for as long as the budget says; waiting
+//!   requests take a slot only once it has come (nothing is booked ahead),
+//!   so the schedule never runs ahead of now by more than the cost of the
+//!   requests just started;
 //! - every later attempt (a retry after 503 SlowDown, a dropped
-//!   connection) waits in the HTTP connector ([`Limited`]), the SDK's
-//!   lowest layer, so retries are paid for like any request and
-//!   throttling cannot make xfull exceed the budget. Such a wait is short:
-//!   first attempts only take slots when they start, so the schedule
-//!   never runs ahead of now by more than one request's cost.
+//!   connection) goes through the HTTP connector ([`Limited`]), the SDK's
+//!   lowest layer, and waits there for its request slot, usually at most
+//!   a second away (no booking ahead, and at least one request a second),
+//!   never more than 10 s. Its body's bytes are charged in full but not
+//!   waited for (the SDK calls an upload held back 20 s stalled): the
+//!   requests after it wait for them instead, so a throttling server
+//!   cannot make xfull exceed the budget over time, only send a retried
+//!   body early.
 //!
 //! The attempt counter (`attempts.rs`) tags every attempt with its number,
 //! which is how the connector tells a paid first attempt from a retry; a
@@ -45,10 +52,8 @@ pub struct Limits {
     pub upload_bytes_per_second: Option<u64>,
 }
 
-/// The lowest upload budget: a retry waits in the connector for up to one
-/// body's worth of it, within the SDK's 5-minute attempt time, and the
-/// largest object xfull writes is an index shard of up to 40 MiB (160 s
-/// at this rate).
+/// The lowest upload budget: smaller ones are not meant (a 16 MiB pack
+/// then holds the next upload back a minute).
 pub const MIN_UPLOAD_BYTES_PER_SECOND: u64 = 256 << 10;
 
 impl Limits {
@@ -83,39 +88,50 @@ impl Limits {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AttemptNo(pub u32);
 
-/// One rate: the next free slot.
+/// The longest a retry waits for its request slot in the connector: well
+/// inside the SDK's 20 s grace for an upload whose body is not read. Only
+/// many requests waiting at once make a slot that far away (nothing is
+/// booked ahead); past it the retry goes and is charged, so the requests
+/// after it wait instead.
+const RETRY_WAIT: Duration = Duration::from_secs(10);
+
+/// One rate: the moment the next request may start.
 #[derive(Debug)]
 struct Pace {
     per_second: f64,
-    next: Mutex<Option<Instant>>,
+    next: Option<Instant>,
 }
 
 impl Pace {
     fn new(per_second: f64) -> Pace {
         Pace {
             per_second,
-            next: Mutex::new(None),
+            next: None,
         }
     }
 
-    /// Takes the first slot at or after `now` for `cost` units and returns
-    /// when it starts.
-    fn reserve(&self, cost: u64, now: Instant) -> Instant {
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let start = next.map_or(now, |n| n.max(now));
+    /// Whether a request may start at `now`; if not, when.
+    fn free_at(&self, now: Instant) -> Option<Instant> {
+        self.next.filter(|n| *n > now)
+    }
+
+    /// Charges `cost` units to a request starting at `now` (or to the one
+    /// before it, if that one's charge still runs).
+    fn charge(&mut self, cost: u64, now: Instant) {
+        let from = self.next.map_or(now, |n| n.max(now));
         // Seconds as f64: exact enough for any rate a flag can give, and
         // no overflow for a huge body at a tiny rate (capped at a day).
         let secs = (cost as f64 / self.per_second).min(86_400.0);
-        *next = Some(start + Duration::from_secs_f64(secs));
-        start
+        self.next = Some(from + Duration::from_secs_f64(secs));
     }
 }
 
 /// Both limits of one client, and what they cost in waiting.
 #[derive(Debug)]
 pub struct Budget {
-    requests: Option<Pace>,
-    upload: Option<Pace>,
+    /// Both paces under one lock: a request takes its request and upload
+    /// slots together, so no two requests can start on one slot.
+    paces: Mutex<(Option<Pace>, Option<Pace>)>,
     waited_ms: AtomicU64,
     paid: AtomicU64,
 }
@@ -123,39 +139,84 @@ pub struct Budget {
 impl Budget {
     pub fn new(limits: Limits) -> Budget {
         Budget {
-            requests: limits.requests_per_second.map(Pace::new),
-            upload: limits.upload_bytes_per_second.map(|b| Pace::new(b as f64)),
+            paces: Mutex::new((
+                limits.requests_per_second.map(Pace::new),
+                limits.upload_bytes_per_second.map(|b| Pace::new(b as f64)),
+            )),
             waited_ms: AtomicU64::new(0),
             paid: AtomicU64::new(0),
         }
     }
 
-    /// Takes a slot for one request with `body` bytes to upload, asked at
-    /// `now`, and returns when it starts.
-    fn slot(&self, body: u64, now: Instant) -> Instant {
-        let mut start = now;
-        if let Some(p) = &self.requests {
-            start = start.max(p.reserve(1, now));
+    /// Starts a request at `now` if the budget has room for it, charging
+    /// both limits; else says when to look again. `wait_for_bytes` false
+    /// charges the body without waiting for room for it (retries).
+    fn try_start(&self, body: u64, wait_for_bytes: bool, now: Instant) -> Result<(), Instant> {
+        let mut paces = self.paces.lock().unwrap_or_else(|p| p.into_inner());
+        let (requests, upload) = &mut *paces;
+        let busy = [
+            requests.as_ref().and_then(|p| p.free_at(now)),
+            upload
+                .as_ref()
+                .filter(|_| wait_for_bytes && body > 0)
+                .and_then(|p| p.free_at(now)),
+        ];
+        if let Some(later) = busy.into_iter().flatten().max() {
+            return Err(later);
         }
-        if let Some(p) = &self.upload
+        if let Some(p) = requests {
+            p.charge(1, now);
+        }
+        if let Some(p) = upload
             && body > 0
         {
-            start = start.max(p.reserve(body, now));
+            p.charge(body, now);
         }
-        start
+        Ok(())
     }
 
-    /// Waits for a slot for one request with `body` bytes to upload.
-    pub async fn admit(&self, body: u64) {
-        let now = Instant::now();
-        let start = self.slot(body, now);
-        self.paid.fetch_add(1, Ordering::Relaxed);
-        if start > now {
-            let wait = start - now;
-            self.waited_ms
-                .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
-            tokio::time::sleep_until(start).await;
+    /// Waits for room and charges; a retry (`wait_for_bytes` false) waits
+    /// at most [`RETRY_WAIT`], then goes and is charged all the same.
+    async fn start(&self, body: u64, wait_for_bytes: bool) {
+        let first = Instant::now();
+        let deadline = first + RETRY_WAIT;
+        loop {
+            let now = Instant::now();
+            match self.try_start(body, wait_for_bytes, now) {
+                Ok(()) => break,
+                Err(at) if !wait_for_bytes && at > deadline => {
+                    self.charge_anyway(body, now);
+                    break;
+                }
+                Err(at) => tokio::time::sleep_until(at).await,
+            }
         }
+        self.paid.fetch_add(1, Ordering::Relaxed);
+        let waited = first.elapsed().as_millis() as u64;
+        self.waited_ms.fetch_add(waited, Ordering::Relaxed);
+    }
+
+    fn charge_anyway(&self, body: u64, now: Instant) {
+        let mut paces = self.paces.lock().unwrap_or_else(|p| p.into_inner());
+        let (requests, upload) = &mut *paces;
+        if let Some(p) = requests {
+            p.charge(1, now);
+        }
+        if let Some(p) = upload {
+            p.charge(body, now);
+        }
+    }
+
+    /// Waits until the budget has room for a request with `body` bytes to
+    /// upload, and charges it.
+    pub async fn admit(&self, body: u64) {
+        self.start(body, true).await;
+    }
+
+    /// A retry: waits for a request slot, charges its body without
+    /// waiting for room for it.
+    async fn retry(&self, body: u64) {
+        self.start(body, false).await;
     }
 
     /// Requests (attempts) paid for so far.
@@ -163,8 +224,8 @@ impl Budget {
         self.paid.load(Ordering::Relaxed)
     }
 
-    /// Time spent waiting for slots so far, in milliseconds (summed over
-    /// requests waiting at once).
+    /// Time spent waiting for the budget so far, in milliseconds (summed
+    /// over requests waiting at once).
     pub fn waited_ms(&self) -> u64 {
         self.waited_ms.load(Ordering::Relaxed)
     }
@@ -214,7 +275,7 @@ impl HttpConnector for LimitedConnector {
         let inner = self.inner.clone();
         let budget = self.budget.clone();
         HttpConnectorFuture::new(async move {
-            budget.admit(body).await;
+            budget.retry(body).await;
             inner.call(request).await
         })
     }
@@ -228,35 +289,46 @@ mod tests {
         base + Duration::from_millis(ms)
     }
 
+    fn budget(requests: Option<f64>, upload: Option<u64>) -> Budget {
+        Budget::new(Limits {
+            requests_per_second: requests,
+            upload_bytes_per_second: upload,
+        })
+    }
+
     #[test]
-    fn slots_are_spaced_by_cost_over_rate_and_never_before_now() {
-        let base = Instant::now();
-        let p = Pace::new(4.0);
-        assert_eq!(p.reserve(1, base), base);
-        assert_eq!(p.reserve(1, base), at(base, 250));
-        assert_eq!(p.reserve(2, base), at(base, 500));
-        // The next slot is at 1 s; asked later than that, it starts then.
-        assert_eq!(p.reserve(1, at(base, 3000)), at(base, 3000));
-        assert_eq!(p.reserve(1, at(base, 3000)), at(base, 3250));
+    fn requests_start_a_cost_over_rate_apart_and_nothing_is_booked_ahead() {
+        let t0 = Instant::now();
+        let b = budget(Some(4.0), None);
+        assert_eq!(b.try_start(0, true, t0), Ok(()));
+        // Asked again and again before its time: still the same answer,
+        // and asking books nothing.
+        assert_eq!(b.try_start(0, true, t0), Err(at(t0, 250)));
+        assert_eq!(b.try_start(0, true, at(t0, 100)), Err(at(t0, 250)));
+        assert_eq!(b.try_start(0, true, at(t0, 250)), Ok(()));
+        // Much later: starts at once, the next a quarter second after.
+        assert_eq!(b.try_start(0, true, at(t0, 3000)), Ok(()));
+        assert_eq!(b.try_start(0, true, at(t0, 3000)), Err(at(t0, 3250)));
+    }
+
+    #[test]
+    fn a_request_needs_room_in_both_limits_and_a_retry_only_in_requests() {
+        let t0 = Instant::now();
+        let b = budget(Some(10.0), Some(1000));
+        assert_eq!(b.try_start(2000, true, t0), Ok(())); // the bytes run 2 s
+        assert_eq!(b.try_start(0, true, at(t0, 100)), Ok(())); // no body
+        assert_eq!(b.try_start(10, true, at(t0, 200)), Err(at(t0, 2000)));
+        // A retry charges its bytes without waiting for them...
+        assert_eq!(b.try_start(1000, false, at(t0, 200)), Ok(()));
+        // ...so the next upload waits for them too.
+        assert_eq!(b.try_start(10, true, at(t0, 2000)), Err(at(t0, 3000)));
     }
 
     #[test]
     fn a_huge_body_at_a_tiny_rate_is_capped_not_an_overflow() {
-        let base = Instant::now();
-        let p = Pace::new(1.0);
-        p.reserve(u64::MAX, base);
-        assert_eq!(p.reserve(1, base), at(base, 86_400_000));
-    }
-
-    #[test]
-    fn a_request_takes_the_later_of_both_slots() {
-        let b = Budget::new(Limits {
-            requests_per_second: Some(10.0),
-            upload_bytes_per_second: Some(1000),
-        });
         let t0 = Instant::now();
-        assert_eq!(b.slot(2000, t0), t0); // the next upload slot is 2 s on
-        assert_eq!(b.slot(0, t0), at(t0, 100)); // no body: the request rate only
-        assert_eq!(b.slot(10, t0), at(t0, 2000)); // a body waits for the upload slot
+        let b = budget(None, Some(1));
+        assert_eq!(b.try_start(u64::MAX, true, t0), Ok(()));
+        assert_eq!(b.try_start(1, true, t0), Err(at(t0, 86_400_000)));
     }
 }

@@ -193,3 +193,27 @@ async fn budgets_that_cannot_work_are_refused_naming_the_option() {
         assert!(e.to_string().contains(what), "{e}");
     }
 }
+
+/// A retried upload is charged its bytes but not held back for them (the
+/// SDK fails an upload whose body is not read for 20 s): the next upload
+/// waits for both attempts' bytes instead, 4 s at 256 KiB/s for two
+/// attempts of 512 KiB.
+#[tokio::test]
+async fn a_retried_upload_goes_at_once_and_the_next_pays_for_it() {
+    let fake = Fake::new(&[503]);
+    let limits = Limits {
+        requests_per_second: None,
+        upload_bytes_per_second: Some(256 << 10),
+    };
+    let b = backend(&fake, limits).await;
+    let body = Bytes::from(vec![7u8; 512 << 10]);
+    let t0 = Instant::now();
+    b.put("a", body.clone(), PutMode::Overwrite).await.unwrap();
+    b.put("b", body, PutMode::Overwrite).await.unwrap();
+    let seen = fake.seen();
+    let attempts: Vec<_> = seen.iter().map(|s| s.attempt).collect();
+    assert_eq!(attempts, [Some(1), Some(2), Some(1)]);
+    let after = seen[2].at - t0;
+    assert!(after >= Duration::from_secs(4), "{after:?}");
+    assert_eq!(b.budget().unwrap().paid(), 3);
+}

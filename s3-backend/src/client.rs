@@ -32,6 +32,8 @@ use aws_sdk_s3::config::{
 use std::sync::Arc;
 
 use aws_sdk_s3::config::SharedHttpClient;
+use aws_smithy_http_client::ConnectorBuilder;
+use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
 use crate::S3Options;
@@ -119,9 +121,18 @@ pub(crate) async fn build(
 }
 
 /// The client the SDK builds when given none (hyper, rustls on aws-lc,
-/// with the features this workspace enables), to wrap in the budget.
+/// the proxy from `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` as the SDK's
+/// behaviour version says), to wrap in the budget: built the same way, so
+/// that a budget changes nothing else about how requests travel.
 fn default_http_client() -> SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-        .build_https()
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+        let mut conn =
+            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        conn.set_connector_settings(settings.cloned());
+        if let Some(c) = components {
+            conn.set_sleep_impl(c.sleep_impl());
+        }
+        conn.set_proxy_config(Some(ProxyConfig::from_env()));
+        conn.build()
+    })
 }

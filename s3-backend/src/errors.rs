@@ -19,6 +19,7 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::operation::head_object::HeadObjectError;
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
 use aws_sdk_s3::operation::put_object::PutObjectError;
+use aws_sdk_s3::operation::restore_object::RestoreObjectError;
 use xfull_core::backend::{BackendError, Operation};
 
 use crate::client::{ANSWER_TIMEOUT, CONNECT_TIMEOUT};
@@ -136,7 +137,17 @@ impl Mapper {
             // The server knows the credentials (the codes above say when
             // it does not) and its policy refuses this request. A HEAD's
             // 403 has no body, hence no code.
-            (403, "" | "AccessDenied") | (_, "AccessDenied") if operation.is_some() => {
+            (403, "") if operation.is_some() => {
+                // Without a code the 403 may as well be bad or expired
+                // credentials or a skewed clock: say both.
+                let operation = operation.unwrap_or(Operation::Read);
+                let detail = format!(
+                    "{detail} (HTTP 403 without an error code, as to a HEAD: a policy refused \
+                     it, or the credentials are invalid or expired, or the clock is off)"
+                );
+                self.refused(&key, operation, &detail)
+            }
+            (403, "AccessDenied") | (_, "AccessDenied") if operation.is_some() => {
                 let operation = operation.unwrap_or(Operation::Read);
                 self.refused(&key, operation, detail)
             }
@@ -322,6 +333,8 @@ fn operation_of<E: Error + 'static>(e: &E) -> Option<Operation> {
         Some(Operation::Write)
     } else if e.is::<DeleteObjectsError>() {
         Some(Operation::Delete)
+    } else if e.is::<RestoreObjectError>() {
+        Some(Operation::Thaw)
     } else {
         None
     }

@@ -30,6 +30,7 @@ pub async fn plan(cli: &Cli, point: &str, disks: &[String]) -> Result<()> {
             "packs": p.packs,
             "bytes": p.bytes,
             "unknown_chunks": p.unknown_chunks,
+            "missing_packs": p.missing_packs,
             "ready": p.ready(),
             "to_thaw": counts(&p.to_thaw()),
             "thawing": counts(&p.thawing()),
@@ -111,6 +112,13 @@ fn text(point: &str, p: &ThawPlan) -> String {
         s += &format!(
             "\n{} chunk(s) are in no index entry: the restore would report them damaged",
             p.unknown_chunks
+        );
+    }
+    if p.missing_packs > 0 {
+        s += &format!(
+            "\n{} pack(s) the index names are gone (a gc since, or lost): a restore reads \
+             another copy or reports those chunks damaged",
+            p.missing_packs
         );
     }
     if p.archive.is_empty() {

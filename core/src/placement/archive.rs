@@ -20,8 +20,9 @@ pub struct PackState {
 }
 
 impl Placement {
-    /// The packs holding `ids` (the copy a restore reads first), added to
-    /// `packs` (sorted and deduplicated by the caller); returns how many
+    /// The packs holding `ids`, every place of each (a restore reads the
+    /// first copy whose pack exists and falls back to the others), added
+    /// to `packs` (sorted and deduplicated by the caller); returns how many
     /// ids the index does not know (a restore would report them damaged).
     pub async fn packs_of(
         &self,
@@ -29,27 +30,33 @@ impl Placement {
         ids: &[ObjectId],
         packs: &mut Vec<ObjectId>,
     ) -> Result<u64> {
-        let places = index.lookup(ids).await?;
+        let places = index.lookup_all(ids).await?;
         let mut unknown = 0;
         for p in places {
-            match p {
-                Some(e) => packs.push(e.pack),
-                None => unknown += 1,
+            if p.is_empty() {
+                unknown += 1;
             }
+            packs.extend(p.iter().map(|e| e.pack));
         }
         Ok(unknown)
     }
 
-    /// A pack's size and archive state (one HEAD).
-    pub async fn pack_state(&self, pack: &ObjectId) -> Result<PackState> {
+    /// A pack's size and archive state (one HEAD); `None` if it is gone
+    /// (a gc rewrote it since the index was read, or it was lost: a
+    /// restore then reads another copy or reports the chunk damaged).
+    pub async fn pack_state(&self, pack: &ObjectId) -> Result<Option<PackState>> {
         let key = keys::pack(pack);
-        let (meta, state) = self.backend.archive_state(&key).await?;
-        Ok(PackState {
+        let (meta, state) = match self.backend.archive_state(&key).await {
+            Ok(found) => found,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(PackState {
             pack: *pack,
             key,
             bytes: meta.size,
             state,
-        })
+        }))
     }
 
     /// Asks the store for a readable copy of a pack.
