@@ -84,15 +84,18 @@ pub enum Error {
     /// A restore met chunk data in an archive storage class with no
     /// readable copy (not damage: thawing it makes it readable).
     #[error(
-        "point {point}, disk {disk}: the data at offset {offset} is in {key}, which is in an \
-         archive storage class and not thawed: `xfull restore --plan` lists what the restore \
-         needs, `xfull thaw` asks the store for it"
+        "point {point}, disk {disk}: cannot read the data at offset {offset} ({object}): \
+         {reason}; `xfull restore --plan` lists what the restore needs from the archive, \
+         `xfull thaw` asks the store for it"
     )]
     Archived {
         point: String,
         disk: String,
         offset: u64,
+        object: String,
+        /// The archived object (a pack).
         key: String,
+        reason: String,
     },
 
     /// A restore told to go on past damage wrote zeros for damaged or

@@ -139,12 +139,14 @@ impl SegmentCtx {
                 chunk: object.in_error(),
                 reason: e.to_string(),
             }
-        } else if let Error::Backend(crate::backend::BackendError::Archived { key, .. }) = e {
+        } else if let Error::Backend(crate::backend::BackendError::Archived { key, .. }) = &e {
             Error::Archived {
                 point,
                 disk,
                 offset,
-                key,
+                object: object.described(),
+                key: key.clone(),
+                reason: e.to_string(),
             }
         } else {
             Error::Unreadable {
