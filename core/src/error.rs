@@ -93,8 +93,7 @@ pub enum Error {
         disk: String,
         offset: u64,
         object: String,
-        /// The archived object (a pack).
-        key: String,
+        /// The store's words, naming the archived object (a pack).
         reason: String,
     },
 

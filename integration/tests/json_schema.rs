@@ -173,6 +173,17 @@ fn every_command_prints_the_documented_json() {
         0,
     );
     validate("stats", &["stats"], 0);
+    let plan = validate(
+        "restore-plan",
+        &["restore", "--plan", "vm@latest", "--disk", "d"],
+        0,
+    );
+    assert_eq!(plan["ready"], true, "{plan}");
+    validate(
+        "thaw",
+        &["thaw", "vm@latest", "--tier", "bulk", "--days", "1"],
+        0,
+    );
     let v = validate("verify", &["verify", "--read-data", "--subset", "1/3"], 0);
     assert_eq!(v["subset"], "1/3", "a plain string, not {{\"Part\":..}}");
     validate("repair", &["repair", "--dry-run"], 0);

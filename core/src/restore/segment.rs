@@ -139,13 +139,12 @@ impl SegmentCtx {
                 chunk: object.in_error(),
                 reason: e.to_string(),
             }
-        } else if let Error::Backend(crate::backend::BackendError::Archived { key, .. }) = &e {
+        } else if let Error::Backend(crate::backend::BackendError::Archived { .. }) = &e {
             Error::Archived {
                 point,
                 disk,
                 offset,
                 object: object.described(),
-                key: key.clone(),
                 reason: e.to_string(),
             }
         } else {
