@@ -43,7 +43,7 @@ pub struct ThawPlan {
 }
 
 /// Objects and bytes, per class or state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Count {
     pub objects: u64,
     pub bytes: u64,

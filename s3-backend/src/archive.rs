@@ -18,20 +18,14 @@ impl S3Backend {
         key: &str,
     ) -> Result<(ObjectMeta, ArchiveState), BackendError> {
         self.counters.head.fetch_add(1, Ordering::Relaxed);
-        if let Some(b) = &self.budget {
-            b.admit(0).await;
-        }
-        let attempts = Attempts::new(self.errors.https());
-        let out = self
-            .client
-            .head_object()
-            .bucket(&self.opts.bucket)
-            .key(self.key(key))
-            .customize()
-            .config_override(attempts.config())
-            .send()
-            .await
-            .map_err(|e| self.errors.map(e, key, attempts.made()))?;
+        let out = send!(
+            self,
+            self.client
+                .head_object()
+                .bucket(&self.opts.bucket)
+                .key(self.key(key)),
+            key
+        )?;
         let meta = ObjectMeta {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -48,9 +42,6 @@ impl S3Backend {
         tier: ThawTier,
     ) -> Result<ThawAnswer, BackendError> {
         self.counters.restore.fetch_add(1, Ordering::Relaxed);
-        if let Some(b) = &self.budget {
-            b.admit(0).await;
-        }
         let job = GlacierJobParameters::builder()
             .tier(Tier::from(tier.name()))
             .build()
@@ -62,23 +53,21 @@ impl S3Backend {
             .days(i32::try_from(days).unwrap_or(i32::MAX))
             .glacier_job_parameters(job)
             .build();
-        let attempts = Attempts::new(self.errors.https());
-        let sent = self
-            .client
-            .restore_object()
-            .bucket(&self.opts.bucket)
-            .key(self.key(key))
-            .restore_request(request)
-            .customize()
-            .config_override(attempts.config())
-            .send()
-            .await;
+        let (sent, made) = send_raw!(
+            self,
+            self.client
+                .restore_object()
+                .bucket(&self.opts.bucket)
+                .key(self.key(key))
+                .restore_request(request),
+            0
+        );
         match sent {
             // 202: started; 200: a copy exists and its days were extended.
             Ok(_) => Ok(ThawAnswer::Requested),
             Err(e) => match answer_of(e.as_service_error().and_then(|s| s.code())) {
                 Some(a) => Ok(a),
-                None => Err(self.errors.map(e, key, attempts.made())),
+                None => Err(self.errors.map(e, key, made)),
             },
         }
     }

@@ -17,6 +17,37 @@
 //! - Chunks may live in their own storage class; nodes, manifests and the
 //!   config stay in the bucket's default (readable) class.
 
+/// Sends one request built by `$req` with its own attempt counter (see
+/// `attempts.rs`); returns the SDK's result and the attempts made. With a
+/// request budget, its first attempt waits for its slot first
+/// (`budget.rs`), uploading `$body` bytes. Defined before the modules so
+/// that `archive.rs` sends the same way.
+macro_rules! send_raw {
+    ($self:ident, $req:expr, $body:expr) => {{
+        if let Some(b) = &$self.budget {
+            b.admit($body).await;
+        }
+        let attempts = Attempts::new($self.errors.https());
+        let sent = $req
+            .customize()
+            .config_override(attempts.config())
+            .send()
+            .await;
+        (sent, attempts.made())
+    }};
+}
+
+/// [`send_raw!`] with its error mapped for `$key`.
+macro_rules! send {
+    ($self:ident, $req:expr, $key:expr) => {
+        send!($self, $req, $key, 0)
+    };
+    ($self:ident, $req:expr, $key:expr, $body:expr) => {{
+        let (sent, made) = send_raw!($self, $req, $body);
+        sent.map_err(|e| $self.errors.map(e, $key, made))
+    }};
+}
+
 mod archive;
 mod attempts;
 mod budget;
@@ -48,27 +79,6 @@ use attempts::Attempts;
 pub use budget::{Budget, Limits};
 use errors::Mapper;
 pub use options::{InvalidOption, OpenError, S3Options, SSE_VALUES, storage_classes};
-
-/// Sends one request built by `$req` with its own attempt counter (see
-/// `attempts.rs`) and maps its error for `$key`. With a request budget,
-/// its first attempt waits for its slot first (`budget.rs`), uploading
-/// `$body` bytes.
-macro_rules! send {
-    ($self:ident, $req:expr, $key:expr) => {
-        send!($self, $req, $key, 0)
-    };
-    ($self:ident, $req:expr, $key:expr, $body:expr) => {{
-        if let Some(b) = &$self.budget {
-            b.admit($body).await;
-        }
-        let attempts = Attempts::new($self.errors.https());
-        $req.customize()
-            .config_override(attempts.config())
-            .send()
-            .await
-            .map_err(|e| $self.errors.map(e, $key, attempts.made()))
-    }};
-}
 
 /// Requests sent, by kind.
 #[derive(Debug, Default)]

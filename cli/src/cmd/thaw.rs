@@ -32,9 +32,9 @@ pub async fn plan(cli: &Cli, point: &str, disks: &[String]) -> Result<()> {
             "unknown_chunks": p.unknown_chunks,
             "missing_packs": p.missing_packs,
             "ready": p.ready(),
-            "to_thaw": counts(&p.to_thaw()),
-            "thawing": counts(&p.thawing()),
-            "thawed": counts(&p.thawed()),
+            "to_thaw": p.to_thaw(),
+            "thawing": p.thawing(),
+            "thawed": p.thawed(),
             "estimates": estimates(&p),
         }));
     }
@@ -61,32 +61,19 @@ pub async fn run(cli: &Cli, args: &ThawArgs) -> Result<()> {
     let out = thaw(&repo, &p, args.days, tier, &progress).await?;
     drop(bar);
     if cli.json {
-        let c = |c: &Count| json!({"objects": c.objects, "bytes": c.bytes});
         return crate::output::print_json(&json!({
             "point": m.point_name(),
             "disks": disks,
             "tier": tier.name(),
             "days": args.days,
-            "requested": c(&out.requested),
-            "in_progress": c(&out.in_progress),
-            "thawed": c(&out.thawed),
+            "requested": out.requested,
+            "in_progress": out.in_progress,
+            "thawed": out.thawed,
             "requests": repo.backend().request_counts(),
         }));
     }
     println!("{}", thaw_text(&m.point_name(), &out, tier, args.days));
     Ok(())
-}
-
-fn counts(m: &BTreeMap<String, Count>) -> serde_json::Value {
-    m.iter()
-        .map(|(class, c)| {
-            (
-                class.clone(),
-                json!({"objects": c.objects, "bytes": c.bytes}),
-            )
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into()
 }
 
 /// Cost and time per class still to thaw and tier.
