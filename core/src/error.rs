@@ -257,6 +257,20 @@ pub enum Error {
     #[error("record of repositories seen encrypted {}: {reason}", path.display())]
     ClientRecord { path: PathBuf, reason: String },
 
+    /// `copy` was given a target that does not name and seal content as
+    /// its source does (it was not made with `init --like`): the same data
+    /// has other ids there, so nothing could be moved verbatim.
+    #[error(
+        "{target} was not made with `xfull init --like {from}` ({reason}): the same data has \
+         other ids there, so nothing can be copied as stored; make the copy's target with \
+         `xfull init --like`"
+    )]
+    NotLike {
+        from: String,
+        target: String,
+        reason: String,
+    },
+
     /// Master keys are made once per repository; `keys/` already has slots.
     #[error("the repository at {location} already has key slots; refusing to make new master keys")]
     KeysExist { location: String },

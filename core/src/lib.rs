@@ -24,6 +24,7 @@ pub mod codec;
 pub mod config;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+pub mod copy;
 pub mod crypto;
 pub mod damage;
 pub mod diff;

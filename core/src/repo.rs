@@ -64,12 +64,61 @@ impl Repository {
         secret: &Secret,
         params: Argon2Params,
     ) -> Result<Self> {
+        Self::init_encrypted_with(backend, config, secret, params, None).await
+    }
+
+    /// Creates a repository that names and seals content as `source`
+    /// does (`init --like`, see docs/design.md, "Copying a repository"):
+    /// `source`'s segment size, chunking and zstd level, and, if it is
+    /// encrypted, its master keys in a first slot for `secret` (needed
+    /// then). Everything else in `config` (the protocol's times, the store
+    /// settings) is the new repository's own, and so is its repo id.
+    pub async fn init_like(
+        backend: Arc<dyn Backend>,
+        config: RepoConfig,
+        source: &Repository,
+        secret: Option<&Secret>,
+        params: Argon2Params,
+    ) -> Result<Self> {
+        let s = source.config();
+        let config = RepoConfig {
+            segment_size: s.segment_size,
+            chunking: s.chunking,
+            zstd_level: s.zstd_level,
+            ..config
+        };
+        config.validate().map_err(Error::InvalidArgument)?;
+        match (source.codec().master_keys(), secret) {
+            (None, _) => Self::init(backend, config).await,
+            (Some(keys), Some(secret)) => {
+                Self::init_encrypted_with(backend, config, secret, params, Some(keys)).await
+            }
+            (Some(_), None) => Err(Error::InvalidArgument(format!(
+                "{} is encrypted: a repository made like it is encrypted too, and needs a                  password or key file of its own",
+                source.location()
+            ))),
+        }
+    }
+
+    /// [`Repository::init_encrypted`] with new master keys, or with
+    /// `like`'s (a copy target's).
+    async fn init_encrypted_with(
+        backend: Arc<dyn Backend>,
+        config: RepoConfig,
+        secret: &Secret,
+        params: Argon2Params,
+        like: Option<&crypto::MasterKeys>,
+    ) -> Result<Self> {
         if backend.head(keys::CONFIG).await.is_ok() {
             return Err(Error::RepositoryExists {
                 location: backend.location(),
             });
         }
-        let master = match crypto::create_keys(backend.as_ref(), secret, params).await {
+        let created = match like {
+            None => crypto::create_keys(backend.as_ref(), secret, params).await,
+            Some(keys) => crypto::create_keys_like(backend.as_ref(), keys, secret, params).await,
+        };
+        let master = match created {
             Ok(m) => m,
             // Another `init` wrote its slot first: it is making the
             // repository (or made it and crashed before its config).
@@ -191,7 +240,10 @@ impl Repository {
         self.decode_node(id, &bytes)
     }
 
-    fn decode_node(&self, id: &ObjectId, stored: &[u8]) -> Result<Node> {
+    /// Opens and decodes a node's stored bytes, checked against its id
+    /// and this repository's constants (for `copy`, which moves stored
+    /// bytes between repositories with the same keys).
+    pub fn decode_node(&self, id: &ObjectId, stored: &[u8]) -> Result<Node> {
         let framed = self
             .codec
             .open_meta(SealKind::Node, &keys::node(id), stored)?;

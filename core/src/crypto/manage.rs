@@ -53,6 +53,27 @@ pub async fn create_keys(
     Ok(keys.with_slot(&id))
 }
 
+/// The first slot (full access) of a new repository that shares `keys`
+/// with the repository they were unlocked from (`init --like`): chunks,
+/// nodes and sealed objects are then named and sealed alike in both, so
+/// `copy` can move them verbatim. Needs a full-access key (it signs the
+/// slot); refused if `keys/` already holds slots.
+pub async fn create_keys_like(
+    backend: &dyn Backend,
+    keys: &MasterKeys,
+    secret: &Secret,
+    params: Argon2Params,
+) -> Result<MasterKeys> {
+    keys.slot_auth_key("init --like")?;
+    if !read_slots(backend).await?.is_empty() {
+        return Err(Error::KeysExist {
+            location: backend.location(),
+        });
+    }
+    let id = write_slot(backend, keys, keys, secret, params).await?;
+    Ok(keys.clone().with_slot(&id))
+}
+
 /// Wraps `keys` for `secret` in a new slot, signed by `full`.
 async fn write_slot(
     backend: &dyn Backend,

@@ -33,7 +33,10 @@ pub mod slot;
 
 pub use data::{DataOpener, DataPublicKey, DataSealer, DataSecretKey};
 pub use id_hasher::IdHasher;
-pub use manage::{SlotInfo, add_slot, change_secret, create_keys, list_slots, remove_slot, unlock};
+pub use manage::{
+    SlotInfo, add_slot, change_secret, create_keys, create_keys_like, list_slots, remove_slot,
+    unlock,
+};
 pub use master::{Access, MasterKeys};
 pub use password::SecretSources;
 pub use seal::{SealKind, open, seal};

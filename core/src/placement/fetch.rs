@@ -26,7 +26,7 @@ use crate::id::ObjectId;
 use crate::keys;
 
 /// Runs read at once.
-const RUNS_IN_FLIGHT: usize = 4;
+pub(super) const RUNS_IN_FLIGHT: usize = 4;
 
 /// What a fetch read.
 #[derive(Debug)]

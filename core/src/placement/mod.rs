@@ -13,7 +13,9 @@
 //!   knows one;
 //! - [`packer`], [`pack`], [`pack_read`], [`index`], [`lookup`],
 //!   [`known`]: the formats and their readers and writers;
-//! - [`rebuild`]: the index derived again from pack trailers alone.
+//! - [`rebuild`]: the index derived again from pack trailers alone;
+//! - [`transfer`]: chunks moved as stored to a repository with the same
+//!   keys (`xfull copy`), each checked on arrival.
 //!
 //! Packs are put with [`crate::backend::ObjectClass::Data`] (a backend may keep them in a
 //! colder storage class); index objects are metadata.
@@ -44,6 +46,7 @@ pub mod packer;
 pub mod rebuild;
 pub mod shard;
 pub mod sweep;
+pub mod transfer;
 
 pub mod session;
 

@@ -120,7 +120,11 @@ pub async fn read_run(
 
 /// A ranged GET that must return exactly the range: a shorter answer
 /// means the object is shorter than the index or listing said (damage).
-async fn get_exact(backend: &dyn Backend, key: &str, range: Range<u64>) -> Result<Bytes> {
+pub(super) async fn get_exact(
+    backend: &dyn Backend,
+    key: &str,
+    range: Range<u64>,
+) -> Result<Bytes> {
     match read_range(backend, key, range).await? {
         Some(b) => Ok(b),
         None => Err(Error::corrupt(key, "missing from the repository")),

@@ -1,0 +1,55 @@
+//! Whether a target names and seals content as its source does, which
+//! `copy` needs to move stored bytes verbatim: the same segment size and
+//! chunking (the same data cut into the same chunks and segments), and
+//! the same keys (the same ids, and seals that open in both), or no
+//! encryption on either side. `init --like` makes such a target.
+
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+
+/// Refuses a target that was not made like `source` (see the module
+/// doc), naming every difference; refuses a target that is the source.
+/// Costs no request: both are open.
+pub fn check(source: &Repository, target: &Repository) -> Result<()> {
+    let (s, t) = (source.config(), target.config());
+    if s.repo_id == t.repo_id {
+        return Err(Error::InvalidArgument(format!(
+            "{} is the repository being copied (repository id {}): give another one to --to",
+            target.location(),
+            t.repo_id
+        )));
+    }
+    let mut differences = Vec::new();
+    if s.segment_size != t.segment_size {
+        differences.push(format!(
+            "segment size {} there, {} here",
+            t.segment_size, s.segment_size
+        ));
+    }
+    if s.chunking != t.chunking {
+        differences.push(format!(
+            "chunks {}/{}/{} min/avg/max there, {}/{}/{} here",
+            t.chunking.min,
+            t.chunking.avg,
+            t.chunking.max,
+            s.chunking.min,
+            s.chunking.avg,
+            s.chunking.max
+        ));
+    }
+    match (source.codec().master_keys(), target.codec().master_keys()) {
+        (None, None) => {}
+        (Some(a), Some(b)) if a.same_repository(b) => {}
+        (Some(_), Some(_)) => differences.push("other encryption keys".into()),
+        (Some(_), None) => differences.push("unencrypted, the source is encrypted".into()),
+        (None, Some(_)) => differences.push("encrypted, the source is not".into()),
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NotLike {
+        from: source.location(),
+        target: target.location(),
+        reason: differences.join("; "),
+    })
+}

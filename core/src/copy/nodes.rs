@@ -1,0 +1,210 @@
+//! Copying a point's nodes, a batch at a time, and the chunks they need
+//! that the target lacks.
+//!
+//! The order that makes a copy safe to interrupt and re-run: a node is
+//! put (create-only) only after every chunk it names is findable in the
+//! target (in a pack the target's index names, or in one of this
+//! session's packs whose index object was written), and the manifest
+//! comes last. A killed copy leaves packs no index names (orphans for
+//! gc) and whole nodes; a re-run skips what is there.
+//!
+//! A node found in the target is trusted unread only if a point of the
+//! target that the session pinned references it (committed points'
+//! chunks are findable, and the pin keeps them). Any other node there may
+//! be a killed backup's, put before its chunks were stored: its chunks
+//! are looked up like a new node's, and only the node's put is skipped.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::{CopyCounts, Run, in_source};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::keys;
+use crate::lease::ObjectRef;
+use crate::placement::session::{DiskPacks, Found, SessionPacks};
+use crate::repo::{Stored, put_once};
+use crate::session::Session;
+
+/// Node requests (HEAD, GET, PUT) in flight at once.
+const NODE_REQUESTS: usize = 16;
+/// Nodes waiting for their chunks' index object before they are put
+/// (their stored bytes, a few KiB each: a few MiB in all). Each flush
+/// seals the open pack and writes an index object, so this also bounds
+/// how many small packs and index objects a copy makes.
+pub(super) const PENDING_NODES: usize = 4096;
+/// Chunk ids remembered as handed to this session's packs (then
+/// forgotten: a chunk met again is copied again, waste but never a
+/// missing chunk).
+const SENT_CAP: usize = 1 << 20;
+
+/// One point's copy into the target: its pack writer, its nodes waiting
+/// for their index, and what it did.
+pub(super) struct Copier<'a> {
+    run: &'a Run<'a>,
+    packs: Arc<SessionPacks>,
+    disk: Option<DiskPacks>,
+    /// Nodes the session's pinned reference point references.
+    trusted: HashSet<ObjectId>,
+    pending: Vec<(ObjectId, Bytes)>,
+    sent: HashSet<ObjectId>,
+    /// Packs already recorded as the lease's dependencies.
+    dep_packs: HashSet<ObjectId>,
+    pub counts: CopyCounts,
+}
+
+impl<'a> Copier<'a> {
+    pub fn new(run: &'a Run<'a>, packs: Arc<SessionPacks>, trusted: HashSet<ObjectId>) -> Self {
+        Copier {
+            run,
+            packs,
+            disk: None,
+            trusted,
+            pending: Vec::new(),
+            sent: HashSet::new(),
+            dep_packs: HashSet::new(),
+            counts: CopyCounts::default(),
+        }
+    }
+
+    /// Copies the nodes `ids` (distinct) that the target lacks, with the
+    /// chunks they need; puts them at the next [`Copier::flush`].
+    pub async fn batch(&mut self, session: &Session, ids: &[ObjectId]) -> Result<()> {
+        let mut check = Vec::new();
+        for id in ids {
+            if self.trusted.contains(id) {
+                self.counts.nodes_present += 1;
+            } else {
+                check.push(*id);
+            }
+        }
+        let target = self.run.target.backend();
+        let there: Vec<bool> = futures::stream::iter(&check)
+            .map(|id| async move {
+                match target.head(&keys::node(id)).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.is_not_found() => Ok(false),
+                    Err(e) => Err(Error::from(e)),
+                }
+            })
+            .buffered(NODE_REQUESTS)
+            .try_collect()
+            .await?;
+        let source = self.run.source;
+        let loaded: Vec<(ObjectId, Bytes, Vec<ObjectId>)> = futures::stream::iter(&check)
+            .map(|id| async move {
+                let key = keys::node(id);
+                let stored = source
+                    .backend()
+                    .get(&key)
+                    .await
+                    .map_err(|e| in_source(source, crate::repo::missing(e, &key)))?;
+                // Checked before anything relies on it: it opens, decodes
+                // to a node of these constants and hashes to its id.
+                let node = source
+                    .decode_node(id, &stored)
+                    .map_err(|e| in_source(source, e))?;
+                Ok::<_, Error>((*id, stored, node.chunk_ids().collect()))
+            })
+            .buffered(NODE_REQUESTS)
+            .try_collect()
+            .await?;
+        let mut chunks: Vec<ObjectId> = loaded.iter().flat_map(|(_, _, c)| c.clone()).collect();
+        chunks.sort_unstable();
+        chunks.dedup();
+        self.copy_chunks(session, chunks).await?;
+        for ((id, stored, _), there) in loaded.into_iter().zip(there) {
+            self.counts.bytes_read += stored.len() as u64;
+            if there {
+                // Not ours, not pinned: relied on from now on.
+                session.depend([ObjectRef::Node(id)]);
+                self.counts.nodes_present += 1;
+            } else {
+                self.pending.push((id, stored));
+            }
+        }
+        if self.pending.len() >= PENDING_NODES {
+            self.flush(session).await?;
+        }
+        Ok(())
+    }
+
+    /// Copies the chunks among `ids` (sorted, distinct) that the target
+    /// does not have; records the target's packs it relies on.
+    async fn copy_chunks(&mut self, session: &Session, mut ids: Vec<ObjectId>) -> Result<()> {
+        ids.retain(|id| !self.sent.contains(id));
+        let found = self.packs.find(&ids).await?;
+        let mut new = Vec::new();
+        for (id, f) in ids.into_iter().zip(found) {
+            match f {
+                Found::New => new.push(id),
+                Found::Own => {}
+                Found::In(pack) => {
+                    self.counts.chunks_present += 1;
+                    if self.dep_packs.insert(pack) {
+                        session.depend([ObjectRef::Pack(pack)]);
+                    }
+                }
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let disk = self.disk.get_or_insert_with(|| self.packs.disk());
+        let moved = self
+            .run
+            .source_chunks
+            .transfer(&self.run.source_index, &new, disk)
+            .await
+            .map_err(|e| in_source(self.run.source, e))?;
+        self.counts.chunks_copied += moved.chunks;
+        self.counts.bytes_read += moved.bytes_read;
+        self.run.progress.add_transferred(moved.bytes_read);
+        if self.sent.len() + new.len() > SENT_CAP {
+            self.sent.clear();
+        }
+        self.sent.extend(new);
+        Ok(())
+    }
+
+    /// Stores the open pack, writes the index object of the session's
+    /// packs, then puts the nodes waiting for it (create-only).
+    pub async fn flush(&mut self, session: &Session) -> Result<()> {
+        if let Some(disk) = self.disk.take() {
+            let stored = disk.finish().await?;
+            self.counts.packs_written += stored.packs;
+            self.counts.bytes_stored += stored.bytes;
+            self.run.progress.add_transferred(stored.bytes);
+        }
+        self.packs.finish().await?;
+        session.depend(self.packs.take_existed());
+        let target = self.run.target.backend();
+        let put: Vec<(ObjectId, Stored, u64)> =
+            futures::stream::iter(std::mem::take(&mut self.pending))
+                .map(|(id, stored)| async move {
+                    let len = stored.len() as u64;
+                    let r = put_once(&**target, &keys::node(&id), stored).await?;
+                    Ok::<_, Error>((id, r, len))
+                })
+                .buffer_unordered(NODE_REQUESTS)
+                .try_collect()
+                .await?;
+        for (id, stored, len) in put {
+            match stored {
+                Stored::New => {
+                    self.counts.nodes_copied += 1;
+                    self.counts.bytes_stored += len;
+                }
+                // Another writer put it meanwhile: relied on, not written.
+                Stored::Existed => {
+                    self.counts.nodes_present += 1;
+                    session.depend([ObjectRef::Node(id)]);
+                }
+            }
+        }
+        Ok(())
+    }
+}

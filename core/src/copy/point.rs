@@ -1,0 +1,215 @@
+//! Copying one point: a writer's session on the target, as a backup's
+//! (docs/design.md, "Concurrency"): (a) the lease before anything of the
+//! target is read, the reference point pinned; (b) what the copy relies
+//! on and did not write recorded as the lease's dependencies; (c) the
+//! sweeps that ran meanwhile settled, what they may have taken copied
+//! again; (d) the manifest put create-only, last; (e) the lease ended,
+//! naming the point.
+
+use std::collections::HashSet;
+
+use super::nodes::Copier;
+use super::{CopyCounts, Run, in_source, recheck};
+use crate::error::{Error, Result};
+use crate::id::{ObjectId, PointId};
+use crate::keys;
+use crate::manifest::Manifest;
+use crate::names::VmName;
+use crate::progress::Notice;
+use crate::repo::Stored;
+use crate::session::{Check, Session};
+
+/// Distinct nodes asked about at once.
+const BATCH: usize = 64;
+/// Node ids remembered as done within a point (a repeat after that is
+/// found in the target and costs a lookup).
+const SEEN_CAP: usize = 1 << 20;
+
+/// How one point went.
+pub(super) enum PointResult {
+    /// The target had it already.
+    Present,
+    /// Copied now.
+    Copied(CopyCounts),
+}
+
+pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Result<PointResult> {
+    match run.target.load_manifest(vm, id).await {
+        Ok(_) => return Ok(PointResult::Present),
+        Err(Error::PointNotFound { .. }) => {}
+        // A damaged manifest under this point's key is never replaced
+        // (create-only): `forget` it in the target, then copy again.
+        Err(e) => return Err(e),
+    }
+    let manifest = run
+        .source
+        .load_manifest(vm, id)
+        .await
+        .map_err(|e| in_source(run.source, e))?;
+    run.progress
+        .add_total(manifest.disks.iter().map(|d| d.size).sum());
+    let mut session = Session::begin(run.target, vm, &run.host).await?;
+    let heartbeat = session.heartbeat();
+    let work = async {
+        let trusted = reference_nodes(run, &manifest, &session).await?;
+        // Opened once the lease is written: packs found through it are
+        // recorded in the lease before the copy relies on them.
+        let placement = run.target.chunks();
+        let packs = placement.session(placement.open_index().await?);
+        let mut copier = Copier::new(run, packs, trusted);
+        copy_nodes(run, &manifest, &session, &mut copier).await?;
+        copier.flush(&session).await?;
+        settle(run, &mut session, &manifest).await?;
+        Ok::<_, Error>(copier.counts)
+    };
+    let prepared = tokio::select! {
+        r = work => r,
+        _ = run.progress.cancelled() => Err(Error::Cancelled {
+            cleaned: format!(
+                "the copy stopped before storing {}; its lease in the target was removed (what \
+                 it stored there is unreferenced: gc deletes it, or the same copy run again \
+                 uses it)",
+                manifest.point_name()
+            ),
+        }),
+    };
+    // The commit is not interrupted: it is short.
+    let result = match prepared {
+        Ok(counts) => commit(run, &manifest, &mut session, counts).await,
+        Err(e) => Err(e),
+    };
+    drop(heartbeat);
+    let ended = session.end(result.is_ok().then(|| id.clone())).await;
+    let counts = result?;
+    ended?;
+    Ok(PointResult::Copied(counts))
+}
+
+/// The nodes of the target's point this copy builds on, which it trusts
+/// without a look: the source point's parent if the target has it, else
+/// the VM's newest point there. Read after the lease and pinned, as a
+/// backup pins its parent. None if the target has no such point.
+async fn reference_nodes(
+    run: &Run<'_>,
+    manifest: &Manifest,
+    session: &Session,
+) -> Result<HashSet<ObjectId>> {
+    let vm = &manifest.vm;
+    let listed = run.target.points_in_order(vm).await?;
+    let pick = manifest
+        .parent
+        .as_ref()
+        .filter(|p| listed.contains(p))
+        .or(listed.last())
+        .cloned();
+    let Some(pid) = pick else {
+        return Ok(HashSet::new());
+    };
+    session.pin([(vm.clone(), pid.clone())]).await?;
+    let reference = match run.target.load_manifest(vm, &pid).await {
+        Ok(m) => m,
+        // Gone or damaged: nothing is trusted, everything is looked at.
+        Err(e) if e.is_damage() || matches!(e, Error::PointNotFound { .. }) => {
+            return Ok(HashSet::new());
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(reference
+        .disks
+        .iter()
+        .flat_map(|d| d.segments.iter().flatten().copied())
+        .collect())
+}
+
+/// Every node of the point, in disk order, a batch at a time.
+async fn copy_nodes(
+    run: &Run<'_>,
+    manifest: &Manifest,
+    session: &Session,
+    copier: &mut Copier<'_>,
+) -> Result<()> {
+    let mut seen = HashSet::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut done = 0u64;
+    for disk in &manifest.disks {
+        for (i, node) in disk.segments.iter().enumerate() {
+            let range = disk.segment_range(i);
+            done += range.end - range.start;
+            let Some(node) = node else { continue };
+            if seen.len() >= SEEN_CAP {
+                seen.clear();
+            }
+            if seen.insert(*node) {
+                batch.push(*node);
+            }
+            if batch.len() == BATCH {
+                copier.batch(session, &batch).await?;
+                batch.clear();
+                run.progress.add_done(std::mem::take(&mut done));
+            }
+        }
+    }
+    copier.batch(session, &batch).await?;
+    run.progress.add_done(done);
+    Ok(())
+}
+
+/// (c): for every sweep that ran meanwhile, makes sure the target still
+/// holds everything the point references, copying again from the
+/// source what it lost; waits only while a sweep deletes a batch it
+/// chose before it could see this lease.
+pub(super) async fn settle(
+    run: &Run<'_>,
+    session: &mut Session,
+    manifest: &Manifest,
+) -> Result<()> {
+    let poll = std::time::Duration::from_millis(500);
+    let mut told = None;
+    loop {
+        let check = session.check().await?;
+        match &check {
+            Check::Clear => return Ok(()),
+            Check::Wait {
+                seq,
+                reason,
+                at_most_secs,
+            } => {
+                if told != Some(*seq) {
+                    run.progress.notice(Notice::WaitingForSweep {
+                        seq: *seq,
+                        reason: reason.clone(),
+                        at_most_secs: *at_most_secs,
+                    });
+                    told = Some(*seq);
+                }
+                tokio::time::sleep(poll).await;
+            }
+            Check::Verify { all, deps, .. } => {
+                if *all || !crate::backup::repair::all_exist(run.target, deps).await? {
+                    recheck::ensure_present(run, manifest).await?;
+                }
+                session.settle(&check);
+            }
+        }
+    }
+}
+
+/// (d): the manifest, create-only, after everything it references; (c)
+/// once more if the commit came so late that the lease may have died.
+async fn commit(
+    run: &Run<'_>,
+    manifest: &Manifest,
+    session: &mut Session,
+    mut counts: CopyCounts,
+) -> Result<CopyCounts> {
+    let (stored, len) = run.target.write_manifest(manifest).await?;
+    if stored == Stored::New {
+        counts.bytes_stored += len;
+    }
+    let key = keys::point(&manifest.vm, &manifest.id);
+    let committed = run.target.backend().head(&key).await?.last_modified;
+    if session.committed_late(committed) {
+        settle(run, session, manifest).await?;
+    }
+    Ok(counts)
+}

@@ -1,0 +1,114 @@
+//! After a sweep of the target that may not have protected everything a
+//! copy relies on (its lease expired, a pinned point went before the pin
+//! was seen), the copy checks every node and chunk the point references
+//! in the target and copies again from the source what is gone, as a
+//! backup reads its source again (`backup/repair.rs`). Chunks go to new
+//! packs whatever the index says (the index may still name a lost copy);
+//! a node that is missing or damaged is put over whatever is under its
+//! key, after its chunks' index object.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Run, in_source};
+use crate::backend::PutMode;
+use crate::error::Result;
+use crate::id::ObjectId;
+use crate::keys;
+use crate::manifest::Manifest;
+use crate::placement::lookup::ChunkIndex;
+use crate::placement::session::{DiskPacks, SessionPacks};
+
+/// Chunk ids remembered as checked (then forgotten: a re-check is cheap).
+const CHECKED_CAP: usize = 1 << 20;
+/// Nodes replaced per index object written.
+const NODES_PER_FLUSH: usize = 1024;
+
+/// Checks everything `manifest` references in the target; copies again
+/// what is gone. Returns how many nodes or chunks were copied again.
+pub(super) async fn ensure_present(run: &Run<'_>, manifest: &Manifest) -> Result<u64> {
+    let placement = run.target.chunks();
+    // Opened after the sweep this check follows.
+    let index = placement.open_index().await?;
+    let forced = placement.session(Arc::new(ChunkIndex::empty(run.target.backend().clone())));
+    let mut disk = forced.disk();
+    let mut replace: Vec<(ObjectId, Bytes)> = Vec::new();
+    let mut checked = HashSet::new();
+    let mut seen = HashSet::new();
+    let mut again = 0u64;
+    for node in manifest
+        .disks
+        .iter()
+        .flat_map(|d| d.segments.iter().flatten())
+    {
+        if !seen.insert(*node) {
+            continue;
+        }
+        let chunks: Vec<ObjectId> = match run.target.load_node(node).await {
+            Ok(n) => n.chunk_ids().collect(),
+            Err(e) if e.is_damage() => {
+                let (stored, n) = source_node(run, node).await?;
+                replace.push((*node, stored));
+                n
+            }
+            Err(e) => return Err(e),
+        };
+        if checked.len() > CHECKED_CAP {
+            checked.clear();
+        }
+        let todo: Vec<ObjectId> = chunks.into_iter().filter(|c| checked.insert(*c)).collect();
+        let absent = placement.absent_in(&index, &todo).await?;
+        if !absent.is_empty() {
+            let moved = run
+                .source_chunks
+                .transfer(&run.source_index, &absent, &mut disk)
+                .await
+                .map_err(|e| in_source(run.source, e))?;
+            again += moved.chunks;
+        }
+        if replace.len() >= NODES_PER_FLUSH {
+            again += flush(run, &forced, &mut disk, &mut replace).await?;
+        }
+    }
+    again += flush(run, &forced, &mut disk, &mut replace).await?;
+    Ok(again)
+}
+
+/// A node's stored bytes in the source, checked, and its chunks.
+async fn source_node(run: &Run<'_>, id: &ObjectId) -> Result<(Bytes, Vec<ObjectId>)> {
+    let key = keys::node(id);
+    let stored = run
+        .source
+        .backend()
+        .get(&key)
+        .await
+        .map_err(|e| in_source(run.source, crate::repo::missing(e, &key)))?;
+    let node = run
+        .source
+        .decode_node(id, &stored)
+        .map_err(|e| in_source(run.source, e))?;
+    let chunks = node.chunk_ids().collect();
+    Ok((stored, chunks))
+}
+
+/// The packs, their index object, then the nodes over what was there.
+async fn flush(
+    run: &Run<'_>,
+    forced: &Arc<SessionPacks>,
+    disk: &mut DiskPacks,
+    replace: &mut Vec<(ObjectId, Bytes)>,
+) -> Result<u64> {
+    let full = std::mem::replace(disk, forced.disk());
+    full.finish().await?;
+    forced.finish().await?;
+    let n = replace.len() as u64;
+    for (id, stored) in replace.drain(..) {
+        run.target
+            .backend()
+            .put(&keys::node(&id), stored, PutMode::Overwrite)
+            .await?;
+    }
+    Ok(n)
+}
