@@ -189,6 +189,15 @@ pub struct InitArgs {
     #[arg(long, value_name = "MODE",
           value_parser = PossibleValuesParser::new(xfull_s3::SSE_VALUES.iter().copied()))]
     pub sse: Option<String>,
+    /// Make the repository like this one (a location or @NAME), so that
+    /// `xfull copy` can copy its points here as they are stored: its
+    /// segment size, chunking and zstd level, and its encryption keys in
+    /// a key slot of this repository's own (its own password or key file).
+    #[arg(long, value_name = "REPO", conflicts_with_all = [
+        "segment_size", "chunk_avg", "chunk_min", "chunk_max", "zstd_level", "encryption"])]
+    pub like: Option<String>,
+    #[command(flatten)]
+    pub from_secret: crate::args_copy::FromSecretArgs,
     #[command(flatten)]
     pub kdf: crate::args_key::KdfArgs,
     #[command(flatten)]

@@ -7,6 +7,7 @@ use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::args::*;
+pub use crate::args_copy::*;
 pub use crate::args_index::*;
 pub use crate::args_key::*;
 pub use crate::serve_args::*;
@@ -178,6 +179,10 @@ pub enum Command {
     Diff(DiffArgs),
     /// Print the changed extents between two disk images, as JSON.
     SnapshotDiff(SnapshotDiffArgs),
+    /// Copy points to a second repository made with `init --like` this one
+    /// (another bucket, region, provider or disk): only what it lacks,
+    /// every chunk checked on arrival; safe to interrupt and run again.
+    Copy(CopyArgs),
     /// Remove points by a retention policy, then run gc.
     Prune(PruneArgs),
     /// Delete the nodes and packs no point references, rewrite wasteful
@@ -226,6 +231,7 @@ impl Command {
             Command::Restore(a) => &a.s3,
             Command::Thaw(a) => &a.s3,
             Command::Diff(a) => &a.s3,
+            Command::Copy(a) => &a.s3,
             Command::Prune(a) => &a.s3,
             Command::Gc(a) => &a.s3,
             Command::Stats(a) => &a.s3,

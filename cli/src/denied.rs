@@ -60,6 +60,7 @@ fn name(command: &Command) -> &'static str {
         Command::Thaw(_) => "thaw",
         Command::Diff(_) => "diff",
         Command::SnapshotDiff(_) => "snapshot-diff",
+        Command::Copy(_) => "copy",
         Command::Prune(_) => "prune",
         Command::Gc(_) => "gc",
         Command::Stats(_) => "stats",

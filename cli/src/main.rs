@@ -1,6 +1,7 @@
 //! The `xfull` command.
 
 mod args;
+mod args_copy;
 mod args_index;
 mod args_key;
 mod cli;
@@ -198,6 +199,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Thaw(a) => cmd::thaw::run(cli, a).await,
         Command::Diff(a) => cmd::diff::run(cli, a).await,
         Command::SnapshotDiff(a) => cmd::snapshot_diff::run(cli, a).await,
+        Command::Copy(a) => cmd::copy::run(cli, a).await,
         Command::Prune(a) => cmd::prune::run(cli, a).await,
         Command::Gc(a) => cmd::gc::run(cli, a).await,
         Command::Stats(_) => cmd::stats::run(cli).await,

@@ -12,7 +12,7 @@ use xfull_core::repo::Repository;
 use xfull_local::{CreateError, LocalBackend, parse_location};
 use xfull_s3::{OpenError, S3Backend, S3Options};
 
-use crate::cli::{Cli, S3Args};
+use crate::cli::{Cli, OtherSecret, S3Args};
 
 /// The backend for a repository location; `create` makes a local
 /// directory. On S3, the repository's store settings (`stored`: those
@@ -171,8 +171,53 @@ fn holds_only_init_files(dir: &std::path::Path) -> bool {
 pub async fn open(cli: &Cli) -> Result<Repository> {
     let (repo, s3) = crate::profile::resolve(cli)?;
     let backend = backend(&repo, &s3, false, None).await?;
-    let place = record_location(&repo, backend.as_ref());
-    let repo = Repository::open_with(backend, || crate::secrets::current(cli)).await?;
+    finish_open(cli, &repo, backend, || crate::secrets::current(cli)).await
+}
+
+/// Opens `--repo` for a command that uses two repositories (`copy`): the
+/// request budget applies to whichever of them is on S3, so a local one
+/// ignores it rather than refusing it.
+pub async fn open_of_two(cli: &Cli) -> Result<Repository> {
+    let (repo, s3) = crate::profile::resolve(cli)?;
+    let backend = backend(&repo, &limits_for(&repo, s3), false, None).await?;
+    finish_open(cli, &repo, backend, || crate::secrets::current(cli)).await
+}
+
+/// Opens the second repository a command names (`copy --to`, `init
+/// --like`): a location or `@profile`, with the command line's S3 flags
+/// (a profile fills in what they leave unset) and its own secret flags
+/// (else its profile's).
+pub async fn open_other(cli: &Cli, location: &str, secret: &OtherSecret) -> Result<Repository> {
+    let (repo, s3, profile) = crate::profile::resolve_location(cli, location)?;
+    let backend = backend(&repo, &limits_for(&repo, s3), false, None).await?;
+    finish_open(cli, &repo, backend, || {
+        crate::secrets::other(secret, profile, location)
+    })
+    .await
+}
+
+/// `s3` without the request budget if `repo` is a local directory.
+fn limits_for(repo: &str, s3: S3Args) -> S3Args {
+    if repo.starts_with("s3://") {
+        return s3;
+    }
+    S3Args {
+        max_requests_per_second: None,
+        max_upload_bytes_per_second: None,
+        ..s3
+    }
+}
+
+/// Unlocks (if encrypted) and checks against the record of repositories
+/// seen encrypted; names an unencrypted one on a terminal.
+async fn finish_open(
+    cli: &Cli,
+    repo: &str,
+    backend: Arc<dyn Backend>,
+    secret: impl FnOnce() -> xfull_core::Result<xfull_core::crypto::Secret>,
+) -> Result<Repository> {
+    let place = record_location(repo, backend.as_ref());
+    let repo = Repository::open_with(backend, secret).await?;
     if let Some(seen) = SeenEncrypted::from_env(|n| std::env::var_os(n)) {
         seen.check(&place, repo.config())?;
         remember(&seen, &place, &repo);
@@ -194,6 +239,28 @@ pub async fn init(
     encrypted: bool,
     params: xfull_core::crypto::Argon2Params,
 ) -> Result<Repository> {
+    init_as(cli, config, encrypted, params, None).await
+}
+
+/// Creates a repository like `source` (`init --like`): its constants and,
+/// if it is encrypted, its keys in a slot for this command's secret.
+pub async fn init_like(
+    cli: &Cli,
+    config: xfull_core::config::RepoConfig,
+    source: &Repository,
+    params: xfull_core::crypto::Argon2Params,
+) -> Result<Repository> {
+    let encrypted = source.codec().is_encrypted();
+    init_as(cli, config, encrypted, params, Some(source)).await
+}
+
+async fn init_as(
+    cli: &Cli,
+    config: xfull_core::config::RepoConfig,
+    encrypted: bool,
+    params: xfull_core::crypto::Argon2Params,
+    like: Option<&Repository>,
+) -> Result<Repository> {
     let (repo, s3) = crate::profile::resolve(cli)?;
     if !config.store.is_empty() && parse_location(&repo).is_some() {
         return Err(Error::InvalidArgument(format!(
@@ -207,7 +274,10 @@ pub async fn init(
     if !encrypted {
         let backend = backend(&repo, &s3, true, Some(&stored)).await?;
         let place = record_location(&repo, backend.as_ref());
-        let made = Repository::init(backend, config).await?;
+        let made = match like {
+            Some(source) => Repository::init_like(backend, config, source, None, params).await?,
+            None => Repository::init(backend, config).await?,
+        };
         // Made unencrypted here on purpose: a record of an encrypted
         // repository once at this place must not refuse it.
         if let Some(seen) = seen {
@@ -220,10 +290,13 @@ pub async fn init(
     let result = async {
         let backend = backend(&repo, &s3, true, Some(&stored)).await?;
         let place = record_location(&repo, backend.as_ref());
-        anyhow::Ok((
-            Repository::init_encrypted(backend, config, &secret, params).await?,
-            place,
-        ))
+        let made = match like {
+            Some(source) => {
+                Repository::init_like(backend, config, source, Some(&secret), params).await?
+            }
+            None => Repository::init_encrypted(backend, config, &secret, params).await?,
+        };
+        anyhow::Ok((made, place))
     }
     .await;
     let (made, place) = match result {

@@ -63,24 +63,24 @@ pub struct ProfileSecrets {
 
 /// The secret sources of the `@NAME` profile the command line names.
 pub fn secrets(cli: &Cli) -> Result<ProfileSecrets> {
-    let Some(name) = cli.repo()?.strip_prefix('@') else {
-        return Ok(ProfileSecrets::default());
-    };
-    let p = load(&config_path(cli)?, name)?;
-    Ok(ProfileSecrets {
-        password_command: p.password_command,
-        password_file: p.password_file,
-        key_file: p.key_file,
-    })
+    Ok(resolve_location(cli, cli.repo()?)?.2)
 }
 
 /// The repository location and S3 options the command line means, with a
 /// `@NAME` profile expanded.
 pub fn resolve(cli: &Cli) -> Result<(String, S3Args)> {
-    let repo = cli.repo()?;
+    let (url, s3, _) = resolve_location(cli, cli.repo()?)?;
+    Ok((url, s3))
+}
+
+/// A repository named on the command line (`--repo`, or a second one:
+/// `copy --to`, `init --like`): its location, its S3 options (the
+/// command line's flags, the profile's filling in what they leave
+/// unset) and the secret sources its profile names.
+pub fn resolve_location(cli: &Cli, repo: &str) -> Result<(String, S3Args, ProfileSecrets)> {
     let flags = cli.s3_flags();
     let Some(name) = repo.strip_prefix('@') else {
-        return Ok((repo.to_string(), flags));
+        return Ok((repo.to_string(), flags, ProfileSecrets::default()));
     };
     let path = config_path(cli)?;
     let profile = load(&path, name)?;
@@ -106,7 +106,12 @@ pub fn resolve(cli: &Cli) -> Result<(String, S3Args)> {
         max_upload_bytes_per_second: upload,
     };
     check_values(&path, name, &from_file)?;
-    Ok((profile.url, flags.or(&from_file)))
+    let secrets = ProfileSecrets {
+        password_command: profile.password_command,
+        password_file: profile.password_file,
+        key_file: profile.key_file,
+    };
+    Ok((profile.url, flags.or(&from_file), secrets))
 }
 
 fn usage(msg: String) -> anyhow::Error {

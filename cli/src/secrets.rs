@@ -9,7 +9,8 @@ use xfull_core::crypto::keyfile;
 use xfull_core::crypto::password::Ask;
 use xfull_core::crypto::{Secret, SecretSources};
 
-use crate::cli::{Cli, NewSecretArgs};
+use crate::cli::{Cli, NewSecretArgs, OtherSecret};
+use crate::profile::ProfileSecrets;
 
 /// The sources given to this command: flags, then XFULL_PASSWORD_FILE and
 /// XFULL_PASSWORD, then the profile's (only when no flag names one: a
@@ -75,4 +76,52 @@ pub fn new_secret(args: &NewSecretArgs) -> Result<Secret> {
         ..SecretSources::default()
     };
     Ok(s.resolve(Ask::Confirm)?)
+}
+
+/// The secret of a second repository (`copy --to`, `init --like`): its
+/// own flags, else its profile's sources. Never a prompt (two prompts
+/// in one command could not say which repository they are for) and
+/// never `XFULL_PASSWORD*` (those are `--repo`'s).
+pub fn other(
+    flags: &OtherSecret,
+    profile: ProfileSecrets,
+    location: &str,
+) -> xfull_core::Result<Secret> {
+    let p = flags.flag;
+    let given = [
+        flags.key_file.is_some(),
+        flags.password_command.is_some(),
+        flags.password_file.is_some(),
+    ];
+    let s = match given.iter().filter(|g| **g).count() {
+        0 => SecretSources {
+            key_file: profile.key_file,
+            password_command: profile.password_command,
+            password_file: profile.password_file,
+            password: None,
+        },
+        1 => SecretSources {
+            key_file: flags.key_file.clone(),
+            password_command: flags.password_command.clone(),
+            password_file: flags.password_file.clone(),
+            password: None,
+        },
+        _ => {
+            return Err(xfull_core::Error::InvalidArgument(format!(
+                "--{p}-key-file, --{p}-password-command and --{p}-password-file: give one"
+            )));
+        }
+    };
+    s.resolve(Ask::Never).map_err(|e| match e {
+        xfull_core::Error::SecretSource { secret, .. } if secret == "password" => {
+            xfull_core::Error::SecretSource {
+                secret: format!("password of {location}"),
+                reason: format!(
+                    "it is encrypted and none was given: use --{p}-key-file, \
+                     --{p}-password-command or --{p}-password-file (or a profile naming one)"
+                ),
+            }
+        }
+        e => e,
+    })
 }

@@ -173,6 +173,30 @@ fn every_command_prints_the_documented_json() {
         0,
     );
     validate("stats", &["stats"], 0);
+    // A repository made like this one, and a copy into it.
+    let like = e.path("like").display().to_string();
+    let pw = e.password_file().display().to_string();
+    let made = [
+        &[
+            "-r",
+            &like,
+            "init",
+            "--like",
+            &e.url,
+            "--from-password-file",
+            &pw,
+        ][..],
+        &kdf,
+    ]
+    .concat();
+    let made = validate("init", &made, 0);
+    assert_eq!(made["segment_size"], 4 << 20, "{made}");
+    let copied = validate(
+        "copy",
+        &["copy", "--to", &like, "--to-password-file", &pw],
+        0,
+    );
+    assert_eq!(copied["points_copied"], 3, "{copied}");
     let plan = validate(
         "restore-plan",
         &["restore", "--plan", "vm@latest", "--disk", "d"],

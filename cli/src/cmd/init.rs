@@ -30,8 +30,21 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
     config
         .validate()
         .map_err(xfull_core::Error::InvalidArgument)?;
-    let encrypted = args.encryption != "none";
-    let repo = crate::open::init(cli, config, encrypted, args.kdf.params()?).await?;
+    let (repo, encrypted) = match &args.like {
+        // Its constants and keys come from the source (`copy` needs them
+        // equal); the rest (times, store settings, repo id) is its own.
+        Some(like) => {
+            let source = crate::open::open_other(cli, like, &args.from_secret.sources()).await?;
+            let repo = crate::open::init_like(cli, config, &source, args.kdf.params()?).await?;
+            let encrypted = repo.codec().is_encrypted();
+            (repo, encrypted)
+        }
+        None => {
+            let encrypted = args.encryption != "none";
+            let repo = crate::open::init(cli, config, encrypted, args.kdf.params()?).await?;
+            (repo, encrypted)
+        }
+    };
     let c = repo.config();
     let encryption = if encrypted {
         "xchacha20-poly1305"
@@ -65,6 +78,12 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
             bytes(c.chunking.max.into()),
             c.zstd_level
         );
+        if let Some(like) = &args.like {
+            println!(
+                "made like {}: `xfull copy --to` copies its points here as they are stored",
+                crate::output::printable(like)
+            );
+        }
         if let Some(class) = &c.store.data_storage_class {
             println!("chunk data in storage class {class} (unless a client asks otherwise)");
         }

@@ -1,6 +1,7 @@
 //! One file per command; each stays thin: parse, call the engine, print.
 
 pub mod backup;
+pub mod copy;
 pub mod diff;
 pub mod forget;
 pub mod gc;

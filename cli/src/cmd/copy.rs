@@ -1,0 +1,108 @@
+use anyhow::Result;
+use xfull_core::copy::{CopyRequest, copy};
+use xfull_core::id::PointId;
+use xfull_core::names::VmName;
+use xfull_core::repo::Repository;
+
+use crate::cli::{Cli, CopyArgs};
+use crate::output::{bytes, print_json, printable};
+use crate::progress_ui::Bar;
+
+pub async fn run(cli: &Cli, args: &CopyArgs) -> Result<()> {
+    let source = crate::open::open_of_two(cli).await?;
+    let target = crate::open::open_other(cli, &args.to, &args.to_secret.sources()).await?;
+    // Refused before anything is listed or written.
+    xfull_core::copy::check_like(&source, &target)?;
+    let points = points(&source, args).await?;
+    let req = CopyRequest {
+        points,
+        host: xfull_core::host::name(),
+    };
+    let progress = crate::progress();
+    let bar = Bar::start(progress.clone(), "copy", cli, true);
+    let result = copy(&source, &target, req, progress).await;
+    drop(bar);
+    let out = result?;
+    let requests = serde_json::json!({
+        "source": source.backend().request_counts(),
+        "target": target.backend().request_counts(),
+    });
+    if cli.json {
+        return print_json(&serde_json::json!({
+            "source": source.location(),
+            "target": target.location(),
+            "points": out.points.iter().map(|p| serde_json::json!({
+                "point": p.point,
+                "copied": p.copied,
+                "counts": p.counts,
+            })).collect::<Vec<_>>(),
+            "points_copied": out.copied(),
+            "points_present": out.points.len() - out.copied(),
+            "totals": out.totals,
+            "requests": requests,
+        }));
+    }
+    for p in &out.points {
+        let c = &p.counts;
+        if !p.copied {
+            println!("{}: already in the target", printable(&p.point));
+        } else if !cli.quiet {
+            println!(
+                "{}: copied {} chunks ({} read, {} stored), {} nodes; {} chunks and {} nodes \
+                 were there",
+                printable(&p.point),
+                c.chunks_copied,
+                bytes(c.bytes_read),
+                bytes(c.bytes_stored),
+                c.nodes_copied,
+                c.chunks_present,
+                c.nodes_present
+            );
+        }
+    }
+    println!(
+        "copied {} point(s) to {}, {} already there; {} read, {} stored",
+        out.copied(),
+        printable(&target.location()),
+        out.points.len() - out.copied(),
+        bytes(out.totals.bytes_read),
+        bytes(out.totals.bytes_stored)
+    );
+    Ok(())
+}
+
+/// The points named (a unique part of an id will do), else every point
+/// (of `--vm`), oldest first per VM: each copy then builds on the one
+/// before it in the target.
+async fn points(source: &Repository, args: &CopyArgs) -> Result<Vec<(VmName, PointId)>> {
+    if args.points.is_empty() {
+        let vm: Option<VmName> = args.vm.as_deref().map(str::parse).transpose()?;
+        let mut out = Vec::new();
+        let listed = source.list_points(vm.as_ref()).await?;
+        let mut vms: Vec<VmName> = listed.into_iter().map(|(vm, _)| vm).collect();
+        vms.dedup();
+        for vm in vms {
+            for id in source.points_in_order(&vm).await? {
+                out.push((vm.clone(), id));
+            }
+        }
+        return Ok(out);
+    }
+    let mut out: Vec<(VmName, PointId)> = Vec::new();
+    for name in &args.points {
+        let (vm, id) = crate::point_name::resolve(source, name).await?;
+        let id = match id {
+            Some(id) => id,
+            None => source
+                .latest(&vm)
+                .await?
+                .ok_or_else(|| xfull_core::Error::PointNotFound {
+                    point: format!("{vm}@latest (the VM has no points)"),
+                })?,
+        };
+        if !out.iter().any(|(v, i)| *v == vm && *i == id) {
+            out.push((vm, id));
+        }
+    }
+    Ok(out)
+}

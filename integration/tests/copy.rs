@@ -1,0 +1,245 @@
+//! `xfull copy` through the binary: a local repository copied to S3 and
+//! that copy to a local directory again, each made with `init --like`;
+//! the copied points restore bit-exact, `verify` and `verify --read-data`
+//! are clean, and a second copy sends nothing. A copy killed (SIGKILL)
+//! once its first pack is in the target is finished by running it again.
+//! A target not made like the source is refused.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use xfull_integration::env::{Env, fails, sha256, stderr};
+use xfull_integration::s3::S3Server;
+use xfull_integration::{Region, mixed_regions, scribble, write_image};
+
+const KDF: [&str; 4] = ["--kdf-memory-kib", "64", "--kdf-time", "1"];
+
+/// An empty scratch directory for a repository at `url` (local in the
+/// directory when `url` is None), with its own password file.
+fn scratch<'s>(s3: Option<&'s S3Server>, name: &str) -> Env<'s> {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let url = match s3 {
+        Some(server) => server.url(name),
+        None => repo.display().to_string(),
+    };
+    let e = Env { dir, repo, url, s3 };
+    std::fs::write(e.password_file(), format!("password of {name}\n")).unwrap();
+    e
+}
+
+/// A command of `e` that can also reach `other`'s S3 server.
+fn cmd(e: &Env, other: &Env, args: &[&str]) -> std::process::Command {
+    let mut c = e.std(args);
+    if let Some(s) = other.s3.or(e.s3) {
+        s.set_env(&mut c);
+    }
+    c
+}
+
+/// `init --like source` for the repository of `e`.
+fn init_like(e: &Env, source: &Env) -> Value {
+    let pw = source.password_file().display().to_string();
+    let mut args = vec![
+        "init",
+        "--like",
+        &source.url,
+        "--from-password-file",
+        &pw,
+        "--json",
+    ];
+    args.extend_from_slice(&KDF);
+    let out = cmd(e, source, &args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `copy --to target` run from `source`'s environment, as JSON.
+fn copy_args<'a>(target: &'a Env, pw: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["copy", "--to", &target.url, "--to-password-file", pw];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    args
+}
+
+fn copy(source: &Env, target: &Env, extra: &[&str]) -> Value {
+    let pw = target.password_file().display().to_string();
+    let out = cmd(source, target, &copy_args(target, &pw, extra))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "copy: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every point of `e` restores to the image it was taken from, and
+/// `verify` and `verify --read-data` are clean.
+fn check_copied(e: &Env, points: &[(&str, &Path)]) {
+    for (i, (point, img)) in points.iter().enumerate() {
+        let to = e.path(&format!("restored-{i}.img"));
+        e.restore(point, "d", &to);
+        assert_eq!(sha256(&to), sha256(img), "{point} in {}", e.url);
+        std::fs::remove_file(&to).unwrap();
+    }
+    e.x(&["verify"]).assert().success();
+    e.x(&["verify", "--read-data"]).assert().success();
+}
+
+/// The copy found everything there: no point, node, chunk or byte
+/// written, and no PUT sent to the target.
+fn copied_nothing(doc: &Value, points: u64) {
+    assert_eq!(doc["points_copied"], 0, "{doc}");
+    assert_eq!(doc["points_present"], points, "{doc}");
+    for k in [
+        "nodes_copied",
+        "chunks_copied",
+        "packs_written",
+        "bytes_stored",
+    ] {
+        assert_eq!(doc["totals"][k], 0, "{k}: {doc}");
+    }
+    let puts = doc["requests"]["target"]["PUT"].as_u64().unwrap_or(0);
+    assert_eq!(puts, 0, "{doc}");
+}
+
+#[test]
+fn local_to_s3_to_local_restores_bit_exact_and_copies_once() {
+    let server = S3Server::start();
+    let src = Env::init();
+    let (a, b) = (src.path("a.img"), src.path("b.img"));
+    write_image(&a, &mixed_regions(24, 11), 11, false).unwrap();
+    write_image(&b, &mixed_regions(12, 12), 12, false).unwrap();
+    let a1 = src.backup("a", &[("d", &a)])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a1_img = src.path("a1.img");
+    std::fs::copy(&a, &a1_img).unwrap();
+    scribble(&a, 6, 256 << 10, 13);
+    let a2 = src.backup("a", &[("d", &a)])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b1 = src.backup("b", &[("d", &b)])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let points: [(&str, &Path); 3] = [
+        (a1.as_str(), a1_img.as_path()),
+        (a2.as_str(), a.as_path()),
+        (b1.as_str(), b.as_path()),
+    ];
+
+    // Local to S3.
+    let s3 = scratch(Some(&server), "copy-target");
+    let made = init_like(&s3, &src);
+    assert_eq!(made["encryption"], "xchacha20-poly1305", "{made}");
+    assert_eq!(made["segment_size"], 4 << 20, "{made}");
+    let out = copy(&src, &s3, &[]);
+    assert_eq!(out["points_copied"], 3, "{out}");
+    let first = &out["points"][0]["counts"];
+    let second = &out["points"][1]["counts"];
+    assert!(
+        second["chunks_copied"].as_u64().unwrap() * 2 < first["chunks_copied"].as_u64().unwrap(),
+        "the second point of a VM sends what changed: {out}"
+    );
+    check_copied(&s3, &points);
+    copied_nothing(&copy(&src, &s3, &[]), 3);
+
+    // S3 to local, one VM only, through the throttled S3 client.
+    let back = scratch(None, "copy-back");
+    init_like(&back, &s3);
+    let out = copy(
+        &s3,
+        &back,
+        &["--vm", "a", "--max-requests-per-second", "200"],
+    );
+    assert_eq!(out["points_copied"], 2, "{out}");
+    check_copied(&back, &points[..2]);
+    copied_nothing(&copy(&s3, &back, &["--vm", "a"]), 2);
+    // A named point.
+    let out = copy(&s3, &back, &[&b1]);
+    assert_eq!(out["points_copied"], 1, "{out}");
+    check_copied(&back, &[(&b1, &b)]);
+}
+
+#[test]
+fn a_copy_killed_after_its_first_pack_is_finished_by_running_it_again() {
+    let server = S3Server::start();
+    let src = Env::init_s3(&server, "copy-killed-src");
+    let img = src.path("big.img");
+    write_image(&img, &[Region::Random(40 << 20)], 21, false).unwrap();
+    let p = src.backup("vm", &[("d", &img)])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut interrupted = false;
+    for attempt in 0..4 {
+        let dst = scratch(None, &format!("copy-killed-{attempt}"));
+        init_like(&dst, &src);
+        let pw = dst.password_file().display().to_string();
+        // A slow source, so that the kill comes between the first pack
+        // and the manifest.
+        let args = copy_args(&dst, &pw, &["--max-requests-per-second", "8"]);
+        let mut child = cmd(&src, &dst, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut finished = false;
+        while dst.files("packs").is_empty() {
+            if child.try_wait().unwrap().is_some() {
+                finished = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        if finished || !dst.files("points").is_empty() {
+            continue; // too late: try again with a fresh target
+        }
+        interrupted = true;
+        assert!(!dst.files("packs").is_empty());
+        let out = copy(&src, &dst, &[]);
+        assert_eq!(out["points_copied"], 1, "{out}");
+        check_copied(&dst, &[(&p, &img)]);
+        copied_nothing(&copy(&src, &dst, &[]), 1);
+        break;
+    }
+    assert!(
+        interrupted,
+        "no copy was caught between its first pack and its manifest"
+    );
+}
+
+#[test]
+fn a_target_not_made_like_the_source_is_refused() {
+    let src = Env::init();
+    let img = src.path("d.img");
+    write_image(&img, &mixed_regions(4, 31), 31, false).unwrap();
+    src.backup("vm", &[("d", &img)]);
+    // Initialised on its own: its keys name the same data otherwise.
+    let other = scratch(None, "copy-unlike");
+    let mut args = vec!["init"];
+    args.extend_from_slice(&KDF);
+    other.x(&args).assert().success();
+    let pw = other.password_file().display().to_string();
+    let (code, err) = fails(src.x(&["copy", "--to", &other.url, "--to-password-file", &pw]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("init --like") && err.contains("other encryption keys"),
+        "{err}"
+    );
+    assert!(other.files("points").is_empty() && other.files("leases").is_empty());
+    // The target's secret must be given: never XFULL_PASSWORD_FILE's.
+    let like = scratch(None, "copy-like");
+    init_like(&like, &src);
+    let (code, err) = fails(src.x(&["copy", "--to", &like.url]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--to-password-file"), "{err}");
+    // --like decides the constants: they cannot be given too.
+    let (code, err) = fails(like.x(&["init", "--like", &src.url, "--segment-size", "8M"]));
+    assert_eq!(code, 2, "{err}");
+}
