@@ -142,7 +142,8 @@ fn local_to_s3_to_local_restores_bit_exact_and_copies_once() {
     let made = init_like(&s3, &src);
     assert_eq!(made["encryption"], "xchacha20-poly1305", "{made}");
     assert_eq!(made["segment_size"], 4 << 20, "{made}");
-    let out = copy(&src, &s3, &[]);
+    // The budget applies to the S3 side; the local source takes it too.
+    let out = copy(&src, &s3, &["--max-upload-bytes-per-second", "64M"]);
     assert_eq!(out["points_copied"], 3, "{out}");
     let first = &out["points"][0]["counts"];
     let second = &out["points"][1]["counts"];

@@ -172,4 +172,6 @@ fn in_source(source: &Repository, e: Error) -> Error {
 }
 
 #[cfg(test)]
+mod gc_tests;
+#[cfg(test)]
 mod tests;

@@ -36,7 +36,7 @@ fn config() -> RepoConfig {
     RepoConfig::new(1 << 20, ChunkParams::from_avg(16 << 10), 3).unwrap()
 }
 
-async fn init(b: &Arc<MemBackend>, encrypted: bool) -> Repository {
+pub(super) async fn init(b: &Arc<MemBackend>, encrypted: bool) -> Repository {
     let backend: Arc<dyn Backend> = b.clone();
     if encrypted {
         Repository::init_encrypted(backend, config(), &pw("source"), FAST)
@@ -47,7 +47,7 @@ async fn init(b: &Arc<MemBackend>, encrypted: bool) -> Repository {
     }
 }
 
-async fn init_like(b: &Arc<MemBackend>, source: &Repository) -> Repository {
+pub(super) async fn init_like(b: &Arc<MemBackend>, source: &Repository) -> Repository {
     let secret = pw("target");
     Repository::init_like(b.clone(), config(), source, Some(&secret), FAST)
         .await
@@ -55,7 +55,7 @@ async fn init_like(b: &Arc<MemBackend>, source: &Repository) -> Repository {
 }
 
 /// The target opened again, through `backend` (e.g. a faulty view).
-async fn reopen(backend: Arc<dyn Backend>, encrypted: bool) -> Repository {
+pub(super) async fn reopen(backend: Arc<dyn Backend>, encrypted: bool) -> Repository {
     if encrypted {
         Repository::open_with(backend, || Ok(pw("target")))
             .await
@@ -66,7 +66,7 @@ async fn reopen(backend: Arc<dyn Backend>, encrypted: bool) -> Repository {
 }
 
 /// Pseudo-random bytes (incompressible, so chunks are distinct).
-fn data(len: usize, seed: u64) -> Vec<u8> {
+pub(super) fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -78,7 +78,12 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-async fn back_up(repo: &Repository, dir: &tempfile::TempDir, vm: &str, bytes: &[u8]) -> Manifest {
+pub(super) async fn back_up(
+    repo: &Repository,
+    dir: &tempfile::TempDir,
+    vm: &str,
+    bytes: &[u8],
+) -> Manifest {
     let path = dir
         .path()
         .join(format!("{vm}-{}.img", rand::random::<u32>()));
@@ -100,7 +105,7 @@ async fn back_up(repo: &Repository, dir: &tempfile::TempDir, vm: &str, bytes: &[
         .unwrap()
 }
 
-async fn restored(repo: &Repository, dir: &tempfile::TempDir, m: &Manifest) -> Vec<u8> {
+pub(super) async fn restored(repo: &Repository, dir: &tempfile::TempDir, m: &Manifest) -> Vec<u8> {
     let m = repo.load_manifest(&m.vm, &m.id).await.unwrap();
     let to = dir.path().join(format!("r-{}", rand::random::<u64>()));
     let target = Target::parse(to.to_str().unwrap()).unwrap();
@@ -114,14 +119,18 @@ async fn restored(repo: &Repository, dir: &tempfile::TempDir, m: &Manifest) -> V
     std::fs::read(&to).unwrap()
 }
 
-fn every_point(ms: &[&Manifest]) -> CopyRequest {
+pub(super) fn every_point(ms: &[&Manifest]) -> CopyRequest {
     CopyRequest {
         points: ms.iter().map(|m| (m.vm.clone(), m.id.clone())).collect(),
         host: "copier".into(),
     }
 }
 
-async fn run(source: &Repository, target: &Repository, req: CopyRequest) -> Result<CopyOutcome> {
+pub(super) async fn run(
+    source: &Repository,
+    target: &Repository,
+    req: CopyRequest,
+) -> Result<CopyOutcome> {
     copy(source, target, req, Arc::new(Progress::default())).await
 }
 
