@@ -262,6 +262,11 @@ async fn init_as(
     like: Option<&Repository>,
 ) -> Result<Repository> {
     let (repo, s3) = crate::profile::resolve(cli)?;
+    // With --like, the budget may be meant for the source on S3.
+    let s3 = match like {
+        Some(_) => limits_for(&repo, s3),
+        None => s3,
+    };
     if !config.store.is_empty() && parse_location(&repo).is_some() {
         return Err(Error::InvalidArgument(format!(
             "repository {repo}: --data-storage-class and --sse are settings of an S3 \

@@ -72,6 +72,9 @@ pub enum Warning {
         offset: u64,
         reason: String,
     },
+    /// A point `copy` listed was removed from the source before its turn
+    /// (a prune or forget there): not copied.
+    CopySourceGone { point: String },
 }
 
 impl fmt::Display for Warning {
@@ -138,6 +141,11 @@ impl fmt::Display for Warning {
                 f,
                 "point {point}, disk {disk}: cannot read the segment at offset {offset}: \
                  {reason}; clients reading it get EIO"
+            ),
+            Warning::CopySourceGone { point } => write!(
+                f,
+                "point {point} was removed from the source after the copy listed it (a prune or \
+                 forget there); it was not copied"
             ),
         }
     }

@@ -1,5 +1,5 @@
 use anyhow::Result;
-use xfull_core::copy::{CopyRequest, copy};
+use xfull_core::copy::{CopyRequest, PointStatus, copy};
 use xfull_core::id::PointId;
 use xfull_core::names::VmName;
 use xfull_core::repo::Repository;
@@ -20,7 +20,7 @@ pub async fn run(cli: &Cli, args: &CopyArgs) -> Result<()> {
     };
     let progress = crate::progress();
     let bar = Bar::start(progress.clone(), "copy", cli, true);
-    let result = copy(&source, &target, req, progress).await;
+    let result = copy(&source, &target, req, progress.clone()).await;
     drop(bar);
     let out = result?;
     let requests = serde_json::json!({
@@ -31,22 +31,19 @@ pub async fn run(cli: &Cli, args: &CopyArgs) -> Result<()> {
         return print_json(&serde_json::json!({
             "source": source.location(),
             "target": target.location(),
-            "points": out.points.iter().map(|p| serde_json::json!({
-                "point": p.point,
-                "copied": p.copied,
-                "counts": p.counts,
-            })).collect::<Vec<_>>(),
-            "points_copied": out.copied(),
-            "points_present": out.points.len() - out.copied(),
+            "points": out.points,
+            "points_copied": out.count(PointStatus::Copied),
+            "points_present": out.count(PointStatus::Present),
             "totals": out.totals,
             "requests": requests,
+            "warnings": progress.warnings(),
         }));
     }
     for p in &out.points {
         let c = &p.counts;
-        if !p.copied {
+        if p.status == PointStatus::Present {
             println!("{}: already in the target", printable(&p.point));
-        } else if !cli.quiet {
+        } else if p.status == PointStatus::Copied && !cli.quiet {
             println!(
                 "{}: copied {} chunks ({} read, {} stored), {} nodes; {} chunks and {} nodes \
                  were there",
@@ -62,9 +59,9 @@ pub async fn run(cli: &Cli, args: &CopyArgs) -> Result<()> {
     }
     println!(
         "copied {} point(s) to {}, {} already there; {} read, {} stored",
-        out.copied(),
+        out.count(PointStatus::Copied),
         printable(&target.location()),
-        out.points.len() - out.copied(),
+        out.count(PointStatus::Present),
         bytes(out.totals.bytes_read),
         bytes(out.totals.bytes_stored)
     );

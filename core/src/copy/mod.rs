@@ -77,9 +77,22 @@ impl CopyCounts {
 pub struct PointCopied {
     /// `VM@ID`.
     pub point: String,
-    /// False: the target had it already, nothing was done.
-    pub copied: bool,
+    pub status: PointStatus,
+    /// All 0 unless `Copied`.
     pub counts: CopyCounts,
+}
+
+/// What became of one point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PointStatus {
+    /// Copied by this run.
+    Copied,
+    /// The target had it already: nothing was done.
+    Present,
+    /// Removed from the source since it was listed: not copied (a
+    /// `CopySourceGone` warning says so).
+    Gone,
 }
 
 /// The outcome of a copy.
@@ -90,8 +103,13 @@ pub struct CopyOutcome {
 }
 
 impl CopyOutcome {
+    /// How many points ended with `status`.
+    pub fn count(&self, status: PointStatus) -> usize {
+        self.points.iter().filter(|p| p.status == status).count()
+    }
+
     pub fn copied(&self) -> usize {
-        self.points.iter().filter(|p| p.copied).count()
+        self.count(PointStatus::Copied)
     }
 }
 
@@ -141,17 +159,21 @@ pub async fn copy(
                 ),
             });
         }
-        let point = match point::copy_point(&run, vm, id).await? {
-            point::PointResult::Present => PointCopied {
-                point: format!("{vm}@{id}"),
-                copied: false,
-                counts: CopyCounts::default(),
-            },
-            point::PointResult::Copied(counts) => PointCopied {
-                point: format!("{vm}@{id}"),
-                copied: true,
-                counts,
-            },
+        let (status, counts) = match point::copy_point(&run, vm, id).await {
+            Ok(point::PointResult::Present) => (PointStatus::Present, CopyCounts::default()),
+            Ok(point::PointResult::Gone) => (PointStatus::Gone, CopyCounts::default()),
+            Ok(point::PointResult::Copied(counts)) => (PointStatus::Copied, counts),
+            Err(Error::Cancelled { cleaned }) => {
+                return Err(Error::Cancelled {
+                    cleaned: format!("{cleaned}; {} point(s) were copied before it", out.copied()),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let point = PointCopied {
+            point: format!("{vm}@{id}"),
+            status,
+            counts,
         };
         out.totals.add(&point.counts);
         out.points.push(point);
@@ -172,6 +194,6 @@ fn in_source(source: &Repository, e: Error) -> Error {
 }
 
 #[cfg(test)]
-mod gc_tests;
+mod race_tests;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use crate::id::{ObjectId, PointId};
 use crate::keys;
 use crate::manifest::Manifest;
 use crate::names::VmName;
-use crate::progress::Notice;
+use crate::progress::{Notice, Warning};
 use crate::repo::Stored;
 use crate::session::{Check, Session};
 
@@ -29,6 +29,8 @@ const SEEN_CAP: usize = 1 << 20;
 pub(super) enum PointResult {
     /// The target had it already.
     Present,
+    /// Removed from the source since it was listed.
+    Gone,
     /// Copied now.
     Copied(CopyCounts),
 }
@@ -41,11 +43,15 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         // (create-only): `forget` it in the target, then copy again.
         Err(e) => return Err(e),
     }
-    let manifest = run
-        .source
-        .load_manifest(vm, id)
-        .await
-        .map_err(|e| in_source(run.source, e))?;
+    let manifest = match run.source.load_manifest(vm, id).await {
+        Ok(m) => m,
+        Err(Error::PointNotFound { point }) => {
+            run.progress
+                .notice(Notice::Warning(Warning::CopySourceGone { point }));
+            return Ok(PointResult::Gone);
+        }
+        Err(e) => return Err(in_source(run.source, e)),
+    };
     run.progress
         .add_total(manifest.disks.iter().map(|d| d.size).sum());
     let mut session = Session::begin(run.target, vm, &run.host).await?;
@@ -62,8 +68,10 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         settle(run, &mut session, &manifest).await?;
         Ok::<_, Error>(copier.counts)
     };
+    // A cancellation wins over work that is ready too: nothing of the
+    // point is committed once the user asked to stop.
     let prepared = tokio::select! {
-        r = work => r,
+        biased;
         _ = run.progress.cancelled() => Err(Error::Cancelled {
             cleaned: format!(
                 "the copy stopped before storing {}; its lease in the target was removed (what \
@@ -72,6 +80,7 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
                 manifest.point_name()
             ),
         }),
+        r = work => r,
     };
     // The commit is not interrupted: it is short.
     let result = match prepared {

@@ -426,3 +426,39 @@ async fn init_like_shares_the_keys_in_a_slot_of_its_own_and_needs_a_full_key() {
     let e = run(&limited, &target, every_point(&[])).await.unwrap_err();
     assert!(matches!(e, Error::MissingCapability { .. }), "{e}");
 }
+
+/// A point pruned from the source after the copy listed it is reported
+/// gone (a typed warning), and the copy goes on with the next.
+#[tokio::test]
+async fn a_point_gone_from_the_source_is_reported_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sb, tb) = (
+        Arc::new(MemBackend::default()),
+        Arc::new(MemBackend::default()),
+    );
+    let source = init(&sb, false).await;
+    let target = init_like(&tb, &source).await;
+    let gone = back_up(&source, &dir, "a", &data(1 << 20, 20)).await;
+    let kept = back_up(&source, &dir, "b", &data(1 << 20, 21)).await;
+    crate::prune::forget::forget(&source, &[(gone.vm.clone(), gone.id.clone())], false)
+        .await
+        .unwrap();
+    let progress = Arc::new(Progress::default());
+    let out = copy(
+        &source,
+        &target,
+        every_point(&[&gone, &kept]),
+        progress.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.points[0].status, PointStatus::Gone, "{out:?}");
+    assert_eq!(out.points[1].status, PointStatus::Copied, "{out:?}");
+    assert_eq!(
+        progress.warnings(),
+        vec![crate::progress::Warning::CopySourceGone {
+            point: gone.point_name()
+        }]
+    );
+    assert_eq!(restored(&target, &dir, &kept).await, data(1 << 20, 21));
+}

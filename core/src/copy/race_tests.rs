@@ -1,0 +1,176 @@
+//! A copy racing gc on the target, and one cancelled (SIGINT).
+//!
+//! gc: while the copy of a VM's second point
+//! is between its index object and its nodes, the first point (whose
+//! nodes and packs the second relies on) is forgotten in the target and
+//! a whole sweep runs. The copy's lease (the first point pinned, the
+//! packs it reuses recorded) keeps all of it: the second point restores
+//! bit-exact. Once the copy is over, a later sweep deletes what only the
+//! first point had, so the objects were candidates indeed.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use super::copy;
+use super::tests::{back_up, data, every_point, init, init_like, reopen, restored, run};
+use crate::backend::{Backend, BackendError, ObjectMeta, PutOptions};
+use crate::error::Error;
+use crate::progress::Progress;
+use crate::testing::MemBackend;
+
+type Hook = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Runs `hook` once, just before the first put of a key under `prefix`
+/// reaches the store.
+struct BeforeFirstPut {
+    inner: Arc<MemBackend>,
+    prefix: &'static str,
+    hook: Hook,
+    fired: AtomicBool,
+}
+
+impl std::fmt::Debug for BeforeFirstPut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BeforeFirstPut")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Backend for BeforeFirstPut {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
+        if key.starts_with(self.prefix) && !self.fired.swap(true, Ordering::SeqCst) {
+            (self.hook)().await;
+        }
+        self.inner.put_opts(key, data, opts).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        self.inner.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
+        self.inner.list(prefix)
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
+        self.inner.delete_many(keys).await
+    }
+}
+
+fn hooked(inner: &Arc<MemBackend>, prefix: &'static str, hook: Hook) -> Arc<dyn Backend> {
+    Arc::new(BeforeFirstPut {
+        inner: inner.clone(),
+        prefix,
+        hook,
+        fired: AtomicBool::new(false),
+    })
+}
+
+#[tokio::test]
+async fn gc_on_the_target_mid_copy_keeps_what_the_copied_point_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = Arc::new(MemBackend::default());
+    let source = init(&sb, true).await;
+    let one = data(4 << 20, 8);
+    let mut two = one.clone();
+    two[(2 << 20) + 100..(2 << 20) + 50_000].copy_from_slice(&data(49_900, 9));
+    let a1 = back_up(&source, &dir, "a", &one).await;
+    let a2 = back_up(&source, &dir, "a", &two).await;
+
+    let tb = Arc::new(MemBackend::default());
+    let target = init_like(&tb, &source).await;
+    run(&source, &target, every_point(&[&a1])).await.unwrap();
+    // Everything of the first copy is older than any cutoff from now on.
+    tb.clock().advance(chrono::Duration::seconds(300));
+    // Before the copy's first node: the first point forgotten, a sweep.
+    let repo = reopen(tb.clone(), true).await;
+    let point = (a1.vm.clone(), a1.id.clone());
+    let hook: Hook = Box::new(move || {
+        let (repo, point) = (repo.clone(), point.clone());
+        Box::pin(async move {
+            let forgotten = crate::prune::forget::forget(&repo, &[point], false)
+                .await
+                .unwrap();
+            assert_eq!(forgotten.pinned.len(), 1, "the copy's lease pins it");
+            let report = crate::gc::run(&repo, false).await.unwrap();
+            assert!(
+                report.held.is_none() && report.skipped.is_none(),
+                "{report:?}"
+            );
+        })
+    });
+    let through = reopen(hooked(&tb, crate::keys::NODES, hook), true).await;
+    let out = run(&source, &through, every_point(&[&a2])).await.unwrap();
+    let counts = out.points[0].counts;
+    assert!(
+        counts.nodes_present >= 3 && counts.chunks_present > 0,
+        "{out:?}"
+    );
+    assert_eq!(restored(&target, &dir, &a2).await, two);
+
+    // The copy is over: a later sweep may now delete what only the
+    // forgotten point had.
+    tb.clock().advance(chrono::Duration::seconds(300));
+    let report = crate::gc::run(&target, false).await.unwrap();
+    assert!(report.nodes_deleted > 0, "{report:?}");
+    assert_eq!(restored(&target, &dir, &a2).await, two);
+}
+
+/// Cancelled (as SIGINT does) when its first pack reaches the target:
+/// `Cancelled`, no point, no lease left; a re-run finishes the copy.
+#[tokio::test]
+async fn a_cancelled_copy_leaves_no_point_nor_lease_and_a_rerun_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = Arc::new(MemBackend::default());
+    let source = init(&sb, true).await;
+    let one = data(3 << 20, 10);
+    let a1 = back_up(&source, &dir, "a", &one).await;
+    let tb = Arc::new(MemBackend::default());
+    let target = init_like(&tb, &source).await;
+    let progress = Arc::new(Progress::default());
+    let cancel = progress.clone();
+    let hook: Hook = Box::new(move || {
+        cancel.cancel();
+        Box::pin(async {})
+    });
+    let through = reopen(hooked(&tb, crate::keys::PACKS, hook), true).await;
+    let e = copy(&source, &through, every_point(&[&a1]), progress)
+        .await
+        .unwrap_err();
+    let Error::Cancelled { cleaned } = &e else {
+        panic!("{e}")
+    };
+    assert!(
+        cleaned.contains("lease") && cleaned.contains("0 point(s)"),
+        "{cleaned}"
+    );
+    let listed = |prefix: &'static str| {
+        let tb = tb.clone();
+        async move { tb.list(prefix).try_collect::<Vec<_>>().await.unwrap().len() }
+    };
+    assert_eq!(listed(crate::keys::POINTS).await, 0);
+    assert_eq!(
+        listed(crate::keys::LEASES).await,
+        0,
+        "the lease was removed"
+    );
+    assert_eq!(listed(crate::keys::NODES).await, 0);
+    let out = run(&source, &target, every_point(&[&a1])).await.unwrap();
+    assert_eq!(out.copied(), 1);
+    assert_eq!(restored(&target, &dir, &a1).await, one);
+}
