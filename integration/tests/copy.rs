@@ -2,8 +2,9 @@
 //! that copy to a local directory again, each made with `init --like`;
 //! the copied points restore bit-exact, `verify` and `verify --read-data`
 //! are clean, and a second copy sends nothing. A copy killed (SIGKILL)
-//! once its first pack is in the target is finished by running it again.
-//! A target not made like the source is refused.
+//! once its first pack is in the target is finished by running it again;
+//! one interrupted (SIGINT) there exits 130 with its lease removed. A
+//! target not made like the source is refused.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -260,4 +261,54 @@ fn a_target_not_made_like_the_source_is_refused() {
     // --like decides the constants: they cannot be given too.
     let (code, err) = fails(like.x(&["init", "--like", &src.url, "--segment-size", "8M"]));
     assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn sigint_stops_a_copy_with_no_point_and_no_lease_left() {
+    let server = S3Server::start();
+    let src = Env::init_s3(&server, "copy-int-src");
+    let img = src.path("big.img");
+    write_image(&img, &[Region::Random(40 << 20)], 41, false).unwrap();
+    let p = src.backup("vm", &[("d", &img)])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut stopped = false;
+    for attempt in 0..4 {
+        let dst = scratch(None, &format!("copy-int-{attempt}"));
+        init_like(&dst, &src);
+        let pw = dst.password_file().display().to_string();
+        let mut args = vec!["copy", "--to", &dst.url, "--to-password-file", &pw];
+        args.extend_from_slice(&["--max-requests-per-second", "8"]);
+        let child = cmd(&src, &dst, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = child;
+        while dst.files("packs").is_empty() && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        if !dst.files("points").is_empty() {
+            continue; // it committed before the signal: try again
+        }
+        stopped = true;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(130), "{err}");
+        assert!(
+            err.contains("interrupted") && err.contains("lease"),
+            "{err}"
+        );
+        assert!(dst.files("leases").is_empty(), "the lease was removed");
+        let done = copy(&src, &dst, &[]);
+        assert_eq!(done["points_copied"], 1, "{done}");
+        check_copied(&dst, &[(&p, &img)]);
+        break;
+    }
+    assert!(stopped, "no copy was caught before its commit");
 }
