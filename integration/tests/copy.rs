@@ -258,6 +258,11 @@ fn a_target_not_made_like_the_source_is_refused() {
     let (code, err) = fails(src.x(&["copy", "--to", &like.url]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--to-password-file"), "{err}");
+    // A target that is not there says how to make it.
+    let missing = like.path("nothing-here").display().to_string();
+    let (code, err) = fails(src.x(&["copy", "--to", &missing]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("init --like"), "{err}");
     // --like decides the constants: they cannot be given too.
     let (code, err) = fails(like.x(&["init", "--like", &src.url, "--segment-size", "8M"]));
     assert_eq!(code, 2, "{err}");

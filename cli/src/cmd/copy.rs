@@ -10,7 +10,23 @@ use crate::progress_ui::Bar;
 
 pub async fn run(cli: &Cli, args: &CopyArgs) -> Result<()> {
     let source = crate::open::open_of_two(cli).await?;
-    let target = crate::open::open_other(cli, &args.to, &args.to_secret.sources()).await?;
+    let target = match crate::open::open_other(cli, &args.to, &args.to_secret.sources()).await {
+        Ok(t) => t,
+        Err(e)
+            if matches!(
+                e.downcast_ref(),
+                Some(xfull_core::Error::NotARepository { .. })
+            ) =>
+        {
+            let hint = format!(
+                "make the copy's target first, like the source: xfull -r {} init --like {}",
+                printable(&args.to),
+                printable(&source.location())
+            );
+            return Err(e.context(hint));
+        }
+        Err(e) => return Err(e),
+    };
     // Refused before anything is listed or written.
     xfull_core::copy::check_like(&source, &target)?;
     let points = points(&source, args).await?;
