@@ -189,6 +189,33 @@ pub struct InitArgs {
     #[arg(long, value_name = "MODE",
           value_parser = PossibleValuesParser::new(xfull_s3::SSE_VALUES.iter().copied()))]
     pub sse: Option<String>,
+    /// S3 only, on a bucket made with object lock: lock every object a
+    /// point relies on (WORM) in this mode for --lock-days. In compliance
+    /// mode nobody can delete them early; in governance mode only
+    /// credentials with s3:BypassGovernanceRetention can.
+    #[arg(long, value_name = "MODE", requires = "lock_days",
+          value_parser = ["compliance", "governance"])]
+    pub object_lock: Option<String>,
+    /// With --object-lock: how many days every object of a point stays
+    /// locked, at least, from the start of its backup.
+    #[arg(long, value_name = "DAYS", requires = "object_lock",
+          value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    pub lock_days: Option<u64>,
+    /// With --object-lock: retention is extended once per generation of
+    /// this many days (objects stay locked up to this much longer).
+    #[arg(long, value_name = "DAYS", requires = "object_lock", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    pub lock_generation_days: u64,
+    /// Testing: the lock period and generation in seconds
+    /// (`RETAIN,GENERATION`), instead of days.
+    #[arg(
+        long,
+        hide = true,
+        value_name = "SECS,SECS",
+        requires = "object_lock",
+        conflicts_with = "lock_days"
+    )]
+    pub lock_seconds: Option<String>,
     #[command(flatten)]
     pub kdf: crate::args_key::KdfArgs,
     #[command(flatten)]

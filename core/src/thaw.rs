@@ -18,7 +18,6 @@ use futures::StreamExt;
 
 use crate::archive::{ArchiveState, ThawAnswer, ThawTier};
 use crate::error::{Error, Result};
-use crate::id::ObjectId;
 use crate::manifest::Manifest;
 use crate::placement::archive::PackState;
 use crate::progress::Progress;
@@ -90,46 +89,14 @@ pub async fn plan(
     disks: &[String],
     progress: &Progress,
 ) -> Result<ThawPlan> {
-    let mut nodes: Vec<ObjectId> = Vec::new();
+    let mut segments = Vec::new();
     for d in disks {
-        nodes.extend(m.disk(d)?.segments.iter().flatten());
+        segments.push(m.disk(d)?.segments.as_slice());
     }
-    nodes.sort_unstable();
-    nodes.dedup();
-    progress.add_total(nodes.len() as u64);
+    let nodes = crate::point_objects::nodes_of(segments);
+    let found = crate::point_objects::packs_of_nodes(repo, &nodes, progress).await?;
+    let (packs, unknown) = (found.packs, found.unknown_chunks);
     let placement = repo.chunks();
-    let index = placement.open_index().await?;
-    let mut packs: Vec<ObjectId> = Vec::new();
-    let mut unique = 0;
-    let mut unknown = 0;
-    let mut found = futures::stream::iter(nodes.iter().map(|id| {
-        let (placement, index) = (placement.clone(), index.clone());
-        async move {
-            let node = repo.load_node(id).await?;
-            let ids: Vec<ObjectId> = node.chunk_ids().collect();
-            let mut packs = Vec::new();
-            let unknown = placement.packs_of(&index, &ids, &mut packs).await?;
-            Ok::<_, Error>((packs, unknown))
-        }
-    }))
-    .buffer_unordered(IN_FLIGHT);
-    while let Some(r) = found.next().await {
-        stop_if_cancelled(progress)?;
-        let (p, u) = r?;
-        packs.extend(p);
-        unknown += u;
-        progress.add_done(1);
-        // A disk's chunks share few packs: keep the list near its
-        // distinct entries, not one per chunk.
-        if packs.len() > 2 * unique + 4096 {
-            packs.sort_unstable();
-            packs.dedup();
-            unique = packs.len();
-        }
-    }
-    drop(found);
-    packs.sort_unstable();
-    packs.dedup();
     let mut states: Vec<PackState> = Vec::new();
     let mut missing = 0;
     let mut looked = futures::stream::iter(packs.iter().map(|p| {

@@ -22,6 +22,7 @@ mod json_schema;
 mod least_privilege;
 mod mount;
 mod nbd_source;
+mod object_lock;
 mod operations;
 mod pack_files;
 mod placement;
