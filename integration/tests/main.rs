@@ -33,6 +33,7 @@ mod s3;
 mod s3_budget;
 mod s3_errors;
 mod s3_least_privilege;
+mod s3_object_lock;
 mod serve;
 mod serve_clients;
 mod serve_damage;
