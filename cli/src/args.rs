@@ -335,8 +335,17 @@ pub struct RestoreArgs {
     /// Restore nothing: list the objects the restore needs that sit in an
     /// archive storage class, their bytes, and the cost and time of
     /// thawing them per retrieval tier.
-    #[arg(long, conflicts_with_all = ["to", "overwrite", "force", "ignore_damage", "sync", "no_image_hash"])]
+    #[arg(long, conflicts_with_all = ["to", "overwrite", "force", "ignore_damage", "sync", "no_image_hash", "wait"])]
     pub plan: bool,
+    /// When data the restore needs is being thawed from an archive storage
+    /// class (`xfull thaw`), wait up to this long for it (e.g. 12h, 48h),
+    /// looking at what is still thawing every few minutes; without it such
+    /// a restore fails at the first archived chunk.
+    #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_secs)]
+    pub wait: Option<u64>,
+    /// Seconds between two looks of --wait (testing).
+    #[arg(long, hide = true, default_value_t = 300, requires = "wait")]
+    pub wait_poll: u64,
     /// Replace an existing regular file (atomically, once the image is
     /// complete); a symbolic link there is never followed or replaced.
     #[arg(long)]
