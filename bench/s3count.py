@@ -9,7 +9,8 @@ through and only their bytes are counted.
 
 Kinds: GET (object, ranged or not), PUT, HEAD, DELETE, LIST (GET on a
 bucket or prefix with list-type, prefix, delimiter or no key), DELETE_MULTI
-(POST ?delete), POST (other), GET_BUCKET_META (?location, ?versioning ...).
+(POST ?delete), POST (other), GET_BUCKET_META (?location, ?versioning ...),
+PUT_RETENTION (PutObjectRetention, ?retention).
 """
 
 import socket
@@ -53,6 +54,8 @@ def classify(method, target):
                 return "GET_BUCKET_META"
             return "LIST"
         return "GET"
+    if method == "PUT" and "retention" in q:
+        return "PUT_RETENTION"
     return method
 
 

@@ -198,6 +198,33 @@ pub struct InitArgs {
     pub like: Option<String>,
     #[command(flatten)]
     pub from_secret: crate::args_copy::FromSecretArgs,
+    /// S3 only, on a bucket made with object lock: lock every object a
+    /// point relies on (WORM) in this mode for --lock-days. In compliance
+    /// mode nobody can delete them early; in governance mode only
+    /// credentials with s3:BypassGovernanceRetention can.
+    #[arg(long, value_name = "MODE", requires = "lock_days",
+          value_parser = ["compliance", "governance"])]
+    pub object_lock: Option<String>,
+    /// With --object-lock: how many days every object of a point stays
+    /// locked, at least, from the start of its backup.
+    #[arg(long, value_name = "DAYS", requires = "object_lock",
+          value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    pub lock_days: Option<u64>,
+    /// With --object-lock: retention is extended once per generation of
+    /// this many days (objects stay locked up to this much longer).
+    #[arg(long, value_name = "DAYS", requires = "object_lock", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    pub lock_generation_days: u64,
+    /// Testing: the lock period and generation in seconds
+    /// (`RETAIN,GENERATION`), instead of days.
+    #[arg(
+        long,
+        hide = true,
+        value_name = "SECS,SECS",
+        requires = "object_lock",
+        conflicts_with = "lock_days"
+    )]
+    pub lock_seconds: Option<String>,
     #[command(flatten)]
     pub kdf: crate::args_key::KdfArgs,
     #[command(flatten)]
@@ -317,8 +344,17 @@ pub struct RestoreArgs {
     /// Restore nothing: list the objects the restore needs that sit in an
     /// archive storage class, their bytes, and the cost and time of
     /// thawing them per retrieval tier.
-    #[arg(long, conflicts_with_all = ["to", "overwrite", "force", "ignore_damage", "sync", "no_image_hash"])]
+    #[arg(long, conflicts_with_all = ["to", "overwrite", "force", "ignore_damage", "sync", "no_image_hash", "wait"])]
     pub plan: bool,
+    /// When data the restore needs is being thawed from an archive storage
+    /// class (`xfull thaw`), wait up to this long for it (e.g. 12h, 48h),
+    /// looking at what is still thawing every few minutes; without it such
+    /// a restore fails at the first archived chunk.
+    #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_secs)]
+    pub wait: Option<u64>,
+    /// Seconds between two looks of --wait (testing).
+    #[arg(long, hide = true, default_value_t = 300, requires = "wait")]
+    pub wait_poll: u64,
     /// Replace an existing regular file (atomically, once the image is
     /// complete); a symbolic link there is never followed or replaced.
     #[arg(long)]

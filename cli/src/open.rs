@@ -274,10 +274,18 @@ async fn init_as(
         ))
         .into());
     }
+    if config.object_lock.is_some() && parse_location(&repo).is_some() {
+        return Err(Error::InvalidArgument(format!(
+            "repository {repo}: --object-lock needs an S3 bucket made with object lock; \
+             a local directory cannot lock files against their owner"
+        ))
+        .into());
+    }
     let stored = config.store.clone();
     let seen = SeenEncrypted::from_env(|n| std::env::var_os(n));
     if !encrypted {
         let backend = backend(&repo, &s3, true, Some(&stored)).await?;
+        check_lock(&repo, &config, backend.as_ref()).await?;
         let place = record_location(&repo, backend.as_ref());
         let made = match like {
             Some(source) => Repository::init_like(backend, config, source, None, params).await?,
@@ -294,6 +302,7 @@ async fn init_as(
     let (secret, made_key_file) = crate::secrets::for_init(cli)?;
     let result = async {
         let backend = backend(&repo, &s3, true, Some(&stored)).await?;
+        check_lock(&repo, &config, backend.as_ref()).await?;
         let place = record_location(&repo, backend.as_ref());
         let made = match like {
             Some(source) => {
@@ -318,6 +327,25 @@ async fn init_as(
         remember(&seen, &place, &made);
     }
     Ok(made)
+}
+
+/// `init --object-lock` on a bucket without object lock would write
+/// every object unlocked (or fail at the first put): refused up front.
+async fn check_lock(
+    repo: &str,
+    config: &xfull_core::config::RepoConfig,
+    backend: &dyn Backend,
+) -> Result<()> {
+    if config.object_lock.is_some() && !backend.lock_enabled().await.map_err(Error::Backend)? {
+        return Err(Error::InvalidArgument(format!(
+            "repository {repo}: the bucket does not have object lock enabled, so \
+             --object-lock cannot lock anything; create the bucket with object lock \
+             (e.g. `aws s3api create-bucket --object-lock-enabled-for-bucket`) or enable \
+             it on a versioned bucket (`aws s3api put-object-lock-configuration`)"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// The repository's place, as the record of repositories seen encrypted

@@ -84,6 +84,15 @@ pub fn print_error_json(message: &str, kind: &str, status: u8) {
 }
 
 /// Times in every JSON document: RFC 3339, UTC, `Z`.
+/// A duration in the largest whole unit: `30 days`, `2 h`, `5 s`.
+pub fn duration_words(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{} h", s / 3_600),
+        s => format!("{s} s"),
+    }
+}
+
 pub fn json_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }

@@ -118,6 +118,16 @@ fn print_notices(bar: &ProgressBar, progress: &Progress, quiet: bool) {
             } => format!(
                 "xfull: waiting for gc sweep {seq} ({reason}); at most {at_most_secs} s more"
             ),
+            Notice::WaitingForThaw { .. } if quiet => continue,
+            Notice::WaitingForThaw {
+                objects,
+                bytes: b,
+                next_look_secs,
+            } => format!(
+                "xfull: waiting for the thaw of {objects} archived objects ({}); looking again \
+                 in {next_look_secs} s",
+                bytes(b)
+            ),
             Notice::Warning(w) => format!("xfull: warning: {w}"),
         };
         let line = crate::output::printable(&line).into_owned();

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 use crate::archive::{ArchiveState, ThawAnswer, ThawTier};
+use crate::lock::Retention;
 
 /// Errors with a meaning callers act on.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,11 @@ pub enum Operation {
     Delete,
     /// Asking an archive class for a readable copy (S3 RestoreObject).
     Thaw,
+    /// Reading an object's retention (S3 HEAD shows it only to
+    /// `s3:GetObjectRetention`) or a bucket's object lock setting.
+    ReadLock,
+    /// Extending an object's retention (S3 PutObjectRetention).
+    Retain,
 }
 
 impl Operation {
@@ -130,6 +136,8 @@ impl Operation {
             Operation::Write | Operation::Overwrite => "s3:PutObject",
             Operation::Delete => "s3:DeleteObject",
             Operation::Thaw => "s3:RestoreObject",
+            Operation::ReadLock => "s3:GetObjectRetention",
+            Operation::Retain => "s3:PutObjectRetention",
         }
     }
 }
@@ -143,6 +151,8 @@ impl std::fmt::Display for Operation {
             Operation::Overwrite => "overwrite",
             Operation::Delete => "delete",
             Operation::Thaw => "thaw",
+            Operation::ReadLock => "read the retention of",
+            Operation::Retain => "extend the retention of",
         })
     }
 }
@@ -175,6 +185,9 @@ pub enum ObjectClass {
 pub struct PutOptions {
     pub mode: PutMode,
     pub class: ObjectClass,
+    /// Object lock retention to put the object with (S3 Object Lock);
+    /// set by `crate::lock::store` for the objects points depend on.
+    pub retention: Option<Retention>,
 }
 
 impl PutOptions {
@@ -183,6 +196,7 @@ impl PutOptions {
         PutOptions {
             mode,
             class: ObjectClass::Metadata,
+            retention: None,
         }
     }
 
@@ -191,6 +205,7 @@ impl PutOptions {
         PutOptions {
             mode,
             class: ObjectClass::Data,
+            retention: None,
         }
     }
 }
@@ -259,5 +274,27 @@ pub trait Backend: Send + Sync + Debug + 'static {
         let _ = (days, tier);
         self.head(key).await?;
         Ok(ThawAnswer::NotArchived)
+    }
+
+    /// Whether the store can lock objects (an S3 bucket with Object Lock
+    /// enabled). Stores without object lock say no.
+    async fn lock_enabled(&self) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+
+    /// The object and its retention, if it has one (S3: a HEAD).
+    async fn retention(&self, key: &str) -> Result<(ObjectMeta, Option<Retention>), BackendError> {
+        Ok((self.head(key).await?, None))
+    }
+
+    /// Sets the object's retention to `retention` (S3
+    /// PutObjectRetention). Callers only ever lengthen it; a store in
+    /// compliance mode refuses to shorten it anyway.
+    async fn extend_retention(&self, key: &str, retention: Retention) -> Result<(), BackendError> {
+        let _ = retention;
+        Err(BackendError::Other {
+            location: self.location(),
+            message: format!("cannot lock {key}: this store has no object lock"),
+        })
     }
 }

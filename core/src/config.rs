@@ -96,6 +96,10 @@ pub struct RepoConfig {
     /// otherwise. Left out of the encoding when empty.
     #[serde(default, skip_serializing_if = "StoreSettings::is_empty")]
     pub store: StoreSettings,
+    /// Object lock (`init --object-lock`): unlike `store`, not a default
+    /// a client may override: every writer locks what points rely on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::lock::ObjectLock>,
 }
 
 /// Store settings kept in the config by `init --data-storage-class
@@ -179,6 +183,7 @@ impl RepoConfig {
             protocol: Protocol::default(),
             encryption: None,
             store: StoreSettings::default(),
+            object_lock: None,
         };
         cfg.validate().map_err(Error::InvalidArgument)?;
         Ok(cfg)
@@ -222,6 +227,9 @@ impl RepoConfig {
         }
         if !(1..=19).contains(&self.zstd_level) {
             return Err(format!("zstd level {} must be 1 to 19", self.zstd_level));
+        }
+        if let Some(lock) = &self.object_lock {
+            lock.validate()?;
         }
         self.store.validate()
     }

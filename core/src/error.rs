@@ -81,6 +81,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// `restore --wait` gave up: what the restore needs is not being
+    /// thawed, or its thaw did not finish in time.
+    #[error(
+        "point {point}, disk {disk}: {objects} objects ({bytes} bytes) it needs are in an \
+         archive storage class and {reason}"
+    )]
+    NotThawed {
+        point: String,
+        disk: String,
+        objects: u64,
+        bytes: u64,
+        reason: String,
+    },
+
     /// A restore met chunk data in an archive storage class with no
     /// readable copy (not damage: thawing it makes it readable).
     #[error(

@@ -67,6 +67,11 @@ pub struct DiskManifest {
     /// point from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+    /// In a repository with object lock: the generation whose retention
+    /// every object this disk relies on was given (see `crate::lock`).
+    /// A child backup in the same generation need not look at them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_generation: Option<u64>,
 }
 
 /// The result of re-reading a sample of the segments a change source
@@ -121,6 +126,10 @@ pub struct BackupStats {
     #[serde(default)]
     pub objects_restored: u64,
     pub seconds: f64,
+    /// Object lock: retentions read and extended (repositories with
+    /// object lock only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<crate::lock::extend::Extended>,
 }
 
 impl BackupStats {
@@ -134,6 +143,9 @@ impl BackupStats {
         self.bytes_stored += o.bytes_stored;
         self.bytes_data += o.bytes_data;
         self.objects_restored += o.objects_restored;
+        if let Some(l) = &o.lock {
+            self.lock.get_or_insert_default().add(l);
+        }
     }
 
     /// Data bytes of the point per byte its backup added to the store;
@@ -275,6 +287,7 @@ mod tests {
                 audit: None,
                 stats: BackupStats::default(),
                 checkpoint: None,
+                lock_generation: None,
             }],
             stats: BackupStats::default(),
             writer: "test".into(),

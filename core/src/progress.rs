@@ -163,6 +163,14 @@ pub enum Notice {
         /// after that).
         at_most_secs: u64,
     },
+    /// A restore waits for thaws of archived data to finish.
+    WaitingForThaw {
+        /// Objects (packs) still being thawed, and their bytes.
+        objects: u64,
+        bytes: u64,
+        /// When it looks again, in seconds.
+        next_look_secs: u64,
+    },
     /// Something worth a warning that does not stop the operation.
     Warning(Warning),
 }

@@ -46,6 +46,7 @@ impl Repository {
             encryption: None,
             ..config
         };
+        let backend = locking(backend, &config);
         write_config(backend.as_ref(), &config).await?;
         Ok(Repository {
             backend,
@@ -114,6 +115,7 @@ impl Repository {
                 location: backend.location(),
             });
         }
+        let backend = locking(backend, &config);
         let created = match like {
             None => crypto::create_keys(backend.as_ref(), secret, params).await,
             Some(keys) => crypto::create_keys_like(backend.as_ref(), keys, secret, params).await,
@@ -177,6 +179,7 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let config = RepoConfig::decode(&bytes)?;
+        let backend = locking(backend, &config);
         let codec = match &config.encryption {
             None => {
                 // A config rewritten to say "unencrypted" must not make
@@ -517,6 +520,7 @@ pub(crate) async fn put_once_as(
     let opts = PutOptions {
         mode: PutMode::Create,
         class,
+        retention: None,
     };
     match backend.put_opts(key, data, opts).await {
         Ok(()) => Ok(Stored::New),
@@ -531,5 +535,18 @@ pub(crate) fn missing(e: BackendError, key: &str) -> Error {
         Error::corrupt(key, "missing from the repository")
     } else {
         e.into()
+    }
+}
+
+/// The backend as a repository with this config writes to it: with
+/// object lock, through the decorator that locks what points rely on.
+fn locking(backend: Arc<dyn Backend>, config: &RepoConfig) -> Arc<dyn Backend> {
+    match config.object_lock {
+        Some(lock) => Arc::new(crate::lock::store::Locking::new(
+            backend,
+            lock,
+            config.protocol.margin(),
+        )),
+        None => backend,
     }
 }

@@ -180,6 +180,11 @@ impl Session {
         self.lock().deps.extend(refs);
     }
 
+    /// What the session recorded as relied on without writing it.
+    pub fn deps(&self) -> Vec<ObjectRef> {
+        self.lock().deps.clone()
+    }
+
     /// Rewrites the lease (keeping it alive), unless the session ended.
     async fn write(&self) -> Result<()> {
         write_lease(&self.repo, &self.key, &self.record, &self.writer).await

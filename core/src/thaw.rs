@@ -18,7 +18,6 @@ use futures::StreamExt;
 
 use crate::archive::{ArchiveState, ThawAnswer, ThawTier};
 use crate::error::{Error, Result};
-use crate::id::ObjectId;
 use crate::manifest::Manifest;
 use crate::placement::archive::PackState;
 use crate::progress::Progress;
@@ -90,46 +89,14 @@ pub async fn plan(
     disks: &[String],
     progress: &Progress,
 ) -> Result<ThawPlan> {
-    let mut nodes: Vec<ObjectId> = Vec::new();
+    let mut segments = Vec::new();
     for d in disks {
-        nodes.extend(m.disk(d)?.segments.iter().flatten());
+        segments.push(m.disk(d)?.segments.as_slice());
     }
-    nodes.sort_unstable();
-    nodes.dedup();
-    progress.add_total(nodes.len() as u64);
+    let nodes = crate::point_objects::nodes_of(segments);
+    let found = crate::point_objects::packs_of_nodes(repo, &nodes, progress).await?;
+    let (packs, unknown) = (found.packs, found.unknown_chunks);
     let placement = repo.chunks();
-    let index = placement.open_index().await?;
-    let mut packs: Vec<ObjectId> = Vec::new();
-    let mut unique = 0;
-    let mut unknown = 0;
-    let mut found = futures::stream::iter(nodes.iter().map(|id| {
-        let (placement, index) = (placement.clone(), index.clone());
-        async move {
-            let node = repo.load_node(id).await?;
-            let ids: Vec<ObjectId> = node.chunk_ids().collect();
-            let mut packs = Vec::new();
-            let unknown = placement.packs_of(&index, &ids, &mut packs).await?;
-            Ok::<_, Error>((packs, unknown))
-        }
-    }))
-    .buffer_unordered(IN_FLIGHT);
-    while let Some(r) = found.next().await {
-        stop_if_cancelled(progress)?;
-        let (p, u) = r?;
-        packs.extend(p);
-        unknown += u;
-        progress.add_done(1);
-        // A disk's chunks share few packs: keep the list near its
-        // distinct entries, not one per chunk.
-        if packs.len() > 2 * unique + 4096 {
-            packs.sort_unstable();
-            packs.dedup();
-            unique = packs.len();
-        }
-    }
-    drop(found);
-    packs.sort_unstable();
-    packs.dedup();
     let mut states: Vec<PackState> = Vec::new();
     let mut missing = 0;
     let mut looked = futures::stream::iter(packs.iter().map(|p| {
@@ -221,6 +188,86 @@ pub async fn thaw(
         stop_if_cancelled(progress)?;
     }
     Ok(out)
+}
+
+/// Waits until a restore of `disks` of `m` can read everything it needs,
+/// as `restore --wait` does: one plan (see [`plan`]), then a look every
+/// `poll` at the packs still not readable only (one HEAD each), for at
+/// most `max`. Gives up at once when a pack is archived with no thaw
+/// running (nothing would ever change: `xfull thaw` first), and when
+/// `max` has passed. Returns the last look.
+pub async fn wait_ready(
+    repo: &Repository,
+    m: &Manifest,
+    disks: &[String],
+    poll: std::time::Duration,
+    max: std::time::Duration,
+    progress: &Progress,
+) -> Result<ThawPlan> {
+    let started = std::time::Instant::now();
+    let mut looked = plan(repo, m, disks, progress).await?;
+    let placement = repo.chunks();
+    loop {
+        let waiting: Vec<&PackState> = looked
+            .archive
+            .iter()
+            .filter(|p| !p.state.readable())
+            .collect();
+        if waiting.is_empty() {
+            return Ok(looked);
+        }
+        let count = |which: &dyn Fn(&ArchiveState) -> bool| {
+            let ps = waiting.iter().filter(|p| which(&p.state));
+            ps.fold((0u64, 0u64), |(n, b), p| (n + 1, b + p.bytes))
+        };
+        let given_up = |(objects, bytes): (u64, u64), reason: String| Error::NotThawed {
+            point: m.point_name(),
+            disk: disks.join(","),
+            objects,
+            bytes,
+            reason,
+        };
+        let archived = count(&|s| matches!(s, ArchiveState::Archived { .. }));
+        if archived.0 > 0 {
+            return Err(given_up(
+                archived,
+                "no thaw is running for them: run `xfull thaw` first".into(),
+            ));
+        }
+        let thawing = count(&|_| true);
+        if started.elapsed() + poll > max {
+            return Err(given_up(
+                thawing,
+                format!(
+                    "are still being thawed after {} s of waiting (--wait)",
+                    started.elapsed().as_secs()
+                ),
+            ));
+        }
+        progress.notice(crate::progress::Notice::WaitingForThaw {
+            objects: thawing.0,
+            bytes: thawing.1,
+            next_look_secs: poll.as_secs(),
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = progress.cancelled() => stop_if_cancelled(progress)?,
+        }
+        let mut states = Vec::new();
+        for p in &looked.archive {
+            if p.state.readable() {
+                states.push(p.clone());
+                continue;
+            }
+            // Gone since (rewritten or lost): a restore reads another copy
+            // or reports the chunk damaged, as after any plan.
+            match placement.pack_state(&p.pack).await? {
+                Some(s) => states.push(s),
+                None => looked.missing_packs += 1,
+            }
+        }
+        looked.archive = states;
+    }
 }
 
 fn stop_if_cancelled(progress: &Progress) -> Result<()> {

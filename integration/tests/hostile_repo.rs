@@ -70,6 +70,7 @@ fn base(id: &str, size: u64, segment_size: u64, segments: usize) -> Manifest {
             audit: None,
             stats: BackupStats::default(),
             checkpoint: None,
+            lock_generation: None,
         }],
         stats: BackupStats::default(),
         writer: "xfull test".into(),

@@ -13,7 +13,7 @@ use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
 use xfull_core::restore::{RestoreOptions, Target, restore};
 use xfull_core::testing::{ArchiveSim, MemBackend};
-use xfull_core::thaw::{plan, thaw};
+use xfull_core::thaw::{plan, thaw, wait_ready};
 use xfull_core::{Error, thaw::ThawPlan};
 use xfull_integration::{Region, write_image};
 
@@ -143,6 +143,64 @@ async fn plan_thaw_interrupted_resumed_then_restore() {
     assert!(!plan_of(&repo, &other).await.ready());
 }
 
+/// `restore --wait`: gives up at once when nothing is thawing, gives up
+/// when the thaw outlasts the wait, and returns once a thaw running during
+/// the wait has finished, after which the restore is bit-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_waits_for_a_running_thaw_and_no_longer() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    write_image(&a, &[Region::Random(3 << 20)], 5, true).unwrap();
+    let sim = Arc::new(ArchiveSim::new(Arc::new(MemBackend::default())));
+    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    let m = backup(&repo, request("vm", &a), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    let disks = ["d".to_string()];
+    let ms = std::time::Duration::from_millis;
+    let p = Progress::default();
+    match wait_ready(&repo, &m, &disks, ms(10), ms(10_000), &p).await {
+        Err(Error::NotThawed {
+            reason, objects, ..
+        }) => {
+            assert!(reason.contains("no thaw is running"), "{reason}");
+            assert!(objects >= 1);
+        }
+        other => panic!("nothing thawing: {other:?}"),
+    }
+    thaw(&repo, &plan_of(&repo, &m).await, 1, ThawTier::Bulk, &p)
+        .await
+        .unwrap();
+    match wait_ready(&repo, &m, &disks, ms(20), ms(100), &p).await {
+        Err(Error::NotThawed { reason, .. }) => {
+            assert!(reason.contains("still being thawed"), "{reason}")
+        }
+        other => panic!("a thaw longer than the wait: {other:?}"),
+    }
+    let finisher = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ms(300)).await;
+            sim.finish_thaws();
+        })
+    };
+    let ready = wait_ready(&repo, &m, &disks, ms(50), ms(60_000), &p)
+        .await
+        .unwrap();
+    finisher.await.unwrap();
+    assert!(ready.ready(), "{ready:?}");
+    let waited = p
+        .take_notices()
+        .into_iter()
+        .filter(|n| matches!(n, xfull_core::progress::Notice::WaitingForThaw { .. }))
+        .count();
+    assert!(waited >= 1, "the wait said nothing");
+    let out = dir.path().join("restored");
+    restore_to(&repo, &m, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&a).unwrap());
+}
+
 /// A store without archive classes: every pack is hot, nothing to thaw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_without_archive_classes_needs_no_thaw() {
@@ -215,6 +273,31 @@ fn the_plan_and_thaw_commands_on_a_directory() {
             &["thaw", "vm@latest", "--tier", "slow", "--days", "1"][..],
             "--tier",
         ),
+        (
+            &[
+                "restore",
+                "--plan",
+                "vm@latest",
+                "--disk",
+                "d",
+                "--wait",
+                "1h",
+            ][..],
+            "--wait",
+        ),
+        (
+            &[
+                "restore",
+                "vm@latest",
+                "--disk",
+                "d",
+                "--to",
+                "x",
+                "--wait",
+                "soon",
+            ][..],
+            "--wait",
+        ),
     ] {
         let (code, err) = fails(e.x(args));
         assert_eq!(code, 2, "{args:?}: {err}");
@@ -232,4 +315,20 @@ fn the_plan_and_thaw_commands_on_a_directory() {
     ]));
     assert_ne!(code, 0);
     assert!(err.contains("nope"), "{err}");
+    // Nothing archived: --wait restores at once.
+    let out = e.path("waited.img");
+    let to = out.to_str().unwrap();
+    e.x(&[
+        "restore",
+        "vm@latest",
+        "--disk",
+        "d",
+        "--to",
+        to,
+        "--wait",
+        "1h",
+    ])
+    .assert()
+    .success();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
 }

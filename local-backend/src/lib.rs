@@ -124,6 +124,14 @@ impl Backend for LocalBackend {
 
     /// A directory has one storage class: the class is ignored.
     async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
+        if opts.retention.is_some() {
+            // A directory cannot lock a file against its owner: refuse
+            // rather than store an object unlocked that should be locked.
+            return Err(BackendError::Other {
+                location: self.location(),
+                message: format!("cannot lock {key}: a local directory has no object lock"),
+            });
+        }
         let mode = opts.mode;
         match &self.store {
             Store::Dir(root) => {

@@ -16,9 +16,11 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::delete_objects::DeleteObjectsError;
 use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::operation::get_object_lock_configuration::GetObjectLockConfigurationError;
 use aws_sdk_s3::operation::head_object::HeadObjectError;
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
 use aws_sdk_s3::operation::put_object::PutObjectError;
+use aws_sdk_s3::operation::put_object_retention::PutObjectRetentionError;
 use aws_sdk_s3::operation::restore_object::RestoreObjectError;
 use xfull_core::backend::{BackendError, Operation};
 
@@ -335,6 +337,10 @@ fn operation_of<E: Error + 'static>(e: &E) -> Option<Operation> {
         Some(Operation::Delete)
     } else if e.is::<RestoreObjectError>() {
         Some(Operation::Thaw)
+    } else if e.is::<PutObjectRetentionError>() {
+        Some(Operation::Retain)
+    } else if e.is::<GetObjectLockConfigurationError>() {
+        Some(Operation::ReadLock)
     } else {
         None
     }

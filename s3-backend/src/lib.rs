@@ -55,6 +55,7 @@ mod budget;
 mod budget_tests;
 mod client;
 mod errors;
+mod lock;
 mod options;
 mod transport;
 
@@ -89,6 +90,8 @@ struct Counters {
     list: AtomicU64,
     delete: AtomicU64,
     restore: AtomicU64,
+    /// PutObjectRetention requests.
+    retention: AtomicU64,
 }
 
 pub struct S3Backend {
@@ -206,10 +209,22 @@ impl S3Backend {
         let key = format!("probe/conditional-put-{}", std::process::id());
         // A first put that fails (an unreachable endpoint, refused
         // access) is the answer: trying more requests only takes longer.
-        self.raw_put(&key, Bytes::from_static(b"1"), true, ObjectClass::Metadata)
-            .await?;
+        self.raw_put(
+            &key,
+            Bytes::from_static(b"1"),
+            true,
+            ObjectClass::Metadata,
+            None,
+        )
+        .await?;
         let second = self
-            .raw_put(&key, Bytes::from_static(b"2"), true, ObjectClass::Metadata)
+            .raw_put(
+                &key,
+                Bytes::from_static(b"2"),
+                true,
+                ObjectClass::Metadata,
+                None,
+            )
             .await;
         self.delete_many(std::slice::from_ref(&key)).await?;
         match second {
@@ -296,6 +311,7 @@ impl S3Backend {
         data: Bytes,
         create: bool,
         class: ObjectClass,
+        retention: Option<&xfull_core::lock::Retention>,
     ) -> Result<(), BackendError> {
         self.counters.put.fetch_add(1, Ordering::Relaxed);
         let len = data.len() as u64;
@@ -313,6 +329,9 @@ impl S3Backend {
         }
         if let Some(s) = &self.sse {
             req = req.server_side_encryption(s.clone());
+        }
+        if let Some(r) = retention {
+            req = lock::with_retention(req, r);
         }
         send!(self, req, key, len).map(|_| ())
     }
@@ -339,16 +358,16 @@ impl Backend for S3Backend {
     }
 
     async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
-        let class = opts.class;
+        let (class, lock) = (opts.class, opts.retention.as_ref());
         match (opts.mode, self.opts.no_conditional_put) {
-            (PutMode::Overwrite, _) => self.raw_put(key, data, false, class).await,
-            (PutMode::Create, false) => self.raw_put(key, data, true, class).await,
+            (PutMode::Overwrite, _) => self.raw_put(key, data, false, class, lock).await,
+            (PutMode::Create, false) => self.raw_put(key, data, true, class, lock).await,
             (PutMode::Create, true) => match self.head(key).await {
                 Ok(_) => Err(BackendError::AlreadyExists {
                     location: self.location(),
                     key: key.to_string(),
                 }),
-                Err(e) if e.is_not_found() => self.raw_put(key, data, false, class).await,
+                Err(e) if e.is_not_found() => self.raw_put(key, data, false, class, lock).await,
                 Err(e) => Err(e),
             },
         }
@@ -448,6 +467,25 @@ impl Backend for S3Backend {
         self.restore_object(key, days, tier).await
     }
 
+    async fn lock_enabled(&self) -> Result<bool, BackendError> {
+        self.bucket_lock_enabled().await
+    }
+
+    async fn retention(
+        &self,
+        key: &str,
+    ) -> Result<(ObjectMeta, Option<xfull_core::lock::Retention>), BackendError> {
+        self.head_retention(key).await
+    }
+
+    async fn extend_retention(
+        &self,
+        key: &str,
+        retention: xfull_core::lock::Retention,
+    ) -> Result<(), BackendError> {
+        self.put_retention(key, retention).await
+    }
+
     fn request_counts(&self) -> BTreeMap<&'static str, u64> {
         let c = &self.counters;
         [
@@ -457,6 +495,7 @@ impl Backend for S3Backend {
             ("list", c.list.load(Ordering::Relaxed)),
             ("delete", c.delete.load(Ordering::Relaxed)),
             ("restore", c.restore.load(Ordering::Relaxed)),
+            ("put_retention", c.retention.load(Ordering::Relaxed)),
         ]
         .into()
     }

@@ -84,6 +84,19 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
         }
     }
     println!("  total: {}", stats_line(&m.stats));
+    if let Some(l) = &m.stats.lock {
+        let until = m.disks.iter().filter_map(|d| d.lock_generation).max();
+        println!(
+            "  object lock: {} retentions read, {} extended{}{}",
+            l.checked,
+            l.extended,
+            match l.disks_renewed {
+                0 => String::new(),
+                n => format!(" ({n} disks looked at whole: a new generation)"),
+            },
+            until.map_or(String::new(), |g| format!(", generation {g}"))
+        );
+    }
     if !requests.is_empty() {
         let list: Vec<String> = requests.iter().map(|(k, v)| format!("{v} {k}")).collect();
         println!("  requests: {}", list.join(", "));

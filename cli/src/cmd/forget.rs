@@ -27,6 +27,7 @@ pub async fn run(cli: &Cli, args: &ForgetArgs) -> Result<()> {
             "pinned": out.pinned,
             "removed": out.removed.removed,
             "trashed": out.removed.trashed,
+            "locked": out.removed.locked,
             "newest_removed": out.newest_removed,
         }));
     }
@@ -35,7 +36,8 @@ pub async fn run(cli: &Cli, args: &ForgetArgs) -> Result<()> {
     } else {
         "removed"
     };
-    for p in &out.points {
+    let locked = |p: &String| out.removed.locked.iter().any(|l| &l.point == p);
+    for p in out.points.iter().filter(|p| !locked(p)) {
         let pinned = if out.pinned.contains(p) {
             " (to the trash: a running backup uses it)"
         } else {
@@ -46,6 +48,7 @@ pub async fn run(cli: &Cli, args: &ForgetArgs) -> Result<()> {
     if !args.dry_run {
         println!("their data goes with the next `xfull gc` unless other points share it");
     }
+    print_locked(&out.removed.locked);
     for vm in &out.newest_removed {
         eprintln!(
             "xfull: warning: the newest point of VM {vm} {} removed: change information \
@@ -55,4 +58,15 @@ pub async fn run(cli: &Cli, args: &ForgetArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Points object lock kept, and from when they can be removed.
+pub fn print_locked(locked: &[xfull_core::prune::LockedPoint]) {
+    for l in locked {
+        println!(
+            "kept point {} : object lock retains it until {} (remove it after that)",
+            l.point,
+            l.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
 }

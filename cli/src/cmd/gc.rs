@@ -119,6 +119,19 @@ pub fn print_report(r: &GcReport) {
             r.trash_removed, r.dead_leases_removed, r.incomplete_removed
         );
     }
+    if let (Some(first), Some(last)) = (&r.locked_first_until, &r.locked_last_until) {
+        let t = |d: &chrono::DateTime<chrono::Utc>| {
+            d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
+        println!(
+            "  object lock: {} unreferenced nodes and packs ({}) kept until their retention \
+             ends, from {} to {}: a gc after that deletes them",
+            r.locked_kept,
+            bytes(r.locked_bytes),
+            t(first),
+            t(last)
+        );
+    }
     if let Some(why) = &r.held {
         println!("  held back: {why}");
     }

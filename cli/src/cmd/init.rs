@@ -1,6 +1,7 @@
 use anyhow::Result;
 use xfull_core::chunker::ChunkParams;
 use xfull_core::config::{Protocol, RepoConfig, StoreSettings};
+use xfull_core::lock::{LockMode, ObjectLock};
 
 use crate::cli::{Cli, InitArgs};
 use crate::output::{bytes, print_json};
@@ -27,6 +28,7 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
         data_storage_class: args.data_storage_class.clone(),
         sse: args.sse.clone(),
     };
+    config.object_lock = object_lock(args)?;
     config
         .validate()
         .map_err(xfull_core::Error::InvalidArgument)?;
@@ -66,6 +68,7 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
             "sweep_ttl_secs": c.protocol.sweep_ttl_secs,
             "encryption": encryption,
             "key_slot": repo.codec().master_keys().map(|k| k.slot().to_string()),
+            "object_lock": c.object_lock,
         }))?;
     } else {
         println!(
@@ -90,8 +93,51 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
         if let Some(sse) = &c.store.sse {
             println!("server-side encryption {sse} (unless a client asks otherwise)");
         }
+        if let Some(l) = &c.object_lock {
+            println!(
+                "object lock: {} mode, every point's objects locked for {}, extended once per \
+                 generation of {}",
+                l.mode,
+                crate::output::duration_words(l.retain_secs),
+                crate::output::duration_words(l.generation_secs)
+            );
+        }
     }
     Ok(())
+}
+
+/// The object lock `--object-lock`, `--lock-days` and
+/// `--lock-generation-days` (or the hidden `--lock-seconds`) ask for.
+fn object_lock(args: &InitArgs) -> Result<Option<ObjectLock>> {
+    let Some(mode) = &args.object_lock else {
+        return Ok(None);
+    };
+    let mode = LockMode::parse(mode)
+        .ok_or_else(|| xfull_core::Error::InvalidArgument(format!("--object-lock {mode:?}")))?;
+    let (retain_secs, generation_secs) = match (&args.lock_seconds, args.lock_days) {
+        (Some(s), _) => {
+            let parsed = s
+                .split_once(',')
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+            parsed.ok_or_else(|| {
+                xfull_core::Error::InvalidArgument(format!(
+                    "--lock-seconds {s:?}: expected RETAIN,GENERATION in seconds"
+                ))
+            })?
+        }
+        (None, Some(days)) => (days * 86_400, args.lock_generation_days * 86_400),
+        (None, None) => {
+            return Err(xfull_core::Error::InvalidArgument(
+                "--object-lock needs --lock-days".into(),
+            )
+            .into());
+        }
+    };
+    Ok(Some(ObjectLock {
+        mode,
+        retain_secs,
+        generation_secs,
+    }))
 }
 
 fn to_u32(flag: &str, v: u64) -> Result<u32> {

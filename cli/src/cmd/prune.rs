@@ -47,6 +47,7 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
             "plan": plans.iter().map(plan_json).collect::<Vec<_>>(),
             "removed": removed.removed,
             "trashed": removed.trashed,
+            "locked": removed.locked,
             "gc": gc,
         }));
     }
@@ -62,6 +63,7 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
             "kept {kept}, removed {} points ({} moved to trash: a running backup uses them)",
             removed.removed, removed.trashed
         );
+        super::forget::print_locked(&removed.locked);
     }
     if let Some(r) = &gc {
         super::gc::print_report(r);

@@ -23,6 +23,21 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
     // Fail on an unknown disk before creating the target.
     m.disk(&args.disk)?;
     let progress = crate::progress();
+    if let Some(max) = args.wait {
+        let bar = Bar::start(progress.clone(), "waiting for the thaw", cli, true);
+        let disks = [args.disk.clone()];
+        let secs = std::time::Duration::from_secs;
+        xfull_core::thaw::wait_ready(
+            &repo,
+            &m,
+            &disks,
+            secs(args.wait_poll.max(1)),
+            secs(max),
+            &progress,
+        )
+        .await?;
+        drop(bar);
+    }
     let bar = Bar::start(progress.clone(), "restore", cli, true);
     let out = restore(
         &repo,

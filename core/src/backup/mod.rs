@@ -119,6 +119,11 @@ pub async fn backup(
     // "Concurrency"): a parent read after it is either protected by the
     // sweeps that see the lease, or re-checked before the commit.
     let mut session = Session::begin(repo, &req.vm, &req.host).await?;
+    // The generation the point is locked for: the one this backup began in.
+    let lock = repo
+        .config()
+        .object_lock
+        .map(|l| (l, l.current(repo.config().protocol.margin())));
     let heartbeat = session.heartbeat();
     let work = async {
         find_parents(repo, &req, &mut disks, &progress).await?;
@@ -149,8 +154,15 @@ pub async fn backup(
             packs: placement.session(placement.open_index().await?),
             progress: progress.clone(),
         };
-        let commit = back_up_disks(repo, disks, &ctx, &session).await?;
+        let mut commit = back_up_disks(repo, disks, &ctx, &session).await?;
         settle_sweeps(repo, &mut session, &commit, &progress).await?;
+        if let Some((lock, generation)) = lock {
+            let disks = commit.disks.iter_mut().map(|(_, d)| d);
+            let deps = session.deps();
+            let done =
+                crate::lock::extend::for_backup(repo, &lock, generation, &deps, disks, &progress);
+            commit.lock = Some(done.await?);
+        }
         Ok::<_, Error>(commit)
     };
     let prepared = tokio::select! {
@@ -225,6 +237,7 @@ async fn commit_and_recheck(
                 .zip(manifest.disks.iter().cloned())
                 .collect(),
             replaced: Vec::new(),
+            lock: None,
         };
         settle_sweeps(repo, session, &commit, progress).await?;
     }
@@ -238,6 +251,8 @@ struct Commit {
     /// Keys stored over damaged copies: their damage records can go once
     /// the point is committed.
     replaced: Vec<String>,
+    /// Object lock: what keeping the point's objects locked took.
+    lock: Option<crate::lock::extend::Extended>,
 }
 
 /// What every disk of a backup shares.
@@ -276,6 +291,7 @@ async fn back_up_disks(
     Ok(Commit {
         disks: out,
         replaced,
+        lock: None,
     })
 }
 
@@ -338,6 +354,7 @@ async fn commit_point(
         stats.add(&dm.stats);
         manifests.push(dm);
     }
+    stats.lock = commit.lock;
     // The point's parent: the newest point any disk was based on.
     let parent = manifests.iter().filter_map(|d| d.parent.clone()).max();
     let time = req.time.unwrap_or_else(Utc::now).trunc_subsecs(6);
@@ -670,6 +687,8 @@ async fn back_up_disk(
         stats.bytes_changed = r;
     }
     stats.seconds = started.elapsed().as_secs_f64();
+    // Until object lock's step replaces it: the parent's generation.
+    let lock_generation = d.parent.as_ref().and_then(|(_, p)| p.lock_generation);
     let dm = DiskManifest {
         name: d.name,
         size,
@@ -680,6 +699,7 @@ async fn back_up_disk(
         audit,
         stats,
         checkpoint: d.checkpoint,
+        lock_generation,
     };
     Ok((dm, result))
 }

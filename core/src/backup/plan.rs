@@ -200,6 +200,7 @@ mod tests {
             parent: None,
             audit: None,
             checkpoint: None,
+            lock_generation: None,
         }
     }
 

@@ -12,6 +12,7 @@
 //! options: nothing of the source's store settings travels.
 
 mod like;
+mod locked;
 mod nodes;
 mod point;
 mod recheck;
@@ -193,6 +194,8 @@ fn in_source(source: &Repository, e: Error) -> Error {
     }
 }
 
+#[cfg(test)]
+mod lock_tests;
 #[cfg(test)]
 mod race_tests;
 #[cfg(test)]

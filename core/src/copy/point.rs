@@ -8,10 +8,11 @@
 
 use std::collections::HashSet;
 
+use super::locked::target_manifest;
 use super::nodes::Copier;
 use super::{CopyCounts, Run, in_source, recheck};
 use crate::error::{Error, Result};
-use crate::id::{ObjectId, PointId};
+use crate::id::PointId;
 use crate::keys;
 use crate::manifest::Manifest;
 use crate::names::VmName;
@@ -55,9 +56,20 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
     run.progress
         .add_total(manifest.disks.iter().map(|d| d.size).sum());
     let mut session = Session::begin(run.target, vm, &run.host).await?;
+    // With object lock, the target's generation the copy began in (as a
+    // backup's): what the point relies on is retained for it.
+    let config = run.target.config();
+    let lock = config
+        .object_lock
+        .map(|l| (l, l.current(config.protocol.margin())));
     let heartbeat = session.heartbeat();
     let work = async {
-        let trusted = reference_nodes(run, &manifest, &session).await?;
+        let reference = reference_point(run, &manifest, &session).await?;
+        let trusted = reference
+            .iter()
+            .flat_map(|r| r.disks.iter())
+            .flat_map(|d| d.segments.iter().flatten().copied())
+            .collect();
         // Opened once the lease is written: packs found through it are
         // recorded in the lease before the copy relies on them.
         let placement = run.target.chunks();
@@ -66,7 +78,9 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         copy_nodes(run, &manifest, &session, &mut copier).await?;
         copier.flush(&session).await?;
         settle(run, &mut session, &manifest).await?;
-        Ok::<_, Error>(copier.counts)
+        let deps = session.deps();
+        let m = target_manifest(run, &manifest, reference.as_ref(), lock, &deps).await?;
+        Ok::<_, Error>((copier.counts, m))
     };
     // A cancellation wins over work that is ready too: nothing of the
     // point is committed once the user asked to stop.
@@ -84,7 +98,7 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
     };
     // The commit is not interrupted: it is short.
     let result = match prepared {
-        Ok(counts) => commit(run, &manifest, &mut session, counts).await,
+        Ok((counts, m)) => commit(run, &m, &mut session, counts).await,
         Err(e) => Err(e),
     };
     drop(heartbeat);
@@ -94,15 +108,16 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
     Ok(PointResult::Copied(counts))
 }
 
-/// The nodes of the target's point this copy builds on, which it trusts
-/// without a look: the source point's parent if the target has it, else
-/// the VM's newest point there. Read after the lease and pinned, as a
-/// backup pins its parent. None if the target has no such point.
-async fn reference_nodes(
+/// The target's point this copy builds on, whose nodes it trusts without
+/// a look: the source point's parent if the target has it, else the VM's
+/// newest point there. Read after the lease and pinned, as a backup pins
+/// its parent. None if the target has no such point (or it is damaged:
+/// then nothing is trusted and everything is looked at).
+async fn reference_point(
     run: &Run<'_>,
     manifest: &Manifest,
     session: &Session,
-) -> Result<HashSet<ObjectId>> {
+) -> Result<Option<Manifest>> {
     let vm = &manifest.vm;
     let listed = run.target.points_in_order(vm).await?;
     let pick = manifest
@@ -112,22 +127,14 @@ async fn reference_nodes(
         .or(listed.last())
         .cloned();
     let Some(pid) = pick else {
-        return Ok(HashSet::new());
+        return Ok(None);
     };
     session.pin([(vm.clone(), pid.clone())]).await?;
-    let reference = match run.target.load_manifest(vm, &pid).await {
-        Ok(m) => m,
-        // Gone or damaged: nothing is trusted, everything is looked at.
-        Err(e) if e.is_damage() || matches!(e, Error::PointNotFound { .. }) => {
-            return Ok(HashSet::new());
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(reference
-        .disks
-        .iter()
-        .flat_map(|d| d.segments.iter().flatten().copied())
-        .collect())
+    match run.target.load_manifest(vm, &pid).await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.is_damage() || matches!(e, Error::PointNotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Every node of the point, in disk order, a batch at a time.

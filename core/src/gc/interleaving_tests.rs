@@ -74,6 +74,7 @@ fn manifest(id: PointId, nodes: Vec<ObjectId>, parent: Option<PointId>) -> Manif
             audit: None,
             stats: BackupStats::default(),
             checkpoint: None,
+            lock_generation: None,
         }],
         stats: BackupStats::default(),
         writer: "test".into(),

@@ -82,6 +82,13 @@ pub struct GcReport {
     /// Unreferenced nodes and packs kept as too young to delete (a
     /// backup may still be writing or about to name them).
     pub young_kept: u64,
+    /// Object lock: garbage (nodes, packs) kept because its retention has
+    /// not ended; a later gc deletes it.
+    pub locked_kept: u64,
+    pub locked_bytes: u64,
+    /// When the first and the last of those retentions end.
+    pub locked_first_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub locked_last_until: Option<chrono::DateTime<chrono::Utc>>,
     /// Peak bytes of mark state in memory (chunk marks beyond
     /// `gc --mark-memory` go to local files).
     pub mark_state_bytes: u64,

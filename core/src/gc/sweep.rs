@@ -48,6 +48,7 @@ use crate::session::Heartbeat;
 mod batches;
 mod cancel;
 mod cleanup;
+mod locked;
 mod packs;
 mod preflight;
 mod publisher;

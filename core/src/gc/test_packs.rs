@@ -58,6 +58,7 @@ pub async fn write_point(
             audit: None,
             stats: BackupStats::default(),
             checkpoint: None,
+            lock_generation: None,
         }],
         stats: BackupStats::default(),
         writer: "test".into(),

@@ -156,6 +156,32 @@ pub struct Removed {
     pub removed: u64,
     /// Of those, moved to `trash/` because a lease pins them.
     pub trashed: u64,
+    /// Points left in place because object lock retains their manifest:
+    /// a later prune removes them once it ends.
+    pub locked: Vec<LockedPoint>,
+}
+
+/// A point prune would remove that object lock keeps.
+#[derive(Clone, Debug, Serialize)]
+pub struct LockedPoint {
+    pub point: String,
+    /// When its manifest's retention ends.
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
+/// When `key`'s retention ends, if it has not ended yet (with the clock
+/// margin: the store judges it by its own clock). `None` in a repository
+/// without object lock, without a request.
+pub(crate) async fn locked_until(
+    repo: &Repository,
+    key: &str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    if repo.config().object_lock.is_none() {
+        return Ok(None);
+    }
+    let (_, retention) = repo.backend().retention(key).await?;
+    let now = chrono::Utc::now() - repo.config().protocol.margin();
+    Ok(retention.map(|r| r.until).filter(|until| *until > now))
 }
 
 /// Removes the points' manifests: pinned ones go to `trash/` first (written
@@ -170,6 +196,19 @@ pub async fn remove(
     let mut out = Removed::default();
     for (vm, id) in points {
         let key = keys::point(vm, id);
+        // Deleting it on S3 would only hide it behind a delete marker.
+        match locked_until(repo, &key).await {
+            Ok(Some(until)) => {
+                out.locked.push(LockedPoint {
+                    point: format!("{vm}@{id}"),
+                    until,
+                });
+                continue;
+            }
+            Ok(None) => {}
+            Err(Error::Backend(e)) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        }
         if pins.contains(vm, id) {
             let bytes = match b.get(&key).await {
                 Ok(bytes) => bytes,

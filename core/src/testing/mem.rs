@@ -106,6 +106,13 @@ impl Backend for MemBackend {
 
     async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
         self.count("put");
+        if opts.retention.is_some() {
+            // Never drop a lock silently (`LockSim` plays one).
+            return Err(BackendError::Other {
+                location: self.location(),
+                message: format!("cannot lock {key}: this store has no object lock"),
+            });
+        }
         let now = self.clock.tick();
         let mut objects = self.lock();
         if opts.mode == PutMode::Create && objects.contains_key(key) {

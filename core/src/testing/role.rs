@@ -142,6 +142,27 @@ impl Backend for RoleBackend {
     fn request_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
         self.inner.request_counts()
     }
+
+    async fn lock_enabled(&self) -> Result<bool, BackendError> {
+        self.inner.lock_enabled().await
+    }
+
+    async fn retention(
+        &self,
+        key: &str,
+    ) -> Result<(ObjectMeta, Option<crate::lock::Retention>), BackendError> {
+        self.inner.retention(key).await
+    }
+
+    /// Extending a retention is granted to the backup role (it can only
+    /// keep objects longer), like a write.
+    async fn extend_retention(
+        &self,
+        key: &str,
+        retention: crate::lock::Retention,
+    ) -> Result<(), BackendError> {
+        self.inner.extend_retention(key, retention).await
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,7 @@ impl Sweep {
         // Between batches, never inside one: a batch announced is deleted
         // or abandoned whole, and the marker then says what was deleted.
         self.stop_if_cancelled().await?;
+        self.keep_locked(batch).await?;
         self.begin_batch(batch).await?;
         self.commit_batch(batch).await
     }

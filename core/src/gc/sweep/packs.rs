@@ -112,7 +112,13 @@ impl Sweep {
                 cutoff,
                 deps: &self.prot.pack_deps,
                 rules: self.pack_opts.rules,
-                max_waste_pct: self.pack_opts.max_waste_pct,
+                // Under object lock a partly live pack is retained as long
+                // as anything in it is: a rewrite could not delete it.
+                max_waste_pct: if self.repo.config().object_lock.is_some() {
+                    100
+                } else {
+                    self.pack_opts.max_waste_pct
+                },
                 shard_entries: self.pack_opts.shard_entries,
             },
             &orphan_live,

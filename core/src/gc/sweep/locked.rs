@@ -1,0 +1,66 @@
+//! Object lock in a sweep: garbage whose retention has not ended is not
+//! deleted (on S3 a DELETE would only hide it behind a delete marker, its
+//! bytes still billed and still locked), but counted with the dates its
+//! retentions end, for a later gc. Index objects are never locked (see
+//! `crate::lock::store`).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+
+use super::{Candidate, Listed, Sweep};
+use crate::error::{Error, Result};
+
+/// Retentions read at once.
+const IN_FLIGHT: usize = 16;
+
+impl Sweep {
+    /// Drops from `batch` what object lock still retains (one HEAD per
+    /// node or pack candidate, in a repository with object lock only).
+    pub(super) async fn keep_locked(&mut self, batch: &mut Vec<Candidate>) -> Result<()> {
+        if self.repo.config().object_lock.is_none() || batch.is_empty() {
+            return Ok(());
+        }
+        // The store's clock decides when a retention ends: a deletion
+        // waits for the clock margin past it, in case the store's clock
+        // is behind ours.
+        let now = Utc::now() - self.repo.config().protocol.margin();
+        let backend = self.repo.backend().clone();
+        let keys: Vec<String> = batch
+            .iter()
+            .filter(|c| !matches!(c.listed, Listed::Index(..)))
+            .map(|c| c.key().to_string())
+            .collect();
+        let untils: HashMap<String, DateTime<Utc>> = futures::stream::iter(keys)
+            .map(|key| {
+                let backend = backend.clone();
+                async move {
+                    match backend.retention(&key).await {
+                        Ok((_, r)) => Ok(r.map(|r| (key, r.until))),
+                        // Gone already: deleting it again is harmless.
+                        Err(e) if e.is_not_found() => Ok(None),
+                        Err(e) => Err(Error::from(e)),
+                    }
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_filter_map(|r| futures::future::ready(Ok(r)))
+            .try_collect()
+            .await?;
+        let report = &mut self.report;
+        batch.retain(|c| match untils.get(c.key()) {
+            Some(until) if *until > now => {
+                report.locked_kept += 1;
+                report.locked_bytes += c.meta().size;
+                report.locked_first_until =
+                    Some(report.locked_first_until.map_or(*until, |u| u.min(*until)));
+                report.locked_last_until =
+                    Some(report.locked_last_until.map_or(*until, |u| u.max(*until)));
+                false
+            }
+            _ => true,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! Keeping what a point relies on locked long enough: each object's
+//! retention is read (a HEAD) and extended (PutObjectRetention) when it
+//! ends before the generation's.
+//!
+//! A backup in generation `g` writes its new objects with `g`'s retention
+//! ([`super::store`]). What it relies on without writing falls in three
+//! groups:
+//! - objects its pipeline found already stored (a node whose create-only
+//!   put found it there, a pack the index named for a chunk): its lease's
+//!   dependencies, always checked, since nothing says when they were last
+//!   extended (a dead pack revived by dedup may be about to expire);
+//! - a disk's nodes and packs inherited from its parent: if the parent's
+//!   disk was made in `g` too (its `lock_generation`), they were written
+//!   or checked in `g` already; otherwise every node of the disk and every
+//!   pack of their chunks is checked, once per generation per disk;
+//! - the config and the key slots, checked by every backup (a few HEADs).
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::{ObjectLock, Retention};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::keys;
+use crate::lease::ObjectRef;
+use crate::manifest::DiskManifest;
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+/// Retentions read or extended at once.
+const IN_FLIGHT: usize = 16;
+
+/// What a backup did for object lock, kept in its manifest's stats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extended {
+    /// Objects whose retention was read (one HEAD each).
+    pub checked: u64,
+    /// Of those, retentions extended (one PutObjectRetention each).
+    pub extended: u64,
+    /// Disks whose inherited objects were all checked (a new generation).
+    pub disks_renewed: u64,
+    /// Objects found gone when looked at (see [`ensure`]).
+    pub gone: u64,
+}
+
+impl Extended {
+    pub fn add(&mut self, o: &Extended) {
+        self.checked += o.checked;
+        self.extended += o.extended;
+        self.disks_renewed += o.disks_renewed;
+        self.gone += o.gone;
+    }
+}
+
+/// Reads the retention of every key and extends it to `want` where it
+/// ends earlier (or has none). A key that is gone is skipped and counted:
+/// the index may name a pack a gc has just rewritten (readers then take
+/// another copy), and a point's missing node is the lease protocol's and
+/// verify's business, not this one's.
+pub async fn ensure(
+    backend: &Arc<dyn Backend>,
+    keys: &[String],
+    want: Retention,
+    progress: &Progress,
+) -> Result<Extended> {
+    let mut out = Extended::default();
+    let mut done = futures::stream::iter(keys.iter().map(|key| async move {
+        let now = match backend.retention(key).await {
+            Ok((_, now)) => now,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(Error::from(e)),
+        };
+        let extend = now.is_none_or(|r| r.until < want.until);
+        if extend {
+            match backend.extend_retention(key, want).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok::<_, Error>(Some(extend))
+    }))
+    .buffer_unordered(IN_FLIGHT);
+    while let Some(r) = done.try_next().await? {
+        progress.add_done(1);
+        match r {
+            Some(extended) => {
+                out.checked += 1;
+                out.extended += u64::from(extended);
+            }
+            None => out.gone += 1,
+        }
+        if progress.is_cancelled() {
+            return Err(Error::Cancelled {
+                cleaned: "the backup stopped before storing a point; retention already \
+                          extended stays (what it uploaded is garbage for the next gc)"
+                    .into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Makes everything a backup's point relies on retained until the end of
+/// `generation` plus the lock period (see the module's comment), and
+/// records the generation in each disk's manifest. On entry each disk's
+/// `lock_generation` is its parent's (`None`: no parent, or one made
+/// before the repository had object lock).
+pub async fn for_backup<'a>(
+    repo: &Repository,
+    lock: &ObjectLock,
+    generation: u64,
+    deps: &[ObjectRef],
+    disks: impl Iterator<Item = &'a mut DiskManifest>,
+    progress: &Progress,
+) -> Result<Extended> {
+    let want = lock.retention_of(generation);
+    let mut keys: Vec<String> = deps
+        .iter()
+        .filter(|d| matches!(d, ObjectRef::Node(_) | ObjectRef::Pack(_)))
+        .map(ObjectRef::key)
+        .collect();
+    keys.push(keys::CONFIG.to_string());
+    let slots: Vec<String> = repo
+        .backend()
+        .list(crate::crypto::slot::SLOTS)
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await?;
+    keys.extend(slots);
+    let mut renewed = 0;
+    let mut nodes: Vec<ObjectId> = Vec::new();
+    for disk in disks {
+        if disk.parent.is_some() && disk.lock_generation != Some(generation) {
+            nodes.extend(disk.segments.iter().flatten());
+            renewed += 1;
+        }
+        disk.lock_generation = Some(generation);
+    }
+    if !nodes.is_empty() {
+        nodes.sort_unstable();
+        nodes.dedup();
+        let packs = crate::point_objects::packs_of_nodes(repo, &nodes, progress).await?;
+        keys.extend(nodes.iter().map(|n| ObjectRef::Node(*n).key()));
+        keys.extend(packs.packs.iter().map(|p| ObjectRef::Pack(*p).key()));
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    progress.add_total(keys.len() as u64);
+    let mut out = ensure(repo.backend(), &keys, want, progress).await?;
+    out.disks_renewed = renewed;
+    Ok(out)
+}

@@ -1,0 +1,207 @@
+//! Object lock over a store that plays S3 Object Lock (`LockSim`: a put
+//! may carry a retention, a locked object refuses deletion and shortening,
+//! retention is judged by the real clock). Short periods (seconds) so that
+//! generations turn and retentions end within the test.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use futures::TryStreamExt;
+use xfull_core::backup::backup;
+use xfull_core::chunker::ChunkParams;
+use xfull_core::config::RepoConfig;
+use xfull_core::lock::{LockMode, ObjectLock};
+use xfull_core::manifest::Manifest;
+use xfull_core::progress::Progress;
+use xfull_core::repo::Repository;
+use xfull_core::testing::{LockSim, MemBackend};
+use xfull_integration::{Region, write_image};
+
+use crate::engine::request;
+
+const SEG: u64 = 1 << 20;
+const LOCK: ObjectLock = ObjectLock {
+    mode: LockMode::Compliance,
+    retain_secs: 3,
+    generation_secs: 4,
+};
+
+/// Sleeps until a generation has just begun, so that what follows within
+/// a second or two stays in it.
+async fn start_of_generation() -> u64 {
+    let g = LOCK.generation_of(Utc::now());
+    let next = LOCK.until_of(g) - Duration::seconds(LOCK.retain_secs as i64);
+    let wait = (next - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + StdDuration::from_millis(50)).await;
+    LOCK.generation_of(Utc::now())
+}
+
+async fn back_up(repo: &Repository, image: &std::path::Path) -> Manifest {
+    backup(repo, request("vm", image), Arc::new(Progress::default()))
+        .await
+        .unwrap()
+}
+
+async fn keys(mem: &MemBackend, prefix: &str) -> Vec<String> {
+    use xfull_core::backend::Backend;
+    mem.list(prefix)
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+fn touch(image: &std::path::Path, at: u64, byte: u8) {
+    let f = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[byte; 200_000], at).unwrap();
+}
+
+/// Every object a point relies on is put locked; retention is extended
+/// once per generation (a backup in its parent's generation extends
+/// nothing, the first in a new one looks at its disk whole); prune and gc
+/// never try to delete a locked object and say until when; once the
+/// retentions end, they delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_points_and_garbage_outlive_prune_and_gc_until_retention_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk");
+    write_image(
+        &image,
+        &[Region::Random(3 << 20), Region::Text(2 << 20)],
+        7,
+        true,
+    )
+    .unwrap();
+    let mem = Arc::new(MemBackend::default());
+    let sim = Arc::new(LockSim::new(mem.clone()));
+    let mut config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    config.object_lock = Some(LOCK);
+    config.protocol.clock_margin_secs = 0;
+    let repo = Repository::init(sim.clone(), config).await.unwrap();
+
+    // Two backups in one generation.
+    let g1 = start_of_generation().await;
+    let started = Utc::now();
+    let a = back_up(&repo, &image).await;
+    touch(&image, SEG, 1);
+    let b = back_up(&repo, &image).await;
+    assert_eq!(
+        LOCK.generation_of(Utc::now()),
+        g1,
+        "the test outran its generation"
+    );
+    for m in [&a, &b] {
+        assert_eq!(m.disks[0].lock_generation, Some(g1));
+    }
+    let lb = b.stats.lock.unwrap();
+    assert_eq!(lb.disks_renewed, 0, "same generation as the parent: {lb:?}");
+    assert_eq!(lb.extended, 0, "{lb:?}");
+    // Locked: packs, nodes, manifests, the config; not index objects or
+    // leases.
+    let mut locked = Vec::new();
+    for prefix in ["packs/", "nodes/", "points/", "config"] {
+        let ks = keys(&mem, prefix).await;
+        assert!(!ks.is_empty(), "{prefix}");
+        locked.extend(ks);
+    }
+    for k in &locked {
+        let r = sim
+            .lock_of(k)
+            .unwrap_or_else(|| panic!("{k} is not locked"));
+        assert_eq!(r.mode, LockMode::Compliance);
+        assert!(r.until >= started + Duration::seconds(3), "{k}: {r:?}");
+        assert_eq!(r.until, LOCK.until_of(g1), "{k}");
+    }
+    for prefix in ["index/", "leases/"] {
+        for k in keys(&mem, prefix).await {
+            assert!(sim.lock_of(&k).is_none(), "{k} should not be locked");
+        }
+    }
+
+    // Garbage under lock: chunks stored by nobody's point (as a killed
+    // backup leaves them).
+    let stray = b"a chunk no point names".to_vec();
+    let placement = repo.chunks();
+    let id = repo.codec().chunk_id(&stray);
+    let blob = placement.encode_chunk(&id, &stray, 3).unwrap();
+    placement
+        .store(vec![(id, stray.len(), blob)])
+        .await
+        .unwrap();
+    let packs_before = keys(&mem, "packs/").await.len();
+    mem.clock().advance(Duration::hours(1));
+    let gc = xfull_core::gc::run(&repo, false).await.unwrap();
+    assert_eq!(gc.packs_deleted, 0, "{gc:?}");
+    assert!(gc.locked_kept >= 1, "{gc:?}");
+    assert!(gc.locked_first_until.unwrap() > Utc::now());
+    assert_eq!(keys(&mem, "packs/").await.len(), packs_before);
+
+    // prune keeps a locked point and says until when.
+    let pins = xfull_core::prune::read_pins(&repo).await.unwrap();
+    let doomed = [(a.vm.clone(), a.id.clone())];
+    let removed = xfull_core::prune::remove(&repo, &pins, &doomed)
+        .await
+        .unwrap();
+    assert_eq!(removed.removed, 0);
+    assert_eq!(removed.locked.len(), 1);
+    assert_eq!(removed.locked[0].until, LOCK.until_of(g1));
+    assert_eq!(sim.refused_deletes(), 0, "nothing locked was even tried");
+
+    // A new generation: the first backup looks at its disk whole and
+    // extends what it inherits; the next one in it extends nothing.
+    let g2 = start_of_generation().await;
+    assert!(g2 > g1);
+    touch(&image, 2 * SEG, 2);
+    let ext_before = sim.extensions();
+    let c = back_up(&repo, &image).await;
+    let lc = c.stats.lock.unwrap();
+    assert_eq!(lc.disks_renewed, 1, "{lc:?}");
+    assert!(lc.extended > 0, "{lc:?}");
+    assert_eq!(sim.extensions() - ext_before, lc.extended);
+    touch(&image, 3 * SEG, 3);
+    let d = back_up(&repo, &image).await;
+    assert_eq!(
+        LOCK.generation_of(Utc::now()),
+        g2,
+        "the test outran its generation"
+    );
+    let ld = d.stats.lock.unwrap();
+    assert_eq!((ld.disks_renewed, ld.extended), (0, 0), "{ld:?}");
+    // What d relies on is locked into g2's retention; a's manifest not.
+    for k in keys(&mem, "nodes/").await {
+        let until = sim.lock_of(&k).unwrap().until;
+        assert!(
+            until == LOCK.until_of(g1) || until == LOCK.until_of(g2),
+            "{k}"
+        );
+    }
+    for n in d.disks[0].segments.iter().flatten() {
+        let k = xfull_core::keys::node(n);
+        assert_eq!(sim.lock_of(&k).unwrap().until, LOCK.until_of(g2), "{k}");
+    }
+
+    // Once a's retention (g1's) has ended, prune removes it and gc deletes
+    // the stray pack, still without a refused delete.
+    let ended: DateTime<Utc> = LOCK.until_of(g1);
+    let wait = (ended - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + StdDuration::from_millis(300)).await;
+    let removed = xfull_core::prune::remove(&repo, &pins, &doomed)
+        .await
+        .unwrap();
+    assert_eq!((removed.removed, removed.locked.len()), (1, 0));
+    mem.clock().advance(Duration::hours(1));
+    let gc = xfull_core::gc::run(&repo, false).await.unwrap();
+    assert!(gc.packs_deleted >= 1, "{gc:?}");
+    assert_eq!(sim.refused_deletes(), 0);
+    // d still restores whole: nothing it relies on was touched.
+    let opts = xfull_core::verify::VerifyOptions {
+        read_data: true,
+        ..Default::default()
+    };
+    let report = xfull_core::verify::verify(&repo, &[], &opts, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.points, 3);
+}
