@@ -195,6 +195,8 @@ fn in_source(source: &Repository, e: Error) -> Error {
 }
 
 #[cfg(test)]
+mod damage_tests;
+#[cfg(test)]
 mod lock_tests;
 #[cfg(test)]
 mod race_tests;

@@ -13,6 +13,11 @@
 //! chunks are findable, and the pin keeps them). Any other node there may
 //! be a killed backup's, put before its chunks were stored: its chunks
 //! are looked up like a new node's, and only the node's put is skipped.
+//!
+//! What the target records as damaged (`damage/`) is never relied on: a
+//! node with a record is put again over it from the source, a chunk with
+//! one is copied again into a new pack (the index then has a good place
+//! for it), and the records go once the point is committed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,12 +26,14 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{CopyCounts, Run, in_source};
+use crate::backend::PutMode;
+use crate::damage::{Health, KnownDamage};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
 use crate::lease::ObjectRef;
 use crate::placement::session::{DiskPacks, Found, SessionPacks};
-use crate::repo::{Stored, put_once};
+use crate::repo::{Repository, Stored, put_once};
 use crate::session::Session;
 
 /// Node requests (HEAD, GET, PUT) in flight at once.
@@ -49,7 +56,14 @@ pub(super) struct Copier<'a> {
     disk: Option<DiskPacks>,
     /// Nodes the session's pinned reference point references.
     trusted: HashSet<ObjectId>,
-    pending: Vec<(ObjectId, Bytes)>,
+    /// The target's damage records.
+    known: KnownDamage,
+    /// Nodes to put once their chunks are findable, and whether over a
+    /// copy recorded as damaged.
+    pending: Vec<(ObjectId, Bytes, bool)>,
+    /// Keys of objects stored again over recorded damage: their records
+    /// can go once the point is committed.
+    pub replaced: Vec<String>,
     sent: HashSet<ObjectId>,
     /// Packs already recorded as the lease's dependencies.
     dep_packs: HashSet<ObjectId>,
@@ -57,13 +71,26 @@ pub(super) struct Copier<'a> {
 }
 
 impl<'a> Copier<'a> {
-    pub fn new(run: &'a Run<'a>, packs: Arc<SessionPacks>, trusted: HashSet<ObjectId>) -> Self {
+    pub fn new(
+        run: &'a Run<'a>,
+        packs: Arc<SessionPacks>,
+        mut trusted: HashSet<ObjectId>,
+        known: KnownDamage,
+    ) -> Self {
+        // While a chunk has a record, a trusted node may name it: look at
+        // every node (as a backup fetches every reused parent node then).
+        if !known.chunks.is_empty() {
+            trusted.clear();
+        }
+        trusted.retain(|n| !known.nodes.contains(n));
         Copier {
             run,
             packs,
             disk: None,
             trusted,
+            known,
             pending: Vec::new(),
+            replaced: Vec::new(),
             sent: HashSet::new(),
             dep_packs: HashSet::new(),
             counts: CopyCounts::default(),
@@ -118,12 +145,13 @@ impl<'a> Copier<'a> {
         self.copy_chunks(session, chunks).await?;
         for ((id, stored, _), there) in loaded.into_iter().zip(there) {
             self.counts.bytes_read += stored.len() as u64;
-            if there {
+            let damaged = self.known.nodes.contains(&id);
+            if there && !damaged {
                 // Not ours, not pinned: relied on from now on.
                 session.depend([ObjectRef::Node(id)]);
                 self.counts.nodes_present += 1;
             } else {
-                self.pending.push((id, stored));
+                self.pending.push((id, stored, there && damaged));
             }
         }
         if self.pending.len() >= PENDING_NODES {
@@ -139,6 +167,14 @@ impl<'a> Copier<'a> {
         let found = self.packs.find(&ids).await?;
         let mut new = Vec::new();
         for (id, f) in ids.into_iter().zip(found) {
+            if self.known.chunks.contains(&id) {
+                // Its place in the index may be the damaged copy.
+                self.replaced.push(keys::chunk(&id));
+                if !matches!(f, Found::Own) {
+                    new.push(id);
+                }
+                continue;
+            }
             match f {
                 Found::New => new.push(id),
                 Found::Own => {}
@@ -181,18 +217,26 @@ impl<'a> Copier<'a> {
         }
         self.packs.finish().await?;
         session.depend(self.packs.take_existed());
-        let target = self.run.target.backend();
-        let put: Vec<(ObjectId, Stored, u64)> =
+        let target = self.run.target;
+        let put: Vec<(ObjectId, Stored, u64, bool)> =
             futures::stream::iter(std::mem::take(&mut self.pending))
-                .map(|(id, stored)| async move {
+                .map(|(id, stored, over)| async move {
                     let len = stored.len() as u64;
-                    let r = put_once(&**target, &keys::node(&id), stored).await?;
-                    Ok::<_, Error>((id, r, len))
+                    let r = match over {
+                        true => put_over_damage(target, &id, stored).await?,
+                        false => put_once(&**target.backend(), &keys::node(&id), stored).await?,
+                    };
+                    Ok::<_, Error>((id, r, len, over))
                 })
                 .buffer_unordered(NODE_REQUESTS)
                 .try_collect()
                 .await?;
-        for (id, stored, len) in put {
+        for (id, stored, len, over) in put {
+            if over {
+                // Repair may remove it meanwhile, as for a backup.
+                session.depend([ObjectRef::Node(id)]);
+                self.replaced.push(keys::node(&id));
+            }
             match stored {
                 Stored::New => {
                     self.counts.nodes_copied += 1;
@@ -206,5 +250,30 @@ impl<'a> Copier<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// Puts a node over a copy recorded as damaged (its id fixes the right
+/// bytes). Credentials that may not overwrite (a backup role) fall back to
+/// a create-only put, and rely on what is there only if it decodes and
+/// hashes to its id (the record was stale), as a backup does.
+async fn put_over_damage(target: &Repository, id: &ObjectId, stored: Bytes) -> Result<Stored> {
+    let key = keys::node(id);
+    match target
+        .backend()
+        .put(&key, stored.clone(), PutMode::Overwrite)
+        .await
+    {
+        Ok(()) => Ok(Stored::New),
+        Err(e) if e.is_permission_denied() => {
+            match put_once(&**target.backend(), &key, stored).await? {
+                Stored::New => Ok(Stored::New),
+                Stored::Existed => match target.check_node(id).await? {
+                    Health::Sound => Ok(Stored::Existed),
+                    _ => Err(e.into()),
+                },
+            }
+        }
+        Err(e) => Err(e.into()),
     }
 }

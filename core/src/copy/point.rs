@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use super::locked::target_manifest;
 use super::nodes::Copier;
 use super::{CopyCounts, Run, in_source, recheck};
+use crate::damage::KnownDamage;
 use crate::error::{Error, Result};
 use crate::id::PointId;
 use crate::keys;
@@ -64,6 +65,8 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         .map(|l| (l, l.current(config.protocol.margin())));
     let heartbeat = session.heartbeat();
     let work = async {
+        // Read after the lease, as a backup reads them.
+        let known = KnownDamage::load(run.target).await?;
         let reference = reference_point(run, &manifest, &session).await?;
         let trusted = reference
             .iter()
@@ -74,13 +77,13 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         // recorded in the lease before the copy relies on them.
         let placement = run.target.chunks();
         let packs = placement.session(placement.open_index().await?);
-        let mut copier = Copier::new(run, packs, trusted);
+        let mut copier = Copier::new(run, packs, trusted, known);
         copy_nodes(run, &manifest, &session, &mut copier).await?;
         copier.flush(&session).await?;
         settle(run, &mut session, &manifest).await?;
         let deps = session.deps();
         let m = target_manifest(run, &manifest, reference.as_ref(), lock, &deps).await?;
-        Ok::<_, Error>((copier.counts, m))
+        Ok::<_, Error>((copier.counts, m, copier.replaced))
     };
     // A cancellation wins over work that is ready too: nothing of the
     // point is committed once the user asked to stop.
@@ -98,7 +101,13 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
     };
     // The commit is not interrupted: it is short.
     let result = match prepared {
-        Ok((counts, m)) => commit(run, &m, &mut session, counts).await,
+        Ok((counts, m, replaced)) => {
+            let committed = commit(run, &m, &mut session, counts).await;
+            if committed.is_ok() {
+                clear_records(run, &replaced).await;
+            }
+            committed
+        }
         Err(e) => Err(e),
     };
     drop(heartbeat);
@@ -228,4 +237,20 @@ async fn commit(
         settle(run, session, manifest).await?;
     }
     Ok(counts)
+}
+
+/// Best effort, once the point is committed: the damage records of what
+/// the copy stored again (a stale record only costs a later backup an
+/// upload). Credentials that may not delete leave them, with a warning.
+async fn clear_records(run: &Run<'_>, replaced: &[String]) {
+    if replaced.is_empty() {
+        return;
+    }
+    if let Err(e) = crate::damage::clear(run.target, replaced).await {
+        run.progress
+            .notice(Notice::Warning(Warning::DamageRecordsKept {
+                records: replaced.len() as u64,
+                reason: e.to_string(),
+            }));
+    }
 }
