@@ -92,16 +92,25 @@ fn main() -> ExitCode {
         .block_on(dispatch(&cli))
         .map_err(|e| denied::explain(&cli.command, e));
     let status = result.as_ref().map_or_else(exit_status, |_| 0);
-    if !cli.quiet
-        && let Some(b) = open::BUDGET.get()
-        && b.waited_ms() > 0
-    {
-        eprintln!(
-            "xfull: request budget: {} requests, which waited {:.1} s in all for it \
-             (summed over requests waiting at once)",
-            b.paid(),
-            b.waited_ms() as f64 / 1000.0
-        );
+    if !cli.quiet {
+        let budgets = open::BUDGETS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Named only when there are two (`copy` between two S3 stores).
+        let named = budgets.len() > 1;
+        for (location, b) in budgets.iter().filter(|(_, b)| b.waited_ms() > 0) {
+            let of = match named {
+                true => format!(" of {}", output::printable(location)),
+                false => String::new(),
+            };
+            eprintln!(
+                "xfull: request budget{of}: {} requests, which waited {:.1} s in all for it \
+                 (summed over requests waiting at once)",
+                b.paid(),
+                b.waited_ms() as f64 / 1000.0
+            );
+        }
     }
     if let Some((path, command)) = metrics_target(&cli)
         && let Err(e) = metrics::write(path, command, status, started.elapsed().as_secs_f64())

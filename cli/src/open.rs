@@ -49,7 +49,10 @@ async fn backend(
             e => e.into(),
         })?;
         if let Some(budget) = b.budget() {
-            let _ = BUDGET.set(budget);
+            BUDGETS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((b.location(), budget));
         }
         let peeked = match stored {
             Some(_) => None,
@@ -122,9 +125,10 @@ async fn backend(
     Ok(Arc::new(LocalBackend::open(&dir)?))
 }
 
-/// The request budget of the S3 repository this process opened, if one was
-/// asked for: `main` says what it cost.
-pub static BUDGET: std::sync::OnceLock<Arc<xfull_s3::Budget>> = std::sync::OnceLock::new();
+/// The request budgets of the S3 repositories this process opened (two
+/// for `copy`), where one was asked for: `main` says what they cost.
+pub static BUDGETS: std::sync::Mutex<Vec<(String, Arc<xfull_s3::Budget>)>> =
+    std::sync::Mutex::new(Vec::new());
 
 /// The store settings in an S3 repository's config (one small GET before
 /// the repository is opened, because the backend must know them before
