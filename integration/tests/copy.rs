@@ -4,7 +4,8 @@
 //! are clean, and a second copy sends nothing. A copy killed (SIGKILL)
 //! once its first pack is in the target is finished by running it again;
 //! one interrupted (SIGINT) there exits 130 with its lease removed. A
-//! target not made like the source is refused.
+//! target not made like the source is refused. A target on a bucket with
+//! object lock locks what it gets with its own retention.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -316,4 +317,101 @@ fn sigint_stops_a_copy_with_no_point_and_no_lease_left() {
         break;
     }
     assert!(stopped, "no copy was caught before its commit");
+}
+
+/// A target with object lock of its own (a SeaweedFS bucket with object
+/// lock, `init --like` with `--object-lock`): every pack, node and
+/// manifest the copy puts there carries the target's retention, from an
+/// unlocked source.
+#[test]
+fn a_locked_s3_target_locks_what_it_gets_with_its_own_retention() {
+    use aws_credential_types::Credentials;
+    let server = S3Server::start();
+    if std::env::var_os("XFULL_TEST_S3_ENDPOINT").is_some() {
+        eprintln!("skipped: needs a bucket with object lock made by this test on its own server");
+        return;
+    }
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version_latest()
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(&server.endpoint)
+        .credentials_provider(Credentials::new(
+            &server.key,
+            &server.secret,
+            None,
+            None,
+            "test",
+        ))
+        .force_path_style(true)
+        .build();
+    let c = aws_sdk_s3::Client::from_conf(conf);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    const BUCKET: &str = "xfull-copy-locked";
+    rt.block_on(
+        c.create_bucket()
+            .bucket(BUCKET)
+            .object_lock_enabled_for_bucket(true)
+            .send(),
+    )
+    .unwrap();
+
+    let src = Env::init();
+    let img = src.path("d.img");
+    write_image(
+        &img,
+        &[Region::Random(6 << 20), Region::Text(2 << 20)],
+        51,
+        false,
+    )
+    .unwrap();
+    let p = src.backup("vm", &[("d", &img)])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut dst = scratch(Some(&server), "unused");
+    dst.url = format!("s3://{BUCKET}/copy-{}", std::process::id());
+    let pw = src.password_file().display().to_string();
+    let mut args = vec!["init", "--like", &src.url, "--from-password-file", &pw];
+    args.extend_from_slice(&["--object-lock", "governance", "--lock-seconds", "600,900"]);
+    args.extend_from_slice(&KDF);
+    let out = cmd(&dst, &src, &args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let started = chrono::Utc::now();
+    let out = copy(&src, &dst, &[]);
+    assert_eq!(out["points_copied"], 1, "{out}");
+
+    let prefix = dst
+        .url
+        .strip_prefix(&format!("s3://{BUCKET}/"))
+        .unwrap()
+        .to_string();
+    for kind in ["packs/", "nodes/", "points/"] {
+        let listed = rt
+            .block_on(
+                c.list_objects_v2()
+                    .bucket(BUCKET)
+                    .prefix(format!("{prefix}/{kind}"))
+                    .send(),
+            )
+            .unwrap();
+        assert!(listed.key_count().unwrap_or(0) > 0, "{kind}");
+        for o in listed.contents() {
+            let key = o.key().unwrap();
+            let h = rt
+                .block_on(c.head_object().bucket(BUCKET).key(key).send())
+                .unwrap();
+            assert_eq!(
+                h.object_lock_mode().map(|m| m.as_str()),
+                Some("GOVERNANCE"),
+                "{key}"
+            );
+            let until = h.object_lock_retain_until_date().unwrap().secs();
+            assert!(until >= started.timestamp() + 600, "{key}: until {until}");
+        }
+    }
+    check_copied(&dst, &[(&p, &img)]);
+    copied_nothing(&copy(&src, &dst, &[]), 1);
 }
