@@ -180,6 +180,48 @@ impl Session {
         self.lock().deps.extend(refs);
     }
 
+    /// Step (c) until nothing is unaccounted for: waits (with a notice)
+    /// while a sweep deletes a batch it chose before it could see this
+    /// lease; when a sweep may have removed something the session relies
+    /// on, calls `restore(all, deps)` (`all`: check everything the point
+    /// references, else the deps named), which stores again what is gone.
+    pub async fn settle_with<F>(
+        &mut self,
+        progress: &crate::progress::Progress,
+        mut restore: F,
+    ) -> Result<()>
+    where
+        F: AsyncFnMut(bool, &[ObjectRef]) -> Result<()>,
+    {
+        let poll = std::time::Duration::from_millis(500);
+        let mut told = None;
+        loop {
+            let check = self.check().await?;
+            match &check {
+                Check::Clear => return Ok(()),
+                Check::Wait {
+                    seq,
+                    reason,
+                    at_most_secs,
+                } => {
+                    if told != Some(*seq) {
+                        progress.notice(crate::progress::Notice::WaitingForSweep {
+                            seq: *seq,
+                            reason: reason.clone(),
+                            at_most_secs: *at_most_secs,
+                        });
+                        told = Some(*seq);
+                    }
+                    tokio::time::sleep(poll).await;
+                }
+                Check::Verify { all, deps, .. } => {
+                    restore(*all, deps).await?;
+                    self.settle(&check);
+                }
+            }
+        }
+    }
+
     /// What the session recorded as relied on without writing it.
     pub fn deps(&self) -> Vec<ObjectRef> {
         self.lock().deps.clone()

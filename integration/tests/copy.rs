@@ -325,26 +325,12 @@ fn sigint_stops_a_copy_with_no_point_and_no_lease_left() {
 /// unlocked source.
 #[test]
 fn a_locked_s3_target_locks_what_it_gets_with_its_own_retention() {
-    use aws_credential_types::Credentials;
     let server = S3Server::start();
     if std::env::var_os("XFULL_TEST_S3_ENDPOINT").is_some() {
         eprintln!("skipped: needs a bucket with object lock made by this test on its own server");
         return;
     }
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version_latest()
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(&server.endpoint)
-        .credentials_provider(Credentials::new(
-            &server.key,
-            &server.secret,
-            None,
-            None,
-            "test",
-        ))
-        .force_path_style(true)
-        .build();
-    let c = aws_sdk_s3::Client::from_conf(conf);
+    let c = crate::s3_object_lock::admin_client(&server);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

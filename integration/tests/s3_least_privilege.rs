@@ -13,7 +13,6 @@
 
 use std::process::Command;
 
-use aws_credential_types::Credentials;
 use xfull_integration::env::{Env, fails};
 use xfull_integration::s3::S3Server;
 use xfull_integration::{Region, write_image};
@@ -24,19 +23,6 @@ const SECRET: &str = "backup-host-secret";
 
 /// Denies the backup identity every delete but of leases under `prefix`.
 async fn deny_deletes(server: &S3Server, prefix: &str) {
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version_latest()
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(&server.endpoint)
-        .credentials_provider(Credentials::new(
-            &server.key,
-            &server.secret,
-            None,
-            None,
-            "test",
-        ))
-        .force_path_style(true)
-        .build();
     let bucket = &server.bucket;
     let policy = serde_json::json!({
         "Version": "2012-10-17",
@@ -48,7 +34,7 @@ async fn deny_deletes(server: &S3Server, prefix: &str) {
             "NotResource": format!("arn:aws:s3:::{bucket}/{prefix}/leases/*"),
         }]
     });
-    aws_sdk_s3::Client::from_conf(conf)
+    crate::s3_object_lock::admin_client(server)
         .put_bucket_policy()
         .bucket(bucket)
         .policy(policy.to_string())

@@ -12,7 +12,9 @@ use xfull_integration::{Region, write_image};
 
 const LOCKED: &str = "xfull-locked";
 
-fn client(server: &S3Server) -> Client {
+/// A client of the test server with its admin credentials (for what
+/// xfull does not do: buckets, policies, looking at versions).
+pub(crate) fn admin_client(server: &S3Server) -> Client {
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version_latest()
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
@@ -82,7 +84,7 @@ fn points_are_locked_on_the_server_and_prune_waits_for_their_retention() {
         return;
     }
     let rt = runtime();
-    let c = client(&server);
+    let c = admin_client(&server);
     let mut e = Env::init_s3(&server, "lock-scratch");
     let kdf = ["--kdf-memory-kib", "64", "--kdf-time", "1"];
 
@@ -192,6 +194,27 @@ fn points_are_locked_on_the_server_and_prune_waits_for_their_retention() {
     assert_eq!(e.points(), 2);
     e.x(&["gc"]).assert().success();
     e.x(&["verify", "--read-data"]).assert().success();
+    // On S3 a DELETE of a locked object "succeeds" by hiding it: not one
+    // delete marker may exist among the locked objects.
+    let versions = rt
+        .block_on(
+            c.list_object_versions()
+                .bucket(LOCKED)
+                .prefix(&prefix)
+                .send(),
+        )
+        .unwrap();
+    let markers: Vec<_> = versions
+        .delete_markers()
+        .iter()
+        .filter_map(|m| m.key())
+        .filter(|k| {
+            ["/packs/", "/nodes/", "/points/", "/keys/"]
+                .iter()
+                .any(|p| k.contains(p))
+        })
+        .collect();
+    assert!(markers.is_empty(), "locked objects hidden: {markers:?}");
 
     // Once every retention has ended, prune removes the older point and
     // gc its garbage; the newer point still verifies.

@@ -9,28 +9,15 @@ use chrono::{DateTime, Utc};
 use xfull_core::archive::{ArchiveState, ThawAnswer, ThawTier, needs_thaw};
 use xfull_core::backend::{BackendError, ObjectMeta};
 
+use crate::S3Backend;
 use crate::attempts::Attempts;
-use crate::{S3Backend, to_chrono};
 
 impl S3Backend {
     pub(crate) async fn head_archive(
         &self,
         key: &str,
     ) -> Result<(ObjectMeta, ArchiveState), BackendError> {
-        self.counters.head.fetch_add(1, Ordering::Relaxed);
-        let out = send!(
-            self,
-            self.client
-                .head_object()
-                .bucket(&self.opts.bucket)
-                .key(self.key(key)),
-            key
-        )?;
-        let meta = ObjectMeta {
-            key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            last_modified: to_chrono(out.last_modified()),
-        };
+        let (meta, out) = self.head_object(key).await?;
         let class = out.storage_class().map(|c| c.as_str());
         Ok((meta, state_of(class, out.restore())))
     }

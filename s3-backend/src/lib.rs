@@ -346,6 +346,37 @@ fn storage_class(chunks: Option<&StorageClass>, class: ObjectClass) -> Option<St
     }
 }
 
+impl S3Backend {
+    /// One HEAD: the object's size and time, and the whole answer for
+    /// what else its headers say (storage class, thaw, retention).
+    pub(crate) async fn head_object(
+        &self,
+        key: &str,
+    ) -> Result<
+        (
+            ObjectMeta,
+            aws_sdk_s3::operation::head_object::HeadObjectOutput,
+        ),
+        BackendError,
+    > {
+        self.counters.head.fetch_add(1, Ordering::Relaxed);
+        let out = send!(
+            self,
+            self.client
+                .head_object()
+                .bucket(&self.opts.bucket)
+                .key(self.key(key)),
+            key
+        )?;
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: to_chrono(out.last_modified()),
+        };
+        Ok((meta, out))
+    }
+}
+
 fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
     t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
         .unwrap_or_default()
@@ -385,20 +416,7 @@ impl Backend for S3Backend {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
-        self.counters.head.fetch_add(1, Ordering::Relaxed);
-        let out = send!(
-            self,
-            self.client
-                .head_object()
-                .bucket(&self.opts.bucket)
-                .key(self.key(key)),
-            key
-        )?;
-        Ok(ObjectMeta {
-            key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            last_modified: to_chrono(out.last_modified()),
-        })
+        Ok(self.head_object(key).await?.0)
     }
 
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {

@@ -16,8 +16,8 @@ use chrono::DateTime;
 use xfull_core::backend::{BackendError, ObjectMeta};
 use xfull_core::lock::{LockMode, Retention};
 
+use crate::S3Backend;
 use crate::attempts::Attempts;
-use crate::{S3Backend, to_chrono};
 
 /// A put carrying `retention`. S3 refuses a locked put without a
 /// checksum (Content-MD5 or `x-amz-checksum-*`): CRC32, which the SDK
@@ -33,20 +33,7 @@ impl S3Backend {
         &self,
         key: &str,
     ) -> Result<(ObjectMeta, Option<Retention>), BackendError> {
-        self.counters.head.fetch_add(1, Ordering::Relaxed);
-        let out = send!(
-            self,
-            self.client
-                .head_object()
-                .bucket(&self.opts.bucket)
-                .key(self.key(key)),
-            key
-        )?;
-        let meta = ObjectMeta {
-            key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            last_modified: to_chrono(out.last_modified()),
-        };
+        let (meta, out) = self.head_object(key).await?;
         let mode = out
             .object_lock_mode()
             .and_then(|m| LockMode::parse(m.as_str()));

@@ -37,7 +37,7 @@ use crate::names::{DiskName, VmName};
 use crate::placement::session::SessionPacks;
 use crate::progress::{Notice, Progress, Warning};
 use crate::repo::{Repository, Stored};
-use crate::session::{Check, Session};
+use crate::session::Session;
 use crate::source::DiskSource;
 use crate::task::blocking;
 use pipeline::DiskResult;
@@ -304,41 +304,20 @@ async fn settle_sweeps(
     commit: &Commit,
     progress: &Progress,
 ) -> Result<()> {
-    let poll = std::time::Duration::from_millis(500);
-    let mut told = None;
-    loop {
-        let check = session.check().await?;
-        match &check {
-            Check::Clear => return Ok(()),
-            Check::Wait {
-                seq,
-                reason,
-                at_most_secs,
-            } => {
-                if told != Some(*seq) {
-                    progress.notice(Notice::WaitingForSweep {
-                        seq: *seq,
-                        reason: reason.clone(),
-                        at_most_secs: *at_most_secs,
-                    });
-                    told = Some(*seq);
+    session
+        .settle_with(progress, async |all, deps| {
+            if all || !repair::all_exist(repo, deps).await? {
+                let disks: Vec<_> = commit.disks.iter().map(|(s, d)| (s.clone(), d)).collect();
+                let r = repair::ensure_present(repo, &disks).await?;
+                if r.segments_restored > 0 {
+                    progress.notice(Notice::Warning(Warning::SegmentsReadAgain {
+                        segments: r.segments_restored,
+                    }));
                 }
-                tokio::time::sleep(poll).await;
             }
-            Check::Verify { all, deps, .. } => {
-                if *all || !repair::all_exist(repo, deps).await? {
-                    let disks: Vec<_> = commit.disks.iter().map(|(s, d)| (s.clone(), d)).collect();
-                    let r = repair::ensure_present(repo, &disks).await?;
-                    if r.segments_restored > 0 {
-                        progress.notice(Notice::Warning(Warning::SegmentsReadAgain {
-                            segments: r.segments_restored,
-                        }));
-                    }
-                }
-                session.settle(&check);
-            }
-        }
-    }
+            Ok(())
+        })
+        .await
 }
 
 /// Writes the manifest (create-only): from here on the point exists.

@@ -19,7 +19,7 @@ use crate::manifest::Manifest;
 use crate::names::VmName;
 use crate::progress::{Notice, Warning};
 use crate::repo::Stored;
-use crate::session::{Check, Session};
+use crate::session::Session;
 
 /// Distinct nodes asked about at once.
 const BATCH: usize = 64;
@@ -188,35 +188,14 @@ pub(super) async fn settle(
     session: &mut Session,
     manifest: &Manifest,
 ) -> Result<()> {
-    let poll = std::time::Duration::from_millis(500);
-    let mut told = None;
-    loop {
-        let check = session.check().await?;
-        match &check {
-            Check::Clear => return Ok(()),
-            Check::Wait {
-                seq,
-                reason,
-                at_most_secs,
-            } => {
-                if told != Some(*seq) {
-                    run.progress.notice(Notice::WaitingForSweep {
-                        seq: *seq,
-                        reason: reason.clone(),
-                        at_most_secs: *at_most_secs,
-                    });
-                    told = Some(*seq);
-                }
-                tokio::time::sleep(poll).await;
+    session
+        .settle_with(&run.progress, async |all, deps| {
+            if all || !crate::backup::repair::all_exist(run.target, deps).await? {
+                recheck::ensure_present(run, manifest).await?;
             }
-            Check::Verify { all, deps, .. } => {
-                if *all || !crate::backup::repair::all_exist(run.target, deps).await? {
-                    recheck::ensure_present(run, manifest).await?;
-                }
-                session.settle(&check);
-            }
-        }
-    }
+            Ok(())
+        })
+        .await
 }
 
 /// (d): the manifest, create-only, after everything it references; (c)

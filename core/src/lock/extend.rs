@@ -95,8 +95,8 @@ pub async fn ensure(
         }
         if progress.is_cancelled() {
             return Err(Error::Cancelled {
-                cleaned: "the backup stopped before storing a point; retention already \
-                          extended stays (what it uploaded is garbage for the next gc)"
+                cleaned: "stopped before storing the point; retentions already extended \
+                          stay (what was uploaded is garbage for the next gc)"
                     .into(),
             });
         }
@@ -130,27 +130,72 @@ pub async fn for_backup<'a>(
         .map_ok(|m| m.key)
         .try_collect()
         .await?;
-    keys.extend(slots);
-    let mut renewed = 0;
-    let mut nodes: Vec<ObjectId> = Vec::new();
-    for disk in disks {
-        if disk.parent.is_some() && disk.lock_generation != Some(generation) {
-            nodes.extend(disk.segments.iter().flatten());
-            renewed += 1;
-        }
-        disk.lock_generation = Some(generation);
-    }
-    if !nodes.is_empty() {
-        nodes.sort_unstable();
-        nodes.dedup();
-        let packs = crate::point_objects::packs_of_nodes(repo, &nodes, progress).await?;
-        keys.extend(nodes.iter().map(|n| ObjectRef::Node(*n).key()));
-        keys.extend(packs.packs.iter().map(|p| ObjectRef::Pack(*p).key()));
-    }
+    // Key slots only: not whatever else was planted under `keys/`.
+    keys.extend(
+        slots
+            .into_iter()
+            .filter(|k| crate::crypto::slot::parse_slot_key(k).is_some()),
+    );
     keys.sort_unstable();
     keys.dedup();
     progress.add_total(keys.len() as u64);
     let mut out = ensure(repo.backend(), &keys, want, progress).await?;
-    out.disks_renewed = renewed;
+    // A dependency found gone: the point relies on another copy of its
+    // chunks (or on one stored again), whose retention nothing above
+    // read. Every disk is then looked at whole, every copy extended.
+    let all = out.gone > 0;
+    let mut disks: Vec<&mut DiskManifest> = disks.collect();
+    let mut nodes: Vec<ObjectId> = Vec::new();
+    for disk in disks.iter_mut() {
+        if all || (disk.parent.is_some() && disk.lock_generation != Some(generation)) {
+            nodes.extend(disk.segments.iter().flatten());
+            out.disks_renewed += 1;
+        }
+    }
+    if !nodes.is_empty() {
+        nodes.sort_unstable();
+        nodes.dedup();
+        let packs = renewal_packs(repo, &nodes, progress).await?;
+        let mut keys: Vec<String> = nodes.iter().map(|n| ObjectRef::Node(*n).key()).collect();
+        keys.extend(packs.iter().map(|p| ObjectRef::Pack(*p).key()));
+        progress.add_total(keys.len() as u64);
+        let more = ensure(repo.backend(), &keys, want, progress).await?;
+        out.checked += more.checked;
+        out.extended += more.extended;
+        out.gone += more.gone;
+    }
+    // Recorded only once all of it is retained: a later backup in this
+    // generation trusts it without a look.
+    for disk in disks {
+        disk.lock_generation = Some(generation);
+    }
     Ok(out)
+}
+
+/// The packs of the chunks of `nodes`, every copy. A chunk the index does
+/// not place (an index object a gc merged and deleted since it was
+/// opened) is looked up once more in the index as it is now; one still
+/// unknown fails the backup: its pack's retention cannot be extended, and
+/// recording the generation anyway would make every later backup of the
+/// generation trust it.
+async fn renewal_packs(
+    repo: &Repository,
+    nodes: &[ObjectId],
+    progress: &Progress,
+) -> Result<Vec<ObjectId>> {
+    let mut found = crate::point_objects::packs_of_nodes(repo, nodes, progress).await?;
+    if found.unknown_chunks > 0 {
+        found = crate::point_objects::packs_of_nodes(repo, nodes, progress).await?;
+    }
+    if found.unknown_chunks > 0 {
+        return Err(Error::corrupt(
+            keys::INDEX,
+            format!(
+                "{} chunks of this point are in no index object, so object lock cannot extend \
+                 the retention of their packs; run `xfull index rebuild`, then back up again",
+                found.unknown_chunks
+            ),
+        ));
+    }
+    Ok(found.packs)
 }

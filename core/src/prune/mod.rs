@@ -180,8 +180,14 @@ pub(crate) async fn locked_until(
         return Ok(None);
     }
     let (_, retention) = repo.backend().retention(key).await?;
+    let Some(r) = retention else {
+        return Err(crate::gc::sweep::no_retention(
+            repo.location(),
+            key.to_string(),
+        ));
+    };
     let now = chrono::Utc::now() - repo.config().protocol.margin();
-    Ok(retention.map(|r| r.until).filter(|until| *until > now))
+    Ok(Some(r.until).filter(|until| *until > now))
 }
 
 /// Removes the points' manifests: pinned ones go to `trash/` first (written

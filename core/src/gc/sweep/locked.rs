@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{Candidate, Listed, Sweep};
+use crate::backend::{BackendError, Operation};
 use crate::error::{Error, Result};
 
 /// Retentions read at once.
@@ -37,7 +38,8 @@ impl Sweep {
                 let backend = backend.clone();
                 async move {
                     match backend.retention(&key).await {
-                        Ok((_, r)) => Ok(r.map(|r| (key, r.until))),
+                        Ok((_, Some(r))) => Ok(Some((key, r.until))),
+                        Ok((_, None)) => Err(no_retention(backend.location(), key)),
                         // Gone already: deleting it again is harmless.
                         Err(e) if e.is_not_found() => Ok(None),
                         Err(e) => Err(Error::from(e)),
@@ -48,9 +50,13 @@ impl Sweep {
             .try_filter_map(|r| futures::future::ready(Ok(r)))
             .try_collect()
             .await?;
+        let mut kept_packs = Vec::new();
         let report = &mut self.report;
         batch.retain(|c| match untils.get(c.key()) {
             Some(until) if *until > now => {
+                if let Listed::Pack(_, name) = &c.listed {
+                    kept_packs.push(*name);
+                }
                 report.locked_kept += 1;
                 report.locked_bytes += c.meta().size;
                 report.locked_first_until =
@@ -61,6 +67,27 @@ impl Sweep {
             }
             _ => true,
         });
+        // A kept pack stays indexed: the index objects naming it are not
+        // deleted (a backup may have found a chunk in it meanwhile, and
+        // a pack that exists must be findable, see "gc over packs").
+        self.spare(kept_packs);
         Ok(())
     }
+}
+
+/// An object of a locked repository that shows no retention: every such
+/// object is put with one, so the store hides it from these credentials
+/// (S3 shows retention on HEAD only with `s3:GetObjectRetention`), or
+/// someone replaced the object. Deleting on that reading could hide
+/// locked data behind a delete marker: refused.
+pub(crate) fn no_retention(location: String, key: String) -> Error {
+    Error::Backend(BackendError::PermissionDenied {
+        location,
+        key,
+        operation: Operation::ReadLock,
+        message: "the store shows no retention for an object of a repository with object \
+                  lock: these credentials may lack s3:GetObjectRetention, or the object was \
+                  replaced"
+            .into(),
+    })
 }
