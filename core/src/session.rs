@@ -222,6 +222,11 @@ impl Session {
         }
     }
 
+    /// The session's start on the store's clock (its lease's time).
+    pub fn started(&self) -> Option<DateTime<Utc>> {
+        self.lock().started
+    }
+
     /// What the session recorded as relied on without writing it.
     pub fn deps(&self) -> Vec<ObjectRef> {
         self.lock().deps.clone()

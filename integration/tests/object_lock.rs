@@ -236,3 +236,27 @@ async fn locked_points_and_garbage_outlive_prune_and_gc_until_retention_ends() {
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.points, 4);
 }
+
+/// A machine whose clock is behind the store's by more than the clock
+/// margin would lock for less than the lock period: its backup is refused
+/// before it stores anything, and its lease is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_behind_the_store_is_refused_under_object_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk");
+    write_image(&image, &[Region::Random(1 << 20)], 9, true).unwrap();
+    let mem = Arc::new(MemBackend::default());
+    let sim = Arc::new(LockSim::new(mem.clone()));
+    let mut config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    config.object_lock = Some(LOCK);
+    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    // The store's clock a day ahead of this machine's.
+    let ahead = Utc::now() + Duration::days(1) - mem.clock().now();
+    mem.clock().advance(ahead);
+    let e = backup(&repo, request("vm", &image), Arc::new(Progress::default()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("behind the store's"), "{e}");
+    assert!(keys(&mem, "points/").await.is_empty());
+    assert!(keys(&mem, "leases/").await.is_empty());
+}
