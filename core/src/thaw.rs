@@ -18,6 +18,7 @@ use futures::StreamExt;
 
 use crate::archive::{ArchiveState, ThawAnswer, ThawTier};
 use crate::error::{Error, Result};
+use crate::id::ObjectId;
 use crate::manifest::Manifest;
 use crate::placement::archive::PackState;
 use crate::progress::Progress;
@@ -96,21 +97,7 @@ pub async fn plan(
     let nodes = crate::point_objects::nodes_of(segments);
     let found = crate::point_objects::packs_of_nodes(repo, &nodes, progress).await?;
     let (packs, unknown) = (found.packs, found.unknown_chunks);
-    let placement = repo.chunks();
-    let mut states: Vec<PackState> = Vec::new();
-    let mut missing = 0;
-    let mut looked = futures::stream::iter(packs.iter().map(|p| {
-        let placement = placement.clone();
-        async move { placement.pack_state(p).await }
-    }))
-    .buffered(IN_FLIGHT);
-    while let Some(r) = looked.next().await {
-        stop_if_cancelled(progress)?;
-        match r? {
-            Some(s) => states.push(s),
-            None => missing += 1,
-        }
-    }
+    let (states, missing) = pack_states(&repo.chunks(), &packs, progress).await?;
     Ok(ThawPlan {
         packs: states.len() as u64,
         bytes: states.iter().map(|s| s.bytes).sum(),
@@ -253,21 +240,38 @@ pub async fn wait_ready(
             _ = tokio::time::sleep(poll) => {}
             _ = progress.cancelled() => stop_if_cancelled(progress)?,
         }
-        let mut states = Vec::new();
-        for p in &looked.archive {
-            if p.state.readable() {
-                states.push(p.clone());
-                continue;
-            }
-            // Gone since (rewritten or lost): a restore reads another copy
-            // or reports the chunk damaged, as after any plan.
-            match placement.pack_state(&p.pack).await? {
-                Some(s) => states.push(s),
-                None => looked.missing_packs += 1,
-            }
-        }
-        looked.archive = states;
+        let (ready, waiting): (Vec<PackState>, Vec<PackState>) =
+            std::mem::take(&mut looked.archive)
+                .into_iter()
+                .partition(|p| p.state.readable());
+        let waiting: Vec<ObjectId> = waiting.iter().map(|p| p.pack).collect();
+        // One gone since (rewritten or lost) is counted: a restore reads
+        // another copy or reports the chunk damaged, as after any plan.
+        let (states, missing) = pack_states(&placement, &waiting, progress).await?;
+        looked.missing_packs += missing;
+        looked.archive = ready.into_iter().chain(states).collect();
     }
+}
+
+/// The state of each pack (one HEAD each, 16 at once) and how many are
+/// gone.
+async fn pack_states(
+    placement: &crate::placement::Placement,
+    packs: &[ObjectId],
+    progress: &Progress,
+) -> Result<(Vec<PackState>, u64)> {
+    let mut states = Vec::new();
+    let mut missing = 0;
+    let mut looked =
+        futures::stream::iter(packs.iter().map(|p| placement.pack_state(p))).buffered(IN_FLIGHT);
+    while let Some(r) = looked.next().await {
+        stop_if_cancelled(progress)?;
+        match r? {
+            Some(s) => states.push(s),
+            None => missing += 1,
+        }
+    }
+    Ok((states, missing))
 }
 
 fn stop_if_cancelled(progress: &Progress) -> Result<()> {

@@ -49,7 +49,6 @@ mod batches;
 mod cancel;
 mod cleanup;
 mod locked;
-pub(crate) use locked::no_retention;
 mod packs;
 mod preflight;
 mod publisher;

@@ -159,10 +159,7 @@ pub async fn for_backup<'a>(
         let mut keys: Vec<String> = nodes.iter().map(|n| ObjectRef::Node(*n).key()).collect();
         keys.extend(packs.iter().map(|p| ObjectRef::Pack(*p).key()));
         progress.add_total(keys.len() as u64);
-        let more = ensure(repo.backend(), &keys, want, progress).await?;
-        out.checked += more.checked;
-        out.extended += more.extended;
-        out.gone += more.gone;
+        out.add(&ensure(repo.backend(), &keys, want, progress).await?);
     }
     // Recorded only once all of it is retained: a later backup in this
     // generation trusts it without a look.

@@ -139,6 +139,37 @@ impl ObjectLock {
     }
 }
 
+/// When `key`'s retention ends, if it has not ended yet. The store's clock
+/// decides, so it counts as ended only `margin` after its date on ours
+/// (the store's clock may be behind). An object that shows no retention
+/// is an error, never "unlocked": every object of a locked repository a
+/// caller asks about was put with one, so the store hides it from these
+/// credentials (S3 shows retention on HEAD only with
+/// `s3:GetObjectRetention`), or someone replaced the object; deleting on
+/// that reading could hide locked data behind a delete marker.
+pub async fn locked_until(
+    backend: &dyn crate::backend::Backend,
+    key: &str,
+    margin: Duration,
+) -> crate::error::Result<Option<DateTime<Utc>>> {
+    use crate::backend::{BackendError, Operation};
+    let (_, retention) = backend.retention(key).await?;
+    let Some(r) = retention else {
+        return Err(crate::error::Error::Backend(
+            BackendError::PermissionDenied {
+                location: backend.location(),
+                key: key.to_string(),
+                operation: Operation::ReadLock,
+                message: "the store shows no retention for an object of a repository with \
+                          object lock: these credentials may lack s3:GetObjectRetention, or \
+                          the object was replaced"
+                    .into(),
+            },
+        ));
+    };
+    Ok(Some(r.until).filter(|until| *until > Utc::now() - margin))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -179,15 +179,12 @@ pub(crate) async fn locked_until(
     if repo.config().object_lock.is_none() {
         return Ok(None);
     }
-    let (_, retention) = repo.backend().retention(key).await?;
-    let Some(r) = retention else {
-        return Err(crate::gc::sweep::no_retention(
-            repo.location(),
-            key.to_string(),
-        ));
-    };
-    let now = chrono::Utc::now() - repo.config().protocol.margin();
-    Ok(Some(r.until).filter(|until| *until > now))
+    crate::lock::locked_until(
+        repo.backend().as_ref(),
+        key,
+        repo.config().protocol.margin(),
+    )
+    .await
 }
 
 /// Removes the points' manifests: pinned ones go to `trash/` first (written

@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{Candidate, Listed, Sweep};
-use crate::backend::{BackendError, Operation};
 use crate::error::{Error, Result};
 
 /// Retentions read at once.
@@ -23,26 +22,23 @@ impl Sweep {
         if self.repo.config().object_lock.is_none() || batch.is_empty() {
             return Ok(());
         }
-        // The store's clock decides when a retention ends: a deletion
-        // waits for the clock margin past it, in case the store's clock
-        // is behind ours.
-        let now = Utc::now() - self.repo.config().protocol.margin();
+        let margin = self.repo.config().protocol.margin();
         let backend = self.repo.backend().clone();
         let keys: Vec<String> = batch
             .iter()
             .filter(|c| !matches!(c.listed, Listed::Index(..)))
             .map(|c| c.key().to_string())
             .collect();
+        // The keys still locked, with when their retention ends.
         let untils: HashMap<String, DateTime<Utc>> = futures::stream::iter(keys)
             .map(|key| {
                 let backend = backend.clone();
                 async move {
-                    match backend.retention(&key).await {
-                        Ok((_, Some(r))) => Ok(Some((key, r.until))),
-                        Ok((_, None)) => Err(no_retention(backend.location(), key)),
+                    match crate::lock::locked_until(backend.as_ref(), &key, margin).await {
+                        Ok(until) => Ok(until.map(|u| (key, u))),
                         // Gone already: deleting it again is harmless.
-                        Err(e) if e.is_not_found() => Ok(None),
-                        Err(e) => Err(Error::from(e)),
+                        Err(Error::Backend(e)) if e.is_not_found() => Ok(None),
+                        Err(e) => Err(e),
                     }
                 }
             })
@@ -53,7 +49,7 @@ impl Sweep {
         let mut kept_packs = Vec::new();
         let report = &mut self.report;
         batch.retain(|c| match untils.get(c.key()) {
-            Some(until) if *until > now => {
+            Some(until) => {
                 if let Listed::Pack(_, name) = &c.listed {
                     kept_packs.push(*name);
                 }
@@ -65,7 +61,7 @@ impl Sweep {
                     Some(report.locked_last_until.map_or(*until, |u| u.max(*until)));
                 false
             }
-            _ => true,
+            None => true,
         });
         // A kept pack stays indexed: the index objects naming it are not
         // deleted (a backup may have found a chunk in it meanwhile, and
@@ -73,21 +69,4 @@ impl Sweep {
         self.spare(kept_packs);
         Ok(())
     }
-}
-
-/// An object of a locked repository that shows no retention: every such
-/// object is put with one, so the store hides it from these credentials
-/// (S3 shows retention on HEAD only with `s3:GetObjectRetention`), or
-/// someone replaced the object. Deleting on that reading could hide
-/// locked data behind a delete marker: refused.
-pub(crate) fn no_retention(location: String, key: String) -> Error {
-    Error::Backend(BackendError::PermissionDenied {
-        location,
-        key,
-        operation: Operation::ReadLock,
-        message: "the store shows no retention for an object of a repository with object \
-                  lock: these credentials may lack s3:GetObjectRetention, or the object was \
-                  replaced"
-            .into(),
-    })
 }
