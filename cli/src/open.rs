@@ -8,6 +8,7 @@ use xfull_core::Error;
 use xfull_core::backend::Backend;
 use xfull_core::config::StoreSettings;
 use xfull_core::crypto::SeenEncrypted;
+use xfull_core::lock::seen::SeenLocked;
 use xfull_core::repo::Repository;
 use xfull_local::{CreateError, LocalBackend, parse_location};
 use xfull_s3::{OpenError, S3Backend, S3Options};
@@ -212,8 +213,8 @@ fn limits_for(repo: &str, s3: S3Args) -> S3Args {
     }
 }
 
-/// Unlocks (if encrypted) and checks against the record of repositories
-/// seen encrypted; names an unencrypted one on a terminal.
+/// Unlocks (if encrypted) and checks against the records of repositories
+/// seen encrypted or locked; names an unencrypted one on a terminal.
 async fn finish_open(
     cli: &Cli,
     repo: &str,
@@ -222,10 +223,14 @@ async fn finish_open(
 ) -> Result<Repository> {
     let place = record_location(repo, backend.as_ref());
     let repo = Repository::open_with(backend, secret).await?;
-    if let Some(seen) = SeenEncrypted::from_env(|n| std::env::var_os(n)) {
+    let env = |n: &str| std::env::var_os(n);
+    if let Some(seen) = SeenEncrypted::from_env(env) {
         seen.check(&place, repo.config())?;
-        remember(&seen, &place, &repo);
     }
+    if let Some(seen) = SeenLocked::from_env(env) {
+        seen.check(&place, repo.config())?;
+    }
+    remember(&place, &repo);
     if !repo.codec().is_encrypted() && !cli.quiet && std::io::stderr().is_terminal() {
         eprintln!(
             "xfull: note: the repository at {} is not encrypted (made with --encryption none)",
@@ -286,7 +291,6 @@ async fn init_as(
         .into());
     }
     let stored = config.store.clone();
-    let seen = SeenEncrypted::from_env(|n| std::env::var_os(n));
     if !encrypted {
         let backend = backend(&repo, &s3, true, Some(&stored)).await?;
         check_lock(&repo, &config, backend.as_ref()).await?;
@@ -295,11 +299,8 @@ async fn init_as(
             Some(source) => Repository::init_like(backend, config, source, None, params).await?,
             None => Repository::init(backend, config).await?,
         };
-        // Made unencrypted here on purpose: a record of an encrypted
-        // repository once at this place must not refuse it.
-        if let Some(seen) = seen {
-            seen.forget_location(&place)?;
-        }
+        forget_earlier(&place, &made)?;
+        remember(&place, &made);
         return Ok(made);
     }
     // The secret first: a bad source leaves no directory behind.
@@ -327,9 +328,8 @@ async fn init_as(
             return Err(e);
         }
     };
-    if let Some(seen) = seen {
-        remember(&seen, &place, &made);
-    }
+    forget_earlier(&place, &made)?;
+    remember(&place, &made);
     Ok(made)
 }
 
@@ -365,15 +365,37 @@ fn record_location(repo: &str, backend: &dyn Backend) -> String {
     }
 }
 
-/// Records an encrypted repository as such. A record that cannot be
-/// written does not stop the command (the repository is fine), but the
+/// Records an encrypted or locked repository as such. A record that cannot
+/// be written does not stop the command (the repository is fine), but the
 /// user is told that the downgrade check will not know it.
-fn remember(seen: &SeenEncrypted, place: &str, repo: &Repository) {
-    if let Err(e) = seen.record(place, repo.config()) {
-        eprintln!(
-            "xfull: warning: {}; a later rewrite of this repository's config to \
-             \"unencrypted\" would not be noticed from this record",
-            crate::output::printable(&e.to_string())
-        );
+fn remember(place: &str, repo: &Repository) {
+    let env = |n: &str| std::env::var_os(n);
+    let recorded = [
+        SeenEncrypted::from_env(env).map(|s| (s.record(place, repo.config()), "unencrypted")),
+        SeenLocked::from_env(env).map(|s| (s.record(place, repo.config()), "without object lock")),
+    ];
+    for (result, what) in recorded.into_iter().flatten() {
+        if let Err(e) = result {
+            eprintln!(
+                "xfull: warning: {}; a later rewrite of this repository's config to \
+                 \"{what}\" would not be noticed from this record",
+                crate::output::printable(&e.to_string())
+            );
+        }
     }
+}
+
+/// `init` made a repository at `place` on purpose: the records of an
+/// earlier one there (encrypted, or locked) must not refuse it.
+fn forget_earlier(place: &str, made: &Repository) -> Result<()> {
+    let env = |n: &str| std::env::var_os(n);
+    if let Some(seen) = SeenEncrypted::from_env(env)
+        && !made.codec().is_encrypted()
+    {
+        seen.forget_location(place)?;
+    }
+    if let Some(seen) = SeenLocked::from_env(env) {
+        seen.forget_location(place)?;
+    }
+    Ok(())
 }

@@ -265,10 +265,19 @@ pub enum Error {
     )]
     LastFullKeySlot { slot: String },
 
-    /// This client's record of repositories seen encrypted
-    /// (crypto/seen.rs) cannot be read or written: the downgrade check
+    /// Object lock: this machine's clock is too far behind the store's to
+    /// lock what it writes for the whole lock period.
+    #[error(
+        "this machine's clock is {behind_secs} s behind the store's, more than the \
+         repository's clock margin ({margin_secs} s): with object lock, retention would be \
+         shorter than the lock period; set the clock right (NTP) and run the command again"
+    )]
+    ClockBehind { behind_secs: i64, margin_secs: u64 },
+
+    /// This client's record of repositories seen encrypted or locked
+    /// (client_record.rs) cannot be read or written: the downgrade check
     /// cannot be made, so the command stops rather than pass silently.
-    #[error("record of repositories seen encrypted {}: {reason}", path.display())]
+    #[error("client record {}: {reason}", path.display())]
     ClientRecord { path: PathBuf, reason: String },
 
     /// `copy` was given a target that does not name and seal content as

@@ -20,6 +20,7 @@ pub mod backend;
 pub mod backup;
 pub mod changes;
 pub mod chunker;
+pub mod client_record;
 pub mod codec;
 pub mod config;
 #[cfg(any(test, feature = "testing"))]

@@ -256,6 +256,7 @@ async fn a_clock_behind_the_store_is_refused_under_object_lock() {
     let e = backup(&repo, request("vm", &image), Arc::new(Progress::default()))
         .await
         .unwrap_err();
+    assert!(matches!(e, xfull_core::Error::ClockBehind { .. }), "{e}");
     assert!(e.to_string().contains("behind the store's"), "{e}");
     assert!(keys(&mem, "points/").await.is_empty());
     assert!(keys(&mem, "leases/").await.is_empty());

@@ -228,3 +228,88 @@ fn points_are_locked_on_the_server_and_prune_waits_for_their_retention() {
     assert_eq!(gc["locked_kept"], 0, "{gc}");
     e.x(&["verify", "--read-data"]).assert().success();
 }
+
+/// On a versioned bucket a PUT of `config` adds a version above the locked
+/// one: a config rewritten without object lock would make clients stop
+/// locking. A client that has seen the repository locked refuses it
+/// (exit 3, naming the config and its record) and stores nothing.
+#[test]
+fn a_config_rewritten_without_lock_is_refused_by_a_client_that_saw_the_lock() {
+    let server = S3Server::start();
+    if std::env::var_os("XFULL_TEST_S3_ENDPOINT").is_some() {
+        eprintln!("skipped: needs a bucket with object lock made by this test on its own server");
+        return;
+    }
+    let rt = runtime();
+    let c = admin_client(&server);
+    let bucket = "xfull-locked-rewrite";
+    rt.block_on(
+        c.create_bucket()
+            .bucket(bucket)
+            .object_lock_enabled_for_bucket(true)
+            .send(),
+    )
+    .unwrap();
+    let mut e = Env::init_s3(&server, "rewrite-scratch");
+    e.url = format!("s3://{bucket}/repo");
+    e.x(&[
+        "init",
+        "--object-lock",
+        "compliance",
+        "--lock-seconds",
+        "60,60",
+        "--kdf-memory-kib",
+        "64",
+        "--kdf-time",
+        "1",
+    ])
+    .assert()
+    .success();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(2 << 20)], 5, false).unwrap();
+    let disk = format!("d={}", img.display());
+    let backup = ["backup", "--vm", "vm", "--disk", &disk];
+    e.x(&backup).assert().success();
+
+    // The config rewritten without its lock, as a new version.
+    let got = rt
+        .block_on(c.get_object().bucket(bucket).key("repo/config").send())
+        .unwrap();
+    let bytes = rt.block_on(got.body.collect()).unwrap().into_bytes();
+    let mut cfg = xfull_core::config::RepoConfig::decode(&bytes).unwrap();
+    assert!(cfg.object_lock.is_some());
+    cfg.object_lock = None;
+    rt.block_on(
+        c.put_object()
+            .bucket(bucket)
+            .key("repo/config")
+            .body(cfg.encode().unwrap().into())
+            .send(),
+    )
+    .unwrap();
+
+    for args in [&backup[..], &["points"][..]] {
+        let (code, err) = fails(e.x(args));
+        assert_eq!(code, 3, "{args:?}: {err}");
+        assert!(
+            err.contains("config") && err.contains("seen it with a compliance lock of 60 s"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&e.state_dir().display().to_string()),
+            "names the record: {err}"
+        );
+    }
+    assert_eq!(
+        rt.block_on(
+            c.list_objects_v2()
+                .bucket(bucket)
+                .prefix("repo/points/")
+                .send()
+        )
+        .unwrap()
+        .key_count(),
+        Some(1),
+        "the refused backup stored a point"
+    );
+}

@@ -124,22 +124,9 @@ pub async fn backup(
         .config()
         .object_lock
         .map(|l| (l, l.current(repo.config().protocol.margin())));
-    if lock.is_some()
-        && let Some(store) = session.started()
-    {
-        // Retentions are judged on the store's clock, generations taken
-        // on ours plus the margin: a clock further behind than the margin
-        // would lock for less than the lock period.
-        let skew = (store - Utc::now()).num_seconds();
-        let margin = repo.config().protocol.clock_margin_secs as i64;
-        if skew > margin {
-            let _ = session.end(None).await;
-            return Err(Error::InvalidArgument(format!(
-                "this machine's clock is {skew} s behind the store's, more than the repository's \
-                 clock margin ({margin} s): with object lock, retention would be shorter than \
-                 the lock period; set the clock right (NTP) and back up again"
-            )));
-        }
+    if let Err(e) = crate::lock::check_writer_clock(repo.config(), session.started()) {
+        let _ = session.end(None).await;
+        return Err(e);
     }
     let heartbeat = session.heartbeat();
     let work = async {

@@ -118,3 +118,36 @@ async fn a_locked_target_locks_what_it_gets_with_its_own_retention() {
         assert_eq!(copied.stats.lock, None);
     }
 }
+
+/// A copy into a locked target whose clock is a day ahead of this
+/// machine's would lock for less than the lock period: refused before
+/// anything is stored, and its lease is gone.
+#[tokio::test]
+async fn a_clock_behind_a_locked_target_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Repository::init(Arc::new(MemBackend::default()), config(None))
+        .await
+        .unwrap();
+    let a = back_up(&source, &dir, "a", &data(1 << 20, 40)).await;
+    let tm = Arc::new(MemBackend::default());
+    let target = Repository::init_like(
+        Arc::new(LockSim::new(tm.clone())),
+        config(Some(TARGET_LOCK)),
+        &source,
+        None,
+        crate::crypto::Argon2Params::DEFAULT,
+    )
+    .await
+    .unwrap();
+    let ahead = chrono::Utc::now() + chrono::Duration::days(1) - tm.clock().now();
+    tm.clock().advance(ahead);
+    let e = run(&source, &target, every_point(&[&a])).await.unwrap_err();
+    assert!(
+        matches!(e, crate::error::Error::ClockBehind { behind_secs, margin_secs: 0 }
+            if behind_secs > 86_000),
+        "{e}"
+    );
+    for prefix in ["points/", "leases/", "packs/", "nodes/"] {
+        assert!(keys_of(&tm, prefix).await.is_empty(), "{prefix}");
+    }
+}

@@ -63,6 +63,10 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
     let lock = config
         .object_lock
         .map(|l| (l, l.current(config.protocol.margin())));
+    if let Err(e) = crate::lock::check_writer_clock(config, session.started()) {
+        let _ = session.end(None).await;
+        return Err(e);
+    }
     let heartbeat = session.heartbeat();
     let work = async {
         // Read after the lease, as a backup reads them.

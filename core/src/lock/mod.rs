@@ -16,12 +16,15 @@
 //! - [`store`]: the decorating backend that puts every locked object with
 //!   its retention;
 //! - [`extend`]: checking and extending the retention of what a point
-//!   relies on.
+//!   relies on;
+//! - [`seen`]: the client's record of repositories seen locked, against a
+//!   config rewritten to stop locking.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod extend;
+pub mod seen;
 pub mod store;
 
 /// S3's two retention modes. In `Compliance` nobody can shorten the
@@ -137,6 +140,30 @@ impl ObjectLock {
     pub fn current(&self, margin: Duration) -> u64 {
         self.generation_of(Utc::now() + margin)
     }
+}
+
+/// Refuses a writer (backup, copy into a locked repository) whose clock is
+/// behind the store's by more than the clock margin. Generations are
+/// taken on this machine's clock plus the margin, retentions judged on the
+/// store's: a clock further behind would lock for less than the lock
+/// period. `store` is the store's time at the writer's start (its lease's
+/// `last_modified`); nothing is checked without object lock.
+pub fn check_writer_clock(
+    config: &crate::config::RepoConfig,
+    store: Option<DateTime<Utc>>,
+) -> crate::error::Result<()> {
+    let (Some(_), Some(store)) = (config.object_lock, store) else {
+        return Ok(());
+    };
+    let behind_secs = (store - Utc::now()).num_seconds();
+    let margin_secs = config.protocol.clock_margin_secs;
+    if behind_secs > margin_secs as i64 {
+        return Err(crate::error::Error::ClockBehind {
+            behind_secs,
+            margin_secs,
+        });
+    }
+    Ok(())
 }
 
 /// When `key`'s retention ends, if it has not ended yet. The store's clock
