@@ -462,3 +462,12 @@ pub struct ThawArgs {
     #[command(flatten)]
     pub s3: S3Args,
 }
+
+#[derive(Debug, Args)]
+pub struct UndeleteArgs {
+    /// Say what would be brought back; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+}

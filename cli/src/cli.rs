@@ -174,6 +174,10 @@ pub enum Command {
     /// Ask an archive storage class (S3 GLACIER, DEEP_ARCHIVE) for readable
     /// copies of what restoring a point needs; run again to see progress.
     Thaw(ThawArgs),
+    /// On an S3 bucket with versioning and object lock, take away the
+    /// delete markers and unlocked versions that hide locked objects
+    /// (after deletes or overwrites by someone else); no secret needed.
+    Undelete(UndeleteArgs),
     /// Print the extents that differ between two points of one VM, from
     /// metadata.
     Diff(DiffArgs),
@@ -230,6 +234,7 @@ impl Command {
             Command::Show(a) => &a.s3,
             Command::Restore(a) => &a.s3,
             Command::Thaw(a) => &a.s3,
+            Command::Undelete(a) => &a.s3,
             Command::Diff(a) => &a.s3,
             Command::Copy(a) => &a.s3,
             Command::Prune(a) => &a.s3,

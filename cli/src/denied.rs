@@ -30,7 +30,10 @@ pub fn explain(command: &Command, e: anyhow::Error) -> anyhow::Error {
             " to replace a damaged node; run `xfull repair` with credentials that may delete \
              (it removes the damaged node), then back up again",
         );
-    } else if matches!(operation, Operation::Delete | Operation::Overwrite) {
+    } else if matches!(
+        operation,
+        Operation::Delete | Operation::Overwrite | Operation::DeleteVersion
+    ) {
         needs.push_str("; run it with the maintenance role's credentials");
     }
     e.context(needs)
@@ -58,6 +61,7 @@ fn name(command: &Command) -> &'static str {
         Command::Show(_) => "show",
         Command::Restore(_) => "restore",
         Command::Thaw(_) => "thaw",
+        Command::Undelete(_) => "undelete",
         Command::Diff(_) => "diff",
         Command::SnapshotDiff(_) => "snapshot-diff",
         Command::Copy(_) => "copy",

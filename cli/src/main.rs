@@ -206,6 +206,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Show(a) => cmd::show::run(cli, a).await,
         Command::Restore(a) => cmd::restore::run(cli, a).await,
         Command::Thaw(a) => cmd::thaw::run(cli, a).await,
+        Command::Undelete(a) => cmd::undelete::run(cli, a).await,
         Command::Diff(a) => cmd::diff::run(cli, a).await,
         Command::SnapshotDiff(a) => cmd::snapshot_diff::run(cli, a).await,
         Command::Copy(a) => cmd::copy::run(cli, a).await,

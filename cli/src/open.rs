@@ -179,6 +179,21 @@ pub async fn open(cli: &Cli) -> Result<Repository> {
     finish_open(cli, &repo, backend, || crate::secrets::current(cli)).await
 }
 
+/// The store of `--repo` alone, without reading its config (`undelete`:
+/// the config may be the object hidden or replaced). An S3 bucket only:
+/// a local directory keeps no versions.
+pub async fn store_only(cli: &Cli) -> Result<Arc<dyn Backend>> {
+    let (repo, s3) = crate::profile::resolve(cli)?;
+    if !repo.starts_with("s3://") {
+        return Err(Error::InvalidArgument(format!(
+            "repository {repo}: undelete works on an S3 bucket with versioning (which object \
+             lock requires); a local directory keeps no versions of its files"
+        ))
+        .into());
+    }
+    backend(&repo, &s3, false, Some(&StoreSettings::default())).await
+}
+
 /// Opens `--repo` for a command that uses two repositories (`copy`): the
 /// request budget applies to whichever of them is on S3, so a local one
 /// ignores it rather than refusing it.

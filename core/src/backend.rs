@@ -123,6 +123,12 @@ pub enum Operation {
     ReadLock,
     /// Extending an object's retention (S3 PutObjectRetention).
     Retain,
+    /// Listing every version of objects (S3 ListObjectVersions).
+    ListVersions,
+    /// Reading one version of an object by its id.
+    ReadVersion,
+    /// Deleting one version of an object for good, by its id.
+    DeleteVersion,
 }
 
 impl Operation {
@@ -138,6 +144,9 @@ impl Operation {
             Operation::Thaw => "s3:RestoreObject",
             Operation::ReadLock => "s3:GetObjectRetention",
             Operation::Retain => "s3:PutObjectRetention",
+            Operation::ListVersions => "s3:ListBucketVersions",
+            Operation::ReadVersion => "s3:GetObjectVersion",
+            Operation::DeleteVersion => "s3:DeleteObjectVersion",
         }
     }
 }
@@ -153,6 +162,9 @@ impl std::fmt::Display for Operation {
             Operation::Thaw => "thaw",
             Operation::ReadLock => "read the retention of",
             Operation::Retain => "extend the retention of",
+            Operation::ListVersions => "list the versions of",
+            Operation::ReadVersion => "read versions of",
+            Operation::DeleteVersion => "delete versions of",
         })
     }
 }
@@ -217,6 +229,21 @@ pub struct ObjectMeta {
     pub size: u64,
     /// As the store reports it (the server's clock, not ours).
     pub last_modified: DateTime<Utc>,
+}
+
+/// One version of an object in a versioned store (S3 with versioning,
+/// which object lock requires): what `list_versions` gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    pub key: String,
+    pub version_id: String,
+    /// A delete marker: the version a plain DELETE adds, hiding the ones
+    /// under it.
+    pub delete_marker: bool,
+    /// The current version (what a plain GET reads).
+    pub latest: bool,
+    pub last_modified: DateTime<Utc>,
+    pub size: u64,
 }
 
 /// A key-value object store.
@@ -285,6 +312,45 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// The object and its retention, if it has one (S3: a HEAD).
     async fn retention(&self, key: &str) -> Result<(ObjectMeta, Option<Retention>), BackendError> {
         Ok((self.head(key).await?, None))
+    }
+
+    /// Every version of every object under `prefix`: all versions of a key
+    /// together, newest first, keys in order (S3 ListObjectVersions).
+    /// Stores without versions say so in the stream's only item.
+    fn list_versions(&self, prefix: &str) -> BoxStream<'_, Result<Version, BackendError>> {
+        let _ = prefix;
+        Box::pin(futures::stream::once(futures::future::ready(Err(
+            self.unversioned()
+        ))))
+    }
+
+    /// The retention of one version of `key`, if it has one (S3: a HEAD
+    /// with the version id).
+    async fn version_retention(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<Retention>, BackendError> {
+        let _ = (key, version_id);
+        Err(self.unversioned())
+    }
+
+    /// Deletes these versions for good (S3 DeleteObjects with version
+    /// ids): a delete marker so deleted uncovers the version under it; a
+    /// locked version is refused by the store.
+    async fn delete_versions(&self, versions: &[(String, String)]) -> Result<(), BackendError> {
+        let _ = versions;
+        Err(self.unversioned())
+    }
+
+    /// The error of the version methods on a store without versions.
+    fn unversioned(&self) -> BackendError {
+        BackendError::Other {
+            location: self.location(),
+            message: "this store keeps no versions of objects (only an S3 bucket with \
+                      versioning does)"
+                .into(),
+        }
     }
 
     /// Sets the object's retention to `retention` (S3

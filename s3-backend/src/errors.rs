@@ -18,6 +18,7 @@ use aws_sdk_s3::operation::delete_objects::DeleteObjectsError;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::operation::get_object_lock_configuration::GetObjectLockConfigurationError;
 use aws_sdk_s3::operation::head_object::HeadObjectError;
+use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsError;
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
 use aws_sdk_s3::operation::put_object::PutObjectError;
 use aws_sdk_s3::operation::put_object_retention::PutObjectRetentionError;
@@ -341,6 +342,8 @@ fn operation_of<E: Error + 'static>(e: &E) -> Option<Operation> {
         Some(Operation::Retain)
     } else if e.is::<GetObjectLockConfigurationError>() {
         Some(Operation::ReadLock)
+    } else if e.is::<ListObjectVersionsError>() {
+        Some(Operation::ListVersions)
     } else {
         None
     }

@@ -58,6 +58,7 @@ mod errors;
 mod lock;
 mod options;
 mod transport;
+mod versions;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -73,7 +74,9 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use xfull_core::archive::{ArchiveState, ThawAnswer, ThawTier};
-use xfull_core::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutMode, PutOptions};
+use xfull_core::backend::{
+    Backend, BackendError, ObjectClass, ObjectMeta, PutMode, PutOptions, Version,
+};
 use xfull_core::config::StoreSettings;
 
 use attempts::Attempts;
@@ -502,6 +505,22 @@ impl Backend for S3Backend {
         retention: xfull_core::lock::Retention,
     ) -> Result<(), BackendError> {
         self.put_retention(key, retention).await
+    }
+
+    fn list_versions(&self, prefix: &str) -> BoxStream<'_, Result<Version, BackendError>> {
+        self.versions(prefix)
+    }
+
+    async fn version_retention(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<xfull_core::lock::Retention>, BackendError> {
+        self.retention_of_version(key, version_id).await
+    }
+
+    async fn delete_versions(&self, versions: &[(String, String)]) -> Result<(), BackendError> {
+        self.remove_versions(versions).await
     }
 
     fn request_counts(&self) -> BTreeMap<&'static str, u64> {

@@ -20,4 +20,5 @@ pub mod show;
 pub mod snapshot_diff;
 pub mod stats;
 pub mod thaw;
+pub mod undelete;
 pub mod verify;

@@ -18,7 +18,9 @@
 //! - [`extend`]: checking and extending the retention of what a point
 //!   relies on;
 //! - [`seen`]: the client's record of repositories seen locked, against a
-//!   config rewritten to stop locking.
+//!   config rewritten to stop locking;
+//! - [`undelete`]: taking away delete markers and unlocked versions that
+//!   hide locked ones on a versioned bucket.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub mod extend;
 pub mod seen;
 pub mod store;
+pub mod undelete;
 
 /// S3's two retention modes. In `Compliance` nobody can shorten the
 /// retention or delete the object before it ends; in `Governance`

@@ -22,7 +22,7 @@ use futures::stream::BoxStream;
 
 use super::{ObjectLock, Retention};
 use crate::archive::{ArchiveState, ThawAnswer, ThawTier};
-use crate::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutOptions};
+use crate::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutOptions, Version};
 use crate::keys;
 
 #[derive(Debug)]
@@ -117,6 +117,22 @@ impl Backend for Locking {
 
     async fn extend_retention(&self, key: &str, retention: Retention) -> Result<(), BackendError> {
         self.inner.extend_retention(key, retention).await
+    }
+
+    fn list_versions(&self, prefix: &str) -> BoxStream<'_, Result<Version, BackendError>> {
+        self.inner.list_versions(prefix)
+    }
+
+    async fn version_retention(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<Retention>, BackendError> {
+        self.inner.version_retention(key, version_id).await
+    }
+
+    async fn delete_versions(&self, versions: &[(String, String)]) -> Result<(), BackendError> {
+        self.inner.delete_versions(versions).await
     }
 }
 

@@ -1,0 +1,69 @@
+//! `xfull undelete`: takes away what hides locked versions on a versioned
+//! bucket (delete markers, versions without retention).
+
+use anyhow::Result;
+use serde_json::json;
+use xfull_core::lock::undelete::{UndeleteReport, undelete};
+
+use crate::cli::{Cli, UndeleteArgs};
+use crate::progress_ui::Bar;
+
+pub async fn run(cli: &Cli, args: &UndeleteArgs) -> Result<()> {
+    let backend = crate::open::store_only(cli).await?;
+    let progress = crate::progress();
+    let bar = Bar::start(progress.clone(), "undelete", cli, false);
+    let r = undelete(backend.as_ref(), args.dry_run, &progress).await?;
+    drop(bar);
+    if cli.json {
+        let mut doc = serde_json::to_value(&r)?;
+        doc["location"] = json!(backend.location());
+        doc["requests"] = json!(backend.request_counts());
+        return crate::output::print_json(&doc);
+    }
+    println!("{}", text(&backend.location(), &r));
+    Ok(())
+}
+
+fn text(location: &str, r: &UndeleteReport) -> String {
+    let (did, brought) = if r.dry_run {
+        ("would remove", "would bring back")
+    } else {
+        ("removed", "brought back")
+    };
+    let mut out = format!(
+        "{location}: {} objects of the locked kinds, {} with a delete marker on top or more \
+         than one version",
+        r.keys, r.examined
+    );
+    if r.restored == 0 {
+        out.push_str("; nothing hides a locked version");
+    } else {
+        out.push_str(&format!(
+            "\n{brought} {} objects to their newest locked version ({did} {} delete markers \
+             and {} versions without retention above them)",
+            r.restored, r.markers_removed, r.versions_removed
+        ));
+        for k in &r.restored_keys {
+            out.push_str(&format!("\n  {}", crate::output::printable(k)));
+        }
+        if r.restored > r.restored_keys.len() as u64 {
+            out.push_str(&format!(
+                "\n  and {} more",
+                r.restored - r.restored_keys.len() as u64
+            ));
+        }
+    }
+    if r.hidden_unlocked > 0 {
+        out.push_str(&format!(
+            "\n{} deleted objects have no locked version left (their retention ended, or they \
+             were never locked) and stay deleted",
+            r.hidden_unlocked
+        ));
+    }
+    if r.restored > 0 && !r.dry_run {
+        out.push_str(
+            "\nnext: `xfull index rebuild` (index objects are not locked), then `xfull verify`",
+        );
+    }
+    out
+}

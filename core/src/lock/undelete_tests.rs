@@ -1,0 +1,220 @@
+//! `undelete` over an in-memory versioned store: delete markers and
+//! unlocked versions above a locked one go; keys whose retention ended,
+//! and keys never locked, stay as they are.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{Duration, Utc};
+use futures::stream::BoxStream;
+
+use super::*;
+use crate::backend::{BackendError, ObjectMeta, PutOptions};
+use crate::lock::{LockMode, Retention};
+
+/// A key's versions, oldest first, each with its retention.
+type History = Vec<(Version, Option<Retention>)>;
+
+/// Versions by key.
+#[derive(Debug, Default)]
+struct Versioned {
+    keys: Mutex<BTreeMap<String, History>>,
+    heads: Mutex<u64>,
+}
+
+impl Versioned {
+    fn add(&self, key: &str, marker: bool, retention: Option<Retention>) {
+        let mut keys = self.keys.lock().unwrap();
+        let list = keys.entry(key.to_string()).or_default();
+        let n = list.len();
+        list.push((
+            Version {
+                key: key.to_string(),
+                version_id: format!("v{n}"),
+                delete_marker: marker,
+                latest: false,
+                last_modified: Utc::now() + Duration::seconds(n as i64),
+                size: if marker { 0 } else { 10 },
+            },
+            retention,
+        ));
+    }
+
+    /// The current version of `key`: `None` if gone or hidden.
+    fn current(&self, key: &str) -> Option<String> {
+        let keys = self.keys.lock().unwrap();
+        let (v, _) = keys.get(key)?.last()?;
+        (!v.delete_marker).then(|| v.version_id.clone())
+    }
+
+    fn unsupported(&self) -> BackendError {
+        BackendError::Other {
+            location: "mem".into(),
+            message: "not in this test".into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Versioned {
+    fn location(&self) -> String {
+        "versioned-mem".into()
+    }
+    async fn put_opts(&self, _: &str, _: Bytes, _: PutOptions) -> Result<(), BackendError> {
+        Err(self.unsupported())
+    }
+    async fn get(&self, _: &str) -> Result<Bytes, BackendError> {
+        Err(self.unsupported())
+    }
+    async fn get_range(&self, _: &str, _: Range<u64>) -> Result<Bytes, BackendError> {
+        Err(self.unsupported())
+    }
+    async fn head(&self, _: &str) -> Result<ObjectMeta, BackendError> {
+        Err(self.unsupported())
+    }
+    fn list(&self, _: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
+        Box::pin(futures::stream::once(async { Err(self.unsupported()) }))
+    }
+    async fn delete_many(&self, _: &[String]) -> Result<(), BackendError> {
+        Err(self.unsupported())
+    }
+    fn list_versions(&self, prefix: &str) -> BoxStream<'_, Result<Version, BackendError>> {
+        let keys = self.keys.lock().unwrap();
+        let mut out = Vec::new();
+        for (key, list) in keys.range(prefix.to_string()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            for (i, (v, _)) in list.iter().enumerate().rev() {
+                let mut v = v.clone();
+                v.latest = i + 1 == list.len();
+                out.push(Ok(v));
+            }
+        }
+        Box::pin(futures::stream::iter(out))
+    }
+    async fn version_retention(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<Retention>, BackendError> {
+        *self.heads.lock().unwrap() += 1;
+        let keys = self.keys.lock().unwrap();
+        let (v, r) = keys
+            .get(key)
+            .and_then(|l| l.iter().find(|(v, _)| v.version_id == version_id))
+            .ok_or_else(|| BackendError::NotFound {
+                location: "mem".into(),
+                key: key.into(),
+            })?;
+        assert!(!v.delete_marker, "a HEAD of a delete marker");
+        Ok(*r)
+    }
+    async fn delete_versions(&self, versions: &[(String, String)]) -> Result<(), BackendError> {
+        let mut keys = self.keys.lock().unwrap();
+        for (key, id) in versions {
+            let list = keys.get_mut(key).unwrap();
+            let i = list.iter().position(|(v, _)| &v.version_id == id).unwrap();
+            // A locked version cannot be deleted: the test fails if tried.
+            assert!(
+                list[i].1.is_none_or(|r| r.until <= Utc::now()),
+                "deleted a locked version of {key}"
+            );
+            list.remove(i);
+        }
+        Ok(())
+    }
+}
+
+fn locked(secs: i64) -> Option<Retention> {
+    Some(Retention {
+        mode: LockMode::Compliance,
+        until: Utc::now() + Duration::seconds(secs),
+    })
+}
+
+#[tokio::test]
+async fn what_hides_a_locked_version_goes_and_nothing_else() {
+    let b = Versioned::default();
+    // Deleted: a marker above a locked pack and a locked manifest.
+    b.add("packs/aa/aa01", false, locked(3600));
+    b.add("packs/aa/aa01", true, None);
+    b.add("points/vm/p1", false, locked(3600));
+    b.add("points/vm/p1", true, None);
+    // Overwritten, then deleted: a forged version and a marker above.
+    b.add("nodes/bb/bb01", false, locked(3600));
+    b.add("nodes/bb/bb01", false, None);
+    b.add("nodes/bb/bb01", true, None);
+    // The config replaced by a version without retention.
+    b.add("config", false, locked(3600));
+    b.add("config", false, None);
+    // A node stored again (repair): both versions locked, nothing to do.
+    b.add("nodes/cc/cc01", false, locked(3600));
+    b.add("nodes/cc/cc01", false, locked(3600));
+    // Deleted by gc after its retention ended: stays deleted.
+    b.add("packs/dd/dd01", false, locked(-10));
+    b.add("packs/dd/dd01", true, None);
+    // Sound and alone: not even looked at.
+    b.add("packs/ee/ee01", false, locked(3600));
+    // Not a locked kind: index objects and leases are never looked at.
+    b.add("index/ff01", false, None);
+    b.add("index/ff01", true, None);
+    b.add("leases/s1", false, None);
+    b.add("leases/s1", false, None);
+    b.add("configx", false, locked(3600));
+    b.add("configx", true, None);
+
+    let dry = undelete(&b, true, &Progress::default()).await.unwrap();
+    assert_eq!(
+        (dry.restored, dry.markers_removed, dry.versions_removed),
+        (4, 3, 2),
+        "{dry:?}"
+    );
+    assert_eq!(
+        b.current("points/vm/p1"),
+        None,
+        "a dry run changed the store"
+    );
+
+    let r = undelete(&b, false, &Progress::default()).await.unwrap();
+    assert_eq!(r.keys, 7, "{r:?}");
+    assert_eq!(r.examined, 6, "{r:?}");
+    assert_eq!(
+        (r.restored, r.markers_removed, r.versions_removed),
+        (4, 3, 2),
+        "{r:?}"
+    );
+    assert_eq!(r.hidden_unlocked, 1, "{r:?}");
+    for key in ["packs/aa/aa01", "points/vm/p1", "nodes/bb/bb01", "config"] {
+        assert_eq!(b.current(key).as_deref(), Some("v0"), "{key}");
+        assert!(r.restored_keys.contains(&key.to_string()), "{r:?}");
+    }
+    assert_eq!(b.current("nodes/cc/cc01").as_deref(), Some("v1"));
+    assert_eq!(b.current("packs/dd/dd01"), None);
+    assert_eq!(b.current("index/ff01"), None);
+    assert_eq!(b.current("configx"), None);
+
+    // Run again: nothing left to do.
+    let again = undelete(&b, false, &Progress::default()).await.unwrap();
+    assert_eq!(
+        (
+            again.restored,
+            again.markers_removed,
+            again.versions_removed
+        ),
+        (0, 0, 0),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_store_without_versions_is_an_error_not_an_empty_report() {
+    let mem = crate::testing::MemBackend::default();
+    let e = undelete(&mem, true, &Progress::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("keeps no versions"), "{e}");
+}
