@@ -457,6 +457,8 @@ pub struct ThawArgs {
     #[arg(long, value_enum)]
     pub tier: TierArg,
     /// Days the readable copies are kept (billed at the Standard rate).
+    /// Intelligent-Tiering's archive tiers take no days: a thaw moves the
+    /// object back to a hot tier for good.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub days: u32,
     #[command(flatten)]

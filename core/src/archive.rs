@@ -89,8 +89,14 @@ pub struct Estimate {
 }
 
 pub fn estimate(class: &str, tier: ThawTier, objects: u64, bytes: u64) -> Option<Estimate> {
-    // (per GB, per 1,000 requests, time)
+    // (per GB, per 1,000 requests, time). Intelligent-Tiering charges no
+    // retrieval for Standard and Bulk restores from its archive tiers.
     let (per_gb, per_k, hours) = match (class, tier) {
+        (IT_ARCHIVE, ThawTier::Expedited) => (0.03, 10.0, "1-5 minutes"),
+        (IT_ARCHIVE, ThawTier::Standard) => (0.0, 0.0, "3-5 hours"),
+        (IT_ARCHIVE, ThawTier::Bulk) => (0.0, 0.0, "5-12 hours"),
+        (IT_DEEP_ARCHIVE, ThawTier::Standard) => (0.0, 0.0, "within 12 hours"),
+        (IT_DEEP_ARCHIVE, ThawTier::Bulk) => (0.0, 0.0, "within 48 hours"),
         ("GLACIER", ThawTier::Expedited) => (0.03, 10.0, "1-5 minutes"),
         ("GLACIER", ThawTier::Standard) => (0.01, 0.05, "3-5 hours"),
         ("GLACIER", ThawTier::Bulk) => (0.0, 0.0, "5-12 hours"),
@@ -106,9 +112,26 @@ pub fn estimate(class: &str, tier: ThawTier, objects: u64, bytes: u64) -> Option
     })
 }
 
+/// An object of S3 Intelligent-Tiering moved to its optional Archive
+/// Access tier (HEAD: `x-amz-storage-class: INTELLIGENT_TIERING`,
+/// `x-amz-archive-status: ARCHIVE_ACCESS`): named as one class here.
+pub const IT_ARCHIVE: &str = "INTELLIGENT_TIERING_ARCHIVE_ACCESS";
+/// The same in the Deep Archive Access tier.
+pub const IT_DEEP_ARCHIVE: &str = "INTELLIGENT_TIERING_DEEP_ARCHIVE_ACCESS";
+
 /// Whether objects in this storage class need a thaw before a read.
 pub fn needs_thaw(class: &str) -> bool {
-    matches!(class, "GLACIER" | "DEEP_ARCHIVE")
+    matches!(
+        class,
+        "GLACIER" | "DEEP_ARCHIVE" | IT_ARCHIVE | IT_DEEP_ARCHIVE
+    )
+}
+
+/// Whether a thaw of this class makes a copy for a number of days (the
+/// Glacier classes). Intelligent-Tiering instead moves the object back to
+/// its Frequent Access tier for good, and refuses a request naming days.
+pub fn thaw_keeps_days(class: &str) -> bool {
+    !matches!(class, IT_ARCHIVE | IT_DEEP_ARCHIVE)
 }
 
 #[cfg(test)]
@@ -122,5 +145,10 @@ mod tests {
         assert!(estimate("DEEP_ARCHIVE", ThawTier::Expedited, 1, 1).is_none());
         assert!(estimate("STANDARD_IA", ThawTier::Bulk, 1, 1).is_none());
         assert!(needs_thaw("GLACIER") && !needs_thaw("GLACIER_IR"));
+        assert!(needs_thaw(IT_DEEP_ARCHIVE) && !needs_thaw("INTELLIGENT_TIERING"));
+        let free = estimate(IT_DEEP_ARCHIVE, ThawTier::Bulk, 10, 1 << 40).unwrap();
+        assert_eq!(free.dollars, 0.0);
+        assert!(estimate(IT_DEEP_ARCHIVE, ThawTier::Expedited, 1, 1).is_none());
+        assert!(thaw_keeps_days("DEEP_ARCHIVE") && !thaw_keeps_days(IT_ARCHIVE));
     }
 }

@@ -295,9 +295,15 @@ pub trait Backend: Send + Sync + Debug + 'static {
     }
 
     /// Asks for a readable copy of an archived object for `days` days at
-    /// `tier` (S3 RestoreObject); stores without archive classes have
-    /// nothing to thaw.
-    async fn thaw(&self, key: &str, days: u32, tier: ThawTier) -> Result<ThawAnswer, BackendError> {
+    /// `tier` (S3 RestoreObject); `None` for a class that takes no days
+    /// (Intelligent-Tiering: [`crate::archive::thaw_keeps_days`]). Stores
+    /// without archive classes have nothing to thaw.
+    async fn thaw(
+        &self,
+        key: &str,
+        days: Option<u32>,
+        tier: ThawTier,
+    ) -> Result<ThawAnswer, BackendError> {
         let _ = (days, tier);
         self.head(key).await?;
         Ok(ThawAnswer::NotArchived)

@@ -160,6 +160,13 @@ pub async fn thaw(
     let placement = Arc::new(repo.chunks());
     let mut answers = futures::stream::iter(asks.into_iter().map(|p| {
         let placement = placement.clone();
+        // Intelligent-Tiering takes no days: it moves the pack back to
+        // its hot tier for good.
+        let days = p
+            .state
+            .class()
+            .is_none_or(crate::archive::thaw_keeps_days)
+            .then_some(days);
         async move { Ok::<_, Error>((p, placement.thaw_pack(&p.pack, days, tier).await?)) }
     }))
     .buffer_unordered(IN_FLIGHT);

@@ -201,6 +201,60 @@ async fn a_restore_waits_for_a_running_thaw_and_no_longer() {
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&a).unwrap());
 }
 
+/// S3 Intelligent-Tiering's Deep Archive Access tier: the plan names it
+/// and prices Standard and Bulk at no retrieval charge, Expedited is
+/// refused before any request, the thaw sends no days (the tier refuses
+/// them: a restore moves the object back to a hot tier for good), and
+/// once done the restore is bit-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intelligent_tiering_archive_tiers_thaw_without_days() {
+    use xfull_core::archive::IT_DEEP_ARCHIVE;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    write_image(&a, &[Region::Random(2 << 20)], 8, true).unwrap();
+    let sim = Arc::new(ArchiveSim::in_class(
+        Arc::new(MemBackend::default()),
+        IT_DEEP_ARCHIVE,
+    ));
+    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    let m = backup(&repo, request("vm", &a), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    let p = plan_of(&repo, &m).await;
+    let to_thaw = p.to_thaw();
+    assert_eq!(
+        to_thaw.keys().collect::<Vec<_>>(),
+        [IT_DEEP_ARCHIVE],
+        "{p:?}"
+    );
+    let objects = to_thaw[IT_DEEP_ARCHIVE].objects;
+    for tier in [ThawTier::Standard, ThawTier::Bulk] {
+        let e = xfull_core::archive::estimate(IT_DEEP_ARCHIVE, tier, objects, 1 << 30).unwrap();
+        assert_eq!(e.dollars, 0.0, "{e:?}");
+    }
+    let refused = thaw(&repo, &p, 1, ThawTier::Expedited, &Progress::default()).await;
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains(IT_DEEP_ARCHIVE)),
+        "{refused:?}"
+    );
+    assert_eq!(sim.thaw_requests(), 0);
+    let out = dir.path().join("restored");
+    assert!(restore_to(&repo, &m, &out).await.is_err());
+    let t = thaw(&repo, &p, 7, ThawTier::Bulk, &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(t.requested.objects, objects);
+    assert!(
+        sim.thaw_days().iter().all(Option::is_none),
+        "{:?}",
+        sim.thaw_days()
+    );
+    sim.finish_thaws();
+    restore_to(&repo, &m, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&a).unwrap());
+}
+
 /// A store without archive classes: every pack is hot, nothing to thaw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_without_archive_classes_needs_no_thaw() {

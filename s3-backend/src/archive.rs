@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest, Tier};
 use chrono::{DateTime, Utc};
-use xfull_core::archive::{ArchiveState, ThawAnswer, ThawTier, needs_thaw};
+use xfull_core::archive::{
+    ArchiveState, IT_ARCHIVE, IT_DEEP_ARCHIVE, ThawAnswer, ThawTier, needs_thaw,
+};
 use xfull_core::backend::{BackendError, ObjectMeta};
 
 use crate::S3Backend;
@@ -19,13 +21,14 @@ impl S3Backend {
     ) -> Result<(ObjectMeta, ArchiveState), BackendError> {
         let (meta, out) = self.head_object(key).await?;
         let class = out.storage_class().map(|c| c.as_str());
-        Ok((meta, state_of(class, out.restore())))
+        let tier = out.archive_status().map(|a| a.as_str());
+        Ok((meta, state_of(class, tier, out.restore())))
     }
 
     pub(crate) async fn restore_object(
         &self,
         key: &str,
-        days: u32,
+        days: Option<u32>,
         tier: ThawTier,
     ) -> Result<ThawAnswer, BackendError> {
         self.counters.restore.fetch_add(1, Ordering::Relaxed);
@@ -36,8 +39,9 @@ impl S3Backend {
                 location: self.opts.location(),
                 message: format!("building the thaw request of {key}: {e}"),
             })?;
+        // Intelligent-Tiering's archive tiers refuse a request with days.
         let request = RestoreRequest::builder()
-            .days(i32::try_from(days).unwrap_or(i32::MAX))
+            .set_days(days.map(|d| i32::try_from(d).unwrap_or(i32::MAX)))
             .glacier_job_parameters(job)
             .build();
         let (sent, made) = send_raw!(
@@ -60,10 +64,21 @@ impl S3Backend {
     }
 }
 
-/// An object's state from its storage class and `x-amz-restore` header
-/// (`ongoing-request="true"`, or `ongoing-request="false", expiry-date="Fri,
-/// 21 Dec 2012 00:00:00 GMT"`).
-pub(crate) fn state_of(class: Option<&str>, restore: Option<&str>) -> ArchiveState {
+/// An object's state from its storage class, its Intelligent-Tiering
+/// archive tier (`x-amz-archive-status`: `ARCHIVE_ACCESS` or
+/// `DEEP_ARCHIVE_ACCESS`, only while it sits there) and `x-amz-restore`
+/// header (`ongoing-request="true"`, or `ongoing-request="false",
+/// expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"`).
+pub(crate) fn state_of(
+    class: Option<&str>,
+    tier: Option<&str>,
+    restore: Option<&str>,
+) -> ArchiveState {
+    let class = match (class, tier) {
+        (Some("INTELLIGENT_TIERING"), Some("ARCHIVE_ACCESS")) => Some(IT_ARCHIVE),
+        (Some("INTELLIGENT_TIERING"), Some("DEEP_ARCHIVE_ACCESS")) => Some(IT_DEEP_ARCHIVE),
+        (class, _) => class,
+    };
     let Some(class) = class.filter(|c| needs_thaw(c)) else {
         return ArchiveState::Hot;
     };
@@ -99,18 +114,21 @@ mod tests {
     #[test]
     fn restore_headers_read_as_states() {
         let deep = Some("DEEP_ARCHIVE");
-        assert_eq!(state_of(None, None), ArchiveState::Hot);
-        assert_eq!(state_of(Some("GLACIER_IR"), None), ArchiveState::Hot);
-        assert_eq!(state_of(Some("STANDARD_IA"), Some("x")), ArchiveState::Hot);
+        assert_eq!(state_of(None, None, None), ArchiveState::Hot);
+        assert_eq!(state_of(Some("GLACIER_IR"), None, None), ArchiveState::Hot);
+        assert_eq!(
+            state_of(Some("STANDARD_IA"), None, Some("x")),
+            ArchiveState::Hot
+        );
         let class = "DEEP_ARCHIVE".to_string();
         assert_eq!(
-            state_of(deep, None),
+            state_of(deep, None, None),
             ArchiveState::Archived {
                 class: class.clone()
             }
         );
         assert_eq!(
-            state_of(deep, Some("ongoing-request=\"true\"")),
+            state_of(deep, None, Some("ongoing-request=\"true\"")),
             ArchiveState::Thawing {
                 class: class.clone()
             }
@@ -121,6 +139,7 @@ mod tests {
         assert_eq!(
             state_of(
                 deep,
+                None,
                 Some("ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\"")
             ),
             ArchiveState::Thawed {
@@ -128,10 +147,31 @@ mod tests {
                 until: Some(until)
             }
         );
+        // Intelligent-Tiering: archived only while in an archive tier;
+        // a finished restore moves it back to a hot tier for good.
+        let it = Some("INTELLIGENT_TIERING");
+        assert_eq!(state_of(it, None, None), ArchiveState::Hot);
+        assert_eq!(
+            state_of(it, Some("DEEP_ARCHIVE_ACCESS"), None),
+            ArchiveState::Archived {
+                class: IT_DEEP_ARCHIVE.into()
+            }
+        );
+        assert_eq!(
+            state_of(it, Some("ARCHIVE_ACCESS"), Some("ongoing-request=\"true\"")),
+            ArchiveState::Thawing {
+                class: IT_ARCHIVE.into()
+            }
+        );
+        assert_eq!(
+            state_of(Some("STANDARD"), Some("ARCHIVE_ACCESS"), None),
+            ArchiveState::Hot
+        );
         // A header that cannot be read is still a finished restore.
         assert_eq!(
             state_of(
                 deep,
+                None,
                 Some("ongoing-request=\"false\", expiry-date=\"soon\"")
             ),
             ArchiveState::Thawed { class, until: None }
@@ -165,14 +205,23 @@ mod tests {
         assert_eq!(meta.size, 3);
         assert!(matches!(state, ArchiveState::Thawing { .. }), "{state:?}");
         assert_eq!(
-            b.thaw("packs/ab/x", 2, ThawTier::Bulk).await.unwrap(),
+            b.thaw("packs/ab/x", Some(2), ThawTier::Bulk).await.unwrap(),
             ThawAnswer::Requested
         );
         assert_eq!(
-            b.thaw("packs/ab/x", 2, ThawTier::Bulk).await.unwrap(),
+            b.thaw("packs/ab/x", Some(2), ThawTier::Bulk).await.unwrap(),
             ThawAnswer::InProgress
         );
-        assert!(b.thaw("packs/ab/x", 2, ThawTier::Bulk).await.is_err());
+        assert!(b.thaw("packs/ab/x", Some(2), ThawTier::Bulk).await.is_err());
         assert_eq!(b.request_counts()["restore"], 3);
+        // Days are sent for the Glacier classes only: Intelligent-Tiering's
+        // archive tiers refuse them.
+        b.thaw("packs/ab/x", None, ThawTier::Bulk).await.unwrap();
+        let bodies = fake.bodies();
+        assert!(bodies[1].contains("<Days>2</Days>"), "{bodies:?}");
+        assert!(
+            bodies[4].contains("<Tier>Bulk</Tier>") && !bodies[4].contains("Days"),
+            "{bodies:?}"
+        );
     }
 }

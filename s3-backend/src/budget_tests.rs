@@ -25,6 +25,8 @@ struct Seen {
     at: Instant,
     attempt: Option<u32>,
     body: u64,
+    /// The body, when it was sent from memory (small XML requests).
+    text: String,
 }
 
 /// Answers with the statuses given, in turn (then 200), and records calls.
@@ -42,6 +44,11 @@ impl Fake {
             answers: Arc::new(Mutex::new(a)),
             seen: Arc::default(),
         }
+    }
+
+    /// The bodies of the requests seen, in order.
+    pub(crate) fn bodies(&self) -> Vec<String> {
+        self.seen().into_iter().map(|s| s.text).collect()
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -65,6 +72,11 @@ impl HttpConnector for Fake {
             at: Instant::now(),
             attempt: request.extension::<AttemptNo>().map(|a| a.0),
             body: request.body().content_length().unwrap_or(0),
+            text: request
+                .body()
+                .bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
         });
         let status = self.answers.lock().unwrap().pop().unwrap_or(200);
         let body = match status {

@@ -484,7 +484,12 @@ impl Backend for S3Backend {
         self.head_archive(key).await
     }
 
-    async fn thaw(&self, key: &str, days: u32, tier: ThawTier) -> Result<ThawAnswer, BackendError> {
+    async fn thaw(
+        &self,
+        key: &str,
+        days: Option<u32>,
+        tier: ThawTier,
+    ) -> Result<ThawAnswer, BackendError> {
         self.restore_object(key, days, tier).await
     }
 

@@ -103,7 +103,12 @@ impl Backend for Locking {
         self.inner.archive_state(key).await
     }
 
-    async fn thaw(&self, key: &str, days: u32, tier: ThawTier) -> Result<ThawAnswer, BackendError> {
+    async fn thaw(
+        &self,
+        key: &str,
+        days: Option<u32>,
+        tier: ThawTier,
+    ) -> Result<ThawAnswer, BackendError> {
         self.inner.thaw(key, days, tier).await
     }
 

@@ -63,7 +63,7 @@ impl Placement {
     pub async fn thaw_pack(
         &self,
         pack: &ObjectId,
-        days: u32,
+        days: Option<u32>,
         tier: ThawTier,
     ) -> Result<ThawAnswer> {
         Ok(self.backend.thaw(&keys::pack(pack), days, tier).await?)

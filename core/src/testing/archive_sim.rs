@@ -1,5 +1,6 @@
 //! A decorator that plays an S3 archive class: every chunk-data object
-//! (`ObjectClass::Data`) is stored "in DEEP_ARCHIVE" and answers reads
+//! (`ObjectClass::Data`) is stored "in DEEP_ARCHIVE" (or another class,
+//! [`ArchiveSim::in_class`]) and answers reads
 //! with `Archived` (S3's 403 InvalidObjectState) until it is thawed and the
 //! test says the thaw finished; metadata stays hot. Thaw requests are
 //! counted, and can be made to fail after a number of them (an
@@ -33,6 +34,10 @@ pub struct ArchiveSim {
     thaws: AtomicU64,
     /// Thaw requests after this many fail.
     fail_after: Mutex<Option<u64>>,
+    /// The archive class the data objects are in.
+    class: &'static str,
+    /// The days each thaw request asked for.
+    days: Mutex<Vec<Option<u32>>>,
 }
 
 impl ArchiveSim {
@@ -42,7 +47,23 @@ impl ArchiveSim {
             archived: Mutex::default(),
             thaws: AtomicU64::new(0),
             fail_after: Mutex::default(),
+            class: CLASS,
+            days: Mutex::default(),
         }
+    }
+
+    /// Data objects in `class` instead (e.g.
+    /// [`crate::archive::IT_DEEP_ARCHIVE`]).
+    pub fn in_class(inner: Arc<dyn Backend>, class: &'static str) -> ArchiveSim {
+        ArchiveSim {
+            class,
+            ..ArchiveSim::new(inner)
+        }
+    }
+
+    /// The days each thaw request asked for, in order.
+    pub fn thaw_days(&self) -> Vec<Option<u32>> {
+        self.days.lock().unwrap().clone()
     }
 
     /// Thaw requests received so far (failed ones included).
@@ -130,7 +151,7 @@ impl Backend for ArchiveSim {
 
     async fn archive_state(&self, key: &str) -> Result<(ObjectMeta, ArchiveState), BackendError> {
         let meta = self.inner.head(key).await?;
-        let class = CLASS.to_string();
+        let class = self.class.to_string();
         let state = match self.stage(key) {
             None => ArchiveState::Hot,
             Some(Stage::Archived) => ArchiveState::Archived { class },
@@ -143,10 +164,11 @@ impl Backend for ArchiveSim {
     async fn thaw(
         &self,
         key: &str,
-        _days: u32,
+        days: Option<u32>,
         _tier: ThawTier,
     ) -> Result<ThawAnswer, BackendError> {
         let n = self.thaws.fetch_add(1, Ordering::SeqCst) + 1;
+        self.days.lock().unwrap().push(days);
         if self.fail_after.lock().unwrap().is_some_and(|f| n > f) {
             return Err(BackendError::Transient {
                 location: self.location(),
