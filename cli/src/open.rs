@@ -239,6 +239,15 @@ async fn finish_open(
     let place = record_location(repo, backend.as_ref());
     let repo = Repository::open_with(backend, secret).await?;
     let env = |n: &str| std::env::var_os(n);
+    let guarded = repo.codec().is_encrypted() || repo.config().object_lock.is_some();
+    if guarded && xfull_core::client_record::state_dir(env).is_none() && !cli.quiet {
+        eprintln!(
+            "xfull: warning: neither XDG_STATE_HOME nor HOME is set, so this client keeps no \
+             record of the repositories it has seen encrypted or locked and cannot refuse a \
+             config rewritten to turn either off (a systemd service: set StateDirectory= and \
+             XDG_STATE_HOME, as the units in contrib/ do)"
+        );
+    }
     if let Some(seen) = SeenEncrypted::from_env(env) {
         seen.check(&place, repo.config())?;
     }
@@ -314,7 +323,7 @@ async fn init_as(
             Some(source) => Repository::init_like(backend, config, source, None, params).await?,
             None => Repository::init(backend, config).await?,
         };
-        forget_earlier(&place, &made)?;
+        forget_earlier(&place, &made);
         remember(&place, &made);
         return Ok(made);
     }
@@ -343,7 +352,7 @@ async fn init_as(
             return Err(e);
         }
     };
-    forget_earlier(&place, &made)?;
+    forget_earlier(&place, &made);
     remember(&place, &made);
     Ok(made)
 }
@@ -401,16 +410,23 @@ fn remember(place: &str, repo: &Repository) {
 }
 
 /// `init` made a repository at `place` on purpose: the records of an
-/// earlier one there (encrypted, or locked) must not refuse it.
-fn forget_earlier(place: &str, made: &Repository) -> Result<()> {
+/// earlier one there (encrypted, or locked) must not refuse it. The
+/// repository is made by now, so a record that cannot be removed is a
+/// warning, not a failed `init` (a retry would find the repository).
+fn forget_earlier(place: &str, made: &Repository) {
     let env = |n: &str| std::env::var_os(n);
-    if let Some(seen) = SeenEncrypted::from_env(env)
-        && !made.codec().is_encrypted()
-    {
-        seen.forget_location(place)?;
+    let forgot = [
+        SeenEncrypted::from_env(env)
+            .filter(|_| !made.codec().is_encrypted())
+            .map(|s| s.forget_location(place)),
+        SeenLocked::from_env(env).map(|s| s.forget_location(place)),
+    ];
+    for e in forgot.into_iter().flatten().filter_map(|r| r.err()) {
+        eprintln!(
+            "xfull: warning: {}; commands may refuse the new repository at {} until that \
+             record is removed",
+            crate::output::printable(&e.to_string()),
+            crate::output::printable(place)
+        );
     }
-    if let Some(seen) = SeenLocked::from_env(env) {
-        seen.forget_location(place)?;
-    }
-    Ok(())
 }

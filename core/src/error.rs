@@ -268,11 +268,16 @@ pub enum Error {
     /// Object lock: this machine's clock is too far behind the store's to
     /// lock what it writes for the whole lock period.
     #[error(
-        "this machine's clock is {behind_secs} s behind the store's, more than the \
-         repository's clock margin ({margin_secs} s): with object lock, retention would be \
-         shorter than the lock period; set the clock right (NTP) and run the command again"
+        "this machine's clock is {behind_secs} s behind the clock of the store at {location}, \
+         more than the repository's clock margin ({margin_secs} s): with object lock, \
+         retention would be shorter than the lock period; set the clock right (NTP) and run \
+         the command again"
     )]
-    ClockBehind { behind_secs: i64, margin_secs: u64 },
+    ClockBehind {
+        location: String,
+        behind_secs: i64,
+        margin_secs: u64,
+    },
 
     /// This client's record of repositories seen encrypted or locked
     /// (client_record.rs) cannot be read or written: the downgrade check

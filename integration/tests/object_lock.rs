@@ -257,7 +257,10 @@ async fn a_clock_behind_the_store_is_refused_under_object_lock() {
         .await
         .unwrap_err();
     assert!(matches!(e, xfull_core::Error::ClockBehind { .. }), "{e}");
-    assert!(e.to_string().contains("behind the store's"), "{e}");
+    assert!(
+        e.to_string().contains("behind the clock of the store at"),
+        "{e}"
+    );
     assert!(keys(&mem, "points/").await.is_empty());
     assert!(keys(&mem, "leases/").await.is_empty());
 }

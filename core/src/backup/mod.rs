@@ -124,7 +124,7 @@ pub async fn backup(
         .config()
         .object_lock
         .map(|l| (l, l.current(repo.config().protocol.margin())));
-    if let Err(e) = crate::lock::check_writer_clock(repo.config(), session.started()) {
+    if let Err(e) = crate::lock::check_writer_clock(repo, session.started()) {
         let _ = session.end(None).await;
         return Err(e);
     }

@@ -143,7 +143,7 @@ async fn a_clock_behind_a_locked_target_is_refused() {
     tm.clock().advance(ahead);
     let e = run(&source, &target, every_point(&[&a])).await.unwrap_err();
     assert!(
-        matches!(e, crate::error::Error::ClockBehind { behind_secs, margin_secs: 0 }
+        matches!(e, crate::error::Error::ClockBehind { behind_secs, margin_secs: 0, .. }
             if behind_secs > 86_000),
         "{e}"
     );

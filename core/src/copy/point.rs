@@ -63,7 +63,7 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
     let lock = config
         .object_lock
         .map(|l| (l, l.current(config.protocol.margin())));
-    if let Err(e) = crate::lock::check_writer_clock(config, session.started()) {
+    if let Err(e) = crate::lock::check_writer_clock(run.target, session.started()) {
         let _ = session.end(None).await;
         return Err(e);
     }

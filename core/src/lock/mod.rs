@@ -152,9 +152,10 @@ impl ObjectLock {
 /// period. `store` is the store's time at the writer's start (its lease's
 /// `last_modified`); nothing is checked without object lock.
 pub fn check_writer_clock(
-    config: &crate::config::RepoConfig,
+    repo: &crate::repo::Repository,
     store: Option<DateTime<Utc>>,
 ) -> crate::error::Result<()> {
+    let config = repo.config();
     let (Some(_), Some(store)) = (config.object_lock, store) else {
         return Ok(());
     };
@@ -162,6 +163,7 @@ pub fn check_writer_clock(
     let margin_secs = config.protocol.clock_margin_secs;
     if behind_secs > margin_secs as i64 {
         return Err(crate::error::Error::ClockBehind {
+            location: repo.location(),
             behind_secs,
             margin_secs,
         });

@@ -1,7 +1,12 @@
 //! The client's record of repositories it has seen with object lock, so
 //! that one whose config later says "no lock", a weaker mode or a shorter
 //! lock period is refused instead of receiving backups that anyone with
-//! delete rights could remove. The config is plain and unauthenticated,
+//! delete rights could remove. The lock is a repository constant (no
+//! command changes it), so for the same repository id *any* change is
+//! refused, a stronger one too: a config rewritten to lock for a century
+//! would make every later backup undeletable for as long. A different
+//! repository at a place seen locked (made there by another host) must
+//! lock at least as strongly. The config is plain and unauthenticated,
 //! and on a versioned bucket a PUT of `config` adds a version above the
 //! locked one, so the store alone cannot refuse such a rewrite; a bucket
 //! policy that makes `config` create-only for every role
@@ -18,11 +23,12 @@ use crate::lock::{LockMode, ObjectLock};
 
 const HEADER: &str = "xfull: a repository seen with object lock (record v1)\n";
 
-/// What a record keeps: the lock's mode and period.
+/// What a record keeps: the lock's mode, period and generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Seen {
     mode: LockMode,
     retain_secs: u64,
+    generation_secs: u64,
 }
 
 impl Seen {
@@ -30,7 +36,13 @@ impl Seen {
         Seen {
             mode: lock.mode,
             retain_secs: lock.retain_secs,
+            generation_secs: lock.generation_secs,
         }
+    }
+
+    /// Whether `now` is this very lock.
+    fn same_as(&self, now: Option<&ObjectLock>) -> bool {
+        now.is_some_and(|l| Seen::of(l) == *self)
     }
 
     /// Whether `now` protects at least as much as this: compliance is
@@ -46,8 +58,8 @@ impl Seen {
 
     fn body(&self, config: &RepoConfig, location: &str) -> String {
         format!(
-            "repo_id {:?}\nlocation {location:?}\nmode {}\nretain_secs {}\n",
-            config.repo_id, self.mode, self.retain_secs
+            "repo_id {:?}\nlocation {location:?}\nmode {}\nretain_secs {}\ngeneration_secs {}\n",
+            config.repo_id, self.mode, self.retain_secs, self.generation_secs
         )
     }
 
@@ -59,19 +71,28 @@ impl Seen {
         Some(Seen {
             mode: LockMode::parse(field("mode")?)?,
             retain_secs: field("retain_secs")?.parse().ok()?,
+            generation_secs: field("generation_secs")?.parse().ok()?,
         })
     }
 
     fn describe(&self) -> String {
-        describe(self.mode, self.retain_secs)
+        describe(self.mode, self.retain_secs, self.generation_secs)
     }
 }
 
-fn describe(mode: LockMode, secs: u64) -> String {
-    if secs.is_multiple_of(86_400) {
-        format!("{mode} lock of {} days", secs / 86_400)
-    } else {
-        format!("{mode} lock of {secs} s")
+fn describe(mode: LockMode, secs: u64, generation_secs: u64) -> String {
+    format!(
+        "{mode} lock of {} (generation {})",
+        span(secs),
+        span(generation_secs)
+    )
+}
+
+fn span(secs: u64) -> String {
+    match secs {
+        86_400 => "1 day".into(),
+        s if s.is_multiple_of(86_400) => format!("{} days", s / 86_400),
+        s => format!("{s} s"),
     }
 }
 
@@ -119,28 +140,30 @@ impl SeenLocked {
     }
 
     /// Refuses `config` at `location` when this client has seen the
-    /// repository (by id or by location) with a lock it no longer has, or
-    /// a stronger one: damage naming the config. Any record that cannot be
+    /// repository with another lock (by id: any other; by location: a
+    /// weaker one): damage naming the config. Any record that cannot be
     /// read is an error.
     pub fn check(&self, location: &str, config: &RepoConfig) -> Result<()> {
-        for path in self.paths(location, config) {
+        let now = config.object_lock.as_ref();
+        let [by_id, by_location] = self.paths(location, config);
+        for (path, strict) in [(by_id, true), (by_location, false)] {
             let Some(seen) = self.read(&path)? else {
                 continue;
             };
-            if seen.kept_by(config.object_lock.as_ref()) {
+            if seen.same_as(now) || (!strict && seen.kept_by(now)) {
                 continue;
             }
-            let now = match &config.object_lock {
+            let now = match now {
                 None => "no object lock".to_string(),
-                Some(l) => format!("a {}", describe(l.mode, l.retain_secs)),
+                Some(l) => format!("a {}", describe(l.mode, l.retain_secs, l.generation_secs)),
             };
             return Err(Error::corrupt(
                 keys::CONFIG,
                 format!(
                     "the config of the repository at {location} says it has {now}, but this \
                      client has seen it with a {} (record {}): the config may have been \
-                     replaced to stop locking new backups; if the repository was made again \
-                     this way on purpose, remove that record",
+                     replaced to change how new backups are locked; if the repository was made \
+                     again this way on purpose, remove that record",
                     seen.describe(),
                     path.display()
                 ),
@@ -151,7 +174,8 @@ impl SeenLocked {
 
     /// Records the lock of the repository of `config` at `location`
     /// (nothing to do for one without); call after [`Self::check`], so a
-    /// record is only ever replaced by an equal or stronger lock.
+    /// record by id is never replaced and one by location only by an
+    /// equal or stronger lock.
     pub fn record(&self, location: &str, config: &RepoConfig) -> Result<()> {
         let Some(lock) = &config.object_lock else {
             return Ok(());
@@ -215,7 +239,11 @@ mod tests {
         ] {
             let e = seen.check("s3://b/a", &config("aa", weaker)).unwrap_err();
             assert!(is_downgrade(&e) && e.is_damage(), "{weaker:?}: {e}");
-            assert!(e.to_string().contains("compliance lock of 30 days"), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("compliance lock of 30 days (generation 1 day)"),
+                "{e}"
+            );
             // The same id elsewhere, or another id at the same place.
             assert!(is_downgrade(
                 &seen
@@ -226,11 +254,28 @@ mod tests {
                 &seen.check("s3://b/a", &config("bb", weaker)).unwrap_err()
             ));
         }
-        // A longer period is not a downgrade; it is recorded from then on.
+        // The same repository with a longer period (or another
+        // generation): no command changes the lock, so refused too (a
+        // century of lock would make every new backup undeletable).
         let longer = config("aa", Some((LockMode::Compliance, DAYS_30 * 2)));
-        seen.check("s3://b/a", &longer).unwrap();
-        seen.record("s3://b/a", &longer).unwrap();
-        assert!(seen.check("s3://b/a", &locked).is_err());
+        assert!(is_downgrade(&seen.check("s3://b/a", &longer).unwrap_err()));
+        let mut regenerated = locked.clone();
+        regenerated.object_lock.as_mut().unwrap().generation_secs *= 2;
+        assert!(is_downgrade(
+            &seen.check("s3://b/a", &regenerated).unwrap_err()
+        ));
+        // Another repository at the place: at least as strong will do, and
+        // is recorded from then on.
+        let other = config("zz", Some((LockMode::Compliance, DAYS_30 * 2)));
+        seen.check("s3://b/a", &other).unwrap();
+        seen.record("s3://b/a", &other).unwrap();
+        assert!(
+            seen.check(
+                "s3://b/a",
+                &config("yy", Some((LockMode::Compliance, DAYS_30)))
+            )
+            .is_err()
+        );
         // Other repositories are not concerned.
         seen.check("s3://b/other", &config("cc", None)).unwrap();
         // `init` without lock at the place: the location is free.
@@ -240,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn governance_may_become_compliance() {
+    fn a_new_repository_at_the_place_may_lock_more_strongly() {
         let d = tempfile::tempdir().unwrap();
         let seen = SeenLocked::at(d.path());
         seen.record(
@@ -248,9 +293,10 @@ mod tests {
             &config("aa", Some((LockMode::Governance, DAYS_30))),
         )
         .unwrap();
+        // Another repository made at the place.
         seen.check(
             "s3://b/a",
-            &config("aa", Some((LockMode::Compliance, DAYS_30))),
+            &config("bb", Some((LockMode::Compliance, DAYS_30))),
         )
         .unwrap();
     }
