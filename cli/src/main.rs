@@ -34,9 +34,10 @@ fn version() -> &'static str {
     static TEXT: OnceLock<String> = OnceLock::new();
     TEXT.get_or_init(|| {
         format!(
-            "{} (commit {GIT_COMMIT}, repository format {})",
+            "{} (commit {GIT_COMMIT}, repository format {}, {} with object lock)",
             env!("CARGO_PKG_VERSION"),
-            xfull_core::config::FORMAT_VERSION
+            xfull_core::config::FORMAT_VERSION,
+            xfull_core::config::LOCKED_FORMAT_VERSION
         )
     })
 }

@@ -13,6 +13,11 @@ use crate::keys;
 /// may be sealed and ids keyed (client-side encryption, see
 /// [`Encryption`]); format 1 repositories are refused, not misread.
 pub const FORMAT_VERSION: u32 = 2;
+/// Format 3 is format 2 with object lock (`object_lock` set). A locked
+/// repository is stored as format 3 so that builds from before object
+/// lock, which read format 2 only and would drop the unknown field, refuse
+/// it instead of writing unlocked objects and deleting locked ones.
+pub const LOCKED_FORMAT_VERSION: u32 = 3;
 
 /// Default segment size; see `docs/chunk-size.md` for the measurements.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
@@ -234,9 +239,21 @@ impl RepoConfig {
         self.store.validate()
     }
 
+    /// The format the config is stored as: decided by whether it locks.
+    pub fn stored_format(&self) -> u32 {
+        match self.object_lock {
+            Some(_) => LOCKED_FORMAT_VERSION,
+            None => FORMAT_VERSION,
+        }
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>> {
+        let stored = RepoConfig {
+            format: self.stored_format(),
+            ..self.clone()
+        };
         let mut plain = Vec::new();
-        ciborium::into_writer(self, &mut plain)
+        ciborium::into_writer(&stored, &mut plain)
             .map_err(|e| Error::Internal(format!("encoding config: {e}")))?;
         // Stored uncompressed: tiny, and readable by anyone with a CBOR tool.
         frame::encode(Kind::Config, &plain, 0)
@@ -259,15 +276,28 @@ impl RepoConfig {
                 supported: FORMAT_VERSION,
             });
         }
-        if v.format != FORMAT_VERSION {
+        if v.format != FORMAT_VERSION && v.format != LOCKED_FORMAT_VERSION {
             return Err(Error::UnsupportedFormat {
                 what: "the repository".into(),
                 found: v.format.to_string(),
-                supported: FORMAT_VERSION.to_string(),
+                supported: format!("{FORMAT_VERSION} and {LOCKED_FORMAT_VERSION}"),
             });
         }
-        let cfg: RepoConfig = ciborium::from_reader(&plain[..])
+        let mut cfg: RepoConfig = ciborium::from_reader(&plain[..])
             .map_err(|e| Error::corrupt(keys::CONFIG, format!("undecodable: {e}")))?;
+        // Format 3 without a lock is a config whose lock was taken out by
+        // hand. (Format 2 with a lock was written by development builds of
+        // this one: read as locked.)
+        if v.format == LOCKED_FORMAT_VERSION && cfg.object_lock.is_none() {
+            return Err(Error::corrupt(
+                keys::CONFIG,
+                "it says format 3 (a repository with object lock) but has no object lock \
+                 setting: the config may have been altered",
+            ));
+        }
+        // In memory the field is the base format; `encode` derives the
+        // stored one from the lock.
+        cfg.format = FORMAT_VERSION;
         cfg.validate()
             .map_err(|e| Error::corrupt(keys::CONFIG, e))?;
         Ok(cfg)
@@ -283,7 +313,7 @@ mod tests {
         let cfg = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
         assert_eq!(RepoConfig::decode(&cfg.encode().unwrap()).unwrap(), cfg);
         let future = RepoConfig {
-            format: 3,
+            format: 4,
             ..cfg.clone()
         };
         let mut plain = Vec::new();
@@ -314,6 +344,44 @@ mod tests {
             msg.contains("format 1") && msg.contains("format 2"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_locked_config_is_format_3_which_older_builds_refuse() {
+        let mut cfg = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
+        cfg.object_lock = Some(crate::lock::ObjectLock {
+            mode: crate::lock::LockMode::Compliance,
+            retain_secs: 86_400,
+            generation_secs: 86_400,
+        });
+        let framed = cfg.encode().unwrap();
+        assert_eq!(RepoConfig::decode(&framed).unwrap(), cfg);
+        let plain = frame::decode(Kind::Config, keys::CONFIG, &framed, 1 << 16).unwrap();
+        #[derive(Deserialize)]
+        struct Version {
+            format: u32,
+        }
+        let v: Version = ciborium::from_reader(&plain[..]).unwrap();
+        assert_eq!(v.format, 3);
+        // What a build of format 2 only does with it: refuse.
+        assert_ne!(v.format, FORMAT_VERSION);
+        // Format 3 with its lock taken out: damage naming the config.
+        let unlocked = RepoConfig {
+            format: 3,
+            object_lock: None,
+            ..cfg.clone()
+        };
+        let mut plain = Vec::new();
+        ciborium::into_writer(&unlocked, &mut plain).unwrap();
+        let framed = frame::encode(Kind::Config, &plain, 0).unwrap();
+        let e = RepoConfig::decode(&framed).unwrap_err();
+        assert!(e.is_damage() && e.to_string().contains("format 3"), "{e}");
+        // Format 2 with a lock (development builds wrote it): locked.
+        let dev = RepoConfig { format: 2, ..cfg };
+        let mut plain = Vec::new();
+        ciborium::into_writer(&dev, &mut plain).unwrap();
+        let framed = frame::encode(Kind::Config, &plain, 0).unwrap();
+        assert!(RepoConfig::decode(&framed).unwrap().object_lock.is_some());
     }
 
     #[test]

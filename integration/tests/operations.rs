@@ -277,7 +277,9 @@ fn completions_man_page_version_and_help() {
     assert!(dir.join("xfull-backup.1").exists());
     let v = text(&e, &["--version"]);
     assert!(
-        v.contains("commit ") && v.contains("repository format 2"),
+        v.contains("commit ")
+            && v.contains("repository format 2")
+            && v.contains("3 with object lock"),
         "{v}"
     );
     // S3 flags under their own heading, and not on a command without a

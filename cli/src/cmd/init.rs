@@ -56,7 +56,7 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
     if cli.json {
         print_json(&serde_json::json!({
             "repository": repo.location(),
-            "format": c.format,
+            "format": c.stored_format(),
             "repo_id": c.repo_id,
             "segment_size": c.segment_size,
             "chunk_min": c.chunking.min,
