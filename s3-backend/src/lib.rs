@@ -380,6 +380,31 @@ impl S3Backend {
     }
 }
 
+/// A listing as a stream, one page (one request, with its own attempt
+/// counter) at a time: `page` gets where its page starts and returns its
+/// items and where the next page starts, `None` after the last. A failed
+/// page ends the stream with its error.
+fn paged<'a, T, M, F, Fut>(first: M, page: F) -> BoxStream<'a, Result<T, BackendError>>
+where
+    T: Send + 'a,
+    M: Send + 'a,
+    F: Fn(M) -> Fut + Send + 'a,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<M>), BackendError>> + Send + 'a,
+{
+    futures::stream::unfold(Some(first), move |at| {
+        let next_page = at.map(&page);
+        async move {
+            let (items, next) = match next_page?.await {
+                Ok((items, next)) => (items.into_iter().map(Ok).collect(), next),
+                Err(e) => (vec![Err(e)], None),
+            };
+            Some((futures::stream::iter(items), next))
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
 fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
     t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
         .unwrap_or_default()
@@ -425,22 +450,13 @@ impl Backend for S3Backend {
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
         let full = self.key(prefix);
         let prefix = prefix.to_string();
-        // One page at a time, each request with its own attempt counter;
-        // `None` once the listing is complete or failed.
-        let first: Option<Option<String>> = Some(None);
-        futures::stream::unfold(first, move |token| {
+        paged(None, move |token: Option<String>| {
             let (full, prefix) = (full.clone(), prefix.clone());
             async move {
-                let token = token?;
-                let (items, next) = match self.list_page(&full, &prefix, token).await {
-                    Ok((items, next)) => (items.into_iter().map(Ok).collect(), next.map(Some)),
-                    Err(e) => (vec![Err(e)], None),
-                };
-                Some((futures::stream::iter(items), next))
+                let (items, next) = self.list_page(&full, &prefix, token).await?;
+                Ok((items, next.map(Some)))
             }
         })
-        .flatten()
-        .boxed()
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder;
 use aws_sdk_s3::primitives::DateTime as SdkTime;
 use aws_sdk_s3::types::{
@@ -28,23 +29,24 @@ pub(crate) fn with_retention(req: PutObjectFluentBuilder, r: &Retention) -> PutO
         .checksum_algorithm(ChecksumAlgorithm::Crc32)
 }
 
+/// The retention a HEAD shows (to `s3:GetObjectRetention` only).
+pub(crate) fn retention_of(out: &HeadObjectOutput) -> Option<Retention> {
+    let mode = out
+        .object_lock_mode()
+        .and_then(|m| LockMode::parse(m.as_str()))?;
+    let until = out
+        .object_lock_retain_until_date()
+        .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))?;
+    Some(Retention { mode, until })
+}
+
 impl S3Backend {
     pub(crate) async fn head_retention(
         &self,
         key: &str,
     ) -> Result<(ObjectMeta, Option<Retention>), BackendError> {
         let (meta, out) = self.head_object(key).await?;
-        let mode = out
-            .object_lock_mode()
-            .and_then(|m| LockMode::parse(m.as_str()));
-        let until = out
-            .object_lock_retain_until_date()
-            .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
-        let retention = match (mode, until) {
-            (Some(mode), Some(until)) => Some(Retention { mode, until }),
-            _ => None,
-        };
-        Ok((meta, retention))
+        Ok((meta, retention_of(&out)))
     }
 
     pub(crate) async fn put_retention(&self, key: &str, r: Retention) -> Result<(), BackendError> {

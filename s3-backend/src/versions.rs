@@ -6,11 +6,9 @@
 use std::sync::atomic::Ordering;
 
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
-use chrono::DateTime;
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use xfull_core::backend::{Backend, BackendError, Operation, Version};
-use xfull_core::lock::{LockMode, Retention};
+use xfull_core::lock::Retention;
 
 use crate::attempts::Attempts;
 use crate::{S3Backend, to_chrono};
@@ -22,20 +20,10 @@ impl S3Backend {
     pub(crate) fn versions(&self, prefix: &str) -> BoxStream<'_, Result<Version, BackendError>> {
         let full = self.key(prefix);
         let prefix = prefix.to_string();
-        let first: Option<Marker> = Some((None, None));
-        futures::stream::unfold(first, move |marker| {
+        crate::paged((None, None), move |marker: Marker| {
             let (full, prefix) = (full.clone(), prefix.clone());
-            async move {
-                let marker = marker?;
-                let (items, next) = match self.versions_page(&full, &prefix, marker).await {
-                    Ok((items, next)) => (items.into_iter().map(Ok).collect(), next),
-                    Err(e) => (vec![Err(e)], None),
-                };
-                Some((futures::stream::iter(items), next))
-            }
+            async move { self.versions_page(&full, &prefix, marker).await }
         })
-        .flatten()
-        .boxed()
     }
 
     /// One page; the next page's marker, `None` at the end.
@@ -130,16 +118,7 @@ impl S3Backend {
             key
         )
         .map_err(|e| as_version(e, Operation::ReadVersion))?;
-        let mode = out
-            .object_lock_mode()
-            .and_then(|m| LockMode::parse(m.as_str()));
-        let until = out
-            .object_lock_retain_until_date()
-            .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
-        Ok(match (mode, until) {
-            (Some(mode), Some(until)) => Some(Retention { mode, until }),
-            _ => None,
-        })
+        Ok(crate::lock::retention_of(&out))
     }
 
     pub(crate) async fn remove_versions(
