@@ -7,6 +7,11 @@ what it receives). It parses the client's requests to count them by kind
 and to add up the payload bytes the client sends; responses are piped
 through and only their bytes are counted.
 
+Per bucket (path-style: the first component of the path): requests by
+kind, PUT payload bytes and response bytes, for runs where one client
+talks to two buckets (a copy). A response's bytes go to the bucket of
+the last request sent on its connection (clients do not pipeline).
+
 Kinds: GET (object, ranged or not), PUT, HEAD, DELETE, LIST (GET on a
 bucket or prefix with list-type, prefix, delimiter or no key), DELETE_MULTI
 (POST ?delete), POST (other), GET_BUCKET_META (?location, ?versioning ...),
@@ -26,20 +31,34 @@ class Counts:
         self.sent = 0       # request payload bytes (decoded length for aws-chunked)
         self.put_bytes = 0  # payload bytes of PUTs
         self.received = 0   # response bytes, headers included
+        self.buckets = {}   # bucket: {"requests": {KIND: n}, "put_bytes": n, "received": n}
+
+    def bucket(self, name):
+        """The counts of one bucket, made on first use; call with the lock held."""
+        return self.buckets.setdefault(name, {"requests": {}, "put_bytes": 0, "received": 0})
 
     def snapshot(self):
         with self.lock:
             return {"requests": dict(self.kinds), "by_dir": dict(self.by_dir), "sent": self.sent, "put_bytes": self.put_bytes,
-                    "received": self.received}
+                    "received": self.received,
+                    "buckets": {b: dict(c, requests=dict(c["requests"])) for b, c in self.buckets.items()}}
 
     @staticmethod
     def delta(a, b):
         req = {k: b["requests"].get(k, 0) - a["requests"].get(k, 0) for k in b["requests"]}
         bd = {k: b["by_dir"].get(k, 0) - a["by_dir"].get(k, 0) for k in b["by_dir"]}
+        buckets = {}
+        for n, c in sorted(b.get("buckets", {}).items()):
+            was = a.get("buckets", {}).get(n, {"requests": {}, "put_bytes": 0, "received": 0})
+            breq = {k: v - was["requests"].get(k, 0) for k, v in sorted(c["requests"].items())}
+            if any(breq.values()):
+                buckets[n] = {"requests": {k: v for k, v in breq.items() if v},
+                              "put_bytes": c["put_bytes"] - was["put_bytes"],
+                              "received": c["received"] - was["received"]}
         return {"requests": {k: v for k, v in sorted(req.items()) if v},
                 "by_dir": {k: v for k, v in sorted(bd.items()) if v},
                 "sent": b["sent"] - a["sent"], "put_bytes": b["put_bytes"] - a["put_bytes"],
-                "received": b["received"] - a["received"]}
+                "received": b["received"] - a["received"], "buckets": buckets}
 
 
 def classify(method, target):
@@ -78,7 +97,7 @@ class Proxy:
                 return
             threading.Thread(target=self._conn, args=(c,), daemon=True).start()
 
-    def _pipe_back(self, s, c):
+    def _pipe_back(self, s, c, cur):
         try:
             while True:
                 d = s.recv(1 << 16)
@@ -86,6 +105,7 @@ class Proxy:
                     break
                 with self.counts.lock:
                     self.counts.received += len(d)
+                    self.counts.bucket(cur[0])["received"] += len(d)
                 c.sendall(d)
         except OSError:
             pass
@@ -101,7 +121,8 @@ class Proxy:
         except OSError:
             c.close()
             return
-        threading.Thread(target=self._pipe_back, args=(s, c), daemon=True).start()
+        cur = ["-"]  # the bucket of the last request sent on this connection
+        threading.Thread(target=self._pipe_back, args=(s, c, cur), daemon=True).start()
         buf = b""
 
         def fill():
@@ -124,6 +145,8 @@ class Proxy:
                     k, _, v = l.partition(":")
                     h[k.strip().lower()] = v.strip()
                 kind = classify(method, target)
+                parts = [p for p in urllib.parse.urlsplit(target).path.split("/") if p]
+                cur[0] = parts[0] if parts else "-"
                 body = 0
                 if "chunked" in h.get("transfer-encoding", "").lower():
                     while True:
@@ -157,14 +180,16 @@ class Proxy:
                         n -= len(take)
                 if "x-amz-decoded-content-length" in h:
                     body = int(h["x-amz-decoded-content-length"])
-                parts = [p for p in urllib.parse.urlsplit(target).path.split("/") if p]
                 sub = f"{kind} {parts[2] if len(parts) > 3 else (parts[2] if len(parts) == 3 else '-')}"
                 with self.counts.lock:
                     self.counts.by_dir[sub] = self.counts.by_dir.get(sub, 0) + 1
                     self.counts.kinds[kind] = self.counts.kinds.get(kind, 0) + 1
                     self.counts.sent += body
+                    bc = self.counts.bucket(cur[0])
+                    bc["requests"][kind] = bc["requests"].get(kind, 0) + 1
                     if kind == "PUT":
                         self.counts.put_bytes += body
+                        bc["put_bytes"] += body
         except (EOFError, OSError, ValueError):
             pass
         finally:
