@@ -38,6 +38,46 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The admin client and an `Env` whose repository is `s3://BUCKET/repo`
+/// in a new bucket made with object lock, then `init` with a compliance
+/// lock of `lock_seconds` ("RETAIN,GEN"). `None` against an outside
+/// server (`XFULL_TEST_S3_ENDPOINT`): the bucket must be made by the test.
+fn locked_repo<'s>(
+    server: &'s S3Server,
+    rt: &tokio::runtime::Runtime,
+    bucket: &str,
+    lock_seconds: &str,
+) -> Option<(Client, Env<'s>)> {
+    if std::env::var_os("XFULL_TEST_S3_ENDPOINT").is_some() {
+        eprintln!("skipped: needs a bucket with object lock made by this test on its own server");
+        return None;
+    }
+    let c = admin_client(server);
+    rt.block_on(
+        c.create_bucket()
+            .bucket(bucket)
+            .object_lock_enabled_for_bucket(true)
+            .send(),
+    )
+    .unwrap();
+    let mut e = Env::init_s3(server, &format!("{bucket}-scratch"));
+    e.url = format!("s3://{bucket}/repo");
+    e.x(&[
+        "init",
+        "--object-lock",
+        "compliance",
+        "--lock-seconds",
+        lock_seconds,
+        "--kdf-memory-kib",
+        "64",
+        "--kdf-time",
+        "1",
+    ])
+    .assert()
+    .success();
+    Some((c, e))
+}
+
 /// The keys under `prefix` with their retention (mode, until).
 async fn retentions(
     c: &Client,
@@ -236,35 +276,11 @@ fn points_are_locked_on_the_server_and_prune_waits_for_their_retention() {
 #[test]
 fn a_config_rewritten_without_lock_is_refused_by_a_client_that_saw_the_lock() {
     let server = S3Server::start();
-    if std::env::var_os("XFULL_TEST_S3_ENDPOINT").is_some() {
-        eprintln!("skipped: needs a bucket with object lock made by this test on its own server");
-        return;
-    }
     let rt = runtime();
-    let c = admin_client(&server);
     let bucket = "xfull-locked-rewrite";
-    rt.block_on(
-        c.create_bucket()
-            .bucket(bucket)
-            .object_lock_enabled_for_bucket(true)
-            .send(),
-    )
-    .unwrap();
-    let mut e = Env::init_s3(&server, "rewrite-scratch");
-    e.url = format!("s3://{bucket}/repo");
-    e.x(&[
-        "init",
-        "--object-lock",
-        "compliance",
-        "--lock-seconds",
-        "60,60",
-        "--kdf-memory-kib",
-        "64",
-        "--kdf-time",
-        "1",
-    ])
-    .assert()
-    .success();
+    let Some((c, e)) = locked_repo(&server, &rt, bucket, "60,60") else {
+        return;
+    };
     let img = e.path("d.img");
     write_image(&img, &[Region::Random(2 << 20)], 5, false).unwrap();
     let disk = format!("d={}", img.display());
@@ -327,35 +343,11 @@ fn a_config_rewritten_without_lock_is_refused_by_a_client_that_saw_the_lock() {
 #[test]
 fn undelete_brings_back_a_locked_repository_that_was_deleted_and_overwritten() {
     let server = S3Server::start();
-    if std::env::var_os("XFULL_TEST_S3_ENDPOINT").is_some() {
-        eprintln!("skipped: needs a bucket with object lock made by this test on its own server");
-        return;
-    }
     let rt = runtime();
-    let c = admin_client(&server);
     let bucket = "xfull-locked-undelete";
-    rt.block_on(
-        c.create_bucket()
-            .bucket(bucket)
-            .object_lock_enabled_for_bucket(true)
-            .send(),
-    )
-    .unwrap();
-    let mut e = Env::init_s3(&server, "undelete-scratch");
-    e.url = format!("s3://{bucket}/repo");
-    e.x(&[
-        "init",
-        "--object-lock",
-        "compliance",
-        "--lock-seconds",
-        "600,60",
-        "--kdf-memory-kib",
-        "64",
-        "--kdf-time",
-        "1",
-    ])
-    .assert()
-    .success();
+    let Some((c, e)) = locked_repo(&server, &rt, bucket, "600,60") else {
+        return;
+    };
     let img = e.path("d.img");
     let disk = format!("d={}", img.display());
     let backup = ["backup", "--vm", "vm", "--disk", &disk];
