@@ -120,8 +120,10 @@ pub(crate) struct Run<'a> {
     target: &'a Repository,
     source_chunks: Placement,
     /// Opened once, after the points were listed (a chunk not where it
-    /// says is looked for in a fresh one: `Placement::transfer`).
-    source_index: Arc<ChunkIndex>,
+    /// says is looked for in a fresh one: `Placement::transfer`), and only
+    /// when a point is to be copied: a copy whose points the target has
+    /// already reads no index (it was most of a re-run's requests).
+    source_index: tokio::sync::OnceCell<Arc<ChunkIndex>>,
     host: String,
     progress: Arc<Progress>,
 }
@@ -144,7 +146,7 @@ pub async fn copy(
     let run = Run {
         source,
         target,
-        source_index: source_chunks.open_index().await?,
+        source_index: tokio::sync::OnceCell::new(),
         source_chunks,
         host: req.host,
         progress,
@@ -180,6 +182,18 @@ pub async fn copy(
         out.points.push(point);
     }
     Ok(out)
+}
+
+impl Run<'_> {
+    /// The source's chunk index, opened at the first call.
+    async fn source_index(&self) -> Result<&Arc<ChunkIndex>> {
+        self.source_index
+            .get_or_try_init(|| async {
+                let opened = self.source_chunks.open_index().await;
+                opened.map_err(|e| in_source(self.source, e))
+            })
+            .await
+    }
 }
 
 /// Damage found in the source says so: both repositories use the same

@@ -193,7 +193,7 @@ impl<'a> Copier<'a> {
         let moved = self
             .run
             .source_chunks
-            .transfer(&self.run.source_index, &new, disk)
+            .transfer(self.run.source_index().await?, &new, disk)
             .await
             .map_err(|e| in_source(self.run.source, e))?;
         self.counts.chunks_copied += moved.chunks;

@@ -63,7 +63,7 @@ pub(super) async fn ensure_present(run: &Run<'_>, manifest: &Manifest) -> Result
         if !absent.is_empty() {
             let moved = run
                 .source_chunks
-                .transfer(&run.source_index, &absent, &mut disk)
+                .transfer(run.source_index().await?, &absent, &mut disk)
                 .await
                 .map_err(|e| in_source(run.source, e))?;
             again += moved.chunks;

@@ -209,12 +209,20 @@ async fn copies_then_nothing(encrypted: bool) {
     );
 
     let before = puts(&tb);
+    let source_before = sb.request_counts();
     let again = run(&source, &target, every_point(&[&a1, &a2, &b1]))
         .await
         .unwrap();
     assert_eq!(again.copied(), 0, "{again:?}");
     assert_eq!(again.totals, CopyCounts::default(), "{again:?}");
     assert_eq!(puts(&tb), before, "a second copy writes nothing");
+    // Nor reads the source (its chunk index is opened for a point to
+    // copy only).
+    assert_eq!(
+        sb.request_counts(),
+        source_before,
+        "a second copy read the source"
+    );
     // Leases of the first copy are ended, none is left running.
     for key in keys_of(&tb, keys::LEASES).await {
         let lease = crate::lease::LeaseRecord::load(&target, &key)
