@@ -470,6 +470,11 @@ pub struct UndeleteArgs {
     /// Say what would be brought back; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Bring back this hidden key slot too (its 16-hex id, as the report
+    /// lists it). Slots are left hidden unless named: `key remove` and
+    /// `key passwd` hide them on purpose (a leaked password's slot).
+    #[arg(long = "key-slot", value_name = "ID")]
+    pub key_slots: Vec<String>,
     #[command(flatten)]
     pub s3: S3Args,
 }

@@ -30,10 +30,7 @@ pub fn explain(command: &Command, e: anyhow::Error) -> anyhow::Error {
             " to replace a damaged node; run `xfull repair` with credentials that may delete \
              (it removes the damaged node), then back up again",
         );
-    } else if matches!(
-        operation,
-        Operation::Delete | Operation::Overwrite | Operation::DeleteVersion
-    ) {
+    } else if matches!(operation, Operation::Delete | Operation::Overwrite) {
         needs.push_str("; run it with the maintenance role's credentials");
     }
     e.context(needs)

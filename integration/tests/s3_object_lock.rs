@@ -345,7 +345,8 @@ fn undelete_brings_back_a_locked_repository_that_was_deleted_and_overwritten() {
     let server = S3Server::start();
     let rt = runtime();
     let bucket = "xfull-locked-undelete";
-    let Some((c, e)) = locked_repo(&server, &rt, bucket, "600,60") else {
+    // Retention must outlast undelete's margin (an hour) to be relied on.
+    let Some((c, e)) = locked_repo(&server, &rt, bucket, "7200,60") else {
         return;
     };
     let img = e.path("d.img");
@@ -407,6 +408,18 @@ fn undelete_brings_back_a_locked_repository_that_was_deleted_and_overwritten() {
     );
     assert_eq!(done["markers_removed"], dry["markers_removed"], "{done}");
     assert_eq!(done["hidden_unlocked"], 0, "{done}");
+    // The key slot stays hidden until named (`key remove` hides slots on
+    // purpose); without it the repository does not open.
+    let slots = done["hidden_key_slots"].as_array().unwrap().clone();
+    assert_eq!(slots.len(), 1, "{done}");
+    let (code, _) = fails(e.x(&["points"]));
+    assert_ne!(code, 0);
+    let (code, err) = fails(e.x(&["undelete", "--key-slot", "nothex"]));
+    assert_eq!(code, 2, "{err}");
+    let slot = slots[0].as_str().unwrap();
+    let out = e.x(&["undelete", "--key-slot", slot]).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(text.contains("brought back 1 objects"), "{text}");
 
     e.x(&["index", "rebuild"]).assert().success();
     e.x(&["verify", "--read-data"]).assert().success();

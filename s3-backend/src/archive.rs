@@ -83,12 +83,16 @@ pub(crate) fn state_of(
         return ArchiveState::Hot;
     };
     let class = class.to_string();
-    let Some(r) = restore else {
-        return ArchiveState::Archived { class };
-    };
-    if r.contains("ongoing-request=\"true\"") {
+    let ongoing = restore.is_some_and(|r| r.contains("ongoing-request=\"true\""));
+    if ongoing {
         return ArchiveState::Thawing { class };
     }
+    // Intelligent-Tiering shows the archive status only while the object
+    // sits in an archive tier: whatever an old restore header says, it is
+    // not readable.
+    let Some(r) = restore.filter(|_| tier.is_none()) else {
+        return ArchiveState::Archived { class };
+    };
     let until = r
         .split_once("expiry-date=\"")
         .and_then(|(_, rest)| rest.split('"').next())
@@ -166,6 +170,16 @@ mod tests {
         assert_eq!(
             state_of(Some("STANDARD"), Some("ARCHIVE_ACCESS"), None),
             ArchiveState::Hot
+        );
+        assert_eq!(
+            state_of(
+                it,
+                Some("ARCHIVE_ACCESS"),
+                Some("ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\"")
+            ),
+            ArchiveState::Archived {
+                class: IT_ARCHIVE.into()
+            }
         );
         // A header that cannot be read is still a finished restore.
         assert_eq!(

@@ -3,16 +3,29 @@
 
 use anyhow::Result;
 use serde_json::json;
-use xfull_core::lock::undelete::{UndeleteReport, undelete};
+use xfull_core::lock::undelete::{UndeleteOptions, UndeleteReport, undelete};
 
 use crate::cli::{Cli, UndeleteArgs};
 use crate::progress_ui::Bar;
 
 pub async fn run(cli: &Cli, args: &UndeleteArgs) -> Result<()> {
+    for slot in &args.key_slots {
+        if slot.len() != 16 || !slot.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(xfull_core::Error::InvalidArgument(format!(
+                "--key-slot {:?}: a key slot id is 16 hex digits, as the report lists it",
+                crate::output::printable(slot)
+            ))
+            .into());
+        }
+    }
     let backend = crate::open::store_only(cli).await?;
     let progress = crate::progress();
     let bar = Bar::start(progress.clone(), "undelete", cli, false);
-    let r = undelete(backend.as_ref(), args.dry_run, &progress).await?;
+    let opts = UndeleteOptions {
+        dry_run: args.dry_run,
+        key_slots: args.key_slots.clone(),
+    };
+    let r = undelete(backend.as_ref(), &opts, &progress).await?;
     drop(bar);
     if cli.json {
         let mut doc = serde_json::to_value(&r)?;
@@ -53,10 +66,36 @@ fn text(location: &str, r: &UndeleteReport) -> String {
             ));
         }
     }
+    if !r.hidden_key_slots.is_empty() {
+        out.push_str(&format!(
+            "\nkey slots hidden over a locked version, left hidden (`key remove` and `key \
+             passwd` hide slots on purpose): {}; bring one back with --key-slot ID if it is \
+             yours",
+            r.hidden_key_slots.join(", ")
+        ));
+    }
+    if r.older_than_config > 0 {
+        out.push_str(&format!(
+            "\n{} hidden objects are older than the current config (an earlier repository at \
+             this place) and stay hidden",
+            r.older_than_config
+        ));
+    }
+    if !r.skipped.is_empty() {
+        out.push_str(&format!(
+            "\nleft alone, with more than {} versions each: {}",
+            xfull_core::lock::undelete::MAX_VERSIONS,
+            r.skipped
+                .iter()
+                .map(|k| crate::output::printable(k).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if r.hidden_unlocked > 0 {
         out.push_str(&format!(
-            "\n{} deleted objects have no locked version left (their retention ended, or they \
-             were never locked) and stay deleted",
+            "\n{} deleted objects have no version still locked (their retention ended, or \
+             ends within the hour) and stay deleted",
             r.hidden_unlocked
         ));
     }

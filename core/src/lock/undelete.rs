@@ -5,39 +5,68 @@
 //! damaged while every byte is still there. This takes away what hides a
 //! still-locked version, key by key.
 //!
-//! The rule needs no repository config (which may itself be the object
-//! hidden or replaced): xfull puts every object of the locked kinds with a
-//! retention, and deletes one only once its retention has ended. So above
-//! a version still locked, a delete marker or a version without a
-//! retention was not left by xfull: both are removed (by version id,
-//! which a locked version refuses and these do not), and the locked
-//! version is current again. Keys whose newest versions are all unlocked
-//! are left alone: their retention ended (gc may have deleted them on
-//! purpose) or they were never locked. A forged version that carries a
-//! retention itself is not told apart here; `verify` finds it as damage.
+//! The rule needs no repository secret: xfull puts every object of the
+//! locked kinds with a retention, so above a version still locked, a
+//! delete marker or a version with *no* retention was not put by xfull:
+//! both are removed (by version id, which a locked version would refuse
+//! and these do not), and the locked version is current again. A version
+//! that has a retention, even one that has ended, is xfull's and is never
+//! removed: the newest one decides (still locked: bring it back; ended:
+//! leave the key as it is, gc may have deleted it on purpose).
 //!
-//! Only the locked kinds are looked at (`lock::store::is_locked`), so the
-//! many versions of leases and markers cost nothing. Index objects are not
-//! locked and are not brought back: `xfull index rebuild` makes them again
-//! from the packs.
+//! What the rule alone would get wrong, and how it is kept from it:
+//! - **Key slots** removed by `key remove` or `key passwd` are deleted
+//!   while locked, on purpose (the slot of a leaked password): they are
+//!   only listed, and brought back only when named (`key_slots`).
+//! - **An earlier repository at the same place**: only versions written
+//!   since the config that is current (after this run) are brought back;
+//!   the config is looked at first, and without a locked version of it
+//!   nothing is done.
+//! - **Credentials without `s3:GetObjectRetention`** see no retention at
+//!   all: refused, rather than reported as "nothing locked".
+//! - **A retention about to end** is not relied on: it must last
+//!   [`MARGIN`] beyond this machine's clock, which may be behind the
+//!   store's.
+//! - **Heaps of delete markers** on one key: more than [`MAX_VERSIONS`]
+//!   versions and the key is left alone and named; memory stays bounded.
+//!
+//! Index objects are not locked and are not brought back: `xfull index
+//! rebuild` makes them again from the packs.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::backend::{Backend, ObjectClass, Version};
+use crate::backend::{Backend, BackendError, ObjectClass, Operation, Version};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::progress::Progress;
 
-/// Keys decided at once (bounds memory; each key's versions are small).
-const BATCH: usize = 256;
+/// Keys decided at once, and versions held at once (bounds memory).
+const BATCH_KEYS: usize = 256;
+const BATCH_VERSIONS: usize = 100_000;
+/// More versions of one key than a repository makes: left alone, named.
+#[cfg(not(test))]
+pub const MAX_VERSIONS: usize = 1_000_000;
+#[cfg(test)]
+pub const MAX_VERSIONS: usize = 50;
 /// Retentions read at once.
 const IN_FLIGHT: usize = 16;
-/// More versions of one key than any repository makes: a hostile store.
-const MAX_VERSIONS: usize = 100_000;
-/// Keys named in the report.
+/// Keys named in each list of the report.
 const NAMED: usize = 20;
+/// How long a retention must still run, on this machine's clock, to be
+/// relied on (the store's clock may be ahead: gc deletes what ended on
+/// its own clock minus the repository's margin).
+pub const MARGIN: Duration = Duration::hours(1);
+
+/// What to do.
+#[derive(Clone, Debug, Default)]
+pub struct UndeleteOptions {
+    pub dry_run: bool,
+    /// Key slots (their 16-hex ids) to bring back too; the others are
+    /// only listed in [`UndeleteReport::hidden_key_slots`].
+    pub key_slots: Vec<String>,
+}
 
 /// What `undelete` found and did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -55,22 +84,45 @@ pub struct UndeleteReport {
     pub markers_removed: u64,
     /// Versions without a retention removed from above a locked version.
     pub versions_removed: u64,
-    /// Keys hidden by a delete marker with no locked version under it:
+    /// Keys hidden by a delete marker whose newest retention has ended:
     /// left alone.
     pub hidden_unlocked: u64,
+    /// Hidden locked versions written before the current config: an
+    /// earlier repository at this place; left alone.
+    pub older_than_config: u64,
+    /// Key slots hidden over a locked version and not asked for: `key
+    /// remove` and `key passwd` hide slots on purpose.
+    pub hidden_key_slots: Vec<String>,
+    /// Keys with more than [`MAX_VERSIONS`] versions: left alone.
+    pub skipped: Vec<String>,
     /// The first restored keys, for the operator to see.
     pub restored_keys: Vec<String>,
 }
 
-/// What to do about one key: the versions above its newest locked one.
-#[derive(Debug, PartialEq, Eq)]
+/// What to do about one key.
+#[derive(Debug)]
 enum Decision {
-    Nothing,
-    Restore { remove: Vec<Version> },
+    /// The current version is locked: nothing hides it.
+    Current { locked: Version },
+    /// Nothing hides a locked version.
+    Keep,
+    /// `remove` (markers and versions without retention) hide `locked`.
+    Restore {
+        remove: Vec<Version>,
+        locked: Version,
+    },
+    /// Hidden, and the newest retention found has ended (or none shows).
     HiddenUnlocked,
 }
 
-/// The prefixes of the locked kinds (`config` is a key, matched exactly).
+/// A key's decision.
+struct Decided {
+    key: String,
+    decision: Decision,
+}
+
+/// The prefixes of the locked kinds, the config first (`config` is a key,
+/// matched exactly).
 fn locked_prefixes() -> [&'static str; 6] {
     [
         keys::CONFIG,
@@ -91,122 +143,220 @@ fn is_locked_kind(key: &str) -> bool {
 /// is, no repository opened); with `dry_run`, only says what it would do.
 pub async fn undelete(
     backend: &dyn Backend,
-    dry_run: bool,
+    opts: &UndeleteOptions,
     progress: &Progress,
 ) -> Result<UndeleteReport> {
-    let mut report = UndeleteReport {
-        dry_run,
-        ..UndeleteReport::default()
+    let mut run = Run {
+        backend,
+        opts,
+        cutoff: Utc::now() + MARGIN,
+        since: None,
+        report: UndeleteReport {
+            dry_run: opts.dry_run,
+            ..UndeleteReport::default()
+        },
     };
-    let now = Utc::now();
     for prefix in locked_prefixes() {
         let mut listing = backend.list_versions(prefix);
         let mut group: Vec<Version> = Vec::new();
+        let mut overflow = false;
         let mut batch: Vec<Vec<Version>> = Vec::new();
+        let mut held = 0;
         while let Some(v) = listing.try_next().await? {
             if !is_locked_kind(&v.key) {
                 continue;
             }
             if group.first().is_some_and(|g| g.key != v.key) {
-                batch.push(std::mem::take(&mut group));
-                if batch.len() >= BATCH {
+                held += group.len();
+                run.close(&mut group, &mut overflow, &mut batch);
+                if batch.len() >= BATCH_KEYS || held >= BATCH_VERSIONS {
                     progress.add_done(batch.len() as u64);
-                    settle(backend, std::mem::take(&mut batch), now, &mut report).await?;
+                    run.settle(std::mem::take(&mut batch)).await?;
+                    held = 0;
                 }
             }
             if group.len() >= MAX_VERSIONS {
-                return Err(Error::Backend(crate::backend::BackendError::Other {
-                    location: backend.location(),
-                    message: format!("{} has more than {MAX_VERSIONS} versions", v.key),
-                }));
+                overflow = true;
+                group.truncate(1);
             }
-            group.push(v);
+            if !overflow {
+                group.push(v);
+            }
         }
-        if !group.is_empty() {
-            batch.push(group);
-        }
+        run.close(&mut group, &mut overflow, &mut batch);
         progress.add_done(batch.len() as u64);
-        settle(backend, batch, now, &mut report).await?;
+        run.settle(batch).await?;
+        if prefix == keys::CONFIG && run.since.is_none() {
+            return Err(run.no_locked_config());
+        }
     }
-    Ok(report)
+    Ok(run.report)
 }
 
-/// Decides each key of `batch` and, unless a dry run, removes what hides
-/// its locked version.
-async fn settle(
-    backend: &dyn Backend,
-    batch: Vec<Vec<Version>>,
-    now: DateTime<Utc>,
-    report: &mut UndeleteReport,
-) -> Result<()> {
-    report.keys += batch.len() as u64;
-    let needs_look: Vec<Vec<Version>> = batch
-        .into_iter()
-        .filter(|g| g.len() > 1 || g.first().is_some_and(|v| v.delete_marker))
-        .collect();
-    report.examined += needs_look.len() as u64;
-    let decisions: Vec<(String, Decision)> = futures::stream::iter(needs_look)
-        .map(|g| async move {
-            let key = g[0].key.clone();
-            decide(backend, g, now).await.map(|d| (key, d))
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect()
-        .await?;
-    let mut remove = Vec::new();
-    for (key, d) in decisions {
-        match d {
-            Decision::Nothing => {}
-            Decision::HiddenUnlocked => report.hidden_unlocked += 1,
-            Decision::Restore { remove: above } => {
-                report.restored += 1;
-                if report.restored_keys.len() < NAMED {
-                    report.restored_keys.push(key);
+struct Run<'a> {
+    backend: &'a dyn Backend,
+    opts: &'a UndeleteOptions,
+    /// A retention must end after this to be relied on.
+    cutoff: DateTime<Utc>,
+    /// When the config that is current (after this run) was written.
+    since: Option<DateTime<Utc>>,
+    report: UndeleteReport,
+}
+
+impl Run<'_> {
+    /// Ends a key's group: into the batch, or named as skipped.
+    fn close(
+        &mut self,
+        group: &mut Vec<Version>,
+        overflow: &mut bool,
+        batch: &mut Vec<Vec<Version>>,
+    ) {
+        let g = std::mem::take(group);
+        if std::mem::take(overflow) {
+            self.report.keys += 1;
+            if let Some(v) = g.first()
+                && self.report.skipped.len() < NAMED
+            {
+                self.report.skipped.push(v.key.clone());
+            }
+        } else if !g.is_empty() {
+            batch.push(g);
+        }
+    }
+
+    /// Decides each key of `batch` and, unless a dry run, removes what
+    /// hides the locked versions it brings back.
+    async fn settle(&mut self, batch: Vec<Vec<Version>>) -> Result<()> {
+        self.report.keys += batch.len() as u64;
+        let needs_look: Vec<Vec<Version>> = batch
+            .into_iter()
+            .filter(|g| {
+                // The config always: its locked version dates the repository.
+                g.len() > 1 || g[0].delete_marker || g[0].key == keys::CONFIG
+            })
+            .collect();
+        self.report.examined += needs_look.len() as u64;
+        let (backend, cutoff) = (self.backend, self.cutoff);
+        let decided: Vec<Decided> = futures::stream::iter(needs_look)
+            .map(|g| decide(backend, g, cutoff))
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut remove = Vec::new();
+        for d in decided {
+            self.apply(d, &mut remove);
+        }
+        if !self.opts.dry_run && !remove.is_empty() {
+            self.backend.delete_versions(&remove).await?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, d: Decided, remove: &mut Vec<(String, String)>) {
+        let is_config = d.key == keys::CONFIG;
+        let r = &mut self.report;
+        match d.decision {
+            Decision::Current { locked } => {
+                if is_config {
+                    self.since = Some(locked.last_modified);
+                }
+            }
+            Decision::Keep => {}
+            Decision::HiddenUnlocked => r.hidden_unlocked += 1,
+            Decision::Restore {
+                remove: above,
+                locked,
+            } => {
+                if is_config {
+                    self.since = Some(locked.last_modified);
+                } else if self.since.is_none_or(|since| locked.last_modified < since) {
+                    r.older_than_config += 1;
+                    return;
+                }
+                if let Some(slot) = d.key.strip_prefix(crate::crypto::slot::SLOTS)
+                    && !self.opts.key_slots.iter().any(|s| s == slot)
+                {
+                    if r.hidden_key_slots.len() < NAMED {
+                        r.hidden_key_slots.push(slot.to_string());
+                    }
+                    return;
+                }
+                r.restored += 1;
+                if r.restored_keys.len() < NAMED {
+                    r.restored_keys.push(d.key);
                 }
                 for v in above {
                     if v.delete_marker {
-                        report.markers_removed += 1;
+                        r.markers_removed += 1;
                     } else {
-                        report.versions_removed += 1;
+                        r.versions_removed += 1;
                     }
                     remove.push((v.key, v.version_id));
                 }
             }
         }
     }
-    if !report.dry_run && !remove.is_empty() {
-        backend.delete_versions(&remove).await?;
+
+    /// Refusing to go on: no version of the config is still locked (so
+    /// nothing dates the repository, and without `s3:GetObjectRetention`
+    /// no retention shows at all).
+    fn no_locked_config(&self) -> Error {
+        Error::Backend(BackendError::PermissionDenied {
+            location: self.backend.location(),
+            key: keys::CONFIG.into(),
+            operation: Operation::ReadLock,
+            message: "no version of the config shows a retention still running: this is not \
+                      a repository with object lock (or its lock has ended), or these \
+                      credentials lack s3:GetObjectRetention, without which S3 shows no \
+                      retention; undelete brings back only what a lock still holds"
+                .into(),
+        })
     }
-    Ok(())
 }
 
-/// One key's versions, current first: the versions above the newest one
-/// still locked, read newest first until one is.
+/// One key's versions, current first: the markers and versions without
+/// retention above its newest version with a retention, if that one is
+/// still locked.
 async fn decide(
     backend: &dyn Backend,
     versions: Vec<Version>,
-    now: DateTime<Utc>,
-) -> Result<Decision> {
-    for (i, v) in versions.iter().enumerate() {
+    cutoff: DateTime<Utc>,
+) -> Result<Decided> {
+    let key = versions[0].key.clone();
+    let hidden = versions[0].delete_marker;
+    let mut above = Vec::new();
+    for v in versions {
         if v.delete_marker {
+            above.push(v);
             continue;
         }
-        let locked = backend
-            .version_retention(&v.key, &v.version_id)
-            .await?
-            .is_some_and(|r| r.until > now);
-        if locked {
-            if i == 0 {
-                return Ok(Decision::Nothing);
+        let Some(r) = backend.version_retention(&v.key, &v.version_id).await? else {
+            above.push(v);
+            continue;
+        };
+        let decision = if r.until <= cutoff {
+            if hidden {
+                Decision::HiddenUnlocked
+            } else {
+                Decision::Keep
             }
-            return Ok(Decision::Restore {
-                remove: versions[..i].to_vec(),
-            });
-        }
+        } else if above.is_empty() {
+            Decision::Current { locked: v }
+        } else {
+            Decision::Restore {
+                remove: above,
+                locked: v,
+            }
+        };
+        return Ok(Decided { key, decision });
     }
-    Ok(match versions.first() {
-        Some(v) if v.delete_marker => Decision::HiddenUnlocked,
-        _ => Decision::Nothing,
+    Ok(Decided {
+        key,
+        decision: if hidden {
+            Decision::HiddenUnlocked
+        } else {
+            Decision::Keep
+        },
     })
 }
 

@@ -18,15 +18,21 @@ use crate::lock::{LockMode, Retention};
 /// A key's versions, oldest first, each with its retention.
 type History = Vec<(Version, Option<Retention>)>;
 
-/// Versions by key.
+/// Versions by key, with a clock: each version is a second after the
+/// one added before it (any key).
 #[derive(Debug, Default)]
 struct Versioned {
     keys: Mutex<BTreeMap<String, History>>,
-    heads: Mutex<u64>,
+    tick: Mutex<i64>,
 }
 
 impl Versioned {
     fn add(&self, key: &str, marker: bool, retention: Option<Retention>) {
+        let at = {
+            let mut t = self.tick.lock().unwrap();
+            *t += 1;
+            Utc::now() - Duration::days(1) + Duration::seconds(*t)
+        };
         let mut keys = self.keys.lock().unwrap();
         let list = keys.entry(key.to_string()).or_default();
         let n = list.len();
@@ -36,7 +42,7 @@ impl Versioned {
                 version_id: format!("v{n}"),
                 delete_marker: marker,
                 latest: false,
-                last_modified: Utc::now() + Duration::seconds(n as i64),
+                last_modified: at,
                 size: if marker { 0 } else { 10 },
             },
             retention,
@@ -101,7 +107,6 @@ impl Backend for Versioned {
         key: &str,
         version_id: &str,
     ) -> Result<Option<Retention>, BackendError> {
-        *self.heads.lock().unwrap() += 1;
         let keys = self.keys.lock().unwrap();
         let (v, r) = keys
             .get(key)
@@ -136,69 +141,107 @@ fn locked(secs: i64) -> Option<Retention> {
     })
 }
 
+const SLOT: &str = "0123456789abcdef";
+
+fn opts(dry_run: bool, slots: &[&str]) -> UndeleteOptions {
+    UndeleteOptions {
+        dry_run,
+        key_slots: slots.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
 #[tokio::test]
 async fn what_hides_a_locked_version_goes_and_nothing_else() {
     let b = Versioned::default();
+    // An earlier repository at this place: its pack, locked and hidden.
+    b.add("packs/00/old", false, locked(7200));
+    b.add("packs/00/old", true, None);
+    // The config replaced by a version without retention.
+    b.add("config", false, locked(7200));
+    b.add("config", false, None);
+    // A key slot hidden (as `key remove` does): listed, not brought back.
+    b.add(&format!("keys/{SLOT}"), false, locked(7200));
+    b.add(&format!("keys/{SLOT}"), true, None);
     // Deleted: a marker above a locked pack and a locked manifest.
-    b.add("packs/aa/aa01", false, locked(3600));
+    b.add("packs/aa/aa01", false, locked(7200));
     b.add("packs/aa/aa01", true, None);
-    b.add("points/vm/p1", false, locked(3600));
+    b.add("points/vm/p1", false, locked(7200));
     b.add("points/vm/p1", true, None);
     // Overwritten, then deleted: a forged version and a marker above.
-    b.add("nodes/bb/bb01", false, locked(3600));
+    b.add("nodes/bb/bb01", false, locked(7200));
     b.add("nodes/bb/bb01", false, None);
     b.add("nodes/bb/bb01", true, None);
-    // The config replaced by a version without retention.
-    b.add("config", false, locked(3600));
-    b.add("config", false, None);
     // A node stored again (repair): both versions locked, nothing to do.
-    b.add("nodes/cc/cc01", false, locked(3600));
-    b.add("nodes/cc/cc01", false, locked(3600));
+    b.add("nodes/cc/cc01", false, locked(7200));
+    b.add("nodes/cc/cc01", false, locked(7200));
+    // The newest version with a retention has ended: xfull's, and gc's
+    // to delete; the older locked one under it is not brought back.
+    b.add("nodes/gg/gg01", false, locked(7200));
+    b.add("nodes/gg/gg01", false, locked(-10));
+    b.add("nodes/gg/gg01", true, None);
     // Deleted by gc after its retention ended: stays deleted.
     b.add("packs/dd/dd01", false, locked(-10));
     b.add("packs/dd/dd01", true, None);
+    // A retention ending within the margin is not relied on.
+    b.add("packs/so/soon", false, locked(60));
+    b.add("packs/so/soon", true, None);
     // Sound and alone: not even looked at.
-    b.add("packs/ee/ee01", false, locked(3600));
+    b.add("packs/ee/ee01", false, locked(7200));
     // Not a locked kind: index objects and leases are never looked at.
     b.add("index/ff01", false, None);
     b.add("index/ff01", true, None);
     b.add("leases/s1", false, None);
     b.add("leases/s1", false, None);
-    b.add("configx", false, locked(3600));
+    b.add("configx", false, locked(7200));
     b.add("configx", true, None);
 
-    let dry = undelete(&b, true, &Progress::default()).await.unwrap();
-    assert_eq!(
-        (dry.restored, dry.markers_removed, dry.versions_removed),
-        (4, 3, 2),
-        "{dry:?}"
-    );
+    let dry = undelete(&b, &opts(true, &[]), &Progress::default())
+        .await
+        .unwrap();
     assert_eq!(
         b.current("points/vm/p1"),
         None,
         "a dry run changed the store"
     );
-
-    let r = undelete(&b, false, &Progress::default()).await.unwrap();
-    assert_eq!(r.keys, 7, "{r:?}");
-    assert_eq!(r.examined, 6, "{r:?}");
-    assert_eq!(
-        (r.restored, r.markers_removed, r.versions_removed),
-        (4, 3, 2),
-        "{r:?}"
-    );
-    assert_eq!(r.hidden_unlocked, 1, "{r:?}");
+    let r = undelete(&b, &opts(false, &[]), &Progress::default())
+        .await
+        .unwrap();
+    for r in [&dry, &r] {
+        assert_eq!((r.keys, r.examined), (11, 10), "{r:?}");
+        assert_eq!(
+            (r.restored, r.markers_removed, r.versions_removed),
+            (4, 3, 2),
+            "{r:?}"
+        );
+        assert_eq!((r.hidden_unlocked, r.older_than_config), (3, 1), "{r:?}");
+        assert_eq!(r.hidden_key_slots, [SLOT], "{r:?}");
+    }
     for key in ["packs/aa/aa01", "points/vm/p1", "nodes/bb/bb01", "config"] {
         assert_eq!(b.current(key).as_deref(), Some("v0"), "{key}");
         assert!(r.restored_keys.contains(&key.to_string()), "{r:?}");
     }
     assert_eq!(b.current("nodes/cc/cc01").as_deref(), Some("v1"));
-    assert_eq!(b.current("packs/dd/dd01"), None);
-    assert_eq!(b.current("index/ff01"), None);
-    assert_eq!(b.current("configx"), None);
+    for gone in [
+        "nodes/gg/gg01",
+        "packs/dd/dd01",
+        "packs/so/soon",
+        "packs/00/old",
+        "index/ff01",
+        "configx",
+    ] {
+        assert_eq!(b.current(gone), None, "{gone}");
+    }
+    assert_eq!(b.current(&format!("keys/{SLOT}")), None);
 
-    // Run again: nothing left to do.
-    let again = undelete(&b, false, &Progress::default()).await.unwrap();
+    // The slot, when named; then nothing is left to do.
+    let slot = undelete(&b, &opts(false, &[SLOT]), &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!((slot.restored, slot.markers_removed), (1, 1), "{slot:?}");
+    assert_eq!(b.current(&format!("keys/{SLOT}")).as_deref(), Some("v0"));
+    let again = undelete(&b, &opts(false, &[]), &Progress::default())
+        .await
+        .unwrap();
     assert_eq!(
         (
             again.restored,
@@ -210,10 +253,56 @@ async fn what_hides_a_locked_version_goes_and_nothing_else() {
     );
 }
 
+/// A heap of delete markers on one key does not stop the rest, nor fill
+/// memory: the key is named and left alone.
+#[tokio::test]
+async fn a_key_with_too_many_versions_is_skipped_not_fatal() {
+    let b = Versioned::default();
+    b.add("config", false, locked(7200));
+    b.add("packs/aa/aa01", false, locked(7200));
+    for _ in 0..MAX_VERSIONS + 5 {
+        b.add("packs/aa/aa01", true, None);
+    }
+    b.add("packs/bb/bb01", false, locked(7200));
+    b.add("packs/bb/bb01", true, None);
+    let r = undelete(&b, &opts(false, &[]), &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(r.skipped, ["packs/aa/aa01"], "{r:?}");
+    assert_eq!(r.restored, 1, "{r:?}");
+    assert_eq!(b.current("packs/bb/bb01").as_deref(), Some("v0"));
+}
+
+/// Without a locked config nothing dates the repository, and credentials
+/// without s3:GetObjectRetention see no retention at all: refused, not
+/// "nothing locked".
+#[tokio::test]
+async fn no_locked_config_is_refused() {
+    let b = Versioned::default();
+    b.add("config", false, None);
+    b.add("packs/aa/aa01", false, None);
+    b.add("packs/aa/aa01", true, None);
+    let e = undelete(&b, &opts(false, &[]), &Progress::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Backend(BackendError::PermissionDenied {
+                operation: Operation::ReadLock,
+                ..
+            })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("s3:GetObjectRetention"), "{e}");
+    assert_eq!(b.current("packs/aa/aa01"), None);
+}
+
 #[tokio::test]
 async fn a_store_without_versions_is_an_error_not_an_empty_report() {
     let mem = crate::testing::MemBackend::default();
-    let e = undelete(&mem, true, &Progress::default())
+    let e = undelete(&mem, &opts(true, &[]), &Progress::default())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("keeps no versions"), "{e}");
