@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use xfull_core::progress::{Notice, Progress};
+use xfull_core::progress::{GcStep, Notice, Progress};
 
 use crate::cli::Cli;
 use crate::output::bytes;
@@ -64,7 +64,10 @@ impl Bar {
                 let started = Instant::now();
                 let mut next_line = started + LOG_EVERY;
                 loop {
-                    print_notices(&bar, &progress, quiet);
+                    // Steps of a gc only once it has run a while: a quick
+                    // one's report says it all.
+                    let steps = started.elapsed() >= LOG_EVERY;
+                    print_notices(&bar, &progress, quiet, steps);
                     let (done, total, moved) = progress.snapshot();
                     match mode {
                         Mode::Bar => {
@@ -107,9 +110,11 @@ fn line(verb: &str, done: u64, total: u64, moved: u64, elapsed: Duration) -> Str
     )
 }
 
-fn print_notices(bar: &ProgressBar, progress: &Progress, quiet: bool) {
+fn print_notices(bar: &ProgressBar, progress: &Progress, quiet: bool, steps: bool) {
     for n in progress.take_notices() {
         let line = match n {
+            Notice::GcStep(_) if quiet || !steps => continue,
+            Notice::GcStep(step) => gc_step(&step),
             Notice::WaitingForSweep { .. } if quiet => continue,
             Notice::WaitingForSweep {
                 seq,
@@ -139,12 +144,35 @@ fn print_notices(bar: &ProgressBar, progress: &Progress, quiet: bool) {
     }
 }
 
+/// One line of a gc's log.
+fn gc_step(step: &GcStep) -> String {
+    match step {
+        GcStep::Listed {
+            points,
+            live_leases,
+        } => format!("xfull: gc: {points} points, {live_leases} live leases; marking"),
+        GcStep::Marking { done, of } => format!("xfull: gc: marked {done} of {of} points"),
+        GcStep::Marked { nodes, chunks } => {
+            format!("xfull: gc: marked {nodes} nodes and {chunks} chunks; deleting")
+        }
+        GcStep::Deleted {
+            batches,
+            nodes,
+            packs,
+            bytes: b,
+        } => format!(
+            "xfull: gc: {batches} delete batches so far: {nodes} nodes, {packs} packs, {}",
+            bytes(*b)
+        ),
+    }
+}
+
 impl Drop for Bar {
     fn drop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
         }
-        print_notices(&self.bar, &self.progress, self.quiet);
+        print_notices(&self.bar, &self.progress, self.quiet, false);
         self.bar.finish_and_clear();
     }
 }

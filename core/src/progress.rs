@@ -171,8 +171,28 @@ pub enum Notice {
         /// When it looks again, in seconds.
         next_look_secs: u64,
     },
+    /// A gc sweep finished a step (for the log of a long one).
+    GcStep(GcStep),
     /// Something worth a warning that does not stop the operation.
     Warning(Warning),
+}
+
+/// The steps of a gc sweep, with what each found so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GcStep {
+    /// Leases and points were read.
+    Listed { points: u64, live_leases: u64 },
+    /// Marking what points reference: points done of all.
+    Marking { done: u64, of: u64 },
+    /// Every point marked.
+    Marked { nodes: u64, chunks: u64 },
+    /// A delete batch went (or would go, in a dry run): totals so far.
+    Deleted {
+        batches: u64,
+        nodes: u64,
+        packs: u64,
+        bytes: u64,
+    },
 }
 
 #[derive(Debug, Default)]

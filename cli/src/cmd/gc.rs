@@ -20,14 +20,18 @@ pub async fn run(cli: &Cli, args: &GcArgs) -> Result<()> {
         mark_memory: usize::try_from(args.mark_memory).unwrap_or(usize::MAX),
         ..Default::default()
     };
+    let progress = crate::progress();
+    // No bar (gc knows no total), but the steps of a long sweep as lines.
+    let bar = crate::progress_ui::Bar::start(progress.clone(), "gc", cli, false);
     let report = gc::run_batched(
         &repo,
         args.dry_run,
         packs,
         usize::from(args.batch_size),
-        &crate::progress(),
+        &progress,
     )
     .await?;
+    drop(bar);
     record_metrics(&report);
     if cli.json {
         print_json(&report)

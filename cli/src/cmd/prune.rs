@@ -27,7 +27,9 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
         if !args.no_gc {
             let packs = xfull_core::gc::PackOptions::default();
             let progress = crate::progress();
+            let bar = crate::progress_ui::Bar::start(progress.clone(), "gc", cli, false);
             gc = Some(xfull_core::gc::run_with(&repo, false, packs, &progress).await?);
+            drop(bar);
         }
     }
     let kept = plans.iter().map(|p| p.decisions.len()).sum::<usize>() - doomed.len();

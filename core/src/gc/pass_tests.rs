@@ -139,3 +139,54 @@ async fn a_census_in_passes_decides_what_one_in_memory_does() {
         "different objects after the sweep"
     );
 }
+
+/// A sweep says where it is: the points and leases it read, that marking
+/// is done, and after every delete batch the totals so far, which end at
+/// the report's (what `xfull gc` logs for a long sweep).
+#[tokio::test]
+async fn a_sweep_reports_its_steps_as_it_goes() {
+    use crate::progress::{GcStep, Notice};
+    let (mem, _) = repository().await;
+    let repo = Repository::open(mem).await.unwrap();
+    let progress = Arc::new(crate::progress::Progress::default());
+    let r = super::run_batched(&repo, false, PackOptions::default(), 2, &progress)
+        .await
+        .unwrap();
+    let steps: Vec<GcStep> = progress
+        .take_notices()
+        .into_iter()
+        .filter_map(|n| match n {
+            Notice::GcStep(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps[0],
+        GcStep::Listed {
+            points: 8,
+            live_leases: 0
+        },
+        "{steps:?}"
+    );
+    assert_eq!(
+        steps[1],
+        GcStep::Marked {
+            nodes: r.nodes_marked,
+            chunks: r.chunks_marked
+        },
+        "{steps:?}"
+    );
+    let deleted: Vec<&GcStep> = steps[2..].iter().collect();
+    assert_eq!(deleted.len() as u64, r.batches, "{steps:?}");
+    assert!(r.batches >= 2, "{r:?}");
+    assert_eq!(
+        deleted.last(),
+        Some(&&GcStep::Deleted {
+            batches: r.batches,
+            nodes: r.nodes_deleted,
+            packs: r.packs_deleted,
+            bytes: r.bytes_freed,
+        }),
+        "{steps:?}"
+    );
+}

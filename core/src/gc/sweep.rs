@@ -41,7 +41,10 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
 use crate::placement::lookup::default_cache_dir;
-use crate::progress::Progress;
+use crate::progress::{GcStep, Notice, Progress};
+
+/// Points marked between two `GcStep::Marking` notices.
+const MARK_STEP: u64 = 100;
 use crate::repo::Repository;
 use crate::session::Heartbeat;
 
@@ -363,18 +366,39 @@ impl Sweep {
             .filter_map(|m| keys::parse_point(m.key.strip_prefix(keys::TRASH)?))
             .collect();
         self.report.points = self.points.len() as u64;
+        self.step(GcStep::Listed {
+            points: self.report.points,
+            live_leases: self.report.live_leases,
+        });
         Ok(())
+    }
+
+    /// Tells the user (through `progress`) where the sweep is.
+    pub(super) fn step(&self, step: GcStep) {
+        if let Some(p) = &self.progress {
+            p.notice(Notice::GcStep(step));
+        }
     }
 
     /// Step 3.
     pub async fn mark(&mut self) -> Result<()> {
-        for (vm, id) in self.points.clone() {
+        let points = self.points.clone();
+        let of = points.len() as u64;
+        for (i, (vm, id)) in points.into_iter().enumerate() {
             self.stop_if_cancelled().await?;
             // Pruned since the listing: its trash copy or nothing.
             self.prot.mark_point(&vm, &id).await?;
+            let done = i as u64 + 1;
+            if done.is_multiple_of(MARK_STEP) && done < of {
+                self.step(GcStep::Marking { done, of });
+            }
         }
         self.prot.marks.seal()?;
         self.count_marks();
+        self.step(GcStep::Marked {
+            nodes: self.report.nodes_marked,
+            chunks: self.report.chunks_marked,
+        });
         Ok(())
     }
 

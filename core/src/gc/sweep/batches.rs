@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::gc::markers::Phase;
 use crate::id::ObjectId;
 use crate::keys;
+use crate::progress::GcStep;
 
 impl Sweep {
     /// Step 4: deletes the unreferenced, old nodes in batches, then dead
@@ -147,6 +148,13 @@ impl Sweep {
                 self.repo.backend().delete_many(&keys).await?;
             }
             self.report.batches += 1;
+            let r = &self.report;
+            self.step(GcStep::Deleted {
+                batches: r.batches,
+                nodes: r.nodes_deleted,
+                packs: r.packs_deleted,
+                bytes: r.bytes_freed,
+            });
         }
         batch.clear();
         self.publish_counts();
