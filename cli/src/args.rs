@@ -456,11 +456,12 @@ pub struct ThawArgs {
     /// Retrieval tier.
     #[arg(long, value_enum)]
     pub tier: TierArg,
-    /// Days the readable copies are kept (billed at the Standard rate).
-    /// Intelligent-Tiering's archive tiers take no days: a thaw moves the
-    /// object back to a hot tier for good.
+    /// Days the readable copies are kept (billed at the Standard rate);
+    /// needed for GLACIER and DEEP_ARCHIVE. Intelligent-Tiering's archive
+    /// tiers take none: a thaw moves the object back to a hot tier for
+    /// good.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36500))]
-    pub days: u32,
+    pub days: Option<u32>,
     #[command(flatten)]
     pub s3: S3Args,
 }

@@ -122,20 +122,27 @@ pub struct ThawOutcome {
 }
 
 /// Asks for a readable copy, for `days` days at `tier`, of every pack of
-/// `plan` that is archived with no thaw running.
+/// `plan` that is archived with no thaw running. `days` is needed only for
+/// classes that keep a thawed copy for a number of days (the Glacier
+/// classes; Intelligent-Tiering moves an object back to a hot tier).
 pub async fn thaw(
     repo: &Repository,
     plan: &ThawPlan,
-    days: u32,
+    days: Option<u32>,
     tier: ThawTier,
     progress: &Progress,
 ) -> Result<ThawOutcome> {
-    if days == 0 {
+    if days == Some(0) {
         return Err(Error::InvalidArgument(
             "a thaw must keep its copy at least 1 day".into(),
         ));
     }
     for class in plan.to_thaw().keys() {
+        if days.is_none() && crate::archive::thaw_keeps_days(class) {
+            return Err(Error::InvalidArgument(format!(
+                "{class} keeps a thawed copy for a number of days: give --days"
+            )));
+        }
         if crate::archive::estimate(class, tier, 1, 1).is_none() {
             return Err(Error::InvalidArgument(format!(
                 "{class} has no {} retrieval tier: use another --tier",
@@ -162,11 +169,7 @@ pub async fn thaw(
         let placement = placement.clone();
         // Intelligent-Tiering takes no days: it moves the pack back to
         // its hot tier for good.
-        let days = p
-            .state
-            .class()
-            .is_none_or(crate::archive::thaw_keeps_days)
-            .then_some(days);
+        let days = days.filter(|_| p.state.class().is_none_or(crate::archive::thaw_keeps_days));
         async move { Ok::<_, Error>((p, placement.thaw_pack(&p.pack, days, tier).await?)) }
     }))
     .buffer_unordered(IN_FLIGHT);

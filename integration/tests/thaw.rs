@@ -104,19 +104,32 @@ async fn plan_thaw_interrupted_resumed_then_restore() {
 
     // Deep Archive has no Expedited tier: refused before any request.
     let before = sim.thaw_requests();
-    let e = thaw(&repo, &p, 3, ThawTier::Expedited, &Progress::default()).await;
+    let e = thaw(
+        &repo,
+        &p,
+        Some(3),
+        ThawTier::Expedited,
+        &Progress::default(),
+    )
+    .await;
     assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+    // Nor without days, which Deep Archive keeps a copy for.
+    let e = thaw(&repo, &p, None, ThawTier::Bulk, &Progress::default()).await;
+    assert!(
+        matches!(&e, Err(Error::InvalidArgument(m)) if m.contains("--days")),
+        "{e:?}"
+    );
     assert_eq!(sim.thaw_requests(), before);
 
     // Interrupted: the second request fails.
     let packs = p.packs;
     sim.fail_thaws_after(Some(1));
-    let e = thaw(&repo, &p, 3, ThawTier::Bulk, &Progress::default()).await;
+    let e = thaw(&repo, &p, Some(3), ThawTier::Bulk, &Progress::default()).await;
     assert!(matches!(e, Err(Error::Backend(_))), "{e:?}");
     sim.fail_thaws_after(None);
     let before = sim.thaw_requests();
     let again = plan_of(&repo, &m).await;
-    let done = thaw(&repo, &again, 3, ThawTier::Bulk, &Progress::default())
+    let done = thaw(&repo, &again, Some(3), ThawTier::Bulk, &Progress::default())
         .await
         .unwrap();
     // Only what the first run did not ask for is asked now.
@@ -128,7 +141,7 @@ async fn plan_thaw_interrupted_resumed_then_restore() {
     let third = plan_of(&repo, &m).await;
     assert_eq!(third.thawing()["DEEP_ARCHIVE"].objects, packs);
     let before = sim.thaw_requests();
-    let none = thaw(&repo, &third, 3, ThawTier::Bulk, &Progress::default())
+    let none = thaw(&repo, &third, Some(3), ThawTier::Bulk, &Progress::default())
         .await
         .unwrap();
     assert_eq!(none.requested.objects, 0);
@@ -169,9 +182,15 @@ async fn a_restore_waits_for_a_running_thaw_and_no_longer() {
         }
         other => panic!("nothing thawing: {other:?}"),
     }
-    thaw(&repo, &plan_of(&repo, &m).await, 1, ThawTier::Bulk, &p)
-        .await
-        .unwrap();
+    thaw(
+        &repo,
+        &plan_of(&repo, &m).await,
+        Some(1),
+        ThawTier::Bulk,
+        &p,
+    )
+    .await
+    .unwrap();
     match wait_ready(&repo, &m, &disks, ms(20), ms(100), &p).await {
         Err(Error::NotThawed { reason, .. }) => {
             assert!(reason.contains("still being thawed"), "{reason}")
@@ -233,7 +252,14 @@ async fn intelligent_tiering_archive_tiers_thaw_without_days() {
         let e = xfull_core::archive::estimate(IT_DEEP_ARCHIVE, tier, objects, 1 << 30).unwrap();
         assert_eq!(e.dollars, 0.0, "{e:?}");
     }
-    let refused = thaw(&repo, &p, 1, ThawTier::Expedited, &Progress::default()).await;
+    let refused = thaw(
+        &repo,
+        &p,
+        Some(1),
+        ThawTier::Expedited,
+        &Progress::default(),
+    )
+    .await;
     assert!(
         matches!(&refused, Err(Error::InvalidArgument(m)) if m.contains(IT_DEEP_ARCHIVE)),
         "{refused:?}"
@@ -241,7 +267,7 @@ async fn intelligent_tiering_archive_tiers_thaw_without_days() {
     assert_eq!(sim.thaw_requests(), 0);
     let out = dir.path().join("restored");
     assert!(restore_to(&repo, &m, &out).await.is_err());
-    let t = thaw(&repo, &p, 7, ThawTier::Bulk, &Progress::default())
+    let t = thaw(&repo, &p, None, ThawTier::Bulk, &Progress::default())
         .await
         .unwrap();
     assert_eq!(t.requested.objects, objects);
@@ -270,11 +296,11 @@ async fn a_store_without_archive_classes_needs_no_thaw() {
         .unwrap();
     let p = plan_of(&repo, &m).await;
     assert!(p.packs >= 1 && p.archive.is_empty() && p.ready(), "{p:?}");
-    let t = thaw(&repo, &p, 1, ThawTier::Standard, &Progress::default())
+    let t = thaw(&repo, &p, Some(1), ThawTier::Standard, &Progress::default())
         .await
         .unwrap();
     assert_eq!(t, Default::default());
-    let e = thaw(&repo, &p, 0, ThawTier::Standard, &Progress::default()).await;
+    let e = thaw(&repo, &p, Some(0), ThawTier::Standard, &Progress::default()).await;
     assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
 }
 

@@ -142,9 +142,13 @@ fn text(point: &str, p: &ThawPlan) -> String {
     s
 }
 
-fn thaw_text(point: &str, out: &ThawOutcome, tier: ThawTier, days: u32) -> String {
+fn thaw_text(point: &str, out: &ThawOutcome, tier: ThawTier, days: Option<u32>) -> String {
+    let kept = match days {
+        Some(d) => format!(", Glacier copies kept {d} day(s)"),
+        None => String::new(),
+    };
     let mut s = format!(
-        "{point}: asked for {} object(s), {} ({} tier, kept {days} day(s))",
+        "{point}: asked for {} object(s), {} ({} tier{kept})",
         out.requested.objects,
         bytes(out.requested.bytes),
         tier.name()
