@@ -476,6 +476,11 @@ pub struct UndeleteArgs {
     /// `key passwd` hide them on purpose (a leaked password's slot).
     #[arg(long = "key-slot", value_name = "ID")]
     pub key_slots: Vec<String>,
+    /// The config version that is the repository's own, when more than one
+    /// is still locked (an earlier repository at this place, or a forged
+    /// one): undelete lists them and stops until one is named.
+    #[arg(long, value_name = "VERSION_ID")]
+    pub config_version: Option<String>,
     #[command(flatten)]
     pub s3: S3Args,
 }

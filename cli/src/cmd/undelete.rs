@@ -9,6 +9,7 @@ use crate::cli::{Cli, UndeleteArgs};
 use crate::progress_ui::Bar;
 
 pub async fn run(cli: &Cli, args: &UndeleteArgs) -> Result<()> {
+    let mut slots = Vec::new();
     for slot in &args.key_slots {
         if slot.len() != 16 || !slot.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(xfull_core::Error::InvalidArgument(format!(
@@ -17,16 +18,24 @@ pub async fn run(cli: &Cli, args: &UndeleteArgs) -> Result<()> {
             ))
             .into());
         }
+        slots.push(slot.to_ascii_lowercase());
     }
     let backend = crate::open::store_only(cli).await?;
     let progress = crate::progress();
     let bar = Bar::start(progress.clone(), "undelete", cli, false);
     let opts = UndeleteOptions {
         dry_run: args.dry_run,
-        key_slots: args.key_slots.clone(),
+        key_slots: slots.clone(),
+        config_version: args.config_version.clone(),
     };
     let r = undelete(backend.as_ref(), &opts, &progress).await?;
     drop(bar);
+    for slot in slots.iter().filter(|s| !r.restored_key_slots.contains(s)) {
+        eprintln!(
+            "xfull: warning: key slot {slot} was not found hidden over a locked version; \
+             nothing was done for it"
+        );
+    }
     if cli.json {
         let mut doc = serde_json::to_value(&r)?;
         doc["location"] = json!(backend.location());
@@ -72,6 +81,13 @@ fn text(location: &str, r: &UndeleteReport) -> String {
              passwd` hide slots on purpose): {}; bring one back with --key-slot ID if it is \
              yours",
             r.hidden_key_slots.join(", ")
+        ));
+    }
+    if r.config_locked_above > 0 {
+        out.push_str(&format!(
+            "\n{} config versions above the repository's own are still locked and stay \
+             current (xfull writes one config): check the repository's config",
+            r.config_locked_above
         ));
     }
     if r.older_than_config > 0 {

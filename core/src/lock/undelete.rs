@@ -52,6 +52,8 @@ pub const MAX_VERSIONS: usize = 1_000_000;
 pub const MAX_VERSIONS: usize = 50;
 /// Retentions read at once.
 const IN_FLIGHT: usize = 16;
+/// Versions of the config looked at, at most (xfull writes one).
+const MAX_CONFIG_VERSIONS: usize = 10_000;
 /// Keys named in each list of the report.
 const NAMED: usize = 20;
 /// How long a retention must still run, on this machine's clock, to be
@@ -66,6 +68,9 @@ pub struct UndeleteOptions {
     /// Key slots (their 16-hex ids) to bring back too; the others are
     /// only listed in [`UndeleteReport::hidden_key_slots`].
     pub key_slots: Vec<String>,
+    /// The config version that is the repository's, when more than one
+    /// is still locked (refused otherwise, naming them).
+    pub config_version: Option<String>,
 }
 
 /// What `undelete` found and did.
@@ -95,6 +100,11 @@ pub struct UndeleteReport {
     pub hidden_key_slots: Vec<String>,
     /// Keys with more than [`MAX_VERSIONS`] versions: left alone.
     pub skipped: Vec<String>,
+    /// The named key slots brought back.
+    pub restored_key_slots: Vec<String>,
+    /// Config versions still locked above the repository's own: they
+    /// cannot be removed, and stay current (xfull writes one config).
+    pub config_locked_above: u64,
     /// The first restored keys, for the operator to see.
     pub restored_keys: Vec<String>,
 }
@@ -103,7 +113,7 @@ pub struct UndeleteReport {
 #[derive(Debug)]
 enum Decision {
     /// The current version is locked: nothing hides it.
-    Current { locked: Version },
+    Current,
     /// Nothing hides a locked version.
     Keep,
     /// `remove` (markers and versions without retention) hide `locked`.
@@ -121,11 +131,9 @@ struct Decided {
     decision: Decision,
 }
 
-/// The prefixes of the locked kinds, the config first (`config` is a key,
-/// matched exactly).
-fn locked_prefixes() -> [&'static str; 6] {
+/// The prefixes of the locked kinds but the config (decided first, alone).
+fn locked_prefixes() -> [&'static str; 5] {
     [
-        keys::CONFIG,
         crate::crypto::slot::SLOTS,
         keys::POINTS,
         keys::NODES,
@@ -156,6 +164,7 @@ pub async fn undelete(
             ..UndeleteReport::default()
         },
     };
+    run.settle_config().await?;
     for prefix in locked_prefixes() {
         let mut listing = backend.list_versions(prefix);
         let mut group: Vec<Version> = Vec::new();
@@ -186,9 +195,6 @@ pub async fn undelete(
         run.close(&mut group, &mut overflow, &mut batch);
         progress.add_done(batch.len() as u64);
         run.settle(batch).await?;
-        if prefix == keys::CONFIG && run.since.is_none() {
-            return Err(run.no_locked_config());
-        }
     }
     Ok(run.report)
 }
@@ -204,6 +210,117 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// The config first. xfull writes it once, create-only, at `init`, so
+    /// the repository's own is the one version still locked (or the one
+    /// `--config-version` names when an earlier repository at this place,
+    /// or a forger with `s3:PutObjectRetention`, left others locked): it
+    /// dates the repository (`since`), and every marker and version above
+    /// it that is not locked any more is removed.
+    async fn settle_config(&mut self) -> Result<()> {
+        let mut versions = Vec::new();
+        let mut listing = self.backend.list_versions(keys::CONFIG);
+        while let Some(v) = listing.try_next().await? {
+            if v.key != keys::CONFIG {
+                continue;
+            }
+            if versions.len() >= MAX_CONFIG_VERSIONS {
+                return Err(Error::Corrupt {
+                    key: keys::CONFIG.into(),
+                    reason: format!(
+                        "it has more than {MAX_CONFIG_VERSIONS} versions where xfull writes one \
+                         (delete markers or puts heaped on it); remove them by version id, then \
+                         run undelete again"
+                    ),
+                });
+            }
+            versions.push(v);
+        }
+        drop(listing);
+        let now = Utc::now();
+        let mut retentions = Vec::with_capacity(versions.len());
+        for v in &versions {
+            retentions.push(match v.delete_marker {
+                true => None,
+                false => {
+                    self.backend
+                        .version_retention(keys::CONFIG, &v.version_id)
+                        .await?
+                }
+            });
+        }
+        let locked: Vec<usize> = (0..versions.len())
+            .filter(|&i| retentions[i].is_some_and(|r| r.until > self.cutoff))
+            .collect();
+        let own = match (locked.as_slice(), &self.opts.config_version) {
+            ([], _) => return Err(self.no_locked_config()),
+            (_, Some(id)) => *locked
+                .iter()
+                .find(|&&i| versions[i].version_id == *id)
+                .ok_or_else(|| self.config_versions(&versions, &locked, Some(id)))?,
+            ([one], None) => *one,
+            (_, None) => return Err(self.config_versions(&versions, &locked, None)),
+        };
+        self.since = Some(versions[own].last_modified);
+        self.report.keys += 1;
+        self.report.examined += 1;
+        let mut remove: Vec<Version> = Vec::new();
+        for (v, r) in versions[..own].iter().zip(&retentions) {
+            match r {
+                Some(r) if r.until > now => self.report.config_locked_above += 1,
+                _ => remove.push(v.clone()),
+            }
+        }
+        remove.extend(same_second_markers(&versions[own + 1..], &versions[own]));
+        if remove.is_empty() {
+            return Ok(());
+        }
+        let r = &mut self.report;
+        r.restored += 1;
+        r.restored_keys.push(keys::CONFIG.into());
+        for v in &remove {
+            match v.delete_marker {
+                true => r.markers_removed += 1,
+                false => r.versions_removed += 1,
+            }
+        }
+        if !self.opts.dry_run {
+            let pairs: Vec<(String, String)> =
+                remove.into_iter().map(|v| (v.key, v.version_id)).collect();
+            self.backend.delete_versions(&pairs).await?;
+        }
+        Ok(())
+    }
+
+    /// More than one config version is still locked: the operator names
+    /// the repository's own (`--config-version`).
+    fn config_versions(
+        &self,
+        versions: &[Version],
+        locked: &[usize],
+        asked: Option<&String>,
+    ) -> Error {
+        let listed: Vec<String> = locked
+            .iter()
+            .map(|&i| {
+                format!(
+                    "{} (written {})",
+                    versions[i].version_id, versions[i].last_modified
+                )
+            })
+            .collect();
+        let asked = match asked {
+            Some(id) => format!("--config-version {id} is not one of them; "),
+            None => String::new(),
+        };
+        Error::InvalidArgument(format!(
+            "{} versions of the config are still locked where xfull writes one (an earlier \
+             repository at this place, or one put by someone allowed s3:PutObjectRetention): \
+             {asked}name the repository's own with --config-version: {}",
+            listed.len(),
+            listed.join(", ")
+        ))
+    }
+
     /// Ends a key's group: into the batch, or named as skipped.
     fn close(
         &mut self,
@@ -230,16 +347,14 @@ impl Run<'_> {
         self.report.keys += batch.len() as u64;
         let needs_look: Vec<Vec<Version>> = batch
             .into_iter()
-            .filter(|g| {
-                // The config always: its locked version dates the repository.
-                g.len() > 1 || g[0].delete_marker || g[0].key == keys::CONFIG
-            })
+            .filter(|g| g.len() > 1 || g[0].delete_marker)
             .collect();
         self.report.examined += needs_look.len() as u64;
         let (backend, cutoff) = (self.backend, self.cutoff);
         let decided: Vec<Decided> = futures::stream::iter(needs_look)
             .map(|g| decide(backend, g, cutoff))
-            .buffer_unordered(IN_FLIGHT)
+            // In order: the keys a report names are the same every run.
+            .buffered(IN_FLIGHT)
             .try_collect()
             .await?;
         let mut remove = Vec::new();
@@ -253,32 +368,27 @@ impl Run<'_> {
     }
 
     fn apply(&mut self, d: Decided, remove: &mut Vec<(String, String)>) {
-        let is_config = d.key == keys::CONFIG;
         let r = &mut self.report;
         match d.decision {
-            Decision::Current { locked } => {
-                if is_config {
-                    self.since = Some(locked.last_modified);
-                }
-            }
-            Decision::Keep => {}
+            Decision::Current | Decision::Keep => {}
             Decision::HiddenUnlocked => r.hidden_unlocked += 1,
             Decision::Restore {
                 remove: above,
                 locked,
             } => {
-                if is_config {
-                    self.since = Some(locked.last_modified);
+                // Key slots are brought back only when named, so the
+                // operator decides (the first one is written just before
+                // the config, so it would read as older than it).
+                if let Some(slot) = d.key.strip_prefix(crate::crypto::slot::SLOTS) {
+                    if !self.opts.key_slots.iter().any(|s| s == slot) {
+                        if r.hidden_key_slots.len() < NAMED {
+                            r.hidden_key_slots.push(slot.to_string());
+                        }
+                        return;
+                    }
+                    r.restored_key_slots.push(slot.to_string());
                 } else if self.since.is_none_or(|since| locked.last_modified < since) {
                     r.older_than_config += 1;
-                    return;
-                }
-                if let Some(slot) = d.key.strip_prefix(crate::crypto::slot::SLOTS)
-                    && !self.opts.key_slots.iter().any(|s| s == slot)
-                {
-                    if r.hidden_key_slots.len() < NAMED {
-                        r.hidden_key_slots.push(slot.to_string());
-                    }
                     return;
                 }
                 r.restored += 1;
@@ -325,7 +435,8 @@ async fn decide(
     let key = versions[0].key.clone();
     let hidden = versions[0].delete_marker;
     let mut above = Vec::new();
-    for v in versions {
+    let mut versions = versions.into_iter();
+    while let Some(v) = versions.next() {
         if v.delete_marker {
             above.push(v);
             continue;
@@ -341,8 +452,10 @@ async fn decide(
                 Decision::Keep
             }
         } else if above.is_empty() {
-            Decision::Current { locked: v }
+            Decision::Current
         } else {
+            let rest: Vec<Version> = versions.collect();
+            above.extend(same_second_markers(&rest, &v));
             Decision::Restore {
                 remove: above,
                 locked: v,
@@ -358,6 +471,17 @@ async fn decide(
             Decision::Keep
         },
     })
+}
+
+/// Delete markers listed under `locked` but written in the same second:
+/// S3 lists versions and markers apart and gives times to the second, so
+/// one may really be above it. Removing a marker below it changes nothing.
+fn same_second_markers(rest: &[Version], locked: &Version) -> Vec<Version> {
+    rest.iter()
+        .take_while(|v| v.last_modified == locked.last_modified)
+        .filter(|v| v.delete_marker)
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

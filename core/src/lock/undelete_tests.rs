@@ -147,6 +147,7 @@ fn opts(dry_run: bool, slots: &[&str]) -> UndeleteOptions {
     UndeleteOptions {
         dry_run,
         key_slots: slots.iter().map(|s| s.to_string()).collect(),
+        config_version: None,
     }
 }
 
@@ -156,12 +157,13 @@ async fn what_hides_a_locked_version_goes_and_nothing_else() {
     // An earlier repository at this place: its pack, locked and hidden.
     b.add("packs/00/old", false, locked(7200));
     b.add("packs/00/old", true, None);
+    // A key slot hidden (as `key remove` does): listed, not brought back.
+    // `init` writes the first slot just before the config.
+    b.add(&format!("keys/{SLOT}"), false, locked(7200));
+    b.add(&format!("keys/{SLOT}"), true, None);
     // The config replaced by a version without retention.
     b.add("config", false, locked(7200));
     b.add("config", false, None);
-    // A key slot hidden (as `key remove` does): listed, not brought back.
-    b.add(&format!("keys/{SLOT}"), false, locked(7200));
-    b.add(&format!("keys/{SLOT}"), true, None);
     // Deleted: a marker above a locked pack and a locked manifest.
     b.add("packs/aa/aa01", false, locked(7200));
     b.add("packs/aa/aa01", true, None);
@@ -238,6 +240,7 @@ async fn what_hides_a_locked_version_goes_and_nothing_else() {
         .await
         .unwrap();
     assert_eq!((slot.restored, slot.markers_removed), (1, 1), "{slot:?}");
+    assert_eq!(slot.restored_key_slots, [SLOT], "{slot:?}");
     assert_eq!(b.current(&format!("keys/{SLOT}")).as_deref(), Some("v0"));
     let again = undelete(&b, &opts(false, &[]), &Progress::default())
         .await
@@ -306,4 +309,47 @@ async fn a_store_without_versions_is_an_error_not_an_empty_report() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("keeps no versions"), "{e}");
+}
+
+/// Two config versions still locked (an earlier repository at this
+/// place, or a forged one put with a retention): refused, naming both,
+/// until one is named; the one named dates the repository, and a locked
+/// one above it stays (it cannot be removed).
+#[tokio::test]
+async fn two_locked_configs_need_one_named() {
+    let b = Versioned::default();
+    b.add("packs/00/old", false, locked(7200));
+    b.add("packs/00/old", true, None);
+    b.add("config", false, locked(7200));
+    b.add("config", true, None);
+    b.add("config", false, locked(7200));
+    b.add("packs/aa/new", false, locked(7200));
+    b.add("packs/aa/new", true, None);
+    let e = undelete(&b, &opts(false, &[]), &Progress::default())
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        e.is_usage() && msg.contains("v0") && msg.contains("v2"),
+        "{msg}"
+    );
+    assert_eq!(
+        b.current("packs/aa/new"),
+        None,
+        "nothing done before the refusal"
+    );
+    let mut named = opts(false, &[]);
+    named.config_version = Some("v2".into());
+    let r = undelete(&b, &named, &Progress::default()).await.unwrap();
+    assert_eq!((r.restored, r.older_than_config), (1, 1), "{r:?}");
+    assert_eq!(b.current("packs/aa/new").as_deref(), Some("v0"));
+    assert_eq!(b.current("packs/00/old"), None);
+    named.config_version = Some("v0".into());
+    let r = undelete(&b, &named, &Progress::default()).await.unwrap();
+    assert_eq!(r.config_locked_above, 1, "{r:?}");
+    named.config_version = Some("nope".into());
+    let e = undelete(&b, &named, &Progress::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--config-version nope"), "{e}");
 }
