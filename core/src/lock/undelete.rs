@@ -40,6 +40,7 @@ use serde::Serialize;
 use crate::backend::{Backend, BackendError, ObjectClass, Operation, Version};
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::lock::Retention;
 use crate::progress::Progress;
 
 /// Keys decided at once, and versions held at once (bounds memory).
@@ -263,17 +264,23 @@ impl Run<'_> {
         self.since = Some(versions[own].last_modified);
         self.report.keys += 1;
         self.report.examined += 1;
-        let mut remove: Vec<Version> = Vec::new();
-        for (v, r) in versions[..own].iter().zip(&retentions) {
-            match r {
-                Some(r) if r.until > now => self.report.config_locked_above += 1,
-                _ => remove.push(v.clone()),
-            }
-        }
-        remove.extend(same_second_markers(&versions[own + 1..], &versions[own]));
-        if remove.is_empty() {
+        if own == 0 {
+            // Current already.
             return Ok(());
         }
+        // A retention that ended less than the margin ago may still run on
+        // the store's clock: such a version cannot be removed either.
+        let still_locked = |r: &Option<Retention>| r.is_some_and(|r| r.until > now - MARGIN);
+        let locked_above = retentions[..own].iter().filter(|r| still_locked(r)).count();
+        if locked_above > 0 {
+            // A locked version above the repository's own stays current
+            // whatever is removed; removing what is above that one would
+            // make it current, and it is not the repository's.
+            self.report.config_locked_above = locked_above as u64;
+            return Ok(());
+        }
+        let mut remove: Vec<Version> = versions[..own].to_vec();
+        remove.extend(same_second_markers(&versions[own + 1..], &versions[own]));
         let r = &mut self.report;
         r.restored += 1;
         r.restored_keys.push(keys::CONFIG.into());

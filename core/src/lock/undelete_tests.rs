@@ -344,9 +344,18 @@ async fn two_locked_configs_need_one_named() {
     assert_eq!((r.restored, r.older_than_config), (1, 1), "{r:?}");
     assert_eq!(b.current("packs/aa/new").as_deref(), Some("v0"));
     assert_eq!(b.current("packs/00/old"), None);
+    // The older one named: the newer, locked, stays current; nothing of
+    // the config is removed (that would only uncover the newer one).
     named.config_version = Some("v0".into());
     let r = undelete(&b, &named, &Progress::default()).await.unwrap();
     assert_eq!(r.config_locked_above, 1, "{r:?}");
+    assert!(!r.restored_keys.contains(&"config".to_string()), "{r:?}");
+    assert_eq!(b.current("config").as_deref(), Some("v2"));
+    assert_eq!(
+        b.keys.lock().unwrap()["config"].len(),
+        3,
+        "the marker stays"
+    );
     named.config_version = Some("nope".into());
     let e = undelete(&b, &named, &Progress::default())
         .await
