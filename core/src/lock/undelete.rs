@@ -113,9 +113,8 @@ pub struct UndeleteReport {
 /// What to do about one key.
 #[derive(Debug)]
 enum Decision {
-    /// The current version is locked: nothing hides it.
-    Current,
-    /// Nothing hides a locked version.
+    /// Nothing hides a locked version (the current one is locked, or the
+    /// newest retention has ended and nothing is hidden).
     Keep,
     /// `remove` (markers and versions without retention) hide `locked`.
     Restore {
@@ -279,23 +278,31 @@ impl Run<'_> {
             self.report.config_locked_above = locked_above as u64;
             return Ok(());
         }
-        let mut remove: Vec<Version> = versions[..own].to_vec();
-        remove.extend(same_second_markers(&versions[own + 1..], &versions[own]));
+        let mut above: Vec<Version> = versions[..own].to_vec();
+        above.extend(same_second_markers(&versions[own + 1..], &versions[own]));
+        let mut remove = Vec::new();
+        self.restore(keys::CONFIG.into(), above, &mut remove);
+        if !self.opts.dry_run {
+            self.backend.delete_versions(&remove).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts `key` as restored and adds what hides it (`above`) to
+    /// `remove`.
+    fn restore(&mut self, key: String, above: Vec<Version>, remove: &mut Vec<(String, String)>) {
         let r = &mut self.report;
         r.restored += 1;
-        r.restored_keys.push(keys::CONFIG.into());
-        for v in &remove {
+        if r.restored_keys.len() < NAMED {
+            r.restored_keys.push(key);
+        }
+        for v in above {
             match v.delete_marker {
                 true => r.markers_removed += 1,
                 false => r.versions_removed += 1,
             }
+            remove.push((v.key, v.version_id));
         }
-        if !self.opts.dry_run {
-            let pairs: Vec<(String, String)> =
-                remove.into_iter().map(|v| (v.key, v.version_id)).collect();
-            self.backend.delete_versions(&pairs).await?;
-        }
-        Ok(())
     }
 
     /// More than one config version is still locked: the operator names
@@ -377,7 +384,7 @@ impl Run<'_> {
     fn apply(&mut self, d: Decided, remove: &mut Vec<(String, String)>) {
         let r = &mut self.report;
         match d.decision {
-            Decision::Current | Decision::Keep => {}
+            Decision::Keep => {}
             Decision::HiddenUnlocked => r.hidden_unlocked += 1,
             Decision::Restore {
                 remove: above,
@@ -398,18 +405,7 @@ impl Run<'_> {
                     r.older_than_config += 1;
                     return;
                 }
-                r.restored += 1;
-                if r.restored_keys.len() < NAMED {
-                    r.restored_keys.push(d.key);
-                }
-                for v in above {
-                    if v.delete_marker {
-                        r.markers_removed += 1;
-                    } else {
-                        r.versions_removed += 1;
-                    }
-                    remove.push((v.key, v.version_id));
-                }
+                self.restore(d.key, above, remove);
             }
         }
     }
@@ -459,7 +455,7 @@ async fn decide(
                 Decision::Keep
             }
         } else if above.is_empty() {
-            Decision::Current
+            Decision::Keep
         } else {
             let rest: Vec<Version> = versions.collect();
             above.extend(same_second_markers(&rest, &v));
