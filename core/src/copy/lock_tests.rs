@@ -34,6 +34,23 @@ fn config(lock: Option<ObjectLock>) -> RepoConfig {
     c
 }
 
+/// A target made like `source` over `backend`, with `lock`.
+async fn like(
+    backend: Arc<dyn Backend>,
+    lock: Option<ObjectLock>,
+    source: &Repository,
+) -> Repository {
+    Repository::init_like(
+        backend,
+        config(lock),
+        source,
+        None,
+        crate::crypto::Argon2Params::DEFAULT,
+    )
+    .await
+    .unwrap()
+}
+
 async fn keys_of(b: &MemBackend, prefix: &str) -> Vec<String> {
     let metas: Vec<_> = b.list(prefix).try_collect().await.unwrap();
     metas.into_iter().map(|m| m.key).collect()
@@ -59,15 +76,7 @@ async fn a_locked_target_locks_what_it_gets_with_its_own_retention() {
     // Locked otherwise.
     let tm = Arc::new(MemBackend::default());
     let sim = Arc::new(LockSim::new(tm.clone()));
-    let target = Repository::init_like(
-        sim.clone(),
-        config(Some(TARGET_LOCK)),
-        &source,
-        None,
-        crate::crypto::Argon2Params::DEFAULT,
-    )
-    .await
-    .unwrap();
+    let target = like(sim.clone(), Some(TARGET_LOCK), &source).await;
     let g = TARGET_LOCK.current(chrono::Duration::zero());
     run(&source, &target, every_point(&[&a1, &a2]))
         .await
@@ -100,15 +109,7 @@ async fn a_locked_target_locks_what_it_gets_with_its_own_retention() {
 
     // Unlocked: the source's lock state stays behind.
     let plain = Arc::new(MemBackend::default());
-    let unlocked = Repository::init_like(
-        plain.clone(),
-        config(None),
-        &source,
-        None,
-        crate::crypto::Argon2Params::DEFAULT,
-    )
-    .await
-    .unwrap();
+    let unlocked = like(plain.clone(), None, &source).await;
     run(&source, &unlocked, every_point(&[&a1, &a2]))
         .await
         .unwrap();
@@ -130,15 +131,12 @@ async fn a_clock_behind_a_locked_target_is_refused() {
         .unwrap();
     let a = back_up(&source, &dir, "a", &data(1 << 20, 40)).await;
     let tm = Arc::new(MemBackend::default());
-    let target = Repository::init_like(
+    let target = like(
         Arc::new(LockSim::new(tm.clone())),
-        config(Some(TARGET_LOCK)),
+        Some(TARGET_LOCK),
         &source,
-        None,
-        crate::crypto::Argon2Params::DEFAULT,
     )
-    .await
-    .unwrap();
+    .await;
     let ahead = chrono::Utc::now() + chrono::Duration::days(1) - tm.clock().now();
     tm.clock().advance(ahead);
     let e = run(&source, &target, every_point(&[&a])).await.unwrap_err();
