@@ -352,6 +352,52 @@ fn storage_class(chunks: Option<&StorageClass>, class: ObjectClass) -> Option<St
 impl S3Backend {
     /// One HEAD: the object's size and time, and the whole answer for
     /// what else its headers say (storage class, thaw, retention).
+    /// One DeleteObjects request for at most 1,000 keys, each with a
+    /// version id to delete that version for good, or none for a plain
+    /// delete; the first object the store refused is the error.
+    pub(crate) async fn delete_objects(
+        &self,
+        objects: &[(&str, Option<&str>)],
+    ) -> Result<(), BackendError> {
+        let Some(&(first, _)) = objects.first() else {
+            return Ok(());
+        };
+        self.counters.delete.fetch_add(1, Ordering::Relaxed);
+        let other = |e: &dyn std::fmt::Display| BackendError::Other {
+            location: self.location(),
+            message: e.to_string(),
+        };
+        let objects = objects
+            .iter()
+            .map(|&(k, v)| {
+                ObjectIdentifier::builder()
+                    .key(self.key(k))
+                    .set_version_id(v.map(str::to_string))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| other(&e))?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| other(&e))?;
+        let out = send!(
+            self,
+            self.client
+                .delete_objects()
+                .bucket(&self.opts.bucket)
+                .delete(delete),
+            first
+        )?;
+        if let Some(err) = out.errors().first() {
+            let key = self.unkey(err.key().unwrap_or("?"));
+            let (code, message) = (err.code().unwrap_or(""), err.message().unwrap_or(""));
+            return Err(self.errors.not_deleted(key, code, message));
+        }
+        Ok(())
+    }
+
     pub(crate) async fn head_object(
         &self,
         key: &str,
@@ -462,36 +508,8 @@ impl Backend for S3Backend {
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
         // DeleteObjects takes at most 1,000 keys a request.
         for batch in keys.chunks(1000) {
-            self.counters.delete.fetch_add(1, Ordering::Relaxed);
-            let objects = batch
-                .iter()
-                .map(|k| ObjectIdentifier::builder().key(self.key(k)).build())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| BackendError::Other {
-                    location: self.location(),
-                    message: e.to_string(),
-                })?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|e| BackendError::Other {
-                    location: self.location(),
-                    message: e.to_string(),
-                })?;
-            let out = send!(
-                self,
-                self.client
-                    .delete_objects()
-                    .bucket(&self.opts.bucket)
-                    .delete(delete),
-                &batch[0]
-            )?;
-            if let Some(err) = out.errors().first() {
-                let key = self.unkey(err.key().unwrap_or("?"));
-                let (code, message) = (err.code().unwrap_or(""), err.message().unwrap_or(""));
-                return Err(self.errors.not_deleted(key, code, message));
-            }
+            let objects: Vec<_> = batch.iter().map(|k| (k.as_str(), None)).collect();
+            self.delete_objects(&objects).await?;
         }
         Ok(())
     }

@@ -5,7 +5,6 @@
 
 use std::sync::atomic::Ordering;
 
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::stream::BoxStream;
 use xfull_core::backend::{Backend, BackendError, Operation, Version};
 use xfull_core::lock::Retention;
@@ -126,41 +125,13 @@ impl S3Backend {
         versions: &[(String, String)],
     ) -> Result<(), BackendError> {
         for batch in versions.chunks(1000) {
-            self.counters.delete.fetch_add(1, Ordering::Relaxed);
-            let other = |e: &dyn std::fmt::Display| BackendError::Other {
-                location: self.location(),
-                message: e.to_string(),
-            };
-            let objects = batch
+            let objects: Vec<_> = batch
                 .iter()
-                .map(|(k, v)| {
-                    ObjectIdentifier::builder()
-                        .key(self.key(k))
-                        .version_id(v)
-                        .build()
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| other(&e))?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|e| other(&e))?;
-            let out = send!(
-                self,
-                self.client
-                    .delete_objects()
-                    .bucket(&self.opts.bucket)
-                    .delete(delete),
-                &batch[0].0
-            )
-            .map_err(|e| as_version(e, Operation::DeleteVersion))?;
-            if let Some(err) = out.errors().first() {
-                let key = self.unkey(err.key().unwrap_or("?"));
-                let (code, message) = (err.code().unwrap_or(""), err.message().unwrap_or(""));
-                let e = self.errors.not_deleted(key, code, message);
-                return Err(as_version(e, Operation::DeleteVersion));
-            }
+                .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+                .collect();
+            self.delete_objects(&objects)
+                .await
+                .map_err(|e| as_version(e, Operation::DeleteVersion))?;
         }
         Ok(())
     }
