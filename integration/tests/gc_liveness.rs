@@ -256,14 +256,15 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok, "kill {sig} {}", child.id());
 }
 
-/// Waits until the process is stopped (state T in /proc).
+/// Waits until the process is stopped (state T in /proc), or has exited
+/// (Z: it ended between the look at its marker and the signal).
 fn wait_stopped(child: &Child) {
     let stat = format!("/proc/{}/stat", child.id());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = std::fs::read_to_string(&stat).unwrap();
         let state = s.rsplit_once(") ").unwrap().1.chars().next().unwrap();
-        if state == 'T' {
+        if state == 'T' || state == 'Z' {
             return;
         }
         assert!(Instant::now() < deadline, "gc {} did not stop", child.id());
@@ -288,10 +289,14 @@ fn stop_gc_at(e: &Env, want: &dyn Fn(&SweepState) -> bool) -> Option<(Child, Swe
         if marker(e, seq).is_some_and(|m| want(&m)) {
             signal(&child, "-STOP");
             wait_stopped(&child);
-            if let Some(m) = marker(e, seq).filter(|m| want(m)) {
-                return Some((child, m));
+            // Ended before the signal: what follows checks its success.
+            let ended = child.try_wait().unwrap().is_some();
+            if !ended {
+                if let Some(m) = marker(e, seq).filter(|m| want(m)) {
+                    return Some((child, m));
+                }
+                signal(&child, "-CONT");
             }
-            signal(&child, "-CONT");
         }
         if child.try_wait().unwrap().is_some() {
             let out = child.wait_with_output().unwrap();
