@@ -170,9 +170,10 @@ pub enum Error {
         error: std::io::Error,
     },
 
-    /// gc's local files of chunk marks (spilled when the marks outgrow
-    /// their memory budget) could not be created, written or read.
-    #[error("gc mark files in {}: {error}", path.display())]
+    /// Local files of marks or prints (gc's chunk marks, verify's trailer
+    /// prints, spilled when they outgrow their memory budget) could not
+    /// be created, written or read.
+    #[error("local mark files in {}: {error}", path.display())]
     MarkFiles {
         path: PathBuf,
         error: std::io::Error,

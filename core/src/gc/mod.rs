@@ -8,7 +8,7 @@ pub mod markers;
 pub mod marks;
 pub mod pack_plan;
 mod protect;
-mod spill;
+pub(crate) mod spill;
 pub mod sweep;
 
 use std::collections::BTreeMap;

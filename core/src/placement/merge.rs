@@ -83,6 +83,11 @@ pub struct Merge<'a> {
     held: Vec<Option<IndexEntry>>,
     per_read: usize,
     last: Option<Key>,
+    /// Every object's entry comes, the same place from two objects too.
+    repeats: bool,
+    /// The object of the entry last returned, and of the last read.
+    from: Option<&'a str>,
+    reading: Option<&'a str>,
 }
 
 impl<'a> Merge<'a> {
@@ -99,7 +104,28 @@ impl<'a> Merge<'a> {
             held: Vec::new(),
             per_read,
             last: None,
+            repeats: false,
+            from: None,
+            reading: None,
         }
+    }
+
+    /// A merge that also gives the same place again when another object
+    /// holds it (verify checks every object's entries).
+    pub fn with_repeats(mut self) -> Self {
+        self.repeats = true;
+        self
+    }
+
+    /// The key of the index object the last entry came from.
+    pub fn source_key(&self) -> Option<&'a str> {
+        self.from
+    }
+
+    /// The key of the index object read last: after an error of
+    /// [`Merge::next`], the one that failed.
+    pub fn reading(&self) -> Option<&'a str> {
+        self.reading
     }
 
     /// Entries held in read buffers (for tests of the merge's memory).
@@ -128,6 +154,7 @@ impl<'a> Merge<'a> {
                     at: 0,
                     last: None,
                 };
+                self.reading = Some(source.key);
                 let first = source.next(backend).await?;
                 let i = self.sources.len();
                 self.sources.push(source);
@@ -140,15 +167,17 @@ impl<'a> Merge<'a> {
                 return Ok(None);
             };
             let e = self.held[i].take().expect("a head is held");
+            self.reading = Some(self.sources[i].key);
             let next = self.sources[i].next(backend).await?;
             self.held[i] = next;
             if let Some(n) = next {
                 self.heads.push(Reverse(((n.entry.id, n.pack), i)));
             }
-            if self.last == Some(key) {
+            if self.last == Some(key) && !self.repeats {
                 continue;
             }
             self.last = Some(key);
+            self.from = Some(self.sources[i].key);
             return Ok(Some(e));
         }
     }

@@ -30,9 +30,9 @@ use crate::node::Node;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
-#[path = "verify_index.rs"]
 mod index_check;
-pub use index_check::{IndexProblem, PACKS_PER_PASS};
+mod prints;
+pub use index_check::{IndexProblem, TRAILERS_IN_FLIGHT};
 
 /// Node fetches in flight.
 const FETCHES: usize = 32;

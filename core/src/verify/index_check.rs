@@ -1,0 +1,309 @@
+//! Structural verify's check of the index against the packs: every entry
+//! of every index object must be what its pack's trailer says (the chunk
+//! at that offset with those lengths), and every listed pack an index
+//! object names must have a trailer that opens. Listings, index objects
+//! and pack trailers only: no blob is read, so packs may sit in a tier
+//! where whole reads are billed.
+//!
+//! It scales with the repository, not with how the index is cut (a shard
+//! object holds one id prefix from nearly every pack): every listed
+//! pack's trailer is read once ([`TRAILERS_IN_FLIGHT`] at a time) into a
+//! set of 8-byte prints (`prints.rs`, spilled to local files beyond its
+//! budget), then every index object is read once, all of them merged in
+//! chunk id order (gc's census merge), and each entry's print is looked
+//! up; parts of the set are loaded in that same order, each once.
+//!
+//! Requests: one ranged GET per pack (two for a trailer over 64 KiB),
+//! and each index object read once. Memory: the listed packs (40 bytes
+//! each), the prints' budget, the merge's read buffers (at most 64 MiB),
+//! and the trailers in flight.
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::prints::{self, Prints, print};
+use crate::backend::{Backend, BackendError};
+use crate::error::{Error, Result};
+use crate::gc::spill;
+use crate::id::ObjectId;
+use crate::keys;
+use crate::placement::lookup::default_cache_dir;
+use crate::placement::merge::Merge;
+use crate::placement::pack::PackEntry;
+use crate::placement::pack_read::read_trailer;
+use crate::placement::sweep::{IndexObject, list_index, list_packs, read_head};
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+/// Pack trailers read at once.
+pub const TRAILERS_IN_FLIGHT: usize = 16;
+
+/// Problems kept in the report (all are counted).
+const MAX_KEPT: usize = 100;
+
+/// Index entries between looks at cancellation.
+const CANCEL_EVERY: u64 = 4096;
+
+/// An index entry its pack contradicts, a pack whose trailer cannot be
+/// read, or an index object that cannot be read.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct IndexProblem {
+    /// The index object's key.
+    pub index: String,
+    /// The pack's key, unless the index object itself is unreadable.
+    pub pack: Option<String>,
+    /// The chunk (logical key), for a wrong entry.
+    pub chunk: Option<String>,
+    pub problem: String,
+}
+
+/// What [`check_index`] found.
+#[derive(Clone, Debug, Default)]
+pub struct IndexCheck {
+    /// Pack trailers read.
+    pub trailers_read: u64,
+    /// Index entries compared with their pack's trailer.
+    pub entries_checked: u64,
+    /// Packs in an archive storage class: their trailers are not read.
+    pub archived: u64,
+    /// Every problem found (the first [`MAX_KEPT`] in `problems`).
+    pub problems_found: u64,
+    pub problems: Vec<IndexProblem>,
+}
+
+impl IndexCheck {
+    fn found(&mut self, p: IndexProblem) {
+        self.problems_found += 1;
+        if self.problems.len() < MAX_KEPT {
+            self.problems.push(p);
+        }
+    }
+}
+
+/// What became of a listed pack's trailer.
+#[derive(Debug)]
+enum Trailer {
+    /// Read: its entries are in the prints.
+    Read,
+    /// Not read, and no damage: archived, or deleted since the listing.
+    Skipped,
+    /// Cannot be read; reported once, by the first index entry naming it.
+    Damaged(Option<String>),
+}
+
+/// Checks every index object's entries against the trailers of the
+/// listed packs they name (a pack not listed is checked by the caller:
+/// its chunks are missing). Stops at once when `progress` is cancelled.
+pub async fn check_index(repo: &Repository, progress: &Progress) -> Result<IndexCheck> {
+    check_index_with(repo, progress, prints::DEFAULT_BUDGET).await
+}
+
+/// [`check_index`] with the prints' memory budget given (tests make it
+/// small to take the files' path).
+pub async fn check_index_with(
+    repo: &Repository,
+    progress: &Progress,
+    budget: usize,
+) -> Result<IndexCheck> {
+    let backend = &**repo.backend();
+    let mut out = IndexCheck::default();
+    let mut packs: Vec<(ObjectId, u64)> = Vec::new();
+    {
+        let mut listed = Box::pin(list_packs(backend));
+        while let Some((name, meta)) = futures::TryStreamExt::try_next(&mut listed).await? {
+            packs.push((name, meta.size));
+        }
+    }
+    packs.sort_unstable();
+    let base = spill::base_dir(default_cache_dir(&repo.config().repo_id));
+    let mut prints = Prints::new(budget, base);
+    let trailers = read_trailers(repo, &packs, progress, &mut prints, &mut out).await?;
+    prints.seal()?;
+
+    let mut objects = Vec::new();
+    for (name, meta) in list_index(backend).await? {
+        let key = meta.key.clone();
+        match read_head(backend, repo.codec(), name, meta).await {
+            Ok(o) => objects.push(o),
+            // Gone since the listing (a gc replaced it): nothing to check.
+            Err(e) if e.is_damage() && gone(backend, &key).await => {}
+            Err(e) if e.is_damage() => out.found(unreadable(key, &e)),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut walk = Walk {
+        packs: &packs,
+        trailers,
+        prints,
+        checked: None,
+        skip_to: None,
+        seen: 0,
+    };
+    // An object found damaged half way is reported and left out, and the
+    // merge starts again past the entries already checked.
+    loop {
+        walk.skip_to = walk.checked;
+        let mut merge = Merge::new(objects.iter().collect()).with_repeats();
+        match walk.go(backend, &mut merge, progress, &mut out).await {
+            Ok(()) => break,
+            Err(e) if e.is_damage() => {
+                let Some(key) = merge.reading().map(str::to_string) else {
+                    return Err(e);
+                };
+                drop(merge);
+                if !gone(backend, &key).await {
+                    out.found(unreadable(key.clone(), &e));
+                }
+                objects.retain(|o: &IndexObject| o.meta.key != key);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads every listed pack's trailer into `prints`; returns what became
+/// of each (by position in `packs`).
+async fn read_trailers(
+    repo: &Repository,
+    packs: &[(ObjectId, u64)],
+    progress: &Progress,
+    prints: &mut Prints,
+    out: &mut IndexCheck,
+) -> Result<Vec<Trailer>> {
+    let backend = &**repo.backend();
+    let codec = repo.codec();
+    let max_chunk = repo.config().chunking.max;
+    let mut states: Vec<Trailer> = packs.iter().map(|_| Trailer::Skipped).collect();
+    let mut reads = futures::stream::iter(packs.iter().enumerate())
+        .map(|(i, (name, size))| async move {
+            let r = read_trailer(backend, codec, name, *size, max_chunk).await;
+            // Deleted since the listing (a gc): no damage.
+            let gone = match &r {
+                Err(e) if e.is_damage() => gone(backend, &keys::pack(name)).await,
+                _ => false,
+            };
+            (i, r, gone)
+        })
+        .buffer_unordered(TRAILERS_IN_FLIGHT);
+    while let Some((i, read, gone)) = reads.next().await {
+        if progress.is_cancelled() {
+            return Err(stopped());
+        }
+        let name = &packs[i].0;
+        states[i] = match read {
+            Ok(entries) => {
+                out.trailers_read += 1;
+                for e in &entries {
+                    prints.insert(print(name, e))?;
+                }
+                Trailer::Read
+            }
+            // In an archive tier: not readable without a restore, which
+            // structural verify does not ask for.
+            Err(Error::Backend(BackendError::Archived { .. })) => {
+                out.archived += 1;
+                Trailer::Skipped
+            }
+            Err(_) if gone => Trailer::Skipped,
+            Err(e) if e.is_damage() => Trailer::Damaged(Some(e.to_string())),
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(states)
+}
+
+/// The merge's walk over the index, resumable past what it checked.
+struct Walk<'a> {
+    packs: &'a [(ObjectId, u64)],
+    trailers: Vec<Trailer>,
+    prints: Prints,
+    /// The last (chunk, pack) checked, and after a restart the one to
+    /// skip to (a repeat of that place in another object goes unchecked).
+    checked: Option<(ObjectId, ObjectId)>,
+    skip_to: Option<(ObjectId, ObjectId)>,
+    seen: u64,
+}
+
+impl Walk<'_> {
+    async fn go(
+        &mut self,
+        backend: &dyn Backend,
+        merge: &mut Merge<'_>,
+        progress: &Progress,
+        out: &mut IndexCheck,
+    ) -> Result<()> {
+        while let Some(e) = merge.next(backend).await? {
+            self.seen += 1;
+            if self.seen.is_multiple_of(CANCEL_EVERY) && progress.is_cancelled() {
+                return Err(stopped());
+            }
+            let at = (e.entry.id, e.pack);
+            if self.skip_to.is_some_and(|s| at <= s) {
+                continue;
+            }
+            self.skip_to = None;
+            self.checked = Some(at);
+            let Ok(i) = self.packs.binary_search_by_key(&e.pack, |(n, _)| *n) else {
+                continue;
+            };
+            let index = merge.source_key().unwrap_or_default().to_string();
+            match &mut self.trailers[i] {
+                Trailer::Skipped => {}
+                Trailer::Damaged(why) => {
+                    if let Some(why) = why.take() {
+                        out.found(IndexProblem {
+                            index,
+                            pack: Some(keys::pack(&e.pack)),
+                            chunk: None,
+                            problem: format!("the pack's trailer cannot be read: {why}"),
+                        });
+                    }
+                }
+                Trailer::Read => {
+                    out.entries_checked += 1;
+                    if !self.prints.contains(print(&e.pack, &e.entry))? {
+                        out.found(IndexProblem {
+                            index,
+                            pack: Some(keys::pack(&e.pack)),
+                            chunk: Some(keys::chunk(&e.entry.id)),
+                            problem: contradicted(&e.entry),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stopped() -> Error {
+    Error::Cancelled {
+        cleaned: "verify stopped (it writes nothing)".into(),
+    }
+}
+
+fn unreadable(index: String, e: &Error) -> IndexProblem {
+    IndexProblem {
+        index,
+        pack: None,
+        chunk: None,
+        problem: e.to_string(),
+    }
+}
+
+async fn gone(backend: &dyn Backend, key: &str) -> bool {
+    matches!(backend.head(key).await, Err(e) if e.is_not_found())
+}
+
+fn contradicted(indexed: &PackEntry) -> String {
+    format!(
+        "the index places the chunk in this pack at offset {}, {} bytes stored, {} plain; \
+         the pack's trailer does not list it there",
+        indexed.offset, indexed.stored_len, indexed.plain_len
+    )
+}
+
+#[cfg(test)]
+#[path = "index_check_tests.rs"]
+mod tests;
