@@ -35,12 +35,14 @@ use crate::keys;
 
 pub mod archive;
 pub mod fetch;
+mod ids;
 pub mod index;
 pub mod index_write;
 pub mod known;
 pub mod lookup;
 pub mod merge;
 pub mod pack;
+
 pub mod pack_read;
 pub mod packer;
 pub mod rebuild;

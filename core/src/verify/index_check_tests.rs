@@ -183,3 +183,40 @@ async fn a_truncated_pack_is_reported_once_not_per_shard_naming_it() {
         assert_eq!(c.trailers_read, PACKS as u64 - 1);
     }
 }
+
+#[test]
+fn a_print_changes_with_every_field_and_sorts_by_the_id() {
+    use crate::placement::pack::PackEntry;
+    let entry = |seed: u8, offset: u64| PackEntry {
+        id: ObjectId::from_bytes([seed; 32]),
+        offset,
+        stored_len: 100,
+        plain_len: 200,
+    };
+    let pack = ObjectId::from_bytes([9; 32]);
+    let e = entry(1, 0);
+    let p = super::print(&pack, &e);
+    assert_ne!(p, super::print(&ObjectId::from_bytes([8; 32]), &e));
+    assert_ne!(p, super::print(&pack, &entry(1, 1)));
+    assert_ne!(
+        p,
+        super::print(
+            &pack,
+            &PackEntry {
+                stored_len: 99,
+                ..e
+            }
+        )
+    );
+    assert_ne!(
+        p,
+        super::print(
+            &pack,
+            &PackEntry {
+                plain_len: 199,
+                ..e
+            }
+        )
+    );
+    assert!(super::print(&pack, &entry(2, 0)) > super::print(&pack, &entry(1, 5)));
+}

@@ -2,18 +2,18 @@
 //!
 //! Structural (default): from listings and metadata only (no chunk read,
 //! so chunks may sit in an archive tier): every manifest and node decodes
-//! and matches its id or checksum, and every referenced node and chunk is
-//! listed. `read_data` also downloads, decompresses and re-hashes the
+//! and matches its id or checksum, every referenced node is listed and
+//! every referenced chunk is in the index (`chunks.rs`). `read_data` also downloads, decompresses and re-hashes the
 //! referenced chunks (each once, however many points share it), in
 //! parallel with bounded memory, optionally a subset of them.
 //!
 //! Verifying every point also checks every index entry against its
-//! pack's trailer (`verify_index.rs`).
+//! pack's trailer (`index_check.rs`).
 //!
 //! The report names every damaged point and disk with the damaged byte
 //! ranges (segment-relative damage mapped to disk offsets).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -27,12 +27,15 @@ use crate::lease::ObjectRef;
 use crate::manifest::Manifest;
 use crate::names::VmName;
 use crate::node::Node;
+use crate::placement::lookup::default_cache_dir;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
+mod chunks;
 mod index_check;
-mod prints;
+mod spilled_set;
 pub use index_check::{IndexProblem, TRAILERS_IN_FLIGHT};
+use spilled_set::SpilledSet;
 
 /// Node fetches in flight.
 const FETCHES: usize = 32;
@@ -157,11 +160,31 @@ impl VerifyReport {
 type NodeDamage = Vec<(Range<u64>, String)>;
 
 /// Verifies `points` (every point when empty).
+///
+/// Memory stays bounded whatever the repository: manifests are read one
+/// at a time (read again only to map damage), the distinct node ids are
+/// held (32 bytes per node, one node per segment), referenced chunks are
+/// held as 8-byte id prefixes in a [`SpilledSet`] (local files beyond its
+/// budget) and found in one walk of the index in id order. What grows
+/// beyond that grows with the damage found, and with `--read-data` the
+/// list of chunks to read (36 bytes per referenced chunk).
 pub async fn verify(
     repo: &Repository,
     points: &[(VmName, PointId)],
     opts: &VerifyOptions,
     progress: Arc<Progress>,
+) -> Result<VerifyReport> {
+    verify_with(repo, points, opts, progress, spilled_set::DEFAULT_BUDGET).await
+}
+
+/// [`verify`] with the memory budget of the referenced chunks' set given
+/// (tests make it small to take the files' path).
+pub async fn verify_with(
+    repo: &Repository,
+    points: &[(VmName, PointId)],
+    opts: &VerifyOptions,
+    progress: Arc<Progress>,
+    budget: usize,
 ) -> Result<VerifyReport> {
     let started = std::time::Instant::now();
     if opts.read_data {
@@ -175,18 +198,25 @@ pub async fn verify(
     } else {
         points.to_vec()
     };
-    let present_chunks = repo.chunks().list_ids().await?;
     let present_nodes = listed_nodes(repo).await?;
     let mut report = VerifyReport {
         points: points.len() as u64,
         ..VerifyReport::default()
     };
 
-    // Manifests, then each distinct node once.
-    let mut manifests = Vec::new();
+    // Manifests one at a time, keeping their distinct nodes.
+    let mut read_points = Vec::new();
+    let mut todo = BTreeSet::new();
     for (vm, id) in &points {
         match repo.load_manifest(vm, id).await {
-            Ok(m) => manifests.push(m),
+            Ok(m) => {
+                todo.extend(
+                    m.disks
+                        .iter()
+                        .flat_map(|d| d.segments.iter().flatten().copied()),
+                );
+                read_points.push((vm.clone(), id.clone()));
+            }
             Err(Error::PointNotFound { .. }) if !named => {}
             Err(e) if e.is_damage() || matches!(e, Error::PointNotFound { .. }) => {
                 if e.is_damage() {
@@ -201,24 +231,17 @@ pub async fn verify(
             Err(e) => return Err(e),
         }
     }
-    let mut nodes: HashMap<ObjectId, NodeDamage> = HashMap::new();
-    let mut referenced: Vec<(ObjectId, u32)> = Vec::new();
-    let todo: Vec<ObjectId> = {
-        let mut v: Vec<ObjectId> = manifests
-            .iter()
-            .flat_map(|m| {
-                m.disks
-                    .iter()
-                    .flat_map(|d| d.segments.iter().flatten().copied())
-            })
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    };
+    let todo: Vec<ObjectId> = todo.into_iter().collect();
     report.nodes = todo.len() as u64;
+
+    // Each distinct node once; the chunks they name as id prefixes.
+    let base = crate::gc::spill::base_dir(default_cache_dir(&repo.config().repo_id));
+    let mut refs = SpilledSet::new(budget, base);
+    // Damage by node (only damaged nodes are held).
+    let mut nodes: HashMap<ObjectId, NodeDamage> = HashMap::new();
+    let mut to_read: Vec<(ObjectId, u32)> = Vec::new();
     let present_nodes = &present_nodes;
-    let mut loaded = futures::stream::iter(todo)
+    let mut loaded = futures::stream::iter(todo.iter().copied())
         .map(|id| async move {
             if present_nodes.binary_search(&id).is_err() {
                 return Ok((
@@ -238,37 +261,32 @@ pub async fn verify(
         .buffer_unordered(FETCHES);
     while let Some(r) = loaded.next().await {
         let (id, node) = r?;
-        let damage = match node {
+        match node {
             Err((missing, why)) => {
                 if missing {
                     report.missing.push(ObjectRef::Node(id));
                 } else {
                     report.bad_objects.push((keys::node(&id), why.clone()));
                 }
-                vec![(0..u64::MAX, why)]
+                nodes.insert(id, vec![(0..u64::MAX, why)]);
             }
             Ok(n) => {
-                referenced.extend(entries(&n).filter_map(|(_, len, c)| c.map(|c| (c, len))));
-                chunk_damage(&n, |c| {
-                    (present_chunks.binary_search(c).is_err())
-                        .then(|| format!("chunk {} missing from the repository", c.short()))
-                })
+                for (_, len, c) in entries(&n) {
+                    let Some(c) = c else { continue };
+                    refs.insert(prefix(&c))?;
+                    if opts.read_data {
+                        to_read.push((c, len));
+                    }
+                }
             }
-        };
-        nodes.insert(id, damage);
+        }
     }
     drop(loaded);
-    referenced.sort_unstable();
-    referenced.dedup_by_key(|(c, _)| *c);
-    report.chunks_referenced = referenced.len() as u64;
-    report.missing.extend(
-        referenced
-            .iter()
-            .filter(|(c, _)| present_chunks.binary_search(c).is_err())
-            .map(|(c, _)| ObjectRef::Chunk(*c)),
-    );
+    refs.seal()?;
+    report.chunks_referenced = refs.count();
+    let missing = chunks::missing(repo, &refs).await?;
+    drop(refs);
 
-    let present = &present_chunks;
     // Chunks known damaged (checked by the caller) count as read bad.
     let mut bad: HashMap<ObjectId, String> = opts
         .known_bad
@@ -277,28 +295,22 @@ pub async fn verify(
             ObjectRef::Chunk(c) => Some((*c, why.clone())),
             ObjectRef::Node(_) | ObjectRef::Pack(_) | ObjectRef::Index(_) => None,
         })
-        .filter(|(c, _)| referenced.binary_search_by_key(c, |(id, _)| *id).is_ok())
-        .filter(|(c, _)| present.binary_search(c).is_ok())
         .collect();
     if opts.read_data {
-        let stored = referenced
-            .into_iter()
-            .filter(|(c, _)| present.binary_search(c).is_ok() && !bad.contains_key(c))
-            .collect();
-        bad.extend(read_chunks(repo, stored, opts.subset, &progress, &mut report).await?);
+        to_read.sort_unstable();
+        to_read.dedup_by_key(|(c, _)| *c);
+        to_read.retain(|(c, _)| !chunks::is_missing(&missing, c) && !bad.contains_key(c));
+        bad.extend(read_chunks(repo, to_read, opts.subset, &progress, &mut report).await?);
     }
-    report
-        .bad_objects
-        .extend(bad.iter().map(|(c, why)| (keys::chunk(c), why.clone())));
-    if !bad.is_empty() {
-        // Map the bad chunks back to the nodes that hold them.
-        for (id, damage) in nodes.iter_mut() {
-            if damage.iter().any(|(r, _)| r.end == u64::MAX) {
-                continue;
-            }
-            let n = repo.load_node(id).await?;
-            damage.extend(chunk_damage(&n, |c| bad.get(c).cloned()));
-        }
+    if !missing.is_empty() || !bad.is_empty() {
+        // Map missing and bad chunks back to the nodes that hold them.
+        let found = chunks::map_to_nodes(repo, &todo, &mut nodes, &missing, &bad).await?;
+        report
+            .missing
+            .extend(found.missing.into_iter().map(ObjectRef::Chunk));
+        report
+            .bad_objects
+            .extend(found.bad.iter().map(|c| (keys::chunk(c), bad[c].clone())));
     }
 
     if !named {
@@ -315,9 +327,15 @@ pub async fn verify(
             ));
         }
     }
-    for m in &manifests {
-        if let Some(d) = point_damage(m, &nodes) {
-            report.damaged.push(d);
+    if !nodes.is_empty() {
+        // Manifests again, only to say which points and bytes the damage
+        // touches.
+        for (vm, id) in &read_points {
+            match repo.load_manifest(vm, id).await {
+                Ok(m) => report.damaged.extend(point_damage(&m, &nodes)),
+                Err(Error::PointNotFound { .. }) if !named => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     report.objects_damaged = report.bad_objects.len() as u64;
@@ -360,6 +378,13 @@ async fn listed_nodes(repo: &Repository) -> Result<Vec<ObjectId>> {
     Ok(v)
 }
 
+/// A chunk's place in the set of referenced chunks: its id's first 8
+/// bytes.
+fn prefix(id: &ObjectId) -> u64 {
+    let b = id.as_bytes();
+    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
 /// (offset in segment, length, chunk) of each entry.
 fn entries(n: &Node) -> impl Iterator<Item = (u64, u32, Option<ObjectId>)> + '_ {
     n.entries.iter().scan(0u64, |off, e| {
@@ -369,7 +394,7 @@ fn entries(n: &Node) -> impl Iterator<Item = (u64, u32, Option<ObjectId>)> + '_ 
     })
 }
 
-fn chunk_damage(n: &Node, bad: impl Fn(&ObjectId) -> Option<String>) -> NodeDamage {
+fn chunk_damage(n: &Node, mut bad: impl FnMut(&ObjectId) -> Option<String>) -> NodeDamage {
     entries(n)
         .filter_map(|(at, len, c)| {
             let c = c?;

@@ -1,48 +1,24 @@
-//! What every pack's trailer says, as one 8-byte print per entry, in
-//! bounded memory: the check of the index against the packs
-//! (`index_check.rs`) puts every trailer entry in, then asks about every
-//! index entry in chunk id order.
+//! A set of 8-byte values in bounded memory, for verify at scale: the
+//! prints of every pack trailer entry (`index_check.rs`) and the id
+//! prefixes of every referenced chunk (`chunks.rs`). Values are put in,
+//! the set is sealed, then asked in ascending order (each part of the
+//! files loaded once) or walked in order with a [`Cursor`].
 //!
-//! A print is the first 4 bytes of the chunk id (so that prints sort as
-//! ids do, and an index read in id order asks about them in order) and 4
-//! bytes of a hash of the whole entry: chunk id, pack, offset and both
-//! lengths. An index entry whose print is not in the set is contradicted
-//! by its pack (or missing from it). A wrong entry passes unseen only if
-//! its print equals that of another entry of the same 4-byte id prefix:
-//! at 200 M chunks about 0.05 such entries share a prefix, so about one
-//! in 10^11 wrong entries.
-//!
-//! Beyond a memory budget the prints go to sorted runs in local files
-//! (gc's [`Spill`], same private directories), merged into parts when
-//! sealed; asked in order, each part is loaded once. Unlike gc's marks, a
-//! file that cannot be read is an error, never an answer.
+//! Beyond a memory budget the values go to sorted runs in local files
+//! (gc's [`Spill`], same private directories and clean-up), merged into
+//! parts when sealed. Unlike gc's marks, a file that cannot be read is an
+//! error, never an answer.
 
 use std::path::PathBuf;
 
 use crate::error::Result;
 use crate::gc::spill::Spill;
-use crate::id::ObjectId;
-use crate::placement::pack::PackEntry;
 
-/// Memory for prints, by default: 8 M of them (64 MiB).
+/// Memory for values, by default: 8 M of them (64 MiB).
 pub const DEFAULT_BUDGET: usize = 64 << 20;
 
-/// The print of `entry` as stored in `pack`.
-pub fn print(pack: &ObjectId, entry: &PackEntry) -> u64 {
-    let mut h = blake3::Hasher::new();
-    h.update(entry.id.as_bytes());
-    h.update(pack.as_bytes());
-    h.update(&entry.offset.to_le_bytes());
-    h.update(&entry.stored_len.to_le_bytes());
-    h.update(&entry.plain_len.to_le_bytes());
-    let sum = h.finalize();
-    let id = entry.id.as_bytes();
-    let s = sum.as_bytes();
-    u64::from_be_bytes([id[0], id[1], id[2], id[3], s[0], s[1], s[2], s[3]])
-}
-
 #[derive(Debug)]
-pub struct Prints {
+pub struct SpilledSet {
     /// Before the seal: the buffer. After: every print (no spill) or the
     /// part `loaded`.
     values: Vec<u64>,
@@ -53,11 +29,11 @@ pub struct Prints {
     sealed: bool,
 }
 
-impl Prints {
-    /// Prints held in at most `budget` bytes of memory, beyond that in a
+impl SpilledSet {
+    /// Values held in at most `budget` bytes of memory, beyond that in a
     /// private directory under `base`.
-    pub fn new(budget: usize, base: PathBuf) -> Prints {
-        Prints {
+    pub fn new(budget: usize, base: PathBuf) -> SpilledSet {
+        SpilledSet {
             values: Vec::new(),
             budget: budget.max(64),
             base,
@@ -122,6 +98,26 @@ impl Prints {
         self.spill.as_ref().map_or(1, |s| s.parts().max(1))
     }
 
+    /// Distinct values (after the seal).
+    pub fn count(&self) -> u64 {
+        self.spill
+            .as_ref()
+            .map_or(self.values.len() as u64, |s| s.count())
+    }
+
+    /// The values in ascending order, each part of the files read once
+    /// (after the seal).
+    pub fn cursor(&self) -> Cursor<'_> {
+        debug_assert!(self.sealed, "set not sealed");
+        Cursor {
+            set: self,
+            part: 0,
+            buf: Vec::new(),
+            at: 0,
+            head: None,
+        }
+    }
+
     /// Whether `v` was inserted; loads the part that would hold it.
     pub fn contains(&mut self, v: u64) -> Result<bool> {
         debug_assert!(self.sealed, "prints not sealed");
@@ -143,45 +139,6 @@ impl Prints {
 mod tests {
     use super::*;
 
-    fn entry(seed: u8, offset: u64) -> PackEntry {
-        PackEntry {
-            id: ObjectId::from_bytes([seed; 32]),
-            offset,
-            stored_len: 100,
-            plain_len: 200,
-        }
-    }
-
-    #[test]
-    fn a_print_changes_with_every_field_and_sorts_by_the_id() {
-        let pack = ObjectId::from_bytes([9; 32]);
-        let e = entry(1, 0);
-        let p = print(&pack, &e);
-        assert_ne!(p, print(&ObjectId::from_bytes([8; 32]), &e));
-        assert_ne!(p, print(&pack, &entry(1, 1)));
-        assert_ne!(
-            p,
-            print(
-                &pack,
-                &PackEntry {
-                    stored_len: 99,
-                    ..e
-                }
-            )
-        );
-        assert_ne!(
-            p,
-            print(
-                &pack,
-                &PackEntry {
-                    plain_len: 199,
-                    ..e
-                }
-            )
-        );
-        assert!(print(&pack, &entry(2, 0)) > print(&pack, &entry(1, 5)));
-    }
-
     #[test]
     fn answers_are_the_same_in_memory_and_spilled_asked_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -190,7 +147,7 @@ mod tests {
             .collect();
         // 64 bytes: 8 prints per buffer, many runs and parts.
         for budget in [DEFAULT_BUDGET, 64, 4096] {
-            let mut p = Prints::new(budget, dir.path().to_path_buf());
+            let mut p = SpilledSet::new(budget, dir.path().to_path_buf());
             for v in values.iter().step_by(2) {
                 p.insert(*v).unwrap();
                 // Repeats count once.
@@ -208,6 +165,52 @@ mod tests {
                 let inserted = inserted.contains(&v);
                 assert_eq!(p.contains(v).unwrap(), inserted, "{v} at budget {budget}");
             }
+        }
+    }
+}
+
+/// A walk over a sealed [`SpilledSet`] in ascending order.
+#[derive(Debug)]
+pub struct Cursor<'a> {
+    set: &'a SpilledSet,
+    /// The next part of the files to load.
+    part: usize,
+    buf: Vec<u64>,
+    at: usize,
+    head: Option<u64>,
+}
+
+impl Cursor<'_> {
+    /// The smallest value not yet passed, if any.
+    pub fn peek(&mut self) -> Result<Option<u64>> {
+        if self.head.is_none() {
+            self.head = self.pull()?;
+        }
+        Ok(self.head)
+    }
+
+    /// Passes the value [`Cursor::peek`] gave.
+    pub fn advance(&mut self) {
+        self.head = None;
+    }
+
+    fn pull(&mut self) -> Result<Option<u64>> {
+        let Some(spill) = &self.set.spill else {
+            let v = self.set.values.get(self.at).copied();
+            self.at += usize::from(v.is_some());
+            return Ok(v);
+        };
+        loop {
+            if let Some(&v) = self.buf.get(self.at) {
+                self.at += 1;
+                return Ok(Some(v));
+            }
+            if self.part >= spill.parts() {
+                return Ok(None);
+            }
+            spill.load(self.part, &mut self.buf)?;
+            self.part += 1;
+            self.at = 0;
         }
     }
 }

@@ -1,0 +1,101 @@
+//! verify's chunk check in bounded memory: the same report with the
+//! referenced chunks in memory and in local files, for a clean
+//! repository and for one that lost chunks.
+
+use std::sync::Arc;
+
+use crate::chunker::ChunkParams;
+use crate::config::RepoConfig;
+use crate::gc::test_packs::{store_pack, write_point};
+use crate::id::{ObjectId, PointId};
+use crate::lease::ObjectRef;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::testing::MemBackend;
+use crate::verify::{VerifyOptions, verify_with};
+
+fn chunk(i: usize) -> (ObjectId, Vec<u8>) {
+    let data: Vec<u8> = (0..2000u32)
+        .map(|b| (b as usize * 7 + i * 131) as u8)
+        .chain((i as u32).to_le_bytes())
+        .collect();
+    (ObjectId::of(&data), data)
+}
+
+async fn repo() -> Repository {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    Repository::init(mem, cfg).await.unwrap()
+}
+
+/// Budgets: in memory, and 64 bytes (8 prefixes: many runs and parts).
+const BUDGETS: [usize; 2] = [64 << 20, 64];
+
+#[tokio::test]
+async fn a_clean_repository_is_clean_in_memory_and_spilled() {
+    let repo = repo().await;
+    let chunks: Vec<_> = (0..60).map(chunk).collect();
+    store_pack(&repo, &chunks).await;
+    // Two points sharing 20 chunks (a node holds at most 65 entries here).
+    let p1: PointId = "20260101T000001Z-0001".parse().unwrap();
+    let p2: PointId = "20260101T000002Z-0002".parse().unwrap();
+    write_point(&repo, "a", &p1, &chunks[..40]).await;
+    write_point(&repo, "a", &p2, &chunks[20..]).await;
+    for budget in BUDGETS {
+        let progress = Arc::new(Progress::default());
+        let r = verify_with(&repo, &[], &VerifyOptions::default(), progress, budget)
+            .await
+            .unwrap();
+        assert!(r.is_clean(), "{r:?}");
+        assert_eq!(r.chunks_referenced, 60);
+        assert_eq!(r.nodes, 2);
+        assert_eq!(r.objects_missing, 0);
+    }
+}
+
+#[tokio::test]
+async fn lost_chunks_are_found_and_placed_in_memory_and_spilled() {
+    let repo = repo().await;
+    let chunks: Vec<_> = (0..60).map(chunk).collect();
+    // Chunks 40 and 41 never stored, 59 neither.
+    let stored: Vec<_> = chunks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![40, 41, 59].contains(i))
+        .map(|(_, c)| c.clone())
+        .collect();
+    store_pack(&repo, &stored).await;
+    let p1: PointId = "20260101T000001Z-0001".parse().unwrap();
+    let p2: PointId = "20260101T000002Z-0002".parse().unwrap();
+    write_point(&repo, "a", &p1, &chunks[..30]).await;
+    write_point(&repo, "a", &p2, &chunks[30..]).await;
+    let lost: Vec<ObjectRef> = [40, 41, 59]
+        .iter()
+        .map(|&i| ObjectRef::Chunk(chunks[i].0))
+        .collect();
+    let at = |i: usize| -> u64 { chunks[30..i].iter().map(|(_, d)| d.len() as u64).sum() };
+    for budget in BUDGETS {
+        let progress = Arc::new(Progress::default());
+        let r = verify_with(&repo, &[], &VerifyOptions::default(), progress, budget)
+            .await
+            .unwrap();
+        assert!(!r.is_clean());
+        assert_eq!(r.chunks_referenced, 60);
+        let mut missing = r.missing.clone();
+        missing.sort();
+        let mut want = lost.clone();
+        want.sort();
+        assert_eq!(missing, want, "budget {budget}");
+        // Only the second point is damaged: chunks 40-41 and 59.
+        assert_eq!(r.damaged.len(), 1, "{:?}", r.damaged);
+        let d = &r.damaged[0];
+        assert_eq!(d.point, format!("a@{p2}"));
+        assert_eq!(
+            d.disks[0].ranges,
+            vec![(at(40), at(42)), (at(59), at(60))],
+            "budget {budget}"
+        );
+        assert!(d.disks[0].problems[0].contains("missing"), "{:?}", d.disks);
+        assert!(r.bad_objects.is_empty());
+    }
+}
