@@ -10,13 +10,14 @@ use futures::TryStreamExt;
 use crate::id::{ObjectId, PointId};
 use crate::keys;
 use crate::lease::ObjectRef;
-use crate::placement::index::{IndexEntry, IndexHead};
+use crate::placement::index::{self, IndexEntry, IndexHead};
 use crate::placement::index_write::store_entries;
 use crate::placement::known::entries_of;
 use crate::placement::lookup::ChunkIndex;
 use crate::placement::pack::PackWriter;
 use crate::placement::pack_read::{ReadRun, read_run};
 use crate::placement::packer::StoredPack;
+use crate::placement::shard;
 use crate::repo::{Repository, Stored, put_once_as};
 
 /// Stores a node of `chunks` and the point `vm@id` of one disk `d` of one
@@ -139,6 +140,26 @@ pub async fn pack_entries(repo: &Repository, name: &ObjectId) -> Vec<IndexEntry>
         entries,
         stored: crate::repo::Stored::New,
     }])
+}
+
+/// `entries` as the shard objects of one hex digit a gc's index sweep
+/// writes, encoded, not stored: (prefix, key, bytes).
+pub fn shard_objects(repo: &Repository, entries: &[IndexEntry]) -> Vec<(String, String, Bytes)> {
+    let mut out = Vec::new();
+    for digit in 0..16u8 {
+        let prefix = format!("{digit:x}");
+        let mine: Vec<IndexEntry> = entries
+            .iter()
+            .filter(|e| shard::holds(&prefix, &e.entry.id))
+            .copied()
+            .collect();
+        for round in index::rounds(mine) {
+            let object = index::encode_in(repo.codec(), &prefix, round);
+            let key = keys::index_in(&prefix, &index::index_name(&object));
+            out.push((prefix.clone(), key, object));
+        }
+    }
+    out
 }
 
 /// Every index entry of the repository (small test repositories).

@@ -3,6 +3,8 @@
 //! (each read once, checked for order and shard on the way), for
 //! structural verify of a repository whose ids do not fit in memory.
 
+use std::collections::BTreeSet;
+
 use super::Placement;
 use super::merge::Merge;
 use super::sweep::{list_index, read_head};
@@ -10,24 +12,44 @@ use crate::backend::Backend;
 use crate::error::Result;
 use crate::id::ObjectId;
 
+/// What one [`Placement::walk_ids`] read.
+#[derive(Debug, Default)]
+pub struct Walked {
+    /// The keys of the index objects it listed and read (or tried to).
+    pub read: BTreeSet<String>,
+    /// An index object went away while it was read (a gc replaced it by
+    /// objects written since): the ids it held from there on were not
+    /// seen, and may be in objects a new listing shows.
+    pub vanished: bool,
+    /// Index objects that cannot be read, with why: left out from where
+    /// they failed (their ids may be missing from the walk).
+    pub damaged: Vec<(String, String)>,
+}
+
 impl Placement {
-    /// Calls `f` with each chunk id an index object places in a listed
-    /// pack, in id order, each once. `Ok(false)`: an index object went
-    /// away while it was read (a gc replaced it), and the walk stopped
-    /// part way: the caller starts again. A damaged index object is an
-    /// error (damage naming it).
+    /// Calls `f` with each chunk id an index object (except those keyed
+    /// in `skip`) places in a listed pack, in id order, each once. An
+    /// object that fails half way is left out and the walk goes on: one
+    /// gone is [`Walked::vanished`], one damaged is in
+    /// [`Walked::damaged`]; neither makes the walk start again.
     pub async fn walk_ids(
         &self,
+        skip: &BTreeSet<String>,
         f: &mut (dyn FnMut(&ObjectId) -> Result<()> + Send),
-    ) -> Result<bool> {
+    ) -> Result<Walked> {
         let backend = &*self.backend;
         let packs = self.list_packs().await?;
+        let mut walked = Walked::default();
         let mut objects = Vec::new();
         for (name, meta) in list_index(backend).await? {
+            if skip.contains(&meta.key) {
+                continue;
+            }
             let key = meta.key.clone();
+            walked.read.insert(key.clone());
             match read_head(backend, &self.codec, name, meta).await {
                 Ok(o) => objects.push(o),
-                Err(e) if e.is_damage() && gone(backend, &key).await => return Ok(false),
+                Err(e) if e.is_damage() => walked.failed(backend, &key, &e).await,
                 Err(e) => return Err(e),
             }
         }
@@ -42,20 +64,29 @@ impl Placement {
                     last = Some(e.entry.id);
                     f(&e.entry.id)?;
                 }
-                Ok(None) => return Ok(true),
-                Err(e) if e.is_damage() => {
-                    let reading = merge.reading().map(str::to_string);
-                    return match reading {
-                        Some(key) if gone(backend, &key).await => Ok(false),
-                        _ => Err(e),
-                    };
-                }
+                Ok(None) => return Ok(walked),
+                // The merge goes on without the object that failed.
+                Err(e) if e.is_damage() => match merge.reading() {
+                    Some(key) => walked.failed(backend, key, &e).await,
+                    None => return Err(e),
+                },
                 Err(e) => return Err(e),
             }
         }
     }
 }
 
-async fn gone(backend: &dyn Backend, key: &str) -> bool {
+impl Walked {
+    async fn failed(&mut self, backend: &dyn Backend, key: &str, e: &crate::error::Error) {
+        if gone(backend, key).await {
+            self.vanished = true;
+        } else {
+            self.damaged.push((key.to_string(), e.to_string()));
+        }
+    }
+}
+
+/// Whether `key` is no longer stored (a failed HEAD is not "gone").
+pub(crate) async fn gone(backend: &dyn Backend, key: &str) -> bool {
     matches!(backend.head(key).await, Err(e) if e.is_not_found())
 }

@@ -135,7 +135,12 @@ impl<'a> Merge<'a> {
     }
 
     /// The next entry in (id, pack) order; the same place read from two
-    /// objects comes once.
+    /// objects comes once (unless [`Merge::with_repeats`]).
+    ///
+    /// After an error the object that failed ([`Merge::reading`]) is left
+    /// out from there on, and the merge may go on with the others: the
+    /// failing source was either not yet among the heads or had just
+    /// given up its head, so nothing of it is held.
     pub async fn next(&mut self, backend: &dyn Backend) -> Result<Option<IndexEntry>> {
         loop {
             // Open every object that may hold an entry before the

@@ -35,7 +35,7 @@ use crate::keys;
 
 pub mod archive;
 pub mod fetch;
-mod ids;
+pub(crate) mod ids;
 pub mod index;
 pub mod index_write;
 pub mod known;

@@ -19,40 +19,91 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::repo::Repository;
 
+/// Rounds of looking again in index objects written while the walk
+/// read (a gc replacing them) before verify gives up.
+const ROUNDS: usize = 3;
+
+/// What [`missing`] found.
+#[derive(Debug, Default)]
+pub struct Missing {
+    /// The referenced prefixes no index entry in a listed pack has,
+    /// sorted.
+    pub prefixes: Vec<u64>,
+    /// Index objects that could not be read (key, why): their entries
+    /// did not count.
+    pub damaged_index: Vec<(String, String)>,
+}
+
 /// The referenced prefixes in `refs` that no index entry in a listed
-/// pack has, sorted.
-pub async fn missing(repo: &Repository, refs: &SpilledSet) -> Result<Vec<u64>> {
-    // An index object replaced by a sweep while read: walk again.
-    for _ in 0..3 {
-        let mut cursor = refs.cursor();
-        let mut missing = Vec::new();
+/// pack has.
+pub async fn missing(repo: &Repository, refs: &SpilledSet) -> Result<Missing> {
+    let mut cursor = refs.cursor();
+    let mut missing = Vec::new();
+    let walked = repo
+        .chunks()
+        .walk_ids(&BTreeSet::new(), &mut |id| {
+            let q = prefix(id);
+            while let Some(r) = cursor.peek()? {
+                if r > q {
+                    break;
+                }
+                if r < q {
+                    missing.push(r);
+                }
+                cursor.advance();
+            }
+            Ok(())
+        })
+        .await?;
+    while let Some(r) = cursor.peek()? {
+        missing.push(r);
+        cursor.advance();
+    }
+    let mut read = walked.read;
+    let mut vanished = walked.vanished;
+    let mut damaged_index = walked.damaged;
+    // A gc replaced index objects while they were read: what they held
+    // from there on is in objects written since. Only the chunks not
+    // found are looked for there (in memory: normally none), so a gc
+    // running beside verify costs a read of its new objects, not a walk
+    // of the whole index again.
+    for _ in 0..ROUNDS {
+        if !vanished || missing.is_empty() {
+            return Ok(Missing {
+                prefixes: missing,
+                damaged_index,
+            });
+        }
+        let mut still = Vec::new();
+        let mut at = 0;
         let walked = repo
             .chunks()
-            .walk_ids(&mut |id| {
+            .walk_ids(&read, &mut |id| {
                 let q = prefix(id);
-                while let Some(r) = cursor.peek()? {
-                    if r > q {
-                        break;
-                    }
+                while let Some(&r) = missing.get(at).filter(|r| **r <= q) {
                     if r < q {
-                        missing.push(r);
+                        still.push(r);
                     }
-                    cursor.advance();
+                    at += 1;
                 }
                 Ok(())
             })
             .await?;
-        if walked {
-            while let Some(r) = cursor.peek()? {
-                missing.push(r);
-                cursor.advance();
-            }
-            return Ok(missing);
-        }
+        still.extend_from_slice(&missing[at..]);
+        missing = still;
+        read.extend(walked.read);
+        vanished = walked.vanished;
+        damaged_index.extend(walked.damaged);
     }
-    Err(Error::Internal(
-        "index objects kept changing while verify read them (a gc running?): try again".into(),
-    ))
+    if vanished && !missing.is_empty() {
+        return Err(Error::Internal(
+            "index objects kept changing while verify read them (a gc running?): try again".into(),
+        ));
+    }
+    Ok(Missing {
+        prefixes: missing,
+        damaged_index,
+    })
 }
 
 pub fn is_missing(missing: &[u64], id: &ObjectId) -> bool {

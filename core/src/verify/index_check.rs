@@ -27,11 +27,12 @@ use crate::error::{Error, Result};
 use crate::gc::spill;
 use crate::id::ObjectId;
 use crate::keys;
+use crate::placement::ids::gone;
 use crate::placement::lookup::default_cache_dir;
 use crate::placement::merge::Merge;
 use crate::placement::pack::PackEntry;
 use crate::placement::pack_read::read_trailer;
-use crate::placement::sweep::{IndexObject, list_index, list_packs, read_head};
+use crate::placement::sweep::{list_index, list_packs, read_head};
 use crate::progress::Progress;
 use crate::repo::Repository;
 
@@ -117,7 +118,10 @@ pub async fn check_index_with(
     packs.sort_unstable();
     let base = spill::base_dir(default_cache_dir(&repo.config().repo_id));
     let mut prints = SpilledSet::new(budget, base);
-    let trailers = read_trailers(repo, &packs, progress, &mut prints, &mut out).await?;
+    // Keyed afresh each run, so that no one who writes index objects can
+    // make a wrong entry whose print matches a trailer's.
+    let print_key: [u8; 32] = rand::random();
+    let trailers = read_trailers(repo, &packs, &print_key, progress, &mut prints, &mut out).await?;
     prints.seal()?;
 
     let mut objects = Vec::new();
@@ -131,34 +135,15 @@ pub async fn check_index_with(
             Err(e) => return Err(e),
         }
     }
+    let mut merge = Merge::new(objects.iter().collect()).with_repeats();
     let mut walk = Walk {
         packs: &packs,
         trailers,
         prints,
-        checked: None,
-        skip_to: None,
+        key: print_key,
         seen: 0,
     };
-    // An object found damaged half way is reported and left out, and the
-    // merge starts again past the entries already checked.
-    loop {
-        walk.skip_to = walk.checked;
-        let mut merge = Merge::new(objects.iter().collect()).with_repeats();
-        match walk.go(backend, &mut merge, progress, &mut out).await {
-            Ok(()) => break,
-            Err(e) if e.is_damage() => {
-                let Some(key) = merge.reading().map(str::to_string) else {
-                    return Err(e);
-                };
-                drop(merge);
-                if !gone(backend, &key).await {
-                    out.found(unreadable(key.clone(), &e));
-                }
-                objects.retain(|o: &IndexObject| o.meta.key != key);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    walk.go(backend, &mut merge, progress, &mut out).await?;
     Ok(out)
 }
 
@@ -167,6 +152,7 @@ pub async fn check_index_with(
 async fn read_trailers(
     repo: &Repository,
     packs: &[(ObjectId, u64)],
+    key: &[u8; 32],
     progress: &Progress,
     prints: &mut SpilledSet,
     out: &mut IndexCheck,
@@ -195,7 +181,7 @@ async fn read_trailers(
             Ok(entries) => {
                 out.trailers_read += 1;
                 for e in &entries {
-                    prints.insert(print(name, e))?;
+                    prints.insert(print(key, name, e))?;
                 }
                 Trailer::Read
             }
@@ -213,15 +199,13 @@ async fn read_trailers(
     Ok(states)
 }
 
-/// The merge's walk over the index, resumable past what it checked.
+/// The merge's walk over the index.
 struct Walk<'a> {
     packs: &'a [(ObjectId, u64)],
     trailers: Vec<Trailer>,
     prints: SpilledSet,
-    /// The last (chunk, pack) checked, and after a restart the one to
-    /// skip to (a repeat of that place in another object goes unchecked).
-    checked: Option<(ObjectId, ObjectId)>,
-    skip_to: Option<(ObjectId, ObjectId)>,
+    /// The prints' key.
+    key: [u8; 32],
     seen: u64,
 }
 
@@ -233,17 +217,29 @@ impl Walk<'_> {
         progress: &Progress,
         out: &mut IndexCheck,
     ) -> Result<()> {
-        while let Some(e) = merge.next(backend).await? {
+        loop {
+            let e = match merge.next(backend).await {
+                Ok(Some(e)) => e,
+                Ok(None) => return Ok(()),
+                // An object found damaged half way is reported and left
+                // out, one gone since the listing (a gc replaced it) only
+                // left out; the merge goes on with the others, nothing
+                // read twice.
+                Err(e) if e.is_damage() => {
+                    let Some(key) = merge.reading() else {
+                        return Err(e);
+                    };
+                    if !gone(backend, key).await {
+                        out.found(unreadable(key.to_string(), &e));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             self.seen += 1;
             if self.seen.is_multiple_of(CANCEL_EVERY) && progress.is_cancelled() {
                 return Err(stopped());
             }
-            let at = (e.entry.id, e.pack);
-            if self.skip_to.is_some_and(|s| at <= s) {
-                continue;
-            }
-            self.skip_to = None;
-            self.checked = Some(at);
             let Ok(i) = self.packs.binary_search_by_key(&e.pack, |(n, _)| *n) else {
                 continue;
             };
@@ -262,7 +258,7 @@ impl Walk<'_> {
                 }
                 Trailer::Read => {
                     out.entries_checked += 1;
-                    if !self.prints.contains(print(&e.pack, &e.entry))? {
+                    if !self.prints.contains(print(&self.key, &e.pack, &e.entry))? {
                         out.found(IndexProblem {
                             index,
                             pack: Some(keys::pack(&e.pack)),
@@ -273,7 +269,6 @@ impl Walk<'_> {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -284,9 +279,11 @@ impl Walk<'_> {
 /// its pack (or missing from it). A wrong entry passes unseen only if its
 /// print equals that of another entry of the same 4-byte id prefix: at
 /// 200 M chunks about 0.05 entries share a prefix, so about one in 10^11
-/// wrong entries.
-pub fn print(pack: &ObjectId, entry: &PackEntry) -> u64 {
-    let mut h = blake3::Hasher::new();
+/// wrong entries. The hash is keyed by `key`, random per run: without it
+/// a writer of index objects could search (about 2^32 tries) for a wrong
+/// entry whose print matches.
+pub fn print(key: &[u8; 32], pack: &ObjectId, entry: &PackEntry) -> u64 {
+    let mut h = blake3::Hasher::new_keyed(key);
     h.update(entry.id.as_bytes());
     h.update(pack.as_bytes());
     h.update(&entry.offset.to_le_bytes());
@@ -311,10 +308,6 @@ fn unreadable(index: String, e: &Error) -> IndexProblem {
         chunk: None,
         problem: e.to_string(),
     }
-}
-
-async fn gone(backend: &dyn Backend, key: &str) -> bool {
-    matches!(backend.head(key).await, Err(e) if e.is_not_found())
 }
 
 fn contradicted(indexed: &PackEntry) -> String {

@@ -10,15 +10,17 @@ use super::{IndexCheck, check_index_with};
 use crate::backend::{Backend, PutMode};
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
-use crate::gc::test_packs::{pack_entries, put_pack};
+use crate::gc::test_packs::{pack_entries, put_pack, shard_objects};
 use crate::id::ObjectId;
 use crate::keys;
-use crate::placement::index::{IndexEntry, IndexHead};
+use crate::placement::index::{BLOCK_ENTRIES, IndexEntry, IndexHead};
 use crate::placement::index_write::store_entries;
+use crate::placement::pack::PackEntry;
 use crate::placement::shard;
+use crate::placement::sweep::BLOCKS_PER_READ;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::testing::MemBackend;
+use crate::testing::{MemBackend, ReplaceSim};
 
 const PACKS: usize = 8;
 const PER_PACK: usize = 16;
@@ -49,20 +51,12 @@ async fn packs() -> (Arc<MemBackend>, Repository, Vec<IndexEntry>) {
 /// keys by prefix.
 async fn shards(repo: &Repository, entries: &[IndexEntry]) -> Vec<(String, String)> {
     let mut keys = Vec::new();
-    for digit in 0..16u8 {
-        let prefix = format!("{digit:x}");
-        let mine: Vec<IndexEntry> = entries
-            .iter()
-            .filter(|e| shard::holds(&prefix, &e.entry.id))
-            .copied()
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let stored = store_entries(&**repo.backend(), repo.codec(), &prefix, mine)
+    for (prefix, key, bytes) in shard_objects(repo, entries) {
+        repo.backend()
+            .put(&key, bytes, PutMode::Create)
             .await
             .unwrap();
-        keys.push((prefix, stored[0].0.clone()));
+        keys.push((prefix, key));
     }
     keys
 }
@@ -184,8 +178,92 @@ async fn a_truncated_pack_is_reported_once_not_per_shard_naming_it() {
     }
 }
 
+#[tokio::test]
+async fn an_object_damaged_after_its_first_read_is_reported_once_and_its_first_blocks_checked() {
+    let (mem, repo, entries) = packs().await;
+    shards(&repo, &entries).await;
+    // A backup's object of any ids: every entry again, one of them
+    // wrong, among entries of a pack no longer listed (not checked),
+    // enough of them that the object takes more than one read.
+    let unlisted = ObjectId::from_bytes([0xEE; 32]);
+    let first_read = BLOCKS_PER_READ * BLOCK_ENTRIES;
+    let mut all = entries.clone();
+    all.extend((0..first_read as u32 + 500).map(|i| IndexEntry {
+        pack: unlisted,
+        entry: PackEntry {
+            id: ObjectId::of(&i.to_le_bytes()),
+            offset: 0,
+            stored_len: 100,
+            plain_len: 100,
+        },
+    }));
+    all.sort_by_key(|e| (e.entry.id, e.pack));
+    let listed_in_first: Vec<usize> = (0..first_read)
+        .filter(|&i| all[i].pack != unlisted)
+        .collect();
+    all[listed_in_first[0]].entry.offset += 16;
+    let wrong = all[listed_in_first[0]].entry.id;
+    let mut stored = store_entries(&**repo.backend(), repo.codec(), "", all)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    let key = stored.remove(0).0;
+    // Its first block after the first read edited.
+    let mut bytes = mem.get(&key).await.unwrap().to_vec();
+    let (head, _) = IndexHead::decode_all(repo.codec(), &key, &bytes).unwrap();
+    assert!(head.blocks() > BLOCKS_PER_READ);
+    bytes[head.block_range(BLOCKS_PER_READ).start as usize + 40] ^= 1;
+    replace(&mem, &key, bytes.into()).await;
+    for budget in BUDGETS {
+        let c = check(&repo, budget).await;
+        // Once each: the merge goes on without the object, nothing is
+        // read or reported twice.
+        assert_eq!(c.problems_found, 2, "{:?}", c.problems);
+        let broken = c.problems.iter().find(|p| p.pack.is_none()).unwrap();
+        assert_eq!(broken.index, key);
+        let entry = c.problems.iter().find(|p| p.chunk.is_some()).unwrap();
+        assert_eq!(entry.index, key);
+        assert_eq!(entry.chunk.as_deref(), Some(keys::chunk(&wrong).as_str()));
+        assert_eq!(
+            c.entries_checked,
+            (PACKS * PER_PACK + listed_in_first.len()) as u64
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_object_a_gc_replaces_while_it_is_read_is_no_damage() {
+    let (mem, repo, entries) = packs().await;
+    let shards = shards(&repo, &entries).await;
+    // A backup's object of pack 0's entries, which a gc folds into
+    // shards (here: the same shards again, written anew) while the check
+    // reads it: its first block read finds it gone.
+    let pack0: Vec<IndexEntry> = entries[..PER_PACK].to_vec();
+    let victim = store_entries(&**repo.backend(), repo.codec(), "", pack0)
+        .await
+        .unwrap()
+        .remove(0)
+        .0;
+    let mut replacement: Vec<(String, bytes::Bytes)> = Vec::new();
+    for (_, key) in &shards {
+        replacement.push((key.clone(), mem.get(key).await.unwrap()));
+    }
+    mem.delete_many(&shards.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let sim = Arc::new(ReplaceSim::new(mem.clone(), &victim, 2, replacement));
+    let repo = Repository::open(sim.clone()).await.unwrap();
+    let c = check(&repo, BUDGETS[0]).await;
+    assert!(sim.replaced());
+    assert_eq!(c.problems_found, 0, "{:?}", c.problems);
+    // Listed before the gc: the shards were not there, the victim went.
+    assert_eq!(c.entries_checked, 0);
+    assert_eq!(c.trailers_read, PACKS as u64);
+}
+
 #[test]
-fn a_print_changes_with_every_field_and_sorts_by_the_id() {
+fn a_print_changes_with_every_field_and_the_key_and_sorts_by_the_id() {
+    const K: [u8; 32] = [3; 32];
     use crate::placement::pack::PackEntry;
     let entry = |seed: u8, offset: u64| PackEntry {
         id: ObjectId::from_bytes([seed; 32]),
@@ -195,12 +273,17 @@ fn a_print_changes_with_every_field_and_sorts_by_the_id() {
     };
     let pack = ObjectId::from_bytes([9; 32]);
     let e = entry(1, 0);
-    let p = super::print(&pack, &e);
-    assert_ne!(p, super::print(&ObjectId::from_bytes([8; 32]), &e));
-    assert_ne!(p, super::print(&pack, &entry(1, 1)));
+    let p = super::print(&K, &pack, &e);
+    assert_ne!(p, super::print(&K, &ObjectId::from_bytes([8; 32]), &e));
+    assert_ne!(p, super::print(&K, &pack, &entry(1, 1)));
+    // Another run's key: the same id prefix, another hash.
+    let other = super::print(&[4; 32], &pack, &e);
+    assert_eq!(other >> 32, p >> 32);
+    assert_ne!(other, p);
     assert_ne!(
         p,
         super::print(
+            &K,
             &pack,
             &PackEntry {
                 stored_len: 99,
@@ -211,6 +294,7 @@ fn a_print_changes_with_every_field_and_sorts_by_the_id() {
     assert_ne!(
         p,
         super::print(
+            &K,
             &pack,
             &PackEntry {
                 plain_len: 199,
@@ -218,5 +302,5 @@ fn a_print_changes_with_every_field_and_sorts_by_the_id() {
             }
         )
     );
-    assert!(super::print(&pack, &entry(2, 0)) > super::print(&pack, &entry(1, 5)));
+    assert!(super::print(&K, &pack, &entry(2, 0)) > super::print(&K, &pack, &entry(1, 5)));
 }

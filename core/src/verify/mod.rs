@@ -284,8 +284,23 @@ pub async fn verify_with(
     drop(loaded);
     refs.seal()?;
     report.chunks_referenced = refs.count();
-    let missing = chunks::missing(repo, &refs).await?;
+    let chunks::Missing {
+        prefixes: missing,
+        damaged_index,
+    } = chunks::missing(repo, &refs).await?;
     drop(refs);
+    if named {
+        // Verifying every point finds these in its check of the index.
+        for (index, why) in damaged_index {
+            report.index_problems_found += 1;
+            report.index_problems.push(IndexProblem {
+                index,
+                pack: None,
+                chunk: None,
+                problem: why,
+            });
+        }
+    }
 
     // Chunks known damaged (checked by the caller) count as read bad.
     let mut bad: HashMap<ObjectId, String> = opts

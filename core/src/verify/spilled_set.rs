@@ -118,13 +118,19 @@ impl SpilledSet {
         }
     }
 
-    /// Whether `v` was inserted; loads the part that would hold it.
+    /// Whether `v` was inserted. Asked in ascending order, each part is
+    /// loaded once; a question behind the loaded part (prints of one id
+    /// prefix come in any order and may straddle two parts) is answered
+    /// by one short read of the files, never by loading a part again.
     pub fn contains(&mut self, v: u64) -> Result<bool> {
         debug_assert!(self.sealed, "prints not sealed");
         if let Some(spill) = &self.spill {
             let Some(i) = spill.part_of(v) else {
                 return Ok(false);
             };
+            if self.loaded.is_some_and(|l| i < l) {
+                return spill.contains(v);
+            }
             if self.loaded != Some(i) {
                 self.loaded = None;
                 spill.load(i, &mut self.values)?;
@@ -166,6 +172,27 @@ mod tests {
                 assert_eq!(p.contains(v).unwrap(), inserted, "{v} at budget {budget}");
             }
         }
+    }
+
+    #[test]
+    fn questions_behind_the_loaded_part_and_below_the_first_are_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = SpilledSet::new(64, dir.path().to_path_buf());
+        for v in (100..300u64).step_by(2) {
+            p.insert(v).unwrap();
+        }
+        p.seal().unwrap();
+        assert!(p.parts() > 4);
+        assert!(!p.contains(0).unwrap());
+        assert!(!p.contains(99).unwrap());
+        assert!(p.contains(298).unwrap());
+        // Backwards from the last part, in and out of the set: answered
+        // without loading the parts again.
+        for v in (100..300u64).rev() {
+            assert_eq!(p.contains(v).unwrap(), v % 2 == 0, "{v}");
+        }
+        assert_eq!(p.loaded, Some(p.parts() - 1));
+        assert!(!p.contains(301).unwrap());
     }
 }
 
