@@ -55,6 +55,7 @@ pub mod restore;
 pub mod serve;
 pub mod session;
 pub mod source;
+pub(crate) mod spilled_set;
 pub mod stats;
 mod task;
 #[cfg(any(test, feature = "testing"))]

@@ -10,13 +10,18 @@
 //! - a full scan reads every byte, so it makes its point whole: it lists
 //!   the repository's nodes and indexed chunks (in packs that exist)
 //!   first and stores again whatever its point references that is
-//!   missing, even where the parent had it. (Listing costs one request
-//!   per 1,000 objects plus the index blocks, and 8 bytes of memory per
-//!   object, 32 per chunk while the index is read; a prefix collision can
-//!   only make a missing object look present, with odds of about one in
-//!   2^64 / objects.)
+//!   missing, even where the parent had it. Listing costs one request
+//!   per 1,000 nodes and packs plus one read of the index (the merge
+//!   verify and gc use, [`crate::placement::Placement::walk_ids`]); memory
+//!   is 8 bytes per node and, for chunks, at most 64 MiB
+//!   ([`SpilledSet`]: 8 M chunks, beyond that sorted local files asked
+//!   with one short read each). Whatever the listing misses (an index
+//!   object damaged, or replaced by a gc while read, a local file that
+//!   cannot be read) is stored anew: that costs uploads, never a point
+//!   relying on a lost chunk. A prefix collision can only make a missing
+//!   object look present, with odds of about one in 2^64 / objects.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use futures::TryStreamExt;
 
@@ -24,12 +29,14 @@ use crate::damage::KnownDamage;
 use crate::error::Result;
 use crate::id::ObjectId;
 use crate::keys;
+use crate::placement::lookup::default_cache_dir;
 use crate::repo::Repository;
+use crate::spilled_set::{self, SpilledSet};
 
 /// The repository's chunks and nodes by the first 8 bytes of their ids.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Present {
-    chunks: Vec<u64>,
+    chunks: SpilledSet,
     nodes: Vec<u64>,
 }
 
@@ -41,6 +48,12 @@ fn prefix(id: &ObjectId) -> u64 {
 impl Present {
     /// Lists the stored chunks and nodes.
     pub async fn load(repo: &Repository) -> Result<Present> {
+        Present::load_with(repo, spilled_set::DEFAULT_BUDGET).await
+    }
+
+    /// [`Present::load`] with the chunks' memory budget given (tests make
+    /// it small to take the files' path).
+    pub async fn load_with(repo: &Repository, budget: usize) -> Result<Present> {
         let nodes = async {
             let mut v: Vec<u64> = repo
                 .backend()
@@ -53,17 +66,38 @@ impl Present {
             v.sort_unstable();
             Ok::<_, crate::Error>(v)
         };
-        let placement = repo.chunks();
-        let chunks = async {
-            let v: Vec<u64> = placement.list_ids().await?.iter().map(prefix).collect();
-            Ok::<_, crate::Error>(v)
-        };
-        let (chunks, nodes) = futures::try_join!(chunks, nodes)?;
+        let (chunks, nodes) = futures::try_join!(stored_chunks(repo, budget), nodes)?;
         Ok(Present { chunks, nodes })
     }
 
-    fn has(v: &[u64], id: &ObjectId) -> bool {
-        v.binary_search(&prefix(id)).is_ok()
+    fn has_chunk(&self, id: &ObjectId) -> bool {
+        // A local file that cannot be read: store the chunk anew.
+        self.chunks.contains_at_random(prefix(id)).unwrap_or(false)
+    }
+
+    fn has_node(&self, id: &ObjectId) -> bool {
+        self.nodes.binary_search(&prefix(id)).is_ok()
+    }
+}
+
+/// The prefixes of the chunks the index places in listed packs.
+async fn stored_chunks(repo: &Repository, budget: usize) -> Result<SpilledSet> {
+    let base = crate::gc::spill::base_dir(default_cache_dir(&repo.config().repo_id));
+    let mut rounds = 0;
+    loop {
+        let mut set = SpilledSet::new(budget, base.clone());
+        let walked = repo
+            .chunks()
+            .walk_ids(&BTreeSet::new(), &mut |id| set.insert(prefix(id)))
+            .await?;
+        set.seal()?;
+        rounds += 1;
+        // A gc replaced index objects while they were read: what they
+        // held from there on is in objects written since, so walk again
+        // (at most three times; then what was missed is stored anew).
+        if !walked.vanished || rounds == 3 {
+            return Ok(set);
+        }
     }
 }
 
@@ -89,18 +123,64 @@ impl Trust {
 
     /// Is the chunk there and whole, as far as the backup knows?
     pub fn has_chunk(&self, id: &ObjectId) -> bool {
-        !self.damaged_chunks.contains(id)
-            && self
-                .present
-                .as_ref()
-                .is_none_or(|p| Present::has(&p.chunks, id))
+        !self.damaged_chunks.contains(id) && self.present.as_ref().is_none_or(|p| p.has_chunk(id))
     }
 
     pub fn has_node(&self, id: &ObjectId) -> bool {
-        !self.damaged_nodes.contains(id)
-            && self
-                .present
-                .as_ref()
-                .is_none_or(|p| Present::has(&p.nodes, id))
+        !self.damaged_nodes.contains(id) && self.present.as_ref().is_none_or(|p| p.has_node(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::{Backend, PutMode};
+    use crate::chunker::ChunkParams;
+    use crate::config::RepoConfig;
+    use crate::gc::test_packs::store_pack;
+    use crate::placement::index::IndexHead;
+    use crate::testing::MemBackend;
+
+    fn chunk(i: usize) -> (ObjectId, Vec<u8>) {
+        let data: Vec<u8> = (0..1500u32).map(|b| (b as usize * 3 + i) as u8).collect();
+        (
+            ObjectId::of(&[data.as_slice(), &i.to_le_bytes()].concat()),
+            data,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_full_scan_finds_the_stored_chunks_in_memory_and_spilled_not_those_of_a_damaged_object()
+     {
+        let mem = Arc::new(MemBackend::default());
+        let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+        let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+        let chunks: Vec<_> = (0..90).map(chunk).collect();
+        store_pack(&repo, &chunks[..40]).await;
+        let (_, damaged) = store_pack(&repo, &chunks[40..60]).await;
+        for budget in [64 << 20, 64] {
+            let p = Present::load_with(&repo, budget).await.unwrap();
+            for (i, (id, _)) in chunks.iter().enumerate() {
+                assert_eq!(p.has_chunk(id), i < 60, "chunk {i} at budget {budget}");
+            }
+        }
+        // An index object that does not read: its chunks are stored anew.
+        let mut bytes = mem.get(&damaged).await.unwrap().to_vec();
+        let (head, _) = IndexHead::decode_all(repo.codec(), &damaged, &bytes).unwrap();
+        bytes[head.block_range(0).start as usize + 40] ^= 1;
+        mem.delete_many(std::slice::from_ref(&damaged))
+            .await
+            .unwrap();
+        mem.put(&damaged, bytes.into(), PutMode::Create)
+            .await
+            .unwrap();
+        for budget in [64 << 20, 64] {
+            let p = Present::load_with(&repo, budget).await.unwrap();
+            for (i, (id, _)) in chunks.iter().enumerate() {
+                assert_eq!(p.has_chunk(id), i < 40, "chunk {i} at budget {budget}");
+            }
+        }
     }
 }

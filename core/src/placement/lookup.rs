@@ -131,25 +131,6 @@ impl ChunkIndex {
         }
     }
 
-    /// The ids of every entry whose pack `keep` accepts, object by object
-    /// (memory: the ids returned, plus one block); `None` if an object
-    /// went away meanwhile (a sweep replaced it: open the index again).
-    pub async fn all_ids(&self, keep: impl Fn(&ObjectId) -> bool) -> Result<Option<Vec<ObjectId>>> {
-        let mut out = Vec::new();
-        for object in &self.objects {
-            let Some(head) = self.head(object).await? else {
-                return Ok(None);
-            };
-            for i in 0..head.blocks() {
-                let Some(block) = self.block(object, head, i).await? else {
-                    return Ok(None);
-                };
-                out.extend(block.iter().filter(|e| keep(&e.pack)).map(|e| e.entry.id));
-            }
-        }
-        Ok(Some(out))
-    }
-
     /// Entries of all index objects (from their heads: every one is
     /// read).
     pub async fn entries(&self) -> Result<u64> {

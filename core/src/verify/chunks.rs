@@ -13,11 +13,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use futures::StreamExt;
 
-use super::spilled_set::SpilledSet;
 use super::{FETCHES, NodeDamage, chunk_damage, prefix};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::repo::Repository;
+use crate::spilled_set::SpilledSet;
 
 /// Rounds of looking again in index objects written while the walk
 /// read (a gc replacing them) before verify gives up.

@@ -8,8 +8,8 @@
 //! It scales with the repository, not with how the index is cut (a shard
 //! object holds one id prefix from nearly every pack): every listed
 //! pack's trailer is read once ([`TRAILERS_IN_FLIGHT`] at a time) into a
-//! set of 8-byte prints ([`print`]; `spilled_set.rs`, spilled to local files beyond its
-//! budget), then every index object is read once, all of them merged in
+//! set of 8-byte prints ([`print`]; `crate::spilled_set`, spilled to local files
+//! beyond its budget), then every index object is read once, all of them merged in
 //! chunk id order (gc's census merge), and each entry's print is looked
 //! up; parts of the set are loaded in that same order, each once.
 //!
@@ -21,7 +21,6 @@
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::spilled_set::{self, SpilledSet};
 use crate::backend::{Backend, BackendError};
 use crate::error::{Error, Result};
 use crate::gc::spill;
@@ -35,6 +34,7 @@ use crate::placement::pack_read::read_trailer;
 use crate::placement::sweep::{list_index, list_packs, read_head};
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::spilled_set::{self, SpilledSet};
 
 /// Pack trailers read at once.
 pub const TRAILERS_IN_FLIGHT: usize = 16;

@@ -33,9 +33,8 @@ use crate::repo::Repository;
 
 mod chunks;
 mod index_check;
-mod spilled_set;
+use crate::spilled_set::{self, SpilledSet};
 pub use index_check::{IndexProblem, TRAILERS_IN_FLIGHT};
-use spilled_set::SpilledSet;
 
 /// Node fetches in flight.
 const FETCHES: usize = 32;

@@ -1,8 +1,12 @@
-//! A set of 8-byte values in bounded memory, for verify at scale: the
-//! prints of every pack trailer entry (`index_check.rs`) and the id
-//! prefixes of every referenced chunk (`chunks.rs`). Values are put in,
-//! the set is sealed, then asked in ascending order (each part of the
-//! files loaded once) or walked in order with a [`Cursor`].
+//! A set of 8-byte values in bounded memory, for work that scales with
+//! the repository: verify's prints of every pack trailer entry
+//! (`verify/index_check.rs`) and id prefixes of every referenced chunk
+//! (`verify/chunks.rs`), and a full scan's prefixes of every stored chunk
+//! (`backup/trust.rs`). Values are put in, the set is sealed, then asked
+//! in ascending order (each part of the files loaded once), walked in
+//! order with a [`Cursor`], or asked in any order from many threads
+//! ([`SpilledSet::contains_at_random`]: one short read of the files per
+//! question).
 //!
 //! Beyond a memory budget the values go to sorted runs in local files
 //! (gc's [`Spill`], same private directories and clean-up), merged into
@@ -115,6 +119,17 @@ impl SpilledSet {
             buf: Vec::new(),
             at: 0,
             head: None,
+        }
+    }
+
+    /// Whether `v` was inserted, asked in any order and from any thread:
+    /// in memory a binary search, spilled one read of about 32 KiB of
+    /// the files (the page cache keeps them warm), no part loaded.
+    pub fn contains_at_random(&self, v: u64) -> Result<bool> {
+        debug_assert!(self.sealed, "set not sealed");
+        match &self.spill {
+            Some(spill) => spill.contains(v),
+            None => Ok(self.values.binary_search(&v).is_ok()),
         }
     }
 
