@@ -12,7 +12,7 @@
 //!   first and stores again whatever its point references that is
 //!   missing, even where the parent had it. Listing costs one request
 //!   per 1,000 nodes and packs plus one read of the index (the merge
-//!   verify and gc use, [`crate::placement::Placement::walk_ids`]); memory
+//!   verify and gc use, [`crate::placement::Placement::walk_index`]); memory
 //!   is 8 bytes per node and, for chunks, at most 64 MiB
 //!   ([`SpilledSet`]: 8 M chunks, beyond that sorted local files asked
 //!   with one short read each). Whatever the listing misses (an index
@@ -88,7 +88,7 @@ async fn stored_chunks(repo: &Repository, budget: usize) -> Result<SpilledSet> {
         let mut set = SpilledSet::new(budget, base.clone());
         let walked = repo
             .chunks()
-            .walk_ids(&BTreeSet::new(), &mut |id| set.insert(prefix(id)))
+            .walk_index(&BTreeSet::new(), &mut |e| set.insert(prefix(&e.entry.id)))
             .await?;
         set.seal()?;
         rounds += 1;

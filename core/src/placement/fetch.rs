@@ -26,7 +26,7 @@ use crate::id::ObjectId;
 use crate::keys;
 
 /// Runs read at once.
-pub(super) const RUNS_IN_FLIGHT: usize = 4;
+pub const RUNS_IN_FLIGHT: usize = 4;
 
 /// What a fetch read.
 #[derive(Debug)]
@@ -113,73 +113,12 @@ pub async fn fetch(
     Ok(Fetched { chunks, bytes })
 }
 
-/// What [`check_all`] found.
-#[derive(Debug, Default)]
-pub struct Checked {
-    /// Chunks no copy of which opens, with why.
-    pub bad: Vec<(ObjectId, String)>,
-    /// Chunks read (good or bad).
-    pub chunks: u64,
-    /// Bytes read from the store.
-    pub bytes: u64,
-}
-
-/// Reads and checks every chunk of `ids` (distinct), pack by pack in
-/// offset order, so that packs are read sequentially in long runs rather
-/// than chunk by chunk; `done` is told each chunk's plain length as it is
-/// checked. Memory: 80 bytes per chunk for the places, plus the runs in
-/// flight; plaintext is dropped once checked.
-pub async fn check_all(
-    backend: &dyn Backend,
-    codec: &Arc<Codec>,
-    index: &ChunkIndex,
-    ids: &[ObjectId],
-    done: impl Fn(u64),
-) -> Result<Checked> {
-    let mut out = Checked::default();
-    let mut wanted = Vec::with_capacity(ids.len());
-    for (id, place) in ids.iter().zip(index.lookup(ids).await?) {
-        match place {
-            Some(p) => wanted.push(p),
-            None => {
-                out.chunks += 1;
-                out.bad.push((*id, not_indexed(id).to_string()));
-            }
-        }
-    }
-    let runs = coalesce(wanted, MAX_GAP, MAX_RUN);
-    let (mut failed, mut read) = (Vec::new(), 0u64);
-    out.bytes += read_runs(backend, codec, runs, |e, r| {
-        read += 1;
-        done(u64::from(e.plain_len));
-        if let Err(why) = r {
-            failed.push((e.id, why.to_string()));
-        }
-    })
-    .await
-    .map_err(|f| f.error)?;
-    out.chunks += read;
-    if !failed.is_empty() {
-        let ids: Vec<ObjectId> = failed.iter().map(|(id, _)| *id).collect();
-        let mut got = failed
-            .into_iter()
-            .map(|(id, why)| (id, Err(Error::corrupt(chunk_name(&id), why))))
-            .collect();
-        out.bytes += other_copies(backend, codec, index, &ids, &mut got).await?;
-        out.bad.extend(
-            got.into_iter()
-                .filter_map(|(id, r)| r.err().map(|e| (id, e.to_string()))),
-        );
-    }
-    Ok(out)
-}
-
 /// Reads `runs` ([`RUNS_IN_FLIGHT`] at once, in order) and hands each
 /// chunk's plaintext, or why it cannot be read, to `each`. A pack gone
 /// or shorter than the index says is damage of each of its chunks (they
 /// may have other copies); any other failure stops the reading. Returns
 /// the bytes read.
-async fn read_runs(
+pub(super) async fn read_runs(
     backend: &dyn Backend,
     codec: &Arc<Codec>,
     runs: Vec<ReadRun>,

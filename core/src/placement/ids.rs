@@ -1,4 +1,4 @@
-//! Every chunk id the index places in a listed pack, in id order, in
+//! Every chunk the index places in a listed pack, in id order, in
 //! bounded memory: the index objects merged as gc's census reads them
 //! (each read once, checked for order and shard on the way), for
 //! structural verify of a repository whose ids do not fit in memory.
@@ -6,13 +6,13 @@
 use std::collections::BTreeSet;
 
 use super::Placement;
+use super::index::IndexEntry;
 use super::merge::Merge;
 use super::sweep::{list_index, read_head};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::id::ObjectId;
 
-/// What one [`Placement::walk_ids`] read.
+/// What one [`Placement::walk_index`] read.
 #[derive(Debug, Default)]
 pub struct Walked {
     /// The keys of the index objects it listed and read (or tried to).
@@ -27,15 +27,16 @@ pub struct Walked {
 }
 
 impl Placement {
-    /// Calls `f` with each chunk id an index object (except those keyed
-    /// in `skip`) places in a listed pack, in id order, each once. An
+    /// Calls `f` with the first entry (by pack name) of each chunk an
+    /// index object (except those keyed in `skip`) places in a listed
+    /// pack, in id order, each chunk once. An
     /// object that fails half way is left out and the walk goes on: one
     /// gone is [`Walked::vanished`], one damaged is in
     /// [`Walked::damaged`]; neither makes the walk start again.
-    pub async fn walk_ids(
+    pub async fn walk_index(
         &self,
         skip: &BTreeSet<String>,
-        f: &mut (dyn FnMut(&ObjectId) -> Result<()> + Send),
+        f: &mut (dyn FnMut(&IndexEntry) -> Result<()> + Send),
     ) -> Result<Walked> {
         let backend = &*self.backend;
         let packs = self.list_packs().await?;
@@ -62,7 +63,7 @@ impl Placement {
                         continue;
                     }
                     last = Some(e.entry.id);
-                    f(&e.entry.id)?;
+                    f(&e)?;
                 }
                 Ok(None) => return Ok(walked),
                 // The merge goes on without the object that failed.

@@ -34,7 +34,9 @@ use crate::id::ObjectId;
 use crate::keys;
 
 pub mod archive;
+mod check_packs;
 pub mod fetch;
+pub use check_packs::PackCheck;
 pub(crate) mod ids;
 pub mod index;
 pub mod index_write;
@@ -199,13 +201,6 @@ impl Placement {
         fetch::fetch(&*self.backend, &self.codec, index, ids).await
     }
 
-    /// Reads and checks chunks pack by pack (see [`fetch::check_all`]),
-    /// with the index as it is now.
-    pub async fn check_all(&self, ids: &[ObjectId], done: impl Fn(u64)) -> Result<fetch::Checked> {
-        let index = self.open_index().await?;
-        fetch::check_all(&*self.backend, &self.codec, &index, ids, done).await
-    }
-
     /// Fetches and checks one chunk of at most `max` bytes (any copy the
     /// index knows), for repair's fresh look at a damage record.
     pub async fn check(&self, id: &ObjectId, max: usize) -> Result<Health> {
@@ -235,8 +230,8 @@ impl Placement {
     pub async fn list_ids(&self) -> Result<Vec<ObjectId>> {
         let mut v = Vec::new();
         let walked = self
-            .walk_ids(&Default::default(), &mut |id| {
-                v.push(*id);
+            .walk_index(&Default::default(), &mut |e| {
+                v.push(e.entry.id);
                 Ok(())
             })
             .await?;

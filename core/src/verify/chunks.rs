@@ -3,7 +3,7 @@
 //!
 //! The referenced chunks are 8-byte id prefixes in a sorted
 //! [`SpilledSet`]; the index is walked once in id order
-//! ([`crate::placement::Placement::walk_ids`]) beside it. A prefix no
+//! ([`crate::placement::Placement::walk_index`]) beside it. A prefix no
 //! index entry (in a listed pack) has is missing; that is exact for the
 //! chunks reported (no present chunk has the prefix). A missing chunk
 //! whose prefix another, stored chunk shares passes unseen: at 200 M
@@ -41,8 +41,8 @@ pub async fn missing(repo: &Repository, refs: &SpilledSet) -> Result<Missing> {
     let mut missing = Vec::new();
     let walked = repo
         .chunks()
-        .walk_ids(&BTreeSet::new(), &mut |id| {
-            let q = prefix(id);
+        .walk_index(&BTreeSet::new(), &mut |e| {
+            let q = prefix(&e.entry.id);
             while let Some(r) = cursor.peek()? {
                 if r > q {
                     break;
@@ -78,8 +78,8 @@ pub async fn missing(repo: &Repository, refs: &SpilledSet) -> Result<Missing> {
         let mut at = 0;
         let walked = repo
             .chunks()
-            .walk_ids(&read, &mut |id| {
-                let q = prefix(id);
+            .walk_index(&read, &mut |e| {
+                let q = prefix(&e.entry.id);
                 while let Some(&r) = missing.get(at).filter(|r| **r <= q) {
                     if r < q {
                         still.push(r);

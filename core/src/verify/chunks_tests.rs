@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::backend::{Backend, PutMode};
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
-use crate::gc::test_packs::{all_entries, shard_objects, store_pack, write_point};
+use crate::gc::test_packs::{all_entries, pack_entries, shard_objects, store_pack, write_point};
 use crate::id::{ObjectId, PointId};
 use crate::lease::ObjectRef;
 use crate::placement::index::IndexHead;
@@ -168,4 +168,53 @@ async fn a_damaged_index_object_is_reported_and_its_chunks_missing_when_points_a
         want.sort();
         assert_eq!(missing, want);
     }
+}
+
+#[tokio::test]
+async fn read_data_finds_a_bad_chunk_and_reads_only_referenced_ones_in_memory_and_spilled() {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    let chunks: Vec<_> = (0..60).map(chunk).collect();
+    let (pack, _) = store_pack(&repo, &chunks).await;
+    let p1: PointId = "20260101T000001Z-0001".parse().unwrap();
+    write_point(&repo, "a", &p1, &chunks[..40]).await;
+    // Chunk 10's stored bytes spoiled.
+    let e = pack_entries(&repo, &pack)
+        .await
+        .into_iter()
+        .find(|e| e.entry.id == chunks[10].0)
+        .unwrap();
+    let key = crate::keys::pack(&pack);
+    let mut bytes = mem.get(&key).await.unwrap().to_vec();
+    bytes[(e.entry.offset + u64::from(e.entry.stored_len) / 2) as usize] ^= 1;
+    mem.delete_many(std::slice::from_ref(&key)).await.unwrap();
+    mem.put(&key, bytes.into(), PutMode::Create).await.unwrap();
+    let at = |i: usize| -> u64 { chunks[..i].iter().map(|(_, d)| d.len() as u64).sum() };
+    let opts = VerifyOptions {
+        read_data: true,
+        ..VerifyOptions::default()
+    };
+    for budget in BUDGETS {
+        let progress = Arc::new(Progress::default());
+        let r = verify_with(&repo, &[], &opts, progress, budget)
+            .await
+            .unwrap();
+        // The 40 referenced chunks, not the pack's 20 others.
+        assert_eq!(r.chunks_read, 40, "budget {budget}");
+        assert_eq!(r.objects_damaged, 1, "{:?}", r.bad_objects);
+        assert_eq!(r.damaged.len(), 1);
+        assert_eq!(r.damaged[0].disks[0].ranges, vec![(at(10), at(11))]);
+    }
+    // Half of them by id.
+    let opts = VerifyOptions {
+        read_data: true,
+        subset: Some(crate::verify::Subset::Part { n: 1, m: 2 }),
+        ..VerifyOptions::default()
+    };
+    let progress = Arc::new(Progress::default());
+    let r = verify_with(&repo, &[], &opts, progress, BUDGETS[1])
+        .await
+        .unwrap();
+    assert!(r.chunks_read > 0 && r.chunks_read < 40, "{}", r.chunks_read);
 }

@@ -238,7 +238,6 @@ pub async fn verify_with(
     let mut refs = SpilledSet::new(budget, base);
     // Damage by node (only damaged nodes are held).
     let mut nodes: HashMap<ObjectId, NodeDamage> = HashMap::new();
-    let mut to_read: Vec<(ObjectId, u32)> = Vec::new();
     let present_nodes = &present_nodes;
     let mut loaded = futures::stream::iter(todo.iter().copied())
         .map(|id| async move {
@@ -270,12 +269,9 @@ pub async fn verify_with(
                 nodes.insert(id, vec![(0..u64::MAX, why)]);
             }
             Ok(n) => {
-                for (_, len, c) in entries(&n) {
+                for (_, _, c) in entries(&n) {
                     let Some(c) = c else { continue };
                     refs.insert(prefix(&c))?;
-                    if opts.read_data {
-                        to_read.push((c, len));
-                    }
                 }
             }
         }
@@ -287,7 +283,6 @@ pub async fn verify_with(
         prefixes: missing,
         damaged_index,
     } = chunks::missing(repo, &refs).await?;
-    drop(refs);
     if named {
         // Verifying every point finds these in its check of the index.
         for (index, why) in damaged_index {
@@ -311,11 +306,23 @@ pub async fn verify_with(
         })
         .collect();
     if opts.read_data {
-        to_read.sort_unstable();
-        to_read.dedup_by_key(|(c, _)| *c);
-        to_read.retain(|(c, _)| !chunks::is_missing(&missing, c) && !bad.contains_key(c));
-        bad.extend(read_chunks(repo, to_read, opts.subset, &progress, &mut report).await?);
+        // Pack by pack: every copy of each referenced chunk not known
+        // missing or bad (and in the subset).
+        let known_bad = &bad;
+        let (refs, missing) = (&refs, &missing);
+        let want = move |c: &ObjectId| {
+            // A local file that cannot be read: read the chunk anyway.
+            refs.contains_at_random(prefix(c)).unwrap_or(true)
+                && !chunks::is_missing(missing, c)
+                && !known_bad.contains_key(c)
+                && opts.subset.is_none_or(|s| s.picks(c))
+        };
+        let checked = repo.chunks().check_packs(&want, &progress).await?;
+        report.chunks_read = checked.chunks;
+        report.bytes_read = checked.bytes;
+        bad.extend(checked.bad);
     }
+    drop(refs);
     if !missing.is_empty() || !bad.is_empty() {
         // Map missing and bad chunks back to the nodes that hold them.
         let found = chunks::map_to_nodes(repo, &todo, &mut nodes, &missing, &bad).await?;
@@ -415,30 +422,6 @@ fn chunk_damage(n: &Node, mut bad: impl FnMut(&ObjectId) -> Option<String>) -> N
             bad(&c).map(|why| (at..at + u64::from(len), why))
         })
         .collect()
-}
-
-/// Downloads, decompresses and re-hashes each chunk once; returns the bad
-/// ones with the reason.
-async fn read_chunks(
-    repo: &Repository,
-    chunks: Vec<(ObjectId, u32)>,
-    subset: Option<Subset>,
-    progress: &Progress,
-    report: &mut VerifyReport,
-) -> Result<HashMap<ObjectId, String>> {
-    let picked: Vec<_> = chunks
-        .into_iter()
-        .filter(|(c, _)| subset.is_none_or(|s| s.picks(c)))
-        .collect();
-    progress.add_total(picked.iter().map(|(_, l)| u64::from(*l)).sum());
-    let ids: Vec<ObjectId> = picked.into_iter().map(|(id, _)| id).collect();
-    let checked = repo
-        .chunks()
-        .check_all(&ids, |len| progress.add_done(len))
-        .await?;
-    report.chunks_read += checked.chunks;
-    report.bytes_read += checked.bytes;
-    Ok(checked.bad.into_iter().collect())
 }
 
 fn point_damage(m: &Manifest, nodes: &HashMap<ObjectId, NodeDamage>) -> Option<DamagedPoint> {

@@ -1,0 +1,145 @@
+//! `verify --read-data` pack by pack, in memory that does not grow with
+//! the repository: every listed pack's trailer is read (a few ahead), the
+//! chunks the caller wants (a predicate: verify asks its spilled set of
+//! referenced chunks) are read from it in coalesced runs, in offset
+//! order through the pack rather than chunk by chunk, and each is opened
+//! and checked against its id. Memory: the trailers ahead and the runs in
+//! flight ([`super::fetch::RUNS_IN_FLIGHT`] x [`MAX_RUN`]).
+//!
+//! A copy that does not open is damage only if no copy does: each such
+//! chunk is checked again at every place the index gives
+//! ([`Placement::check`], as a restore would fall back). A pack whose
+//! trailer cannot be read hides which chunks it holds: the index is
+//! walked for the wanted chunks it places there, and each is checked at
+//! every place.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, TryStreamExt};
+
+use super::Placement;
+use super::fetch::read_runs;
+use super::ids::gone;
+use super::index::IndexEntry;
+use super::pack_read::{MAX_GAP, MAX_RUN, coalesce, read_trailer};
+use super::sweep::list_packs;
+use crate::damage::Health;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::keys;
+use crate::progress::Progress;
+
+/// Trailers read ahead of the pack being read.
+const TRAILERS_AHEAD: usize = 8;
+
+/// What [`Placement::check_packs`] found.
+#[derive(Debug, Default)]
+pub struct PackCheck {
+    /// Wanted chunks no copy of which opens, with why.
+    pub bad: BTreeMap<ObjectId, String>,
+    /// Copies of wanted chunks read (good or bad; a chunk stored twice
+    /// is read twice).
+    pub chunks: u64,
+    /// Bytes read from the store, trailers aside.
+    pub bytes: u64,
+}
+
+impl Placement {
+    /// Reads and checks every copy of every chunk `want` selects, pack by
+    /// pack (see the module). Packs deleted since the listing (a gc) are
+    /// skipped; one in an archive class is an error that says so.
+    pub async fn check_packs(
+        &self,
+        want: &(dyn Fn(&ObjectId) -> bool + Sync),
+        progress: &Progress,
+    ) -> Result<PackCheck> {
+        let backend = &*self.backend;
+        let codec = &self.codec;
+        let max = self.max_chunk;
+        let mut packs: Vec<(ObjectId, u64)> = list_packs(backend)
+            .map_ok(|(name, meta)| (name, meta.size))
+            .try_collect()
+            .await?;
+        packs.sort_unstable();
+        let mut out = PackCheck::default();
+        // Copies that did not open, and packs whose trailer did not.
+        let mut failed: BTreeMap<ObjectId, String> = BTreeMap::new();
+        let mut unreadable: BTreeMap<ObjectId, String> = BTreeMap::new();
+        let mut trailers = futures::stream::iter(&packs)
+            .map(|(name, size)| async move {
+                let read = read_trailer(backend, codec, name, *size, max).await;
+                let gone = match &read {
+                    Err(e) if e.is_damage() => gone(backend, &keys::pack(name)).await,
+                    _ => false,
+                };
+                (*name, read, gone)
+            })
+            .buffered(TRAILERS_AHEAD);
+        while let Some((pack, read, gone)) = trailers.next().await {
+            if progress.is_cancelled() {
+                return Err(Error::Cancelled {
+                    cleaned: "verify stopped (it writes nothing)".into(),
+                });
+            }
+            let entries = match read {
+                Ok(entries) => entries,
+                Err(_) if gone => continue,
+                Err(e) if e.is_damage() => {
+                    unreadable.insert(pack, e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let wanted: Vec<IndexEntry> = entries
+                .into_iter()
+                .filter(|e| want(&e.id))
+                .map(|entry| IndexEntry { pack, entry })
+                .collect();
+            progress.add_total(wanted.iter().map(|w| u64::from(w.entry.plain_len)).sum());
+            let runs = coalesce(wanted, MAX_GAP, MAX_RUN);
+            let mut read = 0;
+            let bytes = read_runs(backend, codec, runs, |e, r| {
+                read += 1;
+                progress.add_done(u64::from(e.plain_len));
+                if let Err(why) = r {
+                    failed.entry(e.id).or_insert_with(|| why.to_string());
+                }
+            })
+            .await
+            .map_err(|f| f.error)?;
+            out.chunks += read;
+            out.bytes += bytes;
+        }
+        drop(trailers);
+        if !unreadable.is_empty() {
+            let mut hidden = Vec::new();
+            self.walk_index(&Default::default(), &mut |e| {
+                if let Some(why) = unreadable.get(&e.pack)
+                    && want(&e.entry.id)
+                {
+                    let why = format!("its pack {} does not open: {why}", keys::pack(&e.pack));
+                    hidden.push((e.entry.id, why));
+                }
+                Ok(())
+            })
+            .await?;
+            for (id, why) in hidden {
+                failed.entry(id).or_insert(why);
+            }
+        }
+        // As a restore would: any copy that opens will do.
+        for (id, why) in failed {
+            match self.check(&id, max as usize).await? {
+                Health::Sound => {}
+                Health::Damaged(_) | Health::Gone => {
+                    out.bad.insert(id, why);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[path = "check_packs_tests.rs"]
+mod tests;
