@@ -65,6 +65,14 @@ pub struct Session {
     /// one since, with no stall between) and the highest sweep number that
     /// check listed: higher numbers began after that lease was written.
     baseline: Option<((usize, usize), u64)>,
+    /// Deps (a prefix of them) found stored by a `Verify` asked after the
+    /// lease naming them was written and no batch chosen before that was
+    /// in flight. Every dep is checked so once, whatever the sweeps say:
+    /// an index object may still name a pack a sweep deleted before the
+    /// session began (it stays while it names a pack a lease protects),
+    /// and a batch counted in `deleted_at_start` may still have been
+    /// deleting when the session looked something up.
+    deps_checked: usize,
 }
 
 /// What [`Session::check`] asks of the caller.
@@ -146,6 +154,7 @@ impl Session {
             targeted: BTreeMap::new(),
             targeted_pending: BTreeMap::new(),
             baseline: None,
+            deps_checked: 0,
         })
     }
 
@@ -411,7 +420,8 @@ impl Session {
             }
             sweeps.push(seq);
         }
-        if sweeps.is_empty() && !all {
+        let from = from.min(self.deps_checked);
+        if sweeps.is_empty() && !all && from >= deps.len() {
             return Ok(Check::Clear);
         }
         Ok(Check::Verify {
@@ -432,6 +442,7 @@ impl Session {
             ..
         } = verified
         {
+            self.deps_checked = self.content.0;
             for s in sweeps {
                 let done = self.finished.contains(s);
                 self.settled.insert(*s, (self.content, done));

@@ -183,4 +183,6 @@ mod pack_sweep_tests;
 #[cfg(test)]
 mod pass_tests;
 #[cfg(test)]
+mod stale_index_tests;
+#[cfg(test)]
 pub(crate) mod test_packs;

@@ -202,21 +202,14 @@ pub async fn read_chunk(repo: &Repository, id: &ObjectId) -> Result<Vec<u8>, Str
     Err(why)
 }
 
-/// Where the index places each chunk (the first place found whose pack
-/// is still there), as a backup's lookup does.
+/// Where the index places each chunk (the first place found, whether or
+/// not its pack is still there), as a backup's lookup does.
 pub async fn find(repo: &Repository, ids: &[ObjectId]) -> Vec<Option<IndexEntry>> {
     let index = ChunkIndex::open(repo.backend().clone(), repo.codec().clone(), None)
         .await
         .unwrap();
-    let mut out = index.lookup(ids).await.unwrap();
-    for place in out.iter_mut() {
-        if let Some(p) = place
-            && repo.backend().head(&keys::pack(&p.pack)).await.is_err()
-        {
-            *place = None;
-        }
-    }
-    out
+    // As a backup's lookup: the pack is not looked at, it may be gone.
+    index.lookup(ids).await.unwrap()
 }
 
 /// A backup's use of stored chunks: the packs it takes chunks from, each
@@ -259,8 +252,7 @@ pub fn deps_of(reused: &Reused) -> Vec<ObjectRef> {
 /// written again if gone (one may have been an older object with the same
 /// bytes, which a sweep replaced); for each dependency pack listed (or
 /// every one, with `all`) that is gone, the chunks it took from it are
-/// looked up again (reused from where the index now puts them: new
-/// dependencies) or stored again from the source; with `all`, every chunk
+/// stored again from the source in a pack of its own; with `all`, every chunk
 /// of `chunks` that cannot be read is too. Returns whether anything was
 /// stored again.
 pub async fn restore_deps(
@@ -319,15 +311,17 @@ pub async fn restore_deps(
         .filter(|c| lost.contains(&c.0))
         .cloned()
         .collect();
-    let own = reused.own.len();
-    let before = deps_of(reused);
-    dedup(repo, &lost, reused).await;
-    let new_deps: Vec<ObjectRef> = deps_of(reused)
+    // In a pack of its own whatever the index says, as the backup's repair
+    // does: the index may still place them in the pack that is gone.
+    let (pack, key, existed) = store_pack_deps(repo, &lost).await;
+    reused.own.push((pack, key));
+    let new_deps: Vec<ObjectRef> = existed
         .into_iter()
-        .filter(|d| !before.contains(d))
+        .filter(|d| !reused.existed.contains(d))
         .collect();
+    reused.existed.extend(new_deps.iter().copied());
     session.depend(new_deps);
-    again || reused.own.len() > own
+    true
 }
 
 /// Pack options that force a sweep's census into passes: one chunk mark

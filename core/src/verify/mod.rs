@@ -3,9 +3,10 @@
 //! Structural (default): from listings and metadata only (no chunk read,
 //! so chunks may sit in an archive tier): every manifest and node decodes
 //! and matches its id or checksum, every referenced node is listed and
-//! every referenced chunk is in the index (`chunks.rs`). `read_data` also downloads, decompresses and re-hashes the
-//! referenced chunks (each once, however many points share it), in
-//! parallel with bounded memory, optionally a subset of them.
+//! every referenced chunk is in the index (`chunks.rs`). `read_data` also
+//! downloads, decompresses and re-hashes every stored copy of the
+//! referenced chunks, pack by pack in coalesced runs with bounded memory
+//! ([`crate::placement::Placement::check_packs`]), optionally a subset.
 //!
 //! Verifying every point also checks every index entry against its
 //! pack's trailer (`index_check.rs`).
@@ -165,8 +166,8 @@ type NodeDamage = Vec<(Range<u64>, String)>;
 /// held (32 bytes per node, one node per segment), referenced chunks are
 /// held as 8-byte id prefixes in a [`SpilledSet`] (local files beyond its
 /// budget) and found in one walk of the index in id order. What grows
-/// beyond that grows with the damage found, and with `--read-data` the
-/// list of chunks to read (36 bytes per referenced chunk).
+/// beyond that grows with the damage found (`--read-data` reads pack by
+/// pack and keeps only the runs in flight).
 pub async fn verify(
     repo: &Repository,
     points: &[(VmName, PointId)],

@@ -199,6 +199,13 @@ mod tests {
         let vm = "a".parse().unwrap();
         let mut session = Session::begin(&repo, &vm, "h").await.unwrap();
         session.depend([ObjectRef::Node(id)]);
+        // Every dependency is checked once (it is there), then all is clear.
+        let first = session.check().await.unwrap();
+        assert!(
+            matches!(&first, Check::Verify { all: false, deps, .. } if deps.len() == 1),
+            "{first:?}"
+        );
+        session.settle(&first);
         assert_eq!(session.check().await.unwrap(), Check::Clear);
 
         let sweep = Sweep::begin(&repo, false).await.unwrap();
