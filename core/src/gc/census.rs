@@ -81,7 +81,8 @@ pub struct PackInfo {
 #[derive(Clone, Debug)]
 pub struct IndexUse {
     pub object: IndexObject,
-    /// It names a pack that is not listed (gone).
+    /// It names a pack that is not listed (gone, or, if the object is
+    /// younger than the cutoff, stored after the listing).
     pub names_gone: bool,
     /// Its surviving entries are rewritten and it is deleted.
     pub replace: bool,
@@ -318,7 +319,12 @@ impl Census {
             };
         }
         for o in self.objects.iter_mut() {
-            o.replace = o.names_gone;
+            // A young object naming an unlisted pack may belong to a
+            // backup that stored the pack after `packs/` was listed (and
+            // the object before `index/` was): it is the only object that
+            // places those chunks. An old one's packs were all stored
+            // before the listing began: unlisted means gone.
+            o.replace = o.names_gone && o.object.meta.last_modified < ctx.cutoff;
         }
         self.choose_merges(ctx.cutoff, ctx.shard_entries);
     }

@@ -186,3 +186,5 @@ mod pass_tests;
 mod stale_index_tests;
 #[cfg(test)]
 pub(crate) mod test_packs;
+#[cfg(test)]
+mod young_index_tests;
