@@ -193,14 +193,16 @@ impl Session {
     /// while a sweep deletes a batch it chose before it could see this
     /// lease; when a sweep may have removed something the session relies
     /// on, calls `restore(all, deps)` (`all`: check everything the point
-    /// references, else the deps named), which stores again what is gone.
+    /// references, else the deps named), which stores again what is gone
+    /// and returns what it found already stored (new deps, checked at
+    /// the next round).
     pub async fn settle_with<F>(
         &mut self,
         progress: &crate::progress::Progress,
         mut restore: F,
     ) -> Result<()>
     where
-        F: AsyncFnMut(bool, &[ObjectRef]) -> Result<()>,
+        F: AsyncFnMut(bool, &[ObjectRef]) -> Result<Vec<ObjectRef>>,
     {
         let poll = std::time::Duration::from_millis(500);
         let mut told = None;
@@ -224,7 +226,8 @@ impl Session {
                     tokio::time::sleep(poll).await;
                 }
                 Check::Verify { all, deps, .. } => {
-                    restore(*all, deps).await?;
+                    let existed = restore(*all, deps).await?;
+                    self.depend(existed);
                     self.settle(&check);
                 }
             }

@@ -310,16 +310,18 @@ async fn settle_sweeps(
 ) -> Result<()> {
     session
         .settle_with(progress, async |all, deps| {
-            if all || !repair::all_exist(repo, deps).await? {
-                let disks: Vec<_> = commit.disks.iter().map(|(s, d)| (s.clone(), d)).collect();
-                let r = repair::ensure_present(repo, &disks).await?;
-                if r.segments_restored > 0 {
-                    progress.notice(Notice::Warning(Warning::SegmentsReadAgain {
-                        segments: r.segments_restored,
-                    }));
-                }
+            if !all && repair::all_exist(repo, deps).await? {
+                return Ok(Vec::new());
             }
-            Ok(())
+            let disks: Vec<_> = commit.disks.iter().map(|(s, d)| (s.clone(), d)).collect();
+            let r = repair::ensure_present(repo, &disks).await?;
+            if r.segments_restored > 0 {
+                progress.notice(Notice::Warning(Warning::SegmentsReadAgain {
+                    segments: r.segments_restored,
+                }));
+            }
+            // Stored by others, maybe garbage a sweep is about to delete.
+            Ok(r.existed)
         })
         .await
 }

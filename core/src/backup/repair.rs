@@ -29,6 +29,8 @@ const CHECKED_CAP: usize = 1 << 20;
 pub struct RepairReport {
     pub objects_checked: u64,
     pub segments_restored: u64,
+    /// Packs and index objects the stores found already there: deps.
+    pub existed: Vec<ObjectRef>,
 }
 
 /// True when every listed object still exists.
@@ -80,7 +82,8 @@ pub async fn ensure_present(
             let present = segment_present(repo, &index, node, &mut checked, &mut report).await?;
             if !present {
                 // Any segment with this node will do: same node, same bytes.
-                restore_segment(repo, source, disk, idx, node).await?;
+                let existed = restore_segment(repo, source, disk, idx, node).await?;
+                report.existed.extend(existed);
                 report.segments_restored += 1;
             }
         }
@@ -110,14 +113,14 @@ async fn segment_present(
 }
 
 /// Reads one segment from the source again and stores its chunks (in a
-/// new pack) and its node.
+/// new pack) and its node; returns what the stores found already there.
 async fn restore_segment(
     repo: &Repository,
     source: &Arc<DiskSource>,
     disk: &DiskManifest,
     idx: usize,
     expected: &ObjectId,
-) -> Result<()> {
+) -> Result<Vec<ObjectRef>> {
     let range = disk.segment_range(idx);
     let (source, params, level, codec) = (
         source.clone(),
@@ -145,8 +148,8 @@ async fn restore_segment(
     let (plain, chunks) = (sealed.node, sealed.chunks);
     // In a new pack and index object, whatever the index says: some of
     // them are gone where it points.
-    repo.chunks().store(chunks).await?;
+    let existed = repo.chunks().store(chunks).await?;
     // The node was missing or damaged: replace whatever is there.
     repo.replace_node(&expected, &plain).await?;
-    Ok(())
+    Ok(existed)
 }

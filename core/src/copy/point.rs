@@ -194,10 +194,10 @@ pub(super) async fn settle(
 ) -> Result<()> {
     session
         .settle_with(&run.progress, async |all, deps| {
-            if all || !crate::backup::repair::all_exist(run.target, deps).await? {
-                recheck::ensure_present(run, manifest).await?;
+            if !all && crate::backup::repair::all_exist(run.target, deps).await? {
+                return Ok(Vec::new());
             }
-            Ok(())
+            recheck::ensure_present(run, manifest).await
         })
         .await
 }

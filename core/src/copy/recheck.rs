@@ -17,6 +17,7 @@ use crate::backend::PutMode;
 use crate::error::Result;
 use crate::id::ObjectId;
 use crate::keys;
+use crate::lease::ObjectRef;
 use crate::manifest::Manifest;
 use crate::placement::lookup::ChunkIndex;
 use crate::placement::session::{DiskPacks, SessionPacks};
@@ -27,8 +28,10 @@ const CHECKED_CAP: usize = 1 << 20;
 const NODES_PER_FLUSH: usize = 1024;
 
 /// Checks everything `manifest` references in the target; copies again
-/// what is gone. Returns how many nodes or chunks were copied again.
-pub(super) async fn ensure_present(run: &Run<'_>, manifest: &Manifest) -> Result<u64> {
+/// what is gone. Returns the packs and index objects its puts found
+/// already stored (named by their bytes, maybe another writer's garbage
+/// a sweep is about to delete: the copy's lease must name them).
+pub(super) async fn ensure_present(run: &Run<'_>, manifest: &Manifest) -> Result<Vec<ObjectRef>> {
     let placement = run.target.chunks();
     // Opened after the sweep this check follows.
     let index = placement.open_index().await?;
@@ -37,7 +40,6 @@ pub(super) async fn ensure_present(run: &Run<'_>, manifest: &Manifest) -> Result
     let mut replace: Vec<(ObjectId, Bytes)> = Vec::new();
     let mut checked = HashSet::new();
     let mut seen = HashSet::new();
-    let mut again = 0u64;
     for node in manifest
         .disks
         .iter()
@@ -61,19 +63,17 @@ pub(super) async fn ensure_present(run: &Run<'_>, manifest: &Manifest) -> Result
         let todo: Vec<ObjectId> = chunks.into_iter().filter(|c| checked.insert(*c)).collect();
         let absent = placement.absent_in(&index, &todo).await?;
         if !absent.is_empty() {
-            let moved = run
-                .source_chunks
+            run.source_chunks
                 .transfer(run.source_index().await?, &absent, &mut disk)
                 .await
                 .map_err(|e| in_source(run.source, e))?;
-            again += moved.chunks;
         }
         if replace.len() >= NODES_PER_FLUSH {
-            again += flush(run, &forced, &mut disk, &mut replace).await?;
+            flush(run, &forced, &mut disk, &mut replace).await?;
         }
     }
-    again += flush(run, &forced, &mut disk, &mut replace).await?;
-    Ok(again)
+    flush(run, &forced, &mut disk, &mut replace).await?;
+    Ok(forced.take_existed())
 }
 
 /// A node's stored bytes in the source, checked, and its chunks.
@@ -99,16 +99,15 @@ async fn flush(
     forced: &Arc<SessionPacks>,
     disk: &mut DiskPacks,
     replace: &mut Vec<(ObjectId, Bytes)>,
-) -> Result<u64> {
+) -> Result<()> {
     let full = std::mem::replace(disk, forced.disk());
     full.finish().await?;
     forced.finish().await?;
-    let n = replace.len() as u64;
     for (id, stored) in replace.drain(..) {
         run.target
             .backend()
             .put(&keys::node(&id), stored, PutMode::Overwrite)
             .await?;
     }
-    Ok(n)
+    Ok(())
 }

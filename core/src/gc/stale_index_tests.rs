@@ -6,7 +6,8 @@
 //! after its start: the sweeps alone give it no reason to check. Its
 //! first check must still make it look at every dependency once, so that
 //! the point never names a chunk stored nowhere (`gc_liveness` e2e found
-//! this: one run in about twelve under load lost a chunk).
+//! this: one run in about twelve under load lost a chunk). Likewise a
+//! repair's pack found already stored (named by its bytes) is a dep.
 
 use std::sync::Arc;
 
@@ -68,5 +69,49 @@ async fn a_chunk_found_in_a_pack_gone_before_the_backup_began_is_checked_and_fou
     assert!(
         matches!(&check, Check::Verify { deps, .. } if deps.len() == 1),
         "a dependency added later is checked too: {check:?}"
+    );
+}
+
+/// A repair stores chunks again in a pack named by its bytes: that pack
+/// (and its index object) may already be there, another writer's
+/// garbage a sweep is about to delete. The session must then name them
+/// in its lease and check them, as a backup's first put does.
+#[tokio::test]
+async fn a_repair_that_finds_its_pack_already_stored_depends_on_it() {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    let data = vec![5u8; 3000];
+    let id = ObjectId::of(&data);
+    let blob = repo.chunks().encode_chunk(&id, &data, 3).unwrap();
+    let chunks = vec![(id, data.len(), blob)];
+    assert_eq!(repo.chunks().store(chunks.clone()).await.unwrap(), vec![]);
+    let existed = repo.chunks().store(chunks).await.unwrap();
+    assert!(
+        matches!(existed[..], [ObjectRef::Pack(_), ObjectRef::Index(_)]),
+        "{existed:?}"
+    );
+
+    let mut session = Session::begin(&repo, &"a".parse().unwrap(), "h")
+        .await
+        .unwrap();
+    // A dep of its own makes the first check ask for a round.
+    let other = vec![6u8; 3000];
+    let (reused, _, _) = store_pack_deps(&repo, &[(ObjectId::of(&other), other)]).await;
+    session.depend([ObjectRef::Pack(reused)]);
+    let progress = crate::progress::Progress::default();
+    let mut rounds = Vec::new();
+    session
+        .settle_with(&progress, async |all, deps| {
+            rounds.push((all, deps.to_vec()));
+            // The first round "repairs" and finds the objects there.
+            Ok(if rounds.len() == 1 { existed.clone() } else { Vec::new() })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(session.deps()[1..], existed, "the lease names them");
+    assert!(
+        rounds.iter().any(|(_, deps)| *deps == existed),
+        "and a later round checked them: {rounds:?}"
     );
 }

@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::frame;
 use crate::id::ObjectId;
 use crate::keys;
+use crate::lease::ObjectRef;
 
 pub mod archive;
 mod check_packs;
@@ -140,17 +141,20 @@ impl Placement {
     /// Stores chunks (id, plain length, stored bytes from
     /// [`Placement::encode_chunk`]) in new packs and one index object,
     /// whatever the index says: for repairs, which store again chunks
-    /// whose copies are gone or damaged. Returns the bytes stored.
-    pub async fn store(&self, chunks: Vec<(ObjectId, usize, Bytes)>) -> Result<u64> {
+    /// whose copies are gone or damaged. Returns the packs and index
+    /// objects found already stored (named by their bytes, they may be
+    /// another writer's, which a sweep may be about to delete: the
+    /// caller's lease must name them).
+    pub async fn store(&self, chunks: Vec<(ObjectId, usize, Bytes)>) -> Result<Vec<ObjectRef>> {
         let index = Arc::new(lookup::ChunkIndex::empty(self.backend.clone()));
         let session = self.session(index);
         let mut disk = session.disk();
         for (id, len, blob) in chunks {
             disk.add(id, len, &blob).await?;
         }
-        let stored = disk.finish().await?;
+        disk.finish().await?;
         session.finish().await?;
-        Ok(stored.bytes)
+        Ok(session.take_existed())
     }
 
     /// The ids among `ids` that cannot be read from the store as it is
