@@ -105,7 +105,11 @@ async fn a_repair_that_finds_its_pack_already_stored_depends_on_it() {
         .settle_with(&progress, async |all, deps| {
             rounds.push((all, deps.to_vec()));
             // The first round "repairs" and finds the objects there.
-            Ok(if rounds.len() == 1 { existed.clone() } else { Vec::new() })
+            Ok(if rounds.len() == 1 {
+                existed.clone()
+            } else {
+                Vec::new()
+            })
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
