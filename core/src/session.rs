@@ -227,7 +227,10 @@ impl Session {
                 }
                 Check::Verify { all, deps, .. } => {
                     let existed = restore(*all, deps).await?;
-                    self.depend(existed);
+                    // Repairs find the same objects again, round after round.
+                    let mut known: std::collections::HashSet<ObjectRef> =
+                        self.deps().into_iter().collect();
+                    self.depend(existed.into_iter().filter(|d| known.insert(*d)));
                     self.settle(&check);
                 }
             }

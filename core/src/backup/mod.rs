@@ -308,13 +308,14 @@ async fn settle_sweeps(
     commit: &Commit,
     progress: &Progress,
 ) -> Result<()> {
+    let began = session.started();
     session
         .settle_with(progress, async |all, deps| {
             if !all && repair::all_exist(repo, deps).await? {
                 return Ok(Vec::new());
             }
             let disks: Vec<_> = commit.disks.iter().map(|(s, d)| (s.clone(), d)).collect();
-            let r = repair::ensure_present(repo, &disks).await?;
+            let r = repair::ensure_present(repo, &disks, began).await?;
             if r.segments_restored > 0 {
                 progress.notice(Notice::Warning(Warning::SegmentsReadAgain {
                     segments: r.segments_restored,

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::segment::seal_segment;
@@ -29,7 +30,8 @@ const CHECKED_CAP: usize = 1 << 20;
 pub struct RepairReport {
     pub objects_checked: u64,
     pub segments_restored: u64,
-    /// Packs and index objects the stores found already there: deps.
+    /// Packs and index objects the stores found already there, and older
+    /// packs the chunks found rely on: deps.
     pub existed: Vec<ObjectRef>,
 }
 
@@ -63,10 +65,13 @@ pub async fn all_exist(repo: &Repository, refs: &[ObjectRef]) -> Result<bool> {
 }
 
 /// Checks every node and chunk the disks reference, and stores again the
-/// segments that lost any.
+/// segments that lost any. A chunk found in a pack stored before the
+/// session began (`began`) makes that pack a dep (`existed`): nothing
+/// else keeps a sweep from deleting it before the point is committed.
 pub async fn ensure_present(
     repo: &Repository,
     disks: &[(Arc<DiskSource>, &DiskManifest)],
+    began: Option<DateTime<Utc>>,
 ) -> Result<RepairReport> {
     let mut report = RepairReport::default();
     let mut checked: HashSet<ObjectId> = HashSet::new();
@@ -79,7 +84,8 @@ pub async fn ensure_present(
             if !seen_nodes.insert(*node) {
                 continue;
             }
-            let present = segment_present(repo, &index, node, &mut checked, &mut report).await?;
+            let present =
+                segment_present(repo, &index, node, began, &mut checked, &mut report).await?;
             if !present {
                 // Any segment with this node will do: same node, same bytes.
                 let existed = restore_segment(repo, source, disk, idx, node).await?;
@@ -95,6 +101,7 @@ async fn segment_present(
     repo: &Repository,
     index: &ChunkIndex,
     node: &ObjectId,
+    began: Option<DateTime<Utc>>,
     checked: &mut HashSet<ObjectId>,
     report: &mut RepairReport,
 ) -> Result<bool> {
@@ -109,7 +116,11 @@ async fn segment_present(
     }
     let todo: Vec<ObjectId> = n.chunk_ids().filter(|c| checked.insert(*c)).collect();
     report.objects_checked += todo.len() as u64;
-    Ok(repo.chunks().absent_in(index, &todo).await?.is_empty())
+    let found = repo.chunks().presence_in(index, &todo, began).await?;
+    report
+        .existed
+        .extend(found.relied.into_iter().map(ObjectRef::Pack));
+    Ok(found.absent.is_empty())
 }
 
 /// Reads one segment from the source again and stores its chunks (in a

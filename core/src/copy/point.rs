@@ -192,12 +192,13 @@ pub(super) async fn settle(
     session: &mut Session,
     manifest: &Manifest,
 ) -> Result<()> {
+    let began = session.started();
     session
         .settle_with(&run.progress, async |all, deps| {
             if !all && crate::backup::repair::all_exist(run.target, deps).await? {
                 return Ok(Vec::new());
             }
-            recheck::ensure_present(run, manifest).await
+            recheck::ensure_present(run, manifest, began).await
         })
         .await
 }

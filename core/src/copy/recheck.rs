@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 
 use super::{Run, in_source};
 use crate::backend::PutMode;
@@ -30,8 +31,14 @@ const NODES_PER_FLUSH: usize = 1024;
 /// Checks everything `manifest` references in the target; copies again
 /// what is gone. Returns the packs and index objects its puts found
 /// already stored (named by their bytes, maybe another writer's garbage
-/// a sweep is about to delete: the copy's lease must name them).
-pub(super) async fn ensure_present(run: &Run<'_>, manifest: &Manifest) -> Result<Vec<ObjectRef>> {
+/// a sweep is about to delete: the copy's lease must name them), and the
+/// packs stored before the copy's session began (`began`) that chunks
+/// found rely on (nothing else keeps a sweep from deleting those).
+pub(super) async fn ensure_present(
+    run: &Run<'_>,
+    manifest: &Manifest,
+    began: Option<DateTime<Utc>>,
+) -> Result<Vec<ObjectRef>> {
     let placement = run.target.chunks();
     // Opened after the sweep this check follows.
     let index = placement.open_index().await?;
@@ -40,6 +47,7 @@ pub(super) async fn ensure_present(run: &Run<'_>, manifest: &Manifest) -> Result
     let mut replace: Vec<(ObjectId, Bytes)> = Vec::new();
     let mut checked = HashSet::new();
     let mut seen = HashSet::new();
+    let mut relied = Vec::new();
     for node in manifest
         .disks
         .iter()
@@ -61,7 +69,9 @@ pub(super) async fn ensure_present(run: &Run<'_>, manifest: &Manifest) -> Result
             checked.clear();
         }
         let todo: Vec<ObjectId> = chunks.into_iter().filter(|c| checked.insert(*c)).collect();
-        let absent = placement.absent_in(&index, &todo).await?;
+        let found = placement.presence_in(&index, &todo, began).await?;
+        relied.extend(found.relied.into_iter().map(ObjectRef::Pack));
+        let absent = found.absent;
         if !absent.is_empty() {
             run.source_chunks
                 .transfer(run.source_index().await?, &absent, &mut disk)
@@ -73,7 +83,8 @@ pub(super) async fn ensure_present(run: &Run<'_>, manifest: &Manifest) -> Result
         }
     }
     flush(run, &forced, &mut disk, &mut replace).await?;
-    Ok(forced.take_existed())
+    relied.extend(forced.take_existed());
+    Ok(relied)
 }
 
 /// A node's stored bytes in the source, checked, and its chunks.

@@ -121,6 +121,10 @@ pub struct Census {
     pub depth: usize,
     /// Objects of any ids are distributed into shards this time.
     distribute: bool,
+    /// The cutoff [`Census::decide`] used: younger index objects are
+    /// never replaced (a running backup's may name a pack stored after
+    /// the listing, whose entries a rewrite would drop).
+    cutoff: Option<DateTime<Utc>>,
 }
 
 fn top16(name: &ObjectId) -> usize {
@@ -318,6 +322,7 @@ impl Census {
                 Fate::Planned(plan(&[u], ctx.rules, ctx.max_waste_pct).fates[0].1)
             };
         }
+        self.cutoff = Some(ctx.cutoff);
         for o in self.objects.iter_mut() {
             // A young object naming an unlisted pack may belong to a
             // backup that stored the pack after `packs/` was listed (and
@@ -339,7 +344,12 @@ impl Census {
     ) -> Result<()> {
         if self.packs.iter().any(|p| p.named && p.fate.doomed()) {
             for k in 0..self.objects.len() {
-                if self.objects[k].replace {
+                let young = self
+                    .cutoff
+                    .is_none_or(|c| self.objects[k].object.meta.last_modified >= c);
+                if self.objects[k].replace || young {
+                    // A young one naming a pack that goes stays until a
+                    // later sweep: backups check each dep they find there.
                     continue;
                 }
                 if cancelled() {

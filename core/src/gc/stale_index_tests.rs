@@ -119,3 +119,40 @@ async fn a_repair_that_finds_its_pack_already_stored_depends_on_it() {
         "and a later round checked them: {rounds:?}"
     );
 }
+
+/// A repair that finds a chunk in a pack stored before the session began
+/// relies on that pack: no sweep marks a chunk of a point not committed
+/// yet, so only the lease naming the pack keeps it. A pack stored since
+/// is young for every sweep while the lease lives: no dep needed.
+#[tokio::test]
+async fn a_chunk_found_by_a_repair_in_an_older_pack_makes_that_pack_a_dep() {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    let (a, b) = (vec![1u8; 3000], vec![2u8; 3000]);
+    let (ia, ib) = (ObjectId::of(&a), ObjectId::of(&b));
+    // The store's clock (every request moves it forward).
+    let earlier = mem.clock().now();
+    let (pa, _, _) = store_pack_deps(&repo, &[(ia, a)]).await;
+    let (pb, _, _) = store_pack_deps(&repo, &[(ib, b)]).await;
+    mem.delete_many(&[keys::pack(&pb)]).await.unwrap();
+    let index = repo.chunks().open_index().await.unwrap();
+    let later = mem.clock().now();
+    let found = repo
+        .chunks()
+        .presence_in(&index, &[ia, ib], Some(later))
+        .await
+        .unwrap();
+    assert_eq!(
+        found.absent,
+        vec![ib],
+        "the chunk of the gone pack is absent"
+    );
+    assert_eq!(found.relied, vec![pa], "the older pack is relied on");
+    let found = repo
+        .chunks()
+        .presence_in(&index, &[ia, ib], Some(earlier))
+        .await
+        .unwrap();
+    assert_eq!((found.absent, found.relied), (vec![ib], vec![]));
+}

@@ -16,12 +16,13 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
-use super::test_packs::{find, read_chunk, store_pack_deps};
+use super::test_packs::{find, pack_entries, put_pack, read_chunk, store_pack_deps};
 use crate::backend::{Backend, BackendError, ObjectMeta, PutOptions};
 use crate::chunker::ChunkParams;
 use crate::config::{Protocol, RepoConfig};
 use crate::id::ObjectId;
 use crate::keys;
+use crate::placement::index_write::store_entries;
 use crate::repo::Repository;
 use crate::session::Session;
 use crate::testing::MemBackend;
@@ -73,8 +74,13 @@ impl Backend for BeforeIndexListing {
     }
 }
 
-#[tokio::test]
-async fn an_index_object_written_between_the_sweeps_listings_stays() {
+/// A repository whose `index/` listing runs `hook` first, holding
+/// `garbage` in a pack no point references (its name returned); and a
+/// session live before the sweep begins.
+async fn setup(
+    garbage: Vec<u8>,
+    hook: impl Fn(Repository) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+) -> (Repository, Arc<BeforeIndexListing>, Session, ObjectId) {
     let mem = Arc::new(MemBackend::default());
     let mut cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
     cfg.protocol = Protocol {
@@ -83,24 +89,67 @@ async fn an_index_object_written_between_the_sweeps_listings_stays() {
         sweep_ttl_secs: 60,
     };
     let repo = Repository::init(mem.clone(), cfg).await.unwrap();
-    let data = vec![9u8; 3000];
-    let id = ObjectId::of(&data);
-    // A backup is running: its lease is live before the sweep begins.
+    let (dead, _, _) = store_pack_deps(&repo, &[(ObjectId::of(&garbage), garbage)]).await;
     let session = Session::begin(&repo, &"a".parse().unwrap(), "h")
         .await
         .unwrap();
     let writer = repo.clone();
-    let hook: Hook = Box::new(move || {
-        let (repo, data) = (writer.clone(), data.clone());
+    let hooked = Arc::new(BeforeIndexListing {
+        inner: mem,
+        hook: Box::new(move || hook(writer.clone())),
+        fired: AtomicBool::new(false),
+    });
+    (repo, hooked, session, dead)
+}
+
+/// A young index object that also names an old dead pack (a backup's
+/// put found that pack already there) is not rewritten without the
+/// unlisted pack's entries: it stays until a later sweep.
+#[tokio::test]
+async fn a_young_index_object_naming_a_dead_pack_and_an_unlisted_one_stays() {
+    let dead = vec![3u8; 3000];
+    let new = vec![4u8; 3000];
+    let id = ObjectId::of(&new);
+    let dead_id = ObjectId::of(&dead);
+    let (repo, hooked, session, gone) = setup(dead, move |repo| {
+        let new = new.clone();
+        Box::pin(async move {
+            let n = put_pack(&repo, &[(id, new)]).await;
+            let d = find(&repo, &[dead_id]).await[0].unwrap().pack;
+            let mut entries = pack_entries(&repo, &d).await;
+            entries.extend(pack_entries(&repo, &n).await);
+            store_entries(&**repo.backend(), repo.codec(), "", entries)
+                .await
+                .unwrap();
+        })
+    })
+    .await;
+    let swept = Repository::open(hooked.clone()).await.unwrap();
+    super::run(&swept, false).await.unwrap();
+    assert!(
+        hooked.fired.load(Ordering::SeqCst),
+        "the write came mid-sweep"
+    );
+    assert!(
+        repo.backend().head(&keys::pack(&gone)).await.is_err(),
+        "the dead pack went"
+    );
+    assert!(find(&repo, &[id]).await[0].is_some(), "the chunk is placed");
+    read_chunk(&repo, &id).await.unwrap();
+    session.end(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_index_object_written_between_the_sweeps_listings_stays() {
+    let data = vec![9u8; 3000];
+    let id = ObjectId::of(&data);
+    let (repo, hooked, session, _) = setup(vec![8u8; 3000], move |repo| {
+        let data = data.clone();
         Box::pin(async move {
             store_pack_deps(&repo, &[(id, data)]).await;
         })
-    });
-    let hooked = Arc::new(BeforeIndexListing {
-        inner: mem.clone(),
-        hook,
-        fired: AtomicBool::new(false),
-    });
+    })
+    .await;
     let swept = Repository::open(hooked.clone()).await.unwrap();
     super::run(&swept, false).await.unwrap();
     assert!(

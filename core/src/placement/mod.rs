@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 
 use crate::backend::Backend;
 use crate::codec::Codec;
@@ -174,26 +175,49 @@ impl Placement {
         index: &lookup::ChunkIndex,
         ids: &[ObjectId],
     ) -> Result<Vec<ObjectId>> {
+        Ok(self.presence_in(index, ids, None).await?.absent)
+    }
+
+    /// As [`Placement::absent_in`], and the packs a session that began at
+    /// `began` (the store's clock) relies on for the chunks found: for
+    /// each, a pack that holds it, stored before `began`, when none
+    /// stored since holds it. A sweep's cutoff spares packs younger than
+    /// a live lease; an older one goes unless a lease names it, and a
+    /// chunk of a point not yet committed is marked by no sweep.
+    pub async fn presence_in(
+        &self,
+        index: &lookup::ChunkIndex,
+        ids: &[ObjectId],
+        began: Option<DateTime<Utc>>,
+    ) -> Result<Presence> {
         let places = index.lookup_all(ids).await?;
         let mut packs: Vec<ObjectId> = places.iter().flatten().map(|e| e.pack).collect();
         packs.sort_unstable();
         packs.dedup();
-        let mut there = std::collections::HashSet::new();
+        // Each listed pack that is there: whether it is older than `began`.
+        let mut there = std::collections::HashMap::new();
         for p in packs {
             match self.backend.head(&keys::pack(&p)).await {
-                Ok(_) => {
-                    there.insert(p);
+                Ok(meta) => {
+                    there.insert(p, began.is_some_and(|b| meta.last_modified < b));
                 }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(ids
-            .iter()
-            .zip(places)
-            .filter(|(_, ps)| !ps.iter().any(|e| there.contains(&e.pack)))
-            .map(|(id, _)| *id)
-            .collect())
+        let mut out = Presence::default();
+        for (id, ps) in ids.iter().zip(places) {
+            let found: Vec<(ObjectId, bool)> = ps
+                .iter()
+                .filter_map(|e| there.get(&e.pack).map(|old| (e.pack, *old)))
+                .collect();
+            match found.iter().find(|(_, old)| !old).or(found.first()) {
+                None => out.absent.push(*id),
+                Some(&(pack, true)) if !out.relied.contains(&pack) => out.relied.push(pack),
+                Some(_) => {}
+            }
+        }
+        Ok(out)
     }
 
     /// Fetches the plaintext of chunks (see [`fetch::fetch`]).
@@ -272,4 +296,13 @@ pub fn chunk_name(id: &ObjectId) -> String {
 #[cfg(test)]
 pub(crate) fn test_codec() -> Arc<Codec> {
     Arc::new(Codec::plain())
+}
+
+/// What [`Placement::presence_in`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// Chunks in no pack that is there.
+    pub absent: Vec<ObjectId>,
+    /// Older packs relied on for chunks found (each once).
+    pub relied: Vec<ObjectId>,
 }
