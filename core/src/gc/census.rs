@@ -91,6 +91,15 @@ pub struct IndexUse {
     pub into_shards: bool,
 }
 
+impl IndexUse {
+    /// Older than `cutoff` (the one [`Census::decide`] used; none before
+    /// it): younger objects are never replaced or merged, a running
+    /// backup may still be writing them or their twins.
+    fn older_than(&self, cutoff: Option<DateTime<Utc>>) -> bool {
+        cutoff.is_some_and(|c| self.object.meta.last_modified < c)
+    }
+}
+
 /// Index objects of any ids with fewer entries are merged when there are
 /// several.
 pub const SMALL_INDEX: u64 = 1 << 16;
@@ -323,15 +332,16 @@ impl Census {
             };
         }
         self.cutoff = Some(ctx.cutoff);
+        let cutoff = self.cutoff;
         for o in self.objects.iter_mut() {
             // A young object naming an unlisted pack may belong to a
             // backup that stored the pack after `packs/` was listed (and
             // the object before `index/` was): it is the only object that
             // places those chunks. An old one's packs were all stored
             // before the listing began: unlisted means gone.
-            o.replace = o.names_gone && o.object.meta.last_modified < ctx.cutoff;
+            o.replace = o.names_gone && o.older_than(cutoff);
         }
-        self.choose_merges(ctx.cutoff, ctx.shard_entries);
+        self.choose_merges(ctx.shard_entries);
     }
 
     /// Marks replaced every index object that names a pack that goes
@@ -344,10 +354,8 @@ impl Census {
     ) -> Result<()> {
         if self.packs.iter().any(|p| p.named && p.fate.doomed()) {
             for k in 0..self.objects.len() {
-                let young = self
-                    .cutoff
-                    .is_none_or(|c| self.objects[k].object.meta.last_modified >= c);
-                if self.objects[k].replace || young {
+                let o = &self.objects[k];
+                if o.replace || !o.older_than(self.cutoff) {
                     // A young one naming a pack that goes stays until a
                     // later sweep: backups check each dep they find there.
                     continue;
@@ -386,11 +394,11 @@ impl Census {
     /// - A shard prefix shallower than the depth the index's size calls
     ///   for is rewritten at that depth (the index grew 16-fold); one with
     ///   [`SHARD_OBJECTS`] objects is merged into one.
-    fn choose_merges(&mut self, cutoff: DateTime<Utc>, shard_entries: u64) {
+    fn choose_merges(&mut self, shard_entries: u64) {
         let total: u64 = self.objects.iter().map(|o| o.object.head.entries()).sum();
         self.depth = shard::depth_for(total, shard_entries);
         let depth = self.depth;
-        let old = |o: &IndexUse| o.object.meta.last_modified < cutoff;
+        let old = |o: &IndexUse| o.older_than(self.cutoff);
         let any: Vec<usize> = (0..self.objects.len())
             .filter(|&k| self.objects[k].object.prefix.is_empty() && old(&self.objects[k]))
             .collect();
