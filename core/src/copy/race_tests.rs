@@ -8,78 +8,16 @@
 //! bit-exact. Once the copy is over, a later sweep deletes what only the
 //! first point had, so the objects were candidates indeed.
 
-use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use futures::TryStreamExt;
-use futures::future::BoxFuture;
-use futures::stream::BoxStream;
 
 use super::copy;
 use super::tests::{back_up, data, every_point, init, init_like, reopen, restored, run};
-use crate::backend::{Backend, BackendError, ObjectMeta, PutOptions};
+use crate::backend::Backend;
 use crate::error::Error;
 use crate::progress::Progress;
-use crate::testing::MemBackend;
-
-type Hook = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
-
-/// Runs `hook` once, just before the first put of a key under `prefix`
-/// reaches the store.
-struct BeforeFirstPut {
-    inner: Arc<MemBackend>,
-    prefix: &'static str,
-    hook: Hook,
-    fired: AtomicBool,
-}
-
-impl std::fmt::Debug for BeforeFirstPut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BeforeFirstPut")
-            .field("prefix", &self.prefix)
-            .finish()
-    }
-}
-
-#[async_trait]
-impl Backend for BeforeFirstPut {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
-        if key.starts_with(self.prefix) && !self.fired.swap(true, Ordering::SeqCst) {
-            (self.hook)().await;
-        }
-        self.inner.put_opts(key, data, opts).await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
-        self.inner.head(key).await
-    }
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
-        self.inner.list(prefix)
-    }
-    async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
-        self.inner.delete_many(keys).await
-    }
-}
-
-fn hooked(inner: &Arc<MemBackend>, prefix: &'static str, hook: Hook) -> Arc<dyn Backend> {
-    Arc::new(BeforeFirstPut {
-        inner: inner.clone(),
-        prefix,
-        hook,
-        fired: AtomicBool::new(false),
-    })
-}
+use crate::testing::{Hook, HookAt, Hooked, MemBackend};
 
 #[tokio::test]
 async fn gc_on_the_target_mid_copy_keeps_what_the_copied_point_needs() {
@@ -114,7 +52,11 @@ async fn gc_on_the_target_mid_copy_keeps_what_the_copied_point_needs() {
             );
         })
     });
-    let through = reopen(hooked(&tb, crate::keys::NODES, hook), true).await;
+    let through = reopen(
+        Hooked::new(tb.clone(), HookAt::Put(crate::keys::NODES), hook),
+        true,
+    )
+    .await;
     let out = run(&source, &through, every_point(&[&a2])).await.unwrap();
     let counts = out.points[0].counts;
     assert!(
@@ -148,7 +90,11 @@ async fn a_cancelled_copy_leaves_no_point_nor_lease_and_a_rerun_finishes() {
         cancel.cancel();
         Box::pin(async {})
     });
-    let through = reopen(hooked(&tb, crate::keys::PACKS, hook), true).await;
+    let through = reopen(
+        Hooked::new(tb.clone(), HookAt::Put(crate::keys::PACKS), hook),
+        true,
+    )
+    .await;
     let e = copy(&source, &through, every_point(&[&a1]), progress)
         .await
         .unwrap_err();

@@ -15,37 +15,20 @@
 //! waiting for an earlier one) must not wait for it: in a tight gc loop
 //! that could go on sweep after sweep.
 
-use std::sync::Arc;
-
 use chrono::Duration;
 
 use crate::backend::Backend;
-use crate::chunker::ChunkParams;
-use crate::config::{Protocol, RepoConfig};
 use crate::error::Error;
 use crate::gc::Sweep;
 use crate::gc::markers::{Phase, SweepState};
 use crate::gc::sweep::Candidate;
-use crate::gc::test_packs::store_pack;
+use crate::gc::test_packs::{mem_repo, store_pack};
 use crate::id::ObjectId;
 use crate::lease::ObjectRef;
 use crate::repo::Repository;
 use crate::session::{Check, Session};
-use crate::testing::MemBackend;
 
 const TTL: u64 = 60;
-
-async fn repo() -> (Arc<MemBackend>, Repository) {
-    let mem = Arc::new(MemBackend::default());
-    let mut cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    cfg.protocol = Protocol {
-        lease_ttl_secs: TTL,
-        clock_margin_secs: 0,
-        sweep_ttl_secs: TTL,
-    };
-    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
-    (mem, repo)
-}
 
 async fn run(mut sweep: Sweep) {
     sweep.read_leases().await.unwrap();
@@ -57,7 +40,7 @@ async fn run(mut sweep: Sweep) {
 
 #[tokio::test]
 async fn a_sweep_that_gave_way_does_not_make_the_next_one_give_way() {
-    let (_, repo) = repo().await;
+    let (_, repo) = mem_repo(TTL).await;
     let first = Sweep::begin(&repo, false).await.unwrap();
     assert!(first.yielded_to().is_none());
     let second = Sweep::begin(&repo, false).await.unwrap();
@@ -75,7 +58,7 @@ async fn a_sweep_that_gave_way_does_not_make_the_next_one_give_way() {
 
 #[tokio::test]
 async fn a_sweep_that_stopped_itself_does_not_make_the_next_one_give_way() {
-    let (mem, repo) = repo().await;
+    let (mem, repo) = mem_repo(TTL).await;
     let mut paused = Sweep::begin(&repo, false).await.unwrap();
     // Paused past half the sweep TTL: on resuming, it says it stopped.
     mem.clock().advance(Duration::seconds(TTL as i64));
@@ -125,7 +108,7 @@ async fn announce(repo: &Repository, pick: impl Fn(&Candidate) -> bool) -> (Swee
 
 #[tokio::test]
 async fn a_backup_does_not_wait_for_a_sweep_that_began_after_its_final_lease() {
-    let (mem, repo) = repo().await;
+    let (mem, repo) = mem_repo(TTL).await;
     let (g1, g2, g3) = (
         garbage(&repo, 1).await,
         garbage(&repo, 2).await,

@@ -9,31 +9,18 @@
 //! this: one run in about twelve under load lost a chunk). Likewise a
 //! repair's pack found already stored (named by its bytes) is a dep.
 
-use std::sync::Arc;
-
-use super::test_packs::store_pack_deps;
+use super::test_packs::{mem_repo, store_pack_deps};
 use crate::backend::Backend;
 use crate::backup::repair::all_exist;
-use crate::chunker::ChunkParams;
-use crate::config::{Protocol, RepoConfig};
 use crate::id::ObjectId;
 use crate::keys;
 use crate::lease::ObjectRef;
 use crate::placement::session::Found;
-use crate::repo::Repository;
 use crate::session::{Check, Session};
-use crate::testing::MemBackend;
 
 #[tokio::test]
 async fn a_chunk_found_in_a_pack_gone_before_the_backup_began_is_checked_and_found_missing() {
-    let mem = Arc::new(MemBackend::default());
-    let mut cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    cfg.protocol = Protocol {
-        lease_ttl_secs: 60,
-        clock_margin_secs: 0,
-        sweep_ttl_secs: 60,
-    };
-    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    let (mem, repo) = mem_repo(60).await;
     let data = vec![7u8; 3000];
     let id = ObjectId::of(&data);
     let (gone, _, _) = store_pack_deps(&repo, &[(id, data)]).await;
@@ -78,9 +65,7 @@ async fn a_chunk_found_in_a_pack_gone_before_the_backup_began_is_checked_and_fou
 /// in its lease and check them, as a backup's first put does.
 #[tokio::test]
 async fn a_repair_that_finds_its_pack_already_stored_depends_on_it() {
-    let mem = Arc::new(MemBackend::default());
-    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    let (_, repo) = mem_repo(60).await;
     let data = vec![5u8; 3000];
     let id = ObjectId::of(&data);
     let blob = repo.chunks().encode_chunk(&id, &data, 3).unwrap();
@@ -126,9 +111,7 @@ async fn a_repair_that_finds_its_pack_already_stored_depends_on_it() {
 /// is young for every sweep while the lease lives: no dep needed.
 #[tokio::test]
 async fn a_chunk_found_by_a_repair_in_an_older_pack_makes_that_pack_a_dep() {
-    let mem = Arc::new(MemBackend::default());
-    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    let (mem, repo) = mem_repo(60).await;
     let (a, b) = (vec![1u8; 3000], vec![2u8; 3000]);
     let (ia, ib) = (ObjectId::of(&a), ObjectId::of(&b));
     // The store's clock (every request moves it forward).

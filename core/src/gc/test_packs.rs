@@ -3,10 +3,13 @@
 //! place the index gives, in turn).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
 
+use crate::chunker::ChunkParams;
+use crate::config::{Protocol, RepoConfig};
 use crate::id::{ObjectId, PointId};
 use crate::keys;
 use crate::lease::ObjectRef;
@@ -19,6 +22,22 @@ use crate::placement::pack_read::{ReadRun, read_run};
 use crate::placement::packer::StoredPack;
 use crate::placement::shard;
 use crate::repo::{Repository, Stored, put_once_as};
+use crate::testing::MemBackend;
+
+/// An in-memory repository of 1 MiB segments whose leases and sweep
+/// markers live `ttl_secs`, with no clock margin (the protocol must hold
+/// without it).
+pub async fn mem_repo(ttl_secs: u64) -> (Arc<MemBackend>, Repository) {
+    let mem = Arc::new(MemBackend::default());
+    let mut cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    cfg.protocol = Protocol {
+        lease_ttl_secs: ttl_secs,
+        clock_margin_secs: 0,
+        sweep_ttl_secs: ttl_secs,
+    };
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    (mem, repo)
+}
 
 /// Stores a node of `chunks` and the point `vm@id` of one disk `d` of one
 /// segment (the repository's segment size), dated 2026-01-01.

@@ -6,100 +6,41 @@
 //! the backup's chunks (`gc_liveness` e2e found this: about one run in a
 //! hundred under load committed a point whose chunks no index names).
 
-use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::BoxFuture;
-use futures::stream::BoxStream;
 
-use super::test_packs::{find, pack_entries, put_pack, read_chunk, store_pack_deps};
-use crate::backend::{Backend, BackendError, ObjectMeta, PutOptions};
-use crate::chunker::ChunkParams;
-use crate::config::{Protocol, RepoConfig};
+use super::test_packs::{find, mem_repo, pack_entries, put_pack, read_chunk, store_pack_deps};
 use crate::id::ObjectId;
 use crate::keys;
 use crate::placement::index_write::store_entries;
 use crate::repo::Repository;
 use crate::session::Session;
-use crate::testing::MemBackend;
+use crate::testing::{HookAt, Hooked};
 
-type Hook = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
-
-/// Runs `hook` once, when the first listing of `index/` begins.
-struct BeforeIndexListing {
-    inner: Arc<MemBackend>,
-    hook: Hook,
-    fired: AtomicBool,
-}
-
-impl std::fmt::Debug for BeforeIndexListing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BeforeIndexListing").finish()
-    }
-}
-
-#[async_trait]
-impl Backend for BeforeIndexListing {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
-        self.inner.put_opts(key, data, opts).await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
-        self.inner.head(key).await
-    }
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
-        if prefix.starts_with(keys::INDEX) && !self.fired.swap(true, Ordering::SeqCst) {
-            let hook = (self.hook)();
-            let prefix = prefix.to_string();
-            return futures::stream::once(hook)
-                .flat_map(move |()| self.inner.list(&prefix))
-                .boxed();
-        }
-        self.inner.list(prefix)
-    }
-    async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
-        self.inner.delete_many(keys).await
-    }
-}
-
-/// A repository whose `index/` listing runs `hook` first, holding
-/// `garbage` in a pack no point references (its name returned); and a
-/// session live before the sweep begins.
+/// A repository holding `garbage` in a pack no point references (its
+/// name returned), the same store with `hook` run when the first listing
+/// of `index/` begins, and a session live before the sweep begins.
 async fn setup(
     garbage: Vec<u8>,
     hook: impl Fn(Repository) -> BoxFuture<'static, ()> + Send + Sync + 'static,
-) -> (Repository, Arc<BeforeIndexListing>, Session, ObjectId) {
-    let mem = Arc::new(MemBackend::default());
-    let mut cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    cfg.protocol = Protocol {
-        lease_ttl_secs: 60,
-        clock_margin_secs: 0,
-        sweep_ttl_secs: 60,
-    };
-    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+) -> (Repository, Arc<Hooked>, Session, ObjectId) {
+    let (mem, repo) = mem_repo(60).await;
     let (dead, _, _) = store_pack_deps(&repo, &[(ObjectId::of(&garbage), garbage)]).await;
     let session = Session::begin(&repo, &"a".parse().unwrap(), "h")
         .await
         .unwrap();
     let writer = repo.clone();
-    let hooked = Arc::new(BeforeIndexListing {
-        inner: mem,
-        hook: Box::new(move || hook(writer.clone())),
-        fired: AtomicBool::new(false),
-    });
+    let at = HookAt::List(keys::INDEX);
+    let hooked = Hooked::new(mem, at, Box::new(move || hook(writer.clone())));
     (repo, hooked, session, dead)
+}
+
+/// A whole sweep through `hooked`, whose hook must have run mid-sweep.
+async fn sweep(hooked: &Arc<Hooked>) {
+    let swept = Repository::open(hooked.clone()).await.unwrap();
+    super::run(&swept, false).await.unwrap();
+    assert!(hooked.fired(), "the write came mid-sweep");
 }
 
 /// A young index object that also names an old dead pack (a backup's
@@ -124,12 +65,7 @@ async fn a_young_index_object_naming_a_dead_pack_and_an_unlisted_one_stays() {
         })
     })
     .await;
-    let swept = Repository::open(hooked.clone()).await.unwrap();
-    super::run(&swept, false).await.unwrap();
-    assert!(
-        hooked.fired.load(Ordering::SeqCst),
-        "the write came mid-sweep"
-    );
+    sweep(&hooked).await;
     assert!(
         repo.backend().head(&keys::pack(&gone)).await.is_err(),
         "the dead pack went"
@@ -150,12 +86,7 @@ async fn an_index_object_written_between_the_sweeps_listings_stays() {
         })
     })
     .await;
-    let swept = Repository::open(hooked.clone()).await.unwrap();
-    super::run(&swept, false).await.unwrap();
-    assert!(
-        hooked.fired.load(Ordering::SeqCst),
-        "the write came mid-sweep"
-    );
+    sweep(&hooked).await;
 
     let placed = find(&repo, &[id]).await;
     assert!(

@@ -2,11 +2,12 @@
 //! in-memory backend whose clock the test drives, a decorator that
 //! injects faults into any backend, one that gives a backend the rights
 //! of a least-privilege role, one that plays an archive class, one that
-//! plays S3 Object Lock and one that plays a gc replacing an object
-//! while it is read.
+//! plays S3 Object Lock, one that plays a gc replacing an object while
+//! it is read, and one that runs a test's hook before a chosen request.
 
 pub mod archive_sim;
 pub mod faults;
+pub mod hooked;
 pub mod lock_sim;
 pub mod mem;
 pub mod replace_sim;
@@ -14,6 +15,7 @@ pub mod role;
 
 pub use archive_sim::ArchiveSim;
 pub use faults::{FaultPlan, FaultyBackend};
+pub use hooked::{Hook, HookAt, Hooked};
 pub use lock_sim::LockSim;
 pub use mem::{Clock, MemBackend};
 pub use replace_sim::ReplaceSim;

@@ -1,0 +1,97 @@
+//! A backend that runs a test's hook once, just before a chosen request
+//! reaches the store: to put another writer's step exactly between two
+//! steps of the code under test (a copy's puts, a sweep's listings).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use super::MemBackend;
+use crate::backend::{Backend, BackendError, ObjectMeta, PutOptions};
+
+/// What a [`Hooked`] backend runs.
+pub type Hook = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Which request runs the hook (the first one that matches).
+#[derive(Clone, Copy, Debug)]
+pub enum HookAt {
+    /// A put of a key under this prefix.
+    Put(&'static str),
+    /// A listing of this prefix (or one under it).
+    List(&'static str),
+}
+
+/// Runs its hook once, before the first request [`HookAt`] names.
+pub struct Hooked {
+    inner: Arc<MemBackend>,
+    at: HookAt,
+    hook: Hook,
+    fired: AtomicBool,
+}
+
+impl Hooked {
+    pub fn new(inner: Arc<MemBackend>, at: HookAt, hook: Hook) -> Arc<Self> {
+        Arc::new(Hooked {
+            inner,
+            at,
+            hook,
+            fired: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the hook ran.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// True once: for the first request that matches.
+    fn fire(&self, matches: bool) -> bool {
+        matches && !self.fired.swap(true, Ordering::SeqCst)
+    }
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooked").field("at", &self.at).finish()
+    }
+}
+
+#[async_trait]
+impl Backend for Hooked {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
+        if self.fire(matches!(self.at, HookAt::Put(p) if key.starts_with(p))) {
+            (self.hook)().await;
+        }
+        self.inner.put_opts(key, data, opts).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        self.inner.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
+        if self.fire(matches!(self.at, HookAt::List(p) if prefix.starts_with(p))) {
+            let prefix = prefix.to_string();
+            return futures::stream::once((self.hook)())
+                .flat_map(move |()| self.inner.list(&prefix))
+                .boxed();
+        }
+        self.inner.list(prefix)
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
+        self.inner.delete_many(keys).await
+    }
+}
