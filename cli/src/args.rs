@@ -189,6 +189,13 @@ pub struct InitArgs {
     #[arg(long, value_name = "MODE",
           value_parser = PossibleValuesParser::new(xfull_s3::SSE_VALUES.iter().copied()))]
     pub sse: Option<String>,
+    /// S3 only: CLASS=DAYS, the minimum storage duration of a storage
+    /// class where the store's differs from AWS's (STANDARD_IA and
+    /// ONEZONE_IA 30 days, GLACIER_IR and GLACIER 90, DEEP_ARCHIVE 180,
+    /// any other none), stored in the repository: gc rewrites a partly
+    /// dead pack only once it is that old. Repeatable.
+    #[arg(long, value_name = "CLASS=DAYS")]
+    pub min_storage_days: Vec<String>,
     /// Make the repository like this one (a location or @NAME), so that
     /// `xfull copy` can copy its points here as they are stored: its
     /// segment size, chunking and zstd level, and its encryption keys in

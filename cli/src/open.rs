@@ -302,8 +302,9 @@ async fn init_as(
     };
     if !config.store.is_empty() && parse_location(&repo).is_some() {
         return Err(Error::InvalidArgument(format!(
-            "repository {repo}: --data-storage-class and --sse are settings of an S3 \
-             repository; a local directory has no storage classes or server-side encryption"
+            "repository {repo}: --data-storage-class, --sse and --min-storage-days are \
+             settings of an S3 repository; a local directory has no storage classes or \
+             server-side encryption"
         ))
         .into());
     }

@@ -1,6 +1,8 @@
 //! Repository constants, written once by `init` (create-only) and read by
 //! every command before anything else.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -120,26 +122,55 @@ pub struct StoreSettings {
     /// `x-amz-server-side-encryption`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse: Option<String>,
+    /// Minimum storage duration in days per storage class, where the
+    /// store's differ from AWS's (`gc::pack_plan::class_rules`): gc
+    /// rewrites a partly dead pack only once it is older. Builds before
+    /// this setting ignore it and use AWS's values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub min_storage_days: BTreeMap<String, u32>,
 }
+
+/// At most this many classes in `min_storage_days`, at most this many days.
+pub const MAX_STORAGE_CLASSES: usize = 32;
+pub const MAX_MIN_STORAGE_DAYS: u32 = 3650;
 
 impl StoreSettings {
     pub fn is_empty(&self) -> bool {
-        self.data_storage_class.is_none() && self.sse.is_none()
+        self.data_storage_class.is_none() && self.sse.is_none() && self.min_storage_days.is_empty()
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
+        let named = |what: &str, v: &str| {
+            if v.is_empty()
+                || v.len() > 32
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_:-.".contains(&b))
+            {
+                return Err(format!("{what} {v:?} is not a setting name"));
+            }
+            Ok(())
+        };
         for (what, v) in [
             ("data storage class", &self.data_storage_class),
             ("server-side encryption", &self.sse),
         ] {
-            if let Some(v) = v
-                && (v.is_empty()
-                    || v.len() > 32
-                    || !v
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_:-.".contains(&b)))
-            {
-                return Err(format!("{what} {v:?} is not a setting name"));
+            if let Some(v) = v {
+                named(what, v)?;
+            }
+        }
+        if self.min_storage_days.len() > MAX_STORAGE_CLASSES {
+            return Err(format!(
+                "minimum storage durations for {} storage classes (at most {MAX_STORAGE_CLASSES})",
+                self.min_storage_days.len()
+            ));
+        }
+        for (class, days) in &self.min_storage_days {
+            named("storage class", class)?;
+            if *days > MAX_MIN_STORAGE_DAYS {
+                return Err(format!(
+                    "minimum storage duration of {class}: {days} days (at most {MAX_MIN_STORAGE_DAYS})"
+                ));
             }
         }
         Ok(())
@@ -399,11 +430,26 @@ mod tests {
         with.store = StoreSettings {
             data_storage_class: Some("STANDARD_IA".into()),
             sse: Some("aws:kms".into()),
+            min_storage_days: BTreeMap::from([("STANDARD".into(), 90)]),
         };
         let encoded = with.encode().unwrap();
         assert!(encoded.len() > plain.len());
         assert_eq!(RepoConfig::decode(&encoded).unwrap(), with);
         assert!(RepoConfig::decode(&plain).unwrap().store.is_empty());
+        // Minimum storage durations: class names and days are bounded.
+        for (class, days, why) in [
+            ("STANDARD\n", 1, "not a setting name"),
+            ("STANDARD_IA", 3651, "at most 3650"),
+        ] {
+            let mut bad = with.clone();
+            bad.store.min_storage_days = BTreeMap::from([(class.to_string(), days)]);
+            let e = RepoConfig::decode(&bad.encode().unwrap()).unwrap_err();
+            assert!(e.is_damage() && e.to_string().contains(why), "{e}");
+        }
+        let mut many = with.clone();
+        many.store.min_storage_days = (0..33).map(|i| (format!("C{i}"), 1)).collect();
+        let e = RepoConfig::decode(&many.encode().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("at most 32"), "{e}");
         // A hostile config cannot put header text into requests.
         with.store.sse = Some("AES256\r\nX-Evil: 1".into());
         let e = RepoConfig::decode(&with.encode().unwrap()).unwrap_err();

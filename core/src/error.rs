@@ -320,6 +320,13 @@ impl Error {
         )
     }
 
+    /// True when the store refused a read because the object is in an
+    /// archive storage class or tier with no readable copy (S3's 403
+    /// InvalidObjectState): not damage, and a thaw would make it readable.
+    pub fn is_archived(&self) -> bool {
+        matches!(self, Error::Backend(BackendError::Archived { .. }))
+    }
+
     /// True when the error is the caller's input (exit status 2 in the
     /// CLI): a bad name or argument, or a change file that cannot be used.
     pub fn is_usage(&self) -> bool {

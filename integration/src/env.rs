@@ -70,16 +70,22 @@ impl<'s> Env<'s> {
         Env::init_s3_with(server, name, &[])
     }
 
-    pub fn init_s3_with(server: &'s S3Server, name: &str, extra: &[&str]) -> Env<'s> {
+    /// A place on an S3 server, under a prefix of its own, with no
+    /// repository yet.
+    pub fn s3(server: &'s S3Server, name: &str) -> Env<'s> {
         let dir = tempfile::tempdir().unwrap();
         write_password(dir.path());
         let repo = dir.path().join("unused");
-        let e = Env {
+        Env {
             dir,
             repo,
             url: server.url(name),
             s3: Some(server),
-        };
+        }
+    }
+
+    pub fn init_s3_with(server: &'s S3Server, name: &str, extra: &[&str]) -> Env<'s> {
+        let e = Env::s3(server, name);
         let mut args = vec![
             "init",
             "--segment-size",

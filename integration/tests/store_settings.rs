@@ -17,6 +17,7 @@ fn a_local_repository_refuses_store_settings() {
     for args in [
         &["init", "--data-storage-class", "STANDARD_IA"][..],
         &["init", "--sse", "AES256"],
+        &["init", "--min-storage-days", "STANDARD=90"],
     ] {
         let (code, err) = fails(e.x(args));
         assert_eq!(code, 2, "{err}");
@@ -29,12 +30,45 @@ fn a_local_repository_refuses_store_settings() {
 }
 
 #[test]
+fn bad_minimum_storage_durations_are_refused_naming_them() {
+    let server = S3Server::start();
+    for (arg, why) in [
+        ("STANDARD_IA", "must be NAME=VALUE"),
+        ("COLD=30", "COLD is not a storage class"),
+        ("STANDARD_IA=-1", "DAYS must be 0 to 3650"),
+        ("STANDARD_IA=3651", "DAYS must be 0 to 3650"),
+    ] {
+        let e = Env::s3(&server, "bad-min-days");
+        let (code, err) = fails(e.x(&["init", "--min-storage-days", arg]));
+        assert_eq!(code, 2, "{arg}: {err}");
+        assert!(err.contains(why), "{arg}: {err}");
+    }
+    let e = Env::s3(&server, "twice");
+    let (code, err) = fails(e.x(&[
+        "init",
+        "--min-storage-days",
+        "STANDARD_IA=40",
+        "--min-storage-days",
+        "STANDARD_IA=50",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("STANDARD_IA given twice"), "{err}");
+}
+
+#[test]
 fn s3_store_settings_are_recorded_at_init_and_used() {
     let server = S3Server::start();
     let e = Env::init_s3_with(
         &server,
         "settings",
-        &["--data-storage-class", "STANDARD_IA", "--sse", "AES256"],
+        &[
+            "--data-storage-class",
+            "STANDARD_IA",
+            "--sse",
+            "AES256",
+            "--min-storage-days",
+            "STANDARD_IA=45",
+        ],
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -59,6 +93,13 @@ fn s3_store_settings_are_recorded_at_init_and_used() {
         Some("STANDARD_IA")
     );
     assert_eq!(config.store.sse.as_deref(), Some("AES256"));
+    assert_eq!(
+        config.store.min_storage_days,
+        [("STANDARD_IA".to_string(), 45)].into()
+    );
+    // gc and prune judge packs by the repository's class and durations
+    // (unit-tested in core: gc::archive_class_tests); here they run.
+    e.x(&["gc"]).assert().success();
 
     // Clients use them (chunk puts in STANDARD_IA, every put with SSE),
     // and one that asks otherwise explicitly is free to.

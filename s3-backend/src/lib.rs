@@ -585,6 +585,7 @@ mod tests {
         StoreSettings {
             data_storage_class: class.map(String::from),
             sse: sse.map(String::from),
+            ..Default::default()
         }
     }
 

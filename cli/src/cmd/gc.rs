@@ -1,24 +1,31 @@
 use anyhow::Result;
-use xfull_core::gc::pack_plan::class_rules;
 use xfull_core::gc::{self, GcReport, PackOptions};
+use xfull_core::repo::Repository;
 
 use crate::cli::{Cli, GcArgs};
 use crate::output::{bytes, print_json};
 
+/// How this client's sweeps judge packs (`gc` and `prune` alike): by the
+/// class it stores chunk data in on S3 (its flag or profile), else the
+/// repository's; a local directory is hot.
+pub(crate) fn pack_options(cli: &Cli, repo: &Repository) -> Result<PackOptions> {
+    let (location, s3) = crate::profile::resolve(cli)?;
+    let client_class = match location.starts_with("s3://") {
+        true => s3.s3_storage_class_chunks,
+        false => None,
+    };
+    Ok(PackOptions::for_repository(
+        repo.config(),
+        client_class.as_deref(),
+    ))
+}
+
 pub async fn run(cli: &Cli, args: &GcArgs) -> Result<()> {
     let repo = crate::open::open(cli).await?;
-    // Packs are stored in the class chunks are given (S3), else in a hot
-    // one without a minimum storage duration.
-    let (location, s3) = crate::profile::resolve(cli)?;
-    let class = match location.starts_with("s3://") {
-        true => s3.s3_storage_class_chunks.unwrap_or_default(),
-        false => String::new(),
-    };
     let packs = PackOptions {
-        rules: class_rules(&class, &Default::default()),
         max_waste_pct: args.max_waste,
         mark_memory: usize::try_from(args.mark_memory).unwrap_or(usize::MAX),
-        ..Default::default()
+        ..pack_options(cli, &repo)?
     };
     let progress = crate::progress();
     // No bar (gc knows no total), but the steps of a long sweep as lines.

@@ -1,9 +1,11 @@
 use anyhow::Result;
+use std::collections::BTreeMap;
 use xfull_core::chunker::ChunkParams;
-use xfull_core::config::{Protocol, RepoConfig, StoreSettings};
+
+use xfull_core::config::{MAX_MIN_STORAGE_DAYS, Protocol, RepoConfig, StoreSettings};
 use xfull_core::lock::{LockMode, ObjectLock};
 
-use crate::cli::{Cli, InitArgs};
+use crate::cli::{Cli, InitArgs, split_pair};
 use crate::output::{bytes, print_json};
 
 pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
@@ -27,6 +29,7 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
     config.store = StoreSettings {
         data_storage_class: args.data_storage_class.clone(),
         sse: args.sse.clone(),
+        min_storage_days: min_storage_days(&args.min_storage_days)?,
     };
     config.object_lock = object_lock(args)?;
     config
@@ -69,6 +72,7 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
             "encryption": encryption,
             "key_slot": repo.codec().master_keys().map(|k| k.slot().to_string()),
             "object_lock": c.object_lock,
+            "store": c.store,
         }))?;
     } else {
         println!(
@@ -92,6 +96,11 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
         }
         if let Some(sse) = &c.store.sse {
             println!("server-side encryption {sse} (unless a client asks otherwise)");
+        }
+        for (class, days) in &c.store.min_storage_days {
+            println!(
+                "minimum storage duration of {class}: {days} days (gc rewrites older packs only)"
+            );
         }
         if let Some(l) = &c.object_lock {
             println!(
@@ -138,6 +147,32 @@ fn object_lock(args: &InitArgs) -> Result<Option<ObjectLock>> {
         retain_secs,
         generation_secs,
     }))
+}
+
+/// `--min-storage-days CLASS=DAYS...`, each class once.
+fn min_storage_days(given: &[String]) -> Result<BTreeMap<String, u32>> {
+    let mut out = BTreeMap::new();
+    for g in given {
+        let (class, days) = split_pair("--min-storage-days", g)?;
+        let bad = |why: String| {
+            xfull_core::Error::InvalidArgument(format!("--min-storage-days {g:?}: {why}"))
+        };
+        if !xfull_s3::storage_classes().contains(&class) {
+            return Err(bad(format!(
+                "{class} is not a storage class (one of {})",
+                xfull_s3::storage_classes().join(", ")
+            ))
+            .into());
+        }
+        let days: u32 = match days.parse() {
+            Ok(d) if d <= MAX_MIN_STORAGE_DAYS => d,
+            _ => return Err(bad(format!("DAYS must be 0 to {MAX_MIN_STORAGE_DAYS}")).into()),
+        };
+        if out.insert(class.to_string(), days).is_some() {
+            return Err(bad(format!("{class} given twice")).into());
+        }
+    }
+    Ok(out)
 }
 
 fn to_u32(flag: &str, v: u64) -> Result<u32> {

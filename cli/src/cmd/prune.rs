@@ -25,7 +25,7 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
         let pins = prune::read_pins(&repo).await?;
         removed = prune::remove(&repo, &pins, &doomed).await?;
         if !args.no_gc {
-            let packs = xfull_core::gc::PackOptions::default();
+            let packs = super::gc::pack_options(cli, &repo)?;
             let progress = crate::progress();
             let bar = crate::progress_ui::Bar::start(progress.clone(), "gc", cli, false);
             gc = Some(xfull_core::gc::run_with(&repo, false, packs, &progress).await?);

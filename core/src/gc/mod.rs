@@ -74,6 +74,10 @@ pub struct GcReport {
     pub packs_unindexed_live: u64,
     /// Packs whose trailer could not be read: kept.
     pub packs_damaged: u64,
+    /// Packs to rewrite that answered "archived" (an archive class or
+    /// tier gc was not told of, e.g. a lifecycle transition): kept, their
+    /// waste counted in `waste_bytes_left`.
+    pub packs_archived: u64,
     pub index_objects_read: u64,
     pub index_objects_written: u64,
     pub index_objects_deleted: u64,
@@ -170,6 +174,8 @@ pub async fn run_batched(
     Ok(report)
 }
 
+#[cfg(test)]
+mod archive_class_tests;
 #[cfg(test)]
 mod cancel_tests;
 #[cfg(test)]

@@ -37,6 +37,7 @@ use super::pack_plan::{ClassRules, DEFAULT_MAX_WASTE_PCT, class_rules};
 use super::protect::{PointKey, Protection};
 use super::spill;
 use crate::backend::{ObjectMeta, PutMode};
+use crate::config::RepoConfig;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
@@ -134,6 +135,25 @@ pub struct PackOptions {
     pub shard_entries: u64,
     pub mark_memory: usize,
     pub mark_dir: Option<PathBuf>,
+}
+
+impl PackOptions {
+    /// The default options for a sweep of a repository with `config`:
+    /// packs judged by the rules of the class chunk data is stored in
+    /// (`client_class`, what this client asks for, else the class the
+    /// config names, else a hot class without a minimum), with the
+    /// config's minimum storage durations. `gc` and `prune` both take
+    /// these: a sweep judging an archive repository's packs by hot rules
+    /// would read them to rewrite them.
+    pub fn for_repository(config: &RepoConfig, client_class: Option<&str>) -> PackOptions {
+        let class = client_class
+            .or(config.store.data_storage_class.as_deref())
+            .unwrap_or_default();
+        PackOptions {
+            rules: class_rules(class, &config.store.min_storage_days),
+            ..PackOptions::default()
+        }
+    }
 }
 
 impl Default for PackOptions {

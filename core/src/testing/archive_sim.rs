@@ -85,6 +85,15 @@ impl ArchiveSim {
         }
     }
 
+    /// An object stored before (e.g. through the backend this wraps) goes
+    /// to the archive class, as an S3 lifecycle transition moves it.
+    pub fn archive(&self, key: &str) {
+        self.archived
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), Stage::Archived);
+    }
+
     /// Keys in the archive class.
     pub fn archived_keys(&self) -> Vec<String> {
         self.archived.lock().unwrap().keys().cloned().collect()

@@ -26,7 +26,7 @@ use super::{Candidate, Listed, Sweep};
 use crate::backend::ObjectMeta;
 use crate::error::{Error, Result};
 use crate::gc::census::{Census, Decide, Fate};
-use crate::gc::pack_plan::PackFate;
+use crate::gc::pack_plan::{PackFate, WasteReason};
 use crate::id::ObjectId;
 use crate::keys;
 use crate::placement::index::IndexEntry;
@@ -258,6 +258,18 @@ impl Sweep {
                     self.report.packs_damaged += 1;
                     if let Some(p) = census.pack_mut(&name) {
                         p.fate = Fate::Damaged;
+                    }
+                }
+                // In an archive class or tier the sweep was not told of (a
+                // lifecycle transition, `prune` on an archive repository):
+                // kept with its waste, as the rules keep an archive
+                // class's. Failing instead stopped every later sweep
+                // before it deleted anything.
+                Err(e) if e.is_archived() => {
+                    self.report.packs_archived += 1;
+                    if let Some(p) = census.pack_mut(&name) {
+                        self.report.waste_bytes_left += u64::from(p.dead_bytes);
+                        p.fate = Fate::Planned(PackFate::KeepWaste(WasteReason::ArchiveClass));
                     }
                 }
                 Err(e) => return Err(e),

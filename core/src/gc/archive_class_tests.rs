@@ -1,0 +1,101 @@
+//! gc over packs that sit in an archive class it was not told about: a
+//! repository made with `init --data-storage-class DEEP_ARCHIVE` and
+//! swept by `prune` (which took the default, hot rules), or packs an S3
+//! lifecycle rule moved to Glacier. A pack it planned to rewrite then
+//! answers reads with "archived": the sweep keeps it with its waste and
+//! goes on; nothing is lost and the dead packs still go.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+
+use super::pack_sweep_tests::{Chunk, chunk, point};
+use super::test_packs::{read_chunk, store_pack};
+use super::{GcReport, PackOptions};
+use crate::backend::Backend;
+use crate::chunker::ChunkParams;
+use crate::config::RepoConfig;
+use crate::keys;
+use crate::repo::Repository;
+use crate::testing::{ArchiveSim, MemBackend};
+
+async fn gc(repo: &Repository) -> crate::Result<GcReport> {
+    let progress = Arc::new(crate::progress::Progress::default());
+    // What `prune` runs: the default (hot) rules.
+    super::run_with(repo, false, PackOptions::default(), &progress).await
+}
+
+#[tokio::test]
+async fn a_pack_to_rewrite_found_archived_is_kept_with_its_waste() {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let hot = Repository::init(mem.clone(), cfg).await.unwrap();
+    let c: Vec<Chunk> = (0..8).map(chunk).collect();
+    // Half dead: the hot rules rewrite it.
+    let (wasteful, _) = store_pack(&hot, &c[0..4]).await;
+    // All dead: deleted, archived or not.
+    let (dead, _) = store_pack(&hot, &c[4..8]).await;
+    point(&hot, 1, &c[0..2]).await;
+    let sim = Arc::new(ArchiveSim::new(mem.clone()));
+    for p in [&wasteful, &dead] {
+        sim.archive(&keys::pack(p));
+    }
+    let repo = Repository::open(sim.clone()).await.unwrap();
+    mem.clock().advance(Duration::days(400));
+
+    let r = gc(&repo)
+        .await
+        .expect("an archived pack must not fail the sweep");
+    assert_eq!((r.packs_rewritten, r.packs_archived), (0, 1), "{r:?}");
+    assert!(r.waste_bytes_left > 0, "{r:?}");
+    assert!(mem.head(&keys::pack(&wasteful)).await.is_ok());
+    assert!(mem.head(&keys::pack(&dead)).await.is_err(), "{r:?}");
+    // The kept pack is still indexed: its live chunks read once thawed.
+    for (id, d) in &c[0..2] {
+        assert_eq!(&read_chunk(&hot, id).await.unwrap(), d);
+    }
+    // The next sweep finds it archived again, and keeps it again.
+    let again = gc(&repo).await.unwrap();
+    assert_eq!((again.packs_rewritten, again.packs_archived), (0, 1));
+}
+
+/// The options `gc` and `prune` take: the class the client names wins,
+/// else the repository's, with the repository's minimum durations.
+#[test]
+fn options_follow_the_client_then_the_repository() {
+    use std::collections::BTreeMap;
+    let mut cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let hot = PackOptions::for_repository(&cfg, None).rules;
+    assert!(!hot.archive && hot.min_storage == Duration::zero());
+    cfg.store.data_storage_class = Some("DEEP_ARCHIVE".into());
+    assert!(PackOptions::for_repository(&cfg, None).rules.archive);
+    let ia = PackOptions::for_repository(&cfg, Some("STANDARD_IA")).rules;
+    assert!(!ia.archive && ia.min_storage == Duration::days(30));
+    cfg.store.min_storage_days = BTreeMap::from([("STANDARD".into(), 90)]);
+    let wasabi = PackOptions::for_repository(&cfg, Some("STANDARD")).rules;
+    assert!(!wasabi.archive && wasabi.min_storage == Duration::days(90));
+}
+
+/// A repository made with an archive data class: its sweeps never plan to
+/// rewrite a pack, so they never read one (no "archived" answer to meet).
+#[tokio::test]
+async fn an_archive_repository_s_sweep_reads_no_pack() {
+    let mem = Arc::new(MemBackend::default());
+    let mut cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    cfg.store.data_storage_class = Some("DEEP_ARCHIVE".into());
+    let hot = Repository::init(mem.clone(), cfg).await.unwrap();
+    let c: Vec<Chunk> = (0..4).map(chunk).collect();
+    let (wasteful, _) = store_pack(&hot, &c).await;
+    point(&hot, 1, &c[0..1]).await;
+    let sim = Arc::new(ArchiveSim::new(mem.clone()));
+    sim.archive(&keys::pack(&wasteful));
+    let repo = Repository::open(sim).await.unwrap();
+    mem.clock().advance(Duration::days(400));
+    let progress = Arc::new(crate::progress::Progress::default());
+    let opts = PackOptions::for_repository(repo.config(), None);
+    let r = super::run_with(&repo, false, opts, &progress)
+        .await
+        .unwrap();
+    assert_eq!((r.packs_rewritten, r.packs_archived), (0, 0), "{r:?}");
+    assert!(r.waste_bytes_left > 0, "{r:?}");
+}
