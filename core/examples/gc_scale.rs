@@ -197,6 +197,7 @@ impl Backend for Synthetic {
             key: key.to_string(),
             size: self.sizes[k as usize],
             last_modified: self.at,
+            storage_class: None,
         })
     }
 
@@ -212,6 +213,7 @@ impl Backend for Synthetic {
                         key: keys::pack(&pack_name(p)),
                         size: 16 << 20,
                         last_modified: at,
+                        storage_class: None,
                     })
                 })
                 .boxed();
@@ -227,6 +229,7 @@ impl Backend for Synthetic {
                     key,
                     size: self.sizes[k as usize],
                     last_modified: at,
+                    storage_class: None,
                 })
             })
             .boxed()
@@ -302,7 +305,7 @@ async fn main() {
     {
         let mut packs = Box::pin(list_packs(backend));
         while let Some((name, meta)) = packs.try_next().await.expect("list packs") {
-            census.listed(name, meta.size, meta.last_modified);
+            census.listed(name, meta.size, meta.last_modified, None);
         }
     }
     census.listing_done();
@@ -332,6 +335,7 @@ async fn main() {
             cutoff: now,
             deps: &deps,
             rules: class_rules("", &Default::default()),
+            min_storage_days: &Default::default(),
             max_waste_pct: 25,
             shard_entries: SHARD_ENTRIES,
         },

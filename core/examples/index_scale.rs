@@ -141,6 +141,7 @@ impl Backend for Synthetic {
             key: key.to_string(),
             size: self.size(),
             last_modified: Utc::now(),
+            storage_class: None,
         })
     }
 
@@ -158,6 +159,7 @@ impl Backend for Synthetic {
                     key,
                     size,
                     last_modified: Utc::now(),
+                    storage_class: None,
                 })
             })
             .boxed()

@@ -229,6 +229,10 @@ pub struct ObjectMeta {
     pub size: u64,
     /// As the store reports it (the server's clock, not ours).
     pub last_modified: DateTime<Utc>,
+    /// The storage class a listing reports (S3's `StorageClass`: where a
+    /// lifecycle rule moved the object, whatever it was put with); `None`
+    /// where the store has no classes or did not say (a HEAD).
+    pub storage_class: Option<String>,
 }
 
 /// One version of an object in a versioned store (S3 with versioning,

@@ -245,6 +245,7 @@ mod tests {
             key: key.into(),
             size: 1,
             last_modified: at,
+            storage_class: None,
         };
         let good = "leases/20260101T115900Z-0123456789abcdef";
         assert_eq!(age(&meta(good, now), now, &p), LeaseAge::Live);

@@ -156,6 +156,7 @@ fn walk(root: &Root, prefix: &str, tx: &mpsc::Sender<Item>) {
                     key,
                     size: size_of(&st),
                     last_modified: mtime_of(&st),
+                    storage_class: None,
                 };
                 if !send(Ok(meta)) {
                     return;

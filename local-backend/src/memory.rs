@@ -64,6 +64,7 @@ impl Memory {
             key: m.location.to_string(),
             size: m.size,
             last_modified: m.last_modified,
+            storage_class: None,
         })
     }
 
@@ -88,6 +89,7 @@ impl Memory {
                         key,
                         size: m.size,
                         last_modified: m.last_modified,
+                        storage_class: None,
                     }))
                 }
             })

@@ -68,6 +68,7 @@ impl Root {
             key: key.to_string(),
             size: size_of(&st),
             last_modified: mtime_of(&st),
+            storage_class: None,
         })
     }
 

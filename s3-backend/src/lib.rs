@@ -265,6 +265,7 @@ impl S3Backend {
                     key: self.unkey(o.key()?).to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     last_modified: to_chrono(o.last_modified()),
+                    storage_class: o.storage_class().map(|c| c.as_str().to_string()),
                 })
             })
             .collect();
@@ -421,6 +422,7 @@ impl S3Backend {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
             last_modified: to_chrono(out.last_modified()),
+            storage_class: None,
         };
         Ok((meta, out))
     }

@@ -1,9 +1,9 @@
-//! gc over packs that sit in an archive class it was not told about: a
-//! repository made with `init --data-storage-class DEEP_ARCHIVE` and
-//! swept by `prune` (which took the default, hot rules), or packs an S3
-//! lifecycle rule moved to Glacier. A pack it planned to rewrite then
-//! answers reads with "archived": the sweep keeps it with its waste and
-//! goes on; nothing is lost and the dead packs still go.
+//! gc over packs in an archive class: a repository made with `init
+//! --data-storage-class DEEP_ARCHIVE`, packs an S3 lifecycle rule moved
+//! to Glacier (the listing says so), and packs in an archive tier the
+//! listing does not show (Intelligent-Tiering): none is read to be
+//! rewritten, or, when one answers "archived", the sweep keeps it with
+//! its waste and goes on. Nothing is lost and the dead packs still go.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use chrono::Duration;
 use super::pack_sweep_tests::{Chunk, chunk, point};
 use super::test_packs::{read_chunk, store_pack};
 use super::{GcReport, PackOptions};
+use crate::archive::IT_DEEP_ARCHIVE;
 use crate::backend::Backend;
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
@@ -36,7 +37,8 @@ async fn a_pack_to_rewrite_found_archived_is_kept_with_its_waste() {
     // All dead: deleted, archived or not.
     let (dead, _) = store_pack(&hot, &c[4..8]).await;
     point(&hot, 1, &c[0..2]).await;
-    let sim = Arc::new(ArchiveSim::new(mem.clone()));
+    // Listed as INTELLIGENT_TIERING (hot), in its deep archive tier.
+    let sim = Arc::new(ArchiveSim::in_class(mem.clone(), IT_DEEP_ARCHIVE));
     for p in [&wasteful, &dead] {
         sim.archive(&keys::pack(p));
     }
@@ -98,4 +100,29 @@ async fn an_archive_repository_s_sweep_reads_no_pack() {
         .unwrap();
     assert_eq!((r.packs_rewritten, r.packs_archived), (0, 0), "{r:?}");
     assert!(r.waste_bytes_left > 0, "{r:?}");
+}
+
+/// Packs a lifecycle rule moved to DEEP_ARCHIVE, in a repository that
+/// says nothing of it: the listing's class decides, so none is read.
+#[tokio::test]
+async fn a_pack_listed_in_an_archive_class_is_judged_by_it() {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let hot = Repository::init(mem.clone(), cfg).await.unwrap();
+    let c: Vec<Chunk> = (0..8).map(chunk).collect();
+    let (moved, _) = store_pack(&hot, &c[0..4]).await;
+    let (stayed, _) = store_pack(&hot, &c[4..8]).await;
+    point(&hot, 1, &[&c[0..1], &c[4..5]].concat()).await;
+    let sim = Arc::new(ArchiveSim::new(mem.clone()));
+    sim.archive(&keys::pack(&moved));
+    let repo = Repository::open(sim).await.unwrap();
+    mem.clock().advance(Duration::days(400));
+    let r = gc(&repo).await.unwrap();
+    // The hot one is rewritten; the archived one is not even read.
+    assert_eq!((r.packs_rewritten, r.packs_archived), (1, 0), "{r:?}");
+    assert!(mem.head(&keys::pack(&moved)).await.is_ok());
+    assert!(mem.head(&keys::pack(&stayed)).await.is_err());
+    for (id, d) in [&c[0..1], &c[4..5]].concat() {
+        assert_eq!(read_chunk(&hot, &id).await.unwrap(), d);
+    }
 }

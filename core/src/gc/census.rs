@@ -11,12 +11,12 @@
 //! The entries are never all in memory, and the chunk marks of only one
 //! range of ids at a time when they went to disk (`gc/marks.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
 use super::marks::Marks;
-use super::pack_plan::{ClassRules, PackFate, PackUse, plan};
+use super::pack_plan::{ClassRules, PackFate, PackUse, class_rules, plan};
 use crate::backend::Backend;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -76,6 +76,10 @@ pub struct PackInfo {
     pub named: bool,
     /// Spared at a batch's look (a lease or a late mark now needs it).
     pub spared: bool,
+    /// The storage class the listing reported: 1 + its place in
+    /// [`Census::classes`], 0 for none (one byte: a census may hold
+    /// millions of packs, and a store has a handful of classes).
+    pub class: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -134,6 +138,9 @@ pub struct Census {
     /// never replaced (a running backup's may name a pack stored after
     /// the listing, whose entries a rewrite would drop).
     cutoff: Option<DateTime<Utc>>,
+    /// The storage classes the listing reported, in order of first sight
+    /// (at most 255; a pack of a further one counts as reporting none).
+    pub classes: Vec<String>,
 }
 
 fn top16(name: &ObjectId) -> usize {
@@ -163,9 +170,20 @@ impl Census {
         self.find(name).map(|i| &mut self.packs[i])
     }
 
-    /// A listed pack.
-    pub fn listed(&mut self, name: ObjectId, size: u64, at: DateTime<Utc>) {
+    /// A listed pack, with the storage class the listing reported.
+    pub fn listed(&mut self, name: ObjectId, size: u64, at: DateTime<Utc>, class: Option<&str>) {
+        let class = class.map_or(0, |c| {
+            let i = match self.classes.iter().position(|k| k == c) {
+                Some(i) => i,
+                None => {
+                    self.classes.push(c.to_string());
+                    self.classes.len() - 1
+                }
+            };
+            u8::try_from(i + 1).unwrap_or(0)
+        });
         self.packs.push(PackInfo {
+            class,
             name,
             size,
             at,
@@ -305,6 +323,15 @@ impl Census {
     /// complement are kept. [`Census::settle`] then finds the objects
     /// naming a pack that goes.
     pub fn decide(&mut self, ctx: &Decide, orphan_live: &HashSet<ObjectId>) {
+        // A class the listing reports is where the pack is now (a
+        // lifecycle rule may have moved it); else the sweep's default.
+        let by_class: Vec<ClassRules> = std::iter::once(ctx.rules)
+            .chain(
+                self.classes
+                    .iter()
+                    .map(|c| class_rules(c, ctx.min_storage_days)),
+            )
+            .collect();
         for p in self.packs.iter_mut() {
             if p.fate == Fate::Orphan {
                 let chunks = self.orphans.get(&p.name);
@@ -328,7 +355,11 @@ impl Census {
                     dead_bytes: u64::from(p.dead_bytes),
                     live_chunks: u64::from(p.live_chunks),
                 };
-                Fate::Planned(plan(&[u], ctx.rules, ctx.max_waste_pct).fates[0].1)
+                let rules = by_class
+                    .get(usize::from(p.class))
+                    .copied()
+                    .unwrap_or(ctx.rules);
+                Fate::Planned(plan(&[u], rules, ctx.max_waste_pct).fates[0].1)
             };
         }
         self.cutoff = Some(ctx.cutoff);
@@ -457,7 +488,11 @@ pub struct Decide<'a> {
     pub now: DateTime<Utc>,
     pub cutoff: DateTime<Utc>,
     pub deps: &'a HashSet<ObjectId>,
+    /// For packs the listing reports no class for.
     pub rules: ClassRules,
+    /// The repository's minimum storage durations, for the classes the
+    /// listing reports.
+    pub min_storage_days: &'a BTreeMap<String, u32>,
     pub max_waste_pct: u8,
     pub shard_entries: u64,
 }

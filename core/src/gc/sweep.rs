@@ -22,7 +22,7 @@
 //! silent for half the sweep TTL, else backups may have judged it dead
 //! and it stops.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -130,7 +130,11 @@ impl Candidate {
 /// else the repository's cache directory; see `gc/spill.rs`).
 #[derive(Clone, Debug)]
 pub struct PackOptions {
+    /// For packs whose listing reports no storage class.
     pub rules: ClassRules,
+    /// Minimum storage days per class (the repository's setting), for
+    /// the classes listings report.
+    pub min_storage_days: BTreeMap<String, u32>,
     pub max_waste_pct: u8,
     pub shard_entries: u64,
     pub mark_memory: usize,
@@ -151,6 +155,7 @@ impl PackOptions {
             .unwrap_or_default();
         PackOptions {
             rules: class_rules(class, &config.store.min_storage_days),
+            min_storage_days: config.store.min_storage_days.clone(),
             ..PackOptions::default()
         }
     }
@@ -160,6 +165,7 @@ impl Default for PackOptions {
     fn default() -> Self {
         PackOptions {
             rules: class_rules("", &Default::default()),
+            min_storage_days: BTreeMap::new(),
             max_waste_pct: DEFAULT_MAX_WASTE_PCT,
             shard_entries: crate::placement::shard::SHARD_ENTRIES,
             mark_memory: marks::DEFAULT_BUDGET,

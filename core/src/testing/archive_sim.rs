@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use crate::archive::{ArchiveState, ThawAnswer, ThawTier};
@@ -145,8 +146,22 @@ impl Backend for ArchiveSim {
         self.inner.head(key).await
     }
 
+    /// Listings report the class of archived objects, as S3's do: the
+    /// class itself, or plain INTELLIGENT_TIERING for its archive tiers
+    /// (only a HEAD tells those apart).
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
-        self.inner.list(prefix)
+        let listed = match self.class.starts_with("INTELLIGENT_TIERING") {
+            true => "INTELLIGENT_TIERING",
+            false => self.class,
+        };
+        Box::pin(self.inner.list(prefix).map(move |m| {
+            m.map(|mut m| {
+                if self.stage(&m.key).is_some() {
+                    m.storage_class = Some(listed.to_string());
+                }
+                m
+            })
+        }))
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {

@@ -151,6 +151,7 @@ impl Backend for MemBackend {
             key: key.to_string(),
             size: data.len() as u64,
             last_modified: *time,
+            storage_class: None,
         })
     }
 
@@ -166,6 +167,7 @@ impl Backend for MemBackend {
                     key: k.clone(),
                     size: data.len() as u64,
                     last_modified: *time,
+                    storage_class: None,
                 })
             })
             .collect();

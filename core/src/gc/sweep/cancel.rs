@@ -101,6 +101,7 @@ impl Sweep {
                     key: k.clone(),
                     size: 0,
                     last_modified: self.started,
+                    storage_class: None,
                 };
                 Some(Candidate::new(Listed::Index(meta, name)))
             })

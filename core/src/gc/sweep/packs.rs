@@ -60,7 +60,12 @@ impl Sweep {
         {
             let mut packs = Box::pin(list_packs(&*backend));
             while let Some((name, meta)) = futures::TryStreamExt::try_next(&mut packs).await? {
-                census.listed(name, meta.size, meta.last_modified);
+                census.listed(
+                    name,
+                    meta.size,
+                    meta.last_modified,
+                    meta.storage_class.as_deref(),
+                );
             }
         }
         census.listing_done();
@@ -112,6 +117,7 @@ impl Sweep {
                 cutoff,
                 deps: &self.prot.pack_deps,
                 rules: self.pack_opts.rules,
+                min_storage_days: &self.pack_opts.min_storage_days,
                 // Under object lock a partly live pack is retained as long
                 // as anything in it is: a rewrite could not delete it.
                 max_waste_pct: if self.repo.config().object_lock.is_some() {
@@ -364,6 +370,7 @@ impl Sweep {
             key,
             size,
             last_modified: at,
+            storage_class: None,
         };
         let mut out: Vec<Candidate> = census
             .packs
