@@ -1,6 +1,6 @@
-//! Pieces shared by the scale examples (`index_scale.rs`, `gc_scale.rs`):
-//! their synthetic stores, which generate index objects on demand and keep
-//! none of them, and their command lines.
+//! Pieces shared by the scale examples (`index_scale.rs`, `gc_scale.rs`,
+//! `full_scan_scale.rs`): their synthetic stores, which generate index
+//! objects on demand and keep none of them, and their command lines.
 
 use xfull_core::backend::BackendError;
 

@@ -18,7 +18,7 @@ pub mod plan;
 pub mod qmp;
 pub mod repair;
 pub mod segment;
-mod trust;
+pub mod trust;
 mod upload;
 
 use std::collections::{BTreeMap, HashSet};
