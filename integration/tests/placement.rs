@@ -26,6 +26,7 @@ const SEG: u64 = 1 << 20;
 struct Counting {
     inner: MemBackend,
     gets: Mutex<BTreeMap<String, u64>>,
+    lists: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Counting {
@@ -58,6 +59,7 @@ impl Backend for Counting {
         self.inner.head(key).await
     }
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
+        *self.lists.lock().unwrap().entry(prefix.into()).or_default() += 1;
         self.inner.list(prefix)
     }
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
@@ -208,4 +210,60 @@ async fn an_unchanged_rebackup_fetches_a_sample_of_parent_nodes_not_all() {
     let nodes = store.gets_under("nodes/");
     assert!(nodes.len() <= 25, "23 dropped, 1 cut, 1 sampled: {nodes:?}");
     same_as_a_full_scan(&repo, &img, &m).await;
+}
+
+/// Two disks whose change files both miss a write: the audit turns each
+/// into a full scan, which lists what the repository holds (the whole
+/// index walked) once for the backup, not once per disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_fallbacks_of_several_disks_list_the_repository_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs: Vec<_> = (0..2u64)
+        .map(|i| {
+            let img = dir.path().join(format!("img{i}"));
+            write_image(
+                &img,
+                &[xfull_integration::Region::Random(6 * SEG)],
+                10 + i,
+                false,
+            )
+            .unwrap();
+            img
+        })
+        .collect();
+    let store = Arc::new(Counting::default());
+    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(store.clone(), config).await.unwrap();
+    let mut req = request("vm", &imgs[0]);
+    req.disks.push(("e".parse().unwrap(), imgs[1].clone()));
+    backup(&repo, req.clone(), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    // A write each change file leaves out.
+    for img in &imgs {
+        let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"unreported", 3 * SEG + 77).unwrap();
+    }
+    let file = dir.path().join("none.json");
+    std::fs::write(&file, "[]").unwrap();
+    for disk in ["d", "e"] {
+        req.changes.insert(
+            disk.parse().unwrap(),
+            ChangeSource::Extents(vec![file.clone()]),
+        );
+    }
+    req.audit_percent = 100.0;
+    store.lists.lock().unwrap().clear();
+    let m = backup(&repo, req, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    for d in &m.disks {
+        assert!(
+            d.audit.as_ref().is_some_and(|a| a.mismatch_at.is_some()),
+            "{:?}",
+            d.audit
+        );
+    }
+    let lists = store.lists.lock().unwrap().clone();
+    assert_eq!(lists.get("nodes/"), Some(&1), "{lists:?}");
 }

@@ -143,11 +143,10 @@ pub async fn backup(
         let full_scan_with_parent = disks
             .iter()
             .any(|d| matches!(d.changes, ChangeSource::FullScan) && d.parent.is_some());
-        let present = if full_scan_with_parent {
-            Some(Arc::new(Present::load(repo).await?))
-        } else {
-            None
-        };
+        let present = tokio::sync::OnceCell::new();
+        if full_scan_with_parent {
+            let _ = present.set(Arc::new(Present::load(repo).await?));
+        }
         // Opened once the lease is written: what the backup finds in it
         // and relies on is recorded in the lease (as a pack dependency).
         let placement = repo.chunks();
@@ -264,8 +263,11 @@ struct DiskCtx {
     audit_percent: f64,
     /// Objects with damage records.
     known: KnownDamage,
-    /// The repository's objects, for full scans with a parent.
-    present: Option<Arc<Present>>,
+    /// The repository's objects, for full scans with a parent: loaded
+    /// before the first disk if one is a full scan, else by the first
+    /// disk whose audit turns it into one (a whole walk of the index:
+    /// once per backup, not per disk).
+    present: tokio::sync::OnceCell<Arc<Present>>,
     /// The session's pack writer and dedup lookups.
     packs: Arc<SessionPacks>,
     progress: Arc<Progress>,
@@ -622,7 +624,7 @@ async fn back_up_disk(
     let reported = plan.reported;
     let mut trust = Trust::new(&ctx.known, &damaged_nodes);
     if matches!(d.changes, ChangeSource::FullScan) {
-        trust.present = ctx.present.clone();
+        trust.present = ctx.present.get().cloned();
     }
     let mut result = match audit.as_ref().and_then(|a| a.mismatch_at) {
         Some(at) => Err(Error::AuditMismatch { offset: at }),
@@ -651,10 +653,14 @@ async fn back_up_disk(
         let full = DiskPlan::full(size, cfg.segment_size, parent);
         // Now a full scan: it makes its point whole like any other.
         let mut trust = Trust::new(&ctx.known, &damaged_nodes);
-        trust.present = match &ctx.present {
-            Some(p) => Some(p.clone()),
-            None if parent.is_some() => Some(Arc::new(Present::load(repo).await?)),
-            None => None,
+        trust.present = match parent.is_some() || ctx.present.initialized() {
+            true => Some(
+                ctx.present
+                    .get_or_try_init(|| async { Present::load(repo).await.map(Arc::new) })
+                    .await?
+                    .clone(),
+            ),
+            false => None,
         };
         result = pipeline::run(
             repo,
