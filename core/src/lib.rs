@@ -54,6 +54,8 @@ pub mod repo;
 pub mod restore;
 pub mod serve;
 pub mod session;
+#[cfg(test)]
+mod session_tests;
 pub mod source;
 pub(crate) mod spilled_set;
 pub mod stats;

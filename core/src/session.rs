@@ -14,7 +14,7 @@
 //! - (d) the caller writes the manifest; (e) [`Session::end`] rewrites the
 //!   lease as ended, naming the committed point.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -73,6 +73,10 @@ pub struct Session {
     /// and a batch counted in `deleted_at_start` may still have been
     /// deleting when the session looked something up.
     deps_checked: usize,
+    /// The deps recorded, to record each once: a pack many segments reuse
+    /// chunks from was recorded by each of them (58 deps, each HEADed,
+    /// for the 19 packs of a repository in `bench/results/packs-64k.md`).
+    recorded: Mutex<HashSet<ObjectRef>>,
 }
 
 /// What [`Session::check`] asks of the caller.
@@ -155,6 +159,7 @@ impl Session {
             targeted_pending: BTreeMap::new(),
             baseline: None,
             deps_checked: 0,
+            recorded: Mutex::default(),
         })
     }
 
@@ -186,7 +191,9 @@ impl Session {
     /// (b): records objects the backup uses that it found already stored
     /// (written to the lease by the next refresh or check).
     pub fn depend(&self, refs: impl IntoIterator<Item = ObjectRef>) {
-        self.lock().deps.extend(refs);
+        let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        let new: Vec<ObjectRef> = refs.into_iter().filter(|r| recorded.insert(*r)).collect();
+        self.lock().deps.extend(new);
     }
 
     /// Step (c) until nothing is unaccounted for: waits (with a notice)
@@ -226,11 +233,10 @@ impl Session {
                     tokio::time::sleep(poll).await;
                 }
                 Check::Verify { all, deps, .. } => {
+                    // Repairs find the same objects again, round after
+                    // round: `depend` records each once.
                     let existed = restore(*all, deps).await?;
-                    // Repairs find the same objects again, round after round.
-                    let mut known: std::collections::HashSet<ObjectRef> =
-                        self.deps().into_iter().collect();
-                    self.depend(existed.into_iter().filter(|d| known.insert(*d)));
+                    self.depend(existed);
                     self.settle(&check);
                 }
             }

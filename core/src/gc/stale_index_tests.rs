@@ -51,10 +51,15 @@ async fn a_chunk_found_in_a_pack_gone_before_the_backup_began_is_checked_and_fou
     session.settle(&check);
     // Checked once: not again while no sweep runs.
     assert_eq!(session.check().await.unwrap(), Check::Clear);
+    // Recorded again: still one dep, checked already.
     session.depend([ObjectRef::Pack(kept_pack)]);
+    assert_eq!(session.check().await.unwrap(), Check::Clear);
+    let later = vec![9u8; 3000];
+    let (later, _, _) = store_pack_deps(&repo, &[(ObjectId::of(&later), later)]).await;
+    session.depend([ObjectRef::Pack(later)]);
     let check = session.check().await.unwrap();
     assert!(
-        matches!(&check, Check::Verify { deps, .. } if deps.len() == 1),
+        matches!(&check, Check::Verify { deps, .. } if deps[..] == [ObjectRef::Pack(later)]),
         "a dependency added later is checked too: {check:?}"
     );
 }
