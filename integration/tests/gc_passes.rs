@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::gc_stop::garbage;
+use crate::gc_stop::{REWRITE, garbage};
 use serde_json::Value;
 use xfull_integration::env::{Env, sha256, stderr, walk};
 
@@ -17,6 +17,7 @@ use xfull_integration::env::{Env, sha256, stderr, walk};
 /// files under `tmp`.
 fn gc(e: &Env, url: &str, tmp: &Path, extra: &[&str]) -> Value {
     let mut args = vec!["gc", "--json"];
+    args.extend_from_slice(&REWRITE);
     args.extend_from_slice(extra);
     let out = e
         .x(&args)

@@ -280,9 +280,11 @@ fn a_node_repair_removed_is_stored_again_by_the_next_backup() {
 /// lets a sweep on a machine too busy to refresh its marker for 1.5 s stop
 /// itself, as designed ("run gc again"): that is tried again, as is giving
 /// way to a killed sweep; any other failure fails the test.
-pub(crate) fn gc_to_completion(e: &Env) -> Value {
+pub(crate) fn gc_to_completion(e: &Env, extra: &[&str]) -> Value {
+    let mut args = vec!["gc", "--json"];
+    args.extend_from_slice(extra);
     for _ in 0..10 {
-        let out = e.x(&["gc", "--json"]).output().unwrap();
+        let out = e.x(&args).output().unwrap();
         if !out.status.success() {
             let err = stderr(&out);
             assert!(err.contains("without a refresh"), "{err}");
@@ -416,7 +418,7 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
     eprintln!("{landed} sweeps killed mid-run, {finished} finished first");
     assert_eq!(landed, 20, "kills must land while sweeps run");
     no_partial_objects(&e);
-    gc_to_completion(&e);
+    gc_to_completion(&e, &[]);
 
     // Every committed point restores bit-exact.
     let points = e.json(&["points"])["points"].clone();
