@@ -270,3 +270,29 @@ async fn the_index_is_merged_into_shards_that_stay_few_and_findable() {
     assert!(prefixes.iter().all(|p| p.len() == 2), "{prefixes:?}");
     readable(&repo, &all).await;
 }
+
+/// The live parts of packs rewritten in one sweep share a new pack (each
+/// used to become a pack of its own, so packs only ever shrank).
+#[tokio::test]
+async fn rewritten_packs_share_new_packs() {
+    let (mem, repo) = repo().await;
+    let c: Vec<Chunk> = (0..12).map(chunk).collect();
+    let mut old = Vec::new();
+    for p in c.chunks(4) {
+        old.push(store_pack(&repo, p).await.0);
+    }
+    // Half of each pack dead.
+    let live: Vec<Chunk> = c.chunks(4).flat_map(|p| p[..2].to_vec()).collect();
+    point(&repo, 1, &live).await;
+    mem.clock().advance(Duration::hours(1));
+    let r = gc(&repo, PackOptions::default()).await;
+    assert_eq!(
+        (r.packs_rewritten, r.packs_written, r.packs_deleted),
+        (3, 1, 3),
+        "{r:?}"
+    );
+    for p in &old {
+        assert!(!exists(&mem, &keys::pack(p)).await);
+    }
+    readable(&repo, &live).await;
+}

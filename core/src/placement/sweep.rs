@@ -203,48 +203,76 @@ pub struct Moved {
     pub chunks: u64,
 }
 
-/// Reads the pack `name` whole and copies every blob whose chunk `live`
-/// says is live, verbatim, into new packs of about `target` bytes of
-/// blobs, stored create-only as chunk data. The pack's own trailer (not
-/// the index) says where its blobs are: a wrong index entry cannot make a
-/// repack copy the wrong bytes under a chunk's id. A pack whose trailer
-/// is damaged is an error of that pack (damage, named); `None` if the
-/// pack is gone.
-pub async fn move_live(
-    backend: &dyn Backend,
-    codec: &Codec,
-    name: &ObjectId,
-    max_chunk: u32,
+/// Moves the live blobs of the packs a sweep rewrites into new packs of
+/// about `target` bytes of blobs, filled from one pack after another (a
+/// pack moved alone made a new pack of its live part only: packs shrank
+/// with every rewrite and their count never fell, bench/max-waste).
+/// New packs are stored create-only as chunk data as they fill; the last
+/// one by [`Repacker::finish`]. Nothing names a new pack before the
+/// sweep's index object does, so blobs still in the open pack when a
+/// sweep stops are simply not moved (their old packs stay).
+#[derive(Debug)]
+pub struct Repacker {
+    open: PackWriter,
     target: u64,
-    live: impl Fn(&ObjectId) -> bool,
-) -> Result<Option<Moved>> {
-    let key = keys::pack(name);
-    let bytes = match backend.get(&key).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let entries = decode_trailer(codec, &key, &bytes, bytes.len() as u64, max_chunk)?;
-    let mut out = Moved::default();
-    let mut writer = PackWriter::new();
-    for e in entries.iter().filter(|e| live(&e.id)) {
-        let r = e.range();
-        writer.push_stored(
-            e.id,
-            e.plain_len as usize,
-            &bytes[r.start as usize..r.end as usize],
-        )?;
-        out.bytes += u64::from(e.stored_len);
-        out.chunks += 1;
-        if writer.len() >= target {
-            let full = std::mem::take(&mut writer);
-            out.packs.push(store(backend, codec, full).await?);
+}
+
+impl Repacker {
+    pub fn new(target: u64) -> Repacker {
+        Repacker {
+            open: PackWriter::new(),
+            target,
         }
     }
-    if !writer.is_empty() {
-        out.packs.push(store(backend, codec, writer).await?);
+
+    /// Reads the pack `name` whole and copies every blob whose chunk
+    /// `live` says is live, verbatim, into the open pack. The pack's own
+    /// trailer (not the index) says where its blobs are: a wrong index
+    /// entry cannot make a repack copy the wrong bytes under a chunk's id.
+    /// A pack whose trailer is damaged is an error of that pack (damage,
+    /// named), and so is one the store answers "archived" for: nothing of
+    /// it was copied. `None` if the pack is gone. The packs that filled
+    /// meanwhile are in `packs`.
+    pub async fn take(
+        &mut self,
+        backend: &dyn Backend,
+        codec: &Codec,
+        name: &ObjectId,
+        max_chunk: u32,
+        live: impl Fn(&ObjectId) -> bool,
+    ) -> Result<Option<Moved>> {
+        let key = keys::pack(name);
+        let bytes = match backend.get(&key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let entries = decode_trailer(codec, &key, &bytes, bytes.len() as u64, max_chunk)?;
+        let mut out = Moved::default();
+        for e in entries.iter().filter(|e| live(&e.id)) {
+            let r = e.range();
+            self.open.push_stored(
+                e.id,
+                e.plain_len as usize,
+                &bytes[r.start as usize..r.end as usize],
+            )?;
+            out.bytes += u64::from(e.stored_len);
+            out.chunks += 1;
+            if self.open.len() >= self.target {
+                let full = std::mem::take(&mut self.open);
+                out.packs.push(store(backend, codec, full).await?);
+            }
+        }
+        Ok(Some(out))
     }
-    Ok(Some(out))
+
+    /// Stores the open pack, if it holds anything.
+    pub async fn finish(self, backend: &dyn Backend, codec: &Codec) -> Result<Option<NewPack>> {
+        match self.open.is_empty() {
+            true => Ok(None),
+            false => Ok(Some(store(backend, codec, self.open).await?)),
+        }
+    }
 }
 
 async fn store(backend: &dyn Backend, codec: &Codec, writer: PackWriter) -> Result<NewPack> {

@@ -31,14 +31,17 @@ async fn live_blobs_move_verbatim() {
     .await
     .unwrap();
     let live = |id: &ObjectId| chunks[..3].iter().any(|c| c.0 == *id);
-    let moved = move_live(&*mem, &codec, &name, 1 << 20, 1 << 30, live)
+    let mut r = Repacker::new(1 << 30);
+    let moved = r
+        .take(&*mem, &codec, &name, 1 << 20, live)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(moved.chunks, 3);
-    assert_eq!(moved.packs.len(), 1);
-    let new = mem.get(&keys::pack(&moved.packs[0].name)).await.unwrap();
-    for (old, e) in entries[..3].iter().zip(&moved.packs[0].entries) {
+    assert!(moved.packs.is_empty(), "not full yet");
+    let last = r.finish(&*mem, &codec).await.unwrap().unwrap();
+    let new = mem.get(&keys::pack(&last.name)).await.unwrap();
+    for (old, e) in entries[..3].iter().zip(&last.entries) {
         assert_eq!(old.id, e.id);
         assert_eq!(
             bytes.slice(old.range().start as usize..old.range().end as usize),
@@ -46,6 +49,60 @@ async fn live_blobs_move_verbatim() {
         );
     }
     // A pack gone is no error: there is nothing to move.
-    let gone = move_live(&*mem, &codec, &ObjectId::of(b"x"), 1 << 20, 1 << 30, live).await;
+    let mut r = Repacker::new(1 << 30);
+    let gone = r
+        .take(&*mem, &codec, &ObjectId::of(b"x"), 1 << 20, live)
+        .await;
     assert!(gone.unwrap().is_none());
+    assert!(r.finish(&*mem, &codec).await.unwrap().is_none());
+}
+
+/// The live parts of several rewritten packs fill shared packs of about
+/// the target size, not one small pack each.
+#[tokio::test]
+async fn live_parts_of_several_packs_share_new_packs() {
+    let mem: Arc<dyn Backend> = Arc::new(MemBackend::default());
+    let codec = Codec::plain();
+    let mut names = Vec::new();
+    let mut live_ids = Vec::new();
+    for p in 0u8..4 {
+        let mut w = PackWriter::new();
+        for t in 0u8..4 {
+            let d: Vec<u8> = (0..3000u32).map(|i| (i as u8) ^ (p * 16 + t)).collect();
+            let id = ObjectId::of(&d);
+            w.push(&codec, id, &d, 3).unwrap();
+            if t % 2 == 0 {
+                live_ids.push(id);
+            }
+        }
+        let (name, bytes, _) = w.finish(&codec);
+        mem.put(&keys::pack(&name), bytes, crate::backend::PutMode::Create)
+            .await
+            .unwrap();
+        names.push(name);
+    }
+    let live = |id: &ObjectId| live_ids.contains(id);
+    // Room for about four of the 2-blob live parts.
+    let mut r = Repacker::new(4 * 2 * 3000);
+    let mut packs = Vec::new();
+    let mut moved = 0;
+    for n in &names {
+        let m = r
+            .take(&*mem, &codec, n, 1 << 20, live)
+            .await
+            .unwrap()
+            .unwrap();
+        moved += m.chunks;
+        packs.extend(m.packs);
+    }
+    packs.extend(r.finish(&*mem, &codec).await.unwrap());
+    assert_eq!(moved, 8);
+    assert!(packs.len() < names.len(), "{} new packs", packs.len());
+    let mut ids: Vec<ObjectId> = packs
+        .iter()
+        .flat_map(|p| p.entries.iter().map(|e| e.id))
+        .collect();
+    ids.sort_unstable();
+    live_ids.sort_unstable();
+    assert_eq!(ids, live_ids);
 }

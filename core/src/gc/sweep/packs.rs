@@ -22,6 +22,8 @@
 //! that object); a new pack whose index object was never written is an
 //! orphan whose chunks are all in indexed packs.
 
+use chrono::{DateTime, Utc};
+
 use super::{Candidate, Listed, Sweep};
 use crate::backend::ObjectMeta;
 use crate::error::{Error, Result};
@@ -34,7 +36,7 @@ use crate::placement::index_write::IndexWriter;
 use crate::placement::merge::Merge;
 use crate::placement::packer::DEFAULT_TARGET;
 use crate::placement::sweep::{
-    EntryReader, list_index, list_packs, move_live, read_head, read_table,
+    EntryReader, NewPack, Repacker, list_index, list_packs, read_head, read_table,
 };
 
 impl Sweep {
@@ -196,13 +198,16 @@ impl Sweep {
     async fn replace_with(&mut self, census: &mut Census) -> Result<()> {
         let backend = self.repo.backend().clone();
         let mut writer = IndexWriter::new(backend.clone(), self.repo.codec().clone());
-        let repack: Vec<ObjectId> = census
+        // Oldest first: data stored about the same time shares new packs.
+        let mut repack: Vec<(DateTime<Utc>, ObjectId)> = census
             .packs
             .iter()
             .filter(|p| p.fate == Fate::Planned(PackFate::Repack))
-            .map(|p| p.name)
+            .map(|p| (p.at, p.name))
             .collect();
-        for name in repack {
+        repack.sort_unstable();
+        let mut repacker = Repacker::new(DEFAULT_TARGET);
+        for (_, name) in repack {
             if self.cancelled() {
                 return Err(Error::Cancelled {
                     cleaned: String::new(),
@@ -218,39 +223,15 @@ impl Sweep {
             let marks = &self.prot.marks;
             let codec = self.repo.codec();
             let live = |id: &ObjectId| marks.has_chunk(id);
-            let moved = move_live(
-                &*backend,
-                codec,
-                &name,
-                self.max_chunk(),
-                DEFAULT_TARGET,
-                live,
-            )
-            .await;
+            let moved = repacker
+                .take(&*backend, codec, &name, self.max_chunk(), live)
+                .await;
             match moved {
                 Ok(Some(m)) => {
                     self.report.packs_rewritten += 1;
                     self.report.live_bytes_moved += m.bytes;
-                    self.report.packs_written += m.packs.len() as u64;
                     for np in m.packs {
-                        self.new_packs.push(np.name);
-                        // Blobs are copied verbatim, so a pack rewritten
-                        // again gives the same new pack: one a killed
-                        // sweep left as an orphan is listed, doomed, and
-                        // must not go now that it is indexed.
-                        if let Some(same) = census.pack_mut(&np.name)
-                            && same.fate.doomed()
-                        {
-                            same.fate = Fate::Keep;
-                        }
-                        for entry in np.entries {
-                            writer
-                                .push(IndexEntry {
-                                    pack: np.name,
-                                    entry,
-                                })
-                                .await?;
-                        }
+                        self.index_new_pack(census, &mut writer, np).await?;
                     }
                 }
                 // Gone meanwhile: its entries go with the old objects.
@@ -280,6 +261,9 @@ impl Sweep {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(np) = repacker.finish(&*backend, self.repo.codec()).await? {
+            self.index_new_pack(census, &mut writer, np).await?;
         }
         if self.dry_run {
             return Ok(());
@@ -317,6 +301,35 @@ impl Sweep {
             if census.written.contains(&o.object.meta.key) {
                 o.replace = false;
             }
+        }
+        Ok(())
+    }
+
+    /// A pack the repack wrote: counted, and its entries to the index
+    /// object the sweep writes.
+    async fn index_new_pack(
+        &mut self,
+        census: &mut Census,
+        writer: &mut IndexWriter,
+        np: NewPack,
+    ) -> Result<()> {
+        self.report.packs_written += 1;
+        self.new_packs.push(np.name);
+        // Blobs are copied verbatim, so a pack rewritten again gives the
+        // same new pack: one a killed sweep left as an orphan is listed,
+        // doomed, and must not go now that it is indexed.
+        if let Some(same) = census.pack_mut(&np.name)
+            && same.fate.doomed()
+        {
+            same.fate = Fate::Keep;
+        }
+        for entry in np.entries {
+            writer
+                .push(IndexEntry {
+                    pack: np.name,
+                    entry,
+                })
+                .await?;
         }
         Ok(())
     }
