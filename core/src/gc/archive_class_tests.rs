@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::Duration;
 
 use super::pack_sweep_tests::{Chunk, chunk, point};
-use super::test_packs::{read_chunk, store_pack};
+use super::test_packs::{put_pack, read_chunk, store_pack};
 use super::{GcReport, PackOptions};
 use crate::archive::IT_DEEP_ARCHIVE;
 use crate::backend::Backend;
@@ -78,28 +78,56 @@ fn options_follow_the_client_then_the_repository() {
     assert!(!wasabi.archive && wasabi.min_storage == Duration::days(90));
 }
 
-/// A repository made with an archive data class: its sweeps never plan to
-/// rewrite a pack, so they never read one (no "archived" answer to meet).
+/// A repository made with an archive data class, on a store whose
+/// listing reports no class: its sweeps never plan to rewrite a pack (the
+/// default, hot rules would).
 #[tokio::test]
 async fn an_archive_repository_s_sweep_reads_no_pack() {
     let mem = Arc::new(MemBackend::default());
     let mut cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
     cfg.store.data_storage_class = Some("DEEP_ARCHIVE".into());
-    let hot = Repository::init(mem.clone(), cfg).await.unwrap();
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
     let c: Vec<Chunk> = (0..4).map(chunk).collect();
-    let (wasteful, _) = store_pack(&hot, &c).await;
-    point(&hot, 1, &c[0..1]).await;
-    let sim = Arc::new(ArchiveSim::new(mem.clone()));
-    sim.archive(&keys::pack(&wasteful));
-    let repo = Repository::open(sim).await.unwrap();
+    store_pack(&repo, &c).await;
+    point(&repo, 1, &c[0..1]).await;
     mem.clock().advance(Duration::days(400));
     let progress = Arc::new(crate::progress::Progress::default());
+    let hot = super::run_with(&repo, true, PackOptions::default(), &progress)
+        .await
+        .unwrap();
+    assert_eq!(hot.packs_rewritten, 1, "hot rules would: {hot:?}");
     let opts = PackOptions::for_repository(repo.config(), None);
     let r = super::run_with(&repo, false, opts, &progress)
         .await
         .unwrap();
     assert_eq!((r.packs_rewritten, r.packs_archived), (0, 0), "{r:?}");
     assert!(r.waste_bytes_left > 0, "{r:?}");
+}
+
+/// An old pack no index object names (a backup killed before its index
+/// object) stored straight into an archive class: its trailer answers
+/// "archived", so what it holds is unknown; it stays, and the sweep goes
+/// on (it failed every sweep before).
+#[tokio::test]
+async fn an_archived_orphan_is_kept_and_the_sweep_goes_on() {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let hot = Repository::init(mem.clone(), cfg).await.unwrap();
+    let c: Vec<Chunk> = (0..6).map(chunk).collect();
+    let (dead, _) = store_pack(&hot, &c[0..2]).await;
+    let orphan = put_pack(&hot, &c[2..4]).await;
+    point(&hot, 1, &c[4..6]).await;
+    store_pack(&hot, &c[4..6]).await;
+    let sim = Arc::new(ArchiveSim::in_class(mem.clone(), IT_DEEP_ARCHIVE));
+    sim.archive(&keys::pack(&orphan));
+    let repo = Repository::open(sim).await.unwrap();
+    mem.clock().advance(Duration::days(2));
+    let r = gc(&repo)
+        .await
+        .expect("an archived orphan must not fail the sweep");
+    assert_eq!(r.packs_archived, 1, "{r:?}");
+    assert!(mem.head(&keys::pack(&orphan)).await.is_ok());
+    assert!(mem.head(&keys::pack(&dead)).await.is_err(), "{r:?}");
 }
 
 /// Packs a lifecycle rule moved to DEEP_ARCHIVE, in a repository that

@@ -46,6 +46,8 @@ pub enum Fate {
     OrphanLive,
     /// Its trailer cannot be read (no index names it): kept, reported.
     Damaged,
+    /// An orphan whose trailer the store answers "archived" for: kept.
+    Archived,
     /// Gone since the listing (a repack found it missing).
     Gone,
 }
@@ -175,10 +177,13 @@ impl Census {
         let class = class.map_or(0, |c| {
             let i = match self.classes.iter().position(|k| k == c) {
                 Some(i) => i,
-                None => {
+                // A listing of ever new classes (a hostile store) costs
+                // 255 of them at most.
+                None if self.classes.len() < usize::from(u8::MAX) => {
                     self.classes.push(c.to_string());
                     self.classes.len() - 1
                 }
+                None => return 0,
             };
             u8::try_from(i + 1).unwrap_or(0)
         });
@@ -262,6 +267,10 @@ impl Census {
                     self.orphans.insert(p.name, ids);
                 }
                 Err(e) if e.is_damage() => p.fate = Fate::Damaged,
+                // An old orphan stored straight into an archive class (a
+                // backup killed before its index object): what it holds
+                // is unknown, so it stays; failing stopped every sweep.
+                Err(e) if e.is_archived() => p.fate = Fate::Archived,
                 Err(e) => return Err(e),
             }
         }

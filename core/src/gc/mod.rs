@@ -106,10 +106,11 @@ pub struct GcReport {
     pub seconds: f64,
 }
 
-/// One whole sweep with the default pack options, not cancellable.
+/// One whole sweep with the repository's pack options, not cancellable.
 pub async fn run(repo: &Repository, dry_run: bool) -> Result<GcReport> {
     let progress = Arc::new(Progress::default());
-    run_with(repo, dry_run, PackOptions::default(), &progress).await
+    let packs = PackOptions::for_repository(repo.config(), None);
+    run_with(repo, dry_run, packs, &progress).await
 }
 
 /// One whole sweep. Once `progress` is cancelled it stops at the next

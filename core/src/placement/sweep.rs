@@ -7,6 +7,7 @@
 //! Deciding what is live and what goes is gc's (`crate::gc`); nothing here
 //! deletes anything.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -214,6 +215,10 @@ pub struct Moved {
 #[derive(Debug)]
 pub struct Repacker {
     open: PackWriter,
+    /// The chunks in `open`: a chunk stored in two packs a sweep rewrites
+    /// (two backups stored it at once, or a repair stored it again) goes
+    /// into a new pack once, as a pack listing a chunk twice is damage.
+    in_open: HashSet<ObjectId>,
     target: u64,
 }
 
@@ -221,6 +226,7 @@ impl Repacker {
     pub fn new(target: u64) -> Repacker {
         Repacker {
             open: PackWriter::new(),
+            in_open: HashSet::new(),
             target,
         }
     }
@@ -229,10 +235,12 @@ impl Repacker {
     /// `live` says is live, verbatim, into the open pack. The pack's own
     /// trailer (not the index) says where its blobs are: a wrong index
     /// entry cannot make a repack copy the wrong bytes under a chunk's id.
-    /// A pack whose trailer is damaged is an error of that pack (damage,
-    /// named), and so is one the store answers "archived" for: nothing of
-    /// it was copied. `None` if the pack is gone. The packs that filled
-    /// meanwhile are in `packs`.
+    ///
+    /// The inner result is this pack's: damage of its trailer (named),
+    /// "archived", or `None` if it is gone; nothing of it was copied then.
+    /// The outer error is a failure to store a new pack that filled: it
+    /// may hold blobs of packs taken before, so the sweep must stop (it
+    /// has deleted nothing yet). The packs that filled are in `packs`.
     pub async fn take(
         &mut self,
         backend: &dyn Backend,
@@ -240,30 +248,37 @@ impl Repacker {
         name: &ObjectId,
         max_chunk: u32,
         live: impl Fn(&ObjectId) -> bool,
-    ) -> Result<Option<Moved>> {
+    ) -> Result<Result<Option<Moved>>> {
         let key = keys::pack(name);
         let bytes = match backend.get(&key).await {
             Ok(b) => b,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(e) if e.is_not_found() => return Ok(Ok(None)),
+            Err(e) => return Ok(Err(e.into())),
         };
-        let entries = decode_trailer(codec, &key, &bytes, bytes.len() as u64, max_chunk)?;
+        let entries = match decode_trailer(codec, &key, &bytes, bytes.len() as u64, max_chunk) {
+            Ok(entries) => entries,
+            Err(e) => return Ok(Err(e)),
+        };
         let mut out = Moved::default();
         for e in entries.iter().filter(|e| live(&e.id)) {
+            out.bytes += u64::from(e.stored_len);
+            out.chunks += 1;
+            if !self.in_open.insert(e.id) {
+                continue;
+            }
             let r = e.range();
             self.open.push_stored(
                 e.id,
                 e.plain_len as usize,
                 &bytes[r.start as usize..r.end as usize],
             )?;
-            out.bytes += u64::from(e.stored_len);
-            out.chunks += 1;
             if self.open.len() >= self.target {
                 let full = std::mem::take(&mut self.open);
+                self.in_open.clear();
                 out.packs.push(store(backend, codec, full).await?);
             }
         }
-        Ok(Some(out))
+        Ok(Ok(Some(out)))
     }
 
     /// Stores the open pack, if it holds anything.

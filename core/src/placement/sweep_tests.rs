@@ -36,6 +36,7 @@ async fn live_blobs_move_verbatim() {
         .take(&*mem, &codec, &name, 1 << 20, live)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     assert_eq!(moved.chunks, 3);
     assert!(moved.packs.is_empty(), "not full yet");
@@ -53,22 +54,38 @@ async fn live_blobs_move_verbatim() {
     let gone = r
         .take(&*mem, &codec, &ObjectId::of(b"x"), 1 << 20, live)
         .await;
-    assert!(gone.unwrap().is_none());
+    assert!(gone.unwrap().unwrap().is_none());
     assert!(r.finish(&*mem, &codec).await.unwrap().is_none());
 }
 
 /// The live parts of several rewritten packs fill shared packs of about
-/// the target size, not one small pack each.
+/// the target size, not one small pack each; a chunk two of them hold
+/// goes into a new pack once (a pack listing a chunk twice is damage).
 #[tokio::test]
 async fn live_parts_of_several_packs_share_new_packs() {
     let mem: Arc<dyn Backend> = Arc::new(MemBackend::default());
     let codec = Codec::plain();
+    // Incompressible blobs of 3,000 bytes.
+    let blob = |p: u8, t: u8| -> Vec<u8> {
+        let mut d = vec![0u8; 3000];
+        blake3::Hasher::new()
+            .update(&[p, t])
+            .finalize_xof()
+            .fill(&mut d);
+        d
+    };
+    let shared = blob(99, 99);
     let mut names = Vec::new();
-    let mut live_ids = Vec::new();
+    let mut live_ids = vec![ObjectId::of(&shared)];
     for p in 0u8..4 {
         let mut w = PackWriter::new();
+        // The first two packs hold the same live chunk (first, so that
+        // the second meets it while the first's copy is in the open pack).
+        if p < 2 {
+            w.push(&codec, ObjectId::of(&shared), &shared, 3).unwrap();
+        }
         for t in 0u8..4 {
-            let d: Vec<u8> = (0..3000u32).map(|i| (i as u8) ^ (p * 16 + t)).collect();
+            let d = blob(p, t);
             let id = ObjectId::of(&d);
             w.push(&codec, id, &d, 3).unwrap();
             if t % 2 == 0 {
@@ -82,27 +99,32 @@ async fn live_parts_of_several_packs_share_new_packs() {
         names.push(name);
     }
     let live = |id: &ObjectId| live_ids.contains(id);
-    // Room for about four of the 2-blob live parts.
-    let mut r = Repacker::new(4 * 2 * 3000);
+    // Room for five blobs: packs fill in the middle of a take.
+    let mut r = Repacker::new(5 * 3000);
     let mut packs = Vec::new();
-    let mut moved = 0;
     for n in &names {
         let m = r
             .take(&*mem, &codec, n, 1 << 20, live)
             .await
             .unwrap()
+            .unwrap()
             .unwrap();
-        moved += m.chunks;
         packs.extend(m.packs);
     }
+    assert!(!packs.is_empty(), "filled during a take");
     packs.extend(r.finish(&*mem, &codec).await.unwrap());
-    assert_eq!(moved, 8);
     assert!(packs.len() < names.len(), "{} new packs", packs.len());
-    let mut ids: Vec<ObjectId> = packs
-        .iter()
-        .flat_map(|p| p.entries.iter().map(|e| e.id))
-        .collect();
+    let mut ids: Vec<ObjectId> = Vec::new();
+    for p in &packs {
+        // Each new pack reads back (no chunk listed twice).
+        let bytes = mem.get(&keys::pack(&p.name)).await.unwrap();
+        let key = keys::pack(&p.name);
+        decode_trailer(&codec, &key, &bytes, bytes.len() as u64, 1 << 20).unwrap();
+        ids.extend(p.entries.iter().map(|e| e.id));
+    }
     ids.sort_unstable();
     live_ids.sort_unstable();
+    assert_eq!(ids.len(), 9, "8 live chunks and the shared one: {ids:?}");
+    ids.dedup();
     assert_eq!(ids, live_ids);
 }

@@ -170,6 +170,7 @@ impl Sweep {
                 Fate::Young if p.live_chunks == 0 => r.young_kept += 1,
                 Fate::OrphanLive => r.packs_unindexed_live += 1,
                 Fate::Damaged => r.packs_damaged += 1,
+                Fate::Archived => r.packs_archived += 1,
                 Fate::Orphan => r.packs_orphaned += 1,
                 _ => {}
             }
@@ -223,9 +224,11 @@ impl Sweep {
             let marks = &self.prot.marks;
             let codec = self.repo.codec();
             let live = |id: &ObjectId| marks.has_chunk(id);
+            // A new pack that fails to store stops the sweep (`?`): it
+            // may hold blobs of packs taken before, doomed as rewritten.
             let moved = repacker
                 .take(&*backend, codec, &name, self.max_chunk(), live)
-                .await;
+                .await?;
             match moved {
                 Ok(Some(m)) => {
                     self.report.packs_rewritten += 1;
