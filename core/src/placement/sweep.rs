@@ -261,11 +261,11 @@ impl Repacker {
         };
         let mut out = Moved::default();
         for e in entries.iter().filter(|e| live(&e.id)) {
-            out.bytes += u64::from(e.stored_len);
-            out.chunks += 1;
             if !self.in_open.insert(e.id) {
                 continue;
             }
+            out.bytes += u64::from(e.stored_len);
+            out.chunks += 1;
             let r = e.range();
             self.open.push_stored(
                 e.id,
