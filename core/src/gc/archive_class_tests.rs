@@ -20,6 +20,18 @@ use crate::keys;
 use crate::repo::Repository;
 use crate::testing::{ArchiveSim, MemBackend};
 
+fn config() -> RepoConfig {
+    RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap()
+}
+
+/// A repository written through a store without classes, to be opened
+/// again through an [`ArchiveSim`] once some packs are "archived".
+async fn hot_repo() -> (Arc<MemBackend>, Repository) {
+    let mem = Arc::new(MemBackend::default());
+    let hot = Repository::init(mem.clone(), config()).await.unwrap();
+    (mem, hot)
+}
+
 async fn gc(repo: &Repository) -> crate::Result<GcReport> {
     let progress = Arc::new(crate::progress::Progress::default());
     // What `prune` runs: the default (hot) rules.
@@ -28,9 +40,7 @@ async fn gc(repo: &Repository) -> crate::Result<GcReport> {
 
 #[tokio::test]
 async fn a_pack_to_rewrite_found_archived_is_kept_with_its_waste() {
-    let mem = Arc::new(MemBackend::default());
-    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    let hot = Repository::init(mem.clone(), cfg).await.unwrap();
+    let (mem, hot) = hot_repo().await;
     let c: Vec<Chunk> = (0..8).map(chunk).collect();
     // Half dead: the hot rules rewrite it.
     let (wasteful, _) = store_pack(&hot, &c[0..4]).await;
@@ -66,7 +76,7 @@ async fn a_pack_to_rewrite_found_archived_is_kept_with_its_waste() {
 #[test]
 fn options_follow_the_client_then_the_repository() {
     use std::collections::BTreeMap;
-    let mut cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let mut cfg = config();
     let hot = PackOptions::for_repository(&cfg, None).rules;
     assert!(!hot.archive && hot.min_storage == Duration::zero());
     cfg.store.data_storage_class = Some("DEEP_ARCHIVE".into());
@@ -84,7 +94,7 @@ fn options_follow_the_client_then_the_repository() {
 #[tokio::test]
 async fn an_archive_repository_s_sweep_reads_no_pack() {
     let mem = Arc::new(MemBackend::default());
-    let mut cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let mut cfg = config();
     cfg.store.data_storage_class = Some("DEEP_ARCHIVE".into());
     let repo = Repository::init(mem.clone(), cfg).await.unwrap();
     let c: Vec<Chunk> = (0..4).map(chunk).collect();
@@ -110,9 +120,7 @@ async fn an_archive_repository_s_sweep_reads_no_pack() {
 /// on (it failed every sweep before).
 #[tokio::test]
 async fn an_archived_orphan_is_kept_and_the_sweep_goes_on() {
-    let mem = Arc::new(MemBackend::default());
-    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    let hot = Repository::init(mem.clone(), cfg).await.unwrap();
+    let (mem, hot) = hot_repo().await;
     let c: Vec<Chunk> = (0..6).map(chunk).collect();
     let (dead, _) = store_pack(&hot, &c[0..2]).await;
     let orphan = put_pack(&hot, &c[2..4]).await;
@@ -134,9 +142,7 @@ async fn an_archived_orphan_is_kept_and_the_sweep_goes_on() {
 /// says nothing of it: the listing's class decides, so none is read.
 #[tokio::test]
 async fn a_pack_listed_in_an_archive_class_is_judged_by_it() {
-    let mem = Arc::new(MemBackend::default());
-    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    let hot = Repository::init(mem.clone(), cfg).await.unwrap();
+    let (mem, hot) = hot_repo().await;
     let c: Vec<Chunk> = (0..8).map(chunk).collect();
     let (moved, _) = store_pack(&hot, &c[0..4]).await;
     let (stayed, _) = store_pack(&hot, &c[4..8]).await;
