@@ -105,6 +105,11 @@ impl Packer {
         Ok(self.seal_if_full())
     }
 
+    /// Whether the open pack holds chunk `id`.
+    pub fn holds(&self, id: &ObjectId) -> bool {
+        self.open_ids.contains(id)
+    }
+
     fn seal_if_full(&mut self) -> Option<SealedPack> {
         if self.open.len() >= self.target {
             return self.seal();

@@ -7,14 +7,14 @@
 //! Deciding what is live and what goes is gc's (`crate::gc`); nothing here
 //! deletes anything.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
 
 use super::index::{self, IndexEntry, IndexHead};
-use super::pack::{PackEntry, PackWriter, decode_trailer};
+use super::pack::{PackEntry, decode_trailer};
+use super::packer::{Packer, SealedPack};
 use crate::backend::{Backend, ObjectClass, ObjectMeta};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -214,20 +214,20 @@ pub struct Moved {
 /// sweep stops are simply not moved (their old packs stay).
 #[derive(Debug)]
 pub struct Repacker {
-    open: PackWriter,
-    /// The chunks in `open`: a chunk stored in two packs a sweep rewrites
-    /// (two backups stored it at once, or a repair stored it again) goes
-    /// into a new pack once, as a pack listing a chunk twice is damage.
-    in_open: HashSet<ObjectId>,
-    target: u64,
+    codec: Arc<Codec>,
+    /// The open pack. It skips a chunk it already holds: one stored in two
+    /// packs a sweep rewrites (two backups stored it at once, or a repair
+    /// stored it again) goes into a new pack once, as a pack listing a
+    /// chunk twice is damage.
+    open: Packer,
 }
 
 impl Repacker {
-    pub fn new(target: u64) -> Repacker {
+    pub fn new(codec: Arc<Codec>, target: u64) -> Repacker {
         Repacker {
-            open: PackWriter::new(),
-            in_open: HashSet::new(),
-            target,
+            // Blobs are copied as stored: no level is used.
+            open: Packer::new(codec.clone(), target, 0),
+            codec,
         }
     }
 
@@ -244,7 +244,6 @@ impl Repacker {
     pub async fn take(
         &mut self,
         backend: &dyn Backend,
-        codec: &Codec,
         name: &ObjectId,
         max_chunk: u32,
         live: impl Fn(&ObjectId) -> bool,
@@ -255,49 +254,49 @@ impl Repacker {
             Err(e) if e.is_not_found() => return Ok(Ok(None)),
             Err(e) => return Ok(Err(e.into())),
         };
-        let entries = match decode_trailer(codec, &key, &bytes, bytes.len() as u64, max_chunk) {
+        let entries = match decode_trailer(&self.codec, &key, &bytes, bytes.len() as u64, max_chunk)
+        {
             Ok(entries) => entries,
             Err(e) => return Ok(Err(e)),
         };
         let mut out = Moved::default();
         for e in entries.iter().filter(|e| live(&e.id)) {
-            if !self.in_open.insert(e.id) {
+            if self.open.holds(&e.id) {
                 continue;
             }
             out.bytes += u64::from(e.stored_len);
             out.chunks += 1;
             let r = e.range();
-            self.open.push_stored(
-                e.id,
-                e.plain_len as usize,
-                &bytes[r.start as usize..r.end as usize],
-            )?;
-            if self.open.len() >= self.target {
-                let full = std::mem::take(&mut self.open);
-                self.in_open.clear();
-                out.packs.push(store(backend, codec, full).await?);
+            let blob = &bytes[r.start as usize..r.end as usize];
+            if let Some(full) = self.open.push_stored(e.id, e.plain_len as usize, blob)? {
+                out.packs.push(store(backend, full).await?);
             }
         }
         Ok(Ok(Some(out)))
     }
 
     /// Stores the open pack, if it holds anything.
-    pub async fn finish(self, backend: &dyn Backend, codec: &Codec) -> Result<Option<NewPack>> {
-        match self.open.is_empty() {
-            true => Ok(None),
-            false => Ok(Some(store(backend, codec, self.open).await?)),
+    pub async fn finish(mut self, backend: &dyn Backend) -> Result<Option<NewPack>> {
+        match self.open.seal() {
+            Some(last) => Ok(Some(store(backend, last).await?)),
+            None => Ok(None),
         }
     }
 }
 
-async fn store(backend: &dyn Backend, codec: &Codec, writer: PackWriter) -> Result<NewPack> {
-    let (name, bytes, entries) = writer.finish(codec);
-    let size = bytes.len() as u64;
-    put_once_as(backend, &keys::pack(&name), bytes, ObjectClass::Data).await?;
+async fn store(backend: &dyn Backend, pack: SealedPack) -> Result<NewPack> {
+    let size = pack.bytes.len() as u64;
+    put_once_as(
+        backend,
+        &keys::pack(&pack.name),
+        pack.bytes,
+        ObjectClass::Data,
+    )
+    .await?;
     Ok(NewPack {
-        name,
+        name: pack.name,
         size,
-        entries,
+        entries: pack.entries,
     })
 }
 

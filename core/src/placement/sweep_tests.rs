@@ -31,16 +31,16 @@ async fn live_blobs_move_verbatim() {
     .await
     .unwrap();
     let live = |id: &ObjectId| chunks[..3].iter().any(|c| c.0 == *id);
-    let mut r = Repacker::new(1 << 30);
+    let mut r = Repacker::new(Arc::new(Codec::plain()), 1 << 30);
     let moved = r
-        .take(&*mem, &codec, &name, 1 << 20, live)
+        .take(&*mem, &name, 1 << 20, live)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
     assert_eq!(moved.chunks, 3);
     assert!(moved.packs.is_empty(), "not full yet");
-    let last = r.finish(&*mem, &codec).await.unwrap().unwrap();
+    let last = r.finish(&*mem).await.unwrap().unwrap();
     let new = mem.get(&keys::pack(&last.name)).await.unwrap();
     for (old, e) in entries[..3].iter().zip(&last.entries) {
         assert_eq!(old.id, e.id);
@@ -50,12 +50,10 @@ async fn live_blobs_move_verbatim() {
         );
     }
     // A pack gone is no error: there is nothing to move.
-    let mut r = Repacker::new(1 << 30);
-    let gone = r
-        .take(&*mem, &codec, &ObjectId::of(b"x"), 1 << 20, live)
-        .await;
+    let mut r = Repacker::new(Arc::new(Codec::plain()), 1 << 30);
+    let gone = r.take(&*mem, &ObjectId::of(b"x"), 1 << 20, live).await;
     assert!(gone.unwrap().unwrap().is_none());
-    assert!(r.finish(&*mem, &codec).await.unwrap().is_none());
+    assert!(r.finish(&*mem).await.unwrap().is_none());
 }
 
 /// The live parts of several rewritten packs fill shared packs of about
@@ -100,11 +98,11 @@ async fn live_parts_of_several_packs_share_new_packs() {
     }
     let live = |id: &ObjectId| live_ids.contains(id);
     // Room for five blobs: packs fill in the middle of a take.
-    let mut r = Repacker::new(5 * 3000);
+    let mut r = Repacker::new(Arc::new(Codec::plain()), 5 * 3000);
     let mut packs = Vec::new();
     for n in &names {
         let m = r
-            .take(&*mem, &codec, n, 1 << 20, live)
+            .take(&*mem, n, 1 << 20, live)
             .await
             .unwrap()
             .unwrap()
@@ -112,7 +110,7 @@ async fn live_parts_of_several_packs_share_new_packs() {
         packs.extend(m.packs);
     }
     assert!(!packs.is_empty(), "filled during a take");
-    packs.extend(r.finish(&*mem, &codec).await.unwrap());
+    packs.extend(r.finish(&*mem).await.unwrap());
     assert!(packs.len() < names.len(), "{} new packs", packs.len());
     let mut ids: Vec<ObjectId> = Vec::new();
     for p in &packs {

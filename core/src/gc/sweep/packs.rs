@@ -207,7 +207,7 @@ impl Sweep {
             .map(|p| (p.at, p.name))
             .collect();
         repack.sort_unstable();
-        let mut repacker = Repacker::new(DEFAULT_TARGET);
+        let mut repacker = Repacker::new(self.repo.codec().clone(), DEFAULT_TARGET);
         for (_, name) in repack {
             if self.cancelled() {
                 return Err(Error::Cancelled {
@@ -222,12 +222,11 @@ impl Sweep {
             }
             self.refresh().await?;
             let marks = &self.prot.marks;
-            let codec = self.repo.codec();
             let live = |id: &ObjectId| marks.has_chunk(id);
             // A new pack that fails to store stops the sweep (`?`): it
             // may hold blobs of packs taken before, doomed as rewritten.
             let moved = repacker
-                .take(&*backend, codec, &name, self.max_chunk(), live)
+                .take(&*backend, &name, self.max_chunk(), live)
                 .await?;
             match moved {
                 Ok(Some(m)) => {
@@ -265,7 +264,7 @@ impl Sweep {
                 Err(e) => return Err(e),
             }
         }
-        if let Some(np) = repacker.finish(&*backend, self.repo.codec()).await? {
+        if let Some(np) = repacker.finish(&*backend).await? {
             self.index_new_pack(census, &mut writer, np).await?;
         }
         if self.dry_run {
