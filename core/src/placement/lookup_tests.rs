@@ -77,6 +77,42 @@ async fn a_batch_is_answered_from_every_index_object_with_few_block_reads() {
 }
 
 #[tokio::test]
+async fn blocks_decoded_once_are_not_read_again_by_later_batches() {
+    // A restore looks up one segment's ids at a time; each batch falls in
+    // the same blocks. Without a cache directory, the second batch must
+    // still read nothing.
+    let backend = Arc::new(MemBackend::default());
+    put_index(&backend, 0..5000).await;
+    put_index(&backend, 10_000..13_000).await;
+    let index = ChunkIndex::open(backend.clone(), plain(), None)
+        .await
+        .unwrap();
+    check(&index.lookup(&batch()).await.unwrap());
+    let before = gets(&backend);
+    check(&index.lookup(&batch()).await.unwrap());
+    let other: Vec<ObjectId> = (0..100).map(|k| id(k * 40 + 1)).collect();
+    let found = index.lookup(&other).await.unwrap();
+    assert!(found.iter().all(Option::is_some));
+    assert_eq!(gets(&backend) - before, 0);
+}
+
+#[test]
+fn decoded_blocks_stay_under_their_bound_oldest_out_first() {
+    let block = |n: u64| Arc::new((0..n).map(entry).collect::<Vec<_>>());
+    let mut d = Decoded::default();
+    d.keep((0, 0), block(4), 10);
+    d.keep((0, 1), block(4), 10);
+    d.keep((0, 1), block(4), 10); // twice: kept once
+    assert_eq!(d.entries, 8);
+    d.keep((1, 0), block(5), 10); // drops (0, 0) only
+    assert!(d.get((0, 0)).is_none() && d.get((0, 1)).is_some());
+    assert_eq!(d.entries, 9);
+    d.keep((2, 0), block(11), 10); // larger than the bound: not kept
+    assert!(d.get((2, 0)).is_none());
+    assert!(d.entries <= 10);
+}
+
+#[tokio::test]
 async fn the_cache_saves_block_reads_and_a_bad_cached_block_is_bypassed() {
     let backend = Arc::new(MemBackend::default());
     put_index(&backend, 0..5000).await;
