@@ -172,10 +172,14 @@ pub struct InitArgs {
     /// backup.
     #[arg(long, value_parser = parse_secs, default_value = "1m")]
     pub sweep_ttl: u64,
-    /// Encryption: the default, or `none` for a repository that anyone who
-    /// can read the store can read (every command then says so).
-    #[arg(long, value_name = "MODE", default_value = "xchacha20-poly1305",
-          value_parser = ["xchacha20-poly1305", "none"])]
+    /// Encryption: `aes-256-gcm` (the default; repository format 4: chunk
+    /// data sealed with AES-256-GCM, metadata with XChaCha20-Poly1305),
+    /// `xchacha20-poly1305` (format 2: everything sealed with
+    /// XChaCha20-Poly1305, readable by builds of formats 2 and 3; slower
+    /// on CPUs with AES instructions), or `none` for a repository that
+    /// anyone who can read the store can read (every command then says so).
+    #[arg(long, value_name = "MODE", default_value = "aes-256-gcm",
+          value_parser = ["aes-256-gcm", "xchacha20-poly1305", "none"])]
     pub encryption: String,
     /// S3 only: storage class of chunk data, stored in the repository so
     /// that every client uses it. A client's --s3-storage-class-chunks (or

@@ -34,10 +34,10 @@ fn version() -> &'static str {
     static TEXT: OnceLock<String> = OnceLock::new();
     TEXT.get_or_init(|| {
         format!(
-            "{} (commit {GIT_COMMIT}, repository format {}, {} with object lock)",
+            "{} (commit {GIT_COMMIT}, repository format {}; reads and writes formats {})",
             env!("CARGO_PKG_VERSION"),
             xfull_core::config::FORMAT_VERSION,
-            xfull_core::config::LOCKED_FORMAT_VERSION
+            xfull_core::config::SUPPORTED_FORMATS
         )
     })
 }

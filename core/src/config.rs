@@ -7,19 +7,31 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkParams;
+use crate::crypto::DataCipher;
 use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
 use crate::keys;
 
-/// The repository format this build reads and writes. Format 2: objects
-/// may be sealed and ids keyed (client-side encryption, see
-/// [`Encryption`]); format 1 repositories are refused, not misread.
-pub const FORMAT_VERSION: u32 = 2;
+/// The repository format this build creates. Format 4 is format 2 with
+/// chunk data sealed with AES-256-GCM (envelope mode 3) instead of
+/// XChaCha20-Poly1305 (mode 2), locked or not: builds that read formats 2
+/// and 3 only would report every mode 3 chunk as damage, so they must
+/// refuse the repository instead.
+pub const FORMAT_VERSION: u32 = 4;
+/// Format 2: objects may be sealed and ids keyed (client-side encryption,
+/// see [`Encryption`]), chunks in packs. Still read and written in its own
+/// form (chunk data sealed with XChaCha20-Poly1305), so builds of formats
+/// 2 and 3 keep reading what this one adds. Format 1 is refused, not
+/// misread.
+pub const OLD_FORMAT_VERSION: u32 = 2;
 /// Format 3 is format 2 with object lock (`object_lock` set). A locked
-/// repository is stored as format 3 so that builds from before object
-/// lock, which read format 2 only and would drop the unknown field, refuse
-/// it instead of writing unlocked objects and deleting locked ones.
+/// repository of format 2 is stored as format 3 so that builds from
+/// before object lock, which read format 2 only and would drop the unknown
+/// field, refuse it instead of writing unlocked objects and deleting
+/// locked ones.
 pub const LOCKED_FORMAT_VERSION: u32 = 3;
+/// What the formats this build reads are called in messages.
+pub const SUPPORTED_FORMATS: &str = "2, 3 and 4";
 
 /// Default segment size; see `docs/chunk-size.md` for the measurements.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
@@ -270,11 +282,22 @@ impl RepoConfig {
         self.store.validate()
     }
 
-    /// The format the config is stored as: decided by whether it locks.
+    /// The format the config is stored as: its own, and for format 2,
+    /// whether it locks.
     pub fn stored_format(&self) -> u32 {
-        match self.object_lock {
-            Some(_) => LOCKED_FORMAT_VERSION,
-            None => FORMAT_VERSION,
+        match (self.format, &self.object_lock) {
+            (OLD_FORMAT_VERSION, Some(_)) => LOCKED_FORMAT_VERSION,
+            (format, _) => format,
+        }
+    }
+
+    /// The AEAD this repository's chunk data is sealed with (when it is
+    /// encrypted): decided by its format.
+    pub fn data_cipher(&self) -> DataCipher {
+        if self.format >= FORMAT_VERSION {
+            DataCipher::Aes256Gcm
+        } else {
+            DataCipher::XChaCha20Poly1305
         }
     }
 
@@ -300,18 +323,18 @@ impl RepoConfig {
         }
         let v: Version = ciborium::from_reader(&plain[..])
             .map_err(|e| Error::corrupt(keys::CONFIG, format!("undecodable: {e}")))?;
-        if v.format < FORMAT_VERSION {
+        if v.format < OLD_FORMAT_VERSION {
             return Err(Error::OldFormat {
                 what: "the repository".into(),
                 found: v.format,
-                supported: FORMAT_VERSION,
+                supported: SUPPORTED_FORMATS.into(),
             });
         }
-        if v.format != FORMAT_VERSION && v.format != LOCKED_FORMAT_VERSION {
+        if v.format > FORMAT_VERSION {
             return Err(Error::UnsupportedFormat {
                 what: "the repository".into(),
                 found: v.format.to_string(),
-                supported: format!("{FORMAT_VERSION} and {LOCKED_FORMAT_VERSION}"),
+                supported: SUPPORTED_FORMATS.into(),
             });
         }
         let mut cfg: RepoConfig = ciborium::from_reader(&plain[..])
@@ -326,9 +349,11 @@ impl RepoConfig {
                  setting: the config may have been altered",
             ));
         }
-        // In memory the field is the base format; `encode` derives the
-        // stored one from the lock.
-        cfg.format = FORMAT_VERSION;
+        // In memory format 3 is format 2; `encode` derives the stored one
+        // from the lock.
+        if v.format == LOCKED_FORMAT_VERSION {
+            cfg.format = OLD_FORMAT_VERSION;
+        }
         cfg.validate()
             .map_err(|e| Error::corrupt(keys::CONFIG, e))?;
         Ok(cfg)
@@ -336,165 +361,5 @@ impl RepoConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trip_and_refuse_future_format() {
-        let cfg = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
-        assert_eq!(RepoConfig::decode(&cfg.encode().unwrap()).unwrap(), cfg);
-        let future = RepoConfig {
-            format: 4,
-            ..cfg.clone()
-        };
-        let mut plain = Vec::new();
-        ciborium::into_writer(&future, &mut plain).unwrap();
-        let framed = frame::encode(Kind::Config, &plain, 0).unwrap();
-        assert!(matches!(
-            RepoConfig::decode(&framed),
-            Err(Error::UnsupportedFormat { .. })
-        ));
-        let old = RepoConfig { format: 1, ..cfg };
-        let mut plain = Vec::new();
-        ciborium::into_writer(&old, &mut plain).unwrap();
-        let framed = frame::encode(Kind::Config, &plain, 0).unwrap();
-        let e = RepoConfig::decode(&framed).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::OldFormat {
-                    found: 1,
-                    supported: 2,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let msg = e.to_string();
-        assert!(
-            msg.contains("format 1") && msg.contains("format 2"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn a_locked_config_is_format_3_which_older_builds_refuse() {
-        let mut cfg = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
-        cfg.object_lock = Some(crate::lock::ObjectLock {
-            mode: crate::lock::LockMode::Compliance,
-            retain_secs: 86_400,
-            generation_secs: 86_400,
-        });
-        let framed = cfg.encode().unwrap();
-        assert_eq!(RepoConfig::decode(&framed).unwrap(), cfg);
-        let plain = frame::decode(Kind::Config, keys::CONFIG, &framed, 1 << 16).unwrap();
-        #[derive(Deserialize)]
-        struct Version {
-            format: u32,
-        }
-        let v: Version = ciborium::from_reader(&plain[..]).unwrap();
-        assert_eq!(v.format, 3);
-        // What a build of format 2 only does with it: refuse.
-        assert_ne!(v.format, FORMAT_VERSION);
-        // Format 3 with its lock taken out: damage naming the config.
-        let unlocked = RepoConfig {
-            format: 3,
-            object_lock: None,
-            ..cfg.clone()
-        };
-        let mut plain = Vec::new();
-        ciborium::into_writer(&unlocked, &mut plain).unwrap();
-        let framed = frame::encode(Kind::Config, &plain, 0).unwrap();
-        let e = RepoConfig::decode(&framed).unwrap_err();
-        assert!(e.is_damage() && e.to_string().contains("format 3"), "{e}");
-        // Format 2 with a lock (development builds wrote it): locked.
-        let dev = RepoConfig { format: 2, ..cfg };
-        let mut plain = Vec::new();
-        ciborium::into_writer(&dev, &mut plain).unwrap();
-        let framed = frame::encode(Kind::Config, &plain, 0).unwrap();
-        assert!(RepoConfig::decode(&framed).unwrap().object_lock.is_some());
-    }
-
-    #[test]
-    fn the_check_value_round_trips() {
-        let mut cfg = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
-        cfg.encryption = Some(Encryption { check: [7; 32] });
-        assert_eq!(RepoConfig::decode(&cfg.encode().unwrap()).unwrap(), cfg);
-    }
-
-    #[test]
-    fn store_settings_round_trip_and_are_left_out_when_empty() {
-        let cfg = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
-        let plain = cfg.encode().unwrap();
-        let mut with = cfg.clone();
-        with.store = StoreSettings {
-            data_storage_class: Some("STANDARD_IA".into()),
-            sse: Some("aws:kms".into()),
-            min_storage_days: BTreeMap::from([("STANDARD".into(), 90)]),
-        };
-        let encoded = with.encode().unwrap();
-        assert!(encoded.len() > plain.len());
-        assert_eq!(RepoConfig::decode(&encoded).unwrap(), with);
-        assert!(RepoConfig::decode(&plain).unwrap().store.is_empty());
-        // Minimum storage durations: class names and days are bounded.
-        for (class, days, why) in [
-            ("STANDARD\n", 1, "not a setting name"),
-            ("STANDARD_IA", 3651, "at most 3650"),
-        ] {
-            let mut bad = with.clone();
-            bad.store.min_storage_days = BTreeMap::from([(class.to_string(), days)]);
-            let e = RepoConfig::decode(&bad.encode().unwrap()).unwrap_err();
-            assert!(e.is_damage() && e.to_string().contains(why), "{e}");
-        }
-        let mut many = with.clone();
-        many.store.min_storage_days = (0..33).map(|i| (format!("C{i}"), 1)).collect();
-        let e = RepoConfig::decode(&many.encode().unwrap()).unwrap_err();
-        assert!(e.to_string().contains("at most 32"), "{e}");
-        // A hostile config cannot put header text into requests.
-        with.store.sse = Some("AES256\r\nX-Evil: 1".into());
-        let e = RepoConfig::decode(&with.encode().unwrap()).unwrap_err();
-        assert!(
-            e.is_damage() && e.to_string().contains("server-side"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn refuses_bad_constants() {
-        let p = ChunkParams::default();
-        assert!(RepoConfig::new(3 << 20, p, 3).is_err());
-        assert!(RepoConfig::new(128 << 20, p, 3).is_err());
-        assert!(RepoConfig::new(16 << 20, p, 0).is_err());
-        let mut cfg = RepoConfig::new(16 << 20, p, 3).unwrap();
-        cfg.protocol.lease_ttl_secs = 0;
-        assert!(cfg.validate().unwrap_err().contains("lease TTL"));
-    }
-
-    #[test]
-    fn configs_without_protocol_get_the_defaults() {
-        #[derive(Serialize)]
-        struct Old {
-            format: u32,
-            repo_id: String,
-            created: DateTime<Utc>,
-            segment_size: u64,
-            chunking: ChunkParams,
-            zstd_level: i32,
-            encryption: Option<Encryption>,
-        }
-        let old = Old {
-            format: FORMAT_VERSION,
-            encryption: None,
-            repo_id: "ab".into(),
-            created: Utc::now(),
-            segment_size: DEFAULT_SEGMENT_SIZE,
-            chunking: ChunkParams::default(),
-            zstd_level: 3,
-        };
-        let mut plain = Vec::new();
-        ciborium::into_writer(&old, &mut plain).unwrap();
-        let framed = frame::encode(Kind::Config, &plain, 0).unwrap();
-        let cfg = RepoConfig::decode(&framed).unwrap();
-        assert_eq!(cfg.protocol, Protocol::default());
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

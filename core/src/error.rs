@@ -42,12 +42,12 @@ pub enum Error {
     /// A repository made by an older xfull whose format this build no
     /// longer reads (format 1: before encryption and packs).
     #[error(
-        "{what} uses format {found}, this xfull reads only format {supported}; use the xfull that made it, or back up into a new repository"
+        "{what} uses format {found}, this xfull reads only formats {supported}; use the xfull that made it, or back up into a new repository"
     )]
     OldFormat {
         what: String,
         found: u32,
-        supported: u32,
+        supported: String,
     },
 
     /// A stored object is damaged: bad frame, checksum or hash mismatch,

@@ -229,7 +229,10 @@ mod tests {
     #[test]
     fn leases_round_trip_and_name_their_key() {
         let r = record("s1");
-        for codec in [Codec::plain(), Codec::encrypted(MasterKeys::generate())] {
+        for codec in [
+            Codec::plain(),
+            Codec::encrypted(MasterKeys::generate(), crate::crypto::DataCipher::Aes256Gcm),
+        ] {
             let bytes = r.encode(&codec).unwrap();
             assert_eq!(LeaseRecord::decode("leases/s1", &bytes, &codec).unwrap(), r);
             assert!(LeaseRecord::decode("leases/s2", &bytes, &codec).is_err());

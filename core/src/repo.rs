@@ -142,10 +142,11 @@ impl Repository {
                 .await;
             return Err(e);
         }
+        let codec = Arc::new(Codec::encrypted(master, config.data_cipher()));
         Ok(Repository {
             backend,
             config,
-            codec: Arc::new(Codec::encrypted(master)),
+            codec,
         })
     }
 
@@ -196,7 +197,7 @@ impl Repository {
                         "its keys are not this repository's (they do not match the config's check value)",
                     ));
                 }
-                Codec::encrypted(master)
+                Codec::encrypted(master, config.data_cipher())
             }
         };
         Ok(Repository {

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use xfull_core::crypto::{DataOpener, DataSecretKey, SealKind, SecretKey, open, seal};
+use xfull_core::crypto::{DataCipher, DataOpener, DataSecretKey, SealKind, SecretKey, open, seal};
 
 fn opener() -> &'static (DataOpener, DataSecretKey) {
     static O: OnceLock<(DataOpener, DataSecretKey)> = OnceLock::new();
@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
     let i = data.first().copied().unwrap_or(0) as usize % bad.len();
     bad[i] ^= 0x80;
     assert!(open(SealKind::Node, &key, "n", &bad).is_err());
-    let d = xfull_core::crypto::DataSealer::new(&data_secret.public()).seal(SealKind::Chunk, "c", data);
-    assert_eq!(data_opener.open(SealKind::Chunk, "c", &d).unwrap(), data);
-    assert!(data_opener.open(SealKind::Chunk, "c", &d[..d.len() - 1]).is_err());
+    for cipher in [DataCipher::Aes256Gcm, DataCipher::XChaCha20Poly1305] {
+        let d = xfull_core::crypto::DataSealer::new(&data_secret.public(), cipher)
+            .seal(SealKind::Chunk, "c", data);
+        assert_eq!(data_opener.open(SealKind::Chunk, "c", &d).unwrap(), data);
+        assert!(data_opener.open(SealKind::Chunk, "c", &d[..d.len() - 1]).is_err());
+    }
 });

@@ -8,13 +8,14 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use xfull_core::crypto::{DataOpener, DataSealer, DataSecretKey, SealKind, SecretKey, open, seal};
+use xfull_core::crypto::{DataCipher, DataOpener, DataSealer, DataSecretKey, SealKind, SecretKey, open, seal};
 
 struct Fixture {
     key: SecretKey,
     opener: DataOpener,
     meta: Vec<u8>,
-    data: Vec<u8>,
+    /// Chunk data sealed with each cipher (envelope modes 3 and 2).
+    data: [Vec<u8>; 2],
 }
 
 fn fixture() -> &'static Fixture {
@@ -22,7 +23,8 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let key = SecretKey::from_bytes([3; 32]);
         let secret = DataSecretKey::random();
-        let data = DataSealer::new(&secret.public()).seal(SealKind::Chunk, "c", b"chunk bytes");
+        let data = [DataCipher::Aes256Gcm, DataCipher::XChaCha20Poly1305]
+            .map(|c| DataSealer::new(&secret.public(), c).seal(SealKind::Chunk, "c", b"chunk bytes"));
         Fixture {
             meta: seal(SealKind::Node, &key, "n", b"node bytes"),
             opener: DataOpener::new(secret),
@@ -59,11 +61,13 @@ fuzz_target!(|edits: &[u8]| {
     } else {
         assert!(r.is_err());
     }
-    let d = edited(&f.data, edits);
-    let r = f.opener.open(SealKind::Chunk, "c", &d);
-    if d == f.data {
-        assert_eq!(r.unwrap(), b"chunk bytes");
-    } else {
-        assert!(r.is_err());
+    for data in &f.data {
+        let d = edited(data, edits);
+        let r = f.opener.open(SealKind::Chunk, "c", &d);
+        if d == *data {
+            assert_eq!(r.unwrap(), b"chunk bytes");
+        } else {
+            assert!(r.is_err());
+        }
     }
 });

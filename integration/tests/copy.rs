@@ -147,7 +147,7 @@ fn local_to_s3_to_local_restores_bit_exact_and_copies_once() {
     // Local to S3.
     let s3 = scratch(Some(&server), "copy-target");
     let made = init_like(&s3, &src);
-    assert_eq!(made["encryption"], "xchacha20-poly1305", "{made}");
+    assert_eq!(made["encryption"], "aes-256-gcm", "{made}");
     assert_eq!(made["segment_size"], 4 << 20, "{made}");
     // The budget applies to the S3 side; the local source takes it too.
     let out = copy(&src, &s3, &["--max-upload-bytes-per-second", "64M"]);

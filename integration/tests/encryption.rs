@@ -262,6 +262,36 @@ fn encryption_none_round_trips_and_stores_plain_frames() {
 }
 
 #[test]
+fn each_encryption_makes_its_format_and_round_trips() {
+    // The default seals chunk data with AES-256-GCM (format 4, envelope
+    // mode 3); `--encryption xchacha20-poly1305` makes format 2 (mode 2),
+    // which builds of format 2 read.
+    for (mode, format, seal_mode) in [("aes-256-gcm", 4, 3), ("xchacha20-poly1305", 2, 2)] {
+        let e = Env::init_with(&["--encryption", mode]);
+        let config = std::fs::read(e.repo.join("config")).unwrap();
+        let config = xfull_core::config::RepoConfig::decode(&config).unwrap();
+        assert_eq!(config.stored_format(), format, "{mode}");
+        assert_eq!(config.data_cipher().name(), mode);
+        let img = e.path("d.img");
+        marked_disk(&img);
+        e.backup("vm", &[("d", &img)]);
+        let pack = std::fs::read(&e.files("packs")[0]).unwrap();
+        assert_eq!((&pack[..4], pack[5]), (&b"XFS1"[..], seal_mode), "{mode}");
+        let to = e.path("r.img");
+        let t = to.display().to_string();
+        e.x(&["restore", "vm@latest", "--disk", "d", "--to", &t])
+            .assert()
+            .success();
+        assert_eq!(sha256(&img), sha256(&to), "{mode}");
+        e.x(&["verify", "--read-data"]).assert().success();
+    }
+    let e = Env::bare();
+    let (code, err) = fails(e.x(&["init", "--encryption", "aes-128-gcm"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("aes-128-gcm"), "{err}");
+}
+
+#[test]
 fn key_passwd_add_and_remove() {
     let e = Env::init();
     let file = |name: &str, pw: &str| {

@@ -147,7 +147,7 @@ fn every_command_prints_the_documented_json() {
     let kdf = ["--kdf-memory-kib", "64", "--kdf-time", "1"];
     let init = [&["init", "--segment-size", "4M"][..], &kdf].concat();
     let i = validate("init", &init, 0);
-    assert_eq!(i["encryption"], "xchacha20-poly1305", "{i}");
+    assert_eq!(i["encryption"], "aes-256-gcm", "{i}");
     let first = validate(
         "backup",
         &["backup", "--vm", "vm", "--disk", &disk, "--label", "k=v"],

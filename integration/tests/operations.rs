@@ -278,8 +278,8 @@ fn completions_man_page_version_and_help() {
     let v = text(&e, &["--version"]);
     assert!(
         v.contains("commit ")
-            && v.contains("repository format 2")
-            && v.contains("3 with object lock"),
+            && v.contains("repository format 4")
+            && v.contains("formats 2, 3 and 4"),
         "{v}"
     );
     // S3 flags under their own heading, and not on a command without a

@@ -2,7 +2,9 @@ use anyhow::Result;
 use std::collections::BTreeMap;
 use xfull_core::chunker::ChunkParams;
 
-use xfull_core::config::{MAX_MIN_STORAGE_DAYS, Protocol, RepoConfig, StoreSettings};
+use xfull_core::config::{
+    MAX_MIN_STORAGE_DAYS, OLD_FORMAT_VERSION, Protocol, RepoConfig, StoreSettings,
+};
 use xfull_core::lock::{LockMode, ObjectLock};
 
 use crate::cli::{Cli, InitArgs, split_pair};
@@ -32,6 +34,10 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
         min_storage_days: min_storage_days(&args.min_storage_days)?,
     };
     config.object_lock = object_lock(args)?;
+    if args.encryption == "xchacha20-poly1305" {
+        // Format 2 (3 when locked): what builds of formats 2 and 3 read.
+        config.format = OLD_FORMAT_VERSION;
+    }
     config
         .validate()
         .map_err(xfull_core::Error::InvalidArgument)?;
@@ -52,7 +58,7 @@ pub async fn run(cli: &Cli, args: &InitArgs) -> Result<()> {
     };
     let c = repo.config();
     let encryption = if encrypted {
-        "xchacha20-poly1305"
+        c.data_cipher().name()
     } else {
         "none"
     };

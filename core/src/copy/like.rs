@@ -4,6 +4,7 @@
 //! the same keys (the same ids, and seals that open in both), or no
 //! encryption on either side. `init --like` makes such a target.
 
+use crate::crypto::DataCipher;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 
@@ -43,6 +44,18 @@ pub fn check(source: &Repository, target: &Repository) -> Result<()> {
         (Some(_), Some(_)) => differences.push("other encryption keys".into()),
         (Some(_), None) => differences.push("unencrypted, the source is encrypted".into()),
         (None, Some(_)) => differences.push("encrypted, the source is not".into()),
+    }
+    // Stored bytes move verbatim: AES-256-GCM chunk data (format 4) in a
+    // format 2 or 3 target would be unreadable by the builds of its
+    // format. (XChaCha20-Poly1305 chunk data in format 4 is read.)
+    let sealed = source.codec().is_encrypted() && target.codec().is_encrypted();
+    if sealed && s.data_cipher() == DataCipher::Aes256Gcm && t.data_cipher() != s.data_cipher() {
+        differences.push(format!(
+            "format {}, whose builds cannot read the source's chunk data (format {}, \
+             AES-256-GCM)",
+            t.stored_format(),
+            s.stored_format()
+        ));
     }
     if differences.is_empty() {
         return Ok(());

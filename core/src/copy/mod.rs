@@ -211,6 +211,8 @@ fn in_source(source: &Repository, e: Error) -> Error {
 #[cfg(test)]
 mod damage_tests;
 #[cfg(test)]
+mod format_tests;
+#[cfg(test)]
 mod lock_tests;
 #[cfg(test)]
 mod race_tests;

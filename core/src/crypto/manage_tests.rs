@@ -90,7 +90,11 @@ async fn a_backup_only_key_backs_up_but_cannot_read_data_or_manage_keys() {
         b"parent node"
     );
     // Writes data only the full key reads.
-    let chunk = host.data_sealer().seal(SealKind::Chunk, "c", b"disk data");
+    let chunk = host.data_sealer(crate::crypto::DataCipher::Aes256Gcm).seal(
+        SealKind::Chunk,
+        "c",
+        b"disk data",
+    );
     let e = host.data_opener("restore").unwrap_err();
     assert!(matches!(e, Error::MissingCapability { .. }), "{e}");
     let opened = full.data_opener("restore").unwrap();

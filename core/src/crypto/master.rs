@@ -16,7 +16,7 @@ use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::cbor_bytes;
-use crate::crypto::data::{DataOpener, DataPublicKey, DataSealer, DataSecretKey};
+use crate::crypto::data::{DataCipher, DataOpener, DataPublicKey, DataSealer, DataSecretKey};
 use crate::crypto::id_hasher::IdHasher;
 use crate::crypto::seal::{self, SealKind};
 use crate::crypto::secret::SecretKey;
@@ -106,9 +106,10 @@ impl MasterKeys {
         seal::open(kind, &self.meta_key, name, sealed)
     }
 
-    /// A sealer for chunk data; every key can write data.
-    pub fn data_sealer(&self) -> DataSealer {
-        DataSealer::new(&self.data_public)
+    /// A sealer for chunk data with `cipher` (the repository format's);
+    /// every key can write data.
+    pub fn data_sealer(&self, cipher: DataCipher) -> DataSealer {
+        DataSealer::new(&self.data_public, cipher)
     }
 
     /// An opener for chunk data: needs a full-access key. `operation`
@@ -227,7 +228,10 @@ mod tests {
     fn a_backup_only_key_writes_data_it_cannot_read() {
         let full = MasterKeys::generate();
         let backup = full.backup_only().with_slot("0123456789abcdef");
-        let sealed = backup.data_sealer().seal(SealKind::Chunk, "c", b"secret");
+        let sealed =
+            backup
+                .data_sealer(DataCipher::Aes256Gcm)
+                .seal(SealKind::Chunk, "c", b"secret");
         let e = backup.data_opener("restore").unwrap_err();
         assert!(
             matches!(&e, Error::MissingCapability { operation, slot }

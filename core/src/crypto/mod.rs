@@ -27,11 +27,12 @@ pub mod master;
 pub mod password;
 pub mod prompt;
 pub mod seal;
+mod seal_gcm;
 pub mod secret;
 pub mod seen;
 pub mod slot;
 
-pub use data::{DataOpener, DataPublicKey, DataSealer, DataSecretKey};
+pub use data::{DataCipher, DataOpener, DataPublicKey, DataSealer, DataSecretKey};
 pub use id_hasher::IdHasher;
 pub use manage::{
     SlotInfo, add_slot, change_secret, create_keys, create_keys_like, list_slots, remove_slot,

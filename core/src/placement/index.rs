@@ -62,7 +62,7 @@ use bytes::Bytes;
 use super::pack::PackEntry;
 use crate::codec::Codec;
 use crate::crypto::SealKind;
-use crate::crypto::seal::overhead;
+use crate::crypto::seal::META_OVERHEAD;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
@@ -74,7 +74,7 @@ pub const BLOCK_ENTRIES: usize = 1024;
 /// Bytes per entry.
 pub const ENTRY_LEN: usize = 32 + 32 + 8 + 4 + 4;
 /// What sealing adds to the head and to each block.
-const SEAL: usize = overhead(false);
+const SEAL: usize = META_OVERHEAD;
 
 /// One chunk's place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

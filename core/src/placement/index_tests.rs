@@ -173,7 +173,10 @@ proptest! {
 }
 
 fn sealed() -> Arc<Codec> {
-    Arc::new(Codec::encrypted(crate::crypto::MasterKeys::generate()))
+    Arc::new(Codec::encrypted(
+        crate::crypto::MasterKeys::generate(),
+        crate::crypto::DataCipher::Aes256Gcm,
+    ))
 }
 
 #[test]

@@ -130,7 +130,10 @@ async fn sharded_objects_hold_their_prefix_and_are_read_only_when_needed() {
 #[tokio::test]
 async fn a_sealed_shard_object_moved_to_another_prefix_is_damage() {
     let mem = Arc::new(MemBackend::default());
-    let codec = Arc::new(Codec::encrypted(crate::crypto::MasterKeys::generate()));
+    let codec = Arc::new(Codec::encrypted(
+        crate::crypto::MasterKeys::generate(),
+        crate::crypto::DataCipher::Aes256Gcm,
+    ));
     let pack = ObjectId::of(b"p");
     let e = entry(7, pack);
     let prefix = shard::prefix_of(&e.entry.id, 2);

@@ -128,11 +128,14 @@ impl Placement {
     /// context.
     pub fn open_into(&self, id: &ObjectId, stored: &[u8], out: &mut [u8]) -> Result<()> {
         let name = chunk_name(id);
-        let framed = self.codec.open_chunk(id, stored).map_err(|e| match e {
-            Error::Corrupt { reason, .. } => Error::corrupt(&name, reason),
-            e => e,
-        })?;
-        frame::decode_chunk_into(&name, &framed, out)?;
+        self.codec
+            .with_chunk(id, stored, |framed| {
+                frame::decode_chunk_into(&name, framed, out)
+            })
+            .map_err(|e| match e {
+                Error::Corrupt { reason, .. } => Error::corrupt(&name, reason),
+                e => e,
+            })?;
         if self.codec.chunk_id(out) != *id {
             return Err(Error::corrupt(name, "content does not match its id"));
         }

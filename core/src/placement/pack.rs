@@ -44,7 +44,7 @@ use bytes::Bytes;
 
 use crate::codec::Codec;
 use crate::crypto::SealKind;
-use crate::crypto::seal::overhead;
+use crate::crypto::seal::META_OVERHEAD;
 use crate::error::{Error, Result};
 use crate::frame;
 use crate::id::ObjectId;
@@ -174,7 +174,7 @@ impl PackWriter {
 pub fn trailer_len(key: &str, pack_size: u64, last4: [u8; 4]) -> Result<u64> {
     let n = u64::from(u32::from_le_bytes(last4));
     // A sealed table is longer by its seal.
-    let most = (TRAILER_MIN + overhead(false)) as u64 + max_entries(pack_size) * ENTRY_LEN as u64;
+    let most = (TRAILER_MIN + META_OVERHEAD) as u64 + max_entries(pack_size) * ENTRY_LEN as u64;
     if n < TRAILER_MIN as u64 || n > pack_size || n > most {
         return Err(Error::corrupt(
             key,
@@ -306,11 +306,15 @@ pub fn open_blob(
             entry.plain_len
         )));
     }
-    let framed = codec.open_chunk(&entry.id, blob).map_err(|e| match e {
-        Error::Corrupt { reason, .. } => bad(reason),
-        e => e,
-    })?;
-    frame::decode_chunk_into(&what, &framed, out)?;
+    codec
+        .with_chunk(&entry.id, blob, |framed| {
+            frame::decode_chunk_into(&what, framed, out)
+        })
+        .map_err(|e| match e {
+            // Damage found opening the seal names the chunk only.
+            Error::Corrupt { key, reason } if key != what => bad(reason),
+            e => e,
+        })?;
     if codec.chunk_id(out) != entry.id {
         return Err(bad("content does not match its id".into()));
     }

@@ -174,7 +174,10 @@ proptest! {
 
 #[test]
 fn an_encrypted_trailer_hides_its_table_and_is_bound_to_its_pack() {
-    let codec = Codec::encrypted(crate::crypto::MasterKeys::generate());
+    let codec = Codec::encrypted(
+        crate::crypto::MasterKeys::generate(),
+        crate::crypto::DataCipher::Aes256Gcm,
+    );
     let seal_pack = |chunks: &[Vec<u8>]| {
         let mut w = PackWriter::new();
         for c in chunks {
@@ -189,7 +192,7 @@ fn an_encrypted_trailer_hides_its_table_and_is_bound_to_its_pack() {
     let start = written.last().unwrap().range().end as usize;
     assert_eq!(
         pack.len() - start,
-        TRAILER_MIN + 5 * ENTRY_LEN + overhead(false),
+        TRAILER_MIN + 5 * ENTRY_LEN + META_OVERHEAD,
         "overhead: one seal per pack"
     );
     // A suffix read alone opens, and the blobs with it.

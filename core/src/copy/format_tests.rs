@@ -1,0 +1,82 @@
+//! Copies between repositories of different formats: stored bytes move
+//! verbatim, so chunk data sealed for format 4 (AES-256-GCM) must not
+//! reach a format 2 target, whose builds could not read it; the other way
+//! is read by this build.
+
+use std::sync::Arc;
+
+use super::tests::{back_up, data, every_point, restored, run};
+use crate::config::RepoConfig;
+use crate::crypto::{Argon2Params, DataCipher, Secret};
+use crate::error::Error;
+use crate::repo::Repository;
+use crate::testing::MemBackend;
+
+const FAST: Argon2Params = Argon2Params {
+    m_kib: 64,
+    t: 1,
+    p: 1,
+};
+
+fn pw(s: &str) -> Secret {
+    Secret::password(s.as_bytes().to_vec(), format!("password {s:?}"))
+}
+
+fn config(format: u32) -> RepoConfig {
+    let cfg = RepoConfig::new(1 << 20, crate::chunker::ChunkParams::from_avg(16 << 10), 3);
+    RepoConfig {
+        format,
+        ..cfg.unwrap()
+    }
+}
+
+async fn encrypted(format: u32) -> Repository {
+    let backend = Arc::new(MemBackend::default());
+    Repository::init_encrypted(backend, config(format), &pw("source"), FAST)
+        .await
+        .unwrap()
+}
+
+async fn like(source: &Repository, format: u32) -> Repository {
+    let backend = Arc::new(MemBackend::default());
+    Repository::init_like(backend, config(format), source, Some(&pw("t")), FAST)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_format_2_repository_stays_xchacha_and_copies_into_format_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = encrypted(2).await;
+    assert_eq!(old.config().data_cipher(), DataCipher::XChaCha20Poly1305);
+    let bytes = data(1 << 20, 3);
+    let m = back_up(&old, &dir, "a", &bytes).await;
+    // Reopened, it is still format 2 and still seals with mode 2.
+    let reopened = Repository::open_with(old.backend().clone(), || Ok(pw("source")))
+        .await
+        .unwrap();
+    assert_eq!(reopened.config().stored_format(), 2);
+    let id = reopened.codec().chunk_id(b"x");
+    assert_eq!(reopened.codec().encode_chunk(&id, b"x", 3).unwrap()[5], 2);
+    // Its mode 2 chunks copied verbatim into a format 4 repository read
+    // there, bit-exact.
+    let new = like(&old, 4).await;
+    assert_eq!(new.codec().encode_chunk(&id, b"x", 3).unwrap()[5], 3);
+    run(&old, &new, every_point(&[&m])).await.unwrap();
+    assert_eq!(restored(&new, &dir, &m).await, bytes);
+}
+
+#[tokio::test]
+async fn format_4_chunk_data_is_not_copied_into_a_format_2_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = encrypted(4).await;
+    let m = back_up(&source, &dir, "a", &data(1 << 20, 4)).await;
+    let target = like(&source, 2).await;
+    let e = run(&source, &target, every_point(&[&m])).await.unwrap_err();
+    assert!(matches!(e, Error::NotLike { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("format 2") && msg.contains("AES-256-GCM"),
+        "{msg}"
+    );
+}
