@@ -15,7 +15,12 @@ use xfull_core::placement::index::IndexHead;
 
 fn sealed() -> &'static Arc<Codec> {
     static C: OnceLock<Arc<Codec>> = OnceLock::new();
-    C.get_or_init(|| Arc::new(Codec::encrypted(MasterKeys::generate())))
+    C.get_or_init(|| {
+        Arc::new(Codec::encrypted(
+            MasterKeys::generate(),
+            xfull_core::crypto::DataCipher::Aes256Gcm,
+        ))
+    })
 }
 
 fn probe(codec: &Arc<Codec>, key: &str, data: &[u8]) {

@@ -16,7 +16,12 @@ use xfull_core::frame::{self, Kind};
 
 fn codec() -> &'static Codec {
     static C: OnceLock<Codec> = OnceLock::new();
-    C.get_or_init(|| Codec::encrypted(MasterKeys::generate()))
+    C.get_or_init(|| {
+        Codec::encrypted(
+            MasterKeys::generate(),
+            xfull_core::crypto::DataCipher::Aes256Gcm,
+        )
+    })
 }
 
 const META: [Kind; 5] = [

@@ -14,6 +14,10 @@ fuzz_target!(|data: &[u8]| {
         for w in set.ranges().windows(2) {
             assert!(w[0].end < w[1].start);
         }
-        assert!(set.ranges().iter().all(|r| r.start < r.end && r.end <= size));
+        assert!(
+            set.ranges()
+                .iter()
+                .all(|r| r.start < r.end && r.end <= size)
+        );
     }
 });

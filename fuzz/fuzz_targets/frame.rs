@@ -5,7 +5,14 @@ use libfuzzer_sys::fuzz_target;
 use xfull_core::frame::{self, Kind};
 
 fuzz_target!(|data: &[u8]| {
-    for kind in [Kind::Config, Kind::Chunk, Kind::Node, Kind::Manifest, Kind::Lease, Kind::Marker] {
+    for kind in [
+        Kind::Config,
+        Kind::Chunk,
+        Kind::Node,
+        Kind::Manifest,
+        Kind::Lease,
+        Kind::Marker,
+    ] {
         let whole = frame::decode(kind, "k", data, 1 << 20);
         let streamed = frame::decode_stream(kind, "k", data, 1 << 20, |r| {
             let mut out = Vec::new();

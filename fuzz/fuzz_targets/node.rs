@@ -2,8 +2,8 @@
 //! repository whose segment size and chunk sizes the first byte picks.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use xfull_core::codec::Codec;
 use xfull_core::chunker::ChunkParams;
+use xfull_core::codec::Codec;
 use xfull_core::config::RepoConfig;
 use xfull_core::frame::{self, Kind};
 use xfull_core::id::ObjectId;

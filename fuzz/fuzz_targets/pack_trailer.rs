@@ -13,7 +13,12 @@ use xfull_core::placement::pack::{decode_trailer, open_blob};
 
 fn sealed() -> &'static Codec {
     static C: OnceLock<Codec> = OnceLock::new();
-    C.get_or_init(|| Codec::encrypted(MasterKeys::generate()))
+    C.get_or_init(|| {
+        Codec::encrypted(
+            MasterKeys::generate(),
+            xfull_core::crypto::DataCipher::Aes256Gcm,
+        )
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +26,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // The suffix is the whole pack, or the end of a larger one.
-    let size = data.len() as u64 + if pick & 1 == 0 { 0 } else { u64::from(pick) << 20 };
+    let size = data.len() as u64
+        + if pick & 1 == 0 {
+            0
+        } else {
+            u64::from(pick) << 20
+        };
     let max_chunk = 1u32 << (12 + pick % 12);
     let key = "packs/fuzz";
     assert!(decode_trailer(sealed(), key, data, size, max_chunk).is_err());

@@ -32,9 +32,16 @@ fuzz_target!(|data: &[u8]| {
     bad[i] ^= 0x80;
     assert!(open(SealKind::Node, &key, "n", &bad).is_err());
     for cipher in [DataCipher::Aes256Gcm, DataCipher::XChaCha20Poly1305] {
-        let d = xfull_core::crypto::DataSealer::new(&data_secret.public(), cipher)
-            .seal(SealKind::Chunk, "c", data);
+        let d = xfull_core::crypto::DataSealer::new(&data_secret.public(), cipher).seal(
+            SealKind::Chunk,
+            "c",
+            data,
+        );
         assert_eq!(data_opener.open(SealKind::Chunk, "c", &d).unwrap(), data);
-        assert!(data_opener.open(SealKind::Chunk, "c", &d[..d.len() - 1]).is_err());
+        assert!(
+            data_opener
+                .open(SealKind::Chunk, "c", &d[..d.len() - 1])
+                .is_err()
+        );
     }
 });

@@ -8,7 +8,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use xfull_core::crypto::{DataCipher, DataOpener, DataSealer, DataSecretKey, SealKind, SecretKey, open, seal};
+use xfull_core::crypto::{
+    DataCipher, DataOpener, DataSealer, DataSecretKey, SealKind, SecretKey, open, seal,
+};
 
 struct Fixture {
     key: SecretKey,
@@ -23,8 +25,9 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let key = SecretKey::from_bytes([3; 32]);
         let secret = DataSecretKey::random();
-        let data = [DataCipher::Aes256Gcm, DataCipher::XChaCha20Poly1305]
-            .map(|c| DataSealer::new(&secret.public(), c).seal(SealKind::Chunk, "c", b"chunk bytes"));
+        let data = [DataCipher::Aes256Gcm, DataCipher::XChaCha20Poly1305].map(|c| {
+            DataSealer::new(&secret.public(), c).seal(SealKind::Chunk, "c", b"chunk bytes")
+        });
         Fixture {
             meta: seal(SealKind::Node, &key, "n", b"node bytes"),
             opener: DataOpener::new(secret),
