@@ -197,7 +197,9 @@ pub struct InitArgs {
     /// class where the store's differs from AWS's (STANDARD_IA and
     /// ONEZONE_IA 30 days, GLACIER_IR and GLACIER 90, DEEP_ARCHIVE 180,
     /// any other none), stored in the repository: gc rewrites a partly
-    /// dead pack only once it is that old. Repeatable.
+    /// dead pack only once it is that old. CLASS may be any class the
+    /// store lists (e.g. NEARLINE); one AWS lacks is judged as a hot
+    /// class. Repeatable.
     #[arg(long, value_name = "CLASS=DAYS")]
     pub min_storage_days: Vec<String>,
     /// Make the repository like this one (a location or @NAME), so that

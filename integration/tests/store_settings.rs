@@ -34,7 +34,11 @@ fn bad_minimum_storage_durations_are_refused_naming_them() {
     let server = S3Server::start();
     for (arg, why) in [
         ("STANDARD_IA", "must be NAME=VALUE"),
-        ("COLD=30", "COLD is not a storage class"),
+        ("COLD!=30", "\"COLD!\" is not a storage class name"),
+        (
+            "A_CLASS_NAME_LONGER_THAN_32_BYTES=1",
+            "is not a storage class name",
+        ),
         ("STANDARD_IA=-1", "DAYS must be 0 to 3650"),
         ("STANDARD_IA=3651", "DAYS must be 0 to 3650"),
     ] {
@@ -68,6 +72,9 @@ fn s3_store_settings_are_recorded_at_init_and_used() {
             "AES256",
             "--min-storage-days",
             "STANDARD_IA=45",
+            // A class of another provider's, as its listing reports it.
+            "--min-storage-days",
+            "NEARLINE=30",
         ],
     );
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -95,7 +102,7 @@ fn s3_store_settings_are_recorded_at_init_and_used() {
     assert_eq!(config.store.sse.as_deref(), Some("AES256"));
     assert_eq!(
         config.store.min_storage_days,
-        [("STANDARD_IA".to_string(), 45)].into()
+        [("NEARLINE".to_string(), 30), ("STANDARD_IA".to_string(), 45)].into()
     );
     // gc and prune judge packs by the repository's class and durations
     // (unit-tested in core: gc::archive_class_tests); here they run.
