@@ -234,6 +234,29 @@ mod tests {
     }
 
     #[test]
+    fn threads_sharing_a_sealer_never_share_a_nonce() {
+        // A backup seals from several worker threads through one sealer.
+        let s = GcmSealer::new([1; EPK_LEN], &SecretKey::from_bytes([2; 32]));
+        let nonces: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..500)
+                            .map(|_| s.seal(SealKind::Chunk, "c", b"x")[38..50].to_vec())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        let distinct: std::collections::HashSet<_> = nonces.iter().collect();
+        assert_eq!(distinct.len(), 2000);
+    }
+
+    #[test]
     fn tampering_is_damage_naming_the_object() {
         let key = SecretKey::from_bytes([9; 32]);
         let s = GcmSealer::new([1; EPK_LEN], &key);
