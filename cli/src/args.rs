@@ -177,7 +177,8 @@ pub struct InitArgs {
     /// `xchacha20-poly1305` (format 2: everything sealed with
     /// XChaCha20-Poly1305, readable by builds of formats 2 and 3; slower
     /// on CPUs with AES instructions), or `none` for a repository that
-    /// anyone who can read the store can read (every command then says so).
+    /// anyone who can read the store can read (every command then says so;
+    /// format 2).
     #[arg(long, value_name = "MODE", default_value = "aes-256-gcm",
           value_parser = ["aes-256-gcm", "xchacha20-poly1305", "none"])]
     pub encryption: String,

@@ -152,9 +152,11 @@ impl Codec {
         f: impl FnOnce(&[u8]) -> Result<R>,
     ) -> Result<R> {
         thread_local! {
-            // At most one stored chunk (bounded by the chunking limits).
+            // The last chunk opened on this thread; one larger than
+            // KEEP_OPENED is not kept (a hostile pack may list a huge blob).
             static OPENED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
+        const KEEP_OPENED: usize = 4 << 20;
         match &self.keys {
             Some(Keys {
                 opener: Some(o), ..
@@ -166,8 +168,12 @@ impl Codec {
                     Ok(b) => &mut **b,
                     Err(_) => &mut own,
                 };
-                o.open_into(SealKind::Chunk, &id.to_hex(), stored, buf)?;
-                f(buf)
+                let opened = o.open_into(SealKind::Chunk, &id.to_hex(), stored, buf);
+                let out = opened.and_then(|()| f(buf));
+                if buf.capacity() > KEEP_OPENED {
+                    *buf = Vec::new();
+                }
+                out
             }),
             Some(k) => Err(k
                 .master

@@ -12,12 +12,16 @@ use crate::error::{Error, Result};
 use crate::frame::{self, Kind};
 use crate::keys;
 
-/// The repository format this build creates. Format 4 is format 2 with
-/// chunk data sealed with AES-256-GCM (envelope mode 3) instead of
-/// XChaCha20-Poly1305 (mode 2), locked or not: builds that read formats 2
-/// and 3 only would report every mode 3 chunk as damage, so they must
-/// refuse the repository instead.
+/// The repository format this build creates for an encrypted repository.
+/// Format 4 is format 2 with chunk data sealed with AES-256-GCM (envelope
+/// mode 3) instead of XChaCha20-Poly1305 (mode 2): builds that read
+/// formats 2 and 3 only would report every mode 3 chunk as damage, so they
+/// must refuse the repository instead.
 pub const FORMAT_VERSION: u32 = 4;
+/// Format 5 is format 4 with object lock, as 3 is 2 with it: a config
+/// whose lock was taken out by hand then reads as damage, not as an
+/// unlocked repository.
+pub const LOCKED_FORMAT_4: u32 = 5;
 /// Format 2: objects may be sealed and ids keyed (client-side encryption,
 /// see [`Encryption`]), chunks in packs. Still read and written in its own
 /// form (chunk data sealed with XChaCha20-Poly1305), so builds of formats
@@ -31,7 +35,7 @@ pub const OLD_FORMAT_VERSION: u32 = 2;
 /// locked ones.
 pub const LOCKED_FORMAT_VERSION: u32 = 3;
 /// What the formats this build reads are called in messages.
-pub const SUPPORTED_FORMATS: &str = "2, 3 and 4";
+pub const SUPPORTED_FORMATS: &str = "2 to 5";
 
 /// Default segment size; see `docs/chunk-size.md` for the measurements.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
@@ -287,6 +291,7 @@ impl RepoConfig {
     pub fn stored_format(&self) -> u32 {
         match (self.format, &self.object_lock) {
             (OLD_FORMAT_VERSION, Some(_)) => LOCKED_FORMAT_VERSION,
+            (FORMAT_VERSION, Some(_)) => LOCKED_FORMAT_4,
             (format, _) => format,
         }
     }
@@ -330,7 +335,7 @@ impl RepoConfig {
                 supported: SUPPORTED_FORMATS.into(),
             });
         }
-        if v.format > FORMAT_VERSION {
+        if v.format > LOCKED_FORMAT_4 {
             return Err(Error::UnsupportedFormat {
                 what: "the repository".into(),
                 found: v.format.to_string(),
@@ -339,21 +344,27 @@ impl RepoConfig {
         }
         let mut cfg: RepoConfig = ciborium::from_reader(&plain[..])
             .map_err(|e| Error::corrupt(keys::CONFIG, format!("undecodable: {e}")))?;
-        // Format 3 without a lock is a config whose lock was taken out by
-        // hand. (Format 2 with a lock was written by development builds of
-        // this one: read as locked.)
-        if v.format == LOCKED_FORMAT_VERSION && cfg.object_lock.is_none() {
+        // Formats 3 and 5 without a lock are configs whose lock was taken
+        // out by hand. (Format 2 with a lock was written by development
+        // builds of this one: read as locked.)
+        let locked = [LOCKED_FORMAT_VERSION, LOCKED_FORMAT_4].contains(&v.format);
+        if locked && cfg.object_lock.is_none() {
             return Err(Error::corrupt(
                 keys::CONFIG,
-                "it says format 3 (a repository with object lock) but has no object lock \
-                 setting: the config may have been altered",
+                format!(
+                    "it says format {} (a repository with object lock) but has no object \
+                     lock setting: the config may have been altered",
+                    v.format
+                ),
             ));
         }
-        // In memory format 3 is format 2; `encode` derives the stored one
-        // from the lock.
-        if v.format == LOCKED_FORMAT_VERSION {
-            cfg.format = OLD_FORMAT_VERSION;
-        }
+        // In memory a locked format is its base; `encode` derives the
+        // stored one from the lock.
+        cfg.format = match v.format {
+            LOCKED_FORMAT_VERSION => OLD_FORMAT_VERSION,
+            LOCKED_FORMAT_4 => FORMAT_VERSION,
+            f => f,
+        };
         cfg.validate()
             .map_err(|e| Error::corrupt(keys::CONFIG, e))?;
         Ok(cfg)

@@ -33,18 +33,18 @@ fn round_trip_and_refuse_future_format() {
     assert_eq!(cfg.format, 4);
     assert_eq!(RepoConfig::decode(&cfg.encode().unwrap()).unwrap(), cfg);
     let future = RepoConfig {
-        format: 5,
+        format: 6,
         ..cfg.clone()
     };
     let e = RepoConfig::decode(&stored(&future)).unwrap_err();
     assert!(matches!(e, Error::UnsupportedFormat { .. }), "{e}");
-    assert!(e.to_string().contains("2, 3 and 4"), "{e}");
+    assert!(e.to_string().contains("2 to 5"), "{e}");
     let old = RepoConfig { format: 1, ..cfg };
     let e = RepoConfig::decode(&stored(&old)).unwrap_err();
     assert!(matches!(e, Error::OldFormat { found: 1, .. }), "{e}");
     let msg = e.to_string();
     assert!(
-        msg.contains("format 1") && msg.contains("formats 2, 3 and 4"),
+        msg.contains("format 1") && msg.contains("formats 2 to 5"),
         "{msg}"
     );
 }
@@ -53,16 +53,26 @@ fn round_trip_and_refuse_future_format() {
 fn the_format_decides_the_data_cipher_and_is_kept() {
     let new = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
     assert_eq!(new.data_cipher(), DataCipher::Aes256Gcm);
-    // Locked or not, format 4 is stored as 4.
-    for object_lock in [None, lock()] {
+    // Format 4 is stored as 4, or 5 when locked; 5 with its lock taken
+    // out is damage, as 3 is.
+    for (object_lock, format) in [(None, 4), (lock(), 5)] {
         let cfg = RepoConfig {
             object_lock,
             ..new.clone()
         };
         let framed = cfg.encode().unwrap();
-        assert_eq!(stored_format(&framed), 4);
-        assert_eq!(RepoConfig::decode(&framed).unwrap(), cfg);
+        assert_eq!(stored_format(&framed), format);
+        let read = RepoConfig::decode(&framed).unwrap();
+        assert_eq!(read, cfg);
+        assert_eq!(read.data_cipher(), DataCipher::Aes256Gcm);
     }
+    let unlocked = RepoConfig {
+        format: 5,
+        object_lock: None,
+        ..new.clone()
+    };
+    let e = RepoConfig::decode(&stored(&unlocked)).unwrap_err();
+    assert!(e.is_damage() && e.to_string().contains("format 5"), "{e}");
     // A format 2 repository stays format 2 (its chunk data XChaCha20-
     // Poly1305), so builds of format 2 keep reading it.
     let old = RepoConfig {

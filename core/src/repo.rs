@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::backend::{Backend, BackendError, ObjectClass, PutMode, PutOptions};
 use crate::codec::Codec;
-use crate::config::{Encryption, RepoConfig};
+use crate::config::{Encryption, OLD_FORMAT_VERSION, RepoConfig};
 use crate::crypto::{self, Argon2Params, SealKind, Secret};
 use crate::error::{Error, Result};
 use crate::frame::Kind;
@@ -44,6 +44,10 @@ impl Repository {
     pub async fn init(backend: Arc<dyn Backend>, config: RepoConfig) -> Result<Self> {
         let config = RepoConfig {
             encryption: None,
+            // Nothing in an unencrypted repository differs between formats
+            // 2 and 4 (chunk data is not sealed): format 2, which builds of
+            // formats 2 and 3 read too.
+            format: config.format.min(OLD_FORMAT_VERSION),
             ..config
         };
         let backend = locking(backend, &config);
@@ -86,6 +90,9 @@ impl Repository {
             segment_size: s.segment_size,
             chunking: s.chunking,
             zstd_level: s.zstd_level,
+            // Its format too: a copy of a format 2 repository stays
+            // readable by the builds that read the source.
+            format: s.format,
             ..config
         };
         config.validate().map_err(Error::InvalidArgument)?;
@@ -95,7 +102,8 @@ impl Repository {
                 Self::init_encrypted_with(backend, config, secret, params, Some(keys)).await
             }
             (Some(_), None) => Err(Error::InvalidArgument(format!(
-                "{} is encrypted: a repository made like it is encrypted too, and needs a                  password or key file of its own",
+                "{} is encrypted: a repository made like it is encrypted too, and needs a \
+                 password or key file of its own",
                 source.location()
             ))),
         }
@@ -103,7 +111,7 @@ impl Repository {
 
     /// [`Repository::init_encrypted`] with new master keys, or with
     /// `like`'s (a copy target's).
-    async fn init_encrypted_with(
+    pub(crate) async fn init_encrypted_with(
         backend: Arc<dyn Backend>,
         config: RepoConfig,
         secret: &Secret,

@@ -285,6 +285,11 @@ fn each_encryption_makes_its_format_and_round_trips() {
         assert_eq!(sha256(&img), sha256(&to), "{mode}");
         e.x(&["verify", "--read-data"]).assert().success();
     }
+    // Unencrypted: nothing differs between formats 2 and 4, so 2.
+    let e = init_none();
+    let config = std::fs::read(e.repo.join("config")).unwrap();
+    let config = xfull_core::config::RepoConfig::decode(&config).unwrap();
+    assert_eq!(config.stored_format(), 2);
     let e = Env::bare();
     let (code, err) = fails(e.x(&["init", "--encryption", "aes-128-gcm"]));
     assert_eq!(code, 2, "{err}");

@@ -277,9 +277,7 @@ fn completions_man_page_version_and_help() {
     assert!(dir.join("xfull-backup.1").exists());
     let v = text(&e, &["--version"]);
     assert!(
-        v.contains("commit ")
-            && v.contains("repository format 4")
-            && v.contains("formats 2, 3 and 4"),
+        v.contains("commit ") && v.contains("repository format 4") && v.contains("formats 2 to 5"),
         "{v}"
     );
     // S3 flags under their own heading, and not on a command without a

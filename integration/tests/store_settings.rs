@@ -102,7 +102,11 @@ fn s3_store_settings_are_recorded_at_init_and_used() {
     assert_eq!(config.store.sse.as_deref(), Some("AES256"));
     assert_eq!(
         config.store.min_storage_days,
-        [("NEARLINE".to_string(), 30), ("STANDARD_IA".to_string(), 45)].into()
+        [
+            ("NEARLINE".to_string(), 30),
+            ("STANDARD_IA".to_string(), 45)
+        ]
+        .into()
     );
     // gc and prune judge packs by the repository's class and durations
     // (unit-tested in core: gc::archive_class_tests); here they run.

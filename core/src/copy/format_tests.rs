@@ -37,15 +37,19 @@ async fn encrypted(format: u32) -> Repository {
         .unwrap()
 }
 
+/// A repository with `source`'s keys and constants, of `format`: what
+/// `init --like` makes (of the source's format), or for `format` other
+/// than the source's, what no command makes today.
 async fn like(source: &Repository, format: u32) -> Repository {
     let backend = Arc::new(MemBackend::default());
-    Repository::init_like(backend, config(format), source, Some(&pw("t")), FAST)
+    let keys = source.codec().master_keys();
+    Repository::init_encrypted_with(backend, config(format), &pw("t"), FAST, keys)
         .await
         .unwrap()
 }
 
 #[tokio::test]
-async fn a_format_2_repository_stays_xchacha_and_copies_into_format_4() {
+async fn a_format_2_repository_stays_xchacha_and_init_like_keeps_its_format() {
     let dir = tempfile::tempdir().unwrap();
     let old = encrypted(2).await;
     assert_eq!(old.config().data_cipher(), DataCipher::XChaCha20Poly1305);
@@ -58,12 +62,36 @@ async fn a_format_2_repository_stays_xchacha_and_copies_into_format_4() {
     assert_eq!(reopened.config().stored_format(), 2);
     let id = reopened.codec().chunk_id(b"x");
     assert_eq!(reopened.codec().encode_chunk(&id, b"x", 3).unwrap()[5], 2);
-    // Its mode 2 chunks copied verbatim into a format 4 repository read
-    // there, bit-exact.
+    // `init --like` asks for format 4 and gets the source's: the copy
+    // stays readable by the builds that read the source.
+    let backend = Arc::new(MemBackend::default());
+    let copy = Repository::init_like(backend, config(4), &old, Some(&pw("t")), FAST)
+        .await
+        .unwrap();
+    assert_eq!(copy.config().stored_format(), 2);
+    run(&old, &copy, every_point(&[&m])).await.unwrap();
+    assert_eq!(restored(&copy, &dir, &m).await, bytes);
+}
+
+#[tokio::test]
+async fn format_2_chunk_data_reads_in_a_format_4_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = encrypted(2).await;
+    let bytes = data(1 << 20, 5);
+    let m = back_up(&old, &dir, "a", &bytes).await;
     let new = like(&old, 4).await;
+    let id = new.codec().chunk_id(b"x");
     assert_eq!(new.codec().encode_chunk(&id, b"x", 3).unwrap()[5], 3);
+    // Mode 2 chunks copied verbatim read there, bit-exact.
     run(&old, &new, every_point(&[&m])).await.unwrap();
     assert_eq!(restored(&new, &dir, &m).await, bytes);
+}
+
+#[tokio::test]
+async fn an_unencrypted_repository_is_format_2() {
+    let backend = Arc::new(MemBackend::default());
+    let repo = Repository::init(backend, config(4)).await.unwrap();
+    assert_eq!(repo.config().stored_format(), 2);
 }
 
 #[tokio::test]

@@ -222,7 +222,8 @@ impl DataOpener {
 
     /// [`DataOpener::open`] into `out` (resized to the plaintext): the
     /// stored bytes are decrypted straight into it, so a reader that
-    /// reuses `out` copies and allocates nothing per chunk.
+    /// reuses `out` copies and allocates nothing per chunk. On an error
+    /// `out` holds nothing to use (stale or partial bytes).
     pub fn open_into(
         &self,
         kind: SealKind,
@@ -321,6 +322,12 @@ mod tests {
             let secret = DataSecretKey::random();
             let a = DataSealer::new(&secret.public(), cipher);
             let b = DataSealer::new(&secret.public(), cipher);
+            // Distinct ephemeral keys (bytes 6..38 of every object).
+            let (sa, sb) = (
+                a.seal(SealKind::Chunk, "c", b"x"),
+                b.seal(SealKind::Chunk, "c", b"x"),
+            );
+            assert_ne!(sa[6..38], sb[6..38]);
             let opener = DataOpener::new(secret);
             let mut out = Vec::new();
             for (i, sealer) in [&a, &b, &a].into_iter().enumerate() {
