@@ -5,22 +5,12 @@
 
 use std::sync::Arc;
 
-use super::tests::{back_up, data, every_point, restored, run};
+use super::tests::{FAST, back_up, data, every_point, pw, restored, run};
 use crate::config::RepoConfig;
-use crate::crypto::{Argon2Params, DataCipher, Secret};
+use crate::crypto::DataCipher;
 use crate::error::Error;
 use crate::repo::Repository;
 use crate::testing::MemBackend;
-
-const FAST: Argon2Params = Argon2Params {
-    m_kib: 64,
-    t: 1,
-    p: 1,
-};
-
-fn pw(s: &str) -> Secret {
-    Secret::password(s.as_bytes().to_vec(), format!("password {s:?}"))
-}
 
 fn config(format: u32) -> RepoConfig {
     let cfg = RepoConfig::new(1 << 20, crate::chunker::ChunkParams::from_avg(16 << 10), 3);

@@ -22,13 +22,13 @@ use crate::restore::{RestoreOptions, Target, restore};
 use crate::testing::{FaultPlan, FaultyBackend, MemBackend};
 use crate::verify::{VerifyOptions, verify};
 
-const FAST: Argon2Params = Argon2Params {
+pub(super) const FAST: Argon2Params = Argon2Params {
     m_kib: 64,
     t: 1,
     p: 1,
 };
 
-fn pw(s: &str) -> Secret {
+pub(super) fn pw(s: &str) -> Secret {
     Secret::password(s.as_bytes().to_vec(), format!("password {s:?}"))
 }
 
