@@ -31,8 +31,8 @@
 //! `DataCipher`).
 
 use chacha20poly1305::aead::inout::InOutBuf;
-use chacha20poly1305::aead::{AeadInOut, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{AeadInOut, KeyInit, Nonce, Tag};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::crypto::secret::{SecretKey, random_array};
 use crate::error::{Error, Result};
@@ -207,7 +207,7 @@ impl<'a> Envelope<'a> {
     }
 
     /// Refuses an envelope of another kind than the one expected.
-    pub(crate) fn check_kind(&self, kind: SealKind, name: &str) -> Result<()> {
+    fn check_kind(&self, kind: SealKind, name: &str) -> Result<()> {
         if self.kind != kind {
             return Err(Error::corrupt(
                 name,
@@ -221,16 +221,9 @@ impl<'a> Envelope<'a> {
         Ok(())
     }
 
-    /// The associated data, nonce, ciphertext and tag, for the AEAD of
-    /// the envelope's mode.
-    pub(crate) fn parts(&self, name: &str) -> (Vec<u8>, &'a [u8], &'a [u8], &'a [u8]) {
-        let (ct, tag) = self.ciphertext.split_at(self.ciphertext.len() - TAG_LEN);
-        (associated_data(self.header, name), self.nonce, ct, tag)
-    }
-
     /// Opens an XChaCha20-Poly1305 envelope (modes 1 and 2) with `key`,
     /// for an object expected to be `kind`.
-    pub(crate) fn open_with(&self, kind: SealKind, key: &SecretKey, name: &str) -> Result<Vec<u8>> {
+    fn open_with(&self, kind: SealKind, key: &SecretKey, name: &str) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         self.open_into(kind, key, name, &mut out)?;
         Ok(out)
@@ -245,40 +238,51 @@ impl<'a> Envelope<'a> {
         name: &str,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        self.check_kind(kind, name)?;
         if matches!(self.mode, SealMode::DataGcm { .. }) {
             return Err(Error::Internal(format!(
                 "{name}: an AES-256-GCM envelope opened as XChaCha20-Poly1305"
             )));
         }
-        let (aad, nonce, ct, tag) = self.parts(name);
         let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
-        let nonce = XNonce::try_from(nonce).map_err(|_| Error::corrupt(name, "bad nonce"))?;
-        let tag = Tag::try_from(tag).map_err(|_| Error::corrupt(name, "bad tag"))?;
-        let buf = sized(out, ct, name)?;
+        self.open_in(&cipher, kind, name, out)
+    }
+
+    /// Opens the envelope with `cipher` (the AEAD of its mode, keyed),
+    /// for an object expected to be `kind`, into `out` (resized to the
+    /// plaintext), decrypting from the stored bytes straight into it. Any
+    /// change to the bytes, the name or the kind is damage naming `name`.
+    pub(crate) fn open_in<C: AeadInOut>(
+        &self,
+        cipher: &C,
+        kind: SealKind,
+        name: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.check_kind(kind, name)?;
+        let aad = associated_data(self.header, name);
+        let (ct, tag) = self.ciphertext.split_at(self.ciphertext.len() - TAG_LEN);
+        let nonce =
+            Nonce::<C>::try_from(self.nonce).map_err(|_| Error::corrupt(name, "bad nonce"))?;
+        let tag = Tag::<C>::try_from(tag).map_err(|_| Error::corrupt(name, "bad tag"))?;
         cipher
-            .decrypt_inout_detached(&nonce, &aad, buf, &tag)
+            .decrypt_inout_detached(&nonce, &aad, sized(out, ct, name)?, &tag)
             .map_err(|_| does_not_open(kind, name))
     }
 }
 
 /// `out` resized to `input`'s length (zeroing only what it grows by), as
 /// the output half of an in/out buffer over `input`.
-pub(crate) fn sized<'i, 'o>(
+fn sized<'i, 'o>(
     out: &'o mut Vec<u8>,
     input: &'i [u8],
     name: &str,
 ) -> Result<InOutBuf<'i, 'o, u8>> {
-    if out.len() < input.len() {
-        out.resize(input.len(), 0);
-    } else {
-        out.truncate(input.len());
-    }
+    out.resize(input.len(), 0);
     InOutBuf::new(input, out).map_err(|_| Error::Internal(format!("{name}: buffer sizes differ")))
 }
 
 /// The damage a tag that does not check is.
-pub(crate) fn does_not_open(kind: SealKind, name: &str) -> Error {
+fn does_not_open(kind: SealKind, name: &str) -> Error {
     Error::corrupt(
         name,
         format!(
@@ -289,7 +293,7 @@ pub(crate) fn does_not_open(kind: SealKind, name: &str) -> Error {
     )
 }
 
-pub(crate) fn associated_data(header: &[u8], name: &str) -> Vec<u8> {
+fn associated_data(header: &[u8], name: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(AAD_LABEL.len() + header.len() + 8 + name.len());
     aad.extend_from_slice(AAD_LABEL);
     aad.extend_from_slice(header);
@@ -332,28 +336,41 @@ pub(crate) fn header(kind: SealKind, mode: SealMode, plain_len: usize) -> Vec<u8
     out
 }
 
-/// The rest of [`seal_with`] once the header is in `out`: the nonce, then
-/// the plaintext sealed in place, then the tag. (A fixed nonce only in the
-/// known-answer tests.)
+/// The rest of [`seal_with`] once the header is in `out`. (A fixed nonce
+/// only in the known-answer tests.)
 fn seal_under_nonce(
-    mut out: Vec<u8>,
+    out: Vec<u8>,
     key: &SecretKey,
     name: &str,
     plaintext: &[u8],
     nonce: [u8; NONCE_LEN],
 ) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
+    seal_in(&cipher, out, name, plaintext, &XNonce::from(nonce))
+}
+
+/// The body of every mode once the header is in `out`: the nonce, then
+/// the plaintext sealed in place with `cipher` (the AEAD of the mode,
+/// keyed), then the tag.
+pub(crate) fn seal_in<C: AeadInOut>(
+    cipher: &C,
+    mut out: Vec<u8>,
+    name: &str,
+    plaintext: &[u8],
+    nonce: &Nonce<C>,
+) -> Vec<u8> {
     let aad = associated_data(&out, name);
-    out.extend_from_slice(&nonce);
+    out.extend_from_slice(nonce);
     // Encrypted in place in `out`: `Aead::encrypt` would return the
     // ciphertext in a second buffer to be copied here, which cost 1.4x the
     // CPU of sealing a 70 KB chunk (bench/results/crypto-backup.md).
     let start = out.len();
     out.extend_from_slice(plaintext);
-    let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     let tag = cipher
-        .encrypt_inout_detached(&XNonce::from(nonce), &aad, out[start..].as_mut().into())
-        // Only messages beyond 256 GiB fail; objects are far smaller.
-        .expect("XChaCha20-Poly1305 seals any object size xfull writes");
+        .encrypt_inout_detached(nonce, &aad, out[start..].as_mut().into())
+        // Only messages beyond 64 GiB (AES-GCM; 256 GiB XChaCha20-Poly1305)
+        // fail; objects are far smaller.
+        .expect("the AEAD seals any object size xfull writes");
     out.extend_from_slice(&tag);
     out
 }

@@ -23,13 +23,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aes_gcm::aead::KeyInit;
+use aes_gcm::{Aes256Gcm, Nonce};
 
-use crate::crypto::seal::{
-    EPK_LEN, Envelope, GCM_NONCE_LEN, SealKind, SealMode, associated_data, does_not_open, header,
-    sized,
-};
+use crate::crypto::seal::{EPK_LEN, Envelope, GCM_NONCE_LEN, SealKind, SealMode, header, seal_in};
 use crate::crypto::secret::SecretKey;
 use crate::error::{Error, Result};
 
@@ -88,18 +85,8 @@ fn seal_under_nonce(
     plaintext: &[u8],
     nonce: [u8; GCM_NONCE_LEN],
 ) -> Vec<u8> {
-    let mut out = header(kind, SealMode::DataGcm { epk }, plaintext.len());
-    let aad = associated_data(&out, name);
-    out.extend_from_slice(&nonce);
-    // Sealed in place in `out`, as crypto/seal.rs does.
-    let start = out.len();
-    out.extend_from_slice(plaintext);
-    let tag = cipher
-        .encrypt_inout_detached(&Nonce::from(nonce), &aad, out[start..].as_mut().into())
-        // Only messages beyond 64 GiB fail; objects are far smaller.
-        .expect("AES-256-GCM seals any object size xfull writes");
-    out.extend_from_slice(&tag);
-    out
+    let out = header(kind, SealMode::DataGcm { epk }, plaintext.len());
+    seal_in(cipher, out, name, plaintext, &Nonce::from(nonce))
 }
 
 /// Opens a mode 3 envelope expected to be `kind` into `out` (resized to
@@ -111,23 +98,18 @@ pub(crate) fn open_into(
     name: &str,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    env.check_kind(kind, name)?;
     if !matches!(env.mode, SealMode::DataGcm { .. }) {
         return Err(Error::Internal(format!(
             "{name}: an XChaCha20-Poly1305 envelope opened as AES-256-GCM"
         )));
     }
-    let (aad, nonce, ct, tag) = env.parts(name);
-    let nonce = Nonce::try_from(nonce).map_err(|_| Error::corrupt(name, "bad nonce"))?;
-    let tag = Tag::try_from(tag).map_err(|_| Error::corrupt(name, "bad tag"))?;
-    cipher
-        .decrypt_inout_detached(&nonce, &aad, sized(out, ct, name)?, &tag)
-        .map_err(|_| does_not_open(kind, name))
+    env.open_in(cipher, kind, name, out)
 }
 
 #[cfg(test)]
 mod tests {
-    use aes_gcm::aead::{Aead, Payload};
+    use aes_gcm::aead::inout::InOutBuf;
+    use aes_gcm::aead::{Aead, AeadInOut, Payload};
 
     use super::*;
 
@@ -167,12 +149,12 @@ mod tests {
             .unwrap();
         assert_eq!(hex::encode(&buf), "8995ae2e6df3dbf96fac7b7137bae67f");
         assert_eq!(hex::encode(tag), "eca5aa77d51d4a0a14d9c51e1da474ab");
-        let mut out = vec![1u8; 3];
+        let mut out = vec![1u8; buf.len()];
         cipher
             .decrypt_inout_detached(
                 &Nonce::from(nonce),
                 &aad,
-                sized(&mut out, &buf, "v").unwrap(),
+                InOutBuf::new(&buf, &mut out).unwrap(),
                 &tag,
             )
             .unwrap();
