@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 
 /// The AEAD that seals chunk data: decided by the repository's format
 /// (`RepoConfig::data_cipher`). Readers open both.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DataCipher {
     /// Formats 2 and 3 (envelope mode 2).
     XChaCha20Poly1305,
@@ -160,7 +160,7 @@ pub struct DataOpener {
     public: DataPublicKey,
     /// Data keys by ephemeral public key and cipher: one exchange per
     /// writer, not per chunk. Bounded: cleared when full.
-    keys: Mutex<HashMap<([u8; EPK_LEN], bool), OpenKey>>,
+    keys: Mutex<HashMap<([u8; EPK_LEN], DataCipher), OpenKey>>,
 }
 
 impl std::fmt::Debug for OpenKey {
@@ -185,7 +185,7 @@ impl DataOpener {
     }
 
     fn key_for(&self, name: &str, epk: &[u8; EPK_LEN], cipher: DataCipher) -> Result<OpenKey> {
-        let slot = (*epk, cipher == DataCipher::Aes256Gcm);
+        let slot = (*epk, cipher);
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = keys.get(&slot) {
             return Ok(k.clone());
