@@ -146,6 +146,17 @@ pub struct StoreSettings {
     pub min_storage_days: BTreeMap<String, u32>,
 }
 
+/// Longest storage class or server-side encryption name kept in `store`.
+pub const MAX_SETTING_NAME: usize = 32;
+
+/// Whether `v` can be a storage class or server-side encryption name in
+/// `store`: 1 to [`MAX_SETTING_NAME`] letters, digits and `_:-.`.
+pub fn is_setting_name(v: &str) -> bool {
+    (1..=MAX_SETTING_NAME).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_:-.".contains(&b))
+}
+
 /// At most this many classes in `min_storage_days`, at most this many days.
 pub const MAX_STORAGE_CLASSES: usize = 32;
 pub const MAX_MIN_STORAGE_DAYS: u32 = 3650;
@@ -157,12 +168,7 @@ impl StoreSettings {
 
     fn validate(&self) -> std::result::Result<(), String> {
         let named = |what: &str, v: &str| {
-            if v.is_empty()
-                || v.len() > 32
-                || !v
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_:-.".contains(&b))
-            {
+            if !is_setting_name(v) {
                 return Err(format!("{what} {v:?} is not a setting name"));
             }
             Ok(())

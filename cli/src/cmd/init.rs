@@ -3,7 +3,8 @@ use std::collections::BTreeMap;
 use xfull_core::chunker::ChunkParams;
 
 use xfull_core::config::{
-    MAX_MIN_STORAGE_DAYS, OLD_FORMAT_VERSION, Protocol, RepoConfig, StoreSettings,
+    MAX_MIN_STORAGE_DAYS, MAX_SETTING_NAME, OLD_FORMAT_VERSION, Protocol, RepoConfig,
+    StoreSettings, is_setting_name,
 };
 use xfull_core::lock::{LockMode, ObjectLock};
 
@@ -161,9 +162,6 @@ fn object_lock(args: &InitArgs) -> Result<Option<ObjectLock>> {
     }))
 }
 
-/// Longest storage class name kept in the config (`StoreSettings`).
-const MAX_CLASS_NAME: usize = 32;
-
 /// `--min-storage-days CLASS=DAYS...`, each class once.
 fn min_storage_days(given: &[String]) -> Result<BTreeMap<String, u32>> {
     let mut out = BTreeMap::new();
@@ -175,14 +173,10 @@ fn min_storage_days(given: &[String]) -> Result<BTreeMap<String, u32>> {
         // Any name a store's listing can report (a lifecycle rule may move
         // packs into a class of another provider's, e.g. NEARLINE); one
         // AWS does not have is judged as a hot class with this minimum.
-        let name_ok = (1..=MAX_CLASS_NAME).contains(&class.len())
-            && class
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_:-.".contains(&b));
-        if !name_ok {
+        if !is_setting_name(class) {
             return Err(bad(format!(
                 "{class:?} is not a storage class name (letters, digits and _:-. only, \
-                 at most {MAX_CLASS_NAME})"
+                 at most {MAX_SETTING_NAME})"
             ))
             .into());
         }
