@@ -214,7 +214,20 @@ impl DiskSource {
 
     fn read_span(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         match &self.kind {
-            Kind::File { file, .. } => file.read_exact_at(buf, offset).map_err(|e| self.io_err(e)),
+            Kind::File { file, .. } => match file.read_exact_at(buf, offset) {
+                // Data ranges are found before they are read (by another
+                // thread): a file that shrank in between ends early here.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    self.check_not_shrunk(offset + buf.len() as u64)?;
+                    Err(self.io_err(std::io::Error::other(format!(
+                        "it ended before offset {} while it was being read (size {} when \
+                         opened): did it shrink?",
+                        offset + buf.len() as u64,
+                        self.size
+                    ))))
+                }
+                r => r.map_err(|e| self.io_err(e)),
+            },
             Kind::Nbd(d) => d
                 .read_at(offset, buf)
                 .map_err(|e| self.io_err(std::io::Error::other(e.to_string()))),
@@ -260,6 +273,23 @@ mod tests {
         assert!(buf[..4 << 20].iter().all(|&b| b == 0));
         assert!(buf[4 << 20..(4 << 20) + 4096].iter().all(|&b| b == 7));
         assert!(buf[(4 << 20) + 4096..].iter().all(|&b| b == 0));
+    }
+
+    /// Data ranges found before the file shrank, read after: the error
+    /// says it shrank (not "failed to fill whole buffer").
+    #[test]
+    fn a_file_that_shrinks_after_its_ranges_were_found_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let f = File::create(&p).unwrap();
+        f.write_all_at(&[7u8; 1 << 20], 0).unwrap();
+        let src = DiskSource::open(&p).unwrap();
+        let ranges = src.data_ranges(0..1 << 20).unwrap();
+        f.set_len(4096).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let e = src.read_ranges_at(0, &mut buf, &ranges).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("shrank") && msg.contains("img"), "{msg}");
     }
 
     #[test]
