@@ -104,10 +104,28 @@ pub fn for_each_chunk_in(
     params: &ChunkParams,
     data: &[u8],
     known: &Known<'_>,
-    mut f: impl FnMut(usize, usize),
+    f: impl FnMut(usize, usize),
 ) {
+    chunk_prefix(params, data, known, true, f);
+}
+
+/// [`for_each_chunk_in`] over a prefix of the segment that `data` starts
+/// (at a cut) when `last` is false: chunks only as far as their cuts are
+/// decided, i.e. while more than a maximum chunk remains (FastCDC looks
+/// no further than that from a chunk's start, and only a shorter
+/// remainder changes its decision), and returns where it stopped, the
+/// start of the next chunk. Chunking the rest of the segment from there
+/// gives exactly the chunks of the whole segment: so a segment can be
+/// read in windows. With `last` it chunks all of `data`.
+pub fn chunk_prefix(
+    params: &ChunkParams,
+    data: &[u8],
+    known: &Known<'_>,
+    last: bool,
+    mut f: impl FnMut(usize, usize),
+) -> usize {
     if data.is_empty() {
-        return;
+        return 0;
     }
     let (min, max) = (params.min as usize, params.max as usize);
     let cdc = FastCDC::new(data, min, params.avg as usize, max);
@@ -115,6 +133,9 @@ pub fn for_each_chunk_in(
     let mut at = 0;
     while at < data.len() {
         let remaining = data.len() - at;
+        if !last && remaining <= max {
+            break;
+        }
         let end = if remaining > max && known.zero(data, at + min..at + max) {
             at + zero_cut
         } else {
@@ -123,6 +144,7 @@ pub fn for_each_chunk_in(
         f(at, end - at);
         at = end;
     }
+    at
 }
 
 /// Where FastCDC cuts a chunk whose bytes from `min` to `max` are zeros
@@ -224,6 +246,59 @@ mod tests {
             let mut known = Vec::new();
             for_each_chunk_in(&params, &data, &Known::Data(&ranges), |o, l| known.push((o, l)));
             proptest::prop_assert_eq!(known, plain(&params, &data));
+        }
+
+        /// Chunked in windows (each chunked as far as its cuts are
+        /// decided, the rest carried into the next), a segment gives the
+        /// chunks of the whole, with holes known or not.
+        #[test]
+        fn windows_chunk_as_the_whole_does(
+            pieces in proptest::collection::vec((0u8..3, 1usize..200_000, proptest::prelude::any::<u64>()), 1..10),
+            windows in proptest::collection::vec(1usize..300_000, 1..40),
+            avg_shift in 12u32..16,
+            holes in proptest::prelude::any::<bool>(),
+        ) {
+            let params = ChunkParams::from_avg(1 << avg_shift);
+            let mut data = Vec::new();
+            let mut ranges: Vec<Range<usize>> = Vec::new();
+            for (kind, len, seed) in pieces {
+                let mut x = seed | 1;
+                if kind != 0 {
+                    ranges.push(data.len()..data.len() + len);
+                }
+                data.extend((0..len).map(|_| if kind == 2 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                } else {
+                    0
+                }));
+            }
+            let mut got = Vec::new();
+            let (mut base, mut fill, mut w) = (0, 0, 0);
+            while base < data.len() {
+                // A window holds more than a maximum chunk, or the end.
+                fill = (fill.max(base) + windows[w % windows.len()] + params.max as usize)
+                    .min(data.len());
+                w += 1;
+                let last = fill == data.len();
+                let rel: Vec<Range<usize>> = ranges
+                    .iter()
+                    .filter(|r| r.end > base && r.start < fill)
+                    .map(|r| r.start.max(base) - base..r.end.min(fill) - base)
+                    .collect();
+                let known = if holes { Known::Data(&rel) } else { Known::AllData };
+                let used = chunk_prefix(&params, &data[base..fill], &known, last, |o, l| {
+                    got.push((base + o, l))
+                });
+                proptest::prop_assert!(used > 0 || last);
+                base += used;
+                if last {
+                    break;
+                }
+            }
+            proptest::prop_assert_eq!(got, plain(&params, &data));
         }
     }
 

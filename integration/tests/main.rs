@@ -46,6 +46,7 @@ mod store_settings;
 mod thaw;
 mod unlocked;
 mod verify_index;
+mod windows;
 
 /// A file in `tests/` that is not declared above would silently never run.
 #[test]

@@ -8,7 +8,7 @@
 use rand::seq::index::sample;
 
 use super::plan::{DiskPlan, SegmentPlan};
-use super::segment::chunk_segment;
+use super::scan::{WindowBuf, scan_source};
 use crate::chunker::ChunkParams;
 use crate::codec::Codec;
 use crate::error::Result;
@@ -62,7 +62,8 @@ pub fn audit_reused(
     percent: f64,
 ) -> Result<(Audit, u64)> {
     let picked = pick(&plan.reused(), percent);
-    let mut buf = Vec::new();
+    // Read in windows, as the pipeline reads (memory: one window).
+    let mut wb = WindowBuf::default();
     let mut read = 0;
     for &idx in &picked {
         let SegmentPlan::Reuse(expected) = plan.segments[idx] else {
@@ -70,19 +71,25 @@ pub fn audit_reused(
         };
         let start = idx as u64 * segment_size;
         let end = (start + segment_size).min(source.size());
-        buf.resize((end - start) as usize, 0);
-        read += source.read_at(start, &mut buf)?;
-        let seg = chunk_segment(params, codec, &buf);
-        let actual = if seg.is_all_zero() {
+        let mut entries = Vec::new();
+        scan_source(
+            &mut wb,
+            source,
+            params,
+            codec,
+            start,
+            (end - start) as usize,
+            None,
+            |p| {
+                read += p.read;
+                entries.extend_from_slice(&p.chunks.entries);
+                Ok(())
+            },
+        )?;
+        let actual = if entries.iter().all(|e| e.1.is_none()) {
             None
         } else {
-            Some(
-                Node {
-                    entries: seg.entries,
-                }
-                .to_plain(codec)?
-                .0,
-            )
+            Some(Node { entries }.to_plain(codec)?.0)
         };
         if actual != expected {
             return Ok((

@@ -45,6 +45,9 @@ pub struct Rechunked {
     pub fresh: Vec<(usize, Vec<u8>)>,
     /// Bytes read from the source.
     pub bytes_read: u64,
+    /// The newly cut chunks' bytes outgrew [`Fresh::Keep`]'s budget: the
+    /// re-chunking stopped there, `entries` and `fresh` are partial.
+    pub over_budget: bool,
 }
 
 /// Re-chunks a segment of `new_len` bytes whose parent had `parent`
@@ -57,8 +60,34 @@ pub fn rechunk(
     parent: &[Entry],
     new_len: u64,
     changes: &[Range<u64>],
+    read: impl FnMut(u64, &mut [u8]) -> Result<u64>,
+) -> Result<Rechunked> {
+    let keep = Fresh::Keep(usize::MAX);
+    rechunk_within(params, codec, parent, new_len, changes, keep, read)
+}
+
+/// What [`rechunk_within`] keeps of the newly cut chunks' bytes.
+#[derive(Clone, Copy, Debug)]
+pub enum Fresh {
+    /// Their bytes, up to this many in all: past that the re-chunking
+    /// stops, `over_budget` (the caller reads the segment whole instead,
+    /// in bounded windows).
+    Keep(usize),
+    /// Nothing: only the entries are wanted (an audit's comparison).
+    Drop,
+}
+
+/// [`rechunk`] with the newly cut chunks' bytes kept as `fresh` says.
+pub fn rechunk_within(
+    params: &ChunkParams,
+    codec: &Codec,
+    parent: &[Entry],
+    new_len: u64,
+    changes: &[Range<u64>],
+    fresh: Fresh,
     mut read: impl FnMut(u64, &mut [u8]) -> Result<u64>,
 ) -> Result<Rechunked> {
+    let mut kept = 0usize;
     let mut bounds = Vec::with_capacity(parent.len() + 1);
     bounds.push(0u64);
     for e in parent {
@@ -89,7 +118,12 @@ pub fn rechunk(
             let len = first_cut(params, data);
             let piece = &data[..len];
             let id = (!is_zero(piece)).then(|| codec.chunk_id(piece));
-            if id.is_some() {
+            if let (Some(_), Fresh::Keep(cap)) = (id, fresh) {
+                kept += piece.len();
+                if kept > cap {
+                    out.over_budget = true;
+                    return Ok(out);
+                }
                 out.fresh.push((out.entries.len(), piece.to_vec()));
             }
             out.entries.push(Entry(len as u32, id));
@@ -257,6 +291,37 @@ mod tests {
         for (i, data) in &r.fresh {
             prop_assert_eq!(r.entries[*i].chunk(), Some(ObjectId::of(data)));
         }
+        // With a budget for the fresh bytes: the same when they fit, None
+        // when they do not; without keeping them, the same entries.
+        let kept: usize = r.fresh.iter().map(|(_, d)| d.len()).sum();
+        let read = |off: u64, buf: &mut [u8]| {
+            buf.copy_from_slice(&new[off as usize..off as usize + buf.len()]);
+            Ok(buf.len() as u64)
+        };
+        let ranges = set.ranges();
+        let within = |fresh| {
+            rechunk_within(
+                &p,
+                &Codec::plain(),
+                &parent,
+                new.len() as u64,
+                ranges,
+                fresh,
+                read,
+            )
+            .unwrap()
+        };
+        let fits = within(Fresh::Keep(kept));
+        prop_assert!(!fits.over_budget);
+        prop_assert_eq!(&fits.entries, &r.entries);
+        prop_assert_eq!(&fits.fresh, &r.fresh);
+        if kept > 0 {
+            prop_assert!(within(Fresh::Keep(kept - 1)).over_budget);
+        }
+        let dropped = within(Fresh::Drop);
+        prop_assert!(!dropped.over_budget);
+        prop_assert_eq!(&dropped.entries, &r.entries);
+        prop_assert!(dropped.fresh.is_empty());
         Ok(())
     }
 

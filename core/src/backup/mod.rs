@@ -17,6 +17,7 @@ mod pipeline;
 pub mod plan;
 pub mod qmp;
 pub mod repair;
+mod scan;
 pub mod segment;
 pub mod trust;
 mod upload;

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::chunker::{ChunkParams, Known, for_each_chunk_in};
+use crate::chunker::{ChunkParams, Known, chunk_prefix};
 use crate::codec::Codec;
 use crate::error::Result;
 use crate::id::ObjectId;
@@ -35,15 +35,28 @@ pub fn chunk_segment_in(
     data: &[u8],
     known: &Known<'_>,
 ) -> ChunkedSegment {
+    chunk_prefix_in(params, codec, data, known, true).0
+}
+
+/// [`chunk_segment_in`] of a window that starts at a cut of its segment:
+/// only as far as the cuts are decided unless `last` (see
+/// [`chunk_prefix`]); also returns where the next chunk starts.
+pub fn chunk_prefix_in(
+    params: &ChunkParams,
+    codec: &Codec,
+    data: &[u8],
+    known: &Known<'_>,
+    last: bool,
+) -> (ChunkedSegment, usize) {
     let mut out = ChunkedSegment::default();
-    for_each_chunk_in(params, data, known, |off, len| {
+    let used = chunk_prefix(params, data, known, last, |off, len| {
         let piece = &data[off..off + len];
         let id = (!known.zero(data, off..off + len)).then(|| codec.chunk_id(piece));
         // Chunks are at most 16 MiB (FastCDC's limit), so the length fits.
         out.entries.push(Entry(len as u32, id));
         out.offsets.push(off);
     });
-    out
+    (out, used)
 }
 
 /// A segment ready to be stored: its node and the chunks asked for.

@@ -31,6 +31,9 @@ pub(super) struct UploadJob {
     /// again for a damaged copy (its damage record can go).
     pub chunks: Vec<(ObjectId, usize, Bytes, bool)>,
     pub stats: BackupStats,
+    /// Only some of a segment's chunks (one window of a segment read in
+    /// windows): `segment` means nothing, a later job completes it.
+    pub part: bool,
 }
 
 impl UploadJob {
@@ -42,6 +45,23 @@ impl UploadJob {
             node: None,
             chunks: Vec::new(),
             stats,
+            part: false,
+        }
+    }
+
+    /// New chunks of one window of segment `idx`.
+    pub fn part(
+        idx: usize,
+        chunks: Vec<(ObjectId, usize, Bytes, bool)>,
+        stats: BackupStats,
+    ) -> Self {
+        UploadJob {
+            idx,
+            segment: None,
+            node: None,
+            chunks,
+            stats,
+            part: true,
         }
     }
 }
@@ -68,8 +88,12 @@ impl Uploader<'_> {
             .push(key);
     }
 
-    /// Stores a segment's new chunks, then its node.
-    pub async fn upload(&self, job: UploadJob) -> Result<(usize, Option<ObjectId>, BackupStats)> {
+    /// Stores a segment's new chunks, then its node. Gives the segment's
+    /// node id (None for a hole) once a job completes it.
+    pub async fn upload(
+        &self,
+        job: UploadJob,
+    ) -> Result<(usize, Option<Option<ObjectId>>, BackupStats)> {
         let mut stats = job.stats;
         let mut existed = Vec::new();
         if !job.chunks.is_empty() {
@@ -106,7 +130,7 @@ impl Uploader<'_> {
             let mut all = self.existed.lock().unwrap_or_else(|p| p.into_inner());
             all.extend(existed);
         }
-        Ok((job.idx, job.segment, stats))
+        Ok((job.idx, (!job.part).then_some(job.segment), stats))
     }
 }
 
