@@ -69,6 +69,65 @@ fn a_full_scan_stores_again_a_chunk_that_went_missing() {
     restores_as(&e, "v@latest", &img);
 }
 
+/// A full scan of another VM (no parent) holding the same data: the index
+/// still names the chunks of packs that went missing; the backup relies on
+/// them, finds them missing when it checks its dependencies before
+/// committing, and reads those segments again: the new point restores.
+#[test]
+fn a_full_scan_of_another_vm_does_not_rely_on_a_lost_pack_the_index_names() {
+    let e = Env::init();
+    let img = image(&e, "d.img", 4);
+    backup(&e, "v", &img, &[]);
+    for p in e.files("packs") {
+        std::fs::remove_file(&p).unwrap();
+    }
+    let r = backup(&e, "w", &img, &["--full-scan"]);
+    assert_eq!(r["warnings"][0]["kind"], "segments_read_again", "{r}");
+    assert!(!e.files("packs").is_empty(), "{r}");
+    restores_as(&e, "w@latest", &img);
+}
+
+/// Segments larger than the backup's read window (32 MiB here): the
+/// parent's node is fetched before the windows are read. When it is gone
+/// too, a full scan of the unchanged image still stores the lost chunks
+/// again instead of taking the index's word for them.
+#[test]
+fn a_full_scan_of_large_segments_with_a_lost_parent_node_stores_lost_chunks_again() {
+    let e = Env::bare();
+    let init = [
+        "init",
+        "--segment-size",
+        "32M",
+        "--kdf-memory-kib",
+        "64",
+        "--kdf-time",
+        "1",
+    ];
+    e.x(&init).assert().success();
+    let img = e.path("d.img");
+    let regions = [
+        xfull_integration::Region::Random(20 << 20),
+        xfull_integration::Region::Text(20 << 20),
+    ];
+    write_image(&img, &regions, 8, false).unwrap();
+    backup(&e, "v", &img, &[]);
+    for p in e.files("packs").into_iter().chain(e.files("nodes")) {
+        std::fs::remove_file(&p).unwrap();
+    }
+    let r = backup(&e, "v", &img, &["--full-scan"]);
+    // Stored again by the scan itself, not found missing at commit and
+    // read again.
+    let kinds: Vec<&str> = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["objects_stored_again"], "{r}");
+    assert!(r["stats"]["new_chunks"].as_u64().unwrap() >= 1, "{r}");
+    restores_as(&e, "v@latest", &img);
+}
+
 #[test]
 fn a_chunk_verify_found_damaged_is_replaced_by_the_next_backup() {
     let e = Env::init();

@@ -11,10 +11,10 @@
 //! bytes: past that the segment is read whole, in windows), and the
 //! upload jobs queued or running (QUEUE + J), each at most about one
 //! window of compressed data: with 2 cores, (2 + 2 + 2 + 2) x 16 MiB =
-//! 128 MiB, whatever the disk or segment size. A node is uploaded only
-//! after its segment's new chunks are in the disk's packs, and the
-//! manifest only after every node: a point never references what is not
-//! durable.
+//! 128 MiB, whatever the disk or segment size. A node may be stored before
+//! the packs holding its chunks (jobs complete out of order), but the
+//! manifest is written only after every pack, node and the session's
+//! index object: a point never references what is not durable.
 
 use std::collections::HashSet;
 use std::ops::Range;

@@ -14,8 +14,9 @@ use super::Shared;
 use crate::backup::incremental::{Fresh, rechunk_within};
 use crate::backup::plan::data_bytes;
 use crate::backup::scan::{Piece, WindowBuf, scan_source, window};
-use crate::backup::segment::chunk_segment;
+use crate::backup::segment::chunk_segment_in;
 use crate::backup::upload::UploadJob;
+use crate::chunker::Known;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::lease::ObjectRef;
@@ -80,11 +81,15 @@ impl Touched {
             Some(pid) => Ok(Arc::new(
                 shared.runtime.block_on(shared.repo.load_node(&pid))?,
             )),
+            // All hole: the chunker cuts it without reading but the last
+            // maximum chunk, so the zeroed (untouched) buffer costs no
+            // memory traffic.
             None => Ok(Arc::new(Node {
-                entries: chunk_segment(
+                entries: chunk_segment_in(
                     &shared.repo.config().chunking,
                     shared.repo.codec(),
                     &vec![0u8; self.parent_len as usize],
+                    &Known::Data(&[]),
                 )
                 .entries,
             })),
@@ -245,6 +250,11 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             len,
             data,
             |p| {
+                // Another stage failed: stop reading this segment (the
+                // first failure is the one reported).
+                if shared.failure.aborted() {
+                    return Err(Error::Internal("the backup stopped".into()));
+                }
                 check(&p.chunks.entries)?;
                 let mut stats = BackupStats {
                     bytes_read: std::mem::take(&mut first_read) + p.read,
@@ -360,10 +370,13 @@ fn select<'a>(
             seen.insert(id)
         };
         if fresh {
-            // A parent's chunk the backup cannot trust (missing from the
-            // listing of a full scan, or damaged) is stored anew, not
-            // looked up: the index may still name its lost copy.
-            let anew = from_parent || trust.damaged_chunks.contains(&id);
+            // A chunk the backup cannot trust (damaged, or missing from the
+            // listing of a full scan: a parent's, or any when the parent's
+            // node could not be read) is stored anew, not looked up: the
+            // index may still name its lost copy. (What a lookup finds is
+            // checked again before the point is committed, but that costs
+            // reading the segment again.)
+            let anew = !trust.has_chunk(&id);
             todo.push((i, id, anew));
             if from_parent {
                 stats.objects_restored += 1;
