@@ -67,7 +67,7 @@ async fn restore_to(repo: &Repository, m: &Manifest, out: &Path) -> xfull_core::
     Ok(o.blake3.expect("the image hash is on by default"))
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

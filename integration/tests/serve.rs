@@ -35,15 +35,7 @@ pub fn image(path: &Path, regions: &[(Fill, u64)]) {
             Fill::Byte(0) => {}
             Fill::Byte(b) => f.write_all_at(&vec![b; len as usize], at).unwrap(),
             Fill::Random(seed) => {
-                let mut x = seed | 1;
-                let data: Vec<u8> = (0..len)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+                let data = xfull_integration::xorshift_bytes(len as usize, seed);
                 f.write_all_at(&data, at).unwrap();
             }
         }

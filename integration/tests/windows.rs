@@ -17,10 +17,10 @@ use xfull_core::manifest::Manifest;
 use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
 use xfull_core::restore::{RestoreOptions, Target, restore};
-use xfull_integration::{Region, write_image};
+use xfull_integration::{Region, write_image, xorshift_bytes};
 use xfull_local::LocalBackend;
 
-use crate::engine::request;
+use crate::engine::{request, rt};
 
 const MIB: u64 = 1 << 20;
 const SEG: u64 = 32 * MIB;
@@ -29,14 +29,6 @@ async fn repo() -> Repository {
     let cfg = RepoConfig::new(SEG, ChunkParams::from_avg(64 << 10), 3).unwrap();
     Repository::init(Arc::new(LocalBackend::in_memory()), cfg)
         .await
-        .unwrap()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
         .unwrap()
 }
 
@@ -89,15 +81,7 @@ fn write(path: &Path, writes: &[(u64, u64, u8)]) -> Vec<Range<u64>> {
     writes
         .iter()
         .map(|&(off, len, seed)| {
-            let mut x = u64::from(seed) | 1;
-            let data: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let data = xorshift_bytes(len as usize, u64::from(seed));
             std::os::unix::fs::FileExt::write_all_at(&f, &data, off).unwrap();
             off..off + len
         })
