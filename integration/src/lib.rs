@@ -91,20 +91,6 @@ pub fn write_image(path: &Path, regions: &[Region], seed: u64, dense: bool) -> s
     file.sync_all()
 }
 
-/// `len` deterministic, incompressible bytes (xorshift64 from `seed`):
-/// cheap enough for tests that write tens of MiB.
-pub fn xorshift_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A mixed image of about `mib` MiB: random, text, zero and hole regions.
 pub fn mixed_regions(mib: u64, seed: u64) -> Vec<Region> {
     let mut rng = StdRng::seed_from_u64(seed);

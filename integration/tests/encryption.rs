@@ -28,15 +28,7 @@ fn pattern() -> Vec<u8> {
 }
 
 fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    xfull_core::testing::xorshift_bytes(len, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 fn init_none() -> Env<'static> {

@@ -30,7 +30,7 @@ fn an_ext4_image_mounted_through_xfull_shows_its_files() {
     // A small file system with a few files.
     let tree = e.path("tree");
     std::fs::create_dir_all(tree.join("etc")).unwrap();
-    let data = xfull_integration::xorshift_bytes(300_000, 99);
+    let data = xfull_core::testing::xorshift_bytes(300_000, 99);
     std::fs::write(tree.join("etc/data.bin"), &data).unwrap();
     std::fs::write(tree.join("hello.txt"), "hello from the guest\n").unwrap();
     let img = e.path("fs.img");

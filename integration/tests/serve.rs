@@ -35,7 +35,7 @@ pub fn image(path: &Path, regions: &[(Fill, u64)]) {
             Fill::Byte(0) => {}
             Fill::Byte(b) => f.write_all_at(&vec![b; len as usize], at).unwrap(),
             Fill::Random(seed) => {
-                let data = xfull_integration::xorshift_bytes(len as usize, seed);
+                let data = xfull_core::testing::xorshift_bytes(len as usize, seed);
                 f.write_all_at(&data, at).unwrap();
             }
         }

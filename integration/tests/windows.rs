@@ -17,7 +17,8 @@ use xfull_core::manifest::Manifest;
 use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
 use xfull_core::restore::{RestoreOptions, Target, restore};
-use xfull_integration::{Region, write_image, xorshift_bytes};
+use xfull_core::testing::xorshift_bytes;
+use xfull_integration::{Region, write_image};
 use xfull_local::LocalBackend;
 
 use crate::engine::{request, rt};

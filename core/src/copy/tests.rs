@@ -67,15 +67,7 @@ pub(super) async fn reopen(backend: Arc<dyn Backend>, encrypted: bool) -> Reposi
 
 /// Pseudo-random bytes (incompressible, so chunks are distinct).
 pub(super) fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::testing::xorshift_bytes(len, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 pub(super) async fn back_up(

@@ -10,15 +10,7 @@ use crate::testing::MemBackend;
 
 /// Incompressible, distinct per `i`.
 fn noise(i: u32) -> Vec<u8> {
-    let mut x = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..32 << 10)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::testing::xorshift_bytes(32 << 10, u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 /// One disk's backup as the wiring is to do it: find what is stored,

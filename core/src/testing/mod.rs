@@ -3,7 +3,8 @@
 //! injects faults into any backend, one that gives a backend the rights
 //! of a least-privilege role, one that plays an archive class, one that
 //! plays S3 Object Lock, one that plays a gc replacing an object while
-//! it is read, and one that runs a test's hook before a chosen request.
+//! it is read, and one that runs a test's hook before a chosen request;
+//! and deterministic incompressible bytes.
 
 pub mod archive_sim;
 pub mod faults;
@@ -20,3 +21,17 @@ pub use lock_sim::LockSim;
 pub use mem::{Clock, MemBackend};
 pub use replace_sim::ReplaceSim;
 pub use role::{Role, RoleBackend};
+
+/// `len` deterministic, incompressible bytes (xorshift64 from `seed`,
+/// made odd): cheap enough for tests that write tens of MiB.
+pub fn xorshift_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
