@@ -155,11 +155,11 @@ fn incremental_backups_of_large_segments_equal_full_scans() {
             let c = changes_file(&dir.path().join(format!("c{n}.json")), &changed);
             req.changes.insert("d".parse().unwrap(), c);
             req.audit_percent = audit;
-            let inc = backup(&repo, req, Arc::new(Progress::default()))
-                .await
-                .unwrap();
+            let progress = Arc::new(Progress::default());
+            let inc = backup(&repo, req, progress.clone()).await.unwrap();
             let d = &inc.disks[0];
             assert!(d.source.starts_with("extents"), "{}", d.source);
+            assert_eq!(progress.snapshot().0, d.size, "progress, audit {audit}");
             if audit > 0.0 {
                 assert_eq!(d.audit.as_ref().unwrap().mismatch_at, None);
             }
