@@ -126,6 +126,9 @@ fn a_segment_read_in_windows_gives_the_node_of_the_whole() {
         assert_eq!(b.disks[0].segments, want);
         // The second backup found every chunk stored by the first.
         assert_eq!(b.disks[0].stats.new_chunks, 0);
+        // Progress counts every byte once, windows and all.
+        let (done, total, _) = progress.snapshot();
+        assert_eq!((done, total), (a.disks[0].size, a.disks[0].size));
         restores_to(&repo, &a, dir.path(), &dense).await;
     });
 }
