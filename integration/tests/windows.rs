@@ -1,7 +1,8 @@
 //! Segments larger than the backup's read window (16 MiB): read and
 //! chunked window by window, they must give exactly the nodes of the
 //! whole segment, in full scans, incremental backups (re-chunked, or read
-//! whole when their changes are large) and audits.
+//! whole when their changes are large) and audits; and restored in 16 MiB
+//! parts, the same bytes and image hash.
 
 use std::ops::Range;
 use std::path::Path;
@@ -16,7 +17,7 @@ use xfull_core::id::ObjectId;
 use xfull_core::manifest::Manifest;
 use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
-use xfull_core::restore::{RestoreOptions, Target, restore};
+use xfull_core::restore::{RestoreOptions, SegmentReader, Target, restore};
 use xfull_core::testing::xorshift_bytes;
 use xfull_integration::{Region, write_image};
 use xfull_local::LocalBackend;
@@ -67,14 +68,14 @@ async fn restores_to(repo: &Repository, m: &Manifest, dir: &Path, want: &Path) {
     let out = dir.join(format!("out-{}", m.id));
     let target = Target::parse(out.to_str().unwrap()).unwrap();
     let progress = Arc::new(Progress::default());
-    restore(repo, m, "d", &target, RestoreOptions::default(), progress)
+    let o = restore(repo, m, "d", &target, RestoreOptions::default(), progress)
         .await
         .unwrap();
-    assert!(
-        std::fs::read(&out).unwrap() == std::fs::read(want).unwrap(),
-        "{} differs",
-        m.id
-    );
+    let bytes = std::fs::read(want).unwrap();
+    assert!(std::fs::read(&out).unwrap() == bytes, "{} differs", m.id);
+    // Restored in 16 MiB parts: their hashes still make the image's.
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    assert_eq!(o.blake3, Some(hash), "{}", m.id);
 }
 
 fn write(path: &Path, writes: &[(u64, u64, u8)]) -> Vec<Range<u64>> {
@@ -130,6 +131,20 @@ fn a_segment_read_in_windows_gives_the_node_of_the_whole() {
         let (done, total, _) = progress.snapshot();
         assert_eq!((done, total), (a.disks[0].size, a.disks[0].size));
         restores_to(&repo, &a, dir.path(), &dense).await;
+        // A reader of whole segments (a served point) joins the parts.
+        let d = Arc::new(a.disks[0].clone());
+        let index = repo.chunks().open_index().await.unwrap();
+        let reader = SegmentReader::new(&repo, index, "a@x", d.clone());
+        let bytes = std::fs::read(&dense).unwrap();
+        for (i, want) in bytes.chunks(SEG as usize).enumerate() {
+            let got = reader.read(i).await.unwrap();
+            assert!(got.damaged.is_empty());
+            assert!(got.data.as_deref() == Some(want), "segment {i}");
+            assert_eq!(
+                got.entries.iter().map(|e| e.len()).sum::<u64>(),
+                want.len() as u64
+            );
+        }
     });
 }
 

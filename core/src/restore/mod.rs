@@ -15,6 +15,7 @@
 //! a truncated image under the requested name, and never writes through a
 //! link someone planted. Zero runs are not written and stay holes.
 
+mod part;
 mod partial;
 mod read;
 mod segment;
@@ -23,7 +24,7 @@ mod target;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 pub use self::read::{SegmentData, SegmentReader};
@@ -37,9 +38,12 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::task::blocking;
 
-/// Segments in flight: bounds memory to about twice this many segments
-/// (compressed chunks plus the decompressed buffer).
-const SEGMENTS_IN_FLIGHT: usize = 4;
+/// Parts (of at most 16 MiB, `part.rs`) in flight: bounds memory to
+/// about twice this many parts (compressed chunks plus the decompressed
+/// buffer), whatever the segment size.
+const PARTS_IN_FLIGHT: usize = 4;
+/// Segments whose nodes are fetched ahead of their parts.
+const NODES_AHEAD: usize = 2;
 
 /// Restore options.
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +119,8 @@ pub async fn restore(
     }
     progress.add_total(d.size);
     let mut sink = Sink::open(target, d.size)?;
-    let zeros: Arc<[u8]> = vec![0u8; d.segment_size as usize].into();
+    let unit = part::part_size(d.segment_size);
+    let zeros: Arc<[u8]> = vec![0u8; unit as usize].into();
     let buffers = Arc::new(BufferPool::default());
 
     // One writer thread takes segments in disk order: sequential writes
@@ -155,8 +160,12 @@ pub async fn restore(
     let mut hashes = Vec::with_capacity(d.segments.len());
     let mut damaged = Vec::new();
     let mut done = futures::stream::iter(0..d.segments.len())
-        .map(|i| ctx.clone().restore_segment(i))
-        .buffered(SEGMENTS_IN_FLIGHT);
+        .map(|i| ctx.clone().parts(i))
+        .buffered(NODES_AHEAD)
+        .map_ok(|(_, parts)| futures::stream::iter(parts.into_iter().map(Ok::<_, Error>)))
+        .try_flatten()
+        .map_ok(|p| ctx.clone().restore_part(p))
+        .try_buffered(PARTS_IN_FLIGHT);
     let mut failed = None;
     loop {
         let seg = tokio::select! {
@@ -197,11 +206,10 @@ pub async fn restore(
     blocking("restore writer", move || sink.finish(opts.sync)).await??;
     Ok(RestoreOutcome {
         bytes: d.size,
-        blake3: hashes.into_iter().collect::<Option<Vec<_>>>().map(|h| {
-            image_hash::combine(&h, d.segment_size, d.size)
-                .to_hex()
-                .to_string()
-        }),
+        blake3: hashes
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .map(|h| image_hash::combine(&h, unit, d.size).to_hex().to_string()),
         damaged,
     })
 }

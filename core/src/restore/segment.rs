@@ -1,5 +1,6 @@
-//! Restoring one segment: fetch its node and chunks, decompress and
-//! verify each chunk into the segment's buffer, hash the segment.
+//! What restoring a segment needs: the context shared by its tasks, the
+//! buffers, and how a failure is named (the work itself, in parts, is
+//! in `part.rs`).
 //!
 //! A failure is reported by what it is: damage (an object missing, or
 //! stored bytes that cannot be what the id says) is [`Error::Damaged`];
@@ -13,14 +14,13 @@ use std::sync::Arc;
 use super::DamagedRange;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::image_hash::{self, SegmentHash};
+use crate::image_hash::SegmentHash;
 use crate::manifest::DiskManifest;
 use crate::node::Entry;
 use crate::placement::fetch::FetchError;
 use crate::placement::lookup::ChunkIndex;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::task::blocking;
 
 /// A restored segment on its way to the writer.
 pub(super) enum Piece {
@@ -70,7 +70,7 @@ const FOUND_CAP: usize = 10_000;
 pub(super) struct BufferPool(std::sync::Mutex<Vec<Vec<u8>>>);
 
 impl BufferPool {
-    fn take(&self, len: usize) -> Vec<u8> {
+    pub(super) fn take(&self, len: usize) -> Vec<u8> {
         let mut buf = self
             .0
             .lock()
@@ -89,7 +89,7 @@ impl BufferPool {
 
 /// The stored object a range of the image comes from.
 #[derive(Clone, Copy)]
-enum Object {
+pub(super) enum Object {
     Node(ObjectId),
     Chunk(ObjectId),
 }
@@ -119,7 +119,7 @@ impl Object {
 }
 
 /// A chunk as fetched.
-enum Fetched {
+pub(super) enum Fetched {
     Zeros,
     /// Opened and checked against its id.
     Plain(Vec<u8>),
@@ -128,7 +128,7 @@ enum Fetched {
 
 impl SegmentCtx {
     /// The error for `e` met reading `object` at `offset`.
-    fn fail(&self, offset: u64, object: Object, e: Error) -> Error {
+    pub(super) fn fail(&self, offset: u64, object: Object, e: Error) -> Error {
         let (point, disk) = (self.point.clone(), self.d.name.to_string());
         if e.is_damage() {
             self.note(object, &e);
@@ -166,7 +166,13 @@ impl SegmentCtx {
     }
 
     /// Damage becomes a range of zeros when told to go on; the rest fails.
-    fn tolerate(&self, offset: u64, length: u64, object: Object, e: Error) -> Result<DamagedRange> {
+    pub(super) fn tolerate(
+        &self,
+        offset: u64,
+        length: u64,
+        object: Object,
+        e: Error,
+    ) -> Result<DamagedRange> {
         if self.ignore_damage && e.is_damage() {
             self.note(object, &e);
             Ok(DamagedRange {
@@ -192,79 +198,12 @@ impl SegmentCtx {
         Ok(node.entries)
     }
 
-    pub(super) async fn restore_segment(self: Arc<Self>, i: usize) -> Result<Segment> {
-        let range = self.d.segment_range(i);
-        let len = range.end - range.start;
-        let mut damaged = Vec::new();
-        let entries = match self.d.segments[i] {
-            None => Vec::new(),
-            Some(id) => match self.entries(id, len).await {
-                Ok(entries) => entries,
-                Err(e) => {
-                    // No node, no chunk boundaries: the whole segment.
-                    damaged.push(self.tolerate(range.start, len, Object::Node(id), e)?);
-                    Vec::new()
-                }
-            },
-        };
-        // One batched lookup and coalesced pack reads for the segment's
-        // chunks (each opened and checked against its id there).
-        let ids: Vec<ObjectId> = entries.iter().filter_map(|e| e.chunk()).collect();
-        let mut opened = match self.fetch(&ids).await {
-            Ok(o) => o.into_iter(),
-            Err(FetchError {
-                chunk: Some(id),
-                error,
-            }) => {
-                // Where the chunk the store failed on lies in the image.
-                let mut at = range.start;
-                for e in &entries {
-                    if e.chunk() == Some(id) {
-                        break;
-                    }
-                    at += e.len();
-                }
-                return Err(self.fail(at, Object::Chunk(id), error));
-            }
-            Err(FetchError { chunk: None, error }) => return Err(error),
-        };
-        let mut at = range.start;
-        let mut raw = Vec::with_capacity(entries.len());
-        for e in &entries {
-            let item = match e.chunk() {
-                None => Fetched::Zeros,
-                Some(id) => match opened.next() {
-                    Some(Ok(plain)) if plain.len() as u64 == e.len() => Fetched::Plain(plain),
-                    Some(Ok(plain)) => Fetched::Damaged(self.tolerate(
-                        at,
-                        e.len(),
-                        Object::Chunk(id),
-                        Error::corrupt(
-                            crate::keys::chunk(&id),
-                            format!("holds {} bytes, its node says {}", plain.len(), e.len()),
-                        ),
-                    )?),
-                    Some(Err(err)) => {
-                        Fetched::Damaged(self.tolerate(at, e.len(), Object::Chunk(id), err)?)
-                    }
-                    None => return Err(Error::Internal("a fetch answered too few chunks".into())),
-                },
-            };
-            raw.push(item);
-            at += e.len();
-        }
-        blocking("restore task", move || {
-            self.assemble(range.start, len, entries, raw, damaged)
-        })
-        .await?
-    }
-
     /// The chunks' plaintext (or why not). A chunk the index cannot give
     /// is looked for once more in the index as it is now: a gc may have
     /// moved it to another pack since this index was opened (a restore or
     /// a server outlives a sweep; the lease keeps the chunk, not its
     /// place).
-    async fn fetch(
+    pub(super) async fn fetch(
         &self,
         ids: &[ObjectId],
     ) -> std::result::Result<Vec<Result<Vec<u8>>>, FetchError> {
@@ -286,54 +225,5 @@ impl SegmentCtx {
             chunks[k] = r;
         }
         Ok(chunks)
-    }
-
-    /// Decompresses, verifies and hashes one segment.
-    fn assemble(
-        &self,
-        start: u64,
-        len: u64,
-        entries: Vec<Entry>,
-        raw: Vec<Fetched>,
-        mut damaged: Vec<DamagedRange>,
-    ) -> Result<Segment> {
-        let (seg, total) = (self.d.segment_size, self.d.size);
-        let hash = |data: &[u8]| {
-            self.image_hash
-                .then(|| image_hash::hash_segment(start, data, seg, total))
-        };
-        if entries.iter().all(|e| e.chunk().is_none()) {
-            let hash = hash(&self.zeros[..len as usize]);
-            let piece = Piece::Zeros { start, len };
-            return Ok(Segment {
-                hash,
-                piece,
-                damaged,
-            });
-        }
-        let mut buf = self.buffers.take(len as usize);
-        let mut off = 0usize;
-        for (e, fetched) in entries.iter().zip(raw) {
-            let piece = &mut buf[off..off + e.len() as usize];
-            match (e.chunk(), fetched) {
-                (Some(_), Fetched::Plain(plain)) => piece.copy_from_slice(&plain),
-                (_, Fetched::Damaged(r)) => {
-                    piece.fill(0);
-                    damaged.push(r);
-                }
-                _ => piece.fill(0),
-            }
-            off += e.len() as usize;
-        }
-        damaged.sort_by_key(|r| r.offset);
-        Ok(Segment {
-            hash: hash(&buf),
-            piece: Piece::Data {
-                start,
-                buf,
-                entries,
-            },
-            damaged,
-        })
     }
 }

@@ -1,0 +1,265 @@
+//! Restoring a segment in parts of at most 16 MiB: fetch its node once,
+//! then for each part the chunks it overlaps, decompressed and verified
+//! into the part's buffer, and the part hashed.
+//!
+//! Why parts: a restore keeps several units in flight, each read
+//! (compressed) and decompressed whole, so its memory was a few segments:
+//! 430 MiB at 16 MiB segments, over 800 MiB at 64 MiB
+//! (`bench/results/segment-size.md`). Parts of a power-of-two size,
+//! aligned in the image, keep that bound whatever the segment size, and
+//! each part is a complete BLAKE3 subtree, hashed on its own thread like
+//! a segment was (`image_hash`). A chunk that straddles two parts is
+//! fetched by both (about one chunk per 16 MiB). A segment of 16 MiB or
+//! less is one part: restored exactly as before. Failures are named as
+//! `segment.rs` says.
+
+use std::sync::Arc;
+
+use super::DamagedRange;
+use super::segment::{Fetched, Object, Piece, Segment, SegmentCtx};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::image_hash;
+use crate::node::Entry;
+use crate::placement::fetch::FetchError;
+use crate::task::blocking;
+
+/// The largest part (a power of two).
+pub(super) const PART: u64 = 16 << 20;
+
+/// The part size of disks cut into `segment_size` segments (both powers
+/// of two, so parts tile segments and the image).
+pub(super) fn part_size(segment_size: u64) -> u64 {
+    segment_size.min(PART)
+}
+
+/// One chunk's share of a part.
+#[derive(Clone, Copy, Debug)]
+struct Share {
+    entry: Entry,
+    /// Where in the image the share starts.
+    at: u64,
+    /// Where in the chunk.
+    skip: u64,
+    len: u64,
+}
+
+/// A part of a segment, ready to restore.
+#[derive(Debug)]
+pub(super) struct Part {
+    start: u64,
+    len: u64,
+    shares: Vec<Share>,
+    /// Damage met before the part's chunks (its segment's node).
+    damaged: Vec<DamagedRange>,
+}
+
+/// Cuts the entries of a segment at `start`, `len` bytes, into parts of
+/// `unit` bytes (the last may be shorter).
+fn split(entries: &[Entry], start: u64, len: u64, unit: u64) -> Vec<Part> {
+    let end = start + len;
+    let mut parts = Vec::new();
+    // The first entry the next part can overlap, and where it starts.
+    let (mut j, mut s) = (0usize, start);
+    let mut a = start;
+    while a < end {
+        let b = (a + unit).min(end);
+        let mut shares = Vec::new();
+        while j < entries.len() && s < b {
+            let e = entries[j];
+            let e_end = s + e.len();
+            let from = s.max(a);
+            shares.push(Share {
+                entry: e,
+                at: from,
+                skip: from - s,
+                len: e_end.min(b) - from,
+            });
+            if e_end > b {
+                break; // it goes on in the next part
+            }
+            j += 1;
+            s = e_end;
+        }
+        parts.push(Part {
+            start: a,
+            len: b - a,
+            shares,
+            damaged: Vec::new(),
+        });
+        a = b;
+    }
+    parts
+}
+
+impl SegmentCtx {
+    /// Segment `i`'s node entries (empty for zeros, or a damaged node
+    /// with `ignore_damage`) and its parts.
+    pub(super) async fn parts(self: Arc<Self>, i: usize) -> Result<(Vec<Entry>, Vec<Part>)> {
+        let range = self.d.segment_range(i);
+        let len = range.end - range.start;
+        let mut damaged = Vec::new();
+        let entries = match self.d.segments[i] {
+            None => Vec::new(),
+            Some(id) => match self.entries(id, len).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    // No node, no chunk boundaries: the whole segment.
+                    damaged.push(self.tolerate(range.start, len, Object::Node(id), e)?);
+                    Vec::new()
+                }
+            },
+        };
+        let mut parts = split(&entries, range.start, len, part_size(self.d.segment_size));
+        if let Some(first) = parts.first_mut() {
+            first.damaged = damaged;
+        }
+        Ok((entries, parts))
+    }
+
+    /// Restores one part: one batched lookup and coalesced pack reads for
+    /// its chunks (each opened and checked against its id there), then
+    /// decompressed into its buffer and hashed.
+    pub(super) async fn restore_part(self: Arc<Self>, part: Part) -> Result<Segment> {
+        let ids: Vec<ObjectId> = part.shares.iter().filter_map(|s| s.entry.chunk()).collect();
+        let mut opened = match self.fetch(&ids).await {
+            Ok(o) => o.into_iter(),
+            Err(FetchError {
+                chunk: Some(id),
+                error,
+            }) => {
+                // Where the chunk the store failed on lies in the image.
+                let at = part.shares.iter().find(|s| s.entry.chunk() == Some(id));
+                let at = at.map_or(part.start, |s| s.at);
+                return Err(self.fail(at, Object::Chunk(id), error));
+            }
+            Err(FetchError { chunk: None, error }) => return Err(error),
+        };
+        let mut raw = Vec::with_capacity(part.shares.len());
+        for sh in &part.shares {
+            let e = sh.entry;
+            let item = match e.chunk() {
+                None => Fetched::Zeros,
+                Some(id) => match opened.next() {
+                    Some(Ok(plain)) if plain.len() as u64 == e.len() => Fetched::Plain(plain),
+                    Some(Ok(plain)) => Fetched::Damaged(self.tolerate(
+                        sh.at,
+                        sh.len,
+                        Object::Chunk(id),
+                        Error::corrupt(
+                            crate::keys::chunk(&id),
+                            format!("holds {} bytes, its node says {}", plain.len(), e.len()),
+                        ),
+                    )?),
+                    Some(Err(err)) => {
+                        Fetched::Damaged(self.tolerate(sh.at, sh.len, Object::Chunk(id), err)?)
+                    }
+                    None => return Err(Error::Internal("a fetch answered too few chunks".into())),
+                },
+            };
+            raw.push(item);
+        }
+        blocking("restore task", move || self.assemble(part, raw)).await?
+    }
+
+    /// Decompressed chunks into the part's buffer; the part hashed.
+    fn assemble(&self, part: Part, raw: Vec<Fetched>) -> Result<Segment> {
+        let Part {
+            start,
+            len,
+            shares,
+            mut damaged,
+        } = part;
+        let (unit, total) = (part_size(self.d.segment_size), self.d.size);
+        let hash = |data: &[u8]| {
+            self.image_hash
+                .then(|| image_hash::hash_segment(start, data, unit, total))
+        };
+        if shares.iter().all(|s| s.entry.chunk().is_none()) {
+            let hash = hash(&self.zeros[..len as usize]);
+            let piece = Piece::Zeros { start, len };
+            return Ok(Segment {
+                hash,
+                piece,
+                damaged,
+            });
+        }
+        let mut buf = self.buffers.take(len as usize);
+        for (sh, fetched) in shares.iter().zip(raw) {
+            let off = (sh.at - start) as usize;
+            let piece = &mut buf[off..off + sh.len as usize];
+            match fetched {
+                Fetched::Plain(plain) => {
+                    let skip = sh.skip as usize;
+                    piece.copy_from_slice(&plain[skip..skip + sh.len as usize]);
+                }
+                Fetched::Damaged(r) => {
+                    piece.fill(0);
+                    damaged.push(r);
+                }
+                Fetched::Zeros => piece.fill(0),
+            }
+        }
+        damaged.sort_by_key(|r| r.offset);
+        let entries = shares
+            .iter()
+            .map(|s| Entry(s.len as u32, s.entry.1))
+            .collect();
+        Ok(Segment {
+            hash: hash(&buf),
+            piece: Piece::Data {
+                start,
+                buf,
+                entries,
+            },
+            damaged,
+        })
+    }
+
+    /// Segment `i` whole, for readers of a segment at a time (a served
+    /// point): its parts restored one after the other and joined. No
+    /// image hash (`image_hash` is off for them).
+    pub(super) async fn restore_segment(self: Arc<Self>, i: usize) -> Result<Segment> {
+        let (entries, parts) = self.clone().parts(i).await?;
+        let mut done = Vec::with_capacity(parts.len());
+        for p in parts {
+            done.push(self.clone().restore_part(p).await?);
+        }
+        if done.len() == 1 {
+            return Ok(done.pop().expect("one part"));
+        }
+        let range = self.d.segment_range(i);
+        let mut damaged: Vec<DamagedRange> =
+            done.iter_mut().flat_map(|s| s.damaged.drain(..)).collect();
+        damaged.sort_by_key(|r| r.offset);
+        if done.iter().all(|s| matches!(s.piece, Piece::Zeros { .. })) {
+            let (start, len) = (range.start, range.end - range.start);
+            return Ok(Segment {
+                hash: None,
+                piece: Piece::Zeros { start, len },
+                damaged,
+            });
+        }
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        for s in done {
+            if let Piece::Data { start, buf: b, .. } = s.piece {
+                let off = (start - range.start) as usize;
+                buf[off..off + b.len()].copy_from_slice(&b);
+                self.buffers.give(b);
+            }
+        }
+        Ok(Segment {
+            hash: None,
+            piece: Piece::Data {
+                start: range.start,
+                buf,
+                entries,
+            },
+            damaged,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "part_tests.rs"]
+mod tests;
