@@ -104,10 +104,11 @@ fn clip(ranges: &[Range<usize>], span: Range<usize>, base: usize) -> Vec<Range<u
 
 /// Reads a segment of `len` bytes whose data lies only in `data`
 /// (segment-relative, sorted, disjoint: the rest is a hole, zero unread)
-/// window by window, and calls `each` with every window's chunks in
-/// order, `step` bytes at a time ([`window`]). `read(offset, buf, ranges)` fills the parts `ranges` (segment
-/// offsets, inside `offset..offset + buf.len()`) of `buf`, which starts
-/// at segment offset `offset`, and returns the bytes it read.
+/// window by window, `step` bytes at a time ([`window`]), and calls
+/// `each` with every window's chunks in order. `read(offset, buf,
+/// ranges)` fills the parts `ranges` (segment offsets, inside `offset..
+/// offset + buf.len()`) of `buf`, which starts at segment offset
+/// `offset`, and returns the bytes it read.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn scan(
     wb: &mut WindowBuf,
@@ -126,9 +127,12 @@ pub(super) fn scan(
         let from = base + carry;
         let to = (from + step).min(len);
         let end = to - base;
-        let reads = clip(data, from..to, base);
-        wb.prepare(carry..end, &reads);
         let segment_reads = clip(data, from..to, 0);
+        let reads: Vec<Range<usize>> = segment_reads
+            .iter()
+            .map(|r| r.start - base..r.end - base)
+            .collect();
+        wb.prepare(carry..end, &reads);
         let got = read(from, &mut wb.buf[carry..end], &segment_reads)?;
         let last = to == len;
         let known = clip(data, base..to, base);

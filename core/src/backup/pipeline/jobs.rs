@@ -196,29 +196,20 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             // parent's node only if it differs (an unchanged segment
             // fetches nothing).
             let mut job = None;
-            scan_source(
-                &mut self.wb,
-                &shared.source,
-                &cfg.chunking,
-                shared.repo.codec(),
-                start,
-                len,
-                data,
-                |p| {
-                    check(&p.chunks.entries)?;
-                    let d = |i: usize| piece_data(&p, i);
-                    job = Some(build_job(
-                        shared,
-                        idx,
-                        &p.chunks.entries,
-                        d,
-                        parent,
-                        parent_node.as_deref(),
-                        read + p.read,
-                    )?);
-                    Ok(())
-                },
-            )?;
+            scan_segment(&mut self.wb, shared, start, len, data, |p| {
+                check(&p.chunks.entries)?;
+                let d = |i: usize| piece_data(&p, i);
+                job = Some(build_job(
+                    shared,
+                    idx,
+                    &p.chunks.entries,
+                    d,
+                    parent,
+                    parent_node.as_deref(),
+                    read + p.read,
+                )?);
+                Ok(())
+            })?;
             if expect.is_some_and(|e| e.len() != checked) {
                 return Err(mismatch());
             }
@@ -241,31 +232,22 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
         let mut entries = Vec::new();
         let mut first_read = read;
         let send = &mut self.send;
-        scan_source(
-            &mut self.wb,
-            &shared.source,
-            &cfg.chunking,
-            shared.repo.codec(),
-            start,
-            len,
-            data,
-            |p| {
-                // Another stage failed: stop reading this segment (the
-                // first failure is the one reported).
-                if shared.failure.aborted() {
-                    return Err(Error::Internal("the backup stopped".into()));
-                }
-                check(&p.chunks.entries)?;
-                let mut stats = BackupStats {
-                    bytes_read: std::mem::take(&mut first_read) + p.read,
-                    ..BackupStats::default()
-                };
-                let d = |i: usize| piece_data(&p, i);
-                let chunks = select(shared, &p.chunks.entries, d, &known, &mut stats)?;
-                entries.extend_from_slice(&p.chunks.entries);
-                send(UploadJob::part(idx, chunks, stats), p.covered)
-            },
-        )?;
+        scan_segment(&mut self.wb, shared, start, len, data, |p| {
+            // Another stage failed: stop reading this segment (the
+            // first failure is the one reported).
+            if shared.failure.aborted() {
+                return Err(Error::Internal("the backup stopped".into()));
+            }
+            check(&p.chunks.entries)?;
+            let mut stats = BackupStats {
+                bytes_read: std::mem::take(&mut first_read) + p.read,
+                ..BackupStats::default()
+            };
+            let d = |i: usize| piece_data(&p, i);
+            let chunks = select(shared, &p.chunks.entries, d, &known, &mut stats)?;
+            entries.extend_from_slice(&p.chunks.entries);
+            send(UploadJob::part(idx, chunks, stats), p.covered)
+        })?;
         if expect.is_some_and(|e| e.len() != checked) {
             return Err(mismatch());
         }
@@ -282,6 +264,29 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
         // Every byte was reported done with its window.
         (self.send)(job, 0)
     }
+}
+
+/// Reads the segment at `start` (`len` bytes) of the disk in windows,
+/// chunked with the repository's parameters (see `scan_source`).
+fn scan_segment(
+    wb: &mut WindowBuf,
+    shared: &Shared,
+    start: u64,
+    len: usize,
+    data: Option<Vec<Range<usize>>>,
+    each: impl FnMut(Piece<'_>) -> Result<()>,
+) -> Result<()> {
+    let (source, repo) = (&shared.source, &shared.repo);
+    scan_source(
+        wb,
+        source,
+        &repo.config().chunking,
+        repo.codec(),
+        start,
+        len,
+        data,
+        each,
+    )
 }
 
 /// The bytes of chunk `i` of a window.
