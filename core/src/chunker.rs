@@ -182,6 +182,29 @@ pub fn is_zero(data: &[u8]) -> bool {
     data.chunks(BLOCK).all(|c| c == &ZEROS[..c.len()])
 }
 
+/// A segment for tests, from pieces `(kind, len, seed)`: kind 0 a hole,
+/// 1 zeros the source calls data, 2 a constant byte, 3 random bytes
+/// (xorshift from `seed`); and the ranges the source calls data
+/// (joined where adjacent).
+#[cfg(test)]
+pub(crate) fn test_segment(pieces: &[(u8, usize, u64)]) -> (Vec<u8>, Vec<Range<usize>>) {
+    let (mut data, mut ranges) = (Vec::new(), Vec::<Range<usize>>::new());
+    for &(kind, len, seed) in pieces {
+        if kind != 0 {
+            match ranges.last_mut() {
+                Some(r) if r.end == data.len() => r.end += len,
+                _ => ranges.push(data.len()..data.len() + len),
+            }
+        }
+        match kind {
+            0 | 1 => data.resize(data.len() + len, 0),
+            2 => data.resize(data.len() + len, 0x5a),
+            _ => data.extend(crate::testing::xorshift_bytes(len, seed)),
+        }
+    }
+    (data, ranges)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,35 +237,10 @@ mod tests {
             avg_shift in 12u32..17,
         ) {
             let params = ChunkParams::from_avg(1 << avg_shift);
-            let pieces_again = pieces.clone();
-            let mut data = Vec::new();
-            for (kind, len, seed) in pieces {
-                let mut x = seed | 1;
-                data.extend((0..len).map(|_| match kind {
-                    0 | 1 => 0,
-                    2 => 0x5a,
-                    _ => {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    }
-                }));
-            }
+            let (data, ranges) = test_segment(&pieces);
             proptest::prop_assert_eq!(ours(&params, &data), plain(&params, &data));
             // The same with the zero pieces of kind 0 known as holes (kind
             // 1 is zeros the source calls data).
-            let mut ranges: Vec<Range<usize>> = Vec::new();
-            let mut at = 0;
-            for (kind, len, _) in &pieces_again {
-                if *kind != 0 {
-                    match ranges.last_mut() {
-                        Some(r) if r.end == at => r.end = at + len,
-                        _ => ranges.push(at..at + len),
-                    }
-                }
-                at += len;
-            }
             let mut known = Vec::new();
             for_each_chunk_in(&params, &data, &Known::Data(&ranges), |o, l| known.push((o, l)));
             proptest::prop_assert_eq!(known, plain(&params, &data));
@@ -253,28 +251,13 @@ mod tests {
         /// chunks of the whole, with holes known or not.
         #[test]
         fn windows_chunk_as_the_whole_does(
-            pieces in proptest::collection::vec((0u8..3, 1usize..200_000, proptest::prelude::any::<u64>()), 1..10),
+            pieces in proptest::collection::vec((0u8..4, 1usize..200_000, proptest::prelude::any::<u64>()), 1..10),
             windows in proptest::collection::vec(1usize..300_000, 1..40),
             avg_shift in 12u32..16,
             holes in proptest::prelude::any::<bool>(),
         ) {
             let params = ChunkParams::from_avg(1 << avg_shift);
-            let mut data = Vec::new();
-            let mut ranges: Vec<Range<usize>> = Vec::new();
-            for (kind, len, seed) in pieces {
-                let mut x = seed | 1;
-                if kind != 0 {
-                    ranges.push(data.len()..data.len() + len);
-                }
-                data.extend((0..len).map(|_| if kind == 2 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                } else {
-                    0
-                }));
-            }
+            let (data, ranges) = test_segment(&pieces);
             let mut got = Vec::new();
             let (mut base, mut fill, mut w) = (0, 0, 0);
             while base < data.len() {

@@ -4,35 +4,9 @@ use proptest::prelude::*;
 
 use super::{WindowBuf, scan};
 use crate::backup::segment::chunk_segment_in;
-use crate::chunker::{ChunkParams, Known};
+use crate::chunker::{ChunkParams, Known, test_segment};
 use crate::codec::Codec;
 use crate::node::Entry;
-
-/// A segment of random bytes, constant runs and zeros, and the ranges
-/// the source calls data (zeros inside them included).
-fn segment(pieces: &[(u8, usize, u64)]) -> (Vec<u8>, Vec<Range<usize>>) {
-    let (mut data, mut ranges) = (Vec::new(), Vec::<Range<usize>>::new());
-    for &(kind, len, seed) in pieces {
-        let mut x = seed | 1;
-        if kind != 0 {
-            match ranges.last_mut() {
-                Some(r) if r.end == data.len() => r.end += len,
-                _ => ranges.push(data.len()..data.len() + len),
-            }
-        }
-        data.extend((0..len).map(|_| match kind {
-            0 | 1 => 0,
-            2 => 0x5a,
-            _ => {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            }
-        }));
-    }
-    (data, ranges)
-}
 
 /// Scans `data` in windows of `step` with `wb`, reading only `ranges`:
 /// the entries with their segment offsets, bytes read, bytes covered.
@@ -101,7 +75,7 @@ proptest! {
         let step = 2 * params.max as usize + extra;
         let mut wb = WindowBuf::default();
         for pieces in &segments {
-            let (data, ranges) = segment(pieces);
+            let (data, ranges) = test_segment(pieces);
             let (got, read, covered) = windowed(&mut wb, &params, step, &data, &ranges);
             prop_assert_eq!(got, whole(&params, &data, &ranges));
             prop_assert_eq!(read, ranges.iter().map(|r| (r.end - r.start) as u64).sum::<u64>());
@@ -113,7 +87,7 @@ proptest! {
 #[test]
 fn a_segment_of_one_window_is_read_once_whole() {
     let params = ChunkParams::from_avg(4096);
-    let (data, ranges) = segment(&[(3, 200_000, 7)]);
+    let (data, ranges) = test_segment(&[(3, 200_000, 7)]);
     let mut reads = 0;
     scan(
         &mut WindowBuf::default(),
@@ -140,7 +114,7 @@ fn a_segment_of_one_window_is_read_once_whole() {
 #[test]
 fn a_failed_read_stops_the_scan() {
     let params = ChunkParams::from_avg(4096);
-    let (data, ranges) = segment(&[(3, 300_000, 9)]);
+    let (data, ranges) = test_segment(&[(3, 300_000, 9)]);
     let mut windows = 0;
     let err = scan(
         &mut WindowBuf::default(),
