@@ -96,7 +96,9 @@ pub struct RestoreOutcome {
 /// them again and `repair` finds them. Best effort: a repository that
 /// cannot be written (read-only credentials) still restores.
 async fn record_damage(repo: &Repository, ctx: &SegmentCtx) {
-    let found = std::mem::take(&mut *ctx.found.lock().unwrap_or_else(|p| p.into_inner()));
+    let found: Vec<_> = std::mem::take(&mut *ctx.found.lock().unwrap_or_else(|p| p.into_inner()))
+        .into_iter()
+        .collect();
     let _ = crate::damage::record_all(repo, &found, "restore").await;
 }
 
@@ -177,7 +179,9 @@ pub async fn restore(
             None => break,
             Some(Ok(seg)) => {
                 hashes.push(seg.hash);
-                damaged.extend(seg.damaged);
+                for r in seg.damaged {
+                    part::push_damaged(&mut damaged, r, d.segment_size);
+                }
                 if tx.send(seg.piece).await.is_err() {
                     break; // the writer stopped; its outcome is looked at below
                 }

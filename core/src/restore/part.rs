@@ -33,6 +33,26 @@ pub(super) fn part_size(segment_size: u64) -> u64 {
     segment_size.min(PART)
 }
 
+/// Adds `r` to `ranges` (in disk order), joined to the last one when it
+/// continues it for the same object across a part boundary inside a
+/// segment of `segment_size` bytes: a damaged chunk that straddles two
+/// parts is one range, as it was when segments were restored whole.
+pub(super) fn push_damaged(ranges: &mut Vec<DamagedRange>, r: DamagedRange, segment_size: u64) {
+    let inside =
+        r.offset.is_multiple_of(part_size(segment_size)) && !r.offset.is_multiple_of(segment_size);
+    match ranges.last_mut() {
+        Some(last)
+            if inside
+                && last.offset + last.length == r.offset
+                && last.object == r.object
+                && last.reason == r.reason =>
+        {
+            last.length += r.length;
+        }
+        _ => ranges.push(r),
+    }
+}
+
 /// One chunk's share of a part.
 #[derive(Clone, Copy, Debug)]
 struct Share {
@@ -229,9 +249,13 @@ impl SegmentCtx {
             return Ok(done.pop().expect("one part"));
         }
         let range = self.d.segment_range(i);
-        let mut damaged: Vec<DamagedRange> =
+        let mut all: Vec<DamagedRange> =
             done.iter_mut().flat_map(|s| s.damaged.drain(..)).collect();
-        damaged.sort_by_key(|r| r.offset);
+        all.sort_by_key(|r| r.offset);
+        let mut damaged = Vec::with_capacity(all.len());
+        for r in all {
+            push_damaged(&mut damaged, r, self.d.segment_size);
+        }
         if done.iter().all(|s| matches!(s.piece, Piece::Zeros { .. })) {
             let (start, len) = (range.start, range.end - range.start);
             return Ok(Segment {

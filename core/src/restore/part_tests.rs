@@ -1,6 +1,7 @@
-use super::{Part, split};
+use super::{Part, push_damaged, split};
 use crate::id::ObjectId;
 use crate::node::Entry;
+use crate::restore::DamagedRange;
 
 fn entries(lens: &[u32]) -> Vec<Entry> {
     lens.iter()
@@ -83,4 +84,35 @@ fn a_segment_without_entries_is_parts_of_zeros() {
         [128, 128, 44]
     );
     assert!(parts.iter().all(|p| p.shares.is_empty()));
+}
+
+fn range(offset: u64, length: u64, object: &str) -> DamagedRange {
+    DamagedRange {
+        offset,
+        length,
+        object: object.into(),
+        reason: "bad".into(),
+    }
+}
+
+/// A chunk straddling two parts of a segment is one range; the same
+/// object met again elsewhere (next to itself inside a part, or across a
+/// segment boundary), or another object, stays a range of its own.
+#[test]
+fn damaged_ranges_join_only_across_a_part_boundary_inside_a_segment() {
+    let (seg, part) = (64u64 << 20, 16u64 << 20);
+    let mut v = Vec::new();
+    push_damaged(&mut v, range(part - 100, 100, "chunk a"), seg);
+    push_damaged(&mut v, range(part, 50, "chunk a"), seg);
+    assert_eq!(v, [range(part - 100, 150, "chunk a")]);
+    push_damaged(&mut v, range(part + 50, 150, "chunk a"), seg);
+    push_damaged(&mut v, range(2 * part, 10, "chunk b"), seg);
+    push_damaged(&mut v, range(seg - 10, 10, "node n"), seg);
+    push_damaged(&mut v, range(seg, 10, "node n"), seg);
+    assert_eq!(v.len(), 5, "{v:?}");
+    // Segments of one part: nothing is joined, as before parts.
+    let mut w = Vec::new();
+    push_damaged(&mut w, range(part - 100, 100, "chunk a"), part);
+    push_damaged(&mut w, range(part, 50, "chunk a"), part);
+    assert_eq!(w.len(), 2);
 }

@@ -57,7 +57,7 @@ pub(super) struct SegmentCtx {
     pub(super) image_hash: bool,
     pub(super) ignore_damage: bool,
     /// Damaged objects met (key, why), for the damage records.
-    pub(super) found: std::sync::Mutex<Vec<(String, String)>>,
+    pub(super) found: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// Damaged objects remembered per restore (the rest go unrecorded: a
@@ -159,9 +159,12 @@ impl SegmentCtx {
     }
 
     fn note(&self, object: Object, e: &Error) {
+        let key = object.key();
         let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        // Once per object: a chunk met again (listed twice, or straddling
+        // two parts) needs one damage record.
         if found.len() < FOUND_CAP {
-            found.push((object.key(), e.to_string()));
+            found.entry(key).or_insert_with(|| e.to_string());
         }
     }
 
