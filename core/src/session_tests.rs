@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::Backend;
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
 use crate::id::ObjectId;
@@ -27,4 +28,30 @@ async fn each_dep_is_recorded_once() {
         session.deps(),
         [ObjectRef::Pack(p), ObjectRef::Pack(q), ObjectRef::Index(p)]
     );
+}
+
+/// A check that asks only for the first look at the deps, which finds
+/// them all stored, needs no second round: that would rewrite the same
+/// lease (a PUT, on S3 paid for) and list the sweeps again for nothing.
+#[tokio::test]
+async fn deps_found_stored_settle_without_another_round() {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    let mut session = Session::begin(&repo, &"vm".parse().unwrap(), "h")
+        .await
+        .unwrap();
+    session.depend([ObjectRef::Pack(ObjectId::of(b"p"))]);
+    let puts = mem.request_counts()["put"];
+    let progress = crate::progress::Progress::default();
+    let mut rounds = Vec::new();
+    session
+        .settle_with(&progress, async |all, deps| {
+            rounds.push((all, deps.to_vec()));
+            Ok(Vec::new())
+        })
+        .await
+        .unwrap();
+    assert_eq!(rounds, [(false, session.deps())], "one look at the dep");
+    assert_eq!(mem.request_counts()["put"] - puts, 1, "one lease write");
 }

@@ -156,3 +156,42 @@ fn backups_through_a_faulty_network_succeed_and_restore_bit_exact() {
     assert!(proxy.faults() > 0, "the proxy broke no connection");
     eprintln!("{} connections broken", proxy.faults());
 }
+
+/// Lease writes seen by the proxy (PUTs under `leases/`).
+static LEASE_PUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts lease writes and forwards everything.
+fn count_lease_puts(method: &str, path: &str) -> Option<Vec<u8>> {
+    if method == "PUT" && path.contains("/leases/") {
+        LEASE_PUTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    None
+}
+
+/// Every request is paid for on S3: a backup that meets no sweep writes
+/// its lease when it begins and when it ends, and in between only when it
+/// has something new to say (a parent to pin, dependencies found stored).
+#[test]
+fn a_backup_writes_its_lease_only_when_it_has_something_to_say() {
+    let server = S3Server::start();
+    let upstream = server.endpoint.trim_start_matches("http://").to_string();
+    let proxy = FaultProxy::with_rule(Some(&upstream), count_lease_puts);
+    let e = Env::init_s3(&server, "lease-writes");
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(12 << 20)], 3, false).unwrap();
+    let disk = format!("d={}", img.display());
+    let mut counts = Vec::new();
+    // The first backup, an incremental one (its parent pinned), and
+    // another VM's first backup of the same image (it finds every chunk
+    // stored: the packs are deps, looked at once).
+    for vm in ["vm", "vm", "vm2"] {
+        LEASE_PUTS.store(0, std::sync::atomic::Ordering::SeqCst);
+        let mut c = e.x(&["backup", "--vm", vm, "--disk", &disk]);
+        c.env("AWS_ENDPOINT_URL", &proxy.endpoint);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        counts.push(LEASE_PUTS.load(std::sync::atomic::Ordering::SeqCst));
+    }
+    // begin, check, end; begin, pin, check, end; begin, check, end.
+    assert_eq!(counts, [3, 4, 3], "lease PUTs per backup");
+}
