@@ -30,7 +30,8 @@ pub struct ServeArgs {
     /// reused if it is this point's and disk's, refused otherwise.
     #[arg(long, value_name = "FILE", requires = "writable")]
     pub overlay: Option<PathBuf>,
-    /// Memory for cached segments, all disks together.
+    /// Memory for cached data (parts of at most 16 MiB of a segment), all
+    /// disks together.
     #[arg(long, value_parser = parse_size, default_value = "256M")]
     pub cache: u64,
     #[command(flatten)]
@@ -43,7 +44,8 @@ pub struct MountArgs {
     /// empty directory).
     #[arg(required = true, num_args = 2.., value_name = "POINT... MOUNTPOINT")]
     pub args: Vec<String>,
-    /// Memory for cached segments, all disks together.
+    /// Memory for cached data (parts of at most 16 MiB of a segment), all
+    /// disks together.
     #[arg(long, value_parser = parse_size, default_value = "256M")]
     pub cache: u64,
     #[command(flatten)]

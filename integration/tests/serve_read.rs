@@ -6,10 +6,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use xfull_integration::env::{Env, stderr};
+use xfull_integration::env::{Env, stderr, walk};
 
 use crate::serve::{
-    Fill, MIB, PATTERNS, Served, b3, backed_up, image, leases_of, ok, patterned, socket,
+    Fill, MIB, PATTERNS, Served, b3, backed_up, image, leases_of, ok, patterned, run, socket,
 };
 
 /// Zeros (a null segment), random data, repeated bytes, zeros again.
@@ -179,4 +179,81 @@ fn several_disks_are_several_exports_named_after_them() {
     assert!(s.uris[0].starts_with("nbd://127.0.0.1:"), "{:?}", s.uris);
     ok(&["nbdinfo", "--size", &s.uris[0]]);
     s.stop();
+}
+
+/// Segments larger than a part (32 MiB here) are served 16 MiB at a time:
+/// copies are exact, a read across a part boundary inside a segment reads
+/// right, and a damaged node, met by a part that is not its segment's
+/// first, is an EIO for that segment only.
+#[test]
+fn segments_larger_than_a_part_are_served_in_parts() {
+    let e = Env::bare();
+    e.x(&[
+        "init",
+        "--segment-size",
+        "32M",
+        "--kdf-memory-kib",
+        "64",
+        "--kdf-time",
+        "1",
+    ])
+    .assert()
+    .success();
+    let img = e.path("d.img");
+    // 0x5a across the part boundary at 16 MiB; the second segment
+    // random, then repeated bytes.
+    let regions = [
+        (Fill::Random(3), 12),
+        (Fill::Byte(0x5a), 8),
+        (Fill::Byte(0), 12),
+        (Fill::Random(4), 20),
+        (Fill::Byte(0x77), 12),
+    ];
+    image(&img, &regions);
+    e.backup("vm", &[("d", &img)]);
+    let restored = e.path("restored.img");
+    e.restore("vm@latest", "d", &restored);
+    let sock = socket(&e);
+    // A cache that holds a part, not a segment.
+    let s = Served::start(&e, &["vm@latest", "--socket", &sock, "--cache", "20M"], 1);
+    let uri = s.uris[0].clone();
+    let copy = e.path("copy.img");
+    ok(&["nbdcopy", &uri, copy.to_str().unwrap()]);
+    assert_eq!(b3(&copy), b3(&restored));
+    assert_eq!(b3(&copy), b3(&img));
+    let read = |cmd: String| run(&["qemu-io", "-r", "-f", "raw", "-c", &cmd, &uri]);
+    let out = read(format!("read -P 0x5a {} {}", 12 * MIB, 8 * MIB));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, err) = s.stop();
+    assert_eq!(code, 130, "{err}");
+
+    // Damage one of the two nodes: reads in the second part of its
+    // segment fail, the other segment reads right.
+    let nodes: Vec<_> = walk(&e.repo.join("nodes"));
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    let mut bytes = std::fs::read(&nodes[0]).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    std::fs::write(&nodes[0], &bytes).unwrap();
+    let s = Served::start(&e, &["vm@latest", "--socket", &sock], 1);
+    let uri = s.uris[0].clone();
+    let read = |cmd: String| run(&["qemu-io", "-r", "-f", "raw", "-c", &cmd, &uri]);
+    let eio = |out: &Output| {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
+            .contains("Input/output error")
+    };
+    let second = read(format!("read -P 0x77 {} {}", 52 * MIB, MIB));
+    let first = read(format!("read -P 0 {} {}", 20 * MIB, MIB));
+    assert!(
+        eio(&first) != eio(&second),
+        "one segment fails, the other reads: {}{} / {}{}",
+        String::from_utf8_lossy(&first.stdout),
+        stderr(&first),
+        String::from_utf8_lossy(&second.stdout),
+        stderr(&second)
+    );
+    assert!(first.status.success() || second.status.success());
+    let (code, err) = s.stop();
+    assert_eq!(code, 130, "{err}");
+    assert!(err.contains("damaged"), "a warning names the damage: {err}");
 }

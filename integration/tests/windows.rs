@@ -17,7 +17,7 @@ use xfull_core::id::ObjectId;
 use xfull_core::manifest::Manifest;
 use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
-use xfull_core::restore::{RestoreOptions, SegmentReader, Target, restore};
+use xfull_core::restore::{PartReader, RestoreOptions, Target, restore};
 use xfull_core::testing::xorshift_bytes;
 use xfull_integration::{Region, write_image};
 use xfull_local::LocalBackend;
@@ -131,20 +131,24 @@ fn a_segment_read_in_windows_gives_the_node_of_the_whole() {
         let (done, total, _) = progress.snapshot();
         assert_eq!((done, total), (a.disks[0].size, a.disks[0].size));
         restores_to(&repo, &a, dir.path(), &dense).await;
-        // A reader of whole segments (a served point) joins the parts.
+        // A reader of parts (a served point) reads 16 MiB at a time,
+        // each part's entries covering it exactly.
         let d = Arc::new(a.disks[0].clone());
         let index = repo.chunks().open_index().await.unwrap();
-        let reader = SegmentReader::new(&repo, index, "a@x", d.clone());
+        let reader = PartReader::new(&repo, index, "a@x", d.clone());
+        assert_eq!(reader.part_size(), 16 * MIB);
         let bytes = std::fs::read(&dense).unwrap();
-        for (i, want) in bytes.chunks(SEG as usize).enumerate() {
-            let got = reader.read(i).await.unwrap();
+        assert_eq!(reader.parts(), bytes.len().div_ceil(16 * MIB as usize));
+        for (k, want) in bytes.chunks(16 * MIB as usize).enumerate().rev() {
+            let got = reader.read_part(k).await.unwrap();
             assert!(got.damaged.is_empty());
-            assert!(got.data.as_deref() == Some(want), "segment {i}");
+            assert!(got.data.as_deref() == Some(want), "part {k}");
             assert_eq!(
                 got.entries.iter().map(|e| e.len()).sum::<u64>(),
                 want.len() as u64
             );
         }
+        assert!(reader.read_part(reader.parts()).await.is_err());
     });
 }
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-pub use self::read::{SegmentData, SegmentReader};
+pub use self::read::{PartData, PartReader};
 use self::segment::{BufferPool, Piece, SegmentCtx};
 use self::sink::Sink;
 pub use self::target::{Allow, Target};
@@ -164,7 +164,7 @@ pub async fn restore(
     let mut done = futures::stream::iter(0..d.segments.len())
         .map(|i| ctx.clone().parts(i))
         .buffered(NODES_AHEAD)
-        .map_ok(|(_, parts)| futures::stream::iter(parts.into_iter().map(Ok::<_, Error>)))
+        .map_ok(|parts| futures::stream::iter(parts.into_iter().map(Ok::<_, Error>)))
         .try_flatten()
         .map_ok(|p| ctx.clone().restore_part(p))
         .try_buffered(PARTS_IN_FLIGHT);

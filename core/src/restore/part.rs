@@ -53,6 +53,16 @@ pub(super) fn push_damaged(ranges: &mut Vec<DamagedRange>, r: DamagedRange, segm
     }
 }
 
+/// A segment's node as restore uses it.
+#[derive(Debug)]
+pub(super) struct SegmentNode {
+    /// Its entries: empty for a segment stored as zeros, or a damaged
+    /// node with `ignore_damage`.
+    pub entries: Vec<Entry>,
+    /// The damage met reading it (with `ignore_damage`).
+    pub damaged: Vec<DamagedRange>,
+}
+
 /// One chunk's share of a part.
 #[derive(Clone, Copy, Debug)]
 struct Share {
@@ -113,9 +123,9 @@ fn split(entries: &[Entry], start: u64, len: u64, unit: u64) -> Vec<Part> {
 }
 
 impl SegmentCtx {
-    /// Segment `i`'s node entries (empty for zeros, or a damaged node
-    /// with `ignore_damage`) and its parts.
-    pub(super) async fn parts(self: Arc<Self>, i: usize) -> Result<(Vec<Entry>, Vec<Part>)> {
+    /// Segment `i`'s node: its entries (empty for zeros, or a damaged node
+    /// with `ignore_damage`) and the damage met reading it.
+    pub(super) async fn node_of(&self, i: usize) -> Result<SegmentNode> {
         let range = self.d.segment_range(i);
         let len = range.end - range.start;
         let mut damaged = Vec::new();
@@ -130,11 +140,31 @@ impl SegmentCtx {
                 }
             },
         };
-        let mut parts = split(&entries, range.start, len, part_size(self.d.segment_size));
+        Ok(SegmentNode { entries, damaged })
+    }
+
+    /// Segment `i`'s parts, its node fetched once.
+    pub(super) async fn parts(self: Arc<Self>, i: usize) -> Result<Vec<Part>> {
+        let node = self.node_of(i).await?;
+        let mut parts = self.split_segment(i, &node.entries);
         if let Some(first) = parts.first_mut() {
-            first.damaged = damaged;
+            first.damaged = node.damaged;
         }
-        Ok((entries, parts))
+        Ok(parts)
+    }
+
+    /// Part `j` of segment `i`, whose node is `node`. The node's damage
+    /// goes with every part: a reader of any of them must learn of it.
+    pub(super) fn part_of(&self, i: usize, node: &SegmentNode, j: usize) -> Option<Part> {
+        let mut part = self.split_segment(i, &node.entries).into_iter().nth(j)?;
+        part.damaged = node.damaged.clone();
+        Some(part)
+    }
+
+    fn split_segment(&self, i: usize, entries: &[Entry]) -> Vec<Part> {
+        let range = self.d.segment_range(i);
+        let unit = part_size(self.d.segment_size);
+        split(entries, range.start, range.end - range.start, unit)
     }
 
     /// Restores one part: one batched lookup and coalesced pack reads for
@@ -229,53 +259,6 @@ impl SegmentCtx {
             hash: hash(&buf),
             piece: Piece::Data {
                 start,
-                buf,
-                entries,
-            },
-            damaged,
-        })
-    }
-
-    /// Segment `i` whole, for readers of a segment at a time (a served
-    /// point): its parts restored one after the other and joined. No
-    /// image hash (`image_hash` is off for them).
-    pub(super) async fn restore_segment(self: Arc<Self>, i: usize) -> Result<Segment> {
-        let (entries, parts) = self.clone().parts(i).await?;
-        let mut done = Vec::with_capacity(parts.len());
-        for p in parts {
-            done.push(self.clone().restore_part(p).await?);
-        }
-        if done.len() == 1 {
-            return Ok(done.pop().expect("one part"));
-        }
-        let range = self.d.segment_range(i);
-        let mut all: Vec<DamagedRange> =
-            done.iter_mut().flat_map(|s| s.damaged.drain(..)).collect();
-        all.sort_by_key(|r| r.offset);
-        let mut damaged = Vec::with_capacity(all.len());
-        for r in all {
-            push_damaged(&mut damaged, r, self.d.segment_size);
-        }
-        if done.iter().all(|s| matches!(s.piece, Piece::Zeros { .. })) {
-            let (start, len) = (range.start, range.end - range.start);
-            return Ok(Segment {
-                hash: None,
-                piece: Piece::Zeros { start, len },
-                damaged,
-            });
-        }
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
-        for s in done {
-            if let Piece::Data { start, buf: b, .. } = s.piece {
-                let off = (start - range.start) as usize;
-                buf[off..off + b.len()].copy_from_slice(&b);
-                self.buffers.give(b);
-            }
-        }
-        Ok(Segment {
-            hash: None,
-            piece: Piece::Data {
-                start: range.start,
                 buf,
                 entries,
             },

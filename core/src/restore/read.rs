@@ -1,58 +1,76 @@
-//! One segment's plaintext for readers other than a restore (a served
-//! point): the same fetching and verification a restore does
-//! (`segment.rs`), damage going on as listed ranges instead of stopping.
-//! Readers depend on this function only, not on how chunks are stored.
+//! A disk's plaintext a part at a time, for readers other than a
+//! restore (a served point): the same fetching and verification a
+//! restore does (`segment.rs`, `part.rs`), damage going on as listed
+//! ranges instead of stopping. Readers depend on this module only, not on
+//! how chunks are stored.
+//!
+//! Why parts, not segments: a 4 KiB read of a served 64 MiB segment
+//! would decompress 64 MiB and keep it in the cache. Parts are at most
+//! 16 MiB, aligned, and a segment's node is fetched once for all of them
+//! (and for the extents) while it stays among the last few read.
 
-use crate::placement::lookup::ChunkIndex;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
 
 use super::DamagedRange;
+use super::part::{SegmentNode, part_size};
 use super::segment::{BufferPool, Piece, SegmentCtx};
 use crate::error::Result;
 use crate::manifest::DiskManifest;
 use crate::node::Entry;
+use crate::placement::lookup::ChunkIndex;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
-/// The plaintext of one segment.
+/// Nodes kept by a reader, most recently asked last.
+const NODES_KEPT: usize = 16;
+
+/// The plaintext of one part of a disk.
 #[derive(Debug)]
-pub struct SegmentData {
-    /// The segment's bytes; `None` when it reads as zeros throughout.
+pub struct PartData {
+    /// The part's bytes; `None` when it reads as zeros throughout.
     pub data: Option<Vec<u8>>,
-    /// The node's entries (zero runs have no chunk); empty for a segment
-    /// stored as zeros.
+    /// The part's share of its node's entries, covering the part exactly
+    /// (zero runs have no chunk); empty for a part that reads as zeros.
     pub entries: Vec<Entry>,
     /// Ranges (disk offsets) whose chunk or node is damaged or missing:
     /// zeros in `data`, never to be served as data.
     pub damaged: Vec<DamagedRange>,
 }
 
-/// Reads segments of one disk of one point.
-pub struct SegmentReader {
+/// A segment's node, fetched once for all who ask while it is kept.
+type NodeCell = Arc<OnceCell<Arc<SegmentNode>>>;
+
+/// Reads parts of one disk of one point.
+pub struct PartReader {
     ctx: Arc<SegmentCtx>,
+    /// Nodes of the segments read last (segment, node).
+    nodes: Mutex<VecDeque<(usize, NodeCell)>>,
 }
 
-impl std::fmt::Debug for SegmentReader {
+impl std::fmt::Debug for PartReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SegmentReader")
+        f.debug_struct("PartReader")
             .field("point", &self.ctx.point)
             .field("disk", &self.ctx.d.name)
             .finish()
     }
 }
 
-impl SegmentReader {
+impl PartReader {
     /// For disk `d` of point `point` (`VM@ID`, as errors name it).
     pub fn new(
         repo: &Repository,
         index: Arc<ChunkIndex>,
         point: &str,
         d: Arc<DiskManifest>,
-    ) -> SegmentReader {
+    ) -> PartReader {
         // Read only where a segment is all zeros, and never written: the
         // allocator maps it lazily.
         let zeros: Arc<[u8]> = vec![0u8; d.segment_size as usize].into();
-        SegmentReader {
+        PartReader {
             ctx: Arc::new(SegmentCtx {
                 repo: repo.clone(),
                 index: std::sync::Mutex::new(index),
@@ -65,19 +83,47 @@ impl SegmentReader {
                 ignore_damage: true,
                 found: Default::default(),
             }),
+            nodes: Mutex::default(),
         }
     }
 
-    /// Segment `i`, every chunk verified against its id. Damage comes
-    /// back as ranges; a store that fails or refuses (not damage) is an
-    /// error for the whole segment.
-    pub async fn read(&self, i: usize) -> Result<SegmentData> {
-        let seg = self.ctx.clone().restore_segment(i).await?;
+    /// The part size: parts tile the disk, `part_size` bytes each (the
+    /// last may be shorter), and none crosses a segment.
+    pub fn part_size(&self) -> u64 {
+        part_size(self.ctx.d.segment_size)
+    }
+
+    /// How many parts the disk has.
+    pub fn parts(&self) -> usize {
+        self.ctx.d.size.div_ceil(self.part_size()) as usize
+    }
+
+    /// Part `k` (bytes `k * part_size()` on), every chunk verified
+    /// against its id. Damage comes back as ranges (a damaged node's
+    /// range is its whole segment); a store that fails or refuses (not
+    /// damage) is an error for the whole part.
+    pub async fn read_part(&self, k: usize) -> Result<PartData> {
+        let unit = self.part_size();
+        let at = k as u64 * unit;
+        if at >= self.ctx.d.size {
+            return Err(crate::error::Error::Internal(format!(
+                "part {k} is past the end of disk {}",
+                self.ctx.d.name
+            )));
+        }
+        let i = (at / self.ctx.d.segment_size) as usize;
+        let j = ((at - self.ctx.d.segment_range(i).start) / unit) as usize;
+        let node = self.node(i).await?;
+        let part = self
+            .ctx
+            .part_of(i, &node, j)
+            .ok_or_else(|| crate::error::Error::Internal(format!("segment {i} has no part {j}")))?;
+        let seg = self.ctx.clone().restore_part(part).await?;
         let (data, entries) = match seg.piece {
             Piece::Zeros { .. } => (None, Vec::new()),
             Piece::Data { buf, entries, .. } => (Some(buf), entries),
         };
-        Ok(SegmentData {
+        Ok(PartData {
             data,
             entries,
             damaged: seg.damaged,
@@ -90,7 +136,39 @@ impl SegmentReader {
         let Some(id) = self.ctx.d.segments[i] else {
             return Ok(Vec::new());
         };
-        let r = self.ctx.d.segment_range(i);
-        self.ctx.entries(id, r.end - r.start).await
+        let node = self.node(i).await?;
+        if let Some(r) = node.damaged.first() {
+            return Err(crate::error::Error::Corrupt {
+                key: crate::keys::node(&id),
+                reason: r.reason.clone(),
+            });
+        }
+        Ok(node.entries.clone())
+    }
+
+    /// Segment `i`'s node: one fetch for every part of the segment (and
+    /// its extents) while it is among the last [`NODES_KEPT`] asked for.
+    /// Readers asking at once share the fetch; a failed one is not kept.
+    async fn node(&self, i: usize) -> Result<Arc<SegmentNode>> {
+        let cell = {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            match nodes.iter().position(|(s, _)| *s == i) {
+                Some(p) => {
+                    let kept = nodes.remove(p).expect("found");
+                    nodes.push_back(kept);
+                }
+                None => {
+                    if nodes.len() == NODES_KEPT {
+                        nodes.pop_front();
+                    }
+                    nodes.push_back((i, NodeCell::default()));
+                }
+            }
+            nodes.back().expect("pushed").1.clone()
+        };
+        let node = cell
+            .get_or_try_init(|| async { self.ctx.node_of(i).await.map(Arc::new) })
+            .await?;
+        Ok(node.clone())
     }
 }

@@ -1,8 +1,9 @@
-//! A bounded cache of served segments, least recently used first out,
-//! shared by every disk a server or mount serves. Concurrent readers of a
-//! segment not yet cached share one fetch: a fetch in flight is
-//! remembered until it completes, so a sequential reader and the
-//! read-ahead ahead of it never fetch a segment twice.
+//! A bounded cache of served parts (at most 16 MiB of a segment, see
+//! `restore/read.rs`), least recently used first out, shared by every
+//! disk a server or mount serves. Concurrent readers of a part not yet
+//! cached share one fetch: a fetch in flight is remembered until it
+//! completes, so a sequential reader and the read-ahead ahead of it never
+//! fetch a part twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -10,23 +11,23 @@ use std::sync::{Arc, Mutex};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
-use super::segment::Seg;
+use super::part::CachedPart;
 use crate::error::Error;
 
-/// A cached segment: which disk (a number the cache gave out) and which
-/// segment of it.
+/// A cached part: which disk (a number the cache gave out) and which
+/// part of it.
 pub(super) type Key = (u64, usize);
 
 /// What a fetch gives to everyone waiting for it. The error is shared:
 /// every waiter reports the same failure.
-pub(super) type Fetched = Result<Arc<Seg>, Arc<Error>>;
+pub(super) type Fetched = Result<Arc<CachedPart>, Arc<Error>>;
 
 type InFlight = Shared<BoxFuture<'static, Fetched>>;
 
 #[derive(Default)]
 struct State {
-    /// Cached segments with their last use.
-    entries: HashMap<Key, (Arc<Seg>, u64)>,
+    /// Cached parts with their last use.
+    entries: HashMap<Key, (Arc<CachedPart>, u64)>,
     /// Last use to key, oldest first.
     order: BTreeMap<u64, Key>,
     in_flight: HashMap<Key, InFlight>,
@@ -34,25 +35,25 @@ struct State {
     tick: u64,
 }
 
-/// The cache; at most `limit` bytes of segment data (a segment larger
-/// than the limit is served but not kept).
-pub struct SegmentCache {
+/// The cache; at most `limit` bytes of part data (a part larger than the
+/// limit is served but not kept).
+pub struct PartCache {
     limit: u64,
     state: Mutex<State>,
     next_owner: std::sync::atomic::AtomicU64,
 }
 
-impl std::fmt::Debug for SegmentCache {
+impl std::fmt::Debug for PartCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SegmentCache")
+        f.debug_struct("PartCache")
             .field("limit", &self.limit)
             .finish()
     }
 }
 
-impl SegmentCache {
-    pub fn new(limit: u64) -> Arc<SegmentCache> {
-        Arc::new(SegmentCache {
+impl PartCache {
+    pub fn new(limit: u64) -> Arc<PartCache> {
+        Arc::new(PartCache {
             limit,
             state: Mutex::default(),
             next_owner: Default::default(),
@@ -75,7 +76,7 @@ impl SegmentCache {
         s.entries.contains_key(&key) || s.in_flight.contains_key(&key)
     }
 
-    /// The segment under `key`, fetched with `fetch` unless cached or
+    /// The part under `key`, fetched with `fetch` unless cached or
     /// already being fetched. A failed fetch is not cached (the next
     /// read tries again: the store may have recovered).
     pub(super) async fn get(

@@ -1,8 +1,8 @@
 //! One disk of one point as an NBD [`Export`] (read-only): its size from
 //! the manifest, `base:allocation` from the manifest and its nodes, reads
-//! fetched on demand a segment at a time through restore's segment
-//! reader (every chunk verified), kept in the shared [`SegmentCache`],
-//! with read-ahead for sequential readers.
+//! fetched on demand a part (at most 16 MiB of a segment) at a time
+//! through restore's part reader (every chunk verified), kept in the
+//! shared [`PartCache`], with read-ahead for sequential readers.
 //!
 //! Damage is served as an error for the damaged range only: a read
 //! overlapping it gets `EIO` (and one warning per damaged range, naming
@@ -19,13 +19,13 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 
-use super::cache::{Fetched, SegmentCache};
-use super::segment::Seg;
+use super::cache::{Fetched, PartCache};
+use super::part::CachedPart;
 use crate::manifest::{DiskManifest, Manifest};
 use crate::nbd::{Export, ExportError, Extent, ReadPiece, STATE_HOLE, STATE_ZERO, push_extent};
 use crate::progress::{Notice, Progress, Warning};
 use crate::repo::Repository;
-use crate::restore::SegmentReader;
+use crate::restore::PartReader;
 
 /// Damaged ranges reported per disk (each once); past this, reads still
 /// fail but are not reported again.
@@ -40,8 +40,8 @@ pub struct PointDisk {
     name: String,
     point: String,
     d: Arc<DiskManifest>,
-    reader: Arc<SegmentReader>,
-    cache: Arc<SegmentCache>,
+    reader: Arc<PartReader>,
+    cache: Arc<PartCache>,
     owner: u64,
     progress: Arc<Progress>,
     reported: Mutex<HashSet<u64>>,
@@ -61,14 +61,14 @@ impl std::fmt::Debug for PointDisk {
 
 impl PointDisk {
     /// Disk `disk` of point `m`, served under the disk's name. Warnings
-    /// (damage met) go to `progress`. `read_ahead` segments are fetched
+    /// (damage met) go to `progress`. `read_ahead` parts are fetched
     /// ahead of a sequential reader.
     pub fn new(
         repo: &Repository,
         index: Arc<ChunkIndex>,
         m: &Manifest,
         disk: &str,
-        cache: Arc<SegmentCache>,
+        cache: Arc<PartCache>,
         read_ahead: usize,
         progress: Arc<Progress>,
     ) -> crate::Result<PointDisk> {
@@ -76,7 +76,7 @@ impl PointDisk {
         let point = m.point_name();
         Ok(PointDisk {
             name: disk.to_string(),
-            reader: Arc::new(SegmentReader::new(repo, index, &point, d.clone())),
+            reader: Arc::new(PartReader::new(repo, index, &point, d.clone())),
             point,
             d,
             owner: cache.owner(),
@@ -93,15 +93,22 @@ impl PointDisk {
         &self.point
     }
 
+    /// Bytes of part `k`.
+    fn part_range(&self, k: usize) -> Range<u64> {
+        let unit = self.reader.part_size();
+        let start = k as u64 * unit;
+        start..(start + unit).min(self.d.size)
+    }
+
     fn fetch(
         &self,
-        i: usize,
+        k: usize,
     ) -> impl FnOnce() -> futures::future::BoxFuture<'static, Fetched> + use<> {
-        let (reader, range) = (self.reader.clone(), self.d.segment_range(i));
+        let (reader, range) = (self.reader.clone(), self.part_range(k));
         move || {
             async move {
-                let data = reader.read(i).await.map_err(Arc::new)?;
-                Ok(Arc::new(Seg::new(
+                let data = reader.read_part(k).await.map_err(Arc::new)?;
+                Ok(Arc::new(CachedPart::new(
                     range.start,
                     range.end - range.start,
                     data,
@@ -111,11 +118,11 @@ impl PointDisk {
         }
     }
 
-    async fn segment(&self, i: usize) -> Result<Arc<Seg>, ExportError> {
-        match self.cache.get((self.owner, i), self.fetch(i)).await {
+    async fn part(&self, k: usize) -> Result<Arc<CachedPart>, ExportError> {
+        match self.cache.get((self.owner, k), self.fetch(k)).await {
             Ok(s) => Ok(s),
             Err(e) => {
-                let r = self.d.segment_range(i);
+                let r = self.part_range(k);
                 if self.first_report(r.start) {
                     self.progress
                         .notice(Notice::Warning(Warning::ServedDataUnreadable {
@@ -135,9 +142,9 @@ impl PointDisk {
         seen.len() < REPORTED_CAP && seen.insert(offset)
     }
 
-    /// Starts fetching the segments after `i` for a sequential reader.
-    fn read_ahead(&self, i: usize) {
-        for next in i + 1..(i + 1 + self.read_ahead).min(self.d.segments.len()) {
+    /// Starts fetching the parts after `k` for a sequential reader.
+    fn read_ahead(&self, k: usize) {
+        for next in k + 1..(k + 1 + self.read_ahead).min(self.reader.parts()) {
             let key = (self.owner, next);
             if self.cache.has(key) {
                 continue;
@@ -154,20 +161,17 @@ impl PointDisk {
     /// damaged range met.
     async fn pieces(&self, offset: u64, len: u32) -> Result<Vec<ReadPiece>, ExportError> {
         let end = offset + u64::from(len);
-        let seg_size = self.d.segment_size;
-        let (first, last) = (
-            (offset / seg_size) as usize,
-            ((end - 1) / seg_size) as usize,
-        );
+        let unit = self.reader.part_size();
+        let (first, last) = ((offset / unit) as usize, ((end - 1) / unit) as usize);
         let sequential = self.last_end.swap(end, Ordering::Relaxed) == offset;
-        if sequential || offset.is_multiple_of(seg_size) {
+        if sequential || offset.is_multiple_of(unit) {
             self.read_ahead(last);
         }
         let mut out = Vec::new();
-        for i in first..=last {
-            let seg = self.segment(i).await?;
-            let (from, to) = (offset.max(seg.start), end.min(seg.start + seg.len));
-            if let Some(r) = seg.damage_in(from, to) {
+        for k in first..=last {
+            let part = self.part(k).await?;
+            let (from, to) = (offset.max(part.start), end.min(part.start + part.len));
+            if let Some(r) = part.damage_in(from, to) {
                 if self.first_report(r.offset) {
                     self.progress
                         .notice(Notice::Warning(Warning::ServedDataDamaged {
@@ -184,7 +188,7 @@ impl PointDisk {
                     self.point, self.name, r.offset, r.object, r.reason
                 )));
             }
-            seg.pieces(from, to, &mut out);
+            part.pieces(from, to, &mut out);
         }
         Ok(out)
     }

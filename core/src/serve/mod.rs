@@ -1,9 +1,9 @@
 //! Serving points: disks of backup points as NBD exports (`xfull serve`)
 //! and, through the CLI's FUSE file system, as image files (`xfull
-//! mount`). Nothing is restored first: a read fetches the segments it
-//! covers through restore's segment reader (every chunk verified against
-//! its id), keeps them in a bounded cache shared by all served disks,
-//! and fetches ahead of sequential readers.
+//! mount`). Nothing is restored first: a read fetches the parts (at most
+//! 16 MiB of a segment) it covers through restore's part reader (every
+//! chunk verified against its id), keeps them in a bounded cache shared
+//! by all served disks, and fetches ahead of sequential readers.
 //!
 //! - [`disk::PointDisk`]: one disk of one point, a read-only
 //!   [`crate::nbd::Export`]; damaged data is an `EIO` for its range only
@@ -21,10 +21,10 @@ pub mod disk;
 pub mod lease;
 pub mod overlay;
 mod overlay_disk;
-mod segment;
+mod part;
 pub mod served;
 
-pub use cache::SegmentCache;
+pub use cache::PartCache;
 pub use disk::PointDisk;
 pub use lease::ServeLease;
 pub use served::{ServeOptions, ServeSpec, Served};

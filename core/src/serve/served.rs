@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::overlay::Overlay;
 use super::overlay_disk::OverlayDisk;
-use super::{PointDisk, SegmentCache, ServeLease};
+use super::{PartCache, PointDisk, ServeLease};
 use crate::error::{Error, Result};
 use crate::id::PointId;
 use crate::manifest::Manifest;
@@ -18,9 +18,10 @@ use crate::repo::Repository;
 /// How points are served.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    /// Bytes of segments kept in memory, for all served disks together.
+    /// Bytes of parts kept in memory, for all served disks together.
     pub cache_bytes: u64,
-    /// Segments fetched ahead of a sequential reader.
+    /// Parts (at most 16 MiB of a segment) fetched ahead of a sequential
+    /// reader.
     pub read_ahead: usize,
     /// Writes go to this overlay (one disk only); `None`: read-only.
     pub overlay: Option<PathBuf>,
@@ -52,7 +53,7 @@ pub struct Served {
     pub manifests: Vec<Manifest>,
     /// (point index, export)
     pub exports: Vec<(usize, Arc<dyn Export>)>,
-    pub cache: Arc<SegmentCache>,
+    pub cache: Arc<PartCache>,
 }
 
 impl Served {
@@ -69,7 +70,7 @@ impl Served {
         repo.codec().require_data("serve or mount")?;
         let pins: Vec<_> = specs.iter().map(|s| (s.vm.clone(), s.id.clone())).collect();
         let lease = ServeLease::begin(repo, &pins).await?;
-        let cache = SegmentCache::new(opts.cache_bytes);
+        let cache = PartCache::new(opts.cache_bytes);
         let opened = async {
             // Opened after the lease: the served points' chunks are in it
             // (and looked for again if a sweep moves them).

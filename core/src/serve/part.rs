@@ -1,15 +1,16 @@
-//! A served segment as the cache holds it.
+//! A served part as the cache holds it.
 
 use bytes::Bytes;
 
 use crate::nbd::ReadPiece;
 use crate::node::Entry;
-use crate::restore::{DamagedRange, SegmentData};
+use crate::restore::{DamagedRange, PartData};
 
-/// One segment of a served disk: its bytes (or zeros), its zero runs and
-/// its damaged ranges, as disk offsets.
+/// One part of a served disk: its bytes (or zeros), its zero runs and
+/// its damaged ranges, as disk offsets (a damaged node's range is its
+/// whole segment, beyond the part).
 #[derive(Debug)]
-pub(crate) struct Seg {
+pub(crate) struct CachedPart {
     pub start: u64,
     pub len: u64,
     pub data: Option<Bytes>,
@@ -17,9 +18,9 @@ pub(crate) struct Seg {
     pub damaged: Vec<DamagedRange>,
 }
 
-impl Seg {
-    pub fn new(start: u64, len: u64, d: SegmentData) -> Seg {
-        Seg {
+impl CachedPart {
+    pub fn new(start: u64, len: u64, d: PartData) -> CachedPart {
+        CachedPart {
             start,
             len,
             data: d.data.map(Bytes::from),
@@ -42,8 +43,8 @@ impl Seg {
             .find(|r| r.offset < end && offset < r.offset + r.length)
     }
 
-    /// Bytes `offset..end` (inside the segment) as pieces: zero runs (of
-    /// the node, or a whole zero segment) as [`ReadPiece::Zeroes`], so the
+    /// Bytes `offset..end` (inside the part) as pieces: zero runs (of
+    /// the node, or a whole zero part) as [`ReadPiece::Zeroes`], so the
     /// server sends them as hole chunks.
     pub fn pieces(&self, offset: u64, end: u64, out: &mut Vec<ReadPiece>) {
         let Some(data) = &self.data else {
