@@ -144,7 +144,7 @@ pub struct GcArgs {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Segment size (power of two, 1M to 64M).
-    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub segment_size: u64,
     /// Average chunk size; min and max default to avg/4 and avg*4.
     #[arg(long, value_parser = parse_size, default_value = "64K")]

@@ -344,6 +344,19 @@ mod tests {
         assert!(missing.is_empty(), "no description: {missing:?}");
     }
 
+    /// `init`'s default is the engine's (the measured choice).
+    #[test]
+    fn the_default_segment_size_is_the_engines() {
+        use clap::FromArgMatches;
+        let m = crate::command()
+            .try_get_matches_from(["xfull", "-r", "/nowhere", "init"])
+            .unwrap();
+        let Command::Init(a) = Cli::from_arg_matches(&m).unwrap().command else {
+            panic!("init parses as init");
+        };
+        assert_eq!(a.segment_size, xfull_core::config::DEFAULT_SEGMENT_SIZE);
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_size("65536"), Ok(65536));

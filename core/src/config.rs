@@ -37,10 +37,13 @@ pub const LOCKED_FORMAT_VERSION: u32 = 3;
 /// What the formats this build reads are called in messages.
 pub const SUPPORTED_FORMATS: &str = "2 to 5";
 
-/// Default segment size; see `docs/chunk-size.md` for the measurements.
-pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
-/// Largest segment size accepted: the backup pipeline holds a few
-/// segments in memory at once, so this bounds its memory.
+/// Default segment size; see `docs/chunk-size.md` for the measurements
+/// (since 2026-12-04; repositories made before keep their 16 MiB).
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// Largest segment size accepted: backups read and restores write in
+/// 16 MiB windows and parts whatever the segment size, but a repair reads
+/// a segment again whole (`backup/repair.rs`, `repair/restock.rs`), so
+/// this bounds its memory.
 pub const MAX_SEGMENT_SIZE: u64 = 64 << 20;
 /// Default zstd level for chunks.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;

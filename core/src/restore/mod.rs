@@ -122,7 +122,9 @@ pub async fn restore(
     progress.add_total(d.size);
     let mut sink = Sink::open(target, d.size)?;
     let unit = part::part_size(d.segment_size);
-    let zeros: Arc<[u8]> = vec![0u8; unit as usize].into();
+    // Read only, never written: the allocator maps it lazily (an
+    // `Arc<[u8]>` made from it would be a copy, 16 MiB of memory).
+    let zeros = Arc::new(vec![0u8; unit as usize]);
     let buffers = Arc::new(BufferPool::default());
 
     // One writer thread takes segments in disk order: sequential writes

@@ -67,9 +67,8 @@ impl PartReader {
         point: &str,
         d: Arc<DiskManifest>,
     ) -> PartReader {
-        // Read only where a segment is all zeros, and never written: the
-        // allocator maps it lazily.
-        let zeros: Arc<[u8]> = vec![0u8; d.segment_size as usize].into();
+        // Read only, never written: the allocator maps it lazily.
+        let zeros = Arc::new(vec![0u8; part_size(d.segment_size) as usize]);
         PartReader {
             ctx: Arc::new(SegmentCtx {
                 repo: repo.clone(),

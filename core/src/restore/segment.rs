@@ -50,7 +50,8 @@ pub(super) struct SegmentCtx {
     /// again when a chunk is not where it says (see `fetch`).
     pub(super) index: std::sync::Mutex<Arc<ChunkIndex>>,
     pub(super) d: Arc<DiskManifest>,
-    pub(super) zeros: Arc<[u8]>,
+    /// A part's worth of zeros (read only).
+    pub(super) zeros: Arc<Vec<u8>>,
     pub(super) buffers: Arc<BufferPool>,
     pub(super) point: String,
     pub(super) progress: Arc<Progress>,
