@@ -20,6 +20,7 @@ PUT_RETENTION (PutObjectRetention, ?retention).
 
 import socket
 import threading
+import time
 import urllib.parse
 
 
@@ -32,6 +33,7 @@ class Counts:
         self.put_bytes = 0  # payload bytes of PUTs
         self.received = 0   # response bytes, headers included
         self.buckets = {}   # bucket: {"requests": {KIND: n}, "put_bytes": n, "received": n}
+        self.trace = None   # a list to append (time, "KIND dir") to for every request, when tracing
 
     def bucket(self, name):
         """The counts of one bucket, made on first use; call with the lock held."""
@@ -137,6 +139,7 @@ class Proxy:
                 while b"\r\n\r\n" not in buf:
                     fill()
                 head, buf = buf.split(b"\r\n\r\n", 1)
+                started = time.monotonic()
                 s.sendall(head + b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
                 method, target = lines[0].split(" ")[:2]
@@ -182,6 +185,8 @@ class Proxy:
                     body = int(h["x-amz-decoded-content-length"])
                 sub = f"{kind} {parts[2] if len(parts) > 3 else (parts[2] if len(parts) == 3 else '-')}"
                 with self.counts.lock:
+                    if self.counts.trace is not None:
+                        self.counts.trace.append((started, sub))
                     self.counts.by_dir[sub] = self.counts.by_dir.get(sub, 0) + 1
                     self.counts.kinds[kind] = self.counts.kinds.get(kind, 0) + 1
                     self.counts.sent += body
