@@ -123,6 +123,12 @@ class Proxy:
         except OSError:
             c.close()
             return
+        # Forwarded as it comes, in pieces (a request head, then its body):
+        # with Nagle's algorithm on, a small body waits for the ACK of the
+        # head, which the receiver delays by 40 ms: every small PUT then
+        # took about 45 ms longer through the proxy than without it.
+        for sock in (c, s):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         cur = ["-"]  # the bucket of the last request sent on this connection
         threading.Thread(target=self._pipe_back, args=(s, c, cur), daemon=True).start()
         buf = b""
