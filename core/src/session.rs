@@ -232,24 +232,12 @@ impl Session {
                     }
                     tokio::time::sleep(poll).await;
                 }
-                Check::Verify {
-                    all, deps, sweeps, ..
-                } => {
+                Check::Verify { all, deps, .. } => {
                     // Repairs find the same objects again, round after
                     // round: `depend` records each once.
                     let existed = restore(*all, deps).await?;
-                    let content = self.lock().deps.len();
                     self.depend(existed);
-                    let unchanged = self.lock().deps.len() == content;
-                    self.settle(&check);
-                    if sweeps.is_empty() && !*all && unchanged {
-                        // Only the first check of deps was asked, and it
-                        // added nothing to the lease: another round would
-                        // rewrite the same lease and find every sweep
-                        // accounted for (one that began since sees the
-                        // lease as written; a batch announced since looked
-                        // at it). What a repair stored here is younger
-                        // than the session, which the cutoff spares.
+                    if self.settle(&check) {
                         return Ok(());
                     }
                 }
@@ -459,8 +447,20 @@ impl Session {
     }
 
     /// Marks a `Verify`'s sweeps as accounted for (for the lease content
-    /// of that check), once the caller did what it asked.
-    pub fn settle(&mut self, verified: &Check) {
+    /// of that check), once the caller did what it asked and recorded
+    /// what it found stored ([`Session::depend`]). True when that was the
+    /// last round: the check asked only for the first look at deps (no
+    /// sweep, not everything) and the lease has not grown since it was
+    /// written. Another round would rewrite the same lease and find every
+    /// sweep accounted for: one that began since sees the lease as
+    /// written, a batch announced since looked at it, and what a repair
+    /// stored meanwhile is younger than the session, which the cutoff
+    /// spares. False: check again.
+    pub fn settle(&mut self, verified: &Check) -> bool {
+        let grown = {
+            let r = self.lock();
+            (r.deps.len(), r.pins.len()) != self.content
+        };
         if let Check::Verify {
             sweeps,
             all,
@@ -490,6 +490,7 @@ impl Session {
                 self.last_at_start = self.last_at_start.max(*through);
             }
         }
+        !grown && matches!(verified, Check::Verify { sweeps, all: false, .. } if sweeps.is_empty())
     }
 
     /// (e): ends the session. A committed point is named in the lease,

@@ -55,3 +55,26 @@ async fn deps_found_stored_settle_without_another_round() {
     assert_eq!(rounds, [(false, session.deps())], "one look at the dep");
     assert_eq!(mem.request_counts()["put"] - puts, 1, "one lease write");
 }
+
+/// A round whose repair found objects already stored (new deps) is not
+/// the last: the lease grew, and the next check writes and checks them.
+#[tokio::test]
+async fn a_round_that_grew_the_lease_is_not_the_last() {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    let mut session = Session::begin(&repo, &"vm".parse().unwrap(), "h")
+        .await
+        .unwrap();
+    session.depend([ObjectRef::Pack(ObjectId::of(b"p"))]);
+    let check = session.check().await.unwrap();
+    session.depend([ObjectRef::Pack(ObjectId::of(b"q"))]);
+    assert!(!session.settle(&check));
+    let check = session.check().await.unwrap();
+    assert!(
+        matches!(&check, crate::session::Check::Verify { deps, .. }
+            if deps[..] == [ObjectRef::Pack(ObjectId::of(b"q"))]),
+        "{check:?}"
+    );
+    assert!(session.settle(&check));
+}

@@ -431,7 +431,9 @@ async fn settle(
                         out.repaired = true;
                     }
                 }
-                s.settle(&check);
+                if s.settle(&check) {
+                    return true;
+                }
             }
         }
     }

@@ -156,3 +156,31 @@ async fn a_backup_does_not_wait_for_a_sweep_that_began_after_its_final_lease() {
     mem.head(&ObjectRef::Pack(g2).key()).await.unwrap();
     assert!(mem.head(&ObjectRef::Pack(g3).key()).await.is_err());
 }
+
+/// A settle round that only looked at the deps for the first time, and
+/// found them all, is the last (`Session::settle` says so): no check
+/// follows it. A sweep that begins after it sees the lease naming the
+/// deps, and deletes the other garbage but not them.
+#[tokio::test]
+async fn after_the_last_round_a_new_sweep_spares_the_deps() {
+    let (mem, repo) = mem_repo(TTL).await;
+    let (g1, g2) = (garbage(&repo, 1).await, garbage(&repo, 2).await);
+    mem.clock().advance(Duration::hours(1));
+    let vm = "a".parse().unwrap();
+    let mut session = Session::begin(&repo, &vm, "h").await.unwrap();
+    session.depend([ObjectRef::Pack(g2)]);
+    let check = session.check().await.unwrap();
+    assert!(
+        matches!(&check, Check::Verify { sweeps, all: false, deps, .. }
+            if sweeps.is_empty() && deps[..] == [ObjectRef::Pack(g2)]),
+        "{check:?}"
+    );
+    mem.head(&ObjectRef::Pack(g2).key()).await.unwrap();
+    assert!(session.settle(&check), "the last round");
+    run(Sweep::begin(&repo, false).await.unwrap()).await;
+    mem.head(&ObjectRef::Pack(g2).key()).await.unwrap();
+    assert!(
+        mem.head(&ObjectRef::Pack(g1).key()).await.is_err(),
+        "the sweep ran: the other garbage is gone"
+    );
+}

@@ -268,7 +268,9 @@ async fn settle(
                 if restore_deps(repo, s, &check, reused, needed).await {
                     out.repaired = true;
                 }
-                s.settle(&check);
+                if s.settle(&check) {
+                    return true;
+                }
             }
         }
     }
