@@ -11,16 +11,22 @@ use crate::repo::Repository;
 use crate::session::Session;
 use crate::testing::MemBackend;
 
+/// A session begun on a new repository in memory.
+async fn begun() -> (Arc<MemBackend>, Session) {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    let session = Session::begin(&repo, &"vm".parse().unwrap(), "h")
+        .await
+        .unwrap();
+    (mem, session)
+}
+
 /// A pack that many segments reuse chunks from is one dep, however many
 /// times it is recorded (each dep is HEADed at the next check).
 #[tokio::test]
 async fn each_dep_is_recorded_once() {
-    let mem = Arc::new(MemBackend::default());
-    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    let repo = Repository::init(mem, cfg).await.unwrap();
-    let session = Session::begin(&repo, &"vm".parse().unwrap(), "h")
-        .await
-        .unwrap();
+    let (_, session) = begun().await;
     let (p, q) = (ObjectId::of(b"p"), ObjectId::of(b"q"));
     session.depend([ObjectRef::Pack(p), ObjectRef::Pack(p)]);
     session.depend([ObjectRef::Pack(q), ObjectRef::Pack(p), ObjectRef::Index(p)]);
@@ -35,12 +41,7 @@ async fn each_dep_is_recorded_once() {
 /// lease (a PUT, on S3 paid for) and list the sweeps again for nothing.
 #[tokio::test]
 async fn deps_found_stored_settle_without_another_round() {
-    let mem = Arc::new(MemBackend::default());
-    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
-    let mut session = Session::begin(&repo, &"vm".parse().unwrap(), "h")
-        .await
-        .unwrap();
+    let (mem, mut session) = begun().await;
     session.depend([ObjectRef::Pack(ObjectId::of(b"p"))]);
     let puts = mem.request_counts()["put"];
     let progress = crate::progress::Progress::default();
@@ -60,12 +61,7 @@ async fn deps_found_stored_settle_without_another_round() {
 /// the last: the lease grew, and the next check writes and checks them.
 #[tokio::test]
 async fn a_round_that_grew_the_lease_is_not_the_last() {
-    let mem = Arc::new(MemBackend::default());
-    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
-    let mut session = Session::begin(&repo, &"vm".parse().unwrap(), "h")
-        .await
-        .unwrap();
+    let (_, mut session) = begun().await;
     session.depend([ObjectRef::Pack(ObjectId::of(b"p"))]);
     let check = session.check().await.unwrap();
     session.depend([ObjectRef::Pack(ObjectId::of(b"q"))]);

@@ -35,11 +35,17 @@ impl Env<'static> {
 
     /// The same, with more `init` options (e.g. a short lease TTL).
     pub fn init_with(extra: &[&str]) -> Env<'static> {
+        Env::init_segments("4M", extra)
+    }
+
+    /// A repository of `segment_size` segments (e.g. `32M`, larger than
+    /// restore's 16 MiB parts and backup's windows), with more options.
+    pub fn init_segments(segment_size: &str, extra: &[&str]) -> Env<'static> {
         let e = Env::bare();
         let mut args = vec![
             "init",
             "--segment-size",
-            "4M",
+            segment_size,
             "--kdf-memory-kib",
             "64",
             "--kdf-time",

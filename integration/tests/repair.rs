@@ -93,17 +93,7 @@ fn a_full_scan_of_another_vm_does_not_rely_on_a_lost_pack_the_index_names() {
 /// again instead of taking the index's word for them.
 #[test]
 fn a_full_scan_of_large_segments_with_a_lost_parent_node_stores_lost_chunks_again() {
-    let e = Env::bare();
-    let init = [
-        "init",
-        "--segment-size",
-        "32M",
-        "--kdf-memory-kib",
-        "64",
-        "--kdf-time",
-        "1",
-    ];
-    e.x(&init).assert().success();
+    let e = Env::init_segments("32M", &[]);
     let img = e.path("d.img");
     let regions = [
         xfull_integration::Region::Random(20 << 20),

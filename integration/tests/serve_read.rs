@@ -187,18 +187,7 @@ fn several_disks_are_several_exports_named_after_them() {
 /// first, is an EIO for that segment only.
 #[test]
 fn segments_larger_than_a_part_are_served_in_parts() {
-    let e = Env::bare();
-    e.x(&[
-        "init",
-        "--segment-size",
-        "32M",
-        "--kdf-memory-kib",
-        "64",
-        "--kdf-time",
-        "1",
-    ])
-    .assert()
-    .success();
+    let e = Env::init_segments("32M", &[]);
     let img = e.path("d.img");
     // 0x5a across the part boundary at 16 MiB; the second segment
     // random, then repeated bytes.
