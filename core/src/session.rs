@@ -450,12 +450,13 @@ impl Session {
     /// of that check), once the caller did what it asked and recorded
     /// what it found stored ([`Session::depend`]). True when that was the
     /// last round: the check asked only for the first look at deps (no
-    /// sweep, not everything) and the lease has not grown since it was
-    /// written. Another round would rewrite the same lease and find every
-    /// sweep accounted for: one that began since sees the lease as
-    /// written, a batch announced since looked at it, and what a repair
-    /// stored meanwhile is younger than the session, which the cutoff
-    /// spares. False: check again.
+    /// sweep, not everything), no repair sweep is running, and the lease
+    /// has not grown since it was written. Another round would rewrite the
+    /// same lease and find every sweep accounted for: one that began since
+    /// sees the lease as written, a batch announced since looked at it,
+    /// and what the round stored is younger than the session, which the
+    /// cutoff spares (a repair sweep ignores leases and the cutoff, hence
+    /// the exception). False: check again.
     pub fn settle(&mut self, verified: &Check) -> bool {
         let grown = {
             let r = self.lock();
@@ -490,7 +491,12 @@ impl Session {
                 self.last_at_start = self.last_at_start.max(*through);
             }
         }
-        !grown && matches!(verified, Check::Verify { sweeps, all: false, .. } if sweeps.is_empty())
+        // A running repair sweep deletes what no lease protects: what
+        // this round stored over damage may go in its next batch, which
+        // only the next check sees.
+        !grown
+            && self.targeted.is_empty()
+            && matches!(verified, Check::Verify { sweeps, all: false, .. } if sweeps.is_empty())
     }
 
     /// (e): ends the session. A committed point is named in the lease,

@@ -7,7 +7,7 @@
 //! Why parts, not segments: a 4 KiB read of a served 64 MiB segment
 //! would decompress 64 MiB and keep it in the cache. Parts are at most
 //! 16 MiB, aligned, and a segment's node is fetched once for all of them
-//! (and for the extents) while it stays among the last few read.
+//! while it stays among the last few read.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -130,12 +130,24 @@ impl PartReader {
     }
 
     /// The entries of segment `i`'s node, without reading its chunks
-    /// (empty for a segment stored as zeros).
+    /// (empty for a segment stored as zeros). A node kept for reads is
+    /// used; one fetched here is not kept: a block-status request looks
+    /// at up to 64 segments, which would push out the nodes reads use.
     pub async fn entries(&self, i: usize) -> Result<Vec<Entry>> {
         let Some(id) = self.ctx.d.segments[i] else {
             return Ok(Vec::new());
         };
-        let node = self.node(i).await?;
+        let kept = {
+            let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            nodes
+                .iter()
+                .find(|(s, _)| *s == i)
+                .and_then(|(_, cell)| cell.get().cloned())
+        };
+        let node = match kept {
+            Some(node) => node,
+            None => Arc::new(self.ctx.node_of(i).await?),
+        };
         if let Some(r) = node.damaged.first() {
             return Err(crate::error::Error::Corrupt {
                 key: crate::keys::node(&id),
@@ -145,8 +157,8 @@ impl PartReader {
         Ok(node.entries.clone())
     }
 
-    /// Segment `i`'s node: one fetch for every part of the segment (and
-    /// its extents) while it is among the last [`NODES_KEPT`] asked for.
+    /// Segment `i`'s node: one fetch for every part of the segment while
+    /// it is among the last [`NODES_KEPT`] asked for.
     /// Readers asking at once share the fetch; a failed one is not kept.
     async fn node(&self, i: usize) -> Result<Arc<SegmentNode>> {
         let cell = {

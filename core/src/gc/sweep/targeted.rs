@@ -273,6 +273,29 @@ mod tests {
         assert_eq!(session.check().await.unwrap(), Check::Clear);
     }
 
+    /// While a repair sweep runs, a settle round that only looked at the
+    /// deps is not the last: repair deletes what no lease protects, so
+    /// what the round stored again over damage (a node replaced) may go
+    /// in its next batch, and only the next check sees that.
+    #[tokio::test]
+    async fn no_round_is_the_last_while_a_repair_runs() {
+        let repo = repo().await;
+        let (id, _) = node(4);
+        let vm = "a".parse().unwrap();
+        let mut session = Session::begin(&repo, &vm, "h").await.unwrap();
+        session.depend([ObjectRef::Node(id)]);
+        // A repair between batches: its marker says targeted, idle.
+        let sweep = Sweep::begin(&repo, false).await.unwrap();
+        sweep.marker.update(|s| s.targeted = true);
+        sweep.marker.write().await.unwrap();
+        let check = session.check().await.unwrap();
+        assert!(
+            matches!(&check, Check::Verify { sweeps, all: false, .. } if sweeps.is_empty()),
+            "{check:?}"
+        );
+        assert!(!session.settle(&check), "a repair runs: check again");
+    }
+
     #[tokio::test]
     async fn an_object_stored_again_meanwhile_is_kept() {
         let repo = repo().await;
