@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use super::DamagedRange;
-use super::segment::{Fetched, Object, Piece, Segment, SegmentCtx};
+use super::segment::{Fetched, Object, Piece, RestoredPart, SegmentCtx};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::image_hash;
@@ -170,7 +170,7 @@ impl SegmentCtx {
     /// Restores one part: one batched lookup and coalesced pack reads for
     /// its chunks (each opened and checked against its id there), then
     /// decompressed into its buffer and hashed.
-    pub(super) async fn restore_part(self: Arc<Self>, part: Part) -> Result<Segment> {
+    pub(super) async fn restore_part(self: Arc<Self>, part: Part) -> Result<RestoredPart> {
         let ids: Vec<ObjectId> = part.shares.iter().filter_map(|s| s.entry.chunk()).collect();
         let mut opened = match self.fetch(&ids).await {
             Ok(o) => o.into_iter(),
@@ -213,7 +213,7 @@ impl SegmentCtx {
     }
 
     /// Decompressed chunks into the part's buffer; the part hashed.
-    fn assemble(&self, part: Part, raw: Vec<Fetched>) -> Result<Segment> {
+    fn assemble(&self, part: Part, raw: Vec<Fetched>) -> Result<RestoredPart> {
         let Part {
             start,
             len,
@@ -228,7 +228,7 @@ impl SegmentCtx {
         if shares.iter().all(|s| s.entry.chunk().is_none()) {
             let hash = hash(&self.zeros[..len as usize]);
             let piece = Piece::Zeros { start, len };
-            return Ok(Segment {
+            return Ok(RestoredPart {
                 hash,
                 piece,
                 damaged,
@@ -255,7 +255,7 @@ impl SegmentCtx {
             .iter()
             .map(|s| Entry(s.len as u32, s.entry.1))
             .collect();
-        Ok(Segment {
+        Ok(RestoredPart {
             hash: hash(&buf),
             piece: Piece::Data {
                 start,

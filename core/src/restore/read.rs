@@ -97,21 +97,27 @@ impl PartReader {
         self.ctx.d.size.div_ceil(self.part_size()) as usize
     }
 
+    /// The bytes of the disk part `k` holds (empty past the end).
+    pub fn part_range(&self, k: usize) -> std::ops::Range<u64> {
+        let (unit, size) = (self.part_size(), self.ctx.d.size);
+        let start = (k as u64 * unit).min(size);
+        start..(start + unit).min(size)
+    }
+
     /// Part `k` (bytes `k * part_size()` on), every chunk verified
     /// against its id. Damage comes back as ranges (a damaged node's
     /// range is its whole segment); a store that fails or refuses (not
     /// damage) is an error for the whole part.
     pub async fn read_part(&self, k: usize) -> Result<PartData> {
-        let unit = self.part_size();
-        let at = k as u64 * unit;
-        if at >= self.ctx.d.size {
+        let at = self.part_range(k);
+        if at.is_empty() {
             return Err(crate::error::Error::Internal(format!(
                 "part {k} is past the end of disk {}",
                 self.ctx.d.name
             )));
         }
-        let i = (at / self.ctx.d.segment_size) as usize;
-        let j = ((at - self.ctx.d.segment_range(i).start) / unit) as usize;
+        let i = (at.start / self.ctx.d.segment_size) as usize;
+        let j = ((at.start - self.ctx.d.segment_range(i).start) / self.part_size()) as usize;
         let node = self.node(i).await?;
         let part = self
             .ctx
@@ -144,17 +150,17 @@ impl PartReader {
                 .find(|(s, _)| *s == i)
                 .and_then(|(_, cell)| cell.get().cloned())
         };
-        let node = match kept {
-            Some(node) => node,
-            None => Arc::new(self.ctx.node_of(i).await?),
+        let Some(node) = kept else {
+            let r = self.ctx.d.segment_range(i);
+            return self.ctx.entries(id, r.end - r.start).await;
         };
-        if let Some(r) = node.damaged.first() {
-            return Err(crate::error::Error::Corrupt {
+        match node.damaged.first() {
+            Some(r) => Err(crate::error::Error::Corrupt {
                 key: crate::keys::node(&id),
                 reason: r.reason.clone(),
-            });
+            }),
+            None => Ok(node.entries.clone()),
         }
-        Ok(node.entries.clone())
     }
 
     /// Segment `i`'s node: one fetch for every part of the segment while

@@ -22,7 +22,7 @@ use crate::placement::lookup::ChunkIndex;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
-/// A restored segment on its way to the writer.
+/// A restored part on its way to the writer.
 pub(super) enum Piece {
     Zeros {
         start: u64,
@@ -35,8 +35,8 @@ pub(super) enum Piece {
     },
 }
 
-/// One restored segment.
-pub(super) struct Segment {
+/// One restored part (a whole segment of 16 MiB or less).
+pub(super) struct RestoredPart {
     pub(super) hash: Option<SegmentHash>,
     pub(super) piece: Piece,
     /// Damage written as zeros (only with `ignore_damage`).

@@ -93,18 +93,11 @@ impl PointDisk {
         &self.point
     }
 
-    /// Bytes of part `k`.
-    fn part_range(&self, k: usize) -> Range<u64> {
-        let unit = self.reader.part_size();
-        let start = k as u64 * unit;
-        start..(start + unit).min(self.d.size)
-    }
-
     fn fetch(
         &self,
         k: usize,
     ) -> impl FnOnce() -> futures::future::BoxFuture<'static, Fetched> + use<> {
-        let (reader, range) = (self.reader.clone(), self.part_range(k));
+        let (reader, range) = (self.reader.clone(), self.reader.part_range(k));
         move || {
             async move {
                 let data = reader.read_part(k).await.map_err(Arc::new)?;
@@ -122,7 +115,7 @@ impl PointDisk {
         match self.cache.get((self.owner, k), self.fetch(k)).await {
             Ok(s) => Ok(s),
             Err(e) => {
-                let r = self.part_range(k);
+                let r = self.reader.part_range(k);
                 if self.first_report(r.start) {
                     self.progress
                         .notice(Notice::Warning(Warning::ServedDataUnreadable {
