@@ -52,8 +52,8 @@ pub struct Limits {
     pub upload_bytes_per_second: Option<u64>,
 }
 
-/// The lowest upload budget: smaller ones are not meant (a 16 MiB pack
-/// then holds the next upload back a minute).
+/// The lowest upload budget: smaller ones are not meant (a 32 MiB pack
+/// then holds the next upload back two minutes).
 pub const MIN_UPLOAD_BYTES_PER_SECOND: u64 = 256 << 10;
 
 impl Limits {

@@ -2,7 +2,7 @@
 //! objects name it, its live and dead bytes, and its fate
 //! (`pack_plan`), with memory per pack, not per chunk nor per entry.
 //!
-//! Memory: about 70 bytes per listed pack (16 MiB of chunks each) in a
+//! Memory: about 70 bytes per listed pack (32 MiB of chunks each) in a
 //! vector sorted by name with a directory of its first 16 bits (no hash
 //! map), the heads of the index objects (32 bytes per 1,024 entries),
 //! the merge's reads (`placement/merge.rs`), and the chunk ids of old
@@ -63,7 +63,7 @@ impl Fate {
 }
 
 /// A listed pack. Counters are 32 bits, saturating: they only weigh
-/// waste, and a pack holds far less (16 MiB); liveness is `live_chunks
+/// waste, and a pack holds far less (32 MiB); liveness is `live_chunks
 /// > 0`, which saturation keeps.
 #[derive(Clone, Debug)]
 pub struct PackInfo {

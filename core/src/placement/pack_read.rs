@@ -16,8 +16,9 @@ use crate::id::ObjectId;
 use crate::keys;
 
 /// Bytes read from a pack's end in the first request for its trailer:
-/// a 16 MiB pack of 128 KiB chunks has a trailer of about 6 KiB, so one
-/// request usually suffices; a longer trailer costs a second, exact read.
+/// a 32 MiB pack of 64 KiB chunks has a trailer of about 25 KiB, so one
+/// request usually suffices; a longer trailer (a pack of mostly minimum
+/// chunks, about 100 KiB) costs a second, exact read.
 pub const TRAILER_GUESS: u64 = 64 << 10;
 
 /// Largest run read in one request: bounds a restore's memory per
