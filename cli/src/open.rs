@@ -15,6 +15,23 @@ use xfull_s3::{OpenError, S3Backend, S3Options};
 
 use crate::cli::{Cli, OtherSecret, S3Args};
 
+/// A repository's store, and its config's bytes when they were read to
+/// set the store up (S3: its store settings), so that opening the
+/// repository does not read them again.
+struct Store {
+    backend: Arc<dyn Backend>,
+    config: Option<Vec<u8>>,
+}
+
+impl From<Arc<dyn Backend>> for Store {
+    fn from(backend: Arc<dyn Backend>) -> Store {
+        Store {
+            backend,
+            config: None,
+        }
+    }
+}
+
 /// The backend for a repository location; `create` makes a local
 /// directory. On S3, the repository's store settings (`stored`: those
 /// `init` is writing, else the ones in the config) fill in what `s3`
@@ -24,7 +41,7 @@ async fn backend(
     s3: &S3Args,
     create: bool,
     stored: Option<&StoreSettings>,
-) -> Result<Arc<dyn Backend>> {
+) -> Result<Store> {
     if repo.starts_with("s3://") {
         let Some((bucket, prefix)) = S3Options::parse_url(repo) else {
             return Err(Error::InvalidArgument(format!(
@@ -55,10 +72,15 @@ async fn backend(
                 .unwrap_or_else(|p| p.into_inner())
                 .push((b.location(), budget));
         }
-        let peeked = match stored {
+        let config = match stored {
             Some(_) => None,
-            None => stored_settings(&b).await.map_err(Error::Backend)?,
+            None => stored_config(&b).await.map_err(Error::Backend)?,
         };
+        // An undecodable config is left for the opening to report (damage).
+        let peeked = config
+            .as_deref()
+            .and_then(|c| xfull_core::config::RepoConfig::decode(c).ok())
+            .map(|c| c.store);
         if let Some(settings) = stored.or(peeked.as_ref()) {
             // A value this build does not know, in a plain config anyone
             // with write access could have written: damage naming it.
@@ -77,7 +99,10 @@ async fn backend(
             ))
             .into());
         }
-        return Ok(Arc::new(b));
+        return Ok(Store {
+            backend: Arc::new(b),
+            config,
+        });
     }
     if s3.limits().is_set() {
         return Err(Error::InvalidArgument(format!(
@@ -94,7 +119,7 @@ async fn backend(
     };
     if create {
         return match LocalBackend::create(&dir) {
-            Ok(b) => Ok(Arc::new(b)),
+            Ok(b) => Ok(Store::from(Arc::new(b) as Arc<dyn Backend>)),
             // A directory with someone's files in it is the wrong argument.
             // Only what `init` itself writes: another init racing this
             // one is making the repository there.
@@ -123,7 +148,9 @@ async fn backend(
         }
         .into());
     }
-    Ok(Arc::new(LocalBackend::open(&dir)?))
+    Ok(Store::from(
+        Arc::new(LocalBackend::open(&dir)?) as Arc<dyn Backend>
+    ))
 }
 
 /// The request budgets of the S3 repositories this process opened (two
@@ -131,23 +158,21 @@ async fn backend(
 pub static BUDGETS: std::sync::Mutex<Vec<(String, Arc<xfull_s3::Budget>)>> =
     std::sync::Mutex::new(Vec::new());
 
-/// The store settings in an S3 repository's config (one small GET before
-/// the repository is opened, because the backend must know them before
-/// its first write). A missing or undecodable config is left for the
-/// opening to report (not a repository; damage); a store that cannot be
-/// reached fails here, at once: asking again to open would double the
-/// time a dead endpoint takes to fail (two minutes for a silent one).
-async fn stored_settings(
+/// An S3 repository's config, read before the repository is opened
+/// because the backend must know its store settings before its first
+/// write (one small GET; the opening uses the same bytes). A missing
+/// config is left for the opening to report (not a repository); a store
+/// that cannot be reached fails here, at once: asking again to open would
+/// double the time a dead endpoint takes to fail (two minutes for a
+/// silent one).
+async fn stored_config(
     b: &S3Backend,
-) -> Result<Option<StoreSettings>, xfull_core::backend::BackendError> {
-    let bytes = match b.get(xfull_core::keys::CONFIG).await {
-        Ok(bytes) => bytes,
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    Ok(xfull_core::config::RepoConfig::decode(&bytes)
-        .ok()
-        .map(|c| c.store))
+) -> Result<Option<Vec<u8>>, xfull_core::backend::BackendError> {
+    match b.get(xfull_core::keys::CONFIG).await {
+        Ok(bytes) => Ok(Some(bytes.to_vec())),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether `dir` holds nothing but what `init` writes (`keys/`, `config`
@@ -191,7 +216,9 @@ pub async fn store_only(cli: &Cli) -> Result<Arc<dyn Backend>> {
         ))
         .into());
     }
-    backend(&repo, &s3, false, Some(&StoreSettings::default())).await
+    Ok(backend(&repo, &s3, false, Some(&StoreSettings::default()))
+        .await?
+        .backend)
 }
 
 /// Opens `--repo` for a command that uses two repositories (`copy`): the
@@ -233,11 +260,14 @@ fn limits_for(repo: &str, s3: S3Args) -> S3Args {
 async fn finish_open(
     cli: &Cli,
     repo: &str,
-    backend: Arc<dyn Backend>,
+    store: Store,
     secret: impl FnOnce() -> xfull_core::Result<xfull_core::crypto::Secret>,
 ) -> Result<Repository> {
-    let place = record_location(repo, backend.as_ref());
-    let repo = Repository::open_with(backend, secret).await?;
+    let place = record_location(repo, store.backend.as_ref());
+    let repo = match store.config {
+        Some(config) => Repository::open_config(store.backend, &config, secret).await?,
+        None => Repository::open_with(store.backend, secret).await?,
+    };
     let env = |n: &str| std::env::var_os(n);
     let guarded = repo.codec().is_encrypted() || repo.config().object_lock.is_some();
     if guarded && xfull_core::client_record::state_dir(env).is_none() && !cli.quiet {
@@ -317,7 +347,7 @@ async fn init_as(
     }
     let stored = config.store.clone();
     if !encrypted {
-        let backend = backend(&repo, &s3, true, Some(&stored)).await?;
+        let backend = backend(&repo, &s3, true, Some(&stored)).await?.backend;
         check_lock(&repo, &config, backend.as_ref()).await?;
         let place = record_location(&repo, backend.as_ref());
         let made = match like {
@@ -331,7 +361,7 @@ async fn init_as(
     // The secret first: a bad source leaves no directory behind.
     let (secret, made_key_file) = crate::secrets::for_init(cli)?;
     let result = async {
-        let backend = backend(&repo, &s3, true, Some(&stored)).await?;
+        let backend = backend(&repo, &s3, true, Some(&stored)).await?.backend;
         check_lock(&repo, &config, backend.as_ref()).await?;
         let place = record_location(&repo, backend.as_ref());
         let made = match like {

@@ -187,7 +187,19 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        let config = RepoConfig::decode(&bytes)?;
+        Self::open_config(backend, &bytes, secret).await
+    }
+
+    /// [`Repository::open_with`] with the config's stored bytes already
+    /// read from `backend` (the CLI reads them before opening an S3
+    /// repository, for the store settings its backend needs): one GET
+    /// fewer, and both uses see the same config.
+    pub async fn open_config(
+        backend: Arc<dyn Backend>,
+        config: &[u8],
+        secret: impl FnOnce() -> Result<Secret>,
+    ) -> Result<Self> {
+        let config = RepoConfig::decode(config)?;
         let backend = locking(backend, &config);
         let codec = match &config.encryption {
             None => {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 
 use crate::backend::PutMode;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gc::markers::{Phase, SweepLog, SweepState};
 use crate::id::PointId;
 use crate::keys;
@@ -128,9 +128,14 @@ impl Session {
         b.put(&key, record.encode(repo.codec())?, PutMode::Create)
             .await?;
         // The lease's own time is the session's start. Readers use the
-        // object's time until a later write records it in the lease.
-        record.started = Some(b.head(&key).await?.last_modified);
-        let log = SweepLog::read(repo).await?;
+        // object's time until a later write records it in the lease. Both
+        // reads only need the lease written, not each other: one round
+        // trip for the two.
+        let (head, log) = tokio::try_join!(
+            async { b.head(&key).await.map_err(Error::from) },
+            SweepLog::read(repo)
+        )?;
+        record.started = Some(head.last_modified);
         let mut deleted_at_start = BTreeMap::new();
         for (seq, _) in log.running() {
             // Unreadable or gone: count everything it deleted as after us.

@@ -195,3 +195,35 @@ fn a_backup_writes_its_lease_only_when_it_has_something_to_say() {
     // begin, check, end; begin, pin, check, end; begin, check, end.
     assert_eq!(counts, [3, 4, 3], "lease PUTs per backup");
 }
+
+/// GETs of the repository's config seen by the proxy.
+static CONFIG_GETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts GETs of `config` and forwards everything.
+fn count_config_gets(method: &str, path: &str) -> Option<Vec<u8>> {
+    let key = path.split('?').next().unwrap_or(path);
+    if method == "GET" && key.ends_with("/config") {
+        CONFIG_GETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    None
+}
+
+/// The CLI reads an S3 repository's config before opening it (for the
+/// store settings its backend needs before writing); opening uses those
+/// bytes instead of asking again, one round trip fewer per command.
+#[test]
+fn a_command_reads_the_config_once() {
+    let server = S3Server::start();
+    let upstream = server.endpoint.trim_start_matches("http://").to_string();
+    let proxy = FaultProxy::with_rule(Some(&upstream), count_config_gets);
+    let e = Env::init_s3(&server, "config-once");
+    let mut c = e.x(&["points"]);
+    c.env("AWS_ENDPOINT_URL", &proxy.endpoint);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        CONFIG_GETS.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "GETs of config by `xfull points`"
+    );
+}

@@ -139,8 +139,12 @@ pub async fn backup(
                     .map(|(id, _)| (req.vm.clone(), id.clone()))
             }))
             .await?;
-        // What the backup may rely on as stored (see `trust`).
-        let known = KnownDamage::load(repo).await?;
+        // What the backup may rely on as stored (see `trust`), and the
+        // chunk index, opened once the lease is written: what the backup
+        // finds in it and relies on is recorded in the lease (as a pack
+        // dependency). Two reads, one round trip.
+        let placement = repo.chunks();
+        let (known, index) = tokio::try_join!(KnownDamage::load(repo), placement.open_index())?;
         let full_scan_with_parent = disks
             .iter()
             .any(|d| matches!(d.changes, ChangeSource::FullScan) && d.parent.is_some());
@@ -148,14 +152,11 @@ pub async fn backup(
         if full_scan_with_parent {
             let _ = present.set(Arc::new(Present::load(repo).await?));
         }
-        // Opened once the lease is written: what the backup finds in it
-        // and relies on is recorded in the lease (as a pack dependency).
-        let placement = repo.chunks();
         let ctx = DiskCtx {
             audit_percent: req.audit_percent,
             known,
             present,
-            packs: placement.session(placement.open_index().await?),
+            packs: placement.session(index),
             progress: progress.clone(),
         };
         let mut commit = back_up_disks(repo, disks, &ctx, &session).await?;
