@@ -31,7 +31,7 @@ use crate::repo::{Stored, put_once_as};
 
 /// Pack size a packer seals at unless told otherwise: 32 MiB, about 500
 /// chunks of 64 KiB. Measured against 16 and 64 MiB
-/// (`bench/results/pack-size.md`): a third fewer objects per TiB than
+/// (`bench/results/pack-size.md`): a quarter fewer objects per TiB than
 /// 16 MiB and one PUT fewer per small incremental backup, the same wall
 /// time and peak RSS; 64 MiB saves little more, puts a small backup's
 /// whole upload after its compression (one pack), and raised peak RSS.
