@@ -236,7 +236,8 @@ fn a_silent_endpoint_fails_in_bounded_time() {
     assert_has(
         &err,
         &[
-            "did not answer",
+            "went silent",
+            "no response within 30 s",
             "attempts",
             &silent.endpoint,
             "xfull-errors",

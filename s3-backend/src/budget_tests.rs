@@ -17,6 +17,7 @@ use tokio::time::{Duration, Instant};
 use xfull_core::backend::{Backend, PutMode};
 
 use crate::budget::{AttemptNo, Limits};
+use crate::client::Timeouts;
 use crate::{S3Backend, S3Options};
 
 /// What the fake server saw of one request.
@@ -111,7 +112,8 @@ pub(crate) async fn backend(fake: &Fake, limits: Limits) -> S3Backend {
         limits,
         ..S3Options::default()
     };
-    S3Backend::with_http_client(opts, Some(SharedHttpClient::new(fake.clone())))
+    let http = Some(SharedHttpClient::new(fake.clone()));
+    S3Backend::with_parts(opts, http, Timeouts::DEFAULT)
         .await
         .unwrap()
 }

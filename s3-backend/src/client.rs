@@ -1,18 +1,22 @@
 //! The SDK client: region, credentials, timeouts and retries, and why.
 //!
 //! Timeouts bound silence, not size: a transfer that keeps moving may take
-//! as long as it needs (up to the attempt timeout), one that stops is cut
-//! off soon.
+//! as long as it needs at a floor of 64 KiB/s, one that stops is cut off
+//! soon.
 //! - connect: 5 s for TCP and TLS; a host that drops our packets fails
 //!   within 3 attempts, about 15 s.
-//! - answer (the SDK's read timeout): 30 s from sending a request until the
-//!   response head arrives. An upload counts in this time, so one object
-//!   must upload at 17 KB/s or more (chunks are at most 512 KiB by default;
-//!   backups keep up to 32 uploads in flight). A server that accepts the
-//!   connection and never answers fails within 2 attempts, about 60 s.
+//! - answer: 30 s from handing a request's last byte to the connection
+//!   until the response head arrives (`silence.rs`), plus what is still in
+//!   transit then (at most 8 MiB of a body) at the floor, 128 s at most.
+//!   The SDK's own read timeout counts from the request's start, upload
+//!   included, which would make a 32 MiB pack need 9 Mbit/s; it is off.
+//!   A server that accepts the connection and never answers fails within
+//!   2 attempts, about 60 s.
 //! - stalled bodies: the SDK's stalled-stream protection fails a body that
 //!   moves no byte for 20 s, in either direction.
-//! - attempt 5 min, operation 10 min: the backstop for a trickle.
+//! - attempt 5 min, operation 10 min, each plus an upload's body at the
+//!   floor (a 32 MiB pack: 8.5 and 17 min more): the backstop for a
+//!   trickle.
 //!
 //! Throttling (503 SlowDown), 5xx and dropped connections get the SDK's
 //! standard retries: 6 attempts, exponential backoff from 100 ms to 5 s
@@ -39,13 +43,61 @@ use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use crate::S3Options;
 use crate::budget::{Budget, Limited};
 use crate::options::OpenError;
+use crate::silence::Watched;
 
 const MAX_ATTEMPTS: u32 = 6;
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-const STALL_GRACE: Duration = Duration::from_secs(20);
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The timeouts of a client (see the module's text); tests shrink them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub connect: Duration,
+    pub answer: Duration,
+    pub stall: Duration,
+    pub attempt: Duration,
+    pub operation: Duration,
+    /// The slowest upload, in bytes per second, that still succeeds: per
+    /// request, so a backup's two packs in flight need twice this.
+    pub upload_floor: u64,
+    /// What may still be in transit when the connection has taken a
+    /// body's last byte: Linux grows a socket's send buffer to 4 MiB, and
+    /// the server's receive window holds as much again.
+    pub in_transit: u64,
+}
+
+impl Timeouts {
+    pub const DEFAULT: Timeouts = Timeouts {
+        connect: CONNECT_TIMEOUT,
+        answer: ANSWER_TIMEOUT,
+        stall: Duration::from_secs(20),
+        attempt: Duration::from_secs(300),
+        operation: Duration::from_secs(600),
+        upload_floor: 64 << 10,
+        in_transit: 8 << 20,
+    };
+
+    /// `bytes` at the floor rate.
+    fn at_floor(&self, bytes: u64) -> Duration {
+        Duration::from_secs_f64(bytes as f64 / self.upload_floor as f64)
+    }
+
+    /// How long a request may wait for the response head once the
+    /// connection has its body's last byte (`body` bytes in all).
+    pub fn answer_after(&self, body: u64) -> Duration {
+        self.answer + self.at_floor(body.min(self.in_transit))
+    }
+
+    /// The attempt and operation timeouts of a request uploading `body`
+    /// bytes: room for the body at the floor rate, twice in an operation.
+    pub fn for_body(&self, body: u64) -> TimeoutConfig {
+        let upload = self.at_floor(body);
+        TimeoutConfig::builder()
+            .operation_attempt_timeout(self.attempt + upload)
+            .operation_timeout(self.operation + upload * 2)
+            .build()
+    }
+}
 
 /// The client and the region it signs for.
 pub(crate) struct Built {
@@ -53,29 +105,31 @@ pub(crate) struct Built {
     pub region: String,
 }
 
-/// `http` replaces the SDK's default HTTP client (tests); with a `budget`,
-/// the client's connector makes retries wait for it (`budget.rs`).
+/// `http` replaces the SDK's default HTTP client and its answer timeout
+/// (tests); with a `budget`, the client's connector makes retries wait
+/// for it (`budget.rs`).
 pub(crate) async fn build(
     opts: &S3Options,
     http: Option<SharedHttpClient>,
     budget: Option<Arc<Budget>>,
+    timeouts: Timeouts,
 ) -> Result<Built, OpenError> {
     let retry = RetryConfig::standard()
         .with_max_attempts(MAX_ATTEMPTS)
         .with_initial_backoff(Duration::from_millis(100))
         .with_max_backoff(Duration::from_secs(5));
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(ANSWER_TIMEOUT)
-        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-        .operation_timeout(OPERATION_TIMEOUT)
+    let limits = TimeoutConfig::builder()
+        .connect_timeout(timeouts.connect)
+        .disable_read_timeout()
+        .operation_attempt_timeout(timeouts.attempt)
+        .operation_timeout(timeouts.operation)
         .build();
     let stalls = StalledStreamProtectionConfig::enabled()
-        .grace_period(STALL_GRACE)
+        .grace_period(timeouts.stall)
         .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(retry)
-        .timeout_config(timeouts)
+        .timeout_config(limits)
         .stalled_stream_protection(stalls);
     if let Some(r) = &opts.region {
         loader = loader.region(Region::new(r.clone()));
@@ -105,15 +159,18 @@ pub(crate) async fn build(
     if let Some(ep) = &opts.endpoint {
         conf = conf.endpoint_url(ep).force_path_style(true);
     }
-    let http = http.or_else(|| shared.http_client());
-    match (http, budget) {
-        (inner, Some(budget)) => {
-            let inner = inner.unwrap_or_else(default_http_client);
-            conf = conf.http_client(Limited { inner, budget });
-        }
-        (Some(inner), None) => conf = conf.http_client(inner),
-        (None, None) => {}
-    }
+    // A fake client (tests) has no connection to be silent on.
+    let http = http.unwrap_or_else(|| {
+        let inner = shared.http_client().unwrap_or_else(default_http_client);
+        SharedHttpClient::new(Watched { inner, timeouts })
+    });
+    conf = conf.http_client(match budget {
+        Some(budget) => SharedHttpClient::new(Limited {
+            inner: http,
+            budget,
+        }),
+        None => http,
+    });
     Ok(Built {
         client: Client::from_conf(conf.build()),
         region: region.to_string(),
@@ -122,8 +179,9 @@ pub(crate) async fn build(
 
 /// The client the SDK builds when given none (hyper, rustls on aws-lc,
 /// the proxy from `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` as the SDK's
-/// behaviour version says), to wrap in the budget: built the same way, so
-/// that a budget changes nothing else about how requests travel.
+/// behaviour version says), to wrap in the answer timeout and the budget:
+/// built the same way, so that they change nothing else about how
+/// requests travel.
 fn default_http_client() -> SharedHttpClient {
     aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
         let mut conn =

@@ -25,7 +25,7 @@ use aws_sdk_s3::operation::put_object_retention::PutObjectRetentionError;
 use aws_sdk_s3::operation::restore_object::RestoreObjectError;
 use xfull_core::backend::{BackendError, Operation};
 
-use crate::client::{ANSWER_TIMEOUT, CONNECT_TIMEOUT};
+use crate::client::{ANSWER_TIMEOUT, CONNECT_TIMEOUT, Timeouts};
 use crate::transport::{Failure, chain};
 
 #[derive(Debug)]
@@ -252,9 +252,11 @@ impl Mapper {
                 ),
             },
             Failure::NoAnswer => transient(format!(
-                "{ep} accepted the connection but did not answer within {} s ({tries}): the \
-                 server is hung or overloaded, or the link is too slow ({detail})",
-                ANSWER_TIMEOUT.as_secs()
+                "{ep} accepted the connection but went silent ({tries}): no answer within {} s \
+                 of a request, or an upload it stopped taking; the server is hung or \
+                 overloaded, or the link is slower than {} KiB/s per upload ({detail})",
+                ANSWER_TIMEOUT.as_secs(),
+                Timeouts::DEFAULT.upload_floor >> 10,
             )),
             Failure::Dropped => transient(format!(
                 "the connection to {ep} broke during the request for {key} ({tries}) ({detail})"

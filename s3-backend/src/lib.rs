@@ -28,11 +28,10 @@ macro_rules! send_raw {
             b.admit($body).await;
         }
         let attempts = Attempts::new($self.errors.https());
-        let sent = $req
-            .customize()
-            .config_override(attempts.config())
-            .send()
-            .await;
+        let config = attempts
+            .config()
+            .timeout_config($self.timeouts.for_body($body));
+        let sent = $req.customize().config_override(config).send().await;
         (sent, attempts.made())
     }};
 }
@@ -57,6 +56,9 @@ mod client;
 mod errors;
 mod lock;
 mod options;
+mod silence;
+#[cfg(test)]
+mod slow_tests;
 mod transport;
 mod versions;
 
@@ -81,6 +83,7 @@ use xfull_core::config::StoreSettings;
 
 use attempts::Attempts;
 pub use budget::{Budget, Limits};
+use client::Timeouts;
 use errors::Mapper;
 pub use options::{InvalidOption, OpenError, S3Options, SSE_VALUES, storage_classes};
 
@@ -105,6 +108,7 @@ pub struct S3Backend {
     errors: Mapper,
     counters: Counters,
     budget: Option<Arc<Budget>>,
+    timeouts: Timeouts,
 }
 
 // By hand: the SDK client's debug text would show the endpoint as given.
@@ -120,21 +124,23 @@ impl std::fmt::Debug for S3Backend {
 impl S3Backend {
     /// Checks the options and sets up the client; sends nothing.
     pub async fn new(opts: S3Options) -> Result<Self, OpenError> {
-        Self::with_http_client(opts, None).await
+        Self::with_parts(opts, None, Timeouts::DEFAULT).await
     }
 
     /// [`S3Backend::new`] over another HTTP client than the SDK's default
-    /// (tests answer from a fake one).
-    async fn with_http_client(
+    /// (tests answer from a fake one) or with other timeouts (tests shrink
+    /// them).
+    async fn with_parts(
         opts: S3Options,
         http: Option<aws_sdk_s3::config::SharedHttpClient>,
+        timeouts: Timeouts,
     ) -> Result<Self, OpenError> {
         opts.check()?;
         let budget = opts
             .limits
             .is_set()
             .then(|| Arc::new(Budget::new(opts.limits)));
-        let built = client::build(&opts, http, budget.clone()).await?;
+        let built = client::build(&opts, http, budget.clone(), timeouts).await?;
         Ok(S3Backend {
             client: built.client,
             errors: Mapper::new(opts.location(), opts.endpoint.as_deref(), &built.region),
@@ -143,6 +149,7 @@ impl S3Backend {
             opts,
             counters: Counters::default(),
             budget,
+            timeouts,
         })
     }
 

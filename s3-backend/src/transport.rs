@@ -25,7 +25,8 @@ pub(crate) enum Failure {
     /// The TLS handshake failed: a plain-HTTP server, an untrusted or
     /// mismatched certificate.
     Tls,
-    /// Connected, but no answer within the read or attempt timeout.
+    /// Connected, but silent: no answer in time, an upload not taken
+    /// (`silence.rs`), or the attempt timeout.
     NoAnswer,
     /// The connection broke during the exchange.
     Dropped,
@@ -170,7 +171,13 @@ mod tests {
                 ConnectTimeout,
             ),
             (
-                "timeout: HTTP read timeout occurred after 30s",
+                "dispatch failure: timeout: no response within 30 s of sending the request",
+                true,
+                false,
+                NoAnswer,
+            ),
+            (
+                "dispatch failure: timeout: upload stalled: the server took no byte of the body for 20 s",
                 true,
                 false,
                 NoAnswer,
