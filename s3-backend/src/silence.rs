@@ -34,8 +34,11 @@ use tokio::time::{Duration, Instant};
 
 use crate::client::Timeouts;
 
-/// The most of a body handed to the connection at once.
-const PIECE: usize = 64 << 10;
+/// The most of a body handed to the connection at once: small next to
+/// what 20 s move at the floor (1.25 MiB), large enough that a 32 MiB
+/// pack is 128 frames (64 KiB pieces measured no faster or slower on
+/// loopback, within the noise of 230-260 ms per pack).
+const PIECE: usize = 256 << 10;
 
 /// An HTTP client whose requests fail on silence.
 #[derive(Debug)]
