@@ -162,8 +162,8 @@ async fn a_trailer_is_one_ranged_read_and_two_when_longer_than_the_guess() {
         entries
     );
     assert_eq!(gets(&backend) - before, 1);
-    // 1,500 entries: a trailer of 72 KiB.
-    let (name, _, entries) = stored_pack(&backend, 1500, 8).await;
+    // 3,000 entries: a trailer of 144 KiB.
+    let (name, _, entries) = stored_pack(&backend, 3000, 8).await;
     let size = backend.head(&keys::pack(&name)).await.unwrap().size;
     let before = gets(&backend);
     assert_eq!(
