@@ -190,6 +190,11 @@ class Proxy:
                 if "x-amz-decoded-content-length" in h:
                     body = int(h["x-amz-decoded-content-length"])
                 sub = f"{kind} {parts[2] if len(parts) > 3 else (parts[2] if len(parts) == 3 else '-')}"
+                if kind == "LIST":
+                    # A listing's directory is in its prefix: "repo/keys/" -> "LIST keys".
+                    q = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+                    pre = [p for p in q.get("prefix", [""])[0].split("/") if p]
+                    sub = f"LIST {pre[1] if len(pre) > 1 else '-'}"
                 with self.counts.lock:
                     if self.counts.trace is not None:
                         self.counts.trace.append((started, sub))

@@ -127,26 +127,39 @@ impl Session {
         let b = repo.backend();
         b.put(&key, record.encode(repo.codec())?, PutMode::Create)
             .await?;
-        // The lease's own time is the session's start. Readers use the
-        // object's time until a later write records it in the lease. Both
-        // reads only need the lease written, not each other: one round
-        // trip for the two.
-        let (head, log) = tokio::try_join!(
-            async { b.head(&key).await.map_err(Error::from) },
-            SweepLog::read(repo)
-        )?;
-        record.started = Some(head.last_modified);
-        let mut deleted_at_start = BTreeMap::new();
-        for (seq, _) in log.running() {
-            // Unreadable or gone: count everything it deleted as after us.
-            let deleted = match SweepState::load(repo, seq, false).await {
-                Ok(Some(s)) => s.deleted(),
-                Ok(None) => 0,
-                Err(e) if e.is_damage() => 0,
-                Err(e) => return Err(e),
-            };
-            deleted_at_start.insert(seq, deleted);
-        }
+        let started = async {
+            // The lease's own time is the session's start. Readers use the
+            // object's time until a later write records it in the lease.
+            // Both reads only need the lease written, not each other: one
+            // round trip for the two.
+            let (head, log) = tokio::try_join!(
+                async { b.head(&key).await.map_err(Error::from) },
+                SweepLog::read(repo)
+            )?;
+            let mut deleted_at_start = BTreeMap::new();
+            for (seq, _) in log.running() {
+                // Unreadable or gone: count everything it deleted as after us.
+                let deleted = match SweepState::load(repo, seq, false).await {
+                    Ok(Some(s)) => s.deleted(),
+                    Ok(None) => 0,
+                    Err(e) if e.is_damage() => 0,
+                    Err(e) => return Err(e),
+                };
+                deleted_at_start.insert(seq, deleted);
+            }
+            Ok((head.last_modified, log, deleted_at_start))
+        };
+        let (at, log, deleted_at_start) = match started.await {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing is pinned or written under the lease yet: take
+                // it back (best effort: the store may be what failed), so
+                // gc does not see a live session until it expires.
+                let _ = b.delete_many(std::slice::from_ref(&key)).await;
+                return Err(e);
+            }
+        };
+        record.started = Some(at);
         Ok(Session {
             repo: repo.clone(),
             key,

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use crate::backend::Backend;
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
@@ -73,4 +75,31 @@ async fn a_round_that_grew_the_lease_is_not_the_last() {
         "{check:?}"
     );
     assert!(session.settle(&check));
+}
+
+/// A begin that fails after writing its lease (here: the sweep log
+/// cannot be listed) takes the lease back: nothing was pinned or written
+/// under it, and left behind it would look like a live session to gc
+/// until it expired.
+#[tokio::test]
+async fn a_begin_that_fails_after_its_lease_removes_it() {
+    use crate::testing::{FaultPlan, FaultyBackend};
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    Repository::init(mem.clone(), cfg).await.unwrap();
+    let plan = FaultPlan {
+        error_rate: 1.0,
+        only_prefix: Some("gc/".into()),
+        ..FaultPlan::default()
+    };
+    let repo = Repository::open(Arc::new(FaultyBackend::new(mem.clone(), plan)))
+        .await
+        .unwrap();
+    let e = Session::begin(&repo, &"vm".parse().unwrap(), "h")
+        .await
+        .err()
+        .expect("the sweep log cannot be read");
+    assert!(!e.is_damage(), "{e}");
+    let leases: Vec<_> = mem.list(crate::keys::LEASES).collect().await;
+    assert!(leases.is_empty(), "{leases:?}");
 }
