@@ -227,3 +227,41 @@ fn a_command_reads_the_config_once() {
         "GETs of config by `xfull points`"
     );
 }
+
+/// The config the CLI reads first (for the store settings) is the one
+/// opening decodes: a prefix without one is no repository (exit 1), one
+/// that does not decode is damage naming it (exit 3), and a backup then
+/// writes nothing.
+#[test]
+fn a_missing_or_undecodable_config_on_s3_is_named() {
+    let server = S3Server::start();
+    let e = Env::s3(&server, "no-config");
+    let (code, err) = fails(e.x(&["points"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no xfull repository at s3://"), "{err}");
+
+    let e = Env::init_s3(&server, "bad-config");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let b = rt.block_on(async {
+        S3Backend::new(options(&server, "bad-config"))
+            .await
+            .unwrap()
+    });
+    let garbage = bytes::Bytes::from_static(b"XFR1 this is not a config");
+    rt.block_on(b.put("config", garbage, xfull_core::backend::PutMode::Overwrite))
+        .unwrap();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(1 << 20)], 1, false).unwrap();
+    let disk = format!("d={}", img.display());
+    let (code, err) = fails(e.x(&["backup", "--vm", "vm", "--disk", &disk]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("config"), "{err}");
+    let written: Vec<_> = rt.block_on(futures::StreamExt::collect::<Vec<_>>(b.list("")));
+    let written: Vec<_> = written.into_iter().map(|m| m.unwrap().key).collect();
+    assert!(
+        written
+            .iter()
+            .all(|k| k == "config" || k.starts_with("keys/")),
+        "{written:?}"
+    );
+}
