@@ -265,3 +265,62 @@ fn a_missing_or_undecodable_config_on_s3_is_named() {
         "{written:?}"
     );
 }
+
+/// Listings of `points/` seen by the proxy.
+static POINT_LISTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts listings of `points/` and forwards everything.
+fn count_point_lists(method: &str, path: &str) -> Option<Vec<u8>> {
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    if method == "GET" && query.contains("prefix=") && query.contains("points") {
+        POINT_LISTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    None
+}
+
+/// `backup --parent` with a whole id needs no listing of the VM's points
+/// to find it (integrations pass the id the last backup printed): one
+/// round trip fewer before the lease. A fragment is still looked up, and
+/// a whole id that names no point fails, naming it, and stores nothing.
+#[test]
+fn a_backup_given_its_parents_whole_id_does_not_list_points() {
+    let server = S3Server::start();
+    let upstream = server.endpoint.trim_start_matches("http://").to_string();
+    let proxy = FaultProxy::with_rule(Some(&upstream), count_point_lists);
+    let e = Env::init_s3(&server, "parent-id");
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(1 << 20)], 1, false).unwrap();
+    let disk = format!("d={}", img.display());
+    let out = e
+        .x(&["--json", "backup", "--vm", "vm", "--disk", &disk])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = doc["id"].as_str().unwrap().to_string();
+    let lists = |parent: &str| {
+        let before = POINT_LISTS.load(std::sync::atomic::Ordering::SeqCst);
+        let mut c = e.x(&["backup", "--vm", "vm", "--disk", &disk, "--parent", parent]);
+        c.env("AWS_ENDPOINT_URL", &proxy.endpoint);
+        let out = c.output().unwrap();
+        let after = POINT_LISTS.load(std::sync::atomic::Ordering::SeqCst);
+        (out, after - before)
+    };
+    let (out, n) = lists(&format!("vm@{id}"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(n, 0, "listings of points/ with a whole id");
+    let (out, n) = lists(&id[id.len() - 4..]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(n, 1, "listings of points/ with a fragment");
+
+    let points = || e.x(&["--json", "points"]).output().unwrap().stdout;
+    let before = points();
+    let (out, _) = lists("vm@20200101T000000Z-abcd");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("vm@20200101T000000Z-abcd"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(points(), before, "a failed backup stores no point");
+}

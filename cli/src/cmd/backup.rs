@@ -127,6 +127,12 @@ async fn parent(repo: &Repository, vm: &VmName, given: &str) -> Result<PointId> 
             .into()
         });
     }
+    // A whole id needs no listing of the VM's points (one round trip and
+    // a LIST fewer): its manifest is read after the lease, and one that is
+    // not there fails then, naming the point.
+    if let Ok(id) = fragment.parse::<PointId>() {
+        return Ok(id);
+    }
     crate::point_name::find_id(repo, vm, fragment).await
 }
 
