@@ -95,10 +95,9 @@ async fn a_begin_that_fails_after_its_lease_removes_it() {
     let repo = Repository::open(Arc::new(FaultyBackend::new(mem.clone(), plan)))
         .await
         .unwrap();
-    let e = Session::begin(&repo, &"vm".parse().unwrap(), "h")
-        .await
-        .err()
-        .expect("the sweep log cannot be read");
+    let Err(e) = Session::begin(&repo, &"vm".parse().unwrap(), "h").await else {
+        panic!("began though the sweep log cannot be read");
+    };
     assert!(!e.is_damage(), "{e}");
     let leases: Vec<_> = mem.list(crate::keys::LEASES).collect().await;
     assert!(leases.is_empty(), "{leases:?}");
