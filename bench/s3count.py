@@ -81,8 +81,11 @@ def classify(method, target):
 
 
 class Proxy:
-    def __init__(self, upstream_port, port=0):
+    def __init__(self, upstream_port, port=0, latency=0.0):
         self.up = ("127.0.0.1", upstream_port)
+        # Seconds each request waits before it is forwarded: a round trip to a distant endpoint
+        # (requests on different connections wait at the same time, as on a real network).
+        self.latency = latency
         self.counts = Counts()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -146,6 +149,8 @@ class Proxy:
                     fill()
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 started = time.monotonic()
+                if self.latency:
+                    time.sleep(self.latency)
                 s.sendall(head + b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
                 method, target = lines[0].split(" ")[:2]

@@ -30,7 +30,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use tokio::sync::OnceCell;
 
@@ -78,6 +78,10 @@ pub struct ChunkIndex {
 /// Most index entries kept decoded in memory (80 bytes each).
 pub const DECODED_ENTRIES: usize = 256 * 1024;
 
+/// Index heads read at once when opening: a hundred objects in about four
+/// round trips, with at most 16 first reads (20 KiB each) in flight.
+const HEADS_AT_ONCE: usize = 16;
+
 /// A block: (position in `objects`, block number).
 type BlockAt = (usize, usize);
 
@@ -122,30 +126,39 @@ impl ChunkIndex {
         cache: Option<PathBuf>,
     ) -> Result<Self> {
         let listed: Vec<_> = backend.list(keys::INDEX).try_collect().await?;
-        let mut objects = Vec::with_capacity(listed.len());
-        for meta in listed {
-            let Some((prefix, name)) = keys::parse_index_in(&meta.key) else {
-                continue;
-            };
-            let head = OnceCell::new();
-            if prefix.is_empty() {
-                // Gone since the listing: a sweep replaced it by an
-                // object holding its live entries, which a later open
-                // sees.
-                let Some(h) = read_head_if_present(&*backend, &codec, &meta.key, meta.size).await?
-                else {
-                    continue;
-                };
-                let _ = head.set(Some(h));
-            }
-            objects.push(IndexObject {
-                name,
-                key: meta.key,
-                prefix,
-                size: meta.size,
-                head,
-            });
-        }
+        // Backups since the last gc each left an unsharded object whose
+        // head is read now: together, not a round trip after another.
+        let opened: Vec<Option<IndexObject>> = futures::stream::iter(listed)
+            .map(|meta| {
+                let (backend, codec) = (&backend, &codec);
+                async move {
+                    let Some((prefix, name)) = keys::parse_index_in(&meta.key) else {
+                        return Ok(None);
+                    };
+                    let head = OnceCell::new();
+                    if prefix.is_empty() {
+                        // Gone since the listing: a sweep replaced it by
+                        // an object holding its live entries, which a
+                        // later open sees.
+                        let read = read_head_if_present(&**backend, codec, &meta.key, meta.size);
+                        let Some(h) = read.await? else {
+                            return Ok(None);
+                        };
+                        let _ = head.set(Some(h));
+                    }
+                    Ok::<_, crate::error::Error>(Some(IndexObject {
+                        name,
+                        key: meta.key,
+                        prefix,
+                        size: meta.size,
+                        head,
+                    }))
+                }
+            })
+            .buffered(HEADS_AT_ONCE)
+            .try_collect()
+            .await?;
+        let mut objects: Vec<IndexObject> = opened.into_iter().flatten().collect();
         objects.sort_unstable_by(|a, b| (&a.prefix, a.name).cmp(&(&b.prefix, b.name)));
         Ok(ChunkIndex {
             backend,
