@@ -9,7 +9,7 @@
 //! slots: crypto/slot.rs).
 
 use chrono::Utc;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::backend::{Backend, PutMode};
 use crate::crypto::master::{Access, MasterKeys};
@@ -17,21 +17,29 @@ use crate::crypto::secret::Secret;
 use crate::crypto::slot::{self, Argon2Params, KeySlot, SLOTS};
 use crate::error::{Error, Result};
 
+/// Key slots read at once: a repository has a few (a password, a key
+/// file, a backup-only key), each a round trip that every command waits
+/// for before it can start.
+const SLOTS_AT_ONCE: usize = 8;
+
 /// Reads every key slot; damaged ones come back as errors in place.
 async fn read_slots(backend: &dyn Backend) -> Result<Vec<(String, Result<KeySlot>)>> {
     let metas: Vec<_> = backend.list(SLOTS).try_collect().await?;
-    let mut out = Vec::new();
-    for meta in metas {
-        let Some(id) = slot::parse_slot_key(&meta.key) else {
-            continue; // not a slot name: a stray file, ignored like elsewhere
-        };
-        let slot = match backend.get(&meta.key).await {
-            Ok(bytes) => KeySlot::decode(&meta.key, &bytes),
-            Err(e) if e.is_not_found() => continue, // removed meanwhile
-            Err(e) => return Err(e.into()),
-        };
-        out.push((id.to_string(), slot));
-    }
+    let read: Vec<Option<(String, Result<KeySlot>)>> = futures::stream::iter(metas)
+        .map(|meta| async move {
+            let Some(id) = slot::parse_slot_key(&meta.key) else {
+                return Ok(None); // not a slot name: a stray file, ignored like elsewhere
+            };
+            match backend.get(&meta.key).await {
+                Ok(bytes) => Ok(Some((id.to_string(), KeySlot::decode(&meta.key, &bytes)))),
+                Err(e) if e.is_not_found() => Ok(None), // removed meanwhile
+                Err(e) => Err(Error::from(e)),
+            }
+        })
+        .buffered(SLOTS_AT_ONCE)
+        .try_collect()
+        .await?;
+    let mut out: Vec<_> = read.into_iter().flatten().collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }

@@ -222,3 +222,23 @@ async fn damaged_slots_are_damage_when_nothing_else_opens() {
     let _ = KeySlot::decode; // the decoder is fuzzed separately
     let _ = MasterKeys::generate;
 }
+
+/// A command reads the key slots together (a password's, a key file's, a
+/// backup-only key's...): each is a round trip it waits for.
+#[tokio::test]
+async fn the_slots_are_read_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = crate::testing::InFlight::default();
+    let full = create_keys(&b, &pw("a"), FAST).await.unwrap();
+    for k in ["k1", "k2"] {
+        let file = keyfile::generate(&dir.path().join(k)).unwrap();
+        add_slot(&b, &full, &file, Access::Full, FAST)
+            .await
+            .unwrap();
+    }
+    let k = unlock(&b, &keyfile::read(&dir.path().join("k2")).unwrap())
+        .await
+        .unwrap();
+    assert!(k.same_repository(&full));
+    assert!(b.most() > 1, "slot reads in flight at once: {}", b.most());
+}

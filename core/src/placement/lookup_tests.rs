@@ -174,83 +174,19 @@ async fn a_damaged_index_object_is_damage_naming_it() {
     assert!(err.is_damage() && err.to_string().contains(&key), "{err}");
 }
 
-/// A store that counts the most ranged reads in flight at once; each
-/// takes a few milliseconds, so reads sent together overlap.
-#[derive(Debug)]
-struct Gauge {
-    inner: MemBackend,
-    now: std::sync::atomic::AtomicUsize,
-    most: std::sync::atomic::AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl Backend for Gauge {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn put_opts(
-        &self,
-        key: &str,
-        data: Bytes,
-        opts: crate::backend::PutOptions,
-    ) -> std::result::Result<(), crate::backend::BackendError> {
-        self.inner.put_opts(key, data, opts).await
-    }
-    async fn get(&self, key: &str) -> std::result::Result<Bytes, crate::backend::BackendError> {
-        self.inner.get(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        range: std::ops::Range<u64>,
-    ) -> std::result::Result<Bytes, crate::backend::BackendError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let n = self.now.fetch_add(1, SeqCst) + 1;
-        self.most.fetch_max(n, SeqCst);
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        self.now.fetch_sub(1, SeqCst);
-        self.inner.get_range(key, range).await
-    }
-    async fn head(
-        &self,
-        key: &str,
-    ) -> std::result::Result<crate::backend::ObjectMeta, crate::backend::BackendError> {
-        self.inner.head(key).await
-    }
-    fn list(
-        &self,
-        prefix: &str,
-    ) -> futures::stream::BoxStream<
-        '_,
-        std::result::Result<crate::backend::ObjectMeta, crate::backend::BackendError>,
-    > {
-        self.inner.list(prefix)
-    }
-    async fn delete_many(
-        &self,
-        keys: &[String],
-    ) -> std::result::Result<(), crate::backend::BackendError> {
-        self.inner.delete_many(keys).await
-    }
-}
-
 /// Opening reads the heads of the index objects backups wrote since the
 /// last gc (one per backup: a fleet's day can leave a hundred) together,
 /// not one round trip after another; what it finds is the same.
 #[tokio::test]
 async fn opening_reads_the_index_heads_together() {
-    let gauge = Arc::new(Gauge {
-        inner: MemBackend::default(),
-        now: Default::default(),
-        most: Default::default(),
-    });
+    let gauge = Arc::new(crate::testing::InFlight::default());
     for k in 0..6 {
         put_index(&gauge.inner, k * 100..k * 100 + 50).await;
     }
     let index = ChunkIndex::open(gauge.clone(), plain(), None)
         .await
         .unwrap();
-    let most = gauge.most.load(std::sync::atomic::Ordering::SeqCst);
+    let most = gauge.most();
     assert!(most > 1, "head reads in flight at once: {most}");
     assert_eq!(index.objects(), 6);
     let found = index.lookup(&[id(0), id(549), id(550)]).await.unwrap();

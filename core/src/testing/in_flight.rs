@@ -1,0 +1,63 @@
+//! A backend that counts the most reads in flight at once, to show that
+//! code sends requests together rather than one round trip after another.
+//! Each read takes a few milliseconds, so reads sent together overlap.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use super::MemBackend;
+use crate::backend::{Backend, BackendError, ObjectMeta, PutOptions};
+
+/// [`MemBackend`] whose GETs (whole or ranged) are counted in flight.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    pub inner: MemBackend,
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl InFlight {
+    /// The most reads that were in flight at once so far.
+    pub fn most(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
+
+    async fn counted<T>(&self, read: impl Future<Output = T>) -> T {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(n, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let out = read.await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+}
+
+#[async_trait]
+impl Backend for InFlight {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
+        self.inner.put_opts(key, data, opts).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
+        self.counted(self.inner.get(key)).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
+        self.counted(self.inner.get_range(key, range)).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        self.inner.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
+        self.inner.list(prefix)
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
+        self.inner.delete_many(keys).await
+    }
+}
