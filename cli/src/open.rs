@@ -9,25 +9,25 @@ use xfull_core::backend::Backend;
 use xfull_core::config::StoreSettings;
 use xfull_core::crypto::SeenEncrypted;
 use xfull_core::lock::seen::SeenLocked;
-use xfull_core::repo::Repository;
+use xfull_core::repo::{Opening, Repository};
 use xfull_local::{CreateError, LocalBackend, parse_location};
 use xfull_s3::{OpenError, S3Backend, S3Options};
 
 use crate::cli::{Cli, OtherSecret, S3Args};
 
-/// A repository's store, and its config's bytes when they were read to
-/// set the store up (S3: its store settings), so that opening the
-/// repository does not read them again.
+/// A repository's store, and what opening reads (its config and key
+/// slot listing) when that was read to set the store up (S3: its store
+/// settings), so that opening the repository does not read it again.
 struct Store {
     backend: Arc<dyn Backend>,
-    config: Option<Vec<u8>>,
+    opening: Option<Opening>,
 }
 
 impl From<Arc<dyn Backend>> for Store {
     fn from(backend: Arc<dyn Backend>) -> Store {
         Store {
             backend,
-            config: None,
+            opening: None,
         }
     }
 }
@@ -72,14 +72,20 @@ async fn backend(
                 .unwrap_or_else(|p| p.into_inner())
                 .push((b.location(), budget));
         }
-        let config = match stored {
+        // Read before the repository is opened, because the backend must
+        // know its store settings before its first write (the opening
+        // uses the same bytes). A missing config is left for the opening
+        // to report (not a repository); a store that cannot be reached
+        // fails here, at once: asking again to open would double the time
+        // a dead endpoint takes to fail (two minutes for a silent one).
+        let opening = match stored {
             Some(_) => None,
-            None => stored_config(&b).await.map_err(Error::Backend)?,
+            None => Opening::read(&b).await?,
         };
         // An undecodable config is left for the opening to report (damage).
-        let peeked = config
-            .as_deref()
-            .and_then(|c| xfull_core::config::RepoConfig::decode(c).ok())
+        let peeked = opening
+            .as_ref()
+            .and_then(|o| xfull_core::config::RepoConfig::decode(&o.config).ok())
             .map(|c| c.store);
         if let Some(settings) = stored.or(peeked.as_ref()) {
             // A value this build does not know, in a plain config anyone
@@ -101,7 +107,7 @@ async fn backend(
         }
         return Ok(Store {
             backend: Arc::new(b),
-            config,
+            opening,
         });
     }
     if s3.limits().is_set() {
@@ -157,23 +163,6 @@ async fn backend(
 /// for `copy`), where one was asked for: `main` says what they cost.
 pub static BUDGETS: std::sync::Mutex<Vec<(String, Arc<xfull_s3::Budget>)>> =
     std::sync::Mutex::new(Vec::new());
-
-/// An S3 repository's config, read before the repository is opened
-/// because the backend must know its store settings before its first
-/// write (one small GET; the opening uses the same bytes). A missing
-/// config is left for the opening to report (not a repository); a store
-/// that cannot be reached fails here, at once: asking again to open would
-/// double the time a dead endpoint takes to fail (two minutes for a
-/// silent one).
-async fn stored_config(
-    b: &S3Backend,
-) -> Result<Option<Vec<u8>>, xfull_core::backend::BackendError> {
-    match b.get(xfull_core::keys::CONFIG).await {
-        Ok(bytes) => Ok(Some(bytes.to_vec())),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    }
-}
 
 /// Whether `dir` holds nothing but what `init` writes (`keys/`, `config`
 /// and its staging file): a directory someone else's files are in is a
@@ -264,8 +253,8 @@ async fn finish_open(
     secret: impl FnOnce() -> xfull_core::Result<xfull_core::crypto::Secret>,
 ) -> Result<Repository> {
     let place = record_location(repo, store.backend.as_ref());
-    let repo = match store.config {
-        Some(config) => Repository::open_config(store.backend, &config, secret).await?,
+    let repo = match store.opening {
+        Some(opening) => Repository::open_config(store.backend, opening, secret).await?,
         None => Repository::open_with(store.backend, secret).await?,
     };
     let env = |n: &str| std::env::var_os(n);

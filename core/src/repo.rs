@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::backend::{Backend, BackendError, ObjectClass, PutMode, PutOptions};
+use crate::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutMode, PutOptions};
 use crate::codec::Codec;
 use crate::config::{Encryption, OLD_FORMAT_VERSION, RepoConfig};
 use crate::crypto::{self, Argon2Params, SealKind, Secret};
@@ -20,6 +20,36 @@ use crate::names::VmName;
 use crate::node::Node;
 use crate::placement::Placement;
 use crate::point_spec::PointSpec;
+
+/// What opening a repository reads before it can decide anything: the
+/// config, and the listing of `keys/` (needed either way: to unlock an
+/// encrypted repository, or to refuse an unencrypted config beside key
+/// slots). Read at once, one round trip for both.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    pub config: Bytes,
+    pub slots: Vec<ObjectMeta>,
+}
+
+impl Opening {
+    /// Both reads; `None` if there is no config (no repository), whatever
+    /// the listing said.
+    pub async fn read(backend: &dyn Backend) -> Result<Option<Opening>> {
+        let (config, slots) = tokio::join!(
+            backend.get(keys::CONFIG),
+            crypto::manage::list_slots_stored(backend)
+        );
+        let config = match config {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(Opening {
+            config,
+            slots: slots?,
+        }))
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Repository {
@@ -178,39 +208,36 @@ impl Repository {
         backend: Arc<dyn Backend>,
         secret: impl FnOnce() -> Result<Secret>,
     ) -> Result<Self> {
-        let bytes = match backend.get(keys::CONFIG).await {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => {
-                return Err(Error::NotARepository {
-                    location: backend.location(),
-                });
-            }
-            Err(e) => return Err(e.into()),
+        let Some(opening) = Opening::read(backend.as_ref()).await? else {
+            return Err(Error::NotARepository {
+                location: backend.location(),
+            });
         };
-        Self::open_config(backend, &bytes, secret).await
+        Self::open_config(backend, opening, secret).await
     }
 
-    /// [`Repository::open_with`] with the config's stored bytes already
-    /// read from `backend` (the CLI reads them before opening an S3
-    /// repository, for the store settings its backend needs): one GET
-    /// fewer, and both uses see the same config.
+    /// [`Repository::open_with`] from what [`Opening::read`] read of
+    /// `backend` (the CLI reads it before opening an S3 repository, for
+    /// the store settings its backend needs): no second read, and both
+    /// uses see the same config.
     pub async fn open_config(
         backend: Arc<dyn Backend>,
-        config: &[u8],
+        opening: Opening,
         secret: impl FnOnce() -> Result<Secret>,
     ) -> Result<Self> {
-        let config = RepoConfig::decode(config)?;
+        let config = RepoConfig::decode(&opening.config)?;
         let backend = locking(backend, &config);
         let codec = match &config.encryption {
             None => {
                 // A config rewritten to say "unencrypted" must not make
                 // this client write in the clear (crypto/downgrade.rs).
-                crypto::downgrade::check_store(backend.as_ref(), &config).await?;
+                crypto::downgrade::check_listed(&opening.slots, &config)?;
                 Codec::plain()
             }
             Some(enc) => {
                 let secret = secret()?;
-                let master = crypto::unlock(backend.as_ref(), &secret).await?;
+                let master =
+                    crypto::unlock_listed(backend.as_ref(), opening.slots, &secret).await?;
                 if master.check_value() != enc.check {
                     return Err(Error::corrupt(
                         crypto::slot::slot_key(master.slot()),

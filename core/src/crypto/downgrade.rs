@@ -11,11 +11,10 @@
 //! - `codec.rs`: a sealed object met while the codec is plain is damage
 //!   that says so.
 
-use futures::TryStreamExt;
-
-use crate::backend::Backend;
+use crate::backend::{Backend, ObjectMeta};
 use crate::config::RepoConfig;
-use crate::crypto::slot::{SLOTS, parse_slot_key};
+use crate::crypto::manage::list_slots_stored;
+use crate::crypto::slot::parse_slot_key;
 use crate::error::{Error, Result};
 use crate::keys;
 
@@ -25,18 +24,23 @@ pub async fn check_store(backend: &dyn Backend, config: &RepoConfig) -> Result<(
     if config.encryption.is_some() {
         return Ok(());
     }
-    let mut listing = backend.list(SLOTS);
-    while let Some(meta) = listing.try_next().await? {
-        if parse_slot_key(&meta.key).is_some() {
-            return Err(Error::corrupt(
-                keys::CONFIG,
-                format!(
-                    "the config says unencrypted but key slots exist ({}): the config may \
-                     have been replaced",
-                    meta.key
-                ),
-            ));
-        }
+    check_listed(&list_slots_stored(backend).await?, config)
+}
+
+/// [`check_store`] against a listing of `keys/` already made.
+pub fn check_listed(listed: &[ObjectMeta], config: &RepoConfig) -> Result<()> {
+    if config.encryption.is_some() {
+        return Ok(());
+    }
+    if let Some(meta) = listed.iter().find(|m| parse_slot_key(&m.key).is_some()) {
+        return Err(Error::corrupt(
+            keys::CONFIG,
+            format!(
+                "the config says unencrypted but key slots exist ({}): the config may \
+                 have been replaced",
+                meta.key
+            ),
+        ));
     }
     Ok(())
 }

@@ -11,7 +11,7 @@
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::backend::{Backend, PutMode};
+use crate::backend::{Backend, ObjectMeta, PutMode};
 use crate::crypto::master::{Access, MasterKeys};
 use crate::crypto::secret::Secret;
 use crate::crypto::slot::{self, Argon2Params, KeySlot, SLOTS};
@@ -22,10 +22,23 @@ use crate::error::{Error, Result};
 /// for before it can start.
 const SLOTS_AT_ONCE: usize = 8;
 
+/// The listing of `keys/`, which every opening starts from: to unlock,
+/// or to refuse an unencrypted config beside key slots.
+pub async fn list_slots_stored(backend: &dyn Backend) -> Result<Vec<ObjectMeta>> {
+    Ok(backend.list(SLOTS).try_collect().await?)
+}
+
 /// Reads every key slot; damaged ones come back as errors in place.
 async fn read_slots(backend: &dyn Backend) -> Result<Vec<(String, Result<KeySlot>)>> {
-    let metas: Vec<_> = backend.list(SLOTS).try_collect().await?;
-    let read: Vec<Option<(String, Result<KeySlot>)>> = futures::stream::iter(metas)
+    read_listed_slots(backend, list_slots_stored(backend).await?).await
+}
+
+/// Reads the key slots `listed` names (a listing of `keys/`).
+async fn read_listed_slots(
+    backend: &dyn Backend,
+    listed: Vec<ObjectMeta>,
+) -> Result<Vec<(String, Result<KeySlot>)>> {
+    let read: Vec<Option<(String, Result<KeySlot>)>> = futures::stream::iter(listed)
         .map(|meta| async move {
             let Some(id) = slot::parse_slot_key(&meta.key) else {
                 return Ok(None); // not a slot name: a stray file, ignored like elsewhere
@@ -108,7 +121,16 @@ async fn write_slot(
 /// opens and some are damaged, the first damaged one is reported instead
 /// (the right one may be among them).
 pub async fn unlock(backend: &dyn Backend, secret: &Secret) -> Result<MasterKeys> {
-    let slots = read_slots(backend).await?;
+    unlock_listed(backend, list_slots_stored(backend).await?, secret).await
+}
+
+/// [`unlock`] from a listing of `keys/` already made.
+pub async fn unlock_listed(
+    backend: &dyn Backend,
+    listed: Vec<ObjectMeta>,
+    secret: &Secret,
+) -> Result<MasterKeys> {
+    let slots = read_listed_slots(backend, listed).await?;
     if slots.is_empty() {
         return Err(Error::corrupt(SLOTS, "the repository has no key slots"));
     }

@@ -242,3 +242,23 @@ async fn the_slots_are_read_together() {
     assert!(k.same_repository(&full));
     assert!(b.most() > 1, "slot reads in flight at once: {}", b.most());
 }
+
+/// Opening reads the config and lists the key slots at once: it needs
+/// both whether the repository is encrypted or not.
+#[tokio::test]
+async fn opening_reads_the_config_and_the_slot_listing_together() {
+    use std::sync::Arc;
+    let mem = Arc::new(MemBackend::default());
+    let cfg =
+        crate::config::RepoConfig::new(1 << 20, crate::chunker::ChunkParams::from_avg(64 << 10), 3)
+            .unwrap();
+    crate::repo::Repository::init_encrypted(mem.clone(), cfg, &pw("a"), FAST)
+        .await
+        .unwrap();
+    // One slot: the slots' own reads cannot overlap.
+    let b = Arc::new(crate::testing::InFlight::new(mem.fork()));
+    crate::repo::Repository::open_with(b.clone(), || Ok(pw("a")))
+        .await
+        .unwrap();
+    assert!(b.most() > 1, "reads in flight at once: {}", b.most());
+}

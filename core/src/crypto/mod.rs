@@ -36,7 +36,7 @@ pub use data::{DataCipher, DataOpener, DataPublicKey, DataSealer, DataSecretKey}
 pub use id_hasher::IdHasher;
 pub use manage::{
     SlotInfo, add_slot, change_secret, create_keys, create_keys_like, list_slots, remove_slot,
-    unlock,
+    unlock, unlock_listed,
 };
 pub use master::{Access, MasterKeys};
 pub use password::SecretSources;

@@ -1,6 +1,7 @@
-//! A backend that counts the most reads in flight at once, to show that
-//! code sends requests together rather than one round trip after another.
-//! Each read takes a few milliseconds, so reads sent together overlap.
+//! A backend that counts the most reads (GETs and listings) in flight at
+//! once, to show that code sends requests together rather than one round
+//! trip after another. Each read takes a few milliseconds, so reads sent
+//! together overlap.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,12 +9,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::MemBackend;
 use crate::backend::{Backend, BackendError, ObjectMeta, PutOptions};
 
-/// [`MemBackend`] whose GETs (whole or ranged) are counted in flight.
+/// [`MemBackend`] whose GETs (whole or ranged) and listings are counted
+/// in flight (a listing as one request, answered whole).
 #[derive(Debug, Default)]
 pub struct InFlight {
     pub inner: MemBackend,
@@ -22,6 +25,14 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// Counts the reads of `inner` (e.g. a fork of a prepared store).
+    pub fn new(inner: MemBackend) -> InFlight {
+        InFlight {
+            inner,
+            ..InFlight::default()
+        }
+    }
+
     /// The most reads that were in flight at once so far.
     pub fn most(&self) -> usize {
         self.most.load(Ordering::SeqCst)
@@ -55,7 +66,14 @@ impl Backend for InFlight {
         self.inner.head(key).await
     }
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
-        self.inner.list(prefix)
+        let prefix = prefix.to_string();
+        let all = async move {
+            self.counted(self.inner.list(&prefix).collect::<Vec<_>>())
+                .await
+        };
+        futures::stream::once(all)
+            .flat_map(futures::stream::iter)
+            .boxed()
     }
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
         self.inner.delete_many(keys).await
