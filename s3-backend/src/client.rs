@@ -9,11 +9,14 @@
 //!   until the response head arrives (`silence.rs`), plus what is still in
 //!   transit then (at most 8 MiB of a body) at the floor, 128 s at most.
 //!   The SDK's own read timeout counts from the request's start, upload
-//!   included, which would make a 32 MiB pack need 9 Mbit/s; it is off.
-//!   A server that accepts the connection and never answers fails within
-//!   2 attempts, about 60 s.
-//! - stalled bodies: the SDK's stalled-stream protection fails a body that
-//!   moves no byte for 20 s, in either direction.
+//!   included, which would make a 32 MiB pack need 9 Mbit/s; it is off
+//!   for S3 requests (the credential providers' requests, to STS or SSO,
+//!   keep it: their bodies are small). A server that accepts the
+//!   connection and never answers fails within 2 attempts, about 60 s.
+//! - stalled bodies: an upload the connection takes no more of for 20 s
+//!   (`silence.rs`: it counts 256 KiB pieces, so below about 13 KiB/s);
+//!   a download that moves no byte for 20 s (the SDK's stalled-stream
+//!   protection).
 //! - attempt 5 min, operation 10 min, each plus an upload's body at the
 //!   floor (a 32 MiB pack: 8.5 and 17 min more): the backstop for a
 //!   trickle.
@@ -77,6 +80,17 @@ impl Timeouts {
         in_transit: 8 << 20,
     };
 
+    /// For every client the config loader makes, credential providers'
+    /// (STS, SSO) too; the S3 client turns the read timeout off.
+    pub fn loader(&self) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(self.connect)
+            .read_timeout(self.answer)
+            .operation_attempt_timeout(self.attempt)
+            .operation_timeout(self.operation)
+            .build()
+    }
+
     /// `bytes` at the floor rate.
     fn at_floor(&self, bytes: u64) -> Duration {
         Duration::from_secs_f64(bytes as f64 / self.upload_floor as f64)
@@ -118,12 +132,7 @@ pub(crate) async fn build(
         .with_max_attempts(MAX_ATTEMPTS)
         .with_initial_backoff(Duration::from_millis(100))
         .with_max_backoff(Duration::from_secs(5));
-    let limits = TimeoutConfig::builder()
-        .connect_timeout(timeouts.connect)
-        .disable_read_timeout()
-        .operation_attempt_timeout(timeouts.attempt)
-        .operation_timeout(timeouts.operation)
-        .build();
+    let limits = timeouts.loader();
     let stalls = StalledStreamProtectionConfig::enabled()
         .grace_period(timeouts.stall)
         .build();
@@ -153,6 +162,9 @@ pub(crate) async fn build(
     };
     let mut conf = aws_sdk_s3::config::Builder::from(&shared)
         .region(region.clone())
+        // Uploads are timed on silence instead (`silence.rs`); the other
+        // timeouts stay the loader's.
+        .timeout_config(TimeoutConfig::builder().disable_read_timeout().build())
         // S3-compatible servers do not all know the newer checksums.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired);

@@ -253,8 +253,9 @@ impl Mapper {
             },
             Failure::NoAnswer => transient(format!(
                 "{ep} accepted the connection but went silent ({tries}): no answer within {} s \
-                 of a request, or an upload it stopped taking; the server is hung or \
-                 overloaded, or the link is slower than {} KiB/s per upload ({detail})",
+                 of a request being sent (more after a large upload), or an upload it stopped \
+                 taking; the server is hung or overloaded, or the link is slower than {} KiB/s \
+                 per upload ({detail})",
                 ANSWER_TIMEOUT.as_secs(),
                 Timeouts::DEFAULT.upload_floor >> 10,
             )),

@@ -86,7 +86,7 @@ struct Progress {
 /// Why a request was given up on.
 #[derive(Debug, thiserror::Error)]
 enum Silent {
-    #[error("upload stalled: the server took no byte of the body for {0} s")]
+    #[error("upload stalled: the connection took no more of the body for {0} s")]
     Stalled(u64),
     #[error("no response within {0} s of sending the request")]
     Unanswered(u64),
@@ -136,15 +136,12 @@ async fn silence(mut seen: watch::Receiver<Progress>, stall: Duration, answer: D
         tokio::select! {
             () = tokio::time::sleep_until(p.at + limit) => return failure,
             moved = seen.changed() => {
-                // The body was dropped: before its end, the request failed
-                // and the call ends on its own; after it, only the answer
-                // is awaited.
+                // The body was dropped: the connection has all it will
+                // take of it (a failed request ends on its own), so only
+                // the answer is awaited, from the last piece taken.
                 if moved.is_err() {
-                    if !p.done {
-                        std::future::pending::<()>().await;
-                    }
-                    tokio::time::sleep_until(p.at + limit).await;
-                    return failure;
+                    tokio::time::sleep_until(p.at + answer).await;
+                    return Silent::Unanswered(answer.as_secs());
                 }
             }
         }
@@ -161,8 +158,9 @@ struct Pieces {
 }
 
 impl Pieces {
-    fn report(&mut self) {
-        let done = self.is_end_stream();
+    /// Reports a piece taken; `last` when nothing can follow it.
+    fn report(&mut self, last: bool) {
+        let done = last || self.is_end_stream();
         if let Some(p) = &self.progress {
             p.send_replace(Progress {
                 at: Instant::now(),
@@ -187,13 +185,14 @@ impl Body for Pieces {
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => self.current = data,
+                    // Trailers end a body.
                     Err(trailers) => {
-                        self.report();
+                        self.report(true);
                         return Poll::Ready(Some(Ok(trailers)));
                     }
                 },
                 Poll::Ready(None) => {
-                    self.report();
+                    self.report(true);
                     return Poll::Ready(None);
                 }
                 other => return other,
@@ -203,7 +202,7 @@ impl Body for Pieces {
         let piece = self.current.split_to(n);
         // A sized body's last piece may be its end: hyper does not always
         // ask again.
-        self.report();
+        self.report(false);
         Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 

@@ -1,7 +1,8 @@
 //! Uploads over a slow link, against a server on a loopback port that
 //! reads request bodies at a set rate: timeouts bound silence, not size
 //! (`client.rs`). The timeouts are shrunk (answer 2 s, stall 2 s, attempt
-//! 3 s, floor 256 KiB/s) so that this takes seconds, not minutes.
+//! 3 s, floor 256 KiB/s, 1 MiB in transit) so that this takes seconds,
+//! not minutes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,7 @@ const SHRUNK: Timeouts = Timeouts {
     attempt: Duration::from_secs(3),
     operation: Duration::from_secs(6),
     upload_floor: 256 << 10,
-    in_transit: 8 << 20,
+    in_transit: 1 << 20,
 };
 
 /// What the server does with a request.
@@ -150,14 +151,17 @@ async fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
-/// A 3 MiB upload at 512 KiB/s takes 6 s: longer than the answer timeout
-/// (2 s) and the attempt timeout (3 s), but it moves all the time, above
-/// the floor, so it succeeds in one attempt.
+/// A 16 MiB upload at 2 MiB/s takes 8 s: longer than the answer timeout
+/// (2 s) and the attempt timeout without the body (3 s), but it moves all
+/// the time, above the floor, so it succeeds in one attempt. The body is
+/// larger than the socket buffers hold: taken whole at once (one piece),
+/// its answer would be due 6 s after the start (2 s, plus 1 MiB in
+/// transit at the floor), before the server has read it.
 #[tokio::test]
 async fn an_upload_slower_than_the_answer_timeout_succeeds_while_it_moves() {
-    let server = SlowServer::start(512 << 10, Then::Answer).await;
+    let server = SlowServer::start(2 << 20, Then::Answer).await;
     let b = server.backend().await;
-    let body = Bytes::from(vec![7u8; 3 << 20]);
+    let body = Bytes::from(vec![7u8; 16 << 20]);
     b.put("pack", body, PutMode::Overwrite).await.unwrap();
     assert_eq!(server.requests.load(Ordering::SeqCst), 1, "one attempt");
 }
@@ -197,4 +201,35 @@ async fn an_upload_the_server_stops_reading_fails_as_stalled() {
         text.contains("went silent") && text.contains("upload stalled"),
         "{text}"
     );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+}
+
+/// The S3 client's own read timeout is off (uploads are timed here); the
+/// loader's, which credential providers' clients (STS, SSO) use, is not.
+#[tokio::test]
+async fn only_the_s3_clients_read_timeout_is_off() {
+    let server = SlowServer::start(1 << 20, Then::Answer).await;
+    let b = S3Backend::with_parts(
+        S3Options {
+            endpoint: Some(server.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            static_credentials: Some(("k".into(), "s".into())),
+            bucket: "b".into(),
+            ..S3Options::default()
+        },
+        None,
+        Timeouts::DEFAULT,
+    )
+    .await
+    .unwrap();
+    let t = b.client.config().timeout_config().unwrap();
+    assert_eq!(t.read_timeout(), None);
+    assert_eq!(t.connect_timeout(), Some(Duration::from_secs(5)));
+    assert_eq!(
+        t.operation_attempt_timeout(),
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(t.operation_timeout(), Some(Duration::from_secs(600)));
+    let loader = Timeouts::DEFAULT.loader();
+    assert_eq!(loader.read_timeout(), Some(Duration::from_secs(30)));
 }
