@@ -32,22 +32,31 @@ pub struct Opening {
 }
 
 impl Opening {
-    /// Both reads; `None` if there is no config (no repository), whatever
-    /// the listing said.
+    /// Both reads; `None` if there is no config (no repository). The
+    /// config's answer comes first: its absence or failure is what the
+    /// caller hears (not the listing's), as soon as it is known, and the
+    /// listing is then dropped.
     pub async fn read(backend: &dyn Backend) -> Result<Option<Opening>> {
-        let (config, slots) = tokio::join!(
-            backend.get(keys::CONFIG),
-            crypto::manage::list_slots_stored(backend)
-        );
+        let config = backend.get(keys::CONFIG);
+        let listing = crypto::manage::list_slots_stored(backend);
+        tokio::pin!(config, listing);
+        let mut listed = None;
+        let config = loop {
+            tokio::select! {
+                c = &mut config => break c,
+                l = &mut listing, if listed.is_none() => listed = Some(l),
+            }
+        };
         let config = match config {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(Some(Opening {
-            config,
-            slots: slots?,
-        }))
+        let slots = match listed {
+            Some(l) => l?,
+            None => listing.await?,
+        };
+        Ok(Some(Opening { config, slots }))
     }
 }
 
