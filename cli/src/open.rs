@@ -85,7 +85,7 @@ async fn backend(
         // An undecodable config is left for the opening to report (damage).
         let peeked = opening
             .as_ref()
-            .and_then(|o| xfull_core::config::RepoConfig::decode(&o.config).ok())
+            .and_then(|o| xfull_core::config::RepoConfig::decode(o.config()).ok())
             .map(|c| c.store);
         if let Some(settings) = stored.or(peeked.as_ref()) {
             // A value this build does not know, in a plain config anyone

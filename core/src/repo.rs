@@ -27,8 +27,9 @@ use crate::point_spec::PointSpec;
 /// slots). Read at once, one round trip for both.
 #[derive(Debug, Clone)]
 pub struct Opening {
-    pub config: Bytes,
-    pub slots: Vec<ObjectMeta>,
+    config: Bytes,
+    /// Only from [`Opening::read`]: the downgrade check trusts it.
+    slots: Vec<ObjectMeta>,
 }
 
 impl Opening {
@@ -57,6 +58,11 @@ impl Opening {
             None => listing.await?,
         };
         Ok(Some(Opening { config, slots }))
+    }
+
+    /// The config's stored bytes.
+    pub fn config(&self) -> &[u8] {
+        &self.config
     }
 }
 
@@ -245,8 +251,23 @@ impl Repository {
             }
             Some(enc) => {
                 let secret = secret()?;
-                let master =
-                    crypto::unlock_listed(backend.as_ref(), opening.slots, &secret).await?;
+                let b = backend.as_ref();
+                let master = match crypto::unlock_listed(b, opening.slots.clone(), &secret).await {
+                    Ok(m) => m,
+                    // The listing was taken with the config, before the
+                    // secret was asked for (a prompt can wait minutes): if
+                    // the slots changed meanwhile (`key passwd`), look
+                    // again, once. A wrong secret costs one LIST more.
+                    Err(e) => {
+                        let fresh = crypto::manage::list_slots_stored(b).await?;
+                        let names =
+                            |l: &[ObjectMeta]| l.iter().map(|m| m.key.clone()).collect::<Vec<_>>();
+                        if names(&fresh) == names(&opening.slots) {
+                            return Err(e);
+                        }
+                        crypto::unlock_listed(b, fresh, &secret).await?
+                    }
+                };
                 if master.check_value() != enc.check {
                     return Err(Error::corrupt(
                         crypto::slot::slot_key(master.slot()),

@@ -312,6 +312,11 @@ fn a_backup_given_its_parents_whole_id_does_not_list_points() {
     let (out, n) = lists(&id[id.len() - 4..]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(n, 1, "listings of points/ with a fragment");
+    // All but the first character: a suffix, which the id parser may
+    // take for a whole id (it accepts short time fields).
+    let (out, n) = lists(&id[1..]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(n, 1, "listings of points/ with a long suffix");
 
     let points = || e.x(&["--json", "points"]).output().unwrap().stdout;
     let before = points();

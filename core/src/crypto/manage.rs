@@ -43,6 +43,16 @@ async fn read_listed_slots(
             let Some(id) = slot::parse_slot_key(&meta.key) else {
                 return Ok(None); // not a slot name: a stray file, ignored like elsewhere
             };
+            // Refused by its listed size before it is read: a hostile
+            // object under keys/ must not fill memory, 8 at a time.
+            if meta.size > slot::MAX_SLOT_LEN as u64 {
+                let why = format!(
+                    "{} bytes, more than a key slot's {}",
+                    meta.size,
+                    slot::MAX_SLOT_LEN
+                );
+                return Ok(Some((id.to_string(), Err(Error::corrupt(&meta.key, why)))));
+            }
             match backend.get(&meta.key).await {
                 Ok(bytes) => Ok(Some((id.to_string(), KeySlot::decode(&meta.key, &bytes)))),
                 Err(e) if e.is_not_found() => Ok(None), // removed meanwhile

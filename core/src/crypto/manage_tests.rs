@@ -262,3 +262,30 @@ async fn opening_reads_the_config_and_the_slot_listing_together() {
         .unwrap();
     assert!(b.most() > 1, "reads in flight at once: {}", b.most());
 }
+
+/// Opening lists the key slots with the config, before the secret is
+/// asked for (a prompt can wait minutes). A `key passwd` meanwhile
+/// replaces the slot listed: the new password still opens, from a fresh
+/// listing, rather than failing as "no key slots" damage.
+#[tokio::test]
+async fn a_slot_replaced_while_the_secret_is_asked_for_is_found_again() {
+    use std::sync::Arc;
+    let mem = Arc::new(MemBackend::default());
+    let cfg =
+        crate::config::RepoConfig::new(1 << 20, crate::chunker::ChunkParams::from_avg(64 << 10), 3)
+            .unwrap();
+    crate::repo::Repository::init_encrypted(mem.clone(), cfg, &pw("old"), FAST)
+        .await
+        .unwrap();
+    let stale = crate::repo::Opening::read(mem.as_ref())
+        .await
+        .unwrap()
+        .unwrap();
+    let keys = unlock(mem.as_ref(), &pw("old")).await.unwrap();
+    change_secret(mem.as_ref(), &keys, &pw("new"), FAST)
+        .await
+        .unwrap();
+    crate::repo::Repository::open_config(mem.clone(), stale, || Ok(pw("new")))
+        .await
+        .unwrap();
+}

@@ -78,8 +78,8 @@ pub struct ChunkIndex {
 /// Most index entries kept decoded in memory (80 bytes each).
 pub const DECODED_ENTRIES: usize = 256 * 1024;
 
-/// Index heads read at once when opening: a hundred objects in about four
-/// round trips, with at most 16 first reads (20 KiB each) in flight.
+/// Index heads read at once when opening: a hundred objects in about
+/// seven round trips, with at most 16 first reads (20 KiB each) in flight.
 const HEADS_AT_ONCE: usize = 16;
 
 /// A block: (position in `objects`, block number).

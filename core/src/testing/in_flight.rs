@@ -39,12 +39,18 @@ impl InFlight {
     }
 
     async fn counted<T>(&self, read: impl Future<Output = T>) -> T {
+        /// Counts the read out when it ends, or is dropped unfinished.
+        struct Out<'a>(&'a AtomicUsize);
+        impl Drop for Out<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        let _out = Out(&self.now);
         self.most.fetch_max(n, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let out = read.await;
-        self.now.fetch_sub(1, Ordering::SeqCst);
-        out
+        read.await
     }
 }
 
