@@ -11,23 +11,15 @@
 //! - `codec.rs`: a sealed object met while the codec is plain is damage
 //!   that says so.
 
-use crate::backend::{Backend, ObjectMeta};
+use crate::backend::ObjectMeta;
 use crate::config::RepoConfig;
-use crate::crypto::manage::list_slots_stored;
 use crate::crypto::slot::parse_slot_key;
 use crate::error::{Error, Result};
 use crate::keys;
 
-/// Refuses an unencrypted config when `keys/` holds key slots (one LIST,
-/// made only for unencrypted repositories).
-pub async fn check_store(backend: &dyn Backend, config: &RepoConfig) -> Result<()> {
-    if config.encryption.is_some() {
-        return Ok(());
-    }
-    check_listed(&list_slots_stored(backend).await?, config)
-}
-
-/// [`check_store`] against a listing of `keys/` already made.
+/// Refuses an unencrypted config when `listed` (the listing of `keys/`
+/// that opening reads with the config, `repo.rs::Opening`) holds key
+/// slots.
 pub fn check_listed(listed: &[ObjectMeta], config: &RepoConfig) -> Result<()> {
     if config.encryption.is_some() {
         return Ok(());
@@ -50,7 +42,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::backend::PutMode;
+    use crate::backend::{Backend, PutMode};
     use crate::chunker::ChunkParams;
     use crate::config::{DEFAULT_SEGMENT_SIZE, Encryption};
     use crate::crypto::slot::slot_key;
@@ -89,6 +81,9 @@ mod tests {
         );
         assert!(e.to_string().contains("key slots exist"), "{e}");
         // An encrypted config is not this check's business.
-        check_store(b.as_ref(), &config(true)).await.unwrap();
+        let listed = crate::crypto::manage::list_slots_stored(b.as_ref())
+            .await
+            .unwrap();
+        check_listed(&listed, &config(true)).unwrap();
     }
 }

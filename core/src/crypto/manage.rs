@@ -45,13 +45,8 @@ async fn read_listed_slots(
             };
             // Refused by its listed size before it is read: a hostile
             // object under keys/ must not fill memory, 8 at a time.
-            if meta.size > slot::MAX_SLOT_LEN as u64 {
-                let why = format!(
-                    "{} bytes, more than a key slot's {}",
-                    meta.size,
-                    slot::MAX_SLOT_LEN
-                );
-                return Ok(Some((id.to_string(), Err(Error::corrupt(&meta.key, why)))));
+            if let Err(e) = slot::check_len(&meta.key, meta.size) {
+                return Ok(Some((id.to_string(), Err(e))));
             }
             match backend.get(&meta.key).await {
                 Ok(bytes) => Ok(Some((id.to_string(), KeySlot::decode(&meta.key, &bytes)))),

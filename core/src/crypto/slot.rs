@@ -51,6 +51,18 @@ pub fn slot_key(id: &str) -> String {
     format!("{SLOTS}{id}")
 }
 
+/// Refuses a slot object longer than [`MAX_SLOT_LEN`]: its listed size
+/// before it is read, its bytes before they are parsed.
+pub fn check_len(key: &str, len: u64) -> Result<()> {
+    if len > MAX_SLOT_LEN as u64 {
+        return Err(Error::corrupt(
+            key,
+            format!("{len} bytes, more than a key slot's {MAX_SLOT_LEN}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The slot id of a `keys/` key, if it is named like one (16 hex digits).
 pub fn parse_slot_key(key: &str) -> Option<&str> {
     let id = key.strip_prefix(SLOTS)?;
@@ -284,12 +296,7 @@ impl KeySlot {
         let id = parse_slot_key(key)
             .ok_or_else(|| Error::corrupt(key, "not a key slot name (keys/ and 16 hex digits)"))?;
         let bad = |reason: String| Error::corrupt(key, reason);
-        if bytes.len() > MAX_SLOT_LEN {
-            return Err(bad(format!(
-                "{} bytes, more than a key slot's {MAX_SLOT_LEN}",
-                bytes.len()
-            )));
-        }
+        check_len(key, bytes.len() as u64)?;
         let body = match bytes.strip_prefix(MAGIC) {
             Some(body) => body,
             None if bytes.starts_with(b"XFK") => {
