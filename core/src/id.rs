@@ -112,6 +112,16 @@ impl PointId {
         &self.0
     }
 
+    /// `s` if it is an id exactly as [`PointId::new`] writes them. The
+    /// parser takes more: shorter time fields (`0261125T194155Z-3fa2`, a
+    /// suffix of a real id) and upper-case hex, which no stored id has.
+    pub fn parse_whole(s: &str) -> Option<PointId> {
+        let id: PointId = s.parse().ok()?;
+        let (time, suffix) = s.split_once('-')?;
+        let written = id.time().format(POINT_TIME_FORMAT).to_string();
+        (time == written && !suffix.bytes().any(|b| b.is_ascii_uppercase())).then_some(id)
+    }
+
     /// The time in the id (to the second).
     pub fn time(&self) -> DateTime<Utc> {
         let t = self.0.split('-').next().unwrap_or_default();
@@ -189,6 +199,16 @@ mod tests {
             "2026-3fa2",
         ] {
             assert!(bad.parse::<PointId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_ids_as_written_are_whole() {
+        let id = PointId::new("2026-11-25T19:41:55Z".parse().unwrap());
+        assert_eq!(PointId::parse_whole(id.as_str()), Some(id.clone()));
+        let upper = format!("20261125T194155Z-{}", &id.as_str()[17..].to_uppercase());
+        for not in [&id.as_str()[1..], "20261125T194155Z-3FA2", &upper, "3fa2"] {
+            assert_eq!(PointId::parse_whole(not), None, "{not}");
         }
     }
 }

@@ -129,14 +129,8 @@ async fn parent(repo: &Repository, vm: &VmName, given: &str) -> Result<PointId> 
     }
     // A whole id needs no listing of the VM's points (one round trip and
     // a LIST fewer): its manifest is read after the lease, and one that is
-    // not there fails then, naming the point. Whole means as `PointId`
-    // writes them (21 characters, a lowercase hex suffix): the parser
-    // accepts shorter time fields, which are suffixes of real ids, and
-    // upper-case hex.
-    if let Ok(id) = fragment.parse::<PointId>()
-        && fragment.len() == 21
-        && !fragment.as_bytes()[17..].iter().any(u8::is_ascii_uppercase)
-    {
+    // not there fails then, naming the point.
+    if let Some(id) = PointId::parse_whole(fragment) {
         return Ok(id);
     }
     crate::point_name::find_id(repo, vm, fragment).await
