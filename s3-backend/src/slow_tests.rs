@@ -76,7 +76,12 @@ impl SlowServer {
         }
     }
 
+    /// A backend on this server with the shrunk timeouts.
     async fn backend(&self) -> S3Backend {
+        self.backend_with(SHRUNK).await
+    }
+
+    async fn backend_with(&self, timeouts: Timeouts) -> S3Backend {
         let opts = S3Options {
             bucket: "b".into(),
             endpoint: Some(self.endpoint.clone()),
@@ -84,7 +89,7 @@ impl SlowServer {
             static_credentials: Some(("k".into(), "s".into())),
             ..S3Options::default()
         };
-        S3Backend::with_parts(opts, None, SHRUNK).await.unwrap()
+        S3Backend::with_parts(opts, None, timeouts).await.unwrap()
     }
 }
 
@@ -209,19 +214,7 @@ async fn an_upload_the_server_stops_reading_fails_as_stalled() {
 #[tokio::test]
 async fn only_the_s3_clients_read_timeout_is_off() {
     let server = SlowServer::start(1 << 20, Then::Answer).await;
-    let b = S3Backend::with_parts(
-        S3Options {
-            endpoint: Some(server.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            static_credentials: Some(("k".into(), "s".into())),
-            bucket: "b".into(),
-            ..S3Options::default()
-        },
-        None,
-        Timeouts::DEFAULT,
-    )
-    .await
-    .unwrap();
+    let b = server.backend_with(Timeouts::DEFAULT).await;
     let t = b.client.config().timeout_config().unwrap();
     assert_eq!(t.read_timeout(), None);
     assert_eq!(t.connect_timeout(), Some(Duration::from_secs(5)));

@@ -177,7 +177,7 @@ mod tests {
                 NoAnswer,
             ),
             (
-                "dispatch failure: timeout: upload stalled: the server took no byte of the body for 20 s",
+                "dispatch failure: timeout: upload stalled: the connection took no more of the body for 20 s",
                 true,
                 false,
                 NoAnswer,

@@ -243,18 +243,24 @@ async fn the_slots_are_read_together() {
     assert!(b.most() > 1, "slot reads in flight at once: {}", b.most());
 }
 
+/// A new encrypted repository in memory, its one slot opened by `secret`.
+async fn encrypted_repository(secret: &Secret) -> std::sync::Arc<MemBackend> {
+    let mem = std::sync::Arc::new(MemBackend::default());
+    let cfg =
+        crate::config::RepoConfig::new(1 << 20, crate::chunker::ChunkParams::from_avg(64 << 10), 3)
+            .unwrap();
+    crate::repo::Repository::init_encrypted(mem.clone(), cfg, secret, FAST)
+        .await
+        .unwrap();
+    mem
+}
+
 /// Opening reads the config and lists the key slots at once: it needs
 /// both whether the repository is encrypted or not.
 #[tokio::test]
 async fn opening_reads_the_config_and_the_slot_listing_together() {
     use std::sync::Arc;
-    let mem = Arc::new(MemBackend::default());
-    let cfg =
-        crate::config::RepoConfig::new(1 << 20, crate::chunker::ChunkParams::from_avg(64 << 10), 3)
-            .unwrap();
-    crate::repo::Repository::init_encrypted(mem.clone(), cfg, &pw("a"), FAST)
-        .await
-        .unwrap();
+    let mem = encrypted_repository(&pw("a")).await;
     // One slot: the slots' own reads cannot overlap.
     let b = Arc::new(crate::testing::InFlight::new(mem.fork()));
     crate::repo::Repository::open_with(b.clone(), || Ok(pw("a")))
@@ -269,14 +275,7 @@ async fn opening_reads_the_config_and_the_slot_listing_together() {
 /// listing, rather than failing as "no key slots" damage.
 #[tokio::test]
 async fn a_slot_replaced_while_the_secret_is_asked_for_is_found_again() {
-    use std::sync::Arc;
-    let mem = Arc::new(MemBackend::default());
-    let cfg =
-        crate::config::RepoConfig::new(1 << 20, crate::chunker::ChunkParams::from_avg(64 << 10), 3)
-            .unwrap();
-    crate::repo::Repository::init_encrypted(mem.clone(), cfg, &pw("old"), FAST)
-        .await
-        .unwrap();
+    let mem = encrypted_repository(&pw("old")).await;
     let stale = crate::repo::Opening::read(mem.as_ref())
         .await
         .unwrap()
