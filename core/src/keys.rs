@@ -25,6 +25,8 @@ pub const NODES: &str = "nodes/";
 pub const POINTS: &str = "points/";
 pub const TRASH: &str = "trash/";
 pub const LEASES: &str = "leases/";
+/// Everything of gc's: its markers (and a preflight's scratch object).
+pub const GC: &str = "gc/";
 pub const SWEEPS: &str = "gc/sweeps/";
 pub const DONE: &str = "gc/done/";
 pub const DAMAGE: &str = "damage/";

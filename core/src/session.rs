@@ -278,12 +278,6 @@ impl Session {
         write_lease(&self.repo, &self.key, &self.record, &self.writer).await
     }
 
-    /// Rewrites the lease and returns the store's time.
-    pub async fn refresh(&self) -> Result<DateTime<Utc>> {
-        self.write().await?;
-        Ok(self.repo.backend().head(&self.key).await?.last_modified)
-    }
-
     /// True when the manifest, written at `committed` (the store's time),
     /// came so long after the last `check` that the lease may have died in
     /// between: a sweep may then have missed both the lease and the point.
@@ -295,7 +289,20 @@ impl Session {
 
     /// (c): see [`Check`].
     pub async fn check(&mut self) -> Result<Check> {
-        let now = self.refresh().await?;
+        self.write().await?;
+        // The lease's time and the sweep log only need the lease written,
+        // not each other: one round trip for the two (as at the start).
+        let (head, log) = tokio::try_join!(
+            async {
+                self.repo
+                    .backend()
+                    .head(&self.key)
+                    .await
+                    .map_err(Error::from)
+            },
+            SweepLog::read(&self.repo)
+        )?;
+        let now = head.last_modified;
         let ttl_lease = self.repo.config().protocol.ttl();
         if self.checked_at.is_some_and(|t| now - t > ttl_lease / 2) {
             // The lease may have died since the last check: a running
@@ -311,7 +318,6 @@ impl Session {
             (r.session.clone(), r.pins.len(), r.deps.clone())
         };
         self.content = (deps.len(), pins);
-        let log = SweepLog::read(&self.repo).await?;
         let ttl = self.repo.config().protocol.sweep_ttl();
         // A sweep numbered above what an earlier check with this content
         // listed began after that check wrote the lease: every look of it

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, PutMode};
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
+use crate::gc::markers::SweepLog;
 use crate::id::ObjectId;
 use crate::lease::ObjectRef;
 use crate::repo::Repository;
@@ -101,4 +102,53 @@ async fn a_begin_that_fails_after_its_lease_removes_it() {
     assert!(!e.is_damage(), "{e}");
     let leases: Vec<_> = mem.list(crate::keys::LEASES).collect().await;
     assert!(leases.is_empty(), "{leases:?}");
+}
+
+/// A session's start and each check cost two round trips: the lease
+/// write, then its time and the sweep log together, the log in one
+/// listing of `gc/` (it was three and four: `gc/sweeps/` and `gc/done/`
+/// listed one after the other, and a check's HEAD before both).
+#[tokio::test]
+async fn begin_and_check_take_two_round_trips_each() {
+    let b = Arc::new(crate::testing::InFlight::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let repo = Repository::init(b.clone(), cfg).await.unwrap();
+    // Sweep 1 finished; sweep 2 only started (its marker alone).
+    let report = crate::gc::run(&repo, false).await.unwrap();
+    assert_eq!((report.seq, report.skipped.as_deref()), (1, None));
+    let marker = b.inner.get(&crate::keys::sweep(1)).await.unwrap();
+    b.inner
+        .put(&crate::keys::sweep(2), marker, PutMode::Create)
+        .await
+        .unwrap();
+    let log = SweepLog::read(&repo).await.unwrap();
+    assert_eq!(log.started.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(log.done.keys().copied().collect::<Vec<_>>(), [1]);
+
+    let gc_lists = || {
+        b.requests()
+            .iter()
+            .filter(|r| r.kind == "LIST" && r.key.starts_with("gc/"))
+            .count()
+    };
+    let (rounds, lists) = (b.rounds(), gc_lists());
+    let mut session = Session::begin(&repo, &"vm".parse().unwrap(), "h")
+        .await
+        .unwrap();
+    assert_eq!(gc_lists() - lists, 1, "{:#?}", b.requests());
+    // The lease; its time and the log; the running sweep's marker.
+    assert_eq!(b.rounds() - rounds, 3, "{:#?}", b.requests());
+    assert!(b.overlapped(("HEAD", "leases/"), ("LIST", "gc/")));
+
+    let (rounds, lists) = (b.rounds(), gc_lists());
+    session.check().await.unwrap();
+    assert_eq!(gc_lists() - lists, 1, "{:#?}", b.requests());
+    assert_eq!(b.rounds() - rounds, 3, "{:#?}", b.requests());
+    let checks: Vec<_> = b.requests().into_iter().rev().take(4).collect();
+    assert!(
+        checks
+            .iter()
+            .any(|r| r.kind == "GET" && r.key == crate::keys::sweep(2)),
+        "{checks:#?}"
+    );
 }

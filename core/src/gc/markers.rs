@@ -161,19 +161,29 @@ pub struct SweepLog {
 }
 
 impl SweepLog {
+    /// Both kinds of marker in one listing of `gc/` (one round trip and
+    /// one LIST, where listing `gc/sweeps/` then `gc/done/` took two on
+    /// every backup's start and check). A listing is not a snapshot:
+    /// `gc/done/` sorts first, so it is read before `gc/sweeps/`, and a
+    /// sweep that finishes between the two parts shows as started and not
+    /// done. Every reader takes such a sweep for a running one, which is
+    /// the cautious reading: a backup judges it by its marker, a sweep
+    /// yields to it or keeps the ended leases it may need. Old markers
+    /// deleted meanwhile (a pair, by a later sweep) can leave either half,
+    /// as they could between two listings.
     pub async fn read(repo: &Repository) -> Result<Self> {
         let mut log = SweepLog::default();
-        let sweeps: Vec<_> = repo.backend().list(keys::SWEEPS).try_collect().await?;
-        for m in sweeps {
-            if let Some(seq) = keys::parse_seq(&m.key) {
+        let mut listed = repo.backend().list(keys::GC);
+        while let Some(m) = listed.try_next().await? {
+            let Some(seq) = keys::parse_seq(&m.key) else {
+                continue;
+            };
+            if m.key.starts_with(keys::DONE) {
+                log.done.insert(seq, m.last_modified);
+            } else {
                 log.started.insert(seq, m.last_modified);
             }
         }
-        let done: Vec<_> = repo.backend().list(keys::DONE).try_collect().await?;
-        log.done.extend(
-            done.iter()
-                .filter_map(|m| Some((keys::parse_seq(&m.key)?, m.last_modified))),
-        );
         Ok(log)
     }
 
