@@ -17,7 +17,7 @@ use xfull_core::manifest::Manifest;
 use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
 use xfull_core::restore::{RestoreOptions, Target, restore};
-use xfull_core::testing::{FaultPlan, FaultyBackend, MemBackend};
+use xfull_core::testing::{FaultPlan, FaultyBackend, InFlight, MemBackend};
 use xfull_integration::{Region, write_image};
 use xfull_local::LocalBackend;
 
@@ -239,6 +239,40 @@ fn empty_and_one_byte_disks() {
             assert_eq!(std::fs::read(&out).unwrap(), data);
             assert_eq!(hash, blake3::hash(data).to_hex().to_string());
         }
+    });
+}
+
+/// A backup reads and pins its parent while it opens the chunk index and
+/// loads the damage records: each needs only the lease written, so their
+/// round trips overlap instead of following each other.
+#[test]
+fn a_backup_reads_its_parent_beside_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    write_image(&img, &xfull_integration::mixed_regions(4, 3), 3, false).unwrap();
+    rt().block_on(async {
+        let b = Arc::new(InFlight::default());
+        let repo = Repository::init(b.clone(), small_config()).await.unwrap();
+        let first = run_backup(&repo, "vm", &img).await.unwrap();
+        let skip = b.requests().len();
+        let second = run_backup(&repo, "vm", &img).await.unwrap();
+        assert_eq!(second.parent, Some(first.id.clone()));
+        let log = b.requests();
+        let second_only = &log[skip..];
+        let at = |kind: &str, prefix: &str| {
+            second_only
+                .iter()
+                .any(|r| r.kind == kind && r.key.starts_with(prefix))
+        };
+        assert!(
+            at("GET", "points/vm/") && at("LIST", "index/"),
+            "{second_only:#?}"
+        );
+        assert!(
+            b.overlapped(("GET", "points/vm/"), ("LIST", "index/"))
+                || b.overlapped(("LIST", "points/vm/"), ("LIST", "index/")),
+            "the parent was read after the index was opened: {second_only:#?}"
+        );
     });
 }
 

@@ -131,20 +131,24 @@ pub async fn backup(
     }
     let heartbeat = session.heartbeat();
     let work = async {
-        find_parents(repo, &req, &mut disks, &progress).await?;
-        session
-            .pin(disks.iter().filter_map(|d| {
-                d.parent
-                    .as_ref()
-                    .map(|(id, _)| (req.vm.clone(), id.clone()))
-            }))
-            .await?;
-        // What the backup may rely on as stored (see `trust`), and the
-        // chunk index, opened once the lease is written: what the backup
-        // finds in it and relies on is recorded in the lease (as a pack
-        // dependency). Two reads, one round trip.
+        // The parents, read and pinned; beside them what the backup may
+        // rely on as stored (see `trust`) and the chunk index. Neither
+        // of those needs the pin, only the lease written: what the backup
+        // finds in the index and relies on is recorded in the lease (as a
+        // pack dependency). So the round trips of the three overlap.
+        let parents = async {
+            find_parents(repo, &req, &mut disks, &progress).await?;
+            session
+                .pin(disks.iter().filter_map(|d| {
+                    d.parent
+                        .as_ref()
+                        .map(|(id, _)| (req.vm.clone(), id.clone()))
+                }))
+                .await
+        };
         let placement = repo.chunks();
-        let (known, index) = tokio::try_join!(KnownDamage::load(repo), placement.open_index())?;
+        let ((), known, index) =
+            tokio::try_join!(parents, KnownDamage::load(repo), placement.open_index())?;
         let full_scan_with_parent = disks
             .iter()
             .any(|d| matches!(d.changes, ChangeSource::FullScan) && d.parent.is_some());
