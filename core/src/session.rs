@@ -224,6 +224,22 @@ impl Session {
     pub async fn settle_with<F>(
         &mut self,
         progress: &crate::progress::Progress,
+        restore: F,
+    ) -> Result<()>
+    where
+        F: AsyncFnMut(bool, &[ObjectRef]) -> Result<Vec<ObjectRef>>,
+    {
+        self.settle_from(None, progress, restore).await
+    }
+
+    /// [`Session::settle_with`], its first round judged by `first`, a
+    /// check already made (a backup makes it while its last uploads are
+    /// in flight). Deps recorded since that check are written and checked
+    /// by another round, even after a `Clear`.
+    pub async fn settle_from<F>(
+        &mut self,
+        mut first: Option<Check>,
+        progress: &crate::progress::Progress,
         mut restore: F,
     ) -> Result<()>
     where
@@ -232,9 +248,15 @@ impl Session {
         let poll = std::time::Duration::from_millis(500);
         let mut told = None;
         loop {
-            let check = self.check().await?;
+            let check = match first.take() {
+                Some(c) => c,
+                None => self.check().await?,
+            };
             match &check {
-                Check::Clear => return Ok(()),
+                Check::Clear if !self.grown() => return Ok(()),
+                // Deps recorded after that check's lease write: neither
+                // written nor looked at yet.
+                Check::Clear => {}
                 Check::Wait {
                     seq,
                     reason,
@@ -482,10 +504,7 @@ impl Session {
     /// cutoff spares (a repair sweep ignores leases and the cutoff, hence
     /// the exception). False: check again.
     pub fn settle(&mut self, verified: &Check) -> bool {
-        let grown = {
-            let r = self.lock();
-            (r.deps.len(), r.pins.len()) != self.content
-        };
+        let grown = self.grown();
         if let Check::Verify {
             sweeps,
             all,
@@ -521,6 +540,12 @@ impl Session {
         !grown
             && self.targeted.is_empty()
             && matches!(verified, Check::Verify { sweeps, all: false, .. } if sweeps.is_empty())
+    }
+
+    /// Whether the lease's content grew since the last check wrote it.
+    fn grown(&self) -> bool {
+        let r = self.lock();
+        (r.deps.len(), r.pins.len()) != self.content
     }
 
     /// (e): ends the session. A committed point is named in the lease,

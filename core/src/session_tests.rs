@@ -60,6 +60,36 @@ async fn deps_found_stored_settle_without_another_round() {
     assert_eq!(mem.request_counts()["put"] - puts, 1, "one lease write");
 }
 
+/// A first round made beside the backup's last uploads may come back
+/// clear before those uploads record deps (a pack or index object found
+/// already stored): settling from it writes those deps to the lease and
+/// looks at them in another round, rather than committing on the clear.
+#[tokio::test]
+async fn a_clear_first_round_is_not_the_last_when_deps_came_after_it() {
+    let (mem, mut session) = begun().await;
+    let first = session.check().await.unwrap();
+    assert_eq!(first, crate::session::Check::Clear);
+    let late = ObjectRef::Pack(ObjectId::of(b"late"));
+    session.depend([late]);
+    let progress = crate::progress::Progress::default();
+    let mut rounds = Vec::new();
+    session
+        .settle_from(Some(first), &progress, async |all, deps| {
+            rounds.push((all, deps.to_vec()));
+            Ok(Vec::new())
+        })
+        .await
+        .unwrap();
+    assert_eq!(rounds, [(false, vec![late])], "the late dep looked at");
+    let key = mem.list("leases/").next().await.unwrap().unwrap().key;
+    let lease = crate::lease::LeaseRecord::decode(
+        &key,
+        &mem.get(&key).await.unwrap(),
+        &crate::codec::Codec::plain(),
+    );
+    assert_eq!(lease.unwrap().deps, [late], "the late dep in the lease");
+}
+
 /// A round whose repair found objects already stored (new deps) is not
 /// the last: the lease grew, and the next check writes and checks them.
 #[tokio::test]

@@ -276,6 +276,36 @@ fn a_backup_reads_its_parent_beside_the_index() {
     });
 }
 
+/// A backup's first check of the sweeps (a lease write, then the lease's
+/// time and the sweep log) runs while its last pack and index object are
+/// uploaded, instead of after them.
+#[test]
+fn a_backup_checks_the_sweeps_beside_its_last_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    write_image(&img, &xfull_integration::mixed_regions(4, 5), 5, false).unwrap();
+    rt().block_on(async {
+        let b = Arc::new(InFlight::default());
+        let repo = Repository::init(b.clone(), small_config()).await.unwrap();
+        let m = run_backup(&repo, "vm", &img).await.unwrap();
+        assert!(m.stats.new_chunks > 0);
+        let log = b.requests();
+        assert!(
+            log.iter()
+                .any(|r| r.kind == "PUT" && r.key.starts_with("index/")),
+            "{log:#?}"
+        );
+        let beside = |kind: &str, prefix: &str| {
+            b.overlapped(("PUT", "index/"), (kind, prefix))
+                || b.overlapped(("PUT", "packs/"), (kind, prefix))
+        };
+        assert!(
+            beside("PUT", "leases/") || beside("LIST", "gc/"),
+            "the sweeps were checked after the last uploads: {log:#?}"
+        );
+    });
+}
+
 #[test]
 fn unchanged_and_identical_disks_store_nothing_new() {
     let dir = tempfile::tempdir().unwrap();

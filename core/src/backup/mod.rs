@@ -11,6 +11,7 @@
 
 pub mod audit;
 mod bitmaps;
+mod commit;
 pub mod incremental;
 mod parent_check;
 mod pipeline;
@@ -27,20 +28,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::changes::{ExtentSet, parse, snapshot};
 use crate::damage::KnownDamage;
 use crate::error::{Error, Result};
 use crate::id::PointId;
-use crate::manifest::{Audit, BackupStats, DiskManifest, Manifest};
+use crate::manifest::{Audit, DiskManifest, Manifest};
 use crate::names::{DiskName, VmName};
 use crate::placement::session::SessionPacks;
 use crate::progress::{Notice, Progress, Warning};
-use crate::repo::{Repository, Stored};
+use crate::repo::Repository;
 use crate::session::Session;
 use crate::source::DiskSource;
 use crate::task::blocking;
+use commit::{Commit, commit_and_recheck, first_check, settle_sweeps};
 use pipeline::DiskResult;
 use plan::{ChangeSource, DiskPlan};
 use trust::{Present, Trust};
@@ -164,7 +166,16 @@ pub async fn backup(
             progress: progress.clone(),
         };
         let mut commit = back_up_disks(repo, disks, &ctx, &session).await?;
-        settle_sweeps(repo, &mut session, &commit, &progress).await?;
+        // (c)'s first round beside the upload of the last packs and the
+        // index object: it needs the deps (all recorded once every chunk
+        // was looked up), not the session's own objects, which are
+        // younger than its lease (the cutoff spares them). A pack or
+        // index object the upload finds already stored is a dep recorded
+        // after that round: the next one writes and checks it.
+        let (finished, first) = tokio::join!(ctx.packs.finish(), first_check(repo, &mut session));
+        finished?;
+        session.depend(ctx.packs.take_existed());
+        settle_sweeps(repo, &mut session, &commit, &progress, Some(first?)).await?;
         if let Some((lock, generation)) = lock {
             let disks = commit.disks.iter_mut().map(|(_, d)| d);
             let deps = session.deps();
@@ -201,69 +212,6 @@ pub async fn backup(
     Ok(manifest)
 }
 
-/// Writes the manifest; if the commit came late (the lease may have died
-/// since the last check), checks the sweeps once more.
-async fn commit_and_recheck(
-    repo: &Repository,
-    req: &BackupRequest,
-    commit: Commit,
-    session: &mut Session,
-    started: Instant,
-    progress: &Progress,
-) -> Result<Manifest> {
-    let sources = commit
-        .disks
-        .iter()
-        .map(|(s, _)| s.clone())
-        .collect::<Vec<_>>();
-    let replaced = commit.replaced.clone();
-    let manifest = commit_point(repo, req.clone(), commit, started).await?;
-    if manifest.stats.objects_restored > 0 {
-        progress.notice(Notice::Warning(Warning::ObjectsStoredAgain {
-            objects: manifest.stats.objects_restored,
-        }));
-    }
-    // Best effort: a stale record only costs another upload (or, for a
-    // node, a check). Credentials that may not delete (the backup role)
-    // leave the records to `repair`; the user is told.
-    if let Err(e) = crate::damage::clear(repo, &replaced).await {
-        progress.notice(Notice::Warning(Warning::DamageRecordsKept {
-            records: replaced.len() as u64,
-            reason: e.to_string(),
-        }));
-    }
-    let committed = repo
-        .backend()
-        .head(&crate::keys::point(&manifest.vm, &manifest.id))
-        .await?
-        .last_modified;
-    if session.committed_late(committed) {
-        // Stalled between the check and the commit: a sweep may have
-        // missed both the lease and the point. Check once more.
-        let commit = Commit {
-            disks: sources
-                .into_iter()
-                .zip(manifest.disks.iter().cloned())
-                .collect(),
-            replaced: Vec::new(),
-            lock: None,
-        };
-        settle_sweeps(repo, session, &commit, progress).await?;
-    }
-    Ok(manifest)
-}
-
-/// The disks' manifests, ready to be committed, with their sources (to
-/// store again what a sweep may have removed).
-struct Commit {
-    disks: Vec<(Arc<DiskSource>, DiskManifest)>,
-    /// Keys stored over damaged copies: their damage records can go once
-    /// the point is committed.
-    replaced: Vec<String>,
-    /// Object lock: what keeping the point's objects locked took.
-    lock: Option<crate::lock::extend::Extended>,
-}
-
 /// What every disk of a backup shares.
 struct DiskCtx {
     audit_percent: f64,
@@ -297,88 +245,13 @@ async fn back_up_disks(
         replaced.extend(r.replaced);
         out.push((source, dm));
     }
-    // The session's packs become findable before any point names them.
-    ctx.packs.finish().await?;
-    session.depend(ctx.packs.take_existed());
+    // The caller finishes the session's packs (their index object makes
+    // them findable) before any point names them.
     Ok(Commit {
         disks: out,
         replaced,
         lock: None,
     })
-}
-
-/// Step (c) of the protocol: for every sweep that ran meanwhile, make sure
-/// it left everything the point references, waiting only while a sweep
-/// deletes a batch it chose before it could see this backup's lease.
-async fn settle_sweeps(
-    repo: &Repository,
-    session: &mut Session,
-    commit: &Commit,
-    progress: &Progress,
-) -> Result<()> {
-    let began = session.started();
-    session
-        .settle_with(progress, async |all, deps| {
-            if !all && repair::all_exist(repo, deps).await? {
-                return Ok(Vec::new());
-            }
-            let disks: Vec<_> = commit.disks.iter().map(|(s, d)| (s.clone(), d)).collect();
-            let r = repair::ensure_present(repo, &disks, began).await?;
-            if r.segments_restored > 0 {
-                progress.notice(Notice::Warning(Warning::SegmentsReadAgain {
-                    segments: r.segments_restored,
-                }));
-            }
-            // Stored by others, maybe garbage a sweep is about to delete.
-            Ok(r.existed)
-        })
-        .await
-}
-
-/// Writes the manifest (create-only): from here on the point exists.
-async fn commit_point(
-    repo: &Repository,
-    req: BackupRequest,
-    commit: Commit,
-    started: Instant,
-) -> Result<Manifest> {
-    let mut stats = BackupStats::default();
-    let mut manifests = Vec::new();
-    for (_, dm) in commit.disks {
-        stats.add(&dm.stats);
-        manifests.push(dm);
-    }
-    stats.lock = commit.lock;
-    // The point's parent: the newest point any disk was based on.
-    let parent = manifests.iter().filter_map(|d| d.parent.clone()).max();
-    let time = req.time.unwrap_or_else(Utc::now).trunc_subsecs(6);
-    let mut manifest = Manifest {
-        vm: req.vm,
-        id: PointId::new(time),
-        time,
-        created: Utc::now().trunc_subsecs(6),
-        parent,
-        host: req.host,
-        labels: req.labels,
-        disks: manifests,
-        stats,
-        writer: format!("xfull {}", env!("CARGO_PKG_VERSION")),
-    };
-    // The random suffix makes collisions rare; create-only makes them safe.
-    for _ in 0..8 {
-        manifest.stats.seconds = started.elapsed().as_secs_f64();
-        let (stored, len) = repo.write_manifest(&manifest).await?;
-        if stored == Stored::New {
-            manifest.stats.bytes_uploaded += len;
-            manifest.stats.bytes_stored += len;
-            return Ok(manifest);
-        }
-        manifest.id = PointId::new(time);
-    }
-    Err(Error::Internal(format!(
-        "could not find a free point id for {} at {time}",
-        manifest.vm
-    )))
 }
 
 /// Checks every argument, source and change file before anything is

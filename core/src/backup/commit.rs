@@ -1,0 +1,188 @@
+//! The end of a backup: step (c) of the protocol (settling with the
+//! sweeps that ran meanwhile, its first round beside the last uploads),
+//! then the commit of the manifest, and (c) once more if the commit came
+//! late (docs/design.md, "Concurrency").
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{SubsecRound, Utc};
+
+use super::{BackupRequest, repair};
+use crate::error::{Error, Result};
+use crate::id::PointId;
+use crate::lease::ObjectRef;
+use crate::manifest::{BackupStats, DiskManifest, Manifest};
+use crate::progress::{Notice, Progress, Warning};
+use crate::repo::{Repository, Stored};
+use crate::session::{Check, Session};
+use crate::source::DiskSource;
+
+/// Writes the manifest; if the commit came late (the lease may have died
+/// since the last check), checks the sweeps once more.
+pub(super) async fn commit_and_recheck(
+    repo: &Repository,
+    req: &BackupRequest,
+    commit: Commit,
+    session: &mut Session,
+    started: Instant,
+    progress: &Progress,
+) -> Result<Manifest> {
+    let sources = commit
+        .disks
+        .iter()
+        .map(|(s, _)| s.clone())
+        .collect::<Vec<_>>();
+    let replaced = commit.replaced.clone();
+    let manifest = commit_point(repo, req.clone(), commit, started).await?;
+    if manifest.stats.objects_restored > 0 {
+        progress.notice(Notice::Warning(Warning::ObjectsStoredAgain {
+            objects: manifest.stats.objects_restored,
+        }));
+    }
+    // Best effort: a stale record only costs another upload (or, for a
+    // node, a check). Credentials that may not delete (the backup role)
+    // leave the records to `repair`; the user is told.
+    if let Err(e) = crate::damage::clear(repo, &replaced).await {
+        progress.notice(Notice::Warning(Warning::DamageRecordsKept {
+            records: replaced.len() as u64,
+            reason: e.to_string(),
+        }));
+    }
+    let committed = repo
+        .backend()
+        .head(&crate::keys::point(&manifest.vm, &manifest.id))
+        .await?
+        .last_modified;
+    if session.committed_late(committed) {
+        // Stalled between the check and the commit: a sweep may have
+        // missed both the lease and the point. Check once more.
+        let commit = Commit {
+            disks: sources
+                .into_iter()
+                .zip(manifest.disks.iter().cloned())
+                .collect(),
+            replaced: Vec::new(),
+            lock: None,
+        };
+        settle_sweeps(repo, session, &commit, progress, None).await?;
+    }
+    Ok(manifest)
+}
+
+/// The disks' manifests, ready to be committed, with their sources (to
+/// store again what a sweep may have removed).
+pub(super) struct Commit {
+    pub(super) disks: Vec<(Arc<DiskSource>, DiskManifest)>,
+    /// Keys stored over damaged copies: their damage records can go once
+    /// the point is committed.
+    pub(super) replaced: Vec<String>,
+    /// Object lock: what keeping the point's objects locked took.
+    pub(super) lock: Option<crate::lock::extend::Extended>,
+}
+
+/// Step (c) of the protocol: for every sweep that ran meanwhile, make sure
+/// it left everything the point references, waiting only while a sweep
+/// deletes a batch it chose before it could see this backup's lease.
+pub(super) async fn settle_sweeps(
+    repo: &Repository,
+    session: &mut Session,
+    commit: &Commit,
+    progress: &Progress,
+    first: Option<FirstCheck>,
+) -> Result<()> {
+    let began = session.started();
+    let (first, mut looked) = match first {
+        Some(f) => (Some(f.check), f.deps_present),
+        None => (None, None),
+    };
+    session
+        .settle_from(first, progress, async |all, deps| {
+            // The first round's deps were looked at beside the uploads.
+            let present = match looked.take() {
+                Some((seen, present)) if !all && seen == deps => present,
+                _ => !all && repair::all_exist(repo, deps).await?,
+            };
+            if present {
+                return Ok(Vec::new());
+            }
+            let disks: Vec<_> = commit.disks.iter().map(|(s, d)| (s.clone(), d)).collect();
+            let r = repair::ensure_present(repo, &disks, began).await?;
+            if r.segments_restored > 0 {
+                progress.notice(Notice::Warning(Warning::SegmentsReadAgain {
+                    segments: r.segments_restored,
+                }));
+            }
+            // Stored by others, maybe garbage a sweep is about to delete.
+            Ok(r.existed)
+        })
+        .await
+}
+
+/// (c)'s first round, made while the last uploads are in flight.
+pub(super) struct FirstCheck {
+    check: Check,
+    /// For a round that asks only to look at deps: those deps, and whether
+    /// all of them were found stored.
+    deps_present: Option<(Vec<ObjectRef>, bool)>,
+}
+
+pub(super) async fn first_check(repo: &Repository, session: &mut Session) -> Result<FirstCheck> {
+    let check = session.check().await?;
+    let deps_present = match &check {
+        Check::Verify {
+            all: false, deps, ..
+        } => Some((deps.clone(), repair::all_exist(repo, deps).await?)),
+        _ => None,
+    };
+    Ok(FirstCheck {
+        check,
+        deps_present,
+    })
+}
+
+/// Writes the manifest (create-only): from here on the point exists.
+async fn commit_point(
+    repo: &Repository,
+    req: BackupRequest,
+    commit: Commit,
+    started: Instant,
+) -> Result<Manifest> {
+    let mut stats = BackupStats::default();
+    let mut manifests = Vec::new();
+    for (_, dm) in commit.disks {
+        stats.add(&dm.stats);
+        manifests.push(dm);
+    }
+    stats.lock = commit.lock;
+    // The point's parent: the newest point any disk was based on.
+    let parent = manifests.iter().filter_map(|d| d.parent.clone()).max();
+    let time = req.time.unwrap_or_else(Utc::now).trunc_subsecs(6);
+    let mut manifest = Manifest {
+        vm: req.vm,
+        id: PointId::new(time),
+        time,
+        created: Utc::now().trunc_subsecs(6),
+        parent,
+        host: req.host,
+        labels: req.labels,
+        disks: manifests,
+        stats,
+        writer: format!("xfull {}", env!("CARGO_PKG_VERSION")),
+    };
+    // The random suffix makes collisions rare; create-only makes them safe.
+    for _ in 0..8 {
+        manifest.stats.seconds = started.elapsed().as_secs_f64();
+        let (stored, len) = repo.write_manifest(&manifest).await?;
+        if stored == Stored::New {
+            manifest.stats.bytes_uploaded += len;
+            manifest.stats.bytes_stored += len;
+            return Ok(manifest);
+        }
+        manifest.id = PointId::new(time);
+    }
+    Err(Error::Internal(format!(
+        "could not find a free point id for {} at {time}",
+        manifest.vm
+    )))
+}
