@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::id::PointId;
 use crate::manifest::{Audit, DiskManifest, Manifest};
 use crate::names::{DiskName, VmName};
-use crate::placement::session::SessionPacks;
+use crate::placement::session::{DiskUploads, SessionPacks};
 use crate::progress::{Notice, Progress, Warning};
 use crate::repo::Repository;
 use crate::session::Session;
@@ -165,14 +165,20 @@ pub async fn backup(
             packs: placement.session(index),
             progress: progress.clone(),
         };
-        let mut commit = back_up_disks(repo, disks, &ctx, &session).await?;
+        let (mut commit, mut last) = back_up_disks(repo, disks, &ctx, &session).await?;
         // (c)'s first round beside the upload of the last packs and the
         // index object: it needs the deps (all recorded once every chunk
         // was looked up), not the session's own objects, which are
         // younger than its lease (the cutoff spares them). A pack or
         // index object the upload finds already stored is a dep recorded
         // after that round: the next one writes and checks it.
-        let (finished, first) = tokio::join!(ctx.packs.finish(), first_check(repo, &mut session));
+        let uploads = async {
+            if let Some((_, dm)) = commit.disks.last_mut() {
+                DiskResult::wait(&mut last, &mut dm.stats).await?;
+            }
+            ctx.packs.finish().await
+        };
+        let (finished, first) = tokio::join!(uploads, first_check(repo, &mut session));
         finished?;
         session.depend(ctx.packs.take_existed());
         settle_sweeps(repo, &mut session, &commit, &progress, Some(first?)).await?;
@@ -232,26 +238,37 @@ async fn back_up_disks(
     mut disks: Vec<Prepared>,
     ctx: &DiskCtx,
     session: &Session,
-) -> Result<Commit> {
+) -> Result<(Commit, Option<DiskUploads>)> {
     ctx.progress
         .add_total(disks.iter().map(|d| d.source.size()).sum());
-    let mut out = Vec::new();
+    let mut out: Vec<(Arc<DiskSource>, DiskManifest)> = Vec::new();
     let mut replaced = Vec::new();
+    let mut uploads = None;
     for d in disks.drain(..) {
+        // The disk before's last puts end before this disk packs (memory
+        // stays one disk's packs in flight).
+        if let Some((_, dm)) = out.last_mut() {
+            DiskResult::wait(&mut uploads, &mut dm.stats).await?;
+        }
         let source = d.source.clone();
         let (dm, r) = back_up_disk(repo, d, ctx).await?;
         session.depend(r.existed);
         session.depend(ctx.packs.take_existed());
         replaced.extend(r.replaced);
+        uploads = r.uploads;
         out.push((source, dm));
     }
-    // The caller finishes the session's packs (their index object makes
-    // them findable) before any point names them.
-    Ok(Commit {
-        disks: out,
-        replaced,
-        lock: None,
-    })
+    // The caller waits for the last disk's last puts and finishes the
+    // session's packs (their index object makes them findable) before
+    // any point names them.
+    Ok((
+        Commit {
+            disks: out,
+            replaced,
+            lock: None,
+        },
+        uploads,
+    ))
 }
 
 /// Checks every argument, source and change file before anything is

@@ -34,7 +34,7 @@ use crate::id::ObjectId;
 use crate::lease::ObjectRef;
 use crate::manifest::BackupStats;
 use crate::node::Node;
-use crate::placement::session::SessionPacks;
+use crate::placement::session::{DiskUploads, SessionPacks};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::source::DiskSource;
@@ -59,6 +59,25 @@ pub struct DiskResult {
     /// Keys of objects stored over damaged copies (their damage records
     /// can go).
     pub replaced: Vec<String>,
+    /// The disk's packs, the last maybe still uploading: `stats` counts
+    /// their bytes only once [`DiskResult::wait`] returned.
+    pub uploads: Option<DiskUploads>,
+}
+
+impl DiskResult {
+    /// Waits for the disk's last pack puts and counts what its packs
+    /// stored into `stats` (once).
+    pub async fn wait(uploads: &mut Option<DiskUploads>, stats: &mut BackupStats) -> Result<()> {
+        let Some(u) = uploads.take() else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let stored = u.wait().await?;
+        stats.bytes_uploaded += stored.bytes;
+        stats.bytes_stored += stored.bytes;
+        stats.seconds += started.elapsed().as_secs_f64();
+        Ok(())
+    }
 }
 
 enum Work {
@@ -212,11 +231,10 @@ pub async fn run(
     if let Some(e) = shared.failure.take() {
         return Err(e);
     }
-    // The disk's last pack; its chunks' nodes are stored already, but no
-    // point names them before the session's index object is written.
-    let stored = disk_packs.into_inner().finish().await?;
-    stats.bytes_uploaded += stored.bytes;
-    stats.bytes_stored += stored.bytes;
+    // The disk's last pack, sent: its chunks' nodes are stored already,
+    // but no point names them before its put ended and the session's
+    // index object is written (the caller waits).
+    let uploads = disk_packs.into_inner().seal().await?;
     stats.bytes_scanned = shared.source.size();
     stats.bytes_data += reused_data;
     let existed = std::mem::take(&mut *shared.existed.lock().unwrap_or_else(|p| p.into_inner()));
@@ -226,6 +244,7 @@ pub async fn run(
         stats,
         existed,
         replaced,
+        uploads: Some(uploads),
     })
 }
 

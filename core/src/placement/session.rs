@@ -208,17 +208,37 @@ impl DiskPacks {
         self.session.note(done).await
     }
 
-    /// Seals and stores the open pack and waits for every put.
-    pub async fn finish(mut self) -> Result<DiskStored> {
+    /// Seals the open pack and sends it: the disk's last puts go on
+    /// while the caller does other work (a backup checks the sweeps).
+    pub async fn seal(mut self) -> Result<DiskUploads> {
         if let Some(sealed) = self.packer.seal() {
             self.uploads.send(sealed).await?;
         }
+        Ok(DiskUploads { packs: self })
+    }
+
+    /// Seals and stores the open pack and waits for every put.
+    pub async fn finish(self) -> Result<DiskStored> {
+        self.seal().await?.wait().await
+    }
+}
+
+/// A disk's packs, all sealed, the last puts maybe in flight.
+#[derive(Debug)]
+pub struct DiskUploads {
+    packs: DiskPacks,
+}
+
+impl DiskUploads {
+    /// Waits for every put; what the disk stored.
+    pub async fn wait(mut self) -> Result<DiskStored> {
+        let p = &mut self.packs;
         let uploads = std::mem::replace(
-            &mut self.uploads,
-            PackUploads::new(self.session.backend.clone(), 1),
+            &mut p.uploads,
+            PackUploads::new(p.session.backend.clone(), 1),
         );
         let rest = uploads.finish().await?;
-        self.record(rest).await?;
-        Ok(self.stored)
+        p.record(rest).await?;
+        Ok(p.stored)
     }
 }
