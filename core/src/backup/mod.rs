@@ -137,7 +137,11 @@ pub async fn backup(
         // rely on as stored (see `trust`) and the chunk index. Neither
         // of those needs the pin, only the lease written: what the backup
         // finds in the index and relies on is recorded in the lease (as a
-        // pack dependency). So the round trips of the three overlap.
+        // pack dependency). So the round trips of the three overlap. All
+        // three run to their end (join, not try_join): a pin PUT dropped
+        // in flight could land after the failed session deleted its
+        // lease, which would then look alive to gc until its TTL. The
+        // parents' error, if any, is the one reported, as before.
         let parents = async {
             find_parents(repo, &req, &mut disks, &progress).await?;
             session
@@ -149,8 +153,9 @@ pub async fn backup(
                 .await
         };
         let placement = repo.chunks();
-        let ((), known, index) =
-            tokio::try_join!(parents, KnownDamage::load(repo), placement.open_index())?;
+        let (pinned, known, index) =
+            tokio::join!(parents, KnownDamage::load(repo), placement.open_index());
+        let ((), known, index) = (pinned?, known?, index?);
         let full_scan_with_parent = disks
             .iter()
             .any(|d| matches!(d.changes, ChangeSource::FullScan) && d.parent.is_some());

@@ -14,6 +14,8 @@
 //! - (d) the caller writes the manifest; (e) [`Session::end`] rewrites the
 //!   lease as ended, naming the committed point.
 
+#[cfg(test)]
+mod heartbeat_tests;
 mod settle;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -242,19 +244,27 @@ impl Session {
 
     /// (c): see [`Check`].
     pub async fn check(&mut self) -> Result<Check> {
-        self.write().await?;
-        // The lease's time and the sweep log only need the lease written,
-        // not each other: one round trip for the two (as at the start).
-        let (head, log) = tokio::try_join!(
-            async {
-                self.repo
-                    .backend()
-                    .head(&self.key)
-                    .await
-                    .map_err(Error::from)
-            },
-            SweepLog::read(&self.repo)
-        )?;
+        let (head, log) = {
+            // No heartbeat between this write and the HEAD: the time read
+            // back is this write's, which precedes the listing. A later
+            // write's time could follow the listing, and a sweep whose
+            // marker the listing saw fresh would then look dead (found
+            // by review: a HEAD answered slowly, a heartbeat meanwhile).
+            let _one_at_a_time = self.writer.lock().await;
+            put_lease(&self.repo, &self.key, &self.record).await?;
+            // The lease's time and the sweep log only need the lease
+            // written, not each other: one round trip for the two.
+            tokio::try_join!(
+                async {
+                    self.repo
+                        .backend()
+                        .head(&self.key)
+                        .await
+                        .map_err(Error::from)
+                },
+                SweepLog::read(&self.repo)
+            )?
+        };
         let now = head.last_modified;
         let ttl_lease = self.repo.config().protocol.ttl();
         if self.checked_at.is_some_and(|t| now - t > ttl_lease / 2) {
@@ -482,6 +492,11 @@ async fn write_lease(
     writer: &tokio::sync::Mutex<()>,
 ) -> Result<()> {
     let _one_at_a_time = writer.lock().await;
+    put_lease(repo, key, record).await
+}
+
+/// Writes the lease; the caller holds the session's writer lock.
+async fn put_lease(repo: &Repository, key: &str, record: &Mutex<LeaseRecord>) -> Result<()> {
     let bytes = {
         let r = record.lock().unwrap_or_else(|p| p.into_inner());
         if r.ended.is_some() {

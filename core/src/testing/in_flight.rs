@@ -80,12 +80,15 @@ impl InFlight {
     /// Whether a request of `kind` on a key starting with `a` was in
     /// flight together with one on a key starting with `b`.
     pub fn overlapped(&self, a: (&str, &str), b: (&str, &str)) -> bool {
-        let log = self.lock();
+        InFlight::overlap_in(&self.lock().done, a, b)
+    }
+
+    /// [`InFlight::overlapped`] among `log` (e.g. one command's requests).
+    pub fn overlap_in(log: &[Request], a: (&str, &str), b: (&str, &str)) -> bool {
         let is =
             |r: &Request, (kind, prefix): (&str, &str)| r.kind == kind && r.key.starts_with(prefix);
-        log.done.iter().filter(|x| is(x, a)).any(|x| {
-            log.done
-                .iter()
+        log.iter().filter(|x| is(x, a)).any(|x| {
+            log.iter()
                 .filter(|y| is(y, b))
                 .any(|y| x.began < y.ended && y.began < x.ended)
         })
