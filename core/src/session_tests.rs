@@ -164,22 +164,33 @@ async fn begin_and_check_take_two_round_trips_each() {
     assert_eq!(gc_lists() - lists, 1, "{:#?}", b.requests());
     assert_eq!(b.rounds() - rounds, 2, "{:#?}", b.requests());
 
-    // Sweep 2 running: the listing splits the markers by kind, and a
-    // session reads the running one's marker.
-    let key = crate::keys::sweep(2);
-    let state = SweepState {
-        seq: 2,
-        host: "g".into(),
-        ..SweepState::default()
-    };
-    let marker = state.encode(repo.codec(), &key).unwrap();
-    b.inner.put(&key, marker, PutMode::Create).await.unwrap();
+    // Sweeps 2 and 3 running: the listing splits the markers by kind,
+    // and a session reads the running ones' markers, both at once.
+    for seq in [2, 3] {
+        let key = crate::keys::sweep(seq);
+        let state = SweepState {
+            seq,
+            host: "g".into(),
+            ..SweepState::default()
+        };
+        let marker = state.encode(repo.codec(), &key).unwrap();
+        b.inner.put(&key, marker, PutMode::Create).await.unwrap();
+    }
     let log = SweepLog::read(&repo).await.unwrap();
-    assert_eq!(log.started.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(log.started.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(log.done.keys().copied().collect::<Vec<_>>(), [1]);
-    let rounds = b.rounds();
-    Session::begin(&repo, &vm, "h").await.unwrap();
+    let marker_reads = |from: usize| {
+        b.requests()[from..]
+            .iter()
+            .filter(|r| r.kind == "GET" && r.key.starts_with("gc/sweeps/"))
+            .count()
+    };
+    let (rounds, from) = (b.rounds(), b.requests().len());
+    let mut session = Session::begin(&repo, &vm, "h").await.unwrap();
+    assert_eq!(marker_reads(from), 2, "{:#?}", b.requests());
     assert_eq!(b.rounds() - rounds, 3, "{:#?}", b.requests());
-    let last = b.requests().pop().unwrap();
-    assert_eq!((last.kind, last.key), ("GET", key));
+    let (rounds, from) = (b.rounds(), b.requests().len());
+    session.check().await.unwrap();
+    assert_eq!(marker_reads(from), 2, "{:#?}", b.requests());
+    assert_eq!(b.rounds() - rounds, 3, "{:#?}", b.requests());
 }

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 
 use crate::backend::PutMode;
 use crate::error::{Error, Result};
@@ -31,6 +32,9 @@ use crate::keys;
 use crate::lease::{Ended, LeaseRecord, ObjectRef};
 use crate::names::VmName;
 use crate::repo::Repository;
+
+/// Sweep markers read at once (a backup's start, a check).
+const MARKERS_AT_ONCE: usize = 8;
 
 #[derive(Debug)]
 pub struct Session {
@@ -140,17 +144,23 @@ impl Session {
                 async { b.head(&key).await.map_err(Error::from) },
                 SweepLog::read(repo)
             )?;
-            let mut deleted_at_start = BTreeMap::new();
-            for (seq, _) in log.running() {
-                // Unreadable or gone: count everything it deleted as after us.
-                let deleted = match SweepState::load(repo, seq, false).await {
-                    Ok(Some(s)) => s.deleted(),
-                    Ok(None) => 0,
-                    Err(e) if e.is_damage() => 0,
-                    Err(e) => return Err(e),
-                };
-                deleted_at_start.insert(seq, deleted);
-            }
+            // The running sweeps' markers, read at once.
+            let running: Vec<u64> = log.running().map(|(seq, _)| seq).collect();
+            let deleted_at_start: BTreeMap<u64, u64> = futures::stream::iter(running)
+                .map(|seq| async move {
+                    // Unreadable or gone: count everything it deleted as
+                    // after us.
+                    let deleted = match SweepState::load(repo, seq, false).await {
+                        Ok(Some(s)) => s.deleted(),
+                        Ok(None) => 0,
+                        Err(e) if e.is_damage() => 0,
+                        Err(e) => return Err(e),
+                    };
+                    Ok((seq, deleted))
+                })
+                .buffered(MARKERS_AT_ONCE)
+                .try_collect()
+                .await?;
             Ok((head.last_modified, log, deleted_at_start))
         };
         let (at, log, deleted_at_start) = match started.await {
@@ -315,19 +325,32 @@ impl Session {
         let mut sweeps = Vec::new();
         let mut from = deps.len();
         self.targeted_pending.clear();
-        for seq in seqs {
-            // A running repair sweep is never settled: it may delete more.
-            let watching = self.targeted.contains_key(&seq);
-            if !watching
-                && (self.done_at_start.contains(&seq)
+        // A running repair sweep is never settled: it may delete more.
+        let judged = |seq: &u64| {
+            self.targeted.contains_key(seq)
+                || !(self.done_at_start.contains(seq)
                     || self
                         .settled
-                        .get(&seq)
+                        .get(seq)
                         .is_some_and(|(c, _)| *c == self.content))
-            {
+        };
+        // The markers of the sweeps to judge, read at once.
+        let wanted: Vec<u64> = seqs.iter().copied().filter(judged).collect();
+        let repo = &self.repo;
+        let mut states: BTreeMap<u64, Option<SweepState>> = futures::stream::iter(wanted)
+            .map(|seq| {
+                let done = log.done.contains_key(&seq);
+                async move { Ok::<_, Error>((seq, load_state(repo, seq, done).await?)) }
+            })
+            .buffered(MARKERS_AT_ONCE)
+            .try_collect()
+            .await?;
+        for seq in seqs {
+            let watching = self.targeted.contains_key(&seq);
+            let Some(loaded) = states.remove(&seq) else {
                 continue;
-            }
-            let state = match load_state(&self.repo, seq, log.done.contains_key(&seq)).await? {
+            };
+            let state = match loaded {
                 Some(s) => s,
                 None => {
                     // Gone, or unreadable: what it deleted is unknown.
