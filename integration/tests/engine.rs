@@ -242,17 +242,35 @@ fn empty_and_one_byte_disks() {
     });
 }
 
+/// A disk image of mixed regions (seeded), in its own directory.
+fn mixed_image(seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    write_image(
+        &img,
+        &xfull_integration::mixed_regions(4, seed),
+        seed,
+        false,
+    )
+    .unwrap();
+    (dir, img)
+}
+
+/// A new repository on a store that logs every request.
+async fn in_flight_repo() -> (Arc<InFlight>, Repository) {
+    let b = Arc::new(InFlight::default());
+    let repo = Repository::init(b.clone(), small_config()).await.unwrap();
+    (b, repo)
+}
+
 /// A backup reads and pins its parent while it opens the chunk index and
 /// loads the damage records: each needs only the lease written, so their
 /// round trips overlap instead of following each other.
 #[test]
 fn a_backup_reads_its_parent_beside_the_index() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("img");
-    write_image(&img, &xfull_integration::mixed_regions(4, 3), 3, false).unwrap();
+    let (_dir, img) = mixed_image(3);
     rt().block_on(async {
-        let b = Arc::new(InFlight::default());
-        let repo = Repository::init(b.clone(), small_config()).await.unwrap();
+        let (b, repo) = in_flight_repo().await;
         let first = run_backup(&repo, "vm", &img).await.unwrap();
         let skip = b.requests().len();
         let second = run_backup(&repo, "vm", &img).await.unwrap();
@@ -274,12 +292,9 @@ fn a_backup_reads_its_parent_beside_the_index() {
 /// its only one), instead of after that and the index object.
 #[test]
 fn a_backup_checks_the_sweeps_beside_its_last_uploads() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("img");
-    write_image(&img, &xfull_integration::mixed_regions(4, 5), 5, false).unwrap();
+    let (_dir, img) = mixed_image(5);
     rt().block_on(async {
-        let b = Arc::new(InFlight::default());
-        let repo = Repository::init(b.clone(), small_config()).await.unwrap();
+        let (b, repo) = in_flight_repo().await;
         let m = run_backup(&repo, "vm", &img).await.unwrap();
         assert!(m.stats.new_chunks > 0);
         let log = b.requests();
