@@ -11,7 +11,6 @@ use chrono::{SubsecRound, Utc};
 use super::{BackupRequest, repair};
 use crate::error::{Error, Result};
 use crate::id::PointId;
-use crate::lease::ObjectRef;
 use crate::manifest::{BackupStats, DiskManifest, Manifest};
 use crate::progress::{Notice, Progress, Warning};
 use crate::repo::{Repository, Stored};
@@ -98,10 +97,12 @@ pub(super) async fn settle_sweeps(
     };
     session
         .settle_from(first, progress, async |all, deps| {
-            // The first round's deps were looked at beside the uploads.
+            // The first round's deps were looked at beside the uploads:
+            // `settle_from` hands that round's own `Verify` to this first
+            // call (`looked` is set only for one that asks for deps).
             let present = match looked.take() {
-                Some((seen, present)) if !all && seen == deps => present,
-                _ => !all && repair::all_exist(repo, deps).await?,
+                Some(present) => present,
+                None => !all && repair::all_exist(repo, deps).await?,
             };
             if present {
                 return Ok(Vec::new());
@@ -122,9 +123,9 @@ pub(super) async fn settle_sweeps(
 /// (c)'s first round, made while the last uploads are in flight.
 pub(super) struct FirstCheck {
     check: Check,
-    /// For a round that asks only to look at deps: those deps, and whether
-    /// all of them were found stored.
-    deps_present: Option<(Vec<ObjectRef>, bool)>,
+    /// For a round that asks only to look at deps: whether all of them
+    /// were found stored.
+    deps_present: Option<bool>,
 }
 
 pub(super) async fn first_check(repo: &Repository, session: &mut Session) -> Result<FirstCheck> {
@@ -132,7 +133,7 @@ pub(super) async fn first_check(repo: &Repository, session: &mut Session) -> Res
     let deps_present = match &check {
         Check::Verify {
             all: false, deps, ..
-        } => Some((deps.clone(), repair::all_exist(repo, deps).await?)),
+        } => Some(repair::all_exist(repo, deps).await?),
         _ => None,
     };
     Ok(FirstCheck {

@@ -170,7 +170,7 @@ pub async fn backup(
             packs: placement.session(index),
             progress: progress.clone(),
         };
-        let (mut commit, mut last) = back_up_disks(repo, disks, &ctx, &session).await?;
+        let (mut commit, last) = back_up_disks(repo, disks, &ctx, &session).await?;
         // (c)'s first round beside the upload of the last packs and the
         // index object: it needs the deps (all recorded once every chunk
         // was looked up), not the session's own objects, which are
@@ -178,8 +178,8 @@ pub async fn backup(
         // index object the upload finds already stored is a dep recorded
         // after that round: the next one writes and checks it.
         let uploads = async {
-            if let Some((_, dm)) = commit.disks.last_mut() {
-                DiskResult::wait(&mut last, &mut dm.stats).await?;
+            if let (Some(u), Some((_, dm))) = (last, commit.disks.last_mut()) {
+                pipeline::count_packs(u, &mut dm.stats).await?;
             }
             ctx.packs.finish().await
         };
@@ -252,15 +252,15 @@ async fn back_up_disks(
     for d in disks.drain(..) {
         // The disk before's last puts end before this disk packs (memory
         // stays one disk's packs in flight).
-        if let Some((_, dm)) = out.last_mut() {
-            DiskResult::wait(&mut uploads, &mut dm.stats).await?;
+        if let (Some(u), Some((_, dm))) = (uploads.take(), out.last_mut()) {
+            pipeline::count_packs(u, &mut dm.stats).await?;
         }
         let source = d.source.clone();
         let (dm, r) = back_up_disk(repo, d, ctx).await?;
         session.depend(r.existed);
         session.depend(ctx.packs.take_existed());
         replaced.extend(r.replaced);
-        uploads = r.uploads;
+        uploads = Some(r.uploads);
         out.push((source, dm));
     }
     // The caller waits for the last disk's last puts and finishes the

@@ -60,24 +60,19 @@ pub struct DiskResult {
     /// can go).
     pub replaced: Vec<String>,
     /// The disk's packs, the last maybe still uploading: `stats` counts
-    /// their bytes only once [`DiskResult::wait`] returned.
-    pub uploads: Option<DiskUploads>,
+    /// their bytes only once [`count_packs`] returned.
+    pub uploads: DiskUploads,
 }
 
-impl DiskResult {
-    /// Waits for the disk's last pack puts and counts what its packs
-    /// stored into `stats` (once).
-    pub async fn wait(uploads: &mut Option<DiskUploads>, stats: &mut BackupStats) -> Result<()> {
-        let Some(u) = uploads.take() else {
-            return Ok(());
-        };
-        let started = std::time::Instant::now();
-        let stored = u.wait().await?;
-        stats.bytes_uploaded += stored.bytes;
-        stats.bytes_stored += stored.bytes;
-        stats.seconds += started.elapsed().as_secs_f64();
-        Ok(())
-    }
+/// Waits for a disk's last pack puts and counts what its packs stored
+/// into its `stats`.
+pub async fn count_packs(uploads: DiskUploads, stats: &mut BackupStats) -> Result<()> {
+    let started = std::time::Instant::now();
+    let stored = uploads.wait().await?;
+    stats.bytes_uploaded += stored.bytes;
+    stats.bytes_stored += stored.bytes;
+    stats.seconds += started.elapsed().as_secs_f64();
+    Ok(())
 }
 
 enum Work {
@@ -244,7 +239,7 @@ pub async fn run(
         stats,
         existed,
         replaced,
-        uploads: Some(uploads),
+        uploads,
     })
 }
 

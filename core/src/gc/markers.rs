@@ -163,14 +163,17 @@ pub struct SweepLog {
 impl SweepLog {
     /// Both kinds of marker in one listing of `gc/` (one round trip and
     /// one LIST, where listing `gc/sweeps/` then `gc/done/` took two on
-    /// every backup's start and check). A listing is not a snapshot:
-    /// `gc/done/` sorts first, so it is read before `gc/sweeps/`, and a
-    /// sweep that finishes between the two parts shows as started and not
-    /// done. Every reader takes such a sweep for a running one, which is
-    /// the cautious reading: a backup judges it by its marker, a sweep
-    /// yields to it or keeps the ended leases it may need. Old markers
-    /// deleted meanwhile (a pair, by a later sweep) can leave either half,
-    /// as they could between two listings.
+    /// every backup's start and check). A listing is not a snapshot, and
+    /// its order is the store's (S3 sorts `gc/done/` first; a local
+    /// directory lists in directory order). A sweep that finishes while
+    /// its done marker's part is read first shows as started and not
+    /// done: every reader takes it for a running one, the cautious
+    /// reading. One that starts and finishes while its started marker's
+    /// part is read first shows as done only: it began after the caller's
+    /// lease was written. Old markers deleted meanwhile (a pair, by a
+    /// later sweep) can leave either half, as they could between two
+    /// listings. docs/design.md, "Reading the sweep log", says why each
+    /// reader is safe.
     pub async fn read(repo: &Repository) -> Result<Self> {
         let mut log = SweepLog::default();
         let mut listed = repo.backend().list(keys::GC);

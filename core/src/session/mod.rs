@@ -138,30 +138,19 @@ impl Session {
         let started = async {
             // The lease's own time is the session's start. Readers use the
             // object's time until a later write records it in the lease.
-            // Both reads only need the lease written, not each other: one
-            // round trip for the two.
-            let (head, log) = tokio::try_join!(
-                async { b.head(&key).await.map_err(Error::from) },
-                SweepLog::read(repo)
-            )?;
-            // The running sweeps' markers, read at once.
-            let running: Vec<u64> = log.running().map(|(seq, _)| seq).collect();
-            let deleted_at_start: BTreeMap<u64, u64> = futures::stream::iter(running)
-                .map(|seq| async move {
-                    // Unreadable or gone: count everything it deleted as
-                    // after us.
-                    let deleted = match SweepState::load(repo, seq, false).await {
-                        Ok(Some(s)) => s.deleted(),
-                        Ok(None) => 0,
-                        Err(e) if e.is_damage() => 0,
-                        Err(e) => return Err(e),
-                    };
-                    Ok((seq, deleted))
-                })
-                .buffered(MARKERS_AT_ONCE)
-                .try_collect()
-                .await?;
-            Ok((head.last_modified, log, deleted_at_start))
+            let (at, log) = time_and_log(repo, &key).await?;
+            // Unreadable or gone: count everything it deleted as after us.
+            let running = log.running().map(|(seq, _)| seq);
+            let deleted_at_start = read_markers(running, async |seq| {
+                match SweepState::load(repo, seq, false).await {
+                    Ok(Some(s)) => Ok(s.deleted()),
+                    Ok(None) => Ok(0),
+                    Err(e) if e.is_damage() => Ok(0),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+            Ok((at, log, deleted_at_start))
         };
         let (at, log, deleted_at_start) = match started.await {
             Ok(s) => s,
@@ -254,7 +243,7 @@ impl Session {
 
     /// (c): see [`Check`].
     pub async fn check(&mut self) -> Result<Check> {
-        let (head, log) = {
+        let (now, log) = {
             // No heartbeat between this write and the HEAD: the time read
             // back is this write's, which precedes the listing. A later
             // write's time could follow the listing, and a sweep whose
@@ -262,20 +251,8 @@ impl Session {
             // by review: a HEAD answered slowly, a heartbeat meanwhile).
             let _one_at_a_time = self.writer.lock().await;
             put_lease(&self.repo, &self.key, &self.record).await?;
-            // The lease's time and the sweep log only need the lease
-            // written, not each other: one round trip for the two.
-            tokio::try_join!(
-                async {
-                    self.repo
-                        .backend()
-                        .head(&self.key)
-                        .await
-                        .map_err(Error::from)
-                },
-                SweepLog::read(&self.repo)
-            )?
+            time_and_log(&self.repo, &self.key).await?
         };
-        let now = head.last_modified;
         let ttl_lease = self.repo.config().protocol.ttl();
         if self.checked_at.is_some_and(|t| now - t > ttl_lease / 2) {
             // The lease may have died since the last check: a running
@@ -337,14 +314,10 @@ impl Session {
         // The markers of the sweeps to judge, read at once.
         let wanted: Vec<u64> = seqs.iter().copied().filter(judged).collect();
         let repo = &self.repo;
-        let mut states: BTreeMap<u64, Option<SweepState>> = futures::stream::iter(wanted)
-            .map(|seq| {
-                let done = log.done.contains_key(&seq);
-                async move { Ok::<_, Error>((seq, load_state(repo, seq, done).await?)) }
-            })
-            .buffered(MARKERS_AT_ONCE)
-            .try_collect()
-            .await?;
+        let mut states = read_markers(wanted, async |seq| {
+            load_state(repo, seq, log.done.contains_key(&seq)).await
+        })
+        .await?;
         for seq in seqs {
             let watching = self.targeted.contains_key(&seq);
             let Some(loaded) = states.remove(&seq) else {
@@ -529,6 +502,31 @@ async fn put_lease(repo: &Repository, key: &str, record: &Mutex<LeaseRecord>) ->
     };
     repo.backend().put(key, bytes, PutMode::Overwrite).await?;
     Ok(())
+}
+
+/// The lease's time (its last write's, on the store's clock) and the
+/// sweep log: each only needs the lease written, so one round trip for
+/// the two.
+async fn time_and_log(repo: &Repository, key: &str) -> Result<(DateTime<Utc>, SweepLog)> {
+    let (head, log) = tokio::try_join!(
+        async { repo.backend().head(key).await.map_err(Error::from) },
+        SweepLog::read(repo)
+    )?;
+    Ok((head.last_modified, log))
+}
+
+/// What `read` gives for each sweep in `seqs`, their markers read
+/// [`MARKERS_AT_ONCE`] at once.
+async fn read_markers<T>(
+    seqs: impl IntoIterator<Item = u64>,
+    read: impl AsyncFn(u64) -> Result<T>,
+) -> Result<BTreeMap<u64, T>> {
+    let read = &read;
+    futures::stream::iter(seqs)
+        .map(|seq| async move { Ok((seq, read(seq).await?)) })
+        .buffered(MARKERS_AT_ONCE)
+        .try_collect()
+        .await
 }
 
 /// A sweep's state: from its done marker if the listing said it finished,
