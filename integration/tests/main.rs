@@ -6,6 +6,7 @@
 //! (`autotests = false` in Cargo.toml), so a new file in this directory
 //! must be declared below; `every_test_file_is_declared` fails otherwise.
 
+mod audit;
 mod cli;
 mod copy;
 mod downgrade;

@@ -152,9 +152,10 @@ fn a_segment_read_in_windows_gives_the_node_of_the_whole() {
     });
 }
 
-/// Small changes are re-chunked in place, a large one (more new chunk
-/// bytes than a window) makes its segment read whole in windows, and a
-/// full audit compares window by window: all give the full scan's nodes.
+/// Small changes are re-chunked in place, so is a large one (more new
+/// chunk bytes than a window, stored a window's worth at a time, not read
+/// whole), and a full audit compares window by window: all give the full
+/// scan's nodes.
 #[test]
 fn incremental_backups_of_large_segments_equal_full_scans() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,6 +185,15 @@ fn incremental_backups_of_large_segments_equal_full_scans() {
             assert_eq!(progress.snapshot().0, d.size, "progress, audit {audit}");
             if audit > 0.0 {
                 assert_eq!(d.audit.as_ref().unwrap().mismatch_at, None);
+            } else {
+                // Only near the changes (20 MiB and a little), not the
+                // large change's whole segment after part of it.
+                let near: u64 = changed.iter().map(|r| r.end - r.start).sum();
+                assert!(
+                    d.stats.bytes_read < near + 4 * MIB,
+                    "read {} for {near} changed",
+                    d.stats.bytes_read
+                );
             }
             assert_eq!(d.segments, whole_segments(&repo, &img), "audit {audit}");
             restores_to(&repo, &inc, dir.path(), &img).await;
@@ -192,9 +202,9 @@ fn incremental_backups_of_large_segments_equal_full_scans() {
 }
 
 /// A write the change source did not report, in the second window of a
-/// segment it did report changes in (audited by the pipeline), or of one
-/// it called unchanged (audited before it): found, and the point is a
-/// full scan's.
+/// segment it did report changes in, or of one it called unchanged (both
+/// audited by the pipeline's workers): found, and the point is a full
+/// scan's.
 #[test]
 fn an_audit_finds_an_unreported_write_in_a_later_window() {
     for hidden in [24 * MIB, SEG + 20 * MIB] {

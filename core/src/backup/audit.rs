@@ -4,15 +4,17 @@
 //! unchanged must chunk to the parent's node; a segment with reported
 //! changes must chunk to what re-chunking around those changes gives. A
 //! mismatch means the change source lied, and the disk is scanned in full.
+//! Both kinds are read by the pipeline's workers: this module picks them
+//! and checks the unchanged ones.
 
 use rand::seq::index::sample;
 
-use super::plan::{DiskPlan, SegmentPlan};
+use super::plan::{DiskPlan, SegmentPlan, data_bytes};
 use super::scan::{WindowBuf, scan_source};
 use crate::chunker::ChunkParams;
 use crate::codec::Codec;
-use crate::error::Result;
-use crate::manifest::Audit;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
 use crate::node::Node;
 use crate::source::DiskSource;
 
@@ -49,63 +51,54 @@ pub(super) fn pick(from: &[usize], percent: f64) -> Vec<usize> {
     picked
 }
 
-/// Re-reads `percent` of the reused segments of `plan` (at least one when
-/// any is reused and `percent` > 0) and compares them with the parent's.
-/// Returns the audit and the bytes read. CPU- and IO-bound: call from a
-/// blocking context.
-pub fn audit_reused(
-    plan: &DiskPlan,
+/// Picks `percent` of the segments of `plan` reused unread (at least one
+/// when any is and `percent` > 0) for the pipeline to read whole and
+/// check against the parent's node ([`check_reused`]); returns how many.
+/// They are checked by the workers beside the rest of the disk's work:
+/// done before the pipeline, on one thread, a 64 MiB segment's read,
+/// chunking and hashing held up every backup by about 0.1 s.
+pub fn mark_reused(plan: &mut DiskPlan, percent: f64) -> u64 {
+    plan.audit_reused = pick(&plan.reused(), percent);
+    plan.audit_reused.len() as u64
+}
+
+/// What [`check_reused`] read of a segment that matched its parent's node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReusedChecked {
+    /// Bytes read.
+    pub read: u64,
+    /// Data bytes of the segment (its chunks, zero runs left out).
+    pub data: u64,
+}
+
+/// Reads the segment at `start`, `len` bytes, of `source` whole (in
+/// windows, as the pipeline reads: memory is `wb`) and checks that it
+/// chunks to `expected`, the parent's node there (`None`: all zeros).
+/// [`Error::AuditMismatch`] if not: the change source missed a write.
+pub(super) fn check_reused(
+    wb: &mut WindowBuf,
     source: &DiskSource,
-    params: &ChunkParams,
     codec: &Codec,
-    segment_size: u64,
-    percent: f64,
-) -> Result<(Audit, u64)> {
-    let picked = pick(&plan.reused(), percent);
-    // Read in windows, as the pipeline reads (memory: one window).
-    let mut wb = WindowBuf::default();
+    params: &ChunkParams,
+    start: u64,
+    len: usize,
+    expected: Option<ObjectId>,
+) -> Result<ReusedChecked> {
     let mut read = 0;
-    for &idx in &picked {
-        let SegmentPlan::Reuse(expected) = plan.segments[idx] else {
-            continue;
-        };
-        let start = idx as u64 * segment_size;
-        let end = (start + segment_size).min(source.size());
-        let mut entries = Vec::new();
-        scan_source(
-            &mut wb,
-            source,
-            params,
-            codec,
-            start,
-            (end - start) as usize,
-            None,
-            |p| {
-                read += p.read;
-                entries.extend_from_slice(&p.chunks.entries);
-                Ok(())
-            },
-        )?;
-        let actual = if entries.iter().all(|e| e.1.is_none()) {
-            None
-        } else {
-            Some(Node { entries }.to_plain(codec)?.0)
-        };
-        if actual != expected {
-            return Ok((
-                Audit {
-                    segments: picked.len() as u64,
-                    mismatch_at: Some(start),
-                },
-                read,
-            ));
-        }
+    let mut entries = Vec::new();
+    scan_source(wb, source, params, codec, start, len, None, |p| {
+        read += p.read;
+        entries.extend_from_slice(&p.chunks.entries);
+        Ok(())
+    })?;
+    let data = data_bytes(&entries);
+    let actual = if data == 0 {
+        None
+    } else {
+        Some(Node { entries }.to_plain(codec)?.0)
+    };
+    if actual != expected {
+        return Err(Error::AuditMismatch { offset: start });
     }
-    Ok((
-        Audit {
-            segments: picked.len() as u64,
-            mismatch_at: None,
-        },
-        read,
-    ))
+    Ok(ReusedChecked { read, data })
 }

@@ -45,10 +45,10 @@ pub struct Rechunked {
     pub fresh: Vec<(usize, Vec<u8>)>,
     /// Bytes read from the source.
     pub bytes_read: u64,
-    /// The newly cut chunks' bytes outgrew [`Fresh::Keep`]'s budget: the
-    /// re-chunking stopped there, `entries` and `fresh` are partial.
-    pub over_budget: bool,
 }
+
+/// Newly cut chunks handed over before the end: (entry index, bytes).
+pub type FreshBatch = Vec<(usize, Vec<u8>)>;
 
 /// Re-chunks a segment of `new_len` bytes whose parent had `parent`
 /// entries, where `changes` (segment-relative, sorted, merged) may differ.
@@ -63,21 +63,27 @@ pub fn rechunk(
     read: impl FnMut(u64, &mut [u8]) -> Result<u64>,
 ) -> Result<Rechunked> {
     let keep = Fresh::Keep(usize::MAX);
-    rechunk_within(params, codec, parent, new_len, changes, keep, read)
+    let never = |_: &[Entry], _: FreshBatch| Ok(());
+    rechunk_within(params, codec, parent, new_len, changes, keep, read, never)
 }
 
 /// What [`rechunk_within`] keeps of the newly cut chunks' bytes.
 #[derive(Clone, Copy, Debug)]
 pub enum Fresh {
-    /// Their bytes, up to this many in all: past that the re-chunking
-    /// stops, `over_budget` (the caller reads the segment whole instead,
-    /// in bounded windows).
+    /// Their bytes, handed to `flush` (with the entries so far, which
+    /// the batch's indices point into) whenever keeping the next would
+    /// hold more than this many: what is left at the end is `fresh`. So
+    /// a segment with many changes is re-chunked in bounded memory, its
+    /// new chunks stored a batch at a time, instead of being read whole
+    /// (which read and chunked a 64 MiB segment for each one whose new
+    /// chunks passed a window, after reading them once already).
     Keep(usize),
     /// Nothing: only the entries are wanted (an audit's comparison).
     Drop,
 }
 
 /// [`rechunk`] with the newly cut chunks' bytes kept as `fresh` says.
+#[allow(clippy::too_many_arguments)]
 pub fn rechunk_within(
     params: &ChunkParams,
     codec: &Codec,
@@ -86,6 +92,7 @@ pub fn rechunk_within(
     changes: &[Range<u64>],
     fresh: Fresh,
     mut read: impl FnMut(u64, &mut [u8]) -> Result<u64>,
+    mut flush: impl FnMut(&[Entry], FreshBatch) -> Result<()>,
 ) -> Result<Rechunked> {
     let mut kept = 0usize;
     let mut bounds = Vec::with_capacity(parent.len() + 1);
@@ -119,11 +126,11 @@ pub fn rechunk_within(
             let piece = &data[..len];
             let id = (!is_zero(piece)).then(|| codec.chunk_id(piece));
             if let (Some(_), Fresh::Keep(cap)) = (id, fresh) {
-                kept += piece.len();
-                if kept > cap {
-                    out.over_budget = true;
-                    return Ok(out);
+                if kept + piece.len() > cap && !out.fresh.is_empty() {
+                    flush(&out.entries, std::mem::take(&mut out.fresh))?;
+                    kept = 0;
                 }
+                kept += piece.len();
                 out.fresh.push((out.entries.len(), piece.to_vec()));
             }
             out.entries.push(Entry(len as u32, id));
@@ -291,8 +298,10 @@ mod tests {
         for (i, data) in &r.fresh {
             prop_assert_eq!(r.entries[*i].chunk(), Some(ObjectId::of(data)));
         }
-        // With a budget for the fresh bytes: the same when they fit, None
-        // when they do not; without keeping them, the same entries.
+        // With a budget for the fresh bytes: the same entries and, batches
+        // handed over on the way plus what is left, the same fresh chunks,
+        // each batch within the budget unless it is one chunk; without
+        // keeping them, the same entries.
         let kept: usize = r.fresh.iter().map(|(_, d)| d.len()).sum();
         let read = |off: u64, buf: &mut [u8]| {
             buf.copy_from_slice(&new[off as usize..off as usize + buf.len()]);
@@ -300,7 +309,8 @@ mod tests {
         };
         let ranges = set.ranges();
         let within = |fresh| {
-            rechunk_within(
+            let mut batches: Vec<FreshBatch> = Vec::new();
+            let r = rechunk_within(
                 &p,
                 &Codec::plain(),
                 &parent,
@@ -308,18 +318,31 @@ mod tests {
                 ranges,
                 fresh,
                 read,
+                |entries: &[Entry], batch: FreshBatch| {
+                    // The indices point into the entries cut so far.
+                    assert!(batch.iter().all(|(i, _)| *i < entries.len()));
+                    batches.push(batch);
+                    Ok(())
+                },
             )
-            .unwrap()
+            .unwrap();
+            (r, batches)
         };
-        let fits = within(Fresh::Keep(kept));
-        prop_assert!(!fits.over_budget);
-        prop_assert_eq!(&fits.entries, &r.entries);
-        prop_assert_eq!(&fits.fresh, &r.fresh);
-        if kept > 0 {
-            prop_assert!(within(Fresh::Keep(kept - 1)).over_budget);
+        for cap in [kept, kept / 2, kept / 3, 1] {
+            let (got, batches) = within(Fresh::Keep(cap));
+            prop_assert_eq!(&got.entries, &r.entries);
+            for b in &batches {
+                let size: usize = b.iter().map(|(_, d)| d.len()).sum();
+                prop_assert!(size <= cap || b.len() == 1);
+            }
+            let all: FreshBatch = batches.into_iter().flatten().chain(got.fresh).collect();
+            prop_assert_eq!(&all, &r.fresh);
         }
-        let dropped = within(Fresh::Drop);
-        prop_assert!(!dropped.over_budget);
+        let (fits, batches) = within(Fresh::Keep(kept));
+        prop_assert!(batches.is_empty());
+        prop_assert_eq!(&fits.fresh, &r.fresh);
+        let (dropped, batches) = within(Fresh::Drop);
+        prop_assert!(batches.is_empty());
         prop_assert_eq!(&dropped.entries, &r.entries);
         prop_assert!(dropped.fresh.is_empty());
         Ok(())

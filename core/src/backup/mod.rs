@@ -501,46 +501,27 @@ async fn back_up_disk(
             segments: damaged,
         }));
     }
-    let mut audit = None;
-    let mut audit_read = 0;
-    if plan.reported.is_some() && audit_percent > 0.0 {
-        let touched = audit::mark_touched(&mut plan, audit_percent);
-        let (src, params, seg, plan2, codec) = (
-            d.source.clone(),
-            cfg.chunking,
-            cfg.segment_size,
-            plan.clone(),
-            repo.codec().clone(),
-        );
-        let (a, read) = blocking("audit", move || {
-            audit::audit_reused(&plan2, &src, &params, &codec, seg, audit_percent)
-        })
-        .await??;
-        audit_read = read;
-        audit = Some(Audit {
-            segments: a.segments + touched,
-            mismatch_at: a.mismatch_at,
-        });
-    }
+    // The audit's segments are read by the pipeline's workers, which fail
+    // with `AuditMismatch` when one differs.
+    let mut audit = (plan.reported.is_some() && audit_percent > 0.0).then(|| Audit {
+        segments: audit::mark_touched(&mut plan, audit_percent)
+            + audit::mark_reused(&mut plan, audit_percent),
+        mismatch_at: None,
+    });
     let reported = plan.reported;
     let mut trust = Trust::new(&ctx.known, &damaged_nodes);
     if matches!(d.changes, ChangeSource::FullScan) {
         trust.present = ctx.present.get().cloned();
     }
-    let mut result = match audit.as_ref().and_then(|a| a.mismatch_at) {
-        Some(at) => Err(Error::AuditMismatch { offset: at }),
-        None => {
-            pipeline::run(
-                repo,
-                d.source.clone(),
-                plan,
-                Arc::new(trust),
-                ctx.packs.clone(),
-                progress.clone(),
-            )
-            .await
-        }
-    };
+    let mut result = pipeline::run(
+        repo,
+        d.source.clone(),
+        plan,
+        Arc::new(trust),
+        ctx.packs.clone(),
+        progress.clone(),
+    )
+    .await;
     if let Err(Error::AuditMismatch { offset }) = result {
         // The change source missed a write: nothing it says can be trusted
         // for this disk. Scan it all instead.
@@ -575,7 +556,6 @@ async fn back_up_disk(
     }
     let mut result = result?;
     let mut stats = std::mem::take(&mut result.stats);
-    stats.bytes_read += audit_read;
     if let (Some(r), None) = (reported, audit.as_ref().and_then(|a| a.mismatch_at)) {
         stats.bytes_changed = r;
     }

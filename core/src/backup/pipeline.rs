@@ -8,7 +8,7 @@
 //! Memory in flight is bounded by the workers' window buffers (one
 //! window, 16 MiB, plus a carried tail of under a maximum chunk, each;
 //! `scan`), a touched segment's newly cut chunks (at most a window's
-//! bytes: past that the segment is read whole, in windows), and the
+//! bytes: past that they leave as a partial upload job), and the
 //! upload jobs queued or running (QUEUE + J), each at most about one
 //! window of compressed data: with 2 cores, (2 + 2 + 2 + 2) x 16 MiB =
 //! 128 MiB, whatever the disk or segment size. A node may be stored before
@@ -90,6 +90,13 @@ enum Work {
     /// A segment taken from the parent unread, with its data bytes if
     /// the parent check noted them.
     Reuse {
+        idx: usize,
+        node: Option<ObjectId>,
+        data: Option<u64>,
+    },
+    /// A segment taken from the parent once read whole and found to
+    /// chunk to the parent's node (the audit, `super::audit`).
+    AuditReuse {
         idx: usize,
         node: Option<ObjectId>,
         data: Option<u64>,
@@ -243,29 +250,49 @@ pub async fn run(
     })
 }
 
-/// Hands the segments to the workers in disk order, with what the plan
-/// and the source's map of data say of each (a hole is done here).
+/// Hands the segments to the workers: the reused ones the audit reads
+/// first (each is a whole segment's read and chunking, and a mismatch
+/// makes the rest of the work moot), then the others in disk order, with
+/// what the plan and the source's map of data say of each (a hole is done
+/// here).
 fn dispatch_segments(shared: &Shared, plan: DiskPlan, seg_size: u64, work: SyncSender<Work>) {
     let size = shared.source.size();
     let parent_data = plan.parent_data;
     let mut parent_nodes = plan.parent_nodes;
     // Reused segments' data counted as one sum (added by `run`).
     let in_sum = plan.reused_data.is_some();
-    for (idx, seg) in plan.segments.into_iter().enumerate() {
+    let reused_data = |node: Option<ObjectId>| match in_sum {
+        true => Some(0),
+        false => node.and_then(|n| parent_data.get(&n).copied()),
+    };
+    let mut segments: Vec<Option<SegmentPlan>> = plan.segments.into_iter().map(Some).collect();
+    let audited = plan.audit_reused.iter().filter_map(|&idx| {
+        let Some(Some(SegmentPlan::Reuse(node))) = segments.get_mut(idx).map(Option::take) else {
+            return None;
+        };
+        let data = reused_data(node);
+        Some(Work::AuditReuse { idx, node, data })
+    });
+    let audited: Vec<Work> = audited.collect();
+    for item in audited {
+        if shared.failure.aborted() || work.send(item).is_err() {
+            return;
+        }
+    }
+    for (idx, seg) in segments.into_iter().enumerate() {
         if shared.failure.aborted() {
             return;
         }
+        let Some(seg) = seg else {
+            continue; // audited, sent above
+        };
         let start = idx as u64 * seg_size;
         let end = (start + seg_size).min(size);
         let item = match seg {
             SegmentPlan::Reuse(node) => Work::Reuse {
                 idx,
                 node,
-                data: if in_sum {
-                    Some(0)
-                } else {
-                    node.and_then(|n| parent_data.get(&n).copied())
-                },
+                data: reused_data(node),
             },
             SegmentPlan::Touched {
                 parent,
@@ -328,6 +355,7 @@ fn process_segments(shared: &Shared, work: &Mutex<Receiver<Work>>, jobs: &mpsc::
             Work::Reuse { idx, node, data } => {
                 reused_job(shared, idx, node, data).and_then(|job| (worker.send)(job, seg_len(idx)))
             }
+            Work::AuditReuse { idx, node, data } => worker.audit_reused(idx, node, data),
             Work::Full { idx, data, parent } => worker.full(idx, Some(data), parent, None, None, 0),
             Work::Touched {
                 idx,

@@ -84,6 +84,9 @@ pub struct DiskPlan {
     /// every reused node (see [`super::parent_check`]); `parent_data` then
     /// holds only the nodes it fetched.
     pub reused_data: Option<u64>,
+    /// Reused segments to read whole and check against the parent's node
+    /// first (ascending; see [`super::audit`]).
+    pub audit_reused: Vec<usize>,
 }
 
 /// At most this many node entries are kept for the workers (about 40
@@ -106,6 +109,7 @@ impl DiskPlan {
             parent_data: HashMap::new(),
             parent_nodes: HashMap::new(),
             reused_data: None,
+            audit_reused: Vec::new(),
         }
     }
 
@@ -147,6 +151,7 @@ impl DiskPlan {
             parent_data: HashMap::new(),
             parent_nodes: HashMap::new(),
             reused_data: None,
+            audit_reused: Vec::new(),
         }
     }
 

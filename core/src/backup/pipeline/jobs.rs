@@ -99,14 +99,17 @@ impl Touched {
 
 impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
     /// Re-chunks a segment around its changes, reading only near them;
-    /// when the new chunks' bytes would exceed a window, the segment is
-    /// read whole in windows instead (memory stays one window).
+    /// its new chunks leave a window's worth at a time.
     pub fn touched(&mut self, t: &Touched, changes: &[Range<u64>]) -> Result<()> {
         let shared = self.shared;
         let cfg = shared.repo.config();
         let parent_node = t.parent_node(shared)?;
         let start = t.idx as u64 * cfg.segment_size;
+        // New chunks past a window's worth leave as partial jobs (the
+        // node follows in the last), so memory stays one window.
         let budget = Fresh::Keep(window(&cfg.chunking));
+        let known: HashSet<ObjectId> = parent_node.chunk_ids().collect();
+        let send = &mut self.send;
         let r = rechunk_within(
             &cfg.chunking,
             shared.repo.codec(),
@@ -115,12 +118,17 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             changes,
             budget,
             |off, buf| shared.source.read_at(start + off, buf),
+            |entries, batch| {
+                if shared.failure.aborted() {
+                    return Err(Error::Internal("the backup stopped".into()));
+                }
+                let of_batch: Vec<Entry> = batch.iter().map(|(i, _)| entries[*i]).collect();
+                let mut stats = BackupStats::default();
+                let d = |k: usize| batch.get(k).map(|(_, b)| &b[..]);
+                let chunks = select(shared, &of_batch, d, &known, &mut stats)?;
+                send(UploadJob::part(t.idx, chunks, stats), 0)
+            },
         )?;
-        if r.over_budget {
-            let read = r.bytes_read;
-            drop(r);
-            return self.full(t.idx, None, t.parent, Some(parent_node), None, read);
-        }
         let fresh: HashMap<usize, &[u8]> = r.fresh.iter().map(|(i, d)| (*i, &d[..])).collect();
         let job = build_job(
             shared,
@@ -132,6 +140,37 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             r.bytes_read,
         )?;
         (self.send)(job, t.len)
+    }
+
+    /// A segment the change source calls unchanged, read whole and
+    /// checked against the parent's node `node` before it is reused
+    /// ([`crate::backup::audit::check_reused`]). `data`: its data bytes
+    /// as the plan counts them, if it does.
+    pub fn audit_reused(
+        &mut self,
+        idx: usize,
+        node: Option<ObjectId>,
+        data: Option<u64>,
+    ) -> Result<()> {
+        let shared = self.shared;
+        let cfg = shared.repo.config();
+        let start = idx as u64 * cfg.segment_size;
+        let len = cfg.segment_size.min(shared.source.size() - start);
+        let checked = crate::backup::audit::check_reused(
+            &mut self.wb,
+            &shared.source,
+            shared.repo.codec(),
+            &cfg.chunking,
+            start,
+            len as usize,
+            node,
+        )?;
+        let stats = BackupStats {
+            bytes_data: data.unwrap_or(checked.data),
+            bytes_read: checked.read,
+            ..BackupStats::default()
+        };
+        (self.send)(UploadJob::unchanged(idx, node, stats), len)
     }
 
     /// Reads the whole segment, and checks that re-chunking around the
@@ -152,6 +191,7 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             changes,
             Fresh::Drop,
             |off, buf| shared.source.read_at(start + off, buf),
+            |_, _| Ok(()),
         )?;
         self.full(
             t.idx,
