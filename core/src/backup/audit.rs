@@ -11,11 +11,11 @@ use rand::seq::index::sample;
 
 use super::plan::{DiskPlan, SegmentPlan, data_bytes};
 use super::scan::{WindowBuf, scan_source};
-use crate::chunker::ChunkParams;
+use crate::chunker::{ChunkParams, is_zero};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::node::Node;
+use crate::node::{Entry, Node};
 use crate::source::DiskSource;
 
 /// Default share of unchanged segments to re-read, in percent.
@@ -71,10 +71,18 @@ pub struct ReusedChecked {
     pub data: u64,
 }
 
-/// Reads the segment at `start`, `len` bytes, of `source` whole (in
-/// windows, as the pipeline reads: memory is `wb`) and checks that it
-/// chunks to `expected`, the parent's node there (`None`: all zeros).
-/// [`Error::AuditMismatch`] if not: the change source missed a write.
+/// Bytes [`verify_entries`] reads at a time.
+const VERIFY_READ: usize = 4 << 20;
+
+/// Checks that the segment at `start`, `len` bytes, of `source` is still
+/// `expected`, the parent's node there (`None`: all zeros), whose entries
+/// are `node` when the worker could read it: each chunk's bytes must hash
+/// to its id and each zero run be zeros ([`verify_entries`]: no cut
+/// search, which cost more than the hashing). Without the node (damaged)
+/// the segment is chunked whole in windows (memory: `wb`) and its node id
+/// compared. [`Error::AuditMismatch`] if the bytes differ: the change
+/// source missed a write.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn check_reused(
     wb: &mut WindowBuf,
     source: &DiskSource,
@@ -83,22 +91,91 @@ pub(super) fn check_reused(
     start: u64,
     len: usize,
     expected: Option<ObjectId>,
+    node: Option<&Node>,
 ) -> Result<ReusedChecked> {
-    let mut read = 0;
-    let mut entries = Vec::new();
-    scan_source(wb, source, params, codec, start, len, None, |p| {
-        read += p.read;
-        entries.extend_from_slice(&p.chunks.entries);
-        Ok(())
-    })?;
-    let data = data_bytes(&entries);
-    let actual = if data == 0 {
-        None
-    } else {
-        Some(Node { entries }.to_plain(codec)?.0)
-    };
-    if actual != expected {
-        return Err(Error::AuditMismatch { offset: start });
+    let mismatch = Error::AuditMismatch { offset: start };
+    match (expected, node) {
+        (None, _) => {
+            let zeros: Vec<Entry> = (0..len)
+                .step_by(VERIFY_READ)
+                .map(|o| Entry((len - o).min(VERIFY_READ) as u32, None))
+                .collect();
+            let read = verify_entries(source, codec, start, &zeros, |_| false)?;
+            Ok(ReusedChecked { read, data: 0 })
+        }
+        (Some(_), Some(node)) => {
+            if node.entries.iter().map(Entry::len).sum::<u64>() != len as u64 {
+                return Err(mismatch);
+            }
+            let read = verify_entries(source, codec, start, &node.entries, |_| false)?;
+            let data = data_bytes(&node.entries);
+            Ok(ReusedChecked { read, data })
+        }
+        (Some(_), None) => {
+            let mut read = 0;
+            let mut entries = Vec::new();
+            scan_source(wb, source, params, codec, start, len, None, |p| {
+                read += p.read;
+                entries.extend_from_slice(&p.chunks.entries);
+                Ok(())
+            })?;
+            let data = data_bytes(&entries);
+            let actual = (data > 0)
+                .then(|| Node { entries }.to_plain(codec).map(|n| n.0))
+                .transpose()?;
+            match actual == expected {
+                true => Ok(ReusedChecked { read, data }),
+                false => Err(mismatch),
+            }
+        }
     }
-    Ok(ReusedChecked { read, data })
+}
+
+/// Checks that the segment of `source` at `start` holds what `entries`
+/// say, entry by entry: a chunk hashes to its id, a zero run is zeros.
+/// Entries `skip` names (cut from bytes just read) are not read again.
+/// Reads runs of the others, [`VERIFY_READ`] bytes at most at a time.
+/// Returns the bytes read from the source; [`Error::AuditMismatch`] (at
+/// `start`) on the first difference.
+pub(super) fn verify_entries(
+    source: &DiskSource,
+    codec: &Codec,
+    start: u64,
+    entries: &[Entry],
+    skip: impl Fn(usize) -> bool,
+) -> Result<u64> {
+    let mut buf = Vec::new();
+    let (mut read, mut i, mut off) = (0u64, 0usize, 0u64);
+    while i < entries.len() {
+        if skip(i) {
+            off += entries[i].len();
+            i += 1;
+            continue;
+        }
+        // A run of entries to check, at least one, within VERIFY_READ.
+        let (first, from, mut len) = (i, off, 0usize);
+        while i < entries.len()
+            && !skip(i)
+            && (len == 0 || len + entries[i].len() as usize <= VERIFY_READ)
+        {
+            len += entries[i].len() as usize;
+            off += entries[i].len();
+            i += 1;
+        }
+        buf.resize(len, 0);
+        read += source.read_at(start + from, &mut buf)?;
+        let mut at = 0;
+        for e in &entries[first..i] {
+            let piece = &buf[at..at + e.len() as usize];
+            let same = match e.1 {
+                None => is_zero(piece),
+                Some(id) => codec.chunk_id(piece) == id,
+            };
+            if !same {
+                return Err(Error::AuditMismatch { offset: start });
+            }
+            at += piece.len();
+        }
+    }
+    Ok(read)
 }

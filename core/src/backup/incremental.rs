@@ -62,27 +62,27 @@ pub fn rechunk(
     changes: &[Range<u64>],
     read: impl FnMut(u64, &mut [u8]) -> Result<u64>,
 ) -> Result<Rechunked> {
-    let keep = Fresh::Keep(usize::MAX);
     let never = |_: &[Entry], _: FreshBatch| Ok(());
-    rechunk_within(params, codec, parent, new_len, changes, keep, read, never)
+    rechunk_within(
+        params,
+        codec,
+        parent,
+        new_len,
+        changes,
+        usize::MAX,
+        read,
+        never,
+    )
 }
 
-/// What [`rechunk_within`] keeps of the newly cut chunks' bytes.
-#[derive(Clone, Copy, Debug)]
-pub enum Fresh {
-    /// Their bytes, handed to `flush` (with the entries so far, which
-    /// the batch's indices point into) whenever keeping the next would
-    /// hold more than this many: what is left at the end is `fresh`. So
-    /// a segment with many changes is re-chunked in bounded memory, its
-    /// new chunks stored a batch at a time, instead of being read whole
-    /// (which read and chunked a 64 MiB segment for each one whose new
-    /// chunks passed a window, after reading them once already).
-    Keep(usize),
-    /// Nothing: only the entries are wanted (an audit's comparison).
-    Drop,
-}
-
-/// [`rechunk`] with the newly cut chunks' bytes kept as `fresh` says.
+/// [`rechunk`] with the newly cut chunks' bytes handed to `flush` (with
+/// the entries so far, which the batch's indices point into) whenever
+/// keeping the next would hold more than `keep` bytes: what is left at
+/// the end is `fresh`. So a segment with many changes is re-chunked in
+/// bounded memory, its new chunks stored a batch at a time, instead of
+/// being read whole (which read and chunked a 64 MiB segment for each
+/// one whose new chunks passed a window, after reading them once
+/// already).
 #[allow(clippy::too_many_arguments)]
 pub fn rechunk_within(
     params: &ChunkParams,
@@ -90,7 +90,7 @@ pub fn rechunk_within(
     parent: &[Entry],
     new_len: u64,
     changes: &[Range<u64>],
-    fresh: Fresh,
+    keep: usize,
     mut read: impl FnMut(u64, &mut [u8]) -> Result<u64>,
     mut flush: impl FnMut(&[Entry], FreshBatch) -> Result<()>,
 ) -> Result<Rechunked> {
@@ -125,8 +125,8 @@ pub fn rechunk_within(
             let len = first_cut(params, data);
             let piece = &data[..len];
             let id = (!is_zero(piece)).then(|| codec.chunk_id(piece));
-            if let (Some(_), Fresh::Keep(cap)) = (id, fresh) {
-                if kept + piece.len() > cap && !out.fresh.is_empty() {
+            if id.is_some() {
+                if kept + piece.len() > keep && !out.fresh.is_empty() {
                     flush(&out.entries, std::mem::take(&mut out.fresh))?;
                     kept = 0;
                 }
@@ -300,15 +300,14 @@ mod tests {
         }
         // With a budget for the fresh bytes: the same entries and, batches
         // handed over on the way plus what is left, the same fresh chunks,
-        // each batch within the budget unless it is one chunk; without
-        // keeping them, the same entries.
+        // each batch within the budget unless it is one chunk.
         let kept: usize = r.fresh.iter().map(|(_, d)| d.len()).sum();
         let read = |off: u64, buf: &mut [u8]| {
             buf.copy_from_slice(&new[off as usize..off as usize + buf.len()]);
             Ok(buf.len() as u64)
         };
         let ranges = set.ranges();
-        let within = |fresh| {
+        let within = |keep| {
             let mut batches: Vec<FreshBatch> = Vec::new();
             let r = rechunk_within(
                 &p,
@@ -316,7 +315,7 @@ mod tests {
                 &parent,
                 new.len() as u64,
                 ranges,
-                fresh,
+                keep,
                 read,
                 |entries: &[Entry], batch: FreshBatch| {
                     // The indices point into the entries cut so far.
@@ -329,7 +328,7 @@ mod tests {
             (r, batches)
         };
         for cap in [kept, kept / 2, kept / 3, 1] {
-            let (got, batches) = within(Fresh::Keep(cap));
+            let (got, batches) = within(cap);
             prop_assert_eq!(&got.entries, &r.entries);
             for b in &batches {
                 let size: usize = b.iter().map(|(_, d)| d.len()).sum();
@@ -338,13 +337,9 @@ mod tests {
             let all: FreshBatch = batches.into_iter().flatten().chain(got.fresh).collect();
             prop_assert_eq!(&all, &r.fresh);
         }
-        let (fits, batches) = within(Fresh::Keep(kept));
+        let (fits, batches) = within(kept);
         prop_assert!(batches.is_empty());
         prop_assert_eq!(&fits.fresh, &r.fresh);
-        let (dropped, batches) = within(Fresh::Drop);
-        prop_assert!(batches.is_empty());
-        prop_assert_eq!(&dropped.entries, &r.entries);
-        prop_assert!(dropped.fresh.is_empty());
         Ok(())
     }
 

@@ -356,7 +356,7 @@ fn process_segments(shared: &Shared, work: &Mutex<Receiver<Work>>, jobs: &mpsc::
                 reused_job(shared, idx, node, data).and_then(|job| (worker.send)(job, seg_len(idx)))
             }
             Work::AuditReuse { idx, node, data } => worker.audit_reused(idx, node, data),
-            Work::Full { idx, data, parent } => worker.full(idx, Some(data), parent, None, None, 0),
+            Work::Full { idx, data, parent } => worker.full(idx, Some(data), parent, None, 0),
             Work::Touched {
                 idx,
                 parent,
@@ -372,11 +372,7 @@ fn process_segments(shared: &Shared, work: &Mutex<Receiver<Work>>, jobs: &mpsc::
                     parent_len,
                     len: seg_len(idx),
                 };
-                if audit {
-                    worker.audited(&t, &changes)
-                } else {
-                    worker.touched(&t, &changes)
-                }
+                worker.touched(&t, &changes, audit)
             }
         };
         if let Err(e) = done {

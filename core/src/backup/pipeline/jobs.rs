@@ -11,7 +11,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::Shared;
-use crate::backup::incremental::{Fresh, rechunk_within};
+use crate::backup::audit::verify_entries;
+use crate::backup::incremental::rechunk_within;
 use crate::backup::plan::data_bytes;
 use crate::backup::scan::{Piece, WindowBuf, scan_source, window};
 use crate::backup::segment::chunk_segment_in;
@@ -99,29 +100,35 @@ impl Touched {
 
 impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
     /// Re-chunks a segment around its changes, reading only near them;
-    /// its new chunks leave a window's worth at a time.
-    pub fn touched(&mut self, t: &Touched, changes: &[Range<u64>]) -> Result<()> {
+    /// its new chunks leave a window's worth at a time. `audit`: then
+    /// also read the rest and check that it holds the parent's chunks
+    /// the re-chunking kept ([`verify_entries`]): if not, the change
+    /// source missed a write in this segment. (With the new chunks cut
+    /// from what was read, that is the whole segment's bytes checked,
+    /// without a second cut search over it.)
+    pub fn touched(&mut self, t: &Touched, changes: &[Range<u64>], audit: bool) -> Result<()> {
         let shared = self.shared;
         let cfg = shared.repo.config();
         let parent_node = t.parent_node(shared)?;
         let start = t.idx as u64 * cfg.segment_size;
         // New chunks past a window's worth leave as partial jobs (the
         // node follows in the last), so memory stays one window.
-        let budget = Fresh::Keep(window(&cfg.chunking));
         let known: HashSet<ObjectId> = parent_node.chunk_ids().collect();
+        let mut cut: HashSet<usize> = HashSet::new();
         let send = &mut self.send;
-        let r = rechunk_within(
+        let mut r = rechunk_within(
             &cfg.chunking,
             shared.repo.codec(),
             &parent_node.entries,
             t.len,
             changes,
-            budget,
+            window(&cfg.chunking),
             |off, buf| shared.source.read_at(start + off, buf),
             |entries, batch| {
                 if shared.failure.aborted() {
                     return Err(Error::Internal("the backup stopped".into()));
                 }
+                cut.extend(batch.iter().map(|(i, _)| *i));
                 let of_batch: Vec<Entry> = batch.iter().map(|(i, _)| entries[*i]).collect();
                 let mut stats = BackupStats::default();
                 let d = |k: usize| batch.get(k).map(|(_, b)| &b[..]);
@@ -130,6 +137,11 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             },
         )?;
         let fresh: HashMap<usize, &[u8]> = r.fresh.iter().map(|(i, d)| (*i, &d[..])).collect();
+        if audit {
+            let fresh_cut = |i: usize| cut.contains(&i) || fresh.contains_key(&i);
+            let codec = shared.repo.codec();
+            r.bytes_read += verify_entries(&shared.source, codec, start, &r.entries, fresh_cut)?;
+        }
         let job = build_job(
             shared,
             t.idx,
@@ -156,6 +168,16 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
         let cfg = shared.repo.config();
         let start = idx as u64 * cfg.segment_size;
         let len = cfg.segment_size.min(shared.source.size() - start);
+        // The parent's node, to check the bytes chunk by chunk; a damaged
+        // one is checked by chunking the segment whole instead.
+        let parent = match node {
+            None => None,
+            Some(id) => match shared.runtime.block_on(shared.repo.load_node(&id)) {
+                Ok(n) => Some(n),
+                Err(e) if e.is_damage() => None,
+                Err(e) => return Err(e),
+            },
+        };
         let checked = crate::backup::audit::check_reused(
             &mut self.wb,
             &shared.source,
@@ -164,6 +186,7 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             start,
             len as usize,
             node,
+            parent.as_ref(),
         )?;
         let stats = BackupStats {
             bytes_data: data.unwrap_or(checked.data),
@@ -173,48 +196,15 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
         (self.send)(UploadJob::unchanged(idx, node, stats), len)
     }
 
-    /// Reads the whole segment, and checks that re-chunking around the
-    /// reported changes gives what chunking it all gives: if not, the
-    /// change source missed a write in this segment. The re-chunking
-    /// keeps only entries, and is compared window by window before the
-    /// window's chunks are stored.
-    pub fn audited(&mut self, t: &Touched, changes: &[Range<u64>]) -> Result<()> {
-        let shared = self.shared;
-        let cfg = shared.repo.config();
-        let parent_node = t.parent_node(shared)?;
-        let start = t.idx as u64 * cfg.segment_size;
-        let inc = rechunk_within(
-            &cfg.chunking,
-            shared.repo.codec(),
-            &parent_node.entries,
-            t.len,
-            changes,
-            Fresh::Drop,
-            |off, buf| shared.source.read_at(start + off, buf),
-            |_, _| Ok(()),
-        )?;
-        self.full(
-            t.idx,
-            None,
-            t.parent,
-            Some(parent_node),
-            Some(&inc.entries),
-            inc.bytes_read,
-        )
-    }
-
     /// A full read of segment `idx` (its data ranges `data` if known,
     /// segment-relative), deduplicated against `parent` (whose node is
-    /// `parent_node` if fetched). `expect`: the entries an audit's
-    /// re-chunking gave, which the full read must give too. `read`:
-    /// bytes already read for it.
+    /// `parent_node` if fetched). `read`: bytes already read for it.
     pub fn full(
         &mut self,
         idx: usize,
         data: Option<Vec<Range<usize>>>,
         parent: Option<ObjectId>,
         parent_node: Option<Arc<Node>>,
-        expect: Option<&[Entry]>,
         read: u64,
     ) -> Result<()> {
         let shared = self.shared;
@@ -222,22 +212,12 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
         let start = idx as u64 * cfg.segment_size;
         let len = cfg.segment_size.min(shared.source.size() - start) as usize;
         let step = window(&cfg.chunking);
-        let mismatch = || Error::AuditMismatch { offset: start };
-        let mut checked = 0usize;
-        let mut check = |entries: &[Entry]| match expect {
-            Some(e) if e.get(checked..checked + entries.len()) != Some(entries) => Err(mismatch()),
-            _ => {
-                checked += entries.len();
-                Ok(())
-            }
-        };
         if len <= step {
             // One window: chunked whole, and deduplicated against the
             // parent's node only if it differs (an unchanged segment
             // fetches nothing).
             let mut job = None;
             scan_segment(&mut self.wb, shared, start, len, data, |p| {
-                check(&p.chunks.entries)?;
                 let d = |i: usize| piece_data(&p, i);
                 job = Some(build_job(
                     shared,
@@ -250,9 +230,6 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
                 )?);
                 Ok(())
             })?;
-            if expect.is_some_and(|e| e.len() != checked) {
-                return Err(mismatch());
-            }
             let job = job.ok_or_else(|| Error::Internal("a segment scan gave no window".into()))?;
             return (self.send)(job, len as u64);
         }
@@ -278,7 +255,6 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             if shared.failure.aborted() {
                 return Err(Error::Internal("the backup stopped".into()));
             }
-            check(&p.chunks.entries)?;
             let mut stats = BackupStats {
                 bytes_read: std::mem::take(&mut first_read) + p.read,
                 ..BackupStats::default()
@@ -288,9 +264,6 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             entries.extend_from_slice(&p.chunks.entries);
             send(UploadJob::part(idx, chunks, stats), p.covered)
         })?;
-        if expect.is_some_and(|e| e.len() != checked) {
-            return Err(mismatch());
-        }
         let stats = BackupStats {
             bytes_data: data_bytes(&entries),
             ..BackupStats::default()
