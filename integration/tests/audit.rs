@@ -3,6 +3,8 @@
 //! the point restores the truth however the workers' other work stood.
 
 use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Output;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -11,6 +13,24 @@ use xfull_integration::env::{Env, sha256, stderr};
 use xfull_integration::{Region, write_image};
 
 use super::incremental::write_extents;
+
+/// `backup --changed FILE --audit-unchanged 100 --json` of disk `d`.
+fn audited_backup(e: &Env, img: &Path, file: &Path) -> Output {
+    e.x(&[
+        "backup",
+        "--vm",
+        "vm",
+        "--disk",
+        &format!("d={}", img.display()),
+        "--changed",
+        &format!("d={}", file.display()),
+        "--audit-unchanged",
+        "100",
+        "--json",
+    ])
+    .output()
+    .unwrap()
+}
 
 #[test]
 fn a_change_file_that_misses_a_write_is_caught_by_the_audit() {
@@ -31,21 +51,7 @@ fn a_change_file_that_misses_a_write_is_caught_by_the_audit() {
         f.write_all_at(b"unreported write", lie).unwrap();
         let file = e.path("c.json");
         write_extents(&file, &[reported..reported + 14]);
-        let out = e
-            .x(&[
-                "backup",
-                "--vm",
-                "vm",
-                "--disk",
-                &format!("d={}", img.display()),
-                "--changed",
-                &format!("d={}", file.display()),
-                "--audit-unchanged",
-                "100",
-                "--json",
-            ])
-            .output()
-            .unwrap();
+        let out = audited_backup(&e, &img, &file);
         let err = stderr(&out);
         assert!(out.status.success(), "{err}");
         assert!(
@@ -98,21 +104,7 @@ fn a_lie_in_an_unchanged_segment_found_while_others_store_leaves_a_whole_point()
     f.write_all_at(b"unreported write", lie).unwrap();
     let file = e.path("c.json");
     write_extents(&file, &reported);
-    let out = e
-        .x(&[
-            "backup",
-            "--vm",
-            "vm",
-            "--disk",
-            &format!("d={}", img.display()),
-            "--changed",
-            &format!("d={}", file.display()),
-            "--audit-unchanged",
-            "100",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let out = audited_backup(&e, &img, &file);
     assert!(out.status.success(), "{}", stderr(&out));
     let b: Value = serde_json::from_slice(&out.stdout).unwrap();
     let d = &b["disks"][0];
