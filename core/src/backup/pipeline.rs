@@ -266,14 +266,18 @@ fn dispatch_segments(shared: &Shared, plan: DiskPlan, seg_size: u64, work: SyncS
         false => node.and_then(|n| parent_data.get(&n).copied()),
     };
     let mut segments: Vec<Option<SegmentPlan>> = plan.segments.into_iter().map(Some).collect();
-    let audited = plan.audit_reused.iter().filter_map(|&idx| {
-        let Some(Some(SegmentPlan::Reuse(node))) = segments.get_mut(idx).map(Option::take) else {
-            return None;
-        };
-        let data = reused_data(node);
-        Some(Work::AuditReuse { idx, node, data })
-    });
-    let audited: Vec<Work> = audited.collect();
+    let mut audited = Vec::with_capacity(plan.audit_reused.len());
+    for &idx in &plan.audit_reused {
+        // Only a reused segment is taken out for the audit: any other
+        // stays where it is and is backed up as its plan says.
+        if let Some(slot) = segments.get_mut(idx)
+            && let Some(SegmentPlan::Reuse(node)) = *slot
+        {
+            *slot = None;
+            let data = reused_data(node);
+            audited.push(Work::AuditReuse { idx, node, data });
+        }
+    }
     for item in audited {
         if shared.failure.aborted() || work.send(item).is_err() {
             return;
