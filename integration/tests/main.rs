@@ -7,6 +7,7 @@
 //! must be declared below; `every_test_file_is_declared` fails otherwise.
 
 mod audit;
+mod audit_edges;
 mod cli;
 mod copy;
 mod downgrade;

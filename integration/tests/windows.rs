@@ -24,19 +24,22 @@ use xfull_local::LocalBackend;
 
 use crate::engine::{request, rt};
 
-const MIB: u64 = 1 << 20;
-const SEG: u64 = 32 * MIB;
+pub(crate) const MIB: u64 = 1 << 20;
+pub(crate) const SEG: u64 = 32 * MIB;
 
 async fn repo() -> Repository {
+    repo_on(Arc::new(LocalBackend::in_memory())).await
+}
+
+/// A repository with 32 MiB segments and 64 KiB chunks on `backend`.
+pub(crate) async fn repo_on(backend: Arc<LocalBackend>) -> Repository {
     let cfg = RepoConfig::new(SEG, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    Repository::init(Arc::new(LocalBackend::in_memory()), cfg)
-        .await
-        .unwrap()
+    Repository::init(backend, cfg).await.unwrap()
 }
 
 /// Two 32 MiB segments and a partial one, with data, holes and written
 /// zeros across the 16 MiB window edges.
-fn layout() -> Vec<Region> {
+pub(crate) fn layout() -> Vec<Region> {
     vec![
         Region::Random(10 * MIB),
         Region::Hole(5 * MIB),
@@ -52,7 +55,7 @@ fn layout() -> Vec<Region> {
 }
 
 /// The node ids of chunking each whole segment of `image` in one piece.
-fn whole_segments(repo: &Repository, image: &Path) -> Vec<Option<ObjectId>> {
+pub(crate) fn whole_segments(repo: &Repository, image: &Path) -> Vec<Option<ObjectId>> {
     let bytes = std::fs::read(image).unwrap();
     bytes
         .chunks(SEG as usize)
@@ -64,7 +67,7 @@ fn whole_segments(repo: &Repository, image: &Path) -> Vec<Option<ObjectId>> {
         .collect()
 }
 
-async fn restores_to(repo: &Repository, m: &Manifest, dir: &Path, want: &Path) {
+pub(crate) async fn restores_to(repo: &Repository, m: &Manifest, dir: &Path, want: &Path) {
     let out = dir.join(format!("out-{}", m.id));
     let target = Target::parse(out.to_str().unwrap()).unwrap();
     let progress = Arc::new(Progress::default());
@@ -78,7 +81,7 @@ async fn restores_to(repo: &Repository, m: &Manifest, dir: &Path, want: &Path) {
     assert_eq!(o.blake3, Some(hash), "{}", m.id);
 }
 
-fn write(path: &Path, writes: &[(u64, u64, u8)]) -> Vec<Range<u64>> {
+pub(crate) fn write(path: &Path, writes: &[(u64, u64, u8)]) -> Vec<Range<u64>> {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     writes
         .iter()
@@ -90,7 +93,7 @@ fn write(path: &Path, writes: &[(u64, u64, u8)]) -> Vec<Range<u64>> {
         .collect()
 }
 
-fn changes_file(path: &Path, ranges: &[Range<u64>]) -> ChangeSource {
+pub(crate) fn changes_file(path: &Path, ranges: &[Range<u64>]) -> ChangeSource {
     let v: Vec<String> = ranges
         .iter()
         .map(|r| {
@@ -193,6 +196,13 @@ fn incremental_backups_of_large_segments_equal_full_scans() {
                     d.stats.bytes_read < stored + 2 * MIB,
                     "read {} of {stored} allocated",
                     d.stats.bytes_read
+                );
+                // And no less than every byte of data.
+                assert!(
+                    d.stats.bytes_read >= d.stats.bytes_data,
+                    "read {} of {} data",
+                    d.stats.bytes_read,
+                    d.stats.bytes_data
                 );
             } else {
                 // Only near the changes (20 MiB and a little), not the

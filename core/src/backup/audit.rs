@@ -1,20 +1,19 @@
 //! Auditing a change source. Hypervisor change tracking can lose writes (a
 //! crash, a bitmap reset, a cluster node that wrote without logging), so a
 //! random sample of segments is read in full: a segment the source calls
-//! unchanged must chunk to the parent's node; a segment with reported
-//! changes must chunk to what re-chunking around those changes gives. A
-//! mismatch means the change source lied, and the disk is scanned in full.
-//! Both kinds are read by the pipeline's workers: this module picks them
-//! and checks the unchanged ones.
+//! unchanged must hold the parent's node; a segment with reported changes
+//! must chunk to what re-chunking around those changes gives. A mismatch
+//! means the change source lied, and the disk is scanned in full. Both
+//! kinds are read by the pipeline's workers: this module picks them and
+//! has the checks they run.
 
 use rand::seq::index::sample;
 
+use super::incremental::first_cut;
 use super::plan::{DiskPlan, SegmentPlan, data_bytes};
-use super::scan::{WindowBuf, scan_source};
 use crate::chunker::{ChunkParams, is_zero};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::id::ObjectId;
 use crate::node::{Entry, Node};
 use crate::source::DiskSource;
 
@@ -23,16 +22,30 @@ pub const DEFAULT_AUDIT_PERCENT: f64 = 1.0;
 
 /// Picks `percent` of the segments of `plan` that are re-chunked around
 /// changes (at least one when there are any and `percent` > 0) for the
-/// pipeline to read whole and check; returns how many.
-pub fn mark_touched(plan: &mut DiskPlan, percent: f64) -> u64 {
-    let touched = plan.touched();
-    let picked = pick(&touched, percent);
-    for &i in &picked {
+/// pipeline to read whole and check.
+pub fn mark_touched(plan: &mut DiskPlan, percent: f64) {
+    for i in pick(&plan.touched(), percent) {
         if let SegmentPlan::Touched { audit, .. } = &mut plan.segments[i] {
             *audit = true;
         }
     }
-    picked.len() as u64
+}
+
+/// How many segments of `plan` are audited: touched ones marked, and
+/// reused ones picked that are still reused (the parent check reads a
+/// segment whose parent node is unsound in full instead).
+pub fn marked(plan: &DiskPlan) -> u64 {
+    let touched = plan
+        .segments
+        .iter()
+        .filter(|s| matches!(s, SegmentPlan::Touched { audit: true, .. }))
+        .count();
+    let reused = plan
+        .audit_reused
+        .iter()
+        .filter(|&&i| matches!(plan.segments.get(i), Some(SegmentPlan::Reuse(_))))
+        .count();
+    (touched + reused) as u64
 }
 
 /// A random `percent` of `from` (at least one when `percent` > 0), sorted.
@@ -53,13 +66,12 @@ pub(super) fn pick(from: &[usize], percent: f64) -> Vec<usize> {
 
 /// Picks `percent` of the segments of `plan` reused unread (at least one
 /// when any is and `percent` > 0) for the pipeline to read whole and
-/// check against the parent's node ([`check_reused`]); returns how many.
-/// They are checked by the workers beside the rest of the disk's work:
-/// done before the pipeline, on one thread, a 64 MiB segment's read,
-/// chunking and hashing held up every backup by about 0.1 s.
-pub fn mark_reused(plan: &mut DiskPlan, percent: f64) -> u64 {
+/// check against the parent's node ([`check_reused`]). They are checked
+/// by the workers beside the rest of the disk's work: done before the
+/// pipeline, on one thread, a 64 MiB segment's read, chunking and hashing
+/// held up every backup by about 0.1 s.
+pub fn mark_reused(plan: &mut DiskPlan, percent: f64) {
     plan.audit_reused = pick(&plan.reused(), percent);
-    plan.audit_reused.len() as u64
 }
 
 /// What [`check_reused`] read of a segment that matched its parent's node.
@@ -74,28 +86,23 @@ pub struct ReusedChecked {
 /// Bytes [`verify_entries`] reads at a time.
 const VERIFY_READ: usize = 4 << 20;
 
-/// Checks that the segment at `start`, `len` bytes, of `source` is still
-/// `expected`, the parent's node there (`None`: all zeros), whose entries
-/// are `node` when the worker could read it: each chunk's bytes must hash
-/// to its id and each zero run be zeros ([`verify_entries`]: no cut
-/// search, which cost more than the hashing). Without the node (damaged)
-/// the segment is chunked whole in windows (memory: `wb`) and its node id
-/// compared. [`Error::AuditMismatch`] if the bytes differ: the change
-/// source missed a write.
-#[allow(clippy::too_many_arguments)]
+/// Checks that the segment at `start`, `len` bytes, of `source` still
+/// holds `node`, the parent's node there (`None`: all zeros): each chunk's
+/// bytes must hash to its id and each zero run be zeros
+/// ([`verify_entries`]: no cut search, which cost more than the hashing).
+/// The node was fetched and checked against its id by the parent check
+/// (one found unsound is never reused, so never audited).
+/// [`Error::AuditMismatch`] if the bytes differ: the change source missed
+/// a write.
 pub(super) fn check_reused(
-    wb: &mut WindowBuf,
     source: &DiskSource,
     codec: &Codec,
-    params: &ChunkParams,
     start: u64,
     len: usize,
-    expected: Option<ObjectId>,
     node: Option<&Node>,
 ) -> Result<ReusedChecked> {
-    let mismatch = Error::AuditMismatch { offset: start };
-    match (expected, node) {
-        (None, _) => {
+    match node {
+        None => {
             let zeros: Vec<Entry> = (0..len)
                 .step_by(VERIFY_READ)
                 .map(|o| Entry((len - o).min(VERIFY_READ) as u32, None))
@@ -103,32 +110,57 @@ pub(super) fn check_reused(
             let read = verify_entries(source, codec, start, &zeros, |_| false)?;
             Ok(ReusedChecked { read, data: 0 })
         }
-        (Some(_), Some(node)) => {
+        Some(node) => {
             if node.entries.iter().map(Entry::len).sum::<u64>() != len as u64 {
-                return Err(mismatch);
+                return Err(Error::AuditMismatch { offset: start });
             }
             let read = verify_entries(source, codec, start, &node.entries, |_| false)?;
             let data = data_bytes(&node.entries);
             Ok(ReusedChecked { read, data })
         }
-        (Some(_), None) => {
-            let mut read = 0;
-            let mut entries = Vec::new();
-            scan_source(wb, source, params, codec, start, len, None, |p| {
-                read += p.read;
-                entries.extend_from_slice(&p.chunks.entries);
-                Ok(())
-            })?;
-            let data = data_bytes(&entries);
-            let actual = (data > 0)
-                .then(|| Node { entries }.to_plain(codec).map(|n| n.0))
-                .transpose()?;
-            match actual == expected {
-                true => Ok(ReusedChecked { read, data }),
-                false => Err(mismatch),
+    }
+}
+
+/// Checks a touched segment re-chunked around its reported changes
+/// ([`super::incremental::rechunk_within`]: `entries`, `kept` saying which
+/// it took from the parent unread) against the whole segment's bytes
+/// without a second cut search over it: each kept entry must hold its
+/// bytes ([`verify_entries`]; the newly cut ones were cut from bytes just
+/// read), and where a kept entry is followed by a newly cut one, the cut
+/// between them must still be one. FastCDC decides a cut from the bytes
+/// up to and including the next chunk's first byte, which here is not in
+/// a kept chunk: a write the source missed there would leave every kept
+/// chunk's bytes intact but move the whole segment's cut (found in
+/// review: the hashing alone missed it). Between two kept entries the
+/// next one's bytes are checked, and the last entry ends the segment.
+/// Returns the bytes read; [`Error::AuditMismatch`] (at `start`) on the
+/// first difference.
+pub(super) fn verify_kept(
+    source: &DiskSource,
+    codec: &Codec,
+    params: &ChunkParams,
+    start: u64,
+    entries: &[Entry],
+    kept: &[bool],
+) -> Result<u64> {
+    let mut read = verify_entries(source, codec, start, entries, |i| !kept[i])?;
+    let seg_len: u64 = entries.iter().map(Entry::len).sum();
+    let mut buf = Vec::new();
+    let mut off = 0u64;
+    for (i, e) in entries.iter().enumerate() {
+        if kept[i] && kept.get(i + 1) == Some(&false) {
+            // The rest of the segment or a maximum chunk: all FastCDC
+            // looks at (see `first_cut`).
+            let len = (seg_len - off).min(u64::from(params.max));
+            buf.resize(len as usize, 0);
+            read += source.read_at(start + off, &mut buf)?;
+            if first_cut(params, &buf) as u64 != e.len() {
+                return Err(Error::AuditMismatch { offset: start });
             }
         }
+        off += e.len();
     }
+    Ok(read)
 }
 
 /// Checks that the segment of `source` at `start` holds what `entries`

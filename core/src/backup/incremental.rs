@@ -41,6 +41,8 @@ const READ_BLOCK: u64 = 64 << 10;
 #[derive(Debug, Default)]
 pub struct Rechunked {
     pub entries: Vec<Entry>,
+    /// By entry: taken from the parent unread (true) or newly cut.
+    pub kept: Vec<bool>,
     /// The bytes of every newly cut non-zero chunk, by entry index.
     pub fresh: Vec<(usize, Vec<u8>)>,
     /// Bytes read from the source.
@@ -94,7 +96,7 @@ pub fn rechunk_within(
     mut read: impl FnMut(u64, &mut [u8]) -> Result<u64>,
     mut flush: impl FnMut(&[Entry], FreshBatch) -> Result<()>,
 ) -> Result<Rechunked> {
-    let mut kept = 0usize;
+    let mut held = 0usize;
     let mut bounds = Vec::with_capacity(parent.len() + 1);
     bounds.push(0u64);
     for e in parent {
@@ -114,6 +116,7 @@ pub fn rechunk_within(
         // Reuse: pos is the parent boundary bounds[j], a cut of the new image.
         if j < parent.len() && bounds[j + 1] < next_change && bounds[j + 1] <= new_len {
             out.entries.push(parent[j]);
+            out.kept.push(true);
             pos = bounds[j + 1];
             j += 1;
             continue;
@@ -126,14 +129,15 @@ pub fn rechunk_within(
             let piece = &data[..len];
             let id = (!is_zero(piece)).then(|| codec.chunk_id(piece));
             if id.is_some() {
-                if kept + piece.len() > keep && !out.fresh.is_empty() {
+                if held + piece.len() > keep && !out.fresh.is_empty() {
                     flush(&out.entries, std::mem::take(&mut out.fresh))?;
-                    kept = 0;
+                    held = 0;
                 }
-                kept += piece.len();
+                held += piece.len();
                 out.fresh.push((out.entries.len(), piece.to_vec()));
             }
             out.entries.push(Entry(len as u32, id));
+            out.kept.push(false);
             pos += len as u64;
             if pos >= new_len {
                 break 'outer;
@@ -173,7 +177,7 @@ fn effective_changes(
 /// The length of the first chunk of `data`, which holds the rest of the
 /// segment or at least a maximum-size chunk of it: FastCDC's decision only
 /// looks that far, so this equals the cut it makes over the whole segment.
-fn first_cut(params: &ChunkParams, data: &[u8]) -> usize {
+pub(super) fn first_cut(params: &ChunkParams, data: &[u8]) -> usize {
     FastCDC::new(
         data,
         params.min as usize,

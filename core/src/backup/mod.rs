@@ -489,6 +489,14 @@ async fn back_up_disk(
         }
     };
 
+    // The audit's segments are picked first: the parent check fetches the
+    // reused ones' nodes too (a worker checks the segment against it), so
+    // that one found unsound is read in full and stored again instead.
+    let auditing = plan.reported.is_some() && audit_percent > 0.0;
+    if auditing {
+        audit::mark_touched(&mut plan, audit_percent);
+        audit::mark_reused(&mut plan, audit_percent);
+    }
     let (damaged, damaged_nodes) =
         parent_check::drop_damaged_parents(repo, &mut plan, &ctx.known, parent).await?;
     if damaged > 0 {
@@ -502,10 +510,10 @@ async fn back_up_disk(
         }));
     }
     // The audit's segments are read by the pipeline's workers, which fail
-    // with `AuditMismatch` when one differs.
-    let mut audit = (plan.reported.is_some() && audit_percent > 0.0).then(|| Audit {
-        segments: audit::mark_touched(&mut plan, audit_percent)
-            + audit::mark_reused(&mut plan, audit_percent),
+    // with `AuditMismatch` when one differs; those the check turned into
+    // full reads are no longer audited.
+    let mut audit = auditing.then(|| Audit {
+        segments: audit::marked(&plan),
         mismatch_at: None,
     });
     let reported = plan.reported;

@@ -22,8 +22,9 @@
 //!   to find the segments naming it: O(disk) only until `repair` clears
 //!   the record.
 //! - **Damage nobody met yet** (bit rot, tampering): the nodes of touched
-//!   segments are fetched and verified anyway (re-chunking starts from
-//!   them), and a random [`NODE_SAMPLE_PERCENT`] of the reused ones (at
+//!   segments, and of reused ones the audit picked, are fetched and
+//!   verified anyway (re-chunking starts from them, the audit checks the
+//!   bytes against them), and a random [`NODE_SAMPLE_PERCENT`] of the reused ones (at
 //!   least one) is fetched and verified on every backup. Damage found
 //!   there makes the check fetch all the others too. `verify` (listings)
 //!   and `verify --read-data` (contents) are what find it everywhere.
@@ -58,8 +59,9 @@ pub const NODE_SAMPLE_PERCENT: f64 = 1.0;
 
 /// What a parent node turned out to be.
 enum Parent {
-    /// Sound, holding this many data bytes; kept when a touched segment
-    /// re-chunks from it.
+    /// Sound, holding this many data bytes; kept when a worker reads it
+    /// (a touched segment re-chunks from it, an audited one is checked
+    /// against it).
     Sound(u64, Option<Arc<Node>>),
     /// Sound, but naming a chunk recorded as damaged.
     HoldsDamage,
@@ -89,6 +91,16 @@ pub async fn drop_damaged_parents(
         return Ok((0, HashSet::new()));
     }
     let touched: HashSet<ObjectId> = plan.segments.iter().filter_map(rechunked_from).collect();
+    // The nodes of reused segments picked for the audit, which reads them
+    // anyway: checked here like the touched ones, so that one found
+    // unsound is read in full and stored again rather than reused, and
+    // kept for the workers so that it is fetched once.
+    let audited: HashSet<ObjectId> = plan
+        .audit_reused
+        .iter()
+        .filter_map(|&i| plan.segments.get(i).and_then(relied_on))
+        .collect();
+    let keep: HashSet<ObjectId> = touched.union(&audited).copied().collect();
     let reused: Vec<usize> = plan
         .reused()
         .into_iter()
@@ -114,16 +126,11 @@ pub async fn drop_damaged_parents(
         let sample = pick(&reused, NODE_SAMPLE_PERCENT)
             .into_iter()
             .filter_map(|i| relied_on(&plan.segments[i]));
-        touched
-            .iter()
-            .copied()
-            .chain(dropped)
-            .chain(sample)
-            .collect()
+        keep.iter().copied().chain(dropped).chain(sample).collect()
     } else {
         relied.clone()
     };
-    let mut checked = check(repo, fetch, known, &touched).await?;
+    let mut checked = check(repo, fetch, known, &keep).await?;
     let sum = match (sampled, parent) {
         (true, Some(p)) => reused_by_difference(plan, p, &checked, reused.len()),
         _ => None,
@@ -132,20 +139,21 @@ pub async fn drop_damaged_parents(
         Some(total) => plan.reused_data = Some(total),
         None => {
             let rest = relied.into_iter().filter(|id| !checked.contains_key(id));
-            let more = check(repo, rest.collect(), known, &touched).await?;
+            let more = check(repo, rest.collect(), known, &keep).await?;
             checked.extend(more);
         }
     }
     Ok(apply(plan, checked, sum.is_none()))
 }
 
-/// Fetches and checks `ids`, keeping the nodes of touched segments for the
-/// workers (up to [`PARENT_NODES_KEPT`] entries).
+/// Fetches and checks `ids`, keeping the nodes in `keep` (those the
+/// workers read: touched and audited segments') for them, up to
+/// [`PARENT_NODES_KEPT`] entries.
 async fn check(
     repo: &Repository,
     ids: HashSet<ObjectId>,
     known: &KnownDamage,
-    touched: &HashSet<ObjectId>,
+    keep: &HashSet<ObjectId>,
 ) -> Result<HashMap<ObjectId, Parent>> {
     let kept = AtomicUsize::new(0);
     let kept = &kept;
@@ -160,7 +168,7 @@ async fn check(
                 }
                 Ok(n) => {
                     let data = data_bytes(&n.entries);
-                    let keep = touched.contains(&id)
+                    let keep = keep.contains(&id)
                         && kept.fetch_add(n.entries.len(), Ordering::Relaxed) < PARENT_NODES_KEPT;
                     Ok((id, Parent::Sound(data, keep.then(|| Arc::new(n)))))
                 }

@@ -95,10 +95,12 @@ enum Work {
         data: Option<u64>,
     },
     /// A segment taken from the parent once read whole and found to
-    /// chunk to the parent's node (the audit, `super::audit`).
+    /// hold the parent's node (the audit, `super::audit`).
     AuditReuse {
         idx: usize,
         node: Option<ObjectId>,
+        /// That node, if the parent check kept it.
+        checked: Option<Arc<Node>>,
         data: Option<u64>,
     },
     /// A segment to re-chunk around changes.
@@ -275,7 +277,15 @@ fn dispatch_segments(shared: &Shared, plan: DiskPlan, seg_size: u64, work: SyncS
         {
             *slot = None;
             let data = reused_data(node);
-            audited.push(Work::AuditReuse { idx, node, data });
+            // Shared, not taken: a touched segment may re-chunk from the
+            // same node.
+            let checked = node.and_then(|n| parent_nodes.get(&n).cloned());
+            audited.push(Work::AuditReuse {
+                idx,
+                node,
+                checked,
+                data,
+            });
         }
     }
     for item in audited {
@@ -359,7 +369,12 @@ fn process_segments(shared: &Shared, work: &Mutex<Receiver<Work>>, jobs: &mpsc::
             Work::Reuse { idx, node, data } => {
                 reused_job(shared, idx, node, data).and_then(|job| (worker.send)(job, seg_len(idx)))
             }
-            Work::AuditReuse { idx, node, data } => worker.audit_reused(idx, node, data),
+            Work::AuditReuse {
+                idx,
+                node,
+                checked,
+                data,
+            } => worker.audit_reused(idx, node, checked, data),
             Work::Full { idx, data, parent } => worker.full(idx, Some(data), parent, None, 0),
             Work::Touched {
                 idx,

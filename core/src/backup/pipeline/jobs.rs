@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::Shared;
-use crate::backup::audit::verify_entries;
+use crate::backup::audit::verify_kept;
 use crate::backup::incremental::rechunk_within;
 use crate::backup::plan::data_bytes;
 use crate::backup::scan::{Piece, WindowBuf, scan_source, window};
@@ -102,10 +102,8 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
     /// Re-chunks a segment around its changes, reading only near them;
     /// its new chunks leave a window's worth at a time. `audit`: then
     /// also read the rest and check that it holds the parent's chunks
-    /// the re-chunking kept ([`verify_entries`]): if not, the change
-    /// source missed a write in this segment. (With the new chunks cut
-    /// from what was read, that is the whole segment's bytes checked,
-    /// without a second cut search over it.)
+    /// the re-chunking kept, cut where they were ([`verify_kept`]): if
+    /// not, the change source missed a write in this segment.
     pub fn touched(&mut self, t: &Touched, changes: &[Range<u64>], audit: bool) -> Result<()> {
         let shared = self.shared;
         let cfg = shared.repo.config();
@@ -114,7 +112,6 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
         // New chunks past a window's worth leave as partial jobs (the
         // node follows in the last), so memory stays one window.
         let known: HashSet<ObjectId> = parent_node.chunk_ids().collect();
-        let mut cut: HashSet<usize> = HashSet::new();
         let send = &mut self.send;
         let mut r = rechunk_within(
             &cfg.chunking,
@@ -128,7 +125,6 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
                 if shared.failure.aborted() {
                     return Err(Error::Internal("the backup stopped".into()));
                 }
-                cut.extend(batch.iter().map(|(i, _)| *i));
                 let of_batch: Vec<Entry> = batch.iter().map(|(i, _)| entries[*i]).collect();
                 let mut stats = BackupStats::default();
                 let d = |k: usize| batch.get(k).map(|(_, b)| &b[..]);
@@ -138,9 +134,8 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
         )?;
         let fresh: HashMap<usize, &[u8]> = r.fresh.iter().map(|(i, d)| (*i, &d[..])).collect();
         if audit {
-            let fresh_cut = |i: usize| cut.contains(&i) || fresh.contains_key(&i);
-            let codec = shared.repo.codec();
-            r.bytes_read += verify_entries(&shared.source, codec, start, &r.entries, fresh_cut)?;
+            let (codec, params) = (shared.repo.codec(), &cfg.chunking);
+            r.bytes_read += verify_kept(&shared.source, codec, params, start, &r.entries, &r.kept)?;
         }
         let job = build_job(
             shared,
@@ -155,38 +150,36 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
     }
 
     /// A segment the change source calls unchanged, read whole and
-    /// checked against the parent's node `node` before it is reused
+    /// checked against the parent's node `node` (`checked` if the parent
+    /// check kept it) before it is reused
     /// ([`crate::backup::audit::check_reused`]). `data`: its data bytes
     /// as the plan counts them, if it does.
     pub fn audit_reused(
         &mut self,
         idx: usize,
         node: Option<ObjectId>,
+        checked: Option<Arc<Node>>,
         data: Option<u64>,
     ) -> Result<()> {
         let shared = self.shared;
         let cfg = shared.repo.config();
         let start = idx as u64 * cfg.segment_size;
         let len = cfg.segment_size.min(shared.source.size() - start);
-        // The parent's node, to check the bytes chunk by chunk; a damaged
-        // one is checked by chunking the segment whole instead.
-        let parent = match node {
-            None => None,
-            Some(id) => match shared.runtime.block_on(shared.repo.load_node(&id)) {
-                Ok(n) => Some(n),
-                Err(e) if e.is_damage() => None,
-                Err(e) => return Err(e),
-            },
+        // Not kept (over the check's budget): fetched here, and then one
+        // found unsound fails the backup rather than be reused.
+        let parent = match (node, checked) {
+            (_, Some(n)) => Some(n),
+            (Some(id), None) => Some(Arc::new(
+                shared.runtime.block_on(shared.repo.load_node(&id))?,
+            )),
+            (None, None) => None,
         };
         let checked = crate::backup::audit::check_reused(
-            &mut self.wb,
             &shared.source,
             shared.repo.codec(),
-            &cfg.chunking,
             start,
             len as usize,
-            node,
-            parent.as_ref(),
+            parent.as_deref(),
         )?;
         let stats = BackupStats {
             bytes_data: data.unwrap_or(checked.data),
