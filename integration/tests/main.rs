@@ -45,6 +45,7 @@ mod serve_overlay;
 mod serve_read;
 mod signals;
 mod store_settings;
+mod sweep_check;
 mod thaw;
 mod unlocked;
 mod verify_index;

@@ -186,7 +186,10 @@ pub async fn backup(
         let (finished, first) = tokio::join!(uploads, first_check(repo, &mut session));
         finished?;
         session.depend(ctx.packs.take_existed());
-        settle_sweeps(repo, &mut session, &commit, &progress, Some(first?)).await?;
+        // After a slow last upload that round is too old to settle on.
+        let ttl = repo.config().protocol.ttl().to_std().unwrap_or_default();
+        let first = first?.if_recent(ttl);
+        settle_sweeps(repo, &mut session, &commit, &progress, first).await?;
         if let Some((lock, generation)) = lock {
             let disks = commit.disks.iter_mut().map(|(_, d)| d);
             let deps = session.deps();

@@ -271,8 +271,9 @@ pub fn deps_of(reused: &Reused) -> Vec<ObjectRef> {
 /// written again if gone (one may have been an older object with the same
 /// bytes, which a sweep replaced); for each dependency pack listed (or
 /// every one, with `all`) that is gone, the chunks it took from it are
-/// stored again from the source in a pack of its own; with `all`, every chunk
-/// of `chunks` that cannot be read is too. Returns whether anything was
+/// stored again from the source in a pack of its own; with `all`, or when
+/// an own pack the check names is gone, every chunk of `chunks` that
+/// cannot be read is too. Returns whether anything was
 /// stored again.
 pub async fn restore_deps(
     repo: &Repository,
@@ -284,11 +285,23 @@ pub async fn restore_deps(
     let crate::session::Check::Verify { all, deps, .. } = check else {
         return false;
     };
+    let listed: Vec<ObjectId> = deps
+        .iter()
+        .filter_map(|d| match d {
+            ObjectRef::Pack(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
     let mut again = false;
+    // An own pack gone that the check names (one the backup found
+    // already stored, a dep) or that a full check covers: its chunks are
+    // stored again below, as the backup's repair reads their segments
+    // again. (Review found the harness dropped it unless `all`.)
+    let mut own_lost = false;
     for (pack, key) in reused.own.clone() {
         if repo.backend().head(&keys::pack(&pack)).await.is_err() {
-            // Gone with its chunks: a full check (`all`) stores them again.
             reused.own.retain(|o| o.0 != pack);
+            own_lost |= *all || listed.contains(&pack);
             continue;
         }
         if repo.backend().head(&key).await.is_err() {
@@ -299,13 +312,6 @@ pub async fn restore_deps(
             again = true;
         }
     }
-    let listed: Vec<ObjectId> = deps
-        .iter()
-        .filter_map(|d| match d {
-            ObjectRef::Pack(p) => Some(*p),
-            _ => None,
-        })
-        .collect();
     let mut lost: Vec<ObjectId> = Vec::new();
     for (pack, ids) in reused.from.clone() {
         if (*all || listed.contains(&pack))
@@ -315,7 +321,7 @@ pub async fn restore_deps(
             lost.extend(ids);
         }
     }
-    if *all {
+    if *all || own_lost {
         for (id, _) in chunks {
             if read_chunk(repo, id).await.is_err() && !lost.contains(id) {
                 lost.push(*id);

@@ -27,6 +27,8 @@ pub struct InFlight {
     now: AtomicUsize,
     most: AtomicUsize,
     log: Mutex<Log>,
+    /// PUTs of keys with this prefix take this much longer.
+    slow: Option<(String, Duration)>,
 }
 
 /// Every request: what it was, and when it began and ended, counted in
@@ -48,8 +50,10 @@ pub struct Request {
     pub kind: &'static str,
     /// Its key (a listing's prefix; a delete's first key).
     pub key: String,
-    began: u64,
-    ended: u64,
+    /// When it began and ended, in events (see [`Log`]): comparable
+    /// with other requests' only.
+    pub began: u64,
+    pub ended: u64,
 }
 
 impl InFlight {
@@ -59,6 +63,13 @@ impl InFlight {
             inner,
             ..InFlight::default()
         }
+    }
+
+    /// Makes every PUT of a key starting with `prefix` take `extra`
+    /// longer (a slow upload).
+    pub fn slow_puts(mut self, prefix: &str, extra: Duration) -> InFlight {
+        self.slow = Some((prefix.to_string(), extra));
+        self
     }
 
     /// The most reads that were in flight at once so far.
@@ -143,7 +154,11 @@ impl InFlight {
             ended: 0,
         };
         let _end = End(self, Some(request));
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let extra = match &self.slow {
+            Some((prefix, extra)) if kind == "PUT" && key.starts_with(prefix) => *extra,
+            _ => Duration::ZERO,
+        };
+        tokio::time::sleep(Duration::from_millis(5) + extra).await;
         req.await
     }
 }
