@@ -3,13 +3,17 @@
 //! change, parent nodes the audit finds missing or damaged, and a lie
 //! found after a touched segment already sent part of its new chunks.
 
+use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 
 use xfull_core::backend::{Backend, PutMode};
 use xfull_core::backup::backup;
 use xfull_core::backup::segment::chunk_segment;
 use xfull_core::keys;
+use xfull_core::manifest::Manifest;
 use xfull_core::progress::Progress;
+use xfull_core::repo::Repository;
 use xfull_core::verify::{VerifyOptions, verify};
 use xfull_integration::{Region, write_image};
 use xfull_local::LocalBackend;
@@ -29,9 +33,7 @@ fn an_audit_finds_a_missed_write_on_the_cut_before_a_reported_change() {
     write_image(&img, &layout(), 8, false).unwrap();
     rt().block_on(async {
         let repo = repo_on(Arc::new(LocalBackend::in_memory())).await;
-        backup(&repo, request("v", &img), Arc::new(Progress::default()))
-            .await
-            .unwrap();
+        first(&repo, &img).await;
         // A parent cut in the first segment's random data that one
         // changed byte there moves.
         let bytes = std::fs::read(&img).unwrap();
@@ -53,15 +55,7 @@ fn an_audit_finds_a_missed_write_on_the_cut_before_a_reported_change() {
         let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &[bytes[b] ^ 0x5a], b as u64).unwrap();
         let told = write(&img, &[(b as u64 + 100, 64, 11)]);
-        let mut req = request("v", &img);
-        req.changes.insert(
-            "d".parse().unwrap(),
-            changes_file(&dir.path().join("c.json"), &told),
-        );
-        req.audit_percent = 100.0;
-        let m = backup(&repo, req, Arc::new(Progress::default()))
-            .await
-            .unwrap();
+        let m = audited(&repo, &img, dir.path(), &told).await;
         let d = &m.disks[0];
         assert_eq!(d.audit.as_ref().unwrap().mismatch_at, Some(0), "cut {b}");
         assert!(d.source.starts_with("full-scan"), "{}", d.source);
@@ -87,10 +81,12 @@ fn an_audited_unchanged_segment_with_a_missing_or_damaged_parent_node_is_stored_
     rt().block_on(async {
         let mem = Arc::new(LocalBackend::in_memory());
         let repo = repo_on(mem.clone()).await;
-        let first = backup(&repo, request("v", &img), Arc::new(Progress::default()))
-            .await
-            .unwrap();
-        let ids: Vec<_> = first.disks[0].segments.iter().flatten().copied().collect();
+        let ids: Vec<_> = first(&repo, &img).await.disks[0]
+            .segments
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
         let nodes: Vec<String> = ids.iter().map(keys::node).collect();
         assert_eq!(nodes.len(), 20);
         // Segment 7's node is gone; segment 13's holds other bytes.
@@ -102,14 +98,7 @@ fn an_audited_unchanged_segment_with_a_missing_or_damaged_parent_node_is_stored_
             .await
             .unwrap();
         let told = write(&img, &[(4096, 4096, 13)]);
-        let mut req = request("v", &img);
-        req.changes.insert(
-            "d".parse().unwrap(),
-            changes_file(&dir.path().join("c.json"), &told),
-        );
-        req.audit_percent = 100.0;
-        let progress = Arc::new(Progress::default());
-        let m = backup(&repo, req, progress.clone()).await.unwrap();
+        let m = audited(&repo, &img, dir.path(), &told).await;
         let d = &m.disks[0];
         assert_eq!(d.audit.as_ref().unwrap().mismatch_at, None);
         assert!(
@@ -122,7 +111,7 @@ fn an_audited_unchanged_segment_with_a_missing_or_damaged_parent_node_is_stored_
             let stored = mem.get(&nodes[i]).await.unwrap();
             assert!(repo.decode_node(&ids[i], &stored).is_ok(), "{}", nodes[i]);
         }
-        let report = verify(&repo, &[], &VerifyOptions::default(), progress)
+        let report = verify(&repo, &[], &VerifyOptions::default(), Arc::default())
             .await
             .unwrap();
         assert!(report.is_clean(), "{:?}", report.damaged);
@@ -142,19 +131,10 @@ fn an_audit_mismatch_after_partial_jobs_leaves_a_whole_point() {
     write_image(&img, &layout(), 14, false).unwrap();
     rt().block_on(async {
         let repo = repo_on(Arc::new(LocalBackend::in_memory())).await;
-        backup(&repo, request("v", &img), Arc::new(Progress::default()))
-            .await
-            .unwrap();
+        first(&repo, &img).await;
         let told = write(&img, &[(2 * MIB, 20 * MIB, 15)]);
         write(&img, &[(28 * MIB, 100, 16)]);
-        let mut req = request("v", &img);
-        req.changes.insert(
-            "d".parse().unwrap(),
-            changes_file(&dir.path().join("c.json"), &told),
-        );
-        req.audit_percent = 100.0;
-        let progress = Arc::new(Progress::default());
-        let m = backup(&repo, req, progress.clone()).await.unwrap();
+        let m = audited(&repo, &img, dir.path(), &told).await;
         let d = &m.disks[0];
         assert_eq!(d.audit.as_ref().unwrap().mismatch_at, Some(0));
         assert_eq!(d.segments, whole_segments(&repo, &img));
@@ -163,7 +143,25 @@ fn an_audit_mismatch_after_partial_jobs_leaves_a_whole_point() {
             read_data: true,
             ..VerifyOptions::default()
         };
-        let report = verify(&repo, &[], &opts, progress).await.unwrap();
+        let report = verify(&repo, &[], &opts, Arc::default()).await.unwrap();
         assert!(report.is_clean(), "{:?}", report.damaged);
     });
+}
+
+/// The first backup of `img`, a full scan.
+async fn first(repo: &Repository, img: &Path) -> Manifest {
+    let progress = Arc::new(Progress::default());
+    backup(repo, request("v", img), progress).await.unwrap()
+}
+
+/// An incremental backup of `img` whose change source reports `told`,
+/// every segment audited.
+async fn audited(repo: &Repository, img: &Path, dir: &Path, told: &[Range<u64>]) -> Manifest {
+    let mut req = request("v", img);
+    let changes = changes_file(&dir.join("c.json"), told);
+    req.changes.insert("d".parse().unwrap(), changes);
+    req.audit_percent = 100.0;
+    backup(repo, req, Arc::new(Progress::default()))
+        .await
+        .unwrap()
 }
