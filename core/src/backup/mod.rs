@@ -10,6 +10,8 @@
 //! or killed backup leaves no point.
 
 pub mod audit;
+#[cfg(test)]
+mod audit_tests;
 mod bitmaps;
 mod commit;
 pub mod incremental;
