@@ -10,39 +10,16 @@ use std::ops::Range;
 use proptest::prelude::*;
 
 use super::audit::verify_kept;
+use super::incremental::tests::{image_with, params};
 use super::incremental::{Rechunked, rechunk};
 use super::segment::chunk_segment;
-use crate::chunker::ChunkParams;
 use crate::codec::Codec;
 use crate::node::Entry;
 use crate::source::DiskSource;
 
-fn params() -> ChunkParams {
-    ChunkParams {
-        min: 256,
-        avg: 1024,
-        max: 4096,
-    }
-}
-
+/// The re-chunking tests' image, with longer zero runs (whole chunks).
 fn image(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        match x % 7 {
-            0 => v.extend(std::iter::repeat_n(0u8, (x >> 8) as usize % 12000)),
-            1 => v.extend(std::iter::repeat_n(
-                (x >> 16) as u8,
-                (x >> 8) as usize % 500,
-            )),
-            _ => v.extend((0..(x >> 8) as usize % 700).map(|i| (x >> (i % 56)) as u8)),
-        }
-    }
-    v.truncate(len);
-    v
+    image_with(seed, len, 12_000)
 }
 
 fn rechunk_of(parent: &[Entry], new: &[u8], changes: Vec<Range<u64>>) -> Rechunked {

@@ -224,14 +224,14 @@ impl Window {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::backup::segment::chunk_segment;
     use crate::codec::Codec;
     use crate::id::ObjectId;
     use proptest::prelude::*;
 
-    fn params() -> ChunkParams {
+    pub(in crate::backup) fn params() -> ChunkParams {
         ChunkParams {
             min: 256,
             avg: 1024,
@@ -240,7 +240,12 @@ mod tests {
     }
 
     fn image(seed: u64, len: usize) -> Vec<u8> {
-        // Mixed content: random-ish bytes, runs of zeros, repeats.
+        image_with(seed, len, 3000)
+    }
+
+    /// Mixed content: random-ish bytes, runs of zeros (under `zeros`
+    /// bytes), repeats.
+    pub(in crate::backup) fn image_with(seed: u64, len: usize, zeros: usize) -> Vec<u8> {
         let mut x = seed | 1;
         let mut v = Vec::with_capacity(len);
         while v.len() < len {
@@ -248,7 +253,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             match x % 7 {
-                0 => v.extend(std::iter::repeat_n(0u8, (x >> 8) as usize % 3000)),
+                0 => v.extend(std::iter::repeat_n(0u8, (x >> 8) as usize % zeros)),
                 1 => v.extend(std::iter::repeat_n(
                     (x >> 16) as u8,
                     (x >> 8) as usize % 500,
