@@ -33,6 +33,13 @@ pub(super) async fn commit_and_recheck(
         .map(|(s, _)| s.clone())
         .collect::<Vec<_>>();
     let replaced = commit.replaced.clone();
+    // Long since the last round (the object lock's extension over a
+    // large disk, a last round that read segments again): settle once
+    // more now, so that a late commit is not found only after it.
+    let ttl = repo.config().protocol.ttl().to_std().unwrap_or_default();
+    if session.checked_before(ttl / 4) {
+        settle_sweeps(repo, session, &commit, progress, None).await?;
+    }
     let manifest = commit_point(repo, req.clone(), commit, started).await?;
     if manifest.stats.objects_restored > 0 {
         progress.notice(Notice::Warning(Warning::ObjectsStoredAgain {

@@ -494,12 +494,13 @@ async fn back_up_disk(
         }
     };
 
-    // The audit's segments are picked first: the parent check fetches the
-    // reused ones' nodes too (a worker checks the segment against it), so
-    // that one found unsound is read in full and stored again instead.
+    // The reused segments the audit reads are picked first: the parent
+    // check fetches their nodes too (a worker checks the segment against
+    // it), so that one found unsound is read in full and stored again
+    // instead. The touched ones are picked after it, among those still
+    // touched (a pick it turned into a full read would audit nothing).
     let auditing = plan.reported.is_some() && audit_percent > 0.0;
     if auditing {
-        audit::mark_touched(&mut plan, audit_percent);
         audit::mark_reused(&mut plan, audit_percent);
     }
     let (damaged, damaged_nodes) =
@@ -517,6 +518,9 @@ async fn back_up_disk(
     // The audit's segments are read by the pipeline's workers, which fail
     // with `AuditMismatch` when one differs; those the check turned into
     // full reads are no longer audited.
+    if auditing {
+        audit::mark_touched(&mut plan, audit_percent);
+    }
     let mut audit = auditing.then(|| Audit {
         segments: audit::marked(&plan),
         mismatch_at: None,

@@ -64,6 +64,8 @@ pub struct Session {
     in_flight: BTreeMap<u64, (u64, (usize, usize))>,
     /// The store's time at the last `check`.
     checked_at: Option<DateTime<Utc>>,
+    /// When the last `check` began, by this host's clock.
+    check_began: Option<std::time::Instant>,
     /// Running repair sweeps, with how many objects they had deleted when
     /// the session last checked all it uses against them.
     targeted: BTreeMap<u64, u64>,
@@ -176,6 +178,7 @@ impl Session {
             content: (0, 0),
             in_flight: BTreeMap::new(),
             checked_at: None,
+            check_began: None,
             targeted: BTreeMap::new(),
             targeted_pending: BTreeMap::new(),
             baseline: None,
@@ -241,8 +244,15 @@ impl Session {
         self.checked_at.is_none_or(|t| committed - t > ttl / 2)
     }
 
+    /// Whether no `check` began within the last `age` (by this host's
+    /// clock): a commit that far from its last check settles again first.
+    pub fn checked_before(&self, age: std::time::Duration) -> bool {
+        self.check_began.is_none_or(|t| t.elapsed() > age)
+    }
+
     /// (c): see [`Check`].
     pub async fn check(&mut self) -> Result<Check> {
+        self.check_began = Some(std::time::Instant::now());
         let (now, log) = {
             // No heartbeat between this write and the HEAD: the time read
             // back is this write's, which precedes the listing. A later
