@@ -36,8 +36,7 @@ pub(super) async fn commit_and_recheck(
     // Long since the last round (the object lock's extension over a
     // large disk, a last round that read segments again): settle once
     // more now, so that a late commit is not found only after it.
-    let ttl = repo.config().protocol.ttl().to_std().unwrap_or_default();
-    if session.checked_before(ttl / 4) {
+    if last_check_too_old(repo, session) {
         settle_sweeps(repo, session, &commit, progress, None).await?;
     }
     let manifest = commit_point(repo, req.clone(), commit, started).await?;
@@ -133,30 +132,33 @@ pub(super) struct FirstCheck {
     /// For a round that asks only to look at deps: whether all of them
     /// were found stored.
     deps_present: Option<bool>,
-    /// When it began (before its lease write).
-    began: Instant,
 }
 
-impl FirstCheck {
-    /// The check, if it began at most a quarter of the lease TTL `ttl`
-    /// ago: a round that old is not settled on. The lease is alive when
-    /// the check writes it; if the heartbeat then stalls, it dies a TTL
-    /// later, and a sweep may miss both it and the point. A commit more
-    /// than half a TTL after its last check is judged late and checked
-    /// again, but only after the manifest is written, so a point could
-    /// be committed before what a sweep took from it is stored again
-    /// (and stay so if the backup died then). With the first round made
-    /// beside the last uploads, a slow upload made that much more likely
-    /// (found in review: 6 of 95,039 interleaved runs committed a broken
-    /// point, 4 of them new); a fresh round after such an upload keeps
-    /// the commit within the margin the check before it always had.
-    pub(super) fn if_recent(self, ttl: std::time::Duration) -> Option<FirstCheck> {
-        (self.began.elapsed() <= ttl / 4).then_some(self)
-    }
+/// Whether the session's last check is too old to commit on
+/// ([`check_too_old`] with the repository's lease TTL).
+pub(super) fn last_check_too_old(repo: &Repository, session: &Session) -> bool {
+    let ttl = repo.config().protocol.ttl().to_std().unwrap_or_default();
+    check_too_old(session.since_check(), ttl)
+}
+
+/// Whether a check made `since` ago (`None`: none) is too old to commit
+/// on: more than a quarter of the lease TTL `ttl`. The lease is alive
+/// when the check writes it; if the heartbeat then stalls, it dies a TTL
+/// later, and a sweep may miss both it and the point. A commit more than
+/// half a TTL after its last check is judged late and checked again, but
+/// only after the manifest is written, so a point could be committed
+/// before what a sweep took from it is stored again (and stay so if the
+/// backup died then). With the first round made beside the last uploads,
+/// a slow upload made that much more likely (found in review: 6 of
+/// 95,039 interleaved runs committed a broken point, 4 of them new), and
+/// so do the object lock's extension and a last round that read segments
+/// again; a fresh round then keeps the commit within the margin the check
+/// before it always had.
+fn check_too_old(since: Option<std::time::Duration>, ttl: std::time::Duration) -> bool {
+    since.is_none_or(|d| d > ttl / 4)
 }
 
 pub(super) async fn first_check(repo: &Repository, session: &mut Session) -> Result<FirstCheck> {
-    let began = Instant::now();
     let check = session.check().await?;
     let deps_present = match &check {
         Check::Verify {
@@ -167,7 +169,6 @@ pub(super) async fn first_check(repo: &Repository, session: &mut Session) -> Res
     Ok(FirstCheck {
         check,
         deps_present,
-        began,
     })
 }
 
@@ -222,20 +223,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn made_ago(ago: Duration) -> FirstCheck {
-        FirstCheck {
-            check: Check::Clear,
-            deps_present: None,
-            began: Instant::now().checked_sub(ago).unwrap(),
-        }
-    }
-
     #[test]
-    fn a_first_round_older_than_a_quarter_ttl_is_not_settled_on() {
+    fn a_check_older_than_a_quarter_ttl_is_not_committed_on() {
         let ttl = Duration::from_secs(600);
-        assert!(made_ago(Duration::from_secs(1)).if_recent(ttl).is_some());
-        assert!(made_ago(Duration::from_secs(149)).if_recent(ttl).is_some());
-        assert!(made_ago(Duration::from_secs(151)).if_recent(ttl).is_none());
-        assert!(made_ago(Duration::from_secs(400)).if_recent(ttl).is_none());
+        let ago = |s: u64| Some(Duration::from_secs(s));
+        assert!(!check_too_old(ago(1), ttl));
+        assert!(!check_too_old(ago(149), ttl));
+        assert!(check_too_old(ago(151), ttl));
+        assert!(check_too_old(ago(400), ttl));
+        assert!(check_too_old(None, ttl), "no check yet");
     }
 }

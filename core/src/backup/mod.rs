@@ -44,7 +44,7 @@ use crate::repo::Repository;
 use crate::session::Session;
 use crate::source::DiskSource;
 use crate::task::blocking;
-use commit::{Commit, commit_and_recheck, first_check, settle_sweeps};
+use commit::{Commit, commit_and_recheck, first_check, last_check_too_old, settle_sweeps};
 use pipeline::DiskResult;
 use plan::{ChangeSource, DiskPlan};
 use trust::{Present, Trust};
@@ -189,8 +189,7 @@ pub async fn backup(
         finished?;
         session.depend(ctx.packs.take_existed());
         // After a slow last upload that round is too old to settle on.
-        let ttl = repo.config().protocol.ttl().to_std().unwrap_or_default();
-        let first = first?.if_recent(ttl);
+        let first = Some(first?).filter(|_| !last_check_too_old(repo, &session));
         settle_sweeps(repo, &mut session, &commit, &progress, first).await?;
         if let Some((lock, generation)) = lock {
             let disks = commit.disks.iter_mut().map(|(_, d)| d);

@@ -24,8 +24,8 @@
 //! - **Damage nobody met yet** (bit rot, tampering): the nodes of touched
 //!   segments, and of reused ones the audit picked, are fetched and
 //!   verified anyway (re-chunking starts from them, the audit checks the
-//!   bytes against them), and a random [`NODE_SAMPLE_PERCENT`] of the reused ones (at
-//!   least one) is fetched and verified on every backup. Damage found
+//!   bytes against them), and a random [`NODE_SAMPLE_PERCENT`] of the
+//!   reused ones (at least one) is fetched and verified on every backup. Damage found
 //!   there makes the check fetch all the others too. `verify` (listings)
 //!   and `verify --read-data` (contents) are what find it everywhere.
 //!

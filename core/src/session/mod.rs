@@ -244,10 +244,10 @@ impl Session {
         self.checked_at.is_none_or(|t| committed - t > ttl / 2)
     }
 
-    /// Whether no `check` began within the last `age` (by this host's
-    /// clock): a commit that far from its last check settles again first.
-    pub fn checked_before(&self, age: std::time::Duration) -> bool {
-        self.check_began.is_none_or(|t| t.elapsed() > age)
+    /// How long ago the last `check` began, by this host's clock (`None`:
+    /// no check yet).
+    pub fn since_check(&self) -> Option<std::time::Duration> {
+        self.check_began.map(|t| t.elapsed())
     }
 
     /// (c): see [`Check`].
