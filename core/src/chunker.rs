@@ -147,6 +147,26 @@ pub fn chunk_prefix(
     at
 }
 
+/// The length of the chunk FastCDC cuts at the start of `data`, which
+/// starts at a cut and holds the rest of the segment or at least a
+/// maximum chunk of it (FastCDC decides no further than that, so this is
+/// the cut it makes over the whole segment). Bytes `min..max` all zero
+/// take [`chunk_prefix`]'s short cut: re-chunking around a change in a
+/// sparse disk walks through zero runs a maximum chunk at a time, and
+/// hashing them was 19-23% of an incremental backup's CPU on a 2% series
+/// (`perf`: 114 MB cut for 11 MB changed).
+pub fn first_cut(params: &ChunkParams, data: &[u8]) -> usize {
+    let (min, max) = (params.min as usize, params.max as usize);
+    // With at least `max` bytes FastCDC scans exactly `min..max` (a longer
+    // input is clamped to `max`), as for the zeros `zero_cut` measured.
+    if data.len() >= max && is_zero(&data[min..max]) {
+        return zero_cut(params);
+    }
+    FastCDC::new(data, min, params.avg as usize, max)
+        .cut(0, data.len())
+        .1
+}
+
 /// Where FastCDC cuts a chunk whose bytes from `min` to `max` are zeros
 /// (more than `max` bytes remaining), per thread and parameters.
 fn zero_cut(params: &ChunkParams) -> usize {
@@ -283,6 +303,45 @@ mod tests {
             }
             proptest::prop_assert_eq!(got, plain(&params, &data));
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// `first_cut` is FastCDC's first chunk, zero runs or not, for
+        /// inputs shorter than, as long as and longer than a maximum chunk.
+        #[test]
+        fn the_first_cut_is_fastcdcs_first_chunk(
+            pieces in proptest::collection::vec((1u8..4, 1usize..300_000, proptest::prelude::any::<u64>()), 1..6),
+            avg_shift in 12u32..17,
+            cut_to in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let params = ChunkParams::from_avg(1 << avg_shift);
+            let (data, _) = test_segment(&pieces);
+            let max = params.max as usize;
+            // Often exactly a maximum chunk, as the re-chunker reads.
+            let len = match cut_to.index(3) {
+                0 => data.len().min(max),
+                _ => cut_to.index(data.len() + 1),
+            };
+            let data = &data[..len];
+            let want = plain(&params, data).first().map_or(0, |c| c.1);
+            proptest::prop_assert_eq!(first_cut(&params, data), want);
+        }
+    }
+
+    #[test]
+    fn the_first_cut_of_zeros_takes_the_short_cut() {
+        let params = ChunkParams::default();
+        let max = params.max as usize;
+        for len in [0, 10, params.min as usize, max - 1, max, max + 1, 3 * max] {
+            let zeros = vec![0u8; len];
+            let want = plain(&params, &zeros).first().map_or(0, |c| c.1);
+            assert_eq!(first_cut(&params, &zeros), want, "{len}");
+        }
+        // Data just past the zeros the short cut looks at changes nothing.
+        let mut v = vec![0u8; max + 100];
+        v[max + 1] = 1;
+        assert_eq!(first_cut(&params, &v), plain(&params, &v)[0].1);
     }
 
     #[test]

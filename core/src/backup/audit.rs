@@ -9,8 +9,8 @@
 
 use rand::seq::index::sample;
 
-use super::incremental::first_cut;
 use super::plan::{DiskPlan, SegmentPlan, data_bytes};
+use crate::chunker::first_cut;
 use crate::chunker::{ChunkParams, is_zero};
 use crate::codec::Codec;
 use crate::error::{Error, Result};

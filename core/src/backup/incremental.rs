@@ -26,9 +26,7 @@
 
 use std::ops::Range;
 
-use fastcdc::v2020::FastCDC;
-
-use crate::chunker::{ChunkParams, is_zero};
+use crate::chunker::{ChunkParams, first_cut, is_zero};
 use crate::codec::Codec;
 use crate::error::Result;
 use crate::node::Entry;
@@ -172,20 +170,6 @@ fn effective_changes(
         v.push(old_len.min(new_len).saturating_sub(avg)..new_len);
     }
     crate::changes::ExtentSet::from_ranges(v).ranges().to_vec()
-}
-
-/// The length of the first chunk of `data`, which holds the rest of the
-/// segment or at least a maximum-size chunk of it: FastCDC's decision only
-/// looks that far, so this equals the cut it makes over the whole segment.
-pub(super) fn first_cut(params: &ChunkParams, data: &[u8]) -> usize {
-    FastCDC::new(
-        data,
-        params.min as usize,
-        params.avg as usize,
-        params.max as usize,
-    )
-    .next()
-    .map_or(data.len(), |c| c.length)
 }
 
 /// The part of the new segment read so far.
