@@ -191,6 +191,11 @@ fn zero_cut(params: &ChunkParams) -> usize {
     })
 }
 
+/// The largest chunk any repository can hold (FastCDC's largest maximum):
+/// a decoder of stored lengths refuses more before anything is allocated
+/// for it.
+pub const LARGEST_CHUNK: u32 = fastcdc::v2020::MAXIMUM_MAX as u32;
+
 /// True when every byte is zero (such chunks are stored as zero runs).
 pub fn is_zero(data: &[u8]) -> bool {
     // Compared against a block of zeros: slice equality of bytes is a

@@ -213,6 +213,8 @@ mod damage_tests;
 #[cfg(test)]
 mod format_tests;
 #[cfg(test)]
+mod index_damage_tests;
+#[cfg(test)]
 mod lock_tests;
 #[cfg(test)]
 mod race_tests;

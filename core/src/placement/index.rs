@@ -60,6 +60,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::pack::PackEntry;
+use crate::chunker::LARGEST_CHUNK;
 use crate::codec::Codec;
 use crate::crypto::SealKind;
 use crate::crypto::seal::META_OVERHEAD;
@@ -468,6 +469,18 @@ impl IndexHead {
                 return Err(bad(format!(
                     "block {i}: entry {} is out of order or has no length",
                     out.len()
+                )));
+            }
+            // Readers allocate the plaintext before they can compare it
+            // with what the blob holds (found by review: one entry of 4
+            // GiB, 4 GiB touched per read in flight). A stored blob is at
+            // most a compressed, sealed largest chunk: twice is ample.
+            if entry.plain_len > LARGEST_CHUNK || entry.stored_len > 2 * LARGEST_CHUNK {
+                return Err(bad(format!(
+                    "block {i}: entry {} claims {} bytes stored, {} plain (chunks are at most {LARGEST_CHUNK})",
+                    out.len(),
+                    entry.stored_len,
+                    entry.plain_len
                 )));
             }
             out.push(IndexEntry {

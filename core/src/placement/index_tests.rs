@@ -110,6 +110,26 @@ fn hostile_index_objects_are_damage() {
     check(&b, "table count");
     check(b"XFI2", "short");
     check(b"", "empty");
+    // Lengths no chunk can have, encoded with valid sums: refused before
+    // a reader allocates for them; the largest chunk passes.
+    use crate::chunker::LARGEST_CHUNK;
+    for (stored, plain_len, ok) in [
+        (100, LARGEST_CHUNK, true),
+        (2 * LARGEST_CHUNK, 100, true),
+        (100, LARGEST_CHUNK + 1, false),
+        (2 * LARGEST_CHUNK + 1, 100, false),
+        (100, u32::MAX, false),
+    ] {
+        let mut all = entries(10, 9);
+        all[4].entry.stored_len = stored;
+        all[4].entry.plain_len = plain_len;
+        let b = encode(&Codec::plain(), all);
+        let r = IndexHead::decode_all(&plain(), "index/x", &b);
+        assert_eq!(r.is_ok(), ok, "{stored} stored, {plain_len} plain");
+        if let Err(e) = r {
+            assert!(e.is_damage() && e.to_string().contains("at most"), "{e}");
+        }
+    }
 }
 
 #[test]

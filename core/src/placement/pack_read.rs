@@ -67,10 +67,13 @@ pub struct ReadRun {
 /// Groups the wanted chunks into runs: by pack, by offset, merging blobs
 /// closer than `max_gap` bytes while a run stays within `max_run` bytes
 /// (a single larger blob is a run of its own). A chunk wanted twice is
-/// read once.
+/// read once; two chunks an index places at one place are both kept (in
+/// runs of their own), so each is opened under its own id and the one
+/// the blob is not fails there, instead of going unread (found by
+/// review: a copy committed a point whose chunk it had never read).
 pub fn coalesce(mut wanted: Vec<IndexEntry>, max_gap: u64, max_run: u64) -> Vec<ReadRun> {
-    wanted.sort_unstable_by_key(|w| (w.pack, w.entry.offset));
-    wanted.dedup_by_key(|w| (w.pack, w.entry.offset));
+    wanted.sort_unstable_by_key(|w| (w.pack, w.entry.offset, w.entry.id));
+    wanted.dedup_by_key(|w| (w.pack, w.entry.offset, w.entry.id));
     let mut runs: Vec<ReadRun> = Vec::new();
     for w in wanted {
         let r = w.entry.range();

@@ -93,6 +93,18 @@ fn runs_split_at_gaps_and_at_the_size_bound_and_read_a_chunk_once() {
     let runs = coalesce(wanted(pack, &all), 0, 300);
     assert_eq!(runs.len(), 7);
     assert!(runs.iter().all(|r| r.range.end - r.range.start <= 300));
+    // Two ids an index places at one place are both read (a damaged or
+    // forged index): each is opened under its own id.
+    let mut alias = all[3];
+    alias.id = ObjectId::from_bytes([99; 32]);
+    let mut both = wanted(pack, &all[3..4]);
+    both.extend(wanted(pack, &[alias]));
+    let ids: Vec<ObjectId> = coalesce(both, 1000, 1 << 20)
+        .iter()
+        .flat_map(|r| r.entries.iter().map(|e| e.id))
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&alias.id) && ids.contains(&all[3].id));
     // Two packs never share a run.
     let mut two = wanted(pack, &all[..2]);
     two.extend(wanted(ObjectId::from_bytes([8; 32]), &all[2..4]));

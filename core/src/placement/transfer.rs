@@ -6,6 +6,7 @@
 //! against its id on arrival, before the target's writer sees it: a
 //! damaged or forged source chunk is refused, named, and never written.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -60,6 +61,9 @@ impl Placement {
                 None => failed.push((*id, None)),
             }
         }
+        // Every id looked up must end added or failed: one a run left
+        // out would otherwise be counted as sent without being read.
+        let mut unread: HashSet<ObjectId> = wanted.iter().map(|w| w.entry.id).collect();
         let (backend, codec) = (&*self.backend, &self.codec);
         let mut reads = futures::stream::iter(coalesce(wanted, MAX_GAP, MAX_RUN))
             .map(|run| async move {
@@ -72,6 +76,7 @@ impl Placement {
                 Ok(blobs) => {
                     out.bytes_read += run.range.end - run.range.start;
                     for (e, blob) in blobs {
+                        unread.remove(&e.id);
                         match blob {
                             Ok(blob) => add(into, &e, &blob, &mut out).await?,
                             Err(why) => failed.push((e.id, Some(why))),
@@ -80,6 +85,9 @@ impl Placement {
                 }
                 Err(e) if e.is_damage() => {
                     let why = e.to_string();
+                    for c in &run.entries {
+                        unread.remove(&c.id);
+                    }
                     failed.extend(
                         run.entries
                             .iter()
@@ -90,6 +98,10 @@ impl Placement {
             }
         }
         drop(reads);
+        failed.extend(unread.into_iter().map(|id| {
+            let why = Error::corrupt(chunk_name(&id), "its place in the index was not read");
+            (id, Some(why))
+        }));
         if failed.is_empty() {
             return Ok(out);
         }
