@@ -401,3 +401,41 @@ fn a_locked_s3_target_locks_what_it_gets_with_its_own_retention() {
     check_copied(&dst, &[(&p, &img)]);
     copied_nothing(&copy(&src, &dst, &[]), 1);
 }
+
+/// A damaged manifest that shares its second with another point of its
+/// VM has no time to be ordered by: `copy` of every point left it out
+/// and exited 0, while a lone damaged manifest fails it (found by
+/// review). It is copied last and fails as damage (exit 3), naming it.
+#[test]
+fn copying_every_point_does_not_skip_a_damaged_manifest_beside_another() {
+    let src = Env::init();
+    let img = src.path("a.img");
+    write_image(&img, &[Region::Random(1 << 20)], 21, false).unwrap();
+    let point = src.backup("a", &[("d", &img)])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = point.split_once('@').unwrap().1;
+    let (second, suffix) = id.split_once('-').unwrap();
+    let other = format!(
+        "{second}-{}",
+        if suffix == "ffff" { "fffe" } else { "ffff" }
+    );
+    std::fs::write(
+        src.repo.join("points").join("a").join(&other),
+        b"not a manifest",
+    )
+    .unwrap();
+
+    let dst = scratch(None, "copy-target");
+    init_like(&dst, &src);
+    let pw = dst.password_file().display().to_string();
+    let out = cmd(&src, &dst, &copy_args(&dst, &pw, &[]))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&other), "{err}");
+    // The sound point was copied before it.
+    assert_eq!(dst.points(), 1, "{err}");
+}

@@ -92,12 +92,26 @@ async fn points(source: &Repository, args: &CopyArgs) -> Result<Vec<(VmName, Poi
         let vm: Option<VmName> = args.vm.as_deref().map(str::parse).transpose()?;
         let mut out = Vec::new();
         let listed = source.list_points(vm.as_ref()).await?;
-        let mut vms: Vec<VmName> = listed.into_iter().map(|(vm, _)| vm).collect();
+        let mut vms: Vec<VmName> = listed.iter().map(|(vm, _)| vm.clone()).collect();
         vms.dedup();
         for vm in vms {
-            for id in source.points_in_order(&vm).await? {
-                out.push((vm.clone(), id));
-            }
+            let ordered = source.points_in_order(&vm).await?;
+            // A damaged manifest sharing its second with another point
+            // has no time to be ordered by and is left out of the order:
+            // it goes last, so that copying it fails as damage as a lone
+            // one does, instead of being skipped without a word.
+            let known: std::collections::HashSet<&PointId> = ordered.iter().collect();
+            let unordered: Vec<PointId> = listed
+                .iter()
+                .filter(|(v, id)| *v == vm && !known.contains(id))
+                .map(|(_, id)| id.clone())
+                .collect();
+            out.extend(
+                ordered
+                    .iter()
+                    .chain(&unordered)
+                    .map(|id| (vm.clone(), id.clone())),
+            );
         }
         return Ok(out);
     }
