@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use super::tests::{back_up, data, every_point, init, init_like, run};
 use crate::backend::{Backend, PutMode};
 use crate::keys;
+use crate::manifest::Manifest;
 use crate::placement::index::{self, IndexEntry, IndexHead};
 use crate::repo::Repository;
 use crate::testing::MemBackend;
@@ -34,13 +35,17 @@ async fn put_index(sb: &MemBackend, source: &Repository, all: Vec<IndexEntry>) {
     sb.put(&key, object, PutMode::Create).await.unwrap();
 }
 
-/// A damaged (or forged) source index that gives a second chunk id the
-/// place of another chunk's blob: `coalesce` reads "a chunk wanted twice"
-/// once by (pack, offset), so one of the two ids is neither checked,
-/// copied nor reported. Whichever of the two is aliased, the copy must
-/// fail as damage; with one of them it succeeds and commits a point whose
-/// chunk the target does not have.
-async fn aliased(alias: usize, real: usize) {
+/// A source, a target made like it, and one point of VM "a" in the
+/// source (1 MiB of data from `seed`).
+async fn set_up(
+    seed: u64,
+) -> (
+    tempfile::TempDir,
+    Arc<MemBackend>,
+    Repository,
+    Repository,
+    Manifest,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (sb, tb) = (
         Arc::new(MemBackend::default()),
@@ -48,7 +53,18 @@ async fn aliased(alias: usize, real: usize) {
     );
     let source = init(&sb, false).await;
     let target = init_like(&tb, &source).await;
-    let a1 = back_up(&source, &dir, "a", &data(1 << 20, 70)).await;
+    let a1 = back_up(&source, &dir, "a", &data(1 << 20, seed)).await;
+    (dir, sb, source, target, a1)
+}
+
+/// A damaged (or forged) source index that gives a second chunk id the
+/// place of another chunk's blob. `coalesce` read "a chunk wanted twice"
+/// once by (pack, offset), so one of the two ids was neither checked,
+/// copied nor reported, and the copy committed a point whose chunk the
+/// target lacked (when the alias sorted second). Whichever of the two is
+/// aliased, the copy fails as damage naming it and commits nothing.
+async fn aliased(alias: usize, real: usize) {
+    let (_dir, sb, source, target, a1) = set_up(70).await;
 
     // Every index entry of the source, rewritten into one object where
     // chunk `alias` claims chunk `real`'s place.
@@ -100,14 +116,7 @@ async fn a_source_chunk_aliased_to_an_earlier_place_is_refused() {
 /// MiB of peak RSS in the review). The index decoder now refuses it.
 #[tokio::test]
 async fn a_source_index_entry_longer_than_any_chunk_is_damage() {
-    let dir = tempfile::tempdir().unwrap();
-    let (sb, tb) = (
-        Arc::new(MemBackend::default()),
-        Arc::new(MemBackend::default()),
-    );
-    let source = init(&sb, false).await;
-    let target = init_like(&tb, &source).await;
-    let a1 = back_up(&source, &dir, "a", &data(1 << 20, 71)).await;
+    let (_dir, sb, source, target, a1) = set_up(71).await;
     let mut all = take_index(&sb, &source).await;
     all[0].entry.plain_len = 1 << 30;
     put_index(&sb, &source, all).await;
