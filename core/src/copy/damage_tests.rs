@@ -3,24 +3,15 @@
 //! recorded, are stored again from the source by the next point's copy,
 //! and their records go once it is committed.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
-use super::tests::{back_up, data, every_point, init, init_like, restored, run};
+use super::tests::{back_up, data, every_point, pair, restored, run};
 use crate::backend::{Backend, PutMode};
 use crate::keys;
-use crate::testing::MemBackend;
 
 #[tokio::test]
 async fn recorded_damage_in_the_target_is_stored_again_not_relied_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let (sb, tb) = (
-        Arc::new(MemBackend::default()),
-        Arc::new(MemBackend::default()),
-    );
-    let source = init(&sb, true).await;
-    let target = init_like(&tb, &source).await;
+    let (dir, _sb, tb, source, target) = pair(true).await;
     let one = data(3 << 20, 40);
     let mut two = one.clone();
     two[(1 << 20) + 1..(1 << 20) + 30_000].copy_from_slice(&data(29_999, 41));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 
-use super::tests::{back_up, data, every_point, init, init_like, run};
+use super::tests::{back_up, data, every_point, pair, run};
 use crate::backend::{Backend, PutMode};
 use crate::keys;
 use crate::manifest::Manifest;
@@ -46,13 +46,7 @@ async fn set_up(
     Repository,
     Manifest,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let (sb, tb) = (
-        Arc::new(MemBackend::default()),
-        Arc::new(MemBackend::default()),
-    );
-    let source = init(&sb, false).await;
-    let target = init_like(&tb, &source).await;
+    let (dir, sb, _tb, source, target) = pair(false).await;
     let a1 = back_up(&source, &dir, "a", &data(1 << 20, seed)).await;
     (dir, sb, source, target, a1)
 }

@@ -54,6 +54,27 @@ pub(super) async fn init_like(b: &Arc<MemBackend>, source: &Repository) -> Repos
         .unwrap()
 }
 
+/// A source (encrypted or not) and a target made like it, each on an
+/// in-memory store of its own, with a directory for images.
+pub(super) async fn pair(
+    encrypted: bool,
+) -> (
+    tempfile::TempDir,
+    Arc<MemBackend>,
+    Arc<MemBackend>,
+    Repository,
+    Repository,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (sb, tb) = (
+        Arc::new(MemBackend::default()),
+        Arc::new(MemBackend::default()),
+    );
+    let source = init(&sb, encrypted).await;
+    let target = init_like(&tb, &source).await;
+    (dir, sb, tb, source, target)
+}
+
 /// The target opened again, through `backend` (e.g. a faulty view).
 pub(super) async fn reopen(backend: Arc<dyn Backend>, encrypted: bool) -> Repository {
     if encrypted {
@@ -150,13 +171,7 @@ fn puts(b: &MemBackend) -> u64 {
 /// restore bit-exact and verify clean; the second point sends only what
 /// changed; copying again sends nothing at all.
 async fn copies_then_nothing(encrypted: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let (sb, tb) = (
-        Arc::new(MemBackend::default()),
-        Arc::new(MemBackend::default()),
-    );
-    let source = init(&sb, encrypted).await;
-    let target = init_like(&tb, &source).await;
+    let (dir, sb, tb, source, target) = pair(encrypted).await;
     let one = data(3 << 20, 1);
     let mut two = one.clone();
     two[(1 << 20) + 5..(1 << 20) + 70_000].copy_from_slice(&data(69_995, 9));
@@ -288,13 +303,7 @@ async fn an_interrupted_copy_is_finished_by_running_it_again() {
 /// naming the chunk and the source, and the chunk is in no pack of the
 /// target (its other chunks may be: unreferenced, gc's).
 async fn damaged_source_chunk(encrypted: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let (sb, tb) = (
-        Arc::new(MemBackend::default()),
-        Arc::new(MemBackend::default()),
-    );
-    let source = init(&sb, encrypted).await;
-    let target = init_like(&tb, &source).await;
+    let (dir, sb, tb, source, target) = pair(encrypted).await;
     let a1 = back_up(&source, &dir, "a", &data(2 << 20, 6)).await;
     let pack_key = keys_of(&sb, keys::PACKS).await.remove(0);
     let name = keys::parse_pack(&pack_key).unwrap();
@@ -431,13 +440,7 @@ async fn init_like_shares_the_keys_in_a_slot_of_its_own_and_needs_a_full_key() {
 /// gone (a typed warning), and the copy goes on with the next.
 #[tokio::test]
 async fn a_point_gone_from_the_source_is_reported_and_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let (sb, tb) = (
-        Arc::new(MemBackend::default()),
-        Arc::new(MemBackend::default()),
-    );
-    let source = init(&sb, false).await;
-    let target = init_like(&tb, &source).await;
+    let (dir, _sb, _tb, source, target) = pair(false).await;
     let gone = back_up(&source, &dir, "a", &data(1 << 20, 20)).await;
     let kept = back_up(&source, &dir, "b", &data(1 << 20, 21)).await;
     crate::prune::forget::forget(&source, &[(gone.vm.clone(), gone.id.clone())], false)
