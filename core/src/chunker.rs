@@ -168,7 +168,8 @@ pub fn first_cut(params: &ChunkParams, data: &[u8]) -> usize {
 }
 
 /// Where FastCDC cuts a chunk whose bytes from `min` to `max` are zeros
-/// (more than `max` bytes remaining), per thread and parameters.
+/// (at least `max` bytes remaining: a longer input is clamped to `max`),
+/// per thread and parameters.
 fn zero_cut(params: &ChunkParams) -> usize {
     thread_local! {
         static CUTS: std::cell::RefCell<Vec<(ChunkParams, usize)>> =

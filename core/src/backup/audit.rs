@@ -10,8 +10,7 @@
 use rand::seq::index::sample;
 
 use super::plan::{DiskPlan, SegmentPlan, data_bytes};
-use crate::chunker::first_cut;
-use crate::chunker::{ChunkParams, is_zero};
+use crate::chunker::{ChunkParams, first_cut, is_zero};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::node::{Entry, Node};

@@ -472,9 +472,10 @@ impl IndexHead {
                 )));
             }
             // Readers allocate the plaintext before they can compare it
-            // with what the blob holds (found by review: one entry of 4
-            // GiB, 4 GiB touched per read in flight). A stored blob is at
-            // most a compressed, sealed largest chunk: twice is ample.
+            // with what the blob holds (found by review: an entry of 1
+            // GiB, 1 GiB touched per read in flight; up to 4 GiB could be
+            // claimed). A stored blob is at most a compressed, sealed
+            // largest chunk: twice is ample.
             if entry.plain_len > LARGEST_CHUNK || entry.stored_len > 2 * LARGEST_CHUNK {
                 return Err(bad(format!(
                     "block {i}: entry {} claims {} bytes stored, {} plain (chunks are at most {LARGEST_CHUNK})",

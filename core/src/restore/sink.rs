@@ -154,7 +154,7 @@ fn stdout_err(source: std::io::Error) -> crate::Error {
 /// for unprivileged processes (`/proc/sys/fs/pipe-max-size`). An image
 /// piped through the default 64 KiB buffer costs a wakeup of each side
 /// per 64 KiB: 2 GiB of zeros through `cat` took 2.4-2.8 s, with 1 MiB
-/// 0.7-1.0 s (bench/results/crypto-backup.md, run 9).
+/// 0.7-1.2 s (bench/results/crypto-backup.md, run 9).
 const PIPE_SIZE: usize = 1 << 20;
 
 /// Grows the buffer of `fd` to [`PIPE_SIZE`] if it is a pipe with a
