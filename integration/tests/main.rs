@@ -22,6 +22,7 @@ mod incremental;
 mod init_failures;
 mod integrity;
 mod json_schema;
+mod lease_landing;
 mod least_privilege;
 mod mount;
 mod nbd_source;

@@ -184,6 +184,8 @@ mod interleaving_tests;
 #[cfg(test)]
 mod liveness_tests;
 #[cfg(test)]
+mod marker_landing_tests;
+#[cfg(test)]
 mod pack_interleaving_tests;
 #[cfg(test)]
 mod pack_sweep_tests;

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
+use tokio::sync::OwnedMutexGuard;
 
 use crate::backend::PutMode;
 use crate::error::{Error, Result};
@@ -41,8 +42,9 @@ pub struct Session {
     repo: Repository,
     key: String,
     record: Arc<Mutex<LeaseRecord>>,
-    /// Lease writes one at a time, so that a heartbeat cannot land after
-    /// the session ended.
+    /// Lease writes one at a time, each holding it until the store has
+    /// answered (`put_lease`), so that no write lands after the session
+    /// ended.
     writer: Arc<tokio::sync::Mutex<()>>,
     /// Sweeps finished before the session began: nothing they deleted
     /// was relied on.
@@ -232,7 +234,7 @@ impl Session {
 
     /// Rewrites the lease (keeping it alive), unless the session ended.
     async fn write(&self) -> Result<()> {
-        write_lease(&self.repo, &self.key, &self.record, &self.writer).await
+        write_lease(&self.repo, &self.key, &self.record, self.writer.clone()).await
     }
 
     /// True when the manifest, written at `committed` (the store's time),
@@ -259,8 +261,8 @@ impl Session {
             // write's time could follow the listing, and a sweep whose
             // marker the listing saw fresh would then look dead (found
             // by review: a HEAD answered slowly, a heartbeat meanwhile).
-            let _one_at_a_time = self.writer.lock().await;
-            put_lease(&self.repo, &self.key, &self.record).await?;
+            let held = self.writer.clone().lock_owned().await;
+            let _one_at_a_time = put_lease(&self.repo, &self.key, &self.record, held).await?;
             time_and_log(&self.repo, &self.key).await?
         };
         let ttl_lease = self.repo.config().protocol.ttl();
@@ -484,7 +486,7 @@ impl Session {
                 // A failed refresh is not fatal: if the lease dies, the
                 // sweeps that run meanwhile do not observe it, and `check`
                 // then re-verifies everything.
-                let _ = write_lease(&repo, &key, &record, &writer).await;
+                let _ = write_lease(&repo, &key, &record, writer).await;
             }
         })
     }
@@ -495,23 +497,48 @@ async fn write_lease(
     repo: &Repository,
     key: &str,
     record: &Mutex<LeaseRecord>,
-    writer: &tokio::sync::Mutex<()>,
+    writer: Arc<tokio::sync::Mutex<()>>,
 ) -> Result<()> {
-    let _one_at_a_time = writer.lock().await;
-    put_lease(repo, key, record).await
+    let held = writer.lock_owned().await;
+    put_lease(repo, key, record, held).await.map(drop)
 }
 
-/// Writes the lease; the caller holds the session's writer lock.
-async fn put_lease(repo: &Repository, key: &str, record: &Mutex<LeaseRecord>) -> Result<()> {
+/// Writes the lease, holding the session's writer lock (`held`) until the
+/// store has answered, and gives the lock back.
+///
+/// The PUT runs in a task of its own, which owns the lock: a caller that
+/// stops waiting (a cancelled backup drops its work; a heartbeat is
+/// aborted) does not cancel it. A store that has received a request may
+/// apply it whether or not the client still waits, so a PUT dropped in
+/// flight could land after the session's end deleted the lease, and bring
+/// it back: every gc would then take it for a running backup until its
+/// TTL ran out (found in review; `integration/tests/lease_landing.rs`).
+/// `end` takes the lock, so it deletes only once every write sent has
+/// been answered. A write that fails without an answer (a timeout) may
+/// still land: that lease lives until its TTL, as a killed backup's does.
+async fn put_lease(
+    repo: &Repository,
+    key: &str,
+    record: &Mutex<LeaseRecord>,
+    held: OwnedMutexGuard<()>,
+) -> Result<OwnedMutexGuard<()>> {
     let bytes = {
         let r = record.lock().unwrap_or_else(|p| p.into_inner());
         if r.ended.is_some() {
-            return Ok(());
+            return Ok(held);
         }
         r.encode(repo.codec())?
     };
-    repo.backend().put(key, bytes, PutMode::Overwrite).await?;
-    Ok(())
+    let (repo, key) = (repo.clone(), key.to_string());
+    let sent = tokio::spawn(async move {
+        let put = repo.backend().put(&key, bytes, PutMode::Overwrite).await;
+        (put, held)
+    });
+    let (put, held) = sent
+        .await
+        .map_err(|e| Error::Internal(format!("the lease write's task: {e}")))?;
+    put?;
+    Ok(held)
 }
 
 /// The lease's time (its last write's, on the store's clock) and the

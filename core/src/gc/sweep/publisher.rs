@@ -1,12 +1,12 @@
 //! The sweep's marker as the sweep and its heartbeat publish it.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
 use crate::backend::PutMode;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gc::markers::SweepState;
 use crate::repo::Repository;
 
@@ -41,10 +41,25 @@ impl Publisher {
 
     /// Writes the current state; returns the store's time of the write
     /// and how long the marker had been silent before it.
-    pub(super) async fn write(&self) -> Result<(DateTime<Utc>, chrono::Duration)> {
+    ///
+    /// The write runs in a task of its own that holds the write lock until
+    /// the store has answered: a caller that stops waiting (the heartbeat,
+    /// aborted when the sweep stops) does not cancel it. A store that has
+    /// received a PUT may apply it whether or not the client still waits,
+    /// so a heartbeat dropped in flight could land after the sweep wrote
+    /// `Stopped`, and backups would then wait on a sweep that is gone
+    /// until its marker went stale (`gc/marker_landing_tests.rs`).
+    pub(super) async fn write(self: &Arc<Self>) -> Result<(DateTime<Utc>, chrono::Duration)> {
         if self.dry_run {
             return Ok((Utc::now(), chrono::Duration::zero()));
         }
+        let me = self.clone();
+        tokio::spawn(async move { me.write_now().await })
+            .await
+            .map_err(|e| Error::Internal(format!("the sweep marker write's task: {e}")))?
+    }
+
+    async fn write_now(&self) -> Result<(DateTime<Utc>, chrono::Duration)> {
         let _one_at_a_time = self.write.lock().await;
         let bytes = self.snapshot().encode(self.repo.codec(), &self.key)?;
         let b = self.repo.backend();

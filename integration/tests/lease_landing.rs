@@ -1,0 +1,144 @@
+//! A lease write the backup stops waiting for still lands.
+//!
+//! A server that has received a PUT applies it even if the client drops
+//! the request (Ctrl-C drops the backup's work, a heartbeat is aborted).
+//! If the cancelled backup then deletes its lease before that PUT is
+//! applied, the PUT brings the lease back, and every gc takes it for a
+//! running backup until its TTL runs out. Here the store applies each
+//! lease PUT a while after it was sent, whoever still waits for it, and
+//! the backup is cancelled while one is on its way: no lease may be left
+//! once the store has applied everything it was sent.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use xfull_core::Error;
+use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutOptions};
+use xfull_core::backup::backup;
+use xfull_core::config::RepoConfig;
+use xfull_core::progress::Progress;
+use xfull_core::repo::Repository;
+use xfull_integration::{Region, write_image};
+use xfull_local::LocalBackend;
+
+use crate::engine::{request, rt, small_config};
+
+/// How long after it was sent the store applies a lease PUT.
+const LAG: Duration = Duration::from_millis(300);
+
+/// How long a pack upload takes: long enough for the lease writes the
+/// tests cancel at (heartbeats and check rounds) to come before the
+/// commit.
+const PACK_UPLOAD: Duration = Duration::from_secs(2);
+
+/// Applies every PUT under `leases/` [`LAG`] after it was sent, in a task
+/// of its own (the server's), and cancels `progress` when the `nth` such
+/// PUT is sent. Pack uploads take [`PACK_UPLOAD`].
+#[derive(Debug)]
+struct LateLeases {
+    inner: Arc<LocalBackend>,
+    nth: u64,
+    sent: AtomicU64,
+    progress: Arc<Progress>,
+}
+
+#[async_trait]
+impl Backend for LateLeases {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
+        if key.starts_with("packs/") {
+            tokio::time::sleep(PACK_UPLOAD).await;
+        }
+        if !key.starts_with("leases/") {
+            return self.inner.put_opts(key, data, opts).await;
+        }
+        if self.sent.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
+            self.progress.cancel();
+        }
+        let (inner, key) = (self.inner.clone(), key.to_string());
+        let server = tokio::spawn(async move {
+            tokio::time::sleep(LAG).await;
+            inner.put_opts(&key, data, opts).await
+        });
+        server.await.expect("the store's task")
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
+        self.inner.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
+        self.inner.list(prefix)
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
+        self.inner.delete_many(keys).await
+    }
+}
+
+/// The leases in the store once every PUT it was sent has been applied,
+/// after a backup cancelled when its `nth` lease write was sent.
+fn leases_left_after_cancel(nth: u64, config: RepoConfig) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    write_image(&img, &[Region::Random(6 << 20)], nth, true).unwrap();
+    rt().block_on(async {
+        let inner = Arc::new(LocalBackend::in_memory());
+        let progress = Arc::new(Progress::default());
+        let store = Arc::new(LateLeases {
+            inner: inner.clone(),
+            nth,
+            sent: AtomicU64::new(0),
+            progress: progress.clone(),
+        });
+        let repo = Repository::init(store.clone(), config).await.unwrap();
+        let r = backup(&repo, request("vm", &img), progress).await;
+        assert!(
+            matches!(r, Err(Error::Cancelled { .. })),
+            "lease write {nth}: the backup was cancelled, got {r:?}"
+        );
+        assert!(
+            store.sent.load(Ordering::SeqCst) >= nth,
+            "lease write {nth} was sent"
+        );
+        tokio::time::sleep(LAG * 3).await;
+        let left: Vec<ObjectMeta> = inner.list("leases/").try_collect().await.unwrap();
+        left.into_iter().map(|m| m.key).collect()
+    })
+}
+
+/// Cancelled while the first check round's lease write is on its way (the
+/// first write, `begin`'s, is awaited before any work starts).
+#[test]
+fn a_cancelled_backup_leaves_no_lease_behind_a_write_in_flight() {
+    let left = leases_left_after_cancel(2, small_config());
+    assert!(left.is_empty(), "a lease came back: {left:?}");
+}
+
+/// Cancelled while a heartbeat's write is on its way: with a 1 s TTL the
+/// heartbeat writes every 250 ms, so the lease writes after the first
+/// are heartbeats or check rounds, whichever comes first.
+#[test]
+fn a_cancelled_backup_leaves_no_lease_behind_a_heartbeat_in_flight() {
+    let mut config = small_config();
+    config.protocol.lease_ttl_secs = 1;
+    config.protocol.sweep_ttl_secs = 1;
+    for nth in 2..=4 {
+        let left = leases_left_after_cancel(nth, config.clone());
+        assert!(
+            left.is_empty(),
+            "lease write {nth}: a lease came back: {left:?}"
+        );
+    }
+}
