@@ -9,6 +9,7 @@ use std::ops::Range;
 use std::os::fd::OwnedFd;
 
 use bytes::Bytes;
+use rustix::buffer::spare_capacity;
 use rustix::fs::{FileType, OFlags, Stat};
 use rustix::io::Errno;
 use xfull_core::backend::{BackendError, ObjectMeta};
@@ -90,10 +91,12 @@ impl Root {
         let n = usize::try_from(len).map_err(|_| too_large())?;
         let mut buf = Vec::new();
         buf.try_reserve_exact(n).map_err(|_| too_large())?;
-        buf.resize(n, 0);
-        let mut done = 0;
-        while done < n {
-            match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
+        // Read into the spare capacity: zeroing the buffer first was 3% of
+        // a restore's CPU (`perf`, 2026-12-05). Should the allocator give
+        // more capacity than asked, bytes read past the range are cut off.
+        while buf.len() < n {
+            let done = buf.len();
+            match rustix::io::pread(fd, spare_capacity(&mut buf), offset + done as u64) {
                 Ok(0) => {
                     return Err(self.corrupt(
                         key,
@@ -103,11 +106,12 @@ impl Root {
                         ),
                     ));
                 }
-                Ok(k) => done += k,
+                Ok(_) => {}
                 Err(Errno::INTR) => {}
                 Err(e) => return Err(self.other(key, e)),
             }
         }
+        buf.truncate(n);
         Ok(buf)
     }
 }

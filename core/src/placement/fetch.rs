@@ -195,7 +195,7 @@ pub async fn read_one(
     let Some(blob) = read_range(backend, &key, e.range()).await? else {
         return Ok(None);
     };
-    let mut out = vec![0u8; e.plain_len as usize];
+    let mut out = Vec::new();
     open_blob(codec, &key, &e, &blob, &mut out)?;
     Ok(Some(out))
 }

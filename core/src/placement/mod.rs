@@ -123,14 +123,20 @@ impl Placement {
         self.codec.encode_chunk(id, plain, level)
     }
 
-    /// Opens stored chunk bytes into `out` (the chunk's length) and
-    /// checks that they hash to `id`. CPU-bound: call from a blocking
-    /// context.
-    pub fn open_into(&self, id: &ObjectId, stored: &[u8], out: &mut [u8]) -> Result<()> {
+    /// Opens stored chunk bytes into `out` (replacing what it held with
+    /// the chunk's `len` bytes) and checks that they hash to `id`.
+    /// CPU-bound: call from a blocking context.
+    pub fn open_into(
+        &self,
+        id: &ObjectId,
+        stored: &[u8],
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let name = chunk_name(id);
         self.codec
             .with_chunk(id, stored, |framed| {
-                frame::decode_chunk_into(&name, framed, out)
+                frame::decode_chunk_into(&name, framed, len, out)
             })
             .map_err(|e| match e {
                 Error::Corrupt { reason, .. } => Error::corrupt(&name, reason),

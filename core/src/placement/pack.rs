@@ -286,29 +286,28 @@ fn parse_entry(raw: &[u8]) -> PackEntry {
 }
 
 /// Opens one blob (exactly `entry.stored_len` bytes) into `out`
-/// (exactly `entry.plain_len` bytes) and checks it against its chunk id.
-/// CPU-bound.
+/// (replacing what it held with the `entry.plain_len` bytes of plaintext)
+/// and checks it against its chunk id. CPU-bound.
 pub fn open_blob(
     codec: &Codec,
     key: &str,
     entry: &PackEntry,
     blob: &[u8],
-    out: &mut [u8],
+    out: &mut Vec<u8>,
 ) -> Result<()> {
     let what = format!("{key} (chunk {})", entry.id.short());
     let bad = |why: String| Error::corrupt(what.clone(), why);
-    if blob.len() != entry.stored_len as usize || out.len() != entry.plain_len as usize {
+    if blob.len() != entry.stored_len as usize {
         return Err(bad(format!(
-            "blob of {} bytes for {} plain, the pack says {} and {}",
+            "blob of {} bytes, the pack says {}",
             blob.len(),
-            out.len(),
             entry.stored_len,
-            entry.plain_len
         )));
     }
+    let len = entry.plain_len as usize;
     codec
         .with_chunk(&entry.id, blob, |framed| {
-            frame::decode_chunk_into(&what, framed, out)
+            frame::decode_chunk_into(&what, framed, len, out)
         })
         .map_err(|e| match e {
             // Damage found opening the seal names the chunk only.

@@ -115,7 +115,7 @@ pub async fn read_run(
             .into_iter()
             .map(|e| {
                 let at = (e.offset - start) as usize..(e.range().end - start) as usize;
-                let mut out = vec![0u8; e.plain_len as usize];
+                let mut out = Vec::new();
                 let opened = open_blob(&codec, &key, &e, &bytes[at], &mut out).map(|()| out);
                 (e, opened)
             })
