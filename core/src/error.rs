@@ -266,6 +266,15 @@ pub enum Error {
     )]
     LastFullKeySlot { slot: String },
 
+    /// Another removal ran at the same time, and after this one's delete
+    /// no full-access slot was left: the slot was put back.
+    #[error(
+        "key slot {slot} was put back: another key removal ran at the same time, and without \
+         it the repository would have had no full-access key slot left; check `xfull key list` \
+         and remove again if still wanted"
+    )]
+    KeyRemovalRaced { slot: String },
+
     /// Object lock: this machine's clock is too far behind the store's to
     /// lock what it writes for the whole lock period.
     #[error(

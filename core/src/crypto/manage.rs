@@ -224,30 +224,68 @@ pub async fn remove_slot(backend: &dyn Backend, keys: &MasterKeys, id: &str) -> 
             slot: id.to_string(),
         });
     }
-    // Count only slots this repository's full keys signed: a forged
-    // "full" slot (junk under a full header) must not let the real last
-    // one go.
-    let mut other_full = 0;
-    for (other, slot) in &slots {
-        if other != id
-            && let Ok(slot) = slot
-            && slot.header.access == Access::Full
-            && slot.is_authentic(keys)?
-        {
-            other_full += 1;
-        }
-    }
     let removing_full = match slots.iter().find(|(s, _)| s == id) {
         Some((_, Ok(slot))) => slot.header.access == Access::Full,
         _ => false, // a damaged slot opens nothing: removing it loses nothing
     };
-    if removing_full && other_full == 0 {
+    if !removing_full {
+        backend.delete_many(&[slot::slot_key(id)]).await?;
+        return Ok(());
+    }
+    if full_slots(&slots, keys, id)? == 0 {
         return Err(Error::LastFullKeySlot {
             slot: id.to_string(),
         });
     }
-    backend.delete_many(&[slot::slot_key(id)]).await?;
-    Ok(())
+    // Two removals at once, of the last two full-access slots, each see
+    // the other's slot before either deletes, and both would go: nobody
+    // could open the repository again (found in review; the store has no
+    // delete-if to make this atomic). So look again after the delete, and
+    // if no full-access slot is left, put this one back from the bytes
+    // read just before. Whichever removal looks last keeps a slot.
+    let key = slot::slot_key(id);
+    let stored = match backend.get(&key).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => {
+            return Err(Error::KeySlotNotFound {
+                location: backend.location(),
+                slot: id.to_string(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    backend.delete_many(std::slice::from_ref(&key)).await?;
+    if full_slots(&read_slots(backend).await?, keys, id)? > 0 {
+        return Ok(());
+    }
+    match backend.put(&key, stored, PutMode::Create).await {
+        Err(e) if !e.is_already_exists() => return Err(e.into()),
+        _ => {}
+    }
+    Err(Error::KeyRemovalRaced {
+        slot: id.to_string(),
+    })
+}
+
+/// The authentic full-access slots among `slots`, but `except`. Only
+/// slots this repository's full keys signed count: a forged "full" slot
+/// (junk under a full header) must not let the real last one go.
+fn full_slots(
+    slots: &[(String, Result<KeySlot>)],
+    keys: &MasterKeys,
+    except: &str,
+) -> Result<usize> {
+    let mut n = 0;
+    for (other, slot) in slots {
+        if other != except
+            && let Ok(slot) = slot
+            && slot.header.access == Access::Full
+            && slot.is_authentic(keys)?
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Replaces the slot `keys` were unlocked from by one for `new`, with the

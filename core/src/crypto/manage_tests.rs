@@ -288,3 +288,43 @@ async fn a_slot_replaced_while_the_secret_is_asked_for_is_found_again() {
         .await
         .unwrap();
 }
+
+/// Two `key remove` at once, of the only two full-access slots: each
+/// reads both slots before the other deletes, so each sees another full
+/// slot left. Without a look after the delete both would go and nobody
+/// could open the repository again. The removal that finds no full slot
+/// left after its delete puts its slot back and says so.
+#[tokio::test]
+async fn two_removals_at_once_leave_a_full_access_slot() {
+    use std::sync::Arc;
+
+    use crate::testing::{HookAt, Hooked};
+    let mem = Arc::new(MemBackend::default());
+    let a = create_keys(mem.as_ref(), &pw("a"), FAST).await.unwrap();
+    let b_id = add_slot(mem.as_ref(), &a, &pw("b"), Access::Full, FAST)
+        .await
+        .unwrap();
+    let b = unlock(mem.as_ref(), &pw("b")).await.unwrap();
+    // The other removal runs whole just before this one's delete.
+    let (inner, other) = (mem.clone(), b_id.clone());
+    let hooked = Hooked::new(
+        mem.clone(),
+        HookAt::Delete("keys/"),
+        Box::new(move || {
+            let (inner, other, b) = (inner.clone(), other.clone(), b.clone());
+            Box::pin(async move {
+                remove_slot(inner.as_ref(), &b, &other).await.unwrap();
+            })
+        }),
+    );
+    let e = remove_slot(hooked.as_ref(), &a, a.slot())
+        .await
+        .unwrap_err();
+    assert!(hooked.fired());
+    assert!(matches!(e, Error::KeyRemovalRaced { .. }), "{e}");
+    assert!(e.to_string().contains(a.slot()), "{e}");
+    // Slot b went, slot a is back: "a" opens the repository, "b" not.
+    let back = unlock(mem.as_ref(), &pw("a")).await.unwrap();
+    assert_eq!(back.slot(), a.slot());
+    assert!(unlock(mem.as_ref(), &pw("b")).await.is_err());
+}

@@ -25,6 +25,8 @@ pub enum HookAt {
     Put(&'static str),
     /// A listing of this prefix (or one under it).
     List(&'static str),
+    /// A delete batch whose first key starts with this prefix.
+    Delete(&'static str),
 }
 
 /// Runs its hook once, before the first request [`HookAt`] names.
@@ -92,6 +94,10 @@ impl Backend for Hooked {
         self.inner.list(prefix)
     }
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
+        let first = keys.first().map_or("", String::as_str);
+        if self.fire(matches!(self.at, HookAt::Delete(p) if first.starts_with(p))) {
+            (self.hook)().await;
+        }
         self.inner.delete_many(keys).await
     }
 }
