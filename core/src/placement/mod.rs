@@ -41,6 +41,7 @@ pub mod fetch;
 pub use check_packs::PackCheck;
 pub(crate) mod ids;
 pub mod index;
+mod index_encode;
 pub mod index_write;
 pub mod known;
 pub mod lookup;
