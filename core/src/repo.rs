@@ -468,6 +468,13 @@ impl Repository {
             .into_iter()
             .map(|(_, id)| id)
             .collect();
+        self.order_points(vm, ids).await
+    }
+
+    /// [`Repository::points_in_order`] of points already listed (`ids`, of
+    /// `vm`), for a caller that listed several VMs at once.
+    pub async fn order_points(&self, vm: &VmName, mut ids: Vec<PointId>) -> Result<Vec<PointId>> {
+        ids.sort();
         let second = |id: &PointId| id.as_str().split('-').next().unwrap_or("").to_string();
         let mut out = Vec::with_capacity(ids.len());
         let mut i = 0;

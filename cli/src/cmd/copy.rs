@@ -95,7 +95,10 @@ async fn points(source: &Repository, args: &CopyArgs) -> Result<Vec<(VmName, Poi
         let mut vms: Vec<VmName> = listed.iter().map(|(vm, _)| vm.clone()).collect();
         vms.dedup();
         for vm in vms {
-            let ordered = source.points_in_order(&vm).await?;
+            let of_vm = listed.iter().filter(|(v, _)| *v == vm);
+            let ordered = source
+                .order_points(&vm, of_vm.map(|(_, id)| id.clone()).collect())
+                .await?;
             // A damaged manifest sharing its second with another point
             // has no time to be ordered by and is left out of the order:
             // it goes last, so that copying it fails as damage as a lone
