@@ -319,6 +319,27 @@ pub fn decode_chunk_into(key: &str, framed: &[u8], len: usize, out: &mut Vec<u8>
     }
 }
 
+/// Decodes a chunk straight into `out`, exactly its plaintext's length
+/// (a restore's slot for it in the part it writes). Does not check the
+/// id. On failure `out` holds anything.
+pub fn decode_chunk_into_slice(key: &str, framed: &[u8], out: &mut [u8]) -> Result<()> {
+    let (codec, _, payload) = split(Kind::Chunk, key, framed)?;
+    let len = out.len();
+    let wrong = |n: usize| Error::corrupt(key, format!("holds {n} bytes, its node says {len}"));
+    match codec {
+        CODEC_STORED if payload.len() == len => {
+            out.copy_from_slice(payload);
+            Ok(())
+        }
+        CODEC_STORED => Err(wrong(payload.len())),
+        CODEC_ZSTD => match decode_zstd_into(key, payload, out)? {
+            n if n == len => Ok(()),
+            n => Err(wrong(n)),
+        },
+        other => Err(unknown_codec(Kind::Chunk, other)),
+    }
+}
+
 /// [`decode_chunk_into`] into a new buffer.
 pub fn decode_chunk(key: &str, framed: &[u8], len: usize) -> Result<Vec<u8>> {
     let mut out = Vec::new();

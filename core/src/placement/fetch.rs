@@ -206,7 +206,3 @@ fn not_indexed(id: &ObjectId) -> Error {
         "missing from the repository (no index object lists it)",
     )
 }
-
-#[cfg(test)]
-#[path = "fetch_tests.rs"]
-mod tests;

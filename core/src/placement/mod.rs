@@ -38,6 +38,7 @@ use crate::lease::ObjectRef;
 pub mod archive;
 mod check_packs;
 pub mod fetch;
+pub mod fetch_into;
 pub use check_packs::PackCheck;
 pub(crate) mod ids;
 pub mod index;
@@ -237,6 +238,17 @@ impl Placement {
         ids: &[ObjectId],
     ) -> std::result::Result<fetch::Fetched, fetch::FetchError> {
         fetch::fetch(&*self.backend, &self.codec, index, ids).await
+    }
+
+    /// Fetches chunks into the slots of a buffer (see
+    /// [`fetch_into::fetch_into`]).
+    pub async fn fetch_into(
+        &self,
+        index: &lookup::ChunkIndex,
+        asks: Vec<fetch_into::Ask>,
+        buf: Vec<u8>,
+    ) -> std::result::Result<fetch_into::Placed, fetch::FetchError> {
+        fetch_into::fetch_into(&*self.backend, &self.codec, index, asks, buf).await
     }
 
     /// Fetches and checks one chunk of at most `max` bytes (any copy the

@@ -295,6 +295,46 @@ pub fn open_blob(
     blob: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    let len = entry.plain_len as usize;
+    opened(codec, key, entry, blob, |what, framed| {
+        frame::decode_chunk_into(what, framed, len, out)?;
+        Ok(out.as_slice())
+    })
+}
+
+/// [`open_blob`] straight into `out`, which must be exactly
+/// `entry.plain_len` bytes (a restore's slot for the chunk). On failure
+/// `out` holds anything.
+pub fn open_blob_into(
+    codec: &Codec,
+    key: &str,
+    entry: &PackEntry,
+    blob: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    if out.len() != entry.plain_len as usize {
+        return Err(Error::Internal(format!(
+            "{key}: a slot of {} bytes for chunk {} of {}",
+            out.len(),
+            entry.id.short(),
+            entry.plain_len
+        )));
+    }
+    opened(codec, key, entry, blob, |what, framed| {
+        frame::decode_chunk_into_slice(what, framed, out)?;
+        Ok(&*out)
+    })
+}
+
+/// Opens `blob` (its seal, if any) and has `decode` decode its frame
+/// into the plaintext it returns, which must hash to the chunk's id.
+fn opened<'o>(
+    codec: &Codec,
+    key: &str,
+    entry: &PackEntry,
+    blob: &[u8],
+    decode: impl FnOnce(&str, &[u8]) -> Result<&'o [u8]>,
+) -> Result<()> {
     let what = format!("{key} (chunk {})", entry.id.short());
     let bad = |why: String| Error::corrupt(what.clone(), why);
     if blob.len() != entry.stored_len as usize {
@@ -304,17 +344,14 @@ pub fn open_blob(
             entry.stored_len,
         )));
     }
-    let len = entry.plain_len as usize;
-    codec
-        .with_chunk(&entry.id, blob, |framed| {
-            frame::decode_chunk_into(&what, framed, len, out)
-        })
+    let plain = codec
+        .with_chunk(&entry.id, blob, |framed| decode(&what, framed))
         .map_err(|e| match e {
             // Damage found opening the seal names the chunk only.
             Error::Corrupt { key, reason } if key != what => bad(reason),
             e => e,
         })?;
-    if codec.chunk_id(out) != entry.id {
+    if codec.chunk_id(plain) != entry.id {
         return Err(bad("content does not match its id".into()));
     }
     Ok(())

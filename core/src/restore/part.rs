@@ -16,12 +16,12 @@
 use std::sync::Arc;
 
 use super::DamagedRange;
-use super::segment::{Fetched, Object, Piece, RestoredPart, SegmentCtx};
+use super::segment::{Fetched, Object, Opened, Piece, RestoredPart, SegmentCtx};
 use crate::error::{Error, Result};
-use crate::id::ObjectId;
 use crate::image_hash;
 use crate::node::Entry;
 use crate::placement::fetch::FetchError;
+use crate::placement::fetch_into::Ask;
 use crate::task::blocking;
 
 /// The largest part (a power of two).
@@ -168,12 +168,30 @@ impl SegmentCtx {
     }
 
     /// Restores one part: one batched lookup and coalesced pack reads for
-    /// its chunks (each opened and checked against its id there), then
-    /// decompressed into its buffer and hashed.
+    /// its chunks, each opened and checked against its id straight into
+    /// its place in the part's buffer (a chunk only partly in the part,
+    /// into one of its own), then the part hashed.
     pub(super) async fn restore_part(self: Arc<Self>, part: Part) -> Result<RestoredPart> {
-        let ids: Vec<ObjectId> = part.shares.iter().filter_map(|s| s.entry.chunk()).collect();
-        let mut opened = match self.fetch(&ids).await {
-            Ok(o) => o.into_iter(),
+        if part.shares.iter().all(|s| s.entry.chunk().is_none()) {
+            return blocking("restore task", move || {
+                self.assemble(part, Vec::new(), Vec::new())
+            })
+            .await?;
+        }
+        let asks = part
+            .shares
+            .iter()
+            .filter_map(|sh| {
+                let id = sh.entry.chunk()?;
+                let whole = sh.skip == 0 && sh.len == sh.entry.len();
+                let off = (sh.at - part.start) as usize;
+                let slot = whole.then(|| off..off + sh.len as usize);
+                Some(Ask { id, slot })
+            })
+            .collect();
+        let buf = self.buffers.take(part.len as usize);
+        let (buf, opened) = match self.fetch_into(asks, buf).await {
+            Ok(o) => o,
             Err(FetchError {
                 chunk: Some(id),
                 error,
@@ -185,14 +203,18 @@ impl SegmentCtx {
             }
             Err(FetchError { chunk: None, error }) => return Err(error),
         };
+        let mut opened = opened.into_iter();
         let mut raw = Vec::with_capacity(part.shares.len());
         for sh in &part.shares {
             let e = sh.entry;
             let item = match e.chunk() {
                 None => Fetched::Zeros,
                 Some(id) => match opened.next() {
-                    Some(Ok(plain)) if plain.len() as u64 == e.len() => Fetched::Plain(plain),
-                    Some(Ok(plain)) => Fetched::Damaged(self.tolerate(
+                    Some(Ok(Opened::Placed)) => Fetched::Placed,
+                    Some(Ok(Opened::Own(plain))) if plain.len() as u64 == e.len() => {
+                        Fetched::Plain(plain)
+                    }
+                    Some(Ok(Opened::Own(plain))) => Fetched::Damaged(self.tolerate(
                         sh.at,
                         sh.len,
                         Object::Chunk(id),
@@ -209,11 +231,14 @@ impl SegmentCtx {
             };
             raw.push(item);
         }
-        blocking("restore task", move || self.assemble(part, raw)).await?
+        blocking("restore task", move || self.assemble(part, buf, raw)).await?
     }
 
-    /// Decompressed chunks into the part's buffer; the part hashed.
-    fn assemble(&self, part: Part, raw: Vec<Fetched>) -> Result<RestoredPart> {
+    /// The part's buffer (`buf`, its chunks with a slot already in place)
+    /// completed: the other chunks copied in, zeros where there is no
+    /// data; the part hashed. A part with no chunk is zeros, and `buf`
+    /// is not used.
+    fn assemble(&self, part: Part, mut buf: Vec<u8>, raw: Vec<Fetched>) -> Result<RestoredPart> {
         let Part {
             start,
             len,
@@ -234,11 +259,11 @@ impl SegmentCtx {
                 damaged,
             });
         }
-        let mut buf = self.buffers.take(len as usize);
         for (sh, fetched) in shares.iter().zip(raw) {
             let off = (sh.at - start) as usize;
             let piece = &mut buf[off..off + sh.len as usize];
             match fetched {
+                Fetched::Placed => {}
                 Fetched::Plain(plain) => {
                     let skip = sh.skip as usize;
                     piece.copy_from_slice(&plain[skip..skip + sh.len as usize]);

@@ -18,6 +18,7 @@ use crate::image_hash::SegmentHash;
 use crate::manifest::DiskManifest;
 use crate::node::Entry;
 use crate::placement::fetch::FetchError;
+use crate::placement::fetch_into::{Ask, Got};
 use crate::placement::lookup::ChunkIndex;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -122,9 +123,19 @@ impl Object {
 /// A chunk as fetched.
 pub(super) enum Fetched {
     Zeros,
-    /// Opened and checked against its id.
+    /// Opened and checked against its id, in its place in the part.
+    Placed,
+    /// Opened and checked against its id, in a buffer of its own.
     Plain(Vec<u8>),
     Damaged(DamagedRange),
+}
+
+/// A chunk opened by [`SegmentCtx::fetch_into`].
+pub(super) enum Opened {
+    /// In its slot.
+    Placed,
+    /// In a buffer of its own.
+    Own(Vec<u8>),
 }
 
 impl SegmentCtx {
@@ -200,6 +211,41 @@ impl SegmentCtx {
             });
         }
         Ok(node.entries)
+    }
+
+    /// The chunks `asks` names, opened into their slots of `buf` where
+    /// they have one; a chunk that does not open at the first place the
+    /// index gives is fetched again by [`Self::fetch`] (every copy, a
+    /// fresh index), which says why if none opens.
+    pub(super) async fn fetch_into(
+        &self,
+        asks: Vec<Ask>,
+        buf: Vec<u8>,
+    ) -> std::result::Result<(Vec<u8>, Vec<Result<Opened>>), FetchError> {
+        let placement = self.repo.chunks();
+        let index = self.index.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ids: Vec<ObjectId> = asks.iter().map(|a| a.id).collect();
+        let placed = placement.fetch_into(&index, asks, buf).await?;
+        self.progress.add_transferred(placed.bytes);
+        let mut failed = Vec::new();
+        let mut out = Vec::with_capacity(ids.len());
+        for (k, got) in placed.got.into_iter().enumerate() {
+            out.push(Ok(match got {
+                Got::Placed => Opened::Placed,
+                Got::Own(plain) => Opened::Own(plain),
+                Got::Failed => {
+                    failed.push(k);
+                    Opened::Placed // replaced below
+                }
+            }));
+        }
+        if !failed.is_empty() {
+            let again: Vec<ObjectId> = failed.iter().map(|&k| ids[k]).collect();
+            for (k, r) in failed.into_iter().zip(self.fetch(&again).await?) {
+                out[k] = r.map(Opened::Own);
+            }
+        }
+        Ok((placed.buf, out))
     }
 
     /// The chunks' plaintext (or why not). A chunk the index cannot give
