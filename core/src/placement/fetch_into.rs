@@ -9,17 +9,16 @@
 //! as damage, and the caller asks [`super::fetch::fetch`] for it, which
 //! looks at every other copy (rare: damage, or a pack a gc rewrote).
 //!
-//! Memory: the stored bytes of the runs (coalesced as `fetch` does) are
-//! read first, at most [`RUNS_IN_FLIGHT`] at once, then opened in one
-//! blocking task: about the part's stored size, at most 16 MiB of plain
-//! data per part.
+//! Memory: the runs (coalesced as `fetch` does) in flight, at most
+//! [`RUNS_IN_FLIGHT`] at once, one waiting and one being opened; the
+//! caller's buffer.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use super::fetch::{FetchError, RUNS_IN_FLIGHT};
 use super::lookup::ChunkIndex;
@@ -87,63 +86,105 @@ pub async fn fetch_into(
     // An id not indexed stays unanswered: `Failed`.
     let wanted = places.into_iter().flatten().collect();
     let runs = coalesce(wanted, MAX_GAP, MAX_RUN);
-    let read: Vec<(ReadRun, Result<Bytes>)> = futures::stream::iter(runs)
-        .map(|run| async move {
-            let got = get_exact(backend, &keys::pack(&run.pack), run.range.clone()).await;
+    // Runs are read RUNS_IN_FLIGHT at once and opened one after another
+    // as they arrive (the buffer can be in one blocking task at a time),
+    // at most one waiting: memory stays a few runs, as `fetch`'s, even
+    // when an index (a hostile one) makes a part's runs many and large.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ReadRun, Result<Bytes>)>(1);
+    let reads = async move {
+        let mut bytes = 0u64;
+        let mut read = futures::stream::iter(runs)
+            .map(|run| async move {
+                let got = get_exact(backend, &keys::pack(&run.pack), run.range.clone()).await;
+                (run, got)
+            })
+            .buffered(RUNS_IN_FLIGHT);
+        while let Some((run, got)) = read.next().await {
             match got {
-                Err(error) if !error.is_damage() => Err(FetchError {
-                    chunk: run.entries.first().map(|e| e.id),
-                    error,
-                }),
-                got => Ok((run, got)),
+                Err(error) if !error.is_damage() => {
+                    return Err(FetchError {
+                        chunk: run.entries.first().map(|e| e.id),
+                        error,
+                    });
+                }
+                Ok(_) => bytes += run.range.end - run.range.start,
+                // A pack gone or short: its chunks stay `Failed`.
+                Err(_) => {}
             }
-        })
-        .buffered(RUNS_IN_FLIGHT)
-        .try_collect()
-        .await?;
-    let bytes = read
-        .iter()
-        .filter(|(_, r)| r.is_ok())
-        .map(|(run, _)| run.range.end - run.range.start)
-        .sum();
-    let codec = codec.clone();
-    let (buf, got) = crate::task::blocking("opening chunks into a part", move || {
-        open_all(&codec, asks, buf, read)
+            if tx.send((run, got)).await.is_err() {
+                break; // the opening failed
+            }
+        }
+        Ok(bytes)
+    };
+    let asks = Arc::new(Opening::new(codec.clone(), asks));
+    let opens = async move {
+        let (mut buf, mut got) = (buf, Vec::new());
+        got.resize_with(asks.asks.len(), || Got::Failed);
+        while let Some((run, bytes)) = rx.recv().await {
+            let Ok(bytes) = bytes else { continue };
+            let asks = asks.clone();
+            (buf, got) = crate::task::blocking("opening chunks into a part", move || {
+                asks.open_run(buf, got, &run, &bytes)
+            })
+            .await?;
+        }
+        Ok::<_, Error>((buf, got))
+    };
+    let (bytes, opened) = futures::join!(reads, opens);
+    let (buf, got) = opened?;
+    Ok(Placed {
+        buf,
+        got,
+        bytes: bytes?,
     })
-    .await?;
-    Ok(Placed { buf, got, bytes })
 }
 
-/// Opens every chunk read into its asks' slots (once per chunk; another
-/// ask of it gets a copy).
-fn open_all(
-    codec: &Codec,
+/// The asks of one fetch, by id, and the codec that opens their chunks.
+struct Opening {
+    codec: Arc<Codec>,
     asks: Vec<Ask>,
-    mut buf: Vec<u8>,
-    read: Vec<(ReadRun, Result<Bytes>)>,
-) -> (Vec<u8>, Vec<Got>) {
-    let mut by_id: HashMap<ObjectId, Vec<usize>> = HashMap::new();
-    for (k, a) in asks.iter().enumerate() {
-        by_id.entry(a.id).or_default().push(k);
+    by_id: HashMap<ObjectId, Vec<usize>>,
+}
+
+impl Opening {
+    fn new(codec: Arc<Codec>, asks: Vec<Ask>) -> Self {
+        let mut by_id: HashMap<ObjectId, Vec<usize>> = HashMap::new();
+        for (k, a) in asks.iter().enumerate() {
+            by_id.entry(a.id).or_default().push(k);
+        }
+        Opening { codec, asks, by_id }
     }
-    let mut got: Vec<Option<Got>> = asks.iter().map(|_| None).collect();
-    for (run, bytes) in read {
-        let key = keys::pack(&run.pack);
+
+    /// Whether ask `k` has a slot of `len` bytes.
+    fn fits(&self, k: usize, len: u32) -> bool {
+        let slot = self.asks[k].slot.as_ref();
+        slot.is_some_and(|s| s.len() == len as usize)
+    }
+
+    /// Opens the chunks of one run read (`bytes`) for their asks: once per
+    /// chunk, into the first ask's slot or a buffer of its own, and
+    /// copied for its other asks. A chunk that does not open leaves its
+    /// asks as they were (`Failed` unless answered already).
+    fn open_run(
+        &self,
+        mut buf: Vec<u8>,
+        mut got: Vec<Got>,
+        run: &ReadRun,
+        bytes: &[u8],
+    ) -> (Vec<u8>, Vec<Got>) {
+        let (codec, key) = (&*self.codec, keys::pack(&run.pack));
         for e in &run.entries {
-            let Some(ks) = by_id.get(&e.id) else { continue };
-            let Ok(bytes) = &bytes else { continue };
+            let Some(ks) = self.by_id.get(&e.id) else {
+                continue;
+            };
             let at =
                 (e.offset - run.range.start) as usize..(e.range().end - run.range.start) as usize;
             let blob = &bytes[at];
-            let fits = |k: &usize| {
-                let slot = asks[*k].slot.as_ref();
-                slot.is_some_and(|s| s.len() == e.plain_len as usize)
-            };
-            // Opened once: into the first ask's slot, or a buffer of its own.
             let first: std::result::Result<Range<usize>, Vec<u8>> =
-                match ks.iter().find(|k| fits(k)) {
+                match ks.iter().find(|&&k| self.fits(k, e.plain_len)) {
                     Some(&k) => {
-                        let slot = asks[k].slot.clone().unwrap_or_default();
+                        let slot = self.asks[k].slot.clone().unwrap_or_default();
                         if open_blob_into(codec, &key, e, blob, &mut buf[slot.clone()]).is_err() {
                             continue;
                         }
@@ -158,24 +199,23 @@ fn open_all(
                     }
                 };
             for &k in ks {
-                got[k] = Some(match (&first, &asks[k].slot) {
-                    (Ok(from), Some(to)) if *from == *to => Got::Placed,
-                    (Ok(from), Some(to)) if fits(&k) => {
+                got[k] = match (&first, &self.asks[k].slot) {
+                    (Ok(from), Some(to)) if from == to => Got::Placed,
+                    (Ok(from), Some(to)) if self.fits(k, e.plain_len) => {
                         buf.copy_within(from.clone(), to.start);
                         Got::Placed
                     }
                     (Ok(from), _) => Got::Own(buf[from.clone()].to_vec()),
-                    (Err(own), Some(to)) if fits(&k) => {
+                    (Err(own), Some(to)) if self.fits(k, e.plain_len) => {
                         buf[to.clone()].copy_from_slice(own);
                         Got::Placed
                     }
                     (Err(own), _) => Got::Own(own.clone()),
-                });
+                };
             }
         }
+        (buf, got)
     }
-    let got = got.into_iter().map(|g| g.unwrap_or(Got::Failed)).collect();
-    (buf, got)
 }
 
 #[cfg(test)]

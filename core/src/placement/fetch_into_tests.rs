@@ -176,3 +176,39 @@ async fn a_store_that_fails_fails_the_fetch_naming_a_chunk() {
     assert_eq!(e.chunk, Some(a.0));
     assert!(!e.error.is_damage(), "{}", e.error);
 }
+
+/// More runs than are read at once (one pack each), one of them gone:
+/// every other chunk lands in its slot, in whatever order runs arrive.
+#[tokio::test]
+async fn many_runs_are_opened_as_they_arrive() {
+    let (mem, repo) = repo().await;
+    let chunks: Vec<_> = (0..12)
+        .map(|t| chunk(&repo, t, 1000 + 10 * t as usize))
+        .collect();
+    let mut packs = Vec::new();
+    for c in &chunks {
+        packs.push(store_pack(&repo, std::slice::from_ref(c)).await.0);
+    }
+    mem.delete_many(&[keys::pack(&packs[5])]).await.unwrap();
+    let index = repo.chunks().open_index().await.unwrap();
+    let mut at = 0;
+    let mut asks = Vec::new();
+    for c in &chunks {
+        asks.push(ask(c.0, Some(at..at + c.1.len())));
+        at += c.1.len();
+    }
+    let placed = fetch_into(&**repo.backend(), repo.codec(), &index, asks, vec![0; at])
+        .await
+        .unwrap();
+    let mut at = 0;
+    for (t, c) in chunks.iter().enumerate() {
+        let g = &placed.got[t];
+        if t == 5 {
+            assert!(matches!(g, Got::Failed), "{t}: {g:?}");
+        } else {
+            assert!(matches!(g, Got::Placed), "{t}: {g:?}");
+            assert_eq!(&placed.buf[at..at + c.1.len()], &c.1[..], "{t}");
+        }
+        at += c.1.len();
+    }
+}
