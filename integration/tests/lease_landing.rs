@@ -9,21 +9,17 @@
 //! the backup is cancelled while one is on its way: no lease may be left
 //! once the store has applied everything it was sent.
 
-use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use futures::TryStreamExt;
-use futures::stream::BoxStream;
 use xfull_core::Error;
-use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutOptions};
+use xfull_core::backend::{Backend, ObjectMeta};
 use xfull_core::backup::backup;
 use xfull_core::config::RepoConfig;
 use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
+use xfull_core::testing::LatePuts;
 use xfull_integration::{Region, write_image};
 use xfull_local::LocalBackend;
 
@@ -37,56 +33,6 @@ const LAG: Duration = Duration::from_millis(300);
 /// commit.
 const PACK_UPLOAD: Duration = Duration::from_secs(2);
 
-/// Applies every PUT under `leases/` [`LAG`] after it was sent, in a task
-/// of its own (the server's), and cancels `progress` when the `nth` such
-/// PUT is sent. Pack uploads take [`PACK_UPLOAD`].
-#[derive(Debug)]
-struct LateLeases {
-    inner: Arc<LocalBackend>,
-    nth: u64,
-    sent: AtomicU64,
-    progress: Arc<Progress>,
-}
-
-#[async_trait]
-impl Backend for LateLeases {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
-        if key.starts_with("packs/") {
-            tokio::time::sleep(PACK_UPLOAD).await;
-        }
-        if !key.starts_with("leases/") {
-            return self.inner.put_opts(key, data, opts).await;
-        }
-        if self.sent.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
-            self.progress.cancel();
-        }
-        let (inner, key) = (self.inner.clone(), key.to_string());
-        let server = tokio::spawn(async move {
-            tokio::time::sleep(LAG).await;
-            inner.put_opts(&key, data, opts).await
-        });
-        server.await.expect("the store's task")
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
-        self.inner.head(key).await
-    }
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
-        self.inner.list(prefix)
-    }
-    async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
-        self.inner.delete_many(keys).await
-    }
-}
-
 /// The leases in the store once every PUT it was sent has been applied,
 /// after a backup cancelled when its `nth` lease write was sent.
 fn leases_left_after_cancel(nth: u64, config: RepoConfig) -> Vec<String> {
@@ -96,22 +42,17 @@ fn leases_left_after_cancel(nth: u64, config: RepoConfig) -> Vec<String> {
     rt().block_on(async {
         let inner = Arc::new(LocalBackend::in_memory());
         let progress = Arc::new(Progress::default());
-        let store = Arc::new(LateLeases {
-            inner: inner.clone(),
-            nth,
-            sent: AtomicU64::new(0),
-            progress: progress.clone(),
-        });
+        let store = Arc::new(
+            LatePuts::new(inner.clone(), "leases/", LAG, nth, progress.clone())
+                .slow_puts("packs/", PACK_UPLOAD),
+        );
         let repo = Repository::init(store.clone(), config).await.unwrap();
         let r = backup(&repo, request("vm", &img), progress).await;
         assert!(
             matches!(r, Err(Error::Cancelled { .. })),
             "lease write {nth}: the backup was cancelled, got {r:?}"
         );
-        assert!(
-            store.sent.load(Ordering::SeqCst) >= nth,
-            "lease write {nth} was sent"
-        );
+        assert!(store.sent() >= nth, "lease write {nth} was sent");
         tokio::time::sleep(LAG * 3).await;
         let left: Vec<ObjectMeta> = inner.list("leases/").try_collect().await.unwrap();
         left.into_iter().map(|m| m.key).collect()

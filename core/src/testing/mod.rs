@@ -3,14 +3,16 @@
 //! injects faults into any backend, one that gives a backend the rights
 //! of a least-privilege role, one that plays an archive class, one that
 //! plays S3 Object Lock, one that plays a gc replacing an object while
-//! it is read, one that runs a test's hook before a chosen request, and
-//! one that counts reads in flight at once; and deterministic
-//! incompressible bytes.
+//! it is read, one that runs a test's hook before a chosen request, one
+//! that counts reads in flight at once, and one that applies some PUTs
+//! late, as a server does with a request the client stopped waiting
+//! for; and deterministic incompressible bytes.
 
 pub mod archive_sim;
 pub mod faults;
 pub mod hooked;
 pub mod in_flight;
+pub mod late_puts;
 pub mod lock_sim;
 pub mod mem;
 pub mod replace_sim;
@@ -20,6 +22,7 @@ pub use archive_sim::ArchiveSim;
 pub use faults::{FaultPlan, FaultyBackend};
 pub use hooked::{Hook, HookAt, Hooked};
 pub use in_flight::InFlight;
+pub use late_puts::LatePuts;
 pub use lock_sim::LockSim;
 pub use mem::{Clock, MemBackend};
 pub use replace_sim::ReplaceSim;
