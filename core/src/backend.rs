@@ -200,6 +200,12 @@ pub struct PutOptions {
     /// Object lock retention to put the object with (S3 Object Lock);
     /// set by `crate::lock::store` for the objects points depend on.
     pub retention: Option<Retention>,
+    /// A protocol write others wait on (a lease, a sweep's marker): an
+    /// upload budget charges its bytes but does not hold it back behind
+    /// the data uploads before it, as it does not a retry. Held back, a
+    /// heartbeat could come too late (a sweep stops itself after half
+    /// its TTL of silence), and a Ctrl-C would wait for it.
+    pub urgent: bool,
 }
 
 impl PutOptions {
@@ -209,6 +215,15 @@ impl PutOptions {
             mode,
             class: ObjectClass::Metadata,
             retention: None,
+            urgent: false,
+        }
+    }
+
+    /// The same options for an urgent write (see [`PutOptions::urgent`]).
+    pub fn urgent(self) -> Self {
+        PutOptions {
+            urgent: true,
+            ..self
         }
     }
 
@@ -218,6 +233,7 @@ impl PutOptions {
             mode,
             class: ObjectClass::Data,
             retention: None,
+            urgent: false,
         }
     }
 }

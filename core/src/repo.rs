@@ -603,9 +603,8 @@ pub(crate) async fn put_once_as(
     class: ObjectClass,
 ) -> Result<Stored> {
     let opts = PutOptions {
-        mode: PutMode::Create,
         class,
-        retention: None,
+        ..PutOptions::new(PutMode::Create)
     };
     match backend.put_opts(key, data, opts).await {
         Ok(()) => Ok(Stored::New),

@@ -213,6 +213,14 @@ impl Budget {
         self.start(body, true).await;
     }
 
+    /// An urgent first attempt (`PutOptions::urgent`: a lease, a sweep's
+    /// marker, small and waited on): as a retry, it waits for its request
+    /// slot and is charged its body without waiting for room for it, so
+    /// the uploads after it pay for its bytes instead.
+    pub async fn admit_urgent(&self, body: u64) {
+        self.start(body, false).await;
+    }
+
     /// A retry: waits for a request slot, charges its body without
     /// waiting for room for it.
     async fn retry(&self, body: u64) {

@@ -231,3 +231,23 @@ async fn a_retried_upload_goes_at_once_and_the_next_pays_for_it() {
     assert!(after >= Duration::from_secs(4), "{after:?}");
     assert_eq!(b.budget().unwrap().paid(), 3);
 }
+
+/// An urgent write (a lease, a sweep's marker) is not held back behind
+/// the bytes of the uploads before it: its first poll starts it (no
+/// clock involved), where an ordinary upload waits for those bytes. It
+/// is still charged: the next ordinary upload waits for its bytes too.
+#[tokio::test]
+async fn an_urgent_write_goes_at_once_and_is_charged() {
+    let budget = crate::budget::Budget::new(Limits {
+        requests_per_second: None,
+        upload_bytes_per_second: Some(256 << 10),
+    });
+    // A pack's bytes: the next upload's slot is 2 s away.
+    budget.admit(512 << 10).await;
+    let mut ordinary = Box::pin(budget.admit(100));
+    assert!(futures::poll!(&mut ordinary).is_pending(), "held back");
+    drop(ordinary);
+    let mut urgent = Box::pin(budget.admit_urgent(100));
+    assert!(futures::poll!(&mut urgent).is_ready(), "not held back");
+    assert_eq!(budget.paid(), 2);
+}

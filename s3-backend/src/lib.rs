@@ -20,12 +20,21 @@
 /// Sends one request built by `$req` with its own attempt counter (see
 /// `attempts.rs`); returns the SDK's result and the attempts made. With a
 /// request budget, its first attempt waits for its slot first
-/// (`budget.rs`), uploading `$body` bytes. Defined before the modules so
-/// that `archive.rs` sends the same way.
+/// (`budget.rs`), uploading `$body` bytes; an `$urgent` one (a lease, a
+/// sweep's marker: `PutOptions::urgent`) is charged its bytes but waits
+/// only for its request slot. Defined before the modules so that
+/// `archive.rs` sends the same way.
 macro_rules! send_raw {
-    ($self:ident, $req:expr, $body:expr) => {{
+    ($self:ident, $req:expr, $body:expr) => {
+        send_raw!($self, $req, $body, false)
+    };
+    ($self:ident, $req:expr, $body:expr, $urgent:expr) => {{
         if let Some(b) = &$self.budget {
-            b.admit($body).await;
+            if $urgent {
+                b.admit_urgent($body).await;
+            } else {
+                b.admit($body).await;
+            }
         }
         let attempts = Attempts::new($self.errors.https());
         let config = attempts
@@ -219,22 +228,11 @@ impl S3Backend {
         let key = format!("probe/conditional-put-{}", std::process::id());
         // A first put that fails (an unreachable endpoint, refused
         // access) is the answer: trying more requests only takes longer.
-        self.raw_put(
-            &key,
-            Bytes::from_static(b"1"),
-            true,
-            ObjectClass::Metadata,
-            None,
-        )
-        .await?;
+        let opts = PutOptions::new(PutMode::Create);
+        self.raw_put(&key, Bytes::from_static(b"1"), true, &opts)
+            .await?;
         let second = self
-            .raw_put(
-                &key,
-                Bytes::from_static(b"2"),
-                true,
-                ObjectClass::Metadata,
-                None,
-            )
+            .raw_put(&key, Bytes::from_static(b"2"), true, &opts)
             .await;
         self.delete_many(std::slice::from_ref(&key)).await?;
         match second {
@@ -321,8 +319,7 @@ impl S3Backend {
         key: &str,
         data: Bytes,
         create: bool,
-        class: ObjectClass,
-        retention: Option<&xfull_core::lock::Retention>,
+        opts: &PutOptions,
     ) -> Result<(), BackendError> {
         self.counters.put.fetch_add(1, Ordering::Relaxed);
         let len = data.len() as u64;
@@ -335,16 +332,17 @@ impl S3Backend {
         if create {
             req = req.if_none_match("*");
         }
-        if let Some(c) = storage_class(self.chunk_class.as_ref(), class) {
+        if let Some(c) = storage_class(self.chunk_class.as_ref(), opts.class) {
             req = req.storage_class(c);
         }
         if let Some(s) = &self.sse {
             req = req.server_side_encryption(s.clone());
         }
-        if let Some(r) = retention {
+        if let Some(r) = &opts.retention {
             req = lock::with_retention(req, r);
         }
-        send!(self, req, key, len).map(|_| ())
+        let (sent, made) = send_raw!(self, req, len, opts.urgent);
+        sent.map(|_| ()).map_err(|e| self.errors.map(e, key, made))
     }
 }
 
@@ -472,16 +470,15 @@ impl Backend for S3Backend {
     }
 
     async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
-        let (class, lock) = (opts.class, opts.retention.as_ref());
         match (opts.mode, self.opts.no_conditional_put) {
-            (PutMode::Overwrite, _) => self.raw_put(key, data, false, class, lock).await,
-            (PutMode::Create, false) => self.raw_put(key, data, true, class, lock).await,
+            (PutMode::Overwrite, _) => self.raw_put(key, data, false, &opts).await,
+            (PutMode::Create, false) => self.raw_put(key, data, true, &opts).await,
             (PutMode::Create, true) => match self.head(key).await {
                 Ok(_) => Err(BackendError::AlreadyExists {
                     location: self.location(),
                     key: key.to_string(),
                 }),
-                Err(e) if e.is_not_found() => self.raw_put(key, data, false, class, lock).await,
+                Err(e) if e.is_not_found() => self.raw_put(key, data, false, &opts).await,
                 Err(e) => Err(e),
             },
         }

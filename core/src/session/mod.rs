@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::backend::PutMode;
+use crate::backend::{PutMode, PutOptions};
 use crate::error::{Error, Result};
 use crate::gc::markers::{Phase, SweepLog, SweepState};
 use crate::id::PointId;
@@ -453,10 +453,8 @@ impl Session {
                 });
                 let _one_at_a_time = self.writer.lock().await;
                 let bytes = self.lock().encode(self.repo.codec())?;
-                self.repo
-                    .backend()
-                    .put(&self.key, bytes, PutMode::Overwrite)
-                    .await?;
+                let opts = PutOptions::new(PutMode::Overwrite).urgent();
+                self.repo.backend().put_opts(&self.key, bytes, opts).await?;
             }
             None => {
                 let _one_at_a_time = self.writer.lock().await;
@@ -514,8 +512,12 @@ async fn write_lease(
 /// it back: every gc would then take it for a running backup until its
 /// TTL ran out (found in review; `integration/tests/lease_landing.rs`).
 /// `end` takes the lock, so it deletes only once every write sent has
-/// been answered. A write that fails without an answer (a timeout) may
-/// still land: that lease lives until its TTL, as a killed backup's does.
+/// been answered. A write that fails without an answer (a timeout), or
+/// an attempt the client gave up on before a retry succeeded, may still
+/// land: that lease lives until its TTL, as a killed backup's does. So a
+/// Ctrl-C waits for the lease write in flight, at most the store's
+/// request timeouts; the write is urgent, so an upload budget does not
+/// hold it back behind the packs (`PutOptions::urgent`).
 async fn put_lease(
     repo: &Repository,
     key: &str,
@@ -531,12 +533,15 @@ async fn put_lease(
     };
     let (repo, key) = (repo.clone(), key.to_string());
     let sent = tokio::spawn(async move {
-        let put = repo.backend().put(&key, bytes, PutMode::Overwrite).await;
+        let opts = PutOptions::new(PutMode::Overwrite).urgent();
+        let put = repo.backend().put_opts(&key, bytes, opts).await;
         (put, held)
     });
-    let (put, held) = sent
-        .await
-        .map_err(|e| Error::Internal(format!("the lease write's task: {e}")))?;
+    let (put, held) = match sent.await {
+        Ok(answer) => answer,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => return Err(Error::Internal(format!("the lease write's task: {e}"))),
+    };
     put?;
     Ok(held)
 }

@@ -3,7 +3,9 @@
 //! has received whether or not the client still waits for the answer.
 //! It cancels a [`Progress`] when the `nth` such PUT is sent, so a test
 //! can stop a command with one of them on its way (a lease, a sweep's
-//! marker) and see what lands after the command ended.
+//! marker) and see what lands after the command ended. PUTs sent after
+//! the `nth` land at once: what the stopped command writes last would
+//! overtake what was on its way, unless it waited for it.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -76,10 +78,16 @@ impl Backend for LatePuts {
         if !key.starts_with(self.prefix) {
             return self.inner.put_opts(key, data, opts).await;
         }
-        if self.sent.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
+        let n = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.nth {
             self.progress.cancel();
         }
-        let (inner, key, lag) = (self.inner.clone(), key.to_string(), self.lag);
+        let lag = if n > self.nth {
+            Duration::ZERO
+        } else {
+            self.lag
+        };
+        let (inner, key) = (self.inner.clone(), key.to_string());
         let server = tokio::spawn(async move {
             tokio::time::sleep(lag).await;
             inner.put_opts(&key, data, opts).await

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
-use crate::backend::PutMode;
+use crate::backend::{PutMode, PutOptions};
 use crate::error::{Error, Result};
 use crate::gc::markers::SweepState;
 use crate::repo::Repository;
@@ -54,16 +54,21 @@ impl Publisher {
             return Ok((Utc::now(), chrono::Duration::zero()));
         }
         let me = self.clone();
-        tokio::spawn(async move { me.write_now().await })
-            .await
-            .map_err(|e| Error::Internal(format!("the sweep marker write's task: {e}")))?
+        match tokio::spawn(async move { me.write_now().await }).await {
+            Ok(written) => written,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(Error::Internal(format!(
+                "the sweep marker write's task: {e}"
+            ))),
+        }
     }
 
     async fn write_now(&self) -> Result<(DateTime<Utc>, chrono::Duration)> {
         let _one_at_a_time = self.write.lock().await;
         let bytes = self.snapshot().encode(self.repo.codec(), &self.key)?;
         let b = self.repo.backend();
-        b.put(&self.key, bytes, PutMode::Overwrite).await?;
+        let opts = PutOptions::new(PutMode::Overwrite).urgent();
+        b.put_opts(&self.key, bytes, opts).await?;
         let now = b.head(&self.key).await?.last_modified;
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let silent = now - *last;
