@@ -532,16 +532,12 @@ async fn put_lease(
         r.encode(repo.codec())?
     };
     let (repo, key) = (repo.clone(), key.to_string());
-    let sent = tokio::spawn(async move {
+    let (put, held) = crate::task::detached("the lease write's task", async move {
         let opts = PutOptions::new(PutMode::Overwrite).urgent();
         let put = repo.backend().put_opts(&key, bytes, opts).await;
         (put, held)
-    });
-    let (put, held) = match sent.await {
-        Ok(answer) => answer,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => return Err(Error::Internal(format!("the lease write's task: {e}"))),
-    };
+    })
+    .await?;
     put?;
     Ok(held)
 }

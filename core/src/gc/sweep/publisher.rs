@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 
 use crate::backend::{PutMode, PutOptions};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gc::markers::SweepState;
 use crate::repo::Repository;
 
@@ -54,13 +54,10 @@ impl Publisher {
             return Ok((Utc::now(), chrono::Duration::zero()));
         }
         let me = self.clone();
-        match tokio::spawn(async move { me.write_now().await }).await {
-            Ok(written) => written,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(Error::Internal(format!(
-                "the sweep marker write's task: {e}"
-            ))),
-        }
+        crate::task::detached("the sweep marker write's task", async move {
+            me.write_now().await
+        })
+        .await?
     }
 
     async fn write_now(&self) -> Result<(DateTime<Utc>, chrono::Duration)> {
