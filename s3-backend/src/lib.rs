@@ -50,8 +50,11 @@ macro_rules! send {
     ($self:ident, $req:expr, $key:expr) => {
         send!($self, $req, $key, 0)
     };
-    ($self:ident, $req:expr, $key:expr, $body:expr) => {{
-        let (sent, made) = send_raw!($self, $req, $body);
+    ($self:ident, $req:expr, $key:expr, $body:expr) => {
+        send!($self, $req, $key, $body, false)
+    };
+    ($self:ident, $req:expr, $key:expr, $body:expr, $urgent:expr) => {{
+        let (sent, made) = send_raw!($self, $req, $body, $urgent);
         sent.map_err(|e| $self.errors.map(e, $key, made))
     }};
 }
@@ -341,8 +344,7 @@ impl S3Backend {
         if let Some(r) = &opts.retention {
             req = lock::with_retention(req, r);
         }
-        let (sent, made) = send_raw!(self, req, len, opts.urgent);
-        sent.map(|_| ()).map_err(|e| self.errors.map(e, key, made))
+        send!(self, req, key, len, opts.urgent).map(|_| ())
     }
 }
 
