@@ -18,7 +18,7 @@ use std::sync::Arc;
 use super::DamagedRange;
 use super::segment::{Fetched, Object, Opened, Piece, RestoredPart, SegmentCtx};
 use crate::error::{Error, Result};
-use crate::image_hash;
+use crate::image_hash::{self, SegmentHash};
 use crate::node::Entry;
 use crate::placement::fetch::FetchError;
 use crate::placement::fetch_into::Ask;
@@ -173,10 +173,7 @@ impl SegmentCtx {
     /// into one of its own), then the part hashed.
     pub(super) async fn restore_part(self: Arc<Self>, part: Part) -> Result<RestoredPart> {
         if part.shares.iter().all(|s| s.entry.chunk().is_none()) {
-            return blocking("restore task", move || {
-                self.assemble(part, Vec::new(), Vec::new())
-            })
-            .await?;
+            return blocking("restore task", move || self.zeros_part(part)).await;
         }
         let asks = part
             .shares
@@ -234,31 +231,35 @@ impl SegmentCtx {
         blocking("restore task", move || self.assemble(part, buf, raw)).await?
     }
 
+    /// The image hash of the part at `start` holding `data`, if asked for.
+    fn part_hash(&self, start: u64, data: &[u8]) -> Option<SegmentHash> {
+        let (unit, total) = (part_size(self.d.segment_size), self.d.size);
+        self.image_hash
+            .then(|| image_hash::hash_segment(start, data, unit, total))
+    }
+
+    /// A part with no chunk: zeros, hashed.
+    fn zeros_part(&self, part: Part) -> RestoredPart {
+        RestoredPart {
+            hash: self.part_hash(part.start, &self.zeros[..part.len as usize]),
+            piece: Piece::Zeros {
+                start: part.start,
+                len: part.len,
+            },
+            damaged: part.damaged,
+        }
+    }
+
     /// The part's buffer (`buf`, its chunks with a slot already in place)
     /// completed: the other chunks copied in, zeros where there is no
-    /// data; the part hashed. A part with no chunk is zeros, and `buf`
-    /// is not used.
+    /// data; the part hashed.
     fn assemble(&self, part: Part, mut buf: Vec<u8>, raw: Vec<Fetched>) -> Result<RestoredPart> {
         let Part {
             start,
-            len,
             shares,
             mut damaged,
+            ..
         } = part;
-        let (unit, total) = (part_size(self.d.segment_size), self.d.size);
-        let hash = |data: &[u8]| {
-            self.image_hash
-                .then(|| image_hash::hash_segment(start, data, unit, total))
-        };
-        if shares.iter().all(|s| s.entry.chunk().is_none()) {
-            let hash = hash(&self.zeros[..len as usize]);
-            let piece = Piece::Zeros { start, len };
-            return Ok(RestoredPart {
-                hash,
-                piece,
-                damaged,
-            });
-        }
         for (sh, fetched) in shares.iter().zip(raw) {
             let off = (sh.at - start) as usize;
             let piece = &mut buf[off..off + sh.len as usize];
@@ -281,7 +282,7 @@ impl SegmentCtx {
             .map(|s| Entry(s.len as u32, s.entry.1))
             .collect();
         Ok(RestoredPart {
-            hash: hash(&buf),
+            hash: self.part_hash(start, &buf),
             piece: Piece::Data {
                 start,
                 buf,

@@ -227,25 +227,25 @@ impl SegmentCtx {
         let ids: Vec<ObjectId> = asks.iter().map(|a| a.id).collect();
         let placed = placement.fetch_into(&index, asks, buf).await?;
         self.progress.add_transferred(placed.bytes);
-        let mut failed = Vec::new();
-        let mut out = Vec::with_capacity(ids.len());
-        for (k, got) in placed.got.into_iter().enumerate() {
-            out.push(Ok(match got {
-                Got::Placed => Opened::Placed,
-                Got::Own(plain) => Opened::Own(plain),
-                Got::Failed => {
-                    failed.push(k);
-                    Opened::Placed // replaced below
-                }
-            }));
-        }
-        if !failed.is_empty() {
-            let again: Vec<ObjectId> = failed.iter().map(|&k| ids[k]).collect();
-            for (k, r) in failed.into_iter().zip(self.fetch(&again).await?) {
-                out[k] = r.map(Opened::Own);
-            }
-        }
-        Ok((placed.buf, out))
+        let again: Vec<ObjectId> = (placed.got.iter().zip(&ids))
+            .filter(|(g, _)| matches!(g, Got::Failed))
+            .map(|(_, id)| *id)
+            .collect();
+        let refetched = if again.is_empty() {
+            Vec::new()
+        } else {
+            self.fetch(&again).await?
+        };
+        let mut again = refetched.into_iter();
+        let out = placed.got.into_iter().map(|got| match got {
+            Got::Placed => Ok(Opened::Placed),
+            Got::Own(plain) => Ok(Opened::Own(plain)),
+            Got::Failed => match again.next() {
+                Some(r) => r.map(Opened::Own),
+                None => Err(Error::Internal("a fetch answered too few chunks".into())),
+            },
+        });
+        Ok((placed.buf, out.collect()))
     }
 
     /// The chunks' plaintext (or why not). A chunk the index cannot give
