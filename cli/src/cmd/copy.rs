@@ -95,24 +95,22 @@ async fn points(source: &Repository, args: &CopyArgs) -> Result<Vec<(VmName, Poi
         let mut vms: Vec<VmName> = listed.iter().map(|(vm, _)| vm.clone()).collect();
         vms.dedup();
         for vm in vms {
-            let of_vm = listed.iter().filter(|(v, _)| *v == vm);
-            let ordered = source
-                .order_points(&vm, of_vm.map(|(_, id)| id.clone()).collect())
-                .await?;
+            let of_vm: Vec<PointId> = listed
+                .iter()
+                .filter(|(v, _)| *v == vm)
+                .map(|(_, id)| id.clone())
+                .collect();
+            let ordered = source.order_points(&vm, of_vm.clone()).await?;
             // A damaged manifest sharing its second with another point
             // has no time to be ordered by and is left out of the order:
             // it goes last, so that copying it fails as damage as a lone
             // one does, instead of being skipped without a word.
             let known: std::collections::HashSet<&PointId> = ordered.iter().collect();
-            let unordered: Vec<PointId> = listed
-                .iter()
-                .filter(|(v, id)| *v == vm && !known.contains(id))
-                .map(|(_, id)| id.clone())
-                .collect();
+            let unordered: Vec<&PointId> = of_vm.iter().filter(|id| !known.contains(id)).collect();
             out.extend(
                 ordered
                     .iter()
-                    .chain(&unordered)
+                    .chain(unordered)
                     .map(|id| (vm.clone(), id.clone())),
             );
         }
