@@ -5,11 +5,14 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::backend::ObjectMeta;
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::lease::LeaseRecord;
 use crate::placement::Placement;
 use crate::repo::{Repository, Unreadable};
 
@@ -39,18 +42,43 @@ pub struct RepoStats {
     pub stored_bytes: u64,
     /// Logical bytes / stored bytes.
     pub dedup_ratio: Option<f64>,
-    /// Running (or killed, not yet collected) backup sessions.
+    /// Objects under `leases/`, whatever their state (below).
     pub leases: u64,
+    pub lease_states: LeaseStates,
     pub trash_points: u64,
     /// Points whose manifest cannot be read (not counted above but in
     /// `manifest_bytes`), and why.
     pub damaged: Vec<Unreadable>,
 }
 
-pub async fn collect(repo: &Repository) -> Result<RepoStats> {
+/// What the leases say of their backups. Every backup leaves its lease
+/// behind, rewritten as ended, for the sweeps that began before its
+/// commit (see `session::Session::end`): counting those as "running or
+/// killed" told an operator that every backup since the last gc had been
+/// killed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LeaseStates {
+    /// Of backups that finished: a gc run the clock margin after them
+    /// removes them.
+    pub ended: u64,
+    /// Not ended, refreshed within the lease TTL (by the `now` given):
+    /// running backups, or ones killed less than a TTL ago.
+    pub open: u64,
+    /// Not ended and not refreshed for the lease TTL: killed or stalled
+    /// backups; the next gc removes them.
+    pub stale: u64,
+    /// Not readable as a lease (damaged, sealed under other keys, or not
+    /// named like one).
+    pub unreadable: u64,
+}
+
+/// Collects the statistics; `now` dates the leases (this machine's clock:
+/// stats writes nothing, so it cannot read the store's).
+pub async fn collect(repo: &Repository, now: DateTime<Utc>) -> Result<RepoStats> {
     let mut s = RepoStats::default();
     let mut all = repo.backend().list("");
     let mut points = Vec::new();
+    let mut leases = Vec::new();
     while let Some(m) = all.try_next().await? {
         s.stored_bytes += m.size;
         let k = m.key.as_str();
@@ -69,11 +97,13 @@ pub async fn collect(repo: &Repository) -> Result<RepoStats> {
             points.push(p);
         } else if k.starts_with(keys::LEASES) {
             s.leases += 1;
+            leases.push(m);
         } else if k.starts_with(keys::TRASH) {
             s.trash_points += 1;
         }
     }
     drop(all);
+    s.lease_states = lease_states(repo, leases, now).await?;
     // Index heads say how many entries each object holds.
     s.chunks = repo.chunks().open_index().await?.entries().await?;
     let loaded: Vec<_> = futures::stream::iter(points)
@@ -108,3 +138,41 @@ pub async fn collect(repo: &Repository) -> Result<RepoStats> {
     s.dedup_ratio = (s.stored_bytes > 0).then(|| s.logical_bytes as f64 / s.stored_bytes as f64);
     Ok(s)
 }
+
+/// Reads the listed leases (a few KB each, 4 at a time: a large backup's
+/// lists many dependencies) and counts them by state. One deleted since the listing (a gc, a backup that ended
+/// with nothing committed) is not counted.
+async fn lease_states(
+    repo: &Repository,
+    leases: Vec<ObjectMeta>,
+    now: DateTime<Utc>,
+) -> Result<LeaseStates> {
+    let ttl = repo.config().protocol.ttl();
+    let read: Vec<_> = futures::stream::iter(leases)
+        .map(|m| async move {
+            let loaded = match keys::parse_lease(&m.key) {
+                Some(_) => LeaseRecord::load(repo, &m.key).await,
+                None => Err(Error::corrupt(&m.key, "not named like a lease")),
+            };
+            (m, loaded)
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let mut out = LeaseStates::default();
+    for (meta, loaded) in read {
+        match loaded {
+            Ok(None) => {}
+            Ok(Some(r)) if r.ended.is_some() => out.ended += 1,
+            Ok(Some(_)) if now - meta.last_modified < ttl => out.open += 1,
+            Ok(Some(_)) => out.stale += 1,
+            Err(e) if e.is_damage() => out.unreadable += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "stats_tests.rs"]
+mod tests;

@@ -1,5 +1,7 @@
 use anyhow::Result;
 
+use xfull_core::stats::LeaseStates;
+
 use crate::cli::Cli;
 use crate::output::{bytes, print_json, printable};
 
@@ -7,7 +9,7 @@ use crate::output::{bytes, print_json, printable};
 /// `damaged` in JSON) and left out of the counts; the command succeeds.
 pub async fn run(cli: &Cli) -> Result<()> {
     let repo = crate::open::open(cli).await?;
-    let s = xfull_core::stats::collect(&repo).await?;
+    let s = xfull_core::stats::collect(&repo, chrono::Utc::now()).await?;
     for d in &s.damaged {
         eprintln!(
             "xfull: warning: point {} is damaged and not counted: {} (run `xfull verify`)",
@@ -46,11 +48,29 @@ pub async fn run(cli: &Cli) -> Result<()> {
         ),
         None => println!("dedup ratio: nothing stored"),
     }
-    if s.leases + s.trash_points > 0 {
-        println!(
-            "{} leases (running or killed backups), {} trashed manifests awaiting gc",
-            s.leases, s.trash_points
-        );
+    if let Some(line) = leases_line(&s.lease_states) {
+        println!("{line}");
+    }
+    if s.trash_points > 0 {
+        println!("{} trashed manifests awaiting gc", s.trash_points);
     }
     Ok(())
+}
+
+/// The leases by state, the states present only; `None` if there are none.
+fn leases_line(l: &LeaseStates) -> Option<String> {
+    let parts: Vec<String> = [
+        (l.ended, "of finished backups (gc removes them)"),
+        (
+            l.open,
+            "open (running backups, or killed within the lease TTL)",
+        ),
+        (l.stale, "of killed backups (the next gc removes them)"),
+        (l.unreadable, "unreadable (damaged, or not xfull's)"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    (!parts.is_empty()).then(|| format!("leases: {}", parts.join(", ")))
 }
