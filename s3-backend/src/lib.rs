@@ -68,6 +68,7 @@ mod client;
 mod errors;
 mod lock;
 mod options;
+mod requests;
 mod silence;
 #[cfg(test)]
 mod slow_tests;
@@ -81,23 +82,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{Delete, ObjectIdentifier, ServerSideEncryption, StorageClass};
+use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use xfull_core::archive::{ArchiveState, ThawAnswer, ThawTier};
-use xfull_core::backend::{
-    Backend, BackendError, ObjectClass, ObjectMeta, PutMode, PutOptions, Version,
-};
+use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutMode, PutOptions, Version};
 use xfull_core::config::StoreSettings;
 
-use attempts::Attempts;
 pub use budget::{Budget, Limits};
 use client::Timeouts;
 use errors::Mapper;
 pub use options::{InvalidOption, OpenError, S3Options, SSE_VALUES, storage_classes};
+pub(crate) use requests::{paged, to_chrono};
 
 /// Requests sent, by kind.
 #[derive(Debug, Default)]
@@ -244,225 +240,6 @@ impl S3Backend {
             Err(e) => Err(e),
         }
     }
-
-    /// One page of a listing and the token of the next, if any. A server
-    /// that says "more" without a new token would end the listing early
-    /// or never: an error either way (a short listing of what points use
-    /// could make gc delete what they need).
-    async fn list_page(
-        &self,
-        full: &str,
-        prefix: &str,
-        token: Option<String>,
-    ) -> Result<(Vec<ObjectMeta>, Option<String>), BackendError> {
-        self.counters.list.fetch_add(1, Ordering::Relaxed);
-        let out = send!(
-            self,
-            self.client
-                .list_objects_v2()
-                .bucket(&self.opts.bucket)
-                .prefix(full)
-                .set_continuation_token(token.clone()),
-            prefix
-        )?;
-        let items = out
-            .contents()
-            .iter()
-            .filter_map(|o| {
-                Some(ObjectMeta {
-                    key: self.unkey(o.key()?).to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    last_modified: to_chrono(o.last_modified()),
-                    storage_class: o.storage_class().map(|c| c.as_str().to_string()),
-                })
-            })
-            .collect();
-        if out.is_truncated() != Some(true) {
-            return Ok((items, None));
-        }
-        match out.next_continuation_token() {
-            Some(next) if Some(next) != token.as_deref() && !next.is_empty() => {
-                Ok((items, Some(next.to_string())))
-            }
-            _ => Err(BackendError::Other {
-                location: self.location(),
-                message: format!(
-                    "listing {prefix}: the server says the listing goes on but gives no new \
-                     continuation token"
-                ),
-            }),
-        }
-    }
-
-    /// GET of a whole object or a byte range of it.
-    async fn fetch(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes, BackendError> {
-        self.counters.get.fetch_add(1, Ordering::Relaxed);
-        let out = send!(
-            self,
-            self.client
-                .get_object()
-                .bucket(&self.opts.bucket)
-                .key(self.key(key))
-                .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1))),
-            key
-        )?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| BackendError::Transient {
-                location: self.location(),
-                message: format!("reading {key}: {e}"),
-            })?;
-        Ok(body.into_bytes())
-    }
-
-    async fn raw_put(
-        &self,
-        key: &str,
-        data: Bytes,
-        create: bool,
-        opts: &PutOptions,
-    ) -> Result<(), BackendError> {
-        self.counters.put.fetch_add(1, Ordering::Relaxed);
-        let len = data.len() as u64;
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.opts.bucket)
-            .key(self.key(key))
-            .body(ByteStream::from(data));
-        if create {
-            req = req.if_none_match("*");
-        }
-        if let Some(c) = storage_class(self.chunk_class.as_ref(), opts.class) {
-            req = req.storage_class(c);
-        }
-        if let Some(s) = &self.sse {
-            req = req.server_side_encryption(s.clone());
-        }
-        if let Some(r) = &opts.retention {
-            req = lock::with_retention(req, r);
-        }
-        send!(self, req, key, len, opts.urgent).map(|_| ())
-    }
-}
-
-/// The storage class to ask for: the configured one for chunk data, the
-/// bucket's default (STANDARD) for metadata, which every operation reads.
-fn storage_class(chunks: Option<&StorageClass>, class: ObjectClass) -> Option<StorageClass> {
-    match class {
-        ObjectClass::Data => chunks.cloned(),
-        ObjectClass::Metadata => None,
-    }
-}
-
-impl S3Backend {
-    /// One HEAD: the object's size and time, and the whole answer for
-    /// what else its headers say (storage class, thaw, retention).
-    /// One DeleteObjects request for at most 1,000 keys, each with a
-    /// version id to delete that version for good, or none for a plain
-    /// delete; the first object the store refused is the error.
-    pub(crate) async fn delete_objects(
-        &self,
-        objects: &[(&str, Option<&str>)],
-    ) -> Result<(), BackendError> {
-        let Some(&(first, _)) = objects.first() else {
-            return Ok(());
-        };
-        self.counters.delete.fetch_add(1, Ordering::Relaxed);
-        let other = |e: &dyn std::fmt::Display| BackendError::Other {
-            location: self.location(),
-            message: e.to_string(),
-        };
-        let objects = objects
-            .iter()
-            .map(|&(k, v)| {
-                ObjectIdentifier::builder()
-                    .key(self.key(k))
-                    .set_version_id(v.map(str::to_string))
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| other(&e))?;
-        let delete = Delete::builder()
-            .set_objects(Some(objects))
-            .quiet(true)
-            .build()
-            .map_err(|e| other(&e))?;
-        let out = send!(
-            self,
-            self.client
-                .delete_objects()
-                .bucket(&self.opts.bucket)
-                .delete(delete),
-            first
-        )?;
-        if let Some(err) = out.errors().first() {
-            let key = self.unkey(err.key().unwrap_or("?"));
-            let (code, message) = (err.code().unwrap_or(""), err.message().unwrap_or(""));
-            return Err(self.errors.not_deleted(key, code, message));
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn head_object(
-        &self,
-        key: &str,
-    ) -> Result<
-        (
-            ObjectMeta,
-            aws_sdk_s3::operation::head_object::HeadObjectOutput,
-        ),
-        BackendError,
-    > {
-        self.counters.head.fetch_add(1, Ordering::Relaxed);
-        let out = send!(
-            self,
-            self.client
-                .head_object()
-                .bucket(&self.opts.bucket)
-                .key(self.key(key)),
-            key
-        )?;
-        let meta = ObjectMeta {
-            key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            last_modified: to_chrono(out.last_modified()),
-            storage_class: None,
-        };
-        Ok((meta, out))
-    }
-}
-
-/// A listing as a stream, one page (one request, with its own attempt
-/// counter) at a time: `page` gets where its page starts and returns its
-/// items and where the next page starts, `None` after the last. A failed
-/// page ends the stream with its error.
-fn paged<'a, T, M, F, Fut>(first: M, page: F) -> BoxStream<'a, Result<T, BackendError>>
-where
-    T: Send + 'a,
-    M: Send + 'a,
-    F: Fn(M) -> Fut + Send + 'a,
-    Fut: std::future::Future<Output = Result<(Vec<T>, Option<M>), BackendError>> + Send + 'a,
-{
-    futures::stream::unfold(Some(first), move |at| {
-        let next_page = at.map(&page);
-        async move {
-            let (items, next) = match next_page?.await {
-                Ok((items, next)) => (items.into_iter().map(Ok).collect(), next),
-                Err(e) => (vec![Err(e)], None),
-            };
-            Some((futures::stream::iter(items), next))
-        }
-    })
-    .flatten()
-    .boxed()
-}
-
-fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
-    t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
-        .unwrap_or_default()
 }
 
 #[async_trait]
@@ -588,6 +365,8 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::requests::storage_class;
+    use xfull_core::backend::ObjectClass;
 
     fn settings(class: Option<&str>, sse: Option<&str>) -> StoreSettings {
         StoreSettings {
