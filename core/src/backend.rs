@@ -80,6 +80,16 @@ pub enum BackendError {
         message: String,
     },
 
+    /// No room to store the object: the file system is full, or a write
+    /// of chunk data would eat into the room kept for gc and prune (see
+    /// [`Backend::free_for_data`]). Not damage; nothing stored changed.
+    #[error("no space at {location} for {key}: {message}")]
+    NoSpace {
+        location: String,
+        key: String,
+        message: String,
+    },
+
     #[error("storage error at {location}: {message}")]
     Other { location: String, message: String },
 }
@@ -99,6 +109,10 @@ impl BackendError {
     /// unreachable or the access denied).
     pub fn is_corrupt(&self) -> bool {
         matches!(self, BackendError::Corrupt { .. })
+    }
+    /// True when the store had no room for a write.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, BackendError::NoSpace { .. })
     }
 }
 
@@ -300,6 +314,16 @@ pub trait Backend: Send + Sync + Debug + 'static {
     async fn remove_incomplete(&self, before: DateTime<Utc>) -> Result<u64, BackendError> {
         let _ = before;
         Ok(0)
+    }
+
+    /// Bytes of chunk data ([`ObjectClass::Data`] puts) the store can
+    /// still take, where it has a limit: a local file system keeps part of
+    /// its free space for metadata, so that gc and prune, which free
+    /// space, still run when backups have filled the rest (a full disk
+    /// used to stop gc at its first marker). `None`: no limit known (S3).
+    /// gc plans no more rewrites than fit.
+    async fn free_for_data(&self) -> Result<Option<u64>, BackendError> {
+        Ok(None)
     }
 
     /// Requests sent so far, by kind, for stores that bill by request.

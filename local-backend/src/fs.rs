@@ -105,6 +105,9 @@ impl Root {
 
     /// Any other failure of a system call on `key`.
     pub(crate) fn other(&self, key: &str, e: Errno) -> BackendError {
+        if let Some(full) = self.no_space(key, e) {
+            return full;
+        }
         if e == Errno::ACCESS || e == Errno::PERM {
             return BackendError::Unauthenticated {
                 location: self.location.clone(),

@@ -28,6 +28,7 @@ mod fs;
 mod list;
 mod memory;
 mod read;
+mod space;
 mod staging;
 
 use std::ops::Range;
@@ -38,7 +39,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutOptions};
+use xfull_core::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutOptions};
 
 pub use create::CreateError;
 
@@ -132,13 +133,26 @@ impl Backend for LocalBackend {
                 message: format!("cannot lock {key}: a local directory has no object lock"),
             });
         }
-        let mode = opts.mode;
+        let (mode, data_class) = (opts.mode, opts.class == ObjectClass::Data);
         match &self.store {
             Store::Dir(root) => {
                 let key = key.to_string();
-                blocking(root, move |r| r.put(&key, &data, mode)).await
+                blocking(root, move |r| {
+                    if data_class {
+                        r.check_data_room(&key, data.len() as u64)?;
+                    }
+                    r.put(&key, &data, mode)
+                })
+                .await
             }
             Store::Memory(m) => m.put(key, data, mode).await,
+        }
+    }
+
+    async fn free_for_data(&self) -> Result<Option<u64>, BackendError> {
+        match &self.store {
+            Store::Dir(root) => blocking(root, |r| Ok(Some(r.room()?.for_data()))).await,
+            Store::Memory(_) => Ok(None),
         }
     }
 

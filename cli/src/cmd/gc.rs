@@ -111,6 +111,13 @@ pub fn print_report(r: &GcReport) {
         r.packs_written,
         bytes(r.waste_bytes_left)
     );
+    if r.packs_not_rewritten_no_space > 0 {
+        println!(
+            "  {} packs not rewritten: the repository's disk has room for {} of chunk data              (what gc and prune need besides stays free); a gc with more room rewrites them",
+            r.packs_not_rewritten_no_space,
+            bytes(r.room_for_data.unwrap_or(0))
+        );
+    }
     if r.index_objects_written + r.index_objects_deleted > 0 {
         println!(
             "  index: {} of {} objects replaced by {} new ones",

@@ -78,6 +78,13 @@ pub struct GcReport {
     /// tier gc was not told of, e.g. a lifecycle transition): kept, their
     /// waste counted in `waste_bytes_left`.
     pub packs_archived: u64,
+    /// Packs due for a rewrite that was not planned because the store has
+    /// too little room for chunk data (a nearly full local disk): kept,
+    /// their waste counted in `waste_bytes_left`. What goes whole still
+    /// goes, and a later gc rewrites them.
+    pub packs_not_rewritten_no_space: u64,
+    /// The room the store said it had for chunk data, when it has a limit.
+    pub room_for_data: Option<u64>,
     pub index_objects_read: u64,
     pub index_objects_written: u64,
     pub index_objects_deleted: u64,

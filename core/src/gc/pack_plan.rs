@@ -131,6 +131,10 @@ pub enum WasteReason {
     ArchiveClass,
     /// Younger than the class's minimum storage duration.
     TooYoung,
+    /// Its rewrite did not fit the room the store has for chunk data
+    /// (`Backend::free_for_data`): new packs are written before old ones
+    /// go.
+    NoSpace,
 }
 
 /// The plan for every pack, with what it leaves.

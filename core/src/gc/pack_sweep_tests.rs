@@ -296,3 +296,38 @@ async fn rewritten_packs_share_new_packs() {
     }
     readable(&repo, &live).await;
 }
+
+/// On a store nearly out of room for chunk data (a full local disk keeps
+/// a reserve for metadata only), gc still deletes what is wholly dead and
+/// plans no rewrite that does not fit: a rewrite writes new packs before
+/// the old ones go, so one that failed stopped the sweep before it
+/// deleted anything. With room again, the next gc rewrites.
+#[tokio::test]
+async fn a_store_without_room_for_rewrites_still_frees_dead_packs() {
+    let (mem, repo) = repo().await;
+    let c: Vec<Chunk> = (0..8).map(chunk).collect();
+    // Half dead: due for a rewrite; and wholly dead.
+    let (wasteful, _) = store_pack(&repo, &c[0..4]).await;
+    let (dead, _) = store_pack(&repo, &c[4..8]).await;
+    point(&repo, 1, &c[0..2]).await;
+    mem.clock().advance(Duration::hours(1));
+    mem.limit_data_room(Some(100));
+    let r = gc(&repo, PackOptions::default()).await;
+    assert_eq!(r.held, None, "{r:?}");
+    assert!(!exists(&mem, &keys::pack(&dead)).await, "{r:?}");
+    assert!(exists(&mem, &keys::pack(&wasteful)).await);
+    assert_eq!(
+        (r.packs_rewritten, r.packs_not_rewritten_no_space),
+        (0, 1),
+        "{r:?}"
+    );
+    assert_eq!(r.room_for_data, Some(100));
+    assert!(r.waste_bytes_left > 0, "{r:?}");
+    readable(&repo, &c[0..2]).await;
+
+    mem.limit_data_room(None);
+    let r = gc(&repo, PackOptions::default()).await;
+    assert_eq!((r.packs_rewritten, r.packs_deleted), (1, 1), "{r:?}");
+    assert!(!exists(&mem, &keys::pack(&wasteful)).await);
+    readable(&repo, &c[0..2]).await;
+}

@@ -52,6 +52,9 @@ pub struct MemBackend {
     clock: Clock,
     /// Requests by kind, named as the S3 backend names them.
     counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Room left for chunk data, as a nearly full local disk has
+    /// (`limit_data_room`); `None`: no limit.
+    data_room: Mutex<Option<u64>>,
 }
 
 impl MemBackend {
@@ -60,7 +63,15 @@ impl MemBackend {
             objects: Mutex::default(),
             clock,
             counts: Mutex::default(),
+            data_room: Mutex::default(),
         }
+    }
+
+    /// From now on chunk data ([`crate::backend::ObjectClass::Data`]) may
+    /// take `bytes` more, and a put of more fails as
+    /// [`BackendError::NoSpace`]; deletes give nothing back.
+    pub fn limit_data_room(&self, bytes: Option<u64>) {
+        *self.data_room.lock().unwrap_or_else(|p| p.into_inner()) = bytes;
     }
 
     /// An independent copy of the store and its clock, for running many
@@ -70,6 +81,7 @@ impl MemBackend {
             objects: Mutex::new(self.lock().clone()),
             clock: Clock(Arc::new(Mutex::new(self.clock.now()))),
             counts: Mutex::default(),
+            data_room: Mutex::new(*self.data_room.lock().unwrap_or_else(|p| p.into_inner())),
         }
     }
 
@@ -112,6 +124,20 @@ impl Backend for MemBackend {
                 location: self.location(),
                 message: format!("cannot lock {key}: this store has no object lock"),
             });
+        }
+        if opts.class == crate::backend::ObjectClass::Data {
+            let mut room = self.data_room.lock().unwrap_or_else(|p| p.into_inner());
+            match room.as_mut() {
+                Some(r) if *r < data.len() as u64 => {
+                    return Err(BackendError::NoSpace {
+                        location: self.location(),
+                        key: key.to_string(),
+                        message: format!("{r} bytes of room for chunk data"),
+                    });
+                }
+                Some(r) => *r -= data.len() as u64,
+                None => {}
+            }
         }
         let now = self.clock.tick();
         let mut objects = self.lock();
@@ -182,6 +208,10 @@ impl Backend for MemBackend {
             objects.remove(k);
         }
         Ok(())
+    }
+
+    async fn free_for_data(&self) -> Result<Option<u64>, BackendError> {
+        Ok(*self.data_room.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn request_counts(&self) -> BTreeMap<&'static str, u64> {

@@ -131,6 +131,7 @@ impl Sweep {
             },
             &orphan_live,
         );
+        self.fit_rewrites(&mut census).await?;
         if let Err(e) = census.settle(&*backend, &cancelled).await {
             if e.is_damage() {
                 return self.hold_packs(e);
@@ -146,6 +147,40 @@ impl Sweep {
         }
         self.count_fates(&census);
         self.census = Some(census);
+        Ok(())
+    }
+
+    /// Keeps the planned rewrites to what the store has room for, oldest
+    /// first as they are written: a rewrite stores the new packs before the
+    /// old ones go, so on a nearly full disk it failed, and stopped the
+    /// sweep before it deleted anything. The others keep their waste this
+    /// time (`WasteReason::NoSpace`); packs with nothing live still go.
+    async fn fit_rewrites(&mut self, census: &mut Census) -> Result<()> {
+        let Some(room) = self.repo.backend().free_for_data().await? else {
+            return Ok(());
+        };
+        self.report.room_for_data = Some(room);
+        // One pack's worth of slack: the repacker fills a pack past its
+        // target by up to a chunk, and trailers add a little.
+        let mut left = room.saturating_sub(DEFAULT_TARGET);
+        let mut repack: Vec<(DateTime<Utc>, usize)> = census
+            .packs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.fate == Fate::Planned(PackFate::Repack))
+            .map(|(k, p)| (p.at, k))
+            .collect();
+        repack.sort_unstable();
+        for (_, k) in repack {
+            let p = &mut census.packs[k];
+            let need = u64::from(p.live_bytes);
+            if need <= left {
+                left -= need;
+            } else {
+                p.fate = Fate::Planned(PackFate::KeepWaste(WasteReason::NoSpace));
+                self.report.packs_not_rewritten_no_space += 1;
+            }
+        }
         Ok(())
     }
 
