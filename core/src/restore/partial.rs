@@ -106,6 +106,14 @@ impl Partial {
         self.dir_path.join(&self.name)
     }
 
+    /// A failed write of the image (a full disk, most often), named by
+    /// the target the user gave: the partial file is removed when the
+    /// restore fails, so its name alone pointed at nothing.
+    pub(super) fn write_error(&self, e: std::io::Error) -> Error {
+        let why = format!("{e} (writing its partial image {})", self.path().display());
+        target_err(&self.path, std::io::Error::new(e.kind(), why))
+    }
+
     /// The target as the user named it.
     pub(super) fn target(&self) -> &Path {
         &self.path

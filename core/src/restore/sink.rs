@@ -84,7 +84,7 @@ impl Sink {
                     partial
                         .file()
                         .write_all_at(&buf[from..to], start + from as u64)
-                        .map_err(|e| target_err(&partial.path(), e))
+                        .map_err(|e| partial.write_error(e))
                 };
                 // Write each run of chunks in one call; skip zero runs.
                 let mut off = 0usize;
