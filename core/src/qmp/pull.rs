@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use super::blockdev::NodeInfo;
 use super::client::Qmp;
 use super::error::QmpError;
+use crate::nbd::NbdUri;
 
 /// How long QEMU may take to drop an export or end a cancelled job.
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(60);
@@ -262,7 +263,9 @@ impl PullSession {
             }
             qmp.execute("block-export-add", args).await?;
             self.created.exports.push(export.clone());
-            d.uri = format!("nbd+unix:///{export}?socket={}", socket.display());
+            // Through `NbdUri`, which percent-encodes: the socket's path
+            // (under the work directory) may hold '#', '&' or '%'.
+            d.uri = NbdUri::unix(socket.clone(), export).to_string();
         }
         Ok(())
     }

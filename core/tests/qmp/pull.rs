@@ -296,3 +296,25 @@ async fn a_checkpoint_is_trusted_only_on_the_disk_it_was_made_for() {
     }
     s.finish(&mut q, false).await;
 }
+
+#[tokio::test]
+async fn a_work_dir_with_uri_characters_gives_a_uri_that_reads() {
+    // The export's URI carries the socket's path in its query: '#', '&'
+    // and '%' in the work directory must be percent-encoded there, or
+    // the URI is refused ('#', '&') or names another path ('%41' is 'A').
+    let d = Daemon::start(SIZE, 5, false);
+    let mut q = d.connect().await;
+    let work = d.work_dir().join("vm #1&%41");
+    std::fs::create_dir(&work).unwrap();
+    let opts = PullOptions {
+        work_dir: work,
+        ..options(&d, false)
+    };
+    let s = PullSession::start(&mut q, &disk(None), &opts)
+        .await
+        .unwrap();
+    let (seen, c) = read_all(&s.disks()[0].uri, &[]).await;
+    assert!(seen == d.disk_bytes());
+    c.close().await.unwrap();
+    assert!(s.finish(&mut q, false).await.is_empty());
+}
