@@ -706,3 +706,32 @@ fn a_slow_nbd_server_gives_a_correct_point() {
     );
     restored_equals(&env, p["point"].as_str().unwrap(), &want);
 }
+
+#[test]
+fn a_damaged_newest_point_does_not_stop_qmp_backups() {
+    // The engine skips a damaged manifest when it looks for a parent;
+    // the checkpoint lookup of --qmp must too, or every later backup
+    // through QMP fails until someone repairs the point.
+    let env = Env::init();
+    let image = raw_image(&env, "disk.raw", 32 << 20);
+    let qsd = Qsd::start(env.dir.path(), "a", &image, "raw");
+    qsd.write(0, 1 << 20, 1);
+    let (p1, _) = qmp_backup(&env, &qsd);
+    qsd.write(4 << 20, 65536, 2);
+    // Points of one second are ordered by their manifests, and a damaged
+    // one is then left out of the order: the next point must be in a
+    // second of its own for its damage to be met.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (p2, _) = qmp_backup(&env, &qsd);
+    let id = p2["point"].as_str().unwrap().split('@').nth(1).unwrap();
+    std::fs::write(env.repo.join("points/vm1").join(id), b"XFM1\x01nonsense").unwrap();
+
+    qsd.write(8 << 20, 65536, 3);
+    let (p3, err) = qmp_backup(&env, &qsd);
+    assert!(err.contains("damaged"), "{err}");
+    // The older parent's checkpoint went when the damaged point was
+    // committed: a full read.
+    assert!(source_of(&p3).starts_with("full-scan"), "{p3}");
+    assert_eq!(p3["parent"], p1["id"], "{p3}");
+    restored_equals(&env, p3["point"].as_str().unwrap(), &image);
+}

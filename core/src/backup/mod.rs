@@ -24,6 +24,7 @@ mod scan;
 pub mod segment;
 pub mod trust;
 mod upload;
+mod zero_check;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -525,24 +526,45 @@ async fn back_up_disk(
         mismatch_at: None,
     });
     let reported = plan.reported;
+    // Every reused segment's zeros against its parent, unread (see
+    // `zero_check`); a hit is an audit mismatch found before the pipeline.
+    let zeroed = match reported {
+        Some(_) => zero_check::first_zeroed(d.source.clone(), &plan, cfg.segment_size).await?,
+        None => None,
+    };
+    if zeroed.is_some() && audit.is_none() {
+        audit = Some(Audit {
+            segments: 0,
+            mismatch_at: None,
+        });
+    }
     let mut trust = Trust::new(&ctx.known, &damaged_nodes);
     if matches!(d.changes, ChangeSource::FullScan) {
         trust.present = ctx.present.get().cloned();
     }
-    let mut result = pipeline::run(
-        repo,
-        d.source.clone(),
-        plan,
-        Arc::new(trust),
-        ctx.packs.clone(),
-        progress.clone(),
-    )
-    .await;
+    let mut result = match zeroed {
+        Some(offset) => Err(Error::AuditMismatch { offset }),
+        None => {
+            pipeline::run(
+                repo,
+                d.source.clone(),
+                plan,
+                Arc::new(trust),
+                ctx.packs.clone(),
+                progress.clone(),
+            )
+            .await
+        }
+    };
     if let Err(Error::AuditMismatch { offset }) = result {
         // The change source missed a write: nothing it says can be trusted
         // for this disk. Scan it all instead.
+        let found = match zeroed {
+            Some(_) => "zeros, where the parent held data,",
+            None => "data",
+        };
         source = format!(
-            "full-scan: the audit found data at offset {offset} that the change source \
+            "full-scan: the audit found {found} at offset {offset} that the change source \
              ({source}) did not report"
         );
         if let Some(a) = audit.as_mut() {

@@ -5,6 +5,7 @@
 //! checkpoint is recorded in the point, and the view is torn down, the
 //! parent's checkpoint being dropped only if the point was stored.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use crate::backup::plan::{BitmapRef, ChangeSource};
 use crate::backup::{BackupRequest, backup};
 use crate::error::{Error, Result};
 use crate::manifest::{DiskManifest, Manifest};
+use crate::names::DiskName;
 use crate::progress::{Notice, Progress, Warning};
 use crate::qmp::{DiskRequest, PullOptions, PullSession, Qmp, QmpError};
 use crate::repo::Repository;
@@ -48,6 +50,53 @@ pub(super) fn unusable_checkpoint(bitmaps: &[BitmapRef], parent: &DiskManifest) 
     }
 }
 
+/// The checkpoint recorded by each of `disks`' parent, for the disks
+/// that have one (the value is `None` when the parent recorded none),
+/// found as the engine finds parents (`find_parents`): in `--parent`, or
+/// the newest point of the VM that has the disk with the repository's
+/// segment size, skipping points pruned since the listing or whose
+/// manifest is damaged. A checkpoint of another point than the engine
+/// then picks is not used (`unusable_checkpoint`).
+async fn parent_checkpoints(
+    repo: &Repository,
+    req: &BackupRequest,
+    disks: &[DiskName],
+) -> Result<HashMap<DiskName, Option<String>>> {
+    let seg = repo.config().segment_size;
+    let candidates = match &req.parent {
+        Some(id) => vec![id.clone()],
+        None => {
+            let mut ids = repo.points_in_order(&req.vm).await?;
+            ids.reverse();
+            ids
+        }
+    };
+    let mut found = HashMap::new();
+    for id in candidates {
+        if disks.iter().all(|d| found.contains_key(d)) {
+            break;
+        }
+        let m = match repo.load_manifest(&req.vm, &id).await {
+            Ok(m) => m,
+            // The engine skips these too (and warns of the damage), and
+            // an older point's checkpoint may still serve: a damaged
+            // newest point must not stop every backup through QMP.
+            Err(Error::PointNotFound { .. }) if req.parent.is_none() => continue,
+            Err(e) if e.is_damage() && req.parent.is_none() => continue,
+            Err(e) => return Err(e),
+        };
+        for name in disks {
+            if !found.contains_key(name)
+                && let Ok(pd) = m.disk(name.as_str())
+                && pd.segment_size == seg
+            {
+                found.insert(name.clone(), pd.checkpoint.clone());
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Runs `req` with its `qmp:` disks read through a view set up over QMP.
 pub async fn backup_with_qmp(
     repo: &Repository,
@@ -59,13 +108,13 @@ pub async fn backup_with_qmp(
         socket: q.socket.display().to_string(),
         message: e.to_string(),
     };
-    let parent = match &req.parent {
-        Some(id) => Some(repo.load_manifest(&req.vm, id).await?),
-        None => match repo.latest(&req.vm).await? {
-            Some(id) => Some(repo.load_manifest(&req.vm, &id).await?),
-            None => None,
-        },
-    };
+    let qmp_disks: Vec<DiskName> = req
+        .disks
+        .iter()
+        .filter(|(_, p)| p.to_str().is_some_and(|p| p.starts_with(QMP_DISK)))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let parents = parent_checkpoints(repo, &req, &qmp_disks).await?;
     let mut wanted = Vec::new();
     for (name, path) in &req.disks {
         let Some(node) = path.to_str().and_then(|p| p.strip_prefix(QMP_DISK)) else {
@@ -77,10 +126,7 @@ pub async fn backup_with_qmp(
                  checkpoints: give it no --changed, --base or --bitmap"
             )));
         }
-        let since = parent
-            .as_ref()
-            .and_then(|m| m.disks.iter().find(|d| d.name == *name))
-            .and_then(|d| d.checkpoint.clone());
+        let since = parents.get(name).cloned().flatten();
         wanted.push(DiskRequest {
             name: name.to_string(),
             node: node.to_string(),
@@ -131,7 +177,7 @@ pub async fn backup_with_qmp(
                     }]),
                 );
             }
-            None if parent.is_some() => {
+            None if parents.contains_key(&name) => {
                 progress.notice(Notice::Warning(Warning::CheckpointUnusable {
                     disk: d.name.clone(),
                     reason: d

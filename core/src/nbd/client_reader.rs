@@ -191,7 +191,17 @@ async fn reply(
     r.read_exact(&mut start).await.map_err(io_failure)?;
     shared.progress();
     match decode::reply_start(&start).map_err(|m| protocol(m.0))? {
-        ReplyStart::Simple { error, cookie } => simple(shared, r, error, cookie).await,
+        ReplyStart::Simple { error, cookie } => {
+            // One or the other per request (the spec): chunks already
+            // taken would otherwise stay in `partial` for the life of the
+            // connection, a buffer per request a hostile server ends so.
+            if partial.contains_key(&cookie) {
+                return Err(protocol(format!(
+                    "a simple reply to cookie {cookie}, whose reply had begun in chunks"
+                )));
+            }
+            simple(shared, r, error, cookie).await
+        }
         ReplyStart::Structured {
             flags,
             kind,

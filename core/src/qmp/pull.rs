@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use super::blockdev::NodeInfo;
 use super::client::Qmp;
 use super::error::QmpError;
+use crate::nbd::NbdUri;
 
 /// How long QEMU may take to drop an export or end a cancelled job.
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(60);
@@ -42,7 +43,7 @@ pub struct PullOptions {
     /// be on the host QEMU runs on (the QMP socket is a unix socket, so
     /// it is) and have room for what the guest writes during the backup.
     pub work_dir: PathBuf,
-    /// Names this repository's checkpoint bitmaps (`PREFIX.TAG`), so that
+    /// Names this repository's checkpoint bitmaps (`PREFIX.TAG.DISK`), so that
     /// backups of one VM into two repositories keep separate bitmaps.
     pub bitmap_prefix: String,
     /// An NBD server QEMU already runs (its unix socket), to add the
@@ -67,8 +68,8 @@ pub struct PullDisk {
     /// The node the bitmaps live on.
     pub node: String,
     pub size: u64,
-    /// The checkpoint bitmap this session created: the next backup's
-    /// `since`.
+    /// The checkpoint bitmap this session created for this disk
+    /// (`PREFIX.TAG.NAME`): the next backup's `since`.
     pub checkpoint: String,
     /// The bitmap exported with the view (changes since the parent), or
     /// `None` when the disk must be read in full (`full_read` says why).
@@ -101,6 +102,9 @@ struct Created {
 #[derive(Debug)]
 pub struct PullSession {
     tag: String,
+    /// [`PullOptions::bitmap_prefix`]: names this repository's
+    /// checkpoints, for removing the stale ones.
+    bitmap_prefix: String,
     disks: Vec<PullDisk>,
     created: Created,
     lock_path: PathBuf,
@@ -121,6 +125,7 @@ impl PullSession {
         let notes = clean_leftovers(qmp, &opts.work_dir, &tag).await;
         let mut s = PullSession {
             tag,
+            bitmap_prefix: opts.bitmap_prefix.clone(),
             disks: Vec::new(),
             created: Created::default(),
             lock_path,
@@ -158,9 +163,10 @@ impl PullSession {
     /// not be undone (the backup's outcome does not depend on it).
     pub async fn finish(mut self, qmp: &mut Qmp, committed: bool) -> Vec<String> {
         let mut notes = self.tear_down(qmp).await;
+        let own: Vec<String> = self.disks.iter().map(|d| d.checkpoint.clone()).collect();
         for d in &self.disks {
             let remove: Vec<String> = if committed {
-                stale_checkpoints(qmp, d).await
+                stale_checkpoints(qmp, d, &self.bitmap_prefix, &own).await
             } else {
                 vec![d.checkpoint.clone()]
             };
@@ -198,7 +204,13 @@ impl PullSession {
                 name: d.name.clone(),
                 node: node.node_name.clone(),
                 size: node.size,
-                checkpoint: format!("{}.{}", opts.bitmap_prefix, self.tag),
+                // One name per disk, not one per session: a disk's
+                // recorded checkpoint must not be found on another disk's
+                // node (node names change between starts of a VM, and
+                // `qmp:NODE` may then name another disk), where its bits
+                // say nothing of this disk's writes and would mark
+                // changed segments unchanged.
+                checkpoint: format!("{}.{}.{}", opts.bitmap_prefix, self.tag, d.name),
                 since,
                 full_read,
                 uri: String::new(),
@@ -251,7 +263,9 @@ impl PullSession {
             }
             qmp.execute("block-export-add", args).await?;
             self.created.exports.push(export.clone());
-            d.uri = format!("nbd+unix:///{export}?socket={}", socket.display());
+            // Through `NbdUri`, which percent-encodes: the socket's path
+            // (under the work directory) may hold '#', '&' or '%'.
+            d.uri = NbdUri::unix(socket.clone(), export).to_string();
         }
         Ok(())
     }
@@ -328,18 +342,21 @@ fn usable_since(d: &DiskRequest, node: &NodeInfo) -> (Option<String>, Option<Str
     (None, Some(format!("{why}; reading the disk in full")))
 }
 
-/// This repository's checkpoints on `d`'s node other than the new one.
-async fn stale_checkpoints(qmp: &mut Qmp, d: &PullDisk) -> Vec<String> {
-    let prefix = match d.checkpoint.rfind('.') {
-        Some(i) => d.checkpoint[..=i].to_string(),
-        None => return d.since.iter().cloned().collect(),
-    };
+/// This repository's checkpoints (`PREFIX.*`) on `d`'s node other than
+/// the ones this session made (`own`).
+async fn stale_checkpoints(
+    qmp: &mut Qmp,
+    d: &PullDisk,
+    bitmap_prefix: &str,
+    own: &[String],
+) -> Vec<String> {
+    let prefix = format!("{bitmap_prefix}.");
     match qmp.resolve_node(&d.node).await {
         Ok(n) => n
             .bitmaps
             .into_iter()
             .map(|b| b.name)
-            .filter(|b| b.starts_with(&prefix) && *b != d.checkpoint)
+            .filter(|b| b.starts_with(&prefix) && !own.contains(b))
             .collect(),
         Err(_) => d.since.iter().cloned().collect(),
     }
@@ -509,6 +526,7 @@ async fn clean_leftovers(qmp: &mut Qmp, dir: &Path, own: &str) -> Vec<String> {
         }
         let mut leftover = PullSession {
             tag: tag.clone(),
+            bitmap_prefix: String::new(),
             disks: Vec::new(),
             created: s,
             lock_path: lock_path.clone(),

@@ -110,6 +110,21 @@ async fn lying_data_chunks_are_refused_before_allocating() {
     .await
     .unwrap_err();
     assert!(protocol_at(&e, 4096).contains("unknown chunk type"), "{e}");
+    // Structured chunks, then a simple reply ending the same request:
+    // the spec allows one or the other per request, and the chunks'
+    // half-filled buffer would be kept for the life of the connection
+    // (a server doing so for every read grows the client without bound).
+    let e = read_answered(|mut p, req| async move {
+        let mut d = req.offset.to_be_bytes().to_vec();
+        d.extend_from_slice(&[1; 256]);
+        p.chunk(0, REPLY_TYPE_OFFSET_DATA, req.cookie, &d).await;
+        p.send(&encode_simple_reply(0, req.cookie)).await;
+        p.send(&[2; 512]).await;
+        p.idle().await;
+    })
+    .await
+    .unwrap_err();
+    assert!(protocol_at(&e, 4096).contains("simple reply"), "{e}");
 }
 
 #[tokio::test]

@@ -233,3 +233,88 @@ async fn an_unknown_disk_names_it_and_leaves_nothing() {
     );
     assert!(leftovers(&mut q).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_checkpoint_is_trusted_only_on_the_disk_it_was_made_for() {
+    // Two disks backed up in one point, then named the other way round
+    // (node names such as libvirt's `libvirt-N-format` are numbered at
+    // each start of the VM, so `qmp:NODE` can point at another disk
+    // next time). Each disk's recorded checkpoint must not be found on
+    // the other disk's node: its bits say nothing of this disk's writes.
+    let d = Daemon::start(SIZE, 0, false);
+    let mut q = d.connect().await;
+    let second = d.work_dir().join("disk1.raw");
+    std::fs::write(&second, vec![9u8; SIZE]).unwrap();
+    q.execute(
+        "blockdev-add",
+        serde_json::json!({"driver": "file", "filename": second.display().to_string(),
+                           "node-name": "file1"}),
+    )
+    .await
+    .unwrap();
+    q.execute(
+        "blockdev-add",
+        serde_json::json!({"driver": "raw", "file": "file1", "node-name": "disk1"}),
+    )
+    .await
+    .unwrap();
+    let opts = options(&d, false);
+    let req = |sys: &str, data: &str, since: [Option<String>; 2]| {
+        let [s0, s1] = since;
+        vec![
+            DiskRequest {
+                name: "sys".into(),
+                node: sys.into(),
+                since: s0,
+            },
+            DiskRequest {
+                name: "data".into(),
+                node: data.into(),
+                since: s1,
+            },
+        ]
+    };
+    let s = PullSession::start(&mut q, &req("disk0", "disk1", [None, None]), &opts)
+        .await
+        .unwrap();
+    let recorded = [
+        Some(s.disks()[0].checkpoint.clone()),
+        Some(s.disks()[1].checkpoint.clone()),
+    ];
+    assert!(s.finish(&mut q, true).await.is_empty());
+
+    let s = PullSession::start(&mut q, &req("disk1", "disk0", recorded.clone()), &opts)
+        .await
+        .unwrap();
+    for (v, rec) in s.disks().iter().zip(&recorded) {
+        assert!(
+            v.since.is_none(),
+            "disk {} on node {} trusted checkpoint {rec:?} made for the other disk",
+            v.name,
+            v.node
+        );
+    }
+    s.finish(&mut q, false).await;
+}
+
+#[tokio::test]
+async fn a_work_dir_with_uri_characters_gives_a_uri_that_reads() {
+    // The export's URI carries the socket's path in its query: '#', '&'
+    // and '%' in the work directory must be percent-encoded there, or
+    // the URI is refused ('#', '&') or names another path ('%41' is 'A').
+    let d = Daemon::start(SIZE, 5, false);
+    let mut q = d.connect().await;
+    let work = d.work_dir().join("vm #1&%41");
+    std::fs::create_dir(&work).unwrap();
+    let opts = PullOptions {
+        work_dir: work,
+        ..options(&d, false)
+    };
+    let s = PullSession::start(&mut q, &disk(None), &opts)
+        .await
+        .unwrap();
+    let (seen, c) = read_all(&s.disks()[0].uri, &[]).await;
+    assert!(seen == d.disk_bytes());
+    c.close().await.unwrap();
+    assert!(s.finish(&mut q, false).await.is_empty());
+}

@@ -1,0 +1,95 @@
+//! A check of every segment a change source calls unchanged against the
+//! disk's own map of zeros, before anything is read: a segment whose
+//! parent node holds data (a node always has a chunk that is not all
+//! zeros) but which now reads as zeros throughout has changed, whatever
+//! the source says. The audit reads only a sample; this asks block status
+//! (NBD) or SEEK_DATA (files) about all of them, reading no data.
+//!
+//! It catches what QEMU's dirty bitmaps cannot report: a disk shrunk and
+//! grown back between two points reads zeros over the regrown range,
+//! while QEMU truncated its bitmaps and grew them clean there. It sees
+//! only whole segments gone to zeros (the segment across the new end of
+//! a shrink keeps some data), so a hit means the source is wrong and the
+//! disk is scanned in full, as for an audit mismatch.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::plan::{DiskPlan, SegmentPlan};
+use crate::error::Result;
+use crate::source::DiskSource;
+use crate::task::blocking;
+
+/// Segments asked about in one call: a few round trips for a large disk,
+/// and the data ranges of one window in memory at a time.
+const WINDOW_SEGMENTS: u64 = 16;
+
+/// The offset of the first segment `plan` reuses from a parent node that
+/// `source` now reports as reading zeros throughout, if any.
+pub(super) async fn first_zeroed(
+    source: Arc<DiskSource>,
+    plan: &DiskPlan,
+    segment_size: u64,
+) -> Result<Option<u64>> {
+    let reused: Vec<u64> = plan
+        .segments
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, SegmentPlan::Reuse(Some(_))))
+        .map(|(i, _)| i as u64)
+        .collect();
+    if reused.is_empty() || segment_size == 0 {
+        return Ok(None);
+    }
+    blocking("the zero check", move || {
+        let size = source.size();
+        let segment = |i: u64| i * segment_size..((i + 1) * segment_size).min(size);
+        let mut k = 0;
+        while k < reused.len() {
+            // A window of consecutive reused segments.
+            let first = reused[k];
+            let mut n = 1;
+            while k + n < reused.len()
+                && reused[k + n] == first + n as u64
+                && (n as u64) < WINDOW_SEGMENTS
+            {
+                n += 1;
+            }
+            let window = segment(first).start..segment(first + n as u64 - 1).end;
+            if window.start < window.end {
+                let data = source.data_ranges(window)?;
+                for &i in &reused[k..k + n] {
+                    let seg = segment(i);
+                    if seg.start < seg.end && !intersects(&data, &seg) {
+                        return Ok(Some(seg.start));
+                    }
+                }
+            }
+            k += n;
+        }
+        Ok(None)
+    })
+    .await?
+}
+
+/// Whether any of the sorted, disjoint `ranges` overlaps `r`.
+fn intersects(ranges: &[Range<u64>], r: &Range<u64>) -> bool {
+    let i = ranges.partition_point(|x| x.end <= r.start);
+    ranges.get(i).is_some_and(|x| x.start < r.end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intersection_with_sorted_ranges() {
+        let ranges = vec![10..20, 30..40];
+        assert!(!intersects(&ranges, &(0..10)));
+        assert!(intersects(&ranges, &(0..11)));
+        assert!(!intersects(&ranges, &(20..30)));
+        assert!(intersects(&ranges, &(39..50)));
+        assert!(!intersects(&ranges, &(40..50)));
+        assert!(!intersects(&[], &(0..50)));
+    }
+}
