@@ -325,6 +325,16 @@ fn usable_since(d: &DiskRequest, node: &NodeInfo) -> (Option<String>, Option<Str
         );
     };
     let why = match node.bitmap(name) {
+        // Named `PREFIX.TAG.DISK` since per-disk names; a name without
+        // this disk's (an earlier build's, shared by every disk of its
+        // point) may be found on another disk's node, whose bits say
+        // nothing of this disk's writes.
+        _ if !name.ends_with(&format!(".{}", d.name)) => format!(
+            "the parent's checkpoint bitmap {name} is not named for disk {} (an earlier \
+             xfull named one checkpoint for all disks of a point, so it may be another \
+             disk's)",
+            d.name
+        ),
         None => format!(
             "the parent's checkpoint bitmap {name} is gone from node {} (removed, or QEMU \
              restarted and the bitmap was not persistent)",

@@ -318,3 +318,28 @@ async fn a_work_dir_with_uri_characters_gives_a_uri_that_reads() {
     c.close().await.unwrap();
     assert!(s.finish(&mut q, false).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_checkpoint_named_for_no_disk_is_not_trusted() {
+    // Builds before per-disk names gave every disk of a point one
+    // checkpoint name (`PREFIX.TAG`): found on a node, such a bitmap may
+    // be another disk's, so it is not trusted, once, after an upgrade.
+    let d = Daemon::start(SIZE, 0, false);
+    let mut q = d.connect().await;
+    let opts = options(&d, false);
+    let shared = "xfull-test.0badc0de";
+    q.execute(
+        "block-dirty-bitmap-add",
+        serde_json::json!({"node": "disk0", "name": shared, "persistent": false}),
+    )
+    .await
+    .unwrap();
+    let s = PullSession::start(&mut q, &disk(Some(shared)), &opts)
+        .await
+        .unwrap();
+    let v = &s.disks()[0];
+    assert!(v.since.is_none(), "trusted {shared} for disk sys");
+    let why = v.full_read.clone().unwrap();
+    assert!(why.contains(shared) && why.contains("sys"), "{why}");
+    s.finish(&mut q, false).await;
+}
