@@ -18,6 +18,7 @@ pub mod incremental;
 mod parent_check;
 mod pipeline;
 pub mod plan;
+mod prepare;
 pub mod qmp;
 pub mod repair;
 mod scan;
@@ -26,14 +27,14 @@ pub mod trust;
 mod upload;
 mod zero_check;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use crate::changes::{ExtentSet, parse, snapshot};
+use crate::changes::snapshot;
 use crate::damage::KnownDamage;
 use crate::error::{Error, Result};
 use crate::id::PointId;
@@ -48,6 +49,7 @@ use crate::task::blocking;
 use commit::{Commit, commit_and_recheck, first_check, last_check_too_old, settle_sweeps};
 use pipeline::DiskResult;
 use plan::{ChangeSource, DiskPlan};
+use prepare::{Prepared, find_parents, prepare};
 use trust::{Present, Trust};
 
 /// Block size of `--base` snapshot comparisons.
@@ -73,17 +75,6 @@ pub struct BackupRequest {
     /// QEMU checkpoint bitmaps created at this point's moment, by disk
     /// (recorded in the manifest; see [`qmp`]).
     pub checkpoints: BTreeMap<DiskName, String>,
-}
-
-/// A disk checked and ready to back up.
-struct Prepared {
-    name: DiskName,
-    source: Arc<DiskSource>,
-    changes: ChangeSource,
-    /// Parsed extent files (for `ChangeSource::Extents`).
-    extents: Option<(ExtentSet, String)>,
-    parent: Option<(PointId, DiskManifest)>,
-    checkpoint: Option<String>,
 }
 
 /// A point dated in the future becomes every VM's newest for retention:
@@ -279,165 +270,6 @@ async fn back_up_disks(
         },
         uploads,
     ))
-}
-
-/// Checks every argument, source and change file before anything is
-/// stored.
-async fn prepare(req: &BackupRequest) -> Result<Vec<Prepared>> {
-    if req.disks.is_empty() {
-        return Err(Error::InvalidArgument(
-            "no disk given: use --disk NAME=PATH".into(),
-        ));
-    }
-    if !(0.0..=100.0).contains(&req.audit_percent) {
-        return Err(Error::InvalidArgument(format!(
-            "--audit-unchanged {} must be a percentage from 0 to 100",
-            req.audit_percent
-        )));
-    }
-    let mut names = HashSet::new();
-    for (name, _) in &req.disks {
-        if !names.insert(name) {
-            return Err(Error::InvalidArgument(format!(
-                "disk {name} is given twice"
-            )));
-        }
-    }
-    if let Some(name) = req.changes.keys().find(|n| !names.contains(n)) {
-        return Err(Error::InvalidArgument(format!(
-            "a change source names disk {name}, which no --disk gives"
-        )));
-    }
-    let mut out = Vec::new();
-    for (name, path) in &req.disks {
-        let changes = req
-            .changes
-            .get(name)
-            .cloned()
-            .unwrap_or(ChangeSource::FullScan);
-        let own: Vec<String> = match &changes {
-            ChangeSource::Bitmaps(b) => b
-                .iter()
-                .filter(|b| b.uri.is_none())
-                .map(|b| b.name.clone())
-                .collect(),
-            _ => Vec::new(),
-        };
-        let source = DiskSource::open_any(path, &own).await?;
-        if !own.is_empty() && source.is_local() {
-            return Err(Error::InvalidArgument(format!(
-                "disk {name}: --bitmap {name}={} reads a dirty bitmap from the disk's own NBD \
-                 export, but the disk is the file {}; give NAME@URI for a bitmap of another \
-                 export, or the disk as an NBD URI",
-                own[0],
-                path.display()
-            )));
-        }
-        let source = Arc::new(source);
-        let extents = match &changes {
-            ChangeSource::Extents(files) => Some(read_extents(files, source.size())?),
-            ChangeSource::Base(old) => {
-                if !source.is_local() {
-                    return Err(Error::InvalidArgument(format!(
-                        "disk {name}: --base compares two image files, but the disk is the NBD \
-                         export {}; use --bitmap for an NBD disk",
-                        path.display()
-                    )));
-                }
-                DiskSource::open(old)?;
-                None
-            }
-            ChangeSource::Bitmaps(b) => Some(bitmaps::read(name, &source, b).await?),
-            ChangeSource::FullScan => None,
-        };
-        out.push(Prepared {
-            name: name.clone(),
-            source,
-            changes,
-            extents,
-            parent: None,
-            checkpoint: req.checkpoints.get(name).cloned(),
-        });
-    }
-    Ok(out)
-}
-
-/// The union of several extent files, and a description of them.
-fn read_extents(files: &[PathBuf], size: u64) -> Result<(ExtentSet, String)> {
-    let mut all = ExtentSet::new();
-    let mut formats = Vec::new();
-    for f in files {
-        let (set, format) = parse::read_change_file(f, size)?;
-        all = all.union(&set);
-        formats.push(format!("{} ({})", f.display(), format.name()));
-    }
-    Ok((all, formats.join(", ")))
-}
-
-/// Each disk's parent: in `--parent` if given, else the newest point of
-/// the VM that has the disk (with the repository's segment size).
-async fn find_parents(
-    repo: &Repository,
-    req: &BackupRequest,
-    disks: &mut [Prepared],
-    progress: &Progress,
-) -> Result<()> {
-    let seg = repo.config().segment_size;
-    let candidates = match &req.parent {
-        Some(id) => vec![id.clone()],
-        None => {
-            let mut ids = repo.points_in_order(&req.vm).await?;
-            ids.reverse();
-            ids
-        }
-    };
-    let mut seen_newest = false;
-    for id in candidates {
-        if disks.iter().all(|d| d.parent.is_some()) {
-            break;
-        }
-        let m = match repo.load_manifest(&req.vm, &id).await {
-            Ok(m) => m,
-            // Pruned since the listing: the next older point will do (an
-            // explicit --parent that is gone is still an error).
-            Err(Error::PointNotFound { .. }) if req.parent.is_none() => continue,
-            // A damaged manifest cannot be a parent; an older point can.
-            Err(e) if e.is_damage() && req.parent.is_none() => {
-                progress.notice(Notice::Warning(Warning::DamagedParentSkipped {
-                    point: format!("{}@{id}", req.vm),
-                    reason: e.to_string(),
-                }));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if !seen_newest {
-            seen_newest = true;
-            warn_dropped_disks(&m, disks, progress);
-        }
-        for d in disks.iter_mut().filter(|d| d.parent.is_none()) {
-            if let Ok(pd) = m.disk(d.name.as_str())
-                && pd.segment_size == seg
-            {
-                d.parent = Some((m.id.clone(), pd.clone()));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A disk the newest point (or `--parent`) has and this backup omits
-/// would silently leave the VM's newest state: say so (prune keeps the
-/// point that still holds it).
-fn warn_dropped_disks(newest: &Manifest, disks: &[Prepared], progress: &Progress) {
-    for pd in &newest.disks {
-        if !disks.iter().any(|d| d.name == pd.name) {
-            progress.notice(Notice::Warning(Warning::DiskDropped {
-                disk: pd.name.to_string(),
-                point: newest.point_name(),
-            }));
-        }
-    }
 }
 
 async fn back_up_disk(
