@@ -153,6 +153,9 @@ impl PointDisk {
     /// The pieces of `offset..offset+len`, or `EIO` naming the first
     /// damaged range met.
     async fn pieces(&self, offset: u64, len: u32) -> Result<Vec<ReadPiece>, ExportError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
         let end = offset + u64::from(len);
         let unit = self.reader.part_size();
         let (first, last) = ((offset / unit) as usize, ((end - 1) / unit) as usize);
