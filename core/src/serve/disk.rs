@@ -138,15 +138,8 @@ impl PointDisk {
     /// Starts fetching the parts after `k` for a sequential reader.
     fn read_ahead(&self, k: usize) {
         for next in k + 1..(k + 1 + self.read_ahead).min(self.reader.parts()) {
-            let key = (self.owner, next);
-            if self.cache.has(key) {
-                continue;
-            }
-            let (cache, fetch) = (self.cache.clone(), self.fetch(next));
-            tokio::spawn(async move {
-                // An error is met again, and reported, by the read itself.
-                let _ = cache.get(key, fetch).await;
-            });
+            // An error is met again, and reported, by the read itself.
+            self.cache.prefetch((self.owner, next), self.fetch(next));
         }
     }
 
