@@ -20,10 +20,10 @@ const IMAGE: &[(Fill, u64)] = &[(Fill::Random(21), 24)];
 
 /// A client on a raw unix socket, speaking just enough NBD (fixed
 /// newstyle, `NBD_OPT_GO`, simple replies) to leave at a chosen point.
-struct RawClient(UnixStream);
+pub(crate) struct RawClient(pub(crate) UnixStream);
 
 impl RawClient {
-    fn connect(sock: &str) -> RawClient {
+    pub(crate) fn connect(sock: &str) -> RawClient {
         RawClient(UnixStream::connect(sock).unwrap())
     }
 
@@ -45,7 +45,7 @@ impl RawClient {
     }
 
     /// Greets, then `NBD_OPT_GO` for the default export; returns its size.
-    fn handshake(&mut self) -> u64 {
+    pub(crate) fn handshake(&mut self) -> u64 {
         self.greet();
         // Export name "" and no information requests.
         self.option_header(OPT_GO, 6);
@@ -73,9 +73,14 @@ impl RawClient {
     }
 
     fn read_request(&mut self, cookie: u64, offset: u64, len: u32) {
+        self.request(CMD_READ, cookie, offset, len);
+    }
+
+    /// A request header without flags (a write's payload is sent apart).
+    pub(crate) fn request(&mut self, command: u16, cookie: u64, offset: u64, len: u32) {
         let mut r = REQUEST_MAGIC.to_be_bytes().to_vec();
         r.extend_from_slice(&0u16.to_be_bytes());
-        r.extend_from_slice(&CMD_READ.to_be_bytes());
+        r.extend_from_slice(&command.to_be_bytes());
         r.extend_from_slice(&cookie.to_be_bytes());
         r.extend_from_slice(&offset.to_be_bytes());
         r.extend_from_slice(&len.to_be_bytes());
@@ -83,7 +88,7 @@ impl RawClient {
     }
 
     /// Reads `n` bytes of what the server sent.
-    fn take(&mut self, n: usize) {
+    pub(crate) fn take(&mut self, n: usize) {
         let mut buf = vec![0u8; n];
         self.0.read_exact(&mut buf).unwrap();
     }

@@ -165,3 +165,65 @@ fn an_overlay_of_another_point_or_disk_is_refused() {
     }
     assert_eq!(std::fs::read_to_string(&text).unwrap(), "keep me");
 }
+
+/// Writes, zeros and trims of length 0 (which the spec asks a server to
+/// answer without disconnecting) at the start of the disk and inside a
+/// block: each gets its reply, on a connection that goes on, and nothing
+/// changes. Before the fix, `end - 1` of an empty range at offset 0 made
+/// the overlay walk "every block" and panic on the second, ending the
+/// connection.
+#[test]
+fn requests_of_length_zero_change_nothing_and_keep_the_connection() {
+    use std::io::Read;
+    use xfull_core::nbd::proto::*;
+
+    use crate::serve_clients::RawClient;
+    let (e, _) = patterned();
+    let sock = socket(&e);
+    let overlay = e.path("d.overlay");
+    let ov = overlay.to_str().unwrap();
+    let args = [
+        "vm@latest",
+        "--socket",
+        &sock,
+        "--writable",
+        "--overlay",
+        ov,
+    ];
+    let s = Served::start(&e, &args, 1);
+    let mut c = RawClient::connect(&sock);
+    // A guard against a hang (no reply and no close), not a measure.
+    c.0.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    c.handshake();
+    let mut cookie = 0;
+    for command in [CMD_WRITE, CMD_WRITE_ZEROES, CMD_TRIM] {
+        for offset in [0, 1000] {
+            cookie += 1;
+            c.request(command, cookie, offset, 0);
+            let mut reply = [0u8; 16];
+            c.0.read_exact(&mut reply).unwrap_or_else(|err| {
+                panic!(
+                    "{} of 0 bytes at {offset}: no reply: {err}",
+                    command_name(command)
+                )
+            });
+            assert_eq!(reply[..4], SIMPLE_REPLY_MAGIC.to_be_bytes());
+            assert_eq!(reply[8..], cookie.to_be_bytes());
+            assert_eq!(reply[4..8], [0; 4], "{}", command_name(command));
+        }
+    }
+    drop(c);
+    ok(&[
+        "qemu-io",
+        "-r",
+        "-f",
+        "raw",
+        "-c",
+        "read -P 0x11 0 131072",
+        &s.uris[0],
+    ]);
+    let (code, err) = s.stop();
+    assert_eq!(code, 130, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

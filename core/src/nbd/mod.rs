@@ -39,6 +39,7 @@ pub mod proto;
 mod ranges;
 pub mod server;
 mod server_options;
+mod server_replies;
 mod server_requests;
 pub mod uri;
 

@@ -2,11 +2,14 @@
 //! order (write payloads with them), checked against the export and the
 //! limits, and served concurrently by tasks that write their replies
 //! whole under the write lock. A bad request gets an error reply and the
-//! connection goes on; only a broken framing (bad magic) or the client
-//! vanishing ends it. When the server stops, requests in flight are
-//! served to the end, but their replies are given up on once the client
-//! has not taken them for the drain timeout (a client that stopped
-//! reading must not keep the server from stopping).
+//! connection goes on; only a broken framing (bad magic), the client
+//! vanishing or a request that failed (its reply not sent, the export
+//! panicked) ends it, at once. The export's work on the requests in
+//! flight is never cut off, whatever ends the connection; when the
+//! server stops, their replies are given up on once the client has not
+//! taken them for the drain timeout (a client that stopped reading must
+//! not keep the server from stopping). The replies are written by
+//! `server_replies.rs`.
 
 use std::sync::Arc;
 
@@ -20,23 +23,25 @@ use super::decode;
 use super::error::Errno;
 use super::proto::*;
 use super::server::Inner;
-use super::server_options::{ALLOCATION_ID, Session};
-use super::{Export, ExportError, ReadPiece};
+use super::server_options::Session;
+use super::server_replies::{read, send, send_error, status};
+use super::{Export, ExportError};
 
 /// What every request task of a connection shares.
-struct Ctx {
-    export: Arc<dyn Export>,
-    structured: bool,
-    allocation: bool,
-    max_payload: u32,
-    writer: Mutex<Writer>,
+pub(super) struct Ctx {
+    pub export: Arc<dyn Export>,
+    pub structured: bool,
+    pub allocation: bool,
+    pub max_payload: u32,
+    pub writer: Mutex<Writer>,
     /// Set when the server is stopping and this client has not taken its
-    /// replies within the drain timeout: replies are abandoned.
-    abandoned: watch::Receiver<bool>,
+    /// replies within the drain timeout, or when the connection failed:
+    /// replies are abandoned.
+    pub abandoned: watch::Receiver<bool>,
 }
 
 /// Why a connection ends when its replies are abandoned.
-const ABANDONED: &str = "the server stopped and the client was not taking its replies";
+pub(super) const ABANDONED: &str = "the server stopped and the client was not taking its replies";
 
 /// A checked request, ready to serve.
 enum Job {
@@ -92,6 +97,11 @@ pub(crate) async fn transmit(
     let budget = opts.max_bytes_per_client.max(max_payload);
     let bytes = Arc::new(Semaphore::new(budget as usize));
     let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
+    // A request that fails (its reply cannot be sent, the export
+    // panicked) ends the connection at once, also while the loop waits
+    // for the next request: else a client waiting for that reply and a
+    // server waiting for the client's next request wait for ever.
+    let (failing, mut failed) = tokio::sync::mpsc::channel::<String>(1);
     let mut stop = stop.clone();
     let end = loop {
         if let Some(e) = reap(&mut tasks) {
@@ -109,16 +119,28 @@ pub(crate) async fn transmit(
                 Err(e) => break Err(e),
             },
             _ = stop.wait_for(|s| *s) => break Ok(()),
+            Some(e) = failed.recv() => break Err(e),
         };
         let ctx = ctx.clone();
+        let failure = Failure {
+            tx: failing.clone(),
+            why: Some(PANICKED.into()),
+        };
         tasks.spawn(async move {
             let res = serve(&ctx, req.cookie, job).await;
             drop(permits);
+            failure.ended(&res);
             res
         });
     };
     if end.is_err() {
-        tasks.abort_all();
+        // The connection is over, but the export's work is not cut off
+        // at an await: an overlay write dropped there leaves its blocking
+        // write running after the overlay's lock is released, to land
+        // over a later write (of another connection). Only the replies
+        // are given up.
+        let _ = abandon.send(true);
+        while tasks.join_next().await.is_some() {}
         return end;
     }
     // A clean end (DISC, EOF, shutdown): finish the requests in flight.
@@ -203,10 +225,38 @@ async fn next_request(
 
 type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
+const PANICKED: &str = "the export panicked serving a request";
+
+/// Tells the connection that a request failed: its error when it ends
+/// ([`Failure::ended`]), "panicked" when its task unwinds instead (the
+/// reason is sent on drop unless taken).
+struct Failure {
+    tx: tokio::sync::mpsc::Sender<String>,
+    why: Option<String>,
+}
+
+impl Failure {
+    fn ended(mut self, res: &Result<(), String>) {
+        drop(self.why.take());
+        if let Err(e) = res {
+            // Full: another failure already ends the connection.
+            let _ = self.tx.try_send(e.clone());
+        }
+    }
+}
+
+impl Drop for Failure {
+    fn drop(&mut self) {
+        if let Some(why) = self.why.take() {
+            let _ = self.tx.try_send(why);
+        }
+    }
+}
+
 fn flatten(res: Result<Result<(), String>, tokio::task::JoinError>) -> Result<(), String> {
     match res {
         Ok(r) => r,
-        Err(e) if e.is_panic() => Err("the export panicked serving a request".into()),
+        Err(e) if e.is_panic() => Err(PANICKED.into()),
         Err(_) => Ok(()),
     }
 }
@@ -355,158 +405,4 @@ async fn serve(ctx: &Ctx, cookie: u64, job: Job) -> Result<(), String> {
 async fn and_flush(e: &Arc<dyn Export>, res: Result<(), ExportError>) -> Result<(), ExportError> {
     res?;
     e.flush().await
-}
-
-/// Writes one whole reply.
-async fn send(ctx: &Ctx, parts: &[&[u8]]) -> Result<(), String> {
-    unless_abandoned(ctx, async {
-        let mut w = ctx.writer.lock().await;
-        for p in parts {
-            w.write_all(p).await?;
-        }
-        w.flush().await
-    })
-    .await
-}
-
-/// Runs `write` (which takes the write lock) until it completes or the
-/// connection's replies are abandoned; giving up drops the lock too.
-async fn unless_abandoned(
-    ctx: &Ctx,
-    write: impl std::future::Future<Output = std::io::Result<()>>,
-) -> Result<(), String> {
-    let mut abandoned = ctx.abandoned.clone();
-    tokio::select! {
-        res = write => res.map_err(|e| format!("sending a reply: {e}")),
-        Ok(_) = abandoned.wait_for(|a| *a) => Err(ABANDONED.into()),
-    }
-}
-
-async fn send_error(ctx: &Ctx, cookie: u64, errno: Errno, msg: &str) -> Result<(), String> {
-    if !ctx.structured {
-        return send(ctx, &[&encode_simple_reply(errno.0, cookie)]).await;
-    }
-    let msg = &msg.as_bytes()[..msg.len().min(MAX_STRING)];
-    let mut p = errno.0.to_be_bytes().to_vec();
-    p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-    p.extend_from_slice(msg);
-    let h = encode_chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_ERROR, cookie, p.len() as u32);
-    send(ctx, &[&h, &p]).await
-}
-
-async fn read(ctx: &Ctx, cookie: u64, offset: u64, len: u32) -> Result<(), String> {
-    if len == 0 {
-        return send_empty(ctx, cookie).await;
-    }
-    let pieces = match ctx.export.read_pieces(offset, len).await {
-        Ok(p) => p,
-        Err(x) => return send_error(ctx, cookie, x.errno(), &x.to_string()).await,
-    };
-    let total = pieces.iter().try_fold(0u64, |a, p| a.checked_add(p.len()));
-    if total != Some(len as u64) {
-        let msg = format!("the export returned {total:?} bytes for a read of {len}");
-        return send_error(ctx, cookie, Errno::EIO, &msg).await;
-    }
-    let pieces: Vec<ReadPiece> = pieces.into_iter().filter(|p| !p.is_empty()).collect();
-    if !ctx.structured {
-        return send_simple_read(ctx, cookie, &pieces).await;
-    }
-    let mut heads = Vec::with_capacity(pieces.len());
-    let mut at = offset;
-    for (i, p) in pieces.iter().enumerate() {
-        let flags = if i + 1 == pieces.len() {
-            REPLY_FLAG_DONE
-        } else {
-            0
-        };
-        let mut h = match p {
-            ReadPiece::Data(b) => {
-                encode_chunk_header(flags, REPLY_TYPE_OFFSET_DATA, cookie, 8 + b.len() as u32)
-                    .to_vec()
-            }
-            ReadPiece::Zeroes(_) => {
-                encode_chunk_header(flags, REPLY_TYPE_OFFSET_HOLE, cookie, 12).to_vec()
-            }
-        };
-        h.extend_from_slice(&at.to_be_bytes());
-        if let ReadPiece::Zeroes(n) = p {
-            h.extend_from_slice(&n.to_be_bytes());
-        }
-        heads.push(h);
-        at += p.len();
-    }
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(pieces.len() * 2);
-    for (h, p) in heads.iter().zip(&pieces) {
-        parts.push(h);
-        if let ReadPiece::Data(b) = p {
-            parts.push(b);
-        }
-    }
-    send(ctx, &parts).await
-}
-
-async fn send_empty(ctx: &Ctx, cookie: u64) -> Result<(), String> {
-    if ctx.structured {
-        let h = encode_chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0);
-        send(ctx, &[&h]).await
-    } else {
-        send(ctx, &[&encode_simple_reply(0, cookie)]).await
-    }
-}
-
-async fn send_simple_read(ctx: &Ctx, cookie: u64, pieces: &[ReadPiece]) -> Result<(), String> {
-    static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
-    unless_abandoned(ctx, async {
-        let mut w = ctx.writer.lock().await;
-        w.write_all(&encode_simple_reply(0, cookie)).await?;
-        for p in pieces {
-            match p {
-                ReadPiece::Data(b) => w.write_all(b).await?,
-                ReadPiece::Zeroes(n) => {
-                    let mut left = *n as usize;
-                    while left > 0 {
-                        let k = left.min(ZEROES.len());
-                        w.write_all(&ZEROES[..k]).await?;
-                        left -= k;
-                    }
-                }
-            }
-        }
-        w.flush().await
-    })
-    .await
-}
-
-async fn status(ctx: &Ctx, cookie: u64, offset: u64, len: u32, one: bool) -> Result<(), String> {
-    let end = offset + len as u64;
-    let extents = match ctx.export.extents(offset..end).await {
-        Ok(x) => x,
-        Err(x) => return send_error(ctx, cookie, x.errno(), &x.to_string()).await,
-    };
-    // Descriptors from the export's extents, clipped to the request
-    // (which also keeps each within 32 bits).
-    let mut p = ALLOCATION_ID.to_be_bytes().to_vec();
-    let mut at = offset;
-    let mut n = 0;
-    for x in extents {
-        if x.len == 0 || at >= end || n == MAX_STATUS_DESCRIPTORS || (one && n == 1) {
-            break;
-        }
-        let l = x.len.min(end - at);
-        p.extend_from_slice(&(l as u32).to_be_bytes());
-        p.extend_from_slice(&x.flags.to_be_bytes());
-        at += l;
-        n += 1;
-    }
-    if n == 0 {
-        let msg = "the export returned no extents";
-        return send_error(ctx, cookie, Errno::EIO, msg).await;
-    }
-    let h = encode_chunk_header(
-        REPLY_FLAG_DONE,
-        REPLY_TYPE_BLOCK_STATUS,
-        cookie,
-        p.len() as u32,
-    );
-    send(ctx, &[&h, &p]).await
 }

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+pub(crate) use self::part::PART;
 pub use self::read::{PartData, PartReader};
 use self::segment::{BufferPool, Piece, SegmentCtx};
 use self::sink::Sink;

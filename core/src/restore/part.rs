@@ -25,7 +25,7 @@ use crate::placement::fetch_into::Ask;
 use crate::task::blocking;
 
 /// The largest part (a power of two).
-pub(super) const PART: u64 = 16 << 20;
+pub(crate) const PART: u64 = 16 << 20;
 
 /// The part size of disks cut into `segment_size` segments (both powers
 /// of two, so parts tile segments and the image).

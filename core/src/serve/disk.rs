@@ -138,21 +138,17 @@ impl PointDisk {
     /// Starts fetching the parts after `k` for a sequential reader.
     fn read_ahead(&self, k: usize) {
         for next in k + 1..(k + 1 + self.read_ahead).min(self.reader.parts()) {
-            let key = (self.owner, next);
-            if self.cache.has(key) {
-                continue;
-            }
-            let (cache, fetch) = (self.cache.clone(), self.fetch(next));
-            tokio::spawn(async move {
-                // An error is met again, and reported, by the read itself.
-                let _ = cache.get(key, fetch).await;
-            });
+            // An error is met again, and reported, by the read itself.
+            self.cache.prefetch((self.owner, next), self.fetch(next));
         }
     }
 
     /// The pieces of `offset..offset+len`, or `EIO` naming the first
     /// damaged range met.
     async fn pieces(&self, offset: u64, len: u32) -> Result<Vec<ReadPiece>, ExportError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
         let end = offset + u64::from(len);
         let unit = self.reader.part_size();
         let (first, last) = ((offset / unit) as usize, ((end - 1) / unit) as usize);

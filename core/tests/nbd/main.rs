@@ -14,5 +14,6 @@ mod peer;
 mod roundtrip;
 mod server_raw;
 mod server_tools;
+mod server_work;
 mod tools;
 mod uri;
