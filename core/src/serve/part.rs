@@ -62,12 +62,27 @@ impl CachedPart {
                 push_zeroes(out, to - from);
             } else {
                 let (a, b) = ((from - self.start) as usize, (to - self.start) as usize);
-                out.push(ReadPiece::Data(data.slice(a..b)));
+                out.push(ReadPiece::Data(share_or_copy(data, a..b)));
             }
             if at >= end {
                 break;
             }
         }
+    }
+}
+
+/// `data[range]` for a reply: a slice sharing the part's buffer when it
+/// is at least a quarter of it, else a copy. A reply waiting for a client
+/// that does not read keeps what it holds alive after the cache let the
+/// part go, and the server bounds a client's replies by their payload
+/// bytes: shared, a 4 KiB reply kept a 16 MiB part (16 stalled replies,
+/// 256 MiB per client; found in review). So a reply holds at most four
+/// times its payload.
+fn share_or_copy(data: &Bytes, range: std::ops::Range<usize>) -> Bytes {
+    if range.len() >= data.len() / 4 {
+        data.slice(range)
+    } else {
+        Bytes::copy_from_slice(&data[range])
     }
 }
 
@@ -77,5 +92,42 @@ fn push_zeroes(out: &mut Vec<ReadPiece>, n: u64) {
         *z += n as u32;
     } else {
         out.push(ReadPiece::Zeroes(n as u32));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(len: usize) -> CachedPart {
+        CachedPart {
+            start: 0,
+            len: len as u64,
+            data: Some(Bytes::from(vec![7u8; len])),
+            entries: vec![Entry(len as u32, Some(crate::id::ObjectId::of(b"c")))],
+            damaged: Vec::new(),
+        }
+    }
+
+    /// Whether `piece` lies in `part`'s buffer.
+    fn shares(part: &CachedPart, piece: &ReadPiece) -> bool {
+        let (ReadPiece::Data(b), Some(d)) = (piece, &part.data) else {
+            return false;
+        };
+        let whole = d.as_ptr() as usize..d.as_ptr() as usize + d.len();
+        whole.contains(&(b.as_ptr() as usize))
+    }
+
+    #[test]
+    fn small_pieces_are_copied_so_a_reply_never_keeps_a_whole_part() {
+        let p = part(16 << 20);
+        let mut out = Vec::new();
+        p.pieces(4096, 8192, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(!shares(&p, &out[0]), "a 4 KiB piece kept the 16 MiB part");
+        assert_eq!(out[0].len(), 4096);
+        out.clear();
+        p.pieces(0, 8 << 20, &mut out);
+        assert!(shares(&p, &out[0]), "half the part: shared, not copied");
     }
 }
