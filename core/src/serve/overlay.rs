@@ -110,6 +110,15 @@ impl Overlay {
             file.write_all_at(&head, 0).map_err(io)?;
             file.set_len(data_offset(size) + size).map_err(io)?;
             file.sync_all().map_err(io)?;
+            // Its directory entry too: a flush the client was told had
+            // succeeded must not be lost with the file's name in a crash.
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
             vec![0u8; map_len as usize]
         } else {
             let mut head = vec![0u8; HEADER as usize];
