@@ -134,6 +134,10 @@ impl Qmp {
                     });
                 }
                 Message::Event { name, data } => self.keep_event(name, data),
+                // An earlier command that timed out, answered late: ids
+                // only grow, so it is nobody's answer now.
+                Message::Return { id: Some(got), .. } | Message::Error { id: Some(got), .. }
+                    if got.as_u64().is_some_and(|g| g < id) => {}
                 other => {
                     return Err(self.protocol(format!(
                         "an answer to another request during {command}: {other:?}"

@@ -94,3 +94,42 @@ async fn bitmaps_are_listed_added_and_removed() {
         "{msg}"
     );
 }
+
+/// A command that timed out may still be answered later: that answer
+/// (an older id) is passed over, not taken as a protocol error that
+/// fails the next command.
+#[tokio::test]
+async fn a_late_answer_to_a_timed_out_command_is_passed_over() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("late.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (r, mut w) = s.into_split();
+        let mut lines = BufReader::new(r).lines();
+        let greeting = br#"{"QMP": {"version": {"qemu": {"major": 10, "minor": 0, "micro": 2}, "package": ""}, "capabilities": []}}"#;
+        w.write_all(greeting).await.unwrap();
+        w.write_all(b"\n").await.unwrap();
+        let id = |line: &str| serde_json::from_str::<Value>(line).unwrap()["id"].clone();
+        // qmp_capabilities
+        let first = lines.next_line().await.unwrap().unwrap();
+        w.write_all(format!("{{\"return\": {{}}, \"id\": {}}}\n", id(&first)).as_bytes())
+            .await
+            .unwrap();
+        // The slow command: answered only once the next one came.
+        let slow = lines.next_line().await.unwrap().unwrap();
+        let next = lines.next_line().await.unwrap().unwrap();
+        for (line, v) in [(&slow, "\"late\""), (&next, "\"mine\"")] {
+            let answer = format!("{{\"return\": {v}, \"id\": {}}}\n", id(line));
+            w.write_all(answer.as_bytes()).await.unwrap();
+        }
+        let _ = lines.next_line().await;
+    });
+    let timeout = std::time::Duration::from_millis(300);
+    let mut q = Qmp::connect_with(&path, timeout).await.unwrap();
+    let e = q.execute("slow", Value::Null).await.unwrap_err();
+    assert!(matches!(e, QmpError::Timeout { .. }), "{e:?}");
+    let got = q.execute("next", Value::Null).await.unwrap();
+    assert_eq!(got, json!("mine"));
+}
