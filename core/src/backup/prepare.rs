@@ -129,6 +129,43 @@ pub(super) async fn find_parents(
     progress: &Progress,
 ) -> Result<()> {
     let seg = repo.config().segment_size;
+    let mut seen_newest = false;
+    let skipped = |id: &PointId, e: &Error| {
+        progress.notice(Notice::Warning(Warning::DamagedParentSkipped {
+            point: format!("{}@{id}", req.vm),
+            reason: e.to_string(),
+        }));
+    };
+    walk_parents(repo, req, skipped, |m| {
+        if !seen_newest {
+            seen_newest = true;
+            warn_dropped_disks(m, disks, progress);
+        }
+        for d in disks.iter_mut().filter(|d| d.parent.is_none()) {
+            if let Ok(pd) = m.disk(d.name.as_str())
+                && pd.segment_size == seg
+            {
+                d.parent = Some((m.id.clone(), pd.clone()));
+            }
+        }
+        disks.iter().all(|d| d.parent.is_some())
+    })
+    .await
+}
+
+/// The manifests a backup takes parents from, newest first, each given
+/// to `take` until it says it has all it needs: `--parent`'s alone, or
+/// the VM's points, skipping those pruned since the listing and those
+/// whose manifest is damaged (told to `damaged`: an older point can be a
+/// parent). The engine (`find_parents`) and the QMP checkpoint lookup
+/// walk the same way, so a checkpoint is looked for in the point the
+/// engine then picks.
+pub(super) async fn walk_parents(
+    repo: &Repository,
+    req: &BackupRequest,
+    mut damaged: impl FnMut(&PointId, &Error),
+    mut take: impl FnMut(&Manifest) -> bool,
+) -> Result<()> {
     let candidates = match &req.parent {
         Some(id) => vec![id.clone()],
         None => {
@@ -137,36 +174,20 @@ pub(super) async fn find_parents(
             ids
         }
     };
-    let mut seen_newest = false;
     for id in candidates {
-        if disks.iter().all(|d| d.parent.is_some()) {
-            break;
-        }
         let m = match repo.load_manifest(&req.vm, &id).await {
             Ok(m) => m,
             // Pruned since the listing: the next older point will do (an
             // explicit --parent that is gone is still an error).
             Err(Error::PointNotFound { .. }) if req.parent.is_none() => continue,
-            // A damaged manifest cannot be a parent; an older point can.
             Err(e) if e.is_damage() && req.parent.is_none() => {
-                progress.notice(Notice::Warning(Warning::DamagedParentSkipped {
-                    point: format!("{}@{id}", req.vm),
-                    reason: e.to_string(),
-                }));
+                damaged(&id, &e);
                 continue;
             }
             Err(e) => return Err(e),
         };
-        if !seen_newest {
-            seen_newest = true;
-            warn_dropped_disks(&m, disks, progress);
-        }
-        for d in disks.iter_mut().filter(|d| d.parent.is_none()) {
-            if let Ok(pd) = m.disk(d.name.as_str())
-                && pd.segment_size == seg
-            {
-                d.parent = Some((m.id.clone(), pd.clone()));
-            }
+        if take(&m) {
+            break;
         }
     }
     Ok(())

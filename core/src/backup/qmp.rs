@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::backup::plan::{BitmapRef, ChangeSource};
+use crate::backup::prepare::walk_parents;
 use crate::backup::{BackupRequest, backup};
 use crate::error::{Error, Result};
 use crate::manifest::{DiskManifest, Manifest};
@@ -63,37 +64,30 @@ async fn parent_checkpoints(
     disks: &[DiskName],
 ) -> Result<HashMap<DiskName, Option<String>>> {
     let seg = repo.config().segment_size;
-    let candidates = match &req.parent {
-        Some(id) => vec![id.clone()],
-        None => {
-            let mut ids = repo.points_in_order(&req.vm).await?;
-            ids.reverse();
-            ids
-        }
-    };
     let mut found = HashMap::new();
-    for id in candidates {
-        if disks.iter().all(|d| found.contains_key(d)) {
-            break;
-        }
-        let m = match repo.load_manifest(&req.vm, &id).await {
-            Ok(m) => m,
-            // The engine skips these too (and warns of the damage), and
-            // an older point's checkpoint may still serve: a damaged
-            // newest point must not stop every backup through QMP.
-            Err(Error::PointNotFound { .. }) if req.parent.is_none() => continue,
-            Err(e) if e.is_damage() && req.parent.is_none() => continue,
-            Err(e) => return Err(e),
-        };
-        for name in disks {
-            if !found.contains_key(name)
-                && let Ok(pd) = m.disk(name.as_str())
-                && pd.segment_size == seg
-            {
-                found.insert(name.clone(), pd.checkpoint.clone());
-            }
-        }
+    if disks.is_empty() {
+        return Ok(found);
     }
+    // The engine warns of damaged points it skips; an older point's
+    // checkpoint may still serve: a damaged newest point must not stop
+    // every backup through QMP.
+    walk_parents(
+        repo,
+        req,
+        |_, _| {},
+        |m| {
+            for name in disks {
+                if !found.contains_key(name)
+                    && let Ok(pd) = m.disk(name.as_str())
+                    && pd.segment_size == seg
+                {
+                    found.insert(name.clone(), pd.checkpoint.clone());
+                }
+            }
+            disks.iter().all(|d| found.contains_key(d))
+        },
+    )
+    .await?;
     Ok(found)
 }
 
