@@ -106,27 +106,7 @@ async fn a_bad_request_does_not_cut_off_a_write_in_progress() {
     };
     let serving = tokio::spawn(async move { server.serve_stream(io).await });
 
-    let mut greeting = [0u8; 18];
-    c.read_exact(&mut greeting).await.unwrap();
-    c.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
-        .await
-        .unwrap();
-    let go = encode_go_request("", &[]);
-    c.write_all(&encode_option_header(OPT_GO, go.len() as u32))
-        .await
-        .unwrap();
-    c.write_all(&go).await.unwrap();
-    loop {
-        let mut h = [0u8; 20];
-        c.read_exact(&mut h).await.unwrap();
-        let r = xfull_core::nbd::decode::option_reply(&h).unwrap();
-        let mut d = vec![0u8; r.len as usize];
-        c.read_exact(&mut d).await.unwrap();
-        if r.reply == REP_ACK {
-            break;
-        }
-        assert_eq!(r.reply, REP_INFO);
-    }
+    go(&mut c).await;
 
     let write = RequestHeader {
         flags: 0,
@@ -183,26 +163,7 @@ async fn a_request_that_panics_closes_the_connection_at_once() {
     let server = Server::new(vec![Arc::new(Panicky)], ServerOptions::default()).unwrap();
     let (mut c, theirs) = tokio::io::duplex(1 << 20);
     let serving = tokio::spawn(async move { server.serve_stream(theirs).await });
-    let mut greeting = [0u8; 18];
-    c.read_exact(&mut greeting).await.unwrap();
-    c.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
-        .await
-        .unwrap();
-    let go = encode_go_request("", &[]);
-    c.write_all(&encode_option_header(OPT_GO, go.len() as u32))
-        .await
-        .unwrap();
-    c.write_all(&go).await.unwrap();
-    loop {
-        let mut h = [0u8; 20];
-        c.read_exact(&mut h).await.unwrap();
-        let r = xfull_core::nbd::decode::option_reply(&h).unwrap();
-        let mut d = vec![0u8; r.len as usize];
-        c.read_exact(&mut d).await.unwrap();
-        if r.reply == REP_ACK {
-            break;
-        }
-    }
+    go(&mut c).await;
     let read = RequestHeader {
         flags: 0,
         command: CMD_READ,
@@ -227,4 +188,30 @@ async fn a_request_that_panics_closes_the_connection_at_once() {
         why.as_deref().is_some_and(|w| w.contains("panicked")),
         "{why:?}"
     );
+}
+
+/// The client's side of the handshake up to transmission: the default
+/// export, no structured replies.
+async fn go(c: &mut tokio::io::DuplexStream) {
+    let mut greeting = [0u8; 18];
+    c.read_exact(&mut greeting).await.unwrap();
+    c.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
+        .await
+        .unwrap();
+    let go = encode_go_request("", &[]);
+    c.write_all(&encode_option_header(OPT_GO, go.len() as u32))
+        .await
+        .unwrap();
+    c.write_all(&go).await.unwrap();
+    loop {
+        let mut h = [0u8; 20];
+        c.read_exact(&mut h).await.unwrap();
+        let r = xfull_core::nbd::decode::option_reply(&h).unwrap();
+        let mut d = vec![0u8; r.len as usize];
+        c.read_exact(&mut d).await.unwrap();
+        if r.reply == REP_ACK {
+            break;
+        }
+        assert_eq!(r.reply, REP_INFO);
+    }
 }
