@@ -113,7 +113,8 @@ pub fn print_report(r: &GcReport) {
     );
     if r.packs_not_rewritten_no_space > 0 {
         println!(
-            "  {} packs not rewritten: the repository's disk has room for {} of chunk data              (what gc and prune need besides stays free); a gc with more room rewrites them",
+            "  {} packs not rewritten: the repository's disk has room for {} of chunk data \
+             (what gc and prune need besides stays free); a gc with more room rewrites them",
             r.packs_not_rewritten_no_space,
             bytes(r.room_for_data.unwrap_or(0))
         );

@@ -160,9 +160,10 @@ impl Sweep {
             return Ok(());
         };
         self.report.room_for_data = Some(room);
-        // One pack's worth of slack: the repacker fills a pack past its
-        // target by up to a chunk, and trailers add a little.
-        let mut left = room.saturating_sub(DEFAULT_TARGET);
+        // Blobs move verbatim: a new pack is the live blobs plus its
+        // trailer (48 bytes a chunk, a sealed table's 46 more), and one
+        // MiB of slack for whatever else the sweep stores as data.
+        let mut left = room.saturating_sub(1 << 20);
         let mut repack: Vec<(DateTime<Utc>, usize)> = census
             .packs
             .iter()
@@ -173,7 +174,7 @@ impl Sweep {
         repack.sort_unstable();
         for (_, k) in repack {
             let p = &mut census.packs[k];
-            let need = u64::from(p.live_bytes);
+            let need = u64::from(p.live_bytes) + 64 * u64::from(p.live_chunks);
             if need <= left {
                 left -= need;
             } else {
