@@ -18,6 +18,12 @@ pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
     let (mountpoint, names) = args.args.split_last().expect("clap requires two arguments");
     let mountpoint = PathBuf::from(mountpoint);
     let owner = empty_dir(&mountpoint)?;
+    // `xfull mount ... &` in a terminal that is then closed gets SIGHUP:
+    // by default it would kill xfull and leave a dead mount and the
+    // lease; it unmounts as SIGTERM does. Caught from the start (kept
+    // until the mount waits for it), not only once mounted: a SIGHUP
+    // just after the mountpoint is printed was otherwise fatal.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let repo = crate::open::open(cli).await?;
     let mut specs = Vec::new();
     for name in names {
@@ -29,7 +35,7 @@ pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
         ..Default::default()
     };
     let served = Served::open(&repo, &specs, &opts, progress.clone()).await?;
-    let result = mount(cli, &mountpoint, owner, &served).await;
+    let result = mount(cli, &mountpoint, owner, &served, &mut hangup).await;
     served.close().await?;
     result?;
     Err(Error::Cancelled {
@@ -64,8 +70,15 @@ fn empty_dir(path: &Path) -> Result<(u32, u32)> {
     Ok((meta.uid(), meta.gid()))
 }
 
-/// Mounts, then waits for SIGINT/SIGTERM (or an unmount from outside).
-async fn mount(cli: &Cli, mountpoint: &Path, owner: (u32, u32), served: &Served) -> Result<()> {
+/// Mounts, then waits for SIGINT/SIGTERM/SIGHUP (or an unmount from
+/// outside).
+async fn mount(
+    cli: &Cli,
+    mountpoint: &Path,
+    owner: (u32, u32),
+    served: &Served,
+    hangup: &mut tokio::signal::unix::Signal,
+) -> Result<()> {
     let points = served
         .manifests
         .iter()
@@ -122,10 +135,6 @@ async fn mount(cli: &Cli, mountpoint: &Path, owner: (u32, u32), served: &Served)
     let progress = crate::progress();
     let _notices = Notices::start(progress.clone());
     let session = Arc::new(std::sync::Mutex::new(Some(session)));
-    // `xfull mount ... &` in a terminal that is then closed gets SIGHUP:
-    // by default it would kill xfull and leave a dead mount and the
-    // lease; it unmounts as SIGTERM does.
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // Until cancelled, or until someone unmounts it (the session ends).
     loop {
         tokio::select! {
