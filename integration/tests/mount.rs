@@ -125,3 +125,77 @@ fn a_mountpoint_that_is_not_an_empty_directory_is_refused() {
     }
     assert_eq!(leases_of(&e), leases, "no lease left");
 }
+
+/// Unmounts lazily whatever is left at a mountpoint when a test ends,
+/// so that a failing test leaves no dead mount behind.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// A one-disk point mounted at `mnt`, and the leases before it.
+fn mounted_point(e: &Env) -> (Served, std::path::PathBuf, Unmount, Vec<std::path::PathBuf>) {
+    let img = e.path("d.img");
+    std::fs::write(&img, xfull_core::testing::xorshift_bytes(1 << 20, 5)).unwrap();
+    e.backup("vm", &[("d", &img)]);
+    let leases = leases_of(e);
+    let mnt = e.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = Served::spawn(e, &["mount", "vm@latest", mnt.to_str().unwrap()], 1);
+    assert!(mounted(&mnt));
+    (mount, mnt.clone(), Unmount(mnt), leases)
+}
+
+/// Until 2026-12-05 a busy mount (a file inside open, a shell in it, a
+/// loop device on an image) was unmounted with a plain umount(2) as
+/// root: EBUSY, so SIGTERM ended xfull with "unmounting ...: Device or
+/// resource busy" and left a dead mount ("Transport endpoint is not
+/// connected") that only a manual umount removed. The design says it
+/// unmounts lazily if busy.
+#[test]
+fn sigterm_unmounts_a_busy_mount_lazily() {
+    let e = Env::init();
+    let (mount, mnt, _guard, leases) = mounted_point(&e);
+    let held = std::fs::File::open(mnt.join("vm/latest/d.img")).unwrap();
+    let (code, err) = mount.stop();
+    assert_eq!(code, 130, "{err}");
+    assert!(err.contains("unmounted"), "{err}");
+    assert!(!mounted(&mnt), "unmounted though busy: {err}");
+    assert_eq!(leases_of(&e), leases, "lease released: {err}");
+    drop(held);
+}
+
+/// `xfull mount ... &` and the terminal closed: the shell sends SIGHUP.
+/// Until 2026-12-05 it killed xfull outright, leaving a dead mount and
+/// the lease (gc's cutoff held back until it expired).
+#[test]
+fn sighup_unmounts_and_releases_the_lease() {
+    let e = Env::init();
+    let (mount, mnt, _guard, leases) = mounted_point(&e);
+    let (code, err) = mount.signal("HUP");
+    assert_eq!(code, 130, "{err}");
+    assert!(!mounted(&mnt), "unmounted: {err}");
+    assert_eq!(leases_of(&e), leases, "lease released: {err}");
+}
+
+/// `umount MOUNTPOINT` from outside ends the mount: the lease is
+/// released and nothing is left mounted. Until 2026-12-05 xfull then
+/// unmounted the path again (fuser 0.18 takes an unmounted /dev/fuse for
+/// mounted) and exited 1 with "unmounting ...: Invalid argument".
+#[test]
+fn an_unmount_from_outside_ends_the_mount() {
+    let e = Env::init();
+    let (mount, mnt, _guard, leases) = mounted_point(&e);
+    let out = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, err) = mount.wait();
+    assert!(!mounted(&mnt), "{err}");
+    assert_eq!(leases_of(&e), leases, "lease released: {err}");
+    assert!(err.contains("unmounted"), "{err}");
+    assert_eq!(code, 130, "{err}");
+}

@@ -93,15 +93,29 @@ impl Served {
     }
 
     /// SIGTERM; returns the exit code and what it printed on stderr.
-    pub fn stop(mut self) -> (i32, String) {
+    pub fn stop(self) -> (i32, String) {
+        self.signal("TERM")
+    }
+
+    /// Sends `signal` (e.g. `HUP`); returns the exit code and what it
+    /// printed on stderr.
+    pub fn signal(mut self, signal: &str) -> (i32, String) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
-                .args(["-TERM", &pid])
+                .args([&format!("-{signal}"), &pid])
                 .status()
                 .unwrap()
                 .success()
         );
+        let status = self.wait_a_while();
+        let err = self.stderr.take().unwrap().join().unwrap();
+        (status.code().unwrap_or(-1), err)
+    }
+
+    /// Waits for the process to end by itself; returns the exit code and
+    /// what it printed on stderr.
+    pub fn wait(mut self) -> (i32, String) {
         let status = self.wait_a_while();
         let err = self.stderr.take().unwrap().join().unwrap();
         (status.code().unwrap_or(-1), err)

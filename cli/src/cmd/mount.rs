@@ -1,5 +1,5 @@
 //! `xfull mount POINT... MOUNTPOINT`: points' disks as read-only image
-//! files (FUSE) until SIGINT/SIGTERM, then unmounted.
+//! files (FUSE) until SIGINT/SIGTERM/SIGHUP, then unmounted.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,12 @@ pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
     let (mountpoint, names) = args.args.split_last().expect("clap requires two arguments");
     let mountpoint = PathBuf::from(mountpoint);
     let owner = empty_dir(&mountpoint)?;
+    // `xfull mount ... &` in a terminal that is then closed gets SIGHUP:
+    // by default it would kill xfull and leave a dead mount and the
+    // lease; it unmounts as SIGTERM does. Caught from the start (kept
+    // until the mount waits for it), not only once mounted: a SIGHUP
+    // just after the mountpoint is printed was otherwise fatal.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let repo = crate::open::open(cli).await?;
     let mut specs = Vec::new();
     for name in names {
@@ -29,7 +35,7 @@ pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
         ..Default::default()
     };
     let served = Served::open(&repo, &specs, &opts, progress.clone()).await?;
-    let result = mount(cli, &mountpoint, owner, &served).await;
+    let result = mount(cli, &mountpoint, owner, &served, &mut hangup).await;
     served.close().await?;
     result?;
     Err(Error::Cancelled {
@@ -64,8 +70,15 @@ fn empty_dir(path: &Path) -> Result<(u32, u32)> {
     Ok((meta.uid(), meta.gid()))
 }
 
-/// Mounts, then waits for SIGINT/SIGTERM (or an unmount from outside).
-async fn mount(cli: &Cli, mountpoint: &Path, owner: (u32, u32), served: &Served) -> Result<()> {
+/// Mounts, then waits for SIGINT/SIGTERM/SIGHUP (or an unmount from
+/// outside).
+async fn mount(
+    cli: &Cli,
+    mountpoint: &Path,
+    owner: (u32, u32),
+    served: &Served,
+    hangup: &mut tokio::signal::unix::Signal,
+) -> Result<()> {
     let points = served
         .manifests
         .iter()
@@ -126,6 +139,7 @@ async fn mount(cli: &Cli, mountpoint: &Path, owner: (u32, u32), served: &Served)
     loop {
         tokio::select! {
             _ = progress.cancelled() => break,
+            _ = hangup.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 let done = session
                     .lock()
@@ -139,10 +153,34 @@ async fn mount(cli: &Cli, mountpoint: &Path, owner: (u32, u32), served: &Served)
         }
     }
     let s = session.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(s) = s {
-        tokio::task::spawn_blocking(move || s.umount_and_join())
-            .await?
-            .map_err(|e| anyhow::anyhow!("unmounting {}: {e}", mountpoint.display()))?;
+    match s {
+        // Unmounted from outside: the kernel has let it go. Dropping the
+        // session would umount(2) the path again (fuser 0.18 takes the
+        // POLLERR of an unmounted /dev/fuse for "still mounted"): EINVAL,
+        // or whatever was mounted there since would be unmounted. The
+        // session is let go as it is; the process ends.
+        Some(s) if s.guard.is_finished() => std::mem::forget(s),
+        Some(s) => {
+            let at = mountpoint.to_path_buf();
+            tokio::task::spawn_blocking(move || unmount(s, &at)).await??;
+        }
+        None => {}
     }
     Ok(())
+}
+
+/// Unmounts and waits for the FUSE thread. A busy mount (a file inside
+/// open, a shell in it, a loop device on an image) refuses umount(2)
+/// with EBUSY; it is then detached lazily (`umount -l`): gone from the
+/// tree at once, and its open files fail with ENOTCONN once xfull has
+/// exited, rather than a dead mount left until someone unmounts it.
+fn unmount(s: fuser::BackgroundSession, at: &Path) -> Result<()> {
+    let busy = rustix::io::Errno::BUSY.raw_os_error();
+    match s.umount_and_join() {
+        Err(e) if e.raw_os_error() == Some(busy) => {
+            rustix::mount::unmount(at, rustix::mount::UnmountFlags::DETACH)
+                .map_err(|e| anyhow::anyhow!("unmounting {} (busy): {e}", at.display()))
+        }
+        r => r.map_err(|e| anyhow::anyhow!("unmounting {}: {e}", at.display())),
+    }
 }
