@@ -199,6 +199,48 @@ async fn cancel_on_signals() {
     }
 }
 
+/// Hang-ups for a long-running command (`mount`, `serve`) started in a
+/// terminal that is then closed: SIGHUP would kill it, leaving a dead
+/// mount or a lease until its TTL; the command stops cleanly instead.
+/// Unless SIGHUP is ignored (`nohup xfull ...`): a handler would undo
+/// that, and the command is meant to outlive the terminal.
+#[derive(Debug)]
+pub struct Hangup(Option<tokio::signal::unix::Signal>);
+
+impl Hangup {
+    pub fn catch() -> std::io::Result<Hangup> {
+        if sighup_ignored() {
+            return Ok(Hangup(None));
+        }
+        let kind = tokio::signal::unix::SignalKind::hangup();
+        Ok(Hangup(Some(tokio::signal::unix::signal(kind)?)))
+    }
+
+    /// Returns at the next hang-up; never, when SIGHUP is ignored.
+    pub async fn recv(&mut self) {
+        match &mut self.0 {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Whether this process ignores SIGHUP, from `SigIgn` in
+/// /proc/self/status (a mask, bit 0 for signal 1); read, so no signal
+/// disposition has to be queried unsafely.
+fn sighup_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 == 1)
+}
+
 async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Init(a) => cmd::init::run(cli, a).await,

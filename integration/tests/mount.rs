@@ -199,3 +199,32 @@ fn an_unmount_from_outside_ends_the_mount() {
     assert!(err.contains("unmounted"), "{err}");
     assert_eq!(code, 130, "{err}");
 }
+
+/// Under `nohup` SIGHUP is ignored, and a mount run so is meant to
+/// outlive its terminal: catching SIGHUP must not undo that (a handler
+/// replaces the ignored disposition). The mount stays until SIGTERM.
+#[test]
+fn under_nohup_a_hangup_leaves_the_mount() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    let data = xfull_core::testing::xorshift_bytes(1 << 20, 5);
+    std::fs::write(&img, &data).unwrap();
+    e.backup("vm", &[("d", &img)]);
+    let mnt = e.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _guard = Unmount(mnt.clone());
+    let mount = Served::spawn_with(
+        &e,
+        &["mount", "vm@latest", mnt.to_str().unwrap()],
+        1,
+        Some("nohup"),
+    );
+    mount.send("HUP");
+    // Time for a wrong reaction (an unmount takes milliseconds) to show.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(mounted(&mnt), "a hang-up under nohup unmounted it");
+    assert_eq!(std::fs::read(mnt.join("vm/latest/d.img")).unwrap(), data);
+    let (code, err) = mount.stop();
+    assert_eq!(code, 130, "{err}");
+    assert!(!mounted(&mnt), "{err}");
+}

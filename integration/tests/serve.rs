@@ -63,8 +63,27 @@ impl Served {
     /// Starts a long-running `xfull ARGS` (serve, mount) and waits for
     /// the first `lines` lines it prints (kept in `uris`).
     pub fn spawn(e: &Env, args: &[&str], lines: usize) -> Served {
-        let mut child = e
-            .std(args)
+        Served::spawn_with(e, args, lines, None)
+    }
+
+    /// [`Served::spawn`] through `wrapper` (e.g. `nohup`), if given.
+    pub fn spawn_with(e: &Env, args: &[&str], lines: usize, wrapper: Option<&str>) -> Served {
+        let mut cmd = e.std(args);
+        if let Some(w) = wrapper {
+            let mut wrapped = Command::new(w);
+            wrapped.arg(cmd.get_program()).args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => wrapped.env(k, v),
+                    None => wrapped.env_remove(k),
+                };
+            }
+            if let Some(d) = cmd.get_current_dir() {
+                wrapped.current_dir(d);
+            }
+            cmd = wrapped;
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -100,6 +119,14 @@ impl Served {
     /// Sends `signal` (e.g. `HUP`); returns the exit code and what it
     /// printed on stderr.
     pub fn signal(mut self, signal: &str) -> (i32, String) {
+        self.send(signal);
+        let status = self.wait_a_while();
+        let err = self.stderr.take().unwrap().join().unwrap();
+        (status.code().unwrap_or(-1), err)
+    }
+
+    /// Sends `signal` and goes on.
+    pub fn send(&self, signal: &str) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
@@ -108,9 +135,6 @@ impl Served {
                 .unwrap()
                 .success()
         );
-        let status = self.wait_a_while();
-        let err = self.stderr.take().unwrap().join().unwrap();
-        (status.code().unwrap_or(-1), err)
     }
 
     /// Waits for the process to end by itself; returns the exit code and

@@ -1,5 +1,6 @@
 //! `xfull mount POINT... MOUNTPOINT`: points' disks as read-only image
-//! files (FUSE) until SIGINT/SIGTERM/SIGHUP, then unmounted.
+//! files (FUSE) until SIGINT/SIGTERM/SIGHUP (not under `nohup`), then
+//! unmounted.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -20,10 +21,11 @@ pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
     let owner = empty_dir(&mountpoint)?;
     // `xfull mount ... &` in a terminal that is then closed gets SIGHUP:
     // by default it would kill xfull and leave a dead mount and the
-    // lease; it unmounts as SIGTERM does. Caught from the start (kept
-    // until the mount waits for it), not only once mounted: a SIGHUP
-    // just after the mountpoint is printed was otherwise fatal.
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // lease; it unmounts as SIGTERM does (unless run under `nohup`).
+    // Caught from the start (kept until the mount waits for it), not
+    // only once mounted: a SIGHUP just after the mountpoint is printed
+    // was otherwise fatal.
+    let mut hangup = crate::Hangup::catch()?;
     let repo = crate::open::open(cli).await?;
     let mut specs = Vec::new();
     for name in names {
@@ -77,7 +79,7 @@ async fn mount(
     mountpoint: &Path,
     owner: (u32, u32),
     served: &Served,
-    hangup: &mut tokio::signal::unix::Signal,
+    hangup: &mut crate::Hangup,
 ) -> Result<()> {
     let points = served
         .manifests

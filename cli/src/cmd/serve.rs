@@ -1,4 +1,5 @@
-//! `xfull serve`: disks of a point as NBD exports until SIGINT/SIGTERM.
+//! `xfull serve`: disks of a point as NBD exports until SIGINT/SIGTERM,
+//! or SIGHUP unless run under `nohup` (see [`crate::Hangup`]).
 
 use std::io::Write;
 
@@ -11,6 +12,9 @@ use crate::cli::{Cli, ServeArgs};
 use crate::cmd::serving::{Notices, spec};
 
 pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
+    // From the start, as `mount` does: a hang-up before the server runs
+    // must not kill it with its lease taken.
+    let mut hangup = crate::Hangup::catch()?;
     let repo = crate::open::open(cli).await?;
     let spec = spec(&repo, &args.point, &args.disk).await?;
     let progress = crate::progress();
@@ -20,7 +24,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
         ..Default::default()
     };
     let served = Served::open(&repo, &[spec], &opts, progress.clone()).await?;
-    match serve(cli, args, &served).await {
+    match serve(cli, args, &served, &mut hangup).await {
         Ok(()) => {
             served.close().await?;
             Err(Error::Cancelled {
@@ -35,8 +39,13 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
     }
 }
 
-/// Serves until cancelled.
-async fn serve(cli: &Cli, args: &ServeArgs, served: &Served) -> Result<()> {
+/// Serves until cancelled or hung up.
+async fn serve(
+    cli: &Cli,
+    args: &ServeArgs,
+    served: &Served,
+    hangup: &mut crate::Hangup,
+) -> Result<()> {
     let exports = served.exports.iter().map(|(_, e)| e.clone()).collect();
     let listener = match (&args.socket, &args.listen) {
         (Some(path), _) => Listener::bind_unix(path)?,
@@ -110,6 +119,12 @@ async fn serve(cli: &Cli, args: &ServeArgs, served: &Served) -> Result<()> {
     std::io::stdout().flush()?;
     let progress = crate::progress();
     let _notices = Notices::start(progress.clone());
-    server.serve(listener, progress.cancelled()).await?;
+    let stop = async {
+        tokio::select! {
+            _ = progress.cancelled() => {}
+            _ = hangup.recv() => {}
+        }
+    };
+    server.serve(listener, stop).await?;
     Ok(())
 }
