@@ -20,11 +20,10 @@ fn repo_files(e: &Env) -> Vec<(PathBuf, String)> {
     v
 }
 
-#[test]
-fn writes_go_to_the_overlay_and_never_to_the_repository() {
-    let (e, _) = patterned();
-    let before = repo_files(&e);
-    let sock = socket(&e);
+/// `xfull serve vm@latest --writable` on a socket, with its overlay in
+/// the test's directory: the server and its socket.
+fn writable(e: &Env) -> (Served, String) {
+    let sock = socket(e);
     let overlay = e.path("d.overlay");
     let ov = overlay.to_str().unwrap();
     let args = [
@@ -35,7 +34,15 @@ fn writes_go_to_the_overlay_and_never_to_the_repository() {
         "--overlay",
         ov,
     ];
-    let s = Served::start(&e, &args, 1);
+    let s = Served::start(e, &args, 1);
+    (s, sock)
+}
+
+#[test]
+fn writes_go_to_the_overlay_and_never_to_the_repository() {
+    let (e, _) = patterned();
+    let before = repo_files(&e);
+    let (s, sock) = writable(&e);
     let uri = s.uris[0].clone();
     // Inside a block, across blocks, zeros and a trim, in two regions.
     ok(&[
@@ -88,7 +95,7 @@ fn writes_go_to_the_overlay_and_never_to_the_repository() {
     let (code, err) = s.stop();
     assert_eq!(code, 130, "{err}");
     // The overlay holds the writes: a new server on it reads them back.
-    let s = Served::start(&e, &args, 1);
+    let (s, _) = writable(&e);
     check(&s.uris[0]);
     s.stop();
     assert_eq!(repo_files(&e), before, "the repository is unchanged");
@@ -179,18 +186,7 @@ fn requests_of_length_zero_change_nothing_and_keep_the_connection() {
 
     use crate::serve_clients::RawClient;
     let (e, _) = patterned();
-    let sock = socket(&e);
-    let overlay = e.path("d.overlay");
-    let ov = overlay.to_str().unwrap();
-    let args = [
-        "vm@latest",
-        "--socket",
-        &sock,
-        "--writable",
-        "--overlay",
-        ov,
-    ];
-    let s = Served::start(&e, &args, 1);
+    let (s, sock) = writable(&e);
     let mut c = RawClient::connect(&sock);
     // A guard against a hang (no reply and no close), not a measure.
     c.0.set_read_timeout(Some(std::time::Duration::from_secs(120)))
