@@ -51,6 +51,11 @@ impl CachedPart {
             push_zeroes(out, end - offset);
             return;
         };
+        // Adjacent chunks lie side by side in the part's buffer: one
+        // piece for each run of them, so that whether a reply shares the
+        // buffer or copies is decided on what it holds of the part, not
+        // chunk by chunk (where every piece is small and all were copied).
+        let mut run: Option<std::ops::Range<usize>> = None;
         let mut at = self.start;
         for e in &self.entries {
             let (from, to) = (at.max(offset), (at + e.len()).min(end));
@@ -58,15 +63,28 @@ impl CachedPart {
             if from >= to {
                 continue;
             }
+            let (a, b) = ((from - self.start) as usize, (to - self.start) as usize);
             if e.chunk().is_none() {
+                if let Some(r) = run.take() {
+                    out.push(ReadPiece::Data(share_or_copy(data, r)));
+                }
                 push_zeroes(out, to - from);
             } else {
-                let (a, b) = ((from - self.start) as usize, (to - self.start) as usize);
-                out.push(ReadPiece::Data(share_or_copy(data, a..b)));
+                run = match run {
+                    Some(r) if r.end == a => Some(r.start..b),
+                    Some(r) => {
+                        out.push(ReadPiece::Data(share_or_copy(data, r)));
+                        Some(a..b)
+                    }
+                    None => Some(a..b),
+                };
             }
             if at >= end {
                 break;
             }
+        }
+        if let Some(r) = run {
+            out.push(ReadPiece::Data(share_or_copy(data, r)));
         }
     }
 }
@@ -129,5 +147,22 @@ mod tests {
         out.clear();
         p.pieces(0, 8 << 20, &mut out);
         assert!(shares(&p, &out[0]), "half the part: shared, not copied");
+    }
+
+    /// A read over many adjacent chunks is one piece of the part, so a
+    /// large read shares the buffer even though each chunk is small; a
+    /// zero run between chunks splits it.
+    #[test]
+    fn adjacent_chunks_are_one_piece() {
+        let mut p = part(16 << 20);
+        let chunk = Entry(64 << 10, Some(crate::id::ObjectId::of(b"c")));
+        p.entries = vec![chunk; 256];
+        p.entries[128] = Entry(64 << 10, None);
+        let mut out = Vec::new();
+        p.pieces(0, 16 << 20, &mut out);
+        assert_eq!(out.len(), 3, "chunks, the zero run, chunks");
+        assert!(shares(&p, &out[0]) && shares(&p, &out[2]));
+        assert_eq!(out.iter().map(ReadPiece::len).sum::<u64>(), 16 << 20);
+        assert!(matches!(out[1], ReadPiece::Zeroes(n) if n == 64 << 10));
     }
 }
