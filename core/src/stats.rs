@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::backend::ObjectMeta;
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::lease::LeaseRecord;
+use crate::lease::{LeaseAge, LeaseRecord, age};
 use crate::placement::Placement;
 use crate::repo::{Repository, Unreadable};
 
@@ -140,19 +140,20 @@ pub async fn collect(repo: &Repository, now: DateTime<Utc>) -> Result<RepoStats>
 }
 
 /// Reads the listed leases (a few KB each, 4 at a time: a large backup's
-/// lists many dependencies) and counts them by state. One deleted since the listing (a gc, a backup that ended
-/// with nothing committed) is not counted.
+/// lists many dependencies) and counts them by state, dated as gc dates
+/// them (`lease::age`). One deleted since the listing (a gc, a backup
+/// that ended with nothing committed) is not counted.
 async fn lease_states(
     repo: &Repository,
     leases: Vec<ObjectMeta>,
     now: DateTime<Utc>,
 ) -> Result<LeaseStates> {
-    let ttl = repo.config().protocol.ttl();
+    let proto = &repo.config().protocol;
     let read: Vec<_> = futures::stream::iter(leases)
         .map(|m| async move {
-            let loaded = match keys::parse_lease(&m.key) {
-                Some(_) => LeaseRecord::load(repo, &m.key).await,
-                None => Err(Error::corrupt(&m.key, "not named like a lease")),
+            let loaded = match age(&m, now, proto) {
+                LeaseAge::Stray => Err(Error::corrupt(&m.key, "not named like a lease")),
+                _ => LeaseRecord::load(repo, &m.key).await,
             };
             (m, loaded)
         })
@@ -164,7 +165,9 @@ async fn lease_states(
         match loaded {
             Ok(None) => {}
             Ok(Some(r)) if r.ended.is_some() => out.ended += 1,
-            Ok(Some(_)) if now - meta.last_modified < ttl => out.open += 1,
+            // Dated ahead of `now` (this machine's clock may lag the
+            // store's): not refreshed long ago, so open.
+            Ok(Some(_)) if age(&meta, now, proto) != LeaseAge::Dead => out.open += 1,
             Ok(Some(_)) => out.stale += 1,
             Err(e) if e.is_damage() => out.unreadable += 1,
             Err(e) => return Err(e),
