@@ -164,15 +164,7 @@ impl Sweep {
         // trailer (48 bytes a chunk, a sealed table's 46 more), and one
         // MiB of slack for whatever else the sweep stores as data.
         let mut left = room.saturating_sub(1 << 20);
-        let mut repack: Vec<(DateTime<Utc>, usize)> = census
-            .packs
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.fate == Fate::Planned(PackFate::Repack))
-            .map(|(k, p)| (p.at, k))
-            .collect();
-        repack.sort_unstable();
-        for (_, k) in repack {
+        for k in repacks_oldest_first(census) {
             let p = &mut census.packs[k];
             let need = u64::from(p.live_bytes) + 64 * u64::from(p.live_chunks);
             if need <= left {
@@ -235,16 +227,12 @@ impl Sweep {
     async fn replace_with(&mut self, census: &mut Census) -> Result<()> {
         let backend = self.repo.backend().clone();
         let mut writer = IndexWriter::new(backend.clone(), self.repo.codec().clone());
-        // Oldest first: data stored about the same time shares new packs.
-        let mut repack: Vec<(DateTime<Utc>, ObjectId)> = census
-            .packs
-            .iter()
-            .filter(|p| p.fate == Fate::Planned(PackFate::Repack))
-            .map(|p| (p.at, p.name))
+        let repack: Vec<ObjectId> = repacks_oldest_first(census)
+            .into_iter()
+            .map(|k| census.packs[k].name)
             .collect();
-        repack.sort_unstable();
         let mut repacker = Repacker::new(self.repo.codec().clone(), DEFAULT_TARGET);
-        for (_, name) in repack {
+        for name in repack {
             if self.cancelled() {
                 return Err(Error::Cancelled {
                     cleaned: String::new(),
@@ -441,4 +429,20 @@ impl Sweep {
         );
         out
     }
+}
+
+/// The packs planned for a rewrite (indices into `census.packs`), oldest
+/// first, then by name: the order they are rewritten in, so that data
+/// stored about the same time shares new packs, and the order in which
+/// `fit_rewrites` spends the room.
+fn repacks_oldest_first(census: &Census) -> Vec<usize> {
+    let mut repack: Vec<(DateTime<Utc>, ObjectId, usize)> = census
+        .packs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.fate == Fate::Planned(PackFate::Repack))
+        .map(|(k, p)| (p.at, p.name, k))
+        .collect();
+    repack.sort_unstable();
+    repack.into_iter().map(|(_, _, k)| k).collect()
 }
