@@ -35,6 +35,12 @@ pub struct Node {
     pub entries: Vec<Entry>,
 }
 
+/// True when `entries` hold no chunk: the segment is all zeros, and has
+/// no node (it is `null` in the manifest).
+pub fn all_zero(entries: &[Entry]) -> bool {
+    entries.iter().all(|e| e.1.is_none())
+}
+
 impl Node {
     /// Logical bytes covered.
     pub fn len(&self) -> u64 {
@@ -43,11 +49,6 @@ impl Node {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    /// True when the node holds no chunk (the segment is all zeros).
-    pub fn is_all_zero(&self) -> bool {
-        self.entries.iter().all(|e| e.1.is_none())
     }
 
     pub fn chunk_ids(&self) -> impl Iterator<Item = ObjectId> + '_ {

@@ -15,13 +15,6 @@ pub struct ChunkedSegment {
     pub offsets: Vec<usize>,
 }
 
-impl ChunkedSegment {
-    /// True when the segment holds no data at all.
-    pub fn is_all_zero(&self) -> bool {
-        self.entries.iter().all(|e| e.1.is_none())
-    }
-}
-
 /// Chunks and hashes a segment; all-zero chunks become zero entries.
 pub fn chunk_segment(params: &ChunkParams, codec: &Codec, data: &[u8]) -> ChunkedSegment {
     chunk_segment_in(params, codec, data, &Known::AllData)

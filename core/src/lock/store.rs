@@ -95,6 +95,10 @@ impl Backend for Locking {
         self.inner.remove_incomplete(before).await
     }
 
+    async fn free_for_data(&self) -> Result<Option<u64>, BackendError> {
+        self.inner.free_for_data().await
+    }
+
     fn request_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
         self.inner.request_counts()
     }
@@ -164,5 +168,21 @@ mod tests {
         ] {
             assert!(!is_locked(key, meta), "{key}");
         }
+    }
+
+    /// gc plans its rewrites by the room the store it writes to has left;
+    /// a wrapper that answered the default ("no limit") would let it plan
+    /// rewrites that cannot fit.
+    #[tokio::test]
+    async fn the_room_for_data_is_the_wrapped_store_s() {
+        let mem = Arc::new(crate::testing::MemBackend::new(Default::default()));
+        mem.limit_data_room(Some(12_345));
+        let lock = ObjectLock {
+            mode: crate::lock::LockMode::Governance,
+            retain_secs: 86_400,
+            generation_secs: 3_600,
+        };
+        let locking = Locking::new(mem, lock, Duration::seconds(60));
+        assert_eq!(locking.free_for_data().await.unwrap(), Some(12_345));
     }
 }

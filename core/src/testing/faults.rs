@@ -148,6 +148,10 @@ impl Backend for FaultyBackend {
         }
     }
 
+    async fn free_for_data(&self) -> Result<Option<u64>, BackendError> {
+        self.inner.free_for_data().await
+    }
+
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
         let prefix = prefix.to_string();
         Box::pin(

@@ -84,6 +84,9 @@ impl Backend for Hooked {
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
         self.inner.head(key).await
     }
+    async fn free_for_data(&self) -> Result<Option<u64>, BackendError> {
+        self.inner.free_for_data().await
+    }
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
         if self.fire(matches!(self.at, HookAt::List(p) if prefix.starts_with(p))) {
             let prefix = prefix.to_string();

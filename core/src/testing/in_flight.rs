@@ -183,6 +183,9 @@ impl Backend for InFlight {
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
         self.logged("HEAD", key, self.inner.head(key)).await
     }
+    async fn free_for_data(&self) -> Result<Option<u64>, BackendError> {
+        self.inner.free_for_data().await
+    }
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
         let prefix = prefix.to_string();
         let all = async move {

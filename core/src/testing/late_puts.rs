@@ -106,6 +106,9 @@ impl Backend for LatePuts {
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
         self.inner.head(key).await
     }
+    async fn free_for_data(&self) -> Result<Option<u64>, BackendError> {
+        self.inner.free_for_data().await
+    }
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>> {
         self.inner.list(prefix)
     }

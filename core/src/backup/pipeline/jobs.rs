@@ -261,7 +261,7 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             bytes_data: data_bytes(&entries),
             ..BackupStats::default()
         };
-        let job = if entries.iter().all(|e| e.1.is_none()) {
+        let job = if crate::node::all_zero(&entries) {
             UploadJob::unchanged(idx, None, stats)
         } else {
             let node = Node { entries }.to_plain(shared.repo.codec())?;
@@ -318,7 +318,7 @@ fn build_job<'a>(
         bytes_data: data_bytes(entries),
         ..BackupStats::default()
     };
-    if entries.iter().all(|e| e.1.is_none()) {
+    if crate::node::all_zero(entries) {
         return Ok(UploadJob::unchanged(idx, None, stats));
     }
     let node = Node {
