@@ -121,7 +121,7 @@ async fn mount(
     } else {
         println!("{}", mountpoint.display());
         if !cli.quiet {
-            eprintln!(
+            say!(
                 "xfull: mounted {} at {} (read-only); Ctrl-C or SIGTERM unmounts",
                 served
                     .manifests
