@@ -1,6 +1,7 @@
 //! `xfull mount POINT... MOUNTPOINT`: points' disks as read-only image
 //! files (FUSE) until SIGINT/SIGTERM/SIGHUP (not under `nohup`), then
-//! unmounted.
+//! unmounted. Root's mounts are unmounted by fusermount3 if xfull is
+//! killed or crashes (auto_unmount).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -105,6 +106,23 @@ async fn mount(
         fuser::MountOption::Subtype("xfull".into()),
         fuser::MountOption::DefaultPermissions,
     ];
+    // Root's mount through fusermount3 with auto_unmount: fusermount3
+    // stays as a watcher and, once xfull's end of its socket closes
+    // (xfull exits, is killed, crashes), lazily unmounts the mountpoint
+    // if it is a dead FUSE mount (open() gives ENOTCONN); a live mount
+    // there, ours or one made since, is left alone. Without it a killed
+    // mount stayed dead ("Transport endpoint is not connected") until
+    // someone ran `fusermount3 -u`. fuser refuses auto_unmount with the
+    // owner-only ACL (libfuse 2's fusermount wanted allow_other or
+    // allow_root with it; 3.14's takes it alone); RootAndOwner mounts
+    // with allow_other and fuser answers EACCES to anyone else itself,
+    // and the owner is root: the same users as before. Not for other
+    // users: allow_other needs `user_allow_other` in /etc/fuse.conf.
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        config.mount_options.push(fuser::MountOption::AutoUnmount);
+        config.acl = fuser::SessionACL::RootAndOwner;
+    }
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
         anyhow::anyhow!(
             "cannot mount {} (FUSE: is /dev/fuse there, and fuse3 installed?): {e}",
@@ -176,13 +194,28 @@ async fn mount(
 /// with EBUSY; it is then detached lazily (`umount -l`): gone from the
 /// tree at once, and its open files fail with ENOTCONN once xfull has
 /// exited, rather than a dead mount left until someone unmounts it.
+///
+/// Root unmounts here, not through fuser: with auto_unmount, fuser's
+/// unmount only closes the socket to fusermount3's watcher, which
+/// leaves a live mount alone (and joining the FUSE thread would then
+/// wait forever). Other users get EPERM from umount(2); fuser then runs
+/// `fusermount3 -u -z`.
 fn unmount(s: fuser::BackgroundSession, at: &Path) -> Result<()> {
-    let busy = rustix::io::Errno::BUSY.raw_os_error();
-    match s.umount_and_join() {
-        Err(e) if e.raw_os_error() == Some(busy) => {
-            rustix::mount::unmount(at, rustix::mount::UnmountFlags::DETACH)
-                .map_err(|e| anyhow::anyhow!("unmounting {} (busy): {e}", at.display()))
-        }
-        r => r.map_err(|e| anyhow::anyhow!("unmounting {}: {e}", at.display())),
+    use rustix::io::Errno;
+    use rustix::mount::UnmountFlags;
+    match rustix::mount::unmount(at, UnmountFlags::empty()) {
+        // Gone: fuser closes the watcher's socket (nothing left for it
+        // to do) and the FUSE thread has ended.
+        Ok(()) => s
+            .umount_and_join()
+            .map_err(|e| anyhow::anyhow!("unmounting {}: {e}", at.display())),
+        // Detached, its FUSE thread still answering the open files:
+        // not joined; xfull exits.
+        Err(Errno::BUSY) => rustix::mount::unmount(at, UnmountFlags::DETACH)
+            .map_err(|e| anyhow::anyhow!("unmounting {} (busy): {e}", at.display())),
+        Err(Errno::PERM) => s
+            .umount_and_join()
+            .map_err(|e| anyhow::anyhow!("unmounting {}: {e}", at.display())),
+        Err(e) => Err(anyhow::anyhow!("unmounting {}: {e}", at.display())),
     }
 }
