@@ -3,8 +3,7 @@
 //! unmounted. Root's mounts are unmounted by fusermount3 if xfull is
 //! killed or crashes (auto_unmount).
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,13 +12,14 @@ use xfull_core::Error;
 use xfull_core::serve::{ServeOptions, Served};
 
 use crate::cli::{Cli, MountArgs};
+use crate::cmd::mountpoint::{self, Mountpoint};
 use crate::cmd::serving::{Notices, spec};
 use crate::fuse_fs::{MountedPoint, PointsFs};
 
 pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
     let (mountpoint, names) = args.args.split_last().expect("clap requires two arguments");
-    let mountpoint = PathBuf::from(mountpoint);
-    let owner = empty_dir(&mountpoint)?;
+    let checked = Mountpoint::check(Path::new(mountpoint))?;
+    let mountpoint = checked.path.clone();
     // `xfull mount ... &` in a terminal that is then closed gets SIGHUP:
     // by default it would kill xfull and leave a dead mount and the
     // lease; it unmounts as SIGTERM does (unless run under `nohup`).
@@ -38,7 +38,7 @@ pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
         ..Default::default()
     };
     let served = Served::open(&repo, &specs, &opts, progress.clone()).await?;
-    let result = mount(cli, &mountpoint, owner, &served, &mut hangup).await;
+    let result = mount(cli, &checked, &served, &mut hangup).await;
     served.close().await?;
     result?;
     Err(Error::Cancelled {
@@ -50,35 +50,11 @@ pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
     .into())
 }
 
-/// The owner of `path`, which must be an empty directory (not a link):
-/// mounting over files would hide them.
-fn empty_dir(path: &Path) -> Result<(u32, u32)> {
-    let refuse = |why: &str| {
-        Error::InvalidArgument(format!(
-            "mountpoint {}: {why}; give an empty directory",
-            path.display()
-        ))
-    };
-    let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(&e.to_string()))?;
-    if !meta.is_dir() {
-        return Err(refuse("not a directory").into());
-    }
-    if std::fs::read_dir(path)
-        .map_err(|e| refuse(&e.to_string()))?
-        .next()
-        .is_some()
-    {
-        return Err(refuse("not empty").into());
-    }
-    Ok((meta.uid(), meta.gid()))
-}
-
 /// Mounts, then waits for SIGINT/SIGTERM/SIGHUP (or an unmount from
 /// outside).
 async fn mount(
     cli: &Cli,
-    mountpoint: &Path,
-    owner: (u32, u32),
+    checked: &Mountpoint,
     served: &Served,
     hangup: &mut crate::Hangup,
 ) -> Result<()> {
@@ -98,7 +74,8 @@ async fn mount(
                 .collect(),
         })
         .collect();
-    let fs = PointsFs::new(points, tokio::runtime::Handle::current(), owner);
+    let mountpoint = checked.path.as_path();
+    let fs = PointsFs::new(points, tokio::runtime::Handle::current(), checked.owner);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,
@@ -123,12 +100,25 @@ async fn mount(
         config.mount_options.push(fuser::MountOption::AutoUnmount);
         config.acl = fuser::SessionACL::RootAndOwner;
     }
+    let before = mountpoint::mounts()?;
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
         anyhow::anyhow!(
             "cannot mount {} (FUSE: is /dev/fuse there, and fuse3 installed?): {e}",
             mountpoint.display()
         )
     })?;
+    // fusermount3 mounted by path; root checks it landed on the
+    // directory checked (see `mountpoint`). Not other users: mounting
+    // is root's only through their setuid fusermount3, which checks the
+    // mountpoint against their own permissions itself.
+    if root && let Err(e) = checked.landed(&before) {
+        // Kept, not dropped: dropping closes the auto_unmount socket
+        // while the mount is live, and the watcher leaves live mounts;
+        // once xfull has exited the mount is dead and the watcher
+        // removes it.
+        std::mem::forget(session);
+        return Err(e);
+    }
     if cli.json {
         let doc = serde_json::json!({
             "mountpoint": mountpoint,
