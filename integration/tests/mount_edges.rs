@@ -90,7 +90,10 @@ fn a_mount_through_a_linked_parent_lands_on_the_checked_directory() {
         1,
     );
     assert!(mounted(&real), "mounted on {}", real.display());
-    assert_eq!(std::fs::read(real.join("vm/latest/d.img")).unwrap().len(), 1 << 20);
+    assert_eq!(
+        std::fs::read(real.join("vm/latest/d.img")).unwrap().len(),
+        1 << 20
+    );
     let (code, err) = mount.stop();
     assert_eq!(code, 130, "{err}");
     assert!(!mounted(&real), "{err}");
@@ -129,7 +132,13 @@ fn a_hangup_with_stderr_gone_still_exits_130() {
     drop(err);
     assert!(mounted(&mnt));
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let ended = within(120, || child.try_wait().unwrap().is_some());
     if !ended {
         let _ = child.kill();

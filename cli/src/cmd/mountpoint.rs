@@ -178,7 +178,10 @@ fn parse(line: &[u8]) -> Option<MountLine> {
         fstype: fields.get(dash + 1)?.to_vec(),
         user: fields
             .get(dash + 3)
-            .and_then(|o| o.split(|&b| b == b',').find_map(|o| o.strip_prefix(b"user_id=")))
+            .and_then(|o| {
+                o.split(|&b| b == b',')
+                    .find_map(|o| o.strip_prefix(b"user_id="))
+            })
             .and_then(|u| std::str::from_utf8(u).ok()?.parse().ok()),
     })
 }
@@ -221,7 +224,10 @@ mod tests {
     /// deterministically end to end, so the decision is tested here.
     #[test]
     fn a_mount_is_accepted_only_on_the_directory_checked() {
-        let before = [line(1, 0, "/", "ext4", 0), line(30, 1, "/srv/old", "fuse.xfull", 0)];
+        let before = [
+            line(1, 0, "/", "ext4", 0),
+            line(30, 1, "/srv/old", "fuse.xfull", 0),
+        ];
         let mut after = before.to_vec();
         after.push(line(31, 1, "/home/u/mnt", "fuse.xfull", 0));
         assert_eq!(landed(&before, &after, b"/home/u/mnt", Some(1), 0), Ok(()));
@@ -242,7 +248,13 @@ mod tests {
             line(33, 1, "/etc", "fuse.xfull", 0),
             line(34, 1, "/home/u/mnt", "fuse.xfull", 1000),
         ];
-        assert_eq!(landed(&before, &after, b"/home/u/mnt", Some(1), 0), Err("/etc".into()));
-        assert_eq!(landed(&before, &before, b"/srv/old", Some(1), 0), Err("none".into()));
+        assert_eq!(
+            landed(&before, &after, b"/home/u/mnt", Some(1), 0),
+            Err("/etc".into())
+        );
+        assert_eq!(
+            landed(&before, &before, b"/srv/old", Some(1), 0),
+            Err("none".into())
+        );
     }
 }
