@@ -1,5 +1,12 @@
 //! The `xfull` command.
 
+/// `eprintln!` that never panics: see [`output::say`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::output::say(format_args!($($arg)*))
+    };
+}
+
 mod args;
 mod args_copy;
 mod args_index;
@@ -83,7 +90,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("xfull: cannot start the async runtime: {e}");
+            say!("xfull: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -105,7 +112,7 @@ fn main() -> ExitCode {
                 true => format!(" of {}", output::printable(location)),
                 false => String::new(),
             };
-            eprintln!(
+            say!(
                 "xfull: request budget{of}: {} requests, which waited {:.1} s in all for it \
                  (summed over requests waiting at once)",
                 b.paid(),
@@ -116,7 +123,7 @@ fn main() -> ExitCode {
     if let Some((path, command)) = metrics_target(&cli)
         && let Err(e) = metrics::write(path, command, status, started.elapsed().as_secs_f64())
     {
-        eprintln!("xfull: warning: {}", output::printable(&format!("{e:#}")));
+        say!("xfull: warning: {}", output::printable(&format!("{e:#}")));
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,7 +134,7 @@ fn main() -> ExitCode {
                 output::print_error_json(&format!("{e:#}"), status_kind(status), status);
             } else {
                 // Errors may quote a hostile repository's text.
-                eprintln!("xfull: error: {}", output::printable(&format!("{e:#}")));
+                say!("xfull: error: {}", output::printable(&format!("{e:#}")));
             }
             ExitCode::from(status)
         }
@@ -191,10 +198,10 @@ async fn cancel_on_signals() {
         }
         seen += 1;
         if seen > 1 {
-            eprintln!("xfull: interrupted again; exiting without cleaning up");
+            say!("xfull: interrupted again; exiting without cleaning up");
             std::process::exit(130);
         }
-        eprintln!("xfull: interrupted; stopping cleanly (interrupt again to exit at once)");
+        say!("xfull: interrupted; stopping cleanly (interrupt again to exit at once)");
         progress().cancel();
     }
 }

@@ -71,6 +71,17 @@ pub fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a line to stderr as `eprintln!` does, but a stderr that can no
+/// longer be written is ignored instead of a panic: after a hang-up the
+/// terminal is gone (EIO), or whoever read a pipe has left (EPIPE), and
+/// a command that then stops cleanly (a mount unmounted, a lease
+/// released) exited 101 from the panic of its last message instead of
+/// 130. Nobody is left to read it anyway.
+pub fn say(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
 /// With `--json`, an error is a JSON document on stderr (stdout may be
 /// carrying data, e.g. `restore --to -`).
 pub fn print_error_json(message: &str, kind: &str, status: u8) {
@@ -78,8 +89,8 @@ pub fn print_error_json(message: &str, kind: &str, status: u8) {
         "error": {"message": message, "kind": kind, "exit_status": status},
     });
     match json_text(&doc) {
-        Ok(t) => eprintln!("{t}"),
-        Err(_) => eprintln!("xfull: error: {}", printable(message)),
+        Ok(t) => say!("{t}"),
+        Err(_) => say!("xfull: error: {}", printable(message)),
     }
 }
 

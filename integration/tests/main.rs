@@ -25,6 +25,7 @@ mod json_schema;
 mod lease_landing;
 mod least_privilege;
 mod mount;
+mod mount_edges;
 mod nbd_source;
 mod object_lock;
 mod operations;

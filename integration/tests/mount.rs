@@ -9,7 +9,7 @@ use xfull_integration::env::{Env, sha256, stderr};
 
 use crate::serve::{Served, leases_of};
 
-fn mounted(path: &std::path::Path) -> bool {
+pub fn mounted(path: &std::path::Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let p = path.to_str().unwrap();
     mounts.lines().any(|l| l.split(' ').nth(1) == Some(p))
@@ -128,7 +128,7 @@ fn a_mountpoint_that_is_not_an_empty_directory_is_refused() {
 
 /// Unmounts lazily whatever is left at a mountpoint when a test ends,
 /// so that a failing test leaves no dead mount behind.
-struct Unmount(std::path::PathBuf);
+pub struct Unmount(pub std::path::PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
@@ -139,7 +139,7 @@ impl Drop for Unmount {
 }
 
 /// A one-disk point mounted at `mnt`, and the leases before it.
-fn mounted_point(e: &Env) -> (Served, std::path::PathBuf, Unmount, Vec<std::path::PathBuf>) {
+pub fn mounted_point(e: &Env) -> (Served, std::path::PathBuf, Unmount, Vec<std::path::PathBuf>) {
     let img = e.path("d.img");
     std::fs::write(&img, xfull_core::testing::xorshift_bytes(1 << 20, 5)).unwrap();
     e.backup("vm", &[("d", &img)]);

@@ -9,6 +9,7 @@ pub mod index;
 pub mod init;
 pub mod key;
 pub mod mount;
+mod mountpoint;
 pub mod points;
 pub mod prune;
 pub mod repair;

@@ -1,9 +1,9 @@
 //! `xfull mount POINT... MOUNTPOINT`: points' disks as read-only image
 //! files (FUSE) until SIGINT/SIGTERM/SIGHUP (not under `nohup`), then
-//! unmounted.
+//! unmounted. Root's mounts are unmounted by fusermount3 if xfull is
+//! killed or crashes (auto_unmount).
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -12,13 +12,14 @@ use xfull_core::Error;
 use xfull_core::serve::{ServeOptions, Served};
 
 use crate::cli::{Cli, MountArgs};
+use crate::cmd::mountpoint::{self, Mountpoint};
 use crate::cmd::serving::{Notices, spec};
 use crate::fuse_fs::{MountedPoint, PointsFs};
 
 pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
     let (mountpoint, names) = args.args.split_last().expect("clap requires two arguments");
-    let mountpoint = PathBuf::from(mountpoint);
-    let owner = empty_dir(&mountpoint)?;
+    let checked = Mountpoint::check(Path::new(mountpoint))?;
+    let mountpoint = checked.path.clone();
     // `xfull mount ... &` in a terminal that is then closed gets SIGHUP:
     // by default it would kill xfull and leave a dead mount and the
     // lease; it unmounts as SIGTERM does (unless run under `nohup`).
@@ -37,7 +38,7 @@ pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
         ..Default::default()
     };
     let served = Served::open(&repo, &specs, &opts, progress.clone()).await?;
-    let result = mount(cli, &mountpoint, owner, &served, &mut hangup).await;
+    let result = mount(cli, &checked, &served, &mut hangup).await;
     served.close().await?;
     result?;
     Err(Error::Cancelled {
@@ -49,35 +50,11 @@ pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
     .into())
 }
 
-/// The owner of `path`, which must be an empty directory (not a link):
-/// mounting over files would hide them.
-fn empty_dir(path: &Path) -> Result<(u32, u32)> {
-    let refuse = |why: &str| {
-        Error::InvalidArgument(format!(
-            "mountpoint {}: {why}; give an empty directory",
-            path.display()
-        ))
-    };
-    let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(&e.to_string()))?;
-    if !meta.is_dir() {
-        return Err(refuse("not a directory").into());
-    }
-    if std::fs::read_dir(path)
-        .map_err(|e| refuse(&e.to_string()))?
-        .next()
-        .is_some()
-    {
-        return Err(refuse("not empty").into());
-    }
-    Ok((meta.uid(), meta.gid()))
-}
-
 /// Mounts, then waits for SIGINT/SIGTERM/SIGHUP (or an unmount from
 /// outside).
 async fn mount(
     cli: &Cli,
-    mountpoint: &Path,
-    owner: (u32, u32),
+    checked: &Mountpoint,
     served: &Served,
     hangup: &mut crate::Hangup,
 ) -> Result<()> {
@@ -97,7 +74,8 @@ async fn mount(
                 .collect(),
         })
         .collect();
-    let fs = PointsFs::new(points, tokio::runtime::Handle::current(), owner);
+    let mountpoint = checked.path.as_path();
+    let fs = PointsFs::new(points, tokio::runtime::Handle::current(), checked.owner);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,
@@ -105,12 +83,42 @@ async fn mount(
         fuser::MountOption::Subtype("xfull".into()),
         fuser::MountOption::DefaultPermissions,
     ];
+    // Root's mount through fusermount3 with auto_unmount: fusermount3
+    // stays as a watcher and, once xfull's end of its socket closes
+    // (xfull exits, is killed, crashes), lazily unmounts the mountpoint
+    // if it is a dead FUSE mount (open() gives ENOTCONN); a live mount
+    // there, ours or one made since, is left alone. Without it a killed
+    // mount stayed dead ("Transport endpoint is not connected") until
+    // someone ran `fusermount3 -u`. fuser refuses auto_unmount with the
+    // owner-only ACL (libfuse 2's fusermount wanted allow_other or
+    // allow_root with it; 3.14's takes it alone); RootAndOwner mounts
+    // with allow_other and fuser answers EACCES to anyone else itself,
+    // and the owner is root: the same users as before. Not for other
+    // users: allow_other needs `user_allow_other` in /etc/fuse.conf.
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        config.mount_options.push(fuser::MountOption::AutoUnmount);
+        config.acl = fuser::SessionACL::RootAndOwner;
+    }
+    let before = mountpoint::mounts()?;
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
         anyhow::anyhow!(
             "cannot mount {} (FUSE: is /dev/fuse there, and fuse3 installed?): {e}",
             mountpoint.display()
         )
     })?;
+    // fusermount3 mounted by path; root checks it landed on the
+    // directory checked (see `mountpoint`). Not other users: mounting
+    // is root's only through their setuid fusermount3, which checks the
+    // mountpoint against their own permissions itself.
+    if root && let Err(e) = checked.landed(&before) {
+        // Kept, not dropped: dropping closes the auto_unmount socket
+        // while the mount is live, and the watcher leaves live mounts;
+        // once xfull has exited the mount is dead and the watcher
+        // removes it.
+        std::mem::forget(session);
+        return Err(e);
+    }
     if cli.json {
         let doc = serde_json::json!({
             "mountpoint": mountpoint,
@@ -121,7 +129,7 @@ async fn mount(
     } else {
         println!("{}", mountpoint.display());
         if !cli.quiet {
-            eprintln!(
+            say!(
                 "xfull: mounted {} at {} (read-only); Ctrl-C or SIGTERM unmounts",
                 served
                     .manifests
@@ -176,13 +184,28 @@ async fn mount(
 /// with EBUSY; it is then detached lazily (`umount -l`): gone from the
 /// tree at once, and its open files fail with ENOTCONN once xfull has
 /// exited, rather than a dead mount left until someone unmounts it.
+///
+/// Root unmounts here, not through fuser: with auto_unmount, fuser's
+/// unmount only closes the socket to fusermount3's watcher, which
+/// leaves a live mount alone (and joining the FUSE thread would then
+/// wait forever). Other users get EPERM from umount(2); fuser then runs
+/// `fusermount3 -u -z`.
 fn unmount(s: fuser::BackgroundSession, at: &Path) -> Result<()> {
-    let busy = rustix::io::Errno::BUSY.raw_os_error();
-    match s.umount_and_join() {
-        Err(e) if e.raw_os_error() == Some(busy) => {
-            rustix::mount::unmount(at, rustix::mount::UnmountFlags::DETACH)
-                .map_err(|e| anyhow::anyhow!("unmounting {} (busy): {e}", at.display()))
-        }
-        r => r.map_err(|e| anyhow::anyhow!("unmounting {}: {e}", at.display())),
+    use rustix::io::Errno;
+    use rustix::mount::UnmountFlags;
+    match rustix::mount::unmount(at, UnmountFlags::empty()) {
+        // Gone: fuser closes the watcher's socket (nothing left for it
+        // to do) and the FUSE thread has ended.
+        Ok(()) => s
+            .umount_and_join()
+            .map_err(|e| anyhow::anyhow!("unmounting {}: {e}", at.display())),
+        // Detached, its FUSE thread still answering the open files:
+        // not joined; xfull exits.
+        Err(Errno::BUSY) => rustix::mount::unmount(at, UnmountFlags::DETACH)
+            .map_err(|e| anyhow::anyhow!("unmounting {} (busy): {e}", at.display())),
+        Err(Errno::PERM) => s
+            .umount_and_join()
+            .map_err(|e| anyhow::anyhow!("unmounting {}: {e}", at.display())),
+        Err(e) => Err(anyhow::anyhow!("unmounting {}: {e}", at.display())),
     }
 }

@@ -73,7 +73,7 @@ async fn serve(
                 }
                 ServerEvent::Refused { peer } => format!("refused {peer}: too many clients"),
             };
-            eprintln!("xfull: {}", crate::output::printable(&line));
+            say!("xfull: {}", crate::output::printable(&line));
         }
     });
     let m = &served.manifests[0];
@@ -99,7 +99,7 @@ async fn serve(
         for (disk, size, uri) in &uris {
             println!("{uri}");
             if !cli.quiet {
-                eprintln!(
+                say!(
                     "xfull: serving {} disk {} ({} bytes{}) at {uri}",
                     m.point_name(),
                     crate::output::printable(disk),
@@ -113,7 +113,7 @@ async fn serve(
             }
         }
         if !cli.quiet {
-            eprintln!("xfull: Ctrl-C or SIGTERM stops the server");
+            say!("xfull: Ctrl-C or SIGTERM stops the server");
         }
     }
     std::io::stdout().flush()?;

@@ -52,7 +52,7 @@ fn print(p: &Progress) {
     for n in p.take_notices() {
         if let Notice::Warning(w) = n {
             let line = format!("xfull: warning: {w}");
-            eprintln!("{}", crate::output::printable(&line));
+            say!("{}", crate::output::printable(&line));
         }
     }
 }
