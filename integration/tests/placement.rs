@@ -267,3 +267,50 @@ async fn audit_fallbacks_of_several_disks_list_the_repository_once() {
     let lists = store.lists.lock().unwrap().clone();
     assert_eq!(lists.get("nodes/"), Some(&1), "{lists:?}");
 }
+
+/// A served point's block status asks for the entries of up to 64
+/// segments per request, and a writable overlay asks again for every gap
+/// between its blocks: each segment's node is fetched once while it is
+/// among the last asked, not once per question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_status_fetches_each_node_once_while_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    write_image(&img, &xfull_integration::mixed_regions(6, 3), 3, true).unwrap();
+    let store = Arc::new(Counting::default());
+    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(store.clone(), config).await.unwrap();
+    let m = backup(&repo, request("vm", &img), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    let d = Arc::new(m.disks[0].clone());
+    let with_node: Vec<usize> = (0..d.segments.len())
+        .filter(|&i| d.segments[i].is_some())
+        .collect();
+    assert!(with_node.len() >= 3, "{:?}", d.segments);
+    let index = repo.chunks().open_index().await.unwrap();
+    let reader = xfull_core::restore::PartReader::new(&repo, index, "vm@x", d.clone());
+    store.gets.lock().unwrap().clear();
+    let mut first = Vec::new();
+    for round in 0..3 {
+        for &i in &with_node {
+            let entries = reader.entries(i).await.unwrap();
+            let r = d.segment_range(i);
+            assert_eq!(
+                entries.iter().map(|e| e.len()).sum::<u64>(),
+                r.end - r.start
+            );
+            if round == 0 {
+                first.push(entries);
+            } else {
+                assert_eq!(
+                    entries,
+                    first[with_node.iter().position(|&j| j == i).unwrap()]
+                );
+            }
+        }
+    }
+    let gets = store.gets_under("nodes/");
+    assert_eq!(gets.len(), with_node.len(), "{gets:?}");
+    assert!(gets.values().all(|&n| n == 1), "one fetch each: {gets:?}");
+}

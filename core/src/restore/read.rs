@@ -18,6 +18,7 @@ use super::DamagedRange;
 use super::part::{SegmentNode, part_size};
 use super::segment::{BufferPool, Piece, SegmentCtx};
 use crate::error::Result;
+use crate::id::ObjectId;
 use crate::manifest::DiskManifest;
 use crate::node::Entry;
 use crate::placement::lookup::ChunkIndex;
@@ -26,6 +27,12 @@ use crate::repo::Repository;
 
 /// Nodes kept by a reader, most recently asked last.
 const NODES_KEPT: usize = 16;
+/// Entries kept for block status apart from the nodes reads keep: one
+/// request's worth (`serve::disk` asks for up to 64 segments at once), so
+/// that a writable overlay's gaps, each a question of its own, and the
+/// requests that follow over the same segments fetch each node once. A
+/// 64 MiB segment's entries are about 40 KiB: 2.5 MiB per disk at most.
+const ENTRIES_KEPT: usize = 64;
 
 /// The plaintext of one part of a disk.
 #[derive(Debug)]
@@ -48,6 +55,9 @@ pub struct PartReader {
     ctx: Arc<SegmentCtx>,
     /// Nodes of the segments read last (segment, node).
     nodes: Mutex<VecDeque<(usize, NodeCell)>>,
+    /// Entries of the segments block status asked for last, most recent
+    /// last (those of sound nodes only).
+    entries: Mutex<VecDeque<(usize, Arc<Vec<Entry>>)>>,
 }
 
 impl std::fmt::Debug for PartReader {
@@ -83,6 +93,7 @@ impl PartReader {
                 found: Default::default(),
             }),
             nodes: Mutex::default(),
+            entries: Mutex::default(),
         }
     }
 
@@ -137,8 +148,9 @@ impl PartReader {
 
     /// The entries of segment `i`'s node, without reading its chunks
     /// (empty for a segment stored as zeros). A node kept for reads is
-    /// used; one fetched here is not kept: a block-status request looks
-    /// at up to 64 segments, which would push out the nodes reads use.
+    /// used; one fetched here goes to a cache of its own
+    /// ([`ENTRIES_KEPT`]): a block-status request looks at up to 64
+    /// segments, which would push out the nodes reads use.
     pub async fn entries(&self, i: usize) -> Result<Vec<Entry>> {
         let Some(id) = self.ctx.d.segments[i] else {
             return Ok(Vec::new());
@@ -151,8 +163,7 @@ impl PartReader {
                 .and_then(|(_, cell)| cell.get().cloned())
         };
         let Some(node) = kept else {
-            let r = self.ctx.d.segment_range(i);
-            return self.ctx.entries(id, r.end - r.start).await;
+            return Ok(self.status_entries(i, id).await?.to_vec());
         };
         match node.damaged.first() {
             Some(r) => Err(crate::error::Error::Corrupt {
@@ -161,6 +172,32 @@ impl PartReader {
             }),
             None => Ok(node.entries.clone()),
         }
+    }
+
+    /// Segment `i`'s entries (node `id`) from the block-status cache, or
+    /// fetched and kept there. A failed fetch is not kept: the next
+    /// question asks the store again.
+    async fn status_entries(&self, i: usize, id: ObjectId) -> Result<Arc<Vec<Entry>>> {
+        let lock = || self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut kept = lock();
+            if let Some(p) = kept.iter().position(|(s, _)| *s == i) {
+                let hit = kept.remove(p).expect("found");
+                let entries = hit.1.clone();
+                kept.push_back(hit);
+                return Ok(entries);
+            }
+        }
+        let r = self.ctx.d.segment_range(i);
+        let entries = Arc::new(self.ctx.entries(id, r.end - r.start).await?);
+        let mut kept = lock();
+        if !kept.iter().any(|(s, _)| *s == i) {
+            if kept.len() == ENTRIES_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back((i, entries.clone()));
+        }
+        Ok(entries)
     }
 
     /// Segment `i`'s node: one fetch for every part of the segment while
