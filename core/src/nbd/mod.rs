@@ -41,6 +41,7 @@ pub mod server;
 mod server_options;
 mod server_replies;
 mod server_requests;
+mod unix_socket;
 pub mod uri;
 
 pub use blocking::BlockingClient;

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use super::conn::{self, BoxRead, BoxWrite};
 use super::proto::DEFAULT_MAX_PAYLOAD;
-use super::{Export, NbdError, NbdUri, server_options, server_requests};
+use super::{Export, NbdError, NbdUri, server_options, server_requests, unix_socket};
 
 /// Limits of the server, per client where it says so. The defaults
 /// bound payload memory to 32 clients x 32 MiB, whatever they send.
@@ -127,23 +127,22 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Listens on a new unix socket at `path` (an existing file is never
-    /// replaced: remove a stale socket first). Only its owner may connect
-    /// (mode 0600, whatever the umask: exports are disk contents); put it
-    /// in a private directory to close the moment between creating and
-    /// restricting it. The socket file is removed when [`Server::serve`]
-    /// returns.
+    /// Listens on a new unix socket at `path`; an existing file there
+    /// (a stale socket, a symlink, even a dangling one) is never replaced:
+    /// the error names the path. Only the owner may connect (mode 0600,
+    /// whatever the umask: exports are disk contents), from the moment the
+    /// path exists: the socket is bound and restricted in a private
+    /// directory (`.xfull-sock-*`, mode 0700, next to `path`, removed
+    /// afterwards) and renamed into place (see `unix_socket.rs`). So the
+    /// directory of `path` must let us create a directory in it, and the
+    /// temporary path (that directory's path and 23 bytes more) must fit
+    /// a unix socket address (107 bytes). The socket file is removed when
+    /// [`Server::serve`] returns.
     pub fn bind_unix(path: &Path) -> Result<Listener, NbdError> {
-        use std::os::unix::fs::PermissionsExt;
-        let err = |e: std::io::Error| NbdError::Listen {
+        let listener = unix_socket::bind_private(path).map_err(|e| NbdError::Listen {
             address: path.display().to_string(),
             message: e.to_string(),
-        };
-        let listener = UnixListener::bind(path).map_err(err)?;
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-            let _ = std::fs::remove_file(path);
-            return Err(err(e));
-        }
+        })?;
         Ok(Listener::Unix {
             listener,
             path: path.to_path_buf(),

@@ -10,6 +10,7 @@ mod decoders;
 mod exports;
 mod hostile;
 mod hostile_handshake;
+mod listen;
 mod peer;
 mod roundtrip;
 mod server_raw;
