@@ -10,6 +10,7 @@ mod decoders;
 mod exports;
 mod hostile;
 mod hostile_handshake;
+mod hostile_slow;
 mod listen;
 mod peer;
 mod roundtrip;
