@@ -39,6 +39,15 @@ pub struct ServerOptions {
     pub max_payload: u32,
     /// How long a client may take to finish negotiating.
     pub handshake_timeout: Duration,
+    /// How long a request may take to arrive whole once its first byte
+    /// has (a write's payload: this plus its length at 64 KiB/s), and a
+    /// reply to be taken by the client once the server writes it (this
+    /// plus its length at 64 KiB/s). A client that stalls mid-request or
+    /// stops reading its replies is disconnected, freeing its slot.
+    /// Waiting between requests is not bounded: the kernel's NBD client
+    /// behind a mounted `/dev/nbd*`, or qemu with an idle guest, sends
+    /// nothing for hours and is a working client.
+    pub request_timeout: Duration,
     /// Once the server is stopping, how long a connection may take to
     /// send the replies to the requests in flight. A client that does
     /// not read them (frozen, or a TCP peer gone without a reset) would
@@ -54,6 +63,7 @@ impl Default for ServerOptions {
             max_bytes_per_client: 32 << 20,
             max_payload: DEFAULT_MAX_PAYLOAD,
             handshake_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
         }
     }

@@ -14,6 +14,7 @@ mod hostile_slow;
 mod listen;
 mod peer;
 mod roundtrip;
+mod server_idle;
 mod server_raw;
 mod server_tools;
 mod server_work;
