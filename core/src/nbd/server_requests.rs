@@ -218,7 +218,7 @@ async fn next_request(
 ) -> Result<Option<(RequestHeader, Job, Permits)>, String> {
     // Waiting for a request to begin is not bounded (see the top).
     match r.fill_buf().await {
-        Ok(b) if b.is_empty() => return Ok(None),
+        Ok([]) => return Ok(None),
         Ok(_) => {}
         Err(e) => return Err(format!("reading a request: {e}")),
     }
