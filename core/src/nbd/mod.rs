@@ -28,6 +28,7 @@
 
 pub mod blocking;
 pub mod client;
+mod client_list;
 mod client_reader;
 mod client_state;
 mod conn;
