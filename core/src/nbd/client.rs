@@ -3,9 +3,10 @@
 //! Requests are written by whichever task makes them (the write half sits
 //! behind a lock); one reader task demultiplexes replies by cookie
 //! (`client_reader.rs`) and a watchdog fails everything when the server
-//! stays silent too long, or sends a reply too slowly to be a working one. Two semaphores bound what is in flight: the
-//! number of requests and the bytes their replies may carry, so memory
-//! stays bounded whatever the export size. Every reply length is checked
+//! stays silent too long, or sends a reply too slowly to be a working
+//! one. Two semaphores bound what is in flight: the number of requests
+//! and the bytes their replies may carry, so memory stays bounded
+//! whatever the export size. Every reply length is checked
 //! against its request before anything is allocated.
 
 use std::ops::Range;
