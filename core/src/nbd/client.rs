@@ -3,9 +3,10 @@
 //! Requests are written by whichever task makes them (the write half sits
 //! behind a lock); one reader task demultiplexes replies by cookie
 //! (`client_reader.rs`) and a watchdog fails everything when the server
-//! stays silent too long. Two semaphores bound what is in flight: the
-//! number of requests and the bytes their replies may carry, so memory
-//! stays bounded whatever the export size. Every reply length is checked
+//! stays silent too long, or sends a reply too slowly to be a working
+//! one. Two semaphores bound what is in flight: the number of requests
+//! and the bytes their replies may carry, so memory stays bounded
+//! whatever the export size. Every reply length is checked
 //! against its request before anything is allocated.
 
 use std::ops::Range;
@@ -36,7 +37,10 @@ pub struct ClientOptions {
     /// Bytes of read replies in flight at once (at least one request).
     pub max_bytes: u32,
     /// How long the server may stay silent while requests wait (and how
-    /// long the handshake may take) before the connection is failed.
+    /// long the handshake may take) before the connection is failed. A
+    /// reply, once begun, must also be whole within this plus its length
+    /// at 1 MiB/s, however steadily its bytes come: a server trickling a
+    /// byte now and then would otherwise hold a request for ever.
     pub timeout: Duration,
 }
 
@@ -120,6 +124,7 @@ impl Client {
         })
         .await?;
         let shared = Arc::new(Shared {
+            server,
             export: export.to_string(),
             requests: Arc::new(Semaphore::new(options.max_requests.max(1))),
             bytes: Arc::new(Semaphore::new(options.max_bytes.max(1) as usize)),
@@ -138,48 +143,6 @@ impl Client {
             reader,
             watchdog,
         })
-    }
-
-    /// Lists the metadata contexts matching `queries` (all if empty) on
-    /// a connection of its own, e.g. `["qemu:dirty-bitmap:"]` for the
-    /// dirty bitmaps an export offers.
-    pub async fn list_meta_contexts(
-        uri: &NbdUri,
-        queries: &[&str],
-    ) -> Result<Vec<String>, NbdError> {
-        let server = uri.target.to_string();
-        within(&server, ClientOptions::default().timeout, async {
-            let (r, w) = conn::connect(&uri.target).await?;
-            let (mut r, mut w) = conn::buffered(r, w);
-            let mut h =
-                Handshake::start(&mut r, &mut w, server.clone(), uri.export.clone()).await?;
-            let res = match h.structured_replies().await {
-                Ok(true) => h.list_meta_contexts(queries).await,
-                Ok(false) => Err(NbdError::Unsupported {
-                    export: uri.export.clone(),
-                    what: "structured replies (needed for metadata contexts)",
-                }),
-                Err(e) => Err(e),
-            };
-            h.abort().await;
-            res
-        })
-        .await
-    }
-
-    /// Lists the server's exports on a connection of its own.
-    pub async fn list_exports(uri: &NbdUri) -> Result<Vec<String>, NbdError> {
-        let server = uri.target.to_string();
-        within(&server, ClientOptions::default().timeout, async {
-            let (r, w) = conn::connect(&uri.target).await?;
-            let (mut r, mut w) = conn::buffered(r, w);
-            let mut h =
-                Handshake::start(&mut r, &mut w, server.clone(), uri.export.clone()).await?;
-            let res = h.list_exports().await;
-            h.abort().await;
-            res
-        })
-        .await
     }
 
     pub fn export(&self) -> &str {
@@ -456,6 +419,7 @@ impl Client {
                     offset,
                     len,
                     context,
+                    started: None,
                     done: tx,
                     _permits: (req, bytes),
                 },
@@ -483,7 +447,10 @@ impl Client {
             Ok(Err(e)) => s.fail(Failure::Disconnected(format!(
                 "sending a request failed: {e}"
             ))),
-            Err(_) => s.fail(Failure::Timeout(s.options.timeout.as_secs_f64())),
+            Err(_) => s.fail(Failure::Timeout {
+                server: s.server.clone(),
+                secs: s.options.timeout.as_secs_f64(),
+            }),
         }
         rx.await
             .unwrap_or_else(|_| Err(Failure::Closed.error(&s.export, cmd, offset)))

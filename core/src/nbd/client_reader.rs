@@ -76,16 +76,22 @@ fn protocol(reason: impl Into<String>) -> Failure {
     Failure::Protocol(reason.into())
 }
 
+/// What the request `cookie` asked for; its reply has begun (the clock of
+/// its reply bound starts with its first message).
 fn asked(shared: &Shared, cookie: u64) -> Result<Asked, Failure> {
-    let st = shared.lock();
-    match st.pending.get(&cookie) {
-        Some(f) => Ok(Asked {
-            cmd: f.cmd,
-            offset: f.offset,
-            len: f.len,
-            context: f.context,
-        }),
-        None if st.failed.is_some() => Err(st.failed.clone().unwrap_or(Failure::Closed)),
+    let mut st = shared.lock();
+    let failed = st.failed.clone();
+    match st.pending.get_mut(&cookie) {
+        Some(f) => {
+            f.started.get_or_insert_with(std::time::Instant::now);
+            Ok(Asked {
+                cmd: f.cmd,
+                offset: f.offset,
+                len: f.len,
+                context: f.context,
+            })
+        }
+        None if failed.is_some() => Err(failed.unwrap_or(Failure::Closed)),
         None => Err(protocol(format!(
             "a reply to cookie {cookie}, which no request has"
         ))),

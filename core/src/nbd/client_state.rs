@@ -21,7 +21,16 @@ use super::proto::command_name;
 pub(crate) enum Failure {
     Disconnected(String),
     Protocol(String),
-    Timeout(f64),
+    /// Silence for this long (seconds); the server's name.
+    Timeout {
+        server: String,
+        secs: f64,
+    },
+    /// A reply not whole within its bound (seconds).
+    TooSlow {
+        server: String,
+        secs: f64,
+    },
     Closed,
 }
 
@@ -42,7 +51,15 @@ impl Failure {
                 offset,
                 reason: reason.clone(),
             },
-            Failure::Timeout(secs) => NbdError::Timeout {
+            Failure::Timeout { server, secs } => NbdError::Timeout {
+                server: server.clone(),
+                export,
+                command,
+                offset,
+                secs: *secs,
+            },
+            Failure::TooSlow { server, secs } => NbdError::ReplyTooSlow {
+                server: server.clone(),
                 export,
                 command,
                 offset,
@@ -78,6 +95,9 @@ pub(crate) struct InFlight {
     pub len: u32,
     /// Block status: the context id whose extents the caller wants.
     pub context: Option<u32>,
+    /// When the first message of its reply arrived: from then on the
+    /// reply must be whole within [`reply_bound`].
+    pub started: Option<Instant>,
     pub done: oneshot::Sender<Result<Reply, NbdError>>,
     pub _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 }
@@ -90,6 +110,8 @@ pub(crate) struct State {
 }
 
 pub(crate) struct Shared {
+    /// The server's address, for errors.
+    pub server: String,
     pub export: String,
     pub neg: Negotiated,
     pub options: ClientOptions,
@@ -169,25 +191,59 @@ impl Shared {
     }
 }
 
+/// The slowest a reply may arrive, past the timeout, before it is taken
+/// for a trickle. Far below any disk or network a backup reads from: a
+/// 1 MiB read may take the timeout plus a second.
+pub(crate) const MIN_REPLY_RATE: u64 = 1 << 20;
+
+/// How long a reply may take from its first message to its last: the
+/// timeout, and its payload at [`MIN_REPLY_RATE`]. Silence is bounded by
+/// the timeout alone, but any byte resets that; a server sending a byte
+/// now and then would hold a request (and a backup) for ever.
+pub(crate) fn reply_bound(timeout: Duration, cmd: u16, len: u32) -> Duration {
+    let payload = if cmd == super::proto::CMD_READ {
+        len
+    } else {
+        0
+    };
+    timeout + Duration::from_secs_f64(payload as f64 / MIN_REPLY_RATE as f64)
+}
+
 /// Fails the connection when requests wait and the server has said
-/// nothing for the timeout.
+/// nothing for the timeout, or when a reply that began is not whole
+/// within its [`reply_bound`].
 pub(crate) async fn watchdog(shared: Arc<Shared>, reader: tokio::task::AbortHandle) {
     let timeout = shared.options.timeout;
     let tick = (timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let server = shared.server.clone();
     loop {
         tokio::time::sleep(tick).await;
-        let waiting = {
+        let (waiting, overdue) = {
             let st = shared.lock();
             if st.failed.is_some() {
                 return;
             }
-            !st.pending.is_empty()
+            let overdue = st.pending.values().find_map(|f| {
+                let bound = reply_bound(timeout, f.cmd, f.len);
+                let late = f.started.is_some_and(|t| t.elapsed() > bound);
+                late.then_some(bound)
+            });
+            (!st.pending.is_empty(), overdue)
         };
-        if waiting && shared.idle() >= timeout {
-            reader.abort();
-            shared.fail(Failure::Timeout(timeout.as_secs_f64()));
-            return;
-        }
+        let why = match overdue {
+            Some(bound) => Failure::TooSlow {
+                server,
+                secs: bound.as_secs_f64(),
+            },
+            None if waiting && shared.idle() >= timeout => Failure::Timeout {
+                server,
+                secs: timeout.as_secs_f64(),
+            },
+            None => continue,
+        };
+        reader.abort();
+        shared.fail(why);
+        return;
     }
 }
 

@@ -156,10 +156,27 @@ pub enum NbdError {
 
     /// The server stayed silent longer than the client's timeout.
     #[error(
-        "NBD export {export:?}: no reply from the server for {secs} s \
+        "NBD server {server}, export {export:?}: no reply from the server for {secs} s \
          ({command} at offset {offset} waiting); connection closed"
     )]
     Timeout {
+        server: String,
+        export: String,
+        command: &'static str,
+        offset: u64,
+        secs: f64,
+    },
+
+    /// The server kept sending, but a reply was not whole within its
+    /// bound (the timeout plus its length at 1 MiB/s): a server trickling
+    /// bytes resets the silence watchdog, so this bounds it instead.
+    #[error(
+        "NBD server {server}, export {export:?}: a reply took longer than {secs} s \
+         to arrive whole, sent too slowly ({command} at offset {offset} waiting); \
+         connection closed"
+    )]
+    ReplyTooSlow {
+        server: String,
         export: String,
         command: &'static str,
         offset: u64,

@@ -28,6 +28,7 @@
 
 pub mod blocking;
 pub mod client;
+mod client_list;
 mod client_reader;
 mod client_state;
 mod conn;
@@ -41,6 +42,7 @@ pub mod server;
 mod server_options;
 mod server_replies;
 mod server_requests;
+mod unix_socket;
 pub mod uri;
 
 pub use blocking::BlockingClient;

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use super::conn::{self, BoxRead, BoxWrite};
 use super::proto::DEFAULT_MAX_PAYLOAD;
-use super::{Export, NbdError, NbdUri, server_options, server_requests};
+use super::{Export, NbdError, NbdUri, server_options, server_requests, unix_socket};
 
 /// Limits of the server, per client where it says so. The defaults
 /// bound payload memory to 32 clients x 32 MiB, whatever they send.
@@ -39,6 +39,15 @@ pub struct ServerOptions {
     pub max_payload: u32,
     /// How long a client may take to finish negotiating.
     pub handshake_timeout: Duration,
+    /// How long a request may take to arrive whole once its first byte
+    /// has (a write's payload: this plus its length at 64 KiB/s), and a
+    /// reply to be taken by the client once the server writes it (this
+    /// plus its length at 64 KiB/s). A client that stalls mid-request or
+    /// stops reading its replies is disconnected, freeing its slot.
+    /// Waiting between requests is not bounded: the kernel's NBD client
+    /// behind a mounted `/dev/nbd*`, or qemu with an idle guest, sends
+    /// nothing for hours and is a working client.
+    pub request_timeout: Duration,
     /// Once the server is stopping, how long a connection may take to
     /// send the replies to the requests in flight. A client that does
     /// not read them (frozen, or a TCP peer gone without a reset) would
@@ -54,6 +63,7 @@ impl Default for ServerOptions {
             max_bytes_per_client: 32 << 20,
             max_payload: DEFAULT_MAX_PAYLOAD,
             handshake_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -127,23 +137,22 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Listens on a new unix socket at `path` (an existing file is never
-    /// replaced: remove a stale socket first). Only its owner may connect
-    /// (mode 0600, whatever the umask: exports are disk contents); put it
-    /// in a private directory to close the moment between creating and
-    /// restricting it. The socket file is removed when [`Server::serve`]
-    /// returns.
+    /// Listens on a new unix socket at `path`; an existing file there
+    /// (a stale socket, a symlink, even a dangling one) is never replaced:
+    /// the error names the path. Only the owner may connect (mode 0600,
+    /// whatever the umask: exports are disk contents), from the moment the
+    /// path exists: the socket is bound and restricted in a private
+    /// directory (`.xfull-sock-*`, mode 0700, next to `path`, removed
+    /// afterwards) and renamed into place (see `unix_socket.rs`). So the
+    /// directory of `path` must let us create a directory in it, and the
+    /// temporary path (that directory's path and 23 bytes more) must fit
+    /// a unix socket address (107 bytes). The socket file is removed when
+    /// [`Server::serve`] returns.
     pub fn bind_unix(path: &Path) -> Result<Listener, NbdError> {
-        use std::os::unix::fs::PermissionsExt;
-        let err = |e: std::io::Error| NbdError::Listen {
+        let listener = unix_socket::bind_private(path).map_err(|e| NbdError::Listen {
             address: path.display().to_string(),
             message: e.to_string(),
-        };
-        let listener = UnixListener::bind(path).map_err(err)?;
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-            let _ = std::fs::remove_file(path);
-            return Err(err(e));
-        }
+        })?;
         Ok(Listener::Unix {
             listener,
             path: path.to_path_buf(),

@@ -9,18 +9,45 @@ use super::ReadPiece;
 use super::error::Errno;
 use super::proto::*;
 use super::server_options::ALLOCATION_ID;
-use super::server_requests::{ABANDONED, Ctx};
+use super::server_requests::{ABANDONED, Ctx, transfer_bound};
 
 /// Writes one whole reply.
 pub(super) async fn send(ctx: &Ctx, parts: &[&[u8]]) -> Result<(), String> {
+    let bytes = parts.iter().map(|p| p.len() as u64).sum();
     unless_abandoned(ctx, async {
         let mut w = ctx.writer.lock().await;
-        for p in parts {
-            w.write_all(p).await?;
-        }
-        w.flush().await
+        taken_within(ctx, bytes, async {
+            for p in parts {
+                w.write_all(p).await?;
+            }
+            w.flush().await
+        })
+        .await
     })
     .await
+}
+
+/// Runs `write` (of a reply of `bytes`, the write lock held) until the
+/// client has taken it, or fails once it has not within its bound: a
+/// client that stopped reading would hold its slot for ever. The time
+/// spent waiting for the lock (other replies going out) is not counted.
+async fn taken_within(
+    ctx: &Ctx,
+    bytes: u64,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    let bound = transfer_bound(ctx.request_timeout, bytes);
+    tokio::time::timeout(bound, write)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "a reply of {bytes} bytes was not taken by the client within {} s",
+                    bound.as_secs_f64()
+                ),
+            ))
+        })
 }
 
 /// Runs `write` (which takes the write lock) until it completes or the
@@ -115,23 +142,27 @@ async fn send_empty(ctx: &Ctx, cookie: u64) -> Result<(), String> {
 
 async fn send_simple_read(ctx: &Ctx, cookie: u64, pieces: &[ReadPiece]) -> Result<(), String> {
     static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
+    let bytes = 16 + pieces.iter().map(|p| p.len()).sum::<u64>();
     unless_abandoned(ctx, async {
         let mut w = ctx.writer.lock().await;
-        w.write_all(&encode_simple_reply(0, cookie)).await?;
-        for p in pieces {
-            match p {
-                ReadPiece::Data(b) => w.write_all(b).await?,
-                ReadPiece::Zeroes(n) => {
-                    let mut left = *n as usize;
-                    while left > 0 {
-                        let k = left.min(ZEROES.len());
-                        w.write_all(&ZEROES[..k]).await?;
-                        left -= k;
+        taken_within(ctx, bytes, async {
+            w.write_all(&encode_simple_reply(0, cookie)).await?;
+            for p in pieces {
+                match p {
+                    ReadPiece::Data(b) => w.write_all(b).await?,
+                    ReadPiece::Zeroes(n) => {
+                        let mut left = *n as usize;
+                        while left > 0 {
+                            let k = left.min(ZEROES.len());
+                            w.write_all(&ZEROES[..k]).await?;
+                            left -= k;
+                        }
                     }
                 }
             }
-        }
-        w.flush().await
+            w.flush().await
+        })
+        .await
     })
     .await
 }

@@ -10,11 +10,20 @@
 //! taken them for the drain timeout (a client that stopped reading must
 //! not keep the server from stopping). The replies are written by
 //! `server_replies.rs`.
+//!
+//! Deadlines (`ServerOptions::request_timeout`): a request must arrive
+//! whole once its first byte has, and a reply be taken by the client once
+//! written, or the connection ends and frees its slot (a few stalled
+//! clients would otherwise lock everyone out). The wait for the next
+//! request is not bounded: a kernel client behind a mounted `/dev/nbd*`
+//! or qemu with an idle guest sends nothing for hours, and cutting it off
+//! would fail the guest's next I/O.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -33,11 +42,24 @@ pub(super) struct Ctx {
     pub structured: bool,
     pub allocation: bool,
     pub max_payload: u32,
+    /// `ServerOptions::request_timeout`.
+    pub request_timeout: Duration,
     pub writer: Mutex<Writer>,
     /// Set when the server is stopping and this client has not taken its
     /// replies within the drain timeout, or when the connection failed:
     /// replies are abandoned.
     pub abandoned: watch::Receiver<bool>,
+}
+
+/// The slowest a client may send a write's payload or take a reply,
+/// past the request timeout. Low, because clients may be far away (a TCP
+/// client over a slow link): a 32 MiB payload may take the timeout plus
+/// 512 s. It bounds a stalled client, it does not police throughput.
+const MIN_CLIENT_RATE: u64 = 64 << 10;
+
+/// How long `bytes` may take to cross to or from the client.
+pub(super) fn transfer_bound(timeout: Duration, bytes: u64) -> Duration {
+    timeout + Duration::from_secs_f64(bytes as f64 / MIN_CLIENT_RATE as f64)
 }
 
 /// Why a connection ends when its replies are abandoned.
@@ -90,6 +112,7 @@ pub(crate) async fn transmit(
         structured: session.structured,
         allocation: session.allocation,
         max_payload,
+        request_timeout: opts.request_timeout,
         writer: Mutex::new(w),
         abandoned,
     });
@@ -193,12 +216,25 @@ async fn next_request(
     bytes: &Arc<Semaphore>,
     budget: u32,
 ) -> Result<Option<(RequestHeader, Job, Permits)>, String> {
-    let mut h = [0u8; REQUEST_HEADER_LEN];
-    match r.read_exact(&mut h).await {
+    // Waiting for a request to begin is not bounded (see the top).
+    match r.fill_buf().await {
+        Ok([]) => return Ok(None),
         Ok(_) => {}
-        // A client may drop the connection without NBD_CMD_DISC.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(format!("reading a request: {e}")),
+    }
+    let mut h = [0u8; REQUEST_HEADER_LEN];
+    let timeout = ctx.request_timeout;
+    match tokio::time::timeout(timeout, r.read_exact(&mut h)).await {
+        Ok(Ok(_)) => {}
+        // A client may drop the connection without NBD_CMD_DISC.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Ok(Err(e)) => return Err(format!("reading a request: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "a request header was not whole {} s after its first byte",
+                timeout.as_secs_f64()
+            ));
+        }
     }
     let req = decode::request_header(&h).map_err(|m| m.0)?;
     if req.command == CMD_DISC {
@@ -307,17 +343,31 @@ async fn prepare(ctx: &Ctx, r: &mut Reader, req: &RequestHeader) -> Result<Job, 
         } else {
             None
         };
+        // A client stalled mid-payload would hold its slot for ever.
+        let bound = transfer_bound(ctx.request_timeout, req.len as u64);
+        let late = |_| {
+            format!(
+                "a write payload of {} bytes was not whole within {} s",
+                req.len,
+                bound.as_secs_f64()
+            )
+        };
+        let io = |e: std::io::Error| format!("reading a write payload: {e}");
         if let Some((errno, msg)) = bad {
             let mut skip = (&mut *r).take(req.len as u64);
-            tokio::io::copy(&mut skip, &mut tokio::io::sink())
+            let mut sink = tokio::io::sink();
+            let copy = tokio::io::copy(&mut skip, &mut sink);
+            tokio::time::timeout(bound, copy)
                 .await
-                .map_err(|e| format!("reading a write payload: {e}"))?;
+                .map_err(late)?
+                .map_err(io)?;
             return fail(errno, msg);
         }
         let mut data = BytesMut::zeroed(req.len as usize);
-        r.read_exact(&mut data)
+        tokio::time::timeout(bound, r.read_exact(&mut data))
             .await
-            .map_err(|e| format!("reading a write payload: {e}"))?;
+            .map_err(late)?
+            .map_err(io)?;
         return Ok(Job::Write {
             offset: req.offset,
             data: data.freeze(),
