@@ -207,3 +207,38 @@ async fn a_session_tells_how_long_ago_its_last_check_began() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(session.since_check().unwrap() > Duration::from_millis(10));
 }
+
+/// A failed backup's session ends within [`crate::session::ABANDON_LIMIT`]
+/// even when the store never answers the lease's removal (a hung server:
+/// the failure being reported): the lease then lives until its TTL, as a
+/// killed backup's does. It used to wait for the store's own timeouts,
+/// two minutes of a frozen S3 server after the backup had failed.
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_session_does_not_wait_for_a_store_that_never_answers() {
+    use crate::testing::{HookAt, Hooked};
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    Repository::init(mem.clone(), cfg).await.unwrap();
+    let never = Hooked::new(
+        mem.clone(),
+        HookAt::Delete(crate::keys::LEASES),
+        Box::new(|| Box::pin(std::future::pending())),
+    );
+    let repo = Repository::open(never.clone()).await.unwrap();
+    let session = Session::begin(&repo, &"vm".parse().unwrap(), "h")
+        .await
+        .unwrap();
+    let began = tokio::time::Instant::now();
+    let limit = crate::session::ABANDON_LIMIT;
+    let ended = tokio::time::timeout(limit * 30, session.abandon()).await;
+    assert!(
+        ended.is_ok(),
+        "still waiting for the store after {:?}",
+        limit * 30
+    );
+    assert!(never.fired(), "the lease's removal was sent");
+    assert!(began.elapsed() >= limit);
+    // Left as a killed backup's lease is.
+    let leases: Vec<_> = mem.list(crate::keys::LEASES).collect().await;
+    assert_eq!(leases.len(), 1);
+}

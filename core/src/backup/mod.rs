@@ -122,7 +122,7 @@ pub async fn backup(
         .object_lock
         .map(|l| (l, l.current(repo.config().protocol.margin())));
     if let Err(e) = crate::lock::check_writer_clock(repo, session.started()) {
-        let _ = session.end(None).await;
+        session.abandon().await;
         return Err(e);
     }
     let heartbeat = session.heartbeat();
@@ -211,12 +211,16 @@ pub async fn backup(
     drop(heartbeat);
     // A committed point is named in the ended lease (for sweeps that began
     // before the commit); a failed session's objects are garbage.
-    let ended = session
-        .end(result.as_ref().ok().map(|m| m.id.clone()))
-        .await;
-    let manifest = result?;
-    ended?;
-    Ok(manifest)
+    match result {
+        Ok(manifest) => {
+            session.end(Some(manifest.id.clone())).await?;
+            Ok(manifest)
+        }
+        Err(e) => {
+            session.abandon().await;
+            Err(e)
+        }
+    }
 }
 
 /// What every disk of a backup shares.

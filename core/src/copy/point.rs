@@ -64,7 +64,7 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         .object_lock
         .map(|l| (l, l.current(config.protocol.margin())));
     if let Err(e) = crate::lock::check_writer_clock(run.target, session.started()) {
-        let _ = session.end(None).await;
+        session.abandon().await;
         return Err(e);
     }
     let heartbeat = session.heartbeat();
@@ -115,10 +115,16 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         Err(e) => Err(e),
     };
     drop(heartbeat);
-    let ended = session.end(result.is_ok().then(|| id.clone())).await;
-    let counts = result?;
-    ended?;
-    Ok(PointResult::Copied(counts))
+    match result {
+        Ok(counts) => {
+            session.end(Some(id.clone())).await?;
+            Ok(PointResult::Copied(counts))
+        }
+        Err(e) => {
+            session.abandon().await;
+            Err(e)
+        }
+    }
 }
 
 /// The target's point this copy builds on, whose nodes it trusts without

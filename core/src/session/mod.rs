@@ -38,6 +38,9 @@ use crate::repo::Repository;
 /// Sweep markers read at once (a backup's start, a check).
 const MARKERS_AT_ONCE: usize = 8;
 
+/// How long [`Session::abandon`] waits for the lease's removal.
+pub const ABANDON_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 #[derive(Debug)]
 pub struct Session {
     repo: Repository,
@@ -278,6 +281,18 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Ends a session that committed nothing (a failed or cancelled
+    /// backup or copy), waiting at most [`ABANDON_LIMIT`]: its lease only
+    /// keeps garbage from gc, so a store that does not answer (a hung
+    /// server, the very failure being reported) need not hold the user's
+    /// error for the lease write in flight and the delete, each up to two
+    /// attempts of the store's answer timeout (two minutes and more on a
+    /// frozen S3 server, measured). Given up, the lease lives until its
+    /// TTL, as a killed backup's does (`docs/design.md`, "Concurrency").
+    pub async fn abandon(self) {
+        let _ = tokio::time::timeout(ABANDON_LIMIT, self.end(None)).await;
     }
 
     /// Refreshes the lease in the background until dropped.
