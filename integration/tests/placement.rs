@@ -88,6 +88,23 @@ async fn backup_changed(
         .unwrap()
 }
 
+/// A 6-segment image of mixed regions (in a temporary directory) and a
+/// new repository in a counting store.
+async fn mixed_image_and_repo() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Arc<Counting>,
+    Repository,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    write_image(&img, &xfull_integration::mixed_regions(6, 3), 3, true).unwrap();
+    let store = Arc::new(Counting::default());
+    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(store.clone(), config).await.unwrap();
+    (dir, img, store, repo)
+}
+
 /// A full scan of `img` gives `m`'s segments and data bytes.
 async fn same_as_a_full_scan(
     repo: &Repository,
@@ -109,12 +126,7 @@ async fn same_as_a_full_scan(
 /// segment's node and a worker fetched it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incremental_backup_fetches_each_parent_node_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("img");
-    write_image(&img, &xfull_integration::mixed_regions(6, 3), 3, true).unwrap();
-    let store = Arc::new(Counting::default());
-    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
-    let repo = Repository::init(store.clone(), config).await.unwrap();
+    let (dir, img, store, repo) = mixed_image_and_repo().await;
     backup(&repo, request("vm", &img), Arc::new(Progress::default()))
         .await
         .unwrap();
@@ -274,12 +286,7 @@ async fn audit_fallbacks_of_several_disks_list_the_repository_once() {
 /// among the last asked, not once per question.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_status_fetches_each_node_once_while_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("img");
-    write_image(&img, &xfull_integration::mixed_regions(6, 3), 3, true).unwrap();
-    let store = Arc::new(Counting::default());
-    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
-    let repo = Repository::init(store.clone(), config).await.unwrap();
+    let (_dir, img, store, repo) = mixed_image_and_repo().await;
     let m = backup(&repo, request("vm", &img), Arc::new(Progress::default()))
         .await
         .unwrap();
