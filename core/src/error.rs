@@ -148,6 +148,15 @@ pub enum Error {
     #[error("no point {point} in the repository")]
     PointNotFound { point: String },
 
+    /// The point was removed (a prune or `forget`, and the gc after it)
+    /// while it was being read: what it referenced went with it, which is
+    /// not damage.
+    #[error(
+        "point {point} was removed (pruned or forgotten) while it was being read; \
+         nothing was recorded as damaged: read another point"
+    )]
+    PointRemoved { point: String },
+
     /// The point has no disk of that name.
     #[error("point {point} has no disk {disk:?} (it has: {available})")]
     DiskNotFound {

@@ -57,7 +57,11 @@ pub(crate) async fn run_backup(
     backup(repo, request(vm, disk), Arc::new(Progress::default())).await
 }
 
-async fn restore_to(repo: &Repository, m: &Manifest, out: &Path) -> xfull_core::Result<String> {
+pub(crate) async fn restore_to(
+    repo: &Repository,
+    m: &Manifest,
+    out: &Path,
+) -> xfull_core::Result<String> {
     let target = Target::parse(out.to_str().unwrap())?;
     let o = restore(
         repo,

@@ -32,6 +32,7 @@ mod operations;
 mod pack_files;
 mod placement;
 mod repair;
+mod restore_race;
 mod restore_safety;
 mod retention;
 mod s3;

@@ -111,6 +111,16 @@ impl Repository {
         Ok((stored, len))
     }
 
+    /// Whether the point's manifest is in the store (a HEAD): `Ok(false)`
+    /// only when the store says it is not there.
+    pub async fn point_exists(&self, vm: &VmName, id: &PointId) -> Result<bool> {
+        match self.backend.head(&keys::point(vm, id)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every point, or one VM's, sorted by VM then time.
     pub async fn list_points(&self, vm: Option<&VmName>) -> Result<Vec<(VmName, PointId)>> {
         let prefix = match vm {

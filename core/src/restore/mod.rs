@@ -103,6 +103,16 @@ async fn record_damage(repo: &Repository, ctx: &SegmentCtx) {
     let _ = crate::damage::record_all(repo, &found, "restore").await;
 }
 
+/// Whether point `m`'s manifest is gone from the store: a restore takes
+/// no lease (it must run with read-only credentials), so a prune and the
+/// gc after it may remove the point while it is read, and what that
+/// removed is then missing without being damaged (found by a crash
+/// walk: exit 3, and a damage record verify did not share). A store that
+/// cannot say leaves the damage reported.
+async fn point_removed(repo: &Repository, m: &Manifest) -> bool {
+    matches!(repo.point_exists(&m.vm, &m.id).await, Ok(false))
+}
+
 /// Restores disk `disk` of point `m` to `target`. Stops when `progress`
 /// is cancelled, removing its partial image ([`Error::Cancelled`]).
 pub async fn restore(
@@ -204,6 +214,19 @@ pub async fn restore(
     if progress.is_cancelled() {
         let cleaned = blocking("restore writer", move || sink.abandon()).await?;
         return Err(Error::Cancelled { cleaned });
+    }
+    let met_damage = failed.as_ref().is_some_and(Error::is_damage)
+        || !damaged.is_empty()
+        || !ctx
+            .found
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+    if met_damage && point_removed(repo, m).await {
+        drop(sink); // removes the partial image
+        return Err(Error::PointRemoved {
+            point: m.point_name(),
+        });
     }
     record_damage(repo, &ctx).await;
     if let Some(e) = failed {
