@@ -45,6 +45,17 @@ async fn a_sweep_that_gave_way_does_not_make_the_next_one_give_way() {
     assert!(first.yielded_to().is_none());
     let second = Sweep::begin(&repo, false).await.unwrap();
     assert_eq!(second.yielded_to().map(|y| y.0), Some(first.seq()));
+    // The report says how long a killed sweep would keep others waiting.
+    let reason = second.yield_reason().unwrap();
+    assert!(
+        reason.starts_with(&format!("gc sweep {} is running on ", first.seq()))
+            && reason.contains("refreshed 0 s ago")
+            && [TTL, TTL - 1]
+                .iter()
+                .any(|left| reason.contains(&format!("running {left} s from now"))),
+        "{reason}"
+    );
+    assert_eq!(first.yield_reason(), None);
     let s = second.seq();
     run(first).await;
 

@@ -148,12 +148,10 @@ pub async fn run_batched(
         .with_pack_options(packs)
         .with_batch_size(batch_size)
         .with_progress(progress.clone());
-    if let Some((seq, host)) = sweep.yielded_to() {
+    if let Some(reason) = sweep.yield_reason() {
         return Ok(GcReport {
             seq: sweep.seq(),
-            skipped: Some(format!(
-                "gc sweep {seq} is running on {host}; one sweep runs at a time"
-            )),
+            skipped: Some(reason),
             seconds: started.elapsed().as_secs_f64(),
             ..GcReport::default()
         });

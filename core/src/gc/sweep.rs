@@ -182,6 +182,8 @@ pub struct Sweep {
     started: DateTime<Utc>,
     /// The running sweep this one gave way to (number, host), if any.
     yielded: Option<(u64, String)>,
+    /// When that sweep's marker was last refreshed (the store's clock).
+    yielded_refreshed: Option<DateTime<Utc>>,
     batch_size: usize,
     pack_opts: PackOptions,
     census: Option<census::Census>,
@@ -248,6 +250,7 @@ impl Sweep {
         // while they keep starting.
         let ttl = repo.config().protocol.sweep_ttl();
         let mut yielded = None;
+        let mut yielded_refreshed = None;
         if !dry_run {
             let now_log = SweepLog::read(repo).await?;
             for (other, refreshed) in now_log.running() {
@@ -260,6 +263,7 @@ impl Sweep {
                         _ => "another host".into(),
                     };
                     yielded = Some((other, host));
+                    yielded_refreshed = Some(refreshed);
                     break;
                 }
             }
@@ -284,6 +288,7 @@ impl Sweep {
             seq,
             started,
             yielded,
+            yielded_refreshed,
             batch_size: BATCH,
             pack_opts: PackOptions::default(),
             census: None,
@@ -311,6 +316,29 @@ impl Sweep {
     /// does nothing more (see [`Sweep::begin`]).
     pub fn yielded_to(&self) -> Option<&(u64, String)> {
         self.yielded.as_ref()
+    }
+
+    /// Why this sweep gave way, for the report: the sweep it gave way to,
+    /// and how long ago its marker was refreshed and how long until a
+    /// sweep killed meanwhile stops counting as running (its marker goes
+    /// stale after the sweep TTL). A killed gc's marker makes the next
+    /// ones give way until then, and that looked like a gc still running
+    /// somewhere (found by a crash walk).
+    pub fn yield_reason(&self) -> Option<String> {
+        let (seq, host) = self.yielded.as_ref()?;
+        let mut reason = format!("gc sweep {seq} is running on {host}; one sweep runs at a time");
+        if let Some(refreshed) = self.yielded_refreshed {
+            let ttl = self.repo.config().protocol.sweep_ttl();
+            let age = (self.started - refreshed).max(chrono::Duration::zero());
+            let left = (ttl - age).max(chrono::Duration::zero());
+            reason.push_str(&format!(
+                " (its marker was refreshed {} s ago; if that gc was killed, it stops \
+                 counting as running {} s from now)",
+                age.num_seconds(),
+                left.num_seconds().max(1)
+            ));
+        }
+        Some(reason)
     }
 
     /// How packs are judged (`gc --max-waste`, the data's storage class).
