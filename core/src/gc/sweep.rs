@@ -174,16 +174,23 @@ impl Default for PackOptions {
     }
 }
 
+/// The running sweep a new one gave way to (see [`Sweep::begin`]).
+#[derive(Debug)]
+struct Yielded {
+    seq: u64,
+    host: String,
+    /// When its marker was last refreshed (the store's clock).
+    refreshed: DateTime<Utc>,
+}
+
 #[derive(Debug)]
 pub struct Sweep {
     repo: Repository,
     dry_run: bool,
     seq: u64,
     started: DateTime<Utc>,
-    /// The running sweep this one gave way to (number, host), if any.
-    yielded: Option<(u64, String)>,
-    /// When that sweep's marker was last refreshed (the store's clock).
-    yielded_refreshed: Option<DateTime<Utc>>,
+    /// The running sweep this one gave way to, if any.
+    yielded: Option<Yielded>,
     batch_size: usize,
     pack_opts: PackOptions,
     census: Option<census::Census>,
@@ -250,7 +257,6 @@ impl Sweep {
         // while they keep starting.
         let ttl = repo.config().protocol.sweep_ttl();
         let mut yielded = None;
-        let mut yielded_refreshed = None;
         if !dry_run {
             let now_log = SweepLog::read(repo).await?;
             for (other, refreshed) in now_log.running() {
@@ -262,8 +268,11 @@ impl Sweep {
                         // Gone or unreadable: it may be running.
                         _ => "another host".into(),
                     };
-                    yielded = Some((other, host));
-                    yielded_refreshed = Some(refreshed);
+                    yielded = Some(Yielded {
+                        seq: other,
+                        host,
+                        refreshed,
+                    });
                     break;
                 }
             }
@@ -288,7 +297,6 @@ impl Sweep {
             seq,
             started,
             yielded,
-            yielded_refreshed,
             batch_size: BATCH,
             pack_opts: PackOptions::default(),
             census: None,
@@ -314,8 +322,8 @@ impl Sweep {
 
     /// The running sweep (number, host) this one gave way to: then it
     /// does nothing more (see [`Sweep::begin`]).
-    pub fn yielded_to(&self) -> Option<&(u64, String)> {
-        self.yielded.as_ref()
+    pub fn yielded_to(&self) -> Option<(u64, &str)> {
+        self.yielded.as_ref().map(|y| (y.seq, y.host.as_str()))
     }
 
     /// Why this sweep gave way, for the report: the sweep it gave way to,
@@ -325,20 +333,21 @@ impl Sweep {
     /// ones give way until then, and that looked like a gc still running
     /// somewhere (found by a crash walk).
     pub fn yield_reason(&self) -> Option<String> {
-        let (seq, host) = self.yielded.as_ref()?;
-        let mut reason = format!("gc sweep {seq} is running on {host}; one sweep runs at a time");
-        if let Some(refreshed) = self.yielded_refreshed {
-            let ttl = self.repo.config().protocol.sweep_ttl();
-            let age = (self.started - refreshed).max(chrono::Duration::zero());
-            let left = (ttl - age).max(chrono::Duration::zero());
-            reason.push_str(&format!(
-                " (its marker was refreshed {} s ago; if that gc was killed, it stops \
-                 counting as running {} s from now)",
-                age.num_seconds(),
-                left.num_seconds().max(1)
-            ));
-        }
-        Some(reason)
+        let Yielded {
+            seq,
+            host,
+            refreshed,
+        } = self.yielded.as_ref()?;
+        let ttl = self.repo.config().protocol.sweep_ttl();
+        let age = (self.started - *refreshed).max(chrono::Duration::zero());
+        let left = (ttl - age).max(chrono::Duration::zero());
+        Some(format!(
+            "gc sweep {seq} is running on {host}; one sweep runs at a time (its marker was \
+             refreshed {} s ago; if that gc was killed, it stops counting as running {} s \
+             from now)",
+            age.num_seconds(),
+            left.num_seconds().max(1)
+        ))
     }
 
     /// How packs are judged (`gc --max-waste`, the data's storage class).

@@ -66,7 +66,8 @@ impl Sweep {
         F: Fn(String) -> Fut,
         Fut: Future<Output = Result<(String, Health)>>,
     {
-        if let Some((seq, host)) = self.yielded.clone() {
+        if let Some((seq, host)) = self.yielded_to() {
+            let host = host.to_string();
             return Err(Error::SweepBusy { seq, host });
         }
         if self.dry_run {
