@@ -47,17 +47,20 @@ pub struct PartData {
     pub damaged: Vec<DamagedRange>,
 }
 
-/// A segment's node, fetched once for all who ask while it is kept.
-type NodeCell = Arc<OnceCell<Arc<SegmentNode>>>;
+/// A segment's value (its node, or its entries), fetched once for all who
+/// ask while it is kept.
+type Cell<T> = Arc<OnceCell<Arc<T>>>;
+/// Cells of the segments asked for last (segment, cell), most recent last.
+type Recent<T> = Mutex<VecDeque<(usize, Cell<T>)>>;
 
 /// Reads parts of one disk of one point.
 pub struct PartReader {
     ctx: Arc<SegmentCtx>,
-    /// Nodes of the segments read last (segment, node).
-    nodes: Mutex<VecDeque<(usize, NodeCell)>>,
-    /// Entries of the segments block status asked for last, most recent
-    /// last (those of sound nodes only).
-    entries: Mutex<VecDeque<(usize, Arc<Vec<Entry>>)>>,
+    /// Nodes of the segments read last.
+    nodes: Recent<SegmentNode>,
+    /// Entries of the segments block status asked for last (those of
+    /// sound nodes only).
+    entries: Recent<Vec<Entry>>,
 }
 
 impl std::fmt::Debug for PartReader {
@@ -175,54 +178,47 @@ impl PartReader {
     }
 
     /// Segment `i`'s entries (node `id`) from the block-status cache, or
-    /// fetched and kept there. A failed fetch is not kept: the next
-    /// question asks the store again.
+    /// fetched and kept there. Questions at once share the fetch; a
+    /// failed one is not kept: the next question asks the store again.
     async fn status_entries(&self, i: usize, id: ObjectId) -> Result<Arc<Vec<Entry>>> {
-        let lock = || self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        {
-            let mut kept = lock();
-            if let Some(p) = kept.iter().position(|(s, _)| *s == i) {
-                let hit = kept.remove(p).expect("found");
-                let entries = hit.1.clone();
-                kept.push_back(hit);
-                return Ok(entries);
-            }
-        }
-        let r = self.ctx.d.segment_range(i);
-        let entries = Arc::new(self.ctx.entries(id, r.end - r.start).await?);
-        let mut kept = lock();
-        if !kept.iter().any(|(s, _)| *s == i) {
-            if kept.len() == ENTRIES_KEPT {
-                kept.pop_front();
-            }
-            kept.push_back((i, entries.clone()));
-        }
-        Ok(entries)
+        let cell = recent(&self.entries, i, ENTRIES_KEPT);
+        let entries = cell
+            .get_or_try_init(|| async {
+                let r = self.ctx.d.segment_range(i);
+                self.ctx.entries(id, r.end - r.start).await.map(Arc::new)
+            })
+            .await?;
+        Ok(entries.clone())
     }
 
     /// Segment `i`'s node: one fetch for every part of the segment while
     /// it is among the last [`NODES_KEPT`] asked for.
     /// Readers asking at once share the fetch; a failed one is not kept.
     async fn node(&self, i: usize) -> Result<Arc<SegmentNode>> {
-        let cell = {
-            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-            match nodes.iter().position(|(s, _)| *s == i) {
-                Some(p) => {
-                    let kept = nodes.remove(p).expect("found");
-                    nodes.push_back(kept);
-                }
-                None => {
-                    if nodes.len() == NODES_KEPT {
-                        nodes.pop_front();
-                    }
-                    nodes.push_back((i, NodeCell::default()));
-                }
-            }
-            nodes.back().expect("pushed").1.clone()
-        };
+        let cell = recent(&self.nodes, i, NODES_KEPT);
         let node = cell
             .get_or_try_init(|| async { self.ctx.node_of(i).await.map(Arc::new) })
             .await?;
         Ok(node.clone())
     }
+}
+
+/// The cell of segment `i` in `list` (most recently asked last), made
+/// most recent, or a new empty one added (the oldest pushed out beyond
+/// `cap`): a fetch sets it once for every reader while it is kept.
+fn recent<T>(list: &Recent<T>, i: usize, cap: usize) -> Cell<T> {
+    let mut list = list.lock().unwrap_or_else(|p| p.into_inner());
+    match list.iter().position(|(s, _)| *s == i) {
+        Some(p) => {
+            let kept = list.remove(p).expect("found");
+            list.push_back(kept);
+        }
+        None => {
+            if list.len() == cap {
+                list.pop_front();
+            }
+            list.push_back((i, Cell::default()));
+        }
+    }
+    list.back().expect("pushed").1.clone()
 }
