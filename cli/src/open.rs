@@ -260,7 +260,7 @@ async fn finish_open(
     let env = |n: &str| std::env::var_os(n);
     let guarded = repo.codec().is_encrypted() || repo.config().object_lock.is_some();
     if guarded && xfull_core::client_record::state_dir(env).is_none() && !cli.quiet {
-        eprintln!(
+        say!(
             "xfull: warning: neither XDG_STATE_HOME nor HOME is set, so this client keeps no \
              record of the repositories it has seen encrypted or locked and cannot refuse a \
              config rewritten to turn either off (a systemd service: set StateDirectory= and \
@@ -275,7 +275,7 @@ async fn finish_open(
     }
     remember(&place, &repo);
     if !repo.codec().is_encrypted() && !cli.quiet && std::io::stderr().is_terminal() {
-        eprintln!(
+        say!(
             "xfull: note: the repository at {} is not encrypted (made with --encryption none)",
             repo.location()
         );
@@ -420,7 +420,7 @@ fn remember(place: &str, repo: &Repository) {
     ];
     for (result, what) in recorded.into_iter().flatten() {
         if let Err(e) = result {
-            eprintln!(
+            say!(
                 "xfull: warning: {}; a later rewrite of this repository's config to \
                  \"{what}\" would not be noticed from this record",
                 crate::output::printable(&e.to_string())
@@ -442,7 +442,7 @@ fn forget_earlier(place: &str, made: &Repository) {
         SeenLocked::from_env(env).map(|s| s.forget_location(place)),
     ];
     for e in forgot.into_iter().flatten().filter_map(|r| r.err()) {
-        eprintln!(
+        say!(
             "xfull: warning: {}; commands may refuse the new repository at {} until that \
              record is removed",
             crate::output::printable(&e.to_string()),

@@ -76,7 +76,9 @@ pub fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
 /// terminal is gone (EIO), or whoever read a pipe has left (EPIPE), and
 /// a command that then stops cleanly (a mount unmounted, a lease
 /// released) exited 101 from the panic of its last message instead of
-/// 130. Nobody is left to read it anyway.
+/// 130. Nobody is left to read it anyway. Every command's stderr
+/// messages go through it (the `say!` macro), not only those of `mount`
+/// and `serve`: any warning to a stderr nobody reads panicked too.
 pub fn say(args: std::fmt::Arguments) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "{args}");

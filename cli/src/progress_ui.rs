@@ -77,7 +77,7 @@ impl Bar {
                         }
                         Mode::Lines if Instant::now() >= next_line => {
                             next_line += LOG_EVERY;
-                            eprintln!("{}", line(verb, done, total, moved, started.elapsed()));
+                            say!("{}", line(verb, done, total, moved, started.elapsed()));
                         }
                         _ => {}
                     }
@@ -137,7 +137,7 @@ fn print_notices(bar: &ProgressBar, progress: &Progress, quiet: bool, steps: boo
         };
         let line = crate::output::printable(&line).into_owned();
         if bar.is_hidden() {
-            eprintln!("{line}");
+            say!("{line}");
         } else {
             bar.println(line);
         }

@@ -10,6 +10,7 @@ mod audit;
 mod audit_edges;
 mod cli;
 mod copy;
+mod dead_stderr;
 mod downgrade;
 mod encryption;
 mod engine;

@@ -46,7 +46,7 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
     let warnings = progress.warnings();
     for d in &m.disks {
         if let Some(at) = d.audit.as_ref().and_then(|a| a.mismatch_at) {
-            eprintln!(
+            say!(
                 "xfull: WARNING: disk {}: the change source missed changed data at offset {at}; \
                  the disk was scanned in full. Check the change tracking of this disk.",
                 d.name

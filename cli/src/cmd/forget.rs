@@ -50,7 +50,7 @@ pub async fn run(cli: &Cli, args: &ForgetArgs) -> Result<()> {
     }
     print_locked(&out.removed.locked);
     for vm in &out.newest_removed {
-        eprintln!(
+        say!(
             "xfull: warning: the newest point of VM {vm} {} removed: change information \
              (--changed, --base) taken since it does not apply to the point now newest; \
              back up {vm} next with --full-scan",

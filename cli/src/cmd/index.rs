@@ -34,7 +34,7 @@ pub async fn run(cli: &Cli, cmd: &IndexCommand) -> Result<()> {
         }
     }
     for (key, why) in &r.damaged {
-        eprintln!(
+        say!(
             "xfull: damaged pack left out of the index: {key}: {}",
             printable(why)
         );

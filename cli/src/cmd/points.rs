@@ -17,7 +17,7 @@ pub async fn run(cli: &Cli, args: &PointsArgs) -> Result<()> {
     let vm = args.vm.as_deref().map(str::parse).transpose()?;
     let listed = repo.summaries(vm.as_ref()).await?;
     for d in &listed.damaged {
-        eprintln!(
+        say!(
             "xfull: warning: point {} is damaged and not listed: {} (run `xfull verify`)",
             d.point,
             printable(&d.reason)

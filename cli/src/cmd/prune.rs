@@ -13,7 +13,7 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
     let vm = args.vm.as_deref().map(str::parse).transpose()?;
     let plans = prune::plan(&repo, vm.as_ref(), &policy).await?;
     for w in plans.iter().flat_map(|p| &p.warnings) {
-        eprintln!("xfull: warning: {}", printable(w));
+        say!("xfull: warning: {}", printable(w));
     }
     let doomed: Vec<_> = plans
         .iter()

@@ -67,7 +67,7 @@ fn print_report(r: &RepairReport) {
         r.points, r.objects_damaged, r.objects_missing
     );
     for w in &r.warnings {
-        eprintln!("xfull: warning: {}", printable(w));
+        say!("xfull: warning: {}", printable(w));
     }
     if r.dry_run {
         println!("dry run: nothing changed");

@@ -67,7 +67,7 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
         text_report(to, &out)
     };
     if target == Target::Stdout {
-        eprintln!("{report}");
+        say!("{report}");
     } else {
         println!("{report}");
     }

@@ -11,7 +11,7 @@ pub async fn run(cli: &Cli) -> Result<()> {
     let repo = crate::open::open(cli).await?;
     let s = xfull_core::stats::collect(&repo, chrono::Utc::now()).await?;
     for d in &s.damaged {
-        eprintln!(
+        say!(
             "xfull: warning: point {} is damaged and not counted: {} (run `xfull verify`)",
             d.point,
             printable(&d.reason)

@@ -31,7 +31,7 @@ pub async fn run(cli: &Cli, args: &UndeleteArgs) -> Result<()> {
     let r = undelete(backend.as_ref(), &opts, &progress).await?;
     drop(bar);
     for slot in slots.iter().filter(|s| !r.restored_key_slots.contains(s)) {
-        eprintln!(
+        say!(
             "xfull: warning: key slot {slot} was not found hidden over a locked version; \
              nothing was done for it"
         );

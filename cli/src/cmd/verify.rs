@@ -85,7 +85,7 @@ fn print_report(r: &VerifyReport, read_data: bool) {
         }
     );
     for w in &r.warnings {
-        eprintln!("xfull: warning: {}", printable(w));
+        say!("xfull: warning: {}", printable(w));
     }
     for p in &r.damaged {
         println!("DAMAGED point {}", p.point);
