@@ -15,38 +15,37 @@ impl Client {
         uri: &NbdUri,
         queries: &[&str],
     ) -> Result<Vec<String>, NbdError> {
-        let server = uri.target.to_string();
-        within(&server, ClientOptions::default().timeout, async {
-            let (r, w) = conn::connect(&uri.target).await?;
-            let (mut r, mut w) = conn::buffered(r, w);
-            let mut h =
-                Handshake::start(&mut r, &mut w, server.clone(), uri.export.clone()).await?;
-            let res = match h.structured_replies().await {
-                Ok(true) => h.list_meta_contexts(queries).await,
-                Ok(false) => Err(NbdError::Unsupported {
-                    export: uri.export.clone(),
-                    what: "structured replies (needed for metadata contexts)",
-                }),
-                Err(e) => Err(e),
-            };
-            h.abort().await;
-            res
+        on_own_connection(uri, async |h| match h.structured_replies().await? {
+            true => h.list_meta_contexts(queries).await,
+            false => Err(NbdError::Unsupported {
+                export: uri.export.clone(),
+                what: "structured replies (needed for metadata contexts)",
+            }),
         })
         .await
     }
 
     /// Lists the server's exports on a connection of its own.
     pub async fn list_exports(uri: &NbdUri) -> Result<Vec<String>, NbdError> {
-        let server = uri.target.to_string();
-        within(&server, ClientOptions::default().timeout, async {
-            let (r, w) = conn::connect(&uri.target).await?;
-            let (mut r, mut w) = conn::buffered(r, w);
-            let mut h =
-                Handshake::start(&mut r, &mut w, server.clone(), uri.export.clone()).await?;
-            let res = h.list_exports().await;
-            h.abort().await;
-            res
-        })
-        .await
+        on_own_connection(uri, async |h| h.list_exports().await).await
     }
+}
+
+/// Runs `ask` in the negotiation of a connection of its own to `uri`,
+/// within the default timeout, and ends it with `NBD_OPT_ABORT` whatever
+/// `ask` gave.
+async fn on_own_connection<T>(
+    uri: &NbdUri,
+    ask: impl AsyncFnOnce(&mut Handshake<'_>) -> Result<T, NbdError>,
+) -> Result<T, NbdError> {
+    let server = uri.target.to_string();
+    within(&server, ClientOptions::default().timeout, async {
+        let (r, w) = conn::connect(&uri.target).await?;
+        let (mut r, mut w) = conn::buffered(r, w);
+        let mut h = Handshake::start(&mut r, &mut w, server.clone(), uri.export.clone()).await?;
+        let res = ask(&mut h).await;
+        h.abort().await;
+        res
+    })
+    .await
 }
