@@ -53,6 +53,7 @@ mod sweep_check;
 mod thaw;
 mod unlocked;
 mod verify_index;
+mod verify_race;
 mod windows;
 
 /// A file in `tests/` that is not declared above would silently never run.

@@ -23,6 +23,8 @@ pub type Hook = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 pub enum HookAt {
     /// A put of a key under this prefix.
     Put(&'static str),
+    /// A read (whole or ranged) of a key under this prefix.
+    Get(&'static str),
     /// A listing of this prefix (or one under it).
     List(&'static str),
     /// A delete batch whose first key starts with this prefix.
@@ -52,6 +54,12 @@ impl Hooked {
         self.fired.load(Ordering::SeqCst)
     }
 
+    async fn before_get(&self, key: &str) {
+        if self.fire(matches!(self.at, HookAt::Get(p) if key.starts_with(p))) {
+            (self.hook)().await;
+        }
+    }
+
     /// True once: for the first request that matches.
     fn fire(&self, matches: bool) -> bool {
         matches && !self.fired.swap(true, Ordering::SeqCst)
@@ -76,9 +84,11 @@ impl Backend for Hooked {
         self.inner.put_opts(key, data, opts).await
     }
     async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
+        self.before_get(key).await;
         self.inner.get(key).await
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
+        self.before_get(key).await;
         self.inner.get_range(key, range).await
     }
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {

@@ -115,10 +115,19 @@ pub fn is_missing(missing: &[u64], id: &ObjectId) -> bool {
 pub struct Found {
     pub missing: BTreeSet<ObjectId>,
     pub bad: BTreeSet<ObjectId>,
+    /// The nodes each of those chunks is in (so that damage in nodes of
+    /// points removed meanwhile only can be told apart).
+    pub holders: HashMap<ObjectId, Vec<ObjectId>>,
+    /// Nodes that read well before and no longer do (with why): gone
+    /// with a point a prune removed, or damage.
+    pub lost: Vec<(ObjectId, String)>,
 }
 
 /// Reads the nodes again (all but those damaged whole) and adds to
-/// `nodes` the byte ranges of missing and bad chunks.
+/// `nodes` the byte ranges of missing and bad chunks. A node that no
+/// longer reads is damaged whole in `nodes` and listed in
+/// [`Found::lost`]: a prune and a gc may have removed it since, which
+/// is for the caller to judge, not a reason to stop.
 pub async fn map_to_nodes(
     repo: &Repository,
     todo: &[ObjectId],
@@ -129,12 +138,20 @@ pub async fn map_to_nodes(
     let mut found = Found::default();
     let whole: HashSet<ObjectId> = nodes.keys().copied().collect();
     let mut loaded = futures::stream::iter(todo.iter().filter(|id| !whole.contains(id)))
-        .map(|id| async move { repo.load_node(id).await.map(|n| (*id, n)) })
+        .map(|id| async move { (*id, repo.load_node(id).await) })
         .buffer_unordered(FETCHES);
-    while let Some(r) = loaded.next().await {
-        let (id, n) = r?;
+    while let Some((id, n)) = loaded.next().await {
+        let n = match n {
+            Ok(n) => n,
+            Err(e) if e.is_damage() => {
+                nodes.insert(id, vec![(0..u64::MAX, e.to_string())]);
+                found.lost.push((id, e.to_string()));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let damage = chunk_damage(&n, |c| {
-            if is_missing(missing, c) {
+            let why = if is_missing(missing, c) {
                 found.missing.insert(*c);
                 Some(format!("chunk {} missing from the repository", c.short()))
             } else {
@@ -143,7 +160,11 @@ pub async fn map_to_nodes(
                     found.bad.insert(*c);
                 }
                 why
+            };
+            if why.is_some() {
+                found.holders.entry(*c).or_default().push(id);
             }
+            why
         });
         if !damage.is_empty() {
             nodes.entry(id).or_default().extend(damage);

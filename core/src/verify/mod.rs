@@ -34,6 +34,7 @@ use crate::repo::Repository;
 
 mod chunks;
 mod index_check;
+mod removed;
 use crate::spilled_set::{self, SpilledSet};
 pub use index_check::{IndexProblem, TRAILERS_IN_FLIGHT};
 
@@ -324,6 +325,7 @@ pub async fn verify_with(
         bad.extend(checked.bad);
     }
     drop(refs);
+    let mut holders = HashMap::new();
     if !missing.is_empty() || !bad.is_empty() {
         // Map missing and bad chunks back to the nodes that hold them.
         let found = chunks::map_to_nodes(repo, &todo, &mut nodes, &missing, &bad).await?;
@@ -333,6 +335,10 @@ pub async fn verify_with(
         report
             .bad_objects
             .extend(found.bad.iter().map(|c| (keys::chunk(c), bad[c].clone())));
+        report
+            .bad_objects
+            .extend(found.lost.into_iter().map(|(n, why)| (keys::node(&n), why)));
+        holders = found.holders;
     }
 
     if !named {
@@ -350,15 +356,20 @@ pub async fn verify_with(
         }
     }
     if !nodes.is_empty() {
-        // Manifests again, only to say which points and bytes the damage
-        // touches.
+        // Manifests again, to say which points and bytes the damage
+        // touches, and which points are gone by now.
+        let mut remaining = removed::Remaining::default();
         for (vm, id) in &read_points {
             match repo.load_manifest(vm, id).await {
-                Ok(m) => report.damaged.extend(point_damage(&m, &nodes)),
-                Err(Error::PointNotFound { .. }) if !named => {}
+                Ok(m) => {
+                    remaining.saw(&m, &nodes);
+                    report.damaged.extend(point_damage(&m, &nodes));
+                }
+                Err(Error::PointNotFound { .. }) => remaining.removed(vm, id),
                 Err(e) => return Err(e),
             }
         }
+        remaining.drop_damage_of_removed(&mut report, &holders);
     }
     report.objects_damaged = report.bad_objects.len() as u64;
     report.objects_missing = report.missing.len() as u64;

@@ -1,0 +1,97 @@
+//! verify racing a prune and the gc after it: a point verify listed is
+//! forgotten, and its nodes and packs swept, after verify read its
+//! manifest and listed the nodes. What verify then fails to find is no
+//! damage: the point is gone, not damaged. Damage of a point that still
+//! exists is reported as always, race or not.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use xfull_core::backend::Backend;
+use xfull_core::progress::Progress;
+use xfull_core::repo::Repository;
+use xfull_core::testing::{Hook, HookAt, Hooked, MemBackend};
+use xfull_core::verify::{VerifyOptions, verify};
+use xfull_integration::{Region, write_image};
+
+use crate::engine::{rt, run_backup, small_config};
+
+#[test]
+fn a_point_pruned_and_swept_while_verified_is_not_damage() {
+    for read_data in [false, true] {
+        race(read_data);
+    }
+}
+
+fn race(read_data: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    write_image(&old, &[Region::Random(3 << 20)], 1, false).unwrap();
+    write_image(&new, &[Region::Random(3 << 20)], 2, false).unwrap();
+    rt().block_on(async {
+        let mem = Arc::new(MemBackend::default());
+        let repo = Repository::init(mem.clone(), small_config()).await.unwrap();
+        let gone = run_backup(&repo, "vm", &old).await.unwrap();
+        let kept = run_backup(&repo, "vm", &new).await.unwrap();
+        // Both backups are older than any sweep's cutoff from now on.
+        mem.clock().advance(chrono::Duration::seconds(3600));
+        let lost = xfull_core::keys::node(kept.disks[0].segments[1].as_ref().unwrap());
+
+        // Before verify's first node read: `gone` forgotten and swept, and
+        // one node of `kept` lost (real damage, the same moment).
+        let hook: Hook = {
+            let (repo, mem, lost) = (repo.clone(), mem.clone(), lost.clone());
+            let point = (gone.vm.clone(), gone.id.clone());
+            Box::new(move || {
+                let (repo, mem, point, lost) =
+                    (repo.clone(), mem.clone(), point.clone(), lost.clone());
+                Box::pin(async move {
+                    xfull_core::prune::forget::forget(&repo, &[point], false)
+                        .await
+                        .unwrap();
+                    let swept = xfull_core::gc::run(&repo, false).await.unwrap();
+                    assert!(
+                        swept.nodes_deleted >= 3 && swept.packs_deleted > 0,
+                        "{swept:?}"
+                    );
+                    mem.delete_many(&[lost]).await.unwrap();
+                })
+            })
+        };
+        let hooked = Hooked::new(mem.clone(), HookAt::Get(xfull_core::keys::NODES), hook);
+        let through = Repository::open(hooked.clone()).await.unwrap();
+        let opts = VerifyOptions {
+            read_data,
+            record_damage: true,
+            ..VerifyOptions::default()
+        };
+        let report = verify(&through, &[], &opts, Arc::new(Progress::default()))
+            .await
+            .unwrap();
+        assert!(hooked.fired());
+
+        let names: Vec<_> = report.damaged.iter().map(|d| d.point.as_str()).collect();
+        assert_eq!(
+            names,
+            [kept.point_name()],
+            "read_data {read_data}: {report:#?}"
+        );
+        assert_eq!(
+            report.objects_damaged + report.objects_missing,
+            1,
+            "only the lost node of the point that exists, read_data {read_data}: {report:#?}"
+        );
+        assert!(
+            report.warnings.iter().any(|w| w.contains("removed")),
+            "{:?}",
+            report.warnings
+        );
+        let records: Vec<String> = mem
+            .list(xfull_core::keys::DAMAGE)
+            .map(|m| m.unwrap().key)
+            .collect()
+            .await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert!(records[0].ends_with(&lost), "{records:?} vs {lost}");
+    });
+}
