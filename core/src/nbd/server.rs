@@ -200,11 +200,33 @@ impl Listener {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
                 s.set_nodelay(true)?;
+                keep_alive(&s)?;
                 let (r, w) = s.into_split();
                 Ok((Box::new(r), Box::new(w), peer.to_string()))
             }
         }
     }
+}
+
+/// TCP keepalive: probes after [`KEEPALIVE_IDLE`] of silence, every
+/// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`] unanswered ones end the
+/// connection. The wait between requests is not bounded (an idle guest
+/// is a working client), so a client whose host vanished without a
+/// reset (power lost, a network cut) would otherwise hold its slot, and
+/// `serve`'s lease on the point, for as long as the server runs. Its
+/// kernel answers the probes of a live idle client, which is kept. A
+/// dead one is dropped about two minutes after its last packet.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_PROBES: u32 = 6;
+
+fn keep_alive(s: &tokio::net::TcpStream) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_tcp_keepidle(s, KEEPALIVE_IDLE)?;
+    sockopt::set_tcp_keepintvl(s, KEEPALIVE_INTERVAL)?;
+    sockopt::set_tcp_keepcnt(s, KEEPALIVE_PROBES)?;
+    sockopt::set_socket_keepalive(s, true)?;
+    Ok(())
 }
 
 /// Serves exports; cheap to clone (shared state).

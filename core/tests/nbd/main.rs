@@ -11,6 +11,7 @@ mod exports;
 mod hostile;
 mod hostile_handshake;
 mod hostile_slow;
+mod keepalive;
 mod listen;
 mod peer;
 mod roundtrip;
