@@ -33,6 +33,7 @@ mod operations;
 mod pack_files;
 mod placement;
 mod repair;
+mod restore_leftovers;
 mod restore_race;
 mod restore_safety;
 mod retention;

@@ -53,6 +53,13 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
     )
     .await?;
     drop(bar);
+    for l in &out.abandoned_removed {
+        say!(
+            "xfull: removed {} ({}), the partial image of an earlier restore that was killed",
+            crate::output::printable(&l.path.display().to_string()),
+            bytes(l.bytes)
+        );
+    }
     // With the image on stdout, the report goes to stderr.
     let report = if cli.json {
         crate::output::json_text(&serde_json::json!({
@@ -62,6 +69,10 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
             "bytes": out.bytes,
             "blake3": out.blake3,
             "damaged": out.damaged,
+            "abandoned_removed": out.abandoned_removed.iter().map(|l| serde_json::json!({
+                "path": l.path.display().to_string(),
+                "bytes": l.bytes,
+            })).collect::<Vec<_>>(),
         }))?
     } else {
         text_report(to, &out)

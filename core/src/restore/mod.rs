@@ -20,6 +20,7 @@ mod partial;
 mod read;
 mod segment;
 mod sink;
+mod stale;
 mod target;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub(crate) use self::part::PART;
 pub use self::read::{PartData, PartReader};
 use self::segment::{BufferPool, Piece, SegmentCtx};
 use self::sink::Sink;
+pub use self::stale::Leftover;
 pub use self::target::{Allow, Target};
 use crate::error::{Error, Result};
 use crate::image_hash;
@@ -91,6 +93,9 @@ pub struct RestoreOutcome {
     pub blake3: Option<String>,
     /// With `ignore_damage`: every range written as zeros, in disk order.
     pub damaged: Vec<DamagedRange>,
+    /// Partial images that killed restores left next to the target,
+    /// removed before this one began (`stale.rs`).
+    pub abandoned_removed: Vec<Leftover>,
 }
 
 /// Records the damaged objects the restore met, so that backups store
@@ -131,6 +136,10 @@ pub async fn restore(
         });
     }
     progress.add_total(d.size);
+    let abandoned_removed = match target {
+        Target::File { path, .. } => stale::remove_abandoned_next_to(path),
+        Target::Stdout | Target::Device(_) => Vec::new(),
+    };
     let mut sink = Sink::open(target, d.size)?;
     let unit = part::part_size(d.segment_size);
     // Read only, never written: the allocator maps it lazily (an
@@ -241,5 +250,6 @@ pub async fn restore(
             .collect::<Option<Vec<_>>>()
             .map(|h| image_hash::combine(&h, unit, d.size).to_hex().to_string()),
         damaged,
+        abandoned_removed,
     })
 }

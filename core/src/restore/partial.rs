@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
+use super::stale;
 use super::target::{refused, target_err};
 use crate::error::{Error, Result};
 
@@ -77,6 +78,11 @@ impl Partial {
                 Err(Errno::EXIST) => continue,
                 Err(e) => return Err(target_err(&dir_path.join(&name), e.into())),
             };
+            // Held until this process ends, however it ends: it tells
+            // the next restore here that this file is not abandoned
+            // (`stale.rs`). Without locks (some network file systems)
+            // no file is ever judged abandoned, so none is removed.
+            stale::lock(&fd);
             let p = Partial {
                 dir,
                 dir_path,
@@ -146,6 +152,13 @@ impl Partial {
     /// Removes the partial image now; returns its path if it was removed.
     pub(super) fn discard(mut self) -> Option<PathBuf> {
         self.remove().then(|| self.path())
+    }
+
+    /// As if the process were killed: the file closed (its lock gone),
+    /// and left where it is.
+    #[cfg(test)]
+    pub(super) fn die(mut self) {
+        self.live = false;
     }
 
     fn remove(&mut self) -> bool {

@@ -1,0 +1,116 @@
+//! A restore killed with SIGKILL (the OOM killer, a unit's stop timeout)
+//! cannot remove its partial image: a hidden file as large as the disk.
+//! The next restore into that directory removes it once it has been left
+//! a minute (its lock gone with the killed process), and says so; one a
+//! live restore holds is never touched (`core/src/restore/stale.rs`).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use xfull_integration::Region;
+use xfull_integration::env::{Env, stderr};
+use xfull_integration::write_image;
+
+fn partials(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".xfull-") && n.ends_with(".partial"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_killed_restores_partial_image_is_removed_by_the_next_restore() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(48 << 20)], 5, false).unwrap();
+    let point = e.backup("vm", &[("d", &img)])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = e.path("out");
+    std::fs::create_dir(&out).unwrap();
+    let first = out.join("first.img");
+    let args = [
+        "restore",
+        &point,
+        "--disk",
+        "d",
+        "--to",
+        first.to_str().unwrap(),
+    ];
+
+    // Killed as soon as its partial image is there.
+    let mut child = e
+        .std(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut left = Vec::new();
+    for _ in 0..30_000 {
+        left = partials(&out);
+        if !left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(left.len(), 1, "no partial image appeared in 30 s");
+    if first.exists() {
+        // It finished before the kill landed: nothing was left to test.
+        panic!("the restore finished before it was killed; make the image larger");
+    }
+    assert_eq!(partials(&out), left, "SIGKILL leaves the partial image");
+
+    // Right after: it may be a restore that has not locked it yet, so it
+    // stays.
+    let second = out.join("second.img");
+    e.restore(&point, "d", &second);
+    assert_eq!(
+        partials(&out),
+        left,
+        "a partial image modified lately is kept"
+    );
+
+    // A minute on, the next restore removes it and says so.
+    let stale = out.join(&left[0]);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(120))
+        .unwrap();
+    let third = out.join("third.img");
+    let o = e
+        .x(&[
+            "restore",
+            &point,
+            "--disk",
+            "d",
+            "--to",
+            third.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        doc["abandoned_removed"],
+        serde_json::json!([{"path": stale.display().to_string(), "bytes": 48u64 << 20}]),
+        "{doc}"
+    );
+    let said = stderr(&o);
+    assert!(
+        said.contains("removed") && said.contains(&left[0]) && said.contains("killed"),
+        "{said}"
+    );
+    assert!(partials(&out).is_empty());
+    assert_eq!(std::fs::read(&third).unwrap(), std::fs::read(&img).unwrap());
+}
