@@ -100,6 +100,14 @@ fn main() -> ExitCode {
         .block_on(dispatch(&cli))
         .map_err(|e| denied::explain(&cli.command, e));
     let status = result.as_ref().map_or_else(exit_status, |_| 0);
+    // The interrupt was acknowledged ("stopping cleanly") but the command
+    // was past its last point of stopping: say that its work was done,
+    // or the exit status 0 reads as a contradiction (a crash walk). For
+    // serve and mount an interrupt is the usual way to end.
+    let stops_on_interrupt = matches!(cli.command, Command::Serve(_) | Command::Mount(_));
+    if result.is_ok() && progress().is_cancelled() && !stops_on_interrupt {
+        say!("xfull: the command had finished its work when the interrupt came; it is done");
+    }
     if !cli.quiet {
         let budgets = open::BUDGETS
             .lock()

@@ -172,3 +172,27 @@ fn sigint_stops_a_restore_cleanly() {
 fn sigterm_stops_a_restore_cleanly() {
     an_interrupted_restore_leaves_no_partial_image("TERM");
 }
+
+/// An interrupt acknowledged ("stopping cleanly") by a command that is
+/// past its last point of stopping: it finishes, exit 0, and says its
+/// work was done rather than leaving the acknowledgement unanswered (a
+/// crash walk saw gc and prune do that). The interrupt comes from the
+/// password command, so it always lands while the repository is opened.
+#[test]
+fn an_interrupt_after_the_last_stopping_point_says_the_work_was_done() {
+    let e = Env::init();
+    let pw = std::fs::read_to_string(e.password_file()).unwrap();
+    let ask = format!(
+        "kill -INT $PPID; sleep 0.3; printf '%s' '{}'",
+        pw.trim_end()
+    );
+    let o = e
+        .std(&["--password-command", &ask, "points"])
+        .env_remove("XFULL_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    let said = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{said}");
+    assert!(said.contains("interrupted; stopping cleanly"), "{said}");
+    assert!(said.contains("finished its work"), "{said}");
+}
