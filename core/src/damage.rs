@@ -120,6 +120,40 @@ pub async fn record_all(
     failed
 }
 
+/// Which of the objects `object_keys` (`nodes/...`, `chunks/...`) are
+/// gone from the store now: a node whose HEAD says not found, a chunk in
+/// no pack that can be read. What a prune and the gc after it removed
+/// while a command read it is gone; damaged bytes still stored are not,
+/// and stay damage. Other keys are never gone.
+pub async fn gone_now(repo: &Repository, object_keys: &[String]) -> Result<HashSet<String>> {
+    use futures::StreamExt;
+    let mut gone = HashSet::new();
+    let chunks: Vec<ObjectId> = object_keys
+        .iter()
+        .filter(|k| k.starts_with(keys::CHUNKS))
+        .filter_map(|k| keys::parse_content(k))
+        .collect();
+    for c in repo.chunks().absent(&chunks).await? {
+        gone.insert(keys::chunk(&c));
+    }
+    let nodes = object_keys
+        .iter()
+        .filter(|k| k.starts_with(keys::NODES) && keys::parse_content(k).is_some());
+    let mut heads = futures::stream::iter(nodes)
+        .map(|k| async move { (k, repo.backend().head(k).await) })
+        .buffer_unordered(16);
+    while let Some((k, head)) = heads.next().await {
+        match head {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                gone.insert(k.clone());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(gone)
+}
+
 /// Forgets the records of these object keys (they were stored again or
 /// removed).
 pub async fn clear(repo: &Repository, object_keys: &[String]) -> Result<()> {

@@ -152,8 +152,8 @@ pub enum Error {
     /// while it was being read: what it referenced went with it, which is
     /// not damage.
     #[error(
-        "point {point} was removed (pruned or forgotten) while it was being read; \
-         nothing was recorded as damaged: read another point"
+        "point {point} was removed (pruned or forgotten) while it was being read, and what \
+         could not be read went with it: read another point"
     )]
     PointRemoved { point: String },
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use xfull_core::backend::Backend;
+use xfull_core::backend::{Backend, PutMode};
 use xfull_core::repo::Repository;
 use xfull_core::testing::MemBackend;
 use xfull_integration::{Region, write_image};
@@ -53,5 +53,38 @@ fn a_point_pruned_while_restored_is_reported_removed_not_damaged() {
             .unwrap();
         let err = restore_to(&repo, &kept, &out).await.unwrap_err();
         assert!(err.is_damage(), "{err}");
+    });
+}
+
+/// A point prune moved to `trash/` (a running backup pins it: gc keeps
+/// what it references) is not gone: a node of it missing is damage, and
+/// recorded, as the pinning backup must not rely on it.
+#[test]
+fn a_trashed_points_missing_node_is_damage_not_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    write_image(&img, &[Region::Random(3 << 20)], 7, false).unwrap();
+    rt().block_on(async {
+        let mem = Arc::new(MemBackend::default());
+        let repo = Repository::init(mem.clone(), small_config()).await.unwrap();
+        let m = run_backup(&repo, "vm", &img).await.unwrap();
+        let (key, trashed) = (
+            xfull_core::keys::point(&m.vm, &m.id),
+            xfull_core::keys::trashed_point(&m.vm, &m.id),
+        );
+        let manifest = mem.get(&key).await.unwrap();
+        mem.put(&trashed, manifest, PutMode::Create).await.unwrap();
+        let node = xfull_core::keys::node(m.disks[0].segments[1].as_ref().unwrap());
+        mem.delete_many(&[key, node.clone()]).await.unwrap();
+        let err = restore_to(&repo, &m, &dir.path().join("out"))
+            .await
+            .unwrap_err();
+        assert!(err.is_damage(), "{err}");
+        let records: Vec<String> = mem
+            .list(xfull_core::keys::DAMAGE)
+            .map(|r| r.unwrap().key)
+            .collect()
+            .await;
+        assert_eq!(records, [xfull_core::keys::damage(&node)]);
     });
 }

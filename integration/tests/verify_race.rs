@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use xfull_core::backend::Backend;
+use xfull_core::backend::{Backend, PutMode};
 use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
 use xfull_core::testing::{Hook, HookAt, Hooked, MemBackend};
@@ -94,4 +94,106 @@ fn race(read_data: bool) {
         assert_eq!(records.len(), 1, "{records:?}");
         assert!(records[0].ends_with(&lost), "{records:?} vs {lost}");
     });
+}
+
+/// What the hook of [`shared_damage`] does besides removing `gone`.
+#[derive(Clone, Copy, Debug)]
+enum Meanwhile {
+    /// A new point of the same image is backed up (it shares every node
+    /// of `gone`), then `gone` is forgotten and swept: gc keeps the
+    /// nodes, which the new point uses.
+    NewPointSharesNodes,
+    /// `gone` is forgotten, and no gc runs: its nodes are still stored.
+    ForgottenNotSwept,
+}
+
+/// Damage verify must not drop although the point it read is removed:
+/// a node of `gone` is damaged (garbage bytes under its key) while it is
+/// still stored, whoever uses it.
+fn shared_damage(meanwhile: Meanwhile) {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    write_image(&old, &[Region::Random(3 << 20)], 3, false).unwrap();
+    write_image(&new, &[Region::Random(3 << 20)], 4, false).unwrap();
+    rt().block_on(async {
+        let mem = Arc::new(MemBackend::default());
+        let repo = Repository::init(mem.clone(), small_config()).await.unwrap();
+        let gone = run_backup(&repo, "vm", &old).await.unwrap();
+        run_backup(&repo, "vm", &new).await.unwrap();
+        mem.clock().advance(chrono::Duration::seconds(3600));
+        let bad = xfull_core::keys::node(gone.disks[0].segments[0].as_ref().unwrap());
+        let hook: Hook = {
+            let (repo, mem, bad, old) = (repo.clone(), mem.clone(), bad.clone(), old.clone());
+            let point = (gone.vm.clone(), gone.id.clone());
+            let segments = gone.disks[0].segments.clone();
+            Box::new(move || {
+                let (repo, mem, bad, old, point) = (
+                    repo.clone(),
+                    mem.clone(),
+                    bad.clone(),
+                    old.clone(),
+                    point.clone(),
+                );
+                let segments = segments.clone();
+                Box::pin(async move {
+                    if let Meanwhile::NewPointSharesNodes = meanwhile {
+                        // On a blocking thread: the hook's future must be
+                        // `Send` for any lifetime, which a backup's is not.
+                        let (repo, old) = (repo.clone(), old.clone());
+                        let again = tokio::task::spawn_blocking(move || {
+                            let rt = tokio::runtime::Handle::current();
+                            rt.block_on(run_backup(&repo, "other", &old))
+                        })
+                        .await
+                        .unwrap()
+                        .unwrap();
+                        assert_eq!(again.disks[0].segments, segments);
+                    }
+                    xfull_core::prune::forget::forget(&repo, &[point], false)
+                        .await
+                        .unwrap();
+                    if let Meanwhile::NewPointSharesNodes = meanwhile {
+                        mem.clock().advance(chrono::Duration::seconds(3600));
+                        xfull_core::gc::run(&repo, false).await.unwrap();
+                    }
+                    let garbage = bytes::Bytes::from_static(b"not a node at all");
+                    mem.put(&bad, garbage, PutMode::Overwrite).await.unwrap();
+                })
+            })
+        };
+        let hooked = Hooked::new(mem.clone(), HookAt::Get(xfull_core::keys::NODES), hook);
+        let through = Repository::open(hooked.clone()).await.unwrap();
+        let opts = VerifyOptions {
+            record_damage: true,
+            ..VerifyOptions::default()
+        };
+        let report = verify(&through, &[], &opts, Arc::new(Progress::default()))
+            .await
+            .unwrap();
+        assert!(hooked.fired());
+        assert_eq!(report.objects_damaged, 1, "{meanwhile:?}: {report:#?}");
+        if let Meanwhile::NewPointSharesNodes = meanwhile {
+            let names: Vec<_> = report.damaged.iter().map(|d| d.point.as_str()).collect();
+            assert!(
+                names.len() == 1 && names[0].starts_with("other@"),
+                "the new point's damage is reported: {report:#?}"
+            );
+        }
+        let records: Vec<String> = mem
+            .list(xfull_core::keys::DAMAGE)
+            .map(|m| m.unwrap().key)
+            .collect()
+            .await;
+        assert_eq!(records, [xfull_core::keys::damage(&bad)], "{meanwhile:?}");
+    });
+}
+
+#[test]
+fn damage_a_point_made_meanwhile_shares_with_a_removed_one_is_reported() {
+    shared_damage(Meanwhile::NewPointSharesNodes);
+}
+
+#[test]
+fn damaged_bytes_still_stored_are_reported_though_their_point_was_removed() {
+    shared_damage(Meanwhile::ForgottenNotSwept);
 }

@@ -111,14 +111,42 @@ impl Repository {
         Ok((stored, len))
     }
 
-    /// Whether the point's manifest is in the store (a HEAD): `Ok(false)`
-    /// only when the store says it is not there.
-    pub async fn point_exists(&self, vm: &VmName, id: &PointId) -> Result<bool> {
-        match self.backend.head(&keys::point(vm, id)).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e.into()),
+    /// Whether the point is gone from the store: its manifest neither in
+    /// `points/` nor in `trash/` (where prune moves a point a backup pins:
+    /// gc keeps what it references, so damage met there is damage). Two
+    /// HEADs at most; `Ok(true)` only when the store says both are absent.
+    pub async fn point_gone(&self, vm: &VmName, id: &PointId) -> Result<bool> {
+        for key in [keys::point(vm, id), keys::trashed_point(vm, id)] {
+            match self.backend.head(&key).await {
+                Ok(_) => return Ok(false),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(true)
+    }
+
+    /// The manifest of a point in `points/`, or else in `trash/`.
+    pub async fn load_kept_manifest(&self, vm: &VmName, id: &PointId) -> Result<Manifest> {
+        match self.load_manifest(vm, id).await {
+            Err(Error::PointNotFound { .. }) => {
+                self.load_manifest_at(&keys::trashed_point(vm, id), vm, id)
+                    .await
+            }
+            r => r,
+        }
+    }
+
+    /// The points prune moved to `trash/` (pinned by backups), unsorted.
+    pub async fn list_trashed_points(&self) -> Result<Vec<(VmName, PointId)>> {
+        self.backend
+            .list(&format!("{}{}", keys::TRASH, keys::POINTS))
+            .try_filter_map(|m| async move {
+                Ok(m.key.strip_prefix(keys::TRASH).and_then(keys::parse_point))
+            })
+            .try_collect()
+            .await
+            .map_err(Into::into)
     }
 
     /// Every point, or one VM's, sorted by VM then time.

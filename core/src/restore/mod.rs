@@ -32,7 +32,7 @@ pub(crate) use self::part::PART;
 pub use self::read::{PartData, PartReader};
 use self::segment::{BufferPool, Piece, SegmentCtx};
 use self::sink::Sink;
-pub use self::stale::Leftover;
+pub use self::stale::{Leftover, removes_leftovers_in};
 pub use self::target::{Allow, Target};
 use crate::error::{Error, Result};
 use crate::image_hash;
@@ -108,6 +108,20 @@ async fn record_damage(repo: &Repository, ctx: &SegmentCtx) {
     let _ = crate::damage::record_all(repo, &found, "restore").await;
 }
 
+/// The damage met in a point removed meanwhile: what is gone went with
+/// the point, but damaged bytes still stored are damage (a backup making
+/// the same content would rely on them), so those are recorded. If the
+/// store cannot say, everything is recorded: a stale record costs one
+/// upload.
+async fn record_still_stored(repo: &Repository, ctx: &SegmentCtx) {
+    let found = || ctx.found.lock().unwrap_or_else(|p| p.into_inner());
+    let keys: Vec<String> = found().keys().cloned().collect();
+    if let Ok(gone) = crate::damage::gone_now(repo, &keys).await {
+        found().retain(|k, _| !gone.contains(k));
+    }
+    record_damage(repo, ctx).await;
+}
+
 /// Whether point `m`'s manifest is gone from the store: a restore takes
 /// no lease (it must run with read-only credentials), so a prune and the
 /// gc after it may remove the point while it is read, and what that
@@ -115,7 +129,7 @@ async fn record_damage(repo: &Repository, ctx: &SegmentCtx) {
 /// walk: exit 3, and a damage record verify did not share). A store that
 /// cannot say leaves the damage reported.
 async fn point_removed(repo: &Repository, m: &Manifest) -> bool {
-    matches!(repo.point_exists(&m.vm, &m.id).await, Ok(false))
+    matches!(repo.point_gone(&m.vm, &m.id).await, Ok(true))
 }
 
 /// Restores disk `disk` of point `m` to `target`. Stops when `progress`
@@ -233,6 +247,7 @@ pub async fn restore(
             .is_empty();
     if met_damage && point_removed(repo, m).await {
         drop(sink); // removes the partial image
+        record_still_stored(repo, &ctx).await;
         return Err(Error::PointRemoved {
             point: m.point_name(),
         });

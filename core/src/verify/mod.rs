@@ -369,7 +369,9 @@ pub async fn verify_with(
                 Err(e) => return Err(e),
             }
         }
-        remaining.drop_damage_of_removed(&mut report, &holders);
+        remaining
+            .drop_damage_of_removed(repo, &read_points, &nodes, &mut report, &holders)
+            .await?;
     }
     report.objects_damaged = report.bad_objects.len() as u64;
     report.objects_missing = report.missing.len() as u64;
