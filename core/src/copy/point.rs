@@ -122,6 +122,16 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         }
         Err(e) => {
             session.abandon().await;
+            // A copy reads the source under no lease of its own (the
+            // source may be read-only to it): a prune and gc there may
+            // remove the point meanwhile, and what went with it is then
+            // missing. That is the point gone, not damage.
+            if e.is_damage() && matches!(run.source.point_gone(vm, id).await, Ok(true)) {
+                let point = format!("{vm}@{id}");
+                run.progress
+                    .notice(Notice::Warning(Warning::CopySourceGone { point }));
+                return Ok(PointResult::Gone);
+            }
             Err(e)
         }
     }

@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 
-use super::copy;
 use super::tests::{back_up, data, every_point, init, init_like, reopen, restored, run};
+use super::{PointStatus, copy};
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::progress::Progress;
+use crate::repo::Repository;
 use crate::testing::{Hook, HookAt, Hooked, MemBackend};
 
 #[tokio::test]
@@ -119,4 +120,54 @@ async fn a_cancelled_copy_leaves_no_point_nor_lease_and_a_rerun_finishes() {
     let out = run(&source, &target, every_point(&[&a1])).await.unwrap();
     assert_eq!(out.copied(), 1);
     assert_eq!(restored(&target, &dir, &a1).await, one);
+}
+
+/// A prune on the source, and the gc after it, while the copy reads a
+/// point's nodes: the point is gone from the source, not damaged. It is
+/// reported `Gone` (as a point removed before its manifest was read), the
+/// other points are copied, and nothing is recorded as damage on either
+/// side (before: exit 3, "damaged object nodes/... in the source").
+#[tokio::test]
+async fn a_source_point_pruned_and_swept_mid_copy_is_gone_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = Arc::new(MemBackend::default());
+    let source = init(&sb, true).await;
+    let one = data(4 << 20, 21);
+    let two = data(4 << 20, 22);
+    let a1 = back_up(&source, &dir, "a", &one).await;
+    let a2 = back_up(&source, &dir, "a", &two).await;
+    sb.clock().advance(chrono::Duration::seconds(3600));
+    let tb = Arc::new(MemBackend::default());
+    let target = init_like(&tb, &source).await;
+
+    // Before the copy's first read of a source node (a1's): a1 forgotten
+    // in the source and swept.
+    let hook: Hook = {
+        let (source, point) = (source.clone(), (a1.vm.clone(), a1.id.clone()));
+        Box::new(move || {
+            let (source, point) = (source.clone(), point.clone());
+            Box::pin(async move {
+                crate::prune::forget::forget(&source, &[point], false)
+                    .await
+                    .unwrap();
+                let swept = crate::gc::run(&source, false).await.unwrap();
+                assert!(swept.nodes_deleted > 0, "{swept:?}");
+            })
+        })
+    };
+    let hooked = Hooked::new(sb.clone(), HookAt::Get(crate::keys::NODES), hook);
+    let through = Repository::open_with(hooked.clone(), || Ok(super::tests::pw("source")))
+        .await
+        .unwrap();
+    let out = run(&through, &target, every_point(&[&a1, &a2]))
+        .await
+        .unwrap();
+    assert!(hooked.fired());
+    let status: Vec<_> = out.points.iter().map(|p| p.status).collect();
+    assert_eq!(status, [PointStatus::Gone, PointStatus::Copied], "{out:?}");
+    assert_eq!(restored(&target, &dir, &a2).await, two);
+    for b in [&sb, &tb] {
+        let records: Vec<_> = b.list(crate::keys::DAMAGE).try_collect().await.unwrap();
+        assert!(records.is_empty(), "{records:?}");
+    }
 }
