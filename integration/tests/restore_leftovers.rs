@@ -1,8 +1,10 @@
 //! A restore killed with SIGKILL (the OOM killer, a unit's stop timeout)
 //! cannot remove its partial image: a hidden file as large as the disk.
 //! The next restore into that directory removes it once it has been left
-//! a minute (its lock gone with the killed process), and says so; one a
-//! live restore holds is never touched (`core/src/restore/stale.rs`).
+//! ten minutes (its lock gone with the killed process), and says so; one
+//! a live restore holds is never touched (`core/src/restore/stale.rs`).
+//! Only on a local file system: elsewhere nothing is removed, and this
+//! test checks that instead.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -78,14 +80,15 @@ fn a_killed_restores_partial_image_is_removed_by_the_next_restore() {
         "a partial image modified lately is kept"
     );
 
-    // A minute on, the next restore removes it and says so.
+    // Ten minutes on, the next restore removes it and says so.
     let stale = out.join(&left[0]);
     std::fs::File::options()
         .write(true)
         .open(&stale)
         .unwrap()
-        .set_modified(SystemTime::now() - Duration::from_secs(120))
+        .set_modified(SystemTime::now() - Duration::from_secs(20 * 60))
         .unwrap();
+    let local = xfull_core::restore::removes_leftovers_in(&out);
     let third = out.join("third.img");
     let o = e
         .x(&[
@@ -101,6 +104,15 @@ fn a_killed_restores_partial_image_is_removed_by_the_next_restore() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    if !local {
+        eprintln!(
+            "{}: not a local file system: nothing is removed",
+            out.display()
+        );
+        assert_eq!(doc["abandoned_removed"], serde_json::json!([]), "{doc}");
+        assert_eq!(partials(&out), left);
+        return;
+    }
     assert_eq!(
         doc["abandoned_removed"],
         serde_json::json!([{"path": stale.display().to_string(), "bytes": 48u64 << 20}]),

@@ -200,7 +200,9 @@ impl Listener {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
                 s.set_nodelay(true)?;
-                keep_alive(&s)?;
+                // Best effort: a socket that refuses it (its peer already
+                // gone) fails at its first read, on its own connection.
+                let _ = keep_alive(&s);
                 let (r, w) = s.into_split();
                 Ok((Box::new(r), Box::new(w), peer.to_string()))
             }
@@ -215,17 +217,25 @@ impl Listener {
 /// reset (power lost, a network cut) would otherwise hold its slot, and
 /// `serve`'s lease on the point, for as long as the server runs. Its
 /// kernel answers the probes of a live idle client, which is kept. A
-/// dead one is dropped about two minutes after its last packet.
+/// dead one is dropped about two minutes after its last packet. The
+/// kernel sends no probes while data it sent is unacknowledged (a reply
+/// handed to the socket just before the peer vanished), so the same two
+/// minutes are also the socket's user timeout (`TCP_USER_TIMEOUT`):
+/// otherwise retransmissions would hold it for 15 to 30 minutes. A live
+/// client acknowledges within that even when it reads slowly; one that
+/// stops reading is dropped sooner by the request timeout anyway.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_PROBES: u32 = 6;
 
 fn keep_alive(s: &tokio::net::TcpStream) -> std::io::Result<()> {
     use rustix::net::sockopt;
+    let dead_after = KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES;
     sockopt::set_tcp_keepidle(s, KEEPALIVE_IDLE)?;
     sockopt::set_tcp_keepintvl(s, KEEPALIVE_INTERVAL)?;
     sockopt::set_tcp_keepcnt(s, KEEPALIVE_PROBES)?;
     sockopt::set_socket_keepalive(s, true)?;
+    sockopt::set_tcp_user_timeout(s, dead_after.as_millis() as u32)?;
     Ok(())
 }
 

@@ -80,9 +80,14 @@ impl Partial {
             };
             // Held until this process ends, however it ends: it tells
             // the next restore here that this file is not abandoned
-            // (`stale.rs`). Without locks (some network file systems)
-            // no file is ever judged abandoned, so none is removed.
-            stale::lock(&fd);
+            // (`stale.rs`, which removes nothing where locks may not be
+            // seen by every writer). Held by someone else this instant
+            // (another restore's clean-up, which has just been judging
+            // the file): that name is theirs to decide on; take another.
+            if let Err(Errno::WOULDBLOCK) = stale::lock(&fd) {
+                let _ = rustix::fs::unlinkat(&dir, &name, AtFlags::empty());
+                continue;
+            }
             let p = Partial {
                 dir,
                 dir_path,

@@ -8,13 +8,21 @@
 //! A partial image is known to be abandoned, not being written by a
 //! restore running now, because every restore holds an exclusive
 //! `flock` on its partial image for as long as it lives (the kernel
-//! drops it with the process, however it ends). One is removed only if
-//! all of these hold: the name is exactly that pattern; it is a regular
-//! file (opened without following links) owned by this user; nobody
-//! holds its lock (taken here, without waiting); it was last modified
-//! more than [`QUIET`] ago (a restore creates its file a moment before it
-//! locks it, and builds before the lock existed never lock); and the
-//! name still holds the file locked here when it is removed.
+//! drops it with the process, however it ends). That holds only where
+//! every writer's lock is seen: on a local file system. On a network or
+//! FUSE file system a lock may be local to one host (NFS `local_lock`,
+//! CIFS `nobrl`, sshfs), and another host's live restore would look
+//! abandoned, so nothing is removed there ([`LOCAL`]). One is removed
+//! only if all of these hold: the directory is on a local file system;
+//! the name is exactly that pattern; it is a regular file (looked at
+//! without following links, before it is opened), mode 0600, one link,
+//! owned by this user; nobody holds its lock (taken here, without
+//! waiting); it was last modified more than [`QUIET`] ago; and the name
+//! still holds the file locked here when it is removed. [`QUIET`] covers
+//! the moment between a restore creating its file and locking it, and
+//! builds from before the lock, which never lock and may leave their
+//! partial unmodified for minutes while they restore a sparse disk
+//! (zeros are not written).
 
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -25,7 +33,34 @@ use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 
 /// How long a partial image must have gone unmodified to be judged
 /// abandoned (with its lock free).
-pub const QUIET: Duration = Duration::from_secs(60);
+pub const QUIET: Duration = Duration::from_secs(10 * 60);
+
+/// File systems (`statfs` magic numbers) on which a lock is seen by every
+/// process that can reach the file, all on this host: ext2/3/4, XFS,
+/// Btrfs, tmpfs, ramfs, ZFS, F2FS, bcachefs, overlayfs (containers).
+const LOCAL: [i64; 9] = [
+    0xEF53,
+    0x5846_5342,
+    0x9123_683E,
+    0x0102_1994,
+    0x8584_58F6,
+    0x2FC1_2FC1,
+    0xF2F5_2010,
+    0xCA45_1A4E,
+    0x794C_7630,
+];
+
+/// Whether restores into `dir` remove abandoned partial images there:
+/// only on a local file system (see the module).
+pub fn removes_leftovers_in(dir: &Path) -> bool {
+    rustix::fs::statfs(dir).is_ok_and(|f| is_local(&f))
+}
+
+// `f_type` is an i64 on 64-bit Linux, narrower on some 32-bit targets.
+#[allow(clippy::useless_conversion)]
+fn is_local(f: &rustix::fs::StatFs) -> bool {
+    LOCAL.contains(&i64::from(f.f_type))
+}
 
 /// A partial image of a killed restore, removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,10 +84,10 @@ pub(super) fn is_partial_name(name: &[u8]) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
-/// Takes the lock every live restore holds on its partial image; false
-/// if another process holds it (or the file system has no locks).
-pub(super) fn lock(fd: impl AsFd) -> bool {
-    rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive).is_ok()
+/// Takes the lock every live restore holds on its partial image, without
+/// waiting (`WOULDBLOCK`: another process holds it).
+pub(super) fn lock(fd: impl AsFd) -> rustix::io::Result<()> {
+    rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive)
 }
 
 /// Removes the abandoned partial images next to `target` (a restore's
@@ -75,13 +110,29 @@ pub(super) fn remove_abandoned(dir: &Path) -> Vec<Leftover> {
     ) else {
         return removed;
     };
+    if !rustix::fs::fstatfs(&fd).is_ok_and(|f| is_local(&f)) {
+        return removed;
+    }
     let Ok(entries) = rustix::fs::Dir::read_from(&fd) else {
         return removed;
     };
     let me = rustix::process::geteuid().as_raw();
+    let looks_abandoned = |st: &rustix::fs::Stat| {
+        let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_mode & 0o7777 == 0o600
+            && st.st_nlink == 1
+            && st.st_uid == me
+            && modified.elapsed().is_ok_and(|d| d > QUIET)
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         if !is_partial_name(name.to_bytes()) {
+            continue;
+        }
+        // Looked at before it is opened: a device or fifo is never opened.
+        let seen = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW);
+        if !seen.is_ok_and(|st| looks_abandoned(&st)) {
             continue;
         }
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
@@ -91,13 +142,7 @@ pub(super) fn remove_abandoned(dir: &Path) -> Vec<Leftover> {
         let Ok(st) = rustix::fs::fstat(&file) else {
             continue;
         };
-        let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
-        let quiet = modified.elapsed().is_ok_and(|d| d > QUIET);
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
-            || st.st_uid != me
-            || !quiet
-            || !lock(&file)
-        {
+        if !looks_abandoned(&st) || lock(&file).is_err() {
             continue;
         }
         let there = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW);

@@ -22,7 +22,8 @@ fn timer(local: u16, remote: u16) -> Option<(u32, f64)> {
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
         let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap(), 16).unwrap();
-        if port(f[1]) == local && port(f[2]) == remote {
+        // State 01: established (not an old connection's TIME_WAIT).
+        if port(f[1]) == local && port(f[2]) == remote && f[3] == "01" {
             let (kind, when) = f[5].split_once(':').unwrap();
             // `when` is in clock ticks (USER_HZ, 100 on Linux).
             let when = u64::from_str_radix(when, 16).unwrap() as f64 / 100.0;
