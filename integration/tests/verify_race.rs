@@ -4,10 +4,12 @@
 //! damage: the point is gone, not damaged. Damage of a point that still
 //! exists is reported as always, race or not.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use xfull_core::backend::{Backend, PutMode};
+use xfull_core::manifest::Manifest;
 use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
 use xfull_core::testing::{Hook, HookAt, Hooked, MemBackend};
@@ -23,18 +25,45 @@ fn a_point_pruned_and_swept_while_verified_is_not_damage() {
     }
 }
 
+/// Two points of one VM, of two images of random bytes (nothing shared),
+/// both older than any sweep's cutoff: (store, repository, the older
+/// point `gone`, the newer, the older one's image).
+struct Two {
+    mem: Arc<MemBackend>,
+    repo: Repository,
+    gone: Manifest,
+    kept: Manifest,
+    old: PathBuf,
+}
+
+async fn two_points(dir: &Path, seed: u64) -> Two {
+    let (old, new) = (dir.join("old"), dir.join("new"));
+    write_image(&old, &[Region::Random(3 << 20)], seed, false).unwrap();
+    write_image(&new, &[Region::Random(3 << 20)], seed + 1, false).unwrap();
+    let mem = Arc::new(MemBackend::default());
+    let repo = Repository::init(mem.clone(), small_config()).await.unwrap();
+    let gone = run_backup(&repo, "vm", &old).await.unwrap();
+    let kept = run_backup(&repo, "vm", &new).await.unwrap();
+    mem.clock().advance(chrono::Duration::seconds(3600));
+    Two {
+        mem,
+        repo,
+        gone,
+        kept,
+        old,
+    }
+}
+
 fn race(read_data: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
-    write_image(&old, &[Region::Random(3 << 20)], 1, false).unwrap();
-    write_image(&new, &[Region::Random(3 << 20)], 2, false).unwrap();
     rt().block_on(async {
-        let mem = Arc::new(MemBackend::default());
-        let repo = Repository::init(mem.clone(), small_config()).await.unwrap();
-        let gone = run_backup(&repo, "vm", &old).await.unwrap();
-        let kept = run_backup(&repo, "vm", &new).await.unwrap();
-        // Both backups are older than any sweep's cutoff from now on.
-        mem.clock().advance(chrono::Duration::seconds(3600));
+        let Two {
+            mem,
+            repo,
+            gone,
+            kept,
+            ..
+        } = two_points(dir.path(), 1).await;
         let lost = xfull_core::keys::node(kept.disks[0].segments[1].as_ref().unwrap());
 
         // Before verify's first node read: `gone` forgotten and swept, and
@@ -112,15 +141,14 @@ enum Meanwhile {
 /// still stored, whoever uses it.
 fn shared_damage(meanwhile: Meanwhile) {
     let dir = tempfile::tempdir().unwrap();
-    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
-    write_image(&old, &[Region::Random(3 << 20)], 3, false).unwrap();
-    write_image(&new, &[Region::Random(3 << 20)], 4, false).unwrap();
     rt().block_on(async {
-        let mem = Arc::new(MemBackend::default());
-        let repo = Repository::init(mem.clone(), small_config()).await.unwrap();
-        let gone = run_backup(&repo, "vm", &old).await.unwrap();
-        run_backup(&repo, "vm", &new).await.unwrap();
-        mem.clock().advance(chrono::Duration::seconds(3600));
+        let Two {
+            mem,
+            repo,
+            gone,
+            old,
+            ..
+        } = two_points(dir.path(), 3).await;
         let bad = xfull_core::keys::node(gone.disks[0].segments[0].as_ref().unwrap());
         let hook: Hook = {
             let (repo, mem, bad, old) = (repo.clone(), mem.clone(), bad.clone(), old.clone());
