@@ -120,22 +120,16 @@ pub async fn record_all(
     failed
 }
 
-/// Which of the objects `object_keys` (`nodes/...`, `chunks/...`) are
-/// gone from the store now: a node whose HEAD says not found, a chunk in
-/// no pack that can be read. What a prune and the gc after it removed
+/// Which of the objects `object_keys` are gone from the store now: nodes
+/// whose HEAD says not found. What a prune and the gc after it removed
 /// while a command read it is gone; damaged bytes still stored are not,
-/// and stay damage. Other keys are never gone.
+/// and stay damage. Chunks are never judged gone: an index lookup may
+/// miss a chunk a concurrent sweep is moving to another pack, and a
+/// missed damage record would let backups deduplicate against bad bytes,
+/// where a stale one costs one upload.
 pub async fn gone_now(repo: &Repository, object_keys: &[String]) -> Result<HashSet<String>> {
     use futures::StreamExt;
     let mut gone = HashSet::new();
-    let chunks: Vec<ObjectId> = object_keys
-        .iter()
-        .filter(|k| k.starts_with(keys::CHUNKS))
-        .filter_map(|k| keys::parse_content(k))
-        .collect();
-    for c in repo.chunks().absent(&chunks).await? {
-        gone.insert(keys::chunk(&c));
-    }
     let nodes = object_keys
         .iter()
         .filter(|k| k.starts_with(keys::NODES) && keys::parse_content(k).is_some());

@@ -201,11 +201,20 @@ impl Run<'_> {
 fn in_source(source: &Repository, e: Error) -> Error {
     match e {
         Error::Corrupt { key, reason } => Error::Corrupt {
-            key: format!("{key} in the source {}", source.location()),
+            key: format!("{key}{}", source_suffix(source)),
             reason,
         },
         e => e,
     }
+}
+
+fn source_suffix(source: &Repository) -> String {
+    format!(" in the source {}", source.location())
+}
+
+/// Whether `e` is damage [`in_source`] marked as the source's.
+fn is_source_damage(source: &Repository, e: &Error) -> bool {
+    matches!(e, Error::Corrupt { key, .. } if key.ends_with(&source_suffix(source)))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use super::locked::target_manifest;
 use super::nodes::Copier;
-use super::{CopyCounts, Run, in_source, recheck};
+use super::{CopyCounts, Run, in_source, is_source_damage, recheck};
 use crate::damage::KnownDamage;
 use crate::error::{Error, Result};
 use crate::id::PointId;
@@ -125,8 +125,11 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
             // A copy reads the source under no lease of its own (the
             // source may be read-only to it): a prune and gc there may
             // remove the point meanwhile, and what went with it is then
-            // missing. That is the point gone, not damage.
-            if e.is_damage() && matches!(run.source.point_gone(vm, id).await, Ok(true)) {
+            // missing. That is the point gone, not damage. (The target's
+            // damage is never that: it stops the copy.)
+            if is_source_damage(run.source, &e)
+                && matches!(run.source.point_gone(vm, id).await, Ok(true))
+            {
                 let point = format!("{vm}@{id}");
                 run.progress
                     .notice(Notice::Warning(Warning::CopySourceGone { point }));

@@ -223,7 +223,9 @@ impl Listener {
 /// minutes are also the socket's user timeout (`TCP_USER_TIMEOUT`):
 /// otherwise retransmissions would hold it for 15 to 30 minutes. A live
 /// client acknowledges within that even when it reads slowly; one that
-/// stops reading is dropped sooner by the request timeout anyway.
+/// makes no progress at all for two minutes, even in the middle of a
+/// large reply (which the request timeout alone would allow 60 s plus
+/// its length at 64 KiB/s), is taken for dead.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_PROBES: u32 = 6;

@@ -85,7 +85,13 @@ impl Partial {
             // (another restore's clean-up, which has just been judging
             // the file): that name is theirs to decide on; take another.
             if let Err(Errno::WOULDBLOCK) = stale::lock(&fd) {
-                let _ = rustix::fs::unlinkat(&dir, &name, AtFlags::empty());
+                let mine = rustix::fs::fstat(&fd);
+                let there = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW);
+                if let (Ok(a), Ok(b)) = (mine, there)
+                    && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+                {
+                    let _ = rustix::fs::unlinkat(&dir, &name, AtFlags::empty());
+                }
                 continue;
             }
             let p = Partial {

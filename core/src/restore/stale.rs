@@ -16,8 +16,11 @@
 //! only if all of these hold: the directory is on a local file system;
 //! the name is exactly that pattern; it is a regular file (looked at
 //! without following links, before it is opened), mode 0600, one link,
-//! owned by this user; nobody holds its lock (taken here, without
-//! waiting); it was last modified more than [`QUIET`] ago; and the name
+//! owned by this user; nobody holds its flock, nor a POSIX lock (what
+//! a restore on an NFS client of an exported directory holds here), both
+//! taken here without waiting; it was last modified more than [`QUIET`]
+//! ago (sftp/sshfs writers of an exported directory lock nothing: only
+//! this protects them); and the name
 //! still holds the file locked here when it is removed. [`QUIET`] covers
 //! the moment between a restore creating its file and locking it, and
 //! builds from before the lock, which never lock and may leave their
@@ -56,10 +59,12 @@ pub fn removes_leftovers_in(dir: &Path) -> bool {
     rustix::fs::statfs(dir).is_ok_and(|f| is_local(&f))
 }
 
-// `f_type` is an i64 on 64-bit Linux, narrower on some 32-bit targets.
-#[allow(clippy::useless_conversion)]
+/// Compared as the 32 bits the kernel's magic numbers are: `f_type` is
+/// an i64 on 64-bit Linux and an i32 on some 32-bit targets, where the
+/// larger magics are negative.
+#[allow(clippy::unnecessary_cast)]
 fn is_local(f: &rustix::fs::StatFs) -> bool {
-    LOCAL.contains(&i64::from(f.f_type))
+    LOCAL.contains(&((f.f_type as u32) as i64))
 }
 
 /// A partial image of a killed restore, removed.
@@ -135,14 +140,22 @@ pub(super) fn remove_abandoned(dir: &Path) -> Vec<Leftover> {
         if !seen.is_ok_and(|st| looks_abandoned(&st)) {
             continue;
         }
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        // Open for writing only to test a POSIX write lock (below); it
+        // writes nothing.
+        let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let Ok(file) = rustix::fs::openat(&fd, name, flags, Mode::empty()) else {
             continue;
         };
         let Ok(st) = rustix::fs::fstat(&file) else {
             continue;
         };
-        if !looks_abandoned(&st) || lock(&file).is_err() {
+        // The flock of a restore on this host, and a POSIX lock, which is
+        // what a restore on an NFS client of this directory (exported)
+        // holds here: its flock reaches the server as one.
+        if !looks_abandoned(&st)
+            || lock(&file).is_err()
+            || rustix::fs::fcntl_lock(&file, FlockOperation::NonBlockingLockExclusive).is_err()
+        {
             continue;
         }
         let there = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW);

@@ -115,9 +115,6 @@ pub fn is_missing(missing: &[u64], id: &ObjectId) -> bool {
 pub struct Found {
     pub missing: BTreeSet<ObjectId>,
     pub bad: BTreeSet<ObjectId>,
-    /// The nodes each of those chunks is in (so that damage in nodes of
-    /// points removed meanwhile only can be told apart).
-    pub holders: HashMap<ObjectId, Vec<ObjectId>>,
     /// Nodes that read well before and no longer do (with why): gone
     /// with a point a prune removed, or damage.
     pub lost: Vec<(ObjectId, String)>,
@@ -151,7 +148,7 @@ pub async fn map_to_nodes(
             Err(e) => return Err(e),
         };
         let damage = chunk_damage(&n, |c| {
-            let why = if is_missing(missing, c) {
+            if is_missing(missing, c) {
                 found.missing.insert(*c);
                 Some(format!("chunk {} missing from the repository", c.short()))
             } else {
@@ -160,11 +157,7 @@ pub async fn map_to_nodes(
                     found.bad.insert(*c);
                 }
                 why
-            };
-            if why.is_some() {
-                found.holders.entry(*c).or_default().push(id);
             }
-            why
         });
         if !damage.is_empty() {
             nodes.entry(id).or_default().extend(damage);

@@ -325,7 +325,6 @@ pub async fn verify_with(
         bad.extend(checked.bad);
     }
     drop(refs);
-    let mut holders = HashMap::new();
     if !missing.is_empty() || !bad.is_empty() {
         // Map missing and bad chunks back to the nodes that hold them.
         let found = chunks::map_to_nodes(repo, &todo, &mut nodes, &missing, &bad).await?;
@@ -338,7 +337,6 @@ pub async fn verify_with(
         report
             .bad_objects
             .extend(found.lost.into_iter().map(|(n, why)| (keys::node(&n), why)));
-        holders = found.holders;
     }
 
     if !named {
@@ -370,7 +368,7 @@ pub async fn verify_with(
             }
         }
         remaining
-            .drop_damage_of_removed(repo, &read_points, &nodes, &mut report, &holders)
+            .drop_damage_of_removed(repo, &read_points, named, &nodes, &mut report)
             .await?;
     }
     report.objects_damaged = report.bad_objects.len() as u64;

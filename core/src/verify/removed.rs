@@ -7,19 +7,25 @@
 //! stopping with exit 3 on such a node).
 //!
 //! So when something was found missing or bad and a listed point is gone
-//! when the manifests are read again, an object is dropped from the
-//! report only if all of these hold:
-//! - no point that exists now references it (or holds it through a node
-//!   it references): the points verify read, the points made since, and
-//!   the points in `trash/` (prune moves a point a running backup pins
-//!   there, and gc keeps what it references);
-//! - it is gone from the store now (a node's HEAD says not found, a chunk
-//!   is in no pack that can be read): damaged bytes still stored are
-//!   damage whoever references them, because a backup that makes the same
-//!   content would deduplicate against them without the damage record.
+//! when the manifests are read again (verifying every point; with points
+//! named, only the warning is given), a *node* is dropped from the report
+//! only if both hold:
+//! - no point that exists now references it: the points verify read, the
+//!   points made since, and the points in `trash/` (prune moves a point a
+//!   running backup pins there, and gc keeps what it references);
+//! - it is gone from the store now (its HEAD says not found): damaged
+//!   bytes still stored are damage whoever references them, because a
+//!   backup that makes the same content would deduplicate against them
+//!   without the damage record.
 //!
-//! Anything that cannot be read for this (a manifest, a listing) leaves
-//! the report as it is.
+//! Chunks are never dropped: which nodes of the points read meanwhile
+//! hold a chunk is not known without reading them, and an index lookup
+//! can miss a chunk a concurrent sweep is moving. A removed point's
+//! chunks rarely show anyway: its nodes were swept with it, so nothing
+//! maps them to damage.
+//!
+//! Anything that cannot be read for this (a manifest, a listing, a HEAD)
+//! leaves the report as it is, with a warning.
 
 use std::collections::{HashMap, HashSet};
 
@@ -44,9 +50,6 @@ pub(super) struct Remaining {
     removed: Vec<(VmName, PointId)>,
 }
 
-/// The nodes each damaged chunk is in.
-pub(super) type Holders = HashMap<ObjectId, Vec<ObjectId>>;
-
 impl Remaining {
     /// `m` is still there: the damaged nodes it references stay damage.
     pub(super) fn saw(&mut self, m: &Manifest, damaged: &HashMap<ObjectId, NodeDamage>) {
@@ -59,38 +62,43 @@ impl Remaining {
         self.removed.push((vm.clone(), id.clone()));
     }
 
-    /// Drops from `report` what only removed points used and is gone now
-    /// (see the module), and says so in a warning. `read` are the points
-    /// verify read; `damaged` the damaged nodes; `holders` the nodes each
-    /// damaged chunk is in. Nothing changes when no point was removed.
+    /// Drops from `report` the nodes only removed points used that are
+    /// gone now (see the module), and says so in a warning. `read` are
+    /// the points verify read (`named`: the caller named them); `damaged`
+    /// the damaged nodes. Nothing changes when no point was removed.
     pub(super) async fn drop_damage_of_removed(
         mut self,
         repo: &Repository,
         read: &[(VmName, PointId)],
+        named: bool,
         damaged: &HashMap<ObjectId, NodeDamage>,
         report: &mut VerifyReport,
-        holders: &Holders,
     ) -> Result<()> {
         if self.removed.is_empty() {
             return Ok(());
         }
         let said = self.removed_names();
-        let dropped = match self.others_seen(repo, read, damaged, report).await {
-            Ok(true) => self.drop_gone(repo, report, holders).await?,
-            // A manifest or listing that cannot be read: keep everything.
-            Ok(false) => 0,
-            Err(e) if e.is_damage() => 0,
-            Err(e) => return Err(e),
-        };
         let mut warning = format!(
             "{} point(s) were removed (pruned or forgotten) while verify ran: {said}",
             self.removed.len()
         );
-        if dropped > 0 {
-            warning.push_str(&format!(
-                "; {dropped} object(s) only they used were gone by the time verify read them, \
-                 which is no damage"
-            ));
+        if !named {
+            let dropped = match self.others_seen(repo, read, damaged, report).await {
+                Ok(true) => self.drop_gone(repo, report).await,
+                Ok(false) => Err(Error::Internal("a manifest could not be read".into())),
+                Err(e) => Err(e),
+            };
+            match dropped {
+                Ok(0) => {}
+                Ok(n) => warning.push_str(&format!(
+                    "; {n} node(s) only they used were gone by the time verify read them, \
+                     which is no damage"
+                )),
+                Err(e) => warning.push_str(&format!(
+                    "; what only they used could not be told apart from damage ({e}), so all \
+                     of it is reported"
+                )),
+            }
         }
         report.warnings.push(warning);
         Ok(())
@@ -122,6 +130,8 @@ impl Remaining {
         report: &mut VerifyReport,
     ) -> Result<bool> {
         let mut known: HashSet<(VmName, PointId)> = read.iter().cloned().collect();
+        // Already reported damaged: not read again.
+        known.extend(report.damaged_manifests.iter().cloned());
         for p in &self.removed {
             known.remove(p);
         }
@@ -144,25 +154,16 @@ impl Remaining {
         Ok(true)
     }
 
-    /// Drops the missing and bad objects no point uses that are gone
-    /// now; returns how many.
-    async fn drop_gone(
-        &self,
-        repo: &Repository,
-        report: &mut VerifyReport,
-        holders: &Holders,
-    ) -> Result<usize> {
-        let used = |n: &ObjectId| self.nodes.contains(n);
-        let chunk_used = |c: &ObjectId| holders.get(c).is_some_and(|h| h.iter().any(used));
-        let unused = |key: &str| match keys::parse_content(key) {
-            Some(id) if key.starts_with(keys::NODES) => !used(&id),
-            Some(id) => !chunk_used(&id),
-            None => false,
+    /// Drops the missing and bad nodes no point uses that are gone now;
+    /// returns how many.
+    async fn drop_gone(&self, repo: &Repository, report: &mut VerifyReport) -> Result<usize> {
+        let unused = |key: &str| {
+            key.starts_with(keys::NODES)
+                && keys::parse_content(key).is_some_and(|n| !self.nodes.contains(&n))
         };
         let key_of = |r: &ObjectRef| match r {
             ObjectRef::Node(n) => Some(keys::node(n)),
-            ObjectRef::Chunk(c) => Some(keys::chunk(c)),
-            ObjectRef::Pack(_) | ObjectRef::Index(_) => None,
+            ObjectRef::Chunk(_) | ObjectRef::Pack(_) | ObjectRef::Index(_) => None,
         };
         let candidates: Vec<String> = report
             .missing
