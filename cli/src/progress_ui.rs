@@ -134,6 +134,12 @@ fn print_notices(bar: &ProgressBar, progress: &Progress, quiet: bool, steps: boo
                 bytes(b)
             ),
             Notice::Warning(w) => format!("xfull: warning: {w}"),
+            // A file removed is said even with --quiet.
+            Notice::LeftoverRemoved { path, bytes: b } => format!(
+                "xfull: removed {path} ({}), the partial image of an earlier restore that was \
+                 killed",
+                bytes(b)
+            ),
         };
         let line = crate::output::printable(&line).into_owned();
         if bar.is_hidden() {

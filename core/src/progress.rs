@@ -173,6 +173,9 @@ pub enum Notice {
     },
     /// A gc sweep finished a step (for the log of a long one).
     GcStep(GcStep),
+    /// A restore removed the partial image a killed restore left next to
+    /// its target (said at once: the restore may still fail).
+    LeftoverRemoved { path: String, bytes: u64 },
     /// Something worth a warning that does not stop the operation.
     Warning(Warning),
 }

@@ -6,6 +6,7 @@
 //! Only on a local file system: elsewhere nothing is removed, and this
 //! test checks that instead.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
@@ -125,4 +126,35 @@ fn a_killed_restores_partial_image_is_removed_by_the_next_restore() {
     );
     assert!(partials(&out).is_empty());
     assert_eq!(std::fs::read(&third).unwrap(), std::fs::read(&img).unwrap());
+
+    // A restore that fails after removing one still says so (found by a
+    // crash walk: only a successful restore reported it).
+    let leftover = out.join(".xfull-00000000000000a1.partial");
+    let f = std::fs::File::create(&leftover).unwrap();
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(20 * 60))
+        .unwrap();
+    for pack in e.files("packs") {
+        std::fs::remove_file(pack).unwrap();
+    }
+    let fourth = out.join("fourth.img");
+    let o = e
+        .x(&[
+            "restore",
+            &point,
+            "--disk",
+            "d",
+            "--to",
+            fourth.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let said = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains(".xfull-00000000000000a1.partial") && said.contains("killed"),
+        "{said}"
+    );
+    assert!(!leftover.exists());
 }

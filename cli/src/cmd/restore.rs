@@ -53,13 +53,6 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> Result<()> {
     )
     .await?;
     drop(bar);
-    for l in &out.abandoned_removed {
-        say!(
-            "xfull: removed {} ({}), the partial image of an earlier restore that was killed",
-            crate::output::printable(&l.path.display().to_string()),
-            bytes(l.bytes)
-        );
-    }
     // With the image on stdout, the report goes to stderr.
     let report = if cli.json {
         crate::output::json_text(&serde_json::json!({

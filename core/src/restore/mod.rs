@@ -154,6 +154,12 @@ pub async fn restore(
         Target::File { path, .. } => stale::remove_abandoned_next_to(path),
         Target::Stdout | Target::Device(_) => Vec::new(),
     };
+    for l in &abandoned_removed {
+        progress.notice(crate::progress::Notice::LeftoverRemoved {
+            path: l.path.display().to_string(),
+            bytes: l.bytes,
+        });
+    }
     let mut sink = Sink::open(target, d.size)?;
     let unit = part::part_size(d.segment_size);
     // Read only, never written: the allocator maps it lazily (an
