@@ -150,7 +150,8 @@ fn print_report(r: &VerifyReport, read_data: bool) {
         // Only objects of points removed while verify ran (see its
         // warning), still stored and damaged: recorded, and garbage.
         println!(
-            "no point is damaged; {unused} damaged object(s) that no point uses any more were              recorded (gc deletes them)"
+            "no point is damaged; {unused} damaged object(s) that no point uses any more were \
+             recorded (gc deletes them)"
         );
     } else if r.is_clean() {
         println!("no damage found");
