@@ -282,25 +282,20 @@ impl Protection {
     }
 
     async fn load_point(&self, vm: &VmName, id: &PointId) -> Result<Option<Manifest>> {
-        for key in [keys::point(vm, id), keys::trashed_point(vm, id)] {
-            match self.repo.load_manifest_at(&key, vm, id).await {
-                Ok(m) => return Ok(Some(m)),
-                Err(Error::PointNotFound { .. }) => continue,
-                Err(e) if e.is_damage() => {
-                    return Err(Error::SweepStopped {
-                        seq: self.seq,
-                        reason: format!(
-                            "point {vm}@{id} cannot be read ({e}), so what it references is \
-                             unknown; run `xfull repair` (or `xfull forget {vm}@{id}`) to \
-                             remove it"
-                        ),
-                        damage: true,
-                    });
-                }
-                Err(e) => return Err(e),
-            }
+        match self.repo.load_kept_manifest(vm, id).await {
+            Ok(m) => Ok(Some(m)),
+            Err(Error::PointNotFound { .. }) => Ok(None),
+            Err(e) if e.is_damage() => Err(Error::SweepStopped {
+                seq: self.seq,
+                reason: format!(
+                    "point {vm}@{id} cannot be read ({e}), so what it references is \
+                     unknown; run `xfull repair` (or `xfull forget {vm}@{id}`) to \
+                     remove it"
+                ),
+                damage: true,
+            }),
+            Err(e) => Err(e),
         }
-        Ok(None)
     }
 
     /// Marks nodes not marked yet and their chunks. A missing or damaged

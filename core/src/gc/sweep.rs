@@ -27,7 +27,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 
 use super::GcReport;
 use super::census;
@@ -418,16 +417,7 @@ impl Sweep {
     /// Step 2b: points, then trash.
     pub async fn read_points(&mut self) -> Result<()> {
         self.points = self.repo.list_points(None).await?.into_iter().collect();
-        let trash: Vec<ObjectMeta> = self
-            .repo
-            .backend()
-            .list(&format!("{}{}", keys::TRASH, keys::POINTS))
-            .try_collect()
-            .await?;
-        self.trash = trash
-            .iter()
-            .filter_map(|m| keys::parse_point(m.key.strip_prefix(keys::TRASH)?))
-            .collect();
+        self.trash = self.repo.list_trashed_points().await?.into_iter().collect();
         self.report.points = self.points.len() as u64;
         self.step(GcStep::Listed {
             points: self.report.points,
