@@ -73,9 +73,9 @@ impl Remaining {
         named: bool,
         damaged: &HashMap<ObjectId, NodeDamage>,
         report: &mut VerifyReport,
-    ) -> Result<()> {
+    ) {
         if self.removed.is_empty() {
-            return Ok(());
+            return;
         }
         let said = self.removed_names();
         let mut warning = format!(
@@ -84,8 +84,7 @@ impl Remaining {
         );
         if !named {
             let dropped = match self.others_seen(repo, read, damaged, report).await {
-                Ok(true) => self.drop_gone(repo, report).await,
-                Ok(false) => Err(Error::Internal("a manifest could not be read".into())),
+                Ok(()) => self.drop_gone(repo, report).await,
                 Err(e) => Err(e),
             };
             match dropped {
@@ -101,7 +100,6 @@ impl Remaining {
             }
         }
         report.warnings.push(warning);
-        Ok(())
     }
 
     fn removed_names(&self) -> String {
@@ -121,14 +119,14 @@ impl Remaining {
     /// Adds the references of every point that exists now and verify did
     /// not read: the removed ones kept in `trash/`, points made since,
     /// points trashed since; the damage found touches them as much, and
-    /// the report says so. False if one could not be read.
+    /// the report says so.
     async fn others_seen(
         &mut self,
         repo: &Repository,
         read: &[(VmName, PointId)],
         damaged: &HashMap<ObjectId, NodeDamage>,
         report: &mut VerifyReport,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let mut known: HashSet<(VmName, PointId)> = read.iter().cloned().collect();
         // Already reported damaged: not read again.
         known.extend(report.damaged_manifests.iter().cloned());
@@ -147,11 +145,10 @@ impl Remaining {
                     report.damaged.extend(point_damage(&m, damaged));
                 }
                 Err(Error::PointNotFound { .. }) => {}
-                Err(e) if e.is_damage() => return Ok(false),
                 Err(e) => return Err(e),
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Drops the missing and bad nodes no point uses that are gone now;
