@@ -85,11 +85,7 @@ impl Partial {
             // (another restore's clean-up, which has just been judging
             // the file): that name is theirs to decide on; take another.
             if let Err(Errno::WOULDBLOCK) = stale::lock(&fd) {
-                let mine = rustix::fs::fstat(&fd);
-                let there = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW);
-                if let (Ok(a), Ok(b)) = (mine, there)
-                    && (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-                {
+                if rustix::fs::fstat(&fd).is_ok_and(|mine| stale::names_file(&dir, &name, &mine)) {
                     let _ = rustix::fs::unlinkat(&dir, &name, AtFlags::empty());
                 }
                 continue;
@@ -181,8 +177,7 @@ impl Partial {
     /// under our temporary name; publishing that would publish theirs.
     fn check_still_ours(&mut self) -> Result<()> {
         let mine = rustix::fs::fstat(&self.file).map_err(|e| target_err(&self.path(), e.into()))?;
-        let there = rustix::fs::statat(&self.dir, &self.name, AtFlags::SYMLINK_NOFOLLOW);
-        if there.is_ok_and(|s| (s.st_dev, s.st_ino) == (mine.st_dev, mine.st_ino)) {
+        if stale::names_file(&self.dir, &self.name, &mine) {
             return Ok(());
         }
         self.live = false;

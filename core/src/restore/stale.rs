@@ -32,7 +32,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, Stat};
 
 /// How long a partial image must have gone unmodified to be judged
 /// abandoned (with its lock free).
@@ -95,6 +95,13 @@ pub(super) fn lock(fd: impl AsFd) -> rustix::io::Result<()> {
     rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive)
 }
 
+/// Whether `name` in `dir` is, as a directory entry (no link followed),
+/// the file whose status is `file`.
+pub(super) fn names_file(dir: impl AsFd, name: impl rustix::path::Arg, file: &Stat) -> bool {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|s| (s.st_dev, s.st_ino) == (file.st_dev, file.st_ino))
+}
+
 /// Removes the abandoned partial images next to `target` (a restore's
 /// target file; see the module).
 pub(super) fn remove_abandoned_next_to(target: &Path) -> Vec<Leftover> {
@@ -122,7 +129,7 @@ pub(super) fn remove_abandoned(dir: &Path) -> Vec<Leftover> {
         return removed;
     };
     let me = rustix::process::geteuid().as_raw();
-    let looks_abandoned = |st: &rustix::fs::Stat| {
+    let looks_abandoned = |st: &Stat| {
         let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
         FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
             && st.st_mode & 0o7777 == 0o600
@@ -158,8 +165,7 @@ pub(super) fn remove_abandoned(dir: &Path) -> Vec<Leftover> {
         {
             continue;
         }
-        let there = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW);
-        if !there.is_ok_and(|s| (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino)) {
+        if !names_file(&fd, name, &st) {
             continue;
         }
         if rustix::fs::unlinkat(&fd, name, AtFlags::empty()).is_ok() {
