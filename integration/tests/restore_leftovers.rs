@@ -11,9 +11,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use xfull_integration::Region;
 use xfull_integration::env::{Env, stderr};
-use xfull_integration::write_image;
+use xfull_integration::{Region, write_image};
+
+use crate::signals::signal_when;
 
 fn partials(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -24,6 +25,27 @@ fn partials(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Sets `f`'s modification time twenty minutes back: past the quiet
+/// time after which a restore judges an unlocked partial image abandoned.
+fn age(f: &std::fs::File) {
+    f.set_modified(SystemTime::now() - Duration::from_secs(20 * 60))
+        .unwrap();
+}
+
+/// `restore POINT --disk d --to TO`, then `extra`.
+fn restore_args<'a>(point: &'a str, to: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "restore",
+        point,
+        "--disk",
+        "d",
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 #[test]
@@ -38,38 +60,21 @@ fn a_killed_restores_partial_image_is_removed_by_the_next_restore() {
     let out = e.path("out");
     std::fs::create_dir(&out).unwrap();
     let first = out.join("first.img");
-    let args = [
-        "restore",
-        &point,
-        "--disk",
-        "d",
-        "--to",
-        first.to_str().unwrap(),
-    ];
 
     // Killed as soon as its partial image is there.
-    let mut child = e
-        .std(&args)
+    let child = e
+        .std(&restore_args(&point, &first, &[]))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut left = Vec::new();
-    for _ in 0..30_000 {
-        left = partials(&out);
-        if !left.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert_eq!(left.len(), 1, "no partial image appeared in 30 s");
-    if first.exists() {
-        // It finished before the kill landed: nothing was left to test.
-        panic!("the restore finished before it was killed; make the image larger");
-    }
-    assert_eq!(partials(&out), left, "SIGKILL leaves the partial image");
+    let killed = signal_when(child, "KILL", || !partials(&out).is_empty());
+    assert!(
+        killed.is_some() && !first.exists(),
+        "the restore finished before it was killed; make the image larger"
+    );
+    let left = partials(&out);
+    assert_eq!(left.len(), 1, "SIGKILL leaves the partial image: {left:?}");
 
     // Right after: it may be a restore that has not locked it yet, so it
     // stays.
@@ -83,24 +88,11 @@ fn a_killed_restores_partial_image_is_removed_by_the_next_restore() {
 
     // Ten minutes on, the next restore removes it and says so.
     let stale = out.join(&left[0]);
-    std::fs::File::options()
-        .write(true)
-        .open(&stale)
-        .unwrap()
-        .set_modified(SystemTime::now() - Duration::from_secs(20 * 60))
-        .unwrap();
+    age(&std::fs::File::options().write(true).open(&stale).unwrap());
     let local = xfull_core::restore::removes_leftovers_in(&out);
     let third = out.join("third.img");
     let o = e
-        .x(&[
-            "restore",
-            &point,
-            "--disk",
-            "d",
-            "--to",
-            third.to_str().unwrap(),
-            "--json",
-        ])
+        .x(&restore_args(&point, &third, &["--json"]))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -133,23 +125,12 @@ fn a_killed_restores_partial_image_is_removed_by_the_next_restore() {
     let f = std::fs::File::create(&leftover).unwrap();
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .unwrap();
-    f.set_modified(SystemTime::now() - Duration::from_secs(20 * 60))
-        .unwrap();
+    age(&f);
     for pack in e.files("packs") {
         std::fs::remove_file(pack).unwrap();
     }
     let fourth = out.join("fourth.img");
-    let o = e
-        .x(&[
-            "restore",
-            &point,
-            "--disk",
-            "d",
-            "--to",
-            fourth.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = e.x(&restore_args(&point, &fourth, &[])).output().unwrap();
     let said = stderr(&o);
     assert_eq!(o.status.code(), Some(3), "{said}");
     assert!(

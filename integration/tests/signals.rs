@@ -18,9 +18,14 @@ use xfull_integration::{Region, write_image};
 /// Attempts before giving up on catching a run in progress.
 const ATTEMPTS: usize = 5;
 
-/// Polls `under_way` until it holds, then sends `signal` (`INT`, `TERM`)
+/// Polls `under_way` until it holds, then sends `signal` (`INT`, `TERM`,
+/// `KILL`)
 /// to `child`; `None` if the child exited first.
-fn signal_when(mut child: Child, signal: &str, under_way: impl Fn() -> bool) -> Option<Output> {
+pub(crate) fn signal_when(
+    mut child: Child,
+    signal: &str,
+    under_way: impl Fn() -> bool,
+) -> Option<Output> {
     loop {
         if under_way() {
             let pid = child.id().to_string();
