@@ -13,7 +13,7 @@ use xfull_core::manifest::Manifest;
 use xfull_core::progress::Progress;
 use xfull_core::repo::Repository;
 use xfull_core::testing::{Hook, HookAt, Hooked, MemBackend};
-use xfull_core::verify::{VerifyOptions, verify};
+use xfull_core::verify::{VerifyOptions, VerifyReport, verify};
 use xfull_integration::{Region, write_image};
 
 use crate::engine::{rt, run_backup, small_config};
@@ -54,6 +54,33 @@ async fn two_points(dir: &Path, seed: u64) -> Two {
     }
 }
 
+/// Verifies every point in `mem` (recording damage, reading data with
+/// `read_data`) with `hook` run before its first node read: the report
+/// and the keys of the damage records then in the store.
+async fn verify_hooked(
+    mem: &Arc<MemBackend>,
+    hook: Hook,
+    read_data: bool,
+) -> (VerifyReport, Vec<String>) {
+    let hooked = Hooked::new(mem.clone(), HookAt::Get(xfull_core::keys::NODES), hook);
+    let through = Repository::open(hooked.clone()).await.unwrap();
+    let opts = VerifyOptions {
+        read_data,
+        record_damage: true,
+        ..VerifyOptions::default()
+    };
+    let report = verify(&through, &[], &opts, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert!(hooked.fired());
+    let records = mem
+        .list(xfull_core::keys::DAMAGE)
+        .map(|m| m.unwrap().key)
+        .collect()
+        .await;
+    (report, records)
+}
+
 fn race(read_data: bool) {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
@@ -87,17 +114,7 @@ fn race(read_data: bool) {
                 })
             })
         };
-        let hooked = Hooked::new(mem.clone(), HookAt::Get(xfull_core::keys::NODES), hook);
-        let through = Repository::open(hooked.clone()).await.unwrap();
-        let opts = VerifyOptions {
-            read_data,
-            record_damage: true,
-            ..VerifyOptions::default()
-        };
-        let report = verify(&through, &[], &opts, Arc::new(Progress::default()))
-            .await
-            .unwrap();
-        assert!(hooked.fired());
+        let (report, records) = verify_hooked(&mem, hook, read_data).await;
 
         let names: Vec<_> = report.damaged.iter().map(|d| d.point.as_str()).collect();
         assert_eq!(
@@ -115,11 +132,6 @@ fn race(read_data: bool) {
             "{:?}",
             report.warnings
         );
-        let records: Vec<String> = mem
-            .list(xfull_core::keys::DAMAGE)
-            .map(|m| m.unwrap().key)
-            .collect()
-            .await;
         assert_eq!(records.len(), 1, "{records:?}");
         assert!(records[0].ends_with(&lost), "{records:?} vs {lost}");
     });
@@ -189,16 +201,7 @@ fn shared_damage(meanwhile: Meanwhile) {
                 })
             })
         };
-        let hooked = Hooked::new(mem.clone(), HookAt::Get(xfull_core::keys::NODES), hook);
-        let through = Repository::open(hooked.clone()).await.unwrap();
-        let opts = VerifyOptions {
-            record_damage: true,
-            ..VerifyOptions::default()
-        };
-        let report = verify(&through, &[], &opts, Arc::new(Progress::default()))
-            .await
-            .unwrap();
-        assert!(hooked.fired());
+        let (report, records) = verify_hooked(&mem, hook, false).await;
         assert_eq!(report.objects_damaged, 1, "{meanwhile:?}: {report:#?}");
         if let Meanwhile::NewPointSharesNodes = meanwhile {
             let names: Vec<_> = report.damaged.iter().map(|d| d.point.as_str()).collect();
@@ -207,11 +210,6 @@ fn shared_damage(meanwhile: Meanwhile) {
                 "the new point's damage is reported: {report:#?}"
             );
         }
-        let records: Vec<String> = mem
-            .list(xfull_core::keys::DAMAGE)
-            .map(|m| m.unwrap().key)
-            .collect()
-            .await;
         assert_eq!(records, [xfull_core::keys::damage(&bad)], "{meanwhile:?}");
     });
 }
