@@ -262,11 +262,12 @@ fn umask() -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
 
-    fn names(dir: &Path) -> Vec<String> {
+    /// The names in `dir`, sorted (also for `stale`'s tests).
+    pub(in crate::restore) fn names(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

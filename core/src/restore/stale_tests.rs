@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::super::partial::Partial;
+use super::super::partial::tests::names;
 use super::*;
 
 const NAME: &str = ".xfull-0123456789abcdef.partial";
@@ -36,15 +37,6 @@ fn test_dir() -> (tempfile::TempDir, bool) {
         );
     }
     (dir, local)
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
