@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use xfull_integration::env::{Env, stderr};
 use xfull_integration::{Region, write_image};
 
+use crate::restore_safety::restore_args;
 use crate::signals::signal_when;
 
 fn partials(dir: &Path) -> Vec<String> {
@@ -34,20 +35,6 @@ fn age(f: &std::fs::File) {
         .unwrap();
 }
 
-/// `restore POINT --disk d --to TO`, then `extra`.
-fn restore_args<'a>(point: &'a str, to: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "restore",
-        point,
-        "--disk",
-        "d",
-        "--to",
-        to.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
 #[test]
 fn a_killed_restores_partial_image_is_removed_by_the_next_restore() {
     let e = Env::init();
@@ -63,7 +50,7 @@ fn a_killed_restores_partial_image_is_removed_by_the_next_restore() {
 
     // Killed as soon as its partial image is there.
     let child = e
-        .std(&restore_args(&point, &first, &[]))
+        .std(&restore_args(&point, &first))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -92,7 +79,7 @@ fn a_killed_restores_partial_image_is_removed_by_the_next_restore() {
     let local = xfull_core::restore::removes_leftovers_in(&out);
     let third = out.join("third.img");
     let o = e
-        .x(&restore_args(&point, &third, &["--json"]))
+        .x(&[restore_args(&point, &third), vec!["--json"]].concat())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -130,7 +117,7 @@ fn a_killed_restores_partial_image_is_removed_by_the_next_restore() {
         std::fs::remove_file(pack).unwrap();
     }
     let fourth = out.join("fourth.img");
-    let o = e.x(&restore_args(&point, &fourth, &[])).output().unwrap();
+    let o = e.x(&restore_args(&point, &fourth)).output().unwrap();
     let said = stderr(&o);
     assert_eq!(o.status.code(), Some(3), "{said}");
     assert!(

@@ -29,7 +29,7 @@ fn backed_up(regions: &[Region], seed: u64) -> (Env<'static>, String, PathBuf) {
     (e, point, img)
 }
 
-fn restore_args<'a>(point: &'a str, to: &'a Path) -> Vec<&'a str> {
+pub(crate) fn restore_args<'a>(point: &'a str, to: &'a Path) -> Vec<&'a str> {
     vec![
         "restore",
         point,
