@@ -27,8 +27,10 @@ pub enum Warning {
     /// Objects shared with the parent were missing or damaged and were
     /// stored again.
     ObjectsStoredAgain { objects: u64 },
-    /// A concurrent gc removed data the backup uses; these segments were
-    /// read again from the source.
+    /// A gc removed data the backup found in the index and uses (a sweep
+    /// that ran meanwhile, or one just before whose index objects still
+    /// named it); these segments were read again from the source and
+    /// their missing chunks stored.
     SegmentsReadAgain { segments: u64 },
     /// The VM's newest point (or the `--parent`) has a disk this backup
     /// does not: the new point will not hold it.
@@ -97,8 +99,9 @@ impl fmt::Display for Warning {
             ),
             Warning::SegmentsReadAgain { segments } => write!(
                 f,
-                "a concurrent gc removed data this backup uses; {segments} segment(s) were read \
-                 again from the source and stored"
+                "a gc (during or just before this backup) removed data this backup uses; \
+                 {segments} segment(s) were read again from the source and what they lacked was \
+                 stored"
             ),
             Warning::DiskDropped { disk, point } => write!(
                 f,

@@ -87,6 +87,51 @@ fn a_full_scan_of_another_vm_does_not_rely_on_a_lost_pack_the_index_names() {
     restores_as(&e, "w@latest", &img);
 }
 
+/// As above, with a segment that holds both chunks of the lost packs and
+/// chunks still stored (in another VM's pack): the segment read again
+/// stores only the chunks that are missing. Storing all of them gave every
+/// chunk found a second copy that gc kept as long as the chunk lived (a
+/// crash walk found 4 copies per chunk after many such backups).
+#[test]
+fn a_segment_read_again_stores_only_its_missing_chunks() {
+    let e = Env::init();
+    let random = |name: &str, seed| {
+        let img = e.path(name);
+        write_image(
+            &img,
+            &[xfull_integration::Region::Random(8 << 20)],
+            seed,
+            false,
+        )
+        .unwrap();
+        img
+    };
+    let lost = random("lost.img", 4);
+    backup(&e, "v", &lost, &[]);
+    let lost_packs = e.files("packs");
+    let kept = random("kept.img", 5);
+    backup(&e, "u", &kept, &[]);
+    for p in &lost_packs {
+        std::fs::remove_file(p).unwrap();
+    }
+    // 6 MiB of the lost image, then the kept one: the second 4 MiB
+    // segment holds chunks of both.
+    let both = e.path("both.img");
+    let mut bytes = std::fs::read(&lost).unwrap();
+    bytes.truncate(6 << 20);
+    bytes.extend(std::fs::read(&kept).unwrap());
+    std::fs::write(&both, bytes).unwrap();
+    let r = backup(&e, "w", &both, &["--full-scan"]);
+    assert_eq!(r["warnings"][0]["kind"], "segments_read_again", "{r}");
+    let mut ids: Vec<String> = packed_chunks(&e).into_iter().map(|c| c.id).collect();
+    let stored = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(stored, ids.len(), "a chunk stored twice: {r}");
+    restores_as(&e, "w@latest", &both);
+    restores_as(&e, "u@latest", &kept);
+}
+
 /// Segments larger than the backup's read window (32 MiB here): the
 /// parent's node is fetched before the windows are read. When it is gone
 /// too, a full scan of the unchanged image still stores the lost chunks

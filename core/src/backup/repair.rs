@@ -88,7 +88,7 @@ pub async fn ensure_present(
                 segment_present(repo, &index, node, began, &mut checked, &mut report).await?;
             if !present {
                 // Any segment with this node will do: same node, same bytes.
-                let existed = restore_segment(repo, source, disk, idx, node).await?;
+                let existed = restore_segment(repo, &index, source, disk, idx, node, began).await?;
                 report.existed.extend(existed);
                 report.segments_restored += 1;
             }
@@ -123,14 +123,20 @@ async fn segment_present(
     Ok(found.absent.is_empty())
 }
 
-/// Reads one segment from the source again and stores its chunks (in a
-/// new pack) and its node; returns what the stores found already there.
+/// Reads one segment from the source again and stores its node and the
+/// chunks of it that are missing (in a new pack); returns what the stores
+/// found already there and the older packs the chunks found rely on.
+/// Only the missing chunks: storing the others too gave each a second
+/// copy, which gc keeps as long as the chunk lives (a crash walk found 4
+/// copies per chunk after many such backups).
 async fn restore_segment(
     repo: &Repository,
+    index: &ChunkIndex,
     source: &Arc<DiskSource>,
     disk: &DiskManifest,
     idx: usize,
     expected: &ObjectId,
+    began: Option<DateTime<Utc>>,
 ) -> Result<Vec<ObjectRef>> {
     let range = disk.segment_range(idx);
     let (source, params, level, codec) = (
@@ -148,18 +154,25 @@ async fn restore_segment(
             return Err(Error::SourceChanged {
                 path: source.path().to_path_buf(),
                 offset: range.start,
-                reason: "a concurrent gc removed data this backup relies on, and it cannot be \
-                         read again; back up from a snapshot that does not change"
+                reason: "a gc removed data this backup relies on, and it cannot be read again; \
+                         back up from a snapshot that does not change"
                     .into(),
             });
         }
         Ok::<_, Error>(sealed)
     })
     .await??;
-    let (plain, chunks) = (sealed.node, sealed.chunks);
-    // In a new pack and index object, whatever the index says: some of
-    // them are gone where it points.
-    let existed = repo.chunks().store(chunks).await?;
+    let (plain, mut chunks) = (sealed.node, sealed.chunks);
+    // Looked up in the index opened after the sweep, each pack HEADed: a
+    // chunk found is not stored again, its older pack becomes a dep.
+    let ids: Vec<ObjectId> = chunks.iter().map(|(id, _, _)| *id).collect();
+    let found = repo.chunks().presence_in(index, &ids, began).await?;
+    let absent: HashSet<ObjectId> = found.absent.into_iter().collect();
+    chunks.retain(|(id, _, _)| absent.contains(id));
+    let mut existed: Vec<ObjectRef> = found.relied.into_iter().map(ObjectRef::Pack).collect();
+    // In a new pack and index object, whatever the index says: they are
+    // gone where it points.
+    existed.extend(repo.chunks().store(chunks).await?);
     // The node was missing or damaged: replace whatever is there.
     repo.replace_node(&expected, &plain).await?;
     Ok(existed)
