@@ -177,3 +177,7 @@ async fn restore_segment(
     repo.replace_node(&expected, &plain).await?;
     Ok(existed)
 }
+
+#[cfg(test)]
+#[path = "repair_tests.rs"]
+mod tests;

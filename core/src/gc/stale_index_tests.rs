@@ -2,8 +2,9 @@
 //! an index object while it names a pack a live lease protects, even when
 //! another pack it names was deleted in the same batch (docs/design.md,
 //! "gc over packs"; the next sweep replaces it). A backup that began
-//! after that sweep finds a chunk there, and no sweep deletes anything
-//! after its start: the sweeps alone give it no reason to check. Its
+//! after that sweep finds a chunk there (the lookup HEADs the pack, but
+//! it may go between that HEAD and the check), and no sweep deletes
+//! anything after its start: the sweeps alone give it no reason to check. Its
 //! first check must still make it look at every dependency once, so that
 //! the point never names a chunk stored nowhere (`gc_liveness` e2e found
 //! this: one run in about twelve under load lost a chunk). Likewise a
@@ -26,12 +27,7 @@ async fn a_chunk_found_in_a_pack_gone_before_the_backup_began_is_checked_and_fou
     let (gone, _, _) = store_pack_deps(&repo, &[(id, data)]).await;
     let kept = vec![8u8; 3000];
     let (kept_pack, _, _) = store_pack_deps(&repo, &[(ObjectId::of(&kept), kept)]).await;
-    // The pack is deleted, its index object stays.
-    mem.delete_many(&[keys::pack(&gone)]).await.unwrap();
-
-    let mut session = Session::begin(&repo, &"a".parse().unwrap(), "h")
-        .await
-        .unwrap();
+    // Found while its pack was there (a lookup HEADs the pack first)...
     let packs = repo
         .chunks()
         .session(repo.chunks().open_index().await.unwrap());
@@ -40,6 +36,16 @@ async fn a_chunk_found_in_a_pack_gone_before_the_backup_began_is_checked_and_fou
         matches!(found[..], [Found::In(p)] if p == gone),
         "{found:?}"
     );
+    // ... then the pack is deleted, its index object stays.
+    mem.delete_many(&[keys::pack(&gone)]).await.unwrap();
+    let fresh = repo
+        .chunks()
+        .session(repo.chunks().open_index().await.unwrap());
+    assert_eq!(fresh.find(&[id]).await.unwrap(), [Found::New]);
+
+    let mut session = Session::begin(&repo, &"a".parse().unwrap(), "h")
+        .await
+        .unwrap();
     session.depend([ObjectRef::Pack(gone), ObjectRef::Pack(kept_pack)]);
 
     let check = session.check().await.unwrap();

@@ -103,3 +103,64 @@ async fn a_chunk_of_an_own_stored_pack_is_found_without_the_index() {
         gets
     );
 }
+
+/// Packs every chunk of `disk` (no lookup) into packs of about `target`
+/// bytes and indexes them; returns the packs' names.
+async fn store_all(backend: &Arc<MemBackend>, disk: &[Vec<u8>], target: u64) -> Vec<ObjectId> {
+    let b: Arc<dyn Backend> = backend.clone();
+    let mut packer = Packer::new(plain(), target, 3);
+    let mut uploads = PackUploads::new(b.clone(), 2);
+    for c in disk {
+        if let Some(p) = packer.push(chunk_id(c), c).unwrap() {
+            uploads.send(p).await.unwrap();
+        }
+    }
+    if let Some(p) = packer.seal() {
+        uploads.send(p).await.unwrap();
+    }
+    let packs = uploads.finish().await.unwrap();
+    crate::placement::index_write::store_entries(&*b, &Codec::plain(), "", entries_of(&packs))
+        .await
+        .unwrap();
+    packs.iter().map(|p| p.name).collect()
+}
+
+async fn delete_packs(backend: &MemBackend, packs: &[ObjectId]) {
+    let keys: Vec<String> = packs.iter().map(crate::keys::pack).collect();
+    backend.delete_many(&keys).await.unwrap();
+}
+
+/// The index names packs a sweep deleted (an index object younger than
+/// its cutoff keeps naming them): a chunk there is found at its other
+/// place, or not at all (stored anew), never in a pack that is gone. Each
+/// pack is HEADed once per session.
+#[tokio::test]
+async fn a_chunk_whose_pack_is_gone_is_found_elsewhere_or_not_at_all() {
+    let backend = Arc::new(MemBackend::default());
+    let disk: Vec<Vec<u8>> = (0..16).map(noise).collect();
+    let ids: Vec<ObjectId> = disk.iter().map(|c| chunk_id(c)).collect();
+    let first = store_all(&backend, &disk, 1 << 20).await;
+    let second = store_all(&backend, &disk, 64 << 10).await;
+    assert!(first.iter().all(|p| !second.contains(p)));
+    let b: Arc<dyn Backend> = backend.clone();
+    let open = async || {
+        KnownChunks::new(Arc::new(
+            ChunkIndex::open(b.clone(), plain(), None).await.unwrap(),
+        ))
+    };
+    delete_packs(&backend, &first).await;
+    let known = open().await;
+    let found = known.find(&ids).await.unwrap();
+    assert!(
+        found
+            .iter()
+            .all(|h| h.is_some_and(|e| second.contains(&e.pack))),
+        "{found:?}"
+    );
+    let heads = backend.request_counts()["head"];
+    assert_eq!(known.find(&ids).await.unwrap(), found);
+    assert_eq!(backend.request_counts()["head"], heads, "HEADed again");
+    delete_packs(&backend, &second).await;
+    let found = open().await.find(&ids).await.unwrap();
+    assert!(found.iter().all(Option::is_none), "{found:?}");
+}

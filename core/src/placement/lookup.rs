@@ -202,6 +202,11 @@ impl ChunkIndex {
         Ok(n)
     }
 
+    /// The store the index objects are read from.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
     /// How many index objects are listed.
     pub fn objects(&self) -> usize {
         self.objects.len()

@@ -1,0 +1,100 @@
+//! [`ensure_present`] over the in-memory backend: a segment that lost
+//! some of its chunks (their pack deleted after the backup found them)
+//! is read again, and only the chunks still missing are stored.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+
+use super::*;
+use crate::backend::Backend;
+use crate::backup::{BackupRequest, backup};
+use crate::chunker::ChunkParams;
+use crate::config::RepoConfig;
+use crate::keys;
+use crate::manifest::Manifest;
+use crate::placement::pack_read::read_trailer;
+use crate::progress::Progress;
+use crate::testing::MemBackend;
+
+/// Pseudo-random bytes (incompressible, so chunks are distinct).
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    crate::testing::xorshift_bytes(len, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+async fn back_up(repo: &Repository, path: &std::path::Path, vm: &str) -> Manifest {
+    let req = BackupRequest {
+        vm: vm.parse().unwrap(),
+        disks: vec![("d".parse().unwrap(), path.to_path_buf())],
+        changes: BTreeMap::new(),
+        audit_percent: 0.0,
+        parent: None,
+        labels: BTreeMap::new(),
+        host: "test".into(),
+        time: None,
+        allow_future: false,
+        checkpoints: BTreeMap::new(),
+    };
+    backup(repo, req, Arc::new(Progress::default()))
+        .await
+        .unwrap()
+}
+
+async fn packs(b: &MemBackend) -> Vec<String> {
+    let listed: Vec<_> = b.list(keys::PACKS).try_collect().await.unwrap();
+    listed.into_iter().map(|m| m.key).collect()
+}
+
+/// Every chunk id of every pack, once per copy.
+async fn copies(repo: &Repository, b: &MemBackend) -> Vec<ObjectId> {
+    let mut out = Vec::new();
+    for m in b.list(keys::PACKS).try_collect::<Vec<_>>().await.unwrap() {
+        let name = keys::parse_pack(&m.key).unwrap();
+        let max = repo.config().chunking.max;
+        let entries = read_trailer(b, repo.codec(), &name, m.size, max)
+            .await
+            .unwrap();
+        out.extend(entries.into_iter().map(|e| e.id));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_segment_read_again_stores_only_its_missing_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    let (lost, kept) = (data(2 << 20, 1), data(2 << 20, 2));
+    std::fs::write(dir.path().join("lost"), &lost).unwrap();
+    back_up(&repo, &dir.path().join("lost"), "v").await;
+    let lost_packs = packs(&mem).await;
+    std::fs::write(dir.path().join("kept"), &kept).unwrap();
+    back_up(&repo, &dir.path().join("kept"), "u").await;
+    // 1.5 MiB of the lost image, then the kept one: the second 1 MiB
+    // segment holds chunks of both.
+    let mut both = lost[..3 << 19].to_vec();
+    both.extend_from_slice(&kept);
+    let path = dir.path().join("both");
+    std::fs::write(&path, &both).unwrap();
+    let m = back_up(&repo, &path, "w").await;
+    // A sweep deleted the lost image's packs after the backup found its
+    // chunks there.
+    mem.delete_many(&lost_packs).await.unwrap();
+    let source = Arc::new(DiskSource::open(&path).unwrap());
+    let r = ensure_present(&repo, &[(source, &m.disks[0])], None)
+        .await
+        .unwrap();
+    assert_eq!(r.segments_restored, 2, "{r:?}");
+    let mut all = Vec::new();
+    for n in m.disks[0].segments.iter().flatten() {
+        all.extend(repo.load_node(n).await.unwrap().chunk_ids());
+    }
+    assert!(repo.chunks().absent(&all).await.unwrap().is_empty());
+    let mut stored = copies(&repo, &mem).await;
+    let n = stored.len();
+    stored.sort_unstable();
+    stored.dedup();
+    assert_eq!(stored.len(), n, "a chunk stored twice");
+}
