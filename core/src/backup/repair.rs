@@ -75,6 +75,9 @@ pub async fn ensure_present(
 ) -> Result<RepairReport> {
     let mut report = RepairReport::default();
     let mut checked: HashSet<ObjectId> = HashSet::new();
+    // Chunks stored again by this call: the index opened here does not
+    // show them, and two segments may share a lost chunk.
+    let mut stored: HashSet<ObjectId> = HashSet::new();
     // Opened after the sweep this check follows.
     let index = repo.chunks().open_index().await?;
     for (source, disk) in disks {
@@ -88,7 +91,12 @@ pub async fn ensure_present(
                 segment_present(repo, &index, node, began, &mut checked, &mut report).await?;
             if !present {
                 // Any segment with this node will do: same node, same bytes.
-                let existed = restore_segment(repo, &index, source, disk, idx, node, began).await?;
+                if stored.len() > CHECKED_CAP {
+                    stored.clear();
+                }
+                let existed =
+                    restore_segment(repo, &index, &mut stored, source, disk, idx, node, began)
+                        .await?;
                 report.existed.extend(existed);
                 report.segments_restored += 1;
             }
@@ -129,9 +137,11 @@ async fn segment_present(
 /// Only the missing chunks: storing the others too gave each a second
 /// copy, which gc keeps as long as the chunk lives (a crash walk found 4
 /// copies per chunk after many such backups).
+#[allow(clippy::too_many_arguments)]
 async fn restore_segment(
     repo: &Repository,
     index: &ChunkIndex,
+    stored: &mut HashSet<ObjectId>,
     source: &Arc<DiskSource>,
     disk: &DiskManifest,
     idx: usize,
@@ -168,7 +178,7 @@ async fn restore_segment(
     let ids: Vec<ObjectId> = chunks.iter().map(|(id, _, _)| *id).collect();
     let found = repo.chunks().presence_in(index, &ids, began).await?;
     let absent: HashSet<ObjectId> = found.absent.into_iter().collect();
-    chunks.retain(|(id, _, _)| absent.contains(id));
+    chunks.retain(|(id, _, _)| absent.contains(id) && stored.insert(*id));
     let mut existed: Vec<ObjectRef> = found.relied.into_iter().map(ObjectRef::Pack).collect();
     // In a new pack and index object, whatever the index says: they are
     // gone where it points.

@@ -105,8 +105,13 @@ async fn a_chunk_of_an_own_stored_pack_is_found_without_the_index() {
 }
 
 /// Packs every chunk of `disk` (no lookup) into packs of about `target`
-/// bytes and indexes them; returns the packs' names.
-async fn store_all(backend: &Arc<MemBackend>, disk: &[Vec<u8>], target: u64) -> Vec<ObjectId> {
+/// bytes and indexes them; returns the packs' names and the index
+/// object's key.
+async fn store_all(
+    backend: &Arc<MemBackend>,
+    disk: &[Vec<u8>],
+    target: u64,
+) -> (Vec<ObjectId>, String) {
     let b: Arc<dyn Backend> = backend.clone();
     let mut packer = Packer::new(plain(), target, 3);
     let mut uploads = PackUploads::new(b.clone(), 2);
@@ -119,10 +124,12 @@ async fn store_all(backend: &Arc<MemBackend>, disk: &[Vec<u8>], target: u64) -> 
         uploads.send(p).await.unwrap();
     }
     let packs = uploads.finish().await.unwrap();
-    crate::placement::index_write::store_entries(&*b, &Codec::plain(), "", entries_of(&packs))
-        .await
-        .unwrap();
-    packs.iter().map(|p| p.name).collect()
+    let keys =
+        crate::placement::index_write::store_entries(&*b, &Codec::plain(), "", entries_of(&packs))
+            .await
+            .unwrap();
+    assert_eq!(keys.len(), 1);
+    (packs.iter().map(|p| p.name).collect(), keys[0].0.clone())
 }
 
 async fn delete_packs(backend: &MemBackend, packs: &[ObjectId]) {
@@ -139,8 +146,15 @@ async fn a_chunk_whose_pack_is_gone_is_found_elsewhere_or_not_at_all() {
     let backend = Arc::new(MemBackend::default());
     let disk: Vec<Vec<u8>> = (0..16).map(noise).collect();
     let ids: Vec<ObjectId> = disk.iter().map(|c| chunk_id(c)).collect();
-    let first = store_all(&backend, &disk, 1 << 20).await;
-    let second = store_all(&backend, &disk, 64 << 10).await;
+    let one = store_all(&backend, &disk, 1 << 20).await;
+    let two = store_all(&backend, &disk, 64 << 10).await;
+    // Objects are consulted in name order: the one consulted first names
+    // the packs that go, so a lookup's first place is gone.
+    let (first, second) = if one.1 < two.1 {
+        (one.0, two.0)
+    } else {
+        (two.0, one.0)
+    };
     assert!(first.iter().all(|p| !second.contains(p)));
     let b: Arc<dyn Backend> = backend.clone();
     let open = async || {
