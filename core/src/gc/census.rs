@@ -99,8 +99,10 @@ pub struct IndexUse {
 
 impl IndexUse {
     /// Older than `cutoff` (the one [`Census::decide`] used; none before
-    /// it): younger objects are never replaced or merged, a running
-    /// backup may still be writing them or their twins.
+    /// it): younger objects are never merged, a running backup may still
+    /// be writing them or their twins; one naming a pack that goes is
+    /// rewritten alone, keeping its unlisted packs' entries
+    /// ([`Census::settle`]).
     fn older_than(&self, cutoff: Option<DateTime<Utc>>) -> bool {
         cutoff.is_some_and(|c| self.object.meta.last_modified < c)
     }
@@ -387,6 +389,14 @@ impl Census {
     /// Marks replaced every index object that names a pack that goes
     /// (its table read again: one GET per object, when any pack goes),
     /// then which replaced objects go into shards.
+    ///
+    /// A young one too: left, it named the packs this sweep deletes until
+    /// a sweep found it old, and a sweep's own objects are young at the
+    /// next sweep, so back-to-back sweeps left many such entries (a backup
+    /// relying on one read its segment again; `stats` counted them). Its
+    /// entries of unlisted packs survive its rewrite
+    /// ([`Census::survives_in`]): a running backup may have stored that
+    /// pack after `packs/` was listed.
     pub async fn settle(
         &mut self,
         backend: &dyn Backend,
@@ -395,9 +405,7 @@ impl Census {
         if self.packs.iter().any(|p| p.named && p.fate.doomed()) {
             for k in 0..self.objects.len() {
                 let o = &self.objects[k];
-                if o.replace || !o.older_than(self.cutoff) {
-                    // A young one naming a pack that goes stays until a
-                    // later sweep: backups check each dep they find there.
+                if o.replace {
                     continue;
                 }
                 if cancelled() {
@@ -414,11 +422,30 @@ impl Census {
         // At depth 0 everything is written as objects of any ids; deeper,
         // what is replaced goes to shards, except objects of any ids merged
         // among themselves.
-        let (depth, distribute) = (self.depth, self.distribute);
+        let (depth, distribute, cutoff) = (self.depth, self.distribute, self.cutoff);
         for o in self.objects.iter_mut() {
-            o.into_shards = o.replace && depth > 0 && (distribute || !o.object.prefix.is_empty());
+            // A young one is rewritten alone, where it was (see above).
+            o.into_shards = o.replace
+                && o.older_than(cutoff)
+                && depth > 0
+                && (distribute || !o.object.prefix.is_empty());
         }
         Ok(())
+    }
+
+    /// Whether the index object `o` is younger than the cutoff: rewritten
+    /// alone, keeping its entries of unlisted packs.
+    pub fn is_young(&self, o: &IndexUse) -> bool {
+        !o.older_than(self.cutoff)
+    }
+
+    /// Whether an entry of pack `name` belongs in the rewrite of an index
+    /// object (`young`: see [`Census::is_young`]).
+    pub fn survives_in(&self, name: &ObjectId, young: bool) -> bool {
+        match self.pack(name) {
+            Some(p) => p.spared || !p.fate.doomed(),
+            None => young,
+        }
     }
 
     /// Which index objects are merged (docs/design.md, "The index in
@@ -484,10 +511,10 @@ impl Census {
         self.distribute = distribute;
     }
 
-    /// Whether a surviving pack's entries belong in the rewritten index.
+    /// Whether a surviving pack's entries belong in the rewritten index
+    /// (of an old object).
     pub fn survives(&self, name: &ObjectId) -> bool {
-        self.pack(name)
-            .is_some_and(|p| p.spared || !p.fate.doomed())
+        self.survives_in(name, false)
     }
 }
 

@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use super::test_packs::{find, mem_repo, pack_entries, put_pack, read_chunk, store_pack_deps};
-use crate::id::ObjectId;
+use super::test_packs::{
+    all_entries, find, mem_repo, pack_entries, put_pack, read_chunk, store_pack_deps, write_point,
+};
+use crate::id::{ObjectId, PointId};
 use crate::keys;
 use crate::placement::index_write::store_entries;
 use crate::repo::Repository;
@@ -44,10 +46,11 @@ async fn sweep(hooked: &Arc<Hooked>) {
 }
 
 /// A young index object that also names an old dead pack (a backup's
-/// put found that pack already there) is not rewritten without the
-/// unlisted pack's entries: it stays until a later sweep.
+/// put found that pack already there) is rewritten without the dead
+/// pack's entries but with the unlisted pack's: before, it stayed whole
+/// until a later sweep, naming the deleted pack.
 #[tokio::test]
-async fn a_young_index_object_naming_a_dead_pack_and_an_unlisted_one_stays() {
+async fn a_young_index_object_naming_a_dead_pack_and_an_unlisted_one_keeps_the_unlisted() {
     let dead = vec![3u8; 3000];
     let new = vec![4u8; 3000];
     let id = ObjectId::of(&new);
@@ -72,7 +75,47 @@ async fn a_young_index_object_naming_a_dead_pack_and_an_unlisted_one_stays() {
     );
     assert!(find(&repo, &[id]).await[0].is_some(), "the chunk is placed");
     read_chunk(&repo, &id).await.unwrap();
+    let stale: Vec<_> = all_entries(&repo)
+        .await
+        .into_iter()
+        .filter(|e| e.pack == gone)
+        .collect();
+    assert!(stale.is_empty(), "entries of the deleted pack: {stale:?}");
     session.end(None).await.unwrap();
+}
+
+/// Two sweeps back to back: the first rewrites the index into an object
+/// that names a pack still live; the pack dies; the second, while that
+/// object is younger than its cutoff, deletes the pack and rewrites the
+/// object without it. Before, the object kept naming the deleted pack
+/// until a sweep found it old, and a backup reusing a chunk there read
+/// its segment again (the crash walk of session 44: 39 backups).
+#[tokio::test]
+async fn back_to_back_sweeps_leave_no_entry_naming_a_deleted_pack() {
+    let (mem, repo) = mem_repo(60).await;
+    let (a, b) = (vec![5u8; 3000], vec![6u8; 3000]);
+    let (ia, ib) = (ObjectId::of(&a), ObjectId::of(&b));
+    let (pa, _, _) = store_pack_deps(&repo, &[(ia, a.clone())]).await;
+    store_pack_deps(&repo, &[(ib, b.clone())]).await;
+    let (p1, p2): (PointId, PointId) = (
+        "20260101T000000Z-0001".parse().unwrap(),
+        "20260101T000000Z-0002".parse().unwrap(),
+    );
+    write_point(&repo, "a", &p1, &[(ia, a)]).await;
+    write_point(&repo, "b", &p2, &[(ib, b)]).await;
+    mem.clock().advance(chrono::Duration::hours(1));
+    // Merges the two backups' small objects into one (young from now on).
+    let r = super::run(&repo, false).await.unwrap();
+    assert!(r.index_objects_written > 0, "{r:?}");
+    crate::prune::remove(&repo, &Default::default(), &[("a".parse().unwrap(), p1)])
+        .await
+        .unwrap();
+    let r = super::run(&repo, false).await.unwrap();
+    assert_eq!(r.packs_deleted, 1, "{r:?}");
+    assert!(repo.backend().head(&keys::pack(&pa)).await.is_err());
+    let entries = all_entries(&repo).await;
+    assert!(entries.iter().all(|e| e.pack != pa), "{entries:?}");
+    read_chunk(&repo, &ib).await.unwrap();
 }
 
 #[tokio::test]

@@ -8,9 +8,9 @@
 //! known here.
 //!
 //! A pack the index names is HEADed once per session before a chunk in
-//! it is reused: the index may name a pack a sweep deleted (an index
-//! object younger than a sweep's cutoff is not rewritten, so one a sweep
-//! wrote keeps naming the packs the next sweep deletes). Reusing such a
+//! it is reused: the index may name a pack a sweep deleted (packs go
+//! before the index objects naming them, and an object a running backup
+//! may need is kept). Reusing such a
 //! chunk made the backup find the pack gone only at its check before
 //! committing, and read the segment from its source again: a live disk
 //! then failed the backup. A chunk whose pack is gone is looked for at

@@ -308,17 +308,36 @@ impl Sweep {
             }
             self.refresh().await?;
             let object = census.objects[k].object.clone();
+            let young = census.is_young(&census.objects[k]);
+            // A young shard object is rewritten in its own shard: its
+            // entries come sorted, all inside its prefix.
+            let mut own = (young && !object.prefix.is_empty()).then(|| {
+                IndexWriter::sharded(
+                    backend.clone(),
+                    self.repo.codec().clone(),
+                    object.prefix.len(),
+                )
+            });
             let mut reader = EntryReader::new(&object);
             while let Some(run) = reader.next(&*backend).await? {
                 for e in run {
-                    if census.survives(&e.pack) {
-                        writer.push(e).await?;
+                    if !census.survives_in(&e.pack, young) {
+                        continue;
+                    }
+                    match own.as_mut() {
+                        Some(w) => w.push(e).await?,
+                        None => writer.push(e).await?,
                     }
                 }
             }
+            if let Some(w) = own {
+                let keys = w.finish().await?;
+                self.report.index_objects_written += keys.len() as u64;
+                census.written.extend(keys);
+            }
         }
         let written = writer.finish().await?;
-        self.report.index_objects_written = written.len() as u64;
+        self.report.index_objects_written += written.len() as u64;
         census.written.extend(written);
         let shards = self.write_shards(census).await?;
         self.report.index_objects_written += shards.len() as u64;
