@@ -31,12 +31,18 @@ pub enum HookAt {
     Delete(&'static str),
 }
 
-/// Runs its hook once, before the first request [`HookAt`] names.
+/// Runs its hook once, before the first request [`HookAt`] names. Reads
+/// ([`HookAt::Get`]) that match while the hook runs wait for it: code
+/// that reads several objects at once otherwise read the others before
+/// the hook's writes landed, and a test of "this happened before the
+/// reads" failed now and then under load (`verify_race`).
 pub struct Hooked {
     inner: Arc<MemBackend>,
     at: HookAt,
     hook: Hook,
     fired: AtomicBool,
+    finished: AtomicBool,
+    done: tokio::sync::Notify,
 }
 
 impl Hooked {
@@ -46,6 +52,8 @@ impl Hooked {
             at,
             hook,
             fired: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            done: tokio::sync::Notify::new(),
         })
     }
 
@@ -55,8 +63,24 @@ impl Hooked {
     }
 
     async fn before_get(&self, key: &str) {
-        if self.fire(matches!(self.at, HookAt::Get(p) if key.starts_with(p))) {
+        let matches = matches!(self.at, HookAt::Get(p) if key.starts_with(p));
+        if self.fire(matches) {
             (self.hook)().await;
+            self.finished.store(true, Ordering::SeqCst);
+            self.done.notify_waiters();
+            return;
+        }
+        if !matches {
+            return;
+        }
+        loop {
+            // Created before the look at the flag: a notification between
+            // the two is not lost.
+            let done = self.done.notified();
+            if self.finished.load(Ordering::SeqCst) {
+                return;
+            }
+            done.await;
         }
     }
 
