@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::placement::merge::Merge;
 use crate::placement::pack_read::read_trailer;
-use crate::placement::shard;
 use crate::placement::sweep::{IndexObject, read_table};
 
 /// What happens to a pack.
@@ -134,13 +133,14 @@ pub struct Census {
     /// bytes): it then stays.
     pub written: HashSet<String>,
     /// The shard depth the index's size calls for
-    /// ([`shard::depth_for`]).
+    /// ([`crate::placement::shard::depth_for`]).
     pub depth: usize,
     /// Objects of any ids are distributed into shards this time.
     distribute: bool,
     /// The cutoff [`Census::decide`] used: younger index objects are
-    /// never replaced (a running backup's may name a pack stored after
-    /// the listing, whose entries a rewrite would drop).
+    /// never merged, and rewritten only when they name a pack that goes,
+    /// keeping their unlisted packs' entries (a running backup's may name
+    /// a pack stored after the listing).
     cutoff: Option<DateTime<Utc>>,
     /// The storage classes the listing reported, in order of first sight
     /// (at most 255; a pack of a further one counts as reporting none).
@@ -396,7 +396,8 @@ impl Census {
     /// relying on one read its segment again; `stats` counted them). Its
     /// entries of unlisted packs survive its rewrite
     /// ([`Census::survives_in`]): a running backup may have stored that
-    /// pack after `packs/` was listed.
+    /// pack after `packs/` was listed. It is rewritten alone: a shard
+    /// object into its own shard, one of any ids with the others.
     pub async fn settle(
         &mut self,
         backend: &dyn Backend,
@@ -448,69 +449,6 @@ impl Census {
         }
     }
 
-    /// Which index objects are merged (docs/design.md, "The index in
-    /// shards"), besides those naming a pack that goes. Only objects older
-    /// than the cutoff: a backup may still be writing younger ones' twins.
-    ///
-    /// - Objects of any ids (one per backup) are all consulted by every
-    ///   lookup. Once there are enough of their entries to give each shard
-    ///   a block (1,024 entries at the default size) on average, they are
-    ///   distributed into
-    ///   shard objects; before that, the small ones are merged into one
-    ///   when there are several.
-    /// - A shard prefix shallower than the depth the index's size calls
-    ///   for is rewritten at that depth (the index grew 16-fold); one with
-    ///   [`SHARD_OBJECTS`] objects is merged into one.
-    fn choose_merges(&mut self, shard_entries: u64) {
-        let total: u64 = self.objects.iter().map(|o| o.object.head.entries()).sum();
-        self.depth = shard::depth_for(total, shard_entries);
-        let depth = self.depth;
-        let old = |o: &IndexUse| o.older_than(self.cutoff);
-        let any: Vec<usize> = (0..self.objects.len())
-            .filter(|&k| self.objects[k].object.prefix.is_empty() && old(&self.objects[k]))
-            .collect();
-        let any_entries: u64 = any
-            .iter()
-            .map(|&k| self.objects[k].object.head.entries())
-            .sum();
-        // A 512th of a shard per shard: 1,024 entries (a block) each at
-        // the default size.
-        let distribute =
-            depth > 0 && any_entries > 0 && any_entries >= (shard_entries >> 9) << (4 * depth);
-        if distribute {
-            any.iter().for_each(|&k| self.objects[k].replace = true);
-        } else {
-            let small: Vec<usize> = any
-                .into_iter()
-                .filter(|&k| self.objects[k].object.head.entries() < SMALL_INDEX)
-                .collect();
-            if small.len() >= 2 {
-                small
-                    .into_iter()
-                    .for_each(|k| self.objects[k].replace = true);
-            }
-        }
-        let mut per_prefix: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (k, o) in self.objects.iter().enumerate() {
-            if !o.object.prefix.is_empty() && old(o) {
-                per_prefix.entry(&o.object.prefix).or_default().push(k);
-            }
-        }
-        // Distributing adds an object to a prefix: merge it first if that
-        // would make SHARD_OBJECTS.
-        let most = SHARD_OBJECTS - usize::from(distribute);
-        let mut merge = Vec::new();
-        for (prefix, ks) in per_prefix {
-            if prefix.len() < depth || ks.len() >= most {
-                merge.extend(ks);
-            }
-        }
-        merge
-            .into_iter()
-            .for_each(|k| self.objects[k].replace = true);
-        self.distribute = distribute;
-    }
-
     /// Whether a surviving pack's entries belong in the rewritten index
     /// (of an old object).
     pub fn survives(&self, name: &ObjectId) -> bool {
@@ -532,3 +470,7 @@ pub struct Decide<'a> {
     pub max_waste_pct: u8,
     pub shard_entries: u64,
 }
+
+// Which index objects are merged: a concept of its own.
+#[path = "census_merges.rs"]
+mod merges;

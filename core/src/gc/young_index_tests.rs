@@ -104,6 +104,11 @@ async fn back_to_back_sweeps_leave_no_entry_naming_a_deleted_pack() {
     write_point(&repo, "a", &p1, &[(ia, a)]).await;
     write_point(&repo, "b", &p2, &[(ib, b)]).await;
     mem.clock().advance(chrono::Duration::hours(1));
+    // A backup running through both sweeps: what the first writes is
+    // younger than the second's cutoff.
+    let session = Session::begin(&repo, &"c".parse().unwrap(), "h")
+        .await
+        .unwrap();
     // Merges the two backups' small objects into one (young from now on).
     let r = super::run(&repo, false).await.unwrap();
     assert!(r.index_objects_written > 0, "{r:?}");
@@ -116,6 +121,7 @@ async fn back_to_back_sweeps_leave_no_entry_naming_a_deleted_pack() {
     let entries = all_entries(&repo).await;
     assert!(entries.iter().all(|e| e.pack != pa), "{entries:?}");
     read_chunk(&repo, &ib).await.unwrap();
+    session.end(None).await.unwrap();
 }
 
 #[tokio::test]
@@ -137,5 +143,65 @@ async fn an_index_object_written_between_the_sweeps_listings_stays() {
         "an index object still places the chunk"
     );
     read_chunk(&repo, &id).await.unwrap();
+    session.end(None).await.unwrap();
+}
+
+/// The same with a sharded index: the first sweep distributes the index
+/// into shard objects, young at the second, which rewrites the ones
+/// naming the pack it deletes in their own shards (no object of any ids
+/// appears, which every lookup would have to read).
+#[tokio::test]
+async fn a_young_shard_object_is_rewritten_in_its_own_shard() {
+    let (mem, repo) = mem_repo(60).await;
+    let chunks: Vec<(ObjectId, Vec<u8>)> = (0..40u64)
+        .map(|i| {
+            let d =
+                crate::testing::xorshift_bytes(2000, (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            (ObjectId::of(&d), d)
+        })
+        .collect();
+    let id: PointId = "20260101T000000Z-0001".parse().unwrap();
+    let mut packs = Vec::new();
+    for (n, part) in chunks.chunks(10).enumerate() {
+        packs.push(store_pack_deps(&repo, part).await.0);
+        write_point(&repo, &format!("v{n}"), &id, part).await;
+    }
+    mem.clock().advance(chrono::Duration::hours(1));
+    let session = Session::begin(&repo, &"c".parse().unwrap(), "h")
+        .await
+        .unwrap();
+    let options = || crate::gc::PackOptions {
+        shard_entries: 4,
+        ..crate::gc::PackOptions::for_repository(repo.config(), None)
+    };
+    let progress = Arc::new(crate::progress::Progress::default());
+    let shard_objects = async || {
+        let listed: Vec<_> = futures::TryStreamExt::try_collect(repo.backend().list(keys::INDEX))
+            .await
+            .unwrap();
+        assert!(!listed.is_empty());
+        listed
+            .iter()
+            .all(|m| keys::parse_index_in(&m.key).is_some_and(|(p, _)| !p.is_empty()))
+    };
+    super::run_with(&repo, false, options(), &progress)
+        .await
+        .unwrap();
+    assert!(shard_objects().await, "the first sweep shards the index");
+    crate::prune::remove(&repo, &Default::default(), &[("v0".parse().unwrap(), id)])
+        .await
+        .unwrap();
+    let r = super::run_with(&repo, false, options(), &progress)
+        .await
+        .unwrap();
+    assert_eq!(r.packs_deleted, 1, "{r:?}");
+    assert!(r.index_objects_written > 0, "{r:?}");
+    assert!(shard_objects().await, "rewritten in their shards");
+    let entries = all_entries(&repo).await;
+    assert!(entries.iter().all(|e| e.pack != packs[0]), "{entries:?}");
+    assert_eq!(entries.len(), 30);
+    for (c, _) in &chunks[10..] {
+        read_chunk(&repo, c).await.unwrap();
+    }
     session.end(None).await.unwrap();
 }
