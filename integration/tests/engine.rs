@@ -1,7 +1,6 @@
 //! Engine-level tests over the in-memory and local stores: sparse layouts,
 //! dedup, damage and failing backends.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -35,18 +34,11 @@ async fn memory_repo() -> Repository {
 
 /// A backup of one disk `d` (shared with the other engine-level tests).
 pub(crate) fn request(vm: &str, disk: &Path) -> BackupRequest {
-    BackupRequest {
-        vm: vm.parse().unwrap(),
-        disks: vec![("d".parse().unwrap(), disk.to_path_buf())],
-        changes: BTreeMap::new(),
-        audit_percent: 0.0,
-        parent: None,
-        labels: BTreeMap::new(),
-        host: "test".into(),
-        time: None,
-        allow_future: false,
-        checkpoints: BTreeMap::new(),
-    }
+    BackupRequest::new(
+        vm.parse().unwrap(),
+        vec![("d".parse().unwrap(), disk.to_path_buf())],
+        "test",
+    )
 }
 
 pub(crate) async fn run_backup(

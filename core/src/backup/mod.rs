@@ -77,6 +77,25 @@ pub struct BackupRequest {
     pub checkpoints: BTreeMap<DiskName, String>,
 }
 
+impl BackupRequest {
+    /// A backup of `disks` of `vm` from `host`, dated now, with nothing
+    /// else asked: no change source, parent, labels or checkpoints.
+    pub fn new(vm: VmName, disks: Vec<(DiskName, PathBuf)>, host: impl Into<String>) -> Self {
+        BackupRequest {
+            vm,
+            disks,
+            changes: BTreeMap::new(),
+            audit_percent: 0.0,
+            parent: None,
+            labels: BTreeMap::new(),
+            host: host.into(),
+            time: None,
+            allow_future: false,
+            checkpoints: BTreeMap::new(),
+        }
+    }
+}
+
 /// A point dated in the future becomes every VM's newest for retention:
 /// `prune --keep-within 7d` would then remove every real point.
 fn check_time(repo: &Repository, req: &BackupRequest) -> Result<()> {

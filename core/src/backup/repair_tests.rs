@@ -2,7 +2,6 @@
 //! some of its chunks (their pack deleted after the backup found them)
 //! is read again, and only the chunks still missing are stored.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
@@ -24,18 +23,11 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 }
 
 async fn back_up(repo: &Repository, path: &std::path::Path, vm: &str) -> Manifest {
-    let req = BackupRequest {
-        vm: vm.parse().unwrap(),
-        disks: vec![("d".parse().unwrap(), path.to_path_buf())],
-        changes: BTreeMap::new(),
-        audit_percent: 0.0,
-        parent: None,
-        labels: BTreeMap::new(),
-        host: "test".into(),
-        time: None,
-        allow_future: false,
-        checkpoints: BTreeMap::new(),
-    };
+    let req = BackupRequest::new(
+        vm.parse().unwrap(),
+        vec![("d".parse().unwrap(), path.to_path_buf())],
+        "test",
+    );
     backup(repo, req, Arc::new(Progress::default()))
         .await
         .unwrap()

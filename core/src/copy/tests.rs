@@ -3,7 +3,6 @@
 //! finished by a re-run, a damaged source chunk never reaches the target,
 //! and a target not made `--like` the source is refused untouched.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -101,18 +100,11 @@ pub(super) async fn back_up(
         .path()
         .join(format!("{vm}-{}.img", rand::random::<u32>()));
     std::fs::write(&path, bytes).unwrap();
-    let req = BackupRequest {
-        vm: vm.parse().unwrap(),
-        disks: vec![("d".parse().unwrap(), path)],
-        changes: BTreeMap::new(),
-        audit_percent: 0.0,
-        parent: None,
-        labels: BTreeMap::new(),
-        host: "test".into(),
-        time: None,
-        allow_future: false,
-        checkpoints: BTreeMap::new(),
-    };
+    let req = BackupRequest::new(
+        vm.parse().unwrap(),
+        vec![("d".parse().unwrap(), path)],
+        "test",
+    );
     backup(repo, req, Arc::new(Progress::default()))
         .await
         .unwrap()
