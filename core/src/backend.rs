@@ -302,6 +302,16 @@ pub trait Backend: Send + Sync + Debug + 'static {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError>;
 
+    /// Whether `key` is stored: a HEAD, "not found" answering `false` and
+    /// any other failure an error.
+    async fn exists(&self, key: &str) -> Result<bool, BackendError> {
+        match self.head(key).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Streams the objects under `prefix`; memory stays bounded however
     /// many there are.
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, BackendError>>;

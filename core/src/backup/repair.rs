@@ -51,13 +51,7 @@ pub async fn all_exist(repo: &Repository, refs: &[ObjectRef]) -> Result<bool> {
     let b = repo.backend();
     let missing = futures::stream::iter(refs)
         .filter(|r| futures::future::ready(!matches!(r, ObjectRef::Chunk(_))))
-        .map(|r| async move {
-            match b.head(&r.key()).await {
-                Ok(_) => Ok(false),
-                Err(e) if e.is_not_found() => Ok(true),
-                Err(e) => Err(Error::from(e)),
-            }
-        })
+        .map(|r| async move { Ok::<_, Error>(!b.exists(&r.key()).await?) })
         .buffer_unordered(CHECKS)
         .try_any(futures::future::ready)
         .await?;

@@ -110,13 +110,7 @@ impl<'a> Copier<'a> {
         }
         let target = self.run.target.backend();
         let there: Vec<bool> = futures::stream::iter(&check)
-            .map(|id| async move {
-                match target.head(&keys::node(id)).await {
-                    Ok(_) => Ok(true),
-                    Err(e) if e.is_not_found() => Ok(false),
-                    Err(e) => Err(Error::from(e)),
-                }
-            })
+            .map(|id| async move { Ok::<_, Error>(target.exists(&keys::node(id)).await?) })
             .buffered(NODE_REQUESTS)
             .try_collect()
             .await?;

@@ -89,5 +89,5 @@ impl Walked {
 
 /// Whether `key` is no longer stored (a failed HEAD is not "gone").
 pub(crate) async fn gone(backend: &dyn Backend, key: &str) -> bool {
-    matches!(backend.head(key).await, Err(e) if e.is_not_found())
+    matches!(backend.exists(key).await, Ok(false))
 }

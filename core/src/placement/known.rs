@@ -139,13 +139,7 @@ impl KnownChunks {
         }
         let backend = self.index.backend();
         let answers: Vec<(ObjectId, bool)> = futures::stream::iter(ask)
-            .map(|p| async move {
-                match backend.head(&keys::pack(&p)).await {
-                    Ok(_) => Ok((p, true)),
-                    Err(e) if e.is_not_found() => Ok((p, false)),
-                    Err(e) => Err(Error::from(e)),
-                }
-            })
+            .map(|p| async move { Ok::<_, Error>((p, backend.exists(&keys::pack(&p)).await?)) })
             .buffer_unordered(HEADS)
             .try_collect()
             .await?;
