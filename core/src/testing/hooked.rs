@@ -41,8 +41,9 @@ pub struct Hooked {
     at: HookAt,
     hook: Hook,
     fired: AtomicBool,
-    finished: AtomicBool,
-    done: tokio::sync::Notify,
+    /// Set once the hook of a [`HookAt::Get`] ran; matching reads meanwhile
+    /// wait for it.
+    ran: tokio::sync::OnceCell<()>,
 }
 
 impl Hooked {
@@ -52,8 +53,7 @@ impl Hooked {
             at,
             hook,
             fired: AtomicBool::new(false),
-            finished: AtomicBool::new(false),
-            done: tokio::sync::Notify::new(),
+            ran: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -63,24 +63,14 @@ impl Hooked {
     }
 
     async fn before_get(&self, key: &str) {
-        let matches = matches!(self.at, HookAt::Get(p) if key.starts_with(p));
-        if self.fire(matches) {
-            (self.hook)().await;
-            self.finished.store(true, Ordering::SeqCst);
-            self.done.notify_waiters();
-            return;
-        }
-        if !matches {
-            return;
-        }
-        loop {
-            // Created before the look at the flag: a notification between
-            // the two is not lost.
-            let done = self.done.notified();
-            if self.finished.load(Ordering::SeqCst) {
-                return;
-            }
-            done.await;
+        if matches!(self.at, HookAt::Get(p) if key.starts_with(p)) {
+            // The first match runs the hook; the others wait until it ran.
+            self.ran
+                .get_or_init(|| async {
+                    self.fired.store(true, Ordering::SeqCst);
+                    (self.hook)().await
+                })
+                .await;
         }
     }
 
