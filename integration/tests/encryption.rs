@@ -9,6 +9,7 @@ use crate::pack_files::packed_chunks;
 use xfull_core::backup::segment::chunk_segment;
 use xfull_core::chunker::ChunkParams;
 use xfull_core::codec::Codec;
+use xfull_core::testing::seeded_bytes as random;
 use xfull_integration::env::{Env, contents, fails, sha256, stderr};
 
 const KDF: [&str; 4] = ["--kdf-memory-kib", "64", "--kdf-time", "1"];
@@ -25,10 +26,6 @@ fn marked_disk(path: &Path) -> Vec<u8> {
 
 fn pattern() -> Vec<u8> {
     random(64 << 10, 0x00C0_FFEE)
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    xfull_core::testing::xorshift_bytes(len, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 fn init_none() -> Env<'static> {

@@ -15,12 +15,7 @@ use crate::keys;
 use crate::manifest::Manifest;
 use crate::placement::pack_read::read_trailer;
 use crate::progress::Progress;
-use crate::testing::MemBackend;
-
-/// Pseudo-random bytes (incompressible, so chunks are distinct).
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    crate::testing::xorshift_bytes(len, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-}
+use crate::testing::{MemBackend, seeded_bytes as data};
 
 async fn back_up(repo: &Repository, path: &std::path::Path, vm: &str) -> Manifest {
     let req = BackupRequest::new(
@@ -31,6 +26,13 @@ async fn back_up(repo: &Repository, path: &std::path::Path, vm: &str) -> Manifes
     backup(repo, req, Arc::new(Progress::default()))
         .await
         .unwrap()
+}
+
+/// Writes `bytes` as the image file `name` in `dir`.
+fn image(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
 }
 
 async fn packs(b: &MemBackend) -> Vec<String> {
@@ -60,6 +62,19 @@ async fn repo() -> (Arc<MemBackend>, Repository) {
     (mem, repo)
 }
 
+/// [`ensure_present`] over the one disk of `m`, read from `path`.
+async fn check_again(
+    repo: &Repository,
+    path: &std::path::Path,
+    m: &Manifest,
+    began: Option<DateTime<Utc>>,
+) -> RepairReport {
+    let source = Arc::new(DiskSource::open(path).unwrap());
+    ensure_present(repo, &[(source, &m.disks[0])], began)
+        .await
+        .unwrap()
+}
+
 /// Asserts that no chunk is stored twice.
 async fn no_second_copies(repo: &Repository, mem: &MemBackend) {
     let mut stored = copies(repo, mem).await;
@@ -74,25 +89,19 @@ async fn a_segment_read_again_stores_only_its_missing_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let (mem, repo) = repo().await;
     let (lost, kept) = (data(2 << 20, 1), data(2 << 20, 2));
-    std::fs::write(dir.path().join("lost"), &lost).unwrap();
-    back_up(&repo, &dir.path().join("lost"), "v").await;
+    back_up(&repo, &image(&dir, "lost", &lost), "v").await;
     let lost_packs = packs(&mem).await;
-    std::fs::write(dir.path().join("kept"), &kept).unwrap();
-    back_up(&repo, &dir.path().join("kept"), "u").await;
+    back_up(&repo, &image(&dir, "kept", &kept), "u").await;
     // 1.5 MiB of the lost image, then the kept one: the second 1 MiB
     // segment holds chunks of both.
     let mut both = lost[..3 << 19].to_vec();
     both.extend_from_slice(&kept);
-    let path = dir.path().join("both");
-    std::fs::write(&path, &both).unwrap();
+    let path = image(&dir, "both", &both);
     let m = back_up(&repo, &path, "w").await;
     // A sweep deleted the lost image's packs after the backup found its
     // chunks there.
     mem.delete_many(&lost_packs).await.unwrap();
-    let source = Arc::new(DiskSource::open(&path).unwrap());
-    let r = ensure_present(&repo, &[(source, &m.disks[0])], None)
-        .await
-        .unwrap();
+    let r = check_again(&repo, &path, &m, None).await;
     assert_eq!(r.segments_restored, 2, "{r:?}");
     let mut all = Vec::new();
     for n in m.disks[0].segments.iter().flatten() {
@@ -113,14 +122,10 @@ async fn segments_read_again_that_share_a_chunk_store_it_once() {
     let mut img = l[..1 << 20].to_vec();
     img.extend_from_slice(&l[..1 << 19]);
     img.extend_from_slice(&l[1 << 20..]);
-    let path = dir.path().join("img");
-    std::fs::write(&path, &img).unwrap();
+    let path = image(&dir, "img", &img);
     let m = back_up(&repo, &path, "v").await;
     mem.delete_many(&packs(&mem).await).await.unwrap();
-    let source = Arc::new(DiskSource::open(&path).unwrap());
-    let r = ensure_present(&repo, &[(source, &m.disks[0])], None)
-        .await
-        .unwrap();
+    let r = check_again(&repo, &path, &m, None).await;
     assert_eq!(r.segments_restored, 2, "{r:?}");
     no_second_copies(&repo, &mem).await;
 }
@@ -133,8 +138,7 @@ async fn a_segment_read_again_relies_on_the_older_packs_of_the_chunks_it_finds()
     let dir = tempfile::tempdir().unwrap();
     let (mem, repo) = repo().await;
     let kept = data(1 << 19, 5);
-    std::fs::write(dir.path().join("kept"), &kept).unwrap();
-    back_up(&repo, &dir.path().join("kept"), "u").await;
+    back_up(&repo, &image(&dir, "kept", &kept), "u").await;
     let kept_packs = packs(&mem).await;
     assert_eq!(kept_packs.len(), 1);
     let kept_pack = keys::parse_pack(&kept_packs[0]).unwrap();
@@ -143,8 +147,7 @@ async fn a_segment_read_again_relies_on_the_older_packs_of_the_chunks_it_finds()
     // One segment: new bytes, then the kept image.
     let mut img = data(1 << 19, 6);
     img.extend_from_slice(&kept);
-    let path = dir.path().join("img");
-    std::fs::write(&path, &img).unwrap();
+    let path = image(&dir, "img", &img);
     let m = back_up(&repo, &path, "w").await;
     let node = m.disks[0].segments[0].unwrap();
     let mine: Vec<String> = packs(&mem)
@@ -154,10 +157,7 @@ async fn a_segment_read_again_relies_on_the_older_packs_of_the_chunks_it_finds()
         .collect();
     mem.delete_many(&mine).await.unwrap();
     mem.delete_many(&[keys::node(&node)]).await.unwrap();
-    let source = Arc::new(DiskSource::open(&path).unwrap());
-    let r = ensure_present(&repo, &[(source, &m.disks[0])], Some(began))
-        .await
-        .unwrap();
+    let r = check_again(&repo, &path, &m, Some(began)).await;
     assert_eq!(r.segments_restored, 1, "{r:?}");
     assert!(r.existed.contains(&ObjectRef::Pack(kept_pack)), "{r:?}");
     repo.load_node(&node).await.unwrap();

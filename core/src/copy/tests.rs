@@ -86,9 +86,7 @@ pub(super) async fn reopen(backend: Arc<dyn Backend>, encrypted: bool) -> Reposi
 }
 
 /// Pseudo-random bytes (incompressible, so chunks are distinct).
-pub(super) fn data(len: usize, seed: u64) -> Vec<u8> {
-    crate::testing::xorshift_bytes(len, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-}
+pub(super) use crate::testing::seeded_bytes as data;
 
 pub(super) async fn back_up(
     repo: &Repository,

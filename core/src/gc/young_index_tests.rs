@@ -155,8 +155,7 @@ async fn a_young_shard_object_is_rewritten_in_its_own_shard() {
     let (mem, repo) = mem_repo(60).await;
     let chunks: Vec<(ObjectId, Vec<u8>)> = (0..40u64)
         .map(|i| {
-            let d =
-                crate::testing::xorshift_bytes(2000, (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let d = crate::testing::seeded_bytes(2000, i + 1);
             (ObjectId::of(&d), d)
         })
         .collect();

@@ -10,7 +10,7 @@ use crate::testing::MemBackend;
 
 /// Incompressible, distinct per `i`.
 fn noise(i: u32) -> Vec<u8> {
-    crate::testing::xorshift_bytes(32 << 10, u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    crate::testing::seeded_bytes(32 << 10, u64::from(i))
 }
 
 /// One disk's backup as the wiring is to do it: find what is stored,

@@ -9,7 +9,7 @@ use crate::testing::MemBackend;
 
 /// Chunks zstd cannot shrink, so stored sizes are predictable.
 fn noise(i: u32, len: usize) -> Vec<u8> {
-    crate::testing::xorshift_bytes(len, u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    crate::testing::seeded_bytes(len, u64::from(i))
 }
 
 async fn pack_all(backend: Arc<MemBackend>, chunks: &[Vec<u8>], target: u64) -> Vec<StoredPack> {

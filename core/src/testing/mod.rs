@@ -28,6 +28,13 @@ pub use mem::{Clock, MemBackend};
 pub use replace_sim::ReplaceSim;
 pub use role::{Role, RoleBackend};
 
+/// [`xorshift_bytes`] from `seed` spread over 64 bits (times the golden
+/// ratio), so that neighbouring seeds (1, 2, 3...) give unrelated bytes:
+/// `xorshift_bytes` makes its seed odd, so 2 and 3 give the same.
+pub fn seeded_bytes(len: usize, seed: u64) -> Vec<u8> {
+    xorshift_bytes(len, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 /// `len` deterministic, incompressible bytes (xorshift64 from `seed`,
 /// made odd): cheap enough for tests that write tens of MiB.
 pub fn xorshift_bytes(len: usize, seed: u64) -> Vec<u8> {
