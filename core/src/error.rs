@@ -55,6 +55,17 @@ pub enum Error {
     #[error("damaged object {key}: {reason}")]
     Corrupt { key: String, reason: String },
 
+    /// A stored object of another repository, read from by `copy`, is
+    /// damaged. Its own variant (not a note in `key`), because a copy
+    /// treats the source's damage differently from the target's: it may
+    /// be a point pruned there meanwhile.
+    #[error("damaged object {key} in the source {source_location}: {reason}")]
+    SourceCorrupt {
+        key: String,
+        source_location: String,
+        reason: String,
+    },
+
     /// Restoring or reading a point met damaged or missing data.
     #[error(
         "point {point}, disk {disk}: damaged data at offset {offset} (chunk {chunk}): {reason}"
@@ -329,6 +340,7 @@ impl Error {
         matches!(
             self,
             Error::Corrupt { .. }
+                | Error::SourceCorrupt { .. }
                 | Error::Backend(BackendError::Corrupt { .. })
                 | Error::Damaged { .. }
                 | Error::DamageIgnored { .. }

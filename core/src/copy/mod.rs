@@ -200,21 +200,18 @@ impl Run<'_> {
 /// object names.
 fn in_source(source: &Repository, e: Error) -> Error {
     match e {
-        Error::Corrupt { key, reason } => Error::Corrupt {
-            key: format!("{key}{}", source_suffix(source)),
+        Error::Corrupt { key, reason } => Error::SourceCorrupt {
+            key,
+            source_location: source.location(),
             reason,
         },
         e => e,
     }
 }
 
-fn source_suffix(source: &Repository) -> String {
-    format!(" in the source {}", source.location())
-}
-
 /// Whether `e` is damage [`in_source`] marked as the source's.
-fn is_source_damage(source: &Repository, e: &Error) -> bool {
-    matches!(e, Error::Corrupt { key, .. } if key.ends_with(&source_suffix(source)))
+fn is_source_damage(e: &Error) -> bool {
+    matches!(e, Error::SourceCorrupt { .. })
 }
 
 #[cfg(test)]
