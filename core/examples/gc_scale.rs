@@ -104,8 +104,16 @@ async fn main() {
         .await
         .expect("orphans");
     let never = || false;
+    // As a sweep with a full key: copies of live chunks are looked for.
+    let mut copies = xfull_core::gc::copies::Copies::new(vec![true]);
     census
-        .count(backend, &mut marks, &mut orphan_live, &never)
+        .count(
+            backend,
+            &mut marks,
+            &mut orphan_live,
+            Some(&mut copies),
+            &never,
+        )
         .await
         .expect("count");
     let count_gets = store.gets.load(Ordering::Relaxed) - heads_gets;

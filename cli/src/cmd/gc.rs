@@ -111,6 +111,17 @@ pub fn print_report(r: &GcReport) {
         r.packs_written,
         bytes(r.waste_bytes_left)
     );
+    if r.copies_left_out + r.copies_kept_bad_keeper + r.copies_over_cap > 0 {
+        println!(
+            "  {} copies of live chunks stored twice counted as waste ({}), one copy of each kept; \
+             {} copies kept as the copy to keep did not open (run `xfull verify --read-data`); \
+             {} chunks past this gc's limit kept every copy",
+            r.copies_left_out,
+            bytes(r.copy_bytes_left_out),
+            r.copies_kept_bad_keeper,
+            r.copies_over_cap
+        );
+    }
     if r.packs_not_rewritten_no_space > 0 {
         println!(
             "  {} packs not rewritten: the repository's disk has room for {} of chunk data \

@@ -127,9 +127,7 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
             // remove the point meanwhile, and what went with it is then
             // missing. That is the point gone, not damage. (The target's
             // damage is never that: it stops the copy.)
-            if is_source_damage(&e)
-                && matches!(run.source.point_gone(vm, id).await, Ok(true))
-            {
+            if is_source_damage(&e) && matches!(run.source.point_gone(vm, id).await, Ok(true)) {
                 let point = format!("{vm}@{id}");
                 run.progress
                     .notice(Notice::Warning(Warning::CopySourceGone { point }));

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
+use super::copies::{Copies, CopyAt};
 use super::marks::Marks;
 use super::pack_plan::{ClassRules, PackFate, PackUse, class_rules, plan};
 use crate::backend::Backend;
@@ -22,6 +23,7 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::placement::merge::Merge;
+use crate::placement::pack::PackEntry;
 use crate::placement::pack_read::read_trailer;
 use crate::placement::sweep::{IndexObject, read_table};
 
@@ -145,6 +147,8 @@ pub struct Census {
     /// The storage classes the listing reported, in order of first sight
     /// (at most 255; a pack of a further one counts as reporting none).
     pub classes: Vec<String>,
+    /// Copies of live chunks left out (`gc/copies.rs`).
+    pub copies: Copies,
 }
 
 fn top16(name: &ObjectId) -> usize {
@@ -286,18 +290,26 @@ impl Census {
     /// to disk are loaded one range at a time, each once. A pack is live
     /// if any entry naming it is (an object split in parts, or two
     /// objects naming one pack, count as one; the same place in two
-    /// objects counts once). Stops between reads once `cancelled` says so
+    /// objects counts once), except that with `copies` a live chunk held
+    /// by several packs is live in one of them only (`gc/copies.rs`).
+    /// Stops between reads once `cancelled` says so
     /// ([`Error::Cancelled`]).
     pub async fn count(
         &mut self,
         backend: &dyn Backend,
         marks: &mut Marks,
         orphan_live: &mut HashSet<ObjectId>,
+        mut copies: Option<&mut Copies>,
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<()> {
         let objects: Vec<IndexObject> = self.objects.iter().map(|o| o.object.clone()).collect();
         let mut merge = Merge::new(objects.iter().collect());
         let mut n = 0u64;
+        // The listed packs holding the chunk met last (the merge gives a
+        // chunk's entries one after another, each pack once), and
+        // whether it is live.
+        let mut held: Vec<(usize, PackEntry)> = Vec::new();
+        let mut live = false;
         while let Some(e) = merge.next(backend).await? {
             n += 1;
             // The census writes nothing: stopping here needs no undo.
@@ -309,24 +321,71 @@ impl Census {
             let Some(i) = self.find(&e.pack) else {
                 continue;
             };
-            marks.load_for(&e.entry.id)?;
-            let p = &mut self.packs[i];
-            if marks.has_chunk(&e.entry.id) {
-                add(&mut p.live_chunks, 1);
-                add(&mut p.live_bytes, e.entry.stored_len);
-            } else {
-                add(&mut p.dead_bytes, e.entry.stored_len);
+            if held.first().is_some_and(|(_, h)| h.id != e.entry.id) {
+                self.tally(&mut held, live, copies.as_deref_mut());
             }
+            marks.load_for(&e.entry.id)?;
+            live = marks.has_chunk(&e.entry.id);
+            held.push((i, e.entry));
             if !orphan_live.is_empty() {
                 orphan_live.remove(&e.entry.id);
             }
         }
+        self.tally(&mut held, live, copies);
         if cancelled() {
             return Err(Error::Cancelled {
                 cleaned: "gc stopped during its census of packs".into(),
             });
         }
         Ok(())
+    }
+
+    /// Counts the copies of one chunk (`held`, emptied) in their packs: a
+    /// live chunk in several packs is live in its keeper's only, when
+    /// `copies` chooses one ([`Copies::choose`]); the others are waste.
+    fn tally(
+        &mut self,
+        held: &mut Vec<(usize, PackEntry)>,
+        live: bool,
+        copies: Option<&mut Copies>,
+    ) {
+        let keeper = match copies {
+            Some(c) if live && held.len() > 1 => {
+                let of: Vec<CopyAt> = held
+                    .iter()
+                    .map(|&(i, entry)| {
+                        let p = &self.packs[i];
+                        CopyAt {
+                            pack: p.name,
+                            entry,
+                            at: p.at,
+                            readable: c.readable(p.class),
+                        }
+                    })
+                    .collect();
+                c.choose(&of)
+            }
+            _ => None,
+        };
+        for (k, (i, entry)) in held.drain(..).enumerate() {
+            let p = &mut self.packs[i];
+            if live && keeper.is_none_or(|kept| kept == k) {
+                add(&mut p.live_chunks, 1);
+                add(&mut p.live_bytes, entry.stored_len);
+            } else {
+                add(&mut p.dead_bytes, entry.stored_len);
+            }
+        }
+    }
+
+    /// A copy [`Census::count`] counted as waste is live again (its
+    /// keeper did not open: [`Copies::check_keepers`]).
+    pub fn count_live_again(&mut self, pack: &ObjectId, stored_len: u32) {
+        if let Some(p) = self.pack_mut(pack) {
+            p.dead_bytes = p.dead_bytes.saturating_sub(stored_len);
+            add(&mut p.live_chunks, 1);
+            add(&mut p.live_bytes, stored_len);
+        }
     }
 
     /// Decides every indexed pack's fate and which index objects are

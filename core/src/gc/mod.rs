@@ -4,6 +4,7 @@
 //! interleave them with a backup session's; [`run`] runs them in order.
 
 pub mod census;
+pub mod copies;
 pub mod markers;
 pub mod marks;
 pub mod pack_plan;
@@ -67,6 +68,17 @@ pub struct GcReport {
     /// Dead bytes left in packs kept (below `--max-waste`, an archive
     /// class, or younger than the class's minimum storage duration).
     pub waste_bytes_left: u64,
+    /// Copies of live chunks held by several packs that this sweep
+    /// counted as waste, one copy of each kept (`gc/copies.rs`), and
+    /// their stored bytes: deleted with their packs, or left behind by
+    /// their rewrite.
+    pub copies_left_out: u64,
+    pub copy_bytes_left_out: u64,
+    /// Copies kept because the copy chosen to stay did not open.
+    pub copies_kept_bad_keeper: u64,
+    /// Chunks with copies past the per-sweep limit: all copies kept this
+    /// time.
+    pub copies_over_cap: u64,
     /// Old packs no index object names (crashed backups'), deleted.
     pub packs_orphaned: u64,
     /// Packs no index object names that hold live chunks found in no
@@ -184,6 +196,8 @@ pub async fn run_batched(
 mod archive_class_tests;
 #[cfg(test)]
 mod cancel_tests;
+#[cfg(test)]
+mod copies_tests;
 #[cfg(test)]
 mod interleaving_tests;
 #[cfg(test)]

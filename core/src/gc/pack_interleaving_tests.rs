@@ -9,15 +9,19 @@
 //! while the batch is in flight.
 //!
 //! The store: pack P = [l, d1, d2], where only l is live (point Q of VM
-//! b), so P is rewritten (2/3 waste); pack D = [e], dead, deleted. The
-//! backup's point needs l, d1 and e (found in P and D) and a new chunk n.
+//! b), so P is rewritten (2/3 waste); pack D = [e], dead, deleted; pack
+//! K = [k] and, a minute younger, X = [k, x]: two backups stored live k
+//! at once, so X's copy is waste (`gc/copies.rs`) and X, with dead x, is
+//! deleted. The backup's point needs l, d1, e and k (found in P, D and
+//! X) and a new chunk n.
 
 use std::sync::Arc;
 
 use chrono::Duration;
 
 use super::test_packs::{
-    Reused, deps_of, find, read_chunk, restore_deps, store_pack_deps, with_passes, write_point,
+    Reused, all_entries, deps_of, find, read_chunk, restore_deps, store_pack_deps, with_passes,
+    write_point,
 };
 use super::{GcReport, Sweep};
 use crate::backend::Backend;
@@ -47,6 +51,8 @@ struct Data {
     d2: Chunk,
     e: Chunk,
     n: Chunk,
+    k: Chunk,
+    x: Chunk,
 }
 
 impl Data {
@@ -57,6 +63,8 @@ impl Data {
             d2: chunk(3),
             e: chunk(4),
             n: chunk(5),
+            k: chunk(6),
+            x: chunk(7),
         }
     }
 
@@ -67,7 +75,13 @@ impl Data {
             self.d1.clone(),
             self.e.clone(),
             self.n.clone(),
+            self.k.clone(),
         ]
+    }
+
+    /// What the other VM's point holds.
+    fn other(&self) -> Vec<Chunk> {
+        vec![self.l.clone(), self.k.clone()]
     }
 }
 
@@ -84,7 +98,8 @@ fn mine() -> PointId {
     "20260101T010000Z-0002".parse().unwrap()
 }
 
-async fn base(data: &Data) -> MemBackend {
+/// The store, and the name of pack X.
+async fn base(data: &Data) -> (MemBackend, ObjectId) {
     let mem = Arc::new(MemBackend::default());
     let mut cfg = RepoConfig::new(SEG, ChunkParams::from_avg(64 << 10), 3).unwrap();
     cfg.protocol = Protocol {
@@ -96,9 +111,12 @@ async fn base(data: &Data) -> MemBackend {
     let p = [data.l.clone(), data.d1.clone(), data.d2.clone()];
     store_pack_deps(&repo, &p).await;
     store_pack_deps(&repo, std::slice::from_ref(&data.e)).await;
-    point(&repo, "b", &q(), std::slice::from_ref(&data.l)).await;
+    store_pack_deps(&repo, std::slice::from_ref(&data.k)).await;
+    mem.clock().advance(Duration::minutes(1));
+    let (x, _, _) = store_pack_deps(&repo, &[data.k.clone(), data.x.clone()]).await;
+    point(&repo, "b", &q(), &data.other()).await;
     mem.clock().advance(Duration::hours(1));
-    mem.fork()
+    (mem.fork(), x)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +135,12 @@ struct Outcome {
 }
 
 /// One schedule; `None` if the backup would have had to wait there.
-async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], passes: bool) -> Option<Outcome> {
+async fn run(
+    (base, x): &(MemBackend, ObjectId),
+    data: &Data,
+    schedule: &[Actor],
+    passes: bool,
+) -> Option<Outcome> {
     let mem = Arc::new(base.fork());
     let repo = Repository::open(mem.clone()).await.unwrap();
     let mut out = Outcome::default();
@@ -145,6 +168,15 @@ async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], passes: bool) -
                     1 => {
                         let ids: Vec<ObjectId> = needed.iter().map(|c| c.0).collect();
                         found = find(&repo, &ids).await;
+                        // k from X, the copy the sweep leaves out, while
+                        // the index still names it (either may be found).
+                        let in_x = all_entries(&repo)
+                            .await
+                            .into_iter()
+                            .find(|e| e.pack == *x && e.entry.id == data.k.0);
+                        if let Some(e) = in_x {
+                            found[ids.iter().position(|id| *id == data.k.0).unwrap()] = Some(e);
+                        }
                     }
                     // Record the dependencies (in the lease at the next
                     // write); store what was not found.
@@ -228,10 +260,7 @@ async fn run(base: &MemBackend, data: &Data, schedule: &[Actor], passes: bool) -
             }
         }
     }
-    for (vm, id, chunks) in [
-        ("a", mine(), needed.clone()),
-        ("b", q(), vec![data.l.clone()]),
-    ] {
+    for (vm, id, chunks) in [("a", mine(), needed.clone()), ("b", q(), data.other())] {
         for (c, plain) in &chunks {
             match read_chunk(&repo, c).await {
                 Ok(p) if p == *plain => {}
@@ -323,14 +352,15 @@ fn every_ordering_of_a_backup_reusing_chunks_of_packs_a_sweep_deletes_or_rewrite
     }
     // Not vacuous: some orderings waited for the batch in flight, some
     // re-stored or re-found chunks whose pack went, some had the sweep
-    // rewrite P and delete D, and some had the backup's lease spare them.
+    // rewrite P and delete D and X, and some had the backup's lease spare
+    // them.
     assert!(waited > 0);
     assert!(outcomes.iter().any(|o| o.repaired));
     let reports: Vec<&GcReport> = outcomes.iter().filter_map(|o| o.report.as_ref()).collect();
     assert!(
         reports
             .iter()
-            .any(|r| r.packs_rewritten == 1 && r.packs_deleted == 2)
+            .any(|r| r.packs_rewritten == 1 && r.packs_deleted == 3 && r.copies_left_out == 1)
     );
     assert!(
         reports

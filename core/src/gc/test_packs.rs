@@ -56,7 +56,7 @@ pub async fn write_point(
             .map(|(id, d)| Entry(d.len() as u32, Some(*id)))
             .collect(),
     };
-    let (nid, plain) = node.to_plain(&crate::codec::Codec::plain()).unwrap();
+    let (nid, plain) = node.to_plain(repo.codec()).unwrap();
     repo.put_node(&nid, &plain).await.unwrap();
     let time = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
     let seg = repo.config().segment_size;
@@ -115,6 +115,22 @@ pub async fn store_pack_deps(
         deps.push(ObjectRef::Index(keys::parse_index(&key).unwrap()));
     }
     (name, key, deps)
+}
+
+/// Flips a byte inside the stored blob of `id` in `pack` (written again
+/// in place: its time is now).
+pub async fn spoil(mem: &MemBackend, repo: &Repository, pack: &ObjectId, id: &ObjectId) {
+    use crate::backend::{Backend, PutMode};
+    let e = pack_entries(repo, pack)
+        .await
+        .into_iter()
+        .find(|e| e.entry.id == *id)
+        .unwrap();
+    let key = keys::pack(pack);
+    let mut bytes = mem.get(&key).await.unwrap().to_vec();
+    bytes[(e.entry.offset + u64::from(e.entry.stored_len) / 2) as usize] ^= 1;
+    mem.delete_many(std::slice::from_ref(&key)).await.unwrap();
+    mem.put(&key, bytes.into(), PutMode::Create).await.unwrap();
 }
 
 /// Stores `chunks` as one pack that no index object names (what a backup

@@ -13,7 +13,7 @@
 //! walked for the wanted chunks it places there, and each is checked at
 //! every place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use futures::{StreamExt, TryStreamExt};
 
@@ -137,6 +137,26 @@ impl Placement {
             }
         }
         Ok(out)
+    }
+}
+
+impl Placement {
+    /// Reads and opens each chunk at the one place given (coalesced runs,
+    /// as a restore reads), and returns the ids whose copy there opened
+    /// and matched. A pack gone or cut short, or a blob that does not
+    /// open, leaves its ids out; any other failure of the store (one
+    /// that is not damage, such as an archived object) is an error.
+    pub async fn opens_at(&self, places: Vec<IndexEntry>) -> Result<HashSet<ObjectId>> {
+        let mut opened = HashSet::new();
+        let runs = coalesce(places, MAX_GAP, MAX_RUN);
+        read_runs(&*self.backend, &self.codec, runs, |e, plain| {
+            if plain.is_ok() {
+                opened.insert(e.id);
+            }
+        })
+        .await
+        .map_err(|f| f.error)?;
+        Ok(opened)
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::backend::{Backend, PutMode};
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
-use crate::gc::test_packs::{pack_entries, store_pack};
+use crate::gc::test_packs::{spoil, store_pack};
 use crate::id::ObjectId;
 use crate::keys;
 use crate::progress::Progress;
@@ -32,19 +32,6 @@ async fn repo() -> (Arc<MemBackend>, Repository) {
 async fn replace(mem: &MemBackend, key: &str, bytes: Vec<u8>) {
     mem.delete_many(&[key.to_string()]).await.unwrap();
     mem.put(key, bytes.into(), PutMode::Create).await.unwrap();
-}
-
-/// Flips a byte inside the stored blob of `id` in `pack`.
-async fn spoil(mem: &MemBackend, repo: &Repository, pack: &ObjectId, id: &ObjectId) {
-    let e = pack_entries(repo, pack)
-        .await
-        .into_iter()
-        .find(|e| e.entry.id == *id)
-        .unwrap();
-    let key = keys::pack(pack);
-    let mut bytes = mem.get(&key).await.unwrap().to_vec();
-    bytes[(e.entry.offset + u64::from(e.entry.stored_len) / 2) as usize] ^= 1;
-    replace(mem, &key, bytes).await;
 }
 
 #[tokio::test]

@@ -26,9 +26,11 @@ use chrono::{DateTime, Utc};
 
 use super::{Candidate, Listed, Sweep};
 use crate::backend::ObjectMeta;
+use crate::crypto::Access;
 use crate::error::{Error, Result};
 use crate::gc::census::{Census, Decide, Fate};
-use crate::gc::pack_plan::{PackFate, WasteReason};
+use crate::gc::copies::Copies;
+use crate::gc::pack_plan::{PackFate, WasteReason, class_rules};
 use crate::id::ObjectId;
 use crate::keys;
 use crate::placement::index::IndexEntry;
@@ -99,11 +101,13 @@ impl Sweep {
             .await?;
         let progress = self.progress.clone();
         let cancelled = || progress.as_ref().is_some_and(|p| p.is_cancelled());
+        let mut copies = self.copies_for(&census);
         if let Err(e) = census
             .count(
                 &*backend,
                 &mut self.prot.marks,
                 &mut orphan_live,
+                copies.as_mut(),
                 &cancelled,
             )
             .await
@@ -112,6 +116,16 @@ impl Sweep {
                 return self.hold_packs(e);
             }
             return Err(e);
+        }
+        if let Some(mut copies) = copies {
+            self.stop_if_cancelled().await?;
+            for (pack, len) in copies.check_keepers(&self.repo.chunks()).await? {
+                census.count_live_again(&pack, len);
+                self.report.copies_kept_bad_keeper += 1;
+            }
+            (self.report.copies_left_out, self.report.copy_bytes_left_out) = copies.left_out();
+            self.report.copies_over_cap = copies.over_cap;
+            census.copies = copies;
         }
         census.decide(
             &Decide {
@@ -148,6 +162,20 @@ impl Sweep {
         self.count_fates(&census);
         self.census = Some(census);
         Ok(())
+    }
+
+    /// Whether this sweep leaves out copies of live chunks held by several
+    /// packs (`gc/copies.rs`), and which classes it may read them in: not
+    /// with a key that cannot open chunk data, nor under object lock.
+    fn copies_for(&self, census: &Census) -> Option<Copies> {
+        if self.repo.codec().access() != Access::Full || self.repo.config().object_lock.is_some() {
+            return None;
+        }
+        let days = &self.pack_opts.min_storage_days;
+        let readable = std::iter::once(!self.pack_opts.rules.archive)
+            .chain(census.classes.iter().map(|c| !class_rules(c, days).archive))
+            .collect();
+        Some(Copies::new(readable))
     }
 
     /// Keeps the planned rewrites to what the store has room for, oldest
@@ -246,7 +274,9 @@ impl Sweep {
             }
             self.refresh().await?;
             let marks = &self.prot.marks;
-            let live = |id: &ObjectId| marks.has_chunk(id);
+            // Copies kept in another pack are left behind.
+            let extra = census.copies.extra_in(&name);
+            let live = |id: &ObjectId| marks.has_chunk(id) && !extra.contains(id);
             // A new pack that fails to store stops the sweep (`?`): it
             // may hold blobs of packs taken before, doomed as rewritten.
             let moved = repacker

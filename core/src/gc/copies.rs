@@ -1,0 +1,164 @@
+//! Live chunks stored in more than one pack: one copy is kept, the others
+//! count as waste (docs/design.md, "gc over packs", copies).
+//!
+//! Copies arise when backups store the same new data at once (clones of
+//! one template backed up together, one update applied to many VMs): each
+//! session finds nothing in the index and stores its own. Kept, they cost
+//! as much as the data again, for as long as it lives.
+//!
+//! The census ([`super::census::Census::count`]) meets a chunk's entries
+//! one after another (the merge is in id order) and picks its keeper: the
+//! copy in the oldest listed pack of a class gc may read (not an archive
+//! class: restores alone read chunk data there), the smaller name on a
+//! tie. The other copies count as dead bytes of their packs, so a pack
+//! of nothing but copies is deleted and one with many is rewritten without
+//! them. Before any fate is decided, every keeper's copy is read and
+//! opened ([`Copies::check_keepers`]): a chunk whose keeper does not open
+//! keeps every copy, so a damaged copy is never the only one left.
+//! Otherwise the keeper is no weaker than a chunk stored once.
+//!
+//! The keeper survives the sweep: its chunk is live in its pack, so that
+//! pack is kept, or rewritten with the chunk in it (a repack leaves out
+//! only the copies recorded here, [`Copies::extra_in`]). A pack a live
+//! lease names stays whatever its counts, as before.
+//!
+//! Memory: [`MAX_CHUNKS`] chunks with copies per sweep, about 200 bytes
+//! each with two copies; further ones keep their copies this time (and
+//! are taken by a later sweep). Not done with a key that cannot read
+//! chunk data (a backup-only key), nor under object lock (a pack kept
+//! whole until its retention ends gains nothing).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::Result;
+use crate::id::ObjectId;
+use crate::placement::Placement;
+use crate::placement::index::IndexEntry;
+use crate::placement::pack::PackEntry;
+
+/// Chunks with copies taken per sweep.
+pub const MAX_CHUNKS: usize = 1 << 16;
+
+/// One copy of a live chunk the census met.
+#[derive(Clone, Copy, Debug)]
+pub struct CopyAt {
+    pub pack: ObjectId,
+    pub entry: PackEntry,
+    /// The listing's time of its pack.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Its pack's class is one gc may read ([`Copies::readable`]).
+    pub readable: bool,
+}
+
+/// The copies a sweep leaves out.
+#[derive(Debug, Default)]
+pub struct Copies {
+    /// Per storage class of the census ([`super::census::PackInfo::class`]:
+    /// 0 for none), whether gc may read chunk data there.
+    readable: Vec<bool>,
+    /// Per chunk, the place of the copy kept.
+    keepers: HashMap<ObjectId, IndexEntry>,
+    /// The copies left out, by pack: chunk and the blob's stored length.
+    extra: HashMap<ObjectId, HashMap<ObjectId, u32>>,
+    /// Chunks with copies beyond [`MAX_CHUNKS`]: all kept this time.
+    pub over_cap: u64,
+}
+
+impl Copies {
+    /// `readable`: per class of the census, as in [`Copies::readable`].
+    pub fn new(readable: Vec<bool>) -> Self {
+        Copies {
+            readable,
+            ..Default::default()
+        }
+    }
+
+    /// Whether gc may read chunk data in a pack of census class `class`.
+    pub fn readable(&self, class: u8) -> bool {
+        self.readable
+            .get(usize::from(class))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Given every copy of one live chunk (at least two, in distinct
+    /// packs), returns the index of the keeper in `copies`, recording
+    /// the others as extra; `None` (keep them all) if no copy is
+    /// readable or the cap is reached.
+    pub fn choose(&mut self, copies: &[CopyAt]) -> Option<usize> {
+        let (k, keeper) = copies
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.readable)
+            .min_by_key(|(_, c)| (c.at, c.pack))?;
+        if self.keepers.len() >= MAX_CHUNKS {
+            self.over_cap += 1;
+            return None;
+        }
+        let id = keeper.entry.id;
+        self.keepers.insert(
+            id,
+            IndexEntry {
+                pack: keeper.pack,
+                entry: keeper.entry,
+            },
+        );
+        for (i, c) in copies.iter().enumerate() {
+            if i != k {
+                let of_pack = self.extra.entry(c.pack).or_default();
+                of_pack.insert(id, c.entry.stored_len);
+            }
+        }
+        Some(k)
+    }
+
+    /// Reads every keeper's copy; forgets the chunks whose keeper does
+    /// not open, and returns their other copies (pack, stored length), to
+    /// be counted live again.
+    pub async fn check_keepers(&mut self, placement: &Placement) -> Result<Vec<(ObjectId, u32)>> {
+        if self.keepers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let opened = placement
+            .opens_at(self.keepers.values().copied().collect())
+            .await?;
+        let bad: HashSet<ObjectId> = self
+            .keepers
+            .keys()
+            .filter(|id| !opened.contains(id))
+            .copied()
+            .collect();
+        self.keepers.retain(|id, _| !bad.contains(id));
+        let mut back = Vec::new();
+        for (pack, of_pack) in self.extra.iter_mut() {
+            of_pack.retain(|id, len| {
+                let keep = !bad.contains(id);
+                if !keep {
+                    back.push((*pack, *len));
+                }
+                keep
+            });
+        }
+        self.extra.retain(|_, of_pack| !of_pack.is_empty());
+        Ok(back)
+    }
+
+    /// Copies left out of `pack`, for its rewrite.
+    pub fn extra_in(&self, pack: &ObjectId) -> HashSet<ObjectId> {
+        self.extra
+            .get(pack)
+            .map(|of_pack| of_pack.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Chunks with a copy kept and others left out.
+    pub fn chunks(&self) -> u64 {
+        self.keepers.len() as u64
+    }
+
+    /// Copies left out, and their stored bytes.
+    pub fn left_out(&self) -> (u64, u64) {
+        let all = self.extra.values().flat_map(|of_pack| of_pack.values());
+        all.fold((0, 0), |(n, b), &l| (n + 1, b + u64::from(l)))
+    }
+}

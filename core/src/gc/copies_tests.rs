@@ -1,0 +1,176 @@
+//! Copies of a live chunk in several packs: gc keeps one (the oldest
+//! readable copy, once it opens) and counts the others as waste.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Duration;
+
+use super::pack_plan::class_rules;
+use super::pack_sweep_tests::{Chunk, chunk, point};
+use super::test_packs::{all_entries, read_chunk, spoil, store_pack};
+use super::{GcReport, PackOptions};
+use crate::backend::Backend;
+use crate::chunker::ChunkParams;
+use crate::config::RepoConfig;
+use crate::crypto::{Access, Argon2Params, Secret};
+use crate::id::ObjectId;
+use crate::keys;
+use crate::repo::Repository;
+use crate::testing::MemBackend;
+
+async fn repo() -> (Arc<MemBackend>, Repository) {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    (mem, repo)
+}
+
+async fn gc(repo: &Repository, opts: PackOptions) -> GcReport {
+    let progress = Arc::new(crate::progress::Progress::default());
+    super::run_with(repo, false, opts, &progress).await.unwrap()
+}
+
+async fn exists(mem: &MemBackend, key: &str) -> bool {
+    mem.head(key).await.is_ok()
+}
+
+/// How many index entries place `id`.
+async fn places(repo: &Repository, id: &ObjectId) -> usize {
+    let all = all_entries(repo).await;
+    all.iter().filter(|e| e.entry.id == *id).count()
+}
+
+/// Two backups that stored the same new chunks at once: pack `a` first,
+/// then `b` (c0-c2 again, and c3, which no point uses). With `spoiled`,
+/// that chunk's copy in `a` is damaged.
+async fn stored_twice(
+    mem: &MemBackend,
+    repo: &Repository,
+    c: &[Chunk],
+    spoiled: Option<&ObjectId>,
+) -> (ObjectId, ObjectId) {
+    let (a, _) = store_pack(repo, &c[0..3]).await;
+    if let Some(id) = spoiled {
+        spoil(mem, repo, &a, id).await;
+    }
+    mem.clock().advance(Duration::minutes(1));
+    let (b, _) = store_pack(repo, &[&c[3..4], &c[0..3]].concat()).await;
+    point(repo, 1, &c[0..3]).await;
+    mem.clock().advance(Duration::hours(1));
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_live_chunk_stored_in_two_packs_keeps_the_older_copy_only() {
+    let (mem, repo) = repo().await;
+    let c: Vec<Chunk> = (0..4).map(chunk).collect();
+    let (a, b) = stored_twice(&mem, &repo, &c, None).await;
+    let r = gc(&repo, PackOptions::default()).await;
+    assert_eq!(
+        (r.copies_left_out, r.copies_kept_bad_keeper),
+        (3, 0),
+        "{r:?}"
+    );
+    assert!(r.copy_bytes_left_out > 0, "{r:?}");
+    // b held nothing but copies and a dead chunk: it goes whole.
+    assert_eq!((r.packs_deleted, r.packs_rewritten), (1, 0), "{r:?}");
+    assert!(exists(&mem, &keys::pack(&a)).await);
+    assert!(!exists(&mem, &keys::pack(&b)).await);
+    for (id, data) in &c[0..3] {
+        assert_eq!(places(&repo, id).await, 1);
+        assert_eq!(&read_chunk(&repo, id).await.unwrap(), data);
+    }
+    let again = gc(&repo, PackOptions::default()).await;
+    assert_eq!(
+        (again.copies_left_out, again.packs_deleted),
+        (0, 0),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_keeper_that_does_not_open_keeps_the_other_copy() {
+    let (mem, repo) = repo().await;
+    let c: Vec<Chunk> = (0..4).map(chunk).collect();
+    let (a, b) = stored_twice(&mem, &repo, &c, Some(&c[1].0)).await;
+    let r = gc(&repo, PackOptions::default()).await;
+    assert_eq!(
+        (r.copies_left_out, r.copies_kept_bad_keeper),
+        (2, 1),
+        "{r:?}"
+    );
+    assert!(exists(&mem, &keys::pack(&a)).await);
+    // b is now c1 live and three quarters waste: rewritten without the
+    // copies of c0 and c2 (and dead c3).
+    assert_eq!((r.packs_rewritten, r.packs_written), (1, 1), "{r:?}");
+    assert!(!exists(&mem, &keys::pack(&b)).await);
+    assert_eq!(places(&repo, &c[0].0).await, 1);
+    assert_eq!(places(&repo, &c[2].0).await, 1);
+    // c1: its damaged copy in a, its good one in the new pack.
+    assert_eq!(places(&repo, &c[1].0).await, 2);
+    for (id, data) in &c[0..3] {
+        assert_eq!(&read_chunk(&repo, id).await.unwrap(), data);
+    }
+}
+
+#[tokio::test]
+async fn copies_in_an_archive_class_are_all_kept() {
+    let (mem, repo) = repo().await;
+    let c: Vec<Chunk> = (0..4).map(chunk).collect();
+    let (a, b) = stored_twice(&mem, &repo, &c, None).await;
+    mem.clock().advance(Duration::days(400));
+    // gc may not read chunk data there, so no keeper can be checked.
+    let deep = PackOptions {
+        rules: class_rules("DEEP_ARCHIVE", &BTreeMap::new()),
+        ..Default::default()
+    };
+    let r = gc(&repo, deep).await;
+    assert_eq!((r.copies_left_out, r.packs_deleted), (0, 0), "{r:?}");
+    assert!(exists(&mem, &keys::pack(&a)).await);
+    assert!(exists(&mem, &keys::pack(&b)).await);
+}
+
+#[tokio::test]
+async fn a_key_that_cannot_read_chunk_data_keeps_every_copy() {
+    let fast = Argon2Params {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
+    let pw = |s: &str| Secret::password(s.as_bytes().to_vec(), format!("password {s:?}"));
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let full = Repository::init_encrypted(mem.clone(), cfg, &pw("admin"), fast)
+        .await
+        .unwrap();
+    let keys = full.codec().master_keys().unwrap();
+    crate::crypto::add_slot(&*mem, keys, &pw("host"), Access::BackupOnly, fast)
+        .await
+        .unwrap();
+    let c: Vec<Chunk> = (0..4)
+        .map(|i| {
+            let (_, data) = chunk(i);
+            (full.codec().chunk_id(&data), data)
+        })
+        .collect();
+    let (a, b) = stored_twice(&mem, &full, &c, None).await;
+    let host = Repository::open_with(mem.clone(), || Ok(pw("host")))
+        .await
+        .unwrap();
+    assert_eq!(host.codec().access(), Access::BackupOnly);
+    let r = gc(&host, PackOptions::default()).await;
+    assert_eq!(
+        (r.copies_left_out, r.copies_kept_bad_keeper, r.packs_deleted),
+        (0, 0, 0),
+        "{r:?}"
+    );
+    assert!(exists(&mem, &keys::pack(&a)).await);
+    assert!(exists(&mem, &keys::pack(&b)).await);
+    // The full key does.
+    let r = gc(&full, PackOptions::default()).await;
+    assert_eq!((r.copies_left_out, r.packs_deleted), (3, 1), "{r:?}");
+    for (id, data) in &c[0..3] {
+        assert_eq!(&read_chunk(&full, id).await.unwrap(), data);
+    }
+}
