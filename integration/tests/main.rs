@@ -9,6 +9,7 @@
 mod audit;
 mod audit_edges;
 mod cli;
+mod clones;
 mod copy;
 mod dead_stderr;
 mod downgrade;

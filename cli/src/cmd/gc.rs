@@ -111,14 +111,24 @@ pub fn print_report(r: &GcReport) {
         r.packs_written,
         bytes(r.waste_bytes_left)
     );
-    if r.copies_left_out + r.copies_kept_bad_keeper + r.copies_over_cap > 0 {
+    if r.copies_left_out > 0 {
         println!(
-            "  {} copies of live chunks stored twice counted as waste ({}), one copy of each kept; \
-             {} copies kept as the copy to keep did not open (run `xfull verify --read-data`); \
-             {} chunks past this gc's limit kept every copy",
+            "  {} copies of live chunks stored more than once counted as waste ({}); one copy of \
+             each kept",
             r.copies_left_out,
-            bytes(r.copy_bytes_left_out),
-            r.copies_kept_bad_keeper,
+            bytes(r.copy_bytes_left_out)
+        );
+    }
+    if r.copies_kept_bad_keeper > 0 {
+        println!(
+            "  {} copies kept: the copy chosen to keep did not open (run `xfull verify --read-data`)",
+            r.copies_kept_bad_keeper
+        );
+    }
+    if r.copies_over_cap > 0 {
+        println!(
+            "  {} chunks stored more than once kept every copy (past this gc's limit); a later gc \
+             takes them",
             r.copies_over_cap
         );
     }

@@ -30,7 +30,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::placement::Placement;
 use crate::placement::index::IndexEntry;
@@ -38,6 +38,9 @@ use crate::placement::pack::PackEntry;
 
 /// Chunks with copies taken per sweep.
 pub const MAX_CHUNKS: usize = 1 << 16;
+
+/// Keepers read between two looks at whether the sweep is stopped.
+const CHECK_BATCH: usize = 1024;
 
 /// One copy of a live chunk the census met.
 #[derive(Clone, Copy, Debug)]
@@ -112,16 +115,26 @@ impl Copies {
         Some(k)
     }
 
-    /// Reads every keeper's copy; forgets the chunks whose keeper does
-    /// not open, and returns their other copies (pack, stored length), to
-    /// be counted live again.
-    pub async fn check_keepers(&mut self, placement: &Placement) -> Result<Vec<(ObjectId, u32)>> {
-        if self.keepers.is_empty() {
-            return Ok(Vec::new());
+    /// Reads every keeper's copy (in batches of [`CHECK_BATCH`], in pack
+    /// order, stopping between two once `cancelled` says so); forgets the
+    /// chunks whose keeper does not open, and returns their other copies
+    /// (pack, stored length), to be counted live again.
+    pub async fn check_keepers(
+        &mut self,
+        placement: &Placement,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<(ObjectId, u32)>> {
+        let mut places: Vec<IndexEntry> = self.keepers.values().copied().collect();
+        places.sort_unstable_by_key(|p| (p.pack, p.entry.offset));
+        let mut opened = HashSet::new();
+        for batch in places.chunks(CHECK_BATCH) {
+            if cancelled() {
+                return Err(Error::Cancelled {
+                    cleaned: "gc stopped while reading the copies it keeps".into(),
+                });
+            }
+            opened.extend(placement.opens_at(batch.to_vec()).await?);
         }
-        let opened = placement
-            .opens_at(self.keepers.values().copied().collect())
-            .await?;
         let bad: HashSet<ObjectId> = self
             .keepers
             .keys()

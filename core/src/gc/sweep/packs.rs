@@ -119,7 +119,8 @@ impl Sweep {
         }
         if let Some(mut copies) = copies {
             self.stop_if_cancelled().await?;
-            for (pack, len) in copies.check_keepers(&self.repo.chunks()).await? {
+            let checked = copies.check_keepers(&self.repo.chunks(), &cancelled).await;
+            for (pack, len) in checked? {
                 census.count_live_again(&pack, len);
                 self.report.copies_kept_bad_keeper += 1;
             }
