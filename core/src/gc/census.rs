@@ -378,30 +378,12 @@ impl Census {
         }
     }
 
-    /// A copy [`Census::count`] counted as waste is live again (its
-    /// keeper did not open: [`Copies::check_keepers`]).
-    pub fn count_live_again(&mut self, pack: &ObjectId, stored_len: u32) {
-        if let Some(p) = self.pack_mut(pack) {
-            p.dead_bytes = p.dead_bytes.saturating_sub(stored_len);
-            add(&mut p.live_chunks, 1);
-            add(&mut p.live_bytes, stored_len);
-        }
-    }
-
     /// Decides every indexed pack's fate and which index objects are
     /// merged; orphans holding live chunks not in `orphan_live`'s
     /// complement are kept. [`Census::settle`] then finds the objects
     /// naming a pack that goes.
     pub fn decide(&mut self, ctx: &Decide, orphan_live: &HashSet<ObjectId>) {
-        // A class the listing reports is where the pack is now (a
-        // lifecycle rule may have moved it); else the sweep's default.
-        let by_class: Vec<ClassRules> = std::iter::once(ctx.rules)
-            .chain(
-                self.classes
-                    .iter()
-                    .map(|c| class_rules(c, ctx.min_storage_days)),
-            )
-            .collect();
+        let by_class = self.rules_by_class(ctx);
         for p in self.packs.iter_mut() {
             if p.fate == Fate::Orphan {
                 let chunks = self.orphans.get(&p.name);
@@ -413,24 +395,7 @@ impl Census {
             if !p.named {
                 continue;
             }
-            p.fate = if ctx.deps.contains(&p.name) {
-                Fate::Dep
-            } else if p.at >= ctx.cutoff {
-                Fate::Young
-            } else {
-                let u = PackUse {
-                    name: p.name,
-                    age: ctx.now - p.at,
-                    live_bytes: u64::from(p.live_bytes),
-                    dead_bytes: u64::from(p.dead_bytes),
-                    live_chunks: u64::from(p.live_chunks),
-                };
-                let rules = by_class
-                    .get(usize::from(p.class))
-                    .copied()
-                    .unwrap_or(ctx.rules);
-                Fate::Planned(plan(&[u], rules, ctx.max_waste_pct).fates[0].1)
-            };
+            p.fate = fate_of(p, ctx, &by_class);
         }
         self.cutoff = Some(ctx.cutoff);
         let cutoff = self.cutoff;
@@ -443,6 +408,35 @@ impl Census {
             o.replace = o.names_gone && o.older_than(cutoff);
         }
         self.choose_merges(ctx.shard_entries);
+    }
+
+    /// A class the listing reports is where the pack is now (a lifecycle
+    /// rule may have moved it); else the sweep's default: the rules per
+    /// [`PackInfo::class`].
+    fn rules_by_class(&self, ctx: &Decide) -> Vec<ClassRules> {
+        std::iter::once(ctx.rules)
+            .chain(
+                self.classes
+                    .iter()
+                    .map(|c| class_rules(c, ctx.min_storage_days)),
+            )
+            .collect()
+    }
+
+    /// Counts a copy [`Census::count`] took as waste live again (its
+    /// keeper did not open: [`Copies::check_keepers`]), and decides its
+    /// pack's fate again (with [`Census::decide`]'s `ctx`): more live, so
+    /// never a harsher fate.
+    pub fn count_live_again(&mut self, pack: &ObjectId, stored_len: u32, ctx: &Decide) {
+        let by_class = self.rules_by_class(ctx);
+        if let Some(p) = self.pack_mut(pack) {
+            p.dead_bytes = p.dead_bytes.saturating_sub(stored_len);
+            add(&mut p.live_chunks, 1);
+            add(&mut p.live_bytes, stored_len);
+            if matches!(p.fate, Fate::Planned(_)) {
+                p.fate = fate_of(p, ctx, &by_class);
+            }
+        }
     }
 
     /// Marks replaced every index object that names a pack that goes
@@ -512,6 +506,28 @@ impl Census {
     /// (of an old object).
     pub fn survives(&self, name: &ObjectId) -> bool {
         self.survives_in(name, false)
+    }
+}
+
+/// The fate of an indexed pack, not an orphan, by its counts.
+fn fate_of(p: &PackInfo, ctx: &Decide, by_class: &[ClassRules]) -> Fate {
+    if ctx.deps.contains(&p.name) {
+        Fate::Dep
+    } else if p.at >= ctx.cutoff {
+        Fate::Young
+    } else {
+        let u = PackUse {
+            name: p.name,
+            age: ctx.now - p.at,
+            live_bytes: u64::from(p.live_bytes),
+            dead_bytes: u64::from(p.dead_bytes),
+            live_chunks: u64::from(p.live_chunks),
+        };
+        let rules = by_class
+            .get(usize::from(p.class))
+            .copied()
+            .unwrap_or(ctx.rules);
+        Fate::Planned(plan(&[u], rules, ctx.max_waste_pct).fates[0].1)
     }
 }
 

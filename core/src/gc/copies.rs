@@ -12,10 +12,12 @@
 //! class: restores alone read chunk data there), the smaller name on a
 //! tie. The other copies count as dead bytes of their packs, so a pack
 //! of nothing but copies is deleted and one with many is rewritten without
-//! them. Before any fate is decided, every keeper's copy is read and
-//! opened ([`Copies::check_keepers`]): a chunk whose keeper does not open
-//! keeps every copy, so a damaged copy is never the only one left.
-//! Otherwise the keeper is no weaker than a chunk stored once.
+//! them. Once fates are decided so, the keeper of every chunk with a copy
+//! in a pack that goes is read and opened ([`Copies::check_keepers`]; a
+//! copy in a pack that stays costs no read): a chunk whose keeper does
+//! not open keeps every copy, counted live again and its packs' fates
+//! decided again, so a damaged copy is never the only one left. Otherwise
+//! the keeper is no weaker than a chunk stored once.
 //!
 //! The keeper survives the sweep: its chunk is live in its pack, so that
 //! pack is kept, or rewritten with the chunk in it (a repack leaves out
@@ -65,6 +67,8 @@ pub struct Copies {
     extra: HashMap<ObjectId, HashMap<ObjectId, u32>>,
     /// Chunks with copies beyond [`MAX_CHUNKS`]: all kept this time.
     pub over_cap: u64,
+    /// Keepers read by [`Copies::check_keepers`].
+    pub checked: u64,
 }
 
 impl Copies {
@@ -115,16 +119,26 @@ impl Copies {
         Some(k)
     }
 
-    /// Reads every keeper's copy (in batches of [`CHECK_BATCH`], in pack
-    /// order, stopping between two once `cancelled` says so); forgets the
-    /// chunks whose keeper does not open, and returns their other copies
-    /// (pack, stored length), to be counted live again.
+    /// Reads the keeper's copy of every chunk with a copy in a pack that
+    /// goes (`doomed`: deleted or rewritten; a copy in a pack kept stays
+    /// whatever its keeper, so that keeper is not read), in batches of
+    /// [`CHECK_BATCH`] in pack order, stopping between two once
+    /// `cancelled` says so. Forgets the chunks whose keeper does not open
+    /// and returns their other copies (pack, stored length), to be
+    /// counted live again.
     pub async fn check_keepers(
         &mut self,
         placement: &Placement,
+        doomed: &(dyn Fn(&ObjectId) -> bool + Sync),
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<(ObjectId, u32)>> {
-        let mut places: Vec<IndexEntry> = self.keepers.values().copied().collect();
+        let dropped: HashSet<ObjectId> = self
+            .extra
+            .iter()
+            .filter(|(pack, _)| doomed(pack))
+            .flat_map(|(_, of_pack)| of_pack.keys().copied())
+            .collect();
+        let mut places: Vec<IndexEntry> = dropped.iter().map(|id| self.keepers[id]).collect();
         places.sort_unstable_by_key(|p| (p.pack, p.entry.offset));
         let mut opened = HashSet::new();
         for batch in places.chunks(CHECK_BATCH) {
@@ -135,12 +149,8 @@ impl Copies {
             }
             opened.extend(placement.opens_at(batch.to_vec()).await?);
         }
-        let bad: HashSet<ObjectId> = self
-            .keepers
-            .keys()
-            .filter(|id| !opened.contains(id))
-            .copied()
-            .collect();
+        self.checked = places.len() as u64;
+        let bad: HashSet<ObjectId> = dropped.difference(&opened).copied().collect();
         self.keepers.retain(|id, _| !bad.contains(id));
         let mut back = Vec::new();
         for (pack, of_pack) in self.extra.iter_mut() {
@@ -164,14 +174,13 @@ impl Copies {
             .unwrap_or_default()
     }
 
-    /// Chunks with a copy kept and others left out.
-    pub fn chunks(&self) -> u64 {
-        self.keepers.len() as u64
-    }
-
-    /// Copies left out, and their stored bytes.
-    pub fn left_out(&self) -> (u64, u64) {
-        let all = self.extra.values().flat_map(|of_pack| of_pack.values());
+    /// Copies in packs that go (`doomed`), and their stored bytes.
+    pub fn left_out(&self, doomed: &dyn Fn(&ObjectId) -> bool) -> (u64, u64) {
+        let all = self
+            .extra
+            .iter()
+            .filter(|(pack, _)| doomed(pack))
+            .flat_map(|(_, of_pack)| of_pack.values());
         all.fold((0, 0), |(n, b), &l| (n + 1, b + u64::from(l)))
     }
 }

@@ -174,3 +174,27 @@ async fn a_key_that_cannot_read_chunk_data_keeps_every_copy() {
         assert_eq!(&read_chunk(&full, id).await.unwrap(), data);
     }
 }
+
+#[tokio::test]
+async fn a_copy_in_a_pack_that_stays_is_kept_and_its_keeper_not_read() {
+    let (mem, repo) = repo().await;
+    let c: Vec<Chunk> = (0..9).map(chunk).collect();
+    let (a, _) = store_pack(&repo, &c[0..3]).await;
+    // Damaged, which a read of the keeper would find.
+    spoil(&mem, &repo, &a, &c[1].0).await;
+    mem.clock().advance(Duration::minutes(1));
+    // c1 again with six more live chunks: one copy in seven is waste
+    // under `--max-waste`, so b stays whole and nothing of c1 goes.
+    let (b, _) = store_pack(&repo, &c[1..9]).await;
+    point(&repo, 1, &c).await;
+    mem.clock().advance(Duration::hours(1));
+    let r = gc(&repo, PackOptions::default()).await;
+    assert_eq!(
+        (r.copies_left_out, r.copies_kept_bad_keeper, r.packs_deleted),
+        (0, 0, 0),
+        "{r:?}"
+    );
+    assert!(r.waste_bytes_left > 0, "{r:?}");
+    assert!(exists(&mem, &keys::pack(&b)).await);
+    assert_eq!(&read_chunk(&repo, &c[1].0).await.unwrap(), &c[1].1);
+}

@@ -69,9 +69,9 @@ pub struct GcReport {
     /// class, or younger than the class's minimum storage duration).
     pub waste_bytes_left: u64,
     /// Copies of live chunks held by several packs that this sweep
-    /// counted as waste, one copy of each kept (`gc/copies.rs`), and
-    /// their stored bytes: deleted with their packs, or left behind by
-    /// their rewrite.
+    /// drops, one copy of each kept (`gc/copies.rs`), and their stored
+    /// bytes: deleted with their packs, or left behind by their rewrite
+    /// (copies in packs kept count in `waste_bytes_left`).
     pub copies_left_out: u64,
     pub copy_bytes_left_out: u64,
     /// Copies kept because the copy chosen to stay did not open.

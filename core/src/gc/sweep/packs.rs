@@ -117,35 +117,40 @@ impl Sweep {
             }
             return Err(e);
         }
+        let ctx = Decide {
+            now: self.started,
+            cutoff,
+            deps: &self.prot.pack_deps,
+            rules: self.pack_opts.rules,
+            min_storage_days: &self.pack_opts.min_storage_days,
+            // Under object lock a partly live pack is retained as long as
+            // anything in it is: a rewrite could not delete it.
+            max_waste_pct: if self.repo.config().object_lock.is_some() {
+                100
+            } else {
+                self.pack_opts.max_waste_pct
+            },
+            shard_entries: self.pack_opts.shard_entries,
+        };
+        census.decide(&ctx, &orphan_live);
         if let Some(mut copies) = copies {
-            self.stop_if_cancelled().await?;
-            let checked = copies.check_keepers(&self.repo.chunks(), &cancelled).await;
+            // Fates were decided with every copy but the keepers' as
+            // waste; a copy in a pack that goes is dropped only once its
+            // keeper opens.
+            let doomed = |name: &ObjectId| census.pack(name).is_some_and(|p| p.fate.doomed());
+            let checked = copies
+                .check_keepers(&self.repo.chunks(), &doomed, &cancelled)
+                .await;
             for (pack, len) in checked? {
-                census.count_live_again(&pack, len);
+                census.count_live_again(&pack, len, &ctx);
                 self.report.copies_kept_bad_keeper += 1;
             }
-            (self.report.copies_left_out, self.report.copy_bytes_left_out) = copies.left_out();
+            let doomed = |name: &ObjectId| census.pack(name).is_some_and(|p| p.fate.doomed());
+            (self.report.copies_left_out, self.report.copy_bytes_left_out) =
+                copies.left_out(&doomed);
             self.report.copies_over_cap = copies.over_cap;
             census.copies = copies;
         }
-        census.decide(
-            &Decide {
-                now: self.started,
-                cutoff,
-                deps: &self.prot.pack_deps,
-                rules: self.pack_opts.rules,
-                min_storage_days: &self.pack_opts.min_storage_days,
-                // Under object lock a partly live pack is retained as long
-                // as anything in it is: a rewrite could not delete it.
-                max_waste_pct: if self.repo.config().object_lock.is_some() {
-                    100
-                } else {
-                    self.pack_opts.max_waste_pct
-                },
-                shard_entries: self.pack_opts.shard_entries,
-            },
-            &orphan_live,
-        );
         self.fit_rewrites(&mut census).await?;
         if let Err(e) = census.settle(&*backend, &cancelled).await {
             if e.is_damage() {
