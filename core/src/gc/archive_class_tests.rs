@@ -160,3 +160,28 @@ async fn a_pack_listed_in_an_archive_class_is_judged_by_it() {
         assert_eq!(read_chunk(&hot, &id).await.unwrap(), d);
     }
 }
+
+/// A live chunk stored twice, its older copy's pack in an
+/// Intelligent-Tiering archive tier the listing does not show: the keeper
+/// check reads it and gets "archived". That chunk keeps both copies and
+/// the sweep goes on (it failed, and so every later one, before: found by
+/// review).
+#[tokio::test]
+async fn an_archived_keeper_keeps_every_copy_and_the_sweep_goes_on() {
+    let (mem, hot) = hot_repo().await;
+    let c: Vec<Chunk> = (0..4).map(chunk).collect();
+    let (older, _) = store_pack(&hot, &c[0..2]).await;
+    mem.clock().advance(Duration::minutes(1));
+    let (newer, _) = store_pack(&hot, &c[0..3]).await;
+    let (dead, _) = store_pack(&hot, &c[3..4]).await;
+    point(&hot, 1, &c[0..2]).await;
+    let sim = Arc::new(ArchiveSim::in_class(mem.clone(), IT_DEEP_ARCHIVE));
+    sim.archive(&keys::pack(&older));
+    let repo = Repository::open(sim.clone()).await.unwrap();
+    mem.clock().advance(Duration::days(400));
+    let r = gc(&repo).await;
+    let r = r.expect("an archived keeper must not fail the sweep");
+    assert!(mem.head(&keys::pack(&dead)).await.is_err(), "{r:?}");
+    assert!(mem.head(&keys::pack(&newer)).await.is_ok(), "{r:?}");
+    assert_eq!(r.copies_kept_bad_keeper, 2, "{r:?}");
+}

@@ -321,6 +321,14 @@ impl Census {
             let Some(i) = self.find(&e.pack) else {
                 continue;
             };
+            // An entry whose pack no index object's table names is not
+            // counted: hostile, or damaged. Counted, it made an orphan
+            // the keeper of a chunk's copies, then deleted it with the
+            // only other copy dropped (found by review,
+            // `copies_tests::an_orphan_named_by_a_hostile_entry_is_no_keeper`).
+            if !self.packs[i].named {
+                continue;
+            }
             if held.first().is_some_and(|(_, h)| h.id != e.entry.id) {
                 self.tally(&mut held, live, copies.as_deref_mut());
             }

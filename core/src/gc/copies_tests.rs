@@ -198,3 +198,53 @@ async fn a_copy_in_a_pack_that_stays_is_kept_and_its_keeper_not_read() {
     assert!(exists(&mem, &keys::pack(&b)).await);
     assert_eq!(&read_chunk(&repo, &c[1].0).await.unwrap(), &c[1].1);
 }
+
+/// An index object whose entries name a pack its table does not (hostile:
+/// a plain repository, or any holder of the metadata key such as a
+/// backup-only host). Counted, the orphan it names was the keeper (the
+/// oldest copy), still deleted as an orphan, and the one real copy
+/// dropped as extra (found by review): entries of packs no table names
+/// are not counted.
+#[tokio::test]
+async fn an_orphan_named_by_a_hostile_entry_is_no_keeper() {
+    use crate::backend::PutMode;
+    use crate::placement::index::{IndexEntry, encode_in, index_name};
+    let (mem, repo) = repo().await;
+    let c: Vec<Chunk> = (0..3).map(chunk).collect();
+    // The orphan, first (c2 makes it differ from the real pack).
+    let h = super::test_packs::put_pack(&repo, &[c[0].clone(), c[2].clone()]).await;
+    mem.clock().advance(Duration::minutes(1));
+    let (p, _) = store_pack(&repo, &c[0..2]).await;
+    point(&repo, 1, &c[0..2]).await;
+    // c0 -> h, at its true place; the table names some other pack.
+    let at = super::test_packs::pack_entries(&repo, &h)
+        .await
+        .into_iter()
+        .find(|e| e.entry.id == c[0].0)
+        .unwrap();
+    let mut obj = encode_in(
+        repo.codec(),
+        "",
+        vec![IndexEntry {
+            pack: h,
+            entry: at.entry,
+        }],
+    )
+    .to_vec();
+    let n = obj.len();
+    obj[n - 64..n - 32].copy_from_slice(ObjectId::from_bytes([7; 32]).as_bytes());
+    let sum = *blake3::hash(&obj[n - 72..n - 32]).as_bytes();
+    obj[n - 32..].copy_from_slice(&sum);
+    let key = keys::index_in("", &index_name(&obj));
+    mem.put(&key, obj.into(), PutMode::Create).await.unwrap();
+    mem.clock().advance(Duration::hours(1));
+    let r = gc(&repo, PackOptions::default()).await;
+    assert_eq!(r.copies_left_out, 0, "{r:?}");
+    assert!(exists(&mem, &keys::pack(&p)).await, "{r:?}");
+    for (id, data) in &c[0..2] {
+        assert_eq!(
+            &read_chunk(&repo, id).await.expect("a live chunk lost"),
+            data
+        );
+    }
+}
