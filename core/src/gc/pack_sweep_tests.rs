@@ -165,16 +165,21 @@ async fn wasteful_hot_packs_are_rewritten_and_others_keep_their_waste() {
 
 /// A sweep killed after any of its steps (repack and new index written;
 /// some batches deleted) leaves every point readable, and the next sweep
-/// finishes the work.
+/// finishes the work. Among the packs: a live chunk's two copies, the
+/// kept one in a pack rewritten (three quarters dead) and the other in a
+/// pack deleted (`gc/copies.rs`).
 #[tokio::test]
 async fn a_crash_between_any_two_steps_loses_nothing() {
-    for crash_after in 0..4 {
+    for crash_after in 0..9 {
         let (mem, repo) = repo().await;
-        let c: Vec<Chunk> = (0..8).map(chunk).collect();
+        let c: Vec<Chunk> = (0..13).map(chunk).collect();
+        store_pack(&repo, &c[8..12]).await;
+        mem.clock().advance(Duration::minutes(1));
+        store_pack(&repo, &[c[12].clone(), c[8].clone()]).await;
         store_pack(&repo, &c[0..4]).await;
         store_pack(&repo, &c[4..6]).await;
         store_pack(&repo, &c[6..8]).await;
-        let live: Vec<Chunk> = [&c[0..1], &c[6..8]].concat();
+        let live: Vec<Chunk> = [&c[0..1], &c[6..9]].concat();
         point(&repo, 1, &live).await;
         mem.clock().advance(Duration::hours(1));
         let mut s = Sweep::begin(&repo, false).await.unwrap().with_batch_size(1);
@@ -204,6 +209,10 @@ async fn a_crash_between_any_two_steps_loses_nothing() {
             0,
             "{left:?}"
         );
+        // One copy of c8 left, in the rewrite of its kept copy's pack.
+        let entries = super::test_packs::all_entries(&repo).await;
+        let places = entries.iter().filter(|e| e.entry.id == c[8].0).count();
+        assert_eq!(places, 1, "crash after {crash_after}");
     }
 }
 
