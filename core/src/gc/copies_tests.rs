@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use chrono::Duration;
 
+use super::PackOptions;
 use super::pack_plan::class_rules;
-use super::pack_sweep_tests::{Chunk, chunk, point};
+use super::pack_sweep_tests::{Chunk, chunk, exists, gc, point, repo};
 use super::test_packs::{all_entries, read_chunk, spoil, store_pack};
-use super::{GcReport, PackOptions};
 use crate::backend::Backend;
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
@@ -18,22 +18,6 @@ use crate::id::ObjectId;
 use crate::keys;
 use crate::repo::Repository;
 use crate::testing::MemBackend;
-
-async fn repo() -> (Arc<MemBackend>, Repository) {
-    let mem = Arc::new(MemBackend::default());
-    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
-    (mem, repo)
-}
-
-async fn gc(repo: &Repository, opts: PackOptions) -> GcReport {
-    let progress = Arc::new(crate::progress::Progress::default());
-    super::run_with(repo, false, opts, &progress).await.unwrap()
-}
-
-async fn exists(mem: &MemBackend, key: &str) -> bool {
-    mem.head(key).await.is_ok()
-}
 
 /// How many index entries place `id`.
 async fn places(repo: &Repository, id: &ObjectId) -> usize {

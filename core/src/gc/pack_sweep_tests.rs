@@ -29,7 +29,7 @@ pub(super) fn chunk(tag: u8) -> Chunk {
     (ObjectId::of(&data), data)
 }
 
-async fn repo() -> (Arc<MemBackend>, Repository) {
+pub(super) async fn repo() -> (Arc<MemBackend>, Repository) {
     let mem = Arc::new(MemBackend::default());
     let cfg = RepoConfig::new(SEG, ChunkParams::from_avg(64 << 10), 3).unwrap();
     let repo = Repository::init(mem.clone(), cfg).await.unwrap();
@@ -43,12 +43,12 @@ pub(super) async fn point(repo: &Repository, n: u8, chunks: &[Chunk]) -> PointId
     id
 }
 
-async fn gc(repo: &Repository, opts: PackOptions) -> GcReport {
+pub(super) async fn gc(repo: &Repository, opts: PackOptions) -> GcReport {
     let progress = Arc::new(crate::progress::Progress::default());
     super::run_with(repo, false, opts, &progress).await.unwrap()
 }
 
-async fn exists(mem: &MemBackend, key: &str) -> bool {
+pub(super) async fn exists(mem: &MemBackend, key: &str) -> bool {
     mem.head(key).await.is_ok()
 }
 
