@@ -119,10 +119,11 @@ pub fn print_report(r: &GcReport) {
             bytes(r.copy_bytes_left_out)
         );
     }
-    if r.copies_kept_bad_keeper > 0 {
+    if r.copies_kept_bad_keeper + r.copies_damaged_left_out > 0 {
         println!(
-            "  {} copies kept: the copy chosen to keep did not open (run `xfull verify --read-data`)",
-            r.copies_kept_bad_keeper
+            "  {} copies kept: the copy chosen to keep did not open; {} copies that did not open \
+             left out of rewrites (run `xfull verify --read-data`)",
+            r.copies_kept_bad_keeper, r.copies_damaged_left_out
         );
     }
     if r.copies_over_cap > 0 {

@@ -16,8 +16,10 @@
 //! in a pack that goes is read and opened ([`Copies::check_keepers`]; a
 //! copy in a pack that stays costs no read): a chunk whose keeper does
 //! not open keeps every copy, counted live again and its packs' fates
-//! decided again, so a damaged copy is never the only one left. Otherwise
-//! the keeper is no weaker than a chunk stored once.
+//! decided again, so a damaged copy is never the only one left; a
+//! rewrite then opens each copy of it before moving one
+//! ([`Copies::damaged`]). Otherwise the keeper is no weaker than a chunk
+//! stored once.
 //!
 //! The keeper survives the sweep: its chunk is live in its pack, so that
 //! pack is kept, or rewritten with the chunk in it (a repack leaves out
@@ -69,6 +71,9 @@ pub struct Copies {
     pub over_cap: u64,
     /// Keepers read by [`Copies::check_keepers`].
     pub checked: u64,
+    /// Chunks whose keeper did not open: every copy kept, and a rewrite
+    /// opens a copy before it moves one (`Repacker::take_checked`).
+    pub damaged: HashSet<ObjectId>,
 }
 
 impl Copies {
@@ -160,6 +165,7 @@ impl Copies {
         }
         self.checked = places.len() as u64;
         let bad: HashSet<ObjectId> = dropped.difference(&opened).copied().collect();
+        self.damaged.extend(bad.iter().copied());
         self.keepers.retain(|id, _| !bad.contains(id));
         let mut back = Vec::new();
         for (pack, of_pack) in self.extra.iter_mut() {

@@ -232,3 +232,38 @@ async fn an_orphan_named_by_a_hostile_entry_is_no_keeper() {
         );
     }
 }
+
+/// The kept copy does not open, and both its pack and the pack of the
+/// other copy are rewritten (each mostly dead). The kept copy's pack goes
+/// first (oldest): its damaged blob was copied verbatim into the open new
+/// pack, and the good copy, counted live again, then skipped because the
+/// open pack held the chunk; both old packs went (found by review). Now a
+/// chunk whose kept copy did not open is opened before a rewrite copies
+/// it, and a copy that does not open is left out.
+#[tokio::test]
+async fn a_damaged_kept_copy_does_not_stand_for_a_good_one_in_a_rewrite() {
+    let (mem, repo) = repo().await;
+    let c: Vec<Chunk> = (0..5).map(chunk).collect();
+    // a: c0 (live, damaged), c1 and c2 dead: two thirds waste.
+    let (a, _) = store_pack(&repo, &c[0..3]).await;
+    spoil(&mem, &repo, &a, &c[0].0).await;
+    mem.clock().advance(Duration::minutes(1));
+    // b: c0 again, c3 and c4 dead.
+    let (b, _) = store_pack(&repo, &[c[0].clone(), c[3].clone(), c[4].clone()]).await;
+    point(&repo, 1, &c[0..1]).await;
+    mem.clock().advance(Duration::hours(1));
+    let r = gc(&repo, PackOptions::default()).await;
+    assert_eq!(
+        (
+            r.copies_kept_bad_keeper,
+            r.copies_damaged_left_out,
+            r.packs_rewritten
+        ),
+        (1, 1, 2),
+        "{r:?}"
+    );
+    assert!(!exists(&mem, &keys::pack(&a)).await, "{r:?}");
+    assert!(!exists(&mem, &keys::pack(&b)).await, "{r:?}");
+    assert_eq!(places(&repo, &c[0].0).await, 1);
+    assert_eq!(&read_chunk(&repo, &c[0].0).await.unwrap(), &c[0].1);
+}

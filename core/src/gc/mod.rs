@@ -76,6 +76,9 @@ pub struct GcReport {
     pub copy_bytes_left_out: u64,
     /// Copies kept because the copy chosen to stay did not open.
     pub copies_kept_bad_keeper: u64,
+    /// Copies of such chunks a rewrite left out because they did not open
+    /// either (a copy that opens is moved instead).
+    pub copies_damaged_left_out: u64,
     /// Chunks with copies past the per-sweep limit: all copies kept this
     /// time.
     pub copies_over_cap: u64,

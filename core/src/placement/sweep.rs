@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 
 use super::index::{self, IndexEntry, IndexHead};
-use super::pack::{PackEntry, decode_trailer};
+use super::pack::{PackEntry, decode_trailer, open_blob};
 use super::packer::{Packer, SealedPack};
 use crate::backend::{Backend, ObjectClass, ObjectMeta};
 use crate::codec::Codec;
@@ -202,6 +202,9 @@ pub struct Moved {
     /// Stored bytes of the blobs moved.
     pub bytes: u64,
     pub chunks: u64,
+    /// Live blobs left out as they did not open
+    /// ([`Repacker::take_checked`]).
+    pub damaged: u64,
 }
 
 /// Moves the live blobs of the packs a sweep rewrites into new packs of
@@ -248,6 +251,23 @@ impl Repacker {
         max_chunk: u32,
         live: impl Fn(&ObjectId) -> bool,
     ) -> Result<Result<Option<Moved>>> {
+        self.take_checked(backend, name, max_chunk, live, |_| false)
+            .await
+    }
+
+    /// As [`Repacker::take`], except that a live chunk `check` names is
+    /// opened first and left out if it does not open ([`Moved::damaged`]).
+    /// For a chunk gc found a damaged copy of: copied verbatim, a damaged
+    /// blob taken first stood for the chunk in the open pack, and a good
+    /// copy taken later was skipped as held (`gc/copies.rs`).
+    pub async fn take_checked(
+        &mut self,
+        backend: &dyn Backend,
+        name: &ObjectId,
+        max_chunk: u32,
+        live: impl Fn(&ObjectId) -> bool,
+        check: impl Fn(&ObjectId) -> bool,
+    ) -> Result<Result<Option<Moved>>> {
         let key = keys::pack(name);
         let bytes = match backend.get(&key).await {
             Ok(b) => b,
@@ -264,10 +284,14 @@ impl Repacker {
             if self.open.holds(&e.id) {
                 continue;
             }
-            out.bytes += u64::from(e.stored_len);
-            out.chunks += 1;
             let r = e.range();
             let blob = &bytes[r.start as usize..r.end as usize];
+            if check(&e.id) && open_blob(&self.codec, &key, e, blob, &mut Vec::new()).is_err() {
+                out.damaged += 1;
+                continue;
+            }
+            out.bytes += u64::from(e.stored_len);
+            out.chunks += 1;
             if let Some(full) = self.open.push_stored(e.id, e.plain_len as usize, blob)? {
                 out.packs.push(store(backend, full).await?);
             }

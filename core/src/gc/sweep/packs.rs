@@ -145,13 +145,14 @@ impl Sweep {
                 census.count_live_again(&pack, len, &ctx);
                 self.report.copies_kept_bad_keeper += 1;
             }
-            let doomed = |name: &ObjectId| census.pack(name).is_some_and(|p| p.fate.doomed());
-            (self.report.copies_left_out, self.report.copy_bytes_left_out) =
-                copies.left_out(&doomed);
             self.report.copies_over_cap = copies.over_cap;
             census.copies = copies;
         }
         self.fit_rewrites(&mut census).await?;
+        // After `fit_rewrites`: a rewrite it put off keeps its copies.
+        let doomed = |name: &ObjectId| census.pack(name).is_some_and(|p| p.fate.doomed());
+        (self.report.copies_left_out, self.report.copy_bytes_left_out) =
+            census.copies.left_out(&doomed);
         if let Err(e) = census.settle(&*backend, &cancelled).await {
             if e.is_damage() {
                 return self.hold_packs(e);
@@ -280,16 +281,20 @@ impl Sweep {
             }
             self.refresh().await?;
             let marks = &self.prot.marks;
-            // Copies kept in another pack are left behind.
+            // Copies kept in another pack are left behind; of a chunk
+            // with a damaged copy, only a copy that opens is moved.
             let extra = census.copies.extra_in(&name);
             let live = |id: &ObjectId| marks.has_chunk(id) && !extra.contains(id);
+            let damaged = &census.copies.damaged;
+            let check = |id: &ObjectId| damaged.contains(id);
             // A new pack that fails to store stops the sweep (`?`): it
             // may hold blobs of packs taken before, doomed as rewritten.
             let moved = repacker
-                .take(&*backend, &name, self.max_chunk(), live)
+                .take_checked(&*backend, &name, self.max_chunk(), live, check)
                 .await?;
             match moved {
                 Ok(Some(m)) => {
+                    self.report.copies_damaged_left_out += m.damaged;
                     self.report.packs_rewritten += 1;
                     self.report.live_bytes_moved += m.bytes;
                     for np in m.packs {
