@@ -122,7 +122,7 @@ pub fn print_report(r: &GcReport) {
     if r.copies_kept_bad_keeper + r.copies_damaged_left_out > 0 {
         println!(
             "  {} copies kept: the copy chosen to keep did not open; {} copies that did not open \
-             left out of rewrites (run `xfull verify --read-data`)",
+             left out of rewrites and recorded as damage (run `xfull verify --read-data`)",
             r.copies_kept_bad_keeper, r.copies_damaged_left_out
         );
     }

@@ -17,8 +17,8 @@
 //! copy in a pack that stays costs no read): a chunk whose keeper does
 //! not open keeps every copy, counted live again and its packs' fates
 //! decided again, so a damaged copy is never the only one left; a
-//! rewrite then opens each copy of it before moving one
-//! ([`Copies::damaged`]). Otherwise the keeper is no weaker than a chunk
+//! rewrite then opens each copy of it before moving one and leaves out,
+//! with a damage record, one that does not open ([`Copies::damaged`]). Otherwise the keeper is no weaker than a chunk
 //! stored once.
 //!
 //! The keeper survives the sweep: its chunk is live in its pack, so that

@@ -266,4 +266,8 @@ async fn a_damaged_kept_copy_does_not_stand_for_a_good_one_in_a_rewrite() {
     assert!(!exists(&mem, &keys::pack(&b)).await, "{r:?}");
     assert_eq!(places(&repo, &c[0].0).await, 1);
     assert_eq!(&read_chunk(&repo, &c[0].0).await.unwrap(), &c[0].1);
+    // The copy left out is recorded (a hint for the next backup, should
+    // no copy open).
+    let key = keys::damage(&crate::placement::chunk_name(&c[0].0));
+    assert!(exists(&mem, &key).await);
 }

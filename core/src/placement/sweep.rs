@@ -202,9 +202,9 @@ pub struct Moved {
     /// Stored bytes of the blobs moved.
     pub bytes: u64,
     pub chunks: u64,
-    /// Live blobs left out as they did not open
+    /// Chunks whose blob here was left out as it did not open
     /// ([`Repacker::take_checked`]).
-    pub damaged: u64,
+    pub damaged: Vec<ObjectId>,
 }
 
 /// Moves the live blobs of the packs a sweep rewrites into new packs of
@@ -279,20 +279,31 @@ impl Repacker {
             Ok(entries) => entries,
             Err(e) => return Ok(Err(e)),
         };
-        let mut out = Moved::default();
-        for e in entries.iter().filter(|e| live(&e.id)) {
-            if self.open.holds(&e.id) {
-                continue;
-            }
+        let blob_of = |e: &PackEntry| {
             let r = e.range();
-            let blob = &bytes[r.start as usize..r.end as usize];
-            if check(&e.id) && open_blob(&self.codec, &key, e, blob, &mut Vec::new()).is_err() {
-                out.damaged += 1;
+            &bytes[r.start as usize..r.end as usize]
+        };
+        // The copies to check are opened before anything is copied: an
+        // error that is not damage (a key that cannot open chunk data)
+        // is this pack's, with nothing of it moved.
+        let mut out = Moved::default();
+        for e in entries.iter().filter(|e| live(&e.id) && check(&e.id)) {
+            match open_blob(&self.codec, &key, e, blob_of(e), &mut Vec::new()) {
+                Ok(()) => {}
+                Err(error) if error.is_damage() => out.damaged.push(e.id),
+                Err(error) => return Ok(Err(error)),
+            }
+        }
+        for e in entries.iter().filter(|e| live(&e.id)) {
+            if self.open.holds(&e.id) || out.damaged.contains(&e.id) {
                 continue;
             }
             out.bytes += u64::from(e.stored_len);
             out.chunks += 1;
-            if let Some(full) = self.open.push_stored(e.id, e.plain_len as usize, blob)? {
+            if let Some(full) = self
+                .open
+                .push_stored(e.id, e.plain_len as usize, blob_of(e))?
+            {
                 out.packs.push(store(backend, full).await?);
             }
         }

@@ -171,6 +171,23 @@ impl Sweep {
         Ok(())
     }
 
+    /// Copies a rewrite of `pack` left out as they did not open: damage
+    /// records for their chunks, so that the next backup of the same data
+    /// stores them again should no other copy open. A hint, best effort
+    /// (a record refused is not an error of the sweep): the report counts
+    /// the copies, and `verify --read-data` finds and records the damage.
+    async fn record_left_out(&mut self, pack: &ObjectId, ids: &[ObjectId]) {
+        self.report.copies_damaged_left_out += ids.len() as u64;
+        for id in ids {
+            let why = format!(
+                "its copy in {} does not open; gc left it out of a rewrite",
+                keys::pack(pack)
+            );
+            let key = crate::placement::chunk_name(id);
+            let _ = crate::damage::record(&self.repo, &key, &why, "gc").await;
+        }
+    }
+
     /// Whether this sweep leaves out copies of live chunks held by several
     /// packs (`gc/copies.rs`), and which classes it may read them in: not
     /// with a key that cannot open chunk data, nor under object lock.
@@ -294,7 +311,7 @@ impl Sweep {
                 .await?;
             match moved {
                 Ok(Some(m)) => {
-                    self.report.copies_damaged_left_out += m.damaged;
+                    self.record_left_out(&name, &m.damaged).await;
                     self.report.packs_rewritten += 1;
                     self.report.live_bytes_moved += m.bytes;
                     for np in m.packs {
