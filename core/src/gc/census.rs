@@ -431,20 +431,32 @@ impl Census {
             .collect()
     }
 
-    /// Counts a copy [`Census::count`] took as waste live again (its
-    /// keeper did not open: [`Copies::check_keepers`]), and decides its
-    /// pack's fate again (with [`Census::decide`]'s `ctx`): more live, so
-    /// never a harsher fate.
-    pub fn count_live_again(&mut self, pack: &ObjectId, stored_len: u32, ctx: &Decide) {
+    /// Counts the copies (pack, stored length) [`Census::count`] took as
+    /// waste live again (their keeper did not open:
+    /// [`Copies::check_keepers`]), and decides their packs' fates again
+    /// (with [`Census::decide`]'s `ctx`): more live, so never a harsher
+    /// fate.
+    pub fn count_live_again(&mut self, copies: &[(ObjectId, u32)], ctx: &Decide) {
+        if copies.is_empty() {
+            return;
+        }
         let by_class = self.rules_by_class(ctx);
-        if let Some(p) = self.pack_mut(pack) {
-            p.dead_bytes = p.dead_bytes.saturating_sub(stored_len);
-            add(&mut p.live_chunks, 1);
-            add(&mut p.live_bytes, stored_len);
-            if matches!(p.fate, Fate::Planned(_)) {
-                p.fate = fate_of(p, ctx, &by_class);
+        for (pack, stored_len) in copies {
+            if let Some(p) = self.pack_mut(pack) {
+                p.dead_bytes = p.dead_bytes.saturating_sub(*stored_len);
+                add(&mut p.live_chunks, 1);
+                add(&mut p.live_bytes, *stored_len);
+                if matches!(p.fate, Fate::Planned(_)) {
+                    p.fate = fate_of(p, ctx, &by_class);
+                }
             }
         }
+    }
+
+    /// Whether the listed pack `name` is to be deleted (after a repack
+    /// moved its live chunks), as decided so far.
+    pub fn goes(&self, name: &ObjectId) -> bool {
+        self.pack(name).is_some_and(|p| p.fate.doomed())
     }
 
     /// Marks replaced every index object that names a pack that goes

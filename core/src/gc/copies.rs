@@ -10,16 +10,17 @@
 //! one after another (the merge is in id order) and picks its keeper: the
 //! copy in the oldest listed pack an index object's table names, of a
 //! class gc may read (not an archive class: restores alone read chunk
-//! data there), the smaller name on a tie. The other copies count as dead bytes of their packs, so a pack
-//! of nothing but copies is deleted and one with many is rewritten without
-//! them. Once fates are decided so, the keeper of every chunk with a copy
-//! in a pack that goes is read and opened ([`Copies::check_keepers`]; a
-//! copy in a pack that stays costs no read): a chunk whose keeper does
-//! not open keeps every copy, counted live again and its packs' fates
-//! decided again, so a damaged copy is never the only one left; a
-//! rewrite then opens each copy of it before moving one and leaves out,
-//! with a damage record, one that does not open ([`Copies::damaged`]). Otherwise the keeper is no weaker than a chunk
-//! stored once.
+//! data there), the smaller name on a tie. The other copies count as dead
+//! bytes of their packs, so a pack of nothing but copies is deleted and
+//! one with many is rewritten without them. Once fates are decided so,
+//! the keeper of every chunk with a copy in a pack that goes is read and
+//! opened ([`Copies::check_keepers`]; a copy in a pack that stays costs
+//! no read): a chunk whose keeper does not open keeps every copy, counted
+//! live again and its packs' fates decided again, so a damaged copy is
+//! never the only one left; a rewrite then opens each copy of it before
+//! moving one and leaves out, with a damage record, one that does not
+//! open ([`Copies::damaged`]). Otherwise the keeper is no weaker than a
+//! chunk stored once.
 //!
 //! The keeper survives the sweep: its chunk is live in its pack, so that
 //! pack is kept, or rewritten with the chunk in it (a repack leaves out
@@ -69,10 +70,8 @@ pub struct Copies {
     extra: HashMap<ObjectId, HashMap<ObjectId, u32>>,
     /// Chunks with copies beyond [`MAX_CHUNKS`]: all kept this time.
     pub over_cap: u64,
-    /// Keepers read by [`Copies::check_keepers`].
-    pub checked: u64,
     /// Chunks whose keeper did not open: every copy kept, and a rewrite
-    /// opens a copy before it moves one (`Repacker::take_checked`).
+    /// opens a copy before it moves one (`Repacker::take`).
     pub damaged: HashSet<ObjectId>,
 }
 
@@ -163,7 +162,6 @@ impl Copies {
                 }
             }
         }
-        self.checked = places.len() as u64;
         let bad: HashSet<ObjectId> = dropped.difference(&opened).copied().collect();
         self.damaged.extend(bad.iter().copied());
         self.keepers.retain(|id, _| !bad.contains(id));

@@ -8,8 +8,8 @@ use chrono::Duration;
 
 use super::PackOptions;
 use super::pack_plan::class_rules;
-use super::pack_sweep_tests::{Chunk, chunk, exists, gc, point, repo};
-use super::test_packs::{all_entries, read_chunk, spoil, store_pack};
+use super::pack_sweep_tests::{Chunk, chunk, exists, gc, point, readable, repo};
+use super::test_packs::{places, read_chunk, spoil, store_pack};
 use crate::backend::Backend;
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
@@ -18,12 +18,6 @@ use crate::id::ObjectId;
 use crate::keys;
 use crate::repo::Repository;
 use crate::testing::MemBackend;
-
-/// How many index entries place `id`.
-async fn places(repo: &Repository, id: &ObjectId) -> usize {
-    let all = all_entries(repo).await;
-    all.iter().filter(|e| e.entry.id == *id).count()
-}
 
 /// Two backups that stored the same new chunks at once: pack `a` first,
 /// then `b` (c0-c2 again, and c3, which no point uses). With `spoiled`,
@@ -93,9 +87,7 @@ async fn a_keeper_that_does_not_open_keeps_the_other_copy() {
     assert_eq!(places(&repo, &c[2].0).await, 1);
     // c1: its damaged copy in a, its good one in the new pack.
     assert_eq!(places(&repo, &c[1].0).await, 2);
-    for (id, data) in &c[0..3] {
-        assert_eq!(&read_chunk(&repo, id).await.unwrap(), data);
-    }
+    readable(&repo, &c[0..3]).await;
 }
 
 #[tokio::test]
@@ -154,9 +146,7 @@ async fn a_key_that_cannot_read_chunk_data_keeps_every_copy() {
     // The full key does.
     let r = gc(&full, PackOptions::default()).await;
     assert_eq!((r.copies_left_out, r.packs_deleted), (3, 1), "{r:?}");
-    for (id, data) in &c[0..3] {
-        assert_eq!(&read_chunk(&full, id).await.unwrap(), data);
-    }
+    readable(&full, &c[0..3]).await;
 }
 
 #[tokio::test]

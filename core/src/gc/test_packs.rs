@@ -210,6 +210,12 @@ pub async fn all_entries(repo: &Repository) -> Vec<IndexEntry> {
     out
 }
 
+/// How many index entries place `id`.
+pub async fn places(repo: &Repository, id: &ObjectId) -> usize {
+    let all = all_entries(repo).await;
+    all.iter().filter(|e| e.entry.id == *id).count()
+}
+
 /// Reads a chunk as a restore would: every place the index gives, in
 /// turn, until one opens and matches its id.
 pub async fn read_chunk(repo: &Repository, id: &ObjectId) -> Result<Vec<u8>, String> {

@@ -138,9 +138,7 @@ impl Placement {
         }
         Ok(out)
     }
-}
 
-impl Placement {
     /// Reads and opens each chunk at the one place given (coalesced runs,
     /// as a restore reads), and returns the ids whose copy there opened
     /// and matched. A pack gone or cut short, or a blob that does not

@@ -203,7 +203,7 @@ pub struct Moved {
     pub bytes: u64,
     pub chunks: u64,
     /// Chunks whose blob here was left out as it did not open
-    /// ([`Repacker::take_checked`]).
+    /// ([`Repacker::take`]).
     pub damaged: Vec<ObjectId>,
 }
 
@@ -239,28 +239,18 @@ impl Repacker {
     /// trailer (not the index) says where its blobs are: a wrong index
     /// entry cannot make a repack copy the wrong bytes under a chunk's id.
     ///
+    /// A live chunk `check` names is opened first and left out if it does
+    /// not open ([`Moved::damaged`]): for a chunk gc found a damaged copy
+    /// of. Copied verbatim, a damaged blob taken first stood for the chunk
+    /// in the open pack, and a good copy taken later was skipped as held
+    /// (`gc/copies.rs`).
+    ///
     /// The inner result is this pack's: damage of its trailer (named),
     /// "archived", or `None` if it is gone; nothing of it was copied then.
     /// The outer error is a failure to store a new pack that filled: it
     /// may hold blobs of packs taken before, so the sweep must stop (it
     /// has deleted nothing yet). The packs that filled are in `packs`.
     pub async fn take(
-        &mut self,
-        backend: &dyn Backend,
-        name: &ObjectId,
-        max_chunk: u32,
-        live: impl Fn(&ObjectId) -> bool,
-    ) -> Result<Result<Option<Moved>>> {
-        self.take_checked(backend, name, max_chunk, live, |_| false)
-            .await
-    }
-
-    /// As [`Repacker::take`], except that a live chunk `check` names is
-    /// opened first and left out if it does not open ([`Moved::damaged`]).
-    /// For a chunk gc found a damaged copy of: copied verbatim, a damaged
-    /// blob taken first stood for the chunk in the open pack, and a good
-    /// copy taken later was skipped as held (`gc/copies.rs`).
-    pub async fn take_checked(
         &mut self,
         backend: &dyn Backend,
         name: &ObjectId,

@@ -33,7 +33,7 @@ async fn live_blobs_move_verbatim() {
     let live = |id: &ObjectId| chunks[..3].iter().any(|c| c.0 == *id);
     let mut r = Repacker::new(Arc::new(Codec::plain()), 1 << 30);
     let moved = r
-        .take(&*mem, &name, 1 << 20, live)
+        .take(&*mem, &name, 1 << 20, live, |_| false)
         .await
         .unwrap()
         .unwrap()
@@ -51,7 +51,9 @@ async fn live_blobs_move_verbatim() {
     }
     // A pack gone is no error: there is nothing to move.
     let mut r = Repacker::new(Arc::new(Codec::plain()), 1 << 30);
-    let gone = r.take(&*mem, &ObjectId::of(b"x"), 1 << 20, live).await;
+    let gone = r
+        .take(&*mem, &ObjectId::of(b"x"), 1 << 20, live, |_| false)
+        .await;
     assert!(gone.unwrap().unwrap().is_none());
     assert!(r.finish(&*mem).await.unwrap().is_none());
 }
@@ -102,7 +104,7 @@ async fn live_parts_of_several_packs_share_new_packs() {
     let mut packs = Vec::new();
     for n in &names {
         let m = r
-            .take(&*mem, n, 1 << 20, live)
+            .take(&*mem, n, 1 << 20, live, |_| false)
             .await
             .unwrap()
             .unwrap()

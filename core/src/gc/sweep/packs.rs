@@ -137,22 +137,19 @@ impl Sweep {
             // Fates were decided with every copy but the keepers' as
             // waste; a copy in a pack that goes is dropped only once its
             // keeper opens.
-            let doomed = |name: &ObjectId| census.pack(name).is_some_and(|p| p.fate.doomed());
-            let checked = copies
-                .check_keepers(&self.repo.chunks(), &doomed, &cancelled)
-                .await;
-            for (pack, len) in checked? {
-                census.count_live_again(&pack, len, &ctx);
-                self.report.copies_kept_bad_keeper += 1;
-            }
+            let goes = |name: &ObjectId| census.goes(name);
+            let back = copies
+                .check_keepers(&self.repo.chunks(), &goes, &cancelled)
+                .await?;
+            self.report.copies_kept_bad_keeper += back.len() as u64;
+            census.count_live_again(&back, &ctx);
             self.report.copies_over_cap = copies.over_cap;
             census.copies = copies;
         }
         self.fit_rewrites(&mut census).await?;
         // After `fit_rewrites`: a rewrite it put off keeps its copies.
-        let doomed = |name: &ObjectId| census.pack(name).is_some_and(|p| p.fate.doomed());
         (self.report.copies_left_out, self.report.copy_bytes_left_out) =
-            census.copies.left_out(&doomed);
+            census.copies.left_out(&|name| census.goes(name));
         if let Err(e) = census.settle(&*backend, &cancelled).await {
             if e.is_damage() {
                 return self.hold_packs(e);
@@ -307,7 +304,7 @@ impl Sweep {
             // A new pack that fails to store stops the sweep (`?`): it
             // may hold blobs of packs taken before, doomed as rewritten.
             let moved = repacker
-                .take_checked(&*backend, &name, self.max_chunk(), live, check)
+                .take(&*backend, &name, self.max_chunk(), live, check)
                 .await?;
             match moved {
                 Ok(Some(m)) => {
