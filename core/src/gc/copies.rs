@@ -19,8 +19,10 @@
 //! live again and its packs' fates decided again, so a damaged copy is
 //! never the only one left; a rewrite then opens each copy of it before
 //! moving one and leaves out, with a damage record, one that does not
-//! open ([`Copies::damaged`]). Otherwise the keeper is no weaker than a
-//! chunk stored once.
+//! open ([`Copies::damaged`]). Should the keeper's pack's rewrite not
+//! take it (gone, damaged, archived), the other copies stay too
+//! (`sweep/keepers.rs`). Otherwise the keeper is no weaker than a chunk
+//! stored once.
 //!
 //! The keeper survives the sweep: its chunk is live in its pack, so that
 //! pack is kept, or rewritten with the chunk in it (a repack leaves out
@@ -164,11 +166,34 @@ impl Copies {
         }
         let bad: HashSet<ObjectId> = dropped.difference(&opened).copied().collect();
         self.damaged.extend(bad.iter().copied());
-        self.keepers.retain(|id, _| !bad.contains(id));
+        Ok(self.keep_all_copies(&bad))
+    }
+
+    /// Forgets the copies left out of chunks whose keeper is in `pack`,
+    /// as its rewrite did not take it (gone, damaged, archived): the copy
+    /// kept may then be lost or readable by restores alone, so the other
+    /// copies stay. Returns them (pack, stored length).
+    pub fn keep_others_of_keepers_in(&mut self, pack: &ObjectId) -> Vec<(ObjectId, u32)> {
+        let ids: HashSet<ObjectId> = self
+            .keepers
+            .iter()
+            .filter(|(_, at)| at.pack == *pack)
+            .map(|(id, _)| *id)
+            .collect();
+        self.keep_all_copies(&ids)
+    }
+
+    /// Forgets the keepers of `ids` and the copies left out of them;
+    /// returns those copies (pack, stored length).
+    fn keep_all_copies(&mut self, ids: &HashSet<ObjectId>) -> Vec<(ObjectId, u32)> {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        self.keepers.retain(|id, _| !ids.contains(id));
         let mut back = Vec::new();
         for (pack, of_pack) in self.extra.iter_mut() {
             of_pack.retain(|id, len| {
-                let keep = !bad.contains(id);
+                let keep = !ids.contains(id);
                 if !keep {
                     back.push((*pack, *len));
                 }
@@ -176,7 +201,7 @@ impl Copies {
             });
         }
         self.extra.retain(|_, of_pack| !of_pack.is_empty());
-        Ok(back)
+        back
     }
 
     /// Copies left out of `pack`, for its rewrite.

@@ -261,3 +261,87 @@ async fn a_damaged_kept_copy_does_not_stand_for_a_good_one_in_a_rewrite() {
     let key = keys::damage(&crate::placement::chunk_name(&c[0].0));
     assert!(exists(&mem, &key).await);
 }
+
+/// What befalls the kept copy's pack between the census and its rewrite.
+#[derive(Clone, Copy, Debug)]
+enum Befalls {
+    /// Deleted by something outside gc.
+    Gone,
+    /// Its trailer damaged: the pack stays, but `index rebuild` would no
+    /// longer find the copy.
+    TrailerDamaged,
+}
+
+/// The kept copy was read and opened, then its pack's rewrite did not
+/// take it: the other copy stays. In a pack that held nothing else live
+/// (`x_rewritten` false), to be deleted, the pack is kept whole (it went,
+/// and with `Gone` the chunk with it); in a pack rewritten after, the copy
+/// is moved with the pack's live chunk (it was left out).
+#[tokio::test]
+async fn a_kept_copy_whose_rewrite_fails_keeps_the_other() {
+    use crate::backend::{Backend, PutMode};
+    use crate::gc::Sweep;
+    let cases = [Befalls::Gone, Befalls::TrailerDamaged]
+        .into_iter()
+        .flat_map(|b| [(b, false), (b, true)]);
+    for (befalls, x_rewritten) in cases {
+        let (mem, repo) = repo().await;
+        let c: Vec<Chunk> = (0..6).map(chunk).collect();
+        // k: c0 live, c1 and c2 dead (rewritten); x: c0's copy, dead c3,
+        // and with `x_rewritten` c4 live and c5 dead.
+        let (k, _) = store_pack(&repo, &c[0..3]).await;
+        mem.clock().advance(Duration::minutes(1));
+        let in_x = if x_rewritten { 6 } else { 4 };
+        let (x, _) = store_pack(&repo, &[&c[0..1], &c[3..in_x]].concat()).await;
+        let live: Vec<Chunk> = if x_rewritten {
+            vec![c[0].clone(), c[4].clone()]
+        } else {
+            vec![c[0].clone()]
+        };
+        point(&repo, 1, &live).await;
+        mem.clock().advance(Duration::hours(1));
+        let mut s = Sweep::begin(&repo, false).await.unwrap();
+        s.read_leases().await.unwrap();
+        s.read_points().await.unwrap();
+        s.mark().await.unwrap();
+        s.plan_packs().await.unwrap();
+        let key = keys::pack(&k);
+        let bytes = mem.get(&key).await.unwrap().to_vec();
+        mem.delete_many(std::slice::from_ref(&key)).await.unwrap();
+        if let Befalls::TrailerDamaged = befalls {
+            let mut bytes = bytes;
+            let n = bytes.len();
+            bytes[n - 40] ^= 1;
+            mem.put(&key, bytes.into(), PutMode::Create).await.unwrap();
+        }
+        s.write_replacements().await.unwrap();
+        for c in s.pack_candidates() {
+            let mut batch = vec![c];
+            s.begin_batch(&mut batch).await.unwrap();
+            s.commit_batch(&mut batch).await.unwrap();
+        }
+        let r = s.finish().await.unwrap();
+        let case = format!("{befalls:?}, x rewritten {x_rewritten}: {r:?}");
+        assert_eq!(
+            (r.copies_kept_bad_keeper, r.copies_left_out),
+            (1, 0),
+            "{case}"
+        );
+        let damaged = matches!(befalls, Befalls::TrailerDamaged);
+        assert_eq!(
+            (r.packs_rewritten, r.packs_damaged),
+            (u64::from(x_rewritten), u64::from(damaged)),
+            "{case}"
+        );
+        assert_eq!(exists(&mem, &keys::pack(&x)).await, !x_rewritten, "{case}");
+        readable(&repo, &live).await;
+        // One copy outside k, indexed, in a pack that is there.
+        let mut good = 0;
+        for e in super::test_packs::all_entries(&repo).await {
+            if e.entry.id == c[0].0 && e.pack != k && exists(&mem, &keys::pack(&e.pack)).await {
+                good += 1;
+            }
+        }
+        assert_eq!(good, 1, "{case}");
+    }
+}

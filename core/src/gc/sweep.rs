@@ -51,6 +51,7 @@ use crate::session::Heartbeat;
 mod batches;
 mod cancel;
 mod cleanup;
+mod keepers;
 mod locked;
 mod packs;
 mod preflight;

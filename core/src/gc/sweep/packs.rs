@@ -22,6 +22,8 @@
 //! that object); a new pack whose index object was never written is an
 //! orphan whose chunks are all in indexed packs.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 
 use super::{Candidate, Listed, Sweep};
@@ -281,6 +283,7 @@ impl Sweep {
             .map(|k| census.packs[k].name)
             .collect();
         let mut repacker = Repacker::new(self.repo.codec().clone(), DEFAULT_TARGET);
+        let mut taken = HashSet::new();
         for name in repack {
             if self.cancelled() {
                 return Err(Error::Cancelled {
@@ -306,8 +309,12 @@ impl Sweep {
             let moved = repacker
                 .take(&*backend, &name, self.max_chunk(), live, check)
                 .await?;
+            if !matches!(moved, Ok(Some(_))) {
+                self.keep_other_copies(census, &name, &taken);
+            }
             match moved {
                 Ok(Some(m)) => {
+                    taken.insert(name);
                     self.record_left_out(&name, &m.damaged).await;
                     self.report.packs_rewritten += 1;
                     self.report.live_bytes_moved += m.bytes;
