@@ -149,3 +149,50 @@ fn a_hangup_with_stderr_gone_still_exits_130() {
     assert!(!mounted(&mnt));
     assert_eq!(leases_of(&e), leases, "lease released");
 }
+
+/// The pids of processes whose command line holds every one of `words`.
+fn pids_with(words: &[&str]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if words.iter().all(|w| cmd.contains(w)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A dead mount on the mountpoint (what a killed mount of a user other
+/// than root leaves; here root's, its fusermount3 watcher killed first):
+/// until 2026-12-06 a new mount there was refused with "Transport
+/// endpoint is not connected (os error 107); give an empty directory".
+/// Now the message says what is there and how to remove it.
+#[test]
+fn a_dead_mount_on_the_mountpoint_is_named_with_its_remedy() {
+    let e = Env::init();
+    let (mount, mnt, _guard, _) = mounted_point(&e);
+    let at = mnt.to_str().unwrap();
+    let watchers = pids_with(&["fusermount3", at]);
+    assert!(!watchers.is_empty(), "no fusermount3 watcher for {at}");
+    for pid in watchers {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    mount.send("KILL");
+    let (code, err) = mount.wait();
+    assert_eq!(code, -1, "killed: {err}");
+    let dead = std::fs::read_dir(&mnt).map(|_| ()).unwrap_err();
+    assert_eq!(dead.raw_os_error(), Some(107), "{dead}");
+    let out = e.x(&["mount", "vm@latest", at]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("a dead FUSE mount"), "{err}");
+    assert!(err.contains(&format!("fusermount3 -u {at}")), "{err}");
+}

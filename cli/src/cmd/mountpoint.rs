@@ -74,6 +74,15 @@ impl Mountpoint {
             Errno::LOOP => refuse(link),
             Errno::NOTDIR if is_link(given) => refuse(link),
             Errno::NOTDIR => refuse("not a directory"),
+            // A FUSE mount whose server is gone: what a killed `xfull
+            // mount` of a user other than root leaves (root's are taken
+            // away by fusermount3's watcher).
+            Errno::NOTCONN => Error::InvalidArgument(format!(
+                "mountpoint {0}: a dead FUSE mount is there (a mount whose xfull was killed?); \
+                 unmount it with `fusermount3 -u {0}` (as root: `umount {0}`), then mount again",
+                given.display()
+            ))
+            .into(),
             e => io(e),
         })?;
         let st = rustix::fs::fstat(&dir).map_err(io)?;
