@@ -172,7 +172,11 @@ impl Copies {
     /// Forgets the copies left out of chunks whose keeper is in `pack`,
     /// as its rewrite did not take it (gone, damaged, archived): the copy
     /// kept may then be lost or readable by restores alone, so the other
-    /// copies stay. Returns them (pack, stored length).
+    /// copies stay. Returns them (pack, stored length). Their chunks count
+    /// as [`Copies::damaged`]: no copy of theirs is known to open, so a
+    /// rewrite opens one before it moves it (copied unopened, a damaged
+    /// copy stood for the chunk in the new pack and the good one was
+    /// skipped: a chunk lost, found by review).
     pub fn keep_others_of_keepers_in(&mut self, pack: &ObjectId) -> Vec<(ObjectId, u32)> {
         let ids: HashSet<ObjectId> = self
             .keepers
@@ -180,6 +184,7 @@ impl Copies {
             .filter(|(_, at)| at.pack == *pack)
             .map(|(id, _)| *id)
             .collect();
+        self.damaged.extend(ids.iter().copied());
         self.keep_all_copies(&ids)
     }
 
@@ -212,13 +217,10 @@ impl Copies {
             .unwrap_or_default()
     }
 
-    /// Copies in packs that go (`doomed`), and their stored bytes.
-    pub fn left_out(&self, doomed: &dyn Fn(&ObjectId) -> bool) -> (u64, u64) {
-        let all = self
-            .extra
-            .iter()
-            .filter(|(pack, _)| doomed(pack))
-            .flat_map(|(_, of_pack)| of_pack.values());
-        all.fold((0, 0), |(n, b), &l| (n + 1, b + u64::from(l)))
+    /// Copies left out of `pack`, and their stored bytes: what its
+    /// deletion drops.
+    pub fn left_out_of(&self, pack: &ObjectId) -> (u64, u64) {
+        let lens = self.extra.get(pack).into_iter().flat_map(|of| of.values());
+        lens.fold((0, 0), |(n, b), &l| (n + 1, b + u64::from(l)))
     }
 }

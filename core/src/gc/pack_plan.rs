@@ -135,6 +135,10 @@ pub enum WasteReason {
     /// (`Backend::free_for_data`): new packs are written before old ones
     /// go.
     NoSpace,
+    /// It holds copies of chunks whose kept copy's pack was not rewritten
+    /// as planned (gone, damaged, archived): kept whole with them
+    /// (`gc/sweep/keepers.rs`).
+    KeeperNotMoved,
 }
 
 /// The plan for every pack, with what it leaves.

@@ -133,9 +133,17 @@ impl Sweep {
                         r.nodes_deleted += 1;
                         r.bytes_freed += meta.size;
                     }
-                    Listed::Pack(meta, _) => {
+                    Listed::Pack(meta, name) => {
                         r.packs_deleted += 1;
                         r.bytes_freed += meta.size;
+                        // Copies are left out when their pack goes (a
+                        // pack spared, or whose rewrite did not take it,
+                        // keeps them).
+                        if let Some(census) = &self.census {
+                            let (n, bytes) = census.copies.left_out_of(name);
+                            r.copies_left_out += n;
+                            r.copy_bytes_left_out += bytes;
+                        }
                     }
                     Listed::Index(..) => r.index_objects_deleted += 1,
                 }

@@ -12,15 +12,17 @@ use std::collections::HashSet;
 
 use super::Sweep;
 use crate::gc::census::{Census, Fate};
-use crate::gc::pack_plan::PackFate;
+use crate::gc::pack_plan::{PackFate, WasteReason};
 use crate::id::ObjectId;
 
 impl Sweep {
     /// The rewrite of `pack` did not take it: the copies left out of
-    /// chunks kept there stay. A pack still to be rewritten (the kept
-    /// copy is the oldest, so its pack comes first) moves them; one to be
-    /// deleted whole, or rewritten already without them (`taken`), is
-    /// kept whole.
+    /// chunks kept there stay, counted live in their packs. A pack still
+    /// to be rewritten (the kept copy is the oldest, so its pack comes
+    /// first) moves them, opening each first; one to be deleted whole, or
+    /// rewritten already without them (`taken`), is kept whole, its waste
+    /// reported. No fate is decided again: a pack passed by the loop must
+    /// not become one to rewrite.
     pub(super) fn keep_other_copies(
         &mut self,
         census: &mut Census,
@@ -31,17 +33,25 @@ impl Sweep {
             let Some(p) = census.pack_mut(&other) else {
                 continue;
             };
-            self.report.copies_kept_bad_keeper += 1;
-            if !p.fate.doomed() {
-                continue;
-            }
-            // Counted as left out when the fates were decided.
             let r = &mut self.report;
-            r.copies_left_out = r.copies_left_out.saturating_sub(1);
-            r.copy_bytes_left_out = r.copy_bytes_left_out.saturating_sub(u64::from(stored_len));
-            let to_rewrite = p.fate == Fate::Planned(PackFate::Repack) && !taken.contains(&other);
-            if !to_rewrite {
-                p.fate = Fate::Keep;
+            r.copies_kept_bad_keeper += 1;
+            p.dead_bytes = p.dead_bytes.saturating_sub(stored_len);
+            p.live_bytes = p.live_bytes.saturating_add(stored_len);
+            p.live_chunks = p.live_chunks.saturating_add(1);
+            match p.fate {
+                // Its dead bytes were reported as waste with this copy.
+                Fate::Planned(PackFate::KeepWaste(_)) => {
+                    r.waste_bytes_left = r.waste_bytes_left.saturating_sub(u64::from(stored_len));
+                }
+                fate if fate.doomed() => {
+                    let to_rewrite =
+                        fate == Fate::Planned(PackFate::Repack) && !taken.contains(&other);
+                    if !to_rewrite {
+                        p.fate = Fate::Planned(PackFate::KeepWaste(WasteReason::KeeperNotMoved));
+                        r.waste_bytes_left += u64::from(p.dead_bytes);
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -149,9 +149,6 @@ impl Sweep {
             census.copies = copies;
         }
         self.fit_rewrites(&mut census).await?;
-        // After `fit_rewrites`: a rewrite it put off keeps its copies.
-        (self.report.copies_left_out, self.report.copy_bytes_left_out) =
-            census.copies.left_out(&|name| census.goes(name));
         if let Err(e) = census.settle(&*backend, &cancelled).await {
             if e.is_damage() {
                 return self.hold_packs(e);
