@@ -517,9 +517,6 @@ impl Census {
     /// object (`young`: see [`Census::is_young`]).
     pub fn survives_in(&self, name: &ObjectId, young: bool) -> bool {
         match self.pack(name) {
-            // A pack a rewrite found gone leaves no entry (they kept
-            // naming it until the next sweep; found by review).
-            Some(p) if p.fate == Fate::Gone => false,
             Some(p) => p.spared || !p.fate.doomed(),
             None => young,
         }

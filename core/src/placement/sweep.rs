@@ -20,7 +20,7 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
-use crate::repo::{missing, put_once_as};
+use crate::repo::{Stored, missing, put_once_as};
 
 /// Bytes read from an index object's start to get its head in one
 /// request: the head of an object of 2^19 entries (a shard, or what a
@@ -309,15 +309,26 @@ impl Repacker {
     }
 }
 
+/// Stores a new pack. Blobs move verbatim, so a rewrite of the same
+/// packs makes the same pack again, and one a killed sweep left may be
+/// there already: its bytes must then be these, else (damaged since) the
+/// chunks would be entrusted to it and their old packs deleted (a chunk
+/// lost, found by review). A pack there with other bytes is damage: the
+/// sweep holds its deletions.
 async fn store(backend: &dyn Backend, pack: SealedPack) -> Result<NewPack> {
     let size = pack.bytes.len() as u64;
-    put_once_as(
-        backend,
-        &keys::pack(&pack.name),
-        pack.bytes,
-        ObjectClass::Data,
-    )
-    .await?;
+    let key = keys::pack(&pack.name);
+    let stored = put_once_as(backend, &key, pack.bytes.clone(), ObjectClass::Data).await?;
+    if stored == Stored::Existed {
+        let there = backend.get(&key).await.map_err(|e| missing(e, &key))?;
+        if there != pack.bytes {
+            return Err(Error::corrupt(
+                &key,
+                "a rewrite made this pack again and the one stored under its name \
+                 holds other bytes (damaged?); the packs it was made from are kept",
+            ));
+        }
+    }
     Ok(NewPack {
         name: pack.name,
         size,
