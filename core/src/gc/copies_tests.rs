@@ -473,7 +473,7 @@ async fn a_damaged_pack_of_a_killed_sweep_is_not_taken_for_its_rewrite() {
     mem.clock().advance(Duration::hours(1));
     let r = gc(&repo, PackOptions::default()).await;
     assert!(
-        r.held.as_deref().is_some_and(|h| h.contains("other bytes")),
+        r.held.as_deref().is_some_and(|h| h.contains("other blobs")),
         "{r:?}"
     );
     assert!(exists(&mem, &keys::pack(&a)).await, "{r:?}");

@@ -294,7 +294,7 @@ impl Repacker {
                 .open
                 .push_stored(e.id, e.plain_len as usize, blob_of(e))?
             {
-                out.packs.push(store(backend, full).await?);
+                out.packs.push(store(backend, &self.codec, full).await?);
             }
         }
         Ok(Ok(Some(out)))
@@ -303,29 +303,31 @@ impl Repacker {
     /// Stores the open pack, if it holds anything.
     pub async fn finish(mut self, backend: &dyn Backend) -> Result<Option<NewPack>> {
         match self.open.seal() {
-            Some(last) => Ok(Some(store(backend, last).await?)),
+            Some(last) => Ok(Some(store(backend, &self.codec, last).await?)),
             None => Ok(None),
         }
     }
 }
 
 /// Stores a new pack. Blobs move verbatim, so a rewrite of the same
-/// packs makes the same pack again, and one a killed sweep left may be
-/// there already: its bytes must then be these, else (damaged since) the
-/// chunks would be entrusted to it and their old packs deleted (a chunk
-/// lost, found by review). A pack there with other bytes is damage: the
-/// sweep holds its deletions.
-async fn store(backend: &dyn Backend, pack: SealedPack) -> Result<NewPack> {
+/// packs makes the same pack again (the same blobs and table; a sealed
+/// table differs in its nonce), and one a killed sweep left may be there
+/// already: it must then hold these blobs and this table, else (damaged
+/// since) the chunks would be entrusted to it and their old packs
+/// deleted (a chunk lost, found by review). A pack there that differs is
+/// damage: the sweep holds its deletions.
+async fn store(backend: &dyn Backend, codec: &Codec, pack: SealedPack) -> Result<NewPack> {
     let size = pack.bytes.len() as u64;
     let key = keys::pack(&pack.name);
     let stored = put_once_as(backend, &key, pack.bytes.clone(), ObjectClass::Data).await?;
     if stored == Stored::Existed {
         let there = backend.get(&key).await.map_err(|e| missing(e, &key))?;
-        if there != pack.bytes {
+        if !holds(codec, &key, &there, &pack) {
             return Err(Error::corrupt(
                 &key,
                 "a rewrite made this pack again and the one stored under its name \
-                 holds other bytes (damaged?); the packs it was made from are kept",
+                 holds other blobs or another table (damaged?); the packs it was made \
+                 from are kept",
             ));
         }
     }
@@ -334,6 +336,15 @@ async fn store(backend: &dyn Backend, pack: SealedPack) -> Result<NewPack> {
         size,
         entries: pack.entries,
     })
+}
+
+/// Whether the stored pack `there` holds the blobs and table of `pack`.
+fn holds(codec: &Codec, key: &str, there: &[u8], pack: &SealedPack) -> bool {
+    let Ok(entries) = decode_trailer(codec, key, there, there.len() as u64, u32::MAX) else {
+        return false;
+    };
+    let end = pack.entries.last().map_or(0, |e| e.range().end) as usize;
+    entries == pack.entries && there.get(..end) == pack.bytes.get(..end)
 }
 
 #[cfg(test)]
