@@ -442,15 +442,22 @@ impl Census {
         }
         let by_class = self.rules_by_class(ctx);
         for (pack, stored_len) in copies {
-            if let Some(p) = self.pack_mut(pack) {
-                p.dead_bytes = p.dead_bytes.saturating_sub(*stored_len);
-                add(&mut p.live_chunks, 1);
-                add(&mut p.live_bytes, *stored_len);
-                if matches!(p.fate, Fate::Planned(_)) {
-                    p.fate = fate_of(p, ctx, &by_class);
-                }
+            if let Some(p) = self.count_copy_live(pack, *stored_len)
+                && matches!(p.fate, Fate::Planned(_))
+            {
+                p.fate = fate_of(p, ctx, &by_class);
             }
         }
+    }
+
+    /// Counts one copy [`Census::count`] took as waste live in its pack,
+    /// its fate left as it is; returns the pack, if listed.
+    pub fn count_copy_live(&mut self, pack: &ObjectId, stored_len: u32) -> Option<&mut PackInfo> {
+        let p = self.pack_mut(pack)?;
+        p.dead_bytes = p.dead_bytes.saturating_sub(stored_len);
+        add(&mut p.live_chunks, 1);
+        add(&mut p.live_bytes, stored_len);
+        Some(p)
     }
 
     /// Whether the listed pack `name` is to be deleted (after a repack

@@ -30,14 +30,11 @@ impl Sweep {
         taken: &HashSet<ObjectId>,
     ) {
         for (other, stored_len) in census.copies.keep_others_of_keepers_in(pack) {
-            let Some(p) = census.pack_mut(&other) else {
+            let Some(p) = census.count_copy_live(&other, stored_len) else {
                 continue;
             };
             let r = &mut self.report;
             r.copies_kept_bad_keeper += 1;
-            p.dead_bytes = p.dead_bytes.saturating_sub(stored_len);
-            p.live_bytes = p.live_bytes.saturating_add(stored_len);
-            p.live_chunks = p.live_chunks.saturating_add(1);
             match p.fate {
                 // Its dead bytes were reported as waste with this copy.
                 Fate::Planned(PackFate::KeepWaste(_)) => {
