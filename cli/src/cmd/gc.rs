@@ -121,8 +121,8 @@ pub fn print_report(r: &GcReport) {
     }
     if r.copies_kept_bad_keeper + r.copies_damaged_left_out > 0 {
         println!(
-            "  {} copies kept: the copy chosen to keep did not open or could not be moved; {} \
-             copies that did not open left out of rewrites and recorded as damage (run `xfull verify --read-data`)",
+            "  {} copies kept: the copy chosen to keep did not open, its pack's trailer did not list \
+             it, or it could not be moved; {} copies that did not open left out of rewrites and recorded as damage (run `xfull verify --read-data`)",
             r.copies_kept_bad_keeper, r.copies_damaged_left_out
         );
     }

@@ -482,3 +482,53 @@ async fn a_damaged_pack_of_a_killed_sweep_is_not_taken_for_its_rewrite() {
         &c[0].1
     );
 }
+
+/// The oldest copy's pack has a damaged trailer, and stays (all live, so
+/// not rewritten): its copy opens through the index, but a trailer that
+/// does not list it means `index rebuild` would not find it. It was taken as the keeper
+/// and the other copy went (a suspicion of review 2 at stop 47). Now a
+/// keeper must be listed at its place by its pack's own trailer; here it
+/// is not, so the other copy stays, live in its pack (x: with c3 dead,
+/// and with `x_rewritten` c4 live and c5 dead).
+#[tokio::test]
+async fn a_keeper_its_trailer_does_not_list_keeps_the_other_copy() {
+    use crate::backend::{Backend, PutMode};
+    for x_rewritten in [false, true] {
+        let (mem, repo) = repo().await;
+        let c: Vec<Chunk> = (0..6).map(chunk).collect();
+        let (k, _) = store_pack(&repo, &c[0..3]).await;
+        let key = keys::pack(&k);
+        let mut bytes = mem.get(&key).await.unwrap().to_vec();
+        let n = bytes.len();
+        bytes[n - 40] ^= 1;
+        remove(&mem, &k).await;
+        mem.put(&key, bytes.into(), PutMode::Create).await.unwrap();
+        mem.clock().advance(Duration::minutes(1));
+        let in_x = if x_rewritten { 6 } else { 4 };
+        store_pack(&repo, &[&c[0..1], &c[3..in_x]].concat()).await;
+        let mut live = c[0..3].to_vec();
+        if x_rewritten {
+            live.push(c[4].clone());
+        }
+        point(&repo, 1, &live).await;
+        mem.clock().advance(Duration::hours(1));
+        let r = gc(&repo, PackOptions::default()).await;
+        let case = format!("x rewritten {x_rewritten}: {r:?}");
+        assert_eq!(
+            (r.copies_kept_bad_keeper, r.copies_left_out),
+            (1, 0),
+            "{case}"
+        );
+        readable(&repo, &live).await;
+        // A copy of c0 in a pack whose trailer lists it (x, or the pack
+        // it was rewritten into).
+        let mut listed = 0;
+        for e in super::test_packs::all_entries(&repo).await {
+            if e.entry.id == c[0].0 && e.pack != k && exists(&mem, &keys::pack(&e.pack)).await {
+                let entries = super::test_packs::pack_entries(&repo, &e.pack).await;
+                listed += entries.iter().filter(|t| t.entry == e.entry).count();
+            }
+        }
+        assert_eq!(listed, 1, "{case}");
+    }
+}

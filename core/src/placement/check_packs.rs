@@ -13,7 +13,7 @@
 //! walked for the wanted chunks it places there, and each is checked at
 //! every place.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use futures::{StreamExt, TryStreamExt};
 
@@ -21,6 +21,7 @@ use super::Placement;
 use super::fetch::read_runs;
 use super::ids::gone;
 use super::index::IndexEntry;
+use super::pack::PackEntry;
 use super::pack_read::{MAX_GAP, MAX_RUN, coalesce, read_trailer};
 use super::sweep::list_packs;
 use crate::damage::Health;
@@ -137,6 +138,27 @@ impl Placement {
             }
         }
         Ok(out)
+    }
+
+    /// Of `places` in the pack `pack` of `size` bytes (as listed), those
+    /// its own trailer lists at that place: what `index rebuild` would
+    /// find again. A pack gone, or whose trailer does not read (damage),
+    /// lists none; any other failure of the store (an archived object)
+    /// is an error. One or two ranged GETs.
+    pub async fn listed_at(
+        &self,
+        pack: &ObjectId,
+        size: u64,
+        places: &[IndexEntry],
+    ) -> Result<Vec<IndexEntry>> {
+        let read = read_trailer(&*self.backend, &self.codec, pack, size, self.max_chunk).await;
+        let trailer: BTreeSet<PackEntry> = match read {
+            Ok(entries) => entries.into_iter().collect(),
+            Err(e) if e.is_damage() => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let listed = |p: &&IndexEntry| p.pack == *pack && trailer.contains(&p.entry);
+        Ok(places.iter().filter(listed).copied().collect())
     }
 
     /// Reads and opens each chunk at the one place given (coalesced runs,

@@ -140,8 +140,9 @@ impl Sweep {
             // waste; a copy in a pack that goes is dropped only once its
             // keeper opens.
             let goes = |name: &ObjectId| census.goes(name);
+            let size = |name: &ObjectId| census.pack(name).map(|p| p.size);
             let back = copies
-                .check_keepers(&self.repo.chunks(), &goes, &cancelled)
+                .check_keepers(&self.repo.chunks(), &goes, &size, &cancelled)
                 .await?;
             self.report.copies_kept_bad_keeper += back.len() as u64;
             census.count_live_again(&back, &ctx);
