@@ -15,15 +15,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use super::copies::{Copies, CopyAt};
+use super::copies::Copies;
 use super::marks::Marks;
 use super::pack_plan::{ClassRules, PackFate, PackUse, class_rules, plan};
 use crate::backend::Backend;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::placement::merge::Merge;
-use crate::placement::pack::PackEntry;
 use crate::placement::pack_read::read_trailer;
 use crate::placement::sweep::{IndexObject, read_table};
 
@@ -283,109 +281,6 @@ impl Census {
         Ok(live)
     }
 
-    /// Adds up every pack's live and dead bytes from the entries of every
-    /// index object, and drops from `orphan_live` the chunks an indexed,
-    /// listed pack holds. The objects are read once, merged in id order
-    /// (each checked: sorted, inside its shard), so that marks that went
-    /// to disk are loaded one range at a time, each once. A pack is live
-    /// if any entry naming it is (an object split in parts, or two
-    /// objects naming one pack, count as one; the same place in two
-    /// objects counts once), except that with `copies` a live chunk held
-    /// by several packs is live in one of them only (`gc/copies.rs`).
-    /// Stops between reads once `cancelled` says so
-    /// ([`Error::Cancelled`]).
-    pub async fn count(
-        &mut self,
-        backend: &dyn Backend,
-        marks: &mut Marks,
-        orphan_live: &mut HashSet<ObjectId>,
-        mut copies: Option<&mut Copies>,
-        cancelled: &(dyn Fn() -> bool + Sync),
-    ) -> Result<()> {
-        let objects: Vec<IndexObject> = self.objects.iter().map(|o| o.object.clone()).collect();
-        let mut merge = Merge::new(objects.iter().collect());
-        let mut n = 0u64;
-        // The listed packs holding the chunk met last (the merge gives a
-        // chunk's entries one after another, each pack once), and
-        // whether it is live.
-        let mut held: Vec<(usize, PackEntry)> = Vec::new();
-        let mut live = false;
-        while let Some(e) = merge.next(backend).await? {
-            n += 1;
-            // The census writes nothing: stopping here needs no undo.
-            if n.is_multiple_of(CANCEL_EVERY) && cancelled() {
-                return Err(Error::Cancelled {
-                    cleaned: "gc stopped during its census of packs".into(),
-                });
-            }
-            let Some(i) = self.find(&e.pack) else {
-                continue;
-            };
-            // An entry whose pack no index object's table names is not
-            // counted: hostile, or damaged. Counted, it made an orphan
-            // the keeper of a chunk's copies, then deleted it with the
-            // only other copy dropped (found by review,
-            // `copies_tests::an_orphan_named_by_a_hostile_entry_is_no_keeper`).
-            if !self.packs[i].named {
-                continue;
-            }
-            if held.first().is_some_and(|(_, h)| h.id != e.entry.id) {
-                self.tally(&mut held, live, copies.as_deref_mut());
-            }
-            marks.load_for(&e.entry.id)?;
-            live = marks.has_chunk(&e.entry.id);
-            held.push((i, e.entry));
-            if !orphan_live.is_empty() {
-                orphan_live.remove(&e.entry.id);
-            }
-        }
-        self.tally(&mut held, live, copies);
-        if cancelled() {
-            return Err(Error::Cancelled {
-                cleaned: "gc stopped during its census of packs".into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Counts the copies of one chunk (`held`, emptied) in their packs: a
-    /// live chunk in several packs is live in its keeper's only, when
-    /// `copies` chooses one ([`Copies::choose`]); the others are waste.
-    fn tally(
-        &mut self,
-        held: &mut Vec<(usize, PackEntry)>,
-        live: bool,
-        copies: Option<&mut Copies>,
-    ) {
-        let keeper = match copies {
-            Some(c) if live && held.len() > 1 => {
-                let of: Vec<CopyAt> = held
-                    .iter()
-                    .map(|&(i, entry)| {
-                        let p = &self.packs[i];
-                        CopyAt {
-                            pack: p.name,
-                            entry,
-                            at: p.at,
-                            readable: c.readable(p.class),
-                        }
-                    })
-                    .collect();
-                c.choose(&of)
-            }
-            _ => None,
-        };
-        for (k, (i, entry)) in held.drain(..).enumerate() {
-            let p = &mut self.packs[i];
-            if live && keeper.is_none_or(|kept| kept == k) {
-                add(&mut p.live_chunks, 1);
-                add(&mut p.live_bytes, entry.stored_len);
-            } else {
-                add(&mut p.dead_bytes, entry.stored_len);
-            }
-        }
-    }
-
     /// Decides every indexed pack's fate and which index objects are
     /// merged; orphans holding live chunks not in `orphan_live`'s
     /// complement are kept. [`Census::settle`] then finds the objects
@@ -429,35 +324,6 @@ impl Census {
                     .map(|c| class_rules(c, ctx.min_storage_days)),
             )
             .collect()
-    }
-
-    /// Counts the copies (pack, stored length) [`Census::count`] took as
-    /// waste live again (their keeper did not open:
-    /// [`Copies::check_keepers`]), and decides their packs' fates again
-    /// (with [`Census::decide`]'s `ctx`): more live, so never a harsher
-    /// fate.
-    pub fn count_live_again(&mut self, copies: &[(ObjectId, u32)], ctx: &Decide) {
-        if copies.is_empty() {
-            return;
-        }
-        let by_class = self.rules_by_class(ctx);
-        for (pack, stored_len) in copies {
-            if let Some(p) = self.count_copy_live(pack, *stored_len)
-                && matches!(p.fate, Fate::Planned(_))
-            {
-                p.fate = fate_of(p, ctx, &by_class);
-            }
-        }
-    }
-
-    /// Counts one copy [`Census::count`] took as waste live in its pack,
-    /// its fate left as it is; returns the pack, if listed.
-    pub fn count_copy_live(&mut self, pack: &ObjectId, stored_len: u32) -> Option<&mut PackInfo> {
-        let p = self.pack_mut(pack)?;
-        p.dead_bytes = p.dead_bytes.saturating_sub(stored_len);
-        add(&mut p.live_chunks, 1);
-        add(&mut p.live_bytes, stored_len);
-        Some(p)
     }
 
     /// Whether the listed pack `name` is to be deleted (after a repack
@@ -576,3 +442,7 @@ pub struct Decide<'a> {
 // Which index objects are merged: a concept of its own.
 #[path = "census_merges.rs"]
 mod merges;
+
+// Counting live and dead bytes per pack from the index entries.
+#[path = "census_count.rs"]
+mod count;

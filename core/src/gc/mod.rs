@@ -200,6 +200,8 @@ mod archive_class_tests;
 #[cfg(test)]
 mod cancel_tests;
 #[cfg(test)]
+mod copies_rewrite_tests;
+#[cfg(test)]
 mod copies_tests;
 #[cfg(test)]
 mod interleaving_tests;
