@@ -51,6 +51,7 @@ use crate::session::Heartbeat;
 mod batches;
 mod cancel;
 mod cleanup;
+mod index_writes;
 mod keepers;
 mod locked;
 mod packs;
