@@ -34,6 +34,7 @@ mod operations;
 mod pack_files;
 mod placement;
 mod repair;
+mod repair_packs;
 mod restore_leftovers;
 mod restore_race;
 mod restore_safety;

@@ -27,13 +27,18 @@ pub async fn run(cli: &Cli, args: &RepairArgs) -> Result<()> {
     } else {
         print_report(&report);
     }
-    if report.still_damaged.is_empty() {
-        Ok(())
-    } else {
+    if !report.still_damaged.is_empty() {
         Err(Error::DamageFound {
             points: report.still_damaged.len(),
         }
         .into())
+    } else if report.packs_unreadable_left > 0 {
+        Err(Error::IndexDamaged {
+            problems: report.packs_unreadable_left,
+        }
+        .into())
+    } else {
+        Ok(())
     }
 }
 
@@ -70,6 +75,13 @@ fn print_report(r: &RepairReport) {
         say!("xfull: warning: {}", printable(w));
     }
     if r.dry_run {
+        if r.packs_unreadable > 0 {
+            println!(
+                "{} pack(s) whose trailer cannot be read: their chunks would be stored again \
+                 and the packs removed",
+                r.packs_unreadable
+            );
+        }
         println!("dry run: nothing changed");
     } else {
         if let Some(seq) = r.sweep {
@@ -81,6 +93,17 @@ fn print_report(r: &RepairReport) {
         for p in &r.manifests_removed {
             println!("removed the unreadable manifest of point {}", printable(p));
         }
+        if r.packs_unreadable > 0 {
+            println!(
+                "{} pack(s) whose trailer cannot be read: {} chunk(s) stored again ({} did not \
+                 open), {} pack(s) removed, {} made again in place",
+                r.packs_unreadable,
+                r.chunks_salvaged,
+                r.chunks_not_salvaged,
+                r.packs_salvaged,
+                r.packs_healed
+            );
+        }
         if r.chunks_restored + r.nodes_restored > 0 {
             println!(
                 "stored again {} chunk(s) and {} node(s) from the disk images",
@@ -90,6 +113,12 @@ fn print_report(r: &RepairReport) {
     }
     if r.still_damaged.is_empty() {
         println!("every point is whole");
+        if r.packs_unreadable_left > 0 {
+            println!(
+                "{} pack(s) whose trailer cannot be read are still there (see the warnings)",
+                r.packs_unreadable_left
+            );
+        }
         return;
     }
     println!("{} point(s) still damaged:", r.still_damaged.len());

@@ -155,6 +155,9 @@ impl Copies {
         places.sort_unstable_by_key(|p| (p.pack, p.entry.offset));
         let mut opened = HashSet::new();
         for of_pack in places.chunk_by(|a, b| a.pack == b.pack) {
+            if cancelled() {
+                return Err(stopped());
+            }
             let Some(size) = size(&of_pack[0].pack) else {
                 continue;
             };
@@ -165,9 +168,7 @@ impl Copies {
             };
             for batch in listed.chunks(CHECK_BATCH) {
                 if cancelled() {
-                    return Err(Error::Cancelled {
-                        cleaned: "gc stopped while reading the copies it keeps".into(),
-                    });
+                    return Err(stopped());
                 }
                 match placement.opens_at(batch.to_vec()).await {
                     Ok(got) => opened.extend(got),
@@ -237,5 +238,11 @@ impl Copies {
     pub fn left_out_of(&self, pack: &ObjectId) -> (u64, u64) {
         let lens = self.extra.get(pack).into_iter().flat_map(|of| of.values());
         lens.fold((0, 0), |(n, b), &l| (n + 1, b + u64::from(l)))
+    }
+}
+
+fn stopped() -> Error {
+    Error::Cancelled {
+        cleaned: "gc stopped while reading the copies it keeps".into(),
     }
 }

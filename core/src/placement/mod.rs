@@ -52,6 +52,7 @@ pub mod pack;
 pub mod pack_read;
 pub mod packer;
 pub mod rebuild;
+pub mod salvage;
 pub mod shard;
 pub mod sweep;
 pub mod transfer;

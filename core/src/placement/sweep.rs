@@ -316,7 +316,11 @@ impl Repacker {
 /// since) the chunks would be entrusted to it and their old packs
 /// deleted (a chunk lost, found by review). A pack there that differs is
 /// damage: the sweep holds its deletions.
-async fn store(backend: &dyn Backend, codec: &Codec, pack: SealedPack) -> Result<NewPack> {
+pub(super) async fn store(
+    backend: &dyn Backend,
+    codec: &Codec,
+    pack: SealedPack,
+) -> Result<NewPack> {
     let size = pack.bytes.len() as u64;
     let key = keys::pack(&pack.name);
     let stored = put_once_as(backend, &key, pack.bytes.clone(), ObjectClass::Data).await?;

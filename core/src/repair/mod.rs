@@ -19,6 +19,7 @@
 //!    chunks and nodes they contain ([`restock`]).
 //! 5. Verify again and list the points that are still damaged.
 
+mod packs;
 mod restock;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +67,20 @@ pub struct RepairReport {
     pub manifests_removed: Vec<String>,
     pub chunks_restored: u64,
     pub nodes_restored: u64,
+    /// Packs an index object names whose trailer cannot be read (found by
+    /// the verify).
+    pub packs_unreadable: u64,
+    /// Of those, removed once their chunks were stored again.
+    pub packs_salvaged: u64,
+    /// Of those, made again byte for byte and written over (unencrypted).
+    pub packs_healed: u64,
+    /// Of those, still there with a trailer that cannot be read.
+    pub packs_unreadable_left: u64,
+    /// Chunks of those packs stored again.
+    pub chunks_salvaged: u64,
+    /// Chunks of those packs that did not open (lost with the pack unless
+    /// an image gives them again).
+    pub chunks_not_salvaged: u64,
     /// Points that still cannot be restored whole.
     pub still_damaged: Vec<DamagedPoint>,
     pub warnings: Vec<String>,
@@ -142,6 +157,15 @@ pub async fn repair(
         still_damaged: found.damaged.clone(),
         ..RepairReport::default()
     };
+    let (packs, lost) = packs::salvage(
+        repo,
+        &found.unreadable_packs,
+        opts.dry_run,
+        &progress,
+        &mut report,
+    )
+    .await?;
+    doomed.extend(packs);
     let changes = !doomed.is_empty()
         || !found.damaged_manifests.is_empty()
         || (!found.missing.is_empty() && !opts.sources.is_empty());
@@ -150,6 +174,9 @@ pub async fn repair(
     }
 
     let mut wanted: BTreeSet<ObjectRef> = found.missing.iter().copied().collect();
+    // Chunks of a pack removed below that did not open: an image may
+    // give them again.
+    wanted.extend(lost.into_iter().map(ObjectRef::Chunk));
     // Damaged chunks stay where they are, recorded (see the module doc);
     // images can give them again.
     let (chunks, doomed): (BTreeSet<String>, BTreeSet<String>) = doomed
@@ -167,7 +194,11 @@ pub async fn repair(
                 .warnings
                 .push(format!("{key} is damaged but could not be removed: {why}"));
         }
-        report.objects_removed = removal.deleted.len() as u64;
+        let is_pack = |k: &&String| k.starts_with(keys::PACKS);
+        report.packs_salvaged = removal.deleted.iter().filter(is_pack).count() as u64;
+        let packs_gone = removal.gone.iter().filter(is_pack).count() as u64;
+        report.packs_unreadable_left -= report.packs_salvaged + packs_gone;
+        report.objects_removed = removal.deleted.len() as u64 - report.packs_salvaged;
         report.objects_sound = removal.sound.len() as u64;
         wanted.extend(removal.deleted.iter().filter_map(|k| ObjectRef::parse(k)));
         // Only the records of objects found sound are settled. A node
@@ -248,8 +279,11 @@ async fn check(repo: &Repository, key: String, max: usize) -> Result<(String, He
     let health = match ObjectRef::parse(&key) {
         Some(ObjectRef::Chunk(id)) => repo.chunks().check(&id, max).await?,
         Some(ObjectRef::Node(id)) => repo.check_node(&id).await?,
-        Some(ObjectRef::Pack(_)) | Some(ObjectRef::Index(_)) | None => {
-            return Err(Error::Internal(format!("{key} is not a chunk or node")));
+        Some(ObjectRef::Pack(name)) => packs::health(repo, &name).await?,
+        Some(ObjectRef::Index(_)) | None => {
+            return Err(Error::Internal(format!(
+                "{key} is not a chunk, node or pack"
+            )));
         }
     };
     Ok((key, health))

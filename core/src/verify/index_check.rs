@@ -13,7 +13,7 @@
 //! chunk id order (gc's census merge), and each entry's print is looked
 //! up; parts of the set are loaded in that same order, each once.
 //!
-//! Requests: one ranged GET per pack (two for a trailer over 64 KiB),
+//! Requests: one ranged GET per pack (two for a trailer over 128 KiB),
 //! and each index object read once. Memory: the listed packs (40 bytes
 //! each), the prints' budget, the merge's read buffers (at most 64 MiB),
 //! and the trailers in flight.
@@ -70,7 +70,14 @@ pub struct IndexCheck {
     /// Every problem found (the first [`MAX_KEPT`] in `problems`).
     pub problems_found: u64,
     pub problems: Vec<IndexProblem>,
+    /// Packs whose trailer cannot be read that an index object names
+    /// (the first [`MAX_UNREADABLE`]), for `repair` to move their chunks.
+    pub unreadable_packs: Vec<ObjectId>,
 }
+
+/// Packs whose trailer cannot be read kept for `repair` (32 bytes each;
+/// further ones wait for a later repair).
+pub const MAX_UNREADABLE: usize = 4096;
 
 impl IndexCheck {
     fn found(&mut self, p: IndexProblem) {
@@ -248,6 +255,9 @@ impl Walk<'_> {
                 Trailer::Skipped => {}
                 Trailer::Damaged(why) => {
                     if let Some(why) = why.take() {
+                        if out.unreadable_packs.len() < MAX_UNREADABLE {
+                            out.unreadable_packs.push(e.pack);
+                        }
                         out.found(IndexProblem {
                             index,
                             pack: Some(keys::pack(&e.pack)),

@@ -149,6 +149,10 @@ pub struct VerifyReport {
     /// Points whose manifest is damaged (not merely gone).
     #[serde(skip)]
     pub damaged_manifests: Vec<(VmName, PointId)>,
+    /// Packs an index object names whose trailer cannot be read (for
+    /// `repair`; they are among `index_problems`).
+    #[serde(skip)]
+    pub unreadable_packs: Vec<ObjectId>,
 }
 
 impl VerifyReport {
@@ -344,6 +348,7 @@ pub async fn verify_with(
         report.pack_trailers_read = checked.trailers_read;
         report.index_entries_checked = checked.entries_checked;
         report.index_problems = checked.problems;
+        report.unreadable_packs = checked.unreadable_packs;
         report.index_problems_found = checked.problems_found;
         if checked.archived > 0 {
             report.warnings.push(format!(

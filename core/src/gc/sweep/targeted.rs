@@ -1,5 +1,6 @@
 //! A sweep that deletes named objects instead of unreferenced ones: how
-//! `repair` removes damaged chunks and nodes while backups run.
+//! `repair` removes damaged nodes, and packs whose trailer does not open
+//! once their chunks are stored again, while backups run.
 //!
 //! A damaged object is referenced, so no lease protects it from this
 //! sweep, and a backup may rely on it (found "already stored", or stored
@@ -58,8 +59,9 @@ impl Sweep {
         Ok(failed)
     }
 
-    /// Deletes those of `keys` (chunks and nodes) that `check` still finds
-    /// damaged, then ends the sweep. Fails with [`Error::SweepBusy`] if
+    /// Deletes those of `keys` (chunks, nodes, and packs whose trailer
+    /// does not open once their chunks were stored again) that `check`
+    /// still finds damaged, then ends the sweep. Fails with [`Error::SweepBusy`] if
     /// another sweep was running when this one began.
     pub async fn remove_objects<F, Fut>(mut self, keys: Vec<String>, check: F) -> Result<Removal>
     where
@@ -99,7 +101,7 @@ impl Sweep {
         let mut out = Removal::default();
         let keys: Vec<String> = keys
             .into_iter()
-            .filter(|k| keys::parse_content(k).is_some())
+            .filter(|k| keys::parse_content(k).is_some() || keys::parse_pack(k).is_some())
             .collect();
         for part in keys.chunks(BATCH) {
             self.marker.update(|s| s.phase = Phase::Deleting);
@@ -122,6 +124,8 @@ impl Sweep {
             for k in &doomed {
                 if k.starts_with(keys::NODES) {
                     self.report.nodes_deleted += 1;
+                } else if k.starts_with(keys::PACKS) {
+                    self.report.packs_deleted += 1;
                 } else {
                     self.report.chunks_deleted += 1;
                 }
