@@ -22,6 +22,7 @@ use crate::backend::Backend;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
+use crate::placement::index::IndexEntry;
 use crate::placement::pack_read::read_trailer;
 use crate::placement::sweep::{IndexObject, read_table};
 
@@ -127,6 +128,10 @@ pub struct Census {
     /// Old orphans' chunk ids (from their trailers), for marks that
     /// arrive later.
     pub orphans: HashMap<ObjectId, Vec<ObjectId>>,
+    /// The indexed places of the live chunks old orphans hold
+    /// ([`Census::count`]): an orphan goes only once one of each chunk's
+    /// is found sound (`gc/orphans.rs`).
+    pub orphan_covers: Vec<IndexEntry>,
     pub objects: Vec<IndexUse>,
     /// Keys of the index objects the rewrite wrote. One may be an old
     /// object written again byte for byte (an object is named by its

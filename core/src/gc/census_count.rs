@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::gc::copies::{Copies, CopyAt};
 use crate::gc::marks::Marks;
 use crate::id::ObjectId;
+use crate::placement::index::IndexEntry;
 use crate::placement::merge::Merge;
 use crate::placement::pack::PackEntry;
 use crate::placement::sweep::IndexObject;
@@ -17,7 +18,8 @@ use crate::placement::sweep::IndexObject;
 impl Census {
     /// Adds up every pack's live and dead bytes from the entries of every
     /// index object, and drops from `orphan_live` the chunks an indexed,
-    /// listed pack holds. The objects are read once, merged in id order
+    /// listed pack holds (their places go into `orphan_covers`, to be
+    /// found sound by `gc/orphans.rs`). The objects are read once, merged in id order
     /// (each checked: sorted, inside its shard), so that marks that went
     /// to disk are loaded one range at a time, each once. A pack is live
     /// if any entry naming it is (an object split in parts, or two
@@ -67,8 +69,17 @@ impl Census {
             marks.load_for(&e.entry.id)?;
             live = marks.has_chunk(&e.entry.id);
             held.push((i, e.entry));
-            if !orphan_live.is_empty() {
-                orphan_live.remove(&e.entry.id);
+            // Every indexed place of a live chunk an old orphan holds,
+            // to be found sound before the orphan goes.
+            let met = self
+                .orphan_covers
+                .last()
+                .is_some_and(|c| c.entry.id == e.entry.id);
+            if met || (!orphan_live.is_empty() && orphan_live.remove(&e.entry.id)) {
+                self.orphan_covers.push(IndexEntry {
+                    pack: e.pack,
+                    entry: e.entry,
+                });
             }
         }
         self.tally(&mut held, live, copies);

@@ -7,6 +7,7 @@ pub mod census;
 pub mod copies;
 pub mod markers;
 pub mod marks;
+mod orphans;
 pub mod pack_plan;
 mod protect;
 pub(crate) mod spill;
@@ -209,6 +210,8 @@ mod interleaving_tests;
 mod liveness_tests;
 #[cfg(test)]
 mod marker_landing_tests;
+#[cfg(test)]
+mod orphan_cover_tests;
 #[cfg(test)]
 mod pack_interleaving_tests;
 #[cfg(test)]

@@ -32,6 +32,7 @@ use crate::crypto::Access;
 use crate::error::{Error, Result};
 use crate::gc::census::{Census, Decide, Fate};
 use crate::gc::copies::Copies;
+use crate::gc::orphans::uncovered;
 use crate::gc::pack_plan::{PackFate, WasteReason, class_rules};
 use crate::id::ObjectId;
 use crate::keys;
@@ -132,6 +133,16 @@ impl Sweep {
             },
             shard_entries: self.pack_opts.shard_entries,
         };
+        // An old orphan goes only if its live chunks' indexed copies are
+        // sound (`gc/orphans.rs`).
+        let covers = std::mem::take(&mut census.orphan_covers);
+        if !covers.is_empty() {
+            let size = |name: &ObjectId| census.pack(name).map(|p| p.size);
+            let open = self.repo.codec().access() == Access::Full;
+            let placement = self.repo.chunks();
+            let bad = uncovered(&placement, covers, &size, open, &cancelled).await?;
+            orphan_live.extend(bad);
+        }
         census.decide(&ctx, &orphan_live);
         if let Some(mut copies) = copies {
             // Fates were decided with every copy but the keepers' as
