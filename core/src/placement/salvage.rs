@@ -28,8 +28,10 @@ use crate::keys;
 use crate::progress::Progress;
 use crate::task::blocking;
 
-/// Index entries taken per salvage (48 bytes each): 65,536 packs' worth
-/// of 16 chunks, or 16 packs of minimum-size chunks.
+/// Index entries taken per salvage (80 bytes each: 80 MiB at most). A
+/// pack of 32 MiB holds a few hundred to a few thousand chunks, so this
+/// covers hundreds of damaged packs per repair; beyond it no pack is
+/// taken as whole and the next repair goes on.
 pub const MAX_ENTRIES: usize = 1 << 20;
 
 /// What [`Placement::salvage`] did.
