@@ -29,9 +29,8 @@ use crate::progress::Progress;
 use crate::task::blocking;
 
 /// Index entries taken per salvage (80 bytes each: 80 MiB at most). A
-/// pack of 32 MiB holds a few hundred to a few thousand chunks, so this
-/// covers hundreds of damaged packs per repair; beyond it no pack is
-/// taken as whole and the next repair goes on.
+/// pack of 32 MiB holds a few hundred to a few thousand chunks (65,536
+/// at most, of minimum size); beyond it no pack of the call is whole.
 pub const MAX_ENTRIES: usize = 1 << 20;
 
 /// What [`Placement::salvage`] did.

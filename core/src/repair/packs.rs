@@ -47,22 +47,32 @@ pub(super) async fn salvage(
         return Ok((Vec::new(), Vec::new()));
     }
     let level = repo.config().zstd_level;
-    let out = repo.chunks().salvage(packs, level, progress).await?;
-    report.chunks_salvaged = out.stored;
-    report.chunks_not_salvaged = out.damaged.len() as u64;
-    report.packs_healed = out.healed.len() as u64;
+    let (mut whole, mut damaged) = (Vec::new(), Vec::new());
+    // A group's entries stay within the salvage's bound; each group costs
+    // one walk of the index.
+    for group in packs.chunks(PACKS_PER_WALK) {
+        let out = repo.chunks().salvage(group, level, progress).await?;
+        report.chunks_salvaged += out.stored;
+        report.chunks_not_salvaged += out.damaged.len() as u64;
+        report.packs_healed += out.healed.len() as u64;
+        whole.extend(out.whole.iter().map(keys::pack));
+        damaged.extend(out.damaged.iter().map(|(id, _)| *id));
+    }
     report.packs_unreadable_left -= report.packs_healed;
-    let kept = packs.len() - out.healed.len() - out.whole.len();
+    let kept = packs.len() as u64 - report.packs_healed - whole.len() as u64;
     if kept > 0 {
         report.warnings.push(format!(
             "{kept} pack(s) whose trailer cannot be read were kept: an index object could not \
-             be read to its end, so chunks only there may be unknown (run `xfull verify`, then \
-             repair again)"
+             be read to its end, or the index names too many chunks there, so chunks only \
+             there may be unknown (run `xfull verify`, then repair again)"
         ));
     }
-    let damaged = out.damaged.iter().map(|(id, _)| *id).collect();
-    Ok((out.whole.iter().map(keys::pack).collect(), damaged))
+    Ok((whole, damaged))
 }
+
+/// Packs salvaged per walk of the index: at a few thousand chunks a
+/// pack, well within [`crate::placement::salvage::MAX_ENTRIES`].
+const PACKS_PER_WALK: usize = 64;
 
 /// A fresh look at a pack named for removal: damaged while its trailer
 /// still cannot be read.
