@@ -72,8 +72,12 @@ pub struct ReadRun {
 /// the blob is not fails there, instead of going unread (found by
 /// review: a copy committed a point whose chunk it had never read).
 pub fn coalesce(mut wanted: Vec<IndexEntry>, max_gap: u64, max_run: u64) -> Vec<ReadRun> {
-    wanted.sort_unstable_by_key(|w| (w.pack, w.entry.offset, w.entry.id));
-    wanted.dedup_by_key(|w| (w.pack, w.entry.offset, w.entry.id));
+    // The whole entry: two entries of one chunk at one offset that differ
+    // in length are both read (one kept at random could be the wrong
+    // one, and a salvage then took the chunk for damaged: found by
+    // review).
+    wanted.sort_unstable_by_key(|w| (w.pack, w.entry.offset, w.entry.id, w.entry));
+    wanted.dedup();
     let mut runs: Vec<ReadRun> = Vec::new();
     for w in wanted {
         let r = w.entry.range();

@@ -32,7 +32,7 @@ pub use self::restock::RepairSource;
 use crate::damage::{self, Health, KnownDamage};
 use crate::error::{Error, Result};
 use crate::gc::Sweep;
-use crate::id::PointId;
+use crate::id::{ObjectId, PointId};
 use crate::keys;
 use crate::lease::ObjectRef;
 use crate::names::VmName;
@@ -111,8 +111,10 @@ pub async fn repair(
         .map(keys::chunk)
         .chain(known.nodes.iter().map(keys::node))
         .collect();
+    // Recorded damage names chunks and nodes only.
+    let no_packs = BTreeMap::new();
     let looked: Vec<(String, Health)> = futures::stream::iter(recorded)
-        .map(|k| check(repo, k, max))
+        .map(|k| check(repo, k, max, &no_packs))
         .buffer_unordered(CHECKS)
         .try_collect()
         .await?;
@@ -157,15 +159,16 @@ pub async fn repair(
         still_damaged: found.damaged.clone(),
         ..RepairReport::default()
     };
-    let (packs, lost) = packs::salvage(
+    let salvaged = packs::salvage(
         repo,
         &found.unreadable_packs,
+        found.unreadable_packs_found,
         opts.dry_run,
         &progress,
         &mut report,
     )
     .await?;
-    doomed.extend(packs);
+    doomed.extend(salvaged.keys.iter().cloned());
     let changes = !doomed.is_empty()
         || !found.damaged_manifests.is_empty()
         || (!found.missing.is_empty() && !opts.sources.is_empty());
@@ -176,7 +179,7 @@ pub async fn repair(
     let mut wanted: BTreeSet<ObjectRef> = found.missing.iter().copied().collect();
     // Chunks of a pack removed below that did not open: an image may
     // give them again.
-    wanted.extend(lost.into_iter().map(ObjectRef::Chunk));
+    wanted.extend(salvaged.lost.iter().copied().map(ObjectRef::Chunk));
     // Damaged chunks stay where they are, recorded (see the module doc);
     // images can give them again.
     let (chunks, doomed): (BTreeSet<String>, BTreeSet<String>) = doomed
@@ -187,7 +190,9 @@ pub async fn repair(
         let sweep = Sweep::begin(repo, false).await?;
         report.sweep = Some(sweep.seq());
         let removal = sweep
-            .remove_objects(doomed.into_iter().collect(), |key| check(repo, key, max))
+            .remove_objects(doomed.into_iter().collect(), |key| {
+                check(repo, key, max, &salvaged.new_packs)
+            })
             .await?;
         for (key, why) in &removal.undeletable {
             report
@@ -196,10 +201,15 @@ pub async fn repair(
         }
         let is_pack = |k: &&String| k.starts_with(keys::PACKS);
         report.packs_salvaged = removal.deleted.iter().filter(is_pack).count() as u64;
-        let packs_gone = removal.gone.iter().filter(is_pack).count() as u64;
-        report.packs_unreadable_left -= report.packs_salvaged + packs_gone;
         report.objects_removed = removal.deleted.len() as u64 - report.packs_salvaged;
-        report.objects_sound = removal.sound.len() as u64;
+        let packs_kept = removal.sound.iter().filter(is_pack).count() as u64;
+        report.objects_sound = removal.sound.len() as u64 - packs_kept;
+        if packs_kept > 0 {
+            report.warnings.push(format!(
+                "{packs_kept} pack(s) whose trailer could not be read were kept: the trailer \
+                 reads again, or a new pack holding their chunks went (a gc?); repair again"
+            ));
+        }
         wanted.extend(removal.deleted.iter().filter_map(|k| ObjectRef::parse(k)));
         // Only the records of objects found sound are settled. A node
         // removed here (or found gone) is referenced and now missing: its
@@ -271,15 +281,26 @@ pub async fn repair(
         }
     }
     report.still_damaged = after.damaged;
+    // What the last look found, not what this run counted: packs beyond
+    // the verify's first 4,096, or readable again, are seen as they are.
+    report.packs_unreadable_left = after.unreadable_packs_found;
     Ok(report)
 }
 
 /// A fresh look at a chunk or node named by its key.
-async fn check(repo: &Repository, key: String, max: usize) -> Result<(String, Health)> {
+async fn check(
+    repo: &Repository,
+    key: String,
+    max: usize,
+    new_packs: &BTreeMap<String, Vec<ObjectId>>,
+) -> Result<(String, Health)> {
     let health = match ObjectRef::parse(&key) {
         Some(ObjectRef::Chunk(id)) => repo.chunks().check(&id, max).await?,
         Some(ObjectRef::Node(id)) => repo.check_node(&id).await?,
-        Some(ObjectRef::Pack(name)) => packs::health(repo, &name).await?,
+        Some(ObjectRef::Pack(name)) => {
+            let made = new_packs.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            packs::health(repo, &name, made).await?
+        }
         Some(ObjectRef::Index(_)) | None => {
             return Err(Error::Internal(format!(
                 "{key} is not a chunk, node or pack"
@@ -307,3 +328,7 @@ async fn remove_manifests(repo: &Repository, points: &[(VmName, PointId)]) -> Re
     crate::prune::remove(repo, &pins, &doomed).await?;
     Ok(doomed.iter().map(|(vm, id)| format!("{vm}@{id}")).collect())
 }
+
+#[cfg(test)]
+#[path = "packs_tests.rs"]
+mod packs_tests;

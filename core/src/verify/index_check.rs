@@ -73,6 +73,8 @@ pub struct IndexCheck {
     /// Packs whose trailer cannot be read that an index object names
     /// (the first [`MAX_UNREADABLE`]), for `repair` to move their chunks.
     pub unreadable_packs: Vec<ObjectId>,
+    /// All such packs.
+    pub unreadable_found: u64,
 }
 
 /// Packs whose trailer cannot be read kept for `repair` (32 bytes each;
@@ -255,6 +257,7 @@ impl Walk<'_> {
                 Trailer::Skipped => {}
                 Trailer::Damaged(why) => {
                     if let Some(why) = why.take() {
+                        out.unreadable_found += 1;
                         if out.unreadable_packs.len() < MAX_UNREADABLE {
                             out.unreadable_packs.push(e.pack);
                         }

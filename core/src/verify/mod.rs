@@ -153,6 +153,9 @@ pub struct VerifyReport {
     /// `repair`; they are among `index_problems`).
     #[serde(skip)]
     pub unreadable_packs: Vec<ObjectId>,
+    /// All such packs (`unreadable_packs` keeps the first 4,096).
+    #[serde(skip)]
+    pub unreadable_packs_found: u64,
 }
 
 impl VerifyReport {
@@ -349,6 +352,7 @@ pub async fn verify_with(
         report.index_entries_checked = checked.entries_checked;
         report.index_problems = checked.problems;
         report.unreadable_packs = checked.unreadable_packs;
+        report.unreadable_packs_found = checked.unreadable_found;
         report.index_problems_found = checked.problems_found;
         if checked.archived > 0 {
             report.warnings.push(format!(
