@@ -31,7 +31,7 @@ fn backup(e: &Env, vm: &str, img: &Path, extra: &[&str]) -> Value {
 }
 
 /// (exit code, JSON on stdout) of a command that takes `--json`.
-fn run_json(e: &Env, args: &[&str]) -> (i32, Value) {
+pub(crate) fn run_json(e: &Env, args: &[&str]) -> (i32, Value) {
     let mut all = args.to_vec();
     all.push("--json");
     let out = e.x(&all).output().unwrap();

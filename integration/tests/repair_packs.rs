@@ -7,17 +7,10 @@
 use std::path::Path;
 
 use serde_json::Value;
+
+use crate::repair::run_json;
 use xfull_integration::env::{Env, sha256};
 use xfull_integration::{Region, write_image};
-
-/// (exit code, JSON on stdout) of a command that takes `--json`.
-fn run_json(e: &Env, args: &[&str]) -> (i32, Value) {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = e.x(&all).output().unwrap();
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap(), v)
-}
 
 /// A point of 40 MiB of random data (two packs or more); its image.
 fn backed_up(e: &Env) -> std::path::PathBuf {

@@ -8,22 +8,8 @@ use chrono::Duration;
 
 use super::PackOptions;
 use super::pack_sweep_tests::{Chunk, chunk, exists, gc, point, readable, repo};
-use super::test_packs::{put_pack, spoil, store_pack};
-use crate::backend::{Backend, PutMode};
-use crate::id::ObjectId;
+use super::test_packs::{put_pack, spoil, spoil_trailer, store_pack};
 use crate::keys;
-use crate::testing::MemBackend;
-
-/// Flips a byte of the pack's trailer.
-async fn spoil_trailer(mem: &MemBackend, pack: &ObjectId) {
-    let key = keys::pack(pack);
-    let mut bytes = mem.get(&key).await.unwrap().to_vec();
-    let n = bytes.len();
-    bytes[n - 40] ^= 1;
-    mem.delete_many(std::slice::from_ref(&key)).await.unwrap();
-    mem.put(&key, bytes.into(), PutMode::Create).await.unwrap();
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Indexed {
     /// The indexed copy's blob does not open.

@@ -389,3 +389,31 @@ pub fn with_passes(sweep: crate::gc::Sweep, passes: bool) -> crate::gc::Sweep {
         false => sweep,
     }
 }
+
+/// Flips a byte of `pack`'s trailer (written again in place).
+pub async fn spoil_trailer(mem: &MemBackend, pack: &ObjectId) {
+    use crate::backend::{Backend, PutMode};
+    let key = keys::pack(pack);
+    let mut bytes = mem.get(&key).await.unwrap().to_vec();
+    let n = bytes.len();
+    bytes[n - 40] ^= 1;
+    mem.delete_many(std::slice::from_ref(&key)).await.unwrap();
+    mem.put(&key, bytes.into(), PutMode::Create).await.unwrap();
+}
+
+/// A chunk of about 3 KB, distinct for each `i` (id and plaintext).
+pub fn small_chunk(i: usize) -> (ObjectId, Vec<u8>) {
+    let data: Vec<u8> = (0..3000u32)
+        .map(|b| (b as usize * 13 + i * 41) as u8)
+        .chain((i as u32).to_le_bytes())
+        .collect();
+    (ObjectId::of(&data), data)
+}
+
+/// An unencrypted in-memory repository of 1 MiB segments.
+pub async fn small_repo() -> (Arc<MemBackend>, Repository) {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
+    (mem, repo)
+}

@@ -8,37 +8,15 @@ use std::sync::Arc;
 use crate::backend::{Backend, PutMode};
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
-use crate::gc::test_packs::{all_entries, pack_entries, read_chunk, spoil, store_pack};
+use crate::gc::test_packs::{
+    all_entries, pack_entries, read_chunk, small_chunk, small_repo, spoil, spoil_trailer,
+    store_pack,
+};
 use crate::id::ObjectId;
 use crate::keys;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::testing::MemBackend;
-
-fn chunk(i: usize) -> (ObjectId, Vec<u8>) {
-    let data: Vec<u8> = (0..3000u32)
-        .map(|b| (b as usize * 13 + i * 41) as u8)
-        .chain((i as u32).to_le_bytes())
-        .collect();
-    (ObjectId::of(&data), data)
-}
-
-async fn repo() -> (Arc<MemBackend>, Repository) {
-    let mem = Arc::new(MemBackend::default());
-    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
-    (mem, repo)
-}
-
-/// Flips a byte of the pack's trailer.
-async fn spoil_trailer(mem: &MemBackend, pack: &ObjectId) {
-    let key = keys::pack(pack);
-    let mut bytes = mem.get(&key).await.unwrap().to_vec();
-    let n = bytes.len();
-    bytes[n - 40] ^= 1;
-    mem.delete_many(std::slice::from_ref(&key)).await.unwrap();
-    mem.put(&key, bytes.into(), PutMode::Create).await.unwrap();
-}
 
 /// Removes the pack, as repair's sweep then does.
 async fn remove(mem: &MemBackend, pack: &ObjectId) {
@@ -51,8 +29,8 @@ async fn remove(mem: &MemBackend, pack: &ObjectId) {
 /// for stored and the damaged pack was to be removed: every chunk lost).
 #[tokio::test]
 async fn an_unencrypted_pack_made_again_byte_for_byte_is_healed_in_place() {
-    let (mem, repo) = repo().await;
-    let c: Vec<_> = (0..8).map(chunk).collect();
+    let (mem, repo) = small_repo().await;
+    let c: Vec<_> = (0..8).map(small_chunk).collect();
     let (a, _) = store_pack(&repo, &c).await;
     let intact = mem.get(&keys::pack(&a)).await.unwrap();
     spoil_trailer(&mem, &a).await;
@@ -87,7 +65,7 @@ async fn the_chunks_of_a_pack_whose_trailer_does_not_open_are_stored_again() {
         .unwrap();
     let c: Vec<_> = (0..12)
         .map(|i| {
-            let (_, data) = chunk(i);
+            let (_, data) = small_chunk(i);
             (repo.codec().chunk_id(&data), data)
         })
         .collect();
@@ -127,8 +105,8 @@ async fn the_chunks_of_a_pack_whose_trailer_does_not_open_are_stored_again() {
 
 #[tokio::test]
 async fn a_chunk_that_does_not_open_there_is_named_and_the_others_move() {
-    let (mem, repo) = repo().await;
-    let c: Vec<_> = (0..6).map(chunk).collect();
+    let (mem, repo) = small_repo().await;
+    let c: Vec<_> = (0..6).map(small_chunk).collect();
     let (a, _) = store_pack(&repo, &c).await;
     spoil(&mem, &repo, &a, &c[2].0).await;
     spoil_trailer(&mem, &a).await;
@@ -147,8 +125,8 @@ async fn a_chunk_that_does_not_open_there_is_named_and_the_others_move() {
 /// what the others name is stored again, but the pack is not whole.
 #[tokio::test]
 async fn with_an_unreadable_index_object_no_pack_is_whole() {
-    let (mem, repo) = repo().await;
-    let c: Vec<_> = (0..6).map(chunk).collect();
+    let (mem, repo) = small_repo().await;
+    let c: Vec<_> = (0..6).map(small_chunk).collect();
     let (a, _) = store_pack(&repo, &c[..3]).await;
     let (_b, index_b) = store_pack(&repo, &c[3..]).await;
     spoil_trailer(&mem, &a).await;

@@ -4,39 +4,15 @@
 use std::sync::Arc;
 
 use crate::backend::{Backend, PutMode};
-use crate::chunker::ChunkParams;
-use crate::config::RepoConfig;
-use crate::gc::test_packs::{put_pack, read_chunk, store_pack, write_point};
+use crate::gc::test_packs::{
+    put_pack, read_chunk, small_chunk, small_repo, spoil_trailer, store_pack, write_point,
+};
 use crate::id::{ObjectId, PointId};
 use crate::keys;
 use crate::progress::Progress;
 use crate::repair::{RepairOptions, repair};
 use crate::repo::Repository;
-use crate::testing::{HookAt, Hooked, MemBackend};
-
-fn chunk(i: usize) -> (ObjectId, Vec<u8>) {
-    let data: Vec<u8> = (0..3000u32)
-        .map(|b| (b as usize * 13 + i * 41) as u8)
-        .chain((i as u32).to_le_bytes())
-        .collect();
-    (ObjectId::of(&data), data)
-}
-
-async fn repo() -> (Arc<MemBackend>, Repository) {
-    let mem = Arc::new(MemBackend::default());
-    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
-    let repo = Repository::init(mem.clone(), cfg).await.unwrap();
-    (mem, repo)
-}
-
-async fn spoil_trailer(mem: &MemBackend, pack: &ObjectId) {
-    let key = keys::pack(pack);
-    let mut bytes = mem.get(&key).await.unwrap().to_vec();
-    let n = bytes.len();
-    bytes[n - 40] ^= 1;
-    mem.delete_many(std::slice::from_ref(&key)).await.unwrap();
-    mem.put(&key, bytes.into(), PutMode::Create).await.unwrap();
-}
+use crate::testing::{HookAt, Hooked};
 
 async fn all_read(repo: &Repository, c: &[(ObjectId, Vec<u8>)]) {
     for (id, data) in c {
@@ -58,8 +34,8 @@ fn point() -> PointId {
 /// keeps a pack one of whose new packs is gone (`repair/packs.rs`).
 #[tokio::test]
 async fn a_gc_during_the_salvage_loses_nothing() {
-    let (mem, repo) = repo().await;
-    let c: Vec<_> = (0..8).map(chunk).collect();
+    let (mem, repo) = small_repo().await;
+    let c: Vec<_> = (0..8).map(small_chunk).collect();
     let (a, _) = store_pack(&repo, &c[..4]).await;
     let (b, _) = store_pack(&repo, &c[4..]).await;
     write_point(&repo, "v", &point(), &c).await;
@@ -97,8 +73,8 @@ async fn a_gc_during_the_salvage_loses_nothing() {
 #[tokio::test]
 async fn a_wrong_entry_at_a_true_place_does_not_hide_the_right_one() {
     use crate::placement::index_write::store_entries;
-    let (mem, repo) = repo().await;
-    let c: Vec<_> = (0..4).map(chunk).collect();
+    let (mem, repo) = small_repo().await;
+    let c: Vec<_> = (0..4).map(small_chunk).collect();
     let (a, _) = store_pack(&repo, &c).await;
     write_point(&repo, "v", &point(), &c).await;
     let victim = crate::gc::test_packs::pack_entries(&repo, &a)
@@ -129,8 +105,8 @@ async fn a_wrong_entry_at_a_true_place_does_not_hide_the_right_one() {
 /// are not reported as left (the CLI exited 3 on a sound repository).
 #[tokio::test]
 async fn packs_readable_again_are_not_counted_as_left() {
-    let (mem, repo) = repo().await;
-    let c: Vec<_> = (0..8).map(chunk).collect();
+    let (mem, repo) = small_repo().await;
+    let c: Vec<_> = (0..8).map(small_chunk).collect();
     let (a, _) = store_pack(&repo, &c[..4]).await;
     let (b, _) = store_pack(&repo, &c[4..]).await;
     let intact_a = mem.get(&keys::pack(&a)).await.unwrap();
@@ -175,8 +151,8 @@ async fn packs_readable_again_are_not_counted_as_left() {
 /// rest of the repair goes on (it failed whole).
 #[tokio::test]
 async fn a_new_pack_named_like_a_damaged_orphan_is_a_warning() {
-    let (mem, repo) = repo().await;
-    let c: Vec<_> = (0..8).map(chunk).collect();
+    let (mem, repo) = small_repo().await;
+    let c: Vec<_> = (0..8).map(small_chunk).collect();
     let (a, _) = store_pack(&repo, &c[..4]).await;
     let (b, _) = store_pack(&repo, &c[4..]).await;
     let in_order: Vec<_> = if a < b {
