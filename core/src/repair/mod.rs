@@ -169,7 +169,10 @@ pub async fn repair(
     )
     .await?;
     doomed.extend(salvaged.keys.iter().cloned());
+    // A pack healed in place changed the repository too: the last verify
+    // tells what is left.
     let changes = !doomed.is_empty()
+        || report.packs_healed > 0
         || !found.damaged_manifests.is_empty()
         || (!found.missing.is_empty() && !opts.sources.is_empty());
     if opts.dry_run || !changes {
