@@ -17,7 +17,8 @@ use super::Placement;
 use super::index::IndexEntry;
 use super::index_write::store_entries;
 use super::merge::Merge;
-use super::pack_read::{MAX_GAP, MAX_RUN, coalesce, read_run, read_trailer};
+use super::pack::PackEntry;
+use super::pack_read::{MAX_GAP, MAX_RUN, ReadRun, coalesce, read_run, read_trailer};
 use super::packer::{DEFAULT_TARGET, Packer, SealedPack};
 use super::sweep::{list_index, read_head, store};
 use crate::backend::{ObjectClass, PutMode, PutOptions};
@@ -84,29 +85,18 @@ impl Placement {
                     ),
                 });
             }
-            let opened = match read_run(&*self.backend, &self.codec, &run).await {
-                Ok(opened) => opened,
-                // Missing or cut short: none of the run's chunks is there.
-                Err(e) if e.is_damage() => {
-                    let why = e.to_string();
-                    out.damaged
-                        .extend(run.entries.iter().map(|p| (p.id, why.clone())));
-                    progress.add_done(1);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            let opened = self.read_each_if_need_be(&run, &mut out).await?;
             let codec = self.codec.clone();
             let sealed = blocking("sealing salvaged chunks", move || {
                 let seal = |id: &ObjectId, plain: Vec<u8>| -> Result<_> {
                     Ok((*id, plain.len(), codec.encode_chunk(id, &plain, level)?))
                 };
                 (opened.into_iter())
-                    .map(|(e, plain)| plain.and_then(|p| seal(&e.id, p)))
+                    .map(|(e, plain)| (e, plain.and_then(|p| seal(&e.id, p))))
                     .collect::<Vec<_>>()
             })
             .await?;
-            for (p, r) in run.entries.iter().zip(sealed) {
+            for (p, r) in sealed.into_iter() {
                 match r {
                     Ok((id, plain_len, blob)) => {
                         stored_ids.insert(id);
@@ -132,6 +122,37 @@ impl Placement {
             out.whole = targets.difference(&healed).copied().collect();
         }
         Ok(out)
+    }
+
+    /// Reads one run; if the pack is missing or shorter than the run (the
+    /// run may end in an entry past the pack's end: a wrong or hostile
+    /// one), reads its chunks one by one, so that such an entry fails
+    /// alone and the others are not taken for damaged (and their only
+    /// copy removed). What fails is put in `out.damaged`.
+    async fn read_each_if_need_be(
+        &self,
+        run: &ReadRun,
+        out: &mut Salvaged,
+    ) -> Result<Vec<(PackEntry, Result<Vec<u8>>)>> {
+        match read_run(&*self.backend, &self.codec, run).await {
+            Ok(opened) => return Ok(opened),
+            Err(e) if e.is_damage() => {}
+            Err(e) => return Err(e),
+        }
+        let mut opened = Vec::new();
+        for entry in &run.entries {
+            let one = ReadRun {
+                pack: run.pack,
+                range: entry.range(),
+                entries: vec![*entry],
+            };
+            match read_run(&*self.backend, &self.codec, &one).await {
+                Ok(got) => opened.extend(got),
+                Err(e) if e.is_damage() => out.damaged.push((entry.id, e.to_string())),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(opened)
     }
 
     /// Stores a pack of salvaged chunks and indexes it. In a repository

@@ -175,3 +175,40 @@ async fn a_new_pack_named_like_a_damaged_orphan_is_a_warning() {
     assert_eq!(r.packs_salvaged, 0, "{r:?}");
     all_read(&repo, &c).await;
 }
+
+/// An entry placing a chunk just past the pack's end (an index object
+/// anyone with the metadata key may write) joins the real chunks' run:
+/// the run's read failed as "shorter than the index says", every chunk
+/// of it was taken for damaged, and the pack, their only copy, removed.
+/// Now such a run is read chunk by chunk.
+#[tokio::test]
+async fn an_entry_past_the_end_does_not_take_the_real_chunks_with_it() {
+    use crate::placement::index_write::store_entries;
+    let (mem, repo) = small_repo().await;
+    let c: Vec<_> = (0..4).map(small_chunk).collect();
+    let (a, _) = store_pack(&repo, &c).await;
+    write_point(&repo, "v", &point(), &c).await;
+    let last = crate::gc::test_packs::pack_entries(&repo, &a)
+        .await
+        .into_iter()
+        .max_by_key(|e| e.entry.offset)
+        .unwrap();
+    let size = mem.head(&keys::pack(&a)).await.unwrap().size;
+    let mut hostile = last;
+    hostile.entry.id = small_chunk(99).0;
+    hostile.entry.offset = last.entry.range().end;
+    hostile.entry.stored_len = (size - hostile.entry.offset + 100) as u32;
+    store_entries(&**repo.backend(), repo.codec(), "", vec![hostile])
+        .await
+        .unwrap();
+    spoil_trailer(&mem, &a).await;
+    let r = repair(
+        &repo,
+        &RepairOptions::default(),
+        Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.chunks_not_salvaged, 1, "{r:?}");
+    all_read(&repo, &c).await;
+}
