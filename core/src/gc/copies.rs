@@ -47,9 +47,6 @@ use crate::placement::pack::PackEntry;
 /// Chunks with copies taken per sweep.
 pub const MAX_CHUNKS: usize = 1 << 16;
 
-/// Keepers read between two looks at whether the sweep is stopped.
-const CHECK_BATCH: usize = 1024;
-
 /// One copy of a live chunk the census met.
 #[derive(Clone, Copy, Debug)]
 pub struct CopyAt {
@@ -128,8 +125,8 @@ impl Copies {
 
     /// Reads the keeper's copy of every chunk with a copy in a pack that
     /// goes (`doomed`: deleted or rewritten; a copy in a pack kept stays
-    /// whatever its keeper, so that keeper is not read), in batches of
-    /// [`CHECK_BATCH`] of one pack at a time, stopping between two once
+    /// whatever its keeper, so that keeper is not read), in batches of one
+    /// pack at a time ([`Placement::sound_at`]), stopping between two once
     /// `cancelled` says so. A keeper must also be listed at its place by
     /// its pack's own trailer (`size`: a pack's listed size), read once
     /// per pack: else the copy left would be one `index rebuild` cannot
@@ -151,35 +148,15 @@ impl Copies {
             .filter(|(pack, _)| doomed(pack))
             .flat_map(|(_, of_pack)| of_pack.keys().copied())
             .collect();
-        let mut places: Vec<IndexEntry> = dropped.iter().map(|id| self.keepers[id]).collect();
-        places.sort_unstable_by_key(|p| (p.pack, p.entry.offset));
-        let mut opened = HashSet::new();
-        for of_pack in places.chunk_by(|a, b| a.pack == b.pack) {
-            if cancelled() {
-                return Err(stopped());
-            }
-            let Some(size) = size(&of_pack[0].pack) else {
-                continue;
-            };
-            let listed = match placement.listed_at(&of_pack[0].pack, size, of_pack).await {
-                Ok(listed) => listed,
-                Err(e) if e.is_archived() => continue,
-                Err(e) => return Err(e),
-            };
-            for batch in listed.chunks(CHECK_BATCH) {
-                if cancelled() {
-                    return Err(stopped());
-                }
-                match placement.opens_at(batch.to_vec()).await {
-                    Ok(got) => opened.extend(got),
-                    // An archive tier the listing did not show: its
-                    // keepers do not open, so their chunks keep every
-                    // copy; failing stopped every later sweep (review).
-                    Err(e) if e.is_archived() => break,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        let places: Vec<IndexEntry> = dropped.iter().map(|id| self.keepers[id]).collect();
+        // A keeper in an archive tier does not count as opening: its
+        // chunk keeps every copy (failing stopped every later sweep,
+        // review).
+        let opened = placement
+            .sound_at(places, size, true, cancelled)
+            .await?
+            .ok_or_else(stopped)?
+            .sound;
         let bad: HashSet<ObjectId> = dropped.difference(&opened).copied().collect();
         self.damaged.extend(bad.iter().copied());
         Ok(self.keep_all_copies(&bad))

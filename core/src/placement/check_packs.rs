@@ -33,6 +33,18 @@ use crate::progress::Progress;
 /// Trailers read ahead of the pack being read.
 const TRAILERS_AHEAD: usize = 8;
 
+/// Places [`Placement::sound_at`] opens at once.
+const SOUND_BATCH: usize = 1024;
+
+/// What [`Placement::sound_at`] found.
+#[derive(Debug, Default)]
+pub struct Soundness {
+    /// Ids with a copy listed (and, asked, opening) at a place given.
+    pub sound: HashSet<ObjectId>,
+    /// Ids at a place in an archive class, whose soundness is unknown.
+    pub archived: HashSet<ObjectId>,
+}
+
 /// What [`Placement::check_packs`] found.
 #[derive(Debug, Default)]
 pub struct PackCheck {
@@ -159,6 +171,64 @@ impl Placement {
         };
         let listed = |p: &&IndexEntry| p.pack == *pack && trailer.contains(&p.entry);
         Ok(places.iter().filter(listed).copied().collect())
+    }
+
+    /// Which chunks have a sound copy at the `places` given: listed there
+    /// by its pack's own trailer ([`Placement::listed_at`]; `size`: a
+    /// pack's listed size, none for a pack gone) and, with `open`,
+    /// opening there ([`Placement::opens_at`], [`SOUND_BATCH`] places at
+    /// a time); with `open` false (a key that cannot read chunk data) the
+    /// listing is all that is checked. Ids at a place in an archive class,
+    /// which cannot be read, are returned apart: what they mean is the
+    /// caller's (gc keeps every copy of a keeper there, yet takes an
+    /// orphan's cover there as sound). `None` once `cancelled` says so,
+    /// which is looked at before each pack and batch.
+    pub async fn sound_at(
+        &self,
+        mut places: Vec<IndexEntry>,
+        size: &(dyn Fn(&ObjectId) -> Option<u64> + Sync),
+        open: bool,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Option<Soundness>> {
+        let mut out = Soundness::default();
+        places.sort_unstable_by_key(|p| (p.pack, p.entry.offset));
+        for of_pack in places.chunk_by(|a, b| a.pack == b.pack) {
+            if cancelled() {
+                return Ok(None);
+            }
+            let Some(size) = size(&of_pack[0].pack) else {
+                continue;
+            };
+            let listed = match self.listed_at(&of_pack[0].pack, size, of_pack).await {
+                Ok(listed) => listed,
+                Err(e) if e.is_archived() => {
+                    out.archived.extend(of_pack.iter().map(|p| p.entry.id));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !open {
+                out.sound.extend(listed.iter().map(|p| p.entry.id));
+                continue;
+            }
+            for (i, batch) in listed.chunks(SOUND_BATCH).enumerate() {
+                if cancelled() {
+                    return Ok(None);
+                }
+                match self.opens_at(batch.to_vec()).await {
+                    Ok(opened) => out.sound.extend(opened),
+                    // An archive tier the listing did not show: the rest
+                    // of the pack is in it too.
+                    Err(e) if e.is_archived() => {
+                        let rest = &listed[i * SOUND_BATCH..];
+                        out.archived.extend(rest.iter().map(|p| p.entry.id));
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Reads and opens each chunk at the one place given (coalesced runs,

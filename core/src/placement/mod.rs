@@ -39,7 +39,7 @@ pub mod archive;
 mod check_packs;
 pub mod fetch;
 pub mod fetch_into;
-pub use check_packs::PackCheck;
+pub use check_packs::{PackCheck, Soundness};
 pub(crate) mod ids;
 pub mod index;
 mod index_encode;

@@ -168,7 +168,7 @@ pub async fn repair(
         &mut report,
     )
     .await?;
-    doomed.extend(salvaged.keys.iter().cloned());
+    doomed.extend(salvaged.new_packs.keys().cloned());
     // A pack healed in place changed the repository too: the last verify
     // tells what is left.
     let changes = !doomed.is_empty()

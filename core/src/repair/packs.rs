@@ -22,9 +22,7 @@ use super::RepairReport;
 /// which must all be there when it goes.
 #[derive(Debug, Default)]
 pub(super) struct Salvaged {
-    /// Pack keys to remove.
-    pub keys: Vec<String>,
-    /// Per pack key, the new packs of its salvage.
+    /// Per key of a pack to remove, the new packs of its salvage.
     pub new_packs: BTreeMap<String, Vec<ObjectId>>,
     /// Chunks that did not open (lost with their pack unless an image
     /// gives them again).
@@ -85,9 +83,7 @@ pub(super) async fn salvage(
         report.packs_healed += got.healed.len() as u64;
         kept += group.len() - got.healed.len() - got.whole.len();
         for pack in &got.whole {
-            let key = keys::pack(pack);
-            out.new_packs.insert(key.clone(), got.new_packs.clone());
-            out.keys.push(key);
+            out.new_packs.insert(keys::pack(pack), got.new_packs.clone());
         }
         out.lost.extend(got.damaged.iter().map(|(id, _)| *id));
     }
