@@ -21,6 +21,14 @@ pub enum Warning {
     /// A point that would have been the parent has a damaged manifest; an
     /// older point is used instead.
     DamagedParentSkipped { point: String, reason: String },
+    /// A disk's change source was set aside and the disk read in full:
+    /// its parent is not the VM's newest point, which the change source
+    /// is taken to start from.
+    ChangesSetAside {
+        disk: String,
+        parent: String,
+        reason: String,
+    },
     /// Segments of the parent whose nodes or chunks are missing or damaged
     /// were read and stored in full.
     ParentSegmentsDamaged { disk: String, segments: u64 },
@@ -86,6 +94,16 @@ impl fmt::Display for Warning {
                 f,
                 "point {point} is damaged and not used as a parent ({reason}); run `xfull \
                  verify`, then `xfull repair`"
+            ),
+            Warning::ChangesSetAside {
+                disk,
+                parent,
+                reason,
+            } => write!(
+                f,
+                "disk {disk}: read in full against {parent}, not through its change source: \
+                 {reason}, and a change source tells what changed since the VM's newest point \
+                 (pass --parent VM@ID to name the point the changes start from)"
             ),
             Warning::ParentSegmentsDamaged { disk, segments } => write!(
                 f,

@@ -16,6 +16,8 @@ mod bitmaps;
 mod commit;
 pub mod incremental;
 mod parent_check;
+#[cfg(test)]
+mod parent_choice_tests;
 mod pipeline;
 pub mod plan;
 mod prepare;
@@ -315,7 +317,10 @@ async fn back_up_disk(
         ),
         (ChangeSource::FullScan, Some(p)) => (
             DiskPlan::full(size, cfg.segment_size, Some(p)),
-            "full-scan".to_string(),
+            match &d.changes_set_aside {
+                Some(why) => format!("full-scan: the change source was set aside: {why}"),
+                None => "full-scan".to_string(),
+            },
         ),
         (ChangeSource::Extents(_), Some(p)) => {
             let (set, desc) = d.extents.clone().unwrap_or_default();

@@ -1,7 +1,7 @@
 //! Before anything is stored: every disk's source, change files and
 //! parent checked ([`prepare`], [`find_parents`]).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,6 +25,9 @@ pub(super) struct Prepared {
     pub(super) extents: Option<(ExtentSet, String)>,
     pub(super) parent: Option<(PointId, DiskManifest)>,
     pub(super) checkpoint: Option<String>,
+    /// Why the change source was set aside for a full read: the parent
+    /// is not the VM's newest point (see [`find_parents`]).
+    pub(super) changes_set_aside: Option<String>,
 }
 
 /// Checks every argument, source and change file before anything is
@@ -103,6 +106,7 @@ pub(super) async fn prepare(req: &BackupRequest) -> Result<Vec<Prepared>> {
             extents,
             parent: None,
             checkpoint: req.checkpoints.get(name).cloned(),
+            changes_set_aside: None,
         });
     }
     Ok(out)
@@ -122,6 +126,18 @@ fn read_extents(files: &[PathBuf], size: u64) -> Result<(ExtentSet, String)> {
 
 /// Each disk's parent: in `--parent` if given, else the newest point of
 /// the VM that has the disk (with the repository's segment size).
+///
+/// A change source (`--changed`, `--base`, `--bitmap`) says what changed
+/// since the VM's newest point, the one its maker last backed up: nothing
+/// in it names that point. So when a disk's parent is not the newest
+/// point as listed (a newer one is damaged or gone, lacks the disk, or
+/// has another segment size), the changes between the two are in no
+/// change source, and taking it against the older parent would reuse
+/// segments that changed: a point that restores wrong bytes, from a
+/// backup that succeeds (found by review at stop 49). Such a disk is read
+/// in full against its parent instead (still deduplicated), with a
+/// [`Warning::ChangesSetAside`]. `--parent` names the point the changes
+/// are relative to, and is taken at its word.
 pub(super) async fn find_parents(
     repo: &Repository,
     req: &BackupRequest,
@@ -136,57 +152,117 @@ pub(super) async fn find_parents(
             reason: e.to_string(),
         }));
     };
-    walk_parents(repo, req, skipped, |m| {
+    walk_parents(repo, req, skipped, |m, passed| {
         if !seen_newest {
             seen_newest = true;
             warn_dropped_disks(m, disks, progress);
         }
         for d in disks.iter_mut().filter(|d| d.parent.is_none()) {
-            if let Ok(pd) = m.disk(d.name.as_str())
-                && pd.segment_size == seg
-            {
-                d.parent = Some((m.id.clone(), pd.clone()));
+            match m.disk(d.name.as_str()) {
+                Ok(pd) if pd.segment_size == seg => {
+                    d.parent = Some((m.id.clone(), pd.clone()));
+                    if d.changes_set_aside.is_none() {
+                        d.changes_set_aside = passed.map(str::to_string);
+                    }
+                }
+                Ok(pd) => {
+                    let why = format!(
+                        "the newer point {} holds it with segments of {} bytes",
+                        m.point_name(),
+                        pd.segment_size
+                    );
+                    d.changes_set_aside.get_or_insert(why);
+                }
+                Err(_) => {
+                    let why = format!("the newer point {} does not hold it", m.point_name());
+                    d.changes_set_aside.get_or_insert(why);
+                }
             }
         }
         disks.iter().all(|d| d.parent.is_some())
     })
-    .await
+    .await?;
+    for d in disks.iter_mut() {
+        let (Some((parent, _)), Some(why)) = (&d.parent, &d.changes_set_aside) else {
+            d.changes_set_aside = None;
+            continue;
+        };
+        if matches!(d.changes, ChangeSource::FullScan) {
+            d.changes_set_aside = None;
+            continue;
+        }
+        progress.notice(Notice::Warning(Warning::ChangesSetAside {
+            disk: d.name.to_string(),
+            parent: format!("{}@{parent}", req.vm),
+            reason: why.clone(),
+        }));
+        d.changes = ChangeSource::FullScan;
+    }
+    Ok(())
 }
 
 /// The manifests a backup takes parents from, newest first, each given
 /// to `take` until it says it has all it needs: `--parent`'s alone, or
 /// the VM's points, skipping those pruned since the listing and those
 /// whose manifest is damaged (told to `damaged`: an older point can be a
-/// parent). The engine (`find_parents`) and the QMP checkpoint lookup
-/// walk the same way, so a checkpoint is looked for in the point the
-/// engine then picks.
+/// parent). With each manifest `take` is told why a point listed as newer
+/// was passed over, if one was (damaged, gone, or of the same second and
+/// not readable, so not known to be older). The engine (`find_parents`)
+/// and the QMP checkpoint lookup walk the same way, so a checkpoint is
+/// looked for in the point the engine then picks.
 pub(super) async fn walk_parents(
     repo: &Repository,
     req: &BackupRequest,
     mut damaged: impl FnMut(&PointId, &Error),
-    mut take: impl FnMut(&Manifest) -> bool,
+    mut take: impl FnMut(&Manifest, Option<&str>) -> bool,
 ) -> Result<()> {
-    let candidates = match &req.parent {
-        Some(id) => vec![id.clone()],
+    let (candidates, unordered) = match &req.parent {
+        Some(id) => (vec![id.clone()], Vec::new()),
         None => {
-            let mut ids = repo.points_in_order(&req.vm).await?;
+            let listed: Vec<PointId> = (repo.list_points(Some(&req.vm)).await?)
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect();
+            let mut ids = repo.order_points(&req.vm, listed.clone()).await?;
+            // Points of one second that could not be read to be ordered
+            // (damaged, or pruned since the listing).
+            let ordered: BTreeSet<&PointId> = ids.iter().collect();
+            let unordered: Vec<PointId> = (listed.iter())
+                .filter(|id| !ordered.contains(id))
+                .cloned()
+                .collect();
             ids.reverse();
-            ids
+            (ids, unordered)
         }
     };
+    let mut passed: Option<String> = None;
     for id in candidates {
+        if passed.is_none()
+            && let Some(u) = unordered.iter().find(|u| u.time() >= id.time())
+        {
+            passed = Some(format!(
+                "the point {}@{u}, of the same second or newer, cannot be read",
+                req.vm
+            ));
+        }
         let m = match repo.load_manifest(&req.vm, &id).await {
             Ok(m) => m,
             // Pruned since the listing: the next older point will do (an
             // explicit --parent that is gone is still an error).
-            Err(Error::PointNotFound { .. }) if req.parent.is_none() => continue,
+            Err(Error::PointNotFound { .. }) if req.parent.is_none() => {
+                let why = format!("the newer point {}@{id} was removed meanwhile", req.vm);
+                passed.get_or_insert(why);
+                continue;
+            }
             Err(e) if e.is_damage() && req.parent.is_none() => {
                 damaged(&id, &e);
+                let why = format!("the newer point {}@{id} is damaged", req.vm);
+                passed.get_or_insert(why);
                 continue;
             }
             Err(e) => return Err(e),
         };
-        if take(&m) {
+        if take(&m, passed.as_deref()) {
             break;
         }
     }

@@ -75,7 +75,7 @@ async fn parent_checkpoints(
         repo,
         req,
         |_, _| {},
-        |m| {
+        |m, _| {
             for name in disks {
                 if !found.contains_key(name)
                     && let Ok(pd) = m.disk(name.as_str())

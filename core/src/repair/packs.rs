@@ -83,7 +83,8 @@ pub(super) async fn salvage(
         report.packs_healed += got.healed.len() as u64;
         kept += group.len() - got.healed.len() - got.whole.len();
         for pack in &got.whole {
-            out.new_packs.insert(keys::pack(pack), got.new_packs.clone());
+            out.new_packs
+                .insert(keys::pack(pack), got.new_packs.clone());
         }
         out.lost.extend(got.damaged.iter().map(|(id, _)| *id));
     }
