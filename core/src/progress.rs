@@ -29,6 +29,10 @@ pub enum Warning {
         parent: String,
         reason: String,
     },
+    /// This host's clock was not after the VM's newest point (`newest`,
+    /// by `behind_ms` milliseconds): the new point is dated just after
+    /// it, so that it stays the newest.
+    ClockBehind { newest: String, behind_ms: u64 },
     /// Segments of the parent whose nodes or chunks are missing or damaged
     /// were read and stored in full.
     ParentSegmentsDamaged { disk: String, segments: u64 },
@@ -104,6 +108,13 @@ impl fmt::Display for Warning {
                 "disk {disk}: read in full against {parent}, not through its change source: \
                  {reason}, and a change source tells what changed since the VM's newest point \
                  (pass --parent VM@ID to name the point the changes start from)"
+            ),
+            Warning::ClockBehind { newest, behind_ms } => write!(
+                f,
+                "this host's clock is {:.3} s behind the VM's newest point ({newest}): \
+                 the new point is dated just after it, so that it stays the newest and the \
+                 next backup builds on it; check the clocks of the hosts that back up this VM",
+                *behind_ms as f64 / 1000.0
             ),
             Warning::ParentSegmentsDamaged { disk, segments } => write!(
                 f,

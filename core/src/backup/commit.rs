@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{BackupRequest, repair};
 use crate::error::{Error, Result};
@@ -39,7 +39,7 @@ pub(super) async fn commit_and_recheck(
     if last_check_too_old(repo, session) {
         settle_sweeps(repo, session, &commit, progress, None).await?;
     }
-    let manifest = commit_point(repo, req.clone(), commit, started).await?;
+    let manifest = commit_point(repo, req.clone(), commit, started, progress).await?;
     if manifest.stats.objects_restored > 0 {
         progress.notice(Notice::Warning(Warning::ObjectsStoredAgain {
             objects: manifest.stats.objects_restored,
@@ -69,6 +69,7 @@ pub(super) async fn commit_and_recheck(
                 .collect(),
             replaced: Vec::new(),
             lock: None,
+            newest_listed: None,
         };
         settle_sweeps(repo, session, &commit, progress, None).await?;
     }
@@ -84,6 +85,9 @@ pub(super) struct Commit {
     pub(super) replaced: Vec<String>,
     /// Object lock: what keeping the point's objects locked took.
     pub(super) lock: Option<crate::lock::extend::Extended>,
+    /// The time of the VM's newest point when the backup listed them:
+    /// the new point is dated after it (see [`point_time`]).
+    pub(super) newest_listed: Option<DateTime<Utc>>,
 }
 
 /// Step (c) of the protocol: for every sweep that ran meanwhile, make sure
@@ -178,7 +182,9 @@ async fn commit_point(
     req: BackupRequest,
     commit: Commit,
     started: Instant,
+    progress: &Progress,
 ) -> Result<Manifest> {
+    let time = point_time(req.time, commit.newest_listed, progress);
     let mut stats = BackupStats::default();
     let mut manifests = Vec::new();
     for (_, dm) in commit.disks {
@@ -188,7 +194,6 @@ async fn commit_point(
     stats.lock = commit.lock;
     // The point's parent: the newest point any disk was based on.
     let parent = manifests.iter().filter_map(|d| d.parent.clone()).max();
-    let time = req.time.unwrap_or_else(Utc::now).trunc_subsecs(6);
     let mut manifest = Manifest {
         vm: req.vm,
         id: PointId::new(time),
@@ -216,6 +221,35 @@ async fn commit_point(
         "could not find a free point id for {} at {time}",
         manifest.vm
     )))
+}
+
+/// The new point's time: `--time` if given, else now, unless now is not
+/// after the VM's newest point (`newest`): then just after it, with a
+/// [`Warning::ClockBehind`]. Points are ordered by time, and the next
+/// backup takes the newest as the parent its change source starts from;
+/// a point dated before its own parent (this host's clock behind the
+/// host that made it) would leave the next change file applied to that
+/// parent, missing the writes in between (review at stop 49). An explicit
+/// `--time` is the user's to choose.
+fn point_time(
+    given: Option<DateTime<Utc>>,
+    newest: Option<DateTime<Utc>>,
+    progress: &Progress,
+) -> DateTime<Utc> {
+    if let Some(t) = given {
+        return t.trunc_subsecs(6);
+    }
+    let now = Utc::now().trunc_subsecs(6);
+    match newest {
+        Some(newest) if now <= newest => {
+            progress.notice(Notice::Warning(Warning::ClockBehind {
+                newest: newest.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                behind_ms: (newest - now).num_milliseconds().max(0) as u64,
+            }));
+            newest.trunc_subsecs(6) + chrono::Duration::microseconds(1)
+        }
+        _ => now,
+    }
 }
 
 #[cfg(test)]

@@ -158,19 +158,20 @@ pub async fn backup(
         // lease, which would then look alive to gc until its TTL. The
         // parents' error, if any, is the one reported, as before.
         let parents = async {
-            find_parents(repo, &req, &mut disks, &progress).await?;
+            let newest = find_parents(repo, &req, &mut disks, &progress).await?;
             session
                 .pin(disks.iter().filter_map(|d| {
                     d.parent
                         .as_ref()
                         .map(|(id, _)| (req.vm.clone(), id.clone()))
                 }))
-                .await
+                .await?;
+            Ok::<_, Error>(newest)
         };
         let placement = repo.chunks();
         let (pinned, known, index) =
             tokio::join!(parents, KnownDamage::load(repo), placement.open_index());
-        let ((), known, index) = (pinned?, known?, index?);
+        let (newest_listed, known, index) = (pinned?, known?, index?);
         let full_scan_with_parent = disks
             .iter()
             .any(|d| matches!(d.changes, ChangeSource::FullScan) && d.parent.is_some());
@@ -186,6 +187,7 @@ pub async fn backup(
             progress: progress.clone(),
         };
         let (mut commit, last) = back_up_disks(repo, disks, &ctx, &session).await?;
+        commit.newest_listed = newest_listed;
         // (c)'s first round beside the upload of the last packs and the
         // index object: it needs the deps (all recorded once every chunk
         // was looked up), not the session's own objects, which are
@@ -292,6 +294,7 @@ async fn back_up_disks(
             disks: out,
             replaced,
             lock: None,
+            newest_listed: None,
         },
         uploads,
     ))

@@ -188,3 +188,37 @@ async fn a_change_file_against_the_newest_point_is_used() {
     );
     assert!(restores_to(&repo, &p2, &img).await);
 }
+
+/// A host whose clock is behind the host that made the VM's newest point
+/// dated its point before its own parent: the next backup then took that
+/// parent as the newest, and its change file (since the point just
+/// made) missed the writes in between. The point is dated just after
+/// the newest instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_made_by_a_clock_behind_is_dated_after_the_newest() {
+    let (_mem, repo) = repo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    std::fs::write(&img, seeded_bytes(4 * SEG as usize, 1)).unwrap();
+    // Made by a host whose clock is an hour ahead of this one.
+    let mut ahead = request(&img, None, Some(Utc::now() + Duration::hours(1)));
+    ahead.allow_future = true;
+    let (p1, _) = back_up(&repo, ahead).await;
+
+    let changes = change_file(dir.path(), &img, SEG + 1000, 2);
+    let (p2, warnings) = back_up(&repo, with_changes(request(&img, None, None), changes)).await;
+    assert!(p2.time > p1.time, "{} {}", p2.time, p1.time);
+    let behind = warnings.iter().find_map(|w| match w {
+        Warning::ClockBehind { behind_ms, .. } => Some(*behind_ms),
+        _ => None,
+    });
+    assert!(behind.is_some_and(|ms| ms > 3_000_000), "{warnings:?}");
+
+    let changes = change_file(dir.path(), &img, 3 * SEG + 77, 3);
+    let (p3, warnings) = back_up(&repo, with_changes(request(&img, None, None), changes)).await;
+    assert_eq!(p3.disks[0].parent.as_ref(), Some(&p2.id));
+    assert_eq!(set_aside(&warnings), None);
+    assert!(restores_to(&repo, &p3, &img).await);
+    let latest = repo.latest(&"vm".parse().unwrap()).await.unwrap();
+    assert_eq!(latest, Some(p3.id));
+}

@@ -5,6 +5,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use super::plan::ChangeSource;
 use super::{BackupRequest, bitmaps};
 use crate::changes::{ExtentSet, parse};
@@ -143,18 +145,18 @@ pub(super) async fn find_parents(
     req: &BackupRequest,
     disks: &mut [Prepared],
     progress: &Progress,
-) -> Result<()> {
+) -> Result<Option<DateTime<Utc>>> {
     let seg = repo.config().segment_size;
-    let mut seen_newest = false;
+    let mut seen_newest = None;
     let skipped = |id: &PointId, e: &Error| {
         progress.notice(Notice::Warning(Warning::DamagedParentSkipped {
             point: format!("{}@{id}", req.vm),
             reason: e.to_string(),
         }));
     };
-    walk_parents(repo, req, skipped, |m, passed| {
-        if !seen_newest {
-            seen_newest = true;
+    let listed = walk_parents(repo, req, skipped, |m, passed| {
+        if seen_newest.is_none() {
+            seen_newest = Some(m.time);
             warn_dropped_disks(m, disks, progress);
         }
         for d in disks.iter_mut().filter(|d| d.parent.is_none()) {
@@ -198,7 +200,7 @@ pub(super) async fn find_parents(
         }));
         d.changes = ChangeSource::FullScan;
     }
-    Ok(())
+    Ok(seen_newest.max(listed))
 }
 
 /// The manifests a backup takes parents from, newest first, each given
@@ -209,13 +211,14 @@ pub(super) async fn find_parents(
 /// was passed over, if one was (damaged, gone, or of the same second and
 /// not readable, so not known to be older). The engine (`find_parents`)
 /// and the QMP checkpoint lookup walk the same way, so a checkpoint is
-/// looked for in the point the engine then picks.
+/// looked for in the point the engine then picks. Returns the time (to
+/// the second) of the newest point listed, readable or not.
 pub(super) async fn walk_parents(
     repo: &Repository,
     req: &BackupRequest,
     mut damaged: impl FnMut(&PointId, &Error),
     mut take: impl FnMut(&Manifest, Option<&str>) -> bool,
-) -> Result<()> {
+) -> Result<Option<DateTime<Utc>>> {
     let (candidates, unordered) = match &req.parent {
         Some(id) => (vec![id.clone()], Vec::new()),
         None => {
@@ -235,6 +238,7 @@ pub(super) async fn walk_parents(
             (ids, unordered)
         }
     };
+    let newest = candidates.iter().chain(&unordered).map(PointId::time).max();
     let mut passed: Option<String> = None;
     for id in candidates {
         if passed.is_none()
@@ -266,7 +270,7 @@ pub(super) async fn walk_parents(
             break;
         }
     }
-    Ok(())
+    Ok(newest)
 }
 
 /// A disk the newest point (or `--parent`) has and this backup omits
