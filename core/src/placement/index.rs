@@ -74,6 +74,10 @@ const FIXED: usize = 24;
 pub const BLOCK_ENTRIES: usize = 1024;
 /// Bytes per entry.
 pub const ENTRY_LEN: usize = 32 + 32 + 8 + 4 + 4;
+
+/// The furthest offset an entry may give in its pack (1 PiB: packs are
+/// tens of MiB); beyond it an entry is damage, and no range overflows.
+const MAX_PACK_OFFSET: u64 = 1 << 50;
 /// What sealing adds to the head and to each block.
 const SEAL: usize = META_OVERHEAD;
 
@@ -366,10 +370,15 @@ impl IndexHead {
                 plain_len: u32_at(76),
             };
             let sorted = out.last().is_none_or(|l| l.entry.id < entry.id);
-            if !sorted || entry.stored_len < 2 || entry.plain_len == 0 {
+            // A blob past the end of any pack: its range would overflow
+            // (a panic in a debug build, a wrapped range otherwise; found
+            // by review at stop 49).
+            let fits = entry.offset <= MAX_PACK_OFFSET;
+            if !sorted || !fits || entry.stored_len < 2 || entry.plain_len == 0 {
                 return Err(bad(format!(
-                    "block {i}: entry {} is out of order or has no length",
-                    out.len()
+                    "block {i}: entry {} is out of order, has no length or lies past {} TiB",
+                    out.len(),
+                    MAX_PACK_OFFSET >> 40
                 )));
             }
             // Readers allocate the plaintext before they can compare it

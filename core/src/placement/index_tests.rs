@@ -130,6 +130,22 @@ fn hostile_index_objects_are_damage() {
             assert!(e.is_damage() && e.to_string().contains("at most"), "{e}");
         }
     }
+    // An offset whose range would overflow (review at stop 49: a panic
+    // in a debug restore, a wrapped range in a release one).
+    for (offset, ok) in [
+        (MAX_PACK_OFFSET, true),
+        (MAX_PACK_OFFSET + 1, false),
+        (u64::MAX - 10, false),
+    ] {
+        let mut all = entries(10, 9);
+        all[4].entry.offset = offset;
+        let b = encode(&Codec::plain(), all);
+        let r = IndexHead::decode_all(&plain(), "index/x", &b);
+        assert_eq!(r.is_ok(), ok, "offset {offset}");
+        if let Err(e) = r {
+            assert!(e.is_damage() && e.to_string().contains("past"), "{e}");
+        }
+    }
 }
 
 #[test]

@@ -72,7 +72,9 @@ pub struct PackEntry {
 impl PackEntry {
     /// The blob's byte range in the pack.
     pub fn range(&self) -> std::ops::Range<u64> {
-        self.offset..self.offset + u64::from(self.stored_len)
+        // Decoders bound the offset; saturating all the same, so a range
+        // never wraps (it reads as past the pack's end: damage).
+        self.offset..self.offset.saturating_add(u64::from(self.stored_len))
     }
 }
 
