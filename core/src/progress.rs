@@ -33,6 +33,9 @@ pub enum Warning {
     /// by `behind_ms` milliseconds): the new point is dated just after
     /// it, so that it stays the newest.
     ClockBehind { newest: String, behind_ms: u64 },
+    /// Part of the chunk index could not be read (a damaged block): the
+    /// backup stored again the chunks only it placed.
+    IndexDamaged { reason: String },
     /// Segments of the parent whose nodes or chunks are missing or damaged
     /// were read and stored in full.
     ParentSegmentsDamaged { disk: String, segments: u64 },
@@ -115,6 +118,11 @@ impl fmt::Display for Warning {
                  the new point is dated just after it, so that it stays the newest and the \
                  next backup builds on it; check the clocks of the hosts that back up this VM",
                 *behind_ms as f64 / 1000.0
+            ),
+            Warning::IndexDamaged { reason } => write!(
+                f,
+                "part of the chunk index cannot be read ({reason}): chunks it lists were stored \
+                 again; run `xfull verify`, then `xfull index rebuild`"
             ),
             Warning::ParentSegmentsDamaged { disk, segments } => write!(
                 f,

@@ -188,6 +188,9 @@ pub async fn backup(
         };
         let (mut commit, last) = back_up_disks(repo, disks, &ctx, &session).await?;
         commit.newest_listed = newest_listed;
+        if let Some(reason) = ctx.packs.index_damage() {
+            progress.notice(Notice::Warning(Warning::IndexDamaged { reason }));
+        }
         // (c)'s first round beside the upload of the last packs and the
         // index object: it needs the deps (all recorded once every chunk
         // was looked up), not the session's own objects, which are

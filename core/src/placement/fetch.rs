@@ -72,7 +72,7 @@ pub async fn fetch(
         match place {
             Some(p) => wanted.push(p),
             None => {
-                got.insert(*id, Err(not_indexed(id)));
+                got.insert(*id, Err(not_indexed(id, index)));
             }
         }
     }
@@ -107,7 +107,7 @@ pub async fn fetch(
                     Err(e) => Err(Error::corrupt(chunk_name(id), e.to_string())),
                 })
             };
-            r.unwrap_or_else(|| Err(not_indexed(id)))
+            r.unwrap_or_else(|| Err(not_indexed(id, index)))
         })
         .collect();
     Ok(Fetched { chunks, bytes })
@@ -166,7 +166,7 @@ async fn other_copies(
     got: &mut HashMap<ObjectId, Result<Vec<u8>>>,
 ) -> Result<u64> {
     let mut bytes = 0;
-    for (id, places) in failed.iter().zip(index.lookup_all(failed).await?) {
+    for (id, places) in failed.iter().zip(index.lookup_readable(failed).await?) {
         // The first place was tried already.
         for place in places.iter().skip(1) {
             match read_one(backend, codec, place).await {
@@ -200,9 +200,14 @@ pub async fn read_one(
     Ok(Some(out))
 }
 
-fn not_indexed(id: &ObjectId) -> Error {
-    Error::corrupt(
-        chunk_name(id),
-        "missing from the repository (no index object lists it)",
-    )
+fn not_indexed(id: &ObjectId, index: &ChunkIndex) -> Error {
+    let why = match index.damage_seen() {
+        // It may be listed there.
+        Some(damage) => format!(
+            "not found in the index, part of which cannot be read ({damage}; `xfull index \
+             rebuild` makes it again from the packs)"
+        ),
+        None => "missing from the repository (no index object lists it)".to_string(),
+    };
+    Error::corrupt(chunk_name(id), why)
 }

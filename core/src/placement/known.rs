@@ -53,6 +53,11 @@ pub struct KnownChunks {
 }
 
 impl KnownChunks {
+    /// See [`ChunkIndex::damage_seen`].
+    pub fn index_damage(&self) -> Option<String> {
+        self.index.damage_seen()
+    }
+
     pub fn new(index: Arc<ChunkIndex>) -> Self {
         KnownChunks {
             index,

@@ -39,7 +39,7 @@ use super::shard;
 use super::sweep::read_head_if_present;
 use crate::backend::Backend;
 use crate::codec::Codec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
 
@@ -73,7 +73,20 @@ pub struct ChunkIndex {
     objects: Vec<IndexObject>,
     cache: Option<PathBuf>,
     decoded: Mutex<Decoded>,
+    /// Blocks (a head: block `usize::MAX`) met damaged by a lookup, and
+    /// why the first was: not read again by later lookups.
+    damaged: Mutex<Damaged>,
 }
+
+/// What [`ChunkIndex::lookup`] met damaged.
+#[derive(Debug, Default)]
+struct Damaged {
+    blocks: std::collections::HashSet<BlockAt>,
+    first: Option<String>,
+}
+
+/// The "block" of a damaged head in [`Damaged::blocks`].
+const HEAD: usize = usize::MAX;
 
 /// Most index entries kept decoded in memory (80 bytes each).
 pub const DECODED_ENTRIES: usize = 256 * 1024;
@@ -166,6 +179,7 @@ impl ChunkIndex {
             objects,
             cache,
             decoded: Mutex::default(),
+            damaged: Mutex::default(),
         })
     }
 
@@ -189,6 +203,7 @@ impl ChunkIndex {
             objects: Vec::new(),
             cache: None,
             decoded: Mutex::default(),
+            damaged: Mutex::default(),
         }
     }
 
@@ -214,20 +229,61 @@ impl ChunkIndex {
 
     /// Looks up every id (any order; looked up sorted) and answers in the
     /// order given: where the chunk is stored, or `None` (the first place
-    /// found; objects are consulted in name order).
+    /// found; objects are consulted in name order). A block or shard head
+    /// that is damaged is passed over, the other objects still consulted
+    /// ([`ChunkIndex::damage_seen`] says so): an id only it placed is
+    /// `None`, which readers report as damage of that chunk (a restore
+    /// with `--ignore-damage` goes on; one damaged block stopped every
+    /// restore that looked an id up in it, found by review at stop 49)
+    /// and writers store again.
     pub async fn lookup(&self, ids: &[ObjectId]) -> Result<Vec<Option<IndexEntry>>> {
-        let all = self.find(ids, true).await?;
+        let all = self.find(ids, true, true).await?;
         Ok(all.into_iter().map(|v| v.first().copied()).collect())
     }
 
     /// Every place of every id, in every index object (for a reader whose
     /// first copy of a chunk was damaged: a repair or a later backup may
-    /// have stored it again elsewhere).
+    /// have stored it again elsewhere). A damaged block is an error here:
+    /// its callers judge a chunk by all its places.
     pub async fn lookup_all(&self, ids: &[ObjectId]) -> Result<Vec<Vec<IndexEntry>>> {
-        self.find(ids, false).await
+        self.find(ids, false, false).await
     }
 
-    async fn find(&self, ids: &[ObjectId], first_only: bool) -> Result<Vec<Vec<IndexEntry>>> {
+    /// As [`ChunkIndex::lookup_all`], passing over damaged blocks as
+    /// [`ChunkIndex::lookup`] does: for a reader after any copy that
+    /// opens.
+    pub async fn lookup_readable(&self, ids: &[ObjectId]) -> Result<Vec<Vec<IndexEntry>>> {
+        self.find(ids, false, true).await
+    }
+
+    /// Why the first damaged block or head a lookup passed over was, if
+    /// one was.
+    pub fn damage_seen(&self) -> Option<String> {
+        self.damaged().first.clone()
+    }
+
+    fn damaged(&self) -> std::sync::MutexGuard<'_, Damaged> {
+        self.damaged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes `at` damaged, with why, if the lookup passes damage over
+    /// and `e` is damage; else gives the error back.
+    fn pass_over(&self, at: BlockAt, pass: bool, e: Error) -> Result<()> {
+        if !pass || !e.is_damage() {
+            return Err(e);
+        }
+        let mut d = self.damaged();
+        d.blocks.insert(at);
+        d.first.get_or_insert_with(|| e.to_string());
+        Ok(())
+    }
+
+    async fn find(
+        &self,
+        ids: &[ObjectId],
+        first_only: bool,
+        pass: bool,
+    ) -> Result<Vec<Vec<IndexEntry>>> {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_unstable_by_key(|&k| ids[k]);
         let mut found: Vec<Vec<IndexEntry>> = vec![Vec::new(); ids.len()];
@@ -245,9 +301,17 @@ impl ChunkIndex {
             if mine.iter().all(|&k| first_only && !found[k].is_empty()) {
                 continue;
             }
-            let Some(head) = self.head(object).await? else {
-                // Gone since it was listed: see below.
+            if pass && self.damaged().blocks.contains(&(at, HEAD)) {
                 continue;
+            }
+            let head = match self.head(object).await {
+                Ok(Some(head)) => head,
+                // Gone since it was listed: see below.
+                Ok(None) => continue,
+                Err(e) => {
+                    self.pass_over((at, HEAD), pass, e)?;
+                    continue;
+                }
             };
             // The last block read: sorted ids mostly fall in it again.
             let mut held: Option<(usize, Arc<Vec<IndexEntry>>)> = None;
@@ -262,13 +326,20 @@ impl ChunkIndex {
                 let mut dir = None;
                 let hit = loop {
                     if held.as_ref().is_none_or(|(at, _)| *at != i) {
-                        match self.block((at, i), object, head).await? {
-                            Some(b) => held = Some((i, b)),
+                        if pass && self.damaged().blocks.contains(&(at, i)) {
+                            break None;
+                        }
+                        match self.block((at, i), object, head).await {
+                            Ok(Some(b)) => held = Some((i, b)),
                             // Gone since it was listed: a sweep replaced
                             // it by one this index was opened too early
                             // to see. Its chunks count as not found here
                             // (stored again: waste, never a loss).
-                            None => break None,
+                            Ok(None) => break None,
+                            Err(e) => {
+                                self.pass_over((at, i), pass, e)?;
+                                break None;
+                            }
                         }
                     }
                     let block = held.as_ref().map(|(_, b)| b.as_slice()).unwrap_or_default();

@@ -163,7 +163,16 @@ async fn a_damaged_index_object_is_damage_naming_it() {
         .await
         .unwrap();
     let all: Vec<ObjectId> = (0..3000).map(id).collect();
-    let err = index.lookup(&all).await.unwrap_err();
+    // A lookup passes the damaged block over: its ids are not found,
+    // the others are, and why is kept (readers name it, backups warn).
+    assert_eq!(index.damage_seen(), None);
+    let found = index.lookup(&all).await.unwrap();
+    let missing = found.iter().filter(|f| f.is_none()).count();
+    assert!(missing > 0 && missing <= 1024, "{missing}");
+    let why = index.damage_seen().unwrap();
+    assert!(why.contains(&key), "{why}");
+    // Those that judge a chunk by all its places fail.
+    let err = index.lookup_all(&all).await.unwrap_err();
     assert!(err.is_damage() && err.to_string().contains(&key), "{err}");
     // A head that lies about its size is refused when opened.
     backend

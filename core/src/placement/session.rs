@@ -154,6 +154,13 @@ impl SessionPacks {
         Ok(())
     }
 
+    /// Why part of the index could not be read, if a lookup of the
+    /// session passed over a damaged block: chunks only it placed were
+    /// stored again.
+    pub fn index_damage(&self) -> Option<String> {
+        self.known.index_damage()
+    }
+
     /// The packs and index objects found already stored since the last
     /// call, for the session's lease.
     pub fn take_existed(&self) -> Vec<ObjectRef> {

@@ -15,6 +15,8 @@
 //! a truncated image under the requested name, and never writes through a
 //! link someone planted. Zero runs are not written and stay holes.
 
+#[cfg(test)]
+mod index_damage_tests;
 mod part;
 mod partial;
 mod read;
