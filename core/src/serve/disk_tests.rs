@@ -1,0 +1,100 @@
+//! Block status over nodes of very many entries (a repository whose
+//! configuration claims 64-byte chunks, which anyone who may write the
+//! bucket can make): one request built every extent of 64 segments,
+//! outside the server's memory budget (review at stop 49).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::chunker::ChunkParams;
+use crate::config::RepoConfig;
+use crate::id::{ObjectId, PointId};
+use crate::nbd::Export;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::testing::MemBackend;
+
+fn point() -> PointId {
+    "20260101T000000Z-0001".parse().unwrap()
+}
+
+#[tokio::test]
+async fn one_block_status_request_builds_a_bounded_number_of_extents() {
+    use crate::manifest::{BackupStats, DiskManifest, Manifest};
+    use crate::node::{Entry, Node};
+    use chrono::TimeZone;
+    let seg: u64 = 4 << 20;
+    let mem = Arc::new(MemBackend::default());
+    let params = ChunkParams {
+        min: 64,
+        avg: 256,
+        max: 1024,
+    };
+    let cfg = RepoConfig::new(seg, params, 3).unwrap();
+    let repo = Repository::init(mem, cfg).await.unwrap();
+    let data = ObjectId::of(b"x");
+    // seg/64 + 1 entries (the most a node may have), alternating.
+    let n = (seg / 64 + 1) as usize;
+    let mut entries: Vec<Entry> = (0..n)
+        .map(|k| Entry(64, (k % 2 == 0).then_some(data)))
+        .collect();
+    entries[n - 1].0 = 32;
+    entries[n - 2].0 = 32;
+    let node = Node { entries };
+    assert_eq!(node.len(), seg);
+    let (nid, plain) = node.to_plain(repo.codec()).unwrap();
+    repo.put_node(&nid, &plain).await.unwrap();
+    let time = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let segments = 64usize;
+    let m = Manifest {
+        vm: "vm".parse().unwrap(),
+        id: point(),
+        time,
+        created: time,
+        parent: None,
+        host: "h".into(),
+        labels: BTreeMap::new(),
+        disks: vec![DiskManifest {
+            name: "d".parse().unwrap(),
+            size: seg * segments as u64,
+            segment_size: seg,
+            segments: vec![Some(nid); segments],
+            source: "test".into(),
+            parent: None,
+            audit: None,
+            stats: BackupStats::default(),
+            checkpoint: None,
+            lock_generation: None,
+        }],
+        stats: BackupStats::default(),
+        writer: "test".into(),
+    };
+    repo.write_manifest(&m).await.unwrap();
+    let m = repo
+        .load_manifest(&"vm".parse().unwrap(), &point())
+        .await
+        .unwrap();
+    let index = repo.chunks().open_index().await.unwrap();
+    let disk = crate::serve::PointDisk::new(
+        &repo,
+        index,
+        &m,
+        "d",
+        crate::serve::PartCache::new(256 << 20),
+        0,
+        Arc::new(Progress::default()),
+    )
+    .unwrap();
+    let size = disk.size();
+    let got = disk.extents(0..size).await.unwrap();
+    assert_eq!(got.len(), MAX_EXTENTS, "one request's extents are bounded");
+    // From the start, contiguous, alternating: the client asks again from
+    // where they stop.
+    assert!(got.iter().all(|x| x.len == 64));
+    assert!(got.windows(2).all(|w| w[0].flags != w[1].flags));
+    let from = got.iter().map(|x| x.len).sum::<u64>();
+    let next = disk.extents(from..size).await.unwrap();
+    assert_eq!(next.len(), MAX_EXTENTS);
+    assert_ne!(next[0].flags, got[MAX_EXTENTS - 1].flags);
+}
