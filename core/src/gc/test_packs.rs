@@ -47,9 +47,7 @@ pub async fn write_point(
     id: &PointId,
     chunks: &[(ObjectId, Vec<u8>)],
 ) {
-    use crate::manifest::{BackupStats, DiskManifest, Manifest};
     use crate::node::{Entry, Node};
-    use chrono::TimeZone;
     let node = Node {
         entries: chunks
             .iter()
@@ -58,6 +56,19 @@ pub async fn write_point(
     };
     let (nid, plain) = node.to_plain(repo.codec()).unwrap();
     repo.put_node(&nid, &plain).await.unwrap();
+    write_point_of(repo, vm, id, vec![Some(nid)]).await;
+}
+
+/// Stores the point `vm@id` of one disk `d` of the nodes `segments` (of
+/// the repository's segment size), dated 2026-01-01.
+pub async fn write_point_of(
+    repo: &Repository,
+    vm: &str,
+    id: &PointId,
+    segments: Vec<Option<ObjectId>>,
+) {
+    use crate::manifest::{BackupStats, DiskManifest, Manifest};
+    use chrono::TimeZone;
     let time = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
     let seg = repo.config().segment_size;
     repo.write_manifest(&Manifest {
@@ -70,9 +81,9 @@ pub async fn write_point(
         labels: BTreeMap::new(),
         disks: vec![DiskManifest {
             name: "d".parse().unwrap(),
-            size: seg,
+            size: seg * segments.len() as u64,
             segment_size: seg,
-            segments: vec![Some(nid)],
+            segments,
             source: "test".into(),
             parent: None,
             audit: None,

@@ -3,12 +3,12 @@
 //! bucket can make): one request built every extent of 64 segments,
 //! outside the server's memory budget (review at stop 49).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::*;
 use crate::chunker::ChunkParams;
 use crate::config::RepoConfig;
+use crate::gc::test_packs::write_point_of;
 use crate::id::{ObjectId, PointId};
 use crate::nbd::Export;
 use crate::progress::Progress;
@@ -21,9 +21,7 @@ fn point() -> PointId {
 
 #[tokio::test]
 async fn one_block_status_request_builds_a_bounded_number_of_extents() {
-    use crate::manifest::{BackupStats, DiskManifest, Manifest};
     use crate::node::{Entry, Node};
-    use chrono::TimeZone;
     let seg: u64 = 4 << 20;
     let mem = Arc::new(MemBackend::default());
     let params = ChunkParams {
@@ -45,32 +43,7 @@ async fn one_block_status_request_builds_a_bounded_number_of_extents() {
     assert_eq!(node.len(), seg);
     let (nid, plain) = node.to_plain(repo.codec()).unwrap();
     repo.put_node(&nid, &plain).await.unwrap();
-    let time = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    let segments = 64usize;
-    let m = Manifest {
-        vm: "vm".parse().unwrap(),
-        id: point(),
-        time,
-        created: time,
-        parent: None,
-        host: "h".into(),
-        labels: BTreeMap::new(),
-        disks: vec![DiskManifest {
-            name: "d".parse().unwrap(),
-            size: seg * segments as u64,
-            segment_size: seg,
-            segments: vec![Some(nid); segments],
-            source: "test".into(),
-            parent: None,
-            audit: None,
-            stats: BackupStats::default(),
-            checkpoint: None,
-            lock_generation: None,
-        }],
-        stats: BackupStats::default(),
-        writer: "test".into(),
-    };
-    repo.write_manifest(&m).await.unwrap();
+    write_point_of(&repo, "vm", &point(), vec![Some(nid); 64]).await;
     let m = repo
         .load_manifest(&"vm".parse().unwrap(), &point())
         .await
