@@ -309,6 +309,22 @@ pub enum Error {
         margin_secs: u64,
     },
 
+    /// The VM's newest point is dated further ahead of this machine's
+    /// clock than the clock margin: a point made now would sort before
+    /// it (see `backup/commit.rs`, `point_time`).
+    #[error(
+        "the newest point of VM {vm} is dated {ahead_secs} s ahead of this machine's clock, \
+         more than the repository's clock margin ({margin_secs} s): a point made now would \
+         sort before it, and the next incremental backup would build on the wrong point; set \
+         the clocks of the hosts that back up {vm} right (NTP), or remove that point (`xfull \
+         forget`), or give this point's time with --time"
+    )]
+    NewestPointAhead {
+        vm: String,
+        ahead_secs: i64,
+        margin_secs: u64,
+    },
+
     /// This client's record of repositories seen encrypted or locked
     /// (client_record.rs) cannot be read or written: the downgrade check
     /// cannot be made, so the command stops rather than pass silently.

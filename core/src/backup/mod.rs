@@ -116,6 +116,29 @@ fn check_time(repo: &Repository, req: &BackupRequest) -> Result<()> {
     }
 }
 
+/// A point is dated after the VM's newest (`commit::point_time`), but
+/// not by moving it past the clock margin: a newest point far ahead (a
+/// host's clock, a `--time --allow-future`) would pull every later point
+/// into its second, and retention would count from there (review at stop
+/// 49). Such a backup stops before it stores anything.
+fn check_newest_not_ahead(
+    repo: &Repository,
+    req: &BackupRequest,
+    newest: Option<DateTime<Utc>>,
+) -> Result<()> {
+    let margin = repo.config().protocol.margin();
+    match newest {
+        Some(newest) if req.time.is_none() && newest - Utc::now() > margin => {
+            Err(Error::NewestPointAhead {
+                vm: req.vm.to_string(),
+                ahead_secs: (newest - Utc::now()).num_seconds(),
+                margin_secs: margin.num_seconds().max(0) as u64,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Runs a backup and returns the committed point's manifest.
 /// Cancelling `progress` before the commit stops it cleanly: the lease is
 /// removed and no point is stored.
@@ -172,6 +195,7 @@ pub async fn backup(
         let (pinned, known, index) =
             tokio::join!(parents, KnownDamage::load(repo), placement.open_index());
         let (newest_listed, known, index) = (pinned?, known?, index?);
+        check_newest_not_ahead(repo, &req, newest_listed)?;
         let full_scan_with_parent = disks
             .iter()
             .any(|d| matches!(d.changes, ChangeSource::FullScan) && d.parent.is_some());

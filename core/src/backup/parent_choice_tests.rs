@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 
 use crate::backend::{Backend, PutMode};
 use crate::backup::plan::ChangeSource;
@@ -192,33 +192,70 @@ async fn a_change_file_against_the_newest_point_is_used() {
 /// A host whose clock is behind the host that made the VM's newest point
 /// dated its point before its own parent: the next backup then took that
 /// parent as the newest, and its change file (since the point just
-/// made) missed the writes in between. The point is dated just after
-/// the newest instead.
+/// made) missed the writes in between. Within the clock margin the point
+/// is dated just after the newest; beyond it the backup stops (moving
+/// points far ahead would pull every later one into that second). With
+/// `--parent` the VM's newest point counts as well (review).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_point_made_by_a_clock_behind_is_dated_after_the_newest() {
+    for named_parent in [false, true] {
+        let (_mem, repo) = repo().await;
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        std::fs::write(&img, seeded_bytes(4 * SEG as usize, 1)).unwrap();
+        let (p0, _) = back_up(&repo, request(&img, None, None)).await;
+        // Made by a host whose clock is 30 s ahead of this one.
+        let ahead = request(&img, None, Some(Utc::now() + Duration::seconds(30)));
+        let (p1, _) = back_up(&repo, ahead).await;
+
+        let changes = change_file(dir.path(), &img, SEG + 1000, 2);
+        let mut req = with_changes(request(&img, None, None), changes);
+        if named_parent {
+            // The changes since p0 (p1 holds the same bytes).
+            req.parent = Some(p0.id.clone());
+        }
+        let (p2, warnings) = back_up(&repo, req).await;
+        assert!(p2.time > p1.time, "{} {}", p2.time, p1.time);
+        let behind = warnings.iter().find_map(|w| match w {
+            Warning::ClockBehind { behind_ms, .. } => Some(*behind_ms),
+            _ => None,
+        });
+        assert!(behind.is_some_and(|ms| ms > 20_000), "{warnings:?}");
+
+        let changes = change_file(dir.path(), &img, 3 * SEG + 77, 3);
+        let (p3, warnings) = back_up(&repo, with_changes(request(&img, None, None), changes)).await;
+        assert_eq!(p3.disks[0].parent.as_ref(), Some(&p2.id));
+        assert_eq!(set_aside(&warnings), None);
+        assert!(restores_to(&repo, &p3, &img).await);
+        let latest = repo.latest(&"vm".parse().unwrap()).await.unwrap();
+        assert_eq!(latest, Some(p3.id));
+    }
+}
+
+/// Beyond the clock margin the backup stops before storing anything,
+/// unless it is given its own time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newest_point_far_ahead_stops_the_backup() {
     let (_mem, repo) = repo().await;
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.img");
-    std::fs::write(&img, seeded_bytes(4 * SEG as usize, 1)).unwrap();
-    // Made by a host whose clock is an hour ahead of this one.
+    std::fs::write(&img, seeded_bytes(2 * SEG as usize, 1)).unwrap();
     let mut ahead = request(&img, None, Some(Utc::now() + Duration::hours(1)));
     ahead.allow_future = true;
-    let (p1, _) = back_up(&repo, ahead).await;
-
-    let changes = change_file(dir.path(), &img, SEG + 1000, 2);
-    let (p2, warnings) = back_up(&repo, with_changes(request(&img, None, None), changes)).await;
-    assert!(p2.time > p1.time, "{} {}", p2.time, p1.time);
-    let behind = warnings.iter().find_map(|w| match w {
-        Warning::ClockBehind { behind_ms, .. } => Some(*behind_ms),
-        _ => None,
-    });
-    assert!(behind.is_some_and(|ms| ms > 3_000_000), "{warnings:?}");
-
-    let changes = change_file(dir.path(), &img, 3 * SEG + 77, 3);
-    let (p3, warnings) = back_up(&repo, with_changes(request(&img, None, None), changes)).await;
-    assert_eq!(p3.disks[0].parent.as_ref(), Some(&p2.id));
-    assert_eq!(set_aside(&warnings), None);
-    assert!(restores_to(&repo, &p3, &img).await);
-    let latest = repo.latest(&"vm".parse().unwrap()).await.unwrap();
-    assert_eq!(latest, Some(p3.id));
+    back_up(&repo, ahead).await;
+    let progress = Arc::new(Progress::default());
+    let e = backup(&repo, request(&img, None, None), progress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, crate::error::Error::NewestPointAhead { .. }),
+        "{e}"
+    );
+    let points = repo.list_points(None).await.unwrap();
+    assert_eq!(points.len(), 1, "nothing stored");
+    let at = Utc::now() + Duration::hours(2);
+    let mut given = request(&img, None, Some(at));
+    given.allow_future = true;
+    let (p, _) = back_up(&repo, given).await;
+    assert_eq!(p.time, at.trunc_subsecs(6));
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 
 use super::plan::ChangeSource;
 use super::{BackupRequest, bitmaps};
@@ -147,16 +147,16 @@ pub(super) async fn find_parents(
     progress: &Progress,
 ) -> Result<Option<DateTime<Utc>>> {
     let seg = repo.config().segment_size;
-    let mut seen_newest = None;
+    let mut seen_newest = false;
     let skipped = |id: &PointId, e: &Error| {
         progress.notice(Notice::Warning(Warning::DamagedParentSkipped {
             point: format!("{}@{id}", req.vm),
             reason: e.to_string(),
         }));
     };
-    let listed = walk_parents(repo, req, skipped, |m, passed| {
-        if seen_newest.is_none() {
-            seen_newest = Some(m.time);
+    let newest = walk_parents(repo, req, skipped, |m, passed| {
+        if !seen_newest {
+            seen_newest = true;
             warn_dropped_disks(m, disks, progress);
         }
         for d in disks.iter_mut().filter(|d| d.parent.is_none()) {
@@ -189,7 +189,14 @@ pub(super) async fn find_parents(
             d.changes_set_aside = None;
             continue;
         };
-        if matches!(d.changes, ChangeSource::FullScan) {
+        // A QMP checkpoint bitmap is the parent's own (`unusable_checkpoint`
+        // checks the name it recorded): valid whatever came after it.
+        let bound = match &d.changes {
+            ChangeSource::Bitmaps(b) => b.iter().all(|b| b.checkpoint),
+            ChangeSource::FullScan => true,
+            _ => false,
+        };
+        if bound {
             d.changes_set_aside = None;
             continue;
         }
@@ -200,7 +207,7 @@ pub(super) async fn find_parents(
         }));
         d.changes = ChangeSource::FullScan;
     }
-    Ok(seen_newest.max(listed))
+    Ok(newest)
 }
 
 /// The manifests a backup takes parents from, newest first, each given
@@ -211,34 +218,47 @@ pub(super) async fn find_parents(
 /// was passed over, if one was (damaged, gone, or of the same second and
 /// not readable, so not known to be older). The engine (`find_parents`)
 /// and the QMP checkpoint lookup walk the same way, so a checkpoint is
-/// looked for in the point the engine then picks. Returns the time (to
-/// the second) of the newest point listed, readable or not.
+/// looked for in the point the engine then picks. Returns the time of
+/// the VM's newest point as listed (with `--parent` too): its manifest's,
+/// or the end of its id's second if it cannot be read (its time within
+/// that second is unknown).
 pub(super) async fn walk_parents(
     repo: &Repository,
     req: &BackupRequest,
     mut damaged: impl FnMut(&PointId, &Error),
     mut take: impl FnMut(&Manifest, Option<&str>) -> bool,
 ) -> Result<Option<DateTime<Utc>>> {
-    let (candidates, unordered) = match &req.parent {
-        Some(id) => (vec![id.clone()], Vec::new()),
+    let listed: Vec<PointId> = (repo.list_points(Some(&req.vm)).await?)
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    let mut ids = repo.order_points(&req.vm, listed.clone()).await?;
+    // Points of one second that could not be read to be ordered
+    // (damaged, or pruned since the listing).
+    let ordered: BTreeSet<&PointId> = ids.iter().collect();
+    let unordered: Vec<PointId> = (listed.iter())
+        .filter(|id| !ordered.contains(id))
+        .cloned()
+        .collect();
+    let end_of_second = |id: &PointId| id.time() + Duration::seconds(1) - Duration::microseconds(1);
+    let mut newest = unordered.iter().map(end_of_second).max();
+    let candidates = match &req.parent {
+        Some(id) => {
+            if let Some(last) = ids.last() {
+                let time = match repo.load_summary(&req.vm, last).await {
+                    Ok(m) => m.time,
+                    Err(_) => end_of_second(last),
+                };
+                newest = newest.max(Some(time));
+            }
+            vec![id.clone()]
+        }
         None => {
-            let listed: Vec<PointId> = (repo.list_points(Some(&req.vm)).await?)
-                .into_iter()
-                .map(|(_, id)| id)
-                .collect();
-            let mut ids = repo.order_points(&req.vm, listed.clone()).await?;
-            // Points of one second that could not be read to be ordered
-            // (damaged, or pruned since the listing).
-            let ordered: BTreeSet<&PointId> = ids.iter().collect();
-            let unordered: Vec<PointId> = (listed.iter())
-                .filter(|id| !ordered.contains(id))
-                .cloned()
-                .collect();
             ids.reverse();
-            (ids, unordered)
+            ids
         }
     };
-    let newest = candidates.iter().chain(&unordered).map(PointId::time).max();
+    let mut read_one = false;
     let mut passed: Option<String> = None;
     for id in candidates {
         if passed.is_none()
@@ -256,16 +276,22 @@ pub(super) async fn walk_parents(
             Err(Error::PointNotFound { .. }) if req.parent.is_none() => {
                 let why = format!("the newer point {}@{id} was removed meanwhile", req.vm);
                 passed.get_or_insert(why);
+                newest = newest.max(Some(end_of_second(&id)));
                 continue;
             }
             Err(e) if e.is_damage() && req.parent.is_none() => {
                 damaged(&id, &e);
                 let why = format!("the newer point {}@{id} is damaged", req.vm);
                 passed.get_or_insert(why);
+                newest = newest.max(Some(end_of_second(&id)));
                 continue;
             }
             Err(e) => return Err(e),
         };
+        if req.parent.is_none() && !read_one {
+            read_one = true;
+            newest = newest.max(Some(m.time));
+        }
         if take(&m, passed.as_deref()) {
             break;
         }

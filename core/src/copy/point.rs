@@ -81,9 +81,13 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         // recorded in the lease before the copy relies on them.
         let placement = run.target.chunks();
         let packs = placement.session(placement.open_index().await?);
-        let mut copier = Copier::new(run, packs, trusted, known);
+        let mut copier = Copier::new(run, packs.clone(), trusted, known);
         copy_nodes(run, &manifest, &session, &mut copier).await?;
         copier.flush(&session).await?;
+        if let Some(reason) = packs.index_damage() {
+            let damaged = Warning::IndexDamaged { reason };
+            run.progress.notice(Notice::Warning(damaged));
+        }
         settle(run, &mut session, &manifest).await?;
         let deps = session.deps();
         let m = target_manifest(run, &manifest, reference.as_ref(), lock, &deps).await?;

@@ -40,7 +40,7 @@ const EXTENT_SEGMENTS: usize = 64;
 /// memory budget, and nodes of a repository whose configuration claims
 /// 64-byte chunks made one request build 4 M extents (64 MiB; review at
 /// stop 49). Real nodes merge into far fewer per 64 segments.
-const MAX_EXTENTS: usize = 16 * 1024;
+pub(super) const MAX_EXTENTS: usize = 16 * 1024;
 
 /// One disk of one point, served read-only.
 pub struct PointDisk {

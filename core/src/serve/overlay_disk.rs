@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
 use super::PointDisk;
+use super::disk::MAX_EXTENTS;
 use super::overlay::{BLOCK, Overlay};
 use crate::nbd::{Export, ExportError, Extent, ReadPiece, push_extent};
 
@@ -146,10 +147,15 @@ impl Export for OverlayDisk {
         Ok(out)
     }
 
-    /// Blocks of the overlay are data; the rest as the point says.
+    /// Blocks of the overlay are data; the rest as the point says. At
+    /// most about [`MAX_EXTENTS`] per call, as the point's own (the
+    /// client asks again from where they stop).
     async fn extents(&self, range: Range<u64>) -> Result<Vec<Extent>, ExportError> {
         let mut out = Vec::new();
         for (r, inside) in self.runs(range.start, range.end) {
+            if out.len() >= MAX_EXTENTS {
+                break;
+            }
             if inside {
                 push_extent(
                     &mut out,
@@ -161,7 +167,7 @@ impl Export for OverlayDisk {
                 continue;
             }
             let mut at = r.start;
-            while at < r.end {
+            while at < r.end && out.len() < MAX_EXTENTS {
                 let got = self.base.extents(at..r.end).await?;
                 let before = at;
                 for e in got {
