@@ -313,14 +313,14 @@ pub enum Error {
     /// clock than the clock margin: a point made now would sort before
     /// it (see `backup/commit.rs`, `point_time`).
     #[error(
-        "the newest point of VM {vm} is dated {ahead_secs} s ahead of this machine's clock, \
+        "the VM's newest point {point} is dated {ahead_secs} s ahead of this machine's clock, \
          more than the repository's clock margin ({margin_secs} s): a point made now would \
          sort before it, and the next incremental backup would build on the wrong point; set \
-         the clocks of the hosts that back up {vm} right (NTP), or remove that point (`xfull \
-         forget`), or give this point's time with --time"
+         the clocks of the hosts that back up this VM right (NTP), or remove that point \
+         (`xfull forget {point}`), or give this point's time with --time"
     )]
     NewestPointAhead {
-        vm: String,
+        point: String,
         ahead_secs: i64,
         margin_secs: u64,
     },

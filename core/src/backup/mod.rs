@@ -124,14 +124,14 @@ fn check_time(repo: &Repository, req: &BackupRequest) -> Result<()> {
 fn check_newest_not_ahead(
     repo: &Repository,
     req: &BackupRequest,
-    newest: Option<DateTime<Utc>>,
+    newest: Option<(DateTime<Utc>, PointId)>,
 ) -> Result<()> {
     let margin = repo.config().protocol.margin();
     match newest {
-        Some(newest) if req.time.is_none() && newest - Utc::now() > margin => {
+        Some((time, id)) if req.time.is_none() && time - Utc::now() > margin => {
             Err(Error::NewestPointAhead {
-                vm: req.vm.to_string(),
-                ahead_secs: (newest - Utc::now()).num_seconds(),
+                point: format!("{}@{id}", req.vm),
+                ahead_secs: (time - Utc::now()).num_seconds(),
                 margin_secs: margin.num_seconds().max(0) as u64,
             })
         }
@@ -195,7 +195,7 @@ pub async fn backup(
         let (pinned, known, index) =
             tokio::join!(parents, KnownDamage::load(repo), placement.open_index());
         let (newest_listed, known, index) = (pinned?, known?, index?);
-        check_newest_not_ahead(repo, &req, newest_listed)?;
+        check_newest_not_ahead(repo, &req, newest_listed.clone())?;
         let full_scan_with_parent = disks
             .iter()
             .any(|d| matches!(d.changes, ChangeSource::FullScan) && d.parent.is_some());
@@ -211,7 +211,7 @@ pub async fn backup(
             progress: progress.clone(),
         };
         let (mut commit, last) = back_up_disks(repo, disks, &ctx, &session).await?;
-        commit.newest_listed = newest_listed;
+        commit.newest_listed = newest_listed.map(|(time, _)| time);
         if let Some(reason) = ctx.packs.index_damage() {
             progress.notice(Notice::Warning(Warning::IndexDamaged { reason }));
         }

@@ -242,7 +242,7 @@ async fn a_newest_point_far_ahead_stops_the_backup() {
     std::fs::write(&img, seeded_bytes(2 * SEG as usize, 1)).unwrap();
     let mut ahead = request(&img, None, Some(Utc::now() + Duration::hours(1)));
     ahead.allow_future = true;
-    back_up(&repo, ahead).await;
+    let (p1, _) = back_up(&repo, ahead).await;
     let progress = Arc::new(Progress::default());
     let e = backup(&repo, request(&img, None, None), progress)
         .await
@@ -250,6 +250,10 @@ async fn a_newest_point_far_ahead_stops_the_backup() {
     assert!(
         matches!(e, crate::error::Error::NewestPointAhead { .. }),
         "{e}"
+    );
+    assert!(
+        e.to_string().contains(&format!("vm@{}", p1.id)),
+        "names it: {e}"
     );
     let points = repo.list_points(None).await.unwrap();
     assert_eq!(points.len(), 1, "nothing stored");

@@ -145,7 +145,7 @@ pub(super) async fn find_parents(
     req: &BackupRequest,
     disks: &mut [Prepared],
     progress: &Progress,
-) -> Result<Option<DateTime<Utc>>> {
+) -> Result<Option<(DateTime<Utc>, PointId)>> {
     let seg = repo.config().segment_size;
     let mut seen_newest = false;
     let skipped = |id: &PointId, e: &Error| {
@@ -218,16 +218,16 @@ pub(super) async fn find_parents(
 /// was passed over, if one was (damaged, gone, or of the same second and
 /// not readable, so not known to be older). The engine (`find_parents`)
 /// and the QMP checkpoint lookup walk the same way, so a checkpoint is
-/// looked for in the point the engine then picks. Returns the time of
-/// the VM's newest point as listed (with `--parent` too): its manifest's,
-/// or the end of its id's second if it cannot be read (its time within
-/// that second is unknown).
+/// looked for in the point the engine then picks. Returns the VM's newest
+/// point as listed (with `--parent` too) and its time: its manifest's, or
+/// the end of its id's second if it cannot be read (its time within that
+/// second is unknown).
 pub(super) async fn walk_parents(
     repo: &Repository,
     req: &BackupRequest,
     mut damaged: impl FnMut(&PointId, &Error),
     mut take: impl FnMut(&Manifest, Option<&str>) -> bool,
-) -> Result<Option<DateTime<Utc>>> {
+) -> Result<Option<(DateTime<Utc>, PointId)>> {
     let listed: Vec<PointId> = (repo.list_points(Some(&req.vm)).await?)
         .into_iter()
         .map(|(_, id)| id)
@@ -240,16 +240,19 @@ pub(super) async fn walk_parents(
         .filter(|id| !ordered.contains(id))
         .cloned()
         .collect();
-    let end_of_second = |id: &PointId| id.time() + Duration::seconds(1) - Duration::microseconds(1);
-    let mut newest = unordered.iter().map(end_of_second).max();
+    let end_of_second = |id: &PointId| {
+        let end = id.time() + Duration::seconds(1) - Duration::microseconds(1);
+        Some((end, id.clone()))
+    };
+    let mut newest = unordered.iter().filter_map(end_of_second).max();
     let candidates = match &req.parent {
         Some(id) => {
             if let Some(last) = ids.last() {
                 let time = match repo.load_summary(&req.vm, last).await {
-                    Ok(m) => m.time,
+                    Ok(m) => Some((m.time, last.clone())),
                     Err(_) => end_of_second(last),
                 };
-                newest = newest.max(Some(time));
+                newest = newest.max(time);
             }
             vec![id.clone()]
         }
@@ -276,21 +279,21 @@ pub(super) async fn walk_parents(
             Err(Error::PointNotFound { .. }) if req.parent.is_none() => {
                 let why = format!("the newer point {}@{id} was removed meanwhile", req.vm);
                 passed.get_or_insert(why);
-                newest = newest.max(Some(end_of_second(&id)));
+                newest = newest.max(end_of_second(&id));
                 continue;
             }
             Err(e) if e.is_damage() && req.parent.is_none() => {
                 damaged(&id, &e);
                 let why = format!("the newer point {}@{id} is damaged", req.vm);
                 passed.get_or_insert(why);
-                newest = newest.max(Some(end_of_second(&id)));
+                newest = newest.max(end_of_second(&id));
                 continue;
             }
             Err(e) => return Err(e),
         };
         if req.parent.is_none() && !read_one {
             read_one = true;
-            newest = newest.max(Some(m.time));
+            newest = newest.max(Some((m.time, m.id.clone())));
         }
         if take(&m, passed.as_deref()) {
             break;
