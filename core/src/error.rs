@@ -315,9 +315,10 @@ pub enum Error {
     #[error(
         "the VM's newest point {point} is dated {ahead_secs} s ahead of this machine's clock, \
          more than the repository's clock margin ({margin_secs} s): a point made now would \
-         sort before it, and the next incremental backup would build on the wrong point; set \
-         the clocks of the hosts that back up this VM right (NTP), or remove that point \
-         (`xfull forget {point}`), or give this point's time with --time"
+         sort before it, and the next incremental backup would build on the wrong point. If \
+         that point's time is right, this machine's clock is behind: set it right (NTP). If \
+         it is wrong, remove the point (`xfull forget {point}`) or date this one after it \
+         (--time later than it, with --allow-future)"
     )]
     NewestPointAhead {
         point: String,

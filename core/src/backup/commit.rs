@@ -85,9 +85,9 @@ pub(super) struct Commit {
     pub(super) replaced: Vec<String>,
     /// Object lock: what keeping the point's objects locked took.
     pub(super) lock: Option<crate::lock::extend::Extended>,
-    /// The time of the VM's newest point when the backup listed them:
-    /// the new point is dated after it (see [`point_time`]).
-    pub(super) newest_listed: Option<DateTime<Utc>>,
+    /// The VM's newest point when the backup listed them: the new point
+    /// is dated after it (see [`point_time`]).
+    pub(super) newest_listed: Option<super::prepare::Newest>,
 }
 
 /// Step (c) of the protocol: for every sweep that ran meanwhile, make sure
@@ -233,7 +233,7 @@ async fn commit_point(
 /// `--time` is the user's to choose.
 fn point_time(
     given: Option<DateTime<Utc>>,
-    newest: Option<DateTime<Utc>>,
+    newest: Option<super::prepare::Newest>,
     progress: &Progress,
 ) -> DateTime<Utc> {
     if let Some(t) = given {
@@ -241,12 +241,18 @@ fn point_time(
     }
     let now = Utc::now().trunc_subsecs(6);
     match newest {
-        Some(newest) if now <= newest => {
-            progress.notice(Notice::Warning(Warning::ClockBehind {
-                newest: newest.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                behind_ms: (newest - now).num_milliseconds().max(0) as u64,
-            }));
-            newest.trunc_subsecs(6) + chrono::Duration::microseconds(1)
+        Some(newest) if now <= newest.time => {
+            // An unreadable newest point counts by the end of its second:
+            // that is no sign of this clock being behind.
+            if newest.exact {
+                progress.notice(Notice::Warning(Warning::ClockBehind {
+                    newest: newest
+                        .time
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    behind_ms: (newest.time - now).num_milliseconds().max(0) as u64,
+                }));
+            }
+            newest.time.trunc_subsecs(6) + chrono::Duration::microseconds(1)
         }
         _ => now,
     }

@@ -51,7 +51,7 @@ use crate::task::blocking;
 use commit::{Commit, commit_and_recheck, first_check, last_check_too_old, settle_sweeps};
 use pipeline::DiskResult;
 use plan::{ChangeSource, DiskPlan};
-use prepare::{Prepared, find_parents, prepare};
+use prepare::{Newest, Prepared, find_parents, prepare};
 use trust::{Present, Trust};
 
 /// Block size of `--base` snapshot comparisons.
@@ -117,26 +117,30 @@ fn check_time(repo: &Repository, req: &BackupRequest) -> Result<()> {
 }
 
 /// A point is dated after the VM's newest (`commit::point_time`), but
-/// not by moving it past the clock margin: a newest point far ahead (a
-/// host's clock, a `--time --allow-future`) would pull every later point
-/// into its second, and retention would count from there (review at stop
-/// 49). Such a backup stops before it stores anything.
+/// not by moving it past the clock margin (plus a second: an unreadable
+/// point counts by the end of its id's second): a newest point far
+/// ahead (a host's clock, a `--time --allow-future`) would pull every
+/// later point into its second, and retention would count from there
+/// (review at stop 49). Such a backup stops before it stores anything.
 fn check_newest_not_ahead(
     repo: &Repository,
     req: &BackupRequest,
-    newest: Option<(DateTime<Utc>, PointId)>,
+    newest: Option<&Newest>,
 ) -> Result<()> {
     let margin = repo.config().protocol.margin();
-    match newest {
-        Some((time, id)) if req.time.is_none() && time - Utc::now() > margin => {
-            Err(Error::NewestPointAhead {
-                point: format!("{}@{id}", req.vm),
-                ahead_secs: (time - Utc::now()).num_seconds(),
-                margin_secs: margin.num_seconds().max(0) as u64,
-            })
-        }
-        _ => Ok(()),
+    let Some(newest) = newest.filter(|_| req.time.is_none()) else {
+        return Ok(());
+    };
+    let ahead = newest.time - Utc::now();
+    if ahead <= margin + chrono::Duration::seconds(1) {
+        return Ok(());
     }
+    Err(Error::NewestPointAhead {
+        point: format!("{}@{}", req.vm, newest.point),
+        // Rounded up: "60 s ahead, more than 60 s" read as a contradiction.
+        ahead_secs: (ahead.num_milliseconds() + 999) / 1000,
+        margin_secs: margin.num_seconds().max(0) as u64,
+    })
 }
 
 /// Runs a backup and returns the committed point's manifest.
@@ -195,7 +199,7 @@ pub async fn backup(
         let (pinned, known, index) =
             tokio::join!(parents, KnownDamage::load(repo), placement.open_index());
         let (newest_listed, known, index) = (pinned?, known?, index?);
-        check_newest_not_ahead(repo, &req, newest_listed.clone())?;
+        check_newest_not_ahead(repo, &req, newest_listed.as_ref())?;
         let full_scan_with_parent = disks
             .iter()
             .any(|d| matches!(d.changes, ChangeSource::FullScan) && d.parent.is_some());
@@ -211,7 +215,7 @@ pub async fn backup(
             progress: progress.clone(),
         };
         let (mut commit, last) = back_up_disks(repo, disks, &ctx, &session).await?;
-        commit.newest_listed = newest_listed.map(|(time, _)| time);
+        commit.newest_listed = newest_listed;
         if let Some(reason) = ctx.packs.index_damage() {
             progress.notice(Notice::Warning(Warning::IndexDamaged { reason }));
         }

@@ -263,3 +263,30 @@ async fn a_newest_point_far_ahead_stops_the_backup() {
     let (p, _) = back_up(&repo, given).await;
     assert_eq!(p.time, at.trunc_subsecs(6));
 }
+
+/// `--parent` is taken at its word, an unreadable point of a later or the
+/// same second notwithstanding (review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_parent_keeps_the_change_file_past_an_unreadable_point() {
+    let (mem, repo) = repo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    std::fs::write(&img, seeded_bytes(4 * SEG as usize, 1)).unwrap();
+    let t0 = Utc::now() - Duration::hours(1);
+    let (p1, _) = back_up(&repo, request(&img, None, Some(t0))).await;
+    let (p2, _) = back_up(&repo, request(&img, None, Some(t0))).await;
+    let key = keys::point(&"vm".parse().unwrap(), &p2.id);
+    let garbage = Bytes::from_static(b"garbage");
+    mem.put(&key, garbage, PutMode::Overwrite).await.unwrap();
+    let changes = change_file(dir.path(), &img, 3 * SEG + 77, 3);
+    let mut req = with_changes(request(&img, None, None), changes);
+    req.parent = Some(p1.id.clone());
+    let (p3, warnings) = back_up(&repo, req).await;
+    assert_eq!(set_aside(&warnings), None, "{warnings:?}");
+    assert!(
+        p3.disks[0].source.starts_with("extents"),
+        "{}",
+        p3.disks[0].source
+    );
+    assert!(restores_to(&repo, &p3, &img).await);
+}

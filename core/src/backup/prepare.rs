@@ -145,7 +145,7 @@ pub(super) async fn find_parents(
     req: &BackupRequest,
     disks: &mut [Prepared],
     progress: &Progress,
-) -> Result<Option<(DateTime<Utc>, PointId)>> {
+) -> Result<Option<Newest>> {
     let seg = repo.config().segment_size;
     let mut seen_newest = false;
     let skipped = |id: &PointId, e: &Error| {
@@ -210,6 +210,16 @@ pub(super) async fn find_parents(
     Ok(newest)
 }
 
+/// The VM's newest point as a backup listed it, and its time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Newest {
+    pub(super) time: DateTime<Utc>,
+    pub(super) point: PointId,
+    /// `time` is the manifest's; else the end of the id's second (the
+    /// manifest could not be read).
+    pub(super) exact: bool,
+}
+
 /// The manifests a backup takes parents from, newest first, each given
 /// to `take` until it says it has all it needs: `--parent`'s alone, or
 /// the VM's points, skipping those pruned since the listing and those
@@ -227,7 +237,7 @@ pub(super) async fn walk_parents(
     req: &BackupRequest,
     mut damaged: impl FnMut(&PointId, &Error),
     mut take: impl FnMut(&Manifest, Option<&str>) -> bool,
-) -> Result<Option<(DateTime<Utc>, PointId)>> {
+) -> Result<Option<Newest>> {
     let listed: Vec<PointId> = (repo.list_points(Some(&req.vm)).await?)
         .into_iter()
         .map(|(_, id)| id)
@@ -241,15 +251,26 @@ pub(super) async fn walk_parents(
         .cloned()
         .collect();
     let end_of_second = |id: &PointId| {
-        let end = id.time() + Duration::seconds(1) - Duration::microseconds(1);
-        Some((end, id.clone()))
+        Some(Newest {
+            time: id.time() + Duration::seconds(1) - Duration::microseconds(1),
+            point: id.clone(),
+            exact: false,
+        })
+    };
+    let exact = |time, point: &PointId| {
+        let point = point.clone();
+        Some(Newest {
+            time,
+            point,
+            exact: true,
+        })
     };
     let mut newest = unordered.iter().filter_map(end_of_second).max();
     let candidates = match &req.parent {
         Some(id) => {
             if let Some(last) = ids.last() {
                 let time = match repo.load_summary(&req.vm, last).await {
-                    Ok(m) => Some((m.time, last.clone())),
+                    Ok(m) => exact(m.time, last),
                     Err(_) => end_of_second(last),
                 };
                 newest = newest.max(time);
@@ -264,7 +285,9 @@ pub(super) async fn walk_parents(
     let mut read_one = false;
     let mut passed: Option<String> = None;
     for id in candidates {
+        // (`--parent` is taken at its word.)
         if passed.is_none()
+            && req.parent.is_none()
             && let Some(u) = unordered.iter().find(|u| u.time() >= id.time())
         {
             passed = Some(format!(
@@ -293,7 +316,7 @@ pub(super) async fn walk_parents(
         };
         if req.parent.is_none() && !read_one {
             read_one = true;
-            newest = newest.max(Some((m.time, m.id.clone())));
+            newest = newest.max(exact(m.time, &m.id));
         }
         if take(&m, passed.as_deref()) {
             break;
