@@ -238,18 +238,28 @@ pub(super) async fn walk_parents(
     mut damaged: impl FnMut(&PointId, &Error),
     mut take: impl FnMut(&Manifest, Option<&str>) -> bool,
 ) -> Result<Option<Newest>> {
-    let listed: Vec<PointId> = (repo.list_points(Some(&req.vm)).await?)
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
-    let mut ids = repo.order_points(&req.vm, listed.clone()).await?;
-    // Points of one second that could not be read to be ordered
-    // (damaged, or pruned since the listing).
-    let ordered: BTreeSet<&PointId> = ids.iter().collect();
-    let unordered: Vec<PointId> = (listed.iter())
-        .filter(|id| !ordered.contains(id))
-        .cloned()
-        .collect();
+    // `--parent` with a whole id needs no listing (one round trip fewer
+    // before the lease; `s3::a_backup_given_its_parents_whole_id...`):
+    // the point made is then dated after that parent only.
+    let (candidates, unordered) = match &req.parent {
+        Some(id) => (vec![id.clone()], Vec::new()),
+        None => {
+            let listed: Vec<PointId> = (repo.list_points(Some(&req.vm)).await?)
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect();
+            let mut ids = repo.order_points(&req.vm, listed.clone()).await?;
+            // Points of one second that could not be read to be ordered
+            // (damaged, or pruned since the listing).
+            let ordered: BTreeSet<&PointId> = ids.iter().collect();
+            let unordered: Vec<PointId> = (listed.iter())
+                .filter(|id| !ordered.contains(id))
+                .cloned()
+                .collect();
+            ids.reverse();
+            (ids, unordered)
+        }
+    };
     let end_of_second = |id: &PointId| {
         Some(Newest {
             time: id.time() + Duration::seconds(1) - Duration::microseconds(1),
@@ -266,22 +276,6 @@ pub(super) async fn walk_parents(
         })
     };
     let mut newest = unordered.iter().filter_map(end_of_second).max();
-    let candidates = match &req.parent {
-        Some(id) => {
-            if let Some(last) = ids.last() {
-                let time = match repo.load_summary(&req.vm, last).await {
-                    Ok(m) => exact(m.time, last),
-                    Err(_) => end_of_second(last),
-                };
-                newest = newest.max(time);
-            }
-            vec![id.clone()]
-        }
-        None => {
-            ids.reverse();
-            ids
-        }
-    };
     let mut read_one = false;
     let mut passed: Option<String> = None;
     for id in candidates {
@@ -314,7 +308,7 @@ pub(super) async fn walk_parents(
             }
             Err(e) => return Err(e),
         };
-        if req.parent.is_none() && !read_one {
+        if !read_one {
             read_one = true;
             newest = newest.max(exact(m.time, &m.id));
         }
