@@ -185,10 +185,6 @@ pub(super) async fn find_parents(
     })
     .await?;
     for d in disks.iter_mut() {
-        let (Some((parent, _)), Some(why)) = (&d.parent, &d.changes_set_aside) else {
-            d.changes_set_aside = None;
-            continue;
-        };
         // A QMP checkpoint bitmap is the parent's own (`unusable_checkpoint`
         // checks the name it recorded): valid whatever came after it.
         let bound = match &d.changes {
@@ -196,16 +192,17 @@ pub(super) async fn find_parents(
             ChangeSource::FullScan => true,
             _ => false,
         };
-        if bound {
-            d.changes_set_aside = None;
+        let why = d.changes_set_aside.take();
+        let (Some((parent, _)), Some(why), false) = (&d.parent, why, bound) else {
             continue;
-        }
+        };
         progress.notice(Notice::Warning(Warning::ChangesSetAside {
             disk: d.name.to_string(),
             parent: format!("{}@{parent}", req.vm),
             reason: why.clone(),
         }));
         d.changes = ChangeSource::FullScan;
+        d.changes_set_aside = Some(why);
     }
     Ok(newest)
 }
@@ -276,7 +273,6 @@ pub(super) async fn walk_parents(
         })
     };
     let mut newest = unordered.iter().filter_map(end_of_second).max();
-    let mut read_one = false;
     let mut passed: Option<String> = None;
     for id in candidates {
         // (`--parent` is taken at its word.)
@@ -308,10 +304,8 @@ pub(super) async fn walk_parents(
             }
             Err(e) => return Err(e),
         };
-        if !read_one {
-            read_one = true;
-            newest = newest.max(exact(m.time, &m.id));
-        }
+        // Newest first: the first manifest read gives the time.
+        newest = newest.max(exact(m.time, &m.id));
         if take(&m, passed.as_deref()) {
             break;
         }
