@@ -14,6 +14,14 @@ use crate::repair::{RepairOptions, repair};
 use crate::repo::Repository;
 use crate::testing::{HookAt, Hooked};
 
+/// A repair with the default options, which must succeed.
+async fn repair_all(repo: &Repository) -> crate::repair::RepairReport {
+    let progress = Arc::new(Progress::default());
+    repair(repo, &RepairOptions::default(), progress)
+        .await
+        .unwrap()
+}
+
 async fn all_read(repo: &Repository, c: &[(ObjectId, Vec<u8>)]) {
     for (id, data) in c {
         let got = read_chunk(repo, id).await;
@@ -55,13 +63,7 @@ async fn a_gc_during_the_salvage_loses_nothing() {
         }),
     );
     let repairing = Repository::open(hooked.clone()).await.unwrap();
-    repair(
-        &repairing,
-        &RepairOptions::default(),
-        Arc::new(Progress::default()),
-    )
-    .await
-    .unwrap();
+    repair_all(&repairing).await;
     assert!(hooked.fired());
     all_read(&repo, &c).await;
 }
@@ -90,13 +92,7 @@ async fn a_wrong_entry_at_a_true_place_does_not_hide_the_right_one() {
             .unwrap();
     }
     spoil_trailer(&mem, &a).await;
-    let r = repair(
-        &repo,
-        &RepairOptions::default(),
-        Arc::new(Progress::default()),
-    )
-    .await
-    .unwrap();
+    let r = repair_all(&repo).await;
     assert_eq!(r.chunks_not_salvaged, 0, "{r:?}");
     all_read(&repo, &c).await;
 }
@@ -130,13 +126,7 @@ async fn packs_readable_again_are_not_counted_as_left() {
         }),
     );
     let repairing = Repository::open(hooked.clone()).await.unwrap();
-    let r = repair(
-        &repairing,
-        &RepairOptions::default(),
-        Arc::new(Progress::default()),
-    )
-    .await
-    .unwrap();
+    let r = repair_all(&repairing).await;
     assert!(hooked.fired());
     assert_eq!(
         (r.packs_unreadable, r.packs_unreadable_left),
@@ -164,13 +154,7 @@ async fn a_new_pack_named_like_a_damaged_orphan_is_a_warning() {
     spoil_trailer(&mem, &a).await;
     spoil_trailer(&mem, &b).await;
     spoil_trailer(&mem, &x).await;
-    let r = repair(
-        &repo,
-        &RepairOptions::default(),
-        Arc::new(Progress::default()),
-    )
-    .await
-    .unwrap();
+    let r = repair_all(&repo).await;
     assert!(!r.warnings.is_empty(), "{r:?}");
     assert_eq!(r.packs_salvaged, 0, "{r:?}");
     all_read(&repo, &c).await;
@@ -202,13 +186,7 @@ async fn an_entry_past_the_end_does_not_take_the_real_chunks_with_it() {
         .await
         .unwrap();
     spoil_trailer(&mem, &a).await;
-    let r = repair(
-        &repo,
-        &RepairOptions::default(),
-        Arc::new(Progress::default()),
-    )
-    .await
-    .unwrap();
+    let r = repair_all(&repo).await;
     assert_eq!(r.chunks_not_salvaged, 1, "{r:?}");
     all_read(&repo, &c).await;
 }
