@@ -3,7 +3,8 @@
 //! `--ignore-damage` goes on), those another object places are found
 //! there, and a backup stores them again and says so. One damaged block
 //! used to stop every restore and backup that looked an id up in it
-//! (review at stop 49).
+//! (review at stop 49), and a damaged head of an unsharded object every
+//! restore and backup (stop 50). Each test damages a block, then a head.
 
 use std::sync::Arc;
 
@@ -60,9 +61,14 @@ async fn repo_with(copies: usize) -> (Arc<MemBackend>, Repository, Manifest) {
     (mem, repo, m)
 }
 
-/// Flips a byte in the first block of entries of the index object a
-/// lookup consults first (objects are consulted in name order).
-async fn damage_first_index_object(mem: &MemBackend) -> String {
+/// A byte in the first block of entries of an index object.
+const IN_BLOCK: usize = 120;
+/// A byte of an index object's magic, in its head.
+const IN_HEAD: usize = 2;
+
+/// Flips byte `at` of the index object a lookup consults first (objects
+/// are consulted in name order).
+async fn damage_first_index_object(mem: &MemBackend, at: usize) -> String {
     let mut listed: Vec<String> = (mem.list(keys::INDEX).map_ok(|m| m.key))
         .try_collect()
         .await
@@ -70,7 +76,7 @@ async fn damage_first_index_object(mem: &MemBackend) -> String {
     listed.sort();
     let key = listed[0].clone();
     let mut bytes = mem.get(&key).await.unwrap().to_vec();
-    bytes[120] ^= 1;
+    bytes[at] ^= 1;
     mem.put(&key, bytes.into(), PutMode::Overwrite)
         .await
         .unwrap();
@@ -96,45 +102,51 @@ async fn restore_with(
 
 #[tokio::test]
 async fn a_chunk_only_a_damaged_block_places_is_damage_of_its_own() {
-    let (mem, repo, m) = repo_with(1).await;
-    let key = damage_first_index_object(&mem).await;
-    let e = restore_with(&repo, &m, false).await.unwrap_err();
-    assert!(e.is_damage(), "{e}");
-    assert!(e.to_string().contains(&key), "names the index object: {e}");
-    let out = restore_with(&repo, &m, true).await.unwrap();
-    assert!(!out.damaged.is_empty());
+    for at in [IN_BLOCK, IN_HEAD] {
+        let (mem, repo, m) = repo_with(1).await;
+        let key = damage_first_index_object(&mem, at).await;
+        let e = restore_with(&repo, &m, false).await.unwrap_err();
+        assert!(e.is_damage(), "byte {at}: {e}");
+        assert!(e.to_string().contains(&key), "names the index object: {e}");
+        let out = restore_with(&repo, &m, true).await.unwrap();
+        assert!(!out.damaged.is_empty(), "byte {at}");
+    }
 }
 
 #[tokio::test]
 async fn a_chunk_another_index_object_places_is_found_there() {
-    let (mem, repo, m) = repo_with(2).await;
-    damage_first_index_object(&mem).await;
-    let out = restore_with(&repo, &m, false).await.unwrap();
-    assert!(out.damaged.is_empty());
+    for at in [IN_BLOCK, IN_HEAD] {
+        let (mem, repo, m) = repo_with(2).await;
+        damage_first_index_object(&mem, at).await;
+        let out = restore_with(&repo, &m, false).await.unwrap();
+        assert!(out.damaged.is_empty(), "byte {at}");
+    }
 }
 
 #[tokio::test]
 async fn a_backup_past_a_damaged_block_stores_again_and_says_so() {
-    let (mem, repo, _) = repo_with(1).await;
-    damage_first_index_object(&mem).await;
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("d.img");
-    let data: Vec<u8> = chunks(&repo).into_iter().flat_map(|(_, d)| d).collect();
-    std::fs::write(&img, &data).unwrap();
-    let req = crate::backup::BackupRequest::new(
-        "vm2".parse().unwrap(),
-        vec![("d".parse().unwrap(), img.clone())],
-        "test",
-    );
-    let progress = Arc::new(Progress::default());
-    let p = crate::backup::backup(&repo, req, progress.clone())
-        .await
-        .unwrap();
-    let damaged = progress
-        .warnings()
-        .into_iter()
-        .any(|w| matches!(w, Warning::IndexDamaged { .. }));
-    assert!(damaged, "{:?}", progress.warnings());
-    let out = restore_with(&repo, &p, false).await.unwrap();
-    assert!(out.damaged.is_empty());
+    for at in [IN_BLOCK, IN_HEAD] {
+        let (mem, repo, _) = repo_with(1).await;
+        damage_first_index_object(&mem, at).await;
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        let data: Vec<u8> = chunks(&repo).into_iter().flat_map(|(_, d)| d).collect();
+        std::fs::write(&img, &data).unwrap();
+        let req = crate::backup::BackupRequest::new(
+            "vm2".parse().unwrap(),
+            vec![("d".parse().unwrap(), img.clone())],
+            "test",
+        );
+        let progress = Arc::new(Progress::default());
+        let p = crate::backup::backup(&repo, req, progress.clone())
+            .await
+            .unwrap();
+        let damaged = progress
+            .warnings()
+            .into_iter()
+            .any(|w| matches!(w, Warning::IndexDamaged { .. }));
+        assert!(damaged, "byte {at}: {:?}", progress.warnings());
+        let out = restore_with(&repo, &p, false).await.unwrap();
+        assert!(out.damaged.is_empty(), "byte {at}");
+    }
 }
