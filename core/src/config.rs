@@ -45,6 +45,10 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 /// a segment again whole (`backup/repair.rs`, `repair/restock.rs`), so
 /// this bounds its memory.
 pub const MAX_SEGMENT_SIZE: u64 = 64 << 20;
+
+/// Most chunks of the minimum size a segment may hold (a node's entries,
+/// less one: the last chunk may be shorter). 4 Ki with the defaults.
+pub const MAX_SEGMENT_CHUNKS: u64 = 16 << 10;
 /// Default zstd level for chunks.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
@@ -260,6 +264,18 @@ impl RepoConfig {
                 "segment size {} must be a power of two from 1 MiB to {} MiB",
                 self.segment_size,
                 MAX_SEGMENT_SIZE >> 20
+            ));
+        }
+        // Bounds a node (40 bytes an entry): restore and serve keep 80 per
+        // disk. The config is not authenticated, so this is also what a
+        // rewritten one can make readers hold.
+        if self.segment_size / u64::from(self.chunking.min) > MAX_SEGMENT_CHUNKS {
+            return Err(format!(
+                "a segment of {} bytes holds {} chunks of the minimum size {} \
+                 (at most {MAX_SEGMENT_CHUNKS}): use a larger minimum chunk or a smaller segment",
+                self.segment_size,
+                self.segment_size / u64::from(self.chunking.min),
+                self.chunking.min
             ));
         }
         if self.segment_size < u64::from(self.chunking.max) {

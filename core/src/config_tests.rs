@@ -170,6 +170,31 @@ fn refuses_bad_constants() {
     assert!(cfg.validate().unwrap_err().contains("lease TTL"));
 }
 
+/// A segment holds at most 16 Ki chunks of the minimum size: a node's
+/// entries are bounded by it (40 bytes each), and restore and serve keep
+/// 80 nodes per disk. FastCDC's own bounds allow 64-byte chunks, 1 M per
+/// 64 MiB segment (a 40 MiB node), and the config is not authenticated:
+/// one rewritten by someone who may write the bucket made every reader
+/// keep gigabytes (stop 50). Refused at init and when the config is read.
+#[test]
+fn a_segment_holds_a_bounded_number_of_chunks() {
+    let tiny = ChunkParams::from_avg(256);
+    tiny.validate().unwrap();
+    let e = RepoConfig::new(DEFAULT_SEGMENT_SIZE, tiny, 3).unwrap_err();
+    assert!(e.to_string().contains("16384"), "{e}");
+    // The largest segment of 16 KiB chunks is allowed, one more is not.
+    RepoConfig::new(64 << 20, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let p = ChunkParams {
+        min: (4 << 10) - 2,
+        ..ChunkParams::from_avg(16 << 10)
+    };
+    assert!(RepoConfig::new(64 << 20, p, 3).is_err());
+    let mut hostile = RepoConfig::new(4 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    hostile.chunking = tiny;
+    let e = RepoConfig::decode(&hostile.encode().unwrap()).unwrap_err();
+    assert!(e.is_damage() && e.to_string().contains("chunks"), "{e}");
+}
+
 #[test]
 fn configs_without_protocol_get_the_defaults() {
     #[derive(Serialize)]
