@@ -256,6 +256,13 @@ impl RepoConfig {
 
     /// Checks the constants are usable; the message names the bad one.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        // It names a directory of every client (the index cache, spill
+        // files) and QEMU bitmaps: a rewritten config must not be able to
+        // name a path (review, stop 50). This build makes 16 hex digits.
+        let id = &self.repo_id;
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("repository id {id:?} is not 1 to 64 hex digits"));
+        }
         self.chunking.validate()?;
         if !(1 << 20..=MAX_SEGMENT_SIZE).contains(&self.segment_size)
             || !self.segment_size.is_power_of_two()

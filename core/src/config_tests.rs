@@ -222,3 +222,30 @@ fn configs_without_protocol_get_the_defaults() {
     let cfg = RepoConfig::decode(&framed).unwrap();
     assert_eq!(cfg.protocol, Protocol::default());
 }
+
+/// Review (crypto, stop 50): the config is plain and anyone who can write
+/// the store can rewrite it; its `repo_id` is not checked, yet it names a
+/// directory of every client: `placement::lookup::default_cache_dir`
+/// joins it to `$XDG_CACHE_HOME/xfull/` unchanged, so an absolute id
+/// replaces the base and `..` climbs out of it. The index cache
+/// (`<dir>/index/<64 hex>/<n>`, bytes from the store) and gc's, verify's
+/// and trust's spill files (`gc::spill::base_dir`, when TMPDIR is unset)
+/// are then written where the config says, as the user xfull runs as
+/// (root on a hypervisor). `client_record` hashes ids for this reason
+/// ("neither a hostile repository id nor a location can name a path").
+#[test]
+fn a_hostile_repo_id_is_refused_before_it_names_a_local_path() {
+    let mut c = RepoConfig::new(DEFAULT_SEGMENT_SIZE, ChunkParams::default(), 3).unwrap();
+    for id in ["/etc/cron.d", "../../../../tmp/xfull-evil", "a/b", ""] {
+        c.repo_id = id.into();
+        let decoded = RepoConfig::decode(&c.encode().unwrap());
+        let dir = decoded
+            .as_ref()
+            .ok()
+            .and_then(|d| crate::placement::lookup::default_cache_dir(&d.repo_id));
+        assert!(
+            decoded.is_err(),
+            "repo id {id:?} accepted: this client's index cache and spill files go to {dir:?}"
+        );
+    }
+}
