@@ -147,8 +147,18 @@ fn walk(root: &Root, prefix: &str, tx: &mpsc::Sender<Item>) {
                     }
                 }
             }
-            // Never followed, never an object.
-            FileType::Symlink => {}
+            // Never followed, never an object; but where an object or a
+            // directory of them could be, damage naming it: skipped in
+            // silence, gc did not see the points behind a linked
+            // `points/<vm>` and deleted their data (review, stop 50).
+            FileType::Symlink => {
+                let sub = format!("{key}/");
+                if key.starts_with(prefix) || prefix.starts_with(&sub) {
+                    let why = "a symbolic link (the repository holds none)".to_string();
+                    send(Err(root.corrupt(&key, why)));
+                    return;
+                }
+            }
             // A FIFO or device under a key is listed: reading it reports
             // the damage by name, which a silent gap would not.
             _ if key.starts_with(prefix) => {
