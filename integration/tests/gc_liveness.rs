@@ -200,9 +200,6 @@ fn stoppable() -> Env<'static> {
     Env::init_with(&[
         "--chunk-avg",
         "4K",
-        // 16 Ki chunks of the minimum size (1 KiB), the most allowed.
-        "--segment-size",
-        "16M",
         "--clock-margin",
         "0s",
         "--lease-ttl",

@@ -33,6 +33,7 @@ mod object_lock;
 mod operations;
 mod pack_files;
 mod placement;
+mod prune_parent;
 mod repair;
 mod repair_packs;
 mod restore_leftovers;

@@ -143,5 +143,10 @@ fn plan_json(p: &VmPlan) -> serde_json::Value {
             })
         })
         .collect();
-    serde_json::json!({"vm": p.vm.as_str(), "decisions": decisions, "warnings": p.warnings})
+    serde_json::json!({
+        "vm": p.vm.as_str(),
+        "decisions": decisions,
+        "newest_removed": p.newest_removed,
+        "warnings": p.warnings,
+    })
 }

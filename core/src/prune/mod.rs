@@ -29,7 +29,12 @@ pub struct VmPlan {
     pub vm: VmName,
     /// Newest first.
     pub decisions: Vec<Decision>,
-    /// Points dated in the future (retention counts from the newest).
+    /// The VM's newest (readable) point is among those removed: change
+    /// information taken since it does not apply to the point then
+    /// newest (as `forget` says; review, stop 50).
+    pub newest_removed: bool,
+    /// Points dated in the future (retention counts from the newest), and
+    /// the newest point removed.
     pub warnings: Vec<String>,
 }
 
@@ -76,6 +81,7 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
                 Ok(m) => candidates.push(Candidate {
                     id,
                     time: m.time,
+                    created: m.created,
                     labels: m.labels,
                     disks: m.disks.iter().map(|d| d.name.to_string()).collect(),
                 }),
@@ -91,10 +97,15 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
             }
         }
         let mut decisions = policy::plan(&candidates, policy).map_err(Error::InvalidArgument)?;
+        // Only `--keep-label` with `--forget-disks` can (every other rule
+        // keeps the newest point). A newer unreadable point is no
+        // parent: a backup sets its change source aside for it.
+        let newest = decisions.first().filter(|d| !d.keep).map(|d| d.id.clone());
         decisions.extend(unreadable);
-        decisions.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+        // Stable: points of one time stay in the plan's order.
+        decisions.sort_by(|a, b| b.time.cmp(&a.time));
         let ahead = chrono::Utc::now() + repo.config().protocol.margin();
-        let warnings = decisions
+        let mut warnings: Vec<String> = decisions
             .iter()
             .filter(|d| d.time > ahead)
             .map(|d| {
@@ -106,9 +117,17 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
                 )
             })
             .collect();
+        if let Some(id) = &newest {
+            warnings.push(format!(
+                "the plan removes {vm}@{id}, the newest point of VM {vm}: change information \
+                 (--changed, --base) taken since it does not apply to the point then newest; \
+                 back up {vm} next with --full-scan"
+            ));
+        }
         plans.push(VmPlan {
             vm,
             decisions,
+            newest_removed: newest.is_some(),
             warnings,
         });
     }

@@ -48,6 +48,9 @@ impl Policy {
 pub struct Candidate {
     pub id: PointId,
     pub time: DateTime<Utc>,
+    /// When it was made: orders points of one time as backup does (the
+    /// last made is the newest, the next backup's parent).
+    pub created: DateTime<Utc>,
     pub labels: BTreeMap<String, String>,
     /// The names of the point's disks.
     pub disks: Vec<String>,
@@ -90,8 +93,12 @@ pub fn plan(points: &[Candidate], policy: &Policy) -> Result<Vec<Decision>, Stri
         return Err("no --keep-... option given: refusing to remove every point".into());
     }
     let mut sorted: Vec<&Candidate> = points.iter().collect();
-    // Newest first; ids break ties between points of the same microsecond.
-    sorted.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    // Newest first, in backup's order (`Repository::points_in_order`):
+    // of points of one time the last made is the newest. By id, random
+    // in its last digits, `--keep-last 1` kept a random one of an
+    // explicit `--time` given twice and removed the next backup's parent
+    // (review, stop 50).
+    sorted.sort_by(|a, b| (b.time, b.created, &b.id).cmp(&(a.time, a.created, &a.id)));
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); sorted.len()];
 
     for (i, r) in reasons.iter_mut().enumerate().take(policy.last as usize) {

@@ -18,6 +18,7 @@ fn points(times: &[&str]) -> Vec<Candidate> {
         .map(|t| Candidate {
             id: PointId::new(at(t)),
             time: at(t),
+            created: at(t),
             labels: BTreeMap::new(),
             disks: vec!["sys".into()],
         })
@@ -198,6 +199,7 @@ fn points_of_the_same_second_are_told_apart() {
         .map(|i| Candidate {
             id: PointId::new(t),
             time: t + chrono::Duration::microseconds(i),
+            created: t,
             labels: BTreeMap::new(),
             disks: vec!["sys".into()],
         })
@@ -213,6 +215,37 @@ fn points_of_the_same_second_are_told_apart() {
     assert_eq!(d.iter().filter(|d| d.keep).count(), 1);
     assert_eq!(d[0].time, t + chrono::Duration::microseconds(2));
     assert!(d[0].keep);
+}
+
+/// Points of one time (an explicit `--time` given twice) are ordered as
+/// backup orders them: the last made is the newest, whatever the random
+/// end of its id (review, stop 50: by id, `--keep-last 1` removed the
+/// next backup's parent half the time).
+#[test]
+fn points_of_one_time_are_ordered_by_when_they_were_made() {
+    let t = Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap();
+    let mut pts: Vec<Candidate> = (0..4)
+        .map(|i| Candidate {
+            id: PointId::new(t),
+            time: t,
+            created: t + chrono::Duration::seconds(i),
+            labels: BTreeMap::new(),
+            disks: vec!["sys".into()],
+        })
+        .collect();
+    // The one made last has the smallest id.
+    pts.sort_by(|a, b| b.id.cmp(&a.id));
+    for (i, p) in pts.iter_mut().enumerate() {
+        p.created = t + chrono::Duration::seconds(i as i64);
+    }
+    let last = pts[3].id.clone();
+    let policy = Policy {
+        last: 1,
+        ..Policy::default()
+    };
+    let d = plan(&pts, &policy).unwrap();
+    let kept: Vec<_> = d.iter().filter(|d| d.keep).map(|d| &d.id).collect();
+    assert_eq!(kept, [&last]);
 }
 
 #[test]
