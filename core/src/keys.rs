@@ -29,6 +29,8 @@ pub const LEASES: &str = "leases/";
 pub const GC: &str = "gc/";
 pub const SWEEPS: &str = "gc/sweeps/";
 pub const DONE: &str = "gc/done/";
+/// The scratch object of a sweep's preflight (`gc::sweep::preflight`).
+pub const GC_PROBE: &str = "gc/permission-check";
 pub const DAMAGE: &str = "damage/";
 pub const PACKS: &str = "packs/";
 pub const INDEX: &str = "index/";

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use rustix::fs::{AtFlags, Dir, FileType, Mode};
 use rustix::io::Errno;
 use xfull_core::backend::BackendError;
+use xfull_core::crypto::slot::{SLOTS, parse_slot_key};
 use xfull_core::keys;
 
 use crate::fs::{DIR, Root, is_component, kind_of, mtime_of};
@@ -22,9 +23,13 @@ use crate::staging::staged_name;
 /// The repository's directories where writers stage, each with the number
 /// of directory levels between it and its objects (`chunks/<fan>/<id>`:
 /// one).
-fn places() -> [(String, usize); 10] {
+fn places() -> [(String, usize); 14] {
     [
         (String::new(), 0),
+        (SLOTS.into(), 0),
+        (keys::GC.into(), 0),
+        (format!("{}{}", keys::DAMAGE, keys::CHUNKS), 1),
+        (format!("{}{}", keys::DAMAGE, keys::NODES), 1),
         (keys::CHUNKS.into(), 1),
         (keys::PACKS.into(), 1),
         (keys::INDEX.into(), 0),
@@ -44,6 +49,10 @@ fn is_object_key(key: &str) -> bool {
         || keys::parse_content(key).is_some()
         || keys::parse_pack(key).is_some()
         || keys::parse_index(key).is_some()
+        || keys::parse_index_in(key).is_some()
+        || parse_slot_key(key).is_some()
+        || keys::parse_damage(key).is_some()
+        || key == keys::GC_PROBE
         || keys::parse_point(key).is_some()
         || key
             .strip_prefix(keys::TRASH)

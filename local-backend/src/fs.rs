@@ -160,12 +160,16 @@ impl Root {
     }
 }
 
+/// The longest name between slashes: its staging file's `NAME#<u64>`
+/// must fit in a file name (255 bytes).
+const MAX_COMPONENT: usize = 255 - "#18446744073709551615".len();
+
 /// A name a key may have between slashes: what the key space uses (VM
 /// names, point ids, hex ids, sequence numbers), never `.` or `..`, and
 /// never a staging file's `KEY#N`.
 pub(crate) fn is_component(name: &[u8]) -> bool {
     !name.is_empty()
-        && name.len() <= 255
+        && name.len() <= MAX_COMPONENT
         && name != b"."
         && name != b".."
         && name

@@ -68,9 +68,22 @@ impl LocalBackend {
     }
 
     /// For `xfull init`: creates `root` (and its parents) if needed and
-    /// opens it, refusing a directory that is not empty.
+    /// opens it, refusing a directory that is not empty. A `root` made
+    /// here is the owner's only (0700), as everything in it is (see
+    /// `staging.rs`); one that exists keeps the mode it was given.
     pub fn create(root: &Path) -> Result<Self, CreateError> {
-        std::fs::create_dir_all(root).map_err(|e| BackendError::Other {
+        let made = match root.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => std::fs::create_dir_all(parent),
+            _ => Ok(()),
+        }
+        .and_then(|()| {
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new().mode(0o700).create(root) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                r => r,
+            }
+        });
+        made.map_err(|e| BackendError::Other {
             location: root.display().to_string(),
             message: format!("cannot create the directory: {e}"),
         })?;

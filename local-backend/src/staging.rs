@@ -65,9 +65,13 @@ impl Root {
         for part in dir_path.split('/') {
             let next = match rustix::fs::openat(&cur, part, DIR, Mode::empty()) {
                 Err(Errno::NOENT) => {
-                    match rustix::fs::mkdirat(&cur, part, Mode::from_raw_mode(0o777)) {
-                        Ok(()) => rustix::fs::fsync(&cur).map_err(|e| self.other(key, e))?,
-                        Err(Errno::EXIST) => {}
+                    // Owner only, as objects are (below). Made by another
+                    // writer a moment ago, the entry may not be durable
+                    // yet either: synced the same.
+                    match rustix::fs::mkdirat(&cur, part, Mode::from_raw_mode(0o700)) {
+                        Ok(()) | Err(Errno::EXIST) => {
+                            rustix::fs::fsync(&cur).map_err(|e| self.other(key, e))?
+                        }
                         Err(e) => return Err(self.other(key, e)),
                     }
                     rustix::fs::openat(&cur, part, DIR, Mode::empty())
@@ -89,7 +93,11 @@ impl Root {
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         loop {
             let staging = staging_name(name);
-            match rustix::fs::openat(dir, &staging, flags, Mode::from_raw_mode(0o666)) {
+            // Owner only, whatever the umask: key slots (open to offline
+            // guessing) and, unencrypted, every disk's data were readable
+            // by every local user under umask 022 (review, stop 50), as
+            // xfull's other files holding them never were.
+            match rustix::fs::openat(dir, &staging, flags, Mode::from_raw_mode(0o600)) {
                 Ok(fd) => return Ok((staging, fd)),
                 Err(Errno::EXIST) => continue,
                 Err(e) => return Err(self.refused(key, Operation::Write, e)),

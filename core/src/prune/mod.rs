@@ -103,7 +103,7 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
         let newest = decisions.first().filter(|d| !d.keep).map(|d| d.id.clone());
         decisions.extend(unreadable);
         // Stable: points of one time stay in the plan's order.
-        decisions.sort_by(|a, b| b.time.cmp(&a.time));
+        decisions.sort_by_key(|d| std::cmp::Reverse(d.time));
         let ahead = chrono::Utc::now() + repo.config().protocol.margin();
         let mut warnings: Vec<String> = decisions
             .iter()

@@ -15,7 +15,7 @@ use crate::error::Result;
 
 /// Written and deleted by every sweep; nothing reads it. A sweep refused
 /// the delete leaves it, and the next sweep that may delete removes it.
-pub(crate) const PROBE: &str = "gc/permission-check";
+pub(crate) const PROBE: &str = crate::keys::GC_PROBE;
 
 /// Fails with the store's refusal (`BackendError::PermissionDenied` for a
 /// policy's deny) if these credentials may not overwrite or delete.
