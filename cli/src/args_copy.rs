@@ -40,7 +40,8 @@ pub struct ToSecretArgs {
     /// Command that prints the target's password (run with `sh -c`).
     #[arg(long, value_name = "CMD")]
     pub to_password_command: Option<String>,
-    /// File whose first line is the target's password.
+    /// File holding the target's password (all of it, less one final
+    /// line end).
     #[arg(long, value_name = "PATH")]
     pub to_password_file: Option<PathBuf>,
 }
@@ -56,8 +57,8 @@ pub struct FromSecretArgs {
     /// Command that prints the password of the repository --like names.
     #[arg(long, value_name = "CMD", requires = "like")]
     pub from_password_command: Option<String>,
-    /// File whose first line is the password of the repository --like
-    /// names.
+    /// File holding the password of the repository --like names (all of
+    /// it, less one final line end).
     #[arg(long, value_name = "PATH", requires = "like")]
     pub from_password_file: Option<PathBuf>,
 }

@@ -75,7 +75,8 @@ pub struct KeyPasswdArgs {
 /// prompt asked twice when neither is given.
 #[derive(Debug, Args)]
 pub struct NewSecretArgs {
-    /// Read the new password from this file (its first line).
+    /// Read the new password from this file (all of it, less one final
+    /// line end: a second line is part of the password).
     #[arg(long, value_name = "PATH", conflicts_with = "new_key_file")]
     pub new_password_file: Option<PathBuf>,
     /// Make a new key file at PATH (create-only, mode 0600) instead.

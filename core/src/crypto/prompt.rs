@@ -104,8 +104,15 @@ impl Terminal {
                     });
                 }
                 0x04 if line.is_empty() => return Err(tty_error("no password typed (Ctrl-D)")),
+                // A whole character, as a UTF-8 terminal erases it: one
+                // byte left the first bytes of "ä" in the password
+                // (review, stop 50).
                 0x7f | 0x08 => {
-                    line.pop();
+                    while let Some(b) = line.pop() {
+                        if b & 0xc0 != 0x80 {
+                            break;
+                        }
+                    }
                 }
                 0x15 => line.clear(), // Ctrl-U
                 b => {
@@ -198,6 +205,28 @@ mod tests {
         let e = term.ask("Password: ").unwrap_err();
         typist.join().unwrap();
         assert!(e.to_string().contains("Ctrl-D"), "{e}");
+    }
+
+    /// Review (crypto, stop 50): Backspace took back one byte, not one
+    /// character: a non-ASCII character typed and erased leaves its first
+    /// byte(s) in the password (a canonical UTF-8 terminal, which the
+    /// prompt replaces, erases the whole character). The password then
+    /// differs from what the user typed, silently: the same password
+    /// from a file, a password manager or a retyping without the slip
+    /// does not open the slot.
+    #[test]
+    fn backspace_takes_back_a_whole_character() {
+        let (user, tty) = pty();
+        let term = Terminal::from_file(tty.try_clone().unwrap()).unwrap();
+        let typist = type_after_prompt(&user, "p\u{e4}\x7fa\r".as_bytes());
+        let pw = term.ask("Password: ").unwrap();
+        typist.join().unwrap();
+        assert_eq!(
+            &pw[..],
+            b"pa",
+            "typed p, \u{e4}, Backspace, a: read {:?}",
+            String::from_utf8_lossy(&pw)
+        );
     }
 
     #[test]
