@@ -189,11 +189,25 @@ impl Repository {
             ..config
         };
         if let Err(e) = write_config(backend.as_ref(), &config).await {
-            // Best effort: the slot is useless without this config.
-            let _ = backend
-                .delete_many(&[crypto::slot::slot_key(master.slot())])
-                .await;
-            return Err(e);
+            // A put whose reply was lost may have stored it: then this
+            // init succeeded, and deleting the slot left a config nobody
+            // could open or init over (review, stop 50). A config known
+            // absent, or another init's (a race this one lost), frees the
+            // slot (best effort); not knowing, the slot stays (a retry
+            // then says the repository exists).
+            let ours = match backend.get(keys::CONFIG).await {
+                Ok(stored) => Some(RepoConfig::decode(&stored).is_ok_and(|c| c == config)),
+                Err(g) if g.is_not_found() => Some(false),
+                Err(_) => None,
+            };
+            if ours != Some(true) {
+                if ours == Some(false) {
+                    let _ = backend
+                        .delete_many(&[crypto::slot::slot_key(master.slot())])
+                        .await;
+                }
+                return Err(e);
+            }
         }
         let codec = Arc::new(Codec::encrypted(master, config.data_cipher()));
         Ok(Repository {

@@ -356,6 +356,14 @@ fn an_unreadable_chunk_is_an_error_and_a_damaged_one_is_damage() {
     for p in [e.dir.path(), &bin] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
+    // The repository is its owner's only: the operator lets others read.
+    let opened = Command::new("chmod")
+        .arg("-R")
+        .arg("a+rX")
+        .arg(&e.repo)
+        .status()
+        .unwrap();
+    assert!(opened.success());
     let as_nobody = || {
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])

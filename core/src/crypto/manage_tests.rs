@@ -328,3 +328,36 @@ async fn two_removals_at_once_leave_a_full_access_slot() {
     assert_eq!(back.slot(), a.slot());
     assert!(unlock(mem.as_ref(), &pw("b")).await.is_err());
 }
+
+/// `init` writes its slot, then the config (create-only); when the
+/// config's put failed it deleted the slot ("useless without this
+/// config"). But a put whose reply was lost (a timeout, a dropped
+/// connection) did store the config: the repository was left with a
+/// config and no slot, opened by nobody, and `init` again said it exists
+/// (review, stop 50). Now a failed put is looked at: the config stored is
+/// this init's, so the init succeeded.
+#[tokio::test]
+async fn an_init_whose_config_reply_was_lost_leaves_a_repository_that_opens() {
+    use std::sync::Arc;
+
+    use crate::testing::{FaultPlan, FaultyBackend};
+    let mem = Arc::new(MemBackend::default());
+    let faulty = Arc::new(FaultyBackend::new(
+        mem.clone(),
+        FaultPlan {
+            lost_reply_rate: 1.0,
+            only_prefix: Some(crate::keys::CONFIG.into()),
+            ..FaultPlan::default()
+        },
+    ));
+    let cfg =
+        crate::config::RepoConfig::new(1 << 20, crate::chunker::ChunkParams::from_avg(64 << 10), 3)
+            .unwrap();
+    crate::repo::Repository::init_encrypted(faulty, cfg, &pw("a"), FAST)
+        .await
+        .unwrap();
+    let left: Vec<String> = snapshot(&mem).await.into_keys().collect();
+    if let Err(e) = crate::repo::Repository::open_with(mem.clone(), || Ok(pw("a"))).await {
+        panic!("init left {left:?}, which does not open with its password: {e}");
+    }
+}
