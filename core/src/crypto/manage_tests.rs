@@ -361,3 +361,36 @@ async fn an_init_whose_config_reply_was_lost_leaves_a_repository_that_opens() {
         panic!("init left {left:?}, which does not open with its password: {e}");
     }
 }
+
+/// Slots are tried cheapest derivation first: planted slots (a backup-only
+/// host may create objects) whose names sort first at a larger cost each
+/// cost every unlock a derivation before the real slot (review, stop 50:
+/// 1 GiB and 64 passes are accepted, a minute or more each).
+#[tokio::test]
+async fn slots_are_tried_cheapest_first() {
+    let mem = MemBackend::default();
+    let keys = create_keys(&mem, &pw("a"), FAST).await.unwrap();
+    let costly = Argon2Params { m_kib: 128, ..FAST };
+    let mut slots = Vec::new();
+    for id in ["0000000000000000", "0000000000000001"] {
+        let planted = KeySlot::create(id, &keys, &keys, &pw("x"), costly, chrono::Utc::now());
+        slots.push((id.to_string(), planted));
+    }
+    let damaged = KeySlot::decode("keys/0000000000000002", b"XFK1junk");
+    slots.push(("0000000000000002".to_string(), damaged));
+    let real = keys.slot().to_string();
+    let stored = mem.get(&slot::slot_key(&real)).await.unwrap();
+    let key = slot::slot_key(&real);
+    slots.push((real.clone(), KeySlot::decode(&key, &stored)));
+    in_trial_order(&mut slots);
+    let order: Vec<&str> = slots.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            &real,
+            "0000000000000000",
+            "0000000000000001",
+            "0000000000000002"
+        ]
+    );
+}

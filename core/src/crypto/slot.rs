@@ -148,6 +148,15 @@ impl Kdf {
         )
     }
 
+    /// What deriving the wrapping key costs, in KiB-passes (0 for a key
+    /// file: no stretching).
+    pub fn cost(&self) -> u64 {
+        match self {
+            Kdf::Argon2id { params, .. } => u64::from(params.m_kib) * u64::from(params.t),
+            Kdf::KeyFile { .. } => 0,
+        }
+    }
+
     /// The slot's wrapping key from `secret` (CPU- and memory-heavy for
     /// passwords: run it off the async runtime).
     fn wrapping_key(&self, secret: &Secret) -> std::result::Result<SecretKey, String> {
