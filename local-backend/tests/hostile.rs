@@ -5,13 +5,16 @@
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
 use futures::TryStreamExt;
 use xfull_core::backend::{Backend, BackendError, PutMode};
 use xfull_local::LocalBackend;
+
+mod common;
+use common::{DAY, age};
 
 /// A key of the form the repository uses for content objects.
 fn content_key(prefix: &str, fan: &str) -> String {
@@ -28,32 +31,6 @@ fn mkfifo(p: &Path) {
     )
     .unwrap();
 }
-
-/// Sets a file's modification time (not following a symlink) to `ago` in
-/// the past.
-fn age(p: &Path, ago: Duration) {
-    let t = SystemTime::now() - ago;
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-    let ts = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: d.as_secs() as i64,
-            tv_nsec: 0,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: d.as_secs() as i64,
-            tv_nsec: 0,
-        },
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        p,
-        &ts,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
-}
-
-const DAY: Duration = Duration::from_secs(86_400);
 
 /// Runs `f`, failing the test if it has not ended after a generous time
 /// (a read of a FIFO blocks forever). On expiry, `unblock` opens the FIFO

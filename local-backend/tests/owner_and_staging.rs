@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -13,30 +12,8 @@ use xfull_core::id::ObjectId;
 use xfull_core::keys;
 use xfull_local::LocalBackend;
 
-/// Sets a file's modification time (not following a symlink) to `ago` in
-/// the past.
-fn age(p: &Path, ago: Duration) {
-    let d = (SystemTime::now() - ago)
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap();
-    let t = rustix::fs::Timespec {
-        tv_sec: d.as_secs() as i64,
-        tv_nsec: 0,
-    };
-    let ts = rustix::fs::Timestamps {
-        last_access: t,
-        last_modification: t,
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        p,
-        &ts,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
-}
-
-const DAY: Duration = Duration::from_secs(86_400);
+mod common;
+use common::{DAY, age};
 
 fn hex_id(fan: &str) -> ObjectId {
     format!("{fan}{}", "5".repeat(62)).parse().unwrap()
