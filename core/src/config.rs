@@ -46,9 +46,14 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 /// this bounds its memory.
 pub const MAX_SEGMENT_SIZE: u64 = 64 << 20;
 
-/// Most chunks of the minimum size a segment may hold (a node's entries,
-/// less one: the last chunk may be shorter). 4 Ki with the defaults.
+/// Most chunks of the minimum size a segment of a new repository may hold
+/// (a node's entries, less one: the last chunk may be shorter). 4 Ki
+/// with the defaults.
 pub const MAX_SEGMENT_CHUNKS: u64 = 16 << 10;
+/// The same, for a config read: repositories made before stop 50 with
+/// `--chunk-avg 4K` (1 KiB minimum) and 64 MiB segments still open, and a
+/// rewritten config still cannot claim 1 M chunks per segment.
+pub const MAX_STORED_SEGMENT_CHUNKS: u64 = 64 << 10;
 /// Default zstd level for chunks.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
@@ -251,7 +256,22 @@ impl RepoConfig {
             object_lock: None,
         };
         cfg.validate().map_err(Error::InvalidArgument)?;
+        cfg.check_segment_chunks(MAX_SEGMENT_CHUNKS)
+            .map_err(Error::InvalidArgument)?;
         Ok(cfg)
+    }
+
+    /// At most `most` chunks of the minimum size per segment.
+    fn check_segment_chunks(&self, most: u64) -> std::result::Result<(), String> {
+        let n = self.segment_size / u64::from(self.chunking.min.max(1));
+        if n > most {
+            return Err(format!(
+                "a segment of {} bytes holds {n} chunks of the minimum size {} (at most \
+                 {most}): use a larger minimum chunk or a smaller segment",
+                self.segment_size, self.chunking.min
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the constants are usable; the message names the bad one.
@@ -276,15 +296,7 @@ impl RepoConfig {
         // Bounds a node (40 bytes an entry): restore and serve keep 80 per
         // disk. The config is not authenticated, so this is also what a
         // rewritten one can make readers hold.
-        if self.segment_size / u64::from(self.chunking.min) > MAX_SEGMENT_CHUNKS {
-            return Err(format!(
-                "a segment of {} bytes holds {} chunks of the minimum size {} \
-                 (at most {MAX_SEGMENT_CHUNKS}): use a larger minimum chunk or a smaller segment",
-                self.segment_size,
-                self.segment_size / u64::from(self.chunking.min),
-                self.chunking.min
-            ));
-        }
+        self.check_segment_chunks(MAX_STORED_SEGMENT_CHUNKS)?;
         if self.segment_size < u64::from(self.chunking.max) {
             return Err(format!(
                 "segment size {} is smaller than the maximum chunk size {}",

@@ -175,13 +175,17 @@ fn refuses_bad_constants() {
 /// 80 nodes per disk. FastCDC's own bounds allow 64-byte chunks, 1 M per
 /// 64 MiB segment (a 40 MiB node), and the config is not authenticated:
 /// one rewritten by someone who may write the bucket made every reader
-/// keep gigabytes (stop 50). Refused at init and when the config is read.
+/// keep gigabytes (stop 50). Refused at init; a config read may hold 64
+/// Ki (repositories made before).
 #[test]
 fn a_segment_holds_a_bounded_number_of_chunks() {
     let tiny = ChunkParams::from_avg(256);
     tiny.validate().unwrap();
     let e = RepoConfig::new(DEFAULT_SEGMENT_SIZE, tiny, 3).unwrap_err();
-    assert!(e.to_string().contains("16384"), "{e}");
+    assert!(
+        e.to_string().contains("chunks of the minimum size 64"),
+        "{e}"
+    );
     // The largest segment of 16 KiB chunks is allowed, one more is not.
     RepoConfig::new(64 << 20, ChunkParams::from_avg(16 << 10), 3).unwrap();
     let p = ChunkParams {
@@ -189,10 +193,16 @@ fn a_segment_holds_a_bounded_number_of_chunks() {
         ..ChunkParams::from_avg(16 << 10)
     };
     assert!(RepoConfig::new(64 << 20, p, 3).is_err());
-    let mut hostile = RepoConfig::new(4 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
+    let mut hostile = RepoConfig::new(8 << 20, ChunkParams::from_avg(64 << 10), 3).unwrap();
     hostile.chunking = tiny;
     let e = RepoConfig::decode(&hostile.encode().unwrap()).unwrap_err();
     assert!(e.is_damage() && e.to_string().contains("chunks"), "{e}");
+    // A repository made before the bound (4 KiB chunks, 64 MiB segments:
+    // 64 Ki of 1 KiB) still opens; it could not be made now.
+    let mut older = RepoConfig::new(64 << 20, ChunkParams::default(), 3).unwrap();
+    older.chunking = ChunkParams::from_avg(4 << 10);
+    RepoConfig::decode(&older.encode().unwrap()).unwrap();
+    assert!(RepoConfig::new(64 << 20, ChunkParams::from_avg(4 << 10), 3).is_err());
 }
 
 #[test]

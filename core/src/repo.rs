@@ -266,7 +266,9 @@ impl Repository {
             Some(enc) => {
                 let secret = secret()?;
                 let b = backend.as_ref();
-                let master = match crypto::unlock_listed(b, opening.slots.clone(), &secret).await {
+                let ours = |m: &crypto::MasterKeys| m.check_value() == enc.check;
+                let listed = opening.slots.clone();
+                let master = match crypto::unlock_listed(b, listed, &secret, ours).await {
                     Ok(m) => m,
                     // The listing was taken with the config, before the
                     // secret was asked for (a prompt can wait minutes): if
@@ -279,7 +281,7 @@ impl Repository {
                         if names(&fresh) == names(&opening.slots) {
                             return Err(e);
                         }
-                        crypto::unlock_listed(b, fresh, &secret).await?
+                        crypto::unlock_listed(b, fresh, &secret, ours).await?
                     }
                 };
                 if master.check_value() != enc.check {

@@ -16,6 +16,7 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode};
 use rustix::io::Errno;
 use tokio::sync::mpsc;
 use xfull_core::backend::{BackendError, ObjectMeta};
+use xfull_core::keys;
 
 use crate::fs::{DIR, Root, is_component, is_key, kind_of, mtime_of, size_of};
 
@@ -135,8 +136,15 @@ fn walk(root: &Root, prefix: &str, tx: &mpsc::Sender<Item>) {
                 }
                 let dir = match rustix::fs::openat(fd, name, DIR, Mode::empty()) {
                     Ok(sub_fd) => Dir::new(sub_fd),
-                    // Gone, or swapped for a link, since the stat.
-                    Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => continue,
+                    // Gone since the stat.
+                    Err(Errno::NOENT) => continue,
+                    // Swapped for a link or a file since the stat: damage,
+                    // as a link met at the stat is (a gap is not safe).
+                    Err(Errno::LOOP | Errno::NOTDIR) => {
+                        let why = "no longer a directory (a symbolic link or a file)".to_string();
+                        send(Err(root.corrupt(&key, why)));
+                        return;
+                    }
                     Err(e) => Err(e),
                 };
                 match dir {
@@ -153,7 +161,7 @@ fn walk(root: &Root, prefix: &str, tx: &mpsc::Sender<Item>) {
             // `points/<vm>` and deleted their data (review, stop 50).
             FileType::Symlink => {
                 let sub = format!("{key}/");
-                if key.starts_with(prefix) || prefix.starts_with(&sub) {
+                if (key.starts_with(prefix) || prefix.starts_with(&sub)) && in_key_space(&key) {
                     let why = "a symbolic link (the repository holds none)".to_string();
                     send(Err(root.corrupt(&key, why)));
                     return;
@@ -175,4 +183,27 @@ fn walk(root: &Root, prefix: &str, tx: &mpsc::Sender<Item>) {
             _ => {}
         }
     }
+}
+
+/// True under the key space's own top-level names: a link elsewhere (a
+/// user's `notes/x`, met by a listing of everything such as `stats`'s)
+/// is no place of an object.
+fn in_key_space(key: &str) -> bool {
+    use xfull_core::crypto::slot::SLOTS;
+    let top = key.split('/').next().unwrap_or_default();
+    top == keys::CONFIG
+        || [
+            keys::CHUNKS,
+            keys::PACKS,
+            keys::INDEX,
+            keys::NODES,
+            keys::POINTS,
+            keys::TRASH,
+            keys::LEASES,
+            keys::GC,
+            keys::DAMAGE,
+            SLOTS,
+        ]
+        .iter()
+        .any(|p| p.strip_suffix('/') == Some(top))
 }

@@ -175,6 +175,17 @@ async fn a_listing_never_walks_through_a_symlink() {
             other => panic!("listing {prefix:?}: expected damage, got {other:?}"),
         }
     }
+    // One outside the key space (a user's) is no place of an object: a
+    // listing of everything (`stats`) goes on.
+    std::fs::remove_file(dir.path().join("points/vm2")).unwrap();
+    std::fs::remove_file(dir.path().join("points/vm1/p2")).unwrap();
+    std::fs::create_dir(dir.path().join("notes")).unwrap();
+    symlink(outside.path(), dir.path().join("notes/x")).unwrap();
+    symlink(outside.path(), dir.path().join("mine")).unwrap();
+    let got: Vec<_> = b.list("").try_collect().await.unwrap();
+    assert_eq!(got.len(), 1);
+    symlink(outside.path(), dir.path().join("points/vm2")).unwrap();
+    symlink(outside.path().join("p2"), dir.path().join("points/vm1/p2")).unwrap();
     // One the prefix leaves out is not looked at.
     let got: Vec<_> = b.list("points/vm1/p1").try_collect().await.unwrap();
     assert_eq!(got.len(), 1);

@@ -126,14 +126,20 @@ async fn write_slot(
 /// opens and some are damaged, the first damaged one is reported instead
 /// (the right one may be among them).
 pub async fn unlock(backend: &dyn Backend, secret: &Secret) -> Result<MasterKeys> {
-    unlock_listed(backend, list_slots_stored(backend).await?, secret).await
+    unlock_listed(backend, list_slots_stored(backend).await?, secret, |_| true).await
 }
 
-/// [`unlock`] from a listing of `keys/` already made.
+/// [`unlock`] from a listing of `keys/` already made, taking only keys
+/// that `ours` accepts (the config's check value): a slot that opens to
+/// other keys (copied from another repository with the same password,
+/// which anyone who may create objects can plant, and tried first when it
+/// is cheaper) is damage of that slot, and the next slot is tried (it
+/// failed every open; review, stop 50).
 pub async fn unlock_listed(
     backend: &dyn Backend,
     listed: Vec<ObjectMeta>,
     secret: &Secret,
+    ours: impl Fn(&MasterKeys) -> bool,
 ) -> Result<MasterKeys> {
     let mut slots = read_listed_slots(backend, listed).await?;
     if slots.is_empty() {
@@ -151,8 +157,15 @@ pub async fn unlock_listed(
             }
         };
         let s = secret.clone();
+        let key = slot.key();
         match crate::task::blocking("key slot derivation", move || slot.open(&s)).await? {
-            Ok(Some(keys)) => return Ok(keys),
+            Ok(Some(keys)) if ours(&keys) => return Ok(keys),
+            Ok(Some(_)) => {
+                damaged.get_or_insert(Error::corrupt(
+                    key,
+                    "its keys are not this repository's (they do not match the config's check value)",
+                ));
+            }
             Ok(None) => {}
             Err(e) => {
                 damaged.get_or_insert(e);

@@ -394,3 +394,50 @@ async fn slots_are_tried_cheapest_first() {
         ]
     );
 }
+
+/// A slot copied from another repository whose password is the same
+/// opens, to that repository's keys: anyone who may create objects can
+/// plant one, and it is tried first when it is cheaper or sorts first.
+/// It failed every open ("not this repository's"); now it is passed over
+/// and the next slot tried (review, stop 50).
+#[tokio::test]
+async fn a_slot_of_another_repository_is_passed_over() {
+    use std::sync::Arc;
+
+    let cfg = || {
+        crate::config::RepoConfig::new(1 << 20, crate::chunker::ChunkParams::from_avg(64 << 10), 3)
+            .unwrap()
+    };
+    let (a, b) = (
+        Arc::new(MemBackend::default()),
+        Arc::new(MemBackend::default()),
+    );
+    // This repository's slot costs more: the other's is tried first.
+    let costlier = Argon2Params { m_kib: 128, ..FAST };
+    crate::repo::Repository::init_encrypted(a.clone(), cfg(), &pw("same"), costlier)
+        .await
+        .unwrap();
+    crate::repo::Repository::init_encrypted(b.clone(), cfg(), &pw("same"), FAST)
+        .await
+        .unwrap();
+    let theirs = snapshot(&b)
+        .await
+        .into_iter()
+        .find(|(k, _)| k.starts_with(slot::SLOTS))
+        .unwrap();
+    a.put(&theirs.0, theirs.1.clone(), PutMode::Create)
+        .await
+        .unwrap();
+    let mine = crate::repo::Repository::open_with(a.clone(), || Ok(pw("same"))).await;
+    assert!(mine.is_ok(), "{:?}", mine.err());
+    // Its own slot removed, only the other's opens: damage naming it.
+    for k in snapshot(&a).await.into_keys() {
+        if k.starts_with(slot::SLOTS) && k != theirs.0 {
+            a.delete_many(&[k]).await.unwrap();
+        }
+    }
+    let e = crate::repo::Repository::open_with(a, || Ok(pw("same")))
+        .await
+        .unwrap_err();
+    assert!(e.is_damage() && e.to_string().contains(&theirs.0), "{e}");
+}
