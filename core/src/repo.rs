@@ -200,13 +200,15 @@ impl Repository {
                 Err(g) if g.is_not_found() => Some(false),
                 Err(_) => None,
             };
-            if ours != Some(true) {
-                if ours == Some(false) {
+            match ours {
+                Some(true) => {}
+                Some(false) => {
                     let _ = backend
                         .delete_many(&[crypto::slot::slot_key(master.slot())])
                         .await;
+                    return Err(e);
                 }
-                return Err(e);
+                None => return Err(e),
             }
         }
         let codec = Arc::new(Codec::encrypted(master, config.data_cipher()));
@@ -284,12 +286,6 @@ impl Repository {
                         crypto::unlock_listed(b, fresh, &secret, ours).await?
                     }
                 };
-                if master.check_value() != enc.check {
-                    return Err(Error::corrupt(
-                        crypto::slot::slot_key(master.slot()),
-                        "its keys are not this repository's (they do not match the config's check value)",
-                    ));
-                }
                 Codec::encrypted(master, config.data_cipher())
             }
         };
