@@ -555,3 +555,44 @@ async fn an_expired_thawed_copy_is_not_readable() {
         waited.map(|w| w.ready())
     );
 }
+
+/// `restore --wait D` waits up to D: a wait shorter than the time between
+/// two looks (5 minutes by default, so `--wait 4m`) must still look again
+/// at its end instead of giving up at once ("still being thawed after 0 s
+/// of waiting"), and a longer one must look at its end too, not give up
+/// at the last look before it (`--wait 12m` gave up at 10 minutes).
+/// `wait_ready` gives up as soon as `elapsed + poll > max`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_shorter_than_the_poll_still_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    write_image(&a, &[Region::Random(1 << 20)], 12, true).unwrap();
+    let sim = Arc::new(ArchiveSim::new(Arc::new(MemBackend::default())));
+    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    let m = backup(&repo, request("vm", &a), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    let p = Progress::default();
+    thaw(&repo, &plan_of(&repo, &m).await, Some(1), ThawTier::Bulk, &p)
+        .await
+        .unwrap();
+    let ms = std::time::Duration::from_millis;
+    // The thaw finishes 200 ms in; the wait is 1.5 s, a look every 5 s.
+    let finisher = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ms(200)).await;
+            sim.finish_thaws();
+        })
+    };
+    let started = std::time::Instant::now();
+    let waited = wait_ready(&repo, &m, &["d".to_string()], ms(5_000), ms(1_500), &p).await;
+    let took = started.elapsed();
+    finisher.await.unwrap();
+    assert!(
+        waited.as_ref().is_ok_and(ThawPlan::ready),
+        "--wait 1.5s with a thaw done at 0.2s gave up after {took:?}: {:?}",
+        waited.map(|w| w.ready())
+    );
+}
