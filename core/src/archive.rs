@@ -27,9 +27,33 @@ pub enum ArchiveState {
 }
 
 impl ArchiveState {
-    /// Whether a restore can read the object now.
+    /// Whether a restore can read the object now: hot, or a thawed copy
+    /// not past its expiry date. AWS removes the copy at expiry and its
+    /// `x-amz-restore` header can lag behind (a stale or lying server
+    /// keeps it): such a copy is archived again, and a thaw must ask for
+    /// it anew (review, stop 51).
     pub fn readable(&self) -> bool {
-        matches!(self, ArchiveState::Hot | ArchiveState::Thawed { .. })
+        match self {
+            ArchiveState::Hot => true,
+            ArchiveState::Thawed { until, .. } => !expired(until),
+            ArchiveState::Archived { .. } | ArchiveState::Thawing { .. } => false,
+        }
+    }
+
+    /// Whether it takes a thaw to read it: archived with no thaw running,
+    /// or a thawed copy past its expiry date.
+    pub fn needs_thaw(&self) -> bool {
+        match self {
+            ArchiveState::Archived { .. } => true,
+            ArchiveState::Thawed { until, .. } => expired(until),
+            ArchiveState::Hot | ArchiveState::Thawing { .. } => false,
+        }
+    }
+
+    /// A thawed copy that ends before `by`: a thaw asked for now extends
+    /// it (S3 answers a RestoreObject of a restored object so).
+    pub fn thawed_until_before(&self, by: DateTime<Utc>) -> bool {
+        matches!(self, ArchiveState::Thawed { until: Some(u), .. } if *u < by)
     }
 
     /// The archive class, if any.
@@ -41,6 +65,10 @@ impl ArchiveState {
             | ArchiveState::Thawed { class, .. } => Some(class),
         }
     }
+}
+
+fn expired(until: &Option<DateTime<Utc>>) -> bool {
+    until.is_some_and(|u| u <= Utc::now())
 }
 
 /// How fast (and at what price) a thaw runs: S3's retrieval tiers.

@@ -50,9 +50,10 @@ pub struct Count {
 }
 
 impl ThawPlan {
-    /// Archived packs with no thaw running, per storage class.
+    /// Packs archived with no thaw running, or whose thawed copy has
+    /// expired, per storage class.
     pub fn to_thaw(&self) -> BTreeMap<String, Count> {
-        self.count(|s| matches!(s, ArchiveState::Archived { .. }))
+        self.count(ArchiveState::needs_thaw)
     }
 
     /// Packs being thawed, per storage class.
@@ -60,9 +61,9 @@ impl ThawPlan {
         self.count(|s| matches!(s, ArchiveState::Thawing { .. }))
     }
 
-    /// Packs with a readable copy, per storage class.
+    /// Packs with a readable (unexpired) copy, per storage class.
     pub fn thawed(&self) -> BTreeMap<String, Count> {
-        self.count(|s| matches!(s, ArchiveState::Thawed { .. }))
+        self.count(|s| matches!(s, ArchiveState::Thawed { .. }) && s.readable())
     }
 
     /// Whether a restore can read everything now.
@@ -155,12 +156,20 @@ pub async fn thaw(
         c.objects += 1;
         c.bytes += p.bytes;
     };
+    // A copy that ends before the days asked for is asked for again: S3
+    // extends it. Left alone, `thaw --days 7` could not keep a copy that
+    // expires tonight through a restore that needs the week (review,
+    // stop 51).
+    let keep_until = days.map(|d| chrono::Utc::now() + chrono::Duration::days(i64::from(d)));
     let mut asks = Vec::new();
     for p in &plan.archive {
+        let short = keep_until.is_some_and(|by| p.state.thawed_until_before(by));
         match p.state {
-            ArchiveState::Archived { .. } => asks.push(p),
+            _ if p.state.needs_thaw() || short => asks.push(p),
             ArchiveState::Thawing { .. } => add(&mut out.in_progress, p),
-            ArchiveState::Thawed { .. } | ArchiveState::Hot => add(&mut out.thawed, p),
+            ArchiveState::Archived { .. } | ArchiveState::Thawed { .. } | ArchiveState::Hot => {
+                add(&mut out.thawed, p)
+            }
         }
     }
     progress.add_total(asks.len() as u64);
@@ -189,10 +198,10 @@ pub async fn thaw(
 
 /// Waits until a restore of `disks` of `m` can read everything it needs,
 /// as `restore --wait` does: one plan (see [`plan`]), then a look every
-/// `poll` at the packs still not readable only (one HEAD each), for at
-/// most `max`. Gives up at once when a pack is archived with no thaw
-/// running (nothing would ever change: `xfull thaw` first), and when
-/// `max` has passed. Returns the last look.
+/// `poll` at the packs still not readable only (one HEAD each), the last
+/// at `max`. Gives up at once when a pack needs a thaw with none running
+/// (nothing would ever change: `xfull thaw` first), and after the look at
+/// `max`. Returns the last look.
 pub async fn wait_ready(
     repo: &Repository,
     m: &Manifest,
@@ -224,7 +233,7 @@ pub async fn wait_ready(
             bytes,
             reason,
         };
-        let archived = count(&|s| matches!(s, ArchiveState::Archived { .. }));
+        let archived = count(&ArchiveState::needs_thaw);
         if archived.0 > 0 {
             return Err(given_up(
                 archived,
@@ -232,7 +241,11 @@ pub async fn wait_ready(
             ));
         }
         let thawing = count(&|_| true);
-        if started.elapsed() + poll > max {
+        // The last look is at the deadline: giving up when the next look
+        // would pass it, `--wait 4m` with looks every 5 minutes never
+        // waited, and `--wait 12m` gave up at 10 (review, stop 51).
+        let left = max.saturating_sub(started.elapsed());
+        if left.is_zero() {
             return Err(given_up(
                 thawing,
                 format!(
@@ -244,10 +257,10 @@ pub async fn wait_ready(
         progress.notice(crate::progress::Notice::WaitingForThaw {
             objects: thawing.0,
             bytes: thawing.1,
-            next_look_secs: poll.as_secs(),
+            next_look_secs: poll.min(left).as_secs(),
         });
         tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
+            _ = tokio::time::sleep(poll.min(left)) => {}
             _ = progress.cancelled() => stop_if_cancelled(progress)?,
         }
         let (ready, waiting): (Vec<PackState>, Vec<PackState>) =
