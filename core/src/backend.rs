@@ -116,6 +116,19 @@ impl BackendError {
     }
 }
 
+/// Refuses an object of `size` bytes where at most `max` are expected
+/// (see [`Backend::get_at_most`]).
+pub fn check_size(location: &str, key: &str, size: u64, max: u64) -> Result<(), BackendError> {
+    if size > max {
+        return Err(BackendError::Corrupt {
+            location: location.to_string(),
+            key: key.to_string(),
+            message: format!("{size} bytes, more than such an object can be ({max})"),
+        });
+    }
+    Ok(())
+}
+
 /// What a refused request was for, as permissions are granted: S3
 /// policies grant reading, listing, writing and deleting separately, and
 /// a bucket policy can allow only create-only writes (condition key
@@ -297,6 +310,22 @@ pub trait Backend: Send + Sync + Debug + 'static {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, BackendError>;
+
+    /// The object under `key` if it is at most `max` bytes; a larger one
+    /// is damage naming it ([`BackendError::Corrupt`]), refused before its
+    /// bytes are read. Readers of metadata use this with the most their
+    /// kind of object can be, so that a planted object of gigabytes (a
+    /// sparse file, a lying server) cannot exhaust a reader's memory.
+    /// Provided as a `get` then the check, which bounds nothing: it keeps
+    /// the GETs of wrappers made for tests (fault injection, counting) as
+    /// they are. Every store (local, S3, memory) and every wrapper used
+    /// outside tests (`lock::Locking`) overrides it to refuse before it
+    /// reads.
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Bytes, BackendError> {
+        let bytes = self.get(key).await?;
+        check_size(&self.location(), key, bytes.len() as u64, max)?;
+        Ok(bytes)
+    }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError>;
 

@@ -169,6 +169,14 @@ pub fn is_setting_name(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_:-.".contains(&b))
 }
 
+/// Most plaintext bytes of a config.
+pub const MAX_CONFIG: usize = 1 << 16;
+
+/// Most bytes a config is stored as: what opening a repository fetches.
+pub fn max_stored() -> u64 {
+    frame::max_stored(MAX_CONFIG)
+}
+
 /// At most this many classes in `min_storage_days`, at most this many days.
 pub const MAX_STORAGE_CLASSES: usize = 32;
 pub const MAX_MIN_STORAGE_DAYS: u32 = 3650;
@@ -363,7 +371,7 @@ impl RepoConfig {
     }
 
     pub fn decode(framed: &[u8]) -> Result<Self> {
-        let plain = frame::decode(Kind::Config, keys::CONFIG, framed, 1 << 16)?;
+        let plain = frame::decode(Kind::Config, keys::CONFIG, framed, MAX_CONFIG)?;
         // Read the format version first, so that a newer repository is
         // refused as "too new" even if its fields changed shape.
         #[derive(Deserialize)]

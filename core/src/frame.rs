@@ -94,6 +94,16 @@ pub fn encode(kind: Kind, plain: &[u8], level: i32) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The most bytes an object of at most `plain` bytes of plaintext is
+/// stored as: zstd's bound for incompressible input (under n/256 + 64
+/// bytes more), the frame's header and, if sealed, the seal's, with room
+/// to spare. Readers fetch metadata with this as the most they take
+/// ([`crate::backend::Backend::get_at_most`]).
+pub fn max_stored(plain: usize) -> u64 {
+    let plain = plain as u64;
+    plain.saturating_add(plain / 128).saturating_add(4 << 10)
+}
+
 /// Reads the frame of an object stored under `key`; returns the plaintext,
 /// at most `limit` bytes (a bound against decompression bombs).
 pub fn decode(kind: Kind, key: &str, framed: &[u8], limit: usize) -> Result<Vec<u8>> {

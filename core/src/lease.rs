@@ -115,7 +115,11 @@ impl LeaseRecord {
     /// Reads and decodes the lease at `key`; `None` if it was deleted
     /// since it was listed.
     pub async fn load(repo: &Repository, key: &str) -> Result<Option<Self>> {
-        match repo.backend().get(key).await {
+        match repo
+            .backend()
+            .get_at_most(key, crate::frame::max_stored(MAX_LEASE))
+            .await
+        {
             Ok(bytes) => LeaseRecord::decode(key, &bytes, repo.codec()).map(Some),
             Err(BackendError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),

@@ -71,7 +71,7 @@ impl Node {
     pub fn decode(id: &ObjectId, framed: &[u8], cfg: &RepoConfig, codec: &Codec) -> Result<Node> {
         let key = keys::node(id);
         let seg = cfg.segment_size;
-        let max_entries = seg / u64::from(cfg.chunking.min.max(1)) + 1;
+        let max_entries = max_entries(cfg);
         let plain = frame::decode(Kind::Node, &key, framed, max_plaintext(max_entries))?;
         if codec.node_id(&plain) != *id {
             return Err(Error::corrupt(key, "content does not match its id"));
@@ -117,6 +117,18 @@ impl Node {
 /// The largest plaintext of a node of `entries` entries: an entry is at
 /// most 40 bytes (array head, a 32-bit length, a 32-byte id), plus the
 /// map around them.
+/// Most entries a node of this repository has: a segment cut into chunks
+/// of the minimum size.
+fn max_entries(cfg: &RepoConfig) -> u64 {
+    cfg.segment_size / u64::from(cfg.chunking.min.max(1)) + 1
+}
+
+/// Most bytes a node of this repository is stored as: what its readers
+/// fetch at most.
+pub fn max_stored(cfg: &RepoConfig) -> u64 {
+    frame::max_stored(max_plaintext(max_entries(cfg)))
+}
+
 fn max_plaintext(entries: u64) -> usize {
     usize::try_from(entries * 40 + 32).unwrap_or(usize::MAX)
 }

@@ -38,7 +38,7 @@ impl Opening {
     /// caller hears (not the listing's), as soon as it is known, and the
     /// listing is then dropped.
     pub async fn read(backend: &dyn Backend) -> Result<Option<Opening>> {
-        let config = backend.get(keys::CONFIG);
+        let config = backend.get_at_most(keys::CONFIG, crate::config::max_stored());
         let listing = crypto::manage::list_slots_stored(backend);
         tokio::pin!(config, listing);
         let mut listed = None;
@@ -195,7 +195,10 @@ impl Repository {
             // absent, or another init's (a race this one lost), frees the
             // slot (best effort); not knowing, the slot stays (a retry
             // then says the repository exists).
-            let ours = match backend.get(keys::CONFIG).await {
+            let ours = match backend
+                .get_at_most(keys::CONFIG, crate::config::max_stored())
+                .await
+            {
                 Ok(stored) => Some(RepoConfig::decode(&stored).is_ok_and(|c| c == config)),
                 Err(g) if g.is_not_found() => Some(false),
                 Err(_) => None,
@@ -329,7 +332,11 @@ impl Repository {
 
     pub async fn load_node(&self, id: &ObjectId) -> Result<Node> {
         let key = keys::node(id);
-        let bytes = self.backend.get(&key).await.map_err(|e| missing(e, &key))?;
+        let bytes = self
+            .backend
+            .get_at_most(&key, self.max_node())
+            .await
+            .map_err(|e| missing(e, &key))?;
         self.decode_node(id, &bytes)
     }
 
@@ -343,10 +350,29 @@ impl Repository {
         Node::decode(id, &framed, &self.config, &self.codec)
     }
 
+    /// Most bytes a manifest of this repository is stored as (hundreds of
+    /// MB: it is the limits on what a manifest declares that bound the
+    /// memory of reading one).
+    pub fn max_manifest(&self) -> u64 {
+        crate::frame::max_stored(crate::manifest::limits::max_plaintext(
+            self.config.segment_size,
+        ))
+    }
+
+    /// Most bytes a node of this repository is stored as: more is damage,
+    /// refused before it is read.
+    pub fn max_node(&self) -> u64 {
+        crate::node::max_stored(&self.config)
+    }
+
     /// Fetches a node and checks it against its id.
     pub async fn check_node(&self, id: &ObjectId) -> Result<crate::damage::Health> {
         use crate::damage::Health;
-        match self.backend.get(&keys::node(id)).await {
+        match self
+            .backend
+            .get_at_most(&keys::node(id), self.max_node())
+            .await
+        {
             Ok(bytes) => match self.decode_node(id, &bytes) {
                 Ok(_) => Ok(Health::Sound),
                 Err(e) => Health::of_error(e),

@@ -409,3 +409,46 @@ fn gc_never_deletes_the_data_of_points_behind_a_symlinked_vm_directory() {
         stderr(&restore)
     );
 }
+
+/// A huge sparse file in place of a node, a manifest or the config: damage
+/// naming it, refused by its size before it is read. Read whole, a 64 GiB
+/// file failed as "does not fit in memory" (exit 1, not damage), and one a
+/// little smaller than the memory was read into it.
+#[test]
+fn a_huge_sparse_file_in_place_of_an_object_is_damage_and_not_read() {
+    let e = Env::init();
+    backed_up(&e);
+    let huge = |p: &Path| {
+        std::fs::remove_file(p).unwrap();
+        std::fs::File::create(p).unwrap().set_len(64 << 30).unwrap();
+    };
+    let to = e.path("r.img").display().to_string();
+
+    let mut nodes = walk(&e.repo.join("nodes"));
+    nodes.retain(|p| !p.to_string_lossy().contains('#'));
+    let node = nodes.first().expect("a node file").clone();
+    let saved = std::fs::read(&node).unwrap();
+    huge(&node);
+    let (code, out) = run_bounded(&e, &["restore", "v@latest", "--disk", "d", "--to", &to]);
+    assert_eq!(code, 3, "{out}");
+    let key = key_of(&e, &node);
+    assert!(
+        out.contains(&key) && out.contains("more than such an object can be"),
+        "{out}"
+    );
+    std::fs::write(&node, saved).unwrap();
+
+    let manifest = walk(&e.repo.join("points"))[0].clone();
+    huge(&manifest);
+    let (code, out) = run_bounded(&e, &["verify"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("more than such an object can be"), "{out}");
+
+    huge(&e.repo.join("config"));
+    let (code, out) = run_bounded(&e, &["points"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("config") && out.contains("more than such an object can be"),
+        "{out}"
+    );
+}

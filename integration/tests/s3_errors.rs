@@ -375,3 +375,62 @@ fn restoring_archived_chunks_says_restore_them_first() {
     assert_eq!(code, 1, "an archived chunk is not damage: {err}");
     assert_has(&err, &["archive storage class", "packs/", "xfull thaw"]);
 }
+
+/// A server that answers more than was asked for is stopped there: an
+/// object declared (or sent) larger than the most its kind can be is
+/// damage naming it, refused before it is read whole, and a range answered
+/// with more bytes than asked (a server that ignores `Range` sends the
+/// whole object) is an error, not bytes handed on.
+#[test]
+fn answers_larger_than_asked_are_refused_before_they_are_read() {
+    let declared = FaultProxy::with_rule(None, |_, _| {
+        Some(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 68719476736\r\nConnection: close\r\n\r\n".to_vec(),
+        )
+    });
+    let chunked = FaultProxy::with_rule(None, |_, _| {
+        let mut v =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        for _ in 0..128 {
+            v.extend_from_slice(b"10000\r\n");
+            v.extend(std::iter::repeat_n(b'x', 0x10000));
+            v.extend_from_slice(b"\r\n");
+        }
+        v.extend_from_slice(b"0\r\n\r\n");
+        Some(v)
+    });
+    let whole = FaultProxy::with_rule(None, |_, _| {
+        let mut v =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\nConnection: close\r\n\r\n".to_vec();
+        v.extend(std::iter::repeat_n(b'y', 1 << 20));
+        Some(v)
+    });
+    runtime().block_on(async {
+        let b = S3Backend::new(options(&declared.endpoint)).await.unwrap();
+        let e = b.get_at_most("nodes/ab/abcd", 1 << 20).await.unwrap_err();
+        assert!(e.is_corrupt(), "{e:?}");
+        assert_has(
+            &e.to_string(),
+            &["nodes/ab/abcd", "more than such an object can be"],
+        );
+
+        let b = S3Backend::new(options(&chunked.endpoint)).await.unwrap();
+        let e = b.get_at_most("nodes/ab/abcd", 1 << 20).await.unwrap_err();
+        assert!(e.is_corrupt(), "{e:?}");
+        assert_has(
+            &e.to_string(),
+            &["nodes/ab/abcd", "more than such an object"],
+        );
+        // Within its bound the same answer is read whole.
+        let all = b.get_at_most("nodes/ab/abcd", 8 << 20).await.unwrap();
+        assert_eq!(all.len(), 8 << 20);
+
+        let b = S3Backend::new(options(&whole.endpoint)).await.unwrap();
+        let e = b.get_range("packs/ab/abcd", 0..10).await.unwrap_err();
+        assert!(!e.is_corrupt(), "{e:?}");
+        assert_has(
+            &e.to_string(),
+            &["packs/ab/abcd", "to a request for the 10 bytes"],
+        );
+    });
+}

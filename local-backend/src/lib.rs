@@ -179,6 +179,16 @@ impl Backend for LocalBackend {
         }
     }
 
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Bytes, BackendError> {
+        match &self.store {
+            Store::Dir(root) => {
+                let key = key.to_string();
+                blocking(root, move |r| r.get_at_most(&key, max)).await
+            }
+            Store::Memory(m) => m.get_at_most(key, max).await,
+        }
+    }
+
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
         match &self.store {
             Store::Dir(root) => {

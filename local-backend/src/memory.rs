@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
-use xfull_core::backend::{BackendError, ObjectMeta, PutMode};
+use xfull_core::backend::{BackendError, ObjectMeta, PutMode, check_size};
 
 const LOCATION: &str = "memory://";
 
@@ -47,6 +47,12 @@ impl Memory {
 
     pub(crate) async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
         let r = self.store.get(&path(key)?).await.map_err(map)?;
+        r.bytes().await.map_err(map)
+    }
+
+    pub(crate) async fn get_at_most(&self, key: &str, max: u64) -> Result<Bytes, BackendError> {
+        let r = self.store.get(&path(key)?).await.map_err(map)?;
+        check_size(&self.location(), key, r.meta.size, max)?;
         r.bytes().await.map_err(map)
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use rustix::buffer::spare_capacity;
 use rustix::fs::{FileType, OFlags, Stat};
 use rustix::io::Errno;
-use xfull_core::backend::{BackendError, ObjectMeta};
+use xfull_core::backend::{BackendError, ObjectMeta, check_size};
 
 use crate::fs::{Root, kind_name, kind_of, mtime_of, size_of};
 
@@ -40,8 +40,14 @@ impl Root {
     }
 
     pub(crate) fn get(&self, key: &str) -> Result<Bytes, BackendError> {
+        self.get_at_most(key, u64::MAX)
+    }
+
+    /// As `get`, refusing a file over `max` bytes before reading it.
+    pub(crate) fn get_at_most(&self, key: &str, max: u64) -> Result<Bytes, BackendError> {
         let (fd, st) = self.open_object(key)?;
         let size = size_of(&st);
+        check_size(&self.location, key, size, max)?;
         self.read_at(key, &fd, 0, size, size).map(Bytes::from)
     }
 

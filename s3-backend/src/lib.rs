@@ -264,14 +264,18 @@ impl Backend for S3Backend {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
-        self.fetch(key, None).await
+        self.fetch(key, None, u64::MAX).await
+    }
+
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Bytes, BackendError> {
+        self.fetch(key, None, max).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        self.fetch(key, Some(range)).await
+        self.fetch(key, Some(range), u64::MAX).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {

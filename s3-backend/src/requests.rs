@@ -66,11 +66,17 @@ impl S3Backend {
         }
     }
 
-    /// GET of a whole object or a byte range of it.
+    /// GET of a whole object of at most `max` bytes, or of a byte range
+    /// of it. The body is read no further than that: a larger declared
+    /// length is damage of the object before a byte is read, and a server
+    /// that sends more than it declared, or than the range asked (one
+    /// that ignores `Range` sends the whole object), is stopped there,
+    /// so that no answer can hold more memory than the caller allowed.
     pub(crate) async fn fetch(
         &self,
         key: &str,
         range: Option<Range<u64>>,
+        max: u64,
     ) -> Result<Bytes, BackendError> {
         self.counters.get.fetch_add(1, Ordering::Relaxed);
         let out = send!(
@@ -79,18 +85,47 @@ impl S3Backend {
                 .get_object()
                 .bucket(&self.opts.bucket)
                 .key(self.key(key))
-                .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1))),
+                .set_range(
+                    range
+                        .as_ref()
+                        .map(|r| format!("bytes={}-{}", r.start, r.end - 1))
+                ),
             key
         )?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| BackendError::Transient {
+        let max = range.as_ref().map_or(max, |r| r.end - r.start);
+        let declared = out.content_length().and_then(|n| u64::try_from(n).ok());
+        let over = |got: u64| match &range {
+            None => BackendError::Corrupt {
+                location: self.location(),
+                key: key.to_string(),
+                message: format!("{got} bytes or more, more than such an object can be ({max})"),
+            },
+            Some(r) => BackendError::Other {
+                location: self.location(),
+                message: format!(
+                    "{key}: the server answered {got} bytes or more to a request for the {max} \
+                     bytes {}..{}",
+                    r.start, r.end
+                ),
+            },
+        };
+        if let Some(n) = declared.filter(|&n| n > max) {
+            return Err(over(n));
+        }
+        let mut body = out.body;
+        let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(max) as usize);
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| BackendError::Transient {
                 location: self.location(),
                 message: format!("reading {key}: {e}"),
             })?;
-        Ok(body.into_bytes())
+            let got = buf.len() as u64 + piece.len() as u64;
+            if got > max {
+                return Err(over(got));
+            }
+            buf.extend_from_slice(&piece);
+        }
+        Ok(Bytes::from(buf))
     }
 
     pub(crate) async fn raw_put(

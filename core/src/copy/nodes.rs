@@ -120,7 +120,7 @@ impl<'a> Copier<'a> {
                 let key = keys::node(id);
                 let stored = source
                     .backend()
-                    .get(&key)
+                    .get_at_most(&key, source.max_node())
                     .await
                     .map_err(|e| in_source(source, crate::repo::missing(e, &key)))?;
                 // Checked before anything relies on it: it opens, decodes

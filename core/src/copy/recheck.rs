@@ -93,7 +93,7 @@ async fn source_node(run: &Run<'_>, id: &ObjectId) -> Result<(Bytes, Vec<ObjectI
     let stored = run
         .source
         .backend()
-        .get(&key)
+        .get_at_most(&key, run.source.max_node())
         .await
         .map_err(|e| in_source(run.source, crate::repo::missing(e, &key)))?;
     let node = run

@@ -48,7 +48,10 @@ async fn read_listed_slots(
             if let Err(e) = slot::check_len(&meta.key, meta.size) {
                 return Ok(Some((id.to_string(), Err(e))));
             }
-            match backend.get(&meta.key).await {
+            match backend
+                .get_at_most(&meta.key, slot::MAX_SLOT_LEN as u64)
+                .await
+            {
                 Ok(bytes) => Ok(Some((id.to_string(), KeySlot::decode(&meta.key, &bytes)))),
                 Err(e) if e.is_not_found() => Ok(None), // removed meanwhile
                 Err(e) => Err(Error::from(e)),
@@ -269,7 +272,7 @@ pub async fn remove_slot(backend: &dyn Backend, keys: &MasterKeys, id: &str) -> 
     // if no full-access slot is left, put this one back from the bytes
     // read just before. Whichever removal looks last keeps a slot.
     let key = slot::slot_key(id);
-    let stored = match backend.get(&key).await {
+    let stored = match backend.get_at_most(&key, slot::MAX_SLOT_LEN as u64).await {
         Ok(b) => b,
         Err(e) if e.is_not_found() => {
             return Err(Error::KeySlotNotFound {
@@ -324,7 +327,7 @@ pub async fn change_secret(
 ) -> Result<String> {
     keys.slot_auth_key("key passwd")?;
     let old = slot::slot_key(keys.slot());
-    let current = backend.get(&old).await?;
+    let current = backend.get_at_most(&old, slot::MAX_SLOT_LEN as u64).await?;
     let access = KeySlot::decode(&old, &current)?.header.access;
     let id = add_slot(backend, keys, new, access, params).await?;
     backend.delete_many(&[old]).await?;

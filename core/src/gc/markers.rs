@@ -17,6 +17,9 @@ use crate::frame::Kind;
 use crate::keys;
 use crate::repo::Repository;
 
+/// Most plaintext bytes of a sweep marker.
+const MAX_MARKER: usize = 1 << 28;
+
 /// Where a sweep is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
@@ -125,7 +128,7 @@ impl SweepState {
 
     /// Decodes a marker stored under `key`.
     pub fn decode(key: &str, stored: &[u8], codec: &Codec) -> Result<Self> {
-        let plain = codec.decode_meta(Kind::Marker, key, stored, 1 << 28)?;
+        let plain = codec.decode_meta(Kind::Marker, key, stored, MAX_MARKER)?;
         ciborium::from_reader(&plain[..])
             .map_err(|e| Error::corrupt(key, format!("undecodable gc marker: {e}")))
     }
@@ -138,7 +141,8 @@ impl SweepState {
         } else {
             keys::sweep(seq)
         };
-        let bytes = match repo.backend().get(&key).await {
+        let max = crate::frame::max_stored(MAX_MARKER);
+        let bytes = match repo.backend().get_at_most(&key, max).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),

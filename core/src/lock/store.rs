@@ -75,6 +75,10 @@ impl Backend for Locking {
         self.inner.get(key).await
     }
 
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Bytes, BackendError> {
+        self.inner.get_at_most(key, max).await
+    }
+
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
         self.inner.get_range(key, range).await
     }

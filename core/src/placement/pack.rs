@@ -52,6 +52,12 @@ use crate::keys;
 
 const MAGIC: &[u8; 4] = b"XFP1";
 /// Bytes per trailer entry.
+/// Most bytes of a pack read whole (gc's rewrite): packs are sealed at
+/// [`super::PACK_TARGET`] (32 MiB) plus one chunk and their trailer; 8
+/// times that leaves room for any chunk size a config allows. A larger
+/// object under a pack's name is damage, refused before it is read.
+pub const MAX_PACK: u64 = 256 << 20;
+
 pub const ENTRY_LEN: usize = 32 + 8 + 4 + 4;
 /// A trailer without entries: magic, count, checksum, length.
 pub const TRAILER_MIN: usize = 4 + 4 + 32 + 4;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 
 use super::index::{self, IndexEntry, IndexHead};
-use super::pack::{PackEntry, decode_trailer, open_blob};
+use super::pack::{self, PackEntry, decode_trailer, open_blob};
 use super::packer::{Packer, SealedPack};
 use crate::backend::{Backend, ObjectClass, ObjectMeta};
 use crate::codec::Codec;
@@ -259,7 +259,7 @@ impl Repacker {
         check: impl Fn(&ObjectId) -> bool,
     ) -> Result<Result<Option<Moved>>> {
         let key = keys::pack(name);
-        let bytes = match backend.get(&key).await {
+        let bytes = match backend.get_at_most(&key, pack::MAX_PACK).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(Ok(None)),
             Err(e) => return Ok(Err(e.into())),
@@ -325,7 +325,10 @@ pub(super) async fn store(
     let key = keys::pack(&pack.name);
     let stored = put_once_as(backend, &key, pack.bytes.clone(), ObjectClass::Data).await?;
     if stored == Stored::Existed {
-        let there = backend.get(&key).await.map_err(|e| missing(e, &key))?;
+        let there = backend
+            .get_at_most(&key, pack::MAX_PACK)
+            .await
+            .map_err(|e| missing(e, &key))?;
         if !holds(codec, &key, &there, &pack) {
             return Err(Error::corrupt(
                 &key,

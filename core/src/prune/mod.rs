@@ -232,7 +232,7 @@ pub async fn remove(
             Err(e) => return Err(e),
         }
         if pins.contains(vm, id) {
-            let bytes = match b.get(&key).await {
+            let bytes = match b.get_at_most(&key, repo.max_manifest()).await {
                 Ok(bytes) => bytes,
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),

@@ -59,7 +59,7 @@ impl Repository {
     }
 
     async fn get_manifest(&self, key: &str, vm: &VmName, id: &PointId) -> Result<Bytes> {
-        match self.backend.get(key).await {
+        match self.backend.get_at_most(key, self.max_manifest()).await {
             Ok(b) => Ok(b),
             Err(e) if e.is_not_found() => Err(Error::PointNotFound {
                 point: format!("{vm}@{id}"),
