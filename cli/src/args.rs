@@ -293,7 +293,8 @@ pub struct BackupArgs {
     #[arg(long, value_name = "PCT", default_value_t = xfull_core::backup::audit::DEFAULT_AUDIT_PERCENT)]
     pub audit_unchanged: f64,
     /// Deduplicate against this point of the VM instead of its latest:
-    /// VM@ID, or an ID (a unique prefix or suffix of one will do).
+    /// VM@ID, or an ID (a unique prefix or suffix of one will do);
+    /// `latest` is the same as none.
     #[arg(long)]
     pub parent: Option<String>,
     /// KEY=VALUE label stored with the point; repeatable.

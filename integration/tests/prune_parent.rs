@@ -116,3 +116,57 @@ fn prune_keep_last_keeps_the_point_the_next_backup_takes_as_parent() {
          as the newest (made last of {ids:?}, all dated {time})"
     );
 }
+
+/// `--parent latest` is the engine's own choice of parent, with its checks:
+/// resolved by the CLI to the newest readable point, it passed over a
+/// damaged point of the same second, and the older point went to the
+/// engine as an explicit parent, "taken at its word". The change file,
+/// made since the damaged point, was applied to the one before it, and
+/// the point restored wrong bytes from a backup that succeeded without a
+/// warning (review, stop 51).
+#[test]
+fn parent_latest_never_passes_over_a_damaged_newest_point() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    // Four 4 MiB segments.
+    write_image(&img, &[Region::Random(16 << 20)], 9, false).unwrap();
+    let time = "2026-01-02T03:04:05Z";
+    let listed = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(e.repo.join("points").join("v"))
+            .unwrap()
+            .map(|d| d.unwrap().path())
+            .filter(|p| !p.to_string_lossy().contains('#'))
+            .collect();
+        v.sort();
+        v
+    };
+    backup(&e, "v", &img, &["--time", time]);
+    let first = listed();
+    overwrite(&img, (4 << 20) + 1000, 0xAA);
+    backup(&e, "v", &img, &["--time", time]);
+    // Damage the newest point's manifest (the last made of the second).
+    let manifest = listed().into_iter().find(|p| !first.contains(p)).unwrap();
+    assert!(manifest.exists(), "{}", manifest.display());
+    std::fs::write(&manifest, b"damaged").unwrap();
+
+    // Changed since the damaged point: segment 3 only.
+    overwrite(&img, (12 << 20) + 77, 0xBB);
+    let changes = e.path("changes.json");
+    super::incremental::write_extents(&changes, &[(12 << 20) + 77..(12 << 20) + 77 + 4096]);
+    backup(
+        &e,
+        "v",
+        &img,
+        &[
+            "--parent",
+            "latest",
+            "--changed",
+            &format!("d={}", changes.display()),
+            "--audit-unchanged",
+            "0",
+        ],
+    );
+    let to = e.path("restored.img");
+    e.restore("v@latest", "d", &to);
+    assert_eq!(sha256(&to), sha256(&img));
+}

@@ -19,7 +19,7 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
     let mut req = request(args)?;
     let repo = crate::open::open(cli).await?;
     if let Some(p) = &args.parent {
-        req.parent = Some(parent(&repo, &req.vm, p).await?);
+        req.parent = parent(&repo, &req.vm, p).await?;
     }
     let progress = crate::progress();
     let bar = Bar::start(progress.clone(), "backup", cli, true);
@@ -105,7 +105,12 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<()> {
 }
 
 /// `--parent`: `VM@ID` of the same VM, or an id (or a unique part of one).
-async fn parent(repo: &Repository, vm: &VmName, given: &str) -> Result<PointId> {
+/// `latest` is no parent given: the engine's own choice, with its checks
+/// (`None`). Resolved here to the newest readable point, it passed over a
+/// damaged point of the same second, and the engine took the older one
+/// at its word: a change file made since the damaged point was applied
+/// to it and the point restored wrong bytes (review, stop 51).
+async fn parent(repo: &Repository, vm: &VmName, given: &str) -> Result<Option<PointId>> {
     let fragment = match given.split_once('@') {
         Some((pvm, id)) => {
             if pvm != vm.as_str() {
@@ -120,20 +125,23 @@ async fn parent(repo: &Repository, vm: &VmName, given: &str) -> Result<PointId> 
         None => given,
     };
     if fragment == "latest" {
-        return repo.latest(vm).await?.ok_or_else(|| {
-            Error::PointNotFound {
+        if repo.list_points(Some(vm)).await?.is_empty() {
+            return Err(Error::PointNotFound {
                 point: format!("{vm}@latest (the VM has no points)"),
             }
-            .into()
-        });
+            .into());
+        }
+        return Ok(None);
     }
     // A whole id needs no listing of the VM's points (one round trip and
     // a LIST fewer): its manifest is read after the lease, and one that is
     // not there fails then, naming the point.
     if let Some(id) = PointId::parse_whole(fragment) {
-        return Ok(id);
+        return Ok(Some(id));
     }
-    crate::point_name::find_id(repo, vm, fragment).await
+    crate::point_name::find_id(repo, vm, fragment)
+        .await
+        .map(Some)
 }
 
 fn record_metrics(m: &xfull_core::manifest::Manifest) {
