@@ -423,7 +423,13 @@ async fn back_up_disk(
     // Every reused segment's zeros against its parent, unread (see
     // `zero_check`); a hit is an audit mismatch found before the pipeline.
     let zeroed = match reported {
-        Some(_) => zero_check::first_zeroed(d.source.clone(), &plan, cfg.segment_size).await?,
+        Some(_) => match zero_check::first_zeroed(d.source.clone(), &plan, cfg.segment_size).await?
+        {
+            None => {
+                zero_check::zeroed_tail(repo, d.source.clone(), &plan, cfg.segment_size).await?
+            }
+            hit => hit,
+        },
         None => None,
     };
     if zeroed.is_some() && audit.is_none() {

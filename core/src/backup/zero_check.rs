@@ -11,12 +11,18 @@
 //! only whole segments gone to zeros (the segment across the new end of
 //! a shrink keeps some data), so a hit means the source is wrong and the
 //! disk is scanned in full, as for an audit mismatch.
+//!
+//! A shrink by less than a segment leaves no whole segment of zeros: the
+//! last segment, when reused, is checked apart ([`zeroed_tail`]), against
+//! its parent node's chunks (review, stop 51: a disk shrunk by 1 MiB and
+//! grown back kept the parent's data there, with a clean bitmap).
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use super::plan::{DiskPlan, SegmentPlan};
 use crate::error::Result;
+use crate::repo::Repository;
 use crate::source::DiskSource;
 use crate::task::blocking;
 
@@ -70,6 +76,53 @@ pub(super) async fn first_zeroed(
         Ok(None)
     })
     .await?
+}
+
+/// The offset of a chunk of the disk's last segment, reused from its
+/// parent node, that lies wholly in the zeros the disk now reads to its
+/// end, if any: a write the source did not report (a shrink and a regrow
+/// within the segment). One node fetched per disk whose end reads as
+/// zeros; a node that cannot be read is a hit (the disk is then read
+/// whole, which needs no parent node).
+pub(super) async fn zeroed_tail(
+    repo: &Repository,
+    source: Arc<DiskSource>,
+    plan: &DiskPlan,
+    segment_size: u64,
+) -> Result<Option<u64>> {
+    let size = source.size();
+    if size == 0 || segment_size == 0 {
+        return Ok(None);
+    }
+    let last = (size - 1) / segment_size;
+    let Some(SegmentPlan::Reuse(Some(node))) = plan.segments.get(last as usize) else {
+        return Ok(None);
+    };
+    let seg = last * segment_size..size;
+    let data = {
+        let seg = seg.clone();
+        blocking("the zero check", move || source.data_ranges(seg)).await??
+    };
+    let zeros_from = data
+        .last()
+        .map_or(seg.start, |r| r.end.clamp(seg.start, seg.end));
+    if zeros_from >= seg.end {
+        return Ok(None);
+    }
+    let entries = match repo.load_node(node).await {
+        Ok(n) => n.entries,
+        Err(e) if e.is_damage() => return Ok(Some(seg.start)),
+        Err(e) => return Err(e),
+    };
+    let mut at = seg.start;
+    for e in &entries {
+        let end = at.saturating_add(e.len());
+        if e.1.is_some() && at >= zeros_from && end <= seg.end {
+            return Ok(Some(at));
+        }
+        at = end;
+    }
+    Ok(None)
 }
 
 /// Whether any of the sorted, disjoint `ranges` overlaps `r`.
