@@ -574,9 +574,15 @@ async fn a_wait_shorter_than_the_poll_still_waits() {
         .await
         .unwrap();
     let p = Progress::default();
-    thaw(&repo, &plan_of(&repo, &m).await, Some(1), ThawTier::Bulk, &p)
-        .await
-        .unwrap();
+    thaw(
+        &repo,
+        &plan_of(&repo, &m).await,
+        Some(1),
+        ThawTier::Bulk,
+        &p,
+    )
+    .await
+    .unwrap();
     let ms = std::time::Duration::from_millis;
     // The thaw finishes 200 ms in; the wait is 1.5 s, a look every 5 s.
     let finisher = {
