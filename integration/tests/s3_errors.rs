@@ -433,4 +433,53 @@ fn answers_larger_than_asked_are_refused_before_they_are_read() {
             &["packs/ab/abcd", "to a request for the 10 bytes"],
         );
     });
+
+/// A profile's `s3_endpoint` must not lose to AWS_ENDPOINT_URL: the README
+/// says flags on the command line win over the profile, and the variable
+/// is no flag (a shell or unit may export it for other tools). clap fills
+/// `--s3-endpoint` from the variable, so `S3Args::or` takes it as a flag
+/// and the profile's endpoint is silently ignored: the command talks to
+/// another store (for `copy -r @a --to @b`, both profiles lose theirs).
+#[test]
+fn a_profile_endpoint_is_not_replaced_by_aws_endpoint_url() {
+    let home = tempfile::tempdir().unwrap();
+    let profile_endpoint = refused_endpoint();
+    let env_endpoint = refused_endpoint();
+    let cfg = home.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!("[repositories.offsite]\nurl = \"{REPO}\"\ns3_endpoint = \"{profile_endpoint}\"\n"),
+    )
+    .unwrap();
+    let mut c = bare(home.path());
+    c.env("AWS_ACCESS_KEY_ID", "xfull-test-key")
+        .env("AWS_SECRET_ACCESS_KEY", "xfull-test-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", &env_endpoint)
+        .args(["--config", cfg.to_str().unwrap(), "-r", "@offsite", "points"]);
+    let (code, err) = timed_failure("profile endpoint", c);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&profile_endpoint) && !err.contains(&env_endpoint),
+        "the profile's endpoint {profile_endpoint} lost to AWS_ENDPOINT_URL {env_endpoint}: {err}"
+    );
+}
+
+/// `open.rs` and `a_missing_region_names_the_setting` say an exported but
+/// empty AWS_ENDPOINT_URL means "not set". It does not: the SDK's config
+/// loader reads the variable too, and every S3 command then fails with
+/// "Custom endpoint `` was not a valid URI" -- even with `--s3-endpoint`
+/// on the command line, and with a profile's `s3_endpoint`.
+#[test]
+fn an_empty_aws_endpoint_url_is_unset_even_beside_an_explicit_endpoint() {
+    let home = tempfile::tempdir().unwrap();
+    let endpoint = refused_endpoint();
+    let mut c = against(home.path(), &endpoint);
+    c.env("AWS_ENDPOINT_URL", "").arg("points");
+    let (code, err) = timed_failure("empty AWS_ENDPOINT_URL", c);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&endpoint) && !err.contains("was not a valid URI"),
+        "--s3-endpoint {endpoint} was not used: {err}"
+    );
 }
