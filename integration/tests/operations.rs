@@ -238,6 +238,69 @@ fn a_profile_names_the_repository_and_its_settings() {
     }
 }
 
+/// A profile's `password_file` that cannot be read is an error naming the
+/// profile's key, not `XFULL_PASSWORD_FILE`, a variable the user never set
+/// (`secrets::sources` puts the profile's file in the slot of the
+/// variable, and `SecretSources::resolve` names that slot after it), so
+/// the operator looks in the wrong place.
+#[test]
+fn a_profile_password_file_is_named_as_the_profiles() {
+    let e = Env::init();
+    let cfg = e.path("config.toml");
+    let missing = e.path("no-such-password");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[repositories.sealed]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+            e.repo.display(),
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let mut c = e.x(&["--config", cfg.to_str().unwrap(), "-r", "@sealed", "points"]);
+    c.env_remove("XFULL_REPO").env_remove("XFULL_PASSWORD_FILE");
+    let (code, err) = fails(c);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no-such-password"), "{err}");
+    assert!(
+        !err.contains("XFULL_PASSWORD_FILE") && err.contains("@sealed"),
+        "the message blames a variable that is not set, not the profile: {err}"
+    );
+}
+
+/// A config file that other users may write is a command they choose,
+/// run as whoever runs xfull (root, for the units in contrib/): its
+/// `password_command` runs with `sh -c`, and its `url` and `s3_endpoint`
+/// say where backups go. ssh refuses such a config; xfull reads it and
+/// runs the command.
+#[test]
+fn a_world_writable_profile_is_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::init();
+    let cfg = e.path("config.toml");
+    let marker = e.path("ran");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[repositories.sealed]\nurl = \"{}\"\npassword_command = \"touch {}; cat {}\"\n",
+            e.repo.display(),
+            marker.display(),
+            e.password_file().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut c = e.x(&["--config", cfg.to_str().unwrap(), "-r", "@sealed", "points"]);
+    c.env_remove("XFULL_REPO").env_remove("XFULL_PASSWORD_FILE");
+    let out = c.output().unwrap();
+    assert!(
+        !marker.exists() && !out.status.success(),
+        "the password_command of a config file writable by anyone ran (exit {:?}): {}",
+        out.status.code(),
+        stderr(&out)
+    );
+}
+
 #[test]
 fn completions_man_page_version_and_help() {
     let e = Env::bare();
