@@ -76,9 +76,12 @@ pub struct Cli {
 #[command(next_help_heading = "S3 options")]
 pub struct S3Args {
     /// S3 endpoint URL, e.g. http://127.0.0.1:9000 for MinIO (path-style).
-    // The value may hold credentials (http://key:secret@host): the help
-    // must not show it.
-    #[arg(long, env = "AWS_ENDPOINT_URL", hide_env_values = true)]
+    /// Else a profile's s3_endpoint, else AWS_ENDPOINT_URL.
+    // Not `env = "AWS_ENDPOINT_URL"`: clap would make the variable a flag,
+    // winning over a profile's s3_endpoint (`profile::resolve_location`
+    // reads it after the profile). The value may hold credentials
+    // (http://key:secret@host): the help never shows it.
+    #[arg(long)]
     pub s3_endpoint: Option<String>,
     /// S3 region (default: AWS_REGION or the AWS profile's).
     #[arg(long)]

@@ -52,7 +52,7 @@ async fn backend(
         let opts = S3Options {
             bucket,
             prefix,
-            // An exported but empty AWS_ENDPOINT_URL means "not set".
+            // Empty means "not set" (`profile::resolve_location` drops it).
             endpoint: s3.s3_endpoint.clone().filter(|e| !e.is_empty()),
             region: s3.s3_region.clone(),
             no_conditional_put: s3.s3_no_conditional_put,

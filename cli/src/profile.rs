@@ -13,7 +13,8 @@
 //! password_command = "pass show xfull/offsite"  # or password_file, key_file
 //! ```
 //!
-//! Flags given on the command line win over the profile's values.
+//! Flags given on the command line win over the profile's values, and
+//! the profile's over the environment's (`AWS_ENDPOINT_URL`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,9 +79,15 @@ pub fn resolve(cli: &Cli) -> Result<(String, S3Args)> {
 /// command line's flags, the profile's filling in what they leave
 /// unset) and the secret sources its profile names.
 pub fn resolve_location(cli: &Cli, repo: &str) -> Result<(String, S3Args, ProfileSecrets)> {
-    let flags = cli.s3_flags();
+    let mut flags = cli.s3_flags();
+    // An empty value says nothing (as `VAR= xfull ...` means in a shell).
+    flags.s3_endpoint = flags.s3_endpoint.filter(|e| !e.is_empty());
     let Some(name) = repo.strip_prefix('@') else {
-        return Ok((repo.to_string(), flags, ProfileSecrets::default()));
+        return Ok((
+            repo.to_string(),
+            with_env_endpoint(flags),
+            ProfileSecrets::default(),
+        ));
     };
     let path = config_path(cli)?;
     let profile = load(&path, name)?;
@@ -97,7 +104,7 @@ pub fn resolve_location(cli: &Cli, repo: &str) -> Result<(String, S3Args, Profil
         })
         .transpose()?;
     let from_file = S3Args {
-        s3_endpoint: profile.s3_endpoint,
+        s3_endpoint: profile.s3_endpoint.filter(|e| !e.is_empty()),
         s3_region: profile.s3_region,
         s3_no_conditional_put: profile.s3_no_conditional_put,
         s3_storage_class_chunks: profile.s3_storage_class_chunks,
@@ -111,7 +118,23 @@ pub fn resolve_location(cli: &Cli, repo: &str) -> Result<(String, S3Args, Profil
         password_file: profile.password_file,
         key_file: profile.key_file,
     };
-    Ok((profile.url, flags.or(&from_file), secrets))
+    Ok((
+        profile.url,
+        with_env_endpoint(flags.or(&from_file)),
+        secrets,
+    ))
+}
+
+/// `s3` with the endpoint of `AWS_ENDPOINT_URL` when neither the command
+/// line nor the profile names one: the variable is the weakest setting (a
+/// shell or a unit may export it for other tools). Empty means unset.
+fn with_env_endpoint(mut s3: S3Args) -> S3Args {
+    if s3.s3_endpoint.is_none() {
+        s3.s3_endpoint = std::env::var_os("AWS_ENDPOINT_URL")
+            .filter(|v| !v.is_empty())
+            .map(|v| v.to_string_lossy().into_owned());
+    }
+    s3
 }
 
 fn usage(msg: String) -> anyhow::Error {

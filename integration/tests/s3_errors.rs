@@ -456,7 +456,13 @@ fn a_profile_endpoint_is_not_replaced_by_aws_endpoint_url() {
         .env("AWS_SECRET_ACCESS_KEY", "xfull-test-secret")
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL", &env_endpoint)
-        .args(["--config", cfg.to_str().unwrap(), "-r", "@offsite", "points"]);
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "-r",
+            "@offsite",
+            "points",
+        ]);
     let (code, err) = timed_failure("profile endpoint", c);
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -482,4 +488,49 @@ fn an_empty_aws_endpoint_url_is_unset_even_beside_an_explicit_endpoint() {
         err.contains(&endpoint) && !err.contains("was not a valid URI"),
         "--s3-endpoint {endpoint} was not used: {err}"
     );
+}
+
+/// Both repositories of a `copy` keep their profile's `s3_endpoint` when
+/// AWS_ENDPOINT_URL is exported: the source (`-r @a`) and the target
+/// (`--to @b`, after a local source that opens).
+#[test]
+fn each_profile_of_a_copy_keeps_its_endpoint() {
+    let home = tempfile::tempdir().unwrap();
+    let (a, b, env_endpoint) = (refused_endpoint(), refused_endpoint(), refused_endpoint());
+    let cfg = home.path().join("config.toml");
+    let local = home.path().join("local");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[repositories.a]\nurl = \"{REPO}\"\ns3_endpoint = \"{a}\"\n\
+             [repositories.b]\nurl = \"s3://xfull-errors/other\"\ns3_endpoint = \"{b}\"\n\
+             [repositories.here]\nurl = \"{}\"\n",
+            local.display()
+        ),
+    )
+    .unwrap();
+    let x = |args: &[&str]| {
+        let mut c = bare(home.path());
+        c.env("AWS_ACCESS_KEY_ID", "xfull-test-key")
+            .env("AWS_SECRET_ACCESS_KEY", "xfull-test-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &env_endpoint)
+            .args(["--config", cfg.to_str().unwrap()])
+            .args(args);
+        c
+    };
+    x(&["-r", "@here", "init", "--encryption", "none"])
+        .assert()
+        .success();
+    for (args, wanted) in [
+        (["-r", "@a", "copy", "--to", "@b"], &a),
+        (["-r", "@here", "copy", "--to", "@b"], &b),
+    ] {
+        let (code, err) = timed_failure("copy between profiles", x(&args));
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains(wanted.as_str()) && !err.contains(&env_endpoint),
+            "{args:?}: the profile's endpoint {wanted} lost to AWS_ENDPOINT_URL {env_endpoint}: {err}"
+        );
+    }
 }

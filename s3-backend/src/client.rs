@@ -170,6 +170,12 @@ pub(crate) async fn build(
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
     if let Some(ep) = &opts.endpoint {
         conf = conf.endpoint_url(ep).force_path_style(true);
+    } else if blank_endpoint_variable(|n| std::env::var_os(n)) {
+        // An exported but empty variable means "not set"; the SDK would
+        // take it as the endpoint and fail every request ("Custom endpoint
+        // `` was not a valid URI"). The loader's own choice (which
+        // refuses an empty one) stands instead.
+        conf.set_endpoint_url(shared.endpoint_url().map(str::to_string));
     }
     // A fake client (tests) has no connection to be silent on.
     let http = http.unwrap_or_else(|| {
@@ -189,6 +195,15 @@ pub(crate) async fn build(
     })
 }
 
+/// Whether the endpoint variable the SDK reads for S3 (`AWS_ENDPOINT_URL_S3`
+/// if set, else `AWS_ENDPOINT_URL`) is set but empty.
+fn blank_endpoint_variable(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
+    ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .into_iter()
+        .find_map(var)
+        .is_some_and(|v| v.is_empty())
+}
+
 /// The client the SDK builds when given none (hyper, rustls on aws-lc,
 /// the proxy from `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` as the SDK's
 /// behaviour version says), to wrap in the answer timeout and the budget:
@@ -205,4 +220,40 @@ fn default_http_client() -> SharedHttpClient {
         conn.set_proxy_config(Some(ProxyConfig::from_env()));
         conn.build()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blank_endpoint_variable;
+    use std::ffi::OsString;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
+        move |n| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    /// The SDK takes AWS_ENDPOINT_URL_S3 when it is set (even empty),
+    /// else AWS_ENDPOINT_URL.
+    #[test]
+    fn an_empty_endpoint_variable_is_found_where_the_sdk_looks() {
+        assert!(!blank_endpoint_variable(env(&[])));
+        assert!(blank_endpoint_variable(env(&[("AWS_ENDPOINT_URL", "")])));
+        assert!(blank_endpoint_variable(env(&[("AWS_ENDPOINT_URL_S3", "")])));
+        assert!(!blank_endpoint_variable(env(&[
+            ("AWS_ENDPOINT_URL_S3", "http://h:1"),
+            ("AWS_ENDPOINT_URL", ""),
+        ])));
+        assert!(blank_endpoint_variable(env(&[
+            ("AWS_ENDPOINT_URL_S3", ""),
+            ("AWS_ENDPOINT_URL", "http://h:1"),
+        ])));
+        assert!(!blank_endpoint_variable(env(&[(
+            "AWS_ENDPOINT_URL",
+            "http://h:1"
+        )])));
+    }
 }
