@@ -60,6 +60,8 @@ pub struct ProfileSecrets {
     pub password_command: Option<String>,
     pub password_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// Where they are written, for messages: `profile @NAME in PATH`.
+    pub origin: Option<String>,
 }
 
 /// The secret sources of the `@NAME` profile the command line names.
@@ -117,6 +119,7 @@ pub fn resolve_location(cli: &Cli, repo: &str) -> Result<(String, S3Args, Profil
         password_command: profile.password_command,
         password_file: profile.password_file,
         key_file: profile.key_file,
+        origin: Some(format!("profile @{name} in {}", path.display())),
     };
     Ok((
         profile.url,

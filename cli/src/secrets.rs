@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use xfull_core::crypto::keyfile;
 use xfull_core::crypto::password::Ask;
-use xfull_core::crypto::{Secret, SecretSources};
+use xfull_core::crypto::{Secret, SecretSources, SourceNames};
 
 use crate::cli::{Cli, NewSecretArgs, OtherSecret};
 use crate::profile::ProfileSecrets;
@@ -15,23 +15,37 @@ use crate::profile::ProfileSecrets;
 /// The sources given to this command: flags, then XFULL_PASSWORD_FILE and
 /// XFULL_PASSWORD, then the profile's (only when no flag names one: a
 /// `--key-file` on the command line must not meet the profile's
-/// `password_command` as "both given").
+/// `password_command` as "both given"). Each is named in messages as
+/// where it was given: a profile's are the profile's keys.
 pub fn sources(cli: &Cli) -> Result<SecretSources> {
-    let mut s = SecretSources {
+    let s = SecretSources {
         key_file: cli.key_file.clone(),
         password_command: cli.password_command.clone(),
         ..SecretSources::default()
     }
     .with_env(|n| std::env::var_os(n));
-    if s.key_file.is_none() && s.password_command.is_none() {
-        let p = crate::profile::secrets(cli)?;
-        if s.password_file.is_none() && s.password.is_none() {
-            s.key_file = p.key_file;
-            s.password_command = p.password_command;
-            s.password_file = p.password_file;
-        }
+    if s.key_file.is_some()
+        || s.password_command.is_some()
+        || s.password_file.is_some()
+        || s.password.is_some()
+    {
+        return Ok(s);
     }
-    Ok(s)
+    Ok(from_profile(crate::profile::secrets(cli)?))
+}
+
+/// The sources a profile names, named as its keys.
+fn from_profile(p: ProfileSecrets) -> SecretSources {
+    SecretSources {
+        key_file: p.key_file,
+        password_command: p.password_command,
+        password_file: p.password_file,
+        password: None,
+        names: match p.origin {
+            Some(origin) => SourceNames::config_keys(origin),
+            None => SourceNames::default(),
+        },
+    }
 }
 
 /// The secret of an existing repository (asked once on a terminal).
@@ -73,6 +87,10 @@ pub fn new_secret(args: &NewSecretArgs) -> Result<Secret> {
     }
     let s = SecretSources {
         password_file: args.new_password_file.clone(),
+        names: SourceNames {
+            password_file: "--new-password-file".into(),
+            ..SourceNames::default()
+        },
         ..SecretSources::default()
     };
     Ok(s.resolve(Ask::Confirm)?)
@@ -94,17 +112,13 @@ pub fn other(
         flags.password_file.is_some(),
     ];
     let s = match given.iter().filter(|g| **g).count() {
-        0 => SecretSources {
-            key_file: profile.key_file,
-            password_command: profile.password_command,
-            password_file: profile.password_file,
-            password: None,
-        },
+        0 => from_profile(profile),
         1 => SecretSources {
             key_file: flags.key_file.clone(),
             password_command: flags.password_command.clone(),
             password_file: flags.password_file.clone(),
             password: None,
+            names: SourceNames::flags(p),
         },
         _ => {
             return Err(xfull_core::Error::InvalidArgument(format!(

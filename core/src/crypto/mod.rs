@@ -39,7 +39,7 @@ pub use manage::{
     unlock, unlock_listed,
 };
 pub use master::{Access, MasterKeys};
-pub use password::SecretSources;
+pub use password::{SecretSources, SourceNames};
 pub use seal::{SealKind, open, seal};
 pub use secret::{Secret, SecretKey, SecretKind};
 pub use seen::SeenEncrypted;

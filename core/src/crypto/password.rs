@@ -32,6 +32,65 @@ pub struct SecretSources {
     pub password_file: Option<PathBuf>,
     /// `XFULL_PASSWORD`
     pub password: Option<Zeroizing<Vec<u8>>>,
+    /// What messages call the first three: where they were given.
+    pub names: SourceNames,
+}
+
+/// Where the sources of [`SecretSources`] were given, for messages: a
+/// failing source is named as the user wrote it (`--to-key-file`, a
+/// profile's `password_file`), not as another one they never set.
+#[derive(Clone, Debug)]
+pub struct SourceNames {
+    pub key_file: String,
+    pub password_command: String,
+    pub password_file: String,
+    /// Where all three are written when not on the command line or in
+    /// the environment, e.g. `profile @offsite in /etc/xfull/config.toml`.
+    pub given_in: Option<String>,
+}
+
+impl Default for SourceNames {
+    /// `--key-file`, `--password-command`, `XFULL_PASSWORD_FILE`.
+    fn default() -> Self {
+        SourceNames {
+            key_file: "--key-file".into(),
+            password_command: "--password-command".into(),
+            password_file: "XFULL_PASSWORD_FILE".into(),
+            given_in: None,
+        }
+    }
+}
+
+impl SourceNames {
+    /// The flags `--{prefix}-key-file`, `--{prefix}-password-command`,
+    /// `--{prefix}-password-file`.
+    pub fn flags(prefix: &str) -> Self {
+        SourceNames {
+            key_file: format!("--{prefix}-key-file"),
+            password_command: format!("--{prefix}-password-command"),
+            password_file: format!("--{prefix}-password-file"),
+            given_in: None,
+        }
+    }
+
+    /// The keys `key_file`, `password_command`, `password_file` of a
+    /// config file, `given_in` it (`profile @NAME in PATH`).
+    pub fn config_keys(given_in: String) -> Self {
+        SourceNames {
+            key_file: "key_file".into(),
+            password_command: "password_command".into(),
+            password_file: "password_file".into(),
+            given_in: Some(given_in),
+        }
+    }
+
+    /// ` of profile @NAME in PATH`, or nothing.
+    fn of(&self) -> String {
+        self.given_in
+            .as_ref()
+            .map(|w| format!(" of {w}"))
+            .unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for SecretSources {
@@ -41,6 +100,7 @@ impl std::fmt::Debug for SecretSources {
             .field("password_command", &self.password_command)
             .field("password_file", &self.password_file)
             .field("password", &self.password.as_ref().map(|_| ".."))
+            .field("names", &self.names)
             .finish()
     }
 }
@@ -69,19 +129,41 @@ impl SecretSources {
 
     /// The secret, from the first source given.
     pub fn resolve(&self, ask: Ask) -> Result<Secret> {
+        let n = &self.names;
         if self.key_file.is_some() && self.password_command.is_some() {
-            return Err(Error::InvalidArgument(
-                "--key-file and --password-command both given: use one".into(),
-            ));
+            let within = n
+                .given_in
+                .as_ref()
+                .map(|w| format!(" in {w}"))
+                .unwrap_or_default();
+            return Err(Error::InvalidArgument(format!(
+                "{} and {} both given{within}: use one",
+                n.key_file, n.password_command
+            )));
         }
         if let Some(path) = &self.key_file {
-            return keyfile::read(path);
+            if n.key_file == SourceNames::default().key_file && n.given_in.is_none() {
+                return keyfile::read(path);
+            }
+            // Named as given: `key file PATH (key_file of profile @x in F)`.
+            return keyfile::read(path).map_err(|e| match e {
+                Error::SecretSource { secret, reason } => Error::SecretSource {
+                    secret: format!("{secret} ({}{})", n.key_file, n.of()),
+                    reason,
+                },
+                e => e,
+            });
         }
         if let Some(cmd) = &self.password_command {
-            return from_command(cmd);
+            return from_command(cmd, &format!("{} {cmd:?}{}", n.password_command, n.of()));
         }
         if let Some(path) = &self.password_file {
-            let source = format!("password file {} (XFULL_PASSWORD_FILE)", path.display());
+            let source = format!(
+                "password file {} ({}{})",
+                path.display(),
+                n.password_file,
+                n.of()
+            );
             let f = std::fs::File::open(path).map_err(|e| failed(&source, e.to_string()))?;
             return from_reader(f, source);
         }
@@ -152,8 +234,10 @@ fn checked(pw: Vec<u8>, source: String) -> Result<Secret> {
     Ok(Secret::password(pw, source))
 }
 
-fn from_command(cmd: &str) -> Result<Secret> {
-    let source = format!("password from --password-command {cmd:?}");
+/// The password `cmd` prints; `named` says where it was given
+/// (`--password-command "CMD"`).
+fn from_command(cmd: &str, named: &str) -> Result<Secret> {
+    let source = format!("password from {named}");
     // stdin and stderr stay the terminal's, so that the command can ask
     // (pass, gpg, systemd-ask-password).
     let mut child = Command::new("sh")
@@ -289,6 +373,72 @@ mod tests {
             ..SecretSources::default()
         };
         assert!(both.resolve(Ask::Never).unwrap_err().is_usage());
+    }
+
+    /// A source is named where it was given: a profile's keys with the
+    /// profile, another repository's flags as those flags; never
+    /// `XFULL_PASSWORD_FILE` or `--password-command` when they were not.
+    #[test]
+    fn sources_are_named_where_they_were_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let profile = || SourceNames::config_keys("profile @p in /etc/x.toml".into());
+        let e = SecretSources {
+            password_file: Some(missing.clone()),
+            names: profile(),
+            ..SecretSources::default()
+        }
+        .resolve(Ask::Never)
+        .unwrap_err();
+        let named = source_of(&e);
+        assert!(
+            named.contains("password_file of profile @p in /etc/x.toml")
+                && !named.contains("XFULL_PASSWORD_FILE"),
+            "{e}"
+        );
+        let e = SecretSources {
+            password_command: Some("exit 3".into()),
+            names: profile(),
+            ..SecretSources::default()
+        }
+        .resolve(Ask::Never)
+        .unwrap_err();
+        let named = source_of(&e);
+        assert!(
+            named.contains("password_command") && named.contains("@p") && !named.contains("--"),
+            "{e}"
+        );
+        let e = SecretSources {
+            key_file: Some(missing.clone()),
+            names: profile(),
+            ..SecretSources::default()
+        }
+        .resolve(Ask::Never)
+        .unwrap_err();
+        assert!(source_of(&e).contains("key_file of profile @p"), "{e}");
+        let e = SecretSources {
+            key_file: Some(missing.clone()),
+            password_command: Some("true".into()),
+            names: profile(),
+            ..SecretSources::default()
+        }
+        .resolve(Ask::Never)
+        .unwrap_err();
+        assert!(e.is_usage(), "{e}");
+        assert!(
+            e.to_string()
+                .contains("key_file and password_command both given in profile @p")
+                && !e.to_string().contains("--"),
+            "{e}"
+        );
+        let e = SecretSources {
+            password_file: Some(missing),
+            names: SourceNames::flags("to"),
+            ..SecretSources::default()
+        }
+        .resolve(Ask::Never)
+        .unwrap_err();
+        assert!(source_of(&e).contains("(--to-password-file)"), "{e}");
     }
 
     #[test]
