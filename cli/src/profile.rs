@@ -14,7 +14,10 @@
 //! ```
 //!
 //! Flags given on the command line win over the profile's values, and
-//! the profile's over the environment's (`AWS_ENDPOINT_URL`).
+//! the profile's over the environment's (`AWS_ENDPOINT_URL`). A config
+//! file that users other than its owner (or root) could write is refused,
+//! as ssh refuses such a config: its `password_command` runs with `sh -c`
+//! and its `url` says where backups go.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -165,12 +168,17 @@ fn config_path(cli: &Cli) -> Result<PathBuf> {
 }
 
 fn load(path: &Path, name: &str) -> Result<Profile> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let cannot = |e: std::io::Error| {
         usage(format!(
             "repository @{name}: cannot read the config file {}: {e}",
             path.display()
         ))
-    })?;
+    };
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    // The file opened, not its name again: what is checked is what is read.
+    check_trusted(path, &file.metadata().map_err(cannot)?)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(cannot)?;
     let mut file: ConfigFile = toml::from_str(&text).map_err(|e| {
         // One line: the message and where, not toml's multi-line excerpt.
         let line = e
@@ -195,6 +203,84 @@ fn load(path: &Path, name: &str) -> Result<Profile> {
             }
         ))
     })
+}
+
+/// Refuses a config file that someone other than the caller (or root)
+/// could have written, as ssh refuses its config: its `password_command`
+/// runs as whoever runs xfull (root, for the units in contrib/), and its
+/// `url` and `s3_endpoint` say where backups go. Checked: the file (owner,
+/// no group or other write bit) and the directory holding it, as named
+/// and as the file really is (owner, no group or other write bit unless
+/// sticky: in /tmp, others cannot replace a file they do not own).
+fn check_trusted(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let refuse = |what: String, why: String, fix: String| {
+        usage(format!(
+            "config file {}{what} {why}: refused, since whoever can change it chooses the \
+             command its password_command runs and where backups go; {fix}",
+            path.display()
+        ))
+    };
+    let foreign = |uid: u32| uid != me && uid != 0;
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(
+            String::new(),
+            format!(
+                "is writable by its group or by others (mode {:04o})",
+                meta.mode() & 0o7777
+            ),
+            format!("chmod go-w {}", path.display()),
+        ));
+    }
+    if foreign(meta.uid()) {
+        return Err(refuse(
+            String::new(),
+            format!(
+                "belongs to uid {}, neither you (uid {me}) nor root",
+                meta.uid()
+            ),
+            "chown it to yourself or root".into(),
+        ));
+    }
+    let parent = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut dirs = vec![parent(path)];
+    if let Ok(real) = std::fs::canonicalize(path) {
+        let real = parent(&real);
+        if std::fs::canonicalize(&dirs[0]).ok().as_ref() != Some(&real) {
+            dirs.push(real);
+        }
+    }
+    for dir in dirs {
+        let Ok(d) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        let what = format!(": the directory {} holding it", dir.display());
+        if d.mode() & 0o022 != 0 && d.mode() & 0o1000 == 0 {
+            return Err(refuse(
+                what,
+                format!(
+                    "is writable by its group or by others (mode {:04o})",
+                    d.mode() & 0o7777
+                ),
+                format!("chmod go-w {}", dir.display()),
+            ));
+        }
+        if foreign(d.uid()) {
+            return Err(refuse(
+                what,
+                format!(
+                    "belongs to uid {}, neither you (uid {me}) nor root",
+                    d.uid()
+                ),
+                "keep the config file in a directory of yours".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The same checks as the flags' (clap refuses bad flag values).

@@ -301,6 +301,48 @@ fn a_world_writable_profile_is_not_trusted() {
     );
 }
 
+/// The refusal names the file and its mode, as a usage error; so is a
+/// config file in a directory others may write (they could replace it),
+/// unless the directory is sticky (as /tmp: others cannot replace a file
+/// they do not own there).
+#[test]
+fn a_config_file_others_may_replace_is_refused_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::init();
+    let dir = e.path("shared");
+    std::fs::create_dir(&dir).unwrap();
+    let cfg = dir.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!("[repositories.here]\nurl = \"{}\"\n", e.repo.display()),
+    )
+    .unwrap();
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    let points = || {
+        let mut c = e.x(&["--config", cfg.to_str().unwrap(), "-r", "@here", "points"]);
+        c.env_remove("XFULL_REPO");
+        c
+    };
+    mode(&cfg, 0o620).unwrap();
+    let (code, err) = fails(points());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(cfg.to_str().unwrap()) && err.contains("0620") && err.contains("chmod go-w"),
+        "{err}"
+    );
+    mode(&cfg, 0o644).unwrap();
+    points().assert().success();
+    mode(&dir, 0o777).unwrap();
+    let (code, err) = fails(points());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(dir.to_str().unwrap()) && err.contains("0777"),
+        "{err}"
+    );
+    mode(&dir, 0o1777).unwrap();
+    points().assert().success();
+}
+
 #[test]
 fn completions_man_page_version_and_help() {
     let e = Env::bare();
