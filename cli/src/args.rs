@@ -328,8 +328,8 @@ pub struct PointsArgs {
     /// Only points with this label; repeatable (all must match).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Only the N newest points of each VM.
-    #[arg(long, value_name = "N")]
+    /// Only the N newest points of each VM (at least 1).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub latest: Option<usize>,
     /// Show times in UTC instead of local time.
     #[arg(long)]
@@ -498,4 +498,14 @@ pub struct UndeleteArgs {
     pub config_version: Option<String>,
     #[command(flatten)]
     pub s3: S3Args,
+}
+
+/// A count that 0 would make pointless (`points --latest 0` lists
+/// nothing): refused as a usage error.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("0 would list nothing: give at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }

@@ -96,6 +96,25 @@ pub fn resolve_location(cli: &Cli, repo: &str) -> Result<(String, S3Args, Profil
     };
     let path = config_path(cli)?;
     let profile = load(&path, name)?;
+    let bad_url = |why: &str| {
+        usage(format!(
+            "config file {}, profile @{name}: url {why}",
+            path.display()
+        ))
+    };
+    if profile.url.is_empty() {
+        // As `-r ""`: it would name the current directory, never meant.
+        return Err(bad_url(
+            "is empty: give a directory, file:///dir or s3://bucket/prefix",
+        ));
+    }
+    if profile.url.starts_with('@') {
+        return Err(bad_url(&format!(
+            "= {:?} names a profile; a profile's url is a directory, file:///dir or \
+             s3://bucket/prefix",
+            profile.url
+        )));
+    }
     let upload = profile
         .max_upload_bytes_per_second
         .as_deref()

@@ -343,6 +343,36 @@ fn a_config_file_others_may_replace_is_refused_naming_it() {
     points().assert().success();
 }
 
+/// A profile's url must name a location: an empty one is refused as
+/// `-r ""` is (not "storage error at :"), and `@other` (a profile cannot
+/// name another) is not taken as a directory `./@other`.
+#[test]
+fn a_profile_url_must_name_a_location() {
+    let e = Env::init();
+    let cfg = e.path("config.toml");
+    std::fs::write(
+        &cfg,
+        "[repositories.empty]\nurl = \"\"\n[repositories.alias]\nurl = \"@empty\"\n",
+    )
+    .unwrap();
+    for (name, wanted) in [("@empty", "is empty"), ("@alias", "names a profile")] {
+        let mut c = e.x(&["--config", cfg.to_str().unwrap(), "-r", name, "points"]);
+        c.env_remove("XFULL_REPO");
+        let (code, err) = fails(c);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains(wanted) && err.contains(name), "{name}: {err}");
+    }
+}
+
+/// `points --latest 0` would list nothing: a usage error, not "no points".
+#[test]
+fn points_latest_zero_is_a_usage_error() {
+    let e = Env::init();
+    let (code, err) = fails(e.x(&["points", "--latest", "0"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--latest"), "{err}");
+}
+
 #[test]
 fn completions_man_page_version_and_help() {
     let e = Env::bare();
