@@ -433,6 +433,7 @@ fn answers_larger_than_asked_are_refused_before_they_are_read() {
             &["packs/ab/abcd", "to a request for the 10 bytes"],
         );
     });
+}
 
 /// A profile's `s3_endpoint` must not lose to AWS_ENDPOINT_URL: the README
 /// says flags on the command line win over the profile, and the variable
