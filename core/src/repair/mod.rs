@@ -326,15 +326,14 @@ async fn check(
     Ok((key, health))
 }
 
-/// Removes the manifests that still cannot be read (a pinned one through
-/// the trash, as `prune` does).
 /// Unreadable manifests removed, and the VMs whose newest point was one.
 struct ManifestsRemoved {
     points: Vec<String>,
     newest_of: Vec<VmName>,
 }
 
-/// Removes the unreadable manifests. One dated in or after the second of
+/// Removes the manifests that still cannot be read (a pinned one through
+/// the trash, as `prune` does). One dated in or after the second of
 /// its VM's newest readable point may be the newest: a backup sets a
 /// change source aside for it while it is listed, and nothing does once
 /// it is gone, so that is reported (review, stop 51: repair said nothing,
