@@ -22,9 +22,10 @@
 //!   to find the segments naming it: O(disk) only until `repair` clears
 //!   the record.
 //! - **Damage nobody met yet** (bit rot, tampering): the nodes of touched
-//!   segments, and of reused ones the audit picked, are fetched and
-//!   verified anyway (re-chunking starts from them, the audit checks the
-//!   bytes against them), and a random [`NODE_SAMPLE_PERCENT`] of the
+//!   segments, of reused ones the audit picked, and of a reused last
+//!   segment over zeros are fetched and verified anyway (re-chunking
+//!   starts from them, the audit and the zero check of the tail check the
+//!   disk against them), and a random [`NODE_SAMPLE_PERCENT`] of the
 //!   reused ones (at least one) is fetched and verified on every backup. Damage found
 //!   there makes the check fetch all the others too. `verify` (listings)
 //!   and `verify --read-data` (contents) are what find it everywhere.
@@ -100,7 +101,11 @@ pub async fn drop_damaged_parents(
         .iter()
         .filter_map(|&i| plan.segments.get(i).and_then(relied_on))
         .collect();
-    let keep: HashSet<ObjectId> = touched.union(&audited).copied().collect();
+    // And the last segment's, for the zero check of the tail.
+    let tail = plan
+        .tail_zeros
+        .and_then(|_| plan.segments.last().and_then(relied_on));
+    let keep: HashSet<ObjectId> = touched.union(&audited).copied().chain(tail).collect();
     let reused: Vec<usize> = plan
         .reused()
         .into_iter()
@@ -146,8 +151,9 @@ pub async fn drop_damaged_parents(
     Ok(apply(plan, checked, sum.is_none()))
 }
 
-/// Fetches and checks `ids`, keeping the nodes in `keep` (those the
-/// workers read: touched and audited segments') for them, up to
+/// Fetches and checks `ids`, keeping the nodes in `keep` (those read
+/// later: touched and audited segments' by the workers, the tail's by the
+/// zero check) for them, up to
 /// [`PARENT_NODES_KEPT`] entries.
 async fn check(
     repo: &Repository,

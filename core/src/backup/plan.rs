@@ -87,6 +87,11 @@ pub struct DiskPlan {
     /// Reused segments to read whole and check against the parent's node
     /// first (ascending; see [`super::audit`]).
     pub audit_reused: Vec<usize>,
+    /// Where the disk reads zeros from to its end, when its last segment
+    /// is reused and does (noted by [`super::zero_check::note_tail`]): the
+    /// parent check fetches and keeps that segment's node, which the zero
+    /// check then holds against those zeros.
+    pub tail_zeros: Option<u64>,
 }
 
 /// At most this many node entries are kept for the workers (about 40
@@ -110,6 +115,7 @@ impl DiskPlan {
             parent_nodes: HashMap::new(),
             reused_data: None,
             audit_reused: Vec::new(),
+            tail_zeros: None,
         }
     }
 
@@ -152,6 +158,7 @@ impl DiskPlan {
             parent_nodes: HashMap::new(),
             reused_data: None,
             audit_reused: Vec::new(),
+            tail_zeros: None,
         }
     }
 

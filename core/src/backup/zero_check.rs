@@ -13,8 +13,9 @@
 //! disk is scanned in full, as for an audit mismatch.
 //!
 //! A shrink by less than a segment leaves no whole segment of zeros: the
-//! last segment, when reused, is checked apart ([`zeroed_tail`]), against
-//! its parent node's chunks (review, stop 51: a disk shrunk by 1 MiB and
+//! last segment, when reused and reading zeros to the end, is checked
+//! apart ([`note_tail`], [`zeroed_tail`]), against its parent node's
+//! chunks (review, stop 51: a disk shrunk by 1 MiB and
 //! grown back kept the parent's data there, with a clean bitmap).
 
 use std::ops::Range;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use super::plan::{DiskPlan, SegmentPlan};
 use crate::error::Result;
+use crate::id::ObjectId;
 use crate::repo::Repository;
 use crate::source::DiskSource;
 use crate::task::blocking;
@@ -78,27 +80,31 @@ pub(super) async fn first_zeroed(
     .await?
 }
 
-/// The offset of a chunk of the disk's last segment, reused from its
-/// parent node, that lies wholly in the zeros the disk now reads to its
-/// end, if any: a write the source did not report (a shrink and a regrow
-/// within the segment). One node fetched per disk whose end reads as
-/// zeros; a node that cannot be read is a hit (the disk is then read
-/// whole, which needs no parent node).
-pub(super) async fn zeroed_tail(
-    repo: &Repository,
-    source: Arc<DiskSource>,
-    plan: &DiskPlan,
-    segment_size: u64,
-) -> Result<Option<u64>> {
-    let size = source.size();
-    if size == 0 || segment_size == 0 {
-        return Ok(None);
+/// The disk's last segment when the plan reuses it from a parent node:
+/// its index and that node.
+fn reused_last(plan: &DiskPlan) -> Option<(u64, ObjectId)> {
+    match plan.segments.last()? {
+        SegmentPlan::Reuse(Some(node)) => Some((plan.segments.len() as u64 - 1, *node)),
+        _ => None,
     }
-    let last = (size - 1) / segment_size;
-    let Some(SegmentPlan::Reuse(Some(node))) = plan.segments.get(last as usize) else {
-        return Ok(None);
+}
+
+/// Notes in `plan.tail_zeros` where the disk reads zeros from to its end,
+/// when its last segment is reused and does: before the parent check,
+/// which then fetches and keeps that segment's node (fetched once, and
+/// checked like the others) for [`zeroed_tail`].
+pub(super) async fn note_tail(
+    source: Arc<DiskSource>,
+    plan: &mut DiskPlan,
+    segment_size: u64,
+) -> Result<()> {
+    let Some((last, _)) = reused_last(plan) else {
+        return Ok(());
     };
-    let seg = last * segment_size..size;
+    let seg = last * segment_size..source.size();
+    if seg.is_empty() {
+        return Ok(());
+    }
     let data = {
         let seg = seg.clone();
         blocking("the zero check", move || source.data_ranges(seg)).await??
@@ -106,18 +112,37 @@ pub(super) async fn zeroed_tail(
     let zeros_from = data
         .last()
         .map_or(seg.start, |r| r.end.clamp(seg.start, seg.end));
-    if zeros_from >= seg.end {
+    plan.tail_zeros = (zeros_from < seg.end).then_some(zeros_from);
+    Ok(())
+}
+
+/// The offset of a chunk of the disk's last segment, reused from its
+/// parent node, that lies wholly in the zeros the disk reads to its end
+/// (`plan.tail_zeros`), if any: a write the source did not report (a
+/// shrink and a regrow within the segment). The node is the one the
+/// parent check kept; one it found unsound made the segment a full read,
+/// and one past its memory bound is fetched here.
+pub(super) async fn zeroed_tail(
+    repo: &Repository,
+    plan: &DiskPlan,
+    segment_size: u64,
+    size: u64,
+) -> Result<Option<u64>> {
+    let (Some(zeros_from), Some((last, node))) = (plan.tail_zeros, reused_last(plan)) else {
         return Ok(None);
-    }
-    let entries = match repo.load_node(node).await {
-        Ok(n) => n.entries,
-        Err(e) if e.is_damage() => return Ok(Some(seg.start)),
-        Err(e) => return Err(e),
     };
-    let mut at = seg.start;
-    for e in &entries {
+    let node = match plan.parent_nodes.get(&node) {
+        Some(n) => n.clone(),
+        None => match repo.load_node(&node).await {
+            Ok(n) => Arc::new(n),
+            Err(e) if e.is_damage() => return Ok(Some(last * segment_size)),
+            Err(e) => return Err(e),
+        },
+    };
+    let mut at = last * segment_size;
+    for e in &node.entries {
         let end = at.saturating_add(e.len());
-        if e.1.is_some() && at >= zeros_from && end <= seg.end {
+        if e.1.is_some() && at >= zeros_from && end <= size {
             return Ok(Some(at));
         }
         at = end;
