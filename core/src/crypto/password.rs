@@ -84,11 +84,11 @@ impl SourceNames {
         }
     }
 
-    /// ` of profile @NAME in PATH`, or nothing.
-    fn of(&self) -> String {
+    /// ` of profile @NAME in PATH` (with `word` "of"), or nothing.
+    fn given(&self, word: &str) -> String {
         self.given_in
             .as_ref()
-            .map(|w| format!(" of {w}"))
+            .map(|w| format!(" {word} {w}"))
             .unwrap_or_default()
     }
 }
@@ -131,14 +131,11 @@ impl SecretSources {
     pub fn resolve(&self, ask: Ask) -> Result<Secret> {
         let n = &self.names;
         if self.key_file.is_some() && self.password_command.is_some() {
-            let within = n
-                .given_in
-                .as_ref()
-                .map(|w| format!(" in {w}"))
-                .unwrap_or_default();
             return Err(Error::InvalidArgument(format!(
-                "{} and {} both given{within}: use one",
-                n.key_file, n.password_command
+                "{} and {} both given{}: use one",
+                n.key_file,
+                n.password_command,
+                n.given("in")
             )));
         }
         if let Some(path) = &self.key_file {
@@ -148,21 +145,24 @@ impl SecretSources {
             // Named as given: `key file PATH (key_file of profile @x in F)`.
             return keyfile::read(path).map_err(|e| match e {
                 Error::SecretSource { secret, reason } => Error::SecretSource {
-                    secret: format!("{secret} ({}{})", n.key_file, n.of()),
+                    secret: format!("{secret} ({}{})", n.key_file, n.given("of")),
                     reason,
                 },
                 e => e,
             });
         }
         if let Some(cmd) = &self.password_command {
-            return from_command(cmd, &format!("{} {cmd:?}{}", n.password_command, n.of()));
+            return from_command(
+                cmd,
+                &format!("{} {cmd:?}{}", n.password_command, n.given("of")),
+            );
         }
         if let Some(path) = &self.password_file {
             let source = format!(
                 "password file {} ({}{})",
                 path.display(),
                 n.password_file,
-                n.of()
+                n.given("of")
             );
             let f = std::fs::File::open(path).map_err(|e| failed(&source, e.to_string()))?;
             return from_reader(f, source);
