@@ -21,6 +21,24 @@ use crate::engine::request;
 
 const SEG: u64 = 1 << 20;
 
+/// `dir/a`, an image of `bytes` random bytes (`seed`), backed up as VM
+/// `vm` into a new repository over `store`.
+async fn one_point(
+    dir: &std::path::Path,
+    store: Arc<dyn xfull_core::backend::Backend>,
+    bytes: u64,
+    seed: u64,
+) -> (std::path::PathBuf, Repository, Manifest) {
+    let a = dir.join("a");
+    write_image(&a, &[Region::Random(bytes)], seed, true).unwrap();
+    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(store, config).await.unwrap();
+    let m = backup(&repo, request("vm", &a), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    (a, repo, m)
+}
+
 async fn restore_to(
     repo: &Repository,
     m: &Manifest,
@@ -162,14 +180,8 @@ async fn plan_thaw_interrupted_resumed_then_restore() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_waits_for_a_running_thaw_and_no_longer() {
     let dir = tempfile::tempdir().unwrap();
-    let a = dir.path().join("a");
-    write_image(&a, &[Region::Random(3 << 20)], 5, true).unwrap();
     let sim = Arc::new(ArchiveSim::new(Arc::new(MemBackend::default())));
-    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
-    let repo = Repository::init(sim.clone(), config).await.unwrap();
-    let m = backup(&repo, request("vm", &a), Arc::new(Progress::default()))
-        .await
-        .unwrap();
+    let (a, repo, m) = one_point(dir.path(), sim.clone(), 3 << 20, 5).await;
     let disks = ["d".to_string()];
     let ms = std::time::Duration::from_millis;
     let p = Progress::default();
@@ -229,17 +241,11 @@ async fn a_restore_waits_for_a_running_thaw_and_no_longer() {
 async fn intelligent_tiering_archive_tiers_thaw_without_days() {
     use xfull_core::archive::IT_DEEP_ARCHIVE;
     let dir = tempfile::tempdir().unwrap();
-    let a = dir.path().join("a");
-    write_image(&a, &[Region::Random(2 << 20)], 8, true).unwrap();
     let sim = Arc::new(ArchiveSim::in_class(
         Arc::new(MemBackend::default()),
         IT_DEEP_ARCHIVE,
     ));
-    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
-    let repo = Repository::init(sim.clone(), config).await.unwrap();
-    let m = backup(&repo, request("vm", &a), Arc::new(Progress::default()))
-        .await
-        .unwrap();
+    let (a, repo, m) = one_point(dir.path(), sim.clone(), 2 << 20, 8).await;
     let p = plan_of(&repo, &m).await;
     let to_thaw = p.to_thaw();
     assert_eq!(
@@ -285,15 +291,8 @@ async fn intelligent_tiering_archive_tiers_thaw_without_days() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_without_archive_classes_needs_no_thaw() {
     let dir = tempfile::tempdir().unwrap();
-    let a = dir.path().join("a");
-    write_image(&a, &[Region::Random(2 << 20)], 3, true).unwrap();
-    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
-    let repo = Repository::init(Arc::new(MemBackend::default()), config)
-        .await
-        .unwrap();
-    let m = backup(&repo, request("vm", &a), Arc::new(Progress::default()))
-        .await
-        .unwrap();
+    let store = Arc::new(MemBackend::default());
+    let (_, repo, m) = one_point(dir.path(), store, 2 << 20, 3).await;
     let p = plan_of(&repo, &m).await;
     assert!(p.packs >= 1 && p.archive.is_empty() && p.ready(), "{p:?}");
     let t = thaw(&repo, &p, Some(1), ThawTier::Standard, &Progress::default())
@@ -505,16 +504,9 @@ impl xfull_core::backend::Backend for Expired {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_thawed_copy_is_not_readable() {
     let dir = tempfile::tempdir().unwrap();
-    let a = dir.path().join("a");
-    write_image(&a, &[Region::Random(2 << 20)], 11, true).unwrap();
     let sim = Arc::new(ArchiveSim::new(Arc::new(MemBackend::default())));
-    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
-    let repo = Repository::init(Arc::new(Expired(sim.clone())), config)
-        .await
-        .unwrap();
-    let m = backup(&repo, request("vm", &a), Arc::new(Progress::default()))
-        .await
-        .unwrap();
+    let expired = Arc::new(Expired(sim.clone()));
+    let (_, repo, m) = one_point(dir.path(), expired, 2 << 20, 11).await;
     // The restore cannot read the data: every pack is archived.
     let out = dir.path().join("restored");
     let r = restore_to(&repo, &m, &out).await;
@@ -565,14 +557,8 @@ async fn an_expired_thawed_copy_is_not_readable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_shorter_than_the_poll_still_waits() {
     let dir = tempfile::tempdir().unwrap();
-    let a = dir.path().join("a");
-    write_image(&a, &[Region::Random(1 << 20)], 12, true).unwrap();
     let sim = Arc::new(ArchiveSim::new(Arc::new(MemBackend::default())));
-    let config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
-    let repo = Repository::init(sim.clone(), config).await.unwrap();
-    let m = backup(&repo, request("vm", &a), Arc::new(Progress::default()))
-        .await
-        .unwrap();
+    let (_, repo, m) = one_point(dir.path(), sim.clone(), 1 << 20, 12).await;
     let p = Progress::default();
     thaw(
         &repo,
