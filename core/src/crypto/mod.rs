@@ -25,6 +25,7 @@ pub mod manage;
 mod manage_tests;
 pub mod master;
 pub mod password;
+mod password_command;
 pub mod prompt;
 pub mod seal;
 mod seal_gcm;

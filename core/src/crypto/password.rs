@@ -9,11 +9,11 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use zeroize::Zeroizing;
 
 use crate::crypto::keyfile;
+use crate::crypto::password_command;
 use crate::crypto::prompt;
 use crate::crypto::secret::Secret;
 use crate::error::{Error, Result};
@@ -194,7 +194,7 @@ impl SecretSources {
     }
 }
 
-fn failed(source: &str, reason: impl Into<String>) -> Error {
+pub(super) fn failed(source: &str, reason: impl Into<String>) -> Error {
     Error::SecretSource {
         secret: source.to_string(),
         reason: reason.into(),
@@ -215,7 +215,7 @@ fn from_reader(r: impl Read, source: String) -> Result<Secret> {
     checked(buf[..end].to_vec(), source)
 }
 
-fn read_bounded(r: impl Read, source: &str) -> Result<Zeroizing<Vec<u8>>> {
+pub(super) fn read_bounded(r: impl Read, source: &str) -> Result<Zeroizing<Vec<u8>>> {
     let mut buf = Zeroizing::new(Vec::new());
     r.take(MAX_PASSWORD + 1)
         .read_to_end(&mut buf)
@@ -238,27 +238,7 @@ fn checked(pw: Vec<u8>, source: String) -> Result<Secret> {
 /// (`--password-command "CMD"`).
 fn from_command(cmd: &str, named: &str) -> Result<Secret> {
     let source = format!("password from {named}");
-    // stdin and stderr stay the terminal's, so that the command can ask
-    // (pass, gpg, systemd-ask-password).
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| failed(&source, format!("cannot run sh: {e}")))?;
-    // Read (bounded) and close the pipe before waiting: a command that
-    // writes without end then stops on a broken pipe instead of blocking.
-    let out = match child.stdout.take() {
-        Some(stdout) => read_bounded(stdout, &source),
-        None => Err(failed(&source, "no output")),
-    };
-    let status = child
-        .wait()
-        .map_err(|e| failed(&source, format!("waiting for it: {e}")))?;
-    let out = out?;
-    if !status.success() {
-        return Err(failed(&source, format!("it failed ({status})")));
-    }
+    let out = password_command::output(cmd, &source)?;
     from_reader(&out[..], source)
 }
 
