@@ -15,7 +15,8 @@ use super::extents::ExtentSet;
 use crate::error::{Error, Result};
 use crate::source::DiskSource;
 
-/// Bytes compared per unit of work.
+/// Bytes compared per unit of work, at least (a block larger than this
+/// is its own piece, so that pieces start and end on block boundaries).
 const PIECE: u64 = 8 << 20;
 
 /// Checks a `--block-size`: a power of two from 512 B to 16 MiB.
@@ -36,17 +37,18 @@ pub fn diff_images(old: &Path, new: &Path, block: u64) -> Result<ExtentSet> {
     let next = AtomicU64::new(0);
     let found = Mutex::new(Vec::new());
     let failure = Mutex::new(None);
+    let piece = PIECE.max(block);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 let (mut a, mut b) = (Vec::new(), Vec::new());
                 loop {
-                    let start = next.fetch_add(PIECE, Ordering::Relaxed);
+                    let start = next.fetch_add(piece, Ordering::Relaxed);
                     if start >= common || failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                         return;
                     }
-                    let end = (start + PIECE).min(common);
+                    let end = (start + piece).min(common);
                     match compare(&old, &new, start..end, block, &mut a, &mut b) {
                         Ok(ranges) => found
                             .lock()
@@ -96,7 +98,8 @@ fn compare(
     let mut out = Vec::new();
     let mut off = 0usize;
     // Blocks are aligned to the image start: pieces start on block
-    // boundaries because PIECE is a multiple of every allowed block size.
+    // boundaries because a piece is a multiple of the block size (both
+    // powers of two, the piece the larger).
     while off < len {
         let end = (off + block as usize).min(len);
         if a[off..end] != b[off..end] {
@@ -135,5 +138,10 @@ mod tests {
         );
         assert!(diff_images(&old, &old, 4096).unwrap().is_empty());
         assert!(diff_images(&old, &new, 1000).is_err());
+        // Blocks larger than a piece of work are whole blocks still: until
+        // stop 52, 16 MiB blocks were reported by the 8 MiB piece.
+        let d = diff_images(&old, &new, 16 << 20).unwrap();
+        // (8 MiB pieces gave 0..8 MiB for the write at 5 MiB.)
+        assert_eq!(d.ranges(), &[0..(20 << 20) + 10]);
     }
 }
