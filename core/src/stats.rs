@@ -33,7 +33,11 @@ pub struct RepoStats {
     /// Bytes of packs and index objects: what chunk data takes.
     pub chunk_bytes: u64,
     pub packs: u64,
+    /// Bytes of the packs alone (the chunks' sealed, compressed data).
+    pub pack_bytes: u64,
     pub index_objects: u64,
+    /// Bytes of the index objects alone: where each chunk lies.
+    pub index_bytes: u64,
     pub nodes: u64,
     pub node_bytes: u64,
     pub manifest_bytes: u64,
@@ -86,8 +90,10 @@ pub async fn collect(repo: &Repository, now: DateTime<Utc>) -> Result<RepoStats>
             s.chunk_bytes += m.size;
             if k.starts_with(keys::PACKS) {
                 s.packs += 1;
+                s.pack_bytes += m.size;
             } else {
                 s.index_objects += 1;
+                s.index_bytes += m.size;
             }
         } else if k.starts_with(keys::NODES) {
             s.nodes += 1;

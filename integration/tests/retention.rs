@@ -404,3 +404,30 @@ fn a_dropped_disk_is_warned_about_and_prune_keeps_its_last_point() {
     assert_eq!(plan["removed"], 1, "{plan}");
     assert_eq!(e.points(), 1);
 }
+
+/// `stats` gives the bytes of packs and of index objects apart, and
+/// together as `chunk_bytes`: its text called both the packs' until stop 52.
+#[test]
+fn stats_gives_pack_and_index_bytes_apart() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(&img, &mixed_regions(8, 3), 3, false).unwrap();
+    backup_at(&e, "v", &img, "2026-03-01T10:00:00Z");
+    let on_disk = |dir: &str| -> u64 {
+        walk(&e.repo.join(dir))
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    let s = stats(&e);
+    let (packs, index) = (on_disk("packs"), on_disk("index"));
+    assert!(packs > 0 && index > 0, "{s}");
+    assert_eq!(s["pack_bytes"], packs, "{s}");
+    assert_eq!(s["index_bytes"], index, "{s}");
+    assert_eq!(s["chunk_bytes"], packs + index, "{s}");
+    let o = e.x(&["stats"]).output().unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    let objects = format!("{} index objects: ", s["index_objects"]);
+    assert!(text.contains(&objects), "{text}");
+}

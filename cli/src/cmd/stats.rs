@@ -28,13 +28,16 @@ pub async fn run(cli: &Cli) -> Result<()> {
         );
     }
     println!(
-        "{} points, {} logical; stored {} ({} chunks in {} packs: {}, {} nodes: {}, manifests {})",
+        "{} points, {} logical; stored {} ({} chunks in {} packs: {}, {} index objects: {}, \
+         {} nodes: {}, manifests {})",
         s.points,
         bytes(s.logical_bytes),
         bytes(s.stored_bytes),
         s.chunks,
         s.packs,
-        bytes(s.chunk_bytes),
+        bytes(s.pack_bytes),
+        s.index_objects,
+        bytes(s.index_bytes),
         s.nodes,
         bytes(s.node_bytes),
         bytes(s.manifest_bytes)
