@@ -1,0 +1,84 @@
+//! Object lock against objects someone else hid or replaced: a backup
+//! must not commit a point on what it found gone, nor lock a version it
+//! did not write (which `undelete` would then take for xfull's and keep
+//! above the repository's own).
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use xfull_core::backend::Backend;
+use xfull_core::backup::backup;
+use xfull_core::chunker::ChunkParams;
+use xfull_core::config::RepoConfig;
+use xfull_core::lock::{LockMode, ObjectLock};
+use xfull_core::progress::Progress;
+use xfull_core::repo::Repository;
+use xfull_core::testing::{LockSim, MemBackend};
+use xfull_integration::s3::S3Server;
+use xfull_integration::{Region, write_image};
+
+use crate::engine::request;
+
+const SEG: u64 = 1 << 20;
+
+/// Packs hidden behind delete markers (here: gone from the store) while
+/// their locked versions stay. The first backup of a new generation
+/// renews what its disk inherits unread (an incremental backup reads only
+/// what changed): it found every pack gone when it read their retention,
+/// and committed the point anyway, saying nothing (the `gone` count is
+/// not even printed), with the new generation recorded so that later
+/// backups trust it. The point cannot be restored, and the hidden
+/// versions, no longer extended, are lost for good once their old
+/// retention ends, while `undelete` could still have brought them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_does_not_commit_a_point_on_packs_it_found_gone() {
+    use xfull_core::backup::plan::ChangeSource;
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk");
+    write_image(&image, &[Region::Random(2 << 20)], 11, true).unwrap();
+    let none = dir.path().join("none.json");
+    std::fs::write(&none, "[]").unwrap();
+    let mem = Arc::new(MemBackend::default());
+    let sim = Arc::new(LockSim::new(mem.clone()));
+    let lock = ObjectLock {
+        mode: LockMode::Compliance,
+        retain_secs: 3_600,
+        generation_secs: 2,
+    };
+    let mut config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    config.object_lock = Some(lock);
+    config.protocol.clock_margin_secs = 0;
+    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    let a = backup(&repo, request("vm", &image), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    // Hidden: gone from every listing and HEAD, the index still names it.
+    let packs: Vec<String> = mem
+        .list("packs/")
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(!packs.is_empty());
+    mem.delete_many(&packs).await.unwrap();
+    let g = a.disks[0].lock_generation.unwrap();
+    while lock.generation_of(chrono::Utc::now()) == g {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Nothing changed: every segment is the parent's, unread.
+    let mut req = request("vm", &image);
+    req.audit_percent = 0.0;
+    req.changes
+        .insert("d".parse().unwrap(), ChangeSource::Extents(vec![none]));
+    let got = backup(&repo, req, Arc::new(Progress::default())).await;
+    match got {
+        Ok(m) => panic!(
+            "a point relying on hidden packs was committed as locked: {:?}",
+            m.stats.lock
+        ),
+        Err(e) => assert!(e.to_string().contains("undelete"), "{e}"),
+    }
+    let points: Vec<_> = mem.list("points/vm/").try_collect().await.unwrap();
+    assert_eq!(points.len(), 1, "{points:?}");
+}
