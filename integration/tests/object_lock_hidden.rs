@@ -82,3 +82,68 @@ async fn a_backup_does_not_commit_a_point_on_packs_it_found_gone() {
     let points: Vec<_> = mem.list("points/vm/").try_collect().await.unwrap();
     assert_eq!(points.len(), 1, "{points:?}");
 }
+
+/// A node overwritten by someone allowed `s3:PutObject` (a new version
+/// without retention above the locked one). `undelete` takes such a
+/// version away, unless a backup has meanwhile relied on the node: it read
+/// "no retention" and extended the retention of the current version, the
+/// forged one, which `undelete` then takes for xfull's and keeps. The
+/// backup must refuse instead (as gc and prune do), so that `undelete`
+/// still brings the original back.
+#[test]
+fn a_backup_does_not_lock_a_version_it_did_not_write() {
+    let server = S3Server::start();
+    let rt = crate::s3_object_lock::runtime();
+    let bucket = "xfull-locked-forged";
+    let Some((c, e)) = crate::s3_object_lock::locked_repo(&server, &rt, bucket, "7200,60") else {
+        return;
+    };
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(2 << 20)], 12, false).unwrap();
+    let twin = e.path("twin.img");
+    std::fs::copy(&img, &twin).unwrap();
+    let disk = format!("d={}", img.display());
+    e.x(&["backup", "--vm", "vm", "--disk", &disk])
+        .assert()
+        .success();
+    let node = rt
+        .block_on(c.list_objects_v2().bucket(bucket).prefix("repo/nodes/").send())
+        .unwrap()
+        .contents()[0]
+        .key()
+        .unwrap()
+        .to_string();
+    rt.block_on(
+        c.put_object()
+            .bucket(bucket)
+            .key(&node)
+            .body(b"forged".to_vec().into())
+            .send(),
+    )
+    .unwrap();
+
+    // The same data under another VM: its node's create-only put finds
+    // the forged version there.
+    let disk = format!("d={}", twin.display());
+    let twin_backup = e
+        .x(&["backup", "--vm", "twin", "--disk", &disk])
+        .output()
+        .unwrap();
+    let head = rt
+        .block_on(c.head_object().bucket(bucket).key(&node).send())
+        .unwrap();
+    let forged_lock = head.object_lock_retain_until_date().is_some();
+
+    let done = e.json(&["undelete"]);
+    let verify = e.x(&["verify", "--read-data"]).output().unwrap();
+    assert!(
+        verify.status.success() && done["versions_removed"] == 1,
+        "undelete left the forged node current ({done}); verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(!forged_lock, "the backup locked the forged version of {node}");
+    assert!(
+        !twin_backup.status.success(),
+        "the backup relied on a forged node without a word"
+    );
+}
