@@ -147,3 +147,52 @@ fn a_backup_does_not_lock_a_version_it_did_not_write() {
         "the backup relied on a forged node without a word"
     );
 }
+
+/// A manifest that does not open, locked: `repair` hands it to prune's
+/// removal, which rightly keeps a locked manifest, and then reported it
+/// removed anyway ("removed the unreadable manifest of point …") while
+/// it is still there, and said nothing of the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_does_not_report_a_locked_manifest_removed() {
+    use xfull_core::backend::PutMode;
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk");
+    write_image(&image, &[Region::Random(1 << 20)], 13, true).unwrap();
+    let mem = Arc::new(MemBackend::default());
+    let sim = Arc::new(LockSim::new(mem.clone()));
+    let mut config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    config.object_lock = Some(ObjectLock {
+        mode: LockMode::Compliance,
+        retain_secs: 3_600,
+        generation_secs: 3_600,
+    });
+    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    let a = backup(&repo, request("vm", &image), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    backup(&repo, request("vm", &image), Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    // Damaged in place (its locked version, as the store rots it).
+    let key = xfull_core::keys::point(&a.vm, &a.id);
+    mem.put(&key, b"rotten".to_vec().into(), PutMode::Overwrite)
+        .await
+        .unwrap();
+
+    let opts = xfull_core::repair::RepairOptions::default();
+    let r = xfull_core::repair::repair(&repo, &opts, Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    assert!(mem.exists(&key).await.unwrap(), "a locked manifest went");
+    assert!(
+        r.manifests_removed.is_empty(),
+        "reported removed, still there: {:?}",
+        r.manifests_removed
+    );
+    assert!(
+        r.warnings.iter().any(|w| w.contains("object lock")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(sim.refused_deletes(), 0);
+}
