@@ -107,7 +107,12 @@ fn a_backup_does_not_lock_a_version_it_did_not_write() {
         .assert()
         .success();
     let node = rt
-        .block_on(c.list_objects_v2().bucket(bucket).prefix("repo/nodes/").send())
+        .block_on(
+            c.list_objects_v2()
+                .bucket(bucket)
+                .prefix("repo/nodes/")
+                .send(),
+        )
         .unwrap()
         .contents()[0]
         .key()
@@ -141,7 +146,10 @@ fn a_backup_does_not_lock_a_version_it_did_not_write() {
         "undelete left the forged node current ({done}); verify: {}",
         String::from_utf8_lossy(&verify.stderr)
     );
-    assert!(!forged_lock, "the backup locked the forged version of {node}");
+    assert!(
+        !forged_lock,
+        "the backup locked the forged version of {node}"
+    );
     assert!(
         !twin_backup.status.success(),
         "the backup relied on a forged node without a word"
