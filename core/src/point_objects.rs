@@ -79,3 +79,42 @@ pub async fn packs_of_nodes(
     out.packs.dedup();
     Ok(out)
 }
+
+/// How many distinct chunks of `nodes` the index places only in `gone`
+/// packs, with one such pack; `None` if every chunk has a copy elsewhere
+/// (chunks the index does not know are [`packs_of_nodes`]' business).
+pub async fn chunks_only_in(
+    repo: &Repository,
+    nodes: &[ObjectId],
+    gone: &std::collections::HashSet<ObjectId>,
+    progress: &Progress,
+) -> Result<Option<(u64, ObjectId)>> {
+    let index = repo.chunks().open_index().await?;
+    let mut lost: Vec<(ObjectId, ObjectId)> = Vec::new();
+    let mut found = futures::stream::iter(nodes.iter().map(|id| {
+        let index = index.clone();
+        async move {
+            let node = repo.load_node(id).await?;
+            let ids: Vec<ObjectId> = node.chunk_ids().collect();
+            let places = index.lookup_all(&ids).await?;
+            let lost: Vec<(ObjectId, ObjectId)> = (ids.into_iter().zip(places))
+                .filter(|(_, p)| !p.is_empty() && p.iter().all(|e| gone.contains(&e.pack)))
+                .map(|(chunk, p)| (chunk, p[0].pack))
+                .collect();
+            Ok::<_, Error>(lost)
+        }
+    }))
+    .buffer_unordered(IN_FLIGHT);
+    while let Some(r) = found.next().await {
+        if progress.is_cancelled() {
+            return Err(Error::Cancelled {
+                cleaned: "nothing to clean up; run it again to finish".into(),
+            });
+        }
+        lost.extend(r?);
+    }
+    drop(found);
+    lost.sort_unstable();
+    lost.dedup_by_key(|(chunk, _)| *chunk);
+    Ok(lost.first().map(|(_, pack)| (lost.len() as u64, *pack)))
+}

@@ -30,6 +30,7 @@ mod mount;
 mod mount_edges;
 mod nbd_source;
 mod object_lock;
+mod object_lock_hidden;
 mod operations;
 mod pack_files;
 mod placement;

@@ -31,7 +31,7 @@ pub(crate) fn admin_client(server: &S3Server) -> Client {
     Client::from_conf(conf)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -42,7 +42,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// in a new bucket made with object lock, then `init` with a compliance
 /// lock of `lock_seconds` ("RETAIN,GEN"). `None` against an outside
 /// server (`XFULL_TEST_S3_ENDPOINT`): the bucket must be made by the test.
-fn locked_repo<'s>(
+pub(crate) fn locked_repo<'s>(
     server: &'s S3Server,
     rt: &tokio::runtime::Runtime,
     bucket: &str,

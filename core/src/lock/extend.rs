@@ -15,6 +15,7 @@
 //!   pack of their chunks is checked, once per generation per disk;
 //! - the config and the key slots, checked by every backup (a few HEADs).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -56,42 +57,48 @@ impl Extended {
 }
 
 /// Reads the retention of every key and extends it to `want` where it
-/// ends earlier (or has none). A key that is gone is skipped and counted:
-/// the index may name a pack a gc has just rewritten (readers then take
-/// another copy), and a point's missing node is the lease protocol's and
-/// verify's business, not this one's.
+/// ends earlier. A key that is gone is skipped, counted and added to
+/// `gone`: the index may name a pack a gc has just deleted (readers then
+/// take another copy), and a point's missing node is the lease protocol's
+/// and verify's business, not this one's. A key showing no retention is
+/// refused ([`super::no_retention`]): it is not the version xfull put.
 pub async fn ensure(
     backend: &Arc<dyn Backend>,
     keys: &[String],
     want: Retention,
     progress: &Progress,
+    gone: &mut Vec<String>,
 ) -> Result<Extended> {
     let mut out = Extended::default();
     let mut done = futures::stream::iter(keys.iter().map(|key| async move {
         let now = match backend.retention(key).await {
-            Ok((_, now)) => now,
-            Err(e) if e.is_not_found() => return Ok(None),
+            Ok((_, Some(now))) => now,
+            Ok((_, None)) => return Err(super::no_retention(backend.as_ref(), key)),
+            Err(e) if e.is_not_found() => return Ok((key, None)),
             Err(e) => return Err(Error::from(e)),
         };
-        let extend = now.is_none_or(|r| r.until < want.until);
+        let extend = now.until < want.until;
         if extend {
             match backend.extend_retention(key, want).await {
                 Ok(()) => {}
-                Err(e) if e.is_not_found() => return Ok(None),
+                Err(e) if e.is_not_found() => return Ok((key, None)),
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok::<_, Error>(Some(extend))
+        Ok::<_, Error>((key, Some(extend)))
     }))
     .buffer_unordered(IN_FLIGHT);
-    while let Some(r) = done.try_next().await? {
+    while let Some((key, r)) = done.try_next().await? {
         progress.add_done(1);
         match r {
             Some(extended) => {
                 out.checked += 1;
                 out.extended += u64::from(extended);
             }
-            None => out.gone += 1,
+            None => {
+                out.gone += 1;
+                gone.push(key.clone());
+            }
         }
         if progress.is_cancelled() {
             return Err(Error::Cancelled {
@@ -139,7 +146,8 @@ pub async fn for_backup<'a>(
     keys.sort_unstable();
     keys.dedup();
     progress.add_total(keys.len() as u64);
-    let mut out = ensure(repo.backend(), &keys, want, progress).await?;
+    let mut gone = Vec::new();
+    let mut out = ensure(repo.backend(), &keys, want, progress, &mut gone).await?;
     // A dependency found gone: the point relies on another copy of its
     // chunks (or on one stored again), whose retention nothing above
     // read. Every disk is then looked at whole, every copy extended.
@@ -159,7 +167,12 @@ pub async fn for_backup<'a>(
         let mut keys: Vec<String> = nodes.iter().map(|n| ObjectRef::Node(*n).key()).collect();
         keys.extend(packs.iter().map(|p| ObjectRef::Pack(*p).key()));
         progress.add_total(keys.len() as u64);
-        out.add(&ensure(repo.backend(), &keys, want, progress).await?);
+        let mut gone = Vec::new();
+        out.add(&ensure(repo.backend(), &keys, want, progress, &mut gone).await?);
+        let gone: HashSet<ObjectId> = gone.iter().filter_map(|k| keys::parse_pack(k)).collect();
+        if !gone.is_empty() {
+            only_in_gone(repo, &nodes, &gone, progress).await?;
+        }
     }
     // Recorded only once all of it is retained: a later backup in this
     // generation trusts it without a look.
@@ -195,4 +208,34 @@ async fn renewal_packs(
         ));
     }
     Ok(found.packs)
+}
+
+/// Fails if a chunk of `nodes` has no copy outside `gone` (packs found
+/// gone while their retention was extended). Such a pack was deleted, or
+/// hidden behind a delete marker on a versioned bucket, where its locked
+/// version stays only until its old retention ends: a point committed on
+/// it could not be restored, and recording the generation would make
+/// every later backup of the generation trust it. A chunk with another
+/// copy is fine: a gc deleted the pack after this backup found the chunk
+/// there, and the backup stored the chunk again (the index names both).
+async fn only_in_gone(
+    repo: &Repository,
+    nodes: &[ObjectId],
+    gone: &HashSet<ObjectId>,
+    progress: &Progress,
+) -> Result<()> {
+    let lost = crate::point_objects::chunks_only_in(repo, nodes, gone, progress).await?;
+    let Some((chunks, pack)) = lost else {
+        return Ok(());
+    };
+    Err(Error::corrupt(
+        keys::pack(&pack),
+        format!(
+            "{chunks} chunks of this point are only in packs that are gone ({} found gone, this \
+             one among them): deleted, or hidden behind a delete marker, which object lock \
+             keeps only until the retention they had ends; run `xfull undelete` while it \
+             holds, then back up again (`xfull verify` names what stays lost)",
+            gone.len()
+        ),
+    ))
 }

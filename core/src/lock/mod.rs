@@ -184,22 +184,33 @@ pub async fn locked_until(
     key: &str,
     margin: Duration,
 ) -> crate::error::Result<Option<DateTime<Utc>>> {
-    use crate::backend::{BackendError, Operation};
     let (_, retention) = backend.retention(key).await?;
     let Some(r) = retention else {
-        return Err(crate::error::Error::Backend(
-            BackendError::PermissionDenied {
-                location: backend.location(),
-                key: key.to_string(),
-                operation: Operation::ReadLock,
-                message: "the store shows no retention for an object of a repository with \
-                          object lock: these credentials may lack s3:GetObjectRetention, or \
-                          the object was replaced"
-                    .into(),
-            },
-        ));
+        return Err(no_retention(backend, key));
     };
     Ok(Some(r.until).filter(|until| *until > Utc::now() - margin))
+}
+
+/// An object of a locked repository that shows no retention: the store
+/// hides it from these credentials, or someone put a version above the
+/// locked one. Neither deleted nor extended on that reading: a delete
+/// would hide the locked version behind a marker, an extension would lock
+/// the other version, which `undelete` then takes for xfull's and keeps
+/// above the repository's own.
+pub(crate) fn no_retention(
+    backend: &dyn crate::backend::Backend,
+    key: &str,
+) -> crate::error::Error {
+    use crate::backend::{BackendError, Operation};
+    crate::error::Error::Backend(BackendError::PermissionDenied {
+        location: backend.location(),
+        key: key.to_string(),
+        operation: Operation::ReadLock,
+        message: "the store shows no retention for an object of a repository with object lock: \
+                  these credentials may lack s3:GetObjectRetention, or the object was replaced \
+                  (`xfull undelete` takes away a version put above a locked one)"
+            .into(),
+    })
 }
 
 #[cfg(test)]

@@ -231,6 +231,14 @@ pub async fn repair(
     }
     let removed = remove_manifests(repo, &found.damaged_manifests).await?;
     report.manifests_removed = removed.points;
+    for l in &removed.locked {
+        report.warnings.push(format!(
+            "the unreadable manifest of point {} stays: object lock retains it until {} \
+             (repair again after that)",
+            l.point,
+            l.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
     for vm in &removed.newest_of {
         report.warnings.push(format!(
             "the unreadable manifest removed was the newest point of VM {vm}: change \
@@ -326,19 +334,22 @@ async fn check(
     Ok((key, health))
 }
 
-/// Unreadable manifests removed, and the VMs whose newest point was one.
+/// Unreadable manifests removed, the VMs whose newest point was one, and
+/// those object lock keeps.
 struct ManifestsRemoved {
     points: Vec<String>,
     newest_of: Vec<VmName>,
+    locked: Vec<crate::prune::LockedPoint>,
 }
 
 /// Removes the manifests that still cannot be read (a pinned one through
-/// the trash, as `prune` does). One dated in or after the second of
-/// its VM's newest readable point may be the newest: a backup sets a
-/// change source aside for it while it is listed, and nothing does once
-/// it is gone, so that is reported (review, stop 51: repair said nothing,
-/// and the next backup applied a change file made since the removed
-/// point to the one before it).
+/// the trash, as `prune` does), but those object lock keeps: reported
+/// apart, not as removed (review, stop 85: repair said it removed them).
+/// One dated in or after the second of its VM's newest readable point
+/// may be the newest: a backup sets a change source aside for it while it
+/// is listed, and nothing does once it is gone, so that is reported
+/// (review, stop 51: repair said nothing, and the next backup applied a
+/// change file made since the removed point to the one before it).
 async fn remove_manifests(
     repo: &Repository,
     points: &[(VmName, PointId)],
@@ -351,6 +362,13 @@ async fn remove_manifests(
             Err(e) => return Err(e),
         }
     }
+    let mut locked = Vec::new();
+    if !doomed.is_empty() {
+        let pins = crate::prune::read_pins(repo).await?;
+        locked = crate::prune::remove(repo, &pins, &doomed).await?.locked;
+    }
+    let name = |(vm, id): &(VmName, PointId)| format!("{vm}@{id}");
+    doomed.retain(|p| !locked.iter().any(|l| l.point == name(p)));
     let mut newest_of: Vec<VmName> = Vec::new();
     for (vm, id) in &doomed {
         if newest_of.contains(vm) {
@@ -362,13 +380,10 @@ async fn remove_manifests(
             newest_of.push(vm.clone());
         }
     }
-    if !doomed.is_empty() {
-        let pins = crate::prune::read_pins(repo).await?;
-        crate::prune::remove(repo, &pins, &doomed).await?;
-    }
     Ok(ManifestsRemoved {
-        points: doomed.iter().map(|(vm, id)| format!("{vm}@{id}")).collect(),
+        points: doomed.iter().map(name).collect(),
         newest_of,
+        locked,
     })
 }
 
