@@ -344,7 +344,7 @@ struct ManifestsRemoved {
 
 /// Removes the manifests that still cannot be read (a pinned one through
 /// the trash, as `prune` does), but those object lock keeps: reported
-/// apart, not as removed (review, stop 85: repair said it removed them).
+/// apart, not as removed (review, stop 52: repair said it removed them).
 /// One dated in or after the second of its VM's newest readable point
 /// may be the newest: a backup sets a change source aside for it while it
 /// is listed, and nothing does once it is gone, so that is reported
