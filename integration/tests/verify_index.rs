@@ -160,3 +160,52 @@ fn after_index_rebuild_a_damaged_index_object_holds_neither_verify_nor_gc() {
     let r = e.json(&["gc"]);
     assert!(r["held"].is_null(), "{r}");
 }
+
+/// Unencrypted, a pack's trailer is not bound to its name: another pack's
+/// bytes under it read as a sound pack that lists other chunks. The
+/// index's entries for it are contradicted (an index problem), and the
+/// chunks they placed are in no pack: the point no longer restores, so
+/// `verify --read-data` and `repair` must name it, not pass it as whole.
+#[test]
+fn chunks_only_a_contradicted_index_entry_places_make_their_point_damaged() {
+    let e = Env::init_with(&["--encryption", "none"]);
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(40 << 20)], 77, false).unwrap();
+    e.backup("v", &[("d", &img)]);
+    let packs = e.files("packs");
+    assert!(packs.len() >= 2);
+    std::fs::copy(&packs[1], &packs[0]).unwrap();
+    let out = e.path("restored.img");
+    let restore = [
+        "restore",
+        "v@latest",
+        "--disk",
+        "d",
+        "--to",
+        out.to_str().unwrap(),
+    ];
+    assert_eq!(e.x(&restore).output().unwrap().status.code(), Some(3));
+
+    for args in [
+        &["verify", "--json"][..],
+        &["verify", "--read-data", "--json"],
+    ] {
+        let o = e.x(args).output().unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {v}");
+        assert_eq!(
+            v["report"]["damaged"][0]["point"]
+                .as_str()
+                .map(|p| p.starts_with("v@")),
+            Some(true),
+            "{args:?}: the point that does not restore is named: {v}"
+        );
+    }
+    let o = e.x(&["repair", "--json"]).output().unwrap();
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "repair says the point is whole: {r}"
+    );
+}
