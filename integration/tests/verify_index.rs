@@ -209,3 +209,30 @@ fn chunks_only_a_contradicted_index_entry_places_make_their_point_damaged() {
         "repair says the point is whole: {r}"
     );
 }
+
+/// A restore that met the chunks a damaged index object alone placed
+/// recorded them as damaged; `repair`, the next step, must still run and
+/// report (it stopped at the recorded chunk whose index block does not
+/// read, so nothing could be repaired while that object was there).
+#[test]
+fn repair_runs_beside_a_damaged_index_object() {
+    let e = repo();
+    spoil(&e.files("index")[0]);
+    let out = e.path("restored.img");
+    let restore = [
+        "restore",
+        "v@latest",
+        "--disk",
+        "d",
+        "--to",
+        out.to_str().unwrap(),
+    ];
+    assert_eq!(e.x(&restore).output().unwrap().status.code(), Some(3));
+    assert!(!e.files("damage").is_empty());
+
+    let o = e.x(&["repair", "--json"]).output().unwrap();
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    let err = xfull_integration::env::stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(r["still_damaged"][0]["point"].is_string(), "{r} {err}");
+}
