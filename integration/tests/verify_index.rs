@@ -110,3 +110,129 @@ fn a_pack_replaced_by_another_or_truncated_is_damage_naming_index_and_pack() {
     std::fs::write(victim, &intact).unwrap();
     e.x(&["verify"]).assert().success();
 }
+
+/// Flips a byte in the middle of an index object (inside its entries).
+fn spoil(file: &std::path::Path) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// One backup's index object holds exactly the entries a rebuild finds in
+/// the packs, so the rebuild makes an object of the same name: a damaged
+/// one stored there must not pass for it. Verify says to run `index
+/// rebuild`; after it the index must be sound.
+#[test]
+fn index_rebuild_mends_a_damaged_index_object_it_makes_again() {
+    let e = repo();
+    let img = e.path("d.img");
+    spoil(&e.files("index")[0]);
+    assert_eq!(index_problems(&e).len(), 1);
+
+    e.x(&["index", "rebuild"]).assert().success();
+    e.x(&["verify"]).assert().success();
+    let out = e.path("restored.img");
+    e.restore("v@latest", "d", &out);
+    assert_eq!(
+        xfull_integration::env::sha256(&out),
+        xfull_integration::env::sha256(&img)
+    );
+}
+
+/// A damaged index object beside others: `index rebuild` indexes every
+/// pack again, and then the damaged object must neither keep verify
+/// failing (it told the user to run the rebuild) nor hold every gc.
+#[test]
+#[ignore = "nothing removes a damaged index object: a design choice (rebuild, repair or gc), see the review's report"]
+fn after_index_rebuild_a_damaged_index_object_holds_neither_verify_nor_gc() {
+    let e = repo();
+    let other = e.path("o.img");
+    write_image(&other, &[Region::Random(4 << 20)], 78, false).unwrap();
+    e.backup("w", &[("d", &other)]);
+    let before = e.files("index");
+    assert_eq!(before.len(), 2);
+    spoil(&before[0]);
+    assert_eq!(index_problems(&e).len(), 1);
+
+    e.x(&["index", "rebuild"]).assert().success();
+    e.x(&["verify"]).assert().success();
+    let r = e.json(&["gc"]);
+    assert!(r["held"].is_null(), "{r}");
+}
+
+/// Unencrypted, a pack's trailer is not bound to its name: another pack's
+/// bytes under it read as a sound pack that lists other chunks. The
+/// index's entries for it are contradicted (an index problem), and the
+/// chunks they placed are in no pack: the point no longer restores, so
+/// `verify --read-data` and `repair` must name it, not pass it as whole.
+#[test]
+fn chunks_only_a_contradicted_index_entry_places_make_their_point_damaged() {
+    let e = Env::init_with(&["--encryption", "none"]);
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(40 << 20)], 77, false).unwrap();
+    e.backup("v", &[("d", &img)]);
+    let packs = e.files("packs");
+    assert!(packs.len() >= 2);
+    std::fs::copy(&packs[1], &packs[0]).unwrap();
+    let out = e.path("restored.img");
+    let restore = [
+        "restore",
+        "v@latest",
+        "--disk",
+        "d",
+        "--to",
+        out.to_str().unwrap(),
+    ];
+    assert_eq!(e.x(&restore).output().unwrap().status.code(), Some(3));
+
+    for args in [
+        &["verify", "--json"][..],
+        &["verify", "--read-data", "--json"],
+    ] {
+        let o = e.x(args).output().unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {v}");
+        assert_eq!(
+            v["report"]["damaged"][0]["point"]
+                .as_str()
+                .map(|p| p.starts_with("v@")),
+            Some(true),
+            "{args:?}: the point that does not restore is named: {v}"
+        );
+    }
+    let o = e.x(&["repair", "--json"]).output().unwrap();
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "repair says the point is whole: {r}"
+    );
+}
+
+/// A restore that met the chunks a damaged index object alone placed
+/// recorded them as damaged; `repair`, the next step, must still run and
+/// report (it stopped at the recorded chunk whose index block does not
+/// read, so nothing could be repaired while that object was there).
+#[test]
+fn repair_runs_beside_a_damaged_index_object() {
+    let e = repo();
+    spoil(&e.files("index")[0]);
+    let out = e.path("restored.img");
+    let restore = [
+        "restore",
+        "v@latest",
+        "--disk",
+        "d",
+        "--to",
+        out.to_str().unwrap(),
+    ];
+    assert_eq!(e.x(&restore).output().unwrap().status.code(), Some(3));
+    assert!(!e.files("damage").is_empty());
+
+    let o = e.x(&["repair", "--json"]).output().unwrap();
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    let err = xfull_integration::env::stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(r["still_damaged"][0]["point"].is_string(), "{r} {err}");
+}

@@ -253,10 +253,14 @@ impl Placement {
     }
 
     /// Fetches and checks one chunk of at most `max` bytes (any copy the
-    /// index knows), for repair's fresh look at a damage record.
+    /// index knows), for repair's fresh look at a damage record and
+    /// `verify --read-data`'s second look at a copy that did not open. A
+    /// damaged index block is passed over, as a restore does: what only
+    /// it places no reader finds. (Failing on it, `lookup_all` stopped
+    /// every repair and such a verify while the object was there: review.)
     pub async fn check(&self, id: &ObjectId, max: usize) -> Result<Health> {
         let index = self.open_index().await?;
-        let places = index.lookup_all(std::slice::from_ref(id)).await?;
+        let places = index.lookup_readable(std::slice::from_ref(id)).await?;
         let places = places.into_iter().next().unwrap_or_default();
         if places.is_empty() {
             return Ok(Health::Gone);

@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 
-use super::index::IndexEntry;
-use super::index_write::{MAX_WRITTEN_ENTRIES, store_entries};
+use super::index::{self, IndexEntry, IndexHead};
+use super::index_write::MAX_WRITTEN_ENTRIES;
 use super::pack_read::read_trailer;
-use crate::backend::Backend;
+use crate::backend::{Backend, PutMode};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::progress::Progress;
-use crate::repo::Stored;
+use crate::repo::{Stored, put_once};
 
 /// What a rebuild found and wrote.
 #[derive(Debug, Default)]
@@ -34,11 +34,13 @@ pub struct Rebuilt {
 /// them all (every place of every chunk), [`MAX_WRITTEN_ENTRIES`] at most
 /// each; gc later merges them into shards. Existing index objects are
 /// left alone: removing them is a sweep's job (gc), and entries of the
-/// new objects agree with every sound one. Memory: one object's entries
-/// (40 MiB), whatever the repository's size.
+/// new objects agree with every sound one; but one already stored under
+/// the name of an object made here must be that object, else it is
+/// written again ([`store_checked`]). Memory: one object's entries (40
+/// MiB), whatever the repository's size.
 pub async fn rebuild(
     backend: Arc<dyn Backend>,
-    codec: &Codec,
+    codec: &Arc<Codec>,
     max_chunk: u32,
     progress: &Progress,
 ) -> Result<Rebuilt> {
@@ -66,7 +68,7 @@ pub async fn rebuild(
                 if entries.len() >= MAX_WRITTEN_ENTRIES {
                     let full = std::mem::take(&mut entries);
                     out.written
-                        .extend(store_entries(&*backend, codec, "", full).await?);
+                        .extend(store_checked(&*backend, codec, full).await?);
                 }
             }
             Err(e) if e.is_damage() => out.damaged.push((meta.key, e.to_string())),
@@ -75,8 +77,59 @@ pub async fn rebuild(
     }
     drop(listing);
     out.written
-        .extend(store_entries(&*backend, codec, "", entries).await?);
+        .extend(store_checked(&*backend, codec, entries).await?);
     Ok(out)
+}
+
+/// Stores `entries` as index objects of any ids, create-only, as
+/// [`super::index_write::store_entries`] does, except that an object
+/// found already stored is read and must hold exactly these entries.
+/// The objects a rebuild makes often have the very name of one the
+/// repository holds (one backup's object, or gc's merge of all of them,
+/// places every chunk of its packs), and that may be the damaged object
+/// the rebuild is run to mend: taken for this one, it stayed, and verify
+/// kept saying to run `index rebuild` (review). The name proves the
+/// content, so writing over it is safe. Cost: one GET of each object
+/// found already stored.
+async fn store_checked(
+    backend: &dyn Backend,
+    codec: &Arc<Codec>,
+    entries: Vec<IndexEntry>,
+) -> Result<Vec<(String, Stored)>> {
+    let mut out = Vec::new();
+    for mut round in index::rounds(entries) {
+        let object = index::encode_in(codec, "", round.clone());
+        let key = keys::index(&index::index_name(&object));
+        let mut stored = put_once(backend, &key, object.clone()).await?;
+        round.sort_unstable_by_key(|e| e.entry.id);
+        if stored == Stored::Existed && !holds(backend, codec, &key, &round).await? {
+            backend.put(&key, object, PutMode::Overwrite).await?;
+            stored = Stored::New;
+        }
+        out.push((key, stored));
+    }
+    Ok(out)
+}
+
+/// Whether the index object `key` opens whole and holds exactly
+/// `entries` (sorted by id). Gone since the put (a gc merged it away) is
+/// no: it is written again.
+async fn holds(
+    backend: &dyn Backend,
+    codec: &Arc<Codec>,
+    key: &str,
+    entries: &[IndexEntry],
+) -> Result<bool> {
+    let bytes = match backend.get(key).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    match IndexHead::decode_all(codec, key, &bytes) {
+        Ok((_, found)) => Ok(found == entries),
+        Err(e) if e.is_damage() => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@
 //! each), the prints' budget, the merge's read buffers (at most 64 MiB),
 //! and the trailers in flight.
 
+use std::collections::BTreeMap;
+
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -27,6 +29,7 @@ use crate::gc::spill;
 use crate::id::ObjectId;
 use crate::keys;
 use crate::placement::ids::gone;
+use crate::placement::index::IndexEntry;
 use crate::placement::lookup::default_cache_dir;
 use crate::placement::merge::Merge;
 use crate::placement::pack::PackEntry;
@@ -75,7 +78,16 @@ pub struct IndexCheck {
     pub unreadable_packs: Vec<ObjectId>,
     /// All such packs.
     pub unreadable_found: u64,
+    /// Entries their pack's trailer contradicts (the first
+    /// [`MAX_CONTRADICTED`]): their chunks may be placed nowhere a pack
+    /// lists them ([`unplaced`]).
+    pub contradicted: Vec<IndexEntry>,
+    /// The listed packs with their sizes, sorted by name.
+    pub listed: Vec<(ObjectId, u64)>,
 }
+
+/// Contradicted entries kept for [`unplaced`] (80 bytes each).
+pub const MAX_CONTRADICTED: usize = 1 << 16;
 
 /// Packs whose trailer cannot be read kept for `repair` (32 bytes each;
 /// further ones wait for a later repair).
@@ -153,7 +165,53 @@ pub async fn check_index_with(
         seen: 0,
     };
     walk.go(backend, &mut merge, progress, &mut out).await?;
+    drop(walk);
+    out.listed = packs;
     Ok(out)
+}
+
+/// Of the chunks `wanted` picks among those a contradicted entry of
+/// `check` names, the ones no index entry places where its pack's own
+/// trailer lists them (and, with `open`, where they open), each with
+/// why. A restore finds those nowhere: their points are damaged, not
+/// only the index (the index check alone named the index object, and
+/// verify and repair called the point whole; `index rebuild` cannot
+/// help, as no trailer lists them). Trailers and index blocks only,
+/// unless `open`.
+pub async fn unplaced(
+    repo: &Repository,
+    check: &IndexCheck,
+    wanted: &(dyn Fn(&ObjectId) -> bool + Sync),
+    open: bool,
+) -> Result<BTreeMap<ObjectId, String>> {
+    let mut why = BTreeMap::new();
+    for e in check.contradicted.iter().filter(|e| wanted(&e.entry.id)) {
+        why.entry(e.entry.id).or_insert_with(|| {
+            format!(
+                "in no pack the index names: in {}, {}",
+                keys::pack(&e.pack),
+                contradicted(&e.entry)
+            )
+        });
+    }
+    if why.is_empty() {
+        return Ok(why);
+    }
+    let ids: Vec<ObjectId> = why.keys().copied().collect();
+    let index = repo.chunks().open_index().await?;
+    let places = index.lookup_readable(&ids).await?.into_iter().flatten();
+    let listed = &check.listed;
+    let size = |p: &ObjectId| {
+        let i = listed.binary_search_by_key(p, |(n, _)| *n).ok()?;
+        Some(listed[i].1)
+    };
+    let found = repo
+        .chunks()
+        .sound_at(places.collect(), &size, open, &|| false)
+        .await?
+        .unwrap_or_default();
+    why.retain(|id, _| !found.sound.contains(id) && !found.archived.contains(id));
+    Ok(why)
 }
 
 /// Reads every listed pack's trailer into `prints`; returns what became
@@ -272,6 +330,9 @@ impl Walk<'_> {
                 Trailer::Read => {
                     out.entries_checked += 1;
                     if !self.prints.contains(print(&self.key, &e.pack, &e.entry))? {
+                        if out.contradicted.len() < MAX_CONTRADICTED {
+                            out.contradicted.push(e);
+                        }
                         out.found(IndexProblem {
                             index,
                             pack: Some(keys::pack(&e.pack)),

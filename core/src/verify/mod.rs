@@ -9,7 +9,8 @@
 //! ([`crate::placement::Placement::check_packs`]), optionally a subset.
 //!
 //! Verifying every point also checks every index entry against its
-//! pack's trailer (`index_check.rs`).
+//! pack's trailer (`index_check.rs`); a referenced chunk whose entries
+//! are all contradicted is damage of the points that use it.
 //!
 //! The report names every damaged point and disk with the damaged byte
 //! ranges (segment-relative damage mapped to disk offsets).
@@ -331,6 +332,32 @@ pub async fn verify_with(
         report.bytes_read = checked.bytes;
         bad.extend(checked.bad);
     }
+    if !named {
+        let checked = index_check::check_index(repo, &progress).await?;
+        // Referenced chunks whose entries their packs contradict, placed
+        // nowhere a pack lists them: their points do not restore.
+        let (refs, missing, known) = (&refs, &missing, &bad);
+        let wanted = move |c: &ObjectId| {
+            refs.contains_at_random(prefix(c)).unwrap_or(true)
+                && !chunks::is_missing(missing, c)
+                && !known.contains_key(c)
+        };
+        let unplaced = index_check::unplaced(repo, &checked, &wanted, opts.read_data).await?;
+        bad.extend(unplaced);
+        report.pack_trailers_read = checked.trailers_read;
+        report.index_entries_checked = checked.entries_checked;
+        report.index_problems = checked.problems;
+        report.unreadable_packs = checked.unreadable_packs;
+        report.unreadable_packs_found = checked.unreadable_found;
+        report.index_problems_found = checked.problems_found;
+        if checked.archived > 0 {
+            report.warnings.push(format!(
+                "{} pack(s) are in an archive storage class: their index entries were not checked \
+                 against them",
+                checked.archived
+            ));
+        }
+    }
     drop(refs);
     if !missing.is_empty() || !bad.is_empty() {
         // Map missing and bad chunks back to the nodes that hold them.
@@ -346,22 +373,6 @@ pub async fn verify_with(
             .extend(found.lost.into_iter().map(|(n, why)| (keys::node(&n), why)));
     }
 
-    if !named {
-        let checked = index_check::check_index(repo, &progress).await?;
-        report.pack_trailers_read = checked.trailers_read;
-        report.index_entries_checked = checked.entries_checked;
-        report.index_problems = checked.problems;
-        report.unreadable_packs = checked.unreadable_packs;
-        report.unreadable_packs_found = checked.unreadable_found;
-        report.index_problems_found = checked.problems_found;
-        if checked.archived > 0 {
-            report.warnings.push(format!(
-                "{} pack(s) are in an archive storage class: their index entries were not checked \
-                 against them",
-                checked.archived
-            ));
-        }
-    }
     if !nodes.is_empty() {
         // Manifests again, to say which points and bytes the damage
         // touches, and which points are gone by now.
