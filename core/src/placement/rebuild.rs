@@ -102,7 +102,8 @@ async fn store_checked(
         let key = keys::index(&index::index_name(&object));
         let mut stored = put_once(backend, &key, object.clone()).await?;
         round.sort_unstable_by_key(|e| e.entry.id);
-        if stored == Stored::Existed && !holds(backend, codec, &key, &round).await? {
+        let len = object.len() as u64;
+        if stored == Stored::Existed && !holds(backend, codec, &key, len, &round).await? {
             backend.put(&key, object, PutMode::Overwrite).await?;
             stored = Stored::New;
         }
@@ -112,17 +113,20 @@ async fn store_checked(
 }
 
 /// Whether the index object `key` opens whole and holds exactly
-/// `entries` (sorted by id). Gone since the put (a gc merged it away) is
-/// no: it is written again.
+/// `entries` (sorted by id), as the `len` bytes made of them. Gone since
+/// the put (a gc merged it away) is no: it is written again; so is one
+/// larger than `len`, refused before it is read.
 async fn holds(
     backend: &dyn Backend,
     codec: &Arc<Codec>,
     key: &str,
+    len: u64,
     entries: &[IndexEntry],
 ) -> Result<bool> {
-    let bytes = match backend.get(key).await {
+    let bytes = match backend.get_at_most(key, len).await {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok(false),
+        Err(crate::backend::BackendError::Corrupt { .. }) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
     match IndexHead::decode_all(codec, key, &bytes) {
