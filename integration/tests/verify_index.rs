@@ -24,6 +24,14 @@ fn repo() -> Env<'static> {
     e
 }
 
+/// The exit code of restoring disk `d` of `v@latest`.
+fn restore_code(e: &Env) -> Option<i32> {
+    let out = e.path("restored.img");
+    let to = out.to_str().unwrap();
+    let args = ["restore", "v@latest", "--disk", "d", "--to", to];
+    e.x(&args).output().unwrap().status.code()
+}
+
 /// Key of a local object file.
 fn key(e: &Env, file: &std::path::Path) -> String {
     file.strip_prefix(&e.repo).unwrap().display().to_string()
@@ -175,16 +183,7 @@ fn chunks_only_a_contradicted_index_entry_places_make_their_point_damaged() {
     let packs = e.files("packs");
     assert!(packs.len() >= 2);
     std::fs::copy(&packs[1], &packs[0]).unwrap();
-    let out = e.path("restored.img");
-    let restore = [
-        "restore",
-        "v@latest",
-        "--disk",
-        "d",
-        "--to",
-        out.to_str().unwrap(),
-    ];
-    assert_eq!(e.x(&restore).output().unwrap().status.code(), Some(3));
+    assert_eq!(restore_code(&e), Some(3));
 
     for args in [
         &["verify", "--json"][..],
@@ -218,16 +217,7 @@ fn chunks_only_a_contradicted_index_entry_places_make_their_point_damaged() {
 fn repair_runs_beside_a_damaged_index_object() {
     let e = repo();
     spoil(&e.files("index")[0]);
-    let out = e.path("restored.img");
-    let restore = [
-        "restore",
-        "v@latest",
-        "--disk",
-        "d",
-        "--to",
-        out.to_str().unwrap(),
-    ];
-    assert_eq!(e.x(&restore).output().unwrap().status.code(), Some(3));
+    assert_eq!(restore_code(&e), Some(3));
     assert!(!e.files("damage").is_empty());
 
     let o = e.x(&["repair", "--json"]).output().unwrap();
