@@ -18,6 +18,8 @@ pub async fn run(cli: &Cli, cmd: &IndexCommand) -> Result<()> {
             "packs": r.packs,
             "chunks": r.chunks,
             "index_objects": r.written.iter().map(|(key, s)| json!({"key": key, "new": new(s)})).collect::<Vec<_>>(),
+            "index_objects_removed": r.removed,
+            "packs_gone": r.gone,
             "damaged_packs": r.damaged.iter().map(|(key, why)| json!({"key": key, "reason": why})).collect::<Vec<_>>(),
         }))?;
     } else if !cli.quiet {
@@ -31,6 +33,20 @@ pub async fn run(cli: &Cli, cmd: &IndexCommand) -> Result<()> {
         }
         if r.written.is_empty() {
             println!("no packs: nothing to index");
+        }
+        for key in &r.removed {
+            println!("removed index object {key} (replaced by the above)");
+        }
+        if r.gone > 0 {
+            println!(
+                "{} packs deleted while listed (a gc running) passed over",
+                r.gone
+            );
+        }
+        if !r.damaged.is_empty() {
+            println!(
+                "index objects stored before were kept: they place the chunks of the damaged packs"
+            );
         }
     }
     for (key, why) in &r.damaged {

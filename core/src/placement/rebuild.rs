@@ -2,13 +2,16 @@
 //! rebuild`, and what `repair` will use when index objects are missing or
 //! damaged): every pack is self-describing, so the index is derived data.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
 
+use super::ids::gone;
 use super::index::{self, IndexEntry, IndexHead};
 use super::index_write::MAX_WRITTEN_ENTRIES;
 use super::pack_read::read_trailer;
+use super::sweep::list_index;
 use crate::backend::{Backend, PutMode};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -25,19 +28,40 @@ pub struct Rebuilt {
     pub chunks: u64,
     /// Packs left out: key and why (a damaged or unreadable trailer).
     pub damaged: Vec<(String, String)>,
+    /// Packs listed and deleted before their trailer was read (a gc's
+    /// sweep): their live chunks are in packs it wrote first.
+    pub gone: u64,
     /// The index objects written (none if there were no packs), and
     /// whether each was new (an identical one may exist already).
     pub written: Vec<(String, Stored)>,
+    /// Index objects removed as superseded (see [`rebuild`]).
+    pub removed: Vec<String>,
 }
 
 /// Reads every pack's trailer and writes index objects of any ids holding
 /// them all (every place of every chunk), [`MAX_WRITTEN_ENTRIES`] at most
-/// each; gc later merges them into shards. Existing index objects are
-/// left alone: removing them is a sweep's job (gc), and entries of the
-/// new objects agree with every sound one; but one already stored under
-/// the name of an object made here must be that object, else it is
-/// written again ([`store_checked`]). Memory: one object's entries (40
-/// MiB), whatever the repository's size.
+/// each; gc later merges them into shards. One already stored under the
+/// name of an object made here must be that object, else it is written
+/// again ([`store_checked`]).
+///
+/// Then, if every listed pack was indexed, the index objects listed
+/// before the packs are removed, except those of the names written: the
+/// new objects place every chunk they placed. Until review 86's finding
+/// they were left for gc, so a damaged one held every gc and failed
+/// every verify for ever, and an entry contradicting its pack stayed,
+/// though verify tells the user to run this very command for both.
+/// Safe with writers at work because every writer (backup, copy,
+/// repair, gc's repack) stores a pack before any index object naming
+/// it: an object of the first listing names packs stored before the
+/// second began, which that listing shows (a pack deleted since is a
+/// sweep's, whose moved chunks are in packs it stored first). Listed
+/// the other way round, a backup's pack and object stored between the
+/// listings would lose their only index entry (gc's census lists packs
+/// first and keeps young objects for that reason). A pack left out (a
+/// damaged trailer) keeps every object: their entries are the places
+/// `repair` salvages its chunks from. Memory: one object's entries (40
+/// MiB) and the keys of the first listing, whatever the repository's
+/// size.
 pub async fn rebuild(
     backend: Arc<dyn Backend>,
     codec: &Arc<Codec>,
@@ -45,12 +69,16 @@ pub async fn rebuild(
     progress: &Progress,
 ) -> Result<Rebuilt> {
     let mut out = Rebuilt::default();
+    let listed_first = list_index(&*backend).await?;
     let mut entries: Vec<IndexEntry> = Vec::new();
     let mut listing = backend.list(keys::PACKS);
     while let Some(meta) = listing.try_next().await? {
         if progress.is_cancelled() {
             return Err(Error::Cancelled {
-                cleaned: "nothing was written".into(),
+                cleaned: match out.written.len() {
+                    0 => "nothing was written".into(),
+                    n => format!("{n} index object(s) written stay: they agree with the packs"),
+                },
             });
         }
         let Some(name) = keys::parse_pack(&meta.key) else {
@@ -71,6 +99,7 @@ pub async fn rebuild(
                         .extend(store_checked(&*backend, codec, full).await?);
                 }
             }
+            Err(e) if e.is_damage() && gone(&*backend, &meta.key).await => out.gone += 1,
             Err(e) if e.is_damage() => out.damaged.push((meta.key, e.to_string())),
             Err(e) => return Err(e),
         }
@@ -78,8 +107,28 @@ pub async fn rebuild(
     drop(listing);
     out.written
         .extend(store_checked(&*backend, codec, entries).await?);
+    if out.damaged.is_empty() {
+        let written: BTreeSet<&str> = out.written.iter().map(|(k, _)| k.as_str()).collect();
+        let superseded: Vec<String> = listed_first
+            .into_iter()
+            .map(|(_, meta)| meta.key)
+            .filter(|k| !written.contains(k.as_str()))
+            .collect();
+        // A cancellation here leaves some superseded objects: harmless,
+        // the next rebuild or gc's merge removes them.
+        for batch in superseded.chunks(DELETE_BATCH) {
+            if progress.is_cancelled() {
+                break;
+            }
+            backend.delete_many(batch).await?;
+            out.removed.extend_from_slice(batch);
+        }
+    }
     Ok(out)
 }
+
+/// Index objects removed per request (S3's DeleteObjects takes 1,000).
+const DELETE_BATCH: usize = 1000;
 
 /// Stores `entries` as index objects of any ids, create-only, as
 /// [`super::index_write::store_entries`] does, except that an object
