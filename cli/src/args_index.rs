@@ -8,8 +8,10 @@ use crate::cli::S3Args;
 #[derive(Debug, Subcommand)]
 pub enum IndexCommand {
     /// Derive the index again from the packs' own tables (one ranged read
-    /// per pack) and store it as a new index object; safe while backups
-    /// run. Exit 3 if a pack's table is damaged (that pack is left out).
+    /// per pack), store it as new index objects and delete the index
+    /// objects stored before, which they replace (damaged ones included);
+    /// safe while backups run. Exit 3 if a pack's table is damaged (that
+    /// pack is left out, and every index object stored before is kept).
     Rebuild(IndexRebuildArgs),
 }
 
