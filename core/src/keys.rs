@@ -10,6 +10,7 @@
 //! gc/sweeps/<seq>             a sweep's start marker (refreshed while it runs)
 //! gc/done/<seq>               written when that sweep finished
 //! damage/<chunk or node key>  that object was found damaged
+//! removed/<vm>/<point-id>     that point was removed while the VM's newest
 //! packs/<2 hex>/<64 hex>      pack of chunk blobs (format 2)
 //! index/<64 hex>              chunk index object of any chunk ids (format 2)
 //! index/<p>-<64 hex>          chunk index object of the ids whose hex starts
@@ -34,6 +35,7 @@ pub const GC_PROBE: &str = "gc/permission-check";
 pub const DAMAGE: &str = "damage/";
 pub const PACKS: &str = "packs/";
 pub const INDEX: &str = "index/";
+pub const REMOVED: &str = "removed/";
 
 fn fanned(prefix: &str, id: &ObjectId) -> String {
     let hex = id.to_hex();
@@ -106,6 +108,21 @@ pub fn point(vm: &VmName, id: &PointId) -> String {
 
 pub fn points_of(vm: &VmName) -> String {
     format!("{POINTS}{vm}/")
+}
+
+/// The record that `vm@id` was removed while the VM's newest point
+/// (`crate::removed`).
+pub fn removed_point(vm: &VmName, id: &PointId) -> String {
+    format!("{REMOVED}{vm}/{id}")
+}
+
+pub fn removed_of(vm: &VmName) -> String {
+    format!("{REMOVED}{vm}/")
+}
+
+/// The point a `removed/` record names.
+pub fn parse_removed(key: &str) -> Option<(VmName, PointId)> {
+    parse_point(&format!("{POINTS}{}", key.strip_prefix(REMOVED)?))
 }
 
 /// Where a pruned but still pinned manifest waits for the next sweep.

@@ -49,6 +49,7 @@ pub mod point_spec;
 pub mod progress;
 pub mod prune;
 pub mod qmp;
+pub mod removed;
 pub mod repair;
 pub mod repo;
 pub mod restore;

@@ -55,10 +55,27 @@ fn prune_says_when_it_removes_the_newest_point() {
     assert!(prune.status.success(), "{}", stderr(&prune));
     let said = stderr(&prune);
     assert!(
-        said.contains("newest point of VM v") && said.contains("--full-scan"),
+        said.contains("newest point of VM v") && said.contains("in full"),
         "{said}"
     );
     assert_eq!(e.points(), 1, "{said}");
+    // A change file made since the removed point (segment 1 only) is set
+    // aside: prune's record under removed/ tells the backup.
+    let changes = e.path("changes.json");
+    std::fs::write(&changes, r#"[{"offset": 4194304, "length": 4096}]"#).unwrap();
+    let arg = format!("d={}", changes.display());
+    let disk = format!("d={}", img.display());
+    let args = ["backup", "--vm", "v", "--disk", &disk, "--changed", &arg];
+    let out = e.std(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("was removed"),
+        "the change file is set aside: {said}"
+    );
+    let to = e.path("restored-after-prune.img");
+    e.restore("v@latest", "d", &to);
+    assert_eq!(sha256(&to), sha256(&img));
     // The other way round nothing is said.
     backup(&e, "v", &img, &["--full-scan"]);
     let mut dry = vec!["prune", "--dry-run", "--keep-last", "1"];

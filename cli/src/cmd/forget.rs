@@ -52,8 +52,9 @@ pub async fn run(cli: &Cli, args: &ForgetArgs) -> Result<()> {
     for vm in &out.newest_removed {
         say!(
             "xfull: warning: the newest point of VM {vm} {} removed: change information \
-             (--changed, --base) taken since it does not apply to the point now newest; \
-             back up {vm} next with --full-scan",
+             (--changed, --base, --bitmap) taken since it does not apply to the point now \
+             newest; the next backup of {vm} reads its disks in full (told by a record under \
+             removed/)",
             if args.dry_run { "would be" } else { "was" }
         );
     }

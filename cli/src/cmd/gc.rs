@@ -160,6 +160,12 @@ pub fn print_report(r: &GcReport) {
             r.trash_removed, r.dead_leases_removed, r.incomplete_removed
         );
     }
+    if r.removed_records_cleared > 0 {
+        println!(
+            "  {verb} {} records of removed newest points (a later point was made since)",
+            r.removed_records_cleared
+        );
+    }
     if let (Some(first), Some(last)) = (&r.locked_first_until, &r.locked_last_until) {
         let t = |d: &chrono::DateTime<chrono::Utc>| {
             d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)

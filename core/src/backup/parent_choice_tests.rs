@@ -314,7 +314,7 @@ async fn repair_says_when_it_removes_the_newest_point() {
     assert_eq!(report.manifests_removed.len(), 1, "{report:?}");
     assert_eq!(report.newest_removed, vec!["vm".to_string()], "{report:?}");
     assert!(
-        report.warnings.iter().any(|w| w.contains("--full-scan")),
+        report.warnings.iter().any(|w| w.contains("in full")),
         "{report:?}"
     );
 
@@ -330,4 +330,71 @@ async fn repair_says_when_it_removes_the_newest_point() {
     let report = repair().await;
     assert_eq!(report.manifests_removed.len(), 1, "{report:?}");
     assert!(report.newest_removed.is_empty(), "{report:?}");
+}
+
+/// The newest point forgotten: the change file made since it is not
+/// relative to the point before, and nothing in the listing says the
+/// newest was there. Until stop 53 `forget` only warned and the next
+/// backup restored wrong bytes; now its record sets the file aside. The
+/// backup after takes its change file (its parent is newer than the
+/// record), and gc clears the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_newest_point_sets_the_change_file_aside() {
+    let (mem, repo) = repo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let t0 = Utc::now() - Duration::hours(1);
+    let at = |s: i64| Some(t0 + Duration::seconds(s));
+    let (p1, _) = back_up(&repo, request(&img, None, at(0))).await;
+    write_at(&img, SEG + 1000, &seeded_bytes(50_000, 2));
+    let (p2, _) = back_up(&repo, request(&img, None, at(10))).await;
+    let vm: crate::names::VmName = "vm".parse().unwrap();
+    let gone = [(vm.clone(), p2.id.clone())];
+    crate::prune::forget::forget(&repo, &gone, false)
+        .await
+        .unwrap();
+
+    let changes = change_file(dir.path(), &img, 3 * SEG + 77, 3);
+    let (p3, warnings) = back_up(&repo, with_changes(request(&img, None, at(20)), changes)).await;
+    assert_eq!(p3.disks[0].parent.as_ref(), Some(&p1.id));
+    let why = set_aside(&warnings).expect("a warning that says why");
+    assert!(
+        why.contains(p2.id.as_str()) && why.contains("removed"),
+        "{why}"
+    );
+    assert_read_by(&p3, "full-scan");
+    assert!(restores_to(&repo, &p3, &img).await);
+
+    let changes = change_file(dir.path(), &img, 2 * SEG + 5, 4);
+    let (p4, warnings) = back_up(&repo, with_changes(request(&img, None, at(30)), changes)).await;
+    assert_eq!(p4.disks[0].parent.as_ref(), Some(&p3.id));
+    assert_eq!(set_aside(&warnings), None);
+    assert_read_by(&p4, "extents");
+    assert!(restores_to(&repo, &p4, &img).await);
+
+    let record = keys::removed_point(&vm, &p2.id);
+    assert!(mem.exists(&record).await.unwrap());
+    let report = crate::gc::run(&repo, false).await.unwrap();
+    assert_eq!(report.removed_records_cleared, 1);
+    assert!(!mem.exists(&record).await.unwrap());
+}
+
+/// Older points pruned leave no record: the newest stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_older_points_leaves_no_record() {
+    let (mem, repo) = repo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let t0 = Utc::now() - Duration::hours(1);
+    let (p1, _) = back_up(&repo, request(&img, None, Some(t0))).await;
+    back_up(&repo, request(&img, None, Some(t0 + Duration::seconds(10)))).await;
+    let vm: crate::names::VmName = "vm".parse().unwrap();
+    let pins = crate::prune::Pins::default();
+    crate::prune::remove(&repo, &pins, &[(vm.clone(), p1.id.clone())])
+        .await
+        .unwrap();
+    let listed: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(mem.list(keys::REMOVED))
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
 }

@@ -184,14 +184,28 @@ pub(super) async fn find_parents(
         disks.iter().all(|d| d.parent.is_some())
     })
     .await?;
+    // A newest point removed leaves a record (`crate::removed`), listed
+    // after the points; `--parent` is taken at its word.
+    if req.parent.is_none()
+        && disks
+            .iter()
+            .any(|d| d.parent.is_some() && !bound(&d.changes))
+    {
+        let records = crate::removed::list(repo, &req.vm).await?;
+        for d in disks.iter_mut().filter(|d| d.changes_set_aside.is_none()) {
+            let Some((parent, _)) = &d.parent else {
+                continue;
+            };
+            if let Some(r) = crate::removed::newer_than(&records, parent) {
+                d.changes_set_aside = Some(format!(
+                    "the newer point {}@{r} was removed (forget, prune or repair)",
+                    req.vm
+                ));
+            }
+        }
+    }
     for d in disks.iter_mut() {
-        // A QMP checkpoint bitmap is the parent's own (`unusable_checkpoint`
-        // checks the name it recorded): valid whatever came after it.
-        let bound = match &d.changes {
-            ChangeSource::Bitmaps(b) => b.iter().all(|b| b.checkpoint),
-            ChangeSource::FullScan => true,
-            _ => false,
-        };
+        let bound = bound(&d.changes);
         let why = d.changes_set_aside.take();
         let (Some((parent, _)), Some(why), false) = (&d.parent, why, bound) else {
             continue;
@@ -205,6 +219,17 @@ pub(super) async fn find_parents(
         d.changes_set_aside = Some(why);
     }
     Ok(newest)
+}
+
+/// Whether a change source holds whatever came after its parent: a QMP
+/// checkpoint bitmap is the parent's own (`unusable_checkpoint` checks
+/// the name it recorded), and a full scan needs no change information.
+fn bound(changes: &ChangeSource) -> bool {
+    match changes {
+        ChangeSource::Bitmaps(b) => b.iter().all(|b| b.checkpoint),
+        ChangeSource::FullScan => true,
+        _ => false,
+    }
 }
 
 /// The VM's newest point as a backup listed it, and its time.

@@ -47,6 +47,9 @@ pub struct GcReport {
     /// backup relying on them.
     pub spared_late: u64,
     pub trash_removed: u64,
+    /// Records of removed newest points (`removed/`) a later point made
+    /// useless (`crate::removed`).
+    pub removed_records_cleared: u64,
     /// Staging files of interrupted writes (local directories).
     pub incomplete_removed: u64,
     pub nodes_marked: u64,

@@ -120,8 +120,9 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
         if let Some(id) = &newest {
             warnings.push(format!(
                 "the plan removes {vm}@{id}, the newest point of VM {vm}: change information \
-                 (--changed, --base) taken since it does not apply to the point then newest; \
-                 back up {vm} next with --full-scan"
+                 (--changed, --base, --bitmap) taken since it does not apply to the point then \
+                 newest; the next backup of {vm} reads its disks in full (told by a record \
+                 under removed/)"
             ));
         }
         plans.push(VmPlan {
@@ -208,7 +209,9 @@ pub(crate) async fn locked_until(
 
 /// Removes the points' manifests: pinned ones go to `trash/` first (written
 /// before the point is deleted, so a sweep listing points then trash sees
-/// the manifest in one place or the other).
+/// the manifest in one place or the other). One that may be its VM's
+/// newest point is recorded in `removed/` first (`crate::removed`): a
+/// backup's change source is relative to it. One listing per VM.
 pub async fn remove(
     repo: &Repository,
     pins: &Pins,
@@ -216,6 +219,21 @@ pub async fn remove(
 ) -> Result<Removed> {
     let b = repo.backend();
     let mut out = Removed::default();
+    let mut by_vm: BTreeMap<&VmName, BTreeSet<PointId>> = BTreeMap::new();
+    for (vm, id) in points {
+        by_vm.entry(vm).or_default().insert(id.clone());
+    }
+    let mut newest: BTreeSet<(VmName, PointId)> = BTreeSet::new();
+    for (vm, removing) in &by_vm {
+        let listed: Vec<PointId> = repo
+            .list_points(Some(vm))
+            .await?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        let maybe = crate::removed::maybe_newest(&listed, removing);
+        newest.extend(maybe.map(|id| ((*vm).clone(), id.clone())));
+    }
     for (vm, id) in points {
         let key = keys::point(vm, id);
         // Deleting it on S3 would only hide it behind a delete marker.
@@ -239,6 +257,9 @@ pub async fn remove(
             };
             crate::repo::put_once(b.as_ref(), &keys::trashed_point(vm, id), bytes).await?;
             out.trashed += 1;
+        }
+        if newest.contains(&(vm.clone(), id.clone())) {
+            crate::removed::record(repo, vm, id).await?;
         }
         b.delete_many(std::slice::from_ref(&key)).await?;
         out.removed += 1;

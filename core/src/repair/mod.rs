@@ -242,8 +242,9 @@ pub async fn repair(
     for vm in &removed.newest_of {
         report.warnings.push(format!(
             "the unreadable manifest removed was the newest point of VM {vm}: change \
-             information (--changed, --base) taken since it does not apply to the point now \
-             newest; back up {vm} next with --full-scan"
+             information (--changed, --base, --bitmap) taken since it does not apply to the \
+             point now newest; the next backup of {vm} reads its disks in full (told by a \
+             record under removed/)"
         ));
     }
     report.newest_removed = removed.newest_of.iter().map(ToString::to_string).collect();

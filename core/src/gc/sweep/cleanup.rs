@@ -90,6 +90,9 @@ impl Sweep {
         self.report.ended_leases_removed = ended.len() as u64;
         doomed.extend(ended);
         doomed.extend(self.old_markers());
+        let records = crate::removed::superseded(&self.repo).await?;
+        self.report.removed_records_cleared = records.len() as u64;
+        doomed.extend(records);
         self.report.stray_lease_objects = self.prot.stray.len() as u64;
         self.report.future_leases = self.prot.future.len() as u64;
         self.report.lease_looks = self.prot.looks;
