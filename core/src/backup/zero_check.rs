@@ -33,6 +33,9 @@ use crate::task::blocking;
 /// and the data ranges of one window in memory at a time.
 const WINDOW_SEGMENTS: u64 = 16;
 
+/// The most segments [`last_data`] asks about in one call.
+const TAIL_WINDOW_SEGMENTS: u64 = 64;
+
 /// The offset of the first segment `plan` reuses from a parent node that
 /// `source` now reports as reading zeros throughout, if any.
 pub(super) async fn first_zeroed(
@@ -95,12 +98,12 @@ pub(super) async fn note_tail(
     plan: &mut DiskPlan,
     segment_size: u64,
 ) -> Result<()> {
-    let reused: Vec<bool> = plan.segments.iter().map(reused_node).collect();
-    if segment_size == 0 || !reused.contains(&true) {
+    if segment_size == 0 || !plan.segments.iter().any(reused_node) {
         return Ok(());
     }
+    let n = plan.segments.len() as u64;
     let Some(zeros_from) =
-        blocking("the zero check", move || last_data(&source, &reused, segment_size)).await??
+        blocking("the zero check", move || last_data(&source, n, segment_size)).await??
     else {
         return Ok(());
     };
@@ -118,24 +121,24 @@ fn reused_node(s: &SegmentPlan) -> bool {
 }
 
 /// Where the disk's last data ends (the disk reads zeros from there on),
-/// looked for from its end a window of segments at a time. `None` when
-/// that is the disk's end, or when the walk meets a segment reused from a
-/// parent node (`reused`) that reads zeros throughout: [`first_zeroed`]
-/// finds that one, and the disk is then read in full.
-fn last_data(source: &DiskSource, reused: &[bool], segment_size: u64) -> Result<Option<u64>> {
+/// looked for from its end, a window of segments at a time: one at first
+/// (most disks hold data in their last segment), twice as many each time
+/// after, up to [`TAIL_WINDOW_SEGMENTS`] (a thin disk's empty tail in few
+/// calls, the data ranges of one window in memory). `None` when that is
+/// the disk's end or it holds no data. It does not stop at a reused
+/// segment that reads zeros throughout, which [`first_zeroed`] finds,
+/// unless the parent check reads it in full instead (its node unsound).
+fn last_data(source: &DiskSource, segments: u64, segment_size: u64) -> Result<Option<u64>> {
     let size = source.size();
-    let mut hi = reused.len() as u64;
+    let (mut hi, mut step) = (segments, 1);
     while hi > 0 {
-        let lo = hi.saturating_sub(WINDOW_SEGMENTS);
+        let lo = hi.saturating_sub(step);
         let window = lo * segment_size..(hi * segment_size).min(size);
         if let Some(last) = source.data_ranges(window.clone())?.last() {
             let end = last.end.clamp(window.start, window.end);
             return Ok((end < size).then_some(end));
         }
-        if reused[lo as usize..hi as usize].contains(&true) {
-            return Ok(None);
-        }
-        hi = lo;
+        (hi, step) = (lo, (step * 2).min(TAIL_WINDOW_SEGMENTS));
     }
     Ok(None)
 }
