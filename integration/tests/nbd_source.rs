@@ -494,9 +494,24 @@ fn a_disk_shrunk_and_grown_back_within_a_segment_restores_the_truth() {
 /// bitmap with the sampling audit off, and checks the point against the
 /// disk as it now reads.
 fn shrink_regrow_and_back_up(env: &Env, path: &str, to: &str, back: &str) {
+    shrink_regrow_write_and_back_up(env, path, to, back, None);
+}
+
+/// [`shrink_regrow_and_back_up`], with a guest write (`qemu-io` command)
+/// after the regrow.
+fn shrink_regrow_write_and_back_up(
+    env: &Env,
+    path: &str,
+    to: &str,
+    back: &str,
+    write: Option<&str>,
+) {
     qemu("qemu-img", &["bitmap", "--add", path, "b1"]);
     qemu("qemu-img", &["resize", "-q", "--shrink", path, to]);
     qemu("qemu-img", &["resize", "-q", path, back]);
+    if let Some(w) = write {
+        qemu("qemu-io", &["-f", "qcow2", "-c", w, path]);
+    }
     let nbd = QemuNbd::start(Path::new(path), &["b1"]);
     let p1 = env.json(&[
         "backup",
@@ -558,6 +573,28 @@ fn a_shrink_that_ends_inside_a_chunk_and_grows_back_restores_the_truth() {
         backup(&env, &format!("sys={}", nbd.uri()), &[]);
     }
     shrink_regrow_and_back_up(&env, path, "7232k", "8M");
+}
+
+/// What the zero check cannot see (review 87, left open): after the
+/// shrink and regrow the guest writes near the disk's end (a GPT's backup
+/// header, say), so the zeros no longer reach the end, and the segment
+/// the shrink cut into keeps the parent's data past the cut, reused with
+/// no dirty bit and no whole segment that held data reading zeros. Only
+/// the sampling audit (or `--full-scan`) finds it.
+#[test]
+#[ignore = "a known gap of the zero check: see docs/design.md, The audit"]
+fn a_disk_shrunk_and_grown_back_then_written_at_its_end_restores_the_truth() {
+    let env = Env::init();
+    let image = qcow2_image(&env, "16M");
+    let path = image.to_str().unwrap();
+    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 6M", path]);
+    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 2 16320k 64k", path]);
+    {
+        let nbd = QemuNbd::start(&image, &[]);
+        backup(&env, &format!("sys={}", nbd.uri()), &[]);
+    }
+    let w = Some("write -P 3 16320k 64k");
+    shrink_regrow_write_and_back_up(&env, path, "5M", "16M", w);
 }
 
 /// Runs `xfull backup --qmp` of disk `sys` = node `disk0`.
