@@ -525,7 +525,10 @@ fn shrink_regrow_write_and_back_up(
         "0",
     ]);
     let want = env.path("want.raw");
-    qemu("qemu-img", &["convert", "-O", "raw", path, want.to_str().unwrap()]);
+    qemu(
+        "qemu-img",
+        &["convert", "-O", "raw", path, want.to_str().unwrap()],
+    );
     let point = p1["point"].as_str().unwrap();
     let out = env.path("restored.raw");
     env.restore(point, "sys", &out);
@@ -567,7 +570,10 @@ fn a_shrink_that_ends_inside_a_chunk_and_grows_back_restores_the_truth() {
     let env = Env::init();
     let image = qcow2_image(&env, "8M");
     let path = image.to_str().unwrap();
-    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 7360k", path]);
+    qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 1 0 7360k", path],
+    );
     {
         let nbd = QemuNbd::start(&image, &[]);
         backup(&env, &format!("sys={}", nbd.uri()), &[]);
@@ -588,7 +594,10 @@ fn a_disk_shrunk_and_grown_back_then_written_at_its_end_restores_the_truth() {
     let image = qcow2_image(&env, "16M");
     let path = image.to_str().unwrap();
     qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 6M", path]);
-    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 2 16320k 64k", path]);
+    qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 2 16320k 64k", path],
+    );
     {
         let nbd = QemuNbd::start(&image, &[]);
         backup(&env, &format!("sys={}", nbd.uri()), &[]);

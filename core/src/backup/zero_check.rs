@@ -102,8 +102,10 @@ pub(super) async fn note_tail(
         return Ok(());
     }
     let n = plan.segments.len() as u64;
-    let Some(zeros_from) =
-        blocking("the zero check", move || last_data(&source, n, segment_size)).await??
+    let Some(zeros_from) = blocking("the zero check", move || {
+        last_data(&source, n, segment_size)
+    })
+    .await??
     else {
         return Ok(());
     };

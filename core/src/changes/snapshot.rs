@@ -164,7 +164,10 @@ mod tests {
         let mut bytes = vec![2u8; 1 << 20];
         bytes[(512 << 10)..(516 << 10)].fill(1); // one block unchanged
         std::fs::write(&new, bytes).unwrap();
-        let (old, new) = (DiskSource::open(&old).unwrap(), DiskSource::open(&new).unwrap());
+        let (old, new) = (
+            DiskSource::open(&old).unwrap(),
+            DiskSource::open(&new).unwrap(),
+        );
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let got = compare(&old, &new, 0..1 << 20, 4096, &mut a, &mut b).unwrap();
         assert_eq!(got, vec![0..512 << 10, 516 << 10..1 << 20]);
