@@ -127,9 +127,9 @@ fn reused_node(s: &SegmentPlan) -> bool {
 /// (most disks hold data in their last segment), twice as many each time
 /// after, up to [`TAIL_WINDOW_SEGMENTS`] (a thin disk's empty tail in few
 /// calls, the data ranges of one window in memory). `None` when that is
-/// the disk's end or it holds no data. It does not stop at a reused
-/// segment that reads zeros throughout, which [`first_zeroed`] finds,
-/// unless the parent check reads it in full instead (its node unsound).
+/// the disk's end or it holds no data. It walks on past reused segments
+/// that read zeros throughout: [`first_zeroed`] finds those, but not one
+/// the parent check turns into a full read (its node unsound).
 fn last_data(source: &DiskSource, segments: u64, segment_size: u64) -> Result<Option<u64>> {
     let size = source.size();
     let (mut hi, mut step) = (segments, 1);
