@@ -489,6 +489,123 @@ fn a_disk_shrunk_and_grown_back_within_a_segment_restores_the_truth() {
     restored_equals(&env, point, &want);
 }
 
+/// Shrinks `path` (qcow2) to `to` and grows it back to `back`, under
+/// bitmap `b1` added first (no guest write), then backs it up from that
+/// bitmap with the sampling audit off, and checks the point against the
+/// disk as it now reads.
+fn shrink_regrow_and_back_up(env: &Env, path: &str, to: &str, back: &str) {
+    shrink_regrow_write_and_back_up(env, path, to, back, None);
+}
+
+/// [`shrink_regrow_and_back_up`], with a guest write (`qemu-io` command)
+/// after the regrow.
+fn shrink_regrow_write_and_back_up(
+    env: &Env,
+    path: &str,
+    to: &str,
+    back: &str,
+    write: Option<&str>,
+) {
+    qemu("qemu-img", &["bitmap", "--add", path, "b1"]);
+    qemu("qemu-img", &["resize", "-q", "--shrink", path, to]);
+    qemu("qemu-img", &["resize", "-q", path, back]);
+    if let Some(w) = write {
+        qemu("qemu-io", &["-f", "qcow2", "-c", w, path]);
+    }
+    let nbd = QemuNbd::start(Path::new(path), &["b1"]);
+    let p1 = env.json(&[
+        "backup",
+        "--vm",
+        "vm1",
+        "--disk",
+        &format!("sys={}", nbd.uri()),
+        "--bitmap",
+        "sys=b1",
+        "--audit-unchanged",
+        "0",
+    ]);
+    let want = env.path("want.raw");
+    qemu(
+        "qemu-img",
+        &["convert", "-O", "raw", path, want.to_str().unwrap()],
+    );
+    let point = p1["point"].as_str().unwrap();
+    let out = env.path("restored.raw");
+    env.restore(point, "sys", &out);
+    let (got, truth) = (std::fs::read(&out).unwrap(), std::fs::read(&want).unwrap());
+    let wrong = got.iter().zip(&truth).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        wrong, 0,
+        "{point} restores {wrong} bytes the disk does not hold; its source: {}",
+        p1["disks"][0]
+    );
+}
+
+/// The same as above across segments: the shrink cuts into segment 1 of
+/// four, and the segments after it were holes in the parent, so no whole
+/// segment that held data now reads zeros and the disk's last segment
+/// (a hole) has no parent node to check. Segment 1 reads zeros from
+/// 5 MiB on, where the parent held data (review 87: the point restored
+/// the parent's bytes at 5..6 MiB).
+#[test]
+fn a_disk_shrunk_into_an_earlier_segment_and_grown_back_restores_the_truth() {
+    let env = Env::init();
+    let image = qcow2_image(&env, "16M");
+    let path = image.to_str().unwrap();
+    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 6M", path]);
+    {
+        let nbd = QemuNbd::start(&image, &[]);
+        backup(&env, &format!("sys={}", nbd.uri()), &[]);
+    }
+    shrink_regrow_and_back_up(&env, path, "5M", "16M");
+}
+
+/// A shrink that ends inside a chunk: the parent held data from the new
+/// end (7 MiB + 64 KiB) to 7 MiB + 192 KiB, inside the chunk from 7 MiB
+/// (constant bytes cut at the 256 KiB maximum), and zeros after, so no
+/// chunk that lies wholly in the zeros held data; the chunk across the
+/// new end did (review 87).
+#[test]
+fn a_shrink_that_ends_inside_a_chunk_and_grows_back_restores_the_truth() {
+    let env = Env::init();
+    let image = qcow2_image(&env, "8M");
+    let path = image.to_str().unwrap();
+    qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 1 0 7360k", path],
+    );
+    {
+        let nbd = QemuNbd::start(&image, &[]);
+        backup(&env, &format!("sys={}", nbd.uri()), &[]);
+    }
+    shrink_regrow_and_back_up(&env, path, "7232k", "8M");
+}
+
+/// What the zero check cannot see (review 87, left open): after the
+/// shrink and regrow the guest writes near the disk's end (a GPT's backup
+/// header, say), so the zeros no longer reach the end, and the segment
+/// the shrink cut into keeps the parent's data past the cut, reused with
+/// no dirty bit and no whole segment that held data reading zeros. Only
+/// the sampling audit (or `--full-scan`) finds it.
+#[test]
+#[ignore = "a known gap of the zero check: see docs/design.md, The audit"]
+fn a_disk_shrunk_and_grown_back_then_written_at_its_end_restores_the_truth() {
+    let env = Env::init();
+    let image = qcow2_image(&env, "16M");
+    let path = image.to_str().unwrap();
+    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 6M", path]);
+    qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 2 16320k 64k", path],
+    );
+    {
+        let nbd = QemuNbd::start(&image, &[]);
+        backup(&env, &format!("sys={}", nbd.uri()), &[]);
+    }
+    let w = Some("write -P 3 16320k 64k");
+    shrink_regrow_write_and_back_up(&env, path, "5M", "16M", w);
+}
+
 /// Runs `xfull backup --qmp` of disk `sys` = node `disk0`.
 fn qmp_args(env: &Env, qsd: &Qsd) -> Vec<String> {
     [

@@ -397,8 +397,8 @@ async fn back_up_disk(
     if auditing {
         audit::mark_reused(&mut plan, audit_percent);
     }
-    // So is the last segment's when it is reused and the disk ends in
-    // zeros (see `zero_check`).
+    // So is the node of the reused segment where the zeros the disk reads
+    // to its end start (see `zero_check`).
     if plan.reported.is_some() {
         zero_check::note_tail(d.source.clone(), &mut plan, cfg.segment_size).await?;
     }
@@ -430,7 +430,9 @@ async fn back_up_disk(
     let zeroed = match reported {
         Some(_) => match zero_check::first_zeroed(d.source.clone(), &plan, cfg.segment_size).await?
         {
-            None => zero_check::zeroed_tail(repo, &plan, cfg.segment_size, size).await?,
+            None => {
+                zero_check::zeroed_tail(repo, d.source.clone(), &plan, cfg.segment_size).await?
+            }
             hit => hit,
         },
         None => None,

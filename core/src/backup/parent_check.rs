@@ -101,10 +101,11 @@ pub async fn drop_damaged_parents(
         .iter()
         .filter_map(|&i| plan.segments.get(i).and_then(relied_on))
         .collect();
-    // And the last segment's, for the zero check of the tail.
+    // And the one where the disk's zeros to its end start, for the zero
+    // check of the tail.
     let tail = plan
         .tail_zeros
-        .and_then(|_| plan.segments.last().and_then(relied_on));
+        .and_then(|(k, _)| plan.segments.get(k).and_then(relied_on));
     let keep: HashSet<ObjectId> = touched.union(&audited).copied().chain(tail).collect();
     let reused: Vec<usize> = plan
         .reused()

@@ -87,11 +87,12 @@ pub struct DiskPlan {
     /// Reused segments to read whole and check against the parent's node
     /// first (ascending; see [`super::audit`]).
     pub audit_reused: Vec<usize>,
-    /// Where the disk reads zeros from to its end, when its last segment
-    /// is reused and does (noted by [`super::zero_check::note_tail`]): the
-    /// parent check fetches and keeps that segment's node, which the zero
-    /// check then holds against those zeros.
-    pub tail_zeros: Option<u64>,
+    /// Where the disk reads zeros from to its end (the segment and the
+    /// offset), when that is inside a reused segment (noted by
+    /// [`super::zero_check::note_tail`]): the parent check fetches and
+    /// keeps that segment's node, which the zero check then holds against
+    /// those zeros.
+    pub tail_zeros: Option<(usize, u64)>,
 }
 
 /// At most this many node entries are kept for the workers (about 40

@@ -12,18 +12,19 @@
 //! a shrink keeps some data), so a hit means the source is wrong and the
 //! disk is scanned in full, as for an audit mismatch.
 //!
-//! A shrink by less than a segment leaves no whole segment of zeros: the
-//! last segment, when reused and reading zeros to the end, is checked
-//! apart ([`note_tail`], [`zeroed_tail`]), against its parent node's
-//! chunks (review, stop 51: a disk shrunk by 1 MiB and
-//! grown back kept the parent's data there, with a clean bitmap).
+//! The segment where the zeros the disk reads to its end start keeps
+//! some data: when reused, it is checked apart ([`note_tail`],
+//! [`zeroed_tail`]), against its parent node's chunks (review, stop 51: a
+//! disk shrunk by 1 MiB and grown back kept the parent's data there, with
+//! a clean bitmap; review 87: so did a shrink into an earlier segment, and
+//! the rest of a chunk across the shrink's end).
 
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::audit::verify_entries;
 use super::plan::{DiskPlan, SegmentPlan};
-use crate::error::Result;
-use crate::id::ObjectId;
+use crate::error::{Error, Result};
 use crate::repo::Repository;
 use crate::source::DiskSource;
 use crate::task::blocking;
@@ -31,6 +32,9 @@ use crate::task::blocking;
 /// Segments asked about in one call: a few round trips for a large disk,
 /// and the data ranges of one window in memory at a time.
 const WINDOW_SEGMENTS: u64 = 16;
+
+/// The most segments [`last_data`] asks about in one call.
+const TAIL_WINDOW_SEGMENTS: u64 = 64;
 
 /// The offset of the first segment `plan` reuses from a parent node that
 /// `source` now reports as reading zeros throughout, if any.
@@ -80,70 +84,115 @@ pub(super) async fn first_zeroed(
     .await?
 }
 
-/// The disk's last segment when the plan reuses it from a parent node:
-/// its index and that node.
-fn reused_last(plan: &DiskPlan) -> Option<(u64, ObjectId)> {
-    match plan.segments.last()? {
-        SegmentPlan::Reuse(Some(node)) => Some((plan.segments.len() as u64 - 1, *node)),
-        _ => None,
-    }
-}
-
-/// Notes in `plan.tail_zeros` where the disk reads zeros from to its end,
-/// when its last segment is reused and does: before the parent check,
-/// which then fetches and keeps that segment's node (fetched once, and
-/// checked like the others) for [`zeroed_tail`].
+/// Notes in `plan.tail_zeros` where the disk reads zeros from to its end
+/// (the segment and the offset), when that is inside a segment the plan
+/// reuses from a parent node: before the parent check, which then fetches
+/// and keeps that segment's node (fetched once, and checked like the
+/// others) for [`zeroed_tail`]. Not only the last segment: a shrink into
+/// an earlier one, whose parent held only holes after it, leaves no whole
+/// segment that held data reading zeros, and the last one no parent node
+/// to hold them against (review 87: such a point restored the parent's
+/// bytes).
 pub(super) async fn note_tail(
     source: Arc<DiskSource>,
     plan: &mut DiskPlan,
     segment_size: u64,
 ) -> Result<()> {
-    let Some((last, _)) = reused_last(plan) else {
-        return Ok(());
-    };
-    let seg = last * segment_size..source.size();
-    if seg.is_empty() {
+    if segment_size == 0 || !plan.segments.iter().any(reused_node) {
         return Ok(());
     }
-    let data = {
-        let seg = seg.clone();
-        blocking("the zero check", move || source.data_ranges(seg)).await??
+    let n = plan.segments.len() as u64;
+    let Some(zeros_from) = blocking("the zero check", move || {
+        last_data(&source, n, segment_size)
+    })
+    .await??
+    else {
+        return Ok(());
     };
-    let zeros_from = data
-        .last()
-        .map_or(seg.start, |r| r.end.clamp(seg.start, seg.end));
-    plan.tail_zeros = (zeros_from < seg.end).then_some(zeros_from);
+    // From a segment's start, the whole segment reads zeros: that is
+    // `first_zeroed`'s to find.
+    let k = (zeros_from / segment_size) as usize;
+    if zeros_from % segment_size != 0 && plan.segments.get(k).is_some_and(reused_node) {
+        plan.tail_zeros = Some((k, zeros_from));
+    }
     Ok(())
 }
 
-/// The offset of a chunk of the disk's last segment, reused from its
-/// parent node, that lies wholly in the zeros the disk reads to its end
-/// (`plan.tail_zeros`), if any: a write the source did not report (a
-/// shrink and a regrow within the segment). The node is the one the
-/// parent check kept; one it found unsound made the segment a full read,
-/// and one past its memory bound is fetched here.
+fn reused_node(s: &SegmentPlan) -> bool {
+    matches!(s, SegmentPlan::Reuse(Some(_)))
+}
+
+/// Where the disk's last data ends (the disk reads zeros from there on),
+/// looked for from its end, a window of segments at a time: one at first
+/// (most disks hold data in their last segment), twice as many each time
+/// after, up to [`TAIL_WINDOW_SEGMENTS`] (a thin disk's empty tail in few
+/// calls, the data ranges of one window in memory). `None` when that is
+/// the disk's end or it holds no data. It walks on past reused segments
+/// that read zeros throughout: [`first_zeroed`] finds those, but not one
+/// the parent check turns into a full read (its node unsound).
+fn last_data(source: &DiskSource, segments: u64, segment_size: u64) -> Result<Option<u64>> {
+    let size = source.size();
+    let (mut hi, mut step) = (segments, 1);
+    while hi > 0 {
+        let lo = hi.saturating_sub(step);
+        let window = lo * segment_size..(hi * segment_size).min(size);
+        if let Some(last) = source.data_ranges(window.clone())?.last() {
+            let end = last.end.clamp(window.start, window.end);
+            return Ok((end < size).then_some(end));
+        }
+        (hi, step) = (lo, (step * 2).min(TAIL_WINDOW_SEGMENTS));
+    }
+    Ok(None)
+}
+
+/// The offset of a chunk of the segment noted in `plan.tail_zeros`,
+/// reused from its parent node, that held data but now reads zeros there,
+/// if any: a write the source did not report (a shrink and a regrow). A
+/// chunk wholly in the zeros is one from the node alone; the chunk across
+/// their start (the shrink can end inside a chunk) is read and hashed, at
+/// most a maximum chunk (review 87: the parent's data in the rest of that
+/// chunk was kept). The node is the one the parent check kept; one it
+/// found unsound made the segment a full read, and one past its memory
+/// bound is fetched here.
 pub(super) async fn zeroed_tail(
     repo: &Repository,
+    source: Arc<DiskSource>,
     plan: &DiskPlan,
     segment_size: u64,
-    size: u64,
 ) -> Result<Option<u64>> {
-    let (Some(zeros_from), Some((last, node))) = (plan.tail_zeros, reused_last(plan)) else {
+    let Some((k, zeros_from)) = plan.tail_zeros else {
         return Ok(None);
     };
-    let node = match plan.parent_nodes.get(&node) {
+    let Some(SegmentPlan::Reuse(Some(node))) = plan.segments.get(k) else {
+        return Ok(None);
+    };
+    let start = k as u64 * segment_size;
+    let node = match plan.parent_nodes.get(node) {
         Some(n) => n.clone(),
-        None => match repo.load_node(&node).await {
+        None => match repo.load_node(node).await {
             Ok(n) => Arc::new(n),
-            Err(e) if e.is_damage() => return Ok(Some(last * segment_size)),
+            Err(e) if e.is_damage() => return Ok(Some(start)),
             Err(e) => return Err(e),
         },
     };
-    let mut at = last * segment_size;
+    let size = source.size();
+    let mut at = start;
     for e in &node.entries {
         let end = at.saturating_add(e.len());
-        if e.1.is_some() && at >= zeros_from && end <= size {
-            return Ok(Some(at));
+        if e.1.is_some() && end > zeros_from && end <= size {
+            if at >= zeros_from {
+                return Ok(Some(at));
+            }
+            let (source, codec, entry) = (source.clone(), repo.codec().clone(), *e);
+            let checked = blocking("the zero check", move || {
+                verify_entries(&source, &codec, at, &[entry], |_| false)
+            })
+            .await?;
+            match checked {
+                Ok(_) => {}
+                Err(Error::AuditMismatch { .. }) => return Ok(Some(at)),
+                Err(e) => return Err(e),
+            }
         }
         at = end;
     }
