@@ -27,6 +27,24 @@ const LOCK: ObjectLock = ObjectLock {
     generation_secs: 6,
 };
 
+/// A repository locked by `lock` over a store that plays S3 Object Lock
+/// (the store and the simulator returned too), with 1 MiB segments and a
+/// clock margin of `margin` seconds when given.
+pub(crate) async fn locked_sim(
+    lock: ObjectLock,
+    margin: Option<u64>,
+) -> (Arc<MemBackend>, Arc<LockSim>, Repository) {
+    let mem = Arc::new(MemBackend::default());
+    let sim = Arc::new(LockSim::new(mem.clone()));
+    let mut config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    config.object_lock = Some(lock);
+    if let Some(m) = margin {
+        config.protocol.clock_margin_secs = m;
+    }
+    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    (mem, sim, repo)
+}
+
 /// Sleeps until a generation has just begun, so that what follows within
 /// a second or two stays in it.
 async fn start_of_generation() -> u64 {
@@ -73,12 +91,7 @@ async fn locked_points_and_garbage_outlive_prune_and_gc_until_retention_ends() {
         true,
     )
     .unwrap();
-    let mem = Arc::new(MemBackend::default());
-    let sim = Arc::new(LockSim::new(mem.clone()));
-    let mut config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
-    config.object_lock = Some(LOCK);
-    config.protocol.clock_margin_secs = 0;
-    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    let (mem, sim, repo) = locked_sim(LOCK, Some(0)).await;
 
     // Two backups in one generation.
     let g1 = start_of_generation().await;
@@ -245,11 +258,7 @@ async fn a_clock_behind_the_store_is_refused_under_object_lock() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk");
     write_image(&image, &[Region::Random(1 << 20)], 9, true).unwrap();
-    let mem = Arc::new(MemBackend::default());
-    let sim = Arc::new(LockSim::new(mem.clone()));
-    let mut config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
-    config.object_lock = Some(LOCK);
-    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    let (mem, _sim, repo) = locked_sim(LOCK, None).await;
     // The store's clock a day ahead of this machine's.
     let ahead = Utc::now() + Duration::days(1) - mem.clock().now();
     mem.clock().advance(ahead);

@@ -8,18 +8,13 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use xfull_core::backend::Backend;
 use xfull_core::backup::backup;
-use xfull_core::chunker::ChunkParams;
-use xfull_core::config::RepoConfig;
 use xfull_core::lock::{LockMode, ObjectLock};
 use xfull_core::progress::Progress;
-use xfull_core::repo::Repository;
-use xfull_core::testing::{LockSim, MemBackend};
 use xfull_integration::s3::S3Server;
 use xfull_integration::{Region, write_image};
 
 use crate::engine::request;
-
-const SEG: u64 = 1 << 20;
+use crate::object_lock::locked_sim;
 
 /// Packs hidden behind delete markers (here: gone from the store) while
 /// their locked versions stay. The first backup of a new generation
@@ -38,17 +33,12 @@ async fn a_backup_does_not_commit_a_point_on_packs_it_found_gone() {
     write_image(&image, &[Region::Random(2 << 20)], 11, true).unwrap();
     let none = dir.path().join("none.json");
     std::fs::write(&none, "[]").unwrap();
-    let mem = Arc::new(MemBackend::default());
-    let sim = Arc::new(LockSim::new(mem.clone()));
     let lock = ObjectLock {
         mode: LockMode::Compliance,
         retain_secs: 3_600,
         generation_secs: 2,
     };
-    let mut config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
-    config.object_lock = Some(lock);
-    config.protocol.clock_margin_secs = 0;
-    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    let (mem, _sim, repo) = locked_sim(lock, Some(0)).await;
     let a = backup(&repo, request("vm", &image), Arc::new(Progress::default()))
         .await
         .unwrap();
@@ -166,15 +156,12 @@ async fn repair_does_not_report_a_locked_manifest_removed() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk");
     write_image(&image, &[Region::Random(1 << 20)], 13, true).unwrap();
-    let mem = Arc::new(MemBackend::default());
-    let sim = Arc::new(LockSim::new(mem.clone()));
-    let mut config = RepoConfig::new(SEG, ChunkParams::from_avg(16 << 10), 3).unwrap();
-    config.object_lock = Some(ObjectLock {
+    let lock = ObjectLock {
         mode: LockMode::Compliance,
         retain_secs: 3_600,
         generation_secs: 3_600,
-    });
-    let repo = Repository::init(sim.clone(), config).await.unwrap();
+    };
+    let (mem, sim, repo) = locked_sim(lock, None).await;
     let a = backup(&repo, request("vm", &image), Arc::new(Progress::default()))
         .await
         .unwrap();
