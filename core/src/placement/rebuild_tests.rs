@@ -15,6 +15,24 @@ fn chunk(i: u32) -> Vec<u8> {
     c
 }
 
+/// Takes the last 10 bytes off the object `key`.
+async fn cut_short(backend: &MemBackend, key: &str) {
+    let whole = backend.get(key).await.unwrap();
+    let short = whole.slice(..whole.len() - 10);
+    backend.put(key, short, PutMode::Overwrite).await.unwrap();
+}
+
+/// Flips a byte in the middle of the object `key`.
+async fn flip_middle(backend: &MemBackend, key: &str) {
+    let mut bytes = backend.get(key).await.unwrap().to_vec();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    backend
+        .put(key, bytes.into(), PutMode::Overwrite)
+        .await
+        .unwrap();
+}
+
 /// 60 chunks in packs of about 3 chunks' compressed size.
 async fn store_packs(backend: Arc<MemBackend>) -> (Vec<Vec<u8>>, Vec<StoredPack>) {
     let chunks: Vec<Vec<u8>> = (0..60).map(chunk).collect();
@@ -79,11 +97,7 @@ async fn a_damaged_pack_is_reported_and_the_others_indexed() {
     let backend = Arc::new(MemBackend::default());
     let (_, packs) = store_packs(backend.clone()).await;
     let key = keys::pack(&packs[0].name);
-    let whole = backend.get(&key).await.unwrap();
-    backend
-        .put(&key, whole.slice(..whole.len() - 10), PutMode::Overwrite)
-        .await
-        .unwrap();
+    cut_short(&backend, &key).await;
     let out = rebuild(backend, &plain(), 1 << 20, &Progress::default())
         .await
         .unwrap();
@@ -125,13 +139,7 @@ async fn a_damaged_index_object_under_the_rebuilt_name_is_written_again() {
         .await
         .unwrap();
     let (key, _) = first.written[0].clone();
-    let mut bytes = backend.get(&key).await.unwrap().to_vec();
-    let n = bytes.len();
-    bytes[n / 2] ^= 0xff;
-    backend
-        .put(&key, bytes.into(), PutMode::Overwrite)
-        .await
-        .unwrap();
+    flip_middle(&backend, &key).await;
 
     rebuild(backend.clone(), &plain(), 1 << 20, &progress)
         .await
@@ -184,13 +192,7 @@ async fn index_objects_listed_before_the_packs_are_removed_once_every_pack_is_in
     let (chunks, packs) = store_packs(backend.clone()).await;
     let old = index_in_parts(&backend, &packs, 3).await;
     assert_eq!(old.len(), 3);
-    let mut bytes = backend.get(&old[1]).await.unwrap().to_vec();
-    let n = bytes.len();
-    bytes[n / 2] ^= 0xff;
-    backend
-        .put(&old[1], bytes.into(), PutMode::Overwrite)
-        .await
-        .unwrap();
+    flip_middle(&backend, &old[1]).await;
 
     let out = rebuild(backend.clone(), &plain(), 1 << 20, &Progress::default())
         .await
@@ -220,11 +222,7 @@ async fn with_a_damaged_pack_no_index_object_is_removed() {
     let (_, packs) = store_packs(backend.clone()).await;
     let old = index_in_parts(&backend, &packs, 2).await;
     let key = keys::pack(&packs[0].name);
-    let whole = backend.get(&key).await.unwrap();
-    backend
-        .put(&key, whole.slice(..whole.len() - 10), PutMode::Overwrite)
-        .await
-        .unwrap();
+    cut_short(&backend, &key).await;
     let out = rebuild(backend.clone(), &plain(), 1 << 20, &Progress::default())
         .await
         .unwrap();
