@@ -16,19 +16,36 @@
 //! Ordering makes it hold beside running commands: the record is written
 //! before the manifest is deleted, and a backup lists the records after
 //! the points; so a backup that did not see the point (or failed to load
-//! it) sees the record. gc removes a record once a point of the VM dated
-//! in a later second exists (a listing after the records'): every backup
-//! then has that point or a newer one as its parent. Records of a VM
-//! with no point left stay (one empty object per removed VM), since a
-//! backup may still hold an older point it listed.
+//! it) sees the record.
+//!
+//! A record no longer counts once the parent was made after it: the
+//! store wrote the parent's manifest after the record (both by the
+//! store's clock), and the manifest's `created` (its maker's clock) is
+//! no earlier than the record less the clock margin. The record
+//! is dated by the removed point's id, and one dated ahead (a host's
+//! clock, `--time --allow-future`, removed as `NewestPointAhead`
+//! advises) otherwise set aside the change source of every later backup
+//! until the clock passed that date (review 88). `created` too, not the
+//! store's time alone: `copy` stores points made long before, and those
+//! keep their `created`, so one copied in meanwhile still counts as
+//! older than the record. A maker's clock behind the store's by more
+//! than the margin only keeps a record counting (a full read more). gc
+//! removes a record once the VM has a point dated in a later second, or
+//! its newest points (by date) were all made after it (listings after
+//! the records'): every backup then has such a point or a newer one as
+//! its parent. Records of a VM with no point left
+//! stay (one empty object per removed VM), since a backup may still hold
+//! an older point it listed.
 //!
 //! Not sealed: the key says all, and the same names are in `points/`. A
-//! planted record costs one full read of a disk; a deleted one brings
-//! back the state before stop 53.
+//! planted record costs one full read of a disk (the next backup's
+//! parent was made after it); a deleted one brings back the state
+//! before stop 53.
 
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
+use chrono::{DateTime, Duration, Utc};
 use futures::TryStreamExt;
 
 use crate::error::Result;
@@ -49,25 +66,60 @@ pub async fn record(repo: &Repository, vm: &VmName, id: &PointId) -> Result<()> 
     Ok(())
 }
 
+/// A record: the point removed, and when the store wrote the record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub point: PointId,
+    pub at: DateTime<Utc>,
+}
+
 /// The records of `vm`'s removed points.
-pub async fn list(repo: &Repository, vm: &VmName) -> Result<Vec<PointId>> {
+pub async fn list(repo: &Repository, vm: &VmName) -> Result<Vec<Record>> {
     repo.backend()
         .list(&keys::removed_of(vm))
         .map_err(crate::Error::from)
-        .try_filter_map(|m| async move { Ok(keys::parse_removed(&m.key).map(|(_, id)| id)) })
+        .try_filter_map(|m| async move {
+            Ok(keys::parse_removed(&m.key).map(|(_, point)| Record {
+                point,
+                at: m.last_modified,
+            }))
+        })
         .try_collect()
         .await
 }
 
-/// The newest removed point of `vm` that may be newer than `parent`: in
-/// its second or a later one (points of one second are ordered by their
-/// manifests, which a removed point no longer has), other than `parent`
-/// itself (removed after the backup loaded it: its changes are still
-/// relative to it, and the backup's lease keeps its data).
-pub fn newer_than(records: &[PointId], parent: &PointId) -> Option<PointId> {
+/// When a point was made: its manifest's `created` (its maker's clock)
+/// and, if known, when the store wrote the manifest.
+#[derive(Clone, Copy, Debug)]
+pub struct Made {
+    pub created: DateTime<Utc>,
+    pub stored: Option<DateTime<Utc>>,
+}
+
+impl Made {
+    /// Whether the point was made after `r` was recorded (see the module).
+    fn after(&self, r: &Record, margin: Duration) -> bool {
+        self.stored.is_some_and(|s| s > r.at) && self.created >= r.at - margin
+    }
+}
+
+/// The newest removed point that may be newer than the parent `parent`:
+/// in its second or a later one (points of one second are ordered by
+/// their manifests, which a removed point no longer has), other than
+/// `parent` itself (removed after the backup loaded it: its changes are
+/// still relative to it, and the backup's lease keeps its data), and
+/// not recorded before the parent was made.
+pub fn newer_than(
+    records: &[Record],
+    parent: &PointId,
+    made: Made,
+    margin: Duration,
+) -> Option<PointId> {
     records
         .iter()
-        .filter(|r| *r != parent && r.time() >= parent.time())
+        .filter(|r| &r.point != parent && r.point.time() >= parent.time())
+        .filter(|r| !made.after(r, margin))
+        .map(|r| &r.point)
         .max()
         .cloned()
 }
@@ -90,30 +142,56 @@ pub fn maybe_newest<'a>(
 }
 
 /// Records gc may remove: those of VMs that have a point dated in a
-/// later second (the points listed after the records). Returns their
-/// keys.
+/// later second, or whose points of the newest second were all made
+/// after the record (by more than the clock margin; one that cannot be
+/// read counts as not). The points are listed after the records. Returns
+/// their keys.
 pub async fn superseded(repo: &Repository) -> Result<Vec<String>> {
-    let records: Vec<(VmName, PointId)> = repo
+    let records: Vec<(VmName, Record)> = repo
         .backend()
         .list(keys::REMOVED)
         .map_err(crate::Error::from)
-        .try_filter_map(|m| async move { Ok(keys::parse_removed(&m.key)) })
+        .try_filter_map(|m| async move {
+            Ok(keys::parse_removed(&m.key).map(|(vm, point)| {
+                let at = m.last_modified;
+                (vm, Record { point, at })
+            }))
+        })
         .try_collect()
         .await?;
+    let margin = repo.config().protocol.margin();
     let mut out = Vec::new();
     let vms: BTreeSet<&VmName> = records.iter().map(|(vm, _)| vm).collect();
     for vm in vms {
-        let newest = repo
-            .list_points(Some(vm))
-            .await?
-            .into_iter()
-            .map(|(_, id)| id.time())
-            .max();
+        let listed: Vec<(PointId, DateTime<Utc>)> = (repo.backend())
+            .list(&keys::points_of(vm))
+            .map_err(crate::Error::from)
+            .try_filter_map(|m| async move {
+                Ok(keys::parse_point(&m.key).map(|(_, id)| (id, m.last_modified)))
+            })
+            .try_collect()
+            .await?;
+        let Some(second) = listed.iter().map(|(id, _)| id.time()).max() else {
+            continue;
+        };
+        // How the newest second's points were made (one that cannot be
+        // read: `None`, as if made before every record).
+        let mut newest: Vec<Option<Made>> = Vec::new();
+        for (id, stored) in listed.iter().filter(|(id, _)| id.time() == second) {
+            newest.push(match repo.load_manifest(vm, id).await {
+                Ok(m) => Some(Made {
+                    created: m.created,
+                    stored: Some(*stored),
+                }),
+                Err(e) if e.is_damage() || matches!(e, crate::Error::PointNotFound { .. }) => None,
+                Err(e) => return Err(e),
+            });
+        }
+        let all_after = |r: &Record| newest.iter().all(|m| m.is_some_and(|m| m.after(r, margin)));
         out.extend(
-            records
-                .iter()
-                .filter(|(v, id)| v == vm && newest.is_some_and(|t| t > id.time()))
-                .map(|(v, id)| keys::removed_point(v, id)),
+            (records.iter().filter(|(v, _)| v == vm))
+                .filter(|(_, r)| second > r.point.time() || all_after(r))
+                .map(|(v, r)| keys::removed_point(v, &r.point)),
         );
     }
     Ok(out)

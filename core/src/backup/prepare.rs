@@ -1,7 +1,7 @@
 //! Before anything is stored: every disk's source, change files and
 //! parent checked ([`prepare`], [`find_parents`]).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -148,6 +148,8 @@ pub(super) async fn find_parents(
 ) -> Result<Option<Newest>> {
     let seg = repo.config().segment_size;
     let mut seen_newest = false;
+    // When each parent taken was made (for `crate::removed`).
+    let mut created: BTreeMap<PointId, DateTime<Utc>> = BTreeMap::new();
     let skipped = |id: &PointId, e: &Error| {
         progress.notice(Notice::Warning(Warning::DamagedParentSkipped {
             point: format!("{}@{id}", req.vm),
@@ -163,6 +165,7 @@ pub(super) async fn find_parents(
             match m.disk(d.name.as_str()) {
                 Ok(pd) if pd.segment_size == seg => {
                     d.parent = Some((m.id.clone(), pd.clone()));
+                    created.insert(m.id.clone(), m.created);
                     if d.changes_set_aside.is_none() {
                         d.changes_set_aside = passed.map(str::to_string);
                     }
@@ -192,11 +195,31 @@ pub(super) async fn find_parents(
             .any(|d| d.parent.is_some() && !bound(&d.changes))
     {
         let records = crate::removed::list(repo, &req.vm).await?;
+        let margin = repo.config().protocol.margin();
         for d in disks.iter_mut().filter(|d| d.changes_set_aside.is_none()) {
             let Some((parent, _)) = &d.parent else {
                 continue;
             };
-            if let Some(r) = crate::removed::newer_than(&records, parent) {
+            // Not taken by the walk (never so): counts as made long ago.
+            let created = (created.get(parent).copied()).unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let mut made = crate::removed::Made {
+                created,
+                stored: None,
+            };
+            let newer = |made| crate::removed::newer_than(&records, parent, made, margin);
+            // Only when a record may be newer: a HEAD of the parent's
+            // manifest says when the store wrote it (gone or unreadable:
+            // as if before every record).
+            if newer(made).is_some() {
+                let key = crate::keys::point(&req.vm, parent);
+                made.stored = repo
+                    .backend()
+                    .head(&key)
+                    .await
+                    .ok()
+                    .map(|m| m.last_modified);
+            }
+            if let Some(r) = newer(made) {
                 d.changes_set_aside = Some(format!(
                     "the newer point {}@{r} was removed (forget, prune or repair)",
                     req.vm
