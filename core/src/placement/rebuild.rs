@@ -114,11 +114,17 @@ pub async fn rebuild(
             .map(|(_, meta)| meta.key)
             .filter(|k| !written.contains(k.as_str()))
             .collect();
-        // A cancellation here leaves some superseded objects: harmless,
-        // the next rebuild or gc's merge removes them.
         for batch in superseded.chunks(DELETE_BATCH) {
             if progress.is_cancelled() {
-                break;
+                // Harmless: the index written is whole, and the next
+                // rebuild or gc's merge removes what is left.
+                let left = superseded.len() - out.removed.len();
+                return Err(Error::Cancelled {
+                    cleaned: format!(
+                        "the index objects made from the packs were written; {left} index \
+                         object(s) they replace were left (the next rebuild removes them)"
+                    ),
+                });
             }
             backend.delete_many(batch).await?;
             out.removed.extend_from_slice(batch);
