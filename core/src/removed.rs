@@ -21,8 +21,8 @@
 //! A record no longer counts once the parent was made after it: the
 //! store wrote the parent's manifest after the record (both by the
 //! store's clock), and the manifest's `created` (its maker's clock) is
-//! no earlier than the record less the clock margin. The record
-//! is dated by the removed point's id, and one dated ahead (a host's
+//! no earlier than the record less the clock margin. The record is
+//! dated by the removed point's id, and one dated ahead (a host's
 //! clock, `--time --allow-future`, removed as `NewestPointAhead`
 //! advises) otherwise set aside the change source of every later backup
 //! until the clock passed that date (review 88). `created` too, not the
@@ -33,9 +33,9 @@
 //! removes a record once the VM has a point dated in a later second, or
 //! its newest points (by date) were all made after it (listings after
 //! the records'): every backup then has such a point or a newer one as
-//! its parent. Records of a VM with no point left
-//! stay (one empty object per removed VM), since a backup may still hold
-//! an older point it listed.
+//! its parent. Records of a VM with no point left stay (one empty object
+//! per removed VM), since a backup may still hold an older point it
+//! listed.
 //!
 //! Not sealed: the key says all, and the same names are in `points/`. A
 //! planted record costs one full read of a disk (the next backup's
@@ -143,7 +143,7 @@ pub fn maybe_newest<'a>(
 
 /// Records gc may remove: those of VMs that have a point dated in a
 /// later second, or whose points of the newest second were all made
-/// after the record (by more than the clock margin; one that cannot be
+/// after the record as a backup judges it ([`Made`]; one that cannot be
 /// read counts as not). The points are listed after the records. Returns
 /// their keys.
 pub async fn superseded(repo: &Repository) -> Result<Vec<String>> {
