@@ -110,7 +110,7 @@ pub async fn drop_damaged_parents(
     let reused: Vec<usize> = plan
         .reused()
         .into_iter()
-        .filter(|&i| matches!(plan.segments[i], SegmentPlan::Reuse(Some(_))))
+        .filter(|&i| plan.segments[i].reuses_node())
         .collect();
     // The parent's segments past the new end (a shrink): their data leaves.
     let dropped: Vec<ObjectId> = parent

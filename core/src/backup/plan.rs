@@ -65,6 +65,13 @@ pub enum SegmentPlan {
     Full(Option<ObjectId>),
 }
 
+impl SegmentPlan {
+    /// Reused unread from a parent node (not a zero segment).
+    pub fn reuses_node(&self) -> bool {
+        matches!(self, SegmentPlan::Reuse(Some(_)))
+    }
+}
+
 /// The plan for a whole disk.
 #[derive(Clone, Debug)]
 pub struct DiskPlan {

@@ -47,7 +47,7 @@ pub(super) async fn first_zeroed(
         .segments
         .iter()
         .enumerate()
-        .filter(|(_, s)| matches!(s, SegmentPlan::Reuse(Some(_))))
+        .filter(|(_, s)| s.reuses_node())
         .map(|(i, _)| i as u64)
         .collect();
     if reused.is_empty() || segment_size == 0 {
@@ -98,7 +98,7 @@ pub(super) async fn note_tail(
     plan: &mut DiskPlan,
     segment_size: u64,
 ) -> Result<()> {
-    if segment_size == 0 || !plan.segments.iter().any(reused_node) {
+    if segment_size == 0 || !plan.segments.iter().any(SegmentPlan::reuses_node) {
         return Ok(());
     }
     let n = plan.segments.len() as u64;
@@ -112,14 +112,11 @@ pub(super) async fn note_tail(
     // From a segment's start, the whole segment reads zeros: that is
     // `first_zeroed`'s to find.
     let k = (zeros_from / segment_size) as usize;
-    if zeros_from % segment_size != 0 && plan.segments.get(k).is_some_and(reused_node) {
+    if zeros_from % segment_size != 0 && plan.segments.get(k).is_some_and(SegmentPlan::reuses_node)
+    {
         plan.tail_zeros = Some((k, zeros_from));
     }
     Ok(())
-}
-
-fn reused_node(s: &SegmentPlan) -> bool {
-    matches!(s, SegmentPlan::Reuse(Some(_)))
 }
 
 /// Where the disk's last data ends (the disk reads zeros from there on),

@@ -7,7 +7,7 @@ use crate::placement::chunk_id;
 use crate::placement::lookup::ChunkIndex;
 use crate::placement::packer::{PackUploads, Packer, StoredPack};
 use crate::placement::test_codec as plain;
-use crate::testing::MemBackend;
+use crate::testing::{Hook, HookAt, Hooked, MemBackend};
 
 fn chunk(i: u32) -> Vec<u8> {
     let mut c = i.to_le_bytes().to_vec();
@@ -182,6 +182,16 @@ async fn all_found(backend: Arc<MemBackend>, chunks: &[Vec<u8>]) -> bool {
     found.iter().all(Option::is_some)
 }
 
+/// A rebuild through `mem` with `hook` run at `at`, which must be met.
+async fn rebuild_hooked(mem: &Arc<MemBackend>, at: HookAt, hook: Hook) -> Rebuilt {
+    let hooked = Hooked::new(mem.clone(), at, hook);
+    let out = rebuild(hooked.clone(), &plain(), 1 << 20, &Progress::default())
+        .await
+        .unwrap();
+    assert!(hooked.fired(), "the hook ran mid-rebuild");
+    out
+}
+
 /// Once every listed pack is indexed, the index objects listed before
 /// the packs are superseded: a damaged one (it held every gc and failed
 /// every verify, and the rebuild verify asks for only added objects) and
@@ -247,7 +257,7 @@ async fn a_pack_and_index_object_stored_between_the_listings_stay_placed() {
     let late: Vec<Vec<u8>> = (100..110).map(chunk).collect();
     chunks.extend(late.iter().cloned());
     let writer = mem.clone();
-    let hook: crate::testing::Hook = Box::new(move || {
+    let hook: Hook = Box::new(move || {
         let (writer, late) = (writer.clone(), late.clone());
         Box::pin(async move {
             let mut packer = Packer::new(plain(), 1 << 20, 3);
@@ -260,12 +270,7 @@ async fn a_pack_and_index_object_stored_between_the_listings_stay_placed() {
             index_in_parts(&writer, &stored, 1).await;
         })
     });
-    let hooked =
-        crate::testing::Hooked::new(mem.clone(), crate::testing::HookAt::List(keys::INDEX), hook);
-    let out = rebuild(hooked.clone(), &plain(), 1 << 20, &Progress::default())
-        .await
-        .unwrap();
-    assert!(hooked.fired());
+    let out = rebuild_hooked(&mem, HookAt::List(keys::INDEX), hook).await;
     assert!(!out.removed.is_empty());
     assert!(
         all_found(mem, &chunks).await,
@@ -281,16 +286,11 @@ async fn a_pack_gone_since_the_listing_is_passed_over() {
     let (_, packs) = store_packs(mem.clone()).await;
     let victim = keys::pack(&packs[0].name);
     let deleter = mem.clone();
-    let hook: crate::testing::Hook = Box::new(move || {
+    let hook: Hook = Box::new(move || {
         let (deleter, victim) = (deleter.clone(), victim.clone());
         Box::pin(async move { deleter.delete_many(&[victim]).await.unwrap() })
     });
-    let hooked =
-        crate::testing::Hooked::new(mem.clone(), crate::testing::HookAt::Get(keys::PACKS), hook);
-    let out = rebuild(hooked.clone(), &plain(), 1 << 20, &Progress::default())
-        .await
-        .unwrap();
-    assert!(hooked.fired());
+    let out = rebuild_hooked(&mem, HookAt::Get(keys::PACKS), hook).await;
     assert_eq!(out.gone, 1);
     assert_eq!(out.packs, packs.len() as u64 - 1);
 }
