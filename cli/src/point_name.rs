@@ -39,12 +39,7 @@ pub async fn find_id(repo: &Repository, vm: &VmName, fragment: &str) -> Result<P
         ))
         .into());
     }
-    let ids: Vec<PointId> = repo
-        .list_points(Some(vm))
-        .await?
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
+    let ids = repo.point_ids(vm).await?;
     if let Some(id) = ids.iter().find(|id| id.as_str() == fragment) {
         return Ok(id.clone());
     }

@@ -289,10 +289,7 @@ pub(super) async fn walk_parents(
     let (candidates, unordered) = match &req.parent {
         Some(id) => (vec![id.clone()], Vec::new()),
         None => {
-            let listed: Vec<PointId> = (repo.list_points(Some(&req.vm)).await?)
-                .into_iter()
-                .map(|(_, id)| id)
-                .collect();
+            let listed = repo.point_ids(&req.vm).await?;
             let mut ids = repo.order_points(&req.vm, listed.clone()).await?;
             // Points of one second that could not be read to be ordered
             // (damaged, or pruned since the listing).

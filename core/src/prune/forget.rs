@@ -38,12 +38,9 @@ pub async fn forget(
     let mut listed: BTreeMap<VmName, (Vec<PointId>, Option<PointId>)> = BTreeMap::new();
     for (vm, _) in points {
         if !listed.contains_key(vm) {
-            let all = repo.list_points(Some(vm)).await?;
+            let all = repo.point_ids(vm).await?;
             let newest = repo.latest(vm).await?;
-            listed.insert(
-                vm.clone(),
-                (all.into_iter().map(|(_, id)| id).collect(), newest),
-            );
+            listed.insert(vm.clone(), (all, newest));
         }
     }
     for (vm, id) in points {

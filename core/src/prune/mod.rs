@@ -225,12 +225,7 @@ pub async fn remove(
     }
     let mut newest: BTreeSet<(VmName, PointId)> = BTreeSet::new();
     for (vm, removing) in &by_vm {
-        let listed: Vec<PointId> = repo
-            .list_points(Some(vm))
-            .await?
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect();
+        let listed = repo.point_ids(vm).await?;
         let maybe = crate::removed::maybe_newest(&listed, removing);
         newest.extend(maybe.map(|id| ((*vm).clone(), id.clone())));
     }

@@ -165,17 +165,18 @@ impl Repository {
         Ok(out)
     }
 
+    /// The ids of a VM's points, as listed (sorted by id).
+    pub async fn point_ids(&self, vm: &VmName) -> Result<Vec<PointId>> {
+        let listed = self.list_points(Some(vm)).await?;
+        Ok(listed.into_iter().map(|(_, id)| id).collect())
+    }
+
     /// A VM's points, oldest first. Ids sort by time to the second; points
     /// within the same second are ordered by their manifests' times. Of
     /// those, a point whose manifest is damaged is left out: it cannot be
     /// placed, and the caller meets the damage if it loads the point.
     pub async fn points_in_order(&self, vm: &VmName) -> Result<Vec<PointId>> {
-        let ids: Vec<PointId> = self
-            .list_points(Some(vm))
-            .await?
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect();
+        let ids = self.point_ids(vm).await?;
         self.order_points(vm, ids).await
     }
 
