@@ -44,6 +44,45 @@ fn a_killed_mount_is_unmounted() {
     );
 }
 
+/// Why a kill was left as a dead mount about once in 40 on a loaded
+/// machine until 2026-12-07: xfull's /dev/fuse descriptor was below its
+/// socket to fusermount3's watcher, so on a kill the socket was released
+/// first (the kernel releases a dying process's files last-closed first)
+/// and the watcher's look at the mountpoint could meet the connection
+/// before it was aborted: ECONNABORTED, not the ENOTCONN it unmounts on.
+/// Now a descriptor of /dev/fuse sits above every other, sockets too.
+#[test]
+fn dev_fuse_is_held_above_the_watcher_socket() {
+    let e = Env::init();
+    let (mount, _mnt, _guard, _) = mounted_point(&e);
+    let mut top_fuse = None;
+    let mut sockets = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{}/fd", mount.pid())).unwrap() {
+        let entry = entry.unwrap();
+        let n: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
+        let Ok(to) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let to = to.to_string_lossy().into_owned();
+        if to == "/dev/fuse" {
+            top_fuse = top_fuse.max(Some(n));
+        } else if to.starts_with("socket:") {
+            sockets.push(n);
+        }
+    }
+    let top_fuse = top_fuse.expect("xfull mount holds /dev/fuse");
+    assert!(
+        !sockets.is_empty(),
+        "the watcher's socket is among xfull's descriptors"
+    );
+    assert!(
+        sockets.iter().all(|&s| s < top_fuse),
+        "/dev/fuse at {top_fuse}, sockets at {sockets:?}"
+    );
+    let (code, err) = mount.stop();
+    assert_eq!(code, 130, "{err}");
+}
+
 /// The final component of the mountpoint a symbolic link: refused,
 /// naming it, and nothing mounted where it points. Until 2026-12-05 it
 /// was refused as "not a directory", which a link to a directory is

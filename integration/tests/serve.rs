@@ -126,8 +126,13 @@ impl Served {
     }
 
     /// Sends `signal` and goes on.
+    /// The process id of the running xfull.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn send(&self, signal: &str) {
-        let pid = self.child.id().to_string();
+        let pid = self.pid().to_string();
         assert!(
             Command::new("kill")
                 .args([&format!("-{signal}"), &pid])

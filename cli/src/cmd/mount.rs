@@ -101,12 +101,20 @@ async fn mount(
         config.acl = fuser::SessionACL::RootAndOwner;
     }
     let before = mountpoint::mounts()?;
-    let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
+    let cannot_mount = |e: std::io::Error| {
         anyhow::anyhow!(
             "cannot mount {} (FUSE: is /dev/fuse there, and fuse3 installed?): {e}",
             mountpoint.display()
         )
-    })?;
+    };
+    let session = fuser::Session::new(fs, mountpoint, &config).map_err(cannot_mount)?;
+    // Held until xfull exits (see `released_before_the_watcher_socket`).
+    let _fuse_last = if root {
+        Some(released_before_the_watcher_socket(&session)?)
+    } else {
+        None
+    };
+    let session = session.spawn().map_err(cannot_mount)?;
     // fusermount3 mounted by path; root checks it landed on the
     // directory checked (see `mountpoint`). Not other users: mounting
     // is root's only through their setuid fusermount3, which checks the
@@ -177,6 +185,35 @@ async fn mount(
         None => {}
     }
     Ok(())
+}
+
+/// A second descriptor of the session's /dev/fuse, numbered above every
+/// descriptor open now, fusermount3's watcher socket among them.
+///
+/// When xfull is killed, the kernel closes its descriptors in ascending
+/// order but releases the files in the reverse order (task work runs
+/// last-queued first). With /dev/fuse below the watcher's socket, the
+/// socket went first: the watcher woke, and on a loaded machine its
+/// open() of the mountpoint could reach the FUSE connection before
+/// /dev/fuse's release aborted it. That open failed with ECONNABORTED,
+/// not the ENOTCONN the watcher takes for a dead mount, so it left the
+/// dead mount in place (about 1 kill in 40 under load). Released first,
+/// /dev/fuse aborts the connection before the watcher wakes.
+fn released_before_the_watcher_socket(
+    fuse: &impl std::os::fd::AsFd,
+) -> Result<std::os::fd::OwnedFd> {
+    let mut top = 0;
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        if let Some(n) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        {
+            top = top.max(n);
+        }
+    }
+    rustix::io::fcntl_dupfd_cloexec(fuse, top + 1)
+        .map_err(|e| anyhow::anyhow!("duplicating the /dev/fuse descriptor above {top}: {e}"))
 }
 
 /// Unmounts and waits for the FUSE thread. A busy mount (a file inside
