@@ -351,23 +351,33 @@ fn an_export_over_tcp_is_read_as_over_a_unix_socket() {
     let image = qcow2_image(&env, "8M");
     let path = image.to_str().unwrap();
     qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 5 1M 3M", path]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new("qemu-nbd")
-        .args(["-r", "-t", "-f", "qcow2", "-x", "disk0", "-b", "127.0.0.1"])
-        .arg(format!("--port={port}"))
-        .arg(&image)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "qemu-nbd never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // A port free when picked may be taken before qemu-nbd binds it:
+    // qemu-nbd then exits, and another port is tried.
+    let (port, mut child) = (0..4)
+        .find_map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new("qemu-nbd")
+                .args(["-r", "-t", "-f", "qcow2", "-x", "disk0", "-b", "127.0.0.1"])
+                .arg(format!("--port={port}"))
+                .arg(&image)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if child.try_wait().unwrap().is_some() {
+                    return None;
+                }
+                assert!(Instant::now() < deadline, "qemu-nbd never listened");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Some((port, child))
+        })
+        .expect("qemu-nbd started on one of four ports");
     let p = backup(&env, &format!("sys=nbd://127.0.0.1:{port}/disk0"), &[]);
     let _ = child.kill();
     let _ = child.wait();
