@@ -54,6 +54,15 @@ pub struct DiskManifest {
     pub segment_size: u64,
     /// One entry per segment: the node id, or `None` for an all-zero segment.
     pub segments: Vec<Option<ObjectId>>,
+    /// Per segment, its last-data mark: 1 + the offset in the segment
+    /// where its last chunk that holds data starts, so the segment held
+    /// a byte that is not zero at or past `mark - 1`; 0 when no chunk
+    /// holds data or it is not known (segments reused from points
+    /// written before marks were). Empty in such points. The zero check
+    /// holds marks against the disk's map of zeros without fetching the
+    /// nodes (see `backup/zero_check.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_data: Vec<u64>,
     /// Where the change information came from, e.g. `full-scan`.
     pub source: String,
     /// The point whose nodes this disk was deduplicated or re-chunked
@@ -90,6 +99,12 @@ impl DiskManifest {
     pub fn segment_range(&self, i: usize) -> std::ops::Range<u64> {
         let start = i as u64 * self.segment_size;
         start..(start + self.segment_size).min(self.size)
+    }
+
+    /// Segment `i`'s last-data mark (see [`Self::last_data`]); 0 when
+    /// not known.
+    pub fn last_data_mark(&self, i: usize) -> u64 {
+        self.last_data.get(i).copied().unwrap_or(0)
     }
 
     pub fn expected_segments(size: u64, segment_size: u64) -> usize {
@@ -192,12 +207,26 @@ impl Manifest {
         // The same bytes gave the summary; a difference would be a bug in
         // one of the two decoders, not damage, but it is caught all the same.
         let same = m.disks.len() == summary.disks.len()
-            && m.disks
-                .iter()
-                .zip(&summary.disks)
-                .all(|(d, s)| d.segments.len() as u64 == s.segment_count);
+            && m.disks.iter().zip(&summary.disks).all(|(d, s)| {
+                d.segments.len() as u64 == s.segment_count
+                    && d.last_data.len() as u64 == s.mark_count
+            });
         if !same {
             return Err(Error::corrupt(key, "decodes to two different shapes"));
+        }
+        for d in &m.disks {
+            let past = d.last_data.iter().enumerate().find(|&(i, &mark)| {
+                let r = d.segment_range(i);
+                mark > r.end - r.start
+            });
+            if let Some((i, mark)) = past {
+                let why = format!(
+                    "disk {} marks data at {} of its segment {i}, past the segment's end",
+                    d.name,
+                    mark - 1
+                );
+                return Err(Error::corrupt(key, why));
+            }
         }
         Ok(m)
     }
@@ -225,6 +254,7 @@ impl Manifest {
                     size: d.size,
                     segment_size: d.segment_size,
                     segments: d.segments.len() as u64,
+                    marks: d.last_data.len() as u64,
                 })
                 .collect(),
         }
@@ -265,7 +295,7 @@ fn cbor_reason(e: ciborium::de::Error<std::io::Error>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Manifest {
@@ -282,6 +312,7 @@ mod tests {
                 size: (16 << 20) + 5,
                 segment_size: 16 << 20,
                 segments: vec![Some(ObjectId::of(b"n")), None],
+                last_data: Vec::new(),
                 source: "full-scan".into(),
                 parent: None,
                 audit: None,
@@ -320,5 +351,34 @@ mod tests {
         assert!(m.check_limits(&cfg()).is_ok());
         assert_eq!(m.disks[0].segment_range(1), (16 << 20)..((16 << 20) + 5));
         assert!(m.disk("nope").is_err());
+    }
+
+    /// Last-data marks are one per segment or none, and each within its
+    /// segment: a damaged or hostile list is refused naming what is
+    /// wrong, from the summary's count before the list is kept.
+    #[test]
+    fn last_data_marks_are_checked_against_the_segments() {
+        let decode = |m: &Manifest| Manifest::decode("k", &m.encode().unwrap(), &cfg());
+        let mut m = sample();
+        m.disks[0].last_data = vec![16 << 20, 5];
+        assert_eq!(decode(&m).unwrap(), m);
+        assert_eq!(m.disks[0].last_data_mark(1), 5);
+        assert_eq!(sample().disks[0].last_data_mark(1), 0);
+        let cases = [
+            (vec![1], "1 last-data marks for 2 segments"),
+            (vec![1, 2, 3], "3 last-data marks for 2 segments"),
+            (
+                vec![1, 6],
+                "marks data at 5 of its segment 1, past the segment's end",
+            ),
+            (vec![(16 << 20) + 1, 0], "of its segment 0"),
+        ];
+        for (marks, want) in cases {
+            let mut bad = sample();
+            bad.disks[0].last_data = marks;
+            let e = decode(&bad).unwrap_err();
+            assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
     }
 }

@@ -51,6 +51,22 @@ impl Node {
         self.entries.is_empty()
     }
 
+    /// The segment's last-data mark (see [`DiskManifest::last_data`]):
+    /// 1 + where its last chunk that holds data starts, 0 if none does.
+    ///
+    /// [`DiskManifest::last_data`]: crate::manifest::DiskManifest::last_data
+    pub fn last_data_mark(entries: &[Entry]) -> u64 {
+        let mut at = 0;
+        let mut mark = 0;
+        for e in entries {
+            if e.1.is_some() {
+                mark = at + 1;
+            }
+            at += e.len();
+        }
+        mark
+    }
+
     pub fn chunk_ids(&self) -> impl Iterator<Item = ObjectId> + '_ {
         self.entries.iter().filter_map(|e| e.1)
     }
@@ -164,6 +180,16 @@ fn count<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_data_mark_is_one_past_where_the_last_data_chunk_starts() {
+        let id = Some(ObjectId::of(b"c"));
+        assert_eq!(Node::last_data_mark(&[]), 0);
+        assert_eq!(Node::last_data_mark(&[Entry(5, None)]), 0);
+        assert_eq!(Node::last_data_mark(&[Entry(5, id)]), 1);
+        let e = [Entry(5, None), Entry(3, id), Entry(4, id), Entry(9, None)];
+        assert_eq!(Node::last_data_mark(&e), 9);
+    }
 
     fn cfg() -> RepoConfig {
         // Segments of 1 MiB, chunks of 8 to 128 KiB.

@@ -123,9 +123,17 @@ proptest! {
         let seg = 64u64 << 20;
         let n = size.div_ceil(seg).min(5000) as usize;
         let size = size.min(n as u64 * seg);
-        let segments = (0..n)
+        let segments: Vec<_> = (0..n)
             .map(|i| (((seed >> (i % 64)) & 1) == 1).then(|| ObjectId::of(&i.to_le_bytes())))
             .collect();
+        // Marks on every other seed: a point written before marks has none.
+        let last_data = match seed % 2 {
+            0 => Vec::new(),
+            _ => segments.iter().enumerate().map(|(i, s)| match s {
+                Some(_) => (seed ^ i as u64) % (seg.min(size - i as u64 * seg)) + 1,
+                None => 0,
+            }).collect(),
+        };
         let m = Manifest {
             vm: "vm-1".parse().unwrap(),
             id: "20261125T194155Z-3fa2".parse().unwrap(),
@@ -139,6 +147,7 @@ proptest! {
                 size,
                 segment_size: seg,
                 segments,
+                last_data,
                 source: "full-scan".into(),
                 parent: None,
                 audit: Some(xfull_core::manifest::Audit { segments: 3, mismatch_at: Some(size / 2) }),
@@ -326,6 +335,7 @@ fn hostile_base(size: u64, segment_size: u64) -> Manifest {
             size,
             segment_size,
             segments: Vec::new(),
+            last_data: Vec::new(),
             source: "full-scan".into(),
             parent: None,
             audit: None,

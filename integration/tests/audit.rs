@@ -131,8 +131,30 @@ fn a_disk_shrunk_and_grown_back_unreported_is_scanned_in_full() {
     f.set_len(10 << 20).unwrap();
     f.set_len(24 << 20).unwrap();
     drop(f);
+    let (b, err) = unaudited_backup(&e, &img, &[]);
+    assert!(err.contains("WARNING") && err.contains("missed"), "{err}");
+    let d = &b["disks"][0];
+    // 8..12 MiB keeps data below 10 MiB, and zeros from before where
+    // its parent's last chunk of data started (its last-data mark).
+    assert_eq!(d["audit"]["mismatch_at"], 8u64 << 20, "{d}");
+    assert!(
+        d["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("full-scan: the audit found zeros"),
+        "{d}"
+    );
+    let restored = e.path("r.img");
+    e.restore("vm@latest", "d", &restored);
+    assert_eq!(sha256(&restored), sha256(&img));
+}
+
+/// `backup --changed FILE --audit-unchanged 0 --json` of disk `d`
+/// (no sampling: what the zero check sees alone), with `changed` in FILE:
+/// its JSON and stderr.
+fn unaudited_backup(e: &Env, img: &Path, changed: &[std::ops::Range<u64>]) -> (Value, String) {
     let file = e.path("c.json");
-    write_extents(&file, &[]);
+    write_extents(&file, changed);
     let out = e
         .x(&[
             "backup",
@@ -150,12 +172,36 @@ fn a_disk_shrunk_and_grown_back_unreported_is_scanned_in_full() {
         .unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("WARNING") && err.contains("missed"), "{err}");
-    let b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (serde_json::from_slice(&out.stdout).unwrap(), err)
+}
+
+/// Until 2026-12-07 a shrink and regrow followed by a write at the disk's
+/// end (which the change file reports) kept the parent's data past the
+/// cut: the zeros no longer reached the end, and no whole segment that
+/// held data read zeros. The parent's last-data marks show it without a
+/// node fetched: the segment the shrink cut into reads zeros from before
+/// where its parent's last chunk of data started.
+#[test]
+fn a_shrink_regrow_and_write_at_the_end_is_found_by_the_last_data_marks() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(
+        &img,
+        &[Region::Random(10 << 20), Region::Hole(14 << 20)],
+        12,
+        false,
+    )
+    .unwrap();
+    e.backup("vm", &[("d", &img)]);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len((8 << 20) + (512 << 10)).unwrap();
+    f.set_len(24 << 20).unwrap();
+    let end = (24u64 << 20) - (64 << 10);
+    f.write_all_at(&[9u8; 64 << 10], end).unwrap();
+    drop(f);
+    let (b, _) = unaudited_backup(&e, &img, &[end..24 << 20]);
     let d = &b["disks"][0];
-    // 8..12 MiB keeps data below 10 MiB; 12..16 MiB is the first segment
-    // gone to zeros whole.
-    assert_eq!(d["audit"]["mismatch_at"], 12u64 << 20, "{d}");
+    assert_eq!(d["audit"]["mismatch_at"], 8u64 << 20, "{d}");
     assert!(
         d["source"]
             .as_str()
@@ -166,4 +212,29 @@ fn a_disk_shrunk_and_grown_back_unreported_is_scanned_in_full() {
     let restored = e.path("r.img");
     e.restore("vm@latest", "d", &restored);
     assert_eq!(sha256(&restored), sha256(&img));
+}
+
+/// The marks cost an unchanged disk nothing: a segment whose data ends
+/// before its end, a hole after, reads zeros only past its last chunk of
+/// data, so it is reused unread, not taken for a shrink.
+#[test]
+fn an_unchanged_disk_with_data_ending_inside_segments_is_not_read_again() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    let regions = [
+        Region::Random(5 << 20),
+        Region::Hole(3 << 20),
+        Region::Text((2 << 20) + (300 << 10)),
+        Region::Hole((14 << 20) - (300 << 10)),
+    ];
+    write_image(&img, &regions, 13, false).unwrap();
+    e.backup("vm", &[("d", &img)]);
+    let (b, _) = unaudited_backup(&e, &img, &[]);
+    let d = &b["disks"][0];
+    assert_eq!(d["audit"], Value::Null, "{d}");
+    assert_eq!(d["stats"]["bytes_read"], 0, "{d}");
+    assert!(
+        !d["source"].as_str().unwrap().starts_with("full-scan"),
+        "{d}"
+    );
 }

@@ -65,6 +65,7 @@ fn base(id: &str, size: u64, segment_size: u64, segments: usize) -> Manifest {
             size,
             segment_size,
             segments: vec![None; segments],
+            last_data: Vec::new(),
             source: "full-scan".into(),
             parent: None,
             audit: None,

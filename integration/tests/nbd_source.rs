@@ -565,7 +565,6 @@ fn a_shrink_that_ends_inside_a_chunk_and_grows_back_restores_the_truth() {
 /// no dirty bit and no whole segment that held data reading zeros. Only
 /// the sampling audit (or `--full-scan`) finds it.
 #[test]
-#[ignore = "a known gap of the zero check: see docs/design.md, The audit"]
 fn a_disk_shrunk_and_grown_back_then_written_at_its_end_restores_the_truth() {
     let env = Env::init();
     let image = qcow2_image(&env, "16M");

@@ -428,7 +428,13 @@ async fn back_up_disk(
     // Every reused segment's zeros against its parent, unread (see
     // `zero_check`); a hit is an audit mismatch found before the pipeline.
     let zeroed = match reported {
-        Some(_) => match zero_check::first_zeroed(d.source.clone(), &plan, cfg.segment_size).await?
+        Some(_) => match zero_check::first_zeroed(
+            d.source.clone(),
+            &plan,
+            cfg.segment_size,
+            parent.map_or(&[][..], |p| &p.last_data),
+        )
+        .await?
         {
             None => {
                 zero_check::zeroed_tail(repo, d.source.clone(), &plan, cfg.segment_size).await?
@@ -505,11 +511,14 @@ async fn back_up_disk(
     stats.seconds = started.elapsed().as_secs_f64();
     // Until object lock's step replaces it: the parent's generation.
     let lock_generation = d.parent.as_ref().and_then(|(_, p)| p.lock_generation);
+    let segments = std::mem::take(&mut result.segments);
+    let last_data = zero_check::last_data_marks(&segments, &result.marks, parent);
     let dm = DiskManifest {
         name: d.name,
         size,
         segment_size: cfg.segment_size,
-        segments: std::mem::take(&mut result.segments),
+        segments,
+        last_data,
         source,
         parent: d.parent.map(|(id, _)| id),
         audit,

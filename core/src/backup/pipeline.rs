@@ -52,6 +52,9 @@ const JOBS_IN_FLIGHT: usize = 2;
 #[derive(Debug)]
 pub struct DiskResult {
     pub segments: Vec<Option<ObjectId>>,
+    /// Each segment's last-data mark, where the backup cut or re-cut it
+    /// (`None`: reused unread, the parent's mark holds).
+    pub marks: Vec<Option<u64>>,
     pub stats: BackupStats,
     /// Objects this backup stored that were already there: it relies on
     /// them without having written them (the lease's dependencies).
@@ -201,6 +204,7 @@ pub async fn run(
     drop((job_tx, work_rx));
 
     let mut segments = vec![None; n];
+    let mut marks = vec![None; n];
     let mut stats = BackupStats::default();
     let jobs = futures::stream::poll_fn(|cx| job_rx.poll_recv(cx));
     let uploaded = jobs
@@ -217,8 +221,9 @@ pub async fn run(
         })
         .buffer_unordered(JOBS_IN_FLIGHT)
         .try_for_each(|(idx, seg, s)| {
-            if let Some(seg) = seg {
+            if let Some((seg, mark)) = seg {
                 segments[idx] = seg;
+                marks[idx] = mark;
             }
             stats.add(&s);
             futures::future::ready(Ok(()))
@@ -245,6 +250,7 @@ pub async fn run(
     let replaced = std::mem::take(&mut *shared.replaced.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(DiskResult {
         segments,
+        marks,
         stats,
         existed,
         replaced,

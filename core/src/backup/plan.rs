@@ -215,6 +215,7 @@ mod tests {
             segments: (0..size.div_ceil(seg))
                 .map(|i| Some(ObjectId::of(&i.to_le_bytes())))
                 .collect(),
+            last_data: Vec::new(),
             source: "full-scan".into(),
             stats: BackupStats::default(),
             parent: None,

@@ -34,6 +34,9 @@ pub(super) struct UploadJob {
     /// Only some of a segment's chunks (one window of a segment read in
     /// windows): `segment` means nothing, a later job completes it.
     pub part: bool,
+    /// The segment's last-data mark, when the job knows its entries
+    /// (`None`: reused unread; see `DiskManifest::last_data`).
+    pub mark: Option<u64>,
 }
 
 impl UploadJob {
@@ -46,6 +49,7 @@ impl UploadJob {
             chunks: Vec::new(),
             stats,
             part: false,
+            mark: None,
         }
     }
 
@@ -62,6 +66,7 @@ impl UploadJob {
             chunks,
             stats,
             part: true,
+            mark: None,
         }
     }
 }
@@ -89,11 +94,11 @@ impl Uploader<'_> {
     }
 
     /// Stores a segment's new chunks, then its node. Gives the segment's
-    /// node id (None for a hole) once a job completes it.
+    /// node id (None for a hole) and mark once a job completes it.
     pub async fn upload(
         &self,
         job: UploadJob,
-    ) -> Result<(usize, Option<Option<ObjectId>>, BackupStats)> {
+    ) -> Result<(usize, Option<(Option<ObjectId>, Option<u64>)>, BackupStats)> {
         let mut stats = job.stats;
         let mut existed = Vec::new();
         if !job.chunks.is_empty() {
@@ -130,7 +135,11 @@ impl Uploader<'_> {
             let mut all = self.existed.lock().unwrap_or_else(|p| p.into_inner());
             all.extend(existed);
         }
-        Ok((job.idx, (!job.part).then_some(job.segment), stats))
+        Ok((
+            job.idx,
+            (!job.part).then_some((job.segment, job.mark)),
+            stats,
+        ))
     }
 }
 

@@ -25,6 +25,8 @@ use std::sync::Arc;
 use super::audit::verify_entries;
 use super::plan::{DiskPlan, SegmentPlan};
 use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::manifest::DiskManifest;
 use crate::repo::Repository;
 use crate::source::DiskSource;
 use crate::task::blocking;
@@ -37,12 +39,19 @@ const WINDOW_SEGMENTS: u64 = 16;
 const TAIL_WINDOW_SEGMENTS: u64 = 64;
 
 /// The offset of the first segment `plan` reuses from a parent node that
-/// `source` now reports as reading zeros throughout, if any.
+/// `source` now reports as reading zeros where the parent held data: from
+/// the segment's start, or, where the parent's last-data mark is known
+/// (`marks`, the parent's [`DiskManifest::last_data`]), from before that
+/// mark. None if there is none.
+///
+/// [`DiskManifest::last_data`]: crate::manifest::DiskManifest::last_data
 pub(super) async fn first_zeroed(
     source: Arc<DiskSource>,
     plan: &DiskPlan,
     segment_size: u64,
+    marks: &[u64],
 ) -> Result<Option<u64>> {
+    let marks = marks.to_vec();
     let reused: Vec<u64> = plan
         .segments
         .iter()
@@ -72,7 +81,8 @@ pub(super) async fn first_zeroed(
                 let data = source.data_ranges(window)?;
                 for &i in &reused[k..k + n] {
                     let seg = segment(i);
-                    if seg.start < seg.end && !intersects(&data, &seg) {
+                    let mark = marks.get(i as usize).copied().unwrap_or(0);
+                    if seg.start < seg.end && zeros_from(&data, &seg) - seg.start < mark.max(1) {
                         return Ok(Some(seg.start));
                     }
                 }
@@ -196,10 +206,40 @@ pub(super) async fn zeroed_tail(
     Ok(None)
 }
 
-/// Whether any of the sorted, disjoint `ranges` overlaps `r`.
-fn intersects(ranges: &[Range<u64>], r: &Range<u64>) -> bool {
-    let i = ranges.partition_point(|x| x.end <= r.start);
-    ranges.get(i).is_some_and(|x| x.start < r.end)
+/// The point's last-data marks: those the pipeline worked out from the
+/// segments' entries, and for a segment reused unread its parent's (a
+/// mark is a function of the node). Empty when none is known, as a
+/// point written before marks has none.
+pub(super) fn last_data_marks(
+    segments: &[Option<ObjectId>],
+    marks: &[Option<u64>],
+    parent: Option<&DiskManifest>,
+) -> Vec<u64> {
+    let marks: Vec<u64> = segments
+        .iter()
+        .zip(marks)
+        .enumerate()
+        .map(|(i, (node, mark))| match (mark, parent) {
+            (Some(m), _) => *m,
+            (None, Some(p)) if p.segments.get(i) == Some(node) => p.last_data_mark(i),
+            (None, _) => 0,
+        })
+        .collect();
+    if marks.iter().all(|&m| m == 0) {
+        Vec::new()
+    } else {
+        marks
+    }
+}
+
+/// Where `r` reads zeros from to its end, by the sorted, disjoint data
+/// `ranges` (`r.start` when none overlaps it).
+fn zeros_from(ranges: &[Range<u64>], r: &Range<u64>) -> u64 {
+    let i = ranges.partition_point(|x| x.start < r.end);
+    match i.checked_sub(1).map(|i| &ranges[i]) {
+        Some(x) if x.end > r.start => x.end.min(r.end),
+        _ => r.start,
+    }
 }
 
 #[cfg(test)]
@@ -207,13 +247,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn intersection_with_sorted_ranges() {
+    fn marks_come_from_the_pipeline_or_the_parent_at_the_same_place() {
+        let (a, b) = (ObjectId::of(b"a"), ObjectId::of(b"b"));
+        let parent = DiskManifest {
+            last_data: vec![7, 9, 0],
+            segments: vec![Some(a), Some(b), None],
+            ..crate::manifest::tests::sample().disks[0].clone()
+        };
+        let segments = [Some(a), Some(a), None];
+        // Segment 0 reused (the parent's mark), 1 re-cut (its own), 2 a hole.
+        let marks = [None, Some(3), None];
+        assert_eq!(
+            last_data_marks(&segments, &marks, Some(&parent)),
+            vec![7, 3, 0]
+        );
+        // Reused from a parent without marks: not known.
+        let old = DiskManifest {
+            last_data: Vec::new(),
+            ..parent.clone()
+        };
+        assert_eq!(
+            last_data_marks(&segments, &marks, Some(&old)),
+            vec![0, 3, 0]
+        );
+        // Nothing known: none listed, as a point from before marks.
+        assert!(last_data_marks(&segments, &[None, None, None], Some(&old)).is_empty());
+        // A node at another place is not the parent's segment there.
+        let other = last_data_marks(&[Some(b), Some(b)], &[None, Some(4)], Some(&parent));
+        assert_eq!(other, vec![0, 4]);
+    }
+
+    #[test]
+    fn where_zeros_start_in_a_range() {
         let ranges = vec![10..20, 30..40];
-        assert!(!intersects(&ranges, &(0..10)));
-        assert!(intersects(&ranges, &(0..11)));
-        assert!(!intersects(&ranges, &(20..30)));
-        assert!(intersects(&ranges, &(39..50)));
-        assert!(!intersects(&ranges, &(40..50)));
-        assert!(!intersects(&[], &(0..50)));
+        assert_eq!(zeros_from(&ranges, &(0..10)), 0);
+        assert_eq!(zeros_from(&ranges, &(0..11)), 11);
+        assert_eq!(zeros_from(&ranges, &(0..25)), 20);
+        assert_eq!(zeros_from(&ranges, &(20..30)), 20);
+        assert_eq!(zeros_from(&ranges, &(15..35)), 35);
+        assert_eq!(zeros_from(&ranges, &(39..50)), 40);
+        assert_eq!(zeros_from(&ranges, &(40..50)), 40);
+        assert_eq!(zeros_from(&[], &(0..50)), 0);
     }
 }

@@ -69,6 +69,7 @@ fn manifest(id: PointId, nodes: Vec<ObjectId>, parent: Option<PointId>) -> Manif
             size: SEG * nodes.len() as u64,
             segment_size: SEG,
             segments: nodes.into_iter().map(Some).collect(),
+            last_data: Vec::new(),
             source: "test".into(),
             parent,
             audit: None,

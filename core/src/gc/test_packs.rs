@@ -84,6 +84,7 @@ pub async fn write_point_of(
             size: seg * segments.len() as u64,
             segment_size: seg,
             segments,
+            last_data: Vec::new(),
             source: "test".into(),
             parent: None,
             audit: None,

@@ -25,8 +25,9 @@ pub const MAX_LABELS: usize = 64;
 /// names its change files, so it gets room for a few long paths).
 pub const MAX_TEXT: u64 = 64 << 10;
 
-/// CBOR bytes of one segment entry at most: a 32-byte byte string.
-const SEGMENT_CBOR: u64 = 34;
+/// CBOR bytes of one segment entry at most: a 32-byte byte string, and
+/// its last-data mark (a number, at most 9 bytes).
+const SEGMENT_CBOR: u64 = 34 + 9;
 /// CBOR bytes of a disk besides its segments and source, with room to
 /// spare: its name, numbers, parent, audit and statistics with their keys.
 const DISK_CBOR: u64 = 4 << 10;
@@ -45,7 +46,7 @@ pub fn max_point_segments(segment_size: u64) -> u64 {
 }
 
 /// The largest plaintext a manifest within the limits encodes to (about
-/// 570 MB with 16 MiB segments); decompression stops beyond it.
+/// 730 MB with 16 MiB segments); decompression stops beyond it.
 pub fn max_plaintext(segment_size: u64) -> usize {
     let segments = max_point_segments(segment_size) * SEGMENT_CBOR;
     let disks = MAX_DISKS as u64 * (MAX_TEXT + DISK_CBOR);
@@ -66,6 +67,8 @@ pub(crate) struct DiskShape<'a> {
     pub size: u64,
     pub segment_size: u64,
     pub segments: u64,
+    /// Last-data marks: none, or one per segment.
+    pub marks: u64,
 }
 
 /// Checks a manifest against the limits and the repository's segment
@@ -112,6 +115,12 @@ pub(crate) fn check(shape: &Shape<'_>, segment_size: u64) -> Result<(), String> 
                 d.segments
             ));
         }
+        if d.marks != 0 && d.marks != d.segments {
+            return Err(format!(
+                "disk {name} has {} last-data marks for {} segments",
+                d.marks, d.segments
+            ));
+        }
         total += d.size;
     }
     if total > MAX_POINT_SIZE {
@@ -129,9 +138,9 @@ mod tests {
 
     #[test]
     fn the_plaintext_bound_follows_the_segment_size() {
-        // 16 M segments of 34 bytes, plus about 18 MB for the rest.
+        // 16 M segments of 43 bytes, plus about 18 MB for the rest.
         let p = max_plaintext(16 << 20) as u64;
-        assert!((570_000_000..600_000_000).contains(&p), "{p}");
+        assert!((720_000_000..740_000_000).contains(&p), "{p}");
         assert!(max_plaintext(64 << 20) < max_plaintext(16 << 20));
         assert_eq!(max_disk_segments(16 << 20), 4 << 20);
     }
@@ -144,6 +153,7 @@ mod tests {
             size,
             segment_size,
             segments,
+            marks: 0,
         };
         let seg = 4 << 20;
         let shape = |disks| Shape {
@@ -158,6 +168,13 @@ mod tests {
             (vec![disk(10_000, 1000, 10)], "segments of 1000 bytes"),
             (vec![disk(1 << 63, seg, (1 << 63) / seg)], "64 TiB"),
             (vec![disk(0, seg, 0), disk(0, seg, 0)], "twice"),
+            (
+                vec![DiskShape {
+                    marks: 1,
+                    ..disk(seg + 1, seg, 2)
+                }],
+                "1 last-data marks for 2 segments",
+            ),
         ];
         for (disks, want) in cases {
             let e = check(&shape(disks), seg).unwrap_err();

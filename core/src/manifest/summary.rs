@@ -48,6 +48,9 @@ pub struct DiskSummary {
     pub segment_size: u64,
     #[serde(rename = "segments", deserialize_with = "count_segments")]
     pub segment_count: u64,
+    /// Last-data marks listed: none, or one per segment.
+    #[serde(default, rename = "last_data", deserialize_with = "count_marks")]
+    pub mark_count: u64,
     pub parent: Option<PointId>,
     pub stats: BackupStats,
     source: Typed<String>,
@@ -88,6 +91,7 @@ impl ManifestSummary {
                     size: d.size,
                     segment_size: d.segment_size,
                     segments: d.segment_count,
+                    marks: d.mark_count,
                 })
                 .collect(),
         }
@@ -127,27 +131,44 @@ fn with_segment_cap<T>(cap: u64, f: impl FnOnce() -> T) -> T {
 /// Counts a segment list, checking each entry is an id or null, and stops
 /// past the cap instead of reading on.
 fn count_segments<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    struct Count(u64);
-    impl<'de> Visitor<'de> for Count {
-        type Value = u64;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list of segments")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
-            let mut n = 0u64;
-            while seq.next_element::<Option<ObjectId>>()?.is_some() {
-                n += 1;
-                if n > self.0 {
-                    return Err(de::Error::custom(format!(
-                        "a disk lists more than {} segments, more than a disk of 64 TiB has",
-                        self.0
-                    )));
-                }
-            }
-            Ok(n)
-        }
+    d.deserialize_seq(Count::<Option<ObjectId>>(
+        SEGMENT_CAP.get(),
+        "segments",
+        PhantomData,
+    ))
+}
+
+/// Counts a list of last-data marks (numbers), as [`count_segments`].
+fn count_marks<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    d.deserialize_seq(Count::<u64>(
+        SEGMENT_CAP.get(),
+        "last-data marks",
+        PhantomData,
+    ))
+}
+
+/// Counts a list of `T`, each checked and dropped, refusing more than
+/// `.0` (one per segment of the largest disk).
+struct Count<T>(u64, &'static str, PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Count<T> {
+    type Value = u64;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a list of {}", self.1)
     }
-    d.deserialize_seq(Count(SEGMENT_CAP.get()))
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        let mut n = 0u64;
+        while seq.next_element::<T>()?.is_some() {
+            n += 1;
+            if n > self.0 {
+                return Err(de::Error::custom(format!(
+                    "a disk lists more than {} {}, more than a disk of 64 TiB has segments",
+                    self.0, self.1
+                )));
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// A list of at most `max` items, refused at the first one beyond.

@@ -262,10 +262,14 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             ..BackupStats::default()
         };
         let job = if crate::node::all_zero(&entries) {
-            UploadJob::unchanged(idx, None, stats)
+            UploadJob {
+                mark: Some(0),
+                ..UploadJob::unchanged(idx, None, stats)
+            }
         } else {
+            let mark = Node::last_data_mark(&entries);
             let node = Node { entries }.to_plain(shared.repo.codec())?;
-            finish(shared, idx, node, parent, Vec::new(), stats)
+            finish(shared, idx, node, parent, Vec::new(), stats, mark)
         };
         // Every byte was reported done with its window.
         (self.send)(job, 0)
@@ -319,7 +323,10 @@ fn build_job<'a>(
         ..BackupStats::default()
     };
     if crate::node::all_zero(entries) {
-        return Ok(UploadJob::unchanged(idx, None, stats));
+        return Ok(UploadJob {
+            mark: Some(0),
+            ..UploadJob::unchanged(idx, None, stats)
+        });
     }
     let node = Node {
         entries: entries.to_vec(),
@@ -341,7 +348,16 @@ fn build_job<'a>(
         (false, None, None) => HashSet::new(),
     };
     let chunks = select(shared, &node.entries, data, &known, &mut stats)?;
-    Ok(finish(shared, idx, (node_id, plain), parent, chunks, stats))
+    let mark = Node::last_data_mark(entries);
+    Ok(finish(
+        shared,
+        idx,
+        (node_id, plain),
+        parent,
+        chunks,
+        stats,
+        mark,
+    ))
 }
 
 /// A new chunk ready to store: id, plain length, stored bytes, and
@@ -431,7 +447,7 @@ fn select<'a>(
 
 /// The job that completes a segment of data: its node (id, plaintext) if
 /// it must be stored (a new one, or the parent's that the backup knows
-/// lost or damaged), with `chunks`.
+/// lost or damaged), with `chunks`, and its last-data `mark`.
 fn finish(
     shared: &Shared,
     idx: usize,
@@ -439,11 +455,15 @@ fn finish(
     parent: Option<ObjectId>,
     chunks: Vec<NewChunk>,
     mut stats: BackupStats,
+    mark: u64,
 ) -> UploadJob {
     let unchanged = parent == Some(node_id);
     let node_needed = !unchanged || !shared.trust.has_node(&node_id);
     if unchanged && chunks.is_empty() && !node_needed {
-        return UploadJob::unchanged(idx, parent, stats);
+        return UploadJob {
+            mark: Some(mark),
+            ..UploadJob::unchanged(idx, parent, stats)
+        };
     }
     if unchanged && node_needed {
         stats.objects_restored += 1;
@@ -455,5 +475,6 @@ fn finish(
         chunks,
         stats,
         part: false,
+        mark: Some(mark),
     }
 }
