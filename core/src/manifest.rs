@@ -101,6 +101,24 @@ impl DiskManifest {
         start..(start + self.segment_size).min(self.size)
     }
 
+    /// Each last-data mark within its segment, and 0 for a segment with
+    /// no node (the count is the limits' to check).
+    fn check_marks(&self) -> std::result::Result<(), String> {
+        for (i, &mark) in self.last_data.iter().enumerate() {
+            let r = self.segment_range(i);
+            let none = self.segments.get(i).is_some_and(Option::is_none);
+            if mark > r.end - r.start || (none && mark != 0) {
+                return Err(format!(
+                    "disk {} marks data at {} of its segment {i}, which {}",
+                    self.name,
+                    mark - 1,
+                    if none { "holds none" } else { "ends before" }
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Segment `i`'s last-data mark (see [`Self::last_data`]); 0 when
     /// not known.
     pub fn last_data_mark(&self, i: usize) -> u64 {
@@ -215,18 +233,7 @@ impl Manifest {
             return Err(Error::corrupt(key, "decodes to two different shapes"));
         }
         for d in &m.disks {
-            let past = d.last_data.iter().enumerate().find(|&(i, &mark)| {
-                let r = d.segment_range(i);
-                mark > r.end - r.start
-            });
-            if let Some((i, mark)) = past {
-                let why = format!(
-                    "disk {} marks data at {} of its segment {i}, past the segment's end",
-                    d.name,
-                    mark - 1
-                );
-                return Err(Error::corrupt(key, why));
-            }
+            d.check_marks().map_err(|why| Error::corrupt(key, why))?;
         }
         Ok(m)
     }
@@ -234,12 +241,17 @@ impl Manifest {
     /// Checks the manifest is within what every reader accepts: the
     /// repository writes none that it could not read back.
     pub fn check_limits(&self, cfg: &RepoConfig) -> Result<()> {
-        limits::check(&self.shape(), cfg.segment_size).map_err(|why| {
+        let cannot = |why| {
             Error::InvalidArgument(format!(
                 "point {} cannot be stored: {why}",
                 self.point_name()
             ))
-        })
+        };
+        limits::check(&self.shape(), cfg.segment_size).map_err(cannot)?;
+        for d in &self.disks {
+            d.check_marks().map_err(cannot)?;
+        }
+        Ok(())
     }
 
     fn shape(&self) -> Shape<'_> {
@@ -360,24 +372,27 @@ pub(crate) mod tests {
     fn last_data_marks_are_checked_against_the_segments() {
         let decode = |m: &Manifest| Manifest::decode("k", &m.encode().unwrap(), &cfg());
         let mut m = sample();
-        m.disks[0].last_data = vec![16 << 20, 5];
+        m.disks[0].last_data = vec![16 << 20, 0];
         assert_eq!(decode(&m).unwrap(), m);
-        assert_eq!(m.disks[0].last_data_mark(1), 5);
+        assert_eq!(m.disks[0].last_data_mark(0), 16 << 20);
         assert_eq!(sample().disks[0].last_data_mark(1), 0);
         let cases = [
             (vec![1], "1 last-data marks for 2 segments"),
             (vec![1, 2, 3], "3 last-data marks for 2 segments"),
             (
-                vec![1, 6],
-                "marks data at 5 of its segment 1, past the segment's end",
+                vec![(16 << 20) + 1, 0],
+                "at 16777216 of its segment 0, which ends before",
             ),
-            (vec![(16 << 20) + 1, 0], "of its segment 0"),
+            (vec![1, 2], "at 1 of its segment 1, which holds none"),
         ];
         for (marks, want) in cases {
             let mut bad = sample();
             bad.disks[0].last_data = marks;
             let e = decode(&bad).unwrap_err();
             assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains(want), "{want}: {e}");
+            // Nor is such a point written.
+            let e = bad.check_limits(&cfg()).unwrap_err();
             assert!(e.to_string().contains(want), "{want}: {e}");
         }
     }

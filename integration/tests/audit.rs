@@ -214,6 +214,37 @@ fn a_shrink_regrow_and_write_at_the_end_is_found_by_the_last_data_marks() {
     assert_eq!(sha256(&restored), sha256(&img));
 }
 
+/// The same with a reported write early in the segment the shrink cut
+/// into: that segment is re-chunked around the write, which would keep the
+/// parent's chunks past it unread, data the shrink took away. No reported
+/// change reaches its parent's last chunk of data, which now reads zeros:
+/// a missed change, found from the mark.
+#[test]
+fn a_shrink_regrow_and_a_write_before_the_cut_are_found_by_the_last_data_marks() {
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(
+        &img,
+        &[Region::Random(10 << 20), Region::Hole(14 << 20)],
+        14,
+        false,
+    )
+    .unwrap();
+    e.backup("vm", &[("d", &img)]);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len((8 << 20) + (512 << 10)).unwrap();
+    f.set_len(24 << 20).unwrap();
+    f.write_all_at(&[7u8; 64 << 10], 8 << 20).unwrap();
+    drop(f);
+    let written = (8u64 << 20)..(8 << 20) + (64 << 10);
+    let (b, _) = unaudited_backup(&e, &img, &[written]);
+    let d = &b["disks"][0];
+    assert_eq!(d["audit"]["mismatch_at"], 8u64 << 20, "{d}");
+    let restored = e.path("r.img");
+    e.restore("vm@latest", "d", &restored);
+    assert_eq!(sha256(&restored), sha256(&img));
+}
+
 /// The marks cost an unchanged disk nothing: a segment whose data ends
 /// before its end, a hole after, reads zeros only past its last chunk of
 /// data, so it is reused unread, not taken for a shrink.

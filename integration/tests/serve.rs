@@ -125,12 +125,12 @@ impl Served {
         (status.code().unwrap_or(-1), err)
     }
 
-    /// Sends `signal` and goes on.
     /// The process id of the running xfull.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Sends `signal` and goes on.
     pub fn send(&self, signal: &str) {
         let pid = self.pid().to_string();
         assert!(

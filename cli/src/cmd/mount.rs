@@ -109,7 +109,7 @@ async fn mount(
     };
     let session = fuser::Session::new(fs, mountpoint, &config).map_err(cannot_mount)?;
     // Held until xfull exits (see `released_before_the_watcher_socket`).
-    let _fuse_last = if root {
+    let fuse_last = if root {
         Some(released_before_the_watcher_socket(&session)?)
     } else {
         None
@@ -125,6 +125,9 @@ async fn mount(
         // once xfull has exited the mount is dead and the watcher
         // removes it.
         std::mem::forget(session);
+        // So is the descriptor above the watcher's socket: xfull exits
+        // with the mount live, and the watcher must find it dead.
+        std::mem::forget(fuse_last);
         return Err(e);
     }
     if cli.json {
@@ -192,7 +195,9 @@ async fn mount(
 ///
 /// When xfull is killed, the kernel closes its descriptors in ascending
 /// order but releases the files in the reverse order (task work runs
-/// last-queued first). With /dev/fuse below the watcher's socket, the
+/// last-queued first: so on Linux 6.18 here, measured below; older
+/// kernels ran it first-queued first, and there this order would not
+/// help). With /dev/fuse below the watcher's socket, the
 /// socket went first: the watcher woke, and on a loaded machine its
 /// open() of the mountpoint could reach the FUSE connection before
 /// /dev/fuse's release aborted it. That open failed with ECONNABORTED,

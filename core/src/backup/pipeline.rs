@@ -369,7 +369,10 @@ fn process_segments(shared: &Shared, work: &Mutex<Receiver<Work>>, jobs: &mpsc::
         }
         let done = match item {
             Work::Hole { idx } => (worker.send)(
-                UploadJob::unchanged(idx, None, BackupStats::default()),
+                UploadJob {
+                    mark: Some(0),
+                    ..UploadJob::unchanged(idx, None, BackupStats::default())
+                },
                 seg_len(idx),
             ),
             Work::Reuse { idx, node, data } => {

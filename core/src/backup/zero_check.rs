@@ -38,11 +38,15 @@ const WINDOW_SEGMENTS: u64 = 16;
 /// The most segments [`last_data`] asks about in one call.
 const TAIL_WINDOW_SEGMENTS: u64 = 64;
 
-/// The offset of the first segment `plan` reuses from a parent node that
-/// `source` now reports as reading zeros where the parent held data: from
-/// the segment's start, or, where the parent's last-data mark is known
-/// (`marks`, the parent's [`DiskManifest::last_data`]), from before that
-/// mark. None if there is none.
+/// The offset of the first segment where `source` now reports zeros
+/// where the parent held data and the change source reported nothing:
+/// a segment `plan` reuses from a parent node that reads zeros from its
+/// start, or, where the parent's last-data mark is known (`marks`, the
+/// parent's [`DiskManifest::last_data`]), from at or before the start of
+/// the parent's last chunk of data; also a touched segment of unchanged
+/// length, none of whose reported changes reach that chunk, that reads
+/// zeros from there (its re-chunking would keep the chunk unread). None
+/// if there is none.
 ///
 /// [`DiskManifest::last_data`]: crate::manifest::DiskManifest::last_data
 pub(super) async fn first_zeroed(
@@ -51,27 +55,41 @@ pub(super) async fn first_zeroed(
     segment_size: u64,
     marks: &[u64],
 ) -> Result<Option<u64>> {
-    let marks = marks.to_vec();
-    let reused: Vec<u64> = plan
+    // (segment, the offset in it below which zeros mean a missed change)
+    let mark = |i: usize| marks.get(i).copied().unwrap_or(0);
+    let checks: Vec<(u64, u64)> = plan
         .segments
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.reuses_node())
-        .map(|(i, _)| i as u64)
+        .filter_map(|(i, s)| match s {
+            SegmentPlan::Reuse(Some(_)) => Some((i as u64, mark(i).max(1))),
+            SegmentPlan::Touched {
+                parent: Some(_),
+                parent_len,
+                changes,
+                ..
+            } if mark(i) > 0 => {
+                let from = mark(i) - 1;
+                let len = segment_size.min(source.size().saturating_sub(i as u64 * segment_size));
+                let reported = changes.iter().any(|c| c.end > from);
+                (*parent_len == len && from < len && !reported).then_some((i as u64, mark(i)))
+            }
+            _ => None,
+        })
         .collect();
-    if reused.is_empty() || segment_size == 0 {
+    if checks.is_empty() || segment_size == 0 {
         return Ok(None);
     }
     blocking("the zero check", move || {
         let size = source.size();
         let segment = |i: u64| i * segment_size..((i + 1) * segment_size).min(size);
         let mut k = 0;
-        while k < reused.len() {
-            // A window of consecutive reused segments.
-            let first = reused[k];
+        while k < checks.len() {
+            // A window of consecutive segments to check.
+            let first = checks[k].0;
             let mut n = 1;
-            while k + n < reused.len()
-                && reused[k + n] == first + n as u64
+            while k + n < checks.len()
+                && checks[k + n].0 == first + n as u64
                 && (n as u64) < WINDOW_SEGMENTS
             {
                 n += 1;
@@ -79,10 +97,9 @@ pub(super) async fn first_zeroed(
             let window = segment(first).start..segment(first + n as u64 - 1).end;
             if window.start < window.end {
                 let data = source.data_ranges(window)?;
-                for &i in &reused[k..k + n] {
+                for &(i, below) in &checks[k..k + n] {
                     let seg = segment(i);
-                    let mark = marks.get(i as usize).copied().unwrap_or(0);
-                    if seg.start < seg.end && zeros_from(&data, &seg) - seg.start < mark.max(1) {
+                    if seg.start < seg.end && zeros_from(&data, &seg) - seg.start < below {
                         return Ok(Some(seg.start));
                     }
                 }
@@ -219,10 +236,11 @@ pub(super) fn last_data_marks(
         .iter()
         .zip(marks)
         .enumerate()
-        .map(|(i, (node, mark))| match (mark, parent) {
-            (Some(m), _) => *m,
-            (None, Some(p)) if p.segments.get(i) == Some(node) => p.last_data_mark(i),
-            (None, _) => 0,
+        .map(|(i, (node, mark))| match (node, mark, parent) {
+            (None, _, _) => 0,
+            (_, Some(m), _) => *m,
+            (_, None, Some(p)) if p.segments.get(i) == Some(node) => p.last_data_mark(i),
+            (_, None, _) => 0,
         })
         .collect();
     if marks.iter().all(|&m| m == 0) {
