@@ -7,10 +7,13 @@
 //!
 //! It catches what QEMU's dirty bitmaps cannot report: a disk shrunk and
 //! grown back between two points reads zeros over the regrown range,
-//! while QEMU truncated its bitmaps and grew them clean there. It sees
-//! only whole segments gone to zeros (the segment across the new end of
-//! a shrink keeps some data), so a hit means the source is wrong and the
-//! disk is scanned in full, as for an audit mismatch.
+//! while QEMU truncated its bitmaps and grew them clean there. From the
+//! map alone it sees whole segments gone to zeros; with the parent's
+//! last-data marks (the manifest's `last_data`, since 2026-12-07) also a
+//! segment whose last chunk of data now reads zeros, the one a shrink
+//! cut into included, and a touched segment whose reported changes do
+//! not reach that chunk. A hit means the source is wrong and the disk is
+//! scanned in full, as for an audit mismatch.
 //!
 //! The segment where the zeros the disk reads to its end start keeps
 //! some data: when reused, it is checked apart ([`note_tail`],
