@@ -53,7 +53,7 @@ const JOBS_IN_FLIGHT: usize = 2;
 pub struct DiskResult {
     pub segments: Vec<Option<ObjectId>>,
     /// Each segment's last-data mark, where the backup cut or re-cut it
-    /// (`None`: reused unread, the parent's mark holds).
+    /// (`None`: reused unread, the parent's mark holds; or no node, 0).
     pub marks: Vec<Option<u64>>,
     pub stats: BackupStats,
     /// Objects this backup stored that were already there: it relies on
@@ -369,10 +369,7 @@ fn process_segments(shared: &Shared, work: &Mutex<Receiver<Work>>, jobs: &mpsc::
         }
         let done = match item {
             Work::Hole { idx } => (worker.send)(
-                UploadJob {
-                    mark: Some(0),
-                    ..UploadJob::unchanged(idx, None, BackupStats::default())
-                },
+                UploadJob::unchanged(idx, None, BackupStats::default()),
                 seg_len(idx),
             ),
             Work::Reuse { idx, node, data } => {

@@ -35,7 +35,8 @@ pub(super) struct UploadJob {
     /// windows): `segment` means nothing, a later job completes it.
     pub part: bool,
     /// The segment's last-data mark, when the job knows its entries
-    /// (`None`: reused unread; see `DiskManifest::last_data`).
+    /// (`None`: reused unread, or no node, whose mark is 0; see
+    /// `zero_check::last_data_marks`).
     pub mark: Option<u64>,
 }
 

@@ -262,10 +262,7 @@ impl<S: FnMut(UploadJob, u64) -> Result<()>> Worker<'_, S> {
             ..BackupStats::default()
         };
         let job = if crate::node::all_zero(&entries) {
-            UploadJob {
-                mark: Some(0),
-                ..UploadJob::unchanged(idx, None, stats)
-            }
+            UploadJob::unchanged(idx, None, stats)
         } else {
             let mark = Node::last_data_mark(&entries);
             let node = Node { entries }.to_plain(shared.repo.codec())?;
@@ -323,10 +320,7 @@ fn build_job<'a>(
         ..BackupStats::default()
     };
     if crate::node::all_zero(entries) {
-        return Ok(UploadJob {
-            mark: Some(0),
-            ..UploadJob::unchanged(idx, None, stats)
-        });
+        return Ok(UploadJob::unchanged(idx, None, stats));
     }
     let node = Node {
         entries: entries.to_vec(),
