@@ -75,13 +75,19 @@ pub struct Record {
 
 /// The records of `vm`'s removed points.
 pub async fn list(repo: &Repository, vm: &VmName) -> Result<Vec<Record>> {
+    let listed = listed_under(repo, &keys::removed_of(vm)).await?;
+    Ok(listed.into_iter().map(|(_, r)| r).collect())
+}
+
+/// The records listed under `prefix`, with their VMs.
+async fn listed_under(repo: &Repository, prefix: &str) -> Result<Vec<(VmName, Record)>> {
     repo.backend()
-        .list(&keys::removed_of(vm))
+        .list(prefix)
         .map_err(crate::Error::from)
         .try_filter_map(|m| async move {
-            Ok(keys::parse_removed(&m.key).map(|(_, point)| Record {
-                point,
-                at: m.last_modified,
+            Ok(keys::parse_removed(&m.key).map(|(vm, point)| {
+                let at = m.last_modified;
+                (vm, Record { point, at })
             }))
         })
         .try_collect()
@@ -147,18 +153,7 @@ pub fn maybe_newest<'a>(
 /// read counts as not). The points are listed after the records. Returns
 /// their keys.
 pub async fn superseded(repo: &Repository) -> Result<Vec<String>> {
-    let records: Vec<(VmName, Record)> = repo
-        .backend()
-        .list(keys::REMOVED)
-        .map_err(crate::Error::from)
-        .try_filter_map(|m| async move {
-            Ok(keys::parse_removed(&m.key).map(|(vm, point)| {
-                let at = m.last_modified;
-                (vm, Record { point, at })
-            }))
-        })
-        .try_collect()
-        .await?;
+    let records = listed_under(repo, keys::REMOVED).await?;
     let margin = repo.config().protocol.margin();
     let mut out = Vec::new();
     let vms: BTreeSet<&VmName> = records.iter().map(|(vm, _)| vm).collect();
