@@ -2,8 +2,9 @@
 //! unchanged segment or a touched one) and the disk scanned in full, and
 //! the point restores the truth however the workers' other work stood.
 
+use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use rand::rngs::StdRng;
@@ -68,13 +69,7 @@ fn a_change_file_that_misses_a_write_is_caught_by_the_audit() {
                 .starts_with("full-scan: the audit"),
             "{d}"
         );
-        let restored = e.path("r.img");
-        e.restore("vm@latest", "d", &restored);
-        assert_eq!(
-            sha256(&restored),
-            sha256(&img),
-            "the fallback full scan stored the truth"
-        );
+        restores(&e, &img, "the fallback full scan stored the truth");
         let text = e.x(&["show", "vm@latest"]).output().unwrap();
         assert!(String::from_utf8_lossy(&text.stdout).contains("MISMATCH"));
     }
@@ -109,9 +104,7 @@ fn a_lie_in_an_unchanged_segment_found_while_others_store_leaves_a_whole_point()
     let b: Value = serde_json::from_slice(&out.stdout).unwrap();
     let d = &b["disks"][0];
     assert_eq!(d["audit"]["mismatch_at"], 15u64 << 22, "{d}");
-    let restored = e.path("r.img");
-    e.restore("vm@latest", "d", &restored);
-    assert_eq!(sha256(&restored), sha256(&img));
+    restores(&e, &img, "the point holds the image's bytes");
     let v = e.x(&["verify", "--read-data"]).output().unwrap();
     assert!(v.status.success(), "{}", stderr(&v));
 }
@@ -124,13 +117,7 @@ fn a_disk_shrunk_and_grown_back_unreported_is_scanned_in_full() {
     // node holds data are found without reading them, even with the
     // sampling audit off.
     let e = Env::init();
-    let img = e.path("d.img");
-    write_image(&img, &[Region::Random(24 << 20)], 11, false).unwrap();
-    e.backup("vm", &[("d", &img)]);
-    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-    f.set_len(10 << 20).unwrap();
-    f.set_len(24 << 20).unwrap();
-    drop(f);
+    let (img, _) = backed_up_then_shrunk(&e, &[Region::Random(24 << 20)], 11, 10 << 20);
     let (b, err) = unaudited_backup(&e, &img, &[]);
     assert!(err.contains("WARNING") && err.contains("missed"), "{err}");
     let d = &b["disks"][0];
@@ -144,10 +131,34 @@ fn a_disk_shrunk_and_grown_back_unreported_is_scanned_in_full() {
             .starts_with("full-scan: the audit found zeros"),
         "{d}"
     );
+    restores(&e, &img, "the point holds the image's bytes");
+}
+
+/// `vm@latest`'s disk `d` restores `img`'s bytes (`why` if not).
+fn restores(e: &Env, img: &Path, why: &str) {
     let restored = e.path("r.img");
     e.restore("vm@latest", "d", &restored);
-    assert_eq!(sha256(&restored), sha256(&img));
+    assert_eq!(sha256(&restored), sha256(img), "{why}");
 }
+
+/// Writes `regions` (with `seed`) as disk `d`, backs it up as `vm`, then
+/// shrinks the image to `to` and grows it back: what QEMU's bitmaps do
+/// not report. The image, and it open for writing.
+fn backed_up_then_shrunk(e: &Env, regions: &[Region], seed: u64, to: u64) -> (PathBuf, File) {
+    let img = e.path("d.img");
+    write_image(&img, regions, seed, false).unwrap();
+    let size: u64 = regions.iter().map(Region::len).sum();
+    e.backup("vm", &[("d", &img)]);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(to).unwrap();
+    f.set_len(size).unwrap();
+    (img, f)
+}
+
+/// Data over 0..10 MiB of a 24 MiB disk (4 MiB segments): a shrink to
+/// 8.5 MiB cuts into the segment at 8 MiB, whose parent held data up to
+/// 10 MiB.
+const CUT_INTO_A_SEGMENT: [Region; 2] = [Region::Random(10 << 20), Region::Hole(14 << 20)];
 
 /// `backup --changed FILE --audit-unchanged 0 --json` of disk `d`
 /// (no sampling: what the zero check sees alone), with `changed` in FILE:
@@ -184,18 +195,7 @@ fn unaudited_backup(e: &Env, img: &Path, changed: &[std::ops::Range<u64>]) -> (V
 #[test]
 fn a_shrink_regrow_and_write_at_the_end_is_found_by_the_last_data_marks() {
     let e = Env::init();
-    let img = e.path("d.img");
-    write_image(
-        &img,
-        &[Region::Random(10 << 20), Region::Hole(14 << 20)],
-        12,
-        false,
-    )
-    .unwrap();
-    e.backup("vm", &[("d", &img)]);
-    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-    f.set_len((8 << 20) + (512 << 10)).unwrap();
-    f.set_len(24 << 20).unwrap();
+    let (img, f) = backed_up_then_shrunk(&e, &CUT_INTO_A_SEGMENT, 12, (8 << 20) + (512 << 10));
     let end = (24u64 << 20) - (64 << 10);
     f.write_all_at(&[9u8; 64 << 10], end).unwrap();
     drop(f);
@@ -209,9 +209,7 @@ fn a_shrink_regrow_and_write_at_the_end_is_found_by_the_last_data_marks() {
             .starts_with("full-scan: the audit found zeros"),
         "{d}"
     );
-    let restored = e.path("r.img");
-    e.restore("vm@latest", "d", &restored);
-    assert_eq!(sha256(&restored), sha256(&img));
+    restores(&e, &img, "the point holds the image's bytes");
 }
 
 /// The same with a reported write early in the segment the shrink cut
@@ -222,27 +220,14 @@ fn a_shrink_regrow_and_write_at_the_end_is_found_by_the_last_data_marks() {
 #[test]
 fn a_shrink_regrow_and_a_write_before_the_cut_are_found_by_the_last_data_marks() {
     let e = Env::init();
-    let img = e.path("d.img");
-    write_image(
-        &img,
-        &[Region::Random(10 << 20), Region::Hole(14 << 20)],
-        14,
-        false,
-    )
-    .unwrap();
-    e.backup("vm", &[("d", &img)]);
-    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-    f.set_len((8 << 20) + (512 << 10)).unwrap();
-    f.set_len(24 << 20).unwrap();
+    let (img, f) = backed_up_then_shrunk(&e, &CUT_INTO_A_SEGMENT, 14, (8 << 20) + (512 << 10));
     f.write_all_at(&[7u8; 64 << 10], 8 << 20).unwrap();
     drop(f);
     let written = (8u64 << 20)..(8 << 20) + (64 << 10);
     let (b, _) = unaudited_backup(&e, &img, &[written]);
     let d = &b["disks"][0];
     assert_eq!(d["audit"]["mismatch_at"], 8u64 << 20, "{d}");
-    let restored = e.path("r.img");
-    e.restore("vm@latest", "d", &restored);
-    assert_eq!(sha256(&restored), sha256(&img));
+    restores(&e, &img, "the point holds the image's bytes");
 }
 
 /// The marks cost an unchanged disk nothing: a segment whose data ends
