@@ -123,7 +123,14 @@ fn a_disk_shrunk_and_grown_back_unreported_is_scanned_in_full() {
     let d = &b["disks"][0];
     // 8..12 MiB keeps data below 10 MiB, and zeros from before where
     // its parent's last chunk of data started (its last-data mark).
-    assert_eq!(d["audit"]["mismatch_at"], 8u64 << 20, "{d}");
+    found_zeros_at(d, 8 << 20);
+    restores(&e, &img, "the point holds the image's bytes");
+}
+
+/// The backup of disk `d` (its JSON) found zeros the change source did
+/// not report in the segment at `at`, and scanned the disk in full.
+fn found_zeros_at(d: &Value, at: u64) {
+    assert_eq!(d["audit"]["mismatch_at"], at, "{d}");
     assert!(
         d["source"]
             .as_str()
@@ -131,7 +138,6 @@ fn a_disk_shrunk_and_grown_back_unreported_is_scanned_in_full() {
             .starts_with("full-scan: the audit found zeros"),
         "{d}"
     );
-    restores(&e, &img, "the point holds the image's bytes");
 }
 
 /// `vm@latest`'s disk `d` restores `img`'s bytes (`why` if not).
@@ -201,14 +207,7 @@ fn a_shrink_regrow_and_write_at_the_end_is_found_by_the_last_data_marks() {
     drop(f);
     let (b, _) = unaudited_backup(&e, &img, &[end..24 << 20]);
     let d = &b["disks"][0];
-    assert_eq!(d["audit"]["mismatch_at"], 8u64 << 20, "{d}");
-    assert!(
-        d["source"]
-            .as_str()
-            .unwrap()
-            .starts_with("full-scan: the audit found zeros"),
-        "{d}"
-    );
+    found_zeros_at(d, 8 << 20);
     restores(&e, &img, "the point holds the image's bytes");
 }
 
