@@ -9,6 +9,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::gc::copies::{Copies, CopyAt};
 use crate::gc::marks::Marks;
+use crate::gc::pack_plan::PackFate;
 use crate::id::ObjectId;
 use crate::placement::index::IndexEntry;
 use crate::placement::merge::Merge;
@@ -144,6 +145,44 @@ impl Census {
                 && matches!(p.fate, Fate::Planned(_))
             {
                 p.fate = fate_of(p, ctx, &by_class);
+            }
+        }
+    }
+
+    /// Keeps, of every chunk whose kept copy's pack goes, a copy in a
+    /// pack that stays instead ([`Copies::prefer_staying`]), counting
+    /// the change and deciding both packs' fates again (with
+    /// [`Census::decide`]'s `ctx`): the one that goes has less live, so it
+    /// is still rewritten or now deleted; the one that stays has more,
+    /// so it stays.
+    pub fn keep_copies_that_stay(&mut self, copies: &mut Copies, ctx: &Decide) {
+        let moved = copies.prefer_staying(&|name| self.goes(name), &|name| {
+            self.pack(name)
+                .filter(|p| {
+                    matches!(
+                        p.fate,
+                        Fate::Planned(PackFate::Keep | PackFate::KeepWaste(_))
+                    )
+                })
+                .map(|p| (p.at, p.class))
+        });
+        let by_class = self.rules_by_class(ctx);
+        for m in &moved {
+            let (from, len) = m.left_out;
+            if let Some(p) = self.pack_mut(&from) {
+                p.live_bytes = p.live_bytes.saturating_sub(len);
+                p.live_chunks = p.live_chunks.saturating_sub(1);
+                add(&mut p.dead_bytes, len);
+            }
+            self.count_copy_live(&m.kept.0, m.kept.1);
+        }
+        for m in &moved {
+            for name in [m.left_out.0, m.kept.0] {
+                if let Some(p) = self.pack_mut(&name)
+                    && matches!(p.fate, Fate::Planned(_))
+                {
+                    p.fate = fate_of(p, ctx, &by_class);
+                }
             }
         }
     }

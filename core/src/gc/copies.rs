@@ -13,7 +13,11 @@
 //! data there), the smaller name on a tie. The other copies count as dead
 //! bytes of their packs, so a pack of nothing but copies is deleted and
 //! one with many is rewritten without them. Once fates are decided so,
-//! the keeper of every chunk with a copy in a pack that goes is read and
+//! a keeper whose pack goes (rewritten) while another readable copy's
+//! pack stays gives way to that copy ([`Copies::prefer_staying`]): kept
+//! in the pack that goes, it was moved into a new pack while the copy
+//! that stays was waste, which the next gc left out in turn (found at
+//! stop 54). Then the keeper of every chunk with a copy in a pack that goes is read and
 //! opened ([`Copies::check_keepers`]; a copy in a pack that stays costs
 //! no read), and its pack's trailer must list it: a chunk whose keeper
 //! does not open, or is not listed, keeps every copy, counted
@@ -30,13 +34,15 @@
 //! only the copies recorded here, [`Copies::extra_in`]). A pack a live
 //! lease names stays whatever its counts, as before.
 //!
-//! Memory: [`MAX_CHUNKS`] chunks with copies per sweep, about 200 bytes
+//! Memory: [`MAX_CHUNKS`] chunks with copies per sweep, about 300 bytes
 //! each with two copies; further ones keep their copies this time (and
 //! are taken by a later sweep). Not done with a key that cannot read
 //! chunk data (a backup-only key), nor under object lock (a pack kept
 //! whole until its retention ends gains nothing).
 
 use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
@@ -53,9 +59,20 @@ pub struct CopyAt {
     pub pack: ObjectId,
     pub entry: PackEntry,
     /// The listing's time of its pack.
-    pub at: chrono::DateTime<chrono::Utc>,
+    pub at: DateTime<Utc>,
     /// Its pack's class is one gc may read ([`Copies::readable`]).
     pub readable: bool,
+}
+
+/// Of a pack that stays: its listing time and census class.
+pub type Staying = (DateTime<Utc>, u8);
+
+/// A chunk's keeper moved by [`Copies::prefer_staying`]: (pack, stored
+/// length) of the copy now left out and of the one now kept.
+#[derive(Clone, Copy, Debug)]
+pub struct KeeperMoved {
+    pub left_out: (ObjectId, u32),
+    pub kept: (ObjectId, u32),
 }
 
 /// The copies a sweep leaves out.
@@ -66,8 +83,8 @@ pub struct Copies {
     readable: Vec<bool>,
     /// Per chunk, the place of the copy kept.
     keepers: HashMap<ObjectId, IndexEntry>,
-    /// The copies left out, by pack: chunk and the blob's stored length.
-    extra: HashMap<ObjectId, HashMap<ObjectId, u32>>,
+    /// The copies left out, by pack: chunk and the copy's place there.
+    extra: HashMap<ObjectId, HashMap<ObjectId, PackEntry>>,
     /// Chunks with copies beyond [`MAX_CHUNKS`]: all kept this time.
     pub over_cap: u64,
     /// Chunks whose keeper did not open: every copy kept, and a rewrite
@@ -117,10 +134,69 @@ impl Copies {
         for (i, c) in copies.iter().enumerate() {
             if i != k {
                 let of_pack = self.extra.entry(c.pack).or_default();
-                of_pack.insert(id, c.entry.stored_len);
+                of_pack.insert(id, c.entry);
             }
         }
         Some(k)
+    }
+
+    /// Makes a copy in a pack that stays the keeper of every chunk whose
+    /// keeper's pack goes (`goes`: to be rewritten, as a pack with a live
+    /// chunk is not deleted), the oldest such copy of a class gc may
+    /// read (`stays`: a pack's listing time and census class, if it
+    /// stays). Returns each change: the copy now left out (pack, stored
+    /// length) and the one now kept. Called once fates are decided: a
+    /// pack that goes loses a live chunk (so it still goes, or goes
+    /// whole) and one that stays gains one (so it stays), and nothing is
+    /// decided from these counts but fates.
+    pub fn prefer_staying(
+        &mut self,
+        goes: &dyn Fn(&ObjectId) -> bool,
+        stays: &dyn Fn(&ObjectId) -> Option<Staying>,
+    ) -> Vec<KeeperMoved> {
+        let mut best: HashMap<ObjectId, (DateTime<Utc>, IndexEntry)> = HashMap::new();
+        for (pack, of_pack) in &self.extra {
+            let Some((at, class)) = stays(pack) else {
+                continue;
+            };
+            if !self.readable(class) {
+                continue;
+            }
+            for (id, entry) in of_pack {
+                if !self.keepers.get(id).is_some_and(|k| goes(&k.pack)) {
+                    continue;
+                }
+                let this = (at, *pack);
+                if best.get(id).is_none_or(|(t, b)| this < (*t, b.pack)) {
+                    let place = IndexEntry {
+                        pack: *pack,
+                        entry: *entry,
+                    };
+                    best.insert(*id, (at, place));
+                }
+            }
+        }
+        let mut moved = Vec::with_capacity(best.len());
+        for (id, (_, to)) in best {
+            let Some(from) = self.keepers.insert(id, to) else {
+                continue;
+            };
+            if let Some(of_pack) = self.extra.get_mut(&to.pack) {
+                of_pack.remove(&id);
+                if of_pack.is_empty() {
+                    self.extra.remove(&to.pack);
+                }
+            }
+            self.extra
+                .entry(from.pack)
+                .or_default()
+                .insert(id, from.entry);
+            moved.push(KeeperMoved {
+                left_out: (from.pack, from.entry.stored_len),
+                kept: (to.pack, to.entry.stored_len),
+            });
+        }
+        moved
     }
 
     /// Reads the keeper's copy of every chunk with a copy in a pack that
@@ -190,10 +266,10 @@ impl Copies {
         self.keepers.retain(|id, _| !ids.contains(id));
         let mut back = Vec::new();
         for (pack, of_pack) in self.extra.iter_mut() {
-            of_pack.retain(|id, len| {
+            of_pack.retain(|id, entry| {
                 let keep = !ids.contains(id);
                 if !keep {
-                    back.push((*pack, *len));
+                    back.push((*pack, entry.stored_len));
                 }
                 keep
             });
@@ -213,8 +289,8 @@ impl Copies {
     /// Copies left out of `pack`, and their stored bytes: what its
     /// deletion drops.
     pub fn left_out_of(&self, pack: &ObjectId) -> (u64, u64) {
-        let lens = self.extra.get(pack).into_iter().flat_map(|of| of.values());
-        lens.fold((0, 0), |(n, b), &l| (n + 1, b + u64::from(l)))
+        let copies = self.extra.get(pack).into_iter().flat_map(|of| of.values());
+        copies.fold((0, 0), |(n, b), e| (n + 1, b + u64::from(e.stored_len)))
     }
 }
 

@@ -145,6 +145,8 @@ impl Sweep {
         }
         census.decide(&ctx, &orphan_live);
         if let Some(mut copies) = copies {
+            // A copy that stays rather than one that would be moved.
+            census.keep_copies_that_stay(&mut copies, &ctx);
             // Fates were decided with every copy but the keepers' as
             // waste; a copy in a pack that goes is dropped only once its
             // keeper opens.
