@@ -2,6 +2,13 @@
 //! the root without following a link. Only files are deleted: a directory
 //! or a symbolic link under a key was put there by someone else, and
 //! deleting through it could reach anything.
+//!
+//! A delete returns once it is durable, as a put does: each directory a
+//! batch unlinked in is fsynced before the batch returns. Without it, a
+//! crash could bring back a deleted object after a later one's delete
+//! reached the disk (POSIX orders neither), such as a forgotten point's
+//! manifest after gc deleted the packs only it used: a point that
+//! restores no more. One fsync per directory per batch.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -18,12 +25,16 @@ impl Root {
     /// deleted.
     pub(crate) fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
         let mut not_ours = None;
-        // Batches come in key order: reuse the directory of the last key.
+        // Batches come in key order: reuse the directory of the last key,
+        // with the key of its last unlink, if any, to fsync it by.
         let mut open_dir: Option<(&str, OwnedFd)> = None;
+        let mut unlinked: Option<&str> = None;
         for key in keys {
             self.check_key(key)?;
             let (dir_path, name) = key.rsplit_once('/').unwrap_or(("", key));
             if open_dir.as_ref().is_none_or(|(p, _)| *p != dir_path) {
+                self.sync_unlinks(&open_dir, unlinked.take())?;
+                open_dir = None;
                 match self.open_beneath(dir_path, DIR) {
                     Ok(fd) => open_dir = Some((dir_path, fd)),
                     Err(Errno::NOENT) => continue,
@@ -38,20 +49,39 @@ impl Root {
             }
             let Some((_, dir)) = &open_dir else { continue };
             match self.delete_one(key, dir.as_fd(), name) {
-                Ok(()) => {}
+                Ok(true) => unlinked = Some(key),
+                Ok(false) => {}
                 Err(e @ BackendError::Corrupt { .. }) => {
                     not_ours.get_or_insert(e);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.sync_unlinks(&open_dir, unlinked)?;
+                    return Err(e);
+                }
             }
         }
+        self.sync_unlinks(&open_dir, unlinked)?;
         not_ours.map_or(Ok(()), Err)
     }
 
-    fn delete_one(&self, key: &str, dir: BorrowedFd<'_>, name: &str) -> Result<(), BackendError> {
+    /// Fsyncs the directory `open_dir` if `unlinked` (a key deleted in it)
+    /// says it changed: the deletes in it are then durable.
+    fn sync_unlinks(
+        &self,
+        open_dir: &Option<(&str, OwnedFd)>,
+        unlinked: Option<&str>,
+    ) -> Result<(), BackendError> {
+        match (open_dir, unlinked) {
+            (Some((_, dir)), Some(key)) => rustix::fs::fsync(dir).map_err(|e| self.other(key, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Unlinks `name` in `dir`; whether it was there to unlink.
+    fn delete_one(&self, key: &str, dir: BorrowedFd<'_>, name: &str) -> Result<bool, BackendError> {
         let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(()),
+            Err(Errno::NOENT) => return Ok(false),
             Err(e) => return Err(self.other(key, e)),
         };
         let kind = kind_of(&st);
@@ -64,7 +94,8 @@ impl Root {
         // If the name was swapped for a directory meanwhile, unlinkat
         // fails (EISDIR); for a link, it removes the link, not its target.
         match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
             Err(e) => Err(self.refused(key, Operation::Delete, e)),
         }
     }
