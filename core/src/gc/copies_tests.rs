@@ -387,6 +387,9 @@ async fn a_copy_in_a_pack_that_stays_is_kept_rather_than_one_that_would_move() {
     assert!(exists(&mem, &keys::pack(&b)).await, "{r:?}");
     assert_eq!(places(&repo, &c[0].0).await, 1);
     readable(&repo, &live).await;
+    // Past the clock margin, or the next gc takes a moved copy's new pack
+    // for young and leaves it alone whatever it holds (review 90).
+    mem.clock().advance(Duration::hours(1));
     let again = gc(&repo, PackOptions::default()).await;
     assert_eq!(
         (

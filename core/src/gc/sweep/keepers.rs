@@ -18,9 +18,10 @@ use crate::id::ObjectId;
 impl Sweep {
     /// The rewrite of `pack` did not take it: the copies left out of
     /// chunks kept there stay, counted live in their packs. A pack still
-    /// to be rewritten (a kept copy in a pack rewritten is the oldest
-    /// readable one, `Copies::prefer_staying`, so its pack comes first)
-    /// moves them, opening each first; one to be deleted whole, or
+    /// to be rewritten (a kept copy in a pack rewritten is the census's
+    /// first choice, the oldest readable copy: `Copies::prefer_staying`
+    /// moves a kept copy only out of a pack that goes, into one that
+    /// stays; so its pack comes first) moves them, opening each first; one to be deleted whole, or
     /// rewritten already without them (`taken`), is kept whole, its waste
     /// reported. No fate is decided again: a pack passed by the loop must
     /// not become one to rewrite.
