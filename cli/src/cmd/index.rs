@@ -21,6 +21,7 @@ pub async fn run(cli: &Cli, cmd: &IndexCommand) -> Result<()> {
             "index_objects_removed": r.removed,
             "packs_gone": r.gone,
             "damaged_packs": r.damaged.iter().map(|(key, why)| json!({"key": key, "reason": why})).collect::<Vec<_>>(),
+            "archived_packs": r.archived,
         }))?;
     } else if !cli.quiet {
         println!("indexed {} chunks in {} packs", r.chunks, r.packs);
@@ -43,9 +44,9 @@ pub async fn run(cli: &Cli, cmd: &IndexCommand) -> Result<()> {
                 r.gone
             );
         }
-        if !r.damaged.is_empty() {
+        if !r.damaged.is_empty() || !r.archived.is_empty() {
             println!(
-                "index objects stored before were kept: they place the chunks of the damaged packs"
+                "index objects stored before were kept: they place the chunks of the packs left out"
             );
         }
     }
@@ -55,7 +56,19 @@ pub async fn run(cli: &Cli, cmd: &IndexCommand) -> Result<()> {
             printable(why)
         );
     }
+    for key in &r.archived {
+        say!(
+            "xfull: archived pack left out of the index (its table cannot be read until thawed): {key}"
+        );
+    }
     match r.damaged.first() {
+        None if !r.archived.is_empty() => anyhow::bail!(
+            "{} pack(s) are in an archive class (GLACIER, DEEP_ARCHIVE) and were left out of \
+             the index; the index objects stored before were kept; thaw those packs with \
+             the store's tools (e.g. `aws s3api restore-object`) and run `xfull index \
+             rebuild` again",
+            r.archived.len()
+        ),
         None => Ok(()),
         Some((key, _)) => Err(xfull_core::Error::Corrupt {
             key: key.clone(),

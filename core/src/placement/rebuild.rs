@@ -28,6 +28,9 @@ pub struct Rebuilt {
     pub chunks: u64,
     /// Packs left out: key and why (a damaged or unreadable trailer).
     pub damaged: Vec<(String, String)>,
+    /// Packs left out as the store answered "archived": in an archive
+    /// class (GLACIER, DEEP_ARCHIVE), unreadable until thawed.
+    pub archived: Vec<String>,
     /// Packs listed and deleted before their trailer was read (a gc's
     /// sweep): their live chunks are in packs it wrote first.
     pub gone: u64,
@@ -59,7 +62,10 @@ pub struct Rebuilt {
 /// listings would lose their only index entry (gc's census lists packs
 /// first and keeps young objects for that reason). A pack left out (a
 /// damaged trailer) keeps every object: their entries are the places
-/// `repair` salvages its chunks from. Memory: one object's entries (40
+/// `repair` salvages its chunks from. So does a pack in an archive class
+/// (its trailer unreadable until thawed): the other packs are indexed and
+/// the archived ones listed (until stop 55 the first one stopped the
+/// rebuild with the store's error, indexing none after it). Memory: one object's entries (40
 /// MiB) and the keys of the first listing, whatever the repository's
 /// size.
 pub async fn rebuild(
@@ -101,13 +107,14 @@ pub async fn rebuild(
             }
             Err(e) if e.is_damage() && gone(&*backend, &meta.key).await => out.gone += 1,
             Err(e) if e.is_damage() => out.damaged.push((meta.key, e.to_string())),
+            Err(e) if e.is_archived() => out.archived.push(meta.key),
             Err(e) => return Err(e),
         }
     }
     drop(listing);
     out.written
         .extend(store_checked(&*backend, codec, entries).await?);
-    if out.damaged.is_empty() {
+    if out.damaged.is_empty() && out.archived.is_empty() {
         let written: BTreeSet<&str> = out.written.iter().map(|(k, _)| k.as_str()).collect();
         let superseded: Vec<String> = listed_first
             .into_iter()

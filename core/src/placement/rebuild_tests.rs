@@ -294,3 +294,35 @@ async fn a_pack_gone_since_the_listing_is_passed_over() {
     assert_eq!(out.gone, 1);
     assert_eq!(out.packs, packs.len() as u64 - 1);
 }
+
+/// Packs in an archive class (a lifecycle rule moved them to Deep
+/// Archive) answer "archived" to any read until thawed. The rebuild
+/// stopped at the first one with that error, indexing nothing after it;
+/// now it reads every pack it can, lists the archived ones, and keeps
+/// every index object stored before (they place those packs' chunks).
+#[tokio::test]
+async fn archived_packs_are_listed_and_the_others_indexed() {
+    use crate::testing::archive_sim::ArchiveSim;
+    let mem = Arc::new(MemBackend::default());
+    let (_, packs) = store_packs(mem.clone()).await;
+    let old = index_in_parts(&mem, &packs, 2).await;
+    let sim = Arc::new(ArchiveSim::new(mem.clone()));
+    let cold = [keys::pack(&packs[0].name), keys::pack(&packs[2].name)];
+    for key in &cold {
+        sim.archive(key);
+    }
+    let out = rebuild(sim, &plain(), 1 << 20, &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(out.packs, packs.len() as u64 - 2);
+    let mut archived = out.archived.clone();
+    archived.sort();
+    let mut want = cold.to_vec();
+    want.sort();
+    assert_eq!(archived, want);
+    assert!(out.damaged.is_empty(), "{:?}", out.damaged);
+    assert!(out.removed.is_empty(), "{:?}", out.removed);
+    for k in &old {
+        assert!(mem.get(k).await.is_ok(), "{k} removed");
+    }
+}
