@@ -352,6 +352,29 @@ async fn a_keeper_its_trailer_does_not_list_keeps_the_other_copy() {
     }
 }
 
+/// Chunk c0 in pack `a` (older) with c1-c3, none of them live: three
+/// quarters waste, so `a` is rewritten; and in `b` with c4-c9, all live:
+/// one copy in seven is waste, below `--max-waste`, so `b` stays. With
+/// `spoiled`, c0's copy in `b` is damaged. Returns the chunks, `a`, `b`
+/// and the live chunks (the point's).
+async fn one_pack_goes_one_stays(
+    mem: &MemBackend,
+    repo: &Repository,
+    spoiled: bool,
+) -> (Vec<Chunk>, ObjectId, ObjectId, Vec<Chunk>) {
+    let c: Vec<Chunk> = (0..10).map(chunk).collect();
+    let (a, _) = store_pack(repo, &c[0..4]).await;
+    mem.clock().advance(Duration::minutes(1));
+    let live = [&c[0..1], &c[4..10]].concat();
+    let (b, _) = store_pack(repo, &live).await;
+    if spoiled {
+        spoil(mem, repo, &b, &c[0].0).await;
+    }
+    point(repo, 1, &live).await;
+    mem.clock().advance(Duration::hours(1));
+    (c, a, b, live)
+}
+
 /// The oldest copy's pack is rewritten (mostly dead), another copy's pack
 /// stays whole (its waste below `--max-waste`). The oldest copy was kept:
 /// moved into a new pack, while the copy in the pack that stays was
@@ -363,15 +386,7 @@ async fn a_keeper_its_trailer_does_not_list_keeps_the_other_copy() {
 #[tokio::test]
 async fn a_copy_in_a_pack_that_stays_is_kept_rather_than_one_that_would_move() {
     let (mem, repo) = repo().await;
-    let c: Vec<Chunk> = (0..10).map(chunk).collect();
-    // a: c0 live, c1-c3 dead: three quarters waste.
-    let (a, _) = store_pack(&repo, &c[0..4]).await;
-    mem.clock().advance(Duration::minutes(1));
-    // b: c0 again with c4-c9, all live: one copy in seven is waste.
-    let (b, _) = store_pack(&repo, &[&c[0..1], &c[4..10]].concat()).await;
-    let live = [&c[0..1], &c[4..10]].concat();
-    point(&repo, 1, &live).await;
-    mem.clock().advance(Duration::hours(1));
+    let (c, a, b, live) = one_pack_goes_one_stays(&mem, &repo, false).await;
     let r = gc(&repo, PackOptions::default()).await;
     assert_eq!(
         (
@@ -408,14 +423,7 @@ async fn a_copy_in_a_pack_that_stays_is_kept_rather_than_one_that_would_move() {
 #[tokio::test]
 async fn a_copy_preferred_as_it_stays_that_does_not_open_keeps_the_other() {
     let (mem, repo) = repo().await;
-    let c: Vec<Chunk> = (0..10).map(chunk).collect();
-    let (a, _) = store_pack(&repo, &c[0..4]).await;
-    mem.clock().advance(Duration::minutes(1));
-    let (b, _) = store_pack(&repo, &[&c[0..1], &c[4..10]].concat()).await;
-    spoil(&mem, &repo, &b, &c[0].0).await;
-    let live = [&c[0..1], &c[4..10]].concat();
-    point(&repo, 1, &live).await;
-    mem.clock().advance(Duration::hours(1));
+    let (_, a, b, live) = one_pack_goes_one_stays(&mem, &repo, true).await;
     let r = gc(&repo, PackOptions::default()).await;
     assert_eq!(
         (
