@@ -24,16 +24,19 @@ impl Root {
     /// left alone (never followed) and reported after the other keys are
     /// deleted.
     pub(crate) fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
-        let mut not_ours = None;
-        // Batches come in key order: reuse the directory of the last key,
-        // with the key of its last unlink, if any, to fsync it by.
-        let mut open_dir: Option<(&str, OwnedFd)> = None;
-        let mut unlinked: Option<&str> = None;
+        // Every key first: a bad one found half way left unlinks unsynced.
         for key in keys {
             self.check_key(key)?;
+        }
+        let mut not_ours = None;
+        // Batches come in key order: reuse the directory of the last key,
+        // with the key of its last delete, if any, to fsync it by.
+        let mut open_dir: Option<(&str, OwnedFd)> = None;
+        let mut deleted: Option<&str> = None;
+        for key in keys {
             let (dir_path, name) = key.rsplit_once('/').unwrap_or(("", key));
             if open_dir.as_ref().is_none_or(|(p, _)| *p != dir_path) {
-                self.sync_unlinks(&open_dir, unlinked.take())?;
+                self.sync_deletes(&open_dir, deleted.take())?;
                 open_dir = None;
                 match self.open_beneath(dir_path, DIR) {
                     Ok(fd) => open_dir = Some((dir_path, fd)),
@@ -49,39 +52,41 @@ impl Root {
             }
             let Some((_, dir)) = &open_dir else { continue };
             match self.delete_one(key, dir.as_fd(), name) {
-                Ok(true) => unlinked = Some(key),
-                Ok(false) => {}
+                Ok(()) => deleted = Some(key),
                 Err(e @ BackendError::Corrupt { .. }) => {
                     not_ours.get_or_insert(e);
                 }
                 Err(e) => {
-                    self.sync_unlinks(&open_dir, unlinked)?;
+                    // The refusal is the error to tell (gc takes some
+                    // for a policy's); the sync is still tried.
+                    let _ = self.sync_deletes(&open_dir, deleted);
                     return Err(e);
                 }
             }
         }
-        self.sync_unlinks(&open_dir, unlinked)?;
+        self.sync_deletes(&open_dir, deleted)?;
         not_ours.map_or(Ok(()), Err)
     }
 
-    /// Fsyncs the directory `open_dir` if `unlinked` (a key deleted in it)
-    /// says it changed: the deletes in it are then durable.
-    fn sync_unlinks(
+    /// Fsyncs the directory `open_dir` if `deleted` names a key of the
+    /// batch deleted in it: by this call, or found missing, as another
+    /// delete's may not be durable yet (a retry after an fsync failed, or
+    /// a second deleter). The deletes in it are then durable.
+    fn sync_deletes(
         &self,
         open_dir: &Option<(&str, OwnedFd)>,
-        unlinked: Option<&str>,
+        deleted: Option<&str>,
     ) -> Result<(), BackendError> {
-        match (open_dir, unlinked) {
+        match (open_dir, deleted) {
             (Some((_, dir)), Some(key)) => rustix::fs::fsync(dir).map_err(|e| self.other(key, e)),
             _ => Ok(()),
         }
     }
 
-    /// Unlinks `name` in `dir`; whether it was there to unlink.
-    fn delete_one(&self, key: &str, dir: BorrowedFd<'_>, name: &str) -> Result<bool, BackendError> {
+    fn delete_one(&self, key: &str, dir: BorrowedFd<'_>, name: &str) -> Result<(), BackendError> {
         let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(false),
+            Err(Errno::NOENT) => return Ok(()),
             Err(e) => return Err(self.other(key, e)),
         };
         let kind = kind_of(&st);
@@ -94,8 +99,7 @@ impl Root {
         // If the name was swapped for a directory meanwhile, unlinkat
         // fails (EISDIR); for a link, it removes the link, not its target.
         match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-            Ok(()) => Ok(true),
-            Err(Errno::NOENT) => Ok(false),
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(self.refused(key, Operation::Delete, e)),
         }
     }

@@ -74,8 +74,14 @@ pub async fn run(cli: &Cli, cmd: &IndexCommand) -> Result<()> {
             key: key.clone(),
             reason: format!(
                 "{} pack(s) have a damaged table and were left out of the index; their \
-                 chunks are missing until stored again (`xfull repair` with source images)",
-                r.damaged.len()
+                 chunks are missing until stored again (`xfull repair` with source images){}",
+                r.damaged.len(),
+                match r.archived.len() {
+                    0 => String::new(),
+                    n => format!(
+                        "; {n} archived pack(s) were left out too: thaw them and run it again"
+                    ),
+                }
             ),
         }
         .into()),
