@@ -4,7 +4,8 @@
 //! deleting through it could reach anything.
 //!
 //! A delete returns once it is durable, as a put does: each directory a
-//! batch unlinked in is fsynced before the batch returns. Without it, a
+//! batch deleted a key in (or found one missing) is fsynced before the
+//! batch returns. Without it, a
 //! crash could bring back a deleted object after a later one's delete
 //! reached the disk (POSIX orders neither), such as a forgotten point's
 //! manifest after gc deleted the packs only it used: a point that

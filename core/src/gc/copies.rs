@@ -17,11 +17,11 @@
 //! pack stays gives way to that copy ([`Copies::prefer_staying`]): kept
 //! in the pack that goes, it was moved into a new pack while the copy
 //! that stays was waste, which the next gc left out in turn (found at
-//! stop 54). Then the keeper of every chunk with a copy in a pack that goes is read and
-//! opened ([`Copies::check_keepers`]; a copy in a pack that stays costs
-//! no read), and its pack's trailer must list it: a chunk whose keeper
-//! does not open, or is not listed, keeps every copy, counted
-//! live again and its packs' fates decided again, so a damaged copy is
+//! stop 54). Then the keeper of every chunk with a copy in a pack that
+//! goes is read and opened ([`Copies::check_keepers`]; a copy in a pack
+//! that stays costs no read), and its pack's trailer must list it: a
+//! chunk whose keeper does not open, or is not listed, keeps every copy,
+//! counted live again and its packs' fates decided again, so a damaged copy is
 //! never the only one left; a rewrite then opens each copy of it before
 //! moving one and leaves out, with a damage record, one that does not
 //! open ([`Copies::damaged`]). Should the keeper's pack's rewrite not

@@ -65,9 +65,9 @@ pub struct Rebuilt {
 /// `repair` salvages its chunks from. So does a pack in an archive class
 /// (its trailer unreadable until thawed): the other packs are indexed and
 /// the archived ones listed (until stop 55 the first one stopped the
-/// rebuild with the store's error, indexing none after it). Memory: one object's entries (40
-/// MiB) and the keys of the first listing, whatever the repository's
-/// size.
+/// rebuild with the store's error, indexing none after it). Memory: one
+/// object's entries (40 MiB) and the keys of the first listing, whatever
+/// the repository's size.
 pub async fn rebuild(
     backend: Arc<dyn Backend>,
     codec: &Arc<Codec>,
