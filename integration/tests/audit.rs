@@ -224,8 +224,7 @@ fn a_shrink_regrow_and_a_write_before_the_cut_are_found_by_the_last_data_marks()
     drop(f);
     let written = (8u64 << 20)..(8 << 20) + (64 << 10);
     let (b, _) = unaudited_backup(&e, &img, &[written]);
-    let d = &b["disks"][0];
-    assert_eq!(d["audit"]["mismatch_at"], 8u64 << 20, "{d}");
+    found_zeros_at(&b["disks"][0], 8 << 20);
     restores(&e, &img, "the point holds the image's bytes");
 }
 

@@ -197,13 +197,14 @@ async fn mount(
 /// order but releases the files in the reverse order (task work runs
 /// last-queued first, as on the 6.18 kernel this was measured on; a
 /// kernel that ran it first-queued first would not be helped). With
-/// /dev/fuse below the watcher's socket, the socket went first: the watcher woke, and on a loaded machine its
-/// open() of the mountpoint could reach the FUSE connection before
-/// /dev/fuse's release aborted it. That open failed with ECONNABORTED,
-/// not the ENOTCONN the watcher takes for a dead mount, so it left the
-/// dead mount in place (9 kills in 100 beside four busy loops on two
-/// cores; 0 in 100 with this). Released first,
-/// /dev/fuse aborts the connection before the watcher wakes.
+/// /dev/fuse below the watcher's socket, the socket went first: the
+/// watcher woke, and on a loaded machine its open() of the mountpoint
+/// could reach the FUSE connection before /dev/fuse's release aborted
+/// it. That open failed with ECONNABORTED, not the ENOTCONN the watcher
+/// takes for a dead mount, so it left the dead mount in place (9 kills
+/// in 100 beside four busy loops on two cores; 0 in 100 with this).
+/// Released first, /dev/fuse aborts the connection before the watcher
+/// wakes.
 fn released_before_the_watcher_socket(
     fuse: &impl std::os::fd::AsFd,
 ) -> Result<std::os::fd::OwnedFd> {

@@ -58,6 +58,8 @@ pub(super) async fn first_zeroed(
     segment_size: u64,
     marks: &[u64],
 ) -> Result<Option<u64>> {
+    let size = source.size();
+    let segment = move |i: u64| i * segment_size..((i + 1) * segment_size).min(size);
     // (segment, the offset in it below which zeros mean a missed change)
     let mark = |i: usize| marks.get(i).copied().unwrap_or(0);
     let checks: Vec<(u64, u64)> = plan
@@ -73,7 +75,8 @@ pub(super) async fn first_zeroed(
                 ..
             } if mark(i) > 0 => {
                 let from = mark(i) - 1;
-                let len = segment_size.min(source.size().saturating_sub(i as u64 * segment_size));
+                let seg = segment(i as u64);
+                let len = seg.end.saturating_sub(seg.start);
                 let reported = changes.iter().any(|c| c.end > from);
                 (*parent_len == len && from < len && !reported).then_some((i as u64, mark(i)))
             }
@@ -84,8 +87,6 @@ pub(super) async fn first_zeroed(
         return Ok(None);
     }
     blocking("the zero check", move || {
-        let size = source.size();
-        let segment = |i: u64| i * segment_size..((i + 1) * segment_size).min(size);
         let mut k = 0;
         while k < checks.len() {
             // A window of consecutive segments to check.
