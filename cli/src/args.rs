@@ -493,7 +493,9 @@ pub struct UndeleteArgs {
     pub key_slots: Vec<String>,
     /// The config version that is the repository's own, when more than one
     /// is still locked (an earlier repository at this place, or a forged
-    /// one): undelete lists them and stops until one is named.
+    /// one), or when versions were put above the locked one (a forged
+    /// config, or a later repository's: removing them deletes them for
+    /// good): undelete lists them and stops until one is named.
     #[arg(long, value_name = "VERSION_ID")]
     pub config_version: Option<String>,
     #[command(flatten)]

@@ -392,14 +392,26 @@ fn undelete_brings_back_a_locked_repository_that_was_deleted_and_overwritten() {
     let (code, _) = fails(e.x(&["points"]));
     assert_ne!(code, 0);
 
-    let dry = e.json(&["undelete", "--dry-run"]);
+    // The config's forged version is deleted for good: refused until
+    // the locked one is named (it could be a later repository's).
+    let (code, err) = fails(e.x(&["undelete", "--dry-run"]));
+    assert_eq!(code, 2, "{err}");
+    let own = err
+        .split("--config-version ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no version named: {err}"))
+        .to_string();
+    let (code, _) = fails(e.x(&["points"]));
+    assert_ne!(code, 0, "a refused run brought something back");
+    let dry = e.json(&["undelete", "--dry-run", "--config-version", &own]);
     crate::json_schema::assert_documented("undelete", &dry);
     assert_eq!(dry["dry_run"], true, "{dry}");
     assert!(dry["restored"].as_u64().unwrap() >= 5, "{dry}");
     let (code, _) = fails(e.x(&["points"]));
     assert_ne!(code, 0, "a dry run brought something back");
 
-    let done = e.json(&["undelete"]);
+    let done = e.json(&["undelete", "--config-version", &own]);
     crate::json_schema::assert_documented("undelete", &done);
     assert_eq!(done["restored"], dry["restored"], "{done}");
     assert_eq!(

@@ -40,9 +40,31 @@ pub async fn run(cli: &Cli, args: &UndeleteArgs) -> Result<()> {
         let mut doc = serde_json::to_value(&r)?;
         doc["location"] = json!(backend.location());
         doc["requests"] = json!(backend.request_counts());
-        return crate::output::print_json(&doc);
+        crate::output::print_json(&doc)?;
+    } else {
+        println!("{}", text(&backend.location(), &r));
     }
-    println!("{}", text(&backend.location(), &r));
+    left_hidden(&r)
+}
+
+/// Exit 1 when something the run should have brought back may still be
+/// hidden, so a script does not read a partial recovery as done (review).
+fn left_hidden(r: &UndeleteReport) -> Result<()> {
+    if r.skipped_total > 0 {
+        anyhow::bail!(
+            "{} objects with more than {} versions each were left alone and may still be \
+             hidden: remove the delete markers on them by version id, then run undelete again",
+            r.skipped_total,
+            xfull_core::lock::undelete::MAX_VERSIONS
+        );
+    }
+    if r.config_locked_above > 0 {
+        anyhow::bail!(
+            "the repository's own config is not current: {} locked config versions are above \
+             it and cannot be removed until their retention ends",
+            r.config_locked_above
+        );
+    }
     Ok(())
 }
 
@@ -78,9 +100,10 @@ fn text(location: &str, r: &UndeleteReport) -> String {
     if !r.hidden_key_slots.is_empty() {
         out.push_str(&format!(
             "\nkey slots hidden over a locked version, left hidden (`key remove` and `key \
-             passwd` hide slots on purpose): {}; bring one back with --key-slot ID if it is \
+             passwd` hide slots on purpose): {}{}; bring one back with --key-slot ID if it is \
              yours",
-            r.hidden_key_slots.join(", ")
+            r.hidden_key_slots.join(", "),
+            and_more(r.hidden_key_slots_total, r.hidden_key_slots.len())
         ));
     }
     if r.config_locked_above > 0 {
@@ -99,19 +122,20 @@ fn text(location: &str, r: &UndeleteReport) -> String {
     }
     if !r.skipped.is_empty() {
         out.push_str(&format!(
-            "\nleft alone, with more than {} versions each: {}",
+            "\nleft alone, with more than {} versions each: {}{}",
             xfull_core::lock::undelete::MAX_VERSIONS,
             r.skipped
                 .iter()
                 .map(|k| crate::output::printable(k).into_owned())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            and_more(r.skipped_total, r.skipped.len())
         ));
     }
     if r.hidden_unlocked > 0 {
         out.push_str(&format!(
-            "\n{} deleted objects have no version still locked (their retention ended, or \
-             ends within the hour) and stay deleted",
+            "\n{} deleted objects stay deleted: the newest of their versions with a retention \
+             has ended, or ends within the hour (gc may have deleted them on purpose)",
             r.hidden_unlocked
         ));
     }
@@ -121,4 +145,12 @@ fn text(location: &str, r: &UndeleteReport) -> String {
         );
     }
     out
+}
+
+/// ", and N more" when a list names `named` of `total`.
+fn and_more(total: u64, named: usize) -> String {
+    match total.saturating_sub(named as u64) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    }
 }

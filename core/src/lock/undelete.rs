@@ -97,10 +97,14 @@ pub struct UndeleteReport {
     /// earlier repository at this place; left alone.
     pub older_than_config: u64,
     /// Key slots hidden over a locked version and not asked for: `key
-    /// remove` and `key passwd` hide slots on purpose.
+    /// remove` and `key passwd` hide slots on purpose. The first
+    /// [`NAMED`]; `hidden_key_slots_total` counts them all.
     pub hidden_key_slots: Vec<String>,
-    /// Keys with more than [`MAX_VERSIONS`] versions: left alone.
+    pub hidden_key_slots_total: u64,
+    /// Keys with more than [`MAX_VERSIONS`] versions: left alone. The
+    /// first [`NAMED`]; `skipped_total` counts them all.
     pub skipped: Vec<String>,
+    pub skipped_total: u64,
     /// The named key slots brought back.
     pub restored_key_slots: Vec<String>,
     /// Config versions still locked above the repository's own: they
@@ -217,13 +221,13 @@ impl Run<'_> {
     /// dates the repository (`since`), and every marker and version above
     /// it that is not locked any more is removed.
     async fn settle_config(&mut self) -> Result<()> {
-        let mut versions = Vec::new();
+        let mut listed = Vec::new();
         let mut listing = self.backend.list_versions(keys::CONFIG);
         while let Some(v) = listing.try_next().await? {
             if v.key != keys::CONFIG {
                 continue;
             }
-            if versions.len() >= MAX_CONFIG_VERSIONS {
+            if listed.len() >= MAX_CONFIG_VERSIONS {
                 return Err(Error::Corrupt {
                     key: keys::CONFIG.into(),
                     reason: format!(
@@ -233,20 +237,22 @@ impl Run<'_> {
                     ),
                 });
             }
-            versions.push(v);
+            listed.push(v);
         }
         drop(listing);
         let now = Utc::now();
-        let mut retentions = Vec::with_capacity(versions.len());
-        for v in &versions {
-            retentions.push(match v.delete_marker {
+        let mut versions = Vec::with_capacity(listed.len());
+        let mut retentions = Vec::with_capacity(listed.len());
+        for v in listed {
+            let r = match v.delete_marker {
                 true => None,
-                false => {
-                    self.backend
-                        .version_retention(keys::CONFIG, &v.version_id)
-                        .await?
-                }
-            });
+                false => match retention_of(self.backend, &v).await? {
+                    Some(r) => r,
+                    None => continue,
+                },
+            };
+            versions.push(v);
+            retentions.push(r);
         }
         let locked: Vec<usize> = (0..versions.len())
             .filter(|&i| retentions[i].is_some_and(|r| r.until > self.cutoff))
@@ -277,6 +283,19 @@ impl Run<'_> {
             // make it current, and it is not the repository's.
             self.report.config_locked_above = locked_above as u64;
             return Ok(());
+        }
+        // Versions put above it (not markers) are deleted for good: a
+        // config overwritten by someone, or a later repository made at
+        // this place without a lock (or with one that has ended). Nothing
+        // without a secret tells which, so the operator says (review:
+        // the second was deleted, and the earlier repository brought back
+        // in its place).
+        let put: Vec<&Version> = versions[..own]
+            .iter()
+            .filter(|v| !v.delete_marker)
+            .collect();
+        if !put.is_empty() && self.opts.config_version.is_none() {
+            return Err(config_put_above(&versions[own], &put));
         }
         let mut above: Vec<Version> = versions[..own].to_vec();
         above.extend(same_second_markers(&versions[own + 1..], &versions[own]));
@@ -345,6 +364,7 @@ impl Run<'_> {
         let g = std::mem::take(group);
         if std::mem::take(overflow) {
             self.report.keys += 1;
+            self.report.skipped_total += 1;
             if let Some(v) = g.first()
                 && self.report.skipped.len() < NAMED
             {
@@ -395,6 +415,7 @@ impl Run<'_> {
                 // the config, so it would read as older than it).
                 if let Some(slot) = d.key.strip_prefix(crate::crypto::slot::SLOTS) {
                     if !self.opts.key_slots.iter().any(|s| s == slot) {
+                        r.hidden_key_slots_total += 1;
                         if r.hidden_key_slots.len() < NAMED {
                             r.hidden_key_slots.push(slot.to_string());
                         }
@@ -444,7 +465,10 @@ async fn decide(
             above.push(v);
             continue;
         }
-        let Some(r) = backend.version_retention(&v.key, &v.version_id).await? else {
+        let Some(r) = retention_of(backend, &v).await? else {
+            continue;
+        };
+        let Some(r) = r else {
             above.push(v);
             continue;
         };
@@ -474,6 +498,49 @@ async fn decide(
             Decision::Keep
         },
     })
+}
+
+/// The retention of version `v`; `None` when the version is gone since
+/// it was listed (a lifecycle rule expiring noncurrent versions, as
+/// design.md asks for, or another undelete): it hides nothing any more,
+/// and one gone must not stop the run (review).
+async fn retention_of(backend: &dyn Backend, v: &Version) -> Result<Option<Option<Retention>>> {
+    match backend.version_retention(&v.key, &v.version_id).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Versions put on the config above the repository's own (`own`): not
+/// removed unless `--config-version` names the one to keep.
+fn config_put_above(own: &Version, put: &[&Version]) -> Error {
+    let listed: Vec<String> = put
+        .iter()
+        .take(5)
+        .map(|v| {
+            format!(
+                "{} (written {}, {} bytes)",
+                v.version_id, v.last_modified, v.size
+            )
+        })
+        .collect();
+    let more = match put.len() {
+        n if n > 5 => format!(" and {} more", n - 5),
+        _ => String::new(),
+    };
+    Error::InvalidArgument(format!(
+        "the config has {} version(s) put above the locked one (version {}, written {}) and \
+         not locked now: {}{more}. xfull writes one config, so these are a config overwritten \
+         by someone, or the config of a later repository made at this place; undelete would \
+         delete them for good. If the locked one is the repository to bring back, run again \
+         with --config-version {}",
+        put.len(),
+        own.version_id,
+        own.last_modified,
+        listed.join(", "),
+        own.version_id
+    ))
 }
 
 /// Delete markers listed under `locked` but written in the same second:

@@ -24,6 +24,9 @@ type History = Vec<(Version, Option<Retention>)>;
 struct Versioned {
     keys: Mutex<BTreeMap<String, History>>,
     tick: Mutex<i64>,
+    /// Versions that go when their retention is first read (listed, then
+    /// gone): (key, version id).
+    vanishing: Mutex<Vec<(String, String)>>,
 }
 
 impl Versioned {
@@ -47,6 +50,12 @@ impl Versioned {
             },
             retention,
         ));
+    }
+
+    /// `key`'s version `id` goes before its retention is read.
+    fn vanish(&self, key: &str, id: &str) {
+        let mut v = self.vanishing.lock().unwrap();
+        v.push((key.to_string(), id.to_string()));
     }
 
     /// The current version of `key`: `None` if gone or hidden.
@@ -107,7 +116,13 @@ impl Backend for Versioned {
         key: &str,
         version_id: &str,
     ) -> Result<Option<Retention>, BackendError> {
-        let keys = self.keys.lock().unwrap();
+        let mut keys = self.keys.lock().unwrap();
+        let gone = (key.to_string(), version_id.to_string());
+        if self.vanishing.lock().unwrap().contains(&gone)
+            && let Some(list) = keys.get_mut(key)
+        {
+            list.retain(|(v, _)| v.version_id != version_id);
+        }
         let (v, r) = keys
             .get(key)
             .and_then(|l| l.iter().find(|(v, _)| v.version_id == version_id))
@@ -197,7 +212,13 @@ async fn what_hides_a_locked_version_goes_and_nothing_else() {
     b.add("configx", false, locked(7200));
     b.add("configx", true, None);
 
-    let dry = undelete(&b, &opts(true, &[]), &Progress::default())
+    // The config's forged version is deleted for good, so it must be
+    // asked for (`a_config_put_above_the_locked_one_goes_only_when_asked`).
+    let named = |dry_run| UndeleteOptions {
+        config_version: Some("v0".into()),
+        ..opts(dry_run, &[])
+    };
+    let dry = undelete(&b, &named(true), &Progress::default())
         .await
         .unwrap();
     assert_eq!(
@@ -205,7 +226,7 @@ async fn what_hides_a_locked_version_goes_and_nothing_else() {
         None,
         "a dry run changed the store"
     );
-    let r = undelete(&b, &opts(false, &[]), &Progress::default())
+    let r = undelete(&b, &named(false), &Progress::default())
         .await
         .unwrap();
     for r in [&dry, &r] {
@@ -361,4 +382,72 @@ async fn two_locked_configs_need_one_named() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("--config-version nope"), "{e}");
+}
+
+/// A later repository made at this place without a lock (its config a
+/// version without retention above the earlier one's, still locked; the
+/// earlier one hidden first) looks like a forged config. Deleted by
+/// version id it would be gone for good, and the earlier repository back
+/// in its place: refused, naming both, until `--config-version` says
+/// which is the repository's (review).
+#[tokio::test]
+async fn a_config_put_above_the_locked_one_goes_only_when_asked() {
+    let b = Versioned::default();
+    b.add("config", false, locked(7200));
+    b.add("packs/aa/old", false, locked(7200));
+    b.add("packs/aa/old", true, None);
+    b.add("config", true, None);
+    b.add("config", false, None);
+    for dry_run in [true, false] {
+        let e = undelete(&b, &opts(dry_run, &[]), &Progress::default())
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            e.is_usage() && msg.contains("v2") && msg.contains("--config-version v0"),
+            "{msg}"
+        );
+        assert_eq!(b.current("config").as_deref(), Some("v2"));
+        assert_eq!(b.current("packs/aa/old"), None);
+    }
+    // Markers alone above it are no one's data: they go unasked.
+    let m = Versioned::default();
+    m.add("config", false, locked(7200));
+    m.add("config", true, None);
+    let r = undelete(&m, &opts(false, &[]), &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!((r.markers_removed, r.versions_removed), (1, 0), "{r:?}");
+    assert_eq!(m.current("config").as_deref(), Some("v0"));
+    // Asked: the version put above goes.
+    let named = UndeleteOptions {
+        config_version: Some("v0".into()),
+        ..opts(false, &[])
+    };
+    let r = undelete(&b, &named, &Progress::default()).await.unwrap();
+    assert_eq!((r.markers_removed, r.versions_removed), (2, 1), "{r:?}");
+    assert_eq!(b.current("config").as_deref(), Some("v0"));
+    assert_eq!(b.current("packs/aa/old").as_deref(), Some("v0"));
+}
+
+/// A version listed and gone before its retention is read (a lifecycle
+/// rule expiring noncurrent versions, another undelete) hides nothing:
+/// it is passed over, not the end of the run (review).
+#[tokio::test]
+async fn a_version_gone_after_the_listing_is_passed_over() {
+    let b = Versioned::default();
+    b.add("config", false, locked(7200));
+    b.add("config", false, None);
+    b.add("config", true, None);
+    b.add("packs/aa/aa01", false, locked(7200));
+    b.add("packs/aa/aa01", false, None);
+    b.add("packs/aa/aa01", true, None);
+    b.vanish("config", "v1");
+    b.vanish("packs/aa/aa01", "v1");
+    let r = undelete(&b, &opts(false, &[]), &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!((r.restored, r.versions_removed), (2, 0), "{r:?}");
+    assert_eq!(b.current("config").as_deref(), Some("v0"));
+    assert_eq!(b.current("packs/aa/aa01").as_deref(), Some("v0"));
 }
