@@ -154,3 +154,30 @@ fn and_more(total: u64, named: usize) -> String {
         n => format!(" and {n} more"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_left_something_hidden_fails_after_its_report() {
+        let mut r = UndeleteReport::default();
+        assert!(left_hidden(&r).is_ok());
+        r.skipped = vec!["packs/aa/aa01".into()];
+        r.skipped_total = 21;
+        let e = left_hidden(&r).unwrap_err().to_string();
+        assert!(e.contains("21 objects"), "{e}");
+        assert!(text("s3://b/r", &r).contains("packs/aa/aa01 and 20 more"));
+        r.skipped_total = 0;
+        r.config_locked_above = 1;
+        let e = left_hidden(&r).unwrap_err().to_string();
+        assert!(e.contains("not current"), "{e}");
+        r.hidden_key_slots = vec!["0123456789abcdef".into()];
+        r.hidden_key_slots_total = 1;
+        let t = text("s3://b/r", &r);
+        assert!(t.contains("0123456789abcdef; bring one back"), "{t}");
+        r.hidden_key_slots_total = 3;
+        let t = text("s3://b/r", &r);
+        assert!(t.contains("0123456789abcdef and 2 more;"), "{t}");
+    }
+}
