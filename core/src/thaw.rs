@@ -138,19 +138,6 @@ pub async fn thaw(
             "a thaw must keep its copy at least 1 day".into(),
         ));
     }
-    for class in plan.to_thaw().keys() {
-        if days.is_none() && crate::archive::thaw_keeps_days(class) {
-            return Err(Error::InvalidArgument(format!(
-                "{class} keeps a thawed copy for a number of days: give --days"
-            )));
-        }
-        if crate::archive::estimate(class, tier, 1, 1).is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "{class} has no {} retrieval tier: use another --tier",
-                tier.name()
-            )));
-        }
-    }
     let mut out = ThawOutcome::default();
     let add = |c: &mut Count, p: &PackState| {
         c.objects += 1;
@@ -170,6 +157,25 @@ pub async fn thaw(
             ArchiveState::Archived { .. } | ArchiveState::Thawed { .. } | ArchiveState::Hot => {
                 add(&mut out.thawed, p)
             }
+        }
+    }
+    // Every class that gets a request, copies to extend included, is
+    // checked before the first one: checking only the classes still to
+    // thaw sent Expedited for DEEP_ARCHIVE copies to extend (review 95),
+    // and S3 refuses such requests one by one after others went out.
+    let classes: std::collections::BTreeSet<&str> =
+        asks.iter().filter_map(|p| p.state.class()).collect();
+    for class in classes {
+        if days.is_none() && crate::archive::thaw_keeps_days(class) {
+            return Err(Error::InvalidArgument(format!(
+                "{class} keeps a thawed copy for a number of days: give --days"
+            )));
+        }
+        if crate::archive::estimate(class, tier, 1, 1).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "{class} has no {} retrieval tier: use another --tier",
+                tier.name()
+            )));
         }
     }
     progress.add_total(asks.len() as u64);

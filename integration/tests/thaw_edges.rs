@@ -189,3 +189,47 @@ async fn a_wait_shorter_than_the_poll_still_waits() {
         waited.map(|w| w.ready())
     );
 }
+
+/// Copies already thawed that end before `--days` are asked for again (S3
+/// extends them), so their class must have the tier asked for too: a tier
+/// it lacks is refused before any request, as for archived packs. Only
+/// the classes still to thaw were checked, so `--tier expedited --days 7`
+/// over DEEP_ARCHIVE copies ending in an hour sent Expedited requests,
+/// which S3 refuses one by one after some were sent (review 95).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_the_class_lacks_is_refused_for_copies_to_extend() {
+    use xfull_core::archive::ArchiveState;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Arc::new(ArchiveSim::new(Arc::new(MemBackend::default())));
+    let (_, repo, m) = one_point(dir.path(), sim.clone(), 1 << 20, 13).await;
+    let mut p = plan_of(&repo, &m).await;
+    assert!(p.packs >= 1, "{p:?}");
+    // As a HEAD shows copies a thaw made, ending in an hour.
+    let until = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+    for s in &mut p.archive {
+        s.state = ArchiveState::Thawed {
+            class: "DEEP_ARCHIVE".into(),
+            until,
+        };
+    }
+    assert!(p.to_thaw().is_empty() && p.ready(), "{p:?}");
+    let e = thaw(
+        &repo,
+        &p,
+        Some(7),
+        ThawTier::Expedited,
+        &Progress::default(),
+    )
+    .await;
+    assert!(
+        matches!(&e, Err(Error::InvalidArgument(m)) if m.contains("DEEP_ARCHIVE")),
+        "{e:?}"
+    );
+    assert_eq!(sim.thaw_requests(), 0);
+    // A tier the class has extends every one of them.
+    let t = thaw(&repo, &p, Some(7), ThawTier::Bulk, &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(t.requested.objects, p.packs, "{t:?}");
+    assert_eq!(sim.thaw_requests(), p.packs);
+}
