@@ -120,6 +120,10 @@ pub struct ThawOutcome {
     pub in_progress: Count,
     /// Already readable: left alone.
     pub thawed: Count,
+    /// Packs the index names that are gone: the plan's, and those gone
+    /// since it looked (a gc rewrote them). A restore reads another copy
+    /// or reports the chunk damaged.
+    pub missing_packs: u64,
 }
 
 /// Asks for a readable copy, for `days` days at `tier`, of every pack of
@@ -138,7 +142,10 @@ pub async fn thaw(
             "a thaw must keep its copy at least 1 day".into(),
         ));
     }
-    let mut out = ThawOutcome::default();
+    let mut out = ThawOutcome {
+        missing_packs: plan.missing_packs,
+        ..ThawOutcome::default()
+    };
     let add = |c: &mut Count, p: &PackState| {
         c.objects += 1;
         c.bytes += p.bytes;
@@ -191,10 +198,14 @@ pub async fn thaw(
     while let Some(r) = answers.next().await {
         let (p, answer) = r?;
         match answer {
-            ThawAnswer::Requested => add(&mut out.requested, p),
-            ThawAnswer::InProgress => add(&mut out.in_progress, p),
+            Some(ThawAnswer::Requested) => add(&mut out.requested, p),
+            Some(ThawAnswer::InProgress) => add(&mut out.in_progress, p),
             // Moved to a hot class since the plan looked: readable.
-            ThawAnswer::NotArchived => add(&mut out.thawed, p),
+            Some(ThawAnswer::NotArchived) => add(&mut out.thawed, p),
+            // Gone since the plan looked (a gc rewrote it): a restore
+            // reads another copy or reports the chunk damaged, as for a
+            // pack the plan found gone.
+            None => out.missing_packs += 1,
         }
         progress.add_done(1);
         stop_if_cancelled(progress)?;
