@@ -321,6 +321,34 @@ async fn a_pack_gone_since_the_plan_is_counted_not_an_error() {
     assert_eq!(plan_of(&repo, &m).await.missing_packs, 1);
 }
 
+/// `thaw` says what a restore would miss besides archived data, in text
+/// and JSON, as `restore --plan` does: it said "the restore can run" with
+/// a pack gone and named neither count (review 95).
+#[test]
+fn thaw_reports_missing_packs() {
+    use xfull_integration::env::{Env, stderr};
+    let e = Env::init();
+    let img = e.path("d.img");
+    write_image(&img, &[Region::Random(1 << 20)], 15, false).unwrap();
+    e.backup("vm", &[("d", &img)]);
+    let packs = e.files("packs");
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    std::fs::remove_file(&packs[0]).unwrap();
+    let args = ["thaw", "vm@latest", "--tier", "bulk", "--days", "1"];
+    let out = e.x(&args).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("the restore can run"), "{text}");
+    assert!(
+        text.contains("1 pack(s) the index names are gone"),
+        "{text}"
+    );
+    assert!(text.contains("xfull verify"), "{text}");
+    let v = e.json(&args);
+    assert_eq!(v["missing_packs"], 1, "{v}");
+    assert_eq!(v["unknown_chunks"], 0, "{v}");
+}
+
 /// A store without archive classes: every pack is hot, nothing to thaw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_without_archive_classes_needs_no_thaw() {
