@@ -168,8 +168,8 @@ pub async fn thaw(
     }
     // Every class that gets a request, copies to extend included, is
     // checked before the first one: checking only the classes still to
-    // thaw sent Expedited for DEEP_ARCHIVE copies to extend (review 95),
-    // and S3 refuses such requests one by one after others went out.
+    // thaw sent Expedited requests for DEEP_ARCHIVE copies to extend, a
+    // tier that class lacks (review 95).
     let classes: std::collections::BTreeSet<&str> =
         asks.iter().filter_map(|p| p.state.class()).collect();
     for class in classes {

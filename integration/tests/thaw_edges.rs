@@ -194,8 +194,8 @@ async fn a_wait_shorter_than_the_poll_still_waits() {
 /// extends them), so their class must have the tier asked for too: a tier
 /// it lacks is refused before any request, as for archived packs. Only
 /// the classes still to thaw were checked, so `--tier expedited --days 7`
-/// over DEEP_ARCHIVE copies ending in an hour sent Expedited requests,
-/// which S3 refuses one by one after some were sent (review 95).
+/// over DEEP_ARCHIVE copies ending in an hour sent Expedited requests
+/// (review 95).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tier_the_class_lacks_is_refused_for_copies_to_extend() {
     use xfull_core::archive::ArchiveState;
