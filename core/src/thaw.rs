@@ -120,6 +120,10 @@ pub struct ThawOutcome {
     pub in_progress: Count,
     /// Already readable: left alone.
     pub thawed: Count,
+    /// Packs the index names that are gone: the plan's, and those gone
+    /// since it looked (a gc rewrote them). A restore reads another copy
+    /// or reports the chunk damaged.
+    pub missing_packs: u64,
 }
 
 /// Asks for a readable copy, for `days` days at `tier`, of every pack of
@@ -138,20 +142,10 @@ pub async fn thaw(
             "a thaw must keep its copy at least 1 day".into(),
         ));
     }
-    for class in plan.to_thaw().keys() {
-        if days.is_none() && crate::archive::thaw_keeps_days(class) {
-            return Err(Error::InvalidArgument(format!(
-                "{class} keeps a thawed copy for a number of days: give --days"
-            )));
-        }
-        if crate::archive::estimate(class, tier, 1, 1).is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "{class} has no {} retrieval tier: use another --tier",
-                tier.name()
-            )));
-        }
-    }
-    let mut out = ThawOutcome::default();
+    let mut out = ThawOutcome {
+        missing_packs: plan.missing_packs,
+        ..ThawOutcome::default()
+    };
     let add = |c: &mut Count, p: &PackState| {
         c.objects += 1;
         c.bytes += p.bytes;
@@ -172,6 +166,25 @@ pub async fn thaw(
             }
         }
     }
+    // Every class that gets a request, copies to extend included, is
+    // checked before the first one: checking only the classes still to
+    // thaw sent Expedited requests for DEEP_ARCHIVE copies to extend, a
+    // tier that class lacks (review 95).
+    let classes: std::collections::BTreeSet<&str> =
+        asks.iter().filter_map(|p| p.state.class()).collect();
+    for class in classes {
+        if days.is_none() && crate::archive::thaw_keeps_days(class) {
+            return Err(Error::InvalidArgument(format!(
+                "{class} keeps a thawed copy for a number of days: give --days"
+            )));
+        }
+        if crate::archive::estimate(class, tier, 1, 1).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "{class} has no {} retrieval tier: use another --tier",
+                tier.name()
+            )));
+        }
+    }
     progress.add_total(asks.len() as u64);
     let placement = Arc::new(repo.chunks());
     let mut answers = futures::stream::iter(asks.into_iter().map(|p| {
@@ -185,10 +198,14 @@ pub async fn thaw(
     while let Some(r) = answers.next().await {
         let (p, answer) = r?;
         match answer {
-            ThawAnswer::Requested => add(&mut out.requested, p),
-            ThawAnswer::InProgress => add(&mut out.in_progress, p),
+            Some(ThawAnswer::Requested) => add(&mut out.requested, p),
+            Some(ThawAnswer::InProgress) => add(&mut out.in_progress, p),
             // Moved to a hot class since the plan looked: readable.
-            ThawAnswer::NotArchived => add(&mut out.thawed, p),
+            Some(ThawAnswer::NotArchived) => add(&mut out.thawed, p),
+            // Gone since the plan looked (a gc rewrote it): a restore
+            // reads another copy or reports the chunk damaged, as for a
+            // pack the plan found gone.
+            None => out.missing_packs += 1,
         }
         progress.add_done(1);
         stop_if_cancelled(progress)?;

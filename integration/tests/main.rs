@@ -56,6 +56,7 @@ mod signals;
 mod store_settings;
 mod sweep_check;
 mod thaw;
+mod thaw_edges;
 mod unlocked;
 mod verify_index;
 mod verify_race;

@@ -59,13 +59,19 @@ impl Placement {
         }))
     }
 
-    /// Asks the store for a readable copy of a pack.
+    /// Asks the store for a readable copy of a pack; `None` if it is gone
+    /// (a gc rewrote it since the plan looked: counted, as the plan counts
+    /// one, rather than stopping the thaw of the others).
     pub async fn thaw_pack(
         &self,
         pack: &ObjectId,
         days: Option<u32>,
         tier: ThawTier,
-    ) -> Result<ThawAnswer> {
-        Ok(self.backend.thaw(&keys::pack(pack), days, tier).await?)
+    ) -> Result<Option<ThawAnswer>> {
+        match self.backend.thaw(&keys::pack(pack), days, tier).await {
+            Ok(answer) => Ok(Some(answer)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }
