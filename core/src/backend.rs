@@ -278,6 +278,16 @@ pub struct ObjectMeta {
     pub storage_class: Option<String>,
 }
 
+/// What [`Backend::retention`] saw of an object.
+#[derive(Clone, Debug)]
+pub struct Retained {
+    pub meta: ObjectMeta,
+    /// Its retention, if it shows one.
+    pub retention: Option<Retention>,
+    /// The version seen (S3 with versioning): the one to extend.
+    pub version: Option<String>,
+}
+
 /// One version of an object in a versioned store (S3 with versioning,
 /// which object lock requires): what `list_versions` gives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -399,8 +409,12 @@ pub trait Backend: Send + Sync + Debug + 'static {
     }
 
     /// The object and its retention, if it has one (S3: a HEAD).
-    async fn retention(&self, key: &str) -> Result<(ObjectMeta, Option<Retention>), BackendError> {
-        Ok((self.head(key).await?, None))
+    async fn retention(&self, key: &str) -> Result<Retained, BackendError> {
+        Ok(Retained {
+            meta: self.head(key).await?,
+            retention: None,
+            version: None,
+        })
     }
 
     /// Every version of every object under `prefix`: all versions of a key
@@ -443,10 +457,18 @@ pub trait Backend: Send + Sync + Debug + 'static {
     }
 
     /// Sets the object's retention to `retention` (S3
-    /// PutObjectRetention). Callers only ever lengthen it; a store in
+    /// PutObjectRetention): of `version` when given (the one
+    /// [`Backend::retention`] saw), else of the current one. Naming the
+    /// version keeps one put between the two requests from being the one
+    /// locked (review, stop 56). Callers only ever lengthen it; a store in
     /// compliance mode refuses to shorten it anyway.
-    async fn extend_retention(&self, key: &str, retention: Retention) -> Result<(), BackendError> {
-        let _ = retention;
+    async fn extend_retention(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        retention: Retention,
+    ) -> Result<(), BackendError> {
+        let _ = (version, retention);
         Err(BackendError::Other {
             location: self.location(),
             message: format!("cannot lock {key}: this store has no object lock"),

@@ -28,6 +28,8 @@ struct Seen {
     body: u64,
     /// The body, when it was sent from memory (small XML requests).
     text: String,
+    /// The request's URI (path and query).
+    uri: String,
 }
 
 /// Answers with the statuses given, in turn (then 200), and records calls.
@@ -50,6 +52,11 @@ impl Fake {
     /// The bodies of the requests seen, in order.
     pub(crate) fn bodies(&self) -> Vec<String> {
         self.seen().into_iter().map(|s| s.text).collect()
+    }
+
+    /// The URIs of the requests seen, in order.
+    pub(crate) fn uris(&self) -> Vec<String> {
+        self.seen().into_iter().map(|s| s.uri).collect()
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -78,6 +85,7 @@ impl HttpConnector for Fake {
                 .bytes()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default(),
+            uri: request.uri().to_string(),
         });
         let status = self.answers.lock().unwrap().pop().unwrap_or(200);
         let body = match status {
@@ -99,6 +107,14 @@ impl HttpConnector for Fake {
             .insert("x-amz-storage-class", "DEEP_ARCHIVE");
         resp.headers_mut()
             .insert("x-amz-restore", "ongoing-request=\"true\"");
+        // A versioned bucket's HEAD names the version it read.
+        resp.headers_mut().insert("x-amz-version-id", "v7");
+        resp.headers_mut()
+            .insert("x-amz-object-lock-mode", "COMPLIANCE");
+        resp.headers_mut().insert(
+            "x-amz-object-lock-retain-until-date",
+            "2030-01-01T00:00:00.000Z",
+        );
         HttpConnectorFuture::ready(Ok(resp))
     }
 }

@@ -86,7 +86,9 @@ use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use xfull_core::archive::{ArchiveState, ThawAnswer, ThawTier};
-use xfull_core::backend::{Backend, BackendError, ObjectMeta, PutMode, PutOptions, Version};
+use xfull_core::backend::{
+    Backend, BackendError, ObjectMeta, PutMode, PutOptions, Retained, Version,
+};
 use xfull_core::config::StoreSettings;
 
 pub use budget::{Budget, Limits};
@@ -320,19 +322,17 @@ impl Backend for S3Backend {
         self.bucket_lock_enabled().await
     }
 
-    async fn retention(
-        &self,
-        key: &str,
-    ) -> Result<(ObjectMeta, Option<xfull_core::lock::Retention>), BackendError> {
+    async fn retention(&self, key: &str) -> Result<Retained, BackendError> {
         self.head_retention(key).await
     }
 
     async fn extend_retention(
         &self,
         key: &str,
+        version: Option<&str>,
         retention: xfull_core::lock::Retention,
     ) -> Result<(), BackendError> {
-        self.put_retention(key, retention).await
+        self.put_retention(key, version, retention).await
     }
 
     fn list_versions(&self, prefix: &str) -> BoxStream<'_, Result<Version, BackendError>> {

@@ -14,7 +14,7 @@ use aws_sdk_s3::types::{
     ObjectLockRetentionMode,
 };
 use chrono::DateTime;
-use xfull_core::backend::{BackendError, ObjectMeta};
+use xfull_core::backend::{BackendError, Retained};
 use xfull_core::lock::{LockMode, Retention};
 
 use crate::S3Backend;
@@ -41,15 +41,23 @@ pub(crate) fn retention_of(out: &HeadObjectOutput) -> Option<Retention> {
 }
 
 impl S3Backend {
-    pub(crate) async fn head_retention(
-        &self,
-        key: &str,
-    ) -> Result<(ObjectMeta, Option<Retention>), BackendError> {
+    pub(crate) async fn head_retention(&self, key: &str) -> Result<Retained, BackendError> {
         let (meta, out) = self.head_object(key).await?;
-        Ok((meta, retention_of(&out)))
+        Ok(Retained {
+            meta,
+            retention: retention_of(&out),
+            version: out.version_id().map(str::to_string),
+        })
     }
 
-    pub(crate) async fn put_retention(&self, key: &str, r: Retention) -> Result<(), BackendError> {
+    /// Of `version` when given: a version put since the HEAD that saw it
+    /// must not be the one locked.
+    pub(crate) async fn put_retention(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        r: Retention,
+    ) -> Result<(), BackendError> {
         self.counters.retention.fetch_add(1, Ordering::Relaxed);
         let retention = ObjectLockRetention::builder()
             .mode(ObjectLockRetentionMode::from(r.mode.as_s3()))
@@ -61,6 +69,7 @@ impl S3Backend {
                 .put_object_retention()
                 .bucket(&self.opts.bucket)
                 .key(self.key(key))
+                .set_version_id(version.map(str::to_string))
                 .retention(retention),
             key
         )
@@ -91,5 +100,38 @@ impl S3Backend {
                 .errors
                 .map(e, "(the bucket's object lock setting)", made)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use xfull_core::backend::Backend;
+
+    use super::*;
+    use crate::budget_tests::{Fake, backend};
+
+    /// The extension names the version its HEAD saw: without it S3 locks
+    /// the current version, which may be one put between the two requests
+    /// (review, stop 56).
+    #[tokio::test]
+    async fn an_extension_names_the_version_its_head_saw() {
+        let fake = Fake::new(&[]);
+        let b = backend(&fake, Default::default()).await;
+        let seen = b.retention("nodes/ab/x").await.unwrap();
+        assert_eq!(seen.version.as_deref(), Some("v7"));
+        let r = seen.retention.expect("the HEAD's retention");
+        assert_eq!(r.mode, LockMode::Compliance);
+        let longer = Retention {
+            until: r.until + chrono::Duration::days(1),
+            ..r
+        };
+        b.extend_retention("nodes/ab/x", seen.version.as_deref(), longer)
+            .await
+            .unwrap();
+        let uris = fake.uris();
+        assert!(
+            uris[1].contains("retention") && uris[1].contains("versionId=v7"),
+            "{uris:?}"
+        );
     }
 }

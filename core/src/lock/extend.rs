@@ -71,15 +71,21 @@ pub async fn ensure(
 ) -> Result<Extended> {
     let mut out = Extended::default();
     let mut done = futures::stream::iter(keys.iter().map(|key| async move {
-        let now = match backend.retention(key).await {
-            Ok((_, Some(now))) => now,
-            Ok((_, None)) => return Err(super::no_retention(backend.as_ref(), key)),
+        let (now, version) = match backend.retention(key).await {
+            Ok(r) => match r.retention {
+                Some(now) => (now, r.version),
+                None => return Err(super::no_retention(backend.as_ref(), key)),
+            },
             Err(e) if e.is_not_found() => return Ok((key, None)),
             Err(e) => return Err(Error::from(e)),
         };
         let extend = now.until < want.until;
         if extend {
-            match backend.extend_retention(key, want).await {
+            // The version the HEAD saw: one put since is not xfull's.
+            match backend
+                .extend_retention(key, version.as_deref(), want)
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => return Ok((key, None)),
                 Err(e) => return Err(e.into()),

@@ -184,8 +184,7 @@ pub async fn locked_until(
     key: &str,
     margin: Duration,
 ) -> crate::error::Result<Option<DateTime<Utc>>> {
-    let (_, retention) = backend.retention(key).await?;
-    let Some(r) = retention else {
+    let Some(r) = backend.retention(key).await?.retention else {
         return Err(no_retention(backend, key));
     };
     Ok(Some(r.until).filter(|until| *until > Utc::now() - margin))

@@ -22,7 +22,9 @@ use futures::stream::BoxStream;
 
 use super::{ObjectLock, Retention};
 use crate::archive::{ArchiveState, ThawAnswer, ThawTier};
-use crate::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutOptions, Version};
+use crate::backend::{
+    Backend, BackendError, ObjectClass, ObjectMeta, PutOptions, Retained, Version,
+};
 use crate::keys;
 
 #[derive(Debug)]
@@ -124,12 +126,17 @@ impl Backend for Locking {
         self.inner.lock_enabled().await
     }
 
-    async fn retention(&self, key: &str) -> Result<(ObjectMeta, Option<Retention>), BackendError> {
+    async fn retention(&self, key: &str) -> Result<Retained, BackendError> {
         self.inner.retention(key).await
     }
 
-    async fn extend_retention(&self, key: &str, retention: Retention) -> Result<(), BackendError> {
-        self.inner.extend_retention(key, retention).await
+    async fn extend_retention(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        retention: Retention,
+    ) -> Result<(), BackendError> {
+        self.inner.extend_retention(key, version, retention).await
     }
 
     fn list_versions(&self, prefix: &str) -> BoxStream<'_, Result<Version, BackendError>> {

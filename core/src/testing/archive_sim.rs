@@ -17,7 +17,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use crate::archive::{ArchiveState, ThawAnswer, ThawTier};
-use crate::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutOptions};
+use crate::backend::{Backend, BackendError, ObjectClass, ObjectMeta, PutOptions, Retained};
 
 pub const CLASS: &str = "DEEP_ARCHIVE";
 
@@ -215,18 +215,16 @@ impl Backend for ArchiveSim {
         self.inner.lock_enabled().await
     }
 
-    async fn retention(
-        &self,
-        key: &str,
-    ) -> Result<(ObjectMeta, Option<crate::lock::Retention>), BackendError> {
+    async fn retention(&self, key: &str) -> Result<Retained, BackendError> {
         self.inner.retention(key).await
     }
 
     async fn extend_retention(
         &self,
         key: &str,
+        version: Option<&str>,
         retention: crate::lock::Retention,
     ) -> Result<(), BackendError> {
-        self.inner.extend_retention(key, retention).await
+        self.inner.extend_retention(key, version, retention).await
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use crate::backend::{Backend, BackendError, ObjectMeta, PutOptions};
+use crate::backend::{Backend, BackendError, ObjectMeta, PutOptions, Retained};
 
 /// What to inject; rates are per request, from 0.0 to 1.0.
 #[derive(Clone, Debug, Default)]
@@ -187,19 +187,17 @@ impl Backend for FaultyBackend {
         self.inner.lock_enabled().await
     }
 
-    async fn retention(
-        &self,
-        key: &str,
-    ) -> Result<(ObjectMeta, Option<crate::lock::Retention>), BackendError> {
+    async fn retention(&self, key: &str) -> Result<Retained, BackendError> {
         self.inner.retention(key).await
     }
 
     async fn extend_retention(
         &self,
         key: &str,
+        version: Option<&str>,
         retention: crate::lock::Retention,
     ) -> Result<(), BackendError> {
-        self.inner.extend_retention(key, retention).await
+        self.inner.extend_retention(key, version, retention).await
     }
 }
 

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::stream::BoxStream;
 
-use crate::backend::{Backend, BackendError, ObjectMeta, Operation, PutOptions};
+use crate::backend::{Backend, BackendError, ObjectMeta, Operation, PutOptions, Retained};
 use crate::lock::Retention;
 
 #[derive(Debug)]
@@ -148,15 +148,34 @@ impl Backend for LockSim {
         Ok(true)
     }
 
-    async fn retention(&self, key: &str) -> Result<(ObjectMeta, Option<Retention>), BackendError> {
+    async fn retention(&self, key: &str) -> Result<Retained, BackendError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         let meta = self.inner.head(key).await?;
-        Ok((meta, self.lock_of(key)))
+        Ok(Retained {
+            meta,
+            retention: self.lock_of(key),
+            version: Some(version_of(key)),
+        })
     }
 
-    async fn extend_retention(&self, key: &str, retention: Retention) -> Result<(), BackendError> {
+    async fn extend_retention(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        retention: Retention,
+    ) -> Result<(), BackendError> {
         self.extensions.fetch_add(1, Ordering::SeqCst);
         self.inner.head(key).await?;
+        // One version per key here: an extension must name the one the
+        // HEAD saw, as S3 is asked to (a version put between the two
+        // requests is not to be locked).
+        if version != Some(version_of(key).as_str()) {
+            return Err(self.denied(
+                key,
+                Operation::Retain,
+                "the extension does not name the version its HEAD saw",
+            ));
+        }
         let mut l = self.locks.lock().unwrap();
         if let Some(old) = l.get(key)
             && (old.until > retention.until || old.mode != retention.mode)
@@ -171,4 +190,9 @@ impl Backend for LockSim {
         l.insert(key.to_string(), retention);
         Ok(())
     }
+}
+
+/// The one version of `key` this store reports.
+fn version_of(key: &str) -> String {
+    format!("{key}#1")
 }

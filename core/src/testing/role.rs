@@ -14,7 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
-use crate::backend::{Backend, BackendError, ObjectMeta, Operation, PutMode, PutOptions};
+use crate::backend::{Backend, BackendError, ObjectMeta, Operation, PutMode, PutOptions, Retained};
 use crate::keys;
 
 /// What the credentials may do beyond reading and listing.
@@ -147,10 +147,7 @@ impl Backend for RoleBackend {
         self.inner.lock_enabled().await
     }
 
-    async fn retention(
-        &self,
-        key: &str,
-    ) -> Result<(ObjectMeta, Option<crate::lock::Retention>), BackendError> {
+    async fn retention(&self, key: &str) -> Result<Retained, BackendError> {
         self.inner.retention(key).await
     }
 
@@ -159,9 +156,10 @@ impl Backend for RoleBackend {
     async fn extend_retention(
         &self,
         key: &str,
+        version: Option<&str>,
         retention: crate::lock::Retention,
     ) -> Result<(), BackendError> {
-        self.inner.extend_retention(key, retention).await
+        self.inner.extend_retention(key, version, retention).await
     }
 }
 
