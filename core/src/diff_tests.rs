@@ -76,3 +76,48 @@ async fn a_node_shorter_than_its_segment_is_damage() {
         }
     }
 }
+
+/// A disk of `size` bytes cut into segments of `seg`, all zeros.
+fn zeros(size: u64, seg: u64) -> DiskManifest {
+    DiskManifest {
+        name: "d".parse().unwrap(),
+        size,
+        segment_size: seg,
+        segments: vec![None; size.div_ceil(seg) as usize],
+        last_data: Vec::new(),
+        source: "test".into(),
+        parent: None,
+        audit: None,
+        stats: Default::default(),
+        checkpoint: None,
+        lock_generation: None,
+    }
+}
+
+/// The extents are the second disk's: a grown disk's new tail is among
+/// them, a shrunk disk's removed tail is not (it is no range of the new
+/// image, and `backup --changed` refuses extents past the disk's end:
+/// listed, it made `diff --extents` a change file backup refused).
+#[tokio::test]
+async fn extents_are_ranges_of_the_second_disk() {
+    let (_mem, repo) = mem_repo(3600).await;
+    let seg = repo.config().segment_size;
+    let (big, small) = (zeros(3 * seg, seg), zeros(seg + seg / 2, seg));
+    let shrunk = diff_disks(&repo, &big, &small).await.unwrap();
+    assert!(shrunk.is_empty(), "{shrunk:?}");
+    let grown = diff_disks(&repo, &small, &big).await.unwrap();
+    assert_eq!(grown.ranges(), &[seg + seg / 2..3 * seg]);
+}
+
+/// Disks of two segment sizes (a manifest of another size than the
+/// repository's does not load, so only a caller's mistake gives them)
+/// are refused: they were compared by clipped pieces, whose starts are
+/// not the chunks' starts where a chunk crosses the other's segments.
+#[tokio::test]
+async fn disks_of_two_segment_sizes_are_refused() {
+    let (_mem, repo) = mem_repo(3600).await;
+    let seg = repo.config().segment_size;
+    let (a, b) = (zeros(2 * seg, seg), zeros(2 * seg, seg / 2));
+    let got = diff_disks(&repo, &a, &b).await;
+    assert!(matches!(got, Err(Error::Internal(_))), "{got:?}");
+}
