@@ -67,3 +67,32 @@ fn a_shrunk_disks_extents_are_a_change_file_for_the_new_image() {
         "{doc}"
     );
 }
+
+/// Without `--disk`, a disk of one point only was left out without a
+/// word: it is named, with its size, in text and in JSON.
+#[test]
+fn disks_of_one_point_only_are_named() {
+    let e = Env::init();
+    let (d, old, new) = (e.path("d.img"), e.path("old.img"), e.path("new.img"));
+    write_image(&d, &mixed_regions(4, 1), 1, false).unwrap();
+    write_image(&old, &mixed_regions(3, 2), 2, false).unwrap();
+    write_image(&new, &mixed_regions(5, 3), 3, false).unwrap();
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    let a = e.backup("vm", &[("d", &d), ("old", &old)])["point"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    e.backup("vm", &[("d", &d), ("new", &new)]);
+    let text = stdout(&e, &["diff", &a, "vm@latest"]);
+    assert!(text.contains("disk d: 0 B in 0 extents differ"), "{text}");
+    let said = format!("disk old: only in A ({} bytes)", size(&old));
+    assert!(text.contains(&said), "{text}");
+    let said = format!("disk new: only in B ({} bytes)", size(&new));
+    assert!(text.contains(&said), "{text}");
+    let doc = e.json(&["diff", &a, "vm@latest"]);
+    assert_documented("diff", &doc);
+    assert_eq!(doc["disks"], json!({"d": []}), "{doc}");
+    let only = |name: &str, p| json!([{"name": name, "size": size(p)}]);
+    assert_eq!(doc["only_in_a"], only("old", &old), "{doc}");
+    assert_eq!(doc["only_in_b"], only("new", &new), "{doc}");
+}

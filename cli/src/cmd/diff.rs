@@ -1,6 +1,8 @@
 use anyhow::Result;
+use serde::Serialize;
 use xfull_core::Error;
 use xfull_core::diff::diff_disks;
+use xfull_core::manifest::Manifest;
 
 use crate::cli::{Cli, DiffArgs};
 use crate::output::{bytes, print_json};
@@ -31,6 +33,12 @@ pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
             .filter(|d| b.disk(d.name.as_str()).is_ok())
             .map(|d| d.name.to_string())
             .collect(),
+    };
+    // Disks of one point only are named with their sizes, not compared:
+    // they were left out without a word.
+    let (only_a, only_b) = match &args.disk {
+        Some(_) => (Vec::new(), Vec::new()),
+        None => (only_in(&a, &b), only_in(&b, &a)),
     };
     let mut out = Vec::new();
     for name in &names {
@@ -63,6 +71,8 @@ pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
             "b": b.point_name(),
             "disks": disks,
             "resized": resized,
+            "only_in_a": only_a,
+            "only_in_b": only_b,
         }));
     }
     for (name, (sa, sb), set) in &out {
@@ -87,5 +97,29 @@ pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
             println!("  {:>14} {:>12}", r.start, r.end - r.start);
         }
     }
+    for (side, only) in [("A", &only_a), ("B", &only_b)] {
+        for d in only {
+            println!("disk {}: only in {side} ({} bytes)", d.name, d.size);
+        }
+    }
     Ok(())
+}
+
+/// A disk of one point only.
+#[derive(Serialize)]
+struct OnlyIn {
+    name: String,
+    size: u64,
+}
+
+/// The disks of `x` that `y` has not.
+fn only_in(x: &Manifest, y: &Manifest) -> Vec<OnlyIn> {
+    x.disks
+        .iter()
+        .filter(|d| y.disks.iter().all(|o| o.name != d.name))
+        .map(|d| OnlyIn {
+            name: d.name.to_string(),
+            size: d.size,
+        })
+        .collect()
 }
