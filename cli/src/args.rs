@@ -398,7 +398,8 @@ pub struct DiffArgs {
     pub a: String,
     /// VM@ID (a unique id prefix or suffix will do) or VM@latest.
     pub b: String,
-    /// Only this disk (default: every disk the two points share).
+    /// Only this disk (default: every disk the two points share; a disk
+    /// of one point only is named, not compared).
     #[arg(long)]
     pub disk: Option<String>,
     /// With --disk: print only the native extent list (a file for `backup

@@ -83,23 +83,26 @@ pub async fn collect(repo: &Repository, now: DateTime<Utc>) -> Result<RepoStats>
     let mut all = repo.backend().list("");
     let mut points = Vec::new();
     let mut leases = Vec::new();
+    // Sums saturate: sizes are the store's word, and a hostile or broken
+    // listing's must not panic a debug build or wrap a release one.
+    let add = |sum: &mut u64, n: u64| *sum = sum.saturating_add(n);
     while let Some(m) = all.try_next().await? {
-        s.stored_bytes += m.size;
+        add(&mut s.stored_bytes, m.size);
         let k = m.key.as_str();
         if Placement::owns(k) {
-            s.chunk_bytes += m.size;
+            add(&mut s.chunk_bytes, m.size);
             if k.starts_with(keys::PACKS) {
                 s.packs += 1;
-                s.pack_bytes += m.size;
+                add(&mut s.pack_bytes, m.size);
             } else {
                 s.index_objects += 1;
-                s.index_bytes += m.size;
+                add(&mut s.index_bytes, m.size);
             }
         } else if k.starts_with(keys::NODES) {
             s.nodes += 1;
-            s.node_bytes += m.size;
+            add(&mut s.node_bytes, m.size);
         } else if let Some(p) = keys::parse_point(k) {
-            s.manifest_bytes += m.size;
+            add(&mut s.manifest_bytes, m.size);
             points.push(p);
         } else if k.starts_with(keys::LEASES) {
             s.leases += 1;
@@ -134,15 +137,24 @@ pub async fn collect(repo: &Repository, now: DateTime<Utc>) -> Result<RepoStats>
         }
     }
     s.damaged.sort_by(|a, b| a.point.cmp(&b.point));
+    add_points(&mut s, sizes);
+    s.dedup_ratio = (s.stored_bytes > 0).then(|| s.logical_bytes as f64 / s.stored_bytes as f64);
+    Ok(s)
+}
+
+/// Counts points of the given sizes (each the sum of a manifest's disks)
+/// by VM. The sums saturate: a manifest may declare 256 TiB of disks
+/// (`manifest::limits`), and 65536 such points, a hostile repository's
+/// say, overflowed u64 (a panic in a debug build, a wrapped total in a
+/// release one).
+fn add_points(s: &mut RepoStats, sizes: Vec<(impl ToString, u64)>) {
     for (vm, size) in sizes {
         let v = s.vms.entry(vm.to_string()).or_default();
         v.points += 1;
-        v.logical_bytes += size;
+        v.logical_bytes = v.logical_bytes.saturating_add(size);
         s.points += 1;
-        s.logical_bytes += size;
+        s.logical_bytes = s.logical_bytes.saturating_add(size);
     }
-    s.dedup_ratio = (s.stored_bytes > 0).then(|| s.logical_bytes as f64 / s.stored_bytes as f64);
-    Ok(s)
 }
 
 /// Reads the listed leases (a few KB each, 4 at a time: a large backup's

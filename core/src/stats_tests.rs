@@ -1,5 +1,5 @@
 //! The leases stats counts, by state: a finished backup's ended lease is
-//! not a running or killed backup.
+//! not a running or killed backup; sums that saturate.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use crate::config::RepoConfig;
 use crate::id::PointId;
 use crate::repo::Repository;
 use crate::session::Session;
-use crate::stats::{LeaseStates, collect};
+use crate::stats::{LeaseStates, RepoStats, add_points, collect};
 use crate::testing::MemBackend;
 
 #[tokio::test]
@@ -58,4 +58,18 @@ async fn leases_are_counted_by_state() {
     };
     assert_eq!(s.lease_states, want);
     drop((killed, running));
+}
+
+/// Points' sizes saturate instead of overflowing: a manifest may
+/// declare 256 TiB of disks, and 65536 such points (a hostile
+/// repository's, say) overflowed the sum (review 94).
+#[test]
+fn logical_bytes_saturate() {
+    let mut s = RepoStats::default();
+    let huge = u64::MAX / 2 + 1;
+    add_points(&mut s, vec![("a", huge), ("a", huge), ("b", 5)]);
+    assert_eq!(s.logical_bytes, u64::MAX);
+    assert_eq!(s.vms["a"].logical_bytes, u64::MAX);
+    assert_eq!(s.vms["b"].logical_bytes, 5);
+    assert_eq!(s.points, 3);
 }

@@ -12,6 +12,7 @@ mod cli;
 mod clones;
 mod copy;
 mod dead_stderr;
+mod diff;
 mod downgrade;
 mod encryption;
 mod engine;

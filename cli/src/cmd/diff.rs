@@ -1,6 +1,8 @@
 use anyhow::Result;
+use serde::Serialize;
 use xfull_core::Error;
 use xfull_core::diff::diff_disks;
+use xfull_core::manifest::Manifest;
 
 use crate::cli::{Cli, DiffArgs};
 use crate::output::{bytes, print_json};
@@ -32,12 +34,19 @@ pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
             .map(|d| d.name.to_string())
             .collect(),
     };
+    // Disks of one point only are named with their sizes, not compared:
+    // they were left out without a word.
+    let (only_a, only_b) = match &args.disk {
+        Some(_) => (Vec::new(), Vec::new()),
+        None => (only_in(&a, &b), only_in(&b, &a)),
+    };
     let mut out = Vec::new();
     for name in &names {
-        let set = diff_disks(&repo, a.disk(name)?, b.disk(name)?).await?;
-        out.push((name.clone(), set));
+        let (da, db) = (a.disk(name)?, b.disk(name)?);
+        let set = diff_disks(&repo, da, db).await?;
+        out.push((name.clone(), (da.size, db.size), set));
     }
-    if let (true, [(_, set)]) = (args.extents, &out[..]) {
+    if let (true, [(_, _, set)]) = (args.extents, &out[..]) {
         // The native extent list, as `snapshot-diff` prints it.
         println!("{}", serde_json::to_string_pretty(&set.to_extents())?);
         return Ok(());
@@ -45,25 +54,42 @@ pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
     if cli.json {
         let disks: serde_json::Map<String, serde_json::Value> = out
             .iter()
-            .map(|(n, s)| {
+            .map(|(n, _, s)| {
                 (
                     n.clone(),
                     serde_json::to_value(s.to_extents()).unwrap_or_default(),
                 )
             })
             .collect();
+        let resized: serde_json::Map<String, serde_json::Value> = out
+            .iter()
+            .filter(|(_, (sa, sb), _)| sa != sb)
+            .map(|(n, (sa, sb), _)| (n.clone(), serde_json::json!({"a": sa, "b": sb})))
+            .collect();
         return print_json(&serde_json::json!({
             "a": a.point_name(),
             "b": b.point_name(),
             "disks": disks,
+            "resized": resized,
+            "only_in_a": only_a,
+            "only_in_b": only_b,
         }));
     }
-    for (name, set) in &out {
+    for (name, (sa, sb), set) in &out {
         println!(
             "disk {name}: {} in {} extents differ",
             bytes(set.bytes()),
             set.ranges().len()
         );
+        // The extents are B's: a shrunk disk's removed tail is not among
+        // them (`diff_disks`), so its size change is said here.
+        if sb > sa {
+            println!("  grew from {sa} to {sb} bytes (the new tail is among the extents)");
+        } else if sb < sa {
+            println!(
+                "  shrank from {sa} to {sb} bytes (the removed tail is not among the extents)"
+            );
+        }
         if !set.ranges().is_empty() {
             println!("  {:>14} {:>12}", "OFFSET", "LENGTH");
         }
@@ -71,5 +97,29 @@ pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
             println!("  {:>14} {:>12}", r.start, r.end - r.start);
         }
     }
+    for (side, only) in [("A", &only_a), ("B", &only_b)] {
+        for d in only {
+            println!("disk {}: only in {side} ({} bytes)", d.name, d.size);
+        }
+    }
     Ok(())
+}
+
+/// A disk of one point only.
+#[derive(Serialize)]
+struct OnlyIn {
+    name: String,
+    size: u64,
+}
+
+/// The disks of `x` that `y` has not.
+fn only_in(x: &Manifest, y: &Manifest) -> Vec<OnlyIn> {
+    x.disks
+        .iter()
+        .filter(|d| y.disks.iter().all(|o| o.name != d.name))
+        .map(|d| OnlyIn {
+            name: d.name.to_string(),
+            size: d.size,
+        })
+        .collect()
 }

@@ -19,6 +19,19 @@ use crate::source::DiskSource;
 /// is its own piece, so that pieces start and end on block boundaries).
 const PIECE: u64 = 8 << 20;
 
+/// Most threads comparing at once. Each holds two piece buffers (8 MiB,
+/// or one block of up to 16 MiB, each) and starts a reader thread per
+/// piece, so with a thread per core memory grew with the machine: 2 GiB
+/// on 128 threads (review 94). Comparing is a memcmp per block, so the
+/// reads bound it, and eight threads keep 16 of them in flight: at most
+/// 128 MiB of buffers (256 MiB with 16 MiB blocks).
+const MAX_WORKERS: usize = 8;
+
+/// The comparing threads for `available` cores (unknown: 2).
+fn workers(available: Option<usize>) -> usize {
+    available.unwrap_or(2).clamp(1, MAX_WORKERS)
+}
+
 /// Checks a `--block-size`: a power of two from 512 B to 16 MiB.
 pub fn check_block_size(block: u64) -> Result<()> {
     if !(512..=16 << 20).contains(&block) || !block.is_power_of_two() {
@@ -38,7 +51,7 @@ pub fn diff_images(old: &Path, new: &Path, block: u64) -> Result<ExtentSet> {
     let found = Mutex::new(Vec::new());
     let failure = Mutex::new(None);
     let piece = PIECE.max(block);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = workers(std::thread::available_parallelism().ok().map(|n| n.get()));
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -150,6 +163,16 @@ mod tests {
         let d = diff_images(&old, &new, 16 << 20).unwrap();
         // (8 MiB pieces gave 0..8 MiB for the write at 5 MiB.)
         assert_eq!(d.ranges(), &[0..(20 << 20) + 10]);
+    }
+
+    /// Threads are capped whatever the core count: each holds two
+    /// pieces (16 MiB or more) and its reader thread.
+    #[test]
+    fn comparing_threads_are_capped() {
+        assert_eq!(workers(Some(128)), MAX_WORKERS);
+        assert_eq!(workers(Some(4)), 4);
+        assert_eq!(workers(None), 2);
+        assert_eq!(workers(Some(0)), 1);
     }
 
     /// Changed blocks are collected from every piece before they are
