@@ -29,8 +29,8 @@ pub struct RepairArgs {
 
 #[derive(Debug, Args)]
 pub struct ForgetArgs {
-    /// VM@ID of each point to remove (`xfull points` lists them; a unique
-    /// prefix or suffix of the id will do).
+    /// VM@ID of each point to remove, the whole id as `xfull points`
+    /// lists it (a part of one is refused, naming the id it matches).
     #[arg(required = true)]
     pub points: Vec<String>,
     /// Print what would be removed; change nothing.

@@ -326,6 +326,18 @@ fn unreadable_manifests_are_removed_by_forget_and_by_repair() {
         "{err}"
     );
 
+    // A part of an id is refused (removal is for good), naming the id.
+    let (vm, id) = p1.split_once('@').unwrap();
+    let part = format!("{vm}@{}", &id[id.len() - 4..]);
+    let (code, err) = fails(e.x(&["forget", &part]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("whole id") && err.contains(&p1), "{err}");
+    assert_eq!(
+        e.files("points").len(),
+        2,
+        "a part of an id removed a point"
+    );
+
     let (code, r) = run_json(&e, &["forget", "--dry-run", &p1]);
     assert_eq!(
         (code, &r["points"][0]),

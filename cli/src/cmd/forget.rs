@@ -1,5 +1,6 @@
 use anyhow::Result;
 use xfull_core::Error;
+use xfull_core::id::PointId;
 use xfull_core::prune::forget::forget;
 
 use crate::cli::{Cli, ForgetArgs};
@@ -17,7 +18,17 @@ pub async fn run(cli: &Cli, args: &ForgetArgs) -> Result<()> {
     let mut points = Vec::new();
     for p in &args.points {
         let (vm, id) = crate::point_name::resolve(&repo, p).await?;
-        points.extend(id.map(|id| (vm, id)));
+        let Some(id) = id else { continue };
+        // Removal is for good: a part of an id (`web1@2`, which a VM's
+        // only point matches) is a slip too easy to make (review, stop 56).
+        let asked = p.split_once('@').map_or("", |(_, i)| i);
+        if PointId::parse_whole(asked).is_none_or(|whole| whole != id) {
+            return Err(Error::InvalidArgument(format!(
+                "forget {p:?}: give the whole id; it matches {vm}@{id}"
+            ))
+            .into());
+        }
+        points.push((vm, id));
     }
     let out = forget(&repo, &points, args.dry_run).await?;
     if cli.json {

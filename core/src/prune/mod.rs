@@ -63,11 +63,21 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
     }
     let mut plans = Vec::new();
     for (vm, ids) in by_vm {
-        let loaded: Vec<(PointId, Result<_>)> = futures::stream::iter(ids)
+        // Each manifest is cut down to what planning needs as it arrives:
+        // kept whole (segment lists and all, up to tens of MB for a large
+        // disk), a VM's points together could exhaust memory, and every
+        // later prune with it (review, stop 56).
+        let loaded: Vec<(PointId, Result<Candidate>)> = futures::stream::iter(ids)
             .map(|id| {
                 let vm = &vm;
                 async move {
-                    let m = repo.load_manifest(vm, &id).await;
+                    let m = repo.load_manifest(vm, &id).await.map(|m| Candidate {
+                        id: id.clone(),
+                        time: m.time,
+                        created: m.created,
+                        labels: m.labels,
+                        disks: m.disks.iter().map(|d| d.name.to_string()).collect(),
+                    });
                     (id, m)
                 }
             })
@@ -78,13 +88,7 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
         let mut unreadable = Vec::new();
         for (id, m) in loaded {
             match m {
-                Ok(m) => candidates.push(Candidate {
-                    id,
-                    time: m.time,
-                    created: m.created,
-                    labels: m.labels,
-                    disks: m.disks.iter().map(|d| d.name.to_string()).collect(),
-                }),
+                Ok(c) => candidates.push(c),
                 // Pruned by someone else meanwhile: nothing to decide.
                 Err(Error::PointNotFound { .. }) => {}
                 Err(e) if e.is_damage() => unreadable.push(Decision {

@@ -38,7 +38,8 @@ impl Policy {
             && self.weekly == 0
             && self.monthly == 0
             && self.yearly == 0
-            && self.within.is_none()
+            // A zero span (not from `Span::parse`) is no rule either.
+            && self.within.is_none_or(|w| w == super::span::Span::default())
             && self.labels.is_empty()
     }
 }

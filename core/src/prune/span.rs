@@ -24,9 +24,10 @@ impl Span {
                 digits.push(c);
                 continue;
             }
-            let n: u32 = digits
-                .parse()
-                .map_err(|_| bad("a number must come before each unit"))?;
+            if digits.is_empty() {
+                return Err(bad("a number must come before each unit"));
+            }
+            let n: u32 = digits.parse().map_err(|_| bad("too large"))?;
             digits.clear();
             let slot = match c {
                 'y' => &mut span.years,
@@ -45,8 +46,19 @@ impl Span {
         if !any {
             return Err(bad("empty"));
         }
-        if span.years > 1000 || span.months > 12_000 || span.weeks > 52_000 || span.days > 365_000 {
+        if span.years > 1000
+            || span.months > 12_000
+            || span.weeks > 52_000
+            || span.days > 365_000
+            || span.hours > 8_760_000
+        {
             return Err(bad("too large"));
+        }
+        // `0d` keeps no point by time: as a policy's only rule it removed
+        // every point but the newest, though a policy without a rule is
+        // refused (review, stop 56). restic takes it as no rule.
+        if span == Span::default() {
+            return Err(bad("a span of zero keeps nothing; leave --keep-within out"));
         }
         Ok(span)
     }
@@ -100,8 +112,22 @@ mod tests {
             Span::parse("2w").unwrap().before(t),
             Utc.with_ymd_and_hms(2026, 3, 17, 12, 0, 0).unwrap()
         );
-        for bad in ["", "7", "d", "3x", "-1d", "99999999999d", "1.5d"] {
+        for bad in [
+            "",
+            "7",
+            "d",
+            "3x",
+            "-1d",
+            "99999999999d",
+            "1.5d",
+            "0d",
+            "0y0h",
+        ] {
             assert!(Span::parse(bad).is_err(), "{bad}");
         }
+        let e = Span::parse("99999999999d").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        let e = Span::parse("9999999h").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
     }
 }

@@ -43,6 +43,25 @@ fn an_empty_policy_is_refused() {
     assert!(err.contains("refusing to remove every point"), "{err}");
 }
 
+/// `--keep-within 0d` as the only rule removed every point but the
+/// newest (review, stop 56): the parser refuses it, and a zero span that
+/// reaches the policy is no rule.
+#[test]
+fn a_zero_span_is_no_rule() {
+    let p = Policy {
+        within: Some(Span::default()),
+        ..Policy::default()
+    };
+    let three = points(&[
+        "2026-01-01T00:00:00Z",
+        "2026-01-02T00:00:00Z",
+        "2026-01-03T00:00:00Z",
+    ]);
+    let err = plan(&three, &p).unwrap_err();
+    assert!(err.contains("refusing to remove every point"), "{err}");
+    assert!(Span::parse("0d").is_err());
+}
+
 #[test]
 fn no_points_plan_nothing() {
     let p = Policy {
