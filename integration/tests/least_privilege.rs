@@ -326,6 +326,7 @@ fn a_local_delete_the_file_system_refuses_names_the_permission() {
     let (code, err) = out;
     assert_eq!(code, 1, "{err}");
     for want in [
+        "prune stopped while removing the 1 points its plan removes",
         "prune needs permission to delete objects",
         &format!("refused to delete points/vm/{oldest}"),
     ] {

@@ -19,17 +19,37 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
         .iter()
         .flat_map(|p| p.to_remove().map(|d| (p.vm.clone(), d.id.clone())))
         .collect();
+    // The plan first, so that a removal or gc that fails part-way leaves
+    // the operator knowing what was meant (review, stop 56).
+    if !cli.json {
+        print_plan(&plans);
+    }
     let mut removed = prune::Removed::default();
     let mut gc = None;
     if !args.dry_run {
         let pins = prune::read_pins(&repo).await?;
-        removed = prune::remove(&repo, &pins, &doomed).await?;
+        removed = prune::remove(&repo, &pins, &doomed).await.map_err(|e| {
+            anyhow::Error::new(e).context(format!(
+                "prune stopped while removing the {} points its plan removes: some may be \
+                 gone, the others are still there (`xfull points` lists them; prune again \
+                 finishes the plan)",
+                doomed.len()
+            ))
+        })?;
         if !args.no_gc {
             let packs = super::gc::pack_options(cli, &repo)?;
             let progress = crate::progress();
             let bar = crate::progress_ui::Bar::start(progress.clone(), "gc", cli, false);
-            gc = Some(xfull_core::gc::run_with(&repo, false, packs, &progress).await?);
+            let swept = xfull_core::gc::run_with(&repo, false, packs, &progress).await;
             drop(bar);
+            gc = Some(swept.map_err(|e| {
+                anyhow::Error::new(e).context(format!(
+                    "prune removed {} points ({} kept by object lock), then its gc failed; \
+                     their data goes with the next `xfull gc`",
+                    removed.removed,
+                    removed.locked.len()
+                ))
+            })?);
         }
     }
     let kept = plans.iter().map(|p| p.decisions.len()).sum::<usize>() - doomed.len();
@@ -53,7 +73,6 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
             "gc": gc,
         }));
     }
-    print_plan(&plans);
     let kept: usize = plans.iter().map(|p| p.decisions.len()).sum::<usize>() - doomed.len();
     if args.dry_run {
         println!(
