@@ -273,3 +273,30 @@ async fn a_clock_behind_the_store_is_refused_under_object_lock() {
     assert!(keys(&mem, "points/").await.is_empty());
     assert!(keys(&mem, "leases/").await.is_empty());
 }
+
+/// `forget` of a VM's newest point that object lock keeps: the point
+/// stays, so it is still the newest and its change information applies;
+/// forget does not say it removed the newest point, and writes no
+/// `removed/` record (review, stop 56: it said so from its plan).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_of_a_newest_point_object_lock_keeps_does_not_say_it_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk");
+    write_image(&image, &[Region::Random(1 << 20)], 11, true).unwrap();
+    let lock = ObjectLock {
+        retain_secs: 3600,
+        generation_secs: 3600,
+        ..LOCK
+    };
+    let (mem, _sim, repo) = locked_sim(lock, None).await;
+    let m = back_up(&repo, &image).await;
+    let point = (m.vm.clone(), m.id.clone());
+    let out = xfull_core::prune::forget::forget(&repo, &[point], false)
+        .await
+        .unwrap();
+    assert_eq!(out.removed.locked.len(), 1, "{out:?}");
+    assert_eq!(out.removed.removed, 0, "{out:?}");
+    assert!(out.newest_removed.is_empty(), "{out:?}");
+    assert!(keys(&mem, "removed/").await.is_empty());
+    assert_eq!(keys(&mem, "points/").await.len(), 1);
+}

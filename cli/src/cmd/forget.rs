@@ -1,6 +1,5 @@
 use anyhow::Result;
 use xfull_core::Error;
-use xfull_core::id::PointId;
 use xfull_core::prune::forget::forget;
 
 use crate::cli::{Cli, ForgetArgs};
@@ -22,7 +21,7 @@ pub async fn run(cli: &Cli, args: &ForgetArgs) -> Result<()> {
         // Removal is for good: a part of an id (`web1@2`, which a VM's
         // only point matches) is a slip too easy to make (review, stop 56).
         let asked = p.split_once('@').map_or("", |(_, i)| i);
-        if PointId::parse_whole(asked).is_none_or(|whole| whole != id) {
+        if asked != id.as_str() {
             return Err(Error::InvalidArgument(format!(
                 "forget {p:?}: give the whole id; it matches {vm}@{id}"
             ))

@@ -72,6 +72,16 @@ pub async fn forget(
     };
     if !dry_run {
         out.removed = remove(repo, &pins, &unique).await?;
+        // A newest point object lock kept is still the newest: no record
+        // was written, and change information still applies (review).
+        let kept = |vm: &VmName| {
+            let newest = listed[vm].1.as_ref().map(|id| format!("{vm}@{id}"));
+            out.removed
+                .locked
+                .iter()
+                .any(|l| Some(&l.point) == newest.as_ref())
+        };
+        out.newest_removed.retain(|vm| !kept(vm));
     }
     Ok(out)
 }
