@@ -66,7 +66,9 @@ impl ThawPlan {
         self.count(|s| matches!(s, ArchiveState::Thawed { .. }) && s.readable())
     }
 
-    /// Whether a restore can read everything now.
+    /// Whether no pack waits for a thaw. Chunks the index does not know
+    /// and packs gone are not counted: no thaw brings them back, and
+    /// `restore --wait` would wait for them forever.
     pub fn ready(&self) -> bool {
         self.archive.iter().all(|p| p.state.readable())
     }
