@@ -121,3 +121,47 @@ async fn disks_of_two_segment_sizes_are_refused() {
     let got = diff_disks(&repo, &a, &b).await;
     assert!(matches!(got, Err(Error::Internal(_))), "{got:?}");
 }
+
+/// A node gone because its point was removed meanwhile (forget, then a
+/// gc) is told as the point removed, not damage; gone while the point
+/// stays, it is damage (review, stop 56).
+#[tokio::test]
+async fn a_node_gone_with_its_point_is_the_point_removed() {
+    let (mem, repo) = mem_repo(3600).await;
+    let two = node_of(&repo, 4).await;
+    let vm = "vm".parse().unwrap();
+    let (a, b): (PointId, PointId) = (
+        "20260101T000000Z-0001".parse().unwrap(),
+        "20260101T000000Z-0002".parse().unwrap(),
+    );
+    write_point_of(&repo, "vm", &a, vec![None]).await;
+    write_point_of(&repo, "vm", &b, vec![Some(two)]).await;
+    let (ma, mb) = (
+        repo.load_manifest(&vm, &a).await.unwrap(),
+        repo.load_manifest(&vm, &b).await.unwrap(),
+    );
+    let gone = |key: String| {
+        let mem = mem.clone();
+        async move {
+            use crate::backend::Backend;
+            mem.delete_many(&[key]).await.unwrap();
+        }
+    };
+    gone(crate::keys::node(&two)).await;
+    let e = diff_disks(&repo, &ma.disks[0], &mb.disks[0])
+        .await
+        .unwrap_err();
+    assert!(e.is_damage(), "{e}");
+    // The point stays: damage.
+    let still = removed_or(&repo, [&ma, &mb], e).await;
+    assert!(still.is_damage(), "{still}");
+    // Its point removed too: what diff met went with it.
+    gone(crate::keys::point(&vm, &b)).await;
+    let e = diff_disks(&repo, &ma.disks[0], &mb.disks[0])
+        .await
+        .unwrap_err();
+    match removed_or(&repo, [&ma, &mb], e).await {
+        Error::PointRemoved { point } => assert!(point.ends_with(b.as_str()), "{point}"),
+        other => panic!("want the point removed, got {other}"),
+    }
+}

@@ -1,7 +1,7 @@
 use anyhow::Result;
 use serde::Serialize;
 use xfull_core::Error;
-use xfull_core::diff::diff_disks;
+use xfull_core::diff::{diff_disks, removed_or};
 use xfull_core::manifest::Manifest;
 
 use crate::cli::{Cli, DiffArgs};
@@ -43,7 +43,10 @@ pub async fn run(cli: &Cli, args: &DiffArgs) -> Result<()> {
     let mut out = Vec::new();
     for name in &names {
         let (da, db) = (a.disk(name)?, b.disk(name)?);
-        let set = diff_disks(&repo, da, db).await?;
+        let set = match diff_disks(&repo, da, db).await {
+            Ok(set) => set,
+            Err(e) => return Err(removed_or(&repo, [&a, &b], e).await.into()),
+        };
         out.push((name.clone(), (da.size, db.size), set));
     }
     if let (true, [(_, _, set)]) = (args.extents, &out[..]) {
