@@ -73,7 +73,6 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
             "gc": gc,
         }));
     }
-    let kept: usize = plans.iter().map(|p| p.decisions.len()).sum::<usize>() - doomed.len();
     if args.dry_run {
         println!(
             "dry run: would keep {kept} and remove {} points",
