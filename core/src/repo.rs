@@ -340,6 +340,20 @@ impl Repository {
         self.decode_node(id, &bytes)
     }
 
+    /// The node of a segment of `len` bytes: one that covers another
+    /// length is damage naming it (read as the segment, a shorter one
+    /// left the rest unread, a longer one reached into the next).
+    pub async fn load_segment_node(&self, id: &ObjectId, len: u64) -> Result<Node> {
+        let node = self.load_node(id).await?;
+        if node.len() != len {
+            return Err(Error::Corrupt {
+                key: keys::node(id),
+                reason: format!("covers {} bytes, the segment has {len}", node.len()),
+            });
+        }
+        Ok(node)
+    }
+
     /// Opens and decodes a node's stored bytes, checked against its id
     /// and this repository's constants (for `copy`, which moves stored
     /// bytes between repositories with the same keys).

@@ -203,14 +203,7 @@ impl SegmentCtx {
 
     /// The entries of a segment's node, which must cover `len` bytes.
     pub(super) async fn entries(&self, node_id: ObjectId, len: u64) -> Result<Vec<Entry>> {
-        let node = self.repo.load_node(&node_id).await?;
-        if node.len() != len {
-            return Err(Error::Corrupt {
-                key: crate::keys::node(&node_id),
-                reason: format!("covers {} bytes, the segment has {len}", node.len()),
-            });
-        }
-        Ok(node.entries)
+        Ok(self.repo.load_segment_node(&node_id, len).await?.entries)
     }
 
     /// The chunks `asks` names, opened into their slots of `buf` where
