@@ -35,6 +35,7 @@ mod object_lock_hidden;
 mod operations;
 mod pack_files;
 mod placement;
+mod prune_damage;
 mod prune_parent;
 mod repair;
 mod repair_packs;

@@ -96,11 +96,13 @@ fn print_plan(plans: &[VmPlan]) {
         println!("vm {}:", p.vm);
         for d in &p.decisions {
             let what = if d.keep { "keep  " } else { "remove" };
+            let damaged = d.damaged.as_ref().map(|w| format!(" (damaged: {w})"));
             println!(
-                "  {what} {}  {}  {}",
+                "  {what} {}  {}  {}{}",
                 d.id,
                 d.time.format("%Y-%m-%d %H:%M:%S"),
-                printable(&d.reasons.join(", "))
+                printable(&d.reasons.join(", ")),
+                printable(damaged.as_deref().unwrap_or_default())
             );
         }
     }
@@ -158,6 +160,7 @@ fn plan_json(p: &VmPlan) -> serde_json::Value {
                 "time": json_time(&d.time),
                 "keep": d.keep,
                 "reasons": d.reasons,
+                "damaged": d.damaged,
             })
         })
         .collect();

@@ -3,6 +3,7 @@
 //! it as its parent) is moved to `trash/` instead, where the sweeps keep
 //! it until no live lease pins it. Chunks and nodes are left to `gc`.
 
+mod damaged;
 pub mod forget;
 pub mod policy;
 pub mod span;
@@ -61,22 +62,30 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
     {
         return Err(Error::InvalidArgument(format!("VM {v} has no points")));
     }
+    let mut damage = damaged::Damage::load(repo).await?;
     let mut plans = Vec::new();
     for (vm, ids) in by_vm {
         // Each manifest is cut down to what planning needs as it arrives:
         // kept whole (segment lists and all, up to tens of MB for a large
         // disk), a VM's points together could exhaust memory, and every
         // later prune with it (review, stop 56).
-        let loaded: Vec<(PointId, Result<Candidate>)> = futures::stream::iter(ids)
+        let damage_ref = &damage;
+        // Each point with why its manifest counts as damaged, if it does.
+        type Loaded = (PointId, Result<(Candidate, Option<String>)>);
+        let loaded: Vec<Loaded> = futures::stream::iter(ids)
             .map(|id| {
                 let vm = &vm;
                 async move {
-                    let m = repo.load_manifest(vm, &id).await.map(|m| Candidate {
-                        id: id.clone(),
-                        time: m.time,
-                        created: m.created,
-                        labels: m.labels,
-                        disks: m.disks.iter().map(|d| d.name.to_string()).collect(),
+                    let m = repo.load_manifest(vm, &id).await.map(|m| {
+                        let damaged = damage_ref.of_manifest(&m);
+                        let c = Candidate {
+                            id: id.clone(),
+                            time: m.time,
+                            created: m.created,
+                            labels: m.labels,
+                            disks: m.disks.iter().map(|d| d.name.to_string()).collect(),
+                        };
+                        (c, damaged)
                     });
                     (id, m)
                 }
@@ -86,9 +95,15 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
             .await;
         let mut candidates = Vec::new();
         let mut unreadable = Vec::new();
+        let mut damaged_points = BTreeMap::new();
         for (id, m) in loaded {
             match m {
-                Ok(c) => candidates.push(c),
+                Ok((c, damaged)) => {
+                    if let Some(why) = damaged {
+                        damaged_points.insert(id, why);
+                    }
+                    candidates.push(c)
+                }
                 // Pruned by someone else meanwhile: nothing to decide.
                 Err(Error::PointNotFound { .. }) => {}
                 Err(e) if e.is_damage() => unreadable.push(Decision {
@@ -96,11 +111,14 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
                     id,
                     keep: true,
                     reasons: vec![format!("manifest unreadable, kept ({e})")],
+                    damaged: Some(format!("its manifest: {e}")),
                 }),
                 Err(e) => return Err(e),
             }
         }
-        let mut decisions = policy::plan(&candidates, policy).map_err(Error::InvalidArgument)?;
+        let mut decisions =
+            damaged::plan(repo, &vm, &candidates, damaged_points, &mut damage, policy).await?;
+        let damaged = decisions.iter().filter(|d| d.damaged.is_some()).count();
         // Only `--keep-label` with `--forget-disks` can (every other rule
         // keeps the newest point). A newer unreadable point is no
         // parent: a backup sets its change source aside for it.
@@ -121,6 +139,13 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
                 )
             })
             .collect();
+        if damaged > 0 {
+            warnings.push(format!(
+                "{damaged} point(s) of VM {vm} have recorded damage and do not count toward \
+                 the rules: whole points are kept in their place; `xfull repair` removes the \
+                 damage (with --disk, stores it again) and clears stale records"
+            ));
+        }
         if let Some(id) = &newest {
             warnings.push(format!(
                 "the plan removes {vm}@{id}, the newest point of VM {vm}: change information \

@@ -65,6 +65,9 @@ pub struct Decision {
     pub keep: bool,
     /// Why it is kept (empty when removed).
     pub reasons: Vec<String>,
+    /// Why it counts as damaged, when a damage record names one of its
+    /// objects: the rules count only the others (`super::damaged`).
+    pub damaged: Option<String>,
 }
 
 type Bucket = fn(&DateTime<Utc>) -> (i32, u32, u32, u32);
@@ -153,6 +156,7 @@ pub fn plan(points: &[Candidate], policy: &Policy) -> Result<Vec<Decision>, Stri
             time: p.time,
             keep: !reasons.is_empty(),
             reasons,
+            damaged: None,
         })
         .collect())
 }
