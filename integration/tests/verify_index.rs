@@ -235,3 +235,38 @@ fn repair_runs_beside_a_damaged_index_object() {
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(r["still_damaged"][0]["point"].is_string(), "{r} {err}");
 }
+
+/// A damaged index object beside the sound one: every point restores,
+/// but verify exits 3 until `index rebuild`. `repair` said "every point
+/// is whole" and exited 0 beside it (review 100), and so also when the
+/// contradicted entries were too many for verify to judge them all.
+#[test]
+fn repair_fails_while_the_index_disagrees_with_the_packs() {
+    let e = repo();
+    let file = e.files("index")[0].clone();
+    let path = file.display().to_string();
+    let last = if path.ends_with('0') { "1" } else { "0" };
+    let other = PathBuf::from(format!("{}{last}", &path[..path.len() - 1]));
+    std::fs::copy(&file, &other).unwrap();
+    spoil(&other);
+    assert_eq!(restore_code(&e), Some(0));
+    assert!(!index_problems(&e).is_empty());
+
+    let o = e.x(&["repair", "--json"]).output().unwrap();
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    let after = e.x(&["verify", "--json"]).output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{r} then {}",
+        String::from_utf8_lossy(&after.stdout)
+    );
+    assert!(r["still_damaged"].as_array().unwrap().is_empty(), "{r}");
+    assert!(r["index_problems_left"].as_u64().unwrap() >= 1, "{r}");
+    let err = xfull_integration::env::stderr(&o);
+    assert!(err.contains("index rebuild"), "{err}");
+
+    e.json(&["index", "rebuild"]);
+    e.x(&["verify"]).assert().success();
+    e.x(&["repair"]).assert().success();
+}

@@ -32,11 +32,14 @@ pub async fn run(cli: &Cli, args: &RepairArgs) -> Result<()> {
             points: report.still_damaged.len(),
         }
         .into())
-    } else if report.packs_unreadable_left > 0 {
-        Err(Error::IndexDamaged {
-            problems: report.packs_unreadable_left,
-        }
-        .into())
+    } else if report.index_problems_left > 0 {
+        Err(anyhow::Error::new(Error::IndexDamaged {
+            problems: report.index_problems_left,
+        })
+        .context(
+            "every point is whole, but the index disagrees with the packs: `xfull verify` \
+             names the problems; `xfull index rebuild` writes the index again from the packs",
+        ))
     } else {
         Ok(())
     }
@@ -117,6 +120,12 @@ fn print_report(r: &RepairReport) {
             println!(
                 "{} pack(s) whose trailer cannot be read are still there (see the warnings)",
                 r.packs_unreadable_left
+            );
+        }
+        if r.index_problems_left > 0 {
+            println!(
+                "{} index problem(s) left: `xfull verify` names them",
+                r.index_problems_left
             );
         }
         return;

@@ -87,6 +87,10 @@ pub struct RepairReport {
     pub chunks_not_salvaged: u64,
     /// Points that still cannot be restored whole.
     pub still_damaged: Vec<DamagedPoint>,
+    /// Index problems the run's last verify still finds (entries their
+    /// packs contradict, index objects or pack trailers that cannot be
+    /// read): `index rebuild` mends the index; repair does not.
+    pub index_problems_left: u64,
     pub warnings: Vec<String>,
 }
 
@@ -161,6 +165,8 @@ pub async fn repair(
         objects_missing: found.objects_missing,
         warnings: found.warnings.clone(),
         still_damaged: found.damaged.clone(),
+        // Until the last verify, if there is one, looks again.
+        index_problems_left: found.index_problems_found,
         ..RepairReport::default()
     };
     let salvaged = packs::salvage(
@@ -309,6 +315,16 @@ pub async fn repair(
     // What the last look found, not what this run counted: packs beyond
     // the verify's first 4,096, or readable again, are seen as they are.
     report.packs_unreadable_left = after.unreadable_packs_found;
+    // Every point whole is not every object sound: with the index in
+    // disagreement repair said so and exited 0 while verify exited 3,
+    // and with more contradicted entries than verify judges, points it
+    // did not judge may not restore (review 100).
+    report.index_problems_left = after.index_problems_found;
+    for w in after.warnings {
+        if !report.warnings.contains(&w) {
+            report.warnings.push(w);
+        }
+    }
     Ok(report)
 }
 

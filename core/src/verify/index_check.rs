@@ -82,6 +82,9 @@ pub struct IndexCheck {
     /// [`MAX_CONTRADICTED`]): their chunks may be placed nowhere a pack
     /// lists them ([`unplaced`]).
     pub contradicted: Vec<IndexEntry>,
+    /// All such entries: beyond [`MAX_CONTRADICTED`] their chunks are
+    /// not judged, and the caller says so.
+    pub contradicted_found: u64,
     /// The listed packs with their sizes, sorted by name.
     pub listed: Vec<(ObjectId, u64)>,
 }
@@ -330,6 +333,7 @@ impl Walk<'_> {
                 Trailer::Read => {
                     out.entries_checked += 1;
                     if !self.prints.contains(print(&self.key, &e.pack, &e.entry))? {
+                        out.contradicted_found += 1;
                         if out.contradicted.len() < MAX_CONTRADICTED {
                             out.contradicted.push(e);
                         }

@@ -33,6 +33,7 @@ use crate::placement::lookup::default_cache_dir;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
+mod against_packs;
 mod chunks;
 mod index_check;
 mod removed;
@@ -338,7 +339,6 @@ pub async fn verify_with(
     // called a point whole whose restore failed). The index's own
     // problems are reported when no point is named.
     if !named || opts.read_data {
-        let checked = index_check::check_index(repo, &progress).await?;
         // Referenced chunks whose entries their packs contradict, placed
         // nowhere a pack lists them: their points do not restore.
         let (refs, missing, known) = (&refs, &missing, &bad);
@@ -347,23 +347,10 @@ pub async fn verify_with(
                 && !chunks::is_missing(missing, c)
                 && !known.contains_key(c)
         };
-        let unplaced = index_check::unplaced(repo, &checked, &wanted, opts.read_data).await?;
+        let unplaced =
+            against_packs::check(repo, &progress, named, opts.read_data, &wanted, &mut report)
+                .await?;
         bad.extend(unplaced);
-        report.pack_trailers_read = checked.trailers_read;
-        report.index_entries_checked = checked.entries_checked;
-        if !named {
-            report.index_problems = checked.problems;
-            report.unreadable_packs = checked.unreadable_packs;
-            report.unreadable_packs_found = checked.unreadable_found;
-            report.index_problems_found = checked.problems_found;
-        }
-        if checked.archived > 0 {
-            report.warnings.push(format!(
-                "{} pack(s) are in an archive storage class: their index entries were not checked \
-                 against them",
-                checked.archived
-            ));
-        }
     }
     drop(refs);
     if !missing.is_empty() || !bad.is_empty() {
