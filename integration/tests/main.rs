@@ -30,6 +30,7 @@ mod least_privilege;
 mod mount;
 mod mount_edges;
 mod nbd_source;
+mod node_lengths;
 mod object_lock;
 mod object_lock_hidden;
 mod operations;

@@ -56,7 +56,9 @@ pub async fn write_point(
     };
     let (nid, plain) = node.to_plain(repo.codec()).unwrap();
     repo.put_node(&nid, &plain).await.unwrap();
-    write_point_of(repo, vm, id, vec![Some(nid)]).await;
+    // A disk of one short segment the node covers (verify holds a node
+    // to its segment's length, as restore does).
+    write_disk(repo, vm, id, vec![Some(nid)], node.len()).await;
 }
 
 /// Stores the point `vm@id` of one disk `d` of the nodes `segments` (of
@@ -66,6 +68,18 @@ pub async fn write_point_of(
     vm: &str,
     id: &PointId,
     segments: Vec<Option<ObjectId>>,
+) {
+    let size = repo.config().segment_size * segments.len() as u64;
+    write_disk(repo, vm, id, segments, size).await;
+}
+
+/// As [`write_point_of`], the disk `size` bytes.
+async fn write_disk(
+    repo: &Repository,
+    vm: &str,
+    id: &PointId,
+    segments: Vec<Option<ObjectId>>,
+    size: u64,
 ) {
     use crate::manifest::{BackupStats, DiskManifest, Manifest};
     use chrono::TimeZone;
@@ -81,7 +95,7 @@ pub async fn write_point_of(
         labels: BTreeMap::new(),
         disks: vec![DiskManifest {
             name: "d".parse().unwrap(),
-            size: seg * segments.len() as u64,
+            size,
             segment_size: seg,
             segments,
             last_data: Vec::new(),

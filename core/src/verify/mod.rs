@@ -26,7 +26,6 @@ use crate::error::{Error, Result};
 use crate::id::{ObjectId, PointId};
 use crate::keys;
 use crate::lease::ObjectRef;
-use crate::manifest::Manifest;
 use crate::names::VmName;
 use crate::node::Node;
 use crate::placement::lookup::default_cache_dir;
@@ -36,9 +35,13 @@ use crate::repo::Repository;
 mod against_packs;
 mod chunks;
 mod index_check;
+mod lengths;
+mod point_damage;
 mod removed;
+
 use crate::spilled_set::{self, SpilledSet};
 pub use index_check::{IndexProblem, TRAILERS_IN_FLIGHT};
+use point_damage::point_damage;
 
 /// Node fetches in flight.
 const FETCHES: usize = 32;
@@ -217,14 +220,18 @@ pub async fn verify_with(
     // Manifests one at a time, keeping their distinct nodes.
     let mut read_points = Vec::new();
     let mut todo = BTreeSet::new();
+    let mut uses = lengths::Uses::new(repo.config().segment_size);
     for (vm, id) in &points {
         match repo.load_manifest(vm, id).await {
             Ok(m) => {
-                todo.extend(
-                    m.disks
-                        .iter()
-                        .flat_map(|d| d.segments.iter().flatten().copied()),
-                );
+                for d in &m.disks {
+                    for (i, seg) in d.segments.iter().enumerate() {
+                        let Some(n) = seg else { continue };
+                        let r = d.segment_range(i);
+                        uses.saw(*n, r.end - r.start, todo.contains(n));
+                        todo.insert(*n);
+                    }
+                }
                 read_points.push((vm.clone(), id.clone()));
             }
             Err(Error::PointNotFound { .. }) if !named => {}
@@ -249,6 +256,9 @@ pub async fn verify_with(
     let mut refs = SpilledSet::new(budget, base);
     // Damage by node (only damaged nodes are held).
     let mut nodes: HashMap<ObjectId, NodeDamage> = HashMap::new();
+    // Nodes some segment uses at another length than they cover, and
+    // what they cover.
+    let mut covers: HashMap<ObjectId, u64> = HashMap::new();
     let present_nodes = &present_nodes;
     let mut loaded = futures::stream::iter(todo.iter().copied())
         .map(|id| async move {
@@ -280,6 +290,11 @@ pub async fn verify_with(
                 nodes.insert(id, vec![(0..u64::MAX, why)]);
             }
             Ok(n) => {
+                if uses.wrong(&id, n.len()) {
+                    // Damage of the points that use it so, not of the
+                    // node: repair must not remove it.
+                    covers.insert(id, n.len());
+                }
                 for (_, _, c) in entries(&n) {
                     let Some(c) = c else { continue };
                     refs.insert(prefix(&c))?;
@@ -367,7 +382,7 @@ pub async fn verify_with(
             .extend(found.lost.into_iter().map(|(n, why)| (keys::node(&n), why)));
     }
 
-    if !nodes.is_empty() {
+    if !nodes.is_empty() || !covers.is_empty() {
         // Manifests again, to say which points and bytes the damage
         // touches, and which points are gone by now.
         let mut remaining = removed::Remaining::default();
@@ -375,14 +390,14 @@ pub async fn verify_with(
             match repo.load_manifest(vm, id).await {
                 Ok(m) => {
                     remaining.saw(&m, &nodes);
-                    report.damaged.extend(point_damage(&m, &nodes));
+                    report.damaged.extend(point_damage(&m, &nodes, &covers));
                 }
                 Err(Error::PointNotFound { .. }) => remaining.removed(vm, id),
                 Err(e) => return Err(e),
             }
         }
         remaining
-            .drop_damage_of_removed(repo, &read_points, named, &nodes, &mut report)
+            .drop_damage_of_removed(repo, &read_points, named, &nodes, &covers, &mut report)
             .await;
     }
     report.objects_damaged = report.bad_objects.len() as u64;
@@ -448,45 +463,4 @@ fn chunk_damage(n: &Node, mut bad: impl FnMut(&ObjectId) -> Option<String>) -> N
             bad(&c).map(|why| (at..at + u64::from(len), why))
         })
         .collect()
-}
-
-fn point_damage(m: &Manifest, nodes: &HashMap<ObjectId, NodeDamage>) -> Option<DamagedPoint> {
-    let mut disks = Vec::new();
-    for d in &m.disks {
-        let mut ranges: Vec<Range<u64>> = Vec::new();
-        let mut problems = BTreeMap::new();
-        for (i, seg) in d.segments.iter().enumerate() {
-            let Some(id) = seg else { continue };
-            let base = d.segment_range(i);
-            for (r, why) in nodes.get(id).into_iter().flatten() {
-                let r = base.start + r.start.min(base.end - base.start)
-                    ..base.start + r.end.min(base.end - base.start);
-                problems.entry(why.clone()).or_insert(r.start);
-                match ranges.last_mut() {
-                    Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
-                    _ => ranges.push(r),
-                }
-            }
-        }
-        if !ranges.is_empty() {
-            let mut problems: Vec<(u64, String)> =
-                problems.into_iter().map(|(why, at)| (at, why)).collect();
-            problems.sort();
-            disks.push(DamagedDisk {
-                disk: d.name.to_string(),
-                damaged_bytes: ranges.iter().map(|r| r.end - r.start).sum(),
-                ranges: ranges.iter().map(|r| (r.start, r.end)).collect(),
-                problems: problems
-                    .into_iter()
-                    .take(MAX_PROBLEMS)
-                    .map(|(at, why)| format!("at offset {at}: {why}"))
-                    .collect(),
-            });
-        }
-    }
-    (!disks.is_empty()).then(|| DamagedPoint {
-        point: m.point_name(),
-        manifest: None,
-        disks,
-    })
 }

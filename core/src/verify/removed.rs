@@ -65,13 +65,15 @@ impl Remaining {
     /// Drops from `report` the nodes only removed points used that are
     /// gone now (see the module), and says so in a warning. `read` are
     /// the points verify read (`named`: the caller named them); `damaged`
-    /// the damaged nodes. Nothing changes when no point was removed.
+    /// the damaged nodes, `covers` what the nodes some segment uses at
+    /// another length cover. Nothing changes when no point was removed.
     pub(super) async fn drop_damage_of_removed(
         mut self,
         repo: &Repository,
         read: &[(VmName, PointId)],
         named: bool,
         damaged: &HashMap<ObjectId, NodeDamage>,
+        covers: &HashMap<ObjectId, u64>,
         report: &mut VerifyReport,
     ) {
         if self.removed.is_empty() {
@@ -83,7 +85,7 @@ impl Remaining {
             self.removed.len()
         );
         if !named {
-            let dropped = match self.others_seen(repo, read, damaged, report).await {
+            let dropped = match self.others_seen(repo, read, damaged, covers, report).await {
                 Ok(()) => self.drop_gone(repo, report).await,
                 Err(e) => Err(e),
             };
@@ -125,6 +127,7 @@ impl Remaining {
         repo: &Repository,
         read: &[(VmName, PointId)],
         damaged: &HashMap<ObjectId, NodeDamage>,
+        covers: &HashMap<ObjectId, u64>,
         report: &mut VerifyReport,
     ) -> Result<()> {
         let mut known: HashSet<(VmName, PointId)> = read.iter().cloned().collect();
@@ -142,7 +145,7 @@ impl Remaining {
             match repo.load_kept_manifest(vm, id).await {
                 Ok(m) => {
                     self.saw(&m, damaged);
-                    report.damaged.extend(point_damage(&m, damaged));
+                    report.damaged.extend(point_damage(&m, damaged, covers));
                 }
                 Err(Error::PointNotFound { .. }) => {}
                 Err(e) => return Err(e),
