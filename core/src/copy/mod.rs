@@ -225,4 +225,6 @@ mod lock_tests;
 #[cfg(test)]
 mod race_tests;
 #[cfg(test)]
+mod segment_tests;
+#[cfg(test)]
 mod tests;

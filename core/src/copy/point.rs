@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use super::locked::target_manifest;
-use super::nodes::Copier;
+use super::nodes::{Copier, trusted_nodes};
 use super::{CopyCounts, Run, in_source, is_source_damage, recheck};
 use crate::damage::KnownDamage;
 use crate::error::{Error, Result};
@@ -72,11 +72,7 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         // Read after the lease, as a backup reads them.
         let known = KnownDamage::load(run.target).await?;
         let reference = reference_point(run, &manifest, &session).await?;
-        let trusted = reference
-            .iter()
-            .flat_map(|r| r.disks.iter())
-            .flat_map(|d| d.segments.iter().flatten().copied())
-            .collect();
+        let trusted = trusted_nodes(reference.as_ref());
         // Opened once the lease is written: packs found through it are
         // recorded in the lease before the copy relies on them.
         let placement = run.target.chunks();
@@ -171,7 +167,9 @@ async fn reference_point(
     }
 }
 
-/// Every node of the point, in disk order, a batch at a time.
+/// Every node of the point, in disk order, a batch at a time, with the
+/// length of its segment (a node used at two lengths is damage: it is
+/// checked at each).
 async fn copy_nodes(
     run: &Run<'_>,
     manifest: &Manifest,
@@ -189,8 +187,9 @@ async fn copy_nodes(
             if seen.len() >= SEEN_CAP {
                 seen.clear();
             }
-            if seen.insert(*node) {
-                batch.push(*node);
+            let used = (*node, range.end - range.start);
+            if seen.insert(used) {
+                batch.push(used);
             }
             if batch.len() == BATCH {
                 copier.batch(session, &batch).await?;
