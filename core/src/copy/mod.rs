@@ -215,6 +215,8 @@ fn is_source_damage(e: &Error) -> bool {
 }
 
 #[cfg(test)]
+mod commit_tests;
+#[cfg(test)]
 mod damage_tests;
 #[cfg(test)]
 mod format_tests;

@@ -87,6 +87,13 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         settle(run, &mut session, &manifest).await?;
         let deps = session.deps();
         let m = target_manifest(run, &manifest, reference.as_ref(), lock, &deps).await?;
+        // Under object lock that renewed every node and pack it relies
+        // on, maybe slowly: a commit more than a quarter TTL after the
+        // last check is not made on it (a sweep may have missed a lease
+        // that died meanwhile), by backup's rule.
+        if crate::backup::last_check_too_old(run.target, &session) {
+            settle(run, &mut session, &manifest).await?;
+        }
         Ok::<_, Error>((copier.counts, m, copier.replaced))
     };
     // A cancellation wins over work that is ready too: nothing of the
