@@ -225,6 +225,8 @@ mod index_damage_tests;
 #[cfg(test)]
 mod lock_tests;
 #[cfg(test)]
+mod memory_tests;
+#[cfg(test)]
 mod race_tests;
 #[cfg(test)]
 mod segment_tests;

@@ -40,10 +40,33 @@ use crate::session::Session;
 /// Node requests (HEAD, GET, PUT) in flight at once.
 const NODE_REQUESTS: usize = 16;
 /// Nodes waiting for their chunks' index object before they are put
-/// (their stored bytes, a few KiB each: a few MiB in all). Each flush
+/// (their stored bytes; also bounded by [`PENDING_BYTES`]). Each flush
 /// seals the open pack and writes an index object, so this also bounds
 /// how many small packs and index objects a copy makes.
 pub(super) const PENDING_NODES: usize = 4096;
+/// Stored bytes of waiting nodes that also make a flush. A node is a few
+/// KiB at 1 MiB segments of 16 KiB chunks, but ~40 KiB at 64 MiB segments
+/// of 64 KiB chunks, and up to `node::max_stored` in a small-chunk
+/// repository or from a hostile source: [`PENDING_NODES`] of those alone
+/// was ~160 MiB to GiBs (found by review).
+const PENDING_BYTES: usize = 64 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// [`PENDING_BYTES`] as a test sets it (tokio's test runtime runs
+    /// the copy on the test's thread).
+    pub(super) static PENDING_BYTES_CAP: std::cell::Cell<usize> =
+        const { std::cell::Cell::new(PENDING_BYTES) };
+}
+
+/// [`PENDING_BYTES`], or a test's cap.
+pub(super) fn pending_bytes_cap() -> usize {
+    #[cfg(test)]
+    return PENDING_BYTES_CAP.with(|c| c.get());
+    #[cfg(not(test))]
+    PENDING_BYTES
+}
+
 /// Chunk ids remembered as handed to this session's packs (then
 /// forgotten: a chunk met again is copied again, waste but never a
 /// missing chunk).
@@ -63,6 +86,8 @@ pub(super) struct Copier<'a> {
     /// Nodes to put once their chunks are findable, and whether over a
     /// copy recorded as damaged.
     pending: Vec<(ObjectId, Bytes, bool)>,
+    /// Their stored bytes.
+    pending_bytes: usize,
     /// Keys of objects stored again over recorded damage: their records
     /// can go once the point is committed.
     pub replaced: Vec<String>,
@@ -92,6 +117,7 @@ impl<'a> Copier<'a> {
             trusted,
             known,
             pending: Vec::new(),
+            pending_bytes: 0,
             replaced: Vec::new(),
             sent: HashSet::new(),
             dep_packs: HashSet::new(),
@@ -152,10 +178,11 @@ impl<'a> Copier<'a> {
                 session.depend([ObjectRef::Node(id)]);
                 self.counts.nodes_present += 1;
             } else {
+                self.pending_bytes += stored.len();
                 self.pending.push((id, stored, there && damaged));
             }
         }
-        if self.pending.len() >= PENDING_NODES {
+        if self.pending.len() >= PENDING_NODES || self.pending_bytes >= pending_bytes_cap() {
             self.flush(session).await?;
         }
         Ok(())
@@ -219,6 +246,7 @@ impl<'a> Copier<'a> {
         self.packs.finish().await?;
         session.depend(self.packs.take_existed());
         let target = self.run.target;
+        self.pending_bytes = 0;
         let put: Vec<(ObjectId, Stored, u64, bool)> =
             futures::stream::iter(std::mem::take(&mut self.pending))
                 .map(|(id, stored, over)| async move {

@@ -45,6 +45,7 @@ pub(super) async fn ensure_present(
     let forced = placement.session(Arc::new(ChunkIndex::empty(run.target.backend().clone())));
     let mut disk = forced.disk();
     let mut replace: Vec<(ObjectId, Bytes)> = Vec::new();
+    let mut replace_bytes = 0usize;
     let mut checked = HashSet::new();
     let mut seen = HashSet::new();
     let mut relied = Vec::new();
@@ -65,6 +66,7 @@ pub(super) async fn ensure_present(
             Ok(n) => n.chunk_ids().collect(),
             Err(e) if e.is_damage() => {
                 let (stored, n) = source_node(run, node, len).await?;
+                replace_bytes += stored.len();
                 replace.push((*node, stored));
                 n
             }
@@ -83,7 +85,9 @@ pub(super) async fn ensure_present(
                 .await
                 .map_err(|e| in_source(run.source, e))?;
         }
-        if replace.len() >= NODES_PER_FLUSH {
+        // Bounded by their bytes too, as the copy's waiting nodes are.
+        if replace.len() >= NODES_PER_FLUSH || replace_bytes >= super::nodes::pending_bytes_cap() {
+            replace_bytes = 0;
             flush(run, &forced, &mut disk, &mut replace).await?;
         }
     }
