@@ -42,7 +42,15 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         Ok(_) => return Ok(PointResult::Present),
         Err(Error::PointNotFound { .. }) => {}
         // A damaged manifest under this point's key is never replaced
-        // (create-only): `forget` it in the target, then copy again.
+        // (create-only): `forget` it in the target, then copy again. Said
+        // of the target: `--repo` is the source.
+        Err(e) if e.is_damage() => {
+            return Err(Error::TargetPointDamaged {
+                point: format!("{vm}@{id}"),
+                target_location: run.target.location(),
+                reason: e.to_string(),
+            });
+        }
         Err(e) => return Err(e),
     }
     let manifest = match run.source.load_manifest(vm, id).await {

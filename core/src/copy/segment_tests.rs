@@ -82,3 +82,28 @@ async fn swapped_nodes_are_refused_though_the_reference_point_has_them() {
     let there = points(&*tb).await;
     assert_eq!(there.len(), 1, "{there:?}");
 }
+
+/// A damaged manifest at the point's key in the target is the target's
+/// damage, and says so: the operator's `--repo` is the source, where
+/// `forget` would delete the good point.
+#[tokio::test]
+async fn a_damaged_point_in_the_target_names_the_target() {
+    let (dir, _sb, tb, source, target) = pair(false).await;
+    let a1 = back_up(&source, &dir, "a", &data(1 << 20, 72)).await;
+    let key = keys::point(&a1.vm, &a1.id);
+    tb.put(
+        &key,
+        bytes::Bytes::from_static(b"rot"),
+        crate::backend::PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    let e = run(&source, &target, every_point(&[&a1]))
+        .await
+        .unwrap_err();
+    assert!(e.is_damage(), "{e}");
+    let msg = e.to_string();
+    let point = format!("{}@{}", a1.vm, a1.id);
+    assert!(msg.contains("in the target memory://"), "{msg}");
+    assert!(msg.contains(&format!("forget {point}")), "{msg}");
+}
