@@ -66,6 +66,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// The manifest at a copied point's key in the target is damaged. The
+    /// operator's `--repo` is the copy's source, so the hint names the
+    /// target: `forget` run on `--repo` would delete the good point.
+    #[error(
+        "damaged point {point} in the target {target_location}: {reason}; a copy never \
+         replaces it: run `xfull -r {target_location} forget {point}`, then copy again"
+    )]
+    TargetPointDamaged {
+        point: String,
+        target_location: String,
+        reason: String,
+    },
+
     /// Restoring or reading a point met damaged or missing data.
     #[error(
         "point {point}, disk {disk}: damaged data at offset {offset} (chunk {chunk}): {reason}"
@@ -358,6 +371,7 @@ impl Error {
             self,
             Error::Corrupt { .. }
                 | Error::SourceCorrupt { .. }
+                | Error::TargetPointDamaged { .. }
                 | Error::Backend(BackendError::Corrupt { .. })
                 | Error::Damaged { .. }
                 | Error::DamageIgnored { .. }

@@ -345,12 +345,15 @@ impl Repository {
     /// left the rest unread, a longer one reached into the next).
     pub async fn load_segment_node(&self, id: &ObjectId, len: u64) -> Result<Node> {
         let node = self.load_node(id).await?;
-        if node.len() != len {
-            return Err(Error::Corrupt {
-                key: keys::node(id),
-                reason: format!("covers {} bytes, the segment has {len}", node.len()),
-            });
-        }
+        covers_segment(id, &node, len)?;
+        Ok(node)
+    }
+
+    /// [`Self::decode_node`] for the node of a segment of `len` bytes, as
+    /// [`Self::load_segment_node`] checks it (`copy` moves stored bytes).
+    pub fn decode_segment_node(&self, id: &ObjectId, stored: &[u8], len: u64) -> Result<Node> {
+        let node = self.decode_node(id, stored)?;
+        covers_segment(id, &node, len)?;
         Ok(node)
     }
 
@@ -459,6 +462,19 @@ pub(crate) async fn put_once_as(
         Err(e) if e.is_already_exists() => Ok(Stored::Existed),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether `node` covers its segment's `len` bytes: read as the segment,
+/// a shorter one leaves the rest unread, a longer one reaches into the
+/// next (`Node::decode` only refuses one longer than any segment).
+fn covers_segment(id: &ObjectId, node: &Node, len: u64) -> Result<()> {
+    if node.len() != len {
+        return Err(Error::Corrupt {
+            key: keys::node(id),
+            reason: format!("covers {} bytes, the segment has {len}", node.len()),
+        });
+    }
+    Ok(())
 }
 
 /// A referenced object that is gone is damage, not a plain "not found".

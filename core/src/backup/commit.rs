@@ -139,8 +139,9 @@ pub(super) struct FirstCheck {
 }
 
 /// Whether the session's last check is too old to commit on
-/// ([`check_too_old`] with the repository's lease TTL).
-pub(super) fn last_check_too_old(repo: &Repository, session: &Session) -> bool {
+/// ([`check_too_old`] with the repository's lease TTL). `copy` commits
+/// by the same rule.
+pub(crate) fn last_check_too_old(repo: &Repository, session: &Session) -> bool {
     let ttl = repo.config().protocol.ttl().to_std().unwrap_or_default();
     check_too_old(session.since_check(), ttl)
 }

@@ -215,6 +215,8 @@ fn is_source_damage(e: &Error) -> bool {
 }
 
 #[cfg(test)]
+mod commit_tests;
+#[cfg(test)]
 mod damage_tests;
 #[cfg(test)]
 mod format_tests;
@@ -223,6 +225,10 @@ mod index_damage_tests;
 #[cfg(test)]
 mod lock_tests;
 #[cfg(test)]
+mod memory_tests;
+#[cfg(test)]
 mod race_tests;
+#[cfg(test)]
+mod segment_tests;
 #[cfg(test)]
 mod tests;

@@ -19,7 +19,7 @@
 //! one is copied again into a new pack (the index then has a good place
 //! for it), and the records go once the point is committed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::keys;
 use crate::lease::ObjectRef;
+use crate::manifest::Manifest;
 use crate::placement::session::{DiskPacks, Found, SessionPacks};
 use crate::repo::{Repository, Stored, put_once};
 use crate::session::Session;
@@ -39,10 +40,33 @@ use crate::session::Session;
 /// Node requests (HEAD, GET, PUT) in flight at once.
 const NODE_REQUESTS: usize = 16;
 /// Nodes waiting for their chunks' index object before they are put
-/// (their stored bytes, a few KiB each: a few MiB in all). Each flush
+/// (their stored bytes; also bounded by [`PENDING_BYTES`]). Each flush
 /// seals the open pack and writes an index object, so this also bounds
 /// how many small packs and index objects a copy makes.
 pub(super) const PENDING_NODES: usize = 4096;
+/// Stored bytes of waiting nodes that also make a flush. A node is a few
+/// KiB at 1 MiB segments of 16 KiB chunks, but ~40 KiB at 64 MiB segments
+/// of 64 KiB chunks, and up to `node::max_stored` in a small-chunk
+/// repository or from a hostile source: [`PENDING_NODES`] of those alone
+/// was ~160 MiB to GiBs (found by review).
+const PENDING_BYTES: usize = 64 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// [`PENDING_BYTES`] as a test sets it (tokio's test runtime runs
+    /// the copy on the test's thread).
+    pub(super) static PENDING_BYTES_CAP: std::cell::Cell<usize> =
+        const { std::cell::Cell::new(PENDING_BYTES) };
+}
+
+/// [`PENDING_BYTES`], or a test's cap.
+pub(super) fn pending_bytes_cap() -> usize {
+    #[cfg(test)]
+    return PENDING_BYTES_CAP.with(|c| c.get());
+    #[cfg(not(test))]
+    PENDING_BYTES
+}
+
 /// Chunk ids remembered as handed to this session's packs (then
 /// forgotten: a chunk met again is copied again, waste but never a
 /// missing chunk).
@@ -54,13 +78,16 @@ pub(super) struct Copier<'a> {
     run: &'a Run<'a>,
     packs: Arc<SessionPacks>,
     disk: Option<DiskPacks>,
-    /// Nodes the session's pinned reference point references.
-    trusted: HashSet<ObjectId>,
+    /// Nodes the session's pinned reference point references, with the
+    /// length of the segments they cover there.
+    trusted: HashMap<ObjectId, u64>,
     /// The target's damage records.
     known: KnownDamage,
     /// Nodes to put once their chunks are findable, and whether over a
     /// copy recorded as damaged.
     pending: Vec<(ObjectId, Bytes, bool)>,
+    /// Their stored bytes.
+    pending_bytes: usize,
     /// Keys of objects stored again over recorded damage: their records
     /// can go once the point is committed.
     pub replaced: Vec<String>,
@@ -74,7 +101,7 @@ impl<'a> Copier<'a> {
     pub fn new(
         run: &'a Run<'a>,
         packs: Arc<SessionPacks>,
-        mut trusted: HashSet<ObjectId>,
+        mut trusted: HashMap<ObjectId, u64>,
         known: KnownDamage,
     ) -> Self {
         // While a chunk has a record, a trusted node may name it: look at
@@ -82,7 +109,7 @@ impl<'a> Copier<'a> {
         if !known.chunks.is_empty() {
             trusted.clear();
         }
-        trusted.retain(|n| !known.nodes.contains(n));
+        trusted.retain(|n, _| !known.nodes.contains(n));
         Copier {
             run,
             packs,
@@ -90,6 +117,7 @@ impl<'a> Copier<'a> {
             trusted,
             known,
             pending: Vec::new(),
+            pending_bytes: 0,
             replaced: Vec::new(),
             sent: HashSet::new(),
             dep_packs: HashSet::new(),
@@ -97,38 +125,43 @@ impl<'a> Copier<'a> {
         }
     }
 
-    /// Copies the nodes `ids` (distinct) that the target lacks, with the
-    /// chunks they need; puts them at the next [`Copier::flush`].
-    pub async fn batch(&mut self, session: &Session, ids: &[ObjectId]) -> Result<()> {
+    /// Copies the nodes `ids` (distinct pairs of a node and the length
+    /// of a segment it is used for) that the target lacks, with the chunks
+    /// they need; puts them at the next [`Copier::flush`]. A node must
+    /// cover its segment, as restore requires: one used at another
+    /// length than the reference point uses it is fetched and checked,
+    /// and fails there as the source's damage.
+    pub async fn batch(&mut self, session: &Session, ids: &[(ObjectId, u64)]) -> Result<()> {
         let mut check = Vec::new();
-        for id in ids {
-            if self.trusted.contains(id) {
+        for &(id, len) in ids {
+            if self.trusted.get(&id) == Some(&len) {
                 self.counts.nodes_present += 1;
             } else {
-                check.push(*id);
+                check.push((id, len));
             }
         }
         let target = self.run.target.backend();
         let there: Vec<bool> = futures::stream::iter(&check)
-            .map(|id| async move { Ok::<_, Error>(target.exists(&keys::node(id)).await?) })
+            .map(|(id, _)| async move { Ok::<_, Error>(target.exists(&keys::node(id)).await?) })
             .buffered(NODE_REQUESTS)
             .try_collect()
             .await?;
         let source = self.run.source;
         let loaded: Vec<(ObjectId, Bytes, Vec<ObjectId>)> = futures::stream::iter(&check)
-            .map(|id| async move {
-                let key = keys::node(id);
+            .map(|&(id, len)| async move {
+                let key = keys::node(&id);
                 let stored = source
                     .backend()
                     .get_at_most(&key, source.max_node())
                     .await
                     .map_err(|e| in_source(source, crate::repo::missing(e, &key)))?;
                 // Checked before anything relies on it: it opens, decodes
-                // to a node of these constants and hashes to its id.
+                // to a node of these constants, hashes to its id and
+                // covers its segment.
                 let node = source
-                    .decode_node(id, &stored)
+                    .decode_segment_node(&id, &stored, len)
                     .map_err(|e| in_source(source, e))?;
-                Ok::<_, Error>((*id, stored, node.chunk_ids().collect()))
+                Ok::<_, Error>((id, stored, node.chunk_ids().collect()))
             })
             .buffered(NODE_REQUESTS)
             .try_collect()
@@ -145,10 +178,11 @@ impl<'a> Copier<'a> {
                 session.depend([ObjectRef::Node(id)]);
                 self.counts.nodes_present += 1;
             } else {
+                self.pending_bytes += stored.len();
                 self.pending.push((id, stored, there && damaged));
             }
         }
-        if self.pending.len() >= PENDING_NODES {
+        if self.pending.len() >= PENDING_NODES || self.pending_bytes >= pending_bytes_cap() {
             self.flush(session).await?;
         }
         Ok(())
@@ -212,6 +246,7 @@ impl<'a> Copier<'a> {
         self.packs.finish().await?;
         session.depend(self.packs.take_existed());
         let target = self.run.target;
+        self.pending_bytes = 0;
         let put: Vec<(ObjectId, Stored, u64, bool)> =
             futures::stream::iter(std::mem::take(&mut self.pending))
                 .map(|(id, stored, over)| async move {
@@ -245,6 +280,24 @@ impl<'a> Copier<'a> {
         }
         Ok(())
     }
+}
+
+/// The nodes of `reference` with the length of the segment each covers
+/// there; a node it uses at two lengths (damage in it) is not trusted.
+pub(super) fn trusted_nodes(reference: Option<&Manifest>) -> HashMap<ObjectId, u64> {
+    let mut out = HashMap::new();
+    let mut conflicting = HashSet::new();
+    for disk in reference.iter().flat_map(|r| r.disks.iter()) {
+        for (i, node) in disk.segments.iter().enumerate() {
+            let Some(node) = node else { continue };
+            let r = disk.segment_range(i);
+            if *out.entry(*node).or_insert(r.end - r.start) != r.end - r.start {
+                conflicting.insert(*node);
+            }
+        }
+    }
+    out.retain(|n, _| !conflicting.contains(n));
+    out
 }
 
 /// Puts a node over a copy recorded as damaged (its id fixes the right

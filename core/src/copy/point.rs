@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use super::locked::target_manifest;
-use super::nodes::Copier;
+use super::nodes::{Copier, trusted_nodes};
 use super::{CopyCounts, Run, in_source, is_source_damage, recheck};
 use crate::damage::KnownDamage;
 use crate::error::{Error, Result};
@@ -42,7 +42,15 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         Ok(_) => return Ok(PointResult::Present),
         Err(Error::PointNotFound { .. }) => {}
         // A damaged manifest under this point's key is never replaced
-        // (create-only): `forget` it in the target, then copy again.
+        // (create-only): `forget` it in the target, then copy again. Said
+        // of the target: `--repo` is the source.
+        Err(e) if e.is_damage() => {
+            return Err(Error::TargetPointDamaged {
+                point: format!("{vm}@{id}"),
+                target_location: run.target.location(),
+                reason: e.to_string(),
+            });
+        }
         Err(e) => return Err(e),
     }
     let manifest = match run.source.load_manifest(vm, id).await {
@@ -72,11 +80,7 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         // Read after the lease, as a backup reads them.
         let known = KnownDamage::load(run.target).await?;
         let reference = reference_point(run, &manifest, &session).await?;
-        let trusted = reference
-            .iter()
-            .flat_map(|r| r.disks.iter())
-            .flat_map(|d| d.segments.iter().flatten().copied())
-            .collect();
+        let trusted = trusted_nodes(reference.as_ref());
         // Opened once the lease is written: packs found through it are
         // recorded in the lease before the copy relies on them.
         let placement = run.target.chunks();
@@ -91,6 +95,13 @@ pub(super) async fn copy_point(run: &Run<'_>, vm: &VmName, id: &PointId) -> Resu
         settle(run, &mut session, &manifest).await?;
         let deps = session.deps();
         let m = target_manifest(run, &manifest, reference.as_ref(), lock, &deps).await?;
+        // Under object lock that renewed every node and pack it relies
+        // on, maybe slowly: a commit more than a quarter TTL after the
+        // last check is not made on it (a sweep may have missed a lease
+        // that died meanwhile), by backup's rule.
+        if crate::backup::last_check_too_old(run.target, &session) {
+            settle(run, &mut session, &manifest).await?;
+        }
         Ok::<_, Error>((copier.counts, m, copier.replaced))
     };
     // A cancellation wins over work that is ready too: nothing of the
@@ -171,7 +182,9 @@ async fn reference_point(
     }
 }
 
-/// Every node of the point, in disk order, a batch at a time.
+/// Every node of the point, in disk order, a batch at a time, with the
+/// length of its segment (a node used at two lengths is damage: it is
+/// checked at each).
 async fn copy_nodes(
     run: &Run<'_>,
     manifest: &Manifest,
@@ -189,8 +202,9 @@ async fn copy_nodes(
             if seen.len() >= SEEN_CAP {
                 seen.clear();
             }
-            if seen.insert(*node) {
-                batch.push(*node);
+            let used = (*node, range.end - range.start);
+            if seen.insert(used) {
+                batch.push(used);
             }
             if batch.len() == BATCH {
                 copier.batch(session, &batch).await?;

@@ -45,21 +45,28 @@ pub(super) async fn ensure_present(
     let forced = placement.session(Arc::new(ChunkIndex::empty(run.target.backend().clone())));
     let mut disk = forced.disk();
     let mut replace: Vec<(ObjectId, Bytes)> = Vec::new();
+    let mut replace_bytes = 0usize;
     let mut checked = HashSet::new();
     let mut seen = HashSet::new();
     let mut relied = Vec::new();
-    for node in manifest
-        .disks
-        .iter()
-        .flat_map(|d| d.segments.iter().flatten())
-    {
-        if !seen.insert(*node) {
+    // Each node with its segment's length: it must cover it, as restore
+    // requires (a node used at two lengths fails at one of them).
+    let used = manifest.disks.iter().flat_map(|d| {
+        (0..d.segments.len()).filter_map(move |i| {
+            let r = d.segment_range(i);
+            d.segments[i].map(|n| (n, r.end - r.start))
+        })
+    });
+    for (node, len) in used {
+        if !seen.insert((node, len)) {
             continue;
         }
-        let chunks: Vec<ObjectId> = match run.target.load_node(node).await {
+        let node = &node;
+        let chunks: Vec<ObjectId> = match run.target.load_segment_node(node, len).await {
             Ok(n) => n.chunk_ids().collect(),
             Err(e) if e.is_damage() => {
-                let (stored, n) = source_node(run, node).await?;
+                let (stored, n) = source_node(run, node, len).await?;
+                replace_bytes += stored.len();
                 replace.push((*node, stored));
                 n
             }
@@ -78,7 +85,9 @@ pub(super) async fn ensure_present(
                 .await
                 .map_err(|e| in_source(run.source, e))?;
         }
-        if replace.len() >= NODES_PER_FLUSH {
+        // Bounded by their bytes too, as the copy's waiting nodes are.
+        if replace.len() >= NODES_PER_FLUSH || replace_bytes >= super::nodes::pending_bytes_cap() {
+            replace_bytes = 0;
             flush(run, &forced, &mut disk, &mut replace).await?;
         }
     }
@@ -87,8 +96,9 @@ pub(super) async fn ensure_present(
     Ok(relied)
 }
 
-/// A node's stored bytes in the source, checked, and its chunks.
-async fn source_node(run: &Run<'_>, id: &ObjectId) -> Result<(Bytes, Vec<ObjectId>)> {
+/// A node's stored bytes in the source, checked (also that it covers its
+/// segment's `len` bytes), and its chunks.
+async fn source_node(run: &Run<'_>, id: &ObjectId, len: u64) -> Result<(Bytes, Vec<ObjectId>)> {
     let key = keys::node(id);
     let stored = run
         .source
@@ -98,7 +108,7 @@ async fn source_node(run: &Run<'_>, id: &ObjectId) -> Result<(Bytes, Vec<ObjectI
         .map_err(|e| in_source(run.source, crate::repo::missing(e, &key)))?;
     let node = run
         .source
-        .decode_node(id, &stored)
+        .decode_segment_node(id, &stored, len)
         .map_err(|e| in_source(run.source, e))?;
     let chunks = node.chunk_ids().collect();
     Ok((stored, chunks))
