@@ -346,6 +346,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// `init`'s config put failed in a way that may have stored it (a lost
+    /// reply), and the config could not be read back to tell: the
+    /// repository may exist, so its first key slot was kept, and the
+    /// secret that opens it must be too.
+    #[error(
+        "init at {location} cannot tell whether the repository was made ({reason}): the \
+         repository may have been created; its key slot was kept, and the same password or \
+         key file opens it if so (try `xfull points`)"
+    )]
+    InitOutcomeUnknown { location: String, reason: String },
+
     /// Master keys are made once per repository; `keys/` already has slots.
     #[error("the repository at {location} already has key slots; refusing to make new master keys")]
     KeysExist { location: String },

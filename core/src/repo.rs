@@ -18,6 +18,8 @@ use crate::keys;
 use crate::node::Node;
 use crate::placement::Placement;
 
+#[cfg(test)]
+mod init_tests;
 mod points;
 pub use points::{Summaries, Unreadable};
 
@@ -194,7 +196,9 @@ impl Repository {
             // could open or init over (review, stop 50). A config known
             // absent, or another init's (a race this one lost), frees the
             // slot (best effort); not knowing, the slot stays (a retry
-            // then says the repository exists).
+            // then says the repository exists), and so must the secret
+            // that opens it: a plain failure made the CLI delete the key
+            // file it had made for this init (review, 2026-12-07).
             let ours = match backend
                 .get_at_most(keys::CONFIG, crate::config::max_stored())
                 .await
@@ -211,7 +215,12 @@ impl Repository {
                         .await;
                     return Err(e);
                 }
-                None => return Err(e),
+                None => {
+                    return Err(Error::InitOutcomeUnknown {
+                        location: backend.location(),
+                        reason: e.to_string(),
+                    });
+                }
             }
         }
         let codec = Arc::new(Codec::encrypted(master, config.data_cipher()));
