@@ -357,8 +357,13 @@ pub enum Error {
     )]
     InitOutcomeUnknown { location: String, reason: String },
 
-    /// Master keys are made once per repository; `keys/` already has slots.
-    #[error("the repository at {location} already has key slots; refusing to make new master keys")]
+    /// `init` found key slots and no config: an encrypted init failed
+    /// before its config, or is running now. Neither a plain config (it
+    /// would read as a downgrade) nor new master keys can go beside them.
+    #[error(
+        "{location}: keys/ holds key slots but there is no config: an earlier init failed or \
+         another is running; if none is, delete keys/ and run init again"
+    )]
     KeysExist { location: String },
 }
 

@@ -28,6 +28,14 @@ pub async fn list_slots_stored(backend: &dyn Backend) -> Result<Vec<ObjectMeta>>
     Ok(backend.list(SLOTS).try_collect().await?)
 }
 
+/// Whether `keys/` holds objects named as key slots (read or not).
+pub async fn has_slots(backend: &dyn Backend) -> Result<bool> {
+    let listed = list_slots_stored(backend).await?;
+    Ok(listed
+        .iter()
+        .any(|m| slot::parse_slot_key(&m.key).is_some()))
+}
+
 /// Reads every key slot; damaged ones come back as errors in place.
 async fn read_slots(backend: &dyn Backend) -> Result<Vec<(String, Result<KeySlot>)>> {
     read_listed_slots(backend, list_slots_stored(backend).await?).await
@@ -118,9 +126,23 @@ async fn write_slot(
         KeySlot::create(&slot_id, &k, &f, &s, params, Utc::now())
     })
     .await??;
-    backend
-        .put(&slot.key(), slot.encode().into(), PutMode::Create)
-        .await?;
+    let (key, bytes) = (slot.key(), bytes::Bytes::from(slot.encode()));
+    match backend.put(&key, bytes.clone(), PutMode::Create).await {
+        Ok(()) => {}
+        // An SDK retries a create-only put whose reply was lost; if the
+        // first attempt landed, the retry is refused (412) and the slot
+        // is written all the same: `init` then failed and left its slot
+        // without a config (review, 2026-12-07). Ours if the stored
+        // bytes are exactly ours (a fresh random id and salt and nonce:
+        // nobody else writes them).
+        Err(e) if e.is_already_exists() => {
+            match backend.get_at_most(&key, slot::MAX_SLOT_LEN as u64).await {
+                Ok(stored) if stored == bytes => {}
+                _ => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(id)
 }
 
