@@ -46,3 +46,51 @@ async fn a_slot_put_refused_on_retry_after_it_landed_is_written() {
     let k = unlock(mem.as_ref(), &pw("a")).await.unwrap();
     assert_eq!(k.slot(), keys.slot());
 }
+
+/// A slot with the given argon2 costs, as a planted one would be: its
+/// header only matters for the order (never opened here).
+fn with_costs(id: &str, params: Argon2Params) -> (String, crate::error::Result<KeySlot>) {
+    use ciborium::Value;
+    let header = SlotHeader {
+        access: Access::Full,
+        created: chrono::Utc::now(),
+        kdf: Kdf::Argon2id {
+            params,
+            salt: [0; 16],
+        },
+    };
+    let mut header_bytes = Vec::new();
+    ciborium::into_writer(&header, &mut header_bytes).unwrap();
+    let stored = Value::Map(vec![
+        (Value::from("header"), Value::Bytes(header_bytes)),
+        (Value::from("nonce"), Value::Bytes(vec![0; 24])),
+        (Value::from("wrapped"), Value::Bytes(vec![0; 80])),
+        (Value::from("auth"), Value::Bytes(vec![0; 32])),
+    ]);
+    let mut bytes = b"XFK1".to_vec();
+    ciborium::into_writer(&stored, &mut bytes).unwrap();
+    let key = slot::slot_key(id);
+    (id.to_string(), KeySlot::decode(&key, &bytes))
+}
+
+/// Ordered by memory times passes, a planted slot of one pass and all
+/// but 1 KiB of the real slot's product (384 MiB against the default
+/// 64 MiB and 6 passes) sorted first and cost six times the default's
+/// memory on every unlock. No slot tried before a default-cost one may
+/// need more memory than it.
+#[test]
+fn a_slot_of_one_pass_and_more_memory_is_not_tried_first() {
+    let d = Argon2Params::DEFAULT;
+    let planted = Argon2Params {
+        m_kib: d.m_kib * d.t - 1,
+        t: 1,
+        p: 1,
+    };
+    let mut slots = vec![
+        with_costs("0000000000000000", planted),
+        with_costs("0000000000000001", d),
+    ];
+    assert!(slots.iter().all(|(_, s)| s.is_ok()));
+    in_trial_order(&mut slots);
+    assert_eq!(slots[0].0, "0000000000000001");
+}
