@@ -278,6 +278,11 @@ pub enum Error {
     #[error("no key slot {slot} in the repository at {location}")]
     KeySlotNotFound { location: String, slot: String },
 
+    /// `key add` / `key passwd` was given a new secret that already opens
+    /// a slot: it would add no secret, only (maybe) another access.
+    #[error("the new {secret} already opens key slot {slot}: choose another")]
+    SecretInUse { secret: String, slot: String },
+
     /// Removing this slot would leave no full-access key: nobody could
     /// restore, and the data would be lost for good.
     #[error(

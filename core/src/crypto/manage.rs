@@ -256,11 +256,38 @@ pub async fn add_slot(
     params: Argon2Params,
 ) -> Result<String> {
     keys.slot_auth_key("key add")?;
+    refuse_if_it_opens(backend, secret).await?;
     let wrapped = match access {
         Access::Full => keys.clone(),
         Access::BackupOnly => keys.backup_only(),
     };
     write_slot(backend, &wrapped, keys, secret, params).await
+}
+
+/// Refuses a new secret that opens a slot already (tried on every slot
+/// of its kind, cheapest first): `key passwd` to the same, leaked,
+/// password changed nothing, and `key add` of a full slot with a
+/// backup-only slot's password gave full access to every host that has
+/// it, silently (review, 2026-12-07). Damaged slots are passed over.
+async fn refuse_if_it_opens(backend: &dyn Backend, secret: &Secret) -> Result<()> {
+    let mut slots = read_slots(backend).await?;
+    in_trial_order(&mut slots);
+    for (id, slot) in slots {
+        let Ok(slot) = slot else { continue };
+        if !slot.fits(secret) {
+            continue;
+        }
+        let s = secret.clone();
+        if let Ok(Some(_)) =
+            crate::task::blocking("key slot derivation", move || slot.open(&s)).await?
+        {
+            return Err(Error::SecretInUse {
+                secret: secret.source().to_string(),
+                slot: id,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Removes slot `id` (`xfull key remove`), unless no other authentic

@@ -94,3 +94,32 @@ fn a_slot_of_one_pass_and_more_memory_is_not_tried_first() {
     in_trial_order(&mut slots);
     assert_eq!(slots[0].0, "0000000000000001");
 }
+
+/// A new password that already opens a slot: `key passwd` to the same
+/// (leaked) password rotated nothing, and `key add` of a full slot with
+/// a backup-only slot's password gave every host that has it full
+/// access, silently. Both are refused, and write nothing.
+#[tokio::test]
+async fn a_new_password_that_opens_a_slot_already_is_refused() {
+    let b = MemBackend::default();
+    let keys = create_keys(&b, &pw("a"), FAST).await.unwrap();
+    let host = add_slot(&b, &keys, &pw("host"), Access::BackupOnly, FAST)
+        .await
+        .unwrap();
+    let before = snapshot(&b).await;
+    let e = change_secret(&b, &keys, &pw("a"), FAST).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("already opens key slot {}", keys.slot())),
+        "{e}"
+    );
+    let e = add_slot(&b, &keys, &pw("host"), Access::Full, FAST)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("already opens key slot {host}")),
+        "{e}"
+    );
+    assert_eq!(snapshot(&b).await, before, "nothing written");
+}
