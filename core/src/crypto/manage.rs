@@ -376,9 +376,11 @@ pub async fn change_secret(
 ) -> Result<String> {
     keys.slot_auth_key("key passwd")?;
     let old = slot::slot_key(keys.slot());
-    let current = backend.get_at_most(&old, slot::MAX_SLOT_LEN as u64).await?;
-    let access = KeySlot::decode(&old, &current)?.header.access;
-    let id = add_slot(backend, keys, new, access, params).await?;
+    // The unlocked keys' access, not the stored header's: read again
+    // here it is not authenticated, and a header rewritten to
+    // "backup-only" made the new slot so and the old full one went
+    // (review, 2026-12-07). Both are full here (slot_auth_key).
+    let id = add_slot(backend, keys, new, keys.access(), params).await?;
     backend.delete_many(&[old]).await?;
     Ok(id)
 }

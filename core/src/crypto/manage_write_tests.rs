@@ -123,3 +123,28 @@ async fn a_new_password_that_opens_a_slot_already_is_refused() {
     );
     assert_eq!(snapshot(&b).await, before, "nothing written");
 }
+
+/// `key passwd` took the new slot's access from the stored slot's
+/// header, read again after the unlock and not authenticated then: a
+/// header rewritten to "backup-only" made the new slot backup-only, and
+/// the old full one was deleted. The access is the unlocked keys'.
+#[tokio::test]
+async fn passwd_keeps_the_access_of_the_keys_not_of_the_stored_header() {
+    let b = MemBackend::default();
+    let keys = create_keys(&b, &pw("old"), FAST).await.unwrap();
+    let swapped = KeySlot::create(
+        keys.slot(),
+        &keys.backup_only(),
+        &keys,
+        &pw("x"),
+        FAST,
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    b.put(&swapped.key(), swapped.encode().into(), PutMode::Overwrite)
+        .await
+        .unwrap();
+    change_secret(&b, &keys, &pw("new"), FAST).await.unwrap();
+    let k = unlock(&b, &pw("new")).await.unwrap();
+    assert_eq!(k.access(), Access::Full);
+}
