@@ -114,7 +114,7 @@ pub fn new_secret(args: &NewSecretArgs) -> Result<Secret> {
         },
         ..SecretSources::default()
     };
-    Ok(s.resolve(Ask::Confirm)?)
+    Ok(s.resolve(Ask::New)?)
 }
 
 /// The secret of a second repository (`copy --to`, `init --like`): its
@@ -180,7 +180,10 @@ mod tests {
         let e = after_failed_init(unknown.into(), Some(path.clone()), &secret);
         assert!(path.exists());
         let said = format!("{e:#}");
-        assert!(said.contains("may have been created") && said.contains("kept"), "{said}");
+        assert!(
+            said.contains("may have been created") && said.contains("kept"),
+            "{said}"
+        );
         assert!(matches!(
             e.downcast_ref(),
             Some(xfull_core::Error::InitOutcomeUnknown { .. })
