@@ -364,13 +364,7 @@ async fn init_as(
     .await;
     let (made, place) = match result {
         Ok(r) => r,
-        Err(e) => {
-            // A key file for a repository that was not made opens nothing.
-            if let Some(path) = &made_key_file {
-                crate::secrets::remove_made_key_file(path, &secret);
-            }
-            return Err(e);
-        }
+        Err(e) => return Err(crate::secrets::after_failed_init(e, made_key_file, &secret)),
     };
     forget_earlier(&place, &made);
     remember(&place, &made);

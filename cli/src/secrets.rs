@@ -71,10 +71,31 @@ pub fn for_init(cli: &Cli) -> Result<(Secret, Option<PathBuf>)> {
     Ok((s.resolve(Ask::Confirm)?, None))
 }
 
+/// What is left of an `init` that failed with `e`: a key file it made
+/// (`made`, holding `secret`) opens nothing when the repository was not
+/// made, and is removed; but when init cannot tell whether it made it,
+/// the file may be the one secret of the repository's only slot, and is
+/// kept, as the error then says (it was deleted; review, 2026-12-07).
+pub fn after_failed_init(
+    e: anyhow::Error,
+    made: Option<PathBuf>,
+    secret: &Secret,
+) -> anyhow::Error {
+    let Some(path) = made else { return e };
+    if let Some(xfull_core::Error::InitOutcomeUnknown { .. }) = e.downcast_ref() {
+        return e.context(format!(
+            "the repository may have been created; key file {} kept",
+            path.display()
+        ));
+    }
+    remove_made_key_file(&path, secret);
+    e
+}
+
 /// Removes the key file `init` made at `path` once init failed: only if
 /// it still holds the key made (a file put there since is someone
 /// else's).
-pub fn remove_made_key_file(path: &Path, made: &Secret) {
+fn remove_made_key_file(path: &Path, made: &Secret) {
     if keyfile::read(path).is_ok_and(|k| k.bytes() == made.bytes()) {
         let _ = std::fs::remove_file(path);
     }
@@ -93,7 +114,7 @@ pub fn new_secret(args: &NewSecretArgs) -> Result<Secret> {
         },
         ..SecretSources::default()
     };
-    Ok(s.resolve(Ask::Confirm)?)
+    Ok(s.resolve(Ask::New)?)
 }
 
 /// The secret of a second repository (`copy --to`, `init --like`): its
@@ -138,4 +159,39 @@ pub fn other(
         }
         e => e,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed init removes the key file it made, unless it cannot tell
+    /// whether it made the repository: then the file may be the only
+    /// secret of its slot.
+    #[test]
+    fn a_made_key_file_is_kept_when_init_may_have_succeeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let secret = keyfile::generate(&path).unwrap();
+        let unknown = xfull_core::Error::InitOutcomeUnknown {
+            location: "memory://".into(),
+            reason: "reply lost".into(),
+        };
+        let e = after_failed_init(unknown.into(), Some(path.clone()), &secret);
+        assert!(path.exists());
+        let said = format!("{e:#}");
+        assert!(
+            said.contains("may have been created") && said.contains("kept"),
+            "{said}"
+        );
+        assert!(matches!(
+            e.downcast_ref(),
+            Some(xfull_core::Error::InitOutcomeUnknown { .. })
+        ));
+        let exists = xfull_core::Error::RepositoryExists {
+            location: "memory://".into(),
+        };
+        after_failed_init(exists.into(), Some(path.clone()), &secret);
+        assert!(!path.exists());
+    }
 }

@@ -291,6 +291,11 @@ pub enum Error {
     #[error("no key slot {slot} in the repository at {location}")]
     KeySlotNotFound { location: String, slot: String },
 
+    /// `key add` / `key passwd` was given a new secret that already opens
+    /// a slot: it would add no secret, only (maybe) another access.
+    #[error("the new {secret} already opens key slot {slot}: choose another")]
+    SecretInUse { secret: String, slot: String },
+
     /// Removing this slot would leave no full-access key: nobody could
     /// restore, and the data would be lost for good.
     #[error(
@@ -359,8 +364,24 @@ pub enum Error {
         reason: String,
     },
 
-    /// Master keys are made once per repository; `keys/` already has slots.
-    #[error("the repository at {location} already has key slots; refusing to make new master keys")]
+    /// `init`'s config put failed in a way that may have stored it (a lost
+    /// reply), and the config could not be read back to tell: the
+    /// repository may exist, so its first key slot was kept, and the
+    /// secret that opens it must be too.
+    #[error(
+        "init at {location} cannot tell whether the repository was made ({reason}): the \
+         repository may have been created; its key slot was kept, and the same password or \
+         key file opens it if so (try `xfull points`)"
+    )]
+    InitOutcomeUnknown { location: String, reason: String },
+
+    /// `init` found key slots and no config: an encrypted init failed
+    /// before its config, or is running now. Neither a plain config (it
+    /// would read as a downgrade) nor new master keys can go beside them.
+    #[error(
+        "{location}: keys/ holds key slots but there is no config: an earlier init failed or \
+         another is running; if none is, delete keys/ and run init again"
+    )]
     KeysExist { location: String },
 }
 

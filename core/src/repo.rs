@@ -18,6 +18,8 @@ use crate::keys;
 use crate::node::Node;
 use crate::placement::Placement;
 
+#[cfg(test)]
+mod init_tests;
 mod points;
 pub use points::{Summaries, Unreadable};
 
@@ -95,6 +97,20 @@ impl Repository {
             format: config.format.min(OLD_FORMAT_VERSION),
             ..config
         };
+        // Slots without a config are an encrypted init that failed or is
+        // running: a plain config beside them made every later command
+        // report tampering (an unencrypted config beside key slots;
+        // review, 2026-12-07).
+        if backend.exists(keys::CONFIG).await? {
+            return Err(Error::RepositoryExists {
+                location: backend.location(),
+            });
+        }
+        if crypto::manage::has_slots(backend.as_ref()).await? {
+            return Err(Error::KeysExist {
+                location: backend.location(),
+            });
+        }
         let backend = locking(backend, &config);
         write_config(backend.as_ref(), &config).await?;
         Ok(Repository {
@@ -163,7 +179,10 @@ impl Repository {
         params: Argon2Params,
         like: Option<&crypto::MasterKeys>,
     ) -> Result<Self> {
-        if backend.head(keys::CONFIG).await.is_ok() {
+        // Only "not found" says there is none: any failure (a timeout, a
+        // denied HEAD) was taken for it, and a slot written into what may
+        // be a repository (review, 2026-12-07).
+        if backend.exists(keys::CONFIG).await? {
             return Err(Error::RepositoryExists {
                 location: backend.location(),
             });
@@ -175,10 +194,14 @@ impl Repository {
         };
         let master = match created {
             Ok(m) => m,
-            // Another `init` wrote its slot first: it is making the
-            // repository (or made it and crashed before its config).
+            // Another `init` wrote its slot first: it made the repository
+            // (its config is there now), or is making it, or failed
+            // before its config; the message says which it can tell.
             Err(Error::KeysExist { location }) => {
-                return Err(Error::RepositoryExists { location });
+                if backend.exists(keys::CONFIG).await? {
+                    return Err(Error::RepositoryExists { location });
+                }
+                return Err(Error::KeysExist { location });
             }
             Err(e) => return Err(e),
         };
@@ -194,7 +217,9 @@ impl Repository {
             // could open or init over (review, stop 50). A config known
             // absent, or another init's (a race this one lost), frees the
             // slot (best effort); not knowing, the slot stays (a retry
-            // then says the repository exists).
+            // then says the repository exists), and so must the secret
+            // that opens it: a plain failure made the CLI delete the key
+            // file it had made for this init (review, 2026-12-07).
             let ours = match backend
                 .get_at_most(keys::CONFIG, crate::config::max_stored())
                 .await
@@ -211,7 +236,12 @@ impl Repository {
                         .await;
                     return Err(e);
                 }
-                None => return Err(e),
+                None => {
+                    return Err(Error::InitOutcomeUnknown {
+                        location: backend.location(),
+                        reason: e.to_string(),
+                    });
+                }
             }
         }
         let codec = Arc::new(Codec::encrypted(master, config.data_cipher()));

@@ -339,3 +339,15 @@ fn key_passwd_add_and_remove() {
     let (code, err) = fails(by(&second, &["points"]));
     assert_eq!(code, 1, "{err}");
 }
+
+/// `key remove` with an id that cannot name a slot (not 16 hex digits)
+/// opened the repository first, asking for a password, and then failed
+/// as an error (exit 1, "no key slot xyz"). It is a bad argument: exit
+/// 2, before anything is opened (here there is no repository at all).
+#[test]
+fn key_remove_of_a_malformed_id_is_usage_before_opening() {
+    let e = Env::bare();
+    let (code, err) = fails(e.x(&["key", "remove", "xyz"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("16 hex digits"), "{err}");
+}

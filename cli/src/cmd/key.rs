@@ -12,6 +12,17 @@ use crate::cli::{Cli, KeyCommand};
 use crate::output::print_json;
 
 pub async fn run(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
+    // A bad id is a bad argument: said before the repository is opened
+    // (a password asked for), not after as "no such slot", exit 1.
+    if let KeyCommand::Remove(a) = cmd
+        && crypto::slot::parse_slot_key(&crypto::slot::slot_key(&a.slot)).is_none()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{:?} is not a key slot id (16 hex digits, lower case, as `xfull key list` shows)",
+            a.slot
+        ))
+        .into());
+    }
     let repo = crate::open::open(cli).await?;
     let keys = master(&repo)?;
     let b = repo.backend().as_ref();

@@ -28,6 +28,14 @@ pub async fn list_slots_stored(backend: &dyn Backend) -> Result<Vec<ObjectMeta>>
     Ok(backend.list(SLOTS).try_collect().await?)
 }
 
+/// Whether `keys/` holds objects named as key slots (read or not).
+pub async fn has_slots(backend: &dyn Backend) -> Result<bool> {
+    let listed = list_slots_stored(backend).await?;
+    Ok(listed
+        .iter()
+        .any(|m| slot::parse_slot_key(&m.key).is_some()))
+}
+
 /// Reads every key slot; damaged ones come back as errors in place.
 async fn read_slots(backend: &dyn Backend) -> Result<Vec<(String, Result<KeySlot>)>> {
     read_listed_slots(backend, list_slots_stored(backend).await?).await
@@ -118,9 +126,23 @@ async fn write_slot(
         KeySlot::create(&slot_id, &k, &f, &s, params, Utc::now())
     })
     .await??;
-    backend
-        .put(&slot.key(), slot.encode().into(), PutMode::Create)
-        .await?;
+    let (key, bytes) = (slot.key(), bytes::Bytes::from(slot.encode()));
+    match backend.put(&key, bytes.clone(), PutMode::Create).await {
+        Ok(()) => {}
+        // An SDK retries a create-only put whose reply was lost; if the
+        // first attempt landed, the retry is refused (412) and the slot
+        // is written all the same: `init` then failed and left its slot
+        // without a config (review, 2026-12-07). Ours if the stored
+        // bytes are exactly ours (a fresh random id and salt and nonce:
+        // nobody else writes them).
+        Err(e) if e.is_already_exists() => {
+            match backend.get_at_most(&key, slot::MAX_SLOT_LEN as u64).await {
+                Ok(stored) if stored == bytes => {}
+                _ => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(id)
 }
 
@@ -234,11 +256,38 @@ pub async fn add_slot(
     params: Argon2Params,
 ) -> Result<String> {
     keys.slot_auth_key("key add")?;
+    refuse_if_it_opens(backend, secret).await?;
     let wrapped = match access {
         Access::Full => keys.clone(),
         Access::BackupOnly => keys.backup_only(),
     };
     write_slot(backend, &wrapped, keys, secret, params).await
+}
+
+/// Refuses a new secret that opens a slot already (tried on every slot
+/// of its kind, cheapest first): `key passwd` to the same, leaked,
+/// password changed nothing, and `key add` of a full slot with a
+/// backup-only slot's password gave full access to every host that has
+/// it, silently (review, 2026-12-07). Damaged slots are passed over.
+async fn refuse_if_it_opens(backend: &dyn Backend, secret: &Secret) -> Result<()> {
+    let mut slots = read_slots(backend).await?;
+    in_trial_order(&mut slots);
+    for (id, slot) in slots {
+        let Ok(slot) = slot else { continue };
+        if !slot.fits(secret) {
+            continue;
+        }
+        let s = secret.clone();
+        if let Ok(Some(_)) =
+            crate::task::blocking("key slot derivation", move || slot.open(&s)).await?
+        {
+            return Err(Error::SecretInUse {
+                secret: secret.source().to_string(),
+                slot: id,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Removes slot `id` (`xfull key remove`), unless no other authentic
@@ -327,9 +376,11 @@ pub async fn change_secret(
 ) -> Result<String> {
     keys.slot_auth_key("key passwd")?;
     let old = slot::slot_key(keys.slot());
-    let current = backend.get_at_most(&old, slot::MAX_SLOT_LEN as u64).await?;
-    let access = KeySlot::decode(&old, &current)?.header.access;
-    let id = add_slot(backend, keys, new, access, params).await?;
+    // The unlocked keys' access, not the stored header's: read again
+    // here it is not authenticated, and a header rewritten to
+    // "backup-only" made the new slot so and the old full one went
+    // (review, 2026-12-07). Both are full here (slot_auth_key).
+    let id = add_slot(backend, keys, new, keys.access(), params).await?;
     backend.delete_many(&[old]).await?;
     Ok(id)
 }

@@ -23,6 +23,8 @@ pub mod keyfile;
 pub mod manage;
 #[cfg(test)]
 mod manage_tests;
+#[cfg(test)]
+mod manage_write_tests;
 pub mod master;
 pub mod password;
 mod password_command;

@@ -110,8 +110,12 @@ impl std::fmt::Debug for SecretSources {
 pub enum Ask {
     /// Ask once (opening a repository).
     Once,
-    /// Ask twice and compare (a new password: init, key add, passwd).
+    /// Ask twice and compare (the first password of a new repository).
     Confirm,
+    /// Ask twice and compare, as a new password (`key add`, `key
+    /// passwd`): the prompt must not read as the one for the password
+    /// the repository was just opened with.
+    New,
     /// Never (scripts, tests): no source is an error.
     Never,
 }
@@ -179,15 +183,9 @@ impl SecretSources {
         };
         match ask {
             Ask::Never => Err(none()),
-            Ask::Once | Ask::Confirm => {
+            Ask::Once | Ask::Confirm | Ask::New => {
                 let tty = prompt::Terminal::open().map_err(|_| none())?;
-                let pw = tty.ask("Repository password: ")?;
-                if ask == Ask::Confirm {
-                    let again = tty.ask("The same password again: ")?;
-                    if *pw != *again {
-                        return Err(failed("password from the terminal", "the two differ"));
-                    }
-                }
+                let pw = prompt::ask_password(&tty, ask)?;
                 checked(pw.to_vec(), "password from the terminal".into())
             }
         }

@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use rustix::termios::{self, LocalModes, OptionalActions, SpecialCodeIndex, Termios};
 use zeroize::Zeroizing;
 
+use crate::crypto::password::{Ask, failed};
 use crate::error::{Error, Result};
 
 const MAX_LEN: usize = 4096;
@@ -126,6 +127,20 @@ impl Terminal {
     }
 }
 
+/// A password from `tty`, asked as `ask` says (twice, compared, unless
+/// [`Ask::Once`]); `ask` is not [`Ask::Never`].
+pub(crate) fn ask_password(tty: &Terminal, ask: Ask) -> Result<Zeroizing<Vec<u8>>> {
+    let (first, again) = match ask {
+        Ask::New => ("New password: ", "New password again: "),
+        _ => ("Repository password: ", "The same password again: "),
+    };
+    let pw = tty.ask(first)?;
+    if matches!(ask, Ask::Confirm | Ask::New) && *pw != *tty.ask(again)? {
+        return Err(failed("password from the terminal", "the two differ"));
+    }
+    Ok(pw)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::OwnedFd;
@@ -227,6 +242,41 @@ mod tests {
             "typed p, \u{e4}, Backspace, a: read {:?}",
             String::from_utf8_lossy(&pw)
         );
+    }
+
+    /// Reads the user's side up to the next prompt (": ").
+    fn next_prompt(user: &mut File) -> String {
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b": ") {
+            assert!(user.read(&mut byte).unwrap() > 0, "the terminal closed");
+            seen.push(byte[0]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    /// `key add` and `key passwd` asked for the new password as
+    /// "Repository password:", the prompt the command had just opened the
+    /// repository with: a user could take it for a second unlock and
+    /// type the old password (review, 2026-12-07).
+    #[test]
+    fn a_new_password_is_asked_for_as_new() {
+        let (user, tty) = pty();
+        let term = Terminal::from_file(tty).unwrap();
+        let mut user2 = user.try_clone().unwrap();
+        let typist = std::thread::spawn(move || {
+            let mut prompts = Vec::new();
+            for _ in 0..2 {
+                prompts.push(next_prompt(&mut user2));
+                user2.write_all(b"pw\r").unwrap();
+            }
+            prompts
+        });
+        let pw = ask_password(&term, Ask::New).unwrap();
+        assert_eq!(&pw[..], b"pw");
+        let prompts = typist.join().unwrap();
+        assert!(prompts[0].ends_with("New password: "), "{prompts:?}");
+        assert!(prompts[1].ends_with("New password again: "), "{prompts:?}");
     }
 
     #[test]

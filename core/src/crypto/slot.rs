@@ -148,11 +148,18 @@ impl Kdf {
         )
     }
 
-    /// What deriving the wrapping key costs, in KiB-passes (0 for a key
-    /// file: no stretching).
+    /// The order key slots are tried in (`manage::in_trial_order`): memory
+    /// times passes, fewer passes than the default's counted as the
+    /// default's (0 for a key file: no stretching). By the product alone,
+    /// a planted slot of one pass and nearly six times the default
+    /// memory sorted before a default slot and cost that memory on every
+    /// unlock (review, 2026-12-07); now a slot tried before one of
+    /// default cost needs at most its memory.
     pub fn cost(&self) -> u64 {
         match self {
-            Kdf::Argon2id { params, .. } => u64::from(params.m_kib) * u64::from(params.t),
+            Kdf::Argon2id { params, .. } => {
+                u64::from(params.m_kib) * u64::from(params.t.max(Argon2Params::DEFAULT.t))
+            }
             Kdf::KeyFile { .. } => 0,
         }
     }
