@@ -111,19 +111,20 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
                     id,
                     keep: true,
                     reasons: vec![format!("manifest unreadable, kept ({e})")],
-                    damaged: Some(format!("its manifest: {e}")),
+                    // The reason above gives the error.
+                    damaged: Some("its manifest cannot be read".into()),
                 }),
                 Err(e) => return Err(e),
             }
         }
         let mut decisions =
             damaged::plan(repo, &vm, &candidates, damaged_points, &mut damage, policy).await?;
-        let damaged = decisions.iter().filter(|d| d.damaged.is_some()).count();
         // Only `--keep-label` with `--forget-disks` can (every other rule
         // keeps the newest point). A newer unreadable point is no
         // parent: a backup sets its change source aside for it.
         let newest = decisions.first().filter(|d| !d.keep).map(|d| d.id.clone());
         decisions.extend(unreadable);
+        let damaged = decisions.iter().filter(|d| d.damaged.is_some()).count();
         // Stable: points of one time stay in the plan's order.
         decisions.sort_by_key(|d| std::cmp::Reverse(d.time));
         let ahead = chrono::Utc::now() + repo.config().protocol.margin();
@@ -141,7 +142,7 @@ pub async fn plan(repo: &Repository, vm: Option<&VmName>, policy: &Policy) -> Re
             .collect();
         if damaged > 0 {
             warnings.push(format!(
-                "{damaged} point(s) of VM {vm} have recorded damage and do not count toward \
+                "{damaged} point(s) of VM {vm} are damaged (see each one) and do not count toward \
                  the rules: whole points are kept in their place; `xfull repair` removes the \
                  damage (with --disk, stores it again) and clears stale records"
             ));
