@@ -256,7 +256,7 @@ pub async fn add_slot(
     params: Argon2Params,
 ) -> Result<String> {
     keys.slot_auth_key("key add")?;
-    refuse_if_it_opens(backend, secret).await?;
+    refuse_if_it_opens(backend, keys, secret).await?;
     let wrapped = match access {
         Access::Full => keys.clone(),
         Access::BackupOnly => keys.backup_only(),
@@ -268,13 +268,21 @@ pub async fn add_slot(
 /// of its kind, cheapest first): `key passwd` to the same, leaked,
 /// password changed nothing, and `key add` of a full slot with a
 /// backup-only slot's password gave full access to every host that has
-/// it, silently (review, 2026-12-07). Damaged slots are passed over.
-async fn refuse_if_it_opens(backend: &dyn Backend, secret: &Secret) -> Result<()> {
+/// it, silently (review, 2026-12-07). Damaged slots are passed over,
+/// and so are slots not made with these keys (a cheap MAC): a planted
+/// slot of 1 GiB and 64 passes cost a minute and 1 GiB each to try, on
+/// the very `key passwd` that rotates a password after a leak (review
+/// 103), and opening one grants nothing.
+async fn refuse_if_it_opens(
+    backend: &dyn Backend,
+    keys: &MasterKeys,
+    secret: &Secret,
+) -> Result<()> {
     let mut slots = read_slots(backend).await?;
     in_trial_order(&mut slots);
     for (id, slot) in slots {
         let Ok(slot) = slot else { continue };
-        if !slot.fits(secret) {
+        if !slot.fits(secret) || !slot.is_authentic(keys)? {
             continue;
         }
         let s = secret.clone();
