@@ -68,10 +68,13 @@ pub enum Error {
 
     /// The manifest at a copied point's key in the target is damaged. The
     /// operator's `--repo` is the copy's source, so the hint names the
-    /// target: `forget` run on `--repo` would delete the good point.
+    /// target: `forget` run on `--repo` would delete the good point. It
+    /// names `--to`, not the location as a URL: an S3 location with an
+    /// endpoint is no `-r` argument (review 103).
     #[error(
         "damaged point {point} in the target {target_location}: {reason}; a copy never \
-         replaces it: run `xfull -r {target_location} forget {point}`, then copy again"
+         replaces it: run `xfull forget {point}` on the target (the repository given to \
+         --to, not the source), then copy again"
     )]
     TargetPointDamaged {
         point: String,
