@@ -15,17 +15,17 @@ use crate::crypto::slot::{self, Argon2Params, KeySlot};
 use crate::error::Error;
 use crate::testing::MemBackend;
 
-const FAST: Argon2Params = Argon2Params {
+pub(super) const FAST: Argon2Params = Argon2Params {
     m_kib: 64,
     t: 1,
     p: 1,
 };
 
-fn pw(s: &str) -> Secret {
+pub(super) fn pw(s: &str) -> Secret {
     Secret::password(s.as_bytes().to_vec(), format!("password {s:?}"))
 }
 
-async fn snapshot(b: &MemBackend) -> BTreeMap<String, Bytes> {
+pub(super) async fn snapshot(b: &MemBackend) -> BTreeMap<String, Bytes> {
     let mut out = BTreeMap::new();
     for m in b.list("").try_collect::<Vec<_>>().await.unwrap() {
         out.insert(m.key.clone(), b.get(&m.key).await.unwrap());

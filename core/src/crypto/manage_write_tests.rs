@@ -1,36 +1,15 @@
 //! Key management: what writing a slot accepts and refuses, and the
 //! order slots are tried in (in-memory backend; review, 2026-12-07).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-
-use bytes::Bytes;
-use futures::TryStreamExt;
 
 use crate::backend::{Backend, PutMode};
 use crate::crypto::manage::*;
 use crate::crypto::master::Access;
-use crate::crypto::secret::Secret;
 use crate::crypto::slot::{self, Argon2Params, Kdf, KeySlot, SlotHeader};
 use crate::testing::{MemBackend, PutThen, Scripted};
 
-const FAST: Argon2Params = Argon2Params {
-    m_kib: 64,
-    t: 1,
-    p: 1,
-};
-
-fn pw(s: &str) -> Secret {
-    Secret::password(s.as_bytes().to_vec(), format!("password {s:?}"))
-}
-
-async fn snapshot(b: &MemBackend) -> BTreeMap<String, Bytes> {
-    let mut out = BTreeMap::new();
-    for m in b.list("").try_collect::<Vec<_>>().await.unwrap() {
-        out.insert(m.key.clone(), b.get(&m.key).await.unwrap());
-    }
-    out
-}
+use super::manage_tests::{FAST, pw, snapshot};
 
 /// An S3 SDK retries a create-only put whose first attempt landed but
 /// whose reply was lost; the store refuses the retry (412), and the
