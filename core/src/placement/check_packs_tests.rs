@@ -99,3 +99,32 @@ async fn a_pack_whose_trailer_does_not_open_has_its_lone_chunks_reported() {
     );
     assert_eq!(out.chunks, 12);
 }
+
+/// An index entry of a length no chunk has, beside a sound copy: any
+/// copy that opens will do. `check` called the chunk damaged before
+/// trying the others, so repair took a sound chunk for damaged on every
+/// run, and an index writer could make it so (review 100).
+#[tokio::test]
+async fn an_oversized_entry_beside_a_sound_copy_is_no_damage() {
+    use crate::damage::Health;
+    use crate::placement::index::{self, IndexEntry};
+    use crate::placement::pack::PackEntry;
+    let (mem, repo) = repo().await;
+    let chunks: Vec<_> = (0..3).map(chunk).collect();
+    let (pack, _) = store_pack(&repo, &chunks).await;
+    let max = repo.config().chunking.max;
+    let forged = IndexEntry {
+        pack,
+        entry: PackEntry {
+            id: chunks[1].0,
+            offset: 0,
+            stored_len: 100,
+            plain_len: max + 1,
+        },
+    };
+    let object = index::encode(repo.codec(), vec![forged]);
+    let key = keys::index(&index::index_name(&object));
+    mem.put(&key, object, PutMode::Create).await.unwrap();
+    let health = repo.chunks().check(&chunks[1].0, max as usize).await;
+    assert_eq!(health.unwrap(), Health::Sound);
+}
