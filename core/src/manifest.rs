@@ -101,6 +101,16 @@ impl DiskManifest {
         start..(start + self.segment_size).min(self.size)
     }
 
+    /// Each segment's node with its segment's length, which the node
+    /// must cover (restore refuses one that does not), in disk order;
+    /// zero segments left out.
+    pub fn segment_nodes(&self) -> impl Iterator<Item = (ObjectId, u64)> + '_ {
+        self.segments.iter().enumerate().filter_map(|(i, node)| {
+            let r = self.segment_range(i);
+            node.map(|n| (n, r.end - r.start))
+        })
+    }
+
     /// Each last-data mark within its segment, and 0 for a segment with
     /// no node (the count is the limits' to check).
     fn check_marks(&self) -> std::result::Result<(), String> {

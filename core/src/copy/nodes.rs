@@ -287,13 +287,10 @@ impl<'a> Copier<'a> {
 pub(super) fn trusted_nodes(reference: Option<&Manifest>) -> HashMap<ObjectId, u64> {
     let mut out = HashMap::new();
     let mut conflicting = HashSet::new();
-    for disk in reference.iter().flat_map(|r| r.disks.iter()) {
-        for (i, node) in disk.segments.iter().enumerate() {
-            let Some(node) = node else { continue };
-            let r = disk.segment_range(i);
-            if *out.entry(*node).or_insert(r.end - r.start) != r.end - r.start {
-                conflicting.insert(*node);
-            }
+    let disks = reference.iter().flat_map(|r| r.disks.iter());
+    for (node, len) in disks.flat_map(|d| d.segment_nodes()) {
+        if *out.entry(node).or_insert(len) != len {
+            conflicting.insert(node);
         }
     }
     out.retain(|n, _| !conflicting.contains(n));

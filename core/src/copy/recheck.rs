@@ -51,13 +51,7 @@ pub(super) async fn ensure_present(
     let mut relied = Vec::new();
     // Each node with its segment's length: it must cover it, as restore
     // requires (a node used at two lengths fails at one of them).
-    let used = manifest.disks.iter().flat_map(|d| {
-        (0..d.segments.len()).filter_map(move |i| {
-            let r = d.segment_range(i);
-            d.segments[i].map(|n| (n, r.end - r.start))
-        })
-    });
-    for (node, len) in used {
+    for (node, len) in manifest.disks.iter().flat_map(|d| d.segment_nodes()) {
         if !seen.insert((node, len)) {
             continue;
         }

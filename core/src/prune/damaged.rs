@@ -54,9 +54,9 @@ impl Damage {
 
     /// Why `m` is damaged by a record of one of its nodes, if it is.
     pub(super) fn of_manifest(&self, m: &Manifest) -> Option<String> {
-        let nodes = m.disks.iter().flat_map(|d| d.segments.iter().flatten());
-        nodes
-            .into_iter()
+        m.disks
+            .iter()
+            .flat_map(|d| d.segments.iter().flatten())
             .find(|id| self.known.nodes.contains(id))
             .map(|id| format!("its node {} has a damage record", id.short()))
     }

@@ -224,13 +224,9 @@ pub async fn verify_with(
     for (vm, id) in &points {
         match repo.load_manifest(vm, id).await {
             Ok(m) => {
-                for d in &m.disks {
-                    for (i, seg) in d.segments.iter().enumerate() {
-                        let Some(n) = seg else { continue };
-                        let r = d.segment_range(i);
-                        uses.saw(*n, r.end - r.start, todo.contains(n));
-                        todo.insert(*n);
-                    }
+                for (n, len) in m.disks.iter().flat_map(|d| d.segment_nodes()) {
+                    uses.saw(n, len, todo.contains(&n));
+                    todo.insert(n);
                 }
                 read_points.push((vm.clone(), id.clone()));
             }
