@@ -7,7 +7,7 @@ use crate::backend::{Backend, PutMode};
 use crate::crypto::manage::*;
 use crate::crypto::master::Access;
 use crate::crypto::slot::{self, Argon2Params, Kdf, KeySlot, SlotHeader};
-use crate::testing::{MemBackend, PutThen, Scripted};
+use crate::testing::{FaultPlan, FaultyBackend, MemBackend};
 
 use super::manage_tests::{FAST, pw, snapshot};
 
@@ -19,9 +19,16 @@ use super::manage_tests::{FAST, pw, snapshot};
 #[tokio::test]
 async fn a_slot_put_refused_on_retry_after_it_landed_is_written() {
     let mem = Arc::new(MemBackend::default());
-    let mut scripted = Scripted::new(mem.clone());
-    scripted.puts = Some((slot::SLOTS, PutThen::Exists));
-    let keys = create_keys(&scripted, &pw("a"), FAST).await.unwrap();
+    let retried = FaultyBackend::new(
+        mem.clone(),
+        FaultPlan {
+            only_prefix: Some(slot::SLOTS.into()),
+            lost_reply_rate: 1.0,
+            lost_reply_exists: true,
+            ..FaultPlan::default()
+        },
+    );
+    let keys = create_keys(&retried, &pw("a"), FAST).await.unwrap();
     let k = unlock(mem.as_ref(), &pw("a")).await.unwrap();
     assert_eq!(k.slot(), keys.slot());
 }

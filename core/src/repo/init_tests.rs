@@ -1,5 +1,5 @@
 //! `init` against stores that fail in the ways that leave it unsure what
-//! it wrote (in-memory backend, `testing::Scripted`).
+//! it wrote (in-memory backend, `testing::FaultyBackend`).
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use crate::crypto::{Argon2Params, keyfile};
 use crate::error::Error;
 use crate::keys;
 use crate::repo::Repository;
-use crate::testing::{MemBackend, PutThen, Scripted};
+use crate::testing::{FaultPlan, FaultyBackend, MemBackend};
 
 const FAST: Argon2Params = Argon2Params {
     m_kib: 64,
@@ -32,10 +32,16 @@ async fn an_init_that_cannot_tell_whether_its_config_landed_says_so() {
     let path = dir.path().join("k");
     let key = keyfile::generate(&path).unwrap();
     let mem = Arc::new(MemBackend::default());
-    let mut scripted = Scripted::new(mem.clone());
-    scripted.puts = Some((keys::CONFIG, PutThen::Lost));
-    scripted.failing_reads = Some(keys::CONFIG);
-    let e = Repository::init_encrypted(Arc::new(scripted), cfg(), &key, FAST)
+    let faulty = FaultyBackend::new(
+        mem.clone(),
+        FaultPlan {
+            only_prefix: Some(keys::CONFIG.into()),
+            lost_reply_rate: 1.0,
+            get_error_rate: 1.0,
+            ..FaultPlan::default()
+        },
+    );
+    let e = Repository::init_encrypted(Arc::new(faulty), cfg(), &key, FAST)
         .await
         .unwrap_err();
     assert!(matches!(e, Error::InitOutcomeUnknown { .. }), "{e}");
@@ -95,11 +101,19 @@ async fn init_over_key_slots_without_a_config_is_refused_naming_keys() {
 #[tokio::test]
 async fn a_failed_look_for_the_config_stops_init() {
     let mem = Arc::new(MemBackend::default());
-    let mut scripted = Scripted::new(mem.clone());
-    scripted.failing_heads = Some(keys::CONFIG);
-    let e = Repository::init_encrypted(Arc::new(scripted), cfg(), &pw("a"), FAST)
+    // Every request for the config fails, the HEAD that looks for it
+    // first.
+    let faulty = FaultyBackend::new(
+        mem.clone(),
+        FaultPlan {
+            only_prefix: Some(keys::CONFIG.into()),
+            error_rate: 1.0,
+            ..FaultPlan::default()
+        },
+    );
+    let e = Repository::init_encrypted(Arc::new(faulty), cfg(), &pw("a"), FAST)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("scripted fault: head"), "{e}");
+    assert!(e.to_string().contains("injected fault: head"), "{e}");
     assert!(stored_keys(&mem).await.is_empty(), "nothing written");
 }

@@ -1,7 +1,9 @@
 //! A decorator that injects faults into any backend: failed requests,
 //! latency, puts that store the object but report an error (the reply was
-//! lost), deletes that remove only part of a batch, and an outage after a
-//! number of requests. Deterministic for a given seed.
+//! lost, or an SDK's retry of it refused as "already exists"), GETs that
+//! fail while puts go through, deletes that remove only part of a batch,
+//! and an outage after a number of requests. Deterministic for a given
+//! seed.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -23,6 +25,11 @@ pub struct FaultPlan {
     pub error_rate: f64,
     /// A put stores the object, then fails as if the reply was lost.
     pub lost_reply_rate: f64,
+    /// A lost reply is answered as an SDK's retry of the put is when the
+    /// first attempt landed: refused as "already exists" (S3's 412).
+    pub lost_reply_exists: bool,
+    /// A GET (whole or ranged; not a HEAD) fails, as with `error_rate`.
+    pub get_error_rate: f64,
     /// A delete batch removes only its first half, then fails.
     pub partial_delete_rate: f64,
     /// Extra latency per request, up to this much.
@@ -76,7 +83,10 @@ impl FaultyBackend {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    async fn fate(&self, key: &str, partial_rate: f64) -> Fate {
+    /// What becomes of request `key`: it fails at `error_rate` or at
+    /// `fail_rate` (the request kind's own), else is done and reported
+    /// failed at `partial_rate`.
+    async fn fate(&self, key: &str, fail_rate: f64, partial_rate: f64) -> Fate {
         let n = self.requests.fetch_add(1, Ordering::SeqCst);
         if !self.plan.max_latency.is_zero() {
             let ms = self.plan.max_latency.as_millis() as f64 * self.roll(n, 1);
@@ -89,6 +99,7 @@ impl FaultyBackend {
         }
         let fate = if self.plan.outage_after.is_some_and(|a| n >= a)
             || self.roll(n, 2) < self.plan.error_rate
+            || self.roll(n, 4) < fail_rate
         {
             Fate::Fail
         } else if self.roll(n, 3) < partial_rate {
@@ -117,32 +128,39 @@ impl Backend for FaultyBackend {
     }
 
     async fn put_opts(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<(), BackendError> {
-        match self.fate(key, self.plan.lost_reply_rate).await {
+        match self.fate(key, 0.0, self.plan.lost_reply_rate).await {
             Fate::Fail => Err(self.error("put", key)),
             Fate::Partial => {
                 self.inner.put_opts(key, data, opts).await?;
-                Err(self.error("reply lost after put", key))
+                Err(if self.plan.lost_reply_exists {
+                    BackendError::AlreadyExists {
+                        location: self.location(),
+                        key: key.to_string(),
+                    }
+                } else {
+                    self.error("reply lost after put", key)
+                })
             }
             Fate::Pass => self.inner.put_opts(key, data, opts).await,
         }
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, BackendError> {
-        match self.fate(key, 0.0).await {
+        match self.fate(key, self.plan.get_error_rate, 0.0).await {
             Fate::Pass => self.inner.get(key).await,
             _ => Err(self.error("get", key)),
         }
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BackendError> {
-        match self.fate(key, 0.0).await {
+        match self.fate(key, self.plan.get_error_rate, 0.0).await {
             Fate::Pass => self.inner.get_range(key, range).await,
             _ => Err(self.error("get range", key)),
         }
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, BackendError> {
-        match self.fate(key, 0.0).await {
+        match self.fate(key, 0.0, 0.0).await {
             Fate::Pass => self.inner.head(key).await,
             _ => Err(self.error("head", key)),
         }
@@ -156,7 +174,7 @@ impl Backend for FaultyBackend {
         let prefix = prefix.to_string();
         Box::pin(
             futures::stream::once(async move {
-                match self.fate(&prefix, 0.0).await {
+                match self.fate(&prefix, 0.0, 0.0).await {
                     Fate::Pass => self.inner.list(&prefix),
                     _ => {
                         let e = self.error("list", &prefix);
@@ -170,7 +188,7 @@ impl Backend for FaultyBackend {
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), BackendError> {
         let first = keys.first().map(String::as_str).unwrap_or_default();
-        match self.fate(first, self.plan.partial_delete_rate).await {
+        match self.fate(first, 0.0, self.plan.partial_delete_rate).await {
             Fate::Fail => Err(self.error("delete", first)),
             Fate::Partial => {
                 self.inner.delete_many(&keys[..keys.len() / 2]).await?;

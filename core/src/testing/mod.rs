@@ -6,8 +6,7 @@
 //! it is read, one that runs a test's hook before a chosen request, one
 //! that counts reads in flight at once, and one that applies some PUTs
 //! late, as a server does with a request the client stopped waiting
-//! for, and one whose requests under a prefix go wrong in one chosen
-//! way; and deterministic incompressible bytes.
+//! for; and deterministic incompressible bytes.
 
 pub mod archive_sim;
 pub mod faults;
@@ -18,7 +17,6 @@ pub mod lock_sim;
 pub mod mem;
 pub mod replace_sim;
 pub mod role;
-pub mod scripted;
 
 pub use archive_sim::ArchiveSim;
 pub use faults::{FaultPlan, FaultyBackend};
@@ -29,7 +27,6 @@ pub use lock_sim::LockSim;
 pub use mem::{Clock, MemBackend};
 pub use replace_sim::ReplaceSim;
 pub use role::{Role, RoleBackend};
-pub use scripted::{PutThen, Scripted};
 
 /// [`xorshift_bytes`] from `seed` spread over 64 bits (times the golden
 /// ratio), so that neighbouring seeds (1, 2, 3...) give unrelated bytes:
