@@ -223,3 +223,36 @@ fn damage_a_point_made_meanwhile_shares_with_a_removed_one_is_reported() {
 fn damaged_bytes_still_stored_are_reported_though_their_point_was_removed() {
     shared_damage(Meanwhile::ForgottenNotSwept);
 }
+
+/// A point the caller named, gone by the time verify reads its manifest
+/// (the CLI found it, then a prune removed it): not found, exit 1, not a
+/// damaged point (exit 3), which would send the operator to repair a
+/// point that no longer exists.
+#[test]
+fn a_named_point_removed_before_verify_reads_it_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let Two {
+            repo, gone, kept, ..
+        } = two_points(dir.path(), 3).await;
+        let point = (gone.vm.clone(), gone.id.clone());
+        xfull_core::prune::forget::forget(&repo, std::slice::from_ref(&point), false)
+            .await
+            .unwrap();
+        let named = [point, (kept.vm.clone(), kept.id.clone())];
+        let r = verify(
+            &repo,
+            &named,
+            &VerifyOptions::default(),
+            Arc::new(Progress::default()),
+        )
+        .await;
+        match r {
+            Err(e @ xfull_core::Error::PointNotFound { .. }) => {
+                assert!(e.to_string().contains(&gone.point_name()), "{e}");
+                assert!(!e.is_damage());
+            }
+            other => panic!("a removed named point is not damage: {other:?}"),
+        }
+    });
+}

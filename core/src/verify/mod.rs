@@ -230,11 +230,13 @@ pub async fn verify_with(
                 }
                 read_points.push((vm.clone(), id.clone()));
             }
+            // A listed point pruned meanwhile is skipped. A named one gone
+            // by now (found by the caller, removed by a prune since) is
+            // not found (the last arm, exit 1), not damaged: exit 3 would
+            // send the operator to repair a point that is no more.
             Err(Error::PointNotFound { .. }) if !named => {}
-            Err(e) if e.is_damage() || matches!(e, Error::PointNotFound { .. }) => {
-                if e.is_damage() {
-                    report.damaged_manifests.push((vm.clone(), id.clone()));
-                }
+            Err(e) if e.is_damage() => {
+                report.damaged_manifests.push((vm.clone(), id.clone()));
                 report.damaged.push(DamagedPoint {
                     point: format!("{vm}@{id}"),
                     manifest: Some(e.to_string()),
