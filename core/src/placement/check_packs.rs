@@ -141,11 +141,14 @@ impl Placement {
             }
         }
         // As a restore would: any copy that opens will do.
-        for (id, why) in failed {
-            match self.check(&id, max as usize).await? {
-                Health::Sound => {}
-                Health::Damaged(_) | Health::Gone => {
-                    out.bad.insert(id, why);
+        if !failed.is_empty() {
+            let index = self.open_index().await?;
+            for (id, why) in failed {
+                match self.check_in(&index, &id, max as usize).await? {
+                    Health::Sound => {}
+                    Health::Damaged(_) | Health::Gone => {
+                        out.bad.insert(id, why);
+                    }
                 }
             }
         }

@@ -128,3 +128,32 @@ async fn an_oversized_entry_beside_a_sound_copy_is_no_damage() {
     let health = repo.chunks().check(&chunks[1].0, max as usize).await;
     assert_eq!(health.unwrap(), Health::Sound);
 }
+
+/// Chunks that did not read from their pack are looked up again in one
+/// index, opened once: each look opened the index anew (a listing of
+/// `index/` each), thousands for a truncated pack of thousands of
+/// chunks (review 100).
+#[tokio::test]
+async fn chunks_checked_again_share_one_index() {
+    let (mem, repo) = repo().await;
+    let chunks: Vec<_> = (0..40).map(chunk).collect();
+    let (a, _) = store_pack(&repo, &chunks).await;
+    // Its trailer reads; no chunk opens.
+    for (id, _) in &chunks {
+        spoil(&mem, &repo, &a, id).await;
+    }
+    let lists = || mem.request_counts().get("list").copied().unwrap_or(0);
+    let before = lists();
+    let out = repo
+        .chunks()
+        .check_packs(&|_| true, &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(out.bad.len(), 40);
+    let listed = lists() - before;
+    assert!(
+        listed <= 3,
+        "{listed} listings for {} chunks",
+        out.bad.len()
+    );
+}

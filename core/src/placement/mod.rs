@@ -259,7 +259,18 @@ impl Placement {
     /// it places no reader finds. (Failing on it, `lookup_all` stopped
     /// every repair and such a verify while the object was there: review.)
     pub async fn check(&self, id: &ObjectId, max: usize) -> Result<Health> {
-        let index = self.open_index().await?;
+        self.check_in(&*self.open_index().await?, id, max).await
+    }
+
+    /// [`Self::check`] with the index opened once for many chunks: one
+    /// open is a listing of `index/` and a read of each unsharded head,
+    /// which thousands of re-checked chunks paid each (review 100).
+    pub async fn check_in(
+        &self,
+        index: &lookup::ChunkIndex,
+        id: &ObjectId,
+        max: usize,
+    ) -> Result<Health> {
         let places = index.lookup_readable(std::slice::from_ref(id)).await?;
         let places = places.into_iter().next().unwrap_or_default();
         if places.is_empty() {

@@ -36,6 +36,7 @@ use crate::id::{ObjectId, PointId};
 use crate::keys;
 use crate::lease::ObjectRef;
 use crate::names::VmName;
+use crate::placement::lookup::ChunkIndex;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::verify::{DamagedPoint, VerifyOptions, verify};
@@ -121,8 +122,13 @@ pub async fn repair(
         .collect();
     // Recorded damage names chunks and nodes only.
     let no_packs = BTreeMap::new();
+    // One index for every recorded chunk: opening it is a listing.
+    let index = match known.chunks.is_empty() {
+        true => None,
+        false => Some(repo.chunks().open_index().await?),
+    };
     let looked: Vec<(String, Health)> = futures::stream::iter(recorded)
-        .map(|k| check(repo, k, max, &no_packs))
+        .map(|k| check(repo, k, max, &no_packs, index.as_deref()))
         .buffer_unordered(CHECKS)
         .try_collect()
         .await?;
@@ -204,7 +210,7 @@ pub async fn repair(
         report.sweep = Some(sweep.seq());
         let removal = sweep
             .remove_objects(doomed.into_iter().collect(), |key| {
-                check(repo, key, max, &salvaged.new_packs)
+                check(repo, key, max, &salvaged.new_packs, None)
             })
             .await?;
         for (key, why) in &removal.undeletable {
@@ -328,15 +334,20 @@ pub async fn repair(
     Ok(report)
 }
 
-/// A fresh look at a chunk or node named by its key.
+/// A fresh look at a chunk or node named by its key; a chunk looked up
+/// in `index`, or in the index as it is now (a removal's last look).
 async fn check(
     repo: &Repository,
     key: String,
     max: usize,
     new_packs: &BTreeMap<String, Vec<ObjectId>>,
+    index: Option<&ChunkIndex>,
 ) -> Result<(String, Health)> {
     let health = match ObjectRef::parse(&key) {
-        Some(ObjectRef::Chunk(id)) => repo.chunks().check(&id, max).await?,
+        Some(ObjectRef::Chunk(id)) => match index {
+            Some(index) => repo.chunks().check_in(index, &id, max).await?,
+            None => repo.chunks().check(&id, max).await?,
+        },
         Some(ObjectRef::Node(id)) => repo.check_node(&id).await?,
         Some(ObjectRef::Pack(name)) => {
             let made = new_packs.get(&key).map(Vec::as_slice).unwrap_or(&[]);
