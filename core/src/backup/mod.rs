@@ -13,6 +13,7 @@ pub mod audit;
 #[cfg(test)]
 mod audit_tests;
 mod bitmaps;
+mod clock;
 mod commit;
 pub mod incremental;
 mod parent_check;
@@ -48,11 +49,12 @@ use crate::repo::Repository;
 use crate::session::Session;
 use crate::source::DiskSource;
 use crate::task::blocking;
+use clock::{check_newest_not_ahead, check_time};
 pub(crate) use commit::last_check_too_old;
 use commit::{Commit, commit_and_recheck, first_check, settle_sweeps};
 use pipeline::DiskResult;
 use plan::{ChangeSource, DiskPlan};
-use prepare::{Newest, Prepared, find_parents, prepare};
+use prepare::{Prepared, find_parents, prepare};
 use trust::{Present, Trust};
 
 /// Block size of `--base` snapshot comparisons.
@@ -97,51 +99,6 @@ impl BackupRequest {
             checkpoints: BTreeMap::new(),
         }
     }
-}
-
-/// A point dated in the future becomes every VM's newest for retention:
-/// `prune --keep-within 7d` would then remove every real point.
-fn check_time(repo: &Repository, req: &BackupRequest) -> Result<()> {
-    let margin = repo.config().protocol.margin();
-    match req.time {
-        Some(t) if !req.allow_future && t > Utc::now() + margin => {
-            Err(Error::InvalidArgument(format!(
-                "--time {} is ahead of this machine's clock by more than the clock margin ({} s): \
-                 retention would count from it and remove real points; pass --allow-future if \
-                 that is meant",
-                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                margin.num_seconds()
-            )))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// A point is dated after the VM's newest (`commit::point_time`), but
-/// not by moving it past the clock margin (plus a second: an unreadable
-/// point counts by the end of its id's second): a newest point far
-/// ahead (a host's clock, a `--time --allow-future`) would pull every
-/// later point into its second, and retention would count from there
-/// (review at stop 49). Such a backup stops before it stores anything.
-fn check_newest_not_ahead(
-    repo: &Repository,
-    req: &BackupRequest,
-    newest: Option<&Newest>,
-) -> Result<()> {
-    let margin = repo.config().protocol.margin();
-    let Some(newest) = newest.filter(|_| req.time.is_none()) else {
-        return Ok(());
-    };
-    let ahead = newest.time - Utc::now();
-    if ahead <= margin + chrono::Duration::seconds(1) {
-        return Ok(());
-    }
-    Err(Error::NewestPointAhead {
-        point: format!("{}@{}", req.vm, newest.point),
-        // Rounded up: "60 s ahead, more than 60 s" read as a contradiction.
-        ahead_secs: (ahead.num_milliseconds() + 999) / 1000,
-        margin_secs: margin.num_seconds().max(0) as u64,
-    })
 }
 
 /// Runs a backup and returns the committed point's manifest.
