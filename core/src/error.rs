@@ -66,6 +66,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// `copy` left out points damaged in the source and copied the
+    /// others; `first` is the first of them, `reason` its damage.
+    #[error(
+        "{count} point(s) damaged in the source were not copied, {first} first: {reason}; the \
+         others were. `xfull verify` the source, `xfull repair` it, then copy again"
+    )]
+    SourcePointsDamaged {
+        count: usize,
+        first: String,
+        reason: String,
+    },
+
     /// The manifest at a copied point's key in the target is damaged. The
     /// operator's `--repo` is the copy's source, so the hint names the
     /// target: `forget` run on `--repo` would delete the good point. It
@@ -395,6 +407,7 @@ impl Error {
             self,
             Error::Corrupt { .. }
                 | Error::SourceCorrupt { .. }
+                | Error::SourcePointsDamaged { .. }
                 | Error::TargetPointDamaged { .. }
                 | Error::Backend(BackendError::Corrupt { .. })
                 | Error::Damaged { .. }

@@ -1,5 +1,5 @@
 use anyhow::Result;
-use xfull_core::copy::{CopyRequest, PointStatus, copy};
+use xfull_core::copy::{CopyOutcome, CopyRequest, PointStatus, copy};
 use xfull_core::id::PointId;
 use xfull_core::names::VmName;
 use xfull_core::repo::Repository;
@@ -44,21 +44,29 @@ pub async fn run(cli: &Cli, args: &CopyArgs) -> Result<()> {
         "target": target.backend().request_counts(),
     });
     if cli.json {
-        return print_json(&serde_json::json!({
+        print_json(&serde_json::json!({
             "source": source.location(),
             "target": target.location(),
             "points": out.points,
             "points_copied": out.count(PointStatus::Copied),
             "points_present": out.count(PointStatus::Present),
+            "points_damaged": out.count(PointStatus::Damaged),
             "totals": out.totals,
             "requests": requests,
             "warnings": progress.warnings(),
-        }));
+        }))?;
+        return damaged(&out);
     }
     for p in &out.points {
         let c = &p.counts;
         if p.status == PointStatus::Present {
             println!("{}: already in the target", printable(&p.point));
+        } else if let Some(why) = &p.damage {
+            println!(
+                "{}: DAMAGED in the source, not copied: {}",
+                printable(&p.point),
+                printable(why)
+            );
         } else if p.status == PointStatus::Copied && !cli.quiet {
             println!(
                 "{}: copied {} chunks ({} read, {} stored), {} nodes; {} chunks and {} nodes \
@@ -81,7 +89,24 @@ pub async fn run(cli: &Cli, args: &CopyArgs) -> Result<()> {
         bytes(out.totals.bytes_read),
         bytes(out.totals.bytes_stored)
     );
-    Ok(())
+    damaged(&out)
+}
+
+/// Exit 3 when points were left out as damaged in the source.
+fn damaged(out: &CopyOutcome) -> Result<()> {
+    let mut left_out = out
+        .points
+        .iter()
+        .filter(|p| p.status == PointStatus::Damaged);
+    let Some(first) = left_out.next() else {
+        return Ok(());
+    };
+    Err(xfull_core::Error::SourcePointsDamaged {
+        count: 1 + left_out.count(),
+        first: first.point.clone(),
+        reason: first.damage.clone().unwrap_or_default(),
+    }
+    .into())
 }
 
 /// The points named (a unique part of an id will do), else every point

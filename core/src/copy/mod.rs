@@ -81,6 +81,8 @@ pub struct PointCopied {
     pub status: PointStatus,
     /// All 0 unless `Copied`.
     pub counts: CopyCounts,
+    /// What in the source is damaged, when `Damaged`.
+    pub damage: Option<String>,
 }
 
 /// What became of one point.
@@ -94,6 +96,9 @@ pub enum PointStatus {
     /// Removed from the source since it was listed: not copied (a
     /// `CopySourceGone` warning says so).
     Gone,
+    /// Damaged in the source (an object it needs does not open there, or
+    /// is missing): not copied, and the copy goes on with the others.
+    Damaged,
 }
 
 /// The outcome of a copy.
@@ -162,10 +167,19 @@ pub async fn copy(
                 ),
             });
         }
+        let mut damage = None;
         let (status, counts) = match point::copy_point(&run, vm, id).await {
             Ok(point::PointResult::Present) => (PointStatus::Present, CopyCounts::default()),
             Ok(point::PointResult::Gone) => (PointStatus::Gone, CopyCounts::default()),
             Ok(point::PointResult::Copied(counts)) => (PointStatus::Copied, counts),
+            // The source's damage is that point's: the rest are copied.
+            // It stopped the copy, and every later point of every VM
+            // waited until the damaged one was repaired or forgotten
+            // (review 99.5). The target's damage still stops it.
+            Err(e) if is_source_damage(&e) => {
+                damage = Some(e.to_string());
+                (PointStatus::Damaged, CopyCounts::default())
+            }
             Err(Error::Cancelled { cleaned }) => {
                 return Err(Error::Cancelled {
                     cleaned: format!("{cleaned}; {} point(s) were copied before it", out.copied()),
@@ -177,6 +191,7 @@ pub async fn copy(
             point: format!("{vm}@{id}"),
             status,
             counts,
+            damage,
         };
         out.totals.add(&point.counts);
         out.points.push(point);
