@@ -95,7 +95,7 @@ pub use budget::{Budget, Limits};
 use client::Timeouts;
 use errors::Mapper;
 pub use options::{InvalidOption, OpenError, S3Options, SSE_VALUES, storage_classes};
-pub(crate) use requests::{paged, to_chrono};
+pub(crate) use requests::paged;
 
 /// Requests sent, by kind.
 #[derive(Debug, Default)]

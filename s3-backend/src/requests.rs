@@ -41,14 +41,15 @@ impl S3Backend {
             .contents()
             .iter()
             .filter_map(|o| {
-                Some(ObjectMeta {
-                    key: self.unkey(o.key()?).to_string(),
+                let key = self.unkey(o.key()?).to_string();
+                Some(self.modified(&key, o.last_modified()).map(|t| ObjectMeta {
                     size: o.size().unwrap_or(0).max(0) as u64,
-                    last_modified: to_chrono(o.last_modified()),
+                    last_modified: t,
                     storage_class: o.storage_class().map(|c| c.as_str().to_string()),
-                })
+                    key,
+                }))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         if out.is_truncated() != Some(true) {
             return Ok((items, None));
         }
@@ -242,7 +243,7 @@ impl S3Backend {
         let meta = ObjectMeta {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
-            last_modified: to_chrono(out.last_modified()),
+            last_modified: self.modified(key, out.last_modified())?,
             storage_class: None,
         };
         Ok((meta, out))
@@ -274,7 +275,38 @@ where
     .boxed()
 }
 
-pub(crate) fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
+impl S3Backend {
+    /// When the server says `key` was last written. gc judges an object's
+    /// age by it: a time left out was read as 1970, which made a running
+    /// backup's new pack and nodes look old enough to delete (review
+    /// 106.4). A server that leaves it out, or gives one no date can
+    /// hold, is refused, naming the key.
+    pub(crate) fn modified(
+        &self,
+        key: &str,
+        t: Option<&aws_sdk_s3::primitives::DateTime>,
+    ) -> Result<DateTime<Utc>, BackendError> {
+        to_chrono(t).ok_or_else(|| BackendError::Other {
+            location: self.location(),
+            message: format!("the server gives no time of last change for {key}"),
+        })
+    }
+}
+
+fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
-        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_chrono;
+    use aws_sdk_s3::primitives::DateTime;
+
+    #[test]
+    fn a_time_left_out_is_no_time_not_1970() {
+        assert_eq!(to_chrono(None), None);
+        let t = DateTime::from_secs(1_700_000_000);
+        assert_eq!(to_chrono(Some(&t)).unwrap().timestamp(), 1_700_000_000);
+        assert_eq!(to_chrono(Some(&DateTime::from_secs(i64::MAX))), None);
+    }
 }

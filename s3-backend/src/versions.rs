@@ -10,7 +10,7 @@ use xfull_core::backend::{Backend, BackendError, Operation, Version};
 use xfull_core::lock::Retention;
 
 use crate::attempts::Attempts;
-use crate::{S3Backend, to_chrono};
+use crate::S3Backend;
 
 /// Where the next page of a version listing starts.
 type Marker = (Option<String>, Option<String>);
@@ -47,26 +47,30 @@ impl S3Backend {
             .versions()
             .iter()
             .filter_map(|v| {
-                Some(Version {
-                    key: self.unkey(v.key()?).to_string(),
-                    version_id: v.version_id()?.to_string(),
+                let key = self.unkey(v.key()?).to_string();
+                let version_id = v.version_id()?.to_string();
+                Some(self.modified(&key, v.last_modified()).map(|t| Version {
+                    key,
+                    version_id,
                     delete_marker: false,
                     latest: v.is_latest() == Some(true),
-                    last_modified: to_chrono(v.last_modified()),
+                    last_modified: t,
                     size: v.size().unwrap_or(0).max(0) as u64,
-                })
+                }))
             })
             .chain(out.delete_markers().iter().filter_map(|m| {
-                Some(Version {
-                    key: self.unkey(m.key()?).to_string(),
-                    version_id: m.version_id()?.to_string(),
+                let key = self.unkey(m.key()?).to_string();
+                let version_id = m.version_id()?.to_string();
+                Some(self.modified(&key, m.last_modified()).map(|t| Version {
+                    key,
+                    version_id,
                     delete_marker: true,
                     latest: m.is_latest() == Some(true),
-                    last_modified: to_chrono(m.last_modified()),
+                    last_modified: t,
                     size: 0,
-                })
+                }))
             }))
-            .collect();
+            .collect::<Result<_, _>>()?;
         // S3 gives versions and delete markers in two lists: put each
         // key's together again, the current one first, then newest first
         // (the order the listing has within each list).
