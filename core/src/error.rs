@@ -162,6 +162,11 @@ pub enum Error {
         bytes: u64,
     },
 
+    /// A gc (or prune's) sweep deleted and rewrote no pack because an
+    /// index object does not read; `held` says which and what to do.
+    #[error("gc held back every pack: {held}")]
+    SweepHeldByDamage { held: String },
+
     /// `verify` found damaged points (the report lists them).
     #[error("verify found {points} damaged point(s)")]
     DamageFound { points: usize },
@@ -413,6 +418,7 @@ impl Error {
                 | Error::Damaged { .. }
                 | Error::DamageIgnored { .. }
                 | Error::DamageFound { .. }
+                | Error::SweepHeldByDamage { .. }
                 | Error::IndexDamaged { .. }
                 | Error::SweepStopped { damage: true, .. }
         )

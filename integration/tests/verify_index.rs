@@ -174,6 +174,31 @@ fn after_index_rebuild_a_damaged_index_object_holds_neither_verify_nor_gc() {
     assert!(r["held"].is_null(), "{r}");
 }
 
+/// A damaged index object holds every pack back, on every gc, until
+/// `index rebuild`: gc and prune say so and exit 3 after their report.
+/// They exited 0, so a cron job never saw space stop being freed
+/// (review 106.5).
+#[test]
+fn a_gc_held_back_by_a_damaged_index_object_exits_3() {
+    let e = repo();
+    spoil(&e.files("index")[0]);
+    for args in [&["gc"][..], &["prune", "--keep-last", "1"]] {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = e.x(&all).output().unwrap();
+        let err = xfull_integration::env::stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r = if args[0] == "gc" { &r } else { &r["gc"] };
+        assert_eq!(r["held_by_damage"], true, "{r}");
+        assert!(r["held"].as_str().unwrap().contains("index rebuild"), "{r}");
+        assert!(err.contains("held back every pack"), "{err}");
+    }
+    e.x(&["index", "rebuild"]).assert().success();
+    let r = e.json(&["gc"]);
+    assert!(r["held"].is_null() && r["held_by_damage"] == false, "{r}");
+}
+
 /// Unencrypted, a pack's trailer is not bound to its name: another pack's
 /// bytes under it read as a sound pack that lists other chunks. The
 /// index's entries for it are contradicted (an index problem), and the

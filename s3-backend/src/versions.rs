@@ -9,8 +9,8 @@ use futures::stream::BoxStream;
 use xfull_core::backend::{Backend, BackendError, Operation, Version};
 use xfull_core::lock::Retention;
 
-use crate::attempts::Attempts;
 use crate::S3Backend;
+use crate::attempts::Attempts;
 
 /// Where the next page of a version listing starts.
 type Marker = (Option<String>, Option<String>);

@@ -41,10 +41,21 @@ pub async fn run(cli: &Cli, args: &GcArgs) -> Result<()> {
     drop(bar);
     record_metrics(&report);
     if cli.json {
-        print_json(&report)
+        print_json(&report)?;
     } else {
         print_report(&report);
-        Ok(())
+    }
+    held_by_damage(&report)
+}
+
+/// Exit 3 after the report when damage held every pack back: gc then
+/// frees nothing until it is mended, which a 0 hid from a cron job.
+pub(crate) fn held_by_damage(r: &GcReport) -> Result<()> {
+    match (&r.held, r.held_by_damage) {
+        (Some(held), true) => {
+            Err(xfull_core::Error::SweepHeldByDamage { held: held.clone() }.into())
+        }
+        _ => Ok(()),
     }
 }
 

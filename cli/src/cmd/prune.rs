@@ -62,8 +62,10 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
     if let Some(r) = &gc {
         super::gc::record_metrics(r);
     }
+    // Its sweep held back by damage exits 3 after the report, as gc's.
+    let held = || gc.as_ref().map_or(Ok(()), super::gc::held_by_damage);
     if cli.json {
-        return print_json(&serde_json::json!({
+        print_json(&serde_json::json!({
             "dry_run": args.dry_run,
             "policy": policy_json(&policy),
             "plan": plans.iter().map(plan_json).collect::<Vec<_>>(),
@@ -71,7 +73,8 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
             "trashed": removed.trashed,
             "locked": removed.locked,
             "gc": gc,
-        }));
+        }))?;
+        return held();
     }
     if args.dry_run {
         println!(
@@ -88,7 +91,7 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
     if let Some(r) = &gc {
         super::gc::print_report(r);
     }
-    Ok(())
+    held()
 }
 
 fn print_plan(plans: &[VmPlan]) {

@@ -126,6 +126,10 @@ pub struct GcReport {
     pub mark_passes: u64,
     /// Why the sweep deleted nothing this time, if it held back.
     pub held: Option<String>,
+    /// Packs were held back by damage (an index object that does not
+    /// read): no pack goes on any gc until it is mended, so the command
+    /// exits 3 rather than 0, which let space grow unseen (review 106.5).
+    pub held_by_damage: bool,
     /// Another sweep was running: this one did nothing.
     pub skipped: Option<String>,
     pub requests: BTreeMap<String, u64>,

@@ -241,6 +241,7 @@ impl Sweep {
     /// is live, is unknown, so no pack or index object goes this time.
     fn hold_packs(&mut self, e: crate::Error) -> Result<()> {
         self.census = None;
+        self.report.held_by_damage = true;
         self.report.held.get_or_insert(format!(
             "{e}; no pack deleted or rewritten (run `xfull index rebuild`, then gc again)"
         ));
