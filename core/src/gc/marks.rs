@@ -89,6 +89,13 @@ impl Marks {
         self.nodes.insert(id)
     }
 
+    /// Takes back a node's mark whose chunks could not be marked: a
+    /// point that references it then loads it again (see
+    /// `Protection::mark_nodes`).
+    pub fn unmark_node(&mut self, id: &ObjectId) {
+        self.nodes.remove(id);
+    }
+
     pub fn has_node(&self, id: &ObjectId) -> bool {
         self.nodes.contains(id)
     }

@@ -226,6 +226,8 @@ mod pack_sweep_tests;
 #[cfg(test)]
 mod pass_tests;
 #[cfg(test)]
+mod protect_tests;
+#[cfg(test)]
 mod stale_index_tests;
 #[cfg(test)]
 pub(crate) mod test_packs;

@@ -300,7 +300,11 @@ impl Protection {
 
     /// Marks nodes not marked yet and their chunks. A missing or damaged
     /// node of a point stops the sweep: its chunks cannot be known, and
-    /// deleting around it could destroy what a repair needs.
+    /// deleting around it could destroy what a repair needs. One only a
+    /// lease names (`of_point` false: its backup checks it again) is
+    /// passed over, unmarked, so that a point referencing it still loads
+    /// it and stops the sweep; it stayed marked with none of its chunks,
+    /// and every point using it was then swept around (review 106.1).
     async fn mark_nodes(&mut self, ids: Vec<ObjectId>, of_point: bool) -> Result<()> {
         let fresh: Vec<ObjectId> = ids.into_iter().filter(|id| self.marks.node(*id)).collect();
         // The stream holds its own handle, so chunks are marked as nodes
@@ -326,8 +330,8 @@ impl Protection {
                         id.short()
                     ));
                 }
-                Err(e) if of_point => return Err(e),
-                Err(_) => {}
+                Err(e) if of_point || !e.is_damage() => return Err(e),
+                Err(_) => self.marks.unmark_node(&id),
             }
         }
         drop(loaded);
