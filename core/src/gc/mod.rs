@@ -12,6 +12,7 @@ pub mod pack_plan;
 mod protect;
 pub(crate) mod spill;
 pub mod sweep;
+mod unlisted;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -231,5 +232,7 @@ mod protect_tests;
 mod stale_index_tests;
 #[cfg(test)]
 pub(crate) mod test_packs;
+#[cfg(test)]
+mod unlisted_tests;
 #[cfg(test)]
 mod young_index_tests;

@@ -38,6 +38,9 @@ pub struct FaultPlan {
     pub outage_after: Option<u64>,
     /// Only requests whose key starts with this are disturbed.
     pub only_prefix: Option<String>,
+    /// Listings leave out these keys, which are still there (a bucket
+    /// index lagging, a page lost).
+    pub unlisted: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -175,7 +178,14 @@ impl Backend for FaultyBackend {
         Box::pin(
             futures::stream::once(async move {
                 match self.fate(&prefix, 0.0, 0.0).await {
-                    Fate::Pass => self.inner.list(&prefix),
+                    Fate::Pass => {
+                        let hidden = &self.plan.unlisted;
+                        let shown = move |m: &Result<ObjectMeta, BackendError>| {
+                            let show = !matches!(m, Ok(m) if hidden.contains(&m.key));
+                            futures::future::ready(show)
+                        };
+                        Box::pin(self.inner.list(&prefix).filter(shown)) as BoxStream<'_, _>
+                    }
                     _ => {
                         let e = self.error("list", &prefix);
                         Box::pin(futures::stream::iter([Err(e)])) as BoxStream<'_, _>

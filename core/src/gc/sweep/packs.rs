@@ -34,6 +34,7 @@ use crate::gc::census::{Census, Decide, Fate};
 use crate::gc::copies::Copies;
 use crate::gc::orphans::uncovered;
 use crate::gc::pack_plan::{PackFate, WasteReason, class_rules};
+use crate::gc::unlisted::Unlisted;
 use crate::id::ObjectId;
 use crate::keys;
 use crate::placement::index_write::IndexWriter;
@@ -75,6 +76,8 @@ impl Sweep {
         }
         census.listing_done();
         self.report.packs_listed = census.packs.len() as u64;
+        let cutoff = self.prot.cutoff;
+        let mut unlisted = Unlisted::default();
         for (name, meta) in list_index(&*backend).await? {
             self.stop_if_cancelled().await?;
             let read = async {
@@ -83,14 +86,30 @@ impl Sweep {
                 Ok::<_, crate::Error>((object, table))
             };
             match read.await {
-                Ok((object, table)) => census.index(object, &table),
+                Ok((object, table)) => {
+                    // (A younger object may name a pack stored after the
+                    // listing: its entries are kept anyway.)
+                    if object.meta.last_modified < cutoff {
+                        unlisted.note(&census, &table);
+                    }
+                    census.index(object, &table)
+                }
                 Err(e) if e.is_damage() => return self.hold_packs(e),
                 Err(e) => return Err(e),
             }
         }
         self.report.index_objects_read = census.objects.len() as u64;
+        if let Some(name) = unlisted.first_present(&*backend).await? {
+            self.census = None;
+            self.report.held.get_or_insert(format!(
+                "the store's listing of packs/ left out {}, which is there: no pack deleted or \
+                 rewritten, since the index entries of packs it leaves out would be dropped (run \
+                 gc again later)",
+                keys::pack(&name)
+            ));
+            return Ok(());
+        }
         self.stop_if_cancelled().await?;
-        let cutoff = self.prot.cutoff;
         let mut orphan_live = census
             .read_orphans(
                 &*backend,
