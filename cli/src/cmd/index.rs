@@ -19,6 +19,7 @@ pub async fn run(cli: &Cli, cmd: &IndexCommand) -> Result<()> {
             "chunks": r.chunks,
             "index_objects": r.written.iter().map(|(key, s)| json!({"key": key, "new": new(s)})).collect::<Vec<_>>(),
             "index_objects_removed": r.removed,
+            "index_objects_kept": r.kept.iter().map(|(key, pack)| json!({"key": key, "pack": pack})).collect::<Vec<_>>(),
             "packs_gone": r.gone,
             "damaged_packs": r.damaged.iter().map(|(key, why)| json!({"key": key, "reason": why})).collect::<Vec<_>>(),
             "archived_packs": r.archived,
@@ -37,6 +38,12 @@ pub async fn run(cli: &Cli, cmd: &IndexCommand) -> Result<()> {
         }
         for key in &r.removed {
             println!("removed index object {key} (replaced by the above)");
+        }
+        for (key, pack) in &r.kept {
+            println!(
+                "kept index object {key}: it names {pack}, which is there but the listing of \
+                 packs left out (run the rebuild again later)"
+            );
         }
         if r.gone > 0 {
             println!(

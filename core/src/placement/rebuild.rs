@@ -5,16 +5,17 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use super::ids::gone;
 use super::index::{self, IndexEntry, IndexHead};
 use super::index_write::MAX_WRITTEN_ENTRIES;
 use super::pack_read::read_trailer;
-use super::sweep::list_index;
-use crate::backend::{Backend, PutMode};
+use super::sweep::{list_index, read_head, read_table};
+use crate::backend::{Backend, ObjectMeta, PutMode};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
+use crate::id::ObjectId;
 use crate::keys;
 use crate::progress::Progress;
 use crate::repo::{Stored, put_once};
@@ -39,6 +40,9 @@ pub struct Rebuilt {
     pub written: Vec<(String, Stored)>,
     /// Index objects removed as superseded (see [`rebuild`]).
     pub removed: Vec<String>,
+    /// Superseded index objects kept: each names a pack this rebuild did
+    /// not index that is there (see [`removable`]); key and that pack.
+    pub kept: Vec<(String, String)>,
 }
 
 /// Reads every pack's trailer and writes index objects of any ids holding
@@ -65,9 +69,10 @@ pub struct Rebuilt {
 /// `repair` salvages its chunks from. So does a pack in an archive class
 /// (its trailer unreadable until thawed): the other packs are indexed and
 /// the archived ones listed (until stop 55 the first one stopped the
-/// rebuild with the store's error, indexing none after it). Memory: one
-/// object's entries (40 MiB) and the keys of the first listing, whatever
-/// the repository's size.
+/// rebuild with the store's error, indexing none after it). An object
+/// naming a pack that was not indexed but is there stays too
+/// ([`removable`]). Memory: one object's entries (40 MiB), the keys of
+/// the first listing and 8 bytes per pack.
 pub async fn rebuild(
     backend: Arc<dyn Backend>,
     codec: &Arc<Codec>,
@@ -77,6 +82,8 @@ pub async fn rebuild(
     let mut out = Rebuilt::default();
     let listed_first = list_index(&*backend).await?;
     let mut entries: Vec<IndexEntry> = Vec::new();
+    // The packs indexed, by 8 bytes of their names (see `removable`).
+    let mut indexed: Vec<u64> = Vec::new();
     let mut listing = backend.list(keys::PACKS);
     while let Some(meta) = listing.try_next().await? {
         if progress.is_cancelled() {
@@ -92,6 +99,7 @@ pub async fn rebuild(
         };
         match read_trailer(&*backend, codec, &name, meta.size, max_chunk).await {
             Ok(found) => {
+                indexed.push(prefix(&name));
                 out.packs += 1;
                 out.chunks += found.len() as u64;
                 entries.extend(
@@ -116,11 +124,13 @@ pub async fn rebuild(
         .extend(store_checked(&*backend, codec, entries).await?);
     if out.damaged.is_empty() && out.archived.is_empty() {
         let written: BTreeSet<&str> = out.written.iter().map(|(k, _)| k.as_str()).collect();
-        let superseded: Vec<String> = listed_first
+        let superseded: Vec<(ObjectId, ObjectMeta)> = listed_first
             .into_iter()
-            .map(|(_, meta)| meta.key)
-            .filter(|k| !written.contains(k.as_str()))
+            .filter(|(_, meta)| !written.contains(meta.key.as_str()))
             .collect();
+        indexed.sort_unstable();
+        let (superseded, kept) = removable(&*backend, codec, superseded, &indexed).await?;
+        out.kept = kept;
         for batch in superseded.chunks(DELETE_BATCH) {
             if progress.is_cancelled() {
                 // Harmless: the index written is whole, and the next
@@ -142,6 +152,66 @@ pub async fn rebuild(
 
 /// Index objects removed per request (S3's DeleteObjects takes 1,000).
 const DELETE_BATCH: usize = 1000;
+
+/// Packs asked about at once.
+const HEADS: usize = 16;
+
+fn prefix(name: &ObjectId) -> u64 {
+    let b = name.as_bytes();
+    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// Of the `superseded` index objects, the keys to remove, and those
+/// kept with the pack that keeps each. One whose table names a pack this
+/// rebuild did not index is kept if that pack is there: the listing left
+/// it out (a bucket index lagging, a page lost), or a GET of it answered
+/// "not found" and a HEAD too, passing it for gone, when it is not. Its
+/// entries may be the only ones placing that pack's chunks, and removing
+/// it lost them until the next rebuild (review 106.3). Packs gone for
+/// good (a sweep's) are asked about once each; normally there are none.
+/// An object that does not read is removed (what it names is unknown and
+/// it places nothing a reader could use); one gone meanwhile is passed
+/// over. Memory: 8 bytes per pack indexed (`indexed`, sorted; a prefix
+/// collision would only spare a HEAD) and one table at a time.
+async fn removable(
+    backend: &dyn Backend,
+    codec: &Arc<Codec>,
+    superseded: Vec<(ObjectId, ObjectMeta)>,
+    indexed: &[u64],
+) -> Result<(Vec<String>, Vec<(String, String)>)> {
+    let (mut remove, mut kept) = (Vec::new(), Vec::new());
+    for (name, meta) in superseded {
+        let key = meta.key.clone();
+        let table = async {
+            let object = read_head(backend, codec, name, meta).await?;
+            read_table(backend, &object).await
+        };
+        let table = match table.await {
+            Ok(t) => t,
+            Err(e) if e.is_damage() && gone(backend, &key).await => continue,
+            Err(e) if e.is_damage() => {
+                remove.push(key);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let unindexed = table
+            .into_iter()
+            .filter(|p| indexed.binary_search(&prefix(p)).is_err());
+        let mut there =
+            futures::stream::iter(unindexed)
+                .map(|p| async move {
+                    Ok::<_, Error>(backend.exists(&keys::pack(&p)).await?.then_some(p))
+                })
+                .buffer_unordered(HEADS)
+                .try_filter_map(|p| futures::future::ready(Ok(p)));
+        match there.try_next().await? {
+            Some(pack) => kept.push((key, keys::pack(&pack))),
+            None => remove.push(key),
+        }
+    }
+    Ok((remove, kept))
+}
 
 /// Stores `entries` as index objects of any ids, create-only, as
 /// [`super::index_write::store_entries`] does, except that an object

@@ -326,3 +326,32 @@ async fn archived_packs_are_listed_and_the_others_indexed() {
         assert!(mem.get(k).await.is_ok(), "{k} removed");
     }
 }
+
+/// A store whose listing leaves out a pack that is there: the rebuild
+/// does not index it, and the old index object naming it is its chunks'
+/// only place. It is kept, naming the pack; the objects naming only
+/// packs indexed again go. (Removed, it lost those chunks to every
+/// lookup until the next rebuild: review 106.3.)
+#[tokio::test]
+async fn an_old_index_object_naming_a_pack_the_listing_left_out_is_kept() {
+    use crate::testing::{FaultPlan, FaultyBackend};
+    let mem = Arc::new(MemBackend::default());
+    let (chunks, packs) = store_packs(mem.clone()).await;
+    let old = index_in_parts(&mem, &packs, 2).await;
+    assert_eq!(old.len(), 2);
+    // A pack of the second object only.
+    let last = packs.last().unwrap();
+    let hidden = keys::pack(&last.name);
+    let plan = FaultPlan {
+        unlisted: vec![hidden.clone()],
+        ..FaultPlan::default()
+    };
+    let lying = Arc::new(FaultyBackend::new(mem.clone(), plan));
+    let out = rebuild(lying, &plain(), 1 << 20, &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(out.packs as usize, packs.len() - 1);
+    assert_eq!(out.kept, vec![(old[1].clone(), hidden)]);
+    assert_eq!(out.removed, vec![old[0].clone()]);
+    assert!(all_found(mem, &chunks).await, "chunks not found");
+}
