@@ -348,6 +348,15 @@ fn usable_since(d: &DiskRequest, node: &NodeInfo) -> (Option<String>, Option<Str
         Some(b) if !b.recording => {
             format!("the parent's checkpoint bitmap {name} is disabled (not recording writes)")
         }
+        // QEMU refuses to export a bitmap a job or another export holds:
+        // asked for anyway, it failed every backup until someone removed
+        // the holder (review 105.2). Its bits are still good; read in
+        // full, the point is right, and the commit's removal of the stale
+        // checkpoint, refused while it is busy, succeeds at a later one.
+        Some(b) if b.busy => format!(
+            "the parent's checkpoint bitmap {name} is in use by another operation (an export \
+             or job left behind?)"
+        ),
         Some(_) => return (Some(name.clone()), None),
     };
     (None, Some(format!("{why}; reading the disk in full")))
