@@ -8,6 +8,7 @@
 
 mod audit;
 mod audit_edges;
+mod base_self;
 mod cli;
 mod clones;
 mod copy;

@@ -95,7 +95,19 @@ pub(super) async fn prepare(req: &BackupRequest) -> Result<Vec<Prepared>> {
                         path.display()
                     )));
                 }
-                DiskSource::open(old)?;
+                // Compared with itself the disk shows no change: every
+                // segment would reuse the parent's, and the point restore
+                // the parent's bytes, from a backup that succeeded.
+                if source.same_disk(&DiskSource::open(old)?)? {
+                    return Err(Error::InvalidArgument(format!(
+                        "disk {name}: --base {name}={} is the disk's own image {} (the same \
+                         file): compared with itself the disk shows no change, and the point \
+                         would hold the parent's bytes; give the image of the disk as it was \
+                         at the parent point (a snapshot), or back up without --base",
+                        old.display(),
+                        path.display()
+                    )));
+                }
                 None
             }
             ChangeSource::Bitmaps(b) => Some(bitmaps::read(name, &source, b).await?),

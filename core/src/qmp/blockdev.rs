@@ -63,7 +63,20 @@ impl Qmp {
                 "query-named-block-nodes did not answer a list".into(),
             ));
         };
-        Ok(nodes.iter().filter_map(node_info).collect())
+        let mut out = Vec::new();
+        for n in &nodes {
+            match node_info(n) {
+                Ok(Some(n)) => out.push(n),
+                Ok(None) => {}
+                Err(reason) => {
+                    return Err(QmpError::Protocol {
+                        socket: self.socket().to_string(),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The node behind `name`: a node name, or a drive or device name of
@@ -184,7 +197,21 @@ impl Qmp {
     }
 }
 
-fn node_info(v: &Value) -> Option<NodeInfo> {
+/// A node of `query-named-block-nodes`; `None` for one without a name
+/// (none can be asked for), an error for one without a size.
+fn node_info(v: &Value) -> Result<Option<NodeInfo>, String> {
+    let Some(node_name) = v["node-name"].as_str() else {
+        return Ok(None);
+    };
+    // Taken as 0, a missing size gave a 0-byte fleecing image, and the
+    // backup recorded the disk as 0 bytes without failing (review 105.5).
+    // QEMU always sends it.
+    let Some(size) = v["image"]["virtual-size"].as_u64() else {
+        return Err(format!(
+            "query-named-block-nodes gave block node {node_name:?} without image.virtual-size: \
+             its size is unknown"
+        ));
+    };
     let bitmaps = v["dirty-bitmaps"]
         .as_array()
         .map(|list| {
@@ -202,11 +229,33 @@ fn node_info(v: &Value) -> Option<NodeInfo> {
                 .collect()
         })
         .unwrap_or_default();
-    Some(NodeInfo {
-        node_name: v["node-name"].as_str()?.to_string(),
+    Ok(Some(NodeInfo {
+        node_name: node_name.to_string(),
         driver: v["drv"].as_str().unwrap_or("").to_string(),
-        size: v["image"]["virtual-size"].as_u64().unwrap_or(0),
+        size,
         read_only: v["ro"].as_bool().unwrap_or(false),
         bitmaps,
-    })
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_without_a_size_is_refused_by_name() {
+        let v = json!({"node-name": "disk0", "drv": "raw", "image": {"filename": "x"}});
+        let e = node_info(&v).unwrap_err();
+        assert!(e.contains("\"disk0\"") && e.contains("virtual-size"), "{e}");
+        let v = json!({"node-name": "disk0", "drv": "raw", "image": {"virtual-size": 0}});
+        assert_eq!(
+            node_info(&v).unwrap().unwrap().size,
+            0,
+            "a 0-byte node is one"
+        );
+        let v = json!({"drv": "raw", "image": {"virtual-size": 512}});
+        assert_eq!(node_info(&v).unwrap(), None, "no name: not one to ask for");
+        let v = json!({"node-name": "d", "image": {"virtual-size": 4096}});
+        assert_eq!(node_info(&v).unwrap().unwrap().size, 4096);
+    }
 }

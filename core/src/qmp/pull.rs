@@ -136,12 +136,12 @@ impl PullSession {
         match s.set_up(qmp, disks, opts).await {
             Ok(()) => Ok(s),
             Err(e) => {
-                s.tear_down(qmp).await;
+                let undone = s.tear_down(qmp).await.is_empty();
                 let checkpoints = std::mem::take(&mut s.created.checkpoints);
                 for (node, name) in checkpoints {
                     let _ = qmp.remove_bitmap(&node, &name).await;
                 }
-                let _ = std::fs::remove_file(&s.lock_path);
+                s.release_lock(undone);
                 Err(e)
             }
         }
@@ -164,6 +164,7 @@ impl PullSession {
     /// not be undone (the backup's outcome does not depend on it).
     pub async fn finish(mut self, qmp: &mut Qmp, committed: bool) -> Vec<String> {
         let mut notes = self.tear_down(qmp).await;
+        let undone = notes.is_empty();
         let own: Vec<String> = self.disks.iter().map(|d| d.checkpoint.clone()).collect();
         for d in &self.disks {
             let remove: Vec<String> = if committed {
@@ -177,8 +178,21 @@ impl PullSession {
                 }
             }
         }
-        let _ = std::fs::remove_file(&self.lock_path);
+        self.release_lock(undone);
         notes
+    }
+
+    /// Removes the session's lock file if its objects in QEMU are gone
+    /// (`undone`); otherwise keeps it, unlocked once the session is
+    /// dropped, so that the next session tears down what is left. Removed
+    /// after a failed teardown, it left the objects to no session: a
+    /// `xfull-TAG-*` whose lock is not in the work directory is left alone
+    /// (review 105.3). Checkpoint bitmaps are not the lock's: the next
+    /// commit removes stale ones by their prefix.
+    fn release_lock(&self, undone: bool) {
+        if undone {
+            let _ = std::fs::remove_file(&self.lock_path);
+        }
     }
 
     async fn set_up(
@@ -226,14 +240,24 @@ impl PullSession {
                 "device": d.node, "target": format!("xfull-{}-{i}", self.tag),
                 "sync": "none", "job-id": format!("xfull-{}-{i}", self.tag)}}));
         }
-        qmp.execute("transaction", json!({ "actions": actions }))
-            .await?;
-        for (i, d) in self.disks.iter().enumerate() {
-            self.created.jobs.push(format!("xfull-{}-{i}", self.tag));
-            self.created
-                .checkpoints
-                .push((d.node.clone(), d.checkpoint.clone()));
+        let done = qmp
+            .execute("transaction", json!({ "actions": actions }))
+            .await;
+        // QEMU's refusal of a transaction undoes all of it; any other
+        // failure (no answer in time, the connection lost) may come after
+        // QEMU ran it, and its jobs would be left to copy every guest
+        // write into the image (review 105.3). So they are recorded as
+        // created then too: ending a job or removing a bitmap that does
+        // not exist is tolerated by the teardown.
+        if !matches!(done, Err(QmpError::Command { .. })) {
+            for (i, d) in self.disks.iter().enumerate() {
+                self.created.jobs.push(format!("xfull-{}-{i}", self.tag));
+                self.created
+                    .checkpoints
+                    .push((d.node.clone(), d.checkpoint.clone()));
+            }
         }
+        done?;
         let socket = match &opts.nbd_socket {
             Some(s) => s.clone(),
             None => {
@@ -348,6 +372,15 @@ fn usable_since(d: &DiskRequest, node: &NodeInfo) -> (Option<String>, Option<Str
         Some(b) if !b.recording => {
             format!("the parent's checkpoint bitmap {name} is disabled (not recording writes)")
         }
+        // QEMU refuses to export a bitmap a job or another export holds:
+        // asked for anyway, it failed every backup until someone removed
+        // the holder (review 105.2). Its bits are still good; read in
+        // full, the point is right, and the commit's removal of the stale
+        // checkpoint, refused while it is busy, succeeds at a later one.
+        Some(b) if b.busy => format!(
+            "the parent's checkpoint bitmap {name} is in use by another operation (an export \
+             or job left behind?)"
+        ),
         Some(_) => return (Some(name.clone()), None),
     };
     (None, Some(format!("{why}; reading the disk in full")))

@@ -94,8 +94,18 @@ pub(crate) async fn dirty_ranges(client: &Client, bitmap: &str) -> Result<Extent
     let mut pos = 0;
     while pos < size {
         let extents = client.block_status(&context, pos..size).await?;
+        // `Client::block_status` covers the range asked or fails, so
+        // this cannot happen today; should it ever, "nothing more" must
+        // not read as "the rest is clean", which would reuse the parent's
+        // segments wherever the bitmap marks writes past here (review
+        // 105.4).
         if extents.is_empty() {
-            break; // block_status asks again itself; nothing came back
+            return Err(NbdError::Protocol {
+                export: client.export().to_string(),
+                command: crate::nbd::proto::command_name(crate::nbd::proto::CMD_BLOCK_STATUS),
+                offset: pos,
+                reason: format!("block status of {context} ended before offset {pos}"),
+            });
         }
         for e in extents {
             let end = (pos + e.len).min(size);

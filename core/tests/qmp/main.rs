@@ -6,3 +6,4 @@
 mod client;
 mod daemon;
 mod pull;
+mod teardown;

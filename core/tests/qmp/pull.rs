@@ -2,6 +2,9 @@
 //! writing, the parent's checkpoint exported as the changes, checkpoints
 //! kept or dropped by the outcome, and a killed session's leftovers.
 
+use std::time::Duration;
+
+use serde_json::json;
 use xfull_core::nbd::{Client, NbdUri, STATE_DIRTY};
 use xfull_core::qmp::{DiskRequest, PullOptions, PullSession, Qmp};
 
@@ -9,7 +12,7 @@ use crate::daemon::Daemon;
 
 const SIZE: usize = 4 << 20;
 
-fn options(d: &Daemon, with_guest_server: bool) -> PullOptions {
+pub(crate) fn options(d: &Daemon, with_guest_server: bool) -> PullOptions {
     PullOptions {
         work_dir: d.work_dir().to_path_buf(),
         bitmap_prefix: "xfull-test".into(),
@@ -21,7 +24,7 @@ fn options(d: &Daemon, with_guest_server: bool) -> PullOptions {
     }
 }
 
-fn disk(since: Option<&str>) -> Vec<DiskRequest> {
+pub(crate) fn disk(since: Option<&str>) -> Vec<DiskRequest> {
     vec![DiskRequest {
         name: "sys".into(),
         node: "disk0".into(),
@@ -56,7 +59,7 @@ async fn dirty(c: &Client, context: &str) -> Vec<(u64, u64)> {
 }
 
 /// What xfull left in QEMU: exports, jobs and nodes of its own naming.
-async fn leftovers(q: &mut Qmp) -> Vec<String> {
+pub(crate) async fn leftovers(q: &mut Qmp) -> Vec<String> {
     let mut names: Vec<String> = q
         .block_nodes()
         .await
@@ -342,4 +345,64 @@ async fn a_checkpoint_named_for_no_disk_is_not_trusted() {
     let why = v.full_read.clone().unwrap();
     assert!(why.contains(shared) && why.contains("sys"), "{why}");
     s.finish(&mut q, false).await;
+}
+
+#[tokio::test]
+async fn a_busy_checkpoint_gives_a_full_read_and_is_dropped_once_free() {
+    // An export left behind (by hand, or another tool) holds the parent's
+    // checkpoint: exported again with the view, QEMU refused it, and
+    // every --qmp backup failed until someone removed that export.
+    let d = Daemon::start(SIZE, 0, true);
+    let mut q = d.connect().await;
+    let opts = options(&d, true);
+    let s = PullSession::start(&mut q, &disk(None), &opts)
+        .await
+        .unwrap();
+    let first = s.disks()[0].checkpoint.clone();
+    assert!(s.finish(&mut q, true).await.is_empty());
+    q.execute(
+        "block-export-add",
+        json!({"type": "nbd", "id": "left-behind", "node-name": "disk0",
+               "name": "left-behind", "writable": false,
+               "bitmaps": [{"node": "disk0", "name": first}]}),
+    )
+    .await
+    .unwrap();
+    let node = q.resolve_node("disk0").await.unwrap();
+    assert!(node.bitmap(&first).unwrap().busy);
+
+    let s = PullSession::start(&mut q, &disk(Some(&first)), &opts)
+        .await
+        .unwrap();
+    let v = &s.disks()[0];
+    assert!(v.since.is_none(), "a busy bitmap was exported");
+    let why = v.full_read.clone().unwrap();
+    assert!(why.contains(&first) && why.contains("in use"), "{why}");
+    let second = v.checkpoint.clone();
+    // Committed: the busy parent checkpoint cannot go yet, and says so;
+    // the new one is the next backup's.
+    let notes = s.finish(&mut q, true).await;
+    assert!(notes.iter().any(|n| n.contains(&first)), "{notes:?}");
+
+    q.execute(
+        "block-export-del",
+        json!({"id": "left-behind", "mode": "hard"}),
+    )
+    .await
+    .unwrap();
+    q.wait_event("removing the export", Duration::from_secs(60), |n, d| {
+        n == "BLOCK_EXPORT_DELETED" && d["id"] == "left-behind"
+    })
+    .await
+    .unwrap();
+    let s = PullSession::start(&mut q, &disk(Some(&second)), &opts)
+        .await
+        .unwrap();
+    assert_eq!(s.disks()[0].since.as_deref(), Some(second.as_str()));
+    assert!(s.finish(&mut q, true).await.is_empty());
+    let node = q.resolve_node("disk0").await.unwrap();
+    assert!(
+        node.bitmap(&first).is_none(),
+        "the stale checkpoint is dropped at the first commit after it is free"
+    );
 }

@@ -116,12 +116,14 @@ pub(super) async fn clean_leftovers(qmp: &mut Qmp, dir: &Path, own: &str) -> Vec
             bitmap_prefix: String::new(),
             disks: Vec::new(),
             created: s,
-            lock_path: lock_path.clone(),
+            lock_path,
             _lock: lock,
             notes: Vec::new(),
         };
-        notes.extend(leftover.tear_down(qmp).await);
-        let _ = std::fs::remove_file(&lock_path);
+        let failed = leftover.tear_down(qmp).await;
+        // Kept while something is left, for the session after this one.
+        leftover.release_lock(failed.is_empty());
+        notes.extend(failed);
     }
     notes
 }
