@@ -76,19 +76,35 @@ impl Served {
             // (and looked for again if a sweep moves them).
             let index = repo.chunks().open_index().await?;
             let mut manifests = Vec::new();
-            let mut exports: Vec<(usize, Arc<dyn Export>)> = Vec::new();
-            for (n, s) in specs.iter().enumerate() {
+            let mut named = Vec::new();
+            for s in specs {
                 let m = lease.load(repo, &s.vm, &s.id).await?;
                 let disks: Vec<String> = if s.disks.is_empty() {
                     m.disks.iter().map(|d| d.name.to_string()).collect()
                 } else {
                     s.disks.clone()
                 };
+                named.push(disks);
+                manifests.push(m);
+            }
+            // Counted before any overlay is opened: opening creates the
+            // file with the first disk's header and locks it, so the
+            // second disk's open said "in use by another process" and a
+            // retry with --disk for another disk was refused (review
+            // 104.4).
+            let count: usize = named.iter().map(Vec::len).sum();
+            if opts.overlay.is_some() && count != 1 {
+                return Err(Error::InvalidArgument(format!(
+                    "--overlay serves one disk writable; {count} disks were named (use --disk)"
+                )));
+            }
+            let mut exports: Vec<(usize, Arc<dyn Export>)> = Vec::new();
+            for (n, (m, disks)) in manifests.iter().zip(named).enumerate() {
                 for disk in disks {
                     let base = PointDisk::new(
                         repo,
                         index.clone(),
-                        &m,
+                        m,
                         &disk,
                         cache.clone(),
                         opts.read_ahead,
@@ -103,13 +119,6 @@ impl Served {
                     };
                     exports.push((n, export));
                 }
-                manifests.push(m);
-            }
-            if opts.overlay.is_some() && exports.len() != 1 {
-                return Err(Error::InvalidArgument(format!(
-                    "--overlay serves one disk writable; {} disks were named (use --disk)",
-                    exports.len()
-                )));
             }
             Ok((manifests, exports))
         };
