@@ -69,7 +69,7 @@ impl Served {
         // anything is written (as restore is).
         repo.codec().require_data("serve or mount")?;
         let pins: Vec<_> = specs.iter().map(|s| (s.vm.clone(), s.id.clone())).collect();
-        let lease = ServeLease::begin(repo, &pins).await?;
+        let lease = ServeLease::begin(repo, &pins, progress.clone()).await?;
         let cache = PartCache::new(opts.cache_bytes);
         let opened = async {
             // Opened after the lease: the served points' chunks are in it
@@ -151,6 +151,20 @@ impl Served {
             lease.end().await?;
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Resolves once the lease lapsed (see [`ServeLease::lapsed`]): stop
+    /// serving, then [`Served::close`].
+    pub async fn lapsed(&self) -> Error {
+        match &self.lease {
+            Some(l) => l.lapsed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The error to stop with, if the lease lapsed.
+    pub fn lapse(&self) -> Option<Error> {
+        self.lease.as_ref().and_then(ServeLease::lapse)
     }
 
     /// The lease pinning the points (`leases/<id>`).
