@@ -15,6 +15,10 @@ use crate::nbd::Export;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
+/// The least `--cache`: one part. A smaller cache holds no part, so every
+/// read, 4 KiB or not, fetched and verified a whole part again.
+pub const MIN_CACHE_BYTES: u64 = crate::restore::PART;
+
 /// How points are served.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
