@@ -32,7 +32,7 @@ pub struct ServeArgs {
     pub overlay: Option<PathBuf>,
     /// Memory for cached data (parts of at most 16 MiB of a segment), all
     /// disks together.
-    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    #[arg(long, value_parser = parse_cache, default_value = "256M")]
     pub cache: u64,
     #[command(flatten)]
     pub s3: S3Args,
@@ -46,8 +46,35 @@ pub struct MountArgs {
     pub args: Vec<String>,
     /// Memory for cached data (parts of at most 16 MiB of a segment), all
     /// disks together.
-    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    #[arg(long, value_parser = parse_cache, default_value = "256M")]
     pub cache: u64,
     #[command(flatten)]
     pub s3: S3Args,
+}
+
+/// `--cache`: a size of at least one part (16 MiB). Refused below it
+/// (exit 2) rather than raised: a smaller cache keeps no part, so every
+/// read fetched and verified 16 MiB, and the user who asked for little
+/// memory learns the floor instead of silently getting more.
+fn parse_cache(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    let min = xfull_core::serve::MIN_CACHE_BYTES;
+    if n < min {
+        return Err(format!(
+            "{s:?} holds no part of a disk; the least is {}M (one part)",
+            min >> 20
+        ));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cache_smaller_than_one_part_is_refused() {
+        for small in ["0", "4K", "16383K"] {
+            assert!(super::parse_cache(small).is_err(), "{small}");
+        }
+        assert_eq!(super::parse_cache("16M"), Ok(16 << 20));
+    }
 }

@@ -277,6 +277,20 @@ pub enum Error {
         damage: bool,
     },
 
+    /// A server's or mount's lease on the points it serves went unrefreshed
+    /// long enough that gc may take it for dead and delete their data: it
+    /// stopped serving (exit status 1) rather than rewrite the lease.
+    #[error(
+        "lease {lease}: no refresh of it reached the store for {since_secs} s (the lease TTL is \
+         {ttl_secs} s), so gc may delete the served points' data; stopped serving rather than \
+         renew it. Check the store, then start again"
+    )]
+    LeaseLapsed {
+        lease: String,
+        since_secs: u64,
+        ttl_secs: u64,
+    },
+
     /// A gc sweep is running, and the operation needs to be the only one.
     #[error(
         "gc sweep {seq} is running on {host}; one sweep runs at a time: try again when it is done"

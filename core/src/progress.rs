@@ -92,6 +92,13 @@ pub enum Warning {
     /// A point `copy` listed was removed from the source before its turn
     /// (a prune or forget there): not copied.
     CopySourceGone { point: String },
+    /// No refresh of a server's or mount's lease reached the store for
+    /// half its TTL: if none does before the TTL, it stops serving.
+    ServeLeaseAtRisk {
+        lease: String,
+        since_secs: u64,
+        stops_in_secs: u64,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -186,6 +193,15 @@ impl fmt::Display for Warning {
                 f,
                 "point {point} was removed from the source after the copy listed it (a prune or \
                  forget there); it was not copied"
+            ),
+            Warning::ServeLeaseAtRisk {
+                lease,
+                since_secs,
+                stops_in_secs,
+            } => write!(
+                f,
+                "lease {lease}: no refresh of it reached the store for {since_secs} s; unless one \
+                 does within about {stops_in_secs} s, gc may take it for dead, and serving stops"
             ),
         }
     }

@@ -223,3 +223,53 @@ fn requests_of_length_zero_change_nothing_and_keep_the_connection() {
     assert_eq!(code, 130, "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `--overlay` on a point of two disks without `--disk`: the usage error
+/// says to name one (exit 2), and the overlay file is not created, so a
+/// retry with `--disk e` takes it. Before, disk d's overlay was opened
+/// (and the file created with d's header) before the disks were counted:
+/// the user read "in use by another process", and the retry was refused
+/// as "the overlay of disk d" (review 104.4).
+#[test]
+fn an_overlay_with_two_disks_and_no_disk_named_is_a_usage_error_and_creates_nothing() {
+    let (e, _) = patterned();
+    let img = e.path("other.img");
+    image(&img, &[(Fill::Byte(3), 1)]);
+    e.backup("vm", &[("d", &img), ("e", &img)]);
+    let sock = socket(&e);
+    let overlay = e.path("two.overlay");
+    let ov = overlay.to_str().unwrap();
+    let leases = leases_of(&e);
+    let out = e
+        .x(&[
+            "serve",
+            "vm@latest",
+            "--socket",
+            &sock,
+            "--writable",
+            "--overlay",
+            ov,
+        ])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("use --disk"), "{err}");
+    assert!(!overlay.exists(), "a refused server creates no overlay");
+    assert_eq!(leases_of(&e), leases, "a refused server leaves no lease");
+    let s = Served::start(
+        &e,
+        &[
+            "vm@latest",
+            "--disk",
+            "e",
+            "--socket",
+            &sock,
+            "--writable",
+            "--overlay",
+            ov,
+        ],
+        1,
+    );
+    s.stop();
+}

@@ -39,8 +39,13 @@ pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
     };
     let served = Served::open(&repo, &specs, &opts, progress.clone()).await?;
     let result = mount(cli, &checked, &served, &mut hangup).await;
+    let lapsed = served.lapse();
     served.close().await?;
     result?;
+    // Unmounted because the lease lapsed: an error (exit 1), not 130.
+    if let Some(lapsed) = lapsed {
+        return Err(lapsed.into());
+    }
     Err(Error::Cancelled {
         cleaned: format!(
             "{} was unmounted; the lease on the points was released",
@@ -161,6 +166,7 @@ async fn mount(
         tokio::select! {
             _ = progress.cancelled() => break,
             _ = hangup.recv() => break,
+            _ = served.lapsed() => break,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 let done = session
                     .lock()

@@ -26,6 +26,12 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
     let served = Served::open(&repo, &[spec], &opts, progress.clone()).await?;
     match serve(cli, args, &served, &mut hangup).await {
         Ok(()) => {
+            // A lapsed lease stopped it: the clients were cut off, an
+            // overlay is flushed, and the exit is an error (1), not 130.
+            if let Some(lapsed) = served.lapse() {
+                let _ = served.close().await;
+                return Err(lapsed.into());
+            }
             served.close().await?;
             Err(Error::Cancelled {
                 cleaned: "the server stopped; its lease on the point was released".into(),
@@ -123,6 +129,7 @@ async fn serve(
         tokio::select! {
             _ = progress.cancelled() => {}
             _ = hangup.recv() => {}
+            _ = served.lapsed() => {}
         }
     };
     server.serve(listener, stop).await?;

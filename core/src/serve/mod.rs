@@ -27,4 +27,4 @@ pub mod served;
 pub use cache::PartCache;
 pub use disk::PointDisk;
 pub use lease::ServeLease;
-pub use served::{ServeOptions, ServeSpec, Served};
+pub use served::{MIN_CACHE_BYTES, ServeOptions, ServeSpec, Served};

@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,12 @@ pub struct Overlay {
     /// One bit per block; `dirty` lists the map's 4 KiB pages changed
     /// since the last flush.
     map: Mutex<(Vec<u8>, std::collections::BTreeSet<u64>)>,
+    /// A sync or map write failed: every later write and flush fails,
+    /// until the server restarts (see [`Overlay::flush`]).
+    failed: AtomicBool,
+    /// Tests: the next data sync fails as a lost writeback would.
+    #[cfg(test)]
+    fail_next_sync: AtomicBool,
 }
 
 impl Overlay {
@@ -146,6 +153,9 @@ impl Overlay {
             file: Arc::new(file),
             size,
             map: Mutex::new((map, Default::default())),
+            failed: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_next_sync: AtomicBool::new(false),
         })
     }
 
@@ -183,8 +193,29 @@ impl Overlay {
             .read_exact_at(buf, data_offset(self.size) + offset)
     }
 
+    /// `EIO` once a flush failed.
+    fn usable(&self) -> std::io::Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other(format!(
+                "{}: an earlier flush failed, so data written before it may be lost; the overlay \
+                 takes no more writes until the server restarts",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        self.file.sync_data()
+    }
+
     /// Writes `data` at disk offset `offset` (not yet marked).
     pub fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        self.usable()?;
         self.file
             .write_all_at(data, data_offset(self.size) + offset)
     }
@@ -192,6 +223,7 @@ impl Overlay {
     /// Makes `len` bytes at `offset` a hole (reads as zeros).
     pub fn punch(&self, offset: u64, len: u64) -> std::io::Result<()> {
         use rustix::fs::FallocateFlags as F;
+        self.usable()?;
         rustix::fs::fallocate(
             &*self.file,
             F::PUNCH_HOLE | F::KEEP_SIZE,
@@ -204,7 +236,16 @@ impl Overlay {
     /// Syncs the data, then the map pages changed since the last flush.
     /// The pages are copied first: every bit in them was set after its
     /// block was written, so the sync that follows covers that data.
+    ///
+    /// A failed sync or map write fails the overlay for good (until the
+    /// server restarts): Linux marks the pages whose writeback failed
+    /// clean and reports the error once, so the next sync succeeds with
+    /// their data lost; writing the map then would mark blocks "in the
+    /// overlay" whose data never reached the disk, read as zeros or stale
+    /// bytes after a restart, silently (review 104.3). The map on disk
+    /// stays as the last good flush left it.
     pub fn flush(&self) -> std::io::Result<()> {
+        self.usable()?;
         let pages: Vec<(u64, Vec<u8>)> = {
             let mut g = self.lock();
             let dirty = std::mem::take(&mut g.1);
@@ -217,19 +258,18 @@ impl Overlay {
                 })
                 .collect()
         };
-        let written = self.file.sync_data().and_then(|()| {
+        let written = self.sync_data().and_then(|()| {
             for (p, bytes) in &pages {
                 self.file.write_all_at(bytes, HEADER + p * HEADER)?;
             }
             if pages.is_empty() {
                 Ok(())
             } else {
-                self.file.sync_data()
+                self.sync_data()
             }
         });
         if written.is_err() {
-            // Written again at the next flush.
-            self.lock().1.extend(pages.iter().map(|(p, _)| *p));
+            self.failed.store(true, Ordering::SeqCst);
         }
         written
     }
@@ -240,3 +280,7 @@ impl Overlay {
 fn data_offset(size: u64) -> u64 {
     (HEADER + size.div_ceil(BLOCK).div_ceil(8)).next_multiple_of(BLOCK)
 }
+
+#[cfg(test)]
+#[path = "overlay_tests.rs"]
+mod tests;

@@ -26,13 +26,36 @@ fn io(e: impl std::fmt::Display) -> ExportError {
     ExportError::Io(format!("overlay: {e}"))
 }
 
+/// An overlay file's error for the client: a full filesystem or quota
+/// is `ENOSPC`, on which qemu (`werror=enospc`) pauses the guest until
+/// room is made, where on `EIO` the guest loses the write (review
+/// 104.2); anything else is `EIO`.
+fn from_io(e: std::io::Error) -> ExportError {
+    use std::io::ErrorKind;
+    let full = matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+        || matches!(e.raw_os_error(), Some(c) if c == libc_enospc() || c == libc_edquot());
+    if full {
+        ExportError::NoSpace(format!("overlay: {e}"))
+    } else {
+        io(e)
+    }
+}
+
+fn libc_enospc() -> i32 {
+    rustix::io::Errno::NOSPC.raw_os_error()
+}
+
+fn libc_edquot() -> i32 {
+    rustix::io::Errno::DQUOT.raw_os_error()
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, ExportError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(io)?
-        .map_err(io)
+        .map_err(from_io)
 }
 
 impl OverlayDisk {
@@ -219,5 +242,22 @@ impl Export for OverlayDisk {
         let _one_writer = self.writer.lock().await;
         let ov = self.overlay.clone();
         blocking(move || ov.flush()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ENOSPC and EDQUOT from the overlay's writes, punches and map
+    /// writes reach the client as ENOSPC; other errors as EIO.
+    #[test]
+    fn a_full_overlay_filesystem_is_no_space_not_an_io_error() {
+        for code in [libc_enospc(), libc_edquot()] {
+            let e = from_io(std::io::Error::from_raw_os_error(code));
+            assert!(matches!(e, ExportError::NoSpace(_)), "{code}: {e:?}");
+        }
+        let e = from_io(std::io::Error::from_raw_os_error(5));
+        assert!(matches!(e, ExportError::Io(_)), "{e:?}");
     }
 }

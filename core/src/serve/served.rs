@@ -15,6 +15,10 @@ use crate::nbd::Export;
 use crate::progress::Progress;
 use crate::repo::Repository;
 
+/// The least `--cache`: one part. A smaller cache holds no part, so every
+/// read, 4 KiB or not, fetched and verified a whole part again.
+pub const MIN_CACHE_BYTES: u64 = crate::restore::PART;
+
 /// How points are served.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -69,26 +73,42 @@ impl Served {
         // anything is written (as restore is).
         repo.codec().require_data("serve or mount")?;
         let pins: Vec<_> = specs.iter().map(|s| (s.vm.clone(), s.id.clone())).collect();
-        let lease = ServeLease::begin(repo, &pins).await?;
+        let lease = ServeLease::begin(repo, &pins, progress.clone()).await?;
         let cache = PartCache::new(opts.cache_bytes);
         let opened = async {
             // Opened after the lease: the served points' chunks are in it
             // (and looked for again if a sweep moves them).
             let index = repo.chunks().open_index().await?;
             let mut manifests = Vec::new();
-            let mut exports: Vec<(usize, Arc<dyn Export>)> = Vec::new();
-            for (n, s) in specs.iter().enumerate() {
+            let mut named = Vec::new();
+            for s in specs {
                 let m = lease.load(repo, &s.vm, &s.id).await?;
                 let disks: Vec<String> = if s.disks.is_empty() {
                     m.disks.iter().map(|d| d.name.to_string()).collect()
                 } else {
                     s.disks.clone()
                 };
+                named.push(disks);
+                manifests.push(m);
+            }
+            // Counted before any overlay is opened: opening creates the
+            // file with the first disk's header and locks it, so the
+            // second disk's open said "in use by another process" and a
+            // retry with --disk for another disk was refused (review
+            // 104.4).
+            let count: usize = named.iter().map(Vec::len).sum();
+            if opts.overlay.is_some() && count != 1 {
+                return Err(Error::InvalidArgument(format!(
+                    "--overlay serves one disk writable; {count} disks were named (use --disk)"
+                )));
+            }
+            let mut exports: Vec<(usize, Arc<dyn Export>)> = Vec::new();
+            for (n, (m, disks)) in manifests.iter().zip(named).enumerate() {
                 for disk in disks {
                     let base = PointDisk::new(
                         repo,
                         index.clone(),
-                        &m,
+                        m,
                         &disk,
                         cache.clone(),
                         opts.read_ahead,
@@ -103,13 +123,6 @@ impl Served {
                     };
                     exports.push((n, export));
                 }
-                manifests.push(m);
-            }
-            if opts.overlay.is_some() && exports.len() != 1 {
-                return Err(Error::InvalidArgument(format!(
-                    "--overlay serves one disk writable; {} disks were named (use --disk)",
-                    exports.len()
-                )));
             }
             Ok((manifests, exports))
         };
@@ -142,6 +155,20 @@ impl Served {
             lease.end().await?;
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Resolves once the lease lapsed (see [`ServeLease::lapsed`]): stop
+    /// serving, then [`Served::close`].
+    pub async fn lapsed(&self) -> Error {
+        match &self.lease {
+            Some(l) => l.lapsed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The error to stop with, if the lease lapsed.
+    pub fn lapse(&self) -> Option<Error> {
+        self.lease.as_ref().and_then(ServeLease::lapse)
     }
 
     /// The lease pinning the points (`leases/<id>`).

@@ -17,7 +17,10 @@
 mod check;
 #[cfg(test)]
 mod heartbeat_tests;
+mod life;
 mod settle;
+
+pub use life::{Began, LeaseLife, Life};
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -312,6 +315,51 @@ impl Session {
                 // sweeps that run meanwhile do not observe it, and `check`
                 // then re-verifies everything.
                 let _ = write_lease(&repo, &key, &record, writer).await;
+            }
+        })
+    }
+}
+
+impl Session {
+    /// Refreshes the lease in the background until dropped, as
+    /// [`Session::heartbeat`], for a session that never commits (a
+    /// server's): its `check` never runs, so nothing else would notice
+    /// the lease dying. Each accepted write is recorded in `life`; once
+    /// it says the lease lapsed, the lease is not written again (a sweep
+    /// may have taken it for dead and deleted what it pins: written
+    /// again, it would pin points in neither `points/` nor `trash/`,
+    /// which holds every later deletion). `told` hears the lease's state
+    /// after every beat.
+    pub fn heartbeat_watched(
+        &self,
+        life: std::sync::Arc<LeaseLife>,
+        told: impl Fn(Life) + Send + Sync + 'static,
+    ) -> Heartbeat {
+        let (repo, key, record, writer) = (
+            self.repo.clone(),
+            self.key.clone(),
+            self.record.clone(),
+            self.writer.clone(),
+        );
+        let every = repo.config().protocol.heartbeat();
+        let told = Arc::new(told);
+        Heartbeat::every(every, move || {
+            let (repo, key, record, writer, life, told) = (
+                repo.clone(),
+                key.clone(),
+                record.clone(),
+                writer.clone(),
+                life.clone(),
+                told.clone(),
+            );
+            async move {
+                if !matches!(life.life(), Life::Lapsed { .. }) {
+                    let began = Began::now();
+                    if write_lease(&repo, &key, &record, writer).await.is_ok() {
+                        life.written(began);
+                    }
+                }
+                told(life.life());
             }
         })
     }
