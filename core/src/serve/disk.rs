@@ -42,6 +42,15 @@ const EXTENT_SEGMENTS: usize = 64;
 /// stop 49). Real nodes merge into far fewer per 64 segments.
 pub(super) const MAX_EXTENTS: usize = 16 * 1024;
 
+/// What a warning said of a place: apart, so that a part unreadable a
+/// while (a store's error) does not hide damage found there later, at
+/// the same offset (review 104.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Report {
+    Unreadable,
+    Damaged,
+}
+
 /// One disk of one point, served read-only.
 pub struct PointDisk {
     name: String,
@@ -51,7 +60,7 @@ pub struct PointDisk {
     cache: Arc<PartCache>,
     owner: u64,
     progress: Arc<Progress>,
-    reported: Mutex<HashSet<u64>>,
+    reported: Mutex<HashSet<(Report, u64)>>,
     /// Where the last read ended: a read starting there is sequential.
     last_end: AtomicU64,
     read_ahead: usize,
@@ -119,11 +128,15 @@ impl PointDisk {
     }
 
     async fn part(&self, k: usize) -> Result<Arc<CachedPart>, ExportError> {
+        let r = self.reader.part_range(k);
         match self.cache.get((self.owner, k), self.fetch(k)).await {
-            Ok(s) => Ok(s),
+            Ok(s) => {
+                // Read again: unreadable once more is said once more.
+                self.readable(r.start);
+                Ok(s)
+            }
             Err(e) => {
-                let r = self.reader.part_range(k);
-                if self.first_report(r.start) {
+                if self.first_report(Report::Unreadable, r.start) {
                     self.progress
                         .notice(Notice::Warning(Warning::ServedDataUnreadable {
                             point: self.point.clone(),
@@ -137,9 +150,17 @@ impl PointDisk {
         }
     }
 
-    fn first_report(&self, offset: u64) -> bool {
+    fn first_report(&self, what: Report, offset: u64) -> bool {
         let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-        seen.len() < REPORTED_CAP && seen.insert(offset)
+        seen.len() < REPORTED_CAP && seen.insert((what, offset))
+    }
+
+    /// The part at `offset` was read: its unreadable spell is over.
+    fn readable(&self, offset: u64) {
+        let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.is_empty() {
+            seen.remove(&(Report::Unreadable, offset));
+        }
     }
 
     /// Starts fetching the parts after `k` for a sequential reader.
@@ -168,7 +189,7 @@ impl PointDisk {
             let part = self.part(k).await?;
             let (from, to) = (offset.max(part.start), end.min(part.start + part.len));
             if let Some(r) = part.damage_in(from, to) {
-                if self.first_report(r.offset) {
+                if self.first_report(Report::Damaged, r.offset) {
                     self.progress
                         .notice(Notice::Warning(Warning::ServedDataDamaged {
                             point: self.point.clone(),

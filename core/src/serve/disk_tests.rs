@@ -1,7 +1,8 @@
 //! Block status over nodes of very many entries (64-byte chunks in 1 MiB
 //! segments, 16 Ki per node: the most a configuration may allow since
 //! stop 50): one request built every extent of 64 segments, outside the
-//! server's memory budget (review at stop 49).
+//! server's memory budget (review at stop 49). And which warnings a
+//! served disk gives once.
 
 use std::sync::Arc;
 
@@ -75,4 +76,31 @@ async fn one_block_status_request_builds_a_bounded_number_of_extents() {
     let next = disk.extents(from..size).await.unwrap();
     assert_eq!(next.len(), MAX_EXTENTS);
     assert_ne!(next[0].flags, got[MAX_EXTENTS - 1].flags);
+}
+
+/// A part unreadable a while (the store's error) and damage found at the
+/// same offset later are each said: one set keyed by offset let the
+/// first hide the second (review 104.5). A part read again ends its
+/// unreadable spell, so a later one is said again.
+#[tokio::test]
+async fn unreadable_and_damaged_at_one_offset_are_each_reported() {
+    let mem = Arc::new(MemBackend::default());
+    let cfg = RepoConfig::new(1 << 20, ChunkParams::from_avg(16 << 10), 3).unwrap();
+    let repo = Repository::init(mem, cfg).await.unwrap();
+    write_point_of(&repo, "vm", &point(), vec![None]).await;
+    let m = repo
+        .load_manifest(&"vm".parse().unwrap(), &point())
+        .await
+        .unwrap();
+    let index = repo.chunks().open_index().await.unwrap();
+    let cache = crate::serve::PartCache::new(64 << 20);
+    let progress = Arc::new(Progress::default());
+    let disk = PointDisk::new(&repo, index, &m, "d", cache, 0, progress).unwrap();
+    assert!(disk.first_report(Report::Unreadable, 0));
+    assert!(!disk.first_report(Report::Unreadable, 0), "said once");
+    assert!(disk.first_report(Report::Damaged, 0), "not hidden");
+    assert!(!disk.first_report(Report::Damaged, 0));
+    disk.readable(0);
+    assert!(disk.first_report(Report::Unreadable, 0), "a new spell");
+    assert!(!disk.first_report(Report::Damaged, 0), "damage stays said");
 }
