@@ -25,6 +25,13 @@ use crate::id::ObjectId;
 /// packs and the node marks within a gc of 300 MiB at 200 M chunks.
 pub const DEFAULT_BUDGET: usize = 64 << 20;
 
+/// Chunks marked late held at most (by 8 bytes of their ids: about 64
+/// MiB with the set's overhead). Late marks come from points committed
+/// and dependencies named while a sweep deletes, which a new VM's first
+/// backup of terabytes can make millions of, outside `--mark-memory`
+/// (review 106.2); past this the sweep deletes no more packs.
+pub const LATE_CAP: usize = 1 << 22;
+
 #[derive(Debug)]
 pub struct Marks {
     nodes: HashSet<ObjectId>,
@@ -35,6 +42,8 @@ pub struct Marks {
     /// Chunks marked after [`Marks::seal`] (a sweep learns of more live
     /// chunks while it deletes: leases' new dependencies, committed points).
     late: HashSet<u64>,
+    /// More late marks came than [`LATE_CAP`].
+    late_over: bool,
     sealed: bool,
     /// Bytes of chunk marks held in memory at most.
     budget: usize,
@@ -69,6 +78,7 @@ impl Marks {
             chunks: Vec::new(),
             sorted: 0,
             late: HashSet::new(),
+            late_over: false,
             sealed: false,
             budget: budget.max(8),
             spill_dir,
@@ -104,7 +114,11 @@ impl Marks {
     /// could not.
     pub fn chunk(&mut self, id: &ObjectId) -> Result<()> {
         if self.sealed {
-            self.late.insert(prefix(id));
+            if self.late.len() < LATE_CAP {
+                self.late.insert(prefix(id));
+            } else {
+                self.late_over = true;
+            }
             return Ok(());
         }
         if self.chunks.len() == self.chunks.capacity() {
@@ -235,6 +249,13 @@ impl Marks {
     /// Whether any chunk was marked after [`Marks::seal`].
     pub fn any_late(&self) -> bool {
         !self.late.is_empty()
+    }
+
+    /// Whether more chunks were marked late than are held: those past
+    /// [`LATE_CAP`] are not known, so the sweep must delete no more
+    /// packs (`Protection::look` holds it).
+    pub fn late_overflowed(&self) -> bool {
+        self.late_over
     }
 
     pub fn counts(&self) -> (usize, usize) {

@@ -100,3 +100,20 @@ fn no_marks_spill_nothing() {
     assert!(!m.has_chunk(&ObjectId::of(b"x")));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// Late marks are held up to [`LATE_CAP`]: past it the marks say so, and
+/// the sweep's look holds it (a new VM's first backup committed while a
+/// sweep deletes grew the set without bound: review 106.2).
+#[test]
+fn late_marks_past_the_cap_overflow_instead_of_growing() {
+    let mut m = Marks::default();
+    m.seal().unwrap();
+    let n = LATE_CAP as u32;
+    for i in 0..n {
+        m.chunk(&ObjectId::of(&i.to_le_bytes())).unwrap();
+    }
+    assert!(!m.late_overflowed());
+    m.chunk(&ObjectId::of(b"one more")).unwrap();
+    assert!(m.late_overflowed());
+    assert_eq!(m.late.len(), LATE_CAP);
+}

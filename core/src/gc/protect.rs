@@ -115,6 +115,18 @@ impl Protection {
     /// listing), having deleted `deleted` objects so far.
     pub async fn look(&mut self, now: DateTime<Utc>, deleted: u64) -> Result<()> {
         self.looks += 1;
+        let result = self.look_at_leases(now, deleted).await;
+        if self.marks.late_overflowed() {
+            self.hold.get_or_insert(format!(
+                "more than {} chunks were marked while this sweep deleted (points committed \
+                 meanwhile), more than it holds",
+                crate::gc::marks::LATE_CAP
+            ));
+        }
+        result
+    }
+
+    async fn look_at_leases(&mut self, now: DateTime<Utc>, deleted: u64) -> Result<()> {
         let metas: Vec<ObjectMeta> = self.repo.backend().list(keys::LEASES).try_collect().await?;
         for meta in metas {
             match age(&meta, now, &self.proto) {
