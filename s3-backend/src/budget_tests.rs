@@ -102,6 +102,9 @@ impl HttpConnector for Fake {
         resp.headers_mut()
             .insert("content-length", body.len().to_string());
         resp.headers_mut().insert("etag", "\"e\"");
+        // As every S3 HEAD answer has (a HEAD without it is refused).
+        resp.headers_mut()
+            .insert("last-modified", "Wed, 01 Jan 2025 00:00:00 GMT");
         // What a HEAD of a thawing DEEP_ARCHIVE object says.
         resp.headers_mut()
             .insert("x-amz-storage-class", "DEEP_ARCHIVE");

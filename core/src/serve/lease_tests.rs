@@ -98,6 +98,7 @@ fn at_risk(p: &Progress) -> usize {
 #[tokio::test(start_paused = true)]
 async fn a_lease_unrefreshed_past_its_ttl_is_reported_lapsed_and_never_written_again() {
     let (b, lease, progress) = serving().await;
+    let start = tokio::time::Instant::now();
     b.down.store(true, Ordering::SeqCst);
     // One failed beat (TTL/4) is no news; two (TTL/2) are a warning.
     tokio::time::sleep(Duration::from_secs(TTL / 4 + 1)).await;
@@ -109,6 +110,11 @@ async fn a_lease_unrefreshed_past_its_ttl_is_reported_lapsed_and_never_written_a
     let e = tokio::time::timeout(Duration::from_secs(TTL), lease.lapsed())
         .await
         .expect("the lease is reported lapsed");
+    // Before the TTL, when a sweep may take it for dead (the state is
+    // watched between beats: looked at only after a beat, the lapse was
+    // seen at the TTL: review 109.1).
+    let at = start.elapsed().as_secs();
+    assert!(at < TTL, "seen lapsed {at} s after the last write, TTL {TTL}");
     assert!(
         matches!(e, crate::Error::LeaseLapsed { ttl_secs: TTL, .. }),
         "{e}"

@@ -342,28 +342,46 @@ impl Session {
             self.writer.clone(),
         );
         let every = repo.config().protocol.heartbeat();
-        let told = Arc::new(told);
-        Heartbeat::every(every, move || {
-            let (repo, key, record, writer, life, told) = (
-                repo.clone(),
-                key.clone(),
-                record.clone(),
-                writer.clone(),
-                life.clone(),
-                told.clone(),
-            );
-            async move {
-                if !matches!(life.life(), Life::Lapsed { .. }) {
-                    let began = Began::now();
-                    if write_lease(&repo, &key, &record, writer).await.is_ok() {
-                        life.written(began);
+        // The lease's state is looked at every few seconds, between beats
+        // and while a write hangs: looked at only when a beat ended, a
+        // lapse (TTL less the margin) was seen a beat late, at the TTL or
+        // after it, and after a host's suspend not before the next beat
+        // (review 109.1).
+        let watch = every.min(LIFE_WATCH);
+        let lapsed = |life: &LeaseLife| matches!(life.life(), Life::Lapsed { .. });
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                let beat = tokio::time::Instant::now() + every;
+                while tokio::time::Instant::now() < beat {
+                    tokio::time::sleep_until(beat.min(tokio::time::Instant::now() + watch)).await;
+                    told(life.life());
+                }
+                if lapsed(&life) {
+                    continue;
+                }
+                let began = Began::now();
+                let write = write_lease(&repo, &key, &record, writer.clone());
+                tokio::pin!(write);
+                loop {
+                    tokio::select! {
+                        written = &mut write => {
+                            if written.is_ok() {
+                                life.written(began);
+                            }
+                            break;
+                        }
+                        _ = tokio::time::sleep(watch) => told(life.life()),
                     }
                 }
                 told(life.life());
             }
-        })
+        }))
     }
 }
+
+/// How often a server's lease's state is looked at (see
+/// [`Session::heartbeat_watched`]).
+const LIFE_WATCH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Writes the lease unless its session ended (one write at a time).
 async fn write_lease(
