@@ -40,12 +40,19 @@ pub async fn run(cli: &Cli, args: &MountArgs) -> Result<()> {
     let served = Served::open(&repo, &specs, &opts, progress.clone()).await?;
     let result = mount(cli, &checked, &served, &mut hangup).await;
     let lapsed = served.lapse();
-    served.close().await?;
-    result?;
-    // Unmounted because the lease lapsed: an error (exit 1), not 130.
+    let closed = served.close().await;
+    // Unmounted because the lease lapsed: an error (exit 1), not 130, and
+    // the lapse is what to say (the store is likely still unreachable,
+    // so ending the lease fails too: a warning then).
     if let Some(lapsed) = lapsed {
+        if let Err(e) = closed {
+            say!("xfull: warning: {e:#}");
+        }
+        result?;
         return Err(lapsed.into());
     }
+    closed?;
+    result?;
     Err(Error::Cancelled {
         cleaned: format!(
             "{} was unmounted; the lease on the points was released",

@@ -28,8 +28,12 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
         Ok(()) => {
             // A lapsed lease stopped it: the clients were cut off, an
             // overlay is flushed, and the exit is an error (1), not 130.
+            // What closing says (an overlay's flush failed: acknowledged
+            // writes may be lost) is a warning then, not dropped.
             if let Some(lapsed) = served.lapse() {
-                let _ = served.close().await;
+                if let Err(e) = served.close().await {
+                    say!("xfull: warning: {e:#}");
+                }
                 return Err(lapsed.into());
             }
             served.close().await?;

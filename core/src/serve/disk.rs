@@ -12,7 +12,7 @@
 use crate::placement::lookup::ChunkIndex;
 use std::collections::HashSet;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -61,6 +61,8 @@ pub struct PointDisk {
     owner: u64,
     progress: Arc<Progress>,
     reported: Mutex<HashSet<(Report, u64)>>,
+    /// Warnings given so far.
+    said: AtomicUsize,
     /// Where the last read ended: a read starting there is sequential.
     last_end: AtomicU64,
     read_ahead: usize,
@@ -99,6 +101,7 @@ impl PointDisk {
             cache,
             progress,
             reported: Mutex::default(),
+            said: AtomicUsize::new(0),
             last_end: AtomicU64::new(u64::MAX),
             read_ahead,
         })
@@ -150,9 +153,17 @@ impl PointDisk {
         }
     }
 
+    /// Whether to warn of `what` at `offset`: once per offset and kind
+    /// (again for a new unreadable spell), and [`REPORTED_CAP`] times in
+    /// all per disk, so that a store failing on and off for weeks does
+    /// not grow the warnings without bound (review 109.6).
     fn first_report(&self, what: Report, offset: u64) -> bool {
         let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-        seen.len() < REPORTED_CAP && seen.insert((what, offset))
+        if self.said.load(Ordering::Relaxed) >= REPORTED_CAP || !seen.insert((what, offset)) {
+            return false;
+        }
+        self.said.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// The part at `offset` was read: its unreadable spell is over.

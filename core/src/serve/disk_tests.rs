@@ -103,4 +103,12 @@ async fn unreadable_and_damaged_at_one_offset_are_each_reported() {
     disk.readable(0);
     assert!(disk.first_report(Report::Unreadable, 0), "a new spell");
     assert!(!disk.first_report(Report::Damaged, 0), "damage stays said");
+    // A store failing on and off: warnings stop at the cap in all.
+    for _ in 0..REPORTED_CAP {
+        disk.readable(0);
+        disk.first_report(Report::Unreadable, 0);
+    }
+    disk.readable(0);
+    assert!(!disk.first_report(Report::Unreadable, 0), "capped");
+    assert_eq!(disk.said.load(Ordering::Relaxed), REPORTED_CAP);
 }

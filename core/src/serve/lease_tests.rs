@@ -114,7 +114,10 @@ async fn a_lease_unrefreshed_past_its_ttl_is_reported_lapsed_and_never_written_a
     // watched between beats: looked at only after a beat, the lapse was
     // seen at the TTL: review 109.1).
     let at = start.elapsed().as_secs();
-    assert!(at < TTL, "seen lapsed {at} s after the last write, TTL {TTL}");
+    assert!(
+        at < TTL,
+        "seen lapsed {at} s after the last write, TTL {TTL}"
+    );
     assert!(
         matches!(e, crate::Error::LeaseLapsed { ttl_secs: TTL, .. }),
         "{e}"

@@ -237,13 +237,14 @@ impl Overlay {
     /// The pages are copied first: every bit in them was set after its
     /// block was written, so the sync that follows covers that data.
     ///
-    /// A failed sync or map write fails the overlay for good (until the
-    /// server restarts): Linux marks the pages whose writeback failed
+    /// A failed sync fails the overlay for good (until the server
+    /// restarts): Linux marks the pages whose writeback failed
     /// clean and reports the error once, so the next sync succeeds with
     /// their data lost; writing the map then would mark blocks "in the
     /// overlay" whose data never reached the disk, read as zeros or stale
     /// bytes after a restart, silently (review 104.3). The map on disk
-    /// stays as the last good flush left it.
+    /// stays as the last good flush left it. A failed write of a map
+    /// page, before its sync, only queues the pages again.
     pub fn flush(&self) -> std::io::Result<()> {
         self.usable()?;
         let pages: Vec<(u64, Vec<u8>)> = {
@@ -258,20 +259,25 @@ impl Overlay {
                 })
                 .collect()
         };
-        let written = self.sync_data().and_then(|()| {
-            for (p, bytes) in &pages {
-                self.file.write_all_at(bytes, HEADER + p * HEADER)?;
+        self.sync_data()
+            .inspect_err(|_| self.failed.store(true, Ordering::SeqCst))?;
+        for (p, bytes) in &pages {
+            if let Err(e) = self.file.write_all_at(bytes, HEADER + p * HEADER) {
+                // Nothing is lost yet: the data is synced, and the map's
+                // pages are queued again. A full disk answers ENOSPC here
+                // (the map is sparse until written), and qemu's
+                // werror=enospc retries once room is made; failing the
+                // overlay for good turned that retry into EIO (review
+                // 109.2).
+                self.lock().1.extend(pages.iter().map(|(p, _)| *p));
+                return Err(e);
             }
-            if pages.is_empty() {
-                Ok(())
-            } else {
-                self.sync_data()
-            }
-        });
-        if written.is_err() {
-            self.failed.store(true, Ordering::SeqCst);
         }
-        written
+        if !pages.is_empty() {
+            self.sync_data()
+                .inspect_err(|_| self.failed.store(true, Ordering::SeqCst))?;
+        }
+        Ok(())
     }
 }
 
