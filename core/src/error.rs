@@ -167,6 +167,11 @@ pub enum Error {
     #[error("gc held back every pack: {held}")]
     SweepHeldByDamage { held: String },
 
+    /// A sweep deleted and rewrote no pack because the store's listing
+    /// left out a pack that is there; `held` says which.
+    #[error("gc held back every pack: {held}")]
+    SweepHeldByStore { held: String },
+
     /// `verify` found damaged points (the report lists them).
     #[error("verify found {points} damaged point(s)")]
     DamageFound { points: usize },

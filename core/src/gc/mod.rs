@@ -131,6 +131,11 @@ pub struct GcReport {
     /// read): no pack goes on any gc until it is mended, so the command
     /// exits 3 rather than 0, which let space grow unseen (review 106.5).
     pub held_by_damage: bool,
+    /// Packs were held back because the store's listing of `packs/`
+    /// left out one that is there (`gc/unlisted.rs`): until the store's
+    /// listing is mended no pack goes, so the command exits 1 (review
+    /// 109.5).
+    pub held_by_store: bool,
     /// Another sweep was running: this one did nothing.
     pub skipped: Option<String>,
     pub requests: BTreeMap<String, u64>,

@@ -155,6 +155,9 @@ const DELETE_BATCH: usize = 1000;
 
 /// Packs asked about at once.
 const HEADS: usize = 16;
+/// Superseded objects' tables read at once (one after another they were
+/// the rebuild's longest wait once the index is in shards: review 109.4).
+const TABLES: usize = 16;
 
 fn prefix(name: &ObjectId) -> u64 {
     let b = name.as_bytes();
@@ -171,8 +174,10 @@ fn prefix(name: &ObjectId) -> u64 {
 /// good (a sweep's) are asked about once each; normally there are none.
 /// An object that does not read is removed (what it names is unknown and
 /// it places nothing a reader could use); one gone meanwhile is passed
-/// over. Memory: 8 bytes per pack indexed (`indexed`, sorted; a prefix
-/// collision would only spare a HEAD) and one table at a time.
+/// over. Memory: 8 bytes per pack indexed (`indexed`, sorted by 8 bytes
+/// of the name: an unindexed pack whose prefix collides with an indexed
+/// one's would be taken for indexed, with odds of about 2^-64 per pair)
+/// and [`TABLES`] tables at a time, read together.
 async fn removable(
     backend: &dyn Backend,
     codec: &Arc<Codec>,
@@ -180,13 +185,19 @@ async fn removable(
     indexed: &[u64],
 ) -> Result<(Vec<String>, Vec<(String, String)>)> {
     let (mut remove, mut kept) = (Vec::new(), Vec::new());
-    for (name, meta) in superseded {
-        let key = meta.key.clone();
-        let table = async {
-            let object = read_head(backend, codec, name, meta).await?;
-            read_table(backend, &object).await
-        };
-        let table = match table.await {
+    let mut tables = futures::stream::iter(superseded)
+        .map(|(name, meta)| async move {
+            let key = meta.key.clone();
+            let object = read_head(backend, codec, name, meta).await;
+            let table = match object {
+                Ok(o) => read_table(backend, &o).await,
+                Err(e) => Err(e),
+            };
+            (key, table)
+        })
+        .buffered(TABLES);
+    while let Some((key, table)) = tables.next().await {
+        let table = match table {
             Ok(t) => t,
             Err(e) if e.is_damage() && gone(backend, &key).await => continue,
             Err(e) if e.is_damage() => {

@@ -101,10 +101,12 @@ impl Sweep {
         self.report.index_objects_read = census.objects.len() as u64;
         if let Some(name) = unlisted.first_present(&*backend).await? {
             self.census = None;
+            self.report.held_by_store = true;
             self.report.held.get_or_insert(format!(
                 "the store's listing of packs/ left out {}, which is there: no pack deleted or \
-                 rewritten, since the index entries of packs it leaves out would be dropped (run \
-                 gc again later)",
+                 rewritten, since the index entries of packs it leaves out would be dropped; a \
+                 listing that stays so is the store's to mend (on Ceph RGW: `radosgw-admin \
+                 bucket check --fix`)",
                 keys::pack(&name)
             ));
             return Ok(());
