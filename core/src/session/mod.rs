@@ -300,23 +300,42 @@ impl Session {
 
     /// Refreshes the lease in the background until dropped.
     pub fn heartbeat(&self) -> Heartbeat {
-        let (repo, key, record, writer) = (
-            self.repo.clone(),
-            self.key.clone(),
-            self.record.clone(),
-            self.writer.clone(),
-        );
-        let every = repo.config().protocol.heartbeat();
+        let refresh = self.refresher();
+        let every = self.repo.config().protocol.heartbeat();
         Heartbeat::every(every, move || {
-            let (repo, key, record, writer) =
-                (repo.clone(), key.clone(), record.clone(), writer.clone());
+            let refresh = refresh.clone();
             async move {
                 // A failed refresh is not fatal: if the lease dies, the
                 // sweeps that run meanwhile do not observe it, and `check`
                 // then re-verifies everything.
-                let _ = write_lease(&repo, &key, &record, writer).await;
+                let _ = refresh.write().await;
             }
         })
+    }
+
+    /// What a heartbeat needs to write the lease, apart from the session.
+    fn refresher(&self) -> Refresher {
+        Refresher {
+            repo: self.repo.clone(),
+            key: self.key.clone(),
+            record: self.record.clone(),
+            writer: self.writer.clone(),
+        }
+    }
+}
+
+/// A session's lease as its heartbeats write it.
+#[derive(Clone)]
+struct Refresher {
+    repo: Repository,
+    key: String,
+    record: Arc<Mutex<LeaseRecord>>,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Refresher {
+    async fn write(&self) -> Result<()> {
+        write_lease(&self.repo, &self.key, &self.record, self.writer.clone()).await
     }
 }
 
@@ -335,13 +354,8 @@ impl Session {
         life: std::sync::Arc<LeaseLife>,
         told: impl Fn(Life) + Send + Sync + 'static,
     ) -> Heartbeat {
-        let (repo, key, record, writer) = (
-            self.repo.clone(),
-            self.key.clone(),
-            self.record.clone(),
-            self.writer.clone(),
-        );
-        let every = repo.config().protocol.heartbeat();
+        let refresh = self.refresher();
+        let every = self.repo.config().protocol.heartbeat();
         // The lease's state is looked at every few seconds, between beats
         // and while a write hangs: looked at only when a beat ended, a
         // lapse (TTL less the margin) was seen a beat late, at the TTL or
@@ -360,7 +374,7 @@ impl Session {
                     continue;
                 }
                 let began = Began::now();
-                let write = write_lease(&repo, &key, &record, writer.clone());
+                let write = refresh.write();
                 tokio::pin!(write);
                 loop {
                     tokio::select! {
