@@ -36,6 +36,16 @@ impl ObjectId {
     pub fn short(&self) -> String {
         hex::encode(&self.0[..6])
     }
+
+    /// The first 8 bytes as a number, ordered as the ids are: how sets of
+    /// millions of ids (gc's marks, verify's referenced chunks, a
+    /// backup's present nodes, a rebuild's indexed packs) hold them, at a
+    /// prefix collision's odds (about 2^-64 per pair).
+    pub fn prefix(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(b)
+    }
 }
 
 impl fmt::Display for ObjectId {

@@ -40,11 +40,6 @@ pub struct Present {
     nodes: Vec<u64>,
 }
 
-fn prefix(id: &ObjectId) -> u64 {
-    let b = id.as_bytes();
-    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-}
-
 impl Present {
     /// Lists the stored chunks and nodes.
     pub async fn load(repo: &Repository) -> Result<Present> {
@@ -59,7 +54,7 @@ impl Present {
                 .backend()
                 .list(keys::NODES)
                 .try_filter_map(
-                    |m| async move { Ok(keys::parse_content(&m.key).map(|id| prefix(&id))) },
+                    |m| async move { Ok(keys::parse_content(&m.key).map(|id| id.prefix())) },
                 )
                 .try_collect()
                 .await?;
@@ -72,11 +67,11 @@ impl Present {
 
     fn has_chunk(&self, id: &ObjectId) -> bool {
         // A local file that cannot be read: store the chunk anew.
-        self.chunks.contains_at_random(prefix(id)).unwrap_or(false)
+        self.chunks.contains_at_random(id.prefix()).unwrap_or(false)
     }
 
     fn has_node(&self, id: &ObjectId) -> bool {
-        self.nodes.binary_search(&prefix(id)).is_ok()
+        self.nodes.binary_search(&id.prefix()).is_ok()
     }
 }
 
@@ -88,7 +83,7 @@ async fn stored_chunks(repo: &Repository, budget: usize) -> Result<SpilledSet> {
         let mut set = SpilledSet::new(budget, base.clone());
         let walked = repo
             .chunks()
-            .walk_index(&BTreeSet::new(), &mut |e| set.insert(prefix(&e.entry.id)))
+            .walk_index(&BTreeSet::new(), &mut |e| set.insert(e.entry.id.prefix()))
             .await?;
         set.seal()?;
         rounds += 1;

@@ -63,11 +63,6 @@ impl Default for Marks {
     }
 }
 
-fn prefix(id: &ObjectId) -> u64 {
-    let b = id.as_bytes();
-    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-}
-
 impl Marks {
     /// Marks that hold at most `budget` bytes of chunk marks in memory,
     /// spilling the rest to a private directory under `spill_dir` (see
@@ -115,7 +110,7 @@ impl Marks {
     pub fn chunk(&mut self, id: &ObjectId) -> Result<()> {
         if self.sealed {
             if self.late.len() < LATE_CAP {
-                self.late.insert(prefix(id));
+                self.late.insert(id.prefix());
             } else {
                 self.late_over = true;
             }
@@ -128,7 +123,7 @@ impl Marks {
             self.chunks
                 .reserve_exact(want.saturating_sub(self.chunks.len()).max(1));
         }
-        self.chunks.push(prefix(id));
+        self.chunks.push(id.prefix());
         // Chunks shared by many nodes are pushed many times: compact once
         // the unsorted tail is as large as the sorted part, or the buffer
         // is full.
@@ -197,7 +192,7 @@ impl Marks {
         let Some(spill) = &self.spill else {
             return Ok(());
         };
-        let Some(i) = spill.part_of(prefix(id)) else {
+        let Some(i) = spill.part_of(id.prefix()) else {
             return Ok(());
         };
         if self.loaded == Some(i) {
@@ -213,7 +208,7 @@ impl Marks {
 
     pub fn has_chunk(&self, id: &ObjectId) -> bool {
         debug_assert!(self.sealed, "marks not sealed");
-        let p = prefix(id);
+        let p = id.prefix();
         if self.late.contains(&p) {
             return true;
         }
@@ -243,7 +238,7 @@ impl Marks {
     /// Whether the chunk was marked after [`Marks::seal`] (a pack that
     /// holds it may have been judged dead before the mark arrived).
     pub fn has_late(&self, id: &ObjectId) -> bool {
-        self.late.contains(&prefix(id))
+        self.late.contains(&id.prefix())
     }
 
     /// Whether any chunk was marked after [`Marks::seal`].

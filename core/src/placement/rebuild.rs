@@ -99,7 +99,7 @@ pub async fn rebuild(
         };
         match read_trailer(&*backend, codec, &name, meta.size, max_chunk).await {
             Ok(found) => {
-                indexed.push(prefix(&name));
+                indexed.push(name.prefix());
                 out.packs += 1;
                 out.chunks += found.len() as u64;
                 entries.extend(
@@ -159,11 +159,6 @@ const HEADS: usize = 16;
 /// the rebuild's longest wait once the index is in shards: review 109.4).
 const TABLES: usize = 16;
 
-fn prefix(name: &ObjectId) -> u64 {
-    let b = name.as_bytes();
-    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-}
-
 /// Of the `superseded` index objects, the keys to remove, and those
 /// kept with the pack that keeps each. One whose table names a pack this
 /// rebuild did not index is kept if that pack is there: the listing left
@@ -208,7 +203,7 @@ async fn removable(
         };
         let unindexed = table
             .into_iter()
-            .filter(|p| indexed.binary_search(&prefix(p)).is_err());
+            .filter(|p| indexed.binary_search(&p.prefix()).is_err());
         let mut there =
             futures::stream::iter(unindexed)
                 .map(|p| async move {

@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use futures::StreamExt;
 
-use super::{FETCHES, NodeDamage, chunk_damage, prefix};
+use super::{FETCHES, NodeDamage, chunk_damage};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::repo::Repository;
@@ -42,7 +42,7 @@ pub async fn missing(repo: &Repository, refs: &SpilledSet) -> Result<Missing> {
     let walked = repo
         .chunks()
         .walk_index(&BTreeSet::new(), &mut |e| {
-            let q = prefix(&e.entry.id);
+            let q = e.entry.id.prefix();
             while let Some(r) = cursor.peek()? {
                 if r > q {
                     break;
@@ -79,7 +79,7 @@ pub async fn missing(repo: &Repository, refs: &SpilledSet) -> Result<Missing> {
         let walked = repo
             .chunks()
             .walk_index(&read, &mut |e| {
-                let q = prefix(&e.entry.id);
+                let q = e.entry.id.prefix();
                 while let Some(&r) = missing.get(at).filter(|r| **r <= q) {
                     if r < q {
                         still.push(r);
@@ -107,7 +107,7 @@ pub async fn missing(repo: &Repository, refs: &SpilledSet) -> Result<Missing> {
 }
 
 pub fn is_missing(missing: &[u64], id: &ObjectId) -> bool {
-    missing.binary_search(&prefix(id)).is_ok()
+    missing.binary_search(&id.prefix()).is_ok()
 }
 
 /// The chunks [`map_to_nodes`] found in the nodes, each once.

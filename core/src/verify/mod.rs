@@ -80,11 +80,9 @@ impl Subset {
     }
 
     fn picks(&self, id: &ObjectId) -> bool {
-        let b = id.as_bytes();
-        let x = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
         match *self {
             Subset::Percent(p) => rand::random::<f64>() * 100.0 < p,
-            Subset::Part { n, m } => x % m == n - 1,
+            Subset::Part { n, m } => id.prefix() % m == n - 1,
         }
     }
 }
@@ -295,7 +293,7 @@ pub async fn verify_with(
                 }
                 for (_, _, c) in entries(&n) {
                     let Some(c) = c else { continue };
-                    refs.insert(prefix(&c))?;
+                    refs.insert(c.prefix())?;
                 }
             }
         }
@@ -336,7 +334,7 @@ pub async fn verify_with(
         let (refs, missing) = (&refs, &missing);
         let want = move |c: &ObjectId| {
             // A local file that cannot be read: read the chunk anyway.
-            refs.contains_at_random(prefix(c)).unwrap_or(true)
+            refs.contains_at_random(c.prefix()).unwrap_or(true)
                 && !chunks::is_missing(missing, c)
                 && !known_bad.contains_key(c)
                 && opts.subset.is_none_or(|s| s.picks(c))
@@ -356,7 +354,7 @@ pub async fn verify_with(
         // nowhere a pack lists them: their points do not restore.
         let (refs, missing, known) = (&refs, &missing, &bad);
         let wanted = move |c: &ObjectId| {
-            refs.contains_at_random(prefix(c)).unwrap_or(true)
+            refs.contains_at_random(c.prefix()).unwrap_or(true)
                 && !chunks::is_missing(missing, c)
                 && !known.contains_key(c)
         };
@@ -436,13 +434,6 @@ async fn listed_nodes(repo: &Repository) -> Result<Vec<ObjectId>> {
         .await?;
     v.sort_unstable();
     Ok(v)
-}
-
-/// A chunk's place in the set of referenced chunks: its id's first 8
-/// bytes.
-fn prefix(id: &ObjectId) -> u64 {
-    let b = id.as_bytes();
-    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
 /// (offset in segment, length, chunk) of each entry.
