@@ -11,20 +11,16 @@
 
 use std::collections::BTreeSet;
 
-use futures::{StreamExt, TryStreamExt};
-
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::gc::census::Census;
 use crate::id::ObjectId;
-use crate::keys;
+use crate::placement::ids::first_present;
 
 /// Packs asked about at most: a sample beyond (ids are hashes, so the
 /// first in order are a random choice), which a listing that loses keys
 /// at random does not pass.
 const ASKED: usize = 4096;
-/// HEADs at once.
-const AT_ONCE: usize = 16;
 
 #[derive(Debug, Default)]
 pub struct Unlisted {
@@ -47,17 +43,6 @@ impl Unlisted {
 
     /// The first noted pack the store has after all, if any.
     pub async fn first_present(&self, backend: &dyn Backend) -> Result<Option<ObjectId>> {
-        let mut asked = futures::stream::iter(self.names.iter().copied())
-            .map(|name| async move {
-                let there = backend.exists(&keys::pack(&name)).await?;
-                Ok::<_, crate::Error>(there.then_some(name))
-            })
-            .buffer_unordered(AT_ONCE);
-        while let Some(found) = asked.try_next().await? {
-            if found.is_some() {
-                return Ok(found);
-            }
-        }
-        Ok(None)
+        first_present(backend, self.names.iter().copied()).await
     }
 }

@@ -5,12 +5,17 @@
 
 use std::collections::BTreeSet;
 
+use futures::{StreamExt, TryStreamExt};
+
 use super::Placement;
 use super::index::IndexEntry;
 use super::merge::Merge;
 use super::sweep::{list_index, read_head};
+
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::id::ObjectId;
+use crate::keys;
 
 /// What one [`Placement::walk_index`] read.
 #[derive(Debug, Default)]
@@ -91,3 +96,22 @@ impl Walked {
 pub(crate) async fn gone(backend: &dyn Backend, key: &str) -> bool {
     matches!(backend.exists(key).await, Ok(false))
 }
+
+/// Of `packs`, one the store has (a HEAD each, 16 at once), if any: a
+/// pack a listing left out that is there after all (gc's census and the
+/// index rebuild ask so before dropping what places its chunks).
+pub(crate) async fn first_present(
+    backend: &dyn Backend,
+    packs: impl IntoIterator<Item = ObjectId>,
+) -> Result<Option<ObjectId>> {
+    let mut there = futures::stream::iter(packs)
+        .map(|p| async move {
+            Ok::<_, crate::Error>(backend.exists(&keys::pack(&p)).await?.then_some(p))
+        })
+        .buffer_unordered(HEADS)
+        .try_filter_map(|p| futures::future::ready(Ok(p)));
+    there.try_next().await
+}
+
+/// Packs asked about at once.
+const HEADS: usize = 16;

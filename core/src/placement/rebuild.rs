@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::ids::gone;
+use super::ids::{first_present, gone};
 use super::index::{self, IndexEntry, IndexHead};
 use super::index_write::MAX_WRITTEN_ENTRIES;
 use super::pack_read::read_trailer;
@@ -153,8 +153,6 @@ pub async fn rebuild(
 /// Index objects removed per request (S3's DeleteObjects takes 1,000).
 const DELETE_BATCH: usize = 1000;
 
-/// Packs asked about at once.
-const HEADS: usize = 16;
 /// Superseded objects' tables read at once (one after another they were
 /// the rebuild's longest wait once the index is in shards: review 109.4).
 const TABLES: usize = 16;
@@ -204,14 +202,7 @@ async fn removable(
         let unindexed = table
             .into_iter()
             .filter(|p| indexed.binary_search(&p.prefix()).is_err());
-        let mut there =
-            futures::stream::iter(unindexed)
-                .map(|p| async move {
-                    Ok::<_, Error>(backend.exists(&keys::pack(&p)).await?.then_some(p))
-                })
-                .buffer_unordered(HEADS)
-                .try_filter_map(|p| futures::future::ready(Ok(p)));
-        match there.try_next().await? {
+        match first_present(backend, unindexed).await? {
             Some(pack) => kept.push((key, keys::pack(&pack))),
             None => remove.push(key),
         }
