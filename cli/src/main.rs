@@ -284,7 +284,7 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
 }
 
 /// 0 ok, 1 error, 2 usage, 3 damage found, 130 interrupted.
-fn exit_status(e: &anyhow::Error) -> u8 {
+pub(crate) fn exit_status(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<xfull_core::Error>() {
         Some(xfull_core::Error::Cancelled { .. }) => 130,
         Some(x) if x.is_damage() => 3,

@@ -45,17 +45,20 @@ pub async fn run(cli: &Cli, args: &GcArgs) -> Result<()> {
     } else {
         print_report(&report);
     }
-    held_by_damage(&report)
+    held_exit(&report)
 }
 
-/// Exit 3 after the report when damage held every pack back: gc then
-/// frees nothing until it is mended, which a 0 hid from a cron job.
-pub(crate) fn held_by_damage(r: &GcReport) -> Result<()> {
-    match (&r.held, r.held_by_damage) {
-        (Some(held), true) => {
-            Err(xfull_core::Error::SweepHeldByDamage { held: held.clone() }.into())
-        }
-        _ => Ok(()),
+/// Exit 3 after the report when damage held every pack back, 1 when the
+/// store's listing did: gc then frees nothing until it is mended, which
+/// a 0 hid from a cron job.
+pub(crate) fn held_exit(r: &GcReport) -> Result<()> {
+    let Some(held) = r.held.clone() else {
+        return Ok(());
+    };
+    match (r.held_by_damage, r.held_by_store) {
+        (true, _) => Err(xfull_core::Error::SweepHeldByDamage { held }.into()),
+        (false, true) => Err(xfull_core::Error::SweepHeldByStore { held }.into()),
+        (false, false) => Ok(()),
     }
 }
 
@@ -196,5 +199,28 @@ pub fn print_report(r: &GcReport) {
     if !r.requests.is_empty() {
         let list: Vec<String> = r.requests.iter().map(|(k, v)| format!("{v} {k}")).collect();
         println!("  requests: {}", list.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sweep held by the store's listing exits 1, by damage 3 (the
+    /// first version of the store's case set the flag and exited 0).
+    #[test]
+    fn a_held_sweep_exits_by_its_cause() {
+        let status = |damage, store| {
+            let r = GcReport {
+                held: Some("held".into()),
+                held_by_damage: damage,
+                held_by_store: store,
+                ..GcReport::default()
+            };
+            held_exit(&r).err().map(|e| crate::exit_status(&e))
+        };
+        assert_eq!(status(true, false), Some(3));
+        assert_eq!(status(false, true), Some(1));
+        assert_eq!(status(false, false), None);
     }
 }

@@ -62,8 +62,9 @@ pub async fn run(cli: &Cli, args: &PruneArgs) -> Result<()> {
     if let Some(r) = &gc {
         super::gc::record_metrics(r);
     }
-    // Its sweep held back by damage exits 3 after the report, as gc's.
-    let held = || gc.as_ref().map_or(Ok(()), super::gc::held_by_damage);
+    // Its sweep held back (by damage, or the store's listing) exits
+    // after the report as gc's does.
+    let held = || gc.as_ref().map_or(Ok(()), super::gc::held_exit);
     if cli.json {
         print_json(&serde_json::json!({
             "dry_run": args.dry_run,

@@ -56,7 +56,7 @@ pub struct Overlay {
     /// One bit per block; `dirty` lists the map's 4 KiB pages changed
     /// since the last flush.
     map: Mutex<(Vec<u8>, std::collections::BTreeSet<u64>)>,
-    /// A sync or map write failed: every later write and flush fails,
+    /// A sync failed: every later write and flush fails,
     /// until the server restarts (see [`Overlay::flush`]).
     failed: AtomicBool,
     /// Tests: the next data sync fails as a lost writeback would.

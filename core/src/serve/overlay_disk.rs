@@ -31,22 +31,13 @@ fn io(e: impl std::fmt::Display) -> ExportError {
 /// room is made, where on `EIO` the guest loses the write (review
 /// 104.2); anything else is `EIO`.
 fn from_io(e: std::io::Error) -> ExportError {
+    // (std reads ENOSPC as StorageFull, EDQUOT as QuotaExceeded.)
     use std::io::ErrorKind;
-    let full = matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
-        || matches!(e.raw_os_error(), Some(c) if c == libc_enospc() || c == libc_edquot());
-    if full {
+    if matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
         ExportError::NoSpace(format!("overlay: {e}"))
     } else {
         io(e)
     }
-}
-
-fn libc_enospc() -> i32 {
-    rustix::io::Errno::NOSPC.raw_os_error()
-}
-
-fn libc_edquot() -> i32 {
-    rustix::io::Errno::DQUOT.raw_os_error()
 }
 
 async fn blocking<T: Send + 'static>(
@@ -253,7 +244,8 @@ mod tests {
     /// writes reach the client as ENOSPC; other errors as EIO.
     #[test]
     fn a_full_overlay_filesystem_is_no_space_not_an_io_error() {
-        for code in [libc_enospc(), libc_edquot()] {
+        use rustix::io::Errno;
+        for code in [Errno::NOSPC.raw_os_error(), Errno::DQUOT.raw_os_error()] {
             let e = from_io(std::io::Error::from_raw_os_error(code));
             assert!(matches!(e, ExportError::NoSpace(_)), "{code}: {e:?}");
         }
